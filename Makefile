@@ -1,0 +1,37 @@
+# Two commands: `make demo` and `make test`. Both create .venv when missing.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all bench lint clean
+
+$(BIN)/python:
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# CPU machines get the CPU build of torch first, so that no CUDA wheels are pulled in.
+$(STAMP): $(BIN)/python pyproject.toml
+	@if ! command -v nvidia-smi >/dev/null 2>&1 && ! $(BIN)/python -c "import torch" >/dev/null 2>&1; then \
+		echo "no CUDA found: installing torch==2.13.0 (CPU build)"; \
+		$(BIN)/pip install -q torch==2.13.0; \
+	fi
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/pluralign demo
+
+test: $(STAMP)
+	@bash scripts/ensure_chromium.sh || true
+	$(BIN)/python -m pytest -q --timeout=900
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench experiments
+
+clean:
+	rm -rf $(VENV) runs .pluralign_cache
