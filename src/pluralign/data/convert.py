@@ -1,0 +1,187 @@
+"""Conversions between kinds of feedback.
+
+Lists and ratings become pairs (the form most preference losses take), ratings and pairs become
+thumbs up/down (the form KTO-style losses take). Who gave the feedback (`user`, `group`) and what it is
+about (`objective`, `section`) are kept, so per-user and per-objective methods still see them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import combinations
+
+from pluralign.data.records import Binary, Pairwise, Ranked, Rated, Record, kind_of
+from pluralign.errors import PluralignError
+
+
+def ranked_to_pairwise(records: Iterable[Ranked]) -> list[Pairwise]:
+    """Every pair of responses whose scores (or ranks) differ, the better one as `chosen`.
+
+    With scores the margin is the score difference. Ranks are ordinal — rank 1 vs 2 says nothing about
+    how much better — so pairs from ranks alone carry no margin.
+    """
+    pairs = []
+    for r in records:
+        # Higher is better for both orderings; negating ranks turns "1 = best" into that order.
+        values = r.scores if r.scores is not None else [-rank for rank in r.ranks]
+        for i, j in combinations(range(len(r.responses)), 2):
+            if values[i] == values[j] or r.responses[i] == r.responses[j]:
+                continue
+            better, worse = (i, j) if values[i] > values[j] else (j, i)
+            margin = values[better] - values[worse] if r.scores is not None else None
+            pairs.append(
+                Pairwise(
+                    r.prompt,
+                    r.responses[better],
+                    r.responses[worse],
+                    margin,
+                    r.user,
+                    r.group,
+                    r.objective,
+                    r.section,
+                    r.meta,
+                )
+            )
+    return pairs
+
+
+def rated_to_pairwise(
+    records: Iterable[Rated], objective: str | None = None, weights: Mapping[str, float] | None = None
+) -> list[Pairwise]:
+    """Pairs of rated responses to the same prompt from the same user (and group), ordered by one
+    objective or by a weighted sum of objectives; margin = the utility difference. Ties are skipped."""
+    records = list(records)
+    if not records:
+        return []
+    weights, objective = rating_weights(records, objective, weights)
+    pairs = []
+    for same_prompt in _by_prompt_and_user(records).values():
+        for a, b in combinations(same_prompt, 2):
+            ua, ub = _utility(a, weights), _utility(b, weights)
+            if ua == ub or a.response == b.response:
+                continue
+            better, worse = (a, b) if ua > ub else (b, a)
+            pairs.append(
+                Pairwise(
+                    a.prompt,
+                    better.response,
+                    worse.response,
+                    abs(ua - ub),
+                    a.user,
+                    a.group,
+                    objective,
+                    a.section,
+                )
+            )
+    return pairs
+
+
+def rated_to_binary(
+    records: Iterable[Rated],
+    threshold: float,
+    objective: str | None = None,
+    weights: Mapping[str, float] | None = None,
+) -> list[Binary]:
+    """Thumbs up when the rating (one objective, or a weighted sum) is at least `threshold`."""
+    records = list(records)
+    if not records:
+        return []
+    weights, objective = rating_weights(records, objective, weights)
+    return [
+        Binary(
+            r.prompt,
+            r.response,
+            _utility(r, weights) >= threshold,
+            r.user,
+            r.group,
+            objective,
+            r.section,
+            r.meta,
+        )
+        for r in records
+    ]
+
+
+def pairwise_to_binary(records: Iterable[Pairwise]) -> list[Binary]:
+    """Each pair gives a thumbs up to `chosen` and a thumbs down to `rejected` (the margin is dropped)."""
+    out = []
+    for p in records:
+        for response, label in ((p.chosen, True), (p.rejected, False)):
+            out.append(Binary(p.prompt, response, label, p.user, p.group, p.objective, p.section, p.meta))
+    return out
+
+
+def rating_weights(
+    records: Sequence[Rated], objective: str | None = None, weights: Mapping[str, float] | None = None
+) -> tuple[dict[str, float], str | None]:
+    """The weights scoring a rated record, and the objective they stand for (None for a mix).
+
+    One objective is the weights ``{objective: 1}``. With neither given, records that rate a single
+    objective use it; otherwise the choice is the user's.
+    """
+    if objective is not None and weights is not None:
+        raise PluralignError("give an objective or weights, not both")
+    rated = sorted({k for r in records for k in r.ratings})
+    if weights is None:
+        if objective is None and len(rated) != 1:
+            raise PluralignError(f"the ratings cover objectives {rated}; choose one or give weights")
+        objective = objective or rated[0]
+        weights = {objective: 1.0}
+    missing = sorted(set(weights) - set(rated))
+    if missing:
+        raise PluralignError(
+            f"no ratings for objective(s) {', '.join(missing)}; the ratings cover {', '.join(rated)}"
+        )
+    return dict(weights), objective
+
+
+def _utility(record: Rated, weights: Mapping[str, float]) -> float:
+    try:
+        return sum(w * record.ratings[k] for k, w in weights.items())
+    except KeyError as e:
+        raise PluralignError(f"a rated record has no rating for {e.args[0]!r}: {record.ratings}") from None
+
+
+def _by_prompt_and_user(records: Iterable[Rated]) -> dict[tuple, list[Rated]]:
+    groups: dict[tuple, list[Rated]] = {}
+    for r in records:
+        key = (json.dumps(r.prompt, sort_keys=True), r.user, r.group)
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+# (from kind, to kind) -> converter taking (records, objective, weights, threshold).
+_CONVERSIONS: dict[tuple[str, str], Callable[..., list[Record]]] = {
+    ("ranked", "pairwise"): lambda rs, o, w, t: ranked_to_pairwise(rs),
+    ("rated", "pairwise"): lambda rs, o, w, t: rated_to_pairwise(rs, o, w),
+    ("rated", "binary"): lambda rs, o, w, t: rated_to_binary(rs, _required(t, "threshold"), o, w),
+    ("pairwise", "binary"): lambda rs, o, w, t: pairwise_to_binary(rs),
+}
+
+
+def _required(value: float | None, name: str) -> float:
+    if value is None:
+        raise PluralignError(f"this conversion needs a {name}")
+    return value
+
+
+def convert(
+    records: Sequence[Record],
+    to: str,
+    *,
+    objective: str | None = None,
+    weights: Mapping[str, float] | None = None,
+    threshold: float | None = None,
+) -> list[Record]:
+    """Convert records of one kind to kind `to` (records already of that kind are returned as they are)."""
+    kinds = {kind_of(r) for r in records}
+    if len(kinds) > 1:
+        raise PluralignError(f"cannot convert records of several kinds at once ({', '.join(sorted(kinds))})")
+    source = kinds.pop() if kinds else to
+    if source == to:
+        return list(records)
+    if (source, to) not in _CONVERSIONS:
+        known = ", ".join(f"{a} -> {b}" for a, b in _CONVERSIONS)
+        raise PluralignError(f"cannot convert {source} to {to}; supported: {known}")
+    return _CONVERSIONS[(source, to)](records, objective, weights, threshold)

@@ -1,0 +1,369 @@
+"""Reading and writing feedback records: JSONL, JSON, CSV, Parquet and `datasets`.
+
+The format follows the file extension (``.jsonl``, ``.json``, ``.csv``, ``.parquet``); a directory is a
+dataset saved with ``datasets.Dataset.save_to_disk``, and a ``datasets.Dataset`` object is read as is.
+The kind of feedback is given, or told by the fields most rows have.
+
+Reading collects every problem before failing (`DataError`). With ``skip_invalid=True`` the good rows
+are kept and each rejected row is written, with its reasons, to a side file: nothing is dropped
+silently. In CSV and Parquet, chat messages, lists and dicts are stored as JSON text in their cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pluralign.data.records import KINDS, Record, kind_of
+from pluralign.data.validate import (
+    RawRow,
+    Reject,
+    check_rows,
+    detect_kind,
+    field_names,
+    majority_kind,
+    parse_row,
+)
+from pluralign.errors import DataError, PluralignError, Problem
+from pluralign.runs import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text
+
+FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+Source = str | os.PathLike | Any  # a path, or a `datasets.Dataset`
+
+
+@dataclass
+class Checked:
+    """The outcome of reading one source: good records and rejected rows."""
+
+    source: str
+    kind: str
+    records: list[Record]
+    rejects: list[Reject]
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [p for r in self.rejects for p in r.problems]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Records <-> plain dicts.
+
+
+def record_to_dict(record: Record) -> dict[str, Any]:
+    """The record's fields as a JSON-ready dict; fields left as None are omitted."""
+    return {k: v for k, v in asdict(record).items() if v is not None}
+
+
+def record_from_dict(row: dict[str, Any], kind: str | None = None) -> Record:
+    """Check and build one record; raises DataError naming every bad field."""
+    kind = _known_kind(kind) if kind else detect_kind(row)
+    record, issues = parse_row(row, kind)
+    if record is None:
+        raise DataError([Problem("<record>", None, f, m) for f, m in issues])
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading.
+
+
+def read_records(
+    source: Source,
+    kind: str | None = None,
+    *,
+    skip_invalid: bool = False,
+    rejects_path: str | os.PathLike | None = None,
+) -> list[Record]:
+    """Read every record of a file, directory or `datasets.Dataset`.
+
+    Raises DataError listing all problems; with `skip_invalid` returns the good records and writes the
+    rejected rows with their reasons to `rejects_path` (default ``<stem>.rejects.jsonl`` next to the
+    input; always written, empty when nothing was rejected, so a stale file never misleads).
+    """
+    checked = read_checked(source, kind)
+    if not skip_invalid:
+        if checked.rejects:
+            raise DataError(checked.problems)
+        return checked.records
+    write_rejects(rejects_path or default_rejects_path(source), checked)
+    return checked.records
+
+
+def read_checked(source: Source, kind: str | None = None) -> Checked:
+    """Read and check every row without raising for bad rows (whole-file problems still raise)."""
+    name, rows, tabular = _raw_rows(source)
+    if not rows:
+        raise _file_error(name, "no records found")
+    if kind is None:
+        kind = majority_kind(rows)
+        if kind is None:
+            raise _file_error(
+                name, "cannot tell the kind of feedback from the fields; give the kind explicitly"
+            )
+    records, rejects = check_rows(rows, _known_kind(kind), name, tabular=tabular)
+    return Checked(name, kind, records, rejects)
+
+
+def default_rejects_path(source: Source) -> Path:
+    if not isinstance(source, str | os.PathLike):
+        raise PluralignError("reading an in-memory dataset with skip_invalid needs an explicit rejects_path")
+    path = Path(source)
+    return path.with_name(path.stem + ".rejects.jsonl")
+
+
+def write_rejects(path: str | os.PathLike, checked: Checked) -> Path:
+    """One JSON line per rejected row: where it was, its original text or row, and every reason."""
+    rows = [
+        {
+            "source": checked.source,
+            "line": r.line,
+            "raw": _jsonable(r.raw),
+            "reasons": [f"{p.field}: {p.message}" if p.field else p.message for p in r.problems],
+        }
+        for r in checked.rejects
+    ]
+    return atomic_write_jsonl(path, rows)
+
+
+def _file_error(source: str, message: str, line: int | None = None) -> DataError:
+    """A problem with a whole file (or its header), not with one row."""
+    return DataError([Problem(source, line, None, message)])
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` with anything JSON cannot hold (bytes, dates, … from a foreign table) as its repr, so that
+    writing a reject can never fail."""
+    return json.loads(json.dumps(value, default=repr))
+
+
+def _known_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise PluralignError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return kind
+
+
+def _raw_rows(source: Source) -> tuple[str, list[RawRow], bool]:
+    """(source name, rows, whether cells hold JSON text for structured values)."""
+    if not isinstance(source, str | os.PathLike):
+        return _dataset_rows(source, "<dataset>")
+    path = Path(source)
+    name = str(source)
+    if path.is_dir():
+        return _dataset_rows(_load_dataset_dir(path), name)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise _file_error(
+            name, f"unknown format {suffix!r}; use one of {', '.join(FORMATS)} or a saved datasets directory"
+        )
+    try:
+        if suffix == ".parquet":
+            return name, _parquet_rows(path, name), True
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _file_error(name, "no such file") from None
+    except OSError as e:
+        raise _file_error(name, f"cannot read file: {e.strerror or e}") from None
+    if suffix == ".jsonl":
+        return name, _jsonl_rows(data), False
+    text = _decode_utf8(data, name)
+    if suffix == ".json":
+        return name, _json_rows(text, name), False
+    return name, _csv_rows(text, name), True
+
+
+def _decode_utf8(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise _file_error(name, "not UTF-8 text", line=line) from None
+
+
+def _jsonl_rows(data: bytes) -> list[RawRow]:
+    rows = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue  # blank lines hold no record
+        try:
+            text = line.decode("utf-8-sig").rstrip("\r")
+        except UnicodeDecodeError:
+            rows.append(RawRow(number, line.decode("utf-8", "replace"), None, [(None, "not UTF-8 text")]))
+            continue
+        try:
+            rows.append(RawRow(number, text, json.loads(text)))
+        except json.JSONDecodeError as e:
+            rows.append(RawRow(number, text, None, [(None, f"malformed JSON: {e.msg} (column {e.colno})")]))
+    return rows
+
+
+def _json_rows(text: str, name: str) -> list[RawRow]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _file_error(name, f"malformed JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
+    if not isinstance(value, list):
+        raise _file_error(name, f"expected a JSON list of objects, got {type(value).__name__}")
+    return [RawRow(i, row, row) for i, row in enumerate(value)]
+
+
+def _csv_rows(text: str, name: str) -> list[RawRow]:
+    # Feed the reader our own lines so that a row's line numbers map back to its exact original text.
+    lines = list(io.StringIO(text, newline=""))
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if not header:
+        return []
+    if len(set(header)) != len(header):
+        raise _file_error(name, f"repeated column names in header {header}", line=1)
+    rows = []
+    try:
+        while True:
+            start = reader.line_num + 1
+            cells = next(reader, None)
+            if cells is None:
+                break
+            if not cells:
+                continue  # blank line
+            raw = "".join(lines[start - 1 : reader.line_num]).rstrip("\r\n")
+            if len(cells) != len(header):
+                rows.append(
+                    RawRow(start, raw, None, [(None, f"expected {len(header)} cells, found {len(cells)}")])
+                )
+            else:
+                rows.append(RawRow(start, raw, dict(zip(header, cells, strict=True))))
+    except csv.Error as e:
+        raise _file_error(name, f"unreadable CSV: {e}", line=reader.line_num) from None
+    return rows
+
+
+def _parquet_rows(path: Path, name: str) -> list[RawRow]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise FileNotFoundError(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, ValueError) as e:
+        raise _file_error(name, f"unreadable Parquet: {e}") from None
+    return [RawRow(i, row, row) for i, row in enumerate(table.to_pylist())]
+
+
+def _import_datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise PluralignError(
+            "reading a dataset needs the 'datasets' package: pip install 'pluralign[datasets]'"
+        ) from None
+    return datasets
+
+
+def _load_dataset_dir(path: Path):
+    datasets = _import_datasets()
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise _file_error(str(path), f"not a dataset saved with save_to_disk: {e}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = ", ".join(loaded)
+        raise _file_error(
+            str(path),
+            f"holds several splits ({splits}); give one split's directory, e.g. {path / next(iter(loaded))}",
+        )
+    return loaded
+
+
+def _dataset_rows(dataset: Any, name: str) -> tuple[str, list[RawRow], bool]:
+    if not hasattr(dataset, "column_names") or not hasattr(dataset, "__iter__"):
+        raise PluralignError(
+            f"cannot read records from a {type(dataset).__name__}; give a path or a datasets.Dataset"
+        )
+    if isinstance(dataset.column_names, dict):  # a DatasetDict maps split -> columns
+        raise PluralignError(
+            f"a DatasetDict holds several splits ({', '.join(dataset)}); pass one, e.g. dataset['train']"
+        )
+    return name, [RawRow(i, row, row) for i, row in enumerate(dataset)], True
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing.
+
+
+def write_records(path: str | os.PathLike, records: Sequence[Record]) -> Path:
+    """Write records of one kind, atomically, in the format of the path's extension."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise PluralignError(
+            f"cannot write {path}: unknown format {suffix!r}; use one of {', '.join(FORMATS)}"
+        )
+    kind = _single_kind(records)
+    if suffix == ".jsonl":
+        return atomic_write_jsonl(path, map(record_to_dict, records))
+    if suffix == ".json":
+        return atomic_write_json(path, [record_to_dict(r) for r in records])
+    columns = _columns(records, kind)
+    if suffix == ".csv":
+        return atomic_write_text(path, _csv_text(columns))
+    return atomic_write_bytes(path, _parquet_bytes(columns))
+
+
+def to_dataset(records: Sequence[Record]):
+    """A `datasets.Dataset` with one column per field, structured values as JSON text (as in Parquet)."""
+    return _import_datasets().Dataset.from_dict(_columns(records, _single_kind(records)))
+
+
+def _single_kind(records: Sequence[Record]) -> str | None:
+    """The one kind of `records` (None when empty); a file holds a single kind so it reads back."""
+    kinds = {kind_of(r) for r in records}
+    if len(kinds) > 1:
+        raise PluralignError(
+            f"cannot write records of several kinds ({', '.join(sorted(kinds))}) to one file"
+        )
+    return kinds.pop() if kinds else None
+
+
+def _columns(records: Sequence[Record], kind: str | None) -> dict[str, list[Any]]:
+    """Tabular layout: one column per field some record sets, in field order; None where unset."""
+    if kind is None:
+        return {}
+    rows = [record_to_dict(r) for r in records]
+    names = [n for n in field_names(kind) if any(n in row for row in rows)]
+    return {n: [_to_cell(row.get(n)) for row in rows] for n in names}
+
+
+def _to_cell(value: Any) -> Any:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict) else value
+
+
+def _csv_text(columns: dict[str, list[Any]]) -> str:
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    if columns:
+        writer.writerow(columns)
+        writer.writerows(zip(*(map(_csv_cell, col) for col in columns.values()), strict=True))
+    return buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _parquet_bytes(columns: dict[str, list[Any]]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    return sink.getvalue().to_pybytes()

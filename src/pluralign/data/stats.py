@@ -1,0 +1,142 @@
+"""A summary of a feedback set: how much of each kind, from whom, about what, and how long.
+
+Lengths are counted in characters and whitespace-separated words, so the summary needs no tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from pluralign.data.records import (
+    Binary,
+    Judged,
+    Pairwise,
+    Ranked,
+    Rated,
+    Record,
+    Text,
+    kind_of,
+    text_content,
+)
+
+PERCENTILES = (50, 90, 99)
+TOP = 10  # how many users / groups / objectives the text summary names
+
+
+def summary(records: Sequence[Record]) -> dict[str, Any]:
+    """Counts per kind, user, group and objective; length percentiles; and per-kind details."""
+    return {
+        "records": len(records),
+        "kinds": _counts(kind_of(r) for r in records),
+        "users": _counts(r.user for r in records if r.user is not None),
+        "groups": _counts(r.group for r in records if r.group is not None),
+        "objectives": _counts(o for r in records for o in _objectives(r)),
+        "lengths": {
+            "prompt": _lengths(r.prompt for r in records),
+            "response": _lengths(t for r in records for t in _responses(r)),
+        },
+        "details": _details(records),
+    }
+
+
+def _counts(values: Iterable[str]) -> dict[str, int]:
+    return dict(Counter(values).most_common())
+
+
+def _objectives(record: Record) -> list[str]:
+    if isinstance(record, Rated):
+        return list(record.ratings)
+    return [record.objective] if record.objective is not None else []
+
+
+def _responses(record: Record) -> list[Text]:
+    if isinstance(record, Pairwise):
+        return [record.chosen, record.rejected]
+    if isinstance(record, Ranked):
+        return list(record.responses)
+    return [record.response]
+
+
+def _lengths(texts: Iterable[Text]) -> dict[str, dict[str, float]]:
+    contents = [text_content(t) for t in texts]
+    return {
+        "chars": _percentiles([len(c) for c in contents]),
+        "words": _percentiles([len(c.split()) for c in contents]),
+    }
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True)}
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values))}
+
+
+def _details(records: Sequence[Record]) -> dict[str, dict[str, Any]]:
+    """Per-kind facts: margins of pairs, list sizes, label and polarity balance, rating spreads."""
+    details: dict[str, dict[str, Any]] = {}
+    pairs = [r for r in records if isinstance(r, Pairwise)]
+    if pairs:
+        margins = [p.margin for p in pairs if p.margin is not None]
+        details["pairwise"] = {"with_margin": len(margins), "margin": _spread(margins)}
+    lists = [r for r in records if isinstance(r, Ranked)]
+    if lists:
+        details["ranked"] = {
+            "responses_per_prompt": _spread([len(r.responses) for r in lists]),
+            "by_scores": sum(r.scores is not None for r in lists),
+            "by_ranks": sum(r.scores is None for r in lists),
+        }
+    labels = [r.label for r in records if isinstance(r, Binary)]
+    if labels:
+        details["binary"] = {"positive": sum(labels), "negative": len(labels) - sum(labels)}
+    polarities = [r.polarity for r in records if isinstance(r, Judged)]
+    if polarities:
+        details["judged"] = {
+            "positive": polarities.count("positive"),
+            "negative": polarities.count("negative"),
+        }
+    rated = [r for r in records if isinstance(r, Rated)]
+    if rated:
+        objectives = sorted({k for r in rated for k in r.ratings})
+        details["rated"] = {
+            "ratings": {o: _spread([r.ratings[o] for r in rated if o in r.ratings]) for o in objectives}
+        }
+    return details
+
+
+def format_summary(stats: dict[str, Any]) -> str:
+    """The summary as a few readable lines."""
+    lines = [f"records: {stats['records']} ({_named(stats['kinds'])})"]
+    for name in ("users", "groups", "objectives"):
+        counts = stats[name]
+        lines.append(f"{name}: {len(counts)} distinct" + (f"; {_named(counts)}" if counts else ""))
+    lines.append(f"{'lengths':<16}" + "".join(f"{'p' + str(q):>9}" for q in PERCENTILES))
+    for part, by_unit in stats["lengths"].items():
+        for unit, values in by_unit.items():
+            lines.append(
+                f"  {part + ' ' + unit:<14}"
+                + "".join(f"{values.get(f'p{q}', float('nan')):>9.1f}" for q in PERCENTILES)
+            )
+    for kind, facts in stats["details"].items():
+        lines.append(f"{kind}: " + ", ".join(f"{k} {_fact(v)}" for k, v in facts.items()))
+    return "\n".join(lines)
+
+
+def _named(counts: dict[str, int]) -> str:
+    shown = ", ".join(f"{k} {n}" for k, n in list(counts.items())[:TOP])
+    return shown + (f", … {len(counts) - TOP} more" if len(counts) > TOP else "")
+
+
+def _fact(value: Any) -> str:
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{k} {_fact(v)}" for k, v in value.items()) + ")"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

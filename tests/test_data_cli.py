@@ -1,0 +1,196 @@
+"""`pluralign data validate | convert | stats`, through the real entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from data_examples import examples, write_jsonl
+
+from pluralign.cli import main
+from pluralign.data import KINDS, Rated, read_records, write_records
+
+GOOD = {"prompt": "p", "responses": ["a", "b"], "scores": [1.0, 2.0]}
+
+
+def _bad_jsonl(tmp_path: Path) -> tuple[Path, list[tuple[int, str | None]]]:
+    rows = [
+        GOOD,
+        '{"prompt": "p", "responses": ["a"',
+        {"prompt": "p", "scores": [1.0, 2.0]},
+        {**GOOD, "scores": [1.0, float("nan")]},
+        GOOD,
+    ]
+    return write_jsonl(tmp_path / "in.jsonl", rows), [(2, None), (3, "responses"), (4, "scores[1]")]
+
+
+def _bad_csv(tmp_path: Path) -> tuple[Path, list[tuple[int, str | None]]]:
+    good = 'p,"[""a"", ""b""]","[1.0, 2.0]"\n'
+    text = (
+        "prompt,responses,scores\n"
+        + good
+        + "p,oops\n"
+        + "p,,[1.0]\n"
+        + 'p,"[""a"", ""b""]","[1.0, NaN]"\n'
+        + good
+    )
+    path = tmp_path / "in.csv"
+    path.write_text(text)
+    return path, [(3, None), (4, "responses"), (5, "scores[1]")]
+
+
+def _bad_parquet(tmp_path: Path) -> tuple[Path, list[tuple[int, str | None]]]:
+    good = {"prompt": "p", "responses": '["a", "b"]', "scores": "[1.0, 2.0]"}
+    rows = [
+        good,
+        {**good, "scores": "[1.0, 2"},
+        {**good, "responses": None},
+        {**good, "scores": "[1.0, Infinity]"},
+        good,
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    return tmp_path / "in.parquet", [(1, "scores"), (2, "responses"), (3, "scores[1]")]
+
+
+BAD_FILES = {"jsonl": _bad_jsonl, "csv": _bad_csv, "parquet": _bad_parquet}
+
+
+@pytest.mark.parametrize("fmt", list(BAD_FILES))
+def test_validate_names_every_problem_with_line_and_field(tmp_path, capsys, fmt):
+    path, expected = BAD_FILES[fmt](tmp_path)
+    assert main(["data", "validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "3 problem(s)" in err and "Traceback" not in err
+    for line, field in expected:
+        assert f"{path}:{line}: " + (f"field '{field}':" if field else "") in err
+
+
+@pytest.mark.parametrize("fmt", list(BAD_FILES))
+def test_validate_skip_invalid_writes_good_rows_and_rejects_with_reasons(tmp_path, capsys, fmt):
+    path, expected = BAD_FILES[fmt](tmp_path)
+    assert main(["data", "validate", str(path), "--skip-invalid"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 2 of 5 ranked rows" in out and "3 rejected row(s)" in out
+    assert read_records(tmp_path / f"in.valid.{fmt}") == read_records(tmp_path / f"in.valid.{fmt}", "ranked")
+    assert len(read_records(tmp_path / f"in.valid.{fmt}")) == 2
+    rejects = [json.loads(line) for line in (tmp_path / "in.rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [line for line, _ in expected]
+    for reject, (_, field) in zip(rejects, expected, strict=True):
+        assert reject["raw"] and len(reject["reasons"]) == 1
+        assert reject["reasons"][0].startswith(f"{field}: " if field else "")
+
+
+def test_validate_skip_invalid_with_explicit_paths(tmp_path, capsys):
+    path, _ = _bad_jsonl(tmp_path)
+    out, rejects = tmp_path / "clean.parquet", tmp_path / "why.jsonl"
+    assert (
+        main(["data", "validate", str(path), "--skip-invalid", "--out", str(out), "--rejects", str(rejects)])
+        == 0
+    )
+    assert len(read_records(out)) == 2 and len(rejects.read_text().splitlines()) == 3
+
+
+def test_validate_clean_file(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "ok.jsonl", [GOOD, GOOD])
+    assert main(["data", "validate", str(path), "--kind", "ranked", "--out", str(tmp_path / "ok.csv")]) == 0
+    assert "all 2 ranked records are valid" in capsys.readouterr().out
+    assert read_records(tmp_path / "ok.csv") == read_records(path)
+
+
+@pytest.mark.parametrize("args", [["data", "validate", "nowhere.jsonl"], ["data", "stats", "nowhere.csv"]])
+def test_missing_file_is_a_clean_error(capsys, args):
+    assert main(args) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_stats_summarizes_every_kind(tmp_path, capsys, kind):
+    records = examples()[kind]
+    path = tmp_path / f"{kind}.jsonl"
+    write_records(path, records)
+    assert main(["data", "stats", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"records: 3 ({kind} 3)")
+    assert "prompt chars" in text and "response words" in text and f"\n{kind}: " in text
+    assert main(["data", "stats", str(path), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["kinds"] == {kind: 3}
+    assert stats["users"] == {"u1": 1} | ({"u2": 1} if kind == "pairwise" else {})
+    assert set(stats["lengths"]["prompt"]["chars"]) == {"p50", "p90", "p99"}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_convert_round_trips_through_formats(tmp_path, capsys, kind):
+    start = write_records(tmp_path / "a.jsonl", examples()[kind])
+    chain = [start, tmp_path / "b.parquet", tmp_path / "c.csv", tmp_path / "d.json", tmp_path / "e.jsonl"]
+    for src, dst in zip(chain, chain[1:], strict=False):
+        assert main(["data", "convert", str(src), str(dst)]) == 0
+    assert read_records(chain[-1]) == examples()[kind]
+    assert chain[-1].read_text() == start.read_text()
+
+
+def test_convert_between_kinds(tmp_path, capsys):
+    pairs = write_records(tmp_path / "pairs.jsonl", examples()["pairwise"])
+    assert main(["data", "convert", str(pairs), str(tmp_path / "bin.csv"), "--to", "binary"]) == 0
+    labels = [b.label for b in read_records(tmp_path / "bin.csv")]
+    assert labels == [True, False] * 3
+    rated = [
+        Rated("q", f"r{i}", {"helpful": h, "safe": s})
+        for i, (h, s) in enumerate([(4.0, 5.0), (1.0, 2.5), (-0.5, 0.0)])
+    ]
+    rated_path = write_records(tmp_path / "rated.parquet", rated)
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                str(rated_path),
+                str(tmp_path / "rp.jsonl"),
+                "--to",
+                "pairwise",
+                "--objective",
+                "helpful",
+            ]
+        )
+        == 0
+    )
+    pairs = read_records(tmp_path / "rp.jsonl")
+    assert [(p.chosen, p.rejected, p.margin, p.objective) for p in pairs] == [
+        ("r0", "r1", 3.0, "helpful"),
+        ("r0", "r2", 4.5, "helpful"),
+        ("r1", "r2", 1.5, "helpful"),
+    ]
+    # 0.5 * helpful + 0.5 * safe = 4.5, 1.75, -0.25
+    out = tmp_path / "rb.jsonl"
+    weighted = ["--to", "binary", "--weights", "helpful=0.5,safe=0.5", "--threshold", "1.75"]
+    assert main(["data", "convert", str(rated_path), str(out), *weighted]) == 0
+    assert [b.label for b in read_records(out)] == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--to", "binary"], "needs a threshold"),
+        (["--to", "binary", "--threshold", "1", "--weights", "helpful"], "--weights"),
+    ],
+)
+def test_convert_errors_are_clean(tmp_path, capsys, extra, message):
+    rated = write_records(tmp_path / "rated.jsonl", examples()["rated"])
+    assert main(["data", "convert", str(rated), str(tmp_path / "out.jsonl"), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_real_command_exits_2_without_traceback(tmp_path):
+    path, expected = _bad_jsonl(tmp_path)
+    command = Path(sys.executable).with_name("pluralign")
+    done = subprocess.run(
+        [str(command), "data", "validate", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    assert f"{path}:3: field 'responses': missing field" in done.stderr

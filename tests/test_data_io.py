@@ -1,0 +1,143 @@
+"""Reading and writing records: every kind through every format, kind detection, dict conversion."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from data_examples import CHAT, REPLY, examples, write_jsonl
+
+from pluralign.data import (
+    KINDS,
+    Pairwise,
+    Ranked,
+    detect_kind,
+    kind_of,
+    read_records,
+    record_from_dict,
+    record_to_dict,
+    to_dataset,
+    write_records,
+)
+from pluralign.errors import DataError, PluralignError
+
+FILE_FORMATS = ["jsonl", "json", "csv", "parquet"]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("fmt", FILE_FORMATS)
+def test_every_kind_round_trips_through_every_file_format(tmp_path, kind, fmt):
+    records = examples()[kind]
+    path = write_records(tmp_path / f"data.{fmt}", records)
+    assert read_records(path) == records  # kind detected from the fields
+    assert read_records(path, kind=kind) == records
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_kind_round_trips_through_datasets(tmp_path, kind):
+    records = examples()[kind]
+    dataset = to_dataset(records)
+    assert isinstance(dataset, datasets.Dataset) and len(dataset) == len(records)
+    assert read_records(dataset) == records
+    dataset.save_to_disk(str(tmp_path / "saved"))
+    assert read_records(tmp_path / "saved") == records
+
+
+def test_native_nested_columns_are_read_as_is(tmp_path):
+    # Datasets made elsewhere store chats as list<struct> and scores as list<double>, not JSON text.
+    rows = [{"prompt": CHAT, "responses": ["a", "b"], "scores": [1.0, 2.5], "user": "u9"}]
+    expected = [Ranked(CHAT, ["a", "b"], scores=[1.0, 2.5], user="u9")]
+    assert read_records(datasets.Dataset.from_list(rows)) == expected
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "native.parquet")
+    assert read_records(tmp_path / "native.parquet") == expected
+
+
+def test_csv_cells_hold_json_for_structured_values(tmp_path):
+    path = write_records(tmp_path / "r.csv", examples()["ranked"][:2])
+    lines = path.read_text().splitlines()
+    assert lines[0] == "prompt,responses,scores,ranks,user,group,section"
+    assert lines[1] == 'Pick one,"[""a b"", ""c"", ""d e f""]","[0.5, 2.0, -1.0]",,u1,,'
+
+
+def test_extra_fields_go_to_meta_and_stay_there(tmp_path):
+    path = write_jsonl(
+        tmp_path / "x.jsonl",
+        [{"prompt": "p", "response": "r", "label": 1, "source": "web", "meta": {"a": 1}}],
+    )
+    (record,) = read_records(path)
+    assert record.label is True and record.meta == {"a": 1, "source": "web"}
+    assert read_records(write_records(tmp_path / "y.jsonl", [record])) == [record]
+
+
+def test_numeric_ids_are_read_as_names():
+    record = record_from_dict({"prompt": "p", "chosen": "a", "rejected": "b", "user": 17, "group": 3})
+    assert (record.user, record.group) == ("17", "3")
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind"),
+    [
+        ({"prompt", "chosen", "rejected"}, "pairwise"),
+        ({"prompt", "responses", "ranks"}, "ranked"),
+        ({"prompt", "response", "label"}, "binary"),
+        ({"prompt", "response", "ratings"}, "rated"),
+        ({"prompt", "response", "judgment", "polarity"}, "judged"),
+    ],
+)
+def test_detect_kind_from_fields(fields, kind):
+    assert detect_kind(dict.fromkeys(fields, "x")) == kind
+
+
+def test_detect_kind_fails_clearly():
+    with pytest.raises(DataError, match=r"cannot tell the kind.*\['prompt', 'response'\]"):
+        detect_kind({"prompt": "p", "response": "r"})
+
+
+def test_file_kind_is_the_majority_so_one_odd_row_cannot_mislead(tmp_path):
+    pair = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    path = write_jsonl(tmp_path / "x.jsonl", [{"prompt": "p", "response": "r", "label": True}, pair, pair])
+    with pytest.raises(DataError) as e:
+        read_records(path)
+    assert [(p.line, p.field) for p in e.value.problems] == [(1, "chosen"), (1, "rejected")]
+
+
+def test_dict_round_trip_omits_unset_fields():
+    record = examples()["pairwise"][1]
+    row = record_to_dict(record)
+    assert row == {"prompt": CHAT, "chosen": REPLY, "rejected": "I won't.\nNo.", "user": "u2"}
+    assert record_from_dict(row, "pairwise") == record
+    assert kind_of(record_from_dict(row)) == "pairwise"
+
+
+def test_record_from_dict_names_every_bad_field():
+    with pytest.raises(DataError) as e:
+        record_from_dict({"prompt": "", "chosen": "a", "rejected": "b", "margin": "big"}, "pairwise")
+    assert [(p.field, p.message) for p in e.value.problems] == [
+        ("prompt", "empty text"),
+        ("margin", "expected a number, got str 'big'"),
+    ]
+
+
+def test_writing_several_kinds_to_one_file_is_refused(tmp_path):
+    mixed = [examples()["pairwise"][0], examples()["binary"][0]]
+    with pytest.raises(PluralignError, match="several kinds"):
+        write_records(tmp_path / "x.jsonl", mixed)
+
+
+def test_writes_are_atomic_and_leave_no_temp_files(tmp_path):
+    for fmt in FILE_FORMATS:
+        write_records(tmp_path / f"d.{fmt}", examples()["judged"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"d.{fmt}" for fmt in sorted(FILE_FORMATS)]
+
+
+def test_unknown_output_format_is_refused(tmp_path):
+    with pytest.raises(PluralignError, match="unknown format '.txt'"):
+        write_records(tmp_path / "x.txt", examples()["binary"])
+
+
+def test_json_output_is_a_list_of_objects(tmp_path):
+    path = write_records(tmp_path / "x.json", [Pairwise("p", "a", "b", margin=2)])
+    assert json.loads(path.read_text()) == [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 2}]
