@@ -1,0 +1,77 @@
+"""Commands `pluralign eval` and `pluralign report`.
+
+`pluralign eval --config FILE` runs the evaluations listed in a YAML config (see
+:mod:`pluralign.evaluate.runner`) and writes a results JSON; `pluralign eval rm ...` (reward-model
+evaluation) is added by :mod:`pluralign.reward.cli` when that module is present. `pluralign report
+RUN_DIR...` renders one self-contained HTML report from run directories (results.json and/or
+metrics.jsonl; schema in :mod:`pluralign.evaluate.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+from pathlib import Path
+
+from pluralign.errors import ConfigError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="evaluate models and decoders from a YAML config (`eval rm`: reward models)",
+        description="Generate with every model/decoder of the config on its prompts, judge the outputs "
+                    "(gold, reward model or LLM judge), and write results JSON: reward, KL to the reference, "
+                    "win rate with bootstrap CI and length control, per-group utility, objectives.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML evaluation config (see pluralign.evaluate.runner).")
+    p.add_argument("--out", default=None, help="Results JSON (default: the config's `out`, else results.json "
+                                                "next to the config).")
+    p.add_argument("--report", default=None, help="Also render the HTML report to this file.")
+    p.set_defaults(func=run_eval)
+    sub = p.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
+    if importlib.util.find_spec("pluralign.reward.cli") is not None:
+        module = importlib.import_module("pluralign.reward.cli")
+        if hasattr(module, "register_eval_rm"):
+            module.register_eval_rm(sub)
+
+    r = subparsers.add_parser(
+        "report", help="render one self-contained HTML report from run directories",
+        description="Read results.json and/or metrics.jsonl from each RUN_DIR and write one HTML file with "
+                    "inline plots: reward-KL frontier, Pareto fronts with hypervolume, per-group utility, "
+                    "calibration diagrams, judge reliability, training curves and tables.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="Run directories.")
+    r.add_argument("--out", default=None, help="HTML file (default: RUN_DIR/report/report.html of the first).")
+    r.add_argument("--title", default=None, help="Report title.")
+    r.set_defaults(func=run_report)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from pluralign.config import read_yaml
+    from pluralign.evaluate.report import write_report
+    from pluralign.evaluate.runner import evaluate_config
+    from pluralign.runs import atomic_write_json
+
+    if not args.config:
+        raise ConfigError("`pluralign eval` needs --config FILE (or a subcommand, e.g. `pluralign eval rm`)")
+    path = Path(args.config)
+    cfg = read_yaml(path)
+    results = evaluate_config(cfg, where=str(path), base_dir=path.parent)
+    out = Path(args.out or (path.parent / cfg.get("out", "results.json")))
+    atomic_write_json(out, results)
+    print(f"results: {out}")
+    if args.report:
+        print(f"report: {write_report(results, args.report)}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from pluralign.evaluate.report import load_run_dirs, write_report
+
+    results = load_run_dirs(args.run_dirs)
+    if args.title:
+        results["title"] = args.title
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report" / "report.html"
+    print(f"report: {write_report(results, out)}")
+    return 0

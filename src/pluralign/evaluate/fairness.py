@@ -1,0 +1,56 @@
+"""Fairness of an aligned model across groups or users of a population.
+
+Outcome metrics from negotiative alignment (Mushkani, Berard & Koseki 2025, arXiv 2503.12613): total
+and worst-group utility, 20th-percentile satisfaction after min–max normalisation, and the Gini
+coefficient of utilities (Gini 1912, mean-absolute-difference form).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def _values(utilities: Mapping[str, float] | Sequence[float] | np.ndarray) -> np.ndarray:
+    if isinstance(utilities, Mapping):
+        utilities = list(utilities.values())
+    return np.asarray(utilities, dtype=float)
+
+
+def worst_group(utilities: Mapping[str, float] | Sequence[float]) -> float:
+    """min_g U_g (Rawlsian welfare; the worst-off group's utility)."""
+    return float(_values(utilities).min())
+
+
+def normalized_satisfaction(utilities: Mapping[str, float] | Sequence[float]) -> np.ndarray:
+    """Min–max normalised utilities in [0, 1] within one scenario; all equal ⇒ all 1 (everyone equally
+    satisfied)."""
+    u = _values(utilities)
+    lo, hi = u.min(), u.max()
+    return np.ones_like(u) if hi == lo else (u - lo) / (hi - lo)
+
+
+def percentile_satisfaction(utilities: Mapping[str, float] | Sequence[float], q: float = 20) -> float:
+    """The q-th percentile (numpy's linear interpolation — the paper does not say which) of min–max
+    normalised satisfaction."""
+    return float(np.percentile(normalized_satisfaction(utilities), q))
+
+
+def gini(utilities: Mapping[str, float] | Sequence[float]) -> float:
+    """Gini = Σᵢ Σⱼ |Uᵢ − Uⱼ| / (2n²·mean U): 0 when all equal, (n − 1)/n when one holds everything.
+    Needs a positive mean (utilities shifted to be non-negative if they can be negative)."""
+    u = _values(utilities)
+    mean = u.mean()
+    if mean <= 0:
+        raise ValueError("Gini needs utilities with a positive mean; shift them to be non-negative first")
+    return float(np.abs(u[:, None] - u[None, :]).sum() / (2 * len(u) ** 2 * mean))
+
+
+def fairness_summary(utilities: Mapping[str, float] | Sequence[float]) -> dict[str, float]:
+    """Total, mean and worst-group utility, P20 satisfaction and Gini (NaN when the mean is not positive)."""
+    u = _values(utilities)
+    out = {"total": float(u.sum()), "mean": float(u.mean()), "worst_group": worst_group(u),
+           "p20_satisfaction": percentile_satisfaction(u)}
+    out["gini"] = gini(u) if u.mean() > 0 else float("nan")
+    return out

@@ -1,0 +1,161 @@
+"""Figures for the HTML report, each returned as PNG bytes (matplotlib's Agg backend, no display needed).
+
+Inputs are the plain dicts of the results schema (see :mod:`pluralign.evaluate.report`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pluralign.evaluate.frontier import frontier, upper_hull
+from pluralign.evaluate.pareto import hypervolume, pareto_front
+
+DPI = 110
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=DPI)
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def by_method(runs: Sequence[dict]) -> dict[str, list[dict]]:
+    """Runs grouped by their ``method`` field (runs without one form the group "runs"), in first-seen order."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(str(r.get("method") or "runs"), []).append(r)
+    return groups
+
+
+def reward_kl(runs: Sequence[dict]) -> bytes | None:
+    """Reward vs KL(π‖π_ref) scatter, one colour per method, with the upper-left frontier (solid) and its
+    concave envelope (dashed). None when fewer than one run has both numbers."""
+    pts = [r for r in runs if _finite(r.get("kl")) and _finite(r.get("reward"))]
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for method, group in by_method(pts).items():
+        x, y = [r["kl"] for r in group], [r["reward"] for r in group]
+        err = [r.get("reward_se") if _finite(r.get("reward_se")) else 0.0 for r in group]
+        ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, label=method, alpha=0.85)
+        if len(pts) <= 12:
+            for r in group:
+                ax.annotate(str(r.get("name", "")), (r["kl"], r["reward"]), fontsize=7, alpha=0.7,
+                            xytext=(3, 3), textcoords="offset points")
+    kl, rew = np.array([r["kl"] for r in pts]), np.array([r["reward"] for r in pts])
+    f, h = frontier(kl, rew), upper_hull(kl, rew)
+    if len(f) > 1:
+        ax.step(kl[f], rew[f], where="post", color="black", lw=1, label="frontier")
+    if len(h) > 1:
+        ax.plot(kl[h], rew[h], ls="--", color="grey", lw=1, label="envelope")
+    ax.set(xlabel="KL(π ‖ π_ref)  (nats / sequence)", ylabel="gold reward", title="Reward vs KL")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def pareto_fronts(runs: Sequence[dict], objectives: Sequence[str], reference: Sequence[float]) -> tuple[bytes, dict[str, float]]:
+    """Scatter of the first two `objectives`, each method's Pareto front drawn as a line, and the
+    hypervolume of every method's runs over ALL `objectives` w.r.t. `reference` (shown in the legend)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    hvs: dict[str, float] = {}
+    for method, group in by_method(runs).items():
+        P = np.array([[r["objectives"][o] for o in objectives] for r in group], dtype=float)
+        hvs[method] = hypervolume(P, reference)
+        line = ax.plot(P[:, 0], P[:, 1], "o", alpha=0.6)[0]
+        front = pareto_front(P[:, :2])
+        ax.plot(P[front, 0], P[front, 1], "-", color=line.get_color(), label=f"{method} (HV {hvs[method]:.3g})")
+    ax.plot([reference[0]], [reference[1]], "x", color="black", label="reference")
+    ax.set(xlabel=objectives[0], ylabel=objectives[1], title="Pareto fronts" + (
+        f" (HV over {len(objectives)} objectives)" if len(objectives) > 2 else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig), hvs
+
+
+def group_bars(runs: Sequence[dict], max_runs: int = 8) -> bytes | None:
+    """Grouped bars of per-group utility: groups on the x axis, one bar per run (at most `max_runs`)."""
+    runs = [r for r in runs if r.get("per_group")][:max_runs]
+    if not runs:
+        return None
+    groups = list(dict.fromkeys(g for r in runs for g in r["per_group"]))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    width = 0.8 / len(runs)
+    x = np.arange(len(groups))
+    for i, r in enumerate(runs):
+        vals = [r["per_group"].get(g, np.nan) for g in groups]
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, vals, width, label=str(r.get("name", i)))
+    ax.set_xticks(x, groups, rotation=20 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set(ylabel="utility", title="Utility per group")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def calibration_diagram(entry: dict) -> tuple[bytes, dict[str, float]]:
+    """Reliability diagram through :func:`pluralign.evaluate.calibration.plot_reliability`, from either
+    raw ``probs``/``labels`` or precomputed reliability ``rows`` (optionally ``rows_after``)."""
+    from pluralign.evaluate import calibration
+
+    n_bins = int(entry.get("n_bins", 10))
+    errors: dict[str, float] = dict(entry.get("errors", {}))
+    if "probs" in entry:
+        rows = calibration.reliability_data(entry["probs"], entry["labels"], n_bins)
+        errors = errors or calibration.calibration_errors(entry["probs"], entry["labels"], n_bins)
+    else:
+        rows = entry["rows"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "reliability.png"
+        calibration.plot_reliability(rows, path, title=str(entry.get("name", "Reliability")),
+                                     rows_after=entry.get("rows_after"))
+        return path.read_bytes(), errors
+
+
+def training_curves(name: str, rows: Sequence[dict], max_panels: int = 4) -> bytes | None:
+    """Up to `max_panels` numeric metrics of a metrics.jsonl log against ``step`` (or row index),
+    preferring loss, reward, KL and accuracy keys."""
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("step", "epoch", "time")
+            and any(_finite(r.get(k)) for r in rows)]
+    if not keys:
+        return None
+    rank = lambda k: next((i for i, w in enumerate(("loss", "reward", "kl", "acc")) if w in k.lower()), 9)
+    keys = sorted(keys, key=rank)[:max_panels]
+    plt = _plt()
+    ncols = min(2, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows + 0.4), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, k in zip(axes.flat, keys, strict=False):
+        pts = [(r.get("step", i), r[k]) for i, r in enumerate(rows) if _finite(r.get(k))]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2)
+        ax.set(title=k, xlabel="step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(name, fontsize=10)
+    return _png(fig)

@@ -1,0 +1,246 @@
+"""One self-contained HTML report (plots inline as base64 PNG, no scripts, responsive CSS that reads on a
+phone) from a results dict.
+
+Results schema (every key optional; unknown keys are ignored)::
+
+    {
+      "title": "pluralign report", "description": "free text",
+      "runs": [{"name": "dpo-0.1", "method": "dpo",          # method groups colours and Pareto fronts
+                "kl": 1.2, "reward": 0.53, "reward_se": 0.01, # → reward–KL plot and frontier
+                "per_group": {"group": utility, ...},         # → per-group bars + worst/P20/Gini
+                "objectives": {"helpful": 0.7, ...},          # → Pareto fronts + hypervolume
+                "win_rate": {"win_rate": 61.0, "ci": [55, 67], "lc_win_rate": 58.2},
+                "metrics": {"any_number": 1.0}}],             # → extra columns of the runs table
+      "pareto": {"objectives": ["helpful", "harmless"], "reference": [0, 0]},  # default: first two
+                                                                               # objectives, ref below all
+      "calibration": [{"name": "RM", "probs": [...], "labels": [...]}        # or "rows" (+ "rows_after")
+                      ],
+      "judge_reliability": [{"judge": "gpt", "acc_both": 0.66, ...}],        # keys of reliability_report
+      "curves": [{"name": "run", "rows": [{"step": 1, "loss": 0.7}, ...]}],  # training logs
+      "tables": [{"title": "...", "columns": ["a", "b"], "rows": [[1, 2]]}]
+    }
+
+:func:`load_run_dirs` builds this from run directories holding ``results.json`` (this schema) and/or
+``metrics.jsonl`` (a training log: plotted as curves; its last ``kl``/``reward`` values make a run
+when ``results.json`` has none).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pluralign.errors import ConfigError
+from pluralign.evaluate import plots
+from pluralign.evaluate.fairness import fairness_summary
+from pluralign.evaluate.pareto import default_reference
+from pluralign.runs import RunDir, atomic_write_text
+
+LIST_KEYS = ("runs", "calibration", "judge_reliability", "curves", "tables")
+RELIABILITY_COLUMNS = ("acc_both", "acc_random", "acc_random_denoised", "position_bias", "length_bias",
+                       "position_consistency", "preference_fairness", "prob_prefer_longer", "flip_noise",
+                       "repetition_stability", "agreement_accuracy", "kappa", "n")
+
+CSS = """
+:root{--fg:#1d2330;--muted:#5b6475;--line:#dde1e8;--card:#fff;--bg:#f5f6f8;--accent:#2f5bd3}
+*{box-sizing:border-box}
+body{margin:0;font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
+main{max-width:1100px;margin:0 auto;padding:16px}
+h1{font-size:1.6rem;margin:.4em 0}h2{font-size:1.2rem;margin:1.4em 0 .5em;border-bottom:2px solid var(--accent);padding-bottom:.2em}
+.muted{color:var(--muted);font-size:.9rem}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(440px,100%),1fr));gap:14px;margin:8px 0}
+figure{margin:0;background:var(--card);border:1px solid var(--line);border-radius:10px;padding:10px}
+figure img{display:block;width:100%;height:auto}
+figcaption{font-size:.85rem;color:var(--muted);margin-top:6px}
+.table-wrap{overflow-x:auto;background:var(--card);border:1px solid var(--line);border-radius:10px;margin:8px 0}
+table{border-collapse:collapse;width:100%;font-size:.9rem}
+th,td{padding:6px 10px;text-align:right;white-space:nowrap;border-bottom:1px solid var(--line)}
+th:first-child,td:first-child{text-align:left;position:sticky;left:0;background:var(--card)}
+th,th:first-child{background:#eef1f6}
+@media (max-width:600px){body{font-size:15px}main{padding:10px}th,td{padding:5px 7px}}
+"""
+
+
+# ---- formatting ---------------------------------------------------------------------------------
+def fmt(v: Any) -> str:
+    """A table cell: numbers to 4 significant digits, missing/NaN as an em dash, lists joined."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def table_html(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def figure_html(png: bytes, alt: str, caption: str = "") -> str:
+    data = base64.b64encode(png).decode("ascii")
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">{cap}</figure>'
+
+
+# ---- sections -----------------------------------------------------------------------------------
+def _runs_table(runs: Sequence[dict]) -> str:
+    objectives = list(dict.fromkeys(o for r in runs for o in r.get("objectives", {})))
+    extra = list(dict.fromkeys(k for r in runs for k in r.get("metrics", {})))
+    has_groups = any(r.get("per_group") for r in runs)
+    has_wr = any(isinstance(r.get("win_rate"), dict) for r in runs)
+    cols = ["run", "method", "KL", "reward"] + (["win rate", "95% CI", "LC win rate"] if has_wr else []) \
+        + (["worst group", "P20 satisfaction", "Gini"] if has_groups else []) + objectives + extra
+    rows = []
+    for r in runs:
+        row = [r.get("name", ""), r.get("method", ""), r.get("kl"), r.get("reward")]
+        if has_wr:
+            wr = r.get("win_rate") if isinstance(r.get("win_rate"), dict) else {}
+            row += [wr.get("win_rate"), wr.get("ci"), wr.get("lc_win_rate")]
+        if has_groups:
+            fs = fairness_summary(r["per_group"]) if r.get("per_group") else {}
+            row += [fs.get("worst_group"), fs.get("p20_satisfaction"), fs.get("gini")]
+        row += [r.get("objectives", {}).get(o) for o in objectives]
+        row += [r.get("metrics", {}).get(k) for k in extra]
+        rows.append(row)
+    return table_html(cols, rows)
+
+
+def _pareto_section(results: dict) -> str:
+    runs = [r for r in results.get("runs", []) if r.get("objectives")]
+    spec = results.get("pareto", {})
+    # Default: the first two objectives (hypervolume by slicing grows fast with the dimension).
+    objectives = list(spec.get("objectives") or list(dict.fromkeys(o for r in runs for o in r["objectives"]))[:2])
+    runs = [r for r in runs if all(plots._finite(r["objectives"].get(o)) for o in objectives)]
+    if len(objectives) < 2 or not runs:
+        return ""
+    import numpy as np
+
+    P = np.array([[r["objectives"][o] for o in objectives] for r in runs], dtype=float)
+    ref = list(spec.get("reference") or default_reference(P).tolist())
+    png, hvs = plots.pareto_fronts(runs, objectives, ref)
+    table = table_html(["method", "runs", "hypervolume"],
+                       [[m, len(g), hvs[m]] for m, g in plots.by_method(runs).items()])
+    caption = f"reference point {fmt(ref)}; objectives {', '.join(objectives)}"
+    return f'<h2>Pareto fronts</h2><div class="grid">{figure_html(png, "Pareto fronts", caption)}</div>{table}'
+
+
+def render_html(results: dict) -> str:
+    """The whole report as one HTML string."""
+    title = str(results.get("title") or "pluralign report")
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    if results.get("description"):
+        parts.append(f'<p class="muted">{html.escape(str(results["description"]))}</p>')
+    runs = results.get("runs", [])
+    if runs:
+        parts.append("<h2>Runs</h2>" + _runs_table(runs))
+        if any(isinstance(r.get("win_rate"), dict) for r in runs):
+            parts.append('<p class="muted">Win rate against the baseline in AlpacaEval\'s encoding (draws count '
+                         "half); CI: bootstrap 95%; LC: length-controlled (AlpacaEval 2 GLM).</p>")
+        figs = []
+        rk = plots.reward_kl(runs)
+        if rk:
+            figs.append(figure_html(rk, "Reward vs KL", "each point a run; solid: frontier, dashed: envelope"))
+        gb = plots.group_bars(runs)
+        if gb:
+            figs.append(figure_html(gb, "Utility per group", "per-group utility of each run"))
+        if figs:
+            parts.append('<div class="grid">' + "".join(figs) + "</div>")
+    parts.append(_pareto_section(results))
+    if results.get("calibration"):
+        figs, rows = [], []
+        for entry in results["calibration"]:
+            png, errors = plots.calibration_diagram(entry)
+            figs.append(figure_html(png, f"Reliability diagram {entry.get('name', '')}"))
+            rows.append([entry.get("name", ""), errors.get("ece"), errors.get("ace"), errors.get("mce")])
+        parts.append("<h2>Calibration</h2>" + table_html(["model", "ECE", "ACE", "MCE"], rows)
+                     + '<div class="grid">' + "".join(figs) + "</div>")
+    if results.get("judge_reliability"):
+        entries = results["judge_reliability"]
+        cols = [c for c in RELIABILITY_COLUMNS if any(c in e for e in entries)]
+        parts.append("<h2>Judge reliability</h2>" + table_html(
+            ["judge"] + cols, [[e.get("judge", e.get("name", ""))] + [e.get(c) for c in cols] for e in entries]))
+    curves = [(c.get("name", ""), plots.training_curves(str(c.get("name", "")), c.get("rows", [])))
+              for c in results.get("curves", [])]
+    curves = [(n, png) for n, png in curves if png]
+    if curves:
+        parts.append('<h2>Training curves</h2><div class="grid">'
+                     + "".join(figure_html(png, f"curves {n}") for n, png in curves) + "</div>")
+    for t in results.get("tables", []):
+        parts.append(f"<h2>{html.escape(str(t.get('title', 'Table')))}</h2>"
+                     + table_html(t.get("columns", []), t.get("rows", [])))
+    body = "\n".join(p for p in parts if p)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head>"
+            f"<body><main>\n{body}\n</main></body></html>\n")
+
+
+def write_report(results: dict, out_path: str | os.PathLike) -> Path:
+    """Render `results` (schema in this module's docstring) to one self-contained HTML file."""
+    return atomic_write_text(out_path, render_html(results))
+
+
+# ---- run directories ----------------------------------------------------------------------------
+def _last(rows: Sequence[dict], *keys: str) -> float | None:
+    for row in reversed(rows):
+        for k in keys:
+            if plots._finite(row.get(k)):
+                return float(row[k])
+    return None
+
+
+def merge_results(parts: Sequence[dict]) -> dict:
+    """Concatenate the list sections of several results dicts; the first title/description/pareto wins."""
+    out: dict[str, Any] = {k: [] for k in LIST_KEYS}
+    for part in parts:
+        for k, v in part.items():
+            if k in LIST_KEYS:
+                out[k].extend(v)
+            else:
+                out.setdefault(k, v)
+    return out
+
+
+def load_run_dir(path: str | os.PathLike) -> dict:
+    """A results dict from one run directory (``results.json`` and/or ``metrics.jsonl``)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ConfigError(f"run directory not found: {root}")
+    results_path, run = root / "results.json", RunDir(root)
+    results: dict = {}
+    if results_path.exists():
+        try:
+            results = json.loads(results_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{results_path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+        if not isinstance(results, dict):
+            raise ConfigError(f"{results_path}: the top level must be an object (see pluralign.evaluate.report)")
+    rows = run.read_metrics()
+    if not results and not rows:
+        raise ConfigError(f"{root}: neither results.json nor metrics.jsonl found")
+    if rows:
+        results.setdefault("curves", []).append({"name": root.name, "rows": rows})
+        if not results.get("runs"):
+            run_entry = {"name": root.name, "kl": _last(rows, "kl", "eval/kl", "gold/kl"),
+                         "reward": _last(rows, "reward", "eval/reward", "gold/reward")}
+            if run_entry["kl"] is not None or run_entry["reward"] is not None:
+                results["runs"] = [run_entry]
+    return results
+
+
+def load_run_dirs(paths: Sequence[str | os.PathLike]) -> dict:
+    """Merged results of several run directories."""
+    return merge_results([load_run_dir(p) for p in paths])

@@ -1,0 +1,217 @@
+"""`pluralign eval --config FILE`: generate with several models/decoders on one prompt set, judge them,
+and write a results JSON in the report schema (:mod:`pluralign.evaluate.report`).
+
+Config (YAML)::
+
+    title: my evaluation
+    prompts: prompts.jsonl        # JSONL/JSON rows with "prompt", a .txt file (one per line), a list,
+                                  # or {sandbox: 32, seed: 0} for sandbox prompts
+    models:                       # required; the first is the default baseline and KL reference
+      - {name: base, path: sandbox}                       # "sandbox" = the sandbox base model
+      - {name: dpo, path: runs/dpo/final, method: dpo}
+      - {name: bon4, path: sandbox, decoder: bon, reward: gold, controls: {n: 4}}
+    baseline: base                # win rates are against this model's outputs
+    reference: base               # KL(π‖π_ref) is measured against this model
+    generation: {max_new_tokens: 24, temperature: 1.0, seed: 0}
+    judge: {kind: gold, weights: {relevance: 1.0}}      # or {kind: gold, population: default, group: majority}
+                                  # or {kind: reward, source: RM_DIR | module:function | gold}
+                                  # or {kind: llm, base_url: ..., model: ..., api_key_env: ..., ...}
+    population: default           # sandbox population → per-group utilities and fairness
+    metrics: [reward, kl, win_rate, per_group, objectives]
+    out: results.json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pluralign.errors import ConfigError
+from pluralign.evaluate.frontier import bon_kl
+from pluralign.evaluate.winrate import compare
+from pluralign.judges import GoldJudge, LLMJudge, RewardModelJudge
+
+METRICS = ("reward", "kl", "win_rate", "per_group", "objectives")
+TOP_KEYS = {"title", "description", "prompts", "models", "baseline", "reference", "generation", "judge",
+            "population", "metrics", "out", "bootstrap", "device"}
+
+
+def _require(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {msg}")
+
+
+def load_prompts(spec: Any, where: str, base_dir: Path) -> list[Any]:
+    """Prompts from a list, a {sandbox: n} request, or a .txt/.json/.jsonl file."""
+    if isinstance(spec, list):
+        return spec
+    if isinstance(spec, dict) and "sandbox" in spec:
+        from pluralign.sandbox.world import World
+
+        world = World(int(spec.get("seed", 0)))
+        return world.prompts(int(spec["sandbox"]), np.random.default_rng(int(spec.get("seed", 0))))
+    _require(isinstance(spec, str), where, "prompts must be a file, a list, or {sandbox: N}")
+    path = Path(spec) if Path(spec).is_absolute() else base_dir / spec
+    _require(path.exists(), where, f"prompts file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".txt":
+        return [line for line in text.splitlines() if line.strip()]
+    rows = json.loads(text) if path.suffix == ".json" else []
+    if path.suffix != ".json":
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{path}:{i}: invalid JSON: {e.msg}") from None
+    out = []
+    for i, row in enumerate(rows, 1):
+        _require(isinstance(row, str) or (isinstance(row, dict) and "prompt" in row), f"{path}:{i}",
+                 "each row needs a 'prompt' field")
+        out.append(row if isinstance(row, str) else row["prompt"])
+    return out
+
+
+def build_judge(spec: dict, where: str) -> Any:
+    """A judge from its config: gold (weights or population/group), reward (a reward spec), or llm."""
+    _require(isinstance(spec, dict) and "kind" in spec, where, "judge needs a 'kind': gold, reward or llm")
+    kind, rest = spec["kind"], {k: v for k, v in spec.items() if k != "kind"}
+    if kind == "gold":
+        if "weights" in rest:
+            return GoldJudge(rest["weights"], temperature=rest.get("temperature"))
+        from pluralign.sandbox.users import population
+
+        pop = population(rest.get("population", "default"))
+        group = pop.group(rest["group"]) if "group" in rest else None
+        if group is None:  # the population's share-weighted mean user
+            weights: dict[str, float] = {}
+            for g, s in zip(pop.groups, pop.shares, strict=True):
+                for a, w in g.weights.items():
+                    weights[a] = weights.get(a, 0.0) + s * w
+            return GoldJudge(weights, temperature=rest.get("temperature"))
+        return GoldJudge(group, temperature=rest.get("temperature"))
+    if kind == "reward":
+        from pluralign.decode.rewards import as_reward
+
+        _require("source" in rest, where, "a reward judge needs 'source' (RM dir, module:function or gold)")
+        return RewardModelJudge(as_reward(rest["source"]), weights=rest.get("weights"),
+                                temperature=rest.get("temperature"))
+    if kind == "llm":
+        _require("base_url" in rest and "model" in rest, where, "an llm judge needs 'base_url' and 'model'")
+        try:
+            return LLMJudge(rest.pop("base_url"), rest.pop("model"), **rest)
+        except TypeError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    raise ConfigError(f"{where}: unknown judge kind {kind!r}; use gold, reward or llm")
+
+
+def _model_path(spec: str) -> str:
+    if spec == "sandbox":
+        from pluralign.sandbox.base import build_base
+
+        return str(build_base())
+    return spec
+
+
+def generate(entry: dict, prompts: list, gen: dict, device: str | None) -> dict:
+    """Responses (and, for plain sampling, the policy log-probs and sampled ids) of one model entry."""
+    from pluralign.models import load_model, load_tokenizer
+
+    path = _model_path(entry["path"])
+    model, tok = load_model(path, device=device), load_tokenizer(path)
+    if entry.get("decoder"):
+        from pluralign.decode.api import Controls, decode
+
+        controls = Controls(**{**{k: gen[k] for k in ("max_new_tokens", "temperature", "seed") if k in gen},
+                               **entry.get("controls", {})})
+        result = decode(entry["decoder"], model, tok, prompts, reward=entry.get("reward"), controls=controls)
+        return {"texts": list(result.texts), "model": model, "tokenizer": tok, "n": controls.n}
+    from pluralign.decode.sampler import sample
+
+    s = sample(model, tok, prompts, n=1, max_new_tokens=int(gen.get("max_new_tokens", 32)),
+               temperature=float(gen.get("temperature", 1.0)), seed=gen.get("seed", 0))
+    return {"texts": [row[0] for row in s.texts], "model": model, "tokenizer": tok,
+            "sum_logps": s.sum_logps[:, 0].tolist(), "ids": [(p, row[0]) for p, row in zip(s.prompt_ids, s.token_ids, strict=True)]}
+
+
+def sequence_logps_of(model: Any, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+    """Σ log p(completion | prompt) under `model` for token-id pairs (teacher forcing, one at a time)."""
+    import torch
+
+    from pluralign.models import token_logps
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for prompt_ids, ids in pairs:
+            full = torch.tensor([list(prompt_ids) + list(ids)], device=device)
+            mask = torch.zeros_like(full)
+            mask[0, len(prompt_ids):] = 1
+            out.append(float(token_logps(model, full, torch.ones_like(full), mask).sum()))
+    return out
+
+
+def kl_estimate(entry: dict, out: dict, ref: dict) -> float | None:
+    """Sequence KL to the reference: Monte-Carlo for plain sampling (temperature 1), the best-of-N bound
+    for a bon decoder, None otherwise."""
+    if "sum_logps" in out:
+        ref_lp = sequence_logps_of(ref["model"], out["ids"])
+        return float(np.mean(np.asarray(out["sum_logps"]) - np.asarray(ref_lp)))
+    if entry.get("decoder") == "bon" and entry.get("path") == ref.get("path"):
+        return bon_kl(int(out.get("n", 1)))
+    return None
+
+
+def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = None) -> dict:
+    """Run an evaluation config (dict form of the YAML above) and return the results dict."""
+    base_dir = base_dir or Path.cwd()
+    unknown = sorted(set(cfg) - TOP_KEYS)
+    _require(not unknown, where, f"unknown key(s) {unknown}; known: {sorted(TOP_KEYS)}")
+    models = cfg.get("models")
+    _require(isinstance(models, list) and models, where, "'models' must be a non-empty list")
+    for i, m in enumerate(models):
+        _require(isinstance(m, dict) and "name" in m and "path" in m, f"{where}: models[{i}]", "needs 'name' and 'path'")
+    names = [m["name"] for m in models]
+    _require(len(set(names)) == len(names), where, "model names must be unique")
+    metrics = cfg.get("metrics", list(METRICS))
+    bad = sorted(set(metrics) - set(METRICS))
+    _require(not bad, where, f"unknown metric(s) {bad}; known: {list(METRICS)}")
+    baseline, reference = cfg.get("baseline", names[0]), cfg.get("reference", names[0])
+    _require(baseline in names and reference in names, where, "baseline/reference must name a model")
+    prompts = load_prompts(cfg.get("prompts", {"sandbox": 16}), f"{where}: prompts", base_dir)
+    judge = build_judge(cfg.get("judge", {"kind": "gold", "population": cfg.get("population", "default")}),
+                        f"{where}: judge")
+    gen = dict(cfg.get("generation", {}))
+    outputs = {m["name"]: generate(m, prompts, gen, cfg.get("device")) for m in models}
+    groups = []
+    if "per_group" in metrics and cfg.get("population"):
+        from pluralign.sandbox.users import population
+
+        groups = list(population(cfg["population"]).groups)
+    runs = []
+    for m in models:
+        out, texts = outputs[m["name"]], outputs[m["name"]]["texts"]
+        run: dict[str, Any] = {"name": m["name"], "method": m.get("method", m.get("decoder") or "policy")}
+        if "reward" in metrics:
+            scores = np.asarray(judge.single(prompts, texts), float)
+            run["reward"] = float(np.nanmean(scores))
+            run["reward_se"] = float(np.nanstd(scores, ddof=1) / np.sqrt(max(1, np.isfinite(scores).sum())))
+        if "kl" in metrics:
+            run["kl"] = kl_estimate(m, out, {**outputs[reference], "path": models[names.index(reference)]["path"]})
+        if groups:
+            run["per_group"] = {g.name: float(np.mean(GoldJudge(g).single(prompts, texts))) for g in groups}
+        if "objectives" in metrics and isinstance(judge, GoldJudge):
+            from pluralign.sandbox.attributes import ATTRIBUTES
+
+            means = judge.attributes(prompts, texts).mean(0)
+            run["objectives"] = {a: float(v) for a, v in zip(ATTRIBUTES, means, strict=True)}
+        if "win_rate" in metrics and m["name"] != baseline:
+            wr = compare(judge, prompts, outputs[baseline]["texts"], texts, n_boot=int(cfg.get("bootstrap", 1000)))
+            run["win_rate"] = {k: v for k, v in wr.items() if k != "preferences"}
+        run["samples"] = [{"prompt": p, "response": t} for p, t in list(zip(prompts, texts, strict=True))[:3]]
+        runs.append(run)
+    return {"title": cfg.get("title", "pluralign evaluation"), "description": cfg.get("description", ""),
+            "runs": runs, "config": cfg}

@@ -1,0 +1,100 @@
+"""Goal-space steerability metrics (Chang et al., "A Course Correction in Steerability Evaluation",
+MLD3; tchang1997/steerability ``steerability_metrics.py``).
+
+Every probe item has three vectors in a normalised goal space [0, 1]^d: z₀ (the source text), z* (the
+requested target; NaN = unspecified, replaced by z₀) and ẑ (the model's output). With
+requested = z* − z₀, moved = ẑ − z₀ and error = z* − ẑ:
+
+* steering error = ‖ẑ − z*‖₂;
+* miscalibration = |⟨error, requested⟩| / max(‖requested‖², 1e−8) — over/under-shooting along the requested
+  direction, as a fraction of the requested length;
+* orthogonality (side effects) = clip(‖error − proj_requested(error)‖ / (‖moved‖ + 1e−4·(‖requested‖ +
+  1e−8)), 0, 1) — the part of the error off the requested direction, relative to the distance moved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+EPS = 1e-8
+DEFAULT_CUTS = (-1.0, -0.5, -0.2, -0.1, 0.1, 0.2, 0.5, 1.0)
+
+
+def _mat(x: Sequence | np.ndarray) -> np.ndarray:
+    a = np.asarray(x, dtype=float)
+    return a[None, :] if a.ndim == 1 else a
+
+
+def _metrics(requested: np.ndarray, moved: np.ndarray) -> dict[str, np.ndarray]:
+    error = requested - moved
+    req_sq = (requested ** 2).sum(1)
+    dot = (error * requested).sum(1)
+    # Exact projection (an ε here would leak a spurious side effect of order ε/‖req‖ when ẑ = z₀);
+    # ε only guards a zero request.
+    proj = (dot / np.maximum(req_sq, EPS))[:, None] * requested
+    rejection = np.linalg.norm(error - proj, axis=1)
+    req_norm = np.sqrt(req_sq)
+    return {
+        "steering_error": np.linalg.norm(error, axis=1),
+        "miscalibration": np.abs(dot) / np.maximum(req_sq, EPS),
+        "orthogonality": np.clip(rejection / (np.linalg.norm(moved, axis=1) + 1e-4 * (req_norm + EPS)), 0, 1),
+    }
+
+
+def steerability(z0: Sequence, z_target: Sequence, z_hat: Sequence) -> dict[str, np.ndarray]:
+    """Per-item steering error, miscalibration and orthogonality (continuous goal space, [n, d] inputs)."""
+    z0, zt, zh = _mat(z0), _mat(z_target), _mat(z_hat)
+    zt = np.where(np.isnan(zt), z0, zt)
+    return _metrics(zt - z0, zh - z0)
+
+
+def _bin(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    return np.searchsorted(cuts, values, side="right")
+
+
+def binned_deltas(z0: Sequence, z_target: Sequence, z_hat: Sequence,
+                  cut_points: Sequence[float] = DEFAULT_CUTS) -> tuple[np.ndarray, np.ndarray]:
+    """The default evaluation's binned (requested, moved) vectors in units of 1/(len(cut_points) − 1):
+    requested deltas are binned on fixed cuts around 0; outputs are binned on cuts clip(z₀ + c, 0, 1)
+    around the source."""
+    z0, zt, zh = _mat(z0), _mat(z_target), _mat(z_hat)
+    zt = np.where(np.isnan(zt), z0, zt)
+    cuts = np.asarray(cut_points, float)
+    unit = len(cuts) - 1
+    requested = (_bin(zt - z0, cuts) - _bin(np.zeros_like(z0), cuts)) / unit
+    moved = np.empty_like(z0)
+    for i in range(z0.shape[0]):
+        for g in range(z0.shape[1]):
+            dyn = np.clip(z0[i, g] + cuts, 0, 1)
+            moved[i, g] = (_bin(zh[i, g], dyn) - _bin(z0[i, g], dyn)) / unit
+    return requested, moved
+
+
+def binned_steerability(z0: Sequence, z_target: Sequence, z_hat: Sequence,
+                        cut_points: Sequence[float] = DEFAULT_CUTS) -> dict[str, np.ndarray]:
+    """The same three metrics on binned deltas (the repository's default evaluation)."""
+    return _metrics(*binned_deltas(z0, z_target, z_hat, cut_points))
+
+
+def summarize(metrics: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Mean, median and IQR over items of each metric, as the steerability report gives them."""
+    out = {}
+    for name, v in metrics.items():
+        q1, med, q3 = np.percentile(v, [25, 50, 75])
+        out[name] = {"mean": float(np.mean(v)), "median": float(med), "iqr": float(q3 - q1)}
+    return out
+
+
+def normalize_goals(values: Sequence, corpus: Sequence, coverage: float = 95) -> np.ndarray:
+    """Map raw goal values to [0, 1] by the corpus' central `coverage`% range (P2.5–P97.5), clipped."""
+    v, c = _mat(values), _mat(corpus)
+    lo, hi = np.percentile(c, [(100 - coverage) / 2, 100 - (100 - coverage) / 2], axis=0)
+    return np.clip((v - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
+
+
+def steering_reward(z_target: Sequence, z_hat: Sequence) -> np.ndarray:
+    """The repository's RL reward with rescaling: 1 − sqrt(mean_g clip(|z*_g − ẑ_g|, 0, 1)²)."""
+    d = np.clip(np.abs(_mat(z_target) - _mat(z_hat)), 0, 1)
+    return 1 - np.sqrt((d ** 2).mean(1))

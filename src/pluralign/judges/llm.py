@@ -1,0 +1,237 @@
+"""An LLM judge over any OpenAI-compatible ``/chat/completions`` HTTP endpoint (OpenAI, vLLM, llama.cpp,
+TGI, a local pluralign server…), using only the standard library.
+
+* Pairwise verdicts in MT-Bench format (Zheng et al. 2023) or AlpacaEval 2's weighted one-token format
+  (Dubois et al. 2024), returned in AlpacaEval's encoding (1 = a, 2 = b, 1.5 = tie, NaN = unparseable).
+* Each pair is judged in both orders by default and the swapped verdict is un-swapped (3 − p) before
+  averaging, which cancels position bias (Wang et al. 2023, "Large Language Models are not Fair
+  Evaluators"); ``order="random"`` judges one random order per pair, as AlpacaEval does.
+* Transient failures (timeouts, connection errors, HTTP 408/429/5xx) are retried with exponential
+  backoff; other HTTP errors fail at once. After the last retry a :class:`JudgeRequestError` is raised
+  (or the item becomes NaN with ``on_error="nan"``).
+* Successful responses are cached on disk, one JSON file per request, keyed by the SHA-256 of the URL and
+  request body (never the API key) and written atomically, so re-running an evaluation is free.
+* Requests run in a thread pool of ``concurrency`` workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pluralign.errors import ConfigError, PluralignError
+from pluralign.judges import templates as T
+from pluralign.judges.base import combine_orders, unswap
+from pluralign.runs import atomic_write_json
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class JudgeRequestError(PluralignError):
+    """The judge endpoint could not be reached or kept failing; the message names the URL and cause."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying."""
+
+
+class LLMJudge:
+    """Judge with a chat model behind an OpenAI-compatible HTTP API.
+
+    `base_url` is the API root (e.g. ``http://127.0.0.1:8000/v1``); the key is read from the environment
+    variable named `api_key_env` (``None``: send no key, as local servers usually need none).
+    `mode` is ``"verdict"`` (reason, then ``[[A]]``/``[[B]]``/``[[C]]``) or ``"weighted"`` (one token
+    m/M, preference from its log-probs). `order` is ``"both"``, ``"random"`` or ``"original"``.
+    """
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
+                 mode: str = "verdict", order: str = "both", temperature: float = 0.0, max_tokens: int = 512,
+                 timeout: float = 60.0, max_retries: int = 4, backoff: float = 1.0, max_backoff: float = 30.0,
+                 concurrency: int = 4, cache_dir: str | os.PathLike | None = None, on_error: str = "raise",
+                 pairwise_system: str = T.PAIRWISE_SYSTEM, pairwise_template: str = T.PAIRWISE_TEMPLATE,
+                 single_system: str = T.SINGLE_SYSTEM, single_template: str = T.SINGLE_TEMPLATE,
+                 rating_range: tuple[float, float] = (1.0, 10.0), seed: int = 0,
+                 extra_body: dict | None = None):
+        if mode not in ("verdict", "weighted"):
+            raise ConfigError(f"LLMJudge mode must be 'verdict' or 'weighted', not {mode!r}")
+        if order not in ("both", "random", "original"):
+            raise ConfigError(f"LLMJudge order must be 'both', 'random' or 'original', not {order!r}")
+        if on_error not in ("raise", "nan"):
+            raise ConfigError(f"LLMJudge on_error must be 'raise' or 'nan', not {on_error!r}")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.mode, self.order = model, mode, order
+        self.api_key = None
+        if api_key_env:
+            self.api_key = os.environ.get(api_key_env)
+            if not self.api_key:
+                raise ConfigError(f"environment variable {api_key_env} (the judge's API key) is not set; "
+                                  "set it, or pass api_key_env=None for a server that needs no key")
+        self.temperature, self.max_tokens, self.timeout = temperature, max_tokens, timeout
+        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        self.concurrency, self.on_error, self.seed = max(1, concurrency), on_error, seed
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.pairwise_system, self.pairwise_template = pairwise_system, pairwise_template
+        self.single_system, self.single_template = single_system, single_template
+        self.rating_range, self.extra_body = rating_range, dict(extra_body or {})
+        self.stats: Counter = Counter()
+        self._lock = threading.Lock()
+
+    # ---- requests -------------------------------------------------------------------------------
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[key] += n
+
+    def _body(self, system: str, user: str, weighted: bool = False) -> dict:
+        body = {"model": self.model, "messages": [{"role": "system", "content": system},
+                                                  {"role": "user", "content": user}],
+                "temperature": self.temperature, "max_tokens": 1 if weighted else self.max_tokens}
+        if weighted:
+            body.update(logprobs=True, top_logprobs=5)
+        body.update(self.extra_body)
+        return body
+
+    def _cache_path(self, body: dict) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = hashlib.sha256(json.dumps({"url": self.url, "body": body}, sort_keys=True).encode()).hexdigest()
+        return self.cache_dir / key[:2] / f"{key}.json"
+
+    def _post_once(self, body: dict) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers,
+                                         method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as e:
+            detail = e.read()[:300].decode("utf-8", "replace")
+            if e.code in RETRYABLE_STATUS:
+                raise _Transient(f"HTTP {e.code}: {detail}") from None
+            raise JudgeRequestError(f"{self.url}: HTTP {e.code}: {detail}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+            raise _Transient(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+        try:
+            data = json.loads(raw)
+            data["choices"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise _Transient(f"malformed response body: {raw[:200]!r}") from None
+        return data
+
+    def complete(self, body: dict) -> dict:
+        """POST one chat-completions request (cached, retried with backoff); returns the response JSON."""
+        path = self._cache_path(body)
+        if path is not None and path.exists():
+            try:
+                cached = json.loads(path.read_text(encoding="utf-8"))
+                self._count("cache_hits")
+                return cached["response"]
+            except (ValueError, KeyError):
+                pass  # a damaged cache entry is simply refetched
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            try:
+                self._count("requests")
+                data = self._post_once(body)
+                break
+            except _Transient as e:
+                last = str(e)
+                if attempt == self.max_retries:
+                    raise JudgeRequestError(f"{self.url}: giving up after {attempt + 1} attempt(s): {last}") from None
+                self._count("retries")
+                time.sleep(min(self.max_backoff, self.backoff * 2 ** attempt))
+        if path is not None:
+            atomic_write_json(path, {"request": body, "response": data})
+        return data
+
+    def _complete_all(self, bodies: list[dict]) -> list[dict | None]:
+        """Run requests concurrently; failures raise, or become None with on_error='nan'."""
+        def one(body: dict) -> dict | None:
+            try:
+                return self.complete(body)
+            except JudgeRequestError:
+                if self.on_error == "raise":
+                    raise
+                self._count("failed")
+                return None
+
+        if self.concurrency == 1 or len(bodies) <= 1:
+            return [one(b) for b in bodies]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(one, bodies))
+
+    # ---- parsing --------------------------------------------------------------------------------
+    def _parse_pair(self, data: dict | None) -> float:
+        if data is None:
+            return math.nan
+        choice = data["choices"][0]
+        if self.mode == "weighted":
+            content = ((choice.get("logprobs") or {}).get("content") or [{}])[0]
+            p = T.weighted_preference(content.get("top_logprobs"))
+        else:
+            p = T.parse_pairwise(choice["message"].get("content"))
+        if math.isnan(p):
+            self._count("malformed")
+        return p
+
+    # ---- the Judge interface ----------------------------------------------------------------------
+    def _pair_bodies(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any]) -> list[dict]:
+        weighted = self.mode == "weighted"
+        system = T.WEIGHTED_SYSTEM if weighted else self.pairwise_system
+        template = T.WEIGHTED_TEMPLATE if weighted else self.pairwise_template
+        return [self._body(system, template.format(prompt=T.text_of(p), response_a=T.text_of(x),
+                                                   response_b=T.text_of(y)), weighted)
+                for p, x, y in zip(prompts, a, b, strict=True)]
+
+    def judge_order(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any]) -> np.ndarray:
+        """Preferences with `a` shown first, exactly as the judge answered (no un-swapping)."""
+        return np.array([self._parse_pair(d) for d in self._complete_all(self._pair_bodies(prompts, a, b))])
+
+    def pairwise_both(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(verdict with a first, verdict with b first un-swapped); both in the original encoding."""
+        n = len(prompts)
+        bodies = self._pair_bodies(prompts, a, b) + self._pair_bodies(prompts, b, a)
+        parsed = np.array([self._parse_pair(d) for d in self._complete_all(bodies)])
+        return parsed[:n], unswap(parsed[n:])
+
+    def pairwise(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any]) -> np.ndarray:
+        """AlpacaEval preferences (1 = a, 2 = b, 1.5 = tie, NaN = no verdict) for each pair."""
+        if not (len(prompts) == len(a) == len(b)):
+            raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(a)} a, {len(b)} b")
+        if self.order == "both":
+            return combine_orders(*self.pairwise_both(prompts, a, b))
+        if self.order == "original":
+            return self.judge_order(prompts, a, b)
+        swap = np.random.default_rng(self.seed).random(len(prompts)) < 0.5
+        first = [y if s else x for x, y, s in zip(a, b, swap, strict=True)]
+        second = [x if s else y for x, y, s in zip(a, b, swap, strict=True)]
+        p = self.judge_order(prompts, first, second)
+        return np.where(swap, unswap(p), p)
+
+    def single(self, prompts: Sequence[Any], responses: Sequence[Any]) -> np.ndarray:
+        """Single-answer grades on `rating_range` (MT-Bench: 1–10); NaN where no grade was parsed."""
+        bodies = [self._body(self.single_system, self.single_template.format(prompt=T.text_of(p),
+                                                                             response=T.text_of(r)))
+                  for p, r in zip(prompts, responses, strict=True)]
+        out = []
+        for data in self._complete_all(bodies):
+            score = math.nan if data is None else T.parse_rating(
+                data["choices"][0]["message"].get("content"), *self.rating_range)
+            if math.isnan(score):
+                self._count("malformed")
+            out.append(score)
+        return np.array(out, dtype=float)

@@ -1,0 +1,125 @@
+"""Prompt templates for LLM judges and robust parsing of their verdicts.
+
+The pairwise and single-answer templates follow the MT-Bench judge format (Zheng et al. 2023, "Judging
+LLM-as-a-Judge with MT-Bench and Chatbot Arena"): the judge reasons, then ends with ``[[A]]``, ``[[B]]``
+or ``[[C]]`` (tie), or with ``Rating: [[k]]``. The weighted template follows AlpacaEval 2's
+``weighted_alpaca_eval_gpt4_turbo``: a one-token answer ``m`` / ``M`` read from the token log-probs.
+Templates are ordinary ``str.format`` strings with the fields named below; users may pass their own.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+PAIRWISE_SYSTEM = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two AI "
+    "assistants to the user question displayed below. Choose the assistant that follows the user's "
+    "instructions and answers the user's question better. Avoid any position biases and ensure that the "
+    "order in which the responses were presented does not influence your decision. Do not allow the "
+    "length of the responses to influence your evaluation. Be as objective as possible. After providing "
+    "your explanation, output your final verdict by strictly following this format: \"[[A]]\" if "
+    "assistant A is better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie."
+)
+
+# Fields: {prompt}, {response_a}, {response_b}
+PAIRWISE_TEMPLATE = (
+    "[User Question]\n{prompt}\n\n"
+    "[The Start of Assistant A's Answer]\n{response_a}\n[The End of Assistant A's Answer]\n\n"
+    "[The Start of Assistant B's Answer]\n{response_b}\n[The End of Assistant B's Answer]"
+)
+
+SINGLE_SYSTEM = (
+    "Please act as an impartial judge and evaluate the quality of the response provided by an AI "
+    "assistant to the user question displayed below. Consider helpfulness, relevance, accuracy, depth "
+    "and level of detail. Begin your evaluation with a short explanation. Be as objective as possible. "
+    "After providing your explanation, you must rate the response on a scale of 1 to 10 by strictly "
+    "following this format: \"Rating: [[5]]\"."
+)
+
+# Fields: {prompt}, {response}
+SINGLE_TEMPLATE = (
+    "[Question]\n{prompt}\n\n[The Start of Assistant's Answer]\n{response}\n[The End of Assistant's Answer]"
+)
+
+WEIGHTED_SYSTEM = "You are a highly efficient assistant, who evaluates and selects the best large language model (LLM) based on the quality of their responses to a given instruction."
+
+# Fields: {prompt}, {response_a}, {response_b}. The answer is one token: m (= model m, i.e. A) or M (= B).
+WEIGHTED_TEMPLATE = (
+    "I want you to select which of two models gives the better answer to an instruction.\n\n"
+    "## Instruction\n{prompt}\n\n"
+    "## Model outputs\n\nModel identifier: m\n{response_a}\n\nModel identifier: M\n{response_b}\n\n"
+    "## Task\nAnswer with the identifier of the better model, and nothing else: m or M."
+)
+
+_BRACKET = re.compile(r"\[\[\s*(A|B|C|TIE|TIED)\s*\]\]", re.IGNORECASE)
+_LOOSE = [
+    re.compile(r"verdict\W{0,6}(?:is\W{0,4})?(?:assistant\s+|output\s*\(?)?(A|B|C|tie)\b", re.I),
+    re.compile(r"\b(?:assistant|response|output)\s*\(?(A|B)\)?\s+is\s+(?:better|the better)", re.I),
+]
+_SOLO = re.compile(r"^\W*(A|B|C|tie)\W*$", re.I)
+_RATING = [
+    re.compile(r"\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]"),
+    re.compile(r"rating\s*[:=]?\s*\**\s*\[?\s*(-?\d+(?:\.\d+)?)", re.I),
+    re.compile(r"(-?\d+(?:\.\d+)?)\s*/\s*10\b"),
+]
+
+
+def _verdict_to_pref(token: str) -> float:
+    t = token.upper()
+    return {"A": 1.0, "B": 2.0}.get(t, 1.5)
+
+
+def parse_pairwise(text: str | None) -> float:
+    """A pairwise verdict → AlpacaEval preference (1 = A, 2 = B, 1.5 = tie) or NaN if none is found.
+
+    The last ``[[X]]`` wins (judges sometimes quote the format before answering); then looser forms
+    ("Final verdict: B", "Assistant A is better"); then a bare one-letter answer."""
+    if not text:
+        return math.nan
+    hits = _BRACKET.findall(text)
+    if hits:
+        return _verdict_to_pref(hits[-1][0])
+    for pattern in _LOOSE:
+        found = pattern.findall(text)
+        if found:
+            return _verdict_to_pref(found[-1][0])
+    solo = _SOLO.match(text.strip())
+    return _verdict_to_pref(solo.group(1)[0]) if solo else math.nan
+
+
+def parse_rating(text: str | None, low: float = 1.0, high: float = 10.0) -> float:
+    """A single-answer grade (``Rating: [[7]]``, ``Rating: 7``, ``7/10``) → float, NaN when absent or
+    outside [low, high]."""
+    if not text:
+        return math.nan
+    for pattern in _RATING:
+        found = pattern.findall(text)
+        if found:
+            value = float(found[-1])
+            return value if low <= value <= high else math.nan
+    return math.nan
+
+
+def weighted_preference(top_logprobs: Sequence[Mapping[str, Any]] | None) -> float:
+    """AlpacaEval's ``logprob_parser``: preference = 2 − P(m)/(P(m) + P(M)) from the first token's top
+    log-probs (OpenAI format: ``[{"token": "m", "logprob": -0.1}, ...]``). A missing token has
+    probability 0; both missing gives NaN."""
+    if not top_logprobs:
+        return math.nan
+    probs = {"m": 0.0, "M": 0.0}
+    for entry in top_logprobs:
+        token = str(entry.get("token", "")).strip()
+        if token in probs:
+            probs[token] += math.exp(float(entry["logprob"]))
+    total = probs["m"] + probs["M"]
+    return math.nan if total == 0 else 2.0 - probs["m"] / total
+
+
+def text_of(x: Any) -> str:
+    """Prompts and responses may be chat messages; judges read them as a transcript."""
+    if isinstance(x, str):
+        return x
+    return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in x)

@@ -1,0 +1,86 @@
+"""Judge reliability metrics on hand-built judges with known behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pluralign.evaluate import judge_reliability as jr
+
+LABELS = np.array([1, 2, 1, 2, 1, 2, 1, 2], float)
+
+
+def test_perfect_judge():
+    out = jr.reliability_report(LABELS, LABELS, LABELS, len_a=np.arange(8), len_b=np.arange(8)[::-1],
+                                repeats=np.tile(LABELS[:, None], 5))
+    assert out["acc_both"] == out["acc_random"] == 1.0
+    assert out["position_bias"] == 0.0 and out["length_bias"] == 0.0
+    assert out["position_consistency"] == 1.0 and out["flip_rate_orders"] == 0.0
+    assert out["kappa"] == 1.0 and out["flip_noise"] == 0.0 and out["repetition_stability"] == 1.0
+
+
+def test_always_first_judge_has_full_position_bias():
+    p_orig = np.ones(8)  # always "a" when a is shown first
+    p_swap = np.full(8, 2.0)  # always the first shown (b) in the swapped order, un-swapped to 2
+    assert jr.accuracy_both(LABELS, p_orig, p_swap) == 0.0
+    assert jr.accuracy_random(LABELS, p_orig, p_swap) == 0.5
+    assert jr.position_bias(LABELS, p_orig, p_swap) == 1.0
+    assert jr.position_consistency(p_orig, p_swap) == 0.0
+    assert jr.preference_fairness(p_orig, p_swap) == 1.0
+    assert jr.preference_fairness(np.full(8, 2.0), np.ones(8)) == -1.0
+
+
+def test_acc_random_at_least_acc_both():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.choice([1.0, 2.0], 30)
+        po, ps = rng.choice([1.0, 1.5, 2.0], 30), rng.choice([1.0, 1.5, 2.0], 30)
+        assert jr.accuracy_random(y, po, ps) >= jr.accuracy_both(y, po, ps)
+
+
+def test_longer_judge_length_bias():
+    len_a = np.array([10, 10, 50, 50, 10, 10, 50, 50], float)
+    len_b = 60 - len_a
+    longer = np.where(len_b > len_a, 2.0, 1.0)  # picks the longer one regardless of quality
+    lb = jr.length_bias(LABELS, longer, longer, len_a, len_b)
+    assert lb == 1.0
+    assert jr.prob_prefer_longer(longer, len_a, len_b) == 1.0
+    assert np.isnan(jr.prob_prefer_longer(longer, len_a, len_a + 5))  # no pair differs by > 30 chars
+
+
+def test_flip_noise_estimate_and_denoising():
+    rng = np.random.default_rng(0)
+    truth = rng.choice([1.0, 2.0], 4000)
+    q = 0.1
+    flips = rng.random((4000, 5)) < q
+    repeats = np.where(flips, 3 - truth[:, None], truth[:, None])
+    assert jr.flip_noise(repeats) == pytest.approx(q, abs=0.01)
+    # a judge that is right 80% of the time, observed through the channel
+    a = 0.8
+    observed = (1 - q) * a + q * (1 - a)
+    assert jr.denoise_accuracy(observed, q) == pytest.approx(a)
+    with pytest.raises(ValueError):
+        jr.denoise_accuracy(0.7, 0.5)
+
+
+def test_cohen_kappa_hand_computed():
+    a = [1, 1, 1, 0, 0, 0, 1, 0, 1, 1]
+    b = [1, 1, 0, 0, 0, 1, 1, 0, 1, 0]
+    p_o = 0.7
+    p_e = 0.6 * 0.5 + 0.4 * 0.5
+    assert jr.cohen_kappa(a, b) == pytest.approx((p_o - p_e) / (1 - p_e))
+    assert jr.cohen_kappa(a, a) == 1.0
+    ag = jr.agreement([1, 2, 2, np.nan], [1, 2, np.nan, 1])
+    assert ag["n"] == 2 and ag["accuracy"] == 1.0
+
+
+def test_assess_judge_with_a_length_loving_judge():
+    from pluralign.judges import ScoreJudge
+
+    judge = ScoreJudge(lambda prompts, responses: np.array([len(r) for r in responses], float))
+    a = ["short", "a much longer answer", "tiny", "another long answer here"]
+    b = ["a longer answer here", "brief", "quite a long reply", "no"]
+    labels = [1.0, 1.0, 1.0, 1.0]  # humans always preferred a
+    out = jr.assess_judge(judge, ["q"] * 4, a, b, labels)
+    assert out["acc_both"] == out["acc_random"] == 0.5
+    assert out["length_bias"] == 1.0 and out["position_bias"] == 0.0 and out["position_consistency"] == 1.0

@@ -1,0 +1,254 @@
+"""The LLM judge against a real HTTP server on 127.0.0.1 that speaks the chat-completions protocol and
+returns scripted answers (no mocked client objects)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from pluralign.errors import ConfigError
+from pluralign.evaluate.winrate import win_rate
+from pluralign.judges import JudgeRequestError, LLMJudge, unswap
+from pluralign.judges.templates import parse_pairwise, parse_rating, weighted_preference
+
+
+class ScriptedServer:
+    """A chat-completions server. `script(user_text, n_seen)` returns ("ok", content[, top_logprobs]),
+    ("status", code), or ("sleep", seconds, content); n_seen counts earlier requests with the same text."""
+
+    def __init__(self, script):
+        self.script, self.requests, self.seen = script, [], {}
+        self.lock, self.in_flight, self.max_in_flight = threading.Lock(), 0, 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.requests.append({"body": body, "auth": self.headers.get("Authorization"),
+                                           "path": self.path})
+                    user = body["messages"][-1]["content"]
+                    n = outer.seen.get(user, 0)
+                    outer.seen[user] = n + 1
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    action = outer.script(user, n)
+                    if action[0] == "sleep":
+                        time.sleep(action[1])
+                        action = ("ok", action[2])
+                    if action[0] == "status":
+                        self._send(action[1], {"error": {"message": "scripted failure", "type": "server_error"}})
+                    else:
+                        self._send(200, outer.completion(body, *action[1:]))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+                finally:
+                    with outer.lock:
+                        outer.in_flight -= 1
+
+            def _send(self, code, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def completion(body, content, top_logprobs=None):
+        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        if top_logprobs is not None:
+            choice["logprobs"] = {"content": [{"token": content, "logprob": 0.0, "top_logprobs": top_logprobs}]}
+        return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [choice], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(script):
+        servers.append(ScriptedServer(script))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def answers_a(user):
+    """Section of the user message showing assistant A's answer."""
+    return user.split("[The Start of Assistant A's Answer]")[1].split("[The End")[0]
+
+
+def quality_judge(user, n):
+    """Prefers the answer containing 'good'; says 'tie' when both or neither do."""
+    a_good = "good" in answers_a(user)
+    b_good = "good" in user.split("[The Start of Assistant B's Answer]")[1]
+    verdict = "C" if a_good == b_good else ("A" if a_good else "B")
+    return ("ok", f"Both answers are fine, but ... Final verdict: [[{verdict}]]")
+
+
+def make(server, **kw):
+    kw.setdefault("api_key_env", None)
+    kw.setdefault("backoff", 0.01)
+    return LLMJudge(server.url, "judge-model", **kw)
+
+
+PROMPTS = ["q1", "q2", "q3", "q4"]
+A = ["good answer", "meh", "good", "meh"]
+B = ["meh", "good answer", "good too", "meh too"]
+
+
+def test_pairwise_both_orders_and_protocol(serve, monkeypatch):
+    server = serve(quality_judge)
+    monkeypatch.setenv("JUDGE_KEY", "sk-test")
+    judge = make(server, api_key_env="JUDGE_KEY", concurrency=3)
+    p = judge.pairwise(PROMPTS, A, B)
+    np.testing.assert_array_equal(p, [1.0, 2.0, 1.5, 1.5])
+    assert len(server.requests) == 8  # every pair in both orders
+    req = server.requests[0]
+    assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sk-test"
+    assert req["body"]["model"] == "judge-model" and req["body"]["messages"][0]["role"] == "system"
+
+
+def test_position_biased_judge_is_cancelled_by_unswap(serve):
+    server = serve(lambda user, n: ("ok", "[[A]]"))
+    judge = make(server)
+    first, second = judge.pairwise_both(PROMPTS, A, B)
+    np.testing.assert_array_equal(first, 1.0)
+    np.testing.assert_array_equal(second, 2.0)  # "A" on the swapped pair means b, un-swapped to 2
+    np.testing.assert_array_equal(judge.pairwise(PROMPTS, A, B), 1.5)
+
+
+def test_order_swap_plus_unswap_gives_same_win_rate(serve):
+    server = serve(quality_judge)
+    for order in ("both", "random", "original"):
+        judge = make(server, order=order, seed=3)
+        forward = judge.pairwise(PROMPTS, A, B)
+        backward = judge.pairwise(PROMPTS, B, A)
+        np.testing.assert_array_equal(unswap(backward), forward)
+        assert win_rate(unswap(backward))["win_rate"] == win_rate(forward)["win_rate"]
+
+
+def test_malformed_verdict_is_nan_and_counted(serve):
+    server = serve(lambda user, n: ("ok", "I cannot decide, sorry.") if "q2" in user else quality_judge(user, n))
+    judge = make(server, order="original")
+    p = judge.pairwise(PROMPTS, A, B)
+    assert math.isnan(p[1]) and p[0] == 1.0 and p[3] == 1.5
+    assert judge.stats["malformed"] == 1
+    wr = win_rate(p)
+    assert wr["n_invalid"] == 1 and wr["n_total"] == 3
+
+
+def test_timeout_is_retried_then_succeeds(serve):
+    server = serve(lambda user, n: ("sleep", 1.0, "[[B]]") if n == 0 else ("ok", "[[B]]"))
+    judge = make(server, order="original", timeout=0.3, max_retries=2, concurrency=1)
+    p = judge.pairwise(["q"], ["x"], ["y"])
+    assert p.tolist() == [2.0] and judge.stats["retries"] == 1
+
+
+def test_timeout_fails_cleanly_after_retries(serve):
+    server = serve(lambda user, n: ("sleep", 1.0, "[[B]]"))
+    judge = make(server, order="original", timeout=0.2, max_retries=1)
+    with pytest.raises(JudgeRequestError, match="giving up after 2 attempt"):
+        judge.pairwise(["q"], ["x"], ["y"])
+    lenient = make(server, order="original", timeout=0.2, max_retries=0, on_error="nan")
+    assert math.isnan(lenient.pairwise(["q"], ["x"], ["y"])[0]) and lenient.stats["failed"] == 1
+
+
+def test_http_500_retried_then_succeeds(serve):
+    server = serve(lambda user, n: ("status", 500) if n < 2 else ("ok", "Rating: [[8]]"))
+    judge = make(server, max_retries=3)
+    assert judge.single(["q"], ["r"]).tolist() == [8.0]
+    assert len(server.requests) == 3 and judge.stats["retries"] == 2
+
+
+def test_http_500_fails_cleanly(serve):
+    server = serve(lambda user, n: ("status", 500))
+    judge = make(server, max_retries=2)
+    with pytest.raises(JudgeRequestError, match="HTTP 500"):
+        judge.single(["q"], ["r"])
+    assert len(server.requests) == 3
+
+
+def test_http_400_is_not_retried(serve):
+    server = serve(lambda user, n: ("status", 400))
+    with pytest.raises(JudgeRequestError, match="HTTP 400"):
+        make(server, max_retries=3).single(["q"], ["r"])
+    assert len(server.requests) == 1
+
+
+def test_disk_cache(serve, tmp_path):
+    server = serve(quality_judge)
+    first = make(server, cache_dir=tmp_path).pairwise(PROMPTS, A, B)
+    assert len(server.requests) == 8
+    again = make(server, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.pairwise(PROMPTS, A, B), first)
+    assert len(server.requests) == 8 and again.stats["cache_hits"] == 8
+    files = sorted(tmp_path.rglob("*.json"))
+    assert len(files) == 8 and all("response" in json.loads(f.read_text()) for f in files)
+    assert not list(tmp_path.rglob("*.tmp"))
+    make(server, cache_dir=tmp_path, temperature=0.5).pairwise(PROMPTS[:1], A[:1], B[:1])
+    assert len(server.requests) == 10  # a different request is a different key
+
+
+def test_concurrency_limit(serve):
+    server = serve(lambda user, n: ("sleep", 0.05, "Rating: 5"))
+    judge = make(server, concurrency=3)
+    assert judge.single([f"q{i}" for i in range(12)], ["r"] * 12).tolist() == [5.0] * 12
+    assert 1 < server.max_in_flight <= 3
+
+
+def test_weighted_mode_reads_logprobs(serve):
+    import math as m
+
+    top = [{"token": "m", "logprob": m.log(0.25)}, {"token": "M", "logprob": m.log(0.75)}]
+    server = serve(lambda user, n: ("ok", "M", top))
+    judge = make(server, mode="weighted", order="original")
+    assert judge.pairwise(["q"], ["x"], ["y"])[0] == pytest.approx(1.75)
+    assert server.requests[0]["body"]["max_tokens"] == 1 and server.requests[0]["body"]["logprobs"] is True
+
+
+def test_missing_api_key_is_a_config_error(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    with pytest.raises(ConfigError, match="NO_SUCH_KEY_VAR"):
+        LLMJudge("http://127.0.0.1:9/v1", "m", api_key_env="NO_SUCH_KEY_VAR")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("blah [[A]]", 1.0), ("first I say [[B]] format... final: [[A]]", 1.0), ("[[ c ]]", 1.5),
+    ("Final verdict: B", 2.0), ("**Verdict**: tie", 1.5), ("Assistant B is better overall.", 2.0),
+    (" A. ", 1.0), ("no idea", math.nan), ("", math.nan), (None, math.nan),
+])
+def test_parse_pairwise(text, expected):
+    got = parse_pairwise(text)
+    assert (math.isnan(got) and math.isnan(expected)) or got == expected
+
+
+def test_parse_rating_and_weighted_preference():
+    assert parse_rating("Rating: [[7]]") == 7.0 and parse_rating("I give it 6/10.") == 6.0
+    assert parse_rating("Rating: 4.5") == 4.5 and math.isnan(parse_rating("Rating: [[42]]"))
+    assert math.isnan(parse_rating("great answer"))
+    assert weighted_preference([{"token": "m", "logprob": 0.0}]) == 1.0
+    assert weighted_preference([{"token": "M", "logprob": -3.0}]) == 2.0
+    assert math.isnan(weighted_preference([{"token": "x", "logprob": 0.0}]))
