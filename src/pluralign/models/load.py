@@ -1,0 +1,197 @@
+"""Loading and saving models and tokenizers: a hub id or a local directory, the same call for both.
+
+`load_model("org/name")` and `load_model("runs/x/model")` go through `transformers`' Auto classes. User
+mistakes (a missing directory, a directory without a model, an unknown hub id, a hub id while offline)
+raise `PluralignError` with a message instead of a traceback. `trust_remote_code` stays off unless asked.
+
+LoRA (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models") comes through peft, imported
+only when used. A directory holding a saved adapter (``adapter_config.json``) loads as its base model
+with the adapter attached.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from pluralign.config import option
+from pluralign.errors import ConfigError, PluralignError
+
+DTYPES: dict[str, torch.dtype | str] = {
+    "auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+}
+_PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Which LoRA adapters to add: ΔW = (alpha / r) · B A on each targeted linear layer."""
+
+    r: int = option(16, help="rank of the low-rank update")
+    alpha: float = option(32.0, help="scale numerator: the update is multiplied by alpha / r")
+    dropout: float = option(0.0, help="dropout on the adapter input during training")
+    target_modules: str | list[str] = option("all-linear", help="module names to adapt, or 'all-linear' "
+                                             "(every linear layer except the output head)")
+    modules_to_save: list[str] = option(default_factory=list, help="modules trained in full alongside the "
+                                        "adapters (e.g. a reward head)")
+
+
+def load_model(name_or_path: str | os.PathLike, *, dtype: str = "auto", device: str | torch.device | None = None,
+               lora: LoraSpec | None = None, trust_remote_code: bool = False,
+               kind: Literal["causal", "encoder"] = "causal") -> Any:
+    """A `transformers` model (``kind="causal"``: AutoModelForCausalLM, ``"encoder"``: AutoModel) from a hub
+    id or a local directory, in ``dtype``, on ``device`` (None: where it loads; ``"auto"``: the best one),
+    with fresh LoRA adapters when ``lora`` is given. Returned in eval mode."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    if kind not in ("causal", "encoder"):
+        raise ConfigError(f"model kind must be 'causal' or 'encoder', got {kind!r}")
+    source = resolve(name_or_path)
+    auto = AutoModelForCausalLM if kind == "causal" else AutoModel
+    adapter = _adapter_base(source)
+    model = _from_pretrained(auto, adapter or source, dtype=_dtype(dtype), trust_remote_code=trust_remote_code)
+    if adapter is not None:
+        model = _peft().PeftModel.from_pretrained(model, source, is_trainable=lora is not None)
+    elif lora is not None:
+        model = add_lora(model, lora, task_type="CAUSAL_LM" if kind == "causal" else "FEATURE_EXTRACTION")
+    if device is not None:
+        model = model.to(_device(device))
+    return model.eval()
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False,
+                   padding_side: Literal["left", "right"] | None = None) -> Any:
+    """The tokenizer of a hub id or local directory, with a pad token: when it has none, EOS is used (padding
+    is always masked, so this needs no new embedding)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, resolve(name_or_path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def add_lora(model: Any, spec: LoraSpec, *, task_type: str = "CAUSAL_LM") -> Any:
+    """``model`` wrapped by peft with trainable LoRA adapters (the base weights frozen)."""
+    peft = _peft()
+    config = peft.LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                             target_modules=spec.target_modules, modules_to_save=list(spec.modules_to_save) or None,
+                             task_type=task_type)
+    return peft.get_peft_model(model, config)
+
+
+def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_lora: bool = True) -> Path:
+    """Save ``model`` and ``tokenizer`` as a HF directory that `load_model` reads back.
+
+    A peft model is saved with its adapters merged into the weights (``merge_lora=True``; the caller's
+    model is left untouched, at the cost of a temporary copy) or as an adapter directory. The directory
+    is written under a temporary name next to ``out_dir`` and renamed into place, so ``out_dir`` never
+    holds a half-written model.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if merge_lora and is_peft_model(model):
+        model = copy.deepcopy(model).merge_and_unload()
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def is_peft_model(model: Any) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+
+
+def resolve(name_or_path: str | os.PathLike) -> str:
+    """A local directory (checked) or a hub id (left to the hub to check)."""
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise PluralignError(f"'{name}' is a file; a model is loaded from a directory or a hub id")
+        if not any((path / f).exists() for f in ("config.json", "adapter_config.json", "tokenizer_config.json")):
+            raise PluralignError(f"'{name}' holds no model (no config.json or adapter_config.json)")
+        return str(path)
+    if isinstance(name_or_path, os.PathLike) or name.startswith(_PATH_PREFIXES) or name.count("/") > 1:
+        raise PluralignError(f"model directory not found: '{name}'")
+    return name
+
+
+def _from_pretrained(auto: Any, source: str, **kwargs: Any) -> Any:
+    from huggingface_hub import constants
+
+    try:
+        return auto.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:  # what from_pretrained raises for a bad directory or hub id
+        if Path(source).is_dir():
+            raise PluralignError(f"cannot load '{source}': {e}") from None
+        offline = " (offline mode: HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        raise PluralignError(f"'{source}' is not a local directory and could not be loaded from the "
+                             f"Hugging Face hub{offline}: {str(e).splitlines()[0]}") from None
+
+
+def _adapter_base(source: str) -> str | None:
+    """The base model of a saved peft adapter directory, or None when ``source`` is not one."""
+    config = Path(source) / "adapter_config.json"
+    if not config.exists():
+        return None
+    base = _peft().PeftConfig.from_pretrained(source).base_model_name_or_path
+    if not base:
+        raise PluralignError(f"adapter '{source}' does not name its base model (base_model_name_or_path)")
+    return resolve(base)
+
+
+def _peft() -> Any:
+    try:
+        import peft
+    except ImportError:
+        raise PluralignError("LoRA needs peft: pip install 'pluralign[peft]'") from None
+    return peft
+
+
+def _dtype(name: str) -> torch.dtype | str:
+    if name not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if device != "auto":
+        try:
+            resolved = torch.device(device)
+        except RuntimeError as e:
+            raise ConfigError(f"bad device {device!r}: {e}") from None
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise PluralignError(f"device {device!r} asked for, but CUDA is not available here")
+        return resolved
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing an existing ``dst`` with only a brief window without one."""
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".old"))
+    os.replace(dst, old / dst.name)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,182 @@
+"""Per-token log-probabilities of completions, computed without the batch's full-vocabulary logits.
+
+A causal LM's head turns every position's final hidden state into V logits. Preference losses need only
+log p(y_t | y_<t) at completion positions, so we take the decoder's final hidden states, pick those that
+predict completion tokens, and push them through the head in chunks of ``chunk_size`` positions: each
+chunk's [chunk, V] logits are made in float32, reduced to one log-prob per position, and freed. Under
+autograd each chunk is checkpointed (`torch.utils.checkpoint`), so its logits are recomputed in backward
+instead of stored: peak extra memory is O(chunk_size · V) whatever the batch, and prompt and padding
+positions never reach the head at all. The cost is one extra head matmul per chunk in backward.
+
+Works for `transformers` causal LMs whose ``get_decoder()`` output feeds ``get_output_embeddings()`` and
+whose forward takes ``logits_to_keep`` (Llama-, GPT-2-, Mistral-, Qwen-style, …), also wrapped by peft
+(adapters injected into modules, e.g. LoRA; not prompt-tuning, which adds positions), DDP or FSDP.
+Gemma's final-logit soft-capping is applied.
+
+Batches come from `pluralign.data.collate`: padded (either side) or packed (``position_ids`` restarting
+per sequence, no attention mask, ``seq_lengths``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from pluralign.errors import PluralignError
+
+CHUNK_ELEMENTS = 1 << 22  # default chunk: 4M fp32 logits (16 MiB), i.e. 4M / vocab_size positions
+
+
+class PairwiseLogps(NamedTuple):
+    """Sequence log-prob sums and completion lengths of a pairwise batch (chosen rows first)."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_lengths: torch.Tensor
+    rejected_lengths: torch.Tensor
+
+
+def token_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                completion_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                *, chunk_size: int | None = None) -> torch.Tensor:
+    """[N, T] float32: at t, log p(input_ids[t] | input_ids[<t]) where ``completion_mask[t] == 1``, else 0.
+
+    ``completion_mask`` defaults to ``attention_mask`` (every real token after the first). Without
+    ``position_ids``, positions are counted over attended tokens, so left and right padding agree. Packed
+    batches pass ``position_ids`` and no ``attention_mask``. ``chunk_size`` (positions per head call)
+    defaults to ``CHUNK_ELEMENTS // vocab_size``.
+    """
+    return _scored_logps(model, input_ids, attention_mask, completion_mask, position_ids, chunk_size)[0]
+
+
+def _scored_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  completion_mask: torch.Tensor | None, position_ids: torch.Tensor | None,
+                  chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logps` and the [N, T] bool mask of the positions it scored."""
+    if position_ids is None and attention_mask is not None:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    if attention_mask is None and position_ids is not None:
+        _check_packing_support()
+    hidden = final_hidden_states(model, input_ids, attention_mask, position_ids)
+    scored = predicted_mask(input_ids, attention_mask, completion_mask, position_ids)
+    predicted = scored[:, 1:]  # hidden state t-1 predicts token t
+    values = gathered_logps(model, hidden[:, :-1][predicted], input_ids[:, 1:][predicted], chunk_size)
+    out = torch.zeros(predicted.shape, dtype=values.dtype, device=values.device)
+    return F.pad(out.masked_scatter(predicted, values), (1, 0)), scored
+
+
+def predicted_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   completion_mask: torch.Tensor | None = None,
+                   position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, T] bool: the tokens that are scored — completion tokens that are attended and have a token of
+    their own sequence before them (never column 0, never a packed sequence's first token)."""
+    mask = torch.ones_like(input_ids, dtype=torch.bool) if completion_mask is None else completion_mask.bool()
+    if attention_mask is not None:
+        mask = mask & attention_mask.bool()
+    if position_ids is not None:
+        mask = mask & (position_ids != 0)
+    mask[:, 0] = False
+    return mask
+
+
+def sequence_logps(model: Any, batch: Mapping[str, torch.Tensor], *, prefix: str = "",
+                   chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum_logps [N], n_tokens [N])`` over each sequence's completion tokens, for a padded or packed
+    batch. ``prefix`` selects another set of keys in the batch, e.g. ``"kl_"`` for KTO's mismatched rows."""
+    per_token, scored = _scored_logps(model, batch[prefix + "input_ids"], batch.get(prefix + "attention_mask"),
+                                      batch[prefix + "completion_mask"], batch.get(prefix + "position_ids"),
+                                      chunk_size)
+    counted = scored.long()
+    seq_lengths = batch.get(prefix + "seq_lengths")
+    if seq_lengths is None:
+        return per_token.sum(-1), counted.sum(-1)
+    return _segment_sum(per_token[0], seq_lengths), _segment_sum(counted[0], seq_lengths)
+
+
+def pairwise_logps(model: Any, batch: Mapping[str, torch.Tensor], *,
+                   chunk_size: int | None = None) -> PairwiseLogps:
+    """One forward over a `PairwiseCollator` batch (chosen rows, then rejected rows) → per-pair sums and
+    lengths."""
+    sums, lengths = sequence_logps(model, batch, chunk_size=chunk_size)
+    b = sums.shape[0] // 2
+    return PairwiseLogps(sums[:b], sums[b:], lengths[:b], lengths[b:])
+
+
+def final_hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                        position_ids: torch.Tensor | None) -> torch.Tensor:
+    """[N, T, H]: the decoder's last hidden state (after its final norm), the input of the LM head.
+
+    The forward goes through ``model`` itself, not its decoder, so that wrappers (DDP, FSDP, DeepSpeed,
+    peft) see it; ``logits_to_keep=1`` leaves the model's own head one position to compute, and a hook on
+    the decoder picks up its output.
+    """
+    captured: list[torch.Tensor] = []
+    hook = unwrap(model).get_decoder().register_forward_hook(lambda module, args, out: captured.append(out[0]))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+              logits_to_keep=1)
+    finally:
+        hook.remove()
+    return captured[0]
+
+
+def unwrap(model: Any) -> Any:
+    """The model inside distributed / compile wrappers (DDP, FSDP1, DeepSpeed: ``.module``; torch.compile:
+    ``._orig_mod``)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def gathered_logps(model: Any, hidden: torch.Tensor, targets: torch.Tensor,
+                   chunk_size: int | None = None) -> torch.Tensor:
+    """[M] float32 log-softmax of ``head(hidden)`` at ``targets``, ``chunk_size`` rows at a time."""
+    model = unwrap(model)
+    head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if chunk_size is None:
+        vocab_size = getattr(head, "out_features", None) or model.config.get_text_config().vocab_size
+        chunk_size = max(1, CHUNK_ELEMENTS // vocab_size)
+    # Under autocast the hidden states may be 16-bit while the head's weights are fp32: run the head in
+    # its weights' dtype (precise, and outside the model's forward no autocast applies).
+    hidden = hidden.to(next(head.parameters()).dtype)
+    track = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    parts = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        args = (head, hidden[start:start + chunk_size], targets[start:start + chunk_size], softcap)
+        parts.append(checkpoint(_chunk_logps, *args, use_reentrant=False) if track else _chunk_logps(*args))
+    if not parts:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(parts)
+
+
+def _chunk_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                 softcap: float | None) -> torch.Tensor:
+    logits = head(hidden).float()
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+@functools.cache
+def _check_packing_support() -> None:
+    """Packed rows are isolated by transformers' packed-sequence masks (detected from restarting position
+    ids); older versions would let them attend to each other silently."""
+    try:
+        from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
+    except ImportError:
+        raise PluralignError("packing needs a transformers version that detects packed sequences from "
+                             "position ids (masking_utils.find_packed_sequence_indices); use packing=False") from None
+
+
+def _segment_sum(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Sums of consecutive segments of ``values`` with the given ``lengths``."""
+    segment = torch.repeat_interleave(torch.arange(len(lengths), device=values.device), lengths.to(values.device))
+    return values.new_zeros(len(lengths)).index_add(0, segment, values)

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny tokenizers and tiny saved models, built locally (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test that reaches for the hub fails fast instead of hanging
+
+import pytest  # noqa: E402
+
+from pluralign.models import tiny  # noqa: E402
+
+WORDS = ("the a cat dog sat ran on under mat rug big small red blue happy sad is was here there "
+         "yes no hello world answer question what why good bad").split() + list(".,:?!")
+BPE_CORPUS = [
+    "Question: what is the cat doing? Answer: the cat sat on the mat.",
+    "Answer: hello world. Answer: yes. Answer: no.",
+    "hello there, the dog ran under the rug and the big red dog was happy.",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_word_tokenizer():
+    """Word-level tokenizer over `WORDS` (one token per word; <pad>=0 <s>=1 </s>=2 <unk>=3)."""
+    return tiny.word_tokenizer(WORDS)
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer():
+    """Byte-level BPE trained on `BPE_CORPUS`; merges across word boundaries (' hello', ': ')."""
+    return tiny.bpe_tokenizer(BPE_CORPUS, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_word_tokenizer):
+    """A directory with a tiny Llama and its word tokenizer, as `save_pretrained` writes them."""
+    path = tmp_path_factory.mktemp("tiny_llama")
+    tiny.tiny_llama(len(tiny_word_tokenizer), hidden_size=32, num_heads=2).save_pretrained(path)
+    tiny_word_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, bpe_tokenizer):
+    """A directory with a tiny GPT-2 and the byte-level BPE tokenizer."""
+    path = tmp_path_factory.mktemp("tiny_gpt2")
+    tiny.tiny_gpt2(len(bpe_tokenizer), hidden_size=32, num_heads=2).save_pretrained(path)
+    bpe_tokenizer.save_pretrained(path)
+    return path

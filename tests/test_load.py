@@ -1,0 +1,104 @@
+"""Loading tiny local models through the same call a user makes with a hub id; LoRA; atomic saving."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pluralign.errors import ConfigError, PluralignError
+from pluralign.models import LoraSpec, is_peft_model, load_model, load_tokenizer, save_model
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_gpt2_dir"])
+def test_local_dir_loads_and_generates(request, fixture):
+    path = request.getfixturevalue(fixture)
+    model = load_model(str(path))
+    tokenizer = load_tokenizer(path)
+    assert not model.training and tokenizer.pad_token is not None
+    inputs = tokenizer(["hello world", "the cat"], return_tensors="pt", padding=True)
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape == (2, inputs["input_ids"].shape[1] + 4)
+
+
+def test_dtype_device_and_encoder_kind(tiny_llama_dir):
+    model = load_model(tiny_llama_dir, dtype="bfloat16", device="cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    encoder = load_model(tiny_llama_dir, kind="encoder")
+    assert type(encoder).__name__ == "LlamaModel"
+    with pytest.raises(ConfigError, match="dtype"):
+        load_model(tiny_llama_dir, dtype="fp8")
+    with pytest.raises(ConfigError, match="kind"):
+        load_model(tiny_llama_dir, kind="seq2seq")
+    with pytest.raises(ConfigError, match="device"):
+        load_model(tiny_llama_dir, device="gpu0")
+
+
+def test_user_mistakes_are_clear_errors(tmp_path, tiny_llama_dir, monkeypatch):
+    from huggingface_hub import constants
+
+    with pytest.raises(PluralignError, match="not found"):
+        load_model(tmp_path / "missing")
+    with pytest.raises(PluralignError, match="not found"):
+        load_model("./runs/missing-model")
+    with pytest.raises(PluralignError, match="holds no model"):
+        load_model(tmp_path)
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(PluralignError, match="is a file"):
+        load_tokenizer(tmp_path / "weights.bin")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(PluralignError, match="offline"):
+        load_model("no-such-org/no-such-model")
+
+
+def test_tokenizer_without_pad_token_gets_eos(tmp_path, tiny_word_tokenizer):
+    tokenizer = copy.deepcopy(tiny_word_tokenizer)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path, padding_side="left")
+    assert loaded.pad_token == loaded.eos_token == "</s>" and loaded.padding_side == "left"
+
+
+def test_lora_train_merge_save_and_reload(tmp_path, tiny_llama_dir):
+    model = load_model(tiny_llama_dir, lora=LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    assert is_peft_model(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    ids = torch.tensor([[4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    tokenizer = load_tokenizer(tiny_llama_dir)
+
+    merged_dir = save_model(model, tokenizer, tmp_path / "merged")
+    assert is_peft_model(model)  # the caller's model keeps its adapters
+    merged = load_model(merged_dir)
+    assert not is_peft_model(merged)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+
+    adapter_dir = save_model(model, tokenizer, tmp_path / "adapter", merge_lora=False)
+    assert (adapter_dir / "adapter_config.json").exists()
+    reloaded = load_model(adapter_dir)
+    assert is_peft_model(reloaded)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_save_replaces_atomically(tmp_path, tiny_gpt2_dir):
+    model = load_model(tiny_gpt2_dir)
+    tokenizer = load_tokenizer(tiny_gpt2_dir)
+    out = tmp_path / "model"
+    save_model(model, tokenizer, out)
+    (out / "stale.txt").write_text("from the previous save")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2)  # tied to the input embeddings
+    save_model(model, tokenizer, out)
+    assert not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary directories left behind
+    reloaded = load_model(out)
+    torch.testing.assert_close(reloaded.lm_head.weight, model.lm_head.weight)

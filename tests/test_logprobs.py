@@ -1,0 +1,203 @@
+"""Chunked completion log-probs: equal to the full-logits computation (values and gradients), the same
+for left/right padding and packing, never materializing the batch's full-vocabulary logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pluralign.data.collate import PairwiseCollator, UnpairedCollator
+from pluralign.data.records import Binary, Pairwise
+from pluralign.models import LoraSpec, add_lora, pairwise_logps, sequence_logps, tiny, token_logps
+
+PAIRS = [
+    Pairwise("what is the cat ?", "the cat sat on the mat .", "no"),
+    Pairwise("hello", "hello world", "the big red dog ran under the rug and was happy"),
+    Pairwise("why is the dog sad ?", "the dog is sad", "the dog was bad , the dog is sad ."),
+]
+
+
+def build(arch: str, vocab_size: int, attn: str = "sdpa") -> torch.nn.Module:
+    make = tiny.tiny_llama if arch == "llama" else tiny.tiny_gpt2
+    model = make(vocab_size, hidden_size=32, num_heads=2).eval()  # eval: GPT-2 has dropout
+    model.config._attn_implementation = attn
+    return model
+
+
+def naive_token_logps(model, batch):
+    """The reference: the model's full logits, log-softmax in fp32, gathered and masked."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    picked = logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return torch.nn.functional.pad(picked * batch["completion_mask"][:, 1:], (1, 0))
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_chunked_equals_full_logits_values_and_gradients(tiny_word_tokenizer, arch):
+    model = build(arch, len(tiny_word_tokenizer))
+    batch = PairwiseCollator(tiny_word_tokenizer)(PAIRS)
+    weights = torch.linspace(0.5, 1.5, batch["input_ids"].numel()).view_as(batch["input_ids"])
+
+    expected = naive_token_logps(model, batch)
+    (expected * weights).sum().backward()
+    expected_grads = grads(model)
+    model.zero_grad()
+
+    got = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], chunk_size=7)
+    (got * weights).sum().backward()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    got_grads = grads(model)
+    assert got_grads.keys() == expected_grads.keys()
+    for name, g in expected_grads.items():
+        torch.testing.assert_close(got_grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("arch,attn", [("llama", "sdpa"), ("llama", "eager"), ("gpt2", "sdpa")])
+def test_left_right_and_packed_give_the_same_logps(tiny_word_tokenizer, arch, attn):
+    model = build(arch, len(tiny_word_tokenizer), attn)
+    results = []
+    for options in ({"padding_side": "right"}, {"padding_side": "left"}, {"packing": True}):
+        batch = PairwiseCollator(tiny_word_tokenizer, **options)(PAIRS)
+        model.zero_grad()
+        sums, lengths = sequence_logps(model, batch)
+        sums.sum().backward()
+        results.append((sums.detach(), lengths, grads(model)))
+    (right, n_right, g_right), *others = results
+    assert n_right.tolist() == [8, 3, 5, 2, 12, 11]  # completion tokens incl. EOS
+    for sums, lengths, g in others:
+        torch.testing.assert_close(sums, right, atol=1e-5, rtol=1e-5)
+        assert lengths.tolist() == n_right.tolist()
+        for name, value in g_right.items():
+            torch.testing.assert_close(g[name], value, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_packed_sequences_do_not_attend_to_each_other(tiny_word_tokenizer):
+    model = build("llama", len(tiny_word_tokenizer))
+    collate = PairwiseCollator(tiny_word_tokenizer, packing=True)
+    alone, _ = sequence_logps(model, collate(PAIRS[1:2]))
+    together, _ = sequence_logps(model, collate(PAIRS))
+    torch.testing.assert_close(together[[1, 4]], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_head_sees_only_completion_positions_in_chunks(tiny_word_tokenizer):
+    model = build("llama", len(tiny_word_tokenizer))
+    batch = PairwiseCollator(tiny_word_tokenizer)(PAIRS)
+    calls = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    sums, lengths = sequence_logps(model, batch, chunk_size=8)
+    sums.sum().backward()
+    hook.remove()
+    own = [s for s in calls if len(s) == 3]  # the model's own forward, asked for its last position only
+    assert own == [torch.Size([6, 1, len(tiny_word_tokenizer)])]
+    chunks = [s[0] for s in calls if len(s) == 2]  # [rows, vocab]: never [batch, time, vocab]
+    n_predicted = int(lengths.sum())
+    forward_rows = chunks[: -(-n_predicted // 8)]
+    assert sum(forward_rows) == n_predicted and max(forward_rows) == 8
+    assert len(chunks) == 2 * len(forward_rows)  # backward recomputes each chunk once
+
+
+def test_every_token_is_scored_without_a_completion_mask_but_never_across_packed_rows(tiny_word_tokenizer):
+    model = build("gpt2", len(tiny_word_tokenizer))
+    padded = PairwiseCollator(tiny_word_tokenizer)(PAIRS)
+    packed = PairwiseCollator(tiny_word_tokenizer, packing=True)(PAIRS)
+    padded["completion_mask"] = padded["attention_mask"].clone()
+    packed["completion_mask"] = torch.ones_like(packed["completion_mask"])
+    with torch.no_grad():
+        padded_sums, padded_n = sequence_logps(model, padded)
+        packed_sums, packed_n = sequence_logps(model, packed)
+        all_tokens = token_logps(model, padded["input_ids"], padded["attention_mask"])
+    assert packed_n.tolist() == padded_n.tolist() == (padded["attention_mask"].sum(-1) - 1).tolist()
+    torch.testing.assert_close(packed_sums, padded_sums, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(all_tokens.sum(-1), padded_sums)
+
+
+def test_pairwise_and_kl_prefix(tiny_word_tokenizer):
+    model = build("llama", len(tiny_word_tokenizer))
+    batch = PairwiseCollator(tiny_word_tokenizer)(PAIRS)
+    with torch.no_grad():
+        out = pairwise_logps(model, batch)
+        sums, lengths = sequence_logps(model, batch)
+    assert torch.equal(out.chosen, sums[:3]) and torch.equal(out.rejected, sums[3:])
+    assert out.chosen_lengths.tolist() == [8, 3, 5] and (out.chosen < 0).all()
+
+    records = [Binary(p.prompt, p.chosen, True) for p in PAIRS]
+    unpaired = UnpairedCollator(tiny_word_tokenizer)(records)
+    with torch.no_grad():
+        kl, kl_lengths = sequence_logps(model, unpaired, prefix="kl_")
+    assert kl_lengths.tolist() == [5, 8, 3]  # prompt i scored with the response of record i-1
+
+
+def test_lora_model_matches_its_own_logits(tiny_word_tokenizer):
+    model = add_lora(build("llama", len(tiny_word_tokenizer)), LoraSpec(r=4, alpha=8))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # fresh LoRA B is zero; make the adapters matter
+    batch = PairwiseCollator(tiny_word_tokenizer)(PAIRS)
+    got = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    got.sum().backward()
+    torch.testing.assert_close(got, naive_token_logps(model, batch), atol=1e-5, rtol=1e-5)
+    with model.disable_adapter(), torch.no_grad():
+        base = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    assert (got - base).abs().max() > 1e-3
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(model.get_parameter(n).grad is not None for n in trainable)
+
+
+def test_final_logit_softcapping_is_applied(tiny_word_tokenizer):
+    model = build("llama", len(tiny_word_tokenizer))
+    batch = PairwiseCollator(tiny_word_tokenizer)(PAIRS)
+    with torch.no_grad():
+        plain = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        model.config.final_logit_softcapping = 0.05
+        capped = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    vocab = len(tiny_word_tokenizer)
+    mask = batch["completion_mask"].bool()
+    mask[:, 0] = False
+    assert (capped[mask] - plain[mask]).abs().max() > 1e-3
+    # logits squashed into (-0.05, 0.05): every log-prob is within 0.1 of log(1/V)
+    assert ((capped[mask] + torch.log(torch.tensor(float(vocab)))).abs() < 0.1).all()
+
+
+def test_forward_goes_through_a_ddp_wrapper(tmp_path, tiny_word_tokenizer):
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this process")
+    model = build("llama", len(tiny_word_tokenizer))
+    batch = PairwiseCollator(tiny_word_tokenizer)(PAIRS)
+    expected, _ = sequence_logps(model, batch)
+    expected.sum().backward()
+    expected_grads = grads(model)
+    model.zero_grad()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        entered = []
+        # DDP arms its gradient all-reduce in its own forward: calling the inner model would skip it silently
+        ddp.register_forward_pre_hook(lambda module, args: entered.append(1))
+        for _ in range(2):
+            model.zero_grad()
+            got, _ = sequence_logps(ddp, batch)
+            got.sum().backward()
+        assert len(entered) == 2
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(got, expected)
+    for name, g in expected_grads.items():
+        torch.testing.assert_close(grads(model)[name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_autocast_hidden_states_meet_an_fp32_head(tiny_word_tokenizer):
+    model = build("llama", len(tiny_word_tokenizer))
+    batch = PairwiseCollator(tiny_word_tokenizer)(PAIRS)
+    with torch.no_grad():
+        exact, _ = sequence_logps(model, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed, _ = sequence_logps(model, batch)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, exact, atol=0.1, rtol=0.02)
