@@ -1,0 +1,129 @@
+"""Simulated feedback from grammar responses: reproducibility, formats, and the Bradley–Terry noise model."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from pluralign.data.io import read_records
+from pluralign.errors import ConfigError
+from pluralign.sandbox import feedback as F
+from pluralign.sandbox.attributes import ATTRIBUTES, score_batch
+from pluralign.sandbox.users import population, utility
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("kind", F.FEEDBACK_KINDS)
+def test_same_seed_gives_byte_identical_files_and_another_seed_does_not(tmp_path, kind):
+    a = F.generate_file(tmp_path / "a.jsonl", kind, "diverse", 40, seed=7)
+    b = F.generate_file(tmp_path / "b.jsonl", kind, "diverse", 40, seed=7)
+    c = F.generate_file(tmp_path / "c.jsonl", kind, "diverse", 40, seed=8)
+    assert _sha(a) == _sha(b) != _sha(c)
+    records = read_records(a)  # valid for the data layer (no blank text, right fields)
+    assert len(records) == 40
+
+
+def test_parquet_and_csv_are_reproducible_too(tmp_path):
+    for ext in ("parquet", "csv"):
+        a = F.generate_file(tmp_path / f"a.{ext}", "ranked", "default", 30, seed=1, k=3)
+        b = F.generate_file(tmp_path / f"b.{ext}", "ranked", "default", 30, seed=1, k=3)
+        assert _sha(a) == _sha(b)
+        assert all(len(r.responses) == 3 and sorted(r.ranks) == [1, 2, 3] for r in read_records(a))
+
+
+def test_who_is_named_on_each_kind():
+    pop = population("default")
+    ids = {u.id: u.group for u in pop.users()}
+    anonymous = F.generate("pairwise", pop, 20, seed=0)
+    assert all(r.user is None and r.group is None for r in anonymous)
+    for kind in ("user_pairwise", "ranked", "binary", "rated", "judged"):
+        for r in F.generate(kind, pop, 20, seed=0):
+            assert ids[r.user] == r.group
+    assert all(r.chosen != r.rejected for r in F.generate("user_pairwise", pop, 50, seed=0))
+
+
+def _agreement(records, temperature, chosen_first=True):
+    """Observed share of labels that agree with the noiseless preference, its BT expectation, and the
+    standard deviation of the observed share."""
+    users = {u.id: u for u in population("default").users()}
+    if chosen_first:
+        a = score_batch([r.prompt for r in records], [r.chosen for r in records])
+        b = score_batch([r.prompt for r in records], [r.rejected for r in records])
+    else:  # ranked with k = 2: rank 1 plays "chosen"
+        a = score_batch([r.prompt for r in records], [r.responses[r.ranks.index(1)] for r in records])
+        b = score_batch([r.prompt for r in records], [r.responses[r.ranks.index(2)] for r in records])
+    du = np.array([utility(users[r.user].vector(), x - y) for r, x, y in zip(records, a, b, strict=True)])
+    du = du[du != 0]
+    p = 1 / (1 + np.exp(-np.abs(du) / temperature))
+    return float(np.mean(du > 0)), float(p.mean()), float(np.sqrt(np.sum(p * (1 - p))) / len(du))
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_pairwise_labels_follow_the_bradley_terry_model(temperature):
+    records = F.generate("user_pairwise", "default", 1500, seed=11, temperature=temperature)
+    observed, expected, sd = _agreement(records, temperature)
+    assert abs(observed - expected) < 3 * sd
+    assert 0.55 < expected < 0.99  # the check has power: neither a coin flip nor noiseless
+
+
+def test_ranked_with_two_responses_is_bradley_terry():
+    records = F.generate("ranked", "default", 1500, seed=12, k=2, temperature=0.3)
+    observed, expected, sd = _agreement(records, 0.3, chosen_first=False)
+    assert abs(observed - expected) < 3 * sd
+
+
+def test_lower_temperature_means_more_consistent_labels():
+    cold = _agreement(F.generate("user_pairwise", "default", 600, seed=3, temperature=0.02), 0.02)[0]
+    hot = _agreement(F.generate("user_pairwise", "default", 600, seed=3, temperature=5.0), 5.0)[0]
+    assert cold > 0.95 and 0.4 < hot < 0.6
+
+
+def test_binary_labels_track_utility_and_split_roughly_in_half():
+    pop = population("default")
+    users = {u.id: u for u in pop.users()}
+    records = F.generate("binary", pop, 1000, seed=4)
+    x = score_batch([r.prompt for r in records], [r.response for r in records])
+    u = np.array([utility(users[r.user].vector(), xi) for r, xi in zip(records, x, strict=True)])
+    labels = np.array([r.label for r in records])
+    assert 0.3 < labels.mean() < 0.7
+    assert u[labels].mean() > u[~labels].mean() + 0.2
+
+
+def test_ratings_are_gold_attributes_plus_small_noise():
+    records = F.generate("rated", "default", 500, seed=5, rating_noise=0.05)
+    x = score_batch([r.prompt for r in records], [r.response for r in records])
+    ratings = np.array([[r.ratings[a] for a in ATTRIBUTES] for r in records])
+    err = np.abs(ratings - x)
+    # Clipping to the range only shrinks errors, so the mean |noise| is at most σ·√(2/π) ≈ 0.04.
+    assert 0.01 < err.mean() < 0.05 and err.max() < 0.3
+
+
+def test_judgments_name_what_moved_the_annotator_in_the_verdicts_direction():
+    pop = population("default")
+    users = {u.id: u for u in pop.users()}
+    records = F.generate("judged", pop, 400, seed=6)
+    ref = F._reference()[1]
+    assert {r.polarity for r in records} == {"positive", "negative"}
+    consistent = []
+    for r in records:
+        x = score_batch([r.prompt], [r.response])[0]
+        i = ATTRIBUTES.index(r.objective)
+        level = "high" if x[i] >= ref[i] else "low"
+        assert r.judgment == F.JUDGMENTS[(r.objective, level, r.polarity)]
+        push = users[r.user].vector()[i] * (x[i] - ref[i])
+        consistent.append(push >= 0 if r.polarity == "positive" else push <= 0)
+    # A verdict flipped by BT noise can leave no attribute pushing its way; nearly all others name one.
+    assert np.mean(consistent) > 0.9
+    assert any(r.judgment == "The response is too long." for r in records)
+
+
+def test_bad_arguments_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown feedback kind"):
+        F.generate("thumbs", "default", 5)
+    with pytest.raises(ConfigError):
+        F.generate("ranked", "default", 5, k=1)
+    with pytest.raises(ConfigError, match="unknown population"):
+        F.generate("pairwise", "nobody", 5)

@@ -1,0 +1,137 @@
+"""Sandbox base model, feedback from a model, gold evaluation and the `pluralign sandbox` CLI.
+
+One tiny base model is built per module into a temporary cache; determinism is checked on an even smaller
+configuration that is built several times.
+"""
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pluralign.cli import main
+from pluralign.data.io import read_records
+from pluralign.decode.sampler import sample
+from pluralign.sandbox import feedback as F
+from pluralign.sandbox.attributes import ATTRIBUTES
+from pluralign.sandbox.base import (
+    SandboxConfig,
+    build_base,
+    config_hash,
+    load,
+    read_manifest,
+    sha256_file,
+    weights_hash,
+)
+from pluralign.sandbox.gold import eval_prompts, gold_eval, sample_logps, sequence_kl
+
+MICRO = SandboxConfig(hidden_size=16, num_layers=1, num_heads=2, n_corpus=64, n_requests=64, pretrain_steps=3,
+                      finetune_steps=3, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    old = os.environ.get("PLURALIGN_CACHE")
+    path = tmp_path_factory.mktemp("pluralign_cache")
+    os.environ["PLURALIGN_CACHE"] = str(path)
+    yield path
+    if old is None:
+        del os.environ["PLURALIGN_CACHE"]
+    else:
+        os.environ["PLURALIGN_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def tiny(cache):
+    return build_base(seed=0, config=SandboxConfig.tiny())
+
+
+def test_same_seed_gives_the_same_weights_and_another_seed_does_not(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLURALIGN_CACHE", str(tmp_path / "one"))
+    first = build_base(seed=0, config=MICRO)
+    monkeypatch.setenv("PLURALIGN_CACHE", str(tmp_path / "two"))  # a separate cache: really rebuilt
+    again = build_base(seed=0, config=MICRO)
+    other = build_base(seed=1, config=MICRO)
+    assert first != again
+    assert weights_hash(first) == weights_hash(again) != weights_hash(other)
+    assert read_manifest(first)["files"] == read_manifest(again)["files"]
+
+
+def test_cache_key_depends_on_seed_and_config():
+    assert config_hash(0, MICRO) == config_hash(0, copy.deepcopy(MICRO))
+    assert config_hash(0, MICRO) != config_hash(1, MICRO)
+    assert config_hash(0, MICRO) != config_hash(0, SandboxConfig.tiny())
+
+
+def test_manifest_hashes_every_file_and_the_model_loads(tiny):
+    manifest = read_manifest(tiny)
+    files = sorted(f.name for f in Path(tiny).iterdir() if f.name != "manifest.json")
+    assert sorted(manifest["files"]) == files
+    assert all(manifest["files"][name] == sha256_file(Path(tiny) / name) for name in files)
+    assert manifest["weights_sha256"] == weights_hash(tiny)
+    model, tok = load(tiny)
+    assert type(model).__name__ == "LlamaForCausalLM" and len(tok) == model.config.vocab_size
+
+
+def test_second_build_reuses_the_cache_and_out_copies_it(tiny, tmp_path):
+    before = (Path(tiny) / "model.safetensors").stat().st_mtime_ns
+    assert build_base(seed=0, config=SandboxConfig.tiny()) == tiny
+    assert (Path(tiny) / "model.safetensors").stat().st_mtime_ns == before
+    out = build_base(tmp_path / "copy", seed=0, config=SandboxConfig.tiny())
+    assert out == tmp_path / "copy" and weights_hash(out) == weights_hash(tiny)
+
+
+def test_model_feedback_is_reproducible_and_valid(tiny, tmp_path):
+    for kind in ("user_pairwise", "ranked", "judged"):
+        a = F.generate_file(tmp_path / f"{kind}-a.jsonl", kind, "two_groups", 16, tiny, seed=2, k=3)
+        b = F.generate_file(tmp_path / f"{kind}-b.jsonl", kind, "two_groups", 16, tiny, seed=2, k=3)
+        c = F.generate_file(tmp_path / f"{kind}-c.jsonl", kind, "two_groups", 16, tiny, seed=3, k=3)
+        digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b, c)]
+        assert digest[0] == digest[1] != digest[2]
+        assert len(read_records(a)) == 16
+
+
+def test_teacher_forced_logps_match_the_samplers_and_kl_to_itself_is_zero(tiny):
+    model, tok = load(tiny)
+    samples = sample(model, tok, eval_prompts(6), n=3, seed=0)
+    np.testing.assert_allclose(sample_logps(model, samples), samples.sum_logps.double().numpy(), atol=1e-3)
+    assert np.abs(sequence_kl(model, model, samples)).max() == 0.0
+
+
+def test_gold_eval_reports_attributes_groups_users_kl_and_win_rates(tiny):
+    model, tok = load(tiny)
+    same = gold_eval(model, tokenizer=tok, base=model, n_prompts=24, user="g1-u2")
+    assert set(same["attributes"]) == set(ATTRIBUTES)
+    assert set(same["groups"]) == {"majority", "minority"} and len(same["users"]) == 16
+    assert same["kl"] == {"mean": 0.0, "se": 0.0}
+    for v in same["win_rate"].values():  # the base against itself: a fair coin up to sampling noise
+        assert abs(v["mean"] - 0.5) < 4 * v["se"] + 0.02
+    shifted = copy.deepcopy(model)
+    with torch.no_grad():
+        shifted.lm_head.weight.add_(torch.randn(shifted.lm_head.weight.shape, generator=torch.Generator().manual_seed(0)))
+    far = gold_eval(shifted, tokenizer=tok, base=model, n_prompts=24, per_user=False)
+    assert far["kl"]["mean"] > 3 * far["kl"]["se"] > 0
+    assert "users" not in far
+
+
+def test_cli_build_feedback_and_eval(tiny, tmp_path, capsys):
+    out = tmp_path / "base"
+    assert main(["sandbox", "build", "--tiny", "--out", str(out)]) == 0
+    assert weights_hash(out) in capsys.readouterr().out
+    data = tmp_path / "fb.jsonl"
+    assert main(["sandbox", "feedback", "--kind", "binary", "--population", "diverse", "--n", "12",
+                 "--out", str(data), "--model", str(out), "--seed", "4", "--groups", "skimmers,cautious"]) == 0
+    assert {r.group for r in read_records(data)} <= {"skimmers", "cautious"}
+    result = tmp_path / "eval.json"
+    assert main(["sandbox", "eval", "--model", str(out), "--base", str(out), "--n-prompts", "8",
+                 "--out", str(result)]) == 0
+    printed = capsys.readouterr().out
+    assert "utility/minority" in printed and "KL(model || base)" in printed
+    assert json.loads(result.read_text())["kl"]["mean"] == 0.0
+    assert main(["sandbox", "eval", "--model", str(tmp_path / "missing")]) == 2
+    assert main(["sandbox", "feedback", "--kind", "binary", "--n", "0", "--out", str(data)]) == 2
