@@ -37,3 +37,17 @@ def test_metrics_log_skips_a_torn_last_line(tmp_path):
     with open(run.metrics_path, "a") as f:
         f.write('{"step": 3, "lo')  # a crash mid-line
     assert [r["step"] for r in run.read_metrics()] == [1, 2]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        import importlib
+
+        import pluralign.runs as runs
+
+        importlib.reload(runs)
+        path = runs.atomic_write_text(tmp_path / "f.txt", "x")
+        assert (path.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
