@@ -1,0 +1,178 @@
+"""One contract for every decoder: per-request controls in, texts + per-objective scores + compute out.
+
+Decoders register by name (`@register("bon")`) and are called through `decode(method, model, tokenizer,
+prompts, reward=..., controls=...)`. `controls` is one `Controls` for all prompts or a list with one
+per prompt; decoders group requests whose controls must be equal to share a batch (e.g. the same N)
+and apply per-row objective weights vectorised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pluralign.decode.kv import Compute
+from pluralign.decode.rewards import as_reward, objective_names, score_groups, weight_vector
+from pluralign.errors import ConfigError
+
+
+@dataclass
+class Controls:
+    """Per-request decoding controls.
+
+    weights: objective weights (sequence in objective order or {name: w}); n: candidates (BoN, soft BoN,
+    rejection proposals, RPS k, blockwise K); beta: KL strength β / temperature λ of the tilt; w:
+    guidance weight (ARGS w, CD λ, TQ* α, GenARM α); constraints: {"keywords": [...], "min_words": a,
+    "max_words": b} for search; user: passed to per-user reward sources; extra: method-specific options.
+    """
+
+    weights: Any = None
+    n: int = 8
+    beta: float = 1.0
+    w: float = 1.0
+    constraints: dict | None = None
+    user: Any = None
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop: Sequence[str] | None = None
+    seed: int | None = 0
+    extra: dict = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> Controls:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class DecodeResult:
+    """texts[p]: the output for prompt p; scores [P, m]: its per-objective rewards (objective names in
+    `objectives`); utility [P]: the weighted reward under the request's own weights; candidates /
+    candidate_scores: everything considered (sequence-level methods); compute: policy (and auxiliary
+    model) forward passes and tokens; reward_compute: reward evaluations."""
+
+    texts: list[str]
+    scores: torch.Tensor | None = None
+    objectives: list[str] | None = None
+    utility: torch.Tensor | None = None
+    candidates: list[list[str]] | None = None
+    candidate_scores: list[torch.Tensor] | None = None
+    compute: Compute = field(default_factory=Compute)
+    reward_compute: Compute = field(default_factory=Compute)
+    info: dict = field(default_factory=dict)
+
+    def rows(self) -> list[dict]:
+        """JSON-ready rows, one per prompt."""
+        out = []
+        for p, text in enumerate(self.texts):
+            row: dict[str, Any] = {"response": text}
+            if self.scores is not None:
+                row["scores"] = dict(zip(self.objectives or [], self.scores[p].tolist(), strict=True))
+            if self.utility is not None:
+                row["utility"] = float(self.utility[p])
+            if self.candidates is not None:
+                row["candidates"] = self.candidates[p]
+            out.append(row)
+        return out
+
+
+Decoder = Callable[..., DecodeResult]
+_REGISTRY: dict[str, Decoder] = {}
+
+
+def register(name: str) -> Callable[[Decoder], Decoder]:
+    def deco(fn: Decoder) -> Decoder:
+        if name in _REGISTRY:
+            raise ValueError(f"decoder {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def _load_all() -> None:
+    import importlib
+
+    for mod in ("best_of_n", "rejection", "infalign", "map_palette", "rps", "args", "controlled", "tq_star",
+                "fusion", "search"):
+        importlib.import_module(f"pluralign.decode.{mod}")
+
+
+def names() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Decoder:
+    _load_all()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown decoding method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def per_request(controls: Controls | Sequence[Controls] | None, n_prompts: int) -> list[Controls]:
+    if controls is None:
+        return [Controls()] * n_prompts
+    if isinstance(controls, Controls):
+        return [controls] * n_prompts
+    controls = list(controls)
+    if len(controls) != n_prompts:
+        raise ConfigError(f"{len(controls)} controls given for {n_prompts} prompts")
+    return controls
+
+
+def decode(method: str, model: Any, tokenizer: Any, prompts: Sequence[Any], *, reward: Any = None,
+           controls: Controls | Sequence[Controls] | None = None, **kwargs: Any) -> DecodeResult:
+    """Run decoder `method` (see `names()`) with per-request controls. kwargs go to the decoder (e.g.
+    `models=[...]` for fusion, `value_model=` for controlled decoding, `reward_model=` for ARGS)."""
+    fn = get(method)
+    return fn(model, tokenizer, list(prompts), reward=as_reward(reward), controls=per_request(controls, len(prompts)),
+              **kwargs)
+
+
+def groups(controls: list[Controls], *keys: str) -> list[tuple[list[int], Controls]]:
+    """Indices of requests sharing the given control fields (they can share one batch)."""
+    out: dict[tuple, list[int]] = {}
+    for i, c in enumerate(controls):
+        out.setdefault(tuple(repr(getattr(c, k)) for k in keys), []).append(i)
+    return [(idx, controls[idx[0]]) for idx in out.values()]
+
+
+def weights_matrix(reward: Any, controls: list[Controls], m: int) -> torch.Tensor:
+    """Per-request objective weights [P, m]."""
+    names = objective_names(reward, m)
+    return torch.stack([weight_vector(c.weights, names) for c in controls]) if controls else torch.zeros(0, m)
+
+
+def score_candidates(reward: Any, prompts: list[Any], cands: list[list[str]], controls: list[Controls]
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Score every candidate: per prompt, objective scores [n_p, m] and weighted utility [n_p]."""
+    flat_p = [str(prompts[p]) for p, row in enumerate(cands) for _ in row]
+    flat_y = [y for row in cands for y in row]
+    users = [controls[p].user for p, row in enumerate(cands) for _ in row]
+    s = score_groups(reward, flat_p, flat_y, users)
+    w = weights_matrix(reward, controls, s.shape[1])
+    per, util, start = [], [], 0
+    for p, row in enumerate(cands):
+        block = s[start:start + len(row)]
+        per.append(block)
+        util.append(block @ w[p])
+        start += len(row)
+    return per, util
+
+
+def finish(texts: list[str], prompts: list[Any], reward: Any, controls: list[Controls], *,
+           compute: Compute, reward_compute: Compute | None = None, **fields: Any) -> DecodeResult:
+    """Score the chosen texts (if a reward is given) and build the result."""
+    scores = utility = objectives = None
+    if reward is not None:
+        per, util = score_candidates(reward, prompts, [[t] for t in texts], controls)
+        scores = torch.cat(per)
+        utility = torch.cat(util)
+        objectives = objective_names(reward, scores.shape[1])
+    return DecodeResult(texts=texts, scores=scores, objectives=objectives, utility=utility, compute=compute,
+                        reward_compute=reward_compute or Compute(), **fields)

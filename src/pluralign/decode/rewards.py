@@ -1,0 +1,187 @@
+"""Pluggable reward sources for decoding.
+
+A reward source is anything with `score(prompts, responses, user=None) -> Tensor[N, m]` (m objectives,
+named by an optional `objectives` attribute), or a plain callable `(prompts, responses) -> [N] | [N, m]`.
+Per-request objective weights turn the m scores into one scalar per candidate. `CachedReward` wraps a
+transformer reward model so that k candidate next tokens are scored from one cached prefix (ARGS).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pluralign.decode.kv import Compute, LMState, model_device
+from pluralign.errors import ConfigError
+
+
+class FunctionReward:
+    """A Python callable `(prompts, responses) -> array [N] or [N, m]` as a reward source."""
+
+    def __init__(self, fn: Callable, objectives: Sequence[str] | None = None):
+        self.fn = fn
+        self.objectives = list(objectives) if objectives else None
+
+    def score(self, prompts: list[str], responses: list[str], user: Any = None) -> torch.Tensor:
+        out = torch.as_tensor(self.fn(list(prompts), list(responses)), dtype=torch.float)
+        return out[:, None] if out.dim() == 1 else out
+
+
+class GoldReward:
+    """The sandbox's gold attributes (`pluralign.sandbox.attributes.score_batch`), imported lazily so
+    decoding works without the sandbox."""
+
+    def __init__(self) -> None:
+        self._attrs = importlib.import_module("pluralign.sandbox.attributes")
+        self.objectives = list(self._attrs.ATTRIBUTES)
+
+    def score(self, prompts: list[str], responses: list[str], user: Any = None) -> torch.Tensor:
+        return torch.as_tensor(self._attrs.score_batch(list(prompts), list(responses)), dtype=torch.float)
+
+
+class Counted:
+    """Counts how many (prompt, response) pairs a reward source scored, and in how many calls."""
+
+    def __init__(self, source: Any):
+        self.source = source
+        self.objectives = getattr(source, "objectives", None)
+        self.compute = Compute()
+
+    def score(self, prompts: list[str], responses: list[str], user: Any = None) -> torch.Tensor:
+        self.compute.add(Compute(forward=len(responses), calls=1))
+        return self.source.score(prompts, responses, user=user)
+
+
+def as_reward(obj: Any) -> Any:
+    """Any accepted reward form -> an object with `.score(prompts, responses, user)`."""
+    if obj is None:
+        return None
+    if isinstance(obj, str):
+        return load_reward(obj)
+    if hasattr(obj, "score") and callable(obj.score) and not isinstance(obj, torch.nn.Linear):
+        return obj
+    if callable(obj):
+        return FunctionReward(obj)
+    raise ConfigError(f"not a reward source: {type(obj).__name__} (need .score(prompts, responses, user) or a callable)")
+
+
+def load_reward(spec: str) -> Any:
+    """"gold" (sandbox attributes), "module:function", or a reward-model directory (pluralign.reward)."""
+    if spec == "gold":
+        return GoldReward()
+    if ":" in spec and not Path(spec).exists():
+        module, _, name = spec.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"--reward {spec}: cannot import {name} from {module} ({e})") from e
+        return as_reward(fn)
+    if Path(spec).is_dir():
+        try:
+            reward_mod = importlib.import_module("pluralign.reward")
+        except ImportError as e:
+            raise ConfigError(f"--reward {spec}: loading reward-model directories needs pluralign.reward ({e})") from e
+        loader = getattr(reward_mod, "load_reward_model", None) or getattr(reward_mod, "load", None)
+        if loader is None:
+            raise ConfigError("pluralign.reward has no load_reward_model(dir)")
+        return loader(spec)
+    raise ConfigError(f"--reward {spec!r}: expected 'gold', 'module:function' or an existing directory")
+
+
+def objective_names(reward: Any, m: int) -> list[str]:
+    names = getattr(reward, "objectives", None)
+    return list(names) if names and len(names) == m else [f"r{i}" for i in range(m)]
+
+
+def weight_vector(weights: Any, names: Sequence[str]) -> torch.Tensor:
+    """Objective weights as a tensor [m]: None -> all ones / m (one objective: 1), a mapping by objective
+    name (missing names weigh 0), or a sequence in objective order."""
+    m = len(names)
+    if weights is None:
+        return torch.full((m,), 1.0 / m)
+    if isinstance(weights, Mapping):
+        unknown = set(weights) - set(names)
+        if unknown:
+            raise ConfigError(f"weights name unknown objectives {sorted(unknown)}; known: {list(names)}")
+        return torch.tensor([float(weights.get(k, 0.0)) for k in names])
+    w = torch.as_tensor(list(weights), dtype=torch.float)
+    if w.numel() != m:
+        raise ConfigError(f"{w.numel()} weights given for {m} objectives {list(names)}")
+    return w
+
+
+def score_groups(reward: Any, prompts: list[str], responses: list[str], users: Sequence[Any] | None = None) -> torch.Tensor:
+    """Score pairs [N, m], calling the source once per distinct user (per-user reward models)."""
+    if not users or all(u is None for u in users):
+        return _as_2d(reward.score(prompts, responses, user=None))
+    out: torch.Tensor | None = None
+    for u in dict.fromkeys(users):
+        idx = [i for i, v in enumerate(users) if v == u]
+        s = _as_2d(reward.score([prompts[i] for i in idx], [responses[i] for i in idx], user=u))
+        if out is None:
+            out = torch.zeros(len(prompts), s.shape[1])
+        out[idx] = s
+    return out
+
+
+def _as_2d(x: Any) -> torch.Tensor:
+    x = torch.as_tensor(x, dtype=torch.float).detach().cpu()
+    return x[:, None] if x.dim() == 1 else x
+
+
+class CachedReward:
+    """A transformer reward model scored incrementally: the prefix is run once with a KV cache and the
+    k candidate next tokens of each row go through the model as one batch of single-token steps
+    (Khanov et al. 2024, ARGS, §3: the RM cache is reordered to the chosen branch).
+
+    `backbone` is a causal transformer returning hidden states; `head` maps the last hidden state [.., H]
+    to rewards [.., m]. It must share the policy's tokenizer.
+    """
+
+    def __init__(self, backbone: Any, head: Callable[[torch.Tensor], torch.Tensor], *, pad_id: int = 0):
+        self.backbone = backbone
+        self.head = head
+        self.pad_id = pad_id
+        self.compute = Compute()
+        self.state: LMState | None = None
+
+    @classmethod
+    def from_sequence_classifier(cls, model: Any, pad_id: int = 0) -> CachedReward:
+        """Wrap a Hugging Face *ForSequenceClassification model (backbone + `score` linear head)."""
+        head = getattr(model, "score", None) or getattr(model, "classifier", None)
+        if head is None:
+            raise ConfigError(f"{type(model).__name__} has no `score`/`classifier` head")
+        return cls(model.base_model, head, pad_id=pad_id)
+
+    @torch.no_grad()
+    def start(self, seqs: list[list[int]]) -> torch.Tensor:
+        """Prefill the prefixes; returns the rewards of the prefixes themselves [B, m]."""
+        self.state = LMState.from_ids(self.backbone, seqs, self.pad_id, output="hidden", compute=self.compute)
+        return self._reward(self.state.hidden)
+
+    @torch.no_grad()
+    def candidates(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Rewards [B, k, m] of each row's prefix extended by each of its k candidate tokens [B, k]."""
+        b, k = tokens.shape
+        branch = self.state.fork(torch.arange(b, device=model_device(self.backbone)).repeat_interleave(k))
+        branch.advance(tokens.reshape(-1))
+        self._branch = branch
+        return self._reward(branch.hidden).view(b, k, -1)
+
+    def commit(self, choice: torch.Tensor) -> None:
+        """Keep, for each row b, the branch of candidate `choice[b]` as the new prefix cache."""
+        b = choice.shape[0]
+        k = self._branch.batch_size // b
+        self._branch.select(torch.arange(b, device=choice.device) * k + choice)
+        self.state = self._branch
+
+    def keep_rows(self, rows: list[int]) -> None:
+        self.state.select(rows)
+
+    def _reward(self, hidden: torch.Tensor) -> torch.Tensor:
+        r = self.head(hidden).float()
+        return r if r.dim() == 2 else r[:, None]

@@ -1,0 +1,236 @@
+"""Batched sampling with a KV cache for any Hugging Face causal LM.
+
+Each prompt is prefilled once; its cache is then duplicated for the `n` samples drawn for it, so the
+prompt costs one forward pass however many samples are drawn. Rows that finish (EOS, a stop string, or
+the token limit) are dropped from the batch so they stop costing compute.
+
+Log-probabilities: `token_logps` / `sum_logps` are log p_model(token | prefix) of the *model itself* —
+log_softmax of the raw logits, before temperature, top-k or top-p — because KL to the base model and
+importance weights need the model's probabilities, not the warped proposal's. The proposal's own
+log-probs (after warping) are in `proposal_logps` (0 for greedy decoding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pluralign.decode.kv import Compute, LMState, encode_prompts, model_device, pad_id_of
+from pluralign.errors import ConfigError
+
+
+@dataclass
+class Samples:
+    """`texts[p][i]` is sample i for prompt p. `token_ids[p][i]` are its generated ids (EOS and the
+    token completing a stop string included; the text excludes them); `token_logps[p][i]` their model
+    log-probs (1-D tensor); `sum_logps` [P, n] the sums; `finish[p][i]` in {"eos", "stop", "length"}."""
+
+    texts: list[list[str]]
+    token_ids: list[list[list[int]]]
+    token_logps: list[list[torch.Tensor]]
+    sum_logps: torch.Tensor
+    proposal_logps: torch.Tensor
+    finish: list[list[str]]
+    prompt_ids: list[list[int]]
+    compute: Compute = field(default_factory=Compute)
+
+    @property
+    def n_forward(self) -> int:
+        return self.compute.forward
+
+    @property
+    def n_tokens(self) -> int:
+        return self.compute.tokens
+
+    @property
+    def n_generated(self) -> int:
+        return sum(len(ids) for row in self.token_ids for ids in row)
+
+    def flat_texts(self) -> list[str]:
+        return [t for row in self.texts for t in row]
+
+
+def eos_ids(tokenizer: Any, model: Any = None, eos: int | Sequence[int] | None = None) -> set[int]:
+    """EOS ids: explicit `eos`, else the tokenizer's, else the model's generation config."""
+    if eos is not None:
+        return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
+    ids: set[int] = set()
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids |= {int(gen_eos)} if isinstance(gen_eos, int) else {int(e) for e in gen_eos}
+    return ids
+
+
+class Generation:
+    """Generated tokens of B rows and when each finished (EOS, stop string, or length limit).
+
+    Stop strings are checked on the decoded tail of each row (the last `len(longest stop)+2` tokens), so
+    a stop string spanning token boundaries is still found; the text is cut at its first occurrence.
+    """
+
+    def __init__(self, batch: int, tokenizer: Any, *, eos: set[int], stop: Sequence[str] | None,
+                 max_new_tokens: int | Sequence[int]):
+        self.tokenizer = tokenizer
+        self.eos = eos
+        self.stop = [s for s in (stop or []) if s]
+        self.tail = max((len(s) for s in self.stop), default=0) + 2
+        self.limit = [max_new_tokens] * batch if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        self.tokens: list[list[int]] = [[] for _ in range(batch)]
+        self.logps: list[list[float]] = [[] for _ in range(batch)]
+        self.proposal: list[float] = [0.0] * batch
+        self.reason: list[str | None] = [None] * batch
+
+    def active(self) -> list[int]:
+        return [i for i, r in enumerate(self.reason) if r is None]
+
+    @property
+    def done(self) -> bool:
+        return all(r is not None for r in self.reason)
+
+    def append(self, rows: Sequence[int], tokens: torch.Tensor, logps: torch.Tensor,
+               proposal: torch.Tensor | None = None) -> None:
+        """Append `tokens[j]` (model log-prob `logps[j]`) to row `rows[j]`."""
+        toks, lps = tokens.tolist(), logps.tolist()
+        props = proposal.tolist() if proposal is not None else [0.0] * len(toks)
+        for j, row in enumerate(rows):
+            if self.reason[row] is not None:
+                continue
+            self.tokens[row].append(toks[j])
+            self.logps[row].append(lps[j])
+            self.proposal[row] += props[j]
+            if toks[j] in self.eos:
+                self.reason[row] = "eos"
+            elif self.stop and self._hit_stop(row):
+                self.reason[row] = "stop"
+            elif len(self.tokens[row]) >= self.limit[row]:
+                self.reason[row] = "length"
+
+    def _hit_stop(self, row: int) -> bool:
+        tail = self.tokenizer.decode(self.tokens[row][-self.tail:], skip_special_tokens=True)
+        return any(s in tail for s in self.stop)
+
+    def text(self, row: int) -> str:
+        text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+        cuts = [text.find(s) for s in self.stop if s in text]
+        return text[: min(cuts)] if cuts else text
+
+
+def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Log-probs of the sampling distribution: temperature, then top-k, then nucleus (top-p) filtering
+    (Holtzman et al. 2020). Filtered tokens get -inf; the most likely token is always kept."""
+    x = logits.float() / max(temperature, 1e-8)
+    if top_k and top_k < x.shape[-1]:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)
+        probs = torch.softmax(sorted_x, dim=-1)
+        drop = probs.cumsum(-1) - probs > top_p  # mass strictly before this token already exceeds top_p
+        drop[..., 0] = False
+        x = x.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.log_softmax(x, dim=-1)
+
+
+def choose_tokens(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: float,
+                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next tokens [B] and their proposal log-probs; temperature <= 0 means greedy (argmax)."""
+    if temperature <= 0:
+        tok = logits.argmax(-1)
+        return tok, torch.zeros_like(tok, dtype=torch.float)
+    lp = warp_logits(logits, temperature, top_k, top_p)
+    tok = torch.multinomial(lp.exp(), 1, generator=generator).squeeze(-1)
+    return tok, lp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def make_generator(seed: int | None, device: Any) -> torch.Generator | None:
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
+
+
+@contextmanager
+def eval_mode(*models: Any):
+    """Run in eval mode (no dropout) and restore each model's previous mode afterwards."""
+    modes = [(m, m.training) for m in models if hasattr(m, "training")]
+    for m, _ in modes:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, was in modes:
+            m.train(was)
+
+
+
+
+def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, max_new_tokens: int = 48,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop: Sequence[str] | None = None,
+           eos: int | Sequence[int] | None = None, seed: int | None = None, max_rows: int = 1024) -> Samples:
+    """Draw `n` samples per prompt (temperature <= 0: greedy). Deterministic for a given `seed`.
+
+    Prompts (strings or chat messages) are left-padded with a matching attention mask and position ids;
+    each prompt is prefilled once and its KV cache expanded to its n samples. At most `max_rows`
+    sequences are decoded at once (prompts are processed in chunks).
+    """
+    if n < 1 or max_new_tokens < 1:
+        raise ConfigError(f"sample: n and max_new_tokens must be >= 1 (got n={n}, max_new_tokens={max_new_tokens})")
+    if not 0.0 < top_p <= 1.0:
+        raise ConfigError(f"sample: top_p must be in (0, 1] (got {top_p})")
+    prompt_ids = encode_prompts(tokenizer, list(prompts))
+    eos_set = eos_ids(tokenizer, model, eos)
+    generator = make_generator(seed, model_device(model))
+    compute = Compute()
+    per_chunk = max(1, max_rows // n)
+    gens: list[Generation] = []
+    with eval_mode(model):
+        for start in range(0, len(prompt_ids), per_chunk):
+            chunk = prompt_ids[start:start + per_chunk]
+            gens.append(_sample_chunk(model, tokenizer, chunk, n, max_new_tokens, temperature, top_k, top_p,
+                                      stop, eos_set, generator, compute))
+    return _collect(gens, n, prompt_ids, compute)
+
+
+def _sample_chunk(model, tokenizer, prompt_ids, n, max_new_tokens, temperature, top_k, top_p, stop, eos_set,
+                  generator, compute) -> Generation:
+    pad = pad_id_of(tokenizer, model)
+    state = LMState.from_ids(model, prompt_ids, pad, compute=compute)
+    state.select(torch.arange(len(prompt_ids)).repeat_interleave(n))
+    gen = Generation(len(prompt_ids) * n, tokenizer, eos=eos_set, stop=stop, max_new_tokens=max_new_tokens)
+    rows = list(range(len(prompt_ids) * n))  # state row j holds generation row rows[j]
+    while True:
+        tok, prop = choose_tokens(state.logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  generator=generator)
+        logp = torch.log_softmax(state.logits, -1).gather(-1, tok[:, None]).squeeze(-1)
+        gen.append(rows, tok, logp, prop)
+        keep = [j for j, r in enumerate(rows) if gen.reason[r] is None]
+        if not keep:
+            return gen
+        if len(keep) < len(rows):
+            state.select(keep)
+            tok = tok[keep]
+            rows = [rows[j] for j in keep]
+        state.advance(tok)
+
+
+def _collect(gens: list[Generation], n: int, prompt_ids: list[list[int]], compute: Compute) -> Samples:
+    texts, ids, logps, finish, sums, props = [], [], [], [], [], []
+    for gen in gens:
+        for p in range(len(gen.tokens) // n):
+            rows = range(p * n, (p + 1) * n)
+            texts.append([gen.text(r) for r in rows])
+            ids.append([gen.tokens[r] for r in rows])
+            logps.append([torch.tensor(gen.logps[r], dtype=torch.float) for r in rows])
+            finish.append([gen.reason[r] or "length" for r in rows])
+            sums.append([sum(gen.logps[r]) for r in rows])
+            props.append([gen.proposal[r] for r in rows])
+    return Samples(texts=texts, token_ids=ids, token_logps=logps, sum_logps=torch.tensor(sums, dtype=torch.float),
+                   proposal_logps=torch.tensor(props, dtype=torch.float), finish=finish, prompt_ids=prompt_ids,
+                   compute=compute)

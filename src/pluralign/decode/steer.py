@@ -1,0 +1,44 @@
+"""Per-request steering: one model, each request decoded under its own objective weights.
+
+`steer` is what the demo and the CLI call: it loads a model directory, turns each request's weights into
+`Controls`, runs a registered decoder and returns per-request texts with their gold (or reward) scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pluralign.decode.api import Controls, DecodeResult, decode
+
+
+def load_policy(model_dir: str | Path) -> tuple[Any, Any]:
+    """(model, tokenizer) of a model directory, in eval mode."""
+    from pluralign.models.load import load_model, load_tokenizer
+
+    model = load_model(str(model_dir))
+    model.eval()
+    return model, load_tokenizer(str(model_dir))
+
+
+def steer(model_dir: str | Path | tuple[Any, Any], prompts: list[Any], weights_per_request: list[Any], *,
+          reward: Any = "gold", method: str = "bon", n: int = 16, max_new_tokens: int = 32, seed: int = 0,
+          users: list[Any] | None = None, **control_fields: Any) -> list[dict]:
+    """Decode `prompts[i]` under `weights_per_request[i]` (a {objective: weight} dict or a sequence in
+    the reward's objective order). `model_dir` may also be a loaded (model, tokenizer) pair. Returns one
+    dict per request: prompt, weights, response, scores ({objective: value}), utility (under its own
+    weights) and the compute spent by the whole call."""
+    model, tokenizer = model_dir if isinstance(model_dir, tuple) else load_policy(model_dir)
+    users = users or [None] * len(prompts)
+    extra = control_fields.pop("extra", {})
+    controls = [Controls(weights=w, n=n, max_new_tokens=max_new_tokens, seed=seed, user=u, extra=dict(extra),
+                         **control_fields) for w, u in zip(weights_per_request, users, strict=True)]
+    result: DecodeResult = decode(method, model, tokenizer, prompts, reward=reward, controls=controls)
+    rows = result.rows()
+    for row, prompt, w in zip(rows, prompts, weights_per_request, strict=True):
+        row.pop("candidates", None)
+        row["prompt"] = prompt
+        row["weights"] = w
+        row["compute"] = {"forward": result.compute.forward, "tokens": result.compute.tokens,
+                          "reward_evals": result.reward_compute.forward}
+    return rows

@@ -1,0 +1,121 @@
+"""The shared loop of token-level decoders (ARGS, controlled decoding, TQ*, GenARM, MOD).
+
+The policy's prompt is prefilled once; at each step a *guide* turns the policy's next-token logits into
+a choice for every active row, then the policy (and the guide's own models) advance by that token.
+Finished rows leave the batch of every model at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from pluralign.decode.api import Controls
+from pluralign.decode.kv import Compute, LMState, encode_prompts, pad_id_of
+from pluralign.decode.sampler import Generation, eos_ids, eval_mode, make_generator, warp_logits
+
+
+class Guide(Protocol):
+    """choose: next tokens [b] for the active rows (ids into the prompt list); keep: drop finished rows
+    (index into the active rows); advance: feed the chosen tokens to the guide's own models."""
+
+    def choose(self, logits: torch.Tensor, rows: list[int]) -> torch.Tensor: ...
+    def advance(self, tokens: torch.Tensor) -> None: ...
+    def keep(self, index: list[int]) -> None: ...
+
+
+def pick(scores: torch.Tensor, greedy: torch.Tensor, temperature: torch.Tensor,
+         generator: torch.Generator | None) -> torch.Tensor:
+    """Per row: argmax of scores [B, C] where greedy[b], else a draw from softmax(scores / temperature[b])."""
+    out = scores.argmax(-1)
+    sampled = ~greedy
+    if bool(sampled.any()):
+        s = scores[sampled].float() / temperature[sampled, None].clamp(min=1e-8)
+        probs = torch.softmax(s, dim=-1)
+        out[sampled] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return out
+
+
+def choice_logq(scores: torch.Tensor, idx: torch.Tensor, greedy: torch.Tensor, temperature: torch.Tensor
+                ) -> torch.Tensor:
+    """log q(choice) of the distribution `pick` drew from (0 for greedy rows): with the model's log-prob
+    of the same token it gives a Monte-Carlo estimate of KL(decoder ‖ model) per sequence."""
+    lq = torch.log_softmax(scores.float() / temperature[:, None].clamp(min=1e-8), dim=-1)
+    lq = lq.gather(-1, idx[:, None]).squeeze(-1)
+    return torch.where(greedy, torch.zeros_like(lq), lq)
+
+
+def row_settings(controls: list[Controls], rows: list[int], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(greedy [b] bool, temperature [b]) for the active rows; mode comes from extra["mode"] when given."""
+    greedy = [controls[r].extra.get("mode", "sample" if controls[r].temperature > 0 else "greedy") == "greedy"
+              for r in rows]
+    temp = [max(controls[r].temperature, 1e-8) for r in rows]
+    return torch.tensor(greedy, device=device), torch.tensor(temp, device=device)
+
+
+def top_k_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top logits [B, k], token ids [B, k]) of the raw logits."""
+    k = min(k, logits.shape[-1])
+    return torch.topk(logits, k, dim=-1)
+
+
+def run_tokenwise(model: Any, tokenizer: Any, prompts: list[Any], controls: list[Controls], make_guide,
+                  *, compute: Compute | None = None) -> tuple[list[str], Generation, Compute]:
+    """Decode with `make_guide(prompt_ids, compute, generator) -> Guide`; returns texts, the generation
+    record (tokens, model log-probs) and the compute of the policy plus the guide's models."""
+    compute = compute if compute is not None else Compute()
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    seed = controls[0].seed if controls else None
+    with eval_mode(model):
+        state = LMState.from_ids(model, prompt_ids, pad_id_of(tokenizer, model), compute=compute)
+        # extra["eos"]: explicit EOS ids ([] = run to max_new_tokens, like the reference ARGS loop)
+        eos = eos_ids(tokenizer, model, controls[0].extra.get("eos") if controls else None)
+        gen = Generation(len(prompts), tokenizer, eos=eos, stop=controls[0].stop if controls else None,
+                         max_new_tokens=[c.max_new_tokens for c in controls])
+        generator = make_generator(seed, state.mask.device)
+        guide = make_guide(prompt_ids, compute, generator)
+        rows = list(range(len(prompts)))
+        while True:
+            tok = guide.choose(state.logits, rows)
+            logp = torch.log_softmax(state.logits, -1).gather(-1, tok[:, None]).squeeze(-1)
+            gen.append(rows, tok, logp, getattr(guide, "last_logq", None))
+            keep = [j for j, r in enumerate(rows) if gen.reason[r] is None]
+            if not keep:
+                break
+            if len(keep) < len(rows):
+                state.select(keep)
+                guide.keep(keep)
+                tok = tok[keep]
+                rows = [rows[j] for j in keep]
+            state.advance(tok)
+            guide.advance(tok)
+    return [gen.text(r) for r in range(len(prompts))], gen, compute
+
+
+class PlainSampling:
+    """The trivial guide: sample from (or take the argmax of) the policy itself."""
+
+    def __init__(self, controls: list[Controls], generator: torch.Generator | None):
+        self.controls, self.generator = controls, generator
+
+    def choose(self, logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        greedy, temp = row_settings(self.controls, rows, logits.device)
+        c = self.controls[rows[0]]
+        scores = warp_logits(logits, 1.0, c.top_k, c.top_p)
+        tok = pick(scores, greedy, temp, self.generator)
+        self.last_logq = choice_logq(scores, tok, greedy, temp)
+        return tok
+
+    def advance(self, tokens: torch.Tensor) -> None:
+        pass
+
+    def keep(self, index: list[int]) -> None:
+        pass
+
+
+def tokenwise_info(gen: Generation) -> dict:
+    """token ids, the model's sequence log-probs and the decoder's own (0 for greedy rows): their
+    difference per sequence is a Monte-Carlo sample of KL(decoder ‖ model)."""
+    return {"token_ids": gen.tokens, "model_logps": [sum(lp) for lp in gen.logps],
+            "decoder_logps": list(gen.proposal)}

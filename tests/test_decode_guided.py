@@ -1,0 +1,153 @@
+"""Token-level and search decoders: GenARM/MOD fusion limits, controlled decoding (CD-FUDGE training,
+λ = 0, blockwise = BoN), Transfer Q* limits, DeAL with programmatic constraints."""
+
+import pytest
+import torch
+
+from pluralign.decode.api import Controls, decode
+from pluralign.decode.controlled import ValueModel, train_fudge
+from pluralign.decode.fusion import mod_scores
+from pluralign.decode.sampler import sample
+from pluralign.decode.search import constraint_score
+from pluralign.decode.toy import toy_lm, toy_tokenizer
+
+PROMPTS = ["the cat sat on", "a big dog", "bird"]
+GREEDY = Controls(max_new_tokens=8, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return toy_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def lms(tok):
+    return [toy_lm(tok, seed=s, scale=3.0) for s in (0, 1, 2)]
+
+
+def texts(samples):
+    return [row[0] for row in samples.texts]
+
+
+def cat_reward(prompts, responses):
+    return torch.tensor([float(r.split().count("cat")) for r in responses])
+
+
+def test_genarm_alpha0_and_uniform_arm_equal_base(tok, lms):
+    base, arm = lms[0], lms[1]
+    greedy = texts(sample(base, tok, PROMPTS, max_new_tokens=8, temperature=0))
+    out = decode("genarm", base, tok, PROMPTS, models=[arm], controls=GREEDY.replace(w=0.0))
+    assert out.texts == greedy
+    uniform = toy_lm(tok, seed=4)
+    with torch.no_grad():
+        uniform.lm_head.weight.zero_()
+    out = decode("genarm", base, tok, PROMPTS, models=[uniform], controls=GREEDY.replace(w=1.0))
+    assert out.texts == greedy
+    sampled = texts(sample(base, tok, PROMPTS, max_new_tokens=8, temperature=1.0, seed=5))
+    out = decode("genarm", base, tok, PROMPTS, models=[arm], controls=Controls(max_new_tokens=8, w=0.0, seed=5))
+    assert out.texts == sampled
+
+
+def test_mod_one_hot_and_identical_models(tok, lms):
+    for j in range(3):
+        w = [0.0, 0.0, 0.0]
+        w[j] = 1.0
+        want = texts(sample(lms[j], tok, PROMPTS, max_new_tokens=8, temperature=0))
+        for form in ("reverse_kl", "forward_kl", "alpha"):
+            out = decode("mod", lms[0], tok, PROMPTS, models=lms[1:],
+                         controls=GREEDY.replace(weights=w, extra={"form": form}))
+            assert out.texts == want, (j, form)
+    same = decode("mod", lms[1], tok, PROMPTS, models=[lms[1]], controls=GREEDY.replace(weights=[0.3, 0.7]))
+    assert same.texts == texts(sample(lms[1], tok, PROMPTS, max_new_tokens=8, temperature=0))
+    ell = torch.log_softmax(torch.randn(1, 2, 5), -1).expand(3, 2, 5)
+    w = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.4, 0.0]])
+    for form in ("reverse_kl", "forward_kl"):
+        assert torch.allclose(mod_scores(ell, w, form), ell[0], atol=1e-5)
+
+
+def test_per_request_fusion_weights(tok, lms):
+    ctls = [GREEDY.replace(weights=[1.0, 0.0]), GREEDY.replace(weights=[0.0, 1.0])]
+    out = decode("mod", lms[0], tok, ["the cat", "the cat"], models=[lms[1]], controls=ctls)
+    assert out.texts[0] == texts(sample(lms[0], tok, ["the cat"], max_new_tokens=8, temperature=0))[0]
+    assert out.texts[1] == texts(sample(lms[1], tok, ["the cat"], max_new_tokens=8, temperature=0))[0]
+
+
+def test_cd_fudge_training_and_limits(tok, lms):
+    base = lms[0]
+    value = ValueModel.new(base)
+    losses = train_fudge(value, tok, ["the", "a cat"], cat_reward, n=8, max_new_tokens=8, steps=30, lr=0.05)
+    assert losses[-1] < 0.5 * losses[0]
+    greedy = texts(sample(base, tok, PROMPTS, max_new_tokens=8, temperature=0))
+    out = decode("cd", base, tok, PROMPTS, value_model=value, controls=GREEDY.replace(w=0.0))
+    assert out.texts == greedy
+    strong = decode("cd", base, tok, ["the"] * 4, value_model=value, reward=cat_reward,
+                    controls=GREEDY.replace(w=20.0))
+    assert float(strong.scores.sum()) >= float(cat_reward(None, greedy).sum())
+
+
+def test_blockwise_with_long_blocks_is_bon(tok, lms):
+    ctl = Controls(n=6, max_new_tokens=8, seed=7, extra={"block": 100})
+    bon = decode("bon", lms[0], tok, PROMPTS, reward=cat_reward, controls=ctl)
+    blk = decode("cd_block", lms[0], tok, PROMPTS, reward=cat_reward, controls=ctl)
+    assert blk.texts == bon.texts
+
+
+def test_tq_star_limits(tok, lms):
+    greedy = texts(sample(lms[0], tok, PROMPTS, max_new_tokens=6, temperature=0))
+    ctl = Controls(max_new_tokens=6, temperature=0.0, w=0.0, extra={"k": 4, "rollout": 4})
+    assert decode("tq_star", lms[0], tok, PROMPTS, reward=cat_reward, baseline=lms[1], controls=ctl).texts == greedy
+    ctl = ctl.replace(w=2.0)
+    direct = decode("tq_star", lms[0], tok, PROMPTS, reward=cat_reward, baseline=lms[1], controls=ctl)
+    indirect = decode("tq_star", lms[0], tok, PROMPTS, reward=cat_reward, baseline=lms[1],
+                      baseline_reward=cat_reward, controls=ctl)
+    assert direct.texts == indirect.texts  # r_BL = r: the importance weight is 1
+
+
+def test_deal_keywords(tok, lms):
+    assert constraint_score({"keywords": ["cat", "dog"], "max_words": 2}, ["p"], ["a cat sat"]).item() == pytest.approx(-0.5)
+    ctl = Controls(max_new_tokens=12, seed=0, constraints={"keywords": ["cat"]},
+                   extra={"lookahead": 4, "init_beams": 4, "beams": 2, "max_iterations": 3})
+    prompts = ["the", "a", "bird", "sun", "hill", "tree"]
+    guided = decode("deal", lms[2], tok, prompts, controls=ctl.replace(w=10.0))
+    plain = decode("deal", lms[2], tok, prompts, controls=ctl.replace(w=0.0))
+    has = lambda ts: sum("cat" in t.split() for t in ts)
+    assert has(guided.texts) > has(plain.texts)
+
+
+def test_genarm_alpha1_is_normalised_product(tok, lms):
+    from pluralign.decode.fusion import FusionGuide
+    from pluralign.decode.kv import encode_prompts
+
+    ids = encode_prompts(tok, ["the cat"])
+    ctl = [Controls(w=1.0, temperature=1.0)]
+    guide = FusionGuide(ctl, ids, None, models=[lms[1]], tokenizer=tok, compute=None, kind="genarm")
+    with torch.no_grad():
+        lb = lms[0](torch.tensor(ids)).logits[:, -1]
+        la = lms[1](torch.tensor(ids)).logits[:, -1]
+    g = torch.Generator().manual_seed(0)
+    guide.generator = g
+    draws = torch.stack([guide.choose(lb, [0]) for _ in range(4000)]).flatten()
+    want = torch.softmax(lb, -1) * torch.softmax(la, -1)
+    want = (want / want.sum())[0]
+    got = torch.bincount(draws, minlength=want.numel()).float() / 4000
+    assert 0.5 * (got - want).abs().sum() < 0.06
+    assert torch.allclose(guide.last_logq.exp(), want[draws[-1]], atol=1e-5)
+
+
+def test_mod_over_lora_adapters(tok):
+    peft = pytest.importorskip("peft")
+    from pluralign.decode.fusion import AdapterView
+
+    base = toy_lm(tok, seed=0, scale=3.0)
+    cfg = peft.LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    pm = peft.get_peft_model(base, cfg, adapter_name="helpful")
+    pm.add_adapter("concise", peft.LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                        init_lora_weights=False))
+    va, vb, v0 = AdapterView(pm, "helpful"), AdapterView(pm, "concise"), AdapterView(pm, None)
+    want_b = texts(sample(vb, tok, PROMPTS, max_new_tokens=8, temperature=0))
+    want_0 = texts(sample(v0, tok, PROMPTS, max_new_tokens=8, temperature=0))
+    assert want_b != want_0
+    out = decode("mod", va, tok, PROMPTS, models=[vb, v0], controls=GREEDY.replace(weights=[0, 1, 0]))
+    assert out.texts == want_b
+    out = decode("mod", va, tok, PROMPTS, models=[vb, v0], controls=GREEDY.replace(weights=[0, 0, 1]))
+    assert out.texts == want_0

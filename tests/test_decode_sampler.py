@@ -1,0 +1,109 @@
+"""Sampler: greedy equals model.generate token for token (left padding, batches of prompts), the
+prompt is prefilled once for n samples, seeds are deterministic, stop strings/EOS finish rows, and the
+returned log-probs are the model's own (temperature-free)."""
+
+import pytest
+import torch
+
+from pluralign.decode.kv import encode_prompts, left_pad
+from pluralign.decode.sampler import sample, warp_logits
+from pluralign.decode.toy import toy_lm, toy_tokenizer
+from pluralign.errors import ConfigError
+
+PROMPTS = ["the cat sat on", "a big red dog ran very quick and", "bird"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return toy_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def lm(tok):
+    return toy_lm(tok, seed=0, scale=4.0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_greedy_matches_generate_with_left_padding(lm, tok, arch):
+    if arch == "gpt2":
+        from pluralign.models.tiny import tiny_gpt2
+
+        lm = tiny_gpt2(len(tok), hidden_size=32, seed=0).eval()
+    out = sample(lm, tok, PROMPTS, n=2, max_new_tokens=12, temperature=0)
+    ids, mask = left_pad(encode_prompts(tok, PROMPTS), tok.pad_token_id)
+    ref = lm.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    for p in range(len(PROMPTS)):
+        expected = ref[p, ids.shape[1]:].tolist()
+        if tok.eos_token_id in expected:
+            expected = expected[: expected.index(tok.eos_token_id) + 1]
+        expected = [t for t in expected if t != tok.pad_token_id]
+        assert out.token_ids[p][0] == expected
+        assert out.token_ids[p][1] == expected
+
+
+def test_prefill_once_and_compute_counts(lm, tok):
+    out = sample(lm, tok, ["the cat"], n=8, max_new_tokens=5, temperature=1.0, seed=0, eos=[])
+    # one prefill call (1 row) + 4 decode calls of 8 rows; EOS disabled so every row runs to the limit
+    assert out.compute.calls == 5
+    assert out.n_forward == 1 + 4 * 8
+    assert out.n_tokens == 2 + 4 * 8
+    assert all(len(ids) == 5 for ids in out.token_ids[0])
+    assert out.finish[0] == ["length"] * 8
+
+
+def test_seed_determinism(lm, tok):
+    a = sample(lm, tok, PROMPTS, n=4, max_new_tokens=8, seed=3)
+    b = sample(lm, tok, PROMPTS, n=4, max_new_tokens=8, seed=3)
+    c = sample(lm, tok, PROMPTS, n=4, max_new_tokens=8, seed=4)
+    assert a.token_ids == b.token_ids and torch.equal(a.sum_logps, b.sum_logps)
+    assert a.token_ids != c.token_ids
+
+
+def test_logps_are_model_logps_before_temperature(lm, tok):
+    out = sample(lm, tok, PROMPTS[:2], n=3, max_new_tokens=6, temperature=2.0, seed=1)
+    for p, prompt_ids in enumerate(out.prompt_ids):
+        for i, gen in enumerate(out.token_ids[p]):
+            full = torch.tensor([prompt_ids + gen])
+            with torch.no_grad():
+                logits = lm(full).logits[0].float()
+            lp = torch.log_softmax(logits, -1)[len(prompt_ids) - 1:-1].gather(-1, torch.tensor(gen)[:, None])
+            assert torch.allclose(lp.squeeze(-1), out.token_logps[p][i], atol=1e-4)
+            assert abs(out.sum_logps[p, i].item() - lp.sum().item()) < 1e-3
+
+
+def test_stop_strings_cut_text(lm, tok):
+    base = sample(lm, tok, ["the"], n=1, max_new_tokens=10, temperature=0, eos=[])
+    words = base.texts[0][0].split()
+    assert len(words) >= 4
+    stop = words[2]
+    out = sample(lm, tok, ["the"], n=1, max_new_tokens=10, temperature=0, eos=[], stop=[stop])
+    assert out.finish[0][0] == "stop"
+    assert out.texts[0][0].strip() == " ".join(words[: words.index(stop)])
+
+
+def test_eos_finishes_rows(tok):
+    lm = toy_lm(tok, seed=0)
+    with torch.no_grad():
+        lm.lm_head.weight.zero_()
+    out = sample(lm, tok, ["the cat"], n=4, max_new_tokens=200, temperature=1.0, seed=0)
+    # uniform next-token distribution: EOS has probability 1/V per step, rows end on EOS or the limit
+    for ids, why in zip(out.token_ids[0], out.finish[0], strict=True):
+        assert (ids[-1] == tok.eos_token_id) == (why == "eos")
+        assert tok.eos_token_id not in ids[:-1]
+
+
+def test_warp_top_k_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(warp_logits(logits, top_k=2)[0, 2:]).all()
+    lp = warp_logits(logits, top_p=0.7)
+    assert torch.isfinite(lp[0, :2]).all() and torch.isinf(lp[0, 2:]).all()
+    assert torch.allclose(lp[0, :2].exp(), torch.tensor([0.625, 0.375]))
+    assert torch.allclose(warp_logits(logits, temperature=1.0).exp(), logits.exp())
+
+
+def test_bad_arguments(lm, tok):
+    with pytest.raises(ConfigError):
+        sample(lm, tok, ["the"], n=0)
+    with pytest.raises(ConfigError):
+        sample(lm, tok, ["the"], top_p=0.0)

@@ -1,0 +1,124 @@
+"""MAP palette, RPS, prompt-level helpers (DPA, URIAL, CoSA) and the decoder registry/contract."""
+
+import math
+
+import pytest
+import torch
+
+from pluralign.decode.api import Controls, decode, names
+from pluralign.decode.map_palette import solve_palette
+from pluralign.decode.prompts import (
+    COSA_CATEGORIES,
+    cosa_system_prompt,
+    dpa_system_message,
+    urial_clean,
+    urial_prompt,
+    with_system,
+)
+from pluralign.decode.rps import neighbour_directions
+from pluralign.decode.toy import toy_lm, toy_tokenizer
+from pluralign.errors import ConfigError
+
+
+def two_words(prompts, responses):
+    return torch.tensor([[float(r.split().count("cat")), float(r.split().count("dog"))] for r in responses])
+
+
+def test_map_single_gaussian_closed_form():
+    g = torch.Generator().manual_seed(0)
+    mu, sigma = 1.0, 2.0
+    r = (mu + sigma * torch.randn(400000, 1, generator=g, dtype=torch.double))
+    for c in (3.0, 2.0, 0.0):
+        sol = solve_palette(r, [c])
+        assert sol.feasible
+        assert float(sol.lam[0]) == pytest.approx(max(0.0, (c - mu) / sigma ** 2), abs=0.02)
+    bad = solve_palette(torch.rand(1000, 1, generator=g), [2.0])  # rewards in [0, 1] cannot average 2
+    assert not bad.feasible
+
+
+def test_map_two_objectives_meet_targets():
+    g = torch.Generator().manual_seed(1)
+    r = torch.randn(50000, 2, generator=g)
+    sol = solve_palette(r, [0.5, -1.0])
+    assert sol.feasible and float(sol.lam[1]) == 0.0
+    assert float(sol.achieved[0]) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_rps_neighbourhood():
+    v = torch.tensor([3.0, 4.0])
+    d = neighbour_directions(v, 5, math.pi / 6)
+    cos = (d @ (v / v.norm())).clamp(max=1)
+    assert torch.allclose(d.norm(dim=1), torch.ones(5), atol=1e-6)
+    assert float(torch.acos(cos).max()) <= math.pi / 6 + 1e-5
+    assert torch.isclose(cos, torch.tensor(1.0)).any()  # v* itself is included
+    assert torch.allclose(neighbour_directions(v, 4, 0.0), (v / v.norm()).expand(4, 2))
+
+
+def test_rps_theta0_equals_best_of_k():
+    tok = toy_tokenizer()
+    lm = toy_lm(tok, seed=0)
+    ctl = Controls(n=6, weights=[0.6, 0.8], max_new_tokens=6, seed=3, extra={"theta_max": 0.0})
+    out = decode("rps", lm, tok, ["the cat", "a dog"], reward=two_words, controls=ctl)
+    conditioned = [with_system(x, dpa_system_message([0.6, 0.8], ["r0", "r1"])) for x in ["the cat", "a dog"]]
+    bon = [decode("bon", lm, tok, [x], reward=two_words, controls=ctl.replace()) for x in conditioned]
+    assert out.texts == [b.texts[0] for b in bon]
+    # selection is invariant to positive rescaling of v*
+    out2 = decode("rps", lm, tok, ["the cat", "a dog"], reward=two_words,
+                  controls=ctl.replace(weights=[6.0, 8.0], extra={"theta_max": 0.0, "conditioner": lambda x, d, o:
+                                       with_system(x, dpa_system_message(d, o))}))
+    assert out2.texts == out.texts
+
+
+def test_prompt_helpers():
+    assert dpa_system_message([3, 4], ["helpfulness", "verbosity"]).endswith(
+        "weighted rating = helpfulness*0.6 + verbosity*0.8.")
+    p = urial_prompt("Why?", [("Hi", "Hello!")], preamble="PRE\n")
+    assert p == ("PRE\n\n# Query:\n```\nHi\n```\n\n# Answer:\n```\nHello!\n```\n"
+                 "\n# Query:\n```\nWhy?\n```\n\n# Answer:\n```\n")
+    assert urial_clean("```\nBecause.\n```\n\n# Query:\n```\nmore") == "Because."
+    s = cosa_system_prompt([COSA_CATEGORIES[0]])
+    assert COSA_CATEGORIES[0] in s.split("Do not")[0] and COSA_CATEGORIES[1] in s.split("Do not")[1]
+    with pytest.raises(ConfigError):
+        cosa_system_prompt(["Jaywalking"])
+    assert with_system([{"role": "user", "content": "q"}], "S")[0] == {"role": "system", "content": "S"}
+
+
+def test_registry_and_contract():
+    assert {"bon", "soft_bon", "rejection", "infalign", "map", "rps", "args", "cd", "cd_block", "tq_star",
+            "genarm", "mod", "deal"} <= set(names())
+    with pytest.raises(ConfigError):
+        decode("nope", None, None, ["x"])
+    tok = toy_tokenizer()
+    lm = toy_lm(tok, seed=0)
+    ctls = [Controls(n=4, weights=[1, 0], max_new_tokens=5), Controls(n=8, weights={"r1": 1.0}, max_new_tokens=5)]
+    out = decode("bon", lm, tok, ["the", "a"], reward=two_words, controls=ctls)
+    assert [len(c) for c in out.candidates] == [4, 8]
+    assert out.scores.shape == (2, 2) and out.objectives == ["r0", "r1"]
+    assert torch.allclose(out.utility, torch.stack([out.scores[0, 0], out.scores[1, 1]]))
+    assert out.compute.forward > 0 and out.compute.tokens > 0 and out.reward_compute.forward == 12
+    rows = out.rows()
+    assert set(rows[0]) >= {"response", "scores", "utility", "candidates"}
+    with pytest.raises(ConfigError):
+        decode("bon", lm, tok, ["the"], reward=two_words, controls=Controls(weights=[1, 2, 3]))
+
+
+def test_infalign_calibration_makes_objective_scales_irrelevant():
+    tok = toy_tokenizer()
+    lm = toy_lm(tok, seed=1)
+    scaled = lambda p, r: two_words(p, r) * torch.tensor([1.0, 100.0])
+    ctl = Controls(n=8, weights=[1.0, 1.0], max_new_tokens=8, seed=0, extra={"m": 16})
+    a = decode("infalign", lm, tok, ["the cat", "a dog", "the"], reward=two_words, controls=ctl)
+    b = decode("infalign", lm, tok, ["the cat", "a dog", "the"], reward=scaled, controls=ctl)
+    assert a.info["chosen"] == b.info["chosen"]
+    assert a.compute.forward > 0 and a.reward_compute.forward == 3 * (8 + 16)
+
+
+def test_map_decoder_reports_lambda_and_feasibility():
+    tok = toy_tokenizer()
+    lm = toy_lm(tok, seed=1)
+    ctl = Controls(n=8, max_new_tokens=8, seed=0, extra={"targets": [0.2, 0.0]})
+    out = decode("map", lm, tok, ["the cat", "a dog"], reward=two_words, controls=ctl)
+    assert len(out.info["lambda"][0]) == 2 and all(x >= 0 for x in out.info["lambda"][0])
+    assert isinstance(out.info["feasible"][0], bool)
+    with pytest.raises(ConfigError):
+        decode("map", lm, tok, ["the"], reward=two_words, controls=Controls(n=4, max_new_tokens=4))
