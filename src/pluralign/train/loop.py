@@ -1,0 +1,373 @@
+"""The one training loop.
+
+A recipe hands `train` a model, a dataset (any sequence), a `collate` function and a
+`step(model, batch) -> (per_example_losses, metrics)` function; the loop knows nothing of any method.
+It owns the data order, gradient accumulation, clipping, AdamW and its schedule, mixed precision,
+logging, evaluation, checkpoints and exact resume, and `accelerate` (so the same code runs on one CPU,
+one GPU, or under `accelerate launch` with DDP / FSDP / DeepSpeed).
+
+Two invariants the tests pin down:
+- The objective of one optimizer step is the mean of the per-example losses over the whole effective
+  batch (micro-batch x accumulation x processes). So batch 8 x accum 1, batch 2 x accum 4, and 2
+  processes x batch 2 x accum 2 all produce the same gradients.
+- The data order is a permutation drawn from (seed, epoch) and sliced into global batches; each process
+  takes its own slice of each global batch. Single- and multi-process runs see the same global batches,
+  and resume skips consumed batches by arithmetic, without replaying the data.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from pluralign.config import dump_yaml, option
+from pluralign.errors import ConfigError, PluralignError
+from pluralign.runs import RunDir, atomic_write_text
+from pluralign.train import state as ckpt
+from pluralign.train.parallel import (
+    Batch,
+    StepFn,
+    StepModule,
+    Weighted,
+    make_accelerator,
+    to_device,
+)
+
+
+@dataclass
+class LoopConfig:
+    learning_rate: float = option(5e-7, help="Peak learning rate of AdamW (reached after warmup).")
+    batch_size: int = option(8, help="Examples per micro-batch on each device.")
+    grad_accum: int = option(1, help="Micro-batches accumulated per optimizer step. Effective batch = batch_size x grad_accum x processes.")
+    num_epochs: int = option(1, help="Passes over the training data (ignored when max_steps > 0). Each epoch drops the last incomplete effective batch.")
+    max_steps: int = option(0, help="Optimizer steps to run; 0 means num_epochs worth of steps.")
+    scheduler: Literal["linear", "cosine", "constant"] = option("linear", help="Learning-rate decay after warmup: linear or cosine to 0, or constant.")
+    warmup_ratio: float = option(0.1, help="Fraction of the steps over which the learning rate ramps linearly from 0.")
+    weight_decay: float = option(0.0, help="AdamW decoupled weight decay (not applied to biases and norm weights).")
+    max_grad_norm: float = option(1.0, help="Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged).")
+    adam_beta1: float = option(0.9, help="AdamW beta1.")
+    adam_beta2: float = option(0.999, help="AdamW beta2.")
+    adam_eps: float = option(1e-8, help="AdamW epsilon.")
+    seed: int = option(0, help="Seed of the data order and of every RNG (torch, numpy, python).")
+    log_every: int = option(10, help="Write averaged training metrics to metrics.jsonl every N steps.")
+    eval_every: int = option(0, help="Evaluate on the eval set every N steps (0: only at the end, when an eval set is given).")
+    save_every: int = option(0, help="Save a checkpoint every N steps (0: only at the end). Needs a run directory.")
+    keep_checkpoints: int = option(2, help="Keep the newest N checkpoints (0 keeps all).")
+    mixed_precision: Literal["no", "bf16", "fp16"] = option("no", help="Autocast precision: no, bf16 (CPU or a bf16-capable GPU), fp16 (CUDA only, with loss scaling).")
+    progress: bool = option(True, help="Show a progress bar with the live loss and step metrics.")
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    epoch: int  # 0-based epoch of the last step
+    metrics: dict[str, float] = field(default_factory=dict)  # training metrics of the last step
+    eval_metrics: dict[str, float] = field(default_factory=dict)  # of the last evaluation
+    checkpoint: Path | None = None  # the last checkpoint written (or resumed from)
+    resumed_from: Path | None = None
+
+
+class TrainingDiverged(PluralignError):
+    """The loss or the gradient became NaN/inf; the weights of that step were not applied."""
+
+
+def train(
+    model: torch.nn.Module,
+    dataset: Sequence,
+    collate: Callable[[list], Batch],
+    step: StepFn,
+    config: LoopConfig,
+    run_dir: str | Path | RunDir | None = None,
+    *,
+    eval_dataset: Sequence | None = None,
+    eval_step: StepFn | None = None,
+    eval_collate: Callable[[list], Batch] | None = None,
+    params: Sequence[torch.nn.Parameter] | None = None,
+    resume: bool = True,
+    stateful: Mapping[str, Any] | None = None,
+    run_config: Any = None,
+) -> TrainResult:
+    """Train `model` in place and return where it stopped.
+
+    `eval_step` / `eval_collate` default to `step` / `collate`. `params`: the parameters to optimize
+    (default: those with requires_grad). `stateful`: objects with `state_dict()`/`load_state_dict()`
+    that change during training (e.g. a running reward mean), checkpointed with the model.
+    `run_config`: the full config of the run, printed and saved as config.yaml (default: `config`).
+    With `resume`, a run directory holding checkpoints continues from the newest complete one.
+    """
+    _check(config, dataset)
+    run = RunDir(run_dir) if run_dir is not None and not isinstance(run_dir, RunDir) else run_dir
+    stateful = dict(stateful or {})
+    eval_step, eval_collate = eval_step or step, eval_collate or collate
+    accelerator = make_accelerator(config.grad_accum, config.mixed_precision)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
+        announce_config(run_config if run_config is not None else config, run)
+
+    # --- what to optimize
+    set_seed(config.seed)
+    params = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("no trainable parameters: every parameter has requires_grad=False")
+    trained = {id(p) for p in params}
+    trained_names = {n for n, p in model.named_parameters() if id(p) in trained}
+    optimizer = _make_optimizer(params, config)
+    # The step runs inside the forward of this wrapper, so DDP/FSDP/DeepSpeed see one forward per
+    # micro-batch (their gradient hooks and parameter gathering hang on it) whatever submodules the
+    # step calls, e.g. the decoder and the LM head separately for chunked log-probs.
+    wrapped, optimizer = accelerator.prepare(StepModule(model), optimizer)
+
+    global_batch = config.batch_size * config.grad_accum * world
+    steps_per_epoch = len(dataset) // global_batch
+    if steps_per_epoch == 0:
+        raise PluralignError(f"the training set has {len(dataset)} examples, fewer than one effective batch ({global_batch})")
+    total_steps = config.max_steps if config.max_steps > 0 else config.num_epochs * steps_per_epoch
+    # Not prepared by accelerate on purpose: its scheduler wrapper steps once per process per call.
+    scheduler = _make_scheduler(optimizer, config, total_steps)
+
+    # --- resume
+    pos = ckpt.Position(0, 0, 0, config.seed, global_batch, len(dataset))
+    resumed_from = last_ckpt = None
+    if run is not None and resume and (found := ckpt.latest_checkpoint(run.checkpoints)) is not None:
+        loaded = ckpt.load_checkpoint(found, rank)
+        _check_compatible(loaded.position, pos, found)
+        ckpt.load_weights_into(model, loaded.weights, lambda: trained_names)
+        optimizer.load_state_dict(loaded.optimizer)
+        scheduler.load_state_dict(loaded.scheduler)
+        for name, obj in stateful.items():
+            obj.load_state_dict(loaded.extra[name])
+        if loaded.rng is not None:
+            ckpt.restore_rng(loaded.rng)
+        pos, resumed_from, last_ckpt = loaded.position, found, found
+        accelerator.print(f"resuming from {found} (step {pos.global_step} of {total_steps})")
+
+    def save() -> Path | None:
+        return _save(accelerator, wrapped, optimizer, scheduler, stateful, trained_names, pos, run, config)
+
+    # --- the loop
+    bar = _progress(config, accelerator, total_steps, pos.global_step)
+    window: dict[str, list[float]] = {}
+    last: dict[str, float] = {}
+    eval_metrics: dict[str, float] = {}
+    evaluated_at = -1
+    wrapped.train()
+    t0 = time.perf_counter()
+    while pos.global_step < total_steps:
+        if pos.step_in_epoch >= steps_per_epoch:  # epoch boundary
+            pos.epoch, pos.step_in_epoch = pos.epoch + 1, 0
+        indices = _global_batch(len(dataset), config.seed, pos.epoch, pos.step_in_epoch, global_batch)
+        mine = indices[rank * (global_batch // world):(rank + 1) * (global_batch // world)]
+        micro = [mine[i:i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
+
+        sums = Weighted(accelerator.device)  # per-example means of loss and metrics, over all processes
+        for m, idx in enumerate(micro):
+            is_last = m == len(micro) - 1
+            # Gradients are all-reduced only after the last micro-batch; DeepSpeed reads this flag to
+            # find the accumulation boundary, DDP/FSDP get no_sync on the others.
+            accelerator.sync_gradients = is_last
+            batch = to_device(collate([dataset[i] for i in idx]), accelerator.device)
+            with (accelerator.no_sync(wrapped) if not is_last else nullcontext()), accelerator.autocast():
+                losses, metrics = wrapped(step, batch)
+                if losses.dim() != 1 or losses.shape[0] != len(idx):
+                    raise ValueError(f"step must return one loss per example ([{len(idx)}]), got shape {tuple(losses.shape)}")
+                # accelerator.backward divides by grad_accum and DDP averages over processes, so each
+                # process contributes sum/batch_size: together, the mean over the effective batch.
+                accelerator.backward(losses.sum() / len(idx))
+            sums.add("loss", losses.detach().float().mean(), len(idx))
+            for k, v in metrics.items():
+                sums.add(k, v, len(idx))
+
+        reduced = sums.reduce(accelerator)
+        grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), config.max_grad_norm or math.inf)
+        grad_norm = float(grad_norm) if grad_norm is not None else None  # DeepSpeed clips internally
+        # Checked before optimizer.step, so the diverged update is never applied and the last
+        # checkpoint stays the last good state. fp16 overflow is the grad scaler's business (it skips).
+        loss_ok = math.isfinite(reduced["loss"])
+        grad_ok = grad_norm is None or math.isfinite(grad_norm) or config.mixed_precision == "fp16"
+        if not (loss_ok and grad_ok):
+            keep = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+            raise TrainingDiverged(
+                f"non-finite {'loss' if not loss_ok else 'gradient norm'} at step {pos.global_step + 1} "
+                f"(epoch {pos.epoch}): loss={reduced['loss']}, grad_norm={grad_norm}; the update was not applied "
+                f"and {keep}. Lower the learning rate, enable clipping, or check the data of this step."
+            )
+        lr = scheduler.get_last_lr()[0]  # the rate this update uses
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        pos.global_step += 1
+        pos.step_in_epoch += 1
+
+        last = reduced | {"lr": lr} | ({"grad_norm": grad_norm} if grad_norm is not None else {})
+        for k, v in last.items():
+            window.setdefault(k, []).append(v)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k != "lr"}, refresh=False)
+        if pos.global_step % max(config.log_every, 1) == 0 or pos.global_step == total_steps:
+            row = {k: sum(v) / len(v) for k, v in window.items()}
+            row |= {"step": pos.global_step, "epoch": pos.epoch, "elapsed_s": round(time.perf_counter() - t0, 3)}
+            if run is not None and accelerator.is_main_process:
+                run.log_metrics(row)
+            window = {}
+        if eval_dataset is not None and config.eval_every > 0 and pos.global_step % config.eval_every == 0:
+            eval_metrics = _evaluate_and_log(wrapped, eval_dataset, eval_collate, eval_step, config, accelerator, run, pos)
+            evaluated_at = pos.global_step
+        if config.save_every > 0 and pos.global_step % config.save_every == 0 and pos.global_step < total_steps:
+            last_ckpt = save() or last_ckpt
+    if bar is not None:
+        bar.close()
+
+    if eval_dataset is not None and evaluated_at != pos.global_step:
+        eval_metrics = _evaluate_and_log(wrapped, eval_dataset, eval_collate, eval_step, config, accelerator, run, pos)
+    if run is not None and (last_ckpt is None or ckpt.checkpoint_dir(run.checkpoints, pos.global_step) != last_ckpt):
+        last_ckpt = save() or last_ckpt
+    accelerator.wait_for_everyone()
+    return TrainResult(pos.global_step, pos.epoch, last, eval_metrics, last_ckpt, resumed_from)
+
+
+def evaluate(run_step: Callable[[Batch], tuple[torch.Tensor, Mapping[str, Any]]], dataset: Sequence,
+             collate: Callable[[list], Batch], batch_size: int, accelerator: Accelerator) -> dict[str, float]:
+    """Mean per-example loss and step metrics over `dataset` (no gradients; the caller sets eval mode),
+    each process taking every world-th example. Every process runs the same number of batches (padding
+    with weight-0 repeats) because FSDP/DeepSpeed forwards are collective."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    n = len(dataset)
+    per_rank = math.ceil(n / world)
+    mine = [rank + world * j for j in range(per_rank)]
+    sums = Weighted(accelerator.device)
+    with torch.no_grad(), accelerator.autocast():
+        for i in range(0, per_rank, batch_size):
+            idx = mine[i:i + batch_size]
+            real = torch.tensor([j < n for j in idx], device=accelerator.device, dtype=torch.float32)
+            batch = to_device(collate([dataset[j if j < n else 0] for j in idx]), accelerator.device)
+            losses, metrics = run_step(batch)
+            n_real = real.sum()
+            sums.add("loss", (losses.float() * real).sum() / n_real.clamp(min=1), n_real)
+            # Batch-level metrics are weighted by the real examples of their batch.
+            for k, v in metrics.items():
+                if isinstance(v, torch.Tensor) and v.shape == real.shape:  # per-example: drop the padding
+                    v = (v.detach().float() * real).sum() / n_real.clamp(min=1)
+                sums.add(k, v, n_real)
+    return sums.reduce(accelerator)
+
+
+def announce_config(cfg: Any, run: RunDir | None) -> None:
+    """Print the full config and save it as run_dir/config.yaml, so every run records how it was made."""
+    text = dump_yaml(cfg)
+    print(f"config ({type(cfg).__name__}):\n" + "\n".join("  " + line for line in text.splitlines()), file=sys.stderr)
+    if run is not None:
+        atomic_write_text(run.config_path, text)
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def _check(config: LoopConfig, dataset: Sequence) -> None:
+    for name in ("batch_size", "grad_accum"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"'{name}' must be >= 1, got {getattr(config, name)}")
+    if config.max_steps <= 0 and config.num_epochs < 1:
+        raise ConfigError("set num_epochs >= 1 or max_steps > 0")
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision=fp16 needs a CUDA GPU; use bf16 or no")
+    if config.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU does not support bf16; use fp16 or no")
+    if len(dataset) == 0:
+        raise PluralignError("the training set is empty")
+
+
+def _check_compatible(saved: ckpt.Position, now: ckpt.Position, path: Path) -> None:
+    for name in ("seed", "global_batch", "dataset_size"):
+        if getattr(saved, name) != getattr(now, name):
+            raise ConfigError(
+                f"cannot resume from {path}: it was saved with {name}={getattr(saved, name)}, this run has "
+                f"{name}={getattr(now, name)} (the data position would not match); use a new run directory"
+            )
+
+
+def _global_batch(n: int, seed: int, epoch: int, step_in_epoch: int, global_batch: int) -> list[int]:
+    """The dataset indices of one optimizer step. The incomplete last batch of an epoch is dropped so
+    that every step averages over the same number of examples on any number of processes."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=gen)
+    return perm[step_in_epoch * global_batch:(step_in_epoch + 1) * global_batch].tolist()
+
+
+def _make_optimizer(params: list[torch.nn.Parameter], config: LoopConfig) -> torch.optim.Optimizer:
+    # Decaying biases and norm gains only shrinks them toward 0 for no regularization benefit.
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate,
+                             betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, config: LoopConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if config.scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if config.scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _save(accelerator, wrapped, optimizer, scheduler, stateful, trained_names, pos, run, config) -> Path | None:
+    if run is None:
+        return None
+    # get_state_dict gathers shards under FSDP/DeepSpeed, so every process must call it.
+    full = {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(wrapped).items()}
+    tmp = ckpt.checkpoint_dir(run.checkpoints, pos.global_step).with_suffix(".tmp")
+    if accelerator.is_main_process:
+        ckpt.begin_checkpoint(run.checkpoints, pos.global_step)
+    accelerator.wait_for_everyone()
+    ckpt.write_rank_state(tmp, accelerator.process_index)
+    if accelerator.is_main_process:
+        ckpt.write_main_state(
+            tmp,
+            weights={k: v for k, v in full.items() if k in trained_names},
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            extra={k: obj.state_dict() for k, obj in stateful.items()},
+            position=ckpt.Position(**vars(pos)),
+        )
+    accelerator.wait_for_everyone()
+    final = ckpt.checkpoint_dir(run.checkpoints, pos.global_step)
+    if accelerator.is_main_process:
+        ckpt.commit_checkpoint(tmp, config.keep_checkpoints)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _evaluate_and_log(wrapped, dataset, collate, step, config, accelerator, run, pos) -> dict[str, float]:
+    wrapped.eval()
+    result = evaluate(lambda batch: wrapped(step, batch), dataset, collate, config.batch_size, accelerator)
+    wrapped.train()
+    if run is not None and accelerator.is_main_process:
+        run.log_metrics({f"eval/{k}": v for k, v in result.items()} | {"step": pos.global_step, "epoch": pos.epoch})
+    return result
+
+
+def _progress(config: LoopConfig, accelerator: Accelerator, total: int, start: int):
+    if not config.progress or not accelerator.is_main_process:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, file=sys.stderr)

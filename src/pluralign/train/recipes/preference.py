@@ -1,0 +1,347 @@
+"""One recipe for every offline preference loss: data → model → loss → loop.
+
+The loss is chosen by name (or a mixture such as "dpo:1,nll:0.2"); `pluralign.losses.describe` says its
+kind (pairwise, unpaired, listwise), whether it needs reference log-probs and which inputs it reads, and
+everything here follows from that. A kind fixes the record type, the collator, how log-probs are taken
+from a batch and how they become the loss's inputs (`KINDS` below); no code branches on a loss name.
+
+Reference log-probs (when the loss needs them) are computed once before training and cached on disk
+(`pluralign.train.reference`); the batches carry them, so no second model is held. Without the cache the
+reference is computed live: the base with adapters disabled under LoRA, else a frozen copy.
+
+Unpaired losses: KTO's baseline z0 (Ethayarajh et al. 2024) is estimated on mismatched pairs, prompt i
+with the response of another example. TRL shifts responses within a batch; we fix the pairing once per
+dataset (a seeded cyclic shift over a permutation), which draws from the same distribution and lets the
+reference log-probs of the mismatched pairs be cached too. BCO's reward shift (Jung et al. 2024) is a
+running mean of the implicit rewards, checkpointed with the model so resume is exact.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from pluralign import losses
+from pluralign.config import option
+from pluralign.data.collate import ListwiseCollator, PairwiseCollator, UnpairedCollator
+from pluralign.data.convert import convert
+from pluralign.data.io import read_records
+from pluralign.data.records import Binary
+from pluralign.errors import ConfigError
+from pluralign.models.load import LoraSpec, is_peft_model, load_model, load_tokenizer, save_model
+from pluralign.models.logprobs import sequence_logps
+from pluralign.train.loop import LoopConfig, TrainResult, train
+from pluralign.train.parallel import process_state
+from pluralign.train.reference import adapters_disabled, cached_reference
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class PreferenceConfig:
+    model: str = option("", help="Policy to train: a local model directory or a hub id. Also the reference unless ref_model is set.")
+    data: list[str] = option(default_factory=list, help="Training data file(s) (jsonl/json/csv/parquet or a dataset directory); converted to the loss's record kind when possible (e.g. ranked -> pairwise).")
+    eval_data: list[str] = option(default_factory=list, help="Evaluation data file(s), evaluated every loop.eval_every steps and at the end.")
+    loss: str = option("dpo", help="A registered loss name (see `pluralign.losses.names()`) or a mixture like 'dpo:1,nll:0.2'.")
+    loss_params: dict[str, Any] = option(default_factory=dict, help="Loss hyper-parameters, e.g. {beta: 0.1}; defaults from losses.describe(loss).")
+    max_length: int = option(512, help="Longest prompt+completion in tokens.")
+    max_prompt_length: int | None = option(None, help="Longest prompt in tokens (default: no separate limit).")
+    truncation: Literal["keep_end", "keep_start", "error"] = option("keep_end", help="How an over-long prompt is cut: keep its end, its start, or raise.")
+    packing: bool = option(False, help="Padding-free batches: sequences laid end to end with restarting position ids.")
+    dtype: str = option("auto", help="Weights dtype: auto (as saved), float32, bfloat16, float16.")
+    use_lora: bool = option(False, help="Train LoRA adapters instead of all weights.")
+    lora: LoraSpec = option(default_factory=LoraSpec, help="LoRA settings (used when use_lora is true).")
+    merge_lora: bool = option(True, help="Save the model with the LoRA adapters merged (true) or as an adapter directory (false).")
+    ref_model: str | None = option(None, help="Reference model (default: the initial policy).")
+    ref_cache: bool = option(True, help="Compute reference log-probs once and cache them on disk; false computes them every step (LoRA: base with adapters off; else a frozen copy in memory).")
+    ref_cache_dir: str | None = option(None, help="Where reference caches live (default: <output_dir>/ref_cache); shareable between runs.")
+    ref_batch_size: int = option(0, help="Batch size of the reference pass (0: twice loop.batch_size).")
+    skip_invalid: bool = option(False, help="Skip invalid data rows (written to a .rejects.jsonl file) instead of stopping.")
+    output_dir: str = option("runs/preference", help="Run directory: config.yaml, metrics.jsonl, checkpoints/, and the trained model in model/.")
+    loop: LoopConfig = option(default_factory=LoopConfig, help="Training loop settings.")
+
+
+@dataclass
+class RecipeResult:
+    model_dir: Path
+    run_dir: Path
+    train: TrainResult
+
+
+# ---------------------------------------------------------------- the kinds of loss
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one kind of loss gets its data and its inputs."""
+
+    records: str  # record kind the data is converted to
+    collator: type
+    logps: Callable[..., Tensors]  # (model, batch, info) -> per-example log-prob tensors
+    inputs: Callable[[Tensors, Tensors, dict], dict]  # (policy, reference, batch) -> loss inputs
+    rewards: tuple[tuple[str, str], ...]  # (policy input, reference input) pairs of implicit rewards
+    collator_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _pairwise_logps(model, batch, info) -> Tensors:
+    sums, lengths = sequence_logps(model, batch)
+    b = sums.shape[0] // 2  # chosen rows first
+    return {"chosen": sums[:b], "rejected": sums[b:], "chosen_lengths": lengths[:b], "rejected_lengths": lengths[b:]}
+
+
+def _pairwise_inputs(p: Tensors, r: Tensors, batch: dict) -> dict:
+    return {"policy_chosen_logps": p["chosen"], "policy_rejected_logps": p["rejected"],
+            "ref_chosen_logps": r.get("chosen"), "ref_rejected_logps": r.get("rejected"),
+            "chosen_lengths": p["chosen_lengths"], "rejected_lengths": p["rejected_lengths"]}
+
+
+def _unpaired_logps(model, batch, info) -> Tensors:
+    out = {"logps": sequence_logps(model, batch)[0]}
+    if "kl_policy_logps" in info.inputs:
+        # z0 is detached inside the loss: no graph needed for the mismatched pairs.
+        with torch.no_grad():
+            out["kl_logps"] = sequence_logps(model, batch, prefix="kl_")[0]
+    return out
+
+
+def _unpaired_inputs(p: Tensors, r: Tensors, batch: dict) -> dict:
+    # z0 is a batch mean over all processes (TRL gathers too), so every rank uses the same baseline.
+    return {"policy_logps": p["logps"], "ref_logps": r.get("logps"), "labels": batch["labels"],
+            "kl_policy_logps": _gather(p.get("kl_logps")), "kl_ref_logps": _gather(r.get("kl_logps"))}
+
+
+def _listwise_logps(model, batch, info) -> Tensors:
+    b, k = batch["scores"].shape
+    return {"logps": sequence_logps(model, batch)[0].view(b, k)}
+
+
+def _listwise_inputs(p: Tensors, r: Tensors, batch: dict) -> dict:
+    k = batch["scores"].shape[1]  # cached rows are padded to the widest list of the dataset
+    ref = r["logps"][:, :k] if "logps" in r else None
+    return {"policy_logps": p["logps"], "ref_logps": ref, "scores": batch["scores"], "mask": batch["list_mask"]}
+
+
+KINDS: dict[str, Kind] = {
+    "pairwise": Kind("pairwise", PairwiseCollator, _pairwise_logps, _pairwise_inputs,
+                     (("policy_chosen_logps", "ref_chosen_logps"), ("policy_rejected_logps", "ref_rejected_logps"))),
+    # kl=False: the mismatched pairs are fixed per dataset (see the module doc), not built per batch.
+    "unpaired": Kind("binary", UnpairedCollator, _unpaired_logps, _unpaired_inputs, (("policy_logps", "ref_logps"),),
+                     {"kl": False}),
+    "listwise": Kind("ranked", ListwiseCollator, _listwise_logps, _listwise_inputs, (("policy_logps", "ref_logps"),)),
+}
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Item:
+    index: int  # row of the reference cache
+    record: Any
+    mismatched: Any = None  # KTO: the same prompt with another example's response
+
+
+def make_items(records: Sequence[Any], info: losses.LossInfo, seed: int) -> list[Item]:
+    if "kl_policy_logps" not in info.inputs:
+        return [Item(i, r) for i, r in enumerate(records)]
+    if len(records) < 2:
+        raise ConfigError(f"loss '{info.name}' needs at least 2 examples for its mismatched pairs")
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    partner = {order[j]: order[j - 1] for j in range(len(order))}  # a cyclic shift: never itself
+    return [Item(i, r, Binary(prompt=r.prompt, response=records[partner[i]].response, label=r.label))
+            for i, r in enumerate(records)]
+
+
+class Collate:
+    """Items → one batch: the kind's collator, the mismatched `kl_*` rows, and cached reference values."""
+
+    def __init__(self, collator: Callable[[list], dict], reference: Tensors | None = None):
+        self.collator, self.reference = collator, reference
+
+    def __call__(self, items: list[Item]) -> dict:
+        batch = self.collator([it.record for it in items])
+        if items[0].mismatched is not None:
+            kl = self.collator([it.mismatched for it in items])
+            batch |= {f"kl_{k}": v for k, v in kl.items() if k != "labels"}
+        if self.reference is not None:
+            index = torch.tensor([it.index for it in items])
+            batch |= {f"ref_{k}": v[index] for k, v in self.reference.items()}
+        return batch
+
+
+def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool) -> list[Any]:
+    records = []
+    for path in paths:
+        records += convert(read_records(path, skip_invalid=skip_invalid), kind.records)
+    return records
+
+
+# ---------------------------------------------------------------- the step
+
+
+def make_step(kind: Kind, loss: losses.Loss, params: Mapping[str, Any], live_reference: Callable | None,
+              reward_shift: losses.RunningMean | None, *, update_shift: bool) -> Callable:
+    """`step(model, batch) -> (per-example loss, metrics)` for the loop."""
+    info = loss.info
+    beta = params.get("beta", info.hyperparams.get("beta", 1.0))
+
+    def step(model, batch):
+        policy = kind.logps(model, batch, info)
+        if not info.needs_reference:
+            ref = {}
+        elif live_reference is not None:
+            with torch.no_grad():
+                ref = live_reference(model, batch)
+        else:
+            ref = {k.removeprefix("ref_"): v for k, v in batch.items() if k.startswith("ref_")}
+        inputs = kind.inputs(policy, ref, batch)
+        if reward_shift is not None:
+            if update_shift:  # BCO: the shift moves with the rewards seen in training, not in evaluation
+                rewards = torch.cat([beta * (inputs[p] - inputs[r]).detach().flatten() for p, r in kind.rewards])
+                reward_shift.update(_gather(rewards))
+            inputs["reward_shift"] = reward_shift.mean
+        values, metrics = loss(**inputs, **params)
+        return values, metrics
+
+    return step
+
+
+def _gather(t: torch.Tensor | None) -> torch.Tensor | None:
+    """All processes' values (equal batch sizes), or `t` itself in a single process."""
+    if t is None or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return t
+    parts = [torch.empty_like(t) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, t.detach().contiguous())
+    return torch.cat(parts)
+
+
+# ---------------------------------------------------------------- run
+
+
+def run(config: PreferenceConfig) -> RecipeResult:
+    """Train `config.model` with `config.loss` on `config.data`; save the model to <output_dir>/model."""
+    if not config.model:
+        raise ConfigError("set 'model' (a local model directory or a hub id)")
+    if not config.data:
+        raise ConfigError("set 'data' (one or more preference data files)")
+    loss = losses.get(config.loss)
+    info = loss.info
+    if info.kind not in KINDS:
+        raise ConfigError(f"loss '{config.loss}' is a {info.kind} loss; train reward models with `pluralign train rm`")
+    _check_params(info, config.loss_params)
+    kind = KINDS[info.kind]
+    out = Path(config.output_dir)
+    distributed = process_state()
+
+    tokenizer = load_tokenizer(config.model)
+    model = load_model(config.model, dtype=config.dtype, lora=config.lora if config.use_lora else None)
+    model.to(distributed.device)
+    collator = kind.collator(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+                             truncation=config.truncation, packing=config.packing, **kind.collator_options)
+    train_items = make_items(load_data(config.data, kind, config.skip_invalid), info, config.loop.seed)
+    eval_items = make_items(load_data(config.eval_data, kind, config.skip_invalid), info, config.loop.seed) if config.eval_data else None
+
+    live, train_ref, eval_ref = _reference(config, info, kind, model, collator, train_items, eval_items, distributed)
+    shift = losses.RunningMean() if "reward_shift" in info.inputs else None
+    step = make_step(kind, loss, config.loss_params, live, shift, update_shift=True)
+    eval_step = make_step(kind, loss, config.loss_params, live, shift, update_shift=False)
+    result = train(model, train_items, Collate(collator, train_ref), step, config.loop, out,
+                   eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_ref),
+                   stateful={"reward_shift": shift} if shift else None, run_config=config)
+    model_dir = out / "model"
+    if distributed.is_main_process:
+        save_model(model, tokenizer, model_dir, merge_lora=config.merge_lora)
+    distributed.wait_for_everyone()
+    return RecipeResult(model_dir, out, result)
+
+
+def _reference(config, info, kind, model, collator, train_items, eval_items, distributed):
+    """(live reference function, cached train values, cached eval values); all None when the loss needs
+    no reference."""
+    if not info.needs_reference:
+        return None, None, None
+
+    def logps_of(m, batch):
+        return kind.logps(m, batch, info)
+
+    ref_model = _reference_model(config, model)
+    if not config.ref_cache:
+        return _live_reference(ref_model, logps_of), None, None
+    bs = config.ref_batch_size or 2 * config.loop.batch_size
+    cache_dir = Path(config.ref_cache_dir or Path(config.output_dir) / "ref_cache")
+    what = f"{info.kind}|{'kl' if 'kl_policy_logps' in info.inputs else ''}"
+    eval_ref = None
+    # The main process computes and writes the cache; the others then read it. A separately loaded
+    # reference model is dropped when this returns: training never holds it.
+    with distributed.main_process_first(), _as_reference(ref_model, model) as reference:
+        show = config.loop.progress and distributed.is_main_process
+        train_ref, path, hit = cached_reference(reference, train_items, Collate(collator), logps_of,
+                                                cache_dir=cache_dir, batch_size=bs, what=what, show_progress=show)
+        if eval_items:
+            eval_ref = cached_reference(reference, eval_items, Collate(collator), logps_of,
+                                        cache_dir=cache_dir, batch_size=bs, what=what)[0]
+    distributed.print(f"reference log-probs: {'cache hit' if hit else 'computed and cached'} ({path})")
+    return None, train_ref, eval_ref
+
+
+def _check_params(info: losses.LossInfo, params: Mapping[str, Any]) -> None:
+    unknown = sorted(set(params) - set(info.hyperparams))
+    if unknown:
+        valid = ", ".join(info.hyperparams) or "none"
+        raise ConfigError(f"loss '{info.name}' has no hyper-parameter {', '.join(map(repr, unknown))}; valid: {valid}")
+
+
+def _reference_model(config: PreferenceConfig, policy: Any) -> Any:
+    """The model that computes reference log-probs, or None when the policy serves: at initialization
+    (cached) or as its base with adapters disabled (LoRA)."""
+    if config.ref_model:
+        ref = load_model(config.ref_model, dtype=config.dtype).to(next(policy.parameters()).device)
+        return ref.requires_grad_(False)
+    if is_peft_model(policy) or config.ref_cache:
+        return None
+    return copy.deepcopy(policy).requires_grad_(False).eval()  # live and no adapters: a frozen copy
+
+
+class _as_reference:
+    """Context giving the model that computes reference log-probs (the policy's base when ref is None)."""
+
+    def __init__(self, ref: Any, policy: Any):
+        self.ref, self.policy, self.ctx = ref, policy, None
+
+    def __enter__(self):
+        if self.ref is None and is_peft_model(self.policy):
+            self.ctx = adapters_disabled(self.policy)
+            return self.ctx.__enter__()
+        return self.ref if self.ref is not None else self.policy
+
+    def __exit__(self, *exc):
+        return self.ctx.__exit__(*exc) if self.ctx is not None else False
+
+
+def _live_reference(ref: Any, logps_of: Callable) -> Callable:
+    def reference(model, batch):
+        if ref is None:  # LoRA: the model in hand, adapters off
+            with adapters_disabled(model):
+                return logps_of(model, batch)
+        return logps_of(ref, batch)
+
+    return reference
+
+
+def from_kwargs(**kwargs: Any) -> PreferenceConfig:
+    """PreferenceConfig from keyword arguments with the same checks as a YAML file (loop settings as a
+    dict or a LoopConfig)."""
+    from pluralign.config import from_dict
+
+    loop = kwargs.pop("loop", None)
+    config = from_dict(PreferenceConfig, kwargs)
+    if isinstance(loop, LoopConfig):
+        config.loop = loop
+    elif loop is not None:
+        config.loop = from_dict(LoopConfig, loop, "loop.")
+    return config

@@ -1,0 +1,125 @@
+"""Reference log-probs: computed once before training, cached on disk, read back by dataset index.
+
+Methods like DPO compare the policy with a frozen reference model on every example. Holding a second
+model during training doubles the weights in memory and costs a forward per step; but the reference
+never changes, so its log-probs are a function of (data, reference weights) alone. We compute them in
+one no-grad pass, store them as `<cache_dir>/<key>.safetensors`, and the training batches carry them
+as tensors. The key hashes the tokenized batches (so a change of data, tokenizer, max_length or
+truncation misses) and the reference weights (so another reference misses).
+
+What is computed is up to the caller: `logps_of(model, batch) -> dict[str, Tensor]` with one row per
+example (e.g. chosen/rejected sums for pairs, [B, K] for lists).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+LogpsFn = Callable[[Any, dict], Mapping[str, torch.Tensor]]
+
+# peft names of adapter weights: with adapters disabled the model computes without them, so they are
+# not part of the reference's identity.
+_ADAPTER_MARKERS = ("lora_", ".modules_to_save.")
+
+
+def weights_fingerprint(model: torch.nn.Module, *, skip_adapters: bool = True) -> str:
+    """BLAKE2b of every parameter and buffer (name, dtype, shape, bytes), in name order."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        if skip_adapters and any(m in name for m in _ADAPTER_MARKERS):
+            continue
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def batches_fingerprint(batches: Iterator[Mapping[str, Any]]) -> str:
+    """BLAKE2b of every tensor of every batch (keys, dtypes, shapes and values)."""
+    h = hashlib.blake2b(digest_size=16)
+    for batch in batches:
+        for key in sorted(batch):
+            value = batch[key]
+            if isinstance(value, torch.Tensor):
+                t = value.detach().to("cpu").contiguous()
+                h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_key(dataset: Sequence, collate: Callable[[list], dict], model: torch.nn.Module, *, batch_size: int,
+              what: str) -> str:
+    """The cache key of `what` (a label of the quantities computed) on this data with this model."""
+    data = batches_fingerprint(_batches(dataset, collate, batch_size))
+    return hashlib.blake2b(f"{what}|{data}|{weights_fingerprint(model)}".encode(), digest_size=16).hexdigest()
+
+
+@torch.no_grad()
+def compute_reference(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], dict],
+                      logps_of: LogpsFn, *, batch_size: int, device: torch.device | str | None = None,
+                      show_progress: bool = False) -> dict[str, torch.Tensor]:
+    """`logps_of` over the whole dataset in order, concatenated per key (rows padded with 0 along dim 1
+    when batches differ in width, as listwise batches do). fp32 on CPU."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    batches = _batches(dataset, collate, batch_size)
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="reference log-probs")
+    for batch in batches:
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        for key, value in logps_of(model, batch).items():
+            parts.setdefault(key, []).append(value.detach().float().cpu())
+    model.train(was_training)
+    return {key: _cat_padded(values) for key, values in parts.items()}
+
+
+def cached_reference(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], dict],
+                     logps_of: LogpsFn, *, cache_dir: str | os.PathLike, batch_size: int, what: str,
+                     show_progress: bool = False) -> tuple[dict[str, torch.Tensor], Path, bool]:
+    """Reference values from the cache, computing and storing them on a miss.
+    Returns (values, cache file, hit)."""
+    key = cache_key(dataset, collate, model, batch_size=batch_size, what=what)
+    path = Path(cache_dir) / f"{key}.safetensors"
+    if path.exists():
+        values = load_file(str(path))
+        if all(v.shape[0] == len(dataset) for v in values.values()):
+            return values, path, True
+    values = compute_reference(model, dataset, collate, logps_of, batch_size=batch_size, show_progress=show_progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in values.items()}, str(tmp), metadata={"what": what})
+    os.replace(tmp, path)  # atomic: a reader never sees half a cache file
+    return values, path, False
+
+
+@contextmanager
+def adapters_disabled(model: Any) -> Iterator[Any]:
+    """The base model of a peft model (adapters off) as the reference, without a second copy."""
+    if not hasattr(model, "disable_adapter"):
+        raise TypeError("adapters_disabled needs a peft model")
+    with model.disable_adapter():
+        yield model
+
+
+def _batches(dataset: Sequence, collate: Callable[[list], dict], batch_size: int) -> Iterator[dict]:
+    for start in range(0, len(dataset), batch_size):
+        yield collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+
+
+def _cat_padded(values: list[torch.Tensor]) -> torch.Tensor:
+    if values[0].dim() < 2:
+        return torch.cat(values)
+    width = max(v.shape[1] for v in values)
+    return torch.cat([torch.nn.functional.pad(v, (0, width - v.shape[1])) for v in values])

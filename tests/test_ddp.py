@@ -1,0 +1,98 @@
+"""A real 2-process DDP job (CPU, gloo) through `accelerate launch`, compared with one process.
+
+`accelerate launch --cpu` starts several CPU processes only through mpirun; the torchrun path
+(`--multi_gpu`) with ACCELERATE_USE_CPU=1 gives a gloo MULTI_CPU job on a machine without GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from loop_toys import collate, make_data, make_model, nll_step
+
+from pluralign.runs import RunDir
+from pluralign.train import state
+from pluralign.train.loop import LoopConfig, train
+
+HERE = Path(__file__).parent
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+pytestmark = pytest.mark.skipif(not ACCELERATE.exists() and not shutil.which("accelerate"),
+                                reason="accelerate launcher not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(*args: str, timeout: int = 240) -> None:
+    exe = str(ACCELERATE) if ACCELERATE.exists() else shutil.which("accelerate")
+    cmd = [exe, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(HERE / "ddp_worker.py"), *args]
+    env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+@pytest.mark.slow  # the recipe test below covers the loop under DDP too
+def test_two_process_loop_matches_one_process(tmp_path):
+    launch("loop", str(tmp_path / "ddp"), "2", "2")  # 2 processes x batch 2 x accum 2 = 8 per step
+
+    single = make_model()
+    config = LoopConfig(learning_rate=1e-2, batch_size=4, grad_accum=2, num_epochs=2, log_every=1,
+                        progress=False, save_every=2, keep_checkpoints=1, warmup_ratio=0.25)
+    train(single, make_data(32), collate, nll_step, config, tmp_path / "single", eval_dataset=make_data(7, seed=5))
+
+    ckpt = state.latest_checkpoint(tmp_path / "ddp" / "checkpoints")
+    assert ckpt.name == "step-8" and (ckpt / "rng-rank1.json").exists()
+    ddp_weights = state.load_checkpoint(ckpt).weights
+    for name, p in single.named_parameters():
+        torch.testing.assert_close(ddp_weights[name], p.detach(), atol=1e-5, rtol=0)
+    a, b = RunDir(tmp_path / "single").read_metrics(), RunDir(tmp_path / "ddp").read_metrics()
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        key = "loss" if "loss" in ra else "eval/loss"
+        assert rb[key] == pytest.approx(ra[key], abs=1e-5)
+
+
+def test_two_process_recipes_match_one_process(tmp_path):
+    """DPO (cached reference) and KTO (whose baseline z0 is a mean over the whole batch, gathered across
+    processes) trained by 2 processes x batch 2 equal one process x batch 4."""
+    from loop_toys import make_model_dir, write_pairs
+
+    from pluralign.models.load import load_model
+    from pluralign.train import run_preference
+
+    base, pairs = make_model_dir(tmp_path / "base"), write_pairs(tmp_path / "pairs.jsonl", 16)
+    loop = {"learning_rate": 1e-2, "num_epochs": 2, "log_every": 1, "progress": False, "save_every": 2}
+    configs = []
+    for loss in ("dpo", "kto"):
+        configs.append(tmp_path / f"{loss}.yaml")
+        configs[-1].write_text(f"model: {base}\ndata: [{pairs}]\nloss: {loss}\noutput_dir: {tmp_path / 'ddp' / loss}\n"
+                               f"loop: {dict(loop, batch_size=2)}\n")
+    launch("preference", *map(str, configs))
+
+    for loss, steps in (("dpo", 8), ("kto", 16)):  # KTO trains on 32 binary rows made from 16 pairs
+        single = run_preference(model=str(base), data=[str(pairs)], loss=loss, output_dir=str(tmp_path / loss),
+                                loop=loop | {"batch_size": 4})
+        a = load_model(single.model_dir).state_dict()
+        b = load_model(tmp_path / "ddp" / loss / "model").state_dict()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
+        ra, rb = RunDir(tmp_path / loss).read_metrics(), RunDir(tmp_path / "ddp" / loss).read_metrics()
+        assert len(ra) == len(rb) == steps
+        for x, y in zip(ra, rb, strict=True):
+            # Per-example metrics average exactly; KTO's per-label reward means are batch statistics whose
+            # per-process average differs from the whole batch's, so they are not compared.
+            # (KTO's margin exists only where a process's batch holds both labels.)
+            for key in {"dpo": ("loss", "rewards/margins"), "kto": ("loss", "kl")}[loss]:
+                assert y[key] == pytest.approx(x[key], abs=1e-5), (loss, key)

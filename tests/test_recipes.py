@@ -1,0 +1,226 @@
+"""The preference and SFT recipes, the reference cache and the `pluralign train` command, end to end on a
+tiny locally built model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from loop_toys import make_model_dir, write_pairs, write_ranked
+
+from pluralign import losses
+from pluralign.cli import main
+from pluralign.data.collate import PairwiseCollator
+from pluralign.models.load import load_model, load_tokenizer
+from pluralign.models.logprobs import sequence_logps
+from pluralign.runs import RunDir
+from pluralign.train import run_preference, run_sft
+from pluralign.train.recipes.preference import Collate, Item, _pairwise_logps
+from pluralign.train.reference import cached_reference
+
+LOOP = {"learning_rate": 1e-2, "batch_size": 4, "num_epochs": 1, "log_every": 1, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("recipes")
+    return {"base": make_model_dir(d / "base"), "pairs": write_pairs(d / "pairs.jsonl", 16),
+            "ranked": write_ranked(d / "ranked.jsonl", 8), "dir": d}
+
+
+def params(model_dir) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in load_model(model_dir).state_dict().items()}
+
+
+def changed(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_train_dpo_writes_a_loadable_model_and_run_dir(files, tmp_path, capsys):
+    config = tmp_path / "dpo.yaml"
+    config.write_text(f"model: {files['base']}\ndata: [{files['pairs']}]\noutput_dir: {tmp_path / 'out'}\n"
+                      "loop: {learning_rate: 0.01, batch_size: 4, log_every: 1, progress: false}\n")
+    assert main(["train", "dpo", "--config", str(config), "loss_params.beta=0.2", "loop.num_epochs=2"]) == 0
+    out = tmp_path / "out"
+    model = load_model(out / "model")
+    tokenizer = load_tokenizer(out / "model")
+    assert model.generate(**tokenizer("tell me about the cat", return_tensors="pt"), max_new_tokens=3,
+                          do_sample=False).shape[1] > 5
+    assert changed(params(out / "model"), params(files["base"]))
+    rows = RunDir(out).read_metrics()
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert {"rewards/margins", "rewards/accuracies"} <= set(rows[0])
+    saved = (out / "config.yaml").read_text()
+    assert "beta: 0.2" in saved and "loss: dpo" in saved
+    assert "loss_params" in capsys.readouterr().err  # the full config is printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "dpo", "--config", "/nonexistent.yaml"], "config file not found"),
+    (["train", "dpo", "model=x", "data=y", "loop.learning_rat=1"], "did you mean 'loop.learning_rate'"),
+    (["train", "dpp", "model=x"], "did you mean 'dpo'"),
+    (["train", "bt", "model=x"], "reward"),
+    (["train", "dpo", "model=x", "data=y", "loss_params.gamma=1"], "no hyper-parameter 'gamma'"),
+])
+def test_cli_errors_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_refuses_a_config_naming_another_loss(files, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {files['base']}\ndata: [{files['pairs']}]\nloss: dpo\n")
+    assert main(["train", "kto", "--config", str(config)]) == 2
+    assert "pluralign train kto" in capsys.readouterr().err
+
+
+def test_help_config_lists_every_field(capsys):
+    assert main(["train", "simpo", "--help-config"]) == 0
+    out = capsys.readouterr().out
+    for key in ("loss_params", "ref_cache", "loop.grad_accum", "loop.mixed_precision", "lora.r"):
+        assert key in out
+
+
+def test_reference_cache_hits_and_misses(files, tmp_path):
+    tokenizer, model = load_tokenizer(files["base"]), load_model(files["base"])
+    from pluralign.data.io import read_records
+
+    items = [Item(i, r) for i, r in enumerate(read_records(files["pairs"]))]
+    collate = Collate(PairwiseCollator(tokenizer, max_length=64))
+    info = losses.describe("dpo")
+
+    def get(model, items, collate):
+        return cached_reference(model, items, collate, lambda m, b: _pairwise_logps(m, b, info),
+                                cache_dir=tmp_path, batch_size=8, what="pairwise")
+
+    values, path, hit = get(model, items, collate)
+    assert not hit and path.exists()
+    assert get(model, items, collate)[1:] == (path, True)
+    # The cached values are the model's log-probs.
+    direct = sequence_logps(model, collate(items[:3]))[0]
+    torch.testing.assert_close(values["chosen"][:3], direct[:3])
+    torch.testing.assert_close(values["rejected"][:3], direct[3:])
+    # Other data, other tokenization, other weights: misses.
+    assert get(model, items[:-1], collate)[2] is False
+    assert get(model, items, Collate(PairwiseCollator(tokenizer, max_length=6)))[2] is False
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] += 1e-3
+    other, other_path, hit = get(model, items, collate)
+    assert not hit and other_path != path
+    assert len(list(tmp_path.glob("*.safetensors"))) == 4 and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_cached_reference_trains_like_a_live_reference(files, tmp_path):
+    common = dict(model=str(files["base"]), data=[str(files["pairs"])], loss="dpo", loop=LOOP | {"num_epochs": 2})
+    cached = run_preference(**common, output_dir=str(tmp_path / "cached"))
+    live = run_preference(**common, ref_cache=False, output_dir=str(tmp_path / "live"))
+    assert (tmp_path / "cached" / "ref_cache").is_dir() and not (tmp_path / "live" / "ref_cache").exists()
+    a, b = params(cached.model_dir), params(live.model_dir)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    assert changed(a, params(files["base"]))
+
+
+def test_lora_with_adapters_off_reference_and_saved_adapters(files, tmp_path):
+    common = dict(model=str(files["base"]), data=[str(files["pairs"])], loss="dpo", use_lora=True,
+                  lora={"r": 4, "alpha": 8.0}, loop=LOOP | {"learning_rate": 5e-2})
+    merged = run_preference(**common, output_dir=str(tmp_path / "merged"))
+    adapters = run_preference(**common, ref_cache=False, merge_lora=False, output_dir=str(tmp_path / "adapters"))
+    assert (adapters.model_dir / "adapter_config.json").exists()
+    assert not (merged.model_dir / "adapter_config.json").exists()
+    # Only the adapters are checkpointed.
+    from pluralign.train import state
+
+    weights = state.load_checkpoint(state.latest_checkpoint(tmp_path / "merged" / "checkpoints")).weights
+    assert weights and all("lora_" in k for k in weights)
+    # adapters-off live reference == cached reference; the saved adapter dir loads with its base.
+    a = load_model(merged.model_dir).state_dict()
+    b = load_model(adapters.model_dir).merge_and_unload().state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+    assert changed(params(merged.model_dir), params(files["base"]))
+
+
+def test_bco_resume_is_exact_with_its_running_shift(files, tmp_path):
+    loop = LOOP | {"scheduler": "constant", "warmup_ratio": 0.0, "batch_size": 2, "num_epochs": 1}
+    common = dict(model=str(files["base"]), data=[str(files["pairs"])], loss="bco")  # pairs -> binary rows
+    straight = run_preference(**common, loop=loop | {"max_steps": 10}, output_dir=str(tmp_path / "a"))
+    run_preference(**common, loop=loop | {"max_steps": 4}, output_dir=str(tmp_path / "b"))
+    resumed = run_preference(**common, loop=loop | {"max_steps": 10}, output_dir=str(tmp_path / "b"))
+    assert resumed.train.resumed_from.name == "step-4"
+    assert straight.train.metrics["reward_shift"] == resumed.train.metrics["reward_shift"] != 0
+    a, b = params(straight.model_dir), params(resumed.model_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("loss, data", [("kto", "pairs"), ("lipo_lambda", "ranked"), ("simpo", "pairs"),
+                                        ("dpo:1,nll:0.2", "pairs")])
+def test_each_kind_of_loss_trains(files, tmp_path, loss, data):
+    result = run_preference(model=str(files["base"]), data=[str(files[data])], eval_data=[str(files[data])],
+                            loss=loss, loop=LOOP, output_dir=str(tmp_path / "out"))
+    m = result.train.metrics
+    assert result.train.global_step >= 2 and torch.isfinite(torch.tensor(m["loss"]))
+    assert "loss" in result.train.eval_metrics
+    assert changed(params(result.model_dir), params(files["base"]))
+    if loss == "kto":  # the mismatched-pair baseline is computed and cached
+        assert "kl" in m
+        assert (tmp_path / "out" / "ref_cache").is_dir()
+    if loss == "simpo":  # reference-free: nothing cached
+        assert not (tmp_path / "out" / "ref_cache").exists()
+
+
+def test_sft_via_cli_and_api(files, tmp_path):
+    assert main(["train", "sft", f"model={files['base']}", f"data={files['pairs']}", f"output_dir={tmp_path / 'cli'}",
+                 "loop.batch_size=4", "loop.learning_rate=0.01", "loop.progress=false", "loop.log_every=1"]) == 0
+    rows = RunDir(tmp_path / "cli").read_metrics()
+    assert rows[-1]["loss"] < rows[0]["loss"] + 1.0 and "nll" in rows[0]
+    result = run_sft(model=str(files["base"]), data=[str(files["pairs"])], output_dir=str(tmp_path / "api"),
+                     loop={"batch_size": 4, "learning_rate": 0.01, "progress": False})
+    assert changed(params(result.model_dir), params(files["base"]))
+    assert json.loads((result.model_dir / "config.json").read_text())["model_type"] == "llama"
+
+
+@pytest.mark.parametrize("name", ["sft", "dpo", "kto", "lipo", "simpo"])
+def test_example_configs_parse(name):
+    from pathlib import Path
+
+    from pluralign.train.cli import build_config
+
+    path = Path(__file__).parents[1] / "examples" / f"{name}.yaml"
+    config = build_config(name, str(path), [])
+    assert config.loop.batch_size >= 1 and config.output_dir.startswith("runs/")
+
+
+def test_reward_names_map_to_the_reward_recipe(monkeypatch, capsys):
+    import importlib
+
+    from pluralign.train import cli
+
+    try:
+        importlib.import_module("pluralign.train.recipes.reward")
+    except ModuleNotFoundError:
+        pytest.skip("reward recipe not present")
+    for name, model_type in cli.REWARD_MODEL_TYPES.items():
+        cls, _, implied = cli.recipe(name)
+        assert cls.__name__ == "RewardConfig" and implied == {"model_type": model_type}
+    real = importlib.import_module
+
+    def missing(name, *a):
+        if name == "pluralign.train.recipes.reward":
+            raise ModuleNotFoundError(name=name)
+        return real(name, *a)
+
+    monkeypatch.setattr(cli.importlib, "import_module", missing)
+    assert main(["train", "pal", "--help-config"]) == 2
+    assert "recipes.reward is missing" in capsys.readouterr().err
+
+
+def test_packing_trains_like_padding(files, tmp_path):
+    common = dict(model=str(files["base"]), data=[str(files["pairs"])], loss="dpo", loop=LOOP)
+    padded = run_preference(**common, output_dir=str(tmp_path / "padded"))
+    packed = run_preference(**common, packing=True, output_dir=str(tmp_path / "packed"))
+    a, b = params(padded.model_dir), params(packed.model_dir)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
