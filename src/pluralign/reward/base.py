@@ -1,0 +1,240 @@
+"""The reward-model interface, the text encoder every model shares, and the directory format.
+
+Every reward model is an `nn.Module` with `score(prompts, responses, user=None) -> Tensor[N, n_objectives]`
+and saves to / loads from a directory:
+
+    config.json        {"type": "bt"|"multi"|"pal"|"binary", "objectives": [...], "encoder": {...}, ...}
+    head.safetensors   every parameter that is not the backbone's
+    backbone/          save_pretrained model + tokenizer (only when the backbone was trained; a frozen
+                       backbone is referenced by its path instead)
+
+A model computes rewards from *features*: the pooled backbone representation of prompt+response (and, for
+PAL, of the prompt alone). Frozen backbones let recipes compute the features once and train heads on them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save
+from torch import nn
+
+from pluralign.errors import ConfigError
+from pluralign.models.heads import backbone_hidden, hidden_size, pool
+from pluralign.runs import atomic_write_bytes, atomic_write_json
+
+MODEL_TYPES: dict[str, type[RewardModel]] = {}
+FORMAT_VERSION = 1
+
+
+def register(cls: type[RewardModel]) -> type[RewardModel]:
+    """Class decorator: make `cls` loadable by its `model_type` name."""
+    MODEL_TYPES[cls.model_type] = cls
+    return cls
+
+
+class TextEncoder(nn.Module):
+    """A transformers backbone + tokenizer → one vector per text (pooled final hidden state).
+
+    kind='causal': prompt and response are joined by `pluralign.data.tokenize.encode_pair` (chat template
+    when the prompt is messages, EOS appended) and the last non-pad token is read. kind='encoder'
+    (BERT-like, e.g. all-MiniLM-L6-v2): the tokenizer's own text-pair encoding and mean pooling.
+    """
+
+    def __init__(self, backbone: nn.Module, tokenizer: Any, *, kind: str = "causal", pooling: str | None = None,
+                 max_length: int = 256, source: str | None = None, trainable: bool = True):
+        super().__init__()
+        self.backbone, self.tokenizer, self.kind = backbone, tokenizer, kind
+        self.pooling = pooling or ("mean" if kind == "encoder" else "last")
+        self.max_length, self.source, self.trainable = max_length, source, trainable
+        self.backbone.requires_grad_(trainable)
+
+    @property
+    def dim(self) -> int:
+        return hidden_size(self.backbone)
+
+    def config(self) -> dict:
+        # a local backbone directory is stored absolute, so the saved model loads from any working directory
+        source = str(Path(self.source).resolve()) if self.source and Path(self.source).exists() else self.source
+        return {"kind": self.kind, "pooling": self.pooling, "max_length": self.max_length,
+                "trainable": self.trainable, "source": source}
+
+    def tokenize(self, prompts: Sequence[Any], responses: Sequence[Any] | None = None) -> dict[str, torch.Tensor]:
+        """Right-padded batch for prompt+response texts (or prompts alone when `responses` is None)."""
+        if self.kind == "encoder":
+            enc = self.tokenizer(list(map(_flat, prompts)), None if responses is None else list(map(_flat, responses)),
+                                 truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        from pluralign.data.collate import pad_rows
+        from pluralign.data.tokenize import Encoded, encode_pair, pad_token_id
+
+        if responses is None:  # the prompt alone, as generation would see it (chat template applied)
+            rows = []
+            for p in prompts:
+                text, templated = _prompt_text(self.tokenizer, p)
+                ids = self.tokenizer.encode(text, add_special_tokens=not templated)[-self.max_length:]
+                rows.append(Encoded(ids, [0] * len(ids)))
+        else:
+            rows = [encode_pair(self.tokenizer, p, r, self.max_length) for p, r in zip(prompts, responses, strict=True)]
+        batch = pad_rows(rows, pad_token_id(self.tokenizer))
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
+        return pool(backbone_hidden(self.backbone, input_ids, attention_mask), attention_mask, self.pooling)
+
+    def embed(self, prompts: Sequence[Any], responses: Sequence[Any] | None = None, batch_size: int = 64) -> torch.Tensor:
+        """Features [N, H] computed in chunks, on the backbone's device."""
+        device = next(self.backbone.parameters()).device
+        out = []
+        for i in range(0, len(prompts), batch_size):
+            batch = self.tokenize(prompts[i:i + batch_size], None if responses is None else responses[i:i + batch_size])
+            out.append(self(**{k: v.to(device) for k, v in batch.items()}))
+        return torch.cat(out) if out else torch.zeros(0, self.dim, device=device)
+
+
+def _prompt_text(tokenizer: Any, prompt: Any) -> tuple[str, bool]:
+    if isinstance(prompt, str):
+        return prompt, False
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True), True
+    return _flat(prompt), False
+
+
+def _flat(text: Any) -> str:
+    """Chat messages → plain text for encoders that have no chat template."""
+    if isinstance(text, str):
+        return text
+    return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in text)
+
+
+class RewardModel(nn.Module):
+    """Base class: an encoder (or none, for models trained on precomputed features) plus a head.
+
+    Subclasses implement `rewards(features, prompt_features=None, user=None) -> [N, n_outputs]` and may
+    set `needs_prompt = True` (their head also reads the prompt's own features).
+    """
+
+    model_type: ClassVar[str] = ""
+    needs_prompt: ClassVar[bool] = False
+
+    def __init__(self, encoder: TextEncoder | None, objectives: Sequence[str] = ("reward",), feature_dim: int | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.objectives = list(objectives)
+        self.feature_dim = feature_dim or (encoder.dim if encoder is not None else None)
+        if self.feature_dim is None:
+            raise ConfigError("a reward model needs an encoder or a feature_dim")
+
+    # --- what subclasses provide
+    def rewards(self, features: torch.Tensor, prompt_features: torch.Tensor | None = None, user: Any = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_config(self) -> dict:
+        """Constructor arguments (besides encoder/objectives/feature_dim) stored in config.json."""
+        return {}
+
+    # --- scoring
+    def features(self, prompts: Sequence[Any], responses: Sequence[Any] | None = None) -> torch.Tensor:
+        if self.encoder is None:
+            raise ConfigError(f"this {self.model_type} model has no text encoder: score features with .rewards()")
+        return self.encoder.embed(prompts, responses)
+
+    def batch_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Features of a collated batch: precomputed ('features') or computed from token ids."""
+        feats = batch["features"] if "features" in batch else self.encoder(batch["input_ids"], batch["attention_mask"])
+        prompt = None
+        if self.needs_prompt:
+            if "prompt_features" in batch:
+                prompt = batch["prompt_features"]
+            else:
+                prompt = self.encoder(batch["prompt_input_ids"], batch["prompt_attention_mask"])
+        return feats, prompt
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Any], responses: Sequence[Any], user: Any = None) -> torch.Tensor:
+        """Rewards [N, n_objectives] of each (prompt, response); `user` selects a per-user model where the
+        model has them (PAL) or weights the objectives (multi-objective)."""
+        if len(prompts) != len(responses):
+            raise ConfigError(f"score: {len(prompts)} prompts but {len(responses)} responses")
+        was_training = self.training
+        self.eval()
+        try:
+            feats = self.features(prompts, responses)
+            prompt = self.features(prompts) if self.needs_prompt else None
+            return self.rewards(feats, prompt, user=user).float().cpu()
+        finally:
+            self.train(was_training)
+
+    # --- persistence
+    def save(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        enc_cfg = None
+        if self.encoder is not None:
+            enc_cfg = self.encoder.config()
+            if self.encoder.trainable or not self.encoder.source:
+                from pluralign.models.load import save_model
+
+                save_model(self.encoder.backbone, self.encoder.tokenizer, out / "backbone")
+                enc_cfg["source"] = "backbone"
+        head = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+        atomic_write_bytes(out / "head.safetensors", save(head))
+        atomic_write_json(out / "config.json", {
+            "format_version": FORMAT_VERSION, "type": self.model_type, "objectives": self.objectives,
+            "feature_dim": self.feature_dim, "encoder": enc_cfg, **self.extra_config()})
+        return out
+
+
+def _load_encoder(cfg: dict | None, model_dir: Path, device: str | None) -> TextEncoder | None:
+    if cfg is None:
+        return None
+    from pluralign.models.load import load_model, load_tokenizer
+
+    src = cfg["source"]
+    path = model_dir / src if src == "backbone" else Path(src)
+    kwargs = {"kind": cfg["kind"]} if cfg["kind"] == "encoder" else {}
+    backbone = load_model(str(path), device=device, **kwargs)
+    return TextEncoder(backbone, load_tokenizer(str(path)), kind=cfg["kind"], pooling=cfg["pooling"],
+                       max_length=cfg["max_length"], source=None if src == "backbone" else src,
+                       trainable=cfg["trainable"])
+
+
+def load_reward_model(model_dir: str | Path, *, device: str | None = None) -> Any:
+    """Load any reward model saved with `RewardModel.save` (the type is read from config.json)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").exists() and (model_dir / "model" / "config.json").exists():
+        model_dir = model_dir / "model"  # a training run directory
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.exists():
+        raise ConfigError(f"{model_dir}: not a reward-model directory (no config.json)")
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    import pluralign.reward  # noqa: F401  (registers every model type)
+
+    if cfg.get("type") == "ensemble":
+        from pluralign.reward.ensemble import Ensemble
+
+        return Ensemble.load(model_dir, device=device)
+    if cfg.get("type") == "implicit":
+        from pluralign.reward.implicit import ImplicitRewardModel
+
+        return ImplicitRewardModel.load(model_dir, device=device)
+
+    cls = MODEL_TYPES.get(cfg.get("type"))
+    if cls is None:
+        raise ConfigError(f"{cfg_path}: unknown reward-model type {cfg.get('type')!r}; known: {sorted(MODEL_TYPES)}")
+    extra = {k: v for k, v in cfg.items() if k not in {"format_version", "type", "objectives", "feature_dim", "encoder"}}
+    model = cls(_load_encoder(cfg.get("encoder"), model_dir, device), objectives=cfg["objectives"],
+                feature_dim=cfg["feature_dim"], **extra)
+    state = load_file(str(model_dir / "head.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("encoder.")]
+    if missing or unexpected:
+        raise ConfigError(f"{model_dir}/head.safetensors does not match a {cls.model_type} model: "
+                          f"missing {missing}, unexpected {unexpected}")
+    if device is not None:
+        model.to(device)
+    return model.eval()

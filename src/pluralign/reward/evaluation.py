@@ -1,0 +1,143 @@
+"""Held-out evaluation of a reward model on feedback records.
+
+Pairwise data: accuracy 1[r(chosen) > r(rejected)] overall and per user / group / objective / section
+(ties count as wrong, as in RewardBench), RewardBench v1 section scores when records carry `section`, and
+calibration of P(chosen ≻ rejected) = σ(Δr) with both orientations of each pair (inference spec §B4).
+Temperature scaling (Guo et al. 2017) is fitted on one half of the pairs and ECE is reported before and
+after it on the other half, so the 'after' number is honest. Binary data: AUROC, accuracy at ½, ECE.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from pluralign.data.records import Binary, Pairwise, Ranked
+from pluralign.errors import ConfigError
+from pluralign.evaluate import calibration as cal
+from pluralign.reward.binary import auroc
+
+
+def _user_arg(model: Any, record: Any) -> Any:
+    """The `user` argument for one record: its user for PAL models that know it, else None."""
+    if getattr(model, "model_type", None) == "pal" and record.user is not None and str(record.user) in model.user_ids:
+        return str(record.user)
+    return None
+
+
+def _column(model: Any, objective: str | None, scores: torch.Tensor) -> torch.Tensor:
+    """The objective's column of multi-objective scores (the mean when the record names none)."""
+    names = list(getattr(model, "objectives", None) or [])
+    if scores.shape[1] == 1:
+        return scores[:, 0]
+    if objective in names:
+        return scores[:, names.index(objective)]
+    return scores.mean(1)
+
+
+def score_records(model: Any, records: Sequence[Any], fields: Sequence[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Score `fields` (e.g. chosen, rejected) of each record, one call per user and batch → {field: [N]}."""
+    out = {f: torch.zeros(len(records)) for f in fields}
+    by_user: dict[Any, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_user[_user_arg(model, r)].append(i)
+    for user, idx in by_user.items():
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            prompts = [records[i].prompt for i in chunk]
+            for f in fields:
+                sc = torch.as_tensor(model.score(prompts, [getattr(records[i], f) for i in chunk], user=user)).float()
+                sc = sc[:, None] if sc.dim() == 1 else sc
+                for j, i in enumerate(chunk):
+                    out[f][i] = _column(model, records[i].objective, sc[j:j + 1])[0]
+    return out
+
+
+def _accuracy_by(records: Sequence[Any], correct: torch.Tensor, attr: str) -> dict[str, float]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for r, c in zip(records, correct.tolist(), strict=True):
+        key = getattr(r, attr, None)
+        if key is not None:
+            groups[str(key)].append(c)
+    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+
+
+def _split(n: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Deterministic halves: temperature is fitted on the first, ECE measured on the second."""
+    idx = list(range(n))
+    random.Random(seed).shuffle(idx)
+    return sorted(idx[: n // 2]), sorted(idx[n // 2:])
+
+
+def calibration_report(margins: torch.Tensor, labels: torch.Tensor | None = None, *, symmetric: bool = True,
+                       n_bins: int = 10, seed: int = 0) -> dict[str, Any]:
+    """ECE/ACE/MCE before and after temperature scaling (fit on one half, measured on the other)."""
+    labels = torch.ones_like(margins) if labels is None else labels.float()
+    fit, test = _split(len(margins), seed)
+    if len(fit) == 0 or len(test) == 0:
+        raise ConfigError("calibration needs at least two examples")
+    t = cal.fit_temperature(margins[fit], labels[fit])
+
+    def probs(temp: float):
+        p = torch.sigmoid(margins[test] / temp)
+        return cal.symmetrize(p, labels[test]) if symmetric else (p, labels[test])
+
+    before, after = probs(1.0), probs(t)
+    return {"temperature": t, "n_fit": len(fit), "n_test": len(test),
+            "before": cal.calibration_errors(*before, n_bins), "after": cal.calibration_errors(*after, n_bins),
+            "reliability_before": cal.reliability_data(*before, n_bins),
+            "reliability_after": cal.reliability_data(*after, n_bins)}
+
+
+def evaluate_pairs(model: Any, records: Sequence[Pairwise], *, n_bins: int = 10) -> dict[str, Any]:
+    s = score_records(model, records, ("chosen", "rejected"))
+    margins = s["chosen"] - s["rejected"]
+    correct = (margins > 0).float()
+    report: dict[str, Any] = {
+        "kind": "pairwise", "n": len(records), "accuracy": float(correct.mean()), "mean_margin": float(margins.mean()),
+        "per_user": _accuracy_by(records, correct, "user"), "per_group": _accuracy_by(records, correct, "group"),
+        "per_objective": _accuracy_by(records, correct, "objective"),
+        "per_section": _accuracy_by(records, correct, "section"),
+    }
+    if any(r.section for r in records):
+        from pluralign.evaluate.rewardbench import score_pairs
+
+        rb = score_pairs([r.section for r in records], s["chosen"].tolist(), s["rejected"].tolist())
+        report["rewardbench"] = {"sections": rb["sections"], "overall": rb["overall"]}
+    if len(records) >= 2:
+        report["calibration"] = calibration_report(margins, n_bins=n_bins)
+    return report
+
+
+def evaluate_binary(model: Any, records: Sequence[Binary], *, n_bins: int = 10) -> dict[str, Any]:
+    s = score_records(model, records, ("response",))["response"]
+    if getattr(model, "output", "logit") == "prob":
+        s = torch.logit(s.clamp(1e-6, 1 - 1e-6))
+    labels = torch.tensor([float(r.label) for r in records])
+    report = {"kind": "binary", "n": len(records), "auroc": auroc(s, labels),
+              "accuracy": float(((s > 0).float() == labels).float().mean()), "positive_rate": float(labels.mean()),
+              "mean_probability": float(torch.sigmoid(s).mean()),
+              "per_group": _accuracy_by(records, ((s > 0).float() == labels).float(), "group")}
+    if len(records) >= 2:
+        report["calibration"] = calibration_report(s, labels, symmetric=False, n_bins=n_bins)
+    return report
+
+
+def evaluate_records(model: Any, records: Sequence[Any], *, n_bins: int = 10) -> dict[str, Any]:
+    """Evaluate on pairwise (or ranked, converted to pairs) or binary records."""
+    if not records:
+        raise ConfigError("no records to evaluate")
+    if all(isinstance(r, Ranked) for r in records):
+        from pluralign.data.convert import ranked_to_pairwise
+
+        records = ranked_to_pairwise(records)
+    if all(isinstance(r, Pairwise) for r in records):
+        return evaluate_pairs(model, records, n_bins=n_bins)
+    if all(isinstance(r, Binary) for r in records):
+        return evaluate_binary(model, records, n_bins=n_bins)
+    kinds = sorted({type(r).__name__ for r in records})
+    raise ConfigError(f"reward-model evaluation needs pairwise, ranked or binary records, got {kinds}")

@@ -1,0 +1,193 @@
+"""Reward-model training recipe: `pluralign train rm|morm|pal|binary-rm --config FILE [k=v ...]`.
+
+Reads feedback, builds the reward model of `model_type` on a transformers backbone (trainable, or frozen
+with features computed once), trains it with the project loop (`pluralign.train.loop.train`) and saves it
+to `<output_dir>/model` (load with `pluralign.reward.load_reward_model`). Held-out evaluation (accuracy,
+calibration) goes to `<output_dir>/report/eval.json`.
+
+  bt      pairwise (or ranked) data → Bradley–Terry scalar RM (training spec §5.1)
+  multi   rated data (regression) or pairwise data with `objective` (per-objective BT) → vector head,
+          tasks weighted by MORE's min-norm λ (§5.2)
+  pal     pairwise data with `user` → PAL (Chen et al. ICLR 2025, §5.3)
+  binary  binary (thumbs up/down) data → P(thumbs-up) (RLUF, Han et al. 2025, §5.4)
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pluralign.config import option
+from pluralign.data.convert import pairwise_to_binary, ranked_to_pairwise
+from pluralign.data.io import read_records
+from pluralign.data.records import Binary, Pairwise, Ranked, Rated
+from pluralign.errors import ConfigError, DataError, Problem
+from pluralign.reward import data as rdata
+from pluralign.reward.base import RewardModel, TextEncoder
+from pluralign.reward.binary import (
+    BinaryRewardModel,
+    balanced_pos_weight,
+    binary_step,
+    downsample_negatives,
+    prior_correction,
+)
+from pluralign.reward.bt import BTRewardModel, bt_pair_step
+from pluralign.reward.multi import MultiObjectiveRewardModel, multi_pair_step, multi_regression_step
+from pluralign.reward.pal import PALRewardModel, pal_pair_step
+from pluralign.runs import RunDir, atomic_write_json
+from pluralign.train.loop import LoopConfig, train
+
+COMMANDS = {"rm": "bt", "morm": "multi", "pal": "pal", "binary-rm": "binary"}
+
+
+def _loop_defaults() -> LoopConfig:
+    return LoopConfig(learning_rate=1e-4, batch_size=16, num_epochs=1, warmup_ratio=0.05, progress=False)
+
+
+@dataclass
+class RewardConfig:
+    model_type: Literal["bt", "multi", "pal", "binary"] = option("bt", help="Which reward model: bt, multi, pal or binary.")
+    model: str = option("", help="Backbone: a model directory or hub id (loaded with pluralign.models.load).")
+    backbone_kind: Literal["causal", "encoder"] = option("causal", help="causal LM (last-token reward) or encoder (mean-pooled, e.g. MiniLM).")
+    pooling: Literal["", "last", "mean"] = option("", help="Override the pooling: 'last' or 'mean' (default: last for causal, mean for encoder; "
+                                                        "'mean' gives better frozen features).")
+    freeze_backbone: bool = option(False, help="Keep the backbone frozen and train only the head on features computed once.")
+    data: str = option("", help="Training feedback file (.jsonl/.json/.csv/.parquet or a datasets dir).")
+    eval_data: str = option("", help="Held-out feedback for the final evaluation (optional).")
+    output_dir: str = option("runs/reward", help="Run directory; the model is saved to <output_dir>/model.")
+    max_length: int = option(256, help="Maximum tokens of prompt + response.")
+    objectives: list[str] = option(default_factory=list, help="Objective names (multi); default: every rating/objective in the data.")
+    head_hidden: int = option(0, help="Hidden width of an MLP head / PAL projectors (0: linear).")
+    n_heads: int = option(1, help="bt: independently initialised scalar heads (an ensemble on one backbone).")
+    use_margins: bool = option(False, help="bt: subtract each pair's margin inside the BT loss (Llama-2 style).")
+    center_coef: float = option(0.0, help="bt: reward-centering coefficient η·mean((r_w + r_l)²) (0 = off).")
+    task_weighting: Literal["mean", "mgda"] = option("mgda", help="multi: uniform task weights or MORE's min-norm (MGDA) weights.")
+    n_prototypes: int = option(2, help="pal: number of prototypes K.")
+    pal_dim: int = option(64, help="pal: dimension d of the preference space.")
+    pal_scorer: Literal["dist", "angle"] = option("dist", help="pal: ideal-point distance or cosine (angle) scorer.")
+    pal_variant: Literal["a", "b"] = option("b", help="pal: 'b' prompt-conditioned prototypes, 'a' free prototype points.")
+    pal_temperature: float = option(1.0, help="pal: softmax temperature of the user mixtures.")
+    pal_loss: Literal["logistic", "hinge"] = option("logistic", help="pal: loss on the score difference.")
+    imbalance: Literal["none", "pos_weight", "downsample"] = option("pos_weight", help="binary: class-imbalance handling.")
+    seed: int = option(0, help="Seed of the head initialisation.")
+    loop: LoopConfig = option(default_factory=_loop_defaults, help="Training-loop settings (without a `loop` section: learning_rate 1e-4, "
+                                                                   "batch_size 16; fields left out of a given section take LoopConfig's defaults, "
+                                                                   "so set learning_rate there).")
+
+
+def run(config: RewardConfig) -> Path:
+    """Train the configured reward model; returns the run directory (model in `<dir>/model`)."""
+    if not config.data:
+        raise ConfigError("data: give a training feedback file")
+    eval_records = read_records(config.eval_data) if config.eval_data else None
+    _, run_dir = train_records(config, read_records(config.data), eval_records, source=config.data)
+    return run_dir
+
+
+def train_records(config: RewardConfig, records: list, eval_records: list | None = None, *,
+                  source: str = "<records>") -> tuple[RewardModel, Path]:
+    """Train on in-memory records (e.g. sandbox feedback); returns (model, run directory)."""
+    if not config.model:
+        raise ConfigError("model: give a backbone directory or hub id")
+    run_dir = RunDir(config.output_dir)
+    encoder = _encoder(config)
+    model, items, step, collate, params = _build(config, encoder, list(records), source)
+    eval_items = _items_like(config, model, eval_records, source) if eval_records else None
+    if config.freeze_backbone:
+        items = rdata.precompute_features(items, encoder, needs_prompt=model.needs_prompt)
+        eval_items = eval_items and rdata.precompute_features(eval_items, encoder, needs_prompt=model.needs_prompt)
+    train(model, items, collate, step, config.loop, run_dir, eval_dataset=eval_items, params=params, run_config=config)
+    model.eval().save(run_dir.root / "model")
+    if eval_records:
+        from pluralign.reward.evaluation import evaluate_records
+
+        atomic_write_json(run_dir.report / "eval.json", evaluate_records(model, eval_records))
+    return model, run_dir.root
+
+
+def _encoder(config: RewardConfig) -> TextEncoder:
+    from pluralign.models.load import load_model, load_tokenizer
+
+    backbone = load_model(config.model, kind=config.backbone_kind)
+    return TextEncoder(backbone, load_tokenizer(config.model), kind=config.backbone_kind, pooling=config.pooling or None,
+                       max_length=config.max_length, source=config.model, trainable=not config.freeze_backbone)
+
+
+def _pairs(records: list, source: str) -> list[Pairwise]:
+    if records and all(isinstance(r, Ranked) for r in records):
+        return ranked_to_pairwise(records)
+    return records
+
+
+def _build(config: RewardConfig, encoder: TextEncoder, records: list, source: str):
+    """(model, items, step, collate, params) for the configured model type."""
+    t = config.model_type
+    if t == "bt":
+        model = BTRewardModel(encoder, n_heads=config.n_heads, head_hidden=config.head_hidden, seed=config.seed)
+        items = rdata.pair_items(_pairs(records, source), source=source)
+        step = functools.partial(bt_pair_step, use_margins=config.use_margins, center_coef=config.center_coef)
+        return model, items, step, rdata.pair_collate(encoder), None
+    if t == "pal":
+        pairs = _pairs(records, source)
+        missing = [Problem(source, i, "user", "PAL needs the user of every pair") for i, r in enumerate(pairs, 1)
+                   if getattr(r, "user", None) is None]
+        if missing:
+            raise DataError(missing)
+        users = sorted({str(r.user) for r in pairs})
+        model = PALRewardModel(encoder, n_prototypes=config.n_prototypes, dim=config.pal_dim, hidden=config.head_hidden,
+                               scorer=config.pal_scorer, variant=config.pal_variant, temperature=config.pal_temperature,
+                               user_ids=users, seed=config.seed)
+        items = rdata.pair_items(pairs, user_ids=users, source=source)
+        step = functools.partial(pal_pair_step, loss=config.pal_loss)
+        return model, items, step, rdata.pair_collate(encoder, needs_prompt=model.needs_prompt), None
+    if t == "binary":
+        recs = pairwise_to_binary(records) if records and isinstance(records[0], Pairwise) else records
+        if not all(isinstance(r, Binary) for r in recs):
+            raise ConfigError(f"{source}: binary-rm needs binary (or pairwise) feedback")
+        true_rate = sum(r.label for r in recs) / max(1, len(recs))
+        pos_weight = None
+        if config.imbalance == "downsample":
+            recs = downsample_negatives(recs, seed=config.seed)
+        elif config.imbalance == "pos_weight":
+            pos_weight = balanced_pos_weight([r.label for r in recs])
+        train_rate = sum(r.label for r in recs) / len(recs) if pos_weight is None else 0.5
+        model = BinaryRewardModel(encoder, head_hidden=config.head_hidden, seed=config.seed,
+                                  logit_offset=prior_correction(train_rate, true_rate) if 0 < true_rate < 1 else 0.0)
+        step = functools.partial(binary_step, pos_weight=pos_weight)
+        return model, rdata.binary_items(recs), step, rdata.point_collate(encoder), None
+    if t == "multi":
+        return _build_multi(config, encoder, records, source)
+    raise ConfigError(f"unknown model_type {t!r}")
+
+
+def _build_multi(config: RewardConfig, encoder: TextEncoder, records: list, source: str):
+    if records and all(isinstance(r, Rated) for r in records):
+        objectives = config.objectives or sorted({k for r in records for k in r.ratings})
+        model = MultiObjectiveRewardModel(encoder, objectives, head_hidden=config.head_hidden, seed=config.seed)
+        step = functools.partial(multi_regression_step, weighting=config.task_weighting)
+        return model, rdata.rated_items(records, objectives), step, rdata.point_collate(encoder), None
+    pairs = _pairs(records, source)
+    objectives = config.objectives or sorted({r.objective for r in pairs if r.objective is not None})
+    if not objectives:
+        raise ConfigError(f"{source}: multi-objective pairs need an `objective` field (or set objectives=...)")
+    model = MultiObjectiveRewardModel(encoder, objectives, head_hidden=config.head_hidden, seed=config.seed)
+    items = rdata.pair_items(pairs, objectives=objectives, source=source)
+    step = functools.partial(multi_pair_step, weighting=config.task_weighting)
+    return model, items, step, rdata.pair_collate(encoder), None
+
+
+def _items_like(config: RewardConfig, model, records: list, source: str) -> list[dict]:
+    """Eval items built like the training items (users/objectives of the trained model)."""
+    if config.model_type == "binary":
+        recs = pairwise_to_binary(records) if records and isinstance(records[0], Pairwise) else records
+        return rdata.binary_items(recs)
+    if config.model_type == "multi" and records and isinstance(records[0], Rated):
+        return rdata.rated_items(records, model.objectives)
+    pairs = _pairs(records, source)
+    if config.model_type == "pal":  # users the model does not know cannot be scored by their own weights
+        pairs = [r for r in pairs if str(r.user) in model.user_ids]
+    objectives = model.objectives if config.model_type == "multi" else ()
+    return rdata.pair_items(pairs, user_ids=getattr(model, "user_ids", ()), objectives=objectives, source=source)
+
