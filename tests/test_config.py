@@ -74,3 +74,14 @@ def test_help_lists_every_field_with_its_text():
     for key in ("model", "loss", "steps", "lora_r", "hparams", "optim.lr", "optim.betas"):
         assert f"  {key}  (" in text
     assert "learning rate" in text
+
+
+@dataclass
+class Recipe:
+    optim: Optim = field(default_factory=lambda: Optim(lr=0.5), metadata={"help": "optimizer with a recipe default"})
+
+
+def test_partial_nested_section_keeps_the_recipes_defaults():
+    cfg = config.load(Recipe, None, ["optim.betas=[0.1,0.2]"])
+    assert cfg.optim.lr == 0.5 and cfg.optim.betas == [0.1, 0.2]
+    assert config.load(Recipe).optim.lr == 0.5

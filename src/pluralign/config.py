@@ -97,11 +97,27 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
-    kwargs = {name: _coerce(hints[name], data[name], prefix + name) for name in fields if name in data}
+    kwargs = {name: _coerce(hints[name], _with_field_default(fields[name], hints[name], data[name]), prefix + name)
+              for name in fields if name in data}
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field without a value
         raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+def _with_field_default(f: dataclasses.Field, tp: Any, value: Any) -> Any:
+    """A partial mapping for a nested dataclass fills in from the field's own default, not the nested
+    class's: a recipe that defaults `loop` to a learning rate of 1e-4 keeps it when YAML sets only
+    `loop.batch_size`."""
+    if not (dataclasses.is_dataclass(tp) and isinstance(value, dict)):
+        return value
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    elif f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        return value
+    return merge(dataclasses.asdict(default), value)
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

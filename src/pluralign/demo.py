@@ -181,39 +181,41 @@ def _write_samples(run: RunDir, base: Path, aligned: Path, cfg: DemoConfig) -> N
     atomic_write_jsonl(run.root / "samples.jsonl", rows)
 
 
-def _run_entry(name: str, method: str, ev: dict, pop) -> dict:
+def _run_entry(name: str, method: str, ev: dict, target: str) -> dict:
     return {
         "name": name, "method": method, "kl": (ev["kl"] or {"mean": 0.0})["mean"],
         "reward": ev["population_utility"]["mean"], "reward_se": ev["population_utility"]["se"],
         "per_group": {g: v["mean"] for g, v in ev["groups"].items()},
         "objectives": {a: v["mean"] for a, v in ev["attributes"].items()},
-        "win_rate": {"win_rate": 100 * ev["win_rate"][pop.groups[0].name]["mean"]} if ev.get("win_rate") else None,
+        "win_rate": {"win_rate": 100 * ev["win_rate"][target]["mean"]},
     }
 
 
 def _results(cfg, pop, before, after, rms, steering, run: RunDir) -> dict:
     groups = pop.group_names
     rm_rows = [[name.upper()] + [100 * r["per_group"].get(g, float("nan")) for g in groups] + [100 * r["accuracy"]]
-               for name, r in rms.items()]
+               + [r["calibration"][k]["ece"] for k in ("before", "after")] for name, r in rms.items()]
     steer_rows = [[f"weights of {w}"] + [steering[w][g] for g in groups] for w in steering]
     gain_rows = [[g, before["groups"][g]["mean"], after["groups"][g]["mean"],
                   after["groups"][g]["mean"] - before["groups"][g]["mean"]] for g in groups]
-    calibration = [{"name": f"{n.upper()} reward model (before / after temperature scaling)",
-                    "rows": r["calibration"]["reliability_before"], "rows_after": r["calibration"]["reliability_after"],
-                    "errors": {f"ece_{k}": r["calibration"][k]["ece"] for k in ("before", "after")}}
+    # the table row shows the errors before temperature scaling; the plot shows both
+    calibration = [{"name": f"{n.upper()} reward model", "rows": r["calibration"]["reliability_before"],
+                    "rows_after": r["calibration"]["reliability_after"], "errors": r["calibration"]["before"]}
                    for n, r in rms.items() if r.get("calibration")]
     return {
         "title": "pluralign demo: aligning a model toward one group, measured against the truth",
         "description": (f"Population '{cfg.population}' ({', '.join(groups)}); DPO toward '{cfg.target_group}'. "
                         "Utilities are the sandbox's gold utilities (weighted gold attributes); KL is "
-                        "KL(π‖π_base) in nats per response, estimated from samples."),
-        "runs": [_run_entry("base", "base", before, pop), _run_entry(f"dpo→{cfg.target_group}", "dpo", after, pop)],
+                        "KL(π‖π_base) in nats per response, estimated from samples; win rates are against the base's "
+                        f"samples under '{cfg.target_group}' utility."),
+        "runs": [_run_entry("base", "base", before, cfg.target_group),
+                 _run_entry(f"dpo→{cfg.target_group}", "dpo", after, cfg.target_group)],
         "pareto": {"objectives": list(_tradeoff())},
         "calibration": calibration,
         "curves": [{"name": "DPO training", "rows": RunDir(run.root / "dpo").read_metrics()}],
         "tables": [
             {"title": "Gold utility per group, before and after DPO", "columns": ["group", "base", "DPO", "gain"], "rows": gain_rows},
-            {"title": "Reward-model accuracy on held-out pairs (%)", "columns": ["model"] + groups + ["all"], "rows": rm_rows},
+            {"title": "Reward-model accuracy on held-out pairs (%)", "columns": ["model"] + groups + ["all", "ECE", "ECE after temperature scaling"], "rows": rm_rows},
             {"title": "Per-request steering: utility of each group (columns) when decoding with each group's weights (rows)",
              "columns": ["decoded with"] + groups, "rows": steer_rows},
         ],
