@@ -191,10 +191,17 @@ def test_nan_gradient_is_caught_too(tmp_path):
 
 
 def test_config_is_printed_and_saved(tmp_path, capsys):
-    config = cfg(max_steps=1, learning_rate=3e-4)
+    config = cfg(max_steps=1, learning_rate=3e-4, progress=True)
     train(make_model(), make_data(8), collate, nll_step, config, tmp_path / "run")
     err = capsys.readouterr().err
     assert "learning_rate: 0.0003" in err and "grad_accum: 1" in err
+    assert load(LoopConfig, tmp_path / "run" / "config.yaml") == config
+
+
+def test_quiet_run_saves_the_config_without_printing_it(tmp_path, capsys):
+    config = cfg(max_steps=1, progress=False)
+    train(make_model(), make_data(8), collate, nll_step, config, tmp_path / "run")
+    assert "learning_rate" not in capsys.readouterr().err
     assert load(LoopConfig, tmp_path / "run" / "config.yaml") == config
 
 

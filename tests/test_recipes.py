@@ -40,7 +40,7 @@ def changed(a: dict, b: dict) -> bool:
 def test_cli_train_dpo_writes_a_loadable_model_and_run_dir(files, tmp_path, capsys):
     config = tmp_path / "dpo.yaml"
     config.write_text(f"model: {files['base']}\ndata: [{files['pairs']}]\noutput_dir: {tmp_path / 'out'}\n"
-                      "loop: {learning_rate: 0.01, batch_size: 4, log_every: 1, progress: false}\n")
+                      "loop: {learning_rate: 0.01, batch_size: 4, log_every: 1, progress: true}\n")
     assert main(["train", "dpo", "--config", str(config), "loss_params.beta=0.2", "loop.num_epochs=2"]) == 0
     out = tmp_path / "out"
     model = load_model(out / "model")

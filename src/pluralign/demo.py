@@ -2,7 +2,8 @@
 
 1. build (or reuse) the sandbox base model;
 2. draw per-user pairwise feedback from a population with a conflicting minority;
-3. align the base model toward one group with DPO (Rafailov et al. 2023);
+3. align the base model toward one group with DPO (Rafailov et al. 2023) plus an NLL term on the chosen
+   responses (RPO, Pang et al. 2024);
 4. measure every group's gold utility and the KL to the base, before and after;
 5. fit a shared Bradley–Terry reward model and a pluralistic PAL model (Chen et al. 2025) on the same
    feedback, and score each group's held-out pairs with both;
@@ -22,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from pluralign.config import dump_yaml, option
-from pluralign.runs import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from pluralign.runs import (
+    RunDir,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+)
 
 
 @dataclasses.dataclass
@@ -33,6 +40,9 @@ class DemoConfig:
     seed: int = option(0, help="Seed of the sandbox, the feedback and training.")
     n_pairs: int = option(1200, help="Per-user preference pairs drawn from the target group for DPO.")
     n_rm_pairs: int = option(1600, help="Per-user pairs from the whole population for the reward models.")
+    loss: str = option("dpo:1,nll:0.2", help="Preference loss or mixture used to align toward the target group; the "
+                       "default is DPO plus 0.2 x the chosen responses' NLL (RPO, Pang et al. 2024), which keeps the "
+                       "tiny base model from drifting far (KL) for the same gain.")
     beta: float = option(0.1, help="DPO β.")
     learning_rate: float = option(1e-3, help="DPO learning rate.")
     epochs: int = option(2, help="DPO epochs over the target group's pairs.")
@@ -68,11 +78,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     rm_train = _feedback(run, "rm_train", pop, cfg.n_rm_pairs, base, cfg.seed + 1)
     rm_test = _feedback(run, "rm_test", pop, max(200, cfg.n_rm_pairs // 4), base, cfg.seed + 2)
 
-    _say(f"3/6 DPO toward '{cfg.target_group}'")
+    _say(f"3/6 {_label(cfg.loss)} toward '{cfg.target_group}'")
     from pluralign.train import run_preference
 
     dpo = run_preference(
-        model=str(base), data=[str(dpo_data)], loss="dpo", loss_params={"beta": cfg.beta},
+        model=str(base), data=[str(dpo_data)], loss=cfg.loss, loss_params={"beta": cfg.beta},
         max_length=128, output_dir=str(run.root / "dpo"),
         loop={"learning_rate": cfg.learning_rate, "batch_size": 16, "num_epochs": cfg.epochs, "seed": cfg.seed,
               "warmup_ratio": 0.1, "progress": False, "log_every": 5},
@@ -131,7 +141,8 @@ def _feedback(run: RunDir, name: str, pop, n: int, base: Path, seed: int, groups
 
 
 def _reward_model(run: RunDir, name: str, model_type: str, base: Path, train: Path, test: Path, cfg: DemoConfig) -> dict:
-    """Train on frozen base-model features (seconds on a CPU) and evaluate per group on held-out pairs."""
+    """Train on frozen, mean-pooled base-model features (seconds on a CPU) and evaluate per group on held-out
+    pairs."""
     from pluralign.config import from_dict
     from pluralign.data.io import read_records
     from pluralign.reward.base import load_reward_model
@@ -141,8 +152,8 @@ def _reward_model(run: RunDir, name: str, model_type: str, base: Path, train: Pa
 
     config = from_dict(RewardConfig, {
         "model_type": model_type, "model": str(base), "data": str(train), "freeze_backbone": True,
-        "head_hidden": 64, "output_dir": str(run.root / f"rm_{name}"), "seed": cfg.seed,
-        "loop": {"learning_rate": 3e-3, "batch_size": 32, "num_epochs": 8, "progress": False, "seed": cfg.seed},
+        "pooling": "mean", "head_hidden": 128, "output_dir": str(run.root / f"rm_{name}"), "seed": cfg.seed,
+        "loop": {"learning_rate": 3e-3, "batch_size": 32, "num_epochs": 20, "progress": False, "seed": cfg.seed},
     })
     model = load_reward_model(train_reward(config) / "model")
     return evaluate_records(model, read_records(test))
@@ -204,22 +215,28 @@ def _results(cfg, pop, before, after, rms, steering, run: RunDir) -> dict:
                    for n, r in rms.items() if r.get("calibration")]
     return {
         "title": "pluralign demo: aligning a model toward one group, measured against the truth",
-        "description": (f"Population '{cfg.population}' ({', '.join(groups)}); DPO toward '{cfg.target_group}'. "
+        "description": (f"Population '{cfg.population}' ({', '.join(groups)}); {_label(cfg.loss)} toward '{cfg.target_group}'. "
                         "Utilities are the sandbox's gold utilities (weighted gold attributes); KL is "
                         "KL(π‖π_base) in nats per response, estimated from samples; win rates are against the base's "
                         f"samples under '{cfg.target_group}' utility."),
         "runs": [_run_entry("base", "base", before, cfg.target_group),
-                 _run_entry(f"dpo→{cfg.target_group}", "dpo", after, cfg.target_group)],
+                 _run_entry(f"{_label(cfg.loss)}→{cfg.target_group}", cfg.loss, after, cfg.target_group)],
         "pareto": {"objectives": list(_tradeoff())},
         "calibration": calibration,
-        "curves": [{"name": "DPO training", "rows": RunDir(run.root / "dpo").read_metrics()}],
+        "curves": [{"name": f"{_label(cfg.loss)} training", "rows": RunDir(run.root / "dpo").read_metrics()}],
         "tables": [
-            {"title": "Gold utility per group, before and after DPO", "columns": ["group", "base", "DPO", "gain"], "rows": gain_rows},
+            {"title": f"Gold utility per group, before and after {_label(cfg.loss)}", "columns": ["group", "base", _label(cfg.loss), "gain"], "rows": gain_rows},
             {"title": "Reward-model accuracy on held-out pairs (%)", "columns": ["model"] + groups + ["all", "ECE", "ECE after temperature scaling"], "rows": rm_rows},
             {"title": "Per-request steering: utility of each group (columns) when decoding with each group's weights (rows)",
              "columns": ["decoded with"] + groups, "rows": steer_rows},
         ],
     }
+
+
+def _label(loss: str) -> str:
+    """'dpo:1,nll:0.2' -> 'DPO+0.2·NLL': a loss mixture as people write it."""
+    terms = [t.split(":") for t in loss.split(",")]
+    return "+".join(n.upper() if len(w) == 0 or float(w[0]) == 1 else f"{w[0]}·{n.upper()}" for n, *w in terms)
 
 
 def _tradeoff() -> tuple[str, str]:
@@ -240,7 +257,7 @@ def _write_plots(run: RunDir, results: dict) -> None:
 def _summary(cfg, pop, before, after, rms, steering) -> str:
     groups = pop.group_names
     lines = ["", f"{'gold utility':<22}" + "".join(f"{g:>14}" for g in groups) + f"{'KL (nats)':>14}"]
-    for name, ev in (("base", before), (f"DPO → {cfg.target_group}", after)):
+    for name, ev in (("base", before), (f"{_label(cfg.loss)} → {cfg.target_group}", after)):
         kl = ev["kl"]["mean"] if ev.get("kl") else 0.0
         lines.append(f"{name:<22}" + "".join(f"{ev['groups'][g]['mean']:>14.3f}" for g in groups) + f"{kl:>14.3f}")
     t = after["groups"][cfg.target_group]["mean"] - before["groups"][cfg.target_group]["mean"]

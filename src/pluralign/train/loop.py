@@ -64,7 +64,7 @@ class LoopConfig:
     save_every: int = option(0, help="Save a checkpoint every N steps (0: only at the end). Needs a run directory.")
     keep_checkpoints: int = option(2, help="Keep the newest N checkpoints (0 keeps all).")
     mixed_precision: Literal["no", "bf16", "fp16"] = option("no", help="Autocast precision: no, bf16 (CPU or a bf16-capable GPU), fp16 (CUDA only, with loss scaling).")
-    progress: bool = option(True, help="Show a progress bar with the live loss and step metrics.")
+    progress: bool = option(True, help="Show a progress bar with the live loss and step metrics, and print the config.")
 
 
 @dataclass
@@ -112,7 +112,7 @@ def train(
     accelerator = make_accelerator(config.grad_accum, config.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     if accelerator.is_main_process:
-        announce_config(run_config if run_config is not None else config, run)
+        announce_config(run_config if run_config is not None else config, run, echo=config.progress)
 
     # --- what to optimize
     set_seed(config.seed)
@@ -262,10 +262,11 @@ def evaluate(run_step: Callable[[Batch], tuple[torch.Tensor, Mapping[str, Any]]]
     return sums.reduce(accelerator)
 
 
-def announce_config(cfg: Any, run: RunDir | None) -> None:
-    """Print the full config and save it as run_dir/config.yaml, so every run records how it was made."""
+def announce_config(cfg: Any, run: RunDir | None, echo: bool = True) -> None:
+    """Save the full config as run_dir/config.yaml, so every run records how it was made; print it if `echo`."""
     text = dump_yaml(cfg)
-    print(f"config ({type(cfg).__name__}):\n" + "\n".join("  " + line for line in text.splitlines()), file=sys.stderr)
+    if echo:
+        print(f"config ({type(cfg).__name__}):\n" + "\n".join("  " + line for line in text.splitlines()), file=sys.stderr)
     if run is not None:
         atomic_write_text(run.config_path, text)
 
