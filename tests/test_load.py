@@ -102,3 +102,33 @@ def test_save_replaces_atomically(tmp_path, tiny_gpt2_dir):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary directories left behind
     reloaded = load_model(out)
     torch.testing.assert_close(reloaded.lm_head.weight, model.lm_head.weight)
+
+
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_gradient_checkpointing_recomputes_in_backward_with_the_same_gradients(tiny_llama_dir, tiny_word_tokenizer,
+                                                                             use_lora):
+    from pluralign.data.collate import PairwiseCollator
+    from pluralign.data.records import Pairwise
+    from pluralign.models.logprobs import prepare_packing, sequence_logps
+
+    pairs = [Pairwise("hello", "hello world", "the cat"), Pairwise("why ?", "the dog is sad", "no")]
+    batch = PairwiseCollator(tiny_word_tokenizer, packing=True)(pairs)
+    lora = LoraSpec(r=4) if use_lora else None
+    runs = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same fresh adapters
+        model = load_model(tiny_llama_dir, lora=lora, gradient_checkpointing=checkpointing).train()
+        assert prepare_packing(model)
+        layer_calls = []
+        # the layer's first module: recomputation stops early once the last tensor backward needs exists
+        hook = model.get_decoder().layers[0].input_layernorm.register_forward_hook(lambda *a, calls=layer_calls: calls.append(1))
+        sums, _ = sequence_logps(model, batch)
+        sums.sum().backward()
+        hook.remove()
+        assert len(layer_calls) == (2 if checkpointing else 1)  # recomputed once in backward
+        runs.append((sums.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (checkpointed, ckpt_grads) = runs
+    torch.testing.assert_close(checkpointed, plain)
+    assert plain_grads.keys() == ckpt_grads.keys() and plain_grads
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)

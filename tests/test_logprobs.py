@@ -9,6 +9,8 @@ import torch
 from pluralign.data.collate import PairwiseCollator, UnpairedCollator
 from pluralign.data.records import Binary, Pairwise
 from pluralign.models import LoraSpec, add_lora, pairwise_logps, sequence_logps, tiny, token_logps
+from pluralign.models.logprobs import prepare_packing
+from pluralign.models.packed_attention import NAME, packed_sdpa, use_packed_attention
 
 PAIRS = [
     Pairwise("what is the cat ?", "the cat sat on the mat .", "no"),
@@ -18,9 +20,12 @@ PAIRS = [
 
 
 def build(arch: str, vocab_size: int, attn: str = "sdpa") -> torch.nn.Module:
+    """`attn`: a transformers attention implementation, or "packed" for pluralign's per-sequence SDPA."""
     make = tiny.tiny_llama if arch == "llama" else tiny.tiny_gpt2
     model = make(vocab_size, hidden_size=32, num_heads=2).eval()  # eval: GPT-2 has dropout
-    model.config._attn_implementation = attn
+    model.config._attn_implementation = "sdpa" if attn == "packed" else attn
+    if attn == "packed":
+        assert use_packed_attention(model) == "sdpa"
     return model
 
 
@@ -56,7 +61,8 @@ def test_chunked_equals_full_logits_values_and_gradients(tiny_word_tokenizer, ar
         torch.testing.assert_close(got_grads[name], g, atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("arch,attn", [("llama", "sdpa"), ("llama", "eager"), ("gpt2", "sdpa")])
+@pytest.mark.parametrize("arch,attn", [("llama", "sdpa"), ("llama", "eager"), ("gpt2", "sdpa"), ("llama", "packed"),
+                                       ("gpt2", "packed")])
 def test_left_right_and_packed_give_the_same_logps(tiny_word_tokenizer, arch, attn):
     model = build(arch, len(tiny_word_tokenizer), attn)
     results = []
@@ -75,8 +81,9 @@ def test_left_right_and_packed_give_the_same_logps(tiny_word_tokenizer, arch, at
             torch.testing.assert_close(g[name], value, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_packed_sequences_do_not_attend_to_each_other(tiny_word_tokenizer):
-    model = build("llama", len(tiny_word_tokenizer))
+@pytest.mark.parametrize("attn", ["sdpa", "packed"])
+def test_packed_sequences_do_not_attend_to_each_other(tiny_word_tokenizer, attn):
+    model = build("llama", len(tiny_word_tokenizer), attn)
     collate = PairwiseCollator(tiny_word_tokenizer, packing=True)
     alone, _ = sequence_logps(model, collate(PAIRS[1:2]))
     together, _ = sequence_logps(model, collate(PAIRS))
@@ -201,3 +208,56 @@ def test_autocast_hidden_states_meet_an_fp32_head(tiny_word_tokenizer):
             mixed, _ = sequence_logps(model, batch)
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, exact, atol=0.1, rtol=0.02)
+
+
+def test_packed_attention_runs_one_sdpa_per_sequence_with_grouped_kv_heads(tiny_word_tokenizer, monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tiny_word_tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaForCausalLM(config).eval()
+    padded_batch = PairwiseCollator(tiny_word_tokenizer)(PAIRS)
+    expected, _ = sequence_logps(model, padded_batch)
+    assert use_packed_attention(model) == "sdpa" and model.config._attn_implementation == NAME
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *a, **k: calls.append(q.shape[2]) or sdpa(q, *a, **k))
+    packed = PairwiseCollator(tiny_word_tokenizer, packing=True)(PAIRS)
+    got, _ = sequence_logps(model, packed)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert calls == 2 * packed["seq_lengths"].tolist()  # each layer: one call per sequence, its own length
+    calls.clear()
+    torch.testing.assert_close(sequence_logps(model, padded_batch)[0], expected)  # padded: transformers' SDPA
+    assert calls == [padded_batch["input_ids"].shape[1]] * 2  # one call per layer over the padded batch
+
+
+def test_prepare_packing_switches_a_model_that_can_and_refuses_one_that_leaks(tiny_word_tokenizer, tmp_path, capsys):
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    model = build("llama", len(tiny_word_tokenizer))
+    assert prepare_packing(model) and model.config._attn_implementation == NAME
+    assert not prepare_packing(build("llama", len(tiny_word_tokenizer)), wanted=False)
+    model.save_pretrained(tmp_path)  # the implementation is a run-time choice, never written to the config
+    assert NAME not in (tmp_path / "config.json").read_text()
+
+    def leaky(module, query, key, value, attention_mask, **kwargs):  # causal over the whole packed row
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True,
+                                                               scale=kwargs.get("scaling"))
+        return out.transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register("leaky_for_test", leaky)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("leaky_for_test", lambda *a, **k: None)
+    bad = build("llama", len(tiny_word_tokenizer), "leaky_for_test")
+    assert not prepare_packing(bad)
+    assert "using padded batches" in capsys.readouterr().err
+    assert bad.config._attn_implementation == "leaky_for_test"
+
+
+def test_packed_sdpa_hands_unpacked_batches_to_transformers_sdpa():
+    q = torch.randn(2, 2, 5, 4)
+    out, weights = packed_sdpa(torch.nn.Identity(), q, q, q, None, scaling=0.5)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True, scale=0.5)
+    torch.testing.assert_close(out, expected.transpose(1, 2)) and weights is None

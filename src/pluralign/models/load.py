@@ -45,10 +45,11 @@ class LoraSpec:
 
 def load_model(name_or_path: str | os.PathLike, *, dtype: str = "auto", device: str | torch.device | None = None,
                lora: LoraSpec | None = None, trust_remote_code: bool = False,
-               kind: Literal["causal", "encoder"] = "causal") -> Any:
+               kind: Literal["causal", "encoder"] = "causal", gradient_checkpointing: bool = False) -> Any:
     """A `transformers` model (``kind="causal"``: AutoModelForCausalLM, ``"encoder"``: AutoModel) from a hub
     id or a local directory, in ``dtype``, on ``device`` (None: where it loads; ``"auto"``: the best one),
-    with fresh LoRA adapters when ``lora`` is given. Returned in eval mode."""
+    with fresh LoRA adapters when ``lora`` is given. Returned in eval mode. ``gradient_checkpointing``:
+    in training mode each decoder layer keeps only its input and recomputes the rest in backward."""
     from transformers import AutoModel, AutoModelForCausalLM
 
     if kind not in ("causal", "encoder"):
@@ -61,9 +62,19 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: str = "auto", device: 
         model = _peft().PeftModel.from_pretrained(model, source, is_trainable=lora is not None)
     elif lora is not None:
         model = add_lora(model, lora, task_type="CAUSAL_LM" if kind == "causal" else "FEATURE_EXTRACTION")
+    if gradient_checkpointing:
+        _enable_activation_checkpointing(model)
     if device is not None:
         model = model.to(_device(device))
     return model.eval()
+
+
+def _enable_activation_checkpointing(model: Any) -> None:
+    """Non-reentrant checkpointing of every decoder layer (transformers 5 renamed the method)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False,

@@ -20,6 +20,7 @@ per sequence, no attention mask, ``seq_lengths``).
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from pluralign.errors import PluralignError
+from pluralign.models.packed_attention import NAME as PACKED_ATTENTION
+from pluralign.models.packed_attention import packed_kwargs, use_packed_attention
 
 CHUNK_ELEMENTS = 1 << 22  # default chunk: 4M fp32 logits (16 MiB), i.e. 4M / vocab_size positions
 
@@ -117,12 +120,21 @@ def final_hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: tor
     """
     captured: list[torch.Tensor] = []
     hook = unwrap(model).get_decoder().register_forward_hook(lambda module, args, out: captured.append(out[0]))
+    extra = {}
+    if attention_mask is None and position_ids is not None and position_ids.shape[0] == 1 and \
+            _reads_varlen_kwargs(unwrap(model)):
+        extra = packed_kwargs(position_ids)  # sequence boundaries, so attention runs per packed sequence
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-              logits_to_keep=1)
+              logits_to_keep=1, **extra)
     finally:
         hook.remove()
     return captured[0]
+
+
+def _reads_varlen_kwargs(model: Any) -> bool:
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+    return implementation == PACKED_ATTENTION or implementation.startswith("flash_attention")
 
 
 def unwrap(model: Any) -> Any:
@@ -163,6 +175,53 @@ def _chunk_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Ten
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def prepare_packing(model: Any, wanted: bool = True) -> bool:
+    """Whether to train `model` on packed batches: `wanted`, and its packed rows give the log-probs of the
+    same sequences padded, after switching it to per-sequence attention where it can. A model that fails
+    keeps its attention and is told to use padded batches (on stderr)."""
+    if not wanted:
+        return False
+    replaced = use_packed_attention(unwrap(model))
+    if packing_works(model):
+        return True
+    if replaced is not None:
+        base = unwrap(model)
+        (base.get_base_model() if hasattr(base, "get_base_model") else base).set_attn_implementation(replaced)
+    print("packing: this model's attention does not keep packed sequences apart; using padded batches",
+          file=sys.stderr)
+    return False
+
+
+def packing_works(model: Any) -> bool:
+    """Whether packed rows give `model` the log-probs of the same sequences padded: a model whose attention
+    does not isolate packed sequences (remote code, custom masks) fails this and must train on padded
+    batches. Call after `use_packed_attention`; costs one forward over 2 short sequences."""
+    _check_packing_support()
+    inner = unwrap(model)
+    vocab = inner.get_output_embeddings().weight.shape[0]
+    device = next(inner.parameters()).device
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([7, 5])
+    ids = torch.randint(0, vocab, (1, int(lengths.sum())), generator=gen).to(device)
+    packed = {"input_ids": ids, "completion_mask": torch.ones_like(ids), "seq_lengths": lengths.to(device),
+              "position_ids": torch.cat([torch.arange(int(n)) for n in lengths])[None].to(device)}
+    rows = torch.zeros(2, 7, dtype=torch.long, device=device)
+    mask = torch.zeros_like(rows)
+    rows[0], rows[1, :5], mask[0], mask[1, :5] = ids[0, :7], ids[0, 7:], 1, 1
+    was_training = inner.training
+    inner.eval()
+    try:
+        with torch.no_grad():
+            a = sequence_logps(inner, packed)[0]
+            b = sequence_logps(inner, {"input_ids": rows, "attention_mask": mask, "completion_mask": mask})[0]
+    finally:
+        inner.train(was_training)
+    # fp32 packed and padded sums agree to ~1e-6; a leak between sequences moves them far more, even in a
+    # randomly initialised model (~1e-3), and in 16-bit the kernels' rounding differs by up to ~1e-2.
+    atol = 1e-4 if inner.get_output_embeddings().weight.dtype == torch.float32 else 5e-2
+    return bool(torch.allclose(a, b, atol=atol, rtol=1e-5))
 
 
 @functools.cache

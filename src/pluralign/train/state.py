@@ -16,7 +16,6 @@ directory that looks like a checkpoint; `latest_checkpoint` only ever sees compl
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -32,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pluralign.errors import PluralignError
-from pluralign.runs import atomic_write_bytes, atomic_write_json
+from pluralign.runs import atomic_open, atomic_write_json
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -102,10 +101,9 @@ def restore_rng(state: dict) -> None:
 # ---------------------------------------------------------------- tensors on disk
 
 
-def _torch_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
+def _torch_save(path: Path, obj: Any) -> None:
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def _torch_load(path: Path) -> Any:
@@ -147,8 +145,8 @@ def write_main_state(
     weights_tmp = tmp / ".weights.safetensors.tmp"
     save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
     os.replace(weights_tmp, tmp / "weights.safetensors")
-    atomic_write_bytes(tmp / "optimizer.pt", _torch_bytes({"optimizer": dict(optimizer), "scheduler": dict(scheduler)}))
-    atomic_write_bytes(tmp / "extra.pt", _torch_bytes(dict(extra)))
+    _torch_save(tmp / "optimizer.pt", {"optimizer": dict(optimizer), "scheduler": dict(scheduler)})
+    _torch_save(tmp / "extra.pt", dict(extra))
     atomic_write_json(tmp / "state.json", asdict(position))
 
 

@@ -17,7 +17,7 @@ from pluralign.data.collate import SFTCollator
 from pluralign.data.io import read_records
 from pluralign.errors import ConfigError
 from pluralign.models.load import LoraSpec, load_model, load_tokenizer, save_model
-from pluralign.models.logprobs import sequence_logps
+from pluralign.models.logprobs import prepare_packing, sequence_logps
 from pluralign.train.loop import LoopConfig, train
 from pluralign.train.parallel import process_state
 from pluralign.train.recipes.preference import RecipeResult
@@ -31,7 +31,8 @@ class SFTConfig:
     max_length: int = option(512, help="Longest prompt+completion in tokens.")
     max_prompt_length: int | None = option(None, help="Longest prompt in tokens (default: no separate limit).")
     truncation: Literal["keep_end", "keep_start", "error"] = option("keep_end", help="How an over-long prompt is cut.")
-    packing: bool = option(False, help="Padding-free batches with restarting position ids.")
+    packing: bool = option(True, help="Padding-free batches with restarting position ids, attention run per sequence; checked against padded batches on the model at start (a model that fails trains on padded batches).")
+    gradient_checkpointing: bool = option(True, help="Recompute each decoder layer's activations in backward instead of storing them: about a third more compute for a fraction of the activation memory (TRL's default too). Turn off for speed when memory allows.")
     dtype: str = option("auto", help="Weights dtype: auto, float32, bfloat16, float16.")
     use_lora: bool = option(False, help="Train LoRA adapters instead of all weights.")
     lora: LoraSpec = option(default_factory=LoraSpec, help="LoRA settings (used when use_lora is true).")
@@ -46,9 +47,10 @@ def run(config: SFTConfig) -> RecipeResult:
         raise ConfigError("set 'model' and 'data'")
     nll = losses.get("nll")
     tokenizer = load_tokenizer(config.model)
-    model = load_model(config.model, dtype=config.dtype, lora=config.lora if config.use_lora else None)
+    model = load_model(config.model, dtype=config.dtype, lora=config.lora if config.use_lora else None,
+                       gradient_checkpointing=config.gradient_checkpointing)
     collate = SFTCollator(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-                          truncation=config.truncation, packing=config.packing)
+                          truncation=config.truncation, packing=prepare_packing(model, config.packing))
 
     def step(model, batch):
         sums, lengths = sequence_logps(model, batch)
