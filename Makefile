@@ -30,6 +30,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
+bench: $(STAMP)
+	$(BIN)/python bench/dpo_vs_trl.py --quick
+	OMP_NUM_THREADS=1 $(BIN)/python bench/decode_vs_naive.py --quick
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench experiments
 
