@@ -72,7 +72,8 @@ def bco(policy_logps: Tensor, ref_logps: Tensor, labels: Tensor, reward_shift: f
     """BCO (Jung et al. 2024, "Binary Classifier Optimization"): a logistic classifier on the implicit reward
     r = β·ρ shifted by δ (the running mean of rewards, `RunningMean`): desirable −logσ(r − δ), undesirable
     −logσ(−(r − δ)). Underlying-distribution matching multiplies undesirable examples by density-ratio weights
-    (`udm_weights`, passed as `weights=`). Follows TRL's former BCOTrainer.bco_loss (not in TRL 1.16).
+    (`udm_weights`, passed as `weights=`; the preference recipe's `udm=true` fits the prompt classifier, see
+    `pluralign.train.udm`). Follows TRL's former BCOTrainer.bco_loss (not in TRL 1.16).
     """
     labels = labels.bool()
     rewards = beta * (policy_logps - ref_logps)

@@ -38,6 +38,7 @@ from pluralign.models.logprobs import prepare_packing, sequence_logps
 from pluralign.train.loop import LoopConfig, TrainResult, train
 from pluralign.train.parallel import process_state
 from pluralign.train.reference import adapters_disabled, cached_reference
+from pluralign.train.udm import bco_udm_weights
 
 Tensors = dict[str, torch.Tensor]
 
@@ -58,6 +59,8 @@ class PreferenceConfig:
     use_lora: bool = option(False, help="Train LoRA adapters instead of all weights.")
     lora: LoraSpec = option(default_factory=LoraSpec, help="LoRA settings (used when use_lora is true).")
     merge_lora: bool = option(True, help="Save the model with the LoRA adapters merged (true) or as an adapter directory (false).")
+    udm: bool = option(False, help="Unpaired losses (BCO, Jung et al. 2024): weight each undesirable example by the density ratio p/(1-p) of a prompt classifier's P(desirable | prompt), clamped to [0.5, 10], so that undesirable prompts match the desirable prompts' distribution.")
+    udm_sample_size: int = option(1024, help="Prompts the UDM classifier is fitted on (a seeded sample).")
     ref_model: str | None = option(None, help="Reference model (default: the initial policy).")
     ref_cache: bool = option(True, help="Compute reference log-probs once and cache them on disk; false computes them every step (LoRA: base with adapters off; else a frozen copy in memory).")
     ref_cache_dir: str | None = option(None, help="Where reference caches live (default: <output_dir>/ref_cache); shareable between runs.")
@@ -113,7 +116,8 @@ def _unpaired_logps(model, batch, info) -> Tensors:
 def _unpaired_inputs(p: Tensors, r: Tensors, batch: dict) -> dict:
     # z0 is a batch mean over all processes (TRL gathers too), so every rank uses the same baseline.
     return {"policy_logps": p["logps"], "ref_logps": r.get("logps"), "labels": batch["labels"],
-            "kl_policy_logps": _gather(p.get("kl_logps")), "kl_ref_logps": _gather(r.get("kl_logps"))}
+            "kl_policy_logps": _gather(p.get("kl_logps")), "kl_ref_logps": _gather(r.get("kl_logps")),
+            "weights": batch.get("udm_weights")}
 
 
 def _listwise_logps(model, batch, info) -> Tensors:
@@ -159,19 +163,23 @@ def make_items(records: Sequence[Any], info: losses.LossInfo, seed: int) -> list
 
 
 class Collate:
-    """Items → one batch: the kind's collator, the mismatched `kl_*` rows, and cached reference values."""
+    """Items → one batch: the kind's collator, the mismatched `kl_*` rows, cached reference values and
+    per-example UDM weights."""
 
-    def __init__(self, collator: Callable[[list], dict], reference: Tensors | None = None):
-        self.collator, self.reference = collator, reference
+    def __init__(self, collator: Callable[[list], dict], reference: Tensors | None = None,
+                 udm_weights: torch.Tensor | None = None):
+        self.collator, self.reference, self.udm_weights = collator, reference, udm_weights
 
     def __call__(self, items: list[Item]) -> dict:
         batch = self.collator([it.record for it in items])
         if items[0].mismatched is not None:
             kl = self.collator([it.mismatched for it in items])
             batch |= {f"kl_{k}": v for k, v in kl.items() if k != "labels"}
+        index = torch.tensor([it.index for it in items])
         if self.reference is not None:
-            index = torch.tensor([it.index for it in items])
             batch |= {f"ref_{k}": v[index] for k, v in self.reference.items()}
+        if self.udm_weights is not None:
+            batch["udm_weights"] = self.udm_weights[index]
         return batch
 
 
@@ -235,6 +243,8 @@ def run(config: PreferenceConfig) -> RecipeResult:
     if info.kind not in KINDS:
         raise ConfigError(f"loss '{config.loss}' is a {info.kind} loss; train reward models with `pluralign train rm`")
     _check_params(info, config.loss_params)
+    if config.udm and (info.kind != "unpaired" or not info.weighted):
+        raise ConfigError(f"udm weights undesirable examples of an unpaired loss (bco, kto); loss '{info.name}' is {info.kind}")
     kind = KINDS[info.kind]
     out = Path(config.output_dir)
     distributed = process_state()
@@ -253,7 +263,8 @@ def run(config: PreferenceConfig) -> RecipeResult:
     shift = losses.RunningMean() if "reward_shift" in info.inputs else None
     step = make_step(kind, loss, config.loss_params, live, shift, update_shift=True)
     eval_step = make_step(kind, loss, config.loss_params, live, shift, update_shift=False)
-    result = train(model, train_items, Collate(collator, train_ref), step, config.loop, out,
+    weights = _udm(config, info, model, tokenizer, train_items, distributed) if config.udm else None
+    result = train(model, train_items, Collate(collator, train_ref, weights), step, config.loop, out,
                    eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_ref),
                    stateful={"reward_shift": shift} if shift else None, run_config=config)
     model_dir = out / "model"
@@ -261,6 +272,16 @@ def run(config: PreferenceConfig) -> RecipeResult:
         save_model(model, tokenizer, model_dir, merge_lora=config.merge_lora)
     distributed.wait_for_everyone()
     return RecipeResult(model_dir, out, result)
+
+
+def _udm(config, info, model, tokenizer, items, distributed) -> torch.Tensor:
+    weights = bco_udm_weights(model, tokenizer, [it.record for it in items], sample_size=config.udm_sample_size,
+                              seed=config.loop.seed)
+    undesirable = weights[~torch.tensor([bool(it.record.label) for it in items])]
+    if len(undesirable):
+        distributed.print(f"UDM density ratios of {len(undesirable)} undesirable examples: mean {undesirable.mean():.3f}, "
+                          f"range [{undesirable.min():.3f}, {undesirable.max():.3f}]")
+    return weights
 
 
 def _reference(config, info, kind, model, collator, train_items, eval_items, distributed):
