@@ -12,6 +12,7 @@ from loop_toys import make_model_dir, write_pairs, write_ranked
 from pluralign import losses
 from pluralign.cli import main
 from pluralign.data.collate import PairwiseCollator
+from pluralign.errors import ConfigError
 from pluralign.models.load import load_model, load_tokenizer
 from pluralign.models.logprobs import sequence_logps
 from pluralign.runs import RunDir
@@ -224,3 +225,29 @@ def test_packing_trains_like_padding(files, tmp_path):
     a, b = params(padded.model_dir), params(packed.model_dir)
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
+
+
+def test_mnpo_reads_the_opponents_log_probs_from_history_models(files, tmp_path):
+    from pluralign.data.io import read_records
+
+    opponent = make_model_dir(tmp_path / "opponent", seed=1)  # a different past policy
+    pairs = read_records(files["pairs"])
+    run = run_preference(model=str(files["base"]), data=[str(files["pairs"])], loss="mnpo",
+                         history_models=[str(opponent)], output_dir=str(tmp_path / "mnpo"),
+                         loop=LOOP | {"batch_size": len(pairs), "max_steps": 1})
+    margins = []
+    for model_dir in (files["base"], opponent):
+        with torch.no_grad():
+            batch = PairwiseCollator(load_tokenizer(model_dir), max_length=512)(pairs)
+            sums, _ = sequence_logps(load_model(model_dir), batch)
+        margins.append(sums[:len(pairs)] - sums[len(pairs):])
+    ref_margin, opponent_margin = margins
+    eta, ratio = 0.0075, 0.3333  # the defaults; at step 1 the policy's margin is the reference's
+    expected = ((1 - ratio) * (ref_margin - opponent_margin) - 1 / (2 * eta)) ** 2
+    first = RunDir(run.run_dir).read_metrics()[0]
+    assert first["loss"] == pytest.approx(float(expected.mean()), rel=1e-5)
+    assert float(expected.mean()) != pytest.approx(1 / (4 * eta**2), rel=1e-3)  # what the reference alone would give
+
+    with pytest.raises(ConfigError, match="mnpo"):
+        run_preference(model=str(files["base"]), data=[str(files["pairs"])], loss="dpo",
+                       history_models=[str(opponent)], output_dir=str(tmp_path / "x"))

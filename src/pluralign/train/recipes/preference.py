@@ -61,6 +61,7 @@ class PreferenceConfig:
     merge_lora: bool = option(True, help="Save the model with the LoRA adapters merged (true) or as an adapter directory (false).")
     udm: bool = option(False, help="Unpaired losses (BCO, Jung et al. 2024): weight each undesirable example by the density ratio p/(1-p) of a prompt classifier's P(desirable | prompt), clamped to [0.5, 10], so that undesirable prompts match the desirable prompts' distribution.")
     udm_sample_size: int = option(1024, help="Prompts the UDM classifier is fitted on (a seeded sample).")
+    history_models: list[str] = option(default_factory=list, help="MNPO (Wu et al. 2026): past policies, the opponents, newest first; their log-probs of every chosen and rejected response are computed once and cached like the reference's.")
     ref_model: str | None = option(None, help="Reference model (default: the initial policy).")
     ref_cache: bool = option(True, help="Compute reference log-probs once and cache them on disk; false computes them every step (LoRA: base with adapters off; else a frozen copy in memory).")
     ref_cache_dir: str | None = option(None, help="Where reference caches live (default: <output_dir>/ref_cache); shareable between runs.")
@@ -99,9 +100,10 @@ def _pairwise_logps(model, batch, info) -> Tensors:
 
 
 def _pairwise_inputs(p: Tensors, r: Tensors, batch: dict) -> dict:
+    history = {k: batch[k] for k in ("history_chosen_logps", "history_rejected_logps") if k in batch}  # MNPO
     return {"policy_chosen_logps": p["chosen"], "policy_rejected_logps": p["rejected"],
             "ref_chosen_logps": r.get("chosen"), "ref_rejected_logps": r.get("rejected"),
-            "chosen_lengths": p["chosen_lengths"], "rejected_lengths": p["rejected_lengths"]}
+            "chosen_lengths": p["chosen_lengths"], "rejected_lengths": p["rejected_lengths"]} | history
 
 
 def _unpaired_logps(model, batch, info) -> Tensors:
@@ -163,12 +165,12 @@ def make_items(records: Sequence[Any], info: losses.LossInfo, seed: int) -> list
 
 
 class Collate:
-    """Items → one batch: the kind's collator, the mismatched `kl_*` rows, cached reference values and
-    per-example UDM weights."""
+    """Items → one batch: the kind's collator, the mismatched `kl_*` rows, and per-example values computed
+    before training (cached reference log-probs as `ref_*`, UDM weights, opponents' log-probs), picked by the
+    items' indices."""
 
-    def __init__(self, collator: Callable[[list], dict], reference: Tensors | None = None,
-                 udm_weights: torch.Tensor | None = None):
-        self.collator, self.reference, self.udm_weights = collator, reference, udm_weights
+    def __init__(self, collator: Callable[[list], dict], per_example: Tensors | None = None):
+        self.collator, self.per_example = collator, per_example or {}
 
     def __call__(self, items: list[Item]) -> dict:
         batch = self.collator([it.record for it in items])
@@ -176,11 +178,7 @@ class Collate:
             kl = self.collator([it.mismatched for it in items])
             batch |= {f"kl_{k}": v for k, v in kl.items() if k != "labels"}
         index = torch.tensor([it.index for it in items])
-        if self.reference is not None:
-            batch |= {f"ref_{k}": v[index] for k, v in self.reference.items()}
-        if self.udm_weights is not None:
-            batch["udm_weights"] = self.udm_weights[index]
-        return batch
+        return batch | {k: v[index] for k, v in self.per_example.items()}
 
 
 def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool) -> list[Any]:
@@ -243,8 +241,7 @@ def run(config: PreferenceConfig) -> RecipeResult:
     if info.kind not in KINDS:
         raise ConfigError(f"loss '{config.loss}' is a {info.kind} loss; train reward models with `pluralign train rm`")
     _check_params(info, config.loss_params)
-    if config.udm and (info.kind != "unpaired" or not info.weighted):
-        raise ConfigError(f"udm weights undesirable examples of an unpaired loss (bco, kto); loss '{info.name}' is {info.kind}")
+    _check_inputs(config, info)
     kind = KINDS[info.kind]
     out = Path(config.output_dir)
     distributed = process_state()
@@ -263,9 +260,14 @@ def run(config: PreferenceConfig) -> RecipeResult:
     shift = losses.RunningMean() if "reward_shift" in info.inputs else None
     step = make_step(kind, loss, config.loss_params, live, shift, update_shift=True)
     eval_step = make_step(kind, loss, config.loss_params, live, shift, update_shift=False)
-    weights = _udm(config, info, model, tokenizer, train_items, distributed) if config.udm else None
-    result = train(model, train_items, Collate(collator, train_ref, weights), step, config.loop, out,
-                   eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_ref),
+    train_values, eval_values = _prefixed(train_ref, "ref_"), _prefixed(eval_ref, "ref_")
+    if config.udm:
+        train_values["udm_weights"] = _udm(config, model, tokenizer, train_items, distributed)
+    if config.history_models:
+        train_values |= _history(config, info, kind, collator, train_items, distributed)
+        eval_values |= _history(config, info, kind, collator, eval_items, distributed) if eval_items else {}
+    result = train(model, train_items, Collate(collator, train_values), step, config.loop, out,
+                   eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_values),
                    stateful={"reward_shift": shift} if shift else None, run_config=config)
     model_dir = out / "model"
     if distributed.is_main_process:
@@ -274,7 +276,36 @@ def run(config: PreferenceConfig) -> RecipeResult:
     return RecipeResult(model_dir, out, result)
 
 
-def _udm(config, info, model, tokenizer, items, distributed) -> torch.Tensor:
+def _check_inputs(config: PreferenceConfig, info: losses.LossInfo) -> None:
+    if config.udm and (info.kind != "unpaired" or not info.weighted):
+        raise ConfigError(f"udm weights undesirable examples of an unpaired loss (bco, kto); loss '{info.name}' is {info.kind}")
+    if config.history_models and "history_chosen_logps" not in info.inputs:
+        raise ConfigError(f"history_models are the opponents of mnpo; loss '{info.name}' does not read them")
+
+
+def _prefixed(values: Tensors | None, prefix: str) -> Tensors:
+    return {prefix + k: v for k, v in (values or {}).items()}
+
+
+def _history(config, info, kind, collator, items, distributed) -> Tensors:
+    """Each past policy's chosen/rejected log-probs, cached like the reference's: [N, number of opponents]."""
+    chosen, rejected = [], []
+    for path in config.history_models:
+        opponent = load_model(path, dtype=config.dtype).to(distributed.device).requires_grad_(False)
+        if collator.packing and not prepare_packing(opponent):
+            raise ConfigError(f"history model {path}: packed batches do not work with this model; set packing=false")
+        with distributed.main_process_first():
+            values, cache, hit = cached_reference(
+                opponent, items, Collate(collator), lambda m, b: kind.logps(m, b, info),
+                cache_dir=Path(config.ref_cache_dir or Path(config.output_dir) / "ref_cache"),
+                batch_size=config.ref_batch_size or 2 * config.loop.batch_size, what=f"{info.kind}|history")
+        distributed.print(f"opponent log-probs of {path}: {'cache hit' if hit else 'computed and cached'} ({cache})")
+        chosen.append(values["chosen"])
+        rejected.append(values["rejected"])
+    return {"history_chosen_logps": torch.stack(chosen, -1), "history_rejected_logps": torch.stack(rejected, -1)}
+
+
+def _udm(config, model, tokenizer, items, distributed) -> torch.Tensor:
     weights = bco_udm_weights(model, tokenizer, [it.record for it in items], sample_size=config.udm_sample_size,
                               seed=config.loop.seed)
     undesirable = weights[~torch.tensor([bool(it.record.label) for it in items])]
