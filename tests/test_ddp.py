@@ -43,7 +43,6 @@ def launch(*args: str, timeout: int = 240) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
-@pytest.mark.slow  # the recipe test below covers the loop under DDP too
 def test_two_process_loop_matches_one_process(tmp_path):
     launch("loop", str(tmp_path / "ddp"), "2", "2")  # 2 processes x batch 2 x accum 2 = 8 per step
 
