@@ -24,7 +24,8 @@ def prompt_embeddings(model: Any, tokenizer: Any, records: Sequence[Any], batch_
                       max_length: int = 512) -> torch.Tensor:
     """[N, H] float32: each record's prompt tokens (as training sees them: chat template, truncation) through
     the model, final hidden states averaged over those tokens."""
-    from pluralign.data.tokenize import encode_pair
+    from pluralign.data.collate import pad_rows
+    from pluralign.data.tokenize import Encoded, encode_pair, pad_token_id
 
     was_training = model.training
     model.eval()
@@ -35,12 +36,10 @@ def prompt_embeddings(model: Any, tokenizer: Any, records: Sequence[Any], batch_
             rows = []
             for r in records[start:start + batch_size]:
                 encoded = encode_pair(tokenizer, r.prompt, r.response, max_length)
-                rows.append(encoded.input_ids[:len(encoded) - sum(encoded.completion_mask)])
-            ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, r in enumerate(rows):
-                ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
-            ids, mask = ids.to(device), mask.to(device)
+                prompt = encoded.input_ids[:len(encoded) - sum(encoded.completion_mask)]
+                rows.append(Encoded(prompt, [0] * len(prompt)))
+            batch = pad_rows(rows, pad_token_id(tokenizer))
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             hidden = final_hidden_states(model, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)).float()
             out.append((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1))
     finally:
