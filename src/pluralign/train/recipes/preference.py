@@ -22,7 +22,7 @@ import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -33,10 +33,17 @@ from pluralign.data.convert import convert
 from pluralign.data.io import read_records
 from pluralign.data.records import Binary
 from pluralign.errors import ConfigError
-from pluralign.models.load import LoraSpec, is_peft_model, load_model, load_tokenizer, save_model
-from pluralign.models.logprobs import prepare_packing, sequence_logps
-from pluralign.train.loop import LoopConfig, TrainResult, train
+from pluralign.models.load import is_peft_model
+from pluralign.models.logprobs import sequence_logps
+from pluralign.train.loop import LoopConfig, train
 from pluralign.train.parallel import process_state
+from pluralign.train.recipes.common import (
+    PolicyTrainingConfig,
+    RecipeResult,
+    load_frozen,
+    load_policy,
+    save_policy,
+)
 from pluralign.train.reference import adapters_disabled, cached_reference
 from pluralign.train.udm import bco_udm_weights
 
@@ -44,21 +51,9 @@ Tensors = dict[str, torch.Tensor]
 
 
 @dataclass
-class PreferenceConfig:
-    model: str = option("", help="Policy to train: a local model directory or a hub id. Also the reference unless ref_model is set.")
-    data: list[str] = option(default_factory=list, help="Training data file(s) (jsonl/json/csv/parquet or a dataset directory); converted to the loss's record kind when possible (e.g. ranked -> pairwise).")
-    eval_data: list[str] = option(default_factory=list, help="Evaluation data file(s), evaluated every loop.eval_every steps and at the end.")
+class PreferenceConfig(PolicyTrainingConfig):
     loss: str = option("dpo", help="A registered loss name (see `pluralign.losses.names()`) or a mixture like 'dpo:1,nll:0.2'.")
     loss_params: dict[str, Any] = option(default_factory=dict, help="Loss hyper-parameters, e.g. {beta: 0.1}; defaults from losses.describe(loss).")
-    max_length: int = option(512, help="Longest prompt+completion in tokens.")
-    max_prompt_length: int | None = option(None, help="Longest prompt in tokens (default: no separate limit).")
-    truncation: Literal["keep_end", "keep_start", "error"] = option("keep_end", help="How an over-long prompt is cut: keep its end, its start, or raise.")
-    packing: bool = option(True, help="Padding-free batches: sequences laid end to end with restarting position ids, attention run per sequence (no compute or memory spent on padding). Checked against padded batches on the model at start; a model that fails trains on padded batches.")
-    gradient_checkpointing: bool = option(True, help="Recompute each decoder layer's activations in backward instead of storing them: about a third more compute for a fraction of the activation memory (TRL's default too). Turn off for speed when memory allows.")
-    dtype: str = option("auto", help="Weights dtype: auto (as saved), float32, bfloat16, float16.")
-    use_lora: bool = option(False, help="Train LoRA adapters instead of all weights.")
-    lora: LoraSpec = option(default_factory=LoraSpec, help="LoRA settings (used when use_lora is true).")
-    merge_lora: bool = option(True, help="Save the model with the LoRA adapters merged (true) or as an adapter directory (false).")
     udm: bool = option(False, help="Unpaired losses (BCO, Jung et al. 2024): weight each undesirable example by the density ratio p/(1-p) of a prompt classifier's P(desirable | prompt), clamped to [0.5, 10], so that undesirable prompts match the desirable prompts' distribution.")
     udm_sample_size: int = option(1024, help="Prompts the UDM classifier is fitted on (a seeded sample).")
     history_models: list[str] = option(default_factory=list, help="MNPO (Wu et al. 2026): past policies, the opponents, newest first; their log-probs of every chosen and rejected response are computed once and cached like the reference's.")
@@ -66,16 +61,13 @@ class PreferenceConfig:
     ref_cache: bool = option(True, help="Compute reference log-probs once and cache them on disk; false computes them every step (LoRA: base with adapters off; else a frozen copy in memory).")
     ref_cache_dir: str | None = option(None, help="Where reference caches live (default: <output_dir>/ref_cache); shareable between runs.")
     ref_batch_size: int = option(0, help="Batch size of the reference pass (0: twice loop.batch_size).")
-    skip_invalid: bool = option(False, help="Skip invalid data rows (written to a .rejects.jsonl file) instead of stopping.")
     output_dir: str = option("runs/preference", help="Run directory: config.yaml, metrics.jsonl, checkpoints/, and the trained model in model/.")
     loop: LoopConfig = option(default_factory=LoopConfig, help="Training loop settings.")
 
-
-@dataclass
-class RecipeResult:
-    model_dir: Path
-    run_dir: Path
-    train: TrainResult
+    def cache_settings(self) -> tuple[Path, int]:
+        """(directory of the reference and opponent caches, batch size of their pass)."""
+        return (Path(self.ref_cache_dir or Path(self.output_dir) / "ref_cache"),
+                self.ref_batch_size or 2 * self.loop.batch_size)
 
 
 # ---------------------------------------------------------------- the kinds of loss
@@ -232,10 +224,6 @@ def _gather(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def run(config: PreferenceConfig) -> RecipeResult:
     """Train `config.model` with `config.loss` on `config.data`; save the model to <output_dir>/model."""
-    if not config.model:
-        raise ConfigError("set 'model' (a local model directory or a hub id)")
-    if not config.data:
-        raise ConfigError("set 'data' (one or more preference data files)")
     loss = losses.get(config.loss)
     info = loss.info
     if info.kind not in KINDS:
@@ -246,11 +234,7 @@ def run(config: PreferenceConfig) -> RecipeResult:
     out = Path(config.output_dir)
     distributed = process_state()
 
-    tokenizer = load_tokenizer(config.model)
-    model = load_model(config.model, dtype=config.dtype, lora=config.lora if config.use_lora else None,
-                       gradient_checkpointing=config.gradient_checkpointing)
-    model.to(distributed.device)
-    packing = prepare_packing(model, config.packing)
+    tokenizer, model, packing = load_policy(config)
     collator = kind.collator(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
                              truncation=config.truncation, packing=packing, **kind.collator_options)
     train_items = make_items(load_data(config.data, kind, config.skip_invalid), info, config.loop.seed)
@@ -269,11 +253,7 @@ def run(config: PreferenceConfig) -> RecipeResult:
     result = train(model, train_items, Collate(collator, train_values), step, config.loop, out,
                    eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_values),
                    stateful={"reward_shift": shift} if shift else None, run_config=config)
-    model_dir = out / "model"
-    if distributed.is_main_process:
-        save_model(model, tokenizer, model_dir, merge_lora=config.merge_lora)
-    distributed.wait_for_everyone()
-    return RecipeResult(model_dir, out, result)
+    return save_policy(model, tokenizer, config, out, result)
 
 
 def _check_inputs(config: PreferenceConfig, info: losses.LossInfo) -> None:
@@ -290,15 +270,13 @@ def _prefixed(values: Tensors | None, prefix: str) -> Tensors:
 def _history(config, info, kind, collator, items, distributed) -> Tensors:
     """Each past policy's chosen/rejected log-probs, cached like the reference's: [N, number of opponents]."""
     chosen, rejected = [], []
+    cache_dir, batch_size = config.cache_settings()
     for path in config.history_models:
-        opponent = load_model(path, dtype=config.dtype).to(distributed.device).requires_grad_(False)
-        if collator.packing and not prepare_packing(opponent):
-            raise ConfigError(f"history model {path}: packed batches do not work with this model; set packing=false")
+        opponent = load_frozen(path, config, collator.packing, "history model")
         with distributed.main_process_first():
             values, cache, hit = cached_reference(
                 opponent, items, Collate(collator), lambda m, b: kind.logps(m, b, info),
-                cache_dir=Path(config.ref_cache_dir or Path(config.output_dir) / "ref_cache"),
-                batch_size=config.ref_batch_size or 2 * config.loop.batch_size, what=f"{info.kind}|history")
+                cache_dir=cache_dir, batch_size=batch_size, what=f"{info.kind}|history")
         distributed.print(f"opponent log-probs of {path}: {'cache hit' if hit else 'computed and cached'} ({cache})")
         chosen.append(values["chosen"])
         rejected.append(values["rejected"])
@@ -327,8 +305,7 @@ def _reference(config, info, kind, model, collator, train_items, eval_items, dis
     ref_model = _reference_model(config, model, collator.packing)
     if not config.ref_cache:
         return _live_reference(ref_model, logps_of), None, None
-    bs = config.ref_batch_size or 2 * config.loop.batch_size
-    cache_dir = Path(config.ref_cache_dir or Path(config.output_dir) / "ref_cache")
+    cache_dir, bs = config.cache_settings()
     what = f"{info.kind}|{'kl' if 'kl_policy_logps' in info.inputs else ''}"
     eval_ref = None
     # The main process computes and writes the cache; the others then read it. A separately loaded
@@ -355,10 +332,7 @@ def _reference_model(config: PreferenceConfig, policy: Any, packing: bool) -> An
     """The model that computes reference log-probs, or None when the policy serves: at initialization
     (cached) or as its base with adapters disabled (LoRA)."""
     if config.ref_model:
-        ref = load_model(config.ref_model, dtype=config.dtype).to(next(policy.parameters()).device)
-        if packing and not prepare_packing(ref):
-            raise ConfigError(f"ref_model {config.ref_model}: packed batches do not work with this model; set packing=false")
-        return ref.requires_grad_(False)
+        return load_frozen(config.ref_model, config, packing, "ref_model")
     if is_peft_model(policy) or config.ref_cache:
         return None
     return copy.deepcopy(policy).requires_grad_(False).eval()  # live and no adapters: a frozen copy

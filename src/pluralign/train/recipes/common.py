@@ -1,0 +1,70 @@
+"""What every recipe that trains a causal LM shares: the settings of the model, its data and its
+tokenization (each recipe's config inherits them), loading the policy and frozen companions (reference,
+opponents) for training, and saving the result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pluralign.config import option
+from pluralign.errors import ConfigError
+from pluralign.models.load import LoraSpec, load_model, load_tokenizer, save_model
+from pluralign.models.logprobs import prepare_packing
+from pluralign.train.loop import TrainResult
+from pluralign.train.parallel import process_state
+
+
+@dataclass
+class PolicyTrainingConfig:
+    model: str = option("", help="Model to train: a local model directory or a hub id.")
+    data: list[str] = option(default_factory=list, help="Training data file(s) (jsonl/json/csv/parquet or a dataset directory); converted to the record kind the recipe trains on when possible (e.g. ranked -> pairwise).")
+    eval_data: list[str] = option(default_factory=list, help="Evaluation data file(s), evaluated every loop.eval_every steps and at the end.")
+    max_length: int = option(512, help="Longest prompt+completion in tokens.")
+    max_prompt_length: int | None = option(None, help="Longest prompt in tokens (default: no separate limit).")
+    truncation: Literal["keep_end", "keep_start", "error"] = option("keep_end", help="How an over-long prompt is cut: keep its end, its start, or raise.")
+    packing: bool = option(True, help="Padding-free batches: sequences laid end to end with restarting position ids, attention run per sequence (no compute or memory spent on padding). Checked against padded batches on the model at start; a model that fails trains on padded batches.")
+    gradient_checkpointing: bool = option(True, help="Recompute each decoder layer's activations in backward instead of storing them: about a third more compute for a fraction of the activation memory (TRL's default too). Turn off for speed when memory allows.")
+    dtype: str = option("auto", help="Weights dtype: auto (as saved), float32, bfloat16, float16.")
+    use_lora: bool = option(False, help="Train LoRA adapters instead of all weights.")
+    lora: LoraSpec = option(default_factory=LoraSpec, help="LoRA settings (used when use_lora is true).")
+    merge_lora: bool = option(True, help="Save the model with the LoRA adapters merged (true) or as an adapter directory (false).")
+    skip_invalid: bool = option(False, help="Skip invalid data rows (written to a .rejects.jsonl file) instead of stopping.")
+
+
+@dataclass
+class RecipeResult:
+    model_dir: Path
+    run_dir: Path
+    train: TrainResult
+
+
+def load_policy(config: PolicyTrainingConfig) -> tuple[Any, Any, bool]:
+    """(tokenizer, model on this process's device, whether batches are packed)."""
+    if not config.model:
+        raise ConfigError("set 'model' (a local model directory or a hub id)")
+    if not config.data:
+        raise ConfigError("set 'data' (one or more data files)")
+    tokenizer = load_tokenizer(config.model)
+    model = load_model(config.model, dtype=config.dtype, lora=config.lora if config.use_lora else None,
+                       gradient_checkpointing=config.gradient_checkpointing)
+    model.to(process_state().device)
+    return tokenizer, model, prepare_packing(model, config.packing)
+
+
+def load_frozen(path: str, config: PolicyTrainingConfig, packing: bool, role: str) -> Any:
+    """A model that only scores (a reference, an opponent), on this process's device, packing like the policy."""
+    model = load_model(path, dtype=config.dtype).to(process_state().device).requires_grad_(False)
+    if packing and not prepare_packing(model):
+        raise ConfigError(f"{role} {path}: packed batches do not work with this model; set packing=false")
+    return model
+
+
+def save_policy(model: Any, tokenizer: Any, config: PolicyTrainingConfig, out: Path, result: TrainResult) -> RecipeResult:
+    """Save the trained model to <out>/model (main process) and return where everything is."""
+    distributed = process_state()
+    if distributed.is_main_process:
+        save_model(model, tokenizer, out / "model", merge_lora=config.merge_lora)
+    distributed.wait_for_everyone()
+    return RecipeResult(out / "model", out, result)
