@@ -35,6 +35,7 @@ from pluralign.data.records import Binary
 from pluralign.errors import ConfigError
 from pluralign.models.load import is_peft_model
 from pluralign.models.logprobs import sequence_logps
+from pluralign.personal.conditioned import PersonalConfig, Personalization
 from pluralign.train.loop import LoopConfig, train
 from pluralign.train.parallel import process_state
 from pluralign.train.recipes.common import (
@@ -57,6 +58,7 @@ class PreferenceConfig(PolicyTrainingConfig):
     udm: bool = option(False, help="Unpaired losses (BCO, Jung et al. 2024): weight each undesirable example by the density ratio p/(1-p) of a prompt classifier's P(desirable | prompt), clamped to [0.5, 10], so that undesirable prompts match the desirable prompts' distribution.")
     udm_sample_size: int = option(1024, help="Prompts the UDM classifier is fitted on (a seeded sample).")
     history_models: list[str] = option(default_factory=list, help="MNPO (Wu et al. 2026): past policies, the opponents, newest first; their log-probs of every chosen and rejected response are computed once and cached like the reference's.")
+    personal: PersonalConfig = option(default_factory=PersonalConfig, help="Per-user/per-group conditioning, a new user's vector, group-fair objectives (pluralign.personal).")
     ref_model: str | None = option(None, help="Reference model (default: the initial policy).")
     ref_cache: bool = option(True, help="Compute reference log-probs once and cache them on disk; false computes them every step (LoRA: base with adapters off; else a frozen copy in memory).")
     ref_cache_dir: str | None = option(None, help="Where reference caches live (default: <output_dir>/ref_cache); shareable between runs.")
@@ -241,10 +243,15 @@ def run(config: PreferenceConfig) -> RecipeResult:
     eval_items = make_items(load_data(config.eval_data, kind, config.skip_invalid), info, config.loop.seed) if config.eval_data else None
 
     live, train_ref, eval_ref = _reference(config, info, kind, model, collator, train_items, eval_items, distributed)
+    # After the reference pass: the reference is the model without any person's vector.
+    personal = Personalization(config.personal, model, config.model, [it.record for it in train_items],
+                               config.gradient_checkpointing, info.kind)
     shift = losses.RunningMean() if "reward_shift" in info.inputs else None
     step = make_step(kind, loss, config.loss_params, live, shift, update_shift=True)
     eval_step = make_step(kind, loss, config.loss_params, live, shift, update_shift=False)
-    train_values, eval_values = _prefixed(train_ref, "ref_"), _prefixed(eval_ref, "ref_")
+    step, eval_step = personal.wrap(step, training=True), personal.wrap(eval_step, training=False)
+    train_values = _prefixed(train_ref, "ref_") | personal.per_example([it.record for it in train_items])
+    eval_values = _prefixed(eval_ref, "ref_") | personal.per_example([it.record for it in eval_items or []])
     if config.udm:
         train_values["udm_weights"] = _udm(config, model, tokenizer, train_items, distributed)
     if config.history_models:
@@ -253,7 +260,11 @@ def run(config: PreferenceConfig) -> RecipeResult:
     result = train(model, train_items, Collate(collator, train_values), step, config.loop, out,
                    eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_values),
                    stateful={"reward_shift": shift} if shift else None, run_config=config)
-    return save_policy(model, tokenizer, config, out, result)
+    personal.detach(model)
+    saved = save_policy(model, tokenizer, config, out, result)
+    if distributed.is_main_process:
+        personal.save(saved.model_dir)
+    return saved
 
 
 def _check_inputs(config: PreferenceConfig, info: losses.LossInfo) -> None:

@@ -1,0 +1,214 @@
+"""User- or group-conditioned preference training, group-fair objectives, and new users in a few labels.
+
+User-conditioned DPO: every user (or group) of the training data gets a learned vector that is added to the
+policy's hidden states at one site (`pluralign.personal.vectors`), and the policy and the vectors are trained
+together with the recipe's preference loss, each example under its own user's vector. This is the
+policy-side counterpart of PAL's per-user weights (Chen et al. ICLR 2025, "PAL: Sample-Efficient
+Personalized Reward Modeling for Pluralistic Alignment"): a shared model plus a small per-user part. A
+share `population_dropout` of the examples is trained without a vector, so the zero vector (row 0) is a
+population model that serves unknown users.
+
+A new user: with `new_users_only`, a trained model's policy is frozen and only the vectors of users not yet
+in its table are learned, from that user's few pairs, with the same loss; the reference is the model
+without a vector, i.e. the population model (PAL's "new_user" stage, for the policy).
+
+Group-fair objectives (`pluralign.personal.group_fair`) replace the batch mean of the per-example losses by
+a worst-group or Nash-bargaining combination over the records' groups.
+
+Saved next to the model: `person_vectors.json` (names, site, scale, user → group) and
+`person_vectors.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from pluralign.config import option
+from pluralign.errors import ConfigError
+from pluralign.personal import group_fair
+from pluralign.personal.vectors import PersonVectors, hidden_size, n_rows, offset, per_row, site
+
+INDEX = "person_vectors.json"
+WEIGHTS = "person_vectors.safetensors"
+ATTR = "pluralign_person_vectors"
+
+
+@dataclass
+class PersonalConfig:
+    condition_on: Literal["none", "user", "group"] = option("none", help="Learn one vector per user or per group of the training records (their `user`/`group` field), added to the policy's hidden states, trained with the policy (user-conditioned DPO). 'none': a shared policy.")
+    layer: str = option("embeddings", help="Where the vector is added: 'embeddings' (the token embeddings) or a decoder layer index (its output; needs gradient_checkpointing=false).")
+    vector_scale: float = option(30.0, help="Multiplies the vectors' effective learning rate (they are stored divided by it): a vector in activation space needs far larger steps than a fine-tuned weight.")
+    population_dropout: float = option(0.15, help="Share of training examples seen without a vector, so that the zero vector is a population model for unknown users.")
+    new_users_only: bool = option(False, help="Freeze the policy and every saved vector; learn only the vectors of users (or groups) that the model's vector table lacks, from their pairs (a new user in a few labels).")
+    group_objective: str = option("average", help="How the groups' per-example losses combine: average (plain mean), worst_group (the worst group's mean loss) or nash (negative log Nash product of the groups' satisfactions), see pluralign.personal.group_fair.")
+    group_objective_params: dict[str, Any] = option(default_factory=dict, help="Parameters of the group objective, e.g. {temperature: 0.5} for worst_group.")
+
+
+def read_index(model_dir: str | Path) -> dict | None:
+    path = Path(model_dir) / INDEX
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON ({e.msg})") from None
+
+
+def load_vectors(model_dir: str | Path) -> tuple[PersonVectors, dict] | None:
+    """(vectors, index) saved with a model, or None."""
+    index = read_index(model_dir)
+    if index is None:
+        return None
+    from safetensors.torch import load_file
+
+    raw = load_file(str(Path(model_dir) / WEIGHTS))["raw"]
+    vectors = PersonVectors(index["names"], raw.shape[1], scale=index["scale"])
+    with torch.no_grad():
+        vectors.raw.copy_(raw)
+    return vectors, index
+
+
+def save_vectors(model_dir: str | Path, vectors: PersonVectors, index: dict) -> None:
+    from safetensors.torch import save_file
+
+    from pluralign.runs import atomic_write_json
+
+    d = Path(model_dir)
+    save_file({"raw": vectors.raw.detach().cpu().contiguous()}, str(d / WEIGHTS))
+    atomic_write_json(d / INDEX, index | {"names": vectors.names, "scale": vectors.scale})
+
+
+class Personalization:
+    """The personal parts of one preference run: per-example indices, the step wrapper, saving."""
+
+    def __init__(self, config: PersonalConfig, model: Any, model_dir: str, records: Sequence[Any],
+                 gradient_checkpointing: bool, loss_kind: str = "pairwise"):
+        self.config = config
+        group_fair.get(config.group_objective)  # a bad name fails before anything is loaded
+        self.field = config.condition_on
+        if self.field == "none" and config.new_users_only:
+            raise ConfigError("personal.new_users_only needs personal.condition_on = user or group")
+        if not 0.0 <= config.population_dropout < 1.0:
+            raise ConfigError(f"personal.population_dropout must be in [0, 1), got {config.population_dropout}")
+        self.groups = _names(records, "group") if config.group_objective != "average" else []
+        if config.group_objective != "average" and len(self.groups) < 2:
+            raise ConfigError(f"group_objective '{config.group_objective}' needs records of at least 2 groups "
+                              f"(their 'group' field); found {self.groups or 'none'}")
+        self.vectors = None
+        if self.field == "none":
+            return
+        if loss_kind != "pairwise":
+            raise ConfigError(f"personal.condition_on trains with pairwise losses; this loss is {loss_kind}")
+        if config.layer != "embeddings" and gradient_checkpointing:
+            raise ConfigError("personal.layer at a decoder layer needs gradient_checkpointing=false "
+                              "(a recomputed layer would miss its vector)")
+        self.site = site(model, config.layer)
+        names = _names(records, self.field)
+        saved = load_vectors(model_dir)
+        if config.new_users_only:
+            if saved is None:
+                raise ConfigError(f"personal.new_users_only: {model_dir} has no person vectors ({INDEX}); "
+                                  "train a user-conditioned model first")
+            old, index = saved
+            if index["on"] != self.field or index["layer"] != config.layer:
+                raise ConfigError(f"personal: the model's vectors are per {index['on']} at {index['layer']}, "
+                                  f"the config asks for per {self.field} at {config.layer}")
+            new = [n for n in names if n not in old.index]
+            if not new:
+                raise ConfigError(f"personal.new_users_only: every {self.field} in the data already has a vector")
+            model.requires_grad_(False)
+            self.vectors = PersonVectors(old.names + new, old.raw.shape[1], scale=old.scale, frozen=old.names)
+            with torch.no_grad():
+                self.vectors.raw[:len(old.names)] = old.raw
+            self.user_groups = index.get("user_groups", {})
+        else:
+            self.vectors = PersonVectors(names, hidden_size(model), scale=config.vector_scale)
+            self.user_groups = {}
+        for r in records:
+            if r.user is not None and r.group is not None:
+                self.user_groups[str(r.user)] = str(r.group)
+        self.vectors.to(next(model.parameters()).device)
+        model.add_module(ATTR, self.vectors)  # so the loop optimizes and checkpoints them
+
+    def per_example(self, records: Sequence[Any]) -> dict[str, torch.Tensor]:
+        out = {}
+        if self.vectors is not None:
+            out["person_index"] = self.vectors.lookup([_field(r, self.field) for r in records])
+        if self.groups:
+            where = {g: i for i, g in enumerate(self.groups)}
+            out["group_index"] = torch.tensor([where.get(str(r.group), -1) if r.group is not None else -1
+                                               for r in records])
+        return out
+
+    def wrap(self, step: Callable, *, training: bool) -> Callable:
+        combine = group_fair.get(self.config.group_objective)
+        params = dict(self.config.group_objective_params)
+        vectors, dropout = self.vectors, self.config.population_dropout
+
+        def personal_step(model, batch):
+            if vectors is None:
+                values, metrics = step(model, batch)
+            else:
+                index = batch["person_index"]
+                if training and dropout > 0:
+                    index = torch.where(torch.rand(len(index), device=index.device) < dropout, 0, index)
+                rows = n_rows(batch) // len(index)  # pairwise: chosen rows then rejected rows
+                with offset(self.site, per_row(vectors.vectors(index).repeat(rows, 1), batch)):
+                    values, metrics = step(model, batch)
+            if self.groups:
+                values = combine(values, batch["group_index"].to(values.device), **params)
+            return values, metrics
+
+        return personal_step
+
+    def detach(self, model: Any) -> None:
+        """Take the vectors off the model before it is saved (they are saved on their own)."""
+        if self.vectors is not None and hasattr(model, ATTR):
+            delattr(model, ATTR)
+
+    def save(self, model_dir: str | Path) -> None:
+        if self.vectors is not None:
+            save_vectors(model_dir, self.vectors, {"on": self.field, "layer": self.config.layer,
+                                                   "user_groups": self.user_groups})
+
+
+def _field(record: Any, name: str) -> str | None:
+    value = getattr(record, name, None)
+    return None if value is None else str(value)
+
+
+def _names(records: Sequence[Any], name: str) -> list[str]:
+    found = sorted({v for r in records if (v := _field(r, name)) is not None})
+    missing = sum(_field(r, name) is None for r in records)
+    if not found:
+        raise ConfigError(f"personal: no training record has a '{name}' field; conditioning on {name} needs it")
+    if missing:
+        warnings.warn(f"personal: {missing} of {len(records)} records have no '{name}'; they train the population "
+                      "(no vector)", stacklevel=3)
+    return found
+
+
+def resolve(index: dict, user: str | None = None, group: str | None = None) -> str | None:
+    """The vector name for a request: the user's own (per-user tables), the request's group, or the user's
+    group from training; None (with a warning) when nothing matches, i.e. the population model."""
+    names = set(index["names"])
+    if index["on"] == "user" and user is not None:
+        if user in names:
+            return user
+        warnings.warn(f"user '{user}' has no vector in this model: using the population model "
+                      "(fit one from a few pairs with personal.new_users_only)", stacklevel=2)
+        return None
+    wanted = group if group is not None else index.get("user_groups", {}).get(user) if user is not None else None
+    if wanted is not None and wanted in names:
+        return wanted
+    if user is not None or group is not None:
+        warnings.warn(f"no vector for user={user!r} group={group!r} in this model (per {index['on']}): "
+                      "using the population model", stacklevel=2)
+    return None

@@ -1,0 +1,222 @@
+"""pluralign.personal: group-fair objectives (hand-computed), person vectors (hooks), PAS steering, and
+user-conditioned DPO / a new user's vector through the preference recipe on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from loop_toys import make_model_dir
+
+from pluralign.data.collate import PairwiseCollator
+from pluralign.data.records import Pairwise
+from pluralign.errors import ConfigError
+from pluralign.models.load import load_model, load_tokenizer
+from pluralign.models.logprobs import sequence_logps
+from pluralign.personal import group_fair, steering
+from pluralign.personal.conditioned import load_vectors, resolve
+from pluralign.personal.vectors import PersonVectors, offset, per_row, site
+from pluralign.train import run_preference
+from pluralign.train.recipes.preference import from_kwargs
+
+LOSSES = torch.tensor([1.0, 2.0, 3.0, 6.0])
+GROUPS = torch.tensor([0, 0, 1, 1])
+
+
+# ---------------------------------------------------------------- group-fair objectives
+
+
+def test_group_objectives_hand_computed():
+    # group means 1.5 and 4.5
+    assert group_fair.get("average")(LOSSES, GROUPS).mean().item() == pytest.approx(3.0)
+    assert group_fair.get("worst_group")(LOSSES, GROUPS).mean().item() == pytest.approx(4.5)
+    # τ = 1: log((e^1.5 + e^4.5) / 2) = 4.5 + log((1 + e^-3) / 2)
+    soft = group_fair.worst_group(LOSSES, GROUPS, temperature=1.0).mean().item()
+    assert soft == pytest.approx(3.855440, abs=1e-6)
+    # s0 = (e^-1 + e^-2)/2 = 0.2516074, s1 = (e^-3 + e^-6)/2 = 0.0261329; −(log s0 + log s1)/2
+    assert group_fair.nash(LOSSES, GROUPS).mean().item() == pytest.approx(2.512223, abs=1e-5)
+
+
+def test_group_objectives_invariants():
+    equal = torch.tensor([0.7, 0.7, 0.7])
+    g = torch.tensor([0, 1, 1])
+    for name in ("worst_group", "nash"):
+        assert group_fair.get(name)(equal, g).mean().item() == pytest.approx(0.7, abs=1e-6)
+    assert group_fair.worst_group(equal, g, temperature=0.3).mean().item() == pytest.approx(0.7, abs=1e-6)
+    # examples without a group (−1) take no part; a batch without any group is an error
+    assert group_fair.worst_group(torch.tensor([9.0, 1.0, 2.0]), torch.tensor([-1, 0, 1])).mean().item() == 2.0
+    with pytest.raises(ConfigError, match="no"):
+        group_fair.nash(LOSSES, torch.full((4,), -1))
+    with pytest.raises(ConfigError, match="unknown group objective"):
+        group_fair.get("rawls")
+
+
+def test_group_objective_gradients():
+    x = LOSSES.clone().requires_grad_(True)
+    group_fair.worst_group(x, GROUPS).mean().backward()
+    assert x.grad.tolist() == pytest.approx([0, 0, 0.5, 0.5])  # only the worst group moves
+    x = LOSSES.clone().requires_grad_(True)
+    group_fair.nash(x, GROUPS).mean().backward()
+    # d/dℓ_i = (1/G)·exp(−ℓ_i) / (n_g·s_g)
+    s = [(math.exp(-1) + math.exp(-2)) / 2, (math.exp(-3) + math.exp(-6)) / 2]
+    want = [0.5 * math.exp(-v) / (2 * s[g]) for v, g in zip([1, 2, 3, 6], [0, 0, 1, 1], strict=True)]
+    assert x.grad.tolist() == pytest.approx(want, rel=1e-5)
+
+
+# ---------------------------------------------------------------- person vectors
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = make_model_dir(tmp_path_factory.mktemp("personal") / "base")
+    return d, load_model(d).eval(), load_tokenizer(d)
+
+
+def _batch(tok, records, packing=False):
+    return PairwiseCollator(tok, max_length=32, packing=packing)(records)
+
+
+PAIRS = [Pairwise("tell me about the cat", "the cat is very good", "the cat is bad", user="alice", group="a"),
+         Pairwise("tell me about the dog", "the dog is good", "the dog is very bad", user="bob", group="b")]
+
+
+def test_vectors_zero_is_the_model_and_offset_equals_shifted_embeddings(tiny):
+    _, model, tok = tiny
+    batch = _batch(tok, PAIRS)
+    plain = sequence_logps(model, batch)[0]
+    table = PersonVectors(["alice", "bob"], 16)
+    assert torch.equal(table.vectors(table.lookup(["alice", None, "zed"])), torch.zeros(3, 16))
+    with offset(site(model, "embeddings"), torch.zeros(16)):
+        assert torch.equal(sequence_logps(model, batch)[0], plain)
+    v = torch.randn(16)
+    with offset(site(model, "embeddings"), v):
+        hooked = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    embeds = model.get_input_embeddings()(batch["input_ids"]) + v
+    manual = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(hooked, manual, atol=1e-5)
+
+
+def test_vectors_packed_rows_match_padded(tiny):
+    _, model, tok = tiny
+    vecs = torch.randn(4, 16)  # one per sequence: 2 chosen, 2 rejected
+    out = []
+    for packing in (False, True):
+        batch = _batch(tok, PAIRS, packing)
+        with offset(site(model, "embeddings"), per_row(vecs, batch)):
+            out.append(sequence_logps(model, batch)[0])
+    assert torch.allclose(out[0], out[1], atol=1e-4)
+
+
+def test_frozen_rows_get_no_gradient():
+    table = PersonVectors(["old", "new"], 3, scale=10.0, frozen=["old"])
+    table.vectors(torch.tensor([1, 2])).sum().backward()
+    assert table.raw.grad[0].abs().sum() == 0 and table.raw.grad[1].tolist() == [10.0] * 3
+
+
+# ---------------------------------------------------------------- PAS steering
+
+
+def test_pas_direction_alpha_zero_and_search(tiny):
+    _, model, tok = tiny
+    chosen = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    rejected = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    u, sigma = steering.direction(chosen, rejected)
+    # mean diff (2, −1) / √5; projections [1, 3, −1, −1]·… → std of (2/√5·[1,3,0,0] − 1/√5·[0,0,1,1])
+    assert u.tolist() == pytest.approx([2 / math.sqrt(5), -1 / math.sqrt(5)])
+    proj = torch.tensor([2.0, 6.0, -1.0, -1.0]) / math.sqrt(5)
+    assert sigma == pytest.approx(float(proj.std()))
+    records = PAIRS * 2
+    fitted = steering.fit(model, tok, records, layer=0, alphas=(0.0, 1.0, 4.0))
+    assert fitted.direction.norm().item() == pytest.approx(1.0, abs=1e-5)
+    assert fitted.alpha == max(fitted.search, key=fitted.search.get)
+    batch = _batch(tok, PAIRS)
+    fitted.alpha = 0.0
+    plain = sequence_logps(model, batch)[0]
+    with fitted.apply(model):
+        assert torch.equal(sequence_logps(model, batch)[0], plain)
+    with pytest.raises(ConfigError, match="at least 2"):
+        steering.fit(model, tok, PAIRS[:1])
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _opposed(n=16):
+    """alice (group a) prefers 'good' answers, bob (group b) the 'bad' ones: no shared model pleases both."""
+    rows = []
+    for i in range(n):
+        noun = ["cat", "dog", "sun", "rain"][i % 4]
+        good, bad = f"the {noun} is good", f"the {noun} is bad"
+        user = ["alice", "bob"][i % 2]
+        c, r = (good, bad) if user == "alice" else (bad, good)
+        rows.append({"prompt": f"tell me about the {noun}", "chosen": c, "rejected": r, "user": user,
+                     "group": {"alice": "a", "bob": "b"}[user]})
+    return rows
+
+
+LOOP = {"learning_rate": 1e-2, "batch_size": 4, "num_epochs": 4, "progress": False, "log_every": 1}
+
+
+def _margin(model, tok, vector=None):
+    """logp(good) − logp(bad) on 'tell me about the cat' under `vector`."""
+    batch = _batch(tok, [Pairwise("tell me about the cat", "the cat is good", "the cat is bad")])
+    with torch.no_grad(), offset(site(model, "embeddings"), vector):
+        s = sequence_logps(model, batch)[0]
+    return float(s[0] - s[1])
+
+
+def test_user_conditioned_dpo_then_a_new_user_with_the_policy_frozen(tiny, tmp_path):
+    base, _, tok = tiny
+    data = _write(tmp_path / "pairs.jsonl", _opposed())
+    cfg = from_kwargs(model=str(base), data=[data], loss="dpo", loss_params={"beta": 0.5},
+                      output_dir=str(tmp_path / "cond"), loop=LOOP,
+                      personal={"condition_on": "user", "vector_scale": 10.0, "population_dropout": 0.0})
+    out = run_preference(cfg).model_dir
+    vectors, index = load_vectors(out)
+    assert index["on"] == "user" and vectors.names == ["alice", "bob"] and index["user_groups"]["bob"] == "b"
+    model = load_model(out).eval()
+    assert _margin(model, tok, vectors.get("alice")) > _margin(model, tok, vectors.get("bob")) + 0.1
+
+    # a new user who likes 'good': only carol's vector is learned, the policy and alice/bob stay as they were
+    carol = [r | {"user": "carol", "group": None} for r in _opposed(8) if r["user"] == "alice"]
+    new_cfg = from_kwargs(model=str(out), data=[_write(tmp_path / "carol.jsonl", carol)], loss="dpo",
+                          loss_params={"beta": 0.5}, output_dir=str(tmp_path / "carol"),
+                          loop=LOOP | {"learning_rate": 5e-2, "num_epochs": 10},
+                          personal={"condition_on": "user", "new_users_only": True})
+    new_dir = run_preference(new_cfg).model_dir
+    after, _ = load_vectors(new_dir)
+    assert after.names == ["alice", "bob", "carol"]
+    assert torch.equal(after.get("alice"), vectors.get("alice"))
+    for k, v in load_model(new_dir).state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    assert _margin(model, tok, after.get("carol")) > _margin(model, tok, None)
+    with pytest.warns(UserWarning, match="population"):
+        assert resolve(index, user="zed") is None
+    assert resolve(index, user="bob") == "bob"
+
+
+def test_group_objective_and_bad_configs(tiny, tmp_path):
+    base, _, _ = tiny
+    data = _write(tmp_path / "pairs.jsonl", _opposed())
+    one_group = _write(tmp_path / "one.jsonl", [r | {"group": "a"} for r in _opposed()])
+    no_users = _write(tmp_path / "anon.jsonl", [{k: v for k, v in r.items() if k not in ("user", "group")}
+                                                  for r in _opposed()])
+    common = dict(model=str(base), loss="dpo", loop=LOOP | {"num_epochs": 1})
+    run_preference(from_kwargs(data=[data], output_dir=str(tmp_path / "nash"), **common,
+                               personal={"group_objective": "nash"}))
+    for data_file, personal, message in [
+        (one_group, {"group_objective": "worst_group"}, "at least 2 groups"),
+        (no_users, {"condition_on": "user"}, "no training record has a 'user'"),
+        (data, {"condition_on": "user", "new_users_only": True}, "no person vectors"),
+        (data, {"group_objective": "maxmin"}, "unknown group objective"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            run_preference(from_kwargs(data=[data_file], output_dir=str(tmp_path / "bad"), **common,
+                                       personal=personal))
