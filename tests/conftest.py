@@ -47,3 +47,17 @@ def tiny_gpt2_dir(tmp_path_factory, bpe_tokenizer):
     tiny.tiny_gpt2(len(bpe_tokenizer), hidden_size=32, num_heads=2).save_pretrained(path)
     bpe_tokenizer.save_pretrained(path)
     return path
+
+
+# A chat template over plain vocabulary words (the word tokenizer keeps "</s>" whole: it is a special token),
+# so tests can render message lists the way an instruct model's template does: role markers, an end-of-turn
+# token after every message, and a generation prompt that opens the assistant's turn.
+CHAT_WORDS = WORDS + ["system", "user", "assistant"]
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+                 "{% if add_generation_prompt %}assistant :{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer():
+    """Word-level tokenizer over `CHAT_WORDS` with `CHAT_TEMPLATE` as its chat template."""
+    return tiny.word_tokenizer(CHAT_WORDS, chat_template=CHAT_TEMPLATE)

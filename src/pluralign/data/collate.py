@@ -82,6 +82,7 @@ class _Collator:
     truncation: Truncation = "keep_end"
     packing: bool = False
     pad_to_multiple_of: int | None = None
+    chat_template: str = "auto"
 
     def __post_init__(self) -> None:
         if self.padding_side not in ("left", "right"):
@@ -89,7 +90,7 @@ class _Collator:
 
     def encode(self, prompt: Text, completion: Text) -> Encoded:
         return encode_pair(self.tokenizer, prompt, completion, self.max_length, self.max_prompt_length,
-                           self.truncation)
+                           self.truncation, self.chat_template)
 
     def assemble(self, rows: Sequence[Encoded]) -> Batch:
         if self.packing:

@@ -1,7 +1,16 @@
 """Typed records for every kind of human (or simulated) feedback.
 
 A record is one unit of feedback on one prompt. Prompts and responses are `Text`: plain text, or a chat
-conversation as a list of ``{"role": ..., "content": ...}`` messages. Every record may name the `user`
+conversation as a list of ``{"role": ..., "content": ...}`` messages (roles ``system``, ``user``,
+``assistant``; a prompt ends with the user's turn, a response is the assistant's reply as text or as
+assistant messages). In a JSONL row::
+
+    {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"}],
+     "chosen": "5.", "rejected": "Let me think about that at length..."}
+
+Every consumer renders a prompt through `pluralign.data.prompts` (the model's chat template; the
+``chat_template: auto|always|never`` option decides whether plain text goes through it too), and reward
+sources and judges receive the conversation itself, never ``str(prompt)``. Every record may name the `user`
 who gave the feedback, the user's `group`, the `objective` it speaks to (e.g. "helpfulness"), a free
 `section` label (a split or a category) and `meta`, which keeps any extra fields of the source row.
 

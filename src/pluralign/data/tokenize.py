@@ -13,7 +13,9 @@ generating the tokens after it, so ``tokenize(prompt) + tokenize(completion)`` i
 probability the generation process actually defines. Either way the completion mask covers exactly the
 tokens that decode to the completion (plus the EOS we append).
 
-Chat: when the prompt is a list of messages, the tokenizer's chat template renders it with
+Chat: `pluralign.data.prompts.render_pair` decides (``chat_template``: auto | always | never) whether the
+tokenizer's chat template renders the prompt — always for message lists, and under ``auto`` also for
+plain text when the tokenizer has a template (as one user message). The template renders the prompt with
 ``add_generation_prompt=True``; the completion (text, or assistant messages) is rendered as the next turn
 and the completion is the rendered difference. The template's end-of-turn marker then ends the reply, so
 no EOS is appended to templated completions; plain-text completions get ``eos_token``.
@@ -33,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pluralign.data.prompts import render_pair
 from pluralign.errors import ConfigError, PluralignError
 
 Text = str | list[dict[str, Any]]
@@ -54,10 +57,12 @@ class Encoded:
 
 
 def encode_pair(tokenizer: Any, prompt: Text, completion: Text, max_length: int,
-                max_prompt_length: int | None = None, truncation: Truncation = "keep_end") -> Encoded:
-    """Tokenize ``prompt`` + ``completion`` with the boundary found on tokens (see the module doc)."""
+                max_prompt_length: int | None = None, truncation: Truncation = "keep_end",
+                chat_template: str = "auto") -> Encoded:
+    """Tokenize ``prompt`` + ``completion`` with the boundary found on tokens (see the module doc);
+    ``chat_template`` (auto | always | never) as in `pluralign.data.prompts`."""
     _check_options(max_length, max_prompt_length, truncation)
-    prompt_text, completion_text, templated = render(tokenizer, prompt, completion)
+    prompt_text, completion_text, templated = render_pair(tokenizer, prompt, completion, chat_template)
     prompt_ids, completion_ids = split_on_tokens(tokenizer, prompt_text, completion_text,
                                                  add_special_tokens=not templated)
     if not templated:
@@ -67,26 +72,6 @@ def encode_pair(tokenizer: Any, prompt: Text, completion: Text, max_length: int,
     prompt_ids = _with_context(tokenizer, prompt_ids)
     return _truncate(tokenizer, prompt_ids, completion_ids, max_length, max_prompt_length, truncation,
                      prompt_text)
-
-
-def render(tokenizer: Any, prompt: Text, completion: Text) -> tuple[str, str, bool]:
-    """``(prompt_text, completion_text, templated)``: the texts to tokenize, and whether they came from the
-    chat template (which then already holds any special tokens the model expects)."""
-    if isinstance(prompt, str):
-        if not isinstance(completion, str):
-            raise PluralignError("the completion is a list of chat messages but the prompt is plain text; "
-                                 "give both as messages or both as text")
-        return prompt, completion, False
-    if not getattr(tokenizer, "chat_template", None):
-        raise PluralignError("the prompt is a list of chat messages but the tokenizer has no chat template; "
-                             "use plain-text prompts or set tokenizer.chat_template")
-    reply = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else list(completion)
-    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(list(prompt) + reply, tokenize=False)
-    if not full_text.startswith(prompt_text):
-        raise PluralignError("the chat template renders the conversation differently once the reply is added, "
-                             f"so the reply cannot be separated from the prompt {_preview(prompt_text)}")
-    return prompt_text, full_text[len(prompt_text):], True
 
 
 def split_on_tokens(tokenizer: Any, prompt_text: str, completion_text: str, *,

@@ -27,7 +27,10 @@ class Controls:
     weights: objective weights (sequence in objective order or {name: w}); n: candidates (BoN, soft BoN,
     rejection proposals, RPS k, blockwise K); beta: KL strength β / temperature λ of the tilt; w:
     guidance weight (ARGS w, CD λ, TQ* α, GenARM α); constraints: {"keywords": [...], "min_words": a,
-    "max_words": b} for search; user: passed to per-user reward sources; extra: method-specific options.
+    "max_words": b} for search; user: passed to per-user reward sources; chat_template: how the prompt
+    is rendered for the policy (auto | always | never, `pluralign.data.prompts`; reward sources always
+    receive the prompt itself, text or messages, and render it with their own tokenizer); extra:
+    method-specific options.
     """
 
     weights: Any = None
@@ -42,6 +45,7 @@ class Controls:
     top_p: float = 1.0
     stop: Sequence[str] | None = None
     seed: int | None = 0
+    chat_template: str = "auto"
     extra: dict = field(default_factory=dict)
 
     def replace(self, **changes: Any) -> Controls:
@@ -151,7 +155,7 @@ def weights_matrix(reward: Any, controls: list[Controls], m: int) -> torch.Tenso
 def score_candidates(reward: Any, prompts: list[Any], cands: list[list[str]], controls: list[Controls]
                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Score every candidate: per prompt, objective scores [n_p, m] and weighted utility [n_p]."""
-    flat_p = [str(prompts[p]) for p, row in enumerate(cands) for _ in row]
+    flat_p = [prompts[p] for p, row in enumerate(cands) for _ in row]
     flat_y = [y for row in cands for y in row]
     users = [controls[p].user for p, row in enumerate(cands) for _ in row]
     s = score_groups(reward, flat_p, flat_y, users)

@@ -54,7 +54,7 @@ class ArgsGuide:
         for j, r in enumerate(rows):
             for z in cand[j].tolist():
                 texts.append(self.tokenizer.decode(self.prefix[r] + [z], skip_special_tokens=True))
-                prompts.append(str(self.prompts[r]))
+                prompts.append(self.prompts[r])
                 users.append(self.controls[r].user)
         return score_groups(self.reward, prompts, texts, users).view(b, k, -1)
 

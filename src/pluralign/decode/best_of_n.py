@@ -112,7 +112,8 @@ def draw_candidates(model: Any, tokenizer: Any, prompts: list[Any], controls: li
     keyed = [c.replace(n=n_of(c)) for c in controls]
     for idx, c in groups(keyed, "n", "max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed"):
         s = sample(model, tokenizer, [prompts[i] for i in idx], n=c.n, max_new_tokens=c.max_new_tokens,
-                   temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, stop=c.stop, seed=c.seed)
+                   temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, stop=c.stop, seed=c.seed,
+                   chat_template=[controls[i].chat_template for i in idx])
         compute.add(s.compute)
         for j, i in enumerate(idx):
             texts[i] = s.texts[j]

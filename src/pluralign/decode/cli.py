@@ -3,8 +3,10 @@
     pluralign decode --method bon --model DIR --reward gold --weights relevance=1,conciseness=0.5 \\
         --prompts prompts.jsonl --out out.jsonl --n 16
 
-Prompts: a .txt file (one prompt per line) or .jsonl with a "prompt" field and optional per-request
-"weights", "user", "n", "beta", "w" overriding the command-line values.
+Prompts: a .txt file (one plain-text prompt per line) or .jsonl with a "prompt" field — plain text or a
+list of chat messages ``[{"role": "user", "content": "..."}]`` — and optional per-request "weights",
+"user", "n", "beta", "w", "chat_template" overriding the command-line values. ``--chat-template``
+(auto | always | never) says how prompts are rendered for the policy (`pluralign.data.prompts`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pluralign.data.prompts import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES
 from pluralign.errors import ConfigError, DataError, Problem
 
-PER_REQUEST = ("weights", "user", "n", "beta", "w", "constraints")
+PER_REQUEST = ("weights", "user", "n", "beta", "w", "constraints", "chat_template")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=1.0, help="<= 0 for greedy")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat-template", default="auto", choices=CHAT_TEMPLATE_MODES, help=CHAT_TEMPLATE_HELP)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method option into controls.extra (e.g. k=10, mode=greedy, form=forward_kl); repeatable")
     p.set_defaults(func=run)
@@ -106,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     requests = read_prompts(args.prompts)
     base = Controls(weights=parse_weights(args.weights), n=args.n, beta=args.beta, w=args.w, user=args.user,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                    extra=parse_extra(args.set))
+                    chat_template=args.chat_template, extra=parse_extra(args.set))
     controls = [base.replace(**{k: r[k] for k in PER_REQUEST if k in r}) for r in requests]
     if not Path(args.model).is_dir():
         raise ConfigError(f"--model {args.model}: not a directory")

@@ -83,13 +83,15 @@ class ValueModel:
 
 
 def train_fudge(value: ValueModel, tokenizer: Any, prompts: list[Any], reward: Any, *, n: int = 8,
-                max_new_tokens: int = 16, steps: int = 50, lr: float = 1e-2, seed: int = 0, weights: Any = None
-                ) -> list[float]:
+                max_new_tokens: int = 16, steps: int = 50, lr: float = 1e-2, seed: int = 0, weights: Any = None,
+                chat_template: str = "auto") -> list[float]:
     """CD-FUDGE: sample n responses per prompt from the trunk, score them, and fit the head so every
-    prefix value regresses onto its sample's final (weighted) reward. Returns the loss per step."""
+    prefix value regresses onto its sample's final (weighted) reward (the reward sees each prompt itself,
+    text or messages; the trunk sees it rendered with `chat_template`). Returns the loss per step."""
     reward = as_reward(reward)
-    s = sample(value.trunk, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, seed=seed)
-    flat_p = [str(p) for p in prompts for _ in range(n)]
+    s = sample(value.trunk, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, seed=seed,
+               chat_template=chat_template)
+    flat_p = [p for p in prompts for _ in range(n)]
     r = score_groups(reward, flat_p, s.flat_texts())
     w = weights_matrix(reward, [Controls(weights=weights)], r.shape[1])[0]
     target = r @ w
@@ -167,7 +169,7 @@ def cd_blockwise(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any 
         raise ConfigError("cd_block needs value_model= or a reward")
     counted = Counted(reward) if reward is not None else None
     compute, pad = Compute(), pad_id_of(tokenizer, model)
-    ids = encode_prompts(tokenizer, prompts)
+    ids = encode_prompts(tokenizer, prompts, [c.chat_template for c in controls])
     gen: list[list[int]] = [[] for _ in prompts]
     active = list(range(len(prompts)))
     step = 0
@@ -202,7 +204,7 @@ def _block_scores(s, active, ids, gen, prompts, controls, tokenizer, value_model
         return v.view(len(active), K)
     texts = [tokenizer.decode(gen[i] + s.token_ids[j][b], skip_special_tokens=True) for j, i in enumerate(active)
              for b in range(K)]
-    flat_p = [str(prompts[i]) for i in active for _ in range(K)]
+    flat_p = [prompts[i] for i in active for _ in range(K)]
     r = score_groups(counted, flat_p, texts, [controls[i].user for i in active for _ in range(K)])
     w = weights_matrix(counted.source, [controls[i] for i in active], r.shape[1])
     return (r.view(len(active), K, -1) * w[:, None, :]).sum(-1)

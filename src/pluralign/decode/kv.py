@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pluralign.errors import PluralignError
+from pluralign.data.prompts import encode_prompts  # noqa: F401  (decoders import it from here)
 
 
 @dataclass
@@ -31,33 +31,6 @@ class Compute:
         self.tokens += other.tokens
         self.calls += other.calls
         return self
-
-
-def encode_prompts(tokenizer: Any, prompts: list) -> list[list[int]]:
-    """Token ids of each prompt: plain strings through the tokenizer, chat messages through its chat
-    template with the generation prompt added, lists of ints taken as token ids. An empty prompt becomes
-    the BOS token."""
-    out = []
-    for p in prompts:
-        if isinstance(p, (list, tuple)) and p and all(isinstance(t, int) for t in p):
-            out.append(list(p))  # already token ids
-            continue
-        if isinstance(p, list):
-            if not getattr(tokenizer, "chat_template", None):
-                raise PluralignError("chat-message prompts need a tokenizer with a chat template")
-            ids = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-        else:
-            ids = tokenizer(str(p))["input_ids"]
-        ids = list(ids)
-        if not ids:
-            bos = tokenizer.bos_token_id
-            if bos is None:
-                raise PluralignError("empty prompt and the tokenizer has no BOS token")
-            ids = [bos]
-        out.append(ids)
-    return out
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pluralign.data.prompts import as_messages, has_template
 from pluralign.errors import ConfigError
 
 DPA_SYSTEM = "You are a helpful, respectful and honest assistant. Your response should maximize weighted rating = {terms}."
@@ -49,13 +50,10 @@ def janus_system_message(preferences: Sequence[str] | str, persona: str | None =
 
 
 def with_system(prompt: Any, system: str, tokenizer: Any = None) -> Any:
-    """Attach a system message: chat messages when the tokenizer has a chat template (or the prompt is
-    already messages), else plain text `system + blank line + prompt`."""
-    if isinstance(prompt, list):
-        rest = [m for m in prompt if m.get("role") != "system"]
-        return [{"role": "system", "content": system}] + rest
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return [{"role": "system", "content": system}, {"role": "user", "content": str(prompt)}]
+    """Attach a system message (replacing any): chat messages when the prompt is messages or the tokenizer
+    has a chat template (plain text becomes the user message), else plain text `system + blank line + prompt`."""
+    if not isinstance(prompt, str) or has_template(tokenizer):
+        return as_messages(prompt, system)
     return f"{system}\n\n{prompt}"
 
 

@@ -65,7 +65,7 @@ def rps(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls
         for key, mult in counts.items():
             x = next(x for x in conditioned if repr(x) == key)
             s = sample(model, tokenizer, [x], n=mult, max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                       top_k=c.top_k, top_p=c.top_p, stop=c.stop, seed=c.seed)
+                       top_k=c.top_k, top_p=c.top_p, stop=c.stop, seed=c.seed, chat_template=c.chat_template)
             compute.add(s.compute)
             row.extend(s.texts[0])
         cands.append(row)

@@ -173,10 +173,12 @@ def eval_mode(*models: Any):
 
 def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, max_new_tokens: int = 48,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop: Sequence[str] | None = None,
-           eos: int | Sequence[int] | None = None, seed: int | None = None, max_rows: int = 1024) -> Samples:
+           eos: int | Sequence[int] | None = None, seed: int | None = None, max_rows: int = 1024,
+           chat_template: str | Sequence[str] = "auto") -> Samples:
     """Draw `n` samples per prompt (temperature <= 0: greedy). Deterministic for a given `seed`.
 
-    Prompts (strings or chat messages) are left-padded with a matching attention mask and position ids;
+    Prompts (strings, chat messages, or token ids) are rendered by `pluralign.data.prompts.encode_prompts`
+    (`chat_template`: auto | always | never, one mode or one per prompt) and left-padded with a matching attention mask and position ids;
     each prompt is prefilled once and its KV cache expanded to its n samples. At most `max_rows`
     sequences are decoded at once (prompts are processed in chunks).
     """
@@ -184,7 +186,7 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, ma
         raise ConfigError(f"sample: n and max_new_tokens must be >= 1 (got n={n}, max_new_tokens={max_new_tokens})")
     if not 0.0 < top_p <= 1.0:
         raise ConfigError(f"sample: top_p must be in (0, 1] (got {top_p})")
-    prompt_ids = encode_prompts(tokenizer, list(prompts))
+    prompt_ids = encode_prompts(tokenizer, list(prompts), chat_template)
     eos_set = eos_ids(tokenizer, model, eos)
     generator = make_generator(seed, model_device(model))
     compute = Compute()

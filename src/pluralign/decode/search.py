@@ -59,7 +59,7 @@ def constraint_score(constraints: dict | None, prompts: list[str], responses: li
     return total
 
 
-def heuristic(texts: list[str], prompt: str, c: Controls, reward: Any) -> torch.Tensor:
+def heuristic(texts: list[str], prompt: Any, c: Controls, reward: Any) -> torch.Tensor:
     """h = constraint rewards + extra["reward_weight"] (default 1) · weightsᵀ learned reward."""
     h = constraint_score(c.constraints, [prompt] * len(texts), texts)
     if reward is not None:
@@ -87,7 +87,7 @@ def _search_one(model, tokenizer, prompt, c: Controls, reward, compute: Compute)
     keep_k, iters = int(c.extra.get("beams", 3)), int(c.extra.get("max_iterations", 10))
     if keep_k > width:
         raise ConfigError(f"deal: beams ({keep_k}) must be <= init_beams ({width})")
-    base = encode_prompts(tokenizer, [prompt])[0]
+    base = encode_prompts(tokenizer, [prompt], c.chat_template)[0]
     beams = [([], 0.0, False)]  # (generated ids, log p, finished)
     best = beams
     for it in range(iters):
@@ -105,7 +105,7 @@ def _search_one(model, tokenizer, prompt, c: Controls, reward, compute: Compute)
                 done = s.finish[j][i] == "eos" or len(ids) >= c.max_new_tokens
                 cands.append((ids, b[1] + float(s.sum_logps[j, i]), done))
         decoded = [tokenizer.decode(ids, skip_special_tokens=True) for ids, _, _ in cands]
-        h = heuristic(decoded, str(prompt), c, reward)
+        h = heuristic(decoded, prompt, c, reward)
         f = torch.tensor([lp for _, lp, _ in cands]) + float(c.w) * h
         order = torch.argsort(f, descending=True, stable=True)[:keep_k].tolist()
         beams = [cands[i] for i in order]

@@ -65,7 +65,7 @@ def run_tokenwise(model: Any, tokenizer: Any, prompts: list[Any], controls: list
     """Decode with `make_guide(prompt_ids, compute, generator) -> Guide`; returns texts, the generation
     record (tokens, model log-probs) and the compute of the policy plus the guide's models."""
     compute = compute if compute is not None else Compute()
-    prompt_ids = encode_prompts(tokenizer, prompts)
+    prompt_ids = encode_prompts(tokenizer, prompts, [c.chat_template for c in controls])
     seed = controls[0].seed if controls else None
     with eval_mode(model):
         state = LMState.from_ids(model, prompt_ids, pad_id_of(tokenizer, model), compute=compute)

@@ -57,7 +57,7 @@ class TQGuide:
             z = int(cand.view(-1)[idx])
             cont = [] if z in self.eos else roll.token_ids[idx][0]
             texts.append(self.tokenizer.decode(self.prefix[r] + [z] + cont, skip_special_tokens=True))
-            flat_p.append(str(self.prompts[r]))
+            flat_p.append(self.prompts[r])
             users.append(self.controls[r].user)
             flat_rows.append(r)
         r_all = score_groups(self.reward, flat_p, texts, users)

@@ -12,7 +12,7 @@ Config (YAML)::
       - {name: bon4, path: sandbox, decoder: bon, reward: gold, controls: {n: 4}}
     baseline: base                # win rates are against this model's outputs
     reference: base               # KL(π‖π_ref) is measured against this model
-    generation: {max_new_tokens: 24, temperature: 1.0, seed: 0}
+    generation: {max_new_tokens: 24, temperature: 1.0, seed: 0, chat_template: auto}  # auto/always/never
     judge: {kind: gold, weights: {relevance: 1.0}}      # or {kind: gold, population: default, group: majority}
                                   # or {kind: reward, source: RM_DIR | module:function | gold}
                                   # or {kind: llm, base_url: ..., model: ..., api_key_env: ..., ...}
@@ -125,14 +125,16 @@ def generate(entry: dict, prompts: list, gen: dict, device: str | None) -> dict:
     if entry.get("decoder"):
         from pluralign.decode.api import Controls, decode
 
-        controls = Controls(**{**{k: gen[k] for k in ("max_new_tokens", "temperature", "seed") if k in gen},
+        controls = Controls(**{**{k: gen[k] for k in ("max_new_tokens", "temperature", "seed", "chat_template")
+                                  if k in gen},
                                **entry.get("controls", {})})
         result = decode(entry["decoder"], model, tok, prompts, reward=entry.get("reward"), controls=controls)
         return {"texts": list(result.texts), "model": model, "tokenizer": tok, "n": controls.n}
     from pluralign.decode.sampler import sample
 
     s = sample(model, tok, prompts, n=1, max_new_tokens=int(gen.get("max_new_tokens", 32)),
-               temperature=float(gen.get("temperature", 1.0)), seed=gen.get("seed", 0))
+               temperature=float(gen.get("temperature", 1.0)), seed=gen.get("seed", 0),
+               chat_template=gen.get("chat_template", "auto"))
     return {"texts": [row[0] for row in s.texts], "model": model, "tokenizer": tok,
             "sum_logps": s.sum_logps[:, 0].tolist(), "ids": [(p, row[0]) for p, row in zip(s.prompt_ids, s.token_ids, strict=True)]}
 

@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pluralign.data.prompts import transcript
+
 PAIRWISE_SYSTEM = (
     "Please act as an impartial judge and evaluate the quality of the responses provided by two AI "
     "assistants to the user question displayed below. Choose the assistant that follows the user's "
@@ -118,8 +120,5 @@ def weighted_preference(top_logprobs: Sequence[Mapping[str, Any]] | None) -> flo
     return math.nan if total == 0 else 2.0 - probs["m"] / total
 
 
-def text_of(x: Any) -> str:
-    """Prompts and responses may be chat messages; judges read them as a transcript."""
-    if isinstance(x, str):
-        return x
-    return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in x)
+# Prompts and responses may be chat messages; judges read them as a transcript (one rendering for all).
+text_of = transcript

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
+from pluralign.data.prompts import check_mode, prompt_ids, transcript
 from pluralign.errors import ConfigError
 from pluralign.models.heads import backbone_hidden, hidden_size, pool
 from pluralign.runs import atomic_write_bytes, atomic_write_json
@@ -40,17 +41,21 @@ def register(cls: type[RewardModel]) -> type[RewardModel]:
 class TextEncoder(nn.Module):
     """A transformers backbone + tokenizer → one vector per text (pooled final hidden state).
 
-    kind='causal': prompt and response are joined by `pluralign.data.tokenize.encode_pair` (chat template
-    when the prompt is messages, EOS appended) and the last non-pad token is read. kind='encoder'
-    (BERT-like, e.g. all-MiniLM-L6-v2): the tokenizer's own text-pair encoding and mean pooling.
+    kind='causal': prompt and response are joined by `pluralign.data.tokenize.encode_pair` with this
+    encoder's own tokenizer and `chat_template` mode (`pluralign.data.prompts`: a reward model trained on
+    chat data scores chat data through its own template) and the last non-pad token is read.
+    kind='encoder' (BERT-like, e.g. all-MiniLM-L6-v2): the tokenizer's own text-pair encoding of the
+    texts (message lists as a `transcript`) and mean pooling.
     """
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, *, kind: str = "causal", pooling: str | None = None,
-                 max_length: int = 256, source: str | None = None, trainable: bool = True):
+                 max_length: int = 256, source: str | None = None, trainable: bool = True,
+                 chat_template: str = "auto"):
         super().__init__()
         self.backbone, self.tokenizer, self.kind = backbone, tokenizer, kind
         self.pooling = pooling or ("mean" if kind == "encoder" else "last")
         self.max_length, self.source, self.trainable = max_length, source, trainable
+        self.chat_template = check_mode(chat_template)
         self.backbone.requires_grad_(trainable)
 
     @property
@@ -61,12 +66,13 @@ class TextEncoder(nn.Module):
         # a local backbone directory is stored absolute, so the saved model loads from any working directory
         source = str(Path(self.source).resolve()) if self.source and Path(self.source).exists() else self.source
         return {"kind": self.kind, "pooling": self.pooling, "max_length": self.max_length,
-                "trainable": self.trainable, "source": source}
+                "trainable": self.trainable, "source": source, "chat_template": self.chat_template}
 
     def tokenize(self, prompts: Sequence[Any], responses: Sequence[Any] | None = None) -> dict[str, torch.Tensor]:
         """Right-padded batch for prompt+response texts (or prompts alone when `responses` is None)."""
         if self.kind == "encoder":
-            enc = self.tokenizer(list(map(_flat, prompts)), None if responses is None else list(map(_flat, responses)),
+            enc = self.tokenizer(list(map(transcript, prompts)),
+                                 None if responses is None else list(map(transcript, responses)),
                                  truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
             return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         from pluralign.data.collate import pad_rows
@@ -75,11 +81,11 @@ class TextEncoder(nn.Module):
         if responses is None:  # the prompt alone, as generation would see it (chat template applied)
             rows = []
             for p in prompts:
-                text, templated = _prompt_text(self.tokenizer, p)
-                ids = self.tokenizer.encode(text, add_special_tokens=not templated)[-self.max_length:]
+                ids = prompt_ids(self.tokenizer, p, self.chat_template)[-self.max_length:]
                 rows.append(Encoded(ids, [0] * len(ids)))
         else:
-            rows = [encode_pair(self.tokenizer, p, r, self.max_length) for p, r in zip(prompts, responses, strict=True)]
+            rows = [encode_pair(self.tokenizer, p, r, self.max_length, chat_template=self.chat_template)
+                    for p, r in zip(prompts, responses, strict=True)]
         batch = pad_rows(rows, pad_token_id(self.tokenizer))
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
@@ -94,21 +100,6 @@ class TextEncoder(nn.Module):
             batch = self.tokenize(prompts[i:i + batch_size], None if responses is None else responses[i:i + batch_size])
             out.append(self(**{k: v.to(device) for k, v in batch.items()}))
         return torch.cat(out) if out else torch.zeros(0, self.dim, device=device)
-
-
-def _prompt_text(tokenizer: Any, prompt: Any) -> tuple[str, bool]:
-    if isinstance(prompt, str):
-        return prompt, False
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True), True
-    return _flat(prompt), False
-
-
-def _flat(text: Any) -> str:
-    """Chat messages → plain text for encoders that have no chat template."""
-    if isinstance(text, str):
-        return text
-    return "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in text)
 
 
 class RewardModel(nn.Module):
@@ -200,7 +191,7 @@ def _load_encoder(cfg: dict | None, model_dir: Path, device: str | None) -> Text
     backbone = load_model(str(path), device=device, **kwargs)
     return TextEncoder(backbone, load_tokenizer(str(path)), kind=cfg["kind"], pooling=cfg["pooling"],
                        max_length=cfg["max_length"], source=None if src == "backbone" else src,
-                       trainable=cfg["trainable"])
+                       trainable=cfg["trainable"], chat_template=cfg.get("chat_template", "auto"))
 
 
 def load_reward_model(model_dir: str | Path, *, device: str | None = None) -> Any:

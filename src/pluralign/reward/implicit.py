@@ -40,7 +40,7 @@ class ImplicitRewardModel:
     model_type = "implicit"
 
     def __init__(self, policy: Any, tokenizer: Any, reference: Any = None, *, beta: float = 0.1, form: str = "ratio",
-                 max_length: int = 512, batch_size: int = 16, paths: dict | None = None):
+                 max_length: int = 512, batch_size: int = 16, paths: dict | None = None, chat_template: str = "auto"):
         if form not in FORMS:
             raise ConfigError(f"implicit reward form must be one of {FORMS}, got {form!r}")
         if form == "ratio" and reference is None:
@@ -48,13 +48,15 @@ class ImplicitRewardModel:
         self.policy, self.tokenizer, self.reference = policy, tokenizer, reference
         self.beta, self.form, self.max_length, self.batch_size = beta, form, max_length, batch_size
         self.paths = paths or {}
+        self.chat_template = chat_template  # how prompts are rendered (pluralign.data.prompts), as in training
         self.objectives = ["implicit_reward"]
 
     def _batch(self, prompts: Sequence[Any], responses: Sequence[Any]) -> dict[str, torch.Tensor]:
         from pluralign.data.collate import pad_rows
         from pluralign.data.tokenize import encode_pair, pad_token_id
 
-        enc = [encode_pair(self.tokenizer, p, r, self.max_length) for p, r in zip(prompts, responses, strict=True)]
+        enc = [encode_pair(self.tokenizer, p, r, self.max_length, chat_template=self.chat_template)
+               for p, r in zip(prompts, responses, strict=True)]
         return pad_rows(enc, pad_token_id(self.tokenizer))
 
     @torch.no_grad()
@@ -77,21 +79,25 @@ class ImplicitRewardModel:
             raise ConfigError("an implicit reward model can be saved only when built with from_paths()")
         out = Path(out_dir)
         atomic_write_json(out / "config.json", {"format_version": 1, "type": "implicit", "beta": self.beta,
-                                                "form": self.form, "max_length": self.max_length, **self.paths})
+                                                "form": self.form, "max_length": self.max_length,
+                                                "chat_template": self.chat_template, **self.paths})
         return out
 
     @classmethod
     def from_paths(cls, policy: str | Path, reference: str | Path | None = None, *, beta: float = 0.1,
-                   form: str = "ratio", max_length: int = 512, device: str | None = None) -> ImplicitRewardModel:
+                   form: str = "ratio", max_length: int = 512, device: str | None = None,
+                   chat_template: str = "auto") -> ImplicitRewardModel:
         from pluralign.models.load import load_model, load_tokenizer
 
         pol = load_model(str(policy), device=device).eval()
         ref = load_model(str(reference), device=device).eval() if reference is not None else None
         paths = {"policy": str(policy)} | ({"reference": str(reference)} if reference is not None else {})
-        return cls(pol, load_tokenizer(str(policy)), ref, beta=beta, form=form, max_length=max_length, paths=paths)
+        return cls(pol, load_tokenizer(str(policy)), ref, beta=beta, form=form, max_length=max_length, paths=paths,
+                   chat_template=chat_template)
 
     @classmethod
     def load(cls, model_dir: str | Path, *, device: str | None = None) -> ImplicitRewardModel:
         cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
         return cls.from_paths(cfg["policy"], cfg.get("reference"), beta=cfg["beta"], form=cfg["form"],
-                              max_length=cfg["max_length"], device=device)
+                              max_length=cfg["max_length"], device=device,
+                              chat_template=cfg.get("chat_template", "auto"))

@@ -137,7 +137,8 @@ def train_base(seed: int, config: SandboxConfig, *, verbose: bool = False):
     model = tiny_llama(len(tok), hidden_size=config.hidden_size, num_layers=config.num_layers,
                        num_heads=config.num_heads, max_position_embeddings=max(128, config.max_length), seed=seed,
                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    collate = SFTCollator(tok, max_length=config.max_length)
+    # The world's texts are raw LM text and already-rendered "question: … answer:" requests: no template.
+    collate = SFTCollator(tok, max_length=config.max_length, chat_template="never")
     # Pretraining texts have an empty prompt: the collator conditions them on BOS and scores every token.
     phases = [("pretrain", [("", t) for t in w.corpus(config.n_corpus)], config.pretrain_steps),
               ("finetune", w.pairs(config.n_requests), config.finetune_steps)]

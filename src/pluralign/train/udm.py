@@ -21,7 +21,7 @@ from pluralign.models.logprobs import final_hidden_states
 
 @torch.no_grad()
 def prompt_embeddings(model: Any, tokenizer: Any, records: Sequence[Any], batch_size: int = 32,
-                      max_length: int = 512) -> torch.Tensor:
+                      max_length: int = 512, chat_template: str = "auto") -> torch.Tensor:
     """[N, H] float32: each record's prompt tokens (as training sees them: chat template, truncation) through
     the model, final hidden states averaged over those tokens."""
     from pluralign.data.collate import pad_rows
@@ -35,7 +35,7 @@ def prompt_embeddings(model: Any, tokenizer: Any, records: Sequence[Any], batch_
         for start in range(0, len(records), batch_size):
             rows = []
             for r in records[start:start + batch_size]:
-                encoded = encode_pair(tokenizer, r.prompt, r.response, max_length)
+                encoded = encode_pair(tokenizer, r.prompt, r.response, max_length, chat_template=chat_template)
                 prompt = encoded.input_ids[:len(encoded) - sum(encoded.completion_mask)]
                 rows.append(Encoded(prompt, [0] * len(prompt)))
             batch = pad_rows(rows, pad_token_id(tokenizer))
@@ -72,10 +72,10 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1.0, max_iter: in
 
 
 def bco_udm_weights(model: Any, tokenizer: Any, records: Sequence[Any], *, sample_size: int = 1024, seed: int = 0,
-                    min_ratio: float = 0.5, max_ratio: float = 10.0) -> torch.Tensor:
+                    min_ratio: float = 0.5, max_ratio: float = 10.0, chat_template: str = "auto") -> torch.Tensor:
     """[N] weights for binary `records`: 1 for desirable ones, the clamped density ratio for undesirable ones."""
     labels = torch.tensor([bool(r.label) for r in records])
-    embeddings = prompt_embeddings(model, tokenizer, records)
+    embeddings = prompt_embeddings(model, tokenizer, records, chat_template=chat_template)
     fit_rows = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))[:sample_size]
     theta = fit_logistic(embeddings[fit_rows], labels[fit_rows].float())
     prob = torch.sigmoid(embeddings.double() @ theta[:-1] + theta[-1]).float()

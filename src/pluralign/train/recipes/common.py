@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pluralign.config import option
+from pluralign.data.prompts import CHAT_TEMPLATE_HELP
 from pluralign.errors import ConfigError
 from pluralign.models.load import LoraSpec, load_model, load_tokenizer, save_model
 from pluralign.models.logprobs import prepare_packing
@@ -24,6 +25,7 @@ class PolicyTrainingConfig:
     max_length: int = option(512, help="Longest prompt+completion in tokens.")
     max_prompt_length: int | None = option(None, help="Longest prompt in tokens (default: no separate limit).")
     truncation: Literal["keep_end", "keep_start", "error"] = option("keep_end", help="How an over-long prompt is cut: keep its end, its start, or raise.")
+    chat_template: Literal["auto", "always", "never"] = option("auto", help=CHAT_TEMPLATE_HELP + ".")
     packing: bool = option(True, help="Padding-free batches: sequences laid end to end with restarting position ids, attention run per sequence (no compute or memory spent on padding). Checked against padded batches on the model at start; a model that fails trains on padded batches.")
     gradient_checkpointing: bool = option(True, help="Recompute each decoder layer's activations in backward instead of storing them: about a third more compute for a fraction of the activation memory (TRL's default too). Turn off for speed when memory allows.")
     dtype: str = option("auto", help="Weights dtype: auto (as saved), float32, bfloat16, float16.")

@@ -238,7 +238,8 @@ def run(config: PreferenceConfig) -> RecipeResult:
 
     tokenizer, model, packing = load_policy(config)
     collator = kind.collator(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-                             truncation=config.truncation, packing=packing, **kind.collator_options)
+                             truncation=config.truncation, chat_template=config.chat_template, packing=packing,
+                             **kind.collator_options)
     train_items = make_items(load_data(config.data, kind, config.skip_invalid), info, config.loop.seed)
     eval_items = make_items(load_data(config.eval_data, kind, config.skip_invalid), info, config.loop.seed) if config.eval_data else None
 
@@ -296,7 +297,7 @@ def _history(config, info, kind, collator, items, distributed) -> Tensors:
 
 def _udm(config, model, tokenizer, items, distributed) -> torch.Tensor:
     weights = bco_udm_weights(model, tokenizer, [it.record for it in items], sample_size=config.udm_sample_size,
-                              seed=config.loop.seed)
+                              seed=config.loop.seed, chat_template=config.chat_template)
     undesirable = weights[~torch.tensor([bool(it.record.label) for it in items])]
     if len(undesirable):
         distributed.print(f"UDM density ratios of {len(undesirable)} undesirable examples: mean {undesirable.mean():.3f}, "

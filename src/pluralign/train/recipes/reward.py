@@ -22,6 +22,7 @@ from typing import Literal
 from pluralign.config import option
 from pluralign.data.convert import pairwise_to_binary, ranked_to_pairwise
 from pluralign.data.io import read_records
+from pluralign.data.prompts import CHAT_TEMPLATE_HELP
 from pluralign.data.records import Binary, Pairwise, Ranked, Rated
 from pluralign.errors import ConfigError, DataError, Problem
 from pluralign.reward import data as rdata
@@ -58,6 +59,7 @@ class RewardConfig:
     eval_data: str = option("", help="Held-out feedback for the final evaluation (optional).")
     output_dir: str = option("runs/reward", help="Run directory; the model is saved to <output_dir>/model.")
     max_length: int = option(256, help="Maximum tokens of prompt + response.")
+    chat_template: Literal["auto", "always", "never"] = option("auto", help=CHAT_TEMPLATE_HELP + "; saved with the model, so scoring renders prompts as training did.")
     objectives: list[str] = option(default_factory=list, help="Objective names (multi); default: every rating/objective in the data.")
     head_hidden: int = option(0, help="Hidden width of an MLP head / PAL projectors (0: linear).")
     n_heads: int = option(1, help="bt: independently initialised scalar heads (an ensemble on one backbone).")
@@ -112,7 +114,8 @@ def _encoder(config: RewardConfig) -> TextEncoder:
 
     backbone = load_model(config.model, kind=config.backbone_kind)
     return TextEncoder(backbone, load_tokenizer(config.model), kind=config.backbone_kind, pooling=config.pooling or None,
-                       max_length=config.max_length, source=config.model, trainable=not config.freeze_backbone)
+                       max_length=config.max_length, source=config.model, trainable=not config.freeze_backbone,
+                       chat_template=config.chat_template)
 
 
 def _pairs(records: list, source: str) -> list[Pairwise]:

@@ -29,7 +29,7 @@ def run(config: SFTConfig) -> RecipeResult:
     nll = losses.get("nll")
     tokenizer, model, packing = load_policy(config)
     collate = SFTCollator(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-                          truncation=config.truncation, packing=packing)
+                          truncation=config.truncation, chat_template=config.chat_template, packing=packing)
 
     def step(model, batch):
         sums, lengths = sequence_logps(model, batch)
