@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "pluralign.sandbox.cli",
     "pluralign.train.cli",
     "pluralign.decode.cli",
+    "pluralign.serve.cli",
     "pluralign.evaluate.cli",
     "pluralign.demo",
 )

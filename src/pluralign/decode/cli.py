@@ -99,9 +99,22 @@ def read_prompts(path: str) -> list[dict]:
     return rows
 
 
+def method_kwargs(method: str, reward: Any, tokenizer: Any, models: list[Any] | None = None) -> dict[str, Any]:
+    """Keyword arguments a decoder needs beyond the contract: ARGS scores candidate prefixes with the
+    reward model's own KV cache when it shares the policy's vocabulary; fusion decoders get the extra
+    models. Shared by this command and `pluralign serve`."""
+    from pluralign.decode.args import cacheable
+
+    kwargs: dict[str, Any] = {}
+    if method == "args" and cacheable(reward) and len(reward.encoder.tokenizer) == len(tokenizer):
+        kwargs["reward_model"] = reward
+    if models:
+        kwargs["models"] = list(models)
+    return kwargs
+
+
 def run(args: argparse.Namespace) -> int:
     from pluralign.decode.api import Controls, decode, get
-    from pluralign.decode.args import cacheable
     from pluralign.decode.rewards import load_reward
     from pluralign.decode.steer import load_policy
     from pluralign.runs import atomic_write_jsonl
@@ -115,12 +128,9 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.model).is_dir():
         raise ConfigError(f"--model {args.model}: not a directory")
     model, tokenizer = load_policy(args.model)
-    kwargs: dict[str, Any] = {}
     reward = load_reward(args.reward) if args.reward else None
-    if args.method == "args" and cacheable(reward) and len(reward.encoder.tokenizer) == len(tokenizer):
-        kwargs["reward_model"] = reward  # same vocabulary: score candidate prefixes with the RM's KV cache
-    if args.models:
-        kwargs["models"] = [load_policy(d)[0] for d in args.models.split(",")]
+    extra_models = [load_policy(d)[0] for d in args.models.split(",")] if args.models else []
+    kwargs = method_kwargs(args.method, reward, tokenizer, extra_models)
     result = decode(args.method, model, tokenizer, [r["prompt"] for r in requests], reward=reward,
                     controls=controls, **kwargs)
     rows = []

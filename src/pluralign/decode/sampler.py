@@ -12,7 +12,7 @@ log-probs (after warping) are in `proposal_logps` (0 for greedy decoding).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,13 +174,19 @@ def eval_mode(*models: Any):
 def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, max_new_tokens: int = 48,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop: Sequence[str] | None = None,
            eos: int | Sequence[int] | None = None, seed: int | None = None, max_rows: int = 1024,
-           chat_template: str | Sequence[str] = "auto") -> Samples:
+           chat_template: str | Sequence[str] = "auto",
+           on_step: Callable[[Generation, int], None] | None = None) -> Samples:
     """Draw `n` samples per prompt (temperature <= 0: greedy). Deterministic for a given `seed`.
 
     Prompts (strings, chat messages, or token ids) are rendered by `pluralign.data.prompts.encode_prompts`
     (`chat_template`: auto | always | never, one mode or one per prompt) and left-padded with a matching attention mask and position ids;
     each prompt is prefilled once and its KV cache expanded to its n samples. At most `max_rows`
     sequences are decoded at once (prompts are processed in chunks).
+
+    `on_step(gen, first)`, if given, runs after every decoding step of a chunk whose first prompt is
+    `first` (row r of `gen` is sample r % n of prompt first + r // n). It may read the tokens so far
+    (streaming) and end rows early by setting `gen.reason[r]` (e.g. "cancelled" when a client has gone),
+    which drops them from the batch at once.
     """
     if n < 1 or max_new_tokens < 1:
         raise ConfigError(f"sample: n and max_new_tokens must be >= 1 (got n={n}, max_new_tokens={max_new_tokens})")
@@ -195,13 +201,14 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, ma
     with eval_mode(model):
         for start in range(0, len(prompt_ids), per_chunk):
             chunk = prompt_ids[start:start + per_chunk]
+            step = None if on_step is None else (lambda gen, first=start: on_step(gen, first))
             gens.append(_sample_chunk(model, tokenizer, chunk, n, max_new_tokens, temperature, top_k, top_p,
-                                      stop, eos_set, generator, compute))
+                                      stop, eos_set, generator, compute, step))
     return _collect(gens, n, prompt_ids, compute)
 
 
 def _sample_chunk(model, tokenizer, prompt_ids, n, max_new_tokens, temperature, top_k, top_p, stop, eos_set,
-                  generator, compute) -> Generation:
+                  generator, compute, on_step=None) -> Generation:
     pad = pad_id_of(tokenizer, model)
     state = LMState.from_ids(model, prompt_ids, pad, compute=compute)
     state.select(torch.arange(len(prompt_ids)).repeat_interleave(n))
@@ -212,6 +219,8 @@ def _sample_chunk(model, tokenizer, prompt_ids, n, max_new_tokens, temperature, 
                                   generator=generator)
         logp = torch.log_softmax(state.logits, -1).gather(-1, tok[:, None]).squeeze(-1)
         gen.append(rows, tok, logp, prop)
+        if on_step is not None:
+            on_step(gen)
         keep = [j for j, r in enumerate(rows) if gen.reason[r] is None]
         if not keep:
             return gen

@@ -1,0 +1,321 @@
+"""The HTTP side: routes, authentication, limits, streaming and errors (see `pluralign.serve`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from pluralign.data.prompts import encode_prompts
+from pluralign.decode.api import names as method_names
+from pluralign.decode.rewards import objective_names, weight_vector
+from pluralign.errors import PluralignError
+from pluralign.serve import protocol as P
+from pluralign.serve.config import ServeConfig
+from pluralign.serve.engine import PLAIN, Engine, Job, Loaded
+from pluralign.serve.errors import APIError
+from pluralign.serve.limits import Keys, Limiter, load_keys
+from pluralign.serve.metrics import Metrics
+
+log = logging.getLogger("pluralign.serve")
+
+
+def prompt_token_ids(tokenizer: Any, prompts: list[Any], chat_template: str) -> list[list[int]]:
+    """Token ids of prompts exactly as the decoders will see them (pluralign's one rendering function:
+    chat messages through the tokenizer's chat template)."""
+    try:
+        return encode_prompts(tokenizer, prompts, chat_template)
+    except PluralignError as e:
+        raise APIError(400, str(e), code="unrenderable_prompt") from None
+
+
+class SSEResponse(StreamingResponse):
+    """A server-sent-event stream that runs `on_close` however it ends (finished, failed, or the client
+    went away), so the request's slot is freed and its work cancelled."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]):
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+class Server:
+    """State shared by the handlers: config, engine, keys, limits, metrics."""
+
+    def __init__(self, cfg: ServeConfig, loaded: Loaded | None = None, keys: list[str] | None = None):
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.engine = Engine(cfg, self.metrics, loaded)
+        self.keys = Keys(load_keys(cfg.api_key_file) if keys is None else keys)
+        self.limiter = Limiter(cfg.rate_limit, cfg.max_concurrent)
+        self.started = int(time.time())
+
+    # --- plumbing shared by every /v1 route
+    async def read_body(self, request: Request) -> dict:
+        cap = self.cfg.max_body_bytes
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > cap:
+            raise APIError(413, f"request body larger than {cap} bytes", code="body_too_large")
+        raw, size = [], 0
+        async for part in request.stream():
+            size += len(part)
+            if size > cap:
+                raise APIError(413, f"request body larger than {cap} bytes", code="body_too_large")
+            raw.append(part)
+        return P.parse_json(b"".join(raw))
+
+    def route(self, endpoint: str, handler: Callable, body: bool = True) -> Callable:
+        async def run(request: Request) -> Response:
+            t0, release, resp = time.monotonic(), None, None
+            try:
+                release = self.limiter.admit(self.keys.identify(request.headers.get("authorization")))
+                data = await self.read_body(request) if body else {}
+                resp = await handler(request, data, release)
+            except APIError as e:
+                resp = e.response()
+            except PluralignError as e:
+                resp = APIError(422, str(e), code="unprocessable").response()
+            finally:
+                if not isinstance(resp, SSEResponse):
+                    if release is not None:
+                        release()
+                    self.metrics.request(endpoint, resp.status_code if resp is not None else 500,
+                                         time.monotonic() - t0 if body else None)
+            return resp
+
+        return run
+
+    def ready(self) -> Loaded:
+        if self.engine.state != "ready":
+            raise APIError(503, f"model is not ready ({self.engine.state})", code="model_not_ready",
+                           headers={"Retry-After": "1"})
+        return self.engine.loaded
+
+    # --- handlers
+    async def health(self, request: Request) -> Response:
+        e = self.engine
+        body = {"status": e.state, "model": e.loaded.name if e.loaded else None, "queue": e.queue.qsize()}
+        if e.error:
+            body["error"] = e.error
+        return JSONResponse(body, status_code=200 if e.state == "ready" else 503)
+
+    async def metrics_text(self, request: Request, _: dict, __: Any) -> Response:
+        e = self.engine
+        text = self.metrics.render({"model_ready": float(e.state == "ready"), "queue_depth": e.queue.qsize(),
+                                    "requests_in_flight": self.limiter.inflight(), "batch_active_requests": e.active})
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    async def models(self, request: Request, _: dict, __: Any) -> Response:
+        loaded = self.ready()
+        data = [{"id": loaded.name, "object": "model", "created": self.started, "owned_by": "pluralign",
+                 "pluralign": {"kind": "policy", "methods": [PLAIN, *method_names()], "rewards": list(loaded.rewards)}}]
+        for name, src in loaded.rewards.items():
+            data.append({"id": name, "object": "model", "created": self.started, "owned_by": "pluralign",
+                         "pluralign": {"kind": "reward", "objectives": getattr(src, "objectives", None)}})
+        return JSONResponse({"object": "list", "data": data})
+
+    async def completions(self, request: Request, body: dict, release: Callable[[], None]) -> Response:
+        return await self.generate(request, body, release, chat=False)
+
+    async def chat(self, request: Request, body: dict, release: Callable[[], None]) -> Response:
+        return await self.generate(request, body, release, chat=True)
+
+    def check_request(self, body: dict, chat: bool) -> tuple[str, list[Any], int, Any, int]:
+        loaded = self.ready()
+        model = body.get("model")
+        if model is not None and model != loaded.name:
+            raise APIError(404, f"model {model!r} is not served here; served: {loaded.name!r}", param="model",
+                           code="model_not_found")
+        method = body.get("method", PLAIN)
+        if not isinstance(method, str) or method not in (PLAIN, *method_names()):
+            raise APIError(400, f"unknown method {method!r}; known: {[PLAIN, *method_names()]}", param="method",
+                           code="unknown_method")
+        prompts = [P.chat_prompt(body)] if chat else P.completion_prompts(body)
+        n = P._number(body, "n", int, 1, 1, self.cfg.max_n)
+        controls = P.controls_from(body, self.cfg)
+        if not chat and "chat_template" not in body and "chat_template" not in (body.get("controls") or {}):
+            controls = controls.replace(chat_template="never")  # /v1/completions: the prompt as given (OpenAI)
+        reward = body.get("reward")
+        if reward is not None and not isinstance(reward, str):
+            raise APIError(400, "'reward' must be the name of a served reward source", param="reward")
+        source = self.engine.reward_source(reward)
+        if controls.weights is not None and source is not None and getattr(source, "objectives", None):
+            try:
+                weight_vector(controls.weights, objective_names(source, len(source.objectives)))
+            except (PluralignError, TypeError, ValueError) as e:
+                raise APIError(422, f"weights: {e}", param="weights", code="invalid_weights") from None
+        ids = prompt_token_ids(loaded.tokenizer, prompts, controls.chat_template)
+        longest = max(len(x) for x in ids)
+        if longest > self.cfg.max_prompt_tokens:
+            raise APIError(400, f"prompt has {longest} tokens, above the limit {self.cfg.max_prompt_tokens}",
+                           param="prompt", code="context_length_exceeded")
+        if len(prompts) * n > self.cfg.max_batch_rows:
+            raise APIError(400, f"{len(prompts)} prompts x n={n} exceeds {self.cfg.max_batch_rows} sequences",
+                           param="n")
+        return method, prompts, n, controls, sum(len(x) for x in ids)
+
+    async def generate(self, request: Request, body: dict, release: Callable[[], None], chat: bool) -> Response:
+        method, prompts, n, controls, prompt_tokens = self.check_request(body, chat)
+        stream = body.get("stream", False)
+        ignore_eos = body.get("ignore_eos", False)
+        if not isinstance(stream, bool) or not isinstance(ignore_eos, bool):
+            raise APIError(400, "'stream' and 'ignore_eos' must be true or false", code="invalid_type")
+        if ignore_eos and method != PLAIN:
+            raise APIError(400, "'ignore_eos' applies to method 'none' only", param="ignore_eos")
+        job = Job(ignore_eos=ignore_eos, method=method, prompts=prompts, n=n, controls=controls, reward=body.get("reward"), stream=stream,
+                  deadline=time.monotonic() + self.cfg.deadline_s, loop=asyncio.get_running_loop(),
+                  events=asyncio.Queue())
+        self.engine.submit(job)
+        rid, model = P.new_id("chatcmpl" if chat else "cmpl"), self.engine.loaded.name
+        if not stream:
+            kind, *rest = await self.wait(request, job)
+            if kind == "error":
+                raise rest[0]
+            return JSONResponse(P.completion_body(rid, model, rest[0], prompt_tokens, rest[1], chat))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        t0 = time.monotonic()
+
+        def close() -> None:
+            job.cancelled.set()
+            release()
+            self.metrics.request("chat" if chat else "completions", 200, time.monotonic() - t0)
+
+        return SSEResponse(self.sse(job, rid, model, chat, len(prompts) * n, prompt_tokens, include_usage), close)
+
+    async def wait(self, request: Request, job: Job) -> tuple:
+        while True:
+            try:
+                event = await asyncio.wait_for(job.events.get(), 0.25)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    job.cancelled.set()
+                    raise APIError(499, "client closed the request", code="client_closed") from None
+                if time.monotonic() > job.deadline + 1.0:
+                    job.cancelled.set()
+                    raise APIError(504, "request deadline passed", code="timeout") from None
+                continue
+            if event[0] != "delta":
+                return event
+
+    async def sse(self, job: Job, rid: str, model: str, chat: bool, n_choices: int, prompt_tokens: int,
+                  include_usage: bool) -> AsyncIterator[str]:
+        if chat:
+            for i in range(n_choices):
+                yield P.chunk(rid, model, i, chat, text="", role=True)
+        while True:
+            try:
+                event = await asyncio.wait_for(job.events.get(), max(0.1, job.deadline + 1.0 - time.monotonic()))
+            except TimeoutError:
+                event = ("error", APIError(504, "request deadline passed", code="timeout"))
+            if event[0] == "delta":
+                yield P.chunk(rid, model, event[1], chat, text=event[2])
+                continue
+            if event[0] == "error":
+                yield f"data: {json.dumps(event[1].body())}\n\n"
+                return
+            choices = event[1]
+            for i, c in enumerate(choices):
+                yield P.chunk(rid, model, i, chat, finish=c["finish_reason"], ext=P.extension(c))
+            if include_usage:
+                body = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                        "created": int(time.time()), "model": model, "choices": [],
+                        "usage": P.usage(prompt_tokens, choices)}
+                yield f"data: {json.dumps(body)}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+
+    async def rewards(self, request: Request, body: dict, _: Any) -> Response:
+        self.ready()
+        pairs = body.get("input")
+        if isinstance(pairs, list):
+            if not all(isinstance(x, dict) for x in pairs):
+                raise APIError(400, "'input' must be a list of {prompt, response} objects", param="input")
+            prompts, responses = [x.get("prompt") for x in pairs], [x.get("response") for x in pairs]
+        else:
+            prompts, responses = body.get("prompts"), body.get("responses")
+        if not (isinstance(prompts, list) and isinstance(responses, list) and prompts and len(prompts) == len(responses)):
+            raise APIError(400, "give 'input': [{prompt, response}, ...] or equal-length 'prompts' and 'responses'",
+                           param="input")
+        prompts = [p if isinstance(p, str) else P.chat_prompt({"messages": p}) for p in prompts]
+        if not all(isinstance(r, str) for r in responses):
+            raise APIError(400, "every response must be a string", param="responses")
+        if len(prompts) > self.cfg.max_batch_rows:
+            raise APIError(400, f"at most {self.cfg.max_batch_rows} pairs per request", param="input")
+        name = body.get("reward", body.get("model"))
+        users = body.get("users")
+        if users is not None and not isinstance(users, list):
+            raise APIError(400, "'users' must be a list", param="users")
+        per_user = {}
+        for u in users if users is not None else [body.get("user")]:
+            per_user[u] = await asyncio.to_thread(self.engine.score, name, prompts, responses, u)
+        source = self.engine.reward_source(name)
+        first = next(iter(per_user.values()))
+        objectives = objective_names(source, first.shape[1] if first.dim() == 2 else 1)
+        weights = body.get("weights")
+        w = weight_vector(weights, objectives) if weights is not None else None
+        data = []
+        for i in range(len(prompts)):
+            row: dict[str, Any] = {"index": i}
+            for u, s in per_user.items():
+                s2 = s if s.dim() == 2 else s[:, None]
+                entry: dict[str, Any] = {"scores": dict(zip(objectives, s2[i].tolist(), strict=True))}
+                if w is not None:
+                    entry["reward"] = float(s2[i] @ w)
+                if users is None:
+                    row.update(entry)
+                else:
+                    row.setdefault("per_user", {})[str(u)] = entry
+            data.append(row)
+        return JSONResponse({"object": "list", "model": name or next(iter(self.engine.loaded.rewards), None),
+                             "objectives": objectives, "data": data})
+
+
+def create_app(cfg: ServeConfig, loaded: Loaded | None = None, keys: list[str] | None = None) -> Starlette:
+    """The ASGI app. `loaded` skips loading from `cfg.model` (tests); `keys` replaces the key file/env."""
+    srv = Server(cfg, loaded, keys)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        srv.engine.start()
+        yield
+        await asyncio.to_thread(srv.engine.stop, cfg.graceful_timeout_s)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        msg = {404: f"no such endpoint: {request.url.path}", 405: f"method {request.method} not allowed here"}
+        return APIError(exc.status_code, msg.get(exc.status_code, str(exc.detail))).response()
+
+    async def crash(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return APIError(500, "internal server error", code="internal_error").response()
+
+    routes = [
+        Route("/health", srv.health, methods=["GET"]),
+        Route("/metrics", srv.route("metrics", srv.metrics_text, body=False), methods=["GET"]),
+        Route("/v1/models", srv.route("models", srv.models, body=False), methods=["GET"]),
+        Route("/v1/completions", srv.route("completions", srv.completions), methods=["POST"]),
+        Route("/v1/chat/completions", srv.route("chat", srv.chat), methods=["POST"]),
+        Route("/v1/rewards", srv.route("rewards", srv.rewards), methods=["POST"]),
+    ]
+    middleware = [Middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+                             allow_headers=["Authorization", "Content-Type"])] if cfg.cors_origins else []
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error, Exception: crash})
+    app.state.server = srv
+    return app

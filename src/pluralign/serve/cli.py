@@ -1,0 +1,46 @@
+"""`pluralign serve --model DIR [--reward DIR|gold ...] [--host 127.0.0.1 --port 8000] [--api-key-file F]`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from pluralign.serve.config import ServeConfig
+
+LISTS = {"rewards": "--reward", "models": "--models", "cors_origins": "--cors-origin"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server with per-request alignment controls")
+    for f in dataclasses.fields(ServeConfig):
+        flag = LISTS.get(f.name, "--" + f.name.replace("_", "-"))
+        helptext = f.metadata["help"]
+        if f.name in LISTS:
+            p.add_argument(flag, dest=f.name, action="append", default=[], help=helptext + " (repeatable)")
+        elif f.type in ("bool", bool):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=helptext)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(flag, dest=f.name, type=kind, default=f.default, required=f.name == "model", help=helptext)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pluralign.errors import ConfigError
+    from pluralign.serve.engine import named_reward
+    from pluralign.serve.limits import load_keys
+    from pluralign.serve.runner import serve
+
+    cfg = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
+    if not Path(cfg.model).is_dir():
+        raise ConfigError(f"--model {cfg.model}: not a directory")
+    for spec in cfg.rewards:
+        spec = named_reward(spec)[1]
+        if spec != "gold" and ":" not in spec and not Path(spec).is_dir():
+            raise ConfigError(f"--reward {spec}: expected 'gold', module:function or a reward-model directory")
+    load_keys(cfg.api_key_file)  # a bad key file fails here, before the server starts
+    print(f"pluralign serve: {cfg.model} on http://{cfg.host}:{cfg.port} (Ctrl-C drains and stops)", flush=True)
+    serve(cfg)
+    return 0

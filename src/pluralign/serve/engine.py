@@ -1,0 +1,325 @@
+"""The model side of the server: one worker thread owns the models and decodes queued requests in
+dynamic batches.
+
+Requests wait in a bounded queue (full: 503). The worker takes the first waiting request, then keeps
+collecting for `batch_window_ms` (up to `max_batch` requests), groups what it has by what must be equal
+to share a batch, and runs each group as ONE call:
+- method "none" (plain sampling): one call of the batched KV-cached sampler (`decode.sampler.sample`)
+  for every prompt of the group; its per-step hook streams tokens to their clients and drops the rows
+  of clients that disconnected or ran past their deadline, so they stop costing compute at once;
+- any registered decoder (bon, soft_bon, args, mod, genarm, ...): one `decode.api.decode` call with one
+  `Controls` per row; decoders group rows internally where they must. Sequence-level selection can only
+  answer once every candidate exists, so these stream their answer as one chunk, and a disconnect frees
+  the client's slot at once but the batch it shares finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pluralign.decode.api import Controls
+from pluralign.errors import PluralignError
+from pluralign.serve.config import ServeConfig
+from pluralign.serve.errors import APIError
+from pluralign.serve.metrics import Metrics
+
+log = logging.getLogger("pluralign.serve")
+
+PLAIN = "none"
+
+
+@dataclass
+class Loaded:
+    """What the worker decodes with: policy, tokenizer, named reward sources (first: default), extra
+    models for fusion decoders, and the id clients use."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    rewards: dict[str, Any] = field(default_factory=dict)
+    models: list[Any] = field(default_factory=list)
+
+
+def named_reward(spec: str) -> tuple[str, str]:
+    """'NAME=SOURCE' -> (NAME, SOURCE); a bare source is named 'gold', module:function, or its directory."""
+    name, eq, source = spec.partition("=")
+    if eq and name.isidentifier() and not Path(spec).exists():
+        return name, source
+    return (spec if spec == "gold" or ":" in spec and not Path(spec).exists() else Path(spec).resolve().name), spec
+
+
+def load(cfg: ServeConfig) -> Loaded:
+    from pluralign.decode.rewards import load_reward
+    from pluralign.models.load import load_model, load_tokenizer
+
+    device = cfg.device or ("cuda" if _cuda() else None)
+
+    def policy(path: str) -> Any:
+        if not Path(path).is_dir():
+            raise PluralignError(f"--model {path}: not a directory")
+        return load_model(path, device=device).eval()
+
+    rewards = {name: load_reward(src) for name, src in map(named_reward, cfg.rewards)}
+    return Loaded(model=policy(cfg.model), tokenizer=load_tokenizer(cfg.model),
+                  name=cfg.served_name or Path(cfg.model).resolve().name, rewards=rewards,
+                  models=[policy(d) for d in cfg.models])
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@dataclass
+class Job:
+    """One HTTP request: its prompts, n choices each, and the channel back to its handler. Choice
+    `i * n + k` is sample k of prompt i (OpenAI's order)."""
+
+    method: str
+    prompts: list[Any]
+    n: int
+    controls: Controls
+    reward: str | None
+    stream: bool
+    deadline: float
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue
+    ignore_eos: bool = False
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    sent: dict[int, str] = field(default_factory=dict)
+
+    def emit(self, *event: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop has closed: nobody is listening any more
+            pass
+
+    @property
+    def gone(self) -> bool:
+        return self.cancelled.is_set() or time.monotonic() > self.deadline
+
+    def key(self) -> tuple:
+        """Requests with equal keys share one batched call."""
+        if self.method != PLAIN:
+            return (self.method, self.reward)
+        c = self.controls
+        return (PLAIN, self.n, self.ignore_eos, c.chat_template, c.max_new_tokens, c.temperature, c.top_k, c.top_p,
+                tuple(c.stop or ()), c.seed)
+
+    def stream_text(self, choice: int, text: str, final: bool) -> None:
+        """Send the part of `text` not yet sent. Until the end, hold back what a stop string or an
+        unfinished multi-byte character could still change."""
+        if not self.stream:
+            return
+        prev = self.sent.get(choice, "")
+        if not final:
+            hold = max((len(s) for s in self.controls.stop or ()), default=1) - 1
+            text = (text[: len(text) - hold] if hold else text).rstrip("\ufffd")
+        if len(text) > len(prev) and text.startswith(prev):
+            self.emit("delta", choice, text[len(prev):])
+            self.sent[choice] = text
+
+
+class Engine:
+    def __init__(self, cfg: ServeConfig, metrics: Metrics, loaded: Loaded | None = None):
+        self.cfg, self.metrics, self.loaded = cfg, metrics, loaded
+        self.queue: queue.Queue[Job] = queue.Queue(maxsize=cfg.queue_size)
+        self.state = "loading"
+        self.error = ""
+        self.active = 0
+        self._stop = threading.Event()
+        self._reward_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="pluralign-serve-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new work, finish what is queued, then stop the worker."""
+        if self.state in ("ready", "loading"):
+            self.state = "draining"
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wait_ready(self, timeout: float = 120.0) -> bool:
+        end = time.monotonic() + timeout
+        while self.state == "loading" and time.monotonic() < end:
+            time.sleep(0.02)
+        return self.state == "ready"
+
+    def _main(self) -> None:
+        try:
+            if self.loaded is None:
+                self.loaded = load(self.cfg)
+            if self.state == "loading":
+                self.state = "ready"
+        except Exception as e:  # a model that will not load: /health says so, requests get 503
+            log.error("model failed to load: %s", e)
+            self.state, self.error = "failed", str(e)
+            return
+        self._worker()
+
+    def submit(self, job: Job) -> None:
+        if self.state != "ready":
+            raise APIError(503, f"model is not ready ({self.state})", code="model_not_ready",
+                           headers={"Retry-After": "1"})
+        try:
+            self.queue.put_nowait(job)
+        except queue.Full:
+            raise APIError(503, "server busy: request queue is full, retry later", code="queue_full",
+                           headers={"Retry-After": "1"}) from None
+
+    # --- the worker
+    def _worker(self) -> None:
+        window = self.cfg.batch_window_ms / 1000.0
+        most = self.cfg.max_batch if self.cfg.batching else 1
+        while True:
+            try:
+                batch = [self.queue.get(timeout=0.05)]
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            end = time.monotonic() + (window if self.cfg.batching else 0.0)
+            while len(batch) < most:
+                try:
+                    left = end - time.monotonic()
+                    batch.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[Job]) -> None:
+        groups: dict[tuple, list[Job]] = {}
+        for job in batch:
+            if job.cancelled.is_set():
+                self.metrics.add("cancelled_total")
+            elif job.gone:
+                job.emit("error", APIError(504, "request deadline passed while queued", code="timeout"))
+            else:
+                groups.setdefault(job.key(), []).append(job)
+        for jobs in groups.values():
+            self.active = len(jobs)
+            self._run_safely(jobs)
+            self.active = 0
+
+    def _run_safely(self, jobs: list[Job]) -> None:
+        try:
+            self.metrics.add("batches_total")
+            self.metrics.add("batched_requests_total", len(jobs))
+            (self._run_plain if jobs[0].method == PLAIN else self._run_method)(jobs)
+        except PluralignError as e:
+            if len(jobs) > 1:  # find whose request it was: run each alone
+                for job in jobs:
+                    self._run_safely([job])
+            else:
+                jobs[0].emit("error", APIError(422, str(e), code="unprocessable"))
+        except Exception:
+            log.exception("decoding failed")  # the traceback stays in the server log
+            for job in jobs:
+                job.emit("error", APIError(500, "internal error while decoding", code="internal_error"))
+
+    def _run_plain(self, jobs: list[Job]) -> None:
+        from pluralign.decode.sampler import sample
+
+        c, n = jobs[0].controls, jobs[0].n
+        owner = [(job, i) for job in jobs for i in range(len(job.prompts))]
+
+        def on_step(gen: Any, first: int) -> None:
+            gone = {id(job): job.gone for job in jobs}
+            for r, reason in enumerate(gen.reason):
+                job, i = owner[first + r // n]
+                if reason is not None:
+                    continue
+                if gone[id(job)]:
+                    gen.reason[r] = "cancelled"
+                elif job.stream:
+                    job.stream_text(i * n + r % n, gen.text(r), final=False)
+
+        out = sample(self.loaded.model, self.loaded.tokenizer, [p for job in jobs for p in job.prompts], n=n,
+                     max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
+                     stop=c.stop, seed=c.seed, eos=[] if jobs[0].ignore_eos else None,
+                     chat_template=c.chat_template, max_rows=self.cfg.max_batch_rows, on_step=on_step)
+        row = 0
+        for job in jobs:
+            choices = []
+            for _ in job.prompts:
+                for k in range(n):
+                    reason = out.finish[row][k]
+                    choices.append({"text": out.texts[row][k], "tokens": len(out.token_ids[row][k]),
+                                    "finish_reason": "length" if reason == "length" else "stop"})
+                row += 1
+            self._finish(job, choices, {"forward": out.compute.forward, "tokens": out.compute.tokens})
+
+    def _run_method(self, jobs: list[Job]) -> None:
+        from pluralign.decode.api import decode
+        from pluralign.decode.cli import method_kwargs
+
+        reward = self.reward_source(jobs[0].reward)
+        prompts, controls, where = [], [], []
+        for job in jobs:
+            for i, prompt in enumerate(job.prompts):
+                for k in range(job.n):
+                    seed = job.controls.seed
+                    prompts.append(prompt)
+                    controls.append(job.controls.replace(seed=None if seed is None else seed + k))
+                    where.append((job, i * job.n + k))
+        tok = self.loaded.tokenizer
+        res = decode(jobs[0].method, self.loaded.model, tok, prompts, reward=reward, controls=controls,
+                     **method_kwargs(jobs[0].method, reward, tok, self.loaded.models))
+        per_job: dict[int, list[dict]] = {id(job): [] for job in jobs}
+        for row, (job, _) in enumerate(where):
+            text = res.texts[row]
+            n_tok = len(tok(text, add_special_tokens=False)["input_ids"])
+            choice = {"text": text, "tokens": n_tok,
+                      "finish_reason": "length" if n_tok >= job.controls.max_new_tokens else "stop"}
+            if res.scores is not None:
+                choice["scores"] = dict(zip(res.objectives, res.scores[row].tolist(), strict=True))
+                choice["utility"] = float(res.utility[row])
+            per_job[id(job)].append(choice)
+        compute = {"forward": res.compute.forward, "tokens": res.compute.tokens,
+                   "reward_evals": res.reward_compute.forward}
+        for job in jobs:
+            self._finish(job, per_job[id(job)], compute)
+
+    def _finish(self, job: Job, choices: list[dict], compute: dict) -> None:
+        if job.cancelled.is_set():
+            self.metrics.add("cancelled_total")
+            return
+        if job.gone:
+            job.emit("error", APIError(504, "request deadline passed", code="timeout"))
+            return
+        for idx, choice in enumerate(choices):
+            job.stream_text(idx, choice["text"], final=True)
+        self.metrics.add("generated_tokens_total", sum(ch["tokens"] for ch in choices))
+        job.emit("done", choices, dict(compute, batch_requests=self.active))
+
+    # --- rewards
+    def reward_source(self, name: str | None) -> Any:
+        rewards = self.loaded.rewards if self.loaded else {}
+        if name is None:
+            return next(iter(rewards.values()), None)
+        if name not in rewards:
+            raise APIError(404 if rewards else 422, f"unknown reward source {name!r}; served: {sorted(rewards)}",
+                           code="reward_not_found", param="reward")
+        return rewards[name]
+
+    def score(self, name: str | None, prompts: list[Any], responses: list[str], user: Any = None) -> Any:
+        """Reward scores [N, m] from the named source, exactly as its `score` returns them (called from a
+        thread pool; one scoring at a time per server)."""
+        source = self.reward_source(name)
+        if source is None:
+            raise APIError(422, "this server has no reward source (start it with --reward)", code="no_reward")
+        with self._reward_lock:
+            return source.score(prompts, responses, user=user)

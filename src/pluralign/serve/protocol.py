@@ -1,0 +1,195 @@
+"""Request bodies in, OpenAI-shaped responses out.
+
+OpenAI's fields keep their meaning: `n` is the number of choices, `max_tokens`, `temperature`, `top_p`,
+`stop`, `seed` are sampling settings and `user` is the end user (which per-user reward sources such as
+PAL score for). The alignment controls are an extension the `openai` client sends with `extra_body`:
+
+- `method`: "none" (plain sampling, the default) or any registered decoder (bon, soft_bon, args, mod,
+  genarm, ...: `pluralign.decode.api.names()`);
+- `best_of`: the alignment candidate count (`Controls.n`: BoN's N, ARGS's k, ...), OpenAI's name for it;
+- `reward`: which served reward source guides the method (default: the first);
+- every other field of `pluralign.decode.api.Controls` (weights, beta, w, constraints, extra, and any
+  field added later, such as direction or group) under its own name, or all of them in a nested
+  `controls` object, which may also set `n`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from typing import Any
+
+from pluralign.decode.api import Controls
+from pluralign.serve.config import ServeConfig
+from pluralign.serve.errors import APIError
+
+# Controls fields that OpenAI's own parameters set (or that name something else in OpenAI's API).
+FROM_OPENAI = {"n": "best_of", "max_new_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p",
+               "stop": "stop", "seed": "seed", "user": "user"}
+
+
+def parse_json(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"request body is not valid JSON ({e})", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _number(body: dict, name: str, kind: type, default: Any, lo: float | None = None, hi: float | None = None) -> Any:
+    value = body.get(name)
+    if value is None:
+        return default
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer())
+    if not ok:
+        raise APIError(400, f"'{name}' must be {'an integer' if kind is int else 'a number'}", param=name,
+                       code="invalid_type")
+    value = kind(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise APIError(400, f"'{name}' must be between {lo} and {hi} (got {value})", param=name,
+                       code="invalid_value")
+    return value
+
+
+def _check_field(name: str, default: Any, value: Any) -> Any:
+    """Type-check a Controls field passed through from the request by its default's type."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = type(default)(value) if ok and (isinstance(default, float) or float(value).is_integer()) else value
+        ok = ok and isinstance(value, type(default))
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+    else:
+        ok = True
+    if not ok:
+        raise APIError(400, f"'{name}' has the wrong type ({type(value).__name__})", param=name, code="invalid_type")
+    return value
+
+
+def controls_from(body: dict, cfg: ServeConfig) -> Controls:
+    """The request's Controls: OpenAI sampling fields, then every Controls field given by name (top level
+    or in `controls`), checked by type; unknown names inside `controls` are an error."""
+    nested = body.get("controls") or {}
+    if not isinstance(nested, dict):
+        raise APIError(400, "'controls' must be an object", param="controls", code="invalid_type")
+    fields = {f.name: f for f in dataclasses.fields(Controls)}
+    unknown = set(nested) - set(fields)
+    if unknown:
+        raise APIError(400, f"unknown controls {sorted(unknown)}; known: {sorted(fields)}", param="controls",
+                       code="unknown_control")
+    defaults = Controls()
+    values: dict[str, Any] = {
+        "max_new_tokens": _number(body, "max_completion_tokens", int, None, 1, cfg.max_tokens)
+        or _number(body, "max_tokens", int, cfg.default_max_tokens, 1, cfg.max_tokens),
+        "temperature": _number(body, "temperature", float, 1.0, 0.0, 2.0),
+        "top_p": _number(body, "top_p", float, 1.0, 1e-6, 1.0),
+        "seed": _number(body, "seed", int, None),
+        "n": _number(body, "best_of", int, defaults.n, 1, cfg.max_best_of),
+    }
+    stop = body.get("stop")
+    if stop is not None:
+        stop = [stop] if isinstance(stop, str) else stop
+        if not (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop)):
+            raise APIError(400, "'stop' must be a string or a list of at most 4 strings", param="stop")
+        values["stop"] = stop
+    if body.get("user") is not None:
+        values["user"] = body["user"]
+    for name, f in fields.items():
+        given = nested.get(name, body.get(name) if name not in FROM_OPENAI else None)
+        if name in nested or (name not in FROM_OPENAI and name in body and given is not None):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            values[name] = _check_field(name, default, given)
+    if values["n"] > cfg.max_best_of:
+        raise APIError(400, f"alignment candidates n={values['n']} above the limit {cfg.max_best_of}", param="n")
+    if not 1 <= values["max_new_tokens"] <= cfg.max_tokens:
+        raise APIError(400, f"max_tokens must be in [1, {cfg.max_tokens}]", param="max_tokens")
+    return Controls(**values)
+
+
+def chat_prompt(body: dict) -> list[dict]:
+    """Chat messages as the tokenizer's chat template takes them (content parts of type text joined)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "'messages' must be a non-empty list", param="messages", code="invalid_messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise APIError(400, f"messages[{i}] needs a 'role'", param=f"messages[{i}]", code="invalid_messages")
+        content = m.get("content")
+        if isinstance(content, list):
+            parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            if len(parts) != len(content) or not all(isinstance(p, str) for p in parts):
+                raise APIError(400, f"messages[{i}]: only text content parts are supported",
+                               param=f"messages[{i}].content", code="invalid_messages")
+            content = "".join(parts)
+        if not isinstance(content, str):
+            raise APIError(400, f"messages[{i}].content must be a string", param=f"messages[{i}].content",
+                           code="invalid_messages")
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def completion_prompts(body: dict) -> list[Any]:
+    """`prompt`: a string, a list of strings, a list of token ids or a list of such lists."""
+    p = body.get("prompt")
+    if isinstance(p, str):
+        return [p]
+    if isinstance(p, list) and p and all(isinstance(x, int) and not isinstance(x, bool) for x in p):
+        return [p]
+    if isinstance(p, list) and p and all(isinstance(x, str) or (isinstance(x, list) and x and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in x)) for x in p):
+        return list(p)
+    raise APIError(400, "'prompt' must be a string, a list of strings or token-id lists", param="prompt",
+                   code="invalid_prompt")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, choices: list[dict]) -> dict:
+    done = sum(c["tokens"] for c in choices)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": prompt_tokens + done}
+
+
+def extension(choice: dict) -> dict | None:
+    ext = {k: choice[k] for k in ("scores", "utility") if k in choice}
+    return ext or None
+
+
+def completion_body(rid: str, model: str, choices: list[dict], prompt_tokens: int, info: dict, chat: bool) -> dict:
+    out = []
+    for i, c in enumerate(choices):
+        row: dict[str, Any] = {"index": i, "finish_reason": c["finish_reason"], "logprobs": None}
+        if chat:
+            row["message"] = {"role": "assistant", "content": c["text"]}
+        else:
+            row["text"] = c["text"]
+        if extension(c):
+            row["pluralign"] = extension(c)
+        out.append(row)
+    return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+            "model": model, "choices": out, "usage": usage(prompt_tokens, choices), "pluralign": {"compute": info}}
+
+
+def chunk(rid: str, model: str, index: int, chat: bool, text: str | None = None, finish: str | None = None,
+          role: bool = False, ext: dict | None = None) -> str:
+    """One SSE event of a streamed completion."""
+    if chat:
+        delta: dict[str, Any] = {"role": "assistant"} if role else {}
+        if text is not None:
+            delta["content"] = text
+        row: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+    else:
+        row = {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
+    if ext:
+        row["pluralign"] = ext
+    body = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
+            "model": model, "choices": [row]}
+    return f"data: {json.dumps(body)}\n\n"

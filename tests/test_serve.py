@@ -1,0 +1,176 @@
+"""`pluralign serve` end to end on 127.0.0.1 with the real `openai` client: completions and chat (plain and
+streamed) equal to the sampler called directly, alignment controls through `extra_body` that move the
+sandbox's gold attributes the way the weights say, /v1/rewards equal to the reward models called directly,
+and the OpenAI error format for every refusal."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import openai
+import pytest
+import torch
+
+from pluralign.decode.sampler import sample
+from pluralign.decode.steer import load_policy
+from pluralign.sandbox import ATTRIBUTES, build_base, score_batch
+from pluralign.sandbox.gold import eval_prompts
+from pluralign.serve import Background, Loaded, ServeConfig
+
+KEY = "sk-test-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+PROMPT = "question: can you talk about weather? answer:"
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    path = build_base()
+    model, tok = load_policy(path)
+    return path, model, tok
+
+
+@pytest.fixture(scope="module")
+def pal_dir(tmp_path_factory, tiny_llama_dir):
+    from pluralign.models.load import load_model, load_tokenizer
+    from pluralign.reward import PALRewardModel, TextEncoder
+
+    enc = TextEncoder(load_model(str(tiny_llama_dir)), load_tokenizer(str(tiny_llama_dir)))
+    out = tmp_path_factory.mktemp("pal")
+    PALRewardModel(enc, n_prototypes=2, dim=4, user_ids=["alice", "bob"], seed=0).save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(sandbox, pal_dir):
+    """Loaded the way the CLI loads: from the model directory, with PAL and gold reward sources."""
+    path, _, _ = sandbox
+    cfg = ServeConfig(model=str(path), rewards=[f"pal={pal_dir}", "gold"], served_name="sandbox", port=0)
+    with Background(cfg, keys=[KEY]) as url:
+        yield url
+
+
+def client(url: str, key: str = KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def test_health_models_and_metrics(server):
+    assert httpx.get(server + "/health").json()["status"] == "ready"
+    ids = {m.id for m in client(server).models.list().data}
+    assert ids == {"sandbox", "gold", "pal"}
+    text = httpx.get(server + "/metrics", headers=AUTH).text
+    assert "pluralign_model_ready 1" in text and "pluralign_queue_depth" in text
+
+
+def test_completion_and_chat_equal_the_sampler(server, sandbox):
+    _, model, tok = sandbox
+    c = client(server)
+    got = c.completions.create(model="sandbox", prompt=PROMPT, max_tokens=12, temperature=0)
+    want = sample(model, tok, [PROMPT], max_new_tokens=12, temperature=0)
+    assert got.choices[0].text == want.texts[0][0] and got.usage.completion_tokens == len(want.token_ids[0][0])
+    assert got.usage.prompt_tokens == len(want.prompt_ids[0])
+    messages = [{"role": "user", "content": "can you talk about weather?"}]
+    chat = c.chat.completions.create(model="sandbox", messages=messages, max_tokens=12, temperature=0)
+    want_chat = sample(model, tok, [messages], max_new_tokens=12, temperature=0)  # rendered by the chat template
+    assert chat.choices[0].message.content == want_chat.texts[0][0]
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].finish_reason in ("stop", "length")
+    many = c.completions.create(model="sandbox", prompt=[PROMPT, PROMPT], n=3, max_tokens=6, seed=1)
+    assert sorted(ch.index for ch in many.choices) == list(range(6))
+
+
+def test_streaming_sends_the_same_text_in_pieces(server):
+    c = client(server)
+    full = c.completions.create(model="sandbox", prompt=PROMPT, max_tokens=16, temperature=0).choices[0].text
+    pieces = [ch.choices[0].text for ch in c.completions.create(model="sandbox", prompt=PROMPT, max_tokens=16,
+                                                                  temperature=0, stream=True)]
+    assert len([p for p in pieces if p]) > 1 and "".join(pieces) == full
+    messages = [{"role": "user", "content": "can you talk about weather?"}]
+    whole = c.chat.completions.create(model="sandbox", messages=messages, max_tokens=16, temperature=0)
+    chunks = list(c.chat.completions.create(model="sandbox", messages=messages, max_tokens=16, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == whole.choices[0].message.content
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] in ("stop", "length")
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+@pytest.mark.parametrize("attribute", ["positivity", "formality"])
+def test_extra_body_weights_move_gold_attributes(server, attribute):
+    """Best-of-8 under +1 vs -1 weight on one gold attribute, same prompts: the attribute of the answers
+    moves with the sign, by more than a 95% confidence interval's half-width (paired over prompts)."""
+    prompts = eval_prompts(24, seed=7)
+    got = {}
+    for sign in (1.0, -1.0):
+        r = client(server).completions.create(
+            model="sandbox", prompt=prompts, max_tokens=32, seed=3,
+            extra_body={"method": "bon", "best_of": 8, "reward": "gold", "weights": {attribute: sign}})
+        texts = [ch.text for ch in sorted(r.choices, key=lambda ch: ch.index)]
+        got[sign] = torch.tensor(score_batch(prompts, texts))[:, ATTRIBUTES.index(attribute)]
+        assert all(ch.model_extra["pluralign"]["utility"] == pytest.approx(sign * ch.model_extra["pluralign"]["scores"][attribute])
+                   for ch in r.choices)
+    diff = got[1.0] - got[-1.0]
+    low = diff.mean() - 1.96 * diff.std() / math.sqrt(len(diff))
+    assert low > 0, f"{attribute}: mean change {diff.mean():.3f}, CI low {low:.3f}"
+
+
+def test_rewards_equal_the_reward_models_called_directly(server, pal_dir):
+    from pluralign.reward import load_reward_model
+
+    prompts = eval_prompts(5, seed=1)
+    responses = ["the sky is wide.", "i hate rain.", "weather is good, thank you.", "no.", "chemistry is neat."]
+    body = {"input": [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]}
+    gold = httpx.post(server + "/v1/rewards", json=body | {"reward": "gold", "weights": {"positivity": 2.0}},
+                      headers=AUTH).json()
+    want = torch.tensor(score_batch(prompts, responses))
+    for i, row in enumerate(gold["data"]):
+        assert [row["scores"][a] for a in ATTRIBUTES] == pytest.approx(want[i].tolist(), abs=1e-6)
+        assert row["reward"] == pytest.approx(2.0 * float(want[i, ATTRIBUTES.index("positivity")]), abs=1e-6)
+    pal = load_reward_model(pal_dir)
+    got = httpx.post(server + "/v1/rewards", json=body | {"reward": "pal", "users": ["alice", "bob"]}, headers=AUTH).json()
+    for user in ("alice", "bob"):
+        direct = pal.score(prompts, responses, user=user)[:, 0]
+        served = torch.tensor([row["per_user"][user]["scores"]["reward"] for row in got["data"]])
+        assert torch.allclose(served, direct, atol=1e-6)
+    assert not torch.allclose(pal.score(prompts, responses, user="alice"), pal.score(prompts, responses, user="bob"))
+    one = httpx.post(server + "/v1/rewards", json=body | {"reward": "pal", "user": "bob"}, headers=AUTH).json()
+    assert [r["scores"]["reward"] for r in one["data"]] == pytest.approx(direct.tolist(), abs=1e-6)
+    bad = httpx.post(server + "/v1/rewards", json=body | {"reward": "pal", "user": "carol"}, headers=AUTH)
+    assert bad.status_code == 422 and "carol" in bad.json()["error"]["message"]
+
+
+def _error(resp: httpx.Response, status: int) -> dict:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and "Traceback" not in resp.text
+    return err
+
+
+def test_refusals_in_openai_error_format(server):
+    with pytest.raises(openai.AuthenticationError):
+        client(server, key="sk-wrong").completions.create(model="sandbox", prompt=PROMPT)
+    no_key = _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT}), 401)
+    assert KEY not in str(no_key)
+    with pytest.raises(openai.BadRequestError, match="unknown method"):
+        client(server).completions.create(model="sandbox", prompt=PROMPT, extra_body={"method": "magic"})
+    with pytest.raises(openai.NotFoundError):
+        client(server).completions.create(model="gpt-9", prompt=PROMPT)
+    with pytest.raises(openai.UnprocessableEntityError):
+        client(server).completions.create(model="sandbox", prompt=PROMPT,
+                                          extra_body={"method": "bon", "weights": {"kindness": 1}})
+    _error(httpx.post(server + "/v1/completions", content=b'{"prompt": ', headers=AUTH), 400)
+    _error(httpx.post(server + "/v1/completions", json={"prompt": "x " * 600_000}, headers=AUTH), 413)
+    _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 10**6}, headers=AUTH), 400)
+    _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "n": 99}, headers=AUTH), 400)
+    _error(httpx.post(server + "/v1/completions", json={"prompt": "question " * 3000}, headers=AUTH), 400)
+    _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "controls": {"bogus": 1}}, headers=AUTH), 400)
+    _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "beta": "hot"}, headers=AUTH), 400)
+    _error(httpx.get(server + "/v1/nothing", headers=AUTH), 404)
+
+
+def test_chat_without_a_chat_template_is_refused(tiny_llama_dir):
+    model, tok = load_policy(tiny_llama_dir)
+    cfg = ServeConfig(model=str(tiny_llama_dir), port=0)
+    with Background(cfg, Loaded(model=model, tokenizer=tok, name="tiny"), keys=[]) as url:
+        with pytest.raises(openai.BadRequestError, match="chat template"):
+            client(url).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "the cat"}])
+        assert client(url).completions.create(model="tiny", prompt="the cat", max_tokens=3).choices[0].text is not None

@@ -1,0 +1,143 @@
+"""`pluralign serve` under pressure: rate and concurrency limits (429), a client that disconnects mid-stream
+frees its slot and its rows, a full queue answers 503, shutdown drains in-flight requests; the sampler's
+per-step hook that makes cancellation possible; controls passed through generically."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from pluralign.decode.api import Controls
+from pluralign.decode.sampler import sample
+from pluralign.decode.steer import load_policy
+from pluralign.serve import Background, Loaded, ServeConfig
+from pluralign.serve.errors import APIError
+from pluralign.serve.protocol import controls_from
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    model, tok = load_policy(tiny_llama_dir)
+    return tiny_llama_dir, model, tok
+
+
+def serve(tiny, **limits):
+    path, model, tok = tiny
+    return Background(ServeConfig(model=str(path), port=0, **limits), Loaded(model=model, tokenizer=tok, name="tiny"),
+                      keys=["k1", "k2"])
+
+
+def post(url, key="k1", **body):
+    return httpx.post(url + "/v1/completions", json={"prompt": "the cat", "max_tokens": 4} | body,
+                      headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+def metric(url, name):
+    for line in httpx.get(url + "/metrics", headers={"Authorization": "Bearer k2"}).text.splitlines():
+        if line.startswith(f"pluralign_{name} "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_rate_limit_is_per_key(tiny):
+    with serve(tiny, rate_limit=3) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="k1", max_retries=0)
+        for _ in range(3):
+            c.completions.create(model="tiny", prompt="the cat", max_tokens=2)
+        with pytest.raises(openai.RateLimitError) as err:
+            c.completions.create(model="tiny", prompt="the cat", max_tokens=2)
+        assert err.value.response.headers["Retry-After"]
+        assert post(url, key="k2").status_code == 200  # another key has its own budget
+
+
+def test_disconnect_mid_stream_frees_the_slot_and_the_rows(tiny):
+    with serve(tiny, max_concurrent=1, max_tokens=4096) as url:
+        body = {"prompt": "the cat", "max_tokens": 4000, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", url + "/v1/completions", json=body, headers={"Authorization": "Bearer k1"}) as r:
+            lines = r.iter_lines()
+            assert next(line for line in lines if line.startswith("data:"))
+            assert post(url).status_code == 429  # the stream holds the key's only slot
+        end = time.monotonic() + 20
+        while (status := post(url).status_code) == 429 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert status == 200
+        while metric(url, "cancelled_total") < 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert metric(url, "cancelled_total") == 1
+        # the cancelled rows left the batch early: far fewer than 4000 tokens were ever generated
+        assert metric(url, "generated_tokens_total") < 100
+
+
+def test_full_queue_answers_503_and_nothing_is_lost(tiny):
+    with serve(tiny, queue_size=1, batching=False, max_tokens=4096) as url:
+        results = []
+
+        def one():
+            results.append(post(url, max_tokens=600, ignore_eos=True).status_code)
+
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(results) == 6 and 503 in results and 200 in results and set(results) <= {200, 503}
+
+
+def test_shutdown_drains_in_flight_requests(tiny):
+    bg = serve(tiny, max_tokens=4096)
+    url = bg.__enter__()
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", post(url, max_tokens=300, ignore_eos=True)))
+    t.start()
+    end = time.monotonic() + 10
+    while metric(url, "batches_total") < 1 and time.monotonic() < end:
+        time.sleep(0.01)
+    bg.stop()
+    t.join()
+    assert out["r"].status_code == 200 and out["r"].json()["usage"]["completion_tokens"] == 300
+
+
+def test_health_reflects_readiness(tiny_llama_dir, tmp_path):
+    bad = ServeConfig(model=str(tmp_path / "missing"), port=0)
+    with Background(bad, keys=[], ready_timeout=10) as url:
+        h = httpx.get(url + "/health")
+        assert h.status_code == 503 and h.json()["status"] == "failed"
+        assert httpx.post(url + "/v1/completions", json={"prompt": "x"}).status_code == 503
+
+
+def test_sampler_hook_ends_rows_early(tiny):
+    _, model, tok = tiny
+    seen = []
+
+    def hook(gen, first):
+        seen.append(len(gen.tokens[0]))
+        if len(gen.tokens[0]) == 3:
+            gen.reason[0] = "cancelled"
+
+    out = sample(model, tok, ["the cat", "the dog"], max_new_tokens=20, eos=[], seed=0, on_step=hook)
+    assert out.finish[0] == ["cancelled"] and len(out.token_ids[0][0]) == 3
+    assert out.finish[1] == ["length"] and len(out.token_ids[1][0]) == 20
+
+
+def test_controls_pass_through_by_field_name():
+    cfg = ServeConfig()
+    c = controls_from({"weights": {"a": 1}, "beta": 2, "w": 0.5, "best_of": 4, "max_tokens": 7, "temperature": 0,
+                       "user": "alice", "extra": {"k": 3}, "controls": {"top_k": 5}}, cfg)
+    assert c == Controls(weights={"a": 1}, beta=2.0, w=0.5, n=4, max_new_tokens=7, temperature=0.0, user="alice",
+                         extra={"k": 3}, top_k=5, seed=None)
+    assert controls_from({"controls": {"n": 2}}, cfg).n == 2  # OpenAI's n stays the number of choices
+    for bad in ({"top_k": 1.5}, {"controls": {"nope": 1}}, {"extra": [1]}, {"best_of": 10**6}, {"stop": [1]}):
+        with pytest.raises(APIError) as e:
+            controls_from(bad, cfg)
+        assert e.value.status == 400
+
+
+def test_cli_refuses_a_missing_model(capsys):
+    from pluralign.cli import main
+
+    assert main(["serve", "--model", "/no/such/dir"]) == 2
+    assert "not a directory" in capsys.readouterr().err
