@@ -1,10 +1,12 @@
 """Atomic writes and the run directory."""
 
+import errno
 import json
 import os
 
 import pytest
 
+from pluralign.errors import PluralignError
 from pluralign.runs import RunDir, atomic_write_json, atomic_write_text
 
 
@@ -21,10 +23,10 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     atomic_write_text(target, "old")
 
     def boom(*_):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(PluralignError, match=r"cannot write .*f\.txt: no space left on device"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["f.txt"]

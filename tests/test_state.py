@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from loop_toys import collate, make_data, make_model, nll_step
+from loop_toys import collate, make_data, make_model, nll_step, weights
+from safetensors import SafetensorError
 
 from pluralign.errors import PluralignError
 from pluralign.train import state
@@ -29,24 +32,52 @@ def test_rng_states_round_trip():
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
 
 
-def test_a_crash_mid_save_leaves_no_checkpoint_directory(tmp_path, monkeypatch):
+@pytest.mark.parametrize("writer", ["safetensors", "torch.save", "mkdir"])
+def test_disk_full_mid_save_is_a_clear_error_and_leaves_no_checkpoint_directory(tmp_path, monkeypatch, writer):
+    """ENOSPC from each writer of a checkpoint: a PluralignError naming the path and the cause, no
+    `.tmp` directory left, the previous checkpoint still the newest, and an exact resume afterwards."""
     run = tmp_path / "run"
     train(make_model(), make_data(8), collate, nll_step, cfg(max_steps=1), run)
 
-    def crash(tmp, **kw):
-        (tmp / "weights.safetensors").write_bytes(b"partial")  # half of a checkpoint on disk
-        raise OSError("disk full")
+    if writer == "safetensors":
+        def full(tensors, filename, metadata=None):
+            Path(filename).write_bytes(b"partial")  # half a file on disk, as a real ENOSPC leaves it
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        monkeypatch.setattr(state, "save_file", full)
+    elif writer == "torch.save":
+        def full(obj, f, *a, **kw):
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(torch, "save", full)
+    else:
+        real_mkdir = Path.mkdir
 
-    monkeypatch.setattr(state, "write_main_state", crash)
-    with pytest.raises(OSError):
+        def full(self, *a, **kw):
+            if self.name.endswith(".tmp"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_mkdir(self, *a, **kw)
+        monkeypatch.setattr(Path, "mkdir", full)
+    with pytest.raises(PluralignError, match=r"step-2\.tmp.*: no space left on device \(errno 28\)"):
         train(make_model(), make_data(8), collate, nll_step, cfg(max_steps=2), run)
     ckpts = run / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step-1", "step-2.tmp"]
-    assert state.latest_checkpoint(ckpts).name == "step-1"  # the partial one is invisible
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-1"]  # the partial directory is gone
     monkeypatch.undo()
-    result = train(make_model(), make_data(8), collate, nll_step, cfg(max_steps=2), run)
+    resumed = make_model()
+    result = train(resumed, make_data(8), collate, nll_step, cfg(max_steps=2), run)
     assert result.resumed_from.name == "step-1"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step-1", "step-2"]  # the stale .tmp was replaced
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-1", "step-2"]
+    straight = make_model()
+    train(straight, make_data(8), collate, nll_step, cfg(max_steps=2), tmp_path / "straight")
+    for k, v in weights(straight).items():
+        assert torch.equal(weights(resumed)[k], v), k
+
+
+def test_stale_tmp_directories_are_removed_when_a_run_starts(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-7.tmp").mkdir(parents=True)
+    (run / "checkpoints" / "step-7.tmp" / "weights.safetensors").write_bytes(b"junk")
+    train(make_model(), make_data(8), collate, nll_step, cfg(max_steps=1), run)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-1"]
 
 
 def test_checkpoint_files_load_weights_only_and_refuse_pickles(tmp_path):

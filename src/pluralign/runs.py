@@ -1,7 +1,12 @@
 """Run directories and atomic file writes.
 
 Every file pluralign writes goes through `atomic_write_*`: the content lands in a temporary file in the
-same directory and is renamed over the target, so a crash never leaves a half-written file.
+same directory and is renamed over the target, so a crash never leaves a half-written file. A failed
+write (disk full, read-only file system, …) is a `PluralignError` naming the path and the cause.
+
+A run directory can be locked (`RunDir.lock`) so that two runs never write one directory at once: the
+lock is an advisory `flock` on `.lock`, which the kernel releases when its holder dies, so the lock of a
+killed run is never stale; the file records the holder's pid for the error message.
 """
 
 from __future__ import annotations
@@ -9,13 +14,44 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pluralign.errors import PluralignError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, runs are not locked
+    fcntl = None
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def os_cause(e: BaseException) -> str:
+    """The human cause of an I/O failure, whichever library raised it: an OSError's strerror, or the
+    `os error N` that Rust-backed writers (safetensors) embed in their message."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return f"{os.strerror(e.errno).lower()} (errno {e.errno})"
+    m = re.search(r"os error (\d+)", str(e))
+    if m:
+        return f"{os.strerror(int(m.group(1))).lower()} (errno {m.group(1)})"
+    return f"{type(e).__name__}: {e}"
+
+
+def io_error(path: str | os.PathLike, e: BaseException, action: str = "write") -> PluralignError:
+    """A `PluralignError` for a failed read or write of `path`, with its cause and the free space left."""
+    where = Path(path)
+    free = ""
+    with contextlib.suppress(OSError):
+        probe = next((p for p in [where, *where.parents] if p.exists()), None)
+        if probe is not None:
+            free = f"; {shutil.disk_usage(probe).free / 2**20:.1f} MiB free on that device"
+    return PluralignError(f"cannot {action} {path}: {os_cause(e)}{free}")
 
 
 @contextlib.contextmanager
@@ -23,8 +59,11 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write `path` through: it replaces `path` only when the block ends without error,
     so large objects (optimizer states) stream to disk without a copy of their bytes in memory."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise io_error(path, e) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; written files follow the umask like open()
         with os.fdopen(fd, "wb") as f:
@@ -32,9 +71,11 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise io_error(path, e) from None
         raise
 
 
@@ -69,7 +110,10 @@ class RunDir:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise io_error(self.root, e, "create the run directory") from None
 
     @property
     def config_path(self) -> Path:
@@ -90,8 +134,11 @@ class RunDir:
     def log_metrics(self, row: dict) -> None:
         """Append one JSON line. Appends of a single short line are atomic enough on POSIX; a torn last
         line after a crash is skipped by `read_metrics`."""
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, default=_json_default) + "\n")
+        try:
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row, default=_json_default) + "\n")
+        except OSError as e:
+            raise io_error(self.metrics_path, e) from None
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():
@@ -103,3 +150,35 @@ class RunDir:
             except json.JSONDecodeError:
                 continue
         return rows
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory for this process: a second run on it (in this or another process)
+        fails at once, naming the holder's pid. The kernel drops the lock when its holder exits or is
+        killed, so a crashed run never blocks the next one."""
+        if fcntl is None:
+            yield
+            return
+        path = self.root / ".lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as e:
+            raise io_error(path, e, "create the lock file") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+                raise PluralignError(
+                    f"run directory {self.root} is in use by another run (pid {holder}, lock file {path}); "
+                    "wait for it to finish or use another output directory"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)

@@ -13,10 +13,18 @@ Two invariants the tests pin down:
 - The data order is a permutation drawn from (seed, epoch) and sliced into global batches; each process
   takes its own slice of each global batch. Single- and multi-process runs see the same global batches,
   and resume skips consumed batches by arithmetic, without replaying the data.
+
+Faults end with a clear error and never poison what resume loads: the loss and gradient norm are checked
+before each optimizer step and the trained weights after it (non-finite → `TrainingDiverged`, nothing
+saved); checkpoints are verified against their recorded checksums and resume falls back to the newest
+intact one; a run directory is locked while a run writes it. Resuming with changed optimizer settings
+(learning rate, betas, eps, weight decay, schedule length) applies the new ones from the resumed step on;
+config.yaml then holds them, and the config that ran before is kept as config.until-step-N.yaml.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -40,6 +48,7 @@ from pluralign.train.parallel import (
     StepModule,
     Weighted,
     make_accelerator,
+    process_state,
     to_device,
 )
 
@@ -66,6 +75,27 @@ class LoopConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = option("no", help="Autocast precision: no, bf16 (CPU or a bf16-capable GPU), fp16 (CUDA only, with loss scaling).")
     progress: bool = option(True, help="Show a progress bar with the live loss and step metrics, and print the config.")
 
+    def __post_init__(self) -> None:
+        # Checked when the config is made (YAML, overrides or code), not at the first optimizer step.
+        def bad(name: str, rule: str) -> ConfigError:
+            return ConfigError(f"'{name}' must be {rule}, got {getattr(self, name)!r}")
+
+        for name in ("learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm", "adam_beta1",
+                     "adam_beta2", "adam_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise bad(name, "a finite number")
+        if not 0 < self.learning_rate <= 10:
+            raise bad("learning_rate", "in (0, 10] (a larger AdamW step is certainly a typo)")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise bad("warmup_ratio", "in [0, 1]")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise bad(name, "in [0, 1)")
+        for name in ("weight_decay", "max_grad_norm", "adam_eps"):
+            if getattr(self, name) < 0:
+                raise bad(name, ">= 0")
+
 
 @dataclass
 class TrainResult:
@@ -78,9 +108,25 @@ class TrainResult:
 
 
 class TrainingDiverged(PluralignError):
-    """The loss or the gradient became NaN/inf; the weights of that step were not applied."""
+    """The loss, the gradient or the updated weights became NaN/inf; nothing of that step was saved."""
 
 
+def _holding_run_dir(fn):
+    """Run `fn` with its run directory locked by the main process, so two runs never write one
+    directory (other processes of the same run share the main process's lock)."""
+
+    @functools.wraps(fn)
+    def locked(model, dataset, collate, step, config, run_dir=None, **kwargs):
+        run = RunDir(run_dir) if run_dir is not None and not isinstance(run_dir, RunDir) else run_dir
+        if run is None or not process_state().is_main_process:
+            return fn(model, dataset, collate, step, config, run, **kwargs)
+        with run.lock():
+            return fn(model, dataset, collate, step, config, run, **kwargs)
+
+    return locked
+
+
+@_holding_run_dir
 def train(
     model: torch.nn.Module,
     dataset: Sequence,
@@ -111,6 +157,7 @@ def train(
     eval_step, eval_collate = eval_step or step, eval_collate or collate
     accelerator = make_accelerator(config.grad_accum, config.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
+    previous_config = _read_config(run) if accelerator.is_main_process else None
     if accelerator.is_main_process:
         announce_config(run_config if run_config is not None else config, run, echo=config.progress)
 
@@ -138,12 +185,20 @@ def train(
     # --- resume
     pos = ckpt.Position(0, 0, 0, config.seed, global_batch, len(dataset))
     resumed_from = last_ckpt = None
-    if run is not None and resume and (found := ckpt.latest_checkpoint(run.checkpoints)) is not None:
-        loaded = ckpt.load_checkpoint(found, rank)
+    if run is not None and accelerator.is_main_process:
+        ckpt.remove_stale(run.checkpoints)  # .tmp directories of a crashed save (we hold the lock)
+    if run is not None and resume and (found := _resumable(run, accelerator)) is not None:
+        loaded = ckpt.load_checkpoint(found, rank, verify=False)  # _resumable verified it
         _check_compatible(loaded.position, pos, found)
         ckpt.load_weights_into(model, loaded.weights, lambda: trained_names)
+        fresh = [{k: g[k] for k in _SETTINGS} for g in optimizer.param_groups]
         optimizer.load_state_dict(loaded.optimizer)
         scheduler.load_state_dict(loaded.scheduler)
+        changed = _apply_hyperparameters(optimizer, scheduler, fresh)
+        if changed and accelerator.is_main_process:
+            accelerator.print(f"resuming with changed settings from step {loaded.position.global_step} on: "
+                              + ", ".join(changed))
+            _archive_config(run, previous_config, loaded.position.global_step)
         for name, obj in stateful.items():
             obj.load_state_dict(loaded.extra[name])
         if loaded.rng is not None:
@@ -207,6 +262,15 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         pos.global_step += 1
         pos.step_in_epoch += 1
+        if bad := _nonfinite(params, trained_names, model, accelerator):
+            # Raised before any save: a diverged state never reaches a checkpoint.
+            keep = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+            raise TrainingDiverged(
+                f"step {pos.global_step} (epoch {pos.epoch}) made trained weights non-finite ({bad}); "
+                f"loss={reduced['loss']}, grad_norm={grad_norm}, lr={lr}. They were not saved and {keep} "
+                "(the model object in memory holds the diverged weights). Resume with a lower learning "
+                "rate or a larger adam_eps (a resumed run applies them)."
+            )
 
         last = reduced | {"lr": lr} | ({"grad_norm": grad_norm} if grad_norm is not None else {})
         for k, v in last.items():
@@ -288,6 +352,82 @@ def _check(config: LoopConfig, dataset: Sequence) -> None:
         raise PluralignError("the training set is empty")
 
 
+def _nonfinite(params: list[torch.nn.Parameter], trained_names: set[str], model: torch.nn.Module,
+               accelerator: Accelerator) -> str:
+    """'' when every trained weight is finite on every process, else which are not. One reduction of
+    per-tensor sums (NaN/inf propagate into a sum), confirmed element-wise only when it trips."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in params]  # DTensor shards (FSDP2)
+    sums = [t.detach().sum(dtype=torch.float32) for t in local if t.numel()]
+    flag = torch.tensor(0.0 if not sums or bool(torch.stack(sums).isfinite().all()) else 1.0,
+                        device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, "sum")
+    if flag.item() == 0:
+        return ""
+    names = {id(p): n for n, p in model.named_parameters() if n in trained_names}
+    bad = [names.get(id(p), "?") for p, t in zip(params, local, strict=True) if t.numel() and not torch.isfinite(t).all()]
+    if not bad and sums:  # a finite tensor whose float32 sum overflowed: not a divergence
+        return "" if accelerator.num_processes == 1 else "on another process"
+    return f"{len(bad)} tensor(s), e.g. {', '.join(bad[:3])}" if bad else "on another process"
+
+
+def _resumable(run: RunDir, accelerator: Accelerator) -> Path | None:
+    """The newest checkpoint whose files match their recorded sizes and checksums. Damaged ones are
+    reported and renamed `step-N.damaged` (main process, after every process chose), so they are neither
+    loaded nor counted when old checkpoints are pruned."""
+    damaged, found = [], None
+    for path in reversed(ckpt.list_checkpoints(run.checkpoints)):
+        why = ckpt.verify_checkpoint(path)
+        if why is None:
+            found = path
+            break
+        damaged.append(path)
+        accelerator.print(f"warning: checkpoint {path} is damaged ({why}); falling back to an older one")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for path in damaged:
+            path.rename(path.with_name(path.name + ".damaged"))
+    accelerator.wait_for_everyone()
+    return found
+
+
+_SETTINGS = ("initial_lr", "betas", "eps", "weight_decay")  # per param group; initial_lr is the peak rate
+
+
+def _apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                           fresh: list[dict[str, Any]]) -> list[str]:
+    """Give a resumed optimizer this run's settings `fresh` (its param groups' settings before the
+    checkpoint's state dict brought back the saved ones); returns what changed, as 'name old -> new'."""
+    changed: dict[str, str] = {}
+    for group, want in zip(optimizer.param_groups, fresh, strict=True):
+        for key in _SETTINGS:
+            old, new = group[key], want[key]
+            if (tuple(old) if isinstance(old, list | tuple) else old) != (tuple(new) if isinstance(new, list | tuple) else new):
+                changed.setdefault(key, f"{'learning_rate' if key == 'initial_lr' else key} {old} -> {new}")
+            group[key] = new
+    if changed:
+        # The rate of the next step, from the (new) peak and this run's schedule.
+        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        scheduler._last_lr = lrs
+    return list(changed.values())
+
+
+def _read_config(run: RunDir | None) -> str | None:
+    try:
+        return run.config_path.read_text(encoding="utf-8") if run is not None and run.config_path.exists() else None
+    except OSError:
+        return None
+
+
+def _archive_config(run: RunDir, previous: str | None, step: int) -> None:
+    """Keep the config the first `step` steps ran with next to config.yaml (which now holds this run's)."""
+    if previous is not None and previous != _read_config(run):
+        atomic_write_text(run.root / f"config.until-step-{step}.yaml", previous)
+
+
 def _check_compatible(saved: ckpt.Position, now: ckpt.Position, path: Path) -> None:
     for name in ("seed", "global_batch", "dataset_size"):
         if getattr(saved, name) != getattr(now, name):
@@ -336,23 +476,28 @@ def _save(accelerator, wrapped, optimizer, scheduler, stateful, trained_names, p
     # get_state_dict gathers shards under FSDP/DeepSpeed, so every process must call it.
     full = {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(wrapped).items()}
     tmp = ckpt.checkpoint_dir(run.checkpoints, pos.global_step).with_suffix(".tmp")
-    if accelerator.is_main_process:
-        ckpt.begin_checkpoint(run.checkpoints, pos.global_step)
-    accelerator.wait_for_everyone()
-    ckpt.write_rank_state(tmp, accelerator.process_index)
-    if accelerator.is_main_process:
-        ckpt.write_main_state(
-            tmp,
-            weights={k: v for k, v in full.items() if k in trained_names},
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            extra={k: obj.state_dict() for k, obj in stateful.items()},
-            position=ckpt.Position(**vars(pos)),
-        )
-    accelerator.wait_for_everyone()
-    final = ckpt.checkpoint_dir(run.checkpoints, pos.global_step)
-    if accelerator.is_main_process:
-        ckpt.commit_checkpoint(tmp, config.keep_checkpoints)
+    try:
+        if accelerator.is_main_process:
+            ckpt.begin_checkpoint(run.checkpoints, pos.global_step)
+        accelerator.wait_for_everyone()
+        ckpt.write_rank_state(tmp, accelerator.process_index)
+        if accelerator.is_main_process:
+            ckpt.write_main_state(
+                tmp,
+                weights={k: v for k, v in full.items() if k in trained_names},
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                extra={k: obj.state_dict() for k, obj in stateful.items()},
+                position=ckpt.Position(**vars(pos)),
+            )
+        accelerator.wait_for_everyone()
+        final = ckpt.checkpoint_dir(run.checkpoints, pos.global_step)
+        if accelerator.is_main_process:
+            ckpt.commit_checkpoint(tmp, config.keep_checkpoints)
+    except BaseException:  # disk full, a kill signal turned exception, …: leave no half-written directory
+        if accelerator.is_main_process:
+            ckpt.abort_checkpoint(tmp)
+        raise
     accelerator.wait_for_everyone()
     return final
 

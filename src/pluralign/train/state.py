@@ -8,14 +8,20 @@ A checkpoint is a directory `checkpoints/step-N/` holding
   extra.pt              state of recipe objects that change during training (e.g. BCO's running reward
                         mean), same format;
   rng-rank{R}.json      torch / numpy / python RNG states of each process;
-  state.json            the data position (epoch, step in epoch, global step) and what it depends on.
+  state.json            the data position (epoch, step in epoch, global step) and what it depends on,
+                        and the size and SHA-256 of every other file of the checkpoint.
 
 The directory is written as `step-N.tmp` and renamed when complete, so a crash mid-save never leaves a
-directory that looks like a checkpoint; `latest_checkpoint` only ever sees complete ones.
+directory that looks like a checkpoint; `latest_checkpoint` only ever sees complete ones. Completeness
+is not taken on trust: `verify_checkpoint` checks every file against the sizes and checksums in
+state.json (a truncated or bit-rotted weights file is caught before it is loaded), and the loop resumes
+from the newest checkpoint that passes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import random
@@ -31,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pluralign.errors import PluralignError
-from pluralign.runs import atomic_open, atomic_write_json
+from pluralign.runs import atomic_open, atomic_write_json, io_error
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -101,9 +107,34 @@ def restore_rng(state: dict) -> None:
 # ---------------------------------------------------------------- tensors on disk
 
 
+class _Recording:
+    """A file wrapper that remembers the OSError of a failed write: torch's zip writer swallows it and
+    reports only 'unexpected pos', which would hide a full disk."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def _torch_save(path: Path, obj: Any) -> None:
-    with atomic_open(path) as f:
-        torch.save(obj, f)
+    try:
+        with atomic_open(path) as f:
+            out = _Recording(f)
+            try:
+                torch.save(obj, out)
+            except RuntimeError as e:
+                raise (out.error or e) from None
+    except RuntimeError as e:
+        raise io_error(path, e) from None
 
 
 def _torch_load(path: Path) -> Any:
@@ -119,9 +150,12 @@ def _torch_load(path: Path) -> Any:
 def begin_checkpoint(root: str | os.PathLike, global_step: int) -> Path:
     """Create the temporary directory a checkpoint is written into (main process only)."""
     tmp = Path(root) / f"step-{global_step}.tmp"
-    if tmp.exists():  # left by a crash during an earlier save of the same step
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    try:
+        if tmp.exists():  # left by a crash during an earlier save of the same step
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    except OSError as e:
+        raise io_error(tmp, e, "create the checkpoint directory") from None
     return tmp
 
 
@@ -143,23 +177,100 @@ def write_main_state(
     completeness is really decided by the directory rename in `commit_checkpoint`."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
     weights_tmp = tmp / ".weights.safetensors.tmp"
-    save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
-    os.replace(weights_tmp, tmp / "weights.safetensors")
+    try:  # safetensors writes the file itself (no file object), so its errors are translated here
+        save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
+        _fsync(weights_tmp)
+        os.replace(weights_tmp, tmp / "weights.safetensors")
+    except Exception as e:
+        with contextlib.suppress(OSError):
+            weights_tmp.unlink()
+        raise io_error(tmp / "weights.safetensors", e) from None
     _torch_save(tmp / "optimizer.pt", {"optimizer": dict(optimizer), "scheduler": dict(scheduler)})
     _torch_save(tmp / "extra.pt", dict(extra))
     atomic_write_json(tmp / "state.json", asdict(position))
 
 
 def commit_checkpoint(tmp: Path, keep: int) -> Path:
-    """Rename `step-N.tmp` to `step-N` (the atomic moment) and delete all but the newest `keep`."""
+    """Record the size and checksum of every file in state.json, rename `step-N.tmp` to `step-N` (the
+    atomic moment) and delete all but the newest `keep`. Every process's files must be written."""
+    try:
+        state = json.loads((tmp / "state.json").read_text(encoding="utf-8"))
+        state["files"] = {f.name: _fingerprint(f) for f in sorted(tmp.iterdir())
+                          if f.is_file() and f.name != "state.json" and not f.name.startswith(".")}
+    except OSError as e:
+        raise io_error(tmp, e, "read back the checkpoint") from None
+    atomic_write_json(tmp / "state.json", state)
+    _fsync(tmp)
     final = tmp.with_suffix("")
-    if final.exists():  # the same step saved again (e.g. a resumed run that had already finished)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    if keep > 0:
-        for old in list_checkpoints(final.parent)[:-keep]:
-            shutil.rmtree(old)
+    try:
+        if final.exists():  # the same step saved again (e.g. a resumed run that had already finished)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(final.parent)
+        if keep > 0:
+            for old in list_checkpoints(final.parent)[:-keep]:
+                shutil.rmtree(old)
+    except OSError as e:
+        raise io_error(final, e, "commit the checkpoint") from None
     return final
+
+
+def abort_checkpoint(tmp: Path) -> None:
+    """Remove a checkpoint that failed half-way (best effort: the cause is already being reported)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale(root: str | os.PathLike) -> list[Path]:
+    """Delete `step-N.tmp` directories left by a crashed save; call only while holding the run lock."""
+    root = Path(root)
+    stale = [d for d in root.glob("step-*.tmp") if d.is_dir()] if root.is_dir() else []
+    for d in stale:
+        shutil.rmtree(d, ignore_errors=True)
+    return stale
+
+
+def verify_checkpoint(path: str | os.PathLike) -> str | None:
+    """None when every file of the checkpoint has the size and SHA-256 recorded in state.json, else
+    what is wrong. Checkpoints written before checksums were recorded pass on their file list alone."""
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        files = state.get("files") if isinstance(state, dict) else None
+    except (OSError, ValueError) as e:
+        return f"unreadable state.json ({e})"
+    if files is None:
+        missing = [n for n in ("weights.safetensors", "optimizer.pt", "extra.pt") if not (path / n).is_file()]
+        return f"missing {', '.join(missing)}" if missing else None
+    for name, want in files.items():
+        f = path / name
+        try:
+            size = f.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != want["size"]:
+            return f"{name} has {size} bytes, {want['size']} were written (truncated or replaced)"
+    for name, want in files.items():  # sizes first: a truncated file is found without hashing the rest
+        try:
+            if _fingerprint(path / name)["sha256"] != want["sha256"]:
+                return f"{name} does not match its checksum (corrupted on disk)"
+        except OSError as e:
+            return f"{name} is unreadable ({e})"
+    return None
+
+
+def _fingerprint(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"size": path.stat().st_size, "sha256": digest}
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or directory entry to disk, so a power loss after the rename finds the bytes too."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -175,20 +286,28 @@ class Checkpoint:
     position: Position
 
 
-def load_checkpoint(path: str | os.PathLike, rank: int = 0) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, rank: int = 0, verify: bool = True) -> Checkpoint:
+    """Read a checkpoint back; with `verify`, first check its files against their checksums."""
     path = Path(path)
+    if verify and (why := verify_checkpoint(path)) is not None:
+        raise PluralignError(f"checkpoint {path} is damaged: {why}")
     try:
-        position = Position(**json.loads((path / "state.json").read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError) as e:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        position = Position(**{k: state[k] for k in Position.__dataclass_fields__})
+    except (OSError, ValueError, TypeError, KeyError) as e:
         raise PluralignError(f"cannot read checkpoint state {path / 'state.json'}: {e}") from None
     opt = _torch_load(path / "optimizer.pt")
     rng_path = path / f"rng-rank{rank}.json"
     # A run resumed with more processes than it was saved with has no RNG state for the new ranks; they
     # keep their seeded RNG (only dropout-like randomness is affected, never the data order).
-    rng = json.loads(rng_path.read_text(encoding="utf-8")) if rng_path.exists() else None
+    try:
+        rng = json.loads(rng_path.read_text(encoding="utf-8")) if rng_path.exists() else None
+        weights = load_file(str(path / "weights.safetensors"))
+    except Exception as e:  # OSError, JSON or safetensors errors: a damaged file, say which
+        raise PluralignError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
     return Checkpoint(
         path=path,
-        weights=load_file(str(path / "weights.safetensors")),
+        weights=weights,
         optimizer=opt["optimizer"],
         scheduler=opt["scheduler"],
         extra=_torch_load(path / "extra.pt"),

@@ -1,0 +1,274 @@
+"""Fault injection for training: a kill at every stage of a checkpoint write, a real full disk, damaged
+checkpoint files, NaN/inf weights from the optimizer, two runs on one directory, resumes with changed
+settings. Each fault must end with a clear message, leave nothing that resume would load by mistake,
+and resume exactly once it is removed.
+
+(Disk full through a patched writer of each kind is in test_state.py; a real SIGKILL at a random
+moment is in test_loop.py.)"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from loop_toys import collate, make_data, make_model, nll_step, noisy_step, weights
+
+from pluralign.config import load
+from pluralign.errors import ConfigError, PluralignError
+from pluralign.runs import RunDir
+from pluralign.train import state
+from pluralign.train.loop import LoopConfig, TrainingDiverged, train
+
+
+def cfg(**kw) -> LoopConfig:
+    base = dict(learning_rate=1e-2, batch_size=4, log_every=1, progress=False, warmup_ratio=0.25,
+                max_grad_norm=0.0, save_every=2, keep_checkpoints=0, max_steps=6)
+    return LoopConfig(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """Weights of an uninterrupted 6-step run, the reference every resumed run must equal bit for bit."""
+    model = make_model()
+    train(model, make_data(24), collate, noisy_step, cfg(), tmp_path_factory.mktemp("straight"))
+    return weights(model)
+
+
+def stop_after_step_2(run: Path) -> None:
+    """A run of cfg() interrupted during step 3 (same schedule as the reference, step-2 saved)."""
+    calls = {"n": 0}
+
+    def step(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return noisy_step(model, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(make_model(), make_data(24), collate, step, cfg(), run)
+
+
+def assert_same(model, reference):
+    for k, v in reference.items():
+        assert torch.equal(weights(model)[k], v), k
+
+
+# ---------------------------------------------------------------- a kill at each stage of a save
+
+# (function of pluralign.train.state, which call dies, truncate the file it wrote): the second save (at
+# step 4) dies right after that call returns, by SIGKILL, so no cleanup code runs. Per save the module
+# calls atomic_write_json for rng-rank0.json, state.json, then state.json again with the checksums,
+# _torch_save for optimizer.pt then extra.pt, and _fsync for the weights, the directory, its parent.
+STAGES = {
+    "tmp dir created": ("begin_checkpoint", 2, False),
+    "rng written": ("atomic_write_json", 4, False),
+    "weights half written": ("save_file", 2, True),
+    "optimizer written": ("_torch_save", 3, False),
+    "extra written": ("_torch_save", 4, False),
+    "state.json without checksums": ("atomic_write_json", 5, False),
+    "checksums written, not renamed": ("_fsync", 5, False),
+    "renamed, parent not synced": ("_fsync", 6, False),
+}
+
+
+def _run_and_die(run: Path, attr: str, nth: int, truncate: bool) -> int:
+    pid = os.fork()
+    if pid == 0:  # the child trains and SIGKILLs itself inside the save
+        try:
+            real, calls = getattr(state, attr), {"n": 0}
+
+            def dying(*args, **kwargs):
+                out = real(*args, **kwargs)
+                calls["n"] += 1
+                if calls["n"] == nth:
+                    if truncate:
+                        f = Path(args[1])
+                        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return out
+
+            setattr(state, attr, dying)
+            train(make_model(), make_data(24), collate, noisy_step, cfg(), run)
+        finally:
+            os._exit(3)  # never reached when the kill happened
+    _, status = os.waitpid(pid, 0)
+    return status
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_kill_at_each_stage_of_a_save_then_resume_exactly(tmp_path, straight, stage):
+    attr, nth, truncate = STAGES[stage]
+    run = tmp_path / "run"
+    status = _run_and_die(run, attr, nth, truncate)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    last = state.latest_checkpoint(run / "checkpoints")
+    renamed = stage.startswith("renamed")
+    assert last.name == ("step-4" if renamed else "step-2")
+    assert state.verify_checkpoint(last) is None
+    resumed = make_model()
+    result = train(resumed, make_data(24), collate, noisy_step, cfg(), run)
+    assert result.resumed_from == last and result.global_step == 6
+    assert_same(resumed, straight)
+    assert not list((run / "checkpoints").glob("*.tmp"))  # the crashed save's directory was cleaned up
+
+
+# ---------------------------------------------------------------- damaged checkpoint files
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte", "delete"])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, straight, damage, capsys):
+    run = tmp_path / "run"
+    train(make_model(), make_data(24), collate, noisy_step, cfg(), run)
+    f = run / "checkpoints" / "step-6" / "weights.safetensors"
+    data = f.read_bytes()
+    if damage == "truncate":
+        f.write_bytes(data[: len(data) // 2])
+    elif damage == "flip a byte":
+        f.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    else:
+        f.unlink()
+    why = state.verify_checkpoint(run / "checkpoints" / "step-6")
+    assert why is not None and "weights.safetensors" in why
+    resumed = make_model()
+    result = train(resumed, make_data(24), collate, noisy_step, cfg(), run)
+    assert "step-6 is damaged" in capsys.readouterr().out
+    assert result.resumed_from.name == "step-4"  # steps 5 and 6 are trained again
+    assert_same(resumed, straight)
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["step-2", "step-4", "step-6", "step-6.damaged"]  # kept for inspection, never loaded
+
+
+def test_a_damaged_checkpoint_is_not_loaded_directly_either(tmp_path):
+    run = tmp_path / "run"
+    train(make_model(), make_data(8), collate, nll_step, cfg(max_steps=2), run)
+    f = run / "checkpoints" / "step-2" / "weights.safetensors"
+    f.write_bytes(f.read_bytes()[:40])
+    with pytest.raises(PluralignError, match="weights.safetensors"):
+        state.load_checkpoint(run / "checkpoints" / "step-2")
+
+
+# ---------------------------------------------------------------- NaN/inf from the optimizer
+
+
+def test_nonfinite_weights_after_a_step_stop_the_run_before_any_save(tmp_path):
+    # adam_eps=0: token ids 0-3 never occur, so their embedding rows get zero gradients and AdamW
+    # divides 0 by 0. The loss and gradient norm are finite; only the weights after the step are not.
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"step 1 .*non-finite .*embed_tokens.*no checkpoint was written yet"):
+        train(make_model(), make_data(24), collate, noisy_step, cfg(adam_eps=0.0, save_every=1), run)
+    assert state.list_checkpoints(run / "checkpoints") == []
+
+
+def test_divergence_after_resume_names_a_true_last_good_checkpoint_and_resume_is_exact(tmp_path, straight):
+    run = tmp_path / "run"
+    stop_after_step_2(run)
+    with pytest.raises(TrainingDiverged, match=r"step 3 .*not saved and the last good checkpoint is .*step-2"):
+        train(make_model(), make_data(24), collate, noisy_step, cfg(adam_eps=0.0, save_every=1), run)
+    ckpts = state.list_checkpoints(run / "checkpoints")
+    assert [p.name for p in ckpts] == ["step-2"]
+    good = state.load_checkpoint(ckpts[-1])
+    assert all(torch.isfinite(v).all() for v in good.weights.values())
+    resumed = make_model()  # the fault removed (adam_eps back to its value): the run ends as if never hurt
+    train(resumed, make_data(24), collate, noisy_step, cfg(), run)
+    assert_same(resumed, straight)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e39, 0.0, -1e-3])
+def test_absurd_learning_rates_are_config_errors(value):
+    with pytest.raises(ConfigError, match="learning_rate"):
+        LoopConfig(learning_rate=value)
+
+
+def test_config_values_are_checked_when_loaded(tmp_path):
+    for override in ("learning_rate=.nan", "learning_rate=1e39", "adam_eps=-1", "adam_beta2=1.0", "warmup_ratio=2"):
+        with pytest.raises(ConfigError, match=override.split("=")[0]):
+            load(LoopConfig, None, [override])
+
+
+# ---------------------------------------------------------------- changed settings on resume
+
+
+def test_resume_applies_a_changed_learning_rate_and_records_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    const = dict(scheduler="constant", warmup_ratio=0.0)
+    train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=2, **const), run)
+    train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=4, learning_rate=1e-3, **const), run)
+    assert "learning_rate 0.01 -> 0.001" in capsys.readouterr().out
+    lrs = {r["step"]: r["lr"] for r in RunDir(run).read_metrics()}
+    assert lrs == {1: 1e-2, 2: 1e-2, 3: 1e-3, 4: 1e-3}
+    assert load(LoopConfig, run / "config.yaml").learning_rate == 1e-3
+    assert load(LoopConfig, run / "config.until-step-2.yaml").learning_rate == 1e-2
+    saved = state.load_checkpoint(run / "checkpoints" / "step-4")
+    assert {g["initial_lr"] for g in saved.optimizer["param_groups"]} == {1e-3}
+
+
+def test_resume_with_the_same_settings_changes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=2), run)
+    train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=4), run)
+    assert "changed settings" not in capsys.readouterr().out
+    assert not list(run.glob("config.until-*"))
+
+
+# ---------------------------------------------------------------- two runs, one directory
+
+
+def test_a_second_run_on_a_locked_directory_is_refused_naming_the_holder(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with run.lock():
+        with pytest.raises(PluralignError, match=rf"in use by another run \(pid {os.getpid()}"):
+            train(make_model(), make_data(8), collate, nll_step, cfg(max_steps=1), run.root)
+    train(make_model(), make_data(8), collate, nll_step, cfg(max_steps=1), run.root)  # released
+
+
+def test_the_lock_of_a_killed_run_is_not_stale(tmp_path):
+    run = RunDir(tmp_path / "run")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with run.lock():
+                os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(3)
+    os.waitpid(pid, 0)
+    assert (run.root / ".lock").read_text().strip() == str(pid)  # what a killed holder leaves behind
+    result = train(make_model(), make_data(8), collate, nll_step, cfg(max_steps=1), run.root)
+    assert result.global_step == 1
+
+
+# ---------------------------------------------------------------- a real full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (needs root and mount rights; skipped elsewhere)."""
+    mnt = Path("/tmp") / f"pluralign-full-{uuid.uuid4().hex[:8]}"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        mnt.rmdir()
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+    mnt.rmdir()
+
+
+def test_real_disk_full_then_resume_exactly(small_disk, straight):
+    run = small_disk / "run"
+    stop_after_step_2(run)
+    size = sum(f.stat().st_size for f in (run / "checkpoints" / "step-2").iterdir())
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * (free - size // 3))  # room for a third of a checkpoint
+    with pytest.raises(PluralignError, match="no space left on device"):
+        train(make_model(), make_data(24), collate, noisy_step, cfg(), run)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-2"]
+    (small_disk / "filler").unlink()
+    resumed = make_model()
+    assert train(resumed, make_data(24), collate, noisy_step, cfg(), run).resumed_from.name == "step-2"
+    assert_same(resumed, straight)
