@@ -151,7 +151,7 @@ def test_bt_recipe_learns_a_separable_toy_preference_and_round_trips(tiny_backbo
         "model": str(tiny_backbone), "data": str(tmp_path / "train.jsonl"), "eval_data": str(tmp_path / "test.jsonl"),
         "output_dir": str(tmp_path / "run"), "n_heads": 2,
         "loop": {"learning_rate": 3e-3, "batch_size": 8, "num_epochs": 3, "progress": False}})
-    out = run(cfg)
+    out = run(cfg).run_dir
     report = json.loads((out / "report" / "eval.json").read_text())
     assert report["accuracy"] == 1.0 and set(report["per_group"]) == {"g", "h"}
     model = load_reward_model(out)

@@ -179,21 +179,26 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """(key, type, default, help) for every field, nested ones dotted: used by `--help` output."""
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) for every field, nested ones dotted: used by `--help` output.
+
+    A nested config's defaults are those of the field that holds it (a recipe may default `loop` to its
+    own learning rate), so the help shows the values a run actually uses."""
     rows = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows += describe(tp, prefix + f.name + ".")
-            continue
-        if f.default is not dataclasses.MISSING:
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
             default = "(required)"
+        if dataclasses.is_dataclass(tp):
+            rows += describe(tp, prefix + f.name + ".", default if dataclasses.is_dataclass(default) else None)
+            continue
         name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
         rows.append((prefix + f.name, name, default, f.metadata.get("help", "")))
     return rows

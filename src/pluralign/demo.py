@@ -155,7 +155,7 @@ def _reward_model(run: RunDir, name: str, model_type: str, base: Path, train: Pa
         "pooling": "mean", "head_hidden": 128, "output_dir": str(run.root / f"rm_{name}"), "seed": cfg.seed,
         "loop": {"learning_rate": 3e-3, "batch_size": 32, "num_epochs": 20, "progress": False, "seed": cfg.seed},
     })
-    model = load_reward_model(train_reward(config) / "model")
+    model = load_reward_model(train_reward(config).model_dir)
     return evaluate_records(model, read_records(test))
 
 

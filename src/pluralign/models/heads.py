@@ -31,6 +31,8 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last") 
 def backbone_hidden(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Final hidden states [N, T, H] of any transformers model, without computing LM logits."""
+    if hasattr(backbone, "get_base_model"):  # peft: adapters are injected into the wrapped model's modules
+        backbone = backbone.get_base_model()
     base = getattr(backbone, "base_model", backbone)
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
     if position_ids is not None:

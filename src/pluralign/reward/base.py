@@ -50,13 +50,20 @@ class TextEncoder(nn.Module):
 
     def __init__(self, backbone: nn.Module, tokenizer: Any, *, kind: str = "causal", pooling: str | None = None,
                  max_length: int = 256, source: str | None = None, trainable: bool = True,
-                 chat_template: str = "auto"):
+                 chat_template: str = "auto", packing: bool = False):
         super().__init__()
         self.backbone, self.tokenizer, self.kind = backbone, tokenizer, kind
         self.pooling = pooling or ("mean" if kind == "encoder" else "last")
         self.max_length, self.source, self.trainable = max_length, source, trainable
         self.chat_template = check_mode(chat_template)
-        self.backbone.requires_grad_(trainable)
+        # packing (causal only): a batch is one row of sequences laid end to end (no padding); the caller
+        # checks the backbone keeps them apart (`pluralign.models.logprobs.prepare_packing`).
+        self.packing = packing and kind == "causal"
+        if trainable:  # LoRA: only the adapters train (peft already froze the rest)
+            if not hasattr(backbone, "peft_config"):
+                self.backbone.requires_grad_(True)
+        else:
+            self.backbone.requires_grad_(False)
 
     @property
     def dim(self) -> int:
@@ -86,11 +93,28 @@ class TextEncoder(nn.Module):
         else:
             rows = [encode_pair(self.tokenizer, p, r, self.max_length, chat_template=self.chat_template)
                     for p, r in zip(prompts, responses, strict=True)]
+        if self.packing:
+            from pluralign.data.collate import pack_rows
+
+            packed = pack_rows(rows)
+            return {k: packed[k] for k in ("input_ids", "position_ids", "seq_lengths")}
         batch = pad_rows(rows, pad_token_id(self.tokenizer))
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
-        return pool(backbone_hidden(self.backbone, input_ids, attention_mask), attention_mask, self.pooling)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, seq_lengths: torch.Tensor | None = None,
+                **_: Any) -> torch.Tensor:
+        if seq_lengths is None:
+            return pool(backbone_hidden(self.backbone, input_ids, attention_mask), attention_mask, self.pooling)
+        from pluralign.models.logprobs import final_hidden_states
+
+        hidden = final_hidden_states(self.backbone, input_ids, None, position_ids)[0]  # [total, H]
+        ends = seq_lengths.cumsum(0)
+        if self.pooling == "last":
+            return hidden[ends - 1]
+        segment = torch.repeat_interleave(torch.arange(len(seq_lengths), device=hidden.device), seq_lengths)
+        sums = hidden.new_zeros(len(seq_lengths), hidden.shape[-1]).index_add(0, segment, hidden)
+        return sums / seq_lengths[:, None].to(hidden.dtype)
 
     def embed(self, prompts: Sequence[Any], responses: Sequence[Any] | None = None, batch_size: int = 64) -> torch.Tensor:
         """Features [N, H] computed in chunks, on the backbone's device."""
@@ -100,6 +124,12 @@ class TextEncoder(nn.Module):
             batch = self.tokenize(prompts[i:i + batch_size], None if responses is None else responses[i:i + batch_size])
             out.append(self(**{k: v.to(device) for k, v in batch.items()}))
         return torch.cat(out) if out else torch.zeros(0, self.dim, device=device)
+
+
+def _encoder_inputs(batch: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The token tensors of a collated batch (padded or packed) that `TextEncoder.forward` reads."""
+    keys = ("input_ids", "attention_mask", "position_ids", "seq_lengths")
+    return {k: batch[prefix + k] for k in keys if prefix + k in batch}
 
 
 class RewardModel(nn.Module):
@@ -136,13 +166,13 @@ class RewardModel(nn.Module):
 
     def batch_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Features of a collated batch: precomputed ('features') or computed from token ids."""
-        feats = batch["features"] if "features" in batch else self.encoder(batch["input_ids"], batch["attention_mask"])
+        feats = batch["features"] if "features" in batch else self.encoder(**_encoder_inputs(batch))
         prompt = None
         if self.needs_prompt:
             if "prompt_features" in batch:
                 prompt = batch["prompt_features"]
             else:
-                prompt = self.encoder(batch["prompt_input_ids"], batch["prompt_attention_mask"])
+                prompt = self.encoder(**_encoder_inputs(batch, "prompt_"))
         return feats, prompt
 
     @torch.no_grad()

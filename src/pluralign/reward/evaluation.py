@@ -9,6 +9,7 @@ after it on the other half, so the 'after' number is honest. Binary data: AUROC,
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -141,3 +142,30 @@ def evaluate_records(model: Any, records: Sequence[Any], *, n_bins: int = 10) ->
         return evaluate_binary(model, records, n_bins=n_bins)
     kinds = sorted({type(r).__name__ for r in records})
     raise ConfigError(f"reward-model evaluation needs pairwise, ranked or binary records, got {kinds}")
+
+
+def summary(report: dict[str, Any]) -> str:
+    """One line for logs: accuracy (pairs) or AUROC (binary) with its count and per-group accuracies."""
+    head = f"accuracy {report['accuracy']:.3f} on {report['n']} {'pairs' if report['kind'] == 'pairwise' else 'examples'}"
+    if report["kind"] == "binary":
+        head = f"AUROC {report['auroc']:.3f}, " + head
+    groups = report.get("per_group") or {}
+    return head + ("; per group " + ", ".join(f"{g} {a:.3f}" for g, a in groups.items()) if groups else "")
+
+
+def chance_warning(report: dict[str, Any], z: float = 2.0) -> str | None:
+    """A warning when the held-out score is within `z` standard errors of chance (accuracy 0.5 on pairs,
+    AUROC 0.5 on binary labels, Hanley & McNeil's null standard error): the model may have learned
+    nothing, e.g. a learning rate too small for the backbone."""
+    if report["kind"] == "pairwise":
+        value, se, name = report["accuracy"], math.sqrt(0.25 / max(report["n"], 1)), "accuracy"
+    else:
+        pos = round(report["positive_rate"] * report["n"])
+        neg = report["n"] - pos
+        if not pos or not neg:
+            return None
+        value, se, name = report["auroc"], math.sqrt((pos + neg + 1) / (12 * pos * neg)), "AUROC"
+    if abs(value - 0.5) > z * se:
+        return None
+    return (f"held-out {name} {value:.3f} on {report['n']} examples is within noise of chance (0.5 ± {z * se:.3f}): "
+            f"the reward model may not have learned; try a larger loop.learning_rate or more epochs")

@@ -149,6 +149,44 @@ def _responses(prompts: list[str], m: int, seed: int, kind: str, *, rounds: int 
     return [_distinct(pool, m) for pool in pools]
 
 
+def pair_probabilities(records: Sequence[Pairwise], population: str | Population = "default", *,
+                       users_seed: int = 0, temperature: float | None = None) -> np.ndarray:
+    """P(chosen ≻ rejected) [N, U] of each pair under each of the records' annotators (columns in order of
+    first appearance): the Bradley–Terry probabilities the labels were drawn from, recomputed from the
+    gold attributes. Records must name their user (user_pairwise feedback)."""
+    pop = population if isinstance(population, Population) else get_population(population)
+    by_id = {u.id: u for u in pop.users(users_seed)}
+    missing = sorted({str(r.user) for r in records if r.user is None or str(r.user) not in by_id})
+    if missing:
+        raise ConfigError(f"pair_probabilities needs records whose user is one of population '{pop.name}': "
+                          f"unknown {missing[:5]}")
+    users = [by_id[u] for u in dict.fromkeys(str(r.user) for r in records)]
+    dx = score_batch([r.prompt for r in records], [r.chosen for r in records]) - \
+        score_batch([r.prompt for r in records], [r.rejected for r in records])
+    return np.stack([preference_probability(utility(u.vector(), dx), 0.0, temperature or u.temperature)
+                     for u in users], axis=1)
+
+
+def bayes_accuracy(records: Sequence[Pairwise], population: str | Population = "default", *, users_seed: int = 0,
+                   per_user: bool = True, temperature: float | None = None) -> float:
+    """The best expected accuracy on `records` the label noise allows (the Bayes ceiling).
+
+    per_user: a model that knows each record's annotator predicts their likelier label, E[max(p, 1 − p)]
+    with p from that annotator. Otherwise a model that sees only the text predicts the label the
+    annotators (in the records' own mix) give more often: E[max(p̄, 1 − p̄)], p̄ the mix's mean p."""
+    if not records:
+        raise ConfigError("bayes_accuracy: no records")
+    p = pair_probabilities(records, population, users_seed=users_seed, temperature=temperature)
+    ids = list(dict.fromkeys(str(r.user) for r in records))
+    column = np.array([ids.index(str(r.user)) for r in records])
+    if per_user:
+        mine = p[np.arange(len(records)), column]
+        return float(np.maximum(mine, 1 - mine).mean())
+    share = np.bincount(column, minlength=len(ids)) / len(records)
+    mean = p @ share
+    return float(np.maximum(mean, 1 - mean).mean())
+
+
 # --- one record per kind -----------------------------------------------------------------------------
 def _pairwise(prompt: str, resp: list[str], x: np.ndarray, user: User, t: float, rng: np.random.Generator,
               *, named: bool, **_: Any) -> Pairwise:

@@ -98,5 +98,5 @@ def _train(args: argparse.Namespace) -> int:
     result = run(config)
     where = getattr(result, "model_dir", None)
     if where is not None:
-        print(f"model saved to {where}")
+        print(f"model saved to {where} (run directory {result.run_dir}: config.yaml, metrics.jsonl, checkpoints/)")
     return 0

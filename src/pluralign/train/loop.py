@@ -42,6 +42,7 @@ from pluralign.config import dump_yaml, option
 from pluralign.errors import ConfigError, PluralignError
 from pluralign.runs import RunDir, atomic_write_text
 from pluralign.train import state as ckpt
+from pluralign.train import trackers
 from pluralign.train.parallel import (
     Batch,
     StepFn,
@@ -73,7 +74,8 @@ class LoopConfig:
     save_every: int = option(0, help="Save a checkpoint every N steps (0: only at the end). Needs a run directory.")
     keep_checkpoints: int = option(2, help="Keep the newest N checkpoints (0 keeps all).")
     mixed_precision: Literal["no", "bf16", "fp16"] = option("no", help="Autocast precision: no, bf16 (CPU or a bf16-capable GPU), fp16 (CUDA only, with loss scaling).")
-    progress: bool = option(True, help="Show a progress bar with the live loss and step metrics, and print the config.")
+    progress: bool = option(True, help="Show a progress bar with the live loss and step metrics, print the config, every evaluation's metrics and the final metrics.")
+    report_to: list[str] = option(default_factory=list, help="Experiment trackers that also get the metrics and the config, through accelerate (as the HF Trainer's report_to): tensorboard, wandb, mlflow, trackio, … or all (every installed one); empty or none: metrics.jsonl only. Not dependencies of pluralign: install the ones you use. File-based ones write to <run_dir>/trackers.")
 
     def __post_init__(self) -> None:
         # Checked when the config is made (YAML, overrides or code), not at the first optimizer step.
@@ -155,11 +157,14 @@ def train(
     run = RunDir(run_dir) if run_dir is not None and not isinstance(run_dir, RunDir) else run_dir
     stateful = dict(stateful or {})
     eval_step, eval_collate = eval_step or step, eval_collate or collate
-    accelerator = make_accelerator(config.grad_accum, config.mixed_precision)
+    track = trackers.tracker_names(config.report_to)
+    accelerator = make_accelerator(config.grad_accum, config.mixed_precision, track,
+                                   str(run.root / "trackers") if run is not None else None)
     rank, world = accelerator.process_index, accelerator.num_processes
     previous_config = _read_config(run) if accelerator.is_main_process else None
     if accelerator.is_main_process:
         announce_config(run_config if run_config is not None else config, run, echo=config.progress)
+    trackers.start(accelerator, track, run.root if run is not None else None, run_config if run_config is not None else config)
 
     # --- what to optimize
     set_seed(config.seed)
@@ -283,9 +288,11 @@ def train(
             row |= {"step": pos.global_step, "epoch": pos.epoch, "elapsed_s": round(time.perf_counter() - t0, 3)}
             if run is not None and accelerator.is_main_process:
                 run.log_metrics(row)
+            trackers.log(accelerator, track, row, pos.global_step)
             window = {}
         if eval_dataset is not None and config.eval_every > 0 and pos.global_step % config.eval_every == 0:
-            eval_metrics = _evaluate_and_log(wrapped, eval_dataset, eval_collate, eval_step, config, accelerator, run, pos)
+            eval_metrics = _evaluate_and_log(wrapped, eval_dataset, eval_collate, eval_step, config, accelerator, run, pos,
+                                             track, bar)
             evaluated_at = pos.global_step
         if config.save_every > 0 and pos.global_step % config.save_every == 0 and pos.global_step < total_steps:
             last_ckpt = save() or last_ckpt
@@ -293,10 +300,15 @@ def train(
         bar.close()
 
     if eval_dataset is not None and evaluated_at != pos.global_step:
-        eval_metrics = _evaluate_and_log(wrapped, eval_dataset, eval_collate, eval_step, config, accelerator, run, pos)
+        eval_metrics = _evaluate_and_log(wrapped, eval_dataset, eval_collate, eval_step, config, accelerator, run, pos, track)
     if run is not None and (last_ckpt is None or ckpt.checkpoint_dir(run.checkpoints, pos.global_step) != last_ckpt):
         last_ckpt = save() or last_ckpt
     accelerator.wait_for_everyone()
+    trackers.finish(accelerator, track)
+    if config.progress and accelerator.is_main_process:
+        print(f"trained {pos.global_step} steps in {time.perf_counter() - t0:.1f} s; last step: {_fmt(last)}"
+              + (f"; eval: {_fmt(eval_metrics)}" if eval_metrics else "")
+              + (f"; checkpoint {last_ckpt}" if last_ckpt else ""), file=sys.stderr)
     return TrainResult(pos.global_step, pos.epoch, last, eval_metrics, last_ckpt, resumed_from)
 
 
@@ -502,13 +514,21 @@ def _save(accelerator, wrapped, optimizer, scheduler, stateful, trained_names, p
     return final
 
 
-def _evaluate_and_log(wrapped, dataset, collate, step, config, accelerator, run, pos) -> dict[str, float]:
+def _evaluate_and_log(wrapped, dataset, collate, step, config, accelerator, run, pos, track=(), bar=None) -> dict[str, float]:
     wrapped.eval()
     result = evaluate(lambda batch: wrapped(step, batch), dataset, collate, config.batch_size, accelerator)
     wrapped.train()
+    row = {f"eval/{k}": v for k, v in result.items()}
     if run is not None and accelerator.is_main_process:
-        run.log_metrics({f"eval/{k}": v for k, v in result.items()} | {"step": pos.global_step, "epoch": pos.epoch})
+        run.log_metrics(row | {"step": pos.global_step, "epoch": pos.epoch})
+    trackers.log(accelerator, track, row, pos.global_step)
+    if config.progress and accelerator.is_main_process:
+        (bar.write if bar is not None else print)(f"eval at step {pos.global_step}: {_fmt(result)}", file=sys.stderr)
     return result
+
+
+def _fmt(metrics: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)))
 
 
 def _progress(config: LoopConfig, accelerator: Accelerator, total: int, start: int):

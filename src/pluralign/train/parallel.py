@@ -25,7 +25,9 @@ def process_state():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def make_accelerator(grad_accum: int, mixed_precision: str) -> Accelerator:
+def make_accelerator(grad_accum: int, mixed_precision: str, log_with: list[str] | None = None,
+                     project_dir: str | None = None) -> Accelerator:
+    """The run's Accelerator; `log_with`: accelerate tracker names, writing under `project_dir`."""
     from accelerate.state import AcceleratorState
 
     shared = AcceleratorState._shared_state
@@ -33,7 +35,8 @@ def make_accelerator(grad_accum: int, mixed_precision: str) -> Accelerator:
         # accelerate keeps the first precision process-wide; a later run in the same Python process
         # (a notebook, a sweep) may ask for another, which is safe to switch between runs.
         AcceleratorState._reset_state()
-    return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision)
+    trackers = {"log_with": log_with, "project_dir": project_dir} if log_with else {}
+    return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, **trackers)
 
 
 class StepModule(torch.nn.Module):

@@ -18,19 +18,25 @@ from pluralign.train.parallel import process_state
 
 
 @dataclass
-class PolicyTrainingConfig:
+class ModelTrainingConfig:
+    """How a transformers model is trained, whatever it becomes (a policy or a reward model's backbone)."""
+
     model: str = option("", help="Model to train: a local model directory or a hub id.")
-    data: list[str] = option(default_factory=list, help="Training data file(s) (jsonl/json/csv/parquet or a dataset directory); converted to the record kind the recipe trains on when possible (e.g. ranked -> pairwise).")
-    eval_data: list[str] = option(default_factory=list, help="Evaluation data file(s), evaluated every loop.eval_every steps and at the end.")
     max_length: int = option(512, help="Longest prompt+completion in tokens.")
-    max_prompt_length: int | None = option(None, help="Longest prompt in tokens (default: no separate limit).")
-    truncation: Literal["keep_end", "keep_start", "error"] = option("keep_end", help="How an over-long prompt is cut: keep its end, its start, or raise.")
-    chat_template: Literal["auto", "always", "never"] = option("auto", help=CHAT_TEMPLATE_HELP + ".")
     packing: bool = option(True, help="Padding-free batches: sequences laid end to end with restarting position ids, attention run per sequence (no compute or memory spent on padding). Checked against padded batches on the model at start; a model that fails trains on padded batches.")
     gradient_checkpointing: bool = option(True, help="Recompute each decoder layer's activations in backward instead of storing them: about a third more compute for a fraction of the activation memory (TRL's default too). Turn off for speed when memory allows.")
     dtype: str = option("auto", help="Weights dtype: auto (as saved), float32, bfloat16, float16.")
     use_lora: bool = option(False, help="Train LoRA adapters instead of all weights.")
     lora: LoraSpec = option(default_factory=LoraSpec, help="LoRA settings (used when use_lora is true).")
+
+
+@dataclass
+class PolicyTrainingConfig(ModelTrainingConfig):
+    data: list[str] = option(default_factory=list, help="Training data file(s) (jsonl/json/csv/parquet or a dataset directory); converted to the record kind the recipe trains on when possible (e.g. ranked -> pairwise).")
+    eval_data: list[str] = option(default_factory=list, help="Evaluation data file(s), evaluated every loop.eval_every steps and at the end.")
+    max_prompt_length: int | None = option(None, help="Longest prompt in tokens (default: no separate limit).")
+    truncation: Literal["keep_end", "keep_start", "error"] = option("keep_end", help="How an over-long prompt is cut: keep its end, its start, or raise.")
+    chat_template: Literal["auto", "always", "never"] = option("auto", help=CHAT_TEMPLATE_HELP + ".")
     merge_lora: bool = option(True, help="Save the model with the LoRA adapters merged (true) or as an adapter directory (false).")
     skip_invalid: bool = option(False, help="Skip invalid data rows (written to a .rejects.jsonl file) instead of stopping.")
 
@@ -49,10 +55,17 @@ def load_policy(config: PolicyTrainingConfig) -> tuple[Any, Any, bool]:
     if not config.data:
         raise ConfigError("set 'data' (one or more data files)")
     tokenizer = load_tokenizer(config.model)
-    model = load_model(config.model, dtype=config.dtype, lora=config.lora if config.use_lora else None,
-                       gradient_checkpointing=config.gradient_checkpointing)
-    model.to(process_state().device)
+    model = load_trainable(config)
     return tokenizer, model, prepare_packing(model, config.packing)
+
+
+def load_trainable(config: ModelTrainingConfig, kind: str = "causal", *, frozen: bool = False) -> Any:
+    """`config.model` as configured for training (dtype, LoRA, gradient checkpointing), on this process's
+    device; `frozen`: only to compute features (no LoRA, no checkpointing)."""
+    model = load_model(config.model, kind=kind, dtype=config.dtype,
+                       lora=config.lora if config.use_lora and not frozen else None,
+                       gradient_checkpointing=config.gradient_checkpointing and not frozen)
+    return model.to(process_state().device)
 
 
 def load_frozen(path: str, config: PolicyTrainingConfig, packing: bool, role: str) -> Any:

@@ -15,8 +15,9 @@ calibration) goes to `<output_dir>/report/eval.json`.
 from __future__ import annotations
 
 import functools
+import sys
+import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from pluralign.config import option
@@ -39,18 +40,19 @@ from pluralign.reward.multi import MultiObjectiveRewardModel, multi_pair_step, m
 from pluralign.reward.pal import PALRewardModel, pal_pair_step
 from pluralign.runs import RunDir, atomic_write_json
 from pluralign.train.loop import LoopConfig, train
+from pluralign.train.recipes.common import ModelTrainingConfig, RecipeResult, load_trainable
 
 COMMANDS = {"rm": "bt", "morm": "multi", "pal": "pal", "binary-rm": "binary"}
 
 
 def _loop_defaults() -> LoopConfig:
-    return LoopConfig(learning_rate=1e-4, batch_size=16, num_epochs=1, warmup_ratio=0.05, progress=False)
+    return LoopConfig(learning_rate=1e-4, batch_size=16, num_epochs=1, warmup_ratio=0.05)
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(ModelTrainingConfig):
+    max_length: int = option(256, help="Maximum tokens of prompt + response.")
     model_type: Literal["bt", "multi", "pal", "binary"] = option("bt", help="Which reward model: bt, multi, pal or binary.")
-    model: str = option("", help="Backbone: a model directory or hub id (loaded with pluralign.models.load).")
     backbone_kind: Literal["causal", "encoder"] = option("causal", help="causal LM (last-token reward) or encoder (mean-pooled, e.g. MiniLM).")
     pooling: Literal["", "last", "mean"] = option("", help="Override the pooling: 'last' or 'mean' (default: last for causal, mean for encoder; "
                                                         "'mean' gives better frozen features).")
@@ -58,7 +60,6 @@ class RewardConfig:
     data: str = option("", help="Training feedback file (.jsonl/.json/.csv/.parquet or a datasets dir).")
     eval_data: str = option("", help="Held-out feedback for the final evaluation (optional).")
     output_dir: str = option("runs/reward", help="Run directory; the model is saved to <output_dir>/model.")
-    max_length: int = option(256, help="Maximum tokens of prompt + response.")
     chat_template: Literal["auto", "always", "never"] = option("auto", help=CHAT_TEMPLATE_HELP + "; saved with the model, so scoring renders prompts as training did.")
     objectives: list[str] = option(default_factory=list, help="Objective names (multi); default: every rating/objective in the data.")
     head_hidden: int = option(0, help="Hidden width of an MLP head / PAL projectors (0: linear).")
@@ -74,23 +75,21 @@ class RewardConfig:
     pal_loss: Literal["logistic", "hinge"] = option("logistic", help="pal: loss on the score difference.")
     imbalance: Literal["none", "pos_weight", "downsample"] = option("pos_weight", help="binary: class-imbalance handling.")
     seed: int = option(0, help="Seed of the head initialisation.")
-    loop: LoopConfig = option(default_factory=_loop_defaults, help="Training-loop settings (without a `loop` section: learning_rate 1e-4, "
-                                                                   "batch_size 16; fields left out of a given section take LoopConfig's defaults, "
-                                                                   "so set learning_rate there).")
+    loop: LoopConfig = option(default_factory=_loop_defaults, help="Training-loop settings (a reward model's own defaults; "
+                                                                   "fields a config leaves out keep them).")
 
 
-def run(config: RewardConfig) -> Path:
-    """Train the configured reward model; returns the run directory (model in `<dir>/model`)."""
+def run(config: RewardConfig) -> RecipeResult:
+    """Train the configured reward model; the model is saved in `<output_dir>/model`."""
     if not config.data:
         raise ConfigError("data: give a training feedback file")
     eval_records = read_records(config.eval_data) if config.eval_data else None
-    _, run_dir = train_records(config, read_records(config.data), eval_records, source=config.data)
-    return run_dir
+    return train_records(config, read_records(config.data), eval_records, source=config.data)[1]
 
 
 def train_records(config: RewardConfig, records: list, eval_records: list | None = None, *,
-                  source: str = "<records>") -> tuple[RewardModel, Path]:
-    """Train on in-memory records (e.g. sandbox feedback); returns (model, run directory)."""
+                  source: str = "<records>") -> tuple[RewardModel, RecipeResult]:
+    """Train on in-memory records (e.g. sandbox feedback); returns (model, where everything is)."""
     if not config.model:
         raise ConfigError("model: give a backbone directory or hub id")
     run_dir = RunDir(config.output_dir)
@@ -100,22 +99,31 @@ def train_records(config: RewardConfig, records: list, eval_records: list | None
     if config.freeze_backbone:
         items = rdata.precompute_features(items, encoder, needs_prompt=model.needs_prompt)
         eval_items = eval_items and rdata.precompute_features(eval_items, encoder, needs_prompt=model.needs_prompt)
-    train(model, items, collate, step, config.loop, run_dir, eval_dataset=eval_items, params=params, run_config=config)
+    result = train(model, items, collate, step, config.loop, run_dir, eval_dataset=eval_items, params=params,
+                   run_config=config)
     model.eval().save(run_dir.root / "model")
     if eval_records:
-        from pluralign.reward.evaluation import evaluate_records
+        from pluralign.reward.evaluation import chance_warning, evaluate_records, summary
 
-        atomic_write_json(run_dir.report / "eval.json", evaluate_records(model, eval_records))
-    return model, run_dir.root
+        report = evaluate_records(model, eval_records)
+        atomic_write_json(run_dir.report / "eval.json", report)
+        print(f"held-out {summary(report)} ({run_dir.report / 'eval.json'})", file=sys.stderr)
+        if (warning := chance_warning(report)) is not None:
+            warnings.warn(warning, stacklevel=2)
+    return model, RecipeResult(run_dir.root / "model", run_dir.root, result)
 
 
 def _encoder(config: RewardConfig) -> TextEncoder:
-    from pluralign.models.load import load_model, load_tokenizer
+    from pluralign.models.load import load_tokenizer
+    from pluralign.models.logprobs import prepare_packing
 
-    backbone = load_model(config.model, kind=config.backbone_kind)
+    causal = config.backbone_kind == "causal"
+    if config.use_lora and config.freeze_backbone:
+        raise ConfigError("use_lora trains adapters in the backbone; it cannot be combined with freeze_backbone")
+    backbone = load_trainable(config, config.backbone_kind, frozen=config.freeze_backbone)
     return TextEncoder(backbone, load_tokenizer(config.model), kind=config.backbone_kind, pooling=config.pooling or None,
                        max_length=config.max_length, source=config.model, trainable=not config.freeze_backbone,
-                       chat_template=config.chat_template)
+                       chat_template=config.chat_template, packing=causal and prepare_packing(backbone, config.packing))
 
 
 def _pairs(records: list, source: str) -> list[Pairwise]:

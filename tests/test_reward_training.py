@@ -1,0 +1,166 @@
+"""Reward-model training as users run it: defaults the help shows, packed batches, LoRA, gradient
+checkpointing, printed progress and metrics, trackers, the chance warning and the sandbox's Bayes ceiling."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pluralign.config import describe, from_dict
+from pluralign.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    from pluralign.models.load import save_model
+    from pluralign.models.tiny import tiny_llama, word_tokenizer
+
+    tok = word_tokenizer("question answer good bad cat dog ok fine".split())
+    path = tmp_path_factory.mktemp("rm_backbone")
+    save_model(tiny_llama(len(tok), hidden_size=32, num_layers=2, num_heads=2), tok, path)
+    return path
+
+
+def _pairs(n, seed):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        filler = " ".join(rng.choice(["cat", "dog", "ok", "fine"], size=int(rng.integers(1, 5))))
+        rows.append({"prompt": "question " + str(rng.choice(["cat", "dog"])), "chosen": f"good {filler}",
+                     "rejected": f"bad {filler} ok", "user": f"u{i % 3}", "group": "g" if i % 2 else "h"})
+    return rows
+
+
+def _files(tmp_path):
+    for name, n, seed in (("train", 48, 0), ("test", 24, 1)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _pairs(n, seed)))
+    return str(tmp_path / "train.jsonl"), str(tmp_path / "test.jsonl")
+
+
+def test_help_shows_the_loop_defaults_a_reward_run_uses():
+    from pluralign.train.recipes.reward import RewardConfig
+
+    rows = {key: default for key, _, default, _ in describe(RewardConfig)}
+    used = RewardConfig().loop
+    assert rows["loop.learning_rate"] == used.learning_rate
+    assert rows["loop.batch_size"] == used.batch_size
+    assert rows["loop.num_epochs"] == used.num_epochs
+    from pluralign.train.loop import LoopConfig
+
+    assert used.learning_rate != LoopConfig().learning_rate  # the reward recipe has its own default
+    # and a config that sets only some loop fields keeps the recipe's others
+    partial = from_dict(RewardConfig, {"loop": {"batch_size": 4}})
+    assert partial.loop.learning_rate == used.learning_rate and partial.loop.batch_size == 4
+
+
+def test_packed_reward_features_equal_padded_ones(backbone):
+    from pluralign.models.load import load_model, load_tokenizer
+    from pluralign.models.logprobs import prepare_packing
+    from pluralign.reward.base import TextEncoder
+
+    model, tok = load_model(str(backbone)), load_tokenizer(str(backbone))
+    assert prepare_packing(model)
+    prompts, responses = ["question cat", "question dog", "question cat"], ["good ok", "bad cat cat dog fine", "ok"]
+    for pooling in ("last", "mean"):
+        padded = TextEncoder(model, tok, pooling=pooling, trainable=False)
+        packed = TextEncoder(model, tok, pooling=pooling, trainable=False, packing=True)
+        batch = packed.tokenize(prompts, responses)
+        assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+        torch.testing.assert_close(packed.embed(prompts, responses), padded.embed(prompts, responses), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(packed.embed(prompts), padded.embed(prompts), atol=1e-5, rtol=1e-5)
+
+
+def test_lora_reward_model_trains_adapters_and_head_only_and_reloads(backbone, tmp_path, capsys):
+    from pluralign.reward.base import load_reward_model
+    from pluralign.train.recipes.reward import RewardConfig, train_records
+
+    train, test = _files(tmp_path)
+    cfg = from_dict(RewardConfig, {
+        "model": str(backbone), "data": train, "eval_data": test, "output_dir": str(tmp_path / "run"),
+        "use_lora": True, "lora": {"r": 4, "alpha": 8}, "gradient_checkpointing": True,
+        "loop": {"learning_rate": 3e-3, "batch_size": 8, "num_epochs": 3, "eval_every": 3}})
+    from pluralign.data.io import read_records
+
+    model, result = train_records(cfg, read_records(train), read_records(test), source=train)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n or n.startswith("head.") for n in trained)
+    assert model.encoder.packing  # the tiny Llama keeps packed sequences apart
+    out = capsys.readouterr().err
+    assert "eval at step 3:" in out and "trained 18 steps" in out and "held-out accuracy" in out
+    report = json.loads((result.run_dir / "report" / "eval.json").read_text())
+    reloaded = load_reward_model(result.model_dir)
+    prompts, responses = ["question cat", "question dog"], ["good ok", "bad fine"]
+    torch.testing.assert_close(reloaded.score(prompts, responses), model.score(prompts, responses), atol=1e-5, rtol=1e-5)
+    assert report["accuracy"] > 0.9
+
+
+def test_cli_prints_where_it_saved_and_logs_to_tensorboard(backbone, tmp_path, capsys):
+    from pluralign.cli import main
+
+    train, test = _files(tmp_path)
+    run = tmp_path / "run"
+    code = main(["train", "rm", f"model={backbone}", f"data={train}", f"eval_data={test}", f"output_dir={run}",
+                 "loop.batch_size=8", "loop.learning_rate=3e-3", "loop.log_every=2", "loop.report_to=tensorboard"])
+    assert code == 0
+    assert f"model saved to {run / 'model'}" in capsys.readouterr().out
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = list((run / "trackers").rglob("events.out.tfevents.*"))
+    assert events
+    tags = set()
+    for e in events:
+        acc = EventAccumulator(str(e))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"loss", "accuracy", "eval/loss", "eval/accuracy"} <= tags
+
+
+def test_unknown_or_missing_tracker_is_a_config_error():
+    from pluralign.train.trackers import tracker_names
+
+    assert tracker_names([]) == [] and tracker_names(["none"]) == []
+    assert tracker_names(["tensorboard"]) == ["tensorboard"]
+    with pytest.raises(ConfigError, match="unknown tracker"):
+        tracker_names(["tensorbored"])
+
+
+def test_chance_warning_at_two_standard_errors():
+    from pluralign.reward.evaluation import chance_warning
+
+    # n = 400: se = sqrt(0.25 / 400) = 0.025, so 0.5 ± 0.05 is noise
+    assert chance_warning({"kind": "pairwise", "accuracy": 0.54, "n": 400}) is not None
+    assert chance_warning({"kind": "pairwise", "accuracy": 0.46, "n": 400}) is not None
+    assert chance_warning({"kind": "pairwise", "accuracy": 0.56, "n": 400}) is None
+    # binary, 50 positives and 50 negatives: se = sqrt(101 / (12 · 2500)) = 0.0580
+    assert chance_warning({"kind": "binary", "auroc": 0.6, "n": 100, "positive_rate": 0.5}) is not None
+    assert chance_warning({"kind": "binary", "auroc": 0.62, "n": 100, "positive_rate": 0.5}) is None
+    assert math.isclose(math.sqrt(101 / 30000), 0.0580, abs_tol=1e-4)
+
+
+def test_bayes_accuracy_recomputes_the_label_probabilities():
+    from pluralign.sandbox import generate, population
+    from pluralign.sandbox.attributes import score_batch
+    from pluralign.sandbox.feedback import bayes_accuracy, pair_probabilities
+    from pluralign.sandbox.users import preference_probability, utility
+
+    records = generate("user_pairwise", "default", 40, seed=3)
+    users = {u.id: u for u in population("default").users(0)}
+    r = records[0]
+    u = users[r.user]
+    x = score_batch([r.prompt, r.prompt], [r.chosen, r.rejected])
+    expected = preference_probability(utility(u.vector(), x[0]), utility(u.vector(), x[1]), u.temperature)
+    p = pair_probabilities(records)
+    assert math.isclose(p[0, 0], float(expected), rel_tol=1e-9)
+    per_user = bayes_accuracy(records)
+    agnostic = bayes_accuracy(records, per_user=False)
+    assert 0.5 <= agnostic <= 1.0 and 0.5 <= per_user <= 1.0
+    # the labels agree with the likelier side about as often as the ceiling says (40 pairs: loose)
+    ids = list(dict.fromkeys(r.user for r in records))
+    mine = p[np.arange(len(records)), [ids.index(r.user) for r in records]]
+    assert abs(float((mine > 0.5).mean()) - per_user) < 0.25
+    with pytest.raises(ConfigError, match="user"):
+        bayes_accuracy(generate("pairwise", "default", 5, seed=0))
