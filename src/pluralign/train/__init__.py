@@ -38,4 +38,20 @@ def run_sft(config: Any = None, **kwargs: Any):
     return sft.run(config)
 
 
-__all__ = ["run_preference", "run_sft"]
+def run_online(config: Any = None, *, prompts: Any = None, rewards: Any = None, **kwargs: Any):
+    """Run an online recipe (grpo, gspo, rloo, reinforce_pp, ppo, online_dpo, rsft) from an `OnlineConfig`,
+    a YAML path, or keyword arguments. `prompts`: texts or chat messages instead of `data` files;
+    `rewards`: Python reward callables / objects, one per entry of the config's `rewards` (default: one)."""
+    from pluralign.config import from_dict, load
+    from pluralign.train.recipes import online
+
+    if config is None:
+        if rewards is not None and "rewards" not in kwargs:
+            kwargs["rewards"] = [{"source": f"python:{getattr(r, '__name__', type(r).__name__)}"} for r in rewards]
+        config = from_dict(online.OnlineConfig, kwargs)
+    elif not isinstance(config, online.OnlineConfig):
+        config = load(online.OnlineConfig, config)
+    return online.run(config, prompts=prompts, reward_objects=list(rewards) if rewards is not None else None)
+
+
+__all__ = ["run_online", "run_preference", "run_sft"]

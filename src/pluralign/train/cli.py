@@ -1,6 +1,7 @@
 """`pluralign train NAME --config FILE [key=value ...]`.
 
-NAME is `sft`, a reward-model recipe (`rm`, `morm`, `pal`, `binary-rm`), `preference` (the loss taken
+NAME is `sft`, an online recipe (`grpo`, `gspo`, `rloo`, `reinforce_pp`, `ppo`, `online_dpo`, `rsft`:
+generate from the policy, score, learn), a reward-model recipe (`rm`, `morm`, `pal`, `binary-rm`), `preference` (the loss taken
 from the config), or any registered preference loss (`dpo`, `ipo`, `kto`, `bco`, `lipo_lambda`,
 `orpo`, `simpo`, …; `lipo` is short for `lipo_lambda`). A mixture is given with `loss=dpo:1,nll:0.2`.
 `--help-config` lists every config field with its default and help.
@@ -16,7 +17,8 @@ from pluralign.errors import ConfigError, PluralignError
 
 # Reward-model recipes live in recipes/reward.py; each name fixes the config's model_type.
 REWARD_MODEL_TYPES = {"rm": "bt", "morm": "multi", "pal": "pal", "binary-rm": "binary"}
-ALIASES = {"lipo": "lipo_lambda"}
+ALIASES = {"lipo": "lipo_lambda", "online-dpo": "online_dpo", "reinforce++": "reinforce_pp", "raft": "rsft"}
+ONLINE = ("grpo", "gspo", "rloo", "reinforce_pp", "ppo", "online_dpo", "rsft")
 
 
 def register(subparsers: Any) -> None:
@@ -24,7 +26,8 @@ def register(subparsers: Any) -> None:
         "train", help="train a model: sft, a preference loss (dpo, kto, …) or a reward model (rm, pal, …)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", metavar="NAME", help="sft | rm | morm | pal | binary-rm | preference | a loss name (dpo, ipo, kto, …)")
+    p.add_argument("name", metavar="NAME", help="sft | grpo | gspo | rloo | reinforce_pp | ppo | online_dpo | rsft | rm | morm | pal | "
+                   "binary-rm | preference | a loss name (dpo, ipo, kto, …)")
     _options(p)
     # argparse cannot take positionals after options (`NAME --config F a=1`), so everything after NAME
     # is collected here and parsed again, intermixed, by `_options`.
@@ -45,6 +48,10 @@ def recipe(name: str) -> tuple[type, Any, dict]:
         from pluralign.train.recipes import sft
 
         return sft.SFTConfig, sft.run, {}
+    if name in ONLINE:
+        from pluralign.train.recipes import online
+
+        return online.OnlineConfig, online.run, {"algorithm": name}
     if name in REWARD_MODEL_TYPES:
         try:
             reward = importlib.import_module("pluralign.train.recipes.reward")

@@ -144,6 +144,7 @@ def train(
     resume: bool = True,
     stateful: Mapping[str, Any] | None = None,
     run_config: Any = None,
+    prepare_step: Callable[[int, list[list[int]]], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place and return where it stopped.
 
@@ -151,6 +152,9 @@ def train(
     (default: those with requires_grad). `stateful`: objects with `state_dict()`/`load_state_dict()`
     that change during training (e.g. a running reward mean), checkpointed with the model.
     `run_config`: the full config of the run, printed and saved as config.yaml (default: `config`).
+    `prepare_step(global_step, micro_batches)`: called before each optimizer step with the dataset
+    indices of this process's micro-batches, e.g. to generate them from the current policy (online
+    alignment: the dataset holds prompts and `collate` returns what the rollout built for them).
     With `resume`, a run directory holding checkpoints continues from the newest complete one.
     """
     _check(config, dataset)
@@ -228,6 +232,8 @@ def train(
         indices = _global_batch(len(dataset), config.seed, pos.epoch, pos.step_in_epoch, global_batch)
         mine = indices[rank * (global_batch // world):(rank + 1) * (global_batch // world)]
         micro = [mine[i:i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
+        if prepare_step is not None:
+            prepare_step(pos.global_step, micro)
 
         sums = Weighted(accelerator.device)  # per-example means of loss and metrics, over all processes
         for m, idx in enumerate(micro):

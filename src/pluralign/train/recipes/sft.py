@@ -25,15 +25,16 @@ class SFTConfig(PolicyTrainingConfig):
     loop: LoopConfig = option(default_factory=lambda: LoopConfig(learning_rate=2e-5), help="Training loop settings.")
 
 
+def step(model, batch):
+    """Per-example mean NLL of the completion tokens (also the step of rejection-sampling fine-tuning)."""
+    sums, lengths = sequence_logps(model, batch)
+    return losses.get("nll")(policy_chosen_logps=sums, policy_rejected_logps=None, chosen_lengths=lengths)
+
+
 def run(config: SFTConfig) -> RecipeResult:
-    nll = losses.get("nll")
     tokenizer, model, packing = load_policy(config)
     collate = SFTCollator(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
                           truncation=config.truncation, chat_template=config.chat_template, packing=packing)
-
-    def step(model, batch):
-        sums, lengths = sequence_logps(model, batch)
-        return nll(policy_chosen_logps=sums, policy_rejected_logps=None, chosen_lengths=lengths)
 
     def read(paths):
         return [r for p in paths for r in read_records(p, skip_invalid=config.skip_invalid)]

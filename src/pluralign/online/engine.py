@@ -1,0 +1,185 @@
+"""The rollout phase in front of the one training loop (`pluralign.train.loop.train`).
+
+The loop's dataset is the prompt set. Before each optimizer step the loop calls `Engine.prepare` with the
+prompt indices of this process's micro-batches; the engine generates each micro-batch's completions from
+the current policy (seeded by run seed, step and prompt indices, so resume and any process count draw the
+same samples), scores them, and lets the method build its batch. The denominators of the step's
+objective are summed over micro-batches and processes, so token-mean and sequence-mean losses are exact
+whatever the accumulation. `Engine.collate` hands the loop the prepared batch of a micro-batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from pluralign.decode.sampler import eval_mode
+from pluralign.errors import ConfigError
+from pluralign.models.load import is_peft_model
+from pluralign.models.logprobs import token_logps
+from pluralign.online.rewards import (
+    RunningMoments,
+    Source,
+    calibrated,
+    combine,
+    normalize_running,
+    overlong_penalty,
+)
+from pluralign.online.rollout import Prompt, Rollout, derived_seed, generate
+from pluralign.train.reference import adapters_disabled
+
+
+class Reference:
+    """Reference log-probs: a separate model (`ref_model`), the policy's base with adapters off (LoRA), a
+    frozen copy of the initial policy, or (online DPO) the policy at the start of each round of
+    `round_steps` steps — the policy itself when a round is one step."""
+
+    def __init__(self, policy: Any, *, model: Any = None, mode: str = "initial", round_steps: int = 1):
+        if mode not in ("initial", "round_start"):
+            raise ConfigError(f"ref_policy must be 'initial' or 'round_start', got {mode!r}")
+        self.policy, self.mode, self.round_steps = policy, mode, max(1, round_steps)
+        self.model = model
+        if model is None and mode == "initial" and not is_peft_model(policy):
+            self.model = frozen_copy(policy)
+        elif model is None and mode == "round_start" and self.round_steps > 1:
+            self.model = frozen_copy(policy)
+
+    def refresh(self, step: int) -> None:
+        if self.mode == "round_start" and self.round_steps > 1 and step % self.round_steps == 0:
+            self.model.load_state_dict(self.policy.state_dict())
+
+    def token_logps(self, batch: dict) -> torch.Tensor:
+        def run(m):
+            with torch.no_grad(), eval_mode(m):
+                return token_logps(m, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+
+        if self.model is not None:
+            return run(self.model)
+        if self.mode == "initial":  # LoRA: the base, adapters off
+            with adapters_disabled(self.policy):
+                return run(self.policy)
+        return run(self.policy)  # round_start, one-step rounds: the policy before this step's update
+
+    # Checkpointed with the run when the reference moves (rounds of several steps).
+    def state_dict(self) -> dict:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()} if self._moves else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._moves:
+            self.model.load_state_dict(state)
+
+    @property
+    def _moves(self) -> bool:
+        return self.mode == "round_start" and self.round_steps > 1
+
+
+def frozen_copy(model: Any) -> Any:
+    return copy.deepcopy(model).requires_grad_(False).eval()
+
+
+class Engine:
+    def __init__(self, *, policy: Any, tokenizer: Any, prompts: list[Prompt], sources: list[Source],
+                 source_weights: list[float], method: Any, group_size: int, seed: int, sampling: dict,
+                 combine_mode: str = "sum", reward_norm: str = "none", reward_clip: float | None = None,
+                 overlong_buffer: int = 0, overlong_factor: float = 1.0, calibrate_samples: int = 0,
+                 calibrate_t: float = 1.0, reference: Reference | None = None, trainee: Any = None):
+        self.policy, self.tokenizer, self.prompts, self.sources = policy, tokenizer, prompts, sources
+        self.weights = torch.tensor(source_weights, dtype=torch.float)
+        self.method, self.group_size, self.seed, self.sampling = method, group_size, seed, dict(sampling)
+        self.combine_mode, self.reward_norm, self.reward_clip = combine_mode, reward_norm, reward_clip
+        self.overlong_buffer, self.overlong_factor = overlong_buffer, overlong_factor
+        self.calibrate_samples, self.calibrate_t = calibrate_samples, calibrate_t
+        self.reference = reference
+        self.trainee = trainee if trainee is not None else policy  # what the method's forwards run on
+        self.moments = RunningMoments()
+        self.ready: dict[tuple[int, ...], dict] = {}
+        self._train_clock: tuple[float, float] | None = None  # (start of the previous step's training, its tokens)
+
+    def stateful(self) -> dict[str, Any]:
+        out = {"reward_moments": self.moments}
+        if self.reference is not None and self.reference._moves:
+            out["reference"] = self.reference
+        return out
+
+    # ---- rollout phase
+    def prepare(self, step: int, micro: list[list[int]]) -> None:
+        now = time.perf_counter()
+        train_tps = None
+        if self._train_clock is not None:
+            start, tokens = self._train_clock
+            train_tps = tokens / max(now - start, 1e-9)
+        if self.reference is not None:
+            self.reference.refresh(step)
+        built, gen_tokens, train_tokens = [], 0, 0
+        for idx in micro:
+            rollout = generate(self.policy, self.tokenizer, [self.prompts[i].prompt for i in idx], self.group_size,
+                               seed=derived_seed(self.seed, step, tuple(idx)), **self.sampling)
+            gen_tokens += int(rollout.lengths.sum())
+            rewards, metrics = self.score(rollout, step, idx)
+            batch, denominator = self.method.build(self.trainee, rollout, rewards)
+            batch["metrics"] = metrics | batch.get("metrics", {})
+            train_tokens += int(batch["attention_mask"].sum())
+            built.append((tuple(idx), batch, denominator))
+        gen_time = time.perf_counter() - now
+        totals = _all_processes_sum(torch.tensor([float(sum(len(i) for i in micro)), sum(d for _, _, d in built)]))
+        n_prompts, denominator = float(totals[0]), float(totals[1])
+        scale = torch.tensor(n_prompts / denominator if denominator > 0 else 0.0)
+        self.ready = {}
+        for key, batch, _ in built:
+            batch["scale"] = scale
+            batch["metrics"]["gen_tokens_per_s"] = torch.tensor(gen_tokens / max(gen_time, 1e-9))
+            if train_tps is not None:
+                batch["metrics"]["train_tokens_per_s"] = torch.tensor(train_tps)  # of the previous step
+            self.ready[key] = batch
+        self._train_clock = (time.perf_counter(), train_tokens)
+
+    def collate(self, items: list[Prompt]) -> dict:
+        key = tuple(it.index for it in items)
+        if key not in self.ready:
+            raise RuntimeError(f"no rollout prepared for prompts {key}: the loop must be given prepare_step=engine.prepare")
+        return self.ready.pop(key)
+
+    # ---- rewards
+    def score(self, rollout: Rollout, step: int, idx: list[int]) -> tuple[torch.Tensor, dict]:
+        columns = torch.stack([src(rollout.prompts, rollout.texts) for src in self.sources], 1)
+        raw = combine(columns, self.weights, self.group_size, "sum")
+        rewards = raw if self.combine_mode == "sum" else combine(columns, self.weights, self.group_size, self.combine_mode)
+        metrics = {"reward": raw.mean(), "response_length": rollout.lengths.mean(),
+                   "truncated_fraction": rollout.truncated.float().mean()}
+        if len(self.sources) > 1:
+            metrics |= {f"reward/{s.name}": columns[:, k].mean() for k, s in enumerate(self.sources)}
+        if self.calibrate_samples > 0:
+            rewards = self._calibrated(rewards, rollout, step, idx)
+        if self.overlong_buffer > 0:
+            rewards = rewards + overlong_penalty(rollout.lengths, self.sampling["max_new_tokens"], self.overlong_buffer,
+                                                 self.overlong_factor)
+        if self.reward_norm != "none":
+            rewards = normalize_running(rewards, self.moments, center=self.reward_norm == "running", clip=self.reward_clip)
+        elif self.reward_clip:
+            rewards = rewards.clamp(-self.reward_clip, self.reward_clip)
+        return rewards, metrics
+
+    def _calibrated(self, rewards: torch.Tensor, rollout: Rollout, step: int, idx: list[int]) -> torch.Tensor:
+        """InfAlign: rank each reward among the reference's samples for the same prompt, then exp(t·C)."""
+        m = self.calibrate_samples
+        model = self.reference.model if self.reference is not None and self.reference.model is not None else self.policy
+        ctx = adapters_disabled(model) if self.reference is not None and self.reference.model is None and is_peft_model(model) else nullcontext()
+        with ctx:
+            ref = generate(model, self.tokenizer, [self.prompts[i].prompt for i in idx], m,
+                           seed=derived_seed(self.seed, step, tuple(idx), "reference"), **self.sampling)
+        ref_cols = torch.stack([src(ref.prompts, ref.texts) for src in self.sources], 1)
+        ref_r = combine(ref_cols, self.weights, m, "sum").view(-1, m)
+        return calibrated(rewards.view(-1, self.group_size), ref_r, self.calibrate_t).flatten()
+
+
+def _all_processes_sum(x: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        nccl = torch.distributed.get_backend() == "nccl"  # NCCL reduces only CUDA tensors
+        y = x.clone().cuda() if nccl else x.clone()
+        torch.distributed.all_reduce(y)
+        return y.cpu()
+    return x

@@ -1,0 +1,215 @@
+"""How a scored rollout becomes a training batch and a loss, one class per family:
+
+- `PolicyGradient`: advantages (a registered estimator) and a registered policy loss, with the KL to the
+  reference in the reward or in the loss, and a value head for PPO;
+- `Pairs`: online / iterative DPO (Xiong et al. 2023; Dong et al. 2024): best vs worst of each prompt's
+  samples, trained with the offline preference recipe's step (any pairwise loss);
+- `BestOfN`: rejection-sampling fine-tuning (RAFT, Dong et al. 2023): the best sample per prompt (or the
+  top fraction of all samples) trained with the SFT step.
+
+`build(rollout, rewards)` returns (batch, denominator): the step's objective is Σ(per-prompt numerators)
+divided by the denominator summed over the whole optimizer step (every micro-batch and process), which
+the engine turns into a per-batch `scale`, so the loop's mean over prompts is exactly that objective.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pluralign.decode.sampler import eval_mode
+from pluralign.models.logprobs import final_hidden_states, gathered_logps, predicted_mask, token_logps
+from pluralign.online import advantages as estimators
+from pluralign.online import policy_losses as pl
+from pluralign.online.rewards import varied_groups
+from pluralign.online.rollout import Rollout, training_rows
+
+
+class PolicyWithValue(torch.nn.Module):
+    """The policy and a value head V(s_t) on its final hidden states (PPO's critic sharing the trunk)."""
+
+    def __init__(self, policy: torch.nn.Module, hidden_size: int):
+        super().__init__()
+        from pluralign.models.heads import ValueHead
+
+        self.policy = policy
+        self.value_head = ValueHead(hidden_size)
+
+
+def policy_outputs(model: Any, batch: dict) -> tuple[Tensor, Tensor | None]:
+    """Per-token log-probs [N, T] (at the position of each completion token) and, for a
+    `PolicyWithValue`, the values V(s_t) read from the hidden state that predicts token t."""
+    if not isinstance(model, PolicyWithValue):
+        return token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]), None
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    position_ids = (attn.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = final_hidden_states(model.policy, ids, attn, position_ids)
+    predicted = predicted_mask(ids, attn, batch["completion_mask"], position_ids)[:, 1:]
+    values = gathered_logps(model.policy, hidden[:, :-1][predicted], ids[:, 1:][predicted])
+    logps = torch.zeros(predicted.shape, dtype=values.dtype, device=values.device).masked_scatter(predicted, values)
+    v = model.value_head(hidden[:, :-1].to(model.value_head.out.weight.dtype)).float()
+    return torch.nn.functional.pad(logps, (1, 0)), torch.nn.functional.pad(v, (1, 0))
+
+
+def per_prompt(contributions: Tensor, row_prompt: Tensor, n_prompts: int, scale: Tensor) -> Tensor:
+    out = torch.zeros(n_prompts, dtype=contributions.dtype, device=contributions.device)
+    return out.index_add(0, row_prompt, contributions) * scale
+
+
+class PolicyGradient:
+    def __init__(self, *, tokenizer: Any, estimator: str, estimator_params: dict, loss: str, loss_params: dict,
+                 aggregation: str, max_len: int, beta: float, kl_estimator: str, kl_in: str, kl_bias_correction: bool,
+                 reference: Any, vf_coef: float = 0.1, value_clip: float | None = 0.2, mask_truncated: bool = False,
+                 dynamic_sampling: bool = False):
+        self.tokenizer, self.reference = tokenizer, reference
+        self.estimator, self.estimator_params = estimators.get(estimator), dict(estimator_params)
+        self.loss, self.loss_params = pl.get(loss), dict(loss_params)
+        pl.sequence_contributions(torch.zeros(1, 1), torch.ones(1, 1), aggregation, max_len)  # checks the name
+        self.aggregation, self.max_len = aggregation, max_len
+        self.beta, self.kl_estimator, self.kl_in, self.kl_bias_correction = beta, kl_estimator, kl_in, kl_bias_correction
+        self.vf_coef, self.value_clip = vf_coef, value_clip
+        self.mask_truncated, self.dynamic_sampling = mask_truncated, dynamic_sampling
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.beta > 0
+
+    def build(self, model: Any, rollout: Rollout, rewards: Tensor) -> tuple[dict, float]:
+        g = rollout.group_size
+        batch = training_rows(self.tokenizer, rollout.prompt_ids, rollout.completion_ids)
+        mask = batch["completion_mask"].float()
+        device = next(model.parameters()).device
+        old_values = ref = None
+        with torch.no_grad(), eval_mode(model):
+            on_device = {k: v.to(device) for k, v in batch.items()}
+            old, old_values = policy_outputs(model, on_device)
+            old, old_values = old.cpu(), old_values.cpu() if old_values is not None else None
+            if self.needs_reference:
+                ref = self.reference.token_logps(on_device).cpu()
+        kl_penalty = self.beta * (old - ref) * mask if ref is not None and self.kl_in == "reward" else None
+        adv, returns = self.estimator(rewards, mask, group_size=g, kl_penalty=kl_penalty, values=old_values,
+                                      **self.estimator_params)
+        keep = torch.ones(len(rewards))
+        if self.dynamic_sampling:
+            keep = keep * varied_groups(rewards, g).float().repeat_interleave(g)
+        if self.mask_truncated:
+            keep = keep * (~rollout.truncated).float()
+        loss_mask = mask * keep[:, None]
+        batch |= {"advantages": adv.float(), "loss_mask": loss_mask, "row_prompt": torch.arange(len(rewards)) // g}
+        if ref is not None:
+            batch["ref_logps"] = ref
+        if old_values is not None:
+            batch |= {"old_values": old_values, "returns": returns}
+        metrics = {"kept_fraction": keep.mean(), "entropy": _entropy(old, mask)}
+        if ref is not None:
+            metrics["kl"] = ((old - ref) * mask).sum(1).mean()
+        batch["metrics"] = metrics
+        return batch, float(_denominator(loss_mask, self.aggregation, self.max_len))
+
+    def step(self, model: Any, batch: dict) -> tuple[Tensor, dict]:
+        logps, values = policy_outputs(model, batch)
+        mask = batch["loss_mask"]
+        old = logps.detach()  # one update per rollout: on-policy, ratio 1 in value (specs/online.md §1.1)
+        per_token, metrics = self.loss(logps, old, batch["advantages"], mask, **self.loss_params)
+        metrics = dict(metrics)
+        if self.kl_in == "loss" and self.beta > 0:
+            kl = pl.kl_loss_term(logps, old, batch["ref_logps"], self.kl_estimator, self.kl_bias_correction)
+            per_token = per_token + self.beta * kl * mask
+        if values is not None:
+            vloss, vclipped = pl.value_loss(values, batch["old_values"], batch["returns"], mask, self.value_clip)
+            per_token = per_token + self.vf_coef * vloss
+            metrics |= {"value_loss": (vloss.sum() / mask.sum().clamp(min=1)).detach(),
+                        "value_clip_fraction": vclipped.sum() / mask.sum().clamp(min=1)}
+        c, _ = pl.sequence_contributions(per_token, mask, self.aggregation, self.max_len)
+        n_prompts = int(batch["row_prompt"].max()) + 1
+        return per_prompt(c, batch["row_prompt"], n_prompts, batch["scale"]), metrics | batch["metrics"]
+
+
+def _denominator(loss_mask: Tensor, aggregation: str, max_len: int) -> Tensor:
+    """The local part of the step's denominator: tokens, or sequences with a token (× max_len)."""
+    if aggregation == "token_mean":
+        return loss_mask.sum()
+    n_seq = (loss_mask.sum(1) > 0).sum().float()
+    return n_seq * max_len if aggregation == "seq_mean_token_sum_norm" else n_seq
+
+
+def _entropy(logps: Tensor, mask: Tensor) -> Tensor:
+    """Monte-Carlo per-token entropy of the sampling policy: −mean log π(y_t) over the sampled tokens."""
+    return -(logps * mask).sum() / mask.sum().clamp(min=1)
+
+
+class Pairs:
+    """Online DPO: pair each prompt's highest- and lowest-reward samples (ties dropped), score both
+    under the round's reference, and train with the preference recipe's step."""
+
+    def __init__(self, *, tokenizer: Any, loss: str, loss_params: dict, reference: Any):
+        from pluralign import losses
+        from pluralign.train.recipes.preference import KINDS, make_step
+
+        self.tokenizer, self.reference = tokenizer, reference
+        info = losses.describe(loss)
+        if info.kind != "pairwise":
+            from pluralign.errors import ConfigError
+
+            raise ConfigError(f"online DPO trains a pairwise loss; '{loss}' is {info.kind}")
+        self.pair_step = make_step(KINDS["pairwise"], losses.get(loss), loss_params, None, None, update_shift=False)
+        self.needs_reference = info.needs_reference
+
+    def build(self, model: Any, rollout: Rollout, rewards: Tensor) -> tuple[dict, float]:
+        g = rollout.group_size
+        r = rewards.view(-1, g)
+        best, worst = r.argmax(1), r.argmin(1)
+        keep = (r.max(1).values > r.min(1).values).float()
+        rows = torch.arange(r.shape[0]) * g
+        chosen, rejected = (rows + best).tolist(), (rows + worst).tolist()
+        order = chosen + rejected
+        batch = training_rows(self.tokenizer, [rollout.prompt_ids[i] for i in order],
+                              [rollout.completion_ids[i] for i in order])
+        if self.needs_reference:
+            device = next(model.parameters()).device
+            with torch.no_grad():
+                ref = self.reference.token_logps({k: v.to(device) for k, v in batch.items()}).sum(1).cpu()
+            batch |= {"ref_chosen": ref[:len(chosen)], "ref_rejected": ref[len(chosen):]}
+        batch |= {"keep": keep, "metrics": {"kept_fraction": keep.mean(), "reward_margin": (r.max(1).values - r.min(1).values).mean()}}
+        return batch, float(keep.sum())
+
+    def step(self, model: Any, batch: dict) -> tuple[Tensor, dict]:
+        values, metrics = self.pair_step(model, {k: v for k, v in batch.items() if k not in ("keep", "metrics", "scale")})
+        return values * batch["keep"] * batch["scale"], dict(metrics) | batch["metrics"]
+
+
+class BestOfN:
+    """RAFT / rejection-sampling fine-tuning: "local" keeps each prompt's best sample, "top" the top
+    `fraction` of the micro-batch's samples; the kept ones are trained with the SFT step."""
+
+    needs_reference = False
+
+    def __init__(self, *, tokenizer: Any, select: str = "local", fraction: float = 0.25):
+        from pluralign.errors import ConfigError
+
+        if select not in ("local", "top") or not 0 < fraction <= 1:
+            raise ConfigError(f"rsft: select must be 'local' or 'top' and 0 < top_fraction <= 1 (got {select!r}, {fraction})")
+        self.tokenizer, self.select, self.fraction = tokenizer, select, fraction
+
+    def build(self, model: Any, rollout: Rollout, rewards: Tensor) -> tuple[dict, float]:
+        g = rollout.group_size
+        if self.select == "local":
+            rows = (torch.arange(len(rewards) // g) * g + rewards.view(-1, g).argmax(1)).tolist()
+            keep = torch.ones(len(rows))
+        else:
+            rows = list(range(len(rewards)))
+            k = max(1, round(self.fraction * len(rows)))
+            keep = torch.zeros(len(rows)).index_fill(0, rewards.topk(k).indices, 1.0)
+        batch = training_rows(self.tokenizer, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows])
+        batch |= {"keep": keep, "row_prompt": torch.tensor(rows) // g,
+                  "metrics": {"kept_reward": (rewards[rows] * keep).sum() / keep.sum()}}
+        return batch, float(keep.sum())
+
+    def step(self, model: Any, batch: dict) -> tuple[Tensor, dict]:
+        from pluralign.train.recipes import sft
+
+        values, metrics = sft.step(model, batch)
+        n_prompts = int(batch["row_prompt"].max()) + 1
+        return per_prompt(values * batch["keep"], batch["row_prompt"], n_prompts, batch["scale"]), dict(metrics) | batch["metrics"]

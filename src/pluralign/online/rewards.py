@@ -1,0 +1,165 @@
+"""Rewards for online training: sources, their combination, and the transforms applied before the
+advantage estimator.
+
+A source is anything `pluralign.decode.rewards.as_reward` accepts: "gold" (the sandbox's gold attributes,
+turned into one group's utility with `group`), "module:function" (a Python function
+`(prompts, responses) -> [N]` or `[N, m]`, e.g. a verifiable reward), a trained reward-model directory (BT,
+multi-objective with `weights`, PAL with `user`), or an object with `.score(prompts, responses, user)`.
+
+Combination of K sources (specs/online.md §7): "sum" weights and sums raw rewards (TRL's default);
+"normalize_then_sum" z-scores each source within its group first (GDPO, Liu et al. 2026) so that sources on
+different scales, or combinations with equal sums, stay distinguishable. PPO-max (Zheng et al. 2023, "Secrets
+of RLHF I") normalises and clips rewards with running statistics; InfAlign (Balashankar et al. 2025) maps
+a reward to its CDF under the reference's samples and then to exp(t·C); DAPO (Yu et al. 2025) shapes the
+reward of over-long completions and drops groups whose rewards do not vary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pluralign.config import option
+from pluralign.decode.infalign import calibrate, transform
+from pluralign.decode.rewards import as_reward, objective_names, weight_vector
+from pluralign.errors import ConfigError, PluralignError
+from pluralign.online.advantages import groups
+
+
+@dataclass
+class RewardSpec:
+    source: str = option("gold", help="'gold' (sandbox gold attributes), 'module:function' (a Python reward (prompts, responses) -> list of floats), or a reward-model directory.")
+    weight: float = option(1.0, help="Weight of this source in the sum.")
+    group: str | None = option(None, help="gold: the utility of this sandbox group (e.g. 'minority') instead of the attributes' mean.")
+    population: str = option("default", help="gold: the sandbox population the group belongs to.")
+    weights: dict[str, float] | None = option(None, help="A multi-output source's objective weights by name (default: equal).")
+    user: str | None = option(None, help="PAL reward models: the user whose reward is used.")
+
+
+class GroupUtility:
+    """The sandbox's gold utility of one group: gold attributes · the group's weight vector."""
+
+    def __init__(self, group: str, population: str = "default"):
+        from pluralign.sandbox.attributes import score_batch
+        from pluralign.sandbox.users import get_population
+
+        self._score = score_batch
+        self.vector = get_population(population).group(group).vector()
+        self.objectives = [group]
+
+    def score(self, prompts: list, responses: list[str], user: Any = None) -> Tensor:
+        return torch.as_tensor(np.asarray(self._score(prompts, responses)) @ self.vector, dtype=torch.float)[:, None]
+
+
+class Source:
+    """One configured source: `.score` → one column [N]."""
+
+    def __init__(self, spec: RewardSpec, reward: Any = None):
+        self.spec = spec
+        if reward is not None:
+            self.reward = as_reward(reward)
+        elif spec.source == "gold" and spec.group:
+            self.reward = GroupUtility(spec.group, spec.population)
+        else:
+            self.reward = as_reward(spec.source)
+        self.name = spec.group or spec.source
+
+    def __call__(self, prompts: list, responses: list[str]) -> Tensor:
+        try:
+            raw = self.reward.score(prompts, responses, user=self.spec.user)
+        except PluralignError:
+            raise
+        except Exception as e:  # a user's reward function: say which one failed and how
+            raise PluralignError(f"reward '{self.spec.source}' raised {type(e).__name__}: {e}") from e
+        scores = _checked(raw, len(responses), self.spec.source)
+        if scores.shape[1] == 1:
+            return scores[:, 0]
+        w = weight_vector(self.spec.weights, objective_names(self.reward, scores.shape[1]))
+        return scores @ w
+
+
+def _checked(raw: Any, n: int, name: str) -> Tensor:
+    try:
+        x = torch.as_tensor(np.asarray(raw, dtype=np.float64), dtype=torch.float).detach().cpu()
+    except (TypeError, ValueError) as e:
+        raise PluralignError(f"reward '{name}' returned something that is not numbers ({type(raw).__name__}: {e})") from None
+    x = x[:, None] if x.dim() == 1 else x
+    if x.dim() != 2 or x.shape[0] != n:
+        raise PluralignError(f"reward '{name}' returned shape {tuple(x.shape)} for {n} responses; expected [{n}] or [{n}, m]")
+    bad = (~torch.isfinite(x)).any(1).nonzero().flatten()
+    if len(bad):
+        raise PluralignError(f"reward '{name}' returned a non-finite value for {len(bad)} of {n} responses "
+                             f"(first at response {int(bad[0])}: {x[bad[0]].tolist()})")
+    return x
+
+
+def combine(columns: Tensor, weights: Tensor, group_size: int, mode: str = "sum", eps: float = 1e-4) -> Tensor:
+    """K reward columns [B, K] (weights [K], or [B, K] per prompt) → one reward per completion [B].
+    "normalize_then_sum" returns S = Σ_k w_k·z_k with z_k the per-group z-score of column k; S has group
+    mean 0, so GRPO with batch std scaling on S gives GDPO's advantage."""
+    if mode == "sum":
+        return (columns * weights).sum(-1)
+    if mode == "normalize_then_sum":
+        r = columns.T.reshape(columns.shape[1], -1, group_size)  # [K, P, G]
+        std = r.std(-1, keepdim=True) if group_size > 1 else torch.zeros_like(r[..., :1])
+        z = ((r - r.mean(-1, keepdim=True)) / (std + eps)).reshape(columns.shape[1], -1).T
+        return (z * weights).sum(-1)
+    raise ConfigError(f"reward combine must be 'sum' or 'normalize_then_sum', got {mode!r}")
+
+
+class RunningMoments:
+    """Running mean and variance of every reward seen (Chan et al.'s parallel update), checkpointed with
+    the model; PPO-max normalises with them (std = sqrt(var·n/(n−1)), MOSS-RLHF's convention)."""
+
+    def __init__(self) -> None:
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-24
+
+    def update(self, x: Tensor) -> None:
+        x = x.double()
+        n, mean, var = x.numel(), float(x.mean()), float(x.var(unbiased=False)) if x.numel() > 1 else 0.0
+        total = self.count + n
+        delta = mean - self.mean
+        m2 = self.var * self.count + var * n + delta * delta * self.count * n / total
+        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.var * self.count / max(self.count - 1, 1e-12))
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
+
+
+def normalize_running(rewards: Tensor, moments: RunningMoments, *, center: bool = True, clip: float | None = None) -> Tensor:
+    """PPO-max reward normalisation: update the running moments with this batch, then (R − mean)/std
+    (`center`) or R/std, then clip to ±clip."""
+    moments.update(rewards)
+    out = (rewards - moments.mean) / moments.std if center else rewards / moments.std
+    return out.clamp(-clip, clip) if clip else out
+
+
+def calibrated(rewards: Tensor, reference_rewards: Tensor, t: float = 1.0, kind: str = "bon") -> Tensor:
+    """InfAlign: each reward [P, G] → its mid-rank CDF among the reference's rewards for the same prompt
+    [P, M], then Φ (exp(t·C) for best-of-N)."""
+    return torch.stack([transform(calibrate(reference_rewards[p], rewards[p]), kind, t) for p in range(rewards.shape[0])])
+
+
+def overlong_penalty(lengths: Tensor, max_len: int, buffer: int, factor: float = 1.0) -> Tensor:
+    """DAPO's soft overlong punishment: 0 up to max_len − buffer, then linear down to −factor at max_len."""
+    start = max_len - buffer
+    pen = (start - lengths.float()) / buffer * factor
+    return torch.where(lengths <= start, torch.zeros_like(pen), pen.clamp(min=-factor))
+
+
+def varied_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """DAPO dynamic sampling: True for the groups whose rewards vary (population std > 0) or G = 1."""
+    r = groups(rewards, group_size)
+    return torch.ones(r.shape[0], dtype=torch.bool) if group_size == 1 else r.std(1, unbiased=False) > 0

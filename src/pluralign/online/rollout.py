@@ -1,0 +1,106 @@
+"""Rollouts: policy + prompts + n + sampling settings → completions with their token ids, the sampling
+policy's per-token log-probs and finish reasons, laid out as training rows.
+
+The default backend is pluralign's batched KV-cached sampler (`pluralign.decode.sampler.sample`): each
+prompt is prefilled once and its cache shared by its n samples. Log-probs are of the model's own logits
+(before temperature / top-k / top-p), the distribution the trainer's ratios refer to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pluralign.data.collate import pad_rows
+from pluralign.data.tokenize import Encoded, pad_token_id
+from pluralign.decode.sampler import sample
+from pluralign.errors import DataError, Problem
+
+
+@dataclass(frozen=True)
+class Prompt:
+    index: int  # position in the prompt set (the loop's dataset index)
+    prompt: Any  # text, or chat messages rendered with the tokenizer's chat template
+
+
+@dataclass
+class Rollout:
+    """B = P·n completions; row j·n + g is sample g of prompt j."""
+
+    prompts: list[Any]  # per row
+    prompt_ids: list[list[int]]  # per row
+    completion_ids: list[list[int]]
+    sampler_logps: list[torch.Tensor]  # per-token model log-probs recorded while sampling
+    finish: list[str]  # "eos" | "stop" | "length"
+    texts: list[str]
+    group_size: int
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return torch.tensor([len(c) for c in self.completion_ids], dtype=torch.float)
+
+    @property
+    def truncated(self) -> torch.Tensor:
+        return torch.tensor([f == "length" for f in self.finish])
+
+
+def read_prompts(paths: Sequence[str]) -> list[Prompt]:
+    """The `prompt` field of every row of the files (any record kind has one; a prompt-only file is
+    enough). Empty or missing prompts are errors naming file and line."""
+    from pluralign.data.io import _raw_rows
+
+    prompts, problems = [], []
+    for path in paths:
+        name, rows, _ = _raw_rows(path)
+        for row in rows:
+            data = row.data if isinstance(row.data, dict) else None
+            p = data.get("prompt") if data is not None else None
+            if data is None:
+                problems.append(Problem(name, row.line, None, "not a JSON object"))
+            elif p is None or (isinstance(p, str) and not p.strip()) or (isinstance(p, list) and not p):
+                problems.append(Problem(name, row.line, "prompt", "missing or empty prompt"))
+            elif not isinstance(p, (str, list)):
+                problems.append(Problem(name, row.line, "prompt", f"must be text or chat messages, got {type(p).__name__}"))
+            else:
+                prompts.append(Prompt(len(prompts), p))
+    if problems:
+        raise DataError(problems)
+    if not prompts and paths:
+        raise DataError([Problem(str(paths[0]), None, None, "no prompts")])
+    return prompts
+
+
+def derived_seed(*parts: Any) -> int:
+    """A seed from the run seed, the step and the prompt indices: the same rollout on resume and on any
+    number of processes (a micro-batch is drawn from the same seed however the step is split)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:6], "little")
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[Any], n: int, *, max_new_tokens: int,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+             stop: Sequence[str] | None = None) -> Rollout:
+    """Sample `n` completions for each prompt with the KV-cached batched sampler (no gradients)."""
+    with torch.no_grad():
+        s = sample(model, tokenizer, list(prompts), n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                   top_k=top_k, top_p=top_p, seed=seed, stop=stop)
+    return Rollout(
+        prompts=[p for p in prompts for _ in range(n)],
+        prompt_ids=[ids for ids in s.prompt_ids for _ in range(n)],
+        completion_ids=[ids for row in s.token_ids for ids in row],
+        sampler_logps=[lp for row in s.token_logps for lp in row],
+        finish=[f for row in s.finish for f in row],
+        texts=s.flat_texts(),
+        group_size=n,
+    )
+
+
+def training_rows(tokenizer: Any, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> dict:
+    """Right-padded [N, T] batch of prompt + completion with `completion_mask` on the generated tokens."""
+    rows = [Encoded(list(p) + list(c), [0] * len(p) + [1] * len(c)) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    return pad_rows(rows, pad_token_id(tokenizer), "right")
+
+

@@ -1,0 +1,170 @@
+"""Online alignment recipes: generate from the policy being trained → score → learn, through the one loop.
+
+`pluralign train grpo|gspo|rloo|reinforce_pp|ppo|online_dpo|rsft`: the name picks the algorithm and its
+defaults (specs/online.md §8); every part can be overridden (`advantage`, `policy_loss`, `aggregation`,
+`beta`, `kl_in`, …). GRPO (Shao et al. 2024) with Dr. GRPO / DAPO options, GSPO (Zheng et al. 2025), RLOO
+(Ahmadian et al. 2024), REINFORCE++ (Hu 2025), PPO with a value head and GAE (Schulman et al. 2017;
+PPO-max options of Zheng et al. 2023), online DPO (Xiong et al. 2023) and RAFT (Dong et al. 2023).
+`loop.batch_size` counts prompts; each brings `group_size` completions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from pluralign.config import option
+from pluralign.errors import ConfigError
+from pluralign.models.heads import hidden_size
+from pluralign.models.load import is_peft_model
+from pluralign.online.engine import Engine, Reference
+from pluralign.online.methods import BestOfN, Pairs, PolicyGradient, PolicyWithValue
+from pluralign.online.rewards import RewardSpec, Source
+from pluralign.online.rollout import Prompt, read_prompts
+from pluralign.train.loop import LoopConfig, train
+from pluralign.train.recipes.common import (
+    PolicyTrainingConfig,
+    RecipeResult,
+    load_frozen,
+    load_policy,
+    save_policy,
+)
+
+# Defaults implied by each algorithm's name (specs/online.md §8): estimator, policy loss, aggregation, KL.
+PRESETS: dict[str, dict[str, Any]] = {
+    "grpo": {"advantage": "grpo", "policy_loss": "clip", "aggregation": "token_mean", "beta": 0.0, "kl_estimator": "k3", "kl_in": "loss"},
+    "gspo": {"advantage": "grpo", "policy_loss": "gspo", "aggregation": "seq_mean_token_mean", "beta": 0.0, "kl_estimator": "k3", "kl_in": "loss"},
+    "rloo": {"advantage": "rloo", "policy_loss": "clip", "aggregation": "token_mean", "beta": 0.05, "kl_estimator": "k1", "kl_in": "reward"},
+    "reinforce_pp": {"advantage": "reinforce_pp", "policy_loss": "clip", "aggregation": "token_mean", "beta": 0.01, "kl_estimator": "k1", "kl_in": "reward"},
+    "ppo": {"advantage": "gae", "policy_loss": "clip", "aggregation": "token_mean", "beta": 0.05, "kl_estimator": "k1", "kl_in": "reward"},
+    "online_dpo": {},
+    "rsft": {},
+}
+GROUP_METHODS = {"grpo", "gspo", "rloo", "online_dpo"}
+
+
+@dataclass
+class OnlineConfig(PolicyTrainingConfig):
+    algorithm: Literal["grpo", "gspo", "rloo", "reinforce_pp", "ppo", "online_dpo", "rsft"] = option("grpo", help="The algorithm; fixes the defaults of the fields left unset (null).")
+    group_size: int = option(4, help="Completions sampled per prompt (GRPO's G, RLOO's k, online DPO's N, RAFT's K).")
+    max_new_tokens: int = option(32, help="Longest completion in tokens (L_max).")
+    temperature: float = option(1.0, help="Sampling temperature (log-probs are always the model's own, at temperature 1).")
+    top_k: int = option(0, help="Top-k sampling (0: off).")
+    top_p: float = option(1.0, help="Nucleus sampling (1: off).")
+    rewards: list[RewardSpec] = option(default_factory=lambda: [RewardSpec()], help="Reward sources, summed with their weights (see RewardSpec).")
+    reward_combine: Literal["sum", "normalize_then_sum"] = option("sum", help="sum: weighted sum of raw rewards; normalize_then_sum: per-source z-scores within the group first (GDPO).")
+    reward_norm: Literal["none", "running", "running_scale"] = option("none", help="PPO-max: normalise rewards with running statistics ((R-mean)/std, or R/std).")
+    reward_clip: float | None = option(None, help="Clip (normalised) rewards to ±this value.")
+    calibrate_samples: int = option(0, help="InfAlign: >0 ranks each reward among this many reference samples per prompt and uses exp(t·rank).")
+    calibrate_t: float = option(1.0, help="InfAlign transform temperature t in exp(t·C).")
+    overlong_buffer: int = option(0, help="DAPO soft overlong punishment over the last N tokens before max_new_tokens (0: off).")
+    overlong_penalty: float = option(1.0, help="DAPO overlong penalty at max_new_tokens.")
+    mask_truncated: bool = option(False, help="DAPO overlong filtering: completions cut at max_new_tokens get no loss.")
+    dynamic_sampling: bool = option(False, help="DAPO: groups whose rewards do not vary get no loss (they are not re-drawn).")
+    advantage: str | None = option(None, help="Advantage estimator: grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline, gae.")
+    advantage_params: dict[str, Any] = option(default_factory=dict, help="Estimator settings, e.g. {scale: batch, eps: 1e-4} (grpo), {gamma: 1, lam: 0.95} (gae).")
+    policy_loss: str | None = option(None, help="Policy loss: clip (token ratio, PPO/GRPO) or gspo (sequence ratio).")
+    loss_params: dict[str, Any] = option(default_factory=dict, help="Policy-loss settings: eps_low, eps_high (clip-higher), dual_clip, delta; gspo: length_normalize.")
+    aggregation: str | None = option(None, help="token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm (Dr. GRPO); denominators over the whole step.")
+    beta: float | None = option(None, help="KL coefficient toward the reference (0: no reference is used).")
+    kl_estimator: Literal["k1", "k2", "k3"] | None = option(None, help="Per-token KL estimator (Schulman 2020).")
+    kl_in: Literal["loss", "reward"] | None = option(None, help="Where the KL enters: the loss (GRPO family) or the token rewards (PPO, RLOO, REINFORCE++).")
+    kl_bias_correction: bool = option(False, help="KL in the loss: weight it by the token ratio (DeepSeek-V3.2).")
+    ref_model: str | None = option(None, help="Reference model (default: the initial policy; LoRA: its base with adapters off).")
+    vf_coef: float = option(0.1, help="PPO: weight of the value loss.")
+    value_clip: float | None = option(0.2, help="PPO: value clipping range (null: off).")
+    preference_loss: str = option("dpo", help="online_dpo: the pairwise loss (dpo, ipo, …).")
+    preference_params: dict[str, Any] = option(default_factory=dict, help="online_dpo: loss settings, e.g. {beta: 0.1}.")
+    ref_policy: Literal["round_start", "initial"] = option("round_start", help="online_dpo: reference = the policy at the start of each round, or the initial policy.")
+    round_steps: int = option(1, help="online_dpo: optimizer steps per round.")
+    rsft_select: Literal["local", "top"] = option("local", help="rsft: keep the best sample per prompt, or the top fraction of each micro-batch's samples.")
+    rsft_top_fraction: float = option(0.25, help="rsft with select=top: fraction kept.")
+    packing: bool = option(False, help="Online batches are padded (packing is not supported here).")
+    output_dir: str = option("runs/online", help="Run directory: config.yaml, metrics.jsonl, checkpoints/, and the trained model in model/.")
+    loop: LoopConfig = option(default_factory=lambda: LoopConfig(learning_rate=1e-6, batch_size=4, warmup_ratio=0.0), help="Training loop settings (batch_size counts prompts).")
+
+    def resolved(self) -> OnlineConfig:
+        """A copy with the algorithm's defaults in the fields left unset."""
+        preset = PRESETS[self.algorithm]
+        return replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
+
+
+def check(config: OnlineConfig, have_objects: bool = False) -> None:
+    if config.algorithm not in PRESETS:
+        raise ConfigError(f"unknown online algorithm {config.algorithm!r}; valid: {', '.join(PRESETS)}")
+    if config.algorithm in GROUP_METHODS and config.group_size < 2:
+        raise ConfigError(f"{config.algorithm} compares the samples of a prompt: group_size must be >= 2, got {config.group_size}")
+    if config.group_size < 1 or config.max_new_tokens < 1:
+        raise ConfigError("group_size and max_new_tokens must be >= 1")
+    if config.packing:
+        raise ConfigError("packing is not supported by the online recipes; set packing=false")
+    if not config.rewards:
+        raise ConfigError("set at least one reward source in 'rewards'")
+    for i, spec in enumerate([] if have_objects else config.rewards):
+        src = spec.source
+        if src != "gold" and ":" not in src and not Path(src).is_dir():
+            raise ConfigError(f"rewards[{i}].source: {src!r} is not 'gold', 'module:function' or an existing reward-model directory")
+
+
+def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_objects: list[Any] | None = None) -> RecipeResult:
+    """Train with `config.algorithm`. Python API: `prompts` (texts or chat messages) instead of `data`
+    files, `reward_objects` (callables or objects with `.score`) instead of the sources' loading."""
+    check(config, have_objects=reward_objects is not None)
+    config = config.resolved()
+    if prompts is not None:
+        prompts = [Prompt(i, p) for i, p in enumerate(prompts)]
+        config = replace(config, data=config.data or ["<prompts given in Python>"])
+    else:
+        prompts = read_prompts(config.data) if config.data else []
+    if reward_objects is not None and len(reward_objects) != len(config.rewards):
+        raise ConfigError(f"{len(reward_objects)} reward objects for {len(config.rewards)} entries of 'rewards'")
+    sources = [Source(spec, reward_objects[i] if reward_objects else None) for i, spec in enumerate(config.rewards)]
+    tokenizer, policy, _ = load_policy(config)
+    method, reference, trainee = build_method(config, tokenizer, policy)
+    engine = Engine(policy=policy, tokenizer=tokenizer, prompts=prompts, sources=sources,
+                    source_weights=[s.weight for s in config.rewards], method=method, group_size=config.group_size,
+                    seed=config.loop.seed, sampling=sampling(config), combine_mode=config.reward_combine,
+                    reward_norm=config.reward_norm, reward_clip=config.reward_clip,
+                    overlong_buffer=config.overlong_buffer, overlong_factor=config.overlong_penalty,
+                    calibrate_samples=config.calibrate_samples, calibrate_t=config.calibrate_t,
+                    reference=reference, trainee=trainee)
+    out = Path(config.output_dir)
+    result = train(trainee, prompts, engine.collate, method.step, config.loop, out, stateful=engine.stateful(),
+                   run_config=config, prepare_step=engine.prepare)
+    saved = save_policy(policy, tokenizer, config, out, result)
+    if isinstance(trainee, PolicyWithValue):
+        torch.save(trainee.value_head.state_dict(), out / "value_head.pt")
+    return saved
+
+
+def sampling(config: OnlineConfig) -> dict:
+    return {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "top_k": config.top_k,
+            "top_p": config.top_p}
+
+
+def build_method(config: OnlineConfig, tokenizer: Any, policy: Any) -> tuple[Any, Reference | None, Any]:
+    """(method, reference, the module the loop trains) for a resolved config."""
+    ref_model = load_frozen(config.ref_model, config, False, "ref_model") if config.ref_model else None
+    if config.algorithm == "online_dpo":
+        reference = Reference(policy, model=ref_model, mode=config.ref_policy, round_steps=config.round_steps)
+        return Pairs(tokenizer=tokenizer, loss=config.preference_loss, loss_params=config.preference_params,
+                     reference=reference), reference, policy
+    if config.algorithm == "rsft":
+        return BestOfN(tokenizer=tokenizer, select=config.rsft_select, fraction=config.rsft_top_fraction), None, policy
+    reference = Reference(policy, model=ref_model) if config.beta > 0 else None
+    trainee = policy
+    if config.advantage == "gae":
+        base = policy.get_base_model() if is_peft_model(policy) else policy
+        trainee = PolicyWithValue(policy, hidden_size(base)).to(next(policy.parameters()).device)
+    method = PolicyGradient(
+        tokenizer=tokenizer, estimator=config.advantage, estimator_params=config.advantage_params,
+        loss=config.policy_loss, loss_params=config.loss_params, aggregation=config.aggregation,
+        max_len=config.max_new_tokens, beta=config.beta, kl_estimator=config.kl_estimator, kl_in=config.kl_in,
+        kl_bias_correction=config.kl_bias_correction, reference=reference, vf_coef=config.vf_coef,
+        value_clip=config.value_clip, mask_truncated=config.mask_truncated, dynamic_sampling=config.dynamic_sampling)
+    return method, reference, trainee
+
+

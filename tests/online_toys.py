@@ -1,0 +1,45 @@
+"""Shared pieces of the online-alignment tests: a Python reward (importable as
+`online_toys:cat_reward` when tests/ is on the path) and a tiny Llama directory."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from conftest import WORDS
+
+from pluralign.models import tiny
+
+
+def cat_reward(prompts, responses):
+    """More 'cat' is better, length costs a little: a verifiable reward with variance across samples."""
+    return [r.split().count("cat") - 0.1 * len(r.split()) for r in responses]
+
+
+def raising_reward(prompts, responses):
+    raise ValueError("the grader crashed")
+
+
+def nan_reward(prompts, responses):
+    return [math.nan] * len(responses)
+
+
+def short_reward(prompts, responses):
+    return [0.0] * (len(responses) - 1)
+
+
+def make_model_dir(path: Path) -> Path:
+    tok = tiny.word_tokenizer(WORDS)
+    tiny.tiny_llama(len(tok), hidden_size=32, num_heads=2).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+PROMPTS = ["the cat", "a dog", "hello world", "what is the answer", "the big red dog", "why", "yes", "the mat"]
+
+
+def write_prompts(path: Path, prompts=PROMPTS) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return path

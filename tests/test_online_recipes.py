@@ -1,0 +1,212 @@
+"""Online recipes through the one loop: acceptance invariants (zero advantages → zero gradient, PPO at
+ratio 1 = REINFORCE, online DPO on fixed pairs = the offline recipe, exact resume), every algorithm
+end to end, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from online_toys import PROMPTS, cat_reward, make_model_dir, write_prompts
+
+from pluralign.cli import main
+from pluralign.config import from_dict
+from pluralign.errors import ConfigError, DataError, PluralignError
+from pluralign.models.load import load_model, load_tokenizer
+from pluralign.online.methods import Pairs, PolicyGradient
+from pluralign.online.rollout import Rollout, generate
+from pluralign.train.recipes.online import OnlineConfig, build_method, run
+
+LOOP = {"learning_rate": 1e-2, "batch_size": 2, "max_steps": 3, "progress": False, "log_every": 1,
+        "scheduler": "constant"}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("online") / "base")
+
+
+def config(base, tmp_path, **kw):
+    loop = LOOP | kw.pop("loop", {})
+    return from_dict(OnlineConfig, {"model": str(base), "output_dir": str(tmp_path / "out"), "group_size": 4,
+                                    "max_new_tokens": 6, "loop": loop} | kw)
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def rollout_of(base, n=4, prompts=("the cat", "a dog")):
+    tok, model = load_tokenizer(base), load_model(base)
+    return tok, model, generate(model, tok, list(prompts), n, max_new_tokens=6, seed=3)
+
+
+def with_scale(batch, denominator, n_prompts):
+    return batch | {"scale": torch.tensor(n_prompts / denominator)}
+
+
+def grads(model, fn):
+    model.zero_grad()
+    fn().backward()
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
+
+
+def test_grpo_group_of_one_gives_zero_advantages_and_zero_gradient(base, tmp_path):
+    tok, model, ro = rollout_of(base, n=1)
+    cfg = config(base, tmp_path, algorithm="grpo", group_size=1).resolved()
+    method, _, _ = build_method(cfg, tok, model)
+    batch, d = method.build(model, ro, torch.tensor([0.3, -1.0]))
+    assert torch.equal(batch["advantages"], torch.zeros_like(batch["advantages"]))
+    g = grads(model, lambda: method.step(model, with_scale(batch, d, 2))[0].sum())
+    assert all(torch.equal(v, torch.zeros_like(v)) for v in g.values())
+    # The same batch with rewards that vary within a group does move the weights (the test can fail).
+    _, _, ro4 = rollout_of(base, n=4)
+    batch, d = method.build(model, ro4, torch.tensor([0.3, -1.0, 2.0, 0.0, 1.0, 1.0, 0.0, 0.5]))
+    g = grads(model, lambda: method.step(model, with_scale(batch, d, 2))[0].sum())
+    assert any(v.abs().sum() > 0 for v in g.values())
+
+
+def test_ppo_one_epoch_at_ratio_one_is_reinforce_with_the_same_advantages(base, tmp_path):
+    """The clipped surrogate at u = 1 has gradient −A·∇ℓ: the REINFORCE loss −Σ A·ℓ / tokens."""
+    tok, model, ro = rollout_of(base)
+    cfg = config(base, tmp_path, algorithm="ppo", beta=0.0).resolved()
+    method, _, trainee = build_method(cfg, tok, model)
+    rewards = torch.tensor([0.3, -1.0, 2.0, 0.0, 1.0, 1.0, 0.0, 0.5])
+    batch, d = method.build(trainee, ro, rewards)
+    batch = with_scale(batch, d, 2)
+    surrogate = PolicyGradient(tokenizer=tok, estimator="gae", estimator_params={}, loss="clip", loss_params={},
+                               aggregation="token_mean", max_len=6, beta=0.0, kl_estimator="k1", kl_in="reward",
+                               kl_bias_correction=False, reference=None, vf_coef=0.0)
+    from pluralign.online.methods import policy_outputs
+
+    def reinforce():
+        logps, _ = policy_outputs(trainee, batch)
+        return -(batch["advantages"] * logps * batch["loss_mask"]).sum() / batch["loss_mask"].sum()
+
+    a = grads(trainee, lambda: surrogate.step(trainee, batch)[0].mean())
+    b = grads(trainee, reinforce)
+    moved = 0
+    for k in a:
+        if k.startswith("policy."):
+            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+            moved += int(a[k].abs().sum() > 0)
+    assert moved > 0
+
+
+def test_online_dpo_on_a_fixed_pair_set_equals_the_offline_recipe(base, tmp_path):
+    """Pairs made online (best vs worst of each prompt, reference = initial policy) give the offline
+    preference recipe's DPO loss and gradient on the same pairs."""
+    from pluralign import losses
+    from pluralign.data.collate import PairwiseCollator
+    from pluralign.data.records import Pairwise
+    from pluralign.online.engine import Reference
+    from pluralign.train.recipes.preference import KINDS, make_step
+
+    tok, model = load_tokenizer(base), load_model(base)
+    records = [Pairwise(prompt="the cat", chosen="the cat sat on the mat", rejected="no"),
+               Pairwise(prompt="a dog", chosen="the dog ran", rejected="bad dog")]
+    collator = PairwiseCollator(tok, max_length=64)
+    offline_batch = collator(records)
+    ids, cm = offline_batch["input_ids"], offline_batch["completion_mask"]
+    seqs = [ids[i][offline_batch["attention_mask"][i].bool()].tolist() for i in range(4)]
+    cut = [int(cm[i].nonzero()[0]) for i in range(4)]
+    # A rollout of G = 2 per prompt holding the rejected then the chosen response; the reward picks them.
+    order = [2, 0, 3, 1]
+    ro = Rollout(prompts=["the cat"] * 2 + ["a dog"] * 2, prompt_ids=[seqs[i][:cut[i]] for i in order],
+                 completion_ids=[seqs[i][cut[i]:] for i in order], sampler_logps=[], finish=["eos"] * 4,
+                 texts=[""] * 4, group_size=2)
+    frozen = load_model(base)
+    method = Pairs(tokenizer=tok, loss="dpo", loss_params={"beta": 0.1},
+                   reference=Reference(model, model=frozen, mode="initial"))
+    with torch.no_grad():
+        model.model.embed_tokens.weight.add_(0.05 * torch.randn_like(model.model.embed_tokens.weight))  # policy ≠ ref
+    batch, d = method.build(model, ro, torch.tensor([-1.0, 2.0, 0.0, 0.5]))
+    online_loss = method.step(model, with_scale(batch, d, 2))[0]
+
+    from pluralign.models.logprobs import sequence_logps
+
+    with torch.no_grad():
+        sums, _ = sequence_logps(frozen, offline_batch)
+    offline = make_step(KINDS["pairwise"], losses.get("dpo"), {"beta": 0.1}, None, None, update_shift=False)
+    offline_loss, _ = offline(model, offline_batch | {"ref_chosen": sums[:2], "ref_rejected": sums[2:]})
+    torch.testing.assert_close(online_loss, offline_loss, atol=1e-6, rtol=0)
+    assert abs(float(offline_loss.detach().mean()) - 0.6931) > 1e-4  # the policy moved away from the reference
+
+
+def test_resume_equals_an_uninterrupted_run(base, tmp_path):
+    """Stopped after 2 steps and resumed (rollout seeds, the running reward statistics and the
+    optimizer restored), GRPO with a KL to a frozen reference ends with the same weights."""
+    kw = dict(algorithm="grpo", beta=0.05, reward_norm="running", loop={"max_steps": 4})
+    straight = run(config(base, tmp_path / "a", **kw), prompts=PROMPTS, reward_objects=[cat_reward])
+    run(config(base, tmp_path / "b", **(kw | {"loop": {"max_steps": 2}})), prompts=PROMPTS, reward_objects=[cat_reward])
+    resumed = run(config(base, tmp_path / "b", **kw), prompts=PROMPTS, reward_objects=[cat_reward])
+    assert resumed.train.resumed_from.name == "step-2"
+    a, b = params(load_model(straight.model_dir)), params(load_model(resumed.model_dir))
+    assert any(not torch.equal(a[k], v) for k, v in params(load_model(base)).items())
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "gspo", "rloo", "reinforce_pp", "ppo", "online_dpo", "rsft"])
+def test_every_algorithm_trains_and_logs(base, tmp_path, algorithm):
+    result = run(config(base, tmp_path, algorithm=algorithm), prompts=PROMPTS, reward_objects=[cat_reward])
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("loss", "reward", "response_length", "gen_tokens_per_s", "grad_norm"):
+        assert all(torch.isfinite(torch.tensor(r[key])) for r in rows), key
+    assert "train_tokens_per_s" in rows[-1]
+    if algorithm in ("rloo", "reinforce_pp", "ppo"):
+        assert "kl" in rows[-1]
+    if algorithm in ("grpo", "ppo"):
+        assert "clip_fraction" in rows[-1] and "entropy" in rows[-1]
+    after = params(load_model(result.model_dir))
+    assert any(not torch.equal(after[k], v) for k, v in params(load_model(base)).items())
+    if algorithm == "ppo":
+        assert (tmp_path / "out" / "value_head.pt").exists()
+
+
+def test_cli_trains_grpo_with_a_python_reward(base, tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    data = write_prompts(tmp_path / "prompts.jsonl")
+    argv = ["train", "grpo", f"model={base}", f"data={data}", f"output_dir={tmp_path / 'cli'}",
+            "rewards=[{source: 'online_toys:cat_reward'}]", "max_new_tokens=6", "loop.max_steps=2",
+            "loop.batch_size=2", "loop.progress=false"]
+    assert main(argv) == 0
+    assert (tmp_path / "cli" / "model").is_dir()
+
+
+@pytest.mark.parametrize("reward, message", [
+    ("online_toys:raising_reward", "raised ValueError: the grader crashed"),
+    ("online_toys:nan_reward", "non-finite value"),
+    ("online_toys:short_reward", r"returned shape \(15, 1\) for 16 responses"),
+    ("no_such_module:f", "cannot import"),
+    ("/no/such/rm", "not 'gold', 'module:function' or an existing reward-model directory"),
+])
+def test_bad_rewards_exit_2_with_the_cause(base, tmp_path, monkeypatch, capsys, reward, message):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    data = write_prompts(tmp_path / "prompts.jsonl")
+    argv = ["train", "rloo", f"model={base}", f"data={data}", f"output_dir={tmp_path / 'x'}",
+            f"rewards=[{{source: '{reward}'}}]", "loop.max_steps=1", "loop.progress=false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "x" / "model").exists()
+
+
+def test_bad_prompts_and_group_sizes(base, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "the cat"}\n{"prompt": "  "}\n{"other": 1}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'prompt'.*\n.*bad.jsonl:3: field 'prompt'"):
+        run(config(base, tmp_path, data=[str(bad)]), reward_objects=[cat_reward])
+    for algorithm in ("grpo", "rloo", "online_dpo"):
+        with pytest.raises(ConfigError, match="group_size must be >= 2"):
+            run(config(base, tmp_path, algorithm=algorithm, group_size=1), prompts=PROMPTS, reward_objects=[cat_reward])
+    with pytest.raises(ConfigError, match="unknown advantage estimator 'grp'"):
+        run(config(base, tmp_path, advantage="grp"), prompts=PROMPTS, reward_objects=[cat_reward])
+    assert issubclass(DataError, PluralignError)
