@@ -24,6 +24,13 @@ Extra keys per collator:
                       (False on the filler rows of shorter lists, which are two-token dummies).
   SFTCollator       — one row per (prompt, completion): a tuple, a mapping with "prompt"/"completion", a
                       pairwise record (its chosen response) or a record with a ``response``.
+
+Who and what (every collator, per record): ``user`` and ``group`` (lists of str or None, as recorded), and
+with ``objectives`` set (the objective names, in order) ``objective`` [B] long (the index of the record's
+``objective``, -1 when it has none) and ``signs`` [B, K] float: per objective, +1 when the record's
+preference holds for it, -1 when it is reversed, 0 when the objective says nothing about this record. A
+record tagged with an objective has +1 there and 0 elsewhere; a record whose ``meta["signs"]`` maps
+objectives to ±1/0 (one pair judged on every objective, as RACO trains on) gives them all.
 """
 
 from __future__ import annotations
@@ -83,10 +90,20 @@ class _Collator:
     packing: bool = False
     pad_to_multiple_of: int | None = None
     chat_template: str = "auto"
+    objectives: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         if self.padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+
+    def annotate(self, batch: Batch, records: Sequence[Any]) -> Batch:
+        """Add who gave each record and what it is about (see the module doc)."""
+        if any(getattr(r, "user", None) is not None or getattr(r, "group", None) is not None for r in records):
+            batch["user"] = [getattr(r, "user", None) for r in records]
+            batch["group"] = [getattr(r, "group", None) for r in records]
+        if self.objectives:
+            batch["objective"], batch["signs"] = objective_tensors(records, self.objectives)
+        return batch
 
     def encode(self, prompt: Text, completion: Text) -> Encoded:
         return encode_pair(self.tokenizer, prompt, completion, self.max_length, self.max_prompt_length,
@@ -109,7 +126,7 @@ class PairwiseCollator(_Collator):
         margins = [r.margin for r in records]
         if any(m is not None for m in margins):
             batch["margin"] = torch.tensor([0.0 if m is None else float(m) for m in margins])
-        return batch
+        return self.annotate(batch, records)
 
 
 @dataclass
@@ -125,7 +142,7 @@ class UnpairedCollator(_Collator):
             shifted = [records[i - 1].response for i in range(len(records))]  # i = 0 takes the last one
             mismatched = self.assemble([self.encode(r.prompt, y) for r, y in zip(records, shifted, strict=True)])
             batch.update({f"kl_{k}": v for k, v in mismatched.items()})
-        return batch
+        return self.annotate(batch, records)
 
 
 @dataclass
@@ -143,12 +160,34 @@ class ListwiseCollator(_Collator):
         batch = self.assemble(rows)
         batch["scores"] = torch.tensor(scores, dtype=torch.float32)
         batch["list_mask"] = torch.tensor(mask, dtype=torch.bool)
-        return batch
+        return self.annotate(batch, records)
 
     def _filler(self) -> Encoded:
         # Two tokens with one predicted: cheap, and its log-prob is finite (no 0-token division downstream).
         pad = pad_token_id(self.tokenizer)
         return Encoded(input_ids=[pad, pad], completion_mask=[0, 1])
+
+
+def objective_tensors(records: Sequence[Any], objectives: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``objective`` [B] long, ``signs`` [B, K] float) of records (see the module doc)."""
+    index = {name: k for k, name in enumerate(objectives)}
+    ids = torch.full((len(records),), -1, dtype=torch.long)
+    signs = torch.zeros(len(records), len(objectives))
+    for b, r in enumerate(records):
+        objective = getattr(r, "objective", None)
+        given = (getattr(r, "meta", None) or {}).get("signs")
+        if objective is not None:
+            if objective not in index:
+                raise PluralignError(f"record objective {objective!r} is not one of the objectives {list(objectives)}")
+            ids[b] = index[objective]
+        if given is not None:
+            for name, value in dict(given).items():
+                if name not in index or value not in (-1, 0, 1):
+                    raise PluralignError(f"meta.signs: expected {{objective: -1, 0 or 1}} over {list(objectives)}, got {given}")
+                signs[b, index[name]] = float(value)
+        elif objective is not None:
+            signs[b, ids[b]] = 1.0
+    return ids, signs
 
 
 def list_scores(record: Any) -> list[float]:
@@ -165,7 +204,7 @@ class SFTCollator(_Collator):
     """(prompt, completion) pairs → rows for supervised fine-tuning on the completion tokens."""
 
     def __call__(self, records: Sequence[Any]) -> Batch:
-        return self.assemble([self.encode(*sft_pair(r)) for r in records])
+        return self.annotate(self.assemble([self.encode(*sft_pair(r)) for r in records]), records)
 
 
 def sft_pair(record: Any) -> tuple[Text, Text]:

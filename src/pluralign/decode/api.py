@@ -27,13 +27,17 @@ class Controls:
     weights: objective weights (sequence in objective order or {name: w}); n: candidates (BoN, soft BoN,
     rejection proposals, RPS k, blockwise K); beta: KL strength β / temperature λ of the tilt; w:
     guidance weight (ARGS w, CD λ, TQ* α, GenARM α); constraints: {"keywords": [...], "min_words": a,
-    "max_words": b} for search; user: passed to per-user reward sources; chat_template: how the prompt
-    is rendered for the policy (auto | always | never, `pluralign.data.prompts`; reward sources always
-    receive the prompt itself, text or messages, and render it with their own tokenizer); extra:
-    method-specific options.
+    "max_words": b} for search; user: passed to per-user reward sources; direction (a preference
+    direction, DPA), group and user also steer a conditioned model (`pluralign.conditioning`);
+    chat_template: how the prompt is rendered for the policy (auto | always | never,
+    `pluralign.data.prompts`; reward sources always receive the prompt itself, text or messages, and
+    render it with their own tokenizer); extra: method-specific options (``extra["scores"]``: RiC target
+    scores).
     """
 
     weights: Any = None
+    direction: Any = None
+    group: Any = None
     n: int = 8
     beta: float = 1.0
     w: float = 1.0
@@ -134,8 +138,48 @@ def decode(method: str, model: Any, tokenizer: Any, prompts: Sequence[Any], *, r
     """Run decoder `method` (see `names()`) with per-request controls. kwargs go to the decoder (e.g.
     `models=[...]` for fusion, `value_model=` for controlled decoding, `reward_model=` for ARGS)."""
     fn = get(method)
-    return fn(model, tokenizer, list(prompts), reward=as_reward(reward), controls=per_request(controls, len(prompts)),
-              **kwargs)
+    prompts, controls, reward = list(prompts), per_request(controls, len(prompts)), as_reward(reward)
+    from pluralign import conditioning
+
+    scheme = conditioning.attached(model)
+    if scheme is None or scheme.name == "none":
+        return fn(model, tokenizer, prompts, reward=reward, controls=controls, **kwargs)
+    # A conditioned model: each request's weights / direction / user reach the model through its scheme.
+    conds = [scheme.condition_of_request(c, i) for i, c in enumerate(controls)]
+    shown = [scheme.prompt(p, c) for p, c in zip(prompts, conds, strict=True)]
+    if not scheme.model_level:
+        return fn(model, tokenizer, shown, reward=reward, controls=controls, **kwargs)
+    parts = []
+    for cond in dict.fromkeys(conds):  # requests with one condition share a steered model
+        idx = [i for i, c in enumerate(conds) if c == cond]
+        with scheme.steer(model, cond):
+            parts.append((idx, fn(model, tokenizer, [shown[i] for i in idx], reward=reward,
+                                  controls=[controls[i] for i in idx], **kwargs)))
+    return merge_results(parts, len(prompts))
+
+
+def merge_results(parts: list[tuple[list[int], DecodeResult]], n: int) -> DecodeResult:
+    """One result from results over disjoint subsets of the requests (indices into the full list)."""
+    def gather(name: str) -> list | None:
+        if any(getattr(r, name) is None for _, r in parts):
+            return None
+        out: list = [None] * n
+        for idx, r in parts:
+            for j, i in enumerate(idx):
+                out[i] = getattr(r, name)[j]
+        return out
+
+    texts = gather("texts")
+    scores, utility = gather("scores"), gather("utility")
+    compute, reward_compute = Compute(), Compute()
+    for _, r in parts:
+        compute.add(r.compute)
+        reward_compute.add(r.reward_compute)
+    return DecodeResult(texts=texts, scores=torch.stack(scores) if scores else None,
+                        objectives=parts[0][1].objectives if parts else None,
+                        utility=torch.stack(utility) if utility else None, candidates=gather("candidates"),
+                        candidate_scores=gather("candidate_scores"), compute=compute,
+                        reward_compute=reward_compute, info={"groups": [idx for idx, _ in parts]})
 
 
 def groups(controls: list[Controls], *keys: str) -> list[tuple[list[int], Controls]]:

@@ -150,5 +150,16 @@ def select_decoder(method: str, choose) -> Any:
     return run
 
 
+@register("sample")
+def plain_sample(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls: list[Controls],
+                 **_: Any) -> DecodeResult:
+    """The policy's own samples (one per request; scored when a reward is given): how a conditioned or
+    trained model is used without any decoding-time search."""
+    from pluralign.decode.api import finish
+
+    cands, _, compute = draw_candidates(model, tokenizer, prompts, controls, n_of=lambda c: 1)
+    return finish([row[0] for row in cands], prompts, reward, controls, compute=compute)
+
+
 register("bon")(select_decoder("bon", lambda u, c, g: select_best(u, ties=c.extra.get("ties", "first"), generator=g)))
 register("soft_bon")(select_decoder("soft_bon", lambda u, c, g: select_soft(u, c.beta, g)))

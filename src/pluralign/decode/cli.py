@@ -5,8 +5,16 @@
 
 Prompts: a .txt file (one plain-text prompt per line) or .jsonl with a "prompt" field — plain text or a
 list of chat messages ``[{"role": "user", "content": "..."}]`` — and optional per-request "weights",
-"user", "n", "beta", "w", "chat_template" overriding the command-line values. ``--chat-template``
-(auto | always | never) says how prompts are rendered for the policy (`pluralign.data.prompts`).
+"direction", "user", "group", "n", "beta", "w", "chat_template" overriding the command-line values.
+``--chat-template`` (auto | always | never) says how prompts are rendered for the policy
+(`pluralign.data.prompts`).
+
+A model trained with a conditioning scheme (MAH-DPO heads, a rewarded soup, RiC or DPA prompts; see
+`pluralign.conditioning`) is steered by each request's weights / direction / user / group; use
+``--method sample`` for its own samples:
+
+    pluralign decode --method sample --model runs/mahdpo/model --weights informativeness=0.7,conciseness=0.3 \\
+        --prompts prompts.txt --out out.jsonl
 """
 
 from __future__ import annotations
@@ -19,17 +27,19 @@ from typing import Any
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES
 from pluralign.errors import ConfigError, DataError, Problem
 
-PER_REQUEST = ("weights", "user", "n", "beta", "w", "constraints", "chat_template")
+PER_REQUEST = ("weights", "direction", "user", "group", "n", "beta", "w", "constraints", "chat_template")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("decode", help="decoding-time alignment: best-of-N, guided search, fusion, steering")
-    p.add_argument("--method", required=True, help="decoder name (bon, soft_bon, rejection, infalign, map, rps, "
+    p.add_argument("--method", required=True, help="decoder name (sample, bon, soft_bon, rejection, infalign, map, rps, "
                                                  "args, cd_block, tq_star, genarm, mod, deal)")
     p.add_argument("--model", required=True, help="policy model directory")
     p.add_argument("--reward", help="'gold' (sandbox attributes), a reward-model directory, or module:function")
     p.add_argument("--weights", help="objective weights: w1,w2,... or name=w,name=w")
-    p.add_argument("--user", help="user id passed to per-user reward models")
+    p.add_argument("--direction", help="preference direction (DPA) for a conditioned model: v1,v2,... or name=v,...")
+    p.add_argument("--user", help="user id passed to per-user reward models and user-conditioned models")
+    p.add_argument("--group", help="group passed to group-conditioned models")
     p.add_argument("--prompts", required=True, help=".txt (one per line) or .jsonl with a 'prompt' field")
     p.add_argument("--out", required=True, help="output .jsonl")
     p.add_argument("--n", type=int, default=8, help="candidates per prompt (BoN N, RPS k, blockwise K)")
@@ -45,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_weights(text: str | None) -> Any:
+def parse_weights(text: str | None, flag: str = "--weights") -> Any:
     """'1,0.5' -> [1.0, 0.5]; 'a=1,b=0.5' -> {'a': 1.0, 'b': 0.5}."""
     if not text:
         return None
@@ -55,7 +65,7 @@ def parse_weights(text: str | None) -> Any:
             return {k.strip(): float(v) for k, v in (x.split("=", 1) for x in parts)}
         return [float(x) for x in parts]
     except ValueError as e:
-        raise ConfigError(f"--weights {text!r}: expected numbers, as w1,w2 or name=w,name=w") from e
+        raise ConfigError(f"{flag} {text!r}: expected numbers, as w1,w2 or name=w,name=w") from e
 
 
 def parse_extra(items: list[str]) -> dict:
@@ -121,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
 
     get(args.method)  # fail on a bad name before loading anything
     requests = read_prompts(args.prompts)
-    base = Controls(weights=parse_weights(args.weights), n=args.n, beta=args.beta, w=args.w, user=args.user,
+    base = Controls(weights=parse_weights(args.weights), direction=parse_weights(args.direction, "--direction"), group=args.group,
+                    n=args.n, beta=args.beta, w=args.w, user=args.user,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                     chat_template=args.chat_template, extra=parse_extra(args.set))
     controls = [base.replace(**{k: r[k] for k in PER_REQUEST if k in r}) for r in requests]

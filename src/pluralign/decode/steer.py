@@ -13,10 +13,12 @@ from pluralign.decode.api import Controls, DecodeResult, decode
 
 
 def load_policy(model_dir: str | Path) -> tuple[Any, Any]:
-    """(model, tokenizer) of a model directory, in eval mode."""
+    """(model, tokenizer) of a model directory, in eval mode, with its conditioning scheme attached
+    (`pluralign.conditioning`: MAH-DPO heads, soups, prompt statements) when it was saved with one."""
+    from pluralign.conditioning import attach_to
     from pluralign.models.load import load_model, load_tokenizer
 
-    model = load_model(str(model_dir))
+    model = attach_to(load_model(str(model_dir)), model_dir)
     model.eval()
     return model, load_tokenizer(str(model_dir))
 

@@ -15,6 +15,7 @@ import copy
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -100,13 +101,15 @@ def add_lora(model: Any, spec: LoraSpec, *, task_type: str = "CAUSAL_LM") -> Any
     return peft.get_peft_model(model, config)
 
 
-def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_lora: bool = True) -> Path:
+def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_lora: bool = True,
+               extra_files: Mapping[str, str] | None = None) -> Path:
     """Save ``model`` and ``tokenizer`` as a HF directory that `load_model` reads back.
 
     A peft model is saved with its adapters merged into the weights (``merge_lora=True``; the caller's
     model is left untouched, at the cost of a temporary copy) or as an adapter directory. The directory
     is written under a temporary name next to ``out_dir`` and renamed into place, so ``out_dir`` never
-    holds a half-written model.
+    holds a half-written model. ``extra_files`` ({name: text}) are written into it too (e.g. the
+    conditioning scheme, `pluralign.conditioning`).
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +120,8 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

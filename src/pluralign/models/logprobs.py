@@ -59,8 +59,10 @@ def token_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 def _scored_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   completion_mask: torch.Tensor | None, position_ids: torch.Tensor | None,
-                  chunk_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`token_logps` and the [N, T] bool mask of the positions it scored."""
+                  chunk_size: int | None, heads: Any = None, position_head: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logps` and the [N, T] bool mask of the positions it scored. With `heads` (a list of LM-head
+    modules) the position t is scored by ``heads[position_head[n, t]]`` (MAH-DPO's per-objective heads)."""
     if position_ids is None and attention_mask is not None:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     if attention_mask is None and position_ids is not None:
@@ -68,9 +70,17 @@ def _scored_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     hidden = final_hidden_states(model, input_ids, attention_mask, position_ids)
     scored = predicted_mask(input_ids, attention_mask, completion_mask, position_ids)
     predicted = scored[:, 1:]  # hidden state t-1 predicts token t
-    values = gathered_logps(model, hidden[:, :-1][predicted], input_ids[:, 1:][predicted], chunk_size)
-    out = torch.zeros(predicted.shape, dtype=values.dtype, device=values.device)
-    return F.pad(out.masked_scatter(predicted, values), (1, 0)), scored
+    if heads is None:
+        values = gathered_logps(model, hidden[:, :-1][predicted], input_ids[:, 1:][predicted], chunk_size)
+        out = torch.zeros(predicted.shape, dtype=values.dtype, device=values.device)
+        return F.pad(out.masked_scatter(predicted, values), (1, 0)), scored
+    out = torch.zeros(predicted.shape, dtype=torch.float32, device=hidden.device)
+    for k, head in enumerate(heads):
+        mine = predicted & (position_head[:, 1:] == k)
+        if mine.any():
+            values = gathered_logps(model, hidden[:, :-1][mine], input_ids[:, 1:][mine], chunk_size, head=head)
+            out = out.masked_scatter(mine, values)
+    return F.pad(out, (1, 0)), scored
 
 
 def predicted_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -88,14 +98,23 @@ def predicted_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
 
 
 def sequence_logps(model: Any, batch: Mapping[str, torch.Tensor], *, prefix: str = "",
-                   chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   chunk_size: int | None = None, heads: Any = None,
+                   row_head: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum_logps [N], n_tokens [N])`` over each sequence's completion tokens, for a padded or packed
-    batch. ``prefix`` selects another set of keys in the batch, e.g. ``"kl_"`` for KTO's mismatched rows."""
-    per_token, scored = _scored_logps(model, batch[prefix + "input_ids"], batch.get(prefix + "attention_mask"),
-                                      batch[prefix + "completion_mask"], batch.get(prefix + "position_ids"),
-                                      chunk_size)
-    counted = scored.long()
+    batch. ``prefix`` selects another set of keys in the batch, e.g. ``"kl_"`` for KTO's mismatched rows.
+    ``heads`` + ``row_head`` [N]: sequence n is scored by LM head ``heads[row_head[n]]``."""
+    input_ids = batch[prefix + "input_ids"]
     seq_lengths = batch.get(prefix + "seq_lengths")
+    position_head = None
+    if heads is not None:
+        if seq_lengths is None:
+            position_head = row_head[:, None].expand_as(input_ids)
+        else:
+            position_head = torch.repeat_interleave(row_head, seq_lengths.to(row_head.device))[None]
+    per_token, scored = _scored_logps(model, input_ids, batch.get(prefix + "attention_mask"),
+                                      batch[prefix + "completion_mask"], batch.get(prefix + "position_ids"),
+                                      chunk_size, heads, position_head)
+    counted = scored.long()
     if seq_lengths is None:
         return per_token.sum(-1), counted.sum(-1)
     return _segment_sum(per_token[0], seq_lengths), _segment_sum(counted[0], seq_lengths)
@@ -148,10 +167,11 @@ def unwrap(model: Any) -> Any:
 
 
 def gathered_logps(model: Any, hidden: torch.Tensor, targets: torch.Tensor,
-                   chunk_size: int | None = None) -> torch.Tensor:
-    """[M] float32 log-softmax of ``head(hidden)`` at ``targets``, ``chunk_size`` rows at a time."""
+                   chunk_size: int | None = None, head: torch.nn.Module | None = None) -> torch.Tensor:
+    """[M] float32 log-softmax of ``head(hidden)`` at ``targets``, ``chunk_size`` rows at a time (the
+    model's own LM head unless `head` is given)."""
     model = unwrap(model)
-    head = model.get_output_embeddings()
+    head = head if head is not None else model.get_output_embeddings()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     if chunk_size is None:
         vocab_size = getattr(head, "out_features", None) or model.config.get_text_config().vocab_size

@@ -76,10 +76,12 @@ def load_frozen(path: str, config: PolicyTrainingConfig, packing: bool, role: st
     return model
 
 
-def save_policy(model: Any, tokenizer: Any, config: PolicyTrainingConfig, out: Path, result: TrainResult) -> RecipeResult:
-    """Save the trained model to <out>/model (main process) and return where everything is."""
+def save_policy(model: Any, tokenizer: Any, config: PolicyTrainingConfig, out: Path, result: TrainResult,
+                extra_files: dict[str, str] | None = None) -> RecipeResult:
+    """Save the trained model to <out>/model (main process; `extra_files` {name: text} inside it, e.g. the
+    conditioning scheme) and return where everything is."""
     distributed = process_state()
     if distributed.is_main_process:
-        save_model(model, tokenizer, out / "model", merge_lora=config.merge_lora)
+        save_model(model, tokenizer, out / "model", merge_lora=config.merge_lora, extra_files=extra_files)
     distributed.wait_for_everyone()
     return RecipeResult(out / "model", out, result)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from pluralign import losses
+from pluralign import conditioning, losses
 from pluralign.config import option
 from pluralign.data.collate import ListwiseCollator, PairwiseCollator, UnpairedCollator
 from pluralign.data.convert import convert
@@ -45,6 +45,7 @@ from pluralign.train.recipes.common import (
     load_policy,
     save_policy,
 )
+from pluralign.train.recipes import multiobjective as mo
 from pluralign.train.reference import adapters_disabled, cached_reference
 from pluralign.train.udm import bco_udm_weights
 
@@ -63,6 +64,7 @@ class PreferenceConfig(PolicyTrainingConfig):
     ref_cache: bool = option(True, help="Compute reference log-probs once and cache them on disk; false computes them every step (LoRA: base with adapters off; else a frozen copy in memory).")
     ref_cache_dir: str | None = option(None, help="Where reference caches live (default: <output_dir>/ref_cache); shareable between runs.")
     ref_batch_size: int = option(0, help="Batch size of the reference pass (0: twice loop.batch_size).")
+    objectives: mo.ObjectivesConfig = option(default_factory=mo.ObjectivesConfig, help="Multi-objective training: the objectives, how their losses combine and what the model is conditioned on (pluralign.train.recipes.multiobjective).")
     output_dir: str = option("runs/preference", help="Run directory: config.yaml, metrics.jsonl, checkpoints/, and the trained model in model/.")
     loop: LoopConfig = option(default_factory=LoopConfig, help="Training loop settings.")
 
@@ -175,10 +177,14 @@ class Collate:
         return batch | {k: v[index] for k, v in self.per_example.items()}
 
 
-def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool) -> list[Any]:
+def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool,
+              objectives: mo.ObjectivesConfig | None = None) -> list[Any]:
     records = []
     for path in paths:
-        records += convert(read_records(path, skip_invalid=skip_invalid), kind.records)
+        raw = read_records(path, skip_invalid=skip_invalid)
+        if objectives is not None and objectives.names:
+            raw = mo.to_pairs(raw, objectives)  # rated → per-objective or signed pairs
+        records += convert(raw, kind.records)
     return records
 
 
@@ -186,13 +192,16 @@ def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool) -> list[Any]
 
 
 def make_step(kind: Kind, loss: losses.Loss, params: Mapping[str, Any], live_reference: Callable | None,
-              reward_shift: losses.RunningMean | None, *, update_shift: bool) -> Callable:
-    """`step(model, batch) -> (per-example loss, metrics)` for the loop."""
+              reward_shift: losses.RunningMean | None, *, update_shift: bool, policy_logps: Callable | None = None,
+              finish: Callable | None = None) -> Callable:
+    """`step(model, batch) -> (per-example loss, metrics)` for the loop. `policy_logps` replaces the kind's
+    log-prob function (MAH-DPO's per-objective heads); `finish(model, batch, inputs)` replaces the single
+    loss call (multi-objective: the loss per objective, combined)."""
     info = loss.info
     beta = params.get("beta", info.hyperparams.get("beta", 1.0))
 
     def step(model, batch):
-        policy = kind.logps(model, batch, info)
+        policy = (policy_logps or kind.logps)(model, batch, info)
         if not info.needs_reference:
             ref = {}
         elif live_reference is not None:
@@ -200,14 +209,15 @@ def make_step(kind: Kind, loss: losses.Loss, params: Mapping[str, Any], live_ref
                 ref = live_reference(model, batch)
         else:
             ref = {k.removeprefix("ref_"): v for k, v in batch.items() if k.startswith("ref_")}
-        inputs = kind.inputs(policy, ref, batch)
+        inputs = kind.inputs(policy, ref, batch) | {k: batch[k] for k in info.extra_inputs if k in batch}
         if reward_shift is not None:
             if update_shift:  # BCO: the shift moves with the rewards seen in training, not in evaluation
                 rewards = torch.cat([beta * (inputs[p] - inputs[r]).detach().flatten() for p, r in kind.rewards])
                 reward_shift.update(_gather(rewards))
             inputs["reward_shift"] = reward_shift.mean
-        values, metrics = loss(**inputs, **params)
-        return values, metrics
+        if finish is not None:
+            return finish(model, batch, inputs)
+        return loss(**inputs, **params)
 
     return step
 
@@ -235,24 +245,40 @@ def run(config: PreferenceConfig) -> RecipeResult:
     kind = KINDS[info.kind]
     out = Path(config.output_dir)
     distributed = process_state()
+    multi = config.objectives if config.objectives.names else None
 
     tokenizer, model, packing = load_policy(config)
+    train_records = load_data(config.data, kind, config.skip_invalid, multi)
+    eval_records = load_data(config.eval_data, kind, config.skip_invalid, multi) if config.eval_data else None
+    scheme, objective_step = None, {}
+    if multi is not None:
+        scheme = mo.setup(multi, tokenizer, model, train_records)
+        mo.check_coverage(train_records, multi)
+        train_records = conditioning.condition_records(scheme, train_records)
+        eval_records = conditioning.condition_records(scheme, eval_records) if eval_records else None
+        objective_step = {"finish": mo.make_finish(loss, config.loss_params, multi),
+                          "policy_logps": mo.head_logps if scheme.name == "heads" else None}
     collator = kind.collator(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
                              truncation=config.truncation, chat_template=config.chat_template, packing=packing,
-                             **kind.collator_options)
-    train_items = make_items(load_data(config.data, kind, config.skip_invalid), info, config.loop.seed)
-    eval_items = make_items(load_data(config.eval_data, kind, config.skip_invalid), info, config.loop.seed) if config.eval_data else None
+                             objectives=multi.names if multi else None, **kind.collator_options)
+    train_items = make_items(train_records, info, config.loop.seed)
+    eval_items = make_items(eval_records, info, config.loop.seed) if eval_records else None
 
     live, train_ref, eval_ref = _reference(config, info, kind, model, collator, train_items, eval_items, distributed)
+    if scheme is not None:
+        mo.install(scheme, model)  # after the reference: MAH-DPO's reference is the unperturbed head
     # After the reference pass: the reference is the model without any person's vector.
     personal = Personalization(config.personal, model, config.model, [it.record for it in train_items],
                                config.gradient_checkpointing, info.kind)
     shift = losses.RunningMean() if "reward_shift" in info.inputs else None
-    step = make_step(kind, loss, config.loss_params, live, shift, update_shift=True)
-    eval_step = make_step(kind, loss, config.loss_params, live, shift, update_shift=False)
+    step = make_step(kind, loss, config.loss_params, live, shift, update_shift=True, **objective_step)
+    eval_step = make_step(kind, loss, config.loss_params, live, shift, update_shift=False, **objective_step)
     step, eval_step = personal.wrap(step, training=True), personal.wrap(eval_step, training=False)
     train_values = _prefixed(train_ref, "ref_") | personal.per_example([it.record for it in train_items])
     eval_values = _prefixed(eval_ref, "ref_") | personal.per_example([it.record for it in eval_items or []])
+    if multi is not None and multi.margin_reward:
+        train_values |= mo.margin_values(multi, train_records)
+        eval_values |= mo.margin_values(multi, eval_records) if eval_records else {}
     if config.udm:
         train_values["udm_weights"] = _udm(config, model, tokenizer, train_items, distributed)
     if config.history_models:
@@ -262,7 +288,7 @@ def run(config: PreferenceConfig) -> RecipeResult:
                    eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_values),
                    stateful={"reward_shift": shift} if shift else None, run_config=config)
     personal.detach(model)
-    saved = save_policy(model, tokenizer, config, out, result)
+    saved = save_policy(model, tokenizer, config, out, result, extra_files=conditioning.save_state(scheme))
     if distributed.is_main_process:
         personal.save(saved.model_dir)
     return saved

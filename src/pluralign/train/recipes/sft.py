@@ -3,14 +3,20 @@ rated record's response, or prompt/completion rows), the usual first stage befor
 
 The per-example loss is the mean negative log-likelihood of the completion tokens (the registered "nll"
 loss), so every example weighs the same whatever its length.
+
+With a conditioning scheme (`pluralign.conditioning`) every prompt first states its example's condition:
+RiC (``reward_tokens``) states the z-scored rewards of the response (rated records' ratings), DPA's
+rejection-sampling rounds (``system_message``) the direction each response was selected for
+(``meta.direction``). The scheme is saved with the model, so decoding states each request's own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pluralign import losses
+from pluralign import conditioning, losses
 from pluralign.config import option
 from pluralign.data.collate import SFTCollator
 from pluralign.data.io import read_records
@@ -21,6 +27,9 @@ from pluralign.train.recipes.common import PolicyTrainingConfig, RecipeResult, l
 
 @dataclass
 class SFTConfig(PolicyTrainingConfig):
+    objectives: list[str] = option(default_factory=list, help="Objectives the conditioning scheme speaks of, in order (empty: no conditioning).")
+    conditioning: str = option("none", help="Conditioning scheme: none, reward_tokens (RiC), system_message (DPA), … (pluralign.conditioning.names()).")
+    conditioning_params: dict[str, Any] = option(default_factory=dict, help="Parameters of the conditioning scheme.")
     output_dir: str = option("runs/sft", help="Run directory; the trained model goes to model/ inside it.")
     loop: LoopConfig = option(default_factory=lambda: LoopConfig(learning_rate=2e-5), help="Training loop settings.")
 
@@ -39,7 +48,15 @@ def run(config: SFTConfig) -> RecipeResult:
     def read(paths):
         return [r for p in paths for r in read_records(p, skip_invalid=config.skip_invalid)]
 
+    records, eval_records = read(config.data), read(config.eval_data)
+    scheme = None
+    if config.conditioning != "none":
+        scheme = conditioning.get(config.conditioning, config.objectives, **config.conditioning_params)
+        scheme.fit(records)
+        conditioning.ensure_vocabulary(tokenizer, model, scheme.vocabulary())
+        records = conditioning.condition_records(scheme, records)
+        eval_records = conditioning.condition_records(scheme, eval_records)
     out = Path(config.output_dir)
-    result = train(model, read(config.data), collate, step, config.loop, out,
-                   eval_dataset=read(config.eval_data) or None, run_config=config)
-    return save_policy(model, tokenizer, config, out, result)
+    result = train(model, records, collate, step, config.loop, out,
+                   eval_dataset=eval_records or None, run_config=config)
+    return save_policy(model, tokenizer, config, out, result, extra_files=conditioning.save_state(scheme))

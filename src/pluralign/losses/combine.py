@@ -1,0 +1,148 @@
+"""Combiners: how per-objective losses become the one loss the training loop back-propagates.
+
+A multi-objective step evaluates a registered pairwise loss once per objective, giving ``losses`` [B, K]
+with a ``mask`` [B, K] of the (example, objective) cells that carry a preference (see
+`pluralign.data.collate`: ``signs``). A combiner turns them into per-example losses [B] whose batch mean
+is the surrogate to minimise, so the one loop (`pluralign.train.loop`) runs every method unchanged:
+
+- ``weighted``: Σ_k w_k L_k with L_k the mean loss over objective k's examples, the weights renormalised
+  over the objectives present in the batch: linear scalarisation, and with uniform weights MAH-DPO's
+  uniform objective average (Zhou et al. 2025, multi-action-head DPO).
+- ``raco``: RACO's conflict-averse update (Chen et al., ICML 2026): the per-objective gradients g_k are
+  taken with autograd, and the surrogate Σ_k a_k L_k with a = `raco_coefficients(H, w)` (detached) has
+  gradient Σ a_k g_k, the CAGrad-Clip direction. Costs K extra backward passes per micro-batch; with
+  gradient accumulation each micro-batch gets its own coefficients.
+- ``pama``: PAMA's closed-form min-norm combination (He & Maghsudi, ECML-PKDD 2025, Theorem 1) for
+  preference pairs: every objective k moves example b along the same direction ∇logπ(y_w|x), with
+  "advantage" A_bk = −∂ℓ_bk/∂logπ_θ(y_w|x) (for DPO β·s_bk·σ(−β·s_bk·h)); the weighted advantages
+  K·w_k·A_bk are combined with the convex weights of `pama_weights`, so conflicting objectives cancel
+  and agreeing ones move by the least of them. [RECON: PAMA is stated for PPO advantages; this is its
+  per-sample form for pairwise losses, with user weights scaling the advantages.]
+
+Register more (e.g. group-fair: weights from the per-group losses) with ``@register("name")``; a
+combiner is ``fn(losses, mask, weights, context, **params) -> (per-example [B], metrics)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pluralign.errors import ConfigError
+from pluralign.losses.multiobjective import pama_weights, raco_coefficients
+
+
+@dataclass
+class Context:
+    """What gradient-based combiners may need: the trainable parameters and the policy's chosen log-probs
+    (the anchor every objective's loss depends on)."""
+
+    params: Sequence[torch.nn.Parameter] = field(default_factory=list)
+    anchor: Tensor | None = None
+
+
+Combiner = Callable[..., tuple[Tensor, dict[str, Tensor]]]
+_COMBINERS: dict[str, Combiner] = {}
+
+
+def register(name: str) -> Callable[[Combiner], Combiner]:
+    def deco(fn: Combiner) -> Combiner:
+        if name in _COMBINERS:
+            raise ValueError(f"combiner {name!r} registered twice")
+        _COMBINERS[name] = fn
+        return fn
+
+    return deco
+
+
+def names() -> list[str]:
+    return sorted(_COMBINERS)
+
+
+def get(name: str) -> Combiner:
+    if name not in _COMBINERS:
+        raise ConfigError(f"unknown combiner {name!r}; known: {', '.join(names())}")
+    return _COMBINERS[name]
+
+
+def objective_means(losses: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(L_k [K]: mean loss over the examples of objective k, 0 where none; present [K] bool)."""
+    m = mask.to(losses.dtype)
+    counts = m.sum(0)
+    return (losses * m).sum(0) / counts.clamp(min=1), counts > 0
+
+
+def spread(coefficients: Tensor, losses: Tensor, mask: Tensor) -> Tensor:
+    """Per-example losses [B] whose batch mean is Σ_k a_k L_k (a detached)."""
+    m = mask.to(losses.dtype)
+    counts = m.sum(0).clamp(min=1)
+    return (losses * m * (coefficients.detach() / counts)).sum(1) * losses.shape[0]
+
+
+def _present_weights(weights: Tensor, present: Tensor) -> Tensor:
+    w = weights * present
+    total = w.sum()
+    return w / total if total > 0 else present / present.sum().clamp(min=1)
+
+
+@register("weighted")
+def weighted(losses: Tensor, mask: Tensor, weights: Tensor, context: Context) -> tuple[Tensor, dict]:
+    _, present = objective_means(losses, mask)
+    return spread(_present_weights(weights, present), losses, mask), {}
+
+
+@register("raco")
+def raco(losses: Tensor, mask: Tensor, weights: Tensor, context: Context, *, c: float = 0.4,
+         clip: bool = True) -> tuple[Tensor, dict]:  # fmt: skip
+    means, present = objective_means(losses, mask)
+    w = _present_weights(weights, present)
+    idx = present.nonzero().flatten().tolist()
+    params = [p for p in context.params if p.requires_grad]
+    if len(idx) < 2 or not params or not torch.is_grad_enabled():  # evaluation: the weighted loss
+        return spread(w, losses, mask), {}
+    grads = []
+    for k in idx:
+        g = torch.autograd.grad(means[k], params, retain_graph=True, allow_unused=True)
+        grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten().double()
+                                for x, p in zip(g, params, strict=True)]))
+    G = torch.stack(grads)
+    H = (G @ G.T).cpu().numpy()
+    a = raco_coefficients(H, w[idx].detach().double().cpu().numpy(), c=c, clip=clip)
+    coefficients = torch.zeros_like(w)
+    coefficients[idx] = torch.as_tensor(a, dtype=w.dtype, device=w.device)
+    cos = (H[0, 1] / max((H[0, 0] * H[1, 1]) ** 0.5, 1e-30))
+    return spread(coefficients, losses, mask), {"raco/grad_cosine": torch.tensor(float(cos))}
+
+
+@register("pama")
+def pama(losses: Tensor, mask: Tensor, weights: Tensor, context: Context) -> tuple[Tensor, dict]:
+    if context.anchor is None:
+        raise ConfigError("combiner 'pama' needs the policy's chosen log-probs (a pairwise loss)")
+    if not torch.is_grad_enabled() or not context.anchor.requires_grad:  # evaluation: the weighted loss
+        return weighted(losses, mask, weights, context)
+    k_count = losses.shape[1]
+    cols = []
+    for k in range(k_count):
+        (g,) = torch.autograd.grad(losses[:, k].sum(), context.anchor, retain_graph=True, allow_unused=True)
+        cols.append(torch.zeros_like(context.anchor) if g is None else -g)
+    advantages = torch.stack(cols, 1).detach() * weights * k_count
+    c = pama_weights(advantages, mask)
+    per_example = (c * weights * k_count * losses * mask).sum(1)
+    conflict = ((advantages.masked_fill(~mask.bool(), 0) > 0).any(1) & (advantages.masked_fill(~mask.bool(), 0) < 0).any(1))
+    return per_example, {"pama/conflict_share": conflict.float().mean()}
+
+
+def combine(name: str, losses: Tensor, mask: Tensor, weights: Tensor, context: Context,
+            params: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+    """Run combiner `name` (unknown hyper-parameters are a `ConfigError`)."""
+    fn = get(name)
+    accepted = [n for n, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(params or {}) - set(accepted))
+    if unknown:
+        raise ConfigError(f"combiner {name!r} has no hyper-parameter {unknown}; its hyper-parameters: {accepted or 'none'}")
+    return fn(losses, mask.bool(), weights.to(losses.dtype), context, **(params or {}))

@@ -1,0 +1,180 @@
+"""Multi-objective preference training, wired into the preference recipe (`objectives:` in its config).
+
+With ``objectives.names`` set, every batch knows each pair's objective(s) (``signs`` [B, K], see
+`pluralign.data.collate`), the registered pairwise loss is evaluated once per objective (chosen and
+rejected swapped where an objective prefers the other response), and a registered combiner
+(`pluralign.losses.combine`) turns the [B, K] losses into the per-example losses the one loop
+back-propagates. What the model is conditioned on is the registered scheme ``objectives.conditioning``
+(`pluralign.conditioning`), applied to every training prompt and saved with the model so decoding
+applies it to every request.
+
+Methods as configurations of this one recipe:
+- linear scalarisation: pairs ordered by wᵀr (`rated_to_pairwise(weights=w)`), plain DPO, one run per w;
+- MAH-DPO: ``conditioning: heads``, objective-tagged pairs, combine ``weighted`` with uniform weights;
+- RACO / PAMA: combine ``raco`` / ``pama`` with the user's weights (``rated_pairs: signed`` gives one pair
+  judged on every objective, as RACO trains);
+- weight-conditioned DPO: ``conditioning: system_message``, pairs carrying ``meta.weights``;
+- MODPO: loss ``modpo`` with ``margin_reward`` scoring the other objectives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any, Literal
+
+import torch
+
+from pluralign import conditioning
+from pluralign.config import option
+from pluralign.data.convert import _by_prompt_and_user, rated_to_pairwise
+from pluralign.data.records import Pairwise, Rated
+from pluralign.errors import ConfigError
+from pluralign.losses.combine import Context, combine, objective_means
+
+Tensors = dict[str, torch.Tensor]
+_SWAP = (("policy_chosen_logps", "policy_rejected_logps"), ("ref_chosen_logps", "ref_rejected_logps"),
+         ("chosen_lengths", "rejected_lengths"), ("chosen_margin_rewards", "rejected_margin_rewards"))
+
+
+@dataclass
+class ObjectivesConfig:
+    names: list[str] = option(default_factory=list, help="Objectives, in order; empty trains on one objective as usual. Records' `objective` must name one; rated records become pairs per objective.")
+    weights: dict[str, float] = option(default_factory=dict, help="User weights over the objectives for the combiner (default: uniform); non-negative, not all zero.")
+    combine: str = option("weighted", help="How per-objective losses combine: weighted (linear; MAH-DPO with uniform weights), raco (conflict-averse gradient, Chen et al. 2026), pama (min-norm per pair, He & Maghsudi 2025).")
+    combine_params: dict[str, Any] = option(default_factory=dict, help="Combiner hyper-parameters, e.g. {c: 0.4, clip: true} for raco.")
+    conditioning: str = option("none", help="What the model is conditioned on: none, system_message, reward_tokens, heads (MAH-DPO), … (pluralign.conditioning.names()).")
+    conditioning_params: dict[str, Any] = option(default_factory=dict, help="Parameters of the conditioning scheme.")
+    rated_pairs: Literal["per_objective", "signed"] = option("per_objective", help="Rated records → pairs ordered by each objective (tagged with it), or one pair per response pair with a sign per objective (meta.signs).")
+    margin_reward: str | None = option(None, help="MODPO: a reward source (gold, module:function, reward-model dir) whose scores of the other objectives, weighted, are each pair's margin.")
+
+
+def weight_tensor(cfg: ObjectivesConfig) -> torch.Tensor:
+    w = cfg.weights or {n: 1.0 for n in cfg.names}
+    return torch.as_tensor(conditioning.weights_of(w, cfg.names, "objectives.weights"), dtype=torch.float32)
+
+
+def to_pairs(records: Sequence[Any], cfg: ObjectivesConfig) -> list[Any]:
+    """Rated records → pairs (per objective or signed); other records as they are."""
+    if not records or not isinstance(records[0], Rated):
+        return list(records)
+    if cfg.rated_pairs == "per_objective":
+        return [p for name in cfg.names for p in rated_to_pairwise(records, objective=name)]
+    return signed_pairs(records, cfg.names)
+
+
+def signed_pairs(records: Sequence[Rated], objectives: Sequence[str]) -> list[Pairwise]:
+    """Every two rated responses to one prompt (same user) as one pair with ``meta.signs``: +1 where the
+    first is rated higher on an objective, −1 lower, 0 tied (RACO's data: one pair, a sign per objective)."""
+    pairs = []
+    for same in _by_prompt_and_user(records).values():
+        for a, b in combinations(same, 2):
+            if a.response == b.response:
+                continue
+            signs = {k: int((a.ratings[k] > b.ratings[k]) - (a.ratings[k] < b.ratings[k])) for k in objectives}
+            if any(signs.values()):
+                pairs.append(Pairwise(a.prompt, a.response, b.response, None, a.user, a.group, None, a.section,
+                                      {"signs": signs}))
+    return pairs
+
+
+def check_coverage(records: Sequence[Any], cfg: ObjectivesConfig, where: str = "data") -> None:
+    """Every record's objective is known and every objective has pairs (else a ConfigError naming it)."""
+    from pluralign.data.collate import objective_tensors
+
+    _, signs = objective_tensors(records, cfg.names)
+    empty = [n for k, n in enumerate(cfg.names) if not bool((signs[:, k] != 0).any())]
+    if empty:
+        raise ConfigError(f"objectives.names: objective(s) {empty} have no pairs in the training {where}")
+    if cfg.conditioning == "heads" and any(getattr(r, "objective", None) is None for r in records):
+        raise ConfigError("objectives.conditioning=heads (MAH-DPO) trains head k on objective k's pairs: every "
+                          "pair needs an `objective` (use rated_pairs=per_objective)")
+
+
+def setup(cfg: ObjectivesConfig, tokenizer: Any, model: Any, records: Sequence[Any]) -> conditioning.Scheme:
+    """The conditioning scheme over the objectives, fitted to the data, with the tokenizer taught its words."""
+    scheme = conditioning.get(cfg.conditioning, cfg.names, **cfg.conditioning_params)
+    scheme.fit(records) if type(scheme).fit is not conditioning.Scheme.fit else None
+    conditioning.ensure_vocabulary(tokenizer, model, scheme.vocabulary())
+    return scheme
+
+
+def install(scheme: conditioning.Scheme, model: Any) -> None:
+    """Model-level parts, after the reference was taken from the untouched model (MAH-DPO heads)."""
+    if scheme.name == "heads":
+        from pluralign.models.multihead import install_heads
+
+        install_heads(model, len(scheme.objectives), **scheme.params)
+
+
+def head_logps(model: Any, batch: dict, info: Any) -> Tensors:
+    """Pairwise log-probs with each pair scored by its objective's head (MAH-DPO)."""
+    from pluralign.models.logprobs import sequence_logps
+    from pluralign.models.multihead import multihead_of
+
+    heads = multihead_of(model).heads()
+    row_head = torch.cat([batch["objective"], batch["objective"]])  # chosen rows, then rejected rows
+    sums, lengths = sequence_logps(model, batch, heads=heads, row_head=row_head)
+    b = sums.shape[0] // 2
+    return {"chosen": sums[:b], "rejected": sums[b:], "chosen_lengths": lengths[:b], "rejected_lengths": lengths[b:]}
+
+
+def make_finish(loss: Callable, params: dict, cfg: ObjectivesConfig) -> Callable:
+    """`finish(model, batch, inputs) -> (per-example loss, metrics)`: the loss per objective, combined."""
+    weights = weight_tensor(cfg)
+
+    def finish(model, batch, inputs):
+        signs = batch["signs"]
+        per, metrics = [], {}
+        for k in range(signs.shape[1]):
+            flip = signs[:, k] < 0
+            values, _ = loss(**swapped(inputs, flip), **params)
+            per.append(values)
+        losses = torch.stack(per, 1)
+        mask = signs != 0
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        context = Context(params=trainable, anchor=inputs["policy_chosen_logps"])
+        values, metrics = combine(cfg.combine, losses, mask, weights.to(losses.device), context, cfg.combine_params)
+        means, present = objective_means(losses.detach(), mask)
+        metrics = dict(metrics) | {f"objective/{n}/loss": means[k] for k, n in enumerate(cfg.names) if present[k]}
+        return values, metrics
+
+    return finish
+
+
+def swapped(inputs: dict, flip: torch.Tensor) -> dict:
+    """Loss inputs with chosen and rejected exchanged on the rows where `flip` is true."""
+    if not bool(flip.any()):
+        return inputs
+    out = dict(inputs)
+    for a, b in _SWAP:
+        if inputs.get(a) is not None and inputs.get(b) is not None:
+            out[a] = torch.where(flip, inputs[b], inputs[a])
+            out[b] = torch.where(flip, inputs[a], inputs[b])
+    return out
+
+
+def margin_values(cfg: ObjectivesConfig, records: Sequence[Any]) -> Tensors:
+    """MODPO margins: Σ_{k ≠ the pair's objective} w_k r_k(x, y) for the chosen and the rejected response,
+    with r from ``margin_reward`` (its objectives must include the configured names)."""
+    from pluralign.decode.rewards import load_reward, score_groups
+
+    reward = load_reward(cfg.margin_reward)
+    names = list(getattr(reward, "objectives", None) or [])
+    missing = [n for n in cfg.names if n not in names]
+    if missing:
+        raise ConfigError(f"objectives.margin_reward {cfg.margin_reward}: scores no objective(s) {missing}; it has {names}")
+    cols = [names.index(n) for n in cfg.names]
+    w = weight_tensor(cfg)
+    prompts = [r.prompt for r in records]
+    out = {}
+    for side in ("chosen", "rejected"):
+        scores = score_groups(reward, prompts, [getattr(r, side) for r in records])[:, cols]
+        others = w.expand_as(scores).clone()
+        for i, r in enumerate(records):
+            if r.objective is None:
+                raise ConfigError("MODPO margins need pairs tagged with the trained objective (`objective`)")
+            others[i, cfg.names.index(r.objective)] = 0.0
+        out[f"{side}_margin_rewards"] = (scores * others).sum(1)
+    return out

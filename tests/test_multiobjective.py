@@ -1,0 +1,299 @@
+"""Multi-objective training: conditioning schemes, combiners (RACO, PAMA), MODPO, MAH-DPO heads, soups,
+and the preference recipe with objectives, checked against hand-computed values (specs/training.md §4, §8)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from loop_toys import make_model_dir
+
+from pluralign import conditioning, losses
+from pluralign.cli import main
+from pluralign.data.collate import PairwiseCollator
+from pluralign.data.records import Pairwise, Rated
+from pluralign.errors import ConfigError
+from pluralign.losses import combine
+from pluralign.losses import multiobjective as mo
+from pluralign.models.multihead import MultiHead, install_heads, mixed
+from pluralign.models.soup import interpolate
+from pluralign.models.tiny import tiny_llama, word_tokenizer
+
+OBJ = ["informativeness", "conciseness"]
+
+
+# ---------------------------------------------------------------- conditioning
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([-1, 2], "non-negative"), ([float("nan"), 1], "finite"), ([0, 0], "all zero"), ([1, 2, 3], "3 value(s) given for 2"),
+    ({"fun": 1}, "unknown objective"),
+])
+def test_bad_weights_name_the_field(weights, message):
+    scheme = conditioning.get("system_message", OBJ)
+    with pytest.raises(ConfigError, match="request 3: weights") as e:
+        scheme.condition(weights=weights, field="request 3: ")
+    assert message in str(e.value)
+
+
+def test_zero_direction_is_an_error_and_directions_are_unit():
+    scheme = conditioning.get("system_message", OBJ)
+    with pytest.raises(ConfigError, match="direction: the direction has norm 0"):
+        scheme.condition(direction=[0, 0])
+    assert np.allclose(scheme.condition(direction=[3, 4]).direction, (0.6, 0.8))
+    assert np.allclose(scheme.condition(weights={"conciseness": 2}).weights, (0.0, 1.0))
+
+
+def test_system_message_states_weights_or_direction_for_text_and_chat():
+    scheme = conditioning.get("system_message", OBJ)
+    c = scheme.condition(weights=[0.7, 0.3])
+    assert scheme.prompt("question: x answer:", c) == "weights : informativeness 70 conciseness 30 . question: x answer:"
+    chat = scheme.prompt([{"role": "user", "content": "hi"}], scheme.condition(direction=[1, 1]))
+    assert chat[0] == {"role": "system", "content": "direction : informativeness 71 conciseness 71 ."}
+    merged = scheme.prompt([{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"}], c)
+    assert merged[0]["content"].endswith("Be kind.") and len(merged) == 2
+
+
+def test_training_condition_comes_from_the_record():
+    scheme = conditioning.get("system_message", OBJ)
+    tagged = Pairwise("p", "a", "b", objective="conciseness", user="u1", group="g")
+    assert scheme.condition_of(tagged) == conditioning.Condition(weights=(0.0, 1.0), user="u1", group="g")
+    stated = Pairwise("p", "a", "b", meta={"weights": {"informativeness": 1, "conciseness": 3}})
+    assert scheme.condition_of(stated).weights == (0.25, 0.75)
+
+
+def test_reward_tokens_fit_and_map_preferences_like_ric():
+    records = [Rated("p", "r", {"informativeness": x, "conciseness": y}) for x, y in [(0, 1), (1, 0), (2, 2)]]
+    scheme = conditioning.get("reward_tokens", OBJ)
+    scheme.fit(records)
+    z = np.round((np.array([0, 1, 2]) - 1) / np.std([0, 1, 2]), 1)
+    assert np.allclose(scheme.params["low"], [z.min()] * 2) and np.allclose(scheme.params["high"], [z.max()] * 2)
+    # RiC 'l2': ω = (1, 0) ⇒ (high_1, low_2)
+    assert np.allclose(scheme.scores_for(scheme.condition(weights=[1, 0])), [z.max(), z.min()])
+    shown = conditioning.condition_record(scheme, records[0]).prompt
+    assert shown == f"scores : informativeness {z[0]} conciseness {z[1]} . p"
+
+
+def test_ensure_vocabulary_teaches_a_word_tokenizer_the_statement():
+    tok = word_tokenizer(["question", "answer", ":", "."])
+    model = tiny_llama(len(tok), hidden_size=16, num_layers=1, num_heads=2)
+    scheme = conditioning.get("system_message", OBJ)
+    added = conditioning.ensure_vocabulary(tok, model, scheme.vocabulary())
+    assert {"weights", "informativeness", "7", "0"} <= set(added)
+    ids = tok.encode(scheme.prompt("question :", scheme.condition(weights=[0.73, 0.27])))
+    assert tok.unk_token_id not in ids
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+
+
+def test_collator_carries_objective_signs_user_group(tiny_word_tokenizer):
+    records = [Pairwise("the cat", "sat", "ran", objective="conciseness", user="u1", group="g"),
+               Pairwise("the dog", "sat", "ran", meta={"signs": {"informativeness": -1, "conciseness": 1}})]
+    batch = PairwiseCollator(tiny_word_tokenizer, objectives=OBJ)(records)
+    assert batch["objective"].tolist() == [1, -1]
+    assert batch["signs"].tolist() == [[0, 1], [-1, 1]]
+    assert batch["user"] == ["u1", None] and batch["group"] == ["g", None]
+
+
+# ---------------------------------------------------------------- RACO, PAMA, MODPO
+
+
+def test_raco_two_objective_closed_form_matches_a_grid():
+    rng = np.random.default_rng(0)
+    grid = np.linspace(0, 1, 5001)
+    for _ in range(100):
+        g = rng.normal(size=(2, 4))
+        H, w = g @ g.T, rng.dirichlet([1, 1])
+        b, s = H @ w, 0.4 * math.sqrt(w @ H @ w)
+        lam = mo.raco_lambda_two(H, b, s)
+        best = min(mo.raco_objective(np.array([x, 1 - x]), H, b, s) for x in grid)
+        assert mo.raco_objective(np.array([lam, 1 - lam]), H, b, s) <= best + 1e-9
+
+
+def test_raco_three_objective_solver_matches_a_grid():
+    rng = np.random.default_rng(1)
+    pts = [np.array([i, j, 1 - i - j]) for i in np.linspace(0, 1, 101) for j in np.linspace(0, 1, 101) if i + j <= 1]
+    for _ in range(20):
+        g = rng.normal(size=(3, 5))
+        H, w = g @ g.T, rng.dirichlet([1, 1, 1])
+        b, s = H @ w, 0.4 * math.sqrt(w @ H @ w)
+        p = mo.raco_simplex_min(H, b, s)
+        assert abs(p.sum() - 1) < 1e-9 and (p >= -1e-12).all()
+        assert mo.raco_objective(p, H, b, s) <= min(mo.raco_objective(q, H, b, s) for q in pts) + 1e-9
+
+
+def test_raco_coefficients_sanity():
+    H = np.array([[1.0, -0.5], [-0.5, 2.0]])
+    w = np.array([0.8, 0.2])
+    assert np.allclose(mo.raco_coefficients(H, w, c=0.0), w)  # c = 0: the weighted DPO gradient
+    a = mo.raco_coefficients(H, w, c=0.4, clip=True)
+    p = mo.raco_simplex_min(H, H @ w, 0.4 * math.sqrt(w @ H @ w))
+    clipped = np.minimum(p, w)
+    expected = w + 0.4 * math.sqrt(w @ H @ w) * clipped / math.sqrt(clipped @ H @ clipped)
+    assert np.allclose(a, expected) and (clipped <= w + 1e-12).all()
+
+
+@pytest.mark.parametrize("adv, s_star", [((-1.0, 2.0), 0.0), ((1.0, 3.0), 1.0), ((-3.0, -1.0), -1.0)])
+def test_pama_vectors(adv, s_star):
+    a = torch.tensor([adv])
+    assert mo.pama_scalar(a).item() == s_star
+    c = mo.pama_weights(a)
+    assert torch.allclose(c.sum(1), torch.ones(1)) and (c >= 0).all()
+    assert (c * a).sum().item() == pytest.approx(s_star)
+
+
+def test_modpo_reduces_to_dpo():
+    pc, pr, rc, rr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.5]), torch.tensor([-1.5, -2.0]), torch.tensor([-2.0, -1.0])
+    zero = torch.zeros(2)
+    dpo = losses.get("dpo")(pc, pr, rc, rr, beta=0.1)[0]
+    assert torch.allclose(losses.get("modpo")(pc, pr, rc, rr, chosen_margin_rewards=zero, rejected_margin_rewards=zero,
+                                              beta=0.1, w0=1.0)[0], dpo)
+    same = torch.tensor([0.3, -0.2])
+    half = losses.get("modpo")(pc, pr, rc, rr, chosen_margin_rewards=same, rejected_margin_rewards=same, beta=0.1, w0=0.5)[0]
+    assert torch.allclose(half, losses.get("dpo")(pc, pr, rc, rr, beta=0.2)[0])
+    # hand value: h = (−1+1.5) − (−3+2) = 1.5; margin 0.4 − 0.1 = 0.3; R = (0.15 − 0.3)/0.5 = −0.3
+    got = losses.get("modpo")(pc[:1], pr[:1], rc[:1], rr[:1], chosen_margin_rewards=torch.tensor([0.4]),
+                              rejected_margin_rewards=torch.tensor([0.1]), beta=0.1, w0=0.5)[0]
+    assert got.item() == pytest.approx(-math.log(1 / (1 + math.exp(0.3))), abs=1e-6)
+
+
+def test_weighted_combiner_mean_is_the_weighted_objective_losses():
+    losses_ = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 5.0]])
+    mask = torch.tensor([[True, False], [True, False], [False, True]])
+    per, _ = combine.combine("weighted", losses_, mask, torch.tensor([0.25, 0.75]), combine.Context())
+    assert per.mean().item() == pytest.approx(0.25 * 2.0 + 0.75 * 5.0)
+
+
+def test_raco_combiner_update_is_the_cagrad_clip_direction():
+    torch.manual_seed(0)
+    theta = torch.nn.Parameter(torch.randn(3))
+    x = torch.randn(4, 3)
+
+    def objectives():
+        return torch.stack([(x @ theta).sin(), (x @ theta) ** 2 * 0.1 - x[:, 0] * theta[1]], 1)
+
+    per_obj = objectives()
+    mask = torch.ones(4, 2, dtype=torch.bool)
+    w = torch.tensor([0.8, 0.2])
+    g = [torch.autograd.grad(per_obj[:, k].mean(), theta, retain_graph=True)[0].double() for k in range(2)]
+    G = torch.stack(g)
+    a = mo.raco_coefficients((G @ G.T).numpy(), w.double().numpy(), c=0.4, clip=True)
+    per, _ = combine.combine("raco", per_obj, mask, w, combine.Context(params=[theta]), {"c": 0.4})
+    (grad,) = torch.autograd.grad(per.mean(), theta)
+    assert torch.allclose(grad.double(), a[0] * g[0] + a[1] * g[1], atol=1e-6)
+    per0, _ = combine.combine("raco", objectives(), mask, w, combine.Context(params=[theta]), {"c": 0.0})
+    (grad0,) = torch.autograd.grad(per0.mean(), theta)
+    assert torch.allclose(grad0.double(), 0.8 * g[0] + 0.2 * g[1], atol=1e-6)
+
+
+def test_pama_combiner_cancels_conflicting_objectives_per_pair():
+    anchor = torch.tensor([0.0, 0.0], requires_grad=True)  # policy chosen log-prob; h = anchor
+    signs = torch.tensor([[1.0, -1.0], [1.0, 1.0]])
+    per_obj = -F.logsigmoid(0.1 * signs * anchor[:, None])
+    per, _ = combine.combine("pama", per_obj, signs != 0, torch.tensor([0.5, 0.5]), combine.Context(anchor=anchor))
+    (grad,) = torch.autograd.grad(per.sum(), anchor)
+    assert grad[0].item() == pytest.approx(0.0, abs=1e-7)  # the objectives disagree: no move
+    assert grad[1].item() == pytest.approx(-0.05)  # they agree: the least advantage, β·σ(0) = 0.05
+
+
+# ---------------------------------------------------------------- MAH-DPO heads and soups
+
+
+def test_multihead_mixes_logits_and_one_head_is_the_original():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(4, 6, bias=False)
+    heads = MultiHead(base, 3)
+    h = torch.randn(2, 4)
+    per = [F.linear(h, heads.head_weight(k)) for k in range(3)]
+    heads.mix.copy_(torch.tensor([0.2, 0.5, 0.3]))
+    assert torch.allclose(heads(h), 0.2 * per[0] + 0.5 * per[1] + 0.3 * per[2], atol=1e-6)
+    assert (heads.head_weight(1) - base.weight).abs().max() < 0.01  # equal_init: W + 0.001·N(0, I)
+    assert not torch.equal(heads.head_weight(1), heads.head_weight(2))
+    assert torch.equal(MultiHead(base, 1, noise=0.0).head_weight(0), base.weight)
+
+
+def test_soup_interpolation_is_linear_and_one_hot_gives_the_member():
+    a = {"w": torch.tensor([1.0, 2.0]), "step": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, -2.0]), "step": torch.tensor(7)}
+    assert torch.equal(interpolate([a, b], [1.0, 0.0])["w"], a["w"])
+    assert torch.allclose(interpolate([a, b], [0.25, 0.75])["w"], torch.tensor([2.5, -1.0]))
+    assert interpolate([a, b], [0.5, 0.5])["step"].item() == 3
+
+
+# ---------------------------------------------------------------- the recipe, end to end
+
+
+def _objective_pairs(path, n=16):
+    rows = []
+    for i in range(n):
+        objective = OBJ[i % 2]
+        long, short = "the cat is very good", "good"
+        chosen, rejected = (long, short) if objective == "informativeness" else (short, long)
+        rows.append({"prompt": "tell me about the cat", "chosen": chosen, "rejected": rejected, "objective": objective})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+LOOP = {"learning_rate": 5e-2, "batch_size": 4, "num_epochs": 2, "log_every": 1, "progress": False}
+
+
+def test_mahdpo_heads_learn_their_objectives_and_decode_steers_by_weights(tmp_path):
+    from pluralign.decode.api import Controls, decode
+    from pluralign.decode.steer import load_policy
+    from pluralign.models.logprobs import sequence_logps
+    from pluralign.train import run_preference
+    from pluralign.train.recipes.preference import from_kwargs
+
+    base = make_model_dir(tmp_path / "base")
+    data = _objective_pairs(tmp_path / "pairs.jsonl")
+    config = from_kwargs(model=str(base), data=[str(data)], output_dir=str(tmp_path / "out"), loop=LOOP,
+                         objectives={"names": OBJ, "conditioning": "heads"})
+    result = run_preference(config)
+    model, tok = load_policy(result.model_dir)
+    assert conditioning.attached(model).name == "heads"
+    collate = PairwiseCollator(tok)
+    batch = collate([Pairwise("tell me about the cat", "the cat is very good", "good")])
+
+    def margin(weights):
+        with mixed(model, weights), torch.no_grad():
+            s, _ = sequence_logps(model, batch)
+        return (s[0] - s[1]).item()
+
+    assert margin([1.0, 0.0]) > margin([0.5, 0.5]) > margin([0.0, 1.0])  # head 0 prefers the long answer
+    out = decode("sample", model, tok, ["tell me about the cat"] * 2,
+                 controls=[Controls(weights=[1, 0], max_new_tokens=4), Controls(weights=[0, 1], max_new_tokens=4)])
+    assert len(out.texts) == 2 and out.info["groups"] == [[0], [1]]
+    with pytest.raises(ConfigError, match="request 0: weights: weights must be non-negative"):
+        decode("sample", model, tok, ["x"], controls=Controls(weights=[-1, 2]))
+
+
+@pytest.mark.parametrize("combiner", ["raco", "pama"])
+def test_recipe_trains_with_gradient_combiners_on_signed_pairs(tmp_path, combiner):
+    from pluralign.train import run_preference
+    from pluralign.train.recipes.preference import from_kwargs
+
+    base = make_model_dir(tmp_path / "base")
+    rated = [{"prompt": "tell me about the cat", "response": r, "ratings": {"informativeness": len(r.split()), "conciseness": -len(r.split()) + (r == "good")}}
+             for r in ["good", "the cat", "the cat is very good", "a dog"]] * 4
+    path = tmp_path / "rated.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rated))
+    config = from_kwargs(model=str(base), data=[str(path)], output_dir=str(tmp_path / "out"), loop=LOOP,
+                         objectives={"names": OBJ, "combine": combiner, "rated_pairs": "signed",
+                                     "weights": {"informativeness": 0.8, "conciseness": 0.2}})
+    result = run_preference(config)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert "objective/informativeness/loss" in rows[0] and math.isfinite(rows[-1]["loss"])
+    assert result.model_dir.is_dir()
+
+
+def test_objective_without_pairs_and_bad_weights_exit_2(tmp_path, capsys):
+    base = make_model_dir(tmp_path / "base")
+    data = _objective_pairs(tmp_path / "pairs.jsonl")
+    common = ["train", "dpo", f"model={base}", f"data=[{data}]", f"output_dir={tmp_path / 'o'}"]
+    assert main(common + ["objectives.names=[informativeness,conciseness,formality]"]) == 2
+    assert "objective(s) ['formality'] have no pairs" in capsys.readouterr().err
+    assert main(common + ["objectives.names=[informativeness,conciseness]", "objectives.weights={informativeness: -1}"]) == 2
+    assert "objectives.weights: weights must be non-negative" in capsys.readouterr().err
