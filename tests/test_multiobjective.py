@@ -92,7 +92,7 @@ def test_ensure_vocabulary_teaches_a_word_tokenizer_the_statement():
 def test_collator_carries_objective_signs_user_group(tiny_word_tokenizer):
     records = [Pairwise("the cat", "sat", "ran", objective="conciseness", user="u1", group="g"),
                Pairwise("the dog", "sat", "ran", meta={"signs": {"informativeness": -1, "conciseness": 1}})]
-    batch = PairwiseCollator(tiny_word_tokenizer, objectives=OBJ)(records)
+    batch = PairwiseCollator(tiny_word_tokenizer, objectives=OBJ, who=True)(records)
     assert batch["objective"].tolist() == [1, -1]
     assert batch["signs"].tolist() == [[0, 1], [-1, 1]]
     assert batch["user"] == ["u1", None] and batch["group"] == ["g", None]

@@ -25,8 +25,9 @@ Extra keys per collator:
   SFTCollator       — one row per (prompt, completion): a tuple, a mapping with "prompt"/"completion", a
                       pairwise record (its chosen response) or a record with a ``response``.
 
-Who and what (every collator, per record): ``user`` and ``group`` (lists of str or None, as recorded), and
-with ``objectives`` set (the objective names, in order) ``objective`` [B] long (the index of the record's
+Who and what (every collator, per record): with ``who=True``, ``user`` and ``group`` (lists of str or
+None, as recorded; lists, not tensors, so only consumers that expect them should ask), and with
+``objectives`` set (the objective names, in order) ``objective`` [B] long (the index of the record's
 ``objective``, -1 when it has none) and ``signs`` [B, K] float: per objective, +1 when the record's
 preference holds for it, -1 when it is reversed, 0 when the objective says nothing about this record. A
 record tagged with an objective has +1 there and 0 elsewhere; a record whose ``meta["signs"]`` maps
@@ -91,6 +92,7 @@ class _Collator:
     pad_to_multiple_of: int | None = None
     chat_template: str = "auto"
     objectives: Sequence[str] | None = None
+    who: bool = False  # add the records' user and group lists to the batch
 
     def __post_init__(self) -> None:
         if self.padding_side not in ("left", "right"):
@@ -98,7 +100,7 @@ class _Collator:
 
     def annotate(self, batch: Batch, records: Sequence[Any]) -> Batch:
         """Add who gave each record and what it is about (see the module doc)."""
-        if any(getattr(r, "user", None) is not None or getattr(r, "group", None) is not None for r in records):
+        if self.who:
             batch["user"] = [getattr(r, "user", None) for r in records]
             batch["group"] = [getattr(r, "group", None) for r in records]
         if self.objectives:

@@ -260,7 +260,8 @@ def run(config: PreferenceConfig) -> RecipeResult:
                           "policy_logps": mo.head_logps if scheme.name == "heads" else None}
     collator = kind.collator(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
                              truncation=config.truncation, chat_template=config.chat_template, packing=packing,
-                             objectives=multi.names if multi else None, **kind.collator_options)
+                             objectives=multi.names if multi else None, who=multi is not None,
+                             **kind.collator_options)
     train_items = make_items(train_records, info, config.loop.seed)
     eval_items = make_items(eval_records, info, config.loop.seed) if eval_records else None
 
