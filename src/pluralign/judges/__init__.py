@@ -18,11 +18,11 @@ from pluralign.judges.base import (
     preferences_from_scores,
     unswap,
 )
-from pluralign.judges.llm import JudgeRequestError, LLMJudge
+from pluralign.judges.llm import JudgeError, JudgeRequestError, LLMJudge
 from pluralign.judges.scored import GoldJudge, RewardModelJudge
 
 __all__ = [
     "A_WINS", "B_WINS", "DRAW", "Judge", "ScoreJudge", "GoldJudge", "RewardModelJudge", "LLMJudge",
-    "JudgeRequestError", "call_reward", "combine_orders", "normalize_preferences", "preferences_from_scores",
+    "JudgeError", "JudgeRequestError", "call_reward", "combine_orders", "normalize_preferences", "preferences_from_scores",
     "unswap",
 ]

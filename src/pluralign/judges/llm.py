@@ -1,5 +1,5 @@
 """An LLM judge over any OpenAI-compatible ``/chat/completions`` HTTP endpoint (OpenAI, vLLM, llama.cpp,
-TGI, a local pluralign server…), using only the standard library.
+TGI, a local pluralign server…), over httpx.
 
 * Pairwise verdicts in MT-Bench format (Zheng et al. 2023) or AlpacaEval 2's weighted one-token format
   (Dubois et al. 2024), returned in AlpacaEval's encoding (1 = a, 2 = b, 1.5 = tie, NaN = unparseable).
@@ -10,8 +10,16 @@ TGI, a local pluralign server…), using only the standard library.
   backoff; other HTTP errors fail at once. After the last retry a :class:`JudgeRequestError` is raised
   (or the item becomes NaN with ``on_error="nan"``).
 * Successful responses are cached on disk, one JSON file per request, keyed by the SHA-256 of the URL and
-  request body (never the API key) and written atomically, so re-running an evaluation is free.
+  request body (never the API key) and written atomically, so re-running an evaluation is free. Only
+  replies that parse are cached: a server that sent garbage is asked again once it is fixed.
 * Requests run in a thread pool of ``concurrency`` workers.
+
+The endpoint is treated as untrusted: ``timeout`` is a deadline for the whole call (connect, send, every
+read), not per read, so a server dripping bytes cannot hold a call; a reply larger than
+``max_response_bytes`` is refused; redirects are followed only within the same origin (scheme, host,
+port), so the API key never reaches another server; and the reply variants OpenAI-compatible servers send
+(``message`` as a string, ``content`` as a list of parts, legacy ``text``) are read, while anything else —
+no choices, no message, a non-numeric log-prob — is a :class:`JudgeError`, never another exception.
 """
 
 from __future__ import annotations
@@ -22,14 +30,13 @@ import math
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from pluralign.errors import ConfigError, PluralignError
@@ -38,9 +45,15 @@ from pluralign.judges.base import combine_orders, unswap
 from pluralign.runs import atomic_write_json
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+MAX_REDIRECTS = 5
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-class JudgeRequestError(PluralignError):
+class JudgeError(PluralignError):
+    """The judge's reply cannot be used (malformed, too large, redirected elsewhere); names URL and cause."""
+
+
+class JudgeRequestError(JudgeError):
     """The judge endpoint could not be reached or kept failing; the message names the URL and cause."""
 
 
@@ -64,7 +77,7 @@ class LLMJudge:
                  pairwise_system: str = T.PAIRWISE_SYSTEM, pairwise_template: str = T.PAIRWISE_TEMPLATE,
                  single_system: str = T.SINGLE_SYSTEM, single_template: str = T.SINGLE_TEMPLATE,
                  rating_range: tuple[float, float] = (1.0, 10.0), seed: int = 0,
-                 extra_body: dict | None = None):
+                 extra_body: dict | None = None, max_response_bytes: int = 4 * 2**20):
         if mode not in ("verdict", "weighted"):
             raise ConfigError(f"LLMJudge mode must be 'verdict' or 'weighted', not {mode!r}")
         if order not in ("both", "random", "original"):
@@ -86,8 +99,10 @@ class LLMJudge:
         self.pairwise_system, self.pairwise_template = pairwise_system, pairwise_template
         self.single_system, self.single_template = single_system, single_template
         self.rating_range, self.extra_body = rating_range, dict(extra_body or {})
+        self.max_response_bytes = max_response_bytes
         self.stats: Counter = Counter()
         self._lock = threading.Lock()
+        self._client: httpx.Client | None = None
 
     # ---- requests -------------------------------------------------------------------------------
     def _count(self, key: str, n: int = 1) -> None:
@@ -109,39 +124,106 @@ class LLMJudge:
         key = hashlib.sha256(json.dumps({"url": self.url, "body": body}, sort_keys=True).encode()).hexdigest()
         return self.cache_dir / key[:2] / f"{key}.json"
 
+    def _http(self) -> httpx.Client:
+        with self._lock:  # one pooled client, shared by the worker threads (httpx clients are thread-safe)
+            if self._client is None:
+                limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+                self._client = httpx.Client(follow_redirects=False, limits=limits, trust_env=False)
+            return self._client
+
+    def close(self) -> None:
+        """Close the pooled HTTP connections (also done when the judge is garbage-collected)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
     def _post_once(self, body: dict) -> dict:
+        """One POST, redirects within the origin included, under one deadline for the whole call."""
+        deadline = time.monotonic() + self.timeout
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers,
-                                         method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as e:
-            detail = e.read()[:300].decode("utf-8", "replace")
-            if e.code in RETRYABLE_STATUS:
-                raise _Transient(f"HTTP {e.code}: {detail}") from None
-            raise JudgeRequestError(f"{self.url}: HTTP {e.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-            raise _Transient(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+        payload, url = json.dumps(body).encode("utf-8"), httpx.URL(self.url)
+        for _ in range(MAX_REDIRECTS + 1):
+            status, raw, location = self._exchange(url, payload, headers, deadline)
+            if location is None:
+                break
+            target = url.join(location)
+            if _origin(target) != _origin(url):
+                raise JudgeError(f"{self.url}: the server redirected to {target}, another origin; not followed "
+                                 "(the API key is only ever sent to the configured server)")
+            url = target
+        else:
+            raise JudgeError(f"{self.url}: more than {MAX_REDIRECTS} redirects")
+        if status in RETRYABLE_STATUS:
+            raise _Transient(f"HTTP {status}: {raw[:300].decode('utf-8', 'replace')}")
+        if not 200 <= status < 300:
+            raise JudgeRequestError(f"{self.url}: HTTP {status}: {raw[:300].decode('utf-8', 'replace')}")
         try:
             data = json.loads(raw)
-            data["choices"][0]["message"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise _Transient(f"malformed response body: {raw[:200]!r}") from None
+        except (ValueError, RecursionError):
+            raise _Transient(f"malformed response body (not JSON): {raw[:200]!r}") from None
         return data
 
+    def _exchange(self, url: httpx.URL, payload: bytes, headers: dict, deadline: float) -> tuple[int, bytes, str | None]:
+        """(status, body, redirect location or None); every wait is bounded by what is left of `deadline`."""
+        def left() -> float:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Transient(f"no complete reply within the {self.timeout} s deadline")
+            return remaining
+
+        client = self._http()
+        request = client.build_request("POST", url, content=payload, headers=headers, timeout=httpx.Timeout(left()))
+        try:
+            response = client.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise _Transient(f"no complete reply within the {self.timeout} s deadline") from None
+        except httpx.HTTPError as e:
+            raise _Transient(f"{type(e).__name__}: {e}") from None
+        try:
+            if response.is_redirect:
+                return response.status_code, b"", response.headers["location"]
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_response_bytes:
+                raise JudgeError(f"{self.url}: reply of {declared} bytes exceeds max_response_bytes="
+                                 f"{self.max_response_bytes}")
+            # Reads after the headers wait at most until the deadline (httpcore reads this per body).
+            request.extensions["timeout"] = dict(request.extensions.get("timeout", {}), read=left())
+            chunks, size = [], 0
+            for chunk in response.iter_bytes():  # decoded: a compressed bomb is capped too
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise JudgeError(f"{self.url}: reply exceeds max_response_bytes={self.max_response_bytes}")
+                chunks.append(chunk)
+                left()
+            return response.status_code, b"".join(chunks), None
+        except httpx.TimeoutException:
+            raise _Transient(f"no complete reply within the {self.timeout} s deadline") from None
+        except httpx.HTTPError as e:
+            raise _Transient(f"{type(e).__name__}: {e}") from None
+        finally:
+            response.close()
+
     def complete(self, body: dict) -> dict:
-        """POST one chat-completions request (cached, retried with backoff); returns the response JSON."""
+        """POST one chat-completions request (cached, retried with backoff); returns the response JSON,
+        checked to hold what the judge reads (else a JudgeError, and nothing is cached)."""
+        weighted = bool(body.get("logprobs"))
         path = self._cache_path(body)
         if path is not None and path.exists():
             try:
-                cached = json.loads(path.read_text(encoding="utf-8"))
+                cached = json.loads(path.read_text(encoding="utf-8"))["response"]
+                reply_parts(cached, weighted)
                 self._count("cache_hits")
-                return cached["response"]
-            except (ValueError, KeyError):
-                pass  # a damaged cache entry is simply refetched
+                return cached
+            except (ValueError, KeyError, TypeError, RecursionError, JudgeError, OSError):
+                pass  # a damaged or unusable cache entry is simply refetched
         last = ""
         for attempt in range(self.max_retries + 1):
             try:
@@ -154,6 +236,10 @@ class LLMJudge:
                     raise JudgeRequestError(f"{self.url}: giving up after {attempt + 1} attempt(s): {last}") from None
                 self._count("retries")
                 time.sleep(min(self.max_backoff, self.backoff * 2 ** attempt))
+        try:
+            reply_parts(data, weighted)
+        except JudgeError as e:
+            raise JudgeError(f"{self.url}: {e}") from None
         if path is not None:
             atomic_write_json(path, {"request": body, "response": data})
         return data
@@ -163,7 +249,7 @@ class LLMJudge:
         def one(body: dict) -> dict | None:
             try:
                 return self.complete(body)
-            except JudgeRequestError:
+            except JudgeError:
                 if self.on_error == "raise":
                     raise
                 self._count("failed")
@@ -178,12 +264,8 @@ class LLMJudge:
     def _parse_pair(self, data: dict | None) -> float:
         if data is None:
             return math.nan
-        choice = data["choices"][0]
-        if self.mode == "weighted":
-            content = ((choice.get("logprobs") or {}).get("content") or [{}])[0]
-            p = T.weighted_preference(content.get("top_logprobs"))
-        else:
-            p = T.parse_pairwise(choice["message"].get("content"))
+        text, top = reply_parts(data, self.mode == "weighted")
+        p = T.weighted_preference(top) if self.mode == "weighted" else T.parse_pairwise(text)
         if math.isnan(p):
             self._count("malformed")
         return p
@@ -229,9 +311,55 @@ class LLMJudge:
                   for p, r in zip(prompts, responses, strict=True)]
         out = []
         for data in self._complete_all(bodies):
-            score = math.nan if data is None else T.parse_rating(
-                data["choices"][0]["message"].get("content"), *self.rating_range)
+            score = math.nan if data is None else T.parse_rating(reply_parts(data, False)[0], *self.rating_range)
             if math.isnan(score):
                 self._count("malformed")
             out.append(score)
         return np.array(out, dtype=float)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme)
+
+
+def _text(content: Any) -> str | None:
+    """Message content as text: a string, or a list of parts (strings or ``{"type": "text", "text": …}``)."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        # Non-text parts (images, tool calls) are objects without "text" and are skipped.
+        parts = [p if isinstance(p, str) else p.get("text") if isinstance(p, dict) else 0 for p in content]
+        if all(isinstance(p, str) or p is None for p in parts):
+            return "".join(p for p in parts if p is not None)
+    raise JudgeError(f"message content is neither text nor a list of text parts: {str(content)[:200]}")
+
+
+def reply_parts(data: Any, weighted: bool) -> tuple[str | None, list[dict] | None]:
+    """(text, first token's top log-probs) of a chat-completions reply, read tolerantly: ``message`` may be
+    an object or a plain string, ``content`` a string or a list of parts, and a legacy ``text`` field
+    stands in for a missing message. Anything the judge cannot use raises JudgeError."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise JudgeError(f"reply has no choices: {str(data)[:200]}")
+    choice = choices[0]
+    message = choice.get("message")
+    if isinstance(message, dict):
+        text = _text(message.get("content"))
+    elif isinstance(message, str):
+        text = message
+    elif isinstance(choice.get("text"), str):
+        text = choice["text"]
+    else:
+        raise JudgeError(f"reply has no message: {str(choice)[:200]}")
+    if not weighted:
+        return text, None
+    try:
+        top = choice["logprobs"]["content"][0]["top_logprobs"]
+        entries = [(str(e["token"]), e["logprob"]) for e in top]
+    except (KeyError, IndexError, TypeError):
+        raise JudgeError("reply has no top_logprobs for its first token (mode='weighted' needs a server that "
+                         f"returns logprobs): {str(choice)[:200]}") from None
+    for token, logprob in entries:
+        if isinstance(logprob, bool) or not isinstance(logprob, int | float) or math.isnan(logprob) or logprob > 1e-3:
+            raise JudgeError(f"reply has a non-numeric or impossible log-prob {logprob!r} for token {token!r}")
+    return text, [{"token": t, "logprob": lp} for t, lp in entries]
