@@ -11,6 +11,8 @@ to share a batch, and runs each group as ONE call:
   `Controls` per row; decoders group rows internally where they must. Sequence-level selection can only
   answer once every candidate exists, so these stream their answer as one chunk, and a disconnect frees
   the client's slot at once but the batch it shares finishes.
+A policy that carries a conditioning scheme (weights / direction / user / group reach the model through
+it) must go through `decode()`, so there method "none" runs as the registered "sample" decoder.
 """
 
 from __future__ import annotations
@@ -56,20 +58,23 @@ def named_reward(spec: str) -> tuple[str, str]:
 
 
 def load(cfg: ServeConfig) -> Loaded:
+    """Load what `cfg` names. Policies load through `decode.steer.load_policy`, so a model saved with a
+    conditioning scheme comes with it attached, as in `pluralign decode`."""
     from pluralign.decode.rewards import load_reward
-    from pluralign.models.load import load_model, load_tokenizer
+    from pluralign.decode.steer import load_policy
 
-    device = cfg.device or ("cuda" if _cuda() else None)
+    device = cfg.device or ("cuda" if _cuda() else "")
 
-    def policy(path: str) -> Any:
+    def policy(path: str) -> tuple[Any, Any]:
         if not Path(path).is_dir():
             raise PluralignError(f"--model {path}: not a directory")
-        return load_model(path, device=device).eval()
+        model, tok = load_policy(path)
+        return (model.to(device) if device else model), tok
 
+    model, tokenizer = policy(cfg.model)
     rewards = {name: load_reward(src) for name, src in map(named_reward, cfg.rewards)}
-    return Loaded(model=policy(cfg.model), tokenizer=load_tokenizer(cfg.model),
-                  name=cfg.served_name or Path(cfg.model).resolve().name, rewards=rewards,
-                  models=[policy(d) for d in cfg.models])
+    return Loaded(model=model, tokenizer=tokenizer, name=cfg.served_name or Path(cfg.model).resolve().name,
+                  rewards=rewards, models=[policy(d)[0] for d in cfg.models])
 
 
 def _cuda() -> bool:
@@ -218,7 +223,12 @@ class Engine:
         try:
             self.metrics.add("batches_total")
             self.metrics.add("batched_requests_total", len(jobs))
-            (self._run_plain if jobs[0].method == PLAIN else self._run_method)(jobs)
+            if jobs[0].method != PLAIN:
+                self._run_method(jobs, jobs[0].method)
+            elif self.conditioned():  # the scheme must see each request's controls: through decode()
+                self._run_method(jobs, "sample")
+            else:
+                self._run_plain(jobs)
         except PluralignError as e:
             if len(jobs) > 1:  # find whose request it was: run each alone
                 for job in jobs:
@@ -262,7 +272,13 @@ class Engine:
                 row += 1
             self._finish(job, choices, {"forward": out.compute.forward, "tokens": out.compute.tokens})
 
-    def _run_method(self, jobs: list[Job]) -> None:
+    def conditioned(self) -> bool:
+        """Whether the policy carries a conditioning scheme (`pluralign.conditioning`, attached by
+        load_policy), which only `decode()` applies; plain sampling then runs as its "sample" decoder."""
+        scheme = getattr(self.loaded.model, "pluralign_conditioning", None)
+        return scheme is not None and getattr(scheme, "name", "none") != "none"
+
+    def _run_method(self, jobs: list[Job], method: str) -> None:
         from pluralign.decode.api import decode
         from pluralign.decode.cli import method_kwargs
 
@@ -276,8 +292,8 @@ class Engine:
                     controls.append(job.controls.replace(seed=None if seed is None else seed + k))
                     where.append((job, i * job.n + k))
         tok = self.loaded.tokenizer
-        res = decode(jobs[0].method, self.loaded.model, tok, prompts, reward=reward, controls=controls,
-                     **method_kwargs(jobs[0].method, reward, tok, self.loaded.models))
+        res = decode(method, self.loaded.model, tok, prompts, reward=reward, controls=controls,
+                     **method_kwargs(method, reward, tok, self.loaded.models))
         per_job: dict[int, list[dict]] = {id(job): [] for job in jobs}
         for row, (job, _) in enumerate(where):
             text = res.texts[row]
