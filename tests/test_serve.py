@@ -164,6 +164,7 @@ def test_refusals_in_openai_error_format(server):
     _error(httpx.post(server + "/v1/completions", json={"prompt": "question " * 3000}, headers=AUTH), 400)
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "controls": {"bogus": 1}}, headers=AUTH), 400)
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "beta": "hot"}, headers=AUTH), 400)
+    _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "best_of": 4}, headers=AUTH), 400)
     _error(httpx.get(server + "/v1/nothing", headers=AUTH), 404)
 
 
@@ -174,3 +175,41 @@ def test_chat_without_a_chat_template_is_refused(tiny_llama_dir):
         with pytest.raises(openai.BadRequestError, match="chat template"):
             client(url).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "the cat"}])
         assert client(url).completions.create(model="tiny", prompt="the cat", max_tokens=3).choices[0].text is not None
+
+
+def test_requests_arriving_together_share_a_batch_and_keep_their_own_answers(sandbox):
+    """Six clients at once, a 300 ms window: fewer batches than requests, and each greedy answer is the one
+    the sampler gives that prompt alone (left padding in a shared batch changes nothing)."""
+    import threading
+
+    path, model, tok = sandbox
+    prompts = eval_prompts(6, seed=5)
+    cfg = ServeConfig(model=str(path), port=0, batch_window_ms=300)
+    with Background(cfg, Loaded(model=model, tokenizer=tok, name="sandbox"), keys=[]) as url:
+        got = {}
+
+        def ask(i):
+            got[i] = client(url).completions.create(model="sandbox", prompt=prompts[i], max_tokens=12,
+                                                    temperature=0).choices[0].text
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        text = httpx.get(url + "/metrics").text
+    batches = next(float(line.split()[1]) for line in text.splitlines() if line.startswith("pluralign_batches_total "))
+    assert batches < 6
+    for i, p in enumerate(prompts):
+        assert got[i] == sample(model, tok, [p], max_new_tokens=12, temperature=0).texts[0][0]
+
+
+def test_cors_is_off_unless_asked(sandbox):
+    path, model, tok = sandbox
+    loaded = Loaded(model=model, tokenizer=tok, name="sandbox")
+    pre = {"Origin": "http://example.org", "Access-Control-Request-Method": "POST"}
+    with Background(ServeConfig(model=str(path), port=0), loaded, keys=[]) as url:
+        assert "access-control-allow-origin" not in httpx.options(url + "/v1/completions", headers=pre).headers
+    with Background(ServeConfig(model=str(path), port=0, cors_origins=["http://example.org"]), loaded, keys=[]) as url:
+        r = httpx.options(url + "/v1/completions", headers=pre)
+        assert r.headers["access-control-allow-origin"] == "http://example.org"

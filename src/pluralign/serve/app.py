@@ -147,6 +147,9 @@ class Server:
         if not isinstance(method, str) or method not in (PLAIN, *method_names()):
             raise APIError(400, f"unknown method {method!r}; known: {[PLAIN, *method_names()]}", param="method",
                            code="unknown_method")
+        if method == PLAIN and body.get("best_of") is not None:
+            raise APIError(400, "'best_of' is the candidate count of an alignment method: set 'method' too",
+                           param="best_of")
         prompts = [P.chat_prompt(body)] if chat else P.completion_prompts(body)
         n = P._number(body, "n", int, 1, 1, self.cfg.max_n)
         controls = P.controls_from(body, self.cfg)

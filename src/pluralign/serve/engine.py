@@ -223,12 +223,11 @@ class Engine:
         try:
             self.metrics.add("batches_total")
             self.metrics.add("batched_requests_total", len(jobs))
-            if jobs[0].method != PLAIN:
-                self._run_method(jobs, jobs[0].method)
-            elif self.conditioned():  # the scheme must see each request's controls: through decode()
-                self._run_method(jobs, "sample")
-            else:
+            if jobs[0].method == PLAIN and not self.conditioned():
                 self._run_plain(jobs)
+            else:  # a conditioned policy's scheme must see each request's controls: through decode()
+                with self._reward_lock:  # reward models (and their tokenizers) are not shared across threads
+                    self._run_method(jobs, jobs[0].method if jobs[0].method != PLAIN else "sample")
         except PluralignError as e:
             if len(jobs) > 1:  # find whose request it was: run each alone
                 for job in jobs:
