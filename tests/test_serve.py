@@ -213,3 +213,15 @@ def test_cors_is_off_unless_asked(sandbox):
     with Background(ServeConfig(model=str(path), port=0, cors_origins=["http://example.org"]), loaded, keys=[]) as url:
         r = httpx.options(url + "/v1/completions", headers=pre)
         assert r.headers["access-control-allow-origin"] == "http://example.org"
+
+
+def test_the_request_user_reaches_a_per_user_reward(server, pal_dir):
+    from pluralign.reward import load_reward_model
+
+    pal = load_reward_model(pal_dir)
+    for user in ("alice", "bob"):
+        r = client(server).completions.create(model="sandbox", prompt=PROMPT, max_tokens=16, seed=0, user=user,
+                                              extra_body={"method": "bon", "best_of": 4, "reward": "pal"})
+        ext = r.choices[0].model_extra["pluralign"]
+        assert ext["scores"]["reward"] == pytest.approx(float(pal.score([PROMPT], [r.choices[0].text], user=user)[0, 0]),
+                                                        abs=1e-5)
