@@ -162,6 +162,8 @@ def test_refusals_in_openai_error_format(server):
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 10**6}, headers=AUTH), 400)
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "n": 99}, headers=AUTH), 400)
     _error(httpx.post(server + "/v1/completions", json={"prompt": "question " * 3000}, headers=AUTH), 400)
+    window = _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 500}, headers=AUTH), 400)
+    assert window["code"] == "context_length_exceeded"  # the sandbox model's 128 positions
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "controls": {"bogus": 1}}, headers=AUTH), 400)
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "beta": "hot"}, headers=AUTH), 400)
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "best_of": 4}, headers=AUTH), 400)

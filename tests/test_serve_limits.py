@@ -20,9 +20,16 @@ from pluralign.serve.protocol import controls_from
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_llama_dir):
-    model, tok = load_policy(tiny_llama_dir)
-    return tiny_llama_dir, model, tok
+def tiny(tmp_path_factory, tiny_word_tokenizer):
+    """A tiny Llama whose (rotary) positions allow very long generations: requests that outlast the test."""
+    from pluralign.models import tiny as tiny_models
+
+    path = tmp_path_factory.mktemp("tiny_long")
+    tiny_models.tiny_llama(len(tiny_word_tokenizer), hidden_size=32, num_heads=2,
+                           max_position_embeddings=1 << 20).save_pretrained(path)
+    tiny_word_tokenizer.save_pretrained(path)
+    model, tok = load_policy(path)
+    return path, model, tok
 
 
 def serve(tiny, **limits):

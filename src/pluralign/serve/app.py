@@ -41,6 +41,17 @@ def prompt_token_ids(tokenizer: Any, prompts: list[Any], chat_template: str) -> 
         raise APIError(400, str(e), code="unrenderable_prompt") from None
 
 
+def context_window(model: Any) -> int | None:
+    """The longest sequence the model's positions cover (refused beyond it: one request past a learned
+    position table would fail the whole batch it shares)."""
+    cfg = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 class SSEResponse(StreamingResponse):
     """A server-sent-event stream that runs `on_close` however it ends (finished, failed, or the client
     went away), so the request's slot is freed and its work cancelled."""
@@ -169,6 +180,11 @@ class Server:
         if longest > self.cfg.max_prompt_tokens:
             raise APIError(400, f"prompt has {longest} tokens, above the limit {self.cfg.max_prompt_tokens}",
                            param="prompt", code="context_length_exceeded")
+        window = context_window(loaded.model)
+        if window and longest + controls.max_new_tokens > window:
+            raise APIError(400, f"prompt ({longest} tokens) + max_tokens ({controls.max_new_tokens}) exceeds the "
+                           f"model's context window of {window} tokens", param="max_tokens",
+                           code="context_length_exceeded")
         if len(prompts) * n > self.cfg.max_batch_rows:
             raise APIError(400, f"{len(prompts)} prompts x n={n} exceeds {self.cfg.max_batch_rows} sequences",
                            param="n")
