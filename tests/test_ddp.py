@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -34,11 +35,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(*args: str, timeout: int = 240) -> None:
+def launch(*args: str, timeout: int = 240, extra_path: str | None = None) -> None:
     exe = str(ACCELERATE) if ACCELERATE.exists() else shutil.which("accelerate")
     cmd = [exe, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(HERE / "ddp_worker.py"), *args]
     env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    if extra_path:  # e.g. tests/ for a `module:function` reward
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, env.get("PYTHONPATH")]))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -95,3 +98,36 @@ def test_two_process_recipes_match_one_process(tmp_path):
             # (KTO's margin exists only where a process's batch holds both labels.)
             for key in {"dpo": ("loss", "rewards/margins"), "kto": ("loss", "kl")}[loss]:
                 assert y[key] == pytest.approx(x[key], abs=1e-5), (loss, key)
+
+
+def test_two_process_online_recipes_match_one_process(tmp_path):
+    """GRPO (token-mean over the whole step: denominators summed across processes) and PPO (value head),
+    2 processes x 2 prompts equal 1 process x 2 prompts x 2 accumulation steps: each micro-batch's rollout
+    is seeded by its step and prompts, so both runs draw the same samples."""
+    from online_toys import make_model_dir, write_prompts
+
+    from pluralign.config import from_dict
+    from pluralign.models.load import load_model
+    from pluralign.train.recipes.online import OnlineConfig, run
+
+    base, prompts = make_model_dir(tmp_path / "base"), write_prompts(tmp_path / "prompts.jsonl")
+    common = {"model": str(base), "data": [str(prompts)], "group_size": 4, "max_new_tokens": 6,
+              "rewards": [{"source": "online_toys:cat_reward"}]}
+    loop = {"learning_rate": 1e-2, "max_steps": 3, "log_every": 1, "progress": False, "batch_size": 2}
+    configs = []
+    for algorithm in ("grpo", "ppo"):
+        configs.append(tmp_path / f"{algorithm}.yaml")
+        configs[-1].write_text(json.dumps(common | {"algorithm": algorithm, "output_dir": str(tmp_path / "ddp" / algorithm),
+                                                    "loop": loop}))
+    launch("online", *map(str, configs), extra_path=str(HERE))
+    for algorithm in ("grpo", "ppo"):
+        single = run(from_dict(OnlineConfig, common | {"algorithm": algorithm, "output_dir": str(tmp_path / algorithm),
+                                                       "loop": loop | {"grad_accum": 2}}))
+        a = load_model(single.model_dir).state_dict()
+        b = load_model(tmp_path / "ddp" / algorithm / "model").state_dict()
+        assert any(not torch.equal(a[k], v) for k, v in load_model(base).state_dict().items())
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
+        ra, rb = RunDir(tmp_path / algorithm).read_metrics(), RunDir(tmp_path / "ddp" / algorithm).read_metrics()
+        for x, y in zip(ra, rb, strict=True):
+            assert y["loss"] == pytest.approx(x["loss"], abs=1e-5) and y["reward"] == pytest.approx(x["reward"], abs=1e-6)
