@@ -1,0 +1,183 @@
+"""pluralign's GRPO recipe against TRL 1.16's `GRPOTrainer`, side by side on one machine.
+
+Both sides train the same locally built Llama-style model (`pluralign.models.tiny.tiny_llama`, the sandbox
+word tokenizer) on the same sandbox prompts with the same Python reward (`reward` below: sandbox gold
+conciseness + relevance of the completion), group size, steps, learning rate, completion length,
+temperature 1, β = 0, token-mean ("dapo") loss, one update per generation, in fp32:
+
+* TRL `GRPOTrainer` (transformers `generate`, its defaults otherwise: gradient checkpointing on);
+* pluralign `train grpo` (`pluralign.train.recipes.online.run`): the KV-cached batched sampler (each
+  prompt prefilled once for its G samples), chunked completion log-probs, gradient checkpointing on.
+
+Each side runs in its own subprocess (peak RSS from `os.wait4`). Throughput = (generated completion tokens
++ prompt+completion tokens trained) / end-to-end seconds from loading the model to the trained model
+saved. The machine is shared with other jobs: absolute figures are noisy, the ratio less so.
+
+    .venv/bin/python bench/grpo_vs_trl.py --quick          # CPU, a couple of minutes
+    .venv/bin/python bench/grpo_vs_trl.py --device cuda    # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODEL = dict(hidden_size=256, num_layers=4, num_heads=4)
+
+
+def reward(prompts, completions, **_):
+    """Sandbox gold relevance + conciseness of each completion (a verifiable, deterministic reward)."""
+    from pluralign.sandbox.attributes import ATTRIBUTES, score_batch
+
+    x = score_batch([p if isinstance(p, str) else p[-1]["content"] for p in prompts],
+                    [c if isinstance(c, str) else c[-1]["content"] for c in completions])
+    return [float(r[ATTRIBUTES.index("relevance")] + r[ATTRIBUTES.index("conciseness")]) for r in x]
+
+
+def build(out: Path, seed: int, n_prompts: int) -> list[str]:
+    from pluralign.models.tiny import tiny_llama
+    from pluralign.sandbox.world import World
+
+    world = World(seed)
+    tok = world.tokenizer()
+    tok.chat_template = None  # both sides see the plain prompt text
+    tiny_llama(len(tok), **MODEL, max_position_embeddings=512, seed=seed, pad_token_id=tok.pad_token_id,
+               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id).save_pretrained(out)
+    tok.save_pretrained(out)
+    return world.prompts(n_prompts)
+
+
+def side_pluralign(spec: dict) -> dict:
+    from pluralign.config import from_dict
+    from pluralign.runs import RunDir
+    from pluralign.train.recipes.online import OnlineConfig, run
+
+    t0 = time.perf_counter()
+    config = from_dict(OnlineConfig, {
+        "algorithm": "grpo", "model": spec["model"], "output_dir": spec["out"], "group_size": spec["group"],
+        "max_new_tokens": spec["length"], "rewards": [{"source": "python:reward"}],
+        "loop": {"learning_rate": spec["lr"], "batch_size": spec["prompts_per_step"], "max_steps": spec["steps"],
+                 "seed": spec["seed"], "scheduler": "constant", "warmup_ratio": 0.0, "log_every": 1, "progress": False}})
+    run(config, prompts=spec["prompts"], reward_objects=[reward])
+    wall = time.perf_counter() - t0
+    rows = [r for r in RunDir(spec["out"]).read_metrics() if "loss" in r]
+    return {"wall_s": wall, "completion_lengths": [r["response_length"] for r in rows],
+            "rewards": [r["reward"] for r in rows]}
+
+
+def side_trl(spec: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    data = Dataset.from_list([{"prompt": p} for p in spec["prompts"]])
+    cuda = spec["device"] == "cuda"
+    args = GRPOConfig(
+        output_dir=spec["out"], per_device_train_batch_size=spec["prompts_per_step"] * spec["group"],
+        num_generations=spec["group"], max_completion_length=spec["length"], learning_rate=spec["lr"],
+        max_steps=spec["steps"], seed=spec["seed"], lr_scheduler_type="constant", warmup_steps=0, beta=0.0,
+        loss_type="dapo", temperature=1.0, bf16=False, use_cpu=not cuda, logging_steps=1, report_to="none",
+        disable_tqdm=True, save_strategy="no")
+    trainer = GRPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, reward_funcs=[reward])
+    trainer.train()
+    trainer.save_model(str(Path(spec["out"]) / "model"))
+    wall = time.perf_counter() - t0
+    logs = [r for r in trainer.state.log_history if "completions/mean_length" in r]
+    return {"wall_s": wall, "completion_lengths": [r["completions/mean_length"] for r in logs],
+            "rewards": [r["reward"] for r in logs]}
+
+
+def child_main(spec_path: str) -> None:
+    import torch
+
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(spec["seed"])
+    if spec["device"] == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import accelerate  # noqa: F401  (import time is not training time, on both sides)
+    from transformers import AutoModelForCausalLM  # noqa: F401
+
+    result = (side_trl if spec["side"] == "trl" else side_pluralign)(spec)
+    if spec["device"] == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    Path(spec["result"]).write_text(json.dumps(result))
+
+
+def run_child(side: str, spec: dict, work: Path) -> dict:
+    spec = dict(spec, side=side, out=str(work / side), result=str(work / f"{side}.json"))
+    (work / f"{side}.spec.json").write_text(json.dumps(spec))
+    env = dict(os.environ, TQDM_DISABLE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(spec["threads"]),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])))
+    if spec["device"] == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    log = open(work / f"{side}.log", "w")
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(work / f"{side}.spec.json")], env=env,
+                            stdout=log, stderr=log)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{side} failed; its log:\n{(work / f'{side}.log').read_text()[-4000:]}")
+    result = json.loads(Path(spec["result"]).read_text())
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024
+    return result
+
+
+def tokens(result: dict, spec: dict, prompt_tokens: int) -> float:
+    """Generated completion tokens + trained prompt+completion tokens over all steps."""
+    rows = spec["prompts_per_step"] * spec["group"]
+    completion = sum(result["completion_lengths"]) * rows
+    return 2 * completion + prompt_tokens * spec["group"] * spec["steps"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="4 steps (a couple of minutes on 2 CPU cores)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--prompts-per-step", type=int, default=4)
+    p.add_argument("--length", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    args = p.parse_args(argv)
+    steps = args.steps or (4 if args.quick else 12)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        prompts = build(work / "model", args.seed, args.prompts_per_step * steps)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(work / "model")
+        prompt_tokens = sum(len(tok(p)["input_ids"]) for p in prompts)
+        spec = {"model": str(work / "model"), "prompts": prompts, "group": args.group, "steps": steps,
+                "prompts_per_step": args.prompts_per_step, "length": args.length, "lr": args.lr, "seed": args.seed,
+                "threads": args.threads, "device": args.device}
+        results = {side: run_child(side, spec, work) for side in ("pluralign", "trl")}
+    tps = {s: tokens(r, spec, prompt_tokens) / r["wall_s"] for s, r in results.items()}
+    for side, r in results.items():
+        print(f"{side:9s} wall {r['wall_s']:7.1f}s  tokens/s {tps[side]:8.1f}  peak RSS {r['peak_rss_mb']:7.0f} MiB  "
+              f"mean completion length {sum(r['completion_lengths']) / len(r['completion_lengths']):.1f}  "
+              f"mean reward {sum(r['rewards']) / len(r['rewards']):.3f}"
+              + (f"  peak GPU {r['peak_gpu_mb']:.0f} MiB" if "peak_gpu_mb" in r else ""))
+    ours, trl = results["pluralign"], results["trl"]
+    print(f"RESULT device={args.device} steps={steps} group={args.group} prompts_per_step={args.prompts_per_step} "
+          f"length={args.length} throughput_ratio={tps['pluralign'] / tps['trl']:.3f} "
+          f"memory_ratio={ours['peak_rss_mb'] / trl['peak_rss_mb']:.3f} pluralign_tokens_per_s={tps['pluralign']:.1f} "
+          f"trl_tokens_per_s={tps['trl']:.1f} pluralign_peak_rss_mb={ours['peak_rss_mb']:.0f} trl_peak_rss_mb={trl['peak_rss_mb']:.0f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        child_main(sys.argv[2])
+    else:
+        main()
