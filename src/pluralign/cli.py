@@ -11,29 +11,36 @@ import sys
 from pluralign import __version__
 from pluralign.errors import PluralignError
 
-# Each module defines `register(subparsers) -> None`; its parsers set `func(args) -> int`.
-COMMAND_MODULES = (
-    "pluralign.data.cli",
-    "pluralign.sandbox.cli",
-    "pluralign.train.cli",
-    "pluralign.decode.cli",
-    "pluralign.serve.cli",
-    "pluralign.evaluate.cli",
-    "pluralign.demo",
-)
+# Each module defines `register(subparsers) -> None`; its parsers set `func(args) -> int`. Keyed by the
+# commands each registers, so that `pluralign data …` imports only the data module: a command pays
+# for its own imports (torch, transformers) and no other's.
+COMMAND_MODULES = {
+    "pluralign.data.cli": ("data",),
+    "pluralign.sandbox.cli": ("sandbox",),
+    "pluralign.train.cli": ("train",),
+    "pluralign.decode.cli": ("decode",),
+    "pluralign.serve.cli": ("serve",),
+    "pluralign.evaluate.cli": ("eval", "report"),
+    "pluralign.demo": ("demo",),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: only the command module it names when it names one, else all of them."""
     parser = argparse.ArgumentParser(prog="pluralign", description="Align language models with many people's preferences.")
     parser.add_argument("--version", action="version", version=f"pluralign {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    command = next((a for a in (argv or []) if not a.startswith("-")), None)
+    known = {c for commands in COMMAND_MODULES.values() for c in commands}
+    for name, commands in COMMAND_MODULES.items():
+        if command not in known or command in commands:
+            importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

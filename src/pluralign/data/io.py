@@ -7,6 +7,10 @@ The kind of feedback is given, or told by the fields most rows have.
 Reading collects every problem before failing (`DataError`). With ``skip_invalid=True`` the good rows
 are kept and each rejected row is written, with its reasons, to a side file: nothing is dropped
 silently. In CSV and Parquet, chat messages, lists and dicts are stored as JSON text in their cell.
+
+Reading is total: any bytes give records or problems located by file, line and field — never another
+exception. Malformed JSON, numbers beyond a float, nesting past the stack, cells of any size and bytes
+that are not UTF-8 are problems of their own line (so `skip_invalid` rejects just that row).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,9 +29,12 @@ from pluralign.data.records import KINDS, Record, kind_of
 from pluralign.data.validate import (
     RawRow,
     Reject,
+    canonical,
     check_rows,
     detect_kind,
     field_names,
+    json_failure,
+    kind_requirements,
     majority_kind,
     parse_row,
 )
@@ -103,9 +111,7 @@ def read_checked(source: Source, kind: str | None = None) -> Checked:
     if kind is None:
         kind = majority_kind(rows)
         if kind is None:
-            raise _file_error(
-                name, "cannot tell the kind of feedback from the fields; give the kind explicitly"
-            )
+            raise _file_error(name, _undetectable(rows))
     records, rejects = check_rows(rows, _known_kind(kind), name, tabular=tabular)
     return Checked(name, kind, records, rejects)
 
@@ -131,6 +137,22 @@ def write_rejects(path: str | os.PathLike, checked: Checked) -> Path:
     return atomic_write_jsonl(path, rows)
 
 
+def _undetectable(rows: list[RawRow]) -> str:
+    """Why no kind fits: the fields the rows have (with the first line), and what each kind needs."""
+    seen: dict[str, int] = {}
+    for row in rows:
+        if isinstance(row.data, dict) and not row.issues:
+            for key in canonical(row.data):
+                seen.setdefault(str(key), row.line)
+    if not seen:
+        first = rows[0]
+        why = f"; line {first.line}: {first.issues[0][1]}" if first.issues else ""
+        return f"no row is an object with fields{why}"
+    fields = ", ".join(f"{k} (line {line})" for k, line in list(seen.items())[:20])
+    return (f"cannot tell the kind of feedback: the rows have fields {fields}; {kind_requirements()}. "
+            "Rename the fields or give the kind explicitly")
+
+
 def _file_error(source: str, message: str, line: int | None = None) -> DataError:
     """A problem with a whole file (or its header), not with one row."""
     return DataError([Problem(source, line, None, message)])
@@ -139,7 +161,12 @@ def _file_error(source: str, message: str, line: int | None = None) -> DataError
 def _jsonable(value: Any) -> Any:
     """`value` with anything JSON cannot hold (bytes, dates, … from a foreign table) as its repr, so that
     writing a reject can never fail."""
-    return json.loads(json.dumps(value, default=repr))
+    try:
+        return json.loads(json.dumps(value, default=repr))
+    except (ValueError, RecursionError):  # nested past the stack, an integer past the digit limit
+        import reprlib
+
+        return reprlib.repr(value)
 
 
 def _known_kind(kind: str) -> str:
@@ -171,10 +198,10 @@ def _raw_rows(source: Source) -> tuple[str, list[RawRow], bool]:
         raise _file_error(name, f"cannot read file: {e.strerror or e}") from None
     if suffix == ".jsonl":
         return name, _jsonl_rows(data), False
-    text = _decode_utf8(data, name)
     if suffix == ".json":
-        return name, _json_rows(text, name), False
-    return name, _csv_rows(text, name), True
+        return name, _json_rows(_decode_utf8(data, name), name), False
+    # Undecodable bytes become lone surrogates (U+DC80-U+DCFF) that mark their own row as not UTF-8.
+    return name, _csv_rows(data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape"), name), True
 
 
 def _decode_utf8(data: bytes, name: str) -> str:
@@ -199,7 +226,10 @@ def _jsonl_rows(data: bytes) -> list[RawRow]:
             rows.append(RawRow(number, text, json.loads(text)))
         except json.JSONDecodeError as e:
             rows.append(RawRow(number, text, None, [(None, f"malformed JSON: {e.msg} (column {e.colno})")]))
+        except (ValueError, RecursionError) as e:  # an integer past the digit limit, nesting past the stack
+            rows.append(RawRow(number, text, None, [(None, f"unusable JSON: {json_failure(e)}")]))
     return rows
+
 
 
 def _json_rows(text: str, name: str) -> list[RawRow]:
@@ -207,6 +237,8 @@ def _json_rows(text: str, name: str) -> list[RawRow]:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         raise _file_error(name, f"malformed JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
+    except (ValueError, RecursionError) as e:
+        raise _file_error(name, f"unusable JSON: {json_failure(e)}") from None
     if not isinstance(value, list):
         raise _file_error(name, f"expected a JSON list of objects, got {type(value).__name__}")
     return [RawRow(i, row, row) for i, row in enumerate(value)]
@@ -215,10 +247,25 @@ def _json_rows(text: str, name: str) -> list[RawRow]:
 def _csv_rows(text: str, name: str) -> list[RawRow]:
     # Feed the reader our own lines so that a row's line numbers map back to its exact original text.
     lines = list(io.StringIO(text, newline=""))
+    # A cell may be as long as the file (JSONL takes any line length; CSV must not refuse the same text).
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, min(len(text) + 1, 2**31 - 1)))
+    try:
+        return _csv_records(lines, name)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_records(lines: list[str], name: str) -> list[RawRow]:
     reader = csv.reader(lines)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        raise _file_error(name, f"unreadable CSV header: {e}", line=1) from None
     if not header:
         return []
+    if bad := _not_utf8("".join(lines[: reader.line_num])):
+        raise _file_error(name, f"header is {bad}", line=1)
     if len(set(header)) != len(header):
         raise _file_error(name, f"repeated column names in header {header}", line=1)
     rows = []
@@ -231,7 +278,10 @@ def _csv_rows(text: str, name: str) -> list[RawRow]:
             if not cells:
                 continue  # blank line
             raw = "".join(lines[start - 1 : reader.line_num]).rstrip("\r\n")
-            if len(cells) != len(header):
+            if bad := _not_utf8(raw):
+                raw = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                rows.append(RawRow(start, raw, None, [(None, bad)]))
+            elif len(cells) != len(header):
                 rows.append(
                     RawRow(start, raw, None, [(None, f"expected {len(header)} cells, found {len(cells)}")])
                 )
@@ -240,6 +290,15 @@ def _csv_rows(text: str, name: str) -> list[RawRow]:
     except csv.Error as e:
         raise _file_error(name, f"unreadable CSV: {e}", line=reader.line_num) from None
     return rows
+
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def _not_utf8(text: str) -> str | None:
+    """What is wrong with text decoded with surrogateescape, or None when it was valid UTF-8."""
+    m = _ESCAPED_BYTE.search(text)
+    return None if m is None else f"not UTF-8 text (byte 0x{ord(m.group()) - 0xDC00:02x} at column {m.start() + 1})"
 
 
 def _parquet_rows(path: Path, name: str) -> list[RawRow]:

@@ -9,8 +9,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
-
 from pluralign.data.records import (
     Binary,
     Judged,
@@ -72,13 +70,15 @@ def _lengths(texts: Iterable[Text]) -> dict[str, dict[str, float]]:
 def _percentiles(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {}
+    import numpy as np  # here, not at the top: `pluralign data validate` should not pay for numpy
+
     return {f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True)}
 
 
 def _spread(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {}
-    return {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values))}
+    return {"mean": sum(values) / len(values), "min": float(min(values)), "max": float(max(values))}
 
 
 def _details(records: Sequence[Record]) -> dict[str, dict[str, Any]]:

@@ -4,6 +4,12 @@ Every problem is collected, never just the first: a row is checked field by fiel
 (chosen identical to rejected, list lengths that disagree, …), then against the other rows (rated rows
 must all rate the same objectives). Problems name the file, the line or row and the field.
 
+The checks are total: whatever a row holds — numbers too large for a float, strings with lone UTF-16
+surrogates (which no tokenizer can encode), values nested deeper than any record needs — it becomes a
+record or a located problem, never another exception. Common field spellings of public data sets
+(`question`/`instruction` for the prompt, `chosen_response`, a `scores` object for ratings, …) are read
+as the canonical field names (`ALIASES`).
+
 Tabular sources (CSV, Parquet, `datasets`) hold structured values — chat messages, lists, dicts — as
 JSON text in a cell; `decode_cells` turns them back before the checks, so one set of checks serves
 every format.
@@ -45,6 +51,17 @@ FIELD_TYPES: dict[str, str] = {
 }
 STRUCTURED = {"texts", "numbers", "ranks", "ratings", "meta"}  # always JSON text in a tabular cell
 
+# Other spellings public data sets use, read as the canonical name when that name is absent and exactly one
+# of its aliases is present.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "prompt": ("question", "instruction", "query", "input"),
+    "chosen": ("chosen_response", "response_chosen", "preferred", "better_response"),
+    "rejected": ("rejected_response", "response_rejected", "dispreferred", "worse_response"),
+    "response": ("completion", "output", "answer"),
+    "ratings": ("scores", "rating"),  # an object of objective -> number, without `responses`
+}
+MAX_DEPTH = 32  # deeper nesting than any record needs (messages are 2 levels, meta rarely more)
+
 # Fields whose presence tells the kind of a row, checked in this order.
 _KIND_MARKERS = (
     ("pairwise", ("chosen", "rejected")),
@@ -82,8 +99,37 @@ def required_fields(kind: str) -> list[str]:
     return [f.name for f in fields(KINDS[kind]) if f.default is MISSING and f.default_factory is MISSING]
 
 
+def canonical(row: Any) -> Any:
+    """`row` with aliased field names renamed to the canonical ones (`ALIASES`); other values unchanged."""
+    if not isinstance(row, Mapping):
+        return row
+    renames = {}
+    for name, aliases in ALIASES.items():
+        if name in row:
+            continue
+        present = [a for a in aliases if a in row and row[a] is not None]
+        if len(present) != 1:
+            continue
+        if name == "ratings" and ("responses" in row or isinstance(row[present[0]], list)):
+            continue  # `scores` of a ranked list, not ratings
+        renames[present[0]] = name
+    return {renames.get(k, k): v for k, v in row.items()} if renames else row
+
+
+def kind_requirements() -> str:
+    """What each kind needs, for messages about rows whose kind cannot be told."""
+    return "; ".join(
+        f"{kind} needs {' and '.join(markers)}"
+        + (" plus scores or ranks" if kind == "ranked" else "")
+        + (f" (with {', '.join(n for n in required_fields(kind) if n not in markers)})"
+           if any(n not in markers for n in required_fields(kind)) else "")
+        for kind, markers in _KIND_MARKERS
+    )
+
+
 def guess_kind(row: Mapping[str, Any]) -> str | None:
-    """The kind whose marker fields the row has, or None."""
+    """The kind whose marker fields the row has (aliases included), or None."""
+    row = canonical(row)
     for kind, markers in _KIND_MARKERS:
         if all(m in row for m in markers):
             return kind
@@ -94,15 +140,16 @@ def detect_kind(row: Mapping[str, Any]) -> str:
     """The kind of one row, told by its fields; raises DataError when they fit no kind."""
     kind = guess_kind(row) if isinstance(row, Mapping) else None
     if kind is None:
-        have = sorted(row) if isinstance(row, Mapping) else type(row).__name__
-        raise DataError([Problem("<row>", None, None, f"cannot tell the kind of a row with fields {have}")])
+        have = sorted(map(str, row)) if isinstance(row, Mapping) else type(row).__name__
+        raise DataError([Problem("<row>", None, None,
+                                 f"cannot tell the kind of a row with fields {have}: {kind_requirements()}")])
     return kind
 
 
 def majority_kind(rows: Iterable[RawRow]) -> str | None:
     """The most common kind among well-formed rows (earliest wins ties), so one bad row cannot
     mislead detection."""
-    votes = Counter(guess_kind(r.data) for r in rows if isinstance(r.data, Mapping))
+    votes = Counter(guess_kind(r.data) for r in rows if isinstance(r.data, Mapping) and not r.issues)
     votes.pop(None, None)
     return votes.most_common(1)[0][0] if votes else None
 
@@ -119,12 +166,34 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _short(value: Any) -> str:
+    """A repr for messages, cut short (a 5000-digit integer must not flood the report)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # ints past Python's digit limit refuse to print
+        text = f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _as_float(value: Any) -> float | None:
+    """The number as a float, None when it is not one or does not fit (an integer beyond 1.8e308)."""
+    if not _is_number(value):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def _check_number(name: str, value: Any) -> tuple[Any, list[Issue]]:
     if not _is_number(value):
-        return value, [(name, f"expected a number, got {_type_name(value)} {value!r}")]
-    if not math.isfinite(value):
-        return value, [(name, f"non-finite value {value}")]
-    return float(value), []
+        return value, [(name, f"expected a number, got {_type_name(value)} {_short(value)}")]
+    number = _as_float(value)
+    if number is None:
+        return value, [(name, f"number too large for a float: {_short(value)}")]
+    if not math.isfinite(number):
+        return value, [(name, f"non-finite value {number}")]
+    return number, []
 
 
 def _check_list(name: str, value: Any, check) -> tuple[Any, list[Issue]]:
@@ -171,9 +240,10 @@ def _check_text(name: str, value: Any) -> tuple[Any, list[Issue]]:
 
 
 def _check_rank(name: str, value: Any) -> tuple[Any, list[Issue]]:
-    if _is_number(value) and math.isfinite(value) and value == int(value) and value >= 1:
+    number = _as_float(value)
+    if number is not None and math.isfinite(number) and number == int(number) and 1 <= number <= 2**31:
         return int(value), []
-    return value, [(name, f"expected a rank (an integer ≥ 1), got {value!r}")]
+    return value, [(name, f"expected a rank (an integer ≥ 1), got {_short(value)}")]
 
 
 def _check_bool(name: str, value: Any) -> tuple[Any, list[Issue]]:
@@ -181,7 +251,7 @@ def _check_bool(name: str, value: Any) -> tuple[Any, list[Issue]]:
         return value, []
     if _is_number(value) and value in (0, 1):
         return bool(value), []
-    return value, [(name, f"expected true or false, got {value!r}")]
+    return value, [(name, f"expected true or false, got {_short(value)}")]
 
 
 def _check_ratings(name: str, value: Any) -> tuple[Any, list[Issue]]:
@@ -265,10 +335,36 @@ def _ranked_issues(values: dict[str, Any]) -> list[Issue]:
 _ROW_CHECKS = {"pairwise": _pairwise_issues, "ranked": _ranked_issues}
 
 
+def _hostile(name: str, value: Any) -> list[Issue]:
+    """Problems no field check looks for, anywhere inside `value`: nesting deeper than MAX_DEPTH and
+    strings with lone UTF-16 surrogates (JSON allows "\\ud800"; UTF-8 and every tokenizer refuse it)."""
+    stack = [(name, value, 0)]
+    while stack:
+        where, v, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return [(name, f"nested more than {MAX_DEPTH} levels deep")]
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return [(where, f"lone UTF-16 surrogate U+{ord(v[e.start]):04X} at character {e.start} "
+                                "(not valid Unicode text)")]
+        elif isinstance(v, Mapping):
+            stack += [(f"{where}.{k}", item, depth + 1) for k, item in v.items()]
+            stack += [(where, k, depth + 1) for k in v if isinstance(k, str)]
+        elif isinstance(v, list | tuple):
+            stack += [(f"{where}[{i}]", item, depth + 1) for i, item in enumerate(v)]
+    return []
+
+
 def parse_row(row: Any, kind: str) -> tuple[Record | None, list[Issue]]:
     """Check one row (a dict of native values) against `kind`; return the record, or None and every issue."""
     if not isinstance(row, Mapping):
         return None, [(None, f"expected an object with fields, got {_type_name(row)}")]
+    row = canonical(row)
+    hostile = [issue for key, value in row.items() for issue in _hostile(str(key), value)]
+    if hostile:
+        return None, hostile
     names, required = field_names(kind), required_fields(kind)
     values: dict[str, Any] = {}
     issues: list[Issue] = []
@@ -306,11 +402,13 @@ def _decode_cell(name: str, cell: str) -> tuple[Any, list[Issue]]:
             return json.loads(cell), []
         except json.JSONDecodeError as e:
             return cell, [(name, f"cell is not valid JSON ({e.msg})")]
+        except (ValueError, RecursionError) as e:  # a 5000-digit integer, nesting past the stack
+            return cell, [(name, f"cell is not usable JSON ({json_failure(e)})")]
     if kind == "number":
         try:
             return float(cell), []
         except ValueError:
-            return cell, [(name, f"expected a number, got {cell!r}")]
+            return cell, [(name, f"expected a number, got {_short(cell)}")]
     if kind == "bool":
         lowered = cell.strip().lower()
         if lowered in ("true", "1"):
@@ -327,9 +425,15 @@ def _maybe_messages(cell: str) -> Any:
         return cell
     try:
         value = json.loads(cell)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON (or unusable JSON): plain text
         return cell
     return value if isinstance(value, list) and value and all(isinstance(m, dict) for m in value) else cell
+
+
+def json_failure(e: BaseException) -> str:
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e).split(";")[0]
 
 
 def decode_cells(row: Mapping[str, Any], kind: str) -> tuple[dict[str, Any], list[Issue]]:
@@ -357,14 +461,17 @@ def check_rows(
     rows: Iterable[RawRow], kind: str, source: str, *, tabular: bool = False
 ) -> tuple[list[Record], list[Reject]]:
     """Check every row; return the good records and the rejected rows with all their problems."""
+    checked = [(row, *_check_one(row, kind, tabular)) for row in rows]
+    # Rated rows must rate one set of objectives: the most common one (earliest on ties), so that one odd
+    # row — even the first — is the one blamed, not all the others.
+    sets = Counter(frozenset(r.ratings) for _, r, _ in checked if isinstance(r, Rated))
+    common = max(sets, key=lambda s: sets[s], default=None)
+    common_line = next((row.line for row, r, _ in checked if isinstance(r, Rated) and frozenset(r.ratings) == common), 0)
     records: list[Record] = []
     rejects: list[Reject] = []
-    first_rated: tuple[frozenset[str], int] | None = None  # objectives and line of the first good rated row
-    for row in rows:
-        record, issues = _check_one(row, kind, tabular)
+    for row, record, issues in checked:
         if isinstance(record, Rated):
-            first_rated = first_rated or (frozenset(record.ratings), row.line)
-            issues = _objective_issues(record, *first_rated)
+            issues = _objective_issues(record, common, common_line)
         if issues:
             rejects.append(Reject(row.line, row.raw, [Problem(source, row.line, f, m) for f, m in issues]))
         else:
@@ -375,7 +482,7 @@ def check_rows(
 def _check_one(row: RawRow, kind: str, tabular: bool) -> tuple[Record | None, list[Issue]]:
     if row.issues:
         return None, list(row.issues)
-    data = row.data
+    data = canonical(row.data)
     if tabular and isinstance(data, Mapping):
         data, issues = decode_cells(data, kind)
         if issues:
@@ -384,7 +491,7 @@ def _check_one(row: RawRow, kind: str, tabular: bool) -> tuple[Record | None, li
 
 
 def _objective_issues(record: Rated, expected: frozenset[str], line: int) -> list[Issue]:
-    """Rated rows must all rate the same objectives: those of the first good row."""
+    """Rated rows must all rate the same objectives: those most good rows rate."""
     if set(record.ratings) == expected:
         return []
     return [
