@@ -84,6 +84,12 @@ def test_streaming_sends_the_same_text_in_pieces(server):
     pieces = [ch.choices[0].text for ch in c.completions.create(model="sandbox", prompt=PROMPT, max_tokens=16,
                                                                   temperature=0, stream=True)]
     assert len([p for p in pieces if p]) > 1 and "".join(pieces) == full
+    for stop in ([" is"], ["ky", "."]):  # held back until no stop string can start in the unsent tail
+        cut = c.completions.create(model="sandbox", prompt=PROMPT, max_tokens=16, temperature=0, stop=stop)
+        parts = c.completions.create(model="sandbox", prompt=PROMPT, max_tokens=16, temperature=0, stop=stop,
+                                     stream=True)
+        assert "".join(ch.choices[0].text for ch in parts) == cut.choices[0].text
+        assert not any(s in cut.choices[0].text for s in stop) and len(cut.choices[0].text) < len(full)
     messages = [{"role": "user", "content": "can you talk about weather?"}]
     whole = c.chat.completions.create(model="sandbox", messages=messages, max_tokens=16, temperature=0)
     chunks = list(c.chat.completions.create(model="sandbox", messages=messages, max_tokens=16, temperature=0,

@@ -10,7 +10,12 @@ PAL score for). The alignment controls are an extension the `openai` client send
 - `reward`: which served reward source guides the method (default: the first);
 - every other field of `pluralign.decode.api.Controls` (weights, beta, w, constraints, extra, and any
   field added later, such as direction or group) under its own name, or all of them in a nested
-  `controls` object, which may also set `n`.
+  `controls` object, which may also set `n`;
+- `ignore_eos` (as vLLM): plain sampling runs to `max_tokens` (fixed-length load tests).
+
+`/v1/completions` takes the prompt as given (`chat_template` "never" unless the request sets it);
+`/v1/chat/completions` renders the messages with the tokenizer's chat template. Choices carry a
+`pluralign` object with the chosen text's per-objective `scores` and `utility` when a reward was used.
 """
 
 from __future__ import annotations
