@@ -18,6 +18,7 @@ COMMAND_MODULES = {
     "pluralign.data.cli": ("data",),
     "pluralign.sandbox.cli": ("sandbox",),
     "pluralign.train.cli": ("train",),
+    "pluralign.losses.cli": ("losses",),
     "pluralign.decode.cli": ("decode",),
     "pluralign.serve.cli": ("serve",),
     "pluralign.evaluate.cli": ("eval", "report"),

@@ -10,12 +10,24 @@ Every loss returns (per-example loss [B], metrics); see `registry` for the calli
 
 from pluralign.losses import listwise, pairwise, reference_free, reward, unpaired  # noqa: F401  (registers)
 from pluralign.losses.listwise import dcg_lambda_weights, win_rate_labels
-from pluralign.losses.registry import KINDS, Loss, LossInfo, describe, get, mixture, names, register
+from pluralign.losses.registry import (
+    KINDS,
+    Alias,
+    Loss,
+    LossInfo,
+    alias,
+    aliases,
+    describe,
+    get,
+    mixture,
+    names,
+    register,
+)
 from pluralign.losses.token_level import ld_mixed_logps, log_sum_sq_probs, wpo_weights
 from pluralign.losses.unpaired import RunningMean, kto_kl_baseline, udm_weights
 
 __all__ = [
-    "KINDS", "Loss", "LossInfo", "RunningMean", "dcg_lambda_weights", "describe", "get", "kto_kl_baseline",
+    "KINDS", "Alias", "Loss", "LossInfo", "alias", "aliases", "RunningMean", "dcg_lambda_weights", "describe", "get", "kto_kl_baseline",
     "ld_mixed_logps", "log_sum_sq_probs", "mixture", "names", "register", "udm_weights", "win_rate_labels",
     "wpo_weights",
 ]  # fmt: skip

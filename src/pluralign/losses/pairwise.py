@@ -17,7 +17,7 @@ from torch import Tensor
 
 from pluralign.errors import ConfigError
 from pluralign.losses._shared import check_range, per_token, reward_metrics, sigmoid_loss
-from pluralign.losses.registry import register
+from pluralign.losses.registry import alias, register
 
 Output = tuple[Tensor, dict[str, Tensor]]
 
@@ -246,6 +246,9 @@ def sigmoid_norm(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref
     what = "sigmoid_norm"
     h = per_token(rho_w, chosen_lengths, what=what) - per_token(rho_l, rejected_lengths, what=what)
     return sigmoid_loss(beta * h), reward_metrics(beta * rho_w, beta * rho_l)
+
+
+alias("ln_dpo", "sigmoid_norm", doc="LN-DPO (Ahrabian et al. 2024): the name of sigmoid_norm in its paper.")
 
 
 @register("rdpo", kind="pairwise")

@@ -5,6 +5,11 @@ source of truth: parameters named like the kind's canonical inputs (below) or li
 data; every other keyword-only parameter is a hyper-parameter and its default is the documented default.
 `needs_reference` / `needs_lengths` are read off the signature too, so they cannot drift from the code.
 
+Some methods are a registered loss plus something the training recipe does around it (WPO weights the
+pairs, LD-DPO mixes token log-probs) or are another paper's name for a registered loss (LN-DPO is
+``sigmoid_norm``): `alias` gives them their own name, resolved by `get` and `describe`, and listed by
+`aliases` (and `pluralign losses`) with the recipe options the name implies.
+
 `get(name)` returns a `Loss`, a callable with the kind's canonical calling convention: it accepts every
 canonical input (passing on only those the function reads, so a recipe can call any loss of a kind the same
 way), rejects unknown hyper-parameters and missing inputs with a `ConfigError`, and applies the optional
@@ -103,6 +108,33 @@ class Loss:
 _LOSSES: dict[str, Loss] = {}
 
 
+@dataclass(frozen=True)
+class Alias:
+    """Another name for a registered loss; `recipe` holds the preference-recipe options the name implies."""
+
+    name: str
+    target: str
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    doc: str = ""
+
+
+_ALIASES: dict[str, Alias] = {}
+
+
+def alias(name: str, target: str, *, recipe: Mapping[str, Any] | None = None, doc: str = "") -> None:
+    """Make registered loss `target` reachable as `name` (with recipe options `recipe`, if any)."""
+    if name in _LOSSES or name in _ALIASES:
+        raise ValueError(f"loss name {name!r} registered twice")
+    if target not in _LOSSES:
+        raise ValueError(f"alias {name!r} of unknown loss {target!r}")
+    _ALIASES[name] = Alias(name, target, dict(recipe or {}), doc)
+
+
+def aliases() -> dict[str, Alias]:
+    """Every alias by name."""
+    return dict(_ALIASES)
+
+
 def register(name: str, *, kind: str, extra_inputs: tuple[str, ...] = (), weighted: bool = True,
              doc: str | None = None) -> Callable[[LossFn], LossFn]:  # fmt: skip
     """Register a loss function under `name`; hyper-parameters and inputs are read from its signature."""
@@ -128,9 +160,12 @@ def get(name: str) -> Loss:
     """The loss registered as `name`; a string like "dpo:1,nll:0.5" builds a `mixture`."""
     if name in _LOSSES:
         return _LOSSES[name]
+    if name in _ALIASES:
+        return _LOSSES[_ALIASES[name].target]
     if ":" in name or "," in name:
         return mixture(name)
-    raise ConfigError(f"unknown loss {name!r}{_suggest(name, _LOSSES)}; valid losses: {', '.join(names())}")
+    known = {**_LOSSES, **_ALIASES}
+    raise ConfigError(f"unknown loss {name!r}{_suggest(name, known)}; valid losses: {', '.join(sorted(known))}")
 
 
 def describe(name: str) -> LossInfo:
@@ -254,6 +289,11 @@ def _parse_weights(spec: str) -> dict[str, float]:
             raise ConfigError(
                 f"loss mixture {spec!r}: weight of '{name}' is not a number: {weight!r}"
             ) from None
+        if name in _ALIASES:
+            if _ALIASES[name].recipe:
+                raise ConfigError(f"loss mixture {spec!r}: '{name}' needs recipe options "
+                                  f"{dict(_ALIASES[name].recipe)}; mix '{_ALIASES[name].target}' and set them")
+            name = _ALIASES[name].target
         if name not in _LOSSES:
             get(name)  # raises with the list of valid names
     return parsed
