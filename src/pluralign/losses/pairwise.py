@@ -249,6 +249,11 @@ def sigmoid_norm(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref
 
 
 alias("ln_dpo", "sigmoid_norm", doc="LN-DPO (Ahrabian et al. 2024): the name of sigmoid_norm in its paper.")
+alias("wpo", "dpo", recipe={"wpo": True},
+      doc="WPO (Zhou et al. 2024): DPO with each pair weighted by the policy's probability of its responses.")
+alias("ld_dpo", "dpo", recipe={"ld_alpha": 0.5},
+      doc="LD-DPO (Liu et al. 2024): DPO on log-probs that down-weight tokens past the shorter response.")
+alias("lipo", "lipo_lambda", doc="LiPO-lambda (Liu et al. 2025), short name.")
 
 
 @register("rdpo", kind="pairwise")

@@ -46,6 +46,7 @@ from pluralign.train.recipes.common import (
     save_policy,
 )
 from pluralign.train.recipes import multiobjective as mo
+from pluralign.train.recipes.token_shaping import shaped, with_alias_options
 from pluralign.train.reference import adapters_disabled, cached_reference
 from pluralign.train.udm import bco_udm_weights
 
@@ -58,6 +59,8 @@ class PreferenceConfig(PolicyTrainingConfig):
     loss_params: dict[str, Any] = option(default_factory=dict, help="Loss hyper-parameters, e.g. {beta: 0.1}; defaults from losses.describe(loss).")
     udm: bool = option(False, help="Unpaired losses (BCO, Jung et al. 2024): weight each undesirable example by the density ratio p/(1-p) of a prompt classifier's P(desirable | prompt), clamped to [0.5, 10], so that undesirable prompts match the desirable prompts' distribution.")
     udm_sample_size: int = option(1024, help="Prompts the UDM classifier is fitted on (a seeded sample).")
+    wpo: bool = option(False, help="Pairwise losses, WPO (Zhou et al. 2024): weight each pair's loss by the current policy's length-normalised probability of both responses (no gradient; one extra forward per step; padded batches). `pluralign train wpo` sets it.")
+    ld_alpha: float | None = option(None, help="Pairwise losses, LD-DPO (Liu et al. 2024): weight of the longer response's tokens past the shorter one's length in policy and reference log-probs (1 = plain sums; padded batches). `pluralign train ld_dpo` sets 0.5, a middle value: the paper tunes it per model.")
     history_models: list[str] = option(default_factory=list, help="MNPO (Wu et al. 2026): past policies, the opponents, newest first; their log-probs of every chosen and rejected response are computed once and cached like the reference's.")
     personal: PersonalConfig = option(default_factory=PersonalConfig, help="Per-user/per-group conditioning, a new user's vector, group-fair objectives (pluralign.personal).")
     ref_model: str | None = option(None, help="Reference model (default: the initial policy).")
@@ -236,13 +239,14 @@ def _gather(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def run(config: PreferenceConfig) -> RecipeResult:
     """Train `config.model` with `config.loss` on `config.data`; save the model to <output_dir>/model."""
+    config = with_alias_options(config)
     loss = losses.get(config.loss)
     info = loss.info
     if info.kind not in KINDS:
         raise ConfigError(f"loss '{config.loss}' is a {info.kind} loss; train reward models with `pluralign train rm`")
     _check_params(info, config.loss_params)
     _check_inputs(config, info)
-    kind = KINDS[info.kind]
+    kind = shaped(KINDS[info.kind], wpo=config.wpo, ld_alpha=config.ld_alpha)
     out = Path(config.output_dir)
     distributed = process_state()
     multi = config.objectives if config.objectives.names else None
@@ -296,6 +300,8 @@ def run(config: PreferenceConfig) -> RecipeResult:
 
 
 def _check_inputs(config: PreferenceConfig, info: losses.LossInfo) -> None:
+    if (config.wpo or config.ld_alpha is not None) and info.kind != "pairwise":
+        raise ConfigError(f"wpo and ld_alpha shape pairwise losses; loss '{info.name}' is {info.kind}")
     if config.udm and (info.kind != "unpaired" or not info.weighted):
         raise ConfigError(f"udm weights undesirable examples of an unpaired loss (bco, kto); loss '{info.name}' is {info.kind}")
     if config.history_models and "history_chosen_logps" not in info.inputs:
@@ -315,7 +321,8 @@ def _history(config, info, kind, collator, items, distributed) -> Tensors:
         with distributed.main_process_first():
             values, cache, hit = cached_reference(
                 opponent, items, Collate(collator), lambda m, b: kind.logps(m, b, info),
-                cache_dir=cache_dir, batch_size=batch_size, what=f"{info.kind}|history")
+                cache_dir=cache_dir, batch_size=batch_size,
+                what=f"{info.kind}|history" + (f"|ld={config.ld_alpha}" if config.ld_alpha is not None else ""))
         distributed.print(f"opponent log-probs of {path}: {'cache hit' if hit else 'computed and cached'} ({cache})")
         chosen.append(values["chosen"])
         rejected.append(values["rejected"])
@@ -346,6 +353,7 @@ def _reference(config, info, kind, model, collator, train_items, eval_items, dis
         return _live_reference(ref_model, logps_of), None, None
     cache_dir, bs = config.cache_settings()
     what = f"{info.kind}|{'kl' if 'kl_policy_logps' in info.inputs else ''}"
+    what += f"|ld={config.ld_alpha}" if config.ld_alpha is not None else ""  # LD-DPO mixes the reference too
     eval_ref = None
     # The main process computes and writes the cache; the others then read it. A separately loaded
     # reference model is dropped when this returns: training never holds it.
