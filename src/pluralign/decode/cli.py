@@ -109,18 +109,26 @@ def read_prompts(path: str) -> list[dict]:
     return rows
 
 
-def method_kwargs(method: str, reward: Any, tokenizer: Any, models: list[Any] | None = None) -> dict[str, Any]:
+def method_kwargs(method: str, reward: Any, tokenizer: Any, models: list[Any] | None = None,
+                  chat_template: str = "auto") -> dict[str, Any]:
     """Keyword arguments a decoder needs beyond the contract: ARGS scores candidate prefixes with the
-    reward model's own KV cache when it shares the policy's vocabulary; fusion decoders get the extra
-    models. Shared by this command and `pluralign serve`."""
+    reward model's own KV cache when the reward model sees a conversation as the same tokens as the policy
+    (vocabulary, chat template and rendering mode); fusion decoders get the extra models. Shared by this
+    command and `pluralign serve`."""
     from pluralign.decode.args import cacheable
 
     kwargs: dict[str, Any] = {}
-    if method == "args" and cacheable(reward) and len(reward.encoder.tokenizer) == len(tokenizer):
+    if method == "args" and cacheable(reward) and _same_rendering(reward.encoder, tokenizer, chat_template):
         kwargs["reward_model"] = reward
     if models:
         kwargs["models"] = list(models)
     return kwargs
+
+
+def _same_rendering(encoder: Any, tokenizer: Any, chat_template: str) -> bool:
+    rm_tok = encoder.tokenizer
+    return (rm_tok.get_vocab() == tokenizer.get_vocab() and encoder.chat_template == chat_template
+            and getattr(rm_tok, "chat_template", None) == getattr(tokenizer, "chat_template", None))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_policy(args.model)
     reward = load_reward(args.reward) if args.reward else None
     extra_models = [load_policy(d)[0] for d in args.models.split(",")] if args.models else []
-    kwargs = method_kwargs(args.method, reward, tokenizer, extra_models)
+    kwargs = method_kwargs(args.method, reward, tokenizer, extra_models, args.chat_template)
     result = decode(args.method, model, tokenizer, [r["prompt"] for r in requests], reward=reward,
                     controls=controls, **kwargs)
     rows = []

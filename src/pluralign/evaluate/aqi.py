@@ -125,12 +125,14 @@ def aqi_xb_chi(axioms: Mapping[str, tuple[np.ndarray, Sequence]], gamma: float =
     return raw
 
 
-def format_pair(tokenizer: Any, prompt: str, response: str | None) -> str:
-    """Chat-format (prompt, response) with the tokenizer's template when it has one, else plain text."""
-    if getattr(tokenizer, "chat_template", None):
-        msgs = [{"role": "user", "content": prompt}]
-        if response is not None:
-            msgs.append({"role": "assistant", "content": response})
+def format_pair(tokenizer: Any, prompt: Any, response: str | None, chat_template: str = "auto") -> str:
+    """(prompt, response) as one text: the conversation through the tokenizer's chat template when
+    `pluralign.data.prompts` renders the prompt with it (message lists; plain text on a chat model under
+    auto), else plain text."""
+    from pluralign.data.prompts import as_messages, uses_template
+
+    if uses_template(tokenizer, prompt, chat_template):
+        msgs = as_messages(prompt) + ([] if response is None else [{"role": "assistant", "content": response}])
         return tokenizer.apply_chat_template(msgs, tokenize=False)
     return prompt if response is None else f"{prompt}\n{response}"
 

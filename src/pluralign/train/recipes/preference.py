@@ -38,6 +38,7 @@ from pluralign.models.logprobs import sequence_logps
 from pluralign.personal.conditioned import PersonalConfig, Personalization
 from pluralign.train.loop import LoopConfig, train
 from pluralign.train.parallel import process_state
+from pluralign.train.recipes import multiobjective as mo
 from pluralign.train.recipes.common import (
     PolicyTrainingConfig,
     RecipeResult,
@@ -45,7 +46,6 @@ from pluralign.train.recipes.common import (
     load_policy,
     save_policy,
 )
-from pluralign.train.recipes import multiobjective as mo
 from pluralign.train.recipes.token_shaping import shaped, with_alias_options
 from pluralign.train.reference import adapters_disabled, cached_reference
 from pluralign.train.udm import bco_udm_weights
