@@ -11,7 +11,7 @@ from pluralign.losses import registry
 
 EXPECTED = {
     "pairwise": "dpo cdpo robust ipo hinge exo_pair nca_pair bco_pair sppo_hard aot aot_unpaired apo_zero apo_down "
-    "discopop sigmoid_norm rdpo simpo orpo nll mnpo",
+    "discopop sigmoid_norm rdpo simpo orpo nll mnpo modpo",
     "unpaired": "kto bco apo_zero_unpaired",
     "listwise": "lipo_lambda list_mle pair_logistic softmax_list",
     "reward": "bt bce",

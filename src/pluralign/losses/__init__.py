@@ -8,7 +8,7 @@
 Every loss returns (per-example loss [B], metrics); see `registry` for the calling conventions.
 """
 
-from pluralign.losses import listwise, pairwise, reference_free, reward, unpaired  # noqa: F401  (registers)
+from pluralign.losses import listwise, multiobjective, pairwise, reference_free, reward, unpaired  # noqa: F401  (registers)
 from pluralign.losses.listwise import dcg_lambda_weights, win_rate_labels
 from pluralign.losses.registry import (
     KINDS,
