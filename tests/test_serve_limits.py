@@ -206,3 +206,14 @@ def test_cli_server_with_a_key_file_drains_on_sigterm(tiny, tmp_path):
             proc.kill()
     _, err = proc.communicate()
     assert "sk-file-key" not in err and "Traceback" not in err
+
+
+def test_without_the_serve_extra_the_cli_still_loads_and_says_what_to_install(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['starlette'] = sys.modules['uvicorn'] = None\n"
+            "from pluralign.cli import main\n"
+            f"sys.exit(main(['serve', '--model', {str(tmp_path)!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "pip install 'pluralign[serve]'" in r.stderr and "Traceback" not in r.stderr

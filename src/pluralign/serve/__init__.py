@@ -15,12 +15,22 @@ accepting, let in-flight requests finish, then run our shutdown, which drains th
 Layout: `config` (settings and limits), `limits` (API keys, rate and concurrency limits), `protocol`
 (request parsing, response shapes), `engine` (the worker thread and its dynamic batcher), `app` (routes
 and streaming), `metrics`, `runner` (uvicorn, in the foreground or a background thread), `cli`.
+The server's dependencies are the `serve` extra (`pip install 'pluralign[serve]'`).
 The vLLM backend is not implemented: generation always runs on the batched KV-cached sampler.
 """
 
-from pluralign.serve.app import create_app
-from pluralign.serve.config import ServeConfig
-from pluralign.serve.engine import Loaded
-from pluralign.serve.runner import Background, serve
+from typing import Any
 
-__all__ = ["Background", "Loaded", "ServeConfig", "create_app", "serve"]
+# Imported on first use, so that `pluralign --help` and the config work without the `serve` extra.
+_EXPORTS = {"create_app": "pluralign.serve.app", "ServeConfig": "pluralign.serve.config",
+            "Loaded": "pluralign.serve.engine", "Background": "pluralign.serve.runner", "serve": "pluralign.serve.runner"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pluralign.serve' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

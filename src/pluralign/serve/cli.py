@@ -29,6 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pluralign.errors import ConfigError
+
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"pluralign serve needs the serve extra: pip install 'pluralign[serve]' ({e})") from None
     from pluralign.serve.engine import named_reward
     from pluralign.serve.limits import load_keys
     from pluralign.serve.runner import serve
