@@ -308,3 +308,13 @@ def test_policy_conditions_on_the_templated_prompt(policy, chat_tokenizer):
     assert s.prompt_ids[3] == conversation_ids(chat_tokenizer, [{"role": "user", "content": "is the cat big ?"}])
     raw = sample(policy, chat_tokenizer, ["is the cat big ?"], n=1, max_new_tokens=2, seed=0, chat_template="never")
     assert raw.prompt_ids[0] == chat_tokenizer.encode("is the cat big ?")
+
+
+def test_online_rollouts_condition_on_the_template_and_keep_the_conversation(policy, chat_tokenizer):
+    from pluralign.online.rollout import generate
+
+    roll = generate(policy, chat_tokenizer, MSGS, 2, max_new_tokens=3, seed=0)
+    assert roll.prompts == [p for p in MSGS for _ in range(2)]  # reward sources get the conversations
+    assert roll.prompt_ids == [conversation_ids(chat_tokenizer, p) for p in MSGS for _ in range(2)]
+    raw = generate(policy, chat_tokenizer, ["is the cat big ?"], 1, max_new_tokens=2, seed=0, chat_template="never")
+    assert raw.prompt_ids[0] == chat_tokenizer.encode("is the cat big ?")

@@ -82,11 +82,12 @@ def derived_seed(*parts: Any) -> int:
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[Any], n: int, *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-             stop: Sequence[str] | None = None) -> Rollout:
-    """Sample `n` completions for each prompt with the KV-cached batched sampler (no gradients)."""
+             stop: Sequence[str] | None = None, chat_template: str = "auto") -> Rollout:
+    """Sample `n` completions for each prompt with the KV-cached batched sampler (no gradients); prompts
+    are rendered for the policy by `pluralign.data.prompts` (`chat_template`), reward sources get them as given."""
     with torch.no_grad():
         s = sample(model, tokenizer, list(prompts), n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                   top_k=top_k, top_p=top_p, seed=seed, stop=stop)
+                   top_k=top_k, top_p=top_p, seed=seed, stop=stop, chat_template=chat_template)
     return Rollout(
         prompts=[p for p in prompts for _ in range(n)],
         prompt_ids=[ids for ids in s.prompt_ids for _ in range(n)],

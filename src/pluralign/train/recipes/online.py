@@ -142,7 +142,7 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
 
 def sampling(config: OnlineConfig) -> dict:
     return {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "top_k": config.top_k,
-            "top_p": config.top_p}
+            "top_p": config.top_p, "chat_template": config.chat_template}
 
 
 def build_method(config: OnlineConfig, tokenizer: Any, policy: Any) -> tuple[Any, Reference | None, Any]:
