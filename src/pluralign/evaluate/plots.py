@@ -1,6 +1,9 @@
 """Figures for the HTML report, each returned as PNG bytes (matplotlib's Agg backend, no display needed).
 
-Inputs are the plain dicts of the results schema (see :mod:`pluralign.evaluate.report`).
+Inputs are the plain dicts of the results schema (see :mod:`pluralign.evaluate.report`). Every name
+that comes from the user (runs, methods, groups, objectives, metrics, run directories) goes through
+`label`, so a `$` in it is shown as a dollar sign instead of starting matplotlib math text (where an
+unbalanced or malformed `$…$` raises at draw time).
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def label(text: Any) -> str:
+    """User text as literal matplotlib text: `$` escaped so it never opens math mode."""
+    return str(text).replace("$", r"\$")
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -60,10 +68,10 @@ def reward_kl(runs: Sequence[dict]) -> bytes | None:
     for method, group in by_method(pts).items():
         x, y = [r["kl"] for r in group], [r["reward"] for r in group]
         err = [r.get("reward_se") if _finite(r.get("reward_se")) else 0.0 for r in group]
-        ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, label=method, alpha=0.85)
+        ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, label=label(method), alpha=0.85)
         if len(pts) <= 12:
             for r in group:
-                ax.annotate(str(r.get("name", "")), (r["kl"], r["reward"]), fontsize=7, alpha=0.7,
+                ax.annotate(label(r.get("name", "")), (r["kl"], r["reward"]), fontsize=7, alpha=0.7,
                             xytext=(3, 3), textcoords="offset points")
     kl, rew = np.array([r["kl"] for r in pts]), np.array([r["reward"] for r in pts])
     f, h = frontier(kl, rew), upper_hull(kl, rew)
@@ -88,9 +96,9 @@ def pareto_fronts(runs: Sequence[dict], objectives: Sequence[str], reference: Se
         hvs[method] = hypervolume(P, reference)
         line = ax.plot(P[:, 0], P[:, 1], "o", alpha=0.6)[0]
         front = pareto_front(P[:, :2])
-        ax.plot(P[front, 0], P[front, 1], "-", color=line.get_color(), label=f"{method} (HV {hvs[method]:.3g})")
+        ax.plot(P[front, 0], P[front, 1], "-", color=line.get_color(), label=f"{label(method)} (HV {hvs[method]:.3g})")
     ax.plot([reference[0]], [reference[1]], "x", color="black", label="reference")
-    ax.set(xlabel=objectives[0], ylabel=objectives[1], title="Pareto fronts" + (
+    ax.set(xlabel=label(objectives[0]), ylabel=label(objectives[1]), title="Pareto fronts" + (
         f" (HV over {len(objectives)} objectives)" if len(objectives) > 2 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -109,8 +117,8 @@ def group_bars(runs: Sequence[dict], max_runs: int = 8) -> bytes | None:
     x = np.arange(len(groups))
     for i, r in enumerate(runs):
         vals = [r["per_group"].get(g, np.nan) for g in groups]
-        ax.bar(x + (i - (len(runs) - 1) / 2) * width, vals, width, label=str(r.get("name", i)))
-    ax.set_xticks(x, groups, rotation=20 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, vals, width, label=label(r.get("name", i)))
+    ax.set_xticks(x, [label(g) for g in groups], rotation=20 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
     ax.axhline(0, color="black", lw=0.6)
     ax.set(ylabel="utility", title="Utility per group")
     ax.grid(axis="y", alpha=0.3)
@@ -132,7 +140,7 @@ def calibration_diagram(entry: dict) -> tuple[bytes, dict[str, float]]:
         rows = entry["rows"]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "reliability.png"
-        calibration.plot_reliability(rows, path, title=str(entry.get("name", "Reliability")),
+        calibration.plot_reliability(rows, path, title=label(entry.get("name", "Reliability")),
                                      rows_after=entry.get("rows_after"))
         return path.read_bytes(), errors
 
@@ -155,7 +163,7 @@ def training_curves(name: str, rows: Sequence[dict], max_panels: int = 4) -> byt
     for ax, k in zip(axes.flat, keys, strict=False):
         pts = [(r.get("step", i), r[k]) for i, r in enumerate(rows) if _finite(r.get(k))]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2)
-        ax.set(title=k, xlabel="step")
+        ax.set(title=label(k), xlabel="step")
         ax.grid(alpha=0.3)
-    fig.suptitle(name, fontsize=10)
+    fig.suptitle(label(name), fontsize=10)
     return _png(fig)

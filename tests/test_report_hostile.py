@@ -1,0 +1,77 @@
+"""Reports from malformed results.json files and from run directories with hostile names: a clear
+ConfigError naming the file and the key (CLI exit 2), never a traceback from numpy or matplotlib."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pluralign.cli import main
+from pluralign.errors import ConfigError
+from pluralign.evaluate.report import check_results, load_run_dir, render_html
+
+GOOD_RUN = {"name": "a", "method": "dpo", "kl": 0.5, "reward": 1.0, "per_group": {"g": 0.3},
+            "objectives": {"x": 1.0, "y": 2.0}}
+
+
+@pytest.mark.parametrize("results,where", [
+    ([GOOD_RUN], "the top level"),
+    ({"runs": "dpo"}, "'runs' must be a list"),
+    ({"runs": {"name": "a"}}, "'runs' must be a list"),
+    ({"runs": [GOOD_RUN, None]}, "'runs[1]' must be an object, got null"),
+    ({"runs": [{**GOOD_RUN, "kl": "0.5"}]}, "'runs[0].kl' must be a number or null, got str '0.5'"),
+    ({"runs": [{**GOOD_RUN, "reward": True}]}, "'runs[0].reward'"),
+    ({"runs": [{**GOOD_RUN, "per_group": {"g": None}}]}, "'runs[0].per_group.g' must be a number"),
+    ({"runs": [{**GOOD_RUN, "per_group": ["g"]}]}, "'runs[0].per_group' must be an object"),
+    ({"runs": [{**GOOD_RUN, "objectives": {"x": "high"}}]}, "'runs[0].objectives.x'"),
+    ({"runs": [{**GOOD_RUN, "win_rate": 55}]}, "'runs[0].win_rate' must be an object"),
+    ({"runs": [GOOD_RUN], "pareto": {"objectives": [["x"], "y"]}}, "'pareto.objectives[0]'"),
+    ({"runs": [GOOD_RUN], "pareto": {"objectives": ["x", "y"], "reference": [0]}}, "'pareto.reference'"),
+    ({"calibration": [{"name": "rm"}]}, "'calibration[0]' must be an object with 'probs' and 'labels', or 'rows'"),
+    ({"calibration": [{"name": "rm", "rows": [{"confidence": 0.5}]}]}, "'calibration[0].rows[0].accuracy'"),
+    ({"calibration": [{"probs": [0.5, 0.2], "labels": [1]}]}, "'calibration[0].labels'"),
+    ({"calibration": [{"probs": [0.5, "x"], "labels": [1, 0]}]}, "'calibration[0].probs[1]'"),
+    ({"calibration": [None]}, "'calibration[0]' must be an object"),
+    ({"curves": [{"name": "c", "rows": [1, 2]}]}, "'curves[0].rows[0]' must be an object"),
+    ({"tables": [{"title": "t", "columns": ["a"], "rows": "ab"}]}, "'tables[0].rows' must be a list"),
+])
+def test_malformed_results_are_config_errors_naming_the_key(tmp_path, results, where):
+    with pytest.raises(ConfigError, match="results: .*" + where.replace("[", r"\[").replace("]", r"\]")
+                       .replace("(", r"\(").replace(")", r"\)")):
+        render_html(results)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(results))
+    with pytest.raises(ConfigError, match="results.json"):
+        load_run_dir(run)
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 2
+
+
+def test_unreadable_results_json_is_a_config_error(tmp_path):
+    for data in (b"\xff\xfe{", b"[" * 100_000, b'{"runs": [{"kl": ' + b"9" * 5000 + b"}]}"):
+        run = tmp_path / "run"
+        run.mkdir(exist_ok=True)
+        (run / "results.json").write_bytes(data)
+        with pytest.raises(ConfigError, match="results.json"):
+            load_run_dir(run)
+
+
+def test_valid_results_pass_unchanged():
+    results = {"runs": [GOOD_RUN], "calibration": [{"name": "rm", "probs": [0.2, 0.8], "labels": [0, 1]}]}
+    assert check_results(results) is results
+    assert "<html" in render_html(results)
+
+
+@pytest.mark.parametrize("name", ["run $x$", "cost $5 and $", r"$\frac{a}{$", "$$", r"a_$b^{$"])
+def test_dollar_signs_in_names_do_not_reach_math_text(tmp_path, name):
+    run = tmp_path / name
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1 / s, "kl": s / 10, "reward": s})
+                                               + "\n" for s in range(1, 5)))
+    (run / "results.json").write_text(json.dumps({"runs": [{**GOOD_RUN, "name": name, "method": name,
+                                                            "per_group": {name: 0.3}, "objectives": {name: 1, "y": 2}}],
+                                                  "calibration": [{"name": name, "probs": [0.2, 0.8], "labels": [0, 1]}]}))
+    out = tmp_path / "report.html"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert out.read_text().count("data:image/png;base64,") >= 4
