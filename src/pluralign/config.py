@@ -3,6 +3,10 @@
 Every field is declared with `option(default, help=...)`, so the help text lives next to the type. A run
 loads its config with `load(MyConfig, path, overrides)`: YAML first, then dotted `key=value` overrides,
 then type checks. Unknown keys are errors that suggest the closest valid key.
+
+YAML is loaded safely (no object construction), but a config is still code: fields that name a
+`module:function` import and call it, and a judge's `api_key_env` + `base_url` send an environment
+variable's value to a URL. Only run configs you trust.
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ Config (YAML)::
     population: default           # sandbox population → per-group utilities and fairness
     metrics: [reward, kl, win_rate, per_group, objectives]
     out: results.json
+
+A config is code: only run configs you trust. ``source: module:function`` imports and calls that Python
+function, and ``kind: llm`` reads the environment variable named by ``api_key_env`` and sends its value
+(as the Authorization header) to ``base_url``, so a config from someone else can run their code and send
+your API key to their server. The judge client follows redirects only within ``base_url``'s origin, but it
+cannot know whether ``base_url`` itself is the server you meant.
 """
 
 from __future__ import annotations
