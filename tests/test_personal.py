@@ -194,6 +194,10 @@ def test_user_conditioned_dpo_then_a_new_user_with_the_policy_frozen(tiny, tmp_p
     after, _ = load_vectors(new_dir)
     assert after.names == ["alice", "bob", "carol"]
     assert torch.equal(after.get("alice"), vectors.get("alice"))
+    # PAL-style prior: carol's vector is a convex combination of alice's and bob's
+    a, b, c = vectors.get("alice"), vectors.get("bob"), after.get("carol")
+    lam = float(((c - b) @ (a - b)) / ((a - b) @ (a - b)))
+    assert 0 <= lam <= 1 and torch.allclose(c, b + lam * (a - b), atol=1e-5)
     for k, v in load_model(new_dir).state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
     assert _margin(model, tok, after.get("carol")) > _margin(model, tok, None)

@@ -44,9 +44,10 @@ ATTR = "pluralign_person_vectors"
 class PersonalConfig:
     condition_on: Literal["none", "user", "group"] = option("none", help="Learn one vector per user or per group of the training records (their `user`/`group` field), added to the policy's hidden states, trained with the policy (user-conditioned DPO). 'none': a shared policy.")
     layer: str = option("embeddings", help="Where the vector is added: 'embeddings' (the token embeddings) or a decoder layer index (its output; needs gradient_checkpointing=false).")
-    vector_scale: float = option(30.0, help="Multiplies the vectors' effective learning rate (they are stored divided by it): a vector in activation space needs far larger steps than a fine-tuned weight.")
+    vector_scale: float = option(3.0, help="Multiplies the vectors' effective learning rate (they are stored divided by it): a vector in activation space needs far larger steps than a fine-tuned weight.")
     population_dropout: float = option(0.15, help="Share of training examples seen without a vector, so that the zero vector is a population model for unknown users.")
     new_users_only: bool = option(False, help="Freeze the policy and every saved vector; learn only the vectors of users (or groups) that the model's vector table lacks, from their pairs (a new user in a few labels).")
+    new_user_prior: Literal["mixture", "free"] = option("mixture", help="A new user's vector: 'mixture' learns softmax weights over the trained vectors (PAL's user weights over prototypes; a few pairs pick among known preferences), 'free' learns the whole vector.")
     group_objective: str = option("average", help="How the groups' per-example losses combine: average (plain mean), worst_group (the worst group's mean loss) or nash (negative log Nash product of the groups' satisfactions), see pluralign.personal.group_fair.")
     group_objective_params: dict[str, Any] = option(default_factory=dict, help="Parameters of the group objective, e.g. {temperature: 0.5} for worst_group.")
 
@@ -81,7 +82,7 @@ def save_vectors(model_dir: str | Path, vectors: PersonVectors, index: dict) -> 
     from pluralign.runs import atomic_write_json
 
     d = Path(model_dir)
-    save_file({"raw": vectors.raw.detach().cpu().contiguous()}, str(d / WEIGHTS))
+    save_file({"raw": vectors.stored().cpu().contiguous()}, str(d / WEIGHTS))
     atomic_write_json(d / INDEX, index | {"names": vectors.names, "scale": vectors.scale})
 
 
@@ -124,7 +125,9 @@ class Personalization:
             if not new:
                 raise ConfigError(f"personal.new_users_only: every {self.field} in the data already has a vector")
             model.requires_grad_(False)
-            self.vectors = PersonVectors(old.names + new, old.raw.shape[1], scale=old.scale, frozen=old.names)
+            basis = old.table()[1:].detach() if config.new_user_prior == "mixture" else None
+            self.vectors = PersonVectors(old.names + new, old.raw.shape[1], scale=old.scale, frozen=old.names,
+                                         basis=basis)
             with torch.no_grad():
                 self.vectors.raw[:len(old.names)] = old.raw
             self.user_groups = index.get("user_groups", {})

@@ -9,10 +9,11 @@ responses, normalised; σ is the standard deviation of all those states projecte
 to that layer's output is α·σ·u (PAS intervenes on selected heads' outputs; we steer the residual stream
 at one layer, the simpler form of the same idea). α = 0 is the unchanged model.
 
-α is searched on the user's pairs: the grid value that makes the user's chosen responses most likely
-(mean per-token log-probability), i.e. that best reproduces the user's answers. Too small a step changes
-nothing, too large a step pushes the model off its distribution and the likelihood falls again, so the
-search has an interior optimum. The KL this costs is measured by the caller (see the experiment).
+α is searched on the user's pairs: the grid value under which the steered model's own preference agrees
+best with the user's, measured as mean log σ(ℓ̄(chosen) − ℓ̄(rejected)) with ℓ̄ the per-token mean
+log-probability of a response under the steered model (PAS searches α to best reproduce the person's
+answers). Too small a step changes nothing; too large a one pushes the model off its distribution, where
+it tells the responses apart no better than chance. The KL this costs is measured by the caller.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pluralign.errors import ConfigError
 from pluralign.models.logprobs import sequence_logps
 from pluralign.personal.vectors import offset, site
 
-DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+DEFAULT_ALPHAS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 @dataclass
@@ -95,16 +96,16 @@ def direction(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def chosen_loglik(model: Any, tokenizer: Any, records: Sequence[Any], *, max_length: int = 256,
-                  batch_size: int = 32) -> float:
-    """Mean per-token log-probability of the records' chosen responses under `model`."""
-    total = count = 0.0
+def agreement(model: Any, tokenizer: Any, records: Sequence[Any], *, max_length: int = 256,
+              batch_size: int = 32) -> float:
+    """mean log σ(ℓ̄(chosen) − ℓ̄(rejected)) over the records, ℓ̄ the per-token mean log-probability."""
+    total = []
     for batch in _batches(model, tokenizer, records, max_length, batch_size):
         sums, lengths = sequence_logps(model, batch)
-        b = len(sums) // 2
-        total += float(sums[:b].sum())
-        count += float(lengths[:b].sum())
-    return total / max(count, 1.0)
+        mean = sums / lengths.clamp(min=1)
+        b = len(mean) // 2
+        total.append(torch.nn.functional.logsigmoid(mean[:b] - mean[b:]))
+    return float(torch.cat(total).mean())
 
 
 def fit(model: Any, tokenizer: Any, records: Sequence[Any], *, layer: int | str = 0,
@@ -120,6 +121,6 @@ def fit(model: Any, tokenizer: Any, records: Sequence[Any], *, layer: int | str 
     for alpha in alphas:
         steering.alpha = float(alpha)
         with steering.apply(model):
-            steering.search[float(alpha)] = chosen_loglik(model, tokenizer, records, max_length=max_length)
+            steering.search[float(alpha)] = agreement(model, tokenizer, records, max_length=max_length)
     steering.alpha = max(steering.search, key=steering.search.get)
     return steering

@@ -85,7 +85,8 @@ class PersonVectors(torch.nn.Module):
     step whatever the gradient's size, so `scale` multiplies the vectors' effective learning rate (a
     vector in embedding space needs far larger steps than a fine-tuned weight)."""
 
-    def __init__(self, names: Sequence[str], dim: int, *, scale: float = 1.0, frozen: Sequence[str] = ()):
+    def __init__(self, names: Sequence[str], dim: int, *, scale: float = 1.0, frozen: Sequence[str] = (),
+                 basis: torch.Tensor | None = None):
         super().__init__()
         names = list(names)
         if len(set(names)) != len(names) or POPULATION in names:
@@ -96,10 +97,19 @@ class PersonVectors(torch.nn.Module):
         # Rows that must not move (a new user's fit trains only the new rows).
         self.register_buffer("trainable", torch.tensor([n not in set(frozen) for n in names], dtype=torch.bool),
                              persistent=False)
+        # PAL-style new users (Chen et al. 2025: a new user is a softmax mixture of learned prototypes): the
+        # trainable rows are softmax(logits) @ basis, a convex combination of the trained vectors, so a few
+        # pairs choose among known preferences instead of searching the whole activation space.
+        self.register_buffer("basis", None if basis is None else basis.detach().clone(), persistent=False)
+        if basis is not None:
+            self.mix = torch.nn.Parameter(torch.zeros(int(self.trainable.sum()), len(basis)))
 
     def table(self) -> torch.Tensor:
-        raw = torch.where(self.trainable[:, None], self.raw, self.raw.detach())
-        return torch.cat([raw.new_zeros(1, raw.shape[1]), raw * self.scale])
+        raw = torch.where(self.trainable[:, None], self.raw, self.raw.detach()) * self.scale
+        if self.basis is not None:
+            mixed = torch.softmax(self.mix, -1) @ self.basis
+            raw = raw.masked_scatter(self.trainable[:, None].expand_as(raw), mixed)
+        return torch.cat([raw.new_zeros(1, raw.shape[1]), raw])
 
     def lookup(self, names: Sequence[str | None]) -> torch.Tensor:
         """Row indices of `names` (None or an unknown name: 0, the population)."""
@@ -111,6 +121,6 @@ class PersonVectors(torch.nn.Module):
     def get(self, name: str) -> torch.Tensor:
         return self.table()[self.index[name]].detach()
 
-    def set(self, name: str, value: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.raw[self.index[name] - 1] = value.to(self.raw) / self.scale
+    def stored(self) -> torch.Tensor:
+        """The rows as saved (divided by `scale`), mixtures resolved."""
+        return (self.table()[1:] / self.scale).detach()

@@ -1,0 +1,241 @@
+"""Many people at once: a shared DPO policy vs per-user conditioning, group-fair objectives, a new user in
+ten labels and PAS steering, on the sandbox's default population (70% majority, 30% conflicting minority).
+
+1. Per-user pairwise feedback of the whole population on base-model samples (`sandbox.feedback.generate`);
+   one minority user is held out of training entirely (the "new user").
+2. Policies, all trained from the base with the preference recipe (RPO: DPO + 0.2·NLL, as the demo):
+   - shared: one policy for everyone (the average objective);
+   - user-conditioned: a learned vector per user added to the token embeddings, trained with the policy
+     (`personal.condition_on=user`); each user's requests are decoded under their own vector;
+   - worst_group / nash: the shared policy with a group-fair objective (`personal.group_objective`).
+3. New user: the user-conditioned policy frozen, only the held-out user's vector learned from 10 of their
+   pairs (`personal.new_users_only`); compared with the population model (the same policy, no vector) on
+   the user's held-out pairs: implicit-reward accuracy (relative to the base) and the user's gold utility.
+4. PAS (training-free): a steering direction from the held-out user's pairs at decoder layer 0 of the
+   shared policy, α searched on those pairs; the user's gold utility and KL(steered ‖ shared).
+
+Gold utility is each group's (or the user's) utility of samples on fixed evaluation prompts; 95% CIs are
+percentile bootstraps over prompts (paired when two methods are compared on the same prompts). The groups'
+utilities are on different scales (their weight vectors differ: the minority's raw utility of base samples
+is far above the majority's), so the worst group is taken over standardized gains: a group's utility gain
+over the base model divided by the spread (std) of that group's utility over base samples.
+
+    .venv/bin/python experiments/personal_training.py --quick   # ~3 min on 2 cores, numbers mean little
+    .venv/bin/python experiments/personal_training.py           # the full run (~15 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BOOT = 1000
+
+
+def boot_ci(values: np.ndarray, stat=np.mean, seed: int = 0) -> tuple[float, float, float]:
+    """(statistic, 2.5%, 97.5%) of `stat` over prompts (axis 0) by the percentile bootstrap."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(BOOT, len(values)))
+    draws = np.array([stat(values[i]) for i in idx])
+    return float(stat(values)), float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
+
+
+def fmt(ci) -> str:
+    return f"{ci[0]:+.4f} [{ci[1]:+.4f}, {ci[2]:+.4f}]"
+
+
+def relabel(records, user, seed: int):
+    """The same (prompt, two responses) labelled by `user`'s Bradley–Terry model."""
+    import dataclasses
+
+    from pluralign.sandbox.attributes import score_batch
+    from pluralign.sandbox.users import preference_probability, utility
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in records:
+        u = utility(user.vector(), score_batch([r.prompt] * 2, [r.chosen, r.rejected]))
+        first = rng.random() < preference_probability(u[0], u[1], user.temperature)
+        c, rej = (r.chosen, r.rejected) if first else (r.rejected, r.chosen)
+        out.append(dataclasses.replace(r, chosen=c, rejected=rej, user=user.id, group=user.group))
+    return out
+
+
+def attributes(model, tok, prompts, n, seed, context=None):
+    """Gold attributes [P, S, A] of `n` samples per prompt (under `context`, e.g. a person's vector)."""
+    import contextlib
+
+    from pluralign.decode.sampler import sample
+    from pluralign.sandbox.gold import attributes_of
+
+    with context or contextlib.nullcontext():
+        s = sample(model, tok, prompts, n=n, max_new_tokens=48, temperature=1.0, seed=seed)
+    return attributes_of(prompts, s.texts), s
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--pairs", type=int, default=2048)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-prompts", type=int, default=96)
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--shots", type=int, default=10, help="pairs the new user's vector is fitted from")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/personal_training")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.pairs, a.epochs, a.eval_prompts, a.samples = 256, 1, 24, 2
+
+    from pluralign.data.io import write_records
+    from pluralign.models.load import load_model, load_tokenizer
+    from pluralign.personal import steering
+    from pluralign.personal.conditioned import load_vectors
+    from pluralign.personal.vectors import offset, site
+    from pluralign.sandbox import build_base, eval_prompts, generate, population
+    from pluralign.sandbox.gold import sample_logps
+    from pluralign.sandbox.users import utility
+    from pluralign.train.recipes.preference import from_kwargs, run
+
+    torch.manual_seed(a.seed)
+    t0 = time.perf_counter()
+    out = Path(a.out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    base_dir = build_base(seed=a.seed)
+    pop = population("default")
+    users = pop.users()
+    new_user = next(u for u in users if u.group == "minority")
+    records = [r for r in generate("user_pairwise", pop, a.pairs, base_dir, seed=a.seed) if r.chosen != r.rejected]
+    train = [r for r in records if r.user != new_user.id]
+    extra = generate("user_pairwise", pop, 64 + a.shots, base_dir, seed=a.seed + 7, groups=["minority"])
+    mine = relabel([r for r in extra if r.chosen != r.rejected], new_user, a.seed)
+    shots, held_out = mine[:a.shots], mine[a.shots:]
+    data = write_records(out / "train.jsonl", train)
+    shot_file = write_records(out / "new_user_shots.jsonl", shots)
+    print(f"{len(train)} training pairs ({sum(r.group == 'minority' for r in train)} minority); new user {new_user.id}: "
+          f"{len(shots)} shots, {len(held_out)} held-out pairs ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+    loop = dict(learning_rate=a.lr, batch_size=32, num_epochs=a.epochs, seed=a.seed, progress=False, log_every=50)
+    common = dict(model=str(base_dir), data=[str(data)], loss="dpo:1,nll:0.2", loss_params={"beta": 0.1},
+                  ref_cache_dir=str(out / "ref_cache"), loop=loop)
+    methods = {"shared": {}, "user_conditioned": {"condition_on": "user"},
+               "worst_group": {"group_objective": "worst_group"}, "nash": {"group_objective": "nash"}}
+    dirs = {}
+    for name, personal in methods.items():
+        t = time.perf_counter()
+        dirs[name] = run(from_kwargs(output_dir=str(out / name), personal=personal, **common)).model_dir
+        print(f"trained {name} ({time.perf_counter() - t:.0f}s)", flush=True)
+
+    tok = load_tokenizer(str(base_dir))
+    base = load_model(str(base_dir)).eval()
+    prompts = eval_prompts(a.eval_prompts)
+    weights = {g.name: g.vector() for g in pop.groups}
+
+    def group_utils(x):  # {group: per-prompt utility [P]}
+        return {g: utility(w, x).mean(1) for g, w in weights.items()}
+
+    x_base = attributes(base, tok, prompts, a.samples, a.seed + 1)[0]
+    util = {"base": group_utils(x_base)}
+    spread = {g: float(utility(w, x_base).std()) for g, w in weights.items()}
+    models = {n: load_model(str(d)).eval() for n, d in dirs.items()}
+    for name in ("shared", "worst_group", "nash"):
+        util[name] = group_utils(attributes(models[name], tok, prompts, a.samples, a.seed + 1)[0])
+    # user-conditioned: each group's prompts are served round-robin to the group's (trained) users
+    cond, (vectors, _) = models["user_conditioned"], load_vectors(dirs["user_conditioned"])
+    embed = site(cond, "embeddings")
+    util["user_conditioned"] = {}
+    for g in pop.groups:
+        members = [u.id for u in users if u.group == g.name and u.id in vectors.index]
+        x = np.zeros((len(prompts), a.samples, len(next(iter(weights.values())))))
+        for k, uid in enumerate(members):
+            idx = list(range(k, len(prompts), len(members)))
+            x[idx] = attributes(cond, tok, [prompts[i] for i in idx], a.samples, a.seed + 1,
+                                offset(embed, vectors.get(uid)))[0]
+        util["user_conditioned"][g.name] = utility(weights[g.name], x).mean(1)
+
+    res: dict[str, float] = {}
+    groups = [g.name for g in pop.groups]
+    print(f"\nper-group gold utility (95% bootstrap CI over {len(prompts)} prompts x {a.samples} samples)")
+    def std_gain(u):  # [P, G] standardized gains over the base
+        return np.stack([(u[g] - util["base"][g]) / spread[g] for g in groups], 1)
+
+    for name, u in util.items():
+        cells = "  ".join(f"{g} {fmt(boot_ci(u[g]))}" for g in groups)
+        worst = boot_ci(std_gain(u), stat=lambda m: m.mean(0).min())
+        print(f"  {name:<17} {cells}  worst-group std. gain {fmt(worst)}")
+        res[f"{name}_worst"] = worst[0]
+        for g in groups:
+            res[f"{name}_{g}"] = float(u[g].mean())
+    print("\nvs shared (paired differences)")
+    for name in ("user_conditioned", "worst_group", "nash"):
+        for g in groups:
+            d = boot_ci(util[name][g] - util["shared"][g])
+            res[f"{name}_{g}_gain_low"] = d[1]
+            print(f"  {name:<17} {g:<9} {fmt(d)}  ({100 * d[0] / abs(util['shared'][g].mean()):+.1f}%)")
+        both = np.stack([std_gain(util[name]), std_gain(util["shared"])], 1)
+        wd = boot_ci(both, stat=lambda m: m[:, 0].mean(0).min() - m[:, 1].mean(0).min())
+        res[f"{name}_worst_gain"], res[f"{name}_worst_gain_low"] = wd[0], wd[1]
+        print(f"  {name:<17} worst-group std. gain {fmt(wd)}")
+
+    # --- a new user from a few pairs, the policy frozen
+    t = time.perf_counter()
+    fit = run(from_kwargs(model=str(dirs["user_conditioned"]), data=[str(shot_file)], loss="dpo",
+                          loss_params={"beta": 0.1}, output_dir=str(out / "new_user"),
+                          ref_cache_dir=str(out / "ref_cache"),
+                          personal={"condition_on": "user", "new_users_only": True},
+                          loop=dict(learning_rate=5e-2, batch_size=min(5, len(shots)), num_epochs=20, seed=a.seed,
+                                    progress=False, log_every=100)))
+    new_vec = load_vectors(fit.model_dir)[0].get(new_user.id)
+    from pluralign.data.collate import PairwiseCollator
+    from pluralign.models.logprobs import sequence_logps
+
+    batch = PairwiseCollator(tok, max_length=128)(held_out)
+
+    def margins(model, ctx=None):
+        import contextlib
+
+        with torch.no_grad(), ctx or contextlib.nullcontext():
+            s = sequence_logps(model, batch)[0]
+        return (s[:len(held_out)] - s[len(held_out):]).numpy()
+
+    ref_m = margins(base)
+    acc = {"population": margins(cond) - ref_m > 0, "adapted": margins(cond, offset(embed, new_vec)) - ref_m > 0,
+           "shared": margins(models["shared"]) - ref_m > 0}
+    w_user = new_user.vector()
+    u_pop = utility(w_user, attributes(cond, tok, prompts, a.samples, a.seed + 3)[0]).mean(1)
+    u_new = utility(w_user, attributes(cond, tok, prompts, a.samples, a.seed + 3, offset(embed, new_vec))[0]).mean(1)
+    gain = boot_ci(u_new - u_pop)
+    print(f"\nnew user {new_user.id} from {len(shots)} pairs ({time.perf_counter() - t:.0f}s): held-out implicit-reward "
+          f"accuracy population {acc['population'].mean():.3f}, shared policy {acc['shared'].mean():.3f}, adapted "
+          f"{acc['adapted'].mean():.3f} (n={len(held_out)}); gold utility gain vs population {fmt(gain)}")
+    res |= {"new_user_acc_population": float(acc["population"].mean()), "new_user_acc_adapted": float(acc["adapted"].mean()),
+            "new_user_gain": gain[0], "new_user_gain_low": gain[1]}
+
+    # --- PAS steering of the shared policy toward the new user (training-free)
+    shared = models["shared"]
+    pas = steering.fit(shared, tok, shots + held_out[: len(held_out) // 2], layer=0)
+    x0, s0 = attributes(shared, tok, prompts, a.samples, a.seed + 4)
+    x1, s1 = attributes(shared, tok, prompts, a.samples, a.seed + 4, pas.apply(shared))
+    with pas.apply(shared):
+        lp_steered = sample_logps(shared, s1)
+    kl = (lp_steered - sample_logps(shared, s1)).mean(1)
+    pas_gain = boot_ci(utility(w_user, x1).mean(1) - utility(w_user, x0).mean(1))
+    print(f"PAS alpha={pas.alpha:g} (search {({k: round(v, 3) for k, v in pas.search.items()})}): user's gold utility "
+          f"{fmt(pas_gain)} at KL(steered || shared) {kl.mean():.3f} ± {kl.std(ddof=1) / np.sqrt(len(kl)):.3f}")
+    res |= {"pas_alpha": pas.alpha, "pas_gain": pas_gain[0], "pas_gain_low": pas_gain[1], "pas_kl": float(kl.mean())}
+
+    maj_loss = (res["user_conditioned_majority"] - res["shared_majority"]) / abs(res["shared_majority"])
+    res["user_conditioned_majority_change_pct"] = 100 * maj_loss
+    print(f"\ntotal {time.perf_counter() - t0:.0f}s")
+    print("RESULT " + " ".join(f"{k}={v:.4f}" for k, v in res.items()))
+
+
+if __name__ == "__main__":
+    main()
