@@ -224,3 +224,59 @@ def test_group_objective_and_bad_configs(tiny, tmp_path):
         with pytest.raises(ConfigError, match=message):
             run_preference(from_kwargs(data=[data_file], output_dir=str(tmp_path / "bad"), **common,
                                        personal=personal))
+
+
+# ---------------------------------------------------------------- per-request control at decode time
+
+
+def test_decode_applies_each_requests_user_vector_and_falls_back_with_a_warning(tiny, tmp_path):
+    import shutil
+
+    from pluralign.decode.api import Controls, decode
+    from pluralign.decode.steer import load_policy
+
+    base, model, tok = tiny
+    d = tmp_path / "steered"
+    shutil.copytree(base, d)
+    v = torch.randn(16, generator=torch.Generator().manual_seed(0)) * 3
+    steering.save(d, {"alice": steering.Steering(0, v / v.norm(), float(v.norm()), alpha=1.0)})
+    policy, tokenizer = load_policy(d)
+    prompts = ["tell me about the cat"] * 3
+    controls = [Controls(n=1, max_new_tokens=6, seed=0, user=u) for u in ("alice", None, "bob")]
+    with pytest.warns(UserWarning, match="user 'bob' has no vector"):
+        texts = decode("sample", policy, tokenizer, prompts, controls=controls).texts
+    alone = [decode("sample", model, tok, prompts[:1], controls=controls[1]).texts[0]]
+    with offset(site(model, 0), v):
+        alone.append(decode("sample", model, tok, prompts[:1], controls=controls[0]).texts[0])
+    assert texts[1] == texts[2] == alone[0]  # no vector and an unknown user: the population model
+    assert texts[0] == alone[1] != alone[0]
+
+
+def test_janus_persona_message_trains_and_conditions_requests(tiny, tmp_path):
+    from pluralign import conditioning
+
+    base, _, tok = tiny
+    data = _write(tmp_path / "pairs.jsonl", _opposed())
+    statements = {"a": "yes good", "bob": "no bad"}  # a group's statement and a user's
+    cfg = from_kwargs(model=str(base), data=[data], loss="dpo", loss_params={"beta": 0.5},
+                      output_dir=str(tmp_path / "janus"), loop=LOOP,
+                      objectives={"conditioning": "persona_message", "conditioning_params": {"statements": statements}})
+    out = run_preference(cfg).model_dir
+    scheme = conditioning.load(out)
+    assert scheme.name == "persona_message"
+    c = scheme.condition(user="alice", group="a")
+    assert scheme.prompt("tell me about the cat", c) == "yes good tell me about the cat"
+    assert scheme.prompt([{"role": "user", "content": "hi"}], scheme.condition(user="bob")) == [
+        {"role": "system", "content": "no bad"}, {"role": "user", "content": "hi"}]
+    assert scheme.prompt("x", scheme.condition(user="zed")) == "x"  # no statement: the population
+    model = load_model(out).eval()
+
+    def margin(prefix):
+        batch = _batch(tok, [Pairwise(prefix + "tell me about the cat", "the cat is good", "the cat is bad")])
+        with torch.no_grad():
+            s = sequence_logps(model, batch)[0]
+        return float(s[0] - s[1])
+
+    assert margin("yes good ") > margin("no bad ") + 0.1
+    with pytest.raises(ConfigError, match="statements"):
+        conditioning.get("persona_message")

@@ -217,7 +217,8 @@ def register(name: str):
 def _load_all() -> None:
     import importlib
 
-    for mod in ("pluralign.models.multihead", "pluralign.models.soup"):
+    for mod in ("pluralign.models.multihead", "pluralign.models.soup", "pluralign.personal.conditioned",
+                "pluralign.personal.janus"):
         importlib.import_module(mod)
 
 

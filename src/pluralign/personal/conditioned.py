@@ -21,6 +21,7 @@ Saved next to the model: `person_vectors.json` (names, site, scale, user → gro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from typing import Any, Literal
 
 import torch
 
+from pluralign import conditioning
 from pluralign.config import option
 from pluralign.errors import ConfigError
 from pluralign.personal import group_fair
@@ -77,13 +79,43 @@ def load_vectors(model_dir: str | Path) -> tuple[PersonVectors, dict] | None:
 
 
 def save_vectors(model_dir: str | Path, vectors: PersonVectors, index: dict) -> None:
+    """Write the vectors, their index and the `person_vectors` conditioning scheme next to a model."""
     from safetensors.torch import save_file
 
-    from pluralign.runs import atomic_write_json
+    from pluralign.runs import atomic_write_json, atomic_write_text
 
     d = Path(model_dir)
+    existing = conditioning.load(d)
+    if existing is not None and existing.name != PersonVectorScheme.name:
+        raise ConfigError(f"{d} is conditioned by '{existing.name}'; person vectors cannot be added to it")
     save_file({"raw": vectors.stored().cpu().contiguous()}, str(d / WEIGHTS))
     atomic_write_json(d / INDEX, index | {"names": vectors.names, "scale": vectors.scale})
+    for name, text in conditioning.save_state(PersonVectorScheme()).items():
+        atomic_write_text(d / name, text)
+
+
+@conditioning.register("person_vectors")
+class PersonVectorScheme(conditioning.Scheme):
+    """A model with per-user (or per-group) vectors added to its hidden states: user-conditioned training
+    or PAS steering (`pluralign.personal`). Each request's `user` (or `group`) picks its vector; a user
+    the model does not know gets the population model (no vector), with a warning."""
+
+    model_level = True
+
+    def attach(self, model: Any, model_dir: Path) -> Any:
+        loaded = load_vectors(model_dir)
+        if loaded is None:
+            raise ConfigError(f"{model_dir}: conditioned by person vectors but {INDEX} is missing")
+        self.vectors, self.index = loaded
+        self.vectors.to(next(model.parameters()).device)
+        return model
+
+    @contextlib.contextmanager
+    def steer(self, model: Any, condition: conditioning.Condition):
+        name = resolve(self.index, condition.user, condition.group)
+        vector = None if name is None else self.vectors.get(name)
+        with offset(site(model, self.index["layer"]), vector):
+            yield model
 
 
 class Personalization:

@@ -18,8 +18,9 @@ it tells the responses apart no better than chance. The KL this costs is measure
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -124,3 +125,21 @@ def fit(model: Any, tokenizer: Any, records: Sequence[Any], *, layer: int | str 
             steering.search[float(alpha)] = agreement(model, tokenizer, records, max_length=max_length)
     steering.alpha = max(steering.search, key=steering.search.get)
     return steering
+
+
+def save(model_dir: str | Path, steerings: Mapping[str, Steering]) -> None:
+    """Store per-user steering vectors α·σ·u with a saved model (the `person_vectors` conditioning scheme),
+    so that decoding with `user=…` (API, CLI, server) applies that user's steering."""
+    from pluralign.personal.conditioned import save_vectors
+    from pluralign.personal.vectors import PersonVectors
+
+    if not steerings:
+        raise ConfigError("no steering to save")
+    layers = {str(s.layer) for s in steerings.values()}
+    if len(layers) != 1:
+        raise ConfigError(f"steerings of one model must share a layer, got {sorted(layers)}")
+    table = PersonVectors(list(steerings), len(next(iter(steerings.values())).direction))
+    with torch.no_grad():
+        table.raw.copy_(torch.stack([s.vector().float() for s in steerings.values()]))
+    save_vectors(model_dir, table, {"on": "user", "layer": next(iter(steerings.values())).layer, "user_groups": {},
+                                    "pas": {u: {"alpha": s.alpha, "sigma": s.sigma} for u, s in steerings.items()}})

@@ -262,6 +262,10 @@ def run(config: PreferenceConfig) -> RecipeResult:
         eval_records = conditioning.condition_records(scheme, eval_records) if eval_records else None
         objective_step = {"finish": mo.make_finish(loss, config.loss_params, multi),
                           "policy_logps": mo.head_logps if scheme.name == "heads" else None}
+    elif config.objectives.conditioning != "none":  # conditioned on who, not on objectives (Janus)
+        scheme = mo.setup(config.objectives, tokenizer, model, train_records)
+        train_records = conditioning.condition_records(scheme, train_records)
+        eval_records = conditioning.condition_records(scheme, eval_records) if eval_records else None
     collator = kind.collator(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
                              truncation=config.truncation, chat_template=config.chat_template, packing=packing,
                              objectives=multi.names if multi else None, who=multi is not None,
