@@ -280,3 +280,21 @@ def test_janus_persona_message_trains_and_conditions_requests(tiny, tmp_path):
     assert margin("yes good ") > margin("no bad ") + 0.1
     with pytest.raises(ConfigError, match="statements"):
         conditioning.get("persona_message")
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("personal.condition_on=user", "no training record has a 'user'"),
+    ("personal.group_objective=worst_group", "no training record has a 'group' field, which group_objective"),
+    ("personal.new_users_only=true", "needs personal.condition_on"),
+])
+def test_cli_bad_personal_input_exits_2(tiny, tmp_path, capsys, setting, message):
+    from pluralign.cli import main
+
+    base, _, _ = tiny
+    anon = _write(tmp_path / "anon.jsonl", [{k: v for k, v in r.items() if k not in ("user", "group")}
+                                            for r in _opposed(8)])
+    argv = ["train", "dpo", f"model={base}", f"data=[{anon}]", f"output_dir={tmp_path / 'o'}", setting,
+            "loop.progress=false", "loop.batch_size=4"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -130,7 +130,8 @@ class Personalization:
             raise ConfigError("personal.new_users_only needs personal.condition_on = user or group")
         if not 0.0 <= config.population_dropout < 1.0:
             raise ConfigError(f"personal.population_dropout must be in [0, 1), got {config.population_dropout}")
-        self.groups = _names(records, "group") if config.group_objective != "average" else []
+        objective = f"group_objective '{config.group_objective}'"
+        self.groups = _names(records, "group", objective) if config.group_objective != "average" else []
         if config.group_objective != "average" and len(self.groups) < 2:
             raise ConfigError(f"group_objective '{config.group_objective}' needs records of at least 2 groups "
                               f"(their 'group' field); found {self.groups or 'none'}")
@@ -143,7 +144,7 @@ class Personalization:
             raise ConfigError("personal.layer at a decoder layer needs gradient_checkpointing=false "
                               "(a recomputed layer would miss its vector)")
         self.site = site(model, config.layer)
-        names = _names(records, self.field)
+        names = _names(records, self.field, f"condition_on={self.field}")
         saved = load_vectors(model_dir)
         if config.new_users_only:
             if saved is None:
@@ -219,11 +220,11 @@ def _field(record: Any, name: str) -> str | None:
     return None if value is None else str(value)
 
 
-def _names(records: Sequence[Any], name: str) -> list[str]:
+def _names(records: Sequence[Any], name: str, purpose: str) -> list[str]:
     found = sorted({v for r in records if (v := _field(r, name)) is not None})
     missing = sum(_field(r, name) is None for r in records)
     if not found:
-        raise ConfigError(f"personal: no training record has a '{name}' field; conditioning on {name} needs it")
+        raise ConfigError(f"personal: no training record has a '{name}' field, which {purpose} needs")
     if missing:
         warnings.warn(f"personal: {missing} of {len(records)} records have no '{name}'; they train the population "
                       "(no vector)", stacklevel=3)
