@@ -214,3 +214,16 @@ def test_rated_rows_with_the_scores_spelling_keep_their_objectives(tmp_path):
     rows = [{"prompt": "p", "response": "r", "scores": {"a": 1}}, {"prompt": "p", "response": "s", "scores": {"a": 2}}]
     records = read_records(write_jsonl(tmp_path / "in.jsonl", rows))
     assert all(isinstance(r, Rated) for r in records) and [r.ratings["a"] for r in records] == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--to", "pairwise", "--weights", "h=1e308,s=1e308"], "weighted rating inf"),
+    (["--to", "binary", "--objective", "h", "--threshold", "nan"], "threshold must be a finite number"),
+    (["--to", "pairwise", "--weights", "h=nan"], "weights must be finite numbers"),
+])
+def test_convert_refuses_non_finite_scores_instead_of_dropping_rows(tmp_path, capsys, args, message):
+    rows = [{"prompt": "p", "response": "a", "ratings": {"h": 1, "s": 2}},
+            {"prompt": "p", "response": "b", "ratings": {"h": 3, "s": 1e308}}]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    assert main(["data", "convert", str(path), str(tmp_path / "out.jsonl"), *args]) == 2
+    assert message in capsys.readouterr().err

@@ -8,6 +8,7 @@ about (`objective`, `section`) are kept, so per-user and per-objective methods s
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import combinations
 
@@ -128,6 +129,9 @@ def rating_weights(
             raise PluralignError(f"the ratings cover objectives {rated}; choose one or give weights")
         objective = objective or rated[0]
         weights = {objective: 1.0}
+    bad = {k: w for k, w in weights.items() if not (isinstance(w, int | float) and math.isfinite(w))}
+    if bad:
+        raise PluralignError(f"weights must be finite numbers, got {bad}")
     missing = sorted(set(weights) - set(rated))
     if missing:
         raise PluralignError(
@@ -138,9 +142,13 @@ def rating_weights(
 
 def _utility(record: Rated, weights: Mapping[str, float]) -> float:
     try:
-        return sum(w * record.ratings[k] for k, w in weights.items())
+        value = sum(w * record.ratings[k] for k, w in weights.items())
     except KeyError as e:
         raise PluralignError(f"a rated record has no rating for {e.args[0]!r}: {record.ratings}") from None
+    if not math.isfinite(value):  # finite ratings and weights whose weighted sum overflows
+        raise PluralignError(f"the weighted rating {value} of {record.ratings} with weights {dict(weights)} "
+                             "is not finite; scale the weights down")
+    return value
 
 
 def _by_prompt_and_user(records: Iterable[Rated]) -> dict[tuple, list[Rated]]:
@@ -163,6 +171,8 @@ _CONVERSIONS: dict[tuple[str, str], Callable[..., list[Record]]] = {
 def _required(value: float | None, name: str) -> float:
     if value is None:
         raise PluralignError(f"this conversion needs a {name}")
+    if not math.isfinite(value):
+        raise PluralignError(f"the {name} must be a finite number, got {value}")
     return value
 
 
