@@ -142,6 +142,9 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, stra
     assert_same(resumed, straight)
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["step-2", "step-4", "step-6", "step-6.damaged"]  # kept for inspection, never loaded
+    (run / "checkpoints" / "step-6" / "weights.safetensors").write_bytes(b"")  # damaged again
+    assert train(make_model(), make_data(24), collate, noisy_step, cfg(), run).resumed_from.name == "step-4"
+    assert (run / "checkpoints" / "step-6.damaged-1").is_dir()
 
 
 def test_a_damaged_checkpoint_is_not_loaded_directly_either(tmp_path):

@@ -404,7 +404,10 @@ def _resumable(run: RunDir, accelerator: Accelerator) -> Path | None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for path in damaged:
-            path.rename(path.with_name(path.name + ".damaged"))
+            target, n = path.with_name(path.name + ".damaged"), 1
+            while target.exists():  # damaged again after an earlier fall-back: keep both for inspection
+                target, n = path.with_name(f"{path.name}.damaged-{n}"), n + 1
+            path.rename(target)
     accelerator.wait_for_everyone()
     return found
 
