@@ -219,6 +219,15 @@ def test_resume_with_the_same_settings_changes_nothing(tmp_path, capsys):
     assert not list(run.glob("config.until-*"))
 
 
+def test_a_refused_resume_leaves_config_yaml_as_it_was(tmp_path):
+    run = tmp_path / "run"
+    train(make_model(), make_data(16), collate, nll_step, cfg(max_steps=2), run)
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="global_batch"):
+        train(make_model(), make_data(16), collate, nll_step, cfg(max_steps=4, batch_size=8), run)
+    assert (run / "config.yaml").read_text() == before
+
+
 # ---------------------------------------------------------------- two runs, one directory
 
 

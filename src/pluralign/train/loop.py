@@ -197,9 +197,14 @@ def train(
     if run is not None and accelerator.is_main_process:
         ckpt.remove_stale(run.checkpoints)  # .tmp directories of a crashed save (we hold the lock)
     if run is not None and resume and (found := _resumable(run, accelerator)) is not None:
-        loaded = ckpt.load_checkpoint(found, rank, verify=False)  # _resumable verified it
-        _check_compatible(loaded.position, pos, found)
-        ckpt.load_weights_into(model, loaded.weights, lambda: trained_names)
+        try:
+            loaded = ckpt.load_checkpoint(found, rank, verify=False)  # _resumable verified it
+            _check_compatible(loaded.position, pos, found)
+            ckpt.load_weights_into(model, loaded.weights, lambda: trained_names)
+        except PluralignError:  # this run never starts: config.yaml goes back to the config that ran
+            if accelerator.is_main_process and previous_config is not None:
+                atomic_write_text(run.config_path, previous_config)
+            raise
         fresh = [{k: g[k] for k in _SETTINGS} for g in optimizer.param_groups]
         optimizer.load_state_dict(loaded.optimizer)
         scheduler.load_state_dict(loaded.scheduler)
