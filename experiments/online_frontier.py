@@ -30,7 +30,6 @@ import argparse
 import shutil
 import sys
 import time
-from math import comb
 from pathlib import Path
 
 import numpy as np
