@@ -27,6 +27,7 @@ from typing import Any
 
 from pluralign.data.records import KINDS, Record, kind_of
 from pluralign.data.validate import (
+    ALIASES,
     RawRow,
     Reject,
     canonical,
@@ -149,8 +150,9 @@ def _undetectable(rows: list[RawRow]) -> str:
         why = f"; line {first.line}: {first.issues[0][1]}" if first.issues else ""
         return f"no row is an object with fields{why}"
     fields = ", ".join(f"{k} (line {line})" for k, line in list(seen.items())[:20])
+    spellings = "; ".join(f"{name}: {'/'.join(aliases)}" for name, aliases in ALIASES.items())
     return (f"cannot tell the kind of feedback: the rows have fields {fields}; {kind_requirements()}. "
-            "Rename the fields or give the kind explicitly")
+            f"Other spellings read as these names: {spellings}. Rename the fields or give the kind explicitly")
 
 
 def _file_error(source: str, message: str, line: int | None = None) -> DataError:
