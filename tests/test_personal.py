@@ -298,3 +298,54 @@ def test_cli_bad_personal_input_exits_2(tiny, tmp_path, capsys, setting, message
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- NextQuill token weights
+
+
+def test_history_weights_hand_computed():
+    from pluralign.personal.token_weights import history_weights, histories
+
+    delta = torch.tensor([[0.0, math.log(3.0), 5.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert history_weights(delta, mask)[0].tolist() == pytest.approx([0.5, 1.5, 0.0])  # 2·softmax(0, log 3)
+    assert history_weights(delta, mask, temperature=1e6)[0].tolist() == pytest.approx([1.0, 1.0, 0.0], abs=1e-5)
+    recs = [Pairwise("p", f"c{i}", "r", user=u) for i, u in enumerate(["a", "b", "a", "a", None])]
+    assert histories(recs, 1) == ["c2", None, "c3", "c0", None]
+    assert histories(recs, 5)[0] == "c2 c3"
+
+
+def test_weighted_logps_match_manual_sums_padded_and_packed(tiny):
+    from pluralign.models.logprobs import predicted_mask, token_logps
+    from pluralign.personal.token_weights import weighted_pairwise_logps
+    from pluralign.train.recipes.preference import _pairwise_logps
+
+    _, model, tok = tiny
+    padded = _batch(tok, PAIRS)
+    n_tok = predicted_mask(padded["input_ids"], padded["attention_mask"], padded["completion_mask"]).sum(-1)
+    ones = {"token_weights_chosen": torch.ones(2, 8), "token_weights_rejected": torch.ones(2, 8)}
+    plain = _pairwise_logps(model, padded, None)
+    got = weighted_pairwise_logps(model, padded | ones, None)
+    assert torch.allclose(got["chosen"], plain["chosen"], atol=1e-5) and torch.equal(got["chosen_lengths"], n_tok[:2])
+    w = {"token_weights_chosen": torch.rand(2, 8), "token_weights_rejected": torch.rand(2, 8)}
+    per = token_logps(model, padded["input_ids"], padded["attention_mask"], padded["completion_mask"])
+    mask = predicted_mask(padded["input_ids"], padded["attention_mask"], padded["completion_mask"])
+    rows = torch.cat([w["token_weights_chosen"], w["token_weights_rejected"]])
+    manual = torch.stack([(per[i][mask[i]] * rows[i, :int(mask[i].sum())]).sum() for i in range(4)])
+    a = weighted_pairwise_logps(model, padded | w, None)
+    b = weighted_pairwise_logps(model, _batch(tok, PAIRS, packing=True) | w, None)
+    for out in (a, b):
+        assert torch.allclose(torch.cat([out["chosen"], out["rejected"]]), manual, atol=1e-4)
+
+
+def test_token_weighted_dpo_runs_in_the_recipe(tiny, tmp_path):
+    base, _, _ = tiny
+    data = _write(tmp_path / "pairs.jsonl", _opposed())
+    cfg = from_kwargs(model=str(base), data=[data], loss="dpo", output_dir=str(tmp_path / "nq"),
+                      loop=LOOP | {"num_epochs": 1}, personal={"token_weighting": True, "history_size": 2})
+    before = load_model(base).state_dict()
+    out = run_preference(cfg).model_dir
+    assert any(not torch.equal(v, before[k]) for k, v in load_model(out).state_dict().items())
+    with pytest.raises(ConfigError, match="token_weighting"):
+        run_preference(from_kwargs(model=str(base), data=[data], loss="kto", output_dir=str(tmp_path / "k"),
+                                   loop=LOOP, personal={"token_weighting": True}))

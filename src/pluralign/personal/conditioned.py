@@ -50,6 +50,9 @@ class PersonalConfig:
     population_dropout: float = option(0.15, help="Share of training examples seen without a vector, so that the zero vector is a population model for unknown users.")
     new_users_only: bool = option(False, help="Freeze the policy and every saved vector; learn only the vectors of users (or groups) that the model's vector table lacks, from their pairs (a new user in a few labels).")
     new_user_prior: Literal["mixture", "free"] = option("mixture", help="A new user's vector: 'mixture' learns softmax weights over the trained vectors (PAL's user weights over prototypes; a few pairs pick among known preferences), 'free' learns the whole vector.")
+    token_weighting: bool = option(False, help="NextQuill: weight each response token by how much the user's history (their other chosen responses) raises its probability under the initial policy (pluralign.personal.token_weights).")
+    history_size: int = option(4, help="Token weighting: how many of the user's other chosen responses form the history.")
+    token_temperature: float = option(1.0, help="Token weighting: temperature τ of the weights n·softmax(Δ/τ); larger is closer to uniform.")
     group_objective: str = option("average", help="How the groups' per-example losses combine: average (plain mean), worst_group (the worst group's mean loss) or nash (negative log Nash product of the groups' satisfactions), see pluralign.personal.group_fair.")
     group_objective_params: dict[str, Any] = option(default_factory=dict, help="Parameters of the group objective, e.g. {temperature: 0.5} for worst_group.")
 
@@ -122,8 +125,12 @@ class Personalization:
     """The personal parts of one preference run: per-example indices, the step wrapper, saving."""
 
     def __init__(self, config: PersonalConfig, model: Any, model_dir: str, records: Sequence[Any],
-                 gradient_checkpointing: bool, loss_kind: str = "pairwise"):
-        self.config = config
+                 gradient_checkpointing: bool, loss_kind: str = "pairwise", *, collator: Any = None,
+                 reference_is_initial: bool = True):
+        self.config, self.model, self.collator = config, model, collator
+        if config.token_weighting and (loss_kind != "pairwise" or not reference_is_initial):
+            raise ConfigError("personal.token_weighting needs a pairwise loss and the cached reference of the initial "
+                              "policy (no ref_model, ref_cache=true)")
         group_fair.get(config.group_objective)  # a bad name fails before anything is loaded
         self.field = config.condition_on
         if self.field == "none" and config.new_users_only:
@@ -173,8 +180,24 @@ class Personalization:
         self.vectors.to(next(model.parameters()).device)
         model.add_module(ATTR, self.vectors)  # so the loop optimizes and checkpoints them
 
+    def step_options(self) -> dict[str, Any]:
+        """What make_step needs: token-weighted log-probs under NextQuill weighting."""
+        if not self.config.token_weighting:
+            return {}
+        from pluralign.personal.token_weights import weighted_pairwise_logps
+
+        return {"policy_logps": weighted_pairwise_logps}
+
     def per_example(self, records: Sequence[Any]) -> dict[str, torch.Tensor]:
         out = {}
+        if self.config.token_weighting and records:
+            import dataclasses
+
+            from pluralign.personal.token_weights import precompute
+
+            padded = dataclasses.replace(self.collator, packing=False)
+            out |= precompute(self.model, padded, records, size=self.config.history_size,
+                              temperature=self.config.token_temperature)
         if self.vectors is not None:
             out["person_index"] = self.vectors.lookup([_field(r, self.field) for r in records])
         if self.groups:

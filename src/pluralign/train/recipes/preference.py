@@ -278,7 +278,11 @@ def run(config: PreferenceConfig) -> RecipeResult:
         mo.install(scheme, model)  # after the reference: MAH-DPO's reference is the unperturbed head
     # After the reference pass: the reference is the model without any person's vector.
     personal = Personalization(config.personal, model, config.model, [it.record for it in train_items],
-                               config.gradient_checkpointing, info.kind)
+                               config.gradient_checkpointing, info.kind, collator=collator,
+                               reference_is_initial=config.ref_model is None and config.ref_cache)
+    if personal.step_options() and objective_step.get("policy_logps") is not None:
+        raise ConfigError("personal.token_weighting cannot combine with per-objective heads")
+    objective_step |= personal.step_options()
     shift = losses.RunningMean() if "reward_shift" in info.inputs else None
     step = make_step(kind, loss, config.loss_params, live, shift, update_shift=True, **objective_step)
     eval_step = make_step(kind, loss, config.loss_params, live, shift, update_shift=False, **objective_step)
