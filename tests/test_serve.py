@@ -233,3 +233,34 @@ def test_the_request_user_reaches_a_per_user_reward(server, pal_dir):
         ext = r.choices[0].model_extra["pluralign"]
         assert ext["scores"]["reward"] == pytest.approx(float(pal.score([PROMPT], [r.choices[0].text], user=user)[0, 0]),
                                                         abs=1e-5)
+
+
+def test_a_conditioned_policy_gets_each_requests_weights_and_direction(sandbox, tmp_path):
+    """A model saved with a conditioning scheme (here DPA-style statements) is loaded with it, and each
+    request's weights / direction reach it: the served answer is `decode("sample")` under those controls."""
+    import shutil
+
+    from pluralign import conditioning
+    from pluralign.decode.api import Controls, decode
+
+    path, _, _ = sandbox
+    model_dir = tmp_path / "conditioned"
+    shutil.copytree(path, model_dir)
+    for name, text in conditioning.save_state(conditioning.get("system_message", list(ATTRIBUTES))).items():
+        (model_dir / name).write_text(text)
+    model, tok = load_policy(model_dir)
+    assert conditioning.attached(model) is not None
+    plain = sample(model, tok, [PROMPT], max_new_tokens=12, temperature=0).texts[0][0]
+    differ = 0
+    with Background(ServeConfig(model=str(model_dir), served_name="cond", port=0), keys=[]) as url:
+        for ctl in ({"weights": {"positivity": 1.0}}, {"direction": [1, 0, 0, 0, 0, 0, 1]}):
+            got = client(url).completions.create(model="cond", prompt=PROMPT, max_tokens=12, temperature=0,
+                                                 extra_body=ctl)
+            want = decode("sample", model, tok, [PROMPT], controls=Controls(
+                max_new_tokens=12, temperature=0, seed=None, chat_template="never", **ctl))
+            assert got.choices[0].text == want.texts[0]
+            assert got.usage.prompt_tokens > len(tok(PROMPT)["input_ids"])  # the statement is counted
+            differ += want.texts[0] != plain
+        bad = httpx.post(url + "/v1/completions", json={"prompt": PROMPT, "weights": [-1, 0, 0, 0, 0, 0, 2]})
+        assert bad.status_code == 422 and "non-negative" in bad.json()["error"]["message"]
+    assert differ  # the statement changed the answer: the scheme really was applied

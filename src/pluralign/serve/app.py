@@ -41,6 +41,17 @@ def prompt_token_ids(tokenizer: Any, prompts: list[Any], chat_template: str) -> 
         raise APIError(400, str(e), code="unrenderable_prompt") from None
 
 
+def conditioned_prompts(model: Any, prompts: list[Any], controls: Any) -> list[Any]:
+    """The prompts as a conditioned policy will see them (`pluralign.conditioning`: a prompt-level scheme
+    states the request's preference in the prompt), so that limits count what is decoded; a bad
+    condition (e.g. negative weights) is refused here, before the request is queued."""
+    scheme = getattr(model, "pluralign_conditioning", None)
+    if scheme is None or getattr(scheme, "name", "none") == "none":
+        return prompts
+    condition = scheme.condition_of_request(controls)
+    return prompts if scheme.model_level else [scheme.prompt(p, condition) for p in prompts]
+
+
 def context_window(model: Any) -> int | None:
     """The longest sequence the model's positions cover (refused beyond it: one request past a learned
     position table would fail the whole batch it shares)."""
@@ -175,7 +186,8 @@ class Server:
                 weight_vector(controls.weights, objective_names(source, len(source.objectives)))
             except (PluralignError, TypeError, ValueError) as e:
                 raise APIError(422, f"weights: {e}", param="weights", code="invalid_weights") from None
-        ids = prompt_token_ids(loaded.tokenizer, prompts, controls.chat_template)
+        ids = prompt_token_ids(loaded.tokenizer, conditioned_prompts(loaded.model, prompts, controls),
+                               controls.chat_template)
         longest = max(len(x) for x in ids)
         if longest > self.cfg.max_prompt_tokens:
             raise APIError(400, f"prompt has {longest} tokens, above the limit {self.cfg.max_prompt_tokens}",

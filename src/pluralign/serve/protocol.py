@@ -8,8 +8,8 @@ PAL score for). The alignment controls are an extension the `openai` client send
   genarm, ...: `pluralign.decode.api.names()`);
 - `best_of`: the alignment candidate count (`Controls.n`: BoN's N, ARGS's k, ...), OpenAI's name for it;
 - `reward`: which served reward source guides the method (default: the first);
-- every other field of `pluralign.decode.api.Controls` (weights, beta, w, constraints, extra, and any
-  field added later, such as direction or group) under its own name, or all of them in a nested
+- every other field of `pluralign.decode.api.Controls` (weights, direction, group, beta, w, constraints,
+  chat_template, extra, and any field added later) under its own name, or all of them in a nested
   `controls` object, which may also set `n`;
 - `ignore_eos` (as vLLM): plain sampling runs to `max_tokens` (fixed-length load tests).
 
