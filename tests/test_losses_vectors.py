@@ -27,7 +27,9 @@ def _pair_at(h, beta=0.1, n=B):
 def _call(name, pc, pr, rc, rr, lengths=(7, 7), **hp):
     lc = torch.full_like(pc, lengths[0], dtype=torch.long)
     lr = torch.full_like(pr, lengths[1], dtype=torch.long)
-    return losses.get(name)(pc, pr, rc, rr, chosen_lengths=lc, rejected_lengths=lr, **hp)
+    # MODPO's margin rewards (the other objectives' rewards): zero margins make it DPO with β / w0
+    margins = {n: torch.zeros_like(pc.detach()) for n in losses.describe(name).required if n.endswith("margin_rewards")}
+    return losses.get(name)(pc, pr, rc, rr, chosen_lengths=lc, rejected_lengths=lr, **margins, **hp)
 
 
 def _value(name, h=0.0, **kw):
