@@ -81,13 +81,14 @@ class PolicyGradient:
         batch = training_rows(self.tokenizer, rollout.prompt_ids, rollout.completion_ids)
         mask = batch["completion_mask"].float()
         device = next(model.parameters()).device
-        old_values = ref = None
-        with torch.no_grad(), eval_mode(model):
-            on_device = {k: v.to(device) for k, v in batch.items()}
-            old, old_values = policy_outputs(model, on_device)
-            old, old_values = old.cpu(), old_values.cpu() if old_values is not None else None
-            if self.needs_reference:
-                ref = self.reference.token_logps(on_device).cpu()
+        old = old_values = ref = None
+        if self.needs_reference or isinstance(model, PolicyWithValue):  # else the rollout's log-probs suffice
+            with torch.no_grad(), eval_mode(model):
+                on_device = {k: v.to(device) for k, v in batch.items()}
+                old, old_values = policy_outputs(model, on_device)
+                old, old_values = old.cpu(), old_values.cpu() if old_values is not None else None
+                if self.needs_reference:
+                    ref = self.reference.token_logps(on_device).cpu()
         kl_penalty = self.beta * (old - ref) * mask if ref is not None and self.kl_in == "reward" else None
         adv, returns = self.estimator(rewards, mask, group_size=g, kl_penalty=kl_penalty, values=old_values,
                                       **self.estimator_params)
@@ -102,7 +103,10 @@ class PolicyGradient:
             batch["ref_logps"] = ref
         if old_values is not None:
             batch |= {"old_values": old_values, "returns": returns}
-        metrics = {"kept_fraction": keep.mean(), "entropy": _entropy(old, mask)}
+        sampled = torch.cat(rollout.sampler_logps) if rollout.sampler_logps else None
+        metrics = {"kept_fraction": keep.mean()}
+        if sampled is not None and len(sampled):
+            metrics["entropy"] = -sampled.mean()  # Monte-Carlo per-token entropy of the sampling policy
         if ref is not None:
             metrics["kl"] = ((old - ref) * mask).sum(1).mean()
         batch["metrics"] = metrics
@@ -133,11 +137,6 @@ def _denominator(loss_mask: Tensor, aggregation: str, max_len: int) -> Tensor:
         return loss_mask.sum()
     n_seq = (loss_mask.sum(1) > 0).sum().float()
     return n_seq * max_len if aggregation == "seq_mean_token_sum_norm" else n_seq
-
-
-def _entropy(logps: Tensor, mask: Tensor) -> Tensor:
-    """Monte-Carlo per-token entropy of the sampling policy: −mean log π(y_t) over the sampled tokens."""
-    return -(logps * mask).sum() / mask.sum().clamp(min=1)
 
 
 class Pairs:
