@@ -210,3 +210,25 @@ def test_bad_prompts_and_group_sizes(base, tmp_path):
     with pytest.raises(ConfigError, match="unknown advantage estimator 'grp'"):
         run(config(base, tmp_path, advantage="grp"), prompts=PROMPTS, reward_objects=[cat_reward])
     assert issubclass(DataError, PluralignError)
+
+
+def test_chat_prompts_and_lora_reference(tmp_path, chat_tokenizer):
+    """Message-list prompts are rendered with the tokenizer's chat template (never str(prompt)); under
+    LoRA the reference is the base with adapters off, so the first step's KL is exactly 0."""
+    from pluralign.models import tiny
+    from pluralign.online.rollout import generate as gen
+
+    base = tmp_path / "chat"
+    tiny.tiny_llama(len(chat_tokenizer), hidden_size=32, num_heads=2).save_pretrained(base)
+    chat_tokenizer.save_pretrained(base)
+    messages = [[{"role": "user", "content": "the cat"}], [{"role": "user", "content": "a dog"}]]
+    tok, model = load_tokenizer(base), load_model(base)
+    ro = gen(model, tok, messages, 2, max_new_tokens=4, seed=0)
+    rendered = tok.apply_chat_template(messages[0], add_generation_prompt=True, tokenize=True)
+    rendered = rendered["input_ids"] if hasattr(rendered, "keys") else rendered
+    assert ro.prompt_ids[0] == list(rendered) and ro.prompt_ids[0][-2:] == tok.convert_tokens_to_ids(["assistant", ":"])
+    result = run(config(base, tmp_path, algorithm="rloo", use_lora=True, beta=0.05, loop={"max_steps": 2, "log_every": 1}),
+                 prompts=messages * 2, reward_objects=[cat_reward])
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[1]["kl"] != 0.0
+    assert result.model_dir.is_dir()
