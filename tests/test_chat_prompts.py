@@ -202,7 +202,7 @@ def test_ensemble_and_implicit_rewards_score_the_templated_conversation(encoder,
                 logp = torch.log_softmax(lm(ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
                 totals.append(logp[len(head) - 1:].sum())
             expected.append(0.5 * (totals[0] - totals[1]))
-    torch.testing.assert_close(implicit.score(MSGS, RESPONSES)[:, 0], torch.stack(expected), atol=1e-5, rtol=0)
+    torch.testing.assert_close(implicit.score(MSGS, RESPONSES)[:, 0], torch.stack(expected), atol=ATOL, rtol=0)
 
 
 def test_cached_reward_scores_templated_prefixes(multi_rm, chat_tokenizer):
