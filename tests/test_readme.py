@@ -58,8 +58,10 @@ def blocks(text: str) -> list[tuple[str, str, bool]]:
 
 
 def commands(body: str) -> list[str]:
-    """The command lines of a bash block (comments and blank lines dropped; no line continuations used)."""
-    return [line.strip() for line in body.splitlines() if line.strip() and not line.strip().startswith("#")]
+    """The command lines of a bash block: comments and blank lines dropped, lines ending in a backslash
+    joined with the next."""
+    joined = re.sub(r"\s*\\\n\s*", " ", body)
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
 def quick_argv(argv: list[str]) -> list[str]:
@@ -179,5 +181,6 @@ def test_blocks_parser_and_skip_mark():
     parsed = blocks(text)
     assert [(lang, skipped) for lang, _, skipped in parsed] == [("bash", False), ("bash", True)]
     assert commands(parsed[0][1]) == ["pluralign a", "pluralign b  # d"]
+    assert commands("pluralign x \\\n   --y 1\n") == ["pluralign x --y 1"]
     assert quick_argv(["train", "dpo", "--config", "x.yaml"])[-2:] == ["loop.max_steps=2", "loop.progress=false"]
     assert quick_argv(["sandbox", "feedback", "--n", "2000"])[-1] == "64"
