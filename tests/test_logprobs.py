@@ -10,7 +10,7 @@ from pluralign.data.collate import PairwiseCollator, UnpairedCollator
 from pluralign.data.records import Binary, Pairwise
 from pluralign.models import LoraSpec, add_lora, pairwise_logps, sequence_logps, tiny, token_logps
 from pluralign.models.logprobs import prepare_packing
-from pluralign.models.packed_attention import NAME, packed_sdpa, use_packed_attention
+from pluralign.models.packed_attention import NAME, packed_attention, use_packed_attention
 
 PAIRS = [
     Pairwise("what is the cat ?", "the cat sat on the mat .", "no"),
@@ -19,13 +19,18 @@ PAIRS = [
 ]
 
 
-def build(arch: str, vocab_size: int, attn: str = "sdpa") -> torch.nn.Module:
-    """`attn`: a transformers attention implementation, or "packed" for pluralign's per-sequence SDPA."""
-    make = tiny.tiny_llama if arch == "llama" else tiny.tiny_gpt2
-    model = make(vocab_size, hidden_size=32, num_heads=2).eval()  # eval: GPT-2 has dropout
-    model.config._attn_implementation = "sdpa" if attn == "packed" else attn
-    if attn == "packed":
-        assert use_packed_attention(model) == "sdpa"
+BUILDERS = {"llama": tiny.tiny_llama, "gpt2": tiny.tiny_gpt2, "qwen2": tiny.tiny_qwen2}
+CUDA = torch.cuda.is_available()
+
+
+def build(arch: str, vocab_size: int, attn: str = "sdpa", device: str = "cpu") -> torch.nn.Module:
+    """`attn`: a transformers attention implementation, "packed" for pluralign's per-sequence SDPA, or
+    "packed-<kernel>" for another packed-attention kernel."""
+    extra = {"num_kv_heads": 1} if arch == "qwen2" else {}  # grouped-query attention: 2 query heads per kv head
+    model = BUILDERS[arch](vocab_size, hidden_size=32, num_heads=2, **extra).eval().to(device)  # eval: dropout
+    model.config._attn_implementation = "sdpa" if attn.startswith("packed") else attn
+    if attn.startswith("packed"):
+        assert use_packed_attention(model, attn.partition("-")[2] or "sdpa") == "sdpa"
     return model
 
 
@@ -62,7 +67,7 @@ def test_chunked_equals_full_logits_values_and_gradients(tiny_word_tokenizer, ar
 
 
 @pytest.mark.parametrize("arch,attn", [("llama", "sdpa"), ("llama", "eager"), ("gpt2", "sdpa"), ("llama", "packed"),
-                                       ("gpt2", "packed")])
+                                       ("gpt2", "packed"), ("qwen2", "packed")])
 def test_left_right_and_packed_give_the_same_logps(tiny_word_tokenizer, arch, attn):
     model = build(arch, len(tiny_word_tokenizer), attn)
     results = []
@@ -256,8 +261,51 @@ def test_prepare_packing_switches_a_model_that_can_and_refuses_one_that_leaks(ti
     assert bad.config._attn_implementation == "leaky_for_test"
 
 
-def test_packed_sdpa_hands_unpacked_batches_to_transformers_sdpa():
+def test_packed_attention_hands_unpacked_batches_to_transformers_sdpa():
     q = torch.randn(2, 2, 5, 4)
-    out, weights = packed_sdpa(torch.nn.Identity(), q, q, q, None, scaling=0.5)
+    out, weights = packed_attention(torch.nn.Identity(), q, q, q, None, scaling=0.5)
     expected = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True, scale=0.5)
     torch.testing.assert_close(out, expected.transpose(1, 2)) and weights is None
+
+
+KERNELS = ["sdpa", "flex"] + (["flex-cuda", "flash-cuda"] if CUDA else [])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_packed_kernels_equal_padded_attention(tiny_word_tokenizer, arch, kernel):
+    """Every packed-attention kernel gives the completion log-probs of transformers' padded SDPA: to 1e-5 in
+    fp32 (flash-attn computes in 16 bits: there the comparison is with padded SDPA under the same bf16
+    autocast, to bf16 rounding). On CPU FlexAttention runs forward only (torch has no CPU backward)."""
+    name, _, device = kernel.partition("-")
+    device = device or "cpu"
+    reference = build(arch, len(tiny_word_tokenizer), "sdpa", device)
+    model = build(arch, len(tiny_word_tokenizer), f"packed-{name}", device)
+    model.load_state_dict(reference.state_dict())
+    assert model.config._attn_implementation == f"pluralign_packed_{name}"
+    padded = PairwiseCollator(tiny_word_tokenizer)(PAIRS)
+    packed = PairwiseCollator(tiny_word_tokenizer, packing=True)(PAIRS)
+    move = lambda b: {k: v.to(device) for k, v in b.items()}  # noqa: E731
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=name == "flash")
+    with torch.no_grad(), autocast:
+        expected, n_expected = sequence_logps(reference, move(padded))
+        got, n_got = sequence_logps(model, move(packed))
+    assert n_got.tolist() == n_expected.tolist()
+    tol = 5e-2 if name == "flash" else 1e-5
+    torch.testing.assert_close(got.cpu(), expected.cpu(), atol=tol, rtol=tol)
+    if name != "flash":  # and it is not the padded path in disguise: packing moves a leaky model's log-probs
+        assert not torch.allclose(got.cpu(), sequence_logps(build(arch, len(tiny_word_tokenizer), "sdpa"),
+                                                            packed | {"position_ids": None})[0].detach(), atol=1e-3)
+
+
+def test_packed_boundaries_are_read_back_once_per_batch_not_per_layer(tiny_word_tokenizer, monkeypatch):
+    """The per-sequence loop gets host-side bounds from the batch: one device→host read per forward, not
+    one per layer."""
+    model = build("llama", len(tiny_word_tokenizer), "packed")
+    packed = PairwiseCollator(tiny_word_tokenizer, packing=True)(PAIRS)
+    reads = []
+    tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(self.shape) or tolist(self))
+    with torch.no_grad():
+        sequence_logps(model, packed)
+    assert len(reads) == 1, reads

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from pluralign.errors import PluralignError
-from pluralign.models.packed_attention import NAME as PACKED_ATTENTION
-from pluralign.models.packed_attention import packed_kwargs, use_packed_attention
+from pluralign.models.packed_attention import PREFIX as PACKED_ATTENTION
+from pluralign.models.packed_attention import Kernel, packed_kwargs, use_packed_attention
 
 CHUNK_ELEMENTS = 1 << 22  # default chunk: 4M fp32 logits (16 MiB), i.e. 4M / vocab_size positions
 
@@ -140,9 +140,10 @@ def final_hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: tor
     captured: list[torch.Tensor] = []
     hook = unwrap(model).get_decoder().register_forward_hook(lambda module, args, out: captured.append(out[0]))
     extra = {}
-    if attention_mask is None and position_ids is not None and position_ids.shape[0] == 1 and \
-            _reads_varlen_kwargs(unwrap(model)):
-        extra = packed_kwargs(position_ids)  # sequence boundaries, so attention runs per packed sequence
+    implementation = _varlen_implementation(unwrap(model))
+    if attention_mask is None and position_ids is not None and position_ids.shape[0] == 1 and implementation:
+        # The sequence boundaries, computed once for all layers, so attention runs per packed sequence.
+        extra = packed_kwargs(position_ids, implementation.removeprefix(PACKED_ATTENTION))
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
               logits_to_keep=1, **extra)
@@ -151,9 +152,11 @@ def final_hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: tor
     return captured[0]
 
 
-def _reads_varlen_kwargs(model: Any) -> bool:
+def _varlen_implementation(model: Any) -> str | None:
+    """The attention implementation of `model` when it reads varlen keywords (pluralign's packed
+    attention, transformers' flash-attn), else None."""
     implementation = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
-    return implementation == PACKED_ATTENTION or implementation.startswith("flash_attention")
+    return implementation if implementation.startswith((PACKED_ATTENTION, "flash_attention")) else None
 
 
 def unwrap(model: Any) -> Any:
@@ -197,13 +200,14 @@ def _chunk_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Ten
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
-def prepare_packing(model: Any, wanted: bool = True) -> bool:
+def prepare_packing(model: Any, wanted: bool = True, kernel: Kernel = "auto") -> bool:
     """Whether to train `model` on packed batches: `wanted`, and its packed rows give the log-probs of the
-    same sequences padded, after switching it to per-sequence attention where it can. A model that fails
-    keeps its attention and is told to use padded batches (on stderr)."""
+    same sequences padded, after switching it to packed attention with `kernel` (see
+    `pluralign.models.packed_attention`) where it can. A model that fails keeps its attention and is told
+    to use padded batches (on stderr)."""
     if not wanted:
         return False
-    replaced = use_packed_attention(unwrap(model))
+    replaced = use_packed_attention(unwrap(model), kernel)
     if packing_works(model):
         return True
     if replaced is not None:

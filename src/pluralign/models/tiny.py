@@ -8,6 +8,7 @@ exactly like a hub checkpoint.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -82,3 +83,22 @@ def tiny_gpt2(vocab_size: int, *, hidden_size: int = 64, num_layers: int = 2, nu
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return GPT2LMHeadModel(config)
+
+
+def tiny_qwen2(vocab_size: int, *, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
+               num_kv_heads: int = 2, max_position_embeddings: int = 256, seed: int = 0, pad_token_id: int = 0,
+               bos_token_id: int = 1, eos_token_id: int = 2) -> Any:
+    """A small Qwen2-style causal LM: biased q/k/v projections and grouped-query attention (fewer key/value
+    heads than query heads), tied embeddings."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id, tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Qwen2ForCausalLM(config)

@@ -24,6 +24,7 @@ class ModelTrainingConfig:
     model: str = option("", help="Model to train: a local model directory or a hub id.")
     max_length: int = option(512, help="Longest prompt+completion in tokens.")
     packing: bool = option(True, help="Padding-free batches: sequences laid end to end with restarting position ids, attention run per sequence (no compute or memory spent on padding). Checked against padded batches on the model at start; a model that fails trains on padded batches.")
+    attention_kernel: Literal["auto", "flash", "flex", "sdpa"] = option("auto", help="Attention kernel of packed batches: flash (flash-attn varlen, CUDA, the pluralign[flash] extra), flex (PyTorch FlexAttention, compiled on CUDA; forward only on CPU), sdpa (one SDPA call per sequence), auto (flash when installed on CUDA, else sdpa).")
     gradient_checkpointing: bool = option(True, help="Recompute each decoder layer's activations in backward instead of storing them: about a third more compute for a fraction of the activation memory (TRL's default too). Turn off for speed when memory allows.")
     dtype: str = option("auto", help="Weights dtype: auto (as saved), float32, bfloat16, float16.")
     use_lora: bool = option(False, help="Train LoRA adapters instead of all weights.")
@@ -56,7 +57,7 @@ def load_policy(config: PolicyTrainingConfig) -> tuple[Any, Any, bool]:
         raise ConfigError("set 'data' (one or more data files)")
     tokenizer = load_tokenizer(config.model)
     model = load_trainable(config)
-    return tokenizer, model, prepare_packing(model, config.packing)
+    return tokenizer, model, prepare_packing(model, config.packing, config.attention_kernel)
 
 
 def load_trainable(config: ModelTrainingConfig, kind: str = "causal", *, frozen: bool = False) -> Any:
@@ -71,7 +72,7 @@ def load_trainable(config: ModelTrainingConfig, kind: str = "causal", *, frozen:
 def load_frozen(path: str, config: PolicyTrainingConfig, packing: bool, role: str) -> Any:
     """A model that only scores (a reference, an opponent), on this process's device, packing like the policy."""
     model = load_model(path, dtype=config.dtype).to(process_state().device).requires_grad_(False)
-    if packing and not prepare_packing(model):
+    if packing and not prepare_packing(model, kernel=config.attention_kernel):
         raise ConfigError(f"{role} {path}: packed batches do not work with this model; set packing=false")
     return model
 
