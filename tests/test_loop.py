@@ -103,15 +103,25 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
 
 def test_max_steps_then_resume_to_the_end(tmp_path):
     data = make_data(16)
+    # save_every beyond the run: no checkpoint along the way, a resumable one after the last step.
+    const = dict(scheduler="constant", warmup_ratio=0.0, save_every=100)
     straight = make_model()
-    train(straight, data, collate, noisy_step, cfg(scheduler="constant", warmup_ratio=0.0, max_steps=6), tmp_path / "a")
+    train(straight, data, collate, noisy_step, cfg(**const, max_steps=6), tmp_path / "a")
     first = make_model()
-    train(first, data, collate, noisy_step, cfg(scheduler="constant", warmup_ratio=0.0, max_steps=3), tmp_path / "b")
+    train(first, data, collate, noisy_step, cfg(**const, max_steps=3), tmp_path / "b")
+    assert [p.name for p in state.list_checkpoints(tmp_path / "b" / "checkpoints")] == ["step-3"]
     second = make_model()
-    result = train(second, data, collate, noisy_step, cfg(scheduler="constant", warmup_ratio=0.0, max_steps=6), tmp_path / "b")
+    result = train(second, data, collate, noisy_step, cfg(**const, max_steps=6), tmp_path / "b")
     assert result.resumed_from.name == "step-3" and result.epoch == 1  # 4 steps per epoch: crossed an epoch
     for k, v in weights(straight).items():
         assert torch.equal(weights(second)[k], v), k
+
+
+def test_no_checkpoint_when_none_was_asked_for(tmp_path):
+    """save_every=0: the optimizer state (twice the weights) is never written; the run logs and returns."""
+    result = train(make_model(), make_data(16), collate, noisy_step, cfg(max_steps=3), tmp_path / "run")
+    assert result.global_step == 3 and result.checkpoint is None
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
 
 WORKER = textwrap.dedent("""
@@ -231,7 +241,7 @@ def test_eval_mean_covers_every_example_once(tmp_path):
 
 def test_resume_with_a_different_batch_is_refused(tmp_path):
     data = make_data(16)
-    train(make_model(), data, collate, nll_step, cfg(max_steps=2), tmp_path / "run")
+    train(make_model(), data, collate, nll_step, cfg(max_steps=2, save_every=2), tmp_path / "run")
     with pytest.raises(ConfigError, match="global_batch"):
         train(make_model(), data, collate, nll_step, cfg(max_steps=4, batch_size=8), tmp_path / "run")
 

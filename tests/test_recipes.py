@@ -127,7 +127,8 @@ def test_cached_reference_trains_like_a_live_reference(files, tmp_path):
 def test_lora_with_adapters_off_reference_and_saved_adapters(files, tmp_path):
     common = dict(model=str(files["base"]), data=[str(files["pairs"])], loss="dpo", use_lora=True,
                   lora={"r": 4, "alpha": 8.0}, loop=LOOP | {"learning_rate": 5e-2})
-    merged = run_preference(**common, output_dir=str(tmp_path / "merged"))
+    # A resumable checkpoint is asked for (save_every past the end: after the last step only).
+    merged = run_preference(**(common | {"loop": common["loop"] | {"save_every": 100}}), output_dir=str(tmp_path / "merged"))
     adapters = run_preference(**common, ref_cache=False, merge_lora=False, output_dir=str(tmp_path / "adapters"))
     assert (adapters.model_dir / "adapter_config.json").exists()
     assert not (merged.model_dir / "adapter_config.json").exists()
@@ -145,7 +146,7 @@ def test_lora_with_adapters_off_reference_and_saved_adapters(files, tmp_path):
 
 
 def test_bco_resume_is_exact_with_its_running_shift(files, tmp_path):
-    loop = LOOP | {"scheduler": "constant", "warmup_ratio": 0.0, "batch_size": 2, "num_epochs": 1}
+    loop = LOOP | {"scheduler": "constant", "warmup_ratio": 0.0, "batch_size": 2, "num_epochs": 1, "save_every": 100}
     common = dict(model=str(files["base"]), data=[str(files["pairs"])], loss="bco")  # pairs -> binary rows
     straight = run_preference(**common, loop=loop | {"max_steps": 10}, output_dir=str(tmp_path / "a"))
     run_preference(**common, loop=loop | {"max_steps": 4}, output_dir=str(tmp_path / "b"))

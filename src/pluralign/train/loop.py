@@ -71,7 +71,7 @@ class LoopConfig:
     seed: int = option(0, help="Seed of the data order and of every RNG (torch, numpy, python).")
     log_every: int = option(10, help="Write averaged training metrics to metrics.jsonl every N steps.")
     eval_every: int = option(0, help="Evaluate on the eval set every N steps (0: only at the end, when an eval set is given).")
-    save_every: int = option(0, help="Save a checkpoint every N steps (0: only at the end). Needs a run directory.")
+    save_every: int = option(0, help="Save a resumable checkpoint (trained weights, optimizer and scheduler state, RNG, data position) every N steps and after the last one; 0: none (recipes still save the trained model). Needs a run directory.")
     keep_checkpoints: int = option(2, help="Keep the newest N checkpoints (0 keeps all).")
     mixed_precision: Literal["no", "bf16", "fp16"] = option("no", help="Autocast precision: no, bf16 (CPU or a bf16-capable GPU), fp16 (CUDA only, with loss scaling).")
     progress: bool = option(True, help="Show a progress bar with the live loss and step metrics, print the config, every evaluation's metrics and the final metrics.")
@@ -312,7 +312,10 @@ def train(
 
     if eval_dataset is not None and evaluated_at != pos.global_step:
         eval_metrics = _evaluate_and_log(wrapped, eval_dataset, eval_collate, eval_step, config, accelerator, run, pos, track)
-    if run is not None and (last_ckpt is None or ckpt.checkpoint_dir(run.checkpoints, pos.global_step) != last_ckpt):
+    # The end state is written only when resumable checkpoints were asked for: the optimizer state is twice
+    # the trained weights, and a run that saves no checkpoints along the way has no use for it at the end.
+    if run is not None and config.save_every > 0 and (
+            last_ckpt is None or ckpt.checkpoint_dir(run.checkpoints, pos.global_step) != last_ckpt):
         last_ckpt = save() or last_ckpt
     accelerator.wait_for_everyone()
     trackers.finish(accelerator, track)

@@ -62,12 +62,15 @@ def cache_key(dataset: Sequence, collate: Callable[[list], dict], model: torch.n
     return hashlib.blake2b(f"{what}|{data}|{weights_fingerprint(model)}".encode(), digest_size=16).hexdigest()
 
 
-@torch.no_grad()
 def compute_reference(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], dict],
                       logps_of: LogpsFn, *, batch_size: int, device: torch.device | str | None = None,
-                      show_progress: bool = False) -> dict[str, torch.Tensor]:
+                      show_progress: bool = False, precision: str = "no") -> dict[str, torch.Tensor]:
     """`logps_of` over the whole dataset in order, concatenated per key (rows padded with 0 along dim 1
-    when batches differ in width, as listwise batches do). fp32 on CPU."""
+    when batches differ in width, as listwise batches do). fp32 on CPU.
+
+    `precision` is the training loop's autocast ("no", "bf16", "fp16"): the reference is computed under the
+    same autocast as the policy's log-probs in training, so that policy and reference agree exactly at
+    initialization (as TRL's precomputed reference does) and the pass runs at 16-bit speed."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -77,26 +80,31 @@ def compute_reference(model: torch.nn.Module, dataset: Sequence, collate: Callab
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="reference log-probs")
-    for batch in batches:
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        for key, value in logps_of(model, batch).items():
-            parts.setdefault(key, []).append(value.detach().float().cpu())
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        for batch in batches:
+            batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            for key, value in logps_of(model, batch).items():
+                parts.setdefault(key, []).append(value.float().cpu())
     model.train(was_training)
+    # Concatenated outside inference mode: the result is an ordinary tensor that training may use freely.
     return {key: _cat_padded(values) for key, values in parts.items()}
 
 
 def cached_reference(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], dict],
                      logps_of: LogpsFn, *, cache_dir: str | os.PathLike, batch_size: int, what: str,
-                     show_progress: bool = False) -> tuple[dict[str, torch.Tensor], Path, bool]:
-    """Reference values from the cache, computing and storing them on a miss.
-    Returns (values, cache file, hit)."""
+                     show_progress: bool = False, precision: str = "no") -> tuple[dict[str, torch.Tensor], Path, bool]:
+    """Reference values from the cache, computing and storing them on a miss (under `precision`'s
+    autocast, which is part of the key). Returns (values, cache file, hit)."""
+    what = what if precision == "no" else f"{what}|{precision}"
     key = cache_key(dataset, collate, model, batch_size=batch_size, what=what)
     path = Path(cache_dir) / f"{key}.safetensors"
     if path.exists():
         values = load_file(str(path))
         if all(v.shape[0] == len(dataset) for v in values.values()):
             return values, path, True
-    values = compute_reference(model, dataset, collate, logps_of, batch_size=batch_size, show_progress=show_progress)
+    values = compute_reference(model, dataset, collate, logps_of, batch_size=batch_size, show_progress=show_progress,
+                               precision=precision)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({k: v.contiguous() for k, v in values.items()}, str(tmp), metadata={"what": what})

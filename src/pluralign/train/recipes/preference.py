@@ -330,7 +330,8 @@ def _history(config, info, kind, collator, items, distributed) -> Tensors:
             values, cache, hit = cached_reference(
                 opponent, items, Collate(collator), lambda m, b: kind.logps(m, b, info),
                 cache_dir=cache_dir, batch_size=batch_size,
-                what=f"{info.kind}|history" + (f"|ld={config.ld_alpha}" if config.ld_alpha is not None else ""))
+                what=f"{info.kind}|history" + (f"|ld={config.ld_alpha}" if config.ld_alpha is not None else ""),
+                precision=config.loop.mixed_precision)
         distributed.print(f"opponent log-probs of {path}: {'cache hit' if hit else 'computed and cached'} ({cache})")
         chosen.append(values["chosen"])
         rejected.append(values["rejected"])
@@ -367,11 +368,12 @@ def _reference(config, info, kind, model, collator, train_items, eval_items, dis
     # reference model is dropped when this returns: training never holds it.
     with distributed.main_process_first(), _as_reference(ref_model, model) as reference:
         show = config.loop.progress and distributed.is_main_process
-        train_ref, path, hit = cached_reference(reference, train_items, Collate(collator), logps_of,
-                                                cache_dir=cache_dir, batch_size=bs, what=what, show_progress=show)
+        precision = config.loop.mixed_precision
+        train_ref, path, hit = cached_reference(reference, train_items, Collate(collator), logps_of, cache_dir=cache_dir,
+                                                batch_size=bs, what=what, show_progress=show, precision=precision)
         if eval_items:
             eval_ref = cached_reference(reference, eval_items, Collate(collator), logps_of,
-                                        cache_dir=cache_dir, batch_size=bs, what=what)[0]
+                                        cache_dir=cache_dir, batch_size=bs, what=what, precision=precision)[0]
     distributed.print(f"reference log-probs: {'cache hit' if hit else 'computed and cached'} ({path})")
     return None, train_ref, eval_ref
 
