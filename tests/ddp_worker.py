@@ -1,6 +1,7 @@
 """Run under `accelerate launch` by tests/test_ddp.py (not a test module).
 
-    ddp_worker.py loop RUN_DIR BATCH ACCUM        the toy loop (tests/loop_toys.py)
+    ddp_worker.py loop RUN_DIR BATCH ACCUM [MAX_STEPS]   the toy loop (tests/loop_toys.py); under FSDP it
+                                                   also checks that the model was sharded (DTensor params)
     ddp_worker.py preference A.yaml [B.yaml ...]   the preference recipe, once per config (one launch)
     ddp_worker.py online A.yaml [B.yaml ...]       an online recipe (rewards from tests/online_toys.py)
 """
@@ -16,9 +17,24 @@ if sys.argv[1] == "loop":
     from pluralign.train.loop import LoopConfig, train
 
     run_dir, batch, accum = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    max_steps = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+    # With max_steps (a run stopped early, then extended): a constant rate, so the schedule does not
+    # depend on where the run is told to stop.
+    schedule = {"scheduler": "constant", "warmup_ratio": 0.0} if max_steps else {"warmup_ratio": 0.25}
     config = LoopConfig(learning_rate=1e-2, batch_size=batch, grad_accum=accum, num_epochs=2, log_every=1,
-                        progress=False, save_every=2, keep_checkpoints=1, warmup_ratio=0.25)
-    train(make_model(), make_data(32), collate, nll_step, config, run_dir, eval_dataset=make_data(7, seed=5))
+                        progress=False, save_every=2, keep_checkpoints=1, max_steps=max_steps, **schedule)
+    model = make_model()
+    train(model, make_data(32), collate, nll_step, config, run_dir, eval_dataset=make_data(7, seed=5))
+    import os
+
+    if os.environ.get("ACCELERATE_USE_FSDP") == "true":
+        from torch.distributed.tensor import DTensor
+
+        params = dict(model.named_parameters())
+        assert params and all(isinstance(p, DTensor) for p in params.values()), {n: type(p) for n, p in params.items()}
+        # Each process holds a shard (dim 0 split in 2), not a replica.
+        w = params["model.layers.0.mlp.up_proj.weight"]
+        assert w.to_local().shape[0] * 2 == w.shape[0], (w.to_local().shape, w.shape)
 elif sys.argv[1] == "online":
     from pluralign.config import load
     from pluralign.train.recipes.online import OnlineConfig, run

@@ -35,10 +35,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(*args: str, timeout: int = 240, extra_path: str | None = None) -> None:
+# FSDP2 (`fully_shard`) over the toy model's decoder layers, full state dicts gathered for checkpoints.
+FSDP = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+        "--fsdp_transformer_layer_cls_to_wrap", "LlamaDecoderLayer", "--fsdp_state_dict_type", "FULL_STATE_DICT")
+
+
+def launch(*args: str, timeout: int = 240, extra_path: str | None = None, fsdp: bool = False) -> None:
     exe = str(ACCELERATE) if ACCELERATE.exists() else shutil.which("accelerate")
-    cmd = [exe, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(HERE / "ddp_worker.py"), *args]
+    # --use_fsdp replaces --multi_gpu (the launcher takes one of them; both start torchrun processes).
+    cmd = [exe, "launch", *(FSDP if fsdp else ("--multi_gpu",)), "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           str(HERE / "ddp_worker.py"), *args]
     env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     if extra_path:  # e.g. tests/ for a `module:function` reward
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, env.get("PYTHONPATH")]))
@@ -46,8 +53,9 @@ def launch(*args: str, timeout: int = 240, extra_path: str | None = None) -> Non
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
-def test_two_process_loop_matches_one_process(tmp_path):
-    launch("loop", str(tmp_path / "ddp"), "2", "2")  # 2 processes x batch 2 x accum 2 = 8 per step
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_process_loop_matches_one_process(tmp_path, fsdp):
+    launch("loop", str(tmp_path / "ddp"), "2", "2", fsdp=fsdp)  # 2 processes x batch 2 x accum 2 = 8 per step
 
     single = make_model()
     config = LoopConfig(learning_rate=1e-2, batch_size=4, grad_accum=2, num_epochs=2, log_every=1,
@@ -131,3 +139,25 @@ def test_two_process_online_recipes_match_one_process(tmp_path):
         ra, rb = RunDir(tmp_path / algorithm).read_metrics(), RunDir(tmp_path / "ddp" / algorithm).read_metrics()
         for x, y in zip(ra, rb, strict=True):
             assert y["loss"] == pytest.approx(x["loss"], abs=1e-5) and y["reward"] == pytest.approx(x["reward"], abs=1e-6)
+
+
+def test_resume_under_fsdp2_is_exact(tmp_path):
+    """2 FSDP2 processes stopped after step 4 (checkpoint: full weights and the optimizer's moments gathered
+    from both shards) and relaunched to step 8 end where one process running straight to step 8 does."""
+    launch("loop", str(tmp_path / "fsdp"), "2", "2", "4", fsdp=True)
+    assert state.latest_checkpoint(tmp_path / "fsdp" / "checkpoints").name == "step-4"
+    launch("loop", str(tmp_path / "fsdp"), "2", "2", "8", fsdp=True)
+
+    single = make_model()
+    config = LoopConfig(learning_rate=1e-2, batch_size=4, grad_accum=2, num_epochs=2, log_every=1, max_steps=8,
+                        progress=False, save_every=2, keep_checkpoints=1, scheduler="constant", warmup_ratio=0.0)
+    train(single, make_data(32), collate, nll_step, config, tmp_path / "single", eval_dataset=make_data(7, seed=5))
+    resumed = state.load_checkpoint(state.latest_checkpoint(tmp_path / "fsdp" / "checkpoints"))
+    assert resumed.position.global_step == 8
+    for name, p in single.named_parameters():
+        torch.testing.assert_close(resumed.weights[name], p.detach(), atol=1e-5, rtol=0)
+    losses = {r["step"]: r["loss"] for r in RunDir(tmp_path / "fsdp").read_metrics() if "loss" in r}
+    expected = {r["step"]: r["loss"] for r in RunDir(tmp_path / "single").read_metrics() if "loss" in r}
+    assert sorted(losses) == list(range(1, 9))
+    for s in range(5, 9):  # the steps after the resume
+        assert losses[s] == pytest.approx(expected[s], abs=1e-5), s

@@ -48,7 +48,10 @@ from pluralign.train.parallel import (
     StepFn,
     StepModule,
     Weighted,
+    load_optimizer_state,
     make_accelerator,
+    model_state,
+    optimizer_state,
     process_state,
     to_device,
 )
@@ -178,25 +181,12 @@ def train(
     trained = {id(p) for p in params}
     trained_names = {n for n, p in model.named_parameters() if id(p) in trained}
     optimizer = _make_optimizer(params, config)
-    # The step runs inside the forward of this wrapper, so DDP/FSDP/DeepSpeed see one forward per
-    # micro-batch (their gradient hooks and parameter gathering hang on it) whatever submodules the
-    # step calls, e.g. the decoder and the LM head separately for chunked log-probs.
-    wrapped, optimizer = accelerator.prepare(StepModule(model), optimizer)
-
     global_batch = config.batch_size * config.grad_accum * world
-    steps_per_epoch = len(dataset) // global_batch
-    if steps_per_epoch == 0:
-        raise PluralignError(f"the training set has {len(dataset)} examples, fewer than one effective batch ({global_batch})")
-    total_steps = config.max_steps if config.max_steps > 0 else config.num_epochs * steps_per_epoch
-    # Not prepared by accelerate on purpose: its scheduler wrapper steps once per process per call.
-    scheduler = _make_scheduler(optimizer, config, total_steps)
-
-    # --- resume
     pos = ckpt.Position(0, 0, 0, config.seed, global_batch, len(dataset))
-    resumed_from = last_ckpt = None
     if run is not None and accelerator.is_main_process:
         ckpt.remove_stale(run.checkpoints)  # .tmp directories of a crashed save (we hold the lock)
-    if run is not None and resume and (found := _resumable(run, accelerator)) is not None:
+    found = _resumable(run, accelerator) if run is not None and resume else None
+    if found is not None:  # weights go in before wrapping: FSDP then shards the resumed ones
         try:
             loaded = ckpt.load_checkpoint(found, rank, verify=False)  # _resumable verified it
             _check_compatible(loaded.position, pos, found)
@@ -205,8 +195,23 @@ def train(
             if accelerator.is_main_process and previous_config is not None:
                 atomic_write_text(run.config_path, previous_config)
             raise
+    # The step runs inside the forward of this wrapper, so DDP/FSDP/DeepSpeed see one forward per
+    # micro-batch (their gradient hooks and parameter gathering hang on it) whatever submodules the
+    # step calls, e.g. the decoder and the LM head separately for chunked log-probs.
+    wrapped, optimizer = accelerator.prepare(StepModule(model), optimizer)
+
+    steps_per_epoch = len(dataset) // global_batch
+    if steps_per_epoch == 0:
+        raise PluralignError(f"the training set has {len(dataset)} examples, fewer than one effective batch ({global_batch})")
+    total_steps = config.max_steps if config.max_steps > 0 else config.num_epochs * steps_per_epoch
+    # Not prepared by accelerate on purpose: its scheduler wrapper steps once per process per call.
+    scheduler = _make_scheduler(optimizer, config, total_steps)
+
+    # --- resume
+    resumed_from = last_ckpt = None
+    if found is not None:
         fresh = [{k: g[k] for k in _SETTINGS} for g in optimizer.param_groups]
-        optimizer.load_state_dict(loaded.optimizer)
+        load_optimizer_state(accelerator, wrapped, optimizer, loaded.optimizer)
         scheduler.load_state_dict(loaded.scheduler)
         changed = _apply_hyperparameters(optimizer, scheduler, fresh)
         if changed and accelerator.is_main_process:
@@ -503,7 +508,8 @@ def _save(accelerator, wrapped, optimizer, scheduler, stateful, trained_names, p
     if run is None:
         return None
     # get_state_dict gathers shards under FSDP/DeepSpeed, so every process must call it.
-    full = {k.removeprefix("model."): v for k, v in accelerator.get_state_dict(wrapped).items()}
+    full = {k.removeprefix("model."): v for k, v in model_state(accelerator, wrapped).items()}
+    optimizer_full = optimizer_state(accelerator, wrapped, optimizer)  # collective under FSDP
     tmp = ckpt.checkpoint_dir(run.checkpoints, pos.global_step).with_suffix(".tmp")
     try:
         if accelerator.is_main_process:
@@ -514,7 +520,7 @@ def _save(accelerator, wrapped, optimizer, scheduler, stateful, trained_names, p
             ckpt.write_main_state(
                 tmp,
                 weights={k: v for k, v in full.items() if k in trained_names},
-                optimizer=optimizer.state_dict(),
+                optimizer=optimizer_full,
                 scheduler=scheduler.state_dict(),
                 extra={k: obj.state_dict() for k, obj in stateful.items()},
                 position=ckpt.Position(**vars(pos)),

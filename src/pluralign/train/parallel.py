@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from pluralign.errors import ConfigError
+
 Batch = dict[str, Any]
 StepFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, Mapping[str, Any]]]
 
@@ -36,7 +38,61 @@ def make_accelerator(grad_accum: int, mixed_precision: str, log_with: list[str] 
         # (a notebook, a sweep) may ask for another, which is safe to switch between runs.
         AcceleratorState._reset_state()
     trackers = {"log_with": log_with, "project_dir": project_dir} if log_with else {}
-    return Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, **trackers)
+    accelerator = Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, **trackers)
+    _fsdp_on_cpu(accelerator)
+    return accelerator
+
+
+def _fsdp_on_cpu(accelerator: Accelerator) -> None:
+    """`accelerate launch --use_fsdp` with CPU processes: accelerate (1.16) only enables FSDP for accelerator
+    devices and silently runs such a job as DDP (MULTI_CPU). FSDP2 (`fully_shard`) works on CPU with gloo
+    in torch >= 2.6, so the FSDP2 plugin the launcher described is installed and accelerate's own FSDP2
+    preparation runs: the same code path as on GPUs, testable without one."""
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
+
+    if accelerator.distributed_type != DistributedType.MULTI_CPU or not parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return
+    plugin = FullyShardedDataParallelPlugin()  # reads the launcher's FSDP_* variables
+    if plugin.fsdp_version != 2:
+        raise ConfigError("FSDP on CPU processes needs FSDP2: launch with --fsdp_version 2")
+    # Both shared states: a later AcceleratorState() copies the process state's type over its own.
+    process_state().distributed_type = accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+
+
+def model_state(accelerator: Accelerator, wrapped: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full state dict of the prepared model (a collective under FSDP/DeepSpeed: every process calls it).
+    Under FSDP2 the tensors are copied: on CPU they can alias parameter storage that FSDP frees when it
+    reshards."""
+    state = accelerator.get_state_dict(wrapped)
+    if not accelerator.is_fsdp2:
+        return state
+    from torch.distributed.tensor import DTensor
+
+    # Seen with accelerate 1.16 on CPU: the state comes back sharded (DTensors) on every process; gathering
+    # each (in the same order everywhere) gives the full tensors.
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone() for k, v in state.items()}
+
+
+def optimizer_state(accelerator: Accelerator, wrapped: torch.nn.Module, optimizer: Any) -> dict:
+    """The optimizer's state dict to checkpoint. Under FSDP2 each process holds shards of the moments, so
+    they are gathered into one full, parameter-name-keyed state on the main process (a collective: every
+    process calls this); elsewhere the optimizer's own state dict."""
+    if not accelerator.is_fsdp2:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(wrapped, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(accelerator: Accelerator, wrapped: torch.nn.Module, optimizer: Any, state: dict) -> None:
+    """Restore what `optimizer_state` saved: under FSDP2 each process keeps its own shard of the full state."""
+    if not accelerator.is_fsdp2:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(wrapped, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 class StepModule(torch.nn.Module):
