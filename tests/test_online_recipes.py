@@ -137,9 +137,11 @@ def test_online_dpo_on_a_fixed_pair_set_equals_the_offline_recipe(base, tmp_path
 def test_resume_equals_an_uninterrupted_run(base, tmp_path):
     """Stopped after 2 steps and resumed (rollout seeds, the running reward statistics and the
     optimizer restored), GRPO with a KL to a frozen reference ends with the same weights."""
-    kw = dict(algorithm="grpo", beta=0.05, reward_norm="running", loop={"max_steps": 4})
+    # save_every past the end: a resumable checkpoint after the last step only.
+    kw = dict(algorithm="grpo", beta=0.05, reward_norm="running", loop={"max_steps": 4, "save_every": 100})
     straight = run(config(base, tmp_path / "a", **kw), prompts=PROMPTS, reward_objects=[cat_reward])
-    run(config(base, tmp_path / "b", **(kw | {"loop": {"max_steps": 2}})), prompts=PROMPTS, reward_objects=[cat_reward])
+    run(config(base, tmp_path / "b", **(kw | {"loop": {"max_steps": 2, "save_every": 100}})), prompts=PROMPTS,
+        reward_objects=[cat_reward])
     resumed = run(config(base, tmp_path / "b", **kw), prompts=PROMPTS, reward_objects=[cat_reward])
     assert resumed.train.resumed_from.name == "step-2"
     a, b = params(load_model(straight.model_dir)), params(load_model(resumed.model_dir))
