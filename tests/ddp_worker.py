@@ -32,9 +32,11 @@ if sys.argv[1] == "loop":
 
         params = dict(model.named_parameters())
         assert params and all(isinstance(p, DTensor) for p in params.values()), {n: type(p) for n, p in params.items()}
-        # Each process holds a shard (dim 0 split in 2), not a replica.
+        # Each process holds a shard (dim 0 split across the processes), not a replica.
+        import torch.distributed as dist
+
         w = params["model.layers.0.mlp.up_proj.weight"]
-        assert w.to_local().shape[0] * 2 == w.shape[0], (w.to_local().shape, w.shape)
+        assert w.to_local().shape[0] * dist.get_world_size() == w.shape[0], (w.to_local().shape, w.shape)
 elif sys.argv[1] == "online":
     from pluralign.config import load
     from pluralign.train.recipes.online import OnlineConfig, run

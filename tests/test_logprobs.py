@@ -10,7 +10,7 @@ from pluralign.data.collate import PairwiseCollator, UnpairedCollator
 from pluralign.data.records import Binary, Pairwise
 from pluralign.models import LoraSpec, add_lora, pairwise_logps, sequence_logps, tiny, token_logps
 from pluralign.models.logprobs import prepare_packing
-from pluralign.models.packed_attention import NAME, packed_attention, use_packed_attention
+from pluralign.models.packed_attention import NAME, flash_available, packed_attention, use_packed_attention
 
 PAIRS = [
     Pairwise("what is the cat ?", "the cat sat on the mat .", "no"),
@@ -268,7 +268,7 @@ def test_packed_attention_hands_unpacked_batches_to_transformers_sdpa():
     torch.testing.assert_close(out, expected.transpose(1, 2)) and weights is None
 
 
-KERNELS = ["sdpa", "flex"] + (["flex-cuda", "flash-cuda"] if CUDA else [])
+KERNELS = ["sdpa", "flex"] + (["sdpa-cuda", "flex-cuda"] if CUDA else []) + (["flash-cuda"] if CUDA and flash_available() else [])
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
