@@ -56,33 +56,25 @@ def tiny_llama(vocab_size: int, *, hidden_size: int = 64, num_layers: int = 2, n
                intermediate_size: int | None = None, max_position_embeddings: int = 256, seed: int = 0,
                pad_token_id: int = 0, bos_token_id: int = 1, eos_token_id: int = 2, tie_word_embeddings: bool = False) -> LlamaForCausalLM:
     """A small Llama-style causal LM with deterministic initial weights for `seed`."""
-    import torch
-
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size or 4 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
         max_position_embeddings=max_position_embeddings, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
         eos_token_id=eos_token_id, tie_word_embeddings=tie_word_embeddings,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(config)
+    return _seeded(LlamaForCausalLM, config, seed)
 
 
 def tiny_gpt2(vocab_size: int, *, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
               max_position_embeddings: int = 256, seed: int = 0, pad_token_id: int = 0, bos_token_id: int = 1,
               eos_token_id: int = 2) -> GPT2LMHeadModel:
     """A small GPT-2-style causal LM (learned absolute positions, tied embeddings)."""
-    import torch
-
     config = GPT2Config(
         vocab_size=vocab_size, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads,
         n_positions=max_position_embeddings, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return GPT2LMHeadModel(config)
+    return _seeded(GPT2LMHeadModel, config, seed)
 
 
 def tiny_qwen2(vocab_size: int, *, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
@@ -90,15 +82,20 @@ def tiny_qwen2(vocab_size: int, *, hidden_size: int = 64, num_layers: int = 2, n
                bos_token_id: int = 1, eos_token_id: int = 2) -> Any:
     """A small Qwen2-style causal LM: biased q/k/v projections and grouped-query attention (fewer key/value
     heads than query heads), tied embeddings."""
-    import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=4 * hidden_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
-        eos_token_id=eos_token_id, tie_word_embeddings=True,
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, max_position_embeddings=max_position_embeddings,
+        pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, tie_word_embeddings=True,
     )
+    return _seeded(Qwen2ForCausalLM, config, seed)
+
+
+def _seeded(model_class: type, config: Any, seed: int) -> Any:
+    """`model_class(config)` with initial weights drawn from `seed`, leaving the global RNG as it was."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Qwen2ForCausalLM(config)
+        return model_class(config)
