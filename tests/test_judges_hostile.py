@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from pluralign.errors import ConfigError
 from pluralign.judges import JudgeError, JudgeRequestError, LLMJudge
 
 
@@ -213,3 +214,10 @@ def test_reply_variants_of_compatible_servers_are_read(serve, choice, expected):
     server = serve(ok({"choices": [{"index": 0, **choice}]}))
     got = judge(server).pairwise(["q"], ["a"], ["b"])[0]
     assert (math.isnan(got) and math.isnan(expected)) or got == expected
+
+
+@pytest.mark.parametrize("kw", [{"timeout": 0}, {"timeout": float("inf")}, {"timeout": float("nan")},
+                                {"max_response_bytes": 0}])
+def test_limits_must_be_real(kw):
+    with pytest.raises(ConfigError, match=next(iter(kw))):
+        LLMJudge("http://127.0.0.1:9/v1", "m", api_key_env=None, **kw)

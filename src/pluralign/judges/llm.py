@@ -84,6 +84,10 @@ class LLMJudge:
             raise ConfigError(f"LLMJudge order must be 'both', 'random' or 'original', not {order!r}")
         if on_error not in ("raise", "nan"):
             raise ConfigError(f"LLMJudge on_error must be 'raise' or 'nan', not {on_error!r}")
+        if not (isinstance(timeout, int | float) and 0 < timeout < math.inf):
+            raise ConfigError(f"LLMJudge timeout (seconds for a whole call) must be a positive number, not {timeout!r}")
+        if not (isinstance(max_response_bytes, int) and max_response_bytes > 0):
+            raise ConfigError(f"LLMJudge max_response_bytes must be a positive integer, not {max_response_bytes!r}")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.mode, self.order = model, mode, order
         self.api_key = None
