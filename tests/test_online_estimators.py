@@ -248,3 +248,24 @@ def test_multi_reward_combination_vector_12():
           [0.135877, -0.836111, 0.700234, 1.07235, -1.55252, 0.480167])
     close(adv.group_advantages(combine(cols, per_prompt, 3, "sum"), 3, scale="none"),
           [0.166667, -0.483333, 0.316667, 0.166667, -0.333333, 0.166667])
+
+
+def test_reward_sources_judges_and_weighted_multi_output():
+    from pluralign.online.rewards import RewardSpec, Source
+
+    class Judge:  # the pluralign.judges interface: one grade per response
+        def single(self, prompts, responses):
+            return [float(len(r)) for r in responses]
+
+    assert Source(RewardSpec(source="judge"), Judge())(["p", "q"], ["ab", "abcd"]).tolist() == [2.0, 4.0]
+    with pytest.raises(ConfigError, match="judge_url and judge_model"):
+        Source(RewardSpec(source="judge"))
+
+    def two(prompts, responses):
+        return [[1.0, 3.0], [2.0, 0.0]]
+
+    assert Source(RewardSpec(source="x:two"), two)(["p", "q"], ["a", "b"]).tolist() == [2.0, 1.0]  # equal weights
+    src = Source(RewardSpec(source="x:two", weights={"r0": 1.0, "r1": 0.5}), two)
+    assert src(["p", "q"], ["a", "b"]).tolist() == [2.5, 2.0]
+    gold = Source(RewardSpec(source="gold", group="minority"))
+    assert gold(["Tell me about cats."], ["Cats are calm."]).shape == (1,)

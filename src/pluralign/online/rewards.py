@@ -2,7 +2,8 @@
 advantage estimator.
 
 A source is anything `pluralign.decode.rewards.as_reward` accepts: "gold" (the sandbox's gold attributes,
-turned into one group's utility with `group`), "module:function" (a Python function
+turned into one group's utility with `group`), "judge" (an LLM judge's grade of each response),
+"module:function" (a Python function
 `(prompts, responses) -> [N]` or `[N, m]`, e.g. a verifiable reward), a trained reward-model directory (BT,
 multi-objective with `weights`, PAL with `user`), or an object with `.score(prompts, responses, user)`.
 
@@ -39,6 +40,8 @@ class RewardSpec:
     population: str = option("default", help="gold: the sandbox population the group belongs to.")
     weights: dict[str, float] | None = option(None, help="A multi-output source's objective weights by name (default: equal).")
     user: str | None = option(None, help="PAL reward models: the user whose reward is used.")
+    judge_url: str | None = option(None, help="source 'judge': base URL of an OpenAI-compatible server grading each response (pluralign.judges.LLMJudge.single).")
+    judge_model: str | None = option(None, help="source 'judge': the model name on that server.")
 
 
 class GroupUtility:
@@ -56,13 +59,31 @@ class GroupUtility:
         return torch.as_tensor(np.asarray(self._score(prompts, responses)) @ self.vector, dtype=torch.float)[:, None]
 
 
+class JudgeReward:
+    """A judge (`pluralign.judges`: anything with `.single(prompts, responses)`) as a reward source."""
+
+    def __init__(self, judge: Any):
+        self.judge = judge
+
+    def score(self, prompts: list, responses: list[str], user: Any = None) -> Tensor:
+        return torch.as_tensor(np.asarray(self.judge.single(prompts, responses), dtype=np.float64), dtype=torch.float)
+
+
 class Source:
     """One configured source: `.score` → one column [N]."""
 
     def __init__(self, spec: RewardSpec, reward: Any = None):
         self.spec = spec
-        if reward is not None:
+        if reward is not None and hasattr(reward, "single") and not hasattr(reward, "score"):
+            self.reward = JudgeReward(reward)
+        elif reward is not None:
             self.reward = as_reward(reward)
+        elif spec.source == "judge":
+            if not (spec.judge_url and spec.judge_model):
+                raise ConfigError("a 'judge' reward needs judge_url and judge_model")
+            from pluralign.judges.llm import LLMJudge
+
+            self.reward = JudgeReward(LLMJudge(spec.judge_url, spec.judge_model))
         elif spec.source == "gold" and spec.group:
             self.reward = GroupUtility(spec.group, spec.population)
         else:

@@ -105,8 +105,9 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
         raise ConfigError("set at least one reward source in 'rewards'")
     for i, spec in enumerate([] if have_objects else config.rewards):
         src = spec.source
-        if src != "gold" and ":" not in src and not Path(src).is_dir():
-            raise ConfigError(f"rewards[{i}].source: {src!r} is not 'gold', 'module:function' or an existing reward-model directory")
+        if src not in ("gold", "judge") and ":" not in src and not Path(src).is_dir():
+            raise ConfigError(f"rewards[{i}].source: {src!r} is not 'gold', 'judge', 'module:function' or an existing "
+                              "reward-model directory")
 
 
 def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_objects: list[Any] | None = None) -> RecipeResult:
