@@ -269,3 +269,26 @@ def test_reward_sources_judges_and_weighted_multi_output():
     assert src(["p", "q"], ["a", "b"]).tolist() == [2.5, 2.0]
     gold = Source(RewardSpec(source="gold", group="minority"))
     assert gold(["Tell me about cats."], ["Cats are calm."]).shape == (1,)
+
+
+def test_per_prompt_users_and_objective_weights(tmp_path):
+    """A prompt row's `user` reaches a per-user reward (PAL) and its `weights` replace the source's
+    objective weights for that prompt (multi-objective reward models)."""
+    from pluralign.online.rewards import RewardSpec, Source
+    from pluralign.online.rollout import read_prompts
+
+    class PerUser:
+        objectives = ["a", "b"]
+
+        def score(self, prompts, responses, user=None):
+            return torch.tensor([[1.0, 2.0] if user == "u1" else [10.0, 20.0] for _ in responses])
+
+    src = Source(RewardSpec(source="x:y"), PerUser())
+    out = src(["p"] * 3, ["r"] * 3, users=["u1", None, "u1"], weights=[{"a": 1.0}, {"b": 1.0}, None])
+    assert out.tolist() == [1.0, 20.0, 1.5]
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "hi", "user": "u1", "weights": {"a": 2}}\n{"prompt": "yo", "weights": [1]}\n')
+    with pytest.raises(Exception, match=r"p.jsonl:2: field 'weights'"):
+        read_prompts([str(path)])
+    path.write_text('{"prompt": "hi", "user": "u1", "weights": {"a": 2}}\n')
+    assert read_prompts([str(path)])[0].user == "u1"

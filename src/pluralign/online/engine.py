@@ -145,7 +145,9 @@ class Engine:
 
     # ---- rewards
     def score(self, rollout: Rollout, step: int, idx: list[int]) -> tuple[torch.Tensor, dict]:
-        columns = torch.stack([src(rollout.prompts, rollout.texts) for src in self.sources], 1)
+        rows = [self.prompts[i] for i in idx for _ in range(self.group_size)]
+        users, weights = [r.user for r in rows], [r.weights for r in rows]
+        columns = torch.stack([src(rollout.prompts, rollout.texts, users, weights) for src in self.sources], 1)
         raw = combine(columns, self.weights, self.group_size, "sum")
         rewards = raw if self.combine_mode == "sum" else combine(columns, self.weights, self.group_size, self.combine_mode)
         metrics = {"reward": raw.mean(), "response_length": rollout.lengths.mean(),
@@ -171,7 +173,9 @@ class Engine:
         with ctx:
             ref = generate(model, self.tokenizer, [self.prompts[i].prompt for i in idx], m,
                            seed=derived_seed(self.seed, step, tuple(idx), "reference"), **self.sampling)
-        ref_cols = torch.stack([src(ref.prompts, ref.texts) for src in self.sources], 1)
+        rows = [self.prompts[i] for i in idx for _ in range(m)]
+        ref_cols = torch.stack([src(ref.prompts, ref.texts, [r.user for r in rows], [r.weights for r in rows])
+                                for src in self.sources], 1)
         ref_r = combine(ref_cols, self.weights, m, "sum").view(-1, m)
         return calibrated(rewards.view(-1, self.group_size), ref_r, self.calibrate_t).flatten()
 

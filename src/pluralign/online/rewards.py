@@ -18,6 +18,7 @@ reward of over-long completions and drops groups whose rewards do not vary.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from pluralign.config import option
 from pluralign.decode.infalign import calibrate, transform
-from pluralign.decode.rewards import as_reward, objective_names, weight_vector
+from pluralign.decode.rewards import as_reward, objective_names, score_groups, weight_vector
 from pluralign.errors import ConfigError, PluralignError
 from pluralign.online.advantages import groups
 
@@ -90,9 +91,13 @@ class Source:
             self.reward = as_reward(spec.source)
         self.name = spec.group or spec.source
 
-    def __call__(self, prompts: list, responses: list[str]) -> Tensor:
+    def __call__(self, prompts: list, responses: list[str], users: Sequence[Any] | None = None,
+                 weights: Sequence[Mapping[str, float] | None] | None = None) -> Tensor:
+        """One reward per response. `users` / `weights` (per response, from the prompt rows' `user` and
+        `weights` fields) override the spec's user (PAL) and objective weights (multi-objective RMs)."""
+        users = [u if u is not None else self.spec.user for u in (users or [None] * len(responses))]
         try:
-            raw = self.reward.score(prompts, responses, user=self.spec.user)
+            raw = score_groups(self.reward, prompts, responses, users)
         except PluralignError:
             raise
         except Exception as e:  # a user's reward function: say which one failed and how
@@ -100,8 +105,10 @@ class Source:
         scores = _checked(raw, len(responses), self.spec.source)
         if scores.shape[1] == 1:
             return scores[:, 0]
-        w = weight_vector(self.spec.weights, objective_names(self.reward, scores.shape[1]))
-        return scores @ w
+        names = objective_names(self.reward, scores.shape[1])
+        default = weight_vector(self.spec.weights, names)
+        w = torch.stack([weight_vector(r, names) if r is not None else default for r in (weights or [None] * len(responses))])
+        return (scores * w).sum(1)
 
 
 def _checked(raw: Any, n: int, name: str) -> Tensor:

@@ -25,6 +25,8 @@ from pluralign.errors import DataError, Problem
 class Prompt:
     index: int  # position in the prompt set (the loop's dataset index)
     prompt: Any  # text, or chat messages rendered with the tokenizer's chat template
+    user: str | None = None  # whose reward (PAL reward models), from the row's `user` field
+    weights: dict | None = None  # objective weights of a multi-objective reward for this prompt (`weights` field)
 
 
 @dataclass
@@ -65,8 +67,10 @@ def read_prompts(paths: Sequence[str]) -> list[Prompt]:
                 problems.append(Problem(name, row.line, "prompt", "missing or empty prompt"))
             elif not isinstance(p, (str, list)):
                 problems.append(Problem(name, row.line, "prompt", f"must be text or chat messages, got {type(p).__name__}"))
+            elif data.get("weights") is not None and not isinstance(data["weights"], dict):
+                problems.append(Problem(name, row.line, "weights", "must map objective names to numbers"))
             else:
-                prompts.append(Prompt(len(prompts), p))
+                prompts.append(Prompt(len(prompts), p, data.get("user"), data.get("weights")))
     if problems:
         raise DataError(problems)
     if not prompts and paths:
