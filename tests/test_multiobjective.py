@@ -297,3 +297,113 @@ def test_objective_without_pairs_and_bad_weights_exit_2(tmp_path, capsys):
     assert "objective(s) ['formality'] have no pairs" in capsys.readouterr().err
     assert main(common + ["objectives.names=[informativeness,conciseness]", "objectives.weights={informativeness: -1}"]) == 2
     assert "objectives.weights: weights must be non-negative" in capsys.readouterr().err
+
+
+def test_mahdpo_head_gradients_come_only_from_their_objective(tiny_word_tokenizer):
+    from pluralign.models.logprobs import sequence_logps
+
+    model = tiny_llama(len(tiny_word_tokenizer), hidden_size=16, num_layers=1, num_heads=2)
+    heads = install_heads(model, 2)
+    batch = PairwiseCollator(tiny_word_tokenizer, objectives=OBJ)(
+        [Pairwise("the cat", "sat on the mat", "ran", objective="conciseness")])
+    row_head = torch.cat([batch["objective"], batch["objective"]])
+    sums, _ = sequence_logps(model, batch, heads=heads.heads(), row_head=row_head)
+    (sums[0] - sums[1]).backward()
+    assert heads.weight.grad is None or heads.weight.grad.abs().sum() == 0  # head 0: informativeness
+    assert heads.extra.grad[0].abs().sum() > 0
+    # one head with its own weight: the log-probs of the plain model
+    plain = tiny_llama(len(tiny_word_tokenizer), hidden_size=16, num_layers=1, num_heads=2)
+    expected, _ = sequence_logps(plain, batch)
+    one = install_heads(plain, 1, noise=0.0)
+    got, _ = sequence_logps(plain, batch, heads=one.heads(), row_head=torch.zeros(2, dtype=torch.long))
+    assert torch.allclose(got, expected.detach(), atol=1e-6)
+
+
+def test_soup_directory_steers_per_request(tmp_path):
+    from pluralign.decode.api import Controls, decode
+    from pluralign.decode.steer import load_policy
+    from pluralign.models.load import load_model
+    from pluralign.models.soup import save_soup
+
+    a, b = make_model_dir(tmp_path / "a", seed=0), make_model_dir(tmp_path / "b", seed=1)
+    soup_dir = save_soup([a, b], OBJ, tmp_path / "soup")
+    model, tok = load_policy(soup_dir)
+    scheme = conditioning.attached(model)
+    member_b = load_model(b).state_dict()
+    with scheme.steer(model, scheme.condition(weights=[0, 1])):
+        assert all(torch.allclose(v, member_b[k]) for k, v in model.state_dict().items())
+    out = decode("sample", model, tok, ["tell me about the cat"] * 2,
+                 controls=[Controls(weights=[1, 0], max_new_tokens=3), Controls(weights=[0.5, 0.5], max_new_tokens=3)])
+    assert out.info["groups"] == [[0], [1]]
+
+
+def test_ric_sft_states_scores_and_decoding_maps_weights(tmp_path):
+    from pluralign.decode.steer import load_policy
+    from pluralign.train import run_sft
+
+    base = make_model_dir(tmp_path / "base")
+    rows = [{"prompt": "tell me about the cat", "response": r, "ratings": {"informativeness": len(r), "conciseness": -len(r)}}
+            for r in ["good", "the cat is very good", "the dog"]] * 4
+    data = tmp_path / "rated.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_sft(model=str(base), data=[str(data)], output_dir=str(tmp_path / "ric"), objectives=OBJ,
+                     conditioning="reward_tokens", loop=LOOP)
+    model, tok = load_policy(result.model_dir)
+    scheme = conditioning.attached(model)
+    assert scheme.name == "reward_tokens" and scheme.params["mean"] is not None
+    shown = scheme.prompt("tell me about the cat", scheme.condition(weights=[1, 0]))
+    assert shown.startswith(f"scores : informativeness {scheme.params['high'][0]} conciseness {scheme.params['low'][1]} .")
+    assert tok.unk_token_id not in tok.encode(shown)
+
+
+def test_dpa_round_keeps_the_best_sample_by_the_direction(tmp_path):
+    from pluralign.decode.rewards import FunctionReward
+    from pluralign.decode.steer import load_policy
+    from pluralign.train.steerable import dpa_records, sample_directions
+
+    v = sample_directions(50, 2, np.random.default_rng(0), (0, 90))
+    assert np.allclose(np.linalg.norm(v, axis=1), 1) and (v >= 0).all()
+    model, tok = load_policy(make_model_dir(tmp_path / "base"))
+    reward = FunctionReward(lambda p, y: [[len(t.split()), -len(t.split())] for t in y], OBJ)
+    records = dpa_records(model, tok, ["tell me about the cat"] * 3, OBJ, reward, n=4, max_new_tokens=5)
+    for r in records:
+        d = np.array([r.meta["direction"][k] for k in OBJ])
+        assert abs(np.linalg.norm(d) - 1) < 1e-9 and set(r.ratings) == set(OBJ)
+
+
+def test_palette_weights_match_the_gaussian_tilt():
+    from pluralign.train.steerable import palette_weights
+
+    r = np.random.default_rng(0).normal(0.2, 0.5, size=(20000, 1))
+    lam = palette_weights(r, [0.45])
+    assert lam[0] == pytest.approx((0.45 - 0.2) / 0.25, rel=0.05)  # λ* = (c − μ)/σ²
+    assert palette_weights(r, [0.0])[0] == pytest.approx(0.0, abs=1e-6)  # already met: λ = 0
+
+
+def test_decode_cli_rejects_bad_weights_for_a_conditioned_model(tmp_path, capsys):
+    from pluralign.models.soup import save_soup
+
+    a, b = make_model_dir(tmp_path / "a", seed=0), make_model_dir(tmp_path / "b", seed=1)
+    soup = save_soup([a, b], OBJ, tmp_path / "soup")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("tell me about the cat\n")
+    base = ["decode", "--method", "sample", "--model", str(soup), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl")]
+    for weights, message in [("1,-1", "non-negative"), ("0,0", "all zero"), ("1,1,1", "3 value(s)"), ("nan,1", "finite")]:
+        assert main(base + ["--weights", weights]) == 2
+        err = capsys.readouterr().err
+        assert "weights" in err and message in err and "Traceback" not in err
+    assert main(base + ["--weights", "0.3,0.7", "--max-new-tokens", "3"]) == 0
+
+
+def test_statements_go_inside_the_templates_user_turn():
+    from pluralign.sandbox.world import CHAT_TEMPLATE
+
+    tok = word_tokenizer(["question", "answer", ":", "."], chat_template=CHAT_TEMPLATE)
+    scheme = conditioning.get("system_message", OBJ).bind(tok)
+    c = scheme.condition(weights=[1, 0])
+    assert scheme.prompt("question: describe rivers. answer:", c) == \
+        "question: weights : informativeness 100 conciseness 0 . describe rivers. answer:"
+    # this template drops system messages: the statement joins the user's message
+    assert not scheme.system_ok
+    chat = scheme.prompt([{"role": "user", "content": "describe rivers."}], c)
+    assert chat == [{"role": "user", "content": "weights : informativeness 100 conciseness 0 . describe rivers."}]

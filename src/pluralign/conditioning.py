@@ -144,6 +144,26 @@ class Scheme:
         if len(set(self.objectives)) != len(self.objectives):
             raise ConfigError(f"objectives must be distinct, got {self.objectives}")
         self.params = dict(params)
+        self.prefix, self.system_ok = "", True  # set by `bind`
+
+    def bind(self, tokenizer: Any) -> Scheme:
+        """Fit statements to the tokenizer's chat template: plain-text prompts already in its user-turn
+        format get the statement inside the turn (after the template's prefix), and templates that drop
+        system messages (e.g. the sandbox's) get it in the first user message instead."""
+        from pluralign.data.prompts import has_template, user_prefix
+
+        if not has_template(tokenizer):
+            self.prefix, self.system_ok = "", True
+            return self
+        self.prefix = user_prefix(tokenizer)
+        probe = "pluralign-system-probe"
+        try:
+            text = tokenizer.apply_chat_template([{"role": "system", "content": probe}, {"role": "user", "content": "x"}],
+                                                 tokenize=False, add_generation_prompt=True)
+            self.system_ok = probe in text
+        except Exception:  # templates that refuse a system role
+            self.system_ok = False
+        return self
 
     # --- conditions
     def condition(self, *, weights: Any = None, direction: Any = None, user: Any = None, group: Any = None,
@@ -283,12 +303,21 @@ def condition_records(scheme: Scheme, records: Sequence[Any]) -> list[Any]:
 # ---------------------------------------------------------------- text-level schemes
 
 
-def prepend_statement(prompt: Text, statement: str) -> Text:
-    """A statement before the prompt: a system message for chat prompts (merged into an existing one),
-    a leading sentence for plain text."""
+def prepend_statement(prompt: Text, statement: str, prefix: str = "", system: bool = True) -> Text:
+    """A statement before the prompt: a system message for chat prompts (merged into an existing one; into
+    the first user message when `system` is false), a leading sentence for plain text (after `prefix`, the
+    chat template's user-turn start, when the text already begins with it)."""
     if isinstance(prompt, str):
+        if prefix.strip() and prompt.startswith(prefix):
+            return f"{prefix}{statement} {prompt[len(prefix):]}"
         return f"{statement} {prompt}"
     messages = [dict(m) for m in prompt]
+    if not system:
+        user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
+        if user is None:
+            return [{"role": "user", "content": statement}, *messages]
+        messages[user]["content"] = f"{statement} {messages[user].get('content', '')}"
+        return messages
     if messages and messages[0].get("role") == "system":
         messages[0]["content"] = f"{statement} {messages[0].get('content', '')}".strip()
         return messages
@@ -322,7 +351,7 @@ class SystemMessage(Scheme):
         return f"weights : {_numbers(weights, self.objectives, 100, 0)} ."
 
     def prompt(self, prompt: Text, condition: Condition) -> Text:
-        return prepend_statement(prompt, self.statement(condition))
+        return prepend_statement(prompt, self.statement(condition), self.prefix, self.system_ok)
 
     def vocabulary(self) -> list[str]:
         m = len(self.objectives)
@@ -382,7 +411,7 @@ class RewardTokens(Scheme):
         return f"scores : {_numbers(scores, self.objectives, 1, 1)} ."
 
     def prompt(self, prompt: Text, condition: Condition) -> Text:
-        return prepend_statement(prompt, self.statement(self.scores_for(condition)))
+        return prepend_statement(prompt, self.statement(self.scores_for(condition)), self.prefix, self.system_ok)
 
     def vocabulary(self) -> list[str]:
         return [self.statement([-1.5] * len(self.objectives))]

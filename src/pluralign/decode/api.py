@@ -145,6 +145,7 @@ def decode(method: str, model: Any, tokenizer: Any, prompts: Sequence[Any], *, r
     if scheme is None or scheme.name == "none":
         return fn(model, tokenizer, prompts, reward=reward, controls=controls, **kwargs)
     # A conditioned model: each request's weights / direction / user reach the model through its scheme.
+    scheme.bind(tokenizer)
     conds = [scheme.condition_of_request(c, i) for i, c in enumerate(controls)]
     shown = [scheme.prompt(p, c) for p, c in zip(prompts, conds, strict=True)]
     if not scheme.model_level:

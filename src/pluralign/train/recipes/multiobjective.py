@@ -85,6 +85,8 @@ def check_coverage(records: Sequence[Any], cfg: ObjectivesConfig, where: str = "
 
     _, signs = objective_tensors(records, cfg.names)
     empty = [n for k, n in enumerate(cfg.names) if not bool((signs[:, k] != 0).any())]
+    if cfg.margin_reward and len(empty) < len(cfg.names):
+        empty = []  # MODPO: pairs of the trained objective, the others enter as reward margins
     if empty:
         raise ConfigError(f"objectives.names: objective(s) {empty} have no pairs in the training {where}")
     if cfg.conditioning == "heads" and any(getattr(r, "objective", None) is None for r in records):
@@ -94,7 +96,7 @@ def check_coverage(records: Sequence[Any], cfg: ObjectivesConfig, where: str = "
 
 def setup(cfg: ObjectivesConfig, tokenizer: Any, model: Any, records: Sequence[Any]) -> conditioning.Scheme:
     """The conditioning scheme over the objectives, fitted to the data, with the tokenizer taught its words."""
-    scheme = conditioning.get(cfg.conditioning, cfg.names, **cfg.conditioning_params)
+    scheme = conditioning.get(cfg.conditioning, cfg.names, **cfg.conditioning_params).bind(tokenizer)
     scheme.fit(records) if type(scheme).fit is not conditioning.Scheme.fit else None
     conditioning.ensure_vocabulary(tokenizer, model, scheme.vocabulary())
     return scheme

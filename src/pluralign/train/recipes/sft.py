@@ -51,7 +51,7 @@ def run(config: SFTConfig) -> RecipeResult:
     records, eval_records = read(config.data), read(config.eval_data)
     scheme = None
     if config.conditioning != "none":
-        scheme = conditioning.get(config.conditioning, config.objectives, **config.conditioning_params)
+        scheme = conditioning.get(config.conditioning, config.objectives, **config.conditioning_params).bind(tokenizer)
         scheme.fit(records)
         conditioning.ensure_vocabulary(tokenizer, model, scheme.vocabulary())
         records = conditioning.condition_records(scheme, records)

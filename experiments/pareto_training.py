@@ -1,0 +1,310 @@
+"""Many objectives at once: each multi-objective training method's Pareto front on sandbox gold attributes,
+against linear-scalarised DPO trained once per weight.
+
+1. The sandbox base model answers training prompts (4 samples each); every sample is rated by its gold
+   attributes (`pluralign.sandbox.attributes`) on the objectives of a case: "2obj" = informativeness vs
+   conciseness (they conflict: information needs words), "3obj" adds formality.
+2. Methods, all from the base with pluralign's recipes (β = 0.1, the same steps, batch and learning rate):
+   - linear (the sweep): per-objective DPO losses on signed pairs (one pair per two responses, a sign per
+     objective) combined with fixed weights w, one model per w of the grid (≥ 5 models);
+   - raco / pama: the same data and steps, per-objective gradients combined by RACO's CAGrad-Clip or
+     PAMA's min-norm weights, one model per w;
+   - modpo: DPO on informativeness pairs with the other objectives' gold rewards as margin, one model per w
+     (w_0 > 0);
+   - map: MAP palettes (targets = quantiles of the base's rewards) → λ* → pairs ordered by λ*ᵀr → DPO;
+   - single-run methods, steered per request at every w of the grid: mahdpo (K heads, one run on
+     objective-tagged pairs), soups (one DPO model per objective, weights interpolated), ric (SFT with
+     reward z-scores in the prompt), dpa (rejection-sampling rounds with the direction in the prompt,
+     best-of-4 by the gold vᵀr standing in for the multi-objective reward model).
+3. Each model (and each weight of a steerable one) is sampled on fixed evaluation prompts; a point is the
+   mean gold attributes of its samples, with 95% bootstrap CIs over prompts. A method's hypervolume is
+   that of its points against the reference point (the low end of each attribute's range: 0 for
+   informativeness and conciseness, −1 for formality), with a bootstrap CI (prompts resampled jointly).
+   Training cost is CPU-seconds of this process (time.process_time) spent training, including DPA's
+   sampling rounds; evaluation is not counted.
+
+    .venv/bin/python experiments/pareto_training.py --quick   # ~3 min of CPU
+    .venv/bin/python experiments/pareto_training.py           # the full grid
+
+Outputs under runs/pareto_training/ (git-ignored): data, models, results.json and report.html (fronts).
+Timings on a machine shared with other jobs inflate wall time; CPU-seconds are what we compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+CASES = {"2obj": ["informativeness", "conciseness"], "3obj": ["informativeness", "conciseness", "formality"]}
+SINGLE_RUN = ("mahdpo", "soups", "ric", "dpa")
+
+
+def grid(k: int, quick: bool) -> list[tuple[float, ...]]:
+    if k == 2:
+        return [(1.0, 0.0), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75), (0.0, 1.0)]
+    pts = [tuple(float(i == j) for j in range(k)) for i in range(k)]  # vertices
+    pts += [tuple(0.5 * ((i == j) + (i2 == j)) for j in range(k)) for i, i2 in itertools.combinations(range(k), 2)]
+    return pts if quick else pts + [tuple([1.0 / k] * k)]
+
+
+class Clock:
+    """CPU-seconds of this process spent inside `with clock:` blocks."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __enter__(self):
+        self.t = time.process_time()
+
+    def __exit__(self, *exc):
+        self.seconds += time.process_time() - self.t
+
+
+def make_data(out: Path, base: Path, names: list[str], n_prompts: int, seed: int):
+    """Rated base samples → rated.jsonl (all objectives) and pairs_<objective>.jsonl."""
+    from pluralign.data.convert import rated_to_pairwise
+    from pluralign.data.io import write_records
+    from pluralign.data.records import Rated
+    from pluralign.sandbox.attributes import ATTRIBUTES, score_batch
+    from pluralign.sandbox.feedback import draw_responses
+    from pluralign.sandbox.world import World
+
+    prompts = World(seed + 7).prompts(n_prompts)
+    responses = draw_responses(prompts, 4, model_dir=base, seed=seed, max_new_tokens=32)
+    cols = [ATTRIBUTES.index(n) for n in names]
+    rated = []
+    for p, rs in zip(prompts, responses, strict=True):
+        rs = [y for y in dict.fromkeys(rs) if y.strip()]
+        for y, x in zip(rs, score_batch([p] * len(rs), rs), strict=True):
+            rated.append(Rated(p, y, {n: float(x[c]) for n, c in zip(names, cols, strict=True)}))
+    write_records(out / "rated.jsonl", rated)
+    for n in names:
+        write_records(out / f"pairs_{n}.jsonl", rated_to_pairwise(rated, objective=n))
+    return rated, prompts
+
+
+def evaluate(model, tok, prompts, names, controls_list, n_samples, seed):
+    """Per control: per-prompt mean gold attributes [P, k] of the model's samples under that control."""
+    from pluralign.decode.api import Controls, decode
+    from pluralign.sandbox.attributes import ATTRIBUTES, score_batch
+
+    cols = [ATTRIBUTES.index(n) for n in names]
+    out = []
+    for extra in controls_list:
+        reqs = [p for p in prompts for _ in range(n_samples)]
+        res = decode("sample", model, tok, reqs, controls=Controls(max_new_tokens=32, seed=seed, **extra))
+        x = score_batch(reqs, res.texts)[:, cols].reshape(len(prompts), n_samples, len(cols)).mean(1)
+        out.append(x)
+    return out
+
+
+def summarise(per_prompt: list[np.ndarray], ref: np.ndarray, rng: np.random.Generator, n_boot: int = 200) -> dict:
+    from pluralign.evaluate.pareto import hypervolume
+
+    points = np.stack([x.mean(0) for x in per_prompt])
+    P = per_prompt[0].shape[0]
+    boots_pts, boots_hv = [], []
+    for _ in range(n_boot):
+        idx = rng.integers(0, P, P)
+        pts = np.stack([x[idx].mean(0) for x in per_prompt])
+        boots_pts.append(pts)
+        boots_hv.append(hypervolume(pts, ref))
+    bp = np.stack(boots_pts)
+    return {"points": points.tolist(), "ci_low": np.percentile(bp, 2.5, 0).tolist(),
+            "ci_high": np.percentile(bp, 97.5, 0).tolist(), "hv": hypervolume(points, ref),
+            "hv_ci": [float(np.percentile(boots_hv, 2.5)), float(np.percentile(boots_hv, 97.5))]}
+
+
+def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
+    from pluralign.decode.steer import load_policy
+    from pluralign.models.soup import save_soup
+    from pluralign.sandbox.attributes import RANGES
+    from pluralign.sandbox.gold import eval_prompts
+    from pluralign.train import run_sft
+    from pluralign.train.recipes.preference import from_kwargs, run
+    from pluralign.train.steerable import dpa, palette_pairs, write_pairs
+
+    names = CASES[case]
+    k = len(names)
+    out.mkdir(parents=True, exist_ok=True)
+    rated, train_prompts = make_data(out, base, names, a.prompts, a.seed)
+    weights = grid(k, a.quick)
+    ref = np.array([RANGES[n][0] for n in names])
+    prompts = eval_prompts(a.eval_prompts)
+    loop = dict(learning_rate=a.lr, batch_size=a.batch_size, max_steps=a.steps, seed=a.seed, progress=False,
+                log_every=max(a.steps, 1))
+    common = dict(model=str(base), ref_cache_dir=str(out / "ref_cache"), loss_params={"beta": 0.1},
+                  gradient_checkpointing=False, loop=loop)
+    results: dict = {"objectives": names, "weights": weights, "reference": ref.tolist(), "methods": {}}
+    methods = a.methods.split(",")
+
+    def train_pref(tag, **kw):
+        shutil.rmtree(out / tag, ignore_errors=True)  # a fresh run: the loop would resume an old one
+        return run(from_kwargs(output_dir=str(out / tag), **(common | kw))).model_dir
+
+    def record(method, model_dirs, controls, clock, n_models, extra=None):
+        per = []
+        for d, ctl in zip(model_dirs, controls, strict=True):
+            model, tok = load_policy(d)
+            per += evaluate(model, tok, prompts, names, ctl, a.samples, a.seed + 1)
+        entry = summarise(per, ref, rng) | {"cpu_s": clock.seconds, "models": n_models} | (extra or {})
+        results["methods"][method] = entry
+        print(f"[{case}] {method:<7} HV {entry['hv']:.4f} [{entry['hv_ci'][0]:.4f}, {entry['hv_ci'][1]:.4f}]  "
+              f"cost {clock.seconds:6.1f} CPU-s  ({n_models} model(s), {len(entry['points'])} points)", flush=True)
+
+    wdict = [dict(zip(names, w, strict=True)) for w in weights]
+    for method in ("linear", "raco", "pama"):
+        if method not in methods:
+            continue
+        clock, dirs = Clock(), []
+        for i, w in enumerate(wdict):
+            with clock:
+                dirs.append(train_pref(f"{method}_{i}", data=[str(out / "rated.jsonl")],
+                                       objectives={"names": names, "rated_pairs": "signed", "weights": w,
+                                                   "combine": "weighted" if method == "linear" else method}))
+        record(method, dirs, [[{}]] * len(dirs), clock, len(dirs))
+    if "modpo" in methods:
+        clock, dirs = Clock(), []
+        for i, w in enumerate(wdict):
+            if w[names[0]] <= 0:
+                continue
+            with clock:
+                dirs.append(train_pref(f"modpo_{i}", data=[str(out / f"pairs_{names[0]}.jsonl")], loss="modpo",
+                                       loss_params={"beta": 0.1, "w0": w[names[0]]},
+                                       objectives={"names": names, "weights": w, "margin_reward": "gold"}))
+        record("modpo", dirs, [[{}]] * len(dirs), clock, len(dirs))
+    if "map" in methods:
+        clock, dirs, lams = Clock(), [], []
+        x = np.array([[r.ratings[n] for n in names] for r in rated])
+        for i, q in enumerate([(0.7, 0.5, 0.5), (0.5, 0.7, 0.5), (0.6, 0.6, 0.6)]):
+            targets = [float(np.quantile(x[:, j], q[j % 3])) for j in range(k)]
+            with clock:
+                pairs, lam = palette_pairs(rated, names, targets)
+                if not pairs:
+                    continue
+                write_pairs(out / f"map_{i}.jsonl", pairs)
+                dirs.append(train_pref(f"map_{i}", data=[str(out / f"map_{i}.jsonl")]))
+            lams.append(lam.tolist())
+        record("map", dirs, [[{}]] * len(dirs), clock, len(dirs), {"lambda": lams})
+    steer = [[{"weights": list(w)} for w in weights]]
+    if "mahdpo" in methods:
+        clock = Clock()
+        with clock:
+            d = train_pref("mahdpo", data=[str(out / f"pairs_{n}.jsonl") for n in names],
+                           objectives={"names": names, "conditioning": "heads"})
+        record("mahdpo", [d], steer, clock, 1)
+    if "soups" in methods:
+        clock, members = Clock(), []
+        with clock:
+            for n in names:
+                members.append(train_pref(f"soup_{n}", data=[str(out / f"pairs_{n}.jsonl")]))
+            soup = save_soup(members, names, out / "soup")
+        record("soups", [soup], steer, clock, k)
+    if "ric" in methods:
+        clock = Clock()
+        with clock:
+            shutil.rmtree(out / "ric", ignore_errors=True)
+            d = run_sft(model=str(base), data=[str(out / "rated.jsonl")], output_dir=str(out / "ric"), objectives=names,
+                        conditioning="reward_tokens", gradient_checkpointing=False, max_length=128,
+                        loop=loop | {"learning_rate": a.sft_lr}).model_dir
+        record("ric", [d], steer, clock, 1)
+    if "dpa" in methods:
+        clock = Clock()
+        with clock:
+            shutil.rmtree(out / "dpa", ignore_errors=True)
+            from pluralign.sandbox.attributes import GoldScorer
+            from pluralign.decode.rewards import FunctionReward
+            from pluralign.sandbox.attributes import ATTRIBUTES
+            cols = [ATTRIBUTES.index(n) for n in names]
+            gold = GoldScorer()
+            reward = FunctionReward(lambda p, y: gold.score(p, y)[:, cols], names)
+            d = dpa(base, train_prompts[: a.dpa_prompts], names, reward, out / "dpa", rounds=a.dpa_rounds, n=4,
+                    loop=loop | {"learning_rate": a.sft_lr}, seed=a.seed)
+        dirs_steer = [[{"direction": list(w)} for w in weights]]
+        record("dpa", [d], dirs_steer, clock, 1)
+    return results
+
+
+def verdicts(res: dict) -> dict:
+    m = res["methods"]
+    lin = m.get("linear")
+    out = {}
+    if lin:
+        for name in SINGLE_RUN:
+            if name in m:
+                out[f"{name}_hv_ratio"] = m[name]["hv"] / lin["hv"] if lin["hv"] > 0 else float("nan")
+                out[f"{name}_cost_ratio"] = m[name]["cpu_s"] / lin["cpu_s"] if lin["cpu_s"] > 0 else float("nan")
+        out["single_run_95pct_at_third_cost"] = any(
+            out.get(f"{n}_hv_ratio", 0) >= 0.95 and out.get(f"{n}_cost_ratio", 9) <= 1 / 3 for n in SINGLE_RUN)
+        for name in ("raco", "pama"):
+            if name in m:
+                out[f"{name}_minus_linear_hv"] = m[name]["hv"] - lin["hv"]
+                out[f"{name}_cost_ratio"] = m[name]["cpu_s"] / lin["cpu_s"] if lin["cpu_s"] > 0 else float("nan")
+        out["raco_or_pama_ge_linear"] = any(out.get(f"{n}_minus_linear_hv", -1) >= 0 for n in ("raco", "pama"))
+    return out
+
+
+def report_runs(case: str, res: dict) -> list[dict]:
+    runs = []
+    for method, entry in res["methods"].items():
+        for i, p in enumerate(entry["points"]):
+            runs.append({"name": f"{case}:{method}#{i}", "method": f"{case}:{method}",
+                         "objectives": dict(zip(res["objectives"], p, strict=True))})
+    return runs
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer prompts, steps and samples (~3 min of CPU)")
+    p.add_argument("--cases", default="2obj,3obj")
+    p.add_argument("--methods", default="linear,raco,pama,modpo,map,mahdpo,soups,ric,dpa")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/pareto_training")
+    a = p.parse_args(argv)
+    a.prompts, a.steps, a.batch_size = (48, 12, 8) if a.quick else (128, 40, 16)
+    a.eval_prompts, a.samples = (24, 2) if a.quick else (64, 2)
+    a.dpa_prompts, a.dpa_rounds = (32, 1) if a.quick else (96, 2)
+    a.lr, a.sft_lr = 3e-4, 1e-3
+
+    import torch
+
+    from pluralign.evaluate.report import write_report
+    from pluralign.runs import atomic_write_json
+    from pluralign.sandbox.base import build_base
+
+    torch.set_num_threads(1)  # a small model: one thread is fastest, and CPU-seconds stay comparable
+    torch.manual_seed(a.seed)
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = Path(a.out)
+    base = build_base(seed=a.seed)
+    rng = np.random.default_rng(a.seed)
+    everything, runs = {"settings": vars(a)}, []
+    for case in a.cases.split(","):
+        res = run_case(case, a, base, out / case, rng)
+        res["verdicts"] = verdicts(res)
+        everything[case] = res
+        runs += report_runs(case, res)
+        print(f"[{case}] {res['verdicts']}", flush=True)
+    atomic_write_json(out / "results.json", everything)
+    first = everything[a.cases.split(",")[0]]
+    write_report({"title": "Many objectives at once: Pareto fronts of multi-objective training",
+                  "description": "Mean gold attributes of samples per model / per requested weight; fronts per method.",
+                  "runs": runs, "pareto": {"objectives": first["objectives"][:2], "reference": first["reference"][:2]}},
+                 out / "report.html")
+    fields = []
+    for case in a.cases.split(","):
+        res = everything[case]
+        for method, e in res["methods"].items():
+            fields += [f"{case}_{method}_hv={e['hv']:.4f}", f"{case}_{method}_cpu_s={e['cpu_s']:.1f}"]
+        fields += [f"{case}_{k}={v:.3f}" if isinstance(v, float) else f"{case}_{k}={v}" for k, v in res["verdicts"].items()]
+    print(f"total {time.perf_counter() - t0:.0f}s wall, {time.process_time() - c0:.0f} CPU-s; {out / 'results.json'}")
+    print("RESULT " + " ".join(fields))
+
+
+if __name__ == "__main__":
+    main()
