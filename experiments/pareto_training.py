@@ -69,23 +69,13 @@ def make_data(out: Path, base: Path, names: list[str], n_prompts: int, seed: int
     """Rated base samples → rated.jsonl (all objectives) and pairs_<objective>.jsonl."""
     from pluralign.data.convert import rated_to_pairwise
     from pluralign.data.io import write_records
-    from pluralign.data.records import Rated
-    from pluralign.sandbox.attributes import ATTRIBUTES, score_batch
-    from pluralign.sandbox.feedback import draw_responses
-    from pluralign.sandbox.world import World
+    from pluralign.sandbox.feedback import rated_lists
 
-    prompts = World(seed + 7).prompts(n_prompts)
-    responses = draw_responses(prompts, 4, model_dir=base, seed=seed, max_new_tokens=32)
-    cols = [ATTRIBUTES.index(n) for n in names]
-    rated = []
-    for p, rs in zip(prompts, responses, strict=True):
-        rs = [y for y in dict.fromkeys(rs) if y.strip()]
-        for y, x in zip(rs, score_batch([p] * len(rs), rs), strict=True):
-            rated.append(Rated(p, y, {n: float(x[c]) for n, c in zip(names, cols, strict=True)}))
+    rated = rated_lists(n_prompts, names, k=4, model_dir=base, seed=seed)
     write_records(out / "rated.jsonl", rated)
     for n in names:
         write_records(out / f"pairs_{n}.jsonl", rated_to_pairwise(rated, objective=n))
-    return rated, prompts
+    return rated, list(dict.fromkeys(r.prompt for r in rated))
 
 
 def evaluate(model, tok, prompts, names, controls_list, n_samples, seed):
@@ -211,7 +201,7 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
             shutil.rmtree(out / "ric", ignore_errors=True)
             d = run_sft(model=str(base), data=[str(out / "rated.jsonl")], output_dir=str(out / "ric"), objectives=names,
                         conditioning="reward_tokens", gradient_checkpointing=False, max_length=128,
-                        loop=loop | {"learning_rate": a.sft_lr}).model_dir
+                        loop=loop | {"learning_rate": a.sft_lr, "max_steps": a.sft_steps}).model_dir
         record("ric", [d], steer, clock, 1)
     if "dpa" in methods:
         clock = Clock()
@@ -224,7 +214,7 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
             gold = GoldScorer()
             reward = FunctionReward(lambda p, y: gold.score(p, y)[:, cols], names)
             d = dpa(base, train_prompts[: a.dpa_prompts], names, reward, out / "dpa", rounds=a.dpa_rounds, n=4,
-                    loop=loop | {"learning_rate": a.sft_lr}, seed=a.seed)
+                    loop=loop | {"learning_rate": a.sft_lr, "max_steps": a.sft_steps}, seed=a.seed)
         dirs_steer = [[{"direction": list(w)} for w in weights]]
         record("dpa", [d], dirs_steer, clock, 1)
     return results
@@ -266,10 +256,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/pareto_training")
     a = p.parse_args(argv)
-    a.prompts, a.steps, a.batch_size = (48, 12, 8) if a.quick else (128, 40, 16)
+    a.prompts, a.steps, a.sft_steps, a.batch_size = (64, 30, 60, 16) if a.quick else (160, 80, 150, 16)
     a.eval_prompts, a.samples = (24, 2) if a.quick else (64, 2)
-    a.dpa_prompts, a.dpa_rounds = (32, 1) if a.quick else (96, 2)
-    a.lr, a.sft_lr = 3e-4, 1e-3
+    a.dpa_prompts, a.dpa_rounds = (48, 1) if a.quick else (160, 2)
+    a.lr, a.sft_lr = 5e-4, 1e-3
 
     import torch
 

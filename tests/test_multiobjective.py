@@ -402,8 +402,19 @@ def test_statements_go_inside_the_templates_user_turn():
     scheme = conditioning.get("system_message", OBJ).bind(tok)
     c = scheme.condition(weights=[1, 0])
     assert scheme.prompt("question: describe rivers. answer:", c) == \
-        "question: weights : informativeness 100 conciseness 0 . describe rivers. answer:"
+        "question: describe rivers. weights : informativeness 100 conciseness 0 . answer:"
     # this template drops system messages: the statement joins the user's message
     assert not scheme.system_ok
     chat = scheme.prompt([{"role": "user", "content": "describe rivers."}], c)
-    assert chat == [{"role": "user", "content": "weights : informativeness 100 conciseness 0 . describe rivers."}]
+    assert chat == [{"role": "user", "content": "describe rivers. weights : informativeness 100 conciseness 0 ."}]
+
+
+def test_rated_lists_rate_several_responses_per_prompt():
+    from pluralign.data.convert import rated_to_pairwise
+    from pluralign.sandbox.feedback import rated_lists
+
+    records = rated_lists(6, OBJ, k=3, seed=2)  # grammar responses: no model needed
+    assert set(records[0].ratings) == set(OBJ) and len(records) >= 12
+    assert rated_to_pairwise(records, objective="conciseness")
+    with pytest.raises(ConfigError, match="unknown objective"):
+        rated_lists(2, ["wit"])

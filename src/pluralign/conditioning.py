@@ -34,7 +34,7 @@ Adding a scheme (e.g. a personal system message, a user embedding) is one subcla
     @register("user_system_message")
     class UserSystemMessage(Scheme):
         def prompt(self, prompt, condition):
-            return prepend_statement(prompt, f"you answer user {condition.user}.")
+            return self.with_statement(prompt, f"you answer user {condition.user} .")
 
 `decode.api.decode` applies the scheme saved with a model to every request, so `weights=`, `direction=`,
 `user=` and `group=` reach every conditioned method through the decode request contract and CLI.
@@ -144,19 +144,21 @@ class Scheme:
         if len(set(self.objectives)) != len(self.objectives):
             raise ConfigError(f"objectives must be distinct, got {self.objectives}")
         self.params = dict(params)
-        self.prefix, self.system_ok = "", True  # set by `bind`
+        self.prefix, self.suffix, self.system_ok = "", "", True  # set by `bind`
 
     def bind(self, tokenizer: Any) -> Scheme:
         """Fit statements to the tokenizer's chat template: plain-text prompts already in its user-turn
-        format get the statement inside the turn (after the template's prefix), and templates that drop
-        system messages (e.g. the sandbox's) get it in the first user message instead."""
-        from pluralign.data.prompts import has_template, user_prefix
+        format get the statement at the end of the turn (before the generation prompt, where RiC puts its
+        scores), and templates that drop system messages (e.g. the sandbox's) get it in the user's message."""
+        from pluralign.data.prompts import has_template
 
         if not has_template(tokenizer):
-            self.prefix, self.system_ok = "", True
+            self.prefix, self.suffix, self.system_ok = "", "", True
             return self
-        self.prefix = user_prefix(tokenizer)
         probe = "pluralign-system-probe"
+        turn = tokenizer.apply_chat_template([{"role": "user", "content": probe}], tokenize=False,
+                                             add_generation_prompt=True)
+        self.prefix, _, self.suffix = turn.partition(probe) if probe in turn else ("", "", "")
         try:
             text = tokenizer.apply_chat_template([{"role": "system", "content": probe}, {"role": "user", "content": "x"}],
                                                  tokenize=False, add_generation_prompt=True)
@@ -196,6 +198,10 @@ class Scheme:
     # --- applying them
     def prompt(self, prompt: Text, condition: Condition) -> Text:
         return prompt
+
+    def with_statement(self, prompt: Text, statement: str) -> Text:
+        """`prompt` with `statement` placed as the bound tokenizer's template allows (see `with_statement`)."""
+        return with_statement(prompt, statement, self.prefix, self.system_ok, self.suffix)
 
     @contextlib.contextmanager
     def steer(self, model: Any, condition: Condition) -> Iterator[Any]:
@@ -303,20 +309,24 @@ def condition_records(scheme: Scheme, records: Sequence[Any]) -> list[Any]:
 # ---------------------------------------------------------------- text-level schemes
 
 
-def prepend_statement(prompt: Text, statement: str, prefix: str = "", system: bool = True) -> Text:
-    """A statement before the prompt: a system message for chat prompts (merged into an existing one; into
-    the first user message when `system` is false), a leading sentence for plain text (after `prefix`, the
-    chat template's user-turn start, when the text already begins with it)."""
+def with_statement(prompt: Text, statement: str, prefix: str = "", system: bool = True, suffix: str = "") -> Text:
+    """The statement with the prompt: a system message for chat prompts (merged into an existing one), or
+    the end of the first user message when `system` is false (a template that drops system messages);
+    for plain text in a template's user-turn format (`prefix` … `suffix`) or to be rendered as the user's
+    message, the end of the turn; plain text for a model without a template gets it as a leading sentence."""
     if isinstance(prompt, str):
-        if prefix.strip() and prompt.startswith(prefix):
-            return f"{prefix}{statement} {prompt[len(prefix):]}"
+        body, tail = prompt.rstrip(), suffix.strip()
+        if prefix.strip() and prompt.startswith(prefix) and tail and body.endswith(tail):
+            return f"{body[:-len(tail)].rstrip()} {statement} {tail}{prompt[len(body):]}"
+        if prefix or suffix:  # the template will render this text as the user's message: end of the turn
+            return f"{prompt} {statement}"
         return f"{statement} {prompt}"
     messages = [dict(m) for m in prompt]
     if not system:
         user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
         if user is None:
             return [{"role": "user", "content": statement}, *messages]
-        messages[user]["content"] = f"{statement} {messages[user].get('content', '')}"
+        messages[user]["content"] = f"{messages[user].get('content', '')} {statement}".strip()
         return messages
     if messages and messages[0].get("role") == "system":
         messages[0]["content"] = f"{statement} {messages[0].get('content', '')}".strip()
@@ -330,6 +340,9 @@ def _numbers(values: Sequence[float], objectives: Sequence[str], scale: float, d
         x = round(v * scale, digits)
         out.append(f"{k} {int(x) if digits == 0 else x}")
     return " ".join(out)
+
+
+prepend_statement = with_statement  # the earlier name, kept for callers written against it
 
 
 @register("none")
@@ -351,7 +364,7 @@ class SystemMessage(Scheme):
         return f"weights : {_numbers(weights, self.objectives, 100, 0)} ."
 
     def prompt(self, prompt: Text, condition: Condition) -> Text:
-        return prepend_statement(prompt, self.statement(condition), self.prefix, self.system_ok)
+        return self.with_statement(prompt, self.statement(condition))
 
     def vocabulary(self) -> list[str]:
         m = len(self.objectives)
@@ -411,7 +424,7 @@ class RewardTokens(Scheme):
         return f"scores : {_numbers(scores, self.objectives, 1, 1)} ."
 
     def prompt(self, prompt: Text, condition: Condition) -> Text:
-        return prepend_statement(prompt, self.statement(self.scores_for(condition)), self.prefix, self.system_ok)
+        return self.with_statement(prompt, self.statement(self.scores_for(condition)))
 
     def vocabulary(self) -> list[str]:
         return [self.statement([-1.5] * len(self.objectives))]

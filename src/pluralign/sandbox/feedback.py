@@ -255,3 +255,23 @@ def _distinct(candidates: list[str], m: int) -> list[str]:
 
 def _stream(seed: int, kind: str, purpose: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(f"{kind}/{purpose}".encode())])
+
+
+def rated_lists(n: int, objectives: Sequence[str], *, k: int = 4, model_dir: str | Path | None = None,
+                seed: int = 0, max_new_tokens: int = 32, model: Any = None, tokenizer: Any = None) -> list[Rated]:
+    """`k` distinct responses to each of `n` prompts (from the model, else the grammar), each rated by its
+    exact gold attributes on `objectives`: the data of multi-objective training (per-objective or signed
+    pairs, RiC's rewards), where every prompt needs several rated responses."""
+    unknown = [o for o in objectives if o not in ATTRIBUTES]
+    if unknown:
+        raise ConfigError(f"unknown objective(s) {unknown}; the sandbox's attributes: {', '.join(ATTRIBUTES)}")
+    prompts = World(seed).prompts(n, _stream(seed, "rated_lists", "prompts"))
+    responses = draw_responses(prompts, k, seed=seed, model_dir=model_dir, model=model, tokenizer=tokenizer,
+                               max_new_tokens=max_new_tokens, stream="rated_lists")
+    cols = [ATTRIBUTES.index(o) for o in objectives]
+    out = []
+    for p, rs in zip(prompts, responses, strict=True):
+        rs = [y for y in dict.fromkeys(rs) if y.strip()]
+        for y, x in zip(rs, score_batch([p] * len(rs), rs), strict=True):
+            out.append(Rated(p, y, {o: float(x[c]) for o, c in zip(objectives, cols, strict=True)}))
+    return out
