@@ -39,17 +39,21 @@ def sample_directions(n: int, k: int, rng: np.random.Generator, angles: tuple[fl
 
 
 def dpa_records(model: Any, tokenizer: Any, prompts: Sequence[Any], objectives: Sequence[str], reward: Any, *,
-                n: int = 4, seed: int = 0, max_new_tokens: int = 32,
-                angles: tuple[float, float] = (0.0, 90.0)) -> list[Any]:  # fmt: skip
+                n: int = 4, seed: int = 0, max_new_tokens: int = 32, angles: tuple[float, float] = (0.0, 90.0),
+                conditioned: bool = True) -> list[Any]:  # fmt: skip
     """One DPA rejection-sampling round: per prompt a direction v, N samples conditioned on v, the best by
-    vᵀr kept as an SFT record whose ``meta.direction`` states v. `reward` scores the objectives (in order)."""
+    vᵀr kept as an SFT record whose ``meta.direction`` states v. `reward` scores the objectives (in order).
+    `conditioned=False` samples from the plain prompt: the first round, from a model that has never seen
+    a direction statement (its samples would only be disturbed by words it cannot read yet)."""
     from pluralign.conditioning import attached
     from pluralign.data.records import Rated
     from pluralign.decode.api import Controls, decode
 
     scheme = attached(model)
-    if scheme is None or scheme.name != "system_message":
+    if conditioned and (scheme is None or scheme.name != "system_message"):
         model.pluralign_conditioning = get_scheme("system_message", objectives)
+    elif not conditioned:
+        model.pluralign_conditioning = None
     directions = sample_directions(len(prompts), len(objectives), np.random.default_rng(seed), angles)
     controls = [Controls(weights=v.tolist(), direction=v.tolist(), n=n, max_new_tokens=max_new_tokens, seed=seed)
                 for v in directions]
@@ -76,9 +80,10 @@ def dpa(model_dir: str | Path, prompts: Sequence[Any], objectives: Sequence[str]
     current = Path(model_dir)
     for t in range(rounds):
         model, tokenizer = load_policy(current)
+        trained = getattr(model, "pluralign_conditioning", None) is not None  # it has learnt statements
         ensure_vocabulary(tokenizer, model, get_scheme("system_message", objectives).vocabulary())
         records = dpa_records(model, tokenizer, prompts, objectives, reward, n=n, seed=seed + t,
-                              max_new_tokens=max_new_tokens, angles=angles)
+                              max_new_tokens=max_new_tokens, angles=angles, conditioned=trained)
         data = out / f"round{t}.jsonl"
         atomic_write_jsonl(data, [_row(r) for r in records])
         result = run_sft(model=str(current), data=[str(data)], output_dir=str(out / f"round{t}"),
