@@ -207,9 +207,8 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
         clock = Clock()
         with clock:
             shutil.rmtree(out / "dpa", ignore_errors=True)
-            from pluralign.sandbox.attributes import GoldScorer
             from pluralign.decode.rewards import FunctionReward
-            from pluralign.sandbox.attributes import ATTRIBUTES
+            from pluralign.sandbox.attributes import ATTRIBUTES, GoldScorer
             cols = [ATTRIBUTES.index(n) for n in names]
             gold = GoldScorer()
             reward = FunctionReward(lambda p, y: gold.score(p, y)[:, cols], names)

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pluralign.conditioning import ensure_vocabulary, get as get_scheme
+from pluralign.conditioning import ensure_vocabulary
+from pluralign.conditioning import get as get_scheme
 from pluralign.errors import ConfigError
 
 
