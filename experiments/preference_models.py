@@ -1,7 +1,7 @@
 """Preference models on the sandbox: Bradley–Terry accuracy vs its noise ceiling, PAL vs one shared RM on
 a population with a minority group, few-shot adaptation of a new user, and temperature scaling.
 
-    .venv/bin/python experiments/preference_models.py [--seed 0] [--quick]
+    .venv/bin/python experiments/preference_models.py [--seed 0] [--seeds 3] [--quick]
 
 Responses are grammar responses of the sandbox world; each pair is labelled by a simulated user drawn
 from `pluralign.sandbox.users` (Bradley–Terry on the user's gold utility, so labels are noisy). Models see
@@ -9,8 +9,12 @@ fixed lexicon features of the text (`featurize`: word-class counts, per-topic no
 prompt's topic and instructions and their products) — never the gold attributes or utilities — and are
 trained with the project loop on those frozen features.
 
-Last line: RESULT bt_acc=… bt_ceiling=… pal_minority_gain=… pal_majority_delta=… fewshot_gain=…
-ece_before=… ece_after=…  (gains/deltas in accuracy points).
+Section [2] (shared BT vs PAL per group) is repeated over `--seeds` seeds (fresh pairs, initialisation and
+data order each time) and reported as mean ± 95% t-interval over seeds, with the held-out pairs per group.
+
+Last line: RESULT bt_acc=… bt_ceiling=… pal_minority_gain=… pal_minority_gain_ci=… pal_majority_delta=…
+pal_majority_delta_ci=… seeds=… fewshot_gain=… ece_before=… ece_after=…  (gains/deltas in accuracy points,
+means over seeds; _ci the half-width of their 95% interval).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pluralign.reward.data import pair_collate
 from pluralign.reward.pal import PALRewardModel, adapt_user, pal_pair_step
 from pluralign.sandbox import world as W
 from pluralign.sandbox.attributes import parse_prompt, score_batch, words
+from pluralign.sandbox.gold import seed_ci
 from pluralign.sandbox.users import User, population, preference_probability
 from pluralign.sandbox.world import World
 from pluralign.train.loop import LoopConfig, train
@@ -134,6 +139,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="fewer pairs and epochs (smoke run)")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds of the BT-vs-PAL comparison [2]")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     t0 = time.time()
@@ -153,20 +159,35 @@ def main() -> None:
     print(f"[1] BT on the majority group: held-out accuracy {bt_acc:.3f}, noise ceiling {bt_ceiling:.3f} "
           f"({bt_acc / bt_ceiling:.1%} of it)  [{time.time() - t0:.0f}s]")
 
-    # 2. Population with a minority: one shared BT RM vs PAL (K = 2) trained on the same per-user pairs.
-    p_train = make_pairs(world, pop.draw_users(n_train * 2, rng, args.seed), rng)
-    p_test = make_pairs(world, pop.draw_users(n_test, rng, args.seed), rng)
-    shared = train_bt(p_train, dim, args.seed, steps)
-    user_ids = sorted(set(p_train["users"]))
-    pal = train_pal(p_train, dim, user_ids, args.seed, steps)
-    groups = np.array(p_test["groups"])
-    m_shared, m_pal = bt_margins(shared, p_test), pal_margins(pal, p_test)
-    acc = {(name, g): accuracy(m, groups == g) for name, m in (("shared", m_shared), ("pal", m_pal))
-           for g in ("majority", "minority")}
-    minority_gain = 100 * (acc["pal", "minority"] - acc["shared", "minority"])
-    majority_delta = 100 * (acc["pal", "majority"] - acc["shared", "majority"])
-    print(f"[2] accuracy shared BT / PAL: majority {acc['shared', 'majority']:.3f} / {acc['pal', 'majority']:.3f}, "
-          f"minority {acc['shared', 'minority']:.3f} / {acc['pal', 'minority']:.3f}  [{time.time() - t0:.0f}s]")
+    # 2. Population with a minority: one shared BT RM vs PAL (K = 2) trained on the same per-user pairs,
+    # over several seeds (new pairs, initialisation and data order each time).
+    per_seed = []
+    for k in range(max(1, args.seeds)):
+        s = args.seed + k
+        srng = np.random.default_rng([args.seed, k, 2])
+        p_train = make_pairs(world, pop.draw_users(n_train * 2, srng, args.seed), srng)
+        p_test_k = make_pairs(world, pop.draw_users(n_test, srng, args.seed), srng)
+        shared_k = train_bt(p_train, dim, s, steps)
+        user_ids = sorted(set(p_train["users"]))
+        pal_k = train_pal(p_train, dim, user_ids, s, steps)
+        groups = np.array(p_test_k["groups"])
+        m_shared, m_pal = bt_margins(shared_k, p_test_k), pal_margins(pal_k, p_test_k)
+        per_seed.append({(name, g): 100 * accuracy(m, groups == g) for name, m in (("shared", m_shared), ("pal", m_pal))
+                         for g in ("majority", "minority")} | {("n", g): int((groups == g).sum()) for g in ("majority", "minority")})
+        if k == 0:
+            shared, pal = shared_k, pal_k
+    stat = {key: seed_ci([r[key] for r in per_seed]) for key in per_seed[0] if key[0] != "n"}
+    gain = {g: seed_ci([r["pal", g] - r["shared", g] for r in per_seed]) for g in ("majority", "minority")}
+    minority_gain, majority_delta = gain["minority"][0], gain["majority"][0]
+    for g in ("majority", "minority"):
+        (bm, bh), (pm, ph), (dm, dh) = stat["shared", g], stat["pal", g], gain[g]
+        print(f"[2] {g} ({per_seed[0]['n', g]} held-out pairs per seed): shared BT {bm:.1f} ± {bh:.1f}, "
+              f"PAL {pm:.1f} ± {ph:.1f}, PAL − BT {dm:+.1f} ± {dh:.1f}  (accuracy %, mean ± 95% CI over {len(per_seed)} seeds)")
+    d, h = gain["minority"]
+    verdict = ("PAL beats the shared BT model on the minority" if d - h > 0 else
+               "PAL is below the shared BT model on the minority" if d + h < 0 else
+               "no clear difference between PAL and the shared BT model on the minority")
+    print(f"[2] {verdict} at {len(per_seed)} seeds  [{time.time() - t0:.0f}s]")
 
     # 3. A new minority user (not in training) adapted from 10 pairs: only its mixture weights are fitted.
     new_user = User("new-minority", "minority", {**pop.group("minority").weights, "informativeness": -0.3},
@@ -185,7 +206,8 @@ def main() -> None:
     ece_after = pairwise_calibration(evaluate, temperature=temperature)["ece"]
     print(f"[4] over-confident RM: ECE {ece_before:.4f} → {ece_after:.4f} after T = {temperature:.2f}  [{time.time() - t0:.0f}s]")
     print(f"RESULT bt_acc={bt_acc:.4f} bt_ceiling={bt_ceiling:.4f} pal_minority_gain={minority_gain:.2f} "
-          f"pal_majority_delta={majority_delta:.2f} fewshot_gain={100 * (fewshot_acc - shared_acc):.2f} "
+          f"pal_minority_gain_ci={gain['minority'][1]:.2f} pal_majority_delta={majority_delta:.2f} "
+          f"pal_majority_delta_ci={gain['majority'][1]:.2f} seeds={len(per_seed)} fewshot_gain={100 * (fewshot_acc - shared_acc):.2f} "
           f"ece_before={ece_before:.4f} ece_after={ece_after:.4f}")
 
 

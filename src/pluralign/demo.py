@@ -49,6 +49,8 @@ class DemoConfig:
     n_eval_prompts: int = option(128, help="Evaluation prompts for the gold evaluation.")
     n_steer_prompts: int = option(24, help="Prompts decoded under each group's weights.")
     steer_n: int = option(16, help="Candidates per request for best-of-N steering.")
+    rm_seeds: int = option(3, help="Seeds of each reward model (head initialisation and data order); their held-out "
+                           "accuracies are reported as the mean over seeds with a 95% t-interval.")
     quick: bool = option(False, help="A tiny sandbox model and small data: for tests, not for conclusions.")
 
 
@@ -94,10 +96,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     n_prompts = 32 if cfg.quick else cfg.n_eval_prompts
     before = gold_eval(base, base=base, population=pop, n_prompts=n_prompts, seed=cfg.seed)
     after = gold_eval(dpo.model_dir, base=base, population=pop, n_prompts=n_prompts, seed=cfg.seed)
-    _write_samples(run, base, dpo.model_dir, cfg)
+    samples = _write_samples(run, base, dpo.model_dir, cfg, pop)
 
     _say("5/6 reward models: shared Bradley–Terry vs pluralistic PAL")
-    rms = {name: _reward_model(run, name, model_type, base, rm_train, rm_test, cfg)
+    rms = {name: [_reward_model(run, name, model_type, base, rm_train, rm_test, cfg, cfg.seed + k)
+                  for k in range(max(1, cfg.rm_seeds))]
            for name, model_type in (("bt", "bt"), ("pal", "pal"))}
 
     _say("6/6 per-request steering of one model toward each group")
@@ -106,7 +109,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     _say("+ many people at once: one policy trained on everyone's feedback, steered per request to each group")
     many = _many_people(run, base, rm_train, pop, cfg)
 
-    results = _results(cfg, pop, before, after, rms, steering, run)
+    results = _results(cfg, pop, before, after, rms, steering, run, samples)
     results["many_people"] = many
     atomic_write_json(run.root / "results.json", results)
     _write_plots(run, results)
@@ -144,7 +147,8 @@ def _feedback(run: RunDir, name: str, pop, n: int, base: Path, seed: int, groups
                          groups=groups)
 
 
-def _reward_model(run: RunDir, name: str, model_type: str, base: Path, train: Path, test: Path, cfg: DemoConfig) -> dict:
+def _reward_model(run: RunDir, name: str, model_type: str, base: Path, train: Path, test: Path, cfg: DemoConfig,
+                  seed: int) -> dict:
     """Train on frozen, mean-pooled base-model features (seconds on a CPU) and evaluate per group on held-out
     pairs."""
     from pluralign.config import from_dict
@@ -156,11 +160,14 @@ def _reward_model(run: RunDir, name: str, model_type: str, base: Path, train: Pa
 
     config = from_dict(RewardConfig, {
         "model_type": model_type, "model": str(base), "data": str(train), "freeze_backbone": True,
-        "pooling": "mean", "head_hidden": 128, "output_dir": str(run.root / f"rm_{name}"), "seed": cfg.seed,
-        "loop": {"learning_rate": 3e-3, "batch_size": 32, "num_epochs": 20, "progress": False, "seed": cfg.seed},
+        "pooling": "mean", "head_hidden": 128, "output_dir": str(run.root / f"rm_{name}_seed{seed}"), "seed": seed,
+        "loop": {"learning_rate": 3e-3, "batch_size": 32, "num_epochs": 20, "progress": False, "seed": seed},
     })
     model = load_reward_model(train_reward(config).model_dir)
-    return evaluate_records(model, read_records(test))
+    records = read_records(test)
+    report = evaluate_records(model, records)
+    report["group_counts"] = {g: sum(1 for r in records if r.group == g) for g in {r.group for r in records}}
+    return report
 
 
 def _steer(base: Path, pop, cfg: DemoConfig) -> dict[str, dict[str, float]]:
@@ -217,59 +224,113 @@ def _many_people(run: RunDir, base: Path, data: Path, pop, cfg: DemoConfig) -> d
     return table
 
 
-def _write_samples(run: RunDir, base: Path, aligned: Path, cfg: DemoConfig) -> None:
+def _write_samples(run: RunDir, base: Path, aligned: Path, cfg: DemoConfig, pop) -> dict[str, list[dict]]:
+    """samples.jsonl (16 prompts, base and aligned, gold attributes) and, for the report, the first 4 per
+    model with their target-group utility as the score."""
     from pluralign.decode.sampler import sample
     from pluralign.decode.steer import load_policy
-    from pluralign.sandbox import eval_prompts, score
+    from pluralign.sandbox import eval_prompts, score, utility
 
     prompts = eval_prompts(16, seed=99)
-    rows = []
+    rows, shown = [], {}
+    target = pop.group(cfg.target_group).vector()
     for name, path in (("base", base), ("dpo", aligned)):
         model, tokenizer = load_policy(path)
         texts = sample(model, tokenizer, prompts, n=1, max_new_tokens=48, seed=cfg.seed).texts
-        rows += [{"model": name, "prompt": p, "response": t[0], "gold": score(p, t[0])} for p, t in zip(prompts, texts, strict=True)]
+        mine = [{"model": name, "prompt": p, "response": t[0], "gold": score(p, t[0])} for p, t in zip(prompts, texts, strict=True)]
+        rows += mine
+        shown[name] = [{"prompt": r["prompt"], "response": r["response"],
+                        "score": float(utility(target, [list(r["gold"].values())])[0])} for r in mine[:4]]
     atomic_write_jsonl(run.root / "samples.jsonl", rows)
+    return shown
 
 
-def _run_entry(name: str, method: str, ev: dict, target: str) -> dict:
+def _run_entry(name: str, method: str, ev: dict, target: str, samples: list[dict]) -> dict:
+    wr = ev["win_rate"][target] if ev.get("win_rate") else None
     return {
-        "name": name, "method": method, "kl": (ev["kl"] or {"mean": 0.0})["mean"],
+        "name": name, "method": method, "kl": (ev["kl"] or {"mean": 0.0})["mean"], "n": ev["n_prompts"],
         "reward": ev["population_utility"]["mean"], "reward_se": ev["population_utility"]["se"],
         "per_group": {g: v["mean"] for g, v in ev["groups"].items()},
+        "per_group_se": {g: v["se"] for g, v in ev["groups"].items()},
+        "per_group_n": {g: ev["n_prompts"] for g in ev["groups"]},
         "objectives": {a: v["mean"] for a, v in ev["attributes"].items()},
-        "win_rate": {"win_rate": 100 * ev["win_rate"][target]["mean"]},
+        "win_rate": {"win_rate": 100 * wr["mean"], "ci": [100 * (wr["mean"] - 1.96 * wr["se"]), 100 * (wr["mean"] + 1.96 * wr["se"])]}
+        if wr else None,
+        "samples": samples,
     }
 
 
-def _results(cfg, pop, before, after, rms, steering, run: RunDir) -> dict:
+def _rm_stats(rms: dict, groups: list[str]) -> dict:
+    """Seed means with 95% t-intervals (`pluralign.sandbox.gold.seed_ci`): {(model, group or 'all'): (mean %, CI half-width %)}, plus ('pal-bt', g): the paired seed difference."""
+    from pluralign.sandbox.gold import seed_ci
+
+    out = {}
+    for name, reports in rms.items():
+        for g in [*groups, "all"]:
+            out[name, g] = seed_ci([100 * (r["accuracy"] if g == "all" else r["per_group"].get(g, float("nan")))
+                                    for r in reports])
+    if {"bt", "pal"} <= set(rms):
+        for g in [*groups, "all"]:
+            diffs = [100 * ((p["accuracy"] - b["accuracy"]) if g == "all" else (p["per_group"][g] - b["per_group"][g]))
+                     for p, b in zip(rms["pal"], rms["bt"], strict=True)]
+            out["pal-bt", g] = seed_ci(diffs)
+    return out
+
+
+def pal_verdict(stats: dict, group: str) -> str:
+    """What the seeds say about PAL vs BT on `group`, without claiming more than the interval allows."""
+    d, h = stats["pal-bt", group]
+    said = f"PAL − BT on '{group}': {d:+.1f} ± {h:.1f} accuracy points (95% CI over seeds)"
+    if d - h > 0:
+        return said + f": PAL beats the shared BT model on '{group}'."
+    if d + h < 0:
+        return said + f": PAL scored below the shared BT model on '{group}' here."
+    return said + ": no clear difference at this many seeds and pairs."
+
+
+def _results(cfg, pop, before, after, rms, steering, run: RunDir, samples: dict) -> dict:
     groups = pop.group_names
-    rm_rows = [[name.upper()] + [100 * r["per_group"].get(g, float("nan")) for g in groups] + [100 * r["accuracy"]]
-               + [r["calibration"][k]["ece"] for k in ("before", "after")] for name, r in rms.items()]
+    stats = _rm_stats(rms, groups)
+    cell = lambda v: f"{v[0]:.1f} ± {v[1]:.1f}"  # noqa: E731
+    rm_rows = [[name.upper()] + [cell(stats[name, g]) for g in [*groups, "all"]]
+               + [rms[name][0]["calibration"][k]["ece"] for k in ("before", "after")] for name in rms]
+    if ("pal-bt", "all") in stats:
+        rm_rows.append(["PAL − BT"] + [cell(stats["pal-bt", g]) for g in [*groups, "all"]] + [None, None])
+    counts = {g: rms["bt"][0].get("group_counts", {}).get(g) for g in groups}
     steer_rows = [[f"weights of {w}"] + [steering[w][g] for g in groups] for w in steering]
     gain_rows = [[g, before["groups"][g]["mean"], after["groups"][g]["mean"],
                   after["groups"][g]["mean"] - before["groups"][g]["mean"]] for g in groups]
     # the table row shows the errors before temperature scaling; the plot shows both
     calibration = [{"name": f"{n.upper()} reward model", "rows": r["calibration"]["reliability_before"],
                     "rows_after": r["calibration"]["reliability_after"], "errors": r["calibration"]["before"]}
-                   for n, r in rms.items() if r.get("calibration")]
+                   for n, reports in rms.items() for r in reports[:1] if r.get("calibration")]
     return {
         "title": "pluralign demo: aligning a model toward one group, measured against the truth",
         "description": (f"Population '{cfg.population}' ({', '.join(groups)}); {_label(cfg.loss)} toward '{cfg.target_group}'. "
                         "Utilities are the sandbox's gold utilities (weighted gold attributes); KL is "
                         "KL(π‖π_base) in nats per response, estimated from samples; win rates are against the base's "
                         f"samples under '{cfg.target_group}' utility."),
-        "runs": [_run_entry("base", "base", before, cfg.target_group),
-                 _run_entry(f"{_label(cfg.loss)}→{cfg.target_group}", cfg.loss, after, cfg.target_group)],
+        "judge": "gold utility",
+        "runs": [_run_entry("base", "base", before, cfg.target_group, samples["base"]),
+                 _run_entry(f"{_label(cfg.loss)}→{cfg.target_group}", cfg.loss, after, cfg.target_group, samples["dpo"])],
         "pareto": {"objectives": list(_tradeoff())},
         "calibration": calibration,
         "curves": [{"name": f"{_label(cfg.loss)} training", "rows": RunDir(run.root / "dpo").read_metrics()}],
         "tables": [
             {"title": f"Gold utility per group, before and after {_label(cfg.loss)}", "columns": ["group", "base", _label(cfg.loss), "gain"], "rows": gain_rows},
-            {"title": "Reward-model accuracy on held-out pairs (%)", "columns": ["model"] + groups + ["all", "ECE", "ECE after temperature scaling"], "rows": rm_rows},
+            {"title": f"Reward-model accuracy on held-out pairs (%): mean ± 95% CI over {len(rms['bt'])} seeds; "
+                      "held-out pairs per group: " + ", ".join(f"{g} {counts[g]}" for g in groups)
+                      + ". " + pal_verdict(stats, _minority(pop)),
+             "columns": ["model"] + groups + ["all", "ECE (seed 1)", "ECE after temperature scaling (seed 1)"], "rows": rm_rows},
             {"title": "Per-request steering: utility of each group (columns) when decoding with each group's weights (rows)",
              "columns": ["decoded with"] + groups, "rows": steer_rows},
         ],
     }
+
+
+def _minority(pop) -> str:
+    """The group with the smallest share (the one a pluralistic model should serve better)."""
+    return min(zip(pop.shares, pop.group_names, strict=True))[1]
 
 
 def _label(loss: str) -> str:
@@ -302,9 +363,12 @@ def _summary(cfg, pop, before, after, rms, steering) -> str:
     t = after["groups"][cfg.target_group]["mean"] - before["groups"][cfg.target_group]["mean"]
     se = (after["groups"][cfg.target_group]["se"] ** 2 + before["groups"][cfg.target_group]["se"] ** 2) ** 0.5
     lines.append(f"gain for '{cfg.target_group}': {t:+.3f} ± {1.96 * se:.3f} (95%), bought with KL {after['kl']['mean']:.3f} ± {1.96 * after['kl']['se']:.3f}")
-    lines += ["", f"{'RM accuracy (%)':<22}" + "".join(f"{g:>14}" for g in groups)]
-    for name, r in rms.items():
-        lines.append(f"{name.upper():<22}" + "".join(f"{100 * r['per_group'].get(g, float('nan')):>14.1f}" for g in groups))
+    stats = _rm_stats(rms, groups)
+    lines += ["", f"{'RM accuracy (%)':<22}" + "".join(f"{g:>14}" for g in groups) + f"   (mean ± 95% CI, {len(rms['bt'])} seeds)"]
+    for name in [*rms, "pal-bt"]:
+        if (name, groups[0]) in stats:
+            lines.append(f"{name.upper():<22}" + "".join(f"{stats[name, g][0]:>8.1f} ±{stats[name, g][1]:>4.1f}" for g in groups))
+    lines.append(pal_verdict(stats, _minority(pop)))
     lines += ["", f"{'steered with weights':<22}" + "".join(f"{g:>14}" for g in groups)]
     for w, row in steering.items():
         lines.append(f"{'of ' + w:<22}" + "".join(f"{row[g]:>14.3f}" for g in groups))

@@ -57,7 +57,7 @@ def by_method(runs: Sequence[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def reward_kl(runs: Sequence[dict]) -> bytes | None:
+def reward_kl(runs: Sequence[dict], ylabel: str = "reward") -> bytes | None:
     """Reward vs KL(π‖π_ref) scatter, one colour per method, with the upper-left frontier (solid) and its
     concave envelope (dashed). None when fewer than one run has both numbers."""
     pts = [r for r in runs if _finite(r.get("kl")) and _finite(r.get("reward"))]
@@ -79,7 +79,7 @@ def reward_kl(runs: Sequence[dict]) -> bytes | None:
         ax.step(kl[f], rew[f], where="post", color="black", lw=1, label="frontier")
     if len(h) > 1:
         ax.plot(kl[h], rew[h], ls="--", color="grey", lw=1, label="envelope")
-    ax.set(xlabel="KL(π ‖ π_ref)  (nats / sequence)", ylabel="gold reward", title="Reward vs KL")
+    ax.set(xlabel="KL(π ‖ π_ref)  (nats / sequence)", ylabel=ylabel, title=f"{ylabel} vs KL")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)
@@ -87,22 +87,30 @@ def reward_kl(runs: Sequence[dict]) -> bytes | None:
 
 def pareto_fronts(runs: Sequence[dict], objectives: Sequence[str], reference: Sequence[float]) -> tuple[bytes, dict[str, float]]:
     """Scatter of the first two `objectives`, each method's Pareto front drawn as a line, and the
-    hypervolume of every method's runs over ALL `objectives` w.r.t. `reference` (shown in the legend)."""
+    hypervolume of every method's runs over ALL `objectives` w.r.t. `reference` (shown in the legend) —
+    None for a method whose runs have fewer than 2 non-dominated points: a single point is no front, and
+    its "hypervolume" is only the box to the reference point, which the reference alone decides."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     hvs: dict[str, float] = {}
     for method, group in by_method(runs).items():
         P = np.array([[r["objectives"][o] for o in objectives] for r in group], dtype=float)
-        hvs[method] = hypervolume(P, reference)
+        hvs[method] = hypervolume(P, reference) if len(pareto_front(P)) >= 2 else None
         line = ax.plot(P[:, 0], P[:, 1], "o", alpha=0.6)[0]
         front = pareto_front(P[:, :2])
-        ax.plot(P[front, 0], P[front, 1], "-", color=line.get_color(), label=f"{label(method)} (HV {hvs[method]:.3g})")
+        hv = f"HV {hvs[method]:.3g}" if hvs[method] is not None else "no front"
+        ax.plot(P[front, 0], P[front, 1], "-", color=line.get_color(), label=f"{label(method)} ({hv})")
     ax.plot([reference[0]], [reference[1]], "x", color="black", label="reference")
     ax.set(xlabel=label(objectives[0]), ylabel=label(objectives[1]), title="Pareto fronts" + (
         f" (HV over {len(objectives)} objectives)" if len(objectives) > 2 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig), hvs
+
+
+def front_size(runs: Sequence[dict], objectives: Sequence[str]) -> int:
+    """How many of `runs` are non-dominated over `objectives`."""
+    return len(pareto_front(np.array([[r["objectives"][o] for o in objectives] for r in runs], dtype=float)))
 
 
 def group_bars(runs: Sequence[dict], max_runs: int = 8) -> bytes | None:

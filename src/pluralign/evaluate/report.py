@@ -5,9 +5,13 @@ Results schema (every key optional; unknown keys are ignored)::
 
     {
       "title": "pluralign report", "description": "free text",
+      "judge": "gold utility",                                # what "reward" is: axis and column labels
       "runs": [{"name": "dpo-0.1", "method": "dpo",          # method groups colours and Pareto fronts
-                "kl": 1.2, "reward": 0.53, "reward_se": 0.01, # → reward–KL plot and frontier
+                "kl": 1.2, "reward": 0.53, "reward_se": 0.01, # → reward–KL plot and frontier; 95% CI ±1.96 se
+                "n": 128,                                     # prompts the means are over
                 "per_group": {"group": utility, ...},         # → per-group bars + worst/P20/Gini
+                "per_group_se": {"group": se, ...}, "per_group_n": {"group": n, ...},  # → per-group table
+                "samples": [{"prompt": ..., "response": ..., "score": 0.4}],     # → sample generations
                 "objectives": {"helpful": 0.7, ...},          # → Pareto fronts + hypervolume
                 "win_rate": {"win_rate": 61.0, "ci": [55, 67], "lc_win_rate": 58.2},
                 "metrics": {"any_number": 1.0}}],             # → extra columns of the runs table
@@ -61,6 +65,8 @@ figcaption{font-size:.85rem;color:var(--muted);margin-top:6px}
 .table-wrap{overflow-x:auto;background:var(--card);border:1px solid var(--line);border-radius:10px;margin:8px 0}
 table{border-collapse:collapse;width:100%;font-size:.9rem}
 th,td{padding:6px 10px;text-align:right;white-space:nowrap;border-bottom:1px solid var(--line)}
+th{white-space:normal;vertical-align:bottom}
+td.text{white-space:pre-wrap;text-align:left;min-width:12em;max-width:28em;word-break:break-word}
 th:first-child,td:first-child{text-align:left;position:sticky;left:0;background:var(--card)}
 th,th:first-child{background:#eef1f6}
 @media (max-width:600px){body{font-size:15px}main{padding:10px}th,td{padding:5px 7px}}
@@ -95,15 +101,20 @@ def check_results(results: Any, source: str = "results") -> dict:
             number(f"{where}.{k}", x, required)
 
     obj("the top level", results)
+    if results.get("judge") is not None and not isinstance(results["judge"], str):
+        raise fail("judge", "a label such as 'gold utility'", results["judge"])
     for key in LIST_KEYS:
         if key in results:
             for i, entry in enumerate(items(key, results[key])):
                 obj(f"{key}[{i}]", entry)
     for i, run in enumerate(results.get("runs", [])):
-        for k in ("kl", "reward", "reward_se"):
+        for k in ("kl", "reward", "reward_se", "n"):
             number(f"runs[{i}].{k}", run.get(k))
-        if run.get("per_group") is not None:
-            numbers(f"runs[{i}].per_group", run["per_group"], required=True)
+        for k in ("per_group", "per_group_se", "per_group_n"):
+            if run.get(k) is not None:
+                numbers(f"runs[{i}].{k}", run[k], required=k == "per_group")
+        for j, sample in enumerate(items(f"runs[{i}].samples", run["samples"]) if run.get("samples") is not None else []):
+            number(f"runs[{i}].samples[{j}].score", obj(f"runs[{i}].samples[{j}]", sample).get("score"))
         if run.get("objectives") is not None:
             numbers(f"runs[{i}].objectives", run["objectives"])
         if run.get("metrics") is not None:
@@ -165,10 +176,22 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
-def table_html(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def table_html(columns: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: Sequence[int] = ()) -> str:
+    """A scrollable table; `text_columns` (indices) hold prose, wrapped and left-aligned."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    cls = ['<td class="text">' if i in text_columns else "<td>" for i in range(len(columns))]
+    body = "".join("<tr>" + "".join(f"{cls[i] if i < len(cls) else '<td>'}{html.escape(fmt(c))}</td>"
+                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def mean_ci(mean: Any, se: Any, z: float = 1.96) -> str:
+    """'0.512 [0.48, 0.544]': a mean with its normal 95% interval (just the mean when se is unknown)."""
+    if not plots._finite(mean):
+        return "—"
+    if not plots._finite(se):
+        return fmt(float(mean))
+    return f"{fmt(float(mean))} [{fmt(mean - z * se)}, {fmt(mean + z * se)}]"
 
 
 def figure_html(png: bytes, alt: str, caption: str = "") -> str:
@@ -178,19 +201,22 @@ def figure_html(png: bytes, alt: str, caption: str = "") -> str:
 
 
 # ---- sections -----------------------------------------------------------------------------------
-def _runs_table(runs: Sequence[dict]) -> str:
+def _runs_table(runs: Sequence[dict], judge: str = "reward") -> str:
     objectives = list(dict.fromkeys(o for r in runs for o in r.get("objectives", {})))
     extra = list(dict.fromkeys(k for r in runs for k in r.get("metrics", {})))
     has_groups = any(r.get("per_group") for r in runs)
-    has_wr = any(isinstance(r.get("win_rate"), dict) for r in runs)
-    cols = ["run", "method", "KL", "reward"] + (["win rate", "95% CI", "LC win rate"] if has_wr else []) \
+    wrs = [r.get("win_rate") if isinstance(r.get("win_rate"), dict) else {} for r in runs]
+    # a column only when some run has its numbers: no column of dashes
+    wr_cols = [(k, c) for k, c in (("win_rate", "win rate (%)"), ("ci", "win rate 95% CI"), ("lc_win_rate", "LC win rate (%)"))
+               if any(w.get(k) is not None for w in wrs)]
+    has_n = any(r.get("n") is not None for r in runs)
+    cols = ["run", "method"] + (["n"] if has_n else []) + ["KL", f"{judge} (95% CI)"] + [c for _, c in wr_cols] \
         + (["worst group", "P20 satisfaction", "Gini"] if has_groups else []) + objectives + extra
     rows = []
-    for r in runs:
-        row = [r.get("name", ""), r.get("method", ""), r.get("kl"), r.get("reward")]
-        if has_wr:
-            wr = r.get("win_rate") if isinstance(r.get("win_rate"), dict) else {}
-            row += [wr.get("win_rate"), wr.get("ci"), wr.get("lc_win_rate")]
+    for r, wr in zip(runs, wrs, strict=True):
+        row = [r.get("name", ""), r.get("method", "")] + ([r.get("n")] if has_n else []) \
+            + [r.get("kl"), mean_ci(r.get("reward"), r.get("reward_se"))]
+        row += [wr.get(k) for k, _ in wr_cols]
         if has_groups:
             fs = fairness_summary(r["per_group"]) if r.get("per_group") else {}
             row += [fs.get("worst_group"), fs.get("p20_satisfaction"), fs.get("gini")]
@@ -198,6 +224,58 @@ def _runs_table(runs: Sequence[dict]) -> str:
         row += [r.get("metrics", {}).get(k) for k in extra]
         rows.append(row)
     return table_html(cols, rows)
+
+
+def _group_table(runs: Sequence[dict], judge: str) -> str:
+    """Per-group means with their 95% CI and counts, one row per run."""
+    runs = [r for r in runs if r.get("per_group")]
+    if not runs:
+        return ""
+    groups = list(dict.fromkeys(g for r in runs for g in r["per_group"]))
+    has_n = any(r.get("per_group_n") or r.get("n") is not None for r in runs)
+    cols = ["run"] + [f"{g} (95% CI)" for g in groups] + ([f"n {g}" for g in groups] if has_n else [])
+    rows = []
+    for r in runs:
+        se, n = r.get("per_group_se") or {}, r.get("per_group_n") or {}
+        rows.append([r.get("name", "")] + [mean_ci(r["per_group"].get(g), se.get(g)) for g in groups]
+                    + ([n.get(g, r.get("n")) for g in groups] if has_n else []))
+    note = ("" if any(r.get("per_group_se") for r in runs)
+            else '<p class="muted">No standard errors were recorded for these means, so no intervals.</p>')
+    return f"<h2>{html.escape(judge)} per group</h2>" + table_html(cols, rows) + note
+
+
+def _samples_section(runs: Sequence[dict]) -> str:
+    """The same prompts answered by every run, side by side, with the judge's score of each answer."""
+    runs = [r for r in runs if r.get("samples")]
+    if not runs:
+        return ""
+    from pluralign.data.prompts import transcript
+
+    n = max(len(r["samples"]) for r in runs)
+    rows = []
+    for i in range(n):
+        first = next(r["samples"][i] for r in runs if i < len(r["samples"]))
+        row: list[Any] = [transcript(first.get("prompt", ""))]
+        for r in runs:
+            s = r["samples"][i] if i < len(r["samples"]) else {}
+            score = s.get("score")
+            row.append(str(s.get("response", "—")) + (f"\n(score {fmt(float(score))})" if plots._finite(score) else ""))
+        rows.append(row)
+    cols = ["prompt"] + [str(r.get("name", "")) for r in runs]
+    return "<h2>Sample generations</h2>" + table_html(cols, rows, text_columns=range(len(cols)))
+
+
+def _comparison_section(curves: Sequence[dict]) -> str:
+    """Several training runs side by side: steps and the last logged value of each metric they share."""
+    curves = [c for c in curves if c.get("rows")]
+    if len(curves) < 2:
+        return ""
+    keys = [k for k in dict.fromkeys(k for c in curves for row in c["rows"] for k in row)
+            if k not in ("step", "epoch", "elapsed_s", "lr") and any(_last(c["rows"], k) is not None for c in curves)]
+    keys = sorted(keys, key=lambda k: (k.startswith("eval/") is False, k))[:12]
+    rows = [[c.get("name", ""), _last(c["rows"], "step")] + [_last(c["rows"], k) for k in keys] for c in curves]
+    return ("<h2>Run comparison</h2>" + table_html(["run", "steps"] + [f"last {k}" for k in keys], rows)
+            + '<p class="muted">Last logged value of each metric (eval/ metrics: the last evaluation).</p>')
 
 
 def _pareto_section(results: dict) -> str:
@@ -213,10 +291,16 @@ def _pareto_section(results: dict) -> str:
     P = np.array([[r["objectives"][o] for o in objectives] for r in runs], dtype=float)
     ref = list(spec.get("reference") or default_reference(P).tolist())
     png, hvs = plots.pareto_fronts(runs, objectives, ref)
-    table = table_html(["method", "runs", "hypervolume"],
-                       [[m, len(g), hvs[m]] for m, g in plots.by_method(runs).items()])
-    caption = f"reference point {fmt(ref)}; objectives {', '.join(objectives)}"
-    return f'<h2>Pareto fronts</h2><div class="grid">{figure_html(png, "Pareto fronts", caption)}</div>{table}'
+    rows = []
+    for m, g in plots.by_method(runs).items():
+        front = hvs[m] is not None
+        rows.append([m, len(g), plots.front_size(g, objectives), hvs[m] if front else "— (no front: fewer than 2 non-dominated runs)"])
+    where = "given" if spec.get("reference") else "default: below every run's worst value"
+    caption = f"hypervolume over {', '.join(objectives)} w.r.t. the reference point {fmt(ref)} ({where})"
+    table = table_html(["method", "runs", "non-dominated runs", "hypervolume"], rows)
+    return (f'<h2>Pareto fronts</h2><div class="grid">{figure_html(png, "Pareto fronts", caption)}</div>{table}'
+            f'<p class="muted">{html.escape(caption)}. A method with a single non-dominated run has no front, so '
+            "no hypervolume is given for it.</p>")
 
 
 def render_html(results: dict) -> str:
@@ -227,13 +311,14 @@ def render_html(results: dict) -> str:
     if results.get("description"):
         parts.append(f'<p class="muted">{html.escape(str(results["description"]))}</p>')
     runs = results.get("runs", [])
+    judge = str(results.get("judge") or "reward")
     if runs:
-        parts.append("<h2>Runs</h2>" + _runs_table(runs))
+        parts.append("<h2>Runs</h2>" + _runs_table(runs, judge))
         if any(isinstance(r.get("win_rate"), dict) for r in runs):
             parts.append('<p class="muted">Win rate against the baseline in AlpacaEval\'s encoding (draws count '
                          "half); CI: bootstrap 95%; LC: length-controlled (AlpacaEval 2 GLM).</p>")
         figs = []
-        rk = plots.reward_kl(runs)
+        rk = plots.reward_kl(runs, ylabel=judge)
         if rk:
             figs.append(figure_html(rk, "Reward vs KL", "each point a run; solid: frontier, dashed: envelope"))
         gb = plots.group_bars(runs)
@@ -241,6 +326,8 @@ def render_html(results: dict) -> str:
             figs.append(figure_html(gb, "Utility per group", "per-group utility of each run"))
         if figs:
             parts.append('<div class="grid">' + "".join(figs) + "</div>")
+        parts.append(_group_table(runs, judge))
+        parts.append(_samples_section(runs))
     parts.append(_pareto_section(results))
     if results.get("calibration"):
         figs, rows = [], []
@@ -258,6 +345,7 @@ def render_html(results: dict) -> str:
     curves = [(c.get("name", ""), plots.training_curves(str(c.get("name", "")), c.get("rows", [])))
               for c in results.get("curves", [])]
     curves = [(n, png) for n, png in curves if png]
+    parts.append(_comparison_section(results.get("curves", [])))
     if curves:
         parts.append('<h2>Training curves</h2><div class="grid">'
                      + "".join(figure_html(png, f"curves {n}") for n, png in curves) + "</div>")

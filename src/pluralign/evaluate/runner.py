@@ -202,15 +202,19 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
     runs = []
     for m in models:
         out, texts = outputs[m["name"]], outputs[m["name"]]["texts"]
-        run: dict[str, Any] = {"name": m["name"], "method": m.get("method", m.get("decoder") or "policy")}
+        run: dict[str, Any] = {"name": m["name"], "method": m.get("method", m.get("decoder") or "policy"),
+                               "n": len(prompts)}
+        scores = None
         if "reward" in metrics:
             scores = np.asarray(judge.single(prompts, texts), float)
-            run["reward"] = float(np.nanmean(scores))
-            run["reward_se"] = float(np.nanstd(scores, ddof=1) / np.sqrt(max(1, np.isfinite(scores).sum())))
+            run["reward"], run["reward_se"] = _mean_se(scores)
         if "kl" in metrics:
             run["kl"] = kl_estimate(m, out, {**outputs[reference], "path": models[names.index(reference)]["path"]})
         if groups:
-            run["per_group"] = {g.name: float(np.mean(GoldJudge(g).single(prompts, texts))) for g in groups}
+            per = {g.name: _mean_se(np.asarray(GoldJudge(g).single(prompts, texts), float)) for g in groups}
+            run["per_group"] = {g: v[0] for g, v in per.items()}
+            run["per_group_se"] = {g: v[1] for g, v in per.items()}
+            run["per_group_n"] = {g: len(prompts) for g in per}
         if "objectives" in metrics and isinstance(judge, GoldJudge):
             from pluralign.sandbox.attributes import ATTRIBUTES
 
@@ -219,7 +223,26 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
         if "win_rate" in metrics and m["name"] != baseline:
             wr = compare(judge, prompts, outputs[baseline]["texts"], texts, n_boot=int(cfg.get("bootstrap", 1000)))
             run["win_rate"] = {k: v for k, v in wr.items() if k != "preferences"}
-        run["samples"] = [{"prompt": p, "response": t} for p, t in list(zip(prompts, texts, strict=True))[:3]]
+        run["samples"] = [{"prompt": p, "response": t} | ({"score": float(scores[i])} if scores is not None else {})
+                          for i, (p, t) in enumerate(list(zip(prompts, texts, strict=True))[:3])]
         runs.append(run)
     return {"title": cfg.get("title", "pluralign evaluation"), "description": cfg.get("description", ""),
-            "runs": runs, "config": cfg}
+            "judge": judge_label(cfg.get("judge", {"kind": "gold"})), "runs": runs, "config": cfg}
+
+
+def judge_label(spec: dict) -> str:
+    """What the "reward" numbers are, for axis and column labels: never "gold" for a learned judge."""
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind == "reward":
+        return "gold utility" if spec.get("source") == "gold" else f"reward-model score ({Path(str(spec.get('source'))).name})"
+    if kind == "llm":
+        return f"LLM-judge score ({spec.get('model', '')})"
+    return "gold utility"
+
+
+def _mean_se(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error over the finite values (NaN se with fewer than two)."""
+    v = values[np.isfinite(values)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")

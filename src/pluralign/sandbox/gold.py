@@ -28,6 +28,17 @@ from pluralign.sandbox.world import World
 EVAL_SEED = 12345  # evaluation prompts come from their own stream, never the training prompts' seed
 
 
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t quantiles by df
+
+
+def seed_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean over seeds and the half-width of its 95% Student-t interval (0 for a single seed)."""
+    v = np.asarray(values, float)
+    if len(v) < 2:
+        return float(v.mean()), 0.0
+    return float(v.mean()), T975.get(len(v) - 1, 1.96) * float(v.std(ddof=1)) / len(v) ** 0.5
+
+
 def mean_se(values: np.ndarray) -> dict[str, float]:
     """{"mean", "se"} of a 1-D sample; se = std(ddof=1)/√n (0 for a single value)."""
     v = np.asarray(values, dtype=np.float64)

@@ -46,7 +46,13 @@ COMMANDS = {"rm": "bt", "morm": "multi", "pal": "pal", "binary-rm": "binary"}
 
 
 def _loop_defaults() -> LoopConfig:
-    return LoopConfig(learning_rate=1e-4, batch_size=16, num_epochs=1, warmup_ratio=0.05)
+    """Measured (`pluralign train rm` on 2000 majority pairs of the sandbox, its base model as a trainable
+    backbone; held-out accuracy on 1000 pairs, Bayes ceiling 0.852): lr 1e-4 × 1 epoch 0.592 (the old
+    default), 3e-4 × 4 0.676, 1e-3 × 2 0.688, 1e-3 × 4 0.702, 1e-3 × 8 0.712, 3e-3 × 2 0.603; a frozen
+    backbone with a 128-wide MLP head, 3e-3 × 20: 0.677. With LoRA on SmolLM2-135M-Instruct these
+    defaults are what scripts/real_model.py measures. Full fine-tuning of a large pretrained backbone
+    usually wants a smaller rate (1e-5 to 5e-5)."""
+    return LoopConfig(learning_rate=1e-3, batch_size=16, num_epochs=4, warmup_ratio=0.05)
 
 
 @dataclass

