@@ -1,0 +1,95 @@
+"""What the report shows must be earned: intervals and counts next to means, no columns of dashes,
+hypervolume only over a real front, samples with scores, a comparison across runs, the judge's name."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pluralign.evaluate.report import mean_ci, render_html
+
+
+def _runs():
+    return [
+        {"name": "base", "method": "base", "n": 64, "kl": 0.0, "reward": 0.5, "reward_se": 0.01,
+         "per_group": {"a": 0.4, "b": 0.6}, "per_group_se": {"a": 0.02, "b": 0.03}, "per_group_n": {"a": 64, "b": 64},
+         "objectives": {"x": 1.0, "y": 1.0},
+         "samples": [{"prompt": [{"role": "user", "content": "hi there"}], "response": "hello", "score": 0.25}]},
+        {"name": "dpo-a", "method": "dpo", "n": 64, "kl": 1.0, "reward": 0.6, "reward_se": 0.02,
+         "objectives": {"x": 2.0, "y": 0.5}, "win_rate": {"win_rate": 60.0, "ci": [52.0, 68.0]},
+         "samples": [{"prompt": [{"role": "user", "content": "hi there"}], "response": "hello, friend", "score": 0.75}]},
+        {"name": "dpo-b", "method": "dpo", "n": 64, "kl": 2.0, "reward": 0.7, "objectives": {"x": 0.5, "y": 2.0},
+         "win_rate": {"win_rate": 70.0, "ci": [61.0, 79.0]}},
+    ]
+
+
+def test_mean_ci_is_mean_plus_minus_1_96_se():
+    assert mean_ci(0.5, 0.01) == "0.5 [0.4804, 0.5196]"
+    assert mean_ci(0.5, None) == "0.5" and mean_ci(None, 0.1) == "—"
+
+
+def test_runs_table_has_intervals_counts_and_only_computable_columns():
+    page = render_html({"judge": "reward-model score (rm)", "runs": _runs()})
+    assert "reward-model score (rm) (95% CI)" in page and "gold" not in page
+    assert "0.5 [0.4804, 0.5196]" in page  # base's reward with its interval
+    assert "win rate 95% CI" in page and "LC win rate" not in page  # no run has an LC win rate: no column
+    assert "<th>n</th>" in page
+    # per-group table: mean [CI] and n
+    assert "0.4 [0.3608, 0.4392]" in page and "n a" in page
+
+
+def test_hypervolume_only_over_a_real_front_with_its_reference():
+    page = render_html({"runs": _runs(), "pareto": {"objectives": ["x", "y"], "reference": [0, 0]}})
+    # dpo: (2, 0.5) and (0.5, 2) are both non-dominated → a front; base is a single point → none
+    assert "no front: fewer than 2 non-dominated runs" in page
+    assert "reference point [0, 0] (given)" in page
+    # hypervolume of the dpo front w.r.t. (0, 0): 2·0.5 + 0.5·(2 − 0.5) = 1.75
+    assert "<td>1.75</td>" in page
+
+
+def test_samples_side_by_side_with_scores_and_rendered_prompts():
+    page = render_html({"runs": _runs()})
+    assert "Sample generations" in page
+    assert "hi there" in page and "{&#x27;role&#x27;" not in page  # the conversation, not a Python repr
+    assert "(score 0.25)" in page and "(score 0.75)" in page
+
+
+def test_comparison_table_across_training_runs():
+    curves = [{"name": "a", "rows": [{"step": 5, "loss": 0.6}, {"step": 10, "loss": 0.5, "eval/accuracy": 0.7}]},
+              {"name": "b", "rows": [{"step": 10, "loss": 0.4, "eval/accuracy": 0.8}]}]
+    page = render_html({"curves": curves})
+    assert "Run comparison" in page and "last eval/accuracy" in page and "last loss" in page
+    assert "<td>0.8</td>" in page and "<td>0.5</td>" in page
+    assert "Run comparison" not in render_html({"curves": curves[:1]})
+
+
+def test_judge_label_never_says_gold_for_a_learned_judge():
+    from pluralign.evaluate.runner import judge_label
+
+    assert judge_label({"kind": "reward", "source": "runs/rm/model"}) == "reward-model score (model)"
+    assert judge_label({"kind": "reward", "source": "gold"}) == "gold utility"
+    assert judge_label({"kind": "gold"}) == "gold utility"
+    assert "LLM" in judge_label({"kind": "llm", "model": "m"})
+
+
+def test_seed_interval_and_the_pal_verdict():
+    from pluralign.demo import pal_verdict
+    from pluralign.sandbox.gold import seed_ci
+
+    mean, half = seed_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and math.isclose(half, 4.303 * 1.0 / math.sqrt(3), rel_tol=1e-9)
+    assert seed_ci([5.0]) == (5.0, 0.0)
+    assert "PAL beats" in pal_verdict({("pal-bt", "m"): (3.0, 1.0)}, "m")
+    assert "below" in pal_verdict({("pal-bt", "m"): (-3.0, 1.0)}, "m")
+    assert "no clear difference" in pal_verdict({("pal-bt", "m"): (0.5, 1.0)}, "m")
+
+
+def test_malformed_new_fields_are_config_errors():
+    from pluralign.errors import ConfigError
+    from pluralign.evaluate.report import check_results
+
+    with pytest.raises(ConfigError, match=r"runs\[0\].per_group_se.a"):
+        check_results({"runs": [{"per_group_se": {"a": "x"}}]})
+    with pytest.raises(ConfigError, match=r"runs\[0\].samples"):
+        check_results({"runs": [{"samples": "text"}]})
