@@ -61,3 +61,15 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </
 def chat_tokenizer():
     """Word-level tokenizer over `CHAT_WORDS` with `CHAT_TEMPLATE` as its chat template."""
     return tiny.word_tokenizer(CHAT_WORDS, chat_template=CHAT_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory):
+    """A one-layer tiny Llama over a reward-model toy vocabulary (question answer good bad cat dog ok fine)."""
+    from pluralign.models.load import save_model
+    from pluralign.models.tiny import tiny_llama, word_tokenizer
+
+    tok = word_tokenizer("question answer good bad cat dog ok fine".split())
+    path = tmp_path_factory.mktemp("backbone")
+    save_model(tiny_llama(len(tok), hidden_size=32, num_layers=1, num_heads=2), tok, path)
+    return path

@@ -120,17 +120,6 @@ def test_ensemble_mean_and_disagreement():
     assert Ensemble([Const(1.0)]).disagreement(["p"], ["a"]).tolist() == [[0.0]]
 
 
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory):
-    from pluralign.models.load import save_model
-    from pluralign.models.tiny import tiny_llama, word_tokenizer
-
-    tok = word_tokenizer("question answer good bad cat dog ok fine".split())
-    path = tmp_path_factory.mktemp("backbone")
-    save_model(tiny_llama(len(tok), hidden_size=32, num_layers=1, num_heads=2), tok, path)
-    return path
-
-
 def _toy_pairs(n, seed):
     rng = random.Random(seed)
     rows = []

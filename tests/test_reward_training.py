@@ -14,15 +14,9 @@ from pluralign.config import describe, from_dict
 from pluralign.errors import ConfigError
 
 
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    from pluralign.models.load import save_model
-    from pluralign.models.tiny import tiny_llama, word_tokenizer
-
-    tok = word_tokenizer("question answer good bad cat dog ok fine".split())
-    path = tmp_path_factory.mktemp("rm_backbone")
-    save_model(tiny_llama(len(tok), hidden_size=32, num_layers=2, num_heads=2), tok, path)
-    return path
+@pytest.fixture
+def backbone(tiny_backbone):
+    return tiny_backbone
 
 
 def _pairs(n, seed):
@@ -164,3 +158,11 @@ def test_bayes_accuracy_recomputes_the_label_probabilities():
     assert abs(float((mine > 0.5).mean()) - per_user) < 0.25
     with pytest.raises(ConfigError, match="user"):
         bayes_accuracy(generate("pairwise", "default", 5, seed=0))
+
+
+def test_eval_rm_report_carries_the_chance_warning():
+    from pluralign.reward.cli import format_report
+
+    base = {"kind": "pairwise", "n": 100, "mean_margin": 0.0}
+    assert "within noise of chance" in format_report(base | {"accuracy": 0.52})
+    assert "warning" not in format_report(base | {"accuracy": 0.8})

@@ -75,4 +75,8 @@ def format_report(report: dict) -> str:
         lines.append(f"ECE before {c['before']['ece']:.4f} → after temperature scaling (T={c['temperature']:.3f}) "
                      f"{c['after']['ece']:.4f}   (ACE {c['before']['ace']:.4f} → {c['after']['ace']:.4f}, "
                      f"MCE {c['before']['mce']:.4f} → {c['after']['mce']:.4f}; fit on {c['n_fit']}, measured on {c['n_test']})")
+    from pluralign.reward.evaluation import chance_warning
+
+    if (warning := chance_warning(report)) is not None:
+        lines.append(f"warning: {warning}")
     return "\n".join(lines)
