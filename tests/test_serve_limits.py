@@ -217,3 +217,32 @@ def test_without_the_serve_extra_the_cli_still_loads_and_says_what_to_install(tm
             f"sys.exit(main(['serve', '--model', {str(tmp_path)!r}]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "pip install 'pluralign[serve]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_keys_from_file_and_environment(tmp_path, monkeypatch):
+    from pluralign.errors import ConfigError
+    from pluralign.serve.limits import Keys, Limiter, load_keys
+
+    f = tmp_path / "keys"
+    f.write_text("# comment\n\nsk-a\n  sk-b  \n")
+    monkeypatch.setenv("PLURALIGN_API_KEYS", "sk-c, sk-d")
+    keys = Keys(load_keys(str(f)))
+    assert [keys.identify(f"Bearer {k}") for k in ("sk-a", "sk-b", "sk-c", "sk-d")] == ["key0", "key1", "key2", "key3"]
+    for bad in (None, "sk-a", "Basic sk-a", "Bearer sk-", "Bearer sk-a2"):
+        with pytest.raises(APIError) as e:
+            keys.identify(bad)
+        assert e.value.status == 401 and "sk-a" not in e.value.message
+    assert Keys([]).identify(None) == "anonymous"
+    with pytest.raises(ConfigError):
+        load_keys(str(tmp_path / "missing"))
+    (tmp_path / "empty").write_text("# nothing\n")
+    with pytest.raises(ConfigError):
+        load_keys(str(tmp_path / "empty"))
+    now = [0.0]
+    lim = Limiter(rate=2, max_concurrent=5, window=60, clock=lambda: now[0])
+    lim.admit("k")()
+    lim.admit("k")()
+    with pytest.raises(APIError):
+        lim.admit("k")
+    now[0] = 60.5  # the window slid past both
+    lim.admit("k")()
