@@ -42,7 +42,7 @@ def test_runs_table_has_intervals_counts_and_only_computable_columns():
 def test_hypervolume_only_over_a_real_front_with_its_reference():
     page = render_html({"runs": _runs(), "pareto": {"objectives": ["x", "y"], "reference": [0, 0]}})
     # dpo: (2, 0.5) and (0.5, 2) are both non-dominated → a front; base is a single point → none
-    assert "no front: fewer than 2 non-dominated runs" in page
+    assert "— (no front)" in page and "fewer than 2 non-dominated runs" in page
     assert "reference point [0, 0] (given)" in page
     # hypervolume of the dpo front w.r.t. (0, 0): 2·0.5 + 0.5·(2 − 0.5) = 1.75
     assert "<td>1.75</td>" in page

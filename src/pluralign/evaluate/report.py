@@ -66,6 +66,7 @@ figcaption{font-size:.85rem;color:var(--muted);margin-top:6px}
 table{border-collapse:collapse;width:100%;font-size:.9rem}
 th,td{padding:6px 10px;text-align:right;white-space:nowrap;border-bottom:1px solid var(--line)}
 th{white-space:normal;vertical-align:bottom}
+th.text{text-align:left}
 td.text{white-space:pre-wrap;text-align:left;min-width:12em;max-width:28em;word-break:break-word}
 th:first-child,td:first-child{text-align:left;position:sticky;left:0;background:var(--card)}
 th,th:first-child{background:#eef1f6}
@@ -178,7 +179,7 @@ def fmt(v: Any) -> str:
 
 def table_html(columns: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: Sequence[int] = ()) -> str:
     """A scrollable table; `text_columns` (indices) hold prose, wrapped and left-aligned."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    head = "".join(f"<th{' class=text' if i in text_columns else ''}>{html.escape(str(c))}</th>" for i, c in enumerate(columns))
     cls = ['<td class="text">' if i in text_columns else "<td>" for i in range(len(columns))]
     body = "".join("<tr>" + "".join(f"{cls[i] if i < len(cls) else '<td>'}{html.escape(fmt(c))}</td>"
                                      for i, c in enumerate(row)) + "</tr>" for row in rows)
@@ -294,13 +295,13 @@ def _pareto_section(results: dict) -> str:
     rows = []
     for m, g in plots.by_method(runs).items():
         front = hvs[m] is not None
-        rows.append([m, len(g), plots.front_size(g, objectives), hvs[m] if front else "— (no front: fewer than 2 non-dominated runs)"])
+        rows.append([m, len(g), plots.front_size(g, objectives), hvs[m] if front else "— (no front)"])
     where = "given" if spec.get("reference") else "default: below every run's worst value"
     caption = f"hypervolume over {', '.join(objectives)} w.r.t. the reference point {fmt(ref)} ({where})"
     table = table_html(["method", "runs", "non-dominated runs", "hypervolume"], rows)
     return (f'<h2>Pareto fronts</h2><div class="grid">{figure_html(png, "Pareto fronts", caption)}</div>{table}'
-            f'<p class="muted">{html.escape(caption)}. A method with a single non-dominated run has no front, so '
-            "no hypervolume is given for it.</p>")
+            f'<p class="muted">{html.escape(caption)}. A method with fewer than 2 non-dominated runs has no '
+            "front (a single point's box to the reference point says nothing), so no hypervolume is given for it.</p>")
 
 
 def render_html(results: dict) -> str:
