@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
                 "group_size": a.group_size, "max_new_tokens": 48,
                 "rewards": [{"source": "gold", "group": a.group}]} | {k: v for k, v in settings.items() if k != "loop"}
                 | {"loop": {"batch_size": a.prompts_per_step, "max_steps": budget, "seed": a.seed, "progress": False,
-                            "scheduler": "constant", "warmup_ratio": 0.0, "log_every": 5} | settings["loop"]})
+                            "scheduler": "constant", "warmup_ratio": 0.0, "log_every": 5,
+                            "save_every": steps + 1} | settings["loop"]})  # a resumable checkpoint at each budget
             trained = run(cfg, prompts=train_prompts)
             point = evaluate(trained.model_dir, base, tok, prompts, weights, u_base, a.samples, a.boot, a.seed + 2)
             trace.append(point | {"steps": budget})

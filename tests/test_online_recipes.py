@@ -234,3 +234,20 @@ def test_chat_prompts_and_lora_reference(tmp_path, chat_tokenizer):
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[1]["kl"] != 0.0
     assert result.model_dir.is_dir()
+
+
+def test_online_dpo_rounds_resume_mid_round(base, tmp_path):
+    """Rounds of 2 steps keep the round-start policy as the reference; stopped after step 3 (mid-round)
+    and resumed, the restored reference gives the uninterrupted run's weights."""
+    kw = dict(algorithm="online_dpo", round_steps=2, preference_params={"beta": 0.5}, loop={"max_steps": 4, "save_every": 1})
+    straight = run(config(base, tmp_path / "a", **kw), prompts=PROMPTS, reward_objects=[cat_reward])
+    run(config(base, tmp_path / "b", **(kw | {"loop": {"max_steps": 3, "save_every": 1}})), prompts=PROMPTS, reward_objects=[cat_reward])
+    resumed = run(config(base, tmp_path / "b", **kw), prompts=PROMPTS, reward_objects=[cat_reward])
+    assert resumed.train.resumed_from.name == "step-3"
+    a, b = params(load_model(straight.model_dir)), params(load_model(resumed.model_dir))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
+    rows = [json.loads(line) for line in (tmp_path / "a" / "out" / "metrics.jsonl").read_text().splitlines()]
+    # Each round starts at the reference (loss log 2); its second step is against the round-start policy.
+    assert rows[0]["loss"] == pytest.approx(0.693147, abs=1e-5) and rows[2]["loss"] == pytest.approx(0.693147, abs=1e-5)
+    assert rows[1]["loss"] != pytest.approx(0.693147, abs=1e-4)
