@@ -26,7 +26,7 @@ against linear-scalarised DPO trained once per weight.
     .venv/bin/python experiments/pareto_training.py --quick   # ~3 min of CPU
     .venv/bin/python experiments/pareto_training.py           # the full grid
 
-Outputs under runs/pareto_training/ (git-ignored): data, models, results.json and report.html (fronts).
+Outputs under runs/pareto_training/ (git-ignored): data, models, results.json and report_<case>.html (fronts).
 Timings on a machine shared with other jobs inflate wall time; CPU-seconds are what we compare.
 """
 
@@ -272,19 +272,21 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out)
     base = build_base(seed=a.seed)
     rng = np.random.default_rng(a.seed)
-    everything, runs = {"settings": vars(a)}, []
+    everything = {"settings": vars(a)}
     for case in a.cases.split(","):
         res = run_case(case, a, base, out / case, rng)
         res["verdicts"] = verdicts(res)
         everything[case] = res
-        runs += report_runs(case, res)
         print(f"[{case}] {res['verdicts']}", flush=True)
     atomic_write_json(out / "results.json", everything)
-    first = everything[a.cases.split(",")[0]]
-    write_report({"title": "Many objectives at once: Pareto fronts of multi-objective training",
-                  "description": "Mean gold attributes of samples per model / per requested weight; fronts per method.",
-                  "runs": runs, "pareto": {"objectives": first["objectives"][:2], "reference": first["reference"][:2]}},
-                 out / "report.html")
+    for case in a.cases.split(","):  # one report per case (a 3-objective front is drawn on its first two)
+        res = everything[case]
+        write_report({"title": f"Many objectives at once ({case}): Pareto fronts of multi-objective training",
+                      "description": "Mean gold attributes of samples per model / per requested weight; one front per "
+                                     f"method; objectives {res['objectives']}, reference point {res['reference']}.",
+                      "runs": report_runs(case, res),
+                      "pareto": {"objectives": res["objectives"][:2], "reference": res["reference"][:2]}},
+                     out / f"report_{case}.html")
     fields = []
     for case in a.cases.split(","):
         res = everything[case]
