@@ -418,3 +418,26 @@ def test_rated_lists_rate_several_responses_per_prompt():
     assert rated_to_pairwise(records, objective="conciseness")
     with pytest.raises(ConfigError, match="unknown objective"):
         rated_lists(2, ["wit"])
+
+
+def test_modpo_in_the_recipe_reads_margins_from_the_margin_reward(tmp_path):
+    from pluralign.train import run_preference
+    from pluralign.train.recipes import multiobjective as recipe_mo
+    from pluralign.train.recipes.preference import from_kwargs
+
+    base = make_model_dir(tmp_path / "base")
+    data = tmp_path / "info.jsonl"
+    rows = [{"prompt": "tell me about the cat", "chosen": "the cat is very good", "rejected": "good",
+             "objective": "informativeness"}] * 8
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = recipe_mo.ObjectivesConfig(names=OBJ, weights={"informativeness": 0.6, "conciseness": 0.4}, margin_reward="gold")
+    records = [Pairwise(**r) for r in rows[:1]]
+    margins = recipe_mo.margin_values(cfg, records)
+    from pluralign.sandbox.attributes import score
+    expected = 0.4 * (score(rows[0]["prompt"], rows[0]["chosen"])["conciseness"])
+    assert margins["chosen_margin_rewards"][0].item() == pytest.approx(expected, abs=1e-6)
+    result = run_preference(from_kwargs(model=str(base), data=[str(data)], loss="modpo", output_dir=str(tmp_path / "o"),
+                                        loss_params={"beta": 0.1, "w0": 0.6}, loop=LOOP,
+                                        objectives={"names": OBJ, "weights": {"informativeness": 0.6, "conciseness": 0.4},
+                                                    "margin_reward": "gold"}))
+    assert math.isfinite(result.train.metrics["loss"])
