@@ -43,7 +43,6 @@ Adding a scheme (e.g. a personal system message, a user embedding) is one subcla
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -201,6 +200,8 @@ class Scheme:
 
     def with_statement(self, prompt: Text, statement: str) -> Text:
         """`prompt` with `statement` placed as the bound tokenizer's template allows (see `with_statement`)."""
+        from pluralign.conditioning.text import with_statement
+
         return with_statement(prompt, statement, self.prefix, self.system_ok, self.suffix)
 
     @contextlib.contextmanager
@@ -301,179 +302,11 @@ def attach_to(model: Any, model_dir: str | Path) -> Any:
 
 def condition_records(scheme: Scheme, records: Sequence[Any]) -> list[Any]:
     """Training records with their prompts conditioned on their own condition (text-level schemes)."""
+    from pluralign.conditioning.text import condition_record
+
     if type(scheme).prompt is Scheme.prompt:
         return list(records)
     return [condition_record(scheme, r) for r in records]
-
-
-# ---------------------------------------------------------------- text-level schemes
-
-
-def with_statement(prompt: Text, statement: str, prefix: str = "", system: bool = True, suffix: str = "") -> Text:
-    """The statement with the prompt: a system message for chat prompts (merged into an existing one), or
-    the end of the first user message when `system` is false (a template that drops system messages);
-    for plain text in a template's user-turn format (`prefix` … `suffix`) or to be rendered as the user's
-    message, the end of the turn; plain text for a model without a template gets it as a leading sentence."""
-    if isinstance(prompt, str):
-        body, tail = prompt.rstrip(), suffix.strip()
-        if prefix.strip() and prompt.startswith(prefix) and tail and body.endswith(tail):
-            return f"{body[:-len(tail)].rstrip()} {statement} {tail}{prompt[len(body):]}"
-        if prefix or suffix:  # the template will render this text as the user's message: end of the turn
-            return f"{prompt} {statement}"
-        return f"{statement} {prompt}"
-    messages = [dict(m) for m in prompt]
-    if not system:
-        user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
-        if user is None:
-            return [{"role": "user", "content": statement}, *messages]
-        messages[user]["content"] = f"{messages[user].get('content', '')} {statement}".strip()
-        return messages
-    if messages and messages[0].get("role") == "system":
-        messages[0]["content"] = f"{statement} {messages[0].get('content', '')}".strip()
-        return messages
-    return [{"role": "system", "content": statement}, *messages]
-
-
-def _numbers(values: Sequence[float], objectives: Sequence[str], scale: float, digits: int) -> str:
-    out = []
-    for k, v in zip(objectives, values, strict=True):
-        x = round(v * scale, digits)
-        out.append(f"{k} {int(x) if digits == 0 else x}")
-    return " ".join(out)
-
-
-prepend_statement = with_statement  # the earlier name, kept for callers written against it
-
-
-@register("none")
-class NoConditioning(Scheme):
-    """The model is conditioned on nothing."""
-
-
-@register("system_message")
-class SystemMessage(Scheme):
-    """States the request's preference before the prompt: a direction v as DPA does (Wang et al., ACL 2024,
-    "Arithmetic Control of LLMs for Diverse User Preferences": "maximize weighted rating = a*100cosθ +
-    b*100sinθ"), else the weights, both in integer percent, e.g. "weights : informativeness 70 conciseness
-    30 ." A request without either gets the statement of uniform weights."""
-
-    def statement(self, c: Condition) -> str:
-        if c.direction is not None:
-            return f"direction : {_numbers(c.direction, self.objectives, 100, 0)} ."
-        weights = c.weights if c.weights is not None else (1 / len(self.objectives),) * len(self.objectives)
-        return f"weights : {_numbers(weights, self.objectives, 100, 0)} ."
-
-    def prompt(self, prompt: Text, condition: Condition) -> Text:
-        return self.with_statement(prompt, self.statement(condition))
-
-    def vocabulary(self) -> list[str]:
-        m = len(self.objectives)
-        return [self.statement(Condition(weights=(1 / m,) * m)),
-                self.statement(Condition(direction=(-0.1234567891,) * m))]
-
-
-@register("reward_tokens")
-class RewardTokens(Scheme):
-    """Rewards-in-Context (Yang et al., ICML 2024): the prompt states a target score per objective, the
-    z-score s_i = round((r_i − mean_i) / std_i, 1) of the response's reward on the training data, and the
-    model is fine-tuned (SFT) to produce responses with the stated scores. At inference a preference ω on
-    the simplex maps to scores ("l2" as RiC's `map_rewards_from_preference`): s_i = low_i + (high_i −
-    low_i)·ω_i/‖ω‖₂, with [low, high] the range of training scores; explicit ``scores`` override it.
-
-    Training records give their rewards as ``Rated.ratings`` or ``meta["rewards"]`` ({objective: value})."""
-
-    def __init__(self, objectives: Sequence[str] = (), *, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, low: Sequence[float] | None = None,
-                 high: Sequence[float] | None = None, mapping: str = "l2"):
-        super().__init__(objectives, mean=mean, std=std, low=low, high=high, mapping=mapping)
-        if mapping not in ("l2", "linear"):
-            raise ConfigError(f"reward_tokens mapping must be 'l2' or 'linear', got {mapping!r}")
-
-    def rewards_of(self, record: Any) -> np.ndarray | None:
-        raw = getattr(record, "ratings", None) or (getattr(record, "meta", None) or {}).get("rewards")
-        if raw is None:
-            return None
-        missing = [k for k in self.objectives if k not in raw]
-        if missing:
-            raise ConfigError(f"reward_tokens: a record has no reward for {missing}: {raw}")
-        return np.array([float(raw[k]) for k in self.objectives])
-
-    def fit(self, records: Sequence[Any]) -> None:
-        rewards = [r for r in map(self.rewards_of, records) if r is not None]
-        if not rewards:
-            raise ConfigError("reward_tokens: no training record carries rewards (ratings or meta.rewards)")
-        x = np.stack(rewards)
-        mean, std = x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0)
-        z = np.round((x - mean) / std, 1)
-        self.params.update(mean=mean.tolist(), std=std.tolist(), low=z.min(0).tolist(), high=z.max(0).tolist())
-
-    def scores_for(self, c: Condition, record: Any = None) -> np.ndarray:
-        if c.scores is not None:
-            return np.asarray(c.scores)
-        p = self.params
-        if p.get("mean") is None:
-            raise ConfigError("reward_tokens: the scheme is not fitted (no score statistics); call fit(records)")
-        if record is not None and (r := self.rewards_of(record)) is not None:
-            return np.round((r - np.asarray(p["mean"])) / np.asarray(p["std"]), 1)
-        w = np.asarray(c.weights if c.weights is not None else [1 / len(self.objectives)] * len(self.objectives))
-        low, high = np.asarray(p["low"]), np.asarray(p["high"])
-        share = w / np.linalg.norm(w) if p.get("mapping", "l2") == "l2" else w
-        return np.round(low + (high - low) * share, 1)
-
-    def statement(self, scores: Sequence[float]) -> str:
-        return f"scores : {_numbers(scores, self.objectives, 1, 1)} ."
-
-    def prompt(self, prompt: Text, condition: Condition) -> Text:
-        return self.with_statement(prompt, self.statement(self.scores_for(condition)))
-
-    def vocabulary(self) -> list[str]:
-        return [self.statement([-1.5] * len(self.objectives))]
-
-
-def condition_record(scheme: Scheme, record: Any) -> Any:
-    """One training record conditioned (RiC reads the record's own rewards)."""
-    c = scheme.condition_of(record)
-    if isinstance(scheme, RewardTokens) and c.scores is None:
-        c = dataclasses.replace(c, scores=tuple(scheme.scores_for(c, record)))
-    return dataclasses.replace(record, prompt=scheme.prompt(record.prompt, c))
-
-
-# ---------------------------------------------------------------- tokenizers
-
-
-def ensure_vocabulary(tokenizer: Any, model: Any, texts: Sequence[str]) -> list[str]:
-    """Teach a tokenizer with an unknown-token (e.g. the sandbox's word-level one) the words of the
-    scheme's statements: unknown words become tokens, numbers are spelled with digit tokens, and the
-    model's embeddings grow (new rows = the mean embedding). Returns the added tokens; byte-level
-    tokenizers have no unknown words and are left alone."""
-    unk = getattr(tokenizer, "unk_token_id", None)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if unk is None or backend is None or backend.pre_tokenizer is None:
-        return []
-    vocab = tokenizer.get_vocab()
-    new: dict[str, None] = {}
-    for text in texts:
-        for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)
-                                                              if backend.normalizer else text):
-            if word in vocab:
-                continue
-            for piece in (list(word) if word.replace(".", "").replace("-", "").isdigit() else [word]):
-                if piece not in vocab:
-                    new[piece] = None
-    digits = [d for d in "0123456789-" if d not in vocab] if any(any(ch.isdigit() for ch in w) for w in new) else []
-    added = list(dict.fromkeys([*new, *digits]))
-    if not added:
-        return []
-    tokenizer.add_tokens(added)
-    old = model.get_input_embeddings().weight.shape[0]
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    import torch
-
-    with torch.no_grad():
-        for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
-            if emb is not None and emb.weight.shape[0] > old:
-                emb.weight[old:] = emb.weight[:old].mean(0)
-    return added
 
 
 def _jsonable(x: Any) -> Any:
@@ -486,3 +319,20 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+from pluralign.conditioning.text import (  # noqa: E402  (registers the text-level schemes)
+    NoConditioning,
+    RewardTokens,
+    SystemMessage,
+    condition_record,
+    ensure_vocabulary,
+    prepend_statement,
+    with_statement,
+)
+
+__all__ = [
+    "FILE", "Condition", "NoConditioning", "RewardTokens", "Scheme", "SystemMessage", "attach_to", "attached",
+    "condition_record", "condition_records", "direction_of", "ensure_vocabulary", "from_state", "get", "load",
+    "names", "parse_vector", "prepend_statement", "register", "save_state", "weights_of", "with_statement",
+]  # fmt: skip
