@@ -129,7 +129,7 @@ def _encoder(config: RewardConfig) -> TextEncoder:
     backbone = load_trainable(config, config.backbone_kind, frozen=config.freeze_backbone)
     return TextEncoder(backbone, load_tokenizer(config.model), kind=config.backbone_kind, pooling=config.pooling or None,
                        max_length=config.max_length, source=config.model, trainable=not config.freeze_backbone,
-                       chat_template=config.chat_template, packing=causal and prepare_packing(backbone, config.packing))
+                       chat_template=config.chat_template, packing=causal and prepare_packing(backbone, config.packing, config.attention_kernel))
 
 
 def _pairs(records: list, source: str) -> list[Pairwise]:
