@@ -51,6 +51,7 @@ def converted_model() -> Path:
 
     out = cache_root() / CACHE_NAME
     if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
+        _plain_config(out)
         return out
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -59,7 +60,10 @@ def converted_model() -> Path:
     t0 = time.time()
     tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # the weights are dequantized: a plain float model
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:  # a tied head has no weights of its own
         sys.exit(f"GGUF conversion: missing {missing}, unexpected {unexpected}")
@@ -69,6 +73,7 @@ def converted_model() -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        _plain_config(tmp)
         if out.exists():  # a half-written directory of an interrupted conversion
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -77,6 +82,15 @@ def converted_model() -> Path:
         raise
     print(f"converted {src} → {out} in {time.time() - t0:.0f} s", flush=True)
     return out
+
+
+def _plain_config(model_dir: Path) -> None:
+    """Drop a GGUF `quantization_config` from config.json: it would mark the (dequantized, float) model as
+    quantized, and transformers refuses to save a model derived from it (e.g. after DPO)."""
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.pop("quantization_config", None) is not None:
+        path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 # ---------------------------------------------------------------- a small preference set, as chat
@@ -114,8 +128,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 # ---------------------------------------------------------------- the pipeline
-def run(out: Path, quick: bool = False, seed: int = 0) -> dict:
-    """Everything above; returns the measured figures (also printed as the RESULT line)."""
+def run(out: Path, quick: bool = False, seed: int = 0, *, dpo_stage: bool = True, rm_epochs: int | None = None) -> dict:
+    """Everything above; returns the measured figures (also printed as the RESULT line). `dpo_stage=False`
+    and `rm_epochs` shorten a check of the later stages (the reward model then trains off its defaults)."""
     import torch
 
     from pluralign.config import from_dict
@@ -140,19 +155,21 @@ def run(out: Path, quick: bool = False, seed: int = 0) -> dict:
           flush=True)
 
     # DPO (LoRA) on chat prompts; the held-out implicit margin is 0 at the start (LoRA starts as the identity)
-    dpo = run_preference(model=str(base), data=[str(train)], eval_data=[str(test)], loss="dpo",
-                         loss_params={"beta": 0.1}, use_lora=True, lora=lora, max_length=128,
-                         output_dir=str(out / "dpo"),
-                         loop={"learning_rate": 5e-4, "batch_size": 8, "num_epochs": 1 if quick else 2,
-                               "seed": seed, "log_every": 2, "warmup_ratio": 0.1})
-    margin = float(dpo.train.eval_metrics["rewards/margins"])
-    print(f"[{time.time() - t0:4.0f}s] DPO held-out implicit margin 0 → {margin:.3f}", flush=True)
+    margin, dpo = float("nan"), None
+    if dpo_stage:
+        dpo = run_preference(model=str(base), data=[str(train)], eval_data=[str(test)], loss="dpo",
+                             loss_params={"beta": 0.1}, use_lora=True, lora=lora, max_length=128,
+                             output_dir=str(out / "dpo"),
+                             loop={"learning_rate": 5e-4, "batch_size": 8, "num_epochs": 1 if quick else 2,
+                                   "seed": seed, "log_every": 2, "warmup_ratio": 0.1})
+        margin = float(dpo.train.eval_metrics["rewards/margins"])
+        print(f"[{time.time() - t0:4.0f}s] DPO held-out implicit margin 0 → {margin:.3f}", flush=True)
 
     # a Bradley–Terry reward model with LoRA on the same backbone, at the recipe's own loop defaults
     rm_config = from_dict(RewardConfig, {"model": str(base), "data": str(train), "eval_data": str(test),
                                          "use_lora": True, "lora": lora, "output_dir": str(out / "rm"),
                                          "max_length": 128, "seed": seed,
-                                         "loop": {"seed": seed}})  # the recipe's loop defaults
+                                         "loop": {"seed": seed} | ({"num_epochs": rm_epochs} if rm_epochs else {})})
     _, rm_run = train_records(rm_config, read_records(train), read_records(test), source=str(train))
     rm_eval = json.loads((rm_run.run_dir / "report" / "eval.json").read_text())
     print(f"[{time.time() - t0:4.0f}s] reward model held-out accuracy {rm_eval['accuracy']:.3f} on {rm_eval['n']} pairs",
@@ -184,9 +201,10 @@ def run(out: Path, quick: bool = False, seed: int = 0) -> dict:
 
     # eval (judge: the reward model) and the report
     eval_cfg = {"title": "SmolLM2-135M-Instruct: base vs DPO (LoRA) vs best-of-4", "prompts": prompts,
-                "models": [{"name": "base", "path": str(base)}, {"name": "dpo", "path": str(dpo.model_dir), "method": "dpo"},
-                           {"name": f"bon{n}", "path": str(base), "decoder": "bon", "reward": str(rm_run.model_dir),
-                            "controls": {"n": n}}],
+                "models": [{"name": "base", "path": str(base)}]
+                + ([{"name": "dpo", "path": str(dpo.model_dir), "method": "dpo"}] if dpo is not None else [])
+                + [{"name": f"bon{n}", "path": str(base), "decoder": "bon", "reward": str(rm_run.model_dir),
+                    "controls": {"n": n}}],
                 "generation": {"max_new_tokens": 24 if quick else 40, "seed": seed},
                 "judge": {"kind": "reward", "source": str(rm_run.model_dir)},
                 "metrics": ["reward", "kl", "win_rate"], "bootstrap": 200}
@@ -209,12 +227,14 @@ def main() -> None:
     ap.add_argument("--out", default="runs/real_model", help="output directory (replaced)")
     ap.add_argument("--quick", action="store_true", help="fewer pairs, epochs and prompts")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-dpo", action="store_true", help="skip the DPO stage (checks the later stages sooner)")
+    ap.add_argument("--rm-epochs", type=int, default=None, help="reward-model epochs (default: the recipe's)")
     args = ap.parse_args()
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
-    figures = run(out, quick=args.quick, seed=args.seed)
-    ok = figures["dpo_margin"] > 0 and figures["rm_acc"] > 0.5 and figures["bon_argmax"] == 1.0
+    figures = run(out, quick=args.quick, seed=args.seed, dpo_stage=not args.no_dpo, rm_epochs=args.rm_epochs)
+    ok = (args.no_dpo or figures["dpo_margin"] > 0) and figures["rm_acc"] > 0.5 and figures["bon_argmax"] == 1.0
     sys.exit(0 if ok else 1)
 
 

@@ -3,7 +3,10 @@
 Reads feedback, builds the reward model of `model_type` on a transformers backbone (trainable, or frozen
 with features computed once), trains it with the project loop (`pluralign.train.loop.train`) and saves it
 to `<output_dir>/model` (load with `pluralign.reward.load_reward_model`). Held-out evaluation (accuracy,
-calibration) goes to `<output_dir>/report/eval.json`.
+calibration) goes to `<output_dir>/report/eval.json`, and is printed, with a warning when it is within
+noise of chance. The backbone is trained like a policy (`recipes.common.ModelTrainingConfig`: dtype, LoRA,
+gradient checkpointing, padding-free packed batches); the loop defaults are the reward models' own,
+chosen by measurement (`_loop_defaults`).
 
   bt      pairwise (or ranked) data → Bradley–Terry scalar RM (training spec §5.1)
   multi   rated data (regression) or pairwise data with `objective` (per-objective BT) → vector head,
