@@ -144,6 +144,8 @@ def final_hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: tor
     if attention_mask is None and position_ids is not None and position_ids.shape[0] == 1 and implementation:
         # The sequence boundaries, computed once for all layers, so attention runs per packed sequence.
         extra = packed_kwargs(position_ids, implementation.removeprefix(PACKED_ATTENTION))
+        if not implementation.startswith(PACKED_ATTENTION):  # transformers' flash-attn reads the varlen keywords only
+            del extra["pluralign_segments"]
     try:
         model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
               logits_to_keep=1, **extra)
