@@ -309,3 +309,20 @@ def test_packed_boundaries_are_read_back_once_per_batch_not_per_layer(tiny_word_
     with torch.no_grad():
         sequence_logps(model, packed)
     assert len(reads) == 1, reads
+
+
+def test_kernel_choice_and_its_errors(tiny_word_tokenizer):
+    from pluralign.errors import ConfigError
+    from pluralign.models.packed_attention import resolve_kernel
+
+    cpu = torch.device("cpu")
+    assert resolve_kernel("auto", cpu) == "sdpa" and resolve_kernel("flex", cpu) == "flex"
+    with pytest.raises(ConfigError, match="flash-attn"):
+        resolve_kernel("flash", cpu)
+    with pytest.raises(ConfigError, match="one of auto"):
+        resolve_kernel("fast", cpu)
+    # FlexAttention has no CPU backward: training with it there is refused clearly, not mid-backward.
+    model = build("llama", len(tiny_word_tokenizer), "packed-flex").train()
+    packed = PairwiseCollator(tiny_word_tokenizer, packing=True)(PAIRS)
+    with pytest.raises(ConfigError, match="cannot train on CPU"):
+        sequence_logps(model, packed)
