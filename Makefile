@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dpo_vs_trl.py --quick
 	OMP_NUM_THREADS=1 $(BIN)/python bench/decode_vs_naive.py --quick
 	$(BIN)/python bench/serve_load.py --quick
+	$(BIN)/python bench/grpo_vs_trl.py --quick --threads 1
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench experiments
