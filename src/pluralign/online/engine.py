@@ -66,14 +66,14 @@ class Reference:
 
     # Checkpointed with the run when the reference moves (rounds of several steps).
     def state_dict(self) -> dict:
-        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()} if self._moves else {}
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()} if self.moves else {}
 
     def load_state_dict(self, state: dict) -> None:
-        if self._moves:
+        if self.moves:
             self.model.load_state_dict(state)
 
     @property
-    def _moves(self) -> bool:
+    def moves(self) -> bool:
         return self.mode == "round_start" and self.round_steps > 1
 
 
@@ -101,7 +101,7 @@ class Engine:
 
     def stateful(self) -> dict[str, Any]:
         out = {"reward_moments": self.moments}
-        if self.reference is not None and self.reference._moves:
+        if self.reference is not None and self.reference.moves:
             out["reference"] = self.reference
         return out
 
