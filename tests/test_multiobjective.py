@@ -441,3 +441,13 @@ def test_modpo_in_the_recipe_reads_margins_from_the_margin_reward(tmp_path):
                                         objectives={"names": OBJ, "weights": {"informativeness": 0.6, "conciseness": 0.4},
                                                     "margin_reward": "gold"}))
     assert math.isfinite(result.train.metrics["loss"])
+
+
+def test_pama_with_one_hot_weights_is_that_objectives_dpo_gradient():
+    anchor = torch.tensor([0.0, 0.3], requires_grad=True)
+    signs = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    per_obj = -F.logsigmoid(0.1 * signs * anchor[:, None])
+    per, _ = combine.combine("pama", per_obj, signs != 0, torch.tensor([1.0, 0.0]), combine.Context(anchor=anchor))
+    (grad,) = torch.autograd.grad(per.sum(), anchor, retain_graph=True)
+    expected = torch.autograd.grad((2 * per_obj[:, 0]).sum(), anchor)[0]  # advantages scaled by K·w = 2
+    assert torch.allclose(grad, expected)

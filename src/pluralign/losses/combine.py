@@ -16,8 +16,9 @@ is the surrogate to minimise, so the one loop (`pluralign.train.loop`) runs ever
   preference pairs: every objective k moves example b along the same direction ∇logπ(y_w|x), with
   "advantage" A_bk = −∂ℓ_bk/∂logπ_θ(y_w|x) (for DPO β·s_bk·σ(−β·s_bk·h)); the weighted advantages
   K·w_k·A_bk are combined with the convex weights of `pama_weights`, so conflicting objectives cancel
-  and agreeing ones move by the least of them. [RECON: PAMA is stated for PPO advantages; this is its
-  per-sample form for pairwise losses, with user weights scaling the advantages.]
+  and agreeing ones move by the least of them; objectives with weight 0 are left out. [RECON: PAMA is
+  stated for PPO advantages; this is its per-sample form for pairwise losses, with user weights scaling
+  the advantages.]
 
 Register more (e.g. group-fair: weights from the per-group losses) with ``@register("name")``; a
 combiner is ``fn(losses, mask, weights, context, **params) -> (per-example [B], metrics)``.
@@ -131,6 +132,7 @@ def pama(losses: Tensor, mask: Tensor, weights: Tensor, context: Context) -> tup
         (g,) = torch.autograd.grad(losses[:, k].sum(), context.anchor, retain_graph=True, allow_unused=True)
         cols.append(torch.zeros_like(context.anchor) if g is None else -g)
     advantages = torch.stack(cols, 1).detach() * weights * k_count
+    mask = mask & (weights > 0)  # an objective the user gives no weight has no say (its 0 would veto all)
     c = pama_weights(advantages, mask)
     per_example = (c * weights * k_count * losses * mask).sum(1)
     conflict = ((advantages.masked_fill(~mask.bool(), 0) > 0).any(1) & (advantages.masked_fill(~mask.bool(), 0) < 0).any(1))
