@@ -18,8 +18,13 @@ RSFT each trace gold gain vs KL, against the best-of-N frontier and offline DPO/
    (one per prompt per step). The online methods see exact gold rewards, the offline ones noisy human-like
    labels: the comparison counts labels, not their quality.
 
-    .venv/bin/python experiments/online_frontier.py --quick   # a few minutes on 2 cores
-    .venv/bin/python experiments/online_frontier.py           # ≤ 10 minutes on 2 cores (unloaded)
+    .venv/bin/python experiments/online_frontier.py --quick                  # 5 methods, 12 steps, 2 points each
+    .venv/bin/python experiments/online_frontier.py --quick --methods rsft,grpo --points 4
+    .venv/bin/python experiments/online_frontier.py                          # 40 steps, 128 evaluation prompts
+
+Measured on a shared 2-core machine under a load average of ~14 (other jobs): --quick took 31 minutes of
+wall time; a GRPO-only --quick run used 2.2 CPU-minutes in 9.6 wall-minutes, so the whole --quick run is
+about 7 minutes on an unloaded 2-core machine. The full setting is untimed.
 
 Last line: RESULT grpo_gain=… grpo_kl=… grpo_ci_low=… … dpo_gain=… rpo_gain=…
 """

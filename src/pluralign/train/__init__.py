@@ -6,6 +6,9 @@
                             loss_params={"beta": 0.1}, loop={"learning_rate": 5e-7, "batch_size": 8})
     result.model_dir  # a HF-format model directory
 
+    from pluralign.train import run_online  # generate → score → learn (GRPO, RLOO, PPO, online DPO, RSFT, …)
+    result = run_online(algorithm="grpo", model="runs/sft/model", prompts=["Hi!"], rewards=[my_reward_fn])
+
 Recipes are imported on use, so `import pluralign.train` stays light.
 """
 
