@@ -136,7 +136,7 @@ def tokens(result: dict, spec: dict, prompt_tokens: int) -> float:
     """Generated completion tokens + trained prompt+completion tokens over all steps."""
     rows = spec["prompts_per_step"] * spec["group"]
     completion = sum(result["completion_lengths"]) * rows
-    return 2 * completion + prompt_tokens * spec["group"] * spec["steps"]
+    return 2 * completion + prompt_tokens * spec["group"]  # every prompt is trained once, with its G samples
 
 
 def main(argv: list[str] | None = None) -> None:
