@@ -188,10 +188,10 @@ def run(out: Path, quick: bool = False, seed: int = 0, *, dpo_stage: bool = True
     for p, cands, chosen in zip(prompts, bon.candidates, bon.texts, strict=True):
         scores = []
         for c in cands:
-            prompt_text, completion_text = render_pair(enc.tokenizer, p, c, enc.chat_template)
-            assert prompt_text.startswith("<|im_start|>"), prompt_text  # the chat template, not str(messages)
-            ids = enc.tokenizer(prompt_text + completion_text, add_special_tokens=False)["input_ids"]
-            ids = (ids + [enc.tokenizer.eos_token_id])[: enc.max_length]
+            prompt_text, completion_text, templated = render_pair(enc.tokenizer, p, c, enc.chat_template)
+            # the chat template, not str(messages); the template closes the reply itself (no EOS added)
+            assert templated and prompt_text.startswith("<|im_start|>"), prompt_text
+            ids = enc.tokenizer(prompt_text + completion_text, add_special_tokens=False)["input_ids"][-enc.max_length:]
             with torch.no_grad():
                 feats = enc(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
                 scores.append(float(rm.rewards(feats)[0, 0]))
