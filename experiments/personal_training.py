@@ -9,7 +9,8 @@ ten labels and PAS steering, on the sandbox's default population (70% majority, 
      (`personal.condition_on=user`); each user's requests are decoded under their own vector;
    - group-conditioned: the same with one vector per group (`personal.condition_on=group`);
    - worst_group / nash: the shared policy with a group-fair objective (`personal.group_objective`).
-3. New user: the user-conditioned policy frozen, only the held-out user's vector learned from 10 of their
+3. New user: the group-conditioned policy frozen, only the held-out user's vector (a softmax mixture of
+   the group vectors) learned from 10 of their
    pairs (`personal.new_users_only`); compared with the population model (the same policy, no vector) on
    the user's held-out pairs: implicit-reward accuracy (relative to the base) and the user's gold utility.
 4. PAS (training-free): a steering direction from the held-out user's pairs at decoder layer 0 of the
@@ -205,7 +206,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # --- a new user from a few pairs, the policy frozen
     t = time.perf_counter()
-    fit = run(from_kwargs(model=str(dirs["user_conditioned"]), data=[str(shot_file)], loss="dpo",
+    # the newcomer joins the group-conditioned policy: their vector is a softmax mixture of the group vectors
+    cond, embed = gcond, site(gcond, "embeddings")
+    fit = run(from_kwargs(model=str(dirs["group_conditioned"]), data=[str(shot_file)], loss="dpo",
                           loss_params={"beta": 0.1}, output_dir=str(out / "new_user"),
                           ref_cache_dir=str(out / "ref_cache"),
                           personal={"condition_on": "user", "new_users_only": True},

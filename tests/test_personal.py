@@ -349,3 +349,22 @@ def test_token_weighted_dpo_runs_in_the_recipe(tiny, tmp_path):
     with pytest.raises(ConfigError, match="token_weighting"):
         run_preference(from_kwargs(model=str(base), data=[data], loss="kto", output_dir=str(tmp_path / "k"),
                                    loop=LOOP, personal={"token_weighting": True}))
+
+
+def test_a_new_user_joins_a_per_group_table_as_a_mixture_of_groups(tiny, tmp_path):
+    base, _, tok = tiny
+    data = _write(tmp_path / "pairs.jsonl", _opposed())
+    out = run_preference(from_kwargs(model=str(base), data=[data], loss="dpo", loss_params={"beta": 0.5},
+                                     output_dir=str(tmp_path / "g"), loop=LOOP,
+                                     personal={"condition_on": "group", "vector_scale": 10.0})).model_dir
+    carol = [r | {"user": "carol", "group": None} for r in _opposed(8) if r["user"] == "alice"]
+    new_dir = run_preference(from_kwargs(
+        model=str(out), data=[_write(tmp_path / "carol.jsonl", carol)], loss="dpo", output_dir=str(tmp_path / "c"),
+        loop=LOOP | {"learning_rate": 5e-2}, personal={"condition_on": "user", "new_users_only": True})).model_dir
+    before, _ = load_vectors(out)
+    after, index = load_vectors(new_dir)
+    assert after.names == ["a", "b", "carol"] and index["on"] == "group"
+    assert torch.equal(after.get("a"), before.get("a")) and torch.equal(after.get("b"), before.get("b"))
+    assert resolve(index, user="carol") == "carol" and resolve(index, user="x", group="b") == "b"
+    with pytest.warns(UserWarning, match="group 'z' has no vector"):
+        assert resolve(index, group="z") is None

@@ -158,7 +158,10 @@ class Personalization:
                 raise ConfigError(f"personal.new_users_only: {model_dir} has no person vectors ({INDEX}); "
                                   "train a user-conditioned model first")
             old, index = saved
-            if index["on"] != self.field or index["layer"] != config.layer:
+            # New users may join a per-group table: each becomes a mixture of the group vectors (PAL's
+            # prototypes are then the groups).
+            if (index["on"] != self.field and (self.field, index["on"]) != ("user", "group")) \
+                    or index["layer"] != config.layer:
                 raise ConfigError(f"personal: the model's vectors are per {index['on']} at {index['layer']}, "
                                   f"the config asks for per {self.field} at {config.layer}")
             new = [n for n in names if n not in old.index]
@@ -170,8 +173,9 @@ class Personalization:
                                          basis=basis)
             with torch.no_grad():
                 self.vectors.raw[:len(old.names)] = old.raw
-            self.user_groups = index.get("user_groups", {})
+            self.user_groups, self.table_on = index.get("user_groups", {}), index["on"]
         else:
+            self.table_on = self.field
             self.vectors = PersonVectors(names, hidden_size(model), scale=config.vector_scale)
             self.user_groups = {}
         for r in records:
@@ -234,7 +238,7 @@ class Personalization:
 
     def save(self, model_dir: str | Path) -> None:
         if self.vectors is not None:
-            save_vectors(model_dir, self.vectors, {"on": self.field, "layer": self.config.layer,
+            save_vectors(model_dir, self.vectors, {"on": self.table_on, "layer": self.config.layer,
                                                    "user_groups": self.user_groups})
 
 
@@ -255,19 +259,18 @@ def _names(records: Sequence[Any], name: str, purpose: str) -> list[str]:
 
 
 def resolve(index: dict, user: str | None = None, group: str | None = None) -> str | None:
-    """The vector name for a request: the user's own (per-user tables), the request's group, or the user's
-    group from training; None (with a warning) when nothing matches, i.e. the population model."""
+    """The vector name for a request: the user's own vector, else the request's group's, else the group the
+    user was seen in during training; None (with a warning) when nothing matches: the population model."""
     names = set(index["names"])
-    if index["on"] == "user" and user is not None:
-        if user in names:
-            return user
-        warnings.warn(f"user '{user}' has no vector in this model: using the population model "
-                      "(fit one from a few pairs with personal.new_users_only)", stacklevel=2)
-        return None
+    if user is not None and user in names:
+        return user
     wanted = group if group is not None else index.get("user_groups", {}).get(user) if user is not None else None
     if wanted is not None and wanted in names:
         return wanted
-    if user is not None or group is not None:
-        warnings.warn(f"no vector for user={user!r} group={group!r} in this model (per {index['on']}): "
-                      "using the population model", stacklevel=2)
+    if user is not None:
+        also = f" nor group '{wanted}'" if wanted is not None else ""
+        warnings.warn(f"user '{user}' has no vector in this model{also}: using the population model (fit one "
+                      "from a few pairs with personal.new_users_only)", stacklevel=2)
+    elif group is not None:
+        warnings.warn(f"group '{group}' has no vector in this model: using the population model", stacklevel=2)
     return None
