@@ -21,9 +21,11 @@ Seed 0, defaults (512 pairs, 1 epoch, 48 prompts x 2 samples), 2026-12-04: group
 minority's utility by +0.123 [+0.019, +0.238] (+4.6%) with the majority at +3.5% [CI −0.04, +0.16];
 per-user vectors did not help (minority −3.2%, majority −4.6%, CIs across 0); the group-fair objectives
 did not raise the worst group's standardized gain (nash raised the minority +5.2% [CI > 0] at −7.4% for
-the majority); the new user's vector from 10 pairs did not beat the population model (accuracy 0.625 vs
-0.641, utility +0.037 [−0.061, +0.128]); PAS's search chose α = 0, and α = 2 moved the user's utility
-+0.047 [−0.070, +0.167] at KL 0.039 (not significant).
+the majority); a new user's vector from 10 pairs (a mixture of the group vectors) beat the population
+model on the user's 64 held-out pairs: implicit-reward accuracy 0.719 vs 0.578 (shared policy 0.562) and
+the user's gold utility +0.138 [+0.029, +0.249] (a free per-user vector on the user-conditioned policy
+did not: 0.625 vs 0.641); PAS's search chose α = 0, and α = 2 moved the user's utility +0.047 [−0.070,
++0.167] at KL 0.039 (not significant). The default run took 139 s with the machine less loaded.
 
 Gold utility is each group's (or the user's) utility of samples on fixed evaluation prompts; 95% CIs are
 percentile bootstraps over prompts (paired when two methods are compared on the same prompts). The groups'
@@ -34,8 +36,8 @@ over the base model divided by the spread (std) of that group's utility over bas
     .venv/bin/python experiments/personal_training.py --quick   # smaller data and evaluation; numbers mean little
     .venv/bin/python experiments/personal_training.py           # the reported run (512 pairs, 1 epoch)
 
-Timing: on the shared 2-core machine under a load average of 10-20 (other jobs) the default run took
-581 s; an earlier --quick (384 pairs, before the group-conditioned policy was added) took 834 s under
+Timing: on the shared 2-core machine the default run took 139 s at a load average of ~7 and 581 s at
+10-20 (other jobs); an earlier --quick (384 pairs, before the group-conditioned policy was added) took 834 s under
 load 12. Neither was measured on an idle machine.
 """
 
