@@ -17,28 +17,23 @@ ten labels and PAS steering, on the sandbox's default population (70% majority, 
    shared policy, α searched on those pairs; the user's gold utility and KL(steered ‖ shared), at the
    searched α and at α = 2, 4, 8.
 
-Seed 0, defaults (512 pairs, 1 epoch, 48 prompts x 2 samples), 2026-12-04: group conditioning raised the
-minority's utility by +0.123 [+0.019, +0.238] (+4.6%) with the majority at +3.5% [CI −0.04, +0.16];
-per-user vectors did not help (minority −3.2%, majority −4.6%, CIs across 0); the group-fair objectives
-did not raise the worst group's standardized gain (nash raised the minority +5.2% [CI > 0] at −7.4% for
-the majority); a new user's vector from 10 pairs (a mixture of the group vectors) beat the population
-model on the user's 64 held-out pairs: implicit-reward accuracy 0.719 vs 0.578 (shared policy 0.562) and
-the user's gold utility +0.138 [+0.029, +0.249] (a free per-user vector on the user-conditioned policy
-did not: 0.625 vs 0.641); PAS's search chose α = 0, and α = 2 moved the user's utility +0.047 [−0.070,
-+0.167] at KL 0.039 (not significant). The default run took 139 s with the machine less loaded.
+Seed 0, defaults (2048 pairs, 2 epochs, 96 prompts x 4 samples), 2026-12-04, vs the shared policy:
+- per-user vectors: minority +0.259 [+0.195, +0.332] (+9.8%), majority +1.7% [CI −0.04, +0.11];
+  per-group vectors: minority +13.5%, majority +4.6% (both CIs above 0);
+- group-fair objectives: neither raised the worst group's standardized gain (worst_group −0.057
+  [−0.174, +0.047], nash −0.060 [−0.238, +0.099]); nash moved utility from the majority (−13.3%) to the
+  minority (+10.1%); worst_group cost the majority 5.7% and left the minority unchanged (−1.3%, CI across 0);
+- a new user from 10 pairs (a mixture of the group vectors): held-out implicit-reward accuracy 0.688 vs
+  0.625 for the population model (0.641 shared), gold utility +0.373 [+0.310, +0.441];
+- PAS: α = 2 gave +0.102 [+0.036, +0.170] at KL(steered ‖ shared) 0.195 and α = 4 +0.155 [+0.082,
+  +0.231] at KL 1.08, but the search on the user's pairs chose α = 8: +0.059 [−0.012, +0.129] at KL 4.8.
+With 512 pairs and one epoch the per-user vectors and PAS showed no significant gain.
 
-Gold utility is each group's (or the user's) utility of samples on fixed evaluation prompts; 95% CIs are
-percentile bootstraps over prompts (paired when two methods are compared on the same prompts). The groups'
-utilities are on different scales (their weight vectors differ: the minority's raw utility of base samples
-is far above the majority's), so the worst group is taken over standardized gains: a group's utility gain
-over the base model divided by the spread (std) of that group's utility over base samples.
+    .venv/bin/python experiments/personal_training.py --quick   # 256 pairs, 1 epoch: numbers mean little
+    .venv/bin/python experiments/personal_training.py           # the reported run
 
-    .venv/bin/python experiments/personal_training.py --quick   # smaller data and evaluation; numbers mean little
-    .venv/bin/python experiments/personal_training.py           # the reported run (512 pairs, 1 epoch)
-
-Timing: on the shared 2-core machine the default run took 139 s at a load average of ~7 and 581 s at
-10-20 (other jobs); an earlier --quick (384 pairs, before the group-conditioned policy was added) took 834 s under
-load 12. Neither was measured on an idle machine.
+Timing on the 2-core machine: the default run 62 s and --quick 12 s when it was idle; under a load
+average of 10-20 from other jobs the same work took 10-15 minutes.
 """
 
 from __future__ import annotations
@@ -98,11 +93,11 @@ def attributes(model, tok, prompts, n, seed, context=None):
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--pairs", type=int, default=512)
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--pairs", type=int, default=2048)
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--eval-prompts", type=int, default=48)
-    p.add_argument("--samples", type=int, default=2)
+    p.add_argument("--eval-prompts", type=int, default=96)
+    p.add_argument("--samples", type=int, default=4)
     p.add_argument("--shots", type=int, default=10, help="pairs the new user's vector is fitted from")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/personal_training")
