@@ -61,6 +61,8 @@ def dpa_records(model: Any, tokenizer: Any, prompts: Sequence[Any], objectives: 
     out = decode("bon", model, tokenizer, list(prompts), reward=reward, controls=controls)
     records = []
     for p, text, v, s in zip(prompts, out.texts, directions, out.scores, strict=True):
+        if not text.strip():  # an empty answer can win on brevity, but is no response to train on
+            continue
         records.append(Rated(p, text, dict(zip(objectives, s.tolist(), strict=True)),
                              meta={"direction": dict(zip(objectives, v.tolist(), strict=True))}))
     return records
