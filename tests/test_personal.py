@@ -304,7 +304,7 @@ def test_cli_bad_personal_input_exits_2(tiny, tmp_path, capsys, setting, message
 
 
 def test_history_weights_hand_computed():
-    from pluralign.personal.token_weights import history_weights, histories
+    from pluralign.personal.token_weights import histories, history_weights
 
     delta = torch.tensor([[0.0, math.log(3.0), 5.0]])
     mask = torch.tensor([[1, 1, 0]])

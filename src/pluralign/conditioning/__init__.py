@@ -53,6 +53,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pluralign.errors import ConfigError
+from pluralign.registry import Registry
 
 FILE = "conditioning.json"
 Text = str | list[dict[str, Any]]
@@ -226,40 +227,26 @@ class Scheme:
         return f"{type(self).__name__}(objectives={self.objectives})"
 
 
-_SCHEMES: dict[str, type[Scheme]] = {}
+# Model-level and personal schemes register themselves in their own modules, imported on first lookup.
+_SCHEMES = Registry("conditioning scheme", modules=("pluralign.models.multihead", "pluralign.models.soup",
+                                                    "pluralign.personal.conditioned", "pluralign.personal.janus"))
 
 
 def register(name: str):
     """Class decorator registering a `Scheme` subclass under `name`."""
     def deco(cls: type[Scheme]) -> type[Scheme]:
-        if name in _SCHEMES:
-            raise ValueError(f"conditioning scheme {name!r} registered twice")
         cls.name = name
-        _SCHEMES[name] = cls
-        return cls
+        return _SCHEMES.register(name)(cls)
 
     return deco
 
 
-def _load_all() -> None:
-    import importlib
-
-    for mod in ("pluralign.models.multihead", "pluralign.models.soup", "pluralign.personal.conditioned",
-                "pluralign.personal.janus"):
-        importlib.import_module(mod)
-
-
-def names() -> list[str]:
-    _load_all()
-    return sorted(_SCHEMES)
+names = _SCHEMES.names
 
 
 def get(name: str, objectives: Sequence[str] = (), **params: Any) -> Scheme:
     """A new scheme `name` over `objectives`."""
-    _load_all()
-    if name not in _SCHEMES:
-        raise ConfigError(f"unknown conditioning scheme {name!r}; known: {', '.join(sorted(_SCHEMES))}")
-    return _SCHEMES[name](objectives, **params)
+    return _SCHEMES.get(name)(objectives, **params)
 
 
 def from_state(state: Mapping[str, Any]) -> Scheme:

@@ -18,6 +18,7 @@ import torch
 from pluralign.decode.kv import Compute
 from pluralign.decode.rewards import as_reward, objective_names, score_groups, weight_vector
 from pluralign.errors import ConfigError
+from pluralign.registry import Registry
 
 
 @dataclass
@@ -89,37 +90,13 @@ class DecodeResult:
 
 
 Decoder = Callable[..., DecodeResult]
-_REGISTRY: dict[str, Decoder] = {}
-
-
-def register(name: str) -> Callable[[Decoder], Decoder]:
-    def deco(fn: Decoder) -> Decoder:
-        if name in _REGISTRY:
-            raise ValueError(f"decoder {name!r} registered twice")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
-
-def _load_all() -> None:
-    import importlib
-
-    for mod in ("best_of_n", "rejection", "infalign", "map_palette", "rps", "args", "controlled", "tq_star",
-                "fusion", "search"):
-        importlib.import_module(f"pluralign.decode.{mod}")
-
-
-def names() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> Decoder:
-    _load_all()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown decoding method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+# Decoders register themselves in their own modules, imported on the first lookup.
+_DECODERS = Registry("decoding method", modules=[
+    f"pluralign.decode.{m}" for m in ("best_of_n", "rejection", "infalign", "map_palette", "rps", "args",
+                                      "controlled", "tq_star", "fusion", "search")])
+register = _DECODERS.register
+names = _DECODERS.names
+get = _DECODERS.get
 
 
 def per_request(controls: Controls | Sequence[Controls] | None, n_prompts: int) -> list[Controls]:

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from pluralign.errors import ConfigError
 from pluralign.losses.multiobjective import pama_weights, raco_coefficients
+from pluralign.registry import Registry
 
 
 @dataclass
@@ -48,27 +49,10 @@ class Context:
 
 
 Combiner = Callable[..., tuple[Tensor, dict[str, Tensor]]]
-_COMBINERS: dict[str, Combiner] = {}
-
-
-def register(name: str) -> Callable[[Combiner], Combiner]:
-    def deco(fn: Combiner) -> Combiner:
-        if name in _COMBINERS:
-            raise ValueError(f"combiner {name!r} registered twice")
-        _COMBINERS[name] = fn
-        return fn
-
-    return deco
-
-
-def names() -> list[str]:
-    return sorted(_COMBINERS)
-
-
-def get(name: str) -> Combiner:
-    if name not in _COMBINERS:
-        raise ConfigError(f"unknown combiner {name!r}; known: {', '.join(names())}")
-    return _COMBINERS[name]
+_COMBINERS = Registry("combiner")
+register = _COMBINERS.register
+names = _COMBINERS.names
+get = _COMBINERS.get
 
 
 def objective_means(losses: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

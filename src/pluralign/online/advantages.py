@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pluralign.errors import ConfigError
-from pluralign.online.registry import Registry
+from pluralign.registry import Registry
 
 ESTIMATORS = Registry("advantage estimator")
 register, get, names = ESTIMATORS.register, ESTIMATORS.get, ESTIMATORS.names

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from pluralign.errors import ConfigError
-from pluralign.online.registry import Registry
+from pluralign.registry import Registry
 
 LOSSES = Registry("policy loss")
 register, get, names = LOSSES.register, LOSSES.get, LOSSES.names

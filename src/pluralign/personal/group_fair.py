@@ -27,29 +27,13 @@ import torch
 from torch import Tensor
 
 from pluralign.errors import ConfigError
+from pluralign.registry import Registry
 
 Combiner = Callable[..., Tensor]
-_COMBINERS: dict[str, Combiner] = {}
-
-
-def register(name: str) -> Callable[[Combiner], Combiner]:
-    def deco(fn: Combiner) -> Combiner:
-        if name in _COMBINERS:
-            raise ValueError(f"group objective {name!r} registered twice")
-        _COMBINERS[name] = fn
-        return fn
-
-    return deco
-
-
-def names() -> list[str]:
-    return sorted(_COMBINERS)
-
-
-def get(name: str) -> Combiner:
-    if name not in _COMBINERS:
-        raise ConfigError(f"unknown group objective {name!r}; known: {', '.join(names())}")
-    return _COMBINERS[name]
+_OBJECTIVES = Registry("group objective")
+register = _OBJECTIVES.register
+names = _OBJECTIVES.names
+get = _OBJECTIVES.get
 
 
 def group_means(values: Tensor, groups: Tensor) -> Tensor:

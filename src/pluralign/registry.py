@@ -1,0 +1,51 @@
+"""A name → part table: decoders, loss combiners, group objectives, conditioning schemes, advantage
+estimators and policy losses are all registered by name, so a config names a part and a typo gets the
+closest valid name. (The loss registry keeps its own table: each loss also declares its kind and inputs.)"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pluralign.errors import ConfigError
+
+
+class Registry:
+    """`what` names the kind of part in errors; `modules` are imported before the first lookup, so parts
+    that register themselves in other modules are found without importing those modules up front."""
+
+    def __init__(self, what: str, *, modules: Sequence[str] = ()):
+        self.what = what
+        self._modules = tuple(modules)
+        self._items: dict[str, Any] = {}
+
+    def register(self, name: str) -> Callable[[Any], Any]:
+        def decorator(part: Any) -> Any:
+            if name in self._items:
+                raise ValueError(f"{self.what} {name!r} is registered twice")
+            self._items[name] = part
+            return part
+
+        return decorator
+
+    def _load(self) -> None:
+        for module in self._modules:
+            importlib.import_module(module)
+
+    def get(self, name: str) -> Any:
+        self._load()
+        if name not in self._items:
+            close = difflib.get_close_matches(name, list(self._items), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown {self.what} {name!r}{hint}; valid: {', '.join(self.names())}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return name in self._items
