@@ -314,12 +314,11 @@ from pluralign.conditioning.text import (  # noqa: E402  (registers the text-lev
     SystemMessage,
     condition_record,
     ensure_vocabulary,
-    prepend_statement,
     with_statement,
 )
 
 __all__ = [
     "FILE", "Condition", "NoConditioning", "RewardTokens", "Scheme", "SystemMessage", "attach_to", "attached",
     "condition_record", "condition_records", "direction_of", "ensure_vocabulary", "from_state", "get", "load",
-    "names", "parse_vector", "prepend_statement", "register", "save_state", "weights_of", "with_statement",
+    "names", "parse_vector", "register", "save_state", "weights_of", "with_statement",
 ]  # fmt: skip

@@ -46,8 +46,6 @@ def _numbers(values: Sequence[float], objectives: Sequence[str], scale: float, d
     return " ".join(out)
 
 
-prepend_statement = with_statement  # the earlier name, kept for callers written against it
-
 
 @register("none")
 class NoConditioning(Scheme):

@@ -5,7 +5,7 @@ one model on many users' data with each user's preferences written in the system
 inference a new statement of preferences steers the same model. Here `statements` maps a user id or a
 group name to the text that states their preferences; a training example (its record's `user`, else its
 `group`) and a request (`user=`, else `group=`) get their statement before the prompt: a system message
-for chat prompts, a leading sentence for plain text (`pluralign.conditioning.prepend_statement`). Anyone
+for chat prompts, else where the tokenizer's template allows (`Scheme.with_statement`). Anyone
 without a statement gets the prompt unchanged, i.e. the population model.
 
 Train with `objectives.conditioning=persona_message` and `objectives.conditioning_params.statements`
@@ -42,7 +42,7 @@ class PersonaMessage(conditioning.Scheme):
 
     def prompt(self, prompt: Any, condition: conditioning.Condition) -> Any:
         text = self.statement(condition)
-        return prompt if text is None else conditioning.prepend_statement(prompt, text)
+        return prompt if text is None else self.with_statement(prompt, text)
 
     def vocabulary(self) -> list[str]:
         return list(self.params["statements"].values())

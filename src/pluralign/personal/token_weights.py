@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pluralign.conditioning import prepend_statement
+from pluralign.conditioning import with_statement
 from pluralign.errors import ConfigError
 from pluralign.models.logprobs import predicted_mask, token_logps
 
@@ -64,7 +64,7 @@ def precompute(model: Any, collator: Any, records: Sequence[Any], *, size: int, 
     weights, ref = {"chosen": [], "rejected": []}, {"chosen": [], "rejected": []}
     for start in range(0, len(records), batch_size):
         part = list(records[start:start + batch_size])
-        with_h = [r if h is None else dataclasses.replace(r, prompt=prepend_statement(r.prompt, h))
+        with_h = [r if h is None else dataclasses.replace(r, prompt=with_statement(r.prompt, h))
                   for r, h in zip(part, hist[start:start + batch_size], strict=True)]
         (lp0, m0), (lp1, m1) = (_scored(model, collator(p), device) for p in (part, with_h))
         if not torch.equal(m0.sum(-1), m1.sum(-1)):
