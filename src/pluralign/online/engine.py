@@ -10,7 +10,6 @@ whatever the accumulation. `Engine.collate` hands the loop the prepared batch of
 
 from __future__ import annotations
 
-import copy
 import time
 from contextlib import nullcontext
 from typing import Any
@@ -30,7 +29,7 @@ from pluralign.online.rewards import (
     overlong_penalty,
 )
 from pluralign.online.rollout import Prompt, Rollout, derived_seed, generate
-from pluralign.train.reference import adapters_disabled
+from pluralign.train.reference import adapters_disabled, frozen_copy
 
 
 class Reference:
@@ -75,10 +74,6 @@ class Reference:
     @property
     def moves(self) -> bool:
         return self.mode == "round_start" and self.round_steps > 1
-
-
-def frozen_copy(model: Any) -> Any:
-    return copy.deepcopy(model).requires_grad_(False).eval()
 
 
 class Engine:

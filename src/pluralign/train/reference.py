@@ -13,6 +13,7 @@ example (e.g. chosen/rejected sums for pairs, [B, K] for lists).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +23,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from pluralign.models.load import is_peft_model
 
 LogpsFn = Callable[[Any, dict], Mapping[str, torch.Tensor]]
 
@@ -119,6 +122,33 @@ def adapters_disabled(model: Any) -> Iterator[Any]:
         raise TypeError("adapters_disabled needs a peft model")
     with model.disable_adapter():
         yield model
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of `model` in eval mode: the reference when there are no adapters to switch off."""
+    return copy.deepcopy(model).requires_grad_(False).eval()
+
+
+@contextmanager
+def as_reference(ref: Any, policy: Any) -> Iterator[Any]:
+    """The model that computes reference log-probs: `ref` when given, else the policy's base with
+    adapters off (LoRA), else the policy itself (its initial weights, before training)."""
+    if ref is None and is_peft_model(policy):
+        with adapters_disabled(policy) as base:
+            yield base
+    else:
+        yield ref if ref is not None else policy
+
+
+def live_reference(ref: Any, logps_of: Callable[[Any, dict], Any]) -> Callable[[Any, dict], Any]:
+    """A step-time reference: `logps_of` on `ref`, or on the model in hand with adapters off (ref None)."""
+    def reference(model: Any, batch: dict) -> Any:
+        if ref is not None:
+            return logps_of(ref, batch)
+        with adapters_disabled(model):
+            return logps_of(model, batch)
+
+    return reference
 
 
 def _batches(dataset: Sequence, collate: Callable[[list], dict], batch_size: int) -> Iterator[dict]:

@@ -18,7 +18,6 @@ running mean of the implicit rewards, checkpointed with the model so resume is e
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ from pluralign.train.recipes.common import (
     save_policy,
 )
 from pluralign.train.recipes.token_shaping import shaped, with_alias_options
-from pluralign.train.reference import adapters_disabled, cached_reference
+from pluralign.train.reference import as_reference, cached_reference, frozen_copy, live_reference
 from pluralign.train.udm import bco_udm_weights
 
 Tensors = dict[str, torch.Tensor]
@@ -359,14 +358,14 @@ def _reference(config, info, kind, model, collator, train_items, eval_items, dis
 
     ref_model = _reference_model(config, model, collator.packing)
     if not config.ref_cache:
-        return _live_reference(ref_model, logps_of), None, None
+        return live_reference(ref_model, logps_of), None, None
     cache_dir, bs = config.cache_settings()
     what = f"{info.kind}|{'kl' if 'kl_policy_logps' in info.inputs else ''}"
     what += f"|ld={config.ld_alpha}" if config.ld_alpha is not None else ""  # LD-DPO mixes the reference too
     eval_ref = None
     # The main process computes and writes the cache; the others then read it. A separately loaded
     # reference model is dropped when this returns: training never holds it.
-    with distributed.main_process_first(), _as_reference(ref_model, model) as reference:
+    with distributed.main_process_first(), as_reference(ref_model, model) as reference:
         show = config.loop.progress and distributed.is_main_process
         precision = config.loop.mixed_precision
         train_ref, path, hit = cached_reference(reference, train_items, Collate(collator), logps_of, cache_dir=cache_dir,
@@ -392,33 +391,7 @@ def _reference_model(config: PreferenceConfig, policy: Any, packing: bool) -> An
         return load_frozen(config.ref_model, config, packing, "ref_model")
     if is_peft_model(policy) or config.ref_cache:
         return None
-    return copy.deepcopy(policy).requires_grad_(False).eval()  # live and no adapters: a frozen copy
-
-
-class _as_reference:
-    """Context giving the model that computes reference log-probs (the policy's base when ref is None)."""
-
-    def __init__(self, ref: Any, policy: Any):
-        self.ref, self.policy, self.ctx = ref, policy, None
-
-    def __enter__(self):
-        if self.ref is None and is_peft_model(self.policy):
-            self.ctx = adapters_disabled(self.policy)
-            return self.ctx.__enter__()
-        return self.ref if self.ref is not None else self.policy
-
-    def __exit__(self, *exc):
-        return self.ctx.__exit__(*exc) if self.ctx is not None else False
-
-
-def _live_reference(ref: Any, logps_of: Callable) -> Callable:
-    def reference(model, batch):
-        if ref is None:  # LoRA: the model in hand, adapters off
-            with adapters_disabled(model):
-                return logps_of(model, batch)
-        return logps_of(ref, batch)
-
-    return reference
+    return frozen_copy(policy)  # live and no adapters
 
 
 def from_kwargs(**kwargs: Any) -> PreferenceConfig:
