@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -77,36 +78,38 @@ STAGES = {
 }
 
 
+def train_and_die(run: str, attr: str, nth: int, truncate: bool) -> None:
+    """In a child process: train, and SIGKILL this process right after the nth call of `state.<attr>`."""
+    real, calls = getattr(state, attr), {"n": 0}
+
+    def dying(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == nth:
+            if truncate:
+                f = Path(args[1])
+                f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    setattr(state, attr, dying)
+    train(make_model(), make_data(24), collate, noisy_step, cfg(), Path(run))
+
+
 def _run_and_die(run: Path, attr: str, nth: int, truncate: bool) -> int:
-    pid = os.fork()
-    if pid == 0:  # the child trains and SIGKILLs itself inside the save
-        try:
-            real, calls = getattr(state, attr), {"n": 0}
-
-            def dying(*args, **kwargs):
-                out = real(*args, **kwargs)
-                calls["n"] += 1
-                if calls["n"] == nth:
-                    if truncate:
-                        f = Path(args[1])
-                        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-                    os.kill(os.getpid(), signal.SIGKILL)
-                return out
-
-            setattr(state, attr, dying)
-            train(make_model(), make_data(24), collate, noisy_step, cfg(), run)
-        finally:
-            os._exit(3)  # never reached when the kill happened
-    _, status = os.waitpid(pid, 0)
-    return status
+    # A fresh interpreter, not os.fork(): a forked child of a process whose torch/OpenMP thread pool has
+    # run deadlocks in its first parallel region (seen with OMP_NUM_THREADS unset, as in CI).
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_faults; "
+            f"test_faults.train_and_die({str(run)!r}, {attr!r}, {nth}, {truncate})")
+    return subprocess.run([sys.executable, "-c", code], timeout=600).returncode
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_kill_at_each_stage_of_a_save_then_resume_exactly(tmp_path, straight, stage):
     attr, nth, truncate = STAGES[stage]
     run = tmp_path / "run"
-    status = _run_and_die(run, attr, nth, truncate)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+    returncode = _run_and_die(run, attr, nth, truncate)
+    assert returncode == -signal.SIGKILL, returncode
     last = state.latest_checkpoint(run / "checkpoints")
     renamed = stage.startswith("renamed")
     assert last.name == ("step-4" if renamed else "step-2")
