@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from local_http import LocalServer
 
 from pluralign.errors import ConfigError
 from pluralign.judges import JudgeError, JudgeRequestError, LLMJudge
 
 
-class Server:
+class Server(LocalServer):
     """`handle(handler, n)` writes the whole reply of the n-th request (0-based) itself."""
 
     def __init__(self, handle):
@@ -38,15 +38,8 @@ class Server:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture

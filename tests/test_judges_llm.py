@@ -7,10 +7,11 @@ import json
 import math
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
+from local_http import LocalServer
 
 from pluralign.errors import ConfigError
 from pluralign.evaluate.winrate import win_rate
@@ -18,7 +19,7 @@ from pluralign.judges import JudgeRequestError, LLMJudge, unswap
 from pluralign.judges.templates import parse_pairwise, parse_rating, weighted_preference
 
 
-class ScriptedServer:
+class ScriptedServer(LocalServer):
     """A chat-completions server. `script(user_text, n_seen)` returns ("ok", content[, top_logprobs]),
     ("status", code), or ("sleep", seconds, content); n_seen counts earlier requests with the same text."""
 
@@ -64,10 +65,7 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     @staticmethod
     def completion(body, content, top_logprobs=None):
@@ -77,9 +75,6 @@ class ScriptedServer:
         return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
                 "choices": [choice], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
 
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
