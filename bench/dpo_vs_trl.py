@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     from pluralign.data.io import write_records
 
     # The loop's data order (private), so that TRL can be fed the same batches.
-    from pluralign.train.loop import _global_batch
+    from pluralign.train.loop_config import global_batch_indices as _global_batch
 
     preset = PRESETS.get(a.preset, {})
     gpu_mode = bool(preset)

@@ -1,4 +1,5 @@
-"""The one training loop.
+"""The one training loop (its settings and optimizer/schedule/data-order pieces are in `loop_config.py`,
+checkpoint writing and resume checks in `checkpointing.py`).
 
 A recipe hands `train` a model, a dataset (any sequence), a `collate` function and a
 `step(model, batch) -> (per_example_losses, metrics)` function; the loop knows nothing of any method.
@@ -32,17 +33,33 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from pluralign.config import dump_yaml, option
+from pluralign.config import dump_yaml
 from pluralign.errors import ConfigError, PluralignError
 from pluralign.runs import RunDir, atomic_write_text
 from pluralign.train import state as ckpt
 from pluralign.train import trackers
+from pluralign.train.checkpointing import (
+    OPTIMIZER_SETTINGS,
+    apply_hyperparameters,
+    archive_config,
+    check_compatible,
+    newest_intact_checkpoint,
+    read_config,
+    save_checkpoint,
+)
+from pluralign.train.loop_config import (
+    LoopConfig,
+    check_config,
+    global_batch_indices,
+    make_optimizer,
+    make_scheduler,
+)
 from pluralign.train.parallel import (
     Batch,
     StepFn,
@@ -50,56 +67,11 @@ from pluralign.train.parallel import (
     Weighted,
     load_optimizer_state,
     make_accelerator,
-    model_state,
-    optimizer_state,
     process_state,
     to_device,
 )
 
-
-@dataclass
-class LoopConfig:
-    learning_rate: float = option(5e-7, help="Peak learning rate of AdamW (reached after warmup).")
-    batch_size: int = option(8, help="Examples per micro-batch on each device.")
-    grad_accum: int = option(1, help="Micro-batches accumulated per optimizer step. Effective batch = batch_size x grad_accum x processes.")
-    num_epochs: int = option(1, help="Passes over the training data (ignored when max_steps > 0). Each epoch drops the last incomplete effective batch.")
-    max_steps: int = option(0, help="Optimizer steps to run; 0 means num_epochs worth of steps.")
-    scheduler: Literal["linear", "cosine", "constant"] = option("linear", help="Learning-rate decay after warmup: linear or cosine to 0, or constant.")
-    warmup_ratio: float = option(0.1, help="Fraction of the steps over which the learning rate ramps linearly from 0.")
-    weight_decay: float = option(0.0, help="AdamW decoupled weight decay (not applied to biases and norm weights).")
-    max_grad_norm: float = option(1.0, help="Clip the global gradient norm to this value; 0 disables clipping (the norm is still logged).")
-    adam_beta1: float = option(0.9, help="AdamW beta1.")
-    adam_beta2: float = option(0.999, help="AdamW beta2.")
-    adam_eps: float = option(1e-8, help="AdamW epsilon.")
-    seed: int = option(0, help="Seed of the data order and of every RNG (torch, numpy, python).")
-    log_every: int = option(10, help="Write averaged training metrics to metrics.jsonl every N steps.")
-    eval_every: int = option(0, help="Evaluate on the eval set every N steps (0: only at the end, when an eval set is given).")
-    save_every: int = option(0, help="Save a resumable checkpoint (trained weights, optimizer and scheduler state, RNG, data position) every N steps and after the last one; 0: none (recipes still save the trained model). Needs a run directory.")
-    keep_checkpoints: int = option(2, help="Keep the newest N checkpoints (0 keeps all).")
-    mixed_precision: Literal["no", "bf16", "fp16"] = option("no", help="Autocast precision: no, bf16 (CPU or a bf16-capable GPU), fp16 (CUDA only, with loss scaling).")
-    progress: bool = option(True, help="Show a progress bar with the live loss and step metrics, print the config, every evaluation's metrics and the final metrics.")
-    report_to: list[str] = option(default_factory=list, help="Experiment trackers that also get the metrics and the config, through accelerate (as the HF Trainer's report_to): tensorboard, wandb, mlflow, trackio, … or all (every installed one); empty or none: metrics.jsonl only. Not dependencies of pluralign: install the ones you use. File-based ones write to <run_dir>/trackers.")
-
-    def __post_init__(self) -> None:
-        # Checked when the config is made (YAML, overrides or code), not at the first optimizer step.
-        def bad(name: str, rule: str) -> ConfigError:
-            return ConfigError(f"'{name}' must be {rule}, got {getattr(self, name)!r}")
-
-        for name in ("learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm", "adam_beta1",
-                     "adam_beta2", "adam_eps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise bad(name, "a finite number")
-        if not 0 < self.learning_rate <= 10:
-            raise bad("learning_rate", "in (0, 10] (a larger AdamW step is certainly a typo)")
-        if not 0 <= self.warmup_ratio <= 1:
-            raise bad("warmup_ratio", "in [0, 1]")
-        for name in ("adam_beta1", "adam_beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise bad(name, "in [0, 1)")
-        for name in ("weight_decay", "max_grad_norm", "adam_eps"):
-            if getattr(self, name) < 0:
-                raise bad(name, ">= 0")
+__all__ = ["LoopConfig", "TrainResult", "TrainingDiverged", "announce_config", "evaluate", "train"]
 
 
 @dataclass
@@ -160,7 +132,7 @@ def train(
     alignment: the dataset holds prompts and `collate` returns what the rollout built for them).
     With `resume`, a run directory holding checkpoints continues from the newest complete one.
     """
-    _check(config, dataset)
+    check_config(config, dataset)
     run = RunDir(run_dir) if run_dir is not None and not isinstance(run_dir, RunDir) else run_dir
     stateful = dict(stateful or {})
     eval_step, eval_collate = eval_step or step, eval_collate or collate
@@ -168,7 +140,7 @@ def train(
     accelerator = make_accelerator(config.grad_accum, config.mixed_precision, track,
                                    str(run.root / "trackers") if run is not None else None)
     rank, world = accelerator.process_index, accelerator.num_processes
-    previous_config = _read_config(run) if accelerator.is_main_process else None
+    previous_config = read_config(run) if accelerator.is_main_process else None
     if accelerator.is_main_process:
         announce_config(run_config if run_config is not None else config, run, echo=config.progress)
     trackers.start(accelerator, track, run.root if run is not None else None, run_config if run_config is not None else config)
@@ -180,16 +152,16 @@ def train(
         raise ConfigError("no trainable parameters: every parameter has requires_grad=False")
     trained = {id(p) for p in params}
     trained_names = {n for n, p in model.named_parameters() if id(p) in trained}
-    optimizer = _make_optimizer(params, config)
+    optimizer = make_optimizer(params, config)
     global_batch = config.batch_size * config.grad_accum * world
     pos = ckpt.Position(0, 0, 0, config.seed, global_batch, len(dataset))
     if run is not None and accelerator.is_main_process:
         ckpt.remove_stale(run.checkpoints)  # .tmp directories of a crashed save (we hold the lock)
-    found = _resumable(run, accelerator) if run is not None and resume else None
+    found = newest_intact_checkpoint(run, accelerator) if run is not None and resume else None
     if found is not None:  # weights go in before wrapping: FSDP then shards the resumed ones
         try:
             loaded = ckpt.load_checkpoint(found, rank, verify=False)  # _resumable verified it
-            _check_compatible(loaded.position, pos, found)
+            check_compatible(loaded.position, pos, found)
             ckpt.load_weights_into(model, loaded.weights, lambda: trained_names)
         except PluralignError:  # this run never starts: config.yaml goes back to the config that ran
             if accelerator.is_main_process and previous_config is not None:
@@ -205,19 +177,19 @@ def train(
         raise PluralignError(f"the training set has {len(dataset)} examples, fewer than one effective batch ({global_batch})")
     total_steps = config.max_steps if config.max_steps > 0 else config.num_epochs * steps_per_epoch
     # Not prepared by accelerate on purpose: its scheduler wrapper steps once per process per call.
-    scheduler = _make_scheduler(optimizer, config, total_steps)
+    scheduler = make_scheduler(optimizer, config, total_steps)
 
     # --- resume
     resumed_from = last_ckpt = None
     if found is not None:
-        fresh = [{k: g[k] for k in _SETTINGS} for g in optimizer.param_groups]
+        fresh = [{k: g[k] for k in OPTIMIZER_SETTINGS} for g in optimizer.param_groups]
         load_optimizer_state(accelerator, wrapped, optimizer, loaded.optimizer)
         scheduler.load_state_dict(loaded.scheduler)
-        changed = _apply_hyperparameters(optimizer, scheduler, fresh)
+        changed = apply_hyperparameters(optimizer, scheduler, fresh)
         if changed and accelerator.is_main_process:
             accelerator.print(f"resuming with changed settings from step {loaded.position.global_step} on: "
                               + ", ".join(changed))
-            _archive_config(run, previous_config, loaded.position.global_step)
+            archive_config(run, previous_config, loaded.position.global_step)
         for name, obj in stateful.items():
             obj.load_state_dict(loaded.extra[name])
         if loaded.rng is not None:
@@ -226,7 +198,7 @@ def train(
         accelerator.print(f"resuming from {found} (step {pos.global_step} of {total_steps})")
 
     def save() -> Path | None:
-        return _save(accelerator, wrapped, optimizer, scheduler, stateful, trained_names, pos, run, config)
+        return save_checkpoint(accelerator, wrapped, optimizer, scheduler, stateful, trained_names, pos, run, config)
 
     # --- the loop
     bar = _progress(config, accelerator, total_steps, pos.global_step)
@@ -239,7 +211,7 @@ def train(
     while pos.global_step < total_steps:
         if pos.step_in_epoch >= steps_per_epoch:  # epoch boundary
             pos.epoch, pos.step_in_epoch = pos.epoch + 1, 0
-        indices = _global_batch(len(dataset), config.seed, pos.epoch, pos.step_in_epoch, global_batch)
+        indices = global_batch_indices(len(dataset), config.seed, pos.epoch, pos.step_in_epoch, global_batch)
         mine = indices[rank * (global_batch // world):(rank + 1) * (global_batch // world)]
         micro = [mine[i:i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
         if prepare_step is not None:
@@ -369,20 +341,6 @@ def announce_config(cfg: Any, run: RunDir | None, echo: bool = True) -> None:
 # ---------------------------------------------------------------- pieces
 
 
-def _check(config: LoopConfig, dataset: Sequence) -> None:
-    for name in ("batch_size", "grad_accum"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"'{name}' must be >= 1, got {getattr(config, name)}")
-    if config.max_steps <= 0 and config.num_epochs < 1:
-        raise ConfigError("set num_epochs >= 1 or max_steps > 0")
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("mixed_precision=fp16 needs a CUDA GPU; use bf16 or no")
-    if config.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        raise ConfigError("this GPU does not support bf16; use fp16 or no")
-    if len(dataset) == 0:
-        raise PluralignError("the training set is empty")
-
-
 def _nonfinite(params: list[torch.nn.Parameter], trained_names: set[str], model: torch.nn.Module,
                accelerator: Accelerator) -> str:
     """'' when every trained weight is finite on every process, else which are not. One reduction of
@@ -400,141 +358,6 @@ def _nonfinite(params: list[torch.nn.Parameter], trained_names: set[str], model:
     if not bad and sums:  # a finite tensor whose float32 sum overflowed: not a divergence
         return "" if accelerator.num_processes == 1 else "on another process"
     return f"{len(bad)} tensor(s), e.g. {', '.join(bad[:3])}" if bad else "on another process"
-
-
-def _resumable(run: RunDir, accelerator: Accelerator) -> Path | None:
-    """The newest checkpoint whose files match their recorded sizes and checksums. Damaged ones are
-    reported and renamed `step-N.damaged` (main process, after every process chose), so they are neither
-    loaded nor counted when old checkpoints are pruned."""
-    damaged, found = [], None
-    for path in reversed(ckpt.list_checkpoints(run.checkpoints)):
-        why = ckpt.verify_checkpoint(path)
-        if why is None:
-            found = path
-            break
-        damaged.append(path)
-        accelerator.print(f"warning: checkpoint {path} is damaged ({why}); falling back to an older one")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        for path in damaged:
-            target, n = path.with_name(path.name + ".damaged"), 1
-            while target.exists():  # damaged again after an earlier fall-back: keep both for inspection
-                target, n = path.with_name(f"{path.name}.damaged-{n}"), n + 1
-            path.rename(target)
-    accelerator.wait_for_everyone()
-    return found
-
-
-_SETTINGS = ("initial_lr", "betas", "eps", "weight_decay")  # per param group; initial_lr is the peak rate
-
-
-def _apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
-                           fresh: list[dict[str, Any]]) -> list[str]:
-    """Give a resumed optimizer this run's settings `fresh` (its param groups' settings before the
-    checkpoint's state dict brought back the saved ones); returns what changed, as 'name old -> new'."""
-    changed: dict[str, str] = {}
-    for group, want in zip(optimizer.param_groups, fresh, strict=True):
-        for key in _SETTINGS:
-            old, new = group[key], want[key]
-            if (tuple(old) if isinstance(old, list | tuple) else old) != (tuple(new) if isinstance(new, list | tuple) else new):
-                changed.setdefault(key, f"{'learning_rate' if key == 'initial_lr' else key} {old} -> {new}")
-            group[key] = new
-    if changed:
-        # The rate of the next step, from the (new) peak and this run's schedule.
-        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-        lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
-        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr
-        scheduler._last_lr = lrs
-    return list(changed.values())
-
-
-def _read_config(run: RunDir | None) -> str | None:
-    try:
-        return run.config_path.read_text(encoding="utf-8") if run is not None and run.config_path.exists() else None
-    except OSError:
-        return None
-
-
-def _archive_config(run: RunDir, previous: str | None, step: int) -> None:
-    """Keep the config the first `step` steps ran with next to config.yaml (which now holds this run's)."""
-    if previous is not None and previous != _read_config(run):
-        atomic_write_text(run.root / f"config.until-step-{step}.yaml", previous)
-
-
-def _check_compatible(saved: ckpt.Position, now: ckpt.Position, path: Path) -> None:
-    for name in ("seed", "global_batch", "dataset_size"):
-        if getattr(saved, name) != getattr(now, name):
-            raise ConfigError(
-                f"cannot resume from {path}: it was saved with {name}={getattr(saved, name)}, this run has "
-                f"{name}={getattr(now, name)} (the data position would not match); use a new run directory"
-            )
-
-
-def _global_batch(n: int, seed: int, epoch: int, step_in_epoch: int, global_batch: int) -> list[int]:
-    """The dataset indices of one optimizer step. The incomplete last batch of an epoch is dropped so
-    that every step averages over the same number of examples on any number of processes."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    perm = torch.randperm(n, generator=gen)
-    return perm[step_in_epoch * global_batch:(step_in_epoch + 1) * global_batch].tolist()
-
-
-def _make_optimizer(params: list[torch.nn.Parameter], config: LoopConfig) -> torch.optim.Optimizer:
-    # Decaying biases and norm gains only shrinks them toward 0 for no regularization benefit.
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate,
-                             betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
-
-
-def _make_scheduler(optimizer: torch.optim.Optimizer, config: LoopConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = math.ceil(config.warmup_ratio * total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if config.scheduler == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        if config.scheduler == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _save(accelerator, wrapped, optimizer, scheduler, stateful, trained_names, pos, run, config) -> Path | None:
-    if run is None:
-        return None
-    # get_state_dict gathers shards under FSDP/DeepSpeed, so every process must call it.
-    full = {k.removeprefix("model."): v for k, v in model_state(accelerator, wrapped).items()}
-    optimizer_full = optimizer_state(accelerator, wrapped, optimizer)  # collective under FSDP
-    tmp = ckpt.checkpoint_dir(run.checkpoints, pos.global_step).with_suffix(".tmp")
-    try:
-        if accelerator.is_main_process:
-            ckpt.begin_checkpoint(run.checkpoints, pos.global_step)
-        accelerator.wait_for_everyone()
-        ckpt.write_rank_state(tmp, accelerator.process_index)
-        if accelerator.is_main_process:
-            ckpt.write_main_state(
-                tmp,
-                weights={k: v for k, v in full.items() if k in trained_names},
-                optimizer=optimizer_full,
-                scheduler=scheduler.state_dict(),
-                extra={k: obj.state_dict() for k, obj in stateful.items()},
-                position=ckpt.Position(**vars(pos)),
-            )
-        accelerator.wait_for_everyone()
-        final = ckpt.checkpoint_dir(run.checkpoints, pos.global_step)
-        if accelerator.is_main_process:
-            ckpt.commit_checkpoint(tmp, config.keep_checkpoints)
-    except BaseException:  # disk full, a kill signal turned exception, …: leave no half-written directory
-        if accelerator.is_main_process:
-            ckpt.abort_checkpoint(tmp)
-        raise
-    accelerator.wait_for_everyone()
-    return final
 
 
 def _evaluate_and_log(wrapped, dataset, collate, step, config, accelerator, run, pos, track=(), bar=None) -> dict[str, float]:

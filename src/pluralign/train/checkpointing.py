@@ -1,0 +1,118 @@
+"""Checkpoints as the one loop writes and resumes them: the newest intact checkpoint, the checks that a
+resume fits this run, settings changed on resume, and the collective save (every process takes part:
+FSDP/DeepSpeed gather shards)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from pluralign.errors import ConfigError
+from pluralign.runs import RunDir, atomic_write_text
+from pluralign.train import state as ckpt
+from pluralign.train.parallel import model_state, optimizer_state
+
+
+def newest_intact_checkpoint(run: RunDir, accelerator: Accelerator) -> Path | None:
+    """The newest checkpoint whose files match their recorded sizes and checksums. Damaged ones are
+    reported and renamed `step-N.damaged` (main process, after every process chose), so they are neither
+    loaded nor counted when old checkpoints are pruned."""
+    damaged, found = [], None
+    for path in reversed(ckpt.list_checkpoints(run.checkpoints)):
+        why = ckpt.verify_checkpoint(path)
+        if why is None:
+            found = path
+            break
+        damaged.append(path)
+        accelerator.print(f"warning: checkpoint {path} is damaged ({why}); falling back to an older one")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for path in damaged:
+            target, n = path.with_name(path.name + ".damaged"), 1
+            while target.exists():  # damaged again after an earlier fall-back: keep both for inspection
+                target, n = path.with_name(f"{path.name}.damaged-{n}"), n + 1
+            path.rename(target)
+    accelerator.wait_for_everyone()
+    return found
+
+
+OPTIMIZER_SETTINGS = ("initial_lr", "betas", "eps", "weight_decay")  # per param group; initial_lr is the peak rate
+
+
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                           fresh: list[dict[str, Any]]) -> list[str]:
+    """Give a resumed optimizer this run's settings `fresh` (its param groups' settings before the
+    checkpoint's state dict brought back the saved ones); returns what changed, as 'name old -> new'."""
+    changed: dict[str, str] = {}
+    for group, want in zip(optimizer.param_groups, fresh, strict=True):
+        for key in OPTIMIZER_SETTINGS:
+            old, new = group[key], want[key]
+            if (tuple(old) if isinstance(old, list | tuple) else old) != (tuple(new) if isinstance(new, list | tuple) else new):
+                changed.setdefault(key, f"{'learning_rate' if key == 'initial_lr' else key} {old} -> {new}")
+            group[key] = new
+    if changed:
+        # The rate of the next step, from the (new) peak and this run's schedule.
+        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        scheduler._last_lr = lrs
+    return list(changed.values())
+
+
+def read_config(run: RunDir | None) -> str | None:
+    try:
+        return run.config_path.read_text(encoding="utf-8") if run is not None and run.config_path.exists() else None
+    except OSError:
+        return None
+
+
+def archive_config(run: RunDir, previous: str | None, step: int) -> None:
+    """Keep the config the first `step` steps ran with next to config.yaml (which now holds this run's)."""
+    if previous is not None and previous != read_config(run):
+        atomic_write_text(run.root / f"config.until-step-{step}.yaml", previous)
+
+
+def check_compatible(saved: ckpt.Position, now: ckpt.Position, path: Path) -> None:
+    for name in ("seed", "global_batch", "dataset_size"):
+        if getattr(saved, name) != getattr(now, name):
+            raise ConfigError(
+                f"cannot resume from {path}: it was saved with {name}={getattr(saved, name)}, this run has "
+                f"{name}={getattr(now, name)} (the data position would not match); use a new run directory"
+            )
+
+
+def save_checkpoint(accelerator, wrapped, optimizer, scheduler, stateful, trained_names, pos, run, config) -> Path | None:
+    if run is None:
+        return None
+    # get_state_dict gathers shards under FSDP/DeepSpeed, so every process must call it.
+    full = {k.removeprefix("model."): v for k, v in model_state(accelerator, wrapped).items()}
+    optimizer_full = optimizer_state(accelerator, wrapped, optimizer)  # collective under FSDP
+    tmp = ckpt.checkpoint_dir(run.checkpoints, pos.global_step).with_suffix(".tmp")
+    try:
+        if accelerator.is_main_process:
+            ckpt.begin_checkpoint(run.checkpoints, pos.global_step)
+        accelerator.wait_for_everyone()
+        ckpt.write_rank_state(tmp, accelerator.process_index)
+        if accelerator.is_main_process:
+            ckpt.write_main_state(
+                tmp,
+                weights={k: v for k, v in full.items() if k in trained_names},
+                optimizer=optimizer_full,
+                scheduler=scheduler.state_dict(),
+                extra={k: obj.state_dict() for k, obj in stateful.items()},
+                position=ckpt.Position(**vars(pos)),
+            )
+        accelerator.wait_for_everyone()
+        final = ckpt.checkpoint_dir(run.checkpoints, pos.global_step)
+        if accelerator.is_main_process:
+            ckpt.commit_checkpoint(tmp, config.keep_checkpoints)
+    except BaseException:  # disk full, a kill signal turned exception, …: leave no half-written directory
+        if accelerator.is_main_process:
+            ckpt.abort_checkpoint(tmp)
+        raise
+    accelerator.wait_for_everyone()
+    return final
