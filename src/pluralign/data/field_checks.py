@@ -1,0 +1,211 @@
+"""Checks of one field's value by its type (`FIELD_CHECKS`), of a whole row once its fields are fine
+(`ROW_CHECKS`), and of what no field check looks for (`hostile_issues`). Each returns the cleaned value
+and a list of (field, message) issues, never raises."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+Issue = tuple[str | None, str]  # (field or None for the whole row, message)
+MAX_DEPTH = 32  # deeper nesting than any record needs (messages are 2 levels, meta rarely more)
+
+
+def type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def short(value: Any) -> str:
+    """A repr for messages, cut short (a 5000-digit integer must not flood the report)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # ints past Python's digit limit refuse to print
+        text = f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def as_float(value: Any) -> float | None:
+    """The number as a float, None when it is not one or does not fit (an integer beyond 1.8e308)."""
+    if not _is_number(value):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
+def _check_number(name: str, value: Any) -> tuple[Any, list[Issue]]:
+    if not _is_number(value):
+        return value, [(name, f"expected a number, got {type_name(value)} {short(value)}")]
+    number = as_float(value)
+    if number is None:
+        return value, [(name, f"number too large for a float: {short(value)}")]
+    if not math.isfinite(number):
+        return value, [(name, f"non-finite value {number}")]
+    return number, []
+
+
+def _check_list(name: str, value: Any, check) -> tuple[Any, list[Issue]]:
+    if not isinstance(value, list):
+        return value, [(name, f"expected a list, got {type_name(value)}")]
+    out, issues = [], []
+    for i, item in enumerate(value):
+        item, item_issues = check(f"{name}[{i}]", item)
+        out.append(item)
+        issues += item_issues
+    return out, issues
+
+
+def _check_messages(name: str, messages: list) -> list[Issue]:
+    if not messages:
+        return [(name, "empty list of chat messages")]
+    issues: list[Issue] = []
+    for i, message in enumerate(messages):
+        where = f"{name}[{i}]"
+        if not isinstance(message, dict):
+            issues.append(
+                (
+                    where,
+                    f"a chat message must be an object with 'role' and 'content', got {type_name(message)}",
+                )
+            )
+            continue
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not role.strip():
+            issues.append((f"{where}.role", f"expected a non-empty role string, got {role!r}"))
+        if not isinstance(content, str):
+            issues.append((f"{where}.content", f"expected a string, got {type_name(content)}"))
+    if not issues and not any(m["content"].strip() for m in messages):
+        issues.append((name, "empty text (every message is blank)"))
+    return issues
+
+
+def _check_text(name: str, value: Any) -> tuple[Any, list[Issue]]:
+    if isinstance(value, str):
+        return value, [] if value.strip() else [(name, "empty text")]
+    if isinstance(value, list):
+        return value, _check_messages(name, value)
+    return value, [(name, f"expected text or a list of chat messages, got {type_name(value)}")]
+
+
+def _check_rank(name: str, value: Any) -> tuple[Any, list[Issue]]:
+    number = as_float(value)
+    if number is not None and math.isfinite(number) and number == int(number) and 1 <= number <= 2**31:
+        return int(value), []
+    return value, [(name, f"expected a rank (an integer ≥ 1), got {short(value)}")]
+
+
+def _check_bool(name: str, value: Any) -> tuple[Any, list[Issue]]:
+    if isinstance(value, bool):
+        return value, []
+    if _is_number(value) and value in (0, 1):
+        return bool(value), []
+    return value, [(name, f"expected true or false, got {short(value)}")]
+
+
+def _check_ratings(name: str, value: Any) -> tuple[Any, list[Issue]]:
+    if not isinstance(value, dict):
+        return value, [(name, f"expected an object of objective -> number, got {type_name(value)}")]
+    if not value:
+        return value, [(name, "no ratings")]
+    out, issues = {}, []
+    for key, rating in value.items():
+        out[key], item_issues = _check_number(f"{name}.{key}", rating)
+        issues += item_issues
+    return out, issues
+
+
+def _check_string(name: str, value: Any) -> tuple[Any, list[Issue]]:
+    if not isinstance(value, str):
+        return value, [(name, f"expected a string, got {type_name(value)}")]
+    return value, [] if value.strip() else [(name, "empty text")]
+
+
+def _check_id(name: str, value: Any) -> tuple[Any, list[Issue]]:
+    # Numeric user/group ids are common in collected data; they are names, so keep them as strings.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value), []
+    return _check_string(name, value)
+
+
+def _check_polarity(name: str, value: Any) -> tuple[Any, list[Issue]]:
+    if value in ("positive", "negative"):
+        return value, []
+    return value, [(name, f"expected 'positive' or 'negative', got {value!r}")]
+
+
+def _check_meta(name: str, value: Any) -> tuple[Any, list[Issue]]:
+    if not isinstance(value, dict):
+        return value, [(name, f"expected an object, got {type_name(value)}")]
+    return value, []
+
+
+FIELD_CHECKS = {
+    "text": _check_text,
+    "texts": lambda n, v: _check_list(n, v, _check_text),
+    "number": _check_number,
+    "numbers": lambda n, v: _check_list(n, v, _check_number),
+    "ranks": lambda n, v: _check_list(n, v, _check_rank),
+    "bool": _check_bool,
+    "ratings": _check_ratings,
+    "string": _check_string,
+    "id": _check_id,
+    "polarity": _check_polarity,
+    "meta": _check_meta,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Whole-row checks, run once every field is individually fine.
+
+
+def _pairwise_issues(values: dict[str, Any]) -> list[Issue]:
+    issues: list[Issue] = []
+    if values["chosen"] == values["rejected"]:
+        issues.append(("rejected", "identical to chosen"))
+    if values.get("margin", 0.0) < 0:
+        issues.append(("margin", f"negative margin {values['margin']} (chosen must be the better one)"))
+    return issues
+
+
+def _ranked_issues(values: dict[str, Any]) -> list[Issue]:
+    n = len(values["responses"])
+    issues: list[Issue] = []
+    if n < 2:
+        issues.append(("responses", f"a ranked list needs at least 2 responses, got {n}"))
+    if "scores" not in values and "ranks" not in values:
+        issues.append(("scores", "a ranked list needs 'scores' or 'ranks'"))
+    for name in ("scores", "ranks"):
+        if name in values and len(values[name]) != n:
+            issues.append((name, f"has {len(values[name])} values for {n} responses"))
+    return issues
+
+
+ROW_CHECKS = {"pairwise": _pairwise_issues, "ranked": _ranked_issues}
+
+
+def hostile_issues(name: str, value: Any) -> list[Issue]:
+    """Problems no field check looks for, anywhere inside `value`: nesting deeper than MAX_DEPTH and
+    strings with lone UTF-16 surrogates (JSON allows "\\ud800"; UTF-8 and every tokenizer refuse it)."""
+    stack = [(name, value, 0)]
+    while stack:
+        where, v, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return [(name, f"nested more than {MAX_DEPTH} levels deep")]
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return [(where, f"lone UTF-16 surrogate U+{ord(v[e.start]):04X} at character {e.start} "
+                                "(not valid Unicode text)")]
+        elif isinstance(v, Mapping):
+            stack += [(f"{where}.{k}", item, depth + 1) for k, item in v.items()]
+            stack += [(where, k, depth + 1) for k in v if isinstance(k, str)]
+        elif isinstance(v, list | tuple):
+            stack += [(f"{where}[{i}]", item, depth + 1) for i, item in enumerate(v)]
+    return []
