@@ -109,9 +109,10 @@ def test_two_process_recipes_match_one_process(tmp_path):
 
 
 def test_two_process_online_recipes_match_one_process(tmp_path):
-    """GRPO (token-mean over the whole step: denominators summed across processes) and PPO (value head),
-    2 processes x 2 prompts equal 1 process x 2 prompts x 2 accumulation steps: each micro-batch's rollout
-    is seeded by its step and prompts, so both runs draw the same samples."""
+    """GRPO (token-mean over the whole step: denominators summed across processes), PPO (value head) and
+    GRPO with 2 epochs x 2 minibatches per rollout and DAPO re-draws, 2 processes x 2 prompts equal
+    1 process x 2 prompts x 2 accumulation steps: each micro-batch's rollout, re-draws and minibatch split
+    are seeded by its step and prompts, so both runs draw the same samples."""
     from online_toys import make_model_dir, write_prompts
 
     from pluralign.config import from_dict
@@ -122,15 +123,17 @@ def test_two_process_online_recipes_match_one_process(tmp_path):
     common = {"model": str(base), "data": [str(prompts)], "group_size": 4, "max_new_tokens": 6,
               "rewards": [{"source": "online_toys:cat_reward"}]}
     loop = {"learning_rate": 1e-2, "max_steps": 3, "log_every": 1, "progress": False, "batch_size": 2}
+    variants = {"grpo": {"algorithm": "grpo"}, "ppo": {"algorithm": "ppo"},
+                "grpo_epochs": {"algorithm": "grpo", "ppo_epochs": 2, "num_minibatches": 2, "dynamic_sampling": True,
+                                "redraw_tries": 2, "loop": loop | {"max_steps": 4}}}
     configs = []
-    for algorithm in ("grpo", "ppo"):
-        configs.append(tmp_path / f"{algorithm}.yaml")
-        configs[-1].write_text(json.dumps(common | {"algorithm": algorithm, "output_dir": str(tmp_path / "ddp" / algorithm),
-                                                    "loop": loop}))
+    for name, v in variants.items():
+        configs.append(tmp_path / f"{name}.yaml")
+        configs[-1].write_text(json.dumps(common | {"output_dir": str(tmp_path / "ddp" / name), "loop": loop} | v))
     launch("online", *map(str, configs), extra_path=str(HERE))
-    for algorithm in ("grpo", "ppo"):
-        single = run(from_dict(OnlineConfig, common | {"algorithm": algorithm, "output_dir": str(tmp_path / algorithm),
-                                                       "loop": loop | {"grad_accum": 2}}))
+    for algorithm, v in variants.items():
+        one = v | {"loop": v.get("loop", loop) | {"grad_accum": 2}}
+        single = run(from_dict(OnlineConfig, common | {"output_dir": str(tmp_path / algorithm)} | one))
         a = load_model(single.model_dir).state_dict()
         b = load_model(tmp_path / "ddp" / algorithm / "model").state_dict()
         assert any(not torch.equal(a[k], v) for k, v in load_model(base).state_dict().items())

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from pluralign.decode.sampler import eval_mode
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, PluralignError
 from pluralign.models.load import is_peft_model
 from pluralign.models.logprobs import token_logps
 from pluralign.online.rewards import (
@@ -27,6 +27,7 @@ from pluralign.online.rewards import (
     combine,
     normalize_running,
     overlong_penalty,
+    varied_groups,
 )
 from pluralign.online.rollout import Prompt, Rollout, derived_seed, generate
 from pluralign.train.reference import adapters_disabled, frozen_copy
@@ -81,7 +82,8 @@ class Engine:
                  source_weights: list[float], method: Any, group_size: int, seed: int, sampling: dict,
                  combine_mode: str = "sum", reward_norm: str = "none", reward_clip: float | None = None,
                  overlong_buffer: int = 0, overlong_factor: float = 1.0, calibrate_samples: int = 0,
-                 calibrate_t: float = 1.0, reference: Reference | None = None, trainee: Any = None):
+                 calibrate_t: float = 1.0, reference: Reference | None = None, trainee: Any = None,
+                 ppo_epochs: int = 1, num_minibatches: int = 1, redraw_tries: int = 0):
         self.policy, self.tokenizer, self.prompts, self.sources = policy, tokenizer, prompts, sources
         self.weights = torch.tensor(source_weights, dtype=torch.float)
         self.method, self.group_size, self.seed, self.sampling = method, group_size, seed, dict(sampling)
@@ -90,47 +92,117 @@ class Engine:
         self.calibrate_samples, self.calibrate_t = calibrate_samples, calibrate_t
         self.reference = reference
         self.trainee = trainee if trainee is not None else policy  # what the method's forwards run on
+        self.ppo_epochs, self.num_minibatches, self.redraw_tries = ppo_epochs, num_minibatches, redraw_tries
         self.moments = RunningMoments()
         self.ready: dict[tuple[int, ...], dict] = {}
+        self._rollout: tuple[int, list[tuple[tuple[int, ...], dict, float]]] | None = None  # (its step, batches)
         self._train_clock: tuple[float, float] | None = None  # (start of the previous step's training, its tokens)
+
+    @property
+    def updates_per_rollout(self) -> int:
+        """Optimizer steps taken on one rollout: PPO epochs x minibatches (the loop's `steps_per_batch`)."""
+        return self.ppo_epochs * self.num_minibatches
 
     def stateful(self) -> dict[str, Any]:
         out = {"reward_moments": self.moments}
         if self.reference is not None and self.reference.moves:
             out["reference"] = self.reference
+        history = getattr(self.method, "history", None)
+        if history is not None:
+            out["opponents"] = history
         return out
 
     # ---- rollout phase
     def prepare(self, step: int, micro: list[list[int]]) -> None:
+        """Generate, score and build this step's batches (every `updates_per_rollout` steps), then hand the
+        loop the minibatch of this step: minibatch `k mod M` of PPO epoch `k // M`, k = step − rollout step."""
         now = time.perf_counter()
         train_tps = None
         if self._train_clock is not None:
             start, tokens = self._train_clock
             train_tps = tokens / max(now - start, 1e-9)
-        if self.reference is not None:
-            self.reference.refresh(step)
-        built, gen_tokens, train_tokens = [], 0, 0
-        for idx in micro:
-            rollout = generate(self.policy, self.tokenizer, [self.prompts[i].prompt for i in idx], self.group_size,
-                               seed=derived_seed(self.seed, step, tuple(idx)), **self.sampling)
-            gen_tokens += int(rollout.lengths.sum())
-            rewards, metrics = self.score(rollout, step, idx)
-            batch, denominator = self.method.build(self.trainee, rollout, rewards)
-            batch["metrics"] = metrics | batch.get("metrics", {})
-            train_tokens += int(batch["attention_mask"].sum())
-            built.append((tuple(idx), batch, denominator))
-        gen_time = time.perf_counter() - now
-        totals = _all_processes_sum(torch.tensor([float(sum(len(i) for i in micro)), sum(d for _, _, d in built)]))
+        k = step % self.updates_per_rollout
+        if k == 0:
+            self._rollout = (step, self._roll(step, micro))
+        elif self._rollout is None or self._rollout[0] != step - k:
+            raise PluralignError(f"step {step} trains on the rollout of step {step - k}, which this run did not make: "
+                                 "checkpoints must fall on rollout boundaries (save_every a multiple of "
+                                 "ppo_epochs x num_minibatches)")
+        rollout_step, built = self._rollout
+        served = []
+        for key, batch, denominator in built:
+            if self.updates_per_rollout > 1:
+                rows = minibatch_rows(len(batch["input_ids"]), self.num_minibatches, k,
+                                      derived_seed(self.seed, rollout_step, key, "minibatches", k // self.num_minibatches))
+                batch, denominator = self.method.minibatch(batch, rows)
+                batch["metrics"] = batch["metrics"] | {"ppo_epoch": torch.tensor(float(k // self.num_minibatches))}
+            served.append((key, batch, denominator))
+        totals = _all_processes_sum(torch.tensor([float(sum(len(i) for i in micro)), sum(d for _, _, d in served)]))
         n_prompts, denominator = float(totals[0]), float(totals[1])
         scale = torch.tensor(n_prompts / denominator if denominator > 0 else 0.0)
         self.ready = {}
-        for key, batch, _ in built:
+        train_tokens = 0
+        for key, batch, _ in served:
             batch["scale"] = scale
-            batch["metrics"]["gen_tokens_per_s"] = torch.tensor(gen_tokens / max(gen_time, 1e-9))
             if train_tps is not None:
-                batch["metrics"]["train_tokens_per_s"] = torch.tensor(train_tps)  # of the previous step
+                batch["metrics"] = batch["metrics"] | {"train_tokens_per_s": torch.tensor(train_tps)}  # of the previous step
+            train_tokens += int(batch["attention_mask"].sum())
             self.ready[key] = batch
         self._train_clock = (time.perf_counter(), train_tokens)
+
+    def _roll(self, step: int, micro: list[list[int]]) -> list[tuple[tuple[int, ...], dict, float]]:
+        now = time.perf_counter()
+        if self.reference is not None:
+            self.reference.refresh(step)
+        history = getattr(self.method, "history", None)
+        if history is not None:
+            history.refresh(step)
+        built, gen_tokens = [], 0
+        for idx in micro:
+            rollout, rewards, metrics, tokens = self._sample(step, idx)
+            gen_tokens += tokens
+            batch, denominator = self.method.build(self.trainee, rollout, rewards)
+            batch["metrics"] = metrics | batch.get("metrics", {})
+            built.append((tuple(idx), batch, denominator))
+        gen_tps = torch.tensor(gen_tokens / max(time.perf_counter() - now, 1e-9))
+        for _, batch, _ in built:
+            batch["metrics"]["gen_tokens_per_s"] = gen_tps
+        return built
+
+    def _sample(self, step: int, idx: list[int]) -> tuple[Rollout, torch.Tensor, dict, int]:
+        """The micro-batch's rollout and rewards. With DAPO's dynamic sampling re-draws (`redraw_tries`),
+        groups whose rewards do not vary are replaced by groups of other prompts drawn from the prompt set
+        (seeded by run seed, step, micro-batch and try) until every slot holds a varied group or the tries
+        run out; the slots still unfilled keep their flat groups (no loss, `dynamic_sampling`)."""
+        g = self.group_size
+        rollout = self._generate(idx, derived_seed(self.seed, step, tuple(idx)))
+        shaped, metrics = self.shaped_rewards(rollout, step, idx)
+        tokens = int(rollout.lengths.sum())
+        if self.redraw_tries > 0:
+            kept = varied_groups(shaped, g)
+            parts = [(rollout.groups(kept.nonzero().flatten().tolist()), shaped.view(-1, g)[kept])]
+            filled, tries = int(kept.sum()), 0
+            while filled < len(idx) and tries < self.redraw_tries:
+                tries += 1
+                gen = torch.Generator().manual_seed(derived_seed(self.seed, step, tuple(idx), "redraw", tries))
+                new = torch.randint(len(self.prompts), (len(idx) - filled,), generator=gen).tolist()
+                extra = self._generate(new, derived_seed(self.seed, step, tuple(idx), "redraw", tries, tuple(new)))
+                tokens += int(extra.lengths.sum())
+                r, _ = self.shaped_rewards(extra, step, new)
+                ok = varied_groups(r, g)
+                parts.append((extra.groups(ok.nonzero().flatten().tolist()), r.view(-1, g)[ok]))
+                filled += int(ok.sum())
+            flat = (~kept).nonzero().flatten().tolist()  # slots no re-draw filled keep their flat groups
+            parts.append((rollout.groups(flat), shaped.view(-1, g)[~kept]))
+            rollout = Rollout.concat([p for p, _ in parts]).groups(range(len(idx)))
+            shaped = torch.cat([r for _, r in parts]).flatten()[:len(idx) * g]
+            metrics |= {"redraw_tries": torch.tensor(float(tries)),
+                        "filled_fraction": torch.tensor(min(filled, len(idx)) / len(idx))}
+        return rollout, self.normalized(shaped), metrics, tokens
+
+    def _generate(self, idx: list[int], seed: int) -> Rollout:
+        return generate(self.policy, self.tokenizer, [self.prompts[i].prompt for i in idx], self.group_size,
+                        seed=seed, **self.sampling)
 
     def collate(self, items: list[Prompt]) -> dict:
         key = tuple(it.index for it in items)
@@ -140,6 +212,12 @@ class Engine:
 
     # ---- rewards
     def score(self, rollout: Rollout, step: int, idx: list[int]) -> tuple[torch.Tensor, dict]:
+        rewards, metrics = self.shaped_rewards(rollout, step, idx)
+        return self.normalized(rewards), metrics
+
+    def shaped_rewards(self, rollout: Rollout, step: int, idx: list[int]) -> tuple[torch.Tensor, dict]:
+        """Combined, calibrated and overlong-shaped rewards, before the running normalisation (which is
+        affine, so a group that does not vary here does not vary after it)."""
         rows = [self.prompts[i] for i in idx for _ in range(self.group_size)]
         users, weights = [r.user for r in rows], [r.weights for r in rows]
         columns = torch.stack([src(rollout.prompts, rollout.texts, users, weights) for src in self.sources], 1)
@@ -154,11 +232,14 @@ class Engine:
         if self.overlong_buffer > 0:
             rewards = rewards + overlong_penalty(rollout.lengths, self.sampling["max_new_tokens"], self.overlong_buffer,
                                                  self.overlong_factor)
+        return rewards, metrics
+
+    def normalized(self, rewards: torch.Tensor) -> torch.Tensor:
         if self.reward_norm != "none":
             rewards = normalize_running(rewards, self.moments, center=self.reward_norm == "running", clip=self.reward_clip)
         elif self.reward_clip:
             rewards = rewards.clamp(-self.reward_clip, self.reward_clip)
-        return rewards, metrics
+        return rewards
 
     def _calibrated(self, rewards: torch.Tensor, rollout: Rollout, step: int, idx: list[int]) -> torch.Tensor:
         """InfAlign: rank each reward among the reference's samples for the same prompt, then exp(t·C)."""
@@ -173,6 +254,15 @@ class Engine:
                                 for src in self.sources], 1)
         ref_r = combine(ref_cols, self.weights, m, "sum").view(-1, m)
         return calibrated(rewards.view(-1, self.group_size), ref_r, self.calibrate_t).flatten()
+
+
+def minibatch_rows(n_rows: int, n_minibatches: int, k: int, seed: int) -> torch.Tensor:
+    """Rows of minibatch k mod M of a micro-batch's n rows: each PPO epoch deals the rows out anew, in a
+    permutation drawn from `seed` (the rollout's step, micro-batch and epoch), into M near-equal parts."""
+    if n_minibatches == 1:
+        return torch.arange(n_rows)
+    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))
+    return torch.tensor_split(order, n_minibatches)[k % n_minibatches].sort().values
 
 
 def _all_processes_sum(x: torch.Tensor) -> torch.Tensor:

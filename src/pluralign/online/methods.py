@@ -62,7 +62,7 @@ class PolicyGradient:
     def __init__(self, *, tokenizer: Any, estimator: str, estimator_params: dict, loss: str, loss_params: dict,
                  aggregation: str, max_len: int, beta: float, kl_estimator: str, kl_in: str, kl_bias_correction: bool,
                  reference: Any, vf_coef: float = 0.1, value_clip: float | None = 0.2, mask_truncated: bool = False,
-                 dynamic_sampling: bool = False):
+                 dynamic_sampling: bool = False, reuse: bool = False):
         self.tokenizer, self.reference = tokenizer, reference
         self.estimator, self.estimator_params = estimators.get(estimator), dict(estimator_params)
         self.loss, self.loss_params = pl.get(loss), dict(loss_params)
@@ -71,6 +71,9 @@ class PolicyGradient:
         self.beta, self.kl_estimator, self.kl_in, self.kl_bias_correction = beta, kl_estimator, kl_in, kl_bias_correction
         self.vf_coef, self.value_clip = vf_coef, value_clip
         self.mask_truncated, self.dynamic_sampling = mask_truncated, dynamic_sampling
+        # Several updates per rollout (PPO epochs / minibatches): the sampling policy's log-probs are kept
+        # with the batch, so the ratios of later updates are taken against them (specs/online.md §1.1).
+        self.reuse = reuse
 
     @property
     def needs_reference(self) -> bool:
@@ -82,7 +85,7 @@ class PolicyGradient:
         mask = batch["completion_mask"].float()
         device = next(model.parameters()).device
         old = old_values = ref = None
-        if self.needs_reference or isinstance(model, PolicyWithValue):  # else the rollout's log-probs suffice
+        if self.needs_reference or self.reuse or isinstance(model, PolicyWithValue):  # else none is needed
             with torch.no_grad(), eval_mode(model):
                 on_device = {k: v.to(device) for k, v in batch.items()}
                 old, old_values = policy_outputs(model, on_device)
@@ -98,7 +101,10 @@ class PolicyGradient:
         if self.mask_truncated:
             keep = keep * (~rollout.truncated).float()
         loss_mask = mask * keep[:, None]
-        batch |= {"advantages": adv.float(), "loss_mask": loss_mask, "row_prompt": torch.arange(len(rewards)) // g}
+        batch |= {"advantages": adv.float(), "loss_mask": loss_mask, "row_prompt": torch.arange(len(rewards)) // g,
+                  "n_prompts": len(rewards) // g}
+        if self.reuse:
+            batch["old_logps"] = old
         if ref is not None:
             batch["ref_logps"] = ref
         if old_values is not None:
@@ -112,10 +118,19 @@ class PolicyGradient:
         batch["metrics"] = metrics
         return batch, float(_denominator(loss_mask, self.aggregation, self.max_len))
 
+    def minibatch(self, batch: dict, rows: Tensor) -> tuple[dict, float]:
+        """The batch of rows `rows` (its per-row tensors indexed, the rest shared) and its part of the
+        step's denominator."""
+        n = len(batch["input_ids"])
+        sub = {k: v[rows] if isinstance(v, Tensor) and v.dim() > 0 and len(v) == n else v for k, v in batch.items()}
+        return sub, float(_denominator(sub["loss_mask"], self.aggregation, self.max_len))
+
     def step(self, model: Any, batch: dict) -> tuple[Tensor, dict]:
         logps, values = policy_outputs(model, batch)
         mask = batch["loss_mask"]
-        old = logps.detach()  # one update per rollout: on-policy, ratio 1 in value (specs/online.md §1.1)
+        # One update per rollout: on-policy, ratio 1 in value (specs/online.md §1.1); else the sampling
+        # policy's log-probs, fixed for all the rollout's PPO epochs.
+        old = batch["old_logps"] if "old_logps" in batch else logps.detach()
         per_token, metrics = self.loss(logps, old, batch["advantages"], mask, **self.loss_params)
         metrics = dict(metrics)
         if self.kl_in == "loss" and self.beta > 0:
@@ -127,8 +142,7 @@ class PolicyGradient:
             metrics |= {"value_loss": (vloss.sum() / mask.sum().clamp(min=1)).detach(),
                         "value_clip_fraction": vclipped.sum() / mask.sum().clamp(min=1)}
         c, _ = pl.sequence_contributions(per_token, mask, self.aggregation, self.max_len)
-        n_prompts = int(batch["row_prompt"].max()) + 1
-        return per_prompt(c, batch["row_prompt"], n_prompts, batch["scale"]), metrics | batch["metrics"]
+        return per_prompt(c, batch["row_prompt"], batch["n_prompts"], batch["scale"]), metrics | batch["metrics"]
 
 
 def _denominator(loss_mask: Tensor, aggregation: str, max_len: int) -> Tensor:

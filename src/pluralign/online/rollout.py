@@ -49,6 +49,22 @@ class Rollout:
     def truncated(self) -> torch.Tensor:
         return torch.tensor([f == "length" for f in self.finish])
 
+    def groups(self, which: Sequence[int]) -> Rollout:
+        """The rollout of prompt groups `which` (in that order)."""
+        rows = [p * self.group_size + g for p in which for g in range(self.group_size)]
+
+        def pick(xs: list) -> list:
+            return [xs[r] for r in rows] if xs else xs
+
+        return Rollout(pick(self.prompts), pick(self.prompt_ids), pick(self.completion_ids), pick(self.sampler_logps),
+                       pick(self.finish), pick(self.texts), self.group_size)
+
+    @staticmethod
+    def concat(parts: Sequence[Rollout]) -> Rollout:
+        return Rollout(*([x for r in parts for x in getattr(r, f)] for f in
+                         ("prompts", "prompt_ids", "completion_ids", "sampler_logps", "finish", "texts")),
+                       group_size=parts[0].group_size)
+
 
 def read_prompts(paths: Sequence[str]) -> list[Prompt]:
     """The `prompt` field of every row of the files (any record kind has one; a prompt-only file is

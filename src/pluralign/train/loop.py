@@ -120,6 +120,7 @@ def train(
     stateful: Mapping[str, Any] | None = None,
     run_config: Any = None,
     prepare_step: Callable[[int, list[list[int]]], None] | None = None,
+    steps_per_batch: int = 1,
 ) -> TrainResult:
     """Train `model` in place and return where it stopped.
 
@@ -130,6 +131,8 @@ def train(
     `prepare_step(global_step, micro_batches)`: called before each optimizer step with the dataset
     indices of this process's micro-batches, e.g. to generate them from the current policy (online
     alignment: the dataset holds prompts and `collate` returns what the rollout built for them).
+    `steps_per_batch`: optimizer steps taken on each global batch of the data order before the next one
+    (online PPO epochs x minibatches of one rollout); an epoch then has that many times more steps.
     With `resume`, a run directory holding checkpoints continues from the newest complete one.
     """
     check_config(config, dataset)
@@ -172,7 +175,9 @@ def train(
     # step calls, e.g. the decoder and the LM head separately for chunked log-probs.
     wrapped, optimizer = accelerator.prepare(StepModule(model), optimizer)
 
-    steps_per_epoch = len(dataset) // global_batch
+    if steps_per_batch < 1:
+        raise ConfigError(f"steps_per_batch must be >= 1, got {steps_per_batch}")
+    steps_per_epoch = len(dataset) // global_batch * steps_per_batch
     if steps_per_epoch == 0:
         raise PluralignError(f"the training set has {len(dataset)} examples, fewer than one effective batch ({global_batch})")
     total_steps = config.max_steps if config.max_steps > 0 else config.num_epochs * steps_per_epoch
@@ -211,7 +216,7 @@ def train(
     while pos.global_step < total_steps:
         if pos.step_in_epoch >= steps_per_epoch:  # epoch boundary
             pos.epoch, pos.step_in_epoch = pos.epoch + 1, 0
-        indices = global_batch_indices(len(dataset), config.seed, pos.epoch, pos.step_in_epoch, global_batch)
+        indices = global_batch_indices(len(dataset), config.seed, pos.epoch, pos.step_in_epoch // steps_per_batch, global_batch)
         mine = indices[rank * (global_batch // world):(rank + 1) * (global_batch // world)]
         micro = [mine[i:i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
         if prepare_step is not None:

@@ -63,7 +63,10 @@ class OnlineConfig(PolicyTrainingConfig):
     overlong_buffer: int = option(0, help="DAPO soft overlong punishment over the last N tokens before max_new_tokens (0: off).")
     overlong_penalty: float = option(1.0, help="DAPO overlong penalty at max_new_tokens.")
     mask_truncated: bool = option(False, help="DAPO overlong filtering: completions cut at max_new_tokens get no loss.")
-    dynamic_sampling: bool = option(False, help="DAPO: groups whose rewards do not vary get no loss (they are not re-drawn).")
+    dynamic_sampling: bool = option(False, help="DAPO: groups whose rewards do not vary get no loss (re-drawn when redraw_tries > 0).")
+    redraw_tries: int = option(0, help="DAPO dynamic sampling: up to this many re-draws per micro-batch replace flat groups by groups of other prompts (drawn from the prompt set, seeded) until every slot varies; logged as redraw_tries and filled_fraction.")
+    ppo_epochs: int = option(1, help="Passes over each rollout (PPO's K epochs): the sampling policy's log-probs and values stay fixed, so later passes have ratios != 1 and clipping acts. Policy-gradient algorithms only.")
+    num_minibatches: int = option(1, help="Each pass splits every micro-batch's completions into this many minibatches, one optimizer step each (reshuffled per pass). A rollout serves ppo_epochs x num_minibatches optimizer steps.")
     advantage: str | None = option(None, help="Advantage estimator: grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline, gae.")
     advantage_params: dict[str, Any] = option(default_factory=dict, help="Estimator settings, e.g. {scale: batch, eps: 1e-4} (grpo), {gamma: 1, lam: 0.95} (gae).")
     policy_loss: str | None = option(None, help="Policy loss: clip (token ratio, PPO/GRPO) or gspo (sequence ratio).")
@@ -103,6 +106,19 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
         raise ConfigError("packing is not supported by the online recipes; set packing=false")
     if not config.rewards:
         raise ConfigError("set at least one reward source in 'rewards'")
+    k = config.ppo_epochs * config.num_minibatches
+    if config.ppo_epochs < 1 or config.num_minibatches < 1:
+        raise ConfigError(f"ppo_epochs and num_minibatches must be >= 1, got {config.ppo_epochs}, {config.num_minibatches}")
+    if k > 1 and config.algorithm in ("online_dpo", "rsft"):
+        raise ConfigError(f"ppo_epochs / num_minibatches reuse a rollout for policy-gradient updates; {config.algorithm} takes one step per rollout")
+    if k > 1 and (config.loop.save_every % k or config.loop.max_steps % k):
+        raise ConfigError(f"with {k} updates per rollout (ppo_epochs x num_minibatches), loop.save_every and loop.max_steps "
+                          f"must be multiples of {k} (checkpoints fall on rollout boundaries), got {config.loop.save_every}, {config.loop.max_steps}")
+    if config.num_minibatches > config.loop.batch_size * config.group_size:
+        raise ConfigError(f"num_minibatches {config.num_minibatches} exceeds the completions of a micro-batch "
+                          f"({config.loop.batch_size} x {config.group_size})")
+    if config.redraw_tries < 0 or (config.redraw_tries > 0 and not config.dynamic_sampling):
+        raise ConfigError("redraw_tries (>= 0) re-draws the groups dynamic_sampling drops: set dynamic_sampling=true")
     for i, spec in enumerate([] if have_objects else config.rewards):
         src = spec.source
         if src not in ("gold", "judge") and ":" not in src and not Path(src).is_dir():
@@ -131,10 +147,11 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
                     reward_norm=config.reward_norm, reward_clip=config.reward_clip,
                     overlong_buffer=config.overlong_buffer, overlong_factor=config.overlong_penalty,
                     calibrate_samples=config.calibrate_samples, calibrate_t=config.calibrate_t,
-                    reference=reference, trainee=trainee)
+                    reference=reference, trainee=trainee, ppo_epochs=config.ppo_epochs,
+                    num_minibatches=config.num_minibatches, redraw_tries=config.redraw_tries)
     out = Path(config.output_dir)
     result = train(trainee, prompts, engine.collate, method.step, config.loop, out, stateful=engine.stateful(),
-                   run_config=config, prepare_step=engine.prepare)
+                   run_config=config, prepare_step=engine.prepare, steps_per_batch=engine.updates_per_rollout)
     saved = save_policy(policy, tokenizer, config, out, result)
     if isinstance(trainee, PolicyWithValue):
         torch.save(trainee.value_head.state_dict(), out / "value_head.pt")
@@ -165,7 +182,8 @@ def build_method(config: OnlineConfig, tokenizer: Any, policy: Any) -> tuple[Any
         loss=config.policy_loss, loss_params=config.loss_params, aggregation=config.aggregation,
         max_len=config.max_new_tokens, beta=config.beta, kl_estimator=config.kl_estimator, kl_in=config.kl_in,
         kl_bias_correction=config.kl_bias_correction, reference=reference, vf_coef=config.vf_coef,
-        value_clip=config.value_clip, mask_truncated=config.mask_truncated, dynamic_sampling=config.dynamic_sampling)
+        value_clip=config.value_clip, mask_truncated=config.mask_truncated, dynamic_sampling=config.dynamic_sampling,
+        reuse=config.ppo_epochs * config.num_minibatches > 1)
     return method, reference, trainee
 
 
