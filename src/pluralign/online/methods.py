@@ -157,11 +157,12 @@ class Pairs:
     """Online DPO: pair each prompt's highest- and lowest-reward samples (ties dropped), score both
     under the round's reference, and train with the preference recipe's step."""
 
-    def __init__(self, *, tokenizer: Any, loss: str, loss_params: dict, reference: Any):
+    def __init__(self, *, tokenizer: Any, loss: str, loss_params: dict, reference: Any, history: Any = None):
         from pluralign import losses
         from pluralign.train.recipes.preference import KINDS, make_step
 
         self.tokenizer, self.reference = tokenizer, reference
+        self.history = history  # MNPO rounds: the past policies (`pluralign.online.opponents.Opponents`)
         info = losses.describe(loss)
         if info.kind != "pairwise":
             from pluralign.errors import ConfigError
@@ -185,7 +186,14 @@ class Pairs:
             with torch.no_grad():
                 ref = self.reference.token_logps({k: v.to(device) for k, v in batch.items()}).sum(1).cpu()
             batch |= {"ref_chosen": ref[:len(chosen)], "ref_rejected": ref[len(chosen):]}
-        batch |= {"keep": keep, "metrics": {"kept_fraction": keep.mean(), "reward_margin": (r.max(1).values - r.min(1).values).mean()}}
+        metrics = {"kept_fraction": keep.mean(), "reward_margin": (r.max(1).values - r.min(1).values).mean()}
+        if self.history is not None:
+            metrics["opponents"] = torch.tensor(float(len(self.history.models)))
+            if self.history.models:
+                device = next(model.parameters()).device
+                past = self.history.sequence_logps({k: v.to(device) for k, v in batch.items()}).cpu()
+                batch |= {"history_chosen_logps": past[:len(chosen)], "history_rejected_logps": past[len(chosen):]}
+        batch |= {"keep": keep, "metrics": metrics}
         return batch, float(keep.sum())
 
     def step(self, model: Any, batch: dict) -> tuple[Tensor, dict]:

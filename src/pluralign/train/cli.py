@@ -1,6 +1,6 @@
 """`pluralign train NAME --config FILE [key=value ...]`.
 
-NAME is `sft`, an online recipe (`grpo`, `gspo`, `rloo`, `reinforce_pp`, `ppo`, `online_dpo`, `rsft`:
+NAME is `sft`, an online recipe (`grpo`, `gspo`, `rloo`, `reinforce_pp`, `ppo`, `online_dpo`, `mnpo_rounds`, `rsft`:
 generate from the policy, score, learn), a reward-model recipe (`rm`, `morm`, `pal`, `binary-rm`), `preference` (the loss taken
 from the config), or any registered preference loss (`dpo`, `ipo`, `kto`, `bco`, `lipo_lambda`,
 `orpo`, `simpo`, …; `lipo` is short for `lipo_lambda`). A mixture is given with `loss=dpo:1,nll:0.2`.
@@ -18,7 +18,7 @@ from pluralign.errors import ConfigError, PluralignError
 # Reward-model recipes live in recipes/reward.py; each name fixes the config's model_type.
 REWARD_MODEL_TYPES = {"rm": "bt", "morm": "multi", "pal": "pal", "binary-rm": "binary"}
 ALIASES = {"lipo": "lipo_lambda", "online-dpo": "online_dpo", "reinforce++": "reinforce_pp", "raft": "rsft"}
-ONLINE = ("grpo", "gspo", "rloo", "reinforce_pp", "ppo", "online_dpo", "rsft")
+ONLINE = ("grpo", "gspo", "rloo", "reinforce_pp", "ppo", "online_dpo", "mnpo_rounds", "rsft")
 
 
 def register(subparsers: Any) -> None:
@@ -26,7 +26,7 @@ def register(subparsers: Any) -> None:
         "train", help="train a model: sft, a preference loss (dpo, kto, …) or a reward model (rm, pal, …)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", metavar="NAME", help="sft | grpo | gspo | rloo | reinforce_pp | ppo | online_dpo | rsft | rm | morm | pal | "
+    p.add_argument("name", metavar="NAME", help="sft | grpo | gspo | rloo | reinforce_pp | ppo | online_dpo | mnpo_rounds | rsft | rm | morm | pal | "
                    "binary-rm | preference | a loss name (dpo, ipo, kto, …)")
     _options(p)
     # argparse cannot take positionals after options (`NAME --config F a=1`), so everything after NAME

@@ -1,10 +1,11 @@
 """Online alignment recipes: generate from the policy being trained → score → learn, through the one loop.
 
-`pluralign train grpo|gspo|rloo|reinforce_pp|ppo|online_dpo|rsft`: the name picks the algorithm and its
+`pluralign train grpo|gspo|rloo|reinforce_pp|ppo|online_dpo|mnpo_rounds|rsft`: the name picks the algorithm and its
 defaults (specs/online.md §8); every part can be overridden (`advantage`, `policy_loss`, `aggregation`,
 `beta`, `kl_in`, …). GRPO (Shao et al. 2024) with Dr. GRPO / DAPO options, GSPO (Zheng et al. 2025), RLOO
 (Ahmadian et al. 2024), REINFORCE++ (Hu 2025), PPO with a value head and GAE (Schulman et al. 2017;
-PPO-max options of Zheng et al. 2023), online DPO (Xiong et al. 2023) and RAFT (Dong et al. 2023).
+PPO-max options of Zheng et al. 2023), online DPO (Xiong et al. 2023), MNPO rounds (Wu et al. 2026) and RAFT
+(Dong et al. 2023).
 `loop.batch_size` counts prompts; each brings `group_size` completions.
 """
 
@@ -16,12 +17,14 @@ from typing import Any, Literal
 
 import torch
 
+from pluralign import losses
 from pluralign.config import option
 from pluralign.errors import ConfigError
 from pluralign.models.heads import hidden_size
 from pluralign.models.load import is_peft_model
 from pluralign.online.engine import Engine, Reference
 from pluralign.online.methods import BestOfN, Pairs, PolicyGradient, PolicyWithValue
+from pluralign.online.opponents import Opponents
 from pluralign.online.rewards import RewardSpec, Source
 from pluralign.online.rollout import Prompt, read_prompts
 from pluralign.train.loop import LoopConfig, train
@@ -40,15 +43,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "rloo": {"advantage": "rloo", "policy_loss": "clip", "aggregation": "token_mean", "beta": 0.05, "kl_estimator": "k1", "kl_in": "reward"},
     "reinforce_pp": {"advantage": "reinforce_pp", "policy_loss": "clip", "aggregation": "token_mean", "beta": 0.01, "kl_estimator": "k1", "kl_in": "reward"},
     "ppo": {"advantage": "gae", "policy_loss": "clip", "aggregation": "token_mean", "beta": 0.05, "kl_estimator": "k1", "kl_in": "reward"},
-    "online_dpo": {},
+    "online_dpo": {"preference_loss": "dpo", "ref_policy": "round_start"},
+    "mnpo_rounds": {"preference_loss": "mnpo", "ref_policy": "initial"},
     "rsft": {},
 }
-GROUP_METHODS = {"grpo", "gspo", "rloo", "online_dpo"}
+GROUP_METHODS = {"grpo", "gspo", "rloo", "online_dpo", "mnpo_rounds"}
+PAIR_METHODS = ("online_dpo", "mnpo_rounds")
 
 
 @dataclass
 class OnlineConfig(PolicyTrainingConfig):
-    algorithm: Literal["grpo", "gspo", "rloo", "reinforce_pp", "ppo", "online_dpo", "rsft"] = option("grpo", help="The algorithm; fixes the defaults of the fields left unset (null).")
+    algorithm: Literal["grpo", "gspo", "rloo", "reinforce_pp", "ppo", "online_dpo", "mnpo_rounds", "rsft"] = option("grpo", help="The algorithm; fixes the defaults of the fields left unset (null).")
     group_size: int = option(4, help="Completions sampled per prompt (GRPO's G, RLOO's k, online DPO's N, RAFT's K).")
     max_new_tokens: int = option(32, help="Longest completion in tokens (L_max).")
     temperature: float = option(1.0, help="Sampling temperature (log-probs are always the model's own, at temperature 1).")
@@ -79,10 +84,11 @@ class OnlineConfig(PolicyTrainingConfig):
     ref_model: str | None = option(None, help="Reference model (default: the initial policy; LoRA: its base with adapters off).")
     vf_coef: float = option(0.1, help="PPO: weight of the value loss.")
     value_clip: float | None = option(0.2, help="PPO: value clipping range (null: off).")
-    preference_loss: str = option("dpo", help="online_dpo: the pairwise loss (dpo, ipo, …).")
-    preference_params: dict[str, Any] = option(default_factory=dict, help="online_dpo: loss settings, e.g. {beta: 0.1}.")
-    ref_policy: Literal["round_start", "initial"] = option("round_start", help="online_dpo: reference = the policy at the start of each round, or the initial policy.")
-    round_steps: int = option(1, help="online_dpo: optimizer steps per round.")
+    preference_loss: str | None = option(None, help="online_dpo, mnpo_rounds: the pairwise loss (dpo, ipo, …; mnpo_rounds: mnpo).")
+    preference_params: dict[str, Any] = option(default_factory=dict, help="online_dpo, mnpo_rounds: loss settings, e.g. {beta: 0.1}; mnpo: {eta: 0.0075, ratio: 0.3333}.")
+    ref_policy: Literal["round_start", "initial"] | None = option(None, help="online_dpo, mnpo_rounds: reference = the policy at the start of each round (online_dpo's default), or the initial policy (mnpo_rounds').")
+    round_steps: int = option(1, help="online_dpo, mnpo_rounds: optimizer steps per round.")
+    mnpo_history: int = option(2, help="mnpo_rounds: past round-start policies kept as opponents, newest first (MNPO's max_history_t); each round's start adds one.")
     rsft_select: Literal["local", "top"] = option("local", help="rsft: keep the best sample per prompt, or the top fraction of each micro-batch's samples.")
     rsft_top_fraction: float = option(0.25, help="rsft with select=top: fraction kept.")
     packing: bool = option(False, help="Online batches are padded (packing is not supported here).")
@@ -109,7 +115,7 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
     k = config.ppo_epochs * config.num_minibatches
     if config.ppo_epochs < 1 or config.num_minibatches < 1:
         raise ConfigError(f"ppo_epochs and num_minibatches must be >= 1, got {config.ppo_epochs}, {config.num_minibatches}")
-    if k > 1 and config.algorithm in ("online_dpo", "rsft"):
+    if k > 1 and config.algorithm in (*PAIR_METHODS, "rsft"):
         raise ConfigError(f"ppo_epochs / num_minibatches reuse a rollout for policy-gradient updates; {config.algorithm} takes one step per rollout")
     if k > 1 and (config.loop.save_every % k or config.loop.max_steps % k):
         raise ConfigError(f"with {k} updates per rollout (ppo_epochs x num_minibatches), loop.save_every and loop.max_steps "
@@ -166,10 +172,15 @@ def sampling(config: OnlineConfig) -> dict:
 def build_method(config: OnlineConfig, tokenizer: Any, policy: Any) -> tuple[Any, Reference | None, Any]:
     """(method, reference, the module the loop trains) for a resolved config."""
     ref_model = load_frozen(config.ref_model, config, False, "ref_model") if config.ref_model else None
-    if config.algorithm == "online_dpo":
+    if config.algorithm in PAIR_METHODS:
         reference = Reference(policy, model=ref_model, mode=config.ref_policy, round_steps=config.round_steps)
+        history = None
+        if config.algorithm == "mnpo_rounds":
+            if "history_chosen_logps" not in losses.describe(config.preference_loss).inputs:
+                raise ConfigError(f"mnpo_rounds trains against past policies; loss '{config.preference_loss}' does not read them (use mnpo)")
+            history = Opponents(policy, round_steps=config.round_steps, keep=config.mnpo_history)
         return Pairs(tokenizer=tokenizer, loss=config.preference_loss, loss_params=config.preference_params,
-                     reference=reference), reference, policy
+                     reference=reference, history=history), reference, policy
     if config.algorithm == "rsft":
         return BestOfN(tokenizer=tokenizer, select=config.rsft_select, fraction=config.rsft_top_fraction), None, policy
     reference = Reference(policy, model=ref_model) if config.beta > 0 else None
