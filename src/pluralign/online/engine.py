@@ -29,7 +29,7 @@ from pluralign.online.rewards import (
     overlong_penalty,
     varied_groups,
 )
-from pluralign.online.rollout import Prompt, Rollout, derived_seed, generate
+from pluralign.online.rollout import NativeBackend, Prompt, Rollout, derived_seed, generate
 from pluralign.train.reference import adapters_disabled, frozen_copy
 
 
@@ -83,7 +83,7 @@ class Engine:
                  combine_mode: str = "sum", reward_norm: str = "none", reward_clip: float | None = None,
                  overlong_buffer: int = 0, overlong_factor: float = 1.0, calibrate_samples: int = 0,
                  calibrate_t: float = 1.0, reference: Reference | None = None, trainee: Any = None,
-                 ppo_epochs: int = 1, num_minibatches: int = 1, redraw_tries: int = 0):
+                 ppo_epochs: int = 1, num_minibatches: int = 1, redraw_tries: int = 0, backend: Any = None):
         self.policy, self.tokenizer, self.prompts, self.sources = policy, tokenizer, prompts, sources
         self.weights = torch.tensor(source_weights, dtype=torch.float)
         self.method, self.group_size, self.seed, self.sampling = method, group_size, seed, dict(sampling)
@@ -93,6 +93,7 @@ class Engine:
         self.reference = reference
         self.trainee = trainee if trainee is not None else policy  # what the method's forwards run on
         self.ppo_epochs, self.num_minibatches, self.redraw_tries = ppo_epochs, num_minibatches, redraw_tries
+        self.backend = backend if backend is not None else NativeBackend(policy, tokenizer)  # who generates
         self.moments = RunningMoments()
         self.ready: dict[tuple[int, ...], dict] = {}
         self._rollout: tuple[int, list[tuple[tuple[int, ...], dict, float]]] | None = None  # (its step, batches)
@@ -157,6 +158,7 @@ class Engine:
         history = getattr(self.method, "history", None)
         if history is not None:
             history.refresh(step)
+        self.backend.sync()  # the trained weights into the generator (vLLM); nothing to do for the native one
         built, gen_tokens = [], 0
         for idx in micro:
             rollout, rewards, metrics, tokens = self._sample(step, idx)
@@ -201,8 +203,7 @@ class Engine:
         return rollout, self.normalized(shaped), metrics, tokens
 
     def _generate(self, idx: list[int], seed: int) -> Rollout:
-        return generate(self.policy, self.tokenizer, [self.prompts[i].prompt for i in idx], self.group_size,
-                        seed=seed, **self.sampling)
+        return self.backend.generate([self.prompts[i].prompt for i in idx], self.group_size, seed=seed, **self.sampling)
 
     def collate(self, items: list[Prompt]) -> dict:
         key = tuple(it.index for it in items)

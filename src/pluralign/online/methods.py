@@ -119,10 +119,12 @@ class PolicyGradient:
         return batch, float(_denominator(loss_mask, self.aggregation, self.max_len))
 
     def minibatch(self, batch: dict, rows: Tensor) -> tuple[dict, float]:
-        """The batch of rows `rows` (its per-row tensors indexed, the rest shared) and its part of the
-        step's denominator."""
+        """The batch of rows `rows` (its per-row tensors indexed, scalars and metrics shared) and its part of
+        the step's denominator. Tensors laid out otherwise (e.g. one row per prompt) are left out: the
+        minibatch is trained from its per-row tensors."""
         n = len(batch["input_ids"])
-        sub = {k: v[rows] if isinstance(v, Tensor) and v.dim() > 0 and len(v) == n else v for k, v in batch.items()}
+        sub = {k: (v[rows] if v.dim() > 0 else v) if isinstance(v, Tensor) else v for k, v in batch.items()
+               if not isinstance(v, Tensor) or v.dim() == 0 or len(v) == n}
         return sub, float(_denominator(sub["loss_mask"], self.aggregation, self.max_len))
 
     def step(self, model: Any, batch: dict) -> tuple[Tensor, dict]:

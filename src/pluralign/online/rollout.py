@@ -1,9 +1,11 @@
 """Rollouts: policy + prompts + n + sampling settings → completions with their token ids, the sampling
 policy's per-token log-probs and finish reasons, laid out as training rows.
 
-The default backend is pluralign's batched KV-cached sampler (`pluralign.decode.sampler.sample`): each
-prompt is prefilled once and its cache shared by its n samples. Log-probs are of the model's own logits
-(before temperature / top-k / top-p), the distribution the trainer's ratios refer to.
+Backends are registered parts (`BACKENDS`, chosen by `rollout.backend`). The default, "native", is
+pluralign's batched KV-cached sampler (`pluralign.decode.sampler.sample`): each prompt is prefilled once and
+its cache shared by its n samples. "vllm" (`pluralign.online.vllm_rollout`, the `pluralign[vllm]` extra)
+runs a colocated vLLM engine. Log-probs are of the model's own logits (before temperature / top-k /
+top-p), the distribution the trainer's ratios refer to.
 """
 
 from __future__ import annotations
@@ -15,10 +17,21 @@ from typing import Any
 
 import torch
 
+from pluralign.config import option
 from pluralign.data.collate import pad_rows
 from pluralign.data.tokenize import Encoded, pad_token_id
 from pluralign.decode.sampler import sample
 from pluralign.errors import DataError, Problem
+from pluralign.registry import Registry
+
+BACKENDS = Registry("rollout backend", modules=("pluralign.online.vllm_rollout",))
+
+
+@dataclass
+class RolloutConfig:
+    backend: str = option("native", help="Who generates the rollouts: native (pluralign's KV-cached batched sampler on the policy) or vllm (a colocated vLLM engine, `pip install 'pluralign[vllm]'`, CUDA only; weights synced before each rollout, LoRA merged).")
+    gpu_memory_utilization: float = option(0.3, help="vllm: fraction of the GPU's memory vLLM may take (weights + KV cache); the rest stays for training.")
+    max_model_len: int | None = option(None, help="vllm: longest prompt + completion vLLM plans for (default: the model's).")
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,24 @@ def derived_seed(*parts: Any) -> int:
     """A seed from the run seed, the step and the prompt indices: the same rollout on resume and on any
     number of processes (a micro-batch is drawn from the same seed however the step is split)."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:6], "little")
+
+
+@BACKENDS.register("native")
+class NativeBackend:
+    """Rollouts from the policy itself with pluralign's sampler: always in step with the trained weights."""
+
+    def __init__(self, policy: Any, tokenizer: Any, config: RolloutConfig | None = None, seed: int = 0):
+        self.policy, self.tokenizer = policy, tokenizer
+
+    def sync(self) -> None:
+        """Nothing to copy: the sampler runs the trained module."""
+
+    def generate(self, prompts: Sequence[Any], n: int, **sampling: Any) -> Rollout:
+        return generate(self.policy, self.tokenizer, prompts, n, **sampling)
+
+
+def make_backend(config: RolloutConfig, policy: Any, tokenizer: Any, seed: int = 0) -> Any:
+    return BACKENDS.get(config.backend)(policy, tokenizer, config, seed)
 
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[Any], n: int, *, max_new_tokens: int,

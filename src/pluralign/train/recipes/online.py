@@ -26,7 +26,7 @@ from pluralign.online.engine import Engine, Reference
 from pluralign.online.methods import BestOfN, Pairs, PolicyGradient, PolicyWithValue
 from pluralign.online.opponents import Opponents
 from pluralign.online.rewards import RewardSpec, Source
-from pluralign.online.rollout import Prompt, read_prompts
+from pluralign.online.rollout import Prompt, RolloutConfig, make_backend, read_prompts
 from pluralign.train.loop import LoopConfig, train
 from pluralign.train.recipes.common import (
     PolicyTrainingConfig,
@@ -59,6 +59,7 @@ class OnlineConfig(PolicyTrainingConfig):
     temperature: float = option(1.0, help="Sampling temperature (log-probs are always the model's own, at temperature 1).")
     top_k: int = option(0, help="Top-k sampling (0: off).")
     top_p: float = option(1.0, help="Nucleus sampling (1: off).")
+    rollout: RolloutConfig = option(default_factory=RolloutConfig, help="Rollout backend: native (default) or vllm, and its settings.")
     rewards: list[RewardSpec] = option(default_factory=lambda: [RewardSpec()], help="Reward sources, summed with their weights (see RewardSpec).")
     reward_combine: Literal["sum", "normalize_then_sum"] = option("sum", help="sum: weighted sum of raw rewards; normalize_then_sum: per-source z-scores within the group first (GDPO).")
     reward_norm: Literal["none", "running", "running_scale"] = option("none", help="PPO-max: normalise rewards with running statistics ((R-mean)/std, or R/std).")
@@ -154,7 +155,8 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
                     overlong_buffer=config.overlong_buffer, overlong_factor=config.overlong_penalty,
                     calibrate_samples=config.calibrate_samples, calibrate_t=config.calibrate_t,
                     reference=reference, trainee=trainee, ppo_epochs=config.ppo_epochs,
-                    num_minibatches=config.num_minibatches, redraw_tries=config.redraw_tries)
+                    num_minibatches=config.num_minibatches, redraw_tries=config.redraw_tries,
+                    backend=make_backend(config.rollout, policy, tokenizer, config.loop.seed))
     out = Path(config.output_dir)
     result = train(trainee, prompts, engine.collate, method.step, config.loop, out, stateful=engine.stateful(),
                    run_config=config, prepare_step=engine.prepare, steps_per_batch=engine.updates_per_rollout)

@@ -1,0 +1,114 @@
+"""Rollouts from a colocated vLLM engine (Kwon et al. 2023, "Efficient Memory Management for Large Language
+Model Serving with PagedAttention"): the optional `pluralign[vllm]` extra, CUDA only.
+
+The engine lives in the training process on the same GPU (`gpu_memory_utilization` bounds its share). It is
+started from the policy's checkpoint directory and, before each rollout, gets the trained weights pushed
+into its model with `load_weights` (LoRA adapters merged into the base weights for the copy, then
+unmerged), after which its prefix cache is reset. Each request asks for the log-prob of the sampled token
+(`logprobs=0`) of the raw model distribution (`logprobs_mode="raw_logprobs"`), as the native sampler records
+them; finish reasons are mapped to the native ones ("eos", "stop", "length").
+
+Not tested in pluralign's CI or on the machines it was written on (no GPU, no vLLM there): its tests skip
+without CUDA and vllm. The in-process engine access follows TRL's colocate mode (`distributed_executor_backend
+="external_launcher"` keeps the engine in this process, so `llm_engine.model_executor` exists).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from pluralign.data.prompts import encode_prompts
+from pluralign.errors import ConfigError
+from pluralign.models.load import is_peft_model
+from pluralign.online.rollout import BACKENDS, Rollout, RolloutConfig
+
+
+@contextmanager
+def merged_weights(policy: Any) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """(name, tensor) of the policy's weights under the names of its base checkpoint; under LoRA the
+    adapters are merged into the base weights while the caller reads them, and unmerged after."""
+    if not is_peft_model(policy):
+        yield [(name, p.data) for name, p in policy.named_parameters()]
+        return
+    policy.merge_adapter()
+    try:
+        out = []
+        for name, p in policy.named_parameters():
+            if "lora_" in name or "original_module" in name:  # merged already / replaced by modules_to_save
+                continue
+            name = name.removeprefix("base_model.model.").replace(".base_layer", "").replace("modules_to_save.default.", "")
+            out.append((name, p.data))
+        yield out
+    finally:
+        policy.unmerge_adapter()
+
+
+def finish_reason(reason: str | None, stop_reason: Any) -> str:
+    """vLLM's (finish_reason, stop_reason) as the native sampler's: EOS ends with "stop" and no stop reason."""
+    if reason == "length":
+        return "length"
+    return "eos" if stop_reason is None else "stop"
+
+
+@BACKENDS.register("vllm")
+class VLLMBackend:
+    def __init__(self, policy: Any, tokenizer: Any, config: RolloutConfig | None = None, seed: int = 0):
+        config = config or RolloutConfig(backend="vllm")
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ConfigError("rollout.backend 'vllm' needs the vllm package: pip install 'pluralign[vllm]'") from e
+        if not torch.cuda.is_available():
+            raise ConfigError("rollout.backend 'vllm' needs a CUDA GPU; use rollout.backend=native")
+        base = policy.get_base_model() if is_peft_model(policy) else policy
+        path = getattr(base.config, "_name_or_path", "") or getattr(base, "name_or_path", "")
+        if not path:
+            raise ConfigError("rollout.backend 'vllm' starts its engine from the policy's checkpoint directory; this "
+                              "policy has none (load it with from_pretrained)")
+        from accelerate import PartialState
+
+        state = PartialState()
+        # The external launcher keeps the engine in this process (weights can be pushed into it); it reads
+        # the torch.distributed variables, set here for a single-process run.
+        for key, value in (("RANK", state.process_index), ("LOCAL_RANK", state.local_process_index),
+                           ("WORLD_SIZE", state.num_processes), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517")):
+            os.environ.setdefault(key, str(value))
+        self.policy, self.tokenizer = policy, tokenizer
+        self.llm = LLM(model=path, tokenizer=path, dtype=str(next(base.parameters()).dtype).removeprefix("torch."),
+                       gpu_memory_utilization=config.gpu_memory_utilization, max_model_len=config.max_model_len,
+                       seed=seed + state.process_index, distributed_executor_backend="external_launcher",
+                       logprobs_mode="raw_logprobs")
+
+    def sync(self) -> None:
+        """Push the trained weights into the engine (called before each rollout)."""
+        model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        with merged_weights(self.policy) as weights:
+            model.load_weights(weights)
+        self.llm.reset_prefix_cache()
+
+    def generate(self, prompts: Sequence[Any], n: int, *, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] | None = None,
+                 chat_template: str = "auto") -> Rollout:
+        from vllm import SamplingParams
+
+        prompt_ids = encode_prompts(self.tokenizer, list(prompts), chat_template)
+        params = SamplingParams(n=n, temperature=temperature, top_k=top_k if top_k > 0 else -1, top_p=top_p,
+                                max_tokens=max_new_tokens, logprobs=0, seed=seed, stop=list(stop) if stop else None)
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params,
+                                    use_tqdm=False)
+        completions = [c for out in outputs for c in out.outputs]
+        return Rollout(
+            prompts=[p for p in prompts for _ in range(n)],
+            prompt_ids=[list(ids) for ids in prompt_ids for _ in range(n)],
+            completion_ids=[list(c.token_ids) for c in completions],
+            sampler_logps=[torch.tensor([pos[t].logprob for pos, t in zip(c.logprobs, c.token_ids, strict=True)])
+                           for c in completions],
+            finish=[finish_reason(c.finish_reason, c.stop_reason) for c in completions],
+            texts=[c.text for c in completions],
+            group_size=n,
+        )

@@ -1,0 +1,124 @@
+"""The rollout backend is a registered part; the vLLM backend's pieces that need neither CUDA nor vLLM
+(LoRA-merged weights under the base checkpoint's names, finish reasons, clear errors) are tested here, and
+its rollouts and weight sync on a GPU with vllm installed (skipped elsewhere: pluralign's CI has neither)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import pytest
+import torch
+from online_toys import PROMPTS, cat_reward, make_model_dir
+
+from pluralign.config import from_dict
+from pluralign.errors import ConfigError
+from pluralign.models import tiny
+from pluralign.online.rollout import BACKENDS, NativeBackend, RolloutConfig, make_backend
+from pluralign.online.vllm_rollout import finish_reason, merged_weights
+from pluralign.train.recipes.online import OnlineConfig, run
+
+
+def test_backends_are_registered_and_a_typo_is_named():
+    assert {"native", "vllm"} <= set(BACKENDS.names())
+    with pytest.raises(ConfigError, match="unknown rollout backend 'vlm' \\(did you mean 'vllm'\\?\\)"):
+        make_backend(RolloutConfig(backend="vlm"), None, None)
+    assert isinstance(make_backend(RolloutConfig(), None, None), NativeBackend)
+
+
+def test_finish_reasons_map_to_the_native_ones():
+    assert finish_reason("length", None) == "length"
+    assert finish_reason("stop", None) == "eos"  # EOS: vLLM reports no stop reason
+    assert finish_reason("stop", "\n\n") == "stop" and finish_reason("stop", 7) == "stop"
+
+
+def test_plain_weights_are_the_named_parameters():
+    model = tiny.tiny_llama(20, hidden_size=16, num_heads=2)
+    with merged_weights(model) as weights:
+        assert dict(weights).keys() == dict(model.named_parameters()).keys()
+
+
+def test_lora_weights_are_merged_under_the_base_names_and_unmerged_after():
+    peft = pytest.importorskip("peft")
+    base = tiny.tiny_llama(20, hidden_size=16, num_heads=2)
+    names = dict(base.named_parameters()).keys()
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    policy = peft.get_peft_model(base, cfg)
+    expected = copy.deepcopy(policy).merge_and_unload().state_dict()
+    ids = torch.tensor([[1, 5, 6, 7]])
+    before = policy(ids).logits.detach()
+    q = "model.layers.0.self_attn.q_proj.weight"
+    unmerged_q = policy.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.detach().clone()
+    with merged_weights(policy) as weights:
+        got = dict(weights)
+        assert got.keys() == names
+        for k, v in got.items():
+            torch.testing.assert_close(v, expected[k], atol=1e-6, rtol=0)
+        assert (got[q] - unmerged_q).abs().max() > 1e-4  # the adapter is in the copy
+    torch.testing.assert_close(policy(ids).logits.detach(), before, atol=1e-6, rtol=0)  # adapters unmerged again
+    assert not any(m.merged for m in policy.modules() if hasattr(m, "merged") and hasattr(m, "lora_A"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_vllm_backend_without_vllm_is_a_clear_error(tmp_path):
+    base = make_model_dir(tmp_path / "base")
+    cfg = from_dict(OnlineConfig, {"model": str(base), "output_dir": str(tmp_path / "out"), "rollout": {"backend": "vllm"},
+                                   "loop": {"max_steps": 1, "batch_size": 2, "progress": False}})
+    with pytest.raises(ConfigError, match=r"pip install 'pluralign\[vllm\]'"):
+        run(cfg, prompts=PROMPTS, reward_objects=[cat_reward])
+    assert not (tmp_path / "out" / "model").exists()
+
+
+# ---- on a GPU with vllm installed
+def _gpu_vllm():
+    pytest.importorskip("vllm")
+    if not torch.cuda.is_available():
+        pytest.skip("the vLLM backend needs CUDA")
+
+
+def _policy_dir(tmp_path):
+    from conftest import WORDS
+
+    tok = tiny.word_tokenizer(WORDS)
+    # head_dim 64: within every vLLM attention backend's supported head sizes
+    tiny.tiny_llama(len(tok), hidden_size=128, num_heads=2).save_pretrained(tmp_path / "policy")
+    tok.save_pretrained(tmp_path / "policy")
+    return tmp_path / "policy"
+
+
+def test_vllm_rollouts_carry_the_policys_log_probs_and_follow_weight_syncs(tmp_path):
+    _gpu_vllm()
+    from pluralign.models.load import load_model, load_tokenizer
+    from pluralign.models.logprobs import token_logps
+    from pluralign.online.rollout import training_rows
+
+    path = _policy_dir(tmp_path)
+    tok, policy = load_tokenizer(path), load_model(path).cuda()
+    backend = make_backend(RolloutConfig(backend="vllm", gpu_memory_utilization=0.2, max_model_len=128), policy, tok)
+
+    def check(ro):
+        assert len(ro.completion_ids) == 6 and set(ro.finish) <= {"eos", "stop", "length"}
+        batch = {k: v.cuda() for k, v in training_rows(tok, ro.prompt_ids, ro.completion_ids).items()}
+        with torch.no_grad():
+            ours = token_logps(policy, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        for i, lp in enumerate(ro.sampler_logps):
+            row = ours[i][batch["completion_mask"][i].bool()].cpu()
+            torch.testing.assert_close(lp.float(), row.float(), atol=2e-3, rtol=0)
+
+    backend.sync()
+    check(backend.generate(["the cat", "a dog"], 3, max_new_tokens=8, seed=0))
+    with torch.no_grad():
+        policy.lm_head.weight.mul_(3.0)  # a very different policy: stale weights would fail the check
+    backend.sync()
+    check(backend.generate(["the cat", "a dog"], 3, max_new_tokens=8, seed=0))
+
+
+def test_grpo_trains_with_vllm_rollouts(tmp_path):
+    _gpu_vllm()
+    path = _policy_dir(tmp_path)
+    cfg = from_dict(OnlineConfig, {"model": str(path), "output_dir": str(tmp_path / "out"), "group_size": 4,
+                                   "max_new_tokens": 6, "rollout": {"backend": "vllm", "gpu_memory_utilization": 0.2,
+                                                                    "max_model_len": 128},
+                                   "loop": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-2, "progress": False}})
+    result = run(cfg, prompts=PROMPTS, reward_objects=[cat_reward])
+    assert result.model_dir.is_dir()
