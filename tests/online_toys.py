@@ -43,3 +43,25 @@ def write_prompts(path: Path, prompts=PROMPTS) -> Path:
 
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     return path
+
+
+def online_config(base: Path, tmp_path: Path, loop_defaults: dict, **kw):
+    """An OnlineConfig on the tiny model writing to tmp_path/out: group of 4, 6 new tokens, `loop_defaults`
+    updated by kw['loop'], the other kw as fields."""
+    from pluralign.config import from_dict
+    from pluralign.train.recipes.online import OnlineConfig
+
+    loop = loop_defaults | kw.pop("loop", {})
+    return from_dict(OnlineConfig, {"model": str(base), "output_dir": str(tmp_path / "out"), "group_size": 4,
+                                    "max_new_tokens": 6, "loop": loop} | kw)
+
+
+def metric_rows(tmp_path: Path) -> list[dict]:
+    """The rows of tmp_path/out/metrics.jsonl."""
+    import json
+
+    return [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -4,16 +4,15 @@ rounds restores the opponents exactly."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from online_toys import PROMPTS, cat_reward, make_model_dir
+from online_toys import PROMPTS, cat_reward, make_model_dir, online_config
+from online_toys import metric_rows as metrics
+from online_toys import weights as params
 
-from pluralign.config import from_dict
 from pluralign.errors import ConfigError
 from pluralign.models.load import load_model
-from pluralign.train.recipes.online import OnlineConfig, run
+from pluralign.train.recipes.online import run
 
 LOOP = {"learning_rate": 1e-3, "batch_size": 2, "max_steps": 4, "progress": False, "log_every": 1,
         "scheduler": "constant"}
@@ -25,17 +24,7 @@ def base(tmp_path_factory):
 
 
 def config(base, tmp_path, **kw):
-    loop = LOOP | kw.pop("loop", {})
-    return from_dict(OnlineConfig, {"model": str(base), "output_dir": str(tmp_path / "out"), "group_size": 4,
-                                    "max_new_tokens": 6, "loop": loop} | kw)
-
-
-def metrics(tmp_path):
-    return [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
-
-
-def params(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return online_config(base, tmp_path, LOOP, **kw)
 
 
 def test_round_one_is_online_dpo_and_the_history_grows(base, tmp_path):

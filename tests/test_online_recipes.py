@@ -8,15 +8,15 @@ import json
 
 import pytest
 import torch
-from online_toys import PROMPTS, cat_reward, make_model_dir, write_prompts
+from online_toys import PROMPTS, cat_reward, make_model_dir, online_config, write_prompts
+from online_toys import weights as params
 
 from pluralign.cli import main
-from pluralign.config import from_dict
 from pluralign.errors import ConfigError, DataError, PluralignError
 from pluralign.models.load import load_model, load_tokenizer
 from pluralign.online.methods import Pairs, PolicyGradient
 from pluralign.online.rollout import Rollout, generate
-from pluralign.train.recipes.online import OnlineConfig, build_method, run
+from pluralign.train.recipes.online import build_method, run
 
 LOOP = {"learning_rate": 1e-2, "batch_size": 2, "max_steps": 3, "progress": False, "log_every": 1,
         "scheduler": "constant"}
@@ -28,13 +28,7 @@ def base(tmp_path_factory):
 
 
 def config(base, tmp_path, **kw):
-    loop = LOOP | kw.pop("loop", {})
-    return from_dict(OnlineConfig, {"model": str(base), "output_dir": str(tmp_path / "out"), "group_size": 4,
-                                    "max_new_tokens": 6, "loop": loop} | kw)
-
-
-def params(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return online_config(base, tmp_path, LOOP, **kw)
 
 
 def rollout_of(base, n=4, prompts=("the cat", "a dog")):

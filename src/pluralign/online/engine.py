@@ -6,6 +6,11 @@ the current policy (seeded by run seed, step and prompt indices, so resume and a
 same samples), scores them, and lets the method build its batch. The denominators of the step's
 objective are summed over micro-batches and processes, so token-mean and sequence-mean losses are exact
 whatever the accumulation. `Engine.collate` hands the loop the prepared batch of a micro-batch.
+
+A rollout can serve several optimizer steps (PPO epochs x minibatches, Schulman et al. 2017): the loop keeps
+the same prompts for `updates_per_rollout` steps (`steps_per_batch`), the engine generates at the first and
+hands each step its minibatch; the sampling policy's log-probs stay with the rollout. Checkpoints fall on
+rollout boundaries, so a resumed run regenerates the rollout it stopped in from the same weights and seeds.
 """
 
 from __future__ import annotations
@@ -212,10 +217,6 @@ class Engine:
         return self.ready.pop(key)
 
     # ---- rewards
-    def score(self, rollout: Rollout, step: int, idx: list[int]) -> tuple[torch.Tensor, dict]:
-        rewards, metrics = self.shaped_rewards(rollout, step, idx)
-        return self.normalized(rewards), metrics
-
     def shaped_rewards(self, rollout: Rollout, step: int, idx: list[int]) -> tuple[torch.Tensor, dict]:
         """Combined, calibrated and overlong-shaped rewards, before the running normalisation (which is
         affine, so a group that does not vary here does not vary after it)."""
