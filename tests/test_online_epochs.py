@@ -10,7 +10,7 @@ from online_toys import PROMPTS, cat_reward, make_model_dir, online_config
 from online_toys import metric_rows as metrics
 from online_toys import weights as params
 
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, PluralignError
 from pluralign.models.load import load_model, load_tokenizer
 from pluralign.online.engine import Engine, minibatch_rows
 from pluralign.online.methods import PolicyGradient
@@ -122,16 +122,40 @@ def test_updates_per_rollout_need_rollout_boundaries(base, tmp_path):
         run(config(base, tmp_path, redraw_tries=2), prompts=PROMPTS, reward_objects=[cat_reward])
 
 
-def engine_for(base, reward, redraw_tries, prompts=PROMPTS):
+def engine_for(base, reward, redraw_tries, prompts=PROMPTS, **kw):
     from pluralign.online.rollout import Prompt
 
     tok, model = load_tokenizer(base), load_model(base)
-    cfg = config(base, base.parent, dynamic_sampling=True, redraw_tries=redraw_tries).resolved()
+    cfg = config(base, base.parent, dynamic_sampling=redraw_tries > 0, redraw_tries=redraw_tries, **kw).resolved()
     method, _, _ = build_method(cfg, tok, model)
     return Engine(policy=model, tokenizer=tok, prompts=[Prompt(i, p) for i, p in enumerate(prompts)],
                   sources=[Source(RewardSpec(), reward)], source_weights=[1.0], method=method, group_size=4, seed=0,
                   sampling={"max_new_tokens": 6, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "chat_template": "auto"},
-                  redraw_tries=redraw_tries)
+                  redraw_tries=redraw_tries, ppo_epochs=cfg.ppo_epochs, num_minibatches=cfg.num_minibatches)
+
+
+def test_each_step_of_a_rollout_gets_its_minibatch_with_its_own_denominator(base):
+    """2 epochs x 2 minibatches: steps 0-3 share one rollout; each epoch's two minibatches partition the
+    rows, and each step's scale makes its loss the token mean over its own minibatch."""
+    engine = engine_for(base, cat_reward, 0, ppo_epochs=2, num_minibatches=2)
+    micro = [[0, 3], [5, 6]]
+    served = []
+    for step in range(4):
+        engine.prepare(step, micro)
+        served.append([engine.collate([engine.prompts[i] for i in idx]) for idx in micro])
+    full = engine._rollout[1]
+    for m, (_, whole, _) in enumerate(full):
+        for epoch in (0, 1):
+            a, b = served[2 * epoch][m], served[2 * epoch + 1][m]
+            rows = sorted(map(tuple, torch.cat([a["input_ids"], b["input_ids"]]).tolist()))
+            assert rows == sorted(map(tuple, whole["input_ids"].tolist())) and len(a["input_ids"]) == 4
+            assert a["n_prompts"] == 2 and float(a["metrics"]["ppo_epoch"]) == epoch
+    for step in range(4):
+        tokens = sum(float(b["loss_mask"].sum()) for b in served[step])
+        assert float(served[step][0]["scale"]) == pytest.approx(4 / tokens)  # 4 prompts / this step's tokens
+    assert not torch.equal(served[0][0]["input_ids"], served[2][0]["input_ids"])  # epoch 2 deals the rows anew
+    with pytest.raises(PluralignError, match="rollout boundaries"):
+        engine_for(base, cat_reward, 0, ppo_epochs=2).prepare(1, micro)  # a step whose rollout was never made
 
 
 def test_redraws_replace_flat_groups_deterministically(base):

@@ -16,6 +16,7 @@ without CUDA and vllm. The in-process engine access follows TRL's colocate mode 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -76,8 +77,12 @@ class VLLMBackend:
         # The external launcher keeps the engine in this process (weights can be pushed into it); it reads
         # the torch.distributed variables, set here for a single-process run.
         for key, value in (("RANK", state.process_index), ("LOCAL_RANK", state.local_process_index),
-                           ("WORLD_SIZE", state.num_processes), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517")):
+                           ("WORLD_SIZE", state.num_processes), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(key, str(value))
+        if "MASTER_PORT" not in os.environ:  # a single process: any free port (launchers set theirs)
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                os.environ["MASTER_PORT"] = str(s.getsockname()[1])
         self.policy, self.tokenizer = policy, tokenizer
         self.llm = LLM(model=path, tokenizer=path, dtype=str(next(base.parameters()).dtype).removeprefix("torch."),
                        gpu_memory_utilization=config.gpu_memory_utilization, max_model_len=config.max_model_len,
