@@ -53,6 +53,7 @@ def test_second_epoch_has_ratio_off_one_and_clips(base, tmp_path):
     two, one = metrics(tmp_path / "two"), metrics(tmp_path / "one")
     assert [r["ppo_epoch"] for r in two] == [0.0, 1.0]
     assert two[0]["clip_fraction"] == 0.0 and two[1]["clip_fraction"] > 0.0
+    assert two[0]["approx_kl"] < 1e-6 < two[1]["approx_kl"]  # KL(sampling policy ‖ updated policy)
     assert two[0]["loss"] == pytest.approx(one[0]["loss"], abs=1e-6)
     assert two[0]["grad_norm"] == pytest.approx(one[0]["grad_norm"], rel=1e-5)
     assert two[1]["reward"] == two[0]["reward"]  # the same rollout

@@ -135,6 +135,9 @@ class PolicyGradient:
         old = batch["old_logps"] if "old_logps" in batch else logps.detach()
         per_token, metrics = self.loss(logps, old, batch["advantages"], mask, **self.loss_params)
         metrics = dict(metrics)
+        if "old_logps" in batch:  # how far this update's policy is from the sampling one (k3 estimate)
+            d = pl.kl_estimate(old, logps.detach(), "k3") * mask
+            metrics["approx_kl"] = d.sum() / mask.sum().clamp(min=1)
         if self.kl_in == "loss" and self.beta > 0:
             kl = pl.kl_loss_term(logps, old, batch["ref_logps"], self.kl_estimator, self.kl_bias_correction)
             per_token = per_token + self.beta * kl * mask
