@@ -107,3 +107,46 @@ def test_bad_arguments(lm, tok):
         sample(lm, tok, ["the"], n=0)
     with pytest.raises(ConfigError):
         sample(lm, tok, ["the"], top_p=0.0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_reserved_cache_gives_the_same_samples(lm, tok, arch, monkeypatch):
+    """The in-place KV cache (`LMState.reserve`) draws the same tokens with the same log-probs as the
+    concatenating cache under one seed, rows finishing early (EOS) included."""
+    from pluralign.decode.kv import LMState
+
+    if arch == "gpt2":
+        from pluralign.models.tiny import tiny_gpt2
+
+        lm = tiny_gpt2(len(tok), hidden_size=32, seed=0).eval()
+    fast = sample(lm, tok, PROMPTS, n=4, max_new_tokens=10, seed=5)
+    monkeypatch.setattr(LMState, "reserve", lambda self, tokens: None)
+    slow = sample(lm, tok, PROMPTS, n=4, max_new_tokens=10, seed=5)
+    assert fast.token_ids == slow.token_ids and fast.finish == slow.finish
+    assert {f for row in fast.finish for f in row} >= {"eos", "length"}  # both kinds of rows were exercised
+    for a, b in zip(fast.token_logps, slow.token_logps):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+
+def test_reserved_cache_grows_selects_and_forks(lm, tok):
+    """Past its reserved room the cache grows; row selection and forks keep each row's own keys."""
+    from pluralign.decode.cache import ReservedLayer
+    from pluralign.decode.kv import LMState
+
+    ids = encode_prompts(tok, PROMPTS)
+    plain, fast = (LMState.from_ids(lm, ids, tok.pad_token_id) for _ in range(2))
+    fast.reserve(1)
+    assert all(isinstance(layer, ReservedLayer) for layer in fast.cache.layers)
+    tokens = torch.tensor([5, 6, 7])
+    for step in range(4):
+        for s in (plain, fast):
+            s.advance(tokens + step)
+        assert torch.equal(plain.logits, fast.logits)
+    branch = fast.fork([2, 0])
+    for s in (plain, fast):
+        s.select([2, 0, 0])
+        s.advance(torch.tensor([4, 4, 9]))
+    branch.advance(torch.tensor([4, 4]))
+    assert torch.equal(plain.logits, fast.logits)
+    assert torch.equal(branch.logits, fast.logits[:2])

@@ -122,6 +122,16 @@ class LMState:
         self.next_pos = self.next_pos + 1
         self._run(tokens, self.mask, pos)
 
+    def reserve(self, tokens: int) -> None:
+        """Make room in the KV cache for `tokens` more positions per row, so that each later step writes
+        its keys and values in place instead of concatenating (copying) the whole cache. Layers of other
+        kinds than the plain growing one (sliding windows, quantised, …) are left as they are."""
+        from pluralign.decode.cache import DynamicLayer, ReservedLayer
+
+        for layer in getattr(self.cache, "layers", []):
+            if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
+                ReservedLayer.convert(layer, tokens)
+
     def select(self, index: torch.Tensor | list[int]) -> None:
         """Keep rows `index` (in that order; repeats duplicate a row and its cache)."""
         index = torch.as_tensor(index, dtype=torch.long, device=self.mask.device)

@@ -211,6 +211,7 @@ def _sample_chunk(model, tokenizer, prompt_ids, n, max_new_tokens, temperature, 
                   generator, compute, on_step=None) -> Generation:
     pad = pad_id_of(tokenizer, model)
     state = LMState.from_ids(model, prompt_ids, pad, compute=compute)
+    state.reserve(max_new_tokens)
     state.select(torch.arange(len(prompt_ids)).repeat_interleave(n))
     gen = Generation(len(prompt_ids) * n, tokenizer, eos=eos_set, stop=stop, max_new_tokens=max_new_tokens)
     rows = list(range(len(prompt_ids) * n))  # state row j holds generation row rows[j]
