@@ -124,8 +124,8 @@ def test_reserved_cache_gives_the_same_samples(lm, tok, arch, monkeypatch):
     slow = sample(lm, tok, PROMPTS, n=4, max_new_tokens=10, seed=5)
     assert fast.token_ids == slow.token_ids and fast.finish == slow.finish
     assert {f for row in fast.finish for f in row} >= {"eos", "length"}  # both kinds of rows were exercised
-    for a, b in zip(fast.token_logps, slow.token_logps):
-        for x, y in zip(a, b):
+    for a, b in zip(fast.token_logps, slow.token_logps, strict=True):
+        for x, y in zip(a, b, strict=True):
             assert torch.equal(x, y)
 
 
