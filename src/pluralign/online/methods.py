@@ -19,9 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pluralign.data.tokenize import pad_token_id
 from pluralign.decode.sampler import eval_mode
 from pluralign.models.logprobs import final_hidden_states, gathered_logps, predicted_mask, token_logps
 from pluralign.online import advantages as estimators
+from pluralign.online import grouped
 from pluralign.online import policy_losses as pl
 from pluralign.online.rewards import varied_groups
 from pluralign.online.rollout import Rollout, training_rows
@@ -42,6 +44,8 @@ def policy_outputs(model: Any, batch: dict) -> tuple[Tensor, Tensor | None]:
     """Per-token log-probs [N, T] (at the position of each completion token) and, for a
     `PolicyWithValue`, the values V(s_t) read from the hidden state that predicts token t."""
     if not isinstance(model, PolicyWithValue):
+        if "group_input_ids" in batch:  # each prompt once for its group (online/grouped.py)
+            return grouped.token_logps_grouped(model, batch), None
         return token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]), None
     ids, attn = batch["input_ids"], batch["attention_mask"]
     position_ids = (attn.long().cumsum(-1) - 1).clamp(min=0)
@@ -62,7 +66,8 @@ class PolicyGradient:
     def __init__(self, *, tokenizer: Any, estimator: str, estimator_params: dict, loss: str, loss_params: dict,
                  aggregation: str, max_len: int, beta: float, kl_estimator: str, kl_in: str, kl_bias_correction: bool,
                  reference: Any, vf_coef: float = 0.1, value_clip: float | None = 0.2, mask_truncated: bool = False,
-                 dynamic_sampling: bool = False, reuse: bool = False):
+                 dynamic_sampling: bool = False, reuse: bool = False,
+                 shared_prompt: bool = True):
         self.tokenizer, self.reference = tokenizer, reference
         self.estimator, self.estimator_params = estimators.get(estimator), dict(estimator_params)
         self.loss, self.loss_params = pl.get(loss), dict(loss_params)
@@ -74,6 +79,7 @@ class PolicyGradient:
         # Several updates per rollout (PPO epochs / minibatches): the sampling policy's log-probs are kept
         # with the batch, so the ratios of later updates are taken against them (specs/online.md §1.1).
         self.reuse = reuse
+        self.shared_prompt = shared_prompt
 
     @property
     def needs_reference(self) -> bool:
@@ -83,6 +89,10 @@ class PolicyGradient:
         g = rollout.group_size
         batch = training_rows(self.tokenizer, rollout.prompt_ids, rollout.completion_ids)
         mask = batch["completion_mask"].float()
+        prompts = rollout.prompt_ids[::g]
+        if (self.shared_prompt and g > 1 and not isinstance(model, PolicyWithValue) and all(prompts)
+                and grouped.works(model)):
+            batch |= grouped.grouped_rows(prompts, rollout.completion_ids, g, pad_token_id(self.tokenizer))
         device = next(model.parameters()).device
         old = old_values = ref = None
         if self.needs_reference or self.reuse or isinstance(model, PolicyWithValue):  # else none is needed
@@ -124,7 +134,7 @@ class PolicyGradient:
         minibatch is trained from its per-row tensors."""
         n = len(batch["input_ids"])
         sub = {k: (v[rows] if v.dim() > 0 else v) if isinstance(v, Tensor) else v for k, v in batch.items()
-               if not isinstance(v, Tensor) or v.dim() == 0 or len(v) == n}
+               if not k.startswith("group_") and (not isinstance(v, Tensor) or v.dim() == 0 or len(v) == n)}
         return sub, float(_denominator(sub["loss_mask"], self.aggregation, self.max_len))
 
     def step(self, model: Any, batch: dict) -> tuple[Tensor, dict]:

@@ -92,6 +92,7 @@ class OnlineConfig(PolicyTrainingConfig):
     mnpo_history: int = option(2, help="mnpo_rounds: past round-start policies kept as opponents, newest first (MNPO's max_history_t); each round's start adds one.")
     rsft_select: Literal["local", "top"] = option("local", help="rsft: keep the best sample per prompt, or the top fraction of each micro-batch's samples.")
     rsft_top_fraction: float = option(0.25, help="rsft with select=top: fraction kept.")
+    shared_prompt: bool = option(True, help="Policy-gradient methods: one training row per prompt holding its prompt once and all its completions (each sees the prompt and itself), instead of one padded row per completion; falls back to the latter when the model's attention ignores 4D masks.")
     packing: bool = option(False, help="Online batches are padded (packing is not supported here).")
     output_dir: str = option("runs/online", help="Run directory: config.yaml, metrics.jsonl, checkpoints/, and the trained model in model/.")
     loop: LoopConfig = option(default_factory=lambda: LoopConfig(learning_rate=1e-6, batch_size=4, warmup_ratio=0.0), help="Training loop settings (batch_size counts prompts).")
@@ -196,7 +197,8 @@ def build_method(config: OnlineConfig, tokenizer: Any, policy: Any) -> tuple[Any
         max_len=config.max_new_tokens, beta=config.beta, kl_estimator=config.kl_estimator, kl_in=config.kl_in,
         kl_bias_correction=config.kl_bias_correction, reference=reference, vf_coef=config.vf_coef,
         value_clip=config.value_clip, mask_truncated=config.mask_truncated, dynamic_sampling=config.dynamic_sampling,
-        reuse=config.ppo_epochs * config.num_minibatches > 1)
+        reuse=config.ppo_epochs * config.num_minibatches > 1,
+        shared_prompt=config.shared_prompt)
     return method, reference, trainee
 
 

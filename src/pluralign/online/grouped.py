@@ -1,0 +1,122 @@
+"""Training forward with each prompt computed once for its whole group of completions.
+
+A group's G completions share their prompt. Rows laid out as [prompt, completion_1, …, completion_G], with
+an attention mask in which each completion sees the prompt and its own earlier tokens only and position
+ids that continue the prompt's for every completion, give each completion token the log-prob it has in a
+row of its own (up to float rounding) in one forward, for the prompt's cost once instead of G times and
+with no padding between completions. The mask is a 4D one, which transformers hands to the attention as
+given: eager and SDPA attention honour it (others, e.g. flash-attn's varlen kernels, do not: `works`
+checks a model once and the caller falls back to one row per completion).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from pluralign.data.collate import pad_rows
+from pluralign.data.tokenize import Encoded
+from pluralign.models.logprobs import final_hidden_states, gathered_logps, token_logps, unwrap
+
+MASKED_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def grouped_rows(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]], group_size: int,
+                 pad_id: int) -> dict[str, torch.Tensor]:
+    """One row per prompt: its tokens, then its `group_size` completions (row j·G + g of `completion_ids`
+    is completion g of prompt j), right-padded. Returns `group_input_ids`, `group_position_ids`,
+    `group_segments` [P, S] (0 prompt, g+1 completion g, −1 padding) and, per completion token in
+    completion-major order, the row (`group_row`), the position of the token (`group_target`) and of the
+    state that predicts it (`group_source`: the prompt's last token for a completion's first token)."""
+    rows, positions, segments, row, target, source = [], [], [], [], [], []
+    for j, prompt in enumerate(prompt_ids):
+        ids, pos, seg = list(prompt), list(range(len(prompt))), [0] * len(prompt)
+        for g in range(group_size):
+            completion = completion_ids[j * group_size + g]
+            start = len(ids)
+            ids += completion
+            pos += range(len(prompt), len(prompt) + len(completion))
+            seg += [g + 1] * len(completion)
+            row += [j] * len(completion)
+            target += range(start, start + len(completion))
+            if completion:  # the first token is predicted by the prompt's last state, the others by their own row's
+                source += [len(prompt) - 1, *range(start, start + len(completion) - 1)]
+        rows.append(ids)
+        positions.append(pos)
+        segments.append(seg)
+    width = max(len(r) for r in rows)
+
+    def pad(xs: list[list[int]], value: int) -> torch.Tensor:
+        return torch.tensor([x + [value] * (width - len(x)) for x in xs], dtype=torch.long)
+
+    return {"group_input_ids": pad(rows, pad_id), "group_position_ids": pad(positions, 0),
+            "group_segments": pad(segments, -1), "group_row": torch.tensor(row, dtype=torch.long),
+            "group_target": torch.tensor(target, dtype=torch.long), "group_source": torch.tensor(source, dtype=torch.long)}
+
+
+def attention_mask(segments: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """[P, 1, S, S]: query q sees key k ≤ q of the prompt or of q's own completion; padding sees itself.
+    Boolean (True: attend) for SDPA, additive (0 / dtype min) for eager attention (`dtype` given)."""
+    q, k = segments[:, :, None], segments[:, None, :]
+    s = segments.shape[1]
+    causal = torch.ones(s, s, dtype=torch.bool, device=segments.device).tril()
+    allowed = causal & (k >= 0) & ((k == 0) | (k == q))
+    allowed = allowed | (torch.eye(s, dtype=torch.bool, device=segments.device) & (q < 0))
+    allowed = allowed[:, None]
+    if dtype is None:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def completion_logps(model: Any, batch: dict) -> torch.Tensor:
+    """[M] log-probs of every completion token (completion-major order) from a `grouped_rows` batch."""
+    implementation = getattr(unwrap(model).config, "_attn_implementation", None)
+    dtype = None if implementation == "sdpa" else next(unwrap(model).parameters()).dtype
+    segments = batch["group_segments"]
+    hidden = final_hidden_states(model, batch["group_input_ids"], attention_mask(segments, dtype),
+                                 batch["group_position_ids"])
+    states = hidden[batch["group_row"], batch["group_source"]]
+    return gathered_logps(model, states, batch["group_input_ids"][batch["group_row"], batch["group_target"]])
+
+
+def token_logps_grouped(model: Any, batch: dict) -> torch.Tensor:
+    """The [N, T] per-token log-probs of the batch's padded rows (`completion_mask` layout), computed from
+    its grouped layout."""
+    values = completion_logps(model, batch)
+    mask = batch["completion_mask"].bool()
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
+
+
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def works(model: Any) -> bool:
+    """Whether `model` gives grouped rows the log-probs of separate rows (its attention honours a 4D mask):
+    checked once per model on two short random groups, in eval mode and without gradients."""
+    inner = unwrap(model)
+    if getattr(inner.config, "_attn_implementation", None) not in MASKED_IMPLEMENTATIONS:
+        return False
+    if inner not in _CHECKED:
+        vocab = inner.get_output_embeddings().weight.shape[0]
+        device = next(inner.parameters()).device
+        gen = torch.Generator().manual_seed(0)
+        draw = lambda n: torch.randint(1, vocab, (n,), generator=gen).tolist()  # noqa: E731
+        prompts, completions = [draw(3), draw(5)], [draw(4), draw(2), draw(3), draw(6)]
+        rows = pad_rows([Encoded(prompts[i // 2] + c, [0] * len(prompts[i // 2]) + [1] * len(c))
+                         for i, c in enumerate(completions)], 0, "right")
+        batch = {k: v.to(device) for k, v in (rows | grouped_rows(prompts, completions, 2, 0)).items()}
+        was_training = inner.training
+        inner.eval()
+        try:
+            with torch.no_grad():
+                a = token_logps(inner, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+                b = token_logps_grouped(inner, batch)
+        finally:
+            inner.train(was_training)
+        atol = 1e-4 if inner.get_output_embeddings().weight.dtype == torch.float32 else 5e-2
+        _CHECKED[inner] = bool(torch.allclose(a, b, atol=atol, rtol=1e-5))
+    return _CHECKED[inner]
+

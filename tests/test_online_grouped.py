@@ -1,0 +1,84 @@
+"""Grouped training rows (online/grouped.py): each prompt once for its G completions gives every
+completion token the log-prob and gradient it has in a row of its own, and a GRPO run trains to the same
+weights either way; a model whose attention ignores 4D masks falls back to one row per completion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from online_toys import PROMPTS, cat_reward, make_model_dir
+
+from pluralign.config import from_dict
+from pluralign.data.collate import pad_rows
+from pluralign.data.tokenize import Encoded
+from pluralign.models.load import load_model
+from pluralign.models.logprobs import token_logps
+from pluralign.models.tiny import tiny_gpt2, tiny_llama
+from pluralign.online import grouped
+from pluralign.train.recipes.online import OnlineConfig, run
+
+PROMPT_IDS = [[5, 9, 3], [7], [4, 4, 8, 2, 6]]
+COMPLETIONS = [[11, 12], [13], [14, 15, 16], [17, 18, 19, 20], [21], [22, 23]]  # G = 2 per prompt
+
+
+def rows():
+    return pad_rows([Encoded(PROMPT_IDS[i // 2] + c, [0] * len(PROMPT_IDS[i // 2]) + [1] * len(c))
+                     for i, c in enumerate(COMPLETIONS)], 0, "right")
+
+
+def test_layout_by_hand():
+    b = grouped.grouped_rows(PROMPT_IDS, COMPLETIONS, 2, 0)
+    assert b["group_input_ids"][0].tolist() == [5, 9, 3, 11, 12, 13, 0, 0]
+    assert b["group_position_ids"][0].tolist()[:6] == [0, 1, 2, 3, 4, 3]
+    assert b["group_segments"][0].tolist() == [0, 0, 0, 1, 1, 2, -1, -1]
+    assert b["group_segments"][1].tolist() == [0, 1, 1, 1, 2, 2, 2, 2]
+    # completion [13] of prompt 0 is predicted by the prompt's last token (position 2), not by 12
+    assert b["group_source"][:3].tolist() == [2, 3, 2] and b["group_target"][:3].tolist() == [3, 4, 5]
+    mask = grouped.attention_mask(b["group_segments"], None)[0, 0]
+    assert mask[5].tolist()[:6] == [True, True, True, False, False, True]  # 13 sees the prompt and itself
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "llama-eager"])
+def test_grouped_logps_and_gradients_equal_separate_rows(arch):
+    if arch == "gpt2":
+        model = tiny_gpt2(32, hidden_size=32, seed=0)
+    else:
+        model = tiny_llama(32, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+        if arch == "llama-eager":
+            model.set_attn_implementation("eager")
+    model.eval()  # no dropout (tiny GPT-2 has some): both layouts see the same function
+    assert grouped.works(model)
+    batch = rows() | grouped.grouped_rows(PROMPT_IDS, COMPLETIONS, 2, 0)
+    weights = torch.linspace(-1, 1, batch["input_ids"].numel()).view_as(batch["input_ids"])
+    results = []
+    for fn in (lambda: token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]),
+               lambda: grouped.token_logps_grouped(model, batch)):
+        model.zero_grad()
+        logps = fn()
+        (logps * weights).sum().backward()
+        results.append((logps.detach(), [p.grad.clone() for p in model.parameters()]))
+    (a, ga), (b, gb) = results
+    assert (a != 0).sum() == sum(map(len, COMPLETIONS))
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    for x, y in zip(gb, ga, strict=True):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+
+
+def test_attention_that_ignores_4d_masks_falls_back():
+    model = tiny_llama(32, hidden_size=32, num_layers=1, num_heads=2, seed=0)
+    model.config._attn_implementation = "flash_attention_2"  # not applied: only read by the check
+    assert not grouped.works(model)
+
+
+def test_grpo_trains_to_the_same_weights_grouped_or_not(tmp_path):
+    base = make_model_dir(tmp_path / "base")
+    out = {}
+    for shared in (True, False):
+        cfg = from_dict(OnlineConfig, {"model": str(base), "output_dir": str(tmp_path / str(shared)), "group_size": 4,
+                                       "max_new_tokens": 6, "shared_prompt": shared, "algorithm": "grpo",
+                                       "loop": {"learning_rate": 1e-2, "batch_size": 2, "max_steps": 3,
+                                                "progress": False, "scheduler": "constant"}})
+        out[shared] = load_model(run(cfg, prompts=PROMPTS, reward_objects=[cat_reward]).model_dir).state_dict()
+    assert any(not torch.equal(v, load_model(str(base)).state_dict()[k]) for k, v in out[True].items())
+    for k, v in out[True].items():  # Adam moves each weight by ~lr = 1e-2 a step: float rounding stays far below
+        torch.testing.assert_close(v, out[False][k], atol=1e-4, rtol=0)
