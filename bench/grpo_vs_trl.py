@@ -3,15 +3,25 @@
 Both sides train the same locally built Llama-style model (`pluralign.models.tiny.tiny_llama`, the sandbox
 word tokenizer) on the same sandbox prompts with the same Python reward (`reward` below: sandbox gold
 conciseness + relevance of the completion), group size, steps, learning rate, completion length,
-temperature 1, β = 0, token-mean ("dapo") loss, one update per generation, in fp32:
+temperature 1, β = 0 (TRL's default: no reference model on either side), token-mean ("dapo") loss, one
+update per generation (so neither side runs a separate pass for the sampling policy's log-probs: the
+ratio is 1 and the old log-probs are the detached current ones), fp32, the same gradient checkpointing
+setting (`--gradient-checkpointing`, default on as TRL's default), `--threads` torch threads each. What
+each side computes:
 
-* TRL `GRPOTrainer` (transformers `generate`, its defaults otherwise: gradient checkpointing on);
-* pluralign `train grpo` (`pluralign.train.recipes.online.run`): the KV-cached batched sampler (each
-  prompt prefilled once for its G samples), chunked completion log-probs, gradient checkpointing on.
+* TRL `GRPOTrainer`: transformers `generate` on the P·G padded rows (each prompt prefilled G times), then
+  one training forward/backward over P·G padded prompt+completion rows;
+* pluralign `train grpo` (`pluralign.train.recipes.online.run`): its KV-cached batched sampler (each prompt
+  prefilled once for its G samples, keys/values written in place: `decode/cache.py`), then one training
+  forward/backward over P rows, each holding its prompt once and its G completions
+  (`online/grouped.py`: the same log-probs and gradients as G separate rows).
 
-Each side runs in its own subprocess (peak RSS from `os.wait4`). Throughput = (generated completion tokens
-+ prompt+completion tokens trained) / end-to-end seconds from loading the model to the trained model
-saved. The machine is shared with other jobs: absolute figures are noisy, the ratio less so.
+Each side runs in its own subprocess (peak RSS from `os.wait4`), `--repeats` times, alternating; the
+fastest run of each side counts (the least disturbed by other jobs on a shared machine). Model and
+tokenizer classes are imported before the clock starts on both sides. Throughput = (generated completion
+tokens + prompt+completion tokens trained, counted per completion) / seconds from loading the model to the
+trained model saved; the same over the process's CPU seconds (`cpu_throughput_ratio`) is steadier under
+load. `--profile` prints each side's CPU seconds per phase (generation, rewards, forward + loss, backward).
 
     .venv/bin/python bench/grpo_vs_trl.py --quick          # CPU, a couple of minutes
     .venv/bin/python bench/grpo_vs_trl.py --device cuda    # on a GPU
@@ -58,16 +68,17 @@ def side_pluralign(spec: dict) -> dict:
     from pluralign.runs import RunDir
     from pluralign.train.recipes.online import OnlineConfig, run
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     config = from_dict(OnlineConfig, {
         "algorithm": "grpo", "model": spec["model"], "output_dir": spec["out"], "group_size": spec["group"],
         "max_new_tokens": spec["length"], "rewards": [{"source": "python:reward"}],
+        "gradient_checkpointing": spec["gradient_checkpointing"],
         "loop": {"learning_rate": spec["lr"], "batch_size": spec["prompts_per_step"], "max_steps": spec["steps"],
                  "seed": spec["seed"], "scheduler": "constant", "warmup_ratio": 0.0, "log_every": 1, "progress": False}})
     run(config, prompts=spec["prompts"], reward_objects=[reward])
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rows = [r for r in RunDir(spec["out"]).read_metrics() if "loss" in r]
-    return {"wall_s": wall, "completion_lengths": [r["response_length"] for r in rows],
+    return {"wall_s": wall, "cpu_s": cpu, "completion_lengths": [r["response_length"] for r in rows],
             "rewards": [r["reward"] for r in rows]}
 
 
@@ -77,7 +88,7 @@ def side_trl(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(spec["model"])
     data = Dataset.from_list([{"prompt": p} for p in spec["prompts"]])
@@ -87,14 +98,39 @@ def side_trl(spec: dict) -> dict:
         num_generations=spec["group"], max_completion_length=spec["length"], learning_rate=spec["lr"],
         max_steps=spec["steps"], seed=spec["seed"], lr_scheduler_type="constant", warmup_steps=0, beta=0.0,
         loss_type="dapo", temperature=1.0, bf16=False, use_cpu=not cuda, logging_steps=1, report_to="none",
-        disable_tqdm=True, save_strategy="no")
+        disable_tqdm=True, save_strategy="no", gradient_checkpointing=spec["gradient_checkpointing"])
     trainer = GRPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, reward_funcs=[reward])
     trainer.train()
     trainer.save_model(str(Path(spec["out"]) / "model"))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     logs = [r for r in trainer.state.log_history if "completions/mean_length" in r]
-    return {"wall_s": wall, "completion_lengths": [r["completions/mean_length"] for r in logs],
+    return {"wall_s": wall, "cpu_s": cpu, "completion_lengths": [r["completions/mean_length"] for r in logs],
             "rewards": [r["reward"] for r in logs]}
+
+
+# Phases of a step, found in a cProfile of the run by (file suffix, function): cumulative seconds.
+PHASES = {
+    "pluralign": {"generate": ("online/rollout.py", "generate"), "score": ("online/engine.py", "score"),
+                  "build (old/ref log-probs, advantages)": ("online/methods.py", "build"),
+                  "forward + loss": ("online/methods.py", "step"), "backward": ("torch/_tensor.py", "backward"),
+                  "optimizer": ("torch/optim/adamw.py", "step")},
+    "trl": {"generate": ("trl/trainer/grpo_trainer.py", "_generate"),
+            "score": ("trl/trainer/grpo_trainer.py", "_calculate_rewards"),
+            "generate+score+old/ref log-probs": ("trl/trainer/grpo_trainer.py", "_generate_and_score_completions"),
+            "forward + loss": ("trl/trainer/grpo_trainer.py", "compute_loss"),
+            "backward": ("torch/_tensor.py", "backward"), "optimizer": ("torch/optim/adamw.py", "step")},
+}
+
+
+def phases(profile, side: str) -> dict[str, float]:
+    import pstats
+
+    stats = pstats.Stats(profile).stats  # {(file, line, function): (cc, nc, tottime, cumtime, callers)}
+    out = {}
+    for name, (suffix, function) in PHASES[side].items():
+        # Outermost calls only: a recursive or nested entry is counted inside its caller's cumulative time.
+        out[name] = max((v[3] for (f, _, fn), v in stats.items() if f.endswith(suffix) and fn == function), default=0.0)
+    return out
 
 
 def child_main(spec_path: str) -> None:
@@ -105,17 +141,30 @@ def child_main(spec_path: str) -> None:
     torch.manual_seed(spec["seed"])
     if spec["device"] == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    import accelerate  # noqa: F401  (import time is not training time, on both sides)
-    from transformers import AutoModelForCausalLM  # noqa: F401
+    # Import time is not training time, on both sides: the modules of the model's and tokenizer's classes
+    # (transformers imports them at first use) are imported here, before either side's clock starts.
+    import accelerate  # noqa: F401
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    result = (side_trl if spec["side"] == "trl" else side_pluralign)(spec)
+    AutoModelForCausalLM._model_mapping[type(AutoConfig.from_pretrained(spec["model"]))]
+    AutoTokenizer.from_pretrained(spec["model"])
+
+    side = side_trl if spec["side"] == "trl" else side_pluralign
+    if spec.get("profile"):
+        import cProfile
+
+        profile = cProfile.Profile(time.process_time)  # CPU seconds: what other jobs on the machine do not inflate
+        result = profile.runcall(side, spec)
+        result["phases"] = phases(profile, spec["side"])
+    else:
+        result = side(spec)
     if spec["device"] == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     Path(spec["result"]).write_text(json.dumps(result))
 
 
-def run_child(side: str, spec: dict, work: Path) -> dict:
-    spec = dict(spec, side=side, out=str(work / side), result=str(work / f"{side}.json"))
+def run_child(side: str, spec: dict, work: Path, run: int) -> dict:
+    spec = dict(spec, side=side, out=str(work / f"{side}{run}"), result=str(work / f"{side}{run}.json"))
     (work / f"{side}.spec.json").write_text(json.dumps(spec))
     env = dict(os.environ, TQDM_DISABLE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(spec["threads"]),
                PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])))
@@ -139,6 +188,15 @@ def tokens(result: dict, spec: dict, prompt_tokens: int) -> float:
     return 2 * completion + prompt_tokens * spec["group"]  # every prompt is trained once, with its G samples
 
 
+def best(runs: list[dict]) -> dict:
+    """The least disturbed of a side's runs (shortest wall time); CPU seconds and peak RSS: their minimum
+    and maximum over the runs."""
+    out = dict(min(runs, key=lambda r: r["wall_s"]))
+    out["cpu_s"] = min(r["cpu_s"] for r in runs)
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="4 steps (a couple of minutes on 2 CPU cores)")
@@ -148,7 +206,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--length", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each side (1: least disturbed by other jobs)")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating; the fastest counts")
+    p.add_argument("--profile", action="store_true", help="CPU seconds of each phase of a step (cProfile; slows both sides a little)")
+    p.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
+                   help="both sides (TRL's default: on)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = p.parse_args(argv)
     steps = args.steps or (4 if args.quick else 12)
@@ -161,17 +223,29 @@ def main(argv: list[str] | None = None) -> None:
         prompt_tokens = sum(len(tok(p)["input_ids"]) for p in prompts)
         spec = {"model": str(work / "model"), "prompts": prompts, "group": args.group, "steps": steps,
                 "prompts_per_step": args.prompts_per_step, "length": args.length, "lr": args.lr, "seed": args.seed,
-                "threads": args.threads, "device": args.device}
-        results = {side: run_child(side, spec, work) for side in ("pluralign", "trl")}
+                "threads": args.threads, "device": args.device, "profile": args.profile,
+                "gradient_checkpointing": args.gradient_checkpointing == "on"}
+        runs: dict[str, list[dict]] = {"pluralign": [], "trl": []}
+        for k in range(args.repeats):
+            for side in runs:
+                runs[side].append(run_child(side, spec, work, k))
+    results = {side: best(r) for side, r in runs.items()}
     tps = {s: tokens(r, spec, prompt_tokens) / r["wall_s"] for s, r in results.items()}
+    cpu_tps = {s: tokens(r, spec, prompt_tokens) / r["cpu_s"] for s, r in results.items()}
     for side, r in results.items():
-        print(f"{side:9s} wall {r['wall_s']:7.1f}s  tokens/s {tps[side]:8.1f}  peak RSS {r['peak_rss_mb']:7.0f} MiB  "
+        walls = ", ".join(f"{x['wall_s']:.1f}" for x in runs[side])
+        print(f"{side:9s} wall {r['wall_s']:7.1f}s (of {walls})  "
+              f"cpu {r['cpu_s']:6.1f}s  tokens/s {tps[side]:8.1f} (per cpu-s {cpu_tps[side]:8.1f})  "
+              f"peak RSS {r['peak_rss_mb']:7.0f} MiB  "
               f"mean completion length {sum(r['completion_lengths']) / len(r['completion_lengths']):.1f}  "
               f"mean reward {sum(r['rewards']) / len(r['rewards']):.3f}"
               + (f"  peak GPU {r['peak_gpu_mb']:.0f} MiB" if "peak_gpu_mb" in r else ""))
+        if "phases" in r:
+            print("          phases (cpu s): " + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()))
     ours, trl = results["pluralign"], results["trl"]
     print(f"RESULT device={args.device} steps={steps} group={args.group} prompts_per_step={args.prompts_per_step} "
-          f"length={args.length} throughput_ratio={tps['pluralign'] / tps['trl']:.3f} "
+          f"length={args.length} threads={args.threads} gradient_checkpointing={args.gradient_checkpointing} throughput_ratio={tps['pluralign'] / tps['trl']:.3f} "
+          f"cpu_throughput_ratio={cpu_tps['pluralign'] / cpu_tps['trl']:.3f} "
           f"memory_ratio={ours['peak_rss_mb'] / trl['peak_rss_mb']:.3f} pluralign_tokens_per_s={tps['pluralign']:.1f} "
           f"trl_tokens_per_s={tps['trl']:.1f} pluralign_peak_rss_mb={ours['peak_rss_mb']:.0f} trl_peak_rss_mb={trl['peak_rss_mb']:.0f}")
 
