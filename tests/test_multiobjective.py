@@ -184,6 +184,8 @@ def test_raco_combiner_update_is_the_cagrad_clip_direction():
     per, _ = combine.combine("raco", per_obj, mask, w, combine.Context(params=[theta]), {"c": 0.4})
     (grad,) = torch.autograd.grad(per.mean(), theta)
     assert torch.allclose(grad.double(), a[0] * g[0] + a[1] * g[1], atol=1e-6)
+    means = per_obj.detach().mean(0)  # the logged value is the surrogate Σ a_k L_k
+    assert per.mean().item() == pytest.approx(float(a[0] * means[0] + a[1] * means[1]), abs=1e-6)
     per0, _ = combine.combine("raco", objectives(), mask, w, combine.Context(params=[theta]), {"c": 0.0})
     (grad0,) = torch.autograd.grad(per0.mean(), theta)
     assert torch.allclose(grad0.double(), 0.8 * g[0] + 0.2 * g[1], atol=1e-6)

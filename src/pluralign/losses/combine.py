@@ -9,9 +9,10 @@ is the surrogate to minimise, so the one loop (`pluralign.train.loop`) runs ever
   over the objectives present in the batch: linear scalarisation, and with uniform weights MAH-DPO's
   uniform objective average (Zhou et al. 2025, multi-action-head DPO).
 - ``raco``: RACO's conflict-averse update (Chen et al., ICML 2026): the per-objective gradients g_k are
-  taken with autograd, and the surrogate Σ_k a_k L_k with a = `raco_coefficients(H, w)` (detached) has
-  gradient Σ a_k g_k, the CAGrad-Clip direction. Costs K extra backward passes per micro-batch; with
-  gradient accumulation each micro-batch gets its own coefficients.
+  taken with autograd (one backward each on the shared forward), and the returned surrogate has gradient
+  Σ a_k g_k with a = `raco_coefficients(H, w)`, the CAGrad-Clip direction, without a further backward
+  through the model: K backward passes per micro-batch in all (linear scalarisation: 1). With gradient
+  accumulation each micro-batch gets its own coefficients.
 - ``pama``: PAMA's closed-form min-norm combination (He & Maghsudi, ECML-PKDD 2025, Theorem 1) for
   preference pairs: every objective k moves example b along the same direction ∇logπ(y_w|x), with
   "advantage" A_bk = −∂ℓ_bk/∂logπ_θ(y_w|x) (for DPO β·s_bk·σ(−β·s_bk·h)); the weighted advantages
@@ -90,18 +91,26 @@ def raco(losses: Tensor, mask: Tensor, weights: Tensor, context: Context, *, c: 
     params = [p for p in context.params if p.requires_grad]
     if len(idx) < 2 or not params or not torch.is_grad_enabled():  # evaluation: the weighted loss
         return spread(w, losses, mask), {}
-    grads = []
-    for k in idx:
-        g = torch.autograd.grad(means[k], params, retain_graph=True, allow_unused=True)
-        grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten().double()
-                                for x, p in zip(g, params, strict=True)]))
+    # One backward per objective on the shared forward; the graph is kept only until the last of them.
+    per_param, grads = [], []
+    for j, k in enumerate(idx):
+        g = torch.autograd.grad(means[k], params, retain_graph=j < len(idx) - 1, allow_unused=True)
+        g = [x if x is not None else torch.zeros_like(p) for x, p in zip(g, params, strict=True)]
+        per_param.append(g)
+        grads.append(torch.cat([x.flatten().double() for x in g]))
     G = torch.stack(grads)
     H = (G @ G.T).cpu().numpy()
     a = raco_coefficients(H, w[idx].detach().double().cpu().numpy(), c=c, clip=clip)
     coefficients = torch.zeros_like(w)
     coefficients[idx] = torch.as_tensor(a, dtype=w.dtype, device=w.device)
     cos = (H[0, 1] / max((H[0, 0] * H[1, 1]) ** 0.5, 1e-30))
-    return spread(coefficients, losses, mask), {"raco/grad_cosine": torch.tensor(float(cos))}
+    # The update Σ a_k g_k is already known: the surrogate ⟨θ, Σ a_k g_k⟩ (detached direction) has exactly
+    # that gradient and a backward through it touches only the parameters, not the model again (K
+    # backward passes per micro-batch, not K + 1). Its value is that of Σ a_k L_k, for the logs.
+    direction = sum((p * sum(float(ak) * gk[i] for ak, gk in zip(a, per_param, strict=True)).detach()).sum()
+                    for i, p in enumerate(params))
+    values = spread(coefficients, losses.detach(), mask) + (direction - direction.detach())
+    return values, {"raco/grad_cosine": torch.tensor(float(cos))}
 
 
 @register("pama")
