@@ -48,6 +48,21 @@ def test_hypervolume_only_over_a_real_front_with_its_reference():
     assert "<td>1.75</td>" in page
 
 
+def test_three_objective_fronts_are_drawn_pairwise_with_the_hypervolume_over_all_three():
+    from pluralign.evaluate import plots
+
+    runs = [{"name": f"m{i}", "method": "m", "objectives": dict(zip("xyz", p, strict=True))}
+            for i, p in enumerate([(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (0.2, 0.2, 0.2)])]
+    page = render_html({"runs": runs, "pareto": {"objectives": ["x", "y", "z"], "reference": [-1, -1, -1]}})
+    assert "hypervolume over x, y, z w.r.t. the reference point [-1, -1, -1] (given)" in page
+    assert "one panel per pair of objectives" in page
+    # Boxes from the reference, shifted by +1: A = 2·1·1, B = 1·2·1, C = 1·1·2 (union 6 − 3 + 1 = 4) and
+    # D = 1.2³ = 1.728, of which A∪B∪C covers 3·1.2 − 3·1 + 1 = 1.6: 4 + 1.728 − 1.6 = 4.128.
+    png, hvs = plots.pareto_fronts(runs, ["x", "y", "z"], [-1, -1, -1])
+    assert png[:4] == b"\x89PNG" and hvs["m"] == pytest.approx(4.128)
+    assert "<td>4.128</td>" in page
+
+
 def test_samples_side_by_side_with_scores_and_rendered_prompts():
     page = render_html({"runs": _runs()})
     assert "Sample generations" in page

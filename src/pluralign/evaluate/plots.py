@@ -85,26 +85,47 @@ def reward_kl(runs: Sequence[dict], ylabel: str = "reward") -> bytes | None:
     return _png(fig)
 
 
+MAX_PROJECTED = 4  # objectives drawn pairwise (4 → 6 panels); the hypervolume always uses all of them
+
+
 def pareto_fronts(runs: Sequence[dict], objectives: Sequence[str], reference: Sequence[float]) -> tuple[bytes, dict[str, float]]:
-    """Scatter of the first two `objectives`, each method's Pareto front drawn as a line, and the
-    hypervolume of every method's runs over ALL `objectives` w.r.t. `reference` (shown in the legend) —
-    None for a method whose runs have fewer than 2 non-dominated points: a single point is no front, and
-    its "hypervolume" is only the box to the reference point, which the reference alone decides."""
+    """Each method's runs and Pareto front, and the hypervolume of its runs over ALL `objectives` w.r.t.
+    `reference` (shown in the legend) — None for a method whose runs have fewer than 2 non-dominated
+    points: a single point is no front, and its "hypervolume" is only the box to the reference point,
+    which the reference alone decides. Two objectives: one scatter. More: one panel per pair of
+    objectives (the first `MAX_PROJECTED`), each with the runs projected onto the pair; the line joins a
+    method's runs that are non-dominated over all objectives (markers filled) in the order of the panel's
+    x objective, and the reference point's projection is marked."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    shown = list(range(min(len(objectives), MAX_PROJECTED)))
+    pairs = [(i, j) for i in shown for j in shown if i < j]
+    cols = min(len(pairs), 3)
+    rows = -(-len(pairs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 if cols == 1 else 4.2 * cols, 4.2 if rows == 1 else 3.8 * rows),
+                             squeeze=False)
     hvs: dict[str, float] = {}
     for method, group in by_method(runs).items():
         P = np.array([[r["objectives"][o] for o in objectives] for r in group], dtype=float)
-        hvs[method] = hypervolume(P, reference) if len(pareto_front(P)) >= 2 else None
-        line = ax.plot(P[:, 0], P[:, 1], "o", alpha=0.6)[0]
-        front = pareto_front(P[:, :2])
+        everywhere = pareto_front(P)
+        hvs[method] = hypervolume(P, reference) if len(everywhere) >= 2 else None
         hv = f"HV {hvs[method]:.3g}" if hvs[method] is not None else "no front"
-        ax.plot(P[front, 0], P[front, 1], "-", color=line.get_color(), label=f"{label(method)} ({hv})")
-    ax.plot([reference[0]], [reference[1]], "x", color="black", label="reference")
-    ax.set(xlabel=label(objectives[0]), ylabel=label(objectives[1]), title="Pareto fronts" + (
-        f" (HV over {len(objectives)} objectives)" if len(objectives) > 2 else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        color = None
+        for n, (i, j) in enumerate(pairs):
+            ax = axes.flat[n]
+            dots = ax.plot(P[:, i], P[:, j], "o", alpha=0.35, color=color, mfc="none")[0]
+            color = dots.get_color()
+            front = pareto_front(P[:, [i, j]]) if len(objectives) == 2 else everywhere[np.argsort(P[everywhere, i], kind="stable")]
+            ax.plot(P[front, i], P[front, j], "o-", color=color, alpha=0.85, label=f"{label(method)} ({hv})" if n == 0 else None)
+    for n, (i, j) in enumerate(pairs):
+        ax = axes.flat[n]
+        ax.plot([reference[i]], [reference[j]], "x", color="black", label="reference" if n == 0 else None)
+        ax.set(xlabel=label(objectives[i]), ylabel=label(objectives[j]))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    title = "Pareto fronts" + (f" (pairwise projections; HV over all {len(objectives)} objectives)" if len(objectives) > 2 else "")
+    fig.suptitle(title, fontsize=10)
     return _png(fig), hvs
 
 

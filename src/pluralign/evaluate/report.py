@@ -282,7 +282,8 @@ def _comparison_section(curves: Sequence[dict]) -> str:
 def _pareto_section(results: dict) -> str:
     runs = [r for r in results.get("runs", []) if r.get("objectives")]
     spec = results.get("pareto", {})
-    # Default: the first two objectives (hypervolume by slicing grows fast with the dimension).
+    # Default: the first two objectives (hypervolume by slicing grows fast with the dimension); given
+    # more, the fronts are drawn as pairwise projections and the hypervolume is over all of them.
     objectives = list(spec.get("objectives") or list(dict.fromkeys(o for r in runs for o in r["objectives"]))[:2])
     runs = [r for r in runs if all(plots._finite(r["objectives"].get(o)) for o in objectives)]
     if len(objectives) < 2 or not runs:
@@ -298,6 +299,9 @@ def _pareto_section(results: dict) -> str:
         rows.append([m, len(g), plots.front_size(g, objectives), hvs[m] if front else "— (no front)"])
     where = "given" if spec.get("reference") else "default: below every run's worst value"
     caption = f"hypervolume over {', '.join(objectives)} w.r.t. the reference point {fmt(ref)} ({where})"
+    if len(objectives) > 2:
+        caption += (f"; one panel per pair of objectives{' (the first ' + str(plots.MAX_PROJECTED) + ')' if len(objectives) > plots.MAX_PROJECTED else ''}"
+                    f", filled markers joined: runs non-dominated over all {len(objectives)} objectives")
     table = table_html(["method", "runs", "non-dominated runs", "hypervolume"], rows)
     return (f'<h2>Pareto fronts</h2><div class="grid">{figure_html(png, "Pareto fronts", caption)}</div>{table}'
             f'<p class="muted">{html.escape(caption)}. A method with fewer than 2 non-dominated runs has no '
