@@ -1,7 +1,9 @@
 """`pluralign train NAME --config FILE [key=value ...]`.
 
 NAME is `sft`, an online recipe (`grpo`, `gspo`, `rloo`, `reinforce_pp`, `ppo`, `online_dpo`, `mnpo_rounds`, `rsft`:
-generate from the policy, score, learn), a reward-model recipe (`rm`, `morm`, `pal`, `binary-rm`), `preference` (the loss taken
+generate from the policy, score, learn), a reward-model recipe (`rm`, `morm`, `pal`, `binary-rm`), a multi-objective recipe (`dpa`: directional
+rejection-sampling rounds, `soup`: one member per objective, interpolated per request, `map`: a MAP
+palette turned into DPO pairs), `preference` (the loss taken
 from the config), or any registered preference loss (`dpo`, `ipo`, `kto`, `bco`, `lipo_lambda`,
 `orpo`, `simpo`, …; `lipo` is short for `lipo_lambda`). A mixture is given with `loss=dpo:1,nll:0.2`.
 `--help-config` lists every config field with its default and help.
@@ -19,6 +21,7 @@ from pluralign.errors import ConfigError, PluralignError
 REWARD_MODEL_TYPES = {"rm": "bt", "morm": "multi", "pal": "pal", "binary-rm": "binary"}
 ALIASES = {"lipo": "lipo_lambda", "online-dpo": "online_dpo", "reinforce++": "reinforce_pp", "raft": "rsft"}
 ONLINE = ("grpo", "gspo", "rloo", "reinforce_pp", "ppo", "online_dpo", "mnpo_rounds", "rsft")
+STEERABLE = {"dpa": ("DPAConfig", "run_dpa"), "soup": ("SoupConfig", "run_soup"), "map": ("MAPConfig", "run_map")}
 
 
 def register(subparsers: Any) -> None:
@@ -27,7 +30,7 @@ def register(subparsers: Any) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", metavar="NAME", help="sft | grpo | gspo | rloo | reinforce_pp | ppo | online_dpo | mnpo_rounds | rsft | rm | morm | pal | "
-                   "binary-rm | preference | a loss name (dpo, ipo, kto, …)")
+                   "binary-rm | dpa | soup | map | preference | a loss name (dpo, ipo, kto, …)")
     _options(p)
     # argparse cannot take positionals after options (`NAME --config F a=1`), so everything after NAME
     # is collected here and parsed again, intermixed, by `_options`.
@@ -52,6 +55,11 @@ def recipe(name: str) -> tuple[type, Any, dict]:
         from pluralign.train.recipes import online
 
         return online.OnlineConfig, online.run, {"algorithm": name}
+    if name in STEERABLE:
+        from pluralign.train.recipes import steerable
+
+        config_cls, run_fn = STEERABLE[name]
+        return getattr(steerable, config_cls), getattr(steerable, run_fn), {}
     if name in REWARD_MODEL_TYPES:
         try:
             reward = importlib.import_module("pluralign.train.recipes.reward")

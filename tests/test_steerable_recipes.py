@@ -1,0 +1,120 @@
+"""`pluralign train dpa | soup | map` on a tiny chat model (message-list prompts rendered by the
+tokenizer's chat template): each recipe trains and saves a model that decodes with per-request controls,
+and bad input stops with exit code 2 and a message naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import CHAT_TEMPLATE, CHAT_WORDS
+
+from pluralign.cli import main
+from pluralign.models.tiny import tiny_llama, word_tokenizer
+
+OBJ = ["informativeness", "conciseness"]
+ANSWERS = ["the cat", "the big red cat sat on the mat", "yes", "the dog ran under the rug", "no", "hello world"]
+LOOP = ["loop.max_steps=2", "loop.batch_size=4", "loop.progress=false", "loop.learning_rate=1e-2"]
+
+
+def lengths(prompts, responses):
+    """A two-objective reward: (words, −words) of each response."""
+    n = torch.tensor([float(len(r.split())) for r in responses])
+    return torch.stack([n, -n], 1)
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("chat_model")
+    tok = word_tokenizer(CHAT_WORDS, chat_template=CHAT_TEMPLATE)
+    tiny_llama(len(tok), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rated(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "rated.jsonl"
+    rows = []
+    for q in ("what is the cat", "why is the dog sad"):
+        for a in ANSWERS:
+            n = len(a.split())
+            rows.append({"prompt": [{"role": "user", "content": q}], "response": a,
+                         "ratings": {"informativeness": min(n, 4) / 4, "conciseness": 1 - n / 10}})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_train_soup_trains_a_member_per_objective_and_one_hot_weights_give_the_member(tmp_path, chat_model, rated):
+    from pluralign.decode.api import Controls, decode
+    from pluralign.decode.steer import load_policy
+    from pluralign.models.soup import member_state
+
+    out = tmp_path / "soup"
+    assert main(["train", "soup", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}",
+                 "objectives.names=[informativeness,conciseness]", "gradient_checkpointing=false", *LOOP]) == 0
+    model, tok = load_policy(out / "model")
+    assert model.pluralign_conditioning.name == "soup" and len(model.pluralign_conditioning.params["members"]) == 2
+    member = member_state(out / "members" / "conciseness" / "model")
+    with model.pluralign_conditioning.steer(model, model.pluralign_conditioning.condition(weights=[0, 1])):
+        assert all(torch.equal(v, member[k]) for k, v in model.state_dict().items())
+    res = decode("sample", model, tok, [[{"role": "user", "content": "what is the cat"}]] * 2,
+                 controls=[Controls(weights=[1, 0], max_new_tokens=3), Controls(weights=[0.5, 0.5], max_new_tokens=3)])
+    assert len(res.texts) == 2
+
+
+def test_train_map_solves_the_palette_and_trains_on_its_pairs(tmp_path, chat_model, rated):
+    out = tmp_path / "map"
+    assert main(["train", "map", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}",
+                 "palette={informativeness: 0.7}", "palette_quantiles={conciseness: 0.3}", "gradient_checkpointing=false", *LOOP]) == 0
+    palette = json.loads((out / "palette.json").read_text())
+    assert palette["objectives"] == OBJ and all(x >= 0 for x in palette["lambda"]) and any(x > 0 for x in palette["lambda"])
+    assert (out / "model").is_dir() and (out / "map_pairs.jsonl").read_text().strip()
+
+
+def test_train_dpa_rounds_save_a_direction_conditioned_model(tmp_path, chat_model, rated):
+    from pluralign.decode.api import Controls, decode
+    from pluralign.decode.steer import load_policy
+
+    out = tmp_path / "dpa"
+    assert main(["train", "dpa", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}",
+                 "objectives=[informativeness,conciseness]", f"reward={__name__}:lengths", "rounds=2", "n=2",
+                 "max_new_tokens=4", "max_length=64", *LOOP, "loop.batch_size=2"]) == 0
+    model, tok = load_policy(out / "round1" / "model")
+    assert model.pluralign_conditioning.name == "system_message"
+    kept = [json.loads(line) for line in (out / "round0.jsonl").read_text().splitlines()]
+    assert kept and all(set(r["meta"]["direction"]) == set(OBJ) for r in kept)
+    res = decode("sample", model, tok, [[{"role": "user", "content": "what is the cat"}]],
+                 controls=Controls(direction=[1, 1], max_new_tokens=3))
+    assert len(res.texts) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "soup", "objectives.names=[informativeness]"], "a soup needs at least two objectives"),
+    (["train", "soup", "objectives.names=[informativeness,formality]"], "no ratings for objective(s) formality"),
+    (["train", "map", "palette={formality: 0.5}"], "no rating for palette objective(s) ['formality']"),
+    (["train", "map", "palette={informativeness: 5.0}"], "not reachable"),
+    (["train", "map", "palette_quantiles={conciseness: 1.5}"], "'palette_quantiles.conciseness' must be in [0, 1]"),
+    (["train", "dpa", "objectives=[informativeness,conciseness]", "reward=gold", "angles=[90, 0]"], "'angles' must be"),
+    (["train", "dpa", "objectives=[informativeness,fun]", "reward=gold"], "scores no objective(s) ['fun']"),
+    (["train", "dpa", "objectives=[informativeness,conciseness]", "n=0"], "'n' must be at least 1"),
+])
+def test_bad_input_exits_2_naming_the_field(tmp_path, chat_model, rated, capsys, argv, message):
+    assert main([*argv, f"model={chat_model}", f"data=[{rated}]", f"output_dir={tmp_path / 'o'}", *LOOP]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, field", [("dpa", "rounds"), ("soup", "objectives"), ("map", "palette_quantiles")])
+def test_help_config_lists_the_fields(capsys, name, field):
+    assert main(["train", name, "--help-config"]) == 0
+    assert field in capsys.readouterr().out
+
+
+def test_soup_objective_without_pairs_exits_2(tmp_path, chat_model, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": "what is the cat"}], "chosen": a,
+                                         "rejected": "no", "objective": "informativeness"}) + "\n" for a in ANSWERS[:4]))
+    assert main(["train", "soup", f"model={chat_model}", f"data=[{pairs}]", f"output_dir={tmp_path / 'o'}",
+                 "objectives.names=[informativeness,conciseness]", *LOOP]) == 2
+    assert "objective 'conciseness' has no pairs" in capsys.readouterr().err
