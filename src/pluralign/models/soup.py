@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pluralign.conditioning import Condition, Scheme, register, save_state
+from pluralign.conditioning import FILE, Condition, Scheme, register, save_state
 from pluralign.errors import ConfigError
 
 
@@ -94,13 +96,27 @@ def _resolve(member: str, base: Path | None) -> Path:
 
 
 def save_soup(member_dirs: Sequence[str | Path], objectives: Sequence[str], out_dir: str | Path) -> Path:
-    """A soup directory: member 0's model and tokenizer plus conditioning.json naming every member
-    (paths relative to the soup directory when they share a parent)."""
-    from pluralign.models.load import load_model, load_tokenizer, save_model
+    """A soup directory: member 0's model and tokenizer files plus conditioning.json naming every member
+    (paths relative to the soup directory when they share a parent). The files are copied, not loaded and
+    saved again, and the directory is written under a temporary name and renamed into place."""
+    from pluralign.models.load import _replace_dir
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     members = [os.path.relpath(Path(m).resolve(), out.resolve()) for m in member_dirs]
     scheme = Soup(objectives, members=members)
-    first = str(member_dirs[0])
-    return save_model(load_model(first), load_tokenizer(first), out, extra_files=save_state(scheme))
+    first = Path(member_dirs[0])
+    if not first.is_dir():
+        raise ConfigError(f"soup member {first}: not a model directory")
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        for f in first.iterdir():
+            if f.is_file() and f.name != FILE:
+                shutil.copy2(f, tmp / f.name)
+        for name, text in save_state(scheme).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
