@@ -4,16 +4,21 @@ against linear-scalarised DPO trained once per weight.
 1. The sandbox base model answers training prompts (4 samples each); every sample is rated by its gold
    attributes (`pluralign.sandbox.attributes`) on the objectives of a case: "2obj" = informativeness vs
    conciseness (they conflict: information needs words), "3obj" adds formality.
-2. Methods, all from the base with pluralign's recipes (β = 0.1, the same steps, batch and learning rate):
+2. Methods, all from the base with pluralign's recipes (β = 0.1, the same batch and learning rate; the
+   steps of one linear-scalarised DPO run, about one epoch of its pairs, unless stated):
    - linear (the sweep): per-objective DPO losses on signed pairs (one pair per two responses, a sign per
      objective) combined with fixed weights w, one model per w of the grid (≥ 5 models);
    - raco / pama: the same data and steps, per-objective gradients combined by RACO's CAGrad-Clip or
-     PAMA's min-norm weights, one model per w;
+     PAMA's min-norm weights, one model per w; racoeq: RACO with the steps the sweep's CPU-seconds buy
+     (RACO takes K backward passes per step), so that it is compared with the sweep at equal cost;
+   - linshort: the sweep with the soup experts' step budget (a control: how much of the soups' saving is
+     the shorter budget rather than the fewer models);
    - modpo: DPO on informativeness pairs with the other objectives' gold rewards as margin, one model per w
      (w_0 > 0);
    - map: MAP palettes (targets = quantiles of the base's rewards) → λ* → pairs ordered by λ*ᵀr → DPO;
    - single-run methods, steered per request at every w of the grid: mahdpo (K heads, one run on
-     objective-tagged pairs), soups (one DPO model per objective, weights interpolated), ric (SFT with
+     objective-tagged pairs), soups (one DPO expert per objective on that objective's pairs, 0.6 of the
+     sweep's steps: an expert only has to reach its extreme; weights interpolated), ric (SFT with
      reward z-scores in the prompt), dpa (rejection-sampling rounds with the direction in the prompt,
      best-of-4 by the gold vᵀr standing in for the multi-objective reward model).
 3. Each model (and each weight of a steerable one) is sampled on fixed evaluation prompts; a point is the
@@ -21,7 +26,8 @@ against linear-scalarised DPO trained once per weight.
    that of its points against the reference point (the low end of each attribute's range: 0 for
    informativeness and conciseness, −1 for formality), with a bootstrap CI (prompts resampled jointly).
    Training cost is CPU-seconds of this process (time.process_time) spent training, including DPA's
-   sampling rounds; evaluation is not counted.
+   sampling rounds and each method's own reference passes (a cache per method, shared by its models);
+   evaluation is not counted, nor the untimed warm-up runs that take the process's one-time costs.
 
     .venv/bin/python experiments/pareto_training.py --quick   # ~3 min of CPU
     .venv/bin/python experiments/pareto_training.py           # the full grid
@@ -133,9 +139,14 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
     results: dict = {"objectives": names, "weights": weights, "reference": ref.tolist(), "methods": {}}
     methods = a.methods.split(",")
 
-    def train_pref(tag, **kw):
+    def train_pref(tag, steps=None, **kw):
         shutil.rmtree(out / tag, ignore_errors=True)  # a fresh run: the loop would resume an old one
-        return run(from_kwargs(output_dir=str(out / tag), **(common | kw))).model_dir
+        # Each method has its own reference cache: it pays for the reference passes over its data once
+        # (shared by its own models, as a sweep would share them), never for another method's.
+        cfg = common | {"ref_cache_dir": str(out / "ref_cache" / tag.split("_")[0])} | kw
+        if steps is not None:
+            cfg["loop"] = loop | {"max_steps": steps, "log_every": steps}
+        return run(from_kwargs(output_dir=str(out / tag), **cfg)).model_dir
 
     def record(method, model_dirs, controls, clock, n_models, extra=None):
         per = []
@@ -148,16 +159,29 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
               f"cost {clock.seconds:6.1f} CPU-s  ({n_models} model(s), {len(entry['points'])} points)", flush=True)
 
     wdict = [dict(zip(names, w, strict=True)) for w in weights]
-    for method in ("linear", "raco", "pama"):
+    # Untimed 2-step runs of both recipes first: the process's one-time costs (imports, first calls) are
+    # charged to no method (else the first method trained would pay them).
+    train_pref("warmup_pref", steps=2, data=[str(out / "rated.jsonl")], objectives={"names": names, "rated_pairs": "signed"})
+    shutil.rmtree(out / "warmup_sft", ignore_errors=True)
+    run_sft(model=str(base), data=[str(out / "rated.jsonl")], output_dir=str(out / "warmup_sft"), objectives=names,
+            conditioning="reward_tokens", gradient_checkpointing=False, max_length=128, loop=loop | {"max_steps": 2})
+    for method in ("linear", "linshort", "raco", "pama", "racoeq"):
         if method not in methods:
             continue
+        steps = a.steps
+        if method == "linshort":  # control: the sweep with the soup experts' (shorter) step budget
+            steps = a.expert_steps
+        elif method == "racoeq":  # RACO at the sweep's CPU-seconds: the steps that time buys
+            steps = equal_cost_steps(results["methods"], a.steps)
+            if steps is None:
+                continue
         clock, dirs = Clock(), []
         for i, w in enumerate(wdict):
             with clock:
-                dirs.append(train_pref(f"{method}_{i}", data=[str(out / "rated.jsonl")],
+                dirs.append(train_pref(f"{method}_{i}", steps=steps, data=[str(out / "rated.jsonl")],
                                        objectives={"names": names, "rated_pairs": "signed", "weights": w,
-                                                   "combine": "weighted" if method == "linear" else method}))
-        record(method, dirs, [[{}]] * len(dirs), clock, len(dirs))
+                                                   "combine": {"racoeq": "raco"}.get(method, "weighted" if method.startswith("lin") else method)}))
+        record(method, dirs, [[{}]] * len(dirs), clock, len(dirs), {"steps": steps})
     if "modpo" in methods:
         clock, dirs = Clock(), []
         for i, w in enumerate(wdict):
@@ -192,7 +216,7 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
         clock, members = Clock(), []
         with clock:
             for n in names:
-                members.append(train_pref(f"soup_{n}", data=[str(out / f"pairs_{n}.jsonl")]))
+                members.append(train_pref(f"soup_{n}", steps=a.expert_steps, data=[str(out / f"pairs_{n}.jsonl")]))
             soup = save_soup(members, names, out / "soup")
         record("soups", [soup], steer, clock, k)
     if "ric" in methods:
@@ -219,6 +243,21 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
     return results
 
 
+def equal_cost_steps(done: dict, steps: int) -> int | None:
+    """RACO's steps per model at the linear sweep's CPU-seconds. A model's cost is a fixed part (load,
+    data, reference pass, save) plus steps × the cost of a step; with the `linshort` control (the sweep at
+    fewer steps) the two are told apart, else the fixed part is taken as 0 (fewer steps than fair)."""
+    lin, rac, short = done.get("linear"), done.get("raco"), done.get("linshort")
+    if not (lin and rac):
+        return None
+    per_lin, per_rac = lin["cpu_s"] / lin["models"], rac["cpu_s"] / rac["models"]
+    fixed = 0.0
+    if short and short["steps"] < steps:
+        step_cost = (per_lin - short["cpu_s"] / short["models"]) / (steps - short["steps"])
+        fixed = min(max(per_lin - steps * step_cost, 0.0), 0.9 * per_lin)
+    return max(1, round(steps * (per_lin - fixed) / max(per_rac - fixed, 1e-9)))
+
+
 def verdicts(res: dict) -> dict:
     m = res["methods"]
     lin = m.get("linear")
@@ -230,11 +269,17 @@ def verdicts(res: dict) -> dict:
                 out[f"{name}_cost_ratio"] = m[name]["cpu_s"] / lin["cpu_s"] if lin["cpu_s"] > 0 else float("nan")
         out["single_run_95pct_at_third_cost"] = any(
             out.get(f"{n}_hv_ratio", 0) >= 0.95 and out.get(f"{n}_cost_ratio", 9) <= 1 / 3 for n in SINGLE_RUN)
-        for name in ("raco", "pama"):
+        for name in ("raco", "pama", "racoeq", "linshort"):
             if name in m:
                 out[f"{name}_minus_linear_hv"] = m[name]["hv"] - lin["hv"]
                 out[f"{name}_cost_ratio"] = m[name]["cpu_s"] / lin["cpu_s"] if lin["cpu_s"] > 0 else float("nan")
-        out["raco_or_pama_ge_linear"] = any(out.get(f"{n}_minus_linear_hv", -1) >= 0 for n in ("raco", "pama"))
+        # Equal cost = equal CPU-seconds within 10%: PAMA at the sweep's steps costs about the same as the
+        # sweep; RACO costs more per step, so `racoeq` is RACO with the steps the sweep's CPU-seconds buy.
+        out["raco_or_pama_ge_linear_at_equal_cpu"] = any(
+            out.get(f"{n}_minus_linear_hv", -1) >= 0 and out.get(f"{n}_cost_ratio", 9) <= 1.1 for n in ("racoeq", "pama"))
+        if "soups" in m and "linshort" in m and m["linshort"]["hv"] > 0:  # soups against the sweep at the experts' steps
+            out["soups_vs_linshort_hv_ratio"] = m["soups"]["hv"] / m["linshort"]["hv"]
+            out["soups_vs_linshort_cost_ratio"] = m["soups"]["cpu_s"] / m["linshort"]["cpu_s"]
     return out
 
 
@@ -251,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer prompts, steps and samples (~3 min of CPU)")
     p.add_argument("--cases", default="2obj,3obj")
-    p.add_argument("--methods", default="linear,raco,pama,modpo,map,mahdpo,soups,ric,dpa")
+    p.add_argument("--methods", default="linear,raco,pama,racoeq,linshort,modpo,map,mahdpo,soups,ric,dpa")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/pareto_training")
     a = p.parse_args(argv)
@@ -259,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     a.eval_prompts, a.samples = (24, 2) if a.quick else (64, 2)
     a.dpa_prompts, a.dpa_rounds = (48, 1) if a.quick else (160, 2)
     a.lr, a.sft_lr = 5e-4, 1e-3
+    # Soup experts train on one objective's pairs only, with 0.6 of a sweep model's steps ("experts only
+    # need the extremes"); `linshort` is the sweep at that budget, so the saving's source is visible.
+    a.expert_steps = max(1, round(0.6 * a.steps))
 
     import torch
 
@@ -279,13 +327,13 @@ def main(argv: list[str] | None = None) -> None:
         everything[case] = res
         print(f"[{case}] {res['verdicts']}", flush=True)
     atomic_write_json(out / "results.json", everything)
-    for case in a.cases.split(","):  # one report per case (a 3-objective front is drawn on its first two)
+    for case in a.cases.split(","):  # one report per case (3 objectives: fronts drawn pairwise, HV over all 3)
         res = everything[case]
         write_report({"title": f"Many objectives at once ({case}): Pareto fronts of multi-objective training",
                       "description": "Mean gold attributes of samples per model / per requested weight; one front per "
                                      f"method; objectives {res['objectives']}, reference point {res['reference']}.",
                       "runs": report_runs(case, res),
-                      "pareto": {"objectives": res["objectives"][:2], "reference": res["reference"][:2]}},
+                      "pareto": {"objectives": res["objectives"], "reference": res["reference"]}},
                      out / f"report_{case}.html")
     fields = []
     for case in a.cases.split(","):
