@@ -47,6 +47,8 @@ import numpy as np
 import torch
 
 BOOT = 1000
+# online group DRO (Sagawa et al. 2020): weights over groups, η per step, generalization adjustment C/√n_g
+DRO = {"step_size": 0.5, "adjustment": 4.0}
 
 
 def boot_ci(values: np.ndarray, stat=np.mean, seed: int = 0) -> tuple[float, float, float]:
@@ -78,15 +80,16 @@ def relabel(records, user, seed: int):
     return out
 
 
-def attributes(model, tok, prompts, n, seed, context=None):
-    """Gold attributes [P, S, A] of `n` samples per prompt (under `context`, e.g. a person's vector)."""
+def attributes(model, tok, prompts, n, seed, context=None, shown=None):
+    """Gold attributes [P, S, A] of `n` samples per prompt (under `context`, e.g. a person's vector; the
+    model sees `shown`, e.g. the prompts with a person's control tokens, the gold scores the prompts)."""
     import contextlib
 
     from pluralign.decode.sampler import sample
     from pluralign.sandbox.gold import attributes_of
 
     with context or contextlib.nullcontext():
-        s = sample(model, tok, prompts, n=n, max_new_tokens=48, temperature=1.0, seed=seed)
+        s = sample(model, tok, shown or prompts, n=n, max_new_tokens=48, temperature=1.0, seed=seed)
     return attributes_of(prompts, s.texts), s
 
 
@@ -99,13 +102,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-prompts", type=int, default=96)
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--shots", type=int, default=10, help="pairs the new user's vector is fitted from")
+    p.add_argument("--token-lr", type=float, default=1e-2, help="learning rate of the control tokens (policy frozen)")
+    p.add_argument("--pas-kl", type=float, default=0.02, help="PAS: per-token KL budget of the α search")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/personal_training")
     a = p.parse_args(argv)
     if a.quick:
         a.pairs, a.epochs, a.eval_prompts, a.samples = 256, 1, 24, 2
 
+    from pluralign import conditioning
     from pluralign.data.io import write_records
+    from pluralign.decode.steer import load_policy
     from pluralign.models.load import load_model, load_tokenizer
     from pluralign.personal import steering
     from pluralign.personal.conditioned import load_vectors
@@ -138,12 +145,19 @@ def main(argv: list[str] | None = None) -> None:
     common = dict(model=str(base_dir), data=[str(data)], loss="dpo:1,nll:0.2", loss_params={"beta": 0.1},
                   ref_cache_dir=str(out / "ref_cache"), loop=loop)
     methods = {"shared": {}, "user_conditioned": {"condition_on": "user"}, "group_conditioned": {"condition_on": "group"},
-               "worst_group": {"group_objective": "worst_group"}, "nash": {"group_objective": "nash"}}
+               "worst_group": {"group_objective": "worst_group"}, "nash": {"group_objective": "nash"},
+               "group_dro": {"group_objective": "group_dro", "group_objective_params": DRO}}
     dirs = {}
     for name, personal in methods.items():
         t = time.perf_counter()
         dirs[name] = run(from_kwargs(output_dir=str(out / name), personal=personal, **common)).model_dir
         print(f"trained {name} ({time.perf_counter() - t:.0f}s)", flush=True)
+    # learned control tokens per group, the policy frozen: only 4 token embeddings per group are trained
+    t = time.perf_counter()
+    dirs["control_tokens"] = run(from_kwargs(
+        output_dir=str(out / "control_tokens"), **common | {"loop": loop | {"learning_rate": a.token_lr}},
+        objectives={"conditioning": "control_tokens", "conditioning_params": {"on": "group", "tokens": 4}})).model_dir
+    print(f"trained control_tokens ({time.perf_counter() - t:.0f}s)", flush=True)
 
     tok = load_tokenizer(str(base_dir))
     base = load_model(str(base_dir)).eval()
@@ -156,8 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     x_base = attributes(base, tok, prompts, a.samples, a.seed + 1)[0]
     util = {"base": group_utils(x_base)}
     spread = {g: float(utility(w, x_base).std()) for g, w in weights.items()}
-    models = {n: load_model(str(d)).eval() for n, d in dirs.items()}
-    for name in ("shared", "worst_group", "nash"):
+    models = {n: load_model(str(d)).eval() for n, d in dirs.items() if n != "control_tokens"}
+    for name in ("shared", "worst_group", "nash", "group_dro"):
         util[name] = group_utils(attributes(models[name], tok, prompts, a.samples, a.seed + 1)[0])
     # user-conditioned: each group's prompts are served round-robin to the group's (trained) users
     cond, (vectors, _) = models["user_conditioned"], load_vectors(dirs["user_conditioned"])
@@ -177,6 +191,12 @@ def main(argv: list[str] | None = None) -> None:
         g.name: utility(weights[g.name], attributes(gcond, tok, prompts, a.samples, a.seed + 1,
                                                     offset(site(gcond, "embeddings"), gvectors.get(g.name)))[0]).mean(1)
         for g in pop.groups}
+    # control tokens: the saved model re-attached as a decoder would; each group's prompts carry its tokens
+    ctl, _ = load_policy(dirs["control_tokens"])
+    scheme = conditioning.attached(ctl).bind(tok)
+    util["control_tokens"] = {
+        g.name: utility(weights[g.name], attributes(ctl, tok, prompts, a.samples, a.seed + 1, shown=[
+            scheme.prompt(q, scheme.condition(group=g.name)) for q in prompts])[0]).mean(1) for g in pop.groups}
     res: dict[str, float] = {}
     groups = [g.name for g in pop.groups]
     print(f"\nper-group gold utility (95% bootstrap CI over {len(prompts)} prompts x {a.samples} samples)")
@@ -191,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         for g in groups:
             res[f"{name}_{g}"] = float(u[g].mean())
     print("\nvs shared (paired differences)")
-    for name in ("user_conditioned", "group_conditioned", "worst_group", "nash"):
+    for name in ("user_conditioned", "group_conditioned", "control_tokens", "worst_group", "nash", "group_dro"):
         for g in groups:
             d = boot_ci(util[name][g] - util["shared"][g])
             res[f"{name}_{g}_gain_low"] = d[1]
@@ -239,14 +259,16 @@ def main(argv: list[str] | None = None) -> None:
 
     # --- PAS steering of the shared policy toward the new user (training-free)
     shared = models["shared"]
-    pas = steering.fit(shared, tok, shots + held_out[: len(held_out) // 2], layer=0)
+    # direction from 60% of the user's pairs, α judged on the other 40% within a per-token KL budget
+    pas = steering.fit(shared, tok, shots + held_out[: len(held_out) // 2], layer=0, max_kl=a.pas_kl)
     x0, s0 = attributes(shared, tok, prompts, a.samples, a.seed + 4)
     x1, s1 = attributes(shared, tok, prompts, a.samples, a.seed + 4, pas.apply(shared))
     with pas.apply(shared):
         lp_steered = sample_logps(shared, s1)
     kl = (lp_steered - sample_logps(shared, s1)).mean(1)
     pas_gain = boot_ci(utility(w_user, x1).mean(1) - utility(w_user, x0).mean(1))
-    print(f"PAS alpha={pas.alpha:g} (search {({k: round(v, 3) for k, v in pas.search.items()})}): user's gold utility "
+    search = ", ".join(f"{k:g}: {v[0]:.3f}/{v[1]:.4f}" for k, v in pas.search.items())
+    print(f"PAS alpha={pas.alpha:g} (α: held-out agreement/token KL {search}; budget {a.pas_kl}): user's gold utility "
           f"{fmt(pas_gain)} at KL(steered || shared) {kl.mean():.3f} ± {kl.std(ddof=1) / np.sqrt(len(kl)):.3f}")
     res |= {"pas_alpha": pas.alpha, "pas_gain": pas_gain[0], "pas_gain_low": pas_gain[1], "pas_kl": float(kl.mean())}
     searched = pas.alpha

@@ -127,10 +127,29 @@ def test_pas_direction_alpha_zero_and_search(tiny):
     assert u.tolist() == pytest.approx([2 / math.sqrt(5), -1 / math.sqrt(5)])
     proj = torch.tensor([2.0, 6.0, -1.0, -1.0]) / math.sqrt(5)
     assert sigma == pytest.approx(float(proj.std()))
-    records = PAIRS * 2
-    fitted = steering.fit(model, tok, records, layer=0, alphas=(0.0, 1.0, 4.0))
+    records = PAIRS * 3
+    fitted = steering.fit(model, tok, records, layer=0, alphas=(0.0, 1.0, 4.0), max_kl=None)
     assert fitted.direction.norm().item() == pytest.approx(1.0, abs=1e-5)
-    assert fitted.alpha == max(fitted.search, key=fitted.search.get)
+    assert fitted.alpha == max(fitted.search, key=lambda a: fitted.search[a][0])
+    assert fitted.search[0.0][1] == 0.0 and fitted.search[4.0][1] > fitted.search[1.0][1] > 0
+    # a KL budget below every non-zero step's cost leaves the model unsteered
+    budget = steering.fit(model, tok, records, layer=0, alphas=(0.0, 1.0, 4.0), max_kl=1e-9)
+    assert budget.alpha == 0.0 and budget.search == fitted.search
+    # token KL by hand on one pair: Σ p_s (log p_s − log p) over the response tokens' predictions
+    one = steering.Steering(0, fitted.direction, fitted.sigma, alpha=4.0)
+    batch = _batch(tok, PAIRS[:1])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, -1)
+        with one.apply(model):
+            ls = torch.log_softmax(model(input_ids=batch["input_ids"],
+                                         attention_mask=batch["attention_mask"]).logits, -1)
+    kl, n = 0.0, 0
+    for row in range(2):
+        for t in range(batch["input_ids"].shape[1] - 1):
+            if batch["completion_mask"][row, t + 1]:
+                kl += float((ls[row, t].exp() * (ls[row, t] - lp[row, t])).sum())
+                n += 1
+    assert steering.token_kl(model, tok, PAIRS[:1], one) == pytest.approx(kl / n, rel=1e-4)
     batch = _batch(tok, PAIRS)
     fitted.alpha = 0.0
     plain = sequence_logps(model, batch)[0]

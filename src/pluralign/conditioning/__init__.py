@@ -17,6 +17,9 @@ scheme               the model sees
                      MAH-DPO; see `pluralign.models.multihead`
 ``soup``             (model level) one model per objective, parameters interpolated by the request's
                      weights: rewarded soups (Ramé et al., NeurIPS 2023); see `pluralign.models.soup`
+``persona_message``  the user's or group's preferences stated before the prompt (Janus); `personal.janus`
+``control_tokens``   k learned virtual tokens per user or group before the prompt, only their embeddings
+                     trained (MEET-style, prompt tuning); see `pluralign.conditioning.control_tokens`
 ===================  ========================================================================================
 
 Every request or example is reduced to a `Condition` (weights, direction, user, group, target scores),
@@ -216,6 +219,19 @@ class Scheme:
         """Rebuild model-level parts after the base model was loaded from `model_dir`."""
         return model
 
+    # --- training-time parts (learned control tokens): no-ops for the other schemes
+    def prepare(self, tokenizer: Any, model: Any) -> None:
+        """Add what the scheme needs to the tokenizer and the model before the data is tokenized."""
+
+    def install(self, model: Any) -> None:
+        """Put trainable parts on the model, after the reference pass (MAH-DPO heads, control tokens)."""
+
+    def detach(self, model: Any) -> None:
+        """Take trainable parts off the model before it is saved."""
+
+    def save(self, model_dir: str | Path) -> None:
+        """Write the scheme's own weights next to a saved model (beside ``conditioning.json``)."""
+
     def vocabulary(self) -> list[str]:
         """Example statements, so a word-level tokenizer can learn their words (`ensure_vocabulary`)."""
         return []
@@ -229,7 +245,8 @@ class Scheme:
 
 # Model-level and personal schemes register themselves in their own modules, imported on first lookup.
 _SCHEMES = Registry("conditioning scheme", modules=("pluralign.models.multihead", "pluralign.models.soup",
-                                                    "pluralign.personal.conditioned", "pluralign.personal.janus"))
+                                                    "pluralign.personal.conditioned", "pluralign.personal.janus",
+                                                    "pluralign.conditioning.control_tokens"))
 
 
 def register(name: str):
@@ -314,11 +331,13 @@ from pluralign.conditioning.text import (  # noqa: E402  (registers the text-lev
     SystemMessage,
     condition_record,
     ensure_vocabulary,
+    grow_embeddings,
     with_statement,
 )
 
 __all__ = [
     "FILE", "Condition", "NoConditioning", "RewardTokens", "Scheme", "SystemMessage", "attach_to", "attached",
-    "condition_record", "condition_records", "direction_of", "ensure_vocabulary", "from_state", "get", "load",
+    "condition_record", "condition_records", "direction_of", "ensure_vocabulary", "from_state", "get",
+    "grow_embeddings", "load",
     "names", "parse_vector", "register", "save_state", "weights_of", "with_statement",
 ]  # fmt: skip

@@ -167,7 +167,16 @@ def ensure_vocabulary(tokenizer: Any, model: Any, texts: Sequence[str]) -> list[
     if not added:
         return []
     tokenizer.add_tokens(added)
+    grow_embeddings(tokenizer, model)
+    return added
+
+
+def grow_embeddings(tokenizer: Any, model: Any) -> None:
+    """Resize the model's embeddings to the tokenizer's length; new rows (input and output) start at the
+    mean of the existing rows."""
     old = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= old:
+        return
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     import torch
 
@@ -175,5 +184,4 @@ def ensure_vocabulary(tokenizer: Any, model: Any, texts: Sequence[str]) -> list[
         for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
             if emb is not None and emb.weight.shape[0] > old:
                 emb.weight[old:] = emb.weight[:old].mean(0)
-    return added
 

@@ -53,8 +53,8 @@ class PersonalConfig:
     token_weighting: bool = option(False, help="NextQuill: weight each response token by how much the user's history (their other chosen responses) raises its probability under the initial policy (pluralign.personal.token_weights).")
     history_size: int = option(4, help="Token weighting: how many of the user's other chosen responses form the history.")
     token_temperature: float = option(1.0, help="Token weighting: temperature τ of the weights n·softmax(Δ/τ); larger is closer to uniform.")
-    group_objective: str = option("average", help="How the groups' per-example losses combine: average (plain mean), worst_group (the worst group's mean loss) or nash (negative log Nash product of the groups' satisfactions), see pluralign.personal.group_fair.")
-    group_objective_params: dict[str, Any] = option(default_factory=dict, help="Parameters of the group objective, e.g. {temperature: 0.5} for worst_group.")
+    group_objective: str = option("average", help="How the groups' per-example losses combine: average (plain mean), worst_group (the worst group's mean loss), nash (negative log Nash product of the groups' satisfactions) or group_dro (online group DRO weights), see pluralign.personal.group_fair.")
+    group_objective_params: dict[str, Any] = option(default_factory=dict, help="Parameters of the group objective, e.g. {temperature: 0.5} for worst_group, {step_size: 0.01} for group_dro.")
 
 
 def read_index(model_dir: str | Path) -> dict | None:
@@ -142,6 +142,10 @@ class Personalization:
         if config.group_objective != "average" and len(self.groups) < 2:
             raise ConfigError(f"group_objective '{config.group_objective}' needs records of at least 2 groups "
                               f"(their 'group' field); found {self.groups or 'none'}")
+        sizes = [sum(str(r.group) == g for r in records if r.group is not None) for g in self.groups]
+        self.combine, stateful = group_fair.make(config.group_objective, max(len(self.groups), 1),
+                                                 dict(config.group_objective_params), sizes=sizes or None)
+        self.state = {"group_objective": self.combine} if stateful and self.groups else {}
         self.vectors = None
         if self.field == "none":
             return
@@ -211,8 +215,7 @@ class Personalization:
         return out
 
     def wrap(self, step: Callable, *, training: bool) -> Callable:
-        combine = group_fair.get(self.config.group_objective)
-        params = dict(self.config.group_objective_params)
+        combine = self.combine
         vectors, dropout = self.vectors, self.config.population_dropout
 
         def personal_step(model, batch):
@@ -226,7 +229,7 @@ class Personalization:
                 with offset(self.site, per_row(vectors.vectors(index).repeat(rows, 1), batch)):
                     values, metrics = step(model, batch)
             if self.groups:
-                values = combine(values, batch["group_index"].to(values.device), **params)
+                values = combine(values, batch["group_index"].to(values.device), update=training)
             return values, metrics
 
         return personal_step

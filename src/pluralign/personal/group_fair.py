@@ -15,13 +15,23 @@ the training loop (which averages what a step returns) needs no change.
   ranks the group's chosen response first, so s_g is the group's satisfaction. A group's examples get
   gradient weight ∝ 1/s_g: the least satisfied group counts most, yet no group is ignored.
 
+- `group_dro`: online group DRO (Sagawa et al. ICLR 2020, "Distributionally Robust Neural Networks",
+  Algorithm 1): a weight q_g per group kept across steps, q_g ← q_g·exp(η·L_g) after each training batch
+  and renormalised, and the objective Σ_g q_g L_g. The weights integrate every batch's evidence, so a small
+  group seen a few times per batch is not judged by one noisy batch mean as the hard max does. With
+  `adjustment` C > 0 the weights follow L_g + C/√n_g, n_g the group's training examples (the paper's
+  generalization adjustment): a small group's training loss understates its loss on new data, since a
+  policy memorises a few hundred pairs as easily as a thousand. Stateful: built once per run (`make`),
+  checkpointed with the run (`state_dict`).
+
 Groups with no example in a batch do not take part in that batch's objective.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -78,3 +88,75 @@ def nash(losses: Tensor, groups: Tensor) -> Tensor:
         # log mean exp(−ℓ) computed stably
         terms.append(torch.logsumexp(-member, 0) - math.log(len(member)))
     return _spread(-torch.stack(terms).mean(), len(losses))
+
+
+@register("group_dro")
+class GroupDRO:
+    """Online group DRO: exponentiated-gradient weights over the `n_groups` groups (see the module doc).
+    `step_size` is η, `adjustment` C (needs `sizes`, the groups' training examples); the weights start
+    uniform and move only in training batches."""
+
+    def __init__(self, n_groups: int, *, step_size: float = 0.01, adjustment: float = 0.0,
+                 sizes: Sequence[int] | None = None):
+        if n_groups < 1:
+            raise ConfigError("group_dro needs at least one group")
+        for name, v in (("step_size", step_size), ("adjustment", adjustment)):
+            if not math.isfinite(v) or v < 0:
+                raise ConfigError(f"group_dro {name} must be finite and >= 0, got {v}")
+        self.step_size = float(step_size)
+        self.bonus = torch.zeros(n_groups, dtype=torch.float64)
+        if adjustment > 0:
+            if sizes is None or len(sizes) != n_groups or min(sizes) < 1:
+                raise ConfigError(f"group_dro adjustment needs the size of each of the {n_groups} groups")
+            self.bonus = adjustment / torch.tensor(list(sizes), dtype=torch.float64).sqrt()
+        self.q = torch.full((n_groups,), 1.0 / n_groups, dtype=torch.float64)
+
+    def __call__(self, losses: Tensor, groups: Tensor, *, update: bool = True) -> Tensor:
+        onehot = (groups[None, :] == torch.arange(len(self.q), device=groups.device)[:, None]).to(losses.dtype)
+        counts = onehot.sum(1)
+        if not bool((counts > 0).any()):
+            raise ConfigError("a group objective needs examples with a group; this batch has none")
+        means = (onehot @ losses) / counts.clamp(min=1)  # absent groups: 0, as in the paper's algorithm
+        if update:
+            seen = _all_reduce(torch.stack([onehot @ losses.detach(), counts]).double())
+            mean_all = seen[0] / seen[1].clamp(min=1) + self.bonus.to(seen.device) * (seen[1] > 0)
+            self.q = self.q * torch.exp(self.step_size * mean_all.cpu())
+            self.q = self.q / self.q.sum()
+        return _spread((self.q.to(means) * means).sum(), len(losses))
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {"q": self.q.tolist()}
+
+    def load_state_dict(self, state: dict[str, list[float]]) -> None:
+        self.q = torch.tensor(state["q"], dtype=torch.float64)
+
+
+def make(name: str, n_groups: int, params: dict, sizes: Sequence[int] | None = None) -> tuple[Combiner, bool]:
+    """(combine(losses, groups, update=…), stateful): a registered objective ready for one run (`sizes`:
+    each group's training examples); stateful objectives (classes such as `GroupDRO`) are built here
+    once, functions get their parameters bound."""
+    part = get(name)
+    if isinstance(part, type):
+        try:
+            obj = part(n_groups, **params, sizes=sizes)
+        except TypeError as e:
+            raise ConfigError(f"group_objective '{name}': bad group_objective_params {params} ({e})") from None
+        return obj, True
+
+    try:
+        inspect.signature(part).bind(None, None, **params)
+    except TypeError as e:
+        raise ConfigError(f"group_objective '{name}': bad group_objective_params {params} ({e})") from None
+
+    def combine(losses: Tensor, groups: Tensor, *, update: bool = True) -> Tensor:
+        return part(losses, groups, **params)
+
+    return combine, False
+
+
+def _all_reduce(t: Tensor) -> Tensor:
+    """Sum over processes (the same group weights on every rank), or `t` in a single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+    return t

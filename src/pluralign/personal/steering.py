@@ -9,11 +9,14 @@ responses, normalised; σ is the standard deviation of all those states projecte
 to that layer's output is α·σ·u (PAS intervenes on selected heads' outputs; we steer the residual stream
 at one layer, the simpler form of the same idea). α = 0 is the unchanged model.
 
-α is searched on the user's pairs: the grid value under which the steered model's own preference agrees
-best with the user's, measured as mean log σ(ℓ̄(chosen) − ℓ̄(rejected)) with ℓ̄ the per-token mean
-log-probability of a response under the steered model (PAS searches α to best reproduce the person's
-answers). Too small a step changes nothing; too large a one pushes the model off its distribution, where
-it tells the responses apart no better than chance. The KL this costs is measured by the caller.
+α is searched on the user's pairs, PAS-style (its probes are fitted on 60% of a person's answers and judged
+on the other 40%): the direction comes from a share of the pairs and α is judged on the rest, so a large
+step is not rewarded for fitting the very pairs the direction was read from. The criterion is the
+steered model's agreement with the user on the held-out pairs, mean log σ(ℓ̄(chosen) − ℓ̄(rejected)) with
+ℓ̄ the per-token mean log-probability of a response, among the α whose cost stays within `max_kl`: the
+mean per-token KL(steered ‖ unsteered) of the next-token distributions along the held-out responses
+(teacher-forced, so no sampling). Without the budget the held-out agreement alone picks α; too large a
+step pushes the model off its distribution. `Steering.search` keeps (agreement, KL) for every α.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class Steering:
     direction: torch.Tensor  # unit norm [d]
     sigma: float
     alpha: float = 0.0
-    search: dict[float, float] = field(default_factory=dict)  # α → criterion on the user's pairs
+    search: dict[float, tuple[float, float]] = field(default_factory=dict)  # α → (held-out agreement, token KL)
 
     def vector(self) -> torch.Tensor:
         return self.alpha * self.sigma * self.direction
@@ -109,21 +112,51 @@ def agreement(model: Any, tokenizer: Any, records: Sequence[Any], *, max_length:
     return float(torch.cat(total).mean())
 
 
+@torch.no_grad()
+def token_kl(model: Any, tokenizer: Any, records: Sequence[Any], steering: Steering, *, max_length: int = 256,
+             batch_size: int = 8) -> float:
+    """Mean per-token KL(steered ‖ unsteered) of the next-token distributions at the response tokens of the
+    records' chosen and rejected responses (teacher-forced)."""
+    total, count = 0.0, 0.0
+    for batch in _batches(model, tokenizer, records, max_length, batch_size):
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        plain = torch.log_softmax(model(**inputs).logits[:, :-1].float(), -1)
+        with steering.apply(model):
+            steered = torch.log_softmax(model(**inputs).logits[:, :-1].float(), -1)
+        kl = (steered.exp() * (steered - plain)).sum(-1)  # [N, T-1]: predicting token t+1
+        mask = batch["completion_mask"][:, 1:].to(kl.dtype)
+        total, count = total + float((kl * mask).sum()), count + float(mask.sum())
+    return total / max(count, 1.0)
+
+
 def fit(model: Any, tokenizer: Any, records: Sequence[Any], *, layer: int | str = 0,
-        alphas: Sequence[float] = DEFAULT_ALPHAS, max_length: int = 256) -> Steering:
-    """PAS for one user: direction from the user's pairs, then α searched on them (see the module doc)."""
+        alphas: Sequence[float] = DEFAULT_ALPHAS, holdout: float = 0.4, max_kl: float | None = 0.02,
+        seed: int = 0, max_length: int = 256) -> Steering:
+    """PAS for one user (see the module doc): the direction from a (1 − `holdout`) share of the user's
+    pairs, then the α of the grid with the best agreement on the other pairs among those whose mean
+    per-token KL on them is at most `max_kl` (None: no budget). α = 0 always qualifies."""
     records = list(records)
     if len(records) < 2:
         raise ConfigError(f"PAS needs at least 2 of the user's preference pairs, got {len(records)}")
     if any(not hasattr(r, "chosen") for r in records):
         raise ConfigError("PAS needs pairwise records (prompt, chosen, rejected) of the user")
-    u, sigma = direction(*response_states(model, tokenizer, records, layer, max_length=max_length))
+    if not 0.0 < holdout < 1.0:
+        raise ConfigError(f"PAS holdout must be in (0, 1), got {holdout}")
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_held = min(max(1, round(holdout * len(records))), len(records) - 1)
+    held, fitting = [records[i] for i in order[:n_held]], [records[i] for i in order[n_held:]]
+    u, sigma = direction(*response_states(model, tokenizer, fitting, layer, max_length=max_length))
     steering = Steering(layer, u, sigma)
+    scores = {}
     for alpha in alphas:
         steering.alpha = float(alpha)
         with steering.apply(model):
-            steering.search[float(alpha)] = agreement(model, tokenizer, records, max_length=max_length)
-    steering.alpha = max(steering.search, key=steering.search.get)
+            agree = agreement(model, tokenizer, held, max_length=max_length)
+        kl = token_kl(model, tokenizer, held, steering, max_length=max_length) if alpha != 0 else 0.0
+        scores[float(alpha)] = (agree, kl)
+    steering.search = scores
+    allowed = [a for a, (_, kl) in scores.items() if max_kl is None or kl <= max_kl or a == 0.0]
+    steering.alpha = max(allowed, key=lambda a: scores[a][0]) if allowed else 0.0
     return steering
 
 

@@ -99,15 +99,19 @@ def setup(cfg: ObjectivesConfig, tokenizer: Any, model: Any, records: Sequence[A
     scheme = conditioning.get(cfg.conditioning, cfg.names, **cfg.conditioning_params).bind(tokenizer)
     scheme.fit(records) if type(scheme).fit is not conditioning.Scheme.fit else None
     conditioning.ensure_vocabulary(tokenizer, model, scheme.vocabulary())
+    scheme.prepare(tokenizer, model)  # e.g. learned control tokens join the vocabulary
     return scheme
 
 
 def install(scheme: conditioning.Scheme, model: Any) -> None:
-    """Model-level parts, after the reference was taken from the untouched model (MAH-DPO heads)."""
+    """Trainable parts, after the reference was taken from the untouched model (MAH-DPO heads, control
+    tokens)."""
     if scheme.name == "heads":
         from pluralign.models.multihead import install_heads
 
         install_heads(model, len(scheme.objectives), **scheme.params)
+    else:
+        scheme.install(model)
 
 
 def head_logps(model: Any, batch: dict, info: Any) -> Tensors:

@@ -298,11 +298,15 @@ def run(config: PreferenceConfig) -> RecipeResult:
         eval_values |= _history(config, info, kind, collator, eval_items, distributed) if eval_items else {}
     result = train(model, train_items, Collate(collator, train_values), step, config.loop, out,
                    eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_values),
-                   stateful={"reward_shift": shift} if shift else None, run_config=config)
+                   stateful=({"reward_shift": shift} if shift else {}) | personal.state, run_config=config)
     personal.detach(model)
+    if scheme is not None:
+        scheme.detach(model)
     saved = save_policy(model, tokenizer, config, out, result, extra_files=conditioning.save_state(scheme))
     if distributed.is_main_process:
         personal.save(saved.model_dir)
+        if scheme is not None:
+            scheme.save(saved.model_dir)
     return saved
 
 

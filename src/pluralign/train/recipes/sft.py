@@ -22,6 +22,7 @@ from pluralign.data.collate import SFTCollator
 from pluralign.data.io import read_records
 from pluralign.models.logprobs import sequence_logps
 from pluralign.train.loop import LoopConfig, train
+from pluralign.train.parallel import process_state
 from pluralign.train.recipes.common import PolicyTrainingConfig, RecipeResult, load_policy, save_policy
 
 
@@ -54,9 +55,16 @@ def run(config: SFTConfig) -> RecipeResult:
         scheme = conditioning.get(config.conditioning, config.objectives, **config.conditioning_params).bind(tokenizer)
         scheme.fit(records)
         conditioning.ensure_vocabulary(tokenizer, model, scheme.vocabulary())
+        scheme.prepare(tokenizer, model)
         records = conditioning.condition_records(scheme, records)
         eval_records = conditioning.condition_records(scheme, eval_records)
+        scheme.install(model)  # learned control tokens: the table the loop trains
     out = Path(config.output_dir)
     result = train(model, records, collate, step, config.loop, out,
                    eval_dataset=eval_records or None, run_config=config)
-    return save_policy(model, tokenizer, config, out, result, extra_files=conditioning.save_state(scheme))
+    if scheme is not None:
+        scheme.detach(model)
+    saved = save_policy(model, tokenizer, config, out, result, extra_files=conditioning.save_state(scheme))
+    if scheme is not None and process_state().is_main_process:
+        scheme.save(saved.model_dir)
+    return saved
