@@ -48,7 +48,7 @@ import torch
 
 BOOT = 1000
 # online group DRO (Sagawa et al. 2020): weights over groups, η per step, generalization adjustment C/√n_g
-DRO = {"step_size": 0.5, "adjustment": 4.0}
+DRO = {"step_size": 0.5, "adjustment": 5.0}
 
 
 def boot_ci(values: np.ndarray, stat=np.mean, seed: int = 0) -> tuple[float, float, float]:

@@ -105,3 +105,18 @@ def test_per_user_tokens_train_with_the_policy_frozen_and_steer_requests(chat_mo
     controls = [Controls(n=1, max_new_tokens=5, seed=0, user=u) for u in ("alice", "bob")]
     texts = decode("sample", policy, tok, [chat, chat], controls=controls).texts
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_placements(chat_model_dir):
+    tok = load_tokenizer(chat_model_dir)
+    start = conditioning.get("control_tokens", on="group", tokens=1, placement="start", names=["a"]).bind(tok)
+    at_a = start.condition(group="a")
+    assert start.prompt("tell me", at_a) == "<|ctl:a:0|> tell me"
+    turn = "user : tell me </s> assistant :"  # already in the template's user-turn format
+    assert start.prompt(turn, at_a) == "user : <|ctl:a:0|> tell me </s> assistant :"
+    assert start.prompt([{"role": "system", "content": "hi"}, {"role": "user", "content": "tell me"}], at_a) == [
+        {"role": "system", "content": "hi"}, {"role": "user", "content": "<|ctl:a:0|> tell me"}]
+    statement = conditioning.get("control_tokens", on="group", tokens=1, names=["a"]).bind(tok)
+    assert statement.prompt(turn, at_a) == "user : tell me <|ctl:a:0|> </s> assistant :"
+    with pytest.raises(ConfigError, match="placement"):
+        conditioning.get("control_tokens", placement="end")

@@ -72,17 +72,21 @@ class ControlTokens(conditioning.Scheme):
     """k learned control tokens per user or group (MEET-style; prompt tuning, Lester et al. 2021).
 
     Params: ``on`` ('user' or 'group': which record field names the person), ``tokens`` (k),
-    ``freeze_policy`` (train only the tokens; false trains the policy, or its LoRA adapters, with them).
+    ``freeze_policy`` (train only the tokens; false trains the policy, or its LoRA adapters, with them),
+    ``placement`` ('statement': where a Janus statement goes; 'start': before the request's words, in the
+    user's turn).
     ``names``, ``user_groups`` and ``token_ids`` are filled in by training and saved."""
 
     def __init__(self, objectives: Sequence[str] = (), *, on: str = "user", tokens: int = 4, freeze_policy: bool = True,
-                 names: Sequence[str] | None = None, user_groups: dict[str, str] | None = None,
-                 token_ids: Sequence[int] | None = None):
+                 placement: str = "statement", names: Sequence[str] | None = None,
+                 user_groups: dict[str, str] | None = None, token_ids: Sequence[int] | None = None):
         if on not in ("user", "group"):
             raise ConfigError(f"control_tokens: 'on' must be 'user' or 'group', got {on!r}")
+        if placement not in ("statement", "start"):
+            raise ConfigError(f"control_tokens: 'placement' must be 'statement' or 'start', got {placement!r}")
         if not isinstance(tokens, int) or tokens < 1:
             raise ConfigError(f"control_tokens: 'tokens' must be a positive integer, got {tokens!r}")
-        super().__init__(objectives, on=on, tokens=tokens, freeze_policy=bool(freeze_policy),
+        super().__init__(objectives, on=on, tokens=tokens, freeze_policy=bool(freeze_policy), placement=placement,
                          names=list(names or []), user_groups=dict(user_groups or {}),
                          token_ids=list(token_ids or []))
         self.table: ControlTable | None = None
@@ -119,7 +123,19 @@ class ControlTokens(conditioning.Scheme):
         name = self.name_of(condition)
         if name is None:
             return prompt
-        return self.with_statement(prompt, "".join(token_names(name, self.params["tokens"])))
+        tokens = "".join(token_names(name, self.params["tokens"]))
+        if self.params["placement"] == "statement":
+            return self.with_statement(prompt, tokens)
+        # "start": before the request's own words (a prefix, as prompt tuning places it), inside the user turn
+        if isinstance(prompt, str):
+            head = self.prefix if self.prefix.strip() and prompt.startswith(self.prefix) else ""
+            return f"{head}{tokens} {prompt[len(head):]}"
+        messages = [dict(m) for m in prompt]
+        for m in messages:
+            if m.get("role") == "user":
+                m["content"] = f"{tokens} {m.get('content', '')}"
+                return messages
+        return [{"role": "user", "content": tokens}, *messages]
 
     # --- the tokens in the tokenizer and the model
     def prepare(self, tokenizer: Any, model: Any) -> None:

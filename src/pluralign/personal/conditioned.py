@@ -230,6 +230,9 @@ class Personalization:
                     values, metrics = step(model, batch)
             if self.groups:
                 values = combine(values, batch["group_index"].to(values.device), update=training)
+                if self.state:  # group DRO: its weights over the groups, to watch them move
+                    metrics = metrics | {f"group_weight/{g}": combine.q[i].float()
+                                         for i, g in enumerate(self.groups)}
             return values, metrics
 
         return personal_step

@@ -10,13 +10,14 @@ to that layer's output is α·σ·u (PAS intervenes on selected heads' outputs; 
 at one layer, the simpler form of the same idea). α = 0 is the unchanged model.
 
 α is searched on the user's pairs, PAS-style (its probes are fitted on 60% of a person's answers and judged
-on the other 40%): the direction comes from a share of the pairs and α is judged on the rest, so a large
-step is not rewarded for fitting the very pairs the direction was read from. The criterion is the
-steered model's agreement with the user on the held-out pairs, mean log σ(ℓ̄(chosen) − ℓ̄(rejected)) with
-ℓ̄ the per-token mean log-probability of a response, among the α whose cost stays within `max_kl`: the
-mean per-token KL(steered ‖ unsteered) of the next-token distributions along the held-out responses
-(teacher-forced, so no sampling). Without the budget the held-out agreement alone picks α; too large a
-step pushes the model off its distribution. `Steering.search` keeps (agreement, KL) for every α.
+on the other 40%): the direction comes from a share of the pairs and α is judged on the rest, so a step
+is not rewarded for fitting the very pairs the direction was read from. The criterion treats the steered
+model as a DPO policy and the unsteered one as its reference: Δ(y) = log π_α(y|x) − log π_0(y|x) is the
+steering's implicit reward of a response, and α is scored by mean log σ(Δ(chosen) − Δ(rejected)) on the
+held-out pairs (log ½ at α = 0; higher when steering moves probability toward what the user chose rather
+than what they rejected). Only the α whose cost stays within `max_kl` compete: the mean per-token
+KL(steered ‖ unsteered) of the next-token distributions along the held-out responses (teacher-forced, so
+no sampling). `Steering.search` keeps (criterion, KL) for every α.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Steering:
     direction: torch.Tensor  # unit norm [d]
     sigma: float
     alpha: float = 0.0
-    search: dict[float, tuple[float, float]] = field(default_factory=dict)  # α → (held-out agreement, token KL)
+    search: dict[float, tuple[float, float]] = field(default_factory=dict)  # α → (held-out implicit-reward agreement, token KL)
 
     def vector(self) -> torch.Tensor:
         return self.alpha * self.sigma * self.direction
@@ -100,16 +101,22 @@ def direction(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def agreement(model: Any, tokenizer: Any, records: Sequence[Any], *, max_length: int = 256,
-              batch_size: int = 32) -> float:
-    """mean log σ(ℓ̄(chosen) − ℓ̄(rejected)) over the records, ℓ̄ the per-token mean log-probability."""
-    total = []
+def pair_logps(model: Any, tokenizer: Any, records: Sequence[Any], *, max_length: int = 256,
+               batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen [n], rejected [n]): each response's summed log-probability under `model`."""
+    chosen, rejected = [], []
     for batch in _batches(model, tokenizer, records, max_length, batch_size):
-        sums, lengths = sequence_logps(model, batch)
-        mean = sums / lengths.clamp(min=1)
-        b = len(mean) // 2
-        total.append(torch.nn.functional.logsigmoid(mean[:b] - mean[b:]))
-    return float(torch.cat(total).mean())
+        sums = sequence_logps(model, batch)[0].float()
+        b = len(sums) // 2
+        chosen.append(sums[:b])
+        rejected.append(sums[b:])
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def implicit_agreement(steered: tuple[torch.Tensor, torch.Tensor], plain: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """mean log σ(Δ(chosen) − Δ(rejected)), Δ = steered − unsteered summed log-probability."""
+    margin = (steered[0] - plain[0]) - (steered[1] - plain[1])
+    return float(torch.nn.functional.logsigmoid(margin).mean())
 
 
 @torch.no_grad()
@@ -133,8 +140,8 @@ def fit(model: Any, tokenizer: Any, records: Sequence[Any], *, layer: int | str 
         alphas: Sequence[float] = DEFAULT_ALPHAS, holdout: float = 0.4, max_kl: float | None = 0.02,
         seed: int = 0, max_length: int = 256) -> Steering:
     """PAS for one user (see the module doc): the direction from a (1 − `holdout`) share of the user's
-    pairs, then the α of the grid with the best agreement on the other pairs among those whose mean
-    per-token KL on them is at most `max_kl` (None: no budget). α = 0 always qualifies."""
+    pairs, then the α of the grid with the best implicit-reward agreement on the other pairs among those
+    whose mean per-token KL on them is at most `max_kl` (None: no budget). α = 0 always qualifies."""
     records = list(records)
     if len(records) < 2:
         raise ConfigError(f"PAS needs at least 2 of the user's preference pairs, got {len(records)}")
@@ -147,11 +154,11 @@ def fit(model: Any, tokenizer: Any, records: Sequence[Any], *, layer: int | str 
     held, fitting = [records[i] for i in order[:n_held]], [records[i] for i in order[n_held:]]
     u, sigma = direction(*response_states(model, tokenizer, fitting, layer, max_length=max_length))
     steering = Steering(layer, u, sigma)
-    scores = {}
+    scores, plain = {}, pair_logps(model, tokenizer, held, max_length=max_length)
     for alpha in alphas:
         steering.alpha = float(alpha)
         with steering.apply(model):
-            agree = agreement(model, tokenizer, held, max_length=max_length)
+            agree = implicit_agreement(pair_logps(model, tokenizer, held, max_length=max_length), plain)
         kl = token_kl(model, tokenizer, held, steering, max_length=max_length) if alpha != 0 else 0.0
         scores[float(alpha)] = (agree, kl)
     steering.search = scores
