@@ -192,10 +192,10 @@ def main(argv: list[str] | None = None) -> None:
                                                     offset(site(gcond, "embeddings"), gvectors.get(g.name)))[0]).mean(1)
         for g in pop.groups}
     # control tokens: the saved model re-attached as a decoder would; each group's prompts carry its tokens
-    ctl, _ = load_policy(dirs["control_tokens"])
-    scheme = conditioning.attached(ctl).bind(tok)
+    ctl, ctl_tok = load_policy(dirs["control_tokens"])  # its tokenizer knows the control tokens
+    scheme = conditioning.attached(ctl).bind(ctl_tok)
     util["control_tokens"] = {
-        g.name: utility(weights[g.name], attributes(ctl, tok, prompts, a.samples, a.seed + 1, shown=[
+        g.name: utility(weights[g.name], attributes(ctl, ctl_tok, prompts, a.samples, a.seed + 1, shown=[
             scheme.prompt(q, scheme.condition(group=g.name)) for q in prompts])[0]).mean(1) for g in pop.groups}
     res: dict[str, float] = {}
     groups = [g.name for g in pop.groups]

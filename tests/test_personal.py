@@ -132,6 +132,11 @@ def test_pas_direction_alpha_zero_and_search(tiny):
     assert fitted.direction.norm().item() == pytest.approx(1.0, abs=1e-5)
     assert fitted.alpha == max(fitted.search, key=lambda a: fitted.search[a][0])
     assert fitted.search[0.0][1] == 0.0 and fitted.search[4.0][1] > fitted.search[1.0][1] > 0
+    assert fitted.search[0.0][0] == pytest.approx(math.log(0.5))  # unsteered: no implicit reward
+    # implicit agreement by hand: margins (1 − (−1)) = 2 and (0 − 1) = −1 → mean(log σ(2), log σ(−1))
+    steered, plain = (torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])), (torch.full((2,), -2.0),) * 2
+    want = (math.log(1 / (1 + math.exp(-2))) + math.log(1 / (1 + math.exp(1)))) / 2
+    assert steering.implicit_agreement(steered, plain) == pytest.approx(want)
     # a KL budget below every non-zero step's cost leaves the model unsteered
     budget = steering.fit(model, tok, records, layer=0, alphas=(0.0, 1.0, 4.0), max_kl=1e-9)
     assert budget.alpha == 0.0 and budget.search == fitted.search
