@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     t = time.perf_counter()
     dirs["control_tokens"] = run(from_kwargs(
         output_dir=str(out / "control_tokens"), **common | {"loop": loop | {"learning_rate": a.token_lr}},
-        objectives={"conditioning": "control_tokens", "conditioning_params": {"on": "group", "tokens": 4, "placement": "start"}})).model_dir
+        objectives={"conditioning": "control_tokens", "conditioning_params": {"by": "group", "tokens": 4, "placement": "start"}})).model_dir
     print(f"trained control_tokens ({time.perf_counter() - t:.0f}s)", flush=True)
 
     tok = load_tokenizer(str(base_dir))

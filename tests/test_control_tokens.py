@@ -44,8 +44,8 @@ def test_table_substitutes_only_its_ids():
 
 
 def test_bad_params():
-    with pytest.raises(ConfigError, match="'on'"):
-        conditioning.get("control_tokens", on="team")
+    with pytest.raises(ConfigError, match="'by'"):
+        conditioning.get("control_tokens", by="team")
     with pytest.raises(ConfigError, match="positive integer"):
         conditioning.get("control_tokens", tokens=0)
     with pytest.raises(ConfigError, match="no training record"):
@@ -67,7 +67,7 @@ def test_per_user_tokens_train_with_the_policy_frozen_and_steer_requests(chat_mo
     cfg = from_kwargs(model=str(chat_model_dir), data=[_write(tmp_path / "pairs.jsonl", rows)], loss="dpo",
                       loss_params={"beta": 0.5}, output_dir=str(tmp_path / "ctl"),
                       loop={"learning_rate": 0.2, "batch_size": 4, "num_epochs": 8, "progress": False, "log_every": 1},
-                      objectives={"conditioning": "control_tokens", "conditioning_params": {"on": "user", "tokens": 2}})
+                      objectives={"conditioning": "control_tokens", "conditioning_params": {"by": "user", "tokens": 2}})
     out = run_preference(cfg).model_dir
     scheme = conditioning.load(out)
     assert scheme.name == "control_tokens" and scheme.params["names"] == ["alice", "bob"]
@@ -109,14 +109,14 @@ def test_per_user_tokens_train_with_the_policy_frozen_and_steer_requests(chat_mo
 
 def test_placements(chat_model_dir):
     tok = load_tokenizer(chat_model_dir)
-    start = conditioning.get("control_tokens", on="group", tokens=1, placement="start", names=["a"]).bind(tok)
+    start = conditioning.get("control_tokens", by="group", tokens=1, placement="start", names=["a"]).bind(tok)
     at_a = start.condition(group="a")
     assert start.prompt("tell me", at_a) == "<|ctl:a:0|> tell me"
     turn = "user : tell me </s> assistant :"  # already in the template's user-turn format
     assert start.prompt(turn, at_a) == "user : <|ctl:a:0|> tell me </s> assistant :"
     assert start.prompt([{"role": "system", "content": "hi"}, {"role": "user", "content": "tell me"}], at_a) == [
         {"role": "system", "content": "hi"}, {"role": "user", "content": "<|ctl:a:0|> tell me"}]
-    statement = conditioning.get("control_tokens", on="group", tokens=1, names=["a"]).bind(tok)
+    statement = conditioning.get("control_tokens", by="group", tokens=1, names=["a"]).bind(tok)
     assert statement.prompt(turn, at_a) == "user : tell me <|ctl:a:0|> </s> assistant :"
     with pytest.raises(ConfigError, match="placement"):
         conditioning.get("control_tokens", placement="end")

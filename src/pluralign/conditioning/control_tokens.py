@@ -71,22 +71,22 @@ def _hook(table: ControlTable):
 class ControlTokens(conditioning.Scheme):
     """k learned control tokens per user or group (MEET-style; prompt tuning, Lester et al. 2021).
 
-    Params: ``on`` ('user' or 'group': which record field names the person), ``tokens`` (k),
+    Params: ``by`` ('user' or 'group': which record field names the person), ``tokens`` (k),
     ``freeze_policy`` (train only the tokens; false trains the policy, or its LoRA adapters, with them),
     ``placement`` ('statement': where a Janus statement goes; 'start': before the request's words, in the
     user's turn).
     ``names``, ``user_groups`` and ``token_ids`` are filled in by training and saved."""
 
-    def __init__(self, objectives: Sequence[str] = (), *, on: str = "user", tokens: int = 4, freeze_policy: bool = True,
+    def __init__(self, objectives: Sequence[str] = (), *, by: str = "user", tokens: int = 4, freeze_policy: bool = True,
                  placement: str = "statement", names: Sequence[str] | None = None,
                  user_groups: dict[str, str] | None = None, token_ids: Sequence[int] | None = None):
-        if on not in ("user", "group"):
-            raise ConfigError(f"control_tokens: 'on' must be 'user' or 'group', got {on!r}")
+        if by not in ("user", "group"):
+            raise ConfigError(f"control_tokens: 'by' must be 'user' or 'group', got {by!r}")
         if placement not in ("statement", "start"):
             raise ConfigError(f"control_tokens: 'placement' must be 'statement' or 'start', got {placement!r}")
         if not isinstance(tokens, int) or tokens < 1:
             raise ConfigError(f"control_tokens: 'tokens' must be a positive integer, got {tokens!r}")
-        super().__init__(objectives, on=on, tokens=tokens, freeze_policy=bool(freeze_policy), placement=placement,
+        super().__init__(objectives, by=by, tokens=tokens, freeze_policy=bool(freeze_policy), placement=placement,
                          names=list(names or []), user_groups=dict(user_groups or {}),
                          token_ids=list(token_ids or []))
         self.table: ControlTable | None = None
@@ -94,7 +94,7 @@ class ControlTokens(conditioning.Scheme):
 
     # --- who is asking
     def fit(self, records: Sequence[Any]) -> None:
-        on = self.params["on"]
+        on = self.params["by"]
         found = sorted({str(v) for r in records if (v := getattr(r, on, None)) is not None})
         if not found:
             raise ConfigError(f"control_tokens: no training record has a '{on}' field to learn tokens for")
