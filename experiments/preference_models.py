@@ -9,10 +9,14 @@ fixed lexicon features of the text (`featurize`: word-class counts, per-topic no
 prompt's topic and instructions and their products) — never the gold attributes or utilities — and are
 trained with the project loop on those frozen features.
 
+Section [5] trains what `pluralign train rm` trains at its defaults — a BT reward model on the sandbox base
+model as a trainable backbone, from the text alone — on majority pairs of responses sampled from that base
+model (as the README's `sandbox feedback --model runs/base` writes them), against the same Bayes ceiling.
+
 Section [2] (shared BT vs PAL per group) is repeated over `--seeds` seeds (fresh pairs, initialisation and
 data order each time) and reported as mean ± 95% t-interval over seeds, with the held-out pairs per group.
 
-Last line: RESULT bt_acc=… bt_ceiling=… pal_minority_gain=… pal_minority_gain_ci=… pal_majority_delta=…
+Last line: RESULT bt_acc=… bt_ceiling=… rm_acc=… rm_ceiling=… rm_pairs=… pal_minority_gain=… pal_minority_gain_ci=… pal_majority_delta=…
 pal_majority_delta_ci=… seeds=… fewshot_gain=… ece_before=… ece_after=…  (gains/deltas in accuracy points,
 means over seeds; _ci the half-width of their 95% interval).
 """
@@ -20,6 +24,8 @@ means over seeds; _ci the half-width of their 95% interval).
 from __future__ import annotations
 
 import argparse
+import json
+import tempfile
 import time
 
 import numpy as np
@@ -135,6 +141,23 @@ def accuracy(margins: torch.Tensor, mask: np.ndarray | None = None) -> float:
     return float(ok[mask].mean() if mask is not None else ok.mean())
 
 
+def backbone_rm(n_train: int, n_test: int, seed: int, out_dir: str) -> tuple[float, float]:
+    """[5] `train rm` at the recipe's defaults on the sandbox base model: (held-out accuracy, Bayes ceiling)."""
+    from pluralign.config import from_dict
+    from pluralign.sandbox import build_base, generate
+    from pluralign.sandbox.feedback import bayes_accuracy
+    from pluralign.train.recipes.reward import RewardConfig, train_records
+
+    base = build_base()
+    pairs = [generate("user_pairwise", "default", n, base, seed=seed + k, groups=["majority"])
+             for k, n in ((1, n_train), (2, n_test))]
+    config = from_dict(RewardConfig, {"model": str(base), "output_dir": out_dir, "seed": seed,
+                                      "loop": {"seed": seed, "progress": False}})
+    _, run = train_records(config, pairs[0], pairs[1])
+    report = json.loads((run.run_dir / "report" / "eval.json").read_text())
+    return report["accuracy"], bayes_accuracy(pairs[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
@@ -205,7 +228,14 @@ def main() -> None:
     ece_before = pairwise_calibration(evaluate)["ece"]
     ece_after = pairwise_calibration(evaluate, temperature=temperature)["ece"]
     print(f"[4] over-confident RM: ECE {ece_before:.4f} → {ece_after:.4f} after T = {temperature:.2f}  [{time.time() - t0:.0f}s]")
-    print(f"RESULT bt_acc={bt_acc:.4f} bt_ceiling={bt_ceiling:.4f} pal_minority_gain={minority_gain:.2f} "
+    # 5. BT on the backbone, as `pluralign train rm` trains it at its defaults (the text, not lexicon features).
+    rm_pairs = 600 if args.quick else 2000
+    with tempfile.TemporaryDirectory() as tmp:
+        rm_acc, rm_ceiling = backbone_rm(rm_pairs, 300 if args.quick else 1000, args.seed, tmp)
+    print(f"[5] `train rm` defaults on the sandbox base model, {rm_pairs} majority pairs: held-out accuracy "
+          f"{rm_acc:.3f}, Bayes ceiling {rm_ceiling:.3f} ({rm_acc / rm_ceiling:.1%} of it)  [{time.time() - t0:.0f}s]")
+    print(f"RESULT bt_acc={bt_acc:.4f} bt_ceiling={bt_ceiling:.4f} rm_acc={rm_acc:.4f} rm_ceiling={rm_ceiling:.4f} "
+          f"rm_pairs={rm_pairs} pal_minority_gain={minority_gain:.2f} "
           f"pal_minority_gain_ci={gain['minority'][1]:.2f} pal_majority_delta={majority_delta:.2f} "
           f"pal_majority_delta_ci={gain['majority'][1]:.2f} seeds={len(per_seed)} fewshot_gain={100 * (fewshot_acc - shared_acc):.2f} "
           f"ece_before={ece_before:.4f} ece_after={ece_after:.4f}")

@@ -59,7 +59,7 @@ def test_packed_reward_features_equal_padded_ones(backbone):
     model, tok = load_model(str(backbone)), load_tokenizer(str(backbone))
     assert prepare_packing(model)
     prompts, responses = ["question cat", "question dog", "question cat"], ["good ok", "bad cat cat dog fine", "ok"]
-    for pooling in ("last", "mean"):
+    for pooling in ("last", "mean", "last_mean"):
         padded = TextEncoder(model, tok, pooling=pooling, trainable=False)
         packed = TextEncoder(model, tok, pooling=pooling, trainable=False, packing=True)
         batch = packed.tokenize(prompts, responses)
@@ -166,3 +166,25 @@ def test_eval_rm_report_carries_the_chance_warning():
     base = {"kind": "pairwise", "n": 100, "mean_margin": 0.0}
     assert "within noise of chance" in format_report(base | {"accuracy": 0.52})
     assert "warning" not in format_report(base | {"accuracy": 0.8})
+
+
+def test_reward_defaults_learn_sandbox_preferences(tmp_path):
+    """`train rm` at its defaults (pooling, lr, epochs) learns the sandbox majority's preferences from text
+    on the tiny sandbox model: measured 0.600 held-out accuracy (ceiling 0.876) on these 600/400 pairs,
+    where the loop's generic defaults (lr 5e-7, 1 epoch, last-token pooling) leave it at chance (0.447)."""
+    from pluralign.sandbox import build_base, generate
+    from pluralign.sandbox.base import SandboxConfig
+    from pluralign.sandbox.feedback import bayes_accuracy
+    from pluralign.train.recipes.reward import RewardConfig, train_records
+
+    base = build_base(config=SandboxConfig.tiny())
+    train = generate("user_pairwise", "default", 600, seed=1, groups=["majority"])
+    test = generate("user_pairwise", "default", 400, seed=2, groups=["majority"])
+    cfg = from_dict(RewardConfig, {"model": str(base), "output_dir": str(tmp_path / "rm"), "loop": {"progress": False}})
+    assert cfg.pooling == "" and cfg.loop.learning_rate == 5e-4  # the defaults, not a tuned copy
+    model, result = train_records(cfg, train, test)
+    assert model.encoder.pooling == "last_mean"
+    report = json.loads((result.run_dir / "report" / "eval.json").read_text())
+    ceiling = bayes_accuracy(test)
+    assert report["n"] == 400 and 0.8 < ceiling < 0.95
+    assert report["accuracy"] >= 0.56, report["accuracy"]  # chance ± 2 s.e. is 0.45–0.55

@@ -17,15 +17,27 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(dim=-1)
 
 
+POOLINGS = ("last", "mean", "last_mean")
+
+
+def pooled_size(hidden: int, how: str) -> int:
+    """Width of a pooled vector: 'last_mean' concatenates two hidden-size vectors."""
+    return 2 * hidden if how == "last_mean" else hidden
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last") -> torch.Tensor:
-    """[N, T, H] hidden states → [N, H]: 'last' non-pad token, or 'mean' over non-pad tokens."""
+    """[N, T, H] hidden states → [N, H]: 'last' non-pad token, or 'mean' over non-pad tokens; 'last_mean'
+    concatenates both ([N, 2H]), the reward recipe's default for causal backbones (measured in
+    `pluralign.train.recipes.reward._loop_defaults`)."""
     if how == "last":
         idx = last_token_index(attention_mask)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
     if how == "mean":
         m = attention_mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-    raise ValueError(f"pooling must be 'last' or 'mean', got {how!r}")
+    if how == "last_mean":
+        return torch.cat([pool(hidden, attention_mask, "last"), pool(hidden, attention_mask, "mean")], dim=-1)
+    raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {how!r}")
 
 
 def backbone_hidden(backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

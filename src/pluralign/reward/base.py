@@ -25,7 +25,7 @@ from torch import nn
 
 from pluralign.data.prompts import check_mode, prompt_ids, transcript
 from pluralign.errors import ConfigError
-from pluralign.models.heads import backbone_hidden, hidden_size, pool
+from pluralign.models.heads import backbone_hidden, hidden_size, pool, pooled_size
 from pluralign.runs import atomic_write_bytes, atomic_write_json
 
 MODEL_TYPES: dict[str, type[RewardModel]] = {}
@@ -67,7 +67,7 @@ class TextEncoder(nn.Module):
 
     @property
     def dim(self) -> int:
-        return hidden_size(self.backbone)
+        return pooled_size(hidden_size(self.backbone), self.pooling)
 
     def config(self) -> dict:
         # a local backbone directory is stored absolute, so the saved model loads from any working directory
@@ -109,12 +109,13 @@ class TextEncoder(nn.Module):
         from pluralign.models.logprobs import final_hidden_states
 
         hidden = final_hidden_states(self.backbone, input_ids, None, position_ids)[0]  # [total, H]
-        ends = seq_lengths.cumsum(0)
+        last = hidden[seq_lengths.cumsum(0) - 1]
         if self.pooling == "last":
-            return hidden[ends - 1]
+            return last
         segment = torch.repeat_interleave(torch.arange(len(seq_lengths), device=hidden.device), seq_lengths)
         sums = hidden.new_zeros(len(seq_lengths), hidden.shape[-1]).index_add(0, segment, hidden)
-        return sums / seq_lengths[:, None].to(hidden.dtype)
+        mean = sums / seq_lengths[:, None].to(hidden.dtype)
+        return torch.cat([last, mean], dim=-1) if self.pooling == "last_mean" else mean
 
     def embed(self, prompts: Sequence[Any], responses: Sequence[Any] | None = None, batch_size: int = 64) -> torch.Tensor:
         """Features [N, H] computed in chunks, on the backbone's device."""
