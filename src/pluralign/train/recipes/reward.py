@@ -64,8 +64,8 @@ def _loop_defaults() -> LoopConfig:
 
     On grammar responses (ceiling 0.876; seed 0): last 0.762, last+mean 0.763, mean 0.733, sum 0.728, an
     MLP head 0.745, weight decay 0.1 0.761, 8 epochs at 1e-3 0.693 (held-out loss rises after ~300 steps:
-    it memorises label noise), 4000 pairs 0.756. None reaches 95% of the ceiling: what limits it is the
-    64-wide, 2-layer sandbox backbone (a logistic model on word counts × prompt topic, with no pretrained
+    it memorises label noise), 4000 pairs 0.756. None reaches 95% of the ceiling: most likely the
+    64-wide, 2-layer sandbox backbone limits it (unverified: no run on a bigger one finished) (a logistic model on word counts × prompt topic, with no pretrained
     representation at all, reaches 0.79), not the pooling, schedule or pair count. Batch 16 stays so that
     small preference sets still get several steps per epoch. With LoRA on SmolLM2-135M-Instruct these
     defaults are what scripts/real_model.py measures. Full fine-tuning of a large pretrained backbone
