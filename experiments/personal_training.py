@@ -34,20 +34,23 @@ seed's run from {0, 4, 5, 6, 8} (96 prompts x 2 samples: worst-group gain over s
 Seed 0, defaults (2048 pairs, 2 epochs, 96 prompts x 4 samples), 2026-12-04, vs the shared policy:
 - per-user vectors: minority +0.259 [+0.195, +0.332] (+9.8%), majority +1.7% [CI −0.04, +0.11];
   per-group vectors: minority +13.5%, majority +4.6% (both CIs above 0);
-- group-fair objectives: neither raised the worst group's standardized gain (worst_group −0.057
-  [−0.174, +0.047], nash −0.060 [−0.238, +0.099]); nash moved utility from the majority (−13.3%) to the
-  minority (+10.1%); worst_group cost the majority 5.7% and left the minority unchanged (−1.3%, CI across 0);
+- learned control tokens per group (base policy frozen): minority +9.2% [CI +0.16, +0.32], majority
+  −10.7% (the majority's tokens do not reach what DPO on the whole policy reaches);
+- group-fair objectives: none raised the worst group's standardized gain with a CI above 0 (worst_group
+  −0.057 [−0.174, +0.047], nash −0.060 [−0.238, +0.099], group_dro +0.046 [−0.129, +0.215]); nash and
+  group_dro moved utility from the majority (−13.3%, −10.2%) to the minority (+10.1%, +7.7%);
 - a new user from 10 pairs (a mixture of the group vectors): held-out implicit-reward accuracy 0.688 vs
   0.625 for the population model (0.641 shared), gold utility +0.373 [+0.310, +0.441];
-- PAS: α = 2 gave +0.102 [+0.036, +0.170] at KL(steered ‖ shared) 0.195 and α = 4 +0.155 [+0.082,
-  +0.231] at KL 1.08, but the search on the user's pairs chose α = 8: +0.059 [−0.012, +0.129] at KL 4.8.
+- PAS: the held-out search chose α = 1: +0.107 [+0.043, +0.173] at KL(steered ‖ shared) 0.057 (α = 2
+  +0.126 at KL 0.35, α = 4 +0.206 at KL 1.54, α = 8 +0.007 at KL 8.8).
 With 512 pairs and one epoch the per-user vectors and PAS showed no significant gain.
 
     .venv/bin/python experiments/personal_training.py --quick   # 256 pairs, 1 epoch: numbers mean little
     .venv/bin/python experiments/personal_training.py           # the reported run
 
-Timing on the 2-core machine: the default run 62 s and --quick 12 s when it was idle; under a load
-average of 10-20 from other jobs the same work took 10-15 minutes.
+Timing on the 2-core machine: the default run 62 s and --quick 12 s when it was idle (before the
+control-token and group-DRO rows); with those rows, under a load average of 6-9 from other jobs, the
+default run took 2625 s (44 min wall) and --quick 81 s.
 """
 
 from __future__ import annotations
