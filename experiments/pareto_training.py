@@ -165,7 +165,9 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
     shutil.rmtree(out / "warmup_sft", ignore_errors=True)
     run_sft(model=str(base), data=[str(out / "rated.jsonl")], output_dir=str(out / "warmup_sft"), objectives=names,
             conditioning="reward_tokens", gradient_checkpointing=False, max_length=128, loop=loop | {"max_steps": 2})
-    for method in ("linear", "linshort", "raco", "pama", "racoeq"):
+    combiners = {"linear": ("weighted", {}), "linshort": ("weighted", {}), "raco": ("raco", {}),
+                 "racoeq": ("raco", {}), "racoub": ("raco", {"gram": "logps"}), "pama": ("pama", {})}
+    for method in ("linear", "linshort", "raco", "racoub", "pama", "racoeq"):
         if method not in methods:
             continue
         steps = a.steps
@@ -175,12 +177,13 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
             steps = equal_cost_steps(results["methods"], a.steps)
             if steps is None:
                 continue
+        combiner, params = combiners[method]
         clock, dirs = Clock(), []
         for i, w in enumerate(wdict):
             with clock:
                 dirs.append(train_pref(f"{method}_{i}", steps=steps, data=[str(out / "rated.jsonl")],
                                        objectives={"names": names, "rated_pairs": "signed", "weights": w,
-                                                   "combine": {"racoeq": "raco"}.get(method, "weighted" if method.startswith("lin") else method)}))
+                                                   "combine": combiner, "combine_params": params}))
         record(method, dirs, [[{}]] * len(dirs), clock, len(dirs), {"steps": steps})
     if "modpo" in methods:
         clock, dirs = Clock(), []
@@ -212,13 +215,18 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
             d = train_pref("mahdpo", data=[str(out / f"pairs_{n}.jsonl") for n in names],
                            objectives={"names": names, "conditioning": "heads"})
         record("mahdpo", [d], steer, clock, 1)
-    if "soups" in methods:
+    for i, steps in enumerate(a.soup_steps if "soups" in methods else []):
+        # One expert per objective, each trained on the signed pairs with that objective's one-hot weight:
+        # the experts share the data, hence one reference pass (rated records → pairs, as the sweep's).
+        tag = "soups" if i == 0 else f"soups{steps}"
         clock, members = Clock(), []
         with clock:
             for n in names:
-                members.append(train_pref(f"soup_{n}", steps=a.expert_steps, data=[str(out / f"pairs_{n}.jsonl")]))
-            soup = save_soup(members, names, out / "soup")
-        record("soups", [soup], steer, clock, k)
+                members.append(train_pref(f"{tag}_{n}", steps=steps, data=[str(out / "rated.jsonl")],
+                                          objectives={"names": names, "rated_pairs": "signed",
+                                                      "weights": {m: float(m == n) for m in names}}))
+            soup = save_soup(members, names, out / tag)
+        record(tag, [soup], steer, clock, k, {"steps": steps})
     if "ric" in methods:
         clock = Clock()
         with clock:
@@ -269,14 +277,14 @@ def verdicts(res: dict) -> dict:
                 out[f"{name}_cost_ratio"] = m[name]["cpu_s"] / lin["cpu_s"] if lin["cpu_s"] > 0 else float("nan")
         out["single_run_95pct_at_third_cost"] = any(
             out.get(f"{n}_hv_ratio", 0) >= 0.95 and out.get(f"{n}_cost_ratio", 9) <= 1 / 3 for n in SINGLE_RUN)
-        for name in ("raco", "pama", "racoeq", "linshort"):
+        for name in ("raco", "racoub", "pama", "racoeq", "linshort"):
             if name in m:
                 out[f"{name}_minus_linear_hv"] = m[name]["hv"] - lin["hv"]
                 out[f"{name}_cost_ratio"] = m[name]["cpu_s"] / lin["cpu_s"] if lin["cpu_s"] > 0 else float("nan")
         # Equal cost = equal CPU-seconds within 10%: PAMA at the sweep's steps costs about the same as the
         # sweep; RACO costs more per step, so `racoeq` is RACO with the steps the sweep's CPU-seconds buy.
         out["raco_or_pama_ge_linear_at_equal_cpu"] = any(
-            out.get(f"{n}_minus_linear_hv", -1) >= 0 and out.get(f"{n}_cost_ratio", 9) <= 1.1 for n in ("racoeq", "pama"))
+            out.get(f"{n}_minus_linear_hv", -1) >= 0 and out.get(f"{n}_cost_ratio", 9) <= 1.1 for n in ("racoeq", "racoub", "pama"))
         if "soups" in m and "linshort" in m and m["linshort"]["hv"] > 0:  # soups against the sweep at the experts' steps
             out["soups_vs_linshort_hv_ratio"] = m["soups"]["hv"] / m["linshort"]["hv"]
             out["soups_vs_linshort_cost_ratio"] = m["soups"]["cpu_s"] / m["linshort"]["cpu_s"]
@@ -296,17 +304,21 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer prompts, steps and samples (~3 min of CPU)")
     p.add_argument("--cases", default="2obj,3obj")
-    p.add_argument("--methods", default="linear,raco,pama,racoeq,linshort,modpo,map,mahdpo,soups,ric,dpa")
+    p.add_argument("--methods", default="linear,raco,racoub,pama,racoeq,linshort,modpo,map,mahdpo,soups,ric,dpa")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--expert-fracs", default="0.6", help="soup experts' steps as fractions of a sweep model's; "
+                   "the first is `soups`, each further one another soup (the expert-step sweep)")
     p.add_argument("--out", default="runs/pareto_training")
     a = p.parse_args(argv)
     a.prompts, a.steps, a.sft_steps, a.batch_size = (64, 30, 60, 16) if a.quick else (160, 80, 150, 16)
     a.eval_prompts, a.samples = (24, 2) if a.quick else (64, 2)
     a.dpa_prompts, a.dpa_rounds = (48, 1) if a.quick else (160, 2)
     a.lr, a.sft_lr = 5e-4, 1e-3
-    # Soup experts train on one objective's pairs only, with 0.6 of a sweep model's steps ("experts only
-    # need the extremes"); `linshort` is the sweep at that budget, so the saving's source is visible.
-    a.expert_steps = max(1, round(0.6 * a.steps))
+    # Soup experts train with a fraction of a sweep model's steps ("experts only need the extremes");
+    # `linshort` is the sweep at that budget, so the saving's source is visible. More fractions train
+    # more soups (soups<steps>), the expert-step sweep.
+    a.soup_steps = [max(1, round(float(f) * a.steps)) for f in a.expert_fracs.split(",")]
+    a.expert_steps = a.soup_steps[0]
 
     import torch
 

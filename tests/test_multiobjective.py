@@ -191,6 +191,33 @@ def test_raco_combiner_update_is_the_cagrad_clip_direction():
     assert torch.allclose(grad0.double(), 0.8 * g[0] + 0.2 * g[1], atol=1e-6)
 
 
+def test_weighted_combiner_trains_nothing_without_a_weighted_objective_in_the_batch():
+    losses_ = torch.tensor([[0.0, 2.0], [0.0, 4.0]], requires_grad=True)
+    mask = torch.tensor([[False, True], [False, True]])  # only objective 1, which has weight 0
+    per, _ = combine.combine("weighted", losses_, mask, torch.tensor([1.0, 0.0]), combine.Context())
+    (grad,) = torch.autograd.grad(per.mean(), losses_)
+    assert per.mean().item() == 0.0 and torch.count_nonzero(grad) == 0
+
+
+def test_raco_with_the_gram_at_the_log_probs_weights_losses_by_cagrad_clip_of_their_derivatives():
+    anchor = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)  # chosen log-probs; h = anchor here
+    signs = torch.tensor([[1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+    theta = torch.nn.Parameter(torch.zeros(1))
+    per_obj = -F.logsigmoid(0.1 * signs * anchor[:, None])
+    # ∂L_k/∂h_b = −β s_bk σ(−β s_bk h_b) / 3 (L_k a mean over the three pairs), by hand
+    u = -0.1 * signs * torch.sigmoid(-0.1 * signs * anchor.detach()[:, None]) / 3
+    H = (u.T @ u).double().numpy()
+    w = torch.tensor([0.7, 0.3])
+    a = mo.raco_coefficients(H, w.double().numpy(), c=0.4, clip=True)
+    per, _ = combine.combine("raco", per_obj, signs != 0, w, combine.Context(params=[theta], anchor=anchor),
+                             {"gram": "logps"})
+    (grad,) = torch.autograd.grad(per.mean(), anchor)
+    assert torch.allclose(grad.double(), a[0] * u[:, 0].double() + a[1] * u[:, 1].double(), atol=1e-7)
+    assert not np.allclose(a, w.numpy())  # the objectives conflict on two pairs of three: not the linear step
+    with pytest.raises(ConfigError, match="gram must be"):
+        combine.combine("raco", per_obj, signs != 0, w, combine.Context(params=[theta], anchor=anchor), {"gram": "x"})
+
+
 def test_pama_combiner_cancels_conflicting_objectives_per_pair():
     anchor = torch.tensor([0.0, 0.0], requires_grad=True)  # policy chosen log-prob; h = anchor
     signs = torch.tensor([[1.0, -1.0], [1.0, 1.0]])

@@ -56,6 +56,7 @@ def test_train_soup_trains_a_member_per_objective_and_one_hot_weights_give_the_m
                  "objectives.names=[informativeness,conciseness]", "gradient_checkpointing=false", *LOOP]) == 0
     model, tok = load_policy(out / "model")
     assert model.pluralign_conditioning.name == "soup" and len(model.pluralign_conditioning.params["members"]) == 2
+    assert len(list((out / "ref_cache").glob("*.safetensors"))) == 1  # the members' one shared reference pass
     member = member_state(out / "members" / "conciseness" / "model")
     with model.pluralign_conditioning.steer(model, model.pluralign_conditioning.condition(weights=[0, 1])):
         assert all(torch.equal(v, member[k]) for k, v in model.state_dict().items())

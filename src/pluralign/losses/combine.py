@@ -12,7 +12,8 @@ is the surrogate to minimise, so the one loop (`pluralign.train.loop`) runs ever
   taken with autograd (one backward each on the shared forward), and the returned surrogate has gradient
   Σ a_k g_k with a = `raco_coefficients(H, w)`, the CAGrad-Clip direction, without a further backward
   through the model: K backward passes per micro-batch in all (linear scalarisation: 1). With gradient
-  accumulation each micro-batch gets its own coefficients.
+  accumulation each micro-batch gets its own coefficients. ``gram=logps`` takes the Gram matrix at the
+  per-pair log-probs instead (MGDA-UB's bound, Sener & Koltun 2018): one backward, a linear step's cost.
 - ``pama``: PAMA's closed-form min-norm combination (He & Maghsudi, ECML-PKDD 2025, Theorem 1) for
   preference pairs: every objective k moves example b along the same direction ∇logπ(y_w|x), with
   "advantage" A_bk = −∂ℓ_bk/∂logπ_θ(y_w|x) (for DPO β·s_bk·σ(−β·s_bk·h)); the weighted advantages
@@ -71,9 +72,11 @@ def spread(coefficients: Tensor, losses: Tensor, mask: Tensor) -> Tensor:
 
 
 def _present_weights(weights: Tensor, present: Tensor) -> Tensor:
+    # A batch holding none of the weighted objectives trains nothing: an objective the user gives weight 0
+    # (a soup expert's others) never moves the model.
     w = weights * present
     total = w.sum()
-    return w / total if total > 0 else present / present.sum().clamp(min=1)
+    return w / total if total > 0 else torch.zeros_like(w)
 
 
 @register("weighted")
@@ -84,13 +87,17 @@ def weighted(losses: Tensor, mask: Tensor, weights: Tensor, context: Context) ->
 
 @register("raco")
 def raco(losses: Tensor, mask: Tensor, weights: Tensor, context: Context, *, c: float = 0.4,
-         clip: bool = True) -> tuple[Tensor, dict]:  # fmt: skip
+         clip: bool = True, gram: str = "params") -> tuple[Tensor, dict]:  # fmt: skip
+    if gram not in ("params", "logps"):
+        raise ConfigError(f"combiner 'raco': gram must be 'params' or 'logps', got {gram!r}")
     means, present = objective_means(losses, mask)
     w = _present_weights(weights, present)
     idx = present.nonzero().flatten().tolist()
     params = [p for p in context.params if p.requires_grad]
     if len(idx) < 2 or not params or not torch.is_grad_enabled():  # evaluation: the weighted loss
         return spread(w, losses, mask), {}
+    if gram == "logps":
+        return _raco_on_logps(losses, mask, means, w, idx, context, c, clip)
     # One backward per objective on the shared forward; the graph is kept only until the last of them.
     per_param, grads = [], []
     for j, k in enumerate(idx):
@@ -111,6 +118,27 @@ def raco(losses: Tensor, mask: Tensor, weights: Tensor, context: Context, *, c: 
                     for i, p in enumerate(params))
     values = spread(coefficients, losses.detach(), mask) + (direction - direction.detach())
     return values, {"raco/grad_cosine": torch.tensor(float(cos))}
+
+
+def _raco_on_logps(losses: Tensor, mask: Tensor, means: Tensor, w: Tensor, idx: list[int], context: Context,
+                   c: float, clip: bool) -> tuple[Tensor, dict]:  # fmt: skip
+    """RACO with the Gram matrix of the per-objective gradients taken at the policy's per-pair log-probs
+    (the representation every objective shares) instead of at the parameters: MGDA-UB's bound (Sener &
+    Koltun, NeurIPS 2018, §3.3) applied to CAGrad-Clip. These gradients are the losses' own derivatives
+    (no backward through the model), so a step costs one backward, as linear scalarisation's does."""
+    if context.anchor is None or not context.anchor.requires_grad:
+        raise ConfigError("combiner 'raco' with gram=logps needs the policy's chosen log-probs (a pairwise loss)")
+    grads = []
+    for k in idx:
+        (g,) = torch.autograd.grad(means[k], context.anchor, retain_graph=True, allow_unused=True)
+        grads.append(torch.zeros_like(context.anchor) if g is None else g.detach())
+    G = torch.stack(grads).double()
+    H = (G @ G.T).cpu().numpy()
+    a = raco_coefficients(H, w[idx].detach().double().cpu().numpy(), c=c, clip=clip)
+    coefficients = torch.zeros_like(w)
+    coefficients[idx] = torch.as_tensor(a, dtype=w.dtype, device=w.device)
+    cos = H[0, 1] / max((H[0, 0] * H[1, 1]) ** 0.5, 1e-30)
+    return spread(coefficients, losses, mask), {"raco/grad_cosine": torch.tensor(float(cos))}
 
 
 @register("pama")

@@ -5,8 +5,9 @@ as recipes with typed configs (the methods themselves are in `pluralign.train.st
   N samples per prompt under a sampled direction v, the best by vᵀr of ``reward`` kept, SFT with v
   stated in the prompt; the model decodes with ``direction=…`` / ``weights=…`` per request.
 - ``soup``: rewarded soups (Ramé et al., NeurIPS 2023): one preference run per objective of
-  ``objectives.names`` on that objective's pairs (rated records become per-objective pairs), every member
-  with the same settings, then a soup directory whose weights are interpolated per request.
+  ``objectives.names`` on that objective's pairs (rated records: the signed pairs with that objective's
+  one-hot weight, so the members share one reference pass), every member with the same settings, then a
+  soup directory whose weights are interpolated per request.
 - ``map``: a MAP palette (Wang et al., ICLR 2025) at training time: λ* solving the palette's targets on
   rated samples of the base policy (``data``), pairs ordered by λ*ᵀr, then the configured preference loss.
 """
@@ -96,7 +97,7 @@ class SoupConfig(PreferenceConfig):
 
 
 def run_soup(config: SoupConfig) -> RecipeResult:
-    from pluralign.data.io import write_records
+    from pluralign.data.io import read_records, write_records
     from pluralign.models.soup import save_soup
     from pluralign.train.recipes.preference import KINDS
 
@@ -107,14 +108,24 @@ def run_soup(config: SoupConfig) -> RecipeResult:
     out = Path(config.output_dir)
     pairs = load_data(config.data, KINDS["pairwise"], config.skip_invalid,
                       ObjectivesConfig(names=list(names), rated_pairs="per_objective"))
+    rated = all(isinstance(r, Rated) for path in config.data for r in read_records(path, skip_invalid=config.skip_invalid))
+    # The members share one reference cache. On rated data every member trains on the same signed pairs
+    # (one pair per two responses, a sign per objective) with its objective's one-hot weight, so the
+    # reference pass over them is paid once for the whole soup, not once per member.
+    shared = {"ref_cache_dir": config.ref_cache_dir or str(out / "ref_cache"), "eval_data": []}
     members = []
     for name in names:
         mine = [p for p in pairs if p.objective == name]
         if not mine:
             raise ConfigError(f"'objectives.names': objective {name!r} has no pairs in {config.data}")
-        data = write_records(out / "members" / f"{name}.jsonl", mine)
-        member = dataclasses.replace(config, data=[str(data)], output_dir=str(out / "members" / name),
-                                     objectives=ObjectivesConfig(), eval_data=[])
+        if rated:
+            one_hot = {n: float(n == name) for n in names}
+            member = dataclasses.replace(config, output_dir=str(out / "members" / name), **shared,
+                                         objectives=ObjectivesConfig(names=list(names), rated_pairs="signed", weights=one_hot))
+        else:
+            data = write_records(out / "members" / f"{name}.jsonl", mine)
+            member = dataclasses.replace(config, data=[str(data)], output_dir=str(out / "members" / name),
+                                         objectives=ObjectivesConfig(), **shared)
         members.append(run_preference(PreferenceConfig(**{f.name: getattr(member, f.name)
                                                            for f in dataclasses.fields(PreferenceConfig)})))
     soup = save_soup([m.model_dir for m in members], names, out / "model")
