@@ -11,14 +11,20 @@ against linear-scalarised DPO trained once per weight.
    - raco / pama: the same data and steps, per-objective gradients combined by RACO's CAGrad-Clip or
      PAMA's min-norm weights, one model per w; racoeq: RACO with the steps the sweep's CPU-seconds buy
      (RACO takes K backward passes per step), so that it is compared with the sweep at equal cost;
+     racoub: RACO with its Gram matrix taken at the per-pair log-probs (MGDA-UB's bound, one backward a
+     step), so that equal steps are equal CPU-seconds. PAMA's closed form moves a pair nothing where
+     the objectives disagree on it (about half the signed pairs of the 2-objective case), so its models
+     between the extreme weights stay near the base: a lower hypervolume by construction, not a bug;
    - linshort: the sweep with the soup experts' step budget (a control: how much of the soups' saving is
      the shorter budget rather than the fewer models);
    - modpo: DPO on informativeness pairs with the other objectives' gold rewards as margin, one model per w
      (w_0 > 0);
    - map: MAP palettes (targets = quantiles of the base's rewards) → λ* → pairs ordered by λ*ᵀr → DPO;
    - single-run methods, steered per request at every w of the grid: mahdpo (K heads, one run on
-     objective-tagged pairs), soups (one DPO expert per objective on that objective's pairs, 0.6 of the
-     sweep's steps: an expert only has to reach its extreme; weights interpolated), ric (SFT with
+     objective-tagged pairs), soups (one DPO expert per objective: the signed pairs with that objective's
+     one-hot weight, so the experts share one reference pass; a fraction of the sweep's steps, picked by
+     an expert-step sweep on seed 2 (--expert-fracs): an expert only has to reach its extreme; weights
+     interpolated), ric (SFT with
      reward z-scores in the prompt), dpa (rejection-sampling rounds with the direction in the prompt,
      best-of-4 by the gold vᵀr standing in for the multi-objective reward model).
 3. Each model (and each weight of a steerable one) is sampled on fixed evaluation prompts; a point is the
@@ -139,13 +145,14 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
     results: dict = {"objectives": names, "weights": weights, "reference": ref.tolist(), "methods": {}}
     methods = a.methods.split(",")
 
-    def train_pref(tag, steps=None, **kw):
+    def train_pref(tag, steps=None, lr=None, **kw):
         shutil.rmtree(out / tag, ignore_errors=True)  # a fresh run: the loop would resume an old one
         # Each method has its own reference cache: it pays for the reference passes over its data once
         # (shared by its own models, as a sweep would share them), never for another method's.
         cfg = common | {"ref_cache_dir": str(out / "ref_cache" / tag.split("_")[0])} | kw
-        if steps is not None:
-            cfg["loop"] = loop | {"max_steps": steps, "log_every": steps}
+        if steps is not None or lr is not None:
+            steps = steps or a.steps
+            cfg["loop"] = loop | {"max_steps": steps, "log_every": steps, "learning_rate": lr or a.lr}
         return run(from_kwargs(output_dir=str(out / tag), **cfg)).model_dir
 
     def record(method, model_dirs, controls, clock, n_models, extra=None):
@@ -167,6 +174,7 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
             conditioning="reward_tokens", gradient_checkpointing=False, max_length=128, loop=loop | {"max_steps": 2})
     combiners = {"linear": ("weighted", {}), "linshort": ("weighted", {}), "raco": ("raco", {}),
                  "racoeq": ("raco", {}), "racoub": ("raco", {"gram": "logps"}), "pama": ("pama", {})}
+    combiners |= {m: ("raco", p | {"c": a.raco_c}) for m, (c, p) in combiners.items() if c == "raco"}
     for method in ("linear", "linshort", "raco", "racoub", "pama", "racoeq"):
         if method not in methods:
             continue
@@ -222,7 +230,7 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
         clock, members = Clock(), []
         with clock:
             for n in names:
-                members.append(train_pref(f"{tag}_{n}", steps=steps, data=[str(out / "rated.jsonl")],
+                members.append(train_pref(f"{tag}_{n}", steps=steps, lr=a.expert_lr, data=[str(out / "rated.jsonl")],
                                           objectives={"names": names, "rated_pairs": "signed",
                                                       "weights": {m: float(m == n) for m in names}}))
             soup = save_soup(members, names, out / tag)
@@ -306,14 +314,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cases", default="2obj,3obj")
     p.add_argument("--methods", default="linear,raco,racoub,pama,racoeq,linshort,modpo,map,mahdpo,soups,ric,dpa")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--expert-fracs", default="0.6", help="soup experts' steps as fractions of a sweep model's; "
+    p.add_argument("--lr", type=float, default=5e-4, help="learning rate of the preference runs (the sweep's)")
+    p.add_argument("--expert-lr", type=float, default=None, help="soup experts' learning rate (default: --lr)")
+    p.add_argument("--raco-c", type=float, default=0.2, help="RACO's c (the radius of its conflict-averse ball; "
+                   "0.2 of {0.2, 0.4} on seed 2)")
+    p.add_argument("--expert-fracs", default="0.5", help="soup experts' steps as fractions of a sweep model's; "
                    "the first is `soups`, each further one another soup (the expert-step sweep)")
     p.add_argument("--out", default="runs/pareto_training")
     a = p.parse_args(argv)
     a.prompts, a.steps, a.sft_steps, a.batch_size = (64, 30, 60, 16) if a.quick else (160, 80, 150, 16)
     a.eval_prompts, a.samples = (24, 2) if a.quick else (64, 2)
     a.dpa_prompts, a.dpa_rounds = (48, 1) if a.quick else (160, 2)
-    a.lr, a.sft_lr = 5e-4, 1e-3
+    a.sft_lr = 1e-3
+    a.expert_lr = a.expert_lr or a.lr
     # Soup experts train with a fraction of a sweep model's steps ("experts only need the extremes");
     # `linshort` is the sweep at that budget, so the saving's source is visible. More fractions train
     # more soups (soups<steps>), the expert-step sweep.
