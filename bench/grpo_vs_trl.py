@@ -18,10 +18,12 @@ each side computes:
 
 Each side runs in its own subprocess (peak RSS from `os.wait4`), `--repeats` times, alternating; the
 fastest run of each side counts (the least disturbed by other jobs on a shared machine). Model and
-tokenizer classes are imported before the clock starts on both sides. Throughput = (generated completion
+tokenizer classes are imported, and transformers' one-off loading tables built, before the clock starts
+on both sides. Throughput = (generated completion
 tokens + prompt+completion tokens trained, counted per completion) / seconds from loading the model to the
 trained model saved; the same over the process's CPU seconds (`cpu_throughput_ratio`) is steadier under
-load. `--profile` prints each side's CPU seconds per phase (generation, rewards, forward + loss, backward).
+load. `--profile` prints each side's CPU seconds per phase (generation, rewards, the rollout's other
+work, forward + loss, backward, optimizer, the rest).
 
     .venv/bin/python bench/grpo_vs_trl.py --quick          # CPU, a couple of minutes
     .venv/bin/python bench/grpo_vs_trl.py --device cuda    # on a GPU
@@ -108,21 +110,23 @@ def side_trl(spec: dict) -> dict:
             "rewards": [r["reward"] for r in logs]}
 
 
-# Phases of a step, found in a cProfile of the run by (file suffix, function): cumulative seconds.
+# Phases of a run, found in a cProfile of it by (file suffix, function): cumulative CPU seconds. A phase
+# named "a - b - c" is phase a less the phases b and c it contains; "other" is the rest of the run (loading
+# the model, building the trainer, logging, saving). AdamW's step is `Adam.step` (torch/optim/adam.py).
 PHASES = {
-    "pluralign": {"generate": ("online/rollout.py", "generate"), "score": ("online/engine.py", "score"),
+    "pluralign": {"generate": ("online/rollout.py", "generate"), "score": ("online/engine.py", "shaped_rewards"),
                   "build (old/ref log-probs, advantages)": ("online/methods.py", "build"),
                   "forward + loss": ("online/methods.py", "step"), "backward": ("torch/_tensor.py", "backward"),
-                  "optimizer": ("torch/optim/adamw.py", "step")},
+                  "optimizer": ("torch/optim/adam.py", "step")},
     "trl": {"generate": ("trl/trainer/grpo_trainer.py", "_generate"),
             "score": ("trl/trainer/grpo_trainer.py", "_calculate_rewards"),
-            "generate+score+old/ref log-probs": ("trl/trainer/grpo_trainer.py", "_generate_and_score_completions"),
+            "rollout - generate - score": ("trl/trainer/grpo_trainer.py", "_generate_and_score_completions"),
             "forward + loss": ("trl/trainer/grpo_trainer.py", "compute_loss"),
-            "backward": ("torch/_tensor.py", "backward"), "optimizer": ("torch/optim/adamw.py", "step")},
+            "backward": ("torch/_tensor.py", "backward"), "optimizer": ("torch/optim/adam.py", "step")},
 }
 
 
-def phases(profile, side: str) -> dict[str, float]:
+def phases(profile, side: str, cpu_s: float) -> dict[str, float]:
     import pstats
 
     stats = pstats.Stats(profile).stats  # {(file, line, function): (cc, nc, tottime, cumtime, callers)}
@@ -130,6 +134,11 @@ def phases(profile, side: str) -> dict[str, float]:
     for name, (suffix, function) in PHASES[side].items():
         # Outermost calls only: a recursive or nested entry is counted inside its caller's cumulative time.
         out[name] = max((v[3] for (f, _, fn), v in stats.items() if f.endswith(suffix) and fn == function), default=0.0)
+    for name in out:
+        parts = name.split(" - ")
+        if len(parts) > 1:
+            out[name] -= sum(out[p] for p in parts[1:])
+    out["other (load, setup, save)"] = cpu_s - sum(out.values())
     return out
 
 
@@ -142,12 +151,16 @@ def child_main(spec_path: str) -> None:
     if spec["device"] == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     # Import time is not training time, on both sides: the modules of the model's and tokenizer's classes
-    # (transformers imports them at first use) are imported here, before either side's clock starts.
+    # (transformers imports them at first use) are imported here, before either side's clock starts, and
+    # the model is loaded once and dropped: a process's first `from_pretrained` builds transformers'
+    # weight-conversion tables (about 1.5 CPU-s on this machine, a one-off cost like an import), which
+    # either side would otherwise pay inside its clock. Each side still loads the model in its clock.
     import accelerate  # noqa: F401
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     AutoModelForCausalLM._model_mapping[type(AutoConfig.from_pretrained(spec["model"]))]
     AutoTokenizer.from_pretrained(spec["model"])
+    AutoModelForCausalLM.from_pretrained(spec["model"])  # dropped at once
 
     side = side_trl if spec["side"] == "trl" else side_pluralign
     if spec.get("profile"):
@@ -155,7 +168,7 @@ def child_main(spec_path: str) -> None:
 
         profile = cProfile.Profile(time.process_time)  # CPU seconds: what other jobs on the machine do not inflate
         result = profile.runcall(side, spec)
-        result["phases"] = phases(profile, spec["side"])
+        result["phases"] = phases(profile, spec["side"], result["cpu_s"])
     else:
         result = side(spec)
     if spec["device"] == "cuda":

@@ -28,14 +28,18 @@ def rows():
 
 def test_layout_by_hand():
     b = grouped.grouped_rows(PROMPT_IDS, COMPLETIONS, 2, 0)
-    assert b["group_input_ids"][0].tolist() == [5, 9, 3, 11, 12, 13, 0, 0]
-    assert b["group_position_ids"][0].tolist()[:6] == [0, 1, 2, 3, 4, 3]
-    assert b["group_segments"][0].tolist() == [0, 0, 0, 1, 1, 2, -1, -1]
-    assert b["group_segments"][1].tolist() == [0, 1, 1, 1, 2, 2, 2, 2]
-    # completion [13] of prompt 0 is predicted by the prompt's last token (position 2), not by 12
-    assert b["group_source"][:3].tolist() == [2, 3, 2] and b["group_target"][:3].tolist() == [3, 4, 5]
-    mask = grouped.attention_mask(b["group_segments"], None)[0, 0]
-    assert mask[5].tolist()[:6] == [True, True, True, False, False, True]  # 13 sees the prompt and itself
+    # each completion is fed without its last token (only ever a target): [11, 12] → 11, [13] → nothing
+    assert b["group_input_ids"].tolist() == [[5, 9, 3, 11, 0, 0], [7, 14, 15, 17, 18, 19], [4, 4, 8, 2, 6, 22]]
+    assert b["group_position_ids"].tolist() == [[0, 1, 2, 3, 0, 0], [0, 1, 2, 1, 2, 3], [0, 1, 2, 3, 4, 5]]
+    assert b["group_segments"].tolist() == [[0, 0, 0, 1, -1, -1], [0, 1, 1, 2, 2, 2], [0, 0, 0, 0, 0, 2]]
+    assert b["group_labels"].tolist() == [t for c in COMPLETIONS for t in c]
+    assert b["group_row"].tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2]
+    # 12 is predicted by 11 (position 3); 13 and 14 by their prompt's last token (positions 2 and 0); 17 by
+    # the prompt too, not by 16 (which is not fed) nor by 15
+    assert b["group_source"].tolist() == [2, 3, 2, 0, 1, 2, 0, 3, 4, 5, 4, 4, 5]
+    mask = grouped.attention_mask(b["group_segments"], None)[1, 0]
+    assert mask[3].tolist() == [True, False, False, True, False, False]  # 17 sees the prompt and itself
+    assert mask[5].tolist() == [True, False, False, True, True, True]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "llama-eager"])

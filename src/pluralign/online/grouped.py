@@ -27,23 +27,27 @@ MASKED_IMPLEMENTATIONS = ("sdpa", "eager")
 def grouped_rows(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]], group_size: int,
                  pad_id: int) -> dict[str, torch.Tensor]:
     """One row per prompt: its tokens, then its `group_size` completions (row j·G + g of `completion_ids`
-    is completion g of prompt j), right-padded. Returns `group_input_ids`, `group_position_ids`,
-    `group_segments` [P, S] (0 prompt, g+1 completion g, −1 padding) and, per completion token in
-    completion-major order, the row (`group_row`), the position of the token (`group_target`) and of the
-    state that predicts it (`group_source`: the prompt's last token for a completion's first token)."""
-    rows, positions, segments, row, target, source = [], [], [], [], [], []
+    is completion g of prompt j) each without its last token, right-padded. A completion's last token is
+    only ever a target: no later token of its own completion exists to attend to it, and the other
+    completions never see it, so feeding it would cost a position of every layer and change no log-prob.
+    Returns `group_input_ids`, `group_position_ids`, `group_segments` [P, S] (0 prompt, g+1 completion g,
+    −1 padding) and, per completion token in completion-major order, the token (`group_labels`), the row
+    (`group_row`) and the position of the state that predicts it (`group_source`: the prompt's last token
+    for a completion's first token, else the position of the token before it)."""
+    rows, positions, segments, row, labels, source = [], [], [], [], [], []
     for j, prompt in enumerate(prompt_ids):
         ids, pos, seg = list(prompt), list(range(len(prompt))), [0] * len(prompt)
         for g in range(group_size):
             completion = completion_ids[j * group_size + g]
-            start = len(ids)
-            ids += completion
-            pos += range(len(prompt), len(prompt) + len(completion))
-            seg += [g + 1] * len(completion)
+            if not completion:
+                continue
+            start, fed = len(ids), completion[:-1]
+            ids += fed
+            pos += range(len(prompt), len(prompt) + len(fed))
+            seg += [g + 1] * len(fed)
             row += [j] * len(completion)
-            target += range(start, start + len(completion))
-            if completion:  # the first token is predicted by the prompt's last state, the others by their own row's
-                source += [len(prompt) - 1, *range(start, start + len(completion) - 1)]
+            labels += completion
+            source += [len(prompt) - 1, *range(start, start + len(fed))]
         rows.append(ids)
         positions.append(pos)
         segments.append(seg)
@@ -54,7 +58,7 @@ def grouped_rows(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[
 
     return {"group_input_ids": pad(rows, pad_id), "group_position_ids": pad(positions, 0),
             "group_segments": pad(segments, -1), "group_row": torch.tensor(row, dtype=torch.long),
-            "group_target": torch.tensor(target, dtype=torch.long), "group_source": torch.tensor(source, dtype=torch.long)}
+            "group_labels": torch.tensor(labels, dtype=torch.long), "group_source": torch.tensor(source, dtype=torch.long)}
 
 
 def attention_mask(segments: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -79,7 +83,7 @@ def completion_logps(model: Any, batch: dict) -> torch.Tensor:
     hidden = final_hidden_states(model, batch["group_input_ids"], attention_mask(segments, dtype),
                                  batch["group_position_ids"])
     states = hidden[batch["group_row"], batch["group_source"]]
-    return gathered_logps(model, states, batch["group_input_ids"][batch["group_row"], batch["group_target"]])
+    return gathered_logps(model, states, batch["group_labels"])
 
 
 def token_logps_grouped(model: Any, batch: dict) -> torch.Tensor:
