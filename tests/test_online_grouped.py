@@ -42,8 +42,33 @@ def test_layout_by_hand():
     assert mask[5].tolist() == [True, False, False, True, True, True]
 
 
+def test_split_layout_by_hand():
+    # 2 rows per prompt with G = 2: each completion gets a row of its own, the prompt repeated
+    b = grouped.grouped_rows(PROMPT_IDS, COMPLETIONS, 2, 0, rows_per_prompt=2)
+    assert b["group_input_ids"].tolist() == [[5, 9, 3, 11, 0, 0], [5, 9, 3, 0, 0, 0], [7, 14, 15, 0, 0, 0],
+                                             [7, 17, 18, 19, 0, 0], [4, 4, 8, 2, 6, 0], [4, 4, 8, 2, 6, 22]]
+    assert b["group_segments"][3].tolist() == [0, 2, 2, 2, -1, -1]
+    assert b["group_row"].tolist() == [0, 0, 1, 2, 2, 2, 3, 3, 3, 3, 4, 5, 5]
+    assert b["group_source"].tolist() == [2, 3, 2, 0, 1, 2, 0, 1, 2, 3, 4, 4, 5]
+    assert b["group_labels"].tolist() == [t for c in COMPLETIONS for t in c]
+
+
+def test_rows_per_prompt_by_flop_count():
+    # pair_cost of a tiny Llama (hidden 32, intermediate 128, 2 layers): per layer 4·32² + 3·32·128 + 2·32
+    # (its norms) + 32 / 2 (the final norm's share) = 16464 weights; a pair costs 2·32 / 16464 of a position
+    model = tiny_llama(50, hidden_size=32, num_layers=2, num_heads=2, seed=0)
+    assert grouped.pair_cost(model) == pytest.approx(64 / 16464)
+    prompt, completions = [[1, 2]], [[3] * 9, [4] * 9, [5] * 9, [6] * 9]  # each fed 8 tokens
+    # R rows of width S cost R·S·(1 + c·S): widths 34, 18, (18, 10 → 18), 10 for R = 1..4
+    for c, want in ((0.0, 1), (0.01, 2), (0.1, 4)):
+        costs = {k: k * w * (1 + c * w) for k, w in ((1, 34), (2, 18), (3, 18), (4, 10))}
+        assert min(costs, key=costs.get) == want
+        assert grouped.rows_per_prompt(prompt, completions, 4, c) == want
+
+
+@pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "llama-eager"])
-def test_grouped_logps_and_gradients_equal_separate_rows(arch):
+def test_grouped_logps_and_gradients_equal_separate_rows(arch, split):
     if arch == "gpt2":
         model = tiny_gpt2(32, hidden_size=32, seed=0)
     else:
@@ -52,7 +77,7 @@ def test_grouped_logps_and_gradients_equal_separate_rows(arch):
             model.set_attn_implementation("eager")
     model.eval()  # no dropout (tiny GPT-2 has some): both layouts see the same function
     assert grouped.works(model)
-    batch = rows() | grouped.grouped_rows(PROMPT_IDS, COMPLETIONS, 2, 0)
+    batch = rows() | grouped.grouped_rows(PROMPT_IDS, COMPLETIONS, 2, 0, rows_per_prompt=split)
     weights = torch.linspace(-1, 1, batch["input_ids"].numel()).view_as(batch["input_ids"])
     results = []
     for fn in (lambda: token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]),

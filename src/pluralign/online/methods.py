@@ -92,7 +92,8 @@ class PolicyGradient:
         prompts = rollout.prompt_ids[::g]
         if (self.shared_prompt and g > 1 and not isinstance(model, PolicyWithValue) and all(prompts)
                 and grouped.works(model)):
-            batch |= grouped.grouped_rows(prompts, rollout.completion_ids, g, pad_token_id(self.tokenizer))
+            k = grouped.rows_per_prompt(prompts, rollout.completion_ids, g, grouped.pair_cost(model))
+            batch |= grouped.grouped_rows(prompts, rollout.completion_ids, g, pad_token_id(self.tokenizer), k)
         device = next(model.parameters()).device
         old = old_values = ref = None
         if self.needs_reference or self.reuse or isinstance(model, PolicyWithValue):  # else none is needed
