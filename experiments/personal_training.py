@@ -66,6 +66,7 @@ import torch
 BOOT = 1000
 # online group DRO (Sagawa et al. 2020): weights over groups, η per step, generalization adjustment C/√n_g
 DRO = {"step_size": 0.5, "adjustment": 5.0}
+GROUP_ROWS = ("worst_group", "nash", "group_dro", "balanced", "sqrt_balanced")
 
 
 def boot_ci(values: np.ndarray, stat=np.mean, seed: int = 0) -> tuple[float, float, float]:
@@ -110,6 +111,14 @@ def attributes(model, tok, prompts, n, seed, context=None, shown=None):
     return attributes_of(prompts, s.texts), s
 
 
+def finish(res: dict[str, float], t0: float) -> None:
+    import os
+
+    cpu = time.process_time()
+    print(f"\ntotal {time.perf_counter() - t0:.0f}s wall, {cpu:.0f} CPU-s, load average {os.getloadavg()[0]:.1f}")
+    print("RESULT " + " ".join(f"{k}={v:.4f}" for k, v in res.items()))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -123,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pas-kl", type=float, default=0.02, help="PAS: per-token KL budget of the α search")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/personal_training")
+    p.add_argument("--only", default="", help="comma-separated rows to train (shared always), e.g. "
+                   "'balanced,sqrt_balanced'; the new-user and PAS parts need group_conditioned / shared")
     a = p.parse_args(argv)
     if a.quick:
         a.pairs, a.epochs, a.eval_prompts, a.samples = 256, 1, 24, 2
@@ -163,18 +174,24 @@ def main(argv: list[str] | None = None) -> None:
                   ref_cache_dir=str(out / "ref_cache"), loop=loop)
     methods = {"shared": {}, "user_conditioned": {"condition_on": "user"}, "group_conditioned": {"condition_on": "group"},
                "worst_group": {"group_objective": "worst_group"}, "nash": {"group_objective": "nash"},
-               "group_dro": {"group_objective": "group_dro", "group_objective_params": DRO}}
+               "group_dro": {"group_objective": "group_dro", "group_objective_params": DRO},
+               "balanced": {"group_objective": "balanced", "group_objective_params": {"power": 0.0}},
+               "sqrt_balanced": {"group_objective": "balanced", "group_objective_params": {"power": 0.5}}}
+    only = {"shared"} | set(filter(None, a.only.split(","))) if a.only else None
+    if only is not None:
+        methods = {k: v for k, v in methods.items() if k in only}
     dirs = {}
     for name, personal in methods.items():
         t = time.perf_counter()
         dirs[name] = run(from_kwargs(output_dir=str(out / name), personal=personal, **common)).model_dir
         print(f"trained {name} ({time.perf_counter() - t:.0f}s)", flush=True)
     # learned control tokens per group, the policy frozen: only 4 token embeddings per group are trained
-    t = time.perf_counter()
-    dirs["control_tokens"] = run(from_kwargs(
-        output_dir=str(out / "control_tokens"), **common | {"loop": loop | {"learning_rate": a.token_lr}},
-        objectives={"conditioning": "control_tokens", "conditioning_params": {"by": "group", "tokens": 4, "placement": "start"}})).model_dir
-    print(f"trained control_tokens ({time.perf_counter() - t:.0f}s)", flush=True)
+    if only is None or "control_tokens" in only:
+        t = time.perf_counter()
+        dirs["control_tokens"] = run(from_kwargs(
+            output_dir=str(out / "control_tokens"), **common | {"loop": loop | {"learning_rate": a.token_lr}},
+            objectives={"conditioning": "control_tokens", "conditioning_params": {"by": "group", "tokens": 4, "placement": "start"}})).model_dir
+        print(f"trained control_tokens ({time.perf_counter() - t:.0f}s)", flush=True)
 
     tok = load_tokenizer(str(base_dir))
     base = load_model(str(base_dir)).eval()
@@ -188,32 +205,36 @@ def main(argv: list[str] | None = None) -> None:
     util = {"base": group_utils(x_base)}
     spread = {g: float(utility(w, x_base).std()) for g, w in weights.items()}
     models = {n: load_model(str(d)).eval() for n, d in dirs.items() if n != "control_tokens"}
-    for name in ("shared", "worst_group", "nash", "group_dro"):
-        util[name] = group_utils(attributes(models[name], tok, prompts, a.samples, a.seed + 1)[0])
+    for name in ("shared", *GROUP_ROWS):
+        if name in models:
+            util[name] = group_utils(attributes(models[name], tok, prompts, a.samples, a.seed + 1)[0])
     # user-conditioned: each group's prompts are served round-robin to the group's (trained) users
-    cond, (vectors, _) = models["user_conditioned"], load_vectors(dirs["user_conditioned"])
-    embed = site(cond, "embeddings")
-    util["user_conditioned"] = {}
-    for g in pop.groups:
-        members = [u.id for u in users if u.group == g.name and u.id in vectors.index]
-        x = np.zeros((len(prompts), a.samples, len(next(iter(weights.values())))))
-        for k, uid in enumerate(members):
-            idx = list(range(k, len(prompts), len(members)))
-            x[idx] = attributes(cond, tok, [prompts[i] for i in idx], a.samples, a.seed + 1,
-                                offset(embed, vectors.get(uid)))[0]
-        util["user_conditioned"][g.name] = utility(weights[g.name], x).mean(1)
+    if "user_conditioned" in models:
+        cond, (vectors, _) = models["user_conditioned"], load_vectors(dirs["user_conditioned"])
+        embed = site(cond, "embeddings")
+        util["user_conditioned"] = {}
+        for g in pop.groups:
+            members = [u.id for u in users if u.group == g.name and u.id in vectors.index]
+            x = np.zeros((len(prompts), a.samples, len(next(iter(weights.values())))))
+            for k, uid in enumerate(members):
+                idx = list(range(k, len(prompts), len(members)))
+                x[idx] = attributes(cond, tok, [prompts[i] for i in idx], a.samples, a.seed + 1,
+                                    offset(embed, vectors.get(uid)))[0]
+            util["user_conditioned"][g.name] = utility(weights[g.name], x).mean(1)
 
-    gcond, (gvectors, _) = models["group_conditioned"], load_vectors(dirs["group_conditioned"])
-    util["group_conditioned"] = {
-        g.name: utility(weights[g.name], attributes(gcond, tok, prompts, a.samples, a.seed + 1,
-                                                    offset(site(gcond, "embeddings"), gvectors.get(g.name)))[0]).mean(1)
-        for g in pop.groups}
-    # control tokens: the saved model re-attached as a decoder would; each group's prompts carry its tokens
-    ctl, ctl_tok = load_policy(dirs["control_tokens"])  # its tokenizer knows the control tokens
-    scheme = conditioning.attached(ctl).bind(ctl_tok)
-    util["control_tokens"] = {
-        g.name: utility(weights[g.name], attributes(ctl, ctl_tok, prompts, a.samples, a.seed + 1, shown=[
-            scheme.prompt(q, scheme.condition(group=g.name)) for q in prompts])[0]).mean(1) for g in pop.groups}
+    if "group_conditioned" in models:
+        gcond, (gvectors, _) = models["group_conditioned"], load_vectors(dirs["group_conditioned"])
+        util["group_conditioned"] = {
+            g.name: utility(weights[g.name], attributes(gcond, tok, prompts, a.samples, a.seed + 1,
+                                                        offset(site(gcond, "embeddings"), gvectors.get(g.name)))[0]).mean(1)
+            for g in pop.groups}
+    if "control_tokens" in dirs:
+        # control tokens: the saved model re-attached as a decoder would; each group's prompts carry its tokens
+        ctl, ctl_tok = load_policy(dirs["control_tokens"])  # its tokenizer knows the control tokens
+        scheme = conditioning.attached(ctl).bind(ctl_tok)
+        util["control_tokens"] = {
+            g.name: utility(weights[g.name], attributes(ctl, ctl_tok, prompts, a.samples, a.seed + 1, shown=[
+                scheme.prompt(q, scheme.condition(group=g.name)) for q in prompts])[0]).mean(1) for g in pop.groups}
     res: dict[str, float] = {}
     groups = [g.name for g in pop.groups]
     print(f"\nper-group gold utility (95% bootstrap CI over {len(prompts)} prompts x {a.samples} samples)")
@@ -228,7 +249,9 @@ def main(argv: list[str] | None = None) -> None:
         for g in groups:
             res[f"{name}_{g}"] = float(u[g].mean())
     print("\nvs shared (paired differences)")
-    for name in ("user_conditioned", "group_conditioned", "control_tokens", "worst_group", "nash", "group_dro"):
+    for name in ("user_conditioned", "group_conditioned", "control_tokens", *GROUP_ROWS):
+        if name not in util:
+            continue
         for g in groups:
             d = boot_ci(util[name][g] - util["shared"][g])
             res[f"{name}_{g}_gain_low"] = d[1]
@@ -238,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
         res[f"{name}_worst_gain"], res[f"{name}_worst_gain_low"] = wd[0], wd[1]
         print(f"  {name:<17} worst-group std. gain {fmt(wd)}")
 
+    if only is not None and "group_conditioned" not in only:
+        return finish(res, t0)
     # --- a new user from a few pairs, the policy frozen
     t = time.perf_counter()
     # the newcomer joins the group-conditioned policy: their vector is a softmax mixture of the group vectors
@@ -302,8 +327,7 @@ def main(argv: list[str] | None = None) -> None:
 
     maj_loss = (res["user_conditioned_majority"] - res["shared_majority"]) / abs(res["shared_majority"])
     res["user_conditioned_majority_change_pct"] = 100 * maj_loss
-    print(f"\ntotal {time.perf_counter() - t0:.0f}s")
-    print("RESULT " + " ".join(f"{k}={v:.4f}" for k, v in res.items()))
+    finish(res, t0)
 
 
 if __name__ == "__main__":

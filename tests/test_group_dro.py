@@ -95,3 +95,31 @@ def test_group_dro_through_the_recipe_is_checkpointed_and_resumes_exactly(tmp_pa
     assert load_checkpoint(resumed.run_dir / "checkpoints" / "step-8").extra["group_objective"]["q"] == pytest.approx(q)
     a, b = load_model(full.model_dir).state_dict(), load_model(resumed.model_dir).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_balanced_weights_by_hand():
+    # group means L = (1.5, 4.5); training sizes n = (9, 1)
+    combine, stateful = group_fair.make("balanced", 2, {}, sizes=[9, 1])
+    assert not stateful
+    assert combine(LOSSES, GROUPS).tolist() == pytest.approx([3.0] * 4)  # p = 0: (1.5 + 4.5) / 2
+    sqrt, _ = group_fair.make("balanced", 2, {"power": 0.5}, sizes=[9, 1])
+    assert sqrt(LOSSES, GROUPS)[0].item() == pytest.approx((3 * 1.5 + 1 * 4.5) / 4)  # w ∝ (√9, √1)
+    by_size, _ = group_fair.make("balanced", 2, {"power": 1.0}, sizes=[9, 1])
+    assert by_size(LOSSES, GROUPS)[0].item() == pytest.approx((9 * 1.5 + 4.5) / 10)
+    # without sizes and p = 1: the batch's own counts, i.e. the plain average of the grouped examples
+    uneven = torch.tensor([0, 0, 0, 1])
+    assert group_fair.balanced(LOSSES, uneven, power=1.0)[0].item() == pytest.approx(3.0)
+    assert group_fair.balanced(LOSSES, uneven)[0].item() == pytest.approx((2.0 + 6.0) / 2)
+    # a group absent from the batch drops out: only group 0 is left, whatever the sizes
+    assert combine(LOSSES[:2], GROUPS[:2]).tolist() == pytest.approx([1.5, 1.5])
+    # the gradient: w_g / n_g(batch) on each example of group g, w = (¾, ¼)
+    x = LOSSES.clone().requires_grad_(True)
+    sqrt(x, GROUPS).mean().backward()
+    assert x.grad.tolist() == pytest.approx([0.375, 0.375, 0.125, 0.125])
+
+
+def test_balanced_bad_params():
+    with pytest.raises(ConfigError, match="finite"):
+        group_fair.make("balanced", 2, {"power": float("nan")}, sizes=[1, 1])[0](LOSSES, GROUPS)
+    with pytest.raises(ConfigError, match="training records"):
+        group_fair.make("balanced", 2, {"sizes": [1, 1]})

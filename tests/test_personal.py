@@ -42,7 +42,7 @@ def test_group_objectives_hand_computed():
 def test_group_objectives_invariants():
     equal = torch.tensor([0.7, 0.7, 0.7])
     g = torch.tensor([0, 1, 1])
-    for name in ("worst_group", "nash"):
+    for name in ("worst_group", "nash", "balanced"):
         assert group_fair.get(name)(equal, g).mean().item() == pytest.approx(0.7, abs=1e-6)
     assert group_fair.worst_group(equal, g, temperature=0.3).mean().item() == pytest.approx(0.7, abs=1e-6)
     # examples without a group (−1) take no part; a batch without any group is an error

@@ -53,8 +53,8 @@ class PersonalConfig:
     token_weighting: bool = option(False, help="NextQuill: weight each response token by how much the user's history (their other chosen responses) raises its probability under the initial policy (pluralign.personal.token_weights).")
     history_size: int = option(4, help="Token weighting: how many of the user's other chosen responses form the history.")
     token_temperature: float = option(1.0, help="Token weighting: temperature τ of the weights n·softmax(Δ/τ); larger is closer to uniform.")
-    group_objective: str = option("average", help="How the groups' per-example losses combine: average (plain mean), worst_group (the worst group's mean loss), nash (negative log Nash product of the groups' satisfactions) or group_dro (online group DRO weights), see pluralign.personal.group_fair.")
-    group_objective_params: dict[str, Any] = option(default_factory=dict, help="Parameters of the group objective, e.g. {temperature: 0.5} for worst_group, {step_size: 0.01} for group_dro.")
+    group_objective: str = option("average", help="How the groups' per-example losses combine: average (plain mean), worst_group (the worst group's mean loss), nash (negative log Nash product of the groups' satisfactions), group_dro (online group DRO weights) or balanced (the groups' mean losses weighted by their training sizes to a power: 0 one vote per group), see pluralign.personal.group_fair.")
+    group_objective_params: dict[str, Any] = option(default_factory=dict, help="Parameters of the group objective, e.g. {temperature: 0.5} for worst_group, {step_size: 0.01} for group_dro, {power: 0.5} for balanced.")
 
 
 def read_index(model_dir: str | Path) -> dict | None:

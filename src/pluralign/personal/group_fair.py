@@ -24,6 +24,14 @@ the training loop (which averages what a step returns) needs no change.
   policy memorises a few hundred pairs as easily as a thousand. Stateful: built once per run (`make`),
   checkpointed with the run (`state_dict`).
 
+- `balanced`: Σ_g w_g L_g with w_g ∝ n_g^p, n_g the group's training examples (fixed, not learned from
+  the loss): p = 1 weighs groups by size, as the average does; p = 0 gives every group one vote whatever
+  its size (group-balanced reweighting, Idrissi et al. 2022, "Simple data balancing achieves competitive
+  worst-group-accuracy"); p = ½ is square-root reweighting (Mahajan et al. 2018), in between. Loss-based
+  weights (worst_group, nash, group_dro) follow whichever group the *loss* says is worse off; when a
+  group's labels are cleaner (lower loss) yet it gains less from training, they move the wrong way, and
+  only the groups' sizes are left as a signal that does not depend on the loss.
+
 Groups with no example in a batch do not take part in that batch's objective.
 """
 
@@ -90,6 +98,22 @@ def nash(losses: Tensor, groups: Tensor) -> Tensor:
     return _spread(-torch.stack(terms).mean(), len(losses))
 
 
+@register("balanced")
+def balanced(losses: Tensor, groups: Tensor, *, power: float = 0.0, sizes: Sequence[int] | None = None) -> Tensor:
+    """Σ_g w_g L_g over the groups present, w_g ∝ n_g^power (`sizes` n_g: each group's training examples,
+    indexed by group; without them the batch's counts)."""
+    if not math.isfinite(power):
+        raise ConfigError(f"balanced power must be finite, got {power}")
+    present = torch.unique(groups[groups >= 0])
+    means = group_means(losses, groups)
+    if sizes is None:
+        n = (groups[None, :] == present[:, None]).sum(1).to(means.dtype)
+    else:
+        n = torch.tensor([float(sizes[int(g)]) for g in present], dtype=means.dtype, device=means.device)
+    w = n.pow(power)
+    return _spread((w / w.sum() * means).sum(), len(losses))
+
+
 @register("group_dro")
 class GroupDRO:
     """Online group DRO: exponentiated-gradient weights over the `n_groups` groups (see the module doc).
@@ -143,10 +167,14 @@ def make(name: str, n_groups: int, params: dict, sizes: Sequence[int] | None = N
             raise ConfigError(f"group_objective '{name}': bad group_objective_params {params} ({e})") from None
         return obj, True
 
+    if "sizes" in params:
+        raise ConfigError(f"group_objective '{name}': 'sizes' come from the training records, not the params")
     try:
         inspect.signature(part).bind(None, None, **params)
     except TypeError as e:
         raise ConfigError(f"group_objective '{name}': bad group_objective_params {params} ({e})") from None
+    if "sizes" in inspect.signature(part).parameters and sizes is not None:
+        params = params | {"sizes": list(sizes)}
 
     def combine(losses: Tensor, groups: Tensor, *, update: bool = True) -> Tensor:
         return part(losses, groups, **params)
