@@ -11,7 +11,9 @@ ten labels and PAS steering, on the sandbox's default population (70% majority, 
    - control tokens: 4 learned tokens per group before the request's words, only their embeddings
      trained, the base policy frozen (`objectives.conditioning=control_tokens`, MEET-style);
    - worst_group / nash / group_dro: the shared policy with a group-fair objective
-     (`personal.group_objective`); group_dro with step 0.5 and the generalization adjustment C = 5.
+     (`personal.group_objective`); group_dro with step 0.5 and the generalization adjustment C = 5;
+   - balanced / sqrt_balanced: the groups' mean losses weighted by their training sizes to the power 0
+     (one vote per group) or ½, weights that do not follow the loss (`group_objective=balanced`).
 3. New user: the group-conditioned policy frozen, only the held-out user's vector (a softmax mixture of
    the group vectors) learned from 10 of their
    pairs (`personal.new_users_only`); compared with the population model (the same policy, no vector) on
