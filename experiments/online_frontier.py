@@ -49,11 +49,12 @@ lr 4e-4 -0.001 [-0.029, 0.027]. Against DPO after one epoch none was ahead (GRPO
     .venv/bin/python experiments/online_frontier.py --quick  # 6 steps, 2 points, 64 x 4 evaluation samples
     .venv/bin/python experiments/online_frontier.py --methods grpo --set grpo.beta=0.5 --seed 1
 
-Cost: torch runs one thread (`--threads`): under the shared machine's load, two OpenMP threads spent most
-of their CPU time spin-waiting (the earlier default, 24 steps of 8 x 8 at two threads, took 975
-CPU-seconds). With one thread the run's CPU-seconds bound its wall time on an idle machine. Measured
+Cost: torch runs one thread (`--threads`): under the shared machine's load, two OpenMP threads spend most
+of their CPU time spin-waiting. Side by side at a load average of 11-17, `--quick` took 26 CPU-seconds
+(242 s wall) with one thread and 256 CPU-seconds (801 s wall) with two, same results. With one thread the
+run's CPU-seconds bound its wall time on an idle machine. Measured
 default runs: 104 CPU-seconds (seed 0; 795 s wall at a load average of 14 on the shared 2 cores), 104
-(seed 2), 106 (seed 1); `--quick`: 28 CPU-seconds. README ("Online alignment") has the figures.
+(seed 2), 106 (seed 1). README ("Online alignment") has the figures.
 
 Last line: RESULT grpo_gain=… grpo_kl=… grpo_ci_low=… … grpo_gain_at_dpo_kl=… grpo_minus_dpo=…
 grpo_minus_dpo_ci_low=… … labels=… online_ci_above_0=… beat_dpo=… beat_dpo_every_epoch=… seconds=… cpu_seconds=… load=…
