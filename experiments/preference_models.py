@@ -11,14 +11,19 @@ trained with the project loop on those frozen features.
 
 Section [5] trains what `pluralign train rm` trains at its defaults — a BT reward model on the sandbox base
 model as a trainable backbone, from the text alone — on majority pairs of responses sampled from that base
-model (as the README's `sandbox feedback --model runs/base` writes them), against the same Bayes ceiling.
+model (as the README's `sandbox feedback --model runs/base` writes them), against the same Bayes ceiling, and
+what `pluralign train pal` trains at its defaults on pairs of the whole population, per group against the
+per-user ceiling; 16000 training pairs each, over `--seeds` seeds (the data size at which the defaults
+reach 95% of the ceiling; `_loop_defaults` in the reward recipe has the sweep). `--quick` trains on 600
+pairs and one seed: a smoke run, far below the target.
 
 Section [2] (shared BT vs PAL per group) is repeated over `--seeds` seeds (fresh pairs, initialisation and
 data order each time) and reported as mean ± 95% t-interval over seeds, with the held-out pairs per group.
 
-Last line: RESULT bt_acc=… bt_ceiling=… rm_acc=… rm_ceiling=… rm_pairs=… pal_minority_gain=… pal_minority_gain_ci=… pal_majority_delta=…
+Last line: RESULT bt_acc=… bt_ceiling=… rm_acc=… rm_ceiling=… rm_pairs=… rm_frac=… rm_frac_ci=… rm_seeds=…
+pal_rm_majority_frac=… pal_rm_minority_frac=… pal_minority_gain=… pal_minority_gain_ci=… pal_majority_delta=…
 pal_majority_delta_ci=… seeds=… fewshot_gain=… ece_before=… ece_after=…  (gains/deltas in accuracy points,
-means over seeds; _ci the half-width of their 95% interval).
+_frac in % of the Bayes ceiling, means over seeds; _ci the half-width of their 95% interval).
 """
 
 from __future__ import annotations
@@ -141,21 +146,28 @@ def accuracy(margins: torch.Tensor, mask: np.ndarray | None = None) -> float:
     return float(ok[mask].mean() if mask is not None else ok.mean())
 
 
-def backbone_rm(n_train: int, n_test: int, seed: int, out_dir: str) -> tuple[float, float]:
-    """[5] `train rm` at the recipe's defaults on the sandbox base model: (held-out accuracy, Bayes ceiling)."""
+def backbone_rm(n_train: int, n_test: int, seed: int, out_dir: str, model_type: str = "bt",
+                groups: list[str] | None = None) -> dict[str, tuple[float, float, int]]:
+    """[5] `train rm` / `train pal` at the recipe's defaults on the sandbox base model: {group or "all":
+    (held-out accuracy, Bayes ceiling, held-out pairs)}. The ceiling is per user (the likelier label of each
+    pair's own annotator), which PAL can reach and a text-only BT model only approaches."""
     from pluralign.config import from_dict
     from pluralign.sandbox import build_base, generate
     from pluralign.sandbox.feedback import bayes_accuracy
     from pluralign.train.recipes.reward import RewardConfig, train_records
 
     base = build_base()
-    pairs = [generate("user_pairwise", "default", n, base, seed=seed + k, groups=["majority"])
+    pairs = [generate("user_pairwise", "default", n, base, seed=seed + k, groups=groups)
              for k, n in ((1, n_train), (2, n_test))]
-    config = from_dict(RewardConfig, {"model": str(base), "output_dir": out_dir, "seed": seed,
+    config = from_dict(RewardConfig, {"model": str(base), "output_dir": out_dir, "seed": seed, "model_type": model_type,
                                       "loop": {"seed": seed, "progress": False}})
     _, run = train_records(config, pairs[0], pairs[1])
     report = json.loads((run.run_dir / "report" / "eval.json").read_text())
-    return report["accuracy"], bayes_accuracy(pairs[1])
+    out = {"all": (report["accuracy"], bayes_accuracy(pairs[1]), report["n"])}
+    for g, acc in report["per_group"].items():
+        held = [r for r in pairs[1] if r.group == g]
+        out[g] = (acc, bayes_accuracy(held), len(held))
+    return out
 
 
 def main() -> None:
@@ -228,14 +240,31 @@ def main() -> None:
     ece_before = pairwise_calibration(evaluate)["ece"]
     ece_after = pairwise_calibration(evaluate, temperature=temperature)["ece"]
     print(f"[4] over-confident RM: ECE {ece_before:.4f} → {ece_after:.4f} after T = {temperature:.2f}  [{time.time() - t0:.0f}s]")
-    # 5. BT on the backbone, as `pluralign train rm` trains it at its defaults (the text, not lexicon features).
-    rm_pairs = 600 if args.quick else 2000
-    with tempfile.TemporaryDirectory() as tmp:
-        rm_acc, rm_ceiling = backbone_rm(rm_pairs, 300 if args.quick else 1000, args.seed, tmp)
+    # 5. BT on the backbone, as `pluralign train rm` trains it at its defaults (the text, not lexicon features),
+    # and PAL as `pluralign train pal` does, per group, each over seeds (fresh pairs and initialisation).
+    rm_pairs, pal_pairs, rm_seeds = (600, 600, 1) if args.quick else (16000, 16000, max(1, args.seeds))
+    n_held = 300 if args.quick else 1000
+    rm_runs, pal_runs = [], []
+    for k in range(rm_seeds):
+        with tempfile.TemporaryDirectory() as tmp:
+            rm_runs.append(backbone_rm(rm_pairs, n_held, args.seed + k, tmp, groups=["majority"])["all"])
+        with tempfile.TemporaryDirectory() as tmp:
+            pal_runs.append(backbone_rm(pal_pairs, 2 * n_held, args.seed + k, tmp, model_type="pal"))
+        print(f"[5] seed {args.seed + k}: `train rm` {rm_runs[-1][0]:.3f} of ceiling {rm_runs[-1][1]:.3f}; `train pal` "
+              + ", ".join(f"{g} {a:.3f} of {c:.3f} ({n} pairs)" for g, (a, c, n) in pal_runs[-1].items() if g != "all")
+              + f"  [{time.time() - t0:.0f}s]")
+    rm_acc, rm_ceiling = (float(np.mean([r[i] for r in rm_runs])) for i in (0, 1))
+    rm_frac, rm_frac_ci = seed_ci([100 * a / c for a, c, _ in rm_runs])
     print(f"[5] `train rm` defaults on the sandbox base model, {rm_pairs} majority pairs: held-out accuracy "
-          f"{rm_acc:.3f}, Bayes ceiling {rm_ceiling:.3f} ({rm_acc / rm_ceiling:.1%} of it)  [{time.time() - t0:.0f}s]")
+          f"{rm_acc:.3f} ({rm_runs[0][2]} pairs per seed), Bayes ceiling {rm_ceiling:.3f}: {rm_frac:.1f} ± {rm_frac_ci:.1f}% "
+          f"of it (mean ± 95% CI over {len(rm_runs)} seeds)")
+    pal_frac = {g: seed_ci([100 * r[g][0] / r[g][1] for r in pal_runs]) for g in ("majority", "minority")}
+    print(f"[5] `train pal` defaults, {pal_pairs} pairs of the whole population: "
+          + ", ".join(f"{g} {m:.1f} ± {h:.1f}% of its per-user ceiling" for g, (m, h) in pal_frac.items())
+          + f" (over {len(pal_runs)} seeds)  [{time.time() - t0:.0f}s]")
     print(f"RESULT bt_acc={bt_acc:.4f} bt_ceiling={bt_ceiling:.4f} rm_acc={rm_acc:.4f} rm_ceiling={rm_ceiling:.4f} "
-          f"rm_pairs={rm_pairs} pal_minority_gain={minority_gain:.2f} "
+          f"rm_pairs={rm_pairs} rm_frac={rm_frac:.1f} rm_frac_ci={rm_frac_ci:.1f} rm_seeds={len(rm_runs)} "
+          f"pal_rm_majority_frac={pal_frac['majority'][0]:.1f} pal_rm_minority_frac={pal_frac['minority'][0]:.1f} pal_minority_gain={minority_gain:.2f} "
           f"pal_minority_gain_ci={gain['minority'][1]:.2f} pal_majority_delta={majority_delta:.2f} "
           f"pal_majority_delta_ci={gain['majority'][1]:.2f} seeds={len(per_seed)} fewshot_gain={100 * (fewshot_acc - shared_acc):.2f} "
           f"ece_before={ece_before:.4f} ece_after={ece_after:.4f}")

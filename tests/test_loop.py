@@ -117,6 +117,22 @@ def test_max_steps_then_resume_to_the_end(tmp_path):
         assert torch.equal(weights(second)[k], v), k
 
 
+def test_step_limit_caps_the_epochs_steps_and_the_schedule_spans_it(tmp_path):
+    """16 examples at batch 4: 3 epochs ask for 12 steps; step_limit 6 runs 6, into the second epoch, and is
+    the same run as max_steps=6 (the schedule decays over the 6); a limit above 12 changes nothing."""
+    data = make_data(16)
+    capped, fixed, loose = make_model(), make_model(), make_model()
+    result = train(capped, data, collate, noisy_step, cfg(num_epochs=3, step_limit=6), tmp_path / "a")
+    assert (result.global_step, result.epoch) == (6, 1)
+    assert RunDir(tmp_path / "a").read_metrics()[-1]["lr"] == pytest.approx(1e-2 * (1 - 3 / 4))  # warmup 2, then linear over 4
+    train(fixed, data, collate, noisy_step, cfg(num_epochs=3, max_steps=6), tmp_path / "b")
+    for k, v in weights(fixed).items():
+        assert torch.equal(weights(capped)[k], v), k
+    assert train(loose, data, collate, noisy_step, cfg(num_epochs=3, step_limit=50), tmp_path / "c").global_step == 12
+    with pytest.raises(ConfigError, match="step_limit"):
+        train(make_model(), data, collate, noisy_step, cfg(step_limit=-1), tmp_path / "d")
+
+
 def test_no_checkpoint_when_none_was_asked_for(tmp_path):
     """save_every=0: the optimizer state (twice the weights) is never written; the run logs and returns."""
     result = train(make_model(), make_data(16), collate, noisy_step, cfg(max_steps=3), tmp_path / "run")

@@ -43,12 +43,15 @@ def test_help_shows_the_loop_defaults_a_reward_run_uses():
     assert rows["loop.learning_rate"] == used.learning_rate
     assert rows["loop.batch_size"] == used.batch_size
     assert rows["loop.num_epochs"] == used.num_epochs
+    assert rows["loop.step_limit"] == used.step_limit == 2000
     from pluralign.train.loop import LoopConfig
 
     assert used.learning_rate != LoopConfig().learning_rate  # the reward recipe has its own default
+    assert LoopConfig().step_limit == 0  # and its own step limit: other recipes run their epochs in full
     # and a config that sets only some loop fields keeps the recipe's others
     partial = from_dict(RewardConfig, {"loop": {"batch_size": 4}})
     assert partial.loop.learning_rate == used.learning_rate and partial.loop.batch_size == 4
+    assert partial.loop.step_limit == used.step_limit
 
 
 def test_packed_reward_features_equal_padded_ones(backbone):

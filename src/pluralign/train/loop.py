@@ -59,6 +59,7 @@ from pluralign.train.loop_config import (
     global_batch_indices,
     make_optimizer,
     make_scheduler,
+    run_steps,
 )
 from pluralign.train.parallel import (
     Batch,
@@ -180,7 +181,7 @@ def train(
     steps_per_epoch = len(dataset) // global_batch * steps_per_batch
     if steps_per_epoch == 0:
         raise PluralignError(f"the training set has {len(dataset)} examples, fewer than one effective batch ({global_batch})")
-    total_steps = config.max_steps if config.max_steps > 0 else config.num_epochs * steps_per_epoch
+    total_steps = run_steps(config, steps_per_epoch)
     # Not prepared by accelerate on purpose: its scheduler wrapper steps once per process per call.
     scheduler = make_scheduler(optimizer, config, total_steps)
 

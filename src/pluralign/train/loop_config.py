@@ -21,6 +21,8 @@ class LoopConfig:
     grad_accum: int = option(1, help="Micro-batches accumulated per optimizer step. Effective batch = batch_size x grad_accum x processes.")
     num_epochs: int = option(1, help="Passes over the training data (ignored when max_steps > 0). Each epoch drops the last incomplete effective batch.")
     max_steps: int = option(0, help="Optimizer steps to run; 0 means num_epochs worth of steps.")
+    step_limit: int = option(0, help="At most this many optimizer steps when num_epochs counts them (a budget that large data sets reach "
+                                     "before their last epoch; 0: no limit); ignored when max_steps > 0.")
     scheduler: Literal["linear", "cosine", "constant"] = option("linear", help="Learning-rate decay after warmup: linear or cosine to 0, or constant.")
     warmup_ratio: float = option(0.1, help="Fraction of the steps over which the learning rate ramps linearly from 0.")
     weight_decay: float = option(0.0, help="AdamW decoupled weight decay (not applied to biases and norm weights).")
@@ -65,12 +67,22 @@ def check_config(config: LoopConfig, dataset: Sequence) -> None:
             raise ConfigError(f"'{name}' must be >= 1, got {getattr(config, name)}")
     if config.max_steps <= 0 and config.num_epochs < 1:
         raise ConfigError("set num_epochs >= 1 or max_steps > 0")
+    if config.step_limit < 0:
+        raise ConfigError(f"'step_limit' must be >= 0, got {config.step_limit}")
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision=fp16 needs a CUDA GPU; use bf16 or no")
     if config.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise ConfigError("this GPU does not support bf16; use fp16 or no")
     if len(dataset) == 0:
         raise PluralignError("the training set is empty")
+
+
+def run_steps(config: LoopConfig, steps_per_epoch: int) -> int:
+    """The run's optimizer steps: max_steps when set, else num_epochs' worth, at most step_limit when set."""
+    if config.max_steps > 0:
+        return config.max_steps
+    steps = config.num_epochs * steps_per_epoch
+    return min(steps, config.step_limit) if config.step_limit > 0 else steps
 
 
 def global_batch_indices(n: int, seed: int, epoch: int, step_in_epoch: int, global_batch: int) -> list[int]:

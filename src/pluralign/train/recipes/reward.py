@@ -51,26 +51,33 @@ COMMANDS = {"rm": "bt", "morm": "multi", "pal": "pal", "binary-rm": "binary"}
 def _loop_defaults() -> LoopConfig:
     """Measured with `train_records` on majority pairs of the default population whose responses the sandbox
     base model sampled (as `pluralign sandbox feedback --model runs/base` writes them), the base model as
-    a trainable backbone; held-out accuracy on 1000 pairs against their Bayes ceiling 0.858, 2000 training
-    pairs, seeds 0/1/2 (seed-to-seed spread is about ±3 points, so single runs decide little):
+    a trainable backbone; held-out accuracy on 1000 pairs against their Bayes ceiling (0.85–0.86), seeds
+    0/1/2 (seed-to-seed spread is about ±3 points, so single runs decide little):
 
-      last-token pooling, lr 1e-3 × 4 epochs, batch 16 (the previous default)  0.667 0.715 0.742  (82.5%)
+      2000 training pairs:
+      last-token pooling, lr 1e-3 × 4 epochs, batch 16 (an earlier default)    0.667 0.715 0.742  (82.5%)
       last-token, lr 2e-3 × 8 epochs, batch 64                                 0.730 0.714        (84.2%)
       last+mean pooling, lr 1e-3 × 4, batch 16                                 0.725 0.695 0.739  (83.9%)
       last+mean, lr 2e-3 × 8, batch 64                                         0.726 0.721        (84.4%)
-      last+mean, lr 5e-4 × 8, batch 16 (these defaults)                        0.734 0.723 0.728  (84.9%)
-      last+mean, lr 1e-3 × 4, 4000 pairs                                       0.761              (88.7%)
-      mean pooling 0.672, LoRA (r 16) 0.673, LoRA at lr 3e-3 0.659 (seed 0)
+      last+mean, lr 5e-4 × 8, batch 16 (these defaults: 1000 steps)            0.734 0.723 0.728  (84.9%)
+      more pairs, last+mean, lr 5e-4, batch 16:
+      4000 pairs × 4 epochs (1000 steps)                                       0.778              (91.0%)
+      16000 pairs, these defaults (8 epochs cut at 2000 steps: 2 epochs)       0.814 0.817 0.800  (95.1%)
 
-    On grammar responses (ceiling 0.876; seed 0): last 0.762, last+mean 0.763, mean 0.733, sum 0.728, an
-    MLP head 0.745, weight decay 0.1 0.761, 8 epochs at 1e-3 0.693 (held-out loss rises after ~300 steps:
-    it memorises label noise), 4000 pairs 0.756. None reaches 95% of the ceiling: most likely the
-    64-wide, 2-layer sandbox backbone limits it (unverified: no run on a bigger one finished) (a logistic model on word counts × prompt topic, with no pretrained
-    representation at all, reaches 0.79), not the pooling, schedule or pair count. Batch 16 stays so that
-    small preference sets still get several steps per epoch. With LoRA on SmolLM2-135M-Instruct these
-    defaults are what scripts/real_model.py measures. Full fine-tuning of a large pretrained backbone
-    usually wants a smaller rate (1e-5 to 5e-5)."""
-    return LoopConfig(learning_rate=5e-4, batch_size=16, num_epochs=8, warmup_ratio=0.05)
+    The last row per seed: 95.3%, 95.6%, 94.4% of the ceiling (mean 95.1 ± 1.6%, 95% t-interval), about
+    150 CPU-seconds each.
+
+    Held-out accuracy keeps rising while the held-out loss rises from ~step 300 at 2000 pairs (the margins
+    grow over-confident on label noise; on a separate development set, accuracy 0.667 at the loss minimum
+    and 0.723 at the end), so keeping the checkpoint of least held-out loss would lose accuracy; what lifts
+    accuracy is more pairs. Hence 8 epochs for small sets and a step limit of 2000 (32000 examples at
+    batch 16): large sets stop there instead of paying for 8 epochs (16000 pairs × 8 epochs was not
+    measured). On grammar responses (ceiling 0.876; seed 0, 2000 pairs): last 0.762, last+mean 0.763,
+    mean 0.733, sum 0.728, an MLP head 0.745, weight decay 0.1 0.761. Batch 16 stays so that small
+    preference sets still get several steps per epoch. With LoRA on SmolLM2-135M-Instruct these defaults
+    are what scripts/real_model.py measures (its set is small: the step limit does not reach it). Full
+    fine-tuning of a large pretrained backbone usually wants a smaller rate (1e-5 to 5e-5)."""
+    return LoopConfig(learning_rate=5e-4, batch_size=16, num_epochs=8, step_limit=2000, warmup_ratio=0.05)
 
 
 @dataclass
@@ -101,7 +108,7 @@ class RewardConfig(ModelTrainingConfig):
     imbalance: Literal["none", "pos_weight", "downsample"] = option("pos_weight", help="binary: class-imbalance handling.")
     seed: int = option(0, help="Seed of the head initialisation.")
     loop: LoopConfig = option(default_factory=_loop_defaults, help="Training-loop settings (a reward model's own defaults, "
-                                                                   "lr 5e-4 × 8 epochs at batch 16, chosen by a measured sweep; "
+                                                                   "lr 5e-4 × 8 epochs, at most 2000 steps, at batch 16, chosen by a measured sweep; "
                                                                    "fields a config leaves out keep them).")
 
 
