@@ -66,8 +66,9 @@ def _loop_defaults() -> LoopConfig:
 
     The last row per seed: 95.3%, 95.6%, 94.4% of the ceiling (mean 95.1 ± 1.6%, 95% t-interval), about
     150 CPU-seconds each. PAL at these defaults (K = 2, d = 64) on pairs of the whole default population,
-    seed 0, per-user ceiling: 4000 pairs majority 81.4%, minority 61.8%; 16000 pairs 88.9%, 64.7% (193
-    CPU-seconds): the step limit serves PAL's majority, its minority stays far from the ceiling.
+    per-user ceiling: 4000 pairs (seed 0) majority 81.4%, minority 61.8%; 16000 pairs (seeds 0/1/2)
+    majority 88.9, 91.5, 88.3%, minority 64.7, 66.6, 82.7% (~200 CPU-seconds each): PAL's minority stays
+    far from its ceiling.
 
     Held-out accuracy keeps rising while the held-out loss rises from ~step 300 at 2000 pairs (the margins
     grow over-confident on label noise; on a separate development set, accuracy 0.667 at the loss minimum
