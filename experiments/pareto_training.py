@@ -38,6 +38,21 @@ against linear-scalarised DPO trained once per weight.
     .venv/bin/python experiments/pareto_training.py --quick   # ~3 min of CPU
     .venv/bin/python experiments/pareto_training.py           # the full grid
 
+Settings picked on seed 2 only (soup experts at 0.5 of the sweep's steps, of {0.4, 0.5, 0.6}; the sweep's
+learning rate 5e-4, of {5e-4, 1e-3}, better for the sweep and no help to the experts; RACO's c = 0.2, of
+{0.2, 0.4}); seeds 0 and 1 are the reported ones. Equal cost: RACO with the Gram at the log-probs
+(racoub) at the sweep's steps costs 1.06x its CPU-seconds (the derivatives and the solver); racoeq is
+RACO with full gradients at the steps the sweep's CPU-seconds buy. On a machine whose load moves between
+methods CPU-seconds drift by up to a quarter between processes: compare ratios within one run.
+
+Measured (full mode, methods linear,linshort,raco,racoub,pama,racoeq,soups; seeds 0 / 1; 437 CPU-s a seed):
+soups reach 121% / 101% of the sweep's hypervolume at 0.27 / 0.26 of its cost on 2 objectives, 98% / 89%
+at 0.24 / 0.22 on 3 (91% on seed 2): the single-run target holds on 2 objectives, not robustly on 3. A RACO
+variant is >= the sweep at equal cost in each case (2 obj: racoeq +0.046 / racoub +0.022; 3 obj: racoeq
++0.009 / racoub +0.001), with 3-objective margins well inside the CIs. --quick (24 evaluation prompts,
+30 steps) is too noisy to decide either (CIs about ±0.04 on a hypervolume near 0.32); its seed-0 two-objective
+figures agreed (soups 99% at 0.305, racoub +0.009).
+
 Outputs under runs/pareto_training/ (git-ignored): data, models, results.json and report_<case>.html (fronts).
 Timings on a machine shared with other jobs inflate wall time; CPU-seconds are what we compare.
 """
