@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -105,12 +106,7 @@ def raco(losses: Tensor, mask: Tensor, weights: Tensor, context: Context, *, c: 
         g = [x if x is not None else torch.zeros_like(p) for x, p in zip(g, params, strict=True)]
         per_param.append(g)
         grads.append(torch.cat([x.flatten().double() for x in g]))
-    G = torch.stack(grads)
-    H = (G @ G.T).cpu().numpy()
-    a = raco_coefficients(H, w[idx].detach().double().cpu().numpy(), c=c, clip=clip)
-    coefficients = torch.zeros_like(w)
-    coefficients[idx] = torch.as_tensor(a, dtype=w.dtype, device=w.device)
-    cos = (H[0, 1] / max((H[0, 0] * H[1, 1]) ** 0.5, 1e-30))
+    a, coefficients, cos = _raco_direction(torch.stack(grads), w, idx, c, clip)
     # The update Σ a_k g_k is already known: the surrogate ⟨θ, Σ a_k g_k⟩ (detached direction) has exactly
     # that gradient and a backward through it touches only the parameters, not the model again (K
     # backward passes per micro-batch, not K + 1). Its value is that of Σ a_k L_k, for the logs.
@@ -118,6 +114,17 @@ def raco(losses: Tensor, mask: Tensor, weights: Tensor, context: Context, *, c: 
                     for i, p in enumerate(params))
     values = spread(coefficients, losses.detach(), mask) + (direction - direction.detach())
     return values, {"raco/grad_cosine": torch.tensor(float(cos))}
+
+
+def _raco_direction(G: Tensor, w: Tensor, idx: list[int], c: float, clip: bool) -> tuple[np.ndarray, Tensor, float]:
+    """CAGrad-Clip coefficients from the present objectives' gradients G [K', D] (rows in `idx` order): the
+    coefficients a, the same spread over all objectives, and the first two gradients' cosine (for logs)."""
+    G = G.double()
+    H = (G @ G.T).cpu().numpy()
+    a = raco_coefficients(H, w[idx].detach().double().cpu().numpy(), c=c, clip=clip)
+    coefficients = torch.zeros_like(w)
+    coefficients[idx] = torch.as_tensor(a, dtype=w.dtype, device=w.device)
+    return a, coefficients, float(H[0, 1] / max((H[0, 0] * H[1, 1]) ** 0.5, 1e-30))
 
 
 def _raco_on_logps(losses: Tensor, mask: Tensor, means: Tensor, w: Tensor, idx: list[int], context: Context,
@@ -132,12 +139,7 @@ def _raco_on_logps(losses: Tensor, mask: Tensor, means: Tensor, w: Tensor, idx: 
     for k in idx:
         (g,) = torch.autograd.grad(means[k], context.anchor, retain_graph=True, allow_unused=True)
         grads.append(torch.zeros_like(context.anchor) if g is None else g.detach())
-    G = torch.stack(grads).double()
-    H = (G @ G.T).cpu().numpy()
-    a = raco_coefficients(H, w[idx].detach().double().cpu().numpy(), c=c, clip=clip)
-    coefficients = torch.zeros_like(w)
-    coefficients[idx] = torch.as_tensor(a, dtype=w.dtype, device=w.device)
-    cos = H[0, 1] / max((H[0, 0] * H[1, 1]) ** 0.5, 1e-30)
+    _, coefficients, cos = _raco_direction(torch.stack(grads), w, idx, c, clip)
     return spread(coefficients, losses, mask), {"raco/grad_cosine": torch.tensor(float(cos))}
 
 

@@ -67,10 +67,10 @@ def _loop_defaults() -> LoopConfig:
 
     Per seed: 16000 pairs 95.3%, 95.6%, 94.4% of the ceiling (mean 95.1 ± 1.6%, 95% t-interval), about
     150 CPU-seconds each; 32000 pairs 95.6%, 96.1%, 94.8% (95.5 ± 1.6%), about 130 CPU-seconds each (each
-    test set is 1000 pairs, so one seed's figure moves by about ±2.5 points of the ceiling by chance). PAL at these defaults (K = 2, d = 64) on pairs of the whole default population,
-    per-user ceiling: 4000 pairs (seed 0) majority 81.4%, minority 61.8%; 16000 pairs (seeds 0/1/2)
-    majority 88.9, 91.5, 88.3%, minority 64.7, 66.6, 82.7% (~200 CPU-seconds each): PAL's minority stays
-    far from its ceiling.
+    test set is 1000 pairs, so one seed's figure moves by about ±2.5 points of the ceiling by chance).
+    PAL at these defaults (K = 2, d = 64) on pairs of the whole default population, per-user ceiling:
+    4000 pairs (seed 0) majority 81.4%, minority 61.8%; 16000 pairs (seeds 0/1/2) majority 88.9, 91.5,
+    88.3%, minority 64.7, 66.6, 82.7% (~200 CPU-seconds each): PAL's minority stays far from its ceiling.
 
     Held-out accuracy keeps rising while the held-out loss rises from ~step 300 at 2000 pairs (the margins
     grow over-confident on label noise; on a separate development set, accuracy 0.667 at the loss minimum
