@@ -157,7 +157,9 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
                 log_every=max(a.steps, 1))
     common = dict(model=str(base), ref_cache_dir=str(out / "ref_cache"), loss_params={"beta": 0.1},
                   gradient_checkpointing=False, loop=loop)
+    signed = {"names": names, "rated_pairs": "signed", "drop_ties": a.drop_ties}
     results: dict = {"objectives": names, "weights": weights, "reference": ref.tolist(), "methods": {}}
+    per_prompt: dict[str, list[np.ndarray]] = {}  # for the paired bootstrap of hypervolume ratios
     methods = a.methods.split(",")
 
     def train_pref(tag, steps=None, lr=None, **kw):
@@ -176,7 +178,7 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
             model, tok = load_policy(d)
             per += evaluate(model, tok, prompts, names, ctl, a.samples, a.seed + 1)
         entry = summarise(per, ref, rng) | {"cpu_s": clock.seconds, "models": n_models} | (extra or {})
-        results["methods"][method] = entry
+        results["methods"][method], per_prompt[method] = entry, per
         print(f"[{case}] {method:<7} HV {entry['hv']:.4f} [{entry['hv_ci'][0]:.4f}, {entry['hv_ci'][1]:.4f}]  "
               f"cost {clock.seconds:6.1f} CPU-s  ({n_models} model(s), {len(entry['points'])} points)", flush=True)
 
@@ -205,8 +207,8 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
         for i, w in enumerate(wdict):
             with clock:
                 dirs.append(train_pref(f"{method}_{i}", steps=steps, data=[str(out / "rated.jsonl")],
-                                       objectives={"names": names, "rated_pairs": "signed", "weights": w,
-                                                   "combine": combiner, "combine_params": params}))
+                                       objectives=signed | {"weights": w, "combine": combiner,
+                                                            "combine_params": params}))
         record(method, dirs, [[{}]] * len(dirs), clock, len(dirs), {"steps": steps})
     if "modpo" in methods:
         clock, dirs = Clock(), []
@@ -231,13 +233,21 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
                 dirs.append(train_pref(f"map_{i}", data=[str(out / f"map_{i}.jsonl")]))
             lams.append(lam.tolist())
         record("map", dirs, [[{}]] * len(dirs), clock, len(dirs), {"lambda": lams})
-    steer = [[{"weights": list(w)} for w in weights]]
+    def record_steered(method, model_dir, clock, n_models, extra=None, control="weights"):
+        """A single-run model at the sweep's weights and, with --dense-grid, at every weight in multiples
+        of 1/4 (<method>_dense: the same model and training cost, more points; on 2 objectives the two
+        grids are one)."""
+        record(method, [model_dir], [[{control: list(w)} for w in weights]], clock, n_models, extra)
+        dense = simplex(k, 4)
+        if a.dense_grid and len(dense) > len(weights):
+            record(f"{method}_dense", [model_dir], [[{control: list(w)} for w in dense]], clock, n_models, extra)
+
     if "mahdpo" in methods:
         clock = Clock()
         with clock:
             d = train_pref("mahdpo", data=[str(out / f"pairs_{n}.jsonl") for n in names],
                            objectives={"names": names, "conditioning": "heads"})
-        record("mahdpo", [d], steer, clock, 1)
+        record_steered("mahdpo", d, clock, 1)
     for i, steps in enumerate(a.soup_steps if "soups" in methods else []):
         # One expert per objective, each trained on the signed pairs with that objective's one-hot weight:
         # the experts share the data, hence one reference pass (rated records → pairs, as the sweep's).
@@ -246,10 +256,9 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
         with clock:
             for n in names:
                 members.append(train_pref(f"{tag}_{n}", steps=steps, lr=a.expert_lr, data=[str(out / "rated.jsonl")],
-                                          objectives={"names": names, "rated_pairs": "signed",
-                                                      "weights": {m: float(m == n) for m in names}}))
+                                          objectives=signed | {"weights": {m: float(m == n) for m in names}}))
             soup = save_soup(members, names, out / tag)
-        record(tag, [soup], steer, clock, k, {"steps": steps})
+        record_steered(tag, soup, clock, k, {"steps": steps})
     if "ric" in methods:
         clock = Clock()
         with clock:
@@ -257,7 +266,7 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
             d = run_sft(model=str(base), data=[str(out / "rated.jsonl")], output_dir=str(out / "ric"), objectives=names,
                         conditioning="reward_tokens", gradient_checkpointing=False, max_length=128,
                         loop=loop | {"learning_rate": a.sft_lr, "max_steps": a.sft_steps}).model_dir
-        record("ric", [d], steer, clock, 1)
+        record_steered("ric", d, clock, 1)
     if "dpa" in methods:
         clock = Clock()
         with clock:
@@ -269,9 +278,30 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
             reward = FunctionReward(lambda p, y: gold.score(p, y)[:, cols], names)
             d = dpa(base, train_prompts[: a.dpa_prompts], names, reward, out / "dpa", rounds=a.dpa_rounds, n=4,
                     loop=loop | {"learning_rate": a.sft_lr, "max_steps": a.sft_steps}, seed=a.seed)
-        dirs_steer = [[{"direction": list(w)} for w in weights]]
-        record("dpa", [d], dirs_steer, clock, 1)
+        record_steered("dpa", d, clock, 1, control="direction")
+    if "linear" in per_prompt:
+        results["hv_ratio_ci"] = {m: ratio_ci(per_prompt[m], per_prompt["linear"], ref, rng)
+                                  for m in per_prompt if m != "linear"}
     return results
+
+
+def simplex(k: int, n: int) -> list[tuple[float, ...]]:
+    """Every weight vector over k objectives whose entries are multiples of 1/n."""
+    return [tuple(c / n for c in cs) for cs in itertools.product(range(n + 1), repeat=k) if sum(cs) == n]
+
+
+def ratio_ci(per: list[np.ndarray], per_lin: list[np.ndarray], ref: np.ndarray, rng: np.random.Generator,
+             n_boot: int = 200) -> list[float]:
+    """95% CI of HV(method) / HV(sweep), prompts resampled jointly for both (the same evaluation prompts):
+    a paired bootstrap, tighter than the two HV CIs side by side."""
+    from pluralign.evaluate.pareto import hypervolume
+
+    P, ratios = per[0].shape[0], []
+    for _ in range(n_boot):
+        idx = rng.integers(0, P, P)
+        lin = hypervolume(np.stack([x[idx].mean(0) for x in per_lin]), ref)
+        ratios.append(hypervolume(np.stack([x[idx].mean(0) for x in per]), ref) / lin if lin > 0 else float("nan"))
+    return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
 
 
 def equal_cost_steps(done: dict, steps: int) -> int | None:
@@ -294,12 +324,16 @@ def verdicts(res: dict) -> dict:
     lin = m.get("linear")
     out = {}
     if lin:
-        for name in SINGLE_RUN:
+        dense = [f"{n}_dense" for n in SINGLE_RUN]
+        for name in (*SINGLE_RUN, *dense):
             if name in m:
                 out[f"{name}_hv_ratio"] = m[name]["hv"] / lin["hv"] if lin["hv"] > 0 else float("nan")
                 out[f"{name}_cost_ratio"] = m[name]["cpu_s"] / lin["cpu_s"] if lin["cpu_s"] > 0 else float("nan")
-        out["single_run_95pct_at_third_cost"] = any(
-            out.get(f"{n}_hv_ratio", 0) >= 0.95 and out.get(f"{n}_cost_ratio", 9) <= 1 / 3 for n in SINGLE_RUN)
+        # At the sweep's own weights, and (on 3 objectives) with the single-run models steered at the finer
+        # grid as well: the same models and training cost, more points than the sweep has models.
+        for suffix, group in (("", SINGLE_RUN), ("_dense", [*SINGLE_RUN, *dense])):
+            out[f"single_run_95pct_at_third_cost{suffix}"] = any(
+                out.get(f"{n}_hv_ratio", 0) >= 0.95 and out.get(f"{n}_cost_ratio", 9) <= 1 / 3 for n in group)
         for name in ("raco", "racoub", "pama", "racoeq", "linshort"):
             if name in m:
                 out[f"{name}_minus_linear_hv"] = m[name]["hv"] - lin["hv"]
@@ -335,6 +369,10 @@ def main(argv: list[str] | None = None) -> None:
                    "0.2 of {0.2, 0.4} on seed 2)")
     p.add_argument("--expert-fracs", default="0.5", help="soup experts' steps as fractions of a sweep model's; "
                    "the first is `soups`, each further one another soup (the expert-step sweep)")
+    p.add_argument("--drop-ties", action=argparse.BooleanOptionalAction, default=False,
+                   help="signed-pair methods train only on pairs with a preference on a weighted objective")
+    p.add_argument("--dense-grid", action=argparse.BooleanOptionalAction, default=True,
+                   help="also evaluate each single-run method at every weight in multiples of 1/4 (<method>_dense)")
     p.add_argument("--out", default="runs/pareto_training")
     a = p.parse_args(argv)
     a.prompts, a.steps, a.sft_steps, a.batch_size = (64, 30, 60, 16) if a.quick else (160, 80, 150, 16)
@@ -366,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
         res["verdicts"] = verdicts(res)
         everything[case] = res
         print(f"[{case}] {res['verdicts']}", flush=True)
+        for m, (lo, hi) in res.get("hv_ratio_ci", {}).items():
+            print(f"[{case}] HV {m} / linear: 95% CI [{lo:.3f}, {hi:.3f}] (paired bootstrap)", flush=True)
     atomic_write_json(out / "results.json", everything)
     for case in a.cases.split(","):  # one report per case (3 objectives: fronts drawn pairwise, HV over all 3)
         res = everything[case]

@@ -48,6 +48,7 @@ class ObjectivesConfig:
     conditioning_params: dict[str, Any] = option(default_factory=dict, help="Parameters of the conditioning scheme.")
     rated_pairs: Literal["per_objective", "signed"] = option("per_objective", help="Rated records → pairs ordered by each objective (tagged with it), or one pair per response pair with a sign per objective (meta.signs).")
     margin_reward: str | None = option(None, help="MODPO: a reward source (gold, module:function, reward-model dir) whose scores of the other objectives, weighted, are each pair's margin.")
+    drop_ties: bool = option(False, help="Train only on pairs that prefer a response on some objective of nonzero weight (a soup expert's one-hot weight leaves the pairs tied on its objective, up to 40% of the rows, without gradient). The reference pass still covers every pair, so runs with other weights share its cache.")
 
 
 def weight_tensor(cfg: ObjectivesConfig) -> torch.Tensor:
@@ -77,6 +78,15 @@ def signed_pairs(records: Sequence[Rated], objectives: Sequence[str]) -> list[Pa
                 pairs.append(Pairwise(a.prompt, a.response, b.response, None, a.user, a.group, None, a.section,
                                       {"signs": signs}))
     return pairs
+
+
+def informative(records: Sequence[Any], cfg: ObjectivesConfig) -> list[int]:
+    """Indices of the records with a preference (a nonzero sign) on some objective of nonzero weight."""
+    from pluralign.data.collate import objective_tensors
+
+    _, signs = objective_tensors(records, cfg.names)
+    keep = ((signs != 0) & (weight_tensor(cfg) > 0)).any(1)
+    return keep.nonzero().flatten().tolist()
 
 
 def check_coverage(records: Sequence[Any], cfg: ObjectivesConfig, where: str = "data") -> None:

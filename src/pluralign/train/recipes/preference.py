@@ -296,6 +296,9 @@ def run(config: PreferenceConfig) -> RecipeResult:
     if config.history_models:
         train_values |= _history(config, info, kind, collator, train_items, distributed)
         eval_values |= _history(config, info, kind, collator, eval_items, distributed) if eval_items else {}
+    if multi is not None and multi.drop_ties:
+        # After every per-example value is in place: the items keep their rows of the cached values.
+        train_items = [train_items[i] for i in mo.informative([it.record for it in train_items], multi)]
     result = train(model, train_items, Collate(collator, train_values), step, config.loop, out,
                    eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_values),
                    stateful=({"reward_shift": shift} if shift else {}) | personal.state, run_config=config)
