@@ -38,20 +38,35 @@ against linear-scalarised DPO trained once per weight.
     .venv/bin/python experiments/pareto_training.py --quick   # ~3 min of CPU
     .venv/bin/python experiments/pareto_training.py           # the full grid
 
-Settings picked on seed 2 only (soup experts at 0.5 of the sweep's steps, of {0.4, 0.5, 0.6}; the sweep's
+Settings picked on seed 2 only (soup experts at 0.5 of the sweep's steps, of {0.4, 0.5, 0.6, 0.75}; the sweep's
 learning rate 5e-4, of {5e-4, 1e-3}, better for the sweep and no help to the experts; RACO's c = 0.2, of
-{0.2, 0.4}); seeds 0 and 1 are the reported ones. Equal cost: RACO with the Gram at the log-probs
-(racoub) at the sweep's steps costs 1.06x its CPU-seconds (the derivatives and the solver); racoeq is
+{0.2, 0.4}); seeds 0, 1 and 3 are the reported ones. Equal cost: RACO with the Gram at the log-probs
+(racoub) at the sweep's steps costs 0.93-1.10x its CPU-seconds (the derivatives and the solver); racoeq is
 RACO with full gradients at the steps the sweep's CPU-seconds buy. On a machine whose load moves between
-methods CPU-seconds drift by up to a quarter between processes: compare ratios within one run.
+methods CPU-seconds drift by up to a quarter between processes: compare ratios within one run. Tried on
+seed 2 and dropped (3 objectives, soups of 40-step experts): --drop-ties (the one-hot experts skip the
+pairs tied on their objective, 40% of the rows for formality): sweep 0.427 and soups 0.397 against 0.451
+and 0.410 without; extrapolating the soup from the base (θ_0 + α Σ λ_i (θ_i − θ_0), α 1.5 / 2): 0.386 /
+0.296. Single-run methods are also steered at every weight in multiples of 1/4 (`<method>_dense`, on 3
+objectives 15 weights against the sweep's 7: the same models and training cost, more points).
 
-Measured (full mode, methods linear,linshort,raco,racoub,pama,racoeq,soups; seeds 0 / 1; 437 CPU-s a seed):
-soups reach 121% / 101% of the sweep's hypervolume at 0.27 / 0.26 of its cost on 2 objectives, 98% / 89%
-at 0.24 / 0.22 on 3 (91% on seed 2): the single-run target holds on 2 objectives, not robustly on 3. A RACO
-variant is >= the sweep at equal cost in each case (2 obj: racoeq +0.046 / racoub +0.022; 3 obj: racoeq
-+0.009 / racoub +0.001), with 3-objective margins well inside the CIs. --quick (24 evaluation prompts,
-30 steps) is too noisy to decide either (CIs about ±0.04 on a hypervolume near 0.32); its seed-0 two-objective
-figures agreed (soups 99% at 0.305, racoub +0.009).
+Measured 2026-12-05 (full mode, methods linear,linshort,raco,racoub,pama,racoeq,soups; 370 CPU-s a seed,
+load 2): soups / sweep hypervolume (paired-bootstrap 95% CI) at the cost ratio, seeds 0 / 1 / 3:
+2 objectives 1.21 [1.08, 1.32] / 1.01 [0.93, 1.07] / 1.00 [0.93, 1.08] at 0.29 / 0.28 / 0.28;
+3 objectives at the sweep's 7 weights 0.98 [0.92, 1.05] / 0.89 [0.83, 0.96] / 1.00 [0.93, 1.09] at
+0.25 / 0.27 / 0.28 (seed 2: 0.91); at the 15 weights of the 1/4 grid 1.08 [1.02, 1.17] / 1.00 [0.93, 1.07] /
+1.06 [0.99, 1.15] (seed 2: 0.98). So >= 95% at <= 1/3 holds on 2 objectives on all three seeds, and on
+3 objectives on seeds 0 and 3 at the sweep's weights, on all three (and seed 2) only with the soup
+steered at the finer grid, which is more points than the sweep has models. Against the sweep at the
+experts' 40 steps (linshort, itself 0.94-1.14x the 80-step sweep; on seed 0's 2 objectives above it,
+CI [1.02, 1.24]: that sweep overtrains) the soups reach 0.95-1.07x at 0.44-0.52 of its cost: much of the
+saving is the shorter budget, and against the 40-step sweep the 1/3 cost target is not met.
+RACO against the sweep at equal cost (HV difference, cost ratio): 2 objectives racoeq +0.030 / +0.022 /
++0.012 at 0.95-1.04x, racoub -0.005 / +0.022 / +0.019; 3 objectives racoeq +0.004 / -0.043 / -0.031,
+racoub -0.006 / +0.001 / -0.011 at 0.93-1.10x: a RACO variant >= the sweep on 2 objectives on every seed
+(CIs of the ratio include 1 except racoub on seed 3, [1.006, 1.079]), not on 3 objectives (seed 3: none).
+PAMA 0.66-0.98x of the sweep (see above). --quick (24 evaluation prompts, 30 steps) is too noisy to decide
+either (CIs about ±0.04 on a hypervolume near 0.32).
 
 Outputs under runs/pareto_training/ (git-ignored): data, models, results.json and report_<case>.html (fronts).
 Timings on a machine shared with other jobs inflate wall time; CPU-seconds are what we compare.
@@ -150,7 +165,7 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
     k = len(names)
     out.mkdir(parents=True, exist_ok=True)
     rated, train_prompts = make_data(out, base, names, a.prompts, a.seed)
-    weights = grid(k, a.quick)
+    weights = simplex(k, 4) if a.grid == "quarter" else grid(k, a.quick)
     ref = np.array([RANGES[n][0] for n in names])
     prompts = eval_prompts(a.eval_prompts)
     loop = dict(learning_rate=a.lr, batch_size=a.batch_size, max_steps=a.steps, seed=a.seed, progress=False,
@@ -373,6 +388,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="signed-pair methods train only on pairs with a preference on a weighted objective")
     p.add_argument("--dense-grid", action=argparse.BooleanOptionalAction, default=True,
                    help="also evaluate each single-run method at every weight in multiples of 1/4 (<method>_dense)")
+    p.add_argument("--grid", choices=["sweep", "quarter"], default="sweep", help="weights of every method: the "
+                   "sweep's grid (5 / 7 weights), or every weight in multiples of 1/4 (5 / 15): a sweep with as many "
+                   "models as the single-run methods' dense points")
     p.add_argument("--out", default="runs/pareto_training")
     a = p.parse_args(argv)
     a.prompts, a.steps, a.sft_steps, a.batch_size = (64, 30, 60, 16) if a.quick else (160, 80, 150, 16)
