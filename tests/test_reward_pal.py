@@ -173,3 +173,39 @@ def test_group_scores_use_each_groups_mean_mixture():
     out = model.group_scores(["p"] * 3, ["r"] * 3, {"g1": ["a", "b"], "g2": ["c"]})
     torch.testing.assert_close(out["g1"], expected)
     torch.testing.assert_close(out["g2"], model.rewards(f, user="c"))
+
+
+def _opposed_groups_mixtures(temperature: float, user_init_std: float, lr: float, steps: int = 400) -> torch.Tensor:
+    """Weight on prototype 0 of users x0–x3 (prefer feature 0 high) and y0–y3 (prefer it low) after `steps`
+    AdamW steps at `lr` on fresh pairs each step."""
+    torch.manual_seed(0)
+    users = [f"x{i}" for i in range(4)] + [f"y{i}" for i in range(4)]
+    model = _model(feature_dim=2, prompt_dim=1, dim=4, user_ids=users, temperature=temperature,
+                   user_init_std=user_init_std)
+    g = torch.Generator().manual_seed(1)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        f, f2 = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g)
+        u = torch.randint(0, 8, (64,), generator=g)
+        first_wins = torch.where(u < 4, f[:, 0] > f2[:, 0], f[:, 0] < f2[:, 0])[:, None]
+        batch = {"features": torch.cat([torch.where(first_wins, f, f2), torch.where(first_wins, f2, f)]),
+                 "prompt_features": torch.ones(64, 1), "users": u}
+        loss, _ = pal_pair_step(model, batch)
+        opt.zero_grad()
+        loss.mean().backward()
+        opt.step()
+    return model.mixture_of(model.user_logits).detach()[:, 0]
+
+
+def test_recipe_defaults_let_user_mixtures_separate_at_the_reward_lr():
+    """At the reward loop's lr (5e-4) Adam moves a logit by about lr per step, so PAL's N(0, 1) init at
+    T = 1 leaves each user near its random start: the two groups' mixtures overlap (the sandbox runs of
+    `train pal` showed this). The recipe's defaults (uniform start, T = 0.05) let them separate."""
+    from pluralign.train.recipes.reward import RewardConfig
+
+    cfg = RewardConfig()
+    mix = _opposed_groups_mixtures(cfg.pal_temperature, cfg.pal_user_init, cfg.loop.learning_rate)
+    x, y = mix[:4], mix[4:]
+    assert float(x.min()) > 0.9 and float(y.max()) < 0.1 or float(y.min()) > 0.9 and float(x.max()) < 0.1, mix
+    paper = _opposed_groups_mixtures(1.0, 1.0, cfg.loop.learning_rate)
+    assert float(paper[:4].min()) < float(paper[4:].max()), paper  # measured: x3 0.29 below y1 0.82

@@ -41,15 +41,15 @@ class PALRewardModel(RewardModel):
 
     def __init__(self, encoder: TextEncoder | None, objectives: Sequence[str] = ("reward",), feature_dim: int | None = None,
                  *, n_prototypes: int = 2, dim: int = 64, hidden: int = 0, scorer: str = "dist", variant: str = "b",
-                 temperature: float = 1.0, user_ids: Sequence[str] = (), fixed_mixture: Sequence[float] | None = None,
-                 prompt_dim: int | None = None, seed: int = 0):
+                 temperature: float = 1.0, user_init_std: float = 1.0, user_ids: Sequence[str] = (),
+                 fixed_mixture: Sequence[float] | None = None, prompt_dim: int | None = None, seed: int = 0):
         super().__init__(encoder, objectives, feature_dim)
         if scorer not in ("dist", "angle"):
             raise ConfigError(f"PAL scorer must be 'dist' or 'angle', got {scorer!r}")
         if variant not in ("a", "b"):
             raise ConfigError(f"PAL variant must be 'a' (free prototypes) or 'b' (prompt-conditioned), got {variant!r}")
         self.k, self.dim, self.hidden, self.scorer, self.variant = n_prototypes, dim, hidden, scorer, variant
-        self.temperature, self.seed = temperature, seed
+        self.temperature, self.user_init_std, self.seed = temperature, user_init_std, seed
         self.prompt_dim = prompt_dim or self.feature_dim  # prompt features may come from another featurizer
         self.user_ids = [str(u) for u in user_ids]
         self.fixed_mixture = None if fixed_mixture is None else [float(a) for a in fixed_mixture]
@@ -60,7 +60,7 @@ class PALRewardModel(RewardModel):
                 self.prototype_proj = mlp(self.prompt_dim, n_prototypes * dim, hidden)
             else:
                 self.prototypes = nn.Parameter(torch.randn(n_prototypes, dim) / math.sqrt(dim))
-            self.user_logits = nn.Parameter(torch.randn(len(self.user_ids), n_prototypes))
+            self.user_logits = nn.Parameter(user_init_std * torch.randn(len(self.user_ids), n_prototypes))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)), requires_grad=scorer == "angle")
 
     @property
@@ -69,7 +69,8 @@ class PALRewardModel(RewardModel):
 
     def extra_config(self) -> dict:
         return {"n_prototypes": self.k, "dim": self.dim, "hidden": self.hidden, "scorer": self.scorer,
-                "variant": self.variant, "temperature": self.temperature, "user_ids": self.user_ids,
+                "variant": self.variant, "temperature": self.temperature, "user_init_std": self.user_init_std,
+                "user_ids": self.user_ids,
                 "fixed_mixture": self.fixed_mixture, "prompt_dim": self.prompt_dim, "seed": self.seed}
 
     # --- mixtures
@@ -142,11 +143,11 @@ class PALRewardModel(RewardModel):
 
     # --- users
     def add_user(self, user_id: str, *, seed: int = 0) -> int:
-        """Append a user with logits drawn from N(0, 1) (PAL's init); other rows are copied unchanged."""
+        """Append a user with logits drawn from N(0, user_init_std²); other rows are copied unchanged."""
         if str(user_id) in self.user_ids:
             return self.user_index(str(user_id))
         g = torch.Generator().manual_seed(seed)
-        row = torch.randn(1, self.k, generator=g).to(self.user_logits)
+        row = (self.user_init_std * torch.randn(1, self.k, generator=g)).to(self.user_logits)
         self.user_logits = nn.Parameter(torch.cat([self.user_logits.data, row]), requires_grad=self.user_logits.requires_grad)
         self.user_ids.append(str(user_id))
         return len(self.user_ids) - 1
