@@ -57,7 +57,10 @@ load 2): soups / sweep hypervolume (paired-bootstrap 95% CI) at the cost ratio, 
 0.25 / 0.27 / 0.28 (seed 2: 0.91); at the 15 weights of the 1/4 grid 1.08 [1.02, 1.17] / 1.00 [0.93, 1.07] /
 1.06 [0.99, 1.15] (seed 2: 0.98). So >= 95% at <= 1/3 holds on 2 objectives on all three seeds, and on
 3 objectives on seeds 0 and 3 at the sweep's weights, on all three (and seed 2) only with the soup
-steered at the finer grid, which is more points than the sweep has models. Against the sweep at the
+steered at the finer grid, which is more points than the sweep has models: a sweep trained at those 15
+weights (--grid quarter; 0.455 / 0.532 / 0.430, +3 / +10 / +8%) puts the 15-weight soups at 1.04
+[0.98, 1.11] / 0.91 [0.86, 0.97] / 0.98 [0.89, 1.04] at 0.14 / 0.12 / 0.13 of its cost, so seed 1
+still fails at equal points. Against the sweep at the
 experts' 40 steps (linshort, itself 0.94-1.14x the 80-step sweep; on seed 0's 2 objectives above it,
 CI [1.02, 1.24]: that sweep overtrains) the soups reach 0.95-1.07x at 0.44-0.52 of its cost: much of the
 saving is the shorter budget, and against the 40-step sweep the 1/3 cost target is not met.
@@ -66,7 +69,9 @@ RACO against the sweep at equal cost (HV difference, cost ratio): 2 objectives r
 racoub -0.006 / +0.001 / -0.011 at 0.93-1.10x: a RACO variant >= the sweep on 2 objectives on every seed
 (CIs of the ratio include 1 except racoub on seed 3, [1.006, 1.079]), not on 3 objectives (seed 3: none).
 PAMA 0.66-0.98x of the sweep (see above). --quick (24 evaluation prompts, 30 steps) is too noisy to decide
-either (CIs about ±0.04 on a hypervolume near 0.32).
+either (CIs about ±0.04 on a hypervolume near 0.32). Run time 2026-12-05, seed 0, defaults (every method):
+full 501 CPU-s, 760 s wall at load 0.4-3.6; --quick 172 CPU-s, 176 s wall at load 2 (seed 0: soups 99%
+at 0.28 on 2 objectives, 87% at 0.29 on 3).
 
 Outputs under runs/pareto_training/ (git-ignored): data, models, results.json and report_<case>.html (fronts).
 Timings on a machine shared with other jobs inflate wall time; CPU-seconds are what we compare.
@@ -387,7 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--drop-ties", action=argparse.BooleanOptionalAction, default=False,
                    help="signed-pair methods train only on pairs with a preference on a weighted objective")
     p.add_argument("--dense-grid", action=argparse.BooleanOptionalAction, default=True,
-                   help="also evaluate each single-run method at every weight in multiples of 1/4 (<method>_dense)")
+                   help="also evaluate each single-run method at every weight in multiples of 1/4 (<method>_dense; "
+                   "full mode only)")
     p.add_argument("--grid", choices=["sweep", "quarter"], default="sweep", help="weights of every method: the "
                    "sweep's grid (5 / 7 weights), or every weight in multiples of 1/4 (5 / 15): a sweep with as many "
                    "models as the single-run methods' dense points")
@@ -397,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     a.eval_prompts, a.samples = (24, 2) if a.quick else (64, 2)
     a.dpa_prompts, a.dpa_rounds = (48, 1) if a.quick else (160, 2)
     a.sft_lr = 1e-3
+    a.dense_grid = a.dense_grid and not a.quick  # --quick cannot tell these apart anyway; keep it short
     a.expert_lr = a.expert_lr or a.lr
     # Soup experts train with a fraction of a sweep model's steps ("experts only need the extremes");
     # `linshort` is the sweep at that budget, so the saving's source is visible. More fractions train
