@@ -60,6 +60,9 @@ vs the shared policy:
 Seed 2 (held out too; `--seed 2 --powers 0,0.375,0.5 --only balanced_p0,balanced_p0.375,balanced_p0.5`,
 2026-12-05, 83 CPU-s), worst-group standardized gain vs shared: p = 0.375 +0.247 [+0.162, +0.293]
 (majority −7.0%, minority +5.8%), p = 0 +0.123 [+0.039, +0.211], p = 0.5 +0.193 [+0.138, +0.248].
+Seed 2, PAS (`--seed 2 --only group_conditioned`, 2026-12-05): the search chose α = 2, +0.082 [+0.039,
++0.119] at KL 0.207; α = 4 +0.154 [+0.116, +0.190] at KL 0.78, α = 8 +0.072 [+0.032, +0.112] at KL 5.8.
+So at α = 4 (KL about 0.8) PAS raised the held-out user's gold utility with a CI above 0 on both seeds.
 With 512 pairs and one epoch the per-user vectors and PAS showed no significant gain.
 
     .venv/bin/python experiments/personal_training.py --quick   # 256 pairs, 1 epoch: numbers mean little
@@ -351,8 +354,9 @@ def main(argv: list[str] | None = None) -> None:
         res |= {f"pas_a{alpha:g}_gain": ga[0], f"pas_a{alpha:g}_gain_low": ga[1], f"pas_a{alpha:g}_kl": float(kla.mean())}
     pas.alpha = searched
 
-    maj_loss = (res["user_conditioned_majority"] - res["shared_majority"]) / abs(res["shared_majority"])
-    res["user_conditioned_majority_change_pct"] = 100 * maj_loss
+    if "user_conditioned_majority" in res:  # absent when --only left the per-user row out
+        maj_loss = (res["user_conditioned_majority"] - res["shared_majority"]) / abs(res["shared_majority"])
+        res["user_conditioned_majority_change_pct"] = 100 * maj_loss
     finish(res, t0)
 
 
