@@ -50,6 +50,27 @@ and 0.410 without; extrapolating the soup from the base (θ_0 + α Σ λ_i (θ_i
 0.296. Single-run methods are also steered at every weight in multiples of 1/4 (`<method>_dense`, on 3
 objectives 15 weights against the sweep's 7: the same models and training cost, more points).
 
+Where the soups lose on 3 objectives (seed 2, 2026-12-05, 47 CPU-s for linear + soups): putting the sweep's
+model in place of the soup's point at one weight adds +0.028 of hypervolume at (1/2, 0, 1/2) (informativeness
++ formality), +0.011 at the formality vertex, +0.004 at the centroid, <= 0.002 elsewhere. The informativeness
+and conciseness experts reach their extremes by 40 steps (0.53 / 0.88 against the sweep's best 0.52 / 0.87;
+conciseness then collapses: 0.84 / 0.54 / 0.22 at 60 / 80 / 120 steps), the formality expert does not (0.10 /
+0.27 / 0.36 / 0.49 / 0.43 at 20 / 40 / 60 / 80 / 120 steps; the sweep's vertex 0.49). The budget is not the
+whole gap: soups of 80-step experts (the sweep's own vertex models) reach 0.416 (0.92 of the sweep, at 0.46
+of its cost), 40-step experts with an 80-step formality expert 0.416, the hand-picked 40 / 20 / 80 steps
+(chosen with the gold evaluation, so not adopted) 0.432 (0.96, about 0.33 of the cost). At (1/2, 0, 1/2) the
+soup of the sweep's vertex models gives (0.41, 0.46, 0.26), near its members' chord (0.38, 0.48, 0.24), while
+the model trained at that weight reaches (0.46, 0.48, 0.36): on that edge joint training finds a point well
+above the chord, which interpolating single-objective experts does not. Dropped on seed 2: the same expert
+steps split by 1 / (share of pairs not tied on the objective, 0.79 / 0.94 / 0.60): 38 / 32 / 50 steps, 0.402
+(0.89), and at 0.6 of the sweep's steps 0.416 (0.92, cost 0.33); norm-preserving task-vector merging (the
+merged delta rescaled to the λ-mean of the members' delta norms, globally or per tensor; α 1.24 on the
+informativeness-formality edge, 1.6-1.9 elsewhere): 0.397 / 0.396; three 40-step experts at the edges'
+midpoints, λ solved so the soup's weight is w (the vertices extrapolated, λ = (1, 1, -1)): 0.408 (0.91). RACO, same seed: at the vertices it is
+the sweep; racoeq (38 steps: full-gradient RACO costs 1.9x a sweep step) under-trains formality as the
+40-step experts do (vertex 0.25; 0.395 against 0.451); racoub (-0.004, ratio CI [0.966, 1.008]) loses only
+at the centroid (formality 0.17 against 0.22, 0.007 of hypervolume).
+
 Measured 2026-12-05 (full mode, methods linear,linshort,raco,racoub,pama,racoeq,soups; 370 CPU-s a seed,
 load 2): soups / sweep hypervolume (paired-bootstrap 95% CI) at the cost ratio, seeds 0 / 1 / 3:
 2 objectives 1.21 [1.08, 1.32] / 1.01 [0.93, 1.07] / 1.00 [0.93, 1.08] at 0.29 / 0.28 / 0.28;
