@@ -69,7 +69,10 @@ informativeness-formality edge, 1.6-1.9 elsewhere): 0.397 / 0.396; three 40-step
 midpoints, λ solved so the soup's weight is w (the vertices extrapolated, λ = (1, 1, -1)): 0.408 (0.91). RACO, same seed: at the vertices it is
 the sweep; racoeq (38 steps: full-gradient RACO costs 1.9x a sweep step) under-trains formality as the
 40-step experts do (vertex 0.25; 0.395 against 0.451); racoub (-0.004, ratio CI [0.966, 1.008]) loses only
-at the centroid (formality 0.17 against 0.22, 0.007 of hypervolume).
+at the centroid (formality 0.17 against 0.22, 0.007 of hypervolume). Checked on seeds 0 / 1 / 3 (nothing
+chosen there): soups of the sweep's own vertex models 0.86 / 0.93 / 0.96 of the sweep (40-step soups 0.98 /
+0.89 / 1.00, as above), the sweep's (1/2, 0, 1/2) model adding +0.055 / +0.008 / +0.000 in place of that
+soup's point; the 80-step conciseness-only model collapses to (0, 1, 0) on seeds 0 and 3 (0.54 on seed 2).
 
 Measured 2026-12-05 (full mode, methods linear,linshort,raco,racoub,pama,racoeq,soups; 370 CPU-s a seed,
 load 2): soups / sweep hypervolume (paired-bootstrap 95% CI) at the cost ratio, seeds 0 / 1 / 3:
