@@ -35,23 +35,35 @@ def _files(tmp_path):
     return str(tmp_path / "train.jsonl"), str(tmp_path / "test.jsonl")
 
 
-def test_help_shows_the_loop_defaults_a_reward_run_uses():
+def test_help_shows_the_loop_defaults_a_reward_run_uses(capsys):
+    from pluralign.cli import main
+    from pluralign.train.loop import LoopConfig
     from pluralign.train.recipes.reward import RewardConfig
 
-    rows = {key: default for key, _, default, _ in describe(RewardConfig)}
-    used = RewardConfig().loop
-    assert rows["loop.learning_rate"] == used.learning_rate
-    assert rows["loop.batch_size"] == used.batch_size
-    assert rows["loop.num_epochs"] == used.num_epochs
-    assert rows["loop.step_limit"] == used.step_limit == 2000
-    from pluralign.train.loop import LoopConfig
+    for command, model_type, limit in (("rm", "bt", 2000), ("pal", "pal", 6000), ("binary-rm", "binary", 2000)):
+        used = RewardConfig(model_type=model_type).loop
+        assert used.step_limit == limit  # each model type its own measured step budget
+        rows = {key: default for key, _, default, _ in describe(RewardConfig, defaults=RewardConfig(model_type=model_type))}
+        assert rows["loop.learning_rate"] == used.learning_rate
+        assert rows["loop.batch_size"] == used.batch_size
+        assert rows["loop.num_epochs"] == used.num_epochs
+        assert rows["loop.step_limit"] == used.step_limit
+        assert main(["train", command, "--help-config"]) == 0  # what the command's help prints
+        out = capsys.readouterr().out
+        assert f"loop.step_limit  (int, default {limit})" in out and "model_type  (Literal" in out
+        assert f"default '{model_type}')" in out
 
+    used = RewardConfig().loop
     assert used.learning_rate != LoopConfig().learning_rate  # the reward recipe has its own default
     assert LoopConfig().step_limit == 0  # and its own step limit: other recipes run their epochs in full
-    # and a config that sets only some loop fields keeps the recipe's others
+    # a config that sets only some loop fields keeps the recipe's others, the model type's step limit included
     partial = from_dict(RewardConfig, {"loop": {"batch_size": 4}})
     assert partial.loop.learning_rate == used.learning_rate and partial.loop.batch_size == 4
-    assert partial.loop.step_limit == used.step_limit
+    assert partial.loop.step_limit == 2000
+    assert from_dict(RewardConfig, {"model_type": "pal", "loop": {"seed": 3}}).loop.step_limit == 6000
+    # and a step limit the config sets is kept, for PAL too
+    assert from_dict(RewardConfig, {"model_type": "pal", "loop": {"step_limit": 500}}).loop.step_limit == 500
+    assert from_dict(RewardConfig, {"model_type": "bt", "loop": {"step_limit": 0}}).loop.step_limit == 0
 
 
 def test_packed_reward_features_equal_padded_ones(backbone):

@@ -208,8 +208,10 @@ def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[st
     return rows
 
 
-def format_help(cls: type) -> str:
+def format_help(cls: type, defaults: Any = None) -> str:
+    """Every field of `cls` with its type, default and help; `defaults` (an instance) shows its values as the
+    defaults, e.g. those a command implies."""
     lines = []
-    for key, tp, default, help_ in describe(cls):
+    for key, tp, default, help_ in describe(cls, defaults=defaults):
         lines.append(f"  {key}  ({tp}, default {default!r})\n      {help_}")
     return "\n".join(lines)

@@ -95,16 +95,17 @@ def build_config(name: str, path: str | None, overrides: list[str]) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pluralign.config import format_help
+    from pluralign.config import format_help, from_dict
 
     inner = argparse.ArgumentParser(prog=f"pluralign train {args.name}", add_help=False)
     _options(inner)
     inner.add_argument("overrides", nargs="*")
     rest = inner.parse_intermixed_args(args.rest)
     config_path = rest.config or args.config
-    cls, run, _ = recipe(args.name)
+    cls, run, implied = recipe(args.name)
     if args.help_config or rest.help_config:
-        print(f"{cls.__name__} fields (set in --config FILE or as key=value):\n{format_help(cls)}")
+        # The defaults this command runs with (`train pal` implies model_type=pal, and with it PAL's step limit).
+        print(f"{cls.__name__} fields (set in --config FILE or as key=value):\n{format_help(cls, from_dict(cls, implied))}")
         return 0
     if not config_path and not rest.overrides:
         raise ConfigError(f"give a config: pluralign train {args.name} --config FILE [key=value ...] "
