@@ -13,11 +13,10 @@ Section [5] trains what `pluralign train rm` trains at its defaults — a BT rew
 model as a trainable backbone, from the text alone — on majority pairs of responses sampled from that base
 model (as the README's `sandbox feedback --model runs/base` writes them), against the same Bayes ceiling, and
 what `pluralign train pal` trains at its defaults on pairs of the whole population, per group against the
-per-user ceiling; 32000 training pairs for `train rm` (one epoch under its 2000-step limit: fresh pairs
-rather than repeated ones) and 16000 for `train pal` (two epochs; 32000 measured within noise of it on the
-development set), over `--seeds` seeds (`_loop_defaults` in the reward
-recipe has the sweep). `--quick` trains on 600
-pairs and one seed: a smoke run, far below the target.
+per-user ceiling; 32000 training pairs for each: one epoch of `train rm` under its 2000-step limit (fresh
+pairs rather than repeated ones), three of `train pal` under its 6000-step limit (48000 pairs, two epochs,
+measured within noise of it on the development set), over `--seeds` seeds (`_loop_defaults` in the reward
+recipe has the sweep). `--quick` trains on 600 pairs and one seed: a smoke run, far below the target.
 
 Section [2] (shared BT vs PAL per group) is repeated over `--seeds` seeds (fresh pairs, initialisation and
 data order each time) and reported as mean ± 95% t-interval over seeds, with the held-out pairs per group.
@@ -244,7 +243,7 @@ def main() -> None:
     print(f"[4] over-confident RM: ECE {ece_before:.4f} → {ece_after:.4f} after T = {temperature:.2f}  [{time.time() - t0:.0f}s]")
     # 5. BT on the backbone, as `pluralign train rm` trains it at its defaults (the text, not lexicon features),
     # and PAL as `pluralign train pal` does, per group, each over seeds (fresh pairs and initialisation).
-    rm_pairs, pal_pairs, rm_seeds = (600, 600, 1) if args.quick else (32000, 16000, max(1, args.seeds))
+    rm_pairs, pal_pairs, rm_seeds = (600, 600, 1) if args.quick else (32000, 32000, max(1, args.seeds))
     n_held = 300 if args.quick else 1000
     rm_runs, pal_runs = [], []
     for k in range(rm_seeds):
