@@ -38,14 +38,23 @@ Settings (`ONLINE`, overridable with `--set METHOD.KEY=VALUE`) were chosen on se
 with 128 x 8 evaluation samples and 3 points, by the difference to DPO at DPO's KL (DPO on 512 labels:
 +0.363 at KL 1.24 after two epochs, +0.310 at KL 0.39 after one):
 GRPO lr 1e-4 / 2e-4 (beta 0 or 0.1, or 16 prompts x 8 steps) end below KL 0.62 with at most +0.38;
-lr 4e-4: beta 0 +0.070 [0.042, 0.099], beta 0.1 +0.093 [0.061, 0.124] (chosen), beta 0.5 +0.069
+lr 4e-4: beta 0 +0.070 [0.042, 0.099], beta 0.1 +0.093 [0.061, 0.124] (chosen for one update per rollout), beta 0.5 +0.069
 [0.033, 0.104], beta 2 stalls at KL 0.14 (+0.14); lr 3e-4 with 4 prompts x 8 samples +0.091 [0.062, 0.118].
-RLOO lr 4e-4 +0.022 [-0.009, 0.052], 3e-4 +0.087 [0.056, 0.121] (chosen). PPO lr 4e-4 -0.049
+RLOO lr 4e-4 +0.022 [-0.009, 0.052], 3e-4 +0.087 [0.056, 0.121] (one update per rollout). PPO lr 4e-4 -0.049
 [-0.079, -0.021], 2e-4 -0.044 [-0.074, -0.015] (chosen). Online DPO lr 4e-4 +0.074 [0.041, 0.108]. RSFT
 lr 4e-4 -0.001 [-0.029, 0.027]. Against DPO after one epoch none was ahead (GRPO beta 0.5 -0.015
-[-0.043, 0.011], RLOO -0.052, online DPO -0.044, PPO -0.055, RSFT -0.077).
+[-0.043, 0.011], RLOO -0.052, online DPO -0.044, PPO -0.055, RSFT -0.077). Then (2026-12-05) 4 updates per
+rollout (`ppo_epochs=4`: the labels stay 512, each rollout is learned from 4 times under the clipped ratio),
+8 points: GRPO / RLOO at lr 4e-4 / 3e-4 overshoot (KL 3-4 by the end; at DPO's KL -0.067 [-0.095, -0.039] /
++0.039 [+0.012, +0.066]); at lr 1e-4 +0.090 [+0.067, +0.113] / +0.124 [+0.100, +0.149] (chosen; against DPO
+after one epoch -0.020 / -0.001).
 
-    .venv/bin/python experiments/online_frontier.py          # 5 methods, 16 steps of 8 prompts x 4 samples, 4 points; 256 x 8 evaluation samples
+Held-out seeds at these settings (2026-12-05, defaults): seed 2, RLOO +0.022 [+0.004, +0.040] ahead of DPO's
+final model at its KL 0.69 (beat_dpo=1; GRPO -0.004 at KL 0.54, RSFT +0.008, online DPO -0.010, PPO -0.113);
+seed 0, beat_dpo=4 against a degenerate DPO (KL 57.9). Against DPO after one epoch no method is ahead on
+either seed (beat_dpo_every_epoch=0). 138 / 129 CPU-seconds (seeds 2 / 0) at a load average of 1.7.
+
+    .venv/bin/python experiments/online_frontier.py          # 5 methods, 16 rollouts of 8 prompts x 4 samples, 8 points; 256 x 8 evaluation samples
     .venv/bin/python experiments/online_frontier.py --quick  # 6 steps, 2 points, 64 x 4 evaluation samples
     .venv/bin/python experiments/online_frontier.py --methods grpo --set grpo.beta=0.5 --seed 1
 
@@ -53,8 +62,8 @@ Cost: torch runs one thread (`--threads`): under the shared machine's load, two 
 of their CPU time spin-waiting. Side by side at a load average of 11-17, `--quick` took 26 CPU-seconds
 (242 s wall) with one thread and 256 CPU-seconds (801 s wall) with two, same results. With one thread the
 run's CPU-seconds bound its wall time on an idle machine. Measured
-default runs: 104 CPU-seconds (seed 0; 795 s wall at a load average of 14 on the shared 2 cores), 104
-(seed 2), 106 (seed 1). README ("Online alignment") has the figures.
+default runs with 4 points and one update per rollout: 104 CPU-seconds (seed 0; 795 s wall at a load average
+of 14 on the shared 2 cores), 104 (seed 2), 106 (seed 1); with 8 points and the settings above 129-138. README ("Online alignment") has the figures.
 
 Last line: RESULT grpo_gain=… grpo_kl=… grpo_ci_low=… … grpo_gain_at_dpo_kl=… grpo_minus_dpo=…
 grpo_minus_dpo_ci_low=… … labels=… online_ci_above_0=… beat_dpo=… beat_dpo_every_epoch=… seconds=… cpu_seconds=… load=…
@@ -77,8 +86,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 # Each algorithm's settings on this sandbox (a tiny base needs a large step), chosen on seed 1 by the paired
 # difference to offline DPO at DPO's KL (seeds 0 and 2 report); the sweep is in the module docstring.
 ONLINE: dict[str, dict] = {
-    "grpo": {"loop": {"learning_rate": 4e-4}, "beta": 0.1},
-    "rloo": {"loop": {"learning_rate": 3e-4}, "beta": 0.02},
+    "grpo": {"loop": {"learning_rate": 1e-4}, "beta": 0.1, "ppo_epochs": 4},
+    "rloo": {"loop": {"learning_rate": 1e-4}, "beta": 0.02, "ppo_epochs": 4},
     "ppo": {"loop": {"learning_rate": 2e-4}, "beta": 0.02, "vf_coef": 0.1},
     "online_dpo": {"loop": {"learning_rate": 4e-4}, "preference_params": {"beta": 0.1}},
     "rsft": {"loop": {"learning_rate": 4e-4}},
@@ -187,10 +196,12 @@ def online_trace(a, env, method: str, settings: dict, out: Path) -> dict:
 
     t, c = time.perf_counter(), time.process_time()
     train_prompts = World(a.seed + 7).prompts(a.steps * a.prompts_per_step)
-    budgets = sorted({max(1, round(a.steps * (k + 1) / a.points)) for k in range(a.points)})
+    # Budgets count rollouts (the labels); a method that updates k times per rollout takes k optimizer steps each
+    k = settings.get("ppo_epochs", 1) * settings.get("num_minibatches", 1)
+    budgets = sorted({k * max(1, round(a.steps * (i + 1) / a.points)) for i in range(a.points)})
     shutil.rmtree(out / method, ignore_errors=True)
     loop = {"batch_size": a.prompts_per_step, "seed": a.seed, "progress": False, "scheduler": "constant",
-            "warmup_ratio": 0.0, "log_every": 5, "save_every": a.steps + 1}  # a resumable checkpoint at each budget
+            "warmup_ratio": 0.0, "log_every": 5, "save_every": k * (a.steps + 1)}  # a resumable checkpoint at each budget
 
     def make_run(budget):
         cfg = from_dict(OnlineConfig, {
@@ -244,8 +255,9 @@ def parse(argv: list[str] | None):
     p.add_argument("--quick", action="store_true", help="fewer steps, points and evaluation prompts")
     p.add_argument("--methods", default=",".join(ONLINE))
     p.add_argument("--group", default="minority")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps of each online run (default 16; --quick: 6)")
-    p.add_argument("--points", type=int, default=None, help="evaluations along each online run (default 4; --quick: 2)")
+    p.add_argument("--steps", type=int, default=None, help="rollouts of each online run, each one step's prompts "
+                   "(default 16; --quick: 6); a method with ppo_epochs k takes k optimizer steps per rollout")
+    p.add_argument("--points", type=int, default=None, help="evaluations along each online run (default 8; --quick: 2)")
     p.add_argument("--prompts-per-step", type=int, default=8)
     p.add_argument("--group-size", type=int, default=4, help="samples per prompt")
     p.add_argument("--eval-prompts", type=int, default=None, help="default 256; --quick: 64")
@@ -262,7 +274,7 @@ def parse(argv: list[str] | None):
     p.add_argument("--out", default="runs/online_frontier")
     a = p.parse_args(argv)
     a.steps = a.steps or (6 if a.quick else 16)
-    a.points = a.points or (2 if a.quick else 4)
+    a.points = a.points or (2 if a.quick else 8)
     a.eval_prompts = a.eval_prompts or (64 if a.quick else 256)
     a.samples = a.samples or (4 if a.quick else 8)
     return a
