@@ -196,20 +196,23 @@ def online_trace(a, env, method: str, settings: dict, out: Path) -> dict:
 
     t, c = time.perf_counter(), time.process_time()
     train_prompts = World(a.seed + 7).prompts(a.steps * a.prompts_per_step)
-    # Budgets count rollouts (the labels); a method that updates k times per rollout takes k optimizer steps each
-    k = settings.get("ppo_epochs", 1) * settings.get("num_minibatches", 1)
-    budgets = sorted({k * max(1, round(a.steps * (i + 1) / a.points)) for i in range(a.points)})
     shutil.rmtree(out / method, ignore_errors=True)
-    loop = {"batch_size": a.prompts_per_step, "seed": a.seed, "progress": False, "scheduler": "constant",
-            "warmup_ratio": 0.0, "log_every": 5, "save_every": k * (a.steps + 1)}  # a resumable checkpoint at each budget
 
-    def make_run(budget):
-        cfg = from_dict(OnlineConfig, {
+    def config(max_steps: int, save_every: int) -> OnlineConfig:
+        loop = {"batch_size": a.prompts_per_step, "seed": a.seed, "progress": False, "scheduler": "constant",
+                "warmup_ratio": 0.0, "log_every": 5, "save_every": save_every}
+        return from_dict(OnlineConfig, {
             "algorithm": method, "model": str(env.base_dir), "output_dir": str(out / method), "data": ["<python>"],
             "group_size": a.group_size, "max_new_tokens": 48, "rewards": [{"source": "gold", "group": a.group}]}
             | {k: v for k, v in settings.items() if k != "loop"}
-            | {"loop": loop | settings.get("loop", {}) | {"max_steps": budget}})
-        return run(cfg, prompts=train_prompts)
+            | {"loop": loop | settings.get("loop", {}) | {"max_steps": max_steps}})
+
+    # Budgets count rollouts (the labels); a method that updates k times per rollout takes k optimizer steps each
+    k = config(0, 0).updates_per_rollout
+    budgets = sorted({k * max(1, round(a.steps * (i + 1) / a.points)) for i in range(a.points)})
+
+    def make_run(budget):  # a resumable checkpoint at each budget
+        return run(config(budget, k * (a.steps + 1)), prompts=train_prompts)
 
     trace = [env.origin] + train_traced(method, budgets, make_run, env.evaluate)
     return {"trace": trace, **trace[-1], "settings": settings, "seconds": time.perf_counter() - t,

@@ -97,6 +97,11 @@ class OnlineConfig(PolicyTrainingConfig):
     output_dir: str = option("runs/online", help="Run directory: config.yaml, metrics.jsonl, checkpoints/, and the trained model in model/.")
     loop: LoopConfig = option(default_factory=lambda: LoopConfig(learning_rate=1e-6, batch_size=4, warmup_ratio=0.0), help="Training loop settings (batch_size counts prompts).")
 
+    @property
+    def updates_per_rollout(self) -> int:
+        """Optimizer steps each rollout serves (ppo_epochs x num_minibatches)."""
+        return self.ppo_epochs * self.num_minibatches
+
     def resolved(self) -> OnlineConfig:
         """A copy with the algorithm's defaults in the fields left unset."""
         preset = PRESETS[self.algorithm]
@@ -114,7 +119,7 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
         raise ConfigError("packing is not supported by the online recipes; set packing=false")
     if not config.rewards:
         raise ConfigError("set at least one reward source in 'rewards'")
-    k = config.ppo_epochs * config.num_minibatches
+    k = config.updates_per_rollout
     if config.ppo_epochs < 1 or config.num_minibatches < 1:
         raise ConfigError(f"ppo_epochs and num_minibatches must be >= 1, got {config.ppo_epochs}, {config.num_minibatches}")
     if k > 1 and config.algorithm in (*PAIR_METHODS, "rsft"):
@@ -197,7 +202,7 @@ def build_method(config: OnlineConfig, tokenizer: Any, policy: Any) -> tuple[Any
         max_len=config.max_new_tokens, beta=config.beta, kl_estimator=config.kl_estimator, kl_in=config.kl_in,
         kl_bias_correction=config.kl_bias_correction, reference=reference, vf_coef=config.vf_coef,
         value_clip=config.value_clip, mask_truncated=config.mask_truncated, dynamic_sampling=config.dynamic_sampling,
-        reuse=config.ppo_epochs * config.num_minibatches > 1,
+        reuse=config.updates_per_rollout > 1,
         shared_prompt=config.shared_prompt)
     return method, reference, trainee
 

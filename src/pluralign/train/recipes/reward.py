@@ -147,7 +147,7 @@ class RewardConfig(ModelTrainingConfig):
 
     def __post_init__(self) -> None:
         if self.loop.step_limit == MODEL_STEP_LIMIT:  # not set: the model type's own budget
-            self.loop = dataclasses.replace(self.loop, step_limit=STEP_LIMITS.get(self.model_type, STEP_LIMITS["bt"]))
+            self.loop = dataclasses.replace(self.loop, step_limit=STEP_LIMITS[self.model_type])
 
 
 def run(config: RewardConfig) -> RecipeResult:
