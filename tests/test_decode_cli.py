@@ -59,6 +59,20 @@ def test_cli_user_errors_exit_2(model_dir, tmp_path, capsys):
     assert main(args[:-2] + ["--reward", "no_such_module:f", "--prompts", str(good), "--out", "x"]) == 2
 
 
+def test_cli_warns_when_nothing_reads_the_steering_fields(model_dir, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "the", "user": "u1"}) + "\n")
+    args = ["decode", "--method", "sample", "--model", str(model_dir), "--prompts", str(prompts),
+            "--out", str(tmp_path / "o.jsonl"), "--max-new-tokens", "3"]
+    assert main(args + ["--weights", "1,0"]) == 0  # a plain model, no reward: a warning, not an error
+    err = capsys.readouterr().err
+    assert "warning: weights, user given but nothing reads them" in err and "--reward" in err
+    assert main(args) == 0  # the per-request user alone
+    assert "warning: user given" in capsys.readouterr().err
+    assert main(args[:2] + ["bon", *args[3:], "--reward", "decode_cli_rewards:words", "--weights", "1,0"]) == 0
+    assert "warning" not in capsys.readouterr().err  # the reward reads the weights
+
+
 def test_parse_weights():
     assert parse_weights("1, 0.5") == [1.0, 0.5]
     assert parse_weights("a=1,b=0.5") == {"a": 1.0, "b": 0.5}

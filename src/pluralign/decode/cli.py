@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,18 @@ def _same_rendering(encoder: Any, tokenizer: Any, chat_template: str) -> bool:
             and getattr(rm_tok, "chat_template", None) == getattr(tokenizer, "chat_template", None))
 
 
+STEERING = ("weights", "direction", "user", "group")
+
+
+def unused_controls(model: Any, reward: Any, controls: list[Any]) -> list[str]:
+    """The steering fields some request sets that nothing would read: a model without a conditioning
+    scheme (`pluralign.conditioning`) decoded without a reward ignores weights, direction, user and group,
+    which is almost always a mistake (the wrong model directory, or a forgotten --reward)."""
+    if reward is not None or getattr(model, "pluralign_conditioning", None) is not None:
+        return []
+    return [name for name in STEERING if any(getattr(c, name) is not None for c in controls)]
+
+
 def run(args: argparse.Namespace) -> int:
     from pluralign.decode.api import Controls, decode, get
     from pluralign.decode.rewards import load_reward
@@ -149,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_policy(args.model)
     reward = load_reward(args.reward) if args.reward else None
     extra_models = [load_policy(d)[0] for d in args.models.split(",")] if args.models else []
+    unused = unused_controls(model, reward, controls)
+    if unused:
+        print(f"warning: {', '.join(unused)} given but nothing reads them: {args.model} has no conditioning "
+              "scheme (it was not trained to be steered) and no --reward was given", file=sys.stderr)
     kwargs = method_kwargs(args.method, reward, tokenizer, extra_models, args.chat_template)
     result = decode(args.method, model, tokenizer, [r["prompt"] for r in requests], reward=reward,
                     controls=controls, **kwargs)
