@@ -61,8 +61,11 @@ def model_device(model: Any) -> torch.device:
 
 
 def _accepts(model: Any, name: str) -> bool:
+    """Whether the model's own forward (inside a PEFT wrapper, whose forward passes keywords through)
+    takes `name`."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        return name in inspect.signature(model.forward).parameters
+        return name in inspect.signature(inner.forward).parameters
     except (TypeError, ValueError):
         return False
 
@@ -98,14 +101,16 @@ class LMState:
 
     @torch.no_grad()
     def _run(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> None:
+        # transformers 5 renamed `past_key_values` to `cache` (the old name warns, then goes in 5.40)
+        cache_name = "cache" if _accepts(self.model, "cache") else "past_key_values"
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
-                                  "past_key_values": self.cache, "use_cache": True}
+                                  cache_name: self.cache, "use_cache": True}
         if self.output == "hidden":
             kwargs["output_hidden_states"] = True
         elif _accepts(self.model, "logits_to_keep"):
             kwargs["logits_to_keep"] = 1  # never materialise [B, T, V] logits for the prompt
         out = self.model(**kwargs)
-        self.cache = out.past_key_values
+        self.cache = out.cache if cache_name == "cache" else out.past_key_values
         if self.output == "hidden":
             last = getattr(out, "last_hidden_state", None)
             self.hidden = (last if last is not None else out.hidden_states[-1])[:, -1, :]
