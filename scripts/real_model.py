@@ -10,11 +10,13 @@
    response is a helpful, on-topic answer, the rejected one a dismissive or off-topic reply (held-out
    pairs use topics never seen in training);
 3. DPO with LoRA, then a Bradley–Terry reward model (LoRA on the same backbone), then best-of-N with the
-   reward model over chat prompts, then `pluralign eval` (judge: the reward model) and the HTML report.
+   reward model over chat prompts, then online GRPO (LoRA) rewarded by that reward model, then
+   `pluralign eval` (judge: the reward model) and the HTML report.
 
 It checks what a user would: the held-out implicit reward margin rises, the reward model is above chance
 (and reports its held-out accuracy), and best-of-N's choices are the reward model's argmax over the
-candidates scored under the chat-templated conversation. Ends with a `RESULT key=value ...` line.
+candidates scored under the chat-templated conversation, and GRPO logs a finite reward at every step and
+saves a model that decodes. Ends with a `RESULT key=value ...` line.
 """
 
 from __future__ import annotations
@@ -199,6 +201,30 @@ def run(out: Path, quick: bool = False, seed: int = 0, *, dpo_stage: bool = True
     print(f"[{time.time() - t0:4.0f}s] best-of-{n}: {agree}/{len(prompts)} choices are the templated RM argmax",
           flush=True)
 
+    # online GRPO (LoRA) on chat prompts, rewarded by that reward model: rollouts from the policy being
+    # trained, scored under the RM's chat template, clipped-ratio updates; the saved model decodes again
+    from pluralign.decode.steer import load_policy
+    from pluralign.runs import RunDir
+    from pluralign.train.recipes.online import OnlineConfig
+    from pluralign.train.recipes.online import run as run_online
+
+    grpo_steps = 2 if quick else 4
+    grpo = run_online(from_dict(OnlineConfig, {
+        "algorithm": "grpo", "model": str(base), "data": [str(train)], "output_dir": str(out / "grpo"),
+        "use_lora": True, "lora": lora, "group_size": 4, "max_new_tokens": 24,
+        "rewards": [{"source": str(rm_run.model_dir)}],
+        "loop": {"learning_rate": 1e-4, "batch_size": 2, "max_steps": grpo_steps, "seed": seed, "log_every": 1,
+                 "progress": False}}))
+    steps = [r for r in RunDir(out / "grpo").read_metrics() if "reward" in r]
+    grpo_ok = len(steps) == grpo_steps and all(
+        all(v == v and abs(v) != float("inf") for k, v in r.items() if isinstance(v, float)) for r in steps)
+    grpo_model, grpo_tok = load_policy(grpo.model_dir)
+    reply = decode("sample", grpo_model, grpo_tok, prompts[:1],
+                   controls=Controls(max_new_tokens=16, temperature=0.0)).texts[0]
+    grpo_ok = grpo_ok and bool(reply.strip())
+    print(f"[{time.time() - t0:4.0f}s] GRPO ({grpo_steps} steps, RM reward): reward per step "
+          + ", ".join(f"{r['reward']:.3f}" for r in steps) + f"; greedy reply {reply[:60]!r}", flush=True)
+
     # eval (judge: the reward model) and the report
     eval_cfg = {"title": "SmolLM2-135M-Instruct: base vs DPO (LoRA) vs best-of-4", "prompts": prompts,
                 "models": [{"name": "base", "path": str(base)}]
@@ -215,7 +241,9 @@ def run(out: Path, quick: bool = False, seed: int = 0, *, dpo_stage: bool = True
     print(f"[{time.time() - t0:4.0f}s] eval (reward-model judge): " + ", ".join(f"{k} {v:.3f}" for k, v in rewards.items())
           + f"; report {report}", flush=True)
     figures = {"dpo_margin": margin, "rm_acc": rm_eval["accuracy"], "rm_n": rm_eval["n"],
-               "bon_argmax": agree / len(prompts), **{f"reward_{k}": v for k, v in rewards.items()},
+               "bon_argmax": agree / len(prompts), "grpo_ok": int(grpo_ok),
+               "grpo_reward_first": steps[0]["reward"], "grpo_reward_last": steps[-1]["reward"],
+               **{f"reward_{k}": v for k, v in rewards.items()},
                "seconds": time.time() - t0}
     print("RESULT " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()),
           flush=True)
@@ -234,7 +262,8 @@ def main() -> None:
     if out.exists():
         shutil.rmtree(out)
     figures = run(out, quick=args.quick, seed=args.seed, dpo_stage=not args.no_dpo, rm_epochs=args.rm_epochs)
-    ok = (args.no_dpo or figures["dpo_margin"] > 0) and figures["rm_acc"] > 0.5 and figures["bon_argmax"] == 1.0
+    ok = ((args.no_dpo or figures["dpo_margin"] > 0) and figures["rm_acc"] > 0.5 and figures["bon_argmax"] == 1.0
+          and figures["grpo_ok"] == 1)
     sys.exit(0 if ok else 1)
 
 

