@@ -91,6 +91,21 @@ def test_train_dpa_rounds_save_a_direction_conditioned_model(tmp_path, chat_mode
     assert len(res.texts) == 1
 
 
+def test_train_dpa_with_lora_merges_each_round_into_a_full_model(tmp_path, chat_model, rated):
+    import yaml
+    from safetensors.torch import load_file
+
+    out = tmp_path / "dpa_lora"
+    assert main(["train", "dpa", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}",
+                 "objectives=[informativeness,conciseness]", f"reward={__name__}:lengths", "rounds=1", "n=2",
+                 "max_new_tokens=4", "max_length=64", "use_lora=true", "lora.r=4", *LOOP, "loop.batch_size=2"]) == 0
+    config = yaml.safe_load((out / "round0" / "config.yaml").read_text())
+    assert config["use_lora"] is True and config["lora"]["r"] == 4
+    base, trained = load_file(chat_model / "model.safetensors"), load_file(out / "round0" / "model" / "model.safetensors")
+    assert set(trained) == set(base)  # merged: the base's tensors, no adapter weights
+    assert any(not torch.equal(trained[k], base[k]) for k in base if k.endswith("proj.weight"))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "soup", "objectives.names=[informativeness]"], "a soup needs at least two objectives"),
     (["train", "soup", "objectives.names=[informativeness,formality]"], "no ratings for objective(s) formality"),

@@ -70,9 +70,12 @@ def dpa_records(model: Any, tokenizer: Any, prompts: Sequence[Any], objectives: 
 
 def dpa(model_dir: str | Path, prompts: Sequence[Any], objectives: Sequence[str], reward: Any, out_dir: str | Path, *,
         rounds: int = 2, n: int = 4, loop: Mapping[str, Any] | None = None, seed: int = 0, max_new_tokens: int = 32,
-        angles: tuple[float, float] = (0.0, 90.0), max_length: int = 128) -> Path:  # fmt: skip
+        angles: tuple[float, float] = (0.0, 90.0), max_length: int = 128,
+        sft: Mapping[str, Any] | None = None) -> Path:  # fmt: skip
     """`rounds` of DPA rejection-sampling fine-tuning from `model_dir`; returns the last model directory
-    (saved with the ``system_message`` scheme, so `decode` states each request's direction)."""
+    (saved with the ``system_message`` scheme, so `decode` states each request's direction). `sft` holds
+    further settings of each round's SFT recipe (e.g. ``{"use_lora": True}``; LoRA adapters are merged
+    into each round's model, so the next round samples from it)."""
     from pluralign.decode.steer import load_policy
     from pluralign.runs import atomic_write_jsonl
     from pluralign.train import run_sft
@@ -91,7 +94,8 @@ def dpa(model_dir: str | Path, prompts: Sequence[Any], objectives: Sequence[str]
         atomic_write_jsonl(data, [_row(r) for r in records])
         result = run_sft(model=str(current), data=[str(data)], output_dir=str(out / f"round{t}"),
                          objectives=list(objectives), conditioning="system_message", max_length=max_length,
-                         packing=False, gradient_checkpointing=False, loop=dict(loop or {}) | {"seed": seed + t})
+                         **({"packing": False, "gradient_checkpointing": False} | dict(sft or {})),
+                         loop=dict(loop or {}) | {"seed": seed + t})
         current = result.model_dir
     return current
 

@@ -24,6 +24,7 @@ import numpy as np
 from pluralign.config import option
 from pluralign.data.records import Rated
 from pluralign.errors import ConfigError
+from pluralign.models.load import LoraSpec
 from pluralign.train.loop import LoopConfig
 from pluralign.train.recipes.common import RecipeResult
 from pluralign.train.recipes.multiobjective import ObjectivesConfig
@@ -44,6 +45,9 @@ class DPAConfig:
     max_new_tokens: int = option(64, help="Longest sampled response in tokens.")
     max_length: int = option(512, help="Longest prompt+response in tokens in fine-tuning.")
     max_prompts: int = option(0, help="Use at most this many prompts per round (0: all).")
+    use_lora: bool = option(False, help="Each round's SFT trains LoRA adapters (merged into the round's saved model) instead of all weights.")
+    lora: LoraSpec = option(default_factory=LoraSpec, help="LoRA settings (used when use_lora is true).")
+    gradient_checkpointing: bool = option(False, help="Recompute activations in each round's SFT backward (less memory, about a third more compute).")
     loop: LoopConfig = option(default_factory=LoopConfig, help="Training-loop settings of each round's SFT.")
 
     def __post_init__(self) -> None:
@@ -71,7 +75,9 @@ def run_dpa(config: DPAConfig) -> RecipeResult:
     last = dpa(config.model, prompts, config.objectives, objective_reward(config.reward, config.objectives),
                config.output_dir, rounds=config.rounds, n=config.n, loop=dataclasses.asdict(config.loop),
                seed=config.loop.seed, max_new_tokens=config.max_new_tokens, angles=tuple(config.angles),
-               max_length=config.max_length)
+               max_length=config.max_length,
+               sft={"use_lora": config.use_lora, "lora": dataclasses.asdict(config.lora),
+                    "gradient_checkpointing": config.gradient_checkpointing})
     return RecipeResult(model_dir=Path(last), run_dir=Path(last).parent, train=None)
 
 
