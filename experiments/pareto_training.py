@@ -70,7 +70,8 @@ midpoints, λ solved so the soup's weight is w (the vertices extrapolated, λ = 
 expert stopped early on its own objective (10% of prompts held out, <= 80 steps, best evaluation kept), which misses
 conciseness' collapse (held-out DPO loss and accuracy keep improving): loss, every 10 steps, patience 2: 80 / 80 / 80
 steps, 0.83 at 0.62 of the cost; accuracy, every 5, patience 1 (stops on noise): 0.57 at 0.29 (seeds 0 / 1 / 3: 0.98 /
-0.86 / 0.91 at 0.44-0.63; 0.70 / 0.59 / 0.73 at 0.19-0.23). RACO, same seed: at the vertices it is
+0.86 / 0.91 at 0.44-0.63; 0.70 / 0.59 / 0.73 at 0.19-0.23); experts fine-tuned 40 steps from a shared warm start (40 steps
+at the centroid weight), with it or the base as reference: 0.81 / 0.79 at 0.35 / 0.44 of the cost. RACO, same seed: at the vertices it is
 the sweep; racoeq (38 steps: full-gradient RACO costs 1.9x a sweep step) under-trains formality as the
 40-step experts do (vertex 0.25; 0.395 against 0.451); racoub (-0.004, ratio CI [0.966, 1.008]) loses only
 at the centroid (formality 0.17 against 0.22, 0.007 of hypervolume). Checked on seeds 0 / 1 / 3 (nothing
