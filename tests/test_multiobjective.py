@@ -218,6 +218,27 @@ def test_raco_with_the_gram_at_the_log_probs_weights_losses_by_cagrad_clip_of_th
         combine.combine("raco", per_obj, signs != 0, w, combine.Context(params=[theta], anchor=anchor), {"gram": "x"})
 
 
+def test_raco_logs_its_coefficients_gradient_norms_and_update_length():
+    anchor = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
+    signs = torch.tensor([[1.0, -1.0, 0.0], [1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]])  # objective 2 tied on pair 0
+    per_obj = -F.logsigmoid(0.1 * signs * anchor[:, None])
+    # ∂L_k/∂h_b = −β s_bk σ(−β s_bk h_b) / n_k, n_k the pairs with a preference on k (3, 3, 2)
+    u = (-0.1 * signs * torch.sigmoid(-0.1 * signs * anchor.detach()[:, None]) / torch.tensor([3.0, 3.0, 2.0])).double()
+    H = (u.T @ u).numpy()
+    w = torch.tensor([0.5, 0.3, 0.2])
+    a = mo.raco_coefficients(H, w.double().numpy(), c=0.4)
+    _, logs = combine.combine("raco", per_obj, signs != 0, w, combine.Context(params=[torch.nn.Parameter(torch.zeros(1))],
+                              anchor=anchor), {"gram": "logps"})
+    wn = w.double().numpy()
+    for k in range(3):
+        assert logs[f"raco/a{k}"].item() == pytest.approx(a[k])
+        assert logs[f"raco/gnorm{k}"].item() == pytest.approx(float(u[:, k].norm()))
+    update, linear = u.numpy() @ a, u.numpy() @ wn  # Σ a_k g_k and Σ w_k g_k
+    assert logs["raco/update_ratio"].item() == pytest.approx(np.linalg.norm(update) / np.linalg.norm(linear))
+    assert logs["raco/update_ratio"].item() > 1 and not np.allclose(a, wn)  # here the correction lengthens the step
+    assert logs["raco/grad_cosine"].item() == pytest.approx(float(u[:, 0] @ u[:, 1] / (u[:, 0].norm() * u[:, 1].norm())))
+
+
 def test_pama_combiner_cancels_conflicting_objectives_per_pair():
     anchor = torch.tensor([0.0, 0.0], requires_grad=True)  # policy chosen log-prob; h = anchor
     signs = torch.tensor([[1.0, -1.0], [1.0, 1.0]])

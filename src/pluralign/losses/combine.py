@@ -106,25 +106,32 @@ def raco(losses: Tensor, mask: Tensor, weights: Tensor, context: Context, *, c: 
         g = [x if x is not None else torch.zeros_like(p) for x, p in zip(g, params, strict=True)]
         per_param.append(g)
         grads.append(torch.cat([x.flatten().double() for x in g]))
-    a, coefficients, cos = _raco_direction(torch.stack(grads), w, idx, c, clip)
+    a, coefficients, logs = _raco_direction(torch.stack(grads), w, idx, c, clip)
     # The update Σ a_k g_k is already known: the surrogate ⟨θ, Σ a_k g_k⟩ (detached direction) has exactly
     # that gradient and a backward through it touches only the parameters, not the model again (K
     # backward passes per micro-batch, not K + 1). Its value is that of Σ a_k L_k, for the logs.
     direction = sum((p * sum(float(ak) * gk[i] for ak, gk in zip(a, per_param, strict=True)).detach()).sum()
                     for i, p in enumerate(params))
     values = spread(coefficients, losses.detach(), mask) + (direction - direction.detach())
-    return values, {"raco/grad_cosine": torch.tensor(float(cos))}
+    return values, logs
 
 
-def _raco_direction(G: Tensor, w: Tensor, idx: list[int], c: float, clip: bool) -> tuple[np.ndarray, Tensor, float]:
+def _raco_direction(G: Tensor, w: Tensor, idx: list[int], c: float, clip: bool) -> tuple[np.ndarray, Tensor, dict]:
     """CAGrad-Clip coefficients from the present objectives' gradients G [K', D] (rows in `idx` order): the
-    coefficients a, the same spread over all objectives, and the first two gradients' cosine (for logs)."""
+    coefficients a, the same spread over all objectives, and metrics for the logs: the first two gradients'
+    cosine, each present objective's coefficient a_k and gradient norm ‖g_k‖ (raco/a<k>, raco/gnorm<k>), and
+    the update's length over the linear one's, ‖Σ a_k g_k‖ / ‖Σ w_k g_k‖ (raco/update_ratio)."""
     G = G.double()
     H = (G @ G.T).cpu().numpy()
-    a = raco_coefficients(H, w[idx].detach().double().cpu().numpy(), c=c, clip=clip)
+    wk = w[idx].detach().double().cpu().numpy()
+    a = raco_coefficients(H, wk, c=c, clip=clip)
     coefficients = torch.zeros_like(w)
     coefficients[idx] = torch.as_tensor(a, dtype=w.dtype, device=w.device)
-    return a, coefficients, float(H[0, 1] / max((H[0, 0] * H[1, 1]) ** 0.5, 1e-30))
+    logs = {"raco/grad_cosine": float(H[0, 1] / max((H[0, 0] * H[1, 1]) ** 0.5, 1e-30)),
+            "raco/update_ratio": float(np.sqrt(max(a @ H @ a, 0.0) / max(wk @ H @ wk, 1e-300)))}
+    for j, k in enumerate(idx):
+        logs[f"raco/a{k}"], logs[f"raco/gnorm{k}"] = float(a[j]), float(np.sqrt(max(H[j, j], 0.0)))
+    return a, coefficients, {name: torch.tensor(v) for name, v in logs.items()}
 
 
 def _raco_on_logps(losses: Tensor, mask: Tensor, means: Tensor, w: Tensor, idx: list[int], context: Context,
@@ -139,8 +146,8 @@ def _raco_on_logps(losses: Tensor, mask: Tensor, means: Tensor, w: Tensor, idx: 
     for k in idx:
         (g,) = torch.autograd.grad(means[k], context.anchor, retain_graph=True, allow_unused=True)
         grads.append(torch.zeros_like(context.anchor) if g is None else g.detach())
-    _, coefficients, cos = _raco_direction(torch.stack(grads), w, idx, c, clip)
-    return spread(coefficients, losses, mask), {"raco/grad_cosine": torch.tensor(float(cos))}
+    _, coefficients, logs = _raco_direction(torch.stack(grads), w, idx, c, clip)
+    return spread(coefficients, losses, mask), logs
 
 
 @register("pama")
