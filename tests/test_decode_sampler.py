@@ -150,3 +150,23 @@ def test_reserved_cache_grows_selects_and_forks(lm, tok):
     branch.advance(torch.tensor([4, 4]))
     assert torch.equal(plain.logits, fast.logits)
     assert torch.equal(branch.logits, fast.logits[:2])
+
+
+def test_inverse_cdf_draw_on_a_large_vocabulary():
+    from pluralign.decode.sampler import INVERSE_CDF_VOCAB, draw
+
+    p = torch.zeros(INVERSE_CDF_VOCAB + 100, dtype=torch.float)
+    support = torch.tensor([0, 7, 4096, 4150, INVERSE_CDF_VOCAB + 99])  # both ends of the row included
+    p[support] = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros_like(p)
+    for _ in range(8):
+        counts += torch.bincount(draw(p.expand(1000, -1), gen), minlength=p.numel()).float()
+    assert counts.sum() == 8000 and counts[support].sum() == 8000  # never a zero-probability entry
+    freq, sd = counts[support] / 8000, (p[support] * (1 - p[support]) / 8000).sqrt()
+    assert ((freq - p[support]).abs() < 4 * sd).all(), freq
+    a, b = (draw(p.expand(50, -1), torch.Generator().manual_seed(3)) for _ in range(2))
+    assert torch.equal(a, b)  # seeded
+    one_hot = torch.zeros(2, INVERSE_CDF_VOCAB)
+    one_hot[0, 5], one_hot[1, -1] = 1.0, 1.0
+    assert draw(one_hot, gen).tolist() == [5, INVERSE_CDF_VOCAB - 1]
