@@ -25,7 +25,12 @@ trained model saved; the same over the process's CPU seconds (`cpu_throughput_ra
 load. `--profile` prints each side's CPU seconds per phase (generation, rewards, the rollout's other
 work, forward + loss, backward, optimizer, the rest).
 
+`--model DIR` runs both sides on a real chat model instead of the tiny one (SmolLM2-135M-Instruct, a
+30-layer Llama, as `make real-model` converts it into ~/.cache/pluralign/smollm2-135m-instruct): the
+same sandbox questions as user messages, rendered by the model's chat template on both sides.
+
     .venv/bin/python bench/grpo_vs_trl.py --quick          # CPU, a couple of minutes
+    .venv/bin/python bench/grpo_vs_trl.py --quick --repeats 2 --model ~/.cache/pluralign/smollm2-135m-instruct
     .venv/bin/python bench/grpo_vs_trl.py --device cuda    # on a GPU
 """
 
@@ -225,16 +230,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
                    help="both sides (TRL's default: on)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--model", default=None, help="a local model directory with a chat template (e.g. SmolLM2-135M-Instruct "
+                   "as `make real-model` converts it) instead of the tiny Llama; prompts become chat messages")
     args = p.parse_args(argv)
     steps = args.steps or (4 if args.quick else 12)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        prompts = build(work / "model", args.seed, args.prompts_per_step * steps)
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(work / "model")
-        prompt_tokens = sum(len(tok(p)["input_ids"]) for p in prompts)
-        spec = {"model": str(work / "model"), "prompts": prompts, "group": args.group, "steps": steps,
+        if args.model:  # a real chat model: the same sandbox questions as user messages, templated on both sides
+            from pluralign.sandbox.world import World
+
+            model_dir = Path(args.model)
+            prompts = [[{"role": "user", "content": p}] for p in World(args.seed).prompts(args.prompts_per_step * steps)]
+            tok = AutoTokenizer.from_pretrained(model_dir)
+            text = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+            prompt_tokens = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in text)
+        else:
+            model_dir = work / "model"
+            prompts = build(model_dir, args.seed, args.prompts_per_step * steps)
+            tok = AutoTokenizer.from_pretrained(model_dir)
+            prompt_tokens = sum(len(tok(p)["input_ids"]) for p in prompts)
+        spec = {"model": str(model_dir), "prompts": prompts, "group": args.group, "steps": steps,
                 "prompts_per_step": args.prompts_per_step, "length": args.length, "lr": args.lr, "seed": args.seed,
                 "threads": args.threads, "device": args.device, "profile": args.profile,
                 "gradient_checkpointing": args.gradient_checkpointing == "on"}
@@ -256,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         if "phases" in r:
             print("          phases (cpu s): " + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()))
     ours, trl = results["pluralign"], results["trl"]
-    print(f"RESULT device={args.device} steps={steps} group={args.group} prompts_per_step={args.prompts_per_step} "
+    print(f"RESULT device={args.device} model={Path(args.model).name if args.model else 'tiny_llama'} steps={steps} group={args.group} prompts_per_step={args.prompts_per_step} "
           f"length={args.length} threads={args.threads} gradient_checkpointing={args.gradient_checkpointing} throughput_ratio={tps['pluralign'] / tps['trl']:.3f} "
           f"cpu_throughput_ratio={cpu_tps['pluralign'] / cpu_tps['trl']:.3f} "
           f"memory_ratio={ours['peak_rss_mb'] / trl['peak_rss_mb']:.3f} pluralign_tokens_per_s={tps['pluralign']:.1f} "
