@@ -71,6 +71,8 @@ def test_cli_warns_when_nothing_reads_the_steering_fields(model_dir, tmp_path, c
     assert "warning: user given" in capsys.readouterr().err
     assert main(args[:2] + ["bon", *args[3:], "--reward", "decode_cli_rewards:words", "--weights", "1,0"]) == 0
     assert "warning" not in capsys.readouterr().err  # the reward reads the weights
+    assert main(args[:2] + ["mod", *args[3:], "--models", str(model_dir), "--weights", "0.5,0.5"]) == 0
+    assert "warning" not in capsys.readouterr().err  # fusion weighs the models
 
 
 def test_parse_weights():

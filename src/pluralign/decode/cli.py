@@ -135,11 +135,12 @@ def _same_rendering(encoder: Any, tokenizer: Any, chat_template: str) -> bool:
 STEERING = ("weights", "direction", "user", "group")
 
 
-def unused_controls(model: Any, reward: Any, controls: list[Any]) -> list[str]:
+def unused_controls(model: Any, reward: Any, controls: list[Any], extra_models: list[Any] = ()) -> list[str]:
     """The steering fields some request sets that nothing would read: a model without a conditioning
-    scheme (`pluralign.conditioning`) decoded without a reward ignores weights, direction, user and group,
-    which is almost always a mistake (the wrong model directory, or a forgotten --reward)."""
-    if reward is not None or getattr(model, "pluralign_conditioning", None) is not None:
+    scheme (`pluralign.conditioning`) decoded without a reward or further models (fusion weighs those)
+    ignores weights, direction, user and group, which is almost always a mistake (the wrong model
+    directory, or a forgotten --reward)."""
+    if reward is not None or extra_models or getattr(model, "pluralign_conditioning", None) is not None:
         return []
     return [name for name in STEERING if any(getattr(c, name) is not None for c in controls)]
 
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_policy(args.model)
     reward = load_reward(args.reward) if args.reward else None
     extra_models = [load_policy(d)[0] for d in args.models.split(",")] if args.models else []
-    unused = unused_controls(model, reward, controls)
+    unused = unused_controls(model, reward, controls, extra_models)
     if unused:
         print(f"warning: {', '.join(unused)} given but nothing reads them: {args.model} has no conditioning "
               "scheme (it was not trained to be steered) and no --reward was given", file=sys.stderr)
