@@ -88,6 +88,10 @@ class LMState:
         self.positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         self.next_pos = self.positions[:, -1] + 1
         self.cache = None
+        # what the model's forward takes, looked up once rather than at every decoding step; transformers 5
+        # renamed `past_key_values` to `cache` (the old name warns, then goes in 5.40)
+        self._cache_name = "cache" if _accepts(model, "cache") else "past_key_values"
+        self._keep_last_logits = output != "hidden" and _accepts(model, "logits_to_keep")
         self._run(input_ids, self.mask, self.positions)
 
     @classmethod
@@ -101,16 +105,14 @@ class LMState:
 
     @torch.no_grad()
     def _run(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> None:
-        # transformers 5 renamed `past_key_values` to `cache` (the old name warns, then goes in 5.40)
-        cache_name = "cache" if _accepts(self.model, "cache") else "past_key_values"
         kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
-                                  cache_name: self.cache, "use_cache": True}
+                                  self._cache_name: self.cache, "use_cache": True}
         if self.output == "hidden":
             kwargs["output_hidden_states"] = True
-        elif _accepts(self.model, "logits_to_keep"):
+        elif self._keep_last_logits:
             kwargs["logits_to_keep"] = 1  # never materialise [B, T, V] logits for the prompt
         out = self.model(**kwargs)
-        self.cache = out.cache if cache_name == "cache" else out.past_key_values
+        self.cache = getattr(out, self._cache_name)
         if self.output == "hidden":
             last = getattr(out, "last_hidden_state", None)
             self.hidden = (last if last is not None else out.hidden_states[-1])[:, -1, :]
