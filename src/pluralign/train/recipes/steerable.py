@@ -24,17 +24,21 @@ import numpy as np
 from pluralign.config import option
 from pluralign.data.records import Rated
 from pluralign.errors import ConfigError
-from pluralign.models.load import LoraSpec
 from pluralign.train.loop import LoopConfig
-from pluralign.train.recipes.common import RecipeResult
+from pluralign.train.recipes.common import ModelTrainingConfig, RecipeResult
 from pluralign.train.recipes.multiobjective import ObjectivesConfig
 from pluralign.train.recipes.preference import PreferenceConfig, load_data
 from pluralign.train.recipes.preference import run as run_preference
 
 
 @dataclass
-class DPAConfig:
+class DPAConfig(ModelTrainingConfig):
+    """DPA's rounds; the model-training settings (LoRA, dtype, checkpointing, …) are each round's SFT's."""
+
     model: str = option("", help="Model to start from: a local model directory or a hub id.")
+    max_length: int = option(512, help="Longest prompt+response in tokens in fine-tuning.")
+    packing: bool = option(False, help="Padding-free batches in each round's SFT.")
+    gradient_checkpointing: bool = option(False, help="Recompute activations in each round's SFT backward (less memory, about a third more compute).")
     data: list[str] = option(default_factory=list, help="File(s) whose records' prompts are sampled from (any record kind with a `prompt`; chat prompts as message lists).")
     objectives: list[str] = option(default_factory=list, help="Objectives the direction v weighs, in the order of the reward's scores.")
     reward: str = option("", help="Multi-objective reward scoring the objectives: gold (sandbox attributes), module:function (returning one column per objective, in order), or a reward-model directory; a reward with named objectives must include every name in `objectives`.")
@@ -43,11 +47,7 @@ class DPAConfig:
     n: int = option(4, help="Samples per prompt and round; the best by vᵀr is kept (N).")
     angles: list[float] = option(default_factory=lambda: [0.0, 90.0], help="Two objectives: the range of the direction's angle θ in degrees, v = (cos θ, sin θ); more objectives: |N(0, I)| normalised.")
     max_new_tokens: int = option(64, help="Longest sampled response in tokens.")
-    max_length: int = option(512, help="Longest prompt+response in tokens in fine-tuning.")
     max_prompts: int = option(0, help="Use at most this many prompts per round (0: all).")
-    use_lora: bool = option(False, help="Each round's SFT trains LoRA adapters (merged into the round's saved model) instead of all weights.")
-    lora: LoraSpec = option(default_factory=LoraSpec, help="LoRA settings (used when use_lora is true).")
-    gradient_checkpointing: bool = option(False, help="Recompute activations in each round's SFT backward (less memory, about a third more compute).")
     loop: LoopConfig = option(default_factory=LoopConfig, help="Training-loop settings of each round's SFT.")
 
     def __post_init__(self) -> None:
@@ -72,12 +72,13 @@ def run_dpa(config: DPAConfig) -> RecipeResult:
     prompts = list({_key(p): p for p in prompts}.values())[: config.max_prompts or None]
     if not prompts:
         raise ConfigError(f"'data' {config.data}: no prompts")
+    settings = dataclasses.asdict(config)
     last = dpa(config.model, prompts, config.objectives, objective_reward(config.reward, config.objectives),
                config.output_dir, rounds=config.rounds, n=config.n, loop=dataclasses.asdict(config.loop),
                seed=config.loop.seed, max_new_tokens=config.max_new_tokens, angles=tuple(config.angles),
                max_length=config.max_length,
-               sft={"use_lora": config.use_lora, "lora": dataclasses.asdict(config.lora),
-                    "gradient_checkpointing": config.gradient_checkpointing})
+               sft={f.name: settings[f.name] for f in dataclasses.fields(ModelTrainingConfig)
+                    if f.name not in ("model", "max_length")})
     return RecipeResult(model_dir=Path(last), run_dir=Path(last).parent, train=None)
 
 
