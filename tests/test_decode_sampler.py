@@ -60,8 +60,11 @@ def test_seed_determinism(lm, tok):
     assert a.token_ids != c.token_ids
 
 
-def test_logps_are_model_logps_before_temperature(lm, tok):
-    out = sample(lm, tok, PROMPTS[:2], n=3, max_new_tokens=6, temperature=2.0, seed=1)
+@pytest.mark.parametrize("warp", [dict(temperature=2.0), dict(temperature=1.0, top_k=5), dict(temperature=1.0),
+                                  dict(temperature=0.0)])
+def test_logps_are_model_logps_before_temperature(lm, tok, warp):
+    # temperature 1 without filtering reuses the proposal's log-probs; every other warp computes them apart
+    out = sample(lm, tok, PROMPTS[:2], n=3, max_new_tokens=6, seed=1, **warp)
     for p, prompt_ids in enumerate(out.prompt_ids):
         for i, gen in enumerate(out.token_ids[p]):
             full = torch.tensor([prompt_ids + gen])

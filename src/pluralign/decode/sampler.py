@@ -124,7 +124,7 @@ class Generation:
 def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Log-probs of the sampling distribution: temperature, then top-k, then nucleus (top-p) filtering
     (Holtzman et al. 2020). Filtered tokens get -inf; the most likely token is always kept."""
-    x = logits.float() / max(temperature, 1e-8)
+    x = logits.float() if temperature == 1.0 else logits.float() / max(temperature, 1e-8)
     if top_k and top_k < x.shape[-1]:
         kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
         x = x.masked_fill(x < kth, float("-inf"))
@@ -165,6 +165,12 @@ def choose_tokens(logits: torch.Tensor, *, temperature: float, top_k: int, top_p
     lp = warp_logits(logits, temperature, top_k, top_p)
     tok = draw(lp.exp(), generator)
     return tok, lp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def model_logps(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[token] per row, without writing the [B, V] log-softmax out."""
+    x = logits.float()
+    return x.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(x, -1)
 
 
 def make_generator(seed: int | None, device: Any) -> torch.Generator | None:
@@ -234,10 +240,11 @@ def _sample_chunk(model, tokenizer, prompt_ids, n, max_new_tokens, temperature, 
     state.select(torch.arange(len(prompt_ids)).repeat_interleave(n))
     gen = Generation(len(prompt_ids) * n, tokenizer, eos=eos_set, stop=stop, max_new_tokens=max_new_tokens)
     rows = list(range(len(prompt_ids) * n))  # state row j holds generation row rows[j]
+    plain = temperature == 1.0 and not top_k and top_p >= 1.0  # the proposal is the model's own distribution
     while True:
         tok, prop = choose_tokens(state.logits, temperature=temperature, top_k=top_k, top_p=top_p,
                                   generator=generator)
-        logp = torch.log_softmax(state.logits, -1).gather(-1, tok[:, None]).squeeze(-1)
+        logp = prop if plain else model_logps(state.logits, tok)
         gen.append(rows, tok, logp, prop)
         if on_step is not None:
             on_step(gen)
