@@ -501,3 +501,77 @@ def test_pama_with_one_hot_weights_is_that_objectives_dpo_gradient():
     (grad,) = torch.autograd.grad(per.sum(), anchor, retain_graph=True)
     expected = torch.autograd.grad((2 * per_obj[:, 0]).sum(), anchor)[0]  # advantages scaled by K·w = 2
     assert torch.allclose(grad, expected)
+
+
+# ---------------------------------------------------------------- pairs stating their own weights
+
+
+def test_weighted_combiner_scalarises_each_example_by_its_own_weights():
+    losses_ = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    rows = torch.tensor([[1.0, 0.0], [0.25, 0.75]])
+    per, _ = combine.combine("weighted", losses_, mask, rows, combine.Context())
+    # objective k's mean over its 2 examples of w_bk·ℓ_bk, summed: (1·1 + 0.25·3) / 2 + (0·2 + 0.75·4) / 2
+    assert per.mean().item() == pytest.approx(2.375)
+    same, _ = combine.combine("weighted", losses_, mask, torch.tensor([[0.3, 0.7]] * 2), combine.Context())
+    shared, _ = combine.combine("weighted", losses_, mask, torch.tensor([0.3, 0.7]), combine.Context())
+    assert torch.allclose(same, shared)
+    # a row's weights are renormalised over the objectives the batch holds, as the run's weights are
+    one, _ = combine.combine("weighted", losses_, torch.tensor([[True, False], [True, False]]),
+                             torch.tensor([[0.5, 0.5], [0.2, 0.8]]), combine.Context())
+    assert one.mean().item() == pytest.approx(2.0)
+
+
+def test_collator_carries_each_pairs_weights(tiny_word_tokenizer):
+    records = [Pairwise("the cat", "sat", "ran", meta={"signs": {"informativeness": 1}, "weights": {"conciseness": 2}}),
+               Pairwise("the dog", "sat", "ran", objective="conciseness")]
+    batch = PairwiseCollator(tiny_word_tokenizer, objectives=OBJ)(records)
+    assert batch["weights"].tolist() == [[0.0, 1.0], [0.0, 0.0]]  # on the simplex; none stated: a zero row
+    assert "weights" not in PairwiseCollator(tiny_word_tokenizer, objectives=OBJ)(records[1:])
+
+
+def _weighted_pairs(path, weights=({"informativeness": 1.0}, {"conciseness": 1.0})):
+    rows = [{"prompt": "tell me about the cat", "chosen": "the cat is very good", "rejected": "good",
+             "meta": {"signs": {"informativeness": 1, "conciseness": -1}, "weights": weights[i % len(weights)]}}
+            for i in range(16)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_weight_conditioned_dpo_on_signed_pairs_steers_by_the_stated_weights(tmp_path):
+    from pluralign.decode.steer import load_policy
+    from pluralign.models.logprobs import sequence_logps
+    from pluralign.train import run_preference
+    from pluralign.train.recipes.preference import from_kwargs
+
+    base = make_model_dir(tmp_path / "base")
+    config = from_kwargs(model=str(base), data=[str(_weighted_pairs(tmp_path / "pairs.jsonl"))],
+                         output_dir=str(tmp_path / "out"), loop=LOOP | {"num_epochs": 25},
+                         objectives={"names": OBJ, "conditioning": "system_message"})
+    model, tok = load_policy(run_preference(config).model_dir)
+    scheme = conditioning.attached(model)
+    assert scheme.name == "system_message"
+
+    def margin(weights):
+        prompt = scheme.prompt("tell me about the cat", scheme.condition(weights=weights))
+        batch = PairwiseCollator(tok)([Pairwise(prompt, "the cat is very good", "good")])
+        with torch.no_grad():
+            s, _ = sequence_logps(model, batch)
+        return (s[0] - s[1]).item()
+
+    # the same pairs, scalarised by each one's weights: informativeness prefers the long answer, conciseness
+    # the short one, and the model learns which the stated weights ask for
+    assert margin([1.0, 0.0]) > 0 > margin([0.0, 1.0])
+    assert margin([1.0, 0.0]) > margin([0.5, 0.5]) > margin([0.0, 1.0])
+
+
+def test_bad_pair_weights_exit_2_naming_the_record(tmp_path, capsys):
+    base = make_model_dir(tmp_path / "base")
+    data = _weighted_pairs(tmp_path / "pairs.jsonl", weights=({"informativeness": 1.0}, {"conciseness": -1.0}))
+    common = ["train", "dpo", f"model={base}", f"data=[{data}]", f"output_dir={tmp_path / 'o'}",
+              "objectives.names=[informativeness,conciseness]"]
+    assert main(common) == 2
+    assert "record 2: meta.weights: weights must be non-negative" in capsys.readouterr().err
+    good = _weighted_pairs(tmp_path / "good.jsonl")
+    assert main(common[:3] + [f"data=[{good}]"] + common[4:] + ["objectives.combine=raco"]) == 2
+    assert "only the weighted combiner reads" in capsys.readouterr().err

@@ -105,6 +105,8 @@ class _Collator:
             batch["group"] = [getattr(r, "group", None) for r in records]
         if self.objectives:
             batch["objective"], batch["signs"] = objective_tensors(records, self.objectives)
+            if any("weights" in (getattr(r, "meta", None) or {}) for r in records):
+                batch["weights"] = example_weights(records, self.objectives)
         return batch
 
     def encode(self, prompt: Text, completion: Text) -> Encoded:
@@ -190,6 +192,19 @@ def objective_tensors(records: Sequence[Any], objectives: Sequence[str]) -> tupl
         elif objective is not None:
             signs[b, ids[b]] = 1.0
     return ids, signs
+
+
+def example_weights(records: Sequence[Any], objectives: Sequence[str]) -> torch.Tensor:
+    """[B, K] objective weights of each record's ``meta.weights`` (on the simplex); a zero row for a record
+    that states none (the run's weights apply to it)."""
+    from pluralign.conditioning import weights_of
+
+    out = torch.zeros(len(records), len(objectives))
+    for b, r in enumerate(records):
+        given = (getattr(r, "meta", None) or {}).get("weights")
+        if given is not None:
+            out[b] = torch.as_tensor(weights_of(given, objectives, "meta.weights"), dtype=torch.float32)
+    return out
 
 
 def list_scores(record: Any) -> list[float]:

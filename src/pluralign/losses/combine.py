@@ -7,7 +7,9 @@ is the surrogate to minimise, so the one loop (`pluralign.train.loop`) runs ever
 
 - ``weighted``: Σ_k w_k L_k with L_k the mean loss over objective k's examples, the weights renormalised
   over the objectives present in the batch: linear scalarisation, and with uniform weights MAH-DPO's
-  uniform objective average (Zhou et al. 2025, multi-action-head DPO).
+  uniform objective average (Zhou et al. 2025, multi-action-head DPO). Weights may be given per example
+  ([B, K]: pairs stating their own ``meta.weights``, a weight-conditioned model's training data): then
+  each example's loss is scalarised by its own weights.
 - ``raco``: RACO's conflict-averse update (Chen et al., ICML 2026): the per-objective gradients g_k are
   taken with autograd (one backward each on the shared forward), and the returned surrogate has gradient
   Σ a_k g_k with a = `raco_coefficients(H, w)`, the CAGrad-Clip direction, without a further backward
@@ -66,7 +68,8 @@ def objective_means(losses: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def spread(coefficients: Tensor, losses: Tensor, mask: Tensor) -> Tensor:
-    """Per-example losses [B] whose batch mean is Σ_k a_k L_k (a detached)."""
+    """Per-example losses [B] whose batch mean is Σ_k a_k L_k (a detached); with coefficients [B, K], one
+    row per example, the batch mean is Σ_k (mean over objective k's examples of a_bk ℓ_bk)."""
     m = mask.to(losses.dtype)
     counts = m.sum(0).clamp(min=1)
     return (losses * m * (coefficients.detach() / counts)).sum(1) * losses.shape[0]
@@ -75,9 +78,10 @@ def spread(coefficients: Tensor, losses: Tensor, mask: Tensor) -> Tensor:
 def _present_weights(weights: Tensor, present: Tensor) -> Tensor:
     # A batch holding none of the weighted objectives trains nothing: an objective the user gives weight 0
     # (a soup expert's others) never moves the model.
+    # Weights [K], or [B, K] (one row per example: pairs that state their own weights), renormalised per row.
     w = weights * present
-    total = w.sum()
-    return w / total if total > 0 else torch.zeros_like(w)
+    total = w.sum(-1, keepdim=True)
+    return torch.where(total > 0, w / total.clamp(min=1e-30), torch.zeros_like(w))
 
 
 @register("weighted")

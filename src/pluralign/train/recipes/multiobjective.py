@@ -13,7 +13,9 @@ Methods as configurations of this one recipe:
 - MAH-DPO: ``conditioning: heads``, objective-tagged pairs, combine ``weighted`` with uniform weights;
 - RACO / PAMA: combine ``raco`` / ``pama`` with the user's weights (``rated_pairs: signed`` gives one pair
   judged on every objective, as RACO trains);
-- weight-conditioned DPO: ``conditioning: system_message``, pairs carrying ``meta.weights``;
+- weight-conditioned DPO: ``conditioning: system_message``, pairs carrying ``meta.weights`` (pairs ordered
+  by those weights, or signed pairs whose per-objective losses the ``weighted`` combiner scalarises by
+  each pair's own weights: one model trained across the simplex, steered per request);
 - MODPO: loss ``modpo`` with ``margin_reward`` scoring the other objectives.
 """
 
@@ -99,6 +101,12 @@ def check_coverage(records: Sequence[Any], cfg: ObjectivesConfig, where: str = "
         empty = []  # MODPO: pairs of the trained objective, the others enter as reward margins
     if empty:
         raise ConfigError(f"objectives.names: objective(s) {empty} have no pairs in the training {where}")
+    stated = [i for i, r in enumerate(records) if "weights" in (getattr(r, "meta", None) or {})]
+    if stated and cfg.combine != "weighted":
+        raise ConfigError(f"objectives.combine={cfg.combine}: the training {where} has pairs with their own "
+                          "meta.weights, which only the weighted combiner reads")
+    for i in stated:
+        conditioning.weights_of(records[i].meta["weights"], cfg.names, f"training {where}, record {i + 1}: meta.weights")
     if cfg.conditioning == "heads" and any(getattr(r, "objective", None) is None for r in records):
         raise ConfigError("objectives.conditioning=heads (MAH-DPO) trains head k on objective k's pairs: every "
                           "pair needs an `objective` (use rated_pairs=per_objective)")
@@ -151,7 +159,11 @@ def make_finish(loss: Callable, params: dict, cfg: ObjectivesConfig) -> Callable
         mask = signs != 0
         trainable = [p for p in model.parameters() if p.requires_grad]
         context = Context(params=trainable, anchor=inputs["policy_chosen_logps"])
-        values, metrics = combine(cfg.combine, losses, mask, weights.to(losses.device), context, cfg.combine_params)
+        w = weights.to(losses.device)
+        if "weights" in batch:  # pairs that state their own weights; the run's for those that do not
+            rows = batch["weights"].to(losses.device)
+            w = torch.where(rows.sum(1, keepdim=True) > 0, rows, w)
+        values, metrics = combine(cfg.combine, losses, mask, w, context, cfg.combine_params)
         means, present = objective_means(losses.detach(), mask)
         metrics = dict(metrics) | {f"objective/{n}/loss": means[k] for k, n in enumerate(cfg.names) if present[k]}
         return values, metrics
