@@ -26,7 +26,9 @@ against linear-scalarised DPO trained once per weight.
      an expert-step sweep on seed 2 (--expert-fracs): an expert only has to reach its extreme; weights
      interpolated), ric (SFT with
      reward z-scores in the prompt), dpa (rejection-sampling rounds with the direction in the prompt,
-     best-of-4 by the gold vᵀr standing in for the multi-objective reward model).
+     best-of-4 by the gold vᵀr standing in for the multi-objective reward model), and, on request
+     (--methods …,wcdpo), wcdpo: weight-conditioned DPO, the sweep's signed pairs each stating weights drawn
+     from the 1/4 grid in its prompt and scalarised by them (`meta.weights`), one run across the simplex.
 3. Each model (and each weight of a steerable one) is sampled on fixed evaluation prompts; a point is the
    mean gold attributes of its samples, with 95% bootstrap CIs over prompts. A method's hypervolume is
    that of its points against the reference point (the low end of each attribute's range: 0 for
@@ -86,6 +88,13 @@ seed 3 still fails. Checked on seeds 0 / 1 / 3 (nothing chosen there): soups of 
 0.89 / 1.00, as above), the sweep's (1/2, 0, 1/2) model adding +0.055 / +0.008 / +0.000 in place of that
 soup's point; the 80-step conciseness-only model collapses to (0, 1, 0) on seeds 0 and 3 (0.54 on seed 2).
 
+wcdpo, tried on seed 2 (3 objectives, 2026-12-06; sweep 0.419 on this machine): HV 0.039 at the sweep's steps and
+learning rate, 0.048 at 2x its steps, 0.053 / 0.063 at 1.5x with learning rate 5e-3 / 2e-3, 0.059 with each pair
+three times under three drawn weights (1.5x steps, 1e-3), at 0.25-0.5 of the sweep's cost. The sandbox model does
+not learn to read the stated weights in such a budget: its next-token logits under weights (1, 0, 0) and (0, 1, 0)
+differ by about 1e-3, so every weight gives one point, about (0.04, 0.79, 0.13). (On the toy model of
+tests/test_multiobjective.py the same recipe steers clearly after 100 steps at a 100x larger learning rate.)
+
 Measured 2026-12-05 (full mode, methods linear,linshort,raco,racoub,pama,racoeq,soups; 370 CPU-s a seed,
 load 2): soups / sweep hypervolume (paired-bootstrap 95% CI) at the cost ratio, seeds 0 / 1 / 3:
 2 objectives 1.21 [1.08, 1.32] / 1.01 [0.93, 1.07] / 1.00 [0.93, 1.08] at 0.29 / 0.28 / 0.28;
@@ -116,6 +125,7 @@ Timings on a machine shared with other jobs inflate wall time; CPU-seconds are w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import shutil
@@ -125,7 +135,7 @@ from pathlib import Path
 import numpy as np
 
 CASES = {"2obj": ["informativeness", "conciseness"], "3obj": ["informativeness", "conciseness", "formality"]}
-SINGLE_RUN = ("mahdpo", "soups", "ric", "dpa")
+SINGLE_RUN = ("mahdpo", "soups", "ric", "dpa", "wcdpo")
 
 
 def grid(k: int, quick: bool) -> list[tuple[float, ...]]:
@@ -317,6 +327,20 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
                                           objectives=signed | {"weights": {m: float(m == n) for m in names}}))
             soup = save_soup(members, names, out / tag)
         record_steered(tag, soup, clock, k, {"steps": steps})
+    if "wcdpo" in methods:
+        # One model across the simplex: every signed pair states weights drawn from the 1/4 grid in a system
+        # message, and its per-objective losses are scalarised by them (the sweep's loss, one w per pair).
+        clock = Clock()
+        with clock:
+            from pluralign.train.recipes.multiobjective import signed_pairs
+            draw = np.random.default_rng(a.seed + 7)
+            quarter = simplex(k, 4)
+            pairs = [dataclasses.replace(pr, meta=pr.meta | {"weights": dict(zip(names, quarter[draw.integers(len(quarter))], strict=True))})
+                     for pr in signed_pairs(rated, names) for _ in range(a.wc_copies)]
+            write_pairs(out / "wcdpo_pairs.jsonl", pairs)
+            d = train_pref("wcdpo", steps=a.wc_steps, lr=a.wc_lr, data=[str(out / "wcdpo_pairs.jsonl")],
+                           objectives={"names": names, "conditioning": "system_message"})
+        record_steered("wcdpo", d, clock, 1)
     if "ric" in methods:
         clock = Clock()
         with clock:
@@ -437,6 +461,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid", choices=["sweep", "quarter"], default="sweep", help="weights of every method: the "
                    "sweep's grid (5 / 7 weights), or every weight in multiples of 1/4 (5 / 15): a sweep with as many "
                    "models as the single-run methods' dense points")
+    p.add_argument("--wc-steps", type=float, default=2.0, help="wcdpo's steps as a multiple of a sweep model's")
+    p.add_argument("--wc-lr", type=float, default=None, help="wcdpo's learning rate (default: --lr)")
+    p.add_argument("--wc-copies", type=int, default=1, help="wcdpo: each signed pair this many times, each with "
+                   "its own drawn weights")
     p.add_argument("--out", default="runs/pareto_training")
     a = p.parse_args(argv)
     a.prompts, a.steps, a.sft_steps, a.batch_size = (64, 30, 60, 16) if a.quick else (160, 80, 150, 16)
@@ -450,6 +478,7 @@ def main(argv: list[str] | None = None) -> None:
     # more soups (soups<steps>), the expert-step sweep.
     a.soup_steps = [max(1, round(float(f) * a.steps)) for f in a.expert_fracs.split(",")]
     a.expert_steps = a.soup_steps[0]
+    a.wc_steps = max(1, round(a.wc_steps * a.steps))
 
     import torch
 
