@@ -28,7 +28,9 @@ against linear-scalarised DPO trained once per weight.
      reward z-scores in the prompt), dpa (rejection-sampling rounds with the direction in the prompt,
      best-of-4 by the gold vᵀr standing in for the multi-objective reward model), and, on request
      (--methods …,wcdpo), wcdpo: weight-conditioned DPO, the sweep's signed pairs each stating weights drawn
-     from the 1/4 grid in its prompt and scalarised by them (`meta.weights`), one run across the simplex.
+     from the 1/4 grid in its prompt and scalarised by them (`meta.weights`), one run across the simplex;
+     mod (with soups): the soup's experts combined per request by MOD's logit fusion (reverse KL, Shi et al.
+     2024: exact for DPO-optimal experts of one reference) instead of averaging their weights.
 3. Each model (and each weight of a steerable one) is sampled on fixed evaluation prompts; a point is the
    mean gold attributes of its samples, with 95% bootstrap CIs over prompts. A method's hypervolume is
    that of its points against the reference point (the low end of each attribute's range: 0 for
@@ -94,6 +96,9 @@ three times under three drawn weights (1.5x steps, 1e-3), at 0.25-0.5 of the swe
 not learn to read the stated weights in such a budget: its next-token logits under weights (1, 0, 0) and (0, 1, 0)
 differ by about 1e-3, so every weight gives one point, about (0.04, 0.79, 0.13). (On the toy model of
 tests/test_multiobjective.py the same recipe steers clearly after 100 steps at a 100x larger learning rate.)
+mod, same seed and experts: 0.360 against the weight-averaged soup's 0.376 (0.86 / 0.90 of the sweep). The 40-step
+formality expert is the bottleneck either way, and logit fusion keeps even less of it at the mixed weights
+(formality 0.01 at (1/2, 0, 1/2) against the soup's 0.07 and the sweep's 0.31).
 
 Measured 2026-12-05 (full mode, methods linear,linshort,raco,racoub,pama,racoeq,soups; 370 CPU-s a seed,
 load 2): soups / sweep hypervolume (paired-bootstrap 95% CI) at the cost ratio, seeds 0 / 1 / 3:
@@ -135,7 +140,7 @@ from pathlib import Path
 import numpy as np
 
 CASES = {"2obj": ["informativeness", "conciseness"], "3obj": ["informativeness", "conciseness", "formality"]}
-SINGLE_RUN = ("mahdpo", "soups", "ric", "dpa", "wcdpo")
+SINGLE_RUN = ("mahdpo", "soups", "mod", "ric", "dpa", "wcdpo")
 
 
 def grid(k: int, quick: bool) -> list[tuple[float, ...]]:
@@ -172,8 +177,9 @@ def make_data(out: Path, base: Path, names: list[str], n_prompts: int, seed: int
     return rated, list(dict.fromkeys(r.prompt for r in rated))
 
 
-def evaluate(model, tok, prompts, names, controls_list, n_samples, seed):
-    """Per control: per-prompt mean gold attributes [P, k] of the model's samples under that control."""
+def evaluate(model, tok, prompts, names, controls_list, n_samples, seed, decoder="sample", **decode_kw):
+    """Per control: per-prompt mean gold attributes [P, k] of the model's samples under that control
+    (`decoder` and `decode_kw`: another decoder, e.g. "mod" with models=[...])."""
     from pluralign.decode.api import Controls, decode
     from pluralign.sandbox.attributes import ATTRIBUTES, score_batch
 
@@ -181,7 +187,7 @@ def evaluate(model, tok, prompts, names, controls_list, n_samples, seed):
     out = []
     for extra in controls_list:
         reqs = [p for p in prompts for _ in range(n_samples)]
-        res = decode("sample", model, tok, reqs, controls=Controls(max_new_tokens=32, seed=seed, **extra))
+        res = decode(decoder, model, tok, reqs, controls=Controls(max_new_tokens=32, seed=seed, **extra), **decode_kw)
         x = score_batch(reqs, res.texts)[:, cols].reshape(len(prompts), n_samples, len(cols)).mean(1)
         out.append(x)
     return out
@@ -239,11 +245,13 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
             cfg["loop"] = loop | {"max_steps": steps, "log_every": steps, "learning_rate": lr or a.lr}
         return run(from_kwargs(output_dir=str(out / tag), **cfg)).model_dir
 
-    def record(method, model_dirs, controls, clock, n_models, extra=None):
+    def record(method, model_dirs, controls, clock, n_models, extra=None, fused=()):
+        """`fused`: further model directories, combined with the first of `model_dirs` by MOD's decoder."""
         per = []
+        others = {"decoder": "mod", "models": [load_policy(d)[0] for d in fused]} if fused else {}
         for d, ctl in zip(model_dirs, controls, strict=True):
             model, tok = load_policy(d)
-            per += evaluate(model, tok, prompts, names, ctl, a.samples, a.seed + 1)
+            per += evaluate(model, tok, prompts, names, ctl, a.samples, a.seed + 1, **others)
         entry = summarise(per, ref, rng) | {"cpu_s": clock.seconds, "models": n_models} | (extra or {})
         results["methods"][method], per_prompt[method] = entry, per
         print(f"[{case}] {method:<7} HV {entry['hv']:.4f} [{entry['hv_ci'][0]:.4f}, {entry['hv_ci'][1]:.4f}]  "
@@ -327,6 +335,9 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
                                           objectives=signed | {"weights": {m: float(m == n) for m in names}}))
             soup = save_soup(members, names, out / tag)
         record_steered(tag, soup, clock, k, {"steps": steps})
+        if i == 0 and "mod" in methods:  # the same experts, combined per request by MOD instead of averaging weights
+            record("mod", [members[0]], [[{"weights": list(w)} for w in weights]], clock, k, {"steps": steps},
+                   fused=members[1:])
     if "wcdpo" in methods:
         # One model across the simplex: every signed pair states weights drawn from the 1/4 grid in a system
         # message, and its per-objective losses are scalarised by them (the sweep's loss, one w per pair).
