@@ -16,7 +16,9 @@
 It checks what a user would: the held-out implicit reward margin rises, the reward model is above chance
 (and reports its held-out accuracy), and best-of-N's choices are the reward model's argmax over the
 candidates scored under the chat-templated conversation, and GRPO logs a finite reward at every step and
-saves a model that decodes. Ends with a `RESULT key=value ...` line.
+saves a model that decodes; then GRPO on two fixed prompts with a verifiable reward (fewer words) raises that
+reward (`grpo_gain`: the mean of the last third of the steps minus that of the first third, > 0). Ends with a
+`RESULT key=value ...` line.
 """
 
 from __future__ import annotations
@@ -107,6 +109,15 @@ HELPFUL = ("Start small: practice {t} for a few minutes every day, keep notes on
            "For {t}, consistency matters most. Learn the basics first, then add one new challenge at a time.")
 UNHELPFUL = ("I don't know. Figure it out yourself.", "Why would anyone care about {t}? That is a waste of time.",
              "Just search the internet, I am not going to help with that.", "Whatever. Next question.")
+
+
+LEARN_PROMPTS = [[{"role": "user", "content": "How do I keep basil alive indoors?"}],
+                 [{"role": "user", "content": "Give me one tip for sleeping better."}]]
+
+
+def fewer_words(prompts: list, responses: list[str], **_) -> list[float]:
+    """A verifiable reward: minus the number of words of the response, over 10."""
+    return [-len(r.split()) / 10 for r in responses]
 
 
 def preference_set(topics: tuple[str, ...], seed: int) -> list[dict]:
@@ -225,6 +236,21 @@ def run(out: Path, quick: bool = False, seed: int = 0, *, dpo_stage: bool = True
     print(f"[{time.time() - t0:4.0f}s] GRPO ({grpo_steps} steps, RM reward): reward per step "
           + ", ".join(f"{r['reward']:.3f}" for r in steps) + f"; greedy reply {reply[:60]!r}", flush=True)
 
+    # GRPO learns: the same two prompts at every step and a verifiable reward (fewer words is better), so the
+    # per-step reward is a learning curve; the mean of its last third must exceed that of its first third
+    learn_steps = 6 if quick else 10
+    run_online(from_dict(OnlineConfig, {
+        "algorithm": "grpo", "model": str(base), "output_dir": str(out / "grpo_learn"), "use_lora": True,
+        "lora": lora, "group_size": 8, "max_new_tokens": 32, "rewards": [{"source": "python:fewer_words"}],
+        "loop": {"learning_rate": 1e-3, "batch_size": 2, "max_steps": learn_steps, "seed": seed, "log_every": 1,
+                 "progress": False}}), prompts=LEARN_PROMPTS, reward_objects=[fewer_words])
+    curve = [r["reward"] for r in RunDir(out / "grpo_learn").read_metrics() if "reward" in r]
+    third = max(2, len(curve) // 3)
+    grpo_gain = sum(curve[-third:]) / third - sum(curve[:third]) / third
+    print(f"[{time.time() - t0:4.0f}s] GRPO learning a verifiable reward (-words/10, {learn_steps} steps on 2 fixed "
+          "prompts): " + ", ".join(f"{r:.2f}" for r in curve) + f"; last third minus first third {grpo_gain:+.3f}",
+          flush=True)
+
     # eval (judge: the reward model) and the report
     eval_cfg = {"title": "SmolLM2-135M-Instruct: base vs DPO (LoRA) vs best-of-4", "prompts": prompts,
                 "models": [{"name": "base", "path": str(base)}]
@@ -242,7 +268,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, *, dpo_stage: bool = True
           + f"; report {report}", flush=True)
     figures = {"dpo_margin": margin, "rm_acc": rm_eval["accuracy"], "rm_n": rm_eval["n"],
                "bon_argmax": agree / len(prompts), "grpo_ok": int(grpo_ok),
-               "grpo_reward_first": steps[0]["reward"], "grpo_reward_last": steps[-1]["reward"],
+               "grpo_reward_first": steps[0]["reward"], "grpo_reward_last": steps[-1]["reward"], "grpo_gain": grpo_gain,
                **{f"reward_{k}": v for k, v in rewards.items()},
                "seconds": time.time() - t0}
     print("RESULT " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()),
@@ -263,7 +289,7 @@ def main() -> None:
         shutil.rmtree(out)
     figures = run(out, quick=args.quick, seed=args.seed, dpo_stage=not args.no_dpo, rm_epochs=args.rm_epochs)
     ok = ((args.no_dpo or figures["dpo_margin"] > 0) and figures["rm_acc"] > 0.5 and figures["bon_argmax"] == 1.0
-          and figures["grpo_ok"] == 1)
+          and figures["grpo_ok"] == 1 and figures["grpo_gain"] > 0)
     sys.exit(0 if ok else 1)
 
 

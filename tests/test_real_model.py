@@ -31,4 +31,5 @@ def test_real_model_end_to_end(tmp_path):
     assert figures["rm_acc"] > 0.5 + 2 * (0.25 / figures["rm_n"]) ** 0.5  # above chance, beyond noise
     assert figures["bon_argmax"] == 1.0  # best-of-N picked the reward model's templated argmax every time
     assert figures["grpo_ok"] == 1  # GRPO with the reward model logged finite figures and its model decodes
+    assert figures["grpo_gain"] > 0  # GRPO on fixed prompts raised a verifiable reward
     assert (tmp_path / "real" / "report" / "index.html").exists()
