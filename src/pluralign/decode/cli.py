@@ -174,8 +174,8 @@ def run(args: argparse.Namespace) -> int:
     for req, row in zip(requests, result.rows(), strict=True):
         rows.append({**{k: v for k, v in req.items() if k != "prompt"}, "prompt": req["prompt"], **row})
     atomic_write_jsonl(args.out, rows)
-    util = result.utility.mean().item() if result.utility is not None else float("nan")
-    print(f"decoded {len(rows)} prompts with {args.method}: mean utility {util:.4f}, "
+    util = f"mean utility {result.utility.mean().item():.4f}" if result.utility is not None else "no reward given"
+    print(f"decoded {len(rows)} prompts with {args.method}: {util}, "
           f"{result.compute.forward} forward passes, {result.compute.tokens} tokens, "
           f"{result.reward_compute.forward} reward evaluations -> {args.out}")
     return 0
