@@ -17,6 +17,8 @@ scheme               the model sees
                      MAH-DPO; see `pluralign.models.multihead`
 ``soup``             (model level) one model per objective, parameters interpolated by the request's
                      weights: rewarded soups (Ramé et al., NeurIPS 2023); see `pluralign.models.soup`
+``joint_soup``       (training only) a soup whose members train in one run, mixed by weights drawn at
+                     every step (CLP, Wang et al. 2024); saved as a ``soup``; `pluralign.models.joint_soup`
 ``persona_message``  the user's or group's preferences stated before the prompt (Janus); `personal.janus`
 ``control_tokens``   k learned virtual tokens per user or group before the prompt, only their embeddings
                      trained (MEET-style, prompt tuning); see `pluralign.conditioning.control_tokens`
@@ -232,6 +234,13 @@ class Scheme:
     def save(self, model_dir: str | Path) -> None:
         """Write the scheme's own weights next to a saved model (beside ``conditioning.json``)."""
 
+    def before_step(self, step: int) -> None:
+        """Called before each optimizer step (a jointly trained soup draws its mixing weights here)."""
+
+    def wrap_step(self, step: Any, *, training: bool) -> Any:
+        """The training or evaluation step as the scheme runs it (default: unchanged)."""
+        return step
+
     def vocabulary(self) -> list[str]:
         """Example statements, so a word-level tokenizer can learn their words (`ensure_vocabulary`)."""
         return []
@@ -245,6 +254,7 @@ class Scheme:
 
 # Model-level and personal schemes register themselves in their own modules, imported on first lookup.
 _SCHEMES = Registry("conditioning scheme", modules=("pluralign.models.multihead", "pluralign.models.soup",
+                                                    "pluralign.models.joint_soup",
                                                     "pluralign.personal.conditioned", "pluralign.personal.janus",
                                                     "pluralign.conditioning.control_tokens"))
 

@@ -107,6 +107,9 @@ def check_coverage(records: Sequence[Any], cfg: ObjectivesConfig, where: str = "
                           "meta.weights, which only the weighted combiner reads")
     for i in stated:
         conditioning.weights_of(records[i].meta["weights"], cfg.names, f"training {where}, record {i + 1}: meta.weights")
+    if cfg.conditioning == "joint_soup" and cfg.combine != "weighted":
+        raise ConfigError(f"objectives.combine={cfg.combine}: a joint soup weighs each step's per-objective losses by "
+                          "the weights it draws for that step, which only the weighted combiner reads")
     if cfg.conditioning == "heads" and any(getattr(r, "objective", None) is None for r in records):
         raise ConfigError("objectives.conditioning=heads (MAH-DPO) trains head k on objective k's pairs: every "
                           "pair needs an `objective` (use rated_pairs=per_objective)")

@@ -32,7 +32,7 @@ from pluralign.data.convert import convert
 from pluralign.data.io import read_records
 from pluralign.data.records import Binary
 from pluralign.errors import ConfigError
-from pluralign.models.load import is_peft_model
+from pluralign.models.load import is_peft_model, save_model
 from pluralign.models.logprobs import sequence_logps
 from pluralign.personal.conditioned import PersonalConfig, Personalization
 from pluralign.train.loop import LoopConfig, train
@@ -286,6 +286,8 @@ def run(config: PreferenceConfig) -> RecipeResult:
     step = make_step(kind, loss, config.loss_params, live, shift, update_shift=True, **objective_step)
     eval_step = make_step(kind, loss, config.loss_params, live, shift, update_shift=False, **objective_step)
     step, eval_step = personal.wrap(step, training=True), personal.wrap(eval_step, training=False)
+    if scheme is not None:
+        step, eval_step = scheme.wrap_step(step, training=True), scheme.wrap_step(eval_step, training=False)
     train_values = _prefixed(train_ref, "ref_") | personal.per_example([it.record for it in train_items])
     eval_values = _prefixed(eval_ref, "ref_") | personal.per_example([it.record for it in eval_items or []])
     if multi is not None and multi.margin_reward:
@@ -301,10 +303,16 @@ def run(config: PreferenceConfig) -> RecipeResult:
         train_items = [train_items[i] for i in mo.informative([it.record for it in train_items], multi)]
     result = train(model, train_items, Collate(collator, train_values), step, config.loop, out,
                    eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_values),
-                   stateful=({"reward_shift": shift} if shift else {}) | personal.state, run_config=config)
+                   stateful=({"reward_shift": shift} if shift else {}) | personal.state, run_config=config,
+                   prepare_step=(lambda step, _: scheme.before_step(step)) if scheme is not None else None)
     personal.detach(model)
     if scheme is not None:
         scheme.detach(model)
+    if scheme is not None and scheme.name == "joint_soup":  # K members, then the soup that interpolates them
+        if distributed.is_main_process:
+            scheme.save_members(model, out, lambda m, d: save_model(m, tokenizer, d, merge_lora=config.merge_lora))
+        distributed.wait_for_everyone()
+        return RecipeResult(out / "model", out, result)
     saved = save_policy(model, tokenizer, config, out, result, extra_files=conditioning.save_state(scheme))
     if distributed.is_main_process:
         personal.save(saved.model_dir)

@@ -7,7 +7,8 @@ as recipes with typed configs (the methods themselves are in `pluralign.train.st
 - ``soup``: rewarded soups (Ramé et al., NeurIPS 2023): one preference run per objective of
   ``objectives.names`` on that objective's pairs (rated records: the signed pairs with that objective's
   one-hot weight, so the members share one reference pass), every member with the same settings, then a
-  soup directory whose weights are interpolated per request.
+  soup directory whose weights are interpolated per request. With ``joint: true`` the members train
+  together in one run instead (`pluralign.models.joint_soup`: each step mixes them by a drawn weight).
 - ``map``: a MAP palette (Wang et al., ICLR 2025) at training time: λ* solving the palette's targets on
   rated samples of the base policy (``data``), pairs ordered by λ*ᵀr, then the configured preference loss.
 """
@@ -102,6 +103,13 @@ class SoupConfig(PreferenceConfig):
     """The preference recipe's settings, applied to every member; ``objectives.names`` lists the soup's
     objectives (one member each)."""
 
+    joint: bool = option(False, help="Train the members together in one run (rated records become signed pairs): each step mixes them by weights drawn on the simplex and trains the mix on the losses those weights scalarise (objectives.conditioning=joint_soup; CLP, Wang et al. 2024). loop.max_steps is then the whole run's.")
+
+
+def _preference(config: PreferenceConfig, **changes: Any) -> PreferenceConfig:
+    """The preference recipe's part of a derived config (a `SoupConfig`), with `changes`."""
+    return PreferenceConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(PreferenceConfig)} | changes)
+
 
 def run_soup(config: SoupConfig) -> RecipeResult:
     from pluralign.data.io import read_records, write_records
@@ -113,6 +121,9 @@ def run_soup(config: SoupConfig) -> RecipeResult:
         raise ConfigError(f"'objectives.names': a soup needs at least two objectives, got {names}")
     _need(config.data, "data", "rated records, or pairs carrying an `objective`")
     out = Path(config.output_dir)
+    if config.joint:
+        joint = dataclasses.replace(config.objectives, rated_pairs="signed", conditioning="joint_soup")
+        return run_preference(_preference(config, objectives=joint))
     pairs = load_data(config.data, KINDS["pairwise"], config.skip_invalid,
                       ObjectivesConfig(names=list(names), rated_pairs="per_objective"))
     rated = all(isinstance(r, Rated) for path in config.data for r in read_records(path, skip_invalid=config.skip_invalid))
@@ -133,8 +144,7 @@ def run_soup(config: SoupConfig) -> RecipeResult:
             data = write_records(out / "members" / f"{name}.jsonl", mine)
             member = dataclasses.replace(config, data=[str(data)], output_dir=str(out / "members" / name),
                                          objectives=ObjectivesConfig(), **shared)
-        members.append(run_preference(PreferenceConfig(**{f.name: getattr(member, f.name)
-                                                           for f in dataclasses.fields(PreferenceConfig)})))
+        members.append(run_preference(_preference(member)))
     soup = save_soup([m.model_dir for m in members], names, out / "model")
     return RecipeResult(model_dir=soup, run_dir=out, train=members[-1].train)
 

@@ -1,0 +1,167 @@
+"""A rewarded soup trained in one run (`objectives.conditioning: joint_soup`, pluralign.models.joint_soup):
+the weight draws, the members' gradients by hand, the exactness of the saved soup (LoRA's shared A), and the
+preference recipe end to end: a soup directory that steers, exact resume, bad settings exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import CHAT_TEMPLATE, CHAT_WORDS
+
+from pluralign import conditioning
+from pluralign.cli import main
+from pluralign.errors import ConfigError
+from pluralign.models.joint_soup import JointSoup, draw_weights
+from pluralign.models.tiny import tiny_llama, word_tokenizer
+
+OBJ = ["informativeness", "conciseness"]
+ANSWERS = ["the cat", "the big red cat sat on the mat", "yes", "the dog ran under the rug", "no", "hello world"]
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("chat_model")
+    tok = word_tokenizer(CHAT_WORDS, chat_template=CHAT_TEMPLATE)
+    tiny_llama(len(tok), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rated(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "rated.jsonl"
+    rows = []
+    for q in ("what is the cat", "why is the dog sad"):
+        for a in ANSWERS:
+            n = len(a.split())
+            rows.append({"prompt": [{"role": "user", "content": q}], "response": a,
+                         "ratings": {"informativeness": min(n, 4) / 4, "conciseness": 1 - n / 10}})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_draws_depend_on_seed_and_step_only():
+    kw = dict(seed=3, alpha=1.0, vertex_prob=0.25)
+    assert torch.equal(draw_weights(3, 7, **kw), draw_weights(3, 7, **kw))
+    draws = torch.stack([draw_weights(3, s, **kw) for s in range(400)])
+    assert torch.allclose(draws.sum(1), torch.ones(400)) and bool((draws >= 0).all())
+    vertices = (draws == 1).any(1).float().mean().item()
+    assert 0.18 < vertices < 0.32  # a quarter of the steps at a single objective
+    assert not torch.equal(draws[0], draws[1])
+    assert all((draw_weights(3, s, seed=0, alpha=1.0, vertex_prob=1.0) == 1).sum() == 1 for s in range(20))
+    assert all((draw_weights(3, s, seed=0, alpha=1.0, vertex_prob=0.0) > 0).all() for s in range(20))
+
+
+def test_member_gradients_are_their_weight_times_the_mixed_gradient():
+    # W_0 = [1, 2], W_1 = [3, 4], λ = (1/4, 3/4): W = [2.5, 3.5]; x = [1, -1]: y = -1, L = y² = 1,
+    # dL/dW = 2y·x = [-2, 2], so dL/dW_0 = [-0.5, 0.5] and dL/dW_1 = [-1.5, 1.5].
+    layer = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    scheme = JointSoup(["a", "b"])
+    scheme.install(layer)
+    members = layer.parametrizations.weight
+    with torch.no_grad():
+        members[0].extra.copy_(torch.tensor([[[3.0, 4.0]]]))
+    with scheme.mixing(torch.tensor([0.25, 0.75])):
+        y = layer(torch.tensor([1.0, -1.0]))
+        (y ** 2).sum().backward()
+    assert y.item() == pytest.approx(-1.0)
+    assert torch.allclose(members.original.grad, torch.tensor([[-0.5, 0.5]]))
+    assert torch.allclose(members[0].extra.grad, torch.tensor([[[-1.5, 1.5]]]))
+
+
+def test_lora_members_share_a_so_the_saved_soup_is_the_trained_mix(tmp_path, chat_model):
+    """Interpolating the members' merged weights at λ gives exactly the model trained at λ: B is held per
+    objective, A is shared, so the mixed update Σ λ_k B_k A is what the soup of merged members computes."""
+    from peft import LoraConfig, get_peft_model
+
+    from pluralign.decode.steer import load_policy
+    from pluralign.models.load import load_model, load_tokenizer, save_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_model(str(chat_model)), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    tok = load_tokenizer(str(chat_model))
+    scheme = JointSoup(OBJ)
+    scheme.install(model)
+    assert not any("lora_A" in n and "parametrizations" in n for n, _ in model.named_parameters())
+    with torch.no_grad():  # members that differ: random B per member, a random shared A
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(0.3 * torch.randn_like(p))
+    ids = torch.tensor([[3, 5, 7, 9, 11]])
+    lam = torch.tensor([0.3, 0.7])
+    with torch.no_grad(), scheme.mixing(lam):
+        trained = model(input_ids=ids).logits
+    scheme.detach(model)
+    soup = scheme.save_members(model, tmp_path, lambda m, d: save_model(m, tok, d, merge_lora=True))
+    served, _ = load_policy(soup)
+    with torch.no_grad(), served.pluralign_conditioning.steer(served, conditioning.Condition(weights=(0.3, 0.7))):
+        interpolated = served(input_ids=ids).logits
+    torch.testing.assert_close(interpolated, trained, atol=1e-5, rtol=1e-5)
+    with torch.no_grad(), scheme.mixing(torch.tensor([1.0, 0.0])):
+        assert not torch.allclose(served(input_ids=ids).logits, trained, atol=1e-3)  # the check can fail
+
+
+def _train(tmp_path, chat_model, rated, out, steps, extra=()):
+    return main(["train", "dpo", f"model={chat_model}", f"data=[{rated}]", f"output_dir={tmp_path / out}",
+                 "objectives.names=[informativeness,conciseness]", "objectives.rated_pairs=signed",
+                 "objectives.conditioning=joint_soup", "gradient_checkpointing=false", "loop.batch_size=4",
+                 "loop.progress=false", "loop.learning_rate=1e-2", "loop.scheduler=constant", "loop.warmup_ratio=0",
+                 "loop.save_every=100", f"loop.max_steps={steps}", *extra])
+
+
+def test_recipe_saves_a_soup_that_steers_and_resumes_exactly(tmp_path, chat_model, rated):
+    from pluralign.decode.api import Controls, decode
+    from pluralign.decode.steer import load_policy
+    from pluralign.models.soup import member_state
+
+    assert _train(tmp_path, chat_model, rated, "straight", 6, [f"eval_data=[{rated}]"]) == 0
+    soup_dir = tmp_path / "straight" / "model"
+    state = json.loads((soup_dir / "conditioning.json").read_text())
+    assert state["scheme"] == "soup" and len(state["params"]["members"]) == 2
+    a, b = (member_state(tmp_path / "straight" / "members" / n) for n in OBJ)
+    base = member_state(chat_model)
+    trained = [k for k in a if torch.is_floating_point(a[k]) and not torch.equal(a[k], base[k])]
+    assert trained and any(not torch.equal(a[k], b[k]) for k in trained)  # the members moved, apart
+    model, tok = load_policy(soup_dir)
+    out = decode("sample", model, tok, [[{"role": "user", "content": "what is the cat"}]] * 2,
+                 controls=[Controls(weights=[1, 0], temperature=0, max_new_tokens=4),
+                           Controls(weights=[0, 1], temperature=0, max_new_tokens=4)])
+    assert len(out.texts) == 2
+    metrics = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert any(k.startswith("eval/") for row in metrics for k in row)  # evaluated, at uniform weights
+
+    # killed after 3 steps and run again: the same members as the uninterrupted run (draws follow the step)
+    assert _train(tmp_path, chat_model, rated, "resumed", 3) == 0
+    assert _train(tmp_path, chat_model, rated, "resumed", 6) == 0
+    for n in OBJ:
+        x, y = member_state(tmp_path / "straight" / "members" / n), member_state(tmp_path / "resumed" / "members" / n)
+        for k in x:
+            torch.testing.assert_close(x[k], y[k], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["objectives.names=[informativeness]"], "at least two objectives"),
+    (["objectives.names=[informativeness,conciseness]", "objectives.conditioning_params={alpha: 0}"], "alpha > 0"),
+    (["objectives.names=[informativeness,conciseness]", "objectives.conditioning_params={vertex_prob: 2}"], "vertex_prob"),
+    (["objectives.names=[informativeness,conciseness]", "objectives.combine=raco"], "only the weighted combiner"),
+])
+def test_bad_joint_soup_settings_exit_2(tmp_path, chat_model, rated, capsys, args, message):
+    code = main(["train", "dpo", f"model={chat_model}", f"data=[{rated}]", f"output_dir={tmp_path / 'x'}",
+                 "objectives.rated_pairs=signed", "objectives.conditioning=joint_soup", "loop.max_steps=1", *args])
+    assert code == 2 and message in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="at least two objectives"):
+        JointSoup(["a"])
+
+
+def test_train_soup_joint_is_the_joint_soup_recipe(tmp_path, chat_model, rated):
+    out = tmp_path / "soup"
+    assert main(["train", "soup", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}", "joint=true",
+                 "objectives.names=[informativeness,conciseness]", "gradient_checkpointing=false", "loop.max_steps=2",
+                 "loop.batch_size=4", "loop.progress=false"]) == 0
+    state = json.loads((out / "model" / "conditioning.json").read_text())
+    assert state["scheme"] == "soup" and sorted(p.name for p in (out / "members").iterdir()) == sorted(OBJ)
+    assert (out / "metrics.jsonl").is_file()  # one run, in the soup's run directory (separate members have their own)
