@@ -30,7 +30,12 @@ against linear-scalarised DPO trained once per weight.
      (--methods …,wcdpo), wcdpo: weight-conditioned DPO, the sweep's signed pairs each stating weights drawn
      from the 1/4 grid in its prompt and scalarised by them (`meta.weights`), one run across the simplex;
      mod (with soups): the soup's experts combined per request by MOD's logit fusion (reverse KL, Shi et al.
-     2024: exact for DPO-optimal experts of one reference) instead of averaging their weights.
+     2024: exact for DPO-optimal experts of one reference) instead of averaging their weights;
+     jsoup: the soup's members trained together in one run (`objectives.conditioning: joint_soup`, CLP's
+     parameter-space conditioning): at each step the model runs with the members mixed by a weight vector
+     drawn on the simplex (a vertex a quarter of the time, else uniform) and trains on the signed pairs
+     scalarised by it; 0.22 of the sweep's steps, all its models together (--jsoup-frac), learning rate
+     1e-3 (--jsoup-lr).
 3. Each model (and each weight of a steerable one) is sampled on fixed evaluation prompts; a point is the
    mean gold attributes of its samples, with 95% bootstrap CIs over prompts. A method's hypervolume is
    that of its points against the reference point (the low end of each attribute's range: 0 for
@@ -100,6 +105,18 @@ mod, same seed and experts: 0.360 against the weight-averaged soup's 0.376 (0.86
 formality expert is the bottleneck either way, and logit fusion keeps even less of it at the mixed weights
 (formality 0.01 at (1/2, 0, 1/2) against the soup's 0.07 and the sweep's 0.31).
 
+jsoup, measured 2026-12-06 on another machine than the figures below (seed 2's three-objective sweep: 0.419 for
+these, 0.451 for those; the same code, other float rounding): settings picked on seed 2 (three objectives, HV / sweep at the cost
+ratio): learning rate 1e-3 of {5e-4, 1e-3} (0.98 against 1.11 at 0.25 of the sweep's steps); vertex_prob 0.25 of
+{0.25, 0.5} (0.5: 0.97 / 0.99 at 5e-4 / 1e-3); Dirichlet alpha 1 of {0.5, 1} (0.5: 0.91 at 5e-4); 0.22 of the
+sweep's steps of {0.2, 0.22, 0.25} (1.04 / 1.10 / 1.11; 0.25 cost 0.34-0.35 of the sweep with jsoup's own
+reference pass). Seeds 0 / 1 / 3, in processes with linear and soups: two objectives 0.98 [0.92, 1.06] / 0.87
+[0.75, 0.97] / 1.16 [1.10, 1.24] at 0.28 / 0.21 / 0.26; three 1.20 [1.14, 1.31] / 0.98 [0.90, 1.09] / 1.05
+[0.96, 1.12] at 0.26 / 0.29 / 0.30 (seed 2: 1.02 and 1.10). The separately trained soups in those runs: 0.91 /
+1.05 / 0.98 and 0.91 / 0.90 / 0.93. The full runs there (methods linear,linshort,raco,racoub,pama,racoeq,soups,
+jsoup; jsoup at 0.25 of the steps): racoub minus the sweep -0.021 / +0.026 / +0.009 and -0.009 / -0.000 /
+-0.006 (seed 2: -0.013 / -0.005), racoeq -0.033 / -0.006 / +0.004 and -0.057 / -0.031 / -0.041.
+
 Measured 2026-12-05 (full mode, methods linear,linshort,raco,racoub,pama,racoeq,soups; 370 CPU-s a seed,
 load 2): soups / sweep hypervolume (paired-bootstrap 95% CI) at the cost ratio, seeds 0 / 1 / 3:
 2 objectives 1.21 [1.08, 1.32] / 1.01 [0.93, 1.07] / 1.00 [0.93, 1.08] at 0.29 / 0.28 / 0.28;
@@ -140,7 +157,7 @@ from pathlib import Path
 import numpy as np
 
 CASES = {"2obj": ["informativeness", "conciseness"], "3obj": ["informativeness", "conciseness", "formality"]}
-SINGLE_RUN = ("mahdpo", "soups", "mod", "ric", "dpa", "wcdpo")
+SINGLE_RUN = ("mahdpo", "soups", "jsoup", "mod", "ric", "dpa", "wcdpo")
 
 
 def grid(k: int, quick: bool) -> list[tuple[float, ...]]:
@@ -338,6 +355,16 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
         if i == 0 and "mod" in methods:  # the same experts, combined per request by MOD instead of averaging weights
             record("mod", [members[0]], [[{"weights": list(w)} for w in weights]], clock, k, {"steps": steps},
                    fused=members[1:])
+    if "jsoup" in methods:
+        # The soup's members trained together: each step mixes them by a drawn weight and trains the mix on
+        # the signed pairs scalarised by that weight (`objectives.conditioning: joint_soup`), one run.
+        clock = Clock()
+        with clock:
+            steps = max(1, round(a.jsoup_frac * len(weights) * a.steps))
+            d = train_pref("jsoup", steps=steps, lr=a.jsoup_lr, data=[str(out / "rated.jsonl")],
+                           objectives=signed | {"conditioning": "joint_soup",
+                                                "conditioning_params": {"seed": a.seed} | json.loads(a.jsoup_params)})
+        record_steered("jsoup", d, clock, 1, {"steps": steps})
     if "wcdpo" in methods:
         # One model across the simplex: every signed pair states weights drawn from the 1/4 grid in a system
         # message, and its per-objective losses are scalarised by them (the sweep's loss, one w per pair).
@@ -454,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer prompts, steps and samples (~3 min of CPU)")
     p.add_argument("--cases", default="2obj,3obj")
-    p.add_argument("--methods", default="linear,raco,racoub,pama,racoeq,linshort,modpo,map,mahdpo,soups,ric,dpa")
+    p.add_argument("--methods", default="linear,raco,racoub,pama,racoeq,linshort,modpo,map,mahdpo,soups,jsoup,ric,dpa")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=5e-4, help="learning rate of the preference runs (the sweep's)")
     p.add_argument("--expert-lr", type=float, default=None, help="soup experts' learning rate (default: --lr)")
@@ -476,6 +503,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--wc-lr", type=float, default=None, help="wcdpo's learning rate (default: --lr)")
     p.add_argument("--wc-copies", type=int, default=1, help="wcdpo: each signed pair this many times, each with "
                    "its own drawn weights")
+    p.add_argument("--jsoup-frac", type=float, default=0.22, help="jsoup's steps as a fraction of the sweep's steps, "
+                   "all its models together (0.22 of {0.2, 0.22, 0.25} on seed 2: 0.25 cost 0.34-0.35 of the sweep there, "
+                   "with its own reference pass)")
+    p.add_argument("--jsoup-lr", type=float, default=1e-3, help="jsoup's learning rate (1e-3 of {5e-4, 1e-3} on seed 2)")
+    p.add_argument("--jsoup-params", default="{}", help="joint_soup conditioning parameters as JSON (alpha, vertex_prob)")
     p.add_argument("--out", default="runs/pareto_training")
     a = p.parse_args(argv)
     a.prompts, a.steps, a.sft_steps, a.batch_size = (64, 30, 60, 16) if a.quick else (160, 80, 150, 16)
