@@ -10,14 +10,17 @@
    response is a helpful, on-topic answer, the rejected one a dismissive or off-topic reply (held-out
    pairs use topics never seen in training);
 3. DPO with LoRA, then a Bradley–Terry reward model (LoRA on the same backbone), then best-of-N with the
-   reward model over chat prompts, then online GRPO (LoRA) rewarded by that reward model, then
-   `pluralign eval` (judge: the reward model) and the HTML report.
+   reward model over chat prompts, then online GRPO (LoRA) rewarded by that reward model, then a joint
+   soup (LoRA) over two conflicting objectives steered per request, then `pluralign eval` (judge: the
+   reward model) and the HTML report.
 
 It checks what a user would: the held-out implicit reward margin rises, the reward model is above chance
 (and reports its held-out accuracy), and best-of-N's choices are the reward model's argmax over the
 candidates scored under the chat-templated conversation, and GRPO logs a finite reward at every step and
 saves a model that decodes; then GRPO on two fixed prompts with a verifiable reward (fewer words) raises that
-reward (`grpo_gain`: the mean of the last third of the steps minus that of the first third, > 0). Ends with a
+reward (`grpo_gain`: the mean of the last third of the steps minus that of the first third, > 0); the joint
+soup's members differ and, on held-out topics, steering it to brevity raises log p(one-line reply) − log
+p(detailed reply) over steering it to detail (`soup_steer_gap` > 0, `soup_ok`). Ends with a
 `RESULT key=value ...` line.
 """
 
@@ -132,6 +135,35 @@ def preference_set(topics: tuple[str, ...], seed: int) -> list[dict]:
                          "chosen": rng.choice(HELPFUL).format(t=t), "rejected": rng.choice(UNHELPFUL).format(t=t)})
     rng.shuffle(rows)
     return rows
+
+
+def rated_set(topics: tuple[str, ...]) -> list[dict]:
+    """Rated rows for two conflicting objectives of chat replies: `detail` (how many pieces of advice) and
+    `brevity` (1 - words/60); per topic a one-line, a short, a detailed and an off-topic reply."""
+    rows = []
+    for t in topics:
+        replies = (f"Be consistent with {t}.", f"For {t}, start small and be consistent. Track your progress each week.",
+                   f"For {t}, set one clear goal. Build a routine you can repeat every day. Track your progress each "
+                   f"week and change what does not work. Ask someone experienced for feedback.",
+                   "I don't know, maybe search online or ask someone else about it later.")
+        for i, r in enumerate(replies):
+            rows.append({"prompt": [{"role": "user", "content": ASKS[1].format(t=t)}], "response": r,
+                         "ratings": {"detail": float(r.count(".")) if i < 3 else 0.0, "brevity": 1 - len(r.split()) / 60}})
+    return rows
+
+
+def response_logp(model, tokenizer, prompt, response: str) -> float:
+    """log p(response | prompt) under the model, the prompt rendered by the tokenizer's chat template."""
+    import torch
+
+    from pluralign.data.prompts import render_pair
+
+    prompt_text, reply_text, _ = render_pair(tokenizer, prompt, response)
+    p_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(reply_text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([p_ids + r_ids])).logits[0, len(p_ids) - 1:-1].float()
+    return float(torch.log_softmax(logits, -1).gather(-1, torch.tensor(r_ids)[:, None]).sum())
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -251,6 +283,37 @@ def run(out: Path, quick: bool = False, seed: int = 0, *, dpo_stage: bool = True
           "prompts): " + ", ".join(f"{r:.2f}" for r in curve) + f"; last third minus first third {grpo_gain:+.3f}",
           flush=True)
 
+    # many objectives: a joint soup (LoRA members, trained together) over two conflicting objectives,
+    # steered per request; its members must differ, and on held-out topics the soup steered to brevity
+    # must prefer the one-line reply to the detailed one by more than the soup steered to detail does
+    from pluralign.conditioning import Condition
+    from pluralign.models.soup import member_state
+    from pluralign.train.recipes.steerable import SoupConfig, run_soup
+
+    rated = write_jsonl(out / "data" / "rated.jsonl", rated_set(train_topics))
+    soup = run_soup(from_dict(SoupConfig, {
+        "model": str(base), "data": [str(rated)], "output_dir": str(out / "jsoup"), "joint": True, "use_lora": True,
+        "lora": lora, "max_length": 128, "objectives": {"names": ["detail", "brevity"]},
+        "loop": {"learning_rate": 1e-3, "batch_size": 8, "max_steps": 4 if quick else 8, "seed": seed, "progress": False}}))
+    a, b = (member_state(out / "jsoup" / "members" / n) for n in ("detail", "brevity"))
+    members_differ = any(not torch.equal(a[k], b[k]) for k in a)
+    soup_model, soup_tok = load_policy(soup.model_dir)
+    held_out = rated_set(TEST_TOPICS[:4])
+    prefer_brief = {}  # mean log p(one-line reply) - log p(detailed reply), per steering
+    for w in ((1.0, 0.0), (0.0, 1.0)):
+        with soup_model.pluralign_conditioning.steer(soup_model, Condition(weights=w)):
+            gaps = [response_logp(soup_model, soup_tok, held_out[i]["prompt"], held_out[i]["response"])
+                    - response_logp(soup_model, soup_tok, held_out[i + 2]["prompt"], held_out[i + 2]["response"])
+                    for i in range(0, len(held_out), 4)]
+        prefer_brief[w] = sum(gaps) / len(gaps)
+    steer_gap = prefer_brief[(0.0, 1.0)] - prefer_brief[(1.0, 0.0)]
+    reply = decode("sample", soup_model, soup_tok, prompts[:1],
+                   controls=Controls(weights=[0.5, 0.5], temperature=0.0, max_new_tokens=16)).texts[0]
+    soup_ok = int(members_differ and steer_gap > 0 and bool(reply.strip()))
+    print(f"[{time.time() - t0:4.0f}s] joint soup (detail vs brevity): members differ {members_differ}; held-out "
+          f"log p(one-line) - log p(detailed): {prefer_brief[(1.0, 0.0)]:.3f} steered to detail, "
+          f"{prefer_brief[(0.0, 1.0)]:.3f} to brevity (gap {steer_gap:+.3f}); reply at (1/2, 1/2) {reply[:50]!r}", flush=True)
+
     # eval (judge: the reward model) and the report
     eval_cfg = {"title": "SmolLM2-135M-Instruct: base vs DPO (LoRA) vs best-of-4", "prompts": prompts,
                 "models": [{"name": "base", "path": str(base)}]
@@ -269,6 +332,7 @@ def run(out: Path, quick: bool = False, seed: int = 0, *, dpo_stage: bool = True
     figures = {"dpo_margin": margin, "rm_acc": rm_eval["accuracy"], "rm_n": rm_eval["n"],
                "bon_argmax": agree / len(prompts), "grpo_ok": int(grpo_ok),
                "grpo_reward_first": steps[0]["reward"], "grpo_reward_last": steps[-1]["reward"], "grpo_gain": grpo_gain,
+               "soup_ok": soup_ok, "soup_steer_gap": steer_gap,
                **{f"reward_{k}": v for k, v in rewards.items()},
                "seconds": time.time() - t0}
     print("RESULT " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()),
@@ -289,7 +353,7 @@ def main() -> None:
         shutil.rmtree(out)
     figures = run(out, quick=args.quick, seed=args.seed, dpo_stage=not args.no_dpo, rm_epochs=args.rm_epochs)
     ok = ((args.no_dpo or figures["dpo_margin"] > 0) and figures["rm_acc"] > 0.5 and figures["bon_argmax"] == 1.0
-          and figures["grpo_ok"] == 1 and figures["grpo_gain"] > 0)
+          and figures["grpo_ok"] == 1 and figures["grpo_gain"] > 0 and figures["soup_ok"] == 1)
     sys.exit(0 if ok else 1)
 
 

@@ -32,4 +32,5 @@ def test_real_model_end_to_end(tmp_path):
     assert figures["bon_argmax"] == 1.0  # best-of-N picked the reward model's templated argmax every time
     assert figures["grpo_ok"] == 1  # GRPO with the reward model logged finite figures and its model decodes
     assert figures["grpo_gain"] > 0  # GRPO on fixed prompts raised a verifiable reward
+    assert figures["soup_ok"] == 1  # a joint soup trained on the real model and steers by weights
     assert (tmp_path / "real" / "report" / "index.html").exists()
