@@ -165,3 +165,37 @@ def test_train_soup_joint_is_the_joint_soup_recipe(tmp_path, chat_model, rated):
     state = json.loads((out / "model" / "conditioning.json").read_text())
     assert state["scheme"] == "soup" and sorted(p.name for p in (out / "members").iterdir()) == sorted(OBJ)
     assert (out / "metrics.jsonl").is_file()  # one run, in the soup's run directory (separate members have their own)
+
+
+def test_two_process_joint_soup_matches_one_process(tmp_path, chat_model, rated):
+    """Both processes draw the step's weights from (seed, step), so 2 processes x batch 2 train the same
+    members as one process x batch 4. Every pair prefers a response on both objectives (no ties): the
+    weighted combiner averages each objective over the pairs of a micro-batch that have it, so ties would
+    make 2 x 2 differ from 1 x 4 whatever the conditioning."""
+    import shutil
+
+    from test_ddp import ACCELERATE, launch
+
+    from pluralign.models.soup import member_state
+
+    if not ACCELERATE.exists() and not shutil.which("accelerate"):
+        pytest.skip("accelerate launcher not installed")
+    answers = ["yes", "the cat", "the red cat", "the dog ran under", "the dog ran under the rug", "the big red cat sat on the mat"]
+    rows = [{"prompt": [{"role": "user", "content": q}], "response": a,
+             "ratings": {"informativeness": len(a.split()) / 8, "conciseness": 1 - len(a.split()) / 10}}
+            for q in ("what is the cat", "why is the dog sad") for a in answers]
+    untied = tmp_path / "untied.jsonl"
+    untied.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {"model": str(chat_model), "data": [str(untied)], "gradient_checkpointing": False,
+              "objectives": {"names": OBJ, "rated_pairs": "signed", "conditioning": "joint_soup"},
+              "loop": {"learning_rate": 1e-2, "max_steps": 4, "progress": False, "scheduler": "constant", "warmup_ratio": 0.0}}
+    two = tmp_path / "two.yaml"
+    two.write_text(json.dumps(config | {"output_dir": str(tmp_path / "two"), "loop": config["loop"] | {"batch_size": 2}}))
+    launch("preference", str(two))
+    one = tmp_path / "one.yaml"
+    one.write_text(json.dumps(config | {"output_dir": str(tmp_path / "one"), "loop": config["loop"] | {"batch_size": 4}}))
+    assert main(["train", "dpo", "--config", str(one)]) == 0
+    for n in OBJ:
+        a, b = member_state(tmp_path / "one" / "members" / n), member_state(tmp_path / "two" / "members" / n)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
