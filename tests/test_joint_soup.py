@@ -169,9 +169,8 @@ def test_train_soup_joint_is_the_joint_soup_recipe(tmp_path, chat_model, rated):
 
 def test_two_process_joint_soup_matches_one_process(tmp_path, chat_model, rated):
     """Both processes draw the step's weights from (seed, step), so 2 processes x batch 2 train the same
-    members as one process x batch 4. Every pair prefers a response on both objectives (no ties): the
-    weighted combiner averages each objective over the pairs of a micro-batch that have it, so ties would
-    make 2 x 2 differ from 1 x 4 whatever the conditioning."""
+    members as one process x batch 4, on data with ties (pairs that prefer neither response on an objective):
+    each objective is averaged over the whole step's pairs that have it (`StepCounts`), not a micro-batch's."""
     import shutil
 
     from test_ddp import ACCELERATE, launch
@@ -180,13 +179,7 @@ def test_two_process_joint_soup_matches_one_process(tmp_path, chat_model, rated)
 
     if not ACCELERATE.exists() and not shutil.which("accelerate"):
         pytest.skip("accelerate launcher not installed")
-    answers = ["yes", "the cat", "the red cat", "the dog ran under", "the dog ran under the rug", "the big red cat sat on the mat"]
-    rows = [{"prompt": [{"role": "user", "content": q}], "response": a,
-             "ratings": {"informativeness": len(a.split()) / 8, "conciseness": 1 - len(a.split()) / 10}}
-            for q in ("what is the cat", "why is the dog sad") for a in answers]
-    untied = tmp_path / "untied.jsonl"
-    untied.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = {"model": str(chat_model), "data": [str(untied)], "gradient_checkpointing": False,
+    config = {"model": str(chat_model), "data": [str(rated)], "gradient_checkpointing": False,
               "objectives": {"names": OBJ, "rated_pairs": "signed", "conditioning": "joint_soup"},
               "loop": {"learning_rate": 1e-2, "max_steps": 4, "progress": False, "scheduler": "constant", "warmup_ratio": 0.0}}
     two = tmp_path / "two.yaml"
@@ -199,3 +192,23 @@ def test_two_process_joint_soup_matches_one_process(tmp_path, chat_model, rated)
         a, b = member_state(tmp_path / "one" / "members" / n), member_state(tmp_path / "two" / "members" / n)
         for k in a:
             torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("scheme", ["none", "joint_soup"])
+def test_gradient_accumulation_equals_one_batch_on_tied_pairs(tmp_path, chat_model, rated, scheme):
+    """Linear scalarisation and a joint soup: 2 micro-batches of 2 train as one batch of 4, although the
+    micro-batches hold different objectives' pairs (ties): the combiner divides by the step's counts."""
+    from pluralign.models.soup import member_state
+
+    def run(out, batch, accum):
+        assert main(["train", "dpo", f"model={chat_model}", f"data=[{rated}]", f"output_dir={tmp_path / out}",
+                     "objectives.names=[informativeness,conciseness]", "objectives.rated_pairs=signed",
+                     f"objectives.conditioning={scheme}", "gradient_checkpointing=false", f"loop.batch_size={batch}",
+                     f"loop.grad_accum={accum}", "loop.max_steps=4", "loop.progress=false", "loop.learning_rate=1e-2",
+                     "loop.scheduler=constant", "loop.warmup_ratio=0"]) == 0
+        where = tmp_path / out
+        return [member_state(where / "members" / n) for n in OBJ] if scheme == "joint_soup" else [member_state(where / "model")]
+
+    for a, b in zip(run("one", 4, 1), run("accum", 2, 2), strict=True):
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)

@@ -6,7 +6,8 @@ with a ``mask`` [B, K] of the (example, objective) cells that carry a preference
 is the surrogate to minimise, so the one loop (`pluralign.train.loop`) runs every method unchanged:
 
 - ``weighted``: Σ_k w_k L_k with L_k the mean loss over objective k's examples, the weights renormalised
-  over the objectives present in the batch: linear scalarisation, and with uniform weights MAH-DPO's
+  over the objectives present in the batch (the optimizer step's, across micro-batches and processes, when
+  the context has its counts): linear scalarisation, and with uniform weights MAH-DPO's
   uniform objective average (Zhou et al. 2025, multi-action-head DPO). Weights may be given per example
   ([B, K]: pairs stating their own ``meta.weights``, a weight-conditioned model's training data): then
   each example's loss is scalarised by its own weights.
@@ -47,10 +48,15 @@ from pluralign.registry import Registry
 @dataclass
 class Context:
     """What gradient-based combiners may need: the trainable parameters and the policy's chosen log-probs
-    (the anchor every objective's loss depends on)."""
+    (the anchor every objective's loss depends on). ``counts`` [K] and ``total``: each objective's examples
+    and all examples of the whole optimizer step (every micro-batch, every process), when known, so that
+    the weighted combiner averages over the step, not over one micro-batch (`pluralign.train.recipes.
+    multiobjective.StepCounts`)."""
 
     params: Sequence[torch.nn.Parameter] = field(default_factory=list)
     anchor: Tensor | None = None
+    counts: Tensor | None = None
+    total: int | None = None
 
 
 Combiner = Callable[..., tuple[Tensor, dict[str, Tensor]]]
@@ -67,12 +73,15 @@ def objective_means(losses: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return (losses * m).sum(0) / counts.clamp(min=1), counts > 0
 
 
-def spread(coefficients: Tensor, losses: Tensor, mask: Tensor) -> Tensor:
+def spread(coefficients: Tensor, losses: Tensor, mask: Tensor, counts: Tensor | None = None,
+           total: int | None = None) -> Tensor:
     """Per-example losses [B] whose batch mean is Σ_k a_k L_k (a detached); with coefficients [B, K], one
-    row per example, the batch mean is Σ_k (mean over objective k's examples of a_bk ℓ_bk)."""
+    row per example, the batch mean is Σ_k (mean over objective k's examples of a_bk ℓ_bk). With the step's
+    ``counts`` [K] and ``total`` (see `Context`), the mean over the whole step is that of the step's examples."""
     m = mask.to(losses.dtype)
-    counts = m.sum(0).clamp(min=1)
-    return (losses * m * (coefficients.detach() / counts)).sum(1) * losses.shape[0]
+    if counts is None:
+        counts, total = m.sum(0), losses.shape[0]
+    return (losses * m * (coefficients.detach() / counts.to(losses).clamp(min=1))).sum(1) * total
 
 
 def _present_weights(weights: Tensor, present: Tensor) -> Tensor:
@@ -86,8 +95,8 @@ def _present_weights(weights: Tensor, present: Tensor) -> Tensor:
 
 @register("weighted")
 def weighted(losses: Tensor, mask: Tensor, weights: Tensor, context: Context) -> tuple[Tensor, dict]:
-    _, present = objective_means(losses, mask)
-    return spread(_present_weights(weights, present), losses, mask), {}
+    present = context.counts.to(losses.device) > 0 if context.counts is not None else objective_means(losses, mask)[1]
+    return spread(_present_weights(weights, present), losses, mask, context.counts, context.total), {}
 
 
 @register("raco")

@@ -147,8 +147,39 @@ def head_logps(model: Any, batch: dict, info: Any) -> Tensors:
     return {"chosen": sums[:b], "rejected": sums[b:], "chosen_lengths": lengths[:b], "rejected_lengths": lengths[b:]}
 
 
-def make_finish(loss: Callable, params: dict, cfg: ObjectivesConfig) -> Callable:
-    """`finish(model, batch, inputs) -> (per-example loss, metrics)`: the loss per objective, combined."""
+class StepCounts:
+    """Each objective's pairs, and all pairs, in the whole optimizer step: every micro-batch of every
+    process, counted from the data order before the step (`prepare`, the loop's ``prepare_step``) and
+    summed across processes. The weighted combiner then averages each objective over the step, so that
+    2 processes x batch 2, 1 x 2 micro-batches of 2, and 1 x batch 4 train alike (per micro-batch, an
+    objective's mean would depend on how the batch was split)."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = list(names)
+        self.present = torch.zeros(0, len(self.names), dtype=torch.bool)  # [N, K], set by `bind`
+        self.counts: torch.Tensor | None = None
+        self.total: int | None = None
+
+    def bind(self, records: Sequence[Any]) -> None:
+        """The training examples, in the order of the dataset the loop draws from."""
+        from pluralign.data.collate import objective_tensors
+
+        self.present = objective_tensors(records, self.names)[1] != 0
+
+    def prepare(self, step: int, micro: Sequence[Sequence[int]]) -> None:
+        index = torch.as_tensor([i for m in micro for i in m], dtype=torch.long)
+        local = torch.cat([self.present[index].sum(0).double(), torch.tensor([float(len(index))], dtype=torch.float64)])
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            local = local.to(device)
+            dist.all_reduce(local)
+        self.counts, self.total = local[:-1].float().cpu(), int(local[-1])
+
+
+def make_finish(loss: Callable, params: dict, cfg: ObjectivesConfig, step_counts: StepCounts | None = None) -> Callable:
+    """`finish(model, batch, inputs) -> (per-example loss, metrics)`: the loss per objective, combined
+    (over the whole optimizer step's pairs when `step_counts` is given: training, not evaluation)."""
     weights = weight_tensor(cfg)
 
     def finish(model, batch, inputs):
@@ -161,7 +192,9 @@ def make_finish(loss: Callable, params: dict, cfg: ObjectivesConfig) -> Callable
         losses = torch.stack(per, 1)
         mask = signs != 0
         trainable = [p for p in model.parameters() if p.requires_grad]
-        context = Context(params=trainable, anchor=inputs["policy_chosen_logps"])
+        context = Context(params=trainable, anchor=inputs["policy_chosen_logps"],
+                          counts=step_counts.counts if step_counts is not None else None,
+                          total=step_counts.total if step_counts is not None else None)
         w = weights.to(losses.device)
         if "weights" in batch:  # pairs that state their own weights; the run's for those that do not
             rows = batch["weights"].to(losses.device)

@@ -253,12 +253,14 @@ def run(config: PreferenceConfig) -> RecipeResult:
     tokenizer, model, packing = load_policy(config)
     train_records = load_data(config.data, kind, config.skip_invalid, multi)
     eval_records = load_data(config.eval_data, kind, config.skip_invalid, multi) if config.eval_data else None
-    scheme, objective_step = None, {}
+    scheme, objective_step, step_counts, train_finish = None, {}, None, {}
     if multi is not None:
         scheme = mo.setup(multi, tokenizer, model, train_records)
         mo.check_coverage(train_records, multi)
         train_records = conditioning.condition_records(scheme, train_records)
         eval_records = conditioning.condition_records(scheme, eval_records) if eval_records else None
+        step_counts = mo.StepCounts(multi.names)  # training averages each objective over the whole step
+        train_finish = {"finish": mo.make_finish(loss, config.loss_params, multi, step_counts)}
         objective_step = {"finish": mo.make_finish(loss, config.loss_params, multi),
                           "policy_logps": mo.head_logps if scheme.name == "heads" else None}
     elif config.objectives.conditioning != "none":  # conditioned on who, not on objectives (Janus)
@@ -283,7 +285,7 @@ def run(config: PreferenceConfig) -> RecipeResult:
         raise ConfigError("personal.token_weighting cannot combine with per-objective heads")
     objective_step |= personal.step_options()
     shift = losses.RunningMean() if "reward_shift" in info.inputs else None
-    step = make_step(kind, loss, config.loss_params, live, shift, update_shift=True, **objective_step)
+    step = make_step(kind, loss, config.loss_params, live, shift, update_shift=True, **objective_step | train_finish)
     eval_step = make_step(kind, loss, config.loss_params, live, shift, update_shift=False, **objective_step)
     step, eval_step = personal.wrap(step, training=True), personal.wrap(eval_step, training=False)
     if scheme is not None:
@@ -304,7 +306,7 @@ def run(config: PreferenceConfig) -> RecipeResult:
     result = train(model, train_items, Collate(collator, train_values), step, config.loop, out,
                    eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_values),
                    stateful=({"reward_shift": shift} if shift else {}) | personal.state, run_config=config,
-                   prepare_step=(lambda step, _: scheme.before_step(step)) if scheme is not None else None)
+                   prepare_step=_prepare_step(scheme, step_counts, [it.record for it in train_items]))
     personal.detach(model)
     if scheme is not None:
         scheme.detach(model)
@@ -319,6 +321,23 @@ def run(config: PreferenceConfig) -> RecipeResult:
         if scheme is not None:
             scheme.save(saved.model_dir)
     return saved
+
+
+def _prepare_step(scheme: Any, step_counts: mo.StepCounts | None, records: Sequence[Any]) -> Callable | None:
+    """The loop's hook before each optimizer step: the scheme's (a joint soup draws its weights) and the
+    multi-objective counts of the step's pairs."""
+    if step_counts is not None:
+        step_counts.bind(records)
+    if scheme is None and step_counts is None:
+        return None
+
+    def prepare(step: int, micro: list[list[int]]) -> None:
+        if scheme is not None:
+            scheme.before_step(step)
+        if step_counts is not None:
+            step_counts.prepare(step, micro)
+
+    return prepare
 
 
 def _check_inputs(config: PreferenceConfig, info: losses.LossInfo) -> None:
