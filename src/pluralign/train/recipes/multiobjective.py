@@ -177,6 +177,23 @@ class StepCounts:
         self.counts, self.total = local[:-1].float().cpu(), int(local[-1])
 
 
+def prepare_step(scheme: Any, step_counts: StepCounts | None, records: Sequence[Any]) -> Callable | None:
+    """The loop's hook before each optimizer step: the scheme's (a joint soup draws its weights) and the
+    multi-objective counts of the step's pairs."""
+    if step_counts is not None:
+        step_counts.bind(records)
+    if scheme is None and step_counts is None:
+        return None
+
+    def prepare(step: int, micro: list[list[int]]) -> None:
+        if scheme is not None:
+            scheme.before_step(step)
+        if step_counts is not None:
+            step_counts.prepare(step, micro)
+
+    return prepare
+
+
 def make_finish(loss: Callable, params: dict, cfg: ObjectivesConfig, step_counts: StepCounts | None = None) -> Callable:
     """`finish(model, batch, inputs) -> (per-example loss, metrics)`: the loss per objective, combined
     (over the whole optimizer step's pairs when `step_counts` is given: training, not evaluation)."""

@@ -306,7 +306,7 @@ def run(config: PreferenceConfig) -> RecipeResult:
     result = train(model, train_items, Collate(collator, train_values), step, config.loop, out,
                    eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_values),
                    stateful=({"reward_shift": shift} if shift else {}) | personal.state, run_config=config,
-                   prepare_step=_prepare_step(scheme, step_counts, [it.record for it in train_items]))
+                   prepare_step=mo.prepare_step(scheme, step_counts, [it.record for it in train_items]))
     personal.detach(model)
     if scheme is not None:
         scheme.detach(model)
@@ -321,23 +321,6 @@ def run(config: PreferenceConfig) -> RecipeResult:
         if scheme is not None:
             scheme.save(saved.model_dir)
     return saved
-
-
-def _prepare_step(scheme: Any, step_counts: mo.StepCounts | None, records: Sequence[Any]) -> Callable | None:
-    """The loop's hook before each optimizer step: the scheme's (a joint soup draws its weights) and the
-    multi-objective counts of the step's pairs."""
-    if step_counts is not None:
-        step_counts.bind(records)
-    if scheme is None and step_counts is None:
-        return None
-
-    def prepare(step: int, micro: list[list[int]]) -> None:
-        if scheme is not None:
-            scheme.before_step(step)
-        if step_counts is not None:
-            step_counts.prepare(step, micro)
-
-    return prepare
 
 
 def _check_inputs(config: PreferenceConfig, info: losses.LossInfo) -> None:
