@@ -132,3 +132,14 @@ def test_gradient_checkpointing_recomputes_in_backward_with_the_same_gradients(t
     assert plain_grads.keys() == ckpt_grads.keys() and plain_grads
     for name, grad in plain_grads.items():
         torch.testing.assert_close(ckpt_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_lora_wrapping_does_not_print_peft_deprecation_noise(tiny_llama_dir):
+    """peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model; that warning
+    is filtered where pluralign wraps (it is nothing the user can act on), other warnings are not."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_model(tiny_llama_dir, lora=LoraSpec(r=2, alpha=4), gradient_checkpointing=True)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

@@ -11,11 +11,13 @@ with the adapter attached.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -60,7 +62,8 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: str = "auto", device: 
     adapter = _adapter_base(source)
     model = _from_pretrained(auto, adapter or source, dtype=_dtype(dtype), trust_remote_code=trust_remote_code)
     if adapter is not None:
-        model = _peft().PeftModel.from_pretrained(model, source, is_trainable=lora is not None)
+        with _peft_quietly():
+            model = _peft().PeftModel.from_pretrained(model, source, is_trainable=lora is not None)
     elif lora is not None:
         model = add_lora(model, lora, task_type="CAUSAL_LM" if kind == "causal" else "FEATURE_EXTRACTION")
     if gradient_checkpointing:
@@ -98,7 +101,17 @@ def add_lora(model: Any, spec: LoraSpec, *, task_type: str = "CAUSAL_LM") -> Any
     config = peft.LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                              target_modules=spec.target_modules, modules_to_save=list(spec.modules_to_save) or None,
                              task_type=task_type)
-    return peft.get_peft_model(model, config)
+    with _peft_quietly():
+        return peft.get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def _peft_quietly() -> Iterator[None]:
+    """peft reads transformers' deprecated ``is_gradient_checkpointing`` when it wraps a model, and every
+    LoRA run would print that FutureWarning, which is neither the user's to act on nor ours."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
+        yield
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_lora: bool = True,
