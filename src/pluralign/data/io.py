@@ -406,7 +406,7 @@ def _to_cell(value: Any) -> Any:
 
 def _csv_text(columns: dict[str, list[Any]]) -> str:
     buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\r\n")  # RFC 4180; a "\n" terminator leaves a field's lone "\r" unquoted
     if columns:
         writer.writerow(columns)
         writer.writerows(zip(*(map(_csv_cell, col) for col in columns.values()), strict=True))
