@@ -64,6 +64,35 @@ def chat_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def chat_model(tmp_path_factory, chat_tokenizer):
+    """A one-layer tiny Llama saved with `chat_tokenizer`: a chat model for the multi-objective recipes."""
+    path = tmp_path_factory.mktemp("chat_model")
+    tiny.tiny_llama(len(chat_tokenizer), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32).save_pretrained(path)
+    chat_tokenizer.save_pretrained(path)
+    return path
+
+
+CHAT_ANSWERS = ["the cat", "the big red cat sat on the mat", "yes", "the dog ran under the rug", "no", "hello world"]
+
+
+@pytest.fixture(scope="session")
+def rated(tmp_path_factory):
+    """Rated JSONL over two questions as chat messages: every answer of `CHAT_ANSWERS` rated on
+    informativeness (words, up to 4) and conciseness (fewer words), which conflict."""
+    import json
+
+    path = tmp_path_factory.mktemp("data") / "rated.jsonl"
+    rows = []
+    for q in ("what is the cat", "why is the dog sad"):
+        for a in CHAT_ANSWERS:
+            n = len(a.split())
+            rows.append({"prompt": [{"role": "user", "content": q}], "response": a,
+                         "ratings": {"informativeness": min(n, 4) / 4, "conciseness": 1 - n / 10}})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory):
     """A one-layer tiny Llama over a reward-model toy vocabulary (question answer good bad cat dog ok fine)."""
     from pluralign.models.load import save_model

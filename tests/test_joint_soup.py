@@ -8,38 +8,13 @@ import json
 
 import pytest
 import torch
-from conftest import CHAT_TEMPLATE, CHAT_WORDS
 
 from pluralign import conditioning
 from pluralign.cli import main
 from pluralign.errors import ConfigError
 from pluralign.models.joint_soup import JointSoup, draw_weights
-from pluralign.models.tiny import tiny_llama, word_tokenizer
 
 OBJ = ["informativeness", "conciseness"]
-ANSWERS = ["the cat", "the big red cat sat on the mat", "yes", "the dog ran under the rug", "no", "hello world"]
-
-
-@pytest.fixture(scope="module")
-def chat_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("chat_model")
-    tok = word_tokenizer(CHAT_WORDS, chat_template=CHAT_TEMPLATE)
-    tiny_llama(len(tok), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def rated(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "rated.jsonl"
-    rows = []
-    for q in ("what is the cat", "why is the dog sad"):
-        for a in ANSWERS:
-            n = len(a.split())
-            rows.append({"prompt": [{"role": "user", "content": q}], "response": a,
-                         "ratings": {"informativeness": min(n, 4) / 4, "conciseness": 1 - n / 10}})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_draws_depend_on_seed_and_step_only():

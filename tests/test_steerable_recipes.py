@@ -8,13 +8,11 @@ import json
 
 import pytest
 import torch
-from conftest import CHAT_TEMPLATE, CHAT_WORDS
+from conftest import CHAT_ANSWERS as ANSWERS
 
 from pluralign.cli import main
-from pluralign.models.tiny import tiny_llama, word_tokenizer
 
 OBJ = ["informativeness", "conciseness"]
-ANSWERS = ["the cat", "the big red cat sat on the mat", "yes", "the dog ran under the rug", "no", "hello world"]
 LOOP = ["loop.max_steps=2", "loop.batch_size=4", "loop.progress=false", "loop.learning_rate=1e-2"]
 
 
@@ -22,28 +20,6 @@ def lengths(prompts, responses):
     """A two-objective reward: (words, −words) of each response."""
     n = torch.tensor([float(len(r.split())) for r in responses])
     return torch.stack([n, -n], 1)
-
-
-@pytest.fixture(scope="module")
-def chat_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("chat_model")
-    tok = word_tokenizer(CHAT_WORDS, chat_template=CHAT_TEMPLATE)
-    tiny_llama(len(tok), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def rated(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "rated.jsonl"
-    rows = []
-    for q in ("what is the cat", "why is the dog sad"):
-        for a in ANSWERS:
-            n = len(a.split())
-            rows.append({"prompt": [{"role": "user", "content": q}], "response": a,
-                         "ratings": {"informativeness": min(n, 4) / 4, "conciseness": 1 - n / 10}})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_train_soup_trains_a_member_per_objective_and_one_hot_weights_give_the_member(tmp_path, chat_model, rated):
