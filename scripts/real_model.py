@@ -152,20 +152,6 @@ def rated_set(topics: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def response_logp(model, tokenizer, prompt, response: str) -> float:
-    """log p(response | prompt) under the model, the prompt rendered by the tokenizer's chat template."""
-    import torch
-
-    from pluralign.data.prompts import render_pair
-
-    prompt_text, reply_text, _ = render_pair(tokenizer, prompt, response)
-    p_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer(reply_text, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([p_ids + r_ids])).logits[0, len(p_ids) - 1:-1].float()
-    return float(torch.log_softmax(logits, -1).gather(-1, torch.tensor(r_ids)[:, None]).sum())
-
-
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -287,7 +273,9 @@ def run(out: Path, quick: bool = False, seed: int = 0, *, dpo_stage: bool = True
     # steered per request; its members must differ, and on held-out topics the soup steered to brevity
     # must prefer the one-line reply to the detailed one by more than the soup steered to detail does
     from pluralign.conditioning import Condition
+    from pluralign.data.records import Pairwise
     from pluralign.models.soup import member_state
+    from pluralign.personal.steering import pair_logps
     from pluralign.train.recipes.steerable import SoupConfig, run_soup
 
     rated = write_jsonl(out / "data" / "rated.jsonl", rated_set(train_topics))
@@ -298,14 +286,14 @@ def run(out: Path, quick: bool = False, seed: int = 0, *, dpo_stage: bool = True
     a, b = (member_state(out / "jsoup" / "members" / n) for n in ("detail", "brevity"))
     members_differ = any(not torch.equal(a[k], b[k]) for k in a)
     soup_model, soup_tok = load_policy(soup.model_dir)
-    held_out = rated_set(TEST_TOPICS[:4])
+    held_out = rated_set(TEST_TOPICS[:4])  # per topic: one-line, short, detailed, off-topic
+    brief_vs_detailed = [Pairwise(held_out[i]["prompt"], held_out[i]["response"], held_out[i + 2]["response"])
+                         for i in range(0, len(held_out), 4)]
     prefer_brief = {}  # mean log p(one-line reply) - log p(detailed reply), per steering
     for w in ((1.0, 0.0), (0.0, 1.0)):
         with soup_model.pluralign_conditioning.steer(soup_model, Condition(weights=w)):
-            gaps = [response_logp(soup_model, soup_tok, held_out[i]["prompt"], held_out[i]["response"])
-                    - response_logp(soup_model, soup_tok, held_out[i + 2]["prompt"], held_out[i + 2]["response"])
-                    for i in range(0, len(held_out), 4)]
-        prefer_brief[w] = sum(gaps) / len(gaps)
+            brief, detailed = pair_logps(soup_model, soup_tok, brief_vs_detailed)
+        prefer_brief[w] = float((brief - detailed).mean())
     steer_gap = prefer_brief[(0.0, 1.0)] - prefer_brief[(1.0, 0.0)]
     reply = decode("sample", soup_model, soup_tok, prompts[:1],
                    controls=Controls(weights=[0.5, 0.5], temperature=0.0, max_new_tokens=16)).texts[0]
