@@ -84,7 +84,7 @@ class JointSoup(Scheme):
         self.uniform = torch.full((k,), 1.0 / k)
         self.mix = self.uniform
         self._mixed: list[tuple[nn.Module, str]] = []
-        self._members: dict[str, list[torch.Tensor]] = {}
+        self._members: list[list[torch.Tensor]] = []  # per mixed tensor (as `_mixed`), its K members
 
     # --- training
     def install(self, model: Any) -> None:
@@ -122,12 +122,11 @@ class JointSoup(Scheme):
 
     def detach(self, model: Any) -> None:
         """Keep each member's tensors and leave member 0 in the model, without parametrizations."""
-        self._members = {}
+        self._members = []
         for module, name in self._mixed:
             members: _Members = module.parametrizations[name][0]
             first = module.parametrizations[name].original
-            self._members[f"{id(module)}.{name}"] = [members.member(first, k).detach().clone()
-                                                     for k in range(len(self.objectives))]
+            self._members.append([members.member(first, k).detach().clone() for k in range(len(self.objectives))])
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
 
     def save_members(self, model: Any, out: Path, save_member: Callable[[Any, Path], Any]) -> Path:
@@ -145,5 +144,5 @@ class JointSoup(Scheme):
 
     @torch.no_grad()
     def _load_member(self, k: int) -> None:
-        for module, name in self._mixed:
-            getattr(module, name).copy_(self._members[f"{id(module)}.{name}"][k])
+        for (module, name), members in zip(self._mixed, self._members, strict=True):
+            getattr(module, name).copy_(members[k])
