@@ -47,98 +47,7 @@ against linear-scalarised DPO trained once per weight.
     .venv/bin/python experiments/pareto_training.py --quick   # ~3 min of CPU
     .venv/bin/python experiments/pareto_training.py           # the full grid
 
-Settings picked on seed 2 only (soup experts at 0.5 of the sweep's steps, of {0.4, 0.5, 0.6, 0.75}; the sweep's
-learning rate 5e-4, of {5e-4, 1e-3}, better for the sweep and no help to the experts; RACO's c = 0.2, of
-{0.2, 0.4}); seeds 0, 1 and 3 are the reported ones. Equal cost: RACO with the Gram at the log-probs
-(racoub) at the sweep's steps costs 0.93-1.10x its CPU-seconds (the derivatives and the solver); racoeq is
-RACO with full gradients at the steps the sweep's CPU-seconds buy. On a machine whose load moves between
-methods CPU-seconds drift by up to a quarter between processes: compare ratios within one run. Tried on
-seed 2 and dropped (3 objectives, soups of 40-step experts): --drop-ties (the one-hot experts skip the
-pairs tied on their objective, 40% of the rows for formality): sweep 0.427 and soups 0.397 against 0.451
-and 0.410 without; extrapolating the soup from the base (θ_0 + α Σ λ_i (θ_i − θ_0), α 1.5 / 2): 0.386 /
-0.296. Single-run methods are also steered at every weight in multiples of 1/4 (`<method>_dense`, on 3
-objectives 15 weights against the sweep's 7: the same models and training cost, more points).
-
-Where the soups lose on 3 objectives (seed 2, 2026-12-05, 47 CPU-s for linear + soups): putting the sweep's
-model in place of the soup's point at one weight adds +0.028 of hypervolume at (1/2, 0, 1/2) (informativeness
-+ formality), +0.011 at the formality vertex, +0.004 at the centroid, <= 0.002 elsewhere. The informativeness
-and conciseness experts reach their extremes by 40 steps (0.53 / 0.88 against the sweep's best 0.52 / 0.87;
-conciseness then collapses: 0.84 / 0.54 / 0.22 at 60 / 80 / 120 steps), the formality expert does not (0.10 /
-0.27 / 0.36 / 0.49 / 0.43 at 20 / 40 / 60 / 80 / 120 steps; the sweep's vertex 0.49). The budget is not the
-whole gap: soups of 80-step experts (the sweep's own vertex models) reach 0.416 (0.92 of the sweep, at 0.46
-of its cost), 40-step experts with an 80-step formality expert 0.416, the hand-picked 40 / 20 / 80 steps
-(chosen with the gold evaluation, so not adopted) 0.432 (0.96, about 0.33 of the cost). At (1/2, 0, 1/2) the
-soup of the sweep's vertex models gives (0.41, 0.46, 0.26), near its members' chord (0.38, 0.48, 0.24), while
-the model trained at that weight reaches (0.46, 0.48, 0.36): on that edge joint training finds a point well
-above the chord, which interpolating single-objective experts does not. Dropped on seed 2: the same expert
-steps split by 1 / (share of pairs not tied on the objective, 0.79 / 0.94 / 0.60): 38 / 32 / 50 steps, 0.402
-(0.89), and at 0.6 of the sweep's steps 0.416 (0.92, cost 0.33); norm-preserving task-vector merging (the
-merged delta rescaled to the λ-mean of the members' delta norms, globally or per tensor; α 1.24 on the
-informativeness-formality edge, 1.6-1.9 elsewhere): 0.397 / 0.396; three 40-step experts at the edges'
-midpoints, λ solved so the soup's weight is w (the vertices extrapolated, λ = (1, 1, -1)): 0.408 (0.91); each
-expert stopped early on its own objective (10% of prompts held out, <= 80 steps, best evaluation kept), which misses
-conciseness' collapse (held-out DPO loss and accuracy keep improving): loss, every 10 steps, patience 2: 80 / 80 / 80
-steps, 0.83 at 0.62 of the cost; accuracy, every 5, patience 1 (stops on noise): 0.57 at 0.29 (seeds 0 / 1 / 3: 0.98 /
-0.86 / 0.91 at 0.44-0.63; 0.70 / 0.59 / 0.73 at 0.19-0.23); experts fine-tuned 40 steps from a shared warm start (40 steps
-at the centroid weight), with it or the base as reference: 0.81 / 0.79 at 0.35 / 0.44 of the cost. RACO, same seed: at the vertices it is
-the sweep; racoeq (38 steps: full-gradient RACO costs 1.9x a sweep step) under-trains formality as the
-40-step experts do (vertex 0.25; 0.395 against 0.451); racoub (-0.004, ratio CI [0.966, 1.008]) loses only
-at the centroid (formality 0.17 against 0.22, 0.007 of hypervolume). Also dropped there (racoub minus the
-sweep, 3 / 2 objectives): c 0.02 / 0.05 / 0.1 / 0.3 gives +0.002 / -0.000 / -0.006 / -0.005 and -0.007 /
--0.001 / -0.003 / +0.011 (c 0.2: -0.004 / +0.009); on 3 objectives the clip off -0.008, unit-norm gradients
-in the solve (IMTL-G) -0.005, zero-weight objectives left out of it -0.010. The correction goes to the
-conflicting pair (centroid a = 0.35 / 0.43 / 0.34, a step 1.06x the linear one's length, not shorter), so
-under Adam formality, whose DPO loss falls fastest (0.59 against 0.65 / 0.70) but whose gold attribute lags,
-loses share. c = 0.05 (the best worse case of the two on seed 2) on seeds 0 / 1 / 3: +0.001 / +0.007 /
--0.004 on 2 objectives, +0.001 / +0.008 / -0.005 on 3 (cost 1.06-1.11x; seed 3's ratio CI [0.962, 1.011]):
-seed 3 still fails. Checked on seeds 0 / 1 / 3 (nothing chosen there): soups of the sweep's own vertex models 0.86 / 0.93 / 0.96 of the sweep (40-step soups 0.98 /
-0.89 / 1.00, as above), the sweep's (1/2, 0, 1/2) model adding +0.055 / +0.008 / +0.000 in place of that
-soup's point; the 80-step conciseness-only model collapses to (0, 1, 0) on seeds 0 and 3 (0.54 on seed 2).
-
-wcdpo, tried on seed 2 (3 objectives, 2026-12-06; sweep 0.419 on this machine): HV 0.039 at the sweep's steps and
-learning rate, 0.048 at 2x its steps, 0.053 / 0.063 at 1.5x with learning rate 5e-3 / 2e-3, 0.059 with each pair
-three times under three drawn weights (1.5x steps, 1e-3), at 0.25-0.5 of the sweep's cost. The sandbox model does
-not learn to read the stated weights in such a budget: its next-token logits under weights (1, 0, 0) and (0, 1, 0)
-differ by about 1e-3, so every weight gives one point, about (0.04, 0.79, 0.13). (On the toy model of
-tests/test_multiobjective.py the same recipe steers clearly after 100 steps at a 100x larger learning rate.)
-mod, same seed and experts: 0.360 against the weight-averaged soup's 0.376 (0.86 / 0.90 of the sweep). The 40-step
-formality expert is the bottleneck either way, and logit fusion keeps even less of it at the mixed weights
-(formality 0.01 at (1/2, 0, 1/2) against the soup's 0.07 and the sweep's 0.31).
-
-jsoup, measured 2026-12-06 on another machine than the figures below (seed 2's three-objective sweep: 0.419 for
-these, 0.451 for those; the same code, other float rounding): settings picked on seed 2 (three objectives, HV / sweep at the cost
-ratio): learning rate 1e-3 of {5e-4, 1e-3} (0.98 against 1.11 at 0.25 of the sweep's steps); vertex_prob 0.25 of
-{0.25, 0.5} (0.5: 0.97 / 0.99 at 5e-4 / 1e-3); Dirichlet alpha 1 of {0.5, 1} (0.5: 0.91 at 5e-4); 0.22 of the
-sweep's steps of {0.2, 0.22, 0.25} (1.04 / 1.10 / 1.11; 0.25 cost 0.34-0.35 of the sweep with jsoup's own
-reference pass). Seeds 0 / 1 / 3, in processes with linear and soups: two objectives 0.98 [0.92, 1.06] / 0.87
-[0.75, 0.97] / 1.16 [1.10, 1.24] at 0.28 / 0.21 / 0.26; three 1.20 [1.14, 1.31] / 0.98 [0.90, 1.09] / 1.05
-[0.96, 1.12] at 0.26 / 0.29 / 0.30 (seed 2: 1.02 and 1.10). The separately trained soups in those runs: 0.91 /
-1.05 / 0.98 and 0.91 / 0.90 / 0.93. The full runs there (methods linear,linshort,raco,racoub,pama,racoeq,soups,
-jsoup; jsoup at 0.25 of the steps): racoub minus the sweep -0.021 / +0.026 / +0.009 and -0.009 / -0.000 /
--0.006 (seed 2: -0.013 / -0.005), racoeq -0.033 / -0.006 / +0.004 and -0.057 / -0.031 / -0.041.
-
-Measured 2026-12-05 (full mode, methods linear,linshort,raco,racoub,pama,racoeq,soups; 370 CPU-s a seed,
-load 2): soups / sweep hypervolume (paired-bootstrap 95% CI) at the cost ratio, seeds 0 / 1 / 3:
-2 objectives 1.21 [1.08, 1.32] / 1.01 [0.93, 1.07] / 1.00 [0.93, 1.08] at 0.29 / 0.28 / 0.28;
-3 objectives at the sweep's 7 weights 0.98 [0.92, 1.05] / 0.89 [0.83, 0.96] / 1.00 [0.93, 1.09] at
-0.25 / 0.27 / 0.28 (seed 2: 0.91); at the 15 weights of the 1/4 grid 1.08 [1.02, 1.17] / 1.00 [0.93, 1.07] /
-1.06 [0.99, 1.15] (seed 2: 0.98). So >= 95% at <= 1/3 holds on 2 objectives on all three seeds, and on
-3 objectives on seeds 0 and 3 at the sweep's weights, on all three (and seed 2) only with the soup
-steered at the finer grid, which is more points than the sweep has models: a sweep trained at those 15
-weights (--grid quarter; 0.455 / 0.532 / 0.430, +3 / +10 / +8%) puts the 15-weight soups at 1.04
-[0.98, 1.11] / 0.91 [0.86, 0.97] / 0.98 [0.89, 1.04] at 0.14 / 0.12 / 0.13 of its cost, so seed 1
-still fails at equal points. Against the sweep at the
-experts' 40 steps (linshort, itself 0.94-1.14x the 80-step sweep; on seed 0's 2 objectives above it,
-CI [1.02, 1.24]: that sweep overtrains) the soups reach 0.95-1.07x at 0.44-0.52 of its cost: much of the
-saving is the shorter budget, and against the 40-step sweep the 1/3 cost target is not met.
-RACO against the sweep at equal cost (HV difference, cost ratio): 2 objectives racoeq +0.030 / +0.022 /
-+0.012 at 0.95-1.04x, racoub -0.005 / +0.022 / +0.019; 3 objectives racoeq +0.004 / -0.043 / -0.031,
-racoub -0.006 / +0.001 / -0.011 at 0.93-1.10x: a RACO variant >= the sweep on 2 objectives on every seed
-(CIs of the ratio include 1 except racoub on seed 3, [1.006, 1.079]), not on 3 objectives (seed 3: none).
-PAMA 0.66-0.98x of the sweep (see above). --quick (24 evaluation prompts, 30 steps) is too noisy to decide
-either (CIs about ±0.04 on a hypervolume near 0.32). Run time 2026-12-05, seed 0, defaults (every method):
-full 501 CPU-s, 760 s wall at load 0.4-3.6; --quick 172 CPU-s, 176 s wall at load 2 (seed 0: soups 99%
-at 0.28 on 2 objectives, 87% at 0.29 on 3).
+Settings, how they were chosen, every variant tried and dropped and its figures: experiments/pareto_training.md.
 
 Outputs under runs/pareto_training/ (git-ignored): data, models, results.json and report_<case>.html (fronts).
 Timings on a machine shared with other jobs inflate wall time; CPU-seconds are what we compare.
@@ -281,11 +190,14 @@ def run_case(case: str, a, base: Path, out: Path, rng) -> dict:
     shutil.rmtree(out / "warmup_sft", ignore_errors=True)
     run_sft(model=str(base), data=[str(out / "rated.jsonl")], output_dir=str(out / "warmup_sft"), objectives=names,
             conditioning="reward_tokens", gradient_checkpointing=False, max_length=128, loop=loop | {"max_steps": 2})
-    combiners = {"linear": ("weighted", {}), "linshort": ("weighted", {}), "raco": ("raco", {}),
+    combiners = {"linear": ("weighted", {}), "linshort": ("weighted", {}), "linb": ("weighted", {"normalize": "batch"}),
+                 "raco": ("raco", {}),
                  "racoeq": ("raco", {}), "racoub": ("raco", {"gram": "logps"}), "pama": ("pama", {})}
-    combiners |= {m: ("raco", p | {"c": a.raco_c} | json.loads(a.raco_params)) for m, (c, p) in combiners.items()
-                  if c == "raco"}
-    for method in ("linear", "linshort", "raco", "racoub", "pama", "racoeq"):
+    # RACO's losses averaged per objective as the sweep's are, so that the comparison isolates the combination
+    # (--raco-params '{"normalize": "batch"}' for its paper's batch means, against `linb`, its paper's baseline)
+    combiners |= {m: ("raco", p | {"c": a.raco_c, "normalize": "objective"} | json.loads(a.raco_params))
+                  for m, (c, p) in combiners.items() if c == "raco"}
+    for method in ("linear", "linshort", "linb", "raco", "racoub", "pama", "racoeq"):
         if method not in methods:
             continue
         steps = a.steps
@@ -454,10 +366,12 @@ def verdicts(res: dict) -> dict:
         for suffix, group in (("", SINGLE_RUN), ("_dense", [*SINGLE_RUN, *dense])):
             out[f"single_run_95pct_at_third_cost{suffix}"] = any(
                 out.get(f"{n}_hv_ratio", 0) >= 0.95 and out.get(f"{n}_cost_ratio", 9) <= 1 / 3 for n in group)
-        for name in ("raco", "racoub", "pama", "racoeq", "linshort"):
+        for name in ("raco", "racoub", "pama", "racoeq", "linshort", "linb"):
             if name in m:
                 out[f"{name}_minus_linear_hv"] = m[name]["hv"] - lin["hv"]
                 out[f"{name}_cost_ratio"] = m[name]["cpu_s"] / lin["cpu_s"] if lin["cpu_s"] > 0 else float("nan")
+                if "linb" in m and name.startswith("raco"):  # RACO's paper baseline: both normalised by the batch
+                    out[f"{name}_minus_linb_hv"] = m[name]["hv"] - m["linb"]["hv"]
         # Equal cost = equal CPU-seconds within 10%: PAMA at the sweep's steps costs about the same as the
         # sweep; RACO costs more per step, so `racoeq` is RACO with the steps the sweep's CPU-seconds buy.
         out["raco_or_pama_ge_linear_at_equal_cpu"] = any(

@@ -218,6 +218,31 @@ def test_raco_with_the_gram_at_the_log_probs_weights_losses_by_cagrad_clip_of_th
         combine.combine("raco", per_obj, signs != 0, w, combine.Context(params=[theta], anchor=anchor), {"gram": "x"})
 
 
+def test_raco_normalises_each_objective_by_the_batch_so_a_tied_pair_adds_log_2_and_no_gradient():
+    # RACO's L_k = mean over all B pairs of −logσ(β s_bk h_b): a pair tied on k counts in B, adds no gradient.
+    anchor = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
+    signs = torch.tensor([[1.0, -1.0, 0.0], [1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]])
+    per_obj = -F.logsigmoid(0.1 * signs * anchor[:, None])  # the tied cell is log 2, masked out below
+    u = (-0.1 * signs * torch.sigmoid(-0.1 * signs * anchor.detach()[:, None]) / 3).double()  # /B, not /n_k
+    w = torch.tensor([0.5, 0.3, 0.2])
+    a = mo.raco_coefficients((u.T @ u).numpy(), w.double().numpy(), c=0.4)
+    context = combine.Context(params=[torch.nn.Parameter(torch.zeros(1))], anchor=anchor)
+    per, logs = combine.combine("raco", per_obj, signs != 0, w, context, {"gram": "logps"})
+    (grad,) = torch.autograd.grad(per.mean(), anchor)
+    assert torch.allclose(grad.double(), u @ torch.as_tensor(a), atol=1e-7)
+    assert logs["raco/a2"].item() == pytest.approx(a[2])
+    masked = per_obj.detach() * (signs != 0)
+    assert per.mean().item() == pytest.approx(float((masked.sum(0) / 3).double() @ torch.as_tensor(a)), abs=1e-6)
+    # The weighted combiner normalised the same way: Σ_k w_k (Σ_b ℓ_bk) / B, the RACO paper's "DPO LW".
+    per_w, _ = combine.combine("weighted", per_obj, signs != 0, w, combine.Context(), {"normalize": "batch"})
+    assert per_w.mean().item() == pytest.approx(float((masked.sum(0) / 3) @ w), abs=1e-6)
+    per_o, _ = combine.combine("weighted", per_obj, signs != 0, w, combine.Context())
+    assert per_o.mean().item() == pytest.approx(float((masked.sum(0) / torch.tensor([3.0, 3.0, 2.0])) @ w), abs=1e-6)
+    for name in ("raco", "weighted"):
+        with pytest.raises(ConfigError, match="normalize must be one of"):
+            combine.combine(name, per_obj, signs != 0, w, context, {"normalize": "pairs"})
+
+
 def test_raco_logs_its_coefficients_gradient_norms_and_update_length():
     anchor = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
     signs = torch.tensor([[1.0, -1.0, 0.0], [1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]])  # objective 2 tied on pair 0
@@ -228,7 +253,7 @@ def test_raco_logs_its_coefficients_gradient_norms_and_update_length():
     w = torch.tensor([0.5, 0.3, 0.2])
     a = mo.raco_coefficients(H, w.double().numpy(), c=0.4)
     _, logs = combine.combine("raco", per_obj, signs != 0, w, combine.Context(params=[torch.nn.Parameter(torch.zeros(1))],
-                              anchor=anchor), {"gram": "logps"})
+                              anchor=anchor), {"gram": "logps", "normalize": "objective"})
     wn = w.double().numpy()
     for k in range(3):
         assert logs[f"raco/a{k}"].item() == pytest.approx(a[k])

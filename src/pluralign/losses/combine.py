@@ -17,6 +17,10 @@ is the surrogate to minimise, so the one loop (`pluralign.train.loop`) runs ever
   through the model: K backward passes per micro-batch in all (linear scalarisation: 1). With gradient
   accumulation each micro-batch gets its own coefficients. ``gram=logps`` takes the Gram matrix at the
   per-pair log-probs instead (MGDA-UB's bound, Sener & Koltun 2018): one backward, a linear step's cost.
+  As in RACO's reference code, each objective's loss is its sum over the batch's pairs divided by the
+  batch size (``normalize=batch``): an objective on which many pairs tie has a shorter gradient, which the
+  solver sees. ``weighted`` divides by the objective's own pairs unless given ``normalize=batch`` (the
+  RACO paper's linear baseline).
 - ``pama``: PAMA's closed-form min-norm combination (He & Maghsudi, ECML-PKDD 2025, Theorem 1) for
   preference pairs: every objective k moves example b along the same direction ∇logπ(y_w|x), with
   "advantage" A_bk = −∂ℓ_bk/∂logπ_θ(y_w|x) (for DPO β·s_bk·σ(−β·s_bk·h)); the weighted advantages
@@ -66,21 +70,36 @@ names = _COMBINERS.names
 get = _COMBINERS.get
 
 
-def objective_means(losses: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """(L_k [K]: mean loss over the examples of objective k, 0 where none; present [K] bool)."""
+NORMALIZE = ("objective", "batch")
+
+
+def _check_normalize(combiner: str, normalize: str) -> None:
+    if normalize not in NORMALIZE:
+        raise ConfigError(f"combiner {combiner!r}: normalize must be one of {list(NORMALIZE)}, got {normalize!r}")
+
+
+def objective_means(losses: Tensor, mask: Tensor, normalize: str = "objective") -> tuple[Tensor, Tensor]:
+    """(L_k [K], present [K] bool). L_k is the mean loss over the examples of objective k (0 where none),
+    or with ``normalize="batch"`` the sum over them divided by the batch size: RACO's per-objective loss
+    (Chen et al. 2026), in which a pair tied on k counts in the batch but moves nothing (the paper's
+    constant log 2 for it is left out of the value; the gradient is the same)."""
     m = mask.to(losses.dtype)
     counts = m.sum(0)
-    return (losses * m).sum(0) / counts.clamp(min=1), counts > 0
+    denominator = counts.clamp(min=1) if normalize == "objective" else torch.full_like(counts, losses.shape[0])
+    return (losses * m).sum(0) / denominator, counts > 0
 
 
 def spread(coefficients: Tensor, losses: Tensor, mask: Tensor, counts: Tensor | None = None,
-           total: int | None = None) -> Tensor:
-    """Per-example losses [B] whose batch mean is Σ_k a_k L_k (a detached); with coefficients [B, K], one
-    row per example, the batch mean is Σ_k (mean over objective k's examples of a_bk ℓ_bk). With the step's
-    ``counts`` [K] and ``total`` (see `Context`), the mean over the whole step is that of the step's examples."""
+           total: int | None = None, normalize: str = "objective") -> Tensor:
+    """Per-example losses [B] whose batch mean is Σ_k a_k L_k (a detached, L_k as `objective_means`); with
+    coefficients [B, K], one row per example, the batch mean is Σ_k (mean over objective k's examples of
+    a_bk ℓ_bk). With the step's ``counts`` [K] and ``total`` (see `Context`), the means are over the whole
+    step's examples."""
     m = mask.to(losses.dtype)
     if counts is None:
         counts, total = m.sum(0), losses.shape[0]
+    if normalize == "batch":
+        counts = torch.full_like(counts.to(losses), float(total))
     return (losses * m * (coefficients.detach() / counts.to(losses).clamp(min=1))).sum(1) * total
 
 
@@ -94,24 +113,27 @@ def _present_weights(weights: Tensor, present: Tensor) -> Tensor:
 
 
 @register("weighted")
-def weighted(losses: Tensor, mask: Tensor, weights: Tensor, context: Context) -> tuple[Tensor, dict]:
+def weighted(losses: Tensor, mask: Tensor, weights: Tensor, context: Context, *,
+             normalize: str = "objective") -> tuple[Tensor, dict]:  # fmt: skip
+    _check_normalize("weighted", normalize)
     present = context.counts.to(losses.device) > 0 if context.counts is not None else objective_means(losses, mask)[1]
-    return spread(_present_weights(weights, present), losses, mask, context.counts, context.total), {}
+    return spread(_present_weights(weights, present), losses, mask, context.counts, context.total, normalize), {}
 
 
 @register("raco")
 def raco(losses: Tensor, mask: Tensor, weights: Tensor, context: Context, *, c: float = 0.4,
-         clip: bool = True, gram: str = "params") -> tuple[Tensor, dict]:  # fmt: skip
+         clip: bool = True, gram: str = "params", normalize: str = "batch") -> tuple[Tensor, dict]:  # fmt: skip
     if gram not in ("params", "logps"):
         raise ConfigError(f"combiner 'raco': gram must be 'params' or 'logps', got {gram!r}")
-    means, present = objective_means(losses, mask)
+    _check_normalize("raco", normalize)
+    means, present = objective_means(losses, mask, normalize)
     w = _present_weights(weights, present)
     idx = present.nonzero().flatten().tolist()
     params = [p for p in context.params if p.requires_grad]
     if len(idx) < 2 or not params or not torch.is_grad_enabled():  # evaluation: the weighted loss
-        return spread(w, losses, mask), {}
+        return spread(w, losses, mask, normalize=normalize), {}
     if gram == "logps":
-        return _raco_on_logps(losses, mask, means, w, idx, context, c, clip)
+        return _raco_on_logps(losses, mask, means, w, idx, context, c, clip, normalize)
     # One backward per objective on the shared forward; the graph is kept only until the last of them.
     per_param, grads = [], []
     for j, k in enumerate(idx):
@@ -125,7 +147,7 @@ def raco(losses: Tensor, mask: Tensor, weights: Tensor, context: Context, *, c: 
     # backward passes per micro-batch, not K + 1). Its value is that of Σ a_k L_k, for the logs.
     direction = sum((p * sum(float(ak) * gk[i] for ak, gk in zip(a, per_param, strict=True)).detach()).sum()
                     for i, p in enumerate(params))
-    values = spread(coefficients, losses.detach(), mask) + (direction - direction.detach())
+    values = spread(coefficients, losses.detach(), mask, normalize=normalize) + (direction - direction.detach())
     return values, logs
 
 
@@ -148,7 +170,7 @@ def _raco_direction(G: Tensor, w: Tensor, idx: list[int], c: float, clip: bool) 
 
 
 def _raco_on_logps(losses: Tensor, mask: Tensor, means: Tensor, w: Tensor, idx: list[int], context: Context,
-                   c: float, clip: bool) -> tuple[Tensor, dict]:  # fmt: skip
+                   c: float, clip: bool, normalize: str) -> tuple[Tensor, dict]:  # fmt: skip
     """RACO with the Gram matrix of the per-objective gradients taken at the policy's per-pair log-probs
     (the representation every objective shares) instead of at the parameters: MGDA-UB's bound (Sener &
     Koltun, NeurIPS 2018, §3.3) applied to CAGrad-Clip. These gradients are the losses' own derivatives
@@ -160,7 +182,7 @@ def _raco_on_logps(losses: Tensor, mask: Tensor, means: Tensor, w: Tensor, idx: 
         (g,) = torch.autograd.grad(means[k], context.anchor, retain_graph=True, allow_unused=True)
         grads.append(torch.zeros_like(context.anchor) if g is None else g.detach())
     _, coefficients, logs = _raco_direction(torch.stack(grads), w, idx, c, clip)
-    return spread(coefficients, losses, mask), logs
+    return spread(coefficients, losses, mask, normalize=normalize), logs
 
 
 @register("pama")

@@ -45,7 +45,7 @@ class ObjectivesConfig:
     names: list[str] = option(default_factory=list, help="Objectives, in order; empty trains on one objective as usual. Records' `objective` must name one; rated records become pairs per objective.")
     weights: dict[str, float] = option(default_factory=dict, help="User weights over the objectives for the combiner (default: uniform); non-negative, not all zero.")
     combine: str = option("weighted", help="How per-objective losses combine: weighted (linear; MAH-DPO with uniform weights), raco (conflict-averse gradient, Chen et al. 2026), pama (min-norm per pair, He & Maghsudi 2025).")
-    combine_params: dict[str, Any] = option(default_factory=dict, help="Combiner hyper-parameters, e.g. {c: 0.4, clip: true} for raco.")
+    combine_params: dict[str, Any] = option(default_factory=dict, help="Combiner hyper-parameters, e.g. {c: 0.4, clip: true, gram: logps} for raco; normalize: objective (each objective's mean over its own pairs, weighted's default) or batch (over all the batch's pairs, ties included: raco's default, as its paper).")
     conditioning: str = option("none", help="What the model is conditioned on: none, system_message, reward_tokens, heads (MAH-DPO), … (pluralign.conditioning.names()).")
     conditioning_params: dict[str, Any] = option(default_factory=dict, help="Parameters of the conditioning scheme.")
     rated_pairs: Literal["per_objective", "signed"] = option("per_objective", help="Rated records → pairs ordered by each objective (tagged with it), or one pair per response pair with a sign per objective (meta.signs).")
