@@ -590,6 +590,22 @@ def test_weight_conditioned_dpo_on_signed_pairs_steers_by_the_stated_weights(tmp
     assert margin([1.0, 0.0]) > margin([0.5, 0.5]) > margin([0.0, 1.0])
 
 
+@pytest.mark.parametrize(("settings", "message"), [
+    (["objectives.combine=raco", "objectives.combine_params={normalize: pairs}"],
+     "combiner 'raco': normalize must be one of ['objective', 'batch'], got 'pairs'"),
+    (["objectives.combine=raco", "objectives.combine_params={cc: 1}"], "combiner 'raco' has no hyper-parameter ['cc']"),
+    (["objectives.combine=racco"], "racco"),
+    (["objectives.weights={informativeness: -1, conciseness: 1}"], "objectives.weights"),
+])
+def test_bad_objective_settings_exit_2_before_anything_loads_or_is_written(tmp_path, capsys, settings, message):
+    data = _weighted_pairs(tmp_path / "pairs.jsonl")
+    args = ["train", "dpo", f"model={tmp_path / 'no_model_here'}", f"data=[{data}]", f"output_dir={tmp_path / 'o'}",
+            "objectives.names=[informativeness,conciseness]", *settings]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # checked before the model (here missing) loads or the run directory exists
+
+
 def test_bad_pair_weights_exit_2_naming_the_record(tmp_path, capsys):
     base = make_model_dir(tmp_path / "base")
     data = _weighted_pairs(tmp_path / "pairs.jsonl", weights=({"informativeness": 1.0}, {"conciseness": -1.0}))

@@ -70,14 +70,6 @@ names = _COMBINERS.names
 get = _COMBINERS.get
 
 
-NORMALIZE = ("objective", "batch")
-
-
-def _check_normalize(combiner: str, normalize: str) -> None:
-    if normalize not in NORMALIZE:
-        raise ConfigError(f"combiner {combiner!r}: normalize must be one of {list(NORMALIZE)}, got {normalize!r}")
-
-
 def objective_means(losses: Tensor, mask: Tensor, normalize: str = "objective") -> tuple[Tensor, Tensor]:
     """(L_k [K], present [K] bool). L_k is the mean loss over the examples of objective k (0 where none),
     or with ``normalize="batch"`` the sum over them divided by the batch size: RACO's per-objective loss
@@ -115,7 +107,6 @@ def _present_weights(weights: Tensor, present: Tensor) -> Tensor:
 @register("weighted")
 def weighted(losses: Tensor, mask: Tensor, weights: Tensor, context: Context, *,
              normalize: str = "objective") -> tuple[Tensor, dict]:  # fmt: skip
-    _check_normalize("weighted", normalize)
     present = context.counts.to(losses.device) > 0 if context.counts is not None else objective_means(losses, mask)[1]
     return spread(_present_weights(weights, present), losses, mask, context.counts, context.total, normalize), {}
 
@@ -123,9 +114,6 @@ def weighted(losses: Tensor, mask: Tensor, weights: Tensor, context: Context, *,
 @register("raco")
 def raco(losses: Tensor, mask: Tensor, weights: Tensor, context: Context, *, c: float = 0.4,
          clip: bool = True, gram: str = "params", normalize: str = "batch") -> tuple[Tensor, dict]:  # fmt: skip
-    if gram not in ("params", "logps"):
-        raise ConfigError(f"combiner 'raco': gram must be 'params' or 'logps', got {gram!r}")
-    _check_normalize("raco", normalize)
     means, present = objective_means(losses, mask, normalize)
     w = _present_weights(weights, present)
     idx = present.nonzero().flatten().tolist()
@@ -204,12 +192,25 @@ def pama(losses: Tensor, mask: Tensor, weights: Tensor, context: Context) -> tup
     return per_example, {"pama/conflict_share": conflict.float().mean()}
 
 
-def combine(name: str, losses: Tensor, mask: Tensor, weights: Tensor, context: Context,
-            params: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
-    """Run combiner `name` (unknown hyper-parameters are a `ConfigError`)."""
+# Hyper-parameters that take one of a few words, whichever combiner has them.
+_CHOICES = {"gram": ("params", "logps"), "normalize": ("objective", "batch")}
+
+
+def check(name: str, params: dict[str, Any] | None = None) -> None:
+    """A `ConfigError` for an unknown combiner, a hyper-parameter it does not have, or a value it does not
+    take: the recipes call this before loading anything, so a typo costs no model load or reference pass."""
     fn = get(name)
     accepted = [n for n, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
     unknown = sorted(set(params or {}) - set(accepted))
     if unknown:
         raise ConfigError(f"combiner {name!r} has no hyper-parameter {unknown}; its hyper-parameters: {accepted or 'none'}")
-    return fn(losses, mask.bool(), weights.to(losses.dtype), context, **(params or {}))
+    for key, allowed in _CHOICES.items():
+        if key in (params or {}) and params[key] not in allowed:
+            raise ConfigError(f"combiner {name!r}: {key} must be one of {list(allowed)}, got {params[key]!r}")
+
+
+def combine(name: str, losses: Tensor, mask: Tensor, weights: Tensor, context: Context,
+            params: dict[str, Any] | None = None) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+    """Run combiner `name` (`check`ed: a bad name or hyper-parameter is a `ConfigError`)."""
+    check(name, params)
+    return get(name)(losses, mask.bool(), weights.to(losses.dtype), context, **(params or {}))

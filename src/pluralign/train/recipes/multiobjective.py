@@ -34,6 +34,7 @@ from pluralign.data.convert import _by_prompt_and_user, rated_to_pairwise
 from pluralign.data.records import Pairwise, Rated
 from pluralign.errors import ConfigError
 from pluralign.losses.combine import Context, combine, objective_means
+from pluralign.losses.combine import check as check_combiner
 
 Tensors = dict[str, torch.Tensor]
 _SWAP = (("policy_chosen_logps", "policy_rejected_logps"), ("ref_chosen_logps", "ref_rejected_logps"),
@@ -56,6 +57,12 @@ class ObjectivesConfig:
 def weight_tensor(cfg: ObjectivesConfig) -> torch.Tensor:
     w = cfg.weights or {n: 1.0 for n in cfg.names}
     return torch.as_tensor(conditioning.weights_of(w, cfg.names, "objectives.weights"), dtype=torch.float32)
+
+
+def check_config(cfg: ObjectivesConfig) -> None:
+    """What can be checked before the model and data load: the weights and the combiner's settings."""
+    weight_tensor(cfg)
+    check_combiner(cfg.combine, cfg.combine_params)
 
 
 def to_pairs(records: Sequence[Any], cfg: ObjectivesConfig) -> list[Any]:
