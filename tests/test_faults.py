@@ -192,7 +192,8 @@ def test_absurd_learning_rates_are_config_errors(value):
 
 
 def test_config_values_are_checked_when_loaded(tmp_path):
-    for override in ("learning_rate=.nan", "learning_rate=1e39", "adam_eps=-1", "adam_beta2=1.0", "warmup_ratio=2"):
+    for override in ("learning_rate=.nan", "learning_rate=1e39", "adam_eps=-1", "adam_beta2=1.0", "warmup_ratio=2",
+                     "batch_size=0", "grad_accum=0"):
         with pytest.raises(ConfigError, match=override.split("=")[0]):
             load(LoopConfig, None, [override])
 

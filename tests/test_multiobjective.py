@@ -596,6 +596,11 @@ def test_weight_conditioned_dpo_on_signed_pairs_steers_by_the_stated_weights(tmp
     (["objectives.combine=raco", "objectives.combine_params={cc: 1}"], "combiner 'raco' has no hyper-parameter ['cc']"),
     (["objectives.combine=racco"], "racco"),
     (["objectives.weights={informativeness: -1, conciseness: 1}"], "objectives.weights"),
+    (["objectives.conditioning=joint_soup", "objectives.conditioning_params={alphaa: 1}"],
+     "conditioning scheme 'joint_soup' has no parameter ['alphaa']; its parameters: ['alpha', 'vertex_prob', 'seed']"),
+    (["objectives.conditioning=system_message", "objectives.conditioning_params={noise: 1}"],
+     "conditioning scheme 'system_message' has no parameter ['noise']; its parameters: none"),
+    (["objectives.margin_reward=no_such_module:fn"], "objectives.margin_reward no_such_module:fn: cannot import fn"),
 ])
 def test_bad_objective_settings_exit_2_before_anything_loads_or_is_written(tmp_path, capsys, settings, message):
     data = _weighted_pairs(tmp_path / "pairs.jsonl")

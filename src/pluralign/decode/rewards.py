@@ -69,8 +69,9 @@ def as_reward(obj: Any) -> Any:
     raise ConfigError(f"not a reward source: {type(obj).__name__} (need .score(prompts, responses, user) or a callable)")
 
 
-def load_reward(spec: str) -> Any:
-    """"gold" (sandbox attributes), "module:function", or a reward-model directory (pluralign.reward)."""
+def load_reward(spec: str, field: str = "--reward") -> Any:
+    """"gold" (sandbox attributes), "module:function", or a reward-model directory (pluralign.reward);
+    errors name `field`, where the user gave `spec`."""
     if spec == "gold":
         return GoldReward()
     if ":" in spec and not Path(spec).exists():
@@ -78,18 +79,18 @@ def load_reward(spec: str) -> Any:
         try:
             fn = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as e:
-            raise ConfigError(f"--reward {spec}: cannot import {name} from {module} ({e})") from e
+            raise ConfigError(f"{field} {spec}: cannot import {name} from {module} ({e})") from e
         return as_reward(fn)
     if Path(spec).is_dir():
         try:
             reward_mod = importlib.import_module("pluralign.reward")
         except ImportError as e:
-            raise ConfigError(f"--reward {spec}: loading reward-model directories needs pluralign.reward ({e})") from e
+            raise ConfigError(f"{field} {spec}: loading reward-model directories needs pluralign.reward ({e})") from e
         loader = getattr(reward_mod, "load_reward_model", None) or getattr(reward_mod, "load", None)
         if loader is None:
             raise ConfigError("pluralign.reward has no load_reward_model(dir)")
         return loader(spec)
-    raise ConfigError(f"--reward {spec!r}: expected 'gold', 'module:function' or an existing directory")
+    raise ConfigError(f"{field} {spec!r}: expected 'gold', 'module:function' or an existing directory")
 
 
 def objective_names(reward: Any, m: int) -> list[str]:

@@ -125,6 +125,9 @@ class Heads(Scheme):
 
     model_level = True
 
+    def __init__(self, objectives: Sequence[str] = (), *, noise: float = 1e-3, seed: int = 42):
+        super().__init__(objectives, noise=float(noise), seed=int(seed))  # `install_heads`' settings
+
     @contextlib.contextmanager
     def steer(self, model: Any, condition: Condition) -> Iterator[Any]:
         k = len(self.objectives)

@@ -59,14 +59,16 @@ class LoopConfig:
         for name in ("weight_decay", "max_grad_norm", "adam_eps"):
             if getattr(self, name) < 0:
                 raise bad(name, ">= 0")
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise bad(name, ">= 1")
+        if self.max_steps <= 0 and self.num_epochs < 1:
+            raise ConfigError("set num_epochs >= 1 or max_steps > 0")
 
 
 def check_config(config: LoopConfig, dataset: Sequence) -> None:
-    for name in ("batch_size", "grad_accum"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"'{name}' must be >= 1, got {getattr(config, name)}")
-    if config.max_steps <= 0 and config.num_epochs < 1:
-        raise ConfigError("set num_epochs >= 1 or max_steps > 0")
+    """What depends on the machine and the data, and step_limit (a recipe's defaults may hold a sentinel that
+    it resolves later); the rest is checked when the config is made."""
     if config.step_limit < 0:
         raise ConfigError(f"'step_limit' must be >= 0, got {config.step_limit}")
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -60,9 +61,16 @@ def weight_tensor(cfg: ObjectivesConfig) -> torch.Tensor:
 
 
 def check_config(cfg: ObjectivesConfig) -> None:
-    """What can be checked before the model and data load: the weights and the combiner's settings."""
-    weight_tensor(cfg)
-    check_combiner(cfg.combine, cfg.combine_params)
+    """What can be checked before the model and data load: the conditioning scheme and its parameters, and
+    with objectives, the weights and the combiner's settings."""
+    conditioning.get(cfg.conditioning, cfg.names, **cfg.conditioning_params)
+    if cfg.names:
+        weight_tensor(cfg)
+        check_combiner(cfg.combine, cfg.combine_params)
+    if cfg.names and cfg.margin_reward and not Path(cfg.margin_reward).is_dir():  # 'gold' or module:function: cheap
+        from pluralign.decode.rewards import load_reward
+
+        load_reward(cfg.margin_reward, "objectives.margin_reward")
 
 
 def to_pairs(records: Sequence[Any], cfg: ObjectivesConfig) -> list[Any]:
@@ -248,7 +256,7 @@ def margin_values(cfg: ObjectivesConfig, records: Sequence[Any]) -> Tensors:
     with r from ``margin_reward`` (its objectives must include the configured names)."""
     from pluralign.decode.rewards import load_reward, score_groups
 
-    reward = load_reward(cfg.margin_reward)
+    reward = load_reward(cfg.margin_reward, "objectives.margin_reward")
     names = list(getattr(reward, "objectives", None) or [])
     missing = [n for n in cfg.names if n not in names]
     if missing:

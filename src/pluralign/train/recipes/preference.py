@@ -245,8 +245,7 @@ def run(config: PreferenceConfig) -> RecipeResult:
         raise ConfigError(f"loss '{config.loss}' is a {info.kind} loss; train reward models with `pluralign train rm`")
     _check_params(info, config.loss_params)
     _check_inputs(config, info)
-    if config.objectives.names:
-        mo.check_config(config.objectives)
+    mo.check_config(config.objectives)
     kind = shaped(KINDS[info.kind], wpo=config.wpo, ld_alpha=config.ld_alpha)
     out = Path(config.output_dir)
     distributed = process_state()
