@@ -593,11 +593,11 @@ def test_weight_conditioned_dpo_on_signed_pairs_steers_by_the_stated_weights(tmp
 @pytest.mark.parametrize(("settings", "message"), [
     (["objectives.combine=raco", "objectives.combine_params={normalize: pairs}"],
      "combiner 'raco': normalize must be one of ['objective', 'batch'], got 'pairs'"),
-    (["objectives.combine=raco", "objectives.combine_params={cc: 1}"], "combiner 'raco' has no hyper-parameter ['cc']"),
+    (["objectives.combine=raco", "objectives.combine_params={cc: 1}"], "combiner 'raco' has no parameter ['cc'] (did you mean 'c'?)"),
     (["objectives.combine=racco"], "racco"),
     (["objectives.weights={informativeness: -1, conciseness: 1}"], "objectives.weights"),
     (["objectives.conditioning=joint_soup", "objectives.conditioning_params={alphaa: 1}"],
-     "conditioning scheme 'joint_soup' has no parameter ['alphaa']; its parameters: ['alpha', 'vertex_prob', 'seed']"),
+     "conditioning scheme 'joint_soup' has no parameter ['alphaa'] (did you mean 'alpha'?); its parameters: alpha, vertex_prob, seed"),
     (["objectives.conditioning=system_message", "objectives.conditioning_params={noise: 1}"],
      "conditioning scheme 'system_message' has no parameter ['noise']; its parameters: none"),
     (["objectives.margin_reward=no_such_module:fn"], "objectives.margin_reward no_such_module:fn: cannot import fn"),

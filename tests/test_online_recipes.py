@@ -178,7 +178,7 @@ def test_cli_trains_grpo_with_a_python_reward(base, tmp_path, monkeypatch, capsy
     ("online_toys:raising_reward", "raised ValueError: the grader crashed"),
     ("online_toys:nan_reward", "non-finite value"),
     ("online_toys:short_reward", r"returned shape \(15, 1\) for 16 responses"),
-    ("no_such_module:f", "cannot import"),
+    ("no_such_module:f", r"rewards\[0\]\.source no_such_module:f: cannot import"),
     ("/no/such/rm", "not 'gold', 'judge', 'module:function' or an existing"),
 ])
 def test_bad_rewards_exit_2_with_the_cause(base, tmp_path, monkeypatch, capsys, reward, message):
@@ -193,6 +193,23 @@ def test_bad_rewards_exit_2_with_the_cause(base, tmp_path, monkeypatch, capsys, 
     assert "Traceback" not in err
     assert __import__("re").search(message, err), err
     assert not (tmp_path / "x" / "model").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("advantage_params={scal: batch}", "advantage estimator 'grpo' has no parameter ['scal'] (did you mean 'scale'?)"),
+    ("loss_params={eps: 0.1}", "policy loss 'clip' has no parameter ['eps']"),
+    ("temperature=0", "'temperature' must be > 0"),
+    ("top_p=2", "'top_p' must be in (0, 1]"),
+    ("beta=-0.1", "'beta' (the KL coefficient) must be >= 0"),
+])
+def test_bad_online_settings_exit_2_before_the_model_loads(tmp_path, capsys, setting, message):
+    data = write_prompts(tmp_path / "prompts.jsonl")
+    argv = ["train", "grpo", f"model={tmp_path / 'no_model_here'}", f"data={data}", f"output_dir={tmp_path / 'x'}",
+            setting, "loop.max_steps=1", "loop.progress=false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_bad_prompts_and_group_sizes(base, tmp_path):

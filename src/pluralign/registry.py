@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,6 +42,20 @@ class Registry:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown {self.what} {name!r}{hint}; valid: {', '.join(self.names())}")
         return self._items[name]
+
+    def check_params(self, name: str, params: Any, *, reserved: Sequence[str] = ()) -> None:
+        """A `ConfigError` naming part `name`'s settings when `params` holds one it does not take: its
+        keyword-only arguments (a class's, of its constructor), less the `reserved` ones its caller passes."""
+        part = self.get(name)
+        signature = inspect.signature(part.__init__ if isinstance(part, type) else part)
+        accepted = [p.name for p in signature.parameters.values()
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in reserved]
+        unknown = sorted(set(params or {}) - set(accepted))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], accepted, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{self.what} {name!r} has no parameter {unknown}{hint}; its parameters: "
+                              f"{', '.join(accepted) or 'none'}")
 
     def names(self) -> list[str]:
         self._load()

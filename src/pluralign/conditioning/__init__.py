@@ -48,7 +48,6 @@ Adding a scheme (e.g. a personal system message, a user embedding) is one subcla
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -274,13 +273,8 @@ names = _SCHEMES.names
 
 def get(name: str, objectives: Sequence[str] = (), **params: Any) -> Scheme:
     """A new scheme `name` over `objectives` (a parameter it does not take is a `ConfigError`)."""
-    cls = _SCHEMES.get(name)
-    signature = inspect.signature(cls.__init__).parameters.values()
-    accepted = [p.name for p in signature if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ConfigError(f"conditioning scheme {name!r} has no parameter {unknown}; its parameters: {accepted or 'none'}")
-    return cls(objectives, **params)
+    _SCHEMES.check_params(name, params)
+    return _SCHEMES.get(name)(objectives, **params)
 
 
 def from_state(state: Mapping[str, Any]) -> Scheme:

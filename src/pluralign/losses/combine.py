@@ -35,7 +35,6 @@ combiner is ``fn(losses, mask, weights, context, **params) -> (per-example [B], 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,11 +198,7 @@ _CHOICES = {"gram": ("params", "logps"), "normalize": ("objective", "batch")}
 def check(name: str, params: dict[str, Any] | None = None) -> None:
     """A `ConfigError` for an unknown combiner, a hyper-parameter it does not have, or a value it does not
     take: the recipes call this before loading anything, so a typo costs no model load or reference pass."""
-    fn = get(name)
-    accepted = [n for n, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    unknown = sorted(set(params or {}) - set(accepted))
-    if unknown:
-        raise ConfigError(f"combiner {name!r} has no hyper-parameter {unknown}; its hyper-parameters: {accepted or 'none'}")
+    _COMBINERS.check_params(name, params)
     for key, allowed in _CHOICES.items():
         if key in (params or {}) and params[key] not in allowed:
             raise ConfigError(f"combiner {name!r}: {key} must be one of {list(allowed)}, got {params[key]!r}")

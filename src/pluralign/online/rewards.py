@@ -28,7 +28,7 @@ from torch import Tensor
 
 from pluralign.config import option
 from pluralign.decode.infalign import calibrate, transform
-from pluralign.decode.rewards import as_reward, objective_names, score_groups, weight_vector
+from pluralign.decode.rewards import as_reward, load_reward, objective_names, score_groups, weight_vector
 from pluralign.errors import ConfigError, PluralignError
 from pluralign.online.advantages import groups
 
@@ -73,8 +73,8 @@ class JudgeReward:
 class Source:
     """One configured source: `.score` → one column [N]."""
 
-    def __init__(self, spec: RewardSpec, reward: Any = None):
-        self.spec = spec
+    def __init__(self, spec: RewardSpec, reward: Any = None, field: str = "rewards[0].source"):
+        self.spec = spec  # `field`: where the user gave it, for errors
         if reward is not None and hasattr(reward, "single") and not hasattr(reward, "score"):
             self.reward = JudgeReward(reward)
         elif reward is not None:
@@ -88,7 +88,7 @@ class Source:
         elif spec.source == "gold" and spec.group:
             self.reward = GroupUtility(spec.group, spec.population)
         else:
-            self.reward = as_reward(spec.source)
+            self.reward = load_reward(spec.source, field)
         self.name = spec.group or spec.source
 
     def __call__(self, prompts: list, responses: list[str], users: Sequence[Any] | None = None,

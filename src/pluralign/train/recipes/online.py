@@ -22,9 +22,11 @@ from pluralign.config import option
 from pluralign.errors import ConfigError
 from pluralign.models.heads import hidden_size
 from pluralign.models.load import is_peft_model
+from pluralign.online.advantages import ESTIMATORS
 from pluralign.online.engine import Engine, Reference
 from pluralign.online.methods import BestOfN, Pairs, PolicyGradient, PolicyWithValue
 from pluralign.online.opponents import Opponents
+from pluralign.online.policy_losses import LOSSES as POLICY_LOSSES
 from pluralign.online.rewards import RewardSpec, Source
 from pluralign.online.rollout import Prompt, RolloutConfig, make_backend, read_prompts
 from pluralign.train.loop import LoopConfig, train
@@ -117,6 +119,17 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
         raise ConfigError("group_size and max_new_tokens must be >= 1")
     if config.packing:
         raise ConfigError("packing is not supported by the online recipes; set packing=false")
+    if not config.temperature > 0:  # greedy rollouts: one completion per prompt, and not the policy's samples
+        raise ConfigError(f"'temperature' must be > 0: online training learns from the policy's samples, got {config.temperature}")
+    if not 0 < config.top_p <= 1 or config.top_k < 0:
+        raise ConfigError(f"'top_p' must be in (0, 1] and 'top_k' >= 0, got {config.top_p}, {config.top_k}")
+    if config.beta is not None and not config.beta >= 0:
+        raise ConfigError(f"'beta' (the KL coefficient) must be >= 0, got {config.beta}")
+    resolved = config.resolved()  # the policy-gradient parts: a setting a part does not take stops here
+    if resolved.advantage is not None:
+        ESTIMATORS.check_params(resolved.advantage, config.advantage_params, reserved=("group_size", "kl_penalty", "values"))
+    if resolved.policy_loss is not None:
+        POLICY_LOSSES.check_params(resolved.policy_loss, config.loss_params)
     if not config.rewards:
         raise ConfigError("set at least one reward source in 'rewards'")
     k = config.updates_per_rollout
@@ -151,7 +164,8 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
         prompts = read_prompts(config.data) if config.data else []
     if reward_objects is not None and len(reward_objects) != len(config.rewards):
         raise ConfigError(f"{len(reward_objects)} reward objects for {len(config.rewards)} entries of 'rewards'")
-    sources = [Source(spec, reward_objects[i] if reward_objects else None) for i, spec in enumerate(config.rewards)]
+    sources = [Source(spec, reward_objects[i] if reward_objects else None, f"rewards[{i}].source")
+               for i, spec in enumerate(config.rewards)]
     tokenizer, policy, _ = load_policy(config)
     method, reference, trainee = build_method(config, tokenizer, policy)
     engine = Engine(policy=policy, tokenizer=tokenizer, prompts=prompts, sources=sources,
