@@ -59,6 +59,22 @@ def test_cli_user_errors_exit_2(model_dir, tmp_path, capsys):
     assert main(args[:-2] + ["--reward", "no_such_module:f", "--prompts", str(good), "--out", "x"]) == 2
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "soft_bon", "--beta", "-1"], "controls.beta must be > 0"),  # was: quietly best-of-N
+    (["--method", "bon", "--n", "0"], "controls.n must be an integer >= 1, got 0"),
+    (["--method", "sample", "--max-new-tokens", "0"], "controls.max_new_tokens must be an integer >= 1"),
+    (["--method", "sample", "--temperature", "nan"], "controls.temperature must be a finite number"),
+])
+def test_cli_out_of_range_controls_exit_2_naming_them(model_dir, tmp_path, capsys, flags, message):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the\n")
+    args = ["decode", "--model", str(model_dir), "--reward", "decode_cli_rewards:words", "--prompts", str(prompts),
+            "--out", str(tmp_path / "o.jsonl"), *flags]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
 def test_cli_warns_when_nothing_reads_the_steering_fields(model_dir, tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "the", "user": "u1"}) + "\n")

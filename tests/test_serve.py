@@ -172,6 +172,9 @@ def test_refusals_in_openai_error_format(server):
     assert window["code"] == "context_length_exceeded"  # the sandbox model's 128 positions
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "controls": {"bogus": 1}}, headers=AUTH), 400)
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "beta": "hot"}, headers=AUTH), 400)
+    negative = _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "controls": {"beta": -1.0}},
+                                 headers=AUTH), 400)  # the right type out of range: named, not a 500
+    assert negative["param"] == "beta" and "controls.beta must be > 0" in negative["message"]
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "best_of": 4}, headers=AUTH), 400)
     _error(httpx.get(server + "/v1/nothing", headers=AUTH), 404)
 

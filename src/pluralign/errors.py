@@ -40,4 +40,8 @@ class DataError(PluralignError):
 
 
 class ConfigError(PluralignError):
-    """A bad configuration key or value."""
+    """A bad configuration key or value; `field`, when given, names it (the server's 400 answers say which)."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field

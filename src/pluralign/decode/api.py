@@ -9,6 +9,7 @@ and apply per-row objective weights vectorised.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,26 @@ class Controls:
     seed: int | None = 0
     chat_template: str = "auto"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Checked when made (CLI, server, Python): a negative beta would otherwise quietly act as best-of-N.
+        def bad(name: str, rule: str) -> ConfigError:
+            return ConfigError(f"controls.{name} must be {rule}, got {getattr(self, name)!r}", field=name)
+
+        for name in ("n", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name, "an integer >= 1")
+        for name in ("beta", "w", "temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise bad(name, "a finite number")
+        if self.beta <= 0:
+            raise bad("beta", "> 0 (the tilt's temperature / KL strength)")
+        if not 0 < self.top_p <= 1:
+            raise bad("top_p", "in (0, 1]")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise bad("top_k", "an integer >= 0")
 
     def replace(self, **changes: Any) -> Controls:
         return dataclasses.replace(self, **changes)

@@ -27,6 +27,7 @@ import uuid
 from typing import Any
 
 from pluralign.decode.api import Controls
+from pluralign.errors import ConfigError
 from pluralign.serve.config import ServeConfig
 from pluralign.serve.errors import APIError
 
@@ -114,7 +115,10 @@ def controls_from(body: dict, cfg: ServeConfig) -> Controls:
         raise APIError(400, f"alignment candidates n={values['n']} above the limit {cfg.max_best_of}", param="n")
     if not 1 <= values["max_new_tokens"] <= cfg.max_tokens:
         raise APIError(400, f"max_tokens must be in [1, {cfg.max_tokens}]", param="max_tokens")
-    return Controls(**values)
+    try:
+        return Controls(**values)
+    except ConfigError as e:  # a value of the right type out of its range, e.g. beta <= 0
+        raise APIError(400, str(e), param=e.field, code="invalid_value") from None
 
 
 def chat_prompt(body: dict) -> list[dict]:
