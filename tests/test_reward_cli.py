@@ -73,6 +73,18 @@ def test_train_pal_and_morm(setup):
     assert s.shape == (2, 2) and s[0, 0] > s[1, 0] and s[0, 1] < s[1, 1]
 
 
+def test_reward_recipes_take_a_list_of_data_files_as_the_other_recipes_do(setup):
+    import yaml
+
+    two = _train(setup, "rm", "pairs.jsonl", "bt_two", f"data=[{setup / 'pairs.jsonl'},{setup / 'pairs.jsonl'}]",
+                 "loop.num_epochs=1", "loop.batch_size=16")
+    one = _train(setup, "rm", "pairs.jsonl", "bt_one", "loop.num_epochs=1", "loop.batch_size=16")
+    steps = [max(json.loads(line).get("step", 0) for line in open(run / "metrics.jsonl")) for run in (one, two)]
+    config = yaml.safe_load((two / "config.yaml").read_text())
+    assert config["data"] == [str(setup / "pairs.jsonl")] * 2
+    assert steps[1] > steps[0]  # twice the pairs: more steps in the one epoch
+
+
 def test_bad_inputs_exit_2(setup, capsys):
     assert main(["train", "pal", "--config", str(setup / "cfg.yaml"), f"data={setup / 'binary.jsonl'}",
                  f"output_dir={setup / 'bad'}"]) == 2

@@ -120,8 +120,8 @@ class RewardConfig(ModelTrainingConfig):
                                                             "default: last_mean for causal, chosen by measurement, mean for encoder). "
                                                             "ARGS scores incrementally only with 'last'.")
     freeze_backbone: bool = option(False, help="Keep the backbone frozen and train only the head on features computed once.")
-    data: str = option("", help="Training feedback file (.jsonl/.json/.csv/.parquet or a datasets dir).")
-    eval_data: str = option("", help="Held-out feedback for the final evaluation (optional).")
+    data: str | list[str] = option("", help="Training feedback file(s) (.jsonl/.json/.csv/.parquet or a datasets dir): one path or a list, as the other recipes take.")
+    eval_data: str | list[str] = option("", help="Held-out feedback file(s) for the final evaluation (optional).")
     output_dir: str = option("runs/reward", help="Run directory; the model is saved to <output_dir>/model.")
     chat_template: Literal["auto", "always", "never"] = option("auto", help=CHAT_TEMPLATE_HELP + "; saved with the model, so scoring renders prompts as training did.")
     objectives: list[str] = option(default_factory=list, help="Objective names (multi); default: every rating/objective in the data.")
@@ -154,8 +154,13 @@ def run(config: RewardConfig) -> RecipeResult:
     """Train the configured reward model; the model is saved in `<output_dir>/model`."""
     if not config.data:
         raise ConfigError("data: give a training feedback file")
-    eval_records = read_records(config.eval_data) if config.eval_data else None
-    return train_records(config, read_records(config.data), eval_records, source=config.data)[1]
+    eval_records = _read_all(config.eval_data) if config.eval_data else None
+    source = config.data if isinstance(config.data, str) else ", ".join(config.data)
+    return train_records(config, _read_all(config.data), eval_records, source=source)[1]
+
+
+def _read_all(paths: str | list[str]) -> list:
+    return [r for path in ([paths] if isinstance(paths, str) else paths) for r in read_records(path)]
 
 
 def train_records(config: RewardConfig, records: list, eval_records: list | None = None, *,
