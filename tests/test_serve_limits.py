@@ -150,6 +150,18 @@ def test_cli_refuses_a_missing_model(capsys):
     assert "not a directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--port", "-5"], "'port' must be in [0, 65535]"),  # was a traceback from the socket layer
+    (["--max-tokens", "16", "--default-max-tokens", "64"], "'default_max_tokens' must be in [1, max_tokens=16]"),
+    (["--reward", "no_such_module:fn"], "--reward no_such_module:fn: cannot import fn"),  # was: a server up, every request 503
+])
+def test_cli_refuses_bad_settings_before_serving(tiny, capsys, flags, message):
+    from pluralign.cli import main
+
+    assert main(["serve", "--model", str(tiny[0]), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_deadline_and_non_streaming_disconnect_cancel_the_work(tiny):
     with serve(tiny, deadline_s=0.5, max_tokens=100_000) as url:
         r = post(url, max_tokens=100_000, ignore_eos=True)

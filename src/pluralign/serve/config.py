@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pluralign.config import option
+from pluralign.errors import ConfigError
 
 
 @dataclass
@@ -37,3 +39,21 @@ class ServeConfig:
     cors_origins: list[str] = option(default_factory=list, help="Origins allowed by CORS; none: CORS off.")
     graceful_timeout_s: float = option(30.0, help="On shutdown, how long in-flight requests may finish.")
     device: str = option("", help="torch device for the models (default: cuda when available, else cpu).")
+
+    def __post_init__(self) -> None:
+        # Checked before anything loads: a port out of range was a traceback from the socket layer.
+        def bad(name: str, rule: str) -> ConfigError:
+            return ConfigError(f"serve: '{name}' must be {rule}, got {getattr(self, name)!r}", field=name)
+
+        if not 0 <= self.port <= 65535:
+            raise bad("port", "in [0, 65535] (0: any free port)")
+        for name in ("rate_limit", "max_concurrent", "max_body_bytes", "max_prompt_tokens", "max_tokens", "max_n",
+                     "max_best_of", "max_batch", "max_batch_rows", "queue_size"):
+            if getattr(self, name) < 1:
+                raise bad(name, ">= 1")
+        if not 1 <= self.default_max_tokens <= self.max_tokens:
+            raise bad("default_max_tokens", f"in [1, max_tokens={self.max_tokens}]")
+        for name, low in (("deadline_s", 0.0), ("batch_window_ms", 0.0), ("graceful_timeout_s", 0.0)):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < low or (name == "deadline_s" and value == 0):
+                raise bad(name, "a finite number > 0" if name == "deadline_s" else "a finite number >= 0")
