@@ -56,6 +56,11 @@ class Registry:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"{self.what} {name!r} has no parameter {unknown}{hint}; its parameters: "
                               f"{', '.join(accepted) or 'none'}")
+        for key, value in (params or {}).items():
+            wanted = str(signature.parameters[key].annotation).replace(" ", "").split("|")
+            if not _matches(value, wanted):
+                raise ConfigError(f"{self.what} {name!r}: {key} must be {' or '.join(_WORDS[w] for w in wanted)}, "
+                                  f"got {value!r}", field=key)
 
     def names(self) -> list[str]:
         self._load()
@@ -64,3 +69,16 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         self._load()
         return name in self._items
+
+
+_TYPES = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,), "None": (type(None),)}
+_WORDS = {"float": "a number", "int": "an integer", "bool": "true or false", "str": "a string", "None": "null"}
+
+
+def _matches(value: Any, wanted: list[str]) -> bool:
+    """Whether `value` fits annotation parts like ["float", "None"]; unannotated or other types pass."""
+    if any(w not in _TYPES for w in wanted):
+        return True
+    if isinstance(value, bool) and "bool" not in wanted:  # True is an int to Python, not a number here
+        return False
+    return any(isinstance(value, _TYPES[w]) for w in wanted)
