@@ -57,7 +57,9 @@ class Registry:
             raise ConfigError(f"{self.what} {name!r} has no parameter {unknown}{hint}; its parameters: "
                               f"{', '.join(accepted) or 'none'}")
         for key, value in (params or {}).items():
-            wanted = str(signature.parameters[key].annotation).replace(" ", "").split("|")
+            annotation = signature.parameters[key].annotation  # text under `from __future__ import annotations`
+            text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+            wanted = text.replace(" ", "").split("|")
             if not _matches(value, wanted):
                 raise ConfigError(f"{self.what} {name!r}: {key} must be {' or '.join(_WORDS[w] for w in wanted)}, "
                                   f"got {value!r}", field=key)

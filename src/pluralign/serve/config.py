@@ -53,7 +53,8 @@ class ServeConfig:
                 raise bad(name, ">= 1")
         if not 1 <= self.default_max_tokens <= self.max_tokens:
             raise bad("default_max_tokens", f"in [1, max_tokens={self.max_tokens}]")
-        for name, low in (("deadline_s", 0.0), ("batch_window_ms", 0.0), ("graceful_timeout_s", 0.0)):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < low or (name == "deadline_s" and value == 0):
-                raise bad(name, "a finite number > 0" if name == "deadline_s" else "a finite number >= 0")
+        if not (math.isfinite(self.deadline_s) and self.deadline_s > 0):
+            raise bad("deadline_s", "a finite number > 0")
+        for name in ("batch_window_ms", "graceful_timeout_s"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise bad(name, "a finite number >= 0")
