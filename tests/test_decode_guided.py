@@ -87,7 +87,7 @@ def test_cd_fudge_training_and_limits(tok, lms):
 
 def test_blockwise_with_long_blocks_is_bon(tok, lms):
     ctl = Controls(n=6, max_new_tokens=8, seed=7, extra={"block": 100})
-    bon = decode("bon", lms[0], tok, PROMPTS, reward=cat_reward, controls=ctl)
+    bon = decode("bon", lms[0], tok, PROMPTS, reward=cat_reward, controls=ctl.replace(extra={}))  # bon reads no block
     blk = decode("cd_block", lms[0], tok, PROMPTS, reward=cat_reward, controls=ctl)
     assert blk.texts == bon.texts
 

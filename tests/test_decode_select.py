@@ -60,7 +60,7 @@ def test_rps_theta0_equals_best_of_k():
     ctl = Controls(n=6, weights=[0.6, 0.8], max_new_tokens=6, seed=3, extra={"theta_max": 0.0})
     out = decode("rps", lm, tok, ["the cat", "a dog"], reward=two_words, controls=ctl)
     conditioned = [with_system(x, dpa_system_message([0.6, 0.8], ["r0", "r1"])) for x in ["the cat", "a dog"]]
-    bon = [decode("bon", lm, tok, [x], reward=two_words, controls=ctl.replace()) for x in conditioned]
+    bon = [decode("bon", lm, tok, [x], reward=two_words, controls=ctl.replace(extra={})) for x in conditioned]
     assert out.texts == [b.texts[0] for b in bon]
     # selection is invariant to positive rescaling of v*
     out2 = decode("rps", lm, tok, ["the cat", "a dog"], reward=two_words,
@@ -100,6 +100,28 @@ def test_registry_and_contract():
     assert set(rows[0]) >= {"response", "scores", "utility", "candidates"}
     with pytest.raises(ConfigError):
         decode("bon", lm, tok, ["the"], reward=two_words, controls=Controls(weights=[1, 2, 3]))
+
+
+def test_every_controls_extra_key_a_decoder_reads_is_declared_and_others_are_errors():
+    import re
+    from pathlib import Path
+
+    from pluralign.decode import api
+
+    names()  # imports every decoder module, which declares its options
+    declared = set().union(*api._OPTIONS.values()) | api.SHARED_OPTIONS
+    source = Path(api.__file__).parent
+    read = {key for f in source.glob("*.py") for key in re.findall(r"""extra(?:\.get\(|\[)["'](\w+)["']""", f.read_text())}
+    read |= set(re.findall(r"""extra or \{\}\)\.get\(["'](\w+)""", (source.parent / "conditioning" / "__init__.py").read_text()))
+    assert read and read <= declared, read - declared  # a key read but declared nowhere would be refused
+    tok = toy_tokenizer()
+    lm = toy_lm(tok, seed=0)
+    with pytest.raises(ConfigError, match=r"request 2: \['kk'\] not an option of decoding method 'args' \(did you mean 'k'\?\)"):
+        decode("args", lm, tok, ["the", "a"], reward=two_words,
+               controls=[Controls(max_new_tokens=2, extra={"k": 3}), Controls(max_new_tokens=2, extra={"kk": 3})])
+    with pytest.raises(ConfigError, match="'sample'.*its options: none"):
+        decode("sample", lm, tok, ["the"], controls=Controls(max_new_tokens=2, extra={"k": 3}))
+    decode("bon", lm, tok, ["the"], reward=two_words, controls=Controls(n=2, max_new_tokens=2, extra={"ties": "first"}))
 
 
 def test_infalign_calibration_makes_objective_scales_irrelevant():

@@ -9,6 +9,7 @@ and apply per-row objective weights vectorised.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -115,9 +116,32 @@ Decoder = Callable[..., DecodeResult]
 _DECODERS = Registry("decoding method", modules=[
     f"pluralign.decode.{m}" for m in ("best_of_n", "rejection", "infalign", "map_palette", "rps", "args",
                                       "controlled", "tq_star", "fusion", "search")])
-register = _DECODERS.register
 names = _DECODERS.names
 get = _DECODERS.get
+# `controls.extra` keys: each decoder's own (declared where it registers), those of every token-by-token
+# decoder (`pluralign.decode.tokenwise`), and RiC's target scores, which a conditioned model reads whatever
+# the decoder. Any other key is an error, not silently ignored: `--set kk=10` is a typo of `k`.
+_OPTIONS: dict[str, frozenset[str]] = {}
+TOKENWISE_OPTIONS = ("mode", "eos")
+SHARED_OPTIONS = frozenset({"scores"})
+
+
+def register(name: str, options: Sequence[str] = ()) -> Callable[[Decoder], Decoder]:
+    """Register decoder `name`; `options` are the `controls.extra` keys it reads."""
+    _OPTIONS[name] = frozenset(options)
+    return _DECODERS.register(name)
+
+
+def check_options(method: str, controls: Sequence[Controls]) -> None:
+    """A `ConfigError` naming the first request whose `extra` holds a key decoder `method` does not read."""
+    own = _OPTIONS.get(method, frozenset())
+    for i, c in enumerate(controls):
+        unknown = sorted(set(c.extra or {}) - own - SHARED_OPTIONS)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(own), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"controls.extra of request {i + 1}: {unknown} not an option of decoding method "
+                              f"{method!r}{hint}; its options: {', '.join(sorted(own)) or 'none'}", field="extra")
 
 
 def per_request(controls: Controls | Sequence[Controls] | None, n_prompts: int) -> list[Controls]:
@@ -137,6 +161,7 @@ def decode(method: str, model: Any, tokenizer: Any, prompts: Sequence[Any], *, r
     `models=[...]` for fusion, `value_model=` for controlled decoding, `reward_model=` for ARGS)."""
     fn = get(method)
     prompts, controls, reward = list(prompts), per_request(controls, len(prompts)), as_reward(reward)
+    check_options(method, controls)
     from pluralign import conditioning
 
     scheme = conditioning.attached(model)

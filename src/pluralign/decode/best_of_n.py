@@ -161,5 +161,5 @@ def plain_sample(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any,
     return finish([row[0] for row in cands], prompts, reward, controls, compute=compute)
 
 
-register("bon")(select_decoder("bon", lambda u, c, g: select_best(u, ties=c.extra.get("ties", "first"), generator=g)))
+register("bon", options=("ties",))(select_decoder("bon", lambda u, c, g: select_best(u, ties=c.extra.get("ties", "first"), generator=g)))
 register("soft_bon")(select_decoder("soft_bon", lambda u, c, g: select_soft(u, c.beta, g)))

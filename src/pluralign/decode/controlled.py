@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pluralign.decode.api import Controls, DecodeResult, finish, register, weights_matrix
+from pluralign.decode.api import TOKENWISE_OPTIONS, Controls, DecodeResult, finish, register, weights_matrix
 from pluralign.decode.kv import Compute, LMState, encode_prompts, left_pad, model_device, pad_id_of
 from pluralign.decode.rewards import Counted, as_reward, score_groups
 from pluralign.decode.sampler import eval_mode, sample
@@ -143,7 +143,7 @@ class CDGuide:
         self.state.advance(tokens)
 
 
-@register("cd")
+@register("cd", options=("k", *TOKENWISE_OPTIONS))
 def cd_tokenwise(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any = None, controls: list[Controls],
                  value_model: ValueModel | None = None, **_: Any) -> DecodeResult:
     """Token-wise controlled decoding with λ = controls.w and k = extra["k"] (default 10)."""
@@ -160,7 +160,7 @@ def cd_tokenwise(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any 
     return out
 
 
-@register("cd_block")
+@register("cd_block", options=("block",))
 def cd_blockwise(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any = None, controls: list[Controls],
                  value_model: ValueModel | None = None, **_: Any) -> DecodeResult:
     """Blockwise best-of-K: K = controls.n continuations of M = extra["block"] tokens (default 4) per step;

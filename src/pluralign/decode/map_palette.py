@@ -57,7 +57,7 @@ def solve_palette(rewards: torch.Tensor, targets: Any, *, lr: float = 0.5, steps
     return PaletteSolution(lam=lam.float(), achieved=achieved.float(), feasible=feasible, iterations=it)
 
 
-@register("map")
+@register("map", options=("targets", "select"))
 def map_decode(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls: list[Controls],
                **_: Any) -> DecodeResult:
     """Solve λ for extra["targets"] (one value level per objective) from the candidates' rewards, then

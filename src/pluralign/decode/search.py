@@ -69,7 +69,7 @@ def heuristic(texts: list[str], prompt: Any, c: Controls, reward: Any) -> torch.
     return h
 
 
-@register("deal")
+@register("deal", options=("reward_weight", "lookahead", "init_beams", "beams", "max_iterations"))
 def deal(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any = None, controls: list[Controls],
          **_: Any) -> DecodeResult:
     """DeAL search per prompt; λ = controls.w; extra: lookahead, init_beams, beams, max_iterations."""
