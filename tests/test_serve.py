@@ -163,6 +163,9 @@ def test_refusals_in_openai_error_format(server):
     with pytest.raises(openai.UnprocessableEntityError):
         client(server).completions.create(model="sandbox", prompt=PROMPT,
                                           extra_body={"method": "bon", "weights": {"kindness": 1}})
+    with pytest.raises(openai.UnprocessableEntityError, match="not an option of decoding method 'bon'"):
+        client(server).completions.create(model="sandbox", prompt=PROMPT,
+                                          extra_body={"method": "bon", "controls": {"extra": {"tie": "first"}}})
     _error(httpx.post(server + "/v1/completions", content=b'{"prompt": ', headers=AUTH), 400)
     _error(httpx.post(server + "/v1/completions", json={"prompt": "x " * 600_000}, headers=AUTH), 413)
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 10**6}, headers=AUTH), 400)
