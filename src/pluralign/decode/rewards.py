@@ -93,6 +93,13 @@ def load_reward(spec: str, field: str = "--reward") -> Any:
     raise ConfigError(f"{field} {spec!r}: expected 'gold', 'module:function' or an existing directory")
 
 
+def check_source(spec: str, field: str) -> None:
+    """Fail early on a reward source that cannot load: 'gold' and module:function are imported (cheap); a
+    reward-model directory only has to exist, its model loads where it is used."""
+    if not Path(spec).is_dir():
+        load_reward(spec, field)
+
+
 def objective_names(reward: Any, m: int) -> list[str]:
     names = getattr(reward, "objectives", None)
     return list(names) if names and len(names) == m else [f"r{i}" for i in range(m)]

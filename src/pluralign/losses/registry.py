@@ -92,7 +92,7 @@ class Loss:
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
         hyperparams = {k: kwargs.pop(k) for k in list(kwargs) if k not in self.signature.parameters}
-        _check_hyperparams(self.info, hyperparams)
+        check_hyperparams(self.info, hyperparams)
         inputs = self.signature.bind(*args, **kwargs).arguments
         weights = inputs.pop("weights", None)
         missing = [n for n in self.info.required if inputs.get(n) is None]
@@ -197,7 +197,7 @@ def mixture(weights: Mapping[str, float] | str,
     for n, part in parts.items():
         if not math.isfinite(parsed[n]):
             raise ConfigError(f"loss mixture weight of '{n}' must be finite, got {parsed[n]}")
-        _check_hyperparams(part.info, part.bound_hyperparams)
+        check_hyperparams(part.info, part.bound_hyperparams)
     infos = [p.info for p in parts.values()]
     if len({i.kind for i in infos}) > 1:
         raise ConfigError(
@@ -267,7 +267,7 @@ def _info_from_signature(name: str, kind: str, fn: LossFn, extra_inputs: tuple[s
     )  # fmt: skip
 
 
-def _check_hyperparams(info: LossInfo, given: Mapping[str, Any]) -> None:
+def check_hyperparams(info: LossInfo, given: Mapping[str, Any]) -> None:
     for key in given:
         if key not in info.hyperparams:
             valid = ", ".join(sorted(info.hyperparams)) or "none"

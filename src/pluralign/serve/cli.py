@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: F401
     except ImportError as e:
         raise ConfigError(f"pluralign serve needs the serve extra: pip install 'pluralign[serve]' ({e})") from None
-    from pluralign.decode.rewards import load_reward
+    from pluralign.decode.rewards import check_source
     from pluralign.serve.engine import named_reward
     from pluralign.serve.limits import load_keys
     from pluralign.serve.runner import serve
@@ -44,9 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(cfg.model).is_dir():
         raise ConfigError(f"--model {cfg.model}: not a directory")
     for spec in cfg.rewards:
-        spec = named_reward(spec)[1]
-        if not Path(spec).is_dir():  # 'gold' or module:function: importing it is cheap, and a typo stops here
-            load_reward(spec, "--reward")
+        check_source(named_reward(spec)[1], "--reward")
     load_keys(cfg.api_key_file)  # a bad key file fails here, before the server starts
     print(f"pluralign serve: {cfg.model} on http://{cfg.host}:{cfg.port} (Ctrl-C drains and stops)", flush=True)
     serve(cfg)

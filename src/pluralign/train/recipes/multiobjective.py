@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -67,10 +66,10 @@ def check_config(cfg: ObjectivesConfig) -> None:
     if cfg.names:
         weight_tensor(cfg)
         check_combiner(cfg.combine, cfg.combine_params)
-    if cfg.names and cfg.margin_reward and not Path(cfg.margin_reward).is_dir():  # 'gold' or module:function: cheap
-        from pluralign.decode.rewards import load_reward
+    if cfg.names and cfg.margin_reward:
+        from pluralign.decode.rewards import check_source
 
-        load_reward(cfg.margin_reward, "objectives.margin_reward")
+        check_source(cfg.margin_reward, "objectives.margin_reward")
 
 
 def to_pairs(records: Sequence[Any], cfg: ObjectivesConfig) -> list[Any]:

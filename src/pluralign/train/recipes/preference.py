@@ -32,6 +32,7 @@ from pluralign.data.convert import convert
 from pluralign.data.io import read_records
 from pluralign.data.records import Binary
 from pluralign.errors import ConfigError
+from pluralign.losses.registry import check_hyperparams
 from pluralign.models.load import is_peft_model, save_model
 from pluralign.models.logprobs import sequence_logps
 from pluralign.personal.conditioned import PersonalConfig, Personalization
@@ -243,7 +244,7 @@ def run(config: PreferenceConfig) -> RecipeResult:
     info = loss.info
     if info.kind not in KINDS:
         raise ConfigError(f"loss '{config.loss}' is a {info.kind} loss; train reward models with `pluralign train rm`")
-    _check_params(info, config.loss_params)
+    check_hyperparams(info, config.loss_params)
     _check_inputs(config, info)
     mo.check_config(config.objectives)
     kind = shaped(KINDS[info.kind], wpo=config.wpo, ld_alpha=config.ld_alpha)
@@ -393,13 +394,6 @@ def _reference(config, info, kind, model, collator, train_items, eval_items, dis
                                         cache_dir=cache_dir, batch_size=bs, what=what, precision=precision)[0]
     distributed.print(f"reference log-probs: {'cache hit' if hit else 'computed and cached'} ({path})")
     return None, train_ref, eval_ref
-
-
-def _check_params(info: losses.LossInfo, params: Mapping[str, Any]) -> None:
-    unknown = sorted(set(params) - set(info.hyperparams))
-    if unknown:
-        valid = ", ".join(info.hyperparams) or "none"
-        raise ConfigError(f"loss '{info.name}' has no hyper-parameter {', '.join(map(repr, unknown))}; valid: {valid}")
 
 
 def _reference_model(config: PreferenceConfig, policy: Any, packing: bool) -> Any:
