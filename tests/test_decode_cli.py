@@ -2,8 +2,10 @@
 exit code 2, and the `steer` helper."""
 
 import json
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +44,23 @@ def test_cli_bon_with_per_request_weights(model_dir, tmp_path, capsys):
     assert len(rows) == 2 and len(rows[0]["candidates"]) == 6 and len(rows[1]["candidates"]) == 4
     assert rows[0]["utility"] == rows[0]["scores"]["r0"] and rows[1]["utility"] == rows[1]["scores"]["r1"]
     assert "forward passes" in capsys.readouterr().out
+
+
+def test_console_script_imports_a_reward_module_from_the_working_directory(model_dir, tmp_path):
+    # a console script's sys.path lacks the working directory (python -m has it): a user's `my_reward.py`
+    # next to their prompts was "No module named 'my_reward'"
+    script = Path(sys.executable).with_name("pluralign")
+    if not script.exists():
+        pytest.skip("pluralign console script not installed next to this interpreter")
+    (tmp_path / "my_reward.py").write_text("def brevity(prompts, responses):\n"
+                                           "    return [-float(len(r.split())) for r in responses]\n")
+    (tmp_path / "p.txt").write_text("the\n")
+    done = subprocess.run([str(script), "decode", "--method", "bon", "--model", str(model_dir), "--reward",
+                           "my_reward:brevity", "--prompts", "p.txt", "--out", "out.jsonl", "--n", "3",
+                           "--max-new-tokens", "4"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads((tmp_path / "out.jsonl").read_text())
+    assert row["utility"] == max(-float(len(c.split())) for c in row["candidates"])
 
 
 def test_cli_user_errors_exit_2(model_dir, tmp_path, capsys):

@@ -9,6 +9,8 @@ transformer reward model so that k candidate next tokens are scored from one cac
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,15 @@ def as_reward(obj: Any) -> Any:
     raise ConfigError(f"not a reward source: {type(obj).__name__} (need .score(prompts, responses, user) or a callable)")
 
 
+def import_user_module(module: str) -> Any:
+    """Import a user's module as `python -m` would find it: the `pluralign` console script's sys.path lacks
+    the working directory, where a user's reward module next to their data lives. It is appended, so a
+    local file never shadows an installed module."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    return importlib.import_module(module)
+
+
 def load_reward(spec: str, field: str = "--reward") -> Any:
     """"gold" (sandbox attributes), "module:function", or a reward-model directory (pluralign.reward);
     errors name `field`, where the user gave `spec`."""
@@ -77,7 +88,7 @@ def load_reward(spec: str, field: str = "--reward") -> Any:
     if ":" in spec and not Path(spec).exists():
         module, _, name = spec.partition(":")
         try:
-            fn = getattr(importlib.import_module(module), name)
+            fn = getattr(import_user_module(module), name)
         except (ImportError, AttributeError) as e:
             raise ConfigError(f"{field} {spec}: cannot import {name} from {module} ({e})") from e
         return as_reward(fn)

@@ -87,7 +87,7 @@ def objective_reward(spec: str, objectives: list[str]) -> Any:
     """The reward source `spec` restricted to `objectives`, in that order."""
     from pluralign.decode.rewards import FunctionReward, load_reward
 
-    reward = load_reward(spec)
+    reward = load_reward(spec, "reward")
     names = list(getattr(reward, "objectives", None) or [])
     if not names:  # a module:function reward has no names: its columns are the objectives, in order
         return reward
