@@ -28,6 +28,8 @@ def model_dir(tmp_path_factory):
     tok.save_pretrained(d)
     mod = types.ModuleType("decode_cli_rewards")
     mod.words = _words
+    mod.named = lambda prompts, responses: _words(prompts, responses)
+    mod.named.objectives = ["cat", "dog"]
     sys.modules["decode_cli_rewards"] = mod
     return d
 
@@ -44,6 +46,17 @@ def test_cli_bon_with_per_request_weights(model_dir, tmp_path, capsys):
     assert len(rows) == 2 and len(rows[0]["candidates"]) == 6 and len(rows[1]["candidates"]) == 4
     assert rows[0]["utility"] == rows[0]["scores"]["r0"] and rows[1]["utility"] == rows[1]["scores"]["r1"]
     assert "forward passes" in capsys.readouterr().out
+
+
+def test_a_reward_function_names_its_objectives_for_weights_by_name(model_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the\n")
+    out = tmp_path / "out.jsonl"
+    rc = main(["decode", "--method", "bon", "--model", str(model_dir), "--reward", "decode_cli_rewards:named",
+               "--weights", "dog=1,cat=0", "--prompts", str(prompts), "--out", str(out), "--n", "4",
+               "--max-new-tokens", "6"])
+    row = json.loads(out.read_text())
+    assert rc == 0 and set(row["scores"]) == {"cat", "dog"} and row["utility"] == row["scores"]["dog"]
 
 
 def test_console_script_imports_a_reward_module_from_the_working_directory(model_dir, tmp_path):

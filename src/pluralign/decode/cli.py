@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", required=True, help="decoder name (sample, bon, soft_bon, rejection, infalign, map, rps, "
                                                  "args, cd_block, tq_star, genarm, mod, deal)")
     p.add_argument("--model", required=True, help="policy model directory")
-    p.add_argument("--reward", help="'gold' (sandbox attributes), a reward-model directory, or module:function")
+    p.add_argument("--reward", help="'gold' (sandbox attributes), a reward-model directory, or module:function "
+                   "(returning [N] or [N, m] scores; `fn.objectives = [...]` names the m columns for --weights)")
     p.add_argument("--weights", help="objective weights: w1,w2,... or name=w,name=w")
     p.add_argument("--direction", help="preference direction (DPA) for a conditioned model: v1,v2,... or name=v,...")
     p.add_argument("--user", help="user id passed to per-user reward models and user-conditioned models")

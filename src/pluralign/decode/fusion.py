@@ -80,7 +80,8 @@ class FusionGuide:
                 out.append(w)
         w = torch.tensor(out, device=device)
         if w.shape[1] != n_models:
-            raise ConfigError(f"{w.shape[1]} fusion weights for {n_models} models")
+            raise ConfigError(f"{w.shape[1]} fusion weights for {n_models} models (the policy and {n_models - 1} "
+                              "further model(s): one weight each, the policy's first)")
         return w
 
     def choose(self, logits: torch.Tensor, rows: list[int]) -> torch.Tensor:

@@ -22,7 +22,8 @@ from pluralign.errors import ConfigError
 
 
 class FunctionReward:
-    """A Python callable `(prompts, responses) -> array [N] or [N, m]` as a reward source."""
+    """A Python callable `(prompts, responses) -> array [N] or [N, m]` as a reward source; its columns are
+    named by `objectives`, else r0, r1, ..."""
 
     def __init__(self, fn: Callable, objectives: Sequence[str] | None = None):
         self.fn = fn
@@ -66,8 +67,8 @@ def as_reward(obj: Any) -> Any:
         return load_reward(obj)
     if hasattr(obj, "score") and callable(obj.score) and not isinstance(obj, torch.nn.Linear):
         return obj
-    if callable(obj):
-        return FunctionReward(obj)
+    if callable(obj):  # a function may name its columns: `fn.objectives = ["detail", "brevity"]`
+        return FunctionReward(obj, getattr(obj, "objectives", None))
     raise ConfigError(f"not a reward source: {type(obj).__name__} (need .score(prompts, responses, user) or a callable)")
 
 

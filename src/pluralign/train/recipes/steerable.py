@@ -42,7 +42,7 @@ class DPAConfig(ModelTrainingConfig):
     gradient_checkpointing: bool = option(False, help="Recompute activations in each round's SFT backward (less memory, about a third more compute).")
     data: list[str] = option(default_factory=list, help="File(s) whose records' prompts are sampled from (any record kind with a `prompt`; chat prompts as message lists).")
     objectives: list[str] = option(default_factory=list, help="Objectives the direction v weighs, in the order of the reward's scores.")
-    reward: str = option("", help="Multi-objective reward scoring the objectives: gold (sandbox attributes), module:function (returning one column per objective, in order), or a reward-model directory; a reward with named objectives must include every name in `objectives`.")
+    reward: str = option("", help="Multi-objective reward scoring the objectives: gold (sandbox attributes), module:function (one column per objective: named by the function's `objectives` attribute, else taken in the order of `objectives`), or a reward-model directory; a reward with named objectives must include every name in `objectives`.")
     output_dir: str = option("runs/dpa", help="Run directory; round t trains into <output_dir>/round<t> and the last round's model is the result.")
     rounds: int = option(2, help="Rejection-sampling fine-tuning rounds (T).")
     n: int = option(4, help="Samples per prompt and round; the best by vᵀr is kept (N).")
