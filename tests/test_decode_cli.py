@@ -59,6 +59,31 @@ def test_a_reward_function_names_its_objectives_for_weights_by_name(model_dir, t
     assert rc == 0 and set(row["scores"]) == {"cat", "dog"} and row["utility"] == row["scores"]["dog"]
 
 
+def test_map_palette_out_of_reach_is_a_warning_and_marked_in_the_rows(model_dir, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the\na\n")
+    out = tmp_path / "out.jsonl"
+    args = ["decode", "--method", "map", "--model", str(model_dir), "--reward", "decode_cli_rewards:words",
+            "--prompts", str(prompts), "--out", str(out), "--n", "4", "--max-new-tokens", "4", "--set"]
+    assert main(args + ["targets=[0,0]"]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["feasible"] for r in rows] == [True, True] and rows[0]["lambda"] == [0.0, 0.0]
+    assert "warning" not in capsys.readouterr().err
+    assert main(args + ["targets=[100,0]"]) == 0  # 100 cats in 4 tokens: out of reach
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["feasible"] for r in rows] == [False, False] and all(r["achieved"][0] < 100 for r in rows)
+    assert "warning: map: the targets are out of reach of the candidates of 2 of 2 prompt(s)" in capsys.readouterr().err
+
+
+def test_rejection_that_accepted_nothing_is_a_warning():
+    from pluralign.decode.api import DecodeResult
+    from pluralign.decode.cli import result_warnings
+
+    assert result_warnings("rejection", DecodeResult(texts=["a", "b"], info={"exhausted": []})) == []
+    (note,) = result_warnings("rejection", DecodeResult(texts=["a", "b"], info={"exhausted": [1]}))
+    assert note.startswith("rejection: 1 of 2 prompt(s) accepted no candidate")
+
+
 def test_console_script_imports_a_reward_module_from_the_working_directory(model_dir, tmp_path):
     # a console script's sys.path lacks the working directory (python -m has it): a user's `my_reward.py`
     # next to their prompts was "No module named 'my_reward'"

@@ -95,6 +95,7 @@ class DecodeResult:
     compute: Compute = field(default_factory=Compute)
     reward_compute: Compute = field(default_factory=Compute)
     info: dict = field(default_factory=dict)
+    row_info: tuple[str, ...] = ()  # `info` entries holding one value per prompt, written into its row
 
     def rows(self) -> list[dict]:
         """JSON-ready rows, one per prompt."""
@@ -107,6 +108,7 @@ class DecodeResult:
                 row["utility"] = float(self.utility[p])
             if self.candidates is not None:
                 row["candidates"] = self.candidates[p]
+            row |= {k: self.info[k][p] for k in self.row_info}
             out.append(row)
         return out
 

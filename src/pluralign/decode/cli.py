@@ -136,6 +136,20 @@ def _same_rendering(encoder: Any, tokenizer: Any, chat_template: str) -> bool:
 STEERING = ("weights", "direction", "user", "group")
 
 
+def result_warnings(method: str, result: Any) -> list[str]:
+    """What a decoder could not do as asked, which its output rows alone would hide."""
+    out, n = [], len(result.texts)
+    infeasible = [p for p, ok in enumerate(result.info.get("feasible", [])) if not ok]
+    if infeasible:
+        out.append(f"{method}: the targets are out of reach of the candidates of {len(infeasible)} of {n} prompt(s) "
+                   f"(rows {infeasible[:10]}: \"feasible\": false; λ stopped at its bound): lower the targets or "
+                   "draw more candidates (--n)")
+    if result.info.get("exhausted"):
+        out.append(f"{method}: {len(result.info['exhausted'])} of {n} prompt(s) accepted no candidate within the "
+                   "tries and got their best-scoring one instead")
+    return out
+
+
 def unused_controls(model: Any, reward: Any, controls: list[Any], extra_models: list[Any] = ()) -> list[str]:
     """The steering fields some request sets that nothing would read: a model without a conditioning
     scheme (`pluralign.conditioning`) decoded without a reward or further models (fusion weighs those)
@@ -175,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
     for req, row in zip(requests, result.rows(), strict=True):
         rows.append({**{k: v for k, v in req.items() if k != "prompt"}, "prompt": req["prompt"], **row})
     atomic_write_jsonl(args.out, rows)
+    for note in result_warnings(args.method, result):
+        print(f"warning: {note}", file=sys.stderr)
     util = f"mean utility {result.utility.mean().item():.4f}" if result.utility is not None else "no reward given"
     print(f"decoded {len(rows)} prompts with {args.method}: {util}, "
           f"{result.compute.forward} forward passes, {result.compute.tokens} tokens, "

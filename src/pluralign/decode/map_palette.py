@@ -83,4 +83,5 @@ def map_decode(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, c
                         utility=torch.stack([scores[p] @ s.lam for p, s in enumerate(sols)]), candidates=cands,
                         candidate_scores=per, compute=compute, reward_compute=counted.compute,
                         info={"lambda": [s.lam.tolist() for s in sols], "feasible": [s.feasible for s in sols],
-                              "achieved": [s.achieved.tolist() for s in sols]})
+                              "achieved": [s.achieved.tolist() for s in sols]},
+                        row_info=("lambda", "feasible", "achieved"))
