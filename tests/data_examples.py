@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pluralign.data.records import Binary, Judged, Pairwise, Ranked, Rated, Record
+from pluralign.data.records import Binary, Demonstration, Judged, Pairwise, Ranked, Rated, Record
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour, please."}]
 REPLY = [{"role": "assistant", "content": "Blue."}]
@@ -46,6 +46,11 @@ def examples() -> dict[str, list[Record]]:
             Judged("q", "r", "Clear and kind.", "positive", user="u1"),
             Judged(CHAT, REPLY, "Rude.", "negative", objective="polite"),
             Judged("q3", "r3", "Fine, I guess", "positive", section="dev"),
+        ],
+        "demonstration": [
+            Demonstration("q", "a, \"quoted\"\nanswer", user="u1"),
+            Demonstration(CHAT, REPLY, objective="brief", group="g1"),
+            Demonstration("[draft] café ☕", "[1, 2]", section="train", meta={"id": 3}),
         ],
     }
 

@@ -85,6 +85,7 @@ def test_numeric_ids_are_read_as_names():
         ({"prompt", "response", "label"}, "binary"),
         ({"prompt", "response", "ratings"}, "rated"),
         ({"prompt", "response", "judgment", "polarity"}, "judged"),
+        ({"prompt", "completion"}, "demonstration"),
     ],
 )
 def test_detect_kind_from_fields(fields, kind):
@@ -92,8 +93,8 @@ def test_detect_kind_from_fields(fields, kind):
 
 
 def test_detect_kind_fails_clearly():
-    with pytest.raises(DataError, match=r"cannot tell the kind.*\['prompt', 'response'\]"):
-        detect_kind({"prompt": "p", "response": "r"})
+    with pytest.raises(DataError, match=r"cannot tell the kind.*\['prompt', 'reply'\]"):
+        detect_kind({"prompt": "p", "reply": "r"})
 
 
 def test_file_kind_is_the_majority_so_one_odd_row_cannot_mislead(tmp_path):

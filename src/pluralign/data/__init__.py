@@ -16,12 +16,24 @@ from pluralign.data.io import (
     to_dataset,
     write_records,
 )
-from pluralign.data.records import KINDS, Binary, Judged, Pairwise, Ranked, Rated, Record, Text, kind_of
+from pluralign.data.records import (
+    KINDS,
+    Binary,
+    Demonstration,
+    Judged,
+    Pairwise,
+    Ranked,
+    Rated,
+    Record,
+    Text,
+    kind_of,
+)
 from pluralign.data.stats import summary
 
 __all__ = [
     "KINDS",
     "Binary",
+    "Demonstration",
     "Judged",
     "Pairwise",
     "Ranked",

@@ -191,6 +191,9 @@ def convert(
     source = kinds.pop() if kinds else to
     if source == to:
         return list(records)
+    if source == "demonstration":
+        raise PluralignError(f"demonstrations (prompt and reply, no verdict) cannot become {to} feedback: "
+                             "imitate them with `pluralign train sft`, or add chosen/rejected, a label or ratings")
     if (source, to) not in _CONVERSIONS:
         known = ", ".join(f"{a} -> {b}" for a, b in _CONVERSIONS)
         raise PluralignError(f"cannot convert {source} to {to}; supported: {known}")

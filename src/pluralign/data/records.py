@@ -1,6 +1,6 @@
 """Typed records for every kind of human (or simulated) feedback.
 
-A record is one unit of feedback on one prompt. Prompts and responses are `Text`: plain text, or a chat
+A record is one unit of feedback on one prompt (or, for a `Demonstration`, one reply to imitate). Prompts and responses are `Text`: plain text, or a chat
 conversation as a list of ``{"role": ..., "content": ...}`` messages (roles ``system``, ``user``,
 ``assistant``; a prompt ends with the user's turn, a response is the assistant's reply as text or as
 assistant messages). In a JSONL row::
@@ -98,7 +98,20 @@ class Judged:
     meta: dict[str, Any] | None = None
 
 
-Record = Pairwise | Ranked | Binary | Rated | Judged
+@dataclass
+class Demonstration:
+    """A response to imitate (supervised fine-tuning data): a prompt and its reply, with no verdict."""
+
+    prompt: Text
+    response: Text
+    user: str | None = None
+    group: str | None = None
+    objective: str | None = None
+    section: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+Record = Pairwise | Ranked | Binary | Rated | Judged | Demonstration
 
 KINDS: dict[str, type[Record]] = {
     "pairwise": Pairwise,
@@ -106,6 +119,7 @@ KINDS: dict[str, type[Record]] = {
     "binary": Binary,
     "rated": Rated,
     "judged": Judged,
+    "demonstration": Demonstration,
 }
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from pluralign.data.records import (
     Binary,
+    Demonstration,
     Judged,
     Pairwise,
     Ranked,
@@ -82,7 +83,8 @@ def _spread(values: Sequence[float]) -> dict[str, float]:
 
 
 def _details(records: Sequence[Record]) -> dict[str, dict[str, Any]]:
-    """Per-kind facts: margins of pairs, list sizes, label and polarity balance, rating spreads."""
+    """Per-kind facts: margins of pairs, list sizes, label and polarity balance, rating spreads, how many
+    demonstrations are conversations (and how many of those go on from earlier assistant turns)."""
     details: dict[str, dict[str, Any]] = {}
     pairs = [r for r in records if isinstance(r, Pairwise)]
     if pairs:
@@ -103,6 +105,13 @@ def _details(records: Sequence[Record]) -> dict[str, dict[str, Any]]:
         details["judged"] = {
             "positive": polarities.count("positive"),
             "negative": polarities.count("negative"),
+        }
+    demos = [r for r in records if isinstance(r, Demonstration)]
+    if demos:
+        chats = [r.prompt for r in demos if isinstance(r.prompt, list)]
+        details["demonstration"] = {
+            "chat_prompts": len(chats),
+            "multi_turn": sum(any(m.get("role") == "assistant" for m in c) for c in chats),
         }
     rated = [r for r in records if isinstance(r, Rated)]
     if rated:

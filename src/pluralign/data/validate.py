@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from pluralign.data.conversations import reply_role_issues, split_conversations
 from pluralign.data.field_checks import FIELD_CHECKS, ROW_CHECKS, Issue, hostile_issues, short, type_name
 from pluralign.data.records import KINDS, Rated, Record
 from pluralign.errors import DataError, Problem
@@ -66,6 +67,7 @@ _KIND_MARKERS = (
     ("judged", ("judgment",)),
     ("rated", ("ratings",)),
     ("binary", ("label",)),
+    ("demonstration", ("response",)),  # last: every kind above with a response is more than a demonstration
 )
 
 
@@ -97,9 +99,11 @@ def required_fields(kind: str) -> list[str]:
 
 
 def canonical(row: Any) -> Any:
-    """`row` with aliased field names renamed to the canonical ones (`ALIASES`); other values unchanged."""
+    """`row` with aliased field names renamed to the canonical ones (`ALIASES`) and whole conversations
+    split into prompt and reply (`pluralign.data.conversations`); other values unchanged."""
     if not isinstance(row, Mapping):
         return row
+    row = split_conversations(row)
     renames = {}
     for name, aliases in ALIASES.items():
         if name in row:
@@ -120,6 +124,7 @@ def kind_requirements() -> str:
         + (" plus scores or ranks" if kind == "ranked" else "")
         + (f" (with {', '.join(n for n in required_fields(kind) if n not in markers)})"
            if any(n not in markers for n in required_fields(kind)) else "")
+        + (", or messages: a conversation ending in the assistant's turn" if kind == "demonstration" else "")
         for kind, markers in _KIND_MARKERS
     )
 
@@ -176,7 +181,7 @@ def parse_row(row: Any, kind: str) -> tuple[Record | None, list[Issue]]:
         issues += field_issues
     if issues:
         return None, issues
-    issues = ROW_CHECKS[kind](values) if kind in ROW_CHECKS else []
+    issues = reply_role_issues(values) + (ROW_CHECKS[kind](values) if kind in ROW_CHECKS else [])
     if issues:
         return None, issues
     extras = {k: v for k, v in row.items() if k not in names}

@@ -1,5 +1,6 @@
-"""Supervised fine-tuning: imitate the completions (a pairwise record's chosen response, a binary or
-rated record's response, or prompt/completion rows), the usual first stage before preference training.
+"""Supervised fine-tuning: imitate the completions (demonstrations — prompt/completion rows or
+``{"messages": [...]}`` conversations, see `pluralign.data.conversations` — a pairwise record's chosen
+response, a binary or rated record's response), the usual first stage before preference training.
 
 The per-example loss is the mean negative log-likelihood of the completion tokens (the registered "nll"
 loss), so every example weighs the same whatever its length.

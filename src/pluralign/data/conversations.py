@@ -1,0 +1,95 @@
+"""Whole conversations in public data, read as a prompt and its reply.
+
+Hub data sets often store a chat as one list of messages instead of a prompt and a reply:
+
+- SFT rows ``{"messages": [...]}`` (TRL's conversational form): the last message, the assistant's, is the
+  response; the turns before it are the prompt (earlier assistant turns stay in it as history).
+- Preference rows whose `chosen` / `rejected` hold the whole conversation, prompt turns included
+  (UltraFeedback-binarized, which also has a `prompt`; Anthropic HH in TRL's form, which has none): the
+  prompt's turns are cut from the start of each reply. Without a `prompt`, the turns that chosen and
+  rejected share, up to the last non-assistant one, are the prompt (TRL's "implicit prompt").
+
+Read as they are, such rows would train on the user's turn as if it were the reply. A reply that still
+holds a non-assistant turn afterwards is an error of its row (`reply_role_issues`), never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+REPLY_FIELDS = ("chosen", "rejected", "response")
+
+
+def _messages(value: Any) -> list[dict] | None:
+    """`value` as a list of chat messages (a tabular cell holds them as JSON text), else None."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            return None
+    if isinstance(value, list) and value and all(isinstance(m, Mapping) for m in value):
+        return value
+    return None
+
+
+def _turn(message: Mapping) -> tuple[Any, Any]:
+    return message.get("role"), message.get("content")
+
+
+def _prompt_turns(prompt: Any) -> list[dict] | None:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return _messages(prompt)
+
+
+def _shared_prompt(chosen: list[dict], rejected: list[dict]) -> list[dict]:
+    """The turns chosen and rejected share, cut after the last non-assistant one (the reply starts there)."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and _turn(chosen[n]) == _turn(rejected[n]):
+        n += 1
+    while n and chosen[n - 1].get("role") == "assistant":
+        n -= 1
+    return chosen[:n]
+
+
+def split_conversations(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`row` with a `messages` conversation split into prompt and response, and the prompt's turns cut
+    from the start of replies that repeat them; any other row unchanged."""
+    if "messages" in row and not any(k in row for k in ("prompt", *REPLY_FIELDS)):
+        messages = _messages(row["messages"])
+        if messages and messages[-1].get("role") == "assistant" and len(messages) > 1:
+            rest = {k: v for k, v in row.items() if k != "messages"}
+            return {**rest, "prompt": messages[:-1], "response": [messages[-1]]}
+        return row
+    replies = {f: _messages(row.get(f)) for f in REPLY_FIELDS}
+    if not any(m and m[0].get("role") != "assistant" for m in replies.values()):
+        return row  # replies are text or assistant turns only: the usual form
+    out = dict(row)
+    prompt = _prompt_turns(row.get("prompt"))
+    if row.get("prompt") is None and replies["chosen"] and replies["rejected"]:
+        prompt = _shared_prompt(replies["chosen"], replies["rejected"]) or None
+        if prompt:
+            out["prompt"] = prompt
+    if prompt:
+        for name, reply in replies.items():
+            if reply and len(reply) > len(prompt) and [_turn(m) for m in reply[:len(prompt)]] == [_turn(m) for m in prompt]:
+                out[name] = reply[len(prompt):]
+    return out
+
+
+def reply_role_issues(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A reply given as messages holds the assistant's turns only; name any other turn in it."""
+    issues = []
+    for name in REPLY_FIELDS:
+        reply = values.get(name)
+        if not isinstance(reply, list):
+            continue
+        for i, message in enumerate(reply):
+            if message.get("role") != "assistant":
+                issues.append((f"{name}[{i}].role", f"a reply holds the assistant's turns only, this one a "
+                                                    f"{message.get('role')!r} turn: give the turns before the "
+                                                    "reply as the prompt"))
+                break
+    return issues
