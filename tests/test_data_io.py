@@ -14,6 +14,7 @@ from pluralign.data import (
     KINDS,
     Pairwise,
     Ranked,
+    Rated,
     detect_kind,
     kind_of,
     read_records,
@@ -142,3 +143,26 @@ def test_unknown_output_format_is_refused(tmp_path):
 def test_json_output_is_a_list_of_objects(tmp_path):
     path = write_records(tmp_path / "x.json", [Pairwise("p", "a", "b", margin=2)])
     assert json.loads(path.read_text()) == [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 2}]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_wide_ratings_columns_are_the_ratings_object(tmp_path, fmt):
+    # HelpSteer-style tables hold one column per objective; `ratings.<objective>` names them as ratings.
+    rows = [{"prompt": "q", "response": "r1", "ratings.helpful": 4, "ratings.brief": 1.5},
+            {"prompt": "q", "response": "r2", "ratings.helpful": 2, "ratings.brief": 3}]
+    path = tmp_path / f"wide.{fmt}"
+    if fmt == "jsonl":
+        write_jsonl(path, rows)
+    elif fmt == "csv":
+        path.write_text("prompt,response,ratings.helpful,ratings.brief\nq,r1,4,1.5\nq,r2,2,3\n")
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    assert read_records(path) == [Rated("q", "r1", {"helpful": 4.0, "brief": 1.5}),
+                                  Rated("q", "r2", {"helpful": 2.0, "brief": 3.0})]
+
+
+def test_a_wide_rating_that_is_not_a_number_names_its_column(tmp_path):
+    path = tmp_path / "wide.csv"
+    path.write_text("prompt,response,ratings.helpful\nq,r1,4\nq,r2,lots\n")
+    with pytest.raises(DataError, match=r"wide.csv:3: field 'ratings.helpful': expected a number"):
+        read_records(path)

@@ -193,7 +193,8 @@ def convert(
         return list(records)
     if source == "demonstration":
         raise PluralignError(f"demonstrations (prompt and reply, no verdict) cannot become {to} feedback: "
-                             "imitate them with `pluralign train sft`, or add chosen/rejected, a label or ratings")
+                             "imitate them with `pluralign train sft`, or add chosen/rejected, a label, or ratings (a "
+                             "`ratings` object or one `ratings.<objective>` column per objective)")
     if (source, to) not in _CONVERSIONS:
         known = ", ".join(f"{a} -> {b}" for a, b in _CONVERSIONS)
         raise PluralignError(f"cannot convert {source} to {to}; supported: {known}")

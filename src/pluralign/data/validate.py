@@ -8,7 +8,7 @@ The checks are total: whatever a row holds — numbers too large for a float, st
 surrogates (which no tokenizer can encode), values nested deeper than any record needs — it becomes a
 record or a located problem, never another exception. Common field spellings of public data sets
 (`question`/`instruction` for the prompt, `chosen_response`, a `scores` object for ratings, …) are read
-as the canonical field names (`ALIASES`).
+as the canonical field names (`ALIASES`), and ``ratings.<objective>`` columns as the `ratings` object.
 
 Tabular sources (CSV, Parquet, `datasets`) hold structured values — chat messages, lists, dicts — as
 JSON text in a cell; `decode_cells` turns them back before the checks, so one set of checks serves
@@ -103,7 +103,7 @@ def canonical(row: Any) -> Any:
     split into prompt and reply (`pluralign.data.conversations`); other values unchanged."""
     if not isinstance(row, Mapping):
         return row
-    row = split_conversations(row)
+    row = split_conversations(_gather_ratings(row))
     renames = {}
     for name, aliases in ALIASES.items():
         if name in row:
@@ -117,6 +117,33 @@ def canonical(row: Any) -> Any:
     return {renames.get(k, k): v for k, v in row.items()} if renames else row
 
 
+def _gather_ratings(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Wide ratings — one ``ratings.<objective>`` column per objective, as a table holds them — as the
+    `ratings` object; a numeric cell's text becomes its number."""
+    prefix = "ratings."
+    wide = [k for k in row if isinstance(k, str) and k.startswith(prefix) and len(k) > len(prefix)]
+    if not wide or "ratings" in row:
+        return row
+    ratings = {}
+    for key in wide:
+        value = row[key]
+        if isinstance(value, str):
+            try:
+                value = float(value) if value.strip() else None
+            except ValueError:
+                pass  # left as text: the ratings check names the field ratings.<objective>
+        if value is not None:
+            ratings[key[len(prefix):]] = value
+    rest = {k: v for k, v in row.items() if k not in wide}
+    return {**rest, "ratings": ratings} if ratings else rest
+
+
+_OTHER_FORMS = {
+    "rated": ", or one ratings.<objective> column per objective",
+    "demonstration": ", or messages: a conversation ending in the assistant's turn",
+}
+
+
 def kind_requirements() -> str:
     """What each kind needs, for messages about rows whose kind cannot be told."""
     return "; ".join(
@@ -124,7 +151,7 @@ def kind_requirements() -> str:
         + (" plus scores or ranks" if kind == "ranked" else "")
         + (f" (with {', '.join(n for n in required_fields(kind) if n not in markers)})"
            if any(n not in markers for n in required_fields(kind)) else "")
-        + (", or messages: a conversation ending in the assistant's turn" if kind == "demonstration" else "")
+        + _OTHER_FORMS.get(kind, "")
         for kind, markers in _KIND_MARKERS
     )
 
