@@ -19,7 +19,7 @@ from pluralign.data.records import Pairwise, Rated
 from pluralign.errors import ConfigError
 from pluralign.losses import combine
 from pluralign.losses import multiobjective as mo
-from pluralign.models.multihead import MultiHead, install_heads, mixed
+from pluralign.models.multihead import MultiHead, install_heads, mixed, multihead_of
 from pluralign.models.soup import interpolate
 from pluralign.models.tiny import tiny_llama, word_tokenizer
 
@@ -394,6 +394,27 @@ def test_mahdpo_head_gradients_come_only_from_their_objective(tiny_word_tokenize
     assert torch.allclose(got, expected.detach(), atol=1e-6)
 
 
+def test_a_saved_mahdpo_model_loads_its_heads_without_a_load_report(tmp_path, tiny_word_tokenizer, caplog):
+    # transformers reports lm_head.extra as UNEXPECTED ("not ok if you expect identical arch") when the bare
+    # architecture loads it; the heads scheme reads it itself, so load_policy keeps quiet about that key alone.
+    from pluralign.decode.steer import load_policy
+    from pluralign.models.load import load_model, save_model
+
+    model = tiny_llama(len(tiny_word_tokenizer), hidden_size=16, num_layers=1, num_heads=2)
+    heads = install_heads(model, 2)
+    with torch.no_grad():
+        heads.extra.normal_()
+    save_model(model, tiny_word_tokenizer, tmp_path / "m")
+    for name, text in conditioning.save_state(conditioning.get("heads", OBJ)).items():
+        (tmp_path / "m" / name).write_text(text)
+    load_model(tmp_path / "m")
+    assert "lm_head.extra | UNEXPECTED" in caplog.text  # the report exists, and looks as the filter expects
+    caplog.clear()
+    loaded, _ = load_policy(tmp_path / "m")
+    assert "LOAD REPORT" not in caplog.text
+    assert torch.equal(multihead_of(loaded).extra, heads.extra)
+
+
 def test_soup_directory_steers_per_request(tmp_path):
     from pluralign.decode.api import Controls, decode
     from pluralign.decode.steer import load_policy
@@ -410,6 +431,15 @@ def test_soup_directory_steers_per_request(tmp_path):
     out = decode("sample", model, tok, ["tell me about the cat"] * 2,
                  controls=[Controls(weights=[1, 0], max_new_tokens=3), Controls(weights=[0.5, 0.5], max_new_tokens=3)])
     assert out.info["groups"] == [[0], [1]]
+    # each request's own sample facts survive the merge of the per-condition results, in request order
+    from pluralign.decode.api import merge_results
+
+    parts = [([1], decode("sample", model, tok, ["the dog"], controls=Controls(max_new_tokens=2))),
+             ([0], decode("sample", model, tok, ["the cat"], controls=Controls(max_new_tokens=3)))]
+    merged = merge_results(parts, 2)
+    assert [len(ids) for ids in merged.info["token_ids"]] == [len(parts[1][1].info["token_ids"][0]), len(parts[0][1].info["token_ids"][0])]
+    assert [row["logp"] for row in merged.rows()] == [parts[1][1].info["logp"][0], parts[0][1].info["logp"][0]]
+    assert all(row["logp"] < 0 for row in out.rows())
 
 
 def test_ric_sft_states_scores_and_decoding_maps_weights(tmp_path):

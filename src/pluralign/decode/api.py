@@ -84,7 +84,9 @@ class DecodeResult:
     """texts[p]: the output for prompt p; scores [P, m]: its per-objective rewards (objective names in
     `objectives`); utility [P]: the weighted reward under the request's own weights; candidates /
     candidate_scores: everything considered (sequence-level methods); compute: policy (and auxiliary
-    model) forward passes and tokens; reward_compute: reward evaluations."""
+    model) forward passes and tokens; reward_compute: reward evaluations; info: the decoder's own facts,
+    where a list with one entry per prompt is per request (kept, reordered, when results over subsets of
+    the requests merge) and those named in `row_info` are also written into each prompt's row."""
 
     texts: list[str]
     scores: torch.Tensor | None = None
@@ -186,16 +188,21 @@ def decode(method: str, model: Any, tokenizer: Any, prompts: Sequence[Any], *, r
 
 def merge_results(parts: list[tuple[list[int], DecodeResult]], n: int) -> DecodeResult:
     """One result from results over disjoint subsets of the requests (indices into the full list)."""
-    def gather(name: str) -> list | None:
-        if any(getattr(r, name) is None for _, r in parts):
+    def gather(name: str, of=getattr) -> list | None:
+        if any(of(r, name) is None for _, r in parts):
             return None
         out: list = [None] * n
         for idx, r in parts:
             for j, i in enumerate(idx):
-                out[i] = getattr(r, name)[j]
+                out[i] = of(r, name)[j]
         return out
 
     texts = gather("texts")
+    # per-request info (lists with one entry per request) that every part has
+    shared = set.intersection(*(set(r.info) for _, r in parts)) if parts else set()
+    per_request = {k: gather(k, lambda r, k: r.info[k]) for k in sorted(shared)
+                   if all(isinstance(r.info[k], list) and len(r.info[k]) == len(idx) for idx, r in parts)}
+    row_info = tuple(k for k in parts[0][1].row_info if k in per_request) if parts else ()
     scores, utility = gather("scores"), gather("utility")
     compute, reward_compute = Compute(), Compute()
     for _, r in parts:
@@ -205,7 +212,8 @@ def merge_results(parts: list[tuple[list[int], DecodeResult]], n: int) -> Decode
                         objectives=parts[0][1].objectives if parts else None,
                         utility=torch.stack(utility) if utility else None, candidates=gather("candidates"),
                         candidate_scores=gather("candidate_scores"), compute=compute,
-                        reward_compute=reward_compute, info={"groups": [idx for idx, _ in parts]})
+                        reward_compute=reward_compute, row_info=row_info,
+                        info={"groups": [idx for idx, _ in parts], **per_request})
 
 
 def groups(controls: list[Controls], *keys: str) -> list[tuple[list[int], Controls]]:

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -102,23 +102,29 @@ def select_soft(util: torch.Tensor, lam: float, generator: torch.Generator | Non
 # ----------------------------------------------------------------------------------- shared candidate pool
 
 
+class Drawn(NamedTuple):
+    """Candidates per prompt: texts [P][n_p], their generated token ids [P][n_p][...], the policy's
+    log-prob of each (a tensor [n_p] per prompt) and the compute spent."""
+
+    texts: list[list[str]]
+    logps: list[torch.Tensor]
+    compute: Compute
+    token_ids: list[list[list[int]]]
+
+
 def draw_candidates(model: Any, tokenizer: Any, prompts: list[Any], controls: list[Controls], *,
-                    n_of=lambda c: c.n) -> tuple[list[list[str]], list[torch.Tensor], Compute]:
-    """Sample candidates for each prompt, batching requests that share sampling settings. Returns
-    texts [P][n_p], model log-probs (one tensor [n_p] per prompt) and the compute spent."""
-    texts: list[list[str]] = [[] for _ in prompts]
-    logps: list[torch.Tensor] = [torch.zeros(0)] * len(prompts)
-    compute = Compute()
+                    n_of=lambda c: c.n) -> Drawn:
+    """Sample candidates for each prompt, batching requests that share sampling settings."""
+    drawn = Drawn([[] for _ in prompts], [torch.zeros(0)] * len(prompts), Compute(), [[] for _ in prompts])
     keyed = [c.replace(n=n_of(c)) for c in controls]
     for idx, c in groups(keyed, "n", "max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed"):
         s = sample(model, tokenizer, [prompts[i] for i in idx], n=c.n, max_new_tokens=c.max_new_tokens,
                    temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, stop=c.stop, seed=c.seed,
                    chat_template=[controls[i].chat_template for i in idx])
-        compute.add(s.compute)
+        drawn.compute.add(s.compute)
         for j, i in enumerate(idx):
-            texts[i] = s.texts[j]
-            logps[i] = s.sum_logps[j]
-    return texts, logps, compute
+            drawn.texts[i], drawn.logps[i], drawn.token_ids[i] = s.texts[j], s.sum_logps[j], s.token_ids[j]
+    return drawn
 
 
 def _need_reward(reward: Any, method: str) -> Any:
@@ -133,7 +139,7 @@ def select_decoder(method: str, choose) -> Any:
     def run(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls: list[Controls],
             **_: Any) -> DecodeResult:
         counted = _need_reward(reward, method)
-        cands, logps, compute = draw_candidates(model, tokenizer, prompts, controls)
+        cands, logps, compute, _ = draw_candidates(model, tokenizer, prompts, controls)
         per, util = score_candidates(counted, prompts, cands, controls)
         # one random stream per call (equal per-prompt seeds would correlate the prompts' choices)
         g = torch.Generator().manual_seed(controls[0].seed if controls and controls[0].seed is not None else 0)
@@ -154,11 +160,15 @@ def select_decoder(method: str, choose) -> Any:
 def plain_sample(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls: list[Controls],
                  **_: Any) -> DecodeResult:
     """The policy's own samples (one per request; scored when a reward is given): how a conditioned or
-    trained model is used without any decoding-time search."""
+    trained model is used without any decoding-time search. Each row carries `logp`, the sample's log-prob
+    under the policy as it sampled (conditioned, tempered); `info["token_ids"]` holds the sampled ids, so a
+    KL to a reference can be estimated without re-tokenizing the text."""
     from pluralign.decode.api import finish
 
-    cands, _, compute = draw_candidates(model, tokenizer, prompts, controls, n_of=lambda c: 1)
-    return finish([row[0] for row in cands], prompts, reward, controls, compute=compute)
+    drawn = draw_candidates(model, tokenizer, prompts, controls, n_of=lambda c: 1)
+    return finish([row[0] for row in drawn.texts], prompts, reward, controls, compute=drawn.compute,
+                  info={"logp": [float(lp[0]) for lp in drawn.logps], "token_ids": [ids[0] for ids in drawn.token_ids]},
+                  row_info=("logp",))
 
 
 register("bon", options=("ties",))(select_decoder("bon", lambda u, c, g: select_best(u, ties=c.extra.get("ties", "first"), generator=g)))

@@ -12,13 +12,18 @@ from typing import Any
 from pluralign.decode.api import Controls, DecodeResult, decode
 
 
-def load_policy(model_dir: str | Path) -> tuple[Any, Any]:
+def load_policy(model_dir: str | Path, device: str | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) of a model directory, in eval mode, with its conditioning scheme attached
-    (`pluralign.conditioning`: MAH-DPO heads, soups, prompt statements) when it was saved with one."""
-    from pluralign.conditioning import attach_to
-    from pluralign.models.load import load_model, load_tokenizer
+    (`pluralign.conditioning`: MAH-DPO heads, soups, prompt statements) when it was saved with one, moved
+    to `device` ("auto": the best there is) once attached."""
+    from pluralign import conditioning
+    from pluralign.models.load import expected_extra_keys, load_model, load_tokenizer, resolve_device
 
-    model = attach_to(load_model(str(model_dir)), model_dir)
+    scheme = conditioning.load(model_dir)
+    with expected_extra_keys(scheme.saved_keys if scheme is not None else ()):
+        model = conditioning.attach_to(load_model(str(model_dir)), model_dir)
+    if device:
+        model = model.to(resolve_device(device))
     model.eval()
     return model, load_tokenizer(str(model_dir))
 

@@ -10,6 +10,9 @@ Config (YAML)::
       - {name: base, path: sandbox}                       # "sandbox" = the sandbox base model
       - {name: dpo, path: runs/dpo/final, method: dpo}
       - {name: bon4, path: sandbox, decoder: bon, reward: gold, controls: {n: 4}}
+      - {name: ric_brief, path: runs/ric/model, controls: {weights: {conciseness: 1.0}}}
+                                  # a model saved with a conditioning scheme (RiC, DPA, MAH-DPO heads,
+                                  # soups, user tokens, …) is steered by its entry's controls
     baseline: base                # win rates are against this model's outputs
     reference: base               # KL(π‖π_ref) is measured against this model
     generation: {max_new_tokens: 24, temperature: 1.0, seed: 0, chat_template: auto}  # auto/always/never
@@ -122,27 +125,32 @@ def _model_path(spec: str) -> str:
     return spec
 
 
-def generate(entry: dict, prompts: list, gen: dict, device: str | None) -> dict:
-    """Responses (and, for plain sampling, the policy log-probs and sampled ids) of one model entry."""
-    from pluralign.models import load_model, load_tokenizer
+def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: str = "<config>") -> dict:
+    """Responses of one model entry, decoded through its conditioning scheme (RiC, heads, soups, …) with
+    the entry's controls; for plain sampling (no decoder, or ``decoder: sample``) also the policy's
+    log-prob of each sample and the (unconditioned prompt, sampled ids) pairs, for the KL estimate."""
+    from pluralign.data.prompts import prompt_ids
+    from pluralign.decode.api import Controls, decode
+    from pluralign.decode.cli import unused_controls
+    from pluralign.decode.steer import load_policy
 
     path = _model_path(entry["path"])
-    model, tok = load_model(path, device=device), load_tokenizer(path)
-    if entry.get("decoder"):
-        from pluralign.decode.api import Controls, decode
-
+    model, tok = load_policy(path, device)
+    decoder = entry.get("decoder") or "sample"
+    try:
         controls = Controls(**{**{k: gen[k] for k in ("max_new_tokens", "temperature", "seed", "chat_template")
-                                  if k in gen},
-                               **entry.get("controls", {})})
-        result = decode(entry["decoder"], model, tok, prompts, reward=entry.get("reward"), controls=controls)
-        return {"texts": list(result.texts), "model": model, "tokenizer": tok, "n": controls.n}
-    from pluralign.decode.sampler import sample
-
-    s = sample(model, tok, prompts, n=1, max_new_tokens=int(gen.get("max_new_tokens", 32)),
-               temperature=float(gen.get("temperature", 1.0)), seed=gen.get("seed", 0),
-               chat_template=gen.get("chat_template", "auto"))
-    return {"texts": [row[0] for row in s.texts], "model": model, "tokenizer": tok,
-            "sum_logps": s.sum_logps[:, 0].tolist(), "ids": [(p, row[0]) for p, row in zip(s.prompt_ids, s.token_ids, strict=True)]}
+                                  if k in gen}, **entry.get("controls", {})})
+    except (TypeError, ConfigError) as e:
+        raise ConfigError(f"{where}.controls: {e}") from None
+    unused = unused_controls(model, entry.get("reward") if decoder != "sample" else None, [controls])
+    _require(not unused, f"{where}.controls", f"{', '.join(unused)} given but nothing reads them: {path} has no "
+             "conditioning scheme (it was not trained to be steered) and no decoder with a reward is named")
+    result = decode(decoder, model, tok, prompts, reward=entry.get("reward"), controls=controls)
+    out = {"texts": list(result.texts), "model": model, "tokenizer": tok, "n": controls.n}
+    if decoder == "sample":
+        rendered = [prompt_ids(tok, p, controls.chat_template) for p in prompts]
+        out |= {"sum_logps": result.info["logp"], "ids": list(zip(rendered, result.info["token_ids"], strict=True))}
+    return out
 
 
 def sequence_logps_of(model: Any, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
@@ -193,7 +201,8 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
     judge = build_judge(cfg.get("judge", {"kind": "gold", "population": cfg.get("population", "default")}),
                         f"{where}: judge")
     gen = dict(cfg.get("generation", {}))
-    outputs = {m["name"]: generate(m, prompts, gen, cfg.get("device")) for m in models}
+    outputs = {m["name"]: generate(m, prompts, gen, cfg.get("device"), f"{where}: models[{i}]")
+               for i, m in enumerate(models)}
     groups = []
     if "per_group" in metrics and cfg.get("population"):
         from pluralign.sandbox.users import population

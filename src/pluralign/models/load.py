@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -69,7 +70,7 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: str = "auto", device: 
     if gradient_checkpointing:
         _enable_activation_checkpointing(model)
     if device is not None:
-        model = model.to(_device(device))
+        model = model.to(resolve_device(device))
     return model.eval()
 
 
@@ -161,6 +162,29 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     return name
 
 
+@contextlib.contextmanager
+def expected_extra_keys(keys: Sequence[str]) -> Iterator[None]:
+    """Within the context, transformers' load report is dropped when the only keys it reports are these
+    unexpected ones: weights saved with the model that a conditioning scheme reads itself (MAH-DPO's extra
+    heads), which the bare architecture rightly does not know. Any other finding is still reported."""
+    if not keys:
+        yield
+        return
+
+    def only_ours(record: logging.LogRecord) -> bool:
+        lines = [line for line in str(record.getMessage()).splitlines() if " | " in line]
+        findings = [line for line in lines if any(w in line for w in ("UNEXPECTED", "MISSING", "MISMATCH"))]
+        ours = findings and all("UNEXPECTED" in line and line.split("|")[0].strip() in keys for line in findings)
+        return not ours
+
+    logger = logging.getLogger("transformers.modeling_utils")  # the logger the report goes through
+    logger.addFilter(only_ours)
+    try:
+        yield
+    finally:
+        logger.removeFilter(only_ours)
+
+
 def _from_pretrained(auto: Any, source: str, **kwargs: Any) -> Any:
     from huggingface_hub import constants
 
@@ -199,7 +223,8 @@ def _dtype(name: str) -> torch.dtype | str:
     return DTYPES[name]
 
 
-def _device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch device; "auto" is CUDA, else MPS, else the CPU. A clear error for a bad name."""
     if device != "auto":
         try:
             resolved = torch.device(device)

@@ -124,6 +124,7 @@ class Heads(Scheme):
     """MAH-DPO: head k is objective k's; a request's weights mix the heads' logits (uniform by default)."""
 
     model_level = True
+    saved_keys = ("lm_head.extra",)
 
     def __init__(self, objectives: Sequence[str] = (), *, noise: float = 1e-3, seed: int = 42):
         super().__init__(objectives, noise=float(noise), seed=int(seed))  # `install_heads`' settings
