@@ -102,3 +102,19 @@ def test_steering_controls_on_a_model_that_reads_none_are_a_config_error(tiny_mo
     cfg["models"][1]["controls"] = {"weights": [1.0, 0.0]}
     with pytest.raises(ConfigError, match=r"models\[1\].controls: weights given but nothing reads them"):
         evaluate_config(cfg)
+
+
+def test_a_multi_objective_reward_judge_gives_each_run_its_objectives(tiny_models, tmp_path, monkeypatch):
+    # Pareto fronts need per-objective means; without a sandbox, a reward model with several heads (or a
+    # reward function naming its columns) is what supplies them. Its weights may name the columns.
+    (tmp_path / "two_scores.py").write_text(
+        "def score(prompts, responses):\n"
+        "    return [[float(len(r.split())), -float(len(r))] for r in responses]\n"
+        "score.objectives = ['words', 'shortness']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = config(tiny_models, metrics=["reward", "objectives"],
+                 judge={"kind": "reward", "source": "two_scores:score", "weights": {"shortness": 1.0}})
+    cfg["models"] = cfg["models"][:2]
+    for run in evaluate_config(cfg)["runs"]:
+        assert set(run["objectives"]) == {"words", "shortness"} and run["objectives"]["words"] > 0
+        assert run["reward"] == pytest.approx(run["objectives"]["shortness"])

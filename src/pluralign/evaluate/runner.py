@@ -20,7 +20,8 @@ Config (YAML)::
                                   # or {kind: reward, source: RM_DIR | module:function | gold}
                                   # or {kind: llm, base_url: ..., model: ..., api_key_env: ..., ...}
     population: default           # sandbox population → per-group utilities and fairness
-    metrics: [reward, kl, win_rate, per_group, objectives]
+    metrics: [reward, kl, win_rate, per_group, objectives]   # objectives: each objective's mean, from
+                                  # the gold attributes or a multi-objective reward judge's columns
     out: results.json
 
 A config is code: only run configs you trust. ``source: module:function`` imports and calls that Python
@@ -224,11 +225,10 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
             run["per_group"] = {g: v[0] for g, v in per.items()}
             run["per_group_se"] = {g: v[1] for g, v in per.items()}
             run["per_group_n"] = {g: len(prompts) for g in per}
-        if "objectives" in metrics and isinstance(judge, GoldJudge):
-            from pluralign.sandbox.attributes import ATTRIBUTES
-
-            means = judge.attributes(prompts, texts).mean(0)
-            run["objectives"] = {a: float(v) for a, v in zip(ATTRIBUTES, means, strict=True)}
+        per_objective = judge.objective_scores(prompts, texts) if "objectives" in metrics else None
+        if per_objective is not None:  # gold attributes, or a multi-objective reward model's columns
+            objectives, matrix = per_objective
+            run["objectives"] = {o: float(v) for o, v in zip(objectives, np.asarray(matrix, float).mean(0), strict=True)}
         if "win_rate" in metrics and m["name"] != baseline:
             wr = compare(judge, prompts, outputs[baseline]["texts"], texts, n_boot=int(cfg.get("bootstrap", 1000)))
             run["win_rate"] = {k: v for k, v in wr.items() if k != "preferences"}

@@ -124,6 +124,10 @@ class ScoreJudge:
     def single(self, prompts: Sequence[Any], responses: Sequence[Any]) -> np.ndarray:
         return np.asarray(self._score(list(prompts), list(responses)), dtype=float)
 
+    def objective_scores(self, prompts: Sequence[Any], responses: Sequence[Any]) -> tuple[list[str], np.ndarray] | None:
+        """Per-objective scores ([N, m] with the objectives' names) when the judge has several, else None."""
+        return None
+
     def pairwise(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any]) -> np.ndarray:
         if not (len(prompts) == len(a) == len(b)):
             raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(a)} a, {len(b)} b")

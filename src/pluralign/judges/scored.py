@@ -33,6 +33,11 @@ class GoldJudge(ScoreJudge):
 
         return np.asarray(attributes.score_batch(list(prompts), list(responses)), dtype=float)
 
+    def objective_scores(self, prompts: Sequence[Any], responses: Sequence[Any]) -> tuple[list[str], np.ndarray]:
+        from pluralign.sandbox.attributes import ATTRIBUTES
+
+        return list(ATTRIBUTES), self.attributes(prompts, responses)
+
     def _utility(self, prompts: list, responses: list) -> np.ndarray:
         from pluralign.sandbox import users
 
@@ -42,12 +47,26 @@ class GoldJudge(ScoreJudge):
 class RewardModelJudge(ScoreJudge):
     """A judge from any reward source: an object with ``score(prompts, responses, user=None)`` returning
     [N] or [N, m], or a plain callable ``f(prompts, responses)``. Several objectives are combined
-    linearly with `weights` (default: their mean)."""
+    linearly with `weights`, in the source's objective order or by name (default: their mean)."""
 
-    def __init__(self, source: Any, *, weights: Sequence[float] | None = None, user: Any = None,
-                 temperature: float | None = None, tie_tolerance: float = 0.0):
+    def __init__(self, source: Any, *, weights: Sequence[float] | Mapping[str, float] | None = None,
+                 user: Any = None, temperature: float | None = None, tie_tolerance: float = 0.0):
         self.source, self.weights, self.user = source, weights, user
         super().__init__(self._reward, temperature=temperature, tie_tolerance=tie_tolerance)
 
+    def objective_scores(self, prompts: Sequence[Any], responses: Sequence[Any]) -> tuple[list[str], np.ndarray] | None:
+        from pluralign.decode.rewards import objective_names
+
+        scores = call_reward(self.source, prompts, responses, self.user)
+        if scores.ndim != 2 or scores.shape[1] < 2:
+            return None
+        return objective_names(self.source, scores.shape[1]), scores
+
     def _reward(self, prompts: list, responses: list) -> np.ndarray:
-        return reduce_objectives(call_reward(self.source, prompts, responses, self.user), self.weights)
+        scores = call_reward(self.source, prompts, responses, self.user)
+        weights = self.weights
+        if isinstance(weights, Mapping):
+            from pluralign.decode.rewards import objective_names, weight_vector
+
+            weights = weight_vector(weights, objective_names(self.source, scores.shape[-1] if scores.ndim == 2 else 1)).tolist()
+        return reduce_objectives(scores, weights)
