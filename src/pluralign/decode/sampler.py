@@ -37,6 +37,9 @@ class Samples:
     finish: list[list[str]]
     prompt_ids: list[list[int]]
     compute: Compute = field(default_factory=Compute)
+    # with `sample(top_logprobs=k)`: top_logprobs[p][i][t] is the k most likely (token id, model log-prob)
+    # at step t of sample i of prompt p, most likely first
+    top_logprobs: list[list[list[list[tuple[int, float]]]]] | None = None
 
     @property
     def n_forward(self) -> int:
@@ -85,6 +88,7 @@ class Generation:
         self.logps: list[list[float]] = [[] for _ in range(batch)]
         self.proposal: list[float] = [0.0] * batch
         self.reason: list[str | None] = [None] * batch
+        self.top: list[list[list[tuple[int, float]]]] = [[] for _ in range(batch)]
 
     def active(self) -> list[int]:
         return [i for i, r in enumerate(self.reason) if r is None]
@@ -94,15 +98,19 @@ class Generation:
         return all(r is not None for r in self.reason)
 
     def append(self, rows: Sequence[int], tokens: torch.Tensor, logps: torch.Tensor,
-               proposal: torch.Tensor | None = None) -> None:
-        """Append `tokens[j]` (model log-prob `logps[j]`) to row `rows[j]`."""
+               proposal: torch.Tensor | None = None, top: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Append `tokens[j]` (model log-prob `logps[j]`) to row `rows[j]`; `top` = (log-probs [B, k],
+        token ids [B, k]) of the step's most likely tokens, kept per row when given."""
         toks, lps = tokens.tolist(), logps.tolist()
         props = proposal.tolist() if proposal is not None else [0.0] * len(toks)
+        top_lps, top_ids = (top[0].tolist(), top[1].tolist()) if top is not None else (None, None)
         for j, row in enumerate(rows):
             if self.reason[row] is not None:
                 continue
             self.tokens[row].append(toks[j])
             self.logps[row].append(lps[j])
+            if top_ids is not None:
+                self.top[row].append(list(zip(top_ids[j], top_lps[j], strict=True)))
             self.proposal[row] += props[j]
             if toks[j] in self.eos:
                 self.reason[row] = "eos"
@@ -199,7 +207,7 @@ def eval_mode(*models: Any):
 def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, max_new_tokens: int = 48,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop: Sequence[str] | None = None,
            eos: int | Sequence[int] | None = None, seed: int | None = None, max_rows: int = 1024,
-           chat_template: str | Sequence[str] = "auto",
+           chat_template: str | Sequence[str] = "auto", top_logprobs: int = 0,
            on_step: Callable[[Generation, int], None] | None = None) -> Samples:
     """Draw `n` samples per prompt (temperature <= 0: greedy). Deterministic for a given `seed`.
 
@@ -212,6 +220,9 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, ma
     `first` (row r of `gen` is sample r % n of prompt first + r // n). It may read the tokens so far
     (streaming) and end rows early by setting `gen.reason[r]` (e.g. "cancelled" when a client has gone),
     which drops them from the batch at once.
+
+    `top_logprobs=k` also records, at every step of every sample, the k most likely tokens and their model
+    log-probs (`Samples.top_logprobs`; what an OpenAI-style ``top_logprobs`` reply reports).
     """
     if n < 1 or max_new_tokens < 1:
         raise ConfigError(f"sample: n and max_new_tokens must be >= 1 (got n={n}, max_new_tokens={max_new_tokens})")
@@ -228,12 +239,12 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, ma
             chunk = prompt_ids[start:start + per_chunk]
             step = None if on_step is None else (lambda gen, first=start: on_step(gen, first))
             gens.append(_sample_chunk(model, tokenizer, chunk, n, max_new_tokens, temperature, top_k, top_p,
-                                      stop, eos_set, generator, compute, step))
-    return _collect(gens, n, prompt_ids, compute)
+                                      stop, eos_set, generator, compute, step, top_logprobs))
+    return _collect(gens, n, prompt_ids, compute, top_logprobs > 0)
 
 
 def _sample_chunk(model, tokenizer, prompt_ids, n, max_new_tokens, temperature, top_k, top_p, stop, eos_set,
-                  generator, compute, on_step=None) -> Generation:
+                  generator, compute, on_step=None, top_logprobs=0) -> Generation:
     pad = pad_id_of(tokenizer, model)
     state = LMState.from_ids(model, prompt_ids, pad, compute=compute)
     state.reserve(max_new_tokens)
@@ -245,7 +256,9 @@ def _sample_chunk(model, tokenizer, prompt_ids, n, max_new_tokens, temperature, 
         tok, prop = choose_tokens(state.logits, temperature=temperature, top_k=top_k, top_p=top_p,
                                   generator=generator)
         logp = prop if plain else model_logps(state.logits, tok)
-        gen.append(rows, tok, logp, prop)
+        top = (torch.log_softmax(state.logits.float(), -1).topk(min(top_logprobs, state.logits.shape[-1]), -1)
+               if top_logprobs else None)
+        gen.append(rows, tok, logp, prop, top)
         if on_step is not None:
             on_step(gen)
         keep = [j for j, r in enumerate(rows) if gen.reason[r] is None]
@@ -258,8 +271,9 @@ def _sample_chunk(model, tokenizer, prompt_ids, n, max_new_tokens, temperature, 
         state.advance(tok)
 
 
-def _collect(gens: list[Generation], n: int, prompt_ids: list[list[int]], compute: Compute) -> Samples:
-    texts, ids, logps, finish, sums, props = [], [], [], [], [], []
+def _collect(gens: list[Generation], n: int, prompt_ids: list[list[int]], compute: Compute,
+             with_top: bool = False) -> Samples:
+    texts, ids, logps, finish, sums, props, tops = [], [], [], [], [], [], []
     for gen in gens:
         for p in range(len(gen.tokens) // n):
             rows = range(p * n, (p + 1) * n)
@@ -269,6 +283,7 @@ def _collect(gens: list[Generation], n: int, prompt_ids: list[list[int]], comput
             finish.append([gen.reason[r] or "length" for r in rows])
             sums.append([sum(gen.logps[r]) for r in rows])
             props.append([gen.proposal[r] for r in rows])
+            tops.append([gen.top[r] for r in rows])
     return Samples(texts=texts, token_ids=ids, token_logps=logps, sum_logps=torch.tensor(sums, dtype=torch.float),
                    proposal_logps=torch.tensor(props, dtype=torch.float), finish=finish, prompt_ids=prompt_ids,
-                   compute=compute)
+                   compute=compute, top_logprobs=tops if with_top else None)

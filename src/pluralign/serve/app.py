@@ -210,7 +210,11 @@ class Server:
             raise APIError(400, "'stream' and 'ignore_eos' must be true or false", code="invalid_type")
         if ignore_eos and method != PLAIN:
             raise APIError(400, "'ignore_eos' applies to method 'none' only", param="ignore_eos")
-        job = Job(ignore_eos=ignore_eos, method=method, prompts=prompts, n=n, controls=controls, reward=body.get("reward"), stream=stream,
+        logprobs = P.logprobs_request(body, chat)
+        if logprobs is not None and (method != PLAIN or self.engine.conditioned() or stream):
+            raise APIError(400, "token log-probs are returned for plain sampling (method 'none') from a model "
+                           "without a conditioning scheme, and not streamed", param="logprobs")
+        job = Job(logprobs=logprobs, chat=chat, ignore_eos=ignore_eos, method=method, prompts=prompts, n=n, controls=controls, reward=body.get("reward"), stream=stream,
                   deadline=time.monotonic() + self.cfg.deadline_s, loop=asyncio.get_running_loop(),
                   events=asyncio.Queue())
         self.engine.submit(job)

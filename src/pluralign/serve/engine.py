@@ -30,6 +30,7 @@ from pluralign.decode.api import Controls
 from pluralign.errors import PluralignError
 from pluralign.serve.config import ServeConfig
 from pluralign.serve.errors import APIError
+from pluralign.serve.logprobs import choice_logprobs
 from pluralign.serve.metrics import Metrics
 
 log = logging.getLogger("pluralign.serve")
@@ -98,6 +99,8 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue
     ignore_eos: bool = False
+    logprobs: int | None = None  # alternatives per token to report (0: the chosen tokens' log-probs only)
+    chat: bool = False  # the reply's format (chat or legacy completions)
     cancelled: threading.Event = field(default_factory=threading.Event)
     sent: dict[int, str] = field(default_factory=dict)
 
@@ -117,7 +120,7 @@ class Job:
             return (self.method, self.reward)
         c = self.controls
         return (PLAIN, self.n, self.ignore_eos, c.chat_template, c.max_new_tokens, c.temperature, c.top_k, c.top_p,
-                tuple(c.stop or ()), c.seed)
+                tuple(c.stop or ()), c.seed, self.logprobs)
 
     def stream_text(self, choice: int, text: str, final: bool) -> None:
         """Send the part of `text` not yet sent. Until the end, hold back what a stop string or an
@@ -259,15 +262,22 @@ class Engine:
         out = sample(self.loaded.model, self.loaded.tokenizer, [p for job in jobs for p in job.prompts], n=n,
                      max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
                      stop=c.stop, seed=c.seed, eos=[] if jobs[0].ignore_eos else None,
-                     chat_template=c.chat_template, max_rows=self.cfg.max_batch_rows, on_step=on_step)
+                     chat_template=c.chat_template, max_rows=self.cfg.max_batch_rows, on_step=on_step,
+                     top_logprobs=jobs[0].logprobs or 0)
         row = 0
         for job in jobs:
             choices = []
             for _ in job.prompts:
                 for k in range(n):
                     reason = out.finish[row][k]
-                    choices.append({"text": out.texts[row][k], "tokens": len(out.token_ids[row][k]),
-                                    "finish_reason": "length" if reason == "length" else "stop"})
+                    choice = {"text": out.texts[row][k], "tokens": len(out.token_ids[row][k]),
+                              "finish_reason": "length" if reason == "length" else "stop"}
+                    if job.logprobs is not None:
+                        choice["logprobs"] = choice_logprobs(
+                            self.loaded.tokenizer, out.token_ids[row][k],
+                            out.token_logps[row][k].tolist(), out.top_logprobs and out.top_logprobs[row][k],
+                            out.texts[row][k], job.logprobs, job.chat)
+                    choices.append(choice)
                 row += 1
             self._finish(job, choices, {"forward": out.compute.forward, "tokens": out.compute.tokens})
 

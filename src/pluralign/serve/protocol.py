@@ -13,6 +13,9 @@ PAL score for). The alignment controls are an extension the `openai` client send
   `controls` object, which may also set `n`;
 - `ignore_eos` (as vLLM): plain sampling runs to `max_tokens` (fixed-length load tests).
 
+Token log-probs (chat's `logprobs` / `top_logprobs`, legacy completions' `logprobs`) are returned for plain
+sampling from a model without a conditioning scheme, not streamed (`pluralign.serve.logprobs`).
+
 `/v1/completions` takes the prompt as given (`chat_template` "never" unless the request sets it);
 `/v1/chat/completions` renders the messages with the tokenizer's chat template. Choices carry a
 `pluralign` object with the chosen text's per-objective `scores` and `utility` when a reward was used.
@@ -121,6 +124,23 @@ def controls_from(body: dict, cfg: ServeConfig) -> Controls:
         raise APIError(400, str(e), param=e.field, code="invalid_value") from None
 
 
+MAX_TOP_LOGPROBS = {True: 20, False: 5}  # chat's top_logprobs, legacy completions' logprobs (OpenAI's limits)
+
+
+def logprobs_request(body: dict, chat: bool) -> int | None:
+    """How many alternatives per token a request asks log-probs for (0: the chosen tokens' only), or None
+    when it asks none: chat's ``logprobs: true`` with ``top_logprobs``, legacy completions' ``logprobs: k``."""
+    if not chat:
+        return _number(body, "logprobs", int, None, 0, MAX_TOP_LOGPROBS[False])
+    wanted = body.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise APIError(400, "'logprobs' must be true or false", param="logprobs", code="invalid_type")
+    top = _number(body, "top_logprobs", int, None, 0, MAX_TOP_LOGPROBS[True])
+    if top and not wanted:
+        raise APIError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    return (top or 0) if wanted else None
+
+
 def chat_prompt(body: dict) -> list[dict]:
     """Chat messages as the tokenizer's chat template takes them (content parts of type text joined)."""
     messages = body.get("messages")
@@ -175,7 +195,7 @@ def extension(choice: dict) -> dict | None:
 def completion_body(rid: str, model: str, choices: list[dict], prompt_tokens: int, info: dict, chat: bool) -> dict:
     out = []
     for i, c in enumerate(choices):
-        row: dict[str, Any] = {"index": i, "finish_reason": c["finish_reason"], "logprobs": None}
+        row: dict[str, Any] = {"index": i, "finish_reason": c["finish_reason"], "logprobs": c.get("logprobs")}
         if chat:
             row["message"] = {"role": "assistant", "content": c["text"]}
         else:
