@@ -118,3 +118,16 @@ def test_a_multi_objective_reward_judge_gives_each_run_its_objectives(tiny_model
     for run in evaluate_config(cfg)["runs"]:
         assert set(run["objectives"]) == {"words", "shortness"} and run["objectives"]["words"] > 0
         assert run["reward"] == pytest.approx(run["objectives"]["shortness"])
+
+
+def test_eval_prints_a_summary_and_warns_of_unread_verdicts():
+    from pluralign.evaluate.cli import summary_lines, verdict_warnings
+
+    results = {"judge": "LLM-judge score (smol)", "runs": [
+        {"name": "base", "reward": 0.5, "reward_se": 0.1, "kl": 0.0},
+        {"name": "ric", "reward": float("nan"), "kl": None, "win_rate": {"win_rate": 50.0, "n_total": 1, "n_invalid": 3}}]}
+    lines = summary_lines(results)
+    assert lines[1].split() == ["base", "0.5000", "0.1000", "0.0000", "-"]
+    assert lines[2].split() == ["ric", "-", "-", "-", "50.0"]
+    (note,) = verdict_warnings(results)
+    assert note.startswith("ric: the judge's verdict could not be read for 3 of 4 pairs")

@@ -82,7 +82,7 @@ def test_comparison_table_across_training_runs():
 def test_judge_label_never_says_gold_for_a_learned_judge():
     from pluralign.evaluate.runner import judge_label
 
-    assert judge_label({"kind": "reward", "source": "runs/rm/model"}) == "reward-model score (model)"
+    assert judge_label({"kind": "reward", "source": "runs/rm/model"}) == "reward-model score (rm/model)"
     assert judge_label({"kind": "reward", "source": "gold"}) == "gold utility"
     assert judge_label({"kind": "gold"}) == "gold utility"
     assert "LLM" in judge_label({"kind": "llm", "model": "m"})

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import math
+import sys
 from pathlib import Path
 
 from pluralign.errors import ConfigError
@@ -60,10 +62,38 @@ def run_eval(args: argparse.Namespace) -> int:
     results = evaluate_config(cfg, where=str(path), base_dir=path.parent)
     out = Path(args.out or (path.parent / cfg.get("out", "results.json")))
     atomic_write_json(out, results)
+    print("\n".join(summary_lines(results)))
+    for note in verdict_warnings(results):
+        print(f"warning: {note}", file=sys.stderr)
     print(f"results: {out}")
     if args.report:
         print(f"report: {write_report(results, args.report)}")
     return 0
+
+
+def summary_lines(results: dict) -> list[str]:
+    """One line per run: its judged reward (± s.e.), KL to the reference and win rate against the baseline."""
+    def num(x: object, fmt: str = ".4f") -> str:
+        return format(x, fmt) if isinstance(x, int | float) and math.isfinite(x) else "-"
+
+    lines = [f"{'run':20s} {'reward':>10s} {'± se':>8s} {'KL':>8s} {'win rate':>9s}   ({results.get('judge', '')})"]
+    for run in results.get("runs", []):
+        win = (run.get("win_rate") or {}).get("win_rate")
+        lines.append(f"{run['name'][:20]:20s} {num(run.get('reward')):>10s} {num(run.get('reward_se')):>8s} "
+                     f"{num(run.get('kl')):>8s} {num(win, '.1f'):>9s}")
+    return lines
+
+
+def verdict_warnings(results: dict) -> list[str]:
+    """Win rates resting on fewer verdicts than pairs: the judge's replies could not all be read."""
+    out = []
+    for run in results.get("runs", []):
+        wr = run.get("win_rate") or {}
+        invalid, total = wr.get("n_invalid", 0), wr.get("n_total", 0) + wr.get("n_invalid", 0)
+        if invalid:
+            out.append(f"{run['name']}: the judge's verdict could not be read for {invalid} of {total} pairs "
+                       "(left out of its win rate); an LLM judge may be too small to follow the template")
+    return out
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -243,7 +243,9 @@ def judge_label(spec: dict) -> str:
     """What the "reward" numbers are, for axis and column labels: never "gold" for a learned judge."""
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind == "reward":
-        return "gold utility" if spec.get("source") == "gold" else f"reward-model score ({Path(str(spec.get('source'))).name})"
+        source = Path(str(spec.get("source")))
+        name = "/".join(source.parts[-2:]) if source.name == "model" else source.name  # runs/rm/model: rm/model
+        return "gold utility" if spec.get("source") == "gold" else f"reward-model score ({name})"
     if kind == "llm":
         return f"LLM-judge score ({spec.get('model', '')})"
     return "gold utility"
