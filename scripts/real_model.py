@@ -12,7 +12,7 @@
 3. DPO with LoRA, then a Bradley–Terry reward model (LoRA on the same backbone), then best-of-N with the
    reward model over chat prompts, then online GRPO (LoRA) rewarded by that reward model, then a joint
    soup (LoRA) over two conflicting objectives steered per request, then `pluralign eval` (judge: the
-   reward model) and the HTML report.
+   reward model; the soup evaluated steered to each objective) and the HTML report.
 
 It checks what a user would: the held-out implicit reward margin rises, the reward model is above chance
 (and reports its held-out accuracy), and best-of-N's choices are the reward model's argmax over the
@@ -303,11 +303,13 @@ def run(out: Path, quick: bool = False, seed: int = 0, *, dpo_stage: bool = True
           f"{prefer_brief[(0.0, 1.0)]:.3f} to brevity (gap {steer_gap:+.3f}); reply at (1/2, 1/2) {reply[:50]!r}", flush=True)
 
     # eval (judge: the reward model) and the report
-    eval_cfg = {"title": "SmolLM2-135M-Instruct: base vs DPO (LoRA) vs best-of-4", "prompts": prompts,
+    eval_cfg = {"title": "SmolLM2-135M-Instruct: base vs DPO (LoRA) vs best-of-4 vs a steered soup", "prompts": prompts,
                 "models": [{"name": "base", "path": str(base)}]
                 + ([{"name": "dpo", "path": str(dpo.model_dir), "method": "dpo"}] if dpo is not None else [])
                 + [{"name": f"bon{n}", "path": str(base), "decoder": "bon", "reward": str(rm_run.model_dir),
-                    "controls": {"n": n}}],
+                    "controls": {"n": n}}]
+                + [{"name": f"soup_{o}", "path": str(soup.model_dir), "method": "joint soup",
+                    "controls": {"weights": {o: 1.0}}} for o in ("detail", "brevity")],
                 "generation": {"max_new_tokens": 24 if quick else 40, "seed": seed},
                 "judge": {"kind": "reward", "source": str(rm_run.model_dir)},
                 "metrics": ["reward", "kl", "win_rate"], "bootstrap": 200}
