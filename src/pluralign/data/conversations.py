@@ -22,12 +22,12 @@ from typing import Any
 REPLY_FIELDS = ("chosen", "rejected", "response")
 
 
-def _messages(value: Any) -> list[dict] | None:
+def messages_of(value: Any) -> list[dict] | None:
     """`value` as a list of chat messages (a tabular cell holds them as JSON text), else None."""
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
             value = json.loads(value)
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError):  # not JSON (or unusable JSON): plain text
             return None
     if isinstance(value, list) and value and all(isinstance(m, Mapping) for m in value):
         return value
@@ -41,7 +41,7 @@ def _turn(message: Mapping) -> tuple[Any, Any]:
 def _prompt_turns(prompt: Any) -> list[dict] | None:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
-    return _messages(prompt)
+    return messages_of(prompt)
 
 
 def _shared_prompt(chosen: list[dict], rejected: list[dict]) -> list[dict]:
@@ -58,12 +58,12 @@ def split_conversations(row: Mapping[str, Any]) -> Mapping[str, Any]:
     """`row` with a `messages` conversation split into prompt and response, and the prompt's turns cut
     from the start of replies that repeat them; any other row unchanged."""
     if "messages" in row and not any(k in row for k in ("prompt", *REPLY_FIELDS)):
-        messages = _messages(row["messages"])
+        messages = messages_of(row["messages"])
         if messages and messages[-1].get("role") == "assistant" and len(messages) > 1:
             rest = {k: v for k, v in row.items() if k != "messages"}
             return {**rest, "prompt": messages[:-1], "response": [messages[-1]]}
         return row
-    replies = {f: _messages(row.get(f)) for f in REPLY_FIELDS}
+    replies = {f: messages_of(row.get(f)) for f in REPLY_FIELDS}
     if not any(m and m[0].get("role") != "assistant" for m in replies.values()):
         return row  # replies are text or assistant turns only: the usual form
     out = dict(row)

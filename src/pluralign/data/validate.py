@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from pluralign.data.conversations import reply_role_issues, split_conversations
+from pluralign.data.conversations import messages_of, reply_role_issues, split_conversations
 from pluralign.data.field_checks import FIELD_CHECKS, ROW_CHECKS, Issue, hostile_issues, short, type_name
 from pluralign.data.records import KINDS, Rated, Record
 from pluralign.errors import DataError, Problem
@@ -224,7 +224,7 @@ def parse_row(row: Any, kind: str) -> tuple[Record | None, list[Issue]]:
 def _decode_cell(name: str, cell: str) -> tuple[Any, list[Issue]]:
     kind = FIELD_TYPES[name]
     if kind == "text":
-        return _maybe_messages(cell), []
+        return messages_of(cell) or cell, []  # a JSON list of messages is a chat, else plain text
     if cell.strip() == "":
         return None, []
     if kind in STRUCTURED:
@@ -247,17 +247,6 @@ def _decode_cell(name: str, cell: str) -> tuple[Any, list[Issue]]:
             return False, []
         return cell, [(name, f"expected true or false, got {cell!r}")]
     return cell, []
-
-
-def _maybe_messages(cell: str) -> Any:
-    """A text cell holding a JSON list of objects is a chat; anything else is plain text."""
-    if not cell.lstrip().startswith("["):
-        return cell
-    try:
-        value = json.loads(cell)
-    except (ValueError, RecursionError):  # not JSON (or unusable JSON): plain text
-        return cell
-    return value if isinstance(value, list) and value and all(isinstance(m, dict) for m in value) else cell
 
 
 def json_failure(e: BaseException) -> str:
