@@ -131,3 +131,24 @@ def test_eval_prints_a_summary_and_warns_of_unread_verdicts():
     assert lines[2].split() == ["ric", "-", "-", "-", "50.0"]
     (note,) = verdict_warnings(results)
     assert note.startswith("ric: the judge's verdict could not be read for 3 of 4 pairs")
+
+
+def test_a_judge_without_objectives_runs_with_the_default_metrics(tiny_models, monkeypatch):
+    # An LLM judge scores and compares but has no objectives: the default metrics (objectives among them)
+    # must still run, without per-objective means.
+    import pluralign.evaluate.runner as runner
+
+    class TextJudge:  # what LLMJudge offers the runner
+        def single(self, prompts, responses):
+            return np.array([float(len(r)) for r in responses])
+
+        def pairwise(self, prompts, a, b):
+            return np.full(len(a), 1.5)
+
+    monkeypatch.setattr(runner, "build_judge", lambda spec, where: TextJudge())
+    cfg = config(tiny_models)
+    cfg.pop("metrics", None)
+    cfg["models"] = cfg["models"][:2]
+    runs = evaluate_config(cfg)["runs"]
+    assert all("objectives" not in r and np.isfinite(r["reward"]) for r in runs)
+    assert runs[1]["win_rate"]["win_rate"] == pytest.approx(50.0)

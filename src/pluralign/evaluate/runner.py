@@ -214,9 +214,13 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
         out, texts = outputs[m["name"]], outputs[m["name"]]["texts"]
         run: dict[str, Any] = {"name": m["name"], "method": m.get("method", m.get("decoder") or "policy"),
                                "n": len(prompts)}
-        scores = None
-        if "reward" in metrics:
-            scores = np.asarray(judge.single(prompts, texts), float)
+        scores = per_objective = None
+        if "objectives" in metrics and hasattr(judge, "single_and_objectives"):  # a scoring judge: one pass
+            scores, per_objective = judge.single_and_objectives(prompts, texts)
+        elif "reward" in metrics:  # an LLM judge has no objectives
+            scores = judge.single(prompts, texts)
+        scores = np.asarray(scores, float) if "reward" in metrics else None
+        if scores is not None:
             run["reward"], run["reward_se"] = _mean_se(scores)
         if "kl" in metrics:
             run["kl"] = kl_estimate(m, out, {**outputs[reference], "path": models[names.index(reference)]["path"]})
@@ -225,7 +229,6 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
             run["per_group"] = {g: v[0] for g, v in per.items()}
             run["per_group_se"] = {g: v[1] for g, v in per.items()}
             run["per_group_n"] = {g: len(prompts) for g in per}
-        per_objective = judge.objective_scores(prompts, texts) if "objectives" in metrics else None
         if per_objective is not None:  # gold attributes, or a multi-objective reward model's columns
             objectives, matrix = per_objective
             run["objectives"] = {o: float(v) for o, v in zip(objectives, np.asarray(matrix, float).mean(0), strict=True)}

@@ -124,9 +124,11 @@ class ScoreJudge:
     def single(self, prompts: Sequence[Any], responses: Sequence[Any]) -> np.ndarray:
         return np.asarray(self._score(list(prompts), list(responses)), dtype=float)
 
-    def objective_scores(self, prompts: Sequence[Any], responses: Sequence[Any]) -> tuple[list[str], np.ndarray] | None:
-        """Per-objective scores ([N, m] with the objectives' names) when the judge has several, else None."""
-        return None
+    def single_and_objectives(self, prompts: Sequence[Any], responses: Sequence[Any]
+                              ) -> tuple[np.ndarray, tuple[list[str], np.ndarray] | None]:
+        """`single`'s scores and, when the judge has several objectives, the per-objective scores ([N, m]
+        with the objectives' names; else None), from one scoring of the responses."""
+        return self.single(prompts, responses), None
 
     def pairwise(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any]) -> np.ndarray:
         if not (len(prompts) == len(a) == len(b)):

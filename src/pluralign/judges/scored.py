@@ -33,15 +33,20 @@ class GoldJudge(ScoreJudge):
 
         return np.asarray(attributes.score_batch(list(prompts), list(responses)), dtype=float)
 
-    def objective_scores(self, prompts: Sequence[Any], responses: Sequence[Any]) -> tuple[list[str], np.ndarray]:
+    def single_and_objectives(self, prompts: Sequence[Any], responses: Sequence[Any]
+                              ) -> tuple[np.ndarray, tuple[list[str], np.ndarray]]:
         from pluralign.sandbox.attributes import ATTRIBUTES
 
-        return list(ATTRIBUTES), self.attributes(prompts, responses)
+        attributes = self.attributes(prompts, responses)
+        return self._of_attributes(attributes), (list(ATTRIBUTES), attributes)
 
-    def _utility(self, prompts: list, responses: list) -> np.ndarray:
+    def _of_attributes(self, attributes: np.ndarray) -> np.ndarray:
         from pluralign.sandbox import users
 
-        return np.asarray(users.utility(self.weights, self.attributes(prompts, responses)), dtype=float)
+        return np.asarray(users.utility(self.weights, attributes), dtype=float)
+
+    def _utility(self, prompts: list, responses: list) -> np.ndarray:
+        return self._of_attributes(self.attributes(prompts, responses))
 
 
 class RewardModelJudge(ScoreJudge):
@@ -54,16 +59,18 @@ class RewardModelJudge(ScoreJudge):
         self.source, self.weights, self.user = source, weights, user
         super().__init__(self._reward, temperature=temperature, tie_tolerance=tie_tolerance)
 
-    def objective_scores(self, prompts: Sequence[Any], responses: Sequence[Any]) -> tuple[list[str], np.ndarray] | None:
+    def single_and_objectives(self, prompts: Sequence[Any], responses: Sequence[Any]
+                              ) -> tuple[np.ndarray, tuple[list[str], np.ndarray] | None]:
         from pluralign.decode.rewards import objective_names
 
         scores = call_reward(self.source, prompts, responses, self.user)
-        if scores.ndim != 2 or scores.shape[1] < 2:
-            return None
-        return objective_names(self.source, scores.shape[1]), scores
+        several = scores.ndim == 2 and scores.shape[1] >= 2
+        return self._combined(scores), (objective_names(self.source, scores.shape[1]), scores) if several else None
 
     def _reward(self, prompts: list, responses: list) -> np.ndarray:
-        scores = call_reward(self.source, prompts, responses, self.user)
+        return self._combined(call_reward(self.source, prompts, responses, self.user))
+
+    def _combined(self, scores: np.ndarray) -> np.ndarray:
         weights = self.weights
         if isinstance(weights, Mapping):
             from pluralign.decode.rewards import objective_names, weight_vector
