@@ -306,9 +306,9 @@ def attached(model: Any) -> Scheme | None:
     return getattr(model, "pluralign_conditioning", None)
 
 
-def attach_to(model: Any, model_dir: str | Path) -> Any:
-    """Load `model_dir`'s scheme (if any), rebuild its model-level parts and mark the model with it."""
-    scheme = load(model_dir)
+def attach_to(model: Any, model_dir: str | Path, scheme: Scheme | None) -> Any:
+    """Rebuild the model-level parts of `scheme` (`load(model_dir)`'s; None: nothing to attach) on the
+    model loaded from `model_dir`, and mark the model with it."""
     if scheme is None:
         return model
     model = scheme.attach(model, Path(model_dir))

@@ -10,8 +10,8 @@ input embeddings; with ``freeze_policy`` (the default) only that table is traine
 person — with the recipe's preference loss, each example under its own person's tokens.
 
 Saved with the model: the tokenizer with the added tokens, ``conditioning.json`` (names, token ids) and
-``control_tokens.safetensors`` (the table). Loading the model directory with `conditioning.attach_to`
-(what `pluralign decode`, the server and `decode.steer.load_policy` do) re-installs the hook, and each
+``control_tokens.safetensors`` (the table). Loading the model directory with `decode.steer.load_policy`
+(what `pluralign decode`, `eval` and the server do) re-installs the hook, and each
 request's ``user=`` (else ``group=``, else the group the user was trained in) picks its tokens; anyone
 else gets the prompt unchanged, i.e. the base policy, with a warning.
 

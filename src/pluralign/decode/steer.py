@@ -21,7 +21,7 @@ def load_policy(model_dir: str | Path, device: str | None = None) -> tuple[Any, 
 
     scheme = conditioning.load(model_dir)
     with expected_extra_keys(scheme.saved_keys if scheme is not None else ()):
-        model = conditioning.attach_to(load_model(str(model_dir)), model_dir)
+        model = conditioning.attach_to(load_model(str(model_dir)), model_dir, scheme)
     if device:
         model = model.to(resolve_device(device))
     model.eval()
