@@ -161,7 +161,7 @@ def plain_sample(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any,
                  **_: Any) -> DecodeResult:
     """The policy's own samples (one per request; scored when a reward is given): how a conditioned or
     trained model is used without any decoding-time search. Each row carries `logp`, the sample's log-prob
-    under the policy as it sampled (conditioned, tempered); `info["token_ids"]` holds the sampled ids, so a
+    under the (conditioned) policy's own distribution, before temperature or top-p; `info["token_ids"]` holds the sampled ids, so a
     KL to a reference can be estimated without re-tokenizing the text."""
     from pluralign.decode.api import finish
 

@@ -18,9 +18,8 @@ from typing import Any
 CONTEXT = 4  # generated tokens of left context an alternative's text is decoded after
 
 
-def token_text(tokenizer: Any, context: list[int], token: int) -> str:
-    """The text `token` adds after `context` (decoding both and taking the difference)."""
-    before = tokenizer.decode(context, skip_special_tokens=True)
+def token_text(tokenizer: Any, context: list[int], before: str, token: int) -> str:
+    """The text `token` adds after `context` (whose decoded text is `before`)."""
     after = tokenizer.decode([*context, token], skip_special_tokens=True)
     return after[len(before):] if after.startswith(before) else tokenizer.decode([token], skip_special_tokens=True)
 
@@ -52,7 +51,8 @@ def choice_logprobs(tokenizer: Any, ids: list[int], logps: list[float], tops: li
     rows = []
     for t, piece in reported_tokens(tokenizer, ids, text):
         context = list(ids[max(0, t - CONTEXT):t])
-        alternatives = [(token_text(tokenizer, context, alt), lp) for alt, lp in (tops[t][:k] if tops else [])]
+        before = tokenizer.decode(context, skip_special_tokens=True)
+        alternatives = [(token_text(tokenizer, context, before, alt), lp) for alt, lp in (tops[t][:k] if tops else [])]
         rows.append((piece, float(logps[t]), alternatives))
     if chat:
         return {"content": [{**_entry(piece, lp), "top_logprobs": [_entry(a, alp) for a, alp in alts]}
