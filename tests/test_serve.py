@@ -270,3 +270,33 @@ def test_a_conditioned_policy_gets_each_requests_weights_and_direction(sandbox, 
         bad = httpx.post(url + "/v1/completions", json={"prompt": PROMPT, "weights": [-1, 0, 0, 0, 0, 0, 2]})
         assert bad.status_code == 422 and "non-negative" in bad.json()["error"]["message"]
     assert differ  # the statement changed the answer: the scheme really was applied
+
+
+def test_a_model_level_scheme_steers_each_request_of_one_batch_to_its_own_weights(sandbox):
+    """Requests with different weights to a model steered at the model level (MAH-DPO heads) share one
+    batch; each is answered by the model mixed to its own weights, as the sampler answers under `mixed`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pluralign import conditioning
+    from pluralign.models.multihead import install_heads, mixed
+
+    path, _, tok = sandbox
+    model, _ = load_policy(path)
+    install_heads(model, 2, noise=1.0, seed=0)  # two heads far enough apart to answer differently
+    model.pluralign_conditioning = conditioning.get("heads", ["a", "b"])
+    weights = [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
+    want = []
+    for w in weights:
+        with mixed(model, w):
+            want.append(sample(model, tok, [PROMPT], max_new_tokens=8, temperature=0).texts[0][0])
+    cfg = ServeConfig(model=str(path), served_name="heads", port=0, batch_window_ms=300)
+    with Background(cfg, Loaded(model=model, tokenizer=tok, name="heads"), keys=[]) as url:
+        def ask(w):
+            return httpx.post(url + "/v1/completions", timeout=60, json={
+                "model": "heads", "prompt": PROMPT, "max_tokens": 8, "temperature": 0, "weights": w}).json()
+
+        with ThreadPoolExecutor(len(weights)) as pool:
+            got = list(pool.map(ask, weights))
+    assert [g["choices"][0]["text"] for g in got] == want
+    assert want[0] != want[1]  # the heads really answer differently
+    assert max(g["pluralign"]["compute"]["batch_requests"] for g in got) > 1  # some requests shared a batch

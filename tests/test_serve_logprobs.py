@@ -1,6 +1,7 @@
 """Token log-probs from `pluralign serve` in OpenAI's formats, read with the real `openai` client: each
 token's log-prob equals the model's own (teacher-forced) log-prob, the alternatives are the most likely
-tokens in order, the pieces join into the text, and an LLM judge in AlpacaEval's weighted mode reads them."""
+tokens in order, the pieces join into the text, a stream carries the same log-probs chunk by chunk, a model
+with a conditioning scheme answers them too, and an LLM judge in AlpacaEval's weighted mode reads them."""
 
 from __future__ import annotations
 
@@ -83,9 +84,67 @@ def test_a_weighted_llm_judge_reads_the_servers_top_logprobs(served):
     ({"messages": MESSAGES, "logprobs": True, "top_logprobs": 21}, "between 0 and 20"),
     ({"messages": MESSAGES, "logprobs": "yes"}, "true or false"),
     ({"messages": MESSAGES, "logprobs": True, "method": "bon", "reward": "gold"}, "plain sampling"),
-    ({"messages": MESSAGES, "logprobs": True, "stream": True}, "not streamed"),
 ])
 def test_logprobs_requests_the_server_cannot_answer_are_refused(served, body, message):
     url, _, _ = served
     resp = httpx.post(url + "/v1/chat/completions", json={"model": "sandbox", "max_tokens": 2, **body})
     assert resp.status_code == 400 and message in resp.json()["error"]["message"]
+
+
+def test_streamed_logprobs_are_the_unstreamed_ones_chunk_by_chunk(served):
+    """Each chunk carries the log-probs of the tokens its text completes: joined, the chunks' tokens are the
+    streamed text, and their log-probs and alternatives those of the same request answered at once."""
+    url, _, _ = served
+    c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    ask = dict(model="sandbox", messages=MESSAGES, max_tokens=12, seed=5, logprobs=True, top_logprobs=2)
+    whole = c.chat.completions.create(**ask).choices[0]
+    text, entries, chunks = "", [], 0
+    for event in c.chat.completions.create(**ask, stream=True):
+        for choice in event.choices:
+            text += choice.delta.content or ""
+            if choice.logprobs is not None:
+                chunks += 1
+                entries += choice.logprobs.content
+                assert "".join(e.token for e in entries) == text  # no chunk's log-probs run ahead of its text
+    assert text == whole.message.content and chunks > 1
+    assert [(e.token, e.logprob) for e in entries] == [(e.token, e.logprob) for e in whole.logprobs.content]
+    assert [[a.token for a in e.top_logprobs] for e in entries] == [[a.token for a in e.top_logprobs]
+                                                                   for e in whole.logprobs.content]
+    legacy = dict(model="sandbox", prompt=PROMPT, max_tokens=10, seed=2, logprobs=1)
+    once = c.completions.create(**legacy).choices[0].logprobs
+    tokens, offsets = [], []
+    for event in c.completions.create(**legacy, stream=True):
+        if event.choices[0].logprobs is not None:
+            tokens += event.choices[0].logprobs.tokens
+            offsets += event.choices[0].logprobs.text_offset
+    assert tokens == once.tokens and offsets == once.text_offset
+
+
+def test_a_conditioned_model_streams_token_by_token_with_logprobs(tmp_path):
+    """A model saved with a conditioning scheme (DPA-style statements) is sampled as a plain one: streamed
+    in many chunks, with log-probs, and its answer is the plain sampler's on the prompt its scheme states."""
+    import shutil
+
+    from pluralign import conditioning
+    from pluralign.decode.sampler import sample
+    from pluralign.sandbox.attributes import ATTRIBUTES
+
+    model_dir = tmp_path / "conditioned"
+    shutil.copytree(build_base(), model_dir)
+    for name, text in conditioning.save_state(conditioning.get("system_message", list(ATTRIBUTES))).items():
+        (model_dir / name).write_text(text)
+    model, tok = load_policy(model_dir)
+    scheme = conditioning.attached(model).bind(tok)
+    weights = {"positivity": 1.0}
+    shown = scheme.prompt(MESSAGES, scheme.condition(weights=weights))
+    want = sample(model, tok, [shown], max_new_tokens=10, temperature=0)
+    with Background(ServeConfig(model=str(model_dir), served_name="cond", port=0), keys=[]) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+        ask = dict(model="cond", messages=MESSAGES, max_tokens=10, temperature=0, logprobs=True,
+                   extra_body={"weights": weights})
+        whole = c.chat.completions.create(**ask).choices[0]
+        deltas = [ch.delta.content for event in c.chat.completions.create(**ask, stream=True)
+                  for ch in event.choices if ch.delta.content]
+    assert whole.message.content == want.texts[0][0] == "".join(deltas) and len(deltas) > 1
+    n = len(whole.logprobs.content)
+    assert n and [e.logprob for e in whole.logprobs.content] == pytest.approx(want.token_logps[0][0][:n].tolist(), abs=1e-5)

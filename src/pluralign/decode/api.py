@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,24 +167,37 @@ def decode(method: str, model: Any, tokenizer: Any, prompts: Sequence[Any], *, r
     fn = get(method)
     prompts, controls, reward = list(prompts), per_request(controls, len(prompts)), as_reward(reward)
     check_options(method, controls)
+    parts = []
+    for idx, shown, steered in conditioned_groups(model, tokenizer, prompts, controls):
+        with steered():
+            parts.append((idx, fn(model, tokenizer, shown, reward=reward, controls=[controls[i] for i in idx],
+                                  **kwargs)))
+    return parts[0][1] if len(parts) == 1 else merge_results(parts, len(prompts))
+
+
+def conditioned_groups(model: Any, tokenizer: Any, prompts: list[Any], controls: list[Controls]
+                       ) -> list[tuple[list[int], list[Any], Callable[[], AbstractContextManager]]]:
+    """How a model carrying a conditioning scheme must be run for each request: (indices of the requests
+    that can share one call, their prompts as the model must see them, a context that steers the model for
+    them). A prompt-level scheme (RiC scores, statements, control tokens) rewrites the prompts and all
+    requests share one call; a model-level one (soups, heads, user vectors) groups the requests by
+    condition. A model without a scheme: one group, prompts unchanged."""
     from pluralign import conditioning
 
+    everyone = list(range(len(prompts)))
     scheme = conditioning.attached(model)
     if scheme is None or scheme.name == "none":
-        return fn(model, tokenizer, prompts, reward=reward, controls=controls, **kwargs)
-    # A conditioned model: each request's weights / direction / user reach the model through its scheme.
+        return [(everyone, list(prompts), nullcontext)]
     scheme.bind(tokenizer)
     conds = [scheme.condition_of_request(c, i) for i, c in enumerate(controls)]
     shown = [scheme.prompt(p, c) for p, c in zip(prompts, conds, strict=True)]
     if not scheme.model_level:
-        return fn(model, tokenizer, shown, reward=reward, controls=controls, **kwargs)
-    parts = []
-    for cond in dict.fromkeys(conds):  # requests with one condition share a steered model
+        return [(everyone, shown, nullcontext)]
+    out = []
+    for cond in dict.fromkeys(conds):
         idx = [i for i, c in enumerate(conds) if c == cond]
-        with scheme.steer(model, cond):
-            parts.append((idx, fn(model, tokenizer, [shown[i] for i in idx], reward=reward,
-                                  controls=[controls[i] for i in idx], **kwargs)))
-    return merge_results(parts, len(prompts))
+        out.append((idx, [shown[i] for i in idx], lambda cond=cond: scheme.steer(model, cond)))
+    return out
 
 
 def merge_results(parts: list[tuple[list[int], DecodeResult]], n: int) -> DecodeResult:

@@ -211,9 +211,9 @@ class Server:
         if ignore_eos and method != PLAIN:
             raise APIError(400, "'ignore_eos' applies to method 'none' only", param="ignore_eos")
         logprobs = P.logprobs_request(body, chat)
-        if logprobs is not None and (method != PLAIN or self.engine.conditioned() or stream):
-            raise APIError(400, "token log-probs are returned for plain sampling (method 'none') from a model "
-                           "without a conditioning scheme, and not streamed", param="logprobs")
+        if logprobs is not None and method != PLAIN:
+            raise APIError(400, "token log-probs are returned for plain sampling (method 'none') only: a "
+                           "decoder's answer is not the model's own sample", param="logprobs")
         job = Job(logprobs=logprobs, chat=chat, ignore_eos=ignore_eos, method=method, prompts=prompts, n=n, controls=controls, reward=body.get("reward"), stream=stream,
                   deadline=time.monotonic() + self.cfg.deadline_s, loop=asyncio.get_running_loop(),
                   events=asyncio.Queue())
@@ -260,7 +260,7 @@ class Server:
             except TimeoutError:
                 event = ("error", APIError(504, "request deadline passed", code="timeout"))
             if event[0] == "delta":
-                yield P.chunk(rid, model, event[1], chat, text=event[2])
+                yield P.chunk(rid, model, event[1], chat, text=event[2], logprobs=event[3])
                 continue
             if event[0] == "error":
                 yield f"data: {json.dumps(event[1].body())}\n\n"

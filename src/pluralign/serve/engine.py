@@ -12,7 +12,8 @@ to share a batch, and runs each group as ONE call:
   answer once every candidate exists, so these stream their answer as one chunk, and a disconnect frees
   the client's slot at once but the batch it shares finishes.
 A policy that carries a conditioning scheme (weights / direction / user / group reach the model through
-it) must go through `decode()`, so there method "none" runs as the registered "sample" decoder.
+it) samples the same way: its scheme rewrites each request's prompt or steers the model for the requests
+that share a condition (`decode.api.conditioned_groups`, as `decode()` does for every decoder).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pluralign.decode.api import Controls
 from pluralign.errors import PluralignError
 from pluralign.serve.config import ServeConfig
 from pluralign.serve.errors import APIError
-from pluralign.serve.logprobs import choice_logprobs
+from pluralign.serve.logprobs import choice_logprobs, formatted, token_rows
 from pluralign.serve.metrics import Metrics
 
 log = logging.getLogger("pluralign.serve")
@@ -103,6 +104,7 @@ class Job:
     chat: bool = False  # the reply's format (chat or legacy completions)
     cancelled: threading.Event = field(default_factory=threading.Event)
     sent: dict[int, str] = field(default_factory=dict)
+    streamed: dict[int, tuple[int, str]] = field(default_factory=dict)  # tokens whose log-probs were sent, their text
 
     def emit(self, *event: Any) -> None:
         try:
@@ -122,17 +124,27 @@ class Job:
         return (PLAIN, self.n, self.ignore_eos, c.chat_template, c.max_new_tokens, c.temperature, c.top_k, c.top_p,
                 tuple(c.stop or ()), c.seed, self.logprobs)
 
-    def stream_text(self, choice: int, text: str, final: bool) -> None:
+    def stream_text(self, choice: int, text: str, final: bool, steps: tuple | None = None) -> None:
         """Send the part of `text` not yet sent. Until the end, hold back what a stop string or an
-        unfinished multi-byte character could still change."""
+        unfinished multi-byte character could still change. `steps` = (tokenizer, token ids, their
+        log-probs, their alternatives) of the choice so far, when the request asks for log-probs: each
+        chunk then carries those of the tokens its text completes."""
         if not self.stream:
             return
         prev = self.sent.get(choice, "")
         if not final:
             hold = max((len(s) for s in self.controls.stop or ()), default=1) - 1
             text = (text[: len(text) - hold] if hold else text).rstrip("\ufffd")
-        if len(text) > len(prev) and text.startswith(prev):
-            self.emit("delta", choice, text[len(prev):])
+        if not text.startswith(prev):
+            return
+        logprobs = None
+        if steps is not None and self.logprobs is not None:
+            done, before = self.streamed.get(choice, (0, ""))
+            rows = token_rows(*steps, text, self.logprobs, done, before)
+            self.streamed[choice] = (done + len(rows), before + "".join(piece for piece, _, _ in rows))
+            logprobs = formatted(rows, self.logprobs, self.chat, offset=len(before)) if rows else None
+        if len(text) > len(prev) or logprobs is not None:
+            self.emit("delta", choice, text[len(prev):], logprobs)
             self.sent[choice] = text
 
 
@@ -226,11 +238,11 @@ class Engine:
         try:
             self.metrics.add("batches_total")
             self.metrics.add("batched_requests_total", len(jobs))
-            if jobs[0].method == PLAIN and not self.conditioned():
+            if jobs[0].method == PLAIN:
                 self._run_plain(jobs)
-            else:  # a conditioned policy's scheme must see each request's controls: through decode()
+            else:
                 with self._reward_lock:  # reward models (and their tokenizers) are not shared across threads
-                    self._run_method(jobs, jobs[0].method if jobs[0].method != PLAIN else "sample")
+                    self._run_method(jobs, jobs[0].method)
         except PluralignError as e:
             if len(jobs) > 1:  # find whose request it was: run each alone
                 for job in jobs:
@@ -243,49 +255,54 @@ class Engine:
                 job.emit("error", APIError(500, "internal error while decoding", code="internal_error"))
 
     def _run_plain(self, jobs: list[Job]) -> None:
+        """Plain sampling, streamed token by token. A conditioned policy samples the same way: its scheme
+        rewrites each request's prompt or steers the model, one sampler call per group of requests that
+        share a condition (`decode.api.conditioned_groups`)."""
+        from pluralign.decode.api import conditioned_groups
+        from pluralign.decode.kv import Compute
         from pluralign.decode.sampler import sample
 
-        c, n = jobs[0].controls, jobs[0].n
+        c, n, tok = jobs[0].controls, jobs[0].n, self.loaded.tokenizer
         owner = [(job, i) for job in jobs for i in range(len(job.prompts))]
+        prompts = [job.prompts[i] for job, i in owner]
+        drawn: list[tuple[Any, int]] = [None] * len(owner)  # (Samples, its row) of each prompt
+        compute = Compute()
+        for idx, shown, steered in conditioned_groups(self.loaded.model, tok, prompts,
+                                                      [job.controls for job, _ in owner]):
+            def on_step(gen: Any, first: int, idx: list[int] = idx) -> None:
+                gone = {id(job): job.gone for job in jobs}
+                for r, reason in enumerate(gen.reason):
+                    job, i = owner[idx[first + r // n]]
+                    if reason is not None:
+                        continue
+                    if gone[id(job)]:
+                        gen.reason[r] = "cancelled"
+                    elif job.stream:
+                        steps = (tok, gen.tokens[r], gen.logps[r], gen.top[r]) if job.logprobs is not None else None
+                        job.stream_text(i * n + r % n, gen.text(r), final=False, steps=steps)
 
-        def on_step(gen: Any, first: int) -> None:
-            gone = {id(job): job.gone for job in jobs}
-            for r, reason in enumerate(gen.reason):
-                job, i = owner[first + r // n]
-                if reason is not None:
-                    continue
-                if gone[id(job)]:
-                    gen.reason[r] = "cancelled"
-                elif job.stream:
-                    job.stream_text(i * n + r % n, gen.text(r), final=False)
-
-        out = sample(self.loaded.model, self.loaded.tokenizer, [p for job in jobs for p in job.prompts], n=n,
-                     max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
-                     stop=c.stop, seed=c.seed, eos=[] if jobs[0].ignore_eos else None,
-                     chat_template=c.chat_template, max_rows=self.cfg.max_batch_rows, on_step=on_step,
-                     top_logprobs=jobs[0].logprobs or 0)
-        row = 0
+            with steered():
+                out = sample(self.loaded.model, tok, shown, n=n, max_new_tokens=c.max_new_tokens,
+                             temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, stop=c.stop, seed=c.seed,
+                             eos=[] if jobs[0].ignore_eos else None, chat_template=c.chat_template,
+                             max_rows=self.cfg.max_batch_rows, on_step=on_step, top_logprobs=jobs[0].logprobs or 0)
+            compute.add(out.compute)
+            for row, at in enumerate(idx):
+                drawn[at] = (out, row)
+        choices: dict[int, list[dict]] = {id(job): [] for job in jobs}
+        steps: dict[int, list[tuple]] = {id(job): [] for job in jobs}
+        for (job, _), (out, row) in zip(owner, drawn, strict=True):
+            for k in range(n):
+                choice = {"text": out.texts[row][k], "tokens": len(out.token_ids[row][k]),
+                          "finish_reason": "length" if out.finish[row][k] == "length" else "stop"}
+                tokens = (tok, out.token_ids[row][k], out.token_logps[row][k].tolist(),
+                          out.top_logprobs and out.top_logprobs[row][k])
+                if job.logprobs is not None and not job.stream:
+                    choice["logprobs"] = choice_logprobs(*tokens, out.texts[row][k], job.logprobs, job.chat)
+                choices[id(job)].append(choice)
+                steps[id(job)].append(tokens)
         for job in jobs:
-            choices = []
-            for _ in job.prompts:
-                for k in range(n):
-                    reason = out.finish[row][k]
-                    choice = {"text": out.texts[row][k], "tokens": len(out.token_ids[row][k]),
-                              "finish_reason": "length" if reason == "length" else "stop"}
-                    if job.logprobs is not None:
-                        choice["logprobs"] = choice_logprobs(
-                            self.loaded.tokenizer, out.token_ids[row][k],
-                            out.token_logps[row][k].tolist(), out.top_logprobs and out.top_logprobs[row][k],
-                            out.texts[row][k], job.logprobs, job.chat)
-                    choices.append(choice)
-                row += 1
-            self._finish(job, choices, {"forward": out.compute.forward, "tokens": out.compute.tokens})
-
-    def conditioned(self) -> bool:
-        """Whether the policy carries a conditioning scheme (`pluralign.conditioning`, attached by
-        load_policy), which only `decode()` applies; plain sampling then runs as its "sample" decoder."""
-        scheme = getattr(self.loaded.model, "pluralign_conditioning", None)
-        return scheme is not None and getattr(scheme, "name", "none") != "none"
+            self._finish(job, choices[id(job)], {"forward": compute.forward, "tokens": compute.tokens}, steps[id(job)])
 
     def _run_method(self, jobs: list[Job], method: str) -> None:
         from pluralign.decode.api import decode
@@ -318,7 +335,9 @@ class Engine:
         for job in jobs:
             self._finish(job, per_job[id(job)], compute)
 
-    def _finish(self, job: Job, choices: list[dict], compute: dict) -> None:
+    def _finish(self, job: Job, choices: list[dict], compute: dict, steps: list[tuple] | None = None) -> None:
+        """Answer `job`: its last streamed text (and, with `steps`, each choice's token log-probs not yet
+        streamed, see `Job.stream_text`), then the choices."""
         if job.cancelled.is_set():
             self.metrics.add("cancelled_total")
             return
@@ -326,7 +345,7 @@ class Engine:
             job.emit("error", APIError(504, "request deadline passed", code="timeout"))
             return
         for idx, choice in enumerate(choices):
-            job.stream_text(idx, choice["text"], final=True)
+            job.stream_text(idx, choice["text"], final=True, steps=steps[idx] if steps else None)
         self.metrics.add("generated_tokens_total", sum(ch["tokens"] for ch in choices))
         job.emit("done", choices, dict(compute, batch_requests=self.active))
 

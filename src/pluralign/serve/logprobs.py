@@ -24,13 +24,14 @@ def token_text(tokenizer: Any, context: list[int], before: str, token: int) -> s
     return after[len(before):] if after.startswith(before) else tokenizer.decode([token], skip_special_tokens=True)
 
 
-def reported_tokens(tokenizer: Any, ids: list[int], text: str) -> list[tuple[int, str]]:
+def reported_tokens(tokenizer: Any, ids: list[int], text: str, start: int = 0, before: str = "") -> list[tuple[int, str]]:
     """(position, text piece) of the generated tokens that make up `text`, in order: each piece is what
-    the token adds to the decoded text of the tokens before it, so the pieces join into `text`."""
+    the token adds to the decoded text of the tokens before it, so the pieces join into `text`. From
+    position `start` on, when the tokens before it decode to `before` (how a stream goes on)."""
     special = set(getattr(tokenizer, "all_special_ids", ()) or ())
-    out, before = [], ""
-    for t, token in enumerate(ids):
-        if token in special:
+    out = []
+    for t in range(start, len(ids)):
+        if ids[t] in special:
             break
         after = tokenizer.decode(ids[:t + 1], skip_special_tokens=True)
         if not after.startswith(before) or len(after) > len(text):
@@ -40,26 +41,42 @@ def reported_tokens(tokenizer: Any, ids: list[int], text: str) -> list[tuple[int
     return out
 
 
+Row = tuple[str, float, list[tuple[str, float]]]  # a token's text, its log-prob, its alternatives'
+
+
+def token_rows(tokenizer: Any, ids: list[int], logps: list[float], tops: list[list[tuple[int, float]]] | None,
+               text: str, k: int, start: int = 0, before: str = "") -> list[Row]:
+    """The reported tokens of `text` (see `reported_tokens`) with their log-probs and `k` alternatives:
+    `ids` / `logps` are the generated tokens and their model log-probs, `tops[t]` the (token id,
+    log-prob) alternatives at step t."""
+    rows = []
+    for t, piece in reported_tokens(tokenizer, ids, text, start, before):
+        context = list(ids[max(0, t - CONTEXT):t])
+        prior = tokenizer.decode(context, skip_special_tokens=True)
+        alternatives = [(token_text(tokenizer, context, prior, alt), lp) for alt, lp in (tops[t][:k] if tops else [])]
+        rows.append((piece, float(logps[t]), alternatives))
+    return rows
+
+
 def _entry(piece: str, logprob: float) -> dict:
     return {"token": piece, "logprob": logprob, "bytes": list(piece.encode("utf-8"))}
 
 
-def choice_logprobs(tokenizer: Any, ids: list[int], logps: list[float], tops: list[list[tuple[int, float]]] | None,
-                    text: str, k: int, chat: bool) -> dict:
-    """The ``logprobs`` object of one choice: `ids` / `logps` are its generated tokens and their model
-    log-probs, `tops[t]` the (token id, log-prob) alternatives at step t, `k` how many to report."""
-    rows = []
-    for t, piece in reported_tokens(tokenizer, ids, text):
-        context = list(ids[max(0, t - CONTEXT):t])
-        before = tokenizer.decode(context, skip_special_tokens=True)
-        alternatives = [(token_text(tokenizer, context, before, alt), lp) for alt, lp in (tops[t][:k] if tops else [])]
-        rows.append((piece, float(logps[t]), alternatives))
+def formatted(rows: list[Row], k: int, chat: bool, offset: int = 0) -> dict:
+    """The ``logprobs`` object of a choice (or of a streamed chunk of it, whose text starts `offset`
+    characters into the completion)."""
     if chat:
         return {"content": [{**_entry(piece, lp), "top_logprobs": [_entry(a, alp) for a, alp in alts]}
                             for piece, lp, alts in rows], "refusal": None}
-    offsets, at = [], 0
+    offsets, at = [], offset
     for piece, _, _ in rows:
         offsets.append(at)
         at += len(piece)
     return {"tokens": [piece for piece, _, _ in rows], "token_logprobs": [lp for _, lp, _ in rows],
             "top_logprobs": [dict(alts) for _, _, alts in rows] if k else None, "text_offset": offsets}
+
+
+def choice_logprobs(tokenizer: Any, ids: list[int], logps: list[float], tops: list[list[tuple[int, float]]] | None,
+                    text: str, k: int, chat: bool) -> dict:
+    """The ``logprobs`` object of one choice (see `token_rows`); `k` alternatives per token."""
+    return formatted(token_rows(tokenizer, ids, logps, tops, text, k), k, chat)

@@ -14,7 +14,8 @@ PAL score for). The alignment controls are an extension the `openai` client send
 - `ignore_eos` (as vLLM): plain sampling runs to `max_tokens` (fixed-length load tests).
 
 Token log-probs (chat's `logprobs` / `top_logprobs`, legacy completions' `logprobs`) are returned for plain
-sampling from a model without a conditioning scheme, not streamed (`pluralign.serve.logprobs`).
+sampling (a conditioned model's too), streamed or not: a streamed chunk carries those of the tokens its text
+completes (`pluralign.serve.logprobs`).
 
 `/v1/completions` takes the prompt as given (`chat_template` "never" unless the request sets it);
 `/v1/chat/completions` renders the messages with the tokenizer's chat template. Choices carry a
@@ -208,15 +209,15 @@ def completion_body(rid: str, model: str, choices: list[dict], prompt_tokens: in
 
 
 def chunk(rid: str, model: str, index: int, chat: bool, text: str | None = None, finish: str | None = None,
-          role: bool = False, ext: dict | None = None) -> str:
+          role: bool = False, ext: dict | None = None, logprobs: dict | None = None) -> str:
     """One SSE event of a streamed completion."""
     if chat:
         delta: dict[str, Any] = {"role": "assistant"} if role else {}
         if text is not None:
             delta["content"] = text
-        row: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+        row: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
     else:
-        row = {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
+        row = {"index": index, "text": text or "", "finish_reason": finish, "logprobs": logprobs}
     if ext:
         row["pluralign"] = ext
     body = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
