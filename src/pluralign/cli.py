@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from pathlib import Path
 
 from pluralign import __version__
 from pluralign.errors import PluralignError
@@ -46,14 +48,30 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except PluralignError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():  # restores how warnings are shown when the command returns
+        warnings.showwarning = _for_people(warnings.showwarning)
+        try:
+            return int(args.func(args) or 0)
+        except PluralignError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+
+def _for_people(show):
+    """pluralign's own warnings as "warning: <message>" lines (a user mistake, not a code location);
+    other libraries' as `show` shows them."""
+    package = str(Path(__file__).parent)
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        if str(filename).startswith(package):
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_warning
 
 
 if __name__ == "__main__":

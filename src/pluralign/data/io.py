@@ -20,11 +20,13 @@ import io
 import json
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pluralign.data.rated_forms import completion_rows, is_completions_row, numeric_columns
 from pluralign.data.records import KINDS, Record, kind_of
 from pluralign.data.validate import (
     ALIASES,
@@ -109,12 +111,32 @@ def read_checked(source: Source, kind: str | None = None) -> Checked:
     name, rows, tabular = _raw_rows(source)
     if not rows:
         raise _file_error(name, "no records found")
-    if kind is None:
+    rows = _expand_completions(rows)
+    told = kind is None
+    if told:
         kind = majority_kind(rows)
         if kind is None:
             raise _file_error(name, _undetectable(rows))
     records, rejects = check_rows(rows, _known_kind(kind), name, tabular=tabular)
+    if told and kind == "demonstration" and records:
+        numeric = numeric_columns(records[0].meta or {}, set())
+        if numeric:
+            warnings.warn(f"{name}: read as demonstrations, with the numeric column(s) {', '.join(numeric)} kept as "
+                          "meta; to read them as per-objective ratings give the kind: --kind rated "
+                          "(kind='rated' in Python)", stacklevel=2)
     return Checked(name, kind, records, rejects)
+
+
+def _expand_completions(rows: list[RawRow]) -> list[RawRow]:
+    """Rows holding several rated responses (UltraFeedback's ``completions``) as one row per response,
+    each at its source row's line (`rated_forms.completion_rows`)."""
+    out = []
+    for row in rows:
+        if row.issues or not is_completions_row(row.data):
+            out.append(row)
+            continue
+        out += [RawRow(row.line, row.raw, data, list(issues)) for data, issues in completion_rows(row.data)]
+    return out
 
 
 def default_rejects_path(source: Source) -> Path:

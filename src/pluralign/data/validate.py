@@ -8,7 +8,8 @@ The checks are total: whatever a row holds — numbers too large for a float, st
 surrogates (which no tokenizer can encode), values nested deeper than any record needs — it becomes a
 record or a located problem, never another exception. Common field spellings of public data sets
 (`question`/`instruction` for the prompt, `chosen_response`, a `scores` object for ratings, …) are read
-as the canonical field names (`ALIASES`), and ``ratings.<objective>`` columns as the `ratings` object.
+as the canonical field names (`ALIASES`); rated responses in other forms (``ratings.<objective>`` columns,
+HelpSteer's plain numeric columns, UltraFeedback's ``completions``) as rated rows (`rated_forms`).
 
 Tabular sources (CSV, Parquet, `datasets`) hold structured values — chat messages, lists, dicts — as
 JSON text in a cell; `decode_cells` turns them back before the checks, so one set of checks serves
@@ -25,6 +26,7 @@ from typing import Any
 
 from pluralign.data.conversations import messages_of, reply_role_issues, split_conversations
 from pluralign.data.field_checks import FIELD_CHECKS, ROW_CHECKS, Issue, hostile_issues, short, type_name
+from pluralign.data.rated_forms import gather_wide, with_numeric_ratings
 from pluralign.data.records import KINDS, Rated, Record
 from pluralign.errors import DataError, Problem
 
@@ -103,7 +105,7 @@ def canonical(row: Any) -> Any:
     split into prompt and reply (`pluralign.data.conversations`); other values unchanged."""
     if not isinstance(row, Mapping):
         return row
-    row = split_conversations(_gather_ratings(row))
+    row = split_conversations(gather_wide(row))
     renames = {}
     for name, aliases in ALIASES.items():
         if name in row:
@@ -115,27 +117,6 @@ def canonical(row: Any) -> Any:
             continue  # `scores` of a ranked list, not ratings
         renames[present[0]] = name
     return {renames.get(k, k): v for k, v in row.items()} if renames else row
-
-
-def _gather_ratings(row: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Wide ratings — one ``ratings.<objective>`` column per objective, as a table holds them — as the
-    `ratings` object; a numeric cell's text becomes its number."""
-    prefix = "ratings."
-    wide = [k for k in row if isinstance(k, str) and k.startswith(prefix) and len(k) > len(prefix)]
-    if not wide or "ratings" in row:
-        return row
-    ratings = {}
-    for key in wide:
-        value = row[key]
-        if isinstance(value, str):
-            try:
-                value = float(value) if value.strip() else None
-            except ValueError:
-                pass  # left as text: the ratings check names the field ratings.<objective>
-        if value is not None:
-            ratings[key[len(prefix):]] = value
-    rest = {k: v for k, v in row.items() if k not in wide}
-    return {**rest, "ratings": ratings} if ratings else rest
 
 
 _OTHER_FORMS = {
@@ -196,6 +177,8 @@ def parse_row(row: Any, kind: str) -> tuple[Record | None, list[Issue]]:
     if hostile:
         return None, hostile
     names, required = field_names(kind), required_fields(kind)
+    if kind == "rated":  # HelpSteer's form: one plain numeric column per objective
+        row = with_numeric_ratings(row, set(names))
     values: dict[str, Any] = {}
     issues: list[Issue] = []
     for name in names:
