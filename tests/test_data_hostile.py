@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from pluralign.cli import main
 from pluralign.data import Pairwise, Rated, read_records
-from pluralign.data.io import _raw_rows, read_checked
+from pluralign.data.formats import raw_rows
+from pluralign.data.io import read_checked
 from pluralign.errors import DataError
 
 PAIR = {"prompt": "p", "chosen": "a", "rejected": "b"}
@@ -166,7 +167,7 @@ def check_total(path: Path) -> None:
     code = main(["data", "validate", str(path), "--skip-invalid", "--rejects", str(rejects), "--out", str(out)])
     assert code in (0, 2)
     if code == 0:
-        n_rows = len(_raw_rows(str(path))[1])
+        n_rows = len(raw_rows(str(path))[1])
         text = out.read_text(encoding="utf-8")
         kept = {".jsonl": lambda: len(text.splitlines()), ".json": lambda: len(json.loads(text)),
                 ".csv": lambda: max(0, len(list(csv.reader(io.StringIO(text, newline="")))) - 1)}[path.suffix]()

@@ -82,11 +82,11 @@ class Rollout:
 def read_prompts(paths: Sequence[str]) -> list[Prompt]:
     """The `prompt` field of every row of the files (any record kind has one; a prompt-only file is
     enough). Empty or missing prompts are errors naming file and line."""
-    from pluralign.data.io import _raw_rows
+    from pluralign.data.formats import raw_rows
 
     prompts, problems = [], []
     for path in paths:
-        name, rows, _ = _raw_rows(path)
+        name, rows, _ = raw_rows(path)
         for row in rows:
             data = row.data if isinstance(row.data, dict) else None
             p = data.get("prompt") if data is not None else None

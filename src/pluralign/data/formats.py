@@ -1,0 +1,201 @@
+"""Raw rows of each source format — JSONL, JSON, CSV, Parquet, a saved `datasets` directory or a
+`datasets.Dataset` — before any checks (`pluralign.data.validate`). A row that cannot even be parsed
+(malformed JSON, bytes that are not UTF-8, a CSV line with too many cells) comes back with its problem, at
+its line; only a whole-file problem (no such file, an unreadable header) raises."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pluralign.data.validate import RawRow, json_failure
+from pluralign.errors import DataError, PluralignError, Problem
+
+FORMATS = (".jsonl", ".json", ".csv", ".parquet")
+Source = str | os.PathLike | Any  # a path, or a `datasets.Dataset`
+
+
+def file_error(source: str, message: str, line: int | None = None) -> DataError:
+    """A problem with a whole file (or its header), not with one row."""
+    return DataError([Problem(source, line, None, message)])
+
+
+def raw_rows(source: Source) -> tuple[str, list[RawRow], bool]:
+    """(source name, rows, whether cells hold JSON text for structured values)."""
+    if not isinstance(source, str | os.PathLike):
+        return _dataset_rows(source, "<dataset>")
+    path = Path(source)
+    name = str(source)
+    if path.is_dir():
+        return _dataset_rows(_load_dataset_dir(path), name)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise file_error(
+            name, f"unknown format {suffix!r}; use one of {', '.join(FORMATS)} or a saved datasets directory"
+        )
+    try:
+        if suffix == ".parquet":
+            return name, _parquet_rows(path, name), True
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise file_error(name, "no such file") from None
+    except OSError as e:
+        raise file_error(name, f"cannot read file: {e.strerror or e}") from None
+    if suffix == ".jsonl":
+        return name, _jsonl_rows(data), False
+    if suffix == ".json":
+        return name, _json_rows(_decode_utf8(data, name), name), False
+    # Undecodable bytes become lone surrogates (U+DC80-U+DCFF) that mark their own row as not UTF-8.
+    return name, _csv_rows(data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape"), name), True
+
+
+def _decode_utf8(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise file_error(name, "not UTF-8 text", line=line) from None
+
+
+def _jsonl_rows(data: bytes) -> list[RawRow]:
+    rows = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue  # blank lines hold no record
+        try:
+            text = line.decode("utf-8-sig").rstrip("\r")
+        except UnicodeDecodeError:
+            rows.append(RawRow(number, line.decode("utf-8", "replace"), None, [(None, "not UTF-8 text")]))
+            continue
+        try:
+            rows.append(RawRow(number, text, json.loads(text)))
+        except json.JSONDecodeError as e:
+            rows.append(RawRow(number, text, None, [(None, f"malformed JSON: {e.msg} (column {e.colno})")]))
+        except (ValueError, RecursionError) as e:  # an integer past the digit limit, nesting past the stack
+            rows.append(RawRow(number, text, None, [(None, f"unusable JSON: {json_failure(e)}")]))
+    return rows
+
+
+
+def _json_rows(text: str, name: str) -> list[RawRow]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise file_error(name, f"malformed JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
+    except (ValueError, RecursionError) as e:
+        raise file_error(name, f"unusable JSON: {json_failure(e)}") from None
+    if not isinstance(value, list):
+        raise file_error(name, f"expected a JSON list of objects, got {type(value).__name__}")
+    return [RawRow(i, row, row) for i, row in enumerate(value)]
+
+
+def _csv_rows(text: str, name: str) -> list[RawRow]:
+    # Feed the reader our own lines so that a row's line numbers map back to its exact original text.
+    lines = list(io.StringIO(text, newline=""))
+    # A cell may be as long as the file (JSONL takes any line length; CSV must not refuse the same text).
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, min(len(text) + 1, 2**31 - 1)))
+    try:
+        return _csv_records(lines, name)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_records(lines: list[str], name: str) -> list[RawRow]:
+    reader = csv.reader(lines)
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        raise file_error(name, f"unreadable CSV header: {e}", line=1) from None
+    if not header:
+        return []
+    if bad := _not_utf8("".join(lines[: reader.line_num])):
+        raise file_error(name, f"header is {bad}", line=1)
+    if len(set(header)) != len(header):
+        raise file_error(name, f"repeated column names in header {header}", line=1)
+    rows = []
+    try:
+        while True:
+            start = reader.line_num + 1
+            cells = next(reader, None)
+            if cells is None:
+                break
+            if not cells:
+                continue  # blank line
+            raw = "".join(lines[start - 1 : reader.line_num]).rstrip("\r\n")
+            if bad := _not_utf8(raw):
+                raw = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                rows.append(RawRow(start, raw, None, [(None, bad)]))
+            elif len(cells) != len(header):
+                rows.append(
+                    RawRow(start, raw, None, [(None, f"expected {len(header)} cells, found {len(cells)}")])
+                )
+            else:
+                rows.append(RawRow(start, raw, dict(zip(header, cells, strict=True))))
+    except csv.Error as e:
+        raise file_error(name, f"unreadable CSV: {e}", line=reader.line_num) from None
+    return rows
+
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def _not_utf8(text: str) -> str | None:
+    """What is wrong with text decoded with surrogateescape, or None when it was valid UTF-8."""
+    m = _ESCAPED_BYTE.search(text)
+    return None if m is None else f"not UTF-8 text (byte 0x{ord(m.group()) - 0xDC00:02x} at column {m.start() + 1})"
+
+
+def _parquet_rows(path: Path, name: str) -> list[RawRow]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise FileNotFoundError(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, ValueError) as e:
+        raise file_error(name, f"unreadable Parquet: {e}") from None
+    return [RawRow(i, row, row) for i, row in enumerate(table.to_pylist())]
+
+
+def import_datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise PluralignError(
+            "reading a dataset needs the 'datasets' package: pip install 'pluralign[datasets]'"
+        ) from None
+    return datasets
+
+
+def _load_dataset_dir(path: Path):
+    datasets = import_datasets()
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise file_error(str(path), f"not a dataset saved with save_to_disk: {e}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = ", ".join(loaded)
+        raise file_error(
+            str(path),
+            f"holds several splits ({splits}); give one split's directory, e.g. {path / next(iter(loaded))}",
+        )
+    return loaded
+
+
+def _dataset_rows(dataset: Any, name: str) -> tuple[str, list[RawRow], bool]:
+    if not hasattr(dataset, "column_names") or not hasattr(dataset, "__iter__"):
+        raise PluralignError(
+            f"cannot read records from a {type(dataset).__name__}; give a path or a datasets.Dataset"
+        )
+    if isinstance(dataset.column_names, dict):  # a DatasetDict maps split -> columns
+        raise PluralignError(
+            f"a DatasetDict holds several splits ({', '.join(dataset)}); pass one, e.g. dataset['train']"
+        )
+    return name, [RawRow(i, row, row) for i, row in enumerate(dataset)], True
