@@ -152,3 +152,31 @@ def test_a_judge_without_objectives_runs_with_the_default_metrics(tiny_models, m
     runs = evaluate_config(cfg)["runs"]
     assert all("objectives" not in r and np.isfinite(r["reward"]) for r in runs)
     assert runs[1]["win_rate"]["win_rate"] == pytest.approx(50.0)
+
+
+def test_kl_is_read_by_the_references_own_tokenizer_or_not_estimated(tiny_models, tmp_path):
+    """The reference renders the prompts with its own tokenizer: a policy whose tokenizer holds extra tokens
+    (as learned control tokens add) still gets the estimate; one whose vocabulary numbers the words otherwise
+    gets none, with a warning, never a KL computed from ids the reference reads as other words."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pluralign.models.tiny import tiny_llama, word_tokenizer
+    from pluralign.sandbox.world import CHAT_TEMPLATE, VOCABULARY
+
+    extra = tmp_path / "extra"
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[0])
+    tok = AutoTokenizer.from_pretrained(tiny_models[0])
+    tok.add_tokens(["<c0>", "<c1>"])
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    model.save_pretrained(extra)
+    tok.save_pretrained(extra)
+    shuffled = tmp_path / "shuffled"
+    other = word_tokenizer(list(reversed(VOCABULARY)), chat_template=CHAT_TEMPLATE)
+    tiny_llama(len(other), hidden_size=32, num_layers=1, seed=0).save_pretrained(shuffled)
+    other.save_pretrained(shuffled)
+    cfg = config(tiny_models, metrics=["kl"])
+    cfg["models"] = [cfg["models"][0], {"name": "extra", "path": str(extra)}, {"name": "shuffled", "path": str(shuffled)}]
+    with pytest.warns(UserWarning, match="shuffled: no KL estimate: its tokenizer and the reference's read"):
+        runs = {r["name"]: r for r in evaluate_config(cfg)["runs"]}
+    assert abs(runs["extra"]["kl"]) < 0.2  # the same weights on the words they share (two more in its softmax)
+    assert runs["shuffled"]["kl"] is None

@@ -34,6 +34,7 @@ cannot know whether ``base_url`` itself is the server you meant.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +130,7 @@ def _model_path(spec: str) -> str:
 def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: str = "<config>") -> dict:
     """Responses of one model entry, decoded through its conditioning scheme (RiC, heads, soups, …) with
     the entry's controls; for plain sampling (no decoder, or ``decoder: sample``) also the policy's
-    log-prob of each sample and the (unconditioned prompt, sampled ids) pairs, for the KL estimate."""
-    from pluralign.data.prompts import prompt_ids
+    log-prob of each sample, its ids and the unconditioned prompts, for the KL estimate."""
     from pluralign.decode.api import Controls, decode
     from pluralign.decode.cli import unused_controls
     from pluralign.decode.steer import load_policy
@@ -149,8 +149,8 @@ def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: s
     result = decode(decoder, model, tok, prompts, reward=entry.get("reward"), controls=controls)
     out = {"texts": list(result.texts), "model": model, "tokenizer": tok, "n": controls.n}
     if decoder == "sample":
-        rendered = [prompt_ids(tok, p, controls.chat_template) for p in prompts]
-        out |= {"sum_logps": result.info["logp"], "ids": list(zip(rendered, result.info["token_ids"], strict=True))}
+        out |= {"sum_logps": result.info["logp"], "token_ids": result.info["token_ids"], "prompts": list(prompts),
+                "chat_template": controls.chat_template}
     return out
 
 
@@ -173,9 +173,23 @@ def sequence_logps_of(model: Any, pairs: list[tuple[list[int], list[int]]]) -> l
 
 def kl_estimate(entry: dict, out: dict, ref: dict) -> float | None:
     """Sequence KL to the reference: Monte-Carlo for plain sampling (temperature 1), the best-of-N bound
-    for a bon decoder, None otherwise."""
+    for a bon decoder, None otherwise.
+
+    The Monte-Carlo estimate is mean log π(y | x, c) − log π_ref(y | x) over the policy's samples y, where
+    c is what a conditioned policy was shown (RiC scores, a statement) and the reference reads the prompt
+    x as its own tokenizer renders it. The sampled ids are scored as they are, so a reference whose
+    tokenizer reads them otherwise (another vocabulary) gets no estimate, with a warning."""
     if "sum_logps" in out:
-        ref_lp = sequence_logps_of(ref["model"], out["ids"])
+        from pluralign.data.prompts import prompt_ids
+
+        ref_tok, tok = ref["tokenizer"], out["tokenizer"]
+        ids = out["token_ids"]
+        if ref_tok is not tok and any(ref_tok.decode(y) != tok.decode(y) for y in ids):
+            warnings.warn(f"{entry['name']}: no KL estimate: its tokenizer and the reference's read the sampled "
+                          "tokens differently (another vocabulary)", stacklevel=2)
+            return None
+        rendered = [prompt_ids(ref_tok, x, out["chat_template"]) for x in out["prompts"]]
+        ref_lp = sequence_logps_of(ref["model"], list(zip(rendered, ids, strict=True)))
         return float(np.mean(np.asarray(out["sum_logps"]) - np.asarray(ref_lp)))
     if entry.get("decoder") == "bon" and entry.get("path") == ref.get("path"):
         return bon_kl(int(out.get("n", 1)))
