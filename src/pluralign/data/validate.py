@@ -9,7 +9,8 @@ surrogates (which no tokenizer can encode), values nested deeper than any record
 record or a located problem, never another exception. Common field spellings of public data sets
 (`question`/`instruction` for the prompt, `chosen_response`, a `scores` object for ratings, …) are read
 as the canonical field names (`ALIASES`); rated responses in other forms (``ratings.<objective>`` columns,
-HelpSteer's plain numeric columns, UltraFeedback's ``completions``) as rated rows (`rated_forms`).
+HelpSteer's plain numeric columns, UltraFeedback's ``completions``) as rated rows (`rated_forms`), and
+two sides with a verdict (Chatbot Arena's ``conversation_a``/``_b`` and ``winner``) as pairs (`verdict_pairs`).
 
 Tabular sources (CSV, Parquet, `datasets`) hold structured values — chat messages, lists, dicts — as
 JSON text in a cell; `decode_cells` turns them back before the checks, so one set of checks serves
@@ -28,6 +29,7 @@ from pluralign.data.conversations import messages_of, reply_role_issues, split_c
 from pluralign.data.field_checks import FIELD_CHECKS, ROW_CHECKS, Issue, hostile_issues, short, type_name
 from pluralign.data.rated_forms import gather_wide, with_numeric_ratings
 from pluralign.data.records import KINDS, Rated, Record
+from pluralign.data.verdict_pairs import chosen_and_rejected, verdict_issues
 from pluralign.errors import DataError, Problem
 
 # The type of every field name any kind uses; one name has one meaning across kinds.
@@ -60,6 +62,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "rejected": ("rejected_response", "response_rejected", "dispreferred", "worse_response"),
     "response": ("completion", "output", "answer"),
     "ratings": ("scores", "rating"),  # an object of objective -> number, without `responses`
+    "user": ("user_id", "judge", "annotator", "annotator_id", "rater", "rater_id", "worker_id"),  # who gave it
 }
 
 # Fields whose presence tells the kind of a row, checked in this order.
@@ -105,7 +108,7 @@ def canonical(row: Any) -> Any:
     split into prompt and reply (`pluralign.data.conversations`); other values unchanged."""
     if not isinstance(row, Mapping):
         return row
-    row = split_conversations(gather_wide(row))
+    row = split_conversations(chosen_and_rejected(gather_wide(row)))
     renames = {}
     for name, aliases in ALIASES.items():
         if name in row:
@@ -176,6 +179,8 @@ def parse_row(row: Any, kind: str) -> tuple[Record | None, list[Issue]]:
     hostile = [issue for key, value in row.items() for issue in hostile_issues(str(key), value)]
     if hostile:
         return None, hostile
+    if undecided := verdict_issues(row):
+        return None, undecided
     names, required = field_names(kind), required_fields(kind)
     if kind == "rated":  # HelpSteer's form: one plain numeric column per objective
         row = with_numeric_ratings(row, set(names))

@@ -1,0 +1,90 @@
+"""Pairs stored as two sides and a verdict, read as chosen and rejected.
+
+Human votes between two models' answers are published this way, with who voted — per-person preference
+data, which pluralistic methods need:
+
+- Chatbot Arena and MT-Bench human judgments: ``conversation_a`` / ``conversation_b`` (whole
+  conversations), ``winner`` ("model_a", "model_b", "tie", "tie (bothbad)") and ``judge`` (the voter, read
+  as the row's `user`);
+- LMSYS arena-human-preference: ``prompt``, ``response_a`` / ``response_b`` and one-hot ``winner_model_a`` /
+  ``winner_model_b`` / ``winner_tie`` columns; a one-turn exchange is stored as one-element JSON lists,
+  which are unwrapped.
+
+The winner's side becomes `chosen`, the other `rejected`; whole conversations are then cut after the prompt
+they share (`pluralign.data.conversations`). A tie states no preference between the sides, so a tied row
+is a problem of its own (field ``winner``), listed with its line by ``--skip-invalid`` and never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+SIDES = (("conversation_a", "conversation_b"), ("response_a", "response_b"))
+ONE_HOT = ("winner_model_a", "winner_model_b", "winner_tie")
+WINNER_SIDE = {"model_a": 0, "a": 0, "model_b": 1, "b": 1}
+
+
+def _sides(row: Mapping[str, Any]) -> tuple[str, str] | None:
+    return next(((a, b) for a, b in SIDES if a in row and b in row), None)
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or value == 1 or (isinstance(value, str) and value.strip().lower() in ("1", "1.0", "true"))
+
+
+def _winner(row: Mapping[str, Any]) -> int | str:
+    """0 or 1 (the side that won), or what the row says instead (a tie, an unknown verdict)."""
+    if "winner" in row:
+        verdict = row["winner"]
+        return WINNER_SIDE.get(verdict.strip().lower(), verdict) if isinstance(verdict, str) else repr(verdict)
+    flags = [_truthy(row.get(k)) for k in ONE_HOT]
+    if flags == [True, False, False]:
+        return 0
+    if flags == [False, True, False]:
+        return 1
+    return "tie" if flags == [False, False, True] else f"one-hot {dict(zip(ONE_HOT, flags, strict=True))}"
+
+
+def has_verdict(row: Mapping[str, Any]) -> bool:
+    return _sides(row) is not None and ("winner" in row or all(k in row for k in ONE_HOT))
+
+
+def _unwrapped(value: Any) -> Any:
+    """A one-turn exchange stored as a one-element list of text (or its JSON text): the text."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            return value
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        return value[0]
+    return value
+
+
+def chosen_and_rejected(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A decided verdict row with `chosen` and `rejected` in place of its sides (the verdict and the
+    models' names kept, as meta); any other row unchanged (a tie is reported by `verdict_issues`)."""
+    sides = _sides(row)
+    if sides is None or not has_verdict(row) or "chosen" in row or "rejected" in row:
+        return row
+    winner = _winner(row)
+    if not isinstance(winner, int):
+        return row
+    out = {k: v for k, v in row.items() if k not in sides}
+    out["chosen"], out["rejected"] = (_unwrapped(row[sides[winner]]), _unwrapped(row[sides[1 - winner]]))
+    if "prompt" in out:
+        out["prompt"] = _unwrapped(out["prompt"])
+    return out
+
+
+def verdict_issues(row: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A verdict row that was not decided for one side: a tie, or a verdict naming no side."""
+    if "chosen" in row or not has_verdict(row):
+        return []
+    winner = _winner(row)
+    field = "winner" if "winner" in row else "winner_tie"
+    if winner == "tie" or (isinstance(winner, str) and winner.lower().startswith("tie")):
+        return [(field, f"{winner!r}: a tie states no preference between the two sides")]
+    return [(field, f"{winner!r} names neither side (model_a or model_b)")]

@@ -1,0 +1,72 @@
+"""Pairs published as two sides and a verdict (Chatbot Arena / MT-Bench human judgments, LMSYS
+arena-human-preference): the winner's side is `chosen`, the voter is the `user`, whole conversations are cut
+after their shared prompt, and a tie is a located problem, never a pair."""
+
+from __future__ import annotations
+
+import pytest
+from data_examples import write_jsonl
+
+from pluralign.data import Pairwise, read_checked, read_records
+from pluralign.errors import DataError
+
+
+def turns(question, answer):
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def arena(winner, a, b, judge="arena_user_1", question="Capital of France?"):
+    return {"question_id": 1, "model_a": "m1", "model_b": "m2", "winner": winner, "judge": judge,
+            "conversation_a": turns(question, a), "conversation_b": turns(question, b), "turn": 1}
+
+
+def test_arena_votes_are_pairs_of_their_voter(tmp_path):
+    rows = [arena("model_a", "Paris.", "Lyon."), arena("model_b", "Hello!", "Hi, how can I help?", judge="u2",
+                                                         question="Hi")]
+    records = read_records(write_jsonl(tmp_path / "arena.jsonl", rows))
+    assert records[0] == Pairwise(prompt=[{"role": "user", "content": "Capital of France?"}],
+                                  chosen=[{"role": "assistant", "content": "Paris."}],
+                                  rejected=[{"role": "assistant", "content": "Lyon."}], user="arena_user_1",
+                                  meta={"question_id": 1, "model_a": "m1", "model_b": "m2", "winner": "model_a",
+                                        "turn": 1})
+    assert (records[1].chosen[0]["content"], records[1].rejected[0]["content"], records[1].user) == (
+        "Hi, how can I help?", "Hello!", "u2")
+
+
+def test_ties_and_unknown_verdicts_are_problems_of_their_rows(tmp_path):
+    rows = [arena("model_a", "Paris.", "Lyon."), arena("tie (bothbad)", "5", "22"), arena("model_c", "x", "y")]
+    path = write_jsonl(tmp_path / "arena.jsonl", rows)
+    with pytest.raises(DataError) as caught:
+        read_records(path)
+    message = str(caught.value)
+    assert "arena.jsonl:2: field 'winner': 'tie (bothbad)': a tie states no preference" in message
+    assert "arena.jsonl:3: field 'winner': 'model_c' names neither side" in message
+    checked = read_checked(path)
+    assert checked.kind == "pairwise" and len(checked.records) == 1 and len(checked.rejects) == 2
+
+
+def test_a_multi_turn_vote_whose_histories_differ_is_a_located_error(tmp_path):
+    row = arena("model_a", "Paris.", "Lyon.")
+    row["conversation_a"] += turns("And Spain?", "Madrid.")
+    row["conversation_b"] += turns("And Spain?", "Seville.")
+    with pytest.raises(DataError, match=r"arena.jsonl:1: field 'chosen\[1\].role': a reply holds the assistant's"):
+        read_records(write_jsonl(tmp_path / "arena.jsonl", [row]))
+
+
+def test_one_hot_verdict_columns_with_one_turn_json_lists(tmp_path):
+    path = tmp_path / "votes.csv"
+    path.write_text('id,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n'
+                    '1,"[""What is 2+2?""]","[""4""]","[""5""]",1,0,0\n'
+                    '2,"[""Name a color.""]","[""blue""]","[""a colour""]",0,1,0\n'
+                    '3,"[""Hi""]","[""hey""]","[""hello""]",0,0,1\n')
+    checked = read_checked(path)
+    assert [(r.prompt, r.chosen, r.rejected) for r in checked.records] == [
+        ("What is 2+2?", "4", "5"), ("Name a color.", "a colour", "blue")]
+    assert [p.message for p in checked.problems] == ["'tie': a tie states no preference between the two sides"]
+    assert checked.problems[0].line == 4 and checked.problems[0].field == "winner_tie"
+
+
+@pytest.mark.parametrize("name", ["user_id", "annotator", "rater_id", "worker_id"])
+def test_who_gave_the_feedback_under_other_names_is_the_user(tmp_path, name):
+    row = {"prompt": "q", "chosen": "good", "rejected": "bad", name: "alice"}
+    assert read_records(write_jsonl(tmp_path / "p.jsonl", [row]))[0].user == "alice"
