@@ -194,3 +194,13 @@ def test_real_command_exits_2_without_traceback(tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
     assert f"{path}:3: field 'responses': missing field" in done.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """`pluralign data stats x | head -1`: when the reader closes the pipe, no traceback, exit code 141."""
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(5)])
+    proc = subprocess.Popen([sys.executable, "-m", "pluralign.cli", "data", "stats", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # gone before the first line is written
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and b"Traceback" not in err and b"Exception ignored" not in err, err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -51,13 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():  # restores how warnings are shown when the command returns
         warnings.showwarning = _for_people(warnings.showwarning)
         try:
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a reader that has gone shows here, not as an error at exit
+            return code
         except PluralignError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # the reader went away (`pluralign losses | head`): stop quietly, as cat does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            return 141
 
 
 def _for_people(show):
