@@ -70,3 +70,15 @@ def test_one_hot_verdict_columns_with_one_turn_json_lists(tmp_path):
 def test_who_gave_the_feedback_under_other_names_is_the_user(tmp_path, name):
     row = {"prompt": "q", "chosen": "good", "rejected": "bad", name: "alice"}
     assert read_records(write_jsonl(tmp_path / "p.jsonl", [row]))[0].user == "alice"
+
+
+def test_helpsteer3_preferences_are_pairs_with_their_strength_as_margin(tmp_path):
+    context = [{"role": "user", "content": "Name a prime."}]
+    rows = [{"domain": "general", "context": context, "response1": "7", "response2": "nine", "overall_preference": -2},
+            {"domain": "general", "context": context, "response1": "4", "response2": "11", "overall_preference": 3},
+            {"domain": "general", "context": context, "response1": "2", "response2": "3", "overall_preference": 0}]
+    checked = read_checked(write_jsonl(tmp_path / "hs3.jsonl", rows))
+    assert [(r.prompt, r.chosen, r.rejected, r.margin) for r in checked.records] == [
+        (context, "7", "nine", 2.0), (context, "11", "4", 3.0)]
+    assert [(p.line, p.field, p.message) for p in checked.problems] == [
+        (3, "overall_preference", "0: a tie states no preference between the two sides")]

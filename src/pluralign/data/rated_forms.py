@@ -23,7 +23,7 @@ WIDE_PREFIX = "ratings."
 ID_NAMES = frozenset({"id", "idx", "index", "row", "line"})
 
 
-def _number(value: Any) -> float | None:
+def number_of(value: Any) -> float | None:
     """`value` as a finite float (numbers and numeric text), else None."""
     if isinstance(value, bool):
         return None
@@ -48,7 +48,7 @@ def gather_wide(row: Mapping[str, Any]) -> Mapping[str, Any]:
         value = row[key]
         if isinstance(value, str) and not value.strip():
             continue
-        number = _number(value)
+        number = number_of(value)
         ratings[key[len(WIDE_PREFIX):]] = value if number is None else number
     rest = {k: v for k, v in row.items() if k not in wide}
     return {**rest, "ratings": ratings} if ratings else rest
@@ -61,7 +61,7 @@ def numeric_columns(row: Mapping[str, Any], taken: set[str] | frozenset[str]) ->
     for name, value in row.items():
         if not isinstance(name, str) or name in taken or name.lower() in ID_NAMES or name.lower().endswith("_id"):
             continue
-        number = _number(value)
+        number = number_of(value)
         if number is not None:
             out[name] = number
     return out
@@ -108,7 +108,7 @@ def completion_rows(data: Mapping[str, Any]) -> list[tuple[dict[str, Any] | None
             continue
         ratings, issues = {}, []
         for aspect, value in given.items():
-            rating = _number(_aspect_rating(value))
+            rating = number_of(_aspect_rating(value))
             if rating is None:
                 issues.append((f"{where}.{source}.{aspect}", f"not a numeric rating: {_aspect_rating(value)!r}"))
             else:

@@ -8,7 +8,10 @@ data, which pluralistic methods need:
   as the row's `user`);
 - LMSYS arena-human-preference: ``prompt``, ``response_a`` / ``response_b`` and one-hot ``winner_model_a`` /
   ``winner_model_b`` / ``winner_tie`` columns; a one-turn exchange is stored as one-element JSON lists,
-  which are unwrapped.
+  which are unwrapped;
+- HelpSteer3 preference: ``context`` (the conversation so far), ``response1`` / ``response2`` and
+  ``overall_preference`` from -3 (response 1 much better) to 3 (response 2 much better), 0 a tie; its
+  magnitude is the pair's `margin`.
 
 The winner's side becomes `chosen`, the other `rejected`; whole conversations are then cut after the prompt
 they share (`pluralign.data.conversations`). A tie states no preference between the sides, so a tied row
@@ -21,7 +24,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-SIDES = (("conversation_a", "conversation_b"), ("response_a", "response_b"))
+from pluralign.data.rated_forms import number_of
+
+SIDES = (("conversation_a", "conversation_b"), ("response_a", "response_b"), ("response1", "response2"))
+SCALE = "overall_preference"  # < 0: the first side is better, > 0: the second, 0: a tie
 ONE_HOT = ("winner_model_a", "winner_model_b", "winner_tie")
 WINNER_SIDE = {"model_a": 0, "a": 0, "model_b": 1, "b": 1}
 
@@ -36,6 +42,9 @@ def _truthy(value: Any) -> bool:
 
 def _winner(row: Mapping[str, Any]) -> int | str:
     """0 or 1 (the side that won), or what the row says instead (a tie, an unknown verdict)."""
+    if SCALE in row:
+        scale = number_of(row[SCALE])
+        return repr(row[SCALE]) if scale is None else "tie" if scale == 0 else int(scale > 0)
     if "winner" in row:
         verdict = row["winner"]
         return WINNER_SIDE.get(verdict.strip().lower(), verdict) if isinstance(verdict, str) else repr(verdict)
@@ -48,7 +57,7 @@ def _winner(row: Mapping[str, Any]) -> int | str:
 
 
 def has_verdict(row: Mapping[str, Any]) -> bool:
-    return _sides(row) is not None and ("winner" in row or all(k in row for k in ONE_HOT))
+    return _sides(row) is not None and (SCALE in row or "winner" in row or all(k in row for k in ONE_HOT))
 
 
 def _unwrapped(value: Any) -> Any:
@@ -74,8 +83,12 @@ def chosen_and_rejected(row: Mapping[str, Any]) -> Mapping[str, Any]:
         return row
     out = {k: v for k, v in row.items() if k not in sides}
     out["chosen"], out["rejected"] = (_unwrapped(row[sides[winner]]), _unwrapped(row[sides[1 - winner]]))
+    if "prompt" not in out and "context" in out:
+        out["prompt"] = out.pop("context")
     if "prompt" in out:
         out["prompt"] = _unwrapped(out["prompt"])
+    if SCALE in row and "margin" not in out:
+        out["margin"] = abs(number_of(row[SCALE]))
     return out
 
 
@@ -84,7 +97,10 @@ def verdict_issues(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     if "chosen" in row or not has_verdict(row):
         return []
     winner = _winner(row)
-    field = "winner" if "winner" in row else "winner_tie"
+    field = SCALE if SCALE in row else "winner" if "winner" in row else "winner_tie"
     if winner == "tie" or (isinstance(winner, str) and winner.lower().startswith("tie")):
-        return [(field, f"{winner!r}: a tie states no preference between the two sides")]
+        shown = row[SCALE] if SCALE in row else winner
+        return [(field, f"{shown!r}: a tie states no preference between the two sides")]
+    if SCALE in row:
+        return [(field, f"expected a number from -3 to 3, got {winner}")]
     return [(field, f"{winner!r} names neither side (model_a or model_b)")]
