@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from pluralign.cli import main
 from pluralign.data import Pairwise, Rated, read_records
 from pluralign.data.formats import raw_rows
-from pluralign.data.io import read_checked
+from pluralign.data.io import _expand_completions, read_checked
 from pluralign.errors import DataError
 
 PAIR = {"prompt": "p", "chosen": "a", "rejected": "b"}
@@ -148,8 +148,15 @@ json_values = st.recursive(
     max_leaves=20,
 )
 field_names = st.sampled_from(["prompt", "chosen", "rejected", "margin", "responses", "scores", "ranks",
-                               "ratings", "response", "label", "judgment", "user", "meta", "question"])
-json_rows = st.lists(st.dictionaries(field_names, json_values, max_size=6) | json_values, min_size=1, max_size=6)
+                               "ratings", "response", "label", "judgment", "user", "meta", "question",
+                               # the forms read into these: UltraFeedback completions, votes between two sides
+                               "completions", "annotations", "winner", "conversation_a", "conversation_b",
+                               "response1", "response2", "overall_preference", "context", "helpfulness"])
+completion = st.fixed_dictionaries({"response": json_values}, optional={
+    "annotations": st.dictionaries(st.text(max_size=5), json_values | st.fixed_dictionaries({"Rating": json_values}),
+                                   max_size=3), "model": json_values})
+json_rows = st.lists(st.dictionaries(field_names, json_values | st.lists(completion, max_size=3), max_size=6) | json_values,
+                     min_size=1, max_size=6)
 
 
 def check_total(path: Path) -> None:
@@ -166,8 +173,8 @@ def check_total(path: Path) -> None:
     out = path.with_name("valid" + path.suffix)
     code = main(["data", "validate", str(path), "--skip-invalid", "--rejects", str(rejects), "--out", str(out)])
     assert code in (0, 2)
-    if code == 0:
-        n_rows = len(raw_rows(str(path))[1])
+    if code == 0:  # one row per record, one per completion of an UltraFeedback-style row
+        n_rows = len(_expand_completions(raw_rows(str(path))[1]))
         text = out.read_text(encoding="utf-8")
         kept = {".jsonl": lambda: len(text.splitlines()), ".json": lambda: len(json.loads(text)),
                 ".csv": lambda: max(0, len(list(csv.reader(io.StringIO(text, newline="")))) - 1)}[path.suffix]()
@@ -198,7 +205,9 @@ csv_cells = st.text(st.characters(codec="utf-8", exclude_characters="\0") | st.s
 
 @PROPS
 @given(header=st.lists(st.sampled_from(["prompt", "chosen", "rejected", "margin", "scores", "ratings",
-                                        "response", "label", "responses", "x"]), min_size=1, max_size=5, unique=True),
+                                        "response", "label", "responses", "x", "response_a", "response_b",
+                                        "winner_model_a", "winner_model_b", "winner_tie", "ratings.a"]),
+                       min_size=1, max_size=5, unique=True),
        rows=st.lists(st.lists(csv_cells, max_size=6), min_size=1, max_size=6),
        noise=st.text(string.printable, max_size=20))
 # found by CI: a lone "\r" in a cell was written unquoted with a "\n" line terminator, splitting the row

@@ -18,6 +18,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from pluralign.data.field_checks import short
+
 WIDE_PREFIX = "ratings."
 # Columns that number rows rather than rate them, never read as ratings.
 ID_NAMES = frozenset({"id", "idx", "index", "row", "line"})
@@ -25,16 +27,13 @@ ID_NAMES = frozenset({"id", "idx", "index", "row", "line"})
 
 def number_of(value: Any) -> float | None:
     """`value` as a finite float (numbers and numeric text), else None."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
-    if isinstance(value, str):
-        try:
-            value = float(value) if value.strip() else None
-        except ValueError:
-            return None
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
-    return None
+    try:
+        number = float(value) if not isinstance(value, str) or value.strip() else math.nan
+    except (ValueError, OverflowError):  # text that is no number, an integer beyond a float
+        return None
+    return number if math.isfinite(number) else None
 
 
 def gather_wide(row: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -110,7 +109,7 @@ def completion_rows(data: Mapping[str, Any]) -> list[tuple[dict[str, Any] | None
         for aspect, value in given.items():
             rating = number_of(_aspect_rating(value))
             if rating is None:
-                issues.append((f"{where}.{source}.{aspect}", f"not a numeric rating: {_aspect_rating(value)!r}"))
+                issues.append((f"{where}.{source}.{aspect}", f"not a numeric rating: {short(_aspect_rating(value))}"))
             else:
                 ratings[str(aspect)] = rating
         if "response" not in item:

@@ -24,6 +24,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from pluralign.data.field_checks import short
 from pluralign.data.rated_forms import number_of
 
 SIDES = (("conversation_a", "conversation_b"), ("response_a", "response_b"), ("response1", "response2"))
@@ -44,10 +45,10 @@ def _winner(row: Mapping[str, Any]) -> int | str:
     """0 or 1 (the side that won), or what the row says instead (a tie, an unknown verdict)."""
     if SCALE in row:
         scale = number_of(row[SCALE])
-        return repr(row[SCALE]) if scale is None else "tie" if scale == 0 else int(scale > 0)
+        return short(row[SCALE]) if scale is None else "tie" if scale == 0 else int(scale > 0)
     if "winner" in row:
         verdict = row["winner"]
-        return WINNER_SIDE.get(verdict.strip().lower(), verdict) if isinstance(verdict, str) else repr(verdict)
+        return WINNER_SIDE.get(verdict.strip().lower(), verdict) if isinstance(verdict, str) else short(verdict)
     flags = [_truthy(row.get(k)) for k in ONE_HOT]
     if flags == [True, False, False]:
         return 0
