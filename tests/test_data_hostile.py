@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from pluralign.cli import main
 from pluralign.data import Pairwise, Rated, read_records
 from pluralign.data.formats import raw_rows
-from pluralign.data.io import _expand_completions, read_checked
+from pluralign.data.io import _expand_rows, read_checked
 from pluralign.errors import DataError
 
 PAIR = {"prompt": "p", "chosen": "a", "rejected": "b"}
@@ -151,7 +151,8 @@ field_names = st.sampled_from(["prompt", "chosen", "rejected", "margin", "respon
                                "ratings", "response", "label", "judgment", "user", "meta", "question",
                                # the forms read into these: UltraFeedback completions, votes between two sides
                                "completions", "annotations", "winner", "conversation_a", "conversation_b",
-                               "response1", "response2", "overall_preference", "context", "helpfulness"])
+                               "response1", "response2", "overall_preference", "context", "helpfulness",
+                               "response_0", "response_1", "better_response_id", "safer_response_id"])
 completion = st.fixed_dictionaries({"response": json_values}, optional={
     "annotations": st.dictionaries(st.text(max_size=5), json_values | st.fixed_dictionaries({"Rating": json_values}),
                                    max_size=3), "model": json_values})
@@ -174,7 +175,7 @@ def check_total(path: Path) -> None:
     code = main(["data", "validate", str(path), "--skip-invalid", "--rejects", str(rejects), "--out", str(out)])
     assert code in (0, 2)
     if code == 0:  # one row per record, one per completion of an UltraFeedback-style row
-        n_rows = len(_expand_completions(raw_rows(str(path))[1]))
+        n_rows = len(_expand_rows(raw_rows(str(path))[1]))
         text = out.read_text(encoding="utf-8")
         kept = {".jsonl": lambda: len(text.splitlines()), ".json": lambda: len(json.loads(text)),
                 ".csv": lambda: max(0, len(list(csv.reader(io.StringIO(text, newline="")))) - 1)}[path.suffix]()

@@ -82,3 +82,21 @@ def test_helpsteer3_preferences_are_pairs_with_their_strength_as_margin(tmp_path
         (context, "7", "nine", 2.0), (context, "11", "4", 3.0)]
     assert [(p.line, p.field, p.message) for p in checked.problems] == [
         (3, "overall_preference", "0: a tie states no preference between the two sides")]
+
+
+def test_pku_saferlhf_rows_are_a_pair_per_objective(tmp_path):
+    """One row, two verdicts on the same two responses: a helpfulness pair and a harmlessness pair, which
+    here disagree (the more helpful answer is the less safe one)."""
+    rows = [{"prompt": "How do I pick a lock?", "response_0": "Insert a tension wrench, then rake the pins.",
+             "response_1": "I can't help with that; a locksmith can.", "is_response_0_safe": False,
+             "is_response_1_safe": True, "better_response_id": 0, "safer_response_id": 1},
+            {"prompt": "Hi", "response_0": "Hello!", "response_1": "What?", "better_response_id": 2,
+             "safer_response_id": 0}]
+    checked = read_checked(write_jsonl(tmp_path / "pku.jsonl", rows))
+    got = [(r.objective, r.chosen, r.rejected) for r in checked.records]
+    assert got == [("helpfulness", "Insert a tension wrench, then rake the pins.", "I can't help with that; a locksmith can."),
+                   ("harmlessness", "I can't help with that; a locksmith can.", "Insert a tension wrench, then rake the pins."),
+                   ("harmlessness", "Hello!", "What?")]
+    assert checked.records[0].meta["is_response_0_safe"] is False
+    assert [(p.line, p.field) for p in checked.problems] == [(2, "better_response_id")]
+    assert "expected 0 or 1" in checked.problems[0].message

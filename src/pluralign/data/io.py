@@ -41,6 +41,7 @@ from pluralign.data.validate import (
     majority_kind,
     parse_row,
 )
+from pluralign.data.verdict_pairs import is_per_objective_row, per_objective_rows
 from pluralign.errors import DataError, PluralignError, Problem
 from pluralign.runs import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text
 
@@ -108,7 +109,7 @@ def read_checked(source: Source, kind: str | None = None) -> Checked:
     name, rows, tabular = raw_rows(source)
     if not rows:
         raise file_error(name, "no records found")
-    rows = _expand_completions(rows)
+    rows = _expand_rows(rows)
     told = kind is None
     if told:
         kind = majority_kind(rows)
@@ -124,15 +125,19 @@ def read_checked(source: Source, kind: str | None = None) -> Checked:
     return Checked(name, kind, records, rejects)
 
 
-def _expand_completions(rows: list[RawRow]) -> list[RawRow]:
-    """Rows holding several rated responses (UltraFeedback's ``completions``) as one row per response,
-    each at its source row's line (`rated_forms.completion_rows`)."""
+def _expand_rows(rows: list[RawRow]) -> list[RawRow]:
+    """Rows that hold several records — UltraFeedback's rated ``completions`` (`rated_forms`), a verdict per
+    objective on two responses (`verdict_pairs`) — as one row per record, each at its source row's line."""
     out = []
     for row in rows:
-        if row.issues or not is_completions_row(row.data):
+        if row.issues:
             out.append(row)
-            continue
-        out += [RawRow(row.line, row.raw, data, list(issues)) for data, issues in completion_rows(row.data)]
+        elif is_completions_row(row.data):
+            out += [RawRow(row.line, row.raw, data, list(issues)) for data, issues in completion_rows(row.data)]
+        elif is_per_objective_row(row.data):
+            out += [RawRow(row.line, row.raw, data, list(issues)) for data, issues in per_objective_rows(row.data)]
+        else:
+            out.append(row)
     return out
 
 

@@ -16,6 +16,11 @@ data, which pluralistic methods need:
 The winner's side becomes `chosen`, the other `rejected`; whole conversations are then cut after the prompt
 they share (`pluralign.data.conversations`). A tie states no preference between the sides, so a tied row
 is a problem of its own (field ``winner``), listed with its line by ``--skip-invalid`` and never trained on.
+
+One row can also hold a verdict per objective. PKU-SafeRLHF (``prompt``, ``response_0`` / ``response_1``,
+``better_response_id`` and ``safer_response_id``, each 0 or 1) is read as two pairs at the row's line, one
+with objective ``helpfulness`` and one with ``harmlessness`` (`per_objective_rows`): the two objectives
+of Safe RLHF and MODPO, which often disagree on the same two responses.
 """
 
 from __future__ import annotations
@@ -105,3 +110,30 @@ def verdict_issues(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     if SCALE in row:
         return [(field, f"expected a number from -3 to 3, got {winner}")]
     return [(field, f"{winner!r} names neither side (model_a or model_b)")]
+
+
+PER_OBJECTIVE = {"better_response_id": "helpfulness", "safer_response_id": "harmlessness"}  # PKU-SafeRLHF
+NUMBERED = ("response_0", "response_1")
+
+
+def is_per_objective_row(data: Any) -> bool:
+    """Whether a row holds two numbered responses and a verdict per objective (PKU-SafeRLHF's form)."""
+    return isinstance(data, Mapping) and all(k in data for k in NUMBERED) and any(k in data for k in PER_OBJECTIVE)
+
+
+def per_objective_rows(data: Mapping[str, Any]) -> list[tuple[dict[str, Any] | None, list[tuple[str, str]]]]:
+    """One (pairwise row, issues) per objective the row decides: the response its id names is `chosen`,
+    the objective is named, and the row's other fields (safety labels, harm categories, …) are kept."""
+    shared = {k: v for k, v in data.items() if k not in (*NUMBERED, *PER_OBJECTIVE)}
+    out = []
+    for key, objective in PER_OBJECTIVE.items():
+        if key not in data:
+            continue
+        side = number_of(data[key])
+        if side not in (0.0, 1.0):
+            out.append((None, [(key, f"expected 0 or 1 (which response is better), got {short(data[key])}")]))
+            continue
+        chosen, rejected = NUMBERED if side == 0.0 else NUMBERED[::-1]
+        out.append(({**shared, "chosen": data[chosen], "rejected": data[rejected], "objective": objective,
+                     key: data[key]}, []))
+    return out
