@@ -166,3 +166,29 @@ def test_a_wide_rating_that_is_not_a_number_names_its_column(tmp_path):
     path.write_text("prompt,response,ratings.helpful\nq,r1,4\nq,r2,lots\n")
     with pytest.raises(DataError, match=r"wide.csv:3: field 'ratings.helpful': expected a number"):
         read_records(path)
+
+
+def test_a_hub_data_set_is_read_by_owner_name_and_split(monkeypatch, tmp_path):
+    """`owner/name:split` loads through `datasets.load_dataset` (faked here: nothing is downloaded); a data set
+    of several splits must be given one; a hub that cannot be reached is an error naming the source."""
+    rows = [{"prompt": "q", "chosen": "good", "rejected": "bad"}]
+    splits = datasets.DatasetDict({"train_prefs": datasets.Dataset.from_list(rows),
+                                   "test_prefs": datasets.Dataset.from_list(rows)})
+    asked = []
+
+    def load_dataset(repo, split=None):
+        asked.append((repo, split))
+        if repo != "owner/prefs":
+            raise ConnectionError("Couldn't reach 'owner/other' on the Hub (offline)")
+        return splits[split] if split else splits
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.chdir(tmp_path)
+    assert read_records("owner/prefs:train_prefs")[0].chosen == "good"
+    with pytest.raises(DataError, match=r"owner/prefs: holds several splits \(train_prefs, test_prefs\); name one, "
+                                        r"e\.g\. owner/prefs:train_prefs"):
+        read_records("owner/prefs")
+    with pytest.raises(DataError, match="owner/other: no such local file, and not loadable from the Hugging Face "
+                                        "hub: Couldn't reach 'owner/other'"):
+        read_records("owner/other")
+    assert asked == [("owner/prefs", "train_prefs"), ("owner/prefs", None), ("owner/other", None)]

@@ -1,5 +1,5 @@
-"""Raw rows of each source format — JSONL, JSON, CSV, Parquet, a saved `datasets` directory or a
-`datasets.Dataset` — before any checks (`pluralign.data.validate`). A row that cannot even be parsed
+"""Raw rows of each source format — JSONL, JSON, CSV, Parquet, a saved `datasets` directory, a split of a
+Hugging Face hub data set (``owner/name:split``) or a `datasets.Dataset` — before any checks (`pluralign.data.validate`). A row that cannot even be parsed
 (malformed JSON, bytes that are not UTF-8, a CSV line with too many cells) comes back with its problem, at
 its line; only a whole-file problem (no such file, an unreadable header) raises."""
 
@@ -34,9 +34,12 @@ def raw_rows(source: Source) -> tuple[str, list[RawRow], bool]:
     if path.is_dir():
         return _dataset_rows(_load_dataset_dir(path), name)
     suffix = path.suffix.lower()
+    if suffix not in FORMATS and not path.exists() and HUB_ID.fullmatch(name):
+        return _dataset_rows(_load_hub_dataset(name), name)
     if suffix not in FORMATS:
         raise file_error(
-            name, f"unknown format {suffix!r}; use one of {', '.join(FORMATS)} or a saved datasets directory"
+            name, f"unknown format {suffix!r}; use one of {', '.join(FORMATS)}, a saved datasets directory or a "
+            "Hugging Face hub data set as owner/name[:split]"
         )
     try:
         if suffix == ".parquet":
@@ -186,6 +189,27 @@ def _load_dataset_dir(path: Path):
             str(path),
             f"holds several splits ({splits}); give one split's directory, e.g. {path / next(iter(loaded))}",
         )
+    return loaded
+
+
+# owner/name[:split] of a data set on the Hugging Face hub (a source that is no local file)
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+(:[\w.-]+)?")
+
+
+def _load_hub_dataset(spec: str):
+    """A split of a hub data set (`datasets.load_dataset`, from its cache when offline); a data set of
+    several splits must be given one."""
+    datasets = import_datasets()
+    repo, _, split = spec.partition(":")
+    try:
+        loaded = datasets.load_dataset(repo, split=split or None)
+    except Exception as e:  # offline and not cached, no such data set or split, gated: the library's words
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise file_error(spec, f"no such local file, and not loadable from the Hugging Face hub: {reason}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if len(loaded) != 1:
+            raise file_error(spec, f"holds several splits ({', '.join(loaded)}); name one, e.g. {repo}:{next(iter(loaded))}")
+        loaded = next(iter(loaded.values()))
     return loaded
 
 
