@@ -100,3 +100,18 @@ def test_pku_saferlhf_rows_are_a_pair_per_objective(tmp_path):
     assert checked.records[0].meta["is_response_0_safe"] is False
     assert [(p.line, p.field) for p in checked.problems] == [(2, "better_response_id")]
     assert "expected 0 or 1" in checked.problems[0].message
+
+
+def test_shp_rows_are_pairs_of_the_preferred_comment(tmp_path):
+    rows = [{"post_id": "p1", "domain": "askscience", "history": "Why is the sky blue?", "human_ref_A": "Rayleigh scattering.",
+             "human_ref_B": "Because it is.", "labels": 1, "score_A": 52, "score_B": 3},
+            {"post_id": "p2", "history": "Best pasta shape?", "human_ref_A": "None.", "human_ref_B": "Rigatoni, it holds sauce.",
+             "labels": 0},
+            {"post_id": "p3", "history": "x", "human_ref_A": "a", "human_ref_B": "b", "labels": 2}]
+    checked = read_checked(write_jsonl(tmp_path / "shp.jsonl", rows))
+    assert [(r.prompt, r.chosen, r.rejected) for r in checked.records] == [
+        ("Why is the sky blue?", "Rayleigh scattering.", "Because it is."),
+        ("Best pasta shape?", "Rigatoni, it holds sauce.", "None.")]
+    assert checked.records[0].meta["score_A"] == 52
+    assert [(p.line, p.field, p.message) for p in checked.problems] == [
+        (3, "labels", "expected 1 (A is preferred) or 0 (B), got 2")]

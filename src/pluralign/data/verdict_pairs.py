@@ -11,7 +11,9 @@ data, which pluralistic methods need:
   which are unwrapped;
 - HelpSteer3 preference: ``context`` (the conversation so far), ``response1`` / ``response2`` and
   ``overall_preference`` from -3 (response 1 much better) to 3 (response 2 much better), 0 a tie; its
-  magnitude is the pair's `margin`.
+  magnitude is the pair's `margin`;
+- Stanford Human Preferences (SHP): ``history`` (the post), ``human_ref_A`` / ``human_ref_B`` and ``labels``
+  (1: A is preferred, 0: B).
 
 The winner's side becomes `chosen`, the other `rejected`; whole conversations are then cut after the prompt
 they share (`pluralign.data.conversations`). A tie states no preference between the sides, so a tied row
@@ -32,7 +34,9 @@ from typing import Any
 from pluralign.data.field_checks import short
 from pluralign.data.rated_forms import number_of
 
-SIDES = (("conversation_a", "conversation_b"), ("response_a", "response_b"), ("response1", "response2"))
+SHP_SIDES = ("human_ref_A", "human_ref_B")  # their verdict: `labels`, 1 when A is preferred
+SIDES = (("conversation_a", "conversation_b"), ("response_a", "response_b"), ("response1", "response2"), SHP_SIDES)
+PROMPT_NAMES = ("context", "history")  # where HelpSteer3 and SHP keep the prompt
 SCALE = "overall_preference"  # < 0: the first side is better, > 0: the second, 0: a tie
 ONE_HOT = ("winner_model_a", "winner_model_b", "winner_tie")
 WINNER_SIDE = {"model_a": 0, "a": 0, "model_b": 1, "b": 1}
@@ -51,6 +55,9 @@ def _winner(row: Mapping[str, Any]) -> int | str:
     if SCALE in row:
         scale = number_of(row[SCALE])
         return short(row[SCALE]) if scale is None else "tie" if scale == 0 else int(scale > 0)
+    if _sides(row) == SHP_SIDES and "labels" in row:
+        label = number_of(row["labels"])
+        return {1.0: 0, 0.0: 1}.get(label, short(row["labels"]))
     if "winner" in row:
         verdict = row["winner"]
         return WINNER_SIDE.get(verdict.strip().lower(), verdict) if isinstance(verdict, str) else short(verdict)
@@ -63,7 +70,9 @@ def _winner(row: Mapping[str, Any]) -> int | str:
 
 
 def has_verdict(row: Mapping[str, Any]) -> bool:
-    return _sides(row) is not None and (SCALE in row or "winner" in row or all(k in row for k in ONE_HOT))
+    sides = _sides(row)
+    return sides is not None and (SCALE in row or "winner" in row or all(k in row for k in ONE_HOT)
+                                  or (sides == SHP_SIDES and "labels" in row))
 
 
 def _unwrapped(value: Any) -> Any:
@@ -89,8 +98,9 @@ def chosen_and_rejected(row: Mapping[str, Any]) -> Mapping[str, Any]:
         return row
     out = {k: v for k, v in row.items() if k not in sides}
     out["chosen"], out["rejected"] = (_unwrapped(row[sides[winner]]), _unwrapped(row[sides[1 - winner]]))
-    if "prompt" not in out and "context" in out:
-        out["prompt"] = out.pop("context")
+    for name in PROMPT_NAMES:
+        if "prompt" not in out and name in out:
+            out["prompt"] = out.pop(name)
     if "prompt" in out:
         out["prompt"] = _unwrapped(out["prompt"])
     if SCALE in row and "margin" not in out:
@@ -103,12 +113,14 @@ def verdict_issues(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     if "chosen" in row or not has_verdict(row):
         return []
     winner = _winner(row)
-    field = SCALE if SCALE in row else "winner" if "winner" in row else "winner_tie"
+    field = next((k for k in (SCALE, "winner", "labels") if k in row), "winner_tie")
     if winner == "tie" or (isinstance(winner, str) and winner.lower().startswith("tie")):
         shown = row[SCALE] if SCALE in row else winner
         return [(field, f"{shown!r}: a tie states no preference between the two sides")]
     if SCALE in row:
         return [(field, f"expected a number from -3 to 3, got {winner}")]
+    if field == "labels":
+        return [(field, f"expected 1 (A is preferred) or 0 (B), got {winner}")]
     return [(field, f"{winner!r} names neither side (model_a or model_b)")]
 
 
