@@ -152,7 +152,8 @@ field_names = st.sampled_from(["prompt", "chosen", "rejected", "margin", "respon
                                # the forms read into these: UltraFeedback completions, votes between two sides
                                "completions", "annotations", "winner", "conversation_a", "conversation_b",
                                "response1", "response2", "overall_preference", "context", "helpfulness",
-                               "response_0", "response_1", "better_response_id", "safer_response_id"])
+                               "response_0", "response_1", "better_response_id", "safer_response_id",
+                               "human_ref_A", "human_ref_B", "labels", "history"])
 completion = st.fixed_dictionaries({"response": json_values}, optional={
     "annotations": st.dictionaries(st.text(max_size=5), json_values | st.fixed_dictionaries({"Rating": json_values}),
                                    max_size=3), "model": json_values})
