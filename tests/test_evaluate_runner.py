@@ -45,7 +45,8 @@ def test_eval_config_and_report_in_browser(tiny_models, tmp_path):
     assert main(["eval", "--config", str(cfg_path), "--report", str(report)]) == 0
     results = json.loads((tmp_path / "res.json").read_text())
     runs = {r["name"]: r for r in results["runs"]}
-    assert runs["base"]["kl"] == pytest.approx(0.0, abs=1e-4)  # π = π_ref
+    assert runs["base"]["kl"] == pytest.approx(0.0, abs=1e-4) and runs["base"]["kl_se"] == pytest.approx(0.0, abs=1e-4)  # π = π_ref
+    assert runs["other"]["kl_se"] > 0 and runs["bon2"]["kl_se"] is None  # the bound is exact
     assert runs["other"]["kl"] > 0 and runs["bon2"]["kl"] == pytest.approx(np.log(2) - 0.5)
     assert "win_rate" not in runs["base"] and 0 <= runs["other"]["win_rate"]["win_rate"] <= 100
     assert set(runs["other"]["per_group"]) and len(runs["other"]["objectives"]) >= 2
@@ -124,11 +125,11 @@ def test_eval_prints_a_summary_and_warns_of_unread_verdicts():
     from pluralign.evaluate.cli import summary_lines, verdict_warnings
 
     results = {"judge": "LLM-judge score (smol)", "runs": [
-        {"name": "base", "reward": 0.5, "reward_se": 0.1, "kl": 0.0},
+        {"name": "base", "reward": 0.5, "reward_se": 0.1, "kl": 0.0, "kl_se": 0.02},
         {"name": "ric", "reward": float("nan"), "kl": None, "win_rate": {"win_rate": 50.0, "n_total": 1, "n_invalid": 3}}]}
     lines = summary_lines(results)
-    assert lines[1].split() == ["base", "0.5000", "0.1000", "0.0000", "-"]
-    assert lines[2].split() == ["ric", "-", "-", "-", "50.0"]
+    assert lines[1].split() == ["base", "0.5000", "0.1000", "0.0000", "0.0200", "-"]
+    assert lines[2].split() == ["ric", "-", "-", "-", "-", "50.0"]
     (note,) = verdict_warnings(results)
     assert note.startswith("ric: the judge's verdict could not be read for 3 of 4 pairs")
 

@@ -248,7 +248,8 @@ def _write_samples(run: RunDir, base: Path, aligned: Path, cfg: DemoConfig, pop)
 def _run_entry(name: str, method: str, ev: dict, target: str, samples: list[dict]) -> dict:
     wr = ev["win_rate"][target] if ev.get("win_rate") else None
     return {
-        "name": name, "method": method, "kl": (ev["kl"] or {"mean": 0.0})["mean"], "n": ev["n_prompts"],
+        "name": name, "method": method, "kl": (ev["kl"] or {"mean": 0.0})["mean"],
+        "kl_se": (ev["kl"] or {"se": 0.0})["se"], "n": ev["n_prompts"],
         "reward": ev["population_utility"]["mean"], "reward_se": ev["population_utility"]["se"],
         "per_group": {g: v["mean"] for g, v in ev["groups"].items()},
         "per_group_se": {g: v["se"] for g, v in ev["groups"].items()},

@@ -76,11 +76,12 @@ def summary_lines(results: dict) -> list[str]:
     def num(x: object, fmt: str = ".4f") -> str:
         return format(x, fmt) if isinstance(x, int | float) and math.isfinite(x) else "-"
 
-    lines = [f"{'run':20s} {'reward':>10s} {'± se':>8s} {'KL':>8s} {'win rate':>9s}   ({results.get('judge', '')})"]
+    lines = [f"{'run':20s} {'reward':>10s} {'± se':>8s} {'KL':>8s} {'± se':>8s} {'win rate':>9s}   "
+             f"({results.get('judge', '')})"]
     for run in results.get("runs", []):
         win = (run.get("win_rate") or {}).get("win_rate")
         lines.append(f"{run['name'][:20]:20s} {num(run.get('reward')):>10s} {num(run.get('reward_se')):>8s} "
-                     f"{num(run.get('kl')):>8s} {num(win, '.1f'):>9s}")
+                     f"{num(run.get('kl')):>8s} {num(run.get('kl_se')):>8s} {num(win, '.1f'):>9s}")
     return lines
 
 

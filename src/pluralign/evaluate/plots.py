@@ -58,8 +58,9 @@ def by_method(runs: Sequence[dict]) -> dict[str, list[dict]]:
 
 
 def reward_kl(runs: Sequence[dict], ylabel: str = "reward") -> bytes | None:
-    """Reward vs KL(π‖π_ref) scatter, one colour per method, with the upper-left frontier (solid) and its
-    concave envelope (dashed). None when fewer than one run has both numbers."""
+    """Reward vs KL(π‖π_ref) scatter, one colour per method, with 95% intervals (±1.96 se, where the run
+    gives se), the upper-left frontier (solid) and its concave envelope (dashed). None when fewer than one
+    run has both numbers."""
     pts = [r for r in runs if _finite(r.get("kl")) and _finite(r.get("reward"))]
     if not pts:
         return None
@@ -67,8 +68,9 @@ def reward_kl(runs: Sequence[dict], ylabel: str = "reward") -> bytes | None:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for method, group in by_method(pts).items():
         x, y = [r["kl"] for r in group], [r["reward"] for r in group]
-        err = [r.get("reward_se") if _finite(r.get("reward_se")) else 0.0 for r in group]
-        ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, label=label(method), alpha=0.85)
+        yerr = [1.96 * r["reward_se"] if _finite(r.get("reward_se")) else 0.0 for r in group]
+        xerr = [1.96 * r["kl_se"] if _finite(r.get("kl_se")) else 0.0 for r in group]
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=label(method), alpha=0.85)
         if len(pts) <= 12:
             for r in group:
                 ax.annotate(label(r.get("name", "")), (r["kl"], r["reward"]), fontsize=7, alpha=0.7,

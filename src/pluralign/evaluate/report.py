@@ -7,7 +7,7 @@ Results schema (every key optional; unknown keys are ignored)::
       "title": "pluralign report", "description": "free text",
       "judge": "gold utility",                                # what "reward" is: axis and column labels
       "runs": [{"name": "dpo-0.1", "method": "dpo",          # method groups colours and Pareto fronts
-                "kl": 1.2, "reward": 0.53, "reward_se": 0.01, # → reward–KL plot and frontier; 95% CI ±1.96 se
+                "kl": 1.2, "kl_se": 0.1, "reward": 0.53, "reward_se": 0.01, # → reward–KL plot and frontier; 95% CI ±1.96 se
                 "n": 128,                                     # prompts the means are over
                 "per_group": {"group": utility, ...},         # → per-group bars + worst/P20/Gini
                 "per_group_se": {"group": se, ...}, "per_group_n": {"group": n, ...},  # → per-group table
@@ -109,7 +109,7 @@ def check_results(results: Any, source: str = "results") -> dict:
             for i, entry in enumerate(items(key, results[key])):
                 obj(f"{key}[{i}]", entry)
     for i, run in enumerate(results.get("runs", [])):
-        for k in ("kl", "reward", "reward_se", "n"):
+        for k in ("kl", "kl_se", "reward", "reward_se", "n"):
             number(f"runs[{i}].{k}", run.get(k))
         for k in ("per_group", "per_group_se", "per_group_n"):
             if run.get(k) is not None:
@@ -211,12 +211,13 @@ def _runs_table(runs: Sequence[dict], judge: str = "reward") -> str:
     wr_cols = [(k, c) for k, c in (("win_rate", "win rate (%)"), ("ci", "win rate 95% CI"), ("lc_win_rate", "LC win rate (%)"))
                if any(w.get(k) is not None for w in wrs)]
     has_n = any(r.get("n") is not None for r in runs)
-    cols = ["run", "method"] + (["n"] if has_n else []) + ["KL", f"{judge} (95% CI)"] + [c for _, c in wr_cols] \
+    kl_col = "KL (95% CI)" if any(plots._finite(r.get("kl_se")) for r in runs) else "KL"
+    cols = ["run", "method"] + (["n"] if has_n else []) + [kl_col, f"{judge} (95% CI)"] + [c for _, c in wr_cols] \
         + (["worst group", "P20 satisfaction", "Gini"] if has_groups else []) + objectives + extra
     rows = []
     for r, wr in zip(runs, wrs, strict=True):
         row = [r.get("name", ""), r.get("method", "")] + ([r.get("n")] if has_n else []) \
-            + [r.get("kl"), mean_ci(r.get("reward"), r.get("reward_se"))]
+            + [mean_ci(r.get("kl"), r.get("kl_se")), mean_ci(r.get("reward"), r.get("reward_se"))]
         row += [wr.get(k) for k, _ in wr_cols]
         if has_groups:
             fs = fairness_summary(r["per_group"]) if r.get("per_group") else {}
@@ -325,7 +326,7 @@ def render_html(results: dict) -> str:
         figs = []
         rk = plots.reward_kl(runs, ylabel=judge)
         if rk:
-            figs.append(figure_html(rk, "Reward vs KL", "each point a run; solid: frontier, dashed: envelope"))
+            figs.append(figure_html(rk, "Reward vs KL", "each point a run, bars its 95% intervals; solid: frontier, dashed: envelope"))
         gb = plots.group_bars(runs)
         if gb:
             figs.append(figure_html(gb, "Utility per group", "per-group utility of each run"))

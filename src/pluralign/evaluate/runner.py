@@ -171,9 +171,9 @@ def sequence_logps_of(model: Any, pairs: list[tuple[list[int], list[int]]]) -> l
     return out
 
 
-def kl_estimate(entry: dict, out: dict, ref: dict) -> float | None:
-    """Sequence KL to the reference: Monte-Carlo for plain sampling (temperature 1), the best-of-N bound
-    for a bon decoder, None otherwise.
+def kl_estimate(entry: dict, out: dict, ref: dict) -> tuple[float | None, float | None]:
+    """Sequence KL to the reference and its standard error: Monte-Carlo for plain sampling (temperature 1),
+    the best-of-N bound for a bon decoder (exact, no error), (None, None) otherwise.
 
     The Monte-Carlo estimate is mean log π(y | x, c) − log π_ref(y | x) over the policy's samples y, where
     c is what a conditioned policy was shown (RiC scores, a statement) and the reference reads the prompt
@@ -187,13 +187,13 @@ def kl_estimate(entry: dict, out: dict, ref: dict) -> float | None:
         if ref_tok is not tok and any(ref_tok.decode(y) != tok.decode(y) for y in ids):
             warnings.warn(f"{entry['name']}: no KL estimate: its tokenizer and the reference's read the sampled "
                           "tokens differently (another vocabulary)", stacklevel=2)
-            return None
+            return None, None
         rendered = [prompt_ids(ref_tok, x, out["chat_template"]) for x in out["prompts"]]
         ref_lp = sequence_logps_of(ref["model"], list(zip(rendered, ids, strict=True)))
-        return float(np.mean(np.asarray(out["sum_logps"]) - np.asarray(ref_lp)))
+        return _mean_se(np.asarray(out["sum_logps"], float) - np.asarray(ref_lp, float))
     if entry.get("decoder") == "bon" and entry.get("path") == ref.get("path"):
-        return bon_kl(int(out.get("n", 1)))
-    return None
+        return bon_kl(int(out.get("n", 1))), None
+    return None, None
 
 
 def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = None) -> dict:
@@ -237,7 +237,8 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
         if scores is not None:
             run["reward"], run["reward_se"] = _mean_se(scores)
         if "kl" in metrics:
-            run["kl"] = kl_estimate(m, out, {**outputs[reference], "path": models[names.index(reference)]["path"]})
+            run["kl"], run["kl_se"] = kl_estimate(m, out, {**outputs[reference],
+                                                           "path": models[names.index(reference)]["path"]})
         if groups:
             per = {g.name: _mean_se(np.asarray(GoldJudge(g).single(prompts, texts), float)) for g in groups}
             run["per_group"] = {g: v[0] for g, v in per.items()}
