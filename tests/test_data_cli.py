@@ -204,3 +204,24 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     proc.stdout.close()  # gone before the first line is written
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141 and b"Traceback" not in err and b"Exception ignored" not in err, err
+
+
+def test_stats_measures_how_much_the_judges_disagree(tmp_path, capsys):
+    """Hand-counted: pair (a, b) judged 5 times, 2 against its majority, its groups' majorities differ; pair
+    (c, d) judged twice alike; (e, f) once, and (a, b) under another objective is another pair."""
+    from pluralign.data import Pairwise
+    from pluralign.data.stats import disagreement
+
+    def vote(prompt, chosen, rejected, user, group, objective=None):
+        return Pairwise(prompt, chosen, rejected, user=user, group=group, objective=objective)
+
+    pairs = [vote("q", "a", "b", "u1", "g1"), vote("q", "a", "b", "u2", "g1"), vote("q", "b", "a", "u3", "g2"),
+             vote("q", "b", "a", "u4", "g2"), vote("q", "a", "b", "u5", "g2"), vote("q2", "c", "d", "u1", "g1"),
+             vote("q2", "c", "d", "u3", "g2"), vote("q3", "e", "f", "u1", "g1"), vote("q", "b", "a", "u1", "g1", "brevity")]
+    assert disagreement(pairs) == {"judged_more_than_once": 2, "split_verdicts": 0.5,
+                                   "verdicts_against_majority": pytest.approx(2 / 7),
+                                   "judged_by_several_groups": 2, "group_majorities_differ": 0.5}
+    assert disagreement(pairs[-2:]) == {}
+    path = write_records(tmp_path / "votes.jsonl", pairs)
+    assert main(["data", "stats", str(path)]) == 0
+    assert "split_verdicts 0.5" in capsys.readouterr().out

@@ -5,6 +5,7 @@ Lengths are counted in characters and whitespace-separated words, so the summary
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -89,7 +90,7 @@ def _details(records: Sequence[Record]) -> dict[str, dict[str, Any]]:
     pairs = [r for r in records if isinstance(r, Pairwise)]
     if pairs:
         margins = [p.margin for p in pairs if p.margin is not None]
-        details["pairwise"] = {"with_margin": len(margins), "margin": _spread(margins)}
+        details["pairwise"] = {"with_margin": len(margins), "margin": _spread(margins), **disagreement(pairs)}
     lists = [r for r in records if isinstance(r, Ranked)]
     if lists:
         details["ranked"] = {
@@ -120,6 +121,46 @@ def _details(records: Sequence[Record]) -> dict[str, dict[str, Any]]:
             "ratings": {o: _spread([r.ratings[o] for r in rated if o in r.ratings]) for o in objectives}
         }
     return details
+
+
+def disagreement(pairs: Sequence[Pairwise]) -> dict[str, Any]:
+    """How much the people behind the pairs disagree, where the data can tell: among the pairs of responses
+    judged more than once (the same prompt, the same two responses, the same objective), the share whose
+    verdicts are split and the share of verdicts against each pair's majority; and, for pairs judged by
+    more than one group, the share on which the groups' majorities differ. Empty when no pair is judged
+    twice."""
+    verdicts: dict[tuple, list[tuple[str, str | None]]] = {}
+    for p in pairs:
+        chosen, rejected = _key(p.chosen), _key(p.rejected)
+        verdicts.setdefault((_key(p.prompt), frozenset((chosen, rejected)), p.objective), []).append((chosen, p.group))
+    repeated = [v for v in verdicts.values() if len(v) > 1]
+    if not repeated:
+        return {}
+    out: dict[str, Any] = {
+        "judged_more_than_once": len(repeated),
+        "split_verdicts": sum(len({w for w, _ in v}) > 1 for v in repeated) / len(repeated),
+        "verdicts_against_majority": sum(len(v) - Counter(w for w, _ in v).most_common(1)[0][1] for v in repeated)
+        / sum(len(v) for v in repeated),
+    }
+    # a group's majority verdict on each pair (None on a tie within the group)
+    majorities = []
+    for v in repeated:
+        by_group: dict[str, Counter] = {}
+        for winner, group in v:
+            if group is not None:
+                by_group.setdefault(group, Counter())[winner] += 1
+        tops = [c.most_common(2) for c in by_group.values()]
+        chosen = {t[0][0] for t in tops if len(t) == 1 or t[0][1] > t[1][1]}
+        if len(by_group) > 1:
+            majorities.append(len(chosen) > 1)
+    if majorities:
+        out["judged_by_several_groups"] = len(majorities)
+        out["group_majorities_differ"] = sum(majorities) / len(majorities)
+    return out
+
+
+def _key(text: Text) -> str:
+    return text if isinstance(text, str) else json.dumps(text, sort_keys=True)
 
 
 def format_summary(stats: dict[str, Any]) -> str:
