@@ -127,3 +127,21 @@ def test_bad_arguments_are_config_errors():
         F.generate("ranked", "default", 5, k=1)
     with pytest.raises(ConfigError, match="unknown population"):
         F.generate("pairwise", "nobody", 5)
+
+
+def test_several_judges_per_item_label_the_same_pair_and_disagree_as_their_groups_do():
+    """With 3 judges per item, records 3i..3i+2 share prompt and responses; one judge per item is the usual
+    data, record for record; the groups of the default population (a conflicting minority) disagree on
+    pairs both judge, which `data stats` measures."""
+    from pluralign.data.stats import disagreement
+
+    records = F.generate("user_pairwise", "default", 600, judges_per_item=3)
+    assert all({r.prompt for r in records[i:i + 3]} == {records[i].prompt} and
+               len({frozenset((r.chosen, r.rejected)) for r in records[i:i + 3]}) == 1 for i in range(0, 600, 3))
+    assert len({(r.prompt, frozenset((r.chosen, r.rejected))) for r in records}) == 200  # 200 items
+    assert F.generate("user_pairwise", "default", 50, judges_per_item=1) == F.generate("user_pairwise", "default", 50)
+    d = disagreement(records)
+    assert d["judged_more_than_once"] == 200 and d["judged_by_several_groups"] > 50
+    assert 0.2 < d["group_majorities_differ"] < 0.8 and 0 < d["verdicts_against_majority"] < 1 / 3
+    with pytest.raises(ConfigError, match="judges_per_item >= 1"):
+        F.generate("pairwise", n=4, judges_per_item=0)

@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fb.add_argument("--k", type=int, default=4, help="responses per prompt for --kind ranked")
     fb.add_argument("--temperature", type=float, help="override every group's Bradley-Terry temperature")
     fb.add_argument("--groups", help="comma-separated groups to draw annotators from (default: all, by share)")
+    fb.add_argument("--judges-per-item", type=int, default=1,
+                    help="annotators who judge each prompt and its responses (several: their disagreement shows)")
     fb.set_defaults(func=_feedback)
 
     ev = sub.add_parser("eval", help="gold attributes, utilities, KL to the base and win rates of a model")
@@ -69,7 +71,7 @@ def _feedback(args: argparse.Namespace) -> int:
     _check_model_dir(args.model)
     groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
     path = generate_file(args.out, args.kind, args.population, args.n, args.model, args.seed, k=args.k,
-                         temperature=args.temperature, groups=groups)
+                         temperature=args.temperature, groups=groups, judges_per_item=args.judges_per_item)
     print(f"wrote {args.n} {args.kind} records from population '{args.population}' to {path}")
     return 0
 

@@ -73,20 +73,24 @@ def generate(kind: str, population: str | Population = "default", n: int = 100,
              model_dir: str | Path | None = None, seed: int = 0, *, model: Any = None, tokenizer: Any = None,
              k: int = 4, temperature: float | None = None, rating_noise: float = 0.05,
              sample_temperature: float = 1.0, max_new_tokens: int = 48, users_seed: int = 0,
-             groups: Sequence[str] | None = None) -> list[Record]:
+             groups: Sequence[str] | None = None, judges_per_item: int = 1) -> list[Record]:
     """`n` feedback records of `kind` (one of `FEEDBACK_KINDS`) from `population`'s users (a name or a `Population`).
 
     `temperature` overrides every group's BT temperature; `k` is the list length for "ranked";
     `users_seed` fixes who the users are (the same people across feedback files), `seed` everything else;
-    `groups` restricts the annotators to those groups (e.g. `["minority"]`, to align toward one group).
+    `groups` restricts the annotators to those groups (e.g. `["minority"]`, to align toward one group);
+    `judges_per_item` annotators judge each prompt and its responses (records i·j … i·j + j − 1 share item
+    i), as in data sets where several people label the same pair, so their disagreement can be measured.
     """
     if kind not in FEEDBACK_KINDS:
         raise ConfigError(f"unknown feedback kind '{kind}'; choose one of: {', '.join(FEEDBACK_KINDS)}")
-    if n < 1 or k < 2:
-        raise ConfigError(f"need n >= 1 and k >= 2 (got n={n}, k={k})")
+    if n < 1 or k < 2 or judges_per_item < 1:
+        raise ConfigError(f"need n >= 1, k >= 2 and judges_per_item >= 1 (got n={n}, k={k}, "
+                          f"judges_per_item={judges_per_item})")
     pop = population if isinstance(population, Population) else get_population(population)
     world = World(seed)
-    prompts = world.prompts(n, _stream(seed, kind, "prompts"))
+    items = -(-n // judges_per_item)
+    prompts = world.prompts(items, _stream(seed, kind, "prompts"))
     per_prompt = {"pairwise": 2, "user_pairwise": 2, "ranked": k}.get(kind, 1)
     responses = _responses(prompts, per_prompt, seed, kind, model_dir=model_dir, model=model, tokenizer=tokenizer,
                            temperature=sample_temperature, max_new_tokens=max_new_tokens)
@@ -95,7 +99,8 @@ def generate(kind: str, population: str | Population = "default", n: int = 100,
     make = {"pairwise": _pairwise, "user_pairwise": _pairwise, "ranked": _ranked, "binary": _binary,
             "rated": _rated, "judged": _judged}[kind]
     out = []
-    for prompt, resp, user in zip(prompts, responses, annotators, strict=True):
+    for i, user in enumerate(annotators):
+        prompt, resp = prompts[i // judges_per_item], responses[i // judges_per_item]
         x = score_batch([prompt] * len(resp), resp)
         t = temperature if temperature is not None else user.temperature
         out.append(make(prompt, resp, x, user, t, rng, named=kind != "pairwise", rating_noise=rating_noise))
