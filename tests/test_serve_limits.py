@@ -147,7 +147,7 @@ def test_cli_refuses_a_missing_model(capsys):
     from pluralign.cli import main
 
     assert main(["serve", "--model", "/no/such/dir"]) == 2
-    assert "not a directory" in capsys.readouterr().err
+    assert "model directory not found" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -32,6 +32,12 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def cache_root() -> Path:
+    """Where pluralign keeps what it builds once (the sandbox's base model, converted GGUF models):
+    $PLURALIGN_CACHE, else ~/.cache/pluralign."""
+    return Path(os.environ.get("PLURALIGN_CACHE") or Path.home() / ".cache" / "pluralign")
+
+
 def os_cause(e: BaseException) -> str:
     """The human cause of an I/O failure, whichever library raised it: an OSError's strerror, or the
     `os error N` that Rust-backed writers (safetensors) embed in their message."""

@@ -173,9 +173,7 @@ def run(args: argparse.Namespace) -> int:
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                     chat_template=args.chat_template, extra=parse_extra(args.set))
     controls = [base.replace(**{k: r[k] for k in PER_REQUEST if k in r}) for r in requests]
-    if not Path(args.model).is_dir():
-        raise ConfigError(f"--model {args.model}: not a directory")
-    model, tokenizer = load_policy(args.model)
+    model, tokenizer = load_policy(args.model)  # a directory, a .gguf file or a hub id
     reward = load_reward(args.reward) if args.reward else None
     extra_models = [load_policy(d)[0] for d in args.models.split(",")] if args.models else []
     unused = unused_controls(model, reward, controls, extra_models)

@@ -13,12 +13,13 @@ from pluralign.decode.api import Controls, DecodeResult, decode
 
 
 def load_policy(model_dir: str | Path, device: str | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) of a model directory, in eval mode, with its conditioning scheme attached
+    """(model, tokenizer) of a model directory (or a .gguf file, or a hub id), in eval mode, with its conditioning scheme attached
     (`pluralign.conditioning`: MAH-DPO heads, soups, prompt statements) when it was saved with one, moved
     to `device` ("auto": the best there is) once attached."""
     from pluralign import conditioning
-    from pluralign.models.load import expected_extra_keys, load_model, load_tokenizer, resolve_device
+    from pluralign.models.load import expected_extra_keys, load_model, load_tokenizer, resolve, resolve_device
 
+    model_dir = resolve(model_dir)  # a GGUF file: the directory it was converted into
     scheme = conditioning.load(model_dir)
     with expected_extra_keys(scheme.saved_keys if scheme is not None else ()):
         model = conditioning.attach_to(load_model(str(model_dir)), model_dir, scheme)

@@ -1,6 +1,7 @@
 """Loading and saving models and tokenizers: a hub id or a local directory, the same call for both.
 
-`load_model("org/name")` and `load_model("runs/x/model")` go through `transformers`' Auto classes. User
+`load_model("org/name")` and `load_model("runs/x/model")` go through `transformers`' Auto classes; a GGUF file
+(`load_model("x.gguf")`) is converted once into a cached model directory (`pluralign.models.gguf`). User
 mistakes (a missing directory, a directory without a model, an unknown hub id, a hub id while offline)
 raise `PluralignError` with a message instead of a traceback. `trust_remote_code` stays off unless asked.
 
@@ -148,12 +149,17 @@ def is_peft_model(model: Any) -> bool:
 
 
 def resolve(name_or_path: str | os.PathLike) -> str:
-    """A local directory (checked) or a hub id (left to the hub to check)."""
+    """A local directory (checked), a GGUF file (as the directory it is converted into once,
+    `pluralign.models.gguf`) or a hub id (left to the hub to check)."""
+    from pluralign.models.gguf import cached_directory, is_gguf
+
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
     if path.exists():
+        if path.is_file() and is_gguf(path):
+            return str(cached_directory(path))
         if not path.is_dir():
-            raise PluralignError(f"'{name}' is a file; a model is loaded from a directory or a hub id")
+            raise PluralignError(f"'{name}' is a file; a model is loaded from a directory, a .gguf file or a hub id")
         if not any((path / f).exists() for f in ("config.json", "adapter_config.json", "tokenizer_config.json")):
             raise PluralignError(f"'{name}' holds no model (no config.json or adapter_config.json)")
         return str(path)

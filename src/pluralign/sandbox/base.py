@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from pluralign.config import option
-from pluralign.runs import atomic_write_bytes, atomic_write_json
+from pluralign.runs import atomic_write_bytes, atomic_write_json, cache_root
 from pluralign.sandbox import attributes, world
 
 SANDBOX_VERSION = 1  # bump when the build procedure changes in a way the hashed inputs do not capture
@@ -55,11 +55,6 @@ class SandboxConfig:
         """A much smaller model and schedule for tests: builds in about 15 s on 2 cores."""
         return cls(hidden_size=32, num_layers=1, num_heads=2, n_corpus=600, n_requests=600,
                    pretrain_steps=40, finetune_steps=60, batch_size=16, learning_rate=5e-3)
-
-
-def cache_root() -> Path:
-    """$PLURALIGN_CACHE, else ~/.cache/pluralign."""
-    return Path(os.environ.get("PLURALIGN_CACHE") or Path.home() / ".cache" / "pluralign")
 
 
 def config_hash(seed: int, config: SandboxConfig) -> str:

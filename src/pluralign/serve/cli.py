@@ -26,7 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from pluralign.errors import ConfigError
 
@@ -36,13 +35,13 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ConfigError(f"pluralign serve needs the serve extra: pip install 'pluralign[serve]' ({e})") from None
     from pluralign.decode.rewards import check_source
+    from pluralign.models.load import resolve
     from pluralign.serve.engine import named_reward
     from pluralign.serve.limits import load_keys
     from pluralign.serve.runner import serve
 
     cfg = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
-    if not Path(cfg.model).is_dir():
-        raise ConfigError(f"--model {cfg.model}: not a directory")
+    resolve(cfg.model)  # a directory, a .gguf file (converted once, here) or a hub id: a bad one fails before the server starts
     for spec in cfg.rewards:
         check_source(named_reward(spec)[1], "--reward")
     load_keys(cfg.api_key_file)  # a bad key file fails here, before the server starts

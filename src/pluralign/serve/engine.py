@@ -68,9 +68,7 @@ def load(cfg: ServeConfig) -> Loaded:
     device = cfg.device or ("cuda" if _cuda() else "")
 
     def policy(path: str) -> tuple[Any, Any]:
-        if not Path(path).is_dir():
-            raise PluralignError(f"--model {path}: not a directory")
-        model, tok = load_policy(path)
+        model, tok = load_policy(path)  # a directory, a .gguf file or a hub id
         return (model.to(device) if device else model), tok
 
     model, tokenizer = policy(cfg.model)
