@@ -14,6 +14,7 @@ from pluralign.data import (
     ranked_to_pairwise,
     rated_to_binary,
     rated_to_pairwise,
+    rated_to_ranked,
 )
 from pluralign.errors import PluralignError
 
@@ -124,3 +125,13 @@ def test_convert_dispatches_and_keeps_same_kind():
     assert convert(RATED, "rated") == RATED
     assert convert(RATED, "binary", objective="safe", threshold=5.0)[0].label is True
     assert len(convert([Ranked("p", ["a", "b"], ranks=[1, 2])], "pairwise")) == 1
+
+
+def test_rated_to_ranked_lists_each_prompt_and_users_responses_by_their_score():
+    lists = rated_to_ranked(RATED, weights={"help": 1.0, "safe": 0.5})
+    assert [(r.prompt, r.user, r.responses, r.scores) for r in lists] == [("p", "u1", ["r1", "r2", "r3"], [3.5, 3.5, 4.0])]
+    assert lists[0].objective is None  # a mix of objectives
+    by_help = rated_to_ranked(RATED + [Rated("p", "r1", {"help": 7.0, "safe": 0.0}, user="u1")], objective="help")
+    assert [(r.responses, r.scores, r.objective) for r in by_help] == [(["r1", "r2", "r3"], [1.0, 3.0, 3.0], "help")]
+    pairs = convert(by_help, "pairwise")  # the list's pairs are rated_to_pairwise's
+    assert _triples(pairs) == _triples(rated_to_pairwise(RATED, objective="help"))

@@ -6,6 +6,7 @@ from pluralign.data.convert import (
     ranked_to_pairwise,
     rated_to_binary,
     rated_to_pairwise,
+    rated_to_ranked,
 )
 from pluralign.data.io import (
     detect_kind,
@@ -47,6 +48,7 @@ __all__ = [
     "ranked_to_pairwise",
     "rated_to_binary",
     "rated_to_pairwise",
+    "rated_to_ranked",
     "read_checked",
     "read_records",
     "record_from_dict",

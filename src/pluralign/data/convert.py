@@ -1,7 +1,7 @@
 """Conversions between kinds of feedback.
 
-Lists and ratings become pairs (the form most preference losses take), ratings and pairs become
-thumbs up/down (the form KTO-style losses take). Who gave the feedback (`user`, `group`) and what it is
+Lists and ratings become pairs (the form most preference losses take), ratings become lists (the listwise
+losses'), ratings and pairs become thumbs up/down (the form KTO-style losses take). Who gave the feedback (`user`, `group`) and what it is
 about (`objective`, `section`) are kept, so per-user and per-objective methods still see them.
 """
 
@@ -76,6 +76,30 @@ def rated_to_pairwise(
                 )
             )
     return pairs
+
+
+def rated_to_ranked(
+    records: Iterable[Rated], objective: str | None = None, weights: Mapping[str, float] | None = None
+) -> list[Ranked]:
+    """One list per prompt and user (and group): the rated responses to it, scored by one objective or a
+    weighted sum (the listwise losses' data, e.g. LiPO's, from UltraFeedback's four rated completions). A
+    prompt with a single distinct response says nothing about order and gives no list."""
+    records = list(records)
+    if not records:
+        return []
+    weights, objective = rating_weights(records, objective, weights)
+    lists = []
+    for same in _by_prompt_and_user(records).values():
+        first: dict[str, Rated] = {}
+        for r in same:  # a response rated twice counts once (its first rating), as pairs skip identical responses
+            first.setdefault(json.dumps(r.response, sort_keys=True), r)
+        if len(first) < 2:
+            continue
+        kept = list(first.values())
+        a = kept[0]
+        lists.append(Ranked(a.prompt, [r.response for r in kept], [_utility(r, weights) for r in kept], None,
+                            a.user, a.group, objective, a.section))
+    return lists
 
 
 def rated_to_binary(
@@ -163,6 +187,7 @@ def _by_prompt_and_user(records: Iterable[Rated]) -> dict[tuple, list[Rated]]:
 _CONVERSIONS: dict[tuple[str, str], Callable[..., list[Record]]] = {
     ("ranked", "pairwise"): lambda rs, o, w, t: ranked_to_pairwise(rs),
     ("rated", "pairwise"): lambda rs, o, w, t: rated_to_pairwise(rs, o, w),
+    ("rated", "ranked"): lambda rs, o, w, t: rated_to_ranked(rs, o, w),
     ("rated", "binary"): lambda rs, o, w, t: rated_to_binary(rs, _required(t, "threshold"), o, w),
     ("pairwise", "binary"): lambda rs, o, w, t: pairwise_to_binary(rs),
 }
