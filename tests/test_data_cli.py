@@ -225,3 +225,12 @@ def test_stats_measures_how_much_the_judges_disagree(tmp_path, capsys):
     path = write_records(tmp_path / "votes.jsonl", pairs)
     assert main(["data", "stats", str(path)]) == 0
     assert "split_verdicts 0.5" in capsys.readouterr().out
+
+
+def test_stats_measures_how_far_raters_of_one_response_disagree():
+    from pluralign.data.stats import rater_spread
+
+    rated = [Rated("q", "r", {"a": 1.0, "b": 0.0}, user="u1"), Rated("q", "r", {"a": 3.0, "b": 0.0}, user="u2"),
+             Rated("q", "other", {"a": 9.0, "b": 9.0}, user="u1")]
+    assert rater_spread(rated, ["a", "b"]) == {"rated_more_than_once": 1, "rater_spread": {"a": 1.0, "b": 0.0}}
+    assert rater_spread(rated[1:], ["a", "b"]) == {}

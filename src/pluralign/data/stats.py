@@ -118,7 +118,8 @@ def _details(records: Sequence[Record]) -> dict[str, dict[str, Any]]:
     if rated:
         objectives = sorted({k for r in rated for k in r.ratings})
         details["rated"] = {
-            "ratings": {o: _spread([r.ratings[o] for r in rated if o in r.ratings]) for o in objectives}
+            "ratings": {o: _spread([r.ratings[o] for r in rated if o in r.ratings]) for o in objectives},
+            **rater_spread(rated, objectives),
         }
     return details
 
@@ -157,6 +158,22 @@ def disagreement(pairs: Sequence[Pairwise]) -> dict[str, Any]:
         out["judged_by_several_groups"] = len(majorities)
         out["group_majorities_differ"] = sum(majorities) / len(majorities)
     return out
+
+
+def rater_spread(rated: Sequence[Rated], objectives: Sequence[str]) -> dict[str, Any]:
+    """Where one response is rated more than once (the same prompt and response), how far its raters
+    disagree: per objective, the mean over such responses of their ratings' standard deviation. Empty
+    when no response is rated twice."""
+    ratings: dict[tuple[str, str], list[Rated]] = {}
+    for r in rated:
+        ratings.setdefault((_key(r.prompt), _key(r.response)), []).append(r)
+    repeated = [rs for rs in ratings.values() if len(rs) > 1]
+    if not repeated:
+        return {}
+    import numpy as np
+
+    spread = {o: float(np.mean([np.std([r.ratings[o] for r in rs]) for rs in repeated])) for o in objectives}
+    return {"rated_more_than_once": len(repeated), "rater_spread": spread}
 
 
 def _key(text: Text) -> str:
