@@ -115,3 +115,9 @@ def test_shp_rows_are_pairs_of_the_preferred_comment(tmp_path):
     assert checked.records[0].meta["score_A"] == 52
     assert [(p.line, p.field, p.message) for p in checked.problems] == [
         (3, "labels", "expected 1 (A is preferred) or 0 (B), got 2")]
+
+
+def test_a_judge_that_is_no_person_id_stays_in_meta(tmp_path):
+    row = arena("model_a", "Paris.", "Lyon.", judge=["gpt-4", "pair-v2"])  # MT-Bench's GPT-4 judgments
+    record = read_records(write_jsonl(tmp_path / "gpt4.jsonl", [row]))[0]
+    assert record.user is None and record.meta["judge"] == ["gpt-4", "pair-v2"]

@@ -118,6 +118,8 @@ def canonical(row: Any) -> Any:
             continue
         if name == "ratings" and ("responses" in row or isinstance(row[present[0]], list)):
             continue  # `scores` of a ranked list, not ratings
+        if name == "user" and not isinstance(row[present[0]], str | int):
+            continue  # e.g. MT-Bench's judge ["gpt-4", "pair-v2"]: a judge's setup, not a person (kept as meta)
         renames[present[0]] = name
     return {renames.get(k, k): v for k, v in row.items()} if renames else row
 
