@@ -181,3 +181,19 @@ def test_kl_is_read_by_the_references_own_tokenizer_or_not_estimated(tiny_models
         runs = {r["name"]: r for r in evaluate_config(cfg)["runs"]}
     assert abs(runs["extra"]["kl"]) < 0.2  # the same weights on the words they share (two more in its softmax)
     assert runs["shuffled"]["kl"] is None
+
+
+def test_prompts_from_a_feedback_data_file_of_any_form(tmp_path):
+    """A held-out preference set is a prompts source as it is: each distinct prompt once, in order, whatever
+    form the data takes (here Chatbot Arena votes, whose prompt is inside the conversations)."""
+    def vote(question, winner):
+        return {"winner": winner, "judge": "u1",
+                "conversation_a": [{"role": "user", "content": question}, {"role": "assistant", "content": "A"}],
+                "conversation_b": [{"role": "user", "content": question}, {"role": "assistant", "content": "B"}]}
+
+    rows = [vote("first?", "model_a"), vote("second?", "model_b"), vote("first?", "model_b")]
+    (tmp_path / "arena.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_prompts("arena.jsonl", "cfg", tmp_path) == [[{"role": "user", "content": "first?"}],
+                                                           [{"role": "user", "content": "second?"}]]
+    (tmp_path / "pairs.csv").write_text("prompt,chosen,rejected\nq1,a,b\nq2,c,d\nq1,e,f\n")
+    assert load_prompts("pairs.csv", "cfg", tmp_path) == ["q1", "q2"]

@@ -5,6 +5,7 @@ Config (YAML)::
 
     title: my evaluation
     prompts: prompts.jsonl        # JSONL/JSON rows with "prompt", a .txt file (one per line), a list,
+                                  # a feedback data file of any form (its distinct prompts),
                                   # or {sandbox: 32, seed: 0} for sandbox prompts
     models:                       # required; the first is the default baseline and KL reference
       - {name: base, path: sandbox}                       # "sandbox" = the sandbox base model
@@ -56,7 +57,9 @@ def _require(cond: bool, where: str, msg: str) -> None:
 
 
 def load_prompts(spec: Any, where: str, base_dir: Path) -> list[Any]:
-    """Prompts from a list, a {sandbox: n} request, or a .txt/.json/.jsonl file."""
+    """Prompts from a list, a {sandbox: n} request, a .txt file (one per line), a .json/.jsonl file of
+    prompts (strings or rows with a 'prompt'), or a feedback data file of any form `pluralign.data` reads
+    (each distinct prompt once, in order: e.g. a held-out preference set's prompts)."""
     if isinstance(spec, list):
         return spec
     if isinstance(spec, dict) and "sandbox" in spec:
@@ -67,23 +70,38 @@ def load_prompts(spec: Any, where: str, base_dir: Path) -> list[Any]:
     _require(isinstance(spec, str), where, "prompts must be a file, a list, or {sandbox: N}")
     path = Path(spec) if Path(spec).is_absolute() else base_dir / spec
     _require(path.exists(), where, f"prompts file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".txt":
-        return [line for line in text.splitlines() if line.strip()]
-    rows = json.loads(text) if path.suffix == ".json" else []
-    if path.suffix != ".json":
-        for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{path}:{i}: invalid JSON: {e.msg}") from None
-    out = []
-    for i, row in enumerate(rows, 1):
-        _require(isinstance(row, str) or (isinstance(row, dict) and "prompt" in row), f"{path}:{i}",
-                 "each row needs a 'prompt' field")
-        out.append(row if isinstance(row, str) else row["prompt"])
-    return out
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix in (".json", ".jsonl"):
+        text = path.read_text(encoding="utf-8")
+        rows = json.loads(text) if path.suffix == ".json" else []
+        if path.suffix == ".jsonl":
+            for i, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ConfigError(f"{path}:{i}: invalid JSON: {e.msg}") from None
+        bad = next((i for i, row in enumerate(rows, 1)
+                    if not (isinstance(row, str) or (isinstance(row, dict) and "prompt" in row))), None)
+        if bad is None:
+            return [row if isinstance(row, str) else row["prompt"] for row in rows]
+        return _data_prompts(path, f"{path}:{bad}: a row without a 'prompt' field, and the file is no feedback data")
+    return _data_prompts(path, f"{where}: {path} is no feedback data")
+
+
+def _data_prompts(path: Path, otherwise: str) -> list[Any]:
+    """Each distinct prompt of a feedback data file, in order (rows without a plain 'prompt' field: Arena
+    conversations, UltraFeedback's instruction, ...); `otherwise` says what is wrong when it is none."""
+    from pluralign.data import read_records
+    from pluralign.errors import DataError
+
+    try:
+        records = read_records(path)
+    except DataError as e:
+        raise ConfigError(f"{otherwise} ({e.problems[0].message})") from None
+    seen = {json.dumps(r.prompt, sort_keys=True): r.prompt for r in records}
+    return list(seen.values())
 
 
 def build_judge(spec: dict, where: str) -> Any:
