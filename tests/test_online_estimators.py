@@ -292,3 +292,21 @@ def test_per_prompt_users_and_objective_weights(tmp_path):
         read_prompts([str(path)])
     path.write_text('{"prompt": "hi", "user": "u1", "weights": {"a": 2}}\n')
     assert read_prompts([str(path)])[0].user == "u1"
+
+
+def test_prompts_are_read_from_any_form_of_feedback_data(tmp_path):
+    """UltraFeedback's `instruction`, Arena's conversations (the prompt is their shared turns) and chat
+    messages held as JSON text in a CSV cell are all prompts to roll out from."""
+    import json
+
+    from pluralign.online.rollout import read_prompts
+
+    user = [{"role": "user", "content": "Name a prime."}]
+    rows = [{"instruction": "Explain rain.", "completions": [{"response": "Water.", "annotations": {"h": {"Rating": "3"}}}]},
+            {"winner": "model_a", "judge": "u7", "conversation_a": user + [{"role": "assistant", "content": "7"}],
+             "conversation_b": user + [{"role": "assistant", "content": "9"}]}]
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = read_prompts([str(tmp_path / "mixed.jsonl")])
+    assert [(p.prompt, p.user) for p in got] == [("Explain rain.", None), (user, "u7")]
+    (tmp_path / "chat.csv").write_text('prompt\n"' + json.dumps(user).replace('"', '""') + '"\n')
+    assert read_prompts([str(tmp_path / "chat.csv")])[0].prompt == user

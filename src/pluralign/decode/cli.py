@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES
+from pluralign.data.validate import canonical
 from pluralign.errors import ConfigError, DataError, Problem
 
 PER_REQUEST = ("weights", "direction", "user", "group", "n", "beta", "w", "constraints", "chat_template")
@@ -84,7 +85,8 @@ def parse_extra(items: list[str]) -> dict:
 
 
 def read_prompts(path: str) -> list[dict]:
-    """Requests from a .txt or .jsonl file; raises DataError listing every bad line."""
+    """Requests from a .txt or .jsonl file (rows with a prompt, in any spelling or form `pluralign.data`
+    reads, and per-request controls); raises DataError listing every bad line."""
     src = Path(path)
     if not src.exists():
         raise ConfigError(f"--prompts {path}: no such file")
@@ -100,6 +102,7 @@ def read_prompts(path: str) -> list[dict]:
         except json.JSONDecodeError as e:
             problems.append(Problem(path, i, None, f"invalid JSON ({e.msg})"))
             continue
+        row = canonical(row) if isinstance(row, dict) else row  # any spelling or form pluralign.data reads
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), (str, list)):
             problems.append(Problem(path, i, "prompt", "missing or not a string/messages"))
             continue

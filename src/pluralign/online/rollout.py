@@ -80,16 +80,21 @@ class Rollout:
 
 
 def read_prompts(paths: Sequence[str]) -> list[Prompt]:
-    """The `prompt` field of every row of the files (any record kind has one; a prompt-only file is
-    enough). Empty or missing prompts are errors naming file and line."""
+    """The prompt of every row of the files (any record kind has one, under any spelling and in any form
+    `pluralign.data` reads: `instruction`, whole conversations, two sides and a verdict; a prompt-only file
+    is enough). Empty or missing prompts are errors naming file and line."""
+    from pluralign.data.conversations import messages_of
     from pluralign.data.formats import raw_rows
+    from pluralign.data.validate import canonical
 
     prompts, problems = [], []
     for path in paths:
-        name, rows, _ = raw_rows(path)
+        name, rows, tabular = raw_rows(path)
         for row in rows:
-            data = row.data if isinstance(row.data, dict) else None
+            data = canonical(row.data) if isinstance(row.data, dict) else None
             p = data.get("prompt") if data is not None else None
+            if tabular and isinstance(p, str):
+                p = messages_of(p) or p  # chat messages held as JSON text in a cell
             if data is None:
                 problems.append(Problem(name, row.line, None, "not a JSON object"))
             elif p is None or (isinstance(p, str) and not p.strip()) or (isinstance(p, list) and not p):
