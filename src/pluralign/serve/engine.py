@@ -73,8 +73,18 @@ def load(cfg: ServeConfig) -> Loaded:
 
     model, tokenizer = policy(cfg.model)
     rewards = {name: load_reward(src) for name, src in map(named_reward, cfg.rewards)}
-    return Loaded(model=model, tokenizer=tokenizer, name=cfg.served_name or Path(cfg.model).resolve().name,
+    return Loaded(model=model, tokenizer=tokenizer, name=cfg.served_name or _model_name(cfg.model),
                   rewards=rewards, models=[policy(d)[0] for d in cfg.models])
+
+
+def _model_name(model: str) -> str:
+    """The id clients use by default: the model directory's name, a GGUF file's name without .gguf, or the
+    hub id as given."""
+    path = Path(model)
+    if not path.exists():
+        return model
+    path = path.resolve()
+    return path.stem if path.suffix.lower() == ".gguf" else path.name
 
 
 def _cuda() -> bool:
