@@ -258,3 +258,13 @@ def test_keys_from_file_and_environment(tmp_path, monkeypatch):
         lim.admit("k")
     now[0] = 60.5  # the window slid past both
     lim.admit("k")()
+
+
+def test_the_default_model_id_of_a_directory_a_gguf_file_and_a_hub_id(tmp_path):
+    from pluralign.serve.engine import _model_name
+
+    (tmp_path / "runs" / "dpo").mkdir(parents=True)
+    (tmp_path / "SmolLM2.Q4_1.gguf").write_bytes(b"GGUF")
+    assert _model_name(str(tmp_path / "runs" / "dpo")) == "dpo"
+    assert _model_name(str(tmp_path / "SmolLM2.Q4_1.gguf")) == "SmolLM2.Q4_1"
+    assert _model_name("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
