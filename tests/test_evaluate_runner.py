@@ -119,6 +119,7 @@ def test_a_multi_objective_reward_judge_gives_each_run_its_objectives(tiny_model
     for run in evaluate_config(cfg)["runs"]:
         assert set(run["objectives"]) == {"words", "shortness"} and run["objectives"]["words"] > 0
         assert run["reward"] == pytest.approx(run["objectives"]["shortness"])
+        assert run["objectives_se"]["shortness"] == pytest.approx(run["reward_se"])  # the same column's se
 
 
 def test_eval_prints_a_summary_and_warns_of_unread_verdicts():

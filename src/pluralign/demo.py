@@ -255,6 +255,7 @@ def _run_entry(name: str, method: str, ev: dict, target: str, samples: list[dict
         "per_group_se": {g: v["se"] for g, v in ev["groups"].items()},
         "per_group_n": {g: ev["n_prompts"] for g in ev["groups"]},
         "objectives": {a: v["mean"] for a, v in ev["attributes"].items()},
+        "objectives_se": {a: v["se"] for a, v in ev["attributes"].items()},
         "win_rate": {"win_rate": 100 * wr["mean"], "ci": [100 * (wr["mean"] - 1.96 * wr["se"]), 100 * (wr["mean"] + 1.96 * wr["se"])]}
         if wr else None,
         "samples": samples,

@@ -13,6 +13,7 @@ Results schema (every key optional; unknown keys are ignored)::
                 "per_group_se": {"group": se, ...}, "per_group_n": {"group": n, ...},  # → per-group table
                 "samples": [{"prompt": ..., "response": ..., "score": 0.4}],     # → sample generations
                 "objectives": {"helpful": 0.7, ...},          # → Pareto fronts + hypervolume
+                "objectives_se": {"helpful": 0.02, ...},      # → 95% CIs in the runs table
                 "win_rate": {"win_rate": 61.0, "ci": [55, 67], "lc_win_rate": 58.2},
                 "metrics": {"any_number": 1.0}}],             # → extra columns of the runs table
       "pareto": {"objectives": ["helpful", "harmless"], "reference": [0, 0]},  # default: first two
@@ -118,6 +119,8 @@ def check_results(results: Any, source: str = "results") -> dict:
             number(f"runs[{i}].samples[{j}].score", obj(f"runs[{i}].samples[{j}]", sample).get("score"))
         if run.get("objectives") is not None:
             numbers(f"runs[{i}].objectives", run["objectives"])
+        if run.get("objectives_se") is not None:
+            numbers(f"runs[{i}].objectives_se", run["objectives_se"])
         if run.get("metrics") is not None:
             obj(f"runs[{i}].metrics", run["metrics"])
         wr = run.get("win_rate")
@@ -222,7 +225,7 @@ def _runs_table(runs: Sequence[dict], judge: str = "reward") -> str:
         if has_groups:
             fs = fairness_summary(r["per_group"]) if r.get("per_group") else {}
             row += [fs.get("worst_group"), fs.get("p20_satisfaction"), fs.get("gini")]
-        row += [r.get("objectives", {}).get(o) for o in objectives]
+        row += [mean_ci(r.get("objectives", {}).get(o), r.get("objectives_se", {}).get(o)) for o in objectives]
         row += [r.get("metrics", {}).get(k) for k in extra]
         rows.append(row)
     return table_html(cols, rows)

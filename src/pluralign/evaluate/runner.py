@@ -264,7 +264,9 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
             run["per_group_n"] = {g: len(prompts) for g in per}
         if per_objective is not None:  # gold attributes, or a multi-objective reward model's columns
             objectives, matrix = per_objective
-            run["objectives"] = {o: float(v) for o, v in zip(objectives, np.asarray(matrix, float).mean(0), strict=True)}
+            stats = [_mean_se(column) for column in np.asarray(matrix, float).T]
+            run["objectives"] = {o: m for o, (m, _) in zip(objectives, stats, strict=True)}
+            run["objectives_se"] = {o: se for o, (_, se) in zip(objectives, stats, strict=True)}
         if "win_rate" in metrics and m["name"] != baseline:
             wr = compare(judge, prompts, outputs[baseline]["texts"], texts, n_boot=int(cfg.get("bootstrap", 1000)))
             run["win_rate"] = {k: v for k, v in wr.items() if k != "preferences"}
