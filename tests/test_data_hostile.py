@@ -208,7 +208,7 @@ csv_cells = st.text(st.characters(codec="utf-8", exclude_characters="\0") | st.s
 @PROPS
 @given(header=st.lists(st.sampled_from(["prompt", "chosen", "rejected", "margin", "scores", "ratings",
                                         "response", "label", "responses", "x", "response_a", "response_b",
-                                        "winner_model_a", "winner_model_b", "winner_tie", "ratings.a"]),
+                                        "winner_model_a", "winner_model_b", "winner_tie", "ratings.a", "completions"]),
                        min_size=1, max_size=5, unique=True),
        rows=st.lists(st.lists(csv_cells, max_size=6), min_size=1, max_size=6),
        noise=st.text(string.printable, max_size=20))

@@ -92,3 +92,17 @@ def test_ultrafeedback_problems_name_the_completion_and_the_aspect(tmp_path):
     out = tmp_path / "kept.jsonl"
     assert main(["data", "validate", str(path), "--skip-invalid", "--out", str(out)]) == 0
     assert [json.loads(line)["response"] for line in out.read_text().splitlines()] == ["2"]
+
+
+def test_ultrafeedback_in_a_table_holds_its_completions_as_json_text(tmp_path):
+    import csv
+
+    row = ultrafeedback(("a", "7", 8.0, aspects(5, 5)), ("b", "9", 2.0, aspects(1, 3)))
+    path = tmp_path / "uf.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["instruction", "completions"])
+        writer.writerow([row["instruction"], json.dumps(row["completions"])])
+    records = read_records(path)
+    assert [(r.prompt, r.response, r.ratings) for r in records] == [
+        ("Name a prime.", "7", {"helpfulness": 5.0, "honesty": 5.0}), ("Name a prime.", "9", {"helpfulness": 1.0, "honesty": 3.0})]

@@ -8,12 +8,14 @@
   a response), so readers warn when they leave numbers in `meta` that could have been ratings.
 - **One row holding several rated responses** (UltraFeedback: ``instruction`` and ``completions``, each
   with a ``response`` and ``annotations`` {aspect: {"Rating": "4", "Rationale": ...}}): one rated row per
-  completion, at the source row's line (`expand_completions`). A rating of "N/A" is a problem of that
-  completion, named by its field (``completions[2].annotations.honesty``).
+  completion, at the source row's line (`completion_rows`; a table holds the list as JSON text in its
+  cell). A rating of "N/A" is a problem of that completion, named by its field
+  (``completions[2].annotations.honesty``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -76,11 +78,21 @@ def with_numeric_ratings(row: Mapping[str, Any], taken: set[str] | frozenset[str
     return {**{k: v for k, v in row.items() if k not in numeric}, "ratings": numeric}
 
 
+def _completions(data: Any) -> list | None:
+    """A row's ``completions`` list (a table's cell holds it as JSON text), or None."""
+    items = data.get("completions") if isinstance(data, Mapping) else None
+    if isinstance(items, str) and items.lstrip().startswith("["):
+        try:
+            items = json.loads(items)
+        except (ValueError, RecursionError):
+            return None
+    return items if isinstance(items, list) else None
+
+
 def is_completions_row(data: Any) -> bool:
     """Whether a row holds several rated responses in a ``completions`` list (UltraFeedback's form)."""
-    items = data.get("completions") if isinstance(data, Mapping) else None
-    return (isinstance(items, list) and bool(items)
-            and any(isinstance(c, Mapping) and ("response" in c or "annotations" in c) for c in items))
+    items = _completions(data)
+    return bool(items) and any(isinstance(c, Mapping) and ("response" in c or "annotations" in c) for c in items)
 
 
 def _aspect_rating(value: Any) -> Any:
@@ -95,7 +107,7 @@ def completion_rows(data: Mapping[str, Any]) -> list[tuple[dict[str, Any] | None
     prompt = data.get("prompt", data.get("instruction"))
     shared = {k: v for k, v in data.items() if k not in ("completions", "prompt", "instruction")}
     out = []
-    for i, item in enumerate(data["completions"]):
+    for i, item in enumerate(_completions(data) or []):
         where = f"completions[{i}]"
         if not isinstance(item, Mapping):
             out.append((None, [(where, "expected an object with a response and its ratings")]))
