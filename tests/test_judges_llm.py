@@ -47,15 +47,18 @@ class ScriptedServer(LocalServer):
                     if action[0] == "sleep":
                         time.sleep(action[1])
                         action = ("ok", action[2])
+                finally:
+                    # done before the reply is sent: once the client has it, it may send its next request,
+                    # which must not find this one still counted (CI saw 4 in flight with 3 workers)
+                    with outer.lock:
+                        outer.in_flight -= 1
+                try:
                     if action[0] == "status":
                         self._send(action[1], {"error": {"message": "scripted failure", "type": "server_error"}})
                     else:
                         self._send(200, outer.completion(body, *action[1:]))
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout test)
-                finally:
-                    with outer.lock:
-                        outer.in_flight -= 1
 
             def _send(self, code, obj):
                 data = json.dumps(obj).encode()
