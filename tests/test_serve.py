@@ -300,3 +300,24 @@ def test_a_model_level_scheme_steers_each_request_of_one_batch_to_its_own_weight
     assert [g["choices"][0]["text"] for g in got] == want
     assert want[0] != want[1]  # the heads really answer differently
     assert max(g["pluralign"]["compute"]["batch_requests"] for g in got) > 1  # some requests shared a batch
+
+
+def test_best_of_n_reports_its_answers_own_tokens_and_finish(server, sandbox):
+    """A sampled decoder's usage and finish reason are its chosen sample's: the generated ids (the end-of-
+    sequence token counted, as for plain sampling), and "length" only when the limit, not EOS, ended it."""
+    from pluralign.decode.api import Controls, decode
+    from pluralign.decode.sampler import eos_ids
+
+    _, model, tok = sandbox
+    finishes = set()
+    for max_tokens in (3, 40):
+        got = client(server).completions.create(model="sandbox", prompt=PROMPT, max_tokens=max_tokens, seed=0,
+                                                extra_body={"method": "bon", "best_of": 4, "reward": "gold"})
+        want = decode("bon", model, tok, [PROMPT], reward="gold",
+                      controls=Controls(n=4, max_new_tokens=max_tokens, seed=0, chat_template="never"))
+        ids = want.info["token_ids"][0]
+        assert got.choices[0].text == want.texts[0] and got.usage.completion_tokens == len(ids)
+        ended = ids[-1] in eos_ids(tok, model) or len(ids) < max_tokens
+        assert got.choices[0].finish_reason == ("stop" if ended else "length")
+        finishes.add(got.choices[0].finish_reason)
+    assert finishes == {"stop", "length"}

@@ -139,7 +139,7 @@ def select_decoder(method: str, choose) -> Any:
     def run(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls: list[Controls],
             **_: Any) -> DecodeResult:
         counted = _need_reward(reward, method)
-        cands, logps, compute, _ = draw_candidates(model, tokenizer, prompts, controls)
+        cands, logps, compute, ids = draw_candidates(model, tokenizer, prompts, controls)
         per, util = score_candidates(counted, prompts, cands, controls)
         # one random stream per call (equal per-prompt seeds would correlate the prompts' choices)
         g = torch.Generator().manual_seed(controls[0].seed if controls and controls[0].seed is not None else 0)
@@ -150,7 +150,8 @@ def select_decoder(method: str, choose) -> Any:
             objectives=objective_names(reward, per[0].shape[1]),
             utility=torch.stack([util[p][i] for p, i in enumerate(chosen)]),
             candidates=cands, candidate_scores=per, compute=compute, reward_compute=counted.compute,
-            info={"chosen": chosen, "candidate_utility": util, "candidate_logps": logps})
+            info={"chosen": chosen, "candidate_utility": util, "candidate_logps": logps,
+                  "token_ids": [ids[p][i] for p, i in enumerate(chosen)]})
 
     run.__doc__ = f"{method}: draw N candidates per prompt, score them, select one."
     return run
