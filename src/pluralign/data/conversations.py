@@ -22,14 +22,20 @@ from typing import Any
 REPLY_FIELDS = ("chosen", "rejected", "response")
 
 
-def messages_of(value: Any) -> list[dict] | None:
-    """`value` as a list of chat messages (a tabular cell holds them as JSON text), else None."""
+def list_of(value: Any) -> list | None:
+    """`value` as a list: itself, or the list its JSON text holds (how a table's cell stores one), else None."""
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
             value = json.loads(value)
         except (ValueError, RecursionError):  # not JSON (or unusable JSON): plain text
             return None
-    if isinstance(value, list) and value and all(isinstance(m, Mapping) for m in value):
+    return value if isinstance(value, list) else None
+
+
+def messages_of(value: Any) -> list[dict] | None:
+    """`value` as a list of chat messages (a tabular cell holds them as JSON text), else None."""
+    value = list_of(value)
+    if value and all(isinstance(m, Mapping) for m in value):
         return value
     return None
 

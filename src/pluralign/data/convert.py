@@ -7,12 +7,11 @@ about (`objective`, `section`) are kept, so per-user and per-objective methods s
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import combinations
 
-from pluralign.data.records import Binary, Pairwise, Ranked, Rated, Record, kind_of
+from pluralign.data.records import Binary, Pairwise, Ranked, Rated, Record, kind_of, text_key
 from pluralign.errors import PluralignError
 
 
@@ -92,7 +91,7 @@ def rated_to_ranked(
     for same in _by_prompt_and_user(records).values():
         first: dict[str, Rated] = {}
         for r in same:  # a response rated twice counts once (its first rating), as pairs skip identical responses
-            first.setdefault(json.dumps(r.response, sort_keys=True), r)
+            first.setdefault(text_key(r.response), r)
         if len(first) < 2:
             continue
         kept = list(first.values())
@@ -178,7 +177,7 @@ def _utility(record: Rated, weights: Mapping[str, float]) -> float:
 def _by_prompt_and_user(records: Iterable[Rated]) -> dict[tuple, list[Rated]]:
     groups: dict[tuple, list[Rated]] = {}
     for r in records:
-        key = (json.dumps(r.prompt, sort_keys=True), r.user, r.group)
+        key = (text_key(r.prompt), r.user, r.group)
         groups.setdefault(key, []).append(r)
     return groups
 

@@ -128,16 +128,14 @@ def read_checked(source: Source, kind: str | None = None) -> Checked:
 def _expand_rows(rows: list[RawRow]) -> list[RawRow]:
     """Rows that hold several records — UltraFeedback's rated ``completions`` (`rated_forms`), a verdict per
     objective on two responses (`verdict_pairs`) — as one row per record, each at its source row's line."""
+    splitters = ((is_completions_row, completion_rows), (is_per_objective_row, per_objective_rows))
     out = []
     for row in rows:
-        if row.issues:
+        split = None if row.issues else next((rows_of for holds, rows_of in splitters if holds(row.data)), None)
+        if split is None:
             out.append(row)
-        elif is_completions_row(row.data):
-            out += [RawRow(row.line, row.raw, data, list(issues)) for data, issues in completion_rows(row.data)]
-        elif is_per_objective_row(row.data):
-            out += [RawRow(row.line, row.raw, data, list(issues)) for data, issues in per_objective_rows(row.data)]
         else:
-            out.append(row)
+            out += [RawRow(row.line, row.raw, data, list(issues)) for data, issues in split(row.data)]
     return out
 
 

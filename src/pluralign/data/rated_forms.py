@@ -15,12 +15,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
-from pluralign.data.field_checks import short
+from pluralign.data.conversations import list_of
+from pluralign.data.field_checks import as_float, short
 
 WIDE_PREFIX = "ratings."
 # Columns that number rows rather than rate them, never read as ratings.
@@ -28,14 +28,14 @@ ID_NAMES = frozenset({"id", "idx", "index", "row", "line"})
 
 
 def number_of(value: Any) -> float | None:
-    """`value` as a finite float (numbers and numeric text), else None."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return None
-    try:
-        number = float(value) if not isinstance(value, str) or value.strip() else math.nan
-    except (ValueError, OverflowError):  # text that is no number, an integer beyond a float
-        return None
-    return number if math.isfinite(number) else None
+    """`value` as a finite float (numbers, as `as_float` reads them, and numeric text), else None."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:  # text that is no number (or no text at all)
+            return None
+    number = as_float(value)
+    return number if number is not None and math.isfinite(number) else None
 
 
 def gather_wide(row: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -80,13 +80,7 @@ def with_numeric_ratings(row: Mapping[str, Any], taken: set[str] | frozenset[str
 
 def _completions(data: Any) -> list | None:
     """A row's ``completions`` list (a table's cell holds it as JSON text), or None."""
-    items = data.get("completions") if isinstance(data, Mapping) else None
-    if isinstance(items, str) and items.lstrip().startswith("["):
-        try:
-            items = json.loads(items)
-        except (ValueError, RecursionError):
-            return None
-    return items if isinstance(items, list) else None
+    return list_of(data.get("completions")) if isinstance(data, Mapping) else None
 
 
 def is_completions_row(data: Any) -> bool:

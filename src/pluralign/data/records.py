@@ -131,6 +131,13 @@ def kind_of(record: Record) -> str:
     raise TypeError(f"not a pluralign record: {type(record).__name__}")
 
 
+def text_key(text: Text) -> str:
+    """A hashable key of a `Text`, equal for equal texts (plain text as it is, messages as sorted JSON)."""
+    import json
+
+    return text if isinstance(text, str) else json.dumps(text, sort_keys=True)
+
+
 def text_content(text: Text) -> str:
     """The words of a `Text`: itself when plain, the messages' contents joined by newlines when chat."""
     if isinstance(text, str):

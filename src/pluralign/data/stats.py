@@ -5,7 +5,6 @@ Lengths are counted in characters and whitespace-separated words, so the summary
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from pluralign.data.records import (
     Text,
     kind_of,
     text_content,
+    text_key,
 )
 
 PERCENTILES = (50, 90, 99)
@@ -132,8 +132,8 @@ def disagreement(pairs: Sequence[Pairwise]) -> dict[str, Any]:
     twice."""
     verdicts: dict[tuple, list[tuple[str, str | None]]] = {}
     for p in pairs:
-        chosen, rejected = _key(p.chosen), _key(p.rejected)
-        verdicts.setdefault((_key(p.prompt), frozenset((chosen, rejected)), p.objective), []).append((chosen, p.group))
+        chosen, rejected = text_key(p.chosen), text_key(p.rejected)
+        verdicts.setdefault((text_key(p.prompt), frozenset((chosen, rejected)), p.objective), []).append((chosen, p.group))
     repeated = [v for v in verdicts.values() if len(v) > 1]
     if not repeated:
         return {}
@@ -166,7 +166,7 @@ def rater_spread(rated: Sequence[Rated], objectives: Sequence[str]) -> dict[str,
     when no response is rated twice."""
     ratings: dict[tuple[str, str], list[Rated]] = {}
     for r in rated:
-        ratings.setdefault((_key(r.prompt), _key(r.response)), []).append(r)
+        ratings.setdefault((text_key(r.prompt), text_key(r.response)), []).append(r)
     repeated = [rs for rs in ratings.values() if len(rs) > 1]
     if not repeated:
         return {}
@@ -174,10 +174,6 @@ def rater_spread(rated: Sequence[Rated], objectives: Sequence[str]) -> dict[str,
 
     spread = {o: float(np.mean([np.std([r.ratings[o] for r in rs]) for rs in repeated])) for o in objectives}
     return {"rated_more_than_once": len(repeated), "rater_spread": spread}
-
-
-def _key(text: Text) -> str:
-    return text if isinstance(text, str) else json.dumps(text, sort_keys=True)
 
 
 def format_summary(stats: dict[str, Any]) -> str:

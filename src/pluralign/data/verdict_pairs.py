@@ -27,10 +27,10 @@ of Safe RLHF and MODPO, which often disagree on the same two responses.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
+from pluralign.data.conversations import list_of
 from pluralign.data.field_checks import short
 from pluralign.data.rated_forms import number_of
 
@@ -77,14 +77,8 @@ def has_verdict(row: Mapping[str, Any]) -> bool:
 
 def _unwrapped(value: Any) -> Any:
     """A one-turn exchange stored as a one-element list of text (or its JSON text): the text."""
-    if isinstance(value, str) and value.lstrip().startswith("["):
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):
-            return value
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
-        return value[0]
-    return value
+    items = list_of(value)
+    return items[0] if items is not None and len(items) == 1 and isinstance(items[0], str) else value
 
 
 def chosen_and_rejected(row: Mapping[str, Any]) -> Mapping[str, Any]:

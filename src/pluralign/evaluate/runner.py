@@ -94,13 +94,14 @@ def _data_prompts(path: Path, otherwise: str) -> list[Any]:
     """Each distinct prompt of a feedback data file, in order (rows without a plain 'prompt' field: Arena
     conversations, UltraFeedback's instruction, ...); `otherwise` says what is wrong when it is none."""
     from pluralign.data import read_records
+    from pluralign.data.records import text_key
     from pluralign.errors import DataError
 
     try:
         records = read_records(path)
     except DataError as e:
         raise ConfigError(f"{otherwise} ({e.problems[0].message})") from None
-    seen = {json.dumps(r.prompt, sort_keys=True): r.prompt for r in records}
+    seen = {text_key(r.prompt): r.prompt for r in records}
     return list(seen.values())
 
 

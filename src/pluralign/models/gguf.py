@@ -13,7 +13,6 @@ works wherever a model directory does.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -71,7 +70,3 @@ def rebuilt(loaded: Any) -> Any:
                              f"(missing {missing}, unexpected {unexpected})")
     model.tie_weights()
     return model.eval()
-
-
-def is_gguf(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() == ".gguf"

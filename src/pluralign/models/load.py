@@ -151,12 +151,12 @@ def is_peft_model(model: Any) -> bool:
 def resolve(name_or_path: str | os.PathLike) -> str:
     """A local directory (checked), a GGUF file (as the directory it is converted into once,
     `pluralign.models.gguf`) or a hub id (left to the hub to check)."""
-    from pluralign.models.gguf import cached_directory, is_gguf
+    from pluralign.models.gguf import cached_directory
 
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
     if path.exists():
-        if path.is_file() and is_gguf(path):
+        if path.is_file() and path.suffix.lower() == ".gguf":
             return str(cached_directory(path))
         if not path.is_dir():
             raise PluralignError(f"'{name}' is a file; a model is loaded from a directory, a .gguf file or a hub id")

@@ -298,14 +298,15 @@ class Engine:
             for row, at in enumerate(idx):
                 drawn[at] = (out, row)
         choices: dict[int, list[dict]] = {id(job): [] for job in jobs}
-        steps: dict[int, list[tuple]] = {id(job): [] for job in jobs}
+        steps: dict[int, list[tuple | None]] = {id(job): [] for job in jobs}
         for (job, _), (out, row) in zip(owner, drawn, strict=True):
             for k in range(n):
                 choice = {"text": out.texts[row][k], "tokens": len(out.token_ids[row][k]),
                           "finish_reason": "length" if out.finish[row][k] == "length" else "stop"}
-                tokens = (tok, out.token_ids[row][k], out.token_logps[row][k].tolist(),
-                          out.top_logprobs and out.top_logprobs[row][k])
-                if job.logprobs is not None and not job.stream:
+                tokens = None if job.logprobs is None else (  # only a request that asks pays for them
+                    tok, out.token_ids[row][k], out.token_logps[row][k].tolist(),
+                    out.top_logprobs and out.top_logprobs[row][k])
+                if tokens is not None and not job.stream:
                     choice["logprobs"] = choice_logprobs(*tokens, out.texts[row][k], job.logprobs, job.chat)
                 choices[id(job)].append(choice)
                 steps[id(job)].append(tokens)
@@ -350,7 +351,7 @@ class Engine:
         for job in jobs:
             self._finish(job, per_job[id(job)], compute)
 
-    def _finish(self, job: Job, choices: list[dict], compute: dict, steps: list[tuple] | None = None) -> None:
+    def _finish(self, job: Job, choices: list[dict], compute: dict, steps: list[tuple | None] | None = None) -> None:
         """Answer `job`: its last streamed text (and, with `steps`, each choice's token log-probs not yet
         streamed, see `Job.stream_text`), then the choices."""
         if job.cancelled.is_set():
