@@ -160,3 +160,16 @@ def test_steer_each_request_gets_its_own_objective(model_dir):
     assert rows[0]["scores"]["r0"] >= rows[1]["scores"]["r0"]
     assert rows[1]["scores"]["r1"] >= rows[0]["scores"]["r1"]
     assert rows[0]["compute"]["reward_evals"] == 32
+
+
+def test_cli_reads_prompts_from_json_and_csv_tables(model_dir, tmp_path):
+    """Rows of a .json list or a CSV table are requests with their controls (before, each line of the file,
+    header included, was a prompt)."""
+    (tmp_path / "p.json").write_text(json.dumps([{"prompt": "the", "n": 2}, {"prompt": "a"}]))
+    (tmp_path / "p.csv").write_text("prompt,n\nthe,2\na,\n")
+    for name in ("p.json", "p.csv"):
+        out = tmp_path / f"{name}.out.jsonl"
+        assert main(["decode", "--method", "bon", "--model", str(model_dir), "--reward", "decode_cli_rewards:words",
+                     "--prompts", str(tmp_path / name), "--out", str(out), "--n", "3", "--max-new-tokens", "3"]) == 0
+        rows = [json.loads(x) for x in out.read_text().splitlines()]
+        assert [(r["prompt"], len(r["candidates"])) for r in rows] == [("the", 2), ("a", 3)]

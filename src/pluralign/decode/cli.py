@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES
-from pluralign.data.validate import canonical
-from pluralign.errors import ConfigError, DataError, Problem
+from pluralign.errors import ConfigError
 
 PER_REQUEST = ("weights", "direction", "user", "group", "n", "beta", "w", "constraints", "chat_template")
 
@@ -43,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--direction", help="preference direction (DPA) for a conditioned model: v1,v2,... or name=v,...")
     p.add_argument("--user", help="user id passed to per-user reward models and user-conditioned models")
     p.add_argument("--group", help="group passed to group-conditioned models")
-    p.add_argument("--prompts", required=True, help=".txt (one per line) or .jsonl with a 'prompt' field")
+    p.add_argument("--prompts", required=True, help="a .txt file (one prompt per line) or rows of any data format (JSONL, JSON, CSV, Parquet, a hub data set) with a prompt in any spelling and per-request controls (weights, direction, user, n, ...)")
     p.add_argument("--out", required=True, help="output .jsonl")
     p.add_argument("--n", type=int, default=8, help="candidates per prompt (BoN N, RPS k, blockwise K)")
     p.add_argument("--beta", type=float, default=1.0, help="β / λ of the tilt (soft BoN, rejection)")
@@ -85,33 +83,12 @@ def parse_extra(items: list[str]) -> dict:
 
 
 def read_prompts(path: str) -> list[dict]:
-    """Requests from a .txt or .jsonl file (rows with a prompt, in any spelling or form `pluralign.data`
-    reads, and per-request controls); raises DataError listing every bad line."""
-    src = Path(path)
-    if not src.exists():
-        raise ConfigError(f"--prompts {path}: no such file")
-    lines = src.read_text(encoding="utf-8").splitlines()
-    if src.suffix != ".jsonl":
-        return [{"prompt": line} for line in lines if line.strip()]
-    rows, problems = [], []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(Problem(path, i, None, f"invalid JSON ({e.msg})"))
-            continue
-        row = canonical(row) if isinstance(row, dict) else row  # any spelling or form pluralign.data reads
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), (str, list)):
-            problems.append(Problem(path, i, "prompt", "missing or not a string/messages"))
-            continue
-        rows.append(row)
-    if problems:
-        raise DataError(problems)
-    if not rows:
-        raise ConfigError(f"--prompts {path}: no prompts")
-    return rows
+    """Requests from a prompt file (`pluralign.data.prompt_files`: one prompt per line of a .txt file, or
+    rows of any data format with a prompt in any spelling or form, and per-request controls); raises
+    DataError listing every bad line."""
+    from pluralign.data.prompt_files import read_prompt_rows
+
+    return [row.fields for row in read_prompt_rows([path])]
 
 
 def method_kwargs(method: str, reward: Any, tokenizer: Any, models: list[Any] | None = None,

@@ -34,14 +34,13 @@ cannot know whether ``base_url`` itself is the server you meant.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, DataError
 from pluralign.evaluate.frontier import bon_kl
 from pluralign.evaluate.winrate import compare
 from pluralign.judges import GoldJudge, LLMJudge, RewardModelJudge
@@ -57,9 +56,9 @@ def _require(cond: bool, where: str, msg: str) -> None:
 
 
 def load_prompts(spec: Any, where: str, base_dir: Path) -> list[Any]:
-    """Prompts from a list, a {sandbox: n} request, a .txt file (one per line), a .json/.jsonl file of
-    prompts (strings or rows with a 'prompt'), or a feedback data file of any form `pluralign.data` reads
-    (each distinct prompt once, in order: e.g. a held-out preference set's prompts)."""
+    """Prompts from a list, a {sandbox: n} request, or a prompt file (`pluralign.data.prompt_files`: a .txt
+    file, one per line, or rows of any data format, e.g. a held-out feedback set): each distinct prompt
+    once, in order."""
     if isinstance(spec, list):
         return spec
     if isinstance(spec, dict) and "sandbox" in spec:
@@ -68,41 +67,16 @@ def load_prompts(spec: Any, where: str, base_dir: Path) -> list[Any]:
         world = World(int(spec.get("seed", 0)))
         return world.prompts(int(spec["sandbox"]), np.random.default_rng(int(spec.get("seed", 0))))
     _require(isinstance(spec, str), where, "prompts must be a file, a list, or {sandbox: N}")
+    from pluralign.data.prompt_files import read_prompt_rows
+    from pluralign.data.records import text_key
+
     path = Path(spec) if Path(spec).is_absolute() else base_dir / spec
     _require(path.exists(), where, f"prompts file not found: {path}")
-    if path.suffix == ".txt":
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if path.suffix in (".json", ".jsonl"):
-        text = path.read_text(encoding="utf-8")
-        rows = json.loads(text) if path.suffix == ".json" else []
-        if path.suffix == ".jsonl":
-            for i, line in enumerate(text.splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ConfigError(f"{path}:{i}: invalid JSON: {e.msg}") from None
-        bad = next((i for i, row in enumerate(rows, 1)
-                    if not (isinstance(row, str) or (isinstance(row, dict) and "prompt" in row))), None)
-        if bad is None:
-            return [row if isinstance(row, str) else row["prompt"] for row in rows]
-        return _data_prompts(path, f"{path}:{bad}: a row without a 'prompt' field, and the file is no feedback data")
-    return _data_prompts(path, f"{where}: {path} is no feedback data")
-
-
-def _data_prompts(path: Path, otherwise: str) -> list[Any]:
-    """Each distinct prompt of a feedback data file, in order (rows without a plain 'prompt' field: Arena
-    conversations, UltraFeedback's instruction, ...); `otherwise` says what is wrong when it is none."""
-    from pluralign.data import read_records
-    from pluralign.data.records import text_key
-    from pluralign.errors import DataError
-
     try:
-        records = read_records(path)
+        rows = read_prompt_rows([path])
     except DataError as e:
-        raise ConfigError(f"{otherwise} ({e.problems[0].message})") from None
-    seen = {text_key(r.prompt): r.prompt for r in records}
-    return list(seen.values())
+        raise ConfigError(f"{where}: {e}") from None
+    return list({text_key(r.prompt): r.prompt for r in rows}.values())
 
 
 def build_judge(spec: dict, where: str) -> Any:

@@ -21,7 +21,7 @@ from pluralign.config import option
 from pluralign.data.collate import pad_rows
 from pluralign.data.tokenize import Encoded, pad_token_id
 from pluralign.decode.sampler import sample
-from pluralign.errors import DataError, Problem
+from pluralign.errors import DataError
 from pluralign.registry import Registry
 
 BACKENDS = Registry("rollout backend", modules=("pluralign.online.vllm_rollout",))
@@ -80,36 +80,16 @@ class Rollout:
 
 
 def read_prompts(paths: Sequence[str]) -> list[Prompt]:
-    """The prompt of every row of the files (any record kind has one, under any spelling and in any form
-    `pluralign.data` reads: `instruction`, whole conversations, two sides and a verdict; a prompt-only file
-    is enough). Empty or missing prompts are errors naming file and line."""
-    from pluralign.data.conversations import messages_of
-    from pluralign.data.formats import raw_rows
-    from pluralign.data.validate import canonical
+    """The prompt of every row of the files (`pluralign.data.prompt_files`: any form of feedback data, or a
+    prompt-only file), with the row's `user` and `weights`. Bad rows are errors naming file and line."""
+    from pluralign.data.prompt_files import read_prompt_rows
 
-    prompts, problems = [], []
-    for path in paths:
-        name, rows, tabular = raw_rows(path)
-        for row in rows:
-            data = canonical(row.data) if isinstance(row.data, dict) else None
-            p = data.get("prompt") if data is not None else None
-            if tabular and isinstance(p, str):
-                p = messages_of(p) or p  # chat messages held as JSON text in a cell
-            if data is None:
-                problems.append(Problem(name, row.line, None, "not a JSON object"))
-            elif p is None or (isinstance(p, str) and not p.strip()) or (isinstance(p, list) and not p):
-                problems.append(Problem(name, row.line, "prompt", "missing or empty prompt"))
-            elif not isinstance(p, (str, list)):
-                problems.append(Problem(name, row.line, "prompt", f"must be text or chat messages, got {type(p).__name__}"))
-            elif data.get("weights") is not None and not isinstance(data["weights"], dict):
-                problems.append(Problem(name, row.line, "weights", "must map objective names to numbers"))
-            else:
-                prompts.append(Prompt(len(prompts), p, data.get("user"), data.get("weights")))
-    if problems:
-        raise DataError(problems)
-    if not prompts and paths:
-        raise DataError([Problem(str(paths[0]), None, None, "no prompts")])
-    return prompts
+    rows = read_prompt_rows(paths) if paths else []
+    bad = [r.problem("weights", "must map objective names to numbers") for r in rows
+           if r.fields.get("weights") is not None and not isinstance(r.fields["weights"], dict)]
+    if bad:
+        raise DataError(bad)
+    return [Prompt(i, r.prompt, r.fields.get("user"), r.fields.get("weights")) for i, r in enumerate(rows)]
 
 
 def derived_seed(*parts: Any) -> int:
