@@ -296,6 +296,21 @@ def test_every_decoder_scores_chat_prompts_with_the_templated_conversation(metho
                                    atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("method", api.names())
+def test_every_decoder_reports_its_answers_generated_ids(method, policy, chat_tokenizer, multi_rm):
+    """`info["token_ids"]` are the ids each answer was generated as (what `pluralign serve` counts and
+    reads its finish reason from, rather than re-tokenizing the text), within the token limit."""
+    from pluralign.decode.sampler import decoded_text
+
+    controls, kwargs = _decoder_kwargs(method, policy, chat_tokenizer, multi_rm)
+    out = decode(method, policy, chat_tokenizer, MSGS, reward=multi_rm, controls=controls, **kwargs)
+    ids = out.info["token_ids"]
+    assert len(ids) == len(MSGS)
+    for p, row in enumerate(ids):
+        assert 1 <= len(row) <= controls.max_new_tokens
+        assert decoded_text(chat_tokenizer, row, None) == out.texts[p]
+
+
 def test_args_with_the_reward_models_cache_scores_the_templated_conversation(policy, chat_tokenizer, multi_rm):
     controls = Controls(weights=[1.0, 0.5], max_new_tokens=4, temperature=0.0, extra={"k": 4})
     out = decode("args", policy, chat_tokenizer, MSGS, reward=multi_rm, reward_model=multi_rm, controls=controls)

@@ -151,3 +151,22 @@ def test_mod_over_lora_adapters(tok):
     assert out.texts == want_b
     out = decode("mod", va, tok, PROMPTS, models=[vb, v0], controls=GREEDY.replace(weights=[0, 0, 1]))
     assert out.texts == want_0
+
+
+def test_search_decoders_keep_each_requests_token_limit_and_stop_strings(tok, lms):
+    """DeAL's segments of `lookahead` tokens ran past `max_new_tokens` (two of 3 tokens for a limit of 4
+    gave 6) and ignored stop strings; blockwise CD decoded every request with the first one's n, limit and
+    temperature."""
+    deal = Controls(max_new_tokens=4, seed=0, extra={"lookahead": 3, "init_beams": 2, "beams": 1, "max_iterations": 5})
+    out = decode("deal", lms[0], tok, PROMPTS, reward=cat_reward, controls=deal)
+    assert max(len(ids) for ids in out.info["token_ids"]) == 4
+    word = out.texts[0].split()[-1]
+    stopped = decode("deal", lms[0], tok, PROMPTS[:1], reward=cat_reward, controls=deal.replace(stop=[word]))
+    assert word not in stopped.texts[0]
+
+    short, long = Controls(n=2, max_new_tokens=3, seed=1, extra={"block": 2}), Controls(n=5, max_new_tokens=7, seed=1)
+    mixed = decode("cd_block", lms[0], tok, PROMPTS[:2], reward=cat_reward, controls=[short, long])
+    alone = [decode("cd_block", lms[0], tok, [p], reward=cat_reward, controls=c)
+             for p, c in zip(PROMPTS[:2], [short, long], strict=True)]
+    assert mixed.texts == [a.texts[0] for a in alone]
+    assert [len(ids) for ids in mixed.info["token_ids"]] == [3, 7]

@@ -230,11 +230,12 @@ def merge_results(parts: list[tuple[list[int], DecodeResult]], n: int) -> Decode
                         info={"groups": [idx for idx, _ in parts], **per_request})
 
 
-def groups(controls: list[Controls], *keys: str) -> list[tuple[list[int], Controls]]:
-    """Indices of requests sharing the given control fields (they can share one batch)."""
+def groups(controls: list[Controls], *keys: str, extra: Sequence[str] = ()) -> list[tuple[list[int], Controls]]:
+    """Indices of requests sharing the given control fields and `extra` options (they can share one batch)."""
     out: dict[tuple, list[int]] = {}
     for i, c in enumerate(controls):
-        out.setdefault(tuple(repr(getattr(c, k)) for k in keys), []).append(i)
+        key = tuple(repr(getattr(c, k)) for k in keys) + tuple(repr(c.extra.get(k)) for k in extra)
+        out.setdefault(key, []).append(i)
     return [(idx, controls[idx[0]]) for idx in out.values()]
 
 

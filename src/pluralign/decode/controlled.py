@@ -16,10 +16,18 @@ from typing import Any
 
 import torch
 
-from pluralign.decode.api import TOKENWISE_OPTIONS, Controls, DecodeResult, finish, register, weights_matrix
+from pluralign.decode.api import (
+    TOKENWISE_OPTIONS,
+    Controls,
+    DecodeResult,
+    finish,
+    groups,
+    register,
+    weights_matrix,
+)
 from pluralign.decode.kv import Compute, LMState, encode_prompts, left_pad, model_device, pad_id_of
 from pluralign.decode.rewards import Counted, as_reward, score_groups
-from pluralign.decode.sampler import eval_mode, sample
+from pluralign.decode.sampler import decoded_text, eval_mode, sample
 from pluralign.decode.tokenwise import (
     choice_logq,
     pick,
@@ -164,34 +172,35 @@ def cd_tokenwise(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any 
 def cd_blockwise(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any = None, controls: list[Controls],
                  value_model: ValueModel | None = None, **_: Any) -> DecodeResult:
     """Blockwise best-of-K: K = controls.n continuations of M = extra["block"] tokens (default 4) per step;
-    keep the best by the value model (or by the request-weighted reward of the partial text)."""
+    keep the best by the value model (or by the request-weighted reward of the partial text). Requests
+    whose sampling settings differ are decoded in separate batches, each to its own limit and stop strings."""
     if value_model is None and reward is None:
         raise ConfigError("cd_block needs value_model= or a reward")
     counted = Counted(reward) if reward is not None else None
     compute, pad = Compute(), pad_id_of(tokenizer, model)
     ids = encode_prompts(tokenizer, prompts, [c.chat_template for c in controls])
     gen: list[list[int]] = [[] for _ in prompts]
-    active = list(range(len(prompts)))
-    step = 0
-    while active:
-        c0 = controls[active[0]]
-        M = int(c0.extra.get("block", 4))
-        s = sample(model, tokenizer, [ids[i] + gen[i] for i in active], n=c0.n,
-                   max_new_tokens=min(M, max(c0.max_new_tokens - min(len(gen[i]) for i in active), 1)),
-                   temperature=c0.temperature, top_k=c0.top_k, top_p=c0.top_p,
-                   seed=None if c0.seed is None else c0.seed + step)
-        compute.add(s.compute)
-        util = _block_scores(s, active, ids, gen, prompts, controls, tokenizer, value_model, counted, pad)
-        still = []
-        for j, i in enumerate(active):
-            b = int(util[j].argmax())
-            gen[i] = gen[i] + s.token_ids[j][b]
-            if s.finish[j][b] != "eos" and len(gen[i]) < controls[i].max_new_tokens:
-                still.append(i)
-        active, step = still, step + 1
-    texts = [tokenizer.decode(g, skip_special_tokens=True) for g in gen]
+    for active, c in groups(controls, "n", "max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed",
+                            extra=("block",)):
+        step = 0
+        while active:
+            # every active row is step·M tokens long (a shorter one ended): the last block stops at the limit
+            s = sample(model, tokenizer, [ids[i] + gen[i] for i in active], n=c.n,
+                       max_new_tokens=min(int(c.extra.get("block", 4)), c.max_new_tokens - len(gen[active[0]])),
+                       temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, stop=c.stop,
+                       seed=None if c.seed is None else c.seed + step)
+            compute.add(s.compute)
+            util = _block_scores(s, active, ids, gen, prompts, controls, tokenizer, value_model, counted, pad)
+            still = []
+            for j, i in enumerate(active):
+                b = int(util[j].argmax())
+                gen[i] = gen[i] + s.token_ids[j][b]
+                if s.finish[j][b] == "length" and len(gen[i]) < c.max_new_tokens:
+                    still.append(i)
+            active, step = still, step + 1
+    texts = [decoded_text(tokenizer, g, c.stop) for g, c in zip(gen, controls, strict=True)]
     return finish(texts, prompts, reward, controls, compute=compute,
-                  reward_compute=counted.compute if counted else None)
+                  reward_compute=counted.compute if counted else None, info={"token_ids": gen})
 
 
 def _block_scores(s, active, ids, gen, prompts, controls, tokenizer, value_model, counted, pad) -> torch.Tensor:

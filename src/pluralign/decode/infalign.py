@@ -56,7 +56,7 @@ def infalign(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, con
     """Best-of-n on the request-weighted sum of per-objective calibrated, transformed rewards.
     extra: m (reference samples per prompt, default 2n), transform ("bon"), t (1.0)."""
     counted = _need_reward(reward, "infalign")
-    cands, _, compute, _ = draw_candidates(model, tokenizer, prompts, controls)
+    cands, _, compute, ids = draw_candidates(model, tokenizer, prompts, controls)
     refs_ctl = [c.replace(seed=(c.seed or 0) + 104729) for c in controls]
     refs, _, comp, _ = draw_candidates(model, tokenizer, prompts, refs_ctl, n_of=lambda c: int(c.extra.get("m", 2 * c.n)))
     compute.add(comp)
@@ -75,4 +75,5 @@ def infalign(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, con
     scores = torch.stack([per[p][i] for p, i in enumerate(chosen)])
     return DecodeResult(texts=[cands[p][i] for p, i in enumerate(chosen)], scores=scores, objectives=names,
                         utility=(scores * w).sum(-1), candidates=cands, candidate_scores=per, compute=compute,
-                        reward_compute=counted.compute, info={"chosen": chosen, "calibrated_utility": cal_utils})
+                        reward_compute=counted.compute, info={"chosen": chosen, "calibrated_utility": cal_utils,
+                              "token_ids": [ids[p][i] for p, i in enumerate(chosen)]})

@@ -64,7 +64,7 @@ def map_decode(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, c
     select by λᵀr: BoN (default) or soft BoN at temperature 1 (extra["select"] = "soft", the sample
     analogue of p·exp(λᵀr)). Feasibility and λ are in info."""
     counted = _need_reward(reward, "map")
-    cands, _, compute, _ = draw_candidates(model, tokenizer, prompts, controls)
+    cands, _, compute, ids = draw_candidates(model, tokenizer, prompts, controls)
     per, _ = score_candidates(counted, prompts, cands, controls)
     pool = torch.cat(per)
     texts, chosen, sols = [], [], []
@@ -83,5 +83,6 @@ def map_decode(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, c
                         utility=torch.stack([scores[p] @ s.lam for p, s in enumerate(sols)]), candidates=cands,
                         candidate_scores=per, compute=compute, reward_compute=counted.compute,
                         info={"lambda": [s.lam.tolist() for s in sols], "feasible": [s.feasible for s in sols],
-                              "achieved": [s.achieved.tolist() for s in sols]},
+                              "achieved": [s.achieved.tolist() for s in sols],
+                              "token_ids": [ids[p][i] for p, i in enumerate(chosen)]},
                         row_info=("lambda", "feasible", "achieved"))

@@ -42,16 +42,17 @@ def rejection(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, co
     info["exhausted"]). Without M: the RSO approximation over n candidates."""
     counted = _need_reward(reward, "rejection")
     compute = Compute()
-    texts, scores, utils, exhausted = [None] * len(prompts), [None] * len(prompts), [None] * len(prompts), []
+    texts, scores, utils, ids = ([None] * len(prompts) for _ in range(4))
+    exhausted = []
     todo = list(range(len(prompts)))
     rounds = max(int(c.extra.get("max_rounds", 20)) for c in controls)
     # one stream for the whole call: per-prompt generators with equal seeds would share their uniforms
     g = torch.Generator().manual_seed(controls[0].seed if controls and controls[0].seed is not None else 0)
-    best: dict[int, tuple[float, str, torch.Tensor]] = {}
+    best: dict[int, tuple[float, str, torch.Tensor, list[int]]] = {}
     for rnd in range(rounds):
         ctl = [controls[i].replace(seed=None if controls[i].seed is None else controls[i].seed + 7919 * rnd)
                for i in todo]
-        cands, _, comp, _ = draw_candidates(model, tokenizer, [prompts[i] for i in todo], ctl)
+        cands, _, comp, cand_ids = draw_candidates(model, tokenizer, [prompts[i] for i in todo], ctl)
         compute.add(comp)
         per, util = score_candidates(counted, [prompts[i] for i in todo], cands, ctl)
         still = []
@@ -64,17 +65,17 @@ def rejection(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, co
                 k = int(acc[0]) if len(acc) else None
                 b = int(util[j].argmax())
                 if i not in best or float(util[j][b]) > best[i][0]:
-                    best[i] = (float(util[j][b]), cands[j][b], per[j][b])
+                    best[i] = (float(util[j][b]), cands[j][b], per[j][b], cand_ids[j][b])
             if k is None:
                 still.append(i)
             else:
-                texts[i], scores[i], utils[i] = cands[j][k], per[j][k], util[j][k]
+                texts[i], scores[i], utils[i], ids[i] = cands[j][k], per[j][k], util[j][k], cand_ids[j][k]
         todo = still
         if not todo:
             break
     for i in todo:
         exhausted.append(i)
-        utils[i], texts[i], scores[i] = torch.tensor(best[i][0]), best[i][1], best[i][2]
+        utils[i], texts[i], scores[i], ids[i] = torch.tensor(best[i][0]), best[i][1], best[i][2], best[i][3]
     return DecodeResult(texts=texts, scores=torch.stack(scores), objectives=objective_names(reward, scores[0].numel()),
                         utility=torch.stack([torch.as_tensor(u) for u in utils]), compute=compute,
-                        reward_compute=counted.compute, info={"exhausted": exhausted})
+                        reward_compute=counted.compute, info={"exhausted": exhausted, "token_ids": ids})

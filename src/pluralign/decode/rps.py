@@ -51,6 +51,7 @@ def rps(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls
     names = getattr(reward, "objectives", None)
     compute = Compute()
     cands: list[list[str]] = []
+    cand_ids: list[list[list[int]]] = []
     for p, c in enumerate(controls):
         m = len(names) if names else len(c.weights)
         names_p = objective_names(reward, m)
@@ -62,13 +63,16 @@ def rps(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls
         # identical conditioned prompts share one prefill and are sampled together (n = multiplicity)
         counts = Counter(repr(x) for x in conditioned)
         row: list[str] = []
+        row_ids: list[list[int]] = []
         for key, mult in counts.items():
             x = next(x for x in conditioned if repr(x) == key)
             s = sample(model, tokenizer, [x], n=mult, max_new_tokens=c.max_new_tokens, temperature=c.temperature,
                        top_k=c.top_k, top_p=c.top_p, stop=c.stop, seed=c.seed, chat_template=c.chat_template)
             compute.add(s.compute)
             row.extend(s.texts[0])
+            row_ids.extend(s.token_ids[0])
         cands.append(row)
+        cand_ids.append(row_ids)
     per, util = score_candidates(counted, prompts, cands, controls)
     chosen = [select_best(u) for u in util]
     scores = torch.stack([per[p][i] for p, i in enumerate(chosen)])
@@ -76,4 +80,4 @@ def rps(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls
                         objectives=objective_names(reward, scores.shape[1]),
                         utility=torch.stack([util[p][i] for p, i in enumerate(chosen)]), candidates=cands,
                         candidate_scores=per, compute=compute, reward_compute=counted.compute,
-                        info={"chosen": chosen})
+                        info={"chosen": chosen, "token_ids": [cand_ids[p][i] for p, i in enumerate(chosen)]})

@@ -124,9 +124,14 @@ class Generation:
         return any(s in tail for s in self.stop)
 
     def text(self, row: int) -> str:
-        text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-        cuts = [text.find(s) for s in self.stop if s in text]
-        return text[: min(cuts)] if cuts else text
+        return decoded_text(self.tokenizer, self.tokens[row], self.stop)
+
+
+def decoded_text(tokenizer: Any, ids: Sequence[int], stop: Sequence[str] | None) -> str:
+    """The generated ids as text (special tokens left out), cut at the first stop string."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=True)
+    cuts = [text.find(s) for s in stop or () if s and s in text]
+    return text[: min(cuts)] if cuts else text
 
 
 def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

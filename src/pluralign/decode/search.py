@@ -17,7 +17,7 @@ import torch
 from pluralign.decode.api import Controls, DecodeResult, finish, register, weights_matrix
 from pluralign.decode.kv import Compute, encode_prompts
 from pluralign.decode.rewards import Counted, score_groups
-from pluralign.decode.sampler import sample
+from pluralign.decode.sampler import decoded_text, sample
 from pluralign.errors import ConfigError
 
 
@@ -75,14 +75,12 @@ def deal(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any = None, 
     """DeAL search per prompt; λ = controls.w; extra: lookahead, init_beams, beams, max_iterations."""
     counted = Counted(reward) if reward is not None else None
     compute = Compute()
-    texts = []
-    for p, c in enumerate(controls):
-        texts.append(_search_one(model, tokenizer, prompts[p], c, counted, compute))
-    return finish(texts, prompts, reward, controls, compute=compute,
-                  reward_compute=counted.compute if counted else None)
+    found = [_search_one(model, tokenizer, prompts[p], c, counted, compute) for p, c in enumerate(controls)]
+    return finish([text for text, _ in found], prompts, reward, controls, compute=compute,
+                  reward_compute=counted.compute if counted else None, info={"token_ids": [ids for _, ids in found]})
 
 
-def _search_one(model, tokenizer, prompt, c: Controls, reward, compute: Compute) -> str:
+def _search_one(model, tokenizer, prompt, c: Controls, reward, compute: Compute) -> tuple[str, list[int]]:
     look, width = int(c.extra.get("lookahead", 10)), int(c.extra.get("init_beams", 5))
     keep_k, iters = int(c.extra.get("beams", 3)), int(c.extra.get("max_iterations", 10))
     if keep_k > width:
@@ -94,20 +92,21 @@ def _search_one(model, tokenizer, prompt, c: Controls, reward, compute: Compute)
         open_beams = [b for b in beams if not b[2]]
         if not open_beams:
             break
-        s = sample(model, tokenizer, [base + b[0] for b in open_beams], n=width, max_new_tokens=look,
-                   temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
-                   seed=None if c.seed is None else c.seed + it)
+        # open beams are all it·look tokens long (a shorter one ended): the last segment stops at the limit
+        s = sample(model, tokenizer, [base + b[0] for b in open_beams], n=width,
+                   max_new_tokens=min(look, c.max_new_tokens - len(open_beams[0][0])), temperature=c.temperature,
+                   top_k=c.top_k, top_p=c.top_p, stop=c.stop, seed=None if c.seed is None else c.seed + it)
         compute.add(s.compute)
         cands = [b for b in beams if b[2]]
         for j, b in enumerate(open_beams):
             for i in range(width):
                 ids = b[0] + s.token_ids[j][i]
-                done = s.finish[j][i] == "eos" or len(ids) >= c.max_new_tokens
+                done = s.finish[j][i] in ("eos", "stop") or len(ids) >= c.max_new_tokens
                 cands.append((ids, b[1] + float(s.sum_logps[j, i]), done))
-        decoded = [tokenizer.decode(ids, skip_special_tokens=True) for ids, _, _ in cands]
+        decoded = [decoded_text(tokenizer, ids, c.stop) for ids, _, _ in cands]
         h = heuristic(decoded, prompt, c, reward)
         f = torch.tensor([lp for _, lp, _ in cands]) + float(c.w) * h
         order = torch.argsort(f, descending=True, stable=True)[:keep_k].tolist()
         beams = [cands[i] for i in order]
         best = beams
-    return tokenizer.decode(best[0][0], skip_special_tokens=True)
+    return decoded_text(tokenizer, best[0][0], c.stop), best[0][0]
