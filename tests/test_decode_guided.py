@@ -170,3 +170,21 @@ def test_search_decoders_keep_each_requests_token_limit_and_stop_strings(tok, lm
              for p, c in zip(PROMPTS[:2], [short, long], strict=True)]
     assert mixed.texts == [a.texts[0] for a in alone]
     assert [len(ids) for ids in mixed.info["token_ids"]] == [3, 7]
+
+
+@pytest.mark.parametrize("method", ["args", "cd", "genarm", "mod", "tq_star"])
+def test_token_level_decoders_give_batched_requests_their_own_stop_strings_and_k(method, tok, lms):
+    """One call holding requests with different stop strings, k or top-k (as a server batches them)
+    equals a call per request; all used the first request's before."""
+    value = ValueModel.new(lms[0])
+    kwargs = {"cd": {"value_model": value}, "tq_star": {"baseline": lms[1]}, "genarm": {"models": [lms[1]]},
+              "mod": {"models": [lms[1]]}}.get(method, {})
+    base = Controls(max_new_tokens=6, temperature=0.0, w=1.0)
+    k = {"args": "k", "cd": "k", "tq_star": "k"}.get(method)
+    first = decode(method, lms[0], tok, PROMPTS[:1], reward=cat_reward, controls=base, **kwargs).texts[0]
+    controls = [base.replace(extra={k: 2} if k else {}, top_k=3), base.replace(stop=[first.split()[1]])]
+    mixed = decode(method, lms[0], tok, PROMPTS[:1] * 2, reward=cat_reward, controls=controls, **kwargs)
+    alone = [decode(method, lms[0], tok, PROMPTS[:1], reward=cat_reward, controls=c, **kwargs).texts[0]
+             for c in controls]
+    assert mixed.texts == alone
+    assert first.split()[1] not in mixed.texts[1]

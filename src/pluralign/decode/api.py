@@ -127,13 +127,19 @@ get = _DECODERS.get
 # decoder (`pluralign.decode.tokenwise`), and RiC's target scores, which a conditioned model reads whatever
 # the decoder. Any other key is an error, not silently ignored: `--set kk=10` is a typo of `k`.
 _OPTIONS: dict[str, frozenset[str]] = {}
+_BATCH_SHARED: dict[str, tuple[str, ...]] = {}
 TOKENWISE_OPTIONS = ("mode", "eos")
+# what a token-by-token decoder reads once for its whole batch (`pluralign.decode.tokenwise`)
+TOKENWISE_SHARED = ("stop", "eos")
 SHARED_OPTIONS = frozenset({"scores"})
 
 
-def register(name: str, options: Sequence[str] = ()) -> Callable[[Decoder], Decoder]:
-    """Register decoder `name`; `options` are the `controls.extra` keys it reads."""
+def register(name: str, options: Sequence[str] = (), batch_shared: Sequence[str] = ()) -> Callable[[Decoder], Decoder]:
+    """Register decoder `name`; `options` are the `controls.extra` keys it reads; `batch_shared` the control
+    fields (or `extra` keys) it reads once for a whole call, so that `decode` gives requests differing in
+    them separate calls (a server batches whatever requests arrive together)."""
     _OPTIONS[name] = frozenset(options)
+    _BATCH_SHARED[name] = tuple(batch_shared)
     return _DECODERS.register(name)
 
 
@@ -167,11 +173,16 @@ def decode(method: str, model: Any, tokenizer: Any, prompts: Sequence[Any], *, r
     fn = get(method)
     prompts, controls, reward = list(prompts), per_request(controls, len(prompts)), as_reward(reward)
     check_options(method, controls)
+    shared = _BATCH_SHARED.get(method, ())
+    fields = [k for k in shared if k in Controls.__dataclass_fields__]
     parts = []
     for idx, shown, steered in conditioned_groups(model, tokenizer, prompts, controls):
         with steered():
-            parts.append((idx, fn(model, tokenizer, shown, reward=reward, controls=[controls[i] for i in idx],
-                                  **kwargs)))
+            batches = groups([controls[i] for i in idx], *fields, extra=[k for k in shared if k not in fields])
+            for batch, _ in batches:
+                ids = [idx[j] for j in batch]
+                parts.append((ids, fn(model, tokenizer, [shown[j] for j in batch], reward=reward,
+                                      controls=[controls[i] for i in ids], **kwargs)))
     return parts[0][1] if len(parts) == 1 else merge_results(parts, len(prompts))
 
 

@@ -17,7 +17,15 @@ from typing import Any
 
 import torch
 
-from pluralign.decode.api import TOKENWISE_OPTIONS, Controls, DecodeResult, finish, register, weights_matrix
+from pluralign.decode.api import (
+    TOKENWISE_OPTIONS,
+    TOKENWISE_SHARED,
+    Controls,
+    DecodeResult,
+    finish,
+    register,
+    weights_matrix,
+)
 from pluralign.decode.kv import Compute
 from pluralign.decode.rewards import CachedReward, Counted, score_groups
 from pluralign.decode.tokenwise import (
@@ -117,7 +125,7 @@ def as_cached(reward_model: Any, tokenizer: Any) -> CachedReward | None:
     return CachedReward.from_sequence_classifier(reward_model, pad_id=pad)
 
 
-@register("args", options=("k", *TOKENWISE_OPTIONS))
+@register("args", options=("k", *TOKENWISE_OPTIONS), batch_shared=("k", "top_k", *TOKENWISE_SHARED))
 def args_decode(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any = None, controls: list[Controls],
                 reward_model: Any = None, **_: Any) -> DecodeResult:
     """ARGS with per-request w (controls.w), objective weights, k (extra["k"], default 10) and mode

@@ -18,6 +18,7 @@ import torch
 
 from pluralign.decode.api import (
     TOKENWISE_OPTIONS,
+    TOKENWISE_SHARED,
     Controls,
     DecodeResult,
     finish,
@@ -151,7 +152,7 @@ class CDGuide:
         self.state.advance(tokens)
 
 
-@register("cd", options=("k", *TOKENWISE_OPTIONS))
+@register("cd", options=("k", *TOKENWISE_OPTIONS), batch_shared=("k", "top_k", *TOKENWISE_SHARED))
 def cd_tokenwise(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any = None, controls: list[Controls],
                  value_model: ValueModel | None = None, **_: Any) -> DecodeResult:
     """Token-wise controlled decoding with λ = controls.w and k = extra["k"] (default 10)."""

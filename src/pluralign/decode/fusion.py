@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from pluralign.decode.api import TOKENWISE_OPTIONS, Controls, DecodeResult, finish, register
+from pluralign.decode.api import TOKENWISE_OPTIONS, TOKENWISE_SHARED, Controls, DecodeResult, finish, register
 from pluralign.decode.kv import Compute, LMState, pad_id_of
 from pluralign.decode.sampler import eval_mode, warp_logits
 from pluralign.decode.tokenwise import choice_logq, pick, row_settings, run_tokenwise, tokenwise_info
@@ -135,5 +135,7 @@ def _fusion(kind: str):
     return run
 
 
-register("genarm", options=("alpha", *TOKENWISE_OPTIONS))(_fusion("genarm"))
-register("mod", options=("form", "alpha", *TOKENWISE_OPTIONS))(_fusion("mod"))
+register("genarm", options=("alpha", *TOKENWISE_OPTIONS),
+         batch_shared=("top_k", "top_p", *TOKENWISE_SHARED))(_fusion("genarm"))
+register("mod", options=("form", "alpha", *TOKENWISE_OPTIONS),
+         batch_shared=("top_k", "top_p", "form", "alpha", *TOKENWISE_SHARED))(_fusion("mod"))

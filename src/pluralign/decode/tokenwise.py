@@ -13,7 +13,7 @@ import torch
 
 from pluralign.decode.api import Controls
 from pluralign.decode.kv import Compute, LMState, encode_prompts, pad_id_of
-from pluralign.decode.sampler import Generation, eos_ids, eval_mode, make_generator, warp_logits
+from pluralign.decode.sampler import Generation, eos_ids, eval_mode, make_generator
 
 
 class Guide(Protocol):
@@ -91,27 +91,6 @@ def run_tokenwise(model: Any, tokenizer: Any, prompts: list[Any], controls: list
             state.advance(tok)
             guide.advance(tok)
     return [gen.text(r) for r in range(len(prompts))], gen, compute
-
-
-class PlainSampling:
-    """The trivial guide: sample from (or take the argmax of) the policy itself."""
-
-    def __init__(self, controls: list[Controls], generator: torch.Generator | None):
-        self.controls, self.generator = controls, generator
-
-    def choose(self, logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
-        greedy, temp = row_settings(self.controls, rows, logits.device)
-        c = self.controls[rows[0]]
-        scores = warp_logits(logits, 1.0, c.top_k, c.top_p)
-        tok = pick(scores, greedy, temp, self.generator)
-        self.last_logq = choice_logq(scores, tok, greedy, temp)
-        return tok
-
-    def advance(self, tokens: torch.Tensor) -> None:
-        pass
-
-    def keep(self, index: list[int]) -> None:
-        pass
 
 
 def tokenwise_info(gen: Generation) -> dict:

@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-from pluralign.decode.api import TOKENWISE_OPTIONS, Controls, DecodeResult, finish, register, weights_matrix
+from pluralign.decode.api import (
+    TOKENWISE_OPTIONS,
+    TOKENWISE_SHARED,
+    Controls,
+    DecodeResult,
+    finish,
+    register,
+    weights_matrix,
+)
 from pluralign.decode.kv import Compute
 from pluralign.decode.rewards import Counted, as_reward, score_groups
 from pluralign.decode.sampler import sample
@@ -95,7 +103,8 @@ class TQGuide:
         pass
 
 
-@register("tq_star", options=("k", "rollout", "beta_bl", *TOKENWISE_OPTIONS))
+@register("tq_star", options=("k", "rollout", "beta_bl", *TOKENWISE_OPTIONS),
+          batch_shared=("k", "top_k", "rollout", *TOKENWISE_SHARED))
 def tq_star(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls: list[Controls],
             baseline: Any = None, baseline_reward: Any = None, **_: Any) -> DecodeResult:
     """TQ* with α = controls.w, k = extra["k"] (10), rollout = extra["rollout"] (20). `baseline` is ρ_BL
