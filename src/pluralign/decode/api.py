@@ -87,7 +87,8 @@ class DecodeResult:
     candidate_scores: everything considered (sequence-level methods); compute: policy (and auxiliary
     model) forward passes and tokens; reward_compute: reward evaluations; info: the decoder's own facts,
     where a list with one entry per prompt is per request (kept, reordered, when results over subsets of
-    the requests merge) and those named in `row_info` are also written into each prompt's row."""
+    the requests merge) and those named in `row_info` are also written into each prompt's row. Every
+    decoder puts each answer's generated token ids (end-of-sequence included) in `info["token_ids"]`."""
 
     texts: list[str]
     scores: torch.Tensor | None = None

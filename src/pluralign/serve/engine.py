@@ -331,17 +331,13 @@ class Engine:
         res = decode(method, self.loaded.model, tok, prompts, reward=reward, controls=controls,
                      **method_kwargs(method, reward, tok, self.loaded.models))
         per_job: dict[int, list[dict]] = {id(job): [] for job in jobs}
-        sampled = res.info.get("token_ids")  # the answer's own generated ids, when the decoder reports them
         eos = eos_ids(tok, self.loaded.model)
         for row, (job, _) in enumerate(where):
-            text = res.texts[row]
-            if sampled is not None:  # as the sampler decides: the end-of-sequence token wins over the limit
-                ids = sampled[row]
-                n_tok, at_limit = len(ids), len(ids) >= job.controls.max_new_tokens and not (ids and ids[-1] in eos)
-            else:  # a decoder that builds its text otherwise (token-level search): counted from the text
-                n_tok = len(tok(text, add_special_tokens=False)["input_ids"])
-                at_limit = n_tok >= job.controls.max_new_tokens
-            choice = {"text": text, "tokens": n_tok, "finish_reason": "length" if at_limit else "stop"}
+            # every decoder reports each answer's generated ids; as the sampler decides, the end-of-sequence
+            # token wins over the limit
+            ids = res.info["token_ids"][row]
+            at_limit = len(ids) >= job.controls.max_new_tokens and not (ids and ids[-1] in eos)
+            choice = {"text": res.texts[row], "tokens": len(ids), "finish_reason": "length" if at_limit else "stop"}
             if res.scores is not None:
                 choice["scores"] = dict(zip(res.objectives, res.scores[row].tolist(), strict=True))
                 choice["utility"] = float(res.utility[row])
