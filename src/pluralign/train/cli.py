@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 from typing import Any
 
 from pluralign.errors import ConfigError, PluralignError
@@ -114,5 +115,7 @@ def _train(args: argparse.Namespace) -> int:
     result = run(config)
     where = getattr(result, "model_dir", None)
     if where is not None:
-        print(f"model saved to {where} (run directory {result.run_dir}: config.yaml, metrics.jsonl, checkpoints/)")
+        held = [name for name in ("config.yaml", "metrics.jsonl", "checkpoints/")
+                if (Path(result.run_dir) / name.rstrip("/")).exists()]  # checkpoints only with loop.save_every
+        print(f"model saved to {where} (run directory {result.run_dir}: {', '.join(held)})")
     return 0
