@@ -65,3 +65,8 @@ def metric_rows(tmp_path: Path) -> list[dict]:
 
 def weights(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def any_cat_reward(prompts, responses):
+    """1 when a 'cat' appears, else 0: a pass/fail reward whose groups are often all-0 or all-1 (flat)."""
+    return [float("cat" in r.split()) for r in responses]

@@ -111,3 +111,50 @@ def test_grpo_trains_to_the_same_weights_grouped_or_not(tmp_path):
     assert any(not torch.equal(v, load_model(str(base)).state_dict()[k]) for k, v in out[True].items())
     for k, v in out[True].items():  # Adam moves each weight by ~lr = 1e-2 a step: float rounding stays far below
         torch.testing.assert_close(v, out[False][k], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_completions_without_gradient_are_not_forwarded_and_the_update_is_the_same(tmp_path, monkeypatch, shared):
+    """Under a pass/fail reward many GRPO groups are flat: their advantages are 0 and so is their gradient.
+    Those rows are left out of the training forward (grouped or not); the weights equal those of a run that
+    trains every row, since the token-mean denominator still counts them."""
+    from online_toys import any_cat_reward, metric_rows
+
+    from pluralign.online.methods import PolicyGradient
+
+    base = make_model_dir(tmp_path / "base")
+
+    def train(name):
+        cfg = from_dict(OnlineConfig, {"model": str(base), "output_dir": str(tmp_path / name / "out"), "group_size": 4,
+                                       "max_new_tokens": 6, "shared_prompt": shared, "algorithm": "grpo",
+                                       "loop": {"learning_rate": 1e-2, "batch_size": 4, "max_steps": 3,
+                                                "progress": False, "scheduler": "constant", "log_every": 1}})
+        return load_model(run(cfg, prompts=PROMPTS, reward_objects=[any_cat_reward]).model_dir).state_dict()
+
+    skipped = train("skipped")
+    trained = [r["trained_fraction"] for r in metric_rows(tmp_path / "skipped") if "trained_fraction" in r]
+    assert min(trained) < 1 and max(trained) > 0  # some rows skipped, some trained
+    monkeypatch.setattr(PolicyGradient, "_live_rows", lambda self, adv, mask: None)
+    full = train("full")
+    assert any(not torch.equal(v, load_model(str(base)).state_dict()[k]) for k, v in skipped.items())
+    for k, v in skipped.items():
+        torch.testing.assert_close(v, full[k], atol=1e-5, rtol=0)
+
+
+def test_rows_are_skipped_only_where_their_gradient_is_zero():
+    from pluralign.online.methods import PolicyGradient
+
+    def method(**kw):
+        args = dict(tokenizer=None, estimator="grpo", estimator_params={}, loss="clip", loss_params={},
+                    aggregation="token_mean", max_len=4, beta=0.0, kl_estimator="k3", kl_in="loss",
+                    kl_bias_correction=False, reference=None)
+        return PolicyGradient(**(args | kw))
+
+    adv = torch.tensor([0.0, 1.0, 0.0, -1.0])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    assert method()._live_rows(adv, mask).tolist() == [False, True, False, False]
+    assert method()._live_rows(torch.zeros(4), mask).tolist() == [True, False, False, False]  # one row keeps the graph
+    assert method()._live_rows(torch.ones(4), torch.ones(4, 2)) is None  # all live: nothing to skip
+    assert method(beta=0.1)._live_rows(adv, mask) is None  # the KL term has gradient where the advantage is 0
+    assert method(beta=0.1, kl_in="reward")._live_rows(adv, mask) is not None
+    assert method(reuse=True)._live_rows(adv, mask) is None  # later epochs' ratios are not 1

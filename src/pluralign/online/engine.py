@@ -152,7 +152,8 @@ class Engine:
             batch["scale"] = scale
             if train_tps is not None:
                 batch["metrics"] = batch["metrics"] | {"train_tokens_per_s": torch.tensor(train_tps)}  # of the previous step
-            train_tokens += int(batch["attention_mask"].sum())
+            trained = batch["attention_mask"] if "live" not in batch else batch["attention_mask"][batch["live"]]
+            train_tokens += int(trained.sum())
             self.ready[key] = batch
         self._train_clock = (time.perf_counter(), train_tokens)
 

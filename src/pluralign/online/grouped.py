@@ -44,6 +44,8 @@ def grouped_rows(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[
     rows, positions, segments, row, labels, source = [], [], [], [], [], []
     for j, prompt in enumerate(prompt_ids):
         for chunk in chunks:
+            if not any(completion_ids[j * group_size + g] for g in chunk):
+                continue  # nothing of this chunk is trained
             ids, pos, seg = list(prompt), list(range(len(prompt))), [0] * len(prompt)
             for g in chunk:
                 completion = completion_ids[j * group_size + g]
@@ -59,6 +61,8 @@ def grouped_rows(prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[
             rows.append(ids)
             positions.append(pos)
             segments.append(seg)
+    if not rows:  # no completion at all: the first prompt alone, so the batch has a row
+        rows, positions, segments = [list(prompt_ids[0])], [list(range(len(prompt_ids[0])))], [[0] * len(prompt_ids[0])]
     width = max(len(r) for r in rows)
 
     def pad(xs: list[list[int]], value: int) -> torch.Tensor:
@@ -135,9 +139,11 @@ def completion_logps(model: Any, batch: dict) -> torch.Tensor:
 
 def token_logps_grouped(model: Any, batch: dict) -> torch.Tensor:
     """The [N, T] per-token log-probs of the batch's padded rows (`completion_mask` layout), computed from
-    its grouped layout."""
+    its grouped layout (of the `live` rows only, when given: the others' are 0)."""
     values = completion_logps(model, batch)
     mask = batch["completion_mask"].bool()
+    if "live" in batch:
+        mask = mask & batch["live"][:, None]
     return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
 

@@ -42,11 +42,20 @@ class PolicyWithValue(torch.nn.Module):
 
 def policy_outputs(model: Any, batch: dict) -> tuple[Tensor, Tensor | None]:
     """Per-token log-probs [N, T] (at the position of each completion token) and, for a
-    `PolicyWithValue`, the values V(s_t) read from the hidden state that predicts token t."""
+    `PolicyWithValue`, the values V(s_t) read from the hidden state that predicts token t. With
+    `batch["live"]` only those rows are computed; the others' log-probs are 0 (they carry no gradient)."""
     if not isinstance(model, PolicyWithValue):
         if "group_input_ids" in batch:  # each prompt once for its group (online/grouped.py)
             return grouped.token_logps_grouped(model, batch), None
-        return token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]), None
+        ids, attn, cmask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+        if "live" not in batch:
+            return token_logps(model, ids, attn, cmask), None
+        rows = batch["live"].nonzero().flatten()
+        width = int(attn[rows].sum(1).max())  # right-padded: the live rows' own width
+        live = token_logps(model, ids[rows, :width], attn[rows, :width], cmask[rows, :width])
+        out = torch.zeros(cmask.shape, dtype=live.dtype, device=live.device)
+        out[rows, :width] = live
+        return out, None
     ids, attn = batch["input_ids"], batch["attention_mask"]
     position_ids = (attn.long().cumsum(-1) - 1).clamp(min=0)
     hidden = final_hidden_states(model.policy, ids, attn, position_ids)
@@ -112,6 +121,13 @@ class PolicyGradient:
         if self.mask_truncated:
             keep = keep * (~rollout.truncated).float()
         loss_mask = mask * keep[:, None]
+        live = None if isinstance(model, PolicyWithValue) else self._live_rows(adv, loss_mask)
+        if live is not None:
+            batch["live"] = live
+            if "group_input_ids" in batch:  # the live completions only, and only prompts that have one
+                kept = [c if on else [] for c, on in zip(rollout.completion_ids, live.tolist(), strict=True)]
+                k = grouped.rows_per_prompt(prompts, kept, g, grouped.pair_cost(model))
+                batch |= grouped.grouped_rows(prompts, kept, g, pad_token_id(self.tokenizer), k)
         batch |= {"advantages": adv.float(), "loss_mask": loss_mask, "row_prompt": torch.arange(len(rewards)) // g,
                   "n_prompts": len(rewards) // g}
         if self.reuse:
@@ -121,13 +137,30 @@ class PolicyGradient:
         if old_values is not None:
             batch |= {"old_values": old_values, "returns": returns}
         sampled = torch.cat(rollout.sampler_logps) if rollout.sampler_logps else None
-        metrics = {"kept_fraction": keep.mean()}
+        metrics = {"kept_fraction": keep.mean(), "trained_fraction": live.float().mean() if live is not None else torch.tensor(1.0)}
         if sampled is not None and len(sampled):
             metrics["entropy"] = -sampled.mean()  # Monte-Carlo per-token entropy of the sampling policy
         if ref is not None:
             metrics["kl"] = ((old - ref) * mask).sum(1).mean()
         batch["metrics"] = metrics
         return batch, float(_denominator(loss_mask, self.aggregation, self.max_len))
+
+    def _live_rows(self, adv: Tensor, loss_mask: Tensor) -> Tensor | None:
+        """The rows worth a training forward, when some are not: a completion whose advantage is 0 on every
+        token of its loss mask (a flat group under GRPO, e.g. all-wrong or all-right answers to a
+        verifiable reward; a group or completion masked out) adds exactly 0 to the loss and its gradient,
+        when the loss has no other term (no KL in the loss, no value head) and the update is the rollout's
+        only one (the ratio's log-probs are then detached copies). The step's denominator still counts its
+        tokens, so the update is the same. None: every row is live, or skipping does not apply. One row
+        stays live when none is, so every step still runs a forward and a backward (and DDP's reduction)."""
+        if self.reuse or (self.beta > 0 and self.kl_in == "loss"):
+            return None
+        a = adv if adv.dim() == 2 else adv[:, None].expand_as(loss_mask)
+        live = ((a != 0) & (loss_mask > 0)).any(1)
+        if bool(live.all()):
+            return None
+        live[0] = live[0] or not bool(live.any())
+        return live
 
     def minibatch(self, batch: dict, rows: Tensor) -> tuple[dict, float]:
         """The batch of rows `rows` (its per-row tensors indexed, scalars and metrics shared) and its part of
