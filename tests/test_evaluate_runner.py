@@ -46,7 +46,7 @@ def test_eval_config_and_report_in_browser(tiny_models, tmp_path):
     results = json.loads((tmp_path / "res.json").read_text())
     runs = {r["name"]: r for r in results["runs"]}
     assert runs["base"]["kl"] == pytest.approx(0.0, abs=1e-4) and runs["base"]["kl_se"] == pytest.approx(0.0, abs=1e-4)  # π = π_ref
-    assert runs["other"]["kl_se"] > 0 and runs["bon2"]["kl_se"] is None  # the bound is exact
+    assert runs["other"]["kl_se"] > 0 and "kl_se" not in runs["bon2"] and runs["bon2"]["kl_is_bound"]
     assert runs["other"]["kl"] > 0 and runs["bon2"]["kl"] == pytest.approx(np.log(2) - 0.5)
     assert "win_rate" not in runs["base"] and 0 <= runs["other"]["win_rate"]["win_rate"] <= 100
     assert set(runs["other"]["per_group"]) and len(runs["other"]["objectives"]) >= 2
@@ -198,3 +198,36 @@ def test_prompts_from_a_feedback_data_file_of_any_form(tmp_path):
                                                            [{"role": "user", "content": "second?"}]]
     (tmp_path / "pairs.csv").write_text("prompt,chosen,rejected\nq1,a,b\nq2,c,d\nq1,e,f\n")
     assert load_prompts("pairs.csv", "cfg", tmp_path) == ["q1", "q2"]
+
+
+def test_kl_is_that_of_the_distribution_decoded_from(tiny_models):
+    """KL of a model to itself at temperature 0.1 is KL(q_0.1 ‖ p), not 0: the estimate scores each answer
+    under the tempered distribution it was drawn from (it took the model's own log-probs before). One new
+    token per prompt makes the exact value a sum over the vocabulary to check it against."""
+    import torch
+
+    from pluralign.data.prompts import prompt_ids
+    from pluralign.decode.steer import load_policy
+    from pluralign.evaluate.cli import summary_lines
+
+    prompt = "question: tell me about cats. answer:"
+    model, tok = load_policy(tiny_models[0], None)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids(tok, prompt, "auto")])).logits[0, -1].double()
+    p, q = torch.log_softmax(logits, -1), torch.log_softmax(logits / 0.1, -1)
+    exact = float((q.exp() * (q - p)).sum())
+    cfg = {"prompts": [prompt] * 600, "models": [{"name": "base", "path": tiny_models[0]},
+                                                  {"name": "cold", "path": tiny_models[0]},
+                                                  {"name": "bon2", "path": tiny_models[0], "decoder": "bon",
+                                                   "reward": "gold", "controls": {"n": 2}}],
+           "generation": {"max_new_tokens": 1, "seed": 0}, "judge": {"kind": "gold", "population": "default"},
+           "metrics": ["reward", "kl"]}
+    cfg["models"][1]["controls"] = {"temperature": 0.1}
+    runs = {r["name"]: r for r in evaluate_config(cfg)["runs"]}
+    assert exact > 0.5 and abs(runs["cold"]["kl"] - exact) < 3 * runs["cold"]["kl_se"] < exact / 2
+    assert runs["base"]["kl"] == pytest.approx(0.0, abs=1e-4)
+    greedy = evaluate_config(cfg | {"models": cfg["models"][:1] + [{"name": "greedy", "path": tiny_models[0],
+                                                                   "controls": {"temperature": 0.0}}]})["runs"][1]
+    assert greedy["kl"] == pytest.approx(-float(p.max()), abs=1e-4)  # a point mass on the argmax: −log p(y)
+    lines = summary_lines({"runs": list(runs.values())})
+    assert "≤0.1931" in lines[-1] and lines[-1].startswith("bon2")

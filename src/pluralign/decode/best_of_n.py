@@ -104,18 +104,21 @@ def select_soft(util: torch.Tensor, lam: float, generator: torch.Generator | Non
 
 class Drawn(NamedTuple):
     """Candidates per prompt: texts [P][n_p], their generated token ids [P][n_p][...], the policy's
-    log-prob of each (a tensor [n_p] per prompt) and the compute spent."""
+    log-prob of each (a tensor [n_p] per prompt), the compute spent, and the log-prob of each under the
+    distribution it was drawn from (after temperature, top-k, top-p; 0 for greedy decoding)."""
 
     texts: list[list[str]]
     logps: list[torch.Tensor]
     compute: Compute
     token_ids: list[list[list[int]]]
+    proposal_logps: list[torch.Tensor]
 
 
 def draw_candidates(model: Any, tokenizer: Any, prompts: list[Any], controls: list[Controls], *,
                     n_of=lambda c: c.n) -> Drawn:
     """Sample candidates for each prompt, batching requests that share sampling settings."""
-    drawn = Drawn([[] for _ in prompts], [torch.zeros(0)] * len(prompts), Compute(), [[] for _ in prompts])
+    drawn = Drawn([[] for _ in prompts], [torch.zeros(0)] * len(prompts), Compute(), [[] for _ in prompts],
+                  [torch.zeros(0)] * len(prompts))
     keyed = [c.replace(n=n_of(c)) for c in controls]
     for idx, c in groups(keyed, "n", "max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed"):
         s = sample(model, tokenizer, [prompts[i] for i in idx], n=c.n, max_new_tokens=c.max_new_tokens,
@@ -124,6 +127,7 @@ def draw_candidates(model: Any, tokenizer: Any, prompts: list[Any], controls: li
         drawn.compute.add(s.compute)
         for j, i in enumerate(idx):
             drawn.texts[i], drawn.logps[i], drawn.token_ids[i] = s.texts[j], s.sum_logps[j], s.token_ids[j]
+            drawn.proposal_logps[i] = s.proposal_logps[j]
     return drawn
 
 
@@ -139,7 +143,7 @@ def select_decoder(method: str, choose) -> Any:
     def run(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls: list[Controls],
             **_: Any) -> DecodeResult:
         counted = _need_reward(reward, method)
-        cands, logps, compute, ids = draw_candidates(model, tokenizer, prompts, controls)
+        cands, logps, compute, ids, _ = draw_candidates(model, tokenizer, prompts, controls)
         per, util = score_candidates(counted, prompts, cands, controls)
         # one random stream per call (equal per-prompt seeds would correlate the prompts' choices)
         g = torch.Generator().manual_seed(controls[0].seed if controls and controls[0].seed is not None else 0)
@@ -162,13 +166,16 @@ def plain_sample(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any,
                  **_: Any) -> DecodeResult:
     """The policy's own samples (one per request; scored when a reward is given): how a conditioned or
     trained model is used without any decoding-time search. Each row carries `logp`, the sample's log-prob
-    under the (conditioned) policy's own distribution, before temperature or top-p; `info["token_ids"]` holds the sampled ids, so a
-    KL to a reference can be estimated without re-tokenizing the text."""
+    under the (conditioned) policy's own distribution, before temperature or top-p; `info["token_ids"]` holds the sampled ids and
+    `info["decoder_logps"]` their log-prob under the distribution they were drawn from (temperature, top-k
+    and top-p applied; 0 for greedy decoding), so the KL of what was decoded to a reference can be estimated
+    without re-tokenizing the text."""
     from pluralign.decode.api import finish
 
     drawn = draw_candidates(model, tokenizer, prompts, controls, n_of=lambda c: 1)
     return finish([row[0] for row in drawn.texts], prompts, reward, controls, compute=drawn.compute,
-                  info={"logp": [float(lp[0]) for lp in drawn.logps], "token_ids": [ids[0] for ids in drawn.token_ids]},
+                  info={"logp": [float(lp[0]) for lp in drawn.logps], "token_ids": [ids[0] for ids in drawn.token_ids],
+                        "decoder_logps": [float(lp[0]) for lp in drawn.proposal_logps]},
                   row_info=("logp",))
 
 

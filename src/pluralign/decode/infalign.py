@@ -56,9 +56,9 @@ def infalign(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, con
     """Best-of-n on the request-weighted sum of per-objective calibrated, transformed rewards.
     extra: m (reference samples per prompt, default 2n), transform ("bon"), t (1.0)."""
     counted = _need_reward(reward, "infalign")
-    cands, _, compute, ids = draw_candidates(model, tokenizer, prompts, controls)
+    cands, _, compute, ids, _ = draw_candidates(model, tokenizer, prompts, controls)
     refs_ctl = [c.replace(seed=(c.seed or 0) + 104729) for c in controls]
-    refs, _, comp, _ = draw_candidates(model, tokenizer, prompts, refs_ctl, n_of=lambda c: int(c.extra.get("m", 2 * c.n)))
+    refs, _, comp, _, _ = draw_candidates(model, tokenizer, prompts, refs_ctl, n_of=lambda c: int(c.extra.get("m", 2 * c.n)))
     compute.add(comp)
     per, _ = score_candidates(counted, prompts, cands, controls)
     ref_per, _ = score_candidates(counted, prompts, refs, controls)

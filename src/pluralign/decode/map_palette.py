@@ -64,7 +64,7 @@ def map_decode(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, c
     select by λᵀr: BoN (default) or soft BoN at temperature 1 (extra["select"] = "soft", the sample
     analogue of p·exp(λᵀr)). Feasibility and λ are in info."""
     counted = _need_reward(reward, "map")
-    cands, _, compute, ids = draw_candidates(model, tokenizer, prompts, controls)
+    cands, _, compute, ids, _ = draw_candidates(model, tokenizer, prompts, controls)
     per, _ = score_candidates(counted, prompts, cands, controls)
     pool = torch.cat(per)
     texts, chosen, sols = [], [], []

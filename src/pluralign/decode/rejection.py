@@ -52,7 +52,7 @@ def rejection(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, co
     for rnd in range(rounds):
         ctl = [controls[i].replace(seed=None if controls[i].seed is None else controls[i].seed + 7919 * rnd)
                for i in todo]
-        cands, _, comp, cand_ids = draw_candidates(model, tokenizer, [prompts[i] for i in todo], ctl)
+        cands, _, comp, cand_ids, _ = draw_candidates(model, tokenizer, [prompts[i] for i in todo], ctl)
         compute.add(comp)
         per, util = score_candidates(counted, [prompts[i] for i in todo], cands, ctl)
         still = []

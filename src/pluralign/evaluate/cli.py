@@ -80,8 +80,9 @@ def summary_lines(results: dict) -> list[str]:
              f"({results.get('judge', '')})"]
     for run in results.get("runs", []):
         win = (run.get("win_rate") or {}).get("win_rate")
+        kl = ("≤" if run.get("kl_is_bound") and num(run.get("kl")) != "-" else "") + num(run.get("kl"))
         lines.append(f"{run['name'][:20]:20s} {num(run.get('reward')):>10s} {num(run.get('reward_se')):>8s} "
-                     f"{num(run.get('kl')):>8s} {num(run.get('kl_se')):>8s} {num(win, '.1f'):>9s}")
+                     f"{kl:>8s} {num(run.get('kl_se')):>8s} {num(win, '.1f'):>9s}")
     return lines
 
 

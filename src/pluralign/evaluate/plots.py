@@ -59,7 +59,7 @@ def by_method(runs: Sequence[dict]) -> dict[str, list[dict]]:
 
 def reward_kl(runs: Sequence[dict], ylabel: str = "reward") -> bytes | None:
     """Reward vs KL(π‖π_ref) scatter, one colour per method, with 95% intervals (±1.96 se, where the run
-    gives se), the upper-left frontier (solid) and its concave envelope (dashed). None when fewer than one
+    gives se; a KL that is an upper bound is drawn as a bar from 0 to it), the upper-left frontier (solid) and its concave envelope (dashed). None when fewer than one
     run has both numbers."""
     pts = [r for r in runs if _finite(r.get("kl")) and _finite(r.get("reward"))]
     if not pts:
@@ -70,11 +70,15 @@ def reward_kl(runs: Sequence[dict], ylabel: str = "reward") -> bytes | None:
         x, y = [r["kl"] for r in group], [r["reward"] for r in group]
         yerr = [1.96 * r["reward_se"] if _finite(r.get("reward_se")) else 0.0 for r in group]
         xerr = [1.96 * r["kl_se"] if _finite(r.get("kl_se")) else 0.0 for r in group]
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=label(method), alpha=0.85)
+        # a KL that is only an upper bound (best-of-N) reaches left to 0: the run lies somewhere on that bar
+        left = [r["kl"] if r.get("kl_is_bound") else e for r, e in zip(group, xerr, strict=True)]
+        right = [0.0 if r.get("kl_is_bound") else e for r, e in zip(group, xerr, strict=True)]
+        ax.errorbar(x, y, xerr=[left, right], yerr=yerr, fmt="o", capsize=3, label=label(method), alpha=0.85)
         if len(pts) <= 12:
             for r in group:
-                ax.annotate(label(r.get("name", "")), (r["kl"], r["reward"]), fontsize=7, alpha=0.7,
-                            xytext=(3, 3), textcoords="offset points")
+                name = label(r.get("name", "")) + (" (KL ≤)" if r.get("kl_is_bound") else "")
+                ax.annotate(name, (r["kl"], r["reward"]), fontsize=7, alpha=0.7, xytext=(3, 3),
+                            textcoords="offset points")
     kl, rew = np.array([r["kl"] for r in pts]), np.array([r["reward"] for r in pts])
     f, h = frontier(kl, rew), upper_hull(kl, rew)
     if len(f) > 1:

@@ -8,6 +8,7 @@ Results schema (every key optional; unknown keys are ignored)::
       "judge": "gold utility",                                # what "reward" is: axis and column labels
       "runs": [{"name": "dpo-0.1", "method": "dpo",          # method groups colours and Pareto fronts
                 "kl": 1.2, "kl_se": 0.1, "reward": 0.53, "reward_se": 0.01, # → reward–KL plot and frontier; 95% CI ±1.96 se
+                "kl_is_bound": False,                         # true: kl is an upper bound (best-of-N), shown "≤"
                 "n": 128,                                     # prompts the means are over
                 "per_group": {"group": utility, ...},         # → per-group bars + worst/P20/Gini
                 "per_group_se": {"group": se, ...}, "per_group_n": {"group": n, ...},  # → per-group table
@@ -220,7 +221,8 @@ def _runs_table(runs: Sequence[dict], judge: str = "reward") -> str:
     rows = []
     for r, wr in zip(runs, wrs, strict=True):
         row = [r.get("name", ""), r.get("method", "")] + ([r.get("n")] if has_n else []) \
-            + [mean_ci(r.get("kl"), r.get("kl_se")), mean_ci(r.get("reward"), r.get("reward_se"))]
+            + [("≤ " if r.get("kl_is_bound") and plots._finite(r.get("kl")) else "") + mean_ci(r.get("kl"), r.get("kl_se")),
+               mean_ci(r.get("reward"), r.get("reward_se"))]
         row += [wr.get(k) for k, _ in wr_cols]
         if has_groups:
             fs = fairness_summary(r["per_group"]) if r.get("per_group") else {}

@@ -122,8 +122,9 @@ def _model_path(spec: str) -> str:
 
 def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: str = "<config>") -> dict:
     """Responses of one model entry, decoded through its conditioning scheme (RiC, heads, soups, …) with
-    the entry's controls; for plain sampling (no decoder, or ``decoder: sample``) also the policy's
-    log-prob of each sample, its ids and the unconditioned prompts, for the KL estimate."""
+    the entry's controls; for a decoder that names the distribution it drew from (plain sampling, the
+    token-level decoders) also each answer's log-prob under it, its ids and the unconditioned prompts, for
+    the KL estimate."""
     from pluralign.decode.api import Controls, decode
     from pluralign.decode.cli import unused_controls
     from pluralign.decode.steer import load_policy
@@ -141,52 +142,41 @@ def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: s
              "conditioning scheme (it was not trained to be steered) and no decoder with a reward is named")
     result = decode(decoder, model, tok, prompts, reward=entry.get("reward"), controls=controls)
     out = {"texts": list(result.texts), "model": model, "tokenizer": tok, "n": controls.n}
-    if decoder == "sample":
-        out |= {"sum_logps": result.info["logp"], "token_ids": result.info["token_ids"], "prompts": list(prompts),
-                "chat_template": controls.chat_template}
+    if "decoder_logps" in result.info:
+        out |= {"sum_logps": result.info["decoder_logps"], "token_ids": result.info["token_ids"],
+                "prompts": list(prompts), "chat_template": controls.chat_template}
     return out
 
 
-def sequence_logps_of(model: Any, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
-    """Σ log p(completion | prompt) under `model` for token-id pairs (teacher forcing, one at a time)."""
-    import torch
+def kl_estimate(entry: dict, out: dict, ref: dict) -> dict[str, Any]:
+    """The sequence KL of what the entry decoded to the reference: {"kl", "kl_se"} estimated by Monte-Carlo
+    for a decoder that names the distribution q it drew from; for a best-of-N decoder over the reference,
+    the usual log N − (N − 1)/N, an upper bound (Beirami et al. 2024; below it when rewards tie), so
+    {"kl", "kl_is_bound": True}; else nothing ({"kl": None}).
 
-    from pluralign.models import token_logps
-
-    device = next(model.parameters()).device
-    out = []
-    with torch.no_grad():
-        for prompt_ids, ids in pairs:
-            full = torch.tensor([list(prompt_ids) + list(ids)], device=device)
-            mask = torch.zeros_like(full)
-            mask[0, len(prompt_ids):] = 1
-            out.append(float(token_logps(model, full, torch.ones_like(full), mask).sum()))
-    return out
-
-
-def kl_estimate(entry: dict, out: dict, ref: dict) -> tuple[float | None, float | None]:
-    """Sequence KL to the reference and its standard error: Monte-Carlo for plain sampling (temperature 1),
-    the best-of-N bound for a bon decoder (exact, no error), (None, None) otherwise.
-
-    The Monte-Carlo estimate is mean log π(y | x, c) − log π_ref(y | x) over the policy's samples y, where
-    c is what a conditioned policy was shown (RiC scores, a statement) and the reference reads the prompt
-    x as its own tokenizer renders it. The sampled ids are scored as they are, so a reference whose
-    tokenizer reads them otherwise (another vocabulary) gets no estimate, with a warning."""
+    The Monte-Carlo estimate is mean log q(y | x, c) − log π_ref(y | x) over the decoded answers y: q is
+    the policy after temperature, top-k and top-p (plain sampling), or a token-level decoder's own choice
+    distribution, a point mass (log q = 0) for greedy decoding; c is what a conditioned policy was shown
+    (RiC scores, a statement), and the reference reads the prompt x as its own tokenizer renders it. The
+    ids are scored as they are, so a reference whose tokenizer reads them otherwise (another vocabulary)
+    gets no estimate, with a warning."""
     if "sum_logps" in out:
         from pluralign.data.prompts import prompt_ids
+        from pluralign.models.logprobs import completion_sums
 
         ref_tok, tok = ref["tokenizer"], out["tokenizer"]
         ids = out["token_ids"]
         if ref_tok is not tok and any(ref_tok.decode(y) != tok.decode(y) for y in ids):
             warnings.warn(f"{entry['name']}: no KL estimate: its tokenizer and the reference's read the sampled "
                           "tokens differently (another vocabulary)", stacklevel=2)
-            return None, None
+            return {"kl": None}
         rendered = [prompt_ids(ref_tok, x, out["chat_template"]) for x in out["prompts"]]
-        ref_lp = sequence_logps_of(ref["model"], list(zip(rendered, ids, strict=True)))
-        return _mean_se(np.asarray(out["sum_logps"], float) - np.asarray(ref_lp, float))
+        ref_lp = completion_sums(ref["model"], rendered, ids).numpy()
+        kl, se = _mean_se(np.asarray(out["sum_logps"], float) - ref_lp)
+        return {"kl": kl, "kl_se": se}
     if entry.get("decoder") == "bon" and entry.get("path") == ref.get("path"):
-        return bon_kl(int(out.get("n", 1))), None
-    return None, None
+        return {"kl": bon_kl(int(out.get("n", 1))), "kl_is_bound": True}
+    return {"kl": None}
 
 
 def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = None) -> dict:
@@ -230,8 +220,7 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
         if scores is not None:
             run["reward"], run["reward_se"] = _mean_se(scores)
         if "kl" in metrics:
-            run["kl"], run["kl_se"] = kl_estimate(m, out, {**outputs[reference],
-                                                           "path": models[names.index(reference)]["path"]})
+            run |= kl_estimate(m, out, {**outputs[reference], "path": models[names.index(reference)]["path"]})
         if groups:
             per = {g.name: _mean_se(np.asarray(GoldJudge(g).single(prompts, texts), float)) for g in groups}
             run["per_group"] = {g: v[0] for g, v in per.items()}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -118,6 +118,24 @@ def sequence_logps(model: Any, batch: Mapping[str, torch.Tensor], *, prefix: str
     if seq_lengths is None:
         return per_token.sum(-1), counted.sum(-1)
     return _segment_sum(per_token[0], seq_lengths), _segment_sum(counted[0], seq_lengths)
+
+
+@torch.no_grad()
+def completion_sums(model: Any, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                    batch_size: int = 64) -> torch.Tensor:
+    """[N] float64: Σ log p(completion | prompt) under `model`, teacher-forced on the exact token ids (no
+    re-tokenization), in right-padded batches of `batch_size`."""
+    from pluralign.data.collate import pad_rows
+    from pluralign.data.tokenize import Encoded
+
+    rows = [Encoded(list(p) + list(c), [0] * len(p) + [1] * len(c)) for p, c in zip(prompts, completions, strict=True)]
+    device = next(model.parameters()).device
+    out = [torch.zeros(0, dtype=torch.float64)]
+    for i in range(0, len(rows), batch_size):
+        batch = pad_rows(rows[i:i + batch_size], pad_id=0)
+        sums, _ = sequence_logps(model, {k: v.to(device) for k, v in batch.items()})
+        out.append(sums.double().cpu())
+    return torch.cat(out)
 
 
 def pairwise_logps(model: Any, batch: Mapping[str, torch.Tensor], *,

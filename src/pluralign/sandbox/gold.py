@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from pluralign.sandbox.attributes import ATTRIBUTES, score_batch
 from pluralign.sandbox.users import Population, get_population, utility
@@ -100,23 +99,14 @@ def sequence_kl(model: Any, base: Any, samples: Any) -> np.ndarray:
     return sample_logps(model, samples) - sample_logps(base, samples)
 
 
-@torch.no_grad()
 def sample_logps(model: Any, samples: Any, batch_size: int = 64) -> np.ndarray:
     """[P, S] teacher-forced log-probability under `model` of each sampled token sequence (the exact
     generated ids, EOS included), summed over the sequence."""
-    from pluralign.data.collate import pad_rows
-    from pluralign.data.tokenize import Encoded
-    from pluralign.models.logprobs import sequence_logps
+    from pluralign.models.logprobs import completion_sums
 
-    rows = [Encoded(p + ids, [0] * len(p) + [1] * len(ids))
-            for p, per in zip(samples.prompt_ids, samples.token_ids, strict=True) for ids in per]
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(rows), batch_size):
-        batch = pad_rows(rows[i:i + batch_size], pad_id=0)
-        sums, _ = sequence_logps(model, {k: v.to(device) for k, v in batch.items()})
-        out.append(sums.double().cpu().numpy())
-    return np.concatenate(out).reshape(len(samples.token_ids), -1)
+    prompts = [p for p, per in zip(samples.prompt_ids, samples.token_ids, strict=True) for _ in per]
+    sums = completion_sums(model, prompts, [ids for per in samples.token_ids for ids in per], batch_size)
+    return sums.numpy().reshape(len(samples.token_ids), -1)
 
 
 def _sample(model: Any, tokenizer: Any, prompts: list[str], n: int, seed: int, max_new_tokens: int):
