@@ -55,3 +55,22 @@ def test_bad_rows_are_all_named_by_file_line_and_field(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match="not UTF-8"):
         read_prompt_rows([tmp_path / "latin1.txt"])
+
+
+def test_a_hub_data_set_gives_prompts_to_decode_eval_and_online_training(monkeypatch, tmp_path):
+    """`owner/name:split` is a prompt source everywhere a prompt file is (faked `load_dataset`: nothing is
+    downloaded); eval's prompts take it as well as a path."""
+    datasets = pytest.importorskip("datasets")
+    from pathlib import Path
+
+    from pluralign.decode.cli import read_prompts as decode_prompts
+    from pluralign.evaluate.runner import load_prompts
+    from pluralign.online.rollout import read_prompts as online_prompts
+
+    rows = datasets.Dataset.from_list([{"question": "Why is the sky blue?"}, {"question": "Name a prime."}])
+    monkeypatch.setattr(datasets, "load_dataset", lambda repo, split=None: rows)
+    monkeypatch.chdir(tmp_path)
+    want = ["Why is the sky blue?", "Name a prime."]
+    assert [r["prompt"] for r in decode_prompts("owner/questions:test")] == want
+    assert [p.prompt for p in online_prompts(["owner/questions:test"])] == want
+    assert load_prompts("owner/questions:test", "cfg", Path(tmp_path)) == want

@@ -57,8 +57,8 @@ def _require(cond: bool, where: str, msg: str) -> None:
 
 def load_prompts(spec: Any, where: str, base_dir: Path) -> list[Any]:
     """Prompts from a list, a {sandbox: n} request, or a prompt file (`pluralign.data.prompt_files`: a .txt
-    file, one per line, or rows of any data format, e.g. a held-out feedback set): each distinct prompt
-    once, in order."""
+    file, one per line, or rows of any data format, e.g. a held-out feedback set, or a hub data set
+    ``owner/name[:split]``): each distinct prompt once, in order."""
     if isinstance(spec, list):
         return spec
     if isinstance(spec, dict) and "sandbox" in spec:
@@ -67,11 +67,14 @@ def load_prompts(spec: Any, where: str, base_dir: Path) -> list[Any]:
         world = World(int(spec.get("seed", 0)))
         return world.prompts(int(spec["sandbox"]), np.random.default_rng(int(spec.get("seed", 0))))
     _require(isinstance(spec, str), where, "prompts must be a file, a list, or {sandbox: N}")
+    from pluralign.data.formats import FORMATS, HUB_ID
     from pluralign.data.prompt_files import read_prompt_rows
     from pluralign.data.records import text_key
 
     path = Path(spec) if Path(spec).is_absolute() else base_dir / spec
-    _require(path.exists(), where, f"prompts file not found: {path}")
+    if not path.exists() and HUB_ID.fullmatch(spec) and Path(spec).suffix.lower() not in (*FORMATS, ".txt"):
+        path = spec  # a Hugging Face hub data set, owner/name[:split]
+    _require(isinstance(path, str) or path.exists(), where, f"prompts file not found: {path}")
     try:
         rows = read_prompt_rows([path])
     except DataError as e:
