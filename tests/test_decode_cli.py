@@ -114,6 +114,14 @@ def test_cli_user_errors_exit_2(model_dir, tmp_path, capsys):
     assert main(args + ["--prompts", str(good), "--weights", "1,2,3"]) == 2
     assert main(["decode", "--method", "nope", "--model", str(model_dir), "--prompts", str(good), "--out", "x"]) == 2
     assert main(args[:-2] + ["--reward", "no_such_module:f", "--prompts", str(good), "--out", "x"]) == 2
+    # a row's own controls of the wrong shape (a crash in the reward's weighting before): named by line and field
+    table = tmp_path / "w.csv"
+    table.write_text('prompt,weights,n\nthe,"[1, 0]",2\nthe,a=1,2\nthe,,zero\n')
+    capsys.readouterr()
+    assert main(args + ["--prompts", str(table)]) == 2
+    err = capsys.readouterr().err
+    assert "w.csv:3: field 'weights': controls.weights must be finite numbers" in err
+    assert "w.csv:4: field 'n': controls.n must be an integer >= 1" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("flags, message", [

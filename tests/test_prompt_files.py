@@ -63,7 +63,6 @@ def test_a_hub_data_set_gives_prompts_to_decode_eval_and_online_training(monkeyp
     datasets = pytest.importorskip("datasets")
     from pathlib import Path
 
-    from pluralign.decode.cli import read_prompts as decode_prompts
     from pluralign.evaluate.runner import load_prompts
     from pluralign.online.rollout import read_prompts as online_prompts
 
@@ -71,6 +70,6 @@ def test_a_hub_data_set_gives_prompts_to_decode_eval_and_online_training(monkeyp
     monkeypatch.setattr(datasets, "load_dataset", lambda repo, split=None: rows)
     monkeypatch.chdir(tmp_path)
     want = ["Why is the sky blue?", "Name a prime."]
-    assert [r["prompt"] for r in decode_prompts("owner/questions:test")] == want
+    assert [r.prompt for r in read_prompt_rows(["owner/questions:test"])] == want
     assert [p.prompt for p in online_prompts(["owner/questions:test"])] == want
     assert load_prompts("owner/questions:test", "cfg", Path(tmp_path)) == want

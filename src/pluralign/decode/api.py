@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +75,12 @@ class Controls:
             raise bad("top_p", "in (0, 1]")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise bad("top_k", "an integer >= 0")
+        for name in ("weights", "direction"):
+            value = getattr(self, name)
+            numbers = list(value.values()) if isinstance(value, Mapping) else value
+            if value is not None and (isinstance(value, str | bytes) or not isinstance(numbers, Sequence) or not all(
+                    isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in numbers)):
+                raise bad(name, "finite numbers, in objective order or as {objective: number}")
 
     def replace(self, **changes: Any) -> Controls:
         return dataclasses.replace(self, **changes)

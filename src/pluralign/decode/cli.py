@@ -24,8 +24,9 @@ import json
 import sys
 from typing import Any
 
+from pluralign.data.prompt_files import read_prompt_rows
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, DataError
 
 PER_REQUEST = ("weights", "direction", "user", "group", "n", "beta", "w", "constraints", "chat_template")
 
@@ -80,15 +81,6 @@ def parse_extra(items: list[str]) -> dict:
         except json.JSONDecodeError:
             out[k.strip()] = v
     return out
-
-
-def read_prompts(path: str) -> list[dict]:
-    """Requests from a prompt file (`pluralign.data.prompt_files`: one prompt per line of a .txt file, or
-    rows of any data format with a prompt in any spelling or form, and per-request controls); raises
-    DataError listing every bad line."""
-    from pluralign.data.prompt_files import read_prompt_rows
-
-    return [row.fields for row in read_prompt_rows([path])]
 
 
 def method_kwargs(method: str, reward: Any, tokenizer: Any, models: list[Any] | None = None,
@@ -147,12 +139,20 @@ def run(args: argparse.Namespace) -> int:
     from pluralign.runs import atomic_write_jsonl
 
     get(args.method)  # fail on a bad name before loading anything
-    requests = read_prompts(args.prompts)
+    rows = read_prompt_rows([args.prompts])
     base = Controls(weights=parse_weights(args.weights), direction=parse_weights(args.direction, "--direction"), group=args.group,
                     n=args.n, beta=args.beta, w=args.w, user=args.user,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                     chat_template=args.chat_template, extra=parse_extra(args.set))
-    controls = [base.replace(**{k: r[k] for k in PER_REQUEST if k in r}) for r in requests]
+    controls, problems = [], []
+    for row in rows:  # a row's own controls: a bad one is named by file, line and field
+        try:
+            controls.append(base.replace(**{k: row.fields[k] for k in PER_REQUEST if k in row.fields}))
+        except ConfigError as e:
+            problems.append(row.problem(e.field, str(e)))
+    if problems:
+        raise DataError(problems)
+    requests = [row.fields for row in rows]
     model, tokenizer = load_policy(args.model)  # a directory, a .gguf file or a hub id
     reward = load_reward(args.reward) if args.reward else None
     extra_models = [load_policy(d)[0] for d in args.models.split(",")] if args.models else []
