@@ -287,8 +287,9 @@ def test_per_prompt_users_and_objective_weights(tmp_path):
     out = src(["p"] * 3, ["r"] * 3, users=["u1", None, "u1"], weights=[{"a": 1.0}, {"b": 1.0}, None])
     assert out.tolist() == [1.0, 20.0, 1.5]
     path = tmp_path / "p.jsonl"
-    path.write_text('{"prompt": "hi", "user": "u1", "weights": {"a": 2}}\n{"prompt": "yo", "weights": [1]}\n')
-    with pytest.raises(Exception, match=r"p.jsonl:2: field 'weights'"):
+    path.write_text('{"prompt": "hi", "user": "u1", "weights": {"a": 2}}\n{"prompt": "yo", "weights": [1]}\n'
+                    '{"prompt": "yo", "weights": {"a": "x"}}\n')
+    with pytest.raises(Exception, match=r"p.jsonl:2: field 'weights'.*\n.*p.jsonl:3: field 'weights'"):
         read_prompts([str(path)])
     path.write_text('{"prompt": "hi", "user": "u1", "weights": {"a": 2}}\n')
     assert read_prompts([str(path)])[0].user == "u1"

@@ -11,6 +11,7 @@ top-p), the distribution the trainer's ratios refer to.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,8 +86,12 @@ def read_prompts(paths: Sequence[str]) -> list[Prompt]:
     from pluralign.data.prompt_files import read_prompt_rows
 
     rows = read_prompt_rows(paths) if paths else []
-    bad = [r.problem("weights", "must map objective names to numbers") for r in rows
-           if r.fields.get("weights") is not None and not isinstance(r.fields["weights"], dict)]
+    def numbers(w: Any) -> bool:
+        return isinstance(w, dict) and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+                                           for x in w.values())
+
+    bad = [r.problem("weights", "must map objective names to finite numbers") for r in rows
+           if r.fields.get("weights") is not None and not numbers(r.fields["weights"])]
     if bad:
         raise DataError(bad)
     return [Prompt(i, r.prompt, r.fields.get("user"), r.fields.get("weights")) for i, r in enumerate(rows)]
