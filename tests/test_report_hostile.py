@@ -9,7 +9,8 @@ import pytest
 
 from pluralign.cli import main
 from pluralign.errors import ConfigError
-from pluralign.evaluate.report import check_results, load_run_dir, render_html
+from pluralign.evaluate.report import load_run_dir, render_html
+from pluralign.evaluate.results_check import check_results
 
 GOOD_RUN = {"name": "a", "method": "dpo", "kl": 0.5, "reward": 1.0, "per_group": {"g": 0.3},
             "objectives": {"x": 1.0, "y": 2.0}}

@@ -102,7 +102,7 @@ def test_seed_interval_and_the_pal_verdict():
 
 def test_malformed_new_fields_are_config_errors():
     from pluralign.errors import ConfigError
-    from pluralign.evaluate.report import check_results
+    from pluralign.evaluate.results_check import check_results
 
     with pytest.raises(ConfigError, match=r"runs\[0\].per_group_se.a"):
         check_results({"runs": [{"per_group_se": {"a": "x"}}]})

@@ -46,9 +46,9 @@ from pluralign.errors import ConfigError
 from pluralign.evaluate import plots
 from pluralign.evaluate.fairness import fairness_summary
 from pluralign.evaluate.pareto import default_reference
+from pluralign.evaluate.results_check import LIST_KEYS, check_results
 from pluralign.runs import RunDir, atomic_write_text
 
-LIST_KEYS = ("runs", "calibration", "judge_reliability", "curves", "tables")
 RELIABILITY_COLUMNS = ("acc_both", "acc_random", "acc_random_denoised", "position_bias", "length_bias",
                        "position_consistency", "preference_fairness", "prob_prefer_longer", "flip_noise",
                        "repetition_stability", "agreement_accuracy", "kappa", "n")
@@ -74,95 +74,6 @@ th:first-child,td:first-child{text-align:left;position:sticky;left:0;background:
 th,th:first-child{background:#eef1f6}
 @media (max-width:600px){body{font-size:15px}main{padding:10px}th,td{padding:5px 7px}}
 """
-
-
-# ---- validation ---------------------------------------------------------------------------------
-def check_results(results: Any, source: str = "results") -> dict:
-    """`results` if it follows the schema above in every part the report reads, else a ConfigError naming
-    `source` and the offending key (e.g. ``runs[2].kl``): a malformed results.json never reaches numpy
-    or matplotlib as a traceback."""
-    def fail(where: str, want: str, got: Any) -> ConfigError:
-        shown = "null" if got is None else f"{type(got).__name__} {str(got)[:40]!r}"
-        return ConfigError(f"{source}: '{where}' must be {want}, got {shown} (schema: pluralign.evaluate.report)")
-
-    def number(where: str, v: Any, required: bool = False) -> None:
-        if (v is not None or required) and not (isinstance(v, int | float) and not isinstance(v, bool)):
-            raise fail(where, "a number" if required else "a number or null", v)
-
-    def obj(where: str, v: Any) -> dict:
-        if not isinstance(v, dict):
-            raise fail(where, "an object", v)
-        return v
-
-    def items(where: str, v: Any) -> list:
-        if not isinstance(v, list):
-            raise fail(where, "a list", v)
-        return v
-
-    def numbers(where: str, v: Any, required: bool = False) -> None:
-        for k, x in obj(where, v).items():
-            number(f"{where}.{k}", x, required)
-
-    obj("the top level", results)
-    if results.get("judge") is not None and not isinstance(results["judge"], str):
-        raise fail("judge", "a label such as 'gold utility'", results["judge"])
-    for key in LIST_KEYS:
-        if key in results:
-            for i, entry in enumerate(items(key, results[key])):
-                obj(f"{key}[{i}]", entry)
-    for i, run in enumerate(results.get("runs", [])):
-        for k in ("kl", "kl_se", "reward", "reward_se", "n"):
-            number(f"runs[{i}].{k}", run.get(k))
-        for k in ("per_group", "per_group_se", "per_group_n"):
-            if run.get(k) is not None:
-                numbers(f"runs[{i}].{k}", run[k], required=k == "per_group")
-        for j, sample in enumerate(items(f"runs[{i}].samples", run["samples"]) if run.get("samples") is not None else []):
-            number(f"runs[{i}].samples[{j}].score", obj(f"runs[{i}].samples[{j}]", sample).get("score"))
-        if run.get("objectives") is not None:
-            numbers(f"runs[{i}].objectives", run["objectives"])
-        if run.get("objectives_se") is not None:
-            numbers(f"runs[{i}].objectives_se", run["objectives_se"])
-        if run.get("metrics") is not None:
-            obj(f"runs[{i}].metrics", run["metrics"])
-        wr = run.get("win_rate")
-        if wr is not None and not isinstance(wr, dict):
-            raise fail(f"runs[{i}].win_rate", "an object (win_rate, ci, lc_win_rate)", wr)
-    if results.get("pareto") is not None:
-        spec = obj("pareto", results["pareto"])
-        for k in ("objectives", "reference"):
-            if spec.get(k) is not None:
-                items(f"pareto.{k}", spec[k])
-        for j, x in enumerate(spec.get("objectives") or []):
-            if not isinstance(x, str):
-                raise fail(f"pareto.objectives[{j}]", "an objective name", x)
-        for j, x in enumerate(spec.get("reference") or []):
-            number(f"pareto.reference[{j}]", x, required=True)
-        if spec.get("objectives") and spec.get("reference") and len(spec["objectives"]) != len(spec["reference"]):
-            raise fail("pareto.reference", f"one number per objective ({len(spec['objectives'])})", spec["reference"])
-    for i, entry in enumerate(results.get("calibration", [])):
-        if "probs" in entry or "labels" in entry:
-            probs, labels = items(f"calibration[{i}].probs", entry.get("probs")), items(f"calibration[{i}].labels", entry.get("labels"))
-            if len(probs) != len(labels) or not probs:
-                raise fail(f"calibration[{i}].labels", f"a non-empty list as long as probs ({len(probs)})", labels)
-            for j, x in enumerate(probs + labels):
-                if x is None:
-                    raise fail(f"calibration[{i}].{'probs' if j < len(probs) else 'labels'}", "numbers", x)
-                number(f"calibration[{i}].{'probs' if j < len(probs) else 'labels'}[{j % len(probs)}]", x)
-        elif "rows" not in entry:
-            raise fail(f"calibration[{i}]", "an object with 'probs' and 'labels', or 'rows'", entry)
-        for part in ("rows", "rows_after"):
-            if part in entry and (part == "rows" or entry[part] is not None):
-                for j, row in enumerate(items(f"calibration[{i}].{part}", entry[part])):
-                    for k in ("confidence", "accuracy"):
-                        number(f"calibration[{i}].{part}[{j}].{k}", obj(f"calibration[{i}].{part}[{j}]", row).get(k), True)
-    for i, curve in enumerate(results.get("curves", [])):
-        for j, row in enumerate(items(f"curves[{i}].rows", curve.get("rows", []))):
-            obj(f"curves[{i}].rows[{j}]", row)
-    for i, table in enumerate(results.get("tables", [])):
-        items(f"tables[{i}].columns", table.get("columns", []))
-        for j, row in enumerate(items(f"tables[{i}].rows", table.get("rows", []))):
-            items(f"tables[{i}].rows[{j}]", row)
-    return results
 
 
 # ---- formatting ---------------------------------------------------------------------------------
