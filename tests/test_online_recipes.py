@@ -127,6 +127,16 @@ def test_online_dpo_on_a_fixed_pair_set_equals_the_offline_recipe(base, tmp_path
     torch.testing.assert_close(online_loss, offline_loss, atol=1e-6, rtol=0)
     assert abs(float(offline_loss.detach().mean()) - 0.6931) > 1e-4  # the policy moved away from the reference
 
+    # A third prompt whose samples tie (a flat group) adds a zero and is not forwarded: the same two pairs'
+    # rows only, the same loss on them.
+    flat = Rollout(prompts=ro.prompts + ["a dog"] * 2, prompt_ids=ro.prompt_ids + ro.prompt_ids[2:],
+                   completion_ids=ro.completion_ids + ro.completion_ids[2:], sampler_logps=[], finish=["eos"] * 6,
+                   texts=[""] * 6, group_size=2)
+    batch, d = method.build(model, flat, torch.tensor([-1.0, 2.0, 0.0, 0.5, 1.0, 1.0]))
+    assert len(batch["input_ids"]) == 4 and d == 2
+    with_flat = method.step(model, with_scale(batch, d, 3))[0]
+    torch.testing.assert_close(with_flat, torch.cat([offline_loss * 3 / 2, torch.zeros(1)]), atol=1e-6, rtol=0)
+
 
 def test_resume_equals_an_uninterrupted_run(base, tmp_path):
     """Stopped after 2 steps and resumed (rollout seeds, the running reward statistics and the

@@ -204,7 +204,9 @@ def _denominator(loss_mask: Tensor, aggregation: str, max_len: int) -> Tensor:
 
 class Pairs:
     """Online DPO: pair each prompt's highest- and lowest-reward samples (ties dropped), score both
-    under the round's reference, and train with the preference recipe's step."""
+    under the round's reference, and train with the preference recipe's step. A dropped pair (a flat
+    group) is neither scored nor trained: only the kept pairs are forwarded (one at least, weighted 0 when
+    none is kept, so every step runs a forward and a backward)."""
 
     def __init__(self, *, tokenizer: Any, loss: str, loss_params: dict, reference: Any, history: Any = None):
         from pluralign import losses
@@ -225,8 +227,9 @@ class Pairs:
         r = rewards.view(-1, g)
         best, worst = r.argmax(1), r.argmin(1)
         keep = (r.max(1).values > r.min(1).values).float()
-        rows = torch.arange(r.shape[0]) * g
-        chosen, rejected = (rows + best).tolist(), (rows + worst).tolist()
+        live = keep.nonzero().flatten() if bool(keep.any()) else torch.tensor([0])
+        rows = live * g
+        chosen, rejected = (rows + best[live]).tolist(), (rows + worst[live]).tolist()
         order = chosen + rejected
         batch = training_rows(self.tokenizer, [rollout.prompt_ids[i] for i in order],
                               [rollout.completion_ids[i] for i in order])
@@ -242,12 +245,15 @@ class Pairs:
                 device = next(model.parameters()).device
                 past = self.history.sequence_logps({k: v.to(device) for k, v in batch.items()}).cpu()
                 batch |= {"history_chosen_logps": past[:len(chosen)], "history_rejected_logps": past[len(chosen):]}
-        batch |= {"keep": keep, "metrics": metrics}
+        batch |= {"keep": keep, "pair_index": live, "metrics": metrics}
         return batch, float(keep.sum())
 
     def step(self, model: Any, batch: dict) -> tuple[Tensor, dict]:
-        values, metrics = self.pair_step(model, {k: v for k, v in batch.items() if k not in ("keep", "metrics", "scale")})
-        return values * batch["keep"] * batch["scale"], dict(metrics) | batch["metrics"]
+        values, metrics = self.pair_step(model, {k: v for k, v in batch.items() if k not in ("keep", "pair_index", "metrics", "scale")})
+        keep, live = batch["keep"], batch["pair_index"]
+        per_prompt = torch.zeros(len(keep), dtype=values.dtype, device=values.device).index_add(
+            0, live.to(values.device), values * keep[live].to(values.device))
+        return per_prompt * batch["scale"], dict(metrics) | batch["metrics"]
 
 
 class BestOfN:
