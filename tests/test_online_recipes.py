@@ -272,3 +272,27 @@ def test_online_dpo_rounds_resume_mid_round(base, tmp_path):
     # Each round starts at the reference (loss log 2); its second step is against the round-start policy.
     assert rows[0]["loss"] == pytest.approx(0.693147, abs=1e-5) and rows[2]["loss"] == pytest.approx(0.693147, abs=1e-5)
     assert rows[1]["loss"] != pytest.approx(0.693147, abs=1e-4)
+
+
+def test_rsft_trains_only_the_selected_samples(base):
+    """RAFT's global top fraction: only the chosen samples are forwarded (the others were trained with
+    weight 0 before), each prompt's contribution the SFT loss of its chosen samples."""
+    from pluralign.online.methods import BestOfN
+    from pluralign.online.rollout import training_rows
+    from pluralign.train.recipes import sft
+
+    tok, model = load_tokenizer(base), load_model(base)
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    completions = [ids(t) for t in ("the cat sat", "no", "a dog ran on the mat", "bad dog")]
+    ro = Rollout(prompts=["the cat"] * 2 + ["a dog"] * 2, prompt_ids=[ids("the cat")] * 2 + [ids("a dog")] * 2,
+                 completion_ids=completions, sampler_logps=[], finish=["eos"] * 4, texts=[""] * 4, group_size=2)
+    method = BestOfN(tokenizer=tok, select="top", fraction=0.5)
+    batch, d = method.build(model, ro, torch.tensor([0.9, 0.1, 0.8, 0.2]))  # the top two: both firsts
+    assert len(batch["input_ids"]) == 2 and d == 2
+    got = method.step(model, with_scale(batch, d, 2))[0]
+    want, _ = sft.step(model, training_rows(tok, [ro.prompt_ids[0], ro.prompt_ids[2]], [completions[0], completions[2]]))
+    torch.testing.assert_close(got, want * 2 / 2, atol=1e-6, rtol=0)
+    batch, d = method.build(model, ro, torch.tensor([0.9, 0.8, 0.1, 0.2]))  # both from the first prompt
+    got = method.step(model, with_scale(batch, d, 2))[0]
+    want, _ = sft.step(model, training_rows(tok, ro.prompt_ids[:2], completions[:2]))
+    torch.testing.assert_close(got, torch.stack([want.sum(), torch.tensor(0.0)]), atol=1e-6, rtol=0)

@@ -258,7 +258,7 @@ class Pairs:
 
 class BestOfN:
     """RAFT / rejection-sampling fine-tuning: "local" keeps each prompt's best sample, "top" the top
-    `fraction` of the micro-batch's samples; the kept ones are trained with the SFT step."""
+    `fraction` of the micro-batch's samples; the kept ones (only they) are trained with the SFT step."""
 
     needs_reference = False
 
@@ -273,19 +273,16 @@ class BestOfN:
         g = rollout.group_size
         if self.select == "local":
             rows = (torch.arange(len(rewards) // g) * g + rewards.view(-1, g).argmax(1)).tolist()
-            keep = torch.ones(len(rows))
-        else:
-            rows = list(range(len(rewards)))
-            k = max(1, round(self.fraction * len(rows)))
-            keep = torch.zeros(len(rows)).index_fill(0, rewards.topk(k).indices, 1.0)
+        else:  # the top k samples, in sample order
+            rows = sorted(rewards.topk(max(1, round(self.fraction * len(rewards)))).indices.tolist())
         batch = training_rows(self.tokenizer, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows])
-        batch |= {"keep": keep, "row_prompt": torch.tensor(rows) // g,
-                  "metrics": {"kept_reward": (rewards[rows] * keep).sum() / keep.sum()}}
-        return batch, float(keep.sum())
+        batch |= {"row_prompt": torch.tensor(rows) // g, "n_prompts": len(rewards) // g,
+                  "metrics": {"kept_reward": rewards[rows].mean()}}
+        return batch, float(len(rows))
 
     def step(self, model: Any, batch: dict) -> tuple[Tensor, dict]:
         from pluralign.train.recipes import sft
 
         values, metrics = sft.step(model, batch)
-        n_prompts = int(batch["row_prompt"].max()) + 1
-        return per_prompt(values * batch["keep"], batch["row_prompt"], n_prompts, batch["scale"]), dict(metrics) | batch["metrics"]
+        return (per_prompt(values, batch["row_prompt"], batch["n_prompts"], batch["scale"]),
+                dict(metrics) | batch["metrics"])
