@@ -4,6 +4,7 @@ tiny locally built model."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from pluralign import losses
 from pluralign.cli import main
 from pluralign.data.collate import PairwiseCollator
 from pluralign.errors import ConfigError
+from pluralign.models import tiny
 from pluralign.models.load import load_model, load_tokenizer
 from pluralign.models.logprobs import sequence_logps
 from pluralign.runs import RunDir
@@ -252,3 +254,18 @@ def test_mnpo_reads_the_opponents_log_probs_from_history_models(files, tmp_path)
     with pytest.raises(ConfigError, match="mnpo"):
         run_preference(model=str(files["base"]), data=[str(files["pairs"])], loss="dpo",
                        history_models=[str(opponent)], output_dir=str(tmp_path / "x"))
+
+
+def test_lora_settings_without_use_lora_are_warned_about(tmp_path):
+    """`lora.r=8` alone trained every weight without a word (LoRA is switched on by use_lora)."""
+    from pluralign.models.load import LoraSpec
+    from pluralign.train.recipes.common import ModelTrainingConfig, load_trainable
+
+    d = tmp_path / "m"
+    tiny.tiny_llama(32, hidden_size=16, num_layers=1, num_heads=2).save_pretrained(d)
+    with pytest.warns(UserWarning, match="use_lora is false: training all weights"):
+        load_trainable(ModelTrainingConfig(model=str(d), lora=LoraSpec(r=8)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_trainable(ModelTrainingConfig(model=str(d)))
+        load_trainable(ModelTrainingConfig(model=str(d), use_lora=True, lora=LoraSpec(r=8)))

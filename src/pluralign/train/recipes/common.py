@@ -4,6 +4,7 @@ opponents) for training, and saving the result."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +56,9 @@ def load_policy(config: PolicyTrainingConfig) -> tuple[Any, Any, bool]:
         raise ConfigError("set 'model' (a local model directory or a hub id)")
     if not config.data:
         raise ConfigError("set 'data' (one or more data files)")
+    if not config.merge_lora and not config.use_lora:
+        warnings.warn("merge_lora=false without use_lora=true: there are no adapters, the model is saved in full",
+                      stacklevel=2)
     tokenizer = load_tokenizer(config.model)
     model = load_trainable(config)
     return tokenizer, model, prepare_packing(model, config.packing, config.attention_kernel)
@@ -63,6 +67,10 @@ def load_policy(config: PolicyTrainingConfig) -> tuple[Any, Any, bool]:
 def load_trainable(config: ModelTrainingConfig, kind: str = "causal", *, frozen: bool = False) -> Any:
     """`config.model` as configured for training (dtype, LoRA, gradient checkpointing), on this process's
     device; `frozen`: only to compute features (no LoRA, no checkpointing)."""
+    if not frozen and not config.use_lora and config.lora != LoraSpec():
+        # lora.r=8 alone would otherwise train every weight without a word
+        warnings.warn("lora settings are given but use_lora is false: training all weights (set use_lora=true "
+                      "to train LoRA adapters)", stacklevel=2)
     model = load_model(config.model, kind=kind, dtype=config.dtype,
                        lora=config.lora if config.use_lora and not frozen else None,
                        gradient_checkpointing=config.gradient_checkpointing and not frozen)
