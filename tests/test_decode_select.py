@@ -144,3 +144,17 @@ def test_map_decoder_reports_lambda_and_feasibility():
     assert isinstance(out.info["feasible"][0], bool)
     with pytest.raises(ConfigError):
         decode("map", lm, tok, ["the"], reward=two_words, controls=Controls(n=4, max_new_tokens=4))
+
+
+def test_controls_weights_take_any_flat_numbers_and_refuse_the_rest():
+    import numpy as np
+
+    from pluralign.decode.api import Controls
+    from pluralign.errors import ConfigError
+
+    for ok in ([1, 0], (0.5, 0.5), torch.tensor([1.0, 2.0]), np.array([1, 2]), {"a": 1, "b": 0.5}, None):
+        Controls(weights=ok, direction=ok)
+    for bad in ("a=1", [1, "x"], [True, 1], [float("nan")], {"a": "x"}, [[1, 2]], {"a": float("inf")}):
+        with pytest.raises(ConfigError, match="controls.weights must be finite numbers") as e:
+            Controls(weights=bad)
+        assert e.value.field == "weights"

@@ -77,13 +77,22 @@ class Controls:
             raise bad("top_k", "an integer >= 0")
         for name in ("weights", "direction"):
             value = getattr(self, name)
-            numbers = list(value.values()) if isinstance(value, Mapping) else value
-            if value is not None and (isinstance(value, str | bytes) or not isinstance(numbers, Sequence) or not all(
-                    isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in numbers)):
+            if value is not None and not _finite_numbers(list(value.values()) if isinstance(value, Mapping) else value):
                 raise bad(name, "finite numbers, in objective order or as {objective: number}")
 
     def replace(self, **changes: Any) -> Controls:
         return dataclasses.replace(self, **changes)
+
+
+def _finite_numbers(value: Any) -> bool:
+    """A flat sequence (list, tuple, tensor, array) of finite numbers, not text or booleans."""
+    if isinstance(value, str | bytes) or (isinstance(value, Sequence) and any(isinstance(x, bool | str) for x in value)):
+        return False
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return t.dim() == 1 and bool(torch.isfinite(t).all())
 
 
 @dataclass
