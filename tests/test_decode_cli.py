@@ -181,3 +181,20 @@ def test_cli_reads_prompts_from_json_and_csv_tables(model_dir, tmp_path):
                      "--prompts", str(tmp_path / name), "--out", str(out), "--n", "3", "--max-new-tokens", "3"]) == 0
         rows = [json.loads(x) for x in out.read_text().splitlines()]
         assert [(r["prompt"], len(r["candidates"])) for r in rows] == [("the", 2), ("a", 3)]
+
+
+def test_cli_sampling_flags_and_per_row_sampling_settings(model_dir, tmp_path):
+    """--top-k/--top-p/--stop reach the sampler, and a row may set its own limit, temperature and stop (a
+    single stop text is one stop, not one per character)."""
+    from pluralign.decode.api import Controls
+
+    assert Controls(stop="the end").stop == ["the end"]
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "the", "max_new_tokens": 2, "temperature": 0}) + "\n"
+                                      + json.dumps({"prompt": "a", "stop": "cat"}) + "\n")
+    out = tmp_path / "o.jsonl"
+    assert main(["decode", "--method", "sample", "--model", str(model_dir), "--prompts", str(tmp_path / "p.jsonl"),
+                 "--out", str(out), "--max-new-tokens", "12", "--top-k", "3", "--top-p", "0.9", "--stop", "dog"]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows[0]["response"].split()) <= 2 and "cat" not in rows[1]["response"]
+    assert main(["decode", "--method", "sample", "--model", str(model_dir), "--prompts", str(tmp_path / "p.jsonl"),
+                 "--out", str(out), "--top-p", "0"]) == 2

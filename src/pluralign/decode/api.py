@@ -75,6 +75,10 @@ class Controls:
             raise bad("top_p", "in (0, 1]")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise bad("top_k", "an integer >= 0")
+        if isinstance(self.stop, str):  # one stop text, not a sequence of one-character stops
+            self.stop = [self.stop]
+        if self.stop is not None and not (isinstance(self.stop, Sequence) and all(isinstance(t, str) for t in self.stop)):
+            raise bad("stop", "a text or a list of texts")
         for name in ("weights", "direction"):
             value = getattr(self, name)
             if value is not None and not _finite_numbers(list(value.values()) if isinstance(value, Mapping) else value):

@@ -28,21 +28,22 @@ from pluralign.data.prompt_files import read_prompt_rows
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES
 from pluralign.errors import ConfigError, DataError
 
-PER_REQUEST = ("weights", "direction", "user", "group", "n", "beta", "w", "constraints", "chat_template")
+PER_REQUEST = ("weights", "direction", "user", "group", "n", "beta", "w", "constraints", "chat_template",
+               "max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("decode", help="decoding-time alignment: best-of-N, guided search, fusion, steering")
     p.add_argument("--method", required=True, help="decoder name (sample, bon, soft_bon, rejection, infalign, map, rps, "
                                                  "args, cd_block, tq_star, genarm, mod, deal)")
-    p.add_argument("--model", required=True, help="policy model directory")
+    p.add_argument("--model", required=True, help="the policy: a model directory, a .gguf file or a hub id")
     p.add_argument("--reward", help="'gold' (sandbox attributes), a reward-model directory, or module:function "
                    "(returning [N] or [N, m] scores; `fn.objectives = [...]` names the m columns for --weights)")
     p.add_argument("--weights", help="objective weights: w1,w2,... or name=w,name=w")
     p.add_argument("--direction", help="preference direction (DPA) for a conditioned model: v1,v2,... or name=v,...")
     p.add_argument("--user", help="user id passed to per-user reward models and user-conditioned models")
     p.add_argument("--group", help="group passed to group-conditioned models")
-    p.add_argument("--prompts", required=True, help="a .txt file (one prompt per line) or rows of any data format (JSONL, JSON, CSV, Parquet, a hub data set) with a prompt in any spelling and per-request controls (weights, direction, user, n, ...)")
+    p.add_argument("--prompts", required=True, help="a .txt file (one prompt per line) or rows of any data format (JSONL, JSON, CSV, Parquet, a hub data set) with a prompt in any spelling and, per row, its own controls (weights, direction, user, n, max_new_tokens, temperature, stop, ...)")
     p.add_argument("--out", required=True, help="output .jsonl")
     p.add_argument("--n", type=int, default=8, help="candidates per prompt (BoN N, RPS k, blockwise K)")
     p.add_argument("--beta", type=float, default=1.0, help="β / λ of the tilt (soft BoN, rejection)")
@@ -50,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", help="comma-separated extra model directories (genarm ARMs, mod objective models)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=1.0, help="<= 0 for greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the smallest set of tokens holding this "
+                   "probability (1: off)")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="end an answer at this text (left out of it); repeatable")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chat-template", default="auto", choices=CHAT_TEMPLATE_MODES, help=CHAT_TEMPLATE_HELP)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -142,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     rows = read_prompt_rows([args.prompts])
     base = Controls(weights=parse_weights(args.weights), direction=parse_weights(args.direction, "--direction"), group=args.group,
                     n=args.n, beta=args.beta, w=args.w, user=args.user,
-                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, stop=args.stop, seed=args.seed,
                     chat_template=args.chat_template, extra=parse_extra(args.set))
     controls, problems = [], []
     for row in rows:  # a row's own controls: a bad one is named by file, line and field
