@@ -21,6 +21,7 @@ from pluralign.cli import main
 from pluralign.data import Pairwise, Rated, read_records
 from pluralign.data.formats import raw_rows
 from pluralign.data.io import _expand_rows, read_checked
+from pluralign.data.prompt_files import read_prompt_rows
 from pluralign.errors import DataError
 
 PAIR = {"prompt": "p", "chosen": "a", "rejected": "b"}
@@ -153,7 +154,9 @@ field_names = st.sampled_from(["prompt", "chosen", "rejected", "margin", "respon
                                "completions", "annotations", "winner", "conversation_a", "conversation_b",
                                "response1", "response2", "overall_preference", "context", "helpfulness",
                                "response_0", "response_1", "better_response_id", "safer_response_id",
-                               "human_ref_A", "human_ref_B", "labels", "history"])
+                               "human_ref_A", "human_ref_B", "labels", "history",
+                               # a prompt row's own controls (decode --prompts, online training)
+                               "weights", "n", "stop", "temperature", "max_new_tokens"])
 completion = st.fixed_dictionaries({"response": json_values}, optional={
     "annotations": st.dictionaries(st.text(max_size=5), json_values | st.fixed_dictionaries({"Rating": json_values}),
                                    max_size=3), "model": json_values})
@@ -171,6 +174,7 @@ def check_total(path: Path) -> None:
     else:
         assert all(p.source == str(path) and p.line is not None for p in checked.problems)
         assert all(p.field is None or isinstance(p.field, str) for p in checked.problems)
+    check_prompt_rows(path)
     rejects = path.with_name("rejects.jsonl")
     out = path.with_name("valid" + path.suffix)
     code = main(["data", "validate", str(path), "--skip-invalid", "--rejects", str(rejects), "--out", str(out)])
@@ -181,6 +185,28 @@ def check_total(path: Path) -> None:
         kept = {".jsonl": lambda: len(text.splitlines()), ".json": lambda: len(json.loads(text)),
                 ".csv": lambda: max(0, len(list(csv.reader(io.StringIO(text, newline="")))) - 1)}[path.suffix]()
         assert kept + len(rejects.read_text().splitlines()) == n_rows
+
+
+def check_prompt_rows(path: Path) -> None:
+    """As a prompt file (decode --prompts, eval's prompts, online training): prompts with their rows' own
+    controls, or problems located in the file; never another exception."""
+    from pluralign.decode.api import Controls
+    from pluralign.decode.cli import PER_REQUEST
+    from pluralign.errors import ConfigError
+    from pluralign.online.rollout import read_prompts
+
+    try:
+        rows = read_prompt_rows([path])
+        read_prompts([str(path)])
+    except DataError as e:
+        assert e.problems and all(p.source == str(path) for p in e.problems)
+        return
+    assert rows and all(isinstance(r.prompt, str | list) and r.prompt for r in rows)
+    for row in rows:
+        try:
+            Controls().replace(**{k: row.fields[k] for k in PER_REQUEST if k in row.fields})
+        except ConfigError as e:
+            assert e.field in PER_REQUEST
 
 
 @PROPS
