@@ -14,7 +14,12 @@ each side computes:
 * pluralign `train grpo` (`pluralign.train.recipes.online.run`): its KV-cached batched sampler (each prompt
   prefilled once for its G samples, keys/values written in place: `decode/cache.py`), then one training
   forward/backward over P rows, each holding its prompt once and its G completions
-  (`online/grouped.py`: the same log-probs and gradients as G separate rows).
+  (`online/grouped.py`: the same log-probs and gradients as G separate rows), leaving out completions whose
+  advantage is 0 (a flat group: they add nothing to the update, which is the same; `online/methods.py`).
+
+`--reward passfail` trains on 1 when that reward exceeds 0.5, else 0: a verifiable pass/fail reward, as for
+checked answers, under which some groups are flat. Both sides are credited with the same tokens (the update
+is the same), so the ratio is one of wall times for the same work.
 
 Each side runs in its own subprocess (peak RSS from `os.wait4`), `--repeats` times, alternating; the
 fastest run of each side counts (the least disturbed by other jobs on a shared machine). Model and
@@ -57,6 +62,15 @@ def reward(prompts, completions, **_):
     return [float(r[ATTRIBUTES.index("relevance")] + r[ATTRIBUTES.index("conciseness")]) for r in x]
 
 
+def passfail(prompts, completions, **_):
+    """1 when `reward` exceeds 0.5, else 0: a verifiable pass/fail reward (like a checked answer), under which
+    some groups are flat (every sample passes, or none does)."""
+    return [float(r > 0.5) for r in reward(prompts, completions)]
+
+
+REWARDS = {"dense": reward, "passfail": passfail}
+
+
 def build(out: Path, seed: int, n_prompts: int) -> list[str]:
     from pluralign.models.tiny import tiny_llama
     from pluralign.sandbox.world import World
@@ -78,15 +92,15 @@ def side_pluralign(spec: dict) -> dict:
     t0, cpu0 = time.perf_counter(), time.process_time()
     config = from_dict(OnlineConfig, {
         "algorithm": "grpo", "model": spec["model"], "output_dir": spec["out"], "group_size": spec["group"],
-        "max_new_tokens": spec["length"], "rewards": [{"source": "python:reward"}],
+        "max_new_tokens": spec["length"], "rewards": [{"source": f"python:{spec['reward']}"}],
         "gradient_checkpointing": spec["gradient_checkpointing"],
         "loop": {"learning_rate": spec["lr"], "batch_size": spec["prompts_per_step"], "max_steps": spec["steps"],
                  "seed": spec["seed"], "scheduler": "constant", "warmup_ratio": 0.0, "log_every": 1, "progress": False}})
-    run(config, prompts=spec["prompts"], reward_objects=[reward])
+    run(config, prompts=spec["prompts"], reward_objects=[REWARDS[spec["reward"]]])
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rows = [r for r in RunDir(spec["out"]).read_metrics() if "loss" in r]
     return {"wall_s": wall, "cpu_s": cpu, "completion_lengths": [r["response_length"] for r in rows],
-            "rewards": [r["reward"] for r in rows]}
+            "rewards": [r["reward"] for r in rows], "trained_fraction": [r["trained_fraction"] for r in rows]}
 
 
 def side_trl(spec: dict) -> dict:
@@ -106,7 +120,8 @@ def side_trl(spec: dict) -> dict:
         max_steps=spec["steps"], seed=spec["seed"], lr_scheduler_type="constant", warmup_steps=0, beta=0.0,
         loss_type="dapo", temperature=1.0, bf16=False, use_cpu=not cuda, logging_steps=1, report_to="none",
         disable_tqdm=True, save_strategy="no", gradient_checkpointing=spec["gradient_checkpointing"])
-    trainer = GRPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok, reward_funcs=[reward])
+    trainer = GRPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                          reward_funcs=[REWARDS[spec["reward"]]])
     trainer.train()
     trainer.save_model(str(Path(spec["out"]) / "model"))
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -230,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
                    help="both sides (TRL's default: on)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--reward", choices=list(REWARDS), default="dense",
+                   help="dense: sandbox relevance + conciseness; passfail: 1 when that exceeds 0.5 (a verifiable reward: "
+                   "flat groups, which pluralign does not forward)")
     p.add_argument("--model", default=None, help="a local model directory with a chat template (e.g. SmolLM2-135M-Instruct "
                    "as `make real-model` converts it) instead of the tiny Llama; prompts become chat messages")
     args = p.parse_args(argv)
@@ -253,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
             prompt_tokens = sum(len(tok(p)["input_ids"]) for p in prompts)
         spec = {"model": str(model_dir), "prompts": prompts, "group": args.group, "steps": steps,
                 "prompts_per_step": args.prompts_per_step, "length": args.length, "lr": args.lr, "seed": args.seed,
-                "threads": args.threads, "device": args.device, "profile": args.profile,
+                "threads": args.threads, "device": args.device, "profile": args.profile, "reward": args.reward,
                 "gradient_checkpointing": args.gradient_checkpointing == "on"}
         runs: dict[str, list[dict]] = {"pluralign": [], "trl": []}
         for k in range(args.repeats):
@@ -269,11 +287,13 @@ def main(argv: list[str] | None = None) -> None:
               f"peak RSS {r['peak_rss_mb']:7.0f} MiB  "
               f"mean completion length {sum(r['completion_lengths']) / len(r['completion_lengths']):.1f}  "
               f"mean reward {sum(r['rewards']) / len(r['rewards']):.3f}"
+              + (f"  completions forwarded {sum(r['trained_fraction']) / len(r['trained_fraction']):.2f}"
+                 if "trained_fraction" in r else "")
               + (f"  peak GPU {r['peak_gpu_mb']:.0f} MiB" if "peak_gpu_mb" in r else ""))
         if "phases" in r:
             print("          phases (cpu s): " + ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items()))
     ours, trl = results["pluralign"], results["trl"]
-    print(f"RESULT device={args.device} model={Path(args.model).name if args.model else 'tiny_llama'} steps={steps} group={args.group} prompts_per_step={args.prompts_per_step} "
+    print(f"RESULT device={args.device} model={Path(args.model).name if args.model else 'tiny_llama'} reward={args.reward} steps={steps} group={args.group} prompts_per_step={args.prompts_per_step} "
           f"length={args.length} threads={args.threads} gradient_checkpointing={args.gradient_checkpointing} throughput_ratio={tps['pluralign'] / tps['trl']:.3f} "
           f"cpu_throughput_ratio={cpu_tps['pluralign'] / cpu_tps['trl']:.3f} "
           f"memory_ratio={ours['peak_rss_mb'] / trl['peak_rss_mb']:.3f} pluralign_tokens_per_s={tps['pluralign']:.1f} "
