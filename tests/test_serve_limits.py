@@ -137,7 +137,8 @@ def test_controls_pass_through_by_field_name():
     assert c == Controls(weights={"a": 1}, beta=2.0, w=0.5, n=4, max_new_tokens=7, temperature=0.0, user="alice",
                          extra={"k": 3}, top_k=5, seed=None)
     assert controls_from({"controls": {"n": 2}}, cfg).n == 2  # OpenAI's n stays the number of choices
-    for bad in ({"top_k": 1.5}, {"controls": {"nope": 1}}, {"extra": [1]}, {"best_of": 10**6}, {"stop": [1]}):
+    for bad in ({"top_k": 1.5}, {"controls": {"nope": 1}}, {"extra": [1]}, {"best_of": 10**6}, {"stop": [1]},
+                {"weights": "a=1"}, {"weights": {"a": "x"}}, {"direction": [1, float("nan")]}):
         with pytest.raises(APIError) as e:
             controls_from(bad, cfg)
         assert e.value.status == 400
