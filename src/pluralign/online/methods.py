@@ -139,7 +139,8 @@ class PolicyGradient:
         sampled = torch.cat(rollout.sampler_logps) if rollout.sampler_logps else None
         metrics = {"kept_fraction": keep.mean(), "trained_fraction": live.float().mean() if live is not None else torch.tensor(1.0)}
         if sampled is not None and len(sampled):
-            metrics["entropy"] = -sampled.mean()  # Monte-Carlo per-token entropy of the sampling policy
+            # Monte-Carlo per-token entropy of the policy (sampled at another temperature: E_q[-log p])
+            metrics["entropy"] = -sampled.mean()
         if ref is not None:
             metrics["kl"] = ((old - ref) * mask).sum(1).mean()
         batch["metrics"] = metrics
