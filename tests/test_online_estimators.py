@@ -46,6 +46,12 @@ def test_group_advantages_vector_2():
 def test_singleton_groups_and_constant_groups_give_zero_advantage():
     assert torch.equal(adv.group_advantages(R, 1), torch.zeros(6))
     assert torch.equal(adv.group_advantages(torch.ones(6), 3), torch.zeros(6))
+    # a flat group of 7 rewards of 0.3: their float mean misses 0.3 by an ulp, which (std + eps) scaled into
+    # advantages of 3e-4 before; a flat group carries no signal, so its advantages are exactly 0
+    flat = torch.full((7,), 0.3)
+    assert flat.mean() != flat[0]
+    for estimator in (adv.group_advantages, adv.leave_one_out):
+        assert torch.equal(estimator(flat, 7), torch.zeros(7))
     with pytest.raises(ConfigError, match="groups of 4"):
         adv.group_advantages(R, 4)
 

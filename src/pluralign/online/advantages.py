@@ -34,7 +34,7 @@ def group_advantages(rewards: Tensor, group_size: int, *, scale: str = "group", 
     the std as TRL does. scale="batch": divide by the std of all B rewards (Lite PPO); "none": Dr. GRPO
     (Liu et al. 2025), no std scaling. A group of one has mean = its reward, so A = 0 (no signal)."""
     r = groups(rewards.float(), group_size)
-    centred = r - r.mean(1, keepdim=True)
+    centred = _centred(r, r.mean(1, keepdim=True))
     if scale == "none":
         return centred.flatten()
     if scale == "group":
@@ -51,7 +51,15 @@ def leave_one_out(rewards: Tensor, group_size: int) -> Tensor:
     if group_size < 2:
         raise ConfigError("RLOO needs at least 2 completions per prompt (group_size >= 2)")
     r = groups(rewards.float(), group_size)
-    return ((r - r.mean(1, keepdim=True)) * group_size / (group_size - 1)).flatten()
+    return (_centred(r, r.mean(1, keepdim=True)) * group_size / (group_size - 1)).flatten()
+
+
+def _centred(r: Tensor, mean: Tensor) -> Tensor:
+    """r − mean, exactly 0 in a group whose rewards are all equal: the float mean of 6 or 7 equal rewards can
+    miss them by an ulp, which the (std + eps) scaling turns into advantages of ~1e-4 where there is no
+    signal (and would make the group look live, `PolicyGradient._live_rows`)."""
+    flat = (r == r[:, :1]).all(1, keepdim=True)
+    return torch.where(flat, torch.zeros_like(r), r - mean)
 
 
 def returns_to_go(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
