@@ -66,6 +66,8 @@ def test_config_errors(tiny_models, tmp_path):
         evaluate_config({**config(tiny_models), "modles": []})
     with pytest.raises(ConfigError, match="unknown metric"):
         evaluate_config(config(tiny_models, metrics=["reward", "bleu"]))
+    with pytest.raises(ConfigError, match=r"generation: unknown key\(s\) \['top_q'\]"):  # was silently ignored
+        evaluate_config({**config(tiny_models), "generation": {"top_q": 0.9}})
     with pytest.raises(ConfigError, match="baseline/reference"):
         evaluate_config(config(tiny_models, baseline="nobody"))
     with pytest.raises(ConfigError, match="unknown judge kind"):
@@ -226,8 +228,8 @@ def test_kl_is_that_of_the_distribution_decoded_from(tiny_models):
     runs = {r["name"]: r for r in evaluate_config(cfg)["runs"]}
     assert exact > 0.5 and abs(runs["cold"]["kl"] - exact) < 3 * runs["cold"]["kl_se"] < exact / 2
     assert runs["base"]["kl"] == pytest.approx(0.0, abs=1e-4)
-    greedy = evaluate_config(cfg | {"models": cfg["models"][:1] + [{"name": "greedy", "path": tiny_models[0],
-                                                                   "controls": {"temperature": 0.0}}]})["runs"][1]
+    greedy = evaluate_config(cfg | {"models": cfg["models"][:1] + [{"name": "greedy", "path": tiny_models[0]}],
+                                    "generation": {"max_new_tokens": 1, "seed": 0, "temperature": 0.0}})["runs"][1]
     assert greedy["kl"] == pytest.approx(-float(p.max()), abs=1e-4)  # a point mass on the argmax: −log p(y)
     lines = summary_lines({"runs": list(runs.values())})
     assert "≤0.1931" in lines[-1] and lines[-1].startswith("bon2")

@@ -16,7 +16,7 @@ Config (YAML)::
                                   # soups, user tokens, …) is steered by its entry's controls
     baseline: base                # win rates are against this model's outputs
     reference: base               # KL(π‖π_ref) is measured against this model
-    generation: {max_new_tokens: 24, temperature: 1.0, seed: 0, chat_template: auto}  # auto/always/never
+    generation: {max_new_tokens: 24, temperature: 1.0, seed: 0, chat_template: auto}  # also top_k, top_p, stop
     judge: {kind: gold, weights: {relevance: 1.0}}      # or {kind: gold, population: default, group: majority}
                                   # or {kind: reward, source: RM_DIR | module:function | gold}
                                   # or {kind: llm, base_url: ..., model: ..., api_key_env: ..., ...}
@@ -46,6 +46,7 @@ from pluralign.evaluate.winrate import compare
 from pluralign.judges import GoldJudge, LLMJudge, RewardModelJudge
 
 METRICS = ("reward", "kl", "win_rate", "per_group", "objectives")
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed", "chat_template")
 TOP_KEYS = {"title", "description", "prompts", "models", "baseline", "reference", "generation", "judge",
             "population", "metrics", "out", "bootstrap", "device"}
 
@@ -136,8 +137,7 @@ def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: s
     model, tok = load_policy(path, device)
     decoder = entry.get("decoder") or "sample"
     try:
-        controls = Controls(**{**{k: gen[k] for k in ("max_new_tokens", "temperature", "seed", "chat_template")
-                                  if k in gen}, **entry.get("controls", {})})
+        controls = Controls(**{**gen, **entry.get("controls", {})})
     except (TypeError, ConfigError) as e:
         raise ConfigError(f"{where}.controls: {e}") from None
     unused = unused_controls(model, entry.get("reward") if decoder != "sample" else None, [controls])
@@ -201,7 +201,9 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
     prompts = load_prompts(cfg.get("prompts", {"sandbox": 16}), f"{where}: prompts", base_dir)
     judge = build_judge(cfg.get("judge", {"kind": "gold", "population": cfg.get("population", "default")}),
                         f"{where}: judge")
-    gen = dict(cfg.get("generation", {}))
+    gen = dict(cfg.get("generation") or {})
+    unknown = sorted(set(gen) - set(GENERATION_KEYS))
+    _require(not unknown, f"{where}: generation", f"unknown key(s) {unknown}; known: {list(GENERATION_KEYS)}")
     outputs = {m["name"]: generate(m, prompts, gen, cfg.get("device"), f"{where}: models[{i}]")
                for i, m in enumerate(models)}
     groups = []
