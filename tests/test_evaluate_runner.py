@@ -68,6 +68,9 @@ def test_config_errors(tiny_models, tmp_path):
         evaluate_config(config(tiny_models, metrics=["reward", "bleu"]))
     with pytest.raises(ConfigError, match=r"generation: unknown key\(s\) \['top_q'\]"):  # was silently ignored
         evaluate_config({**config(tiny_models), "generation": {"top_q": 0.9}})
+    with pytest.raises(ConfigError, match=r"models\[1\]: unknown key\(s\) \['decodr'\]"):
+        evaluate_config({**config(tiny_models), "models": [{"name": "a", "path": tiny_models[0]},
+                                                           {"name": "b", "path": tiny_models[0], "decodr": "bon"}]})
     with pytest.raises(ConfigError, match="baseline/reference"):
         evaluate_config(config(tiny_models, baseline="nobody"))
     with pytest.raises(ConfigError, match="unknown judge kind"):

@@ -47,6 +47,7 @@ from pluralign.judges import GoldJudge, LLMJudge, RewardModelJudge
 
 METRICS = ("reward", "kl", "win_rate", "per_group", "objectives")
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed", "chat_template")
+MODEL_KEYS = {"name", "path", "method", "decoder", "reward", "controls"}
 TOP_KEYS = {"title", "description", "prompts", "models", "baseline", "reference", "generation", "judge",
             "population", "metrics", "out", "bootstrap", "device"}
 
@@ -191,6 +192,8 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
     _require(isinstance(models, list) and models, where, "'models' must be a non-empty list")
     for i, m in enumerate(models):
         _require(isinstance(m, dict) and "name" in m and "path" in m, f"{where}: models[{i}]", "needs 'name' and 'path'")
+        unknown = sorted(set(m) - MODEL_KEYS)  # a misspelt 'decoder' would evaluate the plain model
+        _require(not unknown, f"{where}: models[{i}]", f"unknown key(s) {unknown}; known: {sorted(MODEL_KEYS)}")
     names = [m["name"] for m in models]
     _require(len(set(names)) == len(names), where, "model names must be unique")
     metrics = cfg.get("metrics", list(METRICS))
