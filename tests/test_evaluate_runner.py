@@ -77,6 +77,8 @@ def test_config_errors(tiny_models, tmp_path):
         build_judge({"kind": "oracle"}, "cfg")
     with pytest.raises(ConfigError, match="base_url"):
         build_judge({"kind": "llm", "model": "m"}, "cfg")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['grup'\] for a gold judge"):
+        build_judge({"kind": "gold", "grup": "minority"}, "cfg")  # was: the population's mean user
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"text": "b"}\n')
     with pytest.raises(ConfigError, match=r"p.jsonl:2"):
         load_prompts("p.jsonl", "cfg", tmp_path)

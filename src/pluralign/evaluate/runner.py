@@ -47,6 +47,7 @@ from pluralign.judges import GoldJudge, LLMJudge, RewardModelJudge
 
 METRICS = ("reward", "kl", "win_rate", "per_group", "objectives")
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed", "chat_template")
+JUDGE_KEYS = {"gold": {"weights", "population", "group", "temperature"}, "reward": {"source", "weights", "temperature"}}
 MODEL_KEYS = {"name", "path", "method", "decoder", "reward", "controls"}
 TOP_KEYS = {"title", "description", "prompts", "models", "baseline", "reference", "generation", "judge",
             "population", "metrics", "out", "bootstrap", "device"}
@@ -88,6 +89,10 @@ def build_judge(spec: dict, where: str) -> Any:
     """A judge from its config: gold (weights or population/group), reward (a reward spec), or llm."""
     _require(isinstance(spec, dict) and "kind" in spec, where, "judge needs a 'kind': gold, reward or llm")
     kind, rest = spec["kind"], {k: v for k, v in spec.items() if k != "kind"}
+    known = JUDGE_KEYS.get(kind)
+    if known is not None:  # the llm judge's keywords are checked by LLMJudge itself
+        unknown = sorted(set(rest) - known)
+        _require(not unknown, where, f"unknown key(s) {unknown} for a {kind} judge; known: {sorted(known)}")
     if kind == "gold":
         if "weights" in rest:
             return GoldJudge(rest["weights"], temperature=rest.get("temperature"))
