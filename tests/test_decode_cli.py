@@ -196,5 +196,11 @@ def test_cli_sampling_flags_and_per_row_sampling_settings(model_dir, tmp_path):
                  "--out", str(out), "--max-new-tokens", "12", "--top-k", "3", "--top-p", "0.9", "--stop", "dog"]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows[0]["response"].split()) <= 2 and "cat" not in rows[1]["response"]
+    assert rows[0]["tokens"] <= 2 and all(r["finish_reason"] in ("stop", "length") for r in rows)
+
+    from pluralign.decode.sampler import finish_reason
+
+    assert finish_reason([5, 6], 2, {2}) == "length" and finish_reason([5, 2], 2, {2}) == "stop"
+    assert finish_reason([5], 2, {2}) == "stop"  # ended early: an end-of-sequence token or a stop string
     assert main(["decode", "--method", "sample", "--model", str(model_dir), "--prompts", str(tmp_path / "p.jsonl"),
                  "--out", str(out), "--top-p", "0"]) == 2

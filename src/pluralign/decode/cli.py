@@ -141,6 +141,7 @@ def unused_controls(model: Any, reward: Any, controls: list[Any], extra_models: 
 def run(args: argparse.Namespace) -> int:
     from pluralign.decode.api import Controls, decode, get
     from pluralign.decode.rewards import load_reward
+    from pluralign.decode.sampler import eos_ids, finish_reason
     from pluralign.decode.steer import load_policy
     from pluralign.runs import atomic_write_jsonl
 
@@ -170,9 +171,11 @@ def run(args: argparse.Namespace) -> int:
     kwargs = method_kwargs(args.method, reward, tokenizer, extra_models, args.chat_template)
     result = decode(args.method, model, tokenizer, [r["prompt"] for r in requests], reward=reward,
                     controls=controls, **kwargs)
+    eos = eos_ids(tokenizer, model)
     rows = []
-    for req, row in zip(requests, result.rows(), strict=True):
-        rows.append({**{k: v for k, v in req.items() if k != "prompt"}, "prompt": req["prompt"], **row})
+    for req, row, ids, c in zip(requests, result.rows(), result.info["token_ids"], controls, strict=True):
+        rows.append({**{k: v for k, v in req.items() if k != "prompt"}, "prompt": req["prompt"], **row,
+                     "tokens": len(ids), "finish_reason": finish_reason(ids, c.max_new_tokens, eos)})
     atomic_write_jsonl(args.out, rows)
     for note in result_warnings(args.method, result):
         print(f"warning: {note}", file=sys.stderr)

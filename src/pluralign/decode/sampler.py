@@ -127,6 +127,13 @@ class Generation:
         return decoded_text(self.tokenizer, self.tokens[row], self.stop)
 
 
+def finish_reason(ids: Sequence[int], max_new_tokens: int, eos: set[int]) -> str:
+    """OpenAI's finish reason of an answer from its generated ids: "length" when it filled the token limit
+    without ending, else "stop" (an end-of-sequence token or a stop string), as the sampler decides: the
+    end-of-sequence token wins over the limit."""
+    return "length" if len(ids) >= max_new_tokens and not (ids and ids[-1] in eos) else "stop"
+
+
 def decoded_text(tokenizer: Any, ids: Sequence[int], stop: Sequence[str] | None) -> str:
     """The generated ids as text (special tokens left out), cut at the first stop string."""
     text = tokenizer.decode(list(ids), skip_special_tokens=True)

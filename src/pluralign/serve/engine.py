@@ -316,7 +316,7 @@ class Engine:
     def _run_method(self, jobs: list[Job], method: str) -> None:
         from pluralign.decode.api import decode
         from pluralign.decode.cli import method_kwargs
-        from pluralign.decode.sampler import eos_ids
+        from pluralign.decode.sampler import eos_ids, finish_reason
 
         reward = self.reward_source(jobs[0].reward)
         prompts, controls, where = [], [], []
@@ -333,11 +333,9 @@ class Engine:
         per_job: dict[int, list[dict]] = {id(job): [] for job in jobs}
         eos = eos_ids(tok, self.loaded.model)
         for row, (job, _) in enumerate(where):
-            # every decoder reports each answer's generated ids; as the sampler decides, the end-of-sequence
-            # token wins over the limit
-            ids = res.info["token_ids"][row]
-            at_limit = len(ids) >= job.controls.max_new_tokens and not (ids and ids[-1] in eos)
-            choice = {"text": res.texts[row], "tokens": len(ids), "finish_reason": "length" if at_limit else "stop"}
+            ids = res.info["token_ids"][row]  # every decoder reports each answer's generated ids
+            choice = {"text": res.texts[row], "tokens": len(ids),
+                      "finish_reason": finish_reason(ids, job.controls.max_new_tokens, eos)}
             if res.scores is not None:
                 choice["scores"] = dict(zip(res.objectives, res.scores[row].tolist(), strict=True))
                 choice["utility"] = float(res.utility[row])
