@@ -20,6 +20,7 @@ The field names are the JSON field names; `pluralign.data.io` reads and writes t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -133,8 +134,6 @@ def kind_of(record: Record) -> str:
 
 def text_key(text: Text) -> str:
     """A hashable key of a `Text`, equal for equal texts (plain text as it is, messages as sorted JSON)."""
-    import json
-
     return text if isinstance(text, str) else json.dumps(text, sort_keys=True)
 
 

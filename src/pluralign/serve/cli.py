@@ -26,7 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from pluralign.errors import ConfigError
 
     try:
