@@ -202,5 +202,13 @@ def test_cli_sampling_flags_and_per_row_sampling_settings(model_dir, tmp_path):
 
     assert finish_reason([5, 6], 2, {2}) == "length" and finish_reason([5, 2], 2, {2}) == "stop"
     assert finish_reason([5], 2, {2}) == "stop"  # ended early: an end-of-sequence token or a stop string
+
+    class Words:  # id i decodes to word i
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(f"w{i}" for i in ids)
+
+    # the last token completed a stop string exactly at the limit: the sampler calls that a stop
+    assert finish_reason([5, 6], 2, {2}, Words(), ["w6"]) == "stop"
+    assert finish_reason([5, 6], 2, {2}, Words(), ["w7"]) == "length"
     assert main(["decode", "--method", "sample", "--model", str(model_dir), "--prompts", str(tmp_path / "p.jsonl"),
                  "--out", str(out), "--top-p", "0"]) == 2

@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for req, row, ids, c in zip(requests, result.rows(), result.info["token_ids"], controls, strict=True):
         rows.append({**{k: v for k, v in req.items() if k != "prompt"}, "prompt": req["prompt"], **row,
-                     "tokens": len(ids), "finish_reason": finish_reason(ids, c.max_new_tokens, eos)})
+                     "tokens": len(ids), "finish_reason": finish_reason(ids, c.max_new_tokens, eos, tokenizer, c.stop)})
     atomic_write_jsonl(args.out, rows)
     for note in result_warnings(args.method, result):
         print(f"warning: {note}", file=sys.stderr)

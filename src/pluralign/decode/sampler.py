@@ -127,11 +127,15 @@ class Generation:
         return decoded_text(self.tokenizer, self.tokens[row], self.stop)
 
 
-def finish_reason(ids: Sequence[int], max_new_tokens: int, eos: set[int]) -> str:
+def finish_reason(ids: Sequence[int], max_new_tokens: int, eos: set[int], tokenizer: Any = None,
+                  stop: Sequence[str] | None = None) -> str:
     """OpenAI's finish reason of an answer from its generated ids: "length" when it filled the token limit
-    without ending, else "stop" (an end-of-sequence token or a stop string), as the sampler decides: the
-    end-of-sequence token wins over the limit."""
-    return "length" if len(ids) >= max_new_tokens and not (ids and ids[-1] in eos) else "stop"
+    without ending, else "stop" (an end-of-sequence token or a stop string), as the sampler decides: an
+    end-of-sequence token or a stop string completed by the last token wins over the limit."""
+    if len(ids) < max_new_tokens or (ids and ids[-1] in eos):
+        return "stop"
+    text = tokenizer.decode(list(ids), skip_special_tokens=True) if tokenizer is not None and stop else ""
+    return "stop" if any(s and s in text for s in stop or ()) else "length"
 
 
 def decoded_text(tokenizer: Any, ids: Sequence[int], stop: Sequence[str] | None) -> str:

@@ -335,7 +335,8 @@ class Engine:
         for row, (job, _) in enumerate(where):
             ids = res.info["token_ids"][row]  # every decoder reports each answer's generated ids
             choice = {"text": res.texts[row], "tokens": len(ids),
-                      "finish_reason": finish_reason(ids, job.controls.max_new_tokens, eos)}
+                      "finish_reason": finish_reason(ids, job.controls.max_new_tokens, eos, tok,
+                                                    job.controls.stop)}
             if res.scores is not None:
                 choice["scores"] = dict(zip(res.objectives, res.scores[row].tolist(), strict=True))
                 choice["utility"] = float(res.utility[row])
