@@ -30,6 +30,10 @@ def model_dir(tmp_path_factory):
     mod.words = _words
     mod.named = lambda prompts, responses: _words(prompts, responses)
     mod.named.objectives = ["cat", "dog"]
+    mod.raises = lambda prompts, responses: 1 / 0
+    mod.nan = lambda prompts, responses: [float("nan")] * len(responses)
+    mod.short = lambda prompts, responses: [1.0] * (len(responses) - 1)
+    mod.text = lambda prompts, responses: ["good"] * len(responses)
     sys.modules["decode_cli_rewards"] = mod
     return d
 
@@ -99,6 +103,25 @@ def test_console_script_imports_a_reward_module_from_the_working_directory(model
     assert done.returncode == 0, done.stderr[-2000:]
     row = json.loads((tmp_path / "out.jsonl").read_text())
     assert row["utility"] == max(-float(len(c.split())) for c in row["candidates"])
+
+
+@pytest.mark.parametrize("method", ["bon", "args", "rejection"])
+@pytest.mark.parametrize("reward, message", [
+    ("raises", "reward 'decode_cli_rewards:raises' raised ZeroDivisionError"),
+    ("nan", "reward 'decode_cli_rewards:nan' returned a non-finite value"),
+    ("short", r"reward 'decode_cli_rewards:short' returned shape \(\d+, 1\) for \d+ responses"),
+    ("text", "reward 'decode_cli_rewards:text' returned something that is not numbers"),
+])
+def test_a_broken_reward_function_exits_2_naming_it(model_dir, tmp_path, capsys, method, reward, message):
+    # a reward that scored one response too few used to be broadcast (best-of-N picked blindly, exit 0);
+    # one that raised or returned NaN or text ended in a traceback
+    (tmp_path / "p.txt").write_text("the\na\n")
+    out = tmp_path / "o.jsonl"
+    rc = main(["decode", "--method", method, "--model", str(model_dir), "--reward", f"decode_cli_rewards:{reward}",
+               "--prompts", str(tmp_path / "p.txt"), "--out", str(out), "--n", "3", "--max-new-tokens", "3"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and __import__("re").search(message, err), err
+    assert not out.exists()
 
 
 def test_cli_user_errors_exit_2(model_dir, tmp_path, capsys):

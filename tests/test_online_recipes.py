@@ -205,6 +205,21 @@ def test_bad_rewards_exit_2_with_the_cause(base, tmp_path, monkeypatch, capsys, 
     assert not (tmp_path / "x" / "model").exists()
 
 
+def test_a_short_reward_is_named_when_the_prompt_rows_carry_users(base, tmp_path, monkeypatch, capsys):
+    # scored once per user, a short reward ended in torch's "shape mismatch: value tensor of shape [3, 1]"
+    import json
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "user": f"u{i % 2}"}) + "\n" for i, p in enumerate(PROMPTS)))
+    argv = ["train", "rloo", f"model={base}", f"data={data}", f"output_dir={tmp_path / 'x'}",
+            "rewards=[{source: 'online_toys:short_reward'}]", "loop.max_steps=1", "loop.progress=false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "reward 'online_toys:short_reward' returned shape (7, 1) for 8 responses" in err, err
+
+
 @pytest.mark.parametrize("setting, message", [
     ("advantage_params={scal: batch}", "advantage estimator 'grpo' has no parameter ['scal'] (did you mean 'scale'?)"),
     ("loss_params={eps: 0.1}", "policy loss 'clip' has no parameter ['eps']"),

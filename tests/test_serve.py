@@ -321,3 +321,32 @@ def test_best_of_n_reports_its_answers_own_tokens_and_finish(server, sandbox):
         assert got.choices[0].finish_reason == ("stop" if ended else "length")
         finishes.add(got.choices[0].finish_reason)
     assert finishes == {"stop", "length"}
+
+
+def test_a_broken_reward_source_is_a_422_naming_it(sandbox, monkeypatch):
+    # a reward function that raised, returned NaN, text or too few scores was a bare 500 (/v1/rewards too),
+    # or, too few scores, a 200 whose best-of-N pick was blind
+    import sys
+    import types
+
+    mod = types.ModuleType("serve_bad_rewards")
+    mod.raises = lambda prompts, responses: 1 / 0
+    mod.nan = lambda prompts, responses: [float("nan")] * len(responses)
+    mod.short = lambda prompts, responses: [1.0] * (len(responses) - 1)
+    mod.text = lambda prompts, responses: ["good"] * len(responses)
+    monkeypatch.setitem(sys.modules, "serve_bad_rewards", mod)
+    path, _, _ = sandbox
+    names = ["raises", "nan", "short", "text"]
+    cfg = ServeConfig(model=str(path), rewards=[f"{n}=serve_bad_rewards:{n}" for n in names], port=0)
+    why = {"raises": "raised ZeroDivisionError", "nan": "non-finite value", "short": "returned shape (1, 1) for 2",
+           "text": "not numbers"}
+    with Background(cfg, keys=[KEY]) as url:
+        for name in names:
+            body = {"prompt": PROMPT, "max_tokens": 3, "method": "bon", "best_of": 2, "reward": name}
+            err = _error(httpx.post(url + "/v1/completions", json=body, headers=AUTH), 422)
+            assert f"serve_bad_rewards:{name}" in err["message"] and why[name] in err["message"], err
+            pairs = {"input": [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}], "reward": name}
+            err = _error(httpx.post(url + "/v1/rewards", json=pairs, headers=AUTH), 422)
+            assert why[name] in err["message"], err
+        ok = httpx.post(url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 3}, headers=AUTH)
+        assert ok.status_code == 200  # the server goes on serving

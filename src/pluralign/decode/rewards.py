@@ -15,23 +15,31 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pluralign.decode.kv import Compute, LMState, model_device
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, PluralignError
 
 
 class FunctionReward:
     """A Python callable `(prompts, responses) -> array [N] or [N, m]` as a reward source; its columns are
-    named by `objectives`, else r0, r1, ..."""
+    named by `objectives`, else r0, r1, ... It is the user's code: what it raises is reported as a user
+    error naming it (`name`, as the user gave it)."""
 
-    def __init__(self, fn: Callable, objectives: Sequence[str] | None = None):
+    def __init__(self, fn: Callable, objectives: Sequence[str] | None = None, name: str | None = None):
         self.fn = fn
         self.objectives = list(objectives) if objectives else None
+        self.name = name or getattr(fn, "__qualname__", None) or type(fn).__name__
 
     def score(self, prompts: list[str], responses: list[str], user: Any = None) -> torch.Tensor:
-        out = torch.as_tensor(self.fn(list(prompts), list(responses)), dtype=torch.float)
-        return out[:, None] if out.dim() == 1 else out
+        try:
+            out = self.fn(list(prompts), list(responses))
+        except PluralignError:
+            raise
+        except Exception as e:
+            raise PluralignError(f"reward '{self.name}' raised {type(e).__name__}: {e}") from e
+        return checked_scores(out, len(responses), self.name)
 
 
 class GoldReward:
@@ -52,6 +60,7 @@ class Counted:
     def __init__(self, source: Any):
         self.source = source
         self.objectives = getattr(source, "objectives", None)
+        self.name = reward_name(source)
         self.compute = Compute()
 
     def score(self, prompts: list[str], responses: list[str], user: Any = None) -> torch.Tensor:
@@ -92,7 +101,9 @@ def load_reward(spec: str, field: str = "--reward") -> Any:
             fn = getattr(import_user_module(module), name)
         except (ImportError, AttributeError) as e:
             raise ConfigError(f"{field} {spec}: cannot import {name} from {module} ({e})") from e
-        return as_reward(fn)
+        if not callable(fn) or (hasattr(fn, "score") and callable(fn.score)):
+            return as_reward(fn)
+        return FunctionReward(fn, getattr(fn, "objectives", None), name=spec)
     if Path(spec).is_dir():
         try:
             reward_mod = importlib.import_module("pluralign.reward")
@@ -134,23 +145,50 @@ def weight_vector(weights: Any, names: Sequence[str]) -> torch.Tensor:
     return w
 
 
-def score_groups(reward: Any, prompts: list[str], responses: list[str], users: Sequence[Any] | None = None) -> torch.Tensor:
-    """Score pairs [N, m], calling the source once per distinct user (per-user reward models)."""
+def score_groups(reward: Any, prompts: list[str], responses: list[str], users: Sequence[Any] | None = None,
+                 name: str | None = None) -> torch.Tensor:
+    """Score pairs [N, m], calling the source once per distinct user (per-user reward models). Every
+    call's scores are checked (`checked_scores`); errors name the source (`name`, else its own)."""
+    name = name or reward_name(reward)
     if not users or all(u is None for u in users):
-        return _as_2d(reward.score(prompts, responses, user=None))
+        return checked_scores(reward.score(prompts, responses, user=None), len(responses), name)
     out: torch.Tensor | None = None
     for u in dict.fromkeys(users):
         idx = [i for i, v in enumerate(users) if v == u]
-        s = _as_2d(reward.score([prompts[i] for i in idx], [responses[i] for i in idx], user=u))
+        s = checked_scores(reward.score([prompts[i] for i in idx], [responses[i] for i in idx], user=u), len(idx), name)
         if out is None:
             out = torch.zeros(len(prompts), s.shape[1])
+        elif s.shape[1] != out.shape[1]:
+            raise PluralignError(f"reward '{name}' returned {s.shape[1]} columns for user {u!r} and "
+                                 f"{out.shape[1]} for another user")
         out[idx] = s
     return out
 
 
-def _as_2d(x: Any) -> torch.Tensor:
-    x = torch.as_tensor(x, dtype=torch.float).detach().cpu()
-    return x[:, None] if x.dim() == 1 else x
+def reward_name(reward: Any) -> str:
+    return getattr(reward, "name", None) or type(reward).__name__
+
+
+def checked_scores(raw: Any, n: int, name: str) -> torch.Tensor:
+    """A reward source's output for n responses as finite scores [n, m]; anything else (not numbers, another
+    length, NaN or ±inf) is a user error naming the source."""
+    if isinstance(raw, torch.Tensor):
+        x = raw.detach().to("cpu", torch.float)
+    else:
+        try:
+            x = torch.as_tensor(np.asarray(raw, dtype=np.float64), dtype=torch.float)
+        except (TypeError, ValueError) as e:
+            raise PluralignError(f"reward '{name}' returned something that is not numbers "
+                                 f"({type(raw).__name__}: {e})") from None
+    x = x[:, None] if x.dim() == 1 else x
+    if x.dim() != 2 or x.shape[0] != n:
+        raise PluralignError(f"reward '{name}' returned shape {tuple(x.shape)} for {n} responses; "
+                             f"expected [{n}] or [{n}, m]")
+    bad = (~torch.isfinite(x)).any(1).nonzero().flatten()
+    if len(bad):
+        raise PluralignError(f"reward '{name}' returned a non-finite value for {len(bad)} of {n} responses "
+                             f"(first at response {int(bad[0])}: {x[bad[0]].tolist()})")
+    return x
 
 
 class CachedReward:

@@ -97,33 +97,17 @@ class Source:
         `weights` fields) override the spec's user (PAL) and objective weights (multi-objective RMs)."""
         users = [u if u is not None else self.spec.user for u in (users or [None] * len(responses))]
         try:
-            raw = score_groups(self.reward, prompts, responses, users)
+            scores = score_groups(self.reward, prompts, responses, users, name=self.spec.source)
         except PluralignError:
             raise
-        except Exception as e:  # a user's reward function: say which one failed and how
+        except Exception as e:  # a reward source given as an object (its own code): say which one failed and how
             raise PluralignError(f"reward '{self.spec.source}' raised {type(e).__name__}: {e}") from e
-        scores = _checked(raw, len(responses), self.spec.source)
         if scores.shape[1] == 1:
             return scores[:, 0]
         names = objective_names(self.reward, scores.shape[1])
         default = weight_vector(self.spec.weights, names)
         w = torch.stack([weight_vector(r, names) if r is not None else default for r in (weights or [None] * len(responses))])
         return (scores * w).sum(1)
-
-
-def _checked(raw: Any, n: int, name: str) -> Tensor:
-    try:
-        x = torch.as_tensor(np.asarray(raw, dtype=np.float64), dtype=torch.float).detach().cpu()
-    except (TypeError, ValueError) as e:
-        raise PluralignError(f"reward '{name}' returned something that is not numbers ({type(raw).__name__}: {e})") from None
-    x = x[:, None] if x.dim() == 1 else x
-    if x.dim() != 2 or x.shape[0] != n:
-        raise PluralignError(f"reward '{name}' returned shape {tuple(x.shape)} for {n} responses; expected [{n}] or [{n}, m]")
-    bad = (~torch.isfinite(x)).any(1).nonzero().flatten()
-    if len(bad):
-        raise PluralignError(f"reward '{name}' returned a non-finite value for {len(bad)} of {n} responses "
-                             f"(first at response {int(bad[0])}: {x[bad[0]].tolist()})")
-    return x
 
 
 def combine(columns: Tensor, weights: Tensor, group_size: int, mode: str = "sum", eps: float = 1e-4) -> Tensor:

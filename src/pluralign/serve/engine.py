@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pluralign.decode.api import Controls
+from pluralign.decode.rewards import checked_scores, reward_name
 from pluralign.errors import PluralignError
 from pluralign.serve.config import ServeConfig
 from pluralign.serve.errors import APIError
@@ -371,10 +372,10 @@ class Engine:
         return rewards[name]
 
     def score(self, name: str | None, prompts: list[Any], responses: list[str], user: Any = None) -> Any:
-        """Reward scores [N, m] from the named source, exactly as its `score` returns them (called from a
+        """Reward scores [N, m] from the named source, checked to be N rows of finite numbers (called from a
         thread pool; one scoring at a time per server)."""
         source = self.reward_source(name)
         if source is None:
             raise APIError(422, "this server has no reward source (start it with --reward)", code="no_reward")
         with self._reward_lock:
-            return source.score(prompts, responses, user=user)
+            return checked_scores(source.score(prompts, responses, user=user), len(responses), reward_name(source))
