@@ -232,6 +232,30 @@ def test_a_refused_resume_leaves_config_yaml_as_it_was(tmp_path):
     assert (run / "config.yaml").read_text() == before
 
 
+def test_resume_is_refused_when_the_run_itself_changed(tmp_path):
+    # rerun into the same output_dir with another loss: it "resumed" the old loss's final checkpoint, saved
+    # that model again, and config.yaml claimed the new loss
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Recipe:
+        loss: str = "dpo"
+        beta: float = 0.1
+        loop: LoopConfig = field(default_factory=cfg)
+
+    run = tmp_path / "run"
+    train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=2), run, run_config=Recipe(loop=cfg(max_steps=2)))
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"differs .*beta: 0.1 -> 0.5; loss: 'dpo' -> 'ipo'.*new output_dir"):
+        train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=4), run,
+              run_config=Recipe(loss="ipo", beta=0.5, loop=cfg(max_steps=4)))
+    assert (run / "config.yaml").read_text() == before
+    # the loop's own settings may change: a longer run at another rate continues
+    out = train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=4, learning_rate=1e-3), run,
+                run_config=Recipe(loop=cfg(max_steps=4, learning_rate=1e-3)))
+    assert out.resumed_from is not None and out.global_step == 4
+
+
 # ---------------------------------------------------------------- two runs, one directory
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 
 from pluralign.errors import ConfigError
@@ -74,6 +75,42 @@ def archive_config(run: RunDir, previous: str | None, step: int) -> None:
     """Keep the config the first `step` steps ran with next to config.yaml (which now holds this run's)."""
     if previous is not None and previous != read_config(run):
         atomic_write_text(run.root / f"config.until-step-{step}.yaml", previous)
+
+
+# What a resumed run may change: how the rest of it goes (length, rate, logging, checkpoints: the loop's
+# fields) and how fast it runs, not what the steps so far computed (model, data, loss, ...).
+CHANGEABLE_ON_RESUME = ("loop", "output_dir", "eval_data", "attention_kernel", "gradient_checkpointing", "merge_lora")
+
+
+def check_same_run(previous: str | None, now: str, path: Path) -> None:
+    """Refuse to resume from `path` when the run's config (YAML text, `previous` as config.yaml held it)
+    changed outside `CHANGEABLE_ON_RESUME`: continuing another loss's or model's checkpoint would hand back
+    a model config.yaml does not describe."""
+    try:
+        old, new = _flat(yaml.safe_load(previous or "")), _flat(yaml.safe_load(now))
+    except yaml.YAMLError:
+        return  # a config.yaml edited by hand into invalid YAML: nothing to compare with
+    if not old:
+        return
+    differ = [k for k in sorted(old.keys() | new.keys())
+              if k.split(".")[0] not in CHANGEABLE_ON_RESUME and (k in old, old.get(k)) != (k in new, new.get(k))]
+    if differ:
+        def show(config: dict, key: str) -> str:
+            return repr(config[key]) if key in config else "(unset)"
+
+        shown = "; ".join(f"{k}: {show(old, k)} -> {show(new, k)}" for k in differ[:6])
+        more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+        raise ConfigError(f"cannot resume from {path}: this run's config differs from the one that wrote it "
+                          f"({shown}{more}); use a new output_dir, or remove {path.parent} to start over")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
 
 
 def check_compatible(saved: ckpt.Position, now: ckpt.Position, path: Path) -> None:

@@ -49,6 +49,7 @@ from pluralign.train.checkpointing import (
     apply_hyperparameters,
     archive_config,
     check_compatible,
+    check_same_run,
     newest_intact_checkpoint,
     read_config,
     save_checkpoint,
@@ -144,7 +145,8 @@ def train(
     accelerator = make_accelerator(config.grad_accum, config.mixed_precision, track,
                                    str(run.root / "trackers") if run is not None else None)
     rank, world = accelerator.process_index, accelerator.num_processes
-    previous_config = read_config(run) if accelerator.is_main_process else None
+    previous_config = read_config(run)
+    accelerator.wait_for_everyone()  # every process read it before the main one replaces it: all judge alike
     if accelerator.is_main_process:
         announce_config(run_config if run_config is not None else config, run, echo=config.progress)
     trackers.start(accelerator, track, run.root if run is not None else None, run_config if run_config is not None else config)
@@ -166,6 +168,8 @@ def train(
         try:
             loaded = ckpt.load_checkpoint(found, rank, verify=False)  # _resumable verified it
             check_compatible(loaded.position, pos, found)
+            if run_config is not None:
+                check_same_run(previous_config, dump_yaml(run_config), found)
             ckpt.load_weights_into(model, loaded.weights, lambda: trained_names)
         except PluralignError:  # this run never starts: config.yaml goes back to the config that ran
             if accelerator.is_main_process and previous_config is not None:
