@@ -87,11 +87,21 @@ def test_missing_inputs_are_named():
 def test_bad_hyperparameter_values():
     (pc, pr, rc, rr), _ = _pairs()
     for name, hp, message in [
-        ("robust", {"label_smoothing": 0.5}, r"label_smoothing must lie in \[0.0, 0.5\)"),
+        ("robust", {"label_smoothing": 0.5}, r"'label_smoothing' must be in \[0, 0.5\), got 0.5"),
         ("cdpo", {"label_smoothing": -0.1}, "label_smoothing"),
         ("exo_pair", {"label_smoothing": 0.0}, r"\(0, 1\)"),
-        ("dpo", {"f_divergence": "kl"}, "unknown f_divergence 'kl'"),
+        ("dpo", {"f_divergence": "kl"}, "'f_divergence' must be one of the f-divergences .*forward_kl.*got 'kl'"),
         ("mnpo", {"history_weights": (1.0,)}, "history_weights"),
+        ("mnpo", {"history_weights": ["a"]}, "'history_weights' must be a list of numbers >= 0"),
+        # values of the wrong type or sign used to reach the loss: a traceback, or a silently reversed DPO
+        ("dpo", {"beta": -1.0}, "'beta' must be > 0, got -1.0"),
+        ("ipo", {"beta": 0}, "'beta' must be > 0, got 0"),
+        ("dpo", {"beta": "abc"}, "'beta' must be a finite number, got 'abc'"),
+        ("dpo", {"beta": [1, 2]}, "'beta' must be a finite number"),
+        ("dpo", {"beta": None}, "'beta' must be a finite number, got None"),
+        ("dpo", {"beta": float("nan")}, "'beta' must be a finite number"),
+        ("ipo", {"length_normalized": "yes"}, "'length_normalized' must be true or false"),
+        ("simpo", {"gamma_beta_ratio": "abc"}, "'gamma_beta_ratio' must be a finite number"),
     ]:
         kw = {
             "history_chosen_logps": torch.stack([rc, rc], 1),
@@ -149,6 +159,8 @@ def test_mixture_errors():
         losses.mixture("")
     with pytest.raises(ConfigError, match="finite"):
         losses.mixture({"dpo": float("nan")})
+    with pytest.raises(ConfigError, match="weight of 'nll' must be finite and >= 0, got -1"):
+        losses.mixture("dpo:1,nll:-1")
     with pytest.raises(ConfigError, match="not in the mixture"):
         losses.mixture("dpo", hyperparams={"ipo": {"beta": 1.0}})
     with pytest.raises(ConfigError, match="no hyper-parameter 'gamma'"):

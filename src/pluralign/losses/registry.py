@@ -195,8 +195,8 @@ def mixture(weights: Mapping[str, float] | str,
     parts = {n: get(n) for n in parsed}
     parts = {n: Loss(p.fn, p.info, p.signature, (hyperparams or {}).get(n)) for n, p in parts.items()}
     for n, part in parts.items():
-        if not math.isfinite(parsed[n]):
-            raise ConfigError(f"loss mixture weight of '{n}' must be finite, got {parsed[n]}")
+        if not (math.isfinite(parsed[n]) and parsed[n] >= 0):  # a negative NLL weight unlearns the chosen answers
+            raise ConfigError(f"loss mixture weight of '{n}' must be finite and >= 0, got {parsed[n]}")
         check_hyperparams(part.info, part.bound_hyperparams)
     infos = [p.info for p in parts.values()]
     if len({i.kind for i in infos}) > 1:
@@ -267,14 +267,70 @@ def _info_from_signature(name: str, kind: str, fn: LossFn, extra_inputs: tuple[s
     )  # fmt: skip
 
 
+def _f_divergences() -> tuple[str, ...]:
+    from pluralign.losses.pairwise import F_DIVERGENCES  # registers losses, so not at import time
+
+    return tuple(F_DIVERGENCES)
+
+
+# A hyper-parameter's name means the same in every loss that takes it: its valid values, checked when the
+# config is read (a negative β trains the preference backwards; β = 0 gives no gradient at all).
+_VALID: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "beta": (lambda v: v > 0, "> 0"),
+    "label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    "desirable_weight": (lambda v: v >= 0, ">= 0"),
+    "undesirable_weight": (lambda v: v >= 0, ">= 0"),
+    "alpha": (lambda v: v >= 0, ">= 0"),
+    "tau": (lambda v: v > 0, "> 0"),
+    "eta": (lambda v: v > 0, "> 0"),
+    "ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "w0": (lambda v: v > 0, "> 0"),
+    "center_coef": (lambda v: v >= 0, ">= 0"),
+    "pos_weight": (lambda v: v is None or v > 0, "> 0 (or null)"),
+    "f_divergence": (lambda v: v in _f_divergences(), "one of the f-divergences"),
+}
+_VALID_IN = {("orpo", "beta"): (lambda v: v >= 0, ">= 0")}  # ORPO's β is the odds-ratio term's weight λ
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _value_problem(loss: str, key: str, value: Any, default: Any) -> str | None:
+    """Why `value` cannot be hyper-parameter `key` of `loss` (whose default is `default`), or None."""
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int | float):
+        ok, want = _is_number(value), "a finite number"
+    elif isinstance(default, str):
+        ok, want = isinstance(value, str), "a string"
+    elif isinstance(default, tuple | list) or key == "history_weights":
+        ok = value is None or (isinstance(value, list | tuple) and all(_is_number(x) and x >= 0 for x in value))
+        want = "a list of numbers >= 0"
+    else:  # a default of None: optional, a number when given
+        ok, want = value is None or _is_number(value), "a finite number or null"
+    if not ok:
+        return f"must be {want}, got {value!r}"
+    rule = _VALID_IN.get((loss, key)) or _VALID.get(key)
+    if rule is not None and value is not None and not rule[0](value):
+        choices = f" ({', '.join(_f_divergences())})" if key == "f_divergence" else ""
+        return f"must be {rule[1]}{choices}, got {value!r}"
+    return None
+
+
 def check_hyperparams(info: LossInfo, given: Mapping[str, Any]) -> None:
-    for key in given:
+    for key, value in given.items():
         if key not in info.hyperparams:
             valid = ", ".join(sorted(info.hyperparams)) or "none"
             raise ConfigError(
                 f"loss '{info.name}' has no hyper-parameter {key!r}{_suggest(key, info.hyperparams)}; "
                 f"its hyper-parameters: {valid}"
             )
+        if isinstance(value, Tensor):  # a per-call value from the recipe (e.g. a scheduled β): its own affair
+            continue
+        problem = _value_problem(info.name, key, value, info.hyperparams[key])
+        if problem:
+            raise ConfigError(f"loss '{info.name}': hyper-parameter {key!r} {problem}")
 
 
 def _parse_weights(spec: str) -> dict[str, float]:
