@@ -62,7 +62,9 @@ def test_cli_train_dpo_writes_a_loadable_model_and_run_dir(files, tmp_path, caps
 @pytest.mark.parametrize("argv, message", [
     (["train", "dpo", "--config", "/nonexistent.yaml"], "config file not found"),
     (["train", "dpo", "model=x", "data=y", "loop.learning_rat=1"], "did you mean 'loop.learning_rate'"),
-    (["train", "dpp", "model=x"], "did you mean 'dpo'"),
+    (["train", "dpp", "model=x"], "'dpo'?"),
+    (["train", "grpoo", "model=x"], "unknown method 'grpoo' (did you mean 'grpo'"),
+    (["train", "dpo", "model=x", "data=y", "loss_params.beta=abc"], "'beta' must be a finite number, got 'abc'"),
     (["train", "bt", "model=x"], "reward"),
     (["train", "dpo", "model=x", "data=y", "loss_params.gamma=1"], "no hyper-parameter 'gamma'"),
 ])

@@ -12,6 +12,7 @@ from the config), or any registered preference loss (`dpo`, `ipo`, `kto`, `bco`,
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,13 @@ def recipe(name: str) -> tuple[type, Any, dict]:
 
     if name == "preference":
         return preference.PreferenceConfig, preference.run, {}
-    info = losses.describe(name)  # ConfigError with the closest names for a typo
+    if "," not in name and ":" not in name and name not in {*losses.names(), *losses.aliases()}:
+        recipes = ["sft", *ONLINE, *REWARD_MODEL_TYPES, *STEERABLE, "preference"]
+        close = difflib.get_close_matches(name, recipes + list(losses.names()) + list(ALIASES), n=2)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        raise ConfigError(f"unknown method {name!r}{hint}; recipes: {', '.join(recipes)}; or a preference loss "
+                          "by name (`pluralign losses` lists them)")
+    info = losses.describe(name)
     if info.kind not in preference.KINDS:
         raise ConfigError(f"'{name}' is a {info.kind} loss; train reward models with: pluralign train rm")
     return preference.PreferenceConfig, preference.run, {"loss": name}
