@@ -54,10 +54,18 @@ def _bad_parquet(tmp_path: Path) -> tuple[Path, list[tuple[int, str | None]]]:
         good,
     ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
-    return tmp_path / "in.parquet", [(1, "scores"), (2, "responses"), (3, "scores[1]")]
+    return tmp_path / "in.parquet", [(2, "scores"), (3, "responses"), (4, "scores[1]")]  # 1-based rows
 
 
-BAD_FILES = {"jsonl": _bad_jsonl, "csv": _bad_csv, "parquet": _bad_parquet}
+def _bad_json(tmp_path: Path) -> tuple[Path, list[tuple[int, str | None]]]:
+    rows = [GOOD, {"prompt": "p", "scores": [1.0, 2.0]}, {**GOOD, "scores": [1.0, float("nan")]}, {**GOOD, "prompt": " "},
+            GOOD]
+    path = tmp_path / "in.json"
+    path.write_text("[\n" + ",\n".join(map(json.dumps, rows)) + "\n]\n")  # a record per line, from line 2
+    return path, [(3, "responses"), (4, "scores[1]"), (5, "prompt")]
+
+
+BAD_FILES = {"jsonl": _bad_jsonl, "json": _bad_json, "csv": _bad_csv, "parquet": _bad_parquet}
 
 
 @pytest.mark.parametrize("fmt", list(BAD_FILES))

@@ -6,13 +6,16 @@ from __future__ import annotations
 import csv
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from data_examples import write_jsonl
 
 from pluralign.cli import main
 from pluralign.data import Demonstration, Pairwise, convert, read_checked, read_records
 from pluralign.data.collate import SFTCollator
-from pluralign.errors import PluralignError
+from pluralign.data.prompt_files import read_prompt_rows
+from pluralign.errors import DataError, PluralignError
 from pluralign.runs import RunDir
 
 
@@ -81,6 +84,60 @@ def test_a_reply_that_still_holds_a_user_turn_is_a_located_error(tmp_path):
     (problem,) = checked.rejects[0].problems
     assert (problem.line, problem.field) == (2, "chosen[0].role") and "'user' turn" in problem.message
     assert main(["data", "validate", str(tmp_path / "bad.jsonl")]) == 2
+
+
+# One prompt of every kind's row, each given as chat messages: a misspelt role or a prompt that ends on the
+# assistant's turn is the row's error, named at its line and turn, in every format (was: read as valid).
+BAD_PROMPTS = [([user("hi"), {"role": "usr", "content": "hi"}], "prompt[1].role", "got 'usr'"),
+               ([{"role": "tool", "content": "42"}, user("hi")], "prompt[0].role", "got 'tool'"),
+               ([user("hi"), bot("hello")], "prompt[1].role", "ends with the user's turn"),
+               ([SYSTEM], "prompt[0].role", "ends with the user's turn, this one with a 'system' turn")]
+KIND_ROWS = {"pairwise": {"chosen": "a", "rejected": "b"}, "ranked": {"responses": ["a", "b"], "scores": [1, 2]},
+             "binary": {"response": "a", "label": True}, "rated": {"response": "a", "ratings": {"x": 1}},
+             "judged": {"response": "a", "judgment": "fine", "polarity": "positive"}, "demonstration": {"response": "a"}}
+
+
+@pytest.mark.parametrize("kind", list(KIND_ROWS))
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet"])
+def test_a_prompts_roles_and_last_turn_are_checked_for_every_kind(tmp_path, kind, fmt):
+    rows = [{"prompt": [SYSTEM, user("fine")], **KIND_ROWS[kind]}] + [{"prompt": p, **KIND_ROWS[kind]}
+                                                                      for p, _, _ in BAD_PROMPTS]
+    path = tmp_path / f"in.{fmt}"
+    if fmt in ("jsonl", "json"):
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows) if fmt == "jsonl" else json.dumps(rows))
+    else:  # a table holds chat messages, lists and objects as JSON text in their cells
+        cells = [{k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in r.items()} for r in rows]
+        if fmt == "csv":
+            write_csv(path, list(cells[0]), [list(r.values()) for r in cells])
+        else:
+            pq.write_table(pa.Table.from_pylist(cells), path)
+    checked = read_checked(path, kind)
+    assert [r.prompt for r in checked.records] == [[SYSTEM, user("fine")]]
+    problems = [p for r in checked.rejects for p in r.problems]
+    assert [p.field for p in problems] == [field for _, field, _ in BAD_PROMPTS]
+    for problem, (_, _, fragment) in zip(problems, BAD_PROMPTS, strict=True):
+        assert fragment in problem.message
+
+
+def test_validate_refuses_a_misspelt_role_with_its_file_line_and_turn(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": [{"role": "usr", "content": "hi"}], "chosen": "c",
+                                                 "rejected": "r"}, {"prompt": "q", "chosen": "a", "rejected": "b"}])
+    assert main(["data", "validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:1: field 'prompt[0].role': expected one of system, user, assistant, got 'usr'" in err
+    assert "Traceback" not in err
+
+
+def test_a_prompt_files_chat_is_held_to_the_same_roles_and_last_turn(tmp_path):
+    rows = [{"prompt": [user("fine")]}, {"prompt": [{"role": "usr", "content": "hi"}]},
+            {"prompt": [user("hi"), bot("hello")]}, {"prompt": [SYSTEM, user("also fine")], "n": 2}]
+    with pytest.raises(DataError) as e:
+        read_prompt_rows([write_jsonl(tmp_path / "p.jsonl", rows)])
+    assert [(p.line, p.field) for p in e.value.problems] == [(2, "prompt[0].role"), (3, "prompt[1].role")]
+    write_csv(tmp_path / "p.csv", ["prompt"], [[r["prompt"]] for r in rows])
+    with pytest.raises(DataError) as e:
+        read_prompt_rows([tmp_path / "p.csv"])
+    assert [(p.line, p.field) for p in e.value.problems] == [(3, "prompt[0].role"), (4, "prompt[1].role")]
 
 
 def test_sft_on_messages_trains_on_the_assistant_reply_only(tmp_path, chat_model, chat_tokenizer):

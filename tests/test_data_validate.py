@@ -41,7 +41,7 @@ ROW_PROBLEMS = [
     ("pairwise", _with(PAIR, meta="x"), "meta", "expected an object"),
     ("pairwise", _with(PAIR, prompt=[]), "prompt", "empty list of chat messages"),
     ("pairwise", _with(PAIR, prompt=["hi"]), "prompt[0]", "must be an object with 'role' and 'content'"),
-    ("pairwise", _with(PAIR, prompt=[{"content": "hi"}]), "prompt[0].role", "expected a non-empty role"),
+    ("pairwise", _with(PAIR, prompt=[{"content": "hi"}]), "prompt[0].role", "expected one of system, user, assistant"),
     (
         "pairwise",
         _with(PAIR, chosen=[{"role": "assistant", "content": 3}]),
@@ -161,12 +161,27 @@ def test_bad_json_cells_in_tables(tmp_path):
     ]
 
 
-def test_parquet_and_dataset_problems_carry_row_indices(tmp_path):
-    rows = [RANKED, _with(RANKED, scores=[NAN, 1.0]), _with(RANKED, responses=None)]
+def test_parquet_and_dataset_problems_carry_1_based_row_numbers(tmp_path):
+    rows = [_with(RANKED, scores=[NAN, 1.0]), RANKED, _with(RANKED, responses=None)]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
     for source in (tmp_path / "in.parquet", datasets.Dataset.from_list(rows)):
         checked = read_checked(source)
-        assert [(p.line, p.field) for p in checked.problems] == [(1, "scores[0]"), (2, "responses")]
+        assert [(p.line, p.field) for p in checked.problems] == [(1, "scores[0]"), (3, "responses")]
+    assert str(read_checked(tmp_path / "in.parquet").problems[0]).startswith(f"{tmp_path / 'in.parquet'}:1: ")
+
+
+def test_json_list_problems_carry_the_line_each_record_starts_on(tmp_path):
+    """As in JSONL: the first record is not line 0, and a record spread over lines is found where it starts."""
+    path = tmp_path / "in.json"
+    path.write_text('[\n{"prompt": "p", "chosen": "c"},\n'  # line 2: no rejected
+                    '{"prompt": "p",\n "chosen": "c", "rejected": "r"},\n'  # lines 3-4: fine
+                    '\n  {"prompt": "p", "chosen": "c",\n "rejected": "c"}]\n')  # line 6: identical sides
+    checked = read_checked(path)
+    assert [(p.line, p.field) for p in checked.problems] == [(2, "rejected"), (6, "rejected")]
+    assert str(checked.problems[0]) == f"{path}:2: field 'rejected': missing field"
+    read_records(path, skip_invalid=True)
+    rejects = [json.loads(line) for line in (tmp_path / "in.rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [2, 6]
 
 
 def test_skip_invalid_keeps_good_rows_and_writes_every_reject(tmp_path):

@@ -18,7 +18,7 @@ class Problem:
     """One problem found in an input: where it is and what is wrong."""
 
     source: str  # file name (or "<dataset>")
-    line: int | None  # 1-based line (JSONL/CSV data row) or row index; None when the whole file is at fault
+    line: int | None  # 1-based: the line a row starts on, or the row number where a file has no lines (Parquet); None when the whole file is at fault
     field: str | None  # the offending field, None for whole-row problems (e.g. malformed JSON)
     message: str
 

@@ -10,6 +10,7 @@ from typing import Any
 
 Issue = tuple[str | None, str]  # (field or None for the whole row, message)
 MAX_DEPTH = 32  # deeper nesting than any record needs (messages are 2 levels, meta rarely more)
+ROLES = ("system", "user", "assistant")  # the chat roles every renderer and chat template knows
 
 
 def type_name(value: Any) -> str:
@@ -76,8 +77,9 @@ def _check_messages(name: str, messages: list) -> list[Issue]:
             )
             continue
         role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or not role.strip():
-            issues.append((f"{where}.role", f"expected a non-empty role string, got {role!r}"))
+        # A misspelt role ("usr") is rendered wrongly or dropped by a chat template, yet the row was trained on.
+        if role not in ROLES:
+            issues.append((f"{where}.role", f"expected one of {', '.join(ROLES)}, got {short(role)}"))
         if not isinstance(content, str):
             issues.append((f"{where}.content", f"expected a string, got {type_name(content)}"))
     if not issues and not any(m["content"].strip() for m in messages):
@@ -91,6 +93,16 @@ def _check_text(name: str, value: Any) -> tuple[Any, list[Issue]]:
     if isinstance(value, list):
         return value, _check_messages(name, value)
     return value, [(name, f"expected text or a list of chat messages, got {type_name(value)}")]
+
+
+def check_prompt(name: str, value: Any) -> tuple[Any, list[Issue]]:
+    """A prompt: text, or chat messages that end with the user's turn (the model answers that turn)."""
+    value, issues = _check_text(name, value)
+    if issues or not isinstance(value, list) or value[-1]["role"] == "user":
+        return value, issues
+    last = len(value) - 1
+    return value, [(f"{name}[{last}].role", f"a prompt ends with the user's turn, this one with a "
+                                            f"{value[last]['role']!r} turn")]
 
 
 def _check_rank(name: str, value: Any) -> tuple[Any, list[Issue]]:
@@ -147,6 +159,7 @@ def _check_meta(name: str, value: Any) -> tuple[Any, list[Issue]]:
 
 FIELD_CHECKS = {
     "text": _check_text,
+    "prompt": check_prompt,
     "texts": lambda n, v: _check_list(n, v, _check_text),
     "number": _check_number,
     "numbers": lambda n, v: _check_list(n, v, _check_number),

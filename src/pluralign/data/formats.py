@@ -1,7 +1,12 @@
 """Raw rows of each source format — JSONL, JSON, CSV, Parquet, a saved `datasets` directory, a split of a
 Hugging Face hub data set (``owner/name:split``) or a `datasets.Dataset` — before any checks (`pluralign.data.validate`). A row that cannot even be parsed
 (malformed JSON, bytes that are not UTF-8, a CSV line with too many cells) comes back with its problem, at
-its line; only a whole-file problem (no such file, an unreadable header) raises."""
+its line; only a whole-file problem (no such file, an unreadable header) raises.
+
+Every row is located 1-based, as an editor or a table viewer counts: JSONL and CSV rows by the line they
+start on (a CSV's first data row is line 2, after the header), a JSON list's elements by the line each
+starts on, and rows of a Parquet file or a `datasets.Dataset` (which have no lines) by their row number,
+the first row being 1."""
 
 from __future__ import annotations
 
@@ -94,7 +99,30 @@ def _json_rows(text: str, name: str) -> list[RawRow]:
         raise file_error(name, f"unusable JSON: {json_failure(e)}") from None
     if not isinstance(value, list):
         raise file_error(name, f"expected a JSON list of objects, got {type(value).__name__}")
-    return [RawRow(i, row, row) for i, row in enumerate(value)]
+    return [RawRow(line, row, row) for line, row in zip(_element_lines(text), value, strict=True)]
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")  # the whitespace JSON allows between tokens
+
+
+def _element_lines(text: str) -> list[int]:
+    """The 1-based line where each element of the JSON array `text` starts, so that a record's problems
+    point at it as JSONL's do. `text` has parsed as an array already, so this walk cannot fail."""
+    decoder = json.JSONDecoder()
+    pos = _JSON_SPACE.match(text).end() + 1  # past the opening "["
+    lines: list[int] = []
+    line, counted = 1, 0
+    while True:
+        pos = _JSON_SPACE.match(text, pos).end()
+        if text[pos] == "]":
+            return lines
+        line += text.count("\n", counted, pos)  # counted incrementally: linear in the file's size
+        counted = pos
+        lines.append(line)
+        _, pos = decoder.raw_decode(text, pos)
+        pos = _JSON_SPACE.match(text, pos).end()
+        if text[pos] == ",":
+            pos += 1
 
 
 def _csv_rows(text: str, name: str) -> list[RawRow]:
@@ -164,7 +192,7 @@ def _parquet_rows(path: Path, name: str) -> list[RawRow]:
         table = pq.read_table(path)
     except (pa.ArrowException, ValueError) as e:
         raise file_error(name, f"unreadable Parquet: {e}") from None
-    return [RawRow(i, row, row) for i, row in enumerate(table.to_pylist())]
+    return [RawRow(number, row, row) for number, row in enumerate(table.to_pylist(), start=1)]
 
 
 def import_datasets():
@@ -222,4 +250,4 @@ def _dataset_rows(dataset: Any, name: str) -> tuple[str, list[RawRow], bool]:
         raise PluralignError(
             f"a DatasetDict holds several splits ({', '.join(dataset)}); pass one, e.g. dataset['train']"
         )
-    return name, [RawRow(i, row, row) for i, row in enumerate(dataset)], True
+    return name, [RawRow(number, row, row) for number, row in enumerate(dataset, start=1)], True

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pluralign.data.conversations import messages_of
+from pluralign.data.field_checks import check_prompt
 from pluralign.data.formats import file_error, raw_rows
 from pluralign.data.validate import canonical
 from pluralign.errors import DataError, Problem
@@ -86,10 +87,13 @@ def _table_rows(path: str | os.PathLike, rows: list[PromptRow], problems: list[P
             data = _cells(data)
             if isinstance(prompt, str):
                 prompt = messages_of(prompt) or prompt  # chat messages held as JSON text in a cell
-        if prompt is None or (isinstance(prompt, str) and not prompt.strip()) or (isinstance(prompt, list) and not prompt):
-            problems.append(Problem(name, row.line, "prompt", "missing or empty prompt"))
-        elif not isinstance(prompt, str | list):
-            problems.append(Problem(name, row.line, "prompt", f"must be text or chat messages, got {type(prompt).__name__}"))
+        if prompt is None:
+            problems.append(Problem(name, row.line, "prompt", "missing prompt"))
+            continue
+        # The data files' own check: a prompt file's chat is held to the roles and last turn training is.
+        prompt, issues = check_prompt("prompt", prompt)
+        if issues:
+            problems += [Problem(name, row.line, field, message) for field, message in issues]
         else:
             rows.append(PromptRow(name, row.line, {**data, "prompt": prompt}))
 

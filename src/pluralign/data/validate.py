@@ -34,7 +34,7 @@ from pluralign.errors import DataError, Problem
 
 # The type of every field name any kind uses; one name has one meaning across kinds.
 FIELD_TYPES: dict[str, str] = {
-    "prompt": "text",
+    "prompt": "prompt",  # text that ends on the user's turn
     "chosen": "text",
     "rejected": "text",
     "response": "text",
@@ -80,7 +80,9 @@ _KIND_MARKERS = (
 class RawRow:
     """One row as read from a source, before checking."""
 
-    line: int  # 1-based line (JSONL, CSV) or row index (JSON list, Parquet, datasets)
+    # 1-based: the line the row starts on (JSONL, CSV, a JSON list's element) or, where a source has no
+    # lines (Parquet, datasets), the row number; printed as file:line either way (`Problem`).
+    line: int
     raw: Any  # the original text of the row, or the row object itself
     data: Any = None  # the parsed row (a dict when well-formed)
     issues: list[Issue] = field(default_factory=list)  # problems met while parsing (malformed JSON, …)
@@ -213,7 +215,7 @@ def parse_row(row: Any, kind: str) -> tuple[Record | None, list[Issue]]:
 
 def _decode_cell(name: str, cell: str) -> tuple[Any, list[Issue]]:
     kind = FIELD_TYPES[name]
-    if kind == "text":
+    if kind in ("text", "prompt"):
         return messages_of(cell) or cell, []  # a JSON list of messages is a chat, else plain text
     if cell.strip() == "":
         return None, []
