@@ -191,6 +191,62 @@ def test_chat_without_a_chat_template_is_refused(tiny_llama_dir):
         assert client(url).completions.create(model="tiny", prompt="the cat", max_tokens=3).choices[0].text is not None
 
 
+@pytest.mark.parametrize("messages, param", [
+    ([{"role": "wizard", "content": "hi"}], "messages[0].role"),  # was rendered as nothing: prompt_tokens 1
+    ([{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}], "messages[1].role"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the"}], "messages[1].role"),
+    ([{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {}}]}],
+     "messages[0].content[1]"),
+    ([{"role": "user", "content": None}], "messages[0].content"),
+    ([{"content": "hi"}], "messages[0]"),
+    ([], "messages"),
+])
+def test_chat_messages_a_template_would_drop_or_garble_are_refused(server, messages, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        client(server).chat.completions.create(model="sandbox", messages=messages, max_tokens=4)
+    assert e.value.param == param and e.value.code == "invalid_messages"
+
+
+def test_reward_prompts_as_messages_are_checked_as_chat_is(server):
+    body = {"reward": "gold", "input": [{"prompt": [{"role": "wizard", "content": "hi"}], "response": "yes"}]}
+    err = _error(httpx.post(server + "/v1/rewards", json=body, headers=AUTH), 400)
+    assert err["param"] == "input[0].prompt[0].role"
+
+
+# Renders only the roles every template knows, and refuses two turns of one role in a row, as many
+# instruct models' templates do (Mistral's, Gemma's).
+STRICT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] not in ['system', 'user', 'assistant'] %}{{ raise_exception('unknown role') }}{% endif %}"
+    "{% if loop.index0 and m['role'] == messages[loop.index0 - 1]['role'] %}"
+    "{{ raise_exception('conversation roles must alternate') }}{% endif %}"
+    "{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}{% if add_generation_prompt %}assistant :{% endif %}")
+
+
+def test_chat_developer_role_text_parts_and_template_refusals(chat_model):
+    model, tok = load_policy(chat_model)
+    tok.chat_template = STRICT_TEMPLATE
+    cfg = ServeConfig(model=str(chat_model), port=0)
+    with Background(cfg, Loaded(model=model, tokenizer=tok, name="chat"), keys=[]) as url:
+        def first_token(messages: list[dict]) -> tuple[int, float]:
+            r = client(url).chat.completions.create(model="chat", messages=messages, max_tokens=1, temperature=0,
+                                                    logprobs=True)
+            return r.usage.prompt_tokens, r.choices[0].logprobs.content[0].logprob
+
+        user = {"role": "user", "content": "what is the cat"}
+        # "developer" is OpenAI's newer name for "system" (was passed on, and this template refused it: a 500)
+        assert first_token([{"role": "developer", "content": "yes"}, user]) == first_token(
+            [{"role": "system", "content": "yes"}, user])
+        # text parts are joined as separate lines (were glued into one word: "catsat")
+        parts = [{"type": "text", "text": "the cat"}, {"type": "text", "text": "sat"}]
+        assert first_token([{"role": "user", "content": parts}]) == first_token(
+            [{"role": "user", "content": "the cat\nsat"}])
+        # the template's own refusal is the request's fault (was a 500 "internal server error")
+        with pytest.raises(openai.BadRequestError, match="roles must alternate") as e:
+            client(url).chat.completions.create(model="chat", messages=[user, user], max_tokens=1)
+        assert e.value.param == "messages"
+
+
 def test_requests_arriving_together_share_a_batch_and_keep_their_own_answers(sandbox):
     """Six clients at once, a 300 ms window: fewer batches than requests, and each greedy answer is the one
     the sampler gives that prompt alone (left padding in a shared batch changes nothing)."""

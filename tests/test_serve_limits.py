@@ -155,12 +155,41 @@ def test_cli_refuses_a_missing_model(capsys):
     (["--port", "-5"], "'port' must be in [0, 65535]"),  # was a traceback from the socket layer
     (["--max-tokens", "16", "--default-max-tokens", "64"], "'default_max_tokens' must be in [1, max_tokens=16]"),
     (["--reward", "no_such_module:fn"], "--reward no_such_module:fn: cannot import fn"),  # was: a server up, every request 503
+    (["--models", "/no/such/dir", "--port", "0"], "--models /no/such/dir: model directory not found"),  # was: 503s forever
 ])
+@pytest.mark.timeout(120)
 def test_cli_refuses_bad_settings_before_serving(tiny, capsys, flags, message):
     from pluralign.cli import main
 
     assert main(["serve", "--model", str(tiny[0]), *flags]) == 2
-    assert message in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert message in err and "on http://" not in out
+
+
+def test_cli_refuses_a_port_in_use_before_the_banner(tiny, capsys):
+    """Was: the banner, uvicorn's "[Errno 98] address already in use" and exit code 3."""
+    import socket
+
+    from pluralign.cli import main
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(tiny[0]), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert f"--port {port}: already in use" in err and out == ""
+
+
+def test_cli_exits_when_the_model_fails_to_load(tmp_path):
+    """A directory that passes the checks but holds no loadable model fails while loading, after the server
+    has started: the server stops and exits 2 with one line naming --model (was: 503s forever)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "config.json").write_text("{}")  # no model_type: transformers cannot load it
+    r = subprocess.run([sys.executable, "-m", "pluralign.cli", "serve", "--model", str(tmp_path), "--port", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: --model {tmp_path}: cannot load")
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_deadline_and_non_streaming_disconnect_cancel_the_work(tiny):

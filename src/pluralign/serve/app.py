@@ -29,6 +29,11 @@ from pluralign.serve.errors import APIError
 from pluralign.serve.limits import Keys, Limiter, load_keys
 from pluralign.serve.metrics import Metrics
 
+try:
+    from jinja2 import TemplateError  # what a chat template raises to refuse a conversation
+except ImportError:  # transformers renders chat templates with jinja2: without it no template can refuse
+    TemplateError = PluralignError
+
 log = logging.getLogger("pluralign.serve")
 
 
@@ -39,6 +44,9 @@ def prompt_token_ids(tokenizer: Any, prompts: list[Any], chat_template: str) -> 
         return encode_prompts(tokenizer, prompts, chat_template)
     except PluralignError as e:
         raise APIError(400, str(e), code="unrenderable_prompt") from None
+    except TemplateError as e:  # the template's own refusal (e.g. "roles must alternate"): the request's fault
+        raise APIError(400, f"the model's chat template refuses these messages: {e}", param="messages",
+                       code="unrenderable_prompt") from None
 
 
 def conditioned_prompts(model: Any, prompts: list[Any], controls: Any) -> list[Any]:
@@ -172,7 +180,7 @@ class Server:
         if method == PLAIN and body.get("best_of") is not None:
             raise APIError(400, "'best_of' is the candidate count of an alignment method: set 'method' too",
                            param="best_of")
-        prompts = [P.chat_prompt(body)] if chat else P.completion_prompts(body)
+        prompts = [P.chat_prompt(body.get("messages"))] if chat else P.completion_prompts(body)
         n = P._number(body, "n", int, 1, 1, self.cfg.max_n)
         controls = P.controls_from(body, self.cfg)
         if not chat and "chat_template" not in body and "chat_template" not in (body.get("controls") or {}):
@@ -283,12 +291,14 @@ class Server:
             if not all(isinstance(x, dict) for x in pairs):
                 raise APIError(400, "'input' must be a list of {prompt, response} objects", param="input")
             prompts, responses = [x.get("prompt") for x in pairs], [x.get("response") for x in pairs]
+            where = "input[{}].prompt"
         else:
             prompts, responses = body.get("prompts"), body.get("responses")
+            where = "prompts[{}]"
         if not (isinstance(prompts, list) and isinstance(responses, list) and prompts and len(prompts) == len(responses)):
             raise APIError(400, "give 'input': [{prompt, response}, ...] or equal-length 'prompts' and 'responses'",
                            param="input")
-        prompts = [p if isinstance(p, str) else P.chat_prompt({"messages": p}) for p in prompts]
+        prompts = [p if isinstance(p, str) else P.chat_prompt(p, where.format(k)) for k, p in enumerate(prompts)]
         if not all(isinstance(r, str) for r in responses):
             raise APIError(400, "every response must be a string", param="responses")
         if len(prompts) > self.cfg.max_batch_rows:

@@ -34,16 +34,32 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ConfigError(f"pluralign serve needs the serve extra: pip install 'pluralign[serve]' ({e})") from None
     from pluralign.decode.rewards import check_source
-    from pluralign.models.load import resolve
     from pluralign.serve.engine import named_reward
     from pluralign.serve.limits import load_keys
-    from pluralign.serve.runner import serve
+    from pluralign.serve.runner import listen, serve
 
     cfg = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
-    resolve(cfg.model)  # a directory, a .gguf file (converted once, here) or a hub id: a bad one fails before the server starts
+    # Each check below fails before the server starts. A model that exists but will not load (bad weights, an
+    # unknown hub id) can only fail while loading; the server then stops and exits 2 too (`runner.serve`).
+    for flag, model in [("--model", cfg.model)] + [("--models", m) for m in cfg.models]:
+        _check_model(flag, model)
     for spec in cfg.rewards:
         check_source(named_reward(spec)[1], "--reward")
-    load_keys(cfg.api_key_file)  # a bad key file fails here, before the server starts
-    print(f"pluralign serve: {cfg.model} on http://{cfg.host}:{cfg.port} (Ctrl-C drains and stops)", flush=True)
-    serve(cfg)
+    load_keys(cfg.api_key_file)
+    sock = listen(cfg.host, cfg.port)  # a port in use fails here
+    port = sock.getsockname()[1]  # the one chosen, with --port 0
+    print(f"pluralign serve: {cfg.model} on http://{cfg.host}:{port} (Ctrl-C drains and stops)", flush=True)
+    serve(cfg, sock)
     return 0
+
+
+def _check_model(flag: str, model: str) -> None:
+    """A directory, a .gguf file (converted once, here) or a hub id; a path that does not exist is refused at
+    once (`models.load.resolve`), where loading it would first retry the hub for a minute and more."""
+    from pluralign.errors import PluralignError
+    from pluralign.models.load import resolve
+
+    try:
+        resolve(model)
+    except PluralignError as e:
+        raise PluralignError(f"{flag} {model}: {e}") from None

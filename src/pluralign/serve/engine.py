@@ -23,6 +23,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,7 @@ class Engine:
         self._stop = threading.Event()
         self._reward_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.on_failure: Callable[[], None] | None = None  # called when the model fails to load (see `_failed`)
 
     # --- lifecycle
     def start(self) -> None:
@@ -193,11 +195,20 @@ class Engine:
                 self.loaded = load(self.cfg)
             if self.state == "loading":
                 self.state = "ready"
-        except Exception as e:  # a model that will not load: /health says so, requests get 503
-            log.error("model failed to load: %s", e)
-            self.state, self.error = "failed", str(e)
+        except Exception as e:
+            self._failed(e)
             return
         self._worker()
+
+    def _failed(self, e: Exception) -> None:
+        """A model that will not load: /health says so and requests get 503, or, when `on_failure` is set
+        (the CLI stops the server and exits with the message, `runner.serve`), that handler is told."""
+        self.state, self.error = "failed", (str(e).strip().splitlines() or [type(e).__name__])[0]
+        bug = not isinstance(e, PluralignError)  # not a user mistake: its traceback goes to the log
+        if bug or self.on_failure is None:
+            log.error("model failed to load: %s", self.error, exc_info=bug)
+        if self.on_failure is not None:
+            self.on_failure()
 
     def submit(self, job: Job) -> None:
         if self.state != "ready":

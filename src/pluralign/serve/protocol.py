@@ -30,6 +30,7 @@ import time
 import uuid
 from typing import Any
 
+from pluralign.data.field_checks import check_prompt
 from pluralign.decode.api import Controls
 from pluralign.errors import ConfigError
 from pluralign.serve.config import ServeConfig
@@ -142,27 +143,56 @@ def logprobs_request(body: dict, chat: bool) -> int | None:
     return (top or 0) if wanted else None
 
 
-def chat_prompt(body: dict) -> list[dict]:
-    """Chat messages as the tokenizer's chat template takes them (content parts of type text joined)."""
-    messages = body.get("messages")
+# The chat roles a request may use. system, user and assistant are what every chat template renders
+# (`data.field_checks.ROLES`). "developer" is what OpenAI's newer clients send for o1-style models in place
+# of "system", with the same meaning, so it is taken as "system". "tool" and "function" messages answer a
+# tool call, which this server never makes (it has no `tools`), and most templates drop them: refused, as
+# is any other role, which a template would silently drop or render as some other turn.
+SYNONYMS = {"developer": "system"}
+TOOL_ROLES = ("tool", "function")
+
+
+def chat_prompt(messages: Any, name: str = "messages") -> list[dict]:
+    """Chat messages (the request's `name` field) as the tokenizer's chat template takes them, checked as
+    every prompt is (`data.field_checks.check_prompt`): known roles, and the user's turn last. A trailing
+    assistant message is refused rather than taken as a prefix to continue or as history before a new
+    turn: templates disagree on which (some end it with EOS and the model talks past it), and OpenAI's
+    API has no way to say which was meant."""
     if not isinstance(messages, list) or not messages:
-        raise APIError(400, "'messages' must be a non-empty list", param="messages", code="invalid_messages")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise APIError(400, f"messages[{i}] needs a 'role'", param=f"messages[{i}]", code="invalid_messages")
-        content = m.get("content")
-        if isinstance(content, list):
-            parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-            if len(parts) != len(content) or not all(isinstance(p, str) for p in parts):
-                raise APIError(400, f"messages[{i}]: only text content parts are supported",
-                               param=f"messages[{i}].content", code="invalid_messages")
-            content = "".join(parts)
-        if not isinstance(content, str):
-            raise APIError(400, f"messages[{i}].content must be a string", param=f"messages[{i}].content",
-                           code="invalid_messages")
-        out.append({"role": m["role"], "content": content})
+        raise APIError(400, f"'{name}' must be a non-empty list of messages", param=name, code="invalid_messages")
+    out = [_message(m, f"{name}[{i}]") for i, m in enumerate(messages)]
+    _, issues = check_prompt(name, out)
+    if issues:
+        where, what = issues[0]
+        raise APIError(400, f"{where}: {what}", param=where, code="invalid_messages")
     return out
+
+
+def _message(m: Any, where: str) -> dict:
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        raise APIError(400, f"{where} needs a 'role'", param=where, code="invalid_messages")
+    role = SYNONYMS.get(m["role"], m["role"])
+    if role in TOOL_ROLES:
+        raise APIError(400, f"{where}.role: {role!r} messages answer tool calls, which this server does not make",
+                       param=f"{where}.role", code="invalid_messages")
+    return {"role": role, "content": _content(m.get("content"), f"{where}.content")}
+
+
+def _content(content: Any, where: str) -> str:
+    """A message's text: a string, or OpenAI's list of content parts, of which only text parts are taken,
+    joined by newlines (as vLLM joins them: parts written apart must not run into one word)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise APIError(400, f"{where} must be a string or a list of text parts", param=where,
+                       code="invalid_messages")
+    for j, part in enumerate(content):
+        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            kind = part.get("type") if isinstance(part, dict) else None
+            raise APIError(400, f"{where}[{j}]: only text parts {{\"type\": \"text\", \"text\": ...}} are "
+                           f"supported{f', got type {kind!r}' if kind else ''}", param=f"{where}[{j}]",
+                           code="invalid_messages")
+    return "\n".join(part["text"] for part in content)
 
 
 def completion_prompts(body: dict) -> list[Any]:

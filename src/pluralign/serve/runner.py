@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -9,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+from pluralign.errors import ConfigError, PluralignError
 from pluralign.serve.config import ServeConfig
 from pluralign.serve.engine import Loaded
 
@@ -39,9 +41,29 @@ def uvicorn_server(cfg: ServeConfig, loaded: Loaded | None = None, keys: list[st
     return server
 
 
-def serve(cfg: ServeConfig) -> None:
-    """Serve until SIGINT/SIGTERM; then stop accepting, drain in-flight requests and exit."""
-    uvicorn_server(cfg).run()
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port (port 0: any free one). Bound here, before the server starts, so that a
+    port in use is a one-line error naming it rather than uvicorn's log line and exit code 3."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(f"--port {port}: already in use on {host} (another server? --port 0 takes any "
+                              "free port)", field="port") from None
+        raise ConfigError(f"cannot listen on {host}:{port} (--host, --port): {e.strerror or e}") from None
+
+
+def serve(cfg: ServeConfig, sock: socket.socket | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; then stop accepting, drain in-flight requests and exit. The model loads in
+    the background (/health answers 503 meanwhile); if it fails to load, the server stops and this raises,
+    since a server that can only answer 503 would otherwise look alive to whatever supervises it."""
+    server = uvicorn_server(cfg)
+    engine = server.app_state.engine
+    engine.on_failure = lambda: setattr(server, "should_exit", True)  # uvicorn checks it every 0.1 s
+    server.run(sockets=[sock or listen(cfg.host, cfg.port)])
+    if engine.state == "failed":
+        raise PluralignError(f"--model {cfg.model}: {engine.error}")
 
 
 class Background:
@@ -50,8 +72,7 @@ class Background:
 
     def __init__(self, cfg: ServeConfig, loaded: Loaded | None = None, keys: list[str] | None = None,
                  ready_timeout: float = 120.0):
-        self.sock = socket.socket()
-        self.sock.bind((cfg.host, cfg.port))
+        self.sock = listen(cfg.host, cfg.port)
         self.port = self.sock.getsockname()[1]
         self.server = uvicorn_server(cfg, loaded, keys)
         self.url = f"http://{cfg.host}:{self.port}"
