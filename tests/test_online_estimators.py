@@ -292,6 +292,21 @@ def test_per_prompt_users_and_objective_weights(tmp_path):
     src = Source(RewardSpec(source="x:y"), PerUser())
     out = src(["p"] * 3, ["r"] * 3, users=["u1", None, "u1"], weights=[{"a": 1.0}, {"b": 1.0}, None])
     assert out.tolist() == [1.0, 20.0, 1.5]
+    # the source's own user scores every row: rows read from a feedback file carry whoever gave the
+    # feedback, and used to override the one user the README's PAL rejection sampling names
+    one_user = Source(RewardSpec(source="x:y", user="u1"), PerUser())
+    assert one_user(["p"] * 2, ["r"] * 2, users=["u2", None]).tolist() == [1.5, 1.5]
+
+    class Known(PerUser):
+        def user_index(self, user):
+            if user != "u1":
+                raise ConfigError(f"unknown user {user!r}")
+            return 0
+
+    with pytest.raises(ConfigError, match=r"rewards\[2\]\.user: unknown user 'nobody'"):
+        Source(RewardSpec(source="x:y", user="nobody"), Known(), "rewards[2].source")  # before any rollout
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.user: reward 'gold' does not score per user"):
+        Source(RewardSpec(source="gold", user="u1"), None, "rewards[0].source")
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "hi", "user": "u1", "weights": {"a": 2}}\n{"prompt": "yo", "weights": [1]}\n'
                     '{"prompt": "yo", "weights": {"a": "x"}}\n')

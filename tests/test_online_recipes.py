@@ -189,6 +189,7 @@ def test_cli_trains_grpo_with_a_python_reward(base, tmp_path, monkeypatch, capsy
     ("online_toys:nan_reward", "non-finite value"),
     ("online_toys:short_reward", r"returned shape \(15, 1\) for 16 responses"),
     ("no_such_module:f", r"rewards\[0\]\.source no_such_module:f: cannot import"),
+    ("online_toys:PROMPTS", r"rewards\[0\]\.source online_toys:PROMPTS: PROMPTS is a list, not a function"),
     ("/no/such/rm", "not 'gold', 'judge', 'module:function' or an existing"),
 ])
 def test_bad_rewards_exit_2_with_the_cause(base, tmp_path, monkeypatch, capsys, reward, message):

@@ -101,8 +101,11 @@ def load_reward(spec: str, field: str = "--reward") -> Any:
             fn = getattr(import_user_module(module), name)
         except (ImportError, AttributeError) as e:
             raise ConfigError(f"{field} {spec}: cannot import {name} from {module} ({e})") from e
-        if not callable(fn) or (hasattr(fn, "score") and callable(fn.score)):
-            return as_reward(fn)
+        if not callable(fn):
+            raise ConfigError(f"{field} {spec}: {name} is a {type(fn).__name__}, not a function (prompts, responses) -> "
+                              "scores or an object with .score")
+        if hasattr(fn, "score") and callable(fn.score):
+            return fn
         return FunctionReward(fn, getattr(fn, "objectives", None), name=spec)
     if Path(spec).is_dir():
         try:
@@ -112,7 +115,10 @@ def load_reward(spec: str, field: str = "--reward") -> Any:
         loader = getattr(reward_mod, "load_reward_model", None) or getattr(reward_mod, "load", None)
         if loader is None:
             raise ConfigError("pluralign.reward has no load_reward_model(dir)")
-        return loader(spec)
+        try:
+            return loader(spec)
+        except PluralignError as e:  # e.g. a policy's directory given as a reward model: say where it was given
+            raise ConfigError(f"{field} {spec}: {e}") from None
     raise ConfigError(f"{field} {spec!r}: expected 'gold', 'module:function' or an existing directory")
 
 

@@ -40,7 +40,7 @@ class RewardSpec:
     group: str | None = option(None, help="gold: the utility of this sandbox group (e.g. 'minority') instead of the attributes' mean.")
     population: str = option("default", help="gold: the sandbox population the group belongs to.")
     weights: dict[str, float] | None = option(None, help="A multi-output source's objective weights by name (default: equal).")
-    user: str | None = option(None, help="PAL reward models: the user whose reward is used.")
+    user: str | None = option(None, help="PAL reward models: the user whose reward scores every prompt (without it, each prompt row's own `user`).")
     judge_url: str | None = option(None, help="source 'judge': base URL of an OpenAI-compatible server grading each response (pluralign.judges.LLMJudge.single).")
     judge_model: str | None = option(None, help="source 'judge': the model name on that server.")
 
@@ -90,12 +90,23 @@ class Source:
         else:
             self.reward = load_reward(spec.source, field)
         self.name = spec.group or spec.source
+        if spec.user is not None:  # checked before any rollout: a user the reward cannot score is a config mistake
+            where = f"{field.rsplit('.', 1)[0]}.user"
+            if hasattr(self.reward, "user_index"):
+                try:
+                    self.reward.user_index(spec.user)
+                except PluralignError as e:
+                    raise ConfigError(f"{where}: {e}") from None
+            elif reward is None:
+                raise ConfigError(f"{where}: reward '{spec.source}' does not score per user (only PAL reward models "
+                                  "do); remove it")
 
     def __call__(self, prompts: list, responses: list[str], users: Sequence[Any] | None = None,
                  weights: Sequence[Mapping[str, float] | None] | None = None) -> Tensor:
-        """One reward per response. `users` / `weights` (per response, from the prompt rows' `user` and
-        `weights` fields) override the spec's user (PAL) and objective weights (multi-objective RMs)."""
-        users = [u if u is not None else self.spec.user for u in (users or [None] * len(responses))]
+        """One reward per response. The spec's `user` (PAL) scores every response when set, else `users` (per
+        response, the prompt rows' `user`: in a feedback file, who gave the feedback) do; `weights` (the rows'
+        `weights`) override the spec's objective weights (multi-objective RMs) row by row."""
+        users = [self.spec.user] * len(responses) if self.spec.user is not None else list(users or [None] * len(responses))
         try:
             scores = score_groups(self.reward, prompts, responses, users, name=self.spec.source)
         except PluralignError:
