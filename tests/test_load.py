@@ -42,6 +42,10 @@ def test_user_mistakes_are_clear_errors(tmp_path, tiny_llama_dir, monkeypatch):
         load_model(tmp_path / "missing")
     with pytest.raises(PluralignError, match="not found"):
         load_model("./runs/missing-model")
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)  # `runs/dpo` looks like a hub id (owner/name), but `runs` is a directory here
+    with pytest.raises(PluralignError, match="model directory not found: 'runs/dpo'"):
+        load_model("runs/dpo")
     with pytest.raises(PluralignError, match="holds no model"):
         load_model(tmp_path)
     (tmp_path / "weights.bin").write_bytes(b"")

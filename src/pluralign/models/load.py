@@ -163,7 +163,10 @@ def resolve(name_or_path: str | os.PathLike) -> str:
         if not any((path / f).exists() for f in ("config.json", "adapter_config.json", "tokenizer_config.json")):
             raise PluralignError(f"'{name}' holds no model (no config.json or adapter_config.json)")
         return str(path)
-    if isinstance(name_or_path, os.PathLike) or name.startswith(_PATH_PREFIXES) or name.count("/") > 1:
+    # `runs/dpo` has a hub id's shape (owner/name), but when `runs` is a local directory it is a path: refused
+    # at once, where the hub would be retried for a minute and more before saying no.
+    local = name.count("/") == 1 and Path(name.split("/")[0]).expanduser().is_dir()
+    if isinstance(name_or_path, os.PathLike) or name.startswith(_PATH_PREFIXES) or name.count("/") > 1 or local or "\\" in name:
         raise PluralignError(f"model directory not found: '{name}'")
     return name
 
