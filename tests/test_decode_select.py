@@ -69,6 +69,14 @@ def test_rps_theta0_equals_best_of_k():
     assert out2.texts == out.texts
 
 
+def test_with_system_keeps_plain_text_when_chat_templates_are_off():
+    # RPS under --chat-template never made messages of plain prompts, then refused them as chat
+    templated = type("Tok", (), {"chat_template": "{{ messages }}"})()
+    assert with_system("hi", "S", templated) == [{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}]
+    assert with_system("hi", "S", templated, "never") == "S\n\nhi"
+    assert with_system([{"role": "user", "content": "hi"}], "S", templated, "never")[0]["role"] == "system"
+
+
 def test_prompt_helpers():
     assert dpa_system_message([3, 4], ["helpfulness", "verbosity"]).endswith(
         "weighted rating = helpfulness*0.6 + verbosity*0.8.")

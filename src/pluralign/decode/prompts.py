@@ -49,10 +49,11 @@ def janus_system_message(preferences: Sequence[str] | str, persona: str | None =
     return lead + "The user prefers responses that: " + "; ".join(p.strip().rstrip(".") for p in prefs) + "."
 
 
-def with_system(prompt: Any, system: str, tokenizer: Any = None) -> Any:
+def with_system(prompt: Any, system: str, tokenizer: Any = None, chat_template: str = "auto") -> Any:
     """Attach a system message (replacing any): chat messages when the prompt is messages or the tokenizer
-    has a chat template (plain text becomes the user message), else plain text `system + blank line + prompt`."""
-    if not isinstance(prompt, str) or has_template(tokenizer):
+    has a chat template that `chat_template` lets render it (plain text becomes the user message), else plain
+    text `system + blank line + prompt`."""
+    if not isinstance(prompt, str) or (chat_template != "never" and has_template(tokenizer)):
         return as_messages(prompt, system)
     return f"{system}\n\n{prompt}"
 

@@ -58,7 +58,8 @@ def rps(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls
         v = weight_vector(c.weights, names_p)
         g = torch.Generator().manual_seed(c.seed or 0)
         dirs = neighbour_directions(v, c.n, float(c.extra.get("theta_max", math.pi / 8)), g)
-        cond = c.extra.get("conditioner") or (lambda x, d, obj: with_system(x, dpa_system_message(d, obj), tokenizer))
+        cond = c.extra.get("conditioner") or (lambda x, d, obj, how=c.chat_template:
+                                              with_system(x, dpa_system_message(d, obj), tokenizer, how))
         conditioned = [cond(prompts[p], d.tolist(), names_p) for d in dirs]
         # identical conditioned prompts share one prefill and are sampled together (n = multiplicity)
         counts = Counter(repr(x) for x in conditioned)
