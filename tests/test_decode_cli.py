@@ -77,6 +77,15 @@ def test_map_palette_out_of_reach_is_a_warning_and_marked_in_the_rows(model_dir,
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["feasible"] for r in rows] == [False, False] and all(r["achieved"][0] < 100 for r in rows)
     assert "warning: map: the targets are out of reach of the candidates of 2 of 2 prompt(s)" in capsys.readouterr().err
+    # targets written as --weights takes numbers (a TypeError traceback before), by name too
+    assert main(args + ["targets=0,0"]) == 0 and json.loads(out.read_text().splitlines()[0])["lambda"] == [0.0, 0.0]
+    assert main(args + ["targets=r1=0,r0=100"]) == 0
+    assert json.loads(out.read_text().splitlines()[0])["feasible"] is False
+    for bad, message in [("targets=abc", "must be one number per objective"), ("targets=[1]", "1 weights given for 2"),
+                         ('targets=["a",1]', "must be numbers"), ("targets=[NaN,0]", "must be finite")]:
+        assert main(args + [bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (bad, err)
 
 
 def test_rejection_that_accepted_nothing_is_a_warning():

@@ -84,8 +84,11 @@ def parse_extra(items: list[str]) -> dict:
         k, v = item.split("=", 1)
         try:
             out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
+        except json.JSONDecodeError:  # numbers written as --weights takes them (MAP's targets=0.5,0.2), else text
+            try:
+                out[k.strip()] = parse_weights(v) if "," in v or "=" in v else v
+            except ConfigError:
+                out[k.strip()] = v
     return out
 
 

@@ -8,6 +8,7 @@ from reward samples of the base policy. Decoding then uses the λ-weighted rewar
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 
 from pluralign.decode.api import Controls, DecodeResult, register, score_candidates
 from pluralign.decode.best_of_n import _need_reward, draw_candidates, select_best, select_soft
-from pluralign.decode.rewards import objective_names
+from pluralign.decode.rewards import objective_names, weight_vector
 from pluralign.errors import ConfigError
 
 
@@ -57,6 +58,20 @@ def solve_palette(rewards: torch.Tensor, targets: Any, *, lr: float = 0.5, steps
     return PaletteSolution(lam=lam.float(), achieved=achieved.float(), feasible=feasible, iterations=it)
 
 
+def _targets(given: Any, names: list[str]) -> torch.Tensor:
+    """MAP's targets as one value per objective: a list in objective order or a mapping by name."""
+    if isinstance(given, str) or not isinstance(given, Mapping | Sequence | torch.Tensor):
+        raise ConfigError(f"map: controls.extra['targets'] must be one number per objective {names} (a list, or "
+                          f"name: value), got {given!r}", field="targets")
+    try:
+        targets = weight_vector(given, names)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"map: controls.extra['targets'] must be numbers, got {given!r} ({e})", field="targets") from None
+    if not torch.isfinite(targets).all():
+        raise ConfigError(f"map: controls.extra['targets'] must be finite, got {given!r}", field="targets")
+    return targets
+
+
 @register("map", options=("targets", "select"))
 def map_decode(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls: list[Controls],
                **_: Any) -> DecodeResult:
@@ -72,7 +87,7 @@ def map_decode(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, c
     for p, c in enumerate(controls):
         if "targets" not in c.extra:
             raise ConfigError("map: controls.extra['targets'] (one target value per objective) is required")
-        sol = solve_palette(pool, c.extra["targets"])
+        sol = solve_palette(pool, _targets(c.extra["targets"], objective_names(reward, pool.shape[1])))
         util = per[p] @ sol.lam
         i = select_soft(util, 1.0, g) if c.extra.get("select") == "soft" else select_best(util)
         texts.append(cands[p][i])
