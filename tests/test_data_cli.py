@@ -242,3 +242,12 @@ def test_stats_measures_how_far_raters_of_one_response_disagree():
              Rated("q", "other", {"a": 9.0, "b": 9.0}, user="u1")]
     assert rater_spread(rated, ["a", "b"]) == {"rated_more_than_once": 1, "rater_spread": {"a": 1.0, "b": 0.0}}
     assert rater_spread(rated[1:], ["a", "b"]) == {}
+
+
+def test_python_dash_m_pluralign_is_the_command():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pluralign", "data", "validate", "/no/such.jsonl"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "/no/such.jsonl" in done.stderr and "Traceback" not in done.stderr

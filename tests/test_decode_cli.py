@@ -161,6 +161,7 @@ def test_cli_user_errors_exit_2(model_dir, tmp_path, capsys):
     (["--method", "bon", "--n", "0"], "controls.n must be an integer >= 1, got 0"),
     (["--method", "sample", "--max-new-tokens", "0"], "controls.max_new_tokens must be an integer >= 1"),
     (["--method", "sample", "--temperature", "nan"], "controls.temperature must be a finite number"),
+    (["--method", "sample", "--temperature", "-1"], "controls.temperature must be >= 0 (0: greedy), got -1"),
     (["--method", "bon", "--set", "tie=first"], "['tie'] not an option of decoding method 'bon' (did you mean 'ties'?)"),
 ])
 def test_cli_out_of_range_controls_exit_2_naming_them(model_dir, tmp_path, capsys, flags, message):

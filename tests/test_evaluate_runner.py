@@ -84,6 +84,12 @@ def test_config_errors(tiny_models, tmp_path):
         load_prompts("p.jsonl", "cfg", tmp_path)
     (tmp_path / "p.txt").write_text("one\n\ntwo\n")
     assert load_prompts("p.txt", "cfg", tmp_path) == ["one", "two"]
+    for bad, message in [({"sandbox": "abc"}, r"cfg\.sandbox: must be an integer >= 1, got 'abc'"),  # was a traceback
+                         ({"sandbox": 3, "seed": -1}, r"cfg\.seed: must be an integer >= 0"),
+                         ({"sandbox": 3, "sede": 1}, r"unknown key\(s\) \['sede'\]")]:
+        with pytest.raises(ConfigError, match=message):
+            load_prompts(bad, "cfg", tmp_path)
+    assert len(load_prompts({"sandbox": 3}, "cfg", tmp_path)) == 3
     assert main(["eval"]) == 2
 
 

@@ -85,6 +85,17 @@ def test_reward_recipes_take_a_list_of_data_files_as_the_other_recipes_do(setup)
     assert steps[1] > steps[0]  # twice the pairs: more steps in the one epoch
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("n_heads=0", "'n_heads' must be >= 1, got 0"),  # was torch's "stack expects a non-empty TensorList"
+    ("pal_temperature=0", "'pal_temperature' must be a finite number > 0"),
+    ("center_coef=-1", "'center_coef' must be a finite number >= 0"),
+])
+def test_bad_reward_model_settings_exit_2_before_training(tmp_path, capsys, setting, message):
+    assert main(["train", "rm", "model=x", "data=y", f"output_dir={tmp_path / 'o'}", setting]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_inputs_exit_2(setup, capsys):
     assert main(["train", "pal", "--config", str(setup / "cfg.yaml"), f"data={setup / 'binary.jsonl'}",
                  f"output_dir={setup / 'bad'}"]) == 2

@@ -71,6 +71,8 @@ class Controls:
                 raise bad(name, "a finite number")
         if self.beta <= 0:
             raise bad("beta", "> 0 (the tilt's temperature / KL strength)")
+        if self.temperature < 0:  # 0 is greedy decoding
+            raise bad("temperature", ">= 0 (0: greedy)")
         if not 0 < self.top_p <= 1:
             raise bad("top_p", "in (0, 1]")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:

@@ -67,8 +67,14 @@ def load_prompts(spec: Any, where: str, base_dir: Path) -> list[Any]:
     if isinstance(spec, dict) and "sandbox" in spec:
         from pluralign.sandbox.world import World
 
-        world = World(int(spec.get("seed", 0)))
-        return world.prompts(int(spec["sandbox"]), np.random.default_rng(int(spec.get("seed", 0))))
+        unknown = set(spec) - {"sandbox", "seed"}
+        _require(not unknown, where, f"unknown key(s) {sorted(unknown)} in {{sandbox: N, seed: S}}")
+        for key, least in (("sandbox", 1), ("seed", 0)):
+            value = spec.get(key, 0)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= least, f"{where}.{key}",
+                     f"must be an integer >= {least}, got {value!r}")
+        world = World(spec.get("seed", 0))
+        return world.prompts(spec["sandbox"], np.random.default_rng(spec.get("seed", 0)))
     _require(isinstance(spec, str), where, "prompts must be a file, a list, or {sandbox: N}")
     from pluralign.data.formats import FORMATS, HUB_ID
     from pluralign.data.prompt_files import read_prompt_rows

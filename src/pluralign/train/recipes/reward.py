@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import sys
 import warnings
 from dataclasses import dataclass
@@ -146,6 +147,14 @@ class RewardConfig(ModelTrainingConfig):
                                                                    "measured sweep; fields a config leaves out keep them).")
 
     def __post_init__(self) -> None:
+        for name, least in (("n_heads", 1), ("n_prototypes", 1), ("pal_dim", 1), ("head_hidden", 0)):
+            if getattr(self, name) < least:  # n_heads=0 ended in torch's "stack expects a non-empty TensorList"
+                raise ConfigError(f"'{name}' must be >= {least}, got {getattr(self, name)}", field=name)
+        for name in ("center_coef", "pal_user_init", "pal_temperature"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0) or (name == "pal_temperature" and value == 0):
+                raise ConfigError(f"'{name}' must be a finite number {'> 0' if name == 'pal_temperature' else '>= 0'}, "
+                                  f"got {value}", field=name)
         if self.loop.step_limit == MODEL_STEP_LIMIT:  # not set: the model type's own budget
             self.loop = dataclasses.replace(self.loop, step_limit=STEP_LIMITS[self.model_type])
 
