@@ -245,3 +245,28 @@ def test_cli_sampling_flags_and_per_row_sampling_settings(model_dir, tmp_path):
     assert finish_reason([5, 6], 2, {2}, Words(), ["w7"]) == "length"
     assert main(["decode", "--method", "sample", "--model", str(model_dir), "--prompts", str(tmp_path / "p.jsonl"),
                  "--out", str(out), "--top-p", "0"]) == 2
+
+
+def test_a_rows_bad_weights_for_a_conditioned_model_are_named_by_file_and_line(tmp_path, capsys):
+    # the soup's check said "request 1: weights: ..." (0-based, no file)
+    from online_toys import make_model_dir
+
+    from pluralign.models.soup import save_soup
+
+    a, b = make_model_dir(tmp_path / "a"), make_model_dir(tmp_path / "b")
+    soup = save_soup([a, b], ["x", "y"], tmp_path / "soup")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "the cat"}) + "\n" + json.dumps({"prompt": "a", "weights": {"x": -1, "y": 1}})
+                       + "\n" + json.dumps({"prompt": "a", "weights": [1, 1, 1]}) + "\n")
+    args = ["decode", "--method", "sample", "--model", str(soup), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"),
+            "--max-new-tokens", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "p.jsonl:2: field 'weights': weights must be non-negative" in err, err
+    assert "p.jsonl:3: field 'weights': 3 value(s) given for 2 objectives" in err
+    (tmp_path / "one.txt").write_text("the cat\n")
+    assert main(args[:6] + [str(tmp_path / "one.txt")] + args[7:] + ["--weights", "0,0"]) == 2
+    assert "--weights: weights are all zero" in capsys.readouterr().err
+    # a number list starting with "-" is a value, not an option (argparse said "expected one argument")
+    assert main(args[:6] + [str(tmp_path / "one.txt")] + args[7:] + ["--weights", "-1,2"]) == 2
+    assert "--weights: weights must be non-negative" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any
 
@@ -34,6 +35,9 @@ PER_REQUEST = ("weights", "direction", "user", "group", "n", "beta", "w", "const
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("decode", help="decoding-time alignment: best-of-N, guided search, fusion, steering")
+    # argparse reads a value starting with "-" as an option unless it is one number: `--direction -1,0.5` (a
+    # DPA direction may point anywhere) would be "expected one argument". Number lists count as numbers here.
+    p._negative_number_matcher = re.compile(r"^-\.?\d[\d.eE+\-,]*$")
     p.add_argument("--method", required=True, help="decoder name (sample, bon, soft_bon, rejection, infalign, map, rps, "
                                                  "args, cd_block, tq_star, genarm, mod, deal)")
     p.add_argument("--model", required=True, help="the policy: a model directory, a .gguf file or a hub id")
@@ -141,6 +145,28 @@ def unused_controls(model: Any, reward: Any, controls: list[Any], extra_models: 
     return [name for name in STEERING if any(getattr(c, name) is not None for c in controls)]
 
 
+def check_conditions(model: Any, base: Any, rows: list[Any], controls: list[Any]) -> None:
+    """Every request's weights, direction and scores as the model's conditioning scheme reads them: a bad
+    flag is named once (--weights), a bad row by its file, line and field (decoding would say "request 3")."""
+    scheme = getattr(model, "pluralign_conditioning", None)
+    if scheme is None:
+        return
+    try:
+        scheme.condition_of_request(base)
+    except ConfigError as e:
+        field, _, why = str(e).partition(": ")
+        raise ConfigError(f"--{field}: {why}") from None
+    problems = []
+    for row, c in zip(rows, controls, strict=True):
+        try:
+            scheme.condition_of_request(c)
+        except ConfigError as e:
+            field, _, why = str(e).partition(": ")
+            problems.append(row.problem(field, why))
+    if problems:
+        raise DataError(problems)
+
+
 def run(args: argparse.Namespace) -> int:
     from pluralign.decode.api import Controls, decode, get
     from pluralign.decode.rewards import load_reward
@@ -165,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(problems)
     requests = [row.fields for row in rows]
     model, tokenizer = load_policy(args.model)  # a directory, a .gguf file or a hub id
+    check_conditions(model, base, rows, controls)
     reward = load_reward(args.reward) if args.reward else None
     extra_models = [load_policy(d)[0] for d in args.models.split(",")] if args.models else []
     unused = unused_controls(model, reward, controls, extra_models)
