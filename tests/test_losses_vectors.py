@@ -204,7 +204,7 @@ def test_kto_init_and_baseline():
     labels = torch.tensor([True, False, True, False, False])
     loss, metrics = _unpaired("kto", 0.0, labels, desirable_weight=1.0, undesirable_weight=1.6)
     assert torch.allclose(loss, torch.tensor([0.5, 0.8, 0.5, 0.8, 0.8], dtype=torch.float64))
-    assert metrics["kl"].item() == 0.0
+    assert metrics["kl_baseline"].item() == 0.0
     # z0 is clamped at 0 and carries no gradient.
     kl_policy = torch.tensor([-3.0, -9.0, -1.0], dtype=torch.float64, requires_grad=True)
     z0 = losses.kto_kl_baseline(kl_policy, torch.zeros(3, dtype=torch.float64))

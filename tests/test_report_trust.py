@@ -108,3 +108,18 @@ def test_malformed_new_fields_are_config_errors():
         check_results({"runs": [{"per_group_se": {"a": "x"}}]})
     with pytest.raises(ConfigError, match=r"runs\[0\].samples"):
         check_results({"runs": [{"samples": "text"}]})
+
+
+def test_a_kto_runs_baseline_is_not_reported_as_its_kl(tmp_path):
+    # KTO logged its batch baseline z0 as "kl" (TRL's name), and `pluralign report` showed it as the run's KL
+    import torch
+
+    from pluralign import losses
+    from pluralign.evaluate.report import load_run_dir
+    from pluralign.runs import RunDir
+
+    x = torch.tensor([-2.0, -3.0])
+    _, metrics = losses.get("kto")(x, x - 1, torch.tensor([True, False]), kl_policy_logps=x, kl_ref_logps=x + 0.5)
+    assert "kl" not in metrics and metrics["kl_baseline"].item() == 0.0  # z0 = max(mean KL estimate, 0)
+    RunDir(tmp_path).log_metrics({"step": 1, "loss": 0.5, "kl_baseline": 0.03})
+    assert "runs" not in load_run_dir(tmp_path)

@@ -3,7 +3,8 @@
 Inputs are sequence log-prob sums [B] and labels [B]. Per-example losses keep the input order, so the batch
 mean equals TRL's mean over concat(desirable losses, undesirable losses). Metrics: per-example implicit
 rewards β·ρ ("rewards"), and 0-d batch statistics: per-label reward means (present when the batch has that
-label) and the loss's baseline ("kl" for KTO, "reward_shift" for BCO). Spec: shared/specs/training.md §2.
+label) and the loss's baseline ("kl_baseline" for KTO, z0: TRL logs it as "kl", which a report would take for
+the run's KL to its reference; "reward_shift" for BCO). Spec: shared/specs/training.md §2.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def kto(policy_logps: Tensor, ref_logps: Tensor, labels: Tensor, kl_policy_logps
     rho = policy_logps - ref_logps
     value = torch.where(labels, rho - z0, z0 - rho)
     loss = torch.sigmoid(-beta * value) * torch.where(labels, desirable_weight, undesirable_weight)
-    return loss, _label_metrics(beta * rho, labels) | {"kl": z0}
+    return loss, _label_metrics(beta * rho, labels) | {"kl_baseline": z0}
 
 
 @register("apo_zero_unpaired", kind="unpaired")
