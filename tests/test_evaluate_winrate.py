@@ -87,6 +87,12 @@ def test_lc_equals_raw_when_length_does_not_matter():
     out = length_controlled_win_rate(prefs, len_base, len_model)
     assert out["lc_win_rate"] == pytest.approx(out["win_rate"], abs=3)
     assert not out["is_extreme_change"]
+    # the LC standard error is the fit's spread over resampled prompts; with nothing to control for it is
+    # near the raw win rate's (the standard error of per-prompt predictions was 0 without difficulties)
+    raw_se = win_rate(prefs)["standard_error"]
+    assert 0.7 * raw_se < out["lc_standard_error"] < 1.5 * raw_se
+    few = length_controlled_win_rate(prefs[:30], len_base[:30], len_model[:30])
+    assert few["lc_standard_error"] > out["lc_standard_error"]  # 30 prompts say less than 300
 
 
 def test_same_model_and_extreme_change_and_cross_model_antisymmetry():

@@ -136,7 +136,7 @@ def length_controlled_win_rate(preferences: Sequence[float], len_baseline: Seque
                                len_model: Sequence[float], *, difficulty: Sequence[float] | None = None,
                                gamed: dict[str, Sequence[float]] | None = None, gamed_weight: float = 0.2,
                                Cs: Sequence[float] | None = None, n_folds: int = 5,
-                               same_model: bool = False) -> dict[str, Any]:
+                               same_model: bool = False, n_boot: int = 100, seed: int = 0) -> dict[str, Any]:
     """AlpacaEval 2's LC win rate (Dubois et al. 2024, ``metrics/glm_winrate.py``, length_controlled_v1).
 
     Fits P(model ≻ baseline) = σ(φ·tanh(Δlen/std(Δlen)) + ψ·γₓ + θ) with Δlen = len_baseline − len_model
@@ -145,6 +145,10 @@ def length_controlled_win_rate(preferences: Sequence[float], len_baseline: Seque
     `gamed` rows (keys ``preferences``, ``delta_len``, ``difficulty``: the baseline against its own
     verbose/concise variants, model term 0) enter with weight ``gamed_weight/2`` to regularise toward
     the baseline. The LC win rate is the mean prediction with the length term set to 0.
+
+    Its standard error is the spread of the whole fit (C's cross-validation included) over `n_boot`
+    resamples of the prompts. AlpacaEval's is the standard error of the per-prompt predictions, which is
+    0 whenever no difficulty term is given (every prompt gets σ(θ)), and it leaves out the uncertainty of θ.
     """
     raw_p = normalize_preferences(preferences)
     keep = ~np.isnan(raw_p)
@@ -159,6 +163,21 @@ def length_controlled_win_rate(preferences: Sequence[float], len_baseline: Seque
     if same_model:
         return {"lc_win_rate": 50.0, "lc_standard_error": 0.0, "win_rate": raw, "weights": {}, "C": None,
                 "is_extreme_change": False}
+
+    def fit(rows: np.ndarray) -> tuple[float, np.ndarray, float]:
+        return _lc_fit(p[rows], dlen[rows], gam[rows], gamed, gamed_weight, Cs, n_folds)
+
+    lc, beta, C = fit(np.arange(len(p)))
+    rng = np.random.default_rng(seed)
+    boots = [fit(rng.integers(0, len(p), len(p)))[0] for _ in range(n_boot)]
+    return {"lc_win_rate": lc, "lc_standard_error": float(np.std(boots, ddof=1)) if n_boot > 1 else float("nan"),
+            "win_rate": raw, "weights": {"length": float(beta[0]), "difficulty": float(beta[1]), "model": float(beta[2])},
+            "C": C, "is_extreme_change": is_extreme_change(raw, lc)}
+
+
+def _lc_fit(p: np.ndarray, dlen: np.ndarray, gam: np.ndarray, gamed: dict[str, Sequence[float]] | None,
+            gamed_weight: float, Cs: Sequence[float] | None, n_folds: int) -> tuple[float, np.ndarray, float]:
+    """(LC win rate, coefficients, chosen C) of one fit of `length_controlled_win_rate`'s GLM."""
     scale = float(np.std(dlen, ddof=1)) if len(dlen) > 1 else 0.0
     X = _lc_features(dlen, gam, np.ones(len(p)), scale)
     y, w = p - 1.0, np.ones(len(p))
@@ -169,11 +188,7 @@ def length_controlled_win_rate(preferences: Sequence[float], len_baseline: Seque
         X, y = np.vstack([X, gX]), np.concatenate([y, gp - 1.0])
         w = np.concatenate([w, np.full(len(gp), gamed_weight / 2)])
     beta, C = fit_l1_logistic_cv(X, y, w, Cs=Cs, n_folds=n_folds)
-    preds = _sigmoid(gam * beta[1] + beta[2])
-    lc = 100.0 * float(np.mean(preds))
-    return {"lc_win_rate": lc, "lc_standard_error": 100.0 * _sem(preds), "win_rate": raw,
-            "weights": {"length": float(beta[0]), "difficulty": float(beta[1]), "model": float(beta[2])},
-            "C": C, "is_extreme_change": is_extreme_change(raw, lc)}
+    return 100.0 * float(np.mean(_sigmoid(gam * beta[1] + beta[2]))), beta, C
 
 
 def is_extreme_change(raw: float, lc: float) -> bool:
