@@ -120,6 +120,8 @@ def test_balanced_weights_by_hand():
 
 def test_balanced_bad_params():
     with pytest.raises(ConfigError, match="finite"):
-        group_fair.make("balanced", 2, {"power": float("nan")}, sizes=[1, 1])[0](LOSSES, GROUPS)
+        group_fair.make("balanced", 2, {"power": float("nan")}, sizes=[1, 1])  # at once, not in the first step
+    with pytest.raises(ConfigError, match="finite numbers"):
+        group_fair.make("worst_group", 2, {"temperature": "hot"})
     with pytest.raises(ConfigError, match="training records"):
         group_fair.make("balanced", 2, {"sizes": [1, 1]})

@@ -647,7 +647,8 @@ def test_bad_pair_weights_exit_2_naming_the_record(tmp_path, capsys):
     common = ["train", "dpo", f"model={base}", f"data=[{data}]", f"output_dir={tmp_path / 'o'}",
               "objectives.names=[informativeness,conciseness]"]
     assert main(common) == 2
-    assert "record 2: meta.weights: weights must be non-negative" in capsys.readouterr().err
+    err = capsys.readouterr().err  # every bad row, located by file, line and field
+    assert f"{data}:2: field 'meta.weights': weights must be non-negative" in err and f"{data}:16:" in err
     good = _weighted_pairs(tmp_path / "good.jsonl")
     assert main(common[:3] + [f"data=[{good}]"] + common[4:] + ["objectives.combine=raco"]) == 2
     assert "only the weighted combiner reads" in capsys.readouterr().err

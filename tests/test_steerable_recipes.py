@@ -30,6 +30,7 @@ def test_train_soup_trains_a_member_per_objective_and_one_hot_weights_give_the_m
     out = tmp_path / "soup"
     assert main(["train", "soup", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}",
                  "objectives.names=[informativeness,conciseness]", "gradient_checkpointing=false", *LOOP]) == 0
+    assert "joint: false" in (out / "config.yaml").read_text()  # the soup's run directory says how it was made
     model, tok = load_policy(out / "model")
     assert model.pluralign_conditioning.name == "soup" and len(model.pluralign_conditioning.params["members"]) == 2
     assert len(list((out / "ref_cache").glob("*.safetensors"))) == 1  # the members' one shared reference pass
@@ -85,7 +86,7 @@ def test_train_dpa_with_lora_merges_each_round_into_a_full_model(tmp_path, chat_
 @pytest.mark.parametrize("argv, message", [
     (["train", "soup", "objectives.names=[informativeness]"], "a soup needs at least two objectives"),
     (["train", "soup", "objectives.names=[informativeness,formality]"], "no ratings for objective(s) formality"),
-    (["train", "map", "palette={formality: 0.5}"], "no rating for palette objective(s) ['formality']"),
+    (["train", "map", "palette={formality: 0.5}"], "rated.jsonl: field 'ratings': no ratings for objective(s) formality"),
     (["train", "map", "palette={informativeness: 5.0}"], "not reachable"),
     (["train", "map", "palette_quantiles={conciseness: 1.5}"], "'palette_quantiles.conciseness' must be in [0, 1]"),
     (["train", "dpa", "objectives=[informativeness,conciseness]", "reward=gold", "angles=[90, 0]"], "'angles' must be"),

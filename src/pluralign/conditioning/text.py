@@ -4,7 +4,7 @@ weights, RiC's target scores), and teaching a word-level tokenizer the statement
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -91,17 +91,27 @@ class RewardTokens(Scheme):
         if mapping not in ("l2", "linear"):
             raise ConfigError(f"reward_tokens mapping must be 'l2' or 'linear', got {mapping!r}")
 
-    def rewards_of(self, record: Any) -> np.ndarray | None:
-        raw = getattr(record, "ratings", None) or (getattr(record, "meta", None) or {}).get("rewards")
+    def rewards_of(self, record: Any, where: str = "a record") -> np.ndarray | None:
+        """The record's rewards in objective order (its `ratings`, else ``meta.rewards``), or None; a
+        ConfigError naming `where` and the field when they miss an objective or are not numbers."""
+        field, raw = "ratings", getattr(record, "ratings", None)
+        if not raw:
+            field, raw = "meta.rewards", (getattr(record, "meta", None) or {}).get("rewards")
         if raw is None:
             return None
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"reward_tokens: {where}: field '{field}': expected {{objective: number}}, got {raw!r}")
         missing = [k for k in self.objectives if k not in raw]
         if missing:
-            raise ConfigError(f"reward_tokens: a record has no reward for {missing}: {raw}")
-        return np.array([float(raw[k]) for k in self.objectives])
+            raise ConfigError(f"reward_tokens: {where}: field '{field}': no reward for objective(s) "
+                              f"{', '.join(missing)}; it covers {', '.join(map(str, raw)) or 'none'}")
+        try:
+            return np.array([float(raw[k]) for k in self.objectives])
+        except (TypeError, ValueError):
+            raise ConfigError(f"reward_tokens: {where}: field '{field}': expected numbers, got {raw!r}") from None
 
     def fit(self, records: Sequence[Any]) -> None:
-        rewards = [r for r in map(self.rewards_of, records) if r is not None]
+        rewards = [r for n, rec in enumerate(records, 1) if (r := self.rewards_of(rec, f"training record {n}")) is not None]
         if not rewards:
             raise ConfigError("reward_tokens: no training record carries rewards (ratings or meta.rewards)")
         x = np.stack(rewards)

@@ -185,13 +185,22 @@ def objective_tensors(records: Sequence[Any], objectives: Sequence[str]) -> tupl
                 raise PluralignError(f"record objective {objective!r} is not one of the objectives {list(objectives)}")
             ids[b] = index[objective]
         if given is not None:
-            for name, value in dict(given).items():
-                if name not in index or value not in (-1, 0, 1):
-                    raise PluralignError(f"meta.signs: expected {{objective: -1, 0 or 1}} over {list(objectives)}, got {given}")
+            issue = signs_issue(given, objectives)
+            if issue:
+                raise PluralignError(f"meta.signs: {issue}")
+            for name, value in given.items():
                 signs[b, index[name]] = float(value)
         elif objective is not None:
             signs[b, ids[b]] = 1.0
     return ids, signs
+
+
+def signs_issue(given: Any, objectives: Sequence[str]) -> str | None:
+    """What is wrong with a record's ``meta.signs`` (a {objective: -1, 0 or 1} mapping over `objectives`), or
+    None. The data loader calls it too, to name the file and record (`multiobjective.check_records`)."""
+    if isinstance(given, Mapping) and all(name in objectives and v in (-1, 0, 1) for name, v in given.items()):
+        return None
+    return f"expected {{objective: -1, 0 or 1}} over {list(objectives)}, got {given}"
 
 
 def example_weights(records: Sequence[Any], objectives: Sequence[str]) -> torch.Tensor:

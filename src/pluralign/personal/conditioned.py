@@ -122,7 +122,10 @@ class PersonVectorScheme(conditioning.Scheme):
 
 
 class Personalization:
-    """The personal parts of one preference run: per-example indices, the step wrapper, saving."""
+    """The personal parts of one preference run: per-example indices, the step wrapper, saving. Built, and
+    so every setting checked, before the run writes anything (the reference pass caches to disk); the
+    vectors join the model only in `attach`, after the reference pass: the reference is the model without
+    any person's vector."""
 
     def __init__(self, config: PersonalConfig, model: Any, model_dir: str, records: Sequence[Any],
                  gradient_checkpointing: bool, loss_kind: str = "pairwise", *, collator: Any = None,
@@ -171,7 +174,6 @@ class Personalization:
             new = [n for n in names if n not in old.index]
             if not new:
                 raise ConfigError(f"personal.new_users_only: every {self.field} in the data already has a vector")
-            model.requires_grad_(False)
             basis = old.table()[1:].detach() if config.new_user_prior == "mixture" else None
             self.vectors = PersonVectors(old.names + new, old.raw.shape[1], scale=old.scale, frozen=old.names,
                                          basis=basis)
@@ -185,6 +187,13 @@ class Personalization:
         for r in records:
             if r.user is not None and r.group is not None:
                 self.user_groups[str(r.user)] = str(r.group)
+
+    def attach(self, model: Any) -> None:
+        """Put the vectors on the model (after the reference pass); a new user's run freezes the policy."""
+        if self.vectors is None:
+            return
+        if self.config.new_users_only:
+            model.requires_grad_(False)
         self.vectors.to(next(model.parameters()).device)
         model.add_module(ATTR, self.vectors)  # so the loop optimizes and checkpoints them
 

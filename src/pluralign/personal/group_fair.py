@@ -173,6 +173,11 @@ def make(name: str, n_groups: int, params: dict, sizes: Sequence[int] | None = N
         inspect.signature(part).bind(None, None, **params)
     except TypeError as e:
         raise ConfigError(f"group_objective '{name}': bad group_objective_params {params} ({e})") from None
+    # A function reads its parameters only when first called, in the first training step: check them now,
+    # before the run writes anything. Every function objective's parameters are real numbers.
+    bad = {k: v for k, v in params.items() if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)}
+    if bad:
+        raise ConfigError(f"group_objective '{name}': group_objective_params must be finite numbers, got {bad}")
     if "sizes" in inspect.signature(part).parameters and sizes is not None:
         params = params | {"sizes": list(sizes)}
 

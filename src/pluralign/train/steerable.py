@@ -82,6 +82,13 @@ def dpa(model_dir: str | Path, prompts: Sequence[Any], objectives: Sequence[str]
 
     if rounds < 1:
         raise ConfigError(f"dpa: rounds must be at least 1, got {rounds}")
+    batch = _effective_batch(loop)
+    # A round keeps at most one response per prompt: too few prompts fail every round's SFT, so say so
+    # before sampling, and before any round's files are written.
+    if len(prompts) < batch:
+        raise ConfigError(f"dpa: {len(prompts)} prompt(s) give at most {len(prompts)} training examples per round, "
+                          f"fewer than one effective batch ({batch}: loop.batch_size x loop.grad_accum x processes); "
+                          "give more prompts or a smaller loop.batch_size")
     out = Path(out_dir)
     current = Path(model_dir)
     for t in range(rounds):
@@ -90,6 +97,10 @@ def dpa(model_dir: str | Path, prompts: Sequence[Any], objectives: Sequence[str]
         ensure_vocabulary(tokenizer, model, get_scheme("system_message", objectives).vocabulary())
         records = dpa_records(model, tokenizer, prompts, objectives, reward, n=n, seed=seed + t,
                               max_new_tokens=max_new_tokens, angles=angles, conditioned=trained)
+        if len(records) < batch:  # empty answers were dropped: the SFT would refuse the round's data
+            raise ConfigError(f"dpa round {t}: {len(records)} of {len(prompts)} prompts got a non-empty response, "
+                              f"fewer than one effective batch ({batch}); give more prompts, a larger n or "
+                              "max_new_tokens, or a smaller loop.batch_size")
         data = out / f"round{t}.jsonl"
         atomic_write_jsonl(data, [_row(r) for r in records])
         result = run_sft(model=str(current), data=[str(data)], output_dir=str(out / f"round{t}"),
@@ -98,6 +109,16 @@ def dpa(model_dir: str | Path, prompts: Sequence[Any], objectives: Sequence[str]
                          loop=dict(loop or {}) | {"seed": seed + t})
         current = result.model_dir
     return current
+
+
+def _effective_batch(loop: Mapping[str, Any] | None) -> int:
+    """Examples per optimizer step of a round's SFT (its loop settings, with the loop's defaults)."""
+    from pluralign.config import from_dict
+    from pluralign.train.loop import LoopConfig
+    from pluralign.train.parallel import process_state
+
+    config = from_dict(LoopConfig, dict(loop or {}), "loop.")
+    return config.batch_size * config.grad_accum * process_state().num_processes
 
 
 def _row(record: Any) -> dict:

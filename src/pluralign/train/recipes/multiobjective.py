@@ -30,9 +30,9 @@ import torch
 
 from pluralign import conditioning
 from pluralign.config import option
-from pluralign.data.convert import _by_prompt_and_user, rated_to_pairwise
+from pluralign.data.convert import _by_prompt_and_user, rated_to_pairwise, rating_weights
 from pluralign.data.records import Pairwise, Rated
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, DataError, Problem
 from pluralign.losses.combine import Context, combine, objective_means
 from pluralign.losses.combine import check as check_combiner
 
@@ -81,9 +81,41 @@ def to_pairs(records: Sequence[Any], cfg: ObjectivesConfig) -> list[Any]:
     return signed_pairs(records, cfg.names)
 
 
+def check_records(records: Sequence[Any], names: Sequence[str], source: str) -> None:
+    """Each record's `objective`, ``meta.signs`` and ``meta.weights`` against the objectives, as read from
+    `source`: a DataError naming the file, the record (its row number in the file) and the field. Checked
+    here because the collator and the combiner that read them later no longer know where a record came
+    from. Rated records are not checked: they become new pairs, and their meta is not read."""
+    problems = []
+    for n, r in enumerate(records, 1):
+        if not isinstance(r, Rated):
+            problems += [Problem(source, n, field, message) for field, message in _record_issues(r, names)]
+    if problems:
+        raise DataError(problems)
+
+
+def _record_issues(record: Any, names: Sequence[str]) -> list[tuple[str, str]]:
+    from pluralign.data.collate import signs_issue
+
+    issues = []
+    objective = getattr(record, "objective", None)
+    if objective is not None and objective not in names:
+        issues.append(("objective", f"{objective!r} is not one of the objectives {list(names)}"))
+    meta = getattr(record, "meta", None) or {}
+    if "signs" in meta and (issue := signs_issue(meta["signs"], names)):
+        issues.append(("meta.signs", issue))
+    if "weights" in meta:
+        try:
+            conditioning.weights_of(meta["weights"], names, "meta.weights")
+        except ConfigError as e:  # its message starts with the field, which the Problem names already
+            issues.append(("meta.weights", str(e).removeprefix("meta.weights: ")))
+    return issues
+
+
 def signed_pairs(records: Sequence[Rated], objectives: Sequence[str]) -> list[Pairwise]:
     """Every two rated responses to one prompt (same user) as one pair with ``meta.signs``: +1 where the
     first is rated higher on an objective, −1 lower, 0 tied (RACO's data: one pair, a sign per objective)."""
+    rating_weights(records, weights=dict.fromkeys(objectives, 1.0))  # every objective rated, as per-objective pairs need
     pairs = []
     for same in _by_prompt_and_user(records).values():
         for a, b in combinations(same, 2):
@@ -106,7 +138,8 @@ def informative(records: Sequence[Any], cfg: ObjectivesConfig) -> list[int]:
 
 
 def check_coverage(records: Sequence[Any], cfg: ObjectivesConfig, where: str = "data") -> None:
-    """Every record's objective is known and every objective has pairs (else a ConfigError naming it)."""
+    """Every objective has pairs, and the combiner and conditioning suit the data (else a ConfigError);
+    each record's own fields were checked as its file was read (`check_records`)."""
     from pluralign.data.collate import objective_tensors
 
     _, signs = objective_tensors(records, cfg.names)
@@ -115,12 +148,10 @@ def check_coverage(records: Sequence[Any], cfg: ObjectivesConfig, where: str = "
         empty = []  # MODPO: pairs of the trained objective, the others enter as reward margins
     if empty:
         raise ConfigError(f"objectives.names: objective(s) {empty} have no pairs in the training {where}")
-    stated = [i for i, r in enumerate(records) if "weights" in (getattr(r, "meta", None) or {})]
+    stated = any("weights" in (getattr(r, "meta", None) or {}) for r in records)
     if stated and cfg.combine != "weighted":
         raise ConfigError(f"objectives.combine={cfg.combine}: the training {where} has pairs with their own "
                           "meta.weights, which only the weighted combiner reads")
-    for i in stated:
-        conditioning.weights_of(records[i].meta["weights"], cfg.names, f"training {where}, record {i + 1}: meta.weights")
     if cfg.conditioning == "joint_soup" and cfg.combine != "weighted":
         raise ConfigError(f"objectives.combine={cfg.combine}: a joint soup weighs each step's per-objective losses by "
                           "the weights it draws for that step, which only the weighted combiner reads")

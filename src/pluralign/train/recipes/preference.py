@@ -186,6 +186,7 @@ def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool,
     for path in paths:
         raw = read_records(path, skip_invalid=skip_invalid)
         if objectives is not None and objectives.names:
+            mo.check_records(raw, objectives.names, str(path))  # while the file is known, to name it
             raw = mo.to_pairs(raw, objectives)  # rated → per-objective or signed pairs
         records += convert(raw, kind.records)
     return records
@@ -275,16 +276,17 @@ def run(config: PreferenceConfig) -> RecipeResult:
                              **kind.collator_options)
     train_items = make_items(train_records, info, config.loop.seed)
     eval_items = make_items(eval_records, info, config.loop.seed) if eval_records else None
-
-    live, train_ref, eval_ref = _reference(config, info, kind, model, collator, train_items, eval_items, distributed)
-    if scheme is not None:
-        mo.install(scheme, model)  # after the reference: MAH-DPO's reference is the unperturbed head
-    # After the reference pass: the reference is the model without any person's vector.
+    # Before the reference pass writes its cache: a bad personal setting leaves nothing behind.
     personal = Personalization(config.personal, model, config.model, [it.record for it in train_items],
                                config.gradient_checkpointing, info.kind, collator=collator,
                                reference_is_initial=config.ref_model is None and config.ref_cache)
     if personal.step_options() and objective_step.get("policy_logps") is not None:
         raise ConfigError("personal.token_weighting cannot combine with per-objective heads")
+
+    live, train_ref, eval_ref = _reference(config, info, kind, model, collator, train_items, eval_items, distributed)
+    if scheme is not None:
+        mo.install(scheme, model)  # after the reference: MAH-DPO's reference is the unperturbed head
+    personal.attach(model)  # after the reference: the reference is the model without any person's vector
     objective_step |= personal.step_options()
     shift = losses.RunningMean() if "reward_shift" in info.inputs else None
     step = make_step(kind, loss, config.loss_params, live, shift, update_shift=True, **objective_step | train_finish)

@@ -114,6 +114,8 @@ def _preference(config: PreferenceConfig, **changes: Any) -> PreferenceConfig:
 def run_soup(config: SoupConfig) -> RecipeResult:
     from pluralign.data.io import read_records, write_records
     from pluralign.models.soup import save_soup
+    from pluralign.runs import RunDir
+    from pluralign.train.loop import announce_config
     from pluralign.train.recipes.preference import KINDS
 
     names = config.objectives.names
@@ -146,6 +148,8 @@ def run_soup(config: SoupConfig) -> RecipeResult:
                                          objectives=ObjectivesConfig(), **shared)
         members.append(run_preference(_preference(member)))
     soup = save_soup([m.model_dir for m in members], names, out / "model")
+    # The soup's own run directory records how the soup was made (each member's is under members/).
+    announce_config(config, RunDir(out), echo=False)
     return RecipeResult(model_dir=soup, run_dir=out, train=members[-1].train)
 
 
@@ -167,13 +171,11 @@ def run_map(config: MAPConfig) -> RecipeResult:
     if not names:
         raise ConfigError("set 'palette' (target per objective) or 'palette_quantiles'")
     _need(config.data, "data", "rated samples of the base policy")
-    rated = [r for path in config.data for r in read_records(path, skip_invalid=config.skip_invalid)]
-    for i, r in enumerate(rated):
-        if not isinstance(r, Rated):
-            raise ConfigError(f"'data' record {i}: MAP needs rated records (`ratings`), got {type(r).__name__}")
-        missing = [n for n in names if n not in r.ratings]
-        if missing:
-            raise ConfigError(f"'data' record {i}: no rating for palette objective(s) {missing}")
+    rated = []
+    for path in config.data:
+        records = read_records(path, skip_invalid=config.skip_invalid)
+        _check_rated(records, names, str(path))
+        rated += records
     x = np.array([[r.ratings[n] for n in names] for r in rated], dtype=float)
     targets = []
     for j, n in enumerate(names):
@@ -193,6 +195,22 @@ def run_map(config: MAPConfig) -> RecipeResult:
     data = write_records(out / "map_pairs.jsonl", pairs)
     base = {f.name: getattr(config, f.name) for f in dataclasses.fields(PreferenceConfig)}
     return run_preference(PreferenceConfig(**(base | {"data": [str(data)], "objectives": ObjectivesConfig()})))
+
+
+def _check_rated(records: list, names: list[str], source: str) -> None:
+    """MAP's data: rated records rating every palette objective. A file holds one kind of record, and its
+    rated records rate one set of objectives (the data layer checks both), so a failure is the whole
+    file's: named with its field, not one record at a time."""
+    from pluralign.data.convert import rating_weights
+    from pluralign.errors import DataError, PluralignError, Problem
+
+    if not all(isinstance(r, Rated) for r in records):
+        raise DataError([Problem(source, None, None, f"MAP needs rated records (`ratings`), got "
+                                 f"{type(next(r for r in records if not isinstance(r, Rated))).__name__} records")])
+    try:
+        rating_weights(records, weights=dict.fromkeys(names, 1.0))  # its error names the missing objectives
+    except PluralignError as e:
+        raise DataError([Problem(source, None, "ratings", str(e))]) from None
 
 
 def _need(value: Any, field: str, what: str) -> None:

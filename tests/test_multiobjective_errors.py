@@ -1,0 +1,105 @@
+"""Bad multi-objective and personal input stops the recipes with exit code 2, a message naming the file,
+the record and the field, no traceback, and nothing written to the output directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import CHAT_ANSWERS as ANSWERS
+
+from pluralign.cli import main
+
+LOOP = ["loop.max_steps=2", "loop.batch_size=4", "loop.progress=false", "gradient_checkpointing=false"]
+OBJ = "[informativeness,conciseness]"
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _pairs(n=8, **extra):
+    """Pairs of two users in two groups, each with signs over both objectives (row 6 changed by `extra`)."""
+    rows = []
+    for i in range(n):
+        row = {"prompt": [{"role": "user", "content": "what is the cat"}], "chosen": ANSWERS[i % 6],
+               "rejected": ANSWERS[(i + 1) % 6], "user": f"u{i % 2}", "group": f"g{i % 2}",
+               "meta": {"signs": {"informativeness": 1, "conciseness": -1}}}
+        rows.append(row | extra if i == 5 else row)
+    return rows
+
+
+def _fails(argv, out, capsys, *messages):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and all(m in err for m in messages), err
+    assert not out.exists(), sorted(p.name for p in out.rglob("*"))  # nothing half-written
+    return err
+
+
+@pytest.mark.parametrize("recipe, settings", [
+    ("dpo", ["objectives.rated_pairs=signed", "objectives.combine=raco"]),
+    ("soup", ["joint=true"]),
+])
+def test_an_objective_without_ratings_names_it(tmp_path, chat_model, rated, capsys, recipe, settings):
+    out = tmp_path / "o"
+    _fails(["train", recipe, f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}",
+            "objectives.names=[informativeness,formality]", *settings, *LOOP], out, capsys,
+           "no ratings for objective(s) formality")
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"signs": {"informativeness": 1}, "weights": {"informativeness": -1}},
+     "field 'meta.weights': weights must be non-negative"),
+    ({"signs": {"informativeness": "up"}}, "field 'meta.signs': expected {objective: -1, 0 or 1}"),
+    ({"signs": {"foo": 1}}, "field 'meta.signs': expected"),
+    ({"signs": [1, -1]}, "field 'meta.signs': expected"),
+])
+def test_bad_meta_names_the_file_line_and_field(tmp_path, chat_model, capsys, meta, message):
+    data, out = _write(tmp_path / "pairs.jsonl", _pairs(meta=meta)), tmp_path / "o"
+    _fails(["train", "dpo", f"model={chat_model}", f"data=[{data}]", f"output_dir={out}",
+            f"objectives.names={OBJ}", *LOOP], out, capsys, f"{data}:6: {message}")
+
+
+def test_an_unknown_objective_names_the_file_line_and_field(tmp_path, chat_model, capsys):
+    data, out = _write(tmp_path / "pairs.jsonl", _pairs(objective="fun")), tmp_path / "o"
+    _fails(["train", "dpo", f"model={chat_model}", f"data=[{data}]", f"output_dir={out}",
+            f"objectives.names={OBJ}", *LOOP], out, capsys, f"{data}:6: field 'objective': 'fun' is not one of")
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["personal.group_objective=foo"], "unknown group objective 'foo'"),
+    (["personal.group_objective=group_dro", "personal.group_objective_params={step_size: -1}"], "step_size"),
+    (["personal.group_objective=group_dro", "personal.group_objective_params={foo: 1}"], "bad group_objective_params"),
+    (["personal.group_objective=balanced", "personal.group_objective_params={power: .nan}"], "finite numbers"),
+    (["personal.condition_on=user", "personal.new_users_only=true"], "no person vectors"),
+])
+def test_bad_personal_settings_fail_before_the_reference_pass(tmp_path, chat_model, capsys, settings, message):
+    data, out = _write(tmp_path / "pairs.jsonl", _pairs()), tmp_path / "o"
+    _fails(["train", "dpo", f"model={chat_model}", f"data=[{data}]", f"output_dir={out}", *settings, *LOOP],
+           out, capsys, message)
+
+
+def test_dpa_with_fewer_prompts_than_a_batch_writes_no_round(tmp_path, chat_model, rated, capsys):
+    out = tmp_path / "o"
+    _fails(["train", "dpa", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}", f"objectives={OBJ}",
+            "reward=gold", "rounds=1", "n=2", "max_new_tokens=4", *LOOP], out, capsys,
+           "2 prompt(s)", "fewer than one effective batch (4")
+
+
+def test_map_names_the_file_and_field(tmp_path, chat_model, rated, capsys):
+    pairs, out = _write(tmp_path / "pairs.jsonl", _pairs()), tmp_path / "o"
+    _fails(["train", "map", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}",
+            "palette_quantiles={informativeness: 0.7, formality: 0.5}", *LOOP], out, capsys,
+           f"{rated}: field 'ratings': no ratings for objective(s) formality")
+    _fails(["train", "map", f"model={chat_model}", f"data=[{pairs}]", f"output_dir={out}",
+            "palette={informativeness: 0.7}", *LOOP], out, capsys, f"{pairs}: MAP needs rated records")
+
+
+def test_reward_tokens_name_the_record_and_field(tmp_path, chat_model, rated, capsys):
+    out = tmp_path / "o"
+    err = _fails(["train", "sft", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}",
+                  "objectives=[informativeness,formality]", "conditioning=reward_tokens", *LOOP], out, capsys,
+                 "training record 1: field 'ratings': no reward for objective(s) formality")
+    assert "'informativeness':" not in err  # the objectives it covers, not the record's ratings dumped
