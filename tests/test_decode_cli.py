@@ -181,7 +181,7 @@ def test_cli_warns_when_nothing_reads_the_steering_fields(model_dir, tmp_path, c
             "--out", str(tmp_path / "o.jsonl"), "--max-new-tokens", "3"]
     assert main(args + ["--weights", "1,0"]) == 0  # a plain model, no reward: a warning, not an error
     err = capsys.readouterr().err
-    assert "warning: weights, user given but nothing reads them" in err and "--reward" in err
+    assert "warning: weights, user given but nothing reads them" in err and "no reward is given" in err
     assert main(args) == 0  # the per-request user alone
     assert "warning: user given" in capsys.readouterr().err
     assert main(args[:2] + ["bon", *args[3:], "--reward", "decode_cli_rewards:words", "--weights", "1,0"]) == 0
@@ -270,3 +270,7 @@ def test_a_rows_bad_weights_for_a_conditioned_model_are_named_by_file_and_line(t
     # a number list starting with "-" is a value, not an option (argparse said "expected one argument")
     assert main(args[:6] + [str(tmp_path / "one.txt")] + args[7:] + ["--weights", "-1,2"]) == 2
     assert "--weights: weights must be non-negative" in capsys.readouterr().err
+    # a field the model's scheme does not read: a soup is steered by weights, not by a direction
+    assert main(args[:6] + [str(tmp_path / "one.txt")] + args[7:] + ["--direction", "1,0"]) == 0
+    assert "warning: direction given but nothing reads them: " in (err := capsys.readouterr().err)
+    assert "conditioning scheme 'soup' reads only weights" in err

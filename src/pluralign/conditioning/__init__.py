@@ -144,6 +144,7 @@ class Scheme:
     name: ClassVar[str] = "none"
     model_level: ClassVar[bool] = False  # requests with different conditions cannot share one forward
     saved_keys: ClassVar[tuple[str, ...]] = ()  # weights in the model's safetensors that only the scheme reads
+    reads: ClassVar[tuple[str, ...]] = ()  # the request controls it steers by (weights, direction, user, group)
 
     def __init__(self, objectives: Sequence[str] = (), **params: Any):
         self.objectives = list(objectives)

@@ -77,6 +77,8 @@ class ControlTokens(conditioning.Scheme):
     user's turn).
     ``names``, ``user_groups`` and ``token_ids`` are filled in by training and saved."""
 
+    reads = ("user", "group")
+
     def __init__(self, objectives: Sequence[str] = (), *, by: str = "user", tokens: int = 4, freeze_policy: bool = True,
                  placement: str = "statement", names: Sequence[str] | None = None,
                  user_groups: dict[str, str] | None = None, token_ids: Sequence[int] | None = None):

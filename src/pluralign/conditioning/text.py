@@ -59,6 +59,8 @@ class SystemMessage(Scheme):
     b*100sinθ"), else the weights, both in integer percent, e.g. "weights : informativeness 70 conciseness
     30 ." A request without either gets the statement of uniform weights."""
 
+    reads = ("weights", "direction")
+
     def statement(self, c: Condition) -> str:
         if c.direction is not None:
             return f"direction : {_numbers(c.direction, self.objectives, 100, 0)} ."
@@ -83,6 +85,8 @@ class RewardTokens(Scheme):
     low_i)·ω_i/‖ω‖₂, with [low, high] the range of training scores; explicit ``scores`` override it.
 
     Training records give their rewards as ``Rated.ratings`` or ``meta["rewards"]`` ({objective: value})."""
+
+    reads = ("weights",)  # and target scores, in extra
 
     def __init__(self, objectives: Sequence[str] = (), *, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, low: Sequence[float] | None = None,

@@ -135,14 +135,23 @@ def result_warnings(method: str, result: Any) -> list[str]:
     return out
 
 
-def unused_controls(model: Any, reward: Any, controls: list[Any], extra_models: list[Any] = ()) -> list[str]:
-    """The steering fields some request sets that nothing would read: a model without a conditioning
-    scheme (`pluralign.conditioning`) decoded without a reward or further models (fusion weighs those)
-    ignores weights, direction, user and group, which is almost always a mistake (the wrong model
-    directory, or a forgotten --reward)."""
-    if reward is not None or extra_models or getattr(model, "pluralign_conditioning", None) is not None:
-        return []
-    return [name for name in STEERING if any(getattr(c, name) is not None for c in controls)]
+def unused_controls(model: Any, reward: Any, controls: list[Any], extra_models: list[Any] = (),
+                    name: str = "the model") -> str:
+    """'' when something reads every steering field the requests set, else a note of what nothing reads and
+    why: a model decoded without a reward or further models (fusion weighs those) is steered only by its
+    conditioning scheme (`pluralign.conditioning`), which reads some fields (a soup: weights; per-user
+    vectors: user and group) and none of the others. Almost always a mistake: the wrong model directory,
+    the wrong field (--direction to a soup), or a forgotten --reward."""
+    if reward is not None or extra_models:
+        return ""
+    scheme = getattr(model, "pluralign_conditioning", None)
+    reads = scheme.reads if scheme is not None else ()
+    unread = [f for f in STEERING if f not in reads and any(getattr(c, f) is not None for c in controls)]
+    if not unread:
+        return ""
+    why = (f"{name} has no conditioning scheme (it was not trained to be steered) and no reward is given"
+           if scheme is None else f"{name}'s conditioning scheme '{scheme.name}' reads only {', '.join(reads) or 'nothing'}")
+    return f"{', '.join(unread)} given but nothing reads them: {why}"
 
 
 def check_conditions(model: Any, base: Any, rows: list[Any], controls: list[Any]) -> None:
@@ -194,10 +203,9 @@ def run(args: argparse.Namespace) -> int:
     check_conditions(model, base, rows, controls)
     reward = load_reward(args.reward) if args.reward else None
     extra_models = [load_policy(d)[0] for d in args.models.split(",")] if args.models else []
-    unused = unused_controls(model, reward, controls, extra_models)
+    unused = unused_controls(model, reward, controls, extra_models, args.model)
     if unused:
-        print(f"warning: {', '.join(unused)} given but nothing reads them: {args.model} has no conditioning "
-              "scheme (it was not trained to be steered) and no --reward was given", file=sys.stderr)
+        print(f"warning: {unused}", file=sys.stderr)
     kwargs = method_kwargs(args.method, reward, tokenizer, extra_models, args.chat_template)
     result = decode(args.method, model, tokenizer, [r["prompt"] for r in requests], reward=reward,
                     controls=controls, **kwargs)

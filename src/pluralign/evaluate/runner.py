@@ -152,9 +152,8 @@ def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: s
         controls = Controls(**{**gen, **entry.get("controls", {})})
     except (TypeError, ConfigError) as e:
         raise ConfigError(f"{where}.controls: {e}") from None
-    unused = unused_controls(model, entry.get("reward") if decoder != "sample" else None, [controls])
-    _require(not unused, f"{where}.controls", f"{', '.join(unused)} given but nothing reads them: {path} has no "
-             "conditioning scheme (it was not trained to be steered) and no decoder with a reward is named")
+    unused = unused_controls(model, entry.get("reward") if decoder != "sample" else None, [controls], name=str(path))
+    _require(not unused, f"{where}.controls", unused)
     result = decode(decoder, model, tok, prompts, reward=entry.get("reward"), controls=controls)
     out = {"texts": list(result.texts), "model": model, "tokenizer": tok, "n": controls.n}
     if "decoder_logps" in result.info:

@@ -71,6 +71,7 @@ class JointSoup(Scheme):
     model is a `soup` directory. Parameters: ``alpha`` (Dirichlet concentration, 1 = uniform on the
     simplex), ``vertex_prob`` (share of steps at a single objective), ``seed``."""
 
+    reads = ("weights",)
     model_level = True
 
     def __init__(self, objectives: Sequence[str] = (), *, alpha: float = 1.0, vertex_prob: float = 0.25, seed: int = 0):

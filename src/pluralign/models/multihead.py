@@ -123,6 +123,7 @@ def mixed(model: Any, weights: Sequence[float]) -> Iterator[Any]:
 class Heads(Scheme):
     """MAH-DPO: head k is objective k's; a request's weights mix the heads' logits (uniform by default)."""
 
+    reads = ("weights",)
     model_level = True
     saved_keys = ("lm_head.extra",)
 

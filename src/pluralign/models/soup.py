@@ -55,6 +55,7 @@ class Soup(Scheme):
     """Per-request interpolation of the members' weights (``params["members"]``, one directory per
     objective, in objective order)."""
 
+    reads = ("weights",)
     model_level = True
 
     def __init__(self, objectives: Sequence[str] = (), *, members: Sequence[str] = ()):

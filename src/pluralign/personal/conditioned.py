@@ -103,6 +103,7 @@ class PersonVectorScheme(conditioning.Scheme):
     or PAS steering (`pluralign.personal`). Each request's `user` (or `group`) picks its vector; a user
     the model does not know gets the population model (no vector), with a warning."""
 
+    reads = ("user", "group")
     model_level = True
 
     def attach(self, model: Any, model_dir: Path) -> Any:

@@ -25,6 +25,8 @@ from pluralign.errors import ConfigError
 class PersonaMessage(conditioning.Scheme):
     """Each user's or group's preference statement before the prompt (Janus)."""
 
+    reads = ("user", "group")
+
     def __init__(self, objectives=(), *, statements: Mapping[str, str] | None = None):
         if not statements or not isinstance(statements, Mapping):
             raise ConfigError("persona_message needs conditioning_params.statements: {user or group: statement}")
