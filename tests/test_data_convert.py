@@ -135,3 +135,17 @@ def test_rated_to_ranked_lists_each_prompt_and_users_responses_by_their_score():
     assert [(r.responses, r.scores, r.objective) for r in by_help] == [(["r1", "r2", "r3"], [1.0, 3.0, 3.0], "help")]
     pairs = convert(by_help, "pairwise")  # the list's pairs are rated_to_pairwise's
     assert _triples(pairs) == _triples(rated_to_pairwise(RATED, objective="help"))
+
+
+def test_feedback_becomes_the_demonstrations_it_prefers():
+    # `data convert --to demonstration` was offered and refused for every kind: SFT on the preferred answers
+    from pluralign.data.records import Demonstration
+
+    pairs = [Pairwise("p", "a", "b", user="u"), Pairwise("p", "a", "c", user="u"), Pairwise("p", "a", "b", user="v")]
+    assert convert(pairs, "demonstration") == [Demonstration("p", "a", "u"), Demonstration("p", "a", "v")]
+    assert convert([Binary("p", "x", True), Binary("p", "y", False)], "demonstration") == [Demonstration("p", "x")]
+    ranked = [Ranked("p", ["a", "b", "c"], ranks=[2, 1, 3]), Ranked("q", ["d", "e"], scores=[1.0, 5.0]),
+              Ranked("t", ["f", "g"], scores=[2.0, 2.0])]  # a tie throughout: nothing preferred
+    assert [(d.prompt, d.response) for d in convert(ranked, "demonstration")] == [("p", "b"), ("q", "e")]
+    best = convert(RATED, "demonstration", weights={"help": 1.0, "safe": 0.5})
+    assert [(d.prompt, d.response, d.user) for d in best] == [("p", "r3", "u1")]  # 4.0 of 3.5, 3.5, 4.0

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import combinations
 
-from pluralign.data.records import Binary, Pairwise, Ranked, Rated, Record, kind_of, text_key
+from pluralign.data.records import Binary, Demonstration, Pairwise, Ranked, Rated, Record, kind_of, text_key
 from pluralign.errors import PluralignError
 
 
@@ -183,12 +183,38 @@ def _by_prompt_and_user(records: Iterable[Rated]) -> dict[tuple, list[Rated]]:
 
 
 # (from kind, to kind) -> converter taking (records, objective, weights, threshold).
+def to_demonstrations(records: Iterable[Pairwise | Binary | Ranked]) -> list[Demonstration]:
+    """The responses feedback prefers, as supervised fine-tuning data (an SFT step on the preferred answers
+    before preference training): each pair's `chosen`, each thumbs-up response, each ranked list's best
+    (a list whose responses all tie has none). A response preferred in several records is kept once."""
+    out, seen = [], set()
+    for r in records:
+        if isinstance(r, Pairwise):
+            best = [r.chosen]
+        elif isinstance(r, Binary):
+            best = [r.response] if r.label else []
+        else:
+            values = r.scores if r.scores is not None else [-rank for rank in r.ranks]
+            top = max(values)
+            best = [] if min(values) == top else [r.responses[values.index(top)]]
+        for response in best:
+            key = (repr(r.prompt), repr(response), r.user, r.group)
+            if key not in seen:
+                seen.add(key)
+                out.append(Demonstration(r.prompt, response, r.user, r.group, r.objective, r.section, r.meta))
+    return out
+
+
 _CONVERSIONS: dict[tuple[str, str], Callable[..., list[Record]]] = {
     ("ranked", "pairwise"): lambda rs, o, w, t: ranked_to_pairwise(rs),
     ("rated", "pairwise"): lambda rs, o, w, t: rated_to_pairwise(rs, o, w),
     ("rated", "ranked"): lambda rs, o, w, t: rated_to_ranked(rs, o, w),
     ("rated", "binary"): lambda rs, o, w, t: rated_to_binary(rs, _required(t, "threshold"), o, w),
     ("pairwise", "binary"): lambda rs, o, w, t: pairwise_to_binary(rs),
+    ("pairwise", "demonstration"): lambda rs, o, w, t: to_demonstrations(rs),
+    ("binary", "demonstration"): lambda rs, o, w, t: to_demonstrations(rs),
+    ("ranked", "demonstration"): lambda rs, o, w, t: to_demonstrations(rs),
+    ("rated", "demonstration"): lambda rs, o, w, t: to_demonstrations(rated_to_ranked(rs, o, w)),
 }
 
 
