@@ -101,6 +101,21 @@ def test_ratings_are_gold_attributes_plus_small_noise():
     assert 0.01 < err.mean() < 0.05 and err.max() < 0.3
 
 
+def test_an_annotator_may_rate_several_responses_to_one_prompt():
+    # one response per annotator gave rated -> pairwise 2 pairs out of 500 ratings (pairs are one person's
+    # ratings of one prompt's responses)
+    from pluralign.data import convert
+
+    one = F.generate("rated", "default", 40, seed=5)
+    assert one == F.generate("rated", "default", 40, seed=5, rated_per_prompt=1)
+    four = F.generate("rated", "default", 42, seed=5, rated_per_prompt=4)
+    assert len(four) == 42 and len({(r.prompt, r.user) for r in four}) == 11  # 10 annotators of 4, one of 2
+    assert len({r.response for r in four[:4]}) > 1
+    x = score_batch([r.prompt for r in four], [r.response for r in four])
+    assert np.abs(np.array([[r.ratings[a] for a in ATTRIBUTES] for r in four]) - x).max() < 0.3
+    assert len(convert(four, "pairwise", objective="relevance")) > 10 * len(convert(one, "pairwise", objective="relevance"))
+
+
 def test_judgments_name_what_moved_the_annotator_in_the_verdicts_direction():
     pop = population("default")
     users = {u.id: u for u in pop.users()}

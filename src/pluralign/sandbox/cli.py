@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fb.add_argument("--groups", help="comma-separated groups to draw annotators from (default: all, by share)")
     fb.add_argument("--judges-per-item", type=int, default=1,
                     help="annotators who judge each prompt and its responses (several: their disagreement shows)")
+    fb.add_argument("--rated-per-prompt", type=int, default=1,
+                    help="--kind rated: responses to one prompt each annotator rates (several: data convert can "
+                    "pair them, as it compares one person's ratings of one prompt)")
     fb.set_defaults(func=_feedback)
 
     ev = sub.add_parser("eval", help="gold attributes, utilities, KL to the base and win rates of a model")
@@ -71,7 +74,8 @@ def _feedback(args: argparse.Namespace) -> int:
     _check_model_dir(args.model)
     groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
     path = generate_file(args.out, args.kind, args.population, args.n, args.model, args.seed, k=args.k,
-                         temperature=args.temperature, groups=groups, judges_per_item=args.judges_per_item)
+                         temperature=args.temperature, groups=groups, judges_per_item=args.judges_per_item,
+                         rated_per_prompt=args.rated_per_prompt)
     print(f"wrote {args.n} {args.kind} records from population '{args.population}' to {path}")
     return 0
 

@@ -73,28 +73,32 @@ def generate(kind: str, population: str | Population = "default", n: int = 100,
              model_dir: str | Path | None = None, seed: int = 0, *, model: Any = None, tokenizer: Any = None,
              k: int = 4, temperature: float | None = None, rating_noise: float = 0.05,
              sample_temperature: float = 1.0, max_new_tokens: int = 48, users_seed: int = 0,
-             groups: Sequence[str] | None = None, judges_per_item: int = 1) -> list[Record]:
+             groups: Sequence[str] | None = None, judges_per_item: int = 1, rated_per_prompt: int = 1) -> list[Record]:
     """`n` feedback records of `kind` (one of `FEEDBACK_KINDS`) from `population`'s users (a name or a `Population`).
 
     `temperature` overrides every group's BT temperature; `k` is the list length for "ranked";
     `users_seed` fixes who the users are (the same people across feedback files), `seed` everything else;
     `groups` restricts the annotators to those groups (e.g. `["minority"]`, to align toward one group);
     `judges_per_item` annotators judge each prompt and its responses (records i·j … i·j + j − 1 share item
-    i), as in data sets where several people label the same pair, so their disagreement can be measured.
+    i), as in data sets where several people label the same pair, so their disagreement can be measured;
+    `rated_per_prompt` ("rated") responses to one prompt each annotator rates, the data that rated → pairwise
+    and rated → ranked conversions pair (they compare one person's ratings of one prompt's responses).
     """
     if kind not in FEEDBACK_KINDS:
         raise ConfigError(f"unknown feedback kind '{kind}'; choose one of: {', '.join(FEEDBACK_KINDS)}")
-    if n < 1 or k < 2 or judges_per_item < 1:
-        raise ConfigError(f"need n >= 1, k >= 2 and judges_per_item >= 1 (got n={n}, k={k}, "
-                          f"judges_per_item={judges_per_item})")
+    if n < 1 or k < 2 or judges_per_item < 1 or rated_per_prompt < 1:
+        raise ConfigError(f"need n >= 1, k >= 2, judges_per_item >= 1 and rated_per_prompt >= 1 (got n={n}, k={k}, "
+                          f"judges_per_item={judges_per_item}, rated_per_prompt={rated_per_prompt})")
     pop = population if isinstance(population, Population) else get_population(population)
     world = World(seed)
-    items = -(-n // judges_per_item)
+    per_annotator = rated_per_prompt if kind == "rated" else 1  # records each annotator gives
+    raters = -(-n // per_annotator)
+    items = -(-raters // judges_per_item)
     prompts = world.prompts(items, _stream(seed, kind, "prompts"))
-    per_prompt = {"pairwise": 2, "user_pairwise": 2, "ranked": k}.get(kind, 1)
+    per_prompt = {"pairwise": 2, "user_pairwise": 2, "ranked": k, "rated": per_annotator}.get(kind, 1)
     responses = _responses(prompts, per_prompt, seed, kind, model_dir=model_dir, model=model, tokenizer=tokenizer,
                            temperature=sample_temperature, max_new_tokens=max_new_tokens)
-    annotators = pop.draw_users(n, _stream(seed, kind, "annotators"), seed=users_seed, groups=groups)
+    annotators = pop.draw_users(raters, _stream(seed, kind, "annotators"), seed=users_seed, groups=groups)
     rng = _stream(seed, kind, "labels")
     make = {"pairwise": _pairwise, "user_pairwise": _pairwise, "ranked": _ranked, "binary": _binary,
             "rated": _rated, "judged": _judged}[kind]
@@ -103,8 +107,9 @@ def generate(kind: str, population: str | Population = "default", n: int = 100,
         prompt, resp = prompts[i // judges_per_item], responses[i // judges_per_item]
         x = score_batch([prompt] * len(resp), resp)
         t = temperature if temperature is not None else user.temperature
-        out.append(make(prompt, resp, x, user, t, rng, named=kind != "pairwise", rating_noise=rating_noise))
-    return out
+        made = make(prompt, resp, x, user, t, rng, named=kind != "pairwise", rating_noise=rating_noise)
+        out += made if isinstance(made, list) else [made]
+    return out[:n]
 
 
 def generate_file(path: str | Path, kind: str, population: str | Population = "default", n: int = 100,
@@ -216,10 +221,13 @@ def _binary(prompt: str, resp: list[str], x: np.ndarray, user: User, t: float, r
 
 
 def _rated(prompt: str, resp: list[str], x: np.ndarray, user: User, t: float, rng: np.random.Generator,
-           *, named: bool, rating_noise: float, **_: Any) -> Rated:
-    noisy = x[0] + rng.normal(0.0, rating_noise, size=len(ATTRIBUTES))
-    ratings = {a: round(float(np.clip(v, *RANGES[a])), 4) for a, v in zip(ATTRIBUTES, noisy, strict=True)}
-    return Rated(prompt, resp[0], ratings, user=user.id, group=user.group)
+           *, named: bool, rating_noise: float, **_: Any) -> list[Rated]:
+    out = []
+    for response, gold in zip(resp, x, strict=True):  # one annotator rates each response to the prompt
+        noisy = gold + rng.normal(0.0, rating_noise, size=len(ATTRIBUTES))
+        ratings = {a: round(float(np.clip(v, *RANGES[a])), 4) for a, v in zip(ATTRIBUTES, noisy, strict=True)}
+        out.append(Rated(prompt, response, ratings, user=user.id, group=user.group))
+    return out
 
 
 def _judged(prompt: str, resp: list[str], x: np.ndarray, user: User, t: float, rng: np.random.Generator,
