@@ -89,6 +89,31 @@ def test_ensure_vocabulary_teaches_a_word_tokenizer_the_statement():
     assert model.get_input_embeddings().weight.shape[0] == len(tok)
 
 
+def test_added_tokens_are_prompt_only_and_the_models_answers_keep_the_bases_distribution(tmp_path):
+    # the new output rows took probability mass from every real token: a conditioned model could emit its
+    # statement words or control tokens, and its KL to the base came out negative
+    import copy
+
+    import torch
+
+    from pluralign.models.load import load_model
+
+    tok = word_tokenizer(["question", "answer", ":", "."])
+    base = tiny_llama(len(tok), hidden_size=16, num_layers=1, num_heads=2, seed=3)
+    grown = copy.deepcopy(base)
+    old = len(tok)
+    conditioning.ensure_vocabulary(tok, grown, conditioning.get("system_message", OBJ).vocabulary())
+    ids = torch.tensor([[tok.convert_tokens_to_ids("question"), tok.convert_tokens_to_ids(":")]])
+    with torch.no_grad():
+        want = torch.log_softmax(base(ids).logits, -1)
+        got = torch.log_softmax(grown(ids).logits, -1)
+    assert torch.allclose(got[..., :old], want, atol=1e-6) and got[..., old:].exp().max() == 0
+    grown.save_pretrained(tmp_path)
+    with torch.no_grad():
+        again = torch.log_softmax(load_model(tmp_path)(ids).logits, -1)
+    assert torch.allclose(again[..., :old], want, atol=1e-6) and again[..., old:].exp().max() == 0
+
+
 def test_collator_carries_objective_signs_user_group(tiny_word_tokenizer):
     records = [Pairwise("the cat", "sat", "ran", objective="conciseness", user="u1", group="g"),
                Pairwise("the dog", "sat", "ran", meta={"signs": {"informativeness": -1, "conciseness": 1}})]

@@ -11,6 +11,7 @@ import numpy as np
 
 from pluralign.conditioning import Condition, Scheme, Text, register
 from pluralign.errors import ConfigError
+from pluralign.models.load import OUTPUT_VOCAB, mask_added_tokens
 
 
 def with_statement(prompt: Text, statement: str, prefix: str = "", system: bool = True, suffix: str = "") -> Text:
@@ -187,7 +188,7 @@ def ensure_vocabulary(tokenizer: Any, model: Any, texts: Sequence[str]) -> list[
 
 def grow_embeddings(tokenizer: Any, model: Any) -> None:
     """Resize the model's embeddings to the tokenizer's length; new rows (input and output) start at the
-    mean of the existing rows."""
+    mean of the existing rows. The new tokens are for prompts only (`mask_added_tokens`)."""
     old = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) <= old:
         return
@@ -198,4 +199,7 @@ def grow_embeddings(tokenizer: Any, model: Any) -> None:
         for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
             if emb is not None and emb.weight.shape[0] > old:
                 emb.weight[old:] = emb.weight[:old].mean(0)
+    if getattr(model.config, OUTPUT_VOCAB, None) is None:  # saved in config.json: loading masks them again
+        setattr(model.config, OUTPUT_VOCAB, old)
+    mask_added_tokens(model)
 

@@ -63,6 +63,7 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: str = "auto", device: 
     auto = AutoModelForCausalLM if kind == "causal" else AutoModel
     adapter = _adapter_base(source)
     model = _from_pretrained(auto, adapter or source, dtype=_dtype(dtype), trust_remote_code=trust_remote_code)
+    mask_added_tokens(model)
     if adapter is not None:
         with _peft_quietly():
             model = _peft().PeftModel.from_pretrained(model, source, is_trainable=lora is not None)
@@ -146,6 +147,28 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_
 
 def is_peft_model(model: Any) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+
+
+OUTPUT_VOCAB = "pluralign_output_vocab"  # config field: the vocabulary the model may answer with
+
+
+def mask_added_tokens(model: Any) -> None:
+    """Give tokens added for prompts (statement words, control tokens: ids from the config's
+    `pluralign_output_vocab` on) the lowest logit, so the model never answers with them. Their output rows
+    would otherwise take probability mass from every real token: the model could emit its control tokens,
+    and a KL to the base model, estimated from log-probs that lost that mass, came out negative."""
+    vocab = getattr(getattr(model, "config", None), OUTPUT_VOCAB, None)
+    head = model.get_output_embeddings() if vocab is not None else None
+    if head is None or getattr(head, "_pluralign_masked_from", None) == vocab:
+        return
+
+    def mask(module: Any, inputs: Any, logits: torch.Tensor) -> torch.Tensor:
+        if logits.shape[-1] > vocab:
+            logits[..., vocab:] = torch.finfo(logits.dtype).min  # in place: a Linear keeps no output for backward
+        return logits
+
+    head.register_forward_hook(mask)
+    head._pluralign_masked_from = vocab
 
 
 def resolve(name_or_path: str | os.PathLike) -> str:
