@@ -101,3 +101,46 @@ def test_bad_inputs_exit_2(setup, capsys):
                  f"output_dir={setup / 'bad'}"]) == 2
     assert main(["eval", "rm", "--model", str(setup / "nowhere"), "--data", str(setup / "pairs.jsonl")]) == 2
     assert "not a reward-model directory" in capsys.readouterr().err
+
+
+def test_written_judgments_train_and_evaluate_a_binary_reward_model(setup, capsys):
+    # judged records (a judgment's text and its polarity) were refused by binary-rm, eval rm and data convert
+    rows = [json.loads(x) for x in (setup / "binary.jsonl").read_text().splitlines()]
+    judged = [{"prompt": r["prompt"], "response": r["response"], "judgment": "good" if r["label"] else "bad",
+               "polarity": "positive" if r["label"] else "negative"} for r in rows]
+    (setup / "judged.jsonl").write_text("".join(json.dumps(r) + "\n" for r in judged))
+    run = _train(setup, "binary-rm", "judged.jsonl", "bin_judged", "loop.num_epochs=25", "loop.learning_rate=0.03")
+    assert main(["eval", "rm", "--model", str(run), "--data", str(setup / "judged.jsonl")]) == 0
+    assert json.loads((run / "model" / "eval" / "rm_eval.json").read_text())["auroc"] == 1.0
+    assert main(["data", "convert", str(setup / "judged.jsonl"), str(setup / "judged_bin.jsonl"), "--to", "binary"]) == 0
+    first = json.loads((setup / "judged_bin.jsonl").read_text().splitlines()[0])
+    assert first["label"] is True and first["meta"] == {"judgment": "good"}
+
+
+def test_eval_rm_refuses_bad_bins_and_broken_model_directories(setup, tmp_path, capsys):
+    run = _train(setup, "rm", "pairs.jsonl", "bt_for_errors", "loop.num_epochs=1")
+    data = str(setup / "pairs.jsonl")
+    assert main(["eval", "rm", "--model", str(run), "--data", data, "--bins", "0"]) == 2  # was NaN ECE, exit 0
+    assert "--bins must be >= 1" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{bad")
+    assert main(["eval", "rm", "--model", str(tmp_path), "--data", data]) == 2  # was a JSONDecodeError traceback
+    assert "unreadable JSON" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text('{"type": "bt"}')
+    assert main(["eval", "rm", "--model", str(tmp_path), "--data", data]) == 2  # was KeyError: 'objectives'
+    assert "an incomplete bt reward model" in capsys.readouterr().err
+    # an evaluation without a calibration (one pair) leaves no earlier evaluation's plot beside its report
+    out = tmp_path / "ev"
+    assert main(["eval", "rm", "--model", str(run), "--data", data, "--out", str(out)]) == 0
+    assert (out / "reliability.png").exists()
+    (tmp_path / "one.jsonl").write_text((setup / "pairs.jsonl").read_text().splitlines()[0] + "\n")
+    assert main(["eval", "rm", "--model", str(run), "--data", str(tmp_path / "one.jsonl"), "--out", str(out)]) == 0
+    assert not (out / "reliability.png").exists()
+
+
+def test_eval_rm_names_users_a_pal_model_does_not_know(setup, tmp_path, capsys):
+    run = _train(setup, "pal", "pairs.jsonl", "pal_unknown", "n_prototypes=2", "pal_dim=8", "loop.num_epochs=1")
+    rows = [json.loads(x) | {"user": "newcomer"} for x in (setup / "pairs.jsonl").read_text().splitlines()[:6]]
+    (tmp_path / "new.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["eval", "rm", "--model", str(run), "--data", str(tmp_path / "new.jsonl"), "--out", str(tmp_path)]) == 0
+    assert "1 user(s) unknown to this PAL model (newcomer)" in capsys.readouterr().err
+    assert json.loads((tmp_path / "rm_eval.json").read_text())["unknown_users"] == ["newcomer"]

@@ -2,6 +2,7 @@
 
 from pluralign.data.convert import (
     convert,
+    judged_to_binary,
     pairwise_to_binary,
     ranked_to_pairwise,
     rated_to_binary,
@@ -44,6 +45,7 @@ __all__ = [
     "convert",
     "detect_kind",
     "kind_of",
+    "judged_to_binary",
     "pairwise_to_binary",
     "ranked_to_pairwise",
     "rated_to_binary",

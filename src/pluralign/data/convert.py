@@ -11,7 +11,17 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import combinations
 
-from pluralign.data.records import Binary, Demonstration, Pairwise, Ranked, Rated, Record, kind_of, text_key
+from pluralign.data.records import (
+    Binary,
+    Demonstration,
+    Judged,
+    Pairwise,
+    Ranked,
+    Rated,
+    Record,
+    kind_of,
+    text_key,
+)
 from pluralign.errors import PluralignError
 
 
@@ -183,6 +193,12 @@ def _by_prompt_and_user(records: Iterable[Rated]) -> dict[tuple, list[Rated]]:
 
 
 # (from kind, to kind) -> converter taking (records, objective, weights, threshold).
+def judged_to_binary(records: Iterable[Judged]) -> list[Binary]:
+    """A written judgment's polarity as a thumbs-up or -down (the judgment's text kept in ``meta``)."""
+    return [Binary(r.prompt, r.response, r.polarity == "positive", r.user, r.group, r.objective, r.section,
+                   {**(r.meta or {}), "judgment": r.judgment}) for r in records]
+
+
 def to_demonstrations(records: Iterable[Pairwise | Binary | Ranked]) -> list[Demonstration]:
     """The responses feedback prefers, as supervised fine-tuning data (an SFT step on the preferred answers
     before preference training): each pair's `chosen`, each thumbs-up response, each ranked list's best
@@ -211,6 +227,8 @@ _CONVERSIONS: dict[tuple[str, str], Callable[..., list[Record]]] = {
     ("rated", "ranked"): lambda rs, o, w, t: rated_to_ranked(rs, o, w),
     ("rated", "binary"): lambda rs, o, w, t: rated_to_binary(rs, _required(t, "threshold"), o, w),
     ("pairwise", "binary"): lambda rs, o, w, t: pairwise_to_binary(rs),
+    ("judged", "binary"): lambda rs, o, w, t: judged_to_binary(rs),
+    ("judged", "demonstration"): lambda rs, o, w, t: to_demonstrations(judged_to_binary(rs)),
     ("pairwise", "demonstration"): lambda rs, o, w, t: to_demonstrations(rs),
     ("binary", "demonstration"): lambda rs, o, w, t: to_demonstrations(rs),
     ("ranked", "demonstration"): lambda rs, o, w, t: to_demonstrations(rs),

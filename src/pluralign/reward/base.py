@@ -233,7 +233,12 @@ def load_reward_model(model_dir: str | Path, *, device: str | None = None) -> An
     cfg_path = model_dir / "config.json"
     if not cfg_path.exists():
         raise ConfigError(f"{model_dir}: not a reward-model directory (no config.json)")
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{cfg_path}: not a reward model's config (unreadable JSON: {e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{cfg_path}: not a reward model's config (expected a JSON object)")
     import pluralign.reward  # noqa: F401  (registers every model type)
 
     if cfg.get("type") == "ensemble":
@@ -248,6 +253,11 @@ def load_reward_model(model_dir: str | Path, *, device: str | None = None) -> An
     cls = MODEL_TYPES.get(cfg.get("type"))
     if cls is None:
         raise ConfigError(f"{cfg_path}: unknown reward-model type {cfg.get('type')!r}; known: {sorted(MODEL_TYPES)}")
+    lacking = [k for k in ("objectives", "feature_dim") if k not in cfg]
+    if lacking or not (model_dir / "head.safetensors").exists():
+        raise ConfigError(f"{model_dir}: an incomplete {cfg['type']} reward model (config.json lacks "
+                          f"{', '.join(lacking) or 'nothing'}; head.safetensors "
+                          f"{'present' if (model_dir / 'head.safetensors').exists() else 'missing'})")
     extra = {k: v for k, v in cfg.items() if k not in {"format_version", "type", "objectives", "feature_dim", "encoder"}}
     model = cls(_load_encoder(cfg.get("encoder"), model_dir, device), objectives=cfg["objectives"],
                 feature_dim=cfg["feature_dim"], **extra)

@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
+from pluralign.errors import ConfigError
 from pluralign.runs import atomic_write_json
 
 
@@ -39,15 +41,23 @@ def eval_rm(args: argparse.Namespace) -> int:
     from pluralign.reward.base import load_reward_model
     from pluralign.reward.evaluation import evaluate_records
 
+    if args.bins < 1:
+        raise ConfigError(f"--bins must be >= 1, got {args.bins}")
     model_dir = resolve_model_dir(args.model)
     model = load_reward_model(model_dir, device=args.device)
-    report = evaluate_records(model, read_records(args.data), n_bins=args.bins)
+    report = evaluate_records(model, read_records(args.data), n_bins=args.bins, source=args.data)
     out = Path(args.out) if args.out else model_dir / "eval"
     atomic_write_json(out / "rm_eval.json", report)
+    (out / "reliability.png").unlink(missing_ok=True)  # an earlier evaluation's plot is not this one's
     if "calibration" in report:
         c = report["calibration"]
         plot_reliability(c["reliability_before"], out / "reliability.png", rows_after=c["reliability_after"],
                          title=f"{Path(args.data).name}: reliability", labels=("raw", f"T = {c['temperature']:.2f}"))
+    if report.get("unknown_users"):
+        users = report["unknown_users"]
+        print(f"warning: {len(users)} user(s) unknown to this PAL model ({', '.join(users[:5])}"
+              f"{', ...' if len(users) > 5 else ''}) are scored by the population's mean mixture: their accuracy "
+              "is the population's on their data; adapt them first (PALRewardModel.adapt_user)", file=sys.stderr)
     print(format_report(report))
     print(f"wrote {out / 'rm_eval.json'}" + (f" and {out / 'reliability.png'}" if "calibration" in report else ""))
     return 0

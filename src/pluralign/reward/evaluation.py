@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pluralign.data.records import Binary, Pairwise, Ranked
+from pluralign.data.records import Binary, Judged, Pairwise, Ranked
 from pluralign.errors import ConfigError
 from pluralign.evaluate import calibration as cal
 from pluralign.reward.binary import auroc
@@ -128,20 +128,30 @@ def evaluate_binary(model: Any, records: Sequence[Binary], *, n_bins: int = 10) 
     return report
 
 
-def evaluate_records(model: Any, records: Sequence[Any], *, n_bins: int = 10) -> dict[str, Any]:
-    """Evaluate on pairwise (or ranked, converted to pairs) or binary records."""
+def evaluate_records(model: Any, records: Sequence[Any], *, n_bins: int = 10, source: str = "the data") -> dict[str, Any]:
+    """Evaluate on pairwise (or ranked, converted to pairs) or binary (or judged: their polarity) records.
+    A PAL model scores a user it does not know by the population's mean mixture: the report counts them
+    (``unknown_users``), since their accuracy is not theirs."""
     if not records:
-        raise ConfigError("no records to evaluate")
-    if all(isinstance(r, Ranked) for r in records):
-        from pluralign.data.convert import ranked_to_pairwise
+        raise ConfigError(f"{source}: no records to evaluate")
+    from pluralign.data.convert import judged_to_binary, ranked_to_pairwise
 
+    if all(isinstance(r, Ranked) for r in records):
         records = ranked_to_pairwise(records)
+    if all(isinstance(r, Judged) for r in records):
+        records = judged_to_binary(records)
     if all(isinstance(r, Pairwise) for r in records):
-        return evaluate_pairs(model, records, n_bins=n_bins)
-    if all(isinstance(r, Binary) for r in records):
-        return evaluate_binary(model, records, n_bins=n_bins)
-    kinds = sorted({type(r).__name__ for r in records})
-    raise ConfigError(f"reward-model evaluation needs pairwise, ranked or binary records, got {kinds}")
+        report = evaluate_pairs(model, records, n_bins=n_bins)
+    elif all(isinstance(r, Binary) for r in records):
+        report = evaluate_binary(model, records, n_bins=n_bins)
+    else:
+        kinds = sorted({type(r).__name__ for r in records})
+        raise ConfigError(f"{source}: reward-model evaluation needs pairwise, ranked, binary or judged records, got {kinds}")
+    if getattr(model, "model_type", None) == "pal":
+        unknown = sorted({str(r.user) for r in records if r.user is not None and str(r.user) not in model.user_ids})
+        if unknown:
+            report["unknown_users"] = unknown
+    return report
 
 
 def summary(report: dict[str, Any]) -> str:

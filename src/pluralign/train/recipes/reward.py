@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pluralign.config import option
-from pluralign.data.convert import pairwise_to_binary, ranked_to_pairwise
+from pluralign.data.convert import judged_to_binary, pairwise_to_binary, ranked_to_pairwise
 from pluralign.data.io import read_records
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP
-from pluralign.data.records import Binary, Pairwise, Ranked, Rated
+from pluralign.data.records import Binary, Judged, Pairwise, Ranked, Rated
 from pluralign.errors import ConfigError, DataError, Problem
 from pluralign.reward import data as rdata
 from pluralign.reward.base import RewardModel, TextEncoder
@@ -240,9 +240,10 @@ def _build(config: RewardConfig, encoder: TextEncoder, records: list, source: st
         step = functools.partial(pal_pair_step, loss=config.pal_loss)
         return model, items, step, rdata.pair_collate(encoder, needs_prompt=model.needs_prompt), None
     if t == "binary":
-        recs = pairwise_to_binary(records) if records and isinstance(records[0], Pairwise) else records
+        recs = pairwise_to_binary(records) if records and isinstance(records[0], Pairwise) else \
+            judged_to_binary(records) if records and isinstance(records[0], Judged) else records
         if not all(isinstance(r, Binary) for r in recs):
-            raise ConfigError(f"{source}: binary-rm needs binary (or pairwise) feedback")
+            raise ConfigError(f"{source}: binary-rm needs binary, pairwise or judged feedback")
         true_rate = sum(r.label for r in recs) / max(1, len(recs))
         pos_weight = None
         if config.imbalance == "downsample":
