@@ -228,8 +228,14 @@ def test_stats_measures_how_much_the_judges_disagree(tmp_path, capsys):
              vote("q2", "c", "d", "u3", "g2"), vote("q3", "e", "f", "u1", "g1"), vote("q", "b", "a", "u1", "g1", "brevity")]
     assert disagreement(pairs) == {"judged_more_than_once": 2, "split_verdicts": 0.5,
                                    "verdicts_against_majority": pytest.approx(2 / 7),
-                                   "judged_by_several_groups": 2, "group_majorities_differ": 0.5}
+                                   "judged_by_several_groups": 2, "a_group_split_evenly": 0,
+                                   "group_majorities_differ": 0.5}
     assert disagreement(pairs[-2:]) == {}
+    # a group split evenly has no majority: the pair says nothing of how the groups differ (it counted as
+    # "the majorities agree")
+    tie = [vote("t", "a", "b", "u1", "g1"), vote("t", "a", "b", "u2", "g2"), vote("t", "b", "a", "u3", "g2")]
+    assert disagreement(tie)["a_group_split_evenly"] == 1 and "group_majorities_differ" not in disagreement(tie)
+    assert disagreement(pairs + tie)["group_majorities_differ"] == 0.5
     path = write_records(tmp_path / "votes.jsonl", pairs)
     assert main(["data", "stats", str(path)]) == 0
     assert "split_verdicts 0.5" in capsys.readouterr().out

@@ -128,8 +128,9 @@ def disagreement(pairs: Sequence[Pairwise]) -> dict[str, Any]:
     """How much the people behind the pairs disagree, where the data can tell: among the pairs of responses
     judged more than once (the same prompt, the same two responses, the same objective), the share whose
     verdicts are split and the share of verdicts against each pair's majority; and, for pairs judged by
-    more than one group, the share on which the groups' majorities differ. Empty when no pair is judged
-    twice."""
+    more than one group, each with a majority (a group split evenly has none, and says nothing of how the
+    groups differ; such pairs are counted apart), the share on which the groups' majorities differ. Empty
+    when no pair is judged twice."""
     verdicts: dict[tuple, list[tuple[str, str | None]]] = {}
     for p in pairs:
         chosen, rejected = text_key(p.chosen), text_key(p.rejected)
@@ -143,19 +144,24 @@ def disagreement(pairs: Sequence[Pairwise]) -> dict[str, Any]:
         "verdicts_against_majority": sum(len(v) - Counter(w for w, _ in v).most_common(1)[0][1] for v in repeated)
         / sum(len(v) for v in repeated),
     }
-    # a group's majority verdict on each pair (None on a tie within the group)
-    majorities = []
+    # each group's majority verdict on each pair judged by several groups
+    majorities, tied = [], 0
     for v in repeated:
         by_group: dict[str, Counter] = {}
         for winner, group in v:
             if group is not None:
                 by_group.setdefault(group, Counter())[winner] += 1
+        if len(by_group) < 2:
+            continue
         tops = [c.most_common(2) for c in by_group.values()]
-        chosen = {t[0][0] for t in tops if len(t) == 1 or t[0][1] > t[1][1]}
-        if len(by_group) > 1:
-            majorities.append(len(chosen) > 1)
+        if any(len(t) > 1 and t[0][1] == t[1][1] for t in tops):
+            tied += 1
+            continue
+        majorities.append(len({t[0][0] for t in tops}) > 1)
+    if majorities or tied:
+        out["judged_by_several_groups"] = len(majorities) + tied
+        out["a_group_split_evenly"] = tied
     if majorities:
-        out["judged_by_several_groups"] = len(majorities)
         out["group_majorities_differ"] = sum(majorities) / len(majorities)
     return out
 
