@@ -17,6 +17,7 @@ import torch
 from pluralign.cli import main
 from pluralign.data.io import read_records
 from pluralign.decode.sampler import sample
+from pluralign.errors import ConfigError
 from pluralign.sandbox import feedback as F
 from pluralign.sandbox.attributes import ATTRIBUTES
 from pluralign.sandbox.base import (
@@ -117,6 +118,9 @@ def test_gold_eval_reports_attributes_groups_users_kl_and_win_rates(tiny):
     far = gold_eval(shifted, tokenizer=tok, base=model, n_prompts=24, per_user=False)
     assert far["kl"]["mean"] > 3 * far["kl"]["se"] > 0
     assert "users" not in far
+    for bad in ({"n_prompts": 0}, {"n_samples": 0}, {"prompts": []}):  # n_prompts 0 was a reshape traceback
+        with pytest.raises(ConfigError, match="at least one prompt and one sample"):
+            gold_eval(model, tokenizer=tok, **bad)
 
 
 def test_cli_build_feedback_and_eval(tiny, tmp_path, capsys):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from pluralign.errors import ConfigError
 from pluralign.sandbox.attributes import ATTRIBUTES, score_batch
 from pluralign.sandbox.users import Population, get_population, utility
 from pluralign.sandbox.world import World
@@ -60,6 +61,9 @@ def gold_eval(model: Any, *, tokenizer: Any = None, base: Any = None, population
     id like "g1-u3") adds that user's win rate. Sampling is at temperature 1 (the model's own
     distribution, which the KL estimate requires) with a fixed seed, so results are reproducible.
     """
+    if (prompts is None and n_prompts < 1) or n_samples < 1 or (prompts is not None and not len(prompts)):
+        raise ConfigError(f"gold evaluation needs at least one prompt and one sample per prompt, got "
+                          f"{len(prompts) if prompts is not None else n_prompts} prompt(s) x {n_samples}")
     pop = population if isinstance(population, Population) else get_population(population)
     model, tokenizer = _resolve(model, tokenizer)
     prompts = list(prompts) if prompts is not None else eval_prompts(n_prompts)
@@ -133,8 +137,6 @@ def _resolve(model: Any, tokenizer: Any) -> tuple[Any, Any]:
 
 
 def _find_user(users: list, user_id: str):
-    from pluralign.errors import ConfigError
-
     for u in users:
         if u.id == user_id:
             return u
