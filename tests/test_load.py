@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -106,6 +107,12 @@ def test_save_replaces_atomically(tmp_path, tiny_gpt2_dir):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary directories left behind
     reloaded = load_model(out)
     torch.testing.assert_close(reloaded.lm_head.weight, model.lm_head.weight)
+    # the saved model is as readable as anything `open` writes: the temporary directory was 0700 and
+    # transformers' weights file 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [out, *out.iterdir()]}
+    assert modes.pop("model") == 0o777 & ~umask and set(modes.values()) == {0o666 & ~umask}, modes
 
 
 @pytest.mark.parametrize("use_lora", [False, True])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -60,6 +61,14 @@ def io_error(path: str | os.PathLike, e: BaseException, action: str = "write") -
     return PluralignError(f"cannot {action} {path}: {os_cause(e)}{free}")
 
 
+def follow_umask(root: str | os.PathLike) -> None:
+    """Give a directory written under a temporary name (mkdtemp makes it 0700; some writers, transformers'
+    weights among them, make their files 0600) the permissions `mkdir` and `open` would have given it."""
+    for path in [Path(root), *Path(root).rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write `path` through: it replaces `path` only when the block ends without error,
@@ -96,16 +105,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+    return atomic_write_text(path, to_json(obj, indent) + "\n")
 
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    return atomic_write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
+    return atomic_write_text(path, "".join(to_json(r) + "\n" for r in rows))
 
 
-def _json_default(o: Any) -> Any:
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON text of `obj`, the one encoding of every JSON file pluralign writes: NaN and ±inf
+    (which `json.dumps` writes as the non-JSON tokens NaN/Infinity, rejected by other readers) become
+    null, "no value"; numpy/torch numbers and arrays become plain numbers and lists, paths strings."""
+    return json.dumps(_plain(obj), indent=indent, allow_nan=False)
+
+
+def _plain(o: Any) -> Any:
+    """`o` with containers rebuilt, tensors and arrays as lists, paths as text and non-finite floats as None."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_plain(v) for v in o]
+    if isinstance(o, str | int | bool) or o is None:
+        return o
     if hasattr(o, "tolist"):  # numpy / torch scalars and arrays
-        return o.tolist()
+        return _plain(o.tolist())
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
@@ -142,7 +167,7 @@ class RunDir:
         line after a crash is skipped by `read_metrics`."""
         try:
             with open(self.metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row, default=_json_default) + "\n")
+                f.write(to_json(row) + "\n")
         except OSError as e:
             raise io_error(self.metrics_path, e) from None
 

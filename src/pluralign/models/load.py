@@ -28,6 +28,7 @@ import torch
 
 from pluralign.config import option
 from pluralign.errors import ConfigError, PluralignError
+from pluralign.runs import follow_umask
 
 DTYPES: dict[str, torch.dtype | str] = {
     "auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -138,6 +139,7 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
+        follow_umask(tmp)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -101,6 +101,7 @@ def save_soup(member_dirs: Sequence[str | Path], objectives: Sequence[str], out_
     (paths relative to the soup directory when they share a parent). The files are copied, not loaded and
     saved again, and the directory is written under a temporary name and renamed into place."""
     from pluralign.models.load import _replace_dir
+    from pluralign.runs import follow_umask
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +117,7 @@ def save_soup(member_dirs: Sequence[str | Path], objectives: Sequence[str], out_
                 shutil.copy2(f, tmp / f.name)
         for name, text in save_state(scheme).items():
             (tmp / name).write_text(text, encoding="utf-8")
+        follow_umask(tmp)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

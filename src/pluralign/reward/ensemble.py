@@ -49,7 +49,8 @@ def summarize(members: torch.Tensor) -> EnsembleScores:
 
 class Ensemble:
     """Several reward sources scored together; `score` is the mean, so an ensemble is itself a reward
-    source. Members must agree on the number of objectives."""
+    source. Members must agree on the number of objectives. A BT model with n heads counts as n members
+    (`member_scores`): each head is one model of the ensemble, so a 3-head model weighs 3× a 1-head one."""
 
     model_type = "ensemble"
 
