@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from pluralign.config import option
-from pluralign.runs import atomic_write_bytes, atomic_write_json, cache_root
+from pluralign.runs import atomic_write_bytes, atomic_write_json, cache_root, follow_umask
 from pluralign.sandbox import attributes, world
 
 SANDBOX_VERSION = 1  # bump when the build procedure changes in a way the hashed inputs do not capture
@@ -98,7 +98,6 @@ def _build_into(target: Path, seed: int, config: SandboxConfig, digest: str, *, 
     never leaves a half-written model under the cache key."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary shared directory
     try:
         t0 = time.perf_counter()
         # The loop prints its config and transformers a save progress bar: noise for a cached build step.
@@ -110,6 +109,7 @@ def _build_into(target: Path, seed: int, config: SandboxConfig, digest: str, *, 
                 "sandbox_version": SANDBOX_VERSION, "final_losses": losses}
         atomic_write_json(tmp / INFO, info)
         write_manifest(tmp, extra={"config_hash": digest, "build_seconds": round(time.perf_counter() - t0, 2)})
+        follow_umask(tmp)  # mkdtemp made it private, transformers its weights: the cache is an ordinary directory
         if force and target.exists():
             shutil.rmtree(target)
         try:
