@@ -243,6 +243,18 @@ def test_parse_pairwise(text, expected):
     assert (math.isnan(got) and math.isnan(expected)) or got == expected
 
 
+@pytest.mark.parametrize("text,expected", [
+    ("My final verdict is a tie.", 1.5), ("Final verdict: a tie", 1.5), ("a tie", 1.5),
+    ("The verdict is a clear win for B.", 2.0), ("a clear win for B", 2.0), ("verdict: A", 1.0),
+    ("Assistant A is better", 1.0), ("[[B]]", 2.0), ("Verdict: Assistant B", 2.0), ("Verdict: TIE", 1.5),
+    ("my verdict is a draw", math.nan), ("a", math.nan), ("assistant a is better", math.nan),
+])
+def test_parse_pairwise_never_reads_the_article_a_as_a_verdict(text, expected):
+    """Outside [[…]] only capital letters are verdicts: "a tie" was read as "A wins" (1.0)."""
+    got = parse_pairwise(text)
+    assert (math.isnan(got) and math.isnan(expected)) or got == expected
+
+
 def test_parse_rating_and_weighted_preference():
     assert parse_rating("Rating: [[7]]") == 7.0 and parse_rating("I give it 6/10.") == 6.0
     assert parse_rating("Rating: 4.5") == 4.5 and math.isnan(parse_rating("Rating: [[42]]"))

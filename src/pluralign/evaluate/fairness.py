@@ -37,20 +37,27 @@ def percentile_satisfaction(utilities: Mapping[str, float] | Sequence[float], q:
     return float(np.percentile(normalized_satisfaction(utilities), q))
 
 
+def gini_defined(utilities: Mapping[str, float] | Sequence[float]) -> bool:
+    """Whether the Gini coefficient means anything: all utilities known and non-negative, mean positive.
+    With a negative utility it can leave [0, 1] or reach 1 for unequal-but-not-extreme groups (the
+    sandbox's gold utilities can be negative), so it is left undefined rather than shown wrong."""
+    u = _values(utilities)
+    return bool(len(u) and (u >= 0).all() and u.mean() > 0)
+
+
 def gini(utilities: Mapping[str, float] | Sequence[float]) -> float:
     """Gini = Σᵢ Σⱼ |Uᵢ − Uⱼ| / (2n²·mean U): 0 when all equal, (n − 1)/n when one holds everything.
-    Needs a positive mean (utilities shifted to be non-negative if they can be negative)."""
+    Needs non-negative utilities with a positive mean (shift them first if they can be negative)."""
     u = _values(utilities)
-    mean = u.mean()
-    if mean <= 0:
-        raise ValueError("Gini needs utilities with a positive mean; shift them to be non-negative first")
-    return float(np.abs(u[:, None] - u[None, :]).sum() / (2 * len(u) ** 2 * mean))
+    if not gini_defined(u):
+        raise ValueError("Gini needs non-negative utilities with a positive mean; shift them to be non-negative first")
+    return float(np.abs(u[:, None] - u[None, :]).sum() / (2 * len(u) ** 2 * u.mean()))
 
 
 def fairness_summary(utilities: Mapping[str, float] | Sequence[float]) -> dict[str, float]:
-    """Total, mean and worst-group utility, P20 satisfaction and Gini (NaN when the mean is not positive)."""
+    """Total, mean and worst-group utility, P20 satisfaction and Gini (NaN where `gini_defined` is false)."""
     u = _values(utilities)
     out = {"total": float(u.sum()), "mean": float(u.mean()), "worst_group": worst_group(u),
            "p20_satisfaction": percentile_satisfaction(u)}
-    out["gini"] = gini(u) if u.mean() > 0 else float("nan")
+    out["gini"] = gini(u) if gini_defined(u) else float("nan")
     return out

@@ -151,7 +151,7 @@ def group_bars(runs: Sequence[dict], max_runs: int = 8) -> bytes | None:
     width = 0.8 / len(runs)
     x = np.arange(len(groups))
     for i, r in enumerate(runs):
-        vals = [r["per_group"].get(g, np.nan) for g in groups]
+        vals = [v if _finite(v := r["per_group"].get(g)) else np.nan for g in groups]  # null: not measured
         ax.bar(x + (i - (len(runs) - 1) / 2) * width, vals, width, label=label(r.get("name", i)))
     ax.set_xticks(x, [label(g) for g in groups], rotation=20 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
     ax.axhline(0, color="black", lw=0.6)

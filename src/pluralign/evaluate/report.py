@@ -28,7 +28,8 @@ Results schema (every key optional; unknown keys are ignored)::
 
 :func:`load_run_dirs` builds this from run directories holding ``results.json`` (this schema) and/or
 ``metrics.jsonl`` (a training log: plotted as curves; its last ``kl``/``reward`` values make a run
-when ``results.json`` has none).
+when ``results.json`` has none). Directories whose runs were scored by different judges (``judge``, "reward"
+when absent) are refused rather than merged: their numbers would share one column and axis.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ from typing import Any
 
 from pluralign.errors import ConfigError
 from pluralign.evaluate import plots
-from pluralign.evaluate.fairness import fairness_summary
+from pluralign.evaluate.fairness import fairness_summary, gini_defined
 from pluralign.evaluate.pareto import default_reference
-from pluralign.evaluate.results_check import LIST_KEYS, check_results
+from pluralign.evaluate.results_check import LIST_KEYS, check_results, pareto_objectives
 from pluralign.runs import RunDir, atomic_write_text
 
 RELIABILITY_COLUMNS = ("acc_both", "acc_random", "acc_random_denoised", "position_bias", "length_bias",
@@ -141,7 +142,17 @@ def _runs_table(runs: Sequence[dict], judge: str = "reward") -> str:
         row += [mean_ci(r.get("objectives", {}).get(o), r.get("objectives_se", {}).get(o)) for o in objectives]
         row += [r.get("metrics", {}).get(k) for k in extra]
         rows.append(row)
-    return table_html(cols, rows)
+    return table_html(cols, rows) + _gini_note(runs)
+
+
+def _gini_note(runs: Sequence[dict]) -> str:
+    """Why a run's Gini is a dash: the coefficient needs non-negative per-group utilities."""
+    undefined = [str(r.get("name", "")) for r in runs if r.get("per_group") and not gini_defined(r["per_group"])]
+    if not undefined:
+        return ""
+    return (f'<p class="muted">Gini is undefined (—) for {html.escape(", ".join(undefined))}: it needs every '
+            "per-group utility known and non-negative with a positive mean, and these runs have a negative, "
+            "missing or all-zero one.</p>")
 
 
 def _group_table(runs: Sequence[dict], judge: str) -> str:
@@ -197,12 +208,12 @@ def _comparison_section(curves: Sequence[dict]) -> str:
 
 
 def _pareto_section(results: dict) -> str:
-    runs = [r for r in results.get("runs", []) if r.get("objectives")]
-    spec = results.get("pareto", {})
-    # Default: the first two objectives (hypervolume by slicing grows fast with the dimension); given
-    # more, the fronts are drawn as pairwise projections and the hypervolume is over all of them.
-    objectives = list(spec.get("objectives") or list(dict.fromkeys(o for r in runs for o in r["objectives"]))[:2])
-    runs = [r for r in runs if all(plots._finite(r["objectives"].get(o)) for o in objectives)]
+    spec = results.get("pareto") or {}
+    # Given more than two objectives, the fronts are drawn as pairwise projections and the hypervolume is
+    # over all of them.
+    objectives = pareto_objectives(results)
+    runs = [r for r in results.get("runs", []) if r.get("objectives")
+            and all(plots._finite(r["objectives"].get(o)) for o in objectives)]
     if len(objectives) < 2 or not runs:
         return ""
     import numpy as np
@@ -233,7 +244,7 @@ def render_html(results: dict) -> str:
     if results.get("description"):
         parts.append(f'<p class="muted">{html.escape(str(results["description"]))}</p>')
     runs = results.get("runs", [])
-    judge = str(results.get("judge") or "reward")
+    judge = judge_of(results)
     if runs:
         parts.append("<h2>Runs</h2>" + _runs_table(runs, judge))
         if any(isinstance(r.get("win_rate"), dict) for r in runs):
@@ -295,8 +306,27 @@ def _last(rows: Sequence[dict], *keys: str) -> float | None:
     return None
 
 
-def merge_results(parts: Sequence[dict]) -> dict:
-    """Concatenate the list sections of several results dicts; the first title/description/pareto wins."""
+def judge_of(results: dict) -> str:
+    """What a results dict's "reward" numbers are (its ``judge``; "reward" when it does not say)."""
+    return str(results.get("judge") or "reward")
+
+
+def _check_one_judge(parts: Sequence[dict], sources: Sequence[str]) -> None:
+    """Refuse to merge runs scored by different judges: one "reward" column and axis would mix, say, gold
+    utility with a reward model's score, and win rates judged by different judges. Parts without runs
+    (training curves only) score nothing, so any judge goes with them."""
+    scored = [(src, judge_of(part)) for src, part in zip(sources, parts, strict=True) if part.get("runs")]
+    for src, judge in scored[1:]:
+        if judge != scored[0][1]:
+            raise ConfigError(f"cannot merge {scored[0][0]} (judge {scored[0][1]!r}) with {src} (judge {judge!r}): "
+                              "their rewards and win rates are not on one scale; make one report per judge")
+
+
+def merge_results(parts: Sequence[dict], sources: Sequence[str] | None = None) -> dict:
+    """Concatenate the list sections of several results dicts; the first title/description/pareto wins.
+    Parts whose runs were scored by different judges are refused (a ConfigError naming `sources`, the
+    parts' files or directories)."""
+    _check_one_judge(parts, sources or [f"results #{i + 1}" for i in range(len(parts))])
     out: dict[str, Any] = {k: [] for k in LIST_KEYS}
     for part in parts:
         for k, v in part.items():
@@ -336,5 +366,5 @@ def load_run_dir(path: str | os.PathLike) -> dict:
 
 
 def load_run_dirs(paths: Sequence[str | os.PathLike]) -> dict:
-    """Merged results of several run directories."""
-    return merge_results([load_run_dir(p) for p in paths])
+    """Merged results of several run directories (all scored by one judge: see `merge_results`)."""
+    return merge_results([load_run_dir(p) for p in paths], [str(p) for p in paths])

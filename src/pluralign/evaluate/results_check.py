@@ -11,6 +11,24 @@ from pluralign.errors import ConfigError
 LIST_KEYS = ("runs", "calibration", "judge_reliability", "curves", "tables")
 
 
+def pareto_objectives(results: dict) -> list:
+    """The objectives the Pareto section compares: ``pareto.objectives``, else the first two objectives of
+    the runs (hypervolume by slicing grows fast with the dimension)."""
+    spec = results.get("pareto") or {}
+    runs = [r for r in results.get("runs", []) if r.get("objectives")]
+    return list(spec.get("objectives") or list(dict.fromkeys(o for r in runs for o in r["objectives"]))[:2])
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _is_prompt(x: Any) -> bool:
+    """Text, or chat messages: a non-empty list of {role, content} objects with text in both."""
+    return isinstance(x, str) or (isinstance(x, list) and bool(x) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in x))
+
+
 def check_results(results: Any, source: str = "results") -> dict:
     """`results` if it follows the schema above in every part the report reads, else a ConfigError naming
     `source` and the offending key (e.g. ``runs[2].kl``): a malformed results.json never reaches numpy
@@ -20,7 +38,7 @@ def check_results(results: Any, source: str = "results") -> dict:
         return ConfigError(f"{source}: '{where}' must be {want}, got {shown} (schema: pluralign.evaluate.report)")
 
     def number(where: str, v: Any, required: bool = False) -> None:
-        if (v is not None or required) and not (isinstance(v, int | float) and not isinstance(v, bool)):
+        if (v is not None or required) and not _is_number(v):
             raise fail(where, "a number" if required else "a number or null", v)
 
     def obj(where: str, v: Any) -> dict:
@@ -47,11 +65,14 @@ def check_results(results: Any, source: str = "results") -> dict:
     for i, run in enumerate(results.get("runs", [])):
         for k in ("kl", "kl_se", "reward", "reward_se", "n"):
             number(f"runs[{i}].{k}", run.get(k))
-        for k in ("per_group", "per_group_se", "per_group_n"):
+        for k in ("per_group", "per_group_se", "per_group_n"):  # null: not measured (NaN is written as null)
             if run.get(k) is not None:
-                numbers(f"runs[{i}].{k}", run[k], required=k == "per_group")
+                numbers(f"runs[{i}].{k}", run[k])
         for j, sample in enumerate(items(f"runs[{i}].samples", run["samples"]) if run.get("samples") is not None else []):
-            number(f"runs[{i}].samples[{j}].score", obj(f"runs[{i}].samples[{j}]", sample).get("score"))
+            where = f"runs[{i}].samples[{j}]"
+            number(f"{where}.score", obj(where, sample).get("score"))
+            if "prompt" in sample and not _is_prompt(sample["prompt"]):
+                raise fail(f"{where}.prompt", "text or a list of {role, content} chat messages", sample["prompt"])
         if run.get("objectives") is not None:
             numbers(f"runs[{i}].objectives", run["objectives"])
         if run.get("objectives_se") is not None:
@@ -71,17 +92,22 @@ def check_results(results: Any, source: str = "results") -> dict:
                 raise fail(f"pareto.objectives[{j}]", "an objective name", x)
         for j, x in enumerate(spec.get("reference") or []):
             number(f"pareto.reference[{j}]", x, required=True)
-        if spec.get("objectives") and spec.get("reference") and len(spec["objectives"]) != len(spec["reference"]):
-            raise fail("pareto.reference", f"one number per objective ({len(spec['objectives'])})", spec["reference"])
+        objectives = pareto_objectives(results)
+        if spec.get("reference") and len(objectives) >= 2 and len(objectives) != len(spec["reference"]):
+            which = "" if spec.get("objectives") else ": the runs' first two, as pareto.objectives is not given"
+            raise fail("pareto.reference", f"one number per objective ({', '.join(map(str, objectives))}{which})",
+                       spec["reference"])
     for i, entry in enumerate(results.get("calibration", [])):
         if "probs" in entry or "labels" in entry:
             probs, labels = items(f"calibration[{i}].probs", entry.get("probs")), items(f"calibration[{i}].labels", entry.get("labels"))
             if len(probs) != len(labels) or not probs:
                 raise fail(f"calibration[{i}].labels", f"a non-empty list as long as probs ({len(probs)})", labels)
-            for j, x in enumerate(probs + labels):
-                if x is None:
-                    raise fail(f"calibration[{i}].{'probs' if j < len(probs) else 'labels'}", "numbers", x)
-                number(f"calibration[{i}].{'probs' if j < len(probs) else 'labels'}[{j % len(probs)}]", x)
+            for j, x in enumerate(probs):
+                if not (_is_number(x) and 0 <= x <= 1):
+                    raise fail(f"calibration[{i}].probs[{j}]", "a probability in [0, 1]", x)
+            for j, x in enumerate(labels):
+                if not (_is_number(x) and x in (0, 1)):
+                    raise fail(f"calibration[{i}].labels[{j}]", "0 or 1", x)
         elif "rows" not in entry:
             raise fail(f"calibration[{i}]", "an object with 'probs' and 'labels', or 'rows'", entry)
         for part in ("rows", "rows_after"):

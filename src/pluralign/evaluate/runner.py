@@ -20,9 +20,11 @@ Config (YAML)::
     judge: {kind: gold, weights: {relevance: 1.0}}      # or {kind: gold, population: default, group: majority}
                                   # or {kind: reward, source: RM_DIR | module:function | gold}
                                   # or {kind: llm, base_url: ..., model: ..., api_key_env: ..., ...}
+                                  # (an llm judge's cache_dir is relative to this file, like out and prompts)
     population: default           # sandbox population → per-group utilities and fairness
     metrics: [reward, kl, win_rate, per_group, objectives]   # objectives: each objective's mean, from
                                   # the gold attributes or a multi-objective reward judge's columns
+    bootstrap: 1000               # bootstrap resamples of each win rate's CI (an integer >= 1)
     out: results.json
 
 A config is code: only run configs you trust. ``source: module:function`` imports and calls that Python
@@ -40,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from pluralign.errors import ConfigError, DataError
+from pluralign.errors import ConfigError, DataError, PluralignError
 from pluralign.evaluate.frontier import bon_kl
 from pluralign.evaluate.winrate import compare
 from pluralign.judges import GoldJudge, LLMJudge, RewardModelJudge
@@ -102,10 +104,13 @@ def build_judge(spec: dict, where: str) -> Any:
     if kind == "gold":
         if "weights" in rest:
             return GoldJudge(rest["weights"], temperature=rest.get("temperature"))
-        from pluralign.sandbox.users import population
-
-        pop = population(rest.get("population", "default"))
-        group = pop.group(rest["group"]) if "group" in rest else None
+        pop = _population(rest.get("population", "default"), f"{where}.population")
+        group = None
+        if "group" in rest:
+            try:
+                group = pop.group(rest["group"])
+            except ConfigError as e:
+                raise ConfigError(f"{where}.group: {e}") from None
         if group is None:  # the population's share-weighted mean user
             weights: dict[str, float] = {}
             for g, s in zip(pop.groups, pop.shares, strict=True):
@@ -123,9 +128,50 @@ def build_judge(spec: dict, where: str) -> Any:
         _require("base_url" in rest and "model" in rest, where, "an llm judge needs 'base_url' and 'model'")
         try:
             return LLMJudge(rest.pop("base_url"), rest.pop("model"), **rest)
-        except TypeError as e:
+        except (TypeError, ConfigError) as e:  # a bad keyword or value, named with the config file
             raise ConfigError(f"{where}: {e}") from None
     raise ConfigError(f"{where}: unknown judge kind {kind!r}; use gold, reward or llm")
+
+
+def _population(name: Any, where: str) -> Any:
+    """The sandbox population `name`; an unknown one is a ConfigError naming `where` (file and key)."""
+    from pluralign.sandbox.users import population
+
+    try:
+        return population(name)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _check_model_path(spec: Any, where: str) -> None:
+    """A missing model directory fails here, before any model generates, naming the config and key. A
+    .gguf file is only checked to exist: resolving it converts it (done once, at generation)."""
+    from pluralign.models.load import resolve
+
+    _require(isinstance(spec, str), where, f"must be a model directory, .gguf file, hub id or 'sandbox', got {spec!r}")
+    if spec == "sandbox" or (spec.lower().endswith(".gguf") and Path(spec).is_file()):
+        return
+    try:
+        resolve(spec)
+    except PluralignError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _bootstrap(cfg: dict, where: str) -> int:
+    """The number of bootstrap resamples of each win rate's CI: an integer >= 1 (default 1000)."""
+    n = cfg.get("bootstrap", 1000)
+    _require(isinstance(n, int) and not isinstance(n, bool) and n >= 1, f"{where}: bootstrap",
+             f"must be an integer >= 1 (resamples of each win rate's CI), got {n!r}")
+    return n
+
+
+def _judge_spec(cfg: dict, base_dir: Path) -> Any:
+    """The config's judge, default the gold utility of `population`, with an llm judge's relative
+    ``cache_dir`` resolved against the config file's directory (as ``out`` and ``prompts`` are)."""
+    spec = cfg.get("judge", {"kind": "gold", "population": cfg.get("population", "default")})
+    if isinstance(spec, dict) and isinstance(spec.get("cache_dir"), str) and not Path(spec["cache_dir"]).is_absolute():
+        spec = {**spec, "cache_dir": str(base_dir / spec["cache_dir"])}
+    return spec
 
 
 def _model_path(spec: str) -> str:
@@ -204,6 +250,7 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
         _require(isinstance(m, dict) and "name" in m and "path" in m, f"{where}: models[{i}]", "needs 'name' and 'path'")
         unknown = sorted(set(m) - MODEL_KEYS)  # a misspelt 'decoder' would evaluate the plain model
         _require(not unknown, f"{where}: models[{i}]", f"unknown key(s) {unknown}; known: {sorted(MODEL_KEYS)}")
+        _check_model_path(m["path"], f"{where}: models[{i}].path")
     names = [m["name"] for m in models]
     _require(len(set(names)) == len(names), where, "model names must be unique")
     metrics = cfg.get("metrics", list(METRICS))
@@ -211,19 +258,17 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
     _require(not bad, where, f"unknown metric(s) {bad}; known: {list(METRICS)}")
     baseline, reference = cfg.get("baseline", names[0]), cfg.get("reference", names[0])
     _require(baseline in names and reference in names, where, "baseline/reference must name a model")
+    n_boot = _bootstrap(cfg, where)
+    groups = []
+    if "per_group" in metrics and cfg.get("population"):
+        groups = list(_population(cfg["population"], f"{where}: population").groups)
     prompts = load_prompts(cfg.get("prompts", {"sandbox": 16}), f"{where}: prompts", base_dir)
-    judge = build_judge(cfg.get("judge", {"kind": "gold", "population": cfg.get("population", "default")}),
-                        f"{where}: judge")
+    judge = build_judge(_judge_spec(cfg, base_dir), f"{where}: judge")
     gen = dict(cfg.get("generation") or {})
     unknown = sorted(set(gen) - set(GENERATION_KEYS))
     _require(not unknown, f"{where}: generation", f"unknown key(s) {unknown}; known: {list(GENERATION_KEYS)}")
     outputs = {m["name"]: generate(m, prompts, gen, cfg.get("device"), f"{where}: models[{i}]")
                for i, m in enumerate(models)}
-    groups = []
-    if "per_group" in metrics and cfg.get("population"):
-        from pluralign.sandbox.users import population
-
-        groups = list(population(cfg["population"]).groups)
     runs = []
     for m in models:
         out, texts = outputs[m["name"]], outputs[m["name"]]["texts"]
@@ -250,7 +295,7 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
             run["objectives"] = {o: m for o, (m, _) in zip(objectives, stats, strict=True)}
             run["objectives_se"] = {o: se for o, (_, se) in zip(objectives, stats, strict=True)}
         if "win_rate" in metrics and m["name"] != baseline:
-            wr = compare(judge, prompts, outputs[baseline]["texts"], texts, n_boot=int(cfg.get("bootstrap", 1000)))
+            wr = compare(judge, prompts, outputs[baseline]["texts"], texts, n_boot=n_boot)
             run["win_rate"] = {k: v for k, v in wr.items() if k != "preferences"}
         run["samples"] = [{"prompt": p, "response": t} | ({"score": float(scores[i])} if scores is not None else {})
                           for i, (p, t) in enumerate(list(zip(prompts, texts, strict=True))[:3])]

@@ -57,11 +57,16 @@ WEIGHTED_TEMPLATE = (
 )
 
 _BRACKET = re.compile(r"\[\[\s*(A|B|C|TIE|TIED)\s*\]\]", re.IGNORECASE)
+# Outside [[…]] the verdict letters are matched case-sensitively (only "tie" ignores case): the article
+# "a" in "my verdict is a tie" must not read as "A wins". Up to four lowercase words may sit between
+# "verdict" and its letter ("verdict is a clear win for B", "verdict: assistant B").
+_VERDICT = r"(A|B|C|(?i:tie))\b"
 _LOOSE = [
-    re.compile(r"verdict\W{0,6}(?:is\W{0,4})?(?:assistant\s+|output\s*\(?)?(A|B|C|tie)\b", re.I),
-    re.compile(r"\b(?:assistant|response|output)\s*\(?(A|B)\)?\s+is\s+(?:better|the better)", re.I),
+    re.compile(r"(?i:verdict)\W{0,6}(?:(?i:is)\W{0,4})?(?:(?i:[a-z]+)\s+){0,4}?\(?" + _VERDICT),
+    re.compile(r"\b(?i:assistant|response|output)\s*\(?(A|B)\)?\s+(?i:is\s+(?:the\s+)?better)"),
+    re.compile(r"\b(?i:win\s+for)\s+(?:(?i:assistant|response|output)\s+)?(A|B)\b"),
 ]
-_SOLO = re.compile(r"^\W*(A|B|C|tie)\W*$", re.I)
+_SOLO = re.compile(r"^\W*(?:(?i:a)\s+(?=(?i:tie)))?" + _VERDICT + r"\W*$")  # "B", "(A).", "a tie"
 _RATING = [
     re.compile(r"\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]"),
     re.compile(r"rating\s*[:=]?\s*\**\s*\[?\s*(-?\d+(?:\.\d+)?)", re.I),
@@ -78,7 +83,8 @@ def parse_pairwise(text: str | None) -> float:
     """A pairwise verdict → AlpacaEval preference (1 = A, 2 = B, 1.5 = tie) or NaN if none is found.
 
     The last ``[[X]]`` wins (judges sometimes quote the format before answering); then looser forms
-    ("Final verdict: B", "Assistant A is better"); then a bare one-letter answer."""
+    ("Final verdict: B", "Assistant A is better", "a clear win for B"); then a bare one-letter answer.
+    Outside the brackets the letters must be capitals, so the article "a" never counts as a verdict."""
     if not text:
         return math.nan
     hits = _BRACKET.findall(text)

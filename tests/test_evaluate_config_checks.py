@@ -1,0 +1,77 @@
+"""An eval config's mistakes fail before any model generates, naming the config file and the key; paths
+in the config are relative to the config file."""
+
+from __future__ import annotations
+
+import pytest
+
+import pluralign.evaluate.runner as runner
+from pluralign.errors import ConfigError
+
+
+class Generated(Exception):
+    """Raised instead of generating: reaching it means every config check passed."""
+
+
+@pytest.fixture
+def no_generation(monkeypatch):
+    def generate(*args, **kwargs):
+        raise Generated
+
+    monkeypatch.setattr(runner, "generate", generate)
+
+
+def cfg(**extra):
+    return {"prompts": ["hi"], "models": [{"name": "base", "path": "sandbox"}], "metrics": ["reward", "win_rate"],
+            **extra}
+
+
+@pytest.mark.parametrize("value", [0, -3, "many", True, 2.5])
+def test_bad_bootstrap_fails_before_generation(no_generation, value):
+    # was an IndexError (0) or ValueError ("many") after every model had generated
+    with pytest.raises(ConfigError, match=r"^eval\.yaml: bootstrap: must be an integer >= 1"):
+        runner.evaluate_config(cfg(bootstrap=value), where="eval.yaml")
+
+
+def test_good_bootstrap_passes_the_checks(no_generation):
+    with pytest.raises(Generated):
+        runner.evaluate_config(cfg(bootstrap=1), where="eval.yaml")
+
+
+def test_missing_model_directory_names_the_config_and_key(no_generation, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    models = [{"name": "base", "path": "sandbox"}, {"name": "dpo", "path": "runs/nope"}]
+    with pytest.raises(ConfigError, match=r"^eval\.yaml: models\[1\]\.path: model directory not found: 'runs/nope'"):
+        runner.evaluate_config(cfg(models=models), where="eval.yaml")
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"judge": {"kind": "gold", "group": "nobody"}},
+     r"^eval\.yaml: judge\.group: population 'default' has no group 'nobody'"),
+    ({"judge": {"kind": "gold", "population": "nowhere"}}, r"^eval\.yaml: judge\.population: unknown population"),
+    ({"population": "nowhere", "metrics": ["per_group"]}, r"^eval\.yaml: population: unknown population"),
+    ({"judge": {"kind": "llm", "base_url": "http://127.0.0.1:9/v1", "model": "m", "mode": "vibes"}},
+     r"^eval\.yaml: judge: LLMJudge mode"),
+])
+def test_judge_and_population_errors_name_the_config(no_generation, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        runner.evaluate_config(cfg(**extra), where="eval.yaml")
+
+
+def test_llm_judge_cache_dir_is_relative_to_the_config_file(no_generation, tmp_path, monkeypatch):
+    made = []
+
+    class Recording(runner.LLMJudge):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(runner, "LLMJudge", Recording)
+    monkeypatch.chdir(tmp_path)
+    judge = {"kind": "llm", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": None}
+    for given, expected in [("cache", tmp_path / "conf" / "cache"), (str(tmp_path / "abs"), tmp_path / "abs")]:
+        with pytest.raises(Generated):
+            runner.evaluate_config(cfg(judge={**judge, "cache_dir": given}), where="conf/eval.yaml",
+                                   base_dir=tmp_path / "conf")
+        assert made[-1].cache_dir == expected
