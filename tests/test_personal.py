@@ -292,7 +292,8 @@ def test_janus_persona_message_trains_and_conditions_requests(tiny, tmp_path):
     assert scheme.prompt("tell me about the cat", c) == "yes good tell me about the cat"
     assert scheme.prompt([{"role": "user", "content": "hi"}], scheme.condition(user="bob")) == [
         {"role": "system", "content": "no bad"}, {"role": "user", "content": "hi"}]
-    assert scheme.prompt("x", scheme.condition(user="zed")) == "x"  # no statement: the population
+    with pytest.warns(UserWarning, match="user 'zed' has no statement"):
+        assert scheme.prompt("x", scheme.condition(user="zed")) == "x"  # no statement: the population
     model = load_model(out).eval()
 
     def margin(prefix):
@@ -308,7 +309,7 @@ def test_janus_persona_message_trains_and_conditions_requests(tiny, tmp_path):
 
 @pytest.mark.parametrize("setting, message", [
     ("personal.condition_on=user", "no training record has a 'user'"),
-    ("personal.group_objective=worst_group", "no training record has a 'group' field, which group_objective"),
+    ("personal.group_objective=worst_group", "anon.jsonl:1: field 'group': missing; group_objective 'worst_group'"),
     ("personal.new_users_only=true", "needs personal.condition_on"),
 ])
 def test_cli_bad_personal_input_exits_2(tiny, tmp_path, capsys, setting, message):

@@ -13,7 +13,10 @@ in its table are learned, from that user's few pairs, with the same loss; the re
 without a vector, i.e. the population model (PAL's "new_user" stage, for the policy).
 
 Group-fair objectives (`pluralign.personal.group_fair`) replace the batch mean of the per-example losses by
-a worst-group or Nash-bargaining combination over the records' groups.
+a worst-group or Nash-bargaining combination over the records' groups. Such an objective is over groups, so
+every training record needs a `group`, and every evaluation record a group of the training data (the
+objective has no weight for another): `group_check` refuses both when the data are read, naming the file,
+record and field, before the run writes anything. Each group's mean loss is logged as `group_loss/<g>`.
 
 Saved next to the model: `person_vectors.json` (names, site, scale, user → group) and
 `person_vectors.safetensors`.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +37,7 @@ import torch
 
 from pluralign import conditioning
 from pluralign.config import option
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, DataError, Problem
 from pluralign.personal import group_fair
 from pluralign.personal.vectors import PersonVectors, hidden_size, n_rows, offset, per_row, site
 
@@ -132,21 +136,16 @@ class Personalization:
                  gradient_checkpointing: bool, loss_kind: str = "pairwise", *, collator: Any = None,
                  reference_is_initial: bool = True):
         self.config, self.model, self.collator = config, model, collator
-        if config.token_weighting and (loss_kind != "pairwise" or not reference_is_initial):
-            raise ConfigError("personal.token_weighting needs a pairwise loss and the cached reference of the initial "
-                              "policy (no ref_model, ref_cache=true)")
+        if config.token_weighting:
+            _check_token_weighting(config, loss_kind, reference_is_initial)
         group_fair.get(config.group_objective)  # a bad name fails before anything is loaded
         self.field = config.condition_on
         if self.field == "none" and config.new_users_only:
             raise ConfigError("personal.new_users_only needs personal.condition_on = user or group")
         if not 0.0 <= config.population_dropout < 1.0:
             raise ConfigError(f"personal.population_dropout must be in [0, 1), got {config.population_dropout}")
-        objective = f"group_objective '{config.group_objective}'"
-        self.groups = _names(records, "group", objective) if config.group_objective != "average" else []
-        if config.group_objective != "average" and len(self.groups) < 2:
-            raise ConfigError(f"group_objective '{config.group_objective}' needs records of at least 2 groups "
-                              f"(their 'group' field); found {self.groups or 'none'}")
-        sizes = [sum(str(r.group) == g for r in records if r.group is not None) for g in self.groups]
+        self.groups = _training_groups(records, config.group_objective)
+        sizes = [sum(str(r.group) == g for r in records) for g in self.groups]
         self.combine, stateful = group_fair.make(config.group_objective, max(len(self.groups), 1),
                                                  dict(config.group_objective_params), sizes=sizes or None)
         self.state = {"group_objective": self.combine} if stateful and self.groups else {}
@@ -218,15 +217,17 @@ class Personalization:
                               temperature=self.config.token_temperature)
         if self.vectors is not None:
             out["person_index"] = self.vectors.lookup([_field(r, self.field) for r in records])
-        if self.groups:
+        if self.groups:  # every record has a training group (`group_check`)
             where = {g: i for i, g in enumerate(self.groups)}
-            out["group_index"] = torch.tensor([where.get(str(r.group), -1) if r.group is not None else -1
-                                               for r in records])
+            out["group_index"] = torch.tensor([where[str(r.group)] for r in records])
         return out
 
     def wrap(self, step: Callable, *, training: bool) -> Callable:
         combine = self.combine
-        vectors, dropout = self.vectors, self.config.population_dropout
+        # A new user's run trains only the new vectors (the policy is frozen): an example seen without its
+        # vector would train nothing, and the population model it stands for is not trained in that run.
+        vectors = self.vectors
+        dropout = 0.0 if self.config.new_users_only else self.config.population_dropout
 
         def personal_step(model, batch):
             if vectors is None:
@@ -239,13 +240,22 @@ class Personalization:
                 with offset(self.site, per_row(vectors.vectors(index).repeat(rows, 1), batch)):
                     values, metrics = step(model, batch)
             if self.groups:
-                values = combine(values, batch["group_index"].to(values.device), update=training)
+                groups = batch["group_index"].to(values.device)
+                metrics = metrics | self._group_losses(values, groups)
+                values = combine(values, groups, update=training)
                 if self.state:  # group DRO: its weights over the groups, to watch them move
                     metrics = metrics | {f"group_weight/{g}": combine.q[i].float()
                                          for i, g in enumerate(self.groups)}
             return values, metrics
 
         return personal_step
+
+    def _group_losses(self, losses: torch.Tensor, groups: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`group_loss/<g>`: the mean loss of each group present in the batch, so a run shows which group
+        the objective favours."""
+        losses = losses.detach()
+        return {f"group_loss/{self.groups[g]}": losses[groups == g].float().mean()
+                for g in torch.unique(groups).tolist()}
 
     def detach(self, model: Any) -> None:
         """Take the vectors off the model before it is saved (they are saved on their own)."""
@@ -256,6 +266,71 @@ class Personalization:
         if self.vectors is not None:
             save_vectors(model_dir, self.vectors, {"on": self.table_on, "layer": self.config.layer,
                                                    "user_groups": self.user_groups})
+
+
+def _check_token_weighting(config: PersonalConfig, loss_kind: str, reference_is_initial: bool) -> None:
+    """NextQuill's settings, checked before the reference pass (the weights are computed only after it)."""
+    if loss_kind != "pairwise" or not reference_is_initial:
+        raise ConfigError("personal.token_weighting needs a pairwise loss and the cached reference of the initial "
+                          "policy (no ref_model, ref_cache=true)")
+    t = config.token_temperature
+    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
+        raise ConfigError(f"personal.token_temperature must be a finite number > 0, got {t!r}",
+                          field="personal.token_temperature")
+    h = config.history_size
+    if isinstance(h, bool) or not isinstance(h, int) or h < 1:
+        raise ConfigError(f"personal.history_size must be an integer >= 1 (how many of the user's other chosen "
+                          f"responses form the history), got {h!r}", field="personal.history_size")
+
+
+def group_check(config: PersonalConfig, training: Sequence[Any] | None = None) -> Callable[[Sequence[Any], str], None] | None:
+    """What `load_data` runs on each file's records under a group objective (None for `average`), while the
+    file is known to name it: every record needs a group, and with `training` (the training records, when
+    reading evaluation data) one of the training groups. A record without a group, or of a group the
+    objective has no weight for, would silently leave the objective, or leave a batch with no group mid-run."""
+    if config.group_objective == "average":
+        return None
+    group_fair.get(config.group_objective)  # a misspelt objective is named before its data are judged
+    known = None if training is None else sorted({str(r.group) for r in training if r.group is not None})
+
+    def check(records: Sequence[Any], source: str) -> None:
+        _raise(_group_problems(records, source, config.group_objective, known))
+
+    return check
+
+
+def _group_problems(records: Sequence[Any], source: str, objective: str,
+                    known: Sequence[str] | None = None) -> list[Problem]:
+    """One problem per record without a group (or, given `known`, of a group not in it); `line` is the
+    record's position in `source`."""
+    problems = []
+    for n, r in enumerate(records, 1):
+        group = _field(r, "group")
+        if group is None:
+            problems.append(Problem(source, n, "group", f"missing; group_objective '{objective}' combines the "
+                                    "losses of groups, so every record needs one"))
+        elif known is not None and group not in known:
+            problems.append(Problem(source, n, "group", f"'{group}' is not a group of the training data {known}; "
+                                    f"group_objective '{objective}' has no weight for it"))
+    return problems
+
+
+def _raise(problems: list[Problem]) -> None:
+    if problems:
+        raise DataError(problems, max_shown=5)  # the first few say what is wrong; the count says how often
+
+
+def _training_groups(records: Sequence[Any], objective: str) -> list[str]:
+    """The groups of a group objective, in index order ([] for `average`). `load_data` already refused
+    records without a group (naming their files); this guards other callers."""
+    if objective == "average":
+        return []
+    _raise(_group_problems(records, "training data", objective))
+    groups = sorted({str(r.group) for r in records})
+    if len(groups) < 2:
+        raise ConfigError(f"group_objective '{objective}' needs records of at least 2 groups "
+                          f"(their 'group' field); found {groups}")
+    return groups
 
 
 def _field(record: Any, name: str) -> str | None:

@@ -6,7 +6,8 @@ the training loop (which averages what a step returns) needs no change.
 
 - `average`: mean_i ℓ_i — what plain training does; large groups dominate.
 - `worst_group`: max_g L_g with L_g = mean_{i∈g} ℓ_i — the worst-off group's loss, i.e. maximise the worst
-  group's implicit-reward fit (for DPO, ℓ = −log σ(β·margin)). With `temperature` τ > 0 the max is
+  group's implicit-reward fit (for DPO, ℓ = −log σ(β·margin)). `temperature` τ = 0 (the default) is this
+  hard max; τ < 0 is refused. With τ > 0 the max is
   softened to τ·log mean_g exp(L_g/τ), which equals L when every group's loss is L and tends to the max as
   τ → 0 (Group DRO in its smooth form, Sagawa et al. 2020).
 - `nash`: −(1/G) Σ_g log s_g with s_g = mean_{i∈g} exp(−ℓ_i) — maximise the Nash bargaining product
@@ -22,7 +23,9 @@ the training loop (which averages what a step returns) needs no change.
   `adjustment` C > 0 the weights follow L_g + C/√n_g, n_g the group's training examples (the paper's
   generalization adjustment): a small group's training loss understates its loss on new data, since a
   policy memorises a few hundred pairs as easily as a thousand. Stateful: built once per run (`make`),
-  checkpointed with the run (`state_dict`).
+  checkpointed with the run (`state_dict`). As in the paper's code, a group with no example in a batch
+  keeps its weight and counts with loss 0 there: the batch's objective is Σ_{g present} q_g L_g (so it is
+  smaller when a group is absent), and the absent group's weight shrinks only relative to the others.
 
 - `balanced`: Σ_g w_g L_g with w_g ∝ n_g^p, n_g the group's training examples (fixed, not learned from
   the loss): p = 1 weighs groups by size, as the average does; p = 0 gives every group one vote whatever
@@ -32,7 +35,8 @@ the training loop (which averages what a step returns) needs no change.
   group's labels are cleaner (lower loss) yet it gains less from training, they move the wrong way, and
   only the groups' sizes are left as a signal that does not depend on the loss.
 
-Groups with no example in a batch do not take part in that batch's objective.
+In `worst_group`, `nash` and `balanced`, groups with no example in a batch do not take part in that batch's
+objective (`group_dro` differs, see above).
 """
 
 from __future__ import annotations
@@ -77,8 +81,10 @@ def average(losses: Tensor, groups: Tensor) -> Tensor:
 @register("worst_group")
 def worst_group(losses: Tensor, groups: Tensor, *, temperature: float = 0.0) -> Tensor:
     """The worst group's mean loss (τ = 0) or its soft maximum τ·log mean_g exp(L_g/τ)."""
+    if temperature < 0:
+        raise ConfigError(f"worst_group: group_objective_params.temperature must be >= 0 (0: the hard max), got {temperature}")
     means = group_means(losses, groups)
-    if temperature <= 0:
+    if temperature == 0:
         return _spread(means.max(), len(losses))
     soft = temperature * (torch.logsumexp(means / temperature, 0) - math.log(len(means)))
     return _spread(soft, len(losses))
@@ -184,6 +190,7 @@ def make(name: str, n_groups: int, params: dict, sizes: Sequence[int] | None = N
     def combine(losses: Tensor, groups: Tensor, *, update: bool = True) -> Tensor:
         return part(losses, groups, **params)
 
+    combine(torch.ones(n_groups), torch.arange(n_groups))  # one group per example: the objective's own checks
     return combine, False
 
 

@@ -6,7 +6,9 @@ inference a new statement of preferences steers the same model. Here `statements
 group name to the text that states their preferences; a training example (its record's `user`, else its
 `group`) and a request (`user=`, else `group=`) get their statement before the prompt: a system message
 for chat prompts, else where the tokenizer's template allows (`Scheme.with_statement`). Anyone
-without a statement gets the prompt unchanged, i.e. the population model.
+without a statement gets the prompt unchanged, i.e. the population model (a request, with a warning, as
+the other per-person schemes do). A statement key that is no user or group of the training data would
+train nothing (usually a typo): training refuses it.
 
 Train with `objectives.conditioning=persona_message` and `objectives.conditioning_params.statements`
 (no objectives needed); the scheme is saved with the model, so `decode … --user/--group` applies it.
@@ -14,7 +16,9 @@ Train with `objectives.conditioning=persona_message` and `objectives.conditionin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pluralign import conditioning
@@ -34,6 +38,19 @@ class PersonaMessage(conditioning.Scheme):
         if bad:
             raise ConfigError(f"persona_message: empty or non-text statement for {bad}")
         super().__init__(objectives, statements=dict(statements))
+        self.training = False  # set by `fit`: training records without a statement are not warned about
+
+    def fit(self, records: Sequence[Any]) -> None:
+        """Refuse statement keys that are no user or group of the training data: they would train nothing."""
+        users = sorted({str(r.user) for r in records if getattr(r, "user", None) is not None})
+        groups = sorted({str(r.group) for r in records if getattr(r, "group", None) is not None})
+        unknown = [k for k in self.params["statements"] if k not in set(users) | set(groups)]
+        if unknown:
+            raise ConfigError("objectives.conditioning_params.statements: "
+                              + "; ".join(_unmatched(k, users, groups) for k in unknown),
+                              field="objectives.conditioning_params.statements")
+        # Records without a statement train the population model, by design; only requests are warned.
+        self.training = True
 
     def statement(self, condition: conditioning.Condition) -> str | None:
         statements = self.params["statements"]
@@ -44,7 +61,19 @@ class PersonaMessage(conditioning.Scheme):
 
     def prompt(self, prompt: Any, condition: conditioning.Condition) -> Any:
         text = self.statement(condition)
+        if text is None and not self.training and (condition.user is not None or condition.group is not None):
+            who = f"user '{condition.user}'" if condition.user is not None else f"group '{condition.group}'"
+            warnings.warn(f"{who} has no statement in this model: using the population model", stacklevel=2)
         return prompt if text is None else self.with_statement(prompt, text)
 
     def vocabulary(self) -> list[str]:
         return list(self.params["statements"].values())
+
+
+def _unmatched(key: str, users: Sequence[str], groups: Sequence[str]) -> str:
+    """Why `key` matches no one: the data's groups and users (a few), and the closest names."""
+    close = difflib.get_close_matches(key, [*groups, *users], n=3)
+    shown = ", ".join(users[:10]) + (f", … ({len(users)} in all)" if len(users) > 10 else "")
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return (f"key '{key}' is no user or group of the training data (groups: {', '.join(groups) or 'none'}; "
+            f"users: {shown or 'none'}){hint}")

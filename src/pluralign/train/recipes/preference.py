@@ -35,7 +35,7 @@ from pluralign.errors import ConfigError
 from pluralign.losses.registry import check_hyperparams
 from pluralign.models.load import is_peft_model, save_model
 from pluralign.models.logprobs import sequence_logps
-from pluralign.personal.conditioned import PersonalConfig, Personalization
+from pluralign.personal.conditioned import PersonalConfig, Personalization, group_check
 from pluralign.train.loop import LoopConfig, train
 from pluralign.train.parallel import process_state
 from pluralign.train.recipes import multiobjective as mo
@@ -181,10 +181,13 @@ class Collate:
 
 
 def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool,
-              objectives: mo.ObjectivesConfig | None = None) -> list[Any]:
+              objectives: mo.ObjectivesConfig | None = None,
+              check: Callable[[Sequence[Any], str], None] | None = None) -> list[Any]:
     records = []
     for path in paths:
         raw = read_records(path, skip_invalid=skip_invalid)
+        if check is not None:
+            check(raw, str(path))  # while the file is known, to name it
         if objectives is not None and objectives.names:
             mo.check_records(raw, objectives.names, str(path))  # while the file is known, to name it
             raw = mo.to_pairs(raw, objectives)  # rated → per-objective or signed pairs
@@ -254,8 +257,9 @@ def run(config: PreferenceConfig) -> RecipeResult:
     multi = config.objectives if config.objectives.names else None
 
     tokenizer, model, packing = load_policy(config)
-    train_records = load_data(config.data, kind, config.skip_invalid, multi)
-    eval_records = load_data(config.eval_data, kind, config.skip_invalid, multi) if config.eval_data else None
+    train_records = load_data(config.data, kind, config.skip_invalid, multi, group_check(config.personal))
+    eval_records = (load_data(config.eval_data, kind, config.skip_invalid, multi,
+                              group_check(config.personal, train_records)) if config.eval_data else None)
     scheme, objective_step, step_counts, train_finish = None, {}, None, {}
     if multi is not None:
         scheme = mo.setup(multi, tokenizer, model, train_records)
