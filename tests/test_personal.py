@@ -343,7 +343,7 @@ def test_history_weights_hand_computed():
 def test_weighted_logps_match_manual_sums_padded_and_packed(tiny):
     from pluralign.models.logprobs import predicted_mask, token_logps
     from pluralign.personal.token_weights import weighted_pairwise_logps
-    from pluralign.train.recipes.preference import _pairwise_logps
+    from pluralign.train.recipes.preference_kinds import _pairwise_logps
 
     _, model, tok = tiny
     padded = _batch(tok, PAIRS)

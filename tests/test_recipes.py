@@ -19,7 +19,7 @@ from pluralign.models.load import load_model, load_tokenizer
 from pluralign.models.logprobs import sequence_logps
 from pluralign.runs import RunDir
 from pluralign.train import run_preference, run_sft
-from pluralign.train.recipes.preference import Collate, Item, _pairwise_logps
+from pluralign.train.recipes.preference_kinds import Collate, Item, _pairwise_logps
 from pluralign.train.reference import cached_reference
 
 LOOP = {"learning_rate": 1e-2, "batch_size": 4, "num_epochs": 1, "log_every": 1, "progress": False}
