@@ -49,10 +49,11 @@ def test_eval_config_and_report_in_browser(tiny_models, tmp_path):
     assert runs["other"]["kl_se"] > 0 and "kl_se" not in runs["bon2"] and runs["bon2"]["kl_is_bound"]
     assert runs["other"]["kl"] > 0 and runs["bon2"]["kl"] == pytest.approx(np.log(2) - 0.5)
     assert "win_rate" not in runs["base"] and 0 <= runs["other"]["win_rate"]["win_rate"] <= 100
+    assert runs["other"]["win_rate"]["baseline"] == "base"  # merged reports show each run's baseline
     assert set(runs["other"]["per_group"]) and len(runs["other"]["objectives"]) >= 2
     assert all(np.isfinite(r["reward"]) for r in runs.values())
     html = report.read_text()
-    assert html.count("<img ") >= 3
+    assert html.count("<img ") >= 3 and "win rate against" in html
 
     from test_report_html import browser_dom, check_all_images_loaded, chromium_binary
 

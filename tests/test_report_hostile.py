@@ -27,6 +27,7 @@ GOOD_RUN = {"name": "a", "method": "dpo", "kl": 0.5, "reward": 1.0, "per_group":
     ({"runs": [{**GOOD_RUN, "per_group": ["g"]}]}, "'runs[0].per_group' must be an object"),
     ({"runs": [{**GOOD_RUN, "objectives": {"x": "high"}}]}, "'runs[0].objectives.x'"),
     ({"runs": [{**GOOD_RUN, "win_rate": 55}]}, "'runs[0].win_rate' must be an object"),
+    ({"runs": [{**GOOD_RUN, "win_rate": {"win_rate": 55, "baseline": 3}}]}, "'runs[0].win_rate.baseline' must be the baseline run's name"),
     ({"runs": [GOOD_RUN], "pareto": {"objectives": [["x"], "y"]}}, "'pareto.objectives[0]'"),
     ({"runs": [GOOD_RUN], "pareto": {"objectives": ["x", "y"], "reference": [0]}}, "'pareto.reference'"),
     # was an IndexError in the plot: without pareto.objectives the reference is for the runs' first two

@@ -124,7 +124,8 @@ def _runs_table(runs: Sequence[dict], judge: str = "reward") -> str:
     has_groups = any(r.get("per_group") for r in runs)
     wrs = [r.get("win_rate") if isinstance(r.get("win_rate"), dict) else {} for r in runs]
     # a column only when some run has its numbers: no column of dashes
-    wr_cols = [(k, c) for k, c in (("win_rate", "win rate (%)"), ("ci", "win rate 95% CI"), ("lc_win_rate", "LC win rate (%)"))
+    wr_cols = [(k, c) for k, c in (("baseline", "win rate against"), ("win_rate", "win rate (%)"), ("ci", "win rate 95% CI"),
+                                   ("lc_win_rate", "LC win rate (%)"))
                if any(w.get(k) is not None for w in wrs)]
     has_n = any(r.get("n") is not None for r in runs)
     kl_col = "KL (95% CI)" if any(plots._finite(r.get("kl_se")) for r in runs) else "KL"

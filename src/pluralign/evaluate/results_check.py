@@ -82,6 +82,8 @@ def check_results(results: Any, source: str = "results") -> dict:
         wr = run.get("win_rate")
         if wr is not None and not isinstance(wr, dict):
             raise fail(f"runs[{i}].win_rate", "an object (win_rate, ci, lc_win_rate)", wr)
+        if isinstance(wr, dict) and wr.get("baseline") is not None and not isinstance(wr["baseline"], str):
+            raise fail(f"runs[{i}].win_rate.baseline", "the baseline run's name", wr["baseline"])
     if results.get("pareto") is not None:
         spec = obj("pareto", results["pareto"])
         for k in ("objectives", "reference"):

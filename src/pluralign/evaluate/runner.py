@@ -296,7 +296,8 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
             run["objectives_se"] = {o: se for o, (_, se) in zip(objectives, stats, strict=True)}
         if "win_rate" in metrics and m["name"] != baseline:
             wr = compare(judge, prompts, outputs[baseline]["texts"], texts, n_boot=n_boot)
-            run["win_rate"] = {k: v for k, v in wr.items() if k != "preferences"}
+            # which baseline: runs of several evaluations may be merged into one report
+            run["win_rate"] = {k: v for k, v in wr.items() if k != "preferences"} | {"baseline": baseline}
         run["samples"] = [{"prompt": p, "response": t} | ({"score": float(scores[i])} if scores is not None else {})
                           for i, (p, t) in enumerate(list(zip(prompts, texts, strict=True))[:3])]
         runs.append(run)
