@@ -92,37 +92,47 @@ def _jsonl_rows(data: bytes) -> list[RawRow]:
 
 def _json_rows(text: str, name: str) -> list[RawRow]:
     try:
-        value = json.loads(text)
+        elements = _json_elements(text)
+        value = json.loads(text) if elements is None else None  # not an array: say what it is, or where it breaks
     except json.JSONDecodeError as e:
         raise file_error(name, f"malformed JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
     except (ValueError, RecursionError) as e:
         raise file_error(name, f"unusable JSON: {json_failure(e)}") from None
-    if not isinstance(value, list):
+    if elements is None:
         raise file_error(name, f"expected a JSON list of objects, got {type(value).__name__}")
-    return [RawRow(line, row, row) for line, row in zip(_element_lines(text), value, strict=True)]
+    return [RawRow(line, row, row) for line, row in elements]
 
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")  # the whitespace JSON allows between tokens
 
 
-def _element_lines(text: str) -> list[int]:
-    """The 1-based line where each element of the JSON array `text` starts, so that a record's problems
-    point at it as JSONL's do. `text` has parsed as an array already, so this walk cannot fail."""
+def _json_elements(text: str) -> list[tuple[int, Any]] | None:
+    """Each element of the JSON array `text` with the 1-based line it starts on (so a record's problems point
+    at it as JSONL's do), parsed in one pass; None when `text` is not an array. Raises json.JSONDecodeError
+    where the array breaks, as json.loads would."""
     decoder = json.JSONDecoder()
-    pos = _JSON_SPACE.match(text).end() + 1  # past the opening "["
-    lines: list[int] = []
+    pos = _JSON_SPACE.match(text).end()
+    if not text.startswith("[", pos):
+        return None
+    pos = _JSON_SPACE.match(text, pos + 1).end()
+    elements: list[tuple[int, Any]] = []
     line, counted = 1, 0
-    while True:
-        pos = _JSON_SPACE.match(text, pos).end()
-        if text[pos] == "]":
-            return lines
+    closed = text.startswith("]", pos)
+    while not closed:
         line += text.count("\n", counted, pos)  # counted incrementally: linear in the file's size
         counted = pos
-        lines.append(line)
-        _, pos = decoder.raw_decode(text, pos)
+        value, pos = decoder.raw_decode(text, pos)
+        elements.append((line, value))
         pos = _JSON_SPACE.match(text, pos).end()
-        if text[pos] == ",":
-            pos += 1
+        closed = text.startswith("]", pos)
+        if not closed and not text.startswith(",", pos):
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+        if not closed:
+            pos = _JSON_SPACE.match(text, pos + 1).end()
+    end = _JSON_SPACE.match(text, pos + 1).end()
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return elements
 
 
 def _csv_rows(text: str, name: str) -> list[RawRow]:
