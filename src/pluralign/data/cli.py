@@ -106,15 +106,11 @@ def default_valid_path(source: str) -> Path:
 
 def parse_weights(text: str | None) -> dict[str, float] | None:
     """``"helpful=0.7,safe=0.3"`` -> ``{"helpful": 0.7, "safe": 0.3}``."""
+    from pluralign.conditioning import parse_vector
+
     if text is None:
         return None
-    weights = {}
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        try:
-            weights[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
-            raise PluralignError(f"--weights: expected name=number pairs separated by commas, got {item!r}")
+    weights = parse_vector(text, "--weights")
+    if not isinstance(weights, dict) or "" in weights:
+        raise PluralignError(f"--weights: expected name=number pairs separated by commas, got {text!r}")
     return weights

@@ -68,16 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_weights(text: str | None, flag: str = "--weights") -> Any:
-    """'1,0.5' -> [1.0, 0.5]; 'a=1,b=0.5' -> {'a': 1.0, 'b': 0.5}."""
-    if not text:
-        return None
-    parts = [x.strip() for x in text.split(",") if x.strip()]
-    try:
-        if all("=" in x for x in parts):
-            return {k.strip(): float(v) for k, v in (x.split("=", 1) for x in parts)}
-        return [float(x) for x in parts]
-    except ValueError as e:
-        raise ConfigError(f"{flag} {text!r}: expected numbers, as w1,w2 or name=w,name=w") from e
+    """'1,0.5' -> [1.0, 0.5]; 'a=1,b=0.5' -> {'a': 1.0, 'b': 0.5} (`conditioning.parse_vector`)."""
+    from pluralign.conditioning import parse_vector
+
+    return parse_vector(text, flag) if text else None
 
 
 def parse_extra(items: list[str]) -> dict:
@@ -160,18 +154,18 @@ def check_conditions(model: Any, base: Any, rows: list[Any], controls: list[Any]
     scheme = getattr(model, "pluralign_conditioning", None)
     if scheme is None:
         return
-    try:
-        scheme.condition_of_request(base)
-    except ConfigError as e:
-        field, _, why = str(e).partition(": ")
-        raise ConfigError(f"--{field}: {why}") from None
-    problems = []
-    for row, c in zip(rows, controls, strict=True):
+
+    def problem(c: Any) -> tuple[str, str] | None:  # (field, why): the scheme's message starts with its field
         try:
             scheme.condition_of_request(c)
         except ConfigError as e:
             field, _, why = str(e).partition(": ")
-            problems.append(row.problem(field, why))
+            return field, why
+        return None
+
+    if flagged := problem(base):
+        raise ConfigError(f"--{flagged[0]}: {flagged[1]}")
+    problems = [row.problem(*p) for row, c in zip(rows, controls, strict=True) if (p := problem(c))]
     if problems:
         raise DataError(problems)
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from pluralign.errors import ConfigError, DataError, PluralignError
+from pluralign.errors import ConfigError, DataError
 from pluralign.evaluate.frontier import bon_kl
 from pluralign.evaluate.winrate import compare
 from pluralign.judges import GoldJudge, LLMJudge, RewardModelJudge
@@ -149,12 +149,8 @@ def _check_model_path(spec: Any, where: str) -> None:
     from pluralign.models.load import resolve
 
     _require(isinstance(spec, str), where, f"must be a model directory, .gguf file, hub id or 'sandbox', got {spec!r}")
-    if spec == "sandbox" or (spec.lower().endswith(".gguf") and Path(spec).is_file()):
-        return
-    try:
-        resolve(spec)
-    except PluralignError as e:
-        raise ConfigError(f"{where}: {e}") from None
+    if spec != "sandbox" and not (spec.lower().endswith(".gguf") and Path(spec).is_file()):
+        resolve(spec, where)
 
 
 def _bootstrap(cfg: dict, where: str) -> int:

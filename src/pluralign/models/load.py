@@ -173,9 +173,19 @@ def mask_added_tokens(model: Any) -> None:
     head._pluralign_masked_from = vocab
 
 
-def resolve(name_or_path: str | os.PathLike) -> str:
+def resolve(name_or_path: str | os.PathLike, where: str | None = None) -> str:
     """A local directory (checked), a GGUF file (as the directory it is converted into once,
-    `pluralign.models.gguf`) or a hub id (left to the hub to check)."""
+    `pluralign.models.gguf`) or a hub id (left to the hub to check). A bad one is a ConfigError, naming
+    `where` (the flag or config key that gave it) when given."""
+    try:
+        return _resolve(name_or_path)
+    except PluralignError as e:
+        if where is None:
+            raise
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _resolve(name_or_path: str | os.PathLike) -> str:
     from pluralign.models.gguf import cached_directory
 
     name = os.fspath(name_or_path)

@@ -254,10 +254,9 @@ def load_reward_model(model_dir: str | Path, *, device: str | None = None) -> An
     if cls is None:
         raise ConfigError(f"{cfg_path}: unknown reward-model type {cfg.get('type')!r}; known: {sorted(MODEL_TYPES)}")
     lacking = [k for k in ("objectives", "feature_dim") if k not in cfg]
-    if lacking or not (model_dir / "head.safetensors").exists():
-        raise ConfigError(f"{model_dir}: an incomplete {cfg['type']} reward model (config.json lacks "
-                          f"{', '.join(lacking) or 'nothing'}; head.safetensors "
-                          f"{'present' if (model_dir / 'head.safetensors').exists() else 'missing'})")
+    lacking += [] if (model_dir / "head.safetensors").exists() else ["head.safetensors"]
+    if lacking:
+        raise ConfigError(f"{model_dir}: an incomplete {cfg['type']} reward model (it lacks {', '.join(lacking)})")
     extra = {k: v for k, v in cfg.items() if k not in {"format_version", "type", "objectives", "feature_dim", "encoder"}}
     model = cls(_load_encoder(cfg.get("encoder"), model_dir, device), objectives=cfg["objectives"],
                 feature_dim=cfg["feature_dim"], **extra)

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise ConfigError(f"pluralign serve needs the serve extra: pip install 'pluralign[serve]' ({e})") from None
     from pluralign.decode.rewards import check_source
+    from pluralign.models.load import resolve
     from pluralign.serve.engine import named_reward
     from pluralign.serve.limits import load_keys
     from pluralign.serve.runner import listen, serve
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     # Each check below fails before the server starts. A model that exists but will not load (bad weights, an
     # unknown hub id) can only fail while loading; the server then stops and exits 2 too (`runner.serve`).
     for flag, model in [("--model", cfg.model)] + [("--models", m) for m in cfg.models]:
-        _check_model(flag, model)
+        resolve(model, f"{flag} {model}")  # a missing path at once, where loading would retry the hub first
     for spec in cfg.rewards:
         check_source(named_reward(spec)[1], "--reward")
     load_keys(cfg.api_key_file)
@@ -52,14 +53,3 @@ def run(args: argparse.Namespace) -> int:
     serve(cfg, sock)
     return 0
 
-
-def _check_model(flag: str, model: str) -> None:
-    """A directory, a .gguf file (converted once, here) or a hub id; a path that does not exist is refused at
-    once (`models.load.resolve`), where loading it would first retry the hub for a minute and more."""
-    from pluralign.errors import PluralignError
-    from pluralign.models.load import resolve
-
-    try:
-        resolve(model)
-    except PluralignError as e:
-        raise PluralignError(f"{flag} {model}: {e}") from None
