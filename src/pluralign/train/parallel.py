@@ -24,7 +24,30 @@ def process_state():
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    _destroy_process_group_at_exit()
+    return state
+
+
+_registered_exit = False
+
+
+def _destroy_process_group_at_exit() -> None:
+    """Tear the process group down while Python is still whole. Left to interpreter shutdown, gloo's worker
+    threads can free finished work holding tensors after the interpreter is gone, and the process dies of
+    SIGABRT ("terminate called without an active exception") after a run that succeeded; the launcher
+    then reports the job failed (seen on CI with 2 CPU processes)."""
+    global _registered_exit
+    if _registered_exit or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    import atexit
+
+    def destroy() -> None:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    atexit.register(destroy)
+    _registered_exit = True
 
 
 def make_accelerator(grad_accum: int, mixed_precision: str, log_with: list[str] | None = None,
@@ -40,6 +63,7 @@ def make_accelerator(grad_accum: int, mixed_precision: str, log_with: list[str] 
     trackers = {"log_with": log_with, "project_dir": project_dir} if log_with else {}
     accelerator = Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, **trackers)
     _fsdp_on_cpu(accelerator)
+    _destroy_process_group_at_exit()
     return accelerator
 
 
