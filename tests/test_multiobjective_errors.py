@@ -68,6 +68,21 @@ def test_an_unknown_objective_names_the_file_line_and_field(tmp_path, chat_model
             f"objectives.names={OBJ}", *LOOP], out, capsys, f"{data}:6: field 'objective': 'fun' is not one of")
 
 
+@pytest.mark.parametrize("extra, settings, message", [
+    ({"objective": "fun"}, [f"objectives.names={OBJ}"], "field 'objective': 'fun' is not one of"),
+    ({"group": None}, ["personal.group_objective=worst_group"], "field 'group': missing"),
+])
+def test_checks_after_reading_name_the_source_line_past_blank_lines(tmp_path, chat_model, capsys, extra, settings,
+                                                                     message):
+    # Record 6 is on line 9: blank and whitespace-only lines come before it, and its position is not its line.
+    lines = [json.dumps({k: v for k, v in r.items() if v is not None}) for r in _pairs(**extra)]
+    data, out = tmp_path / "pairs.jsonl", tmp_path / "o"
+    data.write_text("\n".join(lines[:2]) + "\n\n   \n\r\n" + "\n".join(lines[2:]) + "\n")
+    err = _fails(["train", "dpo", f"model={chat_model}", f"data=[{data}]", f"output_dir={out}", *settings, *LOOP],
+                 out, capsys, f"{data}:9: {message}")
+    assert f"{data}:6:" not in err
+
+
 @pytest.mark.parametrize("settings, message", [
     (["personal.group_objective=foo"], "unknown group objective 'foo'"),
     (["personal.group_objective=group_dro", "personal.group_objective_params={step_size: -1}"], "step_size"),

@@ -54,6 +54,9 @@ class Checked:
     kind: str
     records: list[Record]
     rejects: list[Reject]
+    # The line (or row) each record came from: blank lines, rejected rows and rows holding several records
+    # make it differ from the record's position, and checks made after reading must name the same line.
+    lines: list[int]
 
     @property
     def problems(self) -> list[Problem]:
@@ -95,13 +98,25 @@ def read_records(
     rejected rows with their reasons to `rejects_path` (default ``<stem>.rejects.jsonl`` next to the
     input; always written, empty when nothing was rejected, so a stale file never misleads).
     """
+    return read_located(source, kind, skip_invalid=skip_invalid, rejects_path=rejects_path).records
+
+
+def read_located(
+    source: Source,
+    kind: str | None = None,
+    *,
+    skip_invalid: bool = False,
+    rejects_path: str | os.PathLike | None = None,
+) -> Checked:
+    """`read_records`, keeping each record's source line (`Checked.lines`), for checks made after reading
+    (a recipe's objectives, groups, conditioning) to name the line the reader's own checks would."""
     checked = read_checked(source, kind)
     if not skip_invalid:
         if checked.rejects:
             raise DataError(checked.problems)
-        return checked.records
+        return checked
     write_rejects(rejects_path or default_rejects_path(source), checked)
-    return checked.records
+    return checked
 
 
 def read_checked(source: Source, kind: str | None = None) -> Checked:
@@ -115,14 +130,14 @@ def read_checked(source: Source, kind: str | None = None) -> Checked:
         kind = majority_kind(rows)
         if kind is None:
             raise file_error(name, _undetectable(rows))
-    records, rejects = check_rows(rows, _known_kind(kind), name, tabular=tabular)
+    records, lines, rejects = check_rows(rows, _known_kind(kind), name, tabular=tabular)
     if told and kind == "demonstration" and records:
         numeric = numeric_columns(records[0].meta or {}, set())
         if numeric:
             warnings.warn(f"{name}: read as demonstrations, with the numeric column(s) {', '.join(numeric)} kept as "
                           "meta; to read them as per-objective ratings give the kind: --kind rated "
                           "(kind='rated' in Python)", stacklevel=2)
-    return Checked(name, kind, records, rejects)
+    return Checked(name, kind, records, rejects, lines)
 
 
 def _expand_rows(rows: list[RawRow]) -> list[RawRow]:

@@ -270,8 +270,9 @@ def decode_cells(row: Mapping[str, Any], kind: str) -> tuple[dict[str, Any], lis
 
 def check_rows(
     rows: Iterable[RawRow], kind: str, source: str, *, tabular: bool = False
-) -> tuple[list[Record], list[Reject]]:
-    """Check every row; return the good records and the rejected rows with all their problems."""
+) -> tuple[list[Record], list[int], list[Reject]]:
+    """Check every row; return the good records, the line (or row) each came from, and the rejected rows
+    with all their problems."""
     checked = [(row, *_check_one(row, kind, tabular)) for row in rows]
     # Rated rows must rate one set of objectives: the most common one (earliest on ties), so that one odd
     # row — even the first — is the one blamed, not all the others.
@@ -279,6 +280,7 @@ def check_rows(
     common = max(sets, key=lambda s: sets[s], default=None)
     common_line = next((row.line for row, r, _ in checked if isinstance(r, Rated) and frozenset(r.ratings) == common), 0)
     records: list[Record] = []
+    lines: list[int] = []
     rejects: list[Reject] = []
     for row, record, issues in checked:
         if isinstance(record, Rated):
@@ -287,7 +289,8 @@ def check_rows(
             rejects.append(Reject(row.line, row.raw, [Problem(source, row.line, f, m) for f, m in issues]))
         else:
             records.append(record)
-    return records, rejects
+            lines.append(row.line)
+    return records, lines, rejects
 
 
 def _check_one(row: RawRow, kind: str, tabular: bool) -> tuple[Record | None, list[Issue]]:

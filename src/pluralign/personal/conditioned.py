@@ -283,7 +283,7 @@ def _check_token_weighting(config: PersonalConfig, loss_kind: str, reference_is_
                           f"responses form the history), got {h!r}", field="personal.history_size")
 
 
-def group_check(config: PersonalConfig, training: Sequence[Any] | None = None) -> Callable[[Sequence[Any], str], None] | None:
+def group_check(config: PersonalConfig, training: Sequence[Any] | None = None) -> Callable[[Sequence[Any], str, Sequence[int]], None] | None:
     """What `load_data` runs on each file's records under a group objective (None for `average`), while the
     file is known to name it: every record needs a group, and with `training` (the training records, when
     reading evaluation data) one of the training groups. A record without a group, or of a group the
@@ -293,18 +293,18 @@ def group_check(config: PersonalConfig, training: Sequence[Any] | None = None) -
     group_fair.get(config.group_objective)  # a misspelt objective is named before its data are judged
     known = None if training is None else sorted({str(r.group) for r in training if r.group is not None})
 
-    def check(records: Sequence[Any], source: str) -> None:
-        _raise(_group_problems(records, source, config.group_objective, known))
+    def check(records: Sequence[Any], source: str, lines: Sequence[int]) -> None:
+        _raise(_group_problems(records, source, config.group_objective, known, lines))
 
     return check
 
 
 def _group_problems(records: Sequence[Any], source: str, objective: str,
-                    known: Sequence[str] | None = None) -> list[Problem]:
-    """One problem per record without a group (or, given `known`, of a group not in it); `line` is the
-    record's position in `source`."""
+                    known: Sequence[str] | None = None, lines: Sequence[int] | None = None) -> list[Problem]:
+    """One problem per record without a group (or, given `known`, of a group not in it), at the record's
+    line in `source` (`lines`, one per record; without them its position)."""
     problems = []
-    for n, r in enumerate(records, 1):
+    for n, r in zip(range(1, len(records) + 1) if lines is None else lines, records, strict=True):
         group = _field(r, "group")
         if group is None:
             problems.append(Problem(source, n, "group", f"missing; group_objective '{objective}' combines the "

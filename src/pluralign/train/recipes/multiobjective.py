@@ -81,15 +81,15 @@ def to_pairs(records: Sequence[Any], cfg: ObjectivesConfig) -> list[Any]:
     return signed_pairs(records, cfg.names)
 
 
-def check_records(records: Sequence[Any], names: Sequence[str], source: str) -> None:
+def check_records(records: Sequence[Any], names: Sequence[str], source: str, lines: Sequence[int]) -> None:
     """Each record's `objective`, ``meta.signs`` and ``meta.weights`` against the objectives, as read from
-    `source`: a DataError naming the file, the record (its row number in the file) and the field. Checked
+    `source`: a DataError naming the file, the record's line (`lines`, one per record) and the field. Checked
     here because the collator and the combiner that read them later no longer know where a record came
     from. Rated records are not checked: they become new pairs, and their meta is not read."""
     problems = []
-    for n, r in enumerate(records, 1):
+    for line, r in zip(lines, records, strict=True):
         if not isinstance(r, Rated):
-            problems += [Problem(source, n, field, message) for field, message in _record_issues(r, names)]
+            problems += [Problem(source, line, field, message) for field, message in _record_issues(r, names)]
     if problems:
         raise DataError(problems)
 

@@ -28,7 +28,7 @@ import torch
 from pluralign import conditioning, losses
 from pluralign.config import option
 from pluralign.data.convert import convert
-from pluralign.data.io import read_records
+from pluralign.data.io import read_located
 from pluralign.errors import ConfigError
 from pluralign.losses.registry import check_hyperparams
 from pluralign.models.load import is_peft_model, save_model
@@ -82,14 +82,15 @@ class PreferenceConfig(PolicyTrainingConfig):
 
 def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool,
               objectives: mo.ObjectivesConfig | None = None,
-              check: Callable[[Sequence[Any], str], None] | None = None) -> list[Any]:
+              check: Callable[[Sequence[Any], str, Sequence[int]], None] | None = None) -> list[Any]:
     records = []
     for path in paths:
-        raw = read_records(path, skip_invalid=skip_invalid)
+        read = read_located(path, skip_invalid=skip_invalid)
+        raw = read.records
         if check is not None:
-            check(raw, str(path))  # while the file is known, to name it
+            check(raw, str(path), read.lines)  # while the file and each record's line are known, to name them
         if objectives is not None and objectives.names:
-            mo.check_records(raw, objectives.names, str(path))  # while the file is known, to name it
+            mo.check_records(raw, objectives.names, str(path), read.lines)
             raw = mo.to_pairs(raw, objectives)  # rated → per-objective or signed pairs
         records += convert(raw, kind.records)
     return records
