@@ -116,5 +116,22 @@ def test_reward_tokens_name_the_record_and_field(tmp_path, chat_model, rated, ca
     out = tmp_path / "o"
     err = _fails(["train", "sft", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}",
                   "objectives=[informativeness,formality]", "conditioning=reward_tokens", *LOOP], out, capsys,
-                 "training record 1: field 'ratings': no reward for objective(s) formality")
+                 f"{rated}:1: field 'ratings': no reward for objective(s) formality")
     assert "'informativeness':" not in err  # the objectives it covers, not the record's ratings dumped
+
+
+def test_reward_tokens_name_the_file_and_line_of_each_bad_reward(tmp_path, chat_model, rated, capsys):
+    # The second file's bad rows sit past a blank line: named by that file and their own lines, not by their
+    # position in the files joined; strings and non-finite numbers are refused as a rated record's are.
+    rows = [{"prompt": "what is the cat", "response": a, "meta": {"rewards": {"informativeness": 1, "conciseness": 0}}}
+            for a in ANSWERS[:3]]
+    rows[1]["meta"]["rewards"] = {"informativeness": "1.5", "conciseness": 0}
+    rows[2]["meta"]["rewards"] = {"informativeness": 1}
+    demos, out = tmp_path / "demos.jsonl", tmp_path / "o"
+    demos.write_text(json.dumps(rows[0]) + "\n\n" + "".join(json.dumps(r) + "\n" for r in rows[1:]))
+    demos.with_name("nan.jsonl").write_text(json.dumps(rows[0]).replace('"conciseness": 0', '"conciseness": NaN'))
+    _fails(["train", "sft", f"model={chat_model}", f"data=[{rated},{demos}]", f"eval_data=[{demos.with_name('nan.jsonl')}]",
+            f"output_dir={out}", f"objectives={OBJ}", "conditioning=reward_tokens", *LOOP], out, capsys,
+           f"{demos}:3: field 'meta.rewards.informativeness': expected a number, got str '1.5'",
+           f"{demos}:4: field 'meta.rewards': no reward for objective(s) conciseness",
+           f"{demos.with_name('nan.jsonl')}:1: field 'meta.rewards.conciseness': non-finite value nan")

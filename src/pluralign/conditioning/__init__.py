@@ -57,7 +57,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, Problem
 from pluralign.registry import Registry
 
 FILE = "conditioning.json"
@@ -215,6 +215,12 @@ class Scheme:
     @contextlib.contextmanager
     def steer(self, model: Any, condition: Condition) -> Iterator[Any]:
         yield model
+
+    def record_problems(self, records: Sequence[Any], source: str, lines: Sequence[int]) -> list[Problem]:
+        """Problems of the record fields the scheme reads, in one file's records (`lines`: each one's line):
+        checked file by file, since `fit` and conditioning see the files' records joined, with no file or
+        line to name."""
+        return []
 
     def fit(self, records: Sequence[Any]) -> None:
         """Learn what the scheme needs from the training data (e.g. RiC's score statistics)."""

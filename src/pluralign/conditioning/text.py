@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from pluralign.conditioning import Condition, Scheme, Text, register
-from pluralign.errors import ConfigError
+from pluralign.data.field_checks import FIELD_CHECKS
+from pluralign.errors import ConfigError, Problem
 from pluralign.models.load import OUTPUT_VOCAB, mask_added_tokens
 
 
@@ -98,22 +99,30 @@ class RewardTokens(Scheme):
 
     def rewards_of(self, record: Any, where: str = "a record") -> np.ndarray | None:
         """The record's rewards in objective order (its `ratings`, else ``meta.rewards``), or None; a
-        ConfigError naming `where` and the field when they miss an objective or are not numbers."""
+        ConfigError naming `where` and the field when they miss an objective or are not finite numbers."""
+        field, raw, issues = self._rewards(record)
+        if issues:
+            name, message = issues[0]
+            raise ConfigError(f"reward_tokens: {where}: field '{name}': {message}")
+        return None if raw is None else np.array([raw[k] for k in self.objectives])
+
+    def record_problems(self, records: Sequence[Any], source: str, lines: Sequence[int]) -> list[Problem]:
+        return [Problem(source, line, name, message)
+                for line, record in zip(lines, records, strict=True) for name, message in self._rewards(record)[2]]
+
+    def _rewards(self, record: Any) -> tuple[str, Any, list[tuple[str, str]]]:
+        """(field, its rewards checked as ratings are, what is wrong with them) of one record."""
         field, raw = "ratings", getattr(record, "ratings", None)
         if not raw:
             field, raw = "meta.rewards", (getattr(record, "meta", None) or {}).get("rewards")
         if raw is None:
-            return None
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"reward_tokens: {where}: field '{field}': expected {{objective: number}}, got {raw!r}")
-        missing = [k for k in self.objectives if k not in raw]
+            return field, None, []
+        raw, issues = FIELD_CHECKS["ratings"](field, raw)  # finite numbers, as a rated record's ratings are
+        missing = [k for k in self.objectives if k not in raw] if isinstance(raw, Mapping) else []
         if missing:
-            raise ConfigError(f"reward_tokens: {where}: field '{field}': no reward for objective(s) "
-                              f"{', '.join(missing)}; it covers {', '.join(map(str, raw)) or 'none'}")
-        try:
-            return np.array([float(raw[k]) for k in self.objectives])
-        except (TypeError, ValueError):
-            raise ConfigError(f"reward_tokens: {where}: field '{field}': expected numbers, got {raw!r}") from None
+            issues.append((field, f"no reward for objective(s) {', '.join(missing)}; it covers "
+                                  f"{', '.join(map(str, raw)) or 'none'}"))
+        return field, raw, issues
 
     def fit(self, records: Sequence[Any]) -> None:
         rewards = [r for n, rec in enumerate(records, 1) if (r := self.rewards_of(rec, f"training record {n}")) is not None]

@@ -20,7 +20,8 @@ from typing import Any
 from pluralign import conditioning, losses
 from pluralign.config import option
 from pluralign.data.collate import SFTCollator
-from pluralign.data.io import read_records
+from pluralign.data.io import read_located
+from pluralign.errors import DataError, Problem
 from pluralign.models.logprobs import sequence_logps
 from pluralign.train.loop import LoopConfig, train
 from pluralign.train.parallel import process_state
@@ -47,13 +48,24 @@ def run(config: SFTConfig) -> RecipeResult:
     collate = SFTCollator(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
                           truncation=config.truncation, chat_template=config.chat_template, packing=packing)
 
-    def read(paths):
-        return [r for p in paths for r in read_records(p, skip_invalid=config.skip_invalid)]
-
-    records, eval_records = read(config.data), read(config.eval_data)
     scheme = None
     if config.conditioning != "none":
         scheme = conditioning.get(config.conditioning, config.objectives, **config.conditioning_params).bind(tokenizer)
+    problems: list[Problem] = []
+
+    def read(paths):
+        records = []
+        for path in paths:
+            located = read_located(path, skip_invalid=config.skip_invalid)
+            if scheme is not None:  # while the file and each record's line are known, to name them
+                problems.extend(scheme.record_problems(located.records, str(path), located.lines))
+            records += located.records
+        return records
+
+    records, eval_records = read(config.data), read(config.eval_data)
+    if problems:
+        raise DataError(problems)
+    if scheme is not None:
         scheme.fit(records)
         conditioning.ensure_vocabulary(tokenizer, model, scheme.vocabulary())
         scheme.prepare(tokenizer, model)
