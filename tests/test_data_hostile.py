@@ -92,6 +92,23 @@ def test_a_non_utf8_byte_rejects_only_its_csv_row(tmp_path):
     assert rejected["line"] == 3 and rejected["raw"] == "p,caf\ufffd,b"
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_key_given_twice_is_a_problem_of_its_line(tmp_path, suffix, capsys):
+    # JSON keeps the last value without a word; which one was meant is the user's to say, as for a CSV
+    # header that repeats a column. Row 2 repeats a top-level field, row 3 a key inside meta.
+    rows = [json.dumps(PAIR), '{"prompt": "p", "chosen": "a", "chosen": "c", "rejected": "b"}',
+            '{"prompt": "p", "chosen": "a", "rejected": "b", "meta": {"k": 1, "k": 2}}']
+    path = tmp_path / f"in{suffix}"
+    path.write_text("\n".join(rows) + "\n" if suffix == ".jsonl" else "[\n" + ",\n".join(rows) + "\n]")
+    first = 1 + (suffix == ".json")
+    found = {(p.line, p.field): p.message for p in problems_of(path)}
+    assert set(found) == {(first + 1, "chosen"), (first + 2, "k")}
+    assert all("given more than once" in m for m in found.values())
+    assert len(read_checked(path).records) == 1
+    assert main(["data", "validate", str(path)]) == 2
+    assert f"{path}:{first + 1}: field 'chosen': given more than once" in capsys.readouterr().err
+
+
 def test_an_undetectable_kind_names_the_fields_seen_and_what_each_kind_needs(tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": "p", "good": "a", "bad": "b"}] * 2)
     with pytest.raises(DataError) as e:

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pluralign.data.field_checks import Issue
 from pluralign.data.validate import RawRow, json_failure
 from pluralign.errors import DataError, PluralignError, Problem
 
@@ -70,8 +71,30 @@ def _decode_utf8(data: bytes, name: str) -> str:
         raise file_error(name, "not UTF-8 text", line=line) from None
 
 
+class _RepeatedKeys:
+    """An `object_pairs_hook` noting keys an object gives more than once: JSON would keep the last without a
+    word (a CSV header may not repeat a column either), so which value was meant is the user's to say."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.decoder = json.JSONDecoder(object_pairs_hook=self)
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) < len(pairs):
+            seen: set[str] = set()
+            self.keys += [k for k, _ in pairs if k in seen or seen.add(k)]
+        return obj
+
+    def issues(self) -> list[Issue]:
+        """The repeats met since the last call, as issues of the row just parsed."""
+        keys, self.keys = dict.fromkeys(self.keys), []
+        return [(key, "given more than once in one object; JSON would keep only the last") for key in keys]
+
+
 def _jsonl_rows(data: bytes) -> list[RawRow]:
     rows = []
+    repeated = _RepeatedKeys()
     for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue  # blank lines hold no record
@@ -81,11 +104,12 @@ def _jsonl_rows(data: bytes) -> list[RawRow]:
             rows.append(RawRow(number, line.decode("utf-8", "replace"), None, [(None, "not UTF-8 text")]))
             continue
         try:
-            rows.append(RawRow(number, text, json.loads(text)))
+            rows.append(RawRow(number, text, repeated.decoder.decode(text), repeated.issues()))
         except json.JSONDecodeError as e:
             rows.append(RawRow(number, text, None, [(None, f"malformed JSON: {e.msg} (column {e.colno})")]))
         except (ValueError, RecursionError) as e:  # an integer past the digit limit, nesting past the stack
             rows.append(RawRow(number, text, None, [(None, f"unusable JSON: {json_failure(e)}")]))
+        repeated.issues()  # none carried to the next line from one that failed part-way
     return rows
 
 
@@ -100,29 +124,30 @@ def _json_rows(text: str, name: str) -> list[RawRow]:
         raise file_error(name, f"unusable JSON: {json_failure(e)}") from None
     if elements is None:
         raise file_error(name, f"expected a JSON list of objects, got {type(value).__name__}")
-    return [RawRow(line, row, row) for line, row in elements]
+    return [RawRow(line, row, row, issues) for line, row, issues in elements]
 
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")  # the whitespace JSON allows between tokens
 
 
-def _json_elements(text: str) -> list[tuple[int, Any]] | None:
+def _json_elements(text: str) -> list[tuple[int, Any, list[Issue]]] | None:
     """Each element of the JSON array `text` with the 1-based line it starts on (so a record's problems point
-    at it as JSONL's do), parsed in one pass; None when `text` is not an array. Raises json.JSONDecodeError
-    where the array breaks, as json.loads would."""
-    decoder = json.JSONDecoder()
+    at it as JSONL's do) and its repeated keys, parsed in one pass; None when `text` is not an array. Raises
+    json.JSONDecodeError where the array breaks, as json.loads would."""
+    repeated = _RepeatedKeys()
+    decoder = repeated.decoder
     pos = _JSON_SPACE.match(text).end()
     if not text.startswith("[", pos):
         return None
     pos = _JSON_SPACE.match(text, pos + 1).end()
-    elements: list[tuple[int, Any]] = []
+    elements: list[tuple[int, Any, list[Issue]]] = []
     line, counted = 1, 0
     closed = text.startswith("]", pos)
     while not closed:
         line += text.count("\n", counted, pos)  # counted incrementally: linear in the file's size
         counted = pos
         value, pos = decoder.raw_decode(text, pos)
-        elements.append((line, value))
+        elements.append((line, value, repeated.issues()))
         pos = _JSON_SPACE.match(text, pos).end()
         closed = text.startswith("]", pos)
         if not closed and not text.startswith(",", pos):

@@ -184,7 +184,8 @@ def _undetectable(rows: list[RawRow]) -> str:
                 seen.setdefault(str(key), row.line)
     if not seen:
         first = rows[0]
-        why = f"; line {first.line}: {first.issues[0][1]}" if first.issues else ""
+        field, message = first.issues[0] if first.issues else (None, "")
+        why = f"; line {first.line}:{f' field {field!r}:' if field else ''} {message}" if first.issues else ""
         return f"no row is an object with fields{why}"
     fields = ", ".join(f"{k} (line {line})" for k, line in list(seen.items())[:20])
     spellings = "; ".join(f"{name}: {'/'.join(aliases)}" for name, aliases in ALIASES.items())
