@@ -109,6 +109,12 @@ def test_a_key_given_twice_is_a_problem_of_its_line(tmp_path, suffix, capsys):
     assert f"{path}:{first + 1}: field 'chosen': given more than once" in capsys.readouterr().err
 
 
+def test_whitespace_only_csv_lines_hold_no_record_as_in_jsonl(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("prompt,chosen,rejected\r\n\r\np,a,b\r\n  \r\n\t\r\np,a,a\r\n")
+    assert [(p.line, p.field, p.message) for p in problems_of(path)] == [(6, "rejected", "identical to chosen")]
+
+
 def test_an_undetectable_kind_names_the_fields_seen_and_what_each_kind_needs(tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": "p", "good": "a", "bad": "b"}] * 2)
     with pytest.raises(DataError) as e:

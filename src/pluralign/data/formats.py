@@ -191,9 +191,9 @@ def _csv_records(lines: list[str], name: str) -> list[RawRow]:
             cells = next(reader, None)
             if cells is None:
                 break
-            if not cells:
-                continue  # blank line
             raw = "".join(lines[start - 1 : reader.line_num]).rstrip("\r\n")
+            if not cells or not raw.strip():
+                continue  # a blank or whitespace-only line holds no record, as in JSONL
             if bad := _not_utf8(raw):
                 raw = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                 rows.append(RawRow(start, raw, None, [(None, bad)]))
