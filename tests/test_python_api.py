@@ -1,0 +1,69 @@
+"""The Python entry points as a notebook calls them: configs as objects, mappings or YAML paths with keyword
+overrides, and a caller's mistakes (a lone text or function where a list belongs) as `ConfigError`s naming
+the argument, never a TypeError from deep inside."""
+
+from __future__ import annotations
+
+import pytest
+from loop_toys import make_model_dir, write_pairs
+
+from pluralign.errors import ConfigError
+from pluralign.train import run_online, run_preference
+from pluralign.train.loop import LoopConfig
+from pluralign.train.recipes import online, preference
+
+LOOP = {"learning_rate": 1e-2, "batch_size": 4, "max_steps": 1, "progress": False}
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The config each recipe would run, without running it."""
+    seen: dict = {}
+    def keep(name, value):
+        seen[name] = value
+        return value
+
+    monkeypatch.setattr(preference, "run", lambda config: keep("preference", config))
+    monkeypatch.setattr(online, "run", lambda config, **kw: keep("online", (config, kw)))
+    return seen
+
+
+def test_a_mapping_config_trains_like_keyword_arguments(tmp_path):
+    base, pairs = make_model_dir(tmp_path / "base"), write_pairs(tmp_path / "pairs.jsonl", 8)
+    common = {"model": str(base), "data": [str(pairs)], "loop": LOOP}
+    as_mapping = run_preference(common | {"output_dir": str(tmp_path / "a")})
+    as_kwargs = run_preference(**common, output_dir=str(tmp_path / "b"))
+    assert as_mapping.train.metrics["loss"] == as_kwargs.train.metrics["loss"]
+
+
+def test_a_misspelt_key_of_a_mapping_config_is_named(captured):
+    with pytest.raises(ConfigError, match="unknown config key 'los'; did you mean 'loss'"):
+        run_preference({"model": "m", "data": ["d"], "los": "ipo"})
+    with pytest.raises(ConfigError, match="config: expected a PreferenceConfig"):
+        run_preference(42)
+
+
+def test_keyword_arguments_override_a_yaml_config_or_a_config_object(tmp_path, captured):
+    path = tmp_path / "dpo.yaml"
+    path.write_text("model: m\ndata: [d]\nloss: ipo\noutput_dir: runs/a\nloop: {batch_size: 2}\n")
+    config = run_preference(path, output_dir="runs/b", loop={"max_steps": 3})
+    assert (config.loss, config.output_dir, config.loop.batch_size, config.loop.max_steps) == ("ipo", "runs/b", 2, 3)
+    again = run_preference(config, loss_params={"beta": 0.5})
+    assert (again.loss, again.output_dir, again.loss_params) == ("ipo", "runs/b", {"beta": 0.5})
+    assert run_preference(config) is config
+
+
+def test_online_takes_a_loop_config_object(captured):
+    config, _ = run_online(algorithm="rloo", model="m", prompts=["hi"], rewards=[len],
+                           loop=LoopConfig(batch_size=2, max_steps=5))
+    assert (config.loop.batch_size, config.loop.max_steps) == (2, 5)
+
+
+@pytest.mark.parametrize("kwargs, field", [({"prompts": "Tell me about cats."}, "prompts"),
+                                           ({"rewards": len}, "rewards")])
+def test_online_refuses_a_lone_prompt_or_reward(captured, kwargs, field):
+    args = {"prompts": ["hi"], "rewards": [len]} | kwargs
+    with pytest.raises(ConfigError, match=f"{field}: expected a list") as e:
+        run_online(algorithm="grpo", model="m", **args)
+    assert e.value.field == field and "online" not in captured
+
