@@ -67,3 +67,37 @@ def test_online_refuses_a_lone_prompt_or_reward(captured, kwargs, field):
         run_online(algorithm="grpo", model="m", **args)
     assert e.value.field == field and "online" not in captured
 
+
+@pytest.fixture(scope="module")
+def toy():
+    from pluralign.decode.toy import toy_lm, toy_tokenizer
+
+    tokenizer = toy_tokenizer()
+    return toy_lm(tokenizer), tokenizer
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"prompts": "a lone prompt"}, "prompts"),            # used to decode each of its characters as a prompt
+    ({"model": "runs/base/model"}, "model"),              # used to fail on tokenizer.encode of None
+    ({"tokenizer": None}, "tokenizer"),
+    ({"controls": {"n": 2}}, "controls"),                 # used to fail with AttributeError: .extra
+    ({"controls": [{"n": 2}]}, "controls"),
+    ({"reward_modle": object()}, "reward_modle"),         # used to be ignored without a word
+])
+def test_decode_names_the_argument_a_caller_got_wrong(toy, change, field):
+    from pluralign.decode.api import Controls, decode
+
+    model, tokenizer = toy
+    args = {"model": model, "tokenizer": tokenizer, "prompts": ["the"], "controls": Controls(max_new_tokens=2)} | change
+    with pytest.raises(ConfigError) as e:
+        decode("sample", **args)
+    assert e.value.field == field and field in str(e.value)
+
+
+def test_steer_refuses_a_lone_prompt_or_mismatched_weights(toy):
+    from pluralign.decode.steer import steer
+
+    with pytest.raises(ConfigError, match="prompts: expected a list"):
+        steer(toy, "the", [{"r0": 1.0}], reward=len)
+    with pytest.raises(ConfigError, match="weights_per_request: expected a list with one entry per prompt"):
+        steer(toy, ["the", "the"], [{"r0": 1.0}], reward=len)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -182,10 +184,44 @@ def per_request(controls: Controls | Sequence[Controls] | None, n_prompts: int) 
         return [Controls()] * n_prompts
     if isinstance(controls, Controls):
         return [controls] * n_prompts
+    if isinstance(controls, str | bytes | Mapping) or not isinstance(controls, Sequence):
+        raise ConfigError(f"controls: expected a Controls or a list of them, got {type(controls).__name__}",
+                          field="controls")
     controls = list(controls)
     if len(controls) != n_prompts:
         raise ConfigError(f"{len(controls)} controls given for {n_prompts} prompts")
+    for i, c in enumerate(controls):
+        if not isinstance(c, Controls):  # a dict reached the decoder and failed there on `.extra`
+            raise ConfigError(f"controls[{i}]: expected a Controls, got {type(c).__name__}", field="controls")
     return controls
+
+
+def check_prompts(prompts: Any, field: str = "prompts") -> None:
+    """A `ConfigError` for a lone prompt where a list of them belongs: a text is a sequence too, and each of
+    its characters would be decoded as a prompt."""
+    if isinstance(prompts, str | bytes | Mapping) or not isinstance(prompts, Sequence):
+        raise ConfigError(f"{field}: expected a list of prompts (texts or chat message lists), got "
+                          f"{type(prompts).__name__}; wrap a single prompt in a list", field=field)
+
+
+def check_call(method: str, model: Any, tokenizer: Any, prompts: Any, kwargs: Mapping[str, Any]) -> None:
+    """A `ConfigError` naming the argument a Python caller got wrong, before any decoder runs: a model
+    directory where the loaded model belongs, no tokenizer, a lone prompt (`check_prompts`), or a keyword argument no decoder reads (a misspelt
+    `reward_model=` would otherwise be ignored, and ARGS would score text instead)."""
+    if isinstance(model, str | os.PathLike):
+        raise ConfigError(f"model: expected a loaded model, got the path {str(model)!r}; load it with "
+                          "pluralign.decode.steer.load_policy(path), which returns (model, tokenizer)", field="model")
+    if tokenizer is None or isinstance(tokenizer, str | os.PathLike):
+        raise ConfigError(f"tokenizer: expected the model's loaded tokenizer, got {tokenizer!r}", field="tokenizer")
+    check_prompts(prompts)
+    accepted = {p.name for name in names() for p in inspect.signature(get(name)).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY} - {"reward", "controls"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(accepted), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"decode({method!r}): unknown keyword argument(s) {unknown}{hint}; decoders take "
+                          f"{', '.join(sorted(accepted))}", field=unknown[0])
 
 
 def decode(method: str, model: Any, tokenizer: Any, prompts: Sequence[Any], *, reward: Any = None,
@@ -193,6 +229,7 @@ def decode(method: str, model: Any, tokenizer: Any, prompts: Sequence[Any], *, r
     """Run decoder `method` (see `names()`) with per-request controls. kwargs go to the decoder (e.g.
     `models=[...]` for fusion, `value_model=` for controlled decoding, `reward_model=` for ARGS)."""
     fn = get(method)
+    check_call(method, model, tokenizer, prompts, kwargs)
     prompts, controls, reward = list(prompts), per_request(controls, len(prompts)), as_reward(reward)
     check_options(method, controls)
     shared = _BATCH_SHARED.get(method, ())

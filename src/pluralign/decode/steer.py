@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pluralign.decode.api import Controls, DecodeResult, decode
+from pluralign.decode.api import Controls, DecodeResult, check_prompts, decode
+from pluralign.errors import ConfigError
 
 
 def load_policy(model_dir: str | Path, device: str | None = None) -> tuple[Any, Any]:
@@ -36,6 +38,11 @@ def steer(model_dir: str | Path | tuple[Any, Any], prompts: list[Any], weights_p
     the reward's objective order). `model_dir` may also be a loaded (model, tokenizer) pair. Returns one
     dict per request: prompt, weights, response, scores ({objective: value}), utility (under its own
     weights) and the compute spent by the whole call."""
+    check_prompts(prompts)
+    for name, values in (("weights_per_request", weights_per_request), ("users", users)):
+        if values is not None and (isinstance(values, Mapping | str) or len(values) != len(prompts)):
+            raise ConfigError(f"{name}: expected a list with one entry per prompt ({len(prompts)}), got "
+                              f"{values!r}", field=name)
     model, tokenizer = model_dir if isinstance(model_dir, tuple) else load_policy(model_dir)
     users = users or [None] * len(prompts)
     extra = control_fields.pop("extra", {})
