@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, PluralignError
 from pluralign.judges import (
     GoldJudge,
     Judge,
@@ -50,7 +50,7 @@ def test_reward_model_judge_objectives_weights_and_user():
     np.testing.assert_allclose(mean_judge.single(["q"], ["please"]), [(6 + 1) / 2])
     plain = RewardModelJudge(lambda ps, rs: np.array([len(r) for r in rs]))
     assert plain.pairwise(["q"], ["aa"], ["a"]).tolist() == [1.0]
-    with pytest.raises(ValueError, match="2 weights for 1"):
+    with pytest.raises(ConfigError, match="weights: 2 weights for 1"):
         RewardModelJudge(lambda ps, rs: np.ones((1, 1)), weights=[1, 2]).pairwise(["q"], ["a"], ["b"])
 
 
@@ -68,3 +68,23 @@ def test_gold_judge_uses_sandbox_utility():
     assert p[0] == 3 - p[1]
     with pytest.raises(ConfigError, match="no_such_attribute"):
         GoldJudge({"no_such_attribute": 1.0}).single(prompts, responses)
+
+
+@pytest.mark.parametrize("source, error, message", [
+    (lambda ps, rs: [1.0], PluralignError, r"returned shape \(1,\) for 2 responses"),
+    (lambda ps, rs: ["good", "bad"], PluralignError, "not numbers"),
+    (lambda ps, rs: np.ones((2, 1, 1)), PluralignError, r"returned shape \(2, 1, 1\)"),
+    (42, ConfigError, "int is not a reward source"),
+])
+def test_a_bad_reward_source_is_a_pluralign_error(source, error, message):
+    # these were numpy's / Python's ValueError and TypeError, which a caller catching PluralignError misses
+    with pytest.raises(error, match=message):
+        RewardModelJudge(source).pairwise(["q", "q"], ["a", "b"], ["c", "d"])
+
+
+def test_a_judge_called_with_mismatched_lists_or_temperature_0_is_a_config_error():
+    judge = RewardModelJudge(lambda ps, rs: [len(r) for r in rs])
+    with pytest.raises(ConfigError, match="lengths differ: 2 prompts, 2 a, 1 b"):
+        judge.pairwise(["q", "q"], ["a", "b"], ["c"])
+    with pytest.raises(ConfigError, match="temperature must be > 0, got 0"):
+        RewardModelJudge(lambda ps, rs: [1.0], temperature=0).pairwise(["q"], ["a"], ["b"])

@@ -20,6 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from pluralign.errors import ConfigError, PluralignError
+
 A_WINS, B_WINS, DRAW = 1.0, 2.0, 1.5
 
 
@@ -70,17 +72,21 @@ def preferences_from_scores(score_a: np.ndarray, score_b: np.ndarray, *, tempera
     diff = sb - sa
     if temperature is not None:
         if temperature <= 0:
-            raise ValueError("temperature must be > 0")
+            raise ConfigError(f"temperature must be > 0, got {temperature}", field="temperature")
         return 1.0 + 1.0 / (1.0 + np.exp(-diff / temperature))
     out = np.where(diff > tie_tolerance, B_WINS, np.where(diff < -tie_tolerance, A_WINS, DRAW))
     return np.where(np.isnan(diff), np.nan, out)
 
 
 def as_score_array(values: Any) -> np.ndarray:
-    """A reward source's output (tensor, array or list; shape [N] or [N, m]) as a float numpy array."""
+    """A reward source's output (tensor, array or list; shape [N] or [N, m]) as a float numpy array;
+    anything else (text, ragged lists) is a `PluralignError`, not numpy's ValueError."""
     if hasattr(values, "detach"):
         values = values.detach().float().cpu().numpy()
-    return np.asarray(values, dtype=float)
+    try:
+        return np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise PluralignError(f"a reward source returned something that is not numbers ({type(values).__name__}: {e})") from None
 
 
 def call_reward(source: Any, prompts: Sequence[Any], responses: Sequence[Any], user: Any = None) -> np.ndarray:
@@ -92,10 +98,11 @@ def call_reward(source: Any, prompts: Sequence[Any], responses: Sequence[Any], u
     elif callable(source):
         out = source(list(prompts), list(responses))
     else:
-        raise TypeError(f"{type(source).__name__} is not a reward source (needs .score(...) or to be callable)")
+        raise ConfigError(f"{type(source).__name__} is not a reward source (needs .score(...) or to be callable)")
     arr = as_score_array(out)
-    if arr.shape[0] != len(responses):
-        raise ValueError(f"reward source returned {arr.shape[0]} scores for {len(responses)} responses")
+    if arr.ndim not in (1, 2) or arr.shape[0] != len(responses):
+        raise PluralignError(f"reward source returned shape {arr.shape} for {len(responses)} responses; "
+                             f"expected [{len(responses)}] or [{len(responses)}, m]")
     return arr
 
 
@@ -107,7 +114,7 @@ def reduce_objectives(scores: np.ndarray, weights: Sequence[float] | None = None
         return scores[:, 0]
     w = np.full(scores.shape[1], 1.0 / scores.shape[1]) if weights is None else np.asarray(weights, float)
     if w.shape != (scores.shape[1],):
-        raise ValueError(f"{len(w)} weights for {scores.shape[1]} objectives")
+        raise ConfigError(f"weights: {len(w)} weights for {scores.shape[1]} objectives", field="weights")
     return scores @ w
 
 
@@ -132,6 +139,6 @@ class ScoreJudge:
 
     def pairwise(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any]) -> np.ndarray:
         if not (len(prompts) == len(a) == len(b)):
-            raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(a)} a, {len(b)} b")
+            raise ConfigError(f"lengths differ: {len(prompts)} prompts, {len(a)} a, {len(b)} b")
         sa, sb = self.single(prompts, a), self.single(prompts, b)
         return preferences_from_scores(sa, sb, temperature=self.temperature, tie_tolerance=self.tie_tolerance)
