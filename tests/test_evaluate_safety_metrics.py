@@ -94,6 +94,9 @@ def test_pool_hidden_states_from_tiny_model():
     np.testing.assert_allclose(last[0], ref.numpy(), rtol=1e-5, atol=1e-6)
     out = aqi.aqi_from_model(model, tok, safe, unsafe, layer_weights=[0.2, 0.3, 0.5])
     assert 0 <= out["aqi"] <= 1
+    model.train()  # a model in the middle of training is measured without dropout and left training
+    aqi.pool_hidden_states(model, tok, prompts[:1], ["the cat sat"])
+    assert model.training
 
 
 # ---- honesty ----------------------------------------------------------------------------------

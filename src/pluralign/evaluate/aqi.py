@@ -148,10 +148,11 @@ def pool_hidden_states(model: Any, tokenizer: Any, prompts: Sequence[str], respo
         raise ValueError("pooling must be 'mean' or 'last'")
     texts = [format_pair(tokenizer, p, None if responses is None else r)
              for p, r in zip(prompts, responses if responses is not None else [None] * len(prompts), strict=True)]
+    from pluralign.decode.sampler import eval_mode
+
     device = next(model.parameters()).device
     out = []
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):  # no dropout, and a caller's model in training stays so
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
                             max_length=max_length, add_special_tokens=False)
