@@ -68,12 +68,11 @@ def run_online(config: Any = None, *, prompts: Any = None, rewards: Any = None, 
     a mapping, a YAML path and/or keyword arguments. `prompts`: a list of texts or chat messages instead of
     `data` files; `rewards`: a list of Python reward callables / objects, one per entry of the config's
     `rewards` (default: one)."""
+    from pluralign.decode.api import check_prompts
     from pluralign.train.recipes import online
 
-    if prompts is not None and (isinstance(prompts, str | bytes | Mapping) or not hasattr(prompts, "__iter__")):
-        # a lone text would otherwise train on its characters, one prompt each
-        raise ConfigError(f"prompts: expected a list of prompts (texts or chat message lists), got "
-                          f"{type(prompts).__name__}; wrap a single prompt in a list", field="prompts")
+    if prompts is not None:
+        check_prompts(prompts)  # a lone text would otherwise train on its characters, one prompt each
     if rewards is not None and (callable(rewards) or hasattr(rewards, "score") or isinstance(rewards, str)
                                 or not hasattr(rewards, "__iter__")):
         raise ConfigError(f"rewards: expected a list of reward callables / objects, got {type(rewards).__name__}; "

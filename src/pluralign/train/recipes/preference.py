@@ -307,12 +307,6 @@ def _reference_model(config: PreferenceConfig, policy: Any, packing: bool) -> An
 def from_kwargs(**kwargs: Any) -> PreferenceConfig:
     """PreferenceConfig from keyword arguments with the same checks as a YAML file (loop settings as a
     dict or a LoopConfig)."""
-    from pluralign.config import from_dict
+    from pluralign.train import config_of
 
-    loop = kwargs.pop("loop", None)
-    config = from_dict(PreferenceConfig, kwargs)
-    if isinstance(loop, LoopConfig):
-        config.loop = loop
-    elif loop is not None:
-        config.loop = from_dict(LoopConfig, loop, "loop.")
-    return config
+    return config_of(PreferenceConfig, None, kwargs)
