@@ -71,13 +71,16 @@ def test_gold_judge_uses_sandbox_utility():
 
 
 @pytest.mark.parametrize("source, error, message", [
-    (lambda ps, rs: [1.0], PluralignError, r"returned shape \(1,\) for 2 responses"),
+    (lambda ps, rs: [1.0], PluralignError, r"returned shape \(1, 1\) for 2 responses"),
+    (lambda ps, rs: [1.0, float("nan")], PluralignError, "non-finite value for 1 of 2 responses"),
+    (lambda ps, rs: 1 / 0, PluralignError, "raised ZeroDivisionError"),
     (lambda ps, rs: ["good", "bad"], PluralignError, "not numbers"),
     (lambda ps, rs: np.ones((2, 1, 1)), PluralignError, r"returned shape \(2, 1, 1\)"),
-    (42, ConfigError, "int is not a reward source"),
+    (42, ConfigError, "not a reward source: int"),
 ])
 def test_a_bad_reward_source_is_a_pluralign_error(source, error, message):
-    # these were numpy's / Python's ValueError and TypeError, which a caller catching PluralignError misses
+    # these were numpy's / Python's ValueError and TypeError, which a caller catching PluralignError misses;
+    # NaN passed as "no verdict", and what the user's function raised was not named as theirs
     with pytest.raises(error, match=message):
         RewardModelJudge(source).pairwise(["q", "q"], ["a", "b"], ["c", "d"])
 

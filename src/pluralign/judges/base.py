@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from pluralign.errors import ConfigError, PluralignError
+from pluralign.errors import ConfigError
 
 A_WINS, B_WINS, DRAW = 1.0, 2.0, 1.5
 
@@ -78,32 +78,17 @@ def preferences_from_scores(score_a: np.ndarray, score_b: np.ndarray, *, tempera
     return np.where(np.isnan(diff), np.nan, out)
 
 
-def as_score_array(values: Any) -> np.ndarray:
-    """A reward source's output (tensor, array or list; shape [N] or [N, m]) as a float numpy array;
-    anything else (text, ragged lists) is a `PluralignError`, not numpy's ValueError."""
-    if hasattr(values, "detach"):
-        values = values.detach().float().cpu().numpy()
-    try:
-        return np.asarray(values, dtype=float)
-    except (TypeError, ValueError) as e:
-        raise PluralignError(f"a reward source returned something that is not numbers ({type(values).__name__}: {e})") from None
-
-
 def call_reward(source: Any, prompts: Sequence[Any], responses: Sequence[Any], user: Any = None) -> np.ndarray:
     """Score with a reward source: anything with ``score(prompts, responses, user=None)`` (the pluralign
-    reward interface) or a plain callable ``f(prompts, responses)``. Returns [N] or [N, m] floats."""
-    if hasattr(source, "score"):
-        out = source.score(list(prompts), list(responses), user=user) if user is not None \
-            else source.score(list(prompts), list(responses))
-    elif callable(source):
-        out = source(list(prompts), list(responses))
-    else:
-        raise ConfigError(f"{type(source).__name__} is not a reward source (needs .score(...) or to be callable)")
-    arr = as_score_array(out)
-    if arr.ndim not in (1, 2) or arr.shape[0] != len(responses):
-        raise PluralignError(f"reward source returned shape {arr.shape} for {len(responses)} responses; "
-                             f"expected [{len(responses)}] or [{len(responses)}, m]")
-    return arr
+    reward interface) or a plain callable ``f(prompts, responses)``. Returns [N, m] floats, checked as
+    decoding checks them (`decode.rewards.checked_scores`: numbers, one row per response, finite); what a
+    callable raises is a user error naming it."""
+    from pluralign.decode.rewards import as_reward, checked_scores, reward_name
+
+    reward = as_reward(source)
+    out = reward.score(list(prompts), list(responses), user=user) if user is not None \
+        else reward.score(list(prompts), list(responses))
+    return checked_scores(out, len(responses), reward_name(reward)).double().numpy()
 
 
 def reduce_objectives(scores: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
