@@ -101,3 +101,16 @@ def test_steer_refuses_a_lone_prompt_or_mismatched_weights(toy):
         steer(toy, "the", [{"r0": 1.0}], reward=len)
     with pytest.raises(ConfigError, match="weights_per_request: expected a list with one entry per prompt"):
         steer(toy, ["the", "the"], [{"r0": 1.0}], reward=len)
+
+
+def test_eval_mode_restores_every_sub_module_as_it_was():
+    import torch
+
+    from pluralign.decode.sampler import eval_mode
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(2))
+    model.train()
+    model[2].eval()  # frozen normalisation inside a model in training
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == [True, True, True, False]

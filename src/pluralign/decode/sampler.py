@@ -207,17 +207,18 @@ def make_generator(seed: int | None, device: Any) -> torch.Generator | None:
 
 @contextmanager
 def eval_mode(*models: Any):
-    """Run in eval mode (no dropout) and restore each model's previous mode afterwards."""
-    modes = [(m, m.training) for m in models if hasattr(m, "training")]
-    for m, _ in modes:
-        m.eval()
+    """Run in eval mode (no dropout) and restore every module's previous mode afterwards, sub-modules
+    included (a caller may hold some in eval on purpose, e.g. frozen normalisation in a training model)."""
+    modes = [(sub, sub.training) for m in models if hasattr(m, "training")
+             for sub in (m.modules() if isinstance(m, torch.nn.Module) else [m])]
+    for m in models:
+        if hasattr(m, "training"):
+            m.eval()
     try:
         yield
     finally:
-        for m, was in modes:
-            m.train(was)
-
-
+        for sub, was in modes:  # parents before their children (`modules()` order), so each ends as it was
+            sub.train(was)
 
 
 def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, max_new_tokens: int = 48,
