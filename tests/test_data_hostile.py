@@ -115,6 +115,15 @@ def test_whitespace_only_csv_lines_hold_no_record_as_in_jsonl(tmp_path):
     assert [(p.line, p.field, p.message) for p in problems_of(path)] == [(6, "rejected", "identical to chosen")]
 
 
+def test_a_csv_label_written_as_a_float_is_read_as_json_reads_it(tmp_path):
+    # pandas writes an integer column with a gap as floats: 1.0 / 0.0 (JSON's 1.0 was already accepted)
+    path = tmp_path / "in.csv"
+    path.write_text("prompt,response,label\np,a,1.0\np,b,0.0\np,c,0.5\n")
+    checked = read_checked(path, "binary")
+    assert [r.label for r in checked.records] == [True, False]
+    assert [(p.line, p.field) for p in checked.problems] == [(4, "label")]
+
+
 def test_an_undetectable_kind_names_the_fields_seen_and_what_each_kind_needs(tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": "p", "good": "a", "bad": "b"}] * 2)
     with pytest.raises(DataError) as e:

@@ -233,9 +233,9 @@ def _decode_cell(name: str, cell: str) -> tuple[Any, list[Issue]]:
             return cell, [(name, f"expected a number, got {short(cell)}")]
     if kind == "bool":
         lowered = cell.strip().lower()
-        if lowered in ("true", "1"):
+        if lowered in ("true", "1", "1.0"):  # 1.0: pandas writes an int column holding a gap as floats
             return True, []
-        if lowered in ("false", "0"):
+        if lowered in ("false", "0", "0.0"):
             return False, []
         return cell, [(name, f"expected true or false, got {cell!r}")]
     return cell, []
