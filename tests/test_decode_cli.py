@@ -133,6 +133,24 @@ def test_a_broken_reward_function_exits_2_naming_it(model_dir, tmp_path, capsys,
     assert not out.exists()
 
 
+def test_weights_the_reward_cannot_read_stop_before_decoding_naming_the_flag_or_row(model_dir, tmp_path, capsys):
+    # an unknown objective or a wrong count stopped decoding after the candidates were drawn, with a message that
+    # named neither --weights nor the prompts file's line
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "the"}) + "\n" + json.dumps({"prompt": "a", "weights": {"bird": 1}}) + "\n"
+                       + json.dumps({"prompt": "a", "weights": [1, 2, 3]}) + "\n")
+    args = ["decode", "--method", "bon", "--model", str(model_dir), "--reward", "decode_cli_rewards:named",
+            "--out", str(tmp_path / "o.jsonl"), "--n", "2", "--max-new-tokens", "2"]
+    assert main(args + ["--prompts", str(prompts)]) == 2
+    err = capsys.readouterr().err
+    assert "p.jsonl:2: field 'weights': weights name unknown objectives ['bird']; known: ['cat', 'dog']" in err, err
+    assert "p.jsonl:3: field 'weights': 3 weights given for 2 objectives" in err and "Traceback" not in err
+    (tmp_path / "one.txt").write_text("the\n")
+    assert main(args + ["--prompts", str(tmp_path / "one.txt"), "--weights", "cat=1,bird=1"]) == 2
+    assert "error: --weights: weights name unknown objectives ['bird']" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
 def test_cli_user_errors_exit_2(model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x"}\nnot json\n{"nope": 1}\n')

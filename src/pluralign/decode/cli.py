@@ -170,6 +170,32 @@ def check_conditions(model: Any, base: Any, rows: list[Any], controls: list[Any]
         raise DataError(problems)
 
 
+def check_reward_weights(reward: Any, base: Any, rows: list[Any], controls: list[Any]) -> None:
+    """Every request's weights against the reward's objectives before anything is generated, as the server
+    checks them: a wrong objective name or count stopped decoding after the candidates were drawn, with a
+    message that named neither the flag nor the prompts file's row."""
+    from pluralign.decode.rewards import objective_names, weight_vector
+
+    names = getattr(reward, "objectives", None)
+    if not names:
+        return
+    names = objective_names(reward, len(names))
+
+    def problem(weights: Any) -> str | None:
+        try:
+            weight_vector(weights, names)
+        except (ConfigError, TypeError, ValueError) as e:
+            return str(e)
+        return None
+
+    if base.weights is not None and (why := problem(base.weights)):
+        raise ConfigError(f"--weights: {why}")
+    problems = [row.problem("weights", why) for row, c in zip(rows, controls, strict=True)
+                if c.weights is not None and c.weights is not base.weights and (why := problem(c.weights))]
+    if problems:
+        raise DataError(problems)
+
+
 def run(args: argparse.Namespace) -> int:
     from pluralign.decode.api import Controls, decode, get
     from pluralign.decode.rewards import load_reward
@@ -196,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_policy(args.model)  # a directory, a .gguf file or a hub id
     check_conditions(model, base, rows, controls)
     reward = load_reward(args.reward) if args.reward else None
+    check_reward_weights(reward, base, rows, controls)
     extra_models = [load_policy(d)[0] for d in args.models.split(",")] if args.models else []
     unused = unused_controls(model, reward, controls, extra_models, args.model)
     if unused:
