@@ -81,6 +81,21 @@ def test_cli_refuses_a_config_naming_another_loss(files, tmp_path, capsys):
     assert "pluralign train kto" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("loss, message", [
+    ("dpo", "choose one or give weights (no training option sets that: convert the file first, `pluralign data convert "),
+    ("kto", "this conversion needs a threshold (no training option sets that: convert the file first"),
+])
+def test_ratings_the_recipe_cannot_convert_name_the_file_and_the_way_out(files, tmp_path, capsys, loss, message):
+    # the error named neither the file nor how to give the objective or threshold, which no training option sets
+    rated = tmp_path / "ratings.jsonl"
+    rated.write_text("".join(json.dumps({"prompt": f"p{i}", "response": r, "ratings": {"a": i + j, "b": j - i}}) + "\n"
+                             for i in range(3) for j, r in enumerate(["x", "y"])))
+    argv = ["train", loss, f"model={files['base']}", f"data=[{rated}]", f"output_dir={tmp_path / 'out'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {rated}: " in err and message in err and "Traceback" not in err
+
+
 def test_help_config_lists_every_field(capsys):
     assert main(["train", "simpo", "--help-config"]) == 0
     out = capsys.readouterr().out

@@ -29,7 +29,8 @@ from pluralign import conditioning, losses
 from pluralign.config import option
 from pluralign.data.convert import convert
 from pluralign.data.io import read_located
-from pluralign.errors import ConfigError
+from pluralign.data.records import kind_of
+from pluralign.errors import ConfigError, DataError, PluralignError
 from pluralign.losses.registry import check_hyperparams
 from pluralign.models.load import is_peft_model, save_model
 from pluralign.personal.conditioned import PersonalConfig, Personalization, group_check
@@ -92,7 +93,17 @@ def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool,
         if objectives is not None and objectives.names:
             mo.check_records(raw, objectives.names, str(path), read.lines)
             raw = mo.to_pairs(raw, objectives)  # rated → per-objective or signed pairs
-        records += convert(raw, kind.records)
+        try:
+            records += convert(raw, kind.records)
+        except (ConfigError, DataError):  # already say where
+            raise
+        except PluralignError as e:  # the converter does not know the file, nor that no option here reaches it
+            hint = ""
+            if any(kind_of(r) == "rated" for r in raw):  # no training option takes an objective or threshold
+                hint = (f" (no training option sets that: convert the file first, `pluralign data convert {path} OUT "
+                        f"--to {kind.records}` with --objective, --weights or --threshold"
+                        + (", or set objectives.names to train on every objective)" if kind.records == "pairwise" else ")"))
+            raise ConfigError(f"{path}: {e}{hint}") from None
     return records
 
 
