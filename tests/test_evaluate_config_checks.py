@@ -75,3 +75,16 @@ def test_llm_judge_cache_dir_is_relative_to_the_config_file(no_generation, tmp_p
             runner.evaluate_config(cfg(judge={**judge, "cache_dir": given}), where="conf/eval.yaml",
                                    base_dir=tmp_path / "conf")
         assert made[-1].cache_dir == expected
+
+
+def test_a_misspelt_decoder_fails_before_any_entry_generates_naming_the_entry(no_generation):
+    # the run stopped only at that entry's turn, after the entries before it had generated, naming no file or key
+    models = [{"name": "base", "path": "sandbox"}, {"name": "bon4", "path": "sandbox", "decoder": "bonn"}]
+    with pytest.raises(ConfigError, match=r"^eval\.yaml: models\[1\]\.decoder: unknown decoding method 'bonn' \(did you mean 'bon'"):
+        runner.evaluate_config(cfg(models=models), where="eval.yaml")
+
+
+@pytest.mark.parametrize("key", ["baseline", "reference"])
+def test_a_baseline_or_reference_that_names_no_model_says_which_and_what_there_is(no_generation, key):
+    with pytest.raises(ConfigError, match=rf"^eval\.yaml: {key}: 'bse' names no model; models: \['base'\]"):
+        runner.evaluate_config(cfg(**{key: "bse"}), where="eval.yaml")

@@ -72,7 +72,7 @@ def test_config_errors(tiny_models, tmp_path):
     with pytest.raises(ConfigError, match=r"models\[1\]: unknown key\(s\) \['decodr'\]"):
         evaluate_config({**config(tiny_models), "models": [{"name": "a", "path": tiny_models[0]},
                                                            {"name": "b", "path": tiny_models[0], "decodr": "bon"}]})
-    with pytest.raises(ConfigError, match="baseline/reference"):
+    with pytest.raises(ConfigError, match=r"baseline: 'nobody' names no model; models: \["):
         evaluate_config(config(tiny_models, baseline="nobody"))
     with pytest.raises(ConfigError, match="unknown judge kind"):
         build_judge({"kind": "oracle"}, "cfg")

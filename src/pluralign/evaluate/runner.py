@@ -178,6 +178,19 @@ def _model_path(spec: str) -> str:
     return spec
 
 
+def _check_decoder(name: Any, where: str) -> None:
+    """A misspelt decoder stopped the run only when its entry's turn came, after the entries before it had
+    generated, and without naming the file or entry."""
+    if name is None:
+        return
+    from pluralign.decode.api import get
+
+    try:
+        get(name)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
 def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: str = "<config>") -> dict:
     """Responses of one model entry, decoded through its conditioning scheme (RiC, heads, soups, …) with
     the entry's controls; for a decoder that names the distribution it drew from (plain sampling, the
@@ -247,13 +260,15 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
         unknown = sorted(set(m) - MODEL_KEYS)  # a misspelt 'decoder' would evaluate the plain model
         _require(not unknown, f"{where}: models[{i}]", f"unknown key(s) {unknown}; known: {sorted(MODEL_KEYS)}")
         _check_model_path(m["path"], f"{where}: models[{i}].path")
+        _check_decoder(m.get("decoder"), f"{where}: models[{i}].decoder")
     names = [m["name"] for m in models]
     _require(len(set(names)) == len(names), where, "model names must be unique")
     metrics = cfg.get("metrics", list(METRICS))
     bad = sorted(set(metrics) - set(METRICS))
     _require(not bad, where, f"unknown metric(s) {bad}; known: {list(METRICS)}")
     baseline, reference = cfg.get("baseline", names[0]), cfg.get("reference", names[0])
-    _require(baseline in names and reference in names, where, "baseline/reference must name a model")
+    for key, value in (("baseline", baseline), ("reference", reference)):
+        _require(value in names, f"{where}: {key}", f"{value!r} names no model; models: {names}")
     n_boot = _bootstrap(cfg, where)
     groups = []
     if "per_group" in metrics and cfg.get("population"):
