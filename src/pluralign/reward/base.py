@@ -127,6 +127,17 @@ class TextEncoder(nn.Module):
         return torch.cat(out) if out else torch.zeros(0, self.dim, device=device)
 
 
+def check_pairs(prompts: Any, responses: Any) -> None:
+    """A `ConfigError` naming the argument for a lone text where a list belongs (a text is a sequence too:
+    `score("hi", "yo")` scored each character as a pair) or for lists of different lengths."""
+    from pluralign.decode.api import check_prompts
+
+    check_prompts(prompts)
+    check_prompts(responses, "responses")
+    if len(prompts) != len(responses):
+        raise ConfigError(f"score: {len(prompts)} prompts but {len(responses)} responses", field="responses")
+
+
 def _encoder_inputs(batch: dict, prefix: str = "") -> dict[str, torch.Tensor]:
     """The token tensors of a collated batch (padded or packed) that `TextEncoder.forward` reads."""
     keys = ("input_ids", "attention_mask", "position_ids", "seq_lengths")
@@ -180,16 +191,13 @@ class RewardModel(nn.Module):
     def score(self, prompts: Sequence[Any], responses: Sequence[Any], user: Any = None) -> torch.Tensor:
         """Rewards [N, n_objectives] of each (prompt, response); `user` selects a per-user model where the
         model has them (PAL) or weights the objectives (multi-objective)."""
-        if len(prompts) != len(responses):
-            raise ConfigError(f"score: {len(prompts)} prompts but {len(responses)} responses")
-        was_training = self.training
-        self.eval()
-        try:
+        from pluralign.decode.sampler import eval_mode
+
+        check_pairs(prompts, responses)
+        with eval_mode(self):  # each sub-module's mode restored: a backbone held in eval stays so
             feats = self.features(prompts, responses)
             prompt = self.features(prompts) if self.needs_prompt else None
             return self.rewards(feats, prompt, user=user).float().cpu()
-        finally:
-            self.train(was_training)
 
     # --- persistence
     def save(self, out_dir: str | Path) -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from pluralign.errors import ConfigError
+from pluralign.reward.base import check_pairs
 from pluralign.runs import atomic_write_json
 
 
@@ -33,9 +34,11 @@ class EnsembleScores:
 
 def member_scores(model: Any, prompts: Sequence[Any], responses: Sequence[Any], user: Any = None) -> torch.Tensor:
     """[M, N, n] scores: one row per ensemble member. A BT model with n_heads > 1 contributes one member per head."""
+    from pluralign.decode.sampler import eval_mode
+
+    check_pairs(prompts, responses)
     if getattr(model, "model_type", None) == "bt" and getattr(model, "n_heads", 1) > 1:
-        with torch.no_grad():
-            model.eval()
+        with torch.no_grad(), eval_mode(model):  # the caller's model comes back in the mode it was in
             heads = model.head_rewards(model.features(prompts, responses)).float().cpu()  # [N, M]
         return heads.T[:, :, None]
     s = torch.as_tensor(model.score(prompts, responses, user=user), dtype=torch.float)

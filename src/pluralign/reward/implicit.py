@@ -61,15 +61,20 @@ class ImplicitRewardModel:
 
     @torch.no_grad()
     def score(self, prompts: Sequence[Any], responses: Sequence[Any], user: Any = None) -> torch.Tensor:
+        from pluralign.decode.sampler import eval_mode
         from pluralign.models.logprobs import sequence_logps
+        from pluralign.reward.base import check_pairs
 
+        check_pairs(prompts, responses)
         out = []
         for i in range(0, len(prompts), self.batch_size):
             batch = self._batch(prompts[i:i + self.batch_size], responses[i:i + self.batch_size])
             device = next(self.policy.parameters()).device
             batch = {k: v.to(device) for k, v in batch.items()}
-            pol, n = sequence_logps(self.policy, batch)
-            ref = sequence_logps(self.reference, batch)[0] if self.form == "ratio" else None
+            # no dropout in the scores of a policy still in training; its modes come back as they were
+            with eval_mode(self.policy, *([self.reference] if self.form == "ratio" else [])):
+                pol, n = sequence_logps(self.policy, batch)
+                ref = sequence_logps(self.reference, batch)[0] if self.form == "ratio" else None
             out.append(implicit_reward(pol.float(), None if ref is None else ref.float(), n, beta=self.beta, form=self.form))
         return (torch.cat(out) if out else torch.zeros(0)).cpu()[:, None]
 

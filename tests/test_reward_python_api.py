@@ -1,0 +1,53 @@
+"""`pluralign.reward` as a notebook calls it: a caller's mistakes (a lone text where a list belongs, weights
+that are a name or NaN, texts where features belong) are `ConfigError`s naming the argument, and scoring
+leaves the caller's model in the modes it was in."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pluralign.errors import ConfigError
+from pluralign.reward import BTRewardModel, Ensemble, MultiObjectiveRewardModel, PALRewardModel, TextEncoder, adapt_user
+
+
+@pytest.fixture(scope="module")
+def bt(tiny_backbone):
+    from pluralign.models.load import load_model, load_tokenizer
+
+    encoder = TextEncoder(load_model(str(tiny_backbone)), load_tokenizer(str(tiny_backbone)))
+    return BTRewardModel(encoder, n_heads=2)
+
+
+@pytest.mark.parametrize("prompts, responses, field", [
+    ("question cat", "good ok", "prompts"),       # equal lengths: used to score each character as a pair
+    (["question cat"], "good", "responses"),
+])
+def test_score_refuses_a_lone_text(bt, prompts, responses, field):
+    for score in (bt.score, Ensemble([bt]).score):
+        with pytest.raises(ConfigError, match=f"{field}: expected a list") as e:
+            score(prompts, responses)
+        assert e.value.field == field
+
+
+def test_scoring_restores_every_sub_module_mode(bt):
+    bt.train()
+    bt.encoder.backbone.eval()  # a backbone held frozen in eval inside a reward model in training
+    modes = [m.training for m in bt.modules()]
+    bt.score(["question cat"], ["good ok"])
+    assert [m.training for m in bt.modules()] == modes
+    Ensemble([bt]).score(["question cat"], ["good ok"])  # its head-ensemble path used to leave it in eval
+    assert [m.training for m in bt.modules()] == modes
+
+
+def test_implicit_reward_scores_a_policy_in_training_without_dropout(tiny_backbone):
+    from pluralign.models.load import load_model, load_tokenizer
+    from pluralign.reward import ImplicitRewardModel
+
+    policy = load_model(str(tiny_backbone)).train()
+    seen = []
+    policy.register_forward_hook(lambda m, i, o: seen.append(m.training))
+    ImplicitRewardModel(policy, load_tokenizer(str(tiny_backbone)), form="sum").score(["question cat"], ["good"])
+    assert seen == [False] and policy.training  # scored in eval, handed back in training
+    with pytest.raises(ConfigError, match="prompts: expected a list"):
+        ImplicitRewardModel(policy, load_tokenizer(str(tiny_backbone)), form="sum").score("question", "good")
