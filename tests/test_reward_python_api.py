@@ -40,6 +40,21 @@ def test_scoring_restores_every_sub_module_mode(bt):
     assert [m.training for m in bt.modules()] == modes
 
 
+@pytest.mark.parametrize("user, message", [
+    ("helpful", "user: expected numbers"),                # used to be torch's TypeError
+    ([float("nan"), 1.0], "user: values must be finite"),  # used to score NaN
+    ([1.0, 0.0, 0.0], "user: 3 value"),
+    ({"helpfull": 1.0}, r"user: unknown objective\(s\) \['helpfull'\]"),
+])
+def test_multi_objective_weights_are_checked(user, message):
+    model = MultiObjectiveRewardModel(None, ["helpful", "harmless"], feature_dim=4)
+    feats = torch.randn(3, 4)
+    with pytest.raises(ConfigError, match=message):
+        model.rewards(feats, user=user)
+    both = model.rewards(feats)
+    torch.testing.assert_close(model.rewards(feats, user="helpful=1,harmless=-1")[:, 0], both[:, 0] - both[:, 1])
+
+
 def test_implicit_reward_scores_a_policy_in_training_without_dropout(tiny_backbone):
     from pluralign.models.load import load_model, load_tokenizer
     from pluralign.reward import ImplicitRewardModel

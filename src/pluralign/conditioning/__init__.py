@@ -81,7 +81,7 @@ class Condition:
 def weights_of(value: Any, objectives: Sequence[str], field: str = "weights") -> np.ndarray:
     """Objective weights as a float64 vector on the simplex, from a sequence in objective order or a
     {objective: weight} mapping (missing objectives weigh 0). Raises `ConfigError` naming `field`."""
-    vec = _vector(value, objectives, field)
+    vec = vector_of(value, objectives, field)
     if np.any(vec < 0):
         raise ConfigError(f"{field}: weights must be non-negative, got {_show(vec, objectives)}")
     total = float(vec.sum())
@@ -92,14 +92,16 @@ def weights_of(value: Any, objectives: Sequence[str], field: str = "weights") ->
 
 def direction_of(value: Any, objectives: Sequence[str], field: str = "direction") -> np.ndarray:
     """A preference direction (DPA) as a unit vector; any sign is allowed, norm 0 is an error."""
-    vec = _vector(value, objectives, field)
+    vec = vector_of(value, objectives, field)
     norm = float(np.linalg.norm(vec))
     if norm == 0:
         raise ConfigError(f"{field}: the direction has norm 0; give a non-zero vector over {list(objectives)}")
     return vec / norm
 
 
-def _vector(value: Any, objectives: Sequence[str], field: str) -> np.ndarray:
+def vector_of(value: Any, objectives: Sequence[str], field: str) -> np.ndarray:
+    """One finite number per objective, any sign, from a sequence in objective order, a {objective: value}
+    mapping (missing objectives 0) or text ('0.7,0.3', 'a=0.7'). Raises `ConfigError` naming `field`."""
     if not objectives:
         raise ConfigError(f"{field}: this model has no objectives to weigh")
     if isinstance(value, str):
@@ -180,7 +182,7 @@ class Scheme:
         """A validated Condition from raw values (`field` prefixes error messages, e.g. 'request 3: ')."""
         w = tuple(weights_of(weights, self.objectives, field + "weights")) if weights is not None else None
         d = tuple(direction_of(direction, self.objectives, field + "direction")) if direction is not None else None
-        s = tuple(_vector(scores, self.objectives, field + "scores")) if scores is not None else None
+        s = tuple(vector_of(scores, self.objectives, field + "scores")) if scores is not None else None
         return Condition(w, d, None if user is None else str(user), None if group is None else str(group), s)
 
     def condition_of(self, record: Any) -> Condition:

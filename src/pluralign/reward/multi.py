@@ -14,13 +14,13 @@ K_present · Σ_t λ_t · Σ_{i∈t} ℓ_i / n, i.e. MORE's `more_ranking_loss`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from pluralign.errors import ConfigError
+from pluralign.conditioning import vector_of
 from pluralign.models.heads import RewardHead
 from pluralign.reward.base import RewardModel, TextEncoder, register
 
@@ -44,16 +44,12 @@ class MultiObjectiveRewardModel(RewardModel):
         return {"head_hidden": self.head_hidden, "seed": self.seed}
 
     def weights(self, user: Any) -> torch.Tensor:
-        """Objective weights [m] from a mapping {objective: weight} (missing = 0) or a sequence."""
-        if isinstance(user, Mapping):
-            unknown = set(user) - set(self.objectives)
-            if unknown:
-                raise ConfigError(f"weights name unknown objectives {sorted(unknown)}; known: {self.objectives}")
-            return torch.tensor([float(user.get(k, 0.0)) for k in self.objectives])
-        w = torch.as_tensor(user, dtype=torch.float).flatten()
-        if w.numel() != len(self.objectives):
-            raise ConfigError(f"{w.numel()} weights for {len(self.objectives)} objectives {self.objectives}")
-        return w
+        """Objective weights [m] from a mapping {objective: weight} (missing = 0), a sequence or text
+        ('a=0.7,b=0.3'); any sign (a direction). A name, wrong length or NaN is a `ConfigError` naming
+        `user` (a lone name reached torch as a TypeError, and NaN weights scored NaN)."""
+        if isinstance(user, torch.Tensor):
+            user = user.flatten().tolist()
+        return torch.as_tensor(vector_of(user, self.objectives, "user"), dtype=torch.float)
 
     def rewards(self, features: torch.Tensor, prompt_features: torch.Tensor | None = None, user: Any = None) -> torch.Tensor:
         r = self.head(features)
