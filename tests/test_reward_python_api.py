@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from pluralign.errors import ConfigError
-from pluralign.reward import BTRewardModel, Ensemble, MultiObjectiveRewardModel, PALRewardModel, TextEncoder, adapt_user
+from pluralign.reward import (
+    BTRewardModel,
+    Ensemble,
+    MultiObjectiveRewardModel,
+    PALRewardModel,
+    TextEncoder,
+    adapt_user,
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +60,21 @@ def test_multi_objective_weights_are_checked(user, message):
         model.rewards(feats, user=user)
     both = model.rewards(feats)
     torch.testing.assert_close(model.rewards(feats, user="helpful=1,harmless=-1")[:, 0], both[:, 0] - both[:, 1])
+
+
+def test_pal_user_mistakes_name_the_argument():
+    model = PALRewardModel(None, feature_dim=4, dim=3, user_ids=["ann", "bob"])
+    feats, prompt = torch.randn(5, 4), torch.randn(5, 4)
+    with pytest.raises(ConfigError, match="user: expected a user id"):  # used to be torch's ValueError
+        model.rewards(feats, prompt, user=["ann", "bob"])
+    with pytest.raises(ConfigError, match="prompt: a PAL-B model") as e:  # used to be a TypeError in nn.Linear
+        adapt_user(model, "cat", feats, feats.flip(0), steps=1)
+    assert e.value.field == "prompt"
+    with pytest.raises(ConfigError, match="chosen: expected features"):
+        adapt_user(model, "cat", ["good"], ["bad"], ["question"], steps=1)
+    assert model.user_ids == ["ann", "bob"]  # a refused call adds no user
+    mix = adapt_user(model, "cat", feats, feats.flip(0), prompt, steps=2)
+    assert model.user_ids[-1] == "cat" and torch.allclose(mix.sum(), torch.tensor(1.0))
 
 
 def test_implicit_reward_scores_a_policy_in_training_without_dropout(tiny_backbone):

@@ -98,7 +98,11 @@ class PALRewardModel(RewardModel):
             return self.mixture_of(self.user_logits).mean(0)
         if isinstance(user, (str, int)) and not isinstance(user, bool):
             return self.mixture_of(self.user_logits[self.user_index(user)])
-        mix = torch.as_tensor(user, dtype=torch.float, device=self.user_logits.device).flatten()
+        try:
+            mix = torch.as_tensor(user, dtype=torch.float, device=self.user_logits.device).flatten()
+        except (TypeError, ValueError):  # e.g. a list of user ids, which torch refused as "too many dimensions 'str'"
+            raise ConfigError(f"user: expected a user id, a user index or a mixture of {self.k} weights, got {user!r}; "
+                              "score one user at a time, or use group_mixture(users) for a group", field="user") from None
         if mix.numel() != self.k or (mix < 0).any() or abs(float(mix.sum()) - 1) > 1e-4:
             raise ConfigError(f"a PAL mixture must be {self.k} non-negative weights summing to 1, got {mix.tolist()}")
         return mix
@@ -191,6 +195,13 @@ def adapt_user(model: PALRewardModel, user_id: str, chosen: torch.Tensor, reject
     """Few-shot adaptation (PAL stage 'new_user'): fit ONLY the new user's logits W_u on its labelled pairs
     (chosen / rejected item features [n, H], prompt features [n, H] for PAL-B). Every other parameter —
     including the other users' rows of W — stays bit-identical. Returns the learned mixture [K]."""
+    for name, value in (("chosen", chosen), ("rejected", rejected), ("prompt", prompt)):
+        if value is not None and not isinstance(value, torch.Tensor):  # texts reached nn.Linear as a TypeError
+            raise ConfigError(f"{name}: expected features [n, H] (model.features(prompts, responses)), got "
+                              f"{type(value).__name__}", field=name)
+    if model.variant != "a" and prompt is None:
+        raise ConfigError("prompt: a PAL-B model (prompt-conditioned prototypes) needs the prompts' features, "
+                          "model.features(prompts)", field="prompt")
     idx = model.add_user(user_id, seed=seed)
     with torch.no_grad():  # shared parts are constants here: compute them once
         ideal_each = None if model.variant == "a" else model.prototype_proj(prompt).view(-1, model.k, model.dim)
