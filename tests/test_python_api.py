@@ -114,3 +114,33 @@ def test_eval_mode_restores_every_sub_module_as_it_was():
     with eval_mode(model):
         assert not any(m.training for m in model.modules())
     assert [m.training for m in model.modules()] == [True, True, True, False]
+
+
+@pytest.mark.parametrize("recipe, cls", [("run_soup", "SoupConfig"), ("run_dpa", "DPAConfig"), ("run_map", "MAPConfig")])
+def test_steerable_recipes_take_a_mapping_config(monkeypatch, recipe, cls):
+    """They used to fail on a mapping with an AttributeError ('dict' object has no attribute 'objectives')."""
+    from pluralign.train.recipes import steerable
+
+    monkeypatch.setattr(steerable, "_need", lambda *a: (_ for _ in ()).throw(RuntimeError("configured")))
+    monkeypatch.setattr(steerable, "run_preference", lambda config: config)
+    with pytest.raises((RuntimeError, ConfigError)) as e:
+        getattr(steerable, recipe)({"model": "m", "data": ["d"], "objectives": {"names": ["a", "b"]}} if recipe == "run_soup"
+                                   else {"model": "m", "palette": {"a": 1.0}} if recipe == "run_map"
+                                   else {"model": "m", "objectives": ["a", "b"]}, output_dir="runs/x")
+    assert "configured" in str(e.value)
+    with pytest.raises(ConfigError, match=f"config: expected a {cls}"):
+        getattr(steerable, recipe)(42)
+
+
+def test_reward_recipe_takes_a_mapping_and_refuses_a_lone_path(monkeypatch, tmp_path):
+    from pluralign.train.recipes import reward
+
+    monkeypatch.setattr(reward, "train_records", lambda config, records, *a, **k: (None, config))
+    monkeypatch.setattr(reward, "_read_all", lambda paths: [])
+    config = reward.run({"model": "m", "data": "pairs.jsonl"}, model_type="pal")
+    assert (config.model_type, config.loop.step_limit) == ("pal", reward.STEP_LIMITS["pal"])
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="records: expected a list of records, got str") as e:
+        reward.train_records({"model": "m", "output_dir": str(tmp_path / "o")}, "pairs.jsonl")
+    assert e.value.field == "records" and not (tmp_path / "o").exists()
+

@@ -20,10 +20,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import sys
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pluralign.config import option
 from pluralign.data.convert import judged_to_binary, pairwise_to_binary, ranked_to_pairwise
@@ -159,8 +161,12 @@ class RewardConfig(ModelTrainingConfig):
             self.loop = dataclasses.replace(self.loop, step_limit=STEP_LIMITS[self.model_type])
 
 
-def run(config: RewardConfig) -> RecipeResult:
-    """Train the configured reward model; the model is saved in `<output_dir>/model`."""
+def run(config: Any = None, **kwargs: Any) -> RecipeResult:
+    """Train the configured reward model (a `RewardConfig`, a mapping of its fields or a YAML path, overridden
+    by keyword arguments: `pluralign.train.config_of`); the model is saved in `<output_dir>/model`."""
+    from pluralign.train import config_of
+
+    config = config_of(RewardConfig, config, kwargs)
     if not config.data:
         raise ConfigError("data: give a training feedback file")
     eval_records = _read_all(config.eval_data) if config.eval_data else None
@@ -172,9 +178,17 @@ def _read_all(paths: str | list[str]) -> list:
     return [r for path in ([paths] if isinstance(paths, str) else paths) for r in read_records(path)]
 
 
-def train_records(config: RewardConfig, records: list, eval_records: list | None = None, *,
+def train_records(config: Any, records: list, eval_records: list | None = None, *,
                   source: str = "<records>") -> tuple[RewardModel, RecipeResult]:
-    """Train on in-memory records (e.g. sandbox feedback); returns (model, where everything is)."""
+    """Train on in-memory records (e.g. sandbox feedback); returns (model, where everything is). `config`:
+    a `RewardConfig`, a mapping of its fields or a YAML path."""
+    from pluralign.train import config_of
+
+    config = config_of(RewardConfig, config, {})
+    for name, value in (("records", records), ("eval_records", eval_records)):
+        if value is not None and (isinstance(value, str | os.PathLike | Mapping) or not isinstance(value, Iterable)):
+            raise ConfigError(f"{name}: expected a list of records, got {type(value).__name__}; a file is read by "
+                              "run(data=[path]) or pluralign.data.io.read_records", field=name)
     if not config.model:
         raise ConfigError("model: give a backbone directory or hub id")
     run_dir = RunDir(config.output_dir)

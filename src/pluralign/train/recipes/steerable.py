@@ -60,9 +60,14 @@ class DPAConfig(ModelTrainingConfig):
             raise ConfigError(f"'angles' must be [low, high] in degrees with low <= high, got {self.angles}")
 
 
-def run_dpa(config: DPAConfig) -> RecipeResult:
+def run_dpa(config: Any = None, **kwargs: Any) -> RecipeResult:
+    """DPA from a `DPAConfig`, a mapping of its fields or a YAML path, overridden by keyword arguments
+    (`pluralign.train.config_of`: a mapping used to fail with an AttributeError)."""
     from pluralign.data.io import read_records
+    from pluralign.train import config_of
     from pluralign.train.steerable import dpa
+
+    config = config_of(DPAConfig, config, kwargs)
 
     _need(config.model, "model", "a local model directory or a hub id")
     _need(config.data, "data", "one or more files of prompts")
@@ -111,13 +116,17 @@ def _preference(config: PreferenceConfig, **changes: Any) -> PreferenceConfig:
     return PreferenceConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(PreferenceConfig)} | changes)
 
 
-def run_soup(config: SoupConfig) -> RecipeResult:
+def run_soup(config: Any = None, **kwargs: Any) -> RecipeResult:
+    """A rewarded (or joint) soup from a `SoupConfig`, a mapping of its fields or a YAML path, overridden by
+    keyword arguments (`pluralign.train.config_of`)."""
     from pluralign.data.io import read_records, write_records
     from pluralign.models.soup import save_soup
     from pluralign.runs import RunDir
+    from pluralign.train import config_of
     from pluralign.train.loop import announce_config
     from pluralign.train.recipes.preference import KINDS
 
+    config = config_of(SoupConfig, config, kwargs)
     names = config.objectives.names
     if len(names) < 2:
         raise ConfigError(f"'objectives.names': a soup needs at least two objectives, got {names}")
@@ -162,10 +171,15 @@ class MAPConfig(PreferenceConfig):
     palette_quantiles: dict[str, float] = option(default_factory=dict, help="Targets as quantiles in [0, 1] of each objective's ratings in `data` (e.g. {conciseness: 0.7}); used for objectives absent from `palette`.")
 
 
-def run_map(config: MAPConfig) -> RecipeResult:
+def run_map(config: Any = None, **kwargs: Any) -> RecipeResult:
+    """MAP from a `MAPConfig`, a mapping of its fields or a YAML path, overridden by keyword arguments
+    (`pluralign.train.config_of`)."""
     from pluralign.data.io import read_records, write_records
     from pluralign.runs import atomic_write_json
+    from pluralign.train import config_of
     from pluralign.train.steerable import palette_pairs
+
+    config = config_of(MAPConfig, config, kwargs)
 
     names = list(dict.fromkeys([*config.palette, *config.palette_quantiles]))
     if not names:
