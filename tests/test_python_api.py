@@ -144,3 +144,8 @@ def test_reward_recipe_takes_a_mapping_and_refuses_a_lone_path(monkeypatch, tmp_
         reward.train_records({"model": "m", "output_dir": str(tmp_path / "o")}, "pairs.jsonl")
     assert e.value.field == "records" and not (tmp_path / "o").exists()
 
+
+def test_modpo_without_a_margin_reward_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="set objectives.names and objectives.margin_reward") as e:  # was a TypeError
+        run_preference(model="m", data=["d"], loss="modpo", objectives={"names": ["a", "b"]}, output_dir=str(tmp_path / "o"))
+    assert e.value.field == "objectives.margin_reward"

@@ -241,6 +241,11 @@ def _check_inputs(config: PreferenceConfig, info: losses.LossInfo) -> None:
         raise ConfigError(f"udm weights undesirable examples of an unpaired loss (bco, kto); loss '{info.name}' is {info.kind}")
     if config.history_models and "history_chosen_logps" not in info.inputs:
         raise ConfigError(f"history_models are the opponents of mnpo; loss '{info.name}' does not read them")
+    reads_margins = "chosen_margin_rewards" in info.inputs
+    if reads_margins and not (config.objectives.names and config.objectives.margin_reward):
+        # without both, the margins never reach the loss and it failed with a TypeError on its missing argument
+        raise ConfigError(f"loss '{info.name}' reads each pair's margin from the other objectives: set objectives.names "
+                          "and objectives.margin_reward (a reward source scoring them)", field="objectives.margin_reward")
 
 
 def _prefixed(values: Tensors | None, prefix: str) -> Tensors:
