@@ -88,3 +88,15 @@ def test_dollar_signs_in_names_do_not_reach_math_text(tmp_path, name):
     out = tmp_path / "report.html"
     assert main(["report", str(run), "--out", str(out)]) == 0
     assert out.read_text().count("data:image/png;base64,") >= 4
+
+
+def test_a_lone_run_directory_or_results_dict_is_named(tmp_path):
+    from pluralign.evaluate.report import load_run_dirs, merge_results
+
+    (tmp_path / "results.json").write_text(json.dumps({"runs": [{"name": "a", "kl": 1.0, "reward": 0.5}]}))
+    with pytest.raises(ConfigError, match="paths: expected a list of run directories") as e:  # read per character
+        load_run_dirs(str(tmp_path))
+    assert e.value.field == "paths"
+    with pytest.raises(ConfigError, match="parts: expected a list of results dicts, got dict"):  # was AttributeError
+        merge_results({"runs": []})
+    assert load_run_dirs([tmp_path])["runs"][0]["name"] == "a"

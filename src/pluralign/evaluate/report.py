@@ -39,7 +39,7 @@ import html
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -327,6 +327,9 @@ def merge_results(parts: Sequence[dict], sources: Sequence[str] | None = None) -
     """Concatenate the list sections of several results dicts; the first title/description/pareto wins.
     Parts whose runs were scored by different judges are refused (a ConfigError naming `sources`, the
     parts' files or directories)."""
+    if isinstance(parts, Mapping) or not isinstance(parts, Sequence) or not all(isinstance(p, Mapping) for p in parts):
+        # a lone results dict was iterated by its keys and failed with "'str' object has no attribute 'get'"
+        raise ConfigError(f"parts: expected a list of results dicts, got {type(parts).__name__}", field="parts")
     _check_one_judge(parts, sources or [f"results #{i + 1}" for i in range(len(parts))])
     out: dict[str, Any] = {k: [] for k in LIST_KEYS}
     for part in parts:
@@ -368,4 +371,7 @@ def load_run_dir(path: str | os.PathLike) -> dict:
 
 def load_run_dirs(paths: Sequence[str | os.PathLike]) -> dict:
     """Merged results of several run directories (all scored by one judge: see `merge_results`)."""
+    if isinstance(paths, str | os.PathLike):  # a lone path was read one character at a time ("/: neither …")
+        raise ConfigError(f"paths: expected a list of run directories, got the path {str(paths)!r}; wrap it in a list",
+                          field="paths")
     return merge_results([load_run_dir(p) for p in paths], [str(p) for p in paths])
