@@ -655,7 +655,8 @@ def test_weight_conditioned_dpo_on_signed_pairs_steers_by_the_stated_weights(tmp
      "conditioning scheme 'joint_soup' has no parameter ['alphaa'] (did you mean 'alpha'?); its parameters: alpha, vertex_prob, seed"),
     (["objectives.conditioning=system_message", "objectives.conditioning_params={noise: 1}"],
      "conditioning scheme 'system_message' has no parameter ['noise']; its parameters: none"),
-    (["objectives.margin_reward=no_such_module:fn"], "objectives.margin_reward no_such_module:fn: cannot import fn"),
+    (["loss=modpo", "objectives.margin_reward=no_such_module:fn"], "objectives.margin_reward no_such_module:fn: cannot import fn"),
+    (["objectives.margin_reward=gold"], "objectives.margin_reward gives MODPO its margins; loss 'dpo' does not read them"),
 ])
 def test_bad_objective_settings_exit_2_before_anything_loads_or_is_written(tmp_path, capsys, settings, message):
     data = _weighted_pairs(tmp_path / "pairs.jsonl")

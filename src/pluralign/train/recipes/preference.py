@@ -246,6 +246,9 @@ def _check_inputs(config: PreferenceConfig, info: losses.LossInfo) -> None:
         # without both, the margins never reach the loss and it failed with a TypeError on its missing argument
         raise ConfigError(f"loss '{info.name}' reads each pair's margin from the other objectives: set objectives.names "
                           "and objectives.margin_reward (a reward source scoring them)", field="objectives.margin_reward")
+    if config.objectives.margin_reward and not reads_margins:  # it would score every pair for nothing
+        raise ConfigError(f"objectives.margin_reward gives MODPO its margins; loss '{info.name}' does not read them "
+                          "(use loss=modpo, or leave margin_reward unset)", field="objectives.margin_reward")
 
 
 def _prefixed(values: Tensors | None, prefix: str) -> Tensors:
