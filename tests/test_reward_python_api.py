@@ -4,6 +4,8 @@ leaves the caller's model in the modes it was in."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -88,3 +90,20 @@ def test_implicit_reward_scores_a_policy_in_training_without_dropout(tiny_backbo
     assert seen == [False] and policy.training  # scored in eval, handed back in training
     with pytest.raises(ConfigError, match="prompts: expected a list"):
         ImplicitRewardModel(policy, load_tokenizer(str(tiny_backbone)), form="sum").score("question", "good")
+
+
+@pytest.mark.parametrize("records, message", [
+    ([__import__("pluralign.data", fromlist=["Rated"]).Rated("q", "a", {"helpful": 1.0})] * 4,
+     "objectives: no record of <records> rates 'safe'; they hold ['helpful']"),
+    ([__import__("pluralign.data", fromlist=["Pairwise"]).Pairwise("q", "a", "b", objective="helpful")] * 4,
+     "objectives: no record of <records> is a pair of 'safe'; they hold ['helpful']"),
+])
+def test_a_multi_objective_head_with_no_data_is_refused(tiny_backbone, tmp_path, records, message):
+    # the head of an objective no record covers was fitted on nothing, without a word
+    from pluralign.train.recipes.reward import train_records
+
+    config = {"model": str(tiny_backbone), "model_type": "multi", "objectives": ["helpful", "safe"],
+              "output_dir": str(tmp_path / "rm"), "loop": {"max_steps": 1, "progress": False}}
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        train_records(config, records)
+    assert e.value.field == "objectives"

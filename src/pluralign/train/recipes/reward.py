@@ -274,9 +274,18 @@ def _build(config: RewardConfig, encoder: TextEncoder, records: list, source: st
     raise ConfigError(f"unknown model_type {t!r}")
 
 
+def _check_covered(objectives: list[str], seen: set, source: str, verb: str) -> None:
+    """Each configured objective needs training data: its head would be fitted on nothing, without a word."""
+    missing = [o for o in objectives if o not in seen]
+    if missing:
+        raise ConfigError(f"objectives: no record of {source} {verb} {', '.join(map(repr, missing))}; they hold "
+                          f"{sorted(map(str, seen - {None}))}", field="objectives")
+
+
 def _build_multi(config: RewardConfig, encoder: TextEncoder, records: list, source: str):
     if records and all(isinstance(r, Rated) for r in records):
         objectives = config.objectives or sorted({k for r in records for k in r.ratings})
+        _check_covered(objectives, {k for r in records for k in r.ratings}, source, "rates")
         model = MultiObjectiveRewardModel(encoder, objectives, head_hidden=config.head_hidden, seed=config.seed)
         step = functools.partial(multi_regression_step, weighting=config.task_weighting)
         return model, rdata.rated_items(records, objectives), step, rdata.point_collate(encoder), None
@@ -284,6 +293,8 @@ def _build_multi(config: RewardConfig, encoder: TextEncoder, records: list, sour
     objectives = config.objectives or sorted({r.objective for r in pairs if r.objective is not None})
     if not objectives:
         raise ConfigError(f"{source}: multi-objective pairs need an `objective` field (or set objectives=...)")
+    if len(objectives) > 1:
+        _check_covered(objectives, {r.objective for r in pairs}, source, "is a pair of")
     model = MultiObjectiveRewardModel(encoder, objectives, head_hidden=config.head_hidden, seed=config.seed)
     items = rdata.pair_items(pairs, objectives=objectives, source=source)
     step = functools.partial(multi_pair_step, weighting=config.task_weighting)
