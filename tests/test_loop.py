@@ -101,6 +101,28 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     assert all(b[s] == a[s] for s in range(7, 13))
 
 
+def test_resumed_run_writes_the_metrics_rows_of_an_uninterrupted_one(tmp_path):
+    """Rows a killed run logged after its last checkpoint are not duplicated, a log window open at the
+    checkpoint averages the same steps, and re-running a finished run adds no rows (no second final eval)."""
+    data, evals = make_data(24), make_data(5, seed=1)
+    config = cfg(batch_size=2, log_every=2, save_every=3, eval_every=4, keep_checkpoints=0)  # 12 steps
+    train(make_model(), data, collate, noisy_step, config, tmp_path / "straight", eval_dataset=evals, eval_step=nll_step)
+    with pytest.raises(Kill):  # dies in step 11: step-9 is the last checkpoint, rows of steps 10 were logged
+        train(make_model(), data, collate, killed_at(noisy_step, 11), config, tmp_path / "killed",
+              eval_dataset=evals, eval_step=nll_step)
+    assert [r["step"] for r in RunDir(tmp_path / "killed").read_metrics()][-1] == 10
+    for _ in range(2):  # resume, then the same command again once the run is finished
+        result = train(make_model(), data, collate, noisy_step, config, tmp_path / "killed", eval_dataset=evals,
+                       eval_step=nll_step)
+        assert result.global_step == 12
+
+    def rows(name):
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in RunDir(tmp_path / name).read_metrics()]
+
+    assert [r["step"] for r in rows("straight")] == [2, 4, 4, 6, 8, 8, 10, 12, 12]
+    assert rows("killed") == rows("straight")
+
+
 def test_max_steps_then_resume_to_the_end(tmp_path):
     data = make_data(16)
     # save_every beyond the run: no checkpoint along the way, a resumable one after the last step.

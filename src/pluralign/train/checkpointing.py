@@ -4,6 +4,7 @@ FSDP/DeepSpeed gather shards)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import yaml
 from accelerate import Accelerator
 
 from pluralign.errors import ConfigError
-from pluralign.runs import RunDir, atomic_write_text
+from pluralign.runs import RunDir, atomic_write_text, io_error
 from pluralign.train import state as ckpt
 from pluralign.train.parallel import model_state, optimizer_state
 
@@ -153,3 +154,36 @@ def save_checkpoint(accelerator, wrapped, optimizer, scheduler, stateful, traine
         raise
     accelerator.wait_for_everyone()
     return final
+
+
+class LoopLog:
+    """What the loop has logged, checkpointed with it (in extra.pt, as `LOOP_LOG`) so a resumed run writes
+    the rows an uninterrupted one would: the metrics of the steps since the last row (averaged into the
+    next one), the step of the last evaluation, and the length of metrics.jsonl at the save. Rows a
+    killed run appended after its last checkpoint are cut off on resume (the resumed run writes them
+    again); only the main process, which writes metrics.jsonl, cuts."""
+
+    def __init__(self, run: RunDir | None, main: bool):
+        self.run, self.main = run, main
+        self.window: dict[str, list[float]] = {}
+        self.evaluated_at = -1
+
+    def state_dict(self) -> dict[str, Any]:
+        path = self.run.metrics_path if self.run is not None else None
+        size = path.stat().st_size if path is not None and path.exists() else 0
+        return {"window": self.window, "evaluated_at": self.evaluated_at, "metrics_bytes": size}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is None:  # a checkpoint written before the loop's log was saved
+            return
+        self.window = {k: list(v) for k, v in state["window"].items()}
+        self.evaluated_at = state["evaluated_at"]
+        path = self.run.metrics_path if self.run is not None else None
+        if self.main and path is not None and path.exists() and path.stat().st_size > state["metrics_bytes"]:
+            try:
+                os.truncate(path, state["metrics_bytes"])
+            except OSError as e:
+                raise io_error(path, e) from None
+
+
+LOOP_LOG = "_loop_log"

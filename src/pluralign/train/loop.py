@@ -45,7 +45,9 @@ from pluralign.runs import RunDir, atomic_write_text
 from pluralign.train import state as ckpt
 from pluralign.train import trackers
 from pluralign.train.checkpointing import (
+    LOOP_LOG,
     OPTIMIZER_SETTINGS,
+    LoopLog,
     apply_hyperparameters,
     archive_config,
     check_compatible,
@@ -149,6 +151,7 @@ def train(
     accelerator = make_accelerator(config.grad_accum, config.mixed_precision, track,
                                    str(run.root / "trackers") if run is not None else None)
     rank, world = accelerator.process_index, accelerator.num_processes
+    log = stateful[LOOP_LOG] = LoopLog(run, accelerator.is_main_process)  # rows so far, resumed with the rest
     previous_config = read_config(run)
     accelerator.wait_for_everyone()  # every process read it before the main one replaces it: all judge alike
     if accelerator.is_main_process:
@@ -205,7 +208,7 @@ def train(
                               + ", ".join(changed))
             archive_config(run, previous_config, loaded.position.global_step)
         for name, obj in stateful.items():
-            obj.load_state_dict(loaded.extra[name])
+            obj.load_state_dict(loaded.extra[name] if name != LOOP_LOG else loaded.extra.get(name))
         if loaded.rng is not None:
             ckpt.restore_rng(loaded.rng)
         pos, resumed_from, last_ckpt = loaded.position, found, found
@@ -216,10 +219,7 @@ def train(
 
     # --- the loop
     bar = _progress(config, accelerator, total_steps, pos.global_step)
-    window: dict[str, list[float]] = {}
-    last: dict[str, float] = {}
-    eval_metrics: dict[str, float] = {}
-    evaluated_at = -1
+    last, eval_metrics = {}, {}  # of the last step, of the last evaluation
     wrapped.train()
     t0 = time.perf_counter()
     while pos.global_step < total_steps:
@@ -281,28 +281,29 @@ def train(
 
         last = reduced | {"lr": lr} | ({"grad_norm": grad_norm} if grad_norm is not None else {})
         for k, v in last.items():
-            window.setdefault(k, []).append(v)
+            log.window.setdefault(k, []).append(v)
         if bar is not None:
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k != "lr"}, refresh=False)
         if pos.global_step % max(config.log_every, 1) == 0 or pos.global_step == total_steps:
-            row = {k: sum(v) / len(v) for k, v in window.items()}
+            row = {k: sum(v) / len(v) for k, v in log.window.items()}
             row |= {"step": pos.global_step, "epoch": pos.epoch, "elapsed_s": round(time.perf_counter() - t0, 3)}
             if run is not None and accelerator.is_main_process:
                 run.log_metrics(row)
             trackers.log(accelerator, track, row, pos.global_step)
-            window = {}
+            log.window = {}
         if eval_dataset is not None and config.eval_every > 0 and pos.global_step % config.eval_every == 0:
             eval_metrics = _evaluate_and_log(wrapped, eval_dataset, eval_collate, eval_step, config, accelerator, run, pos,
                                              track, bar)
-            evaluated_at = pos.global_step
+            log.evaluated_at = pos.global_step
         if config.save_every > 0 and pos.global_step % config.save_every == 0 and pos.global_step < total_steps:
             last_ckpt = save() or last_ckpt
     if bar is not None:
         bar.close()
 
-    if eval_dataset is not None and evaluated_at != pos.global_step:
+    if eval_dataset is not None and log.evaluated_at != pos.global_step:
         eval_metrics = _evaluate_and_log(wrapped, eval_dataset, eval_collate, eval_step, config, accelerator, run, pos, track)
+        log.evaluated_at = pos.global_step
     # The end state is written only when resumable checkpoints were asked for: the optimizer state is twice
     # the trained weights, and a run that saves no checkpoints along the way has no use for it at the end.
     if run is not None and config.save_every > 0 and (
