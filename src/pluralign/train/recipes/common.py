@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from pluralign.config import option
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP
 from pluralign.errors import ConfigError
@@ -71,9 +73,11 @@ def load_trainable(config: ModelTrainingConfig, kind: str = "causal", *, frozen:
         # lora.r=8 alone would otherwise train every weight without a word
         warnings.warn("lora settings are given but use_lora is false: training all weights (set use_lora=true "
                       "to train LoRA adapters)", stacklevel=2)
-    model = load_model(config.model, kind=kind, dtype=config.dtype,
-                       lora=config.lora if config.use_lora and not frozen else None,
-                       gradient_checkpointing=config.gradient_checkpointing and not frozen)
+    with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are random: drawn from the run's seed
+        torch.manual_seed(getattr(getattr(config, "loop", None), "seed", 0))
+        model = load_model(config.model, kind=kind, dtype=config.dtype,
+                           lora=config.lora if config.use_lora and not frozen else None,
+                           gradient_checkpointing=config.gradient_checkpointing and not frozen)
     return model.to(process_state().device)
 
 

@@ -209,7 +209,9 @@ def build_method(config: OnlineConfig, tokenizer: Any, policy: Any) -> tuple[Any
     trainee = policy
     if config.advantage == "gae":
         base = policy.get_base_model() if is_peft_model(policy) else policy
-        trainee = PolicyWithValue(policy, hidden_size(base)).to(next(policy.parameters()).device)
+        with torch.random.fork_rng(devices=[]):  # the value head's initial weights: from the run's seed
+            torch.manual_seed(config.loop.seed)
+            trainee = PolicyWithValue(policy, hidden_size(base)).to(next(policy.parameters()).device)
     method = PolicyGradient(
         tokenizer=tokenizer, estimator=config.advantage, estimator_params=config.advantage_params,
         loss=config.policy_loss, loss_params=config.loss_params, aggregation=config.aggregation,
