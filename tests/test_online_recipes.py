@@ -188,6 +188,25 @@ def test_every_algorithm_trains_and_logs(base, tmp_path, algorithm):
         assert (tmp_path / "out" / "value_head.pt").exists()
 
 
+def test_a_kill_while_the_value_head_is_written_leaves_no_half_file(base, tmp_path, monkeypatch):
+    cfg = config(base, tmp_path, algorithm="ppo", loop={"max_steps": 2, "save_every": 2})
+    first = run(cfg, prompts=PROMPTS, reward_objects=[cat_reward])
+    before = (first.run_dir / "value_head.pt").read_bytes()
+
+    def dying(obj, f, *args, **kwargs):  # a write cut short: part of the file, then the interrupt
+        if hasattr(f, "write"):
+            f.write(b"half")
+        else:
+            open(f, "wb").write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying)
+    with pytest.raises(KeyboardInterrupt):  # the same command again: resumes at the end, saves again
+        run(cfg, prompts=PROMPTS, reward_objects=[cat_reward])
+    assert (first.run_dir / "value_head.pt").read_bytes() == before
+    assert not [p.name for p in first.run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_cli_trains_grpo_with_a_python_reward(base, tmp_path, monkeypatch, capsys):
     from pathlib import Path
 

@@ -29,7 +29,9 @@ from pluralign.online.opponents import Opponents
 from pluralign.online.policy_losses import LOSSES as POLICY_LOSSES
 from pluralign.online.rewards import RewardSpec, Source
 from pluralign.online.rollout import Prompt, RolloutConfig, make_backend, read_prompts
+from pluralign.runs import atomic_open
 from pluralign.train.loop import LoopConfig, train
+from pluralign.train.parallel import process_state
 from pluralign.train.recipes.common import (
     PolicyTrainingConfig,
     RecipeResult,
@@ -181,8 +183,9 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
     result = train(trainee, prompts, engine.collate, method.step, config.loop, out, stateful=engine.stateful(),
                    run_config=config, prepare_step=engine.prepare, steps_per_batch=engine.updates_per_rollout)
     saved = save_policy(policy, tokenizer, config, out, result)
-    if isinstance(trainee, PolicyWithValue):
-        torch.save(trainee.value_head.state_dict(), out / "value_head.pt")
+    if isinstance(trainee, PolicyWithValue) and process_state().is_main_process:
+        with atomic_open(out / "value_head.pt") as f:  # a kill mid-write leaves the previous file, not half of one
+            torch.save(trainee.value_head.state_dict(), f)
     return saved
 
 
