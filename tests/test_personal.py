@@ -230,6 +230,26 @@ def test_user_conditioned_dpo_then_a_new_user_with_the_policy_frozen(tiny, tmp_p
     assert resolve(index, user="bob") == "bob"
 
 
+def test_a_kill_while_the_vectors_are_written_leaves_no_model_without_them(tiny, tmp_path, monkeypatch):
+    """The person vectors are part of the model directory: written before it is renamed into place, so a
+    run stopped while they are written leaves no model/ that would load as an unconditioned policy."""
+    from pluralign.personal import conditioned
+
+    base, _, _ = tiny
+
+    def dying(model_dir, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conditioned, "save_vectors", dying)
+    cfg = from_kwargs(model=str(base), data=[_write(tmp_path / "pairs.jsonl", _opposed(8))], loss="dpo",
+                      output_dir=str(tmp_path / "cond"), loop=LOOP | {"num_epochs": 1},
+                      personal={"condition_on": "user"})
+    with pytest.raises(KeyboardInterrupt):
+        run_preference(cfg)
+    assert not (tmp_path / "cond" / "model").exists()
+    assert not [p.name for p in (tmp_path / "cond").iterdir() if p.name.startswith(".model")]
+
+
 def test_group_objective_and_bad_configs(tiny, tmp_path):
     base, _, _ = tiny
     data = _write(tmp_path / "pairs.jsonl", _opposed())

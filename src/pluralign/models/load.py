@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -119,14 +119,15 @@ def _peft_quietly() -> Iterator[None]:
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_lora: bool = True,
-               extra_files: Mapping[str, str] | None = None) -> Path:
+               extra_files: Mapping[str, str] | None = None, write: Callable[[Path], None] | None = None) -> Path:
     """Save ``model`` and ``tokenizer`` as a HF directory that `load_model` reads back.
 
     A peft model is saved with its adapters merged into the weights (``merge_lora=True``; the caller's
     model is left untouched, at the cost of a temporary copy) or as an adapter directory. The directory
     is written under a temporary name next to ``out_dir`` and renamed into place, so ``out_dir`` never
     holds a half-written model. ``extra_files`` ({name: text}) are written into it too (e.g. the
-    conditioning scheme, `pluralign.conditioning`).
+    conditioning scheme, `pluralign.conditioning`), and ``write(directory)`` adds what else belongs to the
+    model (a scheme's weights, person vectors) before the rename: the model appears whole or not at all.
     """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,6 +140,8 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
+        if write is not None:
+            write(tmp)
         follow_umask(tmp)
         _replace_dir(tmp, out)
     except BaseException:

@@ -5,6 +5,7 @@ opponents) for training, and saving the result."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -90,11 +91,12 @@ def load_frozen(path: str, config: PolicyTrainingConfig, packing: bool, role: st
 
 
 def save_policy(model: Any, tokenizer: Any, config: PolicyTrainingConfig, out: Path, result: TrainResult,
-                extra_files: dict[str, str] | None = None) -> RecipeResult:
+                extra_files: dict[str, str] | None = None, write: Callable[[Path], None] | None = None) -> RecipeResult:
     """Save the trained model to <out>/model (main process; `extra_files` {name: text} inside it, e.g. the
-    conditioning scheme) and return where everything is."""
+    conditioning scheme, and what `write(directory)` adds, before the directory is renamed into place) and
+    return where everything is."""
     distributed = process_state()
     if distributed.is_main_process:
-        save_model(model, tokenizer, out / "model", merge_lora=config.merge_lora, extra_files=extra_files)
+        save_model(model, tokenizer, out / "model", merge_lora=config.merge_lora, extra_files=extra_files, write=write)
     distributed.wait_for_everyone()
     return RecipeResult(out / "model", out, result)

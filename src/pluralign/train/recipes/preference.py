@@ -226,12 +226,13 @@ def run(config: PreferenceConfig) -> RecipeResult:
             scheme.save_members(model, out, lambda m, d: save_model(m, tokenizer, d, merge_lora=config.merge_lora))
         distributed.wait_for_everyone()
         return RecipeResult(out / "model", out, result)
-    saved = save_policy(model, tokenizer, config, out, result, extra_files=conditioning.save_state(scheme))
-    if distributed.is_main_process:
-        personal.save(saved.model_dir)
+
+    def write(model_dir: Path) -> None:  # into the model directory before it is renamed into place
+        personal.save(model_dir)
         if scheme is not None:
-            scheme.save(saved.model_dir)
-    return saved
+            scheme.save(model_dir)
+
+    return save_policy(model, tokenizer, config, out, result, extra_files=conditioning.save_state(scheme), write=write)
 
 
 def _check_inputs(config: PreferenceConfig, info: losses.LossInfo) -> None:

@@ -24,7 +24,6 @@ from pluralign.data.io import read_located
 from pluralign.errors import DataError, Problem
 from pluralign.models.logprobs import sequence_logps
 from pluralign.train.loop import LoopConfig, train
-from pluralign.train.parallel import process_state
 from pluralign.train.recipes.common import PolicyTrainingConfig, RecipeResult, load_policy, save_policy
 
 
@@ -77,7 +76,5 @@ def run(config: SFTConfig) -> RecipeResult:
                    eval_dataset=eval_records or None, run_config=config)
     if scheme is not None:
         scheme.detach(model)
-    saved = save_policy(model, tokenizer, config, out, result, extra_files=conditioning.save_state(scheme))
-    if scheme is not None and process_state().is_main_process:
-        scheme.save(saved.model_dir)
-    return saved
+    return save_policy(model, tokenizer, config, out, result, extra_files=conditioning.save_state(scheme),
+                       write=scheme.save if scheme is not None else None)
