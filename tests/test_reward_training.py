@@ -203,3 +203,30 @@ def test_reward_defaults_learn_sandbox_preferences(tmp_path):
     ceiling = bayes_accuracy(test)
     assert report["n"] == 400 and 0.8 < ceiling < 0.95
     assert report["accuracy"] >= 0.56, report["accuracy"]  # chance ± 2 s.e. is 0.45–0.55
+
+
+def test_a_save_stopped_half_way_leaves_the_saved_reward_model_as_it_was(backbone, tmp_path, monkeypatch):
+    """The backbone, the head and config.json are renamed into place together: a save stopped after the
+    new backbone was written leaves the old model whole, not a new backbone under the old head."""
+    from pluralign.data.io import read_records
+    from pluralign.reward import base
+    from pluralign.train.recipes.reward import RewardConfig, train_records
+
+    train, _ = _files(tmp_path)
+    cfg = from_dict(RewardConfig, {"model": str(backbone), "data": train, "output_dir": str(tmp_path / "run"),
+                                   "loop": {"learning_rate": 3e-3, "batch_size": 8, "max_steps": 2}})
+    model, result = train_records(cfg, read_records(train), [], source=train)
+    prompts, responses = ["question cat", "question dog"], ["good ok", "bad fine"]
+    before = base.load_reward_model(result.model_dir).score(prompts, responses)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+
+    def dying(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(base, "atomic_write_bytes", dying)  # the head, written after the backbone
+    with pytest.raises(KeyboardInterrupt):
+        model.save(result.model_dir)
+    torch.testing.assert_close(base.load_reward_model(result.model_dir).score(prompts, responses), before)
+    assert sorted(p.name for p in result.run_dir.iterdir() if p.name.startswith(".")) in ([], [".lock"])

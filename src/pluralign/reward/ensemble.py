@@ -77,15 +77,19 @@ class Ensemble:
         return self.score_all(prompts, responses, user).std
 
     def save(self, out_dir: str | Path) -> Path:
-        out = Path(out_dir)
-        names = []
+        from pluralign.reward.base import save_dir
+
         for i, m in enumerate(self.members):
             if not hasattr(m, "save"):
                 raise ConfigError(f"ensemble member {i} ({type(m).__name__}) cannot be saved")
-            m.save(out / f"member_{i}")
-            names.append(f"member_{i}")
-        atomic_write_json(out / "config.json", {"format_version": 1, "type": "ensemble", "members": names})
-        return out
+
+        def write(out: Path) -> None:  # the members and the config, renamed into place together
+            for i, m in enumerate(self.members):
+                m.save(out / f"member_{i}")
+            atomic_write_json(out / "config.json", {"format_version": 1, "type": "ensemble",
+                                                    "members": [f"member_{i}" for i in range(len(self.members))]})
+
+        return save_dir(out_dir, write)
 
     @classmethod
     def load(cls, model_dir: str | Path, *, device: str | None = None) -> Ensemble:
