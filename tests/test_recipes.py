@@ -132,6 +132,16 @@ def test_reference_cache_hits_and_misses(files, tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) == 4 and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_an_unwritable_reference_cache_is_a_one_line_error(files, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")  # a directory cannot be made under a file, even by root
+    argv = ["train", "dpo", f"model={files['base']}", f"data={files['pairs']}", f"output_dir={tmp_path / 'run'}",
+            f"ref_cache_dir={tmp_path / 'a_file' / 'cache'}", "loop.max_steps=1", "loop.progress=false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write {tmp_path / 'a_file' / 'cache'}" in err and "not a directory" in err
+    assert "Traceback" not in err
+
+
 def test_cached_reference_trains_like_a_live_reference(files, tmp_path):
     common = dict(model=str(files["base"]), data=[str(files["pairs"])], loss="dpo", loop=LOOP | {"num_epochs": 2})
     cached = run_preference(**common, output_dir=str(tmp_path / "cached"))

@@ -17,7 +17,7 @@ import copy
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pluralign.models.load import is_peft_model
+from pluralign.runs import io_error
 
 LogpsFn = Callable[[Any, dict], Mapping[str, torch.Tensor]]
 
@@ -108,10 +109,15 @@ def cached_reference(model: torch.nn.Module, dataset: Sequence, collate: Callabl
             return values, path, True
     values = compute_reference(model, dataset, collate, logps_of, batch_size=batch_size, show_progress=show_progress,
                                precision=precision)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in values.items()}, str(tmp), metadata={"what": what})
-    os.replace(tmp, path)  # atomic: a reader never sees half a cache file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in values.items()}, str(tmp), metadata={"what": what})
+        os.replace(tmp, path)  # atomic: a reader never sees half a cache file
+    except Exception as e:  # read-only or full disk (safetensors' errors are not OSErrors): say where and why
+        with suppress(OSError):
+            tmp.unlink()
+        raise io_error(path, e) from None
     return values, path, False
 
 
