@@ -121,6 +121,20 @@ def test_kill_at_each_stage_of_a_save_then_resume_exactly(tmp_path, straight, st
     assert not list((run / "checkpoints").glob("*.tmp"))  # the crashed save's directory was cleaned up
 
 
+def test_what_a_killed_run_left_under_temporary_names_is_removed(tmp_path):
+    """A run killed while it wrote its model (or any file) leaves `.model.*.tmp` (as large as the model) and
+    the like in the run directory; the next run on it removes them, and nothing else."""
+    run = tmp_path / "run"
+    train(make_model(), make_data(24), collate, noisy_step, cfg(max_steps=2), run)
+    (run / ".model.k1l2.tmp").mkdir()
+    (run / ".model.k1l2.tmp" / "model.safetensors").write_bytes(b"half")
+    (run / ".model.x9.old").mkdir()
+    (run / ".config.yaml.a1b2.tmp").write_text("half")
+    (run / ".notes").write_text("mine")
+    train(make_model(), make_data(24), collate, noisy_step, cfg(max_steps=2), run)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".lock", ".notes"]
+
+
 # ---------------------------------------------------------------- damaged checkpoint files
 
 

@@ -169,7 +169,7 @@ def train(
     global_batch = config.batch_size * config.grad_accum * world
     pos = ckpt.Position(0, 0, 0, config.seed, global_batch, len(dataset))
     if run is not None and accelerator.is_main_process:
-        ckpt.remove_stale(run.checkpoints)  # .tmp directories of a crashed save (we hold the lock)
+        ckpt.remove_stale(run.checkpoints, run.root)  # .tmp files and directories of a crashed save (we hold the lock)
     found = newest_intact_checkpoint(run, accelerator) if run is not None and resume else None
     if found is not None:  # weights go in before wrapping: FSDP then shards the resumed ones
         try:

@@ -220,12 +220,20 @@ def abort_checkpoint(tmp: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_stale(root: str | os.PathLike) -> list[Path]:
-    """Delete `step-N.tmp` directories left by a crashed save; call only while holding the run lock."""
+def remove_stale(root: str | os.PathLike, run_root: str | os.PathLike | None = None) -> list[Path]:
+    """Delete `step-N.tmp` directories left by a crashed save and, directly under `run_root`, what a killed
+    run left of the outputs it was writing under temporary names (`.model.*.tmp`, a whole model's size;
+    `.config.yaml.*.tmp`; a replaced model's `.model.*.old`); call only while holding the run lock."""
     root = Path(root)
     stale = [d for d in root.glob("step-*.tmp") if d.is_dir()] if root.is_dir() else []
+    if run_root is not None and Path(run_root).is_dir():
+        stale += [p for p in Path(run_root).glob(".*") if p.name.endswith((".tmp", ".old"))]
     for d in stale:
-        shutil.rmtree(d, ignore_errors=True)
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                d.unlink()
     return stale
 
 
