@@ -123,6 +123,20 @@ def test_resumed_run_writes_the_metrics_rows_of_an_uninterrupted_one(tmp_path):
     assert rows("killed") == rows("straight")
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_its_metrics_anew(tmp_path):
+    data, config = make_data(24), cfg(batch_size=2, save_every=5, max_steps=6)
+    train(make_model(), data, collate, noisy_step, config, tmp_path / "straight")
+    with pytest.raises(Kill):  # dies in step 4: rows 1-3 logged, no checkpoint yet
+        train(make_model(), data, collate, killed_at(noisy_step, 4), config, tmp_path / "killed")
+    assert [r["step"] for r in RunDir(tmp_path / "killed").read_metrics()] == [1, 2, 3]
+    assert train(make_model(), data, collate, noisy_step, config, tmp_path / "killed").resumed_from is None
+
+    def rows(name):
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in RunDir(tmp_path / name).read_metrics()]
+
+    assert rows("killed") == rows("straight")
+
+
 def test_max_steps_then_resume_to_the_end(tmp_path):
     data = make_data(16)
     # save_every beyond the run: no checkpoint along the way, a resumable one after the last step.

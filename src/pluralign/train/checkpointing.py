@@ -161,12 +161,16 @@ class LoopLog:
     the rows an uninterrupted one would: the metrics of the steps since the last row (averaged into the
     next one), the step of the last evaluation, and the length of metrics.jsonl at the save. Rows a
     killed run appended after its last checkpoint are cut off on resume (the resumed run writes them
-    again); only the main process, which writes metrics.jsonl, cuts."""
+    again), and a `fresh` run, which resumes nothing, starts metrics.jsonl anew (the rows of an attempt
+    killed before its first checkpoint would be followed by their repeats); only the main process, which
+    writes metrics.jsonl, cuts."""
 
-    def __init__(self, run: RunDir | None, main: bool):
+    def __init__(self, run: RunDir | None, main: bool, fresh: bool = False):
         self.run, self.main = run, main
         self.window: dict[str, list[float]] = {}
         self.evaluated_at = -1
+        if fresh:
+            self.load_state_dict({"window": {}, "evaluated_at": -1, "metrics_bytes": 0})
 
     def state_dict(self) -> dict[str, Any]:
         path = self.run.metrics_path if self.run is not None else None

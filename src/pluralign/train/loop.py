@@ -151,7 +151,6 @@ def train(
     accelerator = make_accelerator(config.grad_accum, config.mixed_precision, track,
                                    str(run.root / "trackers") if run is not None else None)
     rank, world = accelerator.process_index, accelerator.num_processes
-    log = stateful[LOOP_LOG] = LoopLog(run, accelerator.is_main_process)  # rows so far, resumed with the rest
     previous_config = read_config(run)
     accelerator.wait_for_everyone()  # every process read it before the main one replaces it: all judge alike
     if accelerator.is_main_process:
@@ -171,6 +170,7 @@ def train(
     if run is not None and accelerator.is_main_process:
         ckpt.remove_stale(run.checkpoints, run.root)  # .tmp files and directories of a crashed save (we hold the lock)
     found = newest_intact_checkpoint(run, accelerator) if run is not None and resume else None
+    log = stateful[LOOP_LOG] = LoopLog(run, accelerator.is_main_process, fresh=found is None)  # resumed with the rest
     if found is not None:  # weights go in before wrapping: FSDP then shards the resumed ones
         try:
             loaded = ckpt.load_checkpoint(found, rank, verify=False)  # _resumable verified it
