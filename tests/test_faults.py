@@ -126,13 +126,14 @@ def test_what_a_killed_run_left_under_temporary_names_is_removed(tmp_path):
     the like in the run directory; the next run on it removes them, and nothing else."""
     run = tmp_path / "run"
     train(make_model(), make_data(24), collate, noisy_step, cfg(max_steps=2), run)
-    (run / ".model.k1l2.tmp").mkdir()
-    (run / ".model.k1l2.tmp" / "model.safetensors").write_bytes(b"half")
-    (run / ".model.x9.old").mkdir()
-    (run / ".config.yaml.a1b2.tmp").write_text("half")
+    (run / ".model.k1l2abc_.tmp").mkdir()
+    (run / ".model.k1l2abc_.tmp" / "model.safetensors").write_bytes(b"half")
+    (run / ".model.x9aaaaaa.old").mkdir()
+    (run / ".config.yaml.a1b2c3d4.tmp").write_text("half")
+    (run / ".backup.old").write_text("mine")
     (run / ".notes").write_text("mine")
     train(make_model(), make_data(24), collate, noisy_step, cfg(max_steps=2), run)
-    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".lock", ".notes"]
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".backup.old", ".lock", ".notes"]
 
 
 # ---------------------------------------------------------------- damaged checkpoint files

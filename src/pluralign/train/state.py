@@ -40,6 +40,9 @@ from pluralign.errors import PluralignError
 from pluralign.runs import atomic_open, atomic_write_json, io_error
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+# The names `tempfile` gives what pluralign writes under a temporary name (`.model.k3x_9q2a.tmp`): only
+# these are removed from a run directory, never a user's own dot-files.
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|old)$")
 
 
 @dataclass
@@ -227,7 +230,7 @@ def remove_stale(root: str | os.PathLike, run_root: str | os.PathLike | None = N
     root = Path(root)
     stale = [d for d in root.glob("step-*.tmp") if d.is_dir()] if root.is_dir() else []
     if run_root is not None and Path(run_root).is_dir():
-        stale += [p for p in Path(run_root).glob(".*") if p.name.endswith((".tmp", ".old"))]
+        stale += [p for p in Path(run_root).glob(".*") if _TEMPORARY.match(p.name)]
     for d in stale:
         if d.is_dir():
             shutil.rmtree(d, ignore_errors=True)
