@@ -136,6 +136,26 @@ def test_what_a_killed_run_left_under_temporary_names_is_removed(tmp_path):
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".backup.old", ".lock", ".notes"]
 
 
+def test_a_kill_while_an_old_checkpoint_is_pruned_leaves_nothing_for_good(tmp_path, monkeypatch):
+    """Pruning deletes the oldest checkpoint's files one by one; a kill half-way must not leave a `step-N`
+    without its state.json, which no later run lists, prunes or removes."""
+    real = shutil.rmtree
+
+    def dying(path, *args, **kwargs):  # the first deletion of a checkpoint: its state.json, then the kill
+        if (Path(path) / "state.json").exists() and not kwargs.get("ignore_errors"):
+            (Path(path) / "state.json").unlink()
+            monkeypatch.setattr(state.shutil, "rmtree", real)
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(state.shutil, "rmtree", dying)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # keep 1: the save of step-4 prunes step-2
+        train(make_model(), make_data(24), collate, noisy_step, cfg(keep_checkpoints=1), run)
+    train(make_model(), make_data(24), collate, noisy_step, cfg(keep_checkpoints=1), run)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-6"]
+
+
 # ---------------------------------------------------------------- damaged checkpoint files
 
 

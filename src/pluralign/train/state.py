@@ -207,15 +207,26 @@ def commit_checkpoint(tmp: Path, keep: int) -> Path:
     final = tmp.with_suffix("")
     try:
         if final.exists():  # the same step saved again (e.g. a resumed run that had already finished)
-            shutil.rmtree(final)
+            _remove_checkpoint(final)
         os.replace(tmp, final)
         _fsync(final.parent)
         if keep > 0:
             for old in list_checkpoints(final.parent)[:-keep]:
-                shutil.rmtree(old)
+                _remove_checkpoint(old)
     except OSError as e:
         raise io_error(final, e, "commit the checkpoint") from None
     return final
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint directory under a `.tmp` name: deleted in place, a kill half-way left a `step-N`
+    without its state.json, never listed again, so never pruned (an optimizer's and a model's worth of disk
+    for good); renamed first, it is what `remove_stale` removes at the next run."""
+    doomed = path.with_name(f"{path.name}.pruned.tmp")
+    if doomed.exists():
+        shutil.rmtree(doomed)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed)
 
 
 def abort_checkpoint(tmp: Path) -> None:
