@@ -115,6 +115,26 @@ def test_save_replaces_atomically(tmp_path, tiny_gpt2_dir):
     assert modes.pop("model") == 0o777 & ~umask and set(modes.values()) == {0o666 & ~umask}, modes
 
 
+def test_a_save_that_cannot_be_written_is_a_clear_error_and_leaves_nothing(tmp_path, tiny_gpt2_dir, monkeypatch):
+    from pluralign.errors import PluralignError
+    from pluralign.models import load as load_module
+
+    model, tokenizer = load_model(tiny_gpt2_dir), load_tokenizer(tiny_gpt2_dir)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(PluralignError, match=r"cannot write .*a_file/model: file exists"):
+        save_model(model, tokenizer, tmp_path / "a_file" / "model")
+    out = tmp_path / "model"
+    save_model(model, tokenizer, out)
+
+    def busy(src, dst):  # the old model cannot be moved aside (e.g. a mount point: EBUSY)
+        raise OSError(16, "Device or resource busy")
+
+    monkeypatch.setattr(load_module.os, "replace", busy)
+    with pytest.raises(PluralignError, match=r"cannot write .*model: device or resource busy"):
+        save_model(model, tokenizer, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "model"]
+
+
 @pytest.mark.parametrize("use_lora", [False, True])
 def test_gradient_checkpointing_recomputes_in_backward_with_the_same_gradients(tiny_llama_dir, tiny_word_tokenizer,
                                                                              use_lora):

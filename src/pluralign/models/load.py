@@ -28,7 +28,7 @@ import torch
 
 from pluralign.config import option
 from pluralign.errors import ConfigError, PluralignError
-from pluralign.runs import follow_umask
+from pluralign.runs import follow_umask, io_error
 
 DTYPES: dict[str, torch.dtype | str] = {
     "auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -130,10 +130,13 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_
     model (a scheme's weights, person vectors) before the rename: the model appears whole or not at all.
     """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if merge_lora and is_peft_model(model):
         model = copy.deepcopy(model).merge_and_unload()
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as e:
+        raise io_error(out, e) from None
     try:
         model.save_pretrained(tmp)
         if tokenizer is not None:
@@ -144,8 +147,10 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_
             write(tmp)
         follow_umask(tmp)
         _replace_dir(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or "os error" in str(e):  # full or read-only disk (safetensors: its own error)
+            raise io_error(out, e) from None
         raise
     return out
 
@@ -293,6 +298,10 @@ def _replace_dir(src: Path, dst: Path) -> None:
         os.replace(src, dst)
         return
     old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".old"))
-    os.replace(dst, old / dst.name)
+    try:
+        os.replace(dst, old / dst.name)
+    except OSError:
+        old.rmdir()
+        raise
     os.replace(src, dst)
     shutil.rmtree(old, ignore_errors=True)
