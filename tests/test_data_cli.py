@@ -116,6 +116,13 @@ def test_missing_file_is_a_clean_error(capsys, args):
     assert "nowhere" in capsys.readouterr().err
 
 
+def test_stats_leave_out_a_spread_with_no_values(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}] * 2)
+    assert main(["data", "stats", str(path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("pairwise: "))
+    assert line.startswith("pairwise: with_margin 0, ") and "margin ()" not in line
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_stats_summarizes_every_kind(tmp_path, capsys, kind):
     records = examples()[kind]

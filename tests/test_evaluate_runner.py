@@ -140,7 +140,7 @@ def test_eval_prints_a_summary_and_warns_of_unread_verdicts():
     from pluralign.evaluate.cli import summary_lines, verdict_warnings
 
     results = {"judge": "LLM-judge score (smol)", "runs": [
-        {"name": "base", "reward": 0.5, "reward_se": 0.1, "kl": 0.0, "kl_se": 0.02},
+        {"name": "base", "reward": 0.5, "reward_se": 0.1, "kl": -3e-7, "kl_se": 0.02},  # noise: not "-0.0000"
         {"name": "ric", "reward": float("nan"), "kl": None, "win_rate": {"win_rate": 50.0, "n_total": 1, "n_invalid": 3}}]}
     lines = summary_lines(results)
     assert lines[1].split() == ["base", "0.5000", "0.1000", "0.0000", "0.0200", "-"]

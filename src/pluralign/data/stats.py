@@ -196,7 +196,7 @@ def format_summary(stats: dict[str, Any]) -> str:
                 + "".join(f"{values.get(f'p{q}', float('nan')):>9.1f}" for q in PERCENTILES)
             )
     for kind, facts in stats["details"].items():
-        lines.append(f"{kind}: " + ", ".join(f"{k} {_fact(v)}" for k, v in facts.items()))
+        lines.append(f"{kind}: " + ", ".join(f"{k} {_fact(v)}" for k, v in facts.items() if v != {}))  # no margins: none shown
     return "\n".join(lines)
 
 

@@ -74,7 +74,10 @@ def run_eval(args: argparse.Namespace) -> int:
 def summary_lines(results: dict) -> list[str]:
     """One line per run: its judged reward (± s.e.), KL to the reference and win rate against the baseline."""
     def num(x: object, fmt: str = ".4f") -> str:
-        return format(x, fmt) if isinstance(x, int | float) and math.isfinite(x) else "-"
+        if not (isinstance(x, int | float) and math.isfinite(x)):
+            return "-"
+        text = format(x, fmt)
+        return text[1:] if text.startswith("-") and float(text) == 0 else text  # -1e-7 (noise) prints as 0.0000
 
     lines = [f"{'run':20s} {'reward':>10s} {'± se':>8s} {'KL':>8s} {'± se':>8s} {'win rate':>9s}   "
              f"({results.get('judge', '')})"]
