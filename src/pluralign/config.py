@@ -71,6 +71,18 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
+def _yaml_where(e: yaml.YAMLError) -> str:
+    """':line:column' of a parse error (PyYAML counts from 0), as the data files' errors locate a row."""
+    mark = getattr(e, "problem_mark", None)
+    return f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+
+
+def _yaml_why(e: yaml.YAMLError) -> str:
+    """The parser's problem in one line, without its excerpt of a '<unicode string>' the user never named."""
+    parts = [getattr(e, "context", None), getattr(e, "problem", None)]
+    return "; ".join(p for p in parts if p) or str(e).splitlines()[0]
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
@@ -78,7 +90,7 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise ConfigError(f"{path}{_yaml_where(e)}: invalid YAML: {_yaml_why(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     return data
