@@ -264,3 +264,19 @@ def test_python_dash_m_pluralign_is_the_command():
     done = subprocess.run([sys.executable, "-m", "pluralign", "data", "validate", "/no/such.jsonl"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "/no/such.jsonl" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_sigterm_ends_a_command_with_one_line_and_exit_143(tmp_path):
+    # by default SIGTERM (a scheduler's stop, `kill`) ended the process on the spot: no message, no unwinding
+    import os
+    import signal
+    import time
+
+    fifo = tmp_path / "feedback.jsonl"
+    os.mkfifo(fifo)  # reading it blocks until a writer comes: a command caught mid-work
+    proc = subprocess.Popen([sys.executable, "-m", "pluralign.cli", "data", "stats", str(fifo)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # past the imports, into the read
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip() == "terminated", (proc.returncode, err)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with warnings.catch_warnings():  # restores how warnings are shown when the command returns
         warnings.showwarning = _for_people(warnings.showwarning)
+        restore = _on_sigterm() if argv[:1] != ["serve"] else lambda: None  # a server drains on its own
         try:
             code = int(args.func(args) or 0)
             sys.stdout.flush()  # a reader that has gone shows here, not as an error at exit
@@ -58,12 +61,32 @@ def main(argv: list[str] | None = None) -> int:
         except PluralignError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (a scheduler's stop, `kill`): see _on_sigterm
+            print("terminated" if isinstance(e, Terminated) else "interrupted", file=sys.stderr)
+            return 143 if isinstance(e, Terminated) else 130
         except BrokenPipeError:  # the reader went away (`pluralign losses | head`): stop quietly, as cat does
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
             return 141
+        finally:
+            restore()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that it unwinds as Ctrl-C does: the run lock released,
+    half-written files removed, one line said. By default SIGTERM ends the process on the spot."""
+
+
+def _on_sigterm():
+    """Turn SIGTERM into `Terminated` while a command runs (the main thread only: Python delivers signals
+    there); returns what puts the previous handler back. A server replaces it with its own drain."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _for_people(show):
