@@ -91,7 +91,8 @@ def quick_python(monkeypatch) -> None:
     import pluralign.train as train
     from pluralign.sandbox.base import SandboxConfig
 
-    build, gen, gold, pref = sandbox.build_base, sandbox.generate_file, sandbox.gold_eval, train.run_preference
+    build, gen, gold = sandbox.build_base, sandbox.generate_file, sandbox.gold_eval
+    pref, reward = train.run_preference, train.run_reward
 
     def build_base(*args, **kwargs):
         kwargs.setdefault("config", SandboxConfig.tiny())
@@ -107,9 +108,14 @@ def quick_python(monkeypatch) -> None:
         kwargs["loop"] = {**kwargs.get("loop", {}), "max_steps": 2, "progress": False}
         return pref(*args, **kwargs)
 
+    def run_reward(*args, **kwargs):
+        kwargs["loop"] = {**kwargs.get("loop", {}), "max_steps": 2, "progress": False}
+        return reward(*args, **kwargs)
+
     for name, fn in [("build_base", build_base), ("generate_file", generate_file), ("gold_eval", gold_eval)]:
         monkeypatch.setattr(sandbox, name, fn)
     monkeypatch.setattr(train, "run_preference", run_preference)
+    monkeypatch.setattr(train, "run_reward", run_reward)
 
 
 def run_line(line: str, cwd: Path) -> None:

@@ -87,15 +87,16 @@ def load_vectors(model_dir: str | Path) -> tuple[PersonVectors, dict] | None:
 
 def save_vectors(model_dir: str | Path, vectors: PersonVectors, index: dict) -> None:
     """Write the vectors, their index and the `person_vectors` conditioning scheme next to a model."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    from pluralign.runs import atomic_write_json, atomic_write_text
+    from pluralign.runs import atomic_open, atomic_write_json, atomic_write_text
 
     d = Path(model_dir)
     existing = conditioning.load(d)
     if existing is not None and existing.name != PersonVectorScheme.name:
         raise ConfigError(f"{d} is conditioned by '{existing.name}'; person vectors cannot be added to it")
-    save_file({"raw": vectors.stored().cpu().contiguous()}, str(d / WEIGHTS))
+    with atomic_open(d / WEIGHTS) as f:  # in a model directory that may be in use: never half a file
+        f.write(save({"raw": vectors.stored().cpu().contiguous()}))
     atomic_write_json(d / INDEX, index | {"names": vectors.names, "scale": vectors.scale})
     for name, text in conditioning.save_state(PersonVectorScheme()).items():
         atomic_write_text(d / name, text)

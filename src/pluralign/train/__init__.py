@@ -6,6 +6,9 @@
                             loss_params={"beta": 0.1}, loop={"learning_rate": 5e-7, "batch_size": 8})
     result.model_dir  # a HF-format model directory
 
+    from pluralign.train import run_reward  # a reward model (Bradley–Terry, multi-objective, PAL, …)
+    rm = run_reward(model="runs/sft/model", data=["pairs.jsonl"], model_type="bt", output_dir="runs/rm")
+
     from pluralign.train import run_online  # generate → score → learn (GRPO, RLOO, PPO, online DPO, RSFT, …)
     result = run_online(algorithm="grpo", model="runs/sft/model", prompts=["Hi!"], rewards=[my_reward_fn])
 
@@ -63,6 +66,14 @@ def run_sft(config: Any = None, **kwargs: Any):
     return sft.run(config_of(sft.SFTConfig, config, kwargs))
 
 
+def run_reward(config: Any = None, **kwargs: Any):
+    """Train a reward model (model_type bt, multi, pal, …: `RewardConfig`) from a config object, a mapping,
+    a YAML path and/or keyword arguments; load the result with `pluralign.reward.load_reward_model`."""
+    from pluralign.train.recipes import reward
+
+    return reward.run(config, **kwargs)
+
+
 def run_online(config: Any = None, *, prompts: Any = None, rewards: Any = None, **kwargs: Any):
     """Run an online recipe (grpo, gspo, rloo, reinforce_pp, ppo, online_dpo, rsft) from an `OnlineConfig`,
     a mapping, a YAML path and/or keyword arguments. `prompts`: a list of texts or chat messages instead of
@@ -84,4 +95,4 @@ def run_online(config: Any = None, *, prompts: Any = None, rewards: Any = None, 
                       reward_objects=rewards)
 
 
-__all__ = ["config_of", "run_online", "run_preference", "run_sft"]
+__all__ = ["config_of", "run_online", "run_preference", "run_reward", "run_sft"]
