@@ -4,6 +4,7 @@ tiny locally built model."""
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import pytest
@@ -296,3 +297,21 @@ def test_lora_settings_without_use_lora_are_warned_about(tmp_path):
         warnings.simplefilter("error")
         load_trainable(ModelTrainingConfig(model=str(d)))
         load_trainable(ModelTrainingConfig(model=str(d), use_lora=True, lora=LoraSpec(r=8)))
+
+
+def test_dropout_is_off_in_training_so_the_first_dpo_step_scores_like_the_reference(files, tmp_path):
+    # GPT-2 ships with dropout 0.1 (residual, attention, embeddings): a training-mode forward scored other
+    # log-probs than the eval-mode reference cache, and DPO's first loss was not log 2.
+    from loop_toys import WORDS
+
+    path = tmp_path / "gpt2"
+    tok = tiny.word_tokenizer(WORDS)
+    model = tiny.tiny_gpt2(len(tok), hidden_size=16, num_layers=1, num_heads=2)
+    assert model.config.resid_pdrop > 0 and model.config.attn_pdrop > 0
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    result = run_preference(model=str(path), data=[str(files["pairs"])], loss="dpo", output_dir=str(tmp_path / "out"),
+                            loop={**LOOP, "max_steps": 1})
+    first = RunDir(result.run_dir).read_metrics()[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)

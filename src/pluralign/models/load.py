@@ -77,6 +77,21 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: str = "auto", device: 
     return model.eval()
 
 
+def disable_dropout(model: Any) -> None:
+    """Turn off the model's own dropout (LoRA's adapter dropout, a setting of the run, is kept). With dropout
+    a training-mode forward scores other log-probs than the eval-mode reference, its cache and the rollouts:
+    DPO's loss is not log 2 at step 0 and a policy ratio is not 1 before any update (GPT-2, OPT, BLOOM ship
+    with 0.1). Some modules hold the rate as an nn.Dropout, others as a float read in forward."""
+    for name, module in model.named_modules():
+        if "lora_dropout" in name:
+            continue
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for attr, value in vars(module).items():
+            if "dropout" in attr and isinstance(value, float):
+                setattr(module, attr, 0.0)
+
+
 def _enable_activation_checkpointing(model: Any) -> None:
     """Non-reentrant checkpointing of every decoder layer (transformers 5 renamed the method)."""
     if hasattr(model, "activation_checkpointing_enable"):

@@ -15,7 +15,7 @@ import torch
 from pluralign.config import option
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP
 from pluralign.errors import ConfigError
-from pluralign.models.load import LoraSpec, load_model, load_tokenizer, save_model
+from pluralign.models.load import LoraSpec, disable_dropout, load_model, load_tokenizer, save_model
 from pluralign.models.logprobs import prepare_packing
 from pluralign.train.loop import TrainResult
 from pluralign.train.parallel import process_state
@@ -68,8 +68,9 @@ def load_policy(config: PolicyTrainingConfig) -> tuple[Any, Any, bool]:
 
 
 def load_trainable(config: ModelTrainingConfig, kind: str = "causal", *, frozen: bool = False) -> Any:
-    """`config.model` as configured for training (dtype, LoRA, gradient checkpointing), on this process's
-    device; `frozen`: only to compute features (no LoRA, no checkpointing)."""
+    """`config.model` as configured for training (dtype, LoRA, gradient checkpointing, no dropout: see
+    `disable_dropout`), on this process's device; `frozen`: only to compute features (no LoRA, no
+    checkpointing)."""
     if not frozen and not config.use_lora and config.lora != LoraSpec():
         # lora.r=8 alone would otherwise train every weight without a word
         warnings.warn("lora settings are given but use_lora is false: training all weights (set use_lora=true "
@@ -79,6 +80,7 @@ def load_trainable(config: ModelTrainingConfig, kind: str = "causal", *, frozen:
         model = load_model(config.model, kind=kind, dtype=config.dtype,
                            lora=config.lora if config.use_lora and not frozen else None,
                            gradient_checkpointing=config.gradient_checkpointing and not frozen)
+    disable_dropout(model)
     return model.to(process_state().device)
 
 
