@@ -8,6 +8,7 @@ import torch
 
 from pluralign.data.collate import PairwiseCollator, UnpairedCollator
 from pluralign.data.records import Binary, Pairwise
+from pluralign.errors import PluralignError
 from pluralign.models import LoraSpec, add_lora, pairwise_logps, sequence_logps, tiny, token_logps
 from pluralign.models.logprobs import prepare_packing
 from pluralign.models.packed_attention import NAME, flash_available, packed_attention, use_packed_attention
@@ -105,7 +106,9 @@ def test_head_sees_only_completion_positions_in_chunks(tiny_word_tokenizer):
     hook.remove()
     own = [s for s in calls if len(s) == 3]  # the model's own forward, asked for its last position only
     assert own == [torch.Size([6, 1, len(tiny_word_tokenizer)])]
-    chunks = [s[0] for s in calls if len(s) == 2]  # [rows, vocab]: never [batch, time, vocab]
+    # [rows, vocab]: never [batch, time, vocab]; the first is the model's one head check (a row's last position)
+    check, *chunks = [s[0] for s in calls if len(s) == 2]
+    assert check == 6
     n_predicted = int(lengths.sum())
     forward_rows = chunks[: -(-n_predicted // 8)]
     assert sum(forward_rows) == n_predicted and max(forward_rows) == 8
@@ -173,6 +176,39 @@ def test_final_logit_softcapping_is_applied(tiny_word_tokenizer):
     assert (capped[mask] - plain[mask]).abs().max() > 1e-3
     # logits squashed into (-0.05, 0.05): every log-prob is within 0.1 of log(1/V)
     assert ((capped[mask] + torch.log(torch.tensor(float(vocab)))).abs() < 0.1).all()
+
+
+def _scaled_model(arch: str, vocab_size: int) -> torch.nn.Module:
+    """A tiny Granite (logits divided by `logits_scaling`) or Cohere (multiplied by `logit_scale`)."""
+    import transformers
+
+    config_class, scale = {"granite": (transformers.GraniteConfig, {"logits_scaling": 4.0}),
+                           "cohere": (transformers.CohereConfig, {"logit_scale": 0.25})}[arch]
+    config = config_class(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, **scale)
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("arch", ["granite", "cohere"])
+def test_logit_scales_of_the_forward_are_applied(tiny_word_tokenizer, arch):
+    # Both scale their head's logits in forward; without the scale every log-prob was off by ~0.1.
+    model = _scaled_model(arch, len(tiny_word_tokenizer))
+    batch = PairwiseCollator(tiny_word_tokenizer)(PAIRS)
+    with torch.no_grad():
+        ours = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        torch.testing.assert_close(ours, naive_token_logps(model, batch), atol=1e-5, rtol=0)
+
+
+def test_a_model_whose_logits_are_not_its_heads_is_refused(tiny_word_tokenizer):
+    model = build("llama", len(tiny_word_tokenizer))
+    def unknown_scale(module, args, out):  # a transform of the logits that pluralign cannot know of
+        out.logits.mul_(3.0)
+
+    model.register_forward_hook(unknown_scale)
+    batch = PairwiseCollator(tiny_word_tokenizer)(PAIRS)
+    with torch.no_grad(), pytest.raises(PluralignError, match="LlamaForCausalLM: its forward changes the LM head's"):
+        token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
 
 
 def test_forward_goes_through_a_ddp_wrapper(tmp_path, tiny_word_tokenizer):

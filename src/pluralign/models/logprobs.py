@@ -11,7 +11,9 @@ positions never reach the head at all. The cost is one extra head matmul per chu
 Works for `transformers` causal LMs whose ``get_decoder()`` output feeds ``get_output_embeddings()`` and
 whose forward takes ``logits_to_keep`` (Llama-, GPT-2-, Mistral-, Qwen-style, …), also wrapped by peft
 (adapters injected into modules, e.g. LoRA; not prompt-tuning, which adds positions), DDP or FSDP.
-Gemma's final-logit soft-capping is applied.
+The logit transforms of the model's forward are applied: Gemma's final soft-capping, Granite's
+``logits_scaling`` and Cohere's ``logit_scale``; a model whose logits differ from its head's in another
+way is refused at its first forward (`_check_head`) rather than scored wrong.
 
 Batches come from `pluralign.data.collate`: padded (either side) or packed (``position_ids`` restarting
 per sequence, no attention mask, ``seq_lengths``).
@@ -165,11 +167,47 @@ def final_hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: tor
         if not implementation.startswith(PACKED_ATTENTION):  # transformers' flash-attn reads the varlen keywords only
             del extra["pluralign_segments"]
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-              logits_to_keep=1, **extra)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                    logits_to_keep=1, **extra)
     finally:
         hook.remove()
+    _check_head(model, captured[0], getattr(out, "logits", None))
     return captured[0]
+
+
+def _check_head(model: Any, hidden: torch.Tensor, logits: torch.Tensor | None) -> None:
+    """Once per model: the head applied as `gathered_logps` applies it reproduces the model's own last-position
+    logits. A model that changes its logits in forward in some other way (a scale under another name, a
+    bias, hidden states rescaled after the decoder) would otherwise get log-probs of another distribution."""
+    inner = unwrap(model)
+    if logits is None or getattr(inner, "_pluralign_head_checked", False):
+        return
+    head = inner.get_output_embeddings()
+    scale, softcap = _logit_transform(inner)
+    with torch.no_grad():
+        ours = _transformed(head(hidden[:, -1].to(next(head.parameters()).dtype)).float(), scale, softcap)
+        theirs = logits[:, -1].detach().float()
+    tol = 1e-4 if head.weight.dtype == torch.float32 else 2e-2
+    if not torch.allclose(ours, theirs, atol=tol, rtol=tol):
+        raise PluralignError(f"{type(inner).__name__}: its forward changes the LM head's logits in a way pluralign "
+                             "does not reproduce, so its log-probs would be wrong; this architecture is not supported")
+    inner._pluralign_head_checked = True
+
+
+def _logit_transform(model: Any) -> tuple[float, float | None]:
+    """(scale, soft-cap) that the model's forward applies to its head's output: Cohere multiplies by
+    ``logit_scale``, Granite divides by ``logits_scaling``, Gemma caps at ``final_logit_softcapping``."""
+    config = model.config.get_text_config()
+    scale = float(getattr(config, "logit_scale", None) or 1.0) / float(getattr(config, "logits_scaling", None) or 1.0)
+    return scale, getattr(config, "final_logit_softcapping", None)
+
+
+def _transformed(logits: torch.Tensor, scale: float, softcap: float | None) -> torch.Tensor:
+    if scale != 1.0:
+        logits = logits * scale
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    return logits
 
 
 def _varlen_implementation(model: Any) -> str | None:
@@ -195,7 +233,7 @@ def gathered_logps(model: Any, hidden: torch.Tensor, targets: torch.Tensor,
     model's own LM head unless `head` is given)."""
     model = unwrap(model)
     head = head if head is not None else model.get_output_embeddings()
-    softcap = getattr(model.config, "final_logit_softcapping", None)
+    scale, softcap = _logit_transform(model)
     if chunk_size is None:
         vocab_size = getattr(head, "out_features", None) or model.config.get_text_config().vocab_size
         chunk_size = max(1, CHUNK_ELEMENTS // vocab_size)
@@ -205,18 +243,16 @@ def gathered_logps(model: Any, hidden: torch.Tensor, targets: torch.Tensor,
     track = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
     parts = []
     for start in range(0, hidden.shape[0], chunk_size):
-        args = (head, hidden[start:start + chunk_size], targets[start:start + chunk_size], softcap)
+        args = (head, hidden[start:start + chunk_size], targets[start:start + chunk_size], scale, softcap)
         parts.append(checkpoint(_chunk_logps, *args, use_reentrant=False) if track else _chunk_logps(*args))
     if not parts:
         return hidden.new_zeros(0, dtype=torch.float32)
     return torch.cat(parts)
 
 
-def _chunk_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+def _chunk_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, scale: float,
                  softcap: float | None) -> torch.Tensor:
-    logits = head(hidden).float()
-    if softcap:
-        logits = softcap * torch.tanh(logits / softcap)
+    logits = _transformed(head(hidden).float(), scale, softcap)
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
