@@ -99,6 +99,31 @@ def test_attention_that_ignores_4d_masks_falls_back():
     assert not grouped.works(model)
 
 
+def test_windowed_attention_is_not_grouped_even_where_the_short_check_passes():
+    # The caller's 4D mask replaces the model's sliding window: with a window of 16, the check's rows (≤ 11
+    # tokens) agreed, and a 12-token prompt with a 14-token completion got other log-probs than its own row.
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, sliding_window=16)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config).eval()
+    prompt, completions = [list(range(4, 16))], [list(range(16, 30)), [30, 31, 5]]
+    batch = pad_rows([Encoded(prompt[0] + c, [0] * 12 + [1] * len(c)) for c in completions], 0, "right") \
+        | grouped.grouped_rows(prompt, completions, 2, 0)
+    with torch.no_grad():
+        apart = token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        assert (grouped.token_logps_grouped(model, batch) - apart).abs().max() > 1e-3  # what grouping would give
+    assert not grouped.works(model)
+
+
+def test_alibi_models_that_cannot_take_a_4d_mask_fall_back():
+    from transformers import BloomConfig, BloomForCausalLM
+
+    model = BloomForCausalLM(BloomConfig(vocab_size=32, hidden_size=32, n_layer=1, n_head=2))
+    assert not grouped.works(model)  # it raised ValueError from BLOOM's ALiBi
+
+
 def test_grpo_trains_to_the_same_weights_grouped_or_not(tmp_path):
     base = make_model_dir(tmp_path / "base")
     out = {}

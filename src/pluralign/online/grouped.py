@@ -6,7 +6,9 @@ ids that continue the prompt's for every completion, give each completion token 
 row of its own (up to float rounding) in one forward, for the prompt's cost once instead of G times and
 with no padding between completions. The mask is a 4D one, which transformers hands to the attention as
 given: eager and SDPA attention honour it (others, e.g. flash-attn's varlen kernels, do not: `works`
-checks a model once and the caller falls back to one row per completion).
+checks a model once and the caller falls back to one row per completion). The given mask replaces the
+model's own, so a sliding window or local attention would be lost past its width, and ALiBi models
+(BLOOM, MPT, Falcon with alibi) build their bias from a 2D mask: neither is grouped.
 
 A row's attention grows with the square of its length, so long groups are split into several rows per
 prompt (the prompt repeated in each), as many as a FLOP count says is cheapest (`rows_per_prompt`): for 8
@@ -152,9 +154,11 @@ _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def works(model: Any) -> bool:
     """Whether `model` gives grouped rows the log-probs of separate rows (its attention honours a 4D mask):
-    checked once per model on two short random groups, in eval mode and without gradients."""
+    checked once per model on two short random groups, in eval mode and without gradients. A windowed
+    model is refused without a check: its window (thousands of tokens) is wider than the check's rows, so
+    they would pass while longer rows lose the window."""
     inner = unwrap(model)
-    if getattr(inner.config, "_attn_implementation", None) not in MASKED_IMPLEMENTATIONS:
+    if getattr(inner.config, "_attn_implementation", None) not in MASKED_IMPLEMENTATIONS or _windowed(inner.config):
         return False
     if inner not in _CHECKED:
         vocab = inner.get_output_embeddings().weight.shape[0]
@@ -171,9 +175,20 @@ def works(model: Any) -> bool:
             with torch.no_grad():
                 a = token_logps(inner, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
                 b = token_logps_grouped(inner, batch)
+        except (ValueError, RuntimeError, IndexError, TypeError):  # a forward that cannot take a 4D mask (ALiBi)
+            b = None
         finally:
             inner.train(was_training)
         atol = 1e-4 if inner.get_output_embeddings().weight.dtype == torch.float32 else 5e-2
-        _CHECKED[inner] = bool(torch.allclose(a, b, atol=atol, rtol=1e-5))
+        _CHECKED[inner] = b is not None and bool(torch.allclose(a, b, atol=atol, rtol=1e-5))
     return _CHECKED[inner]
+
+
+def _windowed(config: Any) -> bool:
+    """Whether some layer of the model attends within a window or chunk only (Mistral, Gemma 2/3, Qwen2
+    with its window on, GPT-Neo's local layers, Llama 4's chunks)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = [*(getattr(config, "layer_types", None) or ()), *(getattr(config, "attention_layers", None) or ())]
+    return bool(getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None)
+                or any(kind not in ("full_attention", "global") for kind in layers))
 
