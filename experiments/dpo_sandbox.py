@@ -79,20 +79,48 @@ def paired_ci(diff: np.ndarray) -> tuple[float, float, float]:
     return float(diff.mean()), float(diff.mean() - 1.96 * se), float(diff.mean() + 1.96 * se)
 
 
-def main(argv: list[str] | None = None) -> None:
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--population", default="default")
     p.add_argument("--group", default="minority", help="the group whose users label the pairs")
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--pairs", type=int, default=512, help="labelled pairs of the group")
-    p.add_argument("--steps", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of: {', '.join(METHODS)}")
+    p.add_argument("--pairs", type=positive_int, default=512, help="labelled pairs of the group")
+    p.add_argument("--steps", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--eval-prompts", type=int, default=200)
-    p.add_argument("--samples", type=int, default=4, help="samples per evaluation prompt")
+    p.add_argument("--eval-prompts", type=positive_int, default=200)
+    p.add_argument("--samples", type=positive_int, default=4, help="samples per evaluation prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/dpo_sandbox")
     a = p.parse_args(argv)
+    # Checked before anything runs: each method's run directory under --out is removed before it trains, so
+    # a name that is not a method ('' from a stray comma, '..') must never reach that point.
+    unknown = [m for m in a.methods.split(",") if m not in METHODS]
+    if unknown:
+        p.error(f"--methods: unknown method(s) {', '.join(map(repr, unknown))}; valid: {', '.join(METHODS)}")
+    from pluralign.errors import ConfigError
+    from pluralign.sandbox.users import population
+
+    try:
+        population(a.population).group(a.group)
+    except ConfigError as e:
+        p.error(str(e))
+    return a
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse(argv)
 
     import torch
 

@@ -1,0 +1,44 @@
+"""Bad arguments to the experiment and benchmark scripts stop at once with argparse's usage line and a message
+naming the option (exit 2), never with a traceback and never after work has started."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+CASES = [
+    # (script, arguments, what the message says)
+    ("experiments/dpo_sandbox.py", ["--methods", "dpo,nosuch"], "unknown method(s) 'nosuch'"),
+    ("experiments/dpo_sandbox.py", ["--pairs", "-5"], "must be at least 1"),
+    ("experiments/dpo_sandbox.py", ["--group", "nosuch"], "has no group 'nosuch'"),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "message"), CASES, ids=[f"{s}:{' '.join(a)}" for s, a, _ in CASES])
+def test_a_bad_argument_is_one_message(script, args, message, tmp_path):
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr
+    assert not any(tmp_path.iterdir()), "nothing is written before the arguments are checked"
+
+
+def test_dpo_sandbox_never_removes_what_a_stray_comma_names(tmp_path):
+    """Each method's run directory under --out is removed before it trains: '' (from 'dpo,') named --out itself."""
+    out = tmp_path / "out"
+    (out / "ref_cache").mkdir(parents=True)
+    keep = out / "feedback.jsonl"
+    keep.write_text("{}\n")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    for methods in ("dpo,", "ref_cache", ".."):
+        proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "dpo_sandbox.py"), "--methods", methods,
+                               "--out", str(out)], capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 2 and "unknown method" in proc.stderr, proc.stderr
+    assert keep.exists() and (out / "ref_cache").is_dir()
