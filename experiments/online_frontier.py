@@ -253,29 +253,55 @@ def against_dpo(a, env, result: dict, dpo: dict) -> dict:
     return {"gain_at_dpo_kl": float((u - env.u_base).mean()), "kl": kl, "diff": diff, "ci_low": low, "ci_high": high}
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def parse(argv: list[str] | None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer steps, points and evaluation prompts")
-    p.add_argument("--methods", default=",".join(ONLINE))
+    p.add_argument("--methods", default=",".join(ONLINE), help=f"comma-separated, of: {', '.join(ONLINE)}")
     p.add_argument("--group", default="minority")
-    p.add_argument("--steps", type=int, default=None, help="rollouts of each online run, each one step's prompts "
+    p.add_argument("--steps", type=positive_int, default=None, help="rollouts of each online run, each one step's prompts "
                    "(default 16; --quick: 6); a method with ppo_epochs k takes k optimizer steps per rollout")
-    p.add_argument("--points", type=int, default=None, help="evaluations along each online run (default 8; --quick: 2)")
-    p.add_argument("--prompts-per-step", type=int, default=8)
-    p.add_argument("--group-size", type=int, default=4, help="samples per prompt")
-    p.add_argument("--eval-prompts", type=int, default=None, help="default 256; --quick: 64")
-    p.add_argument("--samples", type=int, default=None, help="samples per evaluation prompt (default 8; --quick: 4)")
-    p.add_argument("--bon-samples", type=int, default=16)
+    p.add_argument("--points", type=positive_int, default=None, help="evaluations along each online run (default 8; --quick: 2)")
+    p.add_argument("--prompts-per-step", type=positive_int, default=8)
+    p.add_argument("--group-size", type=positive_int, default=4, help="samples per prompt")
+    p.add_argument("--eval-prompts", type=positive_int, default=None, help="default 256; --quick: 64")
+    p.add_argument("--samples", type=positive_int, default=None, help="samples per evaluation prompt (default 8; --quick: 4)")
+    p.add_argument("--bon-samples", type=positive_int, default=16)
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="override an online method's setting, e.g. grpo.beta=0.04 or rloo.loop.learning_rate=5e-5")
     p.add_argument("--offline", default=",".join(OFFLINE), help="offline baselines (dpo is the one compared against)")
-    p.add_argument("--dpo-epochs", type=int, default=2, help="offline DPO/RPO epochs over their labels (dpo_sandbox.py: 2)")
-    p.add_argument("--boot", type=int, default=2000)
+    p.add_argument("--dpo-epochs", type=positive_int, default=2, help="offline DPO/RPO epochs over their labels (dpo_sandbox.py: 2)")
+    p.add_argument("--boot", type=positive_int, default=2000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads (the model is tiny; on a shared machine a second thread's spin-waits cost CPU)")
     p.add_argument("--out", default="runs/online_frontier")
     a = p.parse_args(argv)
+    # Checked before anything runs (each method's run directory under --out is removed before it trains).
+    for flag, given, valid in (("--methods", a.methods, ONLINE), ("--offline", a.offline, OFFLINE)):
+        unknown = [m for m in given.split(",") if m not in valid and (m or flag == "--methods")]
+        if unknown:
+            p.error(f"{flag}: unknown method(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+    from pluralign.errors import ConfigError
+    from pluralign.sandbox.users import population
+
+    try:
+        population("default").group(a.group)
+        method_settings(a.set)
+    except ConfigError as e:
+        p.error(str(e))
+    except SystemExit as e:  # method_settings' message for an unknown method
+        p.error(str(e.code))
     a.steps = a.steps or (6 if a.quick else 16)
     a.points = a.points or (2 if a.quick else 8)
     a.eval_prompts = a.eval_prompts or (64 if a.quick else 256)

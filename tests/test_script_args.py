@@ -17,6 +17,10 @@ CASES = [
     ("experiments/dpo_sandbox.py", ["--methods", "dpo,nosuch"], "unknown method(s) 'nosuch'"),
     ("experiments/dpo_sandbox.py", ["--pairs", "-5"], "must be at least 1"),
     ("experiments/dpo_sandbox.py", ["--group", "nosuch"], "has no group 'nosuch'"),
+    ("experiments/online_frontier.py", ["--methods", "grpo,nosuch"], "unknown method(s) 'nosuch'"),
+    ("experiments/online_frontier.py", ["--offline", "dpo,nosuch"], "unknown method(s) 'nosuch'"),
+    ("experiments/online_frontier.py", ["--steps", "-1"], "must be at least 1"),
+    ("experiments/online_frontier.py", ["--set", "grpo.beta"], "not of the form key=value"),
 ]
 
 
