@@ -65,6 +65,9 @@ from pathlib import Path
 
 import numpy as np
 
+# Every method this script knows (--methods); the default list leaves out linb, mod and wcdpo.
+METHODS = ["linear", "linshort", "linb", "raco", "racoub", "pama", "racoeq", "modpo", "map", "mahdpo", "soups", "mod",
+           "jsoup", "wcdpo", "ric", "dpa"]
 CASES = {"2obj": ["informativeness", "conciseness"], "3obj": ["informativeness", "conciseness", "formality"]}
 SINGLE_RUN = ("mahdpo", "soups", "jsoup", "mod", "ric", "dpa", "wcdpo")
 
@@ -395,7 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer prompts, steps and samples (~3 min of CPU)")
     p.add_argument("--cases", default="2obj,3obj")
-    p.add_argument("--methods", default="linear,raco,racoub,pama,racoeq,linshort,modpo,map,mahdpo,soups,jsoup,ric,dpa")
+    p.add_argument("--methods", default="linear,raco,racoub,pama,racoeq,linshort,modpo,map,mahdpo,soups,jsoup,ric,dpa",
+                   help=f"comma-separated, of: {', '.join(METHODS)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=5e-4, help="learning rate of the preference runs (the sweep's)")
     p.add_argument("--expert-lr", type=float, default=None, help="soup experts' learning rate (default: --lr)")
@@ -424,6 +428,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jsoup-params", default="{}", help="joint_soup conditioning parameters as JSON (alpha, vertex_prob)")
     p.add_argument("--out", default="runs/pareto_training")
     a = p.parse_args(argv)
+    # Checked before anything is trained: an unknown name would otherwise be skipped without a word (or, for a
+    # case, fail after the base model is built).
+    for flag, given, valid in (("--methods", a.methods, METHODS), ("--cases", a.cases, list(CASES))):
+        unknown = [m for m in given.split(",") if m not in valid]
+        if unknown:
+            p.error(f"{flag}: unknown name(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+    if "mod" in a.methods.split(",") and "soups" not in a.methods.split(","):
+        p.error("--methods: mod combines the soup's experts, so it needs soups too")
+    if a.wc_copies < 1:
+        p.error(f"--wc-copies must be at least 1, got {a.wc_copies}")
+    try:
+        fracs = [float(f) for f in a.expert_fracs.split(",")]
+    except ValueError:
+        p.error(f"--expert-fracs: comma-separated numbers expected, got {a.expert_fracs!r}")
+    if any(not f > 0 for f in fracs):
+        p.error(f"--expert-fracs: fractions must be above 0, got {a.expert_fracs!r}")
+    for flag, value in (("--raco-params", a.raco_params), ("--jsoup-params", a.jsoup_params)):
+        try:
+            if not isinstance(json.loads(value), dict):
+                raise ValueError
+        except ValueError:
+            p.error(f"{flag}: a JSON object expected, got {value!r}")
     a.prompts, a.steps, a.sft_steps, a.batch_size = (64, 30, 60, 16) if a.quick else (160, 80, 150, 16)
     a.eval_prompts, a.samples = (24, 2) if a.quick else (64, 2)
     a.dpa_prompts, a.dpa_rounds = (48, 1) if a.quick else (160, 2)

@@ -21,6 +21,9 @@ CASES = [
     ("experiments/online_frontier.py", ["--offline", "dpo,nosuch"], "unknown method(s) 'nosuch'"),
     ("experiments/online_frontier.py", ["--steps", "-1"], "must be at least 1"),
     ("experiments/online_frontier.py", ["--set", "grpo.beta"], "not of the form key=value"),
+    ("experiments/pareto_training.py", ["--methods", "linear,jsop"], "unknown name(s) 'jsop'"),
+    ("experiments/pareto_training.py", ["--cases", "4obj"], "unknown name(s) '4obj'"),
+    ("experiments/pareto_training.py", ["--methods", "linear,mod"], "needs soups"),
 ]
 
 
