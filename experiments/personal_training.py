@@ -142,26 +142,47 @@ def finish(res: dict[str, float], t0: float) -> None:
     print("RESULT " + " ".join(f"{k}={v:.4f}" for k, v in res.items()))
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--pairs", type=int, default=2048)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--pairs", type=positive_int, default=2048)
+    p.add_argument("--epochs", type=positive_int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--eval-prompts", type=int, default=256)
-    p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--shots", type=int, default=10, help="pairs the new user's vector is fitted from")
+    p.add_argument("--eval-prompts", type=positive_int, default=256)
+    p.add_argument("--samples", type=positive_int, default=8)
+    p.add_argument("--shots", type=positive_int, default=10, help="pairs the new user's vector is fitted from")
     p.add_argument("--token-lr", type=float, default=1e-2, help="learning rate of the control tokens (policy frozen)")
     p.add_argument("--pas-kl", type=float, default=0.02, help="PAS: per-token KL budget of the α search")
     p.add_argument("--powers", default=str(TUNED_POWER), help="comma-separated powers p of the balanced "
                    "group objective (w_g ∝ n_g^p), one row balanced_p<p> each")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (the models are tiny: one is enough)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (the models are tiny: one is enough)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/personal_training")
     p.add_argument("--only", default="", help="comma-separated rows to train (shared always), e.g. "
                    "'balanced_p0,balanced_p0.5' (with --powers 0,0.5); the new-user and PAS parts need "
                    "group_conditioned / shared")
     a = p.parse_args(argv)
+    try:
+        powers = [float(x) for x in a.powers.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--powers: comma-separated numbers expected, got {a.powers!r}")
+    rows = ["shared", "user_conditioned", "group_conditioned", *FAIR_ROWS, *(f"balanced_p{q:g}" for q in powers),
+            "control_tokens"]
+    unknown = [r for r in a.only.split(",") if r and r not in rows]
+    if unknown:  # else silently not trained
+        p.error(f"--only: unknown row(s) {', '.join(map(repr, unknown))}; valid: {', '.join(rows)} "
+                "(balanced_p<p> for each of --powers)")
     if a.quick:
         a.pairs, a.epochs, a.eval_prompts, a.samples = 256, 1, 24, 2
 

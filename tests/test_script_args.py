@@ -24,6 +24,8 @@ CASES = [
     ("experiments/pareto_training.py", ["--methods", "linear,jsop"], "unknown name(s) 'jsop'"),
     ("experiments/pareto_training.py", ["--cases", "4obj"], "unknown name(s) '4obj'"),
     ("experiments/pareto_training.py", ["--methods", "linear,mod"], "needs soups"),
+    ("experiments/personal_training.py", ["--only", "nosuch"], "unknown row(s) 'nosuch'"),
+    ("experiments/personal_training.py", ["--pairs", "-1"], "must be at least 1"),
 ]
 
 
