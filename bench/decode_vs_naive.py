@@ -106,11 +106,22 @@ def bench_args(model, tok, rm, prompts, k, T) -> tuple[float, float, float]:
     return ours_tokens / ours_t, sum(map(len, naive)) / naive_t, agree, single_rate
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer prompts and tokens (under 5 minutes)")
     ap.add_argument("--tiny", action="store_true", help="the tiny sandbox preset (tests)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=positive_int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, tok, rm, eval_prompts = load_models(args.tiny)

@@ -314,19 +314,30 @@ def run_child(side: str, spec: dict, work: Path, tag: str) -> dict:
 # ---------------------------------------------------------------- report
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="4 steps, one run per side (under 5 minutes)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="GPU mode: model size, 32000 vocabulary, long pairs, bf16 autocast (tiny: the smoke test's)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads per side (1: no OpenMP barrier stalls when the machine is shared)")
-    p.add_argument("--repeats", type=int, default=2, help="runs per side (alternating); the fastest counts")
+    p.add_argument("--repeats", type=positive_int, default=2, help="runs per side (alternating); the fastest counts")
     p.add_argument("--trl-no-gc", action="store_true", help="also run TRL with gradient_checkpointing=False")
     p.add_argument("--no-gc", action="store_true", help="both sides without gradient checkpointing")
     p.add_argument("--pluralign-set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -336,6 +347,9 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.child:
         return child_main(a.child)
+    malformed = [kv for kv in a.pluralign_set if "=" not in kv]
+    if malformed:
+        p.error(f"--pluralign-set: KEY=VALUE expected, got {', '.join(map(repr, malformed))}")
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device is visible")
     if a.device == "cuda" and a.preset is None:

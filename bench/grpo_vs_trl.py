@@ -230,17 +230,28 @@ def best(runs: list[dict]) -> dict:
     return out
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="4 steps (a couple of minutes on 2 CPU cores)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--group", type=int, default=8)
-    p.add_argument("--prompts-per-step", type=int, default=4)
-    p.add_argument("--length", type=int, default=32)
+    p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("--group", type=positive_int, default=8)
+    p.add_argument("--prompts-per-step", type=positive_int, default=4)
+    p.add_argument("--length", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads of each side (1: least disturbed by other jobs)")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating; the fastest counts")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads of each side (1: least disturbed by other jobs)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="runs of each side, alternating; the fastest counts")
     p.add_argument("--profile", action="store_true", help="CPU seconds of each phase of a step (cProfile; slows both sides a little)")
     p.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
                    help="both sides (TRL's default: on)")
@@ -251,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default=None, help="a local model directory with a chat template (e.g. SmolLM2-135M-Instruct "
                    "as `make real-model` converts it) instead of the tiny Llama; prompts become chat messages")
     args = p.parse_args(argv)
+    if args.model and not Path(args.model).is_dir():
+        p.error(f"--model: no model directory at {args.model}")
     steps = args.steps or (4 if args.quick else 12)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -63,14 +63,27 @@ def peak_rss_mb(args: list[str]) -> float:
     return usage.ru_maxrss / 1024  # Linux: KiB
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--length", type=int, default=200, help="longest response in tokens")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--hidden", type=positive_int, default=256)
+    ap.add_argument("--layers", type=positive_int, default=6)
+    ap.add_argument("--length", type=positive_int, default=200, help="longest response in tokens")
+    ap.add_argument("--batch", type=positive_int, default=16)
+    ap.add_argument("--steps", type=positive_int, default=2)
     args = ap.parse_args()
+    if args.hidden % 4:
+        ap.error(f"--hidden must be a multiple of 4 (the model's attention heads), got {args.hidden}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model_dir, data = build(root, args.hidden, args.layers, args.length, args.batch * args.steps)

@@ -104,15 +104,28 @@ def run_load(url: str, prompts: list[str], clients: int, seconds: float, max_tok
             "duplicates": sum(len(v) - 1 for v in answers.values()) + len(ids) - len(set(ids))}
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model directory (default: the sandbox base model, built and cached)")
-    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--clients", type=positive_int, default=16)
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--server-threads", type=int, default=1, help="torch threads of the server process")
+    ap.add_argument("--max-tokens", type=positive_int, default=32)
+    ap.add_argument("--server-threads", type=positive_int, default=1, help="torch threads of the server process")
     ap.add_argument("--quick", action="store_true", help="6 s per side")
     args = ap.parse_args()
+    if not args.seconds > 0:
+        ap.error(f"--seconds must be above 0, got {args.seconds}")
     seconds = 6.0 if args.quick else args.seconds
     from pluralign.sandbox import build_base
     from pluralign.sandbox.gold import eval_prompts

@@ -169,14 +169,25 @@ def plot(points: list[dict], steer: dict, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--prompts", type=positive_int, default=32)
+    ap.add_argument("--max-new-tokens", type=positive_int, default=40)
     ap.add_argument("--tiny", action="store_true", help="the tiny sandbox preset (fast, weak model)")
     ap.add_argument("--out", default="runs/decoding_frontier")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=4, help="samples per prompt for the ARGS and fusion points")
+    ap.add_argument("--threads", type=positive_int, default=1)
+    ap.add_argument("--repeats", type=positive_int, default=4, help="samples per prompt for the ARGS and fusion points")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()

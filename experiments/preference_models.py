@@ -171,11 +171,22 @@ def backbone_rm(n_train: int, n_test: int, seed: int, out_dir: str, model_type: 
     return out
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="fewer pairs and epochs (smoke run)")
-    ap.add_argument("--seeds", type=int, default=3, help="seeds of the BT-vs-PAL comparison [2]")
+    ap.add_argument("--seeds", type=positive_int, default=3, help="seeds of the BT-vs-PAL comparison [2]")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     t0 = time.time()

@@ -81,14 +81,27 @@ def _fit_temperature(du: np.ndarray) -> tuple[float, float]:
     return 1.0 / beta, beta_se / beta**2
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-prompts", type=int, default=512)
-    ap.add_argument("--n-pairs", type=int, default=3000)
+    ap.add_argument("--n-prompts", type=positive_int, default=512)
+    ap.add_argument("--n-pairs", type=positive_int, default=3000)
     ap.add_argument("--temperature", type=float, default=0.2)
     ap.add_argument("--tiny", action="store_true", help="use the tiny test preset (fast, weak model)")
     args = ap.parse_args()
+    if not args.temperature > 0:
+        ap.error(f"--temperature must be above 0, got {args.temperature}")
 
     t0 = time.perf_counter()
     model_dir = build_base(seed=args.seed, config=SandboxConfig.tiny() if args.tiny else SandboxConfig())

@@ -26,6 +26,17 @@ CASES = [
     ("experiments/pareto_training.py", ["--methods", "linear,mod"], "needs soups"),
     ("experiments/personal_training.py", ["--only", "nosuch"], "unknown row(s) 'nosuch'"),
     ("experiments/personal_training.py", ["--pairs", "-1"], "must be at least 1"),
+    ("experiments/preference_models.py", ["--seeds", "0"], "must be at least 1"),
+    ("experiments/sandbox_sanity.py", ["--n-pairs", "-1"], "must be at least 1"),
+    ("experiments/decoding_frontier.py", ["--prompts", "-1"], "must be at least 1"),
+    ("bench/dpo_vs_trl.py", ["--repeats", "0"], "must be at least 1"),
+    ("bench/dpo_vs_trl.py", ["--pluralign-set", "packing"], "KEY=VALUE expected"),
+    ("bench/grpo_vs_trl.py", ["--steps", "-2"], "must be at least 1"),
+    ("bench/grpo_vs_trl.py", ["--model", "no/such/dir"], "no model directory"),
+    ("bench/decode_vs_naive.py", ["--threads", "0"], "must be at least 1"),
+    ("bench/serve_load.py", ["--clients", "-1"], "must be at least 1"),
+    ("bench/reward_memory.py", ["--steps", "-1"], "must be at least 1"),
+    ("bench/data_validate_speed.py", ["--repeats", "0"], "must be at least 1"),
 ]
 
 
