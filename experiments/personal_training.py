@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
                    "group objective (w_g ∝ n_g^p), one row balanced_p<p> each")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads (the models are tiny: one is enough)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/personal_training")
+    p.add_argument("--out", default="runs/personal_training",
+                   help="output directory, removed and rewritten (only when empty or an earlier run of this script)")
     p.add_argument("--only", default="", help="comma-separated rows to train (shared always), e.g. "
                    "'balanced_p0,balanced_p0.5' (with --powers 0,0.5); the new-user and PAS parts need "
                    "group_conditioned / shared")
@@ -183,6 +184,12 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:  # else silently not trained
         p.error(f"--only: unknown row(s) {', '.join(map(repr, unknown))}; valid: {', '.join(rows)} "
                 "(balanced_p<p> for each of --powers)")
+    out = Path(a.out)
+    # The run starts from an empty --out, removing what is there: never a directory this script did not write
+    # (--out runs would have removed every other run).
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "train.jsonl").is_file())):
+        p.error(f"--out {a.out} exists and is not an earlier run of this script (no train.jsonl in it): "
+                "give a new or empty directory")
     if a.quick:
         a.pairs, a.epochs, a.eval_prompts, a.samples = 256, 1, 24, 2
 

@@ -62,3 +62,14 @@ def test_dpo_sandbox_never_removes_what_a_stray_comma_names(tmp_path):
                                "--out", str(out)], capture_output=True, text=True, timeout=120, env=env)
         assert proc.returncode == 2 and "unknown method" in proc.stderr, proc.stderr
     assert keep.exists() and (out / "ref_cache").is_dir()
+
+
+def test_personal_training_removes_only_its_own_output_directory(tmp_path):
+    """--out is emptied before the run: a directory it did not write (no train.jsonl) is refused, untouched."""
+    other = tmp_path / "runs"
+    (other / "dpo").mkdir(parents=True)
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "personal_training.py"), "--quick", "--out",
+                           str(other)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "not an earlier run of this script" in proc.stderr, proc.stderr
+    assert (other / "dpo").is_dir()
