@@ -264,6 +264,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.model and not Path(args.model).is_dir():
         p.error(f"--model: no model directory at {args.model}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():  # else both sides ran on the CPU under a RESULT line saying device=cuda
+            p.error("--device cuda: no CUDA device is visible")
     steps = args.steps or (4 if args.quick else 12)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -73,3 +73,16 @@ def test_personal_training_removes_only_its_own_output_directory(tmp_path):
                            str(other)], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2 and "not an earlier run of this script" in proc.stderr, proc.stderr
     assert (other / "dpo").is_dir()
+
+
+def test_grpo_bench_refuses_cuda_without_a_gpu(tmp_path):
+    """Without a visible GPU, --device cuda stops (as bench/dpo_vs_trl.py does) instead of running both sides on
+    the CPU under a RESULT line that says device=cuda."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "grpo_vs_trl.py"), "--quick", "--device", "cuda"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and "no CUDA device is visible" in proc.stderr, proc.stdout[-1000:] + proc.stderr[-2000:]
+    assert "RESULT" not in proc.stdout
