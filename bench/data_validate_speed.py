@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pluralign.cli import positive_int
+
 
 def wall(cmd: list[str], repeats: int) -> float:
     times = []
@@ -30,17 +32,6 @@ def wall(cmd: list[str], repeats: int) -> float:
         subprocess.run(cmd, check=True, capture_output=True)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from pluralign.cli import positive_int
 from pluralign.decode.api import Controls, decode
 from pluralign.decode.kv import encode_prompts, left_pad, pad_id_of
 from pluralign.decode.rewards import GoldReward
@@ -104,17 +105,6 @@ def bench_args(model, tok, rm, prompts, k, T) -> tuple[float, float, float]:
     single = sum(len(decode("args", model, tok, [p], reward_model=rm, controls=ctl).info["token_ids"][0]) for p in prompts)
     single_rate = single / (time.perf_counter() - t0)
     return ours_tokens / ours_t, sum(map(len, naive)) / naive_t, agree, single_rate
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def main() -> None:

@@ -59,6 +59,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pluralign.cli import positive_int
+
 MODEL = dict(hidden_size=384, num_layers=6, num_heads=6)  # CPU mode
 
 # GPU mode: Llama shapes, vocabulary, data lengths, and the run's size.
@@ -312,17 +314,6 @@ def run_child(side: str, spec: dict, work: Path, tag: str) -> dict:
 
 
 # ---------------------------------------------------------------- report
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def main(argv: list[str] | None = None) -> None:

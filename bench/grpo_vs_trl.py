@@ -50,6 +50,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pluralign.cli import positive_int
+
 MODEL = dict(hidden_size=256, num_layers=4, num_heads=4)
 
 
@@ -228,17 +230,6 @@ def best(runs: list[dict]) -> dict:
     out["cpu_s"] = min(r["cpu_s"] for r in runs)
     out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
     return out
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pluralign.cli import positive_int
+
 CONFIGS = {
     "rm_padded_full": ["rm", "gradient_checkpointing=false", "packing=false"],
     "rm_default": ["rm"],
@@ -61,17 +63,6 @@ def peak_rss_mb(args: list[str]) -> float:
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{' '.join(args)} failed:\n{err[-2000:]}")
     return usage.ru_maxrss / 1024  # Linux: KiB
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def main() -> None:

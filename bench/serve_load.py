@@ -26,6 +26,8 @@ from pathlib import Path
 
 import httpx
 
+from pluralign.cli import positive_int
+
 HOST = "127.0.0.1"  # this bench only ever talks to the local machine
 
 
@@ -102,17 +104,6 @@ def run_load(url: str, prompts: list[str], clients: int, seconds: float, max_tok
     return {"requests": len(lat), "wall": wall, "rps": len(lat) / wall, "tok_s": sum(tokens) / wall,
             "p50": q[49], "p95": q[94], "p99": q[98], "errors": len(errors),
             "duplicates": sum(len(v) - 1 for v in answers.values()) + len(ids) - len(set(ids))}
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def main() -> int:

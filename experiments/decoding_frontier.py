@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pluralign.cli import positive_int
 from pluralign.decode.api import Controls, decode
 from pluralign.decode.best_of_n import bon_kl_bound
 from pluralign.decode.rewards import GoldReward
@@ -167,17 +168,6 @@ def plot(points: list[dict], steer: dict, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def main() -> None:

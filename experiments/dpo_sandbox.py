@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pluralign.cli import positive_int
+
 # Chosen on this sandbox: its tiny base model needs a much larger step (lr 2e-4) than an LLM would.
 # name: (loss, its hyper-parameters).
 METHODS: dict[str, tuple[str, dict]] = {
@@ -77,17 +79,6 @@ def paired_ci(diff: np.ndarray) -> tuple[float, float, float]:
     """Mean of per-prompt differences and its normal 95% CI (se over prompts)."""
     se = diff.std(ddof=1) / np.sqrt(len(diff))
     return float(diff.mean()), float(diff.mean() - 1.96 * se), float(diff.mean() + 1.96 * se)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

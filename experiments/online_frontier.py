@@ -81,6 +81,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from pluralign.cli import positive_int
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 # Each algorithm's settings on this sandbox (a tiny base needs a large step), chosen on seed 1 by the paired
@@ -251,17 +253,6 @@ def against_dpo(a, env, result: dict, dpo: dict) -> dict:
         u, kl = last["u"], last["kl"]
     diff, low, high = bootstrap_ci(u - dpo["u"], a.boot, a.seed + 3)
     return {"gain_at_dpo_kl": float((u - env.u_base).mean()), "kl": kl, "diff": diff, "ci_low": low, "ci_high": high}
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def parse(argv: list[str] | None):

@@ -84,6 +84,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pluralign.cli import positive_int
+
 BOOT = 1000
 # online group DRO (Sagawa et al. 2020): weights over groups, η per step, generalization adjustment C/√n_g
 DRO = {"step_size": 0.5, "adjustment": 5.0}
@@ -140,17 +142,6 @@ def finish(res: dict[str, float], t0: float) -> None:
     cpu = time.process_time()
     print(f"\ntotal {time.perf_counter() - t0:.0f}s wall, {cpu:.0f} CPU-s, load average {os.getloadavg()[0]:.1f}")
     print("RESULT " + " ".join(f"{k}={v:.4f}" for k, v in res.items()))
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def main(argv: list[str] | None = None) -> None:

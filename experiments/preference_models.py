@@ -37,6 +37,7 @@ import time
 import numpy as np
 import torch
 
+from pluralign.cli import positive_int
 from pluralign.evaluate.calibration import fit_temperature, pairwise_calibration
 from pluralign.reward.bt import BTRewardModel, bt_pair_step
 from pluralign.reward.data import pair_collate
@@ -169,17 +170,6 @@ def backbone_rm(n_train: int, n_test: int, seed: int, out_dir: str, model_type: 
         held = [r for r in pairs[1] if r.group == g]
         out[g] = (acc, bayes_accuracy(held), len(held))
     return out
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def main() -> None:

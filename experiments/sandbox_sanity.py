@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from pluralign.cli import positive_int
 from pluralign.sandbox.attributes import ATTRIBUTES, score_batch
 from pluralign.sandbox.base import SandboxConfig, build_base, load
 from pluralign.sandbox.feedback import draw_responses, generate
@@ -79,17 +80,6 @@ def _fit_temperature(du: np.ndarray) -> tuple[float, float]:
     s = 1.0 / (1.0 + np.exp(-beta * du))
     beta_se = 1.0 / np.sqrt(float(np.sum(s * (1 - s) * du**2)))
     return 1.0 / beta, beta_se / beta**2
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer ≥ 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def main() -> None:

@@ -71,6 +71,17 @@ def main(argv: list[str] | None = None) -> int:
             restore()
 
 
+def positive_int(text: str) -> int:
+    """argparse type for a count: an integer >= 1 (the benchmark and experiment scripts' counts too)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the command is, so that it unwinds as Ctrl-C does: the run lock released,
     half-written files removed, one line said. By default SIGTERM ends the process on the spot."""
