@@ -69,6 +69,43 @@ def follow_umask(root: str | os.PathLike) -> None:
             path.chmod((0o777 if path.is_dir() else 0o666) & ~_UMASK)
 
 
+def write_dir(out_dir: str | os.PathLike, write: Any) -> Path:
+    """`write(directory)` into a temporary directory next to `out_dir`, then rename it into place: `out_dir`
+    appears whole or not at all (a model, a reward model, a soup), and an existing one is replaced with only
+    a brief window without it. A full or read-only disk is a one-line error naming `out_dir`."""
+    out = Path(out_dir)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as e:
+        raise io_error(out, e) from None
+    try:
+        write(tmp)
+        follow_umask(tmp)
+        _replace_dir(tmp, out)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or "os error" in str(e):  # safetensors reports a full disk as its own error
+            raise io_error(out, e) from None
+        raise
+    return out
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing an existing ``dst`` with only a brief window without one."""
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".old"))
+    try:
+        os.replace(dst, old / dst.name)
+    except OSError:
+        old.rmdir()
+        raise
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write `path` through: it replaces `path` only when the block ends without error,

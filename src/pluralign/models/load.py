@@ -16,8 +16,6 @@ import contextlib
 import copy
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ import torch
 
 from pluralign.config import option
 from pluralign.errors import ConfigError, PluralignError
-from pluralign.runs import follow_umask, io_error
+from pluralign.runs import write_dir
 
 DTYPES: dict[str, torch.dtype | str] = {
     "auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -144,15 +142,10 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_
     conditioning scheme, `pluralign.conditioning`), and ``write(directory)`` adds what else belongs to the
     model (a scheme's weights, person vectors) before the rename: the model appears whole or not at all.
     """
-    out = Path(out_dir)
     if merge_lora and is_peft_model(model):
         model = copy.deepcopy(model).merge_and_unload()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    except OSError as e:
-        raise io_error(out, e) from None
-    try:
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -160,14 +153,8 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_
             (tmp / name).write_text(text, encoding="utf-8")
         if write is not None:
             write(tmp)
-        follow_umask(tmp)
-        _replace_dir(tmp, out)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) or "os error" in str(e):  # full or read-only disk (safetensors: its own error)
-            raise io_error(out, e) from None
-        raise
-    return out
+
+    return write_dir(out_dir, fill)
 
 
 def is_peft_model(model: Any) -> bool:
@@ -305,18 +292,3 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``, replacing an existing ``dst`` with only a brief window without one."""
-    if not dst.exists():
-        os.replace(src, dst)
-        return
-    old = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".old"))
-    try:
-        os.replace(dst, old / dst.name)
-    except OSError:
-        old.rmdir()
-        raise
-    os.replace(src, dst)
-    shutil.rmtree(old, ignore_errors=True)

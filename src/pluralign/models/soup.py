@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,8 +99,7 @@ def save_soup(member_dirs: Sequence[str | Path], objectives: Sequence[str], out_
     """A soup directory: member 0's model and tokenizer files plus conditioning.json naming every member
     (paths relative to the soup directory when they share a parent). The files are copied, not loaded and
     saved again, and the directory is written under a temporary name and renamed into place."""
-    from pluralign.models.load import _replace_dir
-    from pluralign.runs import follow_umask
+    from pluralign.runs import write_dir
 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -110,16 +108,12 @@ def save_soup(member_dirs: Sequence[str | Path], objectives: Sequence[str], out_
     first = Path(member_dirs[0])
     if not first.is_dir():
         raise ConfigError(f"soup member {first}: not a model directory")
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+
+    def fill(tmp: Path) -> None:
         for f in first.iterdir():
             if f.is_file() and f.name != FILE:
                 shutil.copy2(f, tmp / f.name)
         for name, text in save_state(scheme).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        follow_umask(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_dir(out, fill)

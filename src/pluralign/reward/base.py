@@ -26,7 +26,7 @@ from torch import nn
 from pluralign.data.prompts import check_mode, prompt_ids, transcript
 from pluralign.errors import ConfigError
 from pluralign.models.heads import backbone_hidden, hidden_size, pool, pooled_size
-from pluralign.runs import atomic_write_bytes, atomic_write_json, follow_umask
+from pluralign.runs import atomic_write_bytes, atomic_write_json, write_dir
 
 MODEL_TYPES: dict[str, type[RewardModel]] = {}
 FORMAT_VERSION = 1
@@ -203,7 +203,7 @@ class RewardModel(nn.Module):
     def save(self, out_dir: str | Path) -> Path:
         """Write the model to `out_dir`, under a temporary name renamed into place: a save stopped half-way
         leaves the directory as it was (never a new backbone with an old head)."""
-        return save_dir(out_dir, self._save_into)
+        return write_dir(out_dir, self._save_into)
 
     def _save_into(self, out: Path) -> None:
         enc_cfg = None
@@ -219,26 +219,6 @@ class RewardModel(nn.Module):
         atomic_write_json(out / "config.json", {
             "format_version": FORMAT_VERSION, "type": self.model_type, "objectives": self.objectives,
             "feature_dim": self.feature_dim, "encoder": enc_cfg, **self.extra_config()})
-
-
-def save_dir(out_dir: str | Path, write: Any) -> Path:
-    """`write(directory)` into a temporary directory next to `out_dir`, then rename it into place."""
-    import shutil
-    import tempfile
-
-    from pluralign.models.load import _replace_dir
-
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        write(tmp)
-        follow_umask(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 def _load_encoder(cfg: dict | None, model_dir: Path, device: str | None) -> TextEncoder | None:

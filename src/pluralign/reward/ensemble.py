@@ -77,7 +77,7 @@ class Ensemble:
         return self.score_all(prompts, responses, user).std
 
     def save(self, out_dir: str | Path) -> Path:
-        from pluralign.reward.base import save_dir
+        from pluralign.runs import write_dir
 
         for i, m in enumerate(self.members):
             if not hasattr(m, "save"):
@@ -89,7 +89,7 @@ class Ensemble:
             atomic_write_json(out / "config.json", {"format_version": 1, "type": "ensemble",
                                                     "members": [f"member_{i}" for i in range(len(self.members))]})
 
-        return save_dir(out_dir, write)
+        return write_dir(out_dir, write)
 
     @classmethod
     def load(cls, model_dir: str | Path, *, device: str | None = None) -> Ensemble:
