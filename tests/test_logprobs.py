@@ -249,6 +249,11 @@ def test_autocast_hidden_states_meet_an_fp32_head(tiny_word_tokenizer):
             mixed, _ = sequence_logps(model, batch)
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, exact, atol=0.1, rtol=0.02)
+    # a model whose first forward runs under autocast (a bf16 run): the head check allows bf16 rounding
+    fresh = build("llama", len(tiny_word_tokenizer))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first, _ = sequence_logps(fresh, batch)
+    assert torch.isfinite(first).all()
 
 
 def test_packed_attention_runs_one_sdpa_per_sequence_with_grouped_kv_heads(tiny_word_tokenizer, monkeypatch):
