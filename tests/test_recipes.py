@@ -315,3 +315,18 @@ def test_dropout_is_off_in_training_so_the_first_dpo_step_scores_like_the_refere
     first = RunDir(result.run_dir).read_metrics()[0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_data_file_given_twice_or_also_as_eval_data_is_warned_about(tmp_path):
+    # both were silent: records trained on twice, or an "evaluation" on the training data
+    from pluralign.train.recipes.common import warn_data_files
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    with pytest.warns(UserWarning, match=r"data lists .*a\.jsonl more than once"):
+        warn_data_files([str(a), str(b), str(tmp_path / "." / "a.jsonl")], [])
+    with pytest.warns(UserWarning, match=r"b\.jsonl is in both data and eval_data: the evaluation is on training data"):
+        warn_data_files([str(a), str(b)], str(b))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_data_files([str(a)], [str(b)])
+        warn_data_files(str(a), None)

@@ -59,12 +59,32 @@ def load_policy(config: PolicyTrainingConfig) -> tuple[Any, Any, bool]:
         raise ConfigError("set 'model' (a local model directory or a hub id)")
     if not config.data:
         raise ConfigError("set 'data' (one or more data files)")
+    warn_data_files(config.data, config.eval_data)
     if not config.merge_lora and not config.use_lora:
         warnings.warn("merge_lora=false without use_lora=true: there are no adapters, the model is saved in full",
                       stacklevel=2)
     tokenizer = load_tokenizer(config.model)
     model = load_trainable(config)
     return tokenizer, model, prepare_packing(model, config.packing, config.attention_kernel)
+
+
+def warn_data_files(data: str | list[str], eval_data: str | list[str] | None) -> None:
+    """A training file listed twice is read twice (perhaps meant as upsampling, perhaps not), and a file in
+    both `data` and `eval_data` makes the evaluation one on training data: both legal, neither likely meant."""
+    import os
+
+    def files(paths: str | list[str] | None) -> list[str]:
+        return [os.path.realpath(p) for p in ([paths] if isinstance(paths, str) else paths or [])]
+
+    train, held_out = files(data), files(eval_data)
+    twice = sorted({p for p in train if train.count(p) > 1})
+    if twice:
+        warnings.warn(f"data lists {', '.join(twice)} more than once: its records are trained on that many times",
+                      stacklevel=3)
+    both = sorted(set(train) & set(held_out))
+    if both:
+        warnings.warn(f"{', '.join(both)} is in both data and eval_data: the evaluation is on training data",
+                      stacklevel=3)
 
 
 def load_trainable(config: ModelTrainingConfig, kind: str = "causal", *, frozen: bool = False) -> Any:

@@ -47,7 +47,7 @@ from pluralign.reward.multi import MultiObjectiveRewardModel, multi_pair_step, m
 from pluralign.reward.pal import PALRewardModel, pal_pair_step
 from pluralign.runs import RunDir, atomic_write_json
 from pluralign.train.loop import LoopConfig, train
-from pluralign.train.recipes.common import ModelTrainingConfig, RecipeResult, load_trainable
+from pluralign.train.recipes.common import ModelTrainingConfig, RecipeResult, load_trainable, warn_data_files
 
 COMMANDS = {"rm": "bt", "morm": "multi", "pal": "pal", "binary-rm": "binary"}
 # The loop's step budget per model type (measured, `_loop_defaults`): PAL learns its K prototypes, the
@@ -169,6 +169,7 @@ def run(config: Any = None, **kwargs: Any) -> RecipeResult:
     config = config_of(RewardConfig, config, kwargs)
     if not config.data:
         raise ConfigError("data: give a training feedback file")
+    warn_data_files(config.data, config.eval_data)
     eval_records = _read_all(config.eval_data) if config.eval_data else None
     source = config.data if isinstance(config.data, str) else ", ".join(config.data)
     return train_records(config, _read_all(config.data), eval_records, source=source)[1]
