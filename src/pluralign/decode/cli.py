@@ -149,13 +149,13 @@ def unused_controls(model: Any, reward: Any, controls: list[Any], extra_models: 
 
 
 def check_conditions(model: Any, base: Any, rows: list[Any], controls: list[Any]) -> None:
-    """Every request's weights, direction and scores as the model's conditioning scheme reads them: a bad
-    flag is named once (--weights), a bad row by its file, line and field (decoding would say "request 3")."""
+    """Every request's weights, direction and scores as the model's conditioning scheme reads them (decoding
+    would say "request 3")."""
     scheme = getattr(model, "pluralign_conditioning", None)
     if scheme is None:
         return
 
-    def problem(c: Any) -> tuple[str, str] | None:  # (field, why): the scheme's message starts with its field
+    def problem(c: Any) -> tuple[str, str] | None:  # the scheme's message starts with its field
         try:
             scheme.condition_of_request(c)
         except ConfigError as e:
@@ -163,11 +163,7 @@ def check_conditions(model: Any, base: Any, rows: list[Any], controls: list[Any]
             return field, why
         return None
 
-    if flagged := problem(base):
-        raise ConfigError(f"--{flagged[0]}: {flagged[1]}")
-    problems = [row.problem(*p) for row, c in zip(rows, controls, strict=True) if (p := problem(c))]
-    if problems:
-        raise DataError(problems)
+    _refuse_requests(base, rows, controls, problem)
 
 
 def check_reward_weights(reward: Any, base: Any, rows: list[Any], controls: list[Any]) -> None:
@@ -181,17 +177,23 @@ def check_reward_weights(reward: Any, base: Any, rows: list[Any], controls: list
         return
     names = objective_names(reward, len(names))
 
-    def problem(weights: Any) -> str | None:
+    def problem(c: Any) -> tuple[str, str] | None:
         try:
-            weight_vector(weights, names)
+            if c.weights is not None:
+                weight_vector(c.weights, names)
         except (ConfigError, TypeError, ValueError) as e:
-            return str(e)
+            return "weights", str(e)
         return None
 
-    if base.weights is not None and (why := problem(base.weights)):
-        raise ConfigError(f"--weights: {why}")
-    problems = [row.problem("weights", why) for row, c in zip(rows, controls, strict=True)
-                if c.weights is not None and c.weights is not base.weights and (why := problem(c.weights))]
+    _refuse_requests(base, rows, controls, problem)
+
+
+def _refuse_requests(base: Any, rows: list[Any], controls: list[Any], problem: Any) -> None:
+    """`problem(controls)` -> (field, why) or None for the command line's controls and each request's: a bad
+    flag is named once (--weights), a bad row by its file, line and field."""
+    if flagged := problem(base):
+        raise ConfigError(f"--{flagged[0]}: {flagged[1]}")
+    problems = [row.problem(*p) for row, c in zip(rows, controls, strict=True) if (p := problem(c))]
     if problems:
         raise DataError(problems)
 

@@ -36,7 +36,9 @@ cannot know whether ``base_url`` itself is the server you meant.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +109,8 @@ def build_judge(spec: dict, where: str) -> Any:
         pop = _population(rest.get("population", "default"), f"{where}.population")
         group = None
         if "group" in rest:
-            try:
+            with _at(f"{where}.group"):
                 group = pop.group(rest["group"])
-            except ConfigError as e:
-                raise ConfigError(f"{where}.group: {e}") from None
         if group is None:  # the population's share-weighted mean user
             weights: dict[str, float] = {}
             for g, s in zip(pop.groups, pop.shares, strict=True):
@@ -126,21 +126,26 @@ def build_judge(spec: dict, where: str) -> Any:
                                 temperature=rest.get("temperature"))
     if kind == "llm":
         _require("base_url" in rest and "model" in rest, where, "an llm judge needs 'base_url' and 'model'")
-        try:
+        with _at(where):  # a bad keyword or value, named with the config file
             return LLMJudge(rest.pop("base_url"), rest.pop("model"), **rest)
-        except (TypeError, ConfigError) as e:  # a bad keyword or value, named with the config file
-            raise ConfigError(f"{where}: {e}") from None
     raise ConfigError(f"{where}: unknown judge kind {kind!r}; use gold, reward or llm")
+
+
+@contextlib.contextmanager
+def _at(where: str) -> Iterator[None]:
+    """A ConfigError (or a TypeError from a bad keyword) inside names `where`, the config file and key."""
+    try:
+        yield
+    except (TypeError, ConfigError) as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _population(name: Any, where: str) -> Any:
     """The sandbox population `name`; an unknown one is a ConfigError naming `where` (file and key)."""
     from pluralign.sandbox.users import population
 
-    try:
+    with _at(where):
         return population(name)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
 
 
 def _check_model_path(spec: Any, where: str) -> None:
@@ -185,10 +190,8 @@ def _check_decoder(name: Any, where: str) -> None:
         return
     from pluralign.decode.api import get
 
-    try:
+    with _at(where):
         get(name)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
 
 
 def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: str = "<config>") -> dict:
@@ -203,10 +206,8 @@ def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: s
     path = _model_path(entry["path"])
     model, tok = load_policy(path, device)
     decoder = entry.get("decoder") or "sample"
-    try:
+    with _at(f"{where}.controls"):
         controls = Controls(**{**gen, **entry.get("controls", {})})
-    except (TypeError, ConfigError) as e:
-        raise ConfigError(f"{where}.controls: {e}") from None
     unused = unused_controls(model, entry.get("reward") if decoder != "sample" else None, [controls], name=str(path))
     _require(not unused, f"{where}.controls", unused)
     result = decode(decoder, model, tok, prompts, reward=entry.get("reward"), controls=controls)
