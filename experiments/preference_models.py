@@ -44,7 +44,7 @@ from pluralign.reward.data import pair_collate
 from pluralign.reward.pal import PALRewardModel, adapt_user, pal_pair_step
 from pluralign.sandbox import world as W
 from pluralign.sandbox.attributes import parse_prompt, score_batch, words
-from pluralign.sandbox.gold import seed_ci
+from pluralign.sandbox.gold import plus_minus, seed_ci
 from pluralign.sandbox.users import User, population, preference_probability
 from pluralign.sandbox.world import World
 from pluralign.train.loop import LoopConfig, train
@@ -218,8 +218,8 @@ def main() -> None:
     minority_gain, majority_delta = gain["minority"][0], gain["majority"][0]
     for g in ("majority", "minority"):
         (bm, bh), (pm, ph), (dm, dh) = stat["shared", g], stat["pal", g], gain[g]
-        print(f"[2] {g} ({per_seed[0]['n', g]} held-out pairs per seed): shared BT {bm:.1f} ± {bh:.1f}, "
-              f"PAL {pm:.1f} ± {ph:.1f}, PAL − BT {dm:+.1f} ± {dh:.1f}  (accuracy %, mean ± 95% CI over {len(per_seed)} seeds)")
+        print(f"[2] {g} ({per_seed[0]['n', g]} held-out pairs per seed): shared BT {plus_minus(bm, bh)}, "
+              f"PAL {plus_minus(pm, ph)}, PAL − BT {plus_minus(dm, dh, '+.1f')}  (accuracy %, mean ± 95% CI over {len(per_seed)} seeds)")
     d, h = gain["minority"]
     verdict = ("PAL beats the shared BT model on the minority" if d - h > 0 else
                "PAL is below the shared BT model on the minority" if d + h < 0 else
@@ -258,11 +258,11 @@ def main() -> None:
     rm_acc, rm_ceiling = (float(np.mean([r[i] for r in rm_runs])) for i in (0, 1))
     rm_frac, rm_frac_ci = seed_ci([100 * a / c for a, c, _ in rm_runs])
     print(f"[5] `train rm` defaults on the sandbox base model, {rm_pairs} majority pairs: held-out accuracy "
-          f"{rm_acc:.3f} ({rm_runs[0][2]} pairs per seed), Bayes ceiling {rm_ceiling:.3f}: {rm_frac:.1f} ± {rm_frac_ci:.1f}% "
+          f"{rm_acc:.3f} ({rm_runs[0][2]} pairs per seed), Bayes ceiling {rm_ceiling:.3f}: {plus_minus(rm_frac, rm_frac_ci)}% "
           f"of it (mean ± 95% CI over {len(rm_runs)} seeds)")
     pal_frac = {g: seed_ci([100 * r[g][0] / r[g][1] for r in pal_runs]) for g in ("majority", "minority")}
     print(f"[5] `train pal` defaults, {pal_pairs} pairs of the whole population: "
-          + ", ".join(f"{g} {m:.1f} ± {h:.1f}% of its per-user ceiling" for g, (m, h) in pal_frac.items())
+          + ", ".join(f"{g} {plus_minus(m, h)}% of its per-user ceiling" for g, (m, h) in pal_frac.items())
           + f" (over {len(pal_runs)} seeds)  [{time.time() - t0:.0f}s]")
     print(f"RESULT bt_acc={bt_acc:.4f} bt_ceiling={bt_ceiling:.4f} rm_acc={rm_acc:.4f} rm_ceiling={rm_ceiling:.4f} "
           f"rm_pairs={rm_pairs} rm_frac={rm_frac:.1f} rm_frac_ci={rm_frac_ci:.1f} rm_seeds={len(rm_runs)} "

@@ -90,11 +90,14 @@ def test_judge_label_never_says_gold_for_a_learned_judge():
 
 def test_seed_interval_and_the_pal_verdict():
     from pluralign.demo import pal_verdict
-    from pluralign.sandbox.gold import seed_ci
+    from pluralign.sandbox.gold import plus_minus, seed_ci
 
     mean, half = seed_ci([1.0, 2.0, 3.0])
     assert mean == 2.0 and math.isclose(half, 4.303 * 1.0 / math.sqrt(3), rel_tol=1e-9)
-    assert seed_ci([5.0]) == (5.0, 0.0)
+    one = seed_ci([5.0])  # one seed: no interval, not a zero-width one
+    assert one[0] == 5.0 and math.isnan(one[1])
+    assert plus_minus(*one) == "5.0 (one seed, no CI)" and plus_minus(2.0, 0.25, "+.2f") == "+2.00 ± 0.25"
+    assert "on one seed, which gives no interval" in pal_verdict({("pal-bt", "m"): (3.0, float("nan"))}, "m")
     assert "PAL beats" in pal_verdict({("pal-bt", "m"): (3.0, 1.0)}, "m")
     assert "below" in pal_verdict({("pal-bt", "m"): (-3.0, 1.0)}, "m")
     assert "no clear difference" in pal_verdict({("pal-bt", "m"): (0.5, 1.0)}, "m")

@@ -282,6 +282,8 @@ def _rm_stats(rms: dict, groups: list[str]) -> dict:
 def pal_verdict(stats: dict, group: str) -> str:
     """What the seeds say about PAL vs BT on `group`, without claiming more than the interval allows."""
     d, h = stats["pal-bt", group]
+    if h != h:  # NaN: a single seed
+        return f"PAL − BT on '{group}': {d:+.1f} accuracy points on one seed, which gives no interval; set rm_seeds ≥ 2 to compare."
     said = f"PAL − BT on '{group}': {d:+.1f} ± {h:.1f} accuracy points (95% CI over seeds)"
     if d - h > 0:
         return said + f": PAL beats the shared BT model on '{group}'."
@@ -291,13 +293,14 @@ def pal_verdict(stats: dict, group: str) -> str:
 
 
 def _results(cfg, pop, before, after, rms, steering, run: RunDir, samples: dict) -> dict:
+    from pluralign.sandbox.gold import plus_minus
+
     groups = pop.group_names
     stats = _rm_stats(rms, groups)
-    cell = lambda v: f"{v[0]:.1f} ± {v[1]:.1f}"  # noqa: E731
-    rm_rows = [[name.upper()] + [cell(stats[name, g]) for g in [*groups, "all"]]
+    rm_rows = [[name.upper()] + [plus_minus(*stats[name, g]) for g in [*groups, "all"]]
                + [rms[name][0]["calibration"][k]["ece"] for k in ("before", "after")] for name in rms]
     if ("pal-bt", "all") in stats:
-        rm_rows.append(["PAL − BT"] + [cell(stats["pal-bt", g]) for g in [*groups, "all"]] + [None, None])
+        rm_rows.append(["PAL − BT"] + [plus_minus(*stats["pal-bt", g], "+.1f") for g in [*groups, "all"]] + [None, None])
     counts = {g: rms["bt"][0].get("group_counts", {}).get(g) for g in groups}
     steer_rows = [[f"weights of {w}"] + [steering[w][g] for g in groups] for w in steering]
     gain_rows = [[g, before["groups"][g]["mean"], after["groups"][g]["mean"],
@@ -369,12 +372,17 @@ def _summary(cfg, pop, before, after, rms, steering) -> str:
     lines += ["", f"{'RM accuracy (%)':<22}" + "".join(f"{g:>14}" for g in groups) + f"   (mean ± 95% CI, {len(rms['bt'])} seeds)"]
     for name in [*rms, "pal-bt"]:
         if (name, groups[0]) in stats:
-            lines.append(f"{name.upper():<22}" + "".join(f"{stats[name, g][0]:>8.1f} ±{stats[name, g][1]:>4.1f}" for g in groups))
+            lines.append(f"{name.upper():<22}" + "".join(_cell(*stats[name, g]) for g in groups))
     lines.append(pal_verdict(stats, _minority(pop)))
     lines += ["", f"{'steered with weights':<22}" + "".join(f"{g:>14}" for g in groups)]
     for w, row in steering.items():
         lines.append(f"{'of ' + w:<22}" + "".join(f"{row[g]:>14.3f}" for g in groups))
     return "\n".join(lines)
+
+
+def _cell(mean: float, half: float) -> str:
+    """A 14-character 'mean ±half' column of the text summary; one seed has no interval."""
+    return f"{mean:>8.1f} ±{half:>4.1f}" if half == half else f"{mean:>8.1f}   n/a"
 
 
 def register(subparsers: Any) -> None:

@@ -32,11 +32,17 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 
 def seed_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean over seeds and the half-width of its 95% Student-t interval (0 for a single seed)."""
+    """Mean over seeds and the half-width of its 95% Student-t interval (NaN for a single seed: one seed gives
+    no interval, and a half-width of 0 would read as certainty)."""
     v = np.asarray(values, float)
     if len(v) < 2:
-        return float(v.mean()), 0.0
+        return float(v.mean()), float("nan")
     return float(v.mean()), T975.get(len(v) - 1, 1.96) * float(v.std(ddof=1)) / len(v) ** 0.5
+
+
+def plus_minus(mean: float, half: float, spec: str = ".1f") -> str:
+    """`mean ± half` as printed in reports, or the mean alone, marked, when there is no interval (one seed)."""
+    return f"{mean:{spec}} ± {half:{spec.lstrip('+')}}" if np.isfinite(half) else f"{mean:{spec}} (one seed, no CI)"
 
 
 def mean_se(values: np.ndarray) -> dict[str, float]:
