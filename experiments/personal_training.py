@@ -144,14 +144,20 @@ def finish(res: dict[str, float], t0: float) -> None:
     print("RESULT " + " ".join(f"{k}={v:.4f}" for k, v in res.items()))
 
 
-def main(argv: list[str] | None = None) -> None:
+FULL = {"pairs": 2048, "epochs": 2, "eval_prompts": 256, "samples": 8}
+QUICK = {"pairs": 256, "epochs": 1, "eval_prompts": 24, "samples": 2}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked (exit 2 with a message) before anything is removed or trained."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--pairs", type=positive_int, default=2048)
-    p.add_argument("--epochs", type=positive_int, default=2)
+    p.add_argument("--quick", action="store_true", help="defaults of a short run: " +
+                   ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()) + " (given flags still count)")
+    p.add_argument("--pairs", type=positive_int, default=None, help=f"default {FULL['pairs']}")
+    p.add_argument("--epochs", type=positive_int, default=None, help=f"default {FULL['epochs']}")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--eval-prompts", type=positive_int, default=256)
-    p.add_argument("--samples", type=positive_int, default=8)
+    p.add_argument("--eval-prompts", type=positive_int, default=None, help=f"default {FULL['eval_prompts']}")
+    p.add_argument("--samples", type=positive_int, default=None, help=f"default {FULL['samples']}")
     p.add_argument("--shots", type=positive_int, default=10, help="pairs the new user's vector is fitted from")
     p.add_argument("--token-lr", type=float, default=1e-2, help="learning rate of the control tokens (policy frozen)")
     p.add_argument("--pas-kl", type=float, default=0.02, help="PAS: per-token KL budget of the α search")
@@ -181,8 +187,15 @@ def main(argv: list[str] | None = None) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "train.jsonl").is_file())):
         p.error(f"--out {a.out} exists and is not an earlier run of this script (no train.jsonl in it): "
                 "give a new or empty directory")
-    if a.quick:
-        a.pairs, a.epochs, a.eval_prompts, a.samples = 256, 1, 24, 2
+    for key, value in (QUICK if a.quick else FULL).items():  # a flag given explicitly wins over --quick
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    return a
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    out = Path(a.out)
 
     from pluralign import conditioning
     from pluralign.data.io import write_records

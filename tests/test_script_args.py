@@ -86,3 +86,16 @@ def test_grpo_bench_refuses_cuda_without_a_gpu(tmp_path):
                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode == 2 and "no CUDA device is visible" in proc.stderr, proc.stdout[-1000:] + proc.stderr[-2000:]
     assert "RESULT" not in proc.stdout
+
+
+def test_personal_training_quick_keeps_the_flags_given():
+    """--quick sets the short run's defaults; a count given on the command line still counts (it was overwritten)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("personal_training", ROOT / "experiments" / "personal_training.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    quick = script.parse_args(["--quick", "--pairs", "300", "--out", "/nonexistent/x"])
+    assert (quick.pairs, quick.epochs, quick.eval_prompts, quick.samples) == (300, 1, 24, 2)
+    full = script.parse_args(["--samples", "4", "--out", "/nonexistent/x"])
+    assert (full.pairs, full.epochs, full.eval_prompts, full.samples) == (2048, 2, 256, 4)
