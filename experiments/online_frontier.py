@@ -347,16 +347,20 @@ def main(argv: list[str] | None = None) -> None:
     beats = [m for m in online if "vs_dpo" in results[m] and results[m]["vs_dpo"]["ci_low"] > 0]
     beats_all = [m for m in beats if all(w["ci_low"] > 0 for w in results[m]["vs_dpo_trace"])]
     print(f"total {wall:.0f}s wall, {cpu:.0f} CPU-s (load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}); "
-          f"{labels} labels each; {above}/{len(online)} online methods with CI above 0; ahead of offline DPO at its "
-          f"KL with the paired CI above 0: {', '.join(beats) or 'none'}; also ahead of DPO's earlier points: "
-          f"{', '.join(beats_all) or 'none'}; results in {out / 'results.json'}")
+          f"{labels} labels each; {above}/{len(online)} online methods with CI above 0; "
+          + (f"ahead of offline DPO at its KL with the paired CI above 0: {', '.join(beats) or 'none'}; also ahead of "
+             f"DPO's earlier points: {', '.join(beats_all) or 'none'}; " if "dpo" in results else
+             "no offline DPO run (--offline): nothing compared with it; ")
+          + f"results in {out / 'results.json'}")
     fields = [f"{m}_{k}={results[m][k]:.4f}" for m in online + offline for k in ("gain", "kl", "ci_low", "ci_high")]
     for m in online:
         if "vs_dpo" in results[m]:
             v = results[m]["vs_dpo"]
             fields += [f"{m}_gain_at_dpo_kl={v['gain_at_dpo_kl']:.4f}", f"{m}_minus_dpo={v['diff']:.4f}",
                        f"{m}_minus_dpo_ci_low={v['ci_low']:.4f}"]
-    print("RESULT " + " ".join(fields) + f" labels={labels} online_ci_above_0={above} beat_dpo={len(beats)} beat_dpo_every_epoch={len(beats_all)} "
+    compared = "dpo" in results  # else nothing was compared: not a count of 0
+    print("RESULT " + " ".join(fields) + f" labels={labels} online_ci_above_0={above} "
+          f"beat_dpo={len(beats) if compared else 'na'} beat_dpo_every_epoch={len(beats_all) if compared else 'na'} "
           f"seconds={wall:.0f} cpu_seconds={cpu:.0f} load={load[0]:.1f}")
 
 
