@@ -330,3 +330,18 @@ def test_a_data_file_given_twice_or_also_as_eval_data_is_warned_about(tmp_path):
         warnings.simplefilter("error")
         warn_data_files([str(a)], [str(b)])
         warn_data_files(str(a), None)
+
+
+def test_disable_dropout_false_keeps_the_models_dropout(tmp_path):
+    # SFT of a model that ships with dropout may want to keep it: the option leaves every rate as saved.
+    from loop_toys import WORDS
+
+    from pluralign.train.recipes.common import ModelTrainingConfig, load_trainable
+
+    path = tmp_path / "gpt2"
+    tok = tiny.word_tokenizer(WORDS)
+    tiny.tiny_gpt2(len(tok), hidden_size=16, num_layers=1, num_heads=2).save_pretrained(path)
+    rates = lambda m: {mod.p for mod in m.modules() if isinstance(mod, torch.nn.Dropout)}  # noqa: E731
+    assert rates(load_trainable(ModelTrainingConfig(model=str(path)))) == {0.0}
+    assert rates(load_trainable(ModelTrainingConfig(model=str(path), disable_dropout=False))) == {0.1}
+    assert rates(load_trainable(ModelTrainingConfig(model=str(path), disable_dropout=False), frozen=True)) == {0.0}

@@ -31,6 +31,7 @@ class ModelTrainingConfig:
     attention_kernel: Literal["auto", "flash", "flex", "sdpa"] = option("auto", help="Attention kernel of packed batches: flash (flash-attn varlen, CUDA, the pluralign[flash] extra), flex (PyTorch FlexAttention, compiled on CUDA; forward only on CPU), sdpa (one SDPA call per sequence), auto (flash when installed on CUDA, else sdpa).")
     gradient_checkpointing: bool = option(True, help="Recompute each decoder layer's activations in backward instead of storing them: about a third more compute for a fraction of the activation memory (TRL's default too). Turn off for speed when memory allows.")
     dtype: str = option("auto", help="Weights dtype: auto (as saved), float32, bfloat16, float16.")
+    disable_dropout: bool = option(True, help="Turn the model's own dropout off while training (LoRA's adapter dropout is kept). With dropout a training forward scores other log-probs than the reference and the rollouts: DPO's first loss is not log 2 and a policy ratio is not 1 before any update (TRL's DPO, reward and PPO trainers turn it off too). Set false to keep it, e.g. for SFT of a model that ships with it.")
     use_lora: bool = option(False, help="Train LoRA adapters instead of all weights.")
     lora: LoraSpec = option(default_factory=LoraSpec, help="LoRA settings (used when use_lora is true).")
 
@@ -88,8 +89,8 @@ def warn_data_files(data: str | list[str], eval_data: str | list[str] | None) ->
 
 
 def load_trainable(config: ModelTrainingConfig, kind: str = "causal", *, frozen: bool = False) -> Any:
-    """`config.model` as configured for training (dtype, LoRA, gradient checkpointing, no dropout: see
-    `disable_dropout`), on this process's device; `frozen`: only to compute features (no LoRA, no
+    """`config.model` as configured for training (dtype, LoRA, gradient checkpointing, dropout off unless
+    `config.disable_dropout` is false), on this process's device; `frozen`: only to compute features (no LoRA, no
     checkpointing)."""
     if not frozen and not config.use_lora and config.lora != LoraSpec():
         # lora.r=8 alone would otherwise train every weight without a word
@@ -100,7 +101,8 @@ def load_trainable(config: ModelTrainingConfig, kind: str = "causal", *, frozen:
         model = load_model(config.model, kind=kind, dtype=config.dtype,
                            lora=config.lora if config.use_lora and not frozen else None,
                            gradient_checkpointing=config.gradient_checkpointing and not frozen)
-    disable_dropout(model)
+    if config.disable_dropout or frozen:  # features for a frozen backbone: never with dropout
+        disable_dropout(model)
     return model.to(process_state().device)
 
 
