@@ -15,7 +15,7 @@ from pluralign.config import from_dict
 from pluralign.errors import ConfigError
 from pluralign.models import tiny
 from pluralign.online.rollout import BACKENDS, NativeBackend, RolloutConfig, make_backend
-from pluralign.online.vllm_rollout import finish_reason, merged_weights
+from pluralign.online.vllm_rollout import allowed_tokens, finish_reason, merged_weights
 from pluralign.train.recipes.online import OnlineConfig, run
 
 
@@ -30,6 +30,15 @@ def test_finish_reasons_map_to_the_native_ones():
     assert finish_reason("length", None) == "length"
     assert finish_reason("stop", None) == "eos"  # EOS: vLLM reports no stop reason
     assert finish_reason("stop", "\n\n") == "stop" and finish_reason("stop", 7) == "stop"
+
+
+def test_tokens_added_for_prompts_only_are_not_sampled():
+    # Statement words and control tokens sit above `pluralign_output_vocab`: pluralign's forward masks them
+    # with a hook, which vLLM's own copy of the model does not run, so it is told the allowed ids.
+    model = tiny.tiny_llama(20, hidden_size=16, num_heads=2)
+    assert allowed_tokens(model.config) is None
+    model.config.pluralign_output_vocab = 17
+    assert allowed_tokens(model.config) == list(range(17))
 
 
 def test_plain_weights_are_the_named_parameters():

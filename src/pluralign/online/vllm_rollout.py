@@ -25,7 +25,7 @@ import torch
 
 from pluralign.data.prompts import encode_prompts
 from pluralign.errors import ConfigError
-from pluralign.models.load import is_peft_model
+from pluralign.models.load import OUTPUT_VOCAB, is_peft_model
 from pluralign.online.rollout import BACKENDS, Rollout, RolloutConfig
 
 
@@ -47,6 +47,15 @@ def merged_weights(policy: Any) -> Iterator[list[tuple[str, torch.Tensor]]]:
         yield out
     finally:
         policy.unmerge_adapter()
+
+
+def allowed_tokens(model_config: Any) -> list[int] | None:
+    """The ids the policy may answer with, when some are excluded: tokens added for prompts only (statement
+    words, control tokens; from the config's `pluralign_output_vocab` on) get the lowest logit in pluralign's
+    own forward (`mask_added_tokens`, a hook vLLM's copy of the model does not run), so vLLM is told to
+    sample below that id. None: every id may be sampled."""
+    vocab = getattr(model_config, OUTPUT_VOCAB, None)
+    return list(range(vocab)) if vocab is not None else None
 
 
 def finish_reason(reason: str | None, stop_reason: Any) -> str:
@@ -83,7 +92,7 @@ class VLLMBackend:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-        self.policy, self.tokenizer = policy, tokenizer
+        self.policy, self.tokenizer, self.allowed = policy, tokenizer, allowed_tokens(base.config)
         self.llm = LLM(model=path, tokenizer=path, dtype=str(next(base.parameters()).dtype).removeprefix("torch."),
                        gpu_memory_utilization=config.gpu_memory_utilization, max_model_len=config.max_model_len,
                        seed=seed + state.process_index, distributed_executor_backend="external_launcher",
@@ -103,7 +112,8 @@ class VLLMBackend:
 
         prompt_ids = encode_prompts(self.tokenizer, list(prompts), chat_template)
         params = SamplingParams(n=n, temperature=temperature, top_k=top_k if top_k > 0 else -1, top_p=top_p,
-                                max_tokens=max_new_tokens, logprobs=0, seed=seed, stop=list(stop) if stop else None)
+                                max_tokens=max_new_tokens, logprobs=0, seed=seed, stop=list(stop) if stop else None,
+                                allowed_token_ids=self.allowed)
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params,
                                     use_tqdm=False)
         completions = [c for out in outputs for c in out.outputs]
