@@ -250,12 +250,22 @@ def test_resume_applies_a_changed_learning_rate_and_records_it(tmp_path, capsys)
     assert {g["initial_lr"] for g in saved.optimizer["param_groups"]} == {1e-3}
 
 
-def test_resume_with_the_same_settings_changes_nothing(tmp_path, capsys):
+def test_resume_with_more_steps_keeps_the_config_that_ran_before(tmp_path):
+    # max_steps sets a decaying rate's schedule: the first steps ran under another config than config.yaml's.
+    run = tmp_path / "run"
+    train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=2, scheduler="linear"), run)
+    train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=4, scheduler="linear"), run)
+    assert load(LoopConfig, run / "config.yaml").max_steps == 4
+    assert load(LoopConfig, run / "config.until-step-2.yaml").max_steps == 2
+    train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=4, scheduler="linear"), run)
+    assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.until-step-2.yaml", "config.yaml"]
+
+
+def test_resume_with_the_same_optimizer_settings_reports_no_change(tmp_path, capsys):
     run = tmp_path / "run"
     train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=2), run)
     train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=4), run)
     assert "changed settings" not in capsys.readouterr().out
-    assert not list(run.glob("config.until-*"))
 
 
 def test_a_refused_resume_leaves_config_yaml_as_it_was(tmp_path):

@@ -206,6 +206,7 @@ def train(
         if changed and accelerator.is_main_process:
             accelerator.print(f"resuming with changed settings from step {loaded.position.global_step} on: "
                               + ", ".join(changed))
+        if accelerator.is_main_process:  # any change (max_steps too: a decaying rate's schedule) keeps the old config
             archive_config(run, previous_config, loaded.position.global_step)
         for name, obj in stateful.items():
             obj.load_state_dict(loaded.extra[name] if name != LOOP_LOG else loaded.extra.get(name))
