@@ -8,11 +8,13 @@ moment is in test_loop.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -304,12 +306,34 @@ def test_resume_is_refused_when_the_run_itself_changed(tmp_path):
 # ---------------------------------------------------------------- two runs, one directory
 
 
+@contextlib.contextmanager
+def held_elsewhere(run: RunDir):
+    """`run` locked by another thread of this process for the duration of the block."""
+    taken, done = threading.Event(), threading.Event()
+
+    def hold():
+        with run.lock():
+            taken.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert taken.wait(30)
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def test_a_second_run_on_a_locked_directory_is_refused_naming_the_holder(tmp_path):
     run = RunDir(tmp_path / "run")
-    with run.lock():
+    with held_elsewhere(run):
         with pytest.raises(PluralignError, match=rf"in use by another run \(pid {os.getpid()}"):
             train(make_model(), make_data(8), collate, nll_step, cfg(max_steps=1), run.root)
     train(make_model(), make_data(8), collate, nll_step, cfg(max_steps=1), run.root)  # released
+    with run.lock(), run.lock():  # the holding thread may take it again (a recipe around its loop)
+        train(make_model(), make_data(8), collate, nll_step, cfg(max_steps=2), run.root)
 
 
 def test_the_lock_of_a_killed_run_is_not_stale(tmp_path):

@@ -345,3 +345,32 @@ def test_disable_dropout_false_keeps_the_models_dropout(tmp_path):
     assert rates(load_trainable(ModelTrainingConfig(model=str(path)))) == {0.0}
     assert rates(load_trainable(ModelTrainingConfig(model=str(path), disable_dropout=False))) == {0.1}
     assert rates(load_trainable(ModelTrainingConfig(model=str(path), disable_dropout=False), frozen=True)) == {0.0}
+
+
+def test_a_recipe_holds_its_run_directory_until_the_model_is_saved(files, tmp_path, monkeypatch):
+    # The loop's lock used to end with the loop: a second run could start on the directory while the model
+    # was being saved. Another thread stands for that second run.
+    import threading
+
+    from pluralign.errors import PluralignError
+    from pluralign.train.recipes import sft
+
+    refused, real = [], sft.save_policy
+
+    def save_policy(model, tokenizer, config, out, result, **kwargs):
+        def second_run():
+            try:
+                with RunDir(out).lock():
+                    pass
+            except PluralignError as e:
+                refused.append(str(e))
+
+        thread = threading.Thread(target=second_run)
+        thread.start()
+        thread.join()
+        return real(model, tokenizer, config, out, result, **kwargs)
+
+    monkeypatch.setattr(sft, "save_policy", save_policy)
+    run_sft(model=str(files["base"]), data=[str(files["pairs"])], output_dir=str(tmp_path / "out"),
+            loop={**LOOP, "max_steps": 1})
+    assert len(refused) == 1 and "in use by another run" in refused[0]

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -173,6 +174,9 @@ def _plain(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+_HELD: set[tuple[str, int]] = set()  # (run directory, thread) whose lock this process holds
+
+
 class RunDir:
     """The directory of one run: `config.yaml`, `metrics.jsonl`, `checkpoints/`, `report/`."""
 
@@ -223,8 +227,10 @@ class RunDir:
     def lock(self) -> Iterator[None]:
         """Hold the run directory for this process: a second run on it (in this or another process)
         fails at once, naming the holder's pid. The kernel drops the lock when its holder exits or is
-        killed, so a crashed run never blocks the next one."""
-        if fcntl is None:
+        killed, so a crashed run never blocks the next one. The thread that holds it may take it again
+        (a recipe holds it from its loop to its saved model; the loop takes it too)."""
+        key = (os.path.realpath(self.root), threading.get_ident())
+        if fcntl is None or key in _HELD:
             yield
             return
         path = self.root / ".lock"
@@ -243,9 +249,11 @@ class RunDir:
                 ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _HELD.add(key)
             try:
                 yield
             finally:
+                _HELD.discard(key)
                 os.ftruncate(fd, 0)
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:

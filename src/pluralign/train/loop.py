@@ -92,16 +92,21 @@ class TrainingDiverged(PluralignError):
     """The loss, the gradient or the updated weights became NaN/inf; nothing of that step was saved."""
 
 
+def holding(run_dir: RunDir | str | Path | None) -> Any:
+    """The run directory locked by the main process, so two runs never write one directory (the other
+    processes of a run share the main process's lock). Recipes hold it from the loop through the saved model."""
+    if run_dir is None or not process_state().is_main_process:
+        return nullcontext()
+    return (run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)).lock()
+
+
 def _holding_run_dir(fn):
-    """Run `fn` with its run directory locked by the main process, so two runs never write one
-    directory (other processes of the same run share the main process's lock)."""
+    """Run `fn` (the loop) holding its run directory."""
 
     @functools.wraps(fn)
     def locked(model, dataset, collate, step, config, run_dir=None, **kwargs):
         run = RunDir(run_dir) if run_dir is not None and not isinstance(run_dir, RunDir) else run_dir
-        if run is None or not process_state().is_main_process:
-            return fn(model, dataset, collate, step, config, run, **kwargs)
-        with run.lock():
+        with holding(run):
             return fn(model, dataset, collate, step, config, run, **kwargs)
 
     return locked

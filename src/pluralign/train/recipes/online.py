@@ -30,7 +30,7 @@ from pluralign.online.policy_losses import LOSSES as POLICY_LOSSES
 from pluralign.online.rewards import RewardSpec, Source
 from pluralign.online.rollout import Prompt, RolloutConfig, make_backend, read_prompts
 from pluralign.runs import atomic_open
-from pluralign.train.loop import LoopConfig, train
+from pluralign.train.loop import LoopConfig, holding, train
 from pluralign.train.parallel import process_state
 from pluralign.train.recipes.common import (
     PolicyTrainingConfig,
@@ -180,12 +180,13 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
                     num_minibatches=config.num_minibatches, redraw_tries=config.redraw_tries,
                     backend=make_backend(config.rollout, policy, tokenizer, config.loop.seed))
     out = Path(config.output_dir)
-    result = train(trainee, prompts, engine.collate, method.step, config.loop, out, stateful=engine.stateful(),
-                   run_config=config, prepare_step=engine.prepare, steps_per_batch=engine.updates_per_rollout)
-    saved = save_policy(policy, tokenizer, config, out, result)
-    if isinstance(trainee, PolicyWithValue) and process_state().is_main_process:
-        with atomic_open(out / "value_head.pt") as f:  # a kill mid-write leaves the previous file, not half of one
-            torch.save(trainee.value_head.state_dict(), f)
+    with holding(out):  # until the model is saved: no second run starts on the directory after the loop
+        result = train(trainee, prompts, engine.collate, method.step, config.loop, out, stateful=engine.stateful(),
+                       run_config=config, prepare_step=engine.prepare, steps_per_batch=engine.updates_per_rollout)
+        saved = save_policy(policy, tokenizer, config, out, result)
+        if isinstance(trainee, PolicyWithValue) and process_state().is_main_process:
+            with atomic_open(out / "value_head.pt") as f:  # a kill mid-write leaves the previous file, not half of one
+                torch.save(trainee.value_head.state_dict(), f)
     return saved
 
 

@@ -34,7 +34,7 @@ from pluralign.errors import ConfigError, DataError, PluralignError
 from pluralign.losses.registry import check_hyperparams
 from pluralign.models.load import is_peft_model, save_model
 from pluralign.personal.conditioned import PersonalConfig, Personalization, group_check
-from pluralign.train.loop import LoopConfig, train
+from pluralign.train.loop import LoopConfig, holding, train
 from pluralign.train.parallel import process_state
 from pluralign.train.recipes import multiobjective as mo
 from pluralign.train.recipes.common import (
@@ -214,25 +214,26 @@ def run(config: PreferenceConfig) -> RecipeResult:
     if multi is not None and multi.drop_ties:
         # After every per-example value is in place: the items keep their rows of the cached values.
         train_items = [train_items[i] for i in mo.informative([it.record for it in train_items], multi)]
-    result = train(model, train_items, Collate(collator, train_values), step, config.loop, out,
-                   eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_values),
-                   stateful=({"reward_shift": shift} if shift else {}) | personal.state, run_config=config,
-                   prepare_step=mo.prepare_step(scheme, step_counts, [it.record for it in train_items]))
-    personal.detach(model)
-    if scheme is not None:
-        scheme.detach(model)
-    if scheme is not None and scheme.name == "joint_soup":  # K members, then the soup that interpolates them
-        if distributed.is_main_process:
-            scheme.save_members(model, out, lambda m, d: save_model(m, tokenizer, d, merge_lora=config.merge_lora))
-        distributed.wait_for_everyone()
-        return RecipeResult(out / "model", out, result)
-
-    def write(model_dir: Path) -> None:  # into the model directory before it is renamed into place
-        personal.save(model_dir)
+    with holding(out):  # until the model is saved: no second run starts on the directory after the loop
+        result = train(model, train_items, Collate(collator, train_values), step, config.loop, out,
+                       eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_values),
+                       stateful=({"reward_shift": shift} if shift else {}) | personal.state, run_config=config,
+                       prepare_step=mo.prepare_step(scheme, step_counts, [it.record for it in train_items]))
+        personal.detach(model)
         if scheme is not None:
-            scheme.save(model_dir)
+            scheme.detach(model)
+        if scheme is not None and scheme.name == "joint_soup":  # K members, then the soup that interpolates them
+            if distributed.is_main_process:
+                scheme.save_members(model, out, lambda m, d: save_model(m, tokenizer, d, merge_lora=config.merge_lora))
+            distributed.wait_for_everyone()
+            return RecipeResult(out / "model", out, result)
 
-    return save_policy(model, tokenizer, config, out, result, extra_files=conditioning.save_state(scheme), write=write)
+        def write(model_dir: Path) -> None:  # into the model directory before it is renamed into place
+            personal.save(model_dir)
+            if scheme is not None:
+                scheme.save(model_dir)
+
+        return save_policy(model, tokenizer, config, out, result, extra_files=conditioning.save_state(scheme), write=write)
 
 
 def _check_inputs(config: PreferenceConfig, info: losses.LossInfo) -> None:

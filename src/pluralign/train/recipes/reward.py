@@ -46,7 +46,7 @@ from pluralign.reward.bt import BTRewardModel, bt_pair_step
 from pluralign.reward.multi import MultiObjectiveRewardModel, multi_pair_step, multi_regression_step
 from pluralign.reward.pal import PALRewardModel, pal_pair_step
 from pluralign.runs import RunDir, atomic_write_json
-from pluralign.train.loop import LoopConfig, train
+from pluralign.train.loop import LoopConfig, holding, train
 from pluralign.train.recipes.common import ModelTrainingConfig, RecipeResult, load_trainable, warn_data_files
 
 COMMANDS = {"rm": "bt", "morm": "multi", "pal": "pal", "binary-rm": "binary"}
@@ -199,9 +199,10 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
     if config.freeze_backbone:
         items = rdata.precompute_features(items, encoder, needs_prompt=model.needs_prompt)
         eval_items = eval_items and rdata.precompute_features(eval_items, encoder, needs_prompt=model.needs_prompt)
-    result = train(model, items, collate, step, config.loop, run_dir, eval_dataset=eval_items, params=params,
-                   run_config=config)
-    model.eval().save(run_dir.root / "model")
+    with holding(run_dir):  # until the model is saved: no second run starts on the directory after the loop
+        result = train(model, items, collate, step, config.loop, run_dir, eval_dataset=eval_items, params=params,
+                       run_config=config)
+        model.eval().save(run_dir.root / "model")
     if eval_records:
         from pluralign.reward.evaluation import chance_warning, evaluate_records, summary
 

@@ -23,7 +23,7 @@ from pluralign.data.collate import SFTCollator
 from pluralign.data.io import read_located
 from pluralign.errors import DataError, Problem
 from pluralign.models.logprobs import sequence_logps
-from pluralign.train.loop import LoopConfig, train
+from pluralign.train.loop import LoopConfig, holding, train
 from pluralign.train.recipes.common import PolicyTrainingConfig, RecipeResult, load_policy, save_policy
 
 
@@ -72,9 +72,10 @@ def run(config: SFTConfig) -> RecipeResult:
         eval_records = conditioning.condition_records(scheme, eval_records)
         scheme.install(model)  # learned control tokens: the table the loop trains
     out = Path(config.output_dir)
-    result = train(model, records, collate, step, config.loop, out,
-                   eval_dataset=eval_records or None, run_config=config)
-    if scheme is not None:
-        scheme.detach(model)
-    return save_policy(model, tokenizer, config, out, result, extra_files=conditioning.save_state(scheme),
-                       write=scheme.save if scheme is not None else None)
+    with holding(out):  # until the model is saved: no second run starts on the directory after the loop
+        result = train(model, records, collate, step, config.loop, out,
+                       eval_dataset=eval_records or None, run_config=config)
+        if scheme is not None:
+            scheme.detach(model)
+        return save_policy(model, tokenizer, config, out, result, extra_files=conditioning.save_state(scheme),
+                           write=scheme.save if scheme is not None else None)
