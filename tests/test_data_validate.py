@@ -227,6 +227,7 @@ def test_many_problems_are_all_kept_but_the_message_is_capped(tmp_path):
         ("missing.jsonl", None, "no such file"),
         ("data.txt", "hello", "unknown format '.txt'"),
         ("empty.jsonl", "\n\n", "no records found"),
+        ("empty.json", "\n", "no records found"),
         ("odd.jsonl", '{"prompt": "p", "reply": "r"}\n', "cannot tell the kind"),
         ("list.json", '{"prompt": "p"}', "expected a JSON list of objects, got dict"),
         ("broken.json", '[\n{"prompt": "p",\n]', "malformed JSON"),

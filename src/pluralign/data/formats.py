@@ -115,6 +115,8 @@ def _jsonl_rows(data: bytes) -> list[RawRow]:
 
 
 def _json_rows(text: str, name: str) -> list[RawRow]:
+    if not text.strip():  # as an empty JSONL or CSV file: no records, not a JSON syntax error at column 1
+        return []
     try:
         elements = _json_elements(text)
         value = json.loads(text) if elements is None else None  # not an array: say what it is, or where it breaks
