@@ -25,6 +25,7 @@ from pluralign.decode.sampler import eval_mode
 from pluralign.errors import ConfigError, PluralignError
 from pluralign.models.load import is_peft_model
 from pluralign.models.logprobs import token_logps
+from pluralign.online import grouped
 from pluralign.online.rewards import (
     RunningMoments,
     Source,
@@ -35,7 +36,7 @@ from pluralign.online.rewards import (
     varied_groups,
 )
 from pluralign.online.rollout import NativeBackend, Prompt, Rollout, derived_seed, generate
-from pluralign.train.reference import adapters_disabled, frozen_copy
+from pluralign.train.reference import adapters_disabled, frozen_copy, loop_autocast
 
 
 class Reference:
@@ -60,6 +61,8 @@ class Reference:
     def token_logps(self, batch: dict) -> torch.Tensor:
         def run(m):
             with torch.no_grad(), eval_mode(m):
+                if "group_input_ids" in batch and grouped.works(m):  # the policy's layout: the same rounding
+                    return grouped.token_logps_grouped(m, batch)
                 return token_logps(m, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
 
         if self.model is not None:
@@ -88,7 +91,8 @@ class Engine:
                  combine_mode: str = "sum", reward_norm: str = "none", reward_clip: float | None = None,
                  overlong_buffer: int = 0, overlong_factor: float = 1.0, calibrate_samples: int = 0,
                  calibrate_t: float = 1.0, reference: Reference | None = None, trainee: Any = None,
-                 ppo_epochs: int = 1, num_minibatches: int = 1, redraw_tries: int = 0, backend: Any = None):
+                 ppo_epochs: int = 1, num_minibatches: int = 1, redraw_tries: int = 0, backend: Any = None,
+                 precision: str = "no"):
         self.policy, self.tokenizer, self.prompts, self.sources = policy, tokenizer, prompts, sources
         self.weights = torch.tensor(source_weights, dtype=torch.float)
         self.method, self.group_size, self.seed, self.sampling = method, group_size, seed, dict(sampling)
@@ -99,6 +103,7 @@ class Engine:
         self.trainee = trainee if trainee is not None else policy  # what the method's forwards run on
         self.ppo_epochs, self.num_minibatches, self.redraw_tries = ppo_epochs, num_minibatches, redraw_tries
         self.backend = backend if backend is not None else NativeBackend(policy, tokenizer)  # who generates
+        self.precision = precision  # the loop's autocast ("no", "bf16", "fp16"), which the method's forwards share
         self.moments = RunningMoments()
         self.ready: dict[tuple[int, ...], dict] = {}
         self._rollout: tuple[int, list[tuple[tuple[int, ...], dict, float]]] | None = None  # (its step, batches)
@@ -169,7 +174,10 @@ class Engine:
         for idx in micro:
             rollout, rewards, metrics, tokens = self._sample(step, idx)
             gen_tokens += tokens
-            batch, denominator = self.method.build(self.trainee, rollout, rewards)
+            # Under the loop's autocast: the sampling policy's and the reference's log-probs must round as the
+            # training forward's do, or ratios and KL start off 1 and 0 (fp32 against bf16: ~0.03 a token).
+            with loop_autocast(next(self.trainee.parameters()).device, self.precision):
+                batch, denominator = self.method.build(self.trainee, rollout, rewards)
             batch["metrics"] = metrics | batch.get("metrics", {})
             built.append((tuple(idx), batch, denominator))
         gen_tps = torch.tensor(gen_tokens / max(time.perf_counter() - now, 1e-9))

@@ -171,8 +171,8 @@ def works(model: Any) -> bool:
         batch = {k: v.to(device) for k, v in (rows | grouped_rows(prompts, completions, 2, 0)).items()}
         was_training = inner.training
         inner.eval()
-        try:
-            with torch.no_grad():
+        try:  # in full precision whatever the caller's autocast: the check is of the mask, not of rounding
+            with torch.no_grad(), torch.autocast(device.type, enabled=False):
                 a = token_logps(inner, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
                 b = token_logps_grouped(inner, batch)
         except (ValueError, RuntimeError, IndexError, TypeError):  # a forward that cannot take a 4D mask (ALiBi)

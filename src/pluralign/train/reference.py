@@ -84,8 +84,7 @@ def compute_reference(model: torch.nn.Module, dataset: Sequence, collate: Callab
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, total=-(-len(dataset) // batch_size), desc="reference log-probs")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+    with torch.inference_mode(), loop_autocast(device, precision):
         for batch in batches:
             batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             for key, value in logps_of(model, batch).items():
@@ -93,6 +92,13 @@ def compute_reference(model: torch.nn.Module, dataset: Sequence, collate: Callab
     model.train(was_training)
     # Concatenated outside inference mode: the result is an ordinary tensor that training may use freely.
     return {key: _cat_padded(values) for key, values in parts.items()}
+
+
+def loop_autocast(device: torch.device | str, precision: str) -> torch.autocast:
+    """The training loop's autocast for `precision` ("no", "bf16", "fp16") on `device`: forwards made outside
+    the loop (reference, rollout log-probs) run under it so that they round as the loop's own forward does."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
 def cached_reference(model: torch.nn.Module, dataset: Sequence, collate: Callable[[list], dict],

@@ -178,7 +178,8 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
                     calibrate_samples=config.calibrate_samples, calibrate_t=config.calibrate_t,
                     reference=reference, trainee=trainee, ppo_epochs=config.ppo_epochs,
                     num_minibatches=config.num_minibatches, redraw_tries=config.redraw_tries,
-                    backend=make_backend(config.rollout, policy, tokenizer, config.loop.seed))
+                    backend=make_backend(config.rollout, policy, tokenizer, config.loop.seed),
+                    precision=config.loop.mixed_precision)
     out = Path(config.output_dir)
     with holding(out):  # until the model is saved: no second run starts on the directory after the loop
         result = train(trainee, prompts, engine.collate, method.step, config.loop, out, stateful=engine.stateful(),
