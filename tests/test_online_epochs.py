@@ -179,3 +179,34 @@ def test_redraws_give_up_after_the_tries_and_log_it(base):
     assert ro.prompts[::4] == ["the cat", "hello world"]  # the original (flat) groups keep their slots
     batch, d = engine.method.build(engine.trainee, ro, rewards)
     assert d == 0 and batch["loss_mask"].sum() == 0
+
+
+def test_generation_speed_counts_the_time_spent_generating_only(base, monkeypatch):
+    """gen_tokens_per_s divided by the whole rollout phase, reward scoring and the method's forwards (old and
+    reference log-probs) included: with a slow reward model or judge it said nothing of generation."""
+    from types import SimpleNamespace
+
+    import pluralign.online.engine as engine_module
+
+    now = [0.0]
+    monkeypatch.setattr(engine_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def slow_reward(prompts, responses):
+        now[0] += 100.0
+        return cat_reward(prompts, responses)
+
+    engine = engine_for(base, slow_reward, 0)
+    native = engine.backend
+
+    class OneSecond:
+        def sync(self):
+            native.sync()
+
+        def generate(self, *args, **kwargs):
+            now[0] += 1.0
+            return native.generate(*args, **kwargs)
+
+    engine.backend = OneSecond()
+    engine.prepare(0, [[0, 1]])
+    batch = engine.ready[(0, 1)]
+    assert float(batch["metrics"]["gen_tokens_per_s"]) == float(batch["completion_mask"].sum())  # tokens / 1 s

@@ -108,6 +108,7 @@ class Engine:
         self.ready: dict[tuple[int, ...], dict] = {}
         self._rollout: tuple[int, list[tuple[tuple[int, ...], dict, float]]] | None = None  # (its step, batches)
         self._train_clock: tuple[float, float] | None = None  # (start of the previous step's training, its tokens)
+        self._gen_seconds = 0.0  # spent generating in this rollout
 
     @property
     def updates_per_rollout(self) -> int:
@@ -163,7 +164,7 @@ class Engine:
         self._train_clock = (time.perf_counter(), train_tokens)
 
     def _roll(self, step: int, micro: list[list[int]]) -> list[tuple[tuple[int, ...], dict, float]]:
-        now = time.perf_counter()
+        self._gen_seconds = 0.0  # time in the backend's generate only, not in reward scoring or the method's forwards
         if self.reference is not None:
             self.reference.refresh(step)
         history = getattr(self.method, "history", None)
@@ -180,7 +181,7 @@ class Engine:
                 batch, denominator = self.method.build(self.trainee, rollout, rewards)
             batch["metrics"] = metrics | batch.get("metrics", {})
             built.append((tuple(idx), batch, denominator))
-        gen_tps = torch.tensor(gen_tokens / max(time.perf_counter() - now, 1e-9))
+        gen_tps = torch.tensor(gen_tokens / max(self._gen_seconds, 1e-9))
         for _, batch, _ in built:
             batch["metrics"]["gen_tokens_per_s"] = gen_tps
         return built
@@ -217,7 +218,10 @@ class Engine:
         return rollout, self.normalized(shaped), metrics, tokens
 
     def _generate(self, idx: list[int], seed: int) -> Rollout:
-        return self.backend.generate([self.prompts[i].prompt for i in idx], self.group_size, seed=seed, **self.sampling)
+        start = time.perf_counter()
+        out = self.backend.generate([self.prompts[i].prompt for i in idx], self.group_size, seed=seed, **self.sampling)
+        self._gen_seconds += time.perf_counter() - start
+        return out
 
     def collate(self, items: list[Prompt]) -> dict:
         key = tuple(it.index for it in items)
