@@ -262,6 +262,10 @@ def test_a_short_reward_is_named_when_the_prompt_rows_carry_users(base, tmp_path
     ("temperature=0", "'temperature' must be > 0"),
     ("top_p=2", "'top_p' must be in (0, 1]"),
     ("beta=-0.1", "'beta' (the KL coefficient) must be >= 0"),
+    # inherited settings the online recipes do not apply: they were silently dropped
+    ("max_prompt_length=8", "the online recipes do not apply max_prompt_length"),
+    ("eval_data=[held_out.jsonl]", "the online recipes do not apply eval_data"),
+    ("skip_invalid=true", "the online recipes do not apply skip_invalid"),
 ])
 def test_bad_online_settings_exit_2_before_the_model_loads(tmp_path, capsys, setting, message):
     data = write_prompts(tmp_path / "prompts.jsonl")

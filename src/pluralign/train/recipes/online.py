@@ -121,6 +121,14 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
         raise ConfigError("group_size and max_new_tokens must be >= 1")
     if config.packing:
         raise ConfigError("packing is not supported by the online recipes; set packing=false")
+    # Settings every policy recipe inherits that the online ones do not apply: said, not silently dropped
+    unread = [name for name, given in (("eval_data", bool(config.eval_data)),
+                                       ("max_prompt_length", config.max_prompt_length is not None),
+                                       ("truncation", config.truncation != "keep_end"),
+                                       ("skip_invalid", config.skip_invalid)) if given]
+    if unread:
+        raise ConfigError(f"the online recipes do not apply {', '.join(unread)} (prompts are generated from whole, bad "
+                          "prompt rows are errors, and nothing is evaluated during training); remove them")
     if not config.temperature > 0:  # greedy rollouts: one completion per prompt, and not the policy's samples
         raise ConfigError(f"'temperature' must be > 0: online training learns from the policy's samples, got {config.temperature}")
     if not 0 < config.top_p <= 1 or config.top_k < 0:
