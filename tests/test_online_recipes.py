@@ -351,3 +351,24 @@ def test_rsft_trains_only_the_selected_samples(base):
     got = method.step(model, with_scale(batch, d, 2))[0]
     want, _ = sft.step(model, training_rows(tok, ro.prompt_ids[:2], completions[:2]))
     torch.testing.assert_close(got, torch.stack([want.sum(), torch.tensor(0.0)]), atol=1e-6, rtol=0)
+
+
+def cats_and_brevity(prompts, responses):
+    """Two objectives: the number of 'cat's, and minus the length in words."""
+    return [[float(r.split().count("cat")), -float(len(r.split()))] for r in responses]
+
+
+cats_and_brevity.objectives = ["cats", "short"]
+
+
+def test_sources_sharing_a_name_each_log_their_reward(base, tmp_path):
+    """One multi-objective reward under two weightings (to log each objective): both were logged as
+    reward/<source>, the second overwriting the first."""
+    specs = [{"source": "toys:two", "weights": {"cats": 1.0, "short": 0.0}},
+             {"source": "toys:two", "weights": {"cats": 0.0, "short": 1.0}, "weight": 0.5}]
+    run(config(base, tmp_path, rewards=specs, loop={"max_steps": 1}), prompts=PROMPTS,
+        reward_objects=[cats_and_brevity, cats_and_brevity])
+    row = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    cats, short = row["reward/toys:two[0]"], row["reward/toys:two[1]"]
+    assert short < 0 <= cats
+    assert row["reward"] == pytest.approx(cats + 0.5 * short, abs=1e-5)

@@ -241,7 +241,7 @@ class Engine:
         metrics = {"reward": raw.mean(), "response_length": rollout.lengths.mean(),
                    "truncated_fraction": rollout.truncated.float().mean()}
         if len(self.sources) > 1:
-            metrics |= {f"reward/{s.name}": columns[:, k].mean() for k, s in enumerate(self.sources)}
+            metrics |= {f"reward/{name}": columns[:, k].mean() for k, name in enumerate(source_labels(self.sources))}
         if self.calibrate_samples > 0:
             rewards = self._calibrated(rewards, rollout, step, idx)
         if self.overlong_buffer > 0:
@@ -269,6 +269,14 @@ class Engine:
                                 for src in self.sources], 1)
         ref_r = combine(ref_cols, self.weights, m, "sum").view(-1, m)
         return calibrated(rewards.view(-1, self.group_size), ref_r, self.calibrate_t).flatten()
+
+
+def source_labels(sources: list[Source]) -> list[str]:
+    """Each source's name in the metrics; a name that several sources share (one multi-objective reward
+    under different weights, a reward model for different users) gets its index in `rewards`, [k], so that
+    no source's column overwrites another's."""
+    names = [s.name for s in sources]
+    return [f"{n}[{k}]" if names.count(n) > 1 else n for k, n in enumerate(names)]
 
 
 def minibatch_rows(n_rows: int, n_minibatches: int, k: int, seed: int) -> torch.Tensor:
