@@ -266,6 +266,13 @@ def test_reward_sources_judges_and_weighted_multi_output():
     assert Source(RewardSpec(source="judge"), Judge())(["p", "q"], ["ab", "abcd"]).tolist() == [2.0, 4.0]
     with pytest.raises(ConfigError, match="judge_url and judge_model"):
         Source(RewardSpec(source="judge"))
+    # a local judge server without keys: the config can say so (it could not, and OPENAI_API_KEY was required)
+    local = {"source": "judge", "judge_url": "http://127.0.0.1:9/v1", "judge_model": "m"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("OPENAI_API_KEY", raising=False)
+        assert Source(RewardSpec(**local, judge_api_key_env=None)).reward.judge.api_key is None
+        with pytest.raises(ConfigError, match=r"rewards\[0\]: .*OPENAI_API_KEY.*set judge_api_key_env: null"):
+            Source(RewardSpec(**local))
 
     def two(prompts, responses):
         return [[1.0, 3.0], [2.0, 0.0]]

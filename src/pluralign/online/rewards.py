@@ -43,6 +43,7 @@ class RewardSpec:
     user: str | None = option(None, help="PAL reward models: the user whose reward scores every prompt (without it, each prompt row's own `user`).")
     judge_url: str | None = option(None, help="source 'judge': base URL of an OpenAI-compatible server grading each response (pluralign.judges.LLMJudge.single).")
     judge_model: str | None = option(None, help="source 'judge': the model name on that server.")
+    judge_api_key_env: str | None = option("OPENAI_API_KEY", help="source 'judge': the environment variable holding the server's API key (null: a server that needs no key).")
 
 
 class GroupUtility:
@@ -84,7 +85,11 @@ class Source:
                 raise ConfigError("a 'judge' reward needs judge_url and judge_model")
             from pluralign.judges.llm import LLMJudge
 
-            self.reward = JudgeReward(LLMJudge(spec.judge_url, spec.judge_model))
+            try:
+                self.reward = JudgeReward(LLMJudge(spec.judge_url, spec.judge_model, api_key_env=spec.judge_api_key_env))
+            except ConfigError as e:  # LLMJudge names its own argument (api_key_env): say the config's field
+                raise ConfigError(f"{field.rsplit('.', 1)[0]}: {e}".replace("pass api_key_env=None",
+                                                                           "set judge_api_key_env: null")) from None
         elif spec.source == "gold" and spec.group:
             self.reward = GroupUtility(spec.group, spec.population)
         else:
