@@ -3,6 +3,8 @@ vectors of specs/online.md (Fixture A: P=2 prompts, G=3 completions, T=L_max=4).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -264,6 +266,15 @@ def test_reward_sources_judges_and_weighted_multi_output():
             return [float(len(r)) for r in responses]
 
     assert Source(RewardSpec(source="judge"), Judge())(["p", "q"], ["ab", "abcd"]).tolist() == [2.0, 4.0]
+
+    class Ungraded(Judge):  # an LLM judge whose second reply has no grade in it
+        rating_range = (1.0, 10.0)
+
+        def single(self, prompts, responses):
+            return [7.0, math.nan]
+
+    with pytest.warns(UserWarning, match="lowest grade, 1"):  # it stopped the run, and resume met it again
+        assert Source(RewardSpec(source="judge"), Ungraded())(["p", "q"], ["a", "b"]).tolist() == [7.0, 1.0]
     with pytest.raises(ConfigError, match="judge_url and judge_model"):
         Source(RewardSpec(source="judge"))
     # a local judge server without keys: the config can say so (it could not, and OPENAI_API_KEY was required)

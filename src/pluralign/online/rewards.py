@@ -18,6 +18,7 @@ reward of over-long completions and drops groups whose rewards do not vary.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ class RewardSpec:
     population: str = option("default", help="gold: the sandbox population the group belongs to.")
     weights: dict[str, float] | None = option(None, help="A multi-output source's objective weights by name (default: equal).")
     user: str | None = option(None, help="PAL reward models: the user whose reward scores every prompt (without it, each prompt row's own `user`).")
-    judge_url: str | None = option(None, help="source 'judge': base URL of an OpenAI-compatible server grading each response (pluralign.judges.LLMJudge.single).")
+    judge_url: str | None = option(None, help="source 'judge': base URL of an OpenAI-compatible server grading each response (pluralign.judges.LLMJudge.single); a reply without a grade gets the lowest grade, with a warning.")
     judge_model: str | None = option(None, help="source 'judge': the model name on that server.")
     judge_api_key_env: str | None = option("OPENAI_API_KEY", help="source 'judge': the environment variable holding the server's API key (null: a server that needs no key).")
 
@@ -68,7 +69,19 @@ class JudgeReward:
         self.judge = judge
 
     def score(self, prompts: list, responses: list[str], user: Any = None) -> Tensor:
-        return torch.as_tensor(np.asarray(self.judge.single(prompts, responses), dtype=np.float64), dtype=torch.float)
+        """The judge's grades; a reply with no grade in it (NaN) gets the lowest grade of the judge's
+        `rating_range`, as verl and OpenRLHF score an unparsable generative-RM reply, with a warning: ended
+        on, it stopped the run, and a judge at temperature 0 gives the same reply to the rollout a resumed
+        run regenerates, so the run could never pass that step. A judge without a range keeps its NaN
+        (the run stops, naming the source)."""
+        grades = np.asarray(self.judge.single(prompts, responses), dtype=np.float64)
+        ungraded = np.isnan(grades)
+        low = getattr(self.judge, "rating_range", None)
+        if ungraded.any() and low is not None:
+            warnings.warn(f"the judge's reply gave no grade for some responses: they get its lowest grade, {low[0]:g} "
+                          "(the judge's stats count them as malformed)", stacklevel=2)
+            grades = np.where(ungraded, float(low[0]), grades)
+        return torch.as_tensor(grades, dtype=torch.float)
 
 
 class Source:
