@@ -372,3 +372,24 @@ def test_sources_sharing_a_name_each_log_their_reward(base, tmp_path):
     cats, short = row["reward/toys:two[0]"], row["reward/toys:two[1]"]
     assert short < 0 <= cats
     assert row["reward"] == pytest.approx(cats + 0.5 * short, abs=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "mnpo_rounds"])
+def test_a_saved_adapter_given_as_model_is_its_own_reference(base, tmp_path, algorithm):
+    """Continuing a saved LoRA adapter (an SFT run's, say): the reference is that adapter's policy, not the
+    base with adapters off, which is the model before it (first-step KL was -0.24 on SmolLM2)."""
+    adapter = run(config(base, tmp_path / "a", use_lora=True, merge_lora=False, loop={"max_steps": 1}),
+                  prompts=PROMPTS, reward_objects=[cat_reward]).model_dir
+    assert (adapter / "adapter_config.json").exists()
+    cfg = config(adapter, tmp_path, algorithm=algorithm, use_lora=True, beta=0.05, loop={"max_steps": 1})
+    tok, policy = load_tokenizer(adapter), load_model(adapter, lora=cfg.lora)
+    _, reference, _ = build_method(cfg.resolved(), tok, policy)
+    assert reference.model is not None
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long),
+             "completion_mask": torch.tensor([[0, 0, 1, 1]])}
+    with torch.no_grad():
+        from pluralign.models.logprobs import token_logps
+
+        assert torch.allclose(reference.token_logps(batch), token_logps(policy, **batch), atol=1e-6)
+        with policy.disable_adapter():  # what the reference was: another model
+            assert not torch.allclose(token_logps(policy, **batch), reference.token_logps(batch), atol=1e-3)

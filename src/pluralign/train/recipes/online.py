@@ -86,7 +86,7 @@ class OnlineConfig(PolicyTrainingConfig):
     kl_estimator: Literal["k1", "k2", "k3"] | None = option(None, help="Per-token KL estimator (Schulman 2020).")
     kl_in: Literal["loss", "reward"] | None = option(None, help="Where the KL enters: the loss (GRPO family) or the token rewards (PPO, RLOO, REINFORCE++).")
     kl_bias_correction: bool = option(False, help="KL in the loss: weight it by the token ratio (DeepSeek-V3.2).")
-    ref_model: str | None = option(None, help="Reference model (default: the initial policy; LoRA: its base with adapters off).")
+    ref_model: str | None = option(None, help="Reference model (default: the initial policy; fresh LoRA adapters: its base with adapters off; a saved adapter given as model: that adapter, frozen).")
     vf_coef: float = option(0.1, help="PPO: weight of the value loss.")
     value_clip: float | None = option(0.2, help="PPO: value clipping range (null: off).")
     preference_loss: str | None = option(None, help="online_dpo, mnpo_rounds: the pairwise loss (dpo, ipo, …; mnpo_rounds: mnpo).")
@@ -207,6 +207,11 @@ def sampling(config: OnlineConfig) -> dict:
 def build_method(config: OnlineConfig, tokenizer: Any, policy: Any) -> tuple[Any, Reference | None, Any]:
     """(method, reference, the module the loop trains) for a resolved config."""
     ref_model = load_frozen(config.ref_model, config, False, "ref_model") if config.ref_model else None
+    needed = config.ref_policy == "initial" if config.algorithm in PAIR_METHODS else (config.beta or 0) > 0
+    if ref_model is None and needed and is_peft_model(policy) and (Path(config.model) / "adapter_config.json").exists():
+        # The policy continues a saved adapter (e.g. an SFT run's): with adapters off it is the model before that
+        # adapter, not the initial policy (KL -0.24 at step 0 on SmolLM2), so the initial policy is loaded frozen.
+        ref_model = load_frozen(config.model, config, False, "model")
     if config.algorithm in PAIR_METHODS:
         reference = Reference(policy, model=ref_model, mode=config.ref_policy, round_steps=config.round_steps)
         history = None
