@@ -393,3 +393,13 @@ def test_a_saved_adapter_given_as_model_is_its_own_reference(base, tmp_path, alg
         assert torch.allclose(reference.token_logps(batch), token_logps(policy, **batch), atol=1e-6)
         with policy.disable_adapter():  # what the reference was: another model
             assert not torch.allclose(token_logps(policy, **batch), reference.token_logps(batch), atol=1e-3)
+
+
+def test_a_multi_objective_source_logs_each_objective(base, tmp_path):
+    """Trained on its weighted sum, a multi-output reward logged only that sum: an objective weighted 0 (or a
+    drifting one) could not be watched."""
+    run(config(base, tmp_path, rewards=[{"source": "toys:two", "weights": {"cats": 0.0, "short": 1.0}}],
+               loop={"max_steps": 1}), prompts=PROMPTS, reward_objects=[cats_and_brevity])
+    row = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["reward/toys:two/short"] == pytest.approx(row["reward"]) and row["reward/toys:two/short"] < 0
+    assert row["reward/toys:two/cats"] >= 0

@@ -235,13 +235,17 @@ class Engine:
         affine, so a group that does not vary here does not vary after it)."""
         rows = [self.prompts[i] for i in idx for _ in range(self.group_size)]
         users, weights = [r.user for r in rows], [r.weights for r in rows]
-        columns = torch.stack([src(rollout.prompts, rollout.texts, users, weights) for src in self.sources], 1)
+        scored = [src.scored(rollout.prompts, rollout.texts, users, weights) for src in self.sources]
+        columns = torch.stack([column for column, _ in scored], 1)
         raw = combine(columns, self.weights, self.group_size, "sum")
         rewards = raw if self.combine_mode == "sum" else combine(columns, self.weights, self.group_size, self.combine_mode)
         metrics = {"reward": raw.mean(), "response_length": rollout.lengths.mean(),
                    "truncated_fraction": rollout.truncated.float().mean()}
+        labels = source_labels(self.sources)
         if len(self.sources) > 1:
-            metrics |= {f"reward/{name}": columns[:, k].mean() for k, name in enumerate(source_labels(self.sources))}
+            metrics |= {f"reward/{name}": columns[:, k].mean() for k, name in enumerate(labels)}
+        for label, (_, objectives) in zip(labels, scored, strict=True):  # a multi-output source's objectives
+            metrics |= {f"reward/{label}/{name}": mean for name, mean in objectives.items()}
         if self.calibrate_samples > 0:
             rewards = self._calibrated(rewards, rollout, step, idx)
         if self.overlong_buffer > 0:

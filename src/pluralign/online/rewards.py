@@ -124,6 +124,12 @@ class Source:
         """One reward per response. The spec's `user` (PAL) scores every response when set, else `users` (per
         response, the prompt rows' `user`: in a feedback file, who gave the feedback) do; `weights` (the rows'
         `weights`) override the spec's objective weights (multi-objective RMs) row by row."""
+        return self.scored(prompts, responses, users, weights)[0]
+
+    def scored(self, prompts: list, responses: list[str], users: Sequence[Any] | None = None,
+               weights: Sequence[Mapping[str, float] | None] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """(`__call__`'s rewards, each objective's mean score by name): a multi-output source is trained on
+        its weighted sum, and its objectives are logged apart (empty for a one-output source)."""
         users = [self.spec.user] * len(responses) if self.spec.user is not None else list(users or [None] * len(responses))
         try:
             scores = score_groups(self.reward, prompts, responses, users, name=self.spec.source)
@@ -132,11 +138,11 @@ class Source:
         except Exception as e:  # a reward source given as an object (its own code): say which one failed and how
             raise PluralignError(f"reward '{self.spec.source}' raised {type(e).__name__}: {e}") from e
         if scores.shape[1] == 1:
-            return scores[:, 0]
+            return scores[:, 0], {}
         names = objective_names(self.reward, scores.shape[1])
         default = weight_vector(self.spec.weights, names)
         w = torch.stack([weight_vector(r, names) if r is not None else default for r in (weights or [None] * len(responses))])
-        return (scores * w).sum(1)
+        return (scores * w).sum(1), {name: scores[:, k].mean() for k, name in enumerate(names)}
 
 
 def combine(columns: Tensor, weights: Tensor, group_size: int, mode: str = "sum", eps: float = 1e-4) -> Tensor:
