@@ -381,6 +381,9 @@ def test_a_saved_adapter_given_as_model_is_its_own_reference(base, tmp_path, alg
     adapter = run(config(base, tmp_path / "a", use_lora=True, merge_lora=False, loop={"max_steps": 1}),
                   prompts=PROMPTS, reward_objects=[cat_reward]).model_dir
     assert (adapter / "adapter_config.json").exists()
+    with pytest.raises(ConfigError, match="is a saved LoRA adapter: set use_lora=true"):  # was: no trainable parameters
+        run(config(adapter, tmp_path / "b", algorithm=algorithm, loop={"max_steps": 1}), prompts=PROMPTS,
+            reward_objects=[cat_reward])
     cfg = config(adapter, tmp_path, algorithm=algorithm, use_lora=True, beta=0.05, loop={"max_steps": 1})
     tok, policy = load_tokenizer(adapter), load_model(adapter, lora=cfg.lora)
     _, reference, _ = build_method(cfg.resolved(), tok, policy)

@@ -177,6 +177,9 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
     sources = [Source(spec, reward_objects[i] if reward_objects else None, f"rewards[{i}].source")
                for i, spec in enumerate(config.rewards)]
     tokenizer, policy, _ = load_policy(config)
+    if not config.use_lora and is_peft_model(policy):  # the adapter loads frozen, on a frozen base: nothing would train
+        raise ConfigError(f"model {config.model} is a saved LoRA adapter: set use_lora=true to go on training it "
+                          "(or merge it into its base first to train every weight)")
     method, reference, trainee = build_method(config, tokenizer, policy)
     engine = Engine(policy=policy, tokenizer=tokenizer, prompts=prompts, sources=sources,
                     source_weights=[s.weight for s in config.rewards], method=method, group_size=config.group_size,
