@@ -406,3 +406,30 @@ def test_a_multi_objective_source_logs_each_objective(base, tmp_path):
     row = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["reward/toys:two/short"] == pytest.approx(row["reward"]) and row["reward/toys:two/short"] < 0
     assert row["reward/toys:two/cats"] >= 0
+
+
+@pytest.mark.parametrize("kind", ["k1", "k2", "k3"])
+def test_the_kl_estimator_is_the_one_put_in_the_reward(base, kind):
+    """kl_in=reward took k1 whatever kl_estimator said (k3 in the reward, as TRL's PPO allows, was silently k1)."""
+    from pluralign.online import advantages as adv
+    from pluralign.online import policy_losses as pl
+    from pluralign.online.engine import Reference
+    from pluralign.online.methods import policy_outputs
+
+    tok, model, ro = rollout_of(base)
+    other = load_model(base)
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    method = PolicyGradient(tokenizer=tok, estimator="rloo", estimator_params={}, loss="clip", loss_params={},
+                            aggregation="token_mean", max_len=6, beta=0.5, kl_estimator=kind, kl_in="reward",
+                            kl_bias_correction=False, reference=Reference(model, model=other), shared_prompt=False)
+    rewards = torch.tensor([0.3, -1.0, 2.0, 0.1, 1.0, 1.5, 0.2, 0.5])
+    batch, _ = method.build(model, ro, rewards)
+    mask = batch["completion_mask"].float()
+    with torch.no_grad():
+        old, _ = policy_outputs(model, {k: v for k, v in batch.items() if k != "live"})
+    penalty = 0.5 * pl.kl_estimate(old, batch["ref_logps"], kind) * mask
+    expected, _ = adv.rloo(rewards, mask, group_size=4, kl_penalty=penalty)
+    torch.testing.assert_close(batch["advantages"], expected.float(), atol=1e-5, rtol=1e-5)

@@ -114,7 +114,9 @@ class PolicyGradient:
                 old, old_values = old.cpu(), old_values.cpu() if old_values is not None else None
                 if self.needs_reference:
                     ref = self.reference.token_logps(on_device).cpu()
-        kl_penalty = self.beta * (old - ref) * mask if ref is not None and self.kl_in == "reward" else None
+        kl_penalty = None  # in the reward: β times the configured estimator per token (k1 by the presets)
+        if ref is not None and self.kl_in == "reward":
+            kl_penalty = self.beta * pl.kl_estimate(old, ref, self.kl_estimator) * mask
         adv, returns = self.estimator(rewards, mask, group_size=g, kl_penalty=kl_penalty, values=old_values,
                                       **self.estimator_params)
         keep = torch.ones(len(rewards))
