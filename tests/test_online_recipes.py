@@ -266,11 +266,17 @@ def test_a_short_reward_is_named_when_the_prompt_rows_carry_users(base, tmp_path
     ("max_prompt_length=8", "the online recipes do not apply max_prompt_length"),
     ("eval_data=[held_out.jsonl]", "the online recipes do not apply eval_data"),
     ("skip_invalid=true", "the online recipes do not apply skip_invalid"),
+    # another family's settings: dropped without a word (TRL's OnlineDPOConfig calls DPO's β 'beta')
+    ("online_dpo beta=0.5", "online_dpo does not use beta; its DPO beta is preference_params.beta"),
+    ("rsft advantage=rloo", "rsft does not use advantage"),
+    ("grpo preference_params={beta: 0.5}", "grpo does not use preference_params"),
 ])
 def test_bad_online_settings_exit_2_before_the_model_loads(tmp_path, capsys, setting, message):
     data = write_prompts(tmp_path / "prompts.jsonl")
-    argv = ["train", "grpo", f"model={tmp_path / 'no_model_here'}", f"data={data}", f"output_dir={tmp_path / 'x'}",
-            setting, "loop.max_steps=1", "loop.progress=false"]
+    algorithm, _, rest = setting.partition(" ")  # "name key=value": another algorithm than grpo
+    algorithm, setting = (algorithm, rest) if rest and "=" not in algorithm else ("grpo", setting)
+    argv = ["train", algorithm, f"model={tmp_path / 'no_model_here'}", f"data={data}",
+            f"output_dir={tmp_path / 'x'}", setting, "loop.max_steps=1", "loop.progress=false"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

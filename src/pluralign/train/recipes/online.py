@@ -53,6 +53,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 GROUP_METHODS = {"grpo", "gspo", "rloo", "online_dpo", "mnpo_rounds"}
 PAIR_METHODS = ("online_dpo", "mnpo_rounds")
+# Settings of one family that another would drop without a word (online DPO's β is preference_params.beta,
+# where TRL's OnlineDPOConfig calls it beta).
+POLICY_GRADIENT_FIELDS = ("advantage", "advantage_params", "policy_loss", "loss_params", "aggregation", "beta",
+                          "kl_estimator", "kl_in")
+PAIR_FIELDS = ("preference_loss", "preference_params", "ref_policy")
 
 
 @dataclass
@@ -135,6 +140,12 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
         raise ConfigError(f"'top_p' must be in (0, 1] and 'top_k' >= 0, got {config.top_p}, {config.top_k}")
     if config.beta is not None and not config.beta >= 0:
         raise ConfigError(f"'beta' (the KL coefficient) must be >= 0, got {config.beta}")
+    unused = (POLICY_GRADIENT_FIELDS if config.algorithm in PAIR_METHODS else
+              POLICY_GRADIENT_FIELDS + PAIR_FIELDS if config.algorithm == "rsft" else PAIR_FIELDS)
+    unused = [name for name in unused if getattr(config, name) not in (None, {})]
+    if unused:
+        hint = "; its DPO beta is preference_params.beta" if config.algorithm in PAIR_METHODS and "beta" in unused else ""
+        raise ConfigError(f"{config.algorithm} does not use {', '.join(unused)}{hint}")
     resolved = config.resolved()  # the policy-gradient parts: a setting a part does not take stops here
     if resolved.advantage is not None:
         ESTIMATORS.check_params(resolved.advantage, config.advantage_params, reserved=("group_size", "kl_penalty", "values"))
