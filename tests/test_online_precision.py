@@ -48,3 +48,30 @@ def test_the_grouped_check_ignores_the_callers_autocast(base, monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert grouped.works(load_model(base))
     assert seen == [False]
+
+
+def _smollm2():
+    from pluralign.runs import cache_root
+
+    path = cache_root() / "smollm2-135m-instruct"  # scripts/real_model.py converts it there
+    return path if (path / "config.json").exists() else None
+
+
+def brevity(prompts, responses):
+    return [-len(r.split()) / 10 for r in responses]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_smollm2() is None, reason="SmolLM2-135M-Instruct is not cached (make real-model converts it)")
+def test_smollm2_gspo_under_bf16_starts_unclipped(tmp_path):
+    """The case the tiny model cannot show: on SmolLM2 (fp32 weights, bf16 autocast) fp32 and grouped-layout
+    log-probs were ~0.03 a token off the update's, and GSPO's 4e-4 clip range clipped every sequence of the
+    first update (clip_fraction 1.0); the grouped check also failed under the autocast."""
+    chats = [[{"role": "user", "content": "Name a colour."}],
+             [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 2+2?"}]]
+    loop = LOOP | {"learning_rate": 1e-6, "max_steps": 2}
+    run(online_config(_smollm2(), tmp_path, loop, algorithm="gspo", ppo_epochs=2, beta=0.05, group_size=2,
+                      max_new_tokens=8), prompts=chats, reward_objects=[brevity])
+    first = metric_rows(tmp_path)[0]
+    assert first["clip_fraction"] == 0.0 and first["approx_kl"] == 0.0 and first["kl"] == 0.0
+    assert grouped.works(load_model(_smollm2()))
