@@ -374,3 +374,22 @@ def test_a_recipe_holds_its_run_directory_until_the_model_is_saved(files, tmp_pa
     run_sft(model=str(files["base"]), data=[str(files["pairs"])], output_dir=str(tmp_path / "out"),
             loop={**LOOP, "max_steps": 1})
     assert len(refused) == 1 and "in use by another run" in refused[0]
+
+
+def test_dpo_continuing_a_saved_adapter_starts_from_it(files, tmp_path):
+    # SFT with LoRA saved as an adapter (merge_lora=false), then DPO on it: the reference is the SFT policy
+    # (base + adapter), not the base with adapters off, so the first loss is log 2.
+    pytest.importorskip("peft")
+    from pluralign.errors import ConfigError
+
+    adapter = run_sft(model=str(files["base"]), data=[str(files["pairs"])], output_dir=str(tmp_path / "sft"),
+                      use_lora=True, merge_lora=False, loop={**LOOP, "learning_rate": 0.05, "max_steps": 3}).model_dir
+    assert (adapter / "adapter_config.json").exists()
+    with pytest.raises(ConfigError, match="is a saved LoRA adapter: set use_lora=true"):  # was: nothing to train
+        run_preference(model=str(adapter), data=[str(files["pairs"])], loss="dpo", output_dir=str(tmp_path / "no"),
+                       loop={**LOOP, "max_steps": 1})
+    for cache in (True, False):
+        result = run_preference(model=str(adapter), data=[str(files["pairs"])], loss="dpo", use_lora=True,
+                                ref_cache=cache, output_dir=str(tmp_path / f"dpo{cache}"), loop={**LOOP, "max_steps": 1})
+        first = RunDir(result.run_dir).read_metrics()[0]
+        assert first["loss"] == pytest.approx(math.log(2), abs=1e-6), cache

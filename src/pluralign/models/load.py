@@ -252,10 +252,14 @@ def _from_pretrained(auto: Any, source: str, **kwargs: Any) -> Any:
                              f"Hugging Face hub{offline}: {str(e).splitlines()[0]}") from None
 
 
+def is_adapter_dir(source: str | os.PathLike) -> bool:
+    """Whether `source` is a directory holding a saved peft adapter (it loads as its base with the adapter)."""
+    return (Path(source) / "adapter_config.json").exists()
+
+
 def _adapter_base(source: str) -> str | None:
     """The base model of a saved peft adapter directory, or None when ``source`` is not one."""
-    config = Path(source) / "adapter_config.json"
-    if not config.exists():
+    if not is_adapter_dir(source):
         return None
     base = _peft().PeftConfig.from_pretrained(source).base_model_name_or_path
     if not base:

@@ -15,7 +15,14 @@ import torch
 from pluralign.config import option
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP
 from pluralign.errors import ConfigError
-from pluralign.models.load import LoraSpec, disable_dropout, load_model, load_tokenizer, save_model
+from pluralign.models.load import (
+    LoraSpec,
+    disable_dropout,
+    is_peft_model,
+    load_model,
+    load_tokenizer,
+    save_model,
+)
 from pluralign.models.logprobs import prepare_packing
 from pluralign.train.loop import TrainResult
 from pluralign.train.parallel import process_state
@@ -101,6 +108,9 @@ def load_trainable(config: ModelTrainingConfig, kind: str = "causal", *, frozen:
         model = load_model(config.model, kind=kind, dtype=config.dtype,
                            lora=config.lora if config.use_lora and not frozen else None,
                            gradient_checkpointing=config.gradient_checkpointing and not frozen)
+    if not frozen and not config.use_lora and is_peft_model(model):  # it loads frozen, on a frozen base
+        raise ConfigError(f"model {config.model} is a saved LoRA adapter: set use_lora=true to go on training it "
+                          "(or merge it into its base first to train every weight)")
     if config.disable_dropout or frozen:  # features for a frozen backbone: never with dropout
         disable_dropout(model)
     return model.to(process_state().device)

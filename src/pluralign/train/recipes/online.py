@@ -21,7 +21,7 @@ from pluralign import losses
 from pluralign.config import option
 from pluralign.errors import ConfigError
 from pluralign.models.heads import hidden_size
-from pluralign.models.load import is_peft_model
+from pluralign.models.load import is_adapter_dir, is_peft_model
 from pluralign.online.advantages import ESTIMATORS
 from pluralign.online.engine import Engine, Reference
 from pluralign.online.methods import BestOfN, Pairs, PolicyGradient, PolicyWithValue
@@ -188,9 +188,6 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
     sources = [Source(spec, reward_objects[i] if reward_objects else None, f"rewards[{i}].source")
                for i, spec in enumerate(config.rewards)]
     tokenizer, policy, _ = load_policy(config)
-    if not config.use_lora and is_peft_model(policy):  # the adapter loads frozen, on a frozen base: nothing would train
-        raise ConfigError(f"model {config.model} is a saved LoRA adapter: set use_lora=true to go on training it "
-                          "(or merge it into its base first to train every weight)")
     method, reference, trainee = build_method(config, tokenizer, policy)
     engine = Engine(policy=policy, tokenizer=tokenizer, prompts=prompts, sources=sources,
                     source_weights=[s.weight for s in config.rewards], method=method, group_size=config.group_size,
@@ -222,7 +219,7 @@ def build_method(config: OnlineConfig, tokenizer: Any, policy: Any) -> tuple[Any
     """(method, reference, the module the loop trains) for a resolved config."""
     ref_model = load_frozen(config.ref_model, config, False, "ref_model") if config.ref_model else None
     needed = config.ref_policy == "initial" if config.algorithm in PAIR_METHODS else (config.beta or 0) > 0
-    if ref_model is None and needed and is_peft_model(policy) and (Path(config.model) / "adapter_config.json").exists():
+    if ref_model is None and needed and is_peft_model(policy) and is_adapter_dir(config.model):
         # The policy continues a saved adapter (e.g. an SFT run's): with adapters off it is the model before that
         # adapter, not the initial policy (KL -0.24 at step 0 on SmolLM2), so the initial policy is loaded frozen.
         ref_model = load_frozen(config.model, config, False, "model")

@@ -32,7 +32,7 @@ from pluralign.data.io import read_located
 from pluralign.data.records import kind_of
 from pluralign.errors import ConfigError, DataError, PluralignError
 from pluralign.losses.registry import check_hyperparams
-from pluralign.models.load import is_peft_model, save_model
+from pluralign.models.load import is_adapter_dir, is_peft_model, save_model
 from pluralign.personal.conditioned import PersonalConfig, Personalization, group_check
 from pluralign.train.loop import LoopConfig, holding, train
 from pluralign.train.parallel import process_state
@@ -320,6 +320,10 @@ def _reference_model(config: PreferenceConfig, policy: Any, packing: bool) -> An
     (cached) or as its base with adapters disabled (LoRA)."""
     if config.ref_model:
         return load_frozen(config.ref_model, config, packing, "ref_model")
+    if is_adapter_dir(config.model):
+        # The policy continues a saved adapter (e.g. an SFT run's): with adapters off it is the model before that
+        # adapter, not the initial policy, which is loaded frozen (`online.build_method` does the same).
+        return load_frozen(config.model, config, packing, "model")
     if is_peft_model(policy) or config.ref_cache:
         return None
     return frozen_copy(policy)  # live and no adapters
