@@ -15,6 +15,8 @@ PAL, of the prompt alone). Frozen backbones let recipes compute the features onc
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -83,7 +85,7 @@ class TextEncoder(nn.Module):
                                  truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
             return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
         from pluralign.data.collate import pad_rows
-        from pluralign.data.tokenize import Encoded, encode_pair, pad_token_id
+        from pluralign.data.tokenize import Encoded, pad_token_id
 
         if responses is None:  # the prompt alone, as generation would see it (chat template applied)
             rows = []
@@ -91,8 +93,11 @@ class TextEncoder(nn.Module):
                 ids = prompt_ids(self.tokenizer, p, self.chat_template)[-self.max_length:]
                 rows.append(Encoded(ids, [0] * len(ids)))
         else:
-            rows = [encode_pair(self.tokenizer, p, r, self.max_length, chat_template=self.chat_template)
-                    for p, r in zip(prompts, responses, strict=True)]
+            rows = [self._encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+            if any(row.truncated for row in rows):
+                warnings.warn(f"reward model: a prompt + response longer than max_length={self.max_length} tokens was "
+                              "cut: the prompt's start first (the reward is read at the response's end), the "
+                              "response's end only where the response alone is longer", stacklevel=3)
         if self.packing:
             from pluralign.data.collate import pack_rows
 
@@ -100,6 +105,25 @@ class TextEncoder(nn.Module):
             return {k: packed[k] for k in ("input_ids", "position_ids", "seq_lengths")}
         batch = pad_rows(rows, pad_token_id(self.tokenizer))
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def _encode(self, prompt: Any, response: Any) -> Any:
+        """prompt + response in at most `max_length` tokens, the response kept whole where it fits (else its
+        start). `encode_pair`'s default (cut the completion's end) drops the end the reward is read at, so
+        responses that differ only there scored alike, and a prompt over `max_length` stopped training and
+        scoring."""
+        from pluralign.data.tokenize import encode_pair
+
+        row = encode_pair(self.tokenizer, prompt, response, sys.maxsize, chat_template=self.chat_template)
+        if len(row) <= self.max_length:
+            return row
+        n_response = sum(row.completion_mask)
+        n_prompt = len(row) - n_response
+        # the prompt keeps its end (the question, the turn markup); a response that cannot fit at all leaves
+        # the prompt up to half the room, so the reward still sees what was asked
+        keep_prompt = self.max_length - n_response if n_response < self.max_length else \
+            max(1, min(n_prompt, self.max_length // 2))
+        return encode_pair(self.tokenizer, prompt, response, self.max_length, keep_prompt,
+                           chat_template=self.chat_template)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, seq_lengths: torch.Tensor | None = None,

@@ -116,7 +116,8 @@ def _loop_defaults() -> LoopConfig:
 
 @dataclass
 class RewardConfig(ModelTrainingConfig):
-    max_length: int = option(256, help="Maximum tokens of prompt + response.")
+    max_length: int = option(256, help="Maximum tokens of prompt + response; a longer pair loses its prompt's start first "
+                                         "(the reward is read at the response's end), with a warning.")
     model_type: Literal["bt", "multi", "pal", "binary"] = option("bt", help="Which reward model: bt, multi, pal or binary.")
     backbone_kind: Literal["causal", "encoder"] = option("causal", help="causal LM (last-token reward) or encoder (mean-pooled, e.g. MiniLM).")
     pooling: Literal["", "last", "mean", "last_mean"] = option("", help="Override the pooling: 'last', 'mean' or 'last_mean' (both, concatenated; "
