@@ -245,3 +245,26 @@ def test_kl_is_that_of_the_distribution_decoded_from(tiny_models):
     assert greedy["kl"] == pytest.approx(-float(p.max()), abs=1e-4)  # a point mass on the argmax: −log p(y)
     lines = summary_lines({"runs": list(runs.values())})
     assert "≤0.1931" in lines[-1] and lines[-1].startswith("bon2")
+
+
+def test_a_reward_resting_on_fewer_grades_than_responses_says_so(tiny_models, monkeypatch):
+    # An LLM judge's unreadable grades are NaN; the reward is the mean of the rest, which must be told
+    # (as unread pairwise verdicts are), or a judge that graded 1 answer of 12 looks like a full evaluation.
+    import pluralign.evaluate.runner as runner
+    from pluralign.evaluate.cli import verdict_warnings
+
+    class PatchyJudge:
+        def single(self, prompts, responses):
+            return np.array([1.0 if i % 3 == 0 else float("nan") for i in range(len(responses))])
+
+        def pairwise(self, prompts, a, b):
+            return np.full(len(a), 1.5)
+
+    monkeypatch.setattr(runner, "build_judge", lambda spec, where: PatchyJudge())
+    cfg = config(tiny_models, metrics=["reward"])
+    cfg["models"] = cfg["models"][:1]
+    results = evaluate_config(cfg)
+    (run,) = results["runs"]
+    assert run["reward"] == 1.0 and run["reward_n"] == 4 and run["n"] == 12
+    (note,) = verdict_warnings(results)
+    assert note.startswith("base: the judge graded 4 of 12 responses")

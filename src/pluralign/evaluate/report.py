@@ -10,6 +10,7 @@ Results schema (every key optional; unknown keys are ignored)::
                 "kl": 1.2, "kl_se": 0.1, "reward": 0.53, "reward_se": 0.01, # → reward–KL plot and frontier; 95% CI ±1.96 se
                 "kl_is_bound": False,                         # true: kl is an upper bound (best-of-N), shown "≤"
                 "n": 128,                                     # prompts the means are over
+                "reward_n": 120,                              # when fewer: the answers the judge could grade
                 "per_group": {"group": utility, ...},         # → per-group bars + worst/P20/Gini
                 "per_group_se": {"group": se, ...}, "per_group_n": {"group": n, ...},  # → per-group table
                 "samples": [{"prompt": ..., "response": ..., "score": 0.4}],     # → sample generations

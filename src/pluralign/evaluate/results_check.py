@@ -63,7 +63,7 @@ def check_results(results: Any, source: str = "results") -> dict:
             for i, entry in enumerate(items(key, results[key])):
                 obj(f"{key}[{i}]", entry)
     for i, run in enumerate(results.get("runs", [])):
-        for k in ("kl", "kl_se", "reward", "reward_se", "n"):
+        for k in ("kl", "kl_se", "reward", "reward_se", "reward_n", "n"):
             number(f"runs[{i}].{k}", run.get(k))
         for k in ("per_group", "per_group_se", "per_group_n"):  # null: not measured (NaN is written as null)
             if run.get(k) is not None:

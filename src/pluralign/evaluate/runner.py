@@ -294,6 +294,8 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
         scores = np.asarray(scores, float) if "reward" in metrics else None
         if scores is not None:
             run["reward"], run["reward_se"] = _mean_se(scores)
+            if not np.isfinite(scores).all():  # an LLM judge's unreadable grades: the mean is of the rest
+                run["reward_n"] = int(np.isfinite(scores).sum())
         if "kl" in metrics:
             run |= kl_estimate(m, out, {**outputs[reference], "path": models[names.index(reference)]["path"]})
         if groups:
