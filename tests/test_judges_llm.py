@@ -262,3 +262,24 @@ def test_parse_rating_and_weighted_preference():
     assert weighted_preference([{"token": "m", "logprob": 0.0}]) == 1.0
     assert weighted_preference([{"token": "M", "logprob": -3.0}]) == 2.0
     assert math.isnan(weighted_preference([{"token": "x", "logprob": 0.0}]))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"pairwise_template": "Which is better? {question} {response_a} {response_b}"}, r"pairwise_template.*\{question\}"),
+    ({"pairwise_template": "Which is better, A or B?"}, r"pairwise_template.*lacks \{prompt\}, \{response_a\}, \{response_b\}"),
+    ({"single_template": "Grade {prompt}: {answer}"}, r"single_template.*\{answer\}.*lacks \{response\}"),
+    ({"pairwise_template": "{prompt} {response_a} {response_b} {"}, r"pairwise_template.*not a str.format"),
+    ({"pairwise_template": "{0} {prompt} {response_a} {response_b}"}, r"pairwise_template.*\{0\}"),
+])
+def test_a_judge_template_without_its_fields_is_refused_at_once(kwargs, message):
+    """A template naming an unknown field failed with a KeyError traceback after every model had generated;
+    one without {response_b} judged answer A against nothing, without a word."""
+    with pytest.raises(ConfigError, match=message):
+        LLMJudge("http://127.0.0.1:9/v1", "m", api_key_env=None, **kwargs)
+
+
+def test_a_judge_template_may_hold_literal_braces():
+    judge = LLMJudge("http://127.0.0.1:9/v1", "m", api_key_env=None,
+                     pairwise_template='{prompt} {response_a} {response_b} answer as {{"winner": "A"}}')
+    body = judge._pair_bodies(["q"], ["x"], ["y"])[0]
+    assert body["messages"][1]["content"] == 'q x y answer as {"winner": "A"}'

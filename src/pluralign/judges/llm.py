@@ -100,8 +100,10 @@ class LLMJudge:
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.concurrency, self.on_error, self.seed = max(1, concurrency), on_error, seed
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.pairwise_system, self.pairwise_template = pairwise_system, pairwise_template
-        self.single_system, self.single_template = single_system, single_template
+        self.pairwise_system = pairwise_system
+        self.pairwise_template = T.check_template("pairwise_template", pairwise_template, T.PAIRWISE_FIELDS)
+        self.single_system = single_system
+        self.single_template = T.check_template("single_template", single_template, T.SINGLE_FIELDS)
         self.rating_range, self.extra_body = rating_range, dict(extra_body or {})
         self.max_response_bytes = max_response_bytes
         self.stats: Counter = Counter()

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pluralign.data.prompts import transcript
+from pluralign.errors import ConfigError
 
 PAIRWISE_SYSTEM = (
     "Please act as an impartial judge and evaluate the quality of the responses provided by two AI "
@@ -72,6 +74,31 @@ _RATING = [
     re.compile(r"rating\s*[:=]?\s*\**\s*\[?\s*(-?\d+(?:\.\d+)?)", re.I),
     re.compile(r"(-?\d+(?:\.\d+)?)\s*/\s*10\b"),
 ]
+
+
+PAIRWISE_FIELDS = ("prompt", "response_a", "response_b")
+SINGLE_FIELDS = ("prompt", "response")
+
+
+def check_template(name: str, template: Any, fields: Sequence[str]) -> str:
+    """`template` if it is a ``str.format`` string naming exactly `fields` (each at least once; literal
+    braces doubled), else a `ConfigError` naming `name`: an unknown field failed as a KeyError only once
+    every model had generated, and a missing one showed the judge nothing in its place."""
+    if not isinstance(template, str):
+        raise ConfigError(f"{name} must be text, got {type(template).__name__}", field=name)
+    try:
+        named = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        raise ConfigError(f"{name} is not a str.format template ({e}); write a literal brace as {{{{ or }}}}",
+                          field=name) from None
+    unknown = sorted(f"{{{f}}}" for f in named if f not in fields)
+    lacking = [f"{{{f}}}" for f in fields if f not in named]
+    if unknown or lacking:
+        parts = ([f"names {', '.join(unknown)}, which it is not given"] if unknown else []) + \
+                ([f"lacks {', '.join(lacking)}"] if lacking else [])
+        raise ConfigError(f"{name} {' and '.join(parts)}: its fields are {', '.join(f'{{{f}}}' for f in fields)} "
+                          "(a literal brace is written {{ or }})", field=name)
+    return template
 
 
 def _verdict_to_pref(token: str) -> float:
