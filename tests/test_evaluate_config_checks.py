@@ -88,3 +88,38 @@ def test_a_misspelt_decoder_fails_before_any_entry_generates_naming_the_entry(no
 def test_a_baseline_or_reference_that_names_no_model_says_which_and_what_there_is(no_generation, key):
     with pytest.raises(ConfigError, match=rf"^eval\.yaml: {key}: 'bse' names no model; models: \['base'\]"):
         runner.evaluate_config(cfg(**{key: "bse"}), where="eval.yaml")
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"judge": {"kind": "reward", "source": "runs/no_rm"}},
+     r"^eval\.yaml: judge\.source 'runs/no_rm': expected 'gold', 'module:function' or an existing directory"),
+    ({"judge": {"kind": "reward", "source": "scorers:two", "weights": {"detail": 1, "nope": 1}}},
+     r"^eval\.yaml: judge\.weights: weights name unknown objectives \['nope'\]; known: \['detail', 'brevity'\]"),
+    ({"judge": {"kind": "reward", "source": "scorers:two", "weights": {"detail": "high"}}},
+     r"^eval\.yaml: judge\.weights: weights must be numbers"),
+    ({"judge": {"kind": "reward", "source": "scorers:two", "weights": [1, 2, 3]}},
+     r"^eval\.yaml: judge\.weights: 3 weights given for 2 objectives"),
+    ({"models": [{"name": "base", "path": "sandbox"}, {"name": "bon", "path": "sandbox", "decoder": "bon",
+                                                        "reward": "runs/no_rm"}]},
+     r"^eval\.yaml: models\[1\]\.reward 'runs/no_rm': expected"),
+])
+def test_a_reward_source_or_its_weights_fail_before_generation_naming_the_key(no_generation, tmp_path, monkeypatch,
+                                                                              extra, message):
+    # were "--reward 'runs/no_rm': ...", naming a command-line flag the user never gave, and a bad judge
+    # weight failed only when the first model's answers were scored, without the config or key
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "scorers.py").write_text("def two(prompts, responses):\n    return [[0.0, 1.0] for _ in responses]\n"
+                                         "two.objectives = ['detail', 'brevity']\n")
+    with pytest.raises(ConfigError, match=message):
+        runner.evaluate_config(cfg(**extra), where="eval.yaml")
+
+
+def test_a_reward_judge_with_good_weights_passes_the_checks(no_generation, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "scorers.py").write_text("def two(prompts, responses):\n    return [[0.0, 1.0] for _ in responses]\n"
+                                         "two.objectives = ['detail', 'brevity']\n")
+    with pytest.raises(Generated):
+        runner.evaluate_config(cfg(judge={"kind": "reward", "source": "scorers:two", "weights": {"brevity": 1}}),
+                               where="eval.yaml")

@@ -144,8 +144,13 @@ def weight_vector(weights: Any, names: Sequence[str]) -> torch.Tensor:
         unknown = set(weights) - set(names)
         if unknown:
             raise ConfigError(f"weights name unknown objectives {sorted(unknown)}; known: {list(names)}")
-        return torch.tensor([float(weights.get(k, 0.0)) for k in names])
-    w = torch.as_tensor(list(weights), dtype=torch.float)
+        values = [weights.get(k, 0.0) for k in names]
+    else:
+        values = list(weights)
+    try:
+        w = torch.tensor([float(v) for v in values])
+    except (TypeError, ValueError):  # "high" was a ValueError traceback
+        raise ConfigError(f"weights must be numbers, got {values}") from None
     if w.numel() != m:
         raise ConfigError(f"{w.numel()} weights given for {m} objectives {list(names)}")
     return w

@@ -119,11 +119,16 @@ def build_judge(spec: dict, where: str) -> Any:
             return GoldJudge(weights, temperature=rest.get("temperature"))
         return GoldJudge(group, temperature=rest.get("temperature"))
     if kind == "reward":
-        from pluralign.decode.rewards import as_reward
+        from pluralign.decode.rewards import as_reward, load_reward, weight_vector
 
         _require("source" in rest, where, "a reward judge needs 'source' (RM dir, module:function or gold)")
-        return RewardModelJudge(as_reward(rest["source"]), weights=rest.get("weights"),
-                                temperature=rest.get("temperature"))
+        source = rest["source"]
+        source = load_reward(source, f"{where}.source") if isinstance(source, str) else as_reward(source)
+        names = getattr(source, "objectives", None)
+        if rest.get("weights") is not None and names:  # else a bad weight fails once answers are scored
+            with _at(f"{where}.weights"):
+                weight_vector(rest["weights"], list(names))
+        return RewardModelJudge(source, weights=rest.get("weights"), temperature=rest.get("temperature"))
     if kind == "llm":
         _require("base_url" in rest and "model" in rest, where, "an llm judge needs 'base_url' and 'model'")
         with _at(where):  # a bad keyword or value, named with the config file
@@ -262,6 +267,10 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
         _require(not unknown, f"{where}: models[{i}]", f"unknown key(s) {unknown}; known: {sorted(MODEL_KEYS)}")
         _check_model_path(m["path"], f"{where}: models[{i}].path")
         _check_decoder(m.get("decoder"), f"{where}: models[{i}].decoder")
+        if isinstance(m.get("reward"), str):  # a missing reward model stopped the run at this entry's turn
+            from pluralign.decode.rewards import check_source
+
+            check_source(m["reward"], f"{where}: models[{i}].reward")
     names = [m["name"] for m in models]
     _require(len(set(names)) == len(names), where, "model names must be unique")
     metrics = cfg.get("metrics", list(METRICS))
