@@ -84,3 +84,14 @@ def test_assess_judge_with_a_length_loving_judge():
     out = jr.assess_judge(judge, ["q"] * 4, a, b, labels)
     assert out["acc_both"] == out["acc_random"] == 0.5
     assert out["length_bias"] == 1.0 and out["position_bias"] == 0.0 and out["position_consistency"] == 1.0
+
+
+def test_position_consistency_counts_only_pairs_judged_in_both_orders():
+    # A reply the judge's parser could not read (NaN) is no verdict, not a flip: a small LLM judge that
+    # answered half the time read as flipping half its verdicts (flip_rate_orders 0.5).
+    nan = float("nan")
+    p_orig, p_swap = np.array([1.0, nan, 2.0, nan]), np.array([1.0, 1.0, 2.0, nan])
+    assert jr.position_consistency(p_orig, p_swap) == 1.0
+    assert np.isnan(jr.position_consistency([nan, nan], [1.0, nan]))
+    out = jr.reliability_report([1.0, 2.0, 1.0, 2.0], p_orig, p_swap)
+    assert out["flip_rate_orders"] == 0.0

@@ -82,9 +82,14 @@ def prob_prefer_longer(verdicts: Sequence[float], len_a: Sequence[float], len_b:
 
 
 def position_consistency(p_original: Sequence[float], p_swapped: Sequence[float]) -> float:
-    """Shi et al.: fraction of pairs with the same winner (or a draw) in both orders; flip rate = 1 − this."""
-    sign = lambda p: np.sign(_arr(p) - 1.5)
-    return float(np.mean(sign(p_original) == sign(p_swapped)))
+    """Shi et al.: fraction of pairs with the same winner (or a draw) in both orders; flip rate = 1 − this.
+    Only pairs with a verdict in both orders count (NaN when none has): an unreadable reply is no verdict,
+    and counting it as a flip made a judge too small to follow the template look position-inconsistent."""
+    po, ps = _arr(p_original), _arr(p_swapped)
+    both = ~np.isnan(po) & ~np.isnan(ps)
+    if not both.any():
+        return float("nan")
+    return float(np.mean(np.sign(po[both] - 1.5) == np.sign(ps[both] - 1.5)))
 
 
 def preference_fairness(p_original: Sequence[float], p_swapped: Sequence[float]) -> float:
