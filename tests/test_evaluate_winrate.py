@@ -124,3 +124,19 @@ def test_compare_with_a_score_judge():
     out = compare(judge, prompts, base, model, n_boot=200)
     assert out["win_rate"] == pytest.approx(100 * (15 + 2.5) / 20)
     assert out["ci"][0] <= out["win_rate"] <= out["ci"][1] and "lc_win_rate" in out
+
+
+def test_compare_flags_an_lc_win_rate_far_from_the_raw_one():
+    # AlpacaEval checks the GLM's LC against the raw win rate (get_is_extreme_changes); the flag was
+    # computed and dropped, so 87.5 → 50 (length explains every win here) reached the report unremarked.
+    from pluralign.evaluate.cli import verdict_warnings
+
+    judge = ScoreJudge(lambda prompts, responses: np.array([r.count("good") for r in responses], float))
+    prompts = [f"q{i}" for i in range(20)]
+    out = compare(judge, prompts, ["ok"] * 20, ["good"] * 15 + ["ok"] * 5, n_boot=20)
+    assert out["win_rate"] == 87.5 and out["lc_win_rate"] == pytest.approx(50, abs=0.01)
+    assert out["lc_is_extreme_change"] is True
+    (note,) = verdict_warnings({"runs": [{"name": "m", "win_rate": out}]})
+    assert note.startswith("m: the length-controlled win rate 50.0 is far from the raw 87.5")
+    steady = compare(judge, prompts, ["ok"] * 20, ["ok"] * 20, n_boot=20)
+    assert steady["lc_is_extreme_change"] is False

@@ -102,6 +102,10 @@ def verdict_warnings(results: dict) -> list[str]:
         if invalid:
             out.append(f"{run['name']}: the judge's verdict could not be read for {invalid} of {total} pairs "
                        "(left out of its win rate); an LLM judge may be too small to follow the template")
+        if wr.get("lc_is_extreme_change"):
+            out.append(f"{run['name']}: the length-controlled win rate {wr['lc_win_rate']:.1f} is far from the raw "
+                       f"{wr['win_rate']:.1f} (AlpacaEval's check): length explains the verdicts, or the GLM fit "
+                       "failed on too few prompts")
     return out
 
 
