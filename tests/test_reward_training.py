@@ -230,3 +230,20 @@ def test_a_save_stopped_half_way_leaves_the_saved_reward_model_as_it_was(backbon
         model.save(result.model_dir)
     torch.testing.assert_close(base.load_reward_model(result.model_dir).score(prompts, responses), before)
     assert sorted(p.name for p in result.run_dir.iterdir() if p.name.startswith(".")) in ([], [".lock"])
+
+
+def test_a_binary_reward_model_takes_judged_eval_data_as_it_takes_judged_training_data(backbone, tmp_path):
+    # judged training data was converted to thumbs up/down, judged eval_data reached binary_items as is:
+    # "AttributeError: 'Judged' object has no attribute 'label'" after the backbone had loaded
+    from pluralign.train.recipes.reward import run
+
+    rows = [{"prompt": "question cat", "response": ("good " if i % 2 else "bad ") + w, "judgment": "fine",
+             "polarity": "positive" if i % 2 else "negative"} for i, w in enumerate(["ok", "fine", "cat", "dog"] * 3)]
+    path = tmp_path / "judged.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text(path.read_text())
+    result = run(model=str(backbone), model_type="binary", data=str(path), eval_data=str(held_out),
+                 output_dir=str(tmp_path / "run"), freeze_backbone=True, loop={"batch_size": 4, "step_limit": 2})
+    report = json.loads((result.run_dir / "report" / "eval.json").read_text())
+    assert report["kind"] == "binary" and report["n"] == 12

@@ -257,10 +257,7 @@ def _build(config: RewardConfig, encoder: TextEncoder, records: list, source: st
         step = functools.partial(pal_pair_step, loss=config.pal_loss)
         return model, items, step, rdata.pair_collate(encoder, needs_prompt=model.needs_prompt), None
     if t == "binary":
-        recs = pairwise_to_binary(records) if records and isinstance(records[0], Pairwise) else \
-            judged_to_binary(records) if records and isinstance(records[0], Judged) else records
-        if not all(isinstance(r, Binary) for r in recs):
-            raise ConfigError(f"{source}: binary-rm needs binary, pairwise or judged feedback")
+        recs = _binary(records, source)
         true_rate = sum(r.label for r in recs) / max(1, len(recs))
         pos_weight = None
         if config.imbalance == "downsample":
@@ -275,6 +272,15 @@ def _build(config: RewardConfig, encoder: TextEncoder, records: list, source: st
     if t == "multi":
         return _build_multi(config, encoder, records, source)
     raise ConfigError(f"unknown model_type {t!r}")
+
+
+def _binary(records: list, source: str) -> list[Binary]:
+    """Binary records as binary-rm trains and evaluates on them: pairs and judged records converted."""
+    recs = pairwise_to_binary(records) if records and isinstance(records[0], Pairwise) else \
+        judged_to_binary(records) if records and isinstance(records[0], Judged) else records
+    if not all(isinstance(r, Binary) for r in recs):
+        raise ConfigError(f"{source}: binary-rm needs binary, pairwise or judged feedback")
+    return recs
 
 
 def _check_covered(objectives: list[str], seen: set, source: str, verb: str) -> None:
@@ -306,9 +312,8 @@ def _build_multi(config: RewardConfig, encoder: TextEncoder, records: list, sour
 
 def _items_like(config: RewardConfig, model, records: list, source: str) -> list[dict]:
     """Eval items built like the training items (users/objectives of the trained model)."""
-    if config.model_type == "binary":
-        recs = pairwise_to_binary(records) if records and isinstance(records[0], Pairwise) else records
-        return rdata.binary_items(recs)
+    if config.model_type == "binary":  # judged eval data reached binary_items unconverted (an AttributeError)
+        return rdata.binary_items(_binary(records, source))
     if config.model_type == "multi" and records and isinstance(records[0], Rated):
         return rdata.rated_items(records, model.objectives)
     pairs = _pairs(records, source)
