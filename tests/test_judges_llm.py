@@ -283,3 +283,10 @@ def test_a_judge_template_may_hold_literal_braces():
                      pairwise_template='{prompt} {response_a} {response_b} answer as {{"winner": "A"}}')
     body = judge._pair_bodies(["q"], ["x"], ["y"])[0]
     assert body["messages"][1]["content"] == 'q x y answer as {"winner": "A"}'
+
+
+@pytest.mark.parametrize("rating_range", [(10, 1), (1,), "1-10", (1, float("nan"))])
+def test_a_rating_range_that_is_not_low_then_high_is_refused(rating_range):
+    # (10, 1) made every grade NaN: parse_rating keeps values with low <= value <= high
+    with pytest.raises(ConfigError, match="rating_range"):
+        LLMJudge("http://127.0.0.1:9/v1", "m", api_key_env=None, rating_range=rating_range)

@@ -86,6 +86,10 @@ class LLMJudge:
             raise ConfigError(f"LLMJudge on_error must be 'raise' or 'nan', not {on_error!r}")
         if not (isinstance(timeout, int | float) and 0 < timeout < math.inf):
             raise ConfigError(f"LLMJudge timeout (seconds for a whole call) must be a positive number, not {timeout!r}")
+        low_high = tuple(rating_range) if isinstance(rating_range, list | tuple) else ()
+        if not (len(low_high) == 2 and all(isinstance(x, int | float) and math.isfinite(x) for x in low_high)
+                and low_high[0] < low_high[1]):  # (10, 1) made every grade NaN
+            raise ConfigError(f"LLMJudge rating_range must be (low, high) with low < high, not {rating_range!r}")
         if not (isinstance(max_response_bytes, int) and max_response_bytes > 0):
             raise ConfigError(f"LLMJudge max_response_bytes must be a positive integer, not {max_response_bytes!r}")
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -104,7 +108,7 @@ class LLMJudge:
         self.pairwise_template = T.check_template("pairwise_template", pairwise_template, T.PAIRWISE_FIELDS)
         self.single_system = single_system
         self.single_template = T.check_template("single_template", single_template, T.SINGLE_FIELDS)
-        self.rating_range, self.extra_body = rating_range, dict(extra_body or {})
+        self.rating_range, self.extra_body = (float(low_high[0]), float(low_high[1])), dict(extra_body or {})
         self.max_response_bytes = max_response_bytes
         self.stats: Counter = Counter()
         self._lock = threading.Lock()
