@@ -123,3 +123,12 @@ def test_a_reward_judge_with_good_weights_passes_the_checks(no_generation, tmp_p
     with pytest.raises(Generated):
         runner.evaluate_config(cfg(judge={"kind": "reward", "source": "scorers:two", "weights": {"brevity": 1}}),
                                where="eval.yaml")
+
+
+@pytest.mark.parametrize("judge", [{"kind": "gold", "population": "default", "temperature": 0},
+                                   {"kind": "gold", "weights": {"relevance": 1}, "temperature": -1},
+                                   {"kind": "reward", "source": "gold", "temperature": "warm"}])
+def test_a_judge_temperature_that_is_not_positive_fails_before_generation(no_generation, judge):
+    # was raised by the first win rate, after every model had generated, without the config or key
+    with pytest.raises(ConfigError, match=r"^eval\.yaml: judge: temperature must be a positive number"):
+        runner.evaluate_config(cfg(judge=judge), where="eval.yaml")

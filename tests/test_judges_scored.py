@@ -89,5 +89,5 @@ def test_a_judge_called_with_mismatched_lists_or_temperature_0_is_a_config_error
     judge = RewardModelJudge(lambda ps, rs: [len(r) for r in rs])
     with pytest.raises(ConfigError, match="lengths differ: 2 prompts, 2 a, 1 b"):
         judge.pairwise(["q", "q"], ["a", "b"], ["c"])
-    with pytest.raises(ConfigError, match="temperature must be > 0, got 0"):
+    with pytest.raises(ConfigError, match="temperature must be a positive number.*got 0"):
         RewardModelJudge(lambda ps, rs: [1.0], temperature=0).pairwise(["q"], ["a"], ["b"])

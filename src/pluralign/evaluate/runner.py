@@ -48,6 +48,7 @@ from pluralign.errors import ConfigError, DataError
 from pluralign.evaluate.frontier import bon_kl
 from pluralign.evaluate.winrate import compare
 from pluralign.judges import GoldJudge, LLMJudge, RewardModelJudge
+from pluralign.judges.base import check_temperature
 
 METRICS = ("reward", "kl", "win_rate", "per_group", "objectives")
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed", "chat_template")
@@ -103,6 +104,9 @@ def build_judge(spec: dict, where: str) -> Any:
     if known is not None:  # the llm judge's keywords are checked by LLMJudge itself
         unknown = sorted(set(rest) - known)
         _require(not unknown, where, f"unknown key(s) {unknown} for a {kind} judge; known: {sorted(known)}")
+    if kind in ("gold", "reward") and rest.get("temperature") is not None:
+        with _at(where):  # else refused by the first win rate, after every model has generated
+            check_temperature(rest["temperature"])
     if kind == "gold":
         if "weights" in rest:
             return GoldJudge(rest["weights"], temperature=rest.get("temperature"))

@@ -64,6 +64,14 @@ def combine_orders(p_original: np.ndarray, p_swapped_unswapped: np.ndarray) -> n
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+def check_temperature(temperature: Any) -> float:
+    """A Bradley–Terry judge's temperature: a positive finite number, else a `ConfigError`."""
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 < temperature < float("inf"):
+        raise ConfigError(f"temperature must be a positive number (or absent: hard verdicts), got {temperature!r}",
+                          field="temperature")
+    return float(temperature)
+
+
 def preferences_from_scores(score_a: np.ndarray, score_b: np.ndarray, *, temperature: float | None = None,
                             tie_tolerance: float = 0.0) -> np.ndarray:
     """Turn two score arrays into preferences. Hard by default (1, 2, or 1.5 when |Δ| ≤ tie_tolerance);
@@ -109,6 +117,8 @@ class ScoreJudge:
 
     def __init__(self, score_fn: Callable[[list, list], np.ndarray], *, temperature: float | None = None,
                  tie_tolerance: float = 0.0):
+        if temperature is not None:  # else the first pairwise call refuses it, after every answer was generated
+            check_temperature(temperature)
         self._score = score_fn
         self.temperature = temperature
         self.tie_tolerance = tie_tolerance
