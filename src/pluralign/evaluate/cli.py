@@ -95,8 +95,9 @@ def verdict_warnings(results: dict) -> list[str]:
     out = []
     for run in results.get("runs", []):
         if run.get("reward_n") is not None and run.get("n") is not None and run["reward_n"] < run["n"]:
-            out.append(f"{run['name']}: the judge graded {run['reward_n']} of {run['n']} responses (its reward is "
-                       "their mean); an LLM judge may be too small to follow the template")
+            mean = " (its reward is their mean)" if run["reward_n"] else ""
+            out.append(f"{run['name']}: the judge graded {run['reward_n']} of {run['n']} responses{mean}; an LLM "
+                       "judge may be too small to follow the template")
         wr = run.get("win_rate") or {}
         invalid, total = wr.get("n_invalid", 0), wr.get("n_total", 0) + wr.get("n_invalid", 0)
         if invalid:
