@@ -94,3 +94,31 @@ def test_gini_is_undefined_for_negative_utilities():
     neg_row, pos_row = cells.split("</tr>")[:2]
     assert neg_row.endswith("<td>—</td>") and pos_row.endswith("<td>0.25</td>")
     assert "Gini is undefined (—) for neg:" in page
+
+
+def test_a_reward_model_run_brings_its_held_out_calibration_and_accuracy(tmp_path):
+    # `pluralign report RUN` promises calibration diagrams; a reward-model run keeps its held-out
+    # evaluation in report/eval.json (and `eval rm` in model/eval/rm_eval.json), which were never read:
+    # the report showed its training curves only.
+    import json
+
+    import torch
+
+    from pluralign.reward.evaluation import calibration_report
+    from pluralign.runs import RunDir
+
+    run = tmp_path / "rm"
+    RunDir(run).log_metrics({"step": 1, "loss": 0.69})
+    margins = torch.tensor([2.0, -1.0, 0.5, 1.5, 0.2, -0.3])
+    report = {"kind": "pairwise", "n": 6, "accuracy": 4 / 6, "mean_margin": 0.48, "per_group": {"a": 0.5, "b": 1.0},
+              "calibration": calibration_report(margins)}
+    (run / "report").mkdir(parents=True, exist_ok=True)
+    (run / "report" / "eval.json").write_text(json.dumps(report))
+    results = load_run_dir(run)
+    (entry,) = results["calibration"]
+    assert entry["name"] == "rm (held-out)" and entry["errors"] == report["calibration"]["before"]
+    assert entry["rows"] == report["calibration"]["reliability_before"]
+    (table,) = results["tables"]
+    assert table["rows"] == [["rm (held-out)", 6, 4 / 6, 0.5, 1.0]] and table["columns"][-2:] == ["a", "b"]
+    page = render_html(results)
+    assert "Calibration" in page and "rm (held-out)" in page

@@ -29,8 +29,10 @@ Results schema (every key optional; unknown keys are ignored)::
 
 :func:`load_run_dirs` builds this from run directories holding ``results.json`` (this schema) and/or
 ``metrics.jsonl`` (a training log: plotted as curves; its last ``kl``/``reward`` values make a run
-when ``results.json`` has none). Directories whose runs were scored by different judges (``judge``, "reward"
-when absent) are refused rather than merged: their numbers would share one column and axis.
+when ``results.json`` has none) and, for a reward-model run, its evaluations (``report/eval.json``,
+``model/eval/rm_eval.json``: calibration and an accuracy table). Directories whose runs were scored by
+different judges (``judge``, "reward" when absent) are refused rather than merged: their numbers would
+share one column and axis.
 """
 
 from __future__ import annotations
@@ -350,16 +352,16 @@ def load_run_dir(path: str | os.PathLike) -> dict:
     results_path, run = root / "results.json", RunDir(root)
     results: dict = {}
     if results_path.exists():
-        try:
-            results = json.loads(results_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{results_path}: invalid JSON at line {e.lineno}: {e.msg}") from None
-        except (ValueError, RecursionError) as e:  # not UTF-8, numbers past the digit limit, nesting
-            raise ConfigError(f"{results_path}: unreadable JSON: {e}") from None
+        results = _read_json(results_path)
         check_results(results, str(results_path))
     rows = run.read_metrics()
     if not results and not rows:
         raise ConfigError(f"{root}: neither results.json nor metrics.jsonl found")
+    # a reward-model run's evaluations: the recipe's held-out one, and `pluralign eval rm`'s default output
+    for path, what in ((run.report / "eval.json", "held-out"), (root / "model" / "eval" / "rm_eval.json", "eval rm")):
+        if path.exists():
+            for key, entries in reward_eval_sections(_read_json(path), f"{root.name} ({what})", str(path)).items():
+                results.setdefault(key, []).extend(entries)
     if rows:
         results.setdefault("curves", []).append({"name": root.name, "rows": rows})
         if not results.get("runs"):
@@ -368,6 +370,36 @@ def load_run_dir(path: str | os.PathLike) -> dict:
             if run_entry["kl"] is not None or run_entry["reward"] is not None:
                 results["runs"] = [run_entry]
     return results
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    except (ValueError, RecursionError) as e:  # not UTF-8, numbers past the digit limit, nesting
+        raise ConfigError(f"{path}: unreadable JSON: {e}") from None
+
+
+def reward_eval_sections(report: Any, name: str, source: str) -> dict[str, list]:
+    """The report sections of a reward model's evaluation (`pluralign.reward.evaluation.evaluate_records`):
+    its reliability diagram (raw and temperature-scaled; ECE/ACE/MCE of the raw model) and a table of its
+    accuracy (and AUROC, for binary feedback) overall and per group."""
+    if not isinstance(report, dict) or "accuracy" not in report:
+        raise ConfigError(f"{source}: not a reward-model evaluation (expected an object with 'accuracy')")
+    out: dict[str, list] = {}
+    cal = report.get("calibration")
+    if isinstance(cal, dict) and cal.get("reliability_before"):
+        out["calibration"] = [{"name": name, "rows": cal["reliability_before"], "rows_after": cal.get("reliability_after"),
+                               "errors": cal.get("before") or {}}]
+    groups = report.get("per_group") or {}
+    auroc = ["AUROC"] if "auroc" in report else []
+    out["tables"] = [{"title": "Reward-model evaluation: accuracy overall and per group",
+                      "columns": ["model", "n", *auroc, "accuracy", *groups],
+                      "rows": [[name, report.get("n"), *([report["auroc"]] if auroc else []), report["accuracy"],
+                                *groups.values()]]}]
+    check_results(out, source)
+    return out
 
 
 def load_run_dirs(paths: Sequence[str | os.PathLike]) -> dict:
