@@ -107,3 +107,12 @@ def test_a_multi_objective_head_with_no_data_is_refused(tiny_backbone, tmp_path,
     with pytest.raises(ConfigError, match=re.escape(message)) as e:
         train_records(config, records)
     assert e.value.field == "objectives"
+
+
+def test_a_policy_directory_given_as_a_reward_model_says_what_it_is(tiny_backbone):
+    # was "config.json: unknown reward-model type None; known: [...]", for a directory that holds a model
+    from pluralign.reward import load_reward_model
+
+    with pytest.raises(ConfigError, match=r"not a pluralign reward model: its config\.json has no 'type' "
+                                          r"\(a transformers model\?"):
+        load_reward_model(tiny_backbone)

@@ -284,6 +284,9 @@ def load_reward_model(model_dir: str | Path, *, device: str | None = None) -> An
 
         return ImplicitRewardModel.load(model_dir, device=device)
 
+    if "type" not in cfg:  # e.g. a policy or base model's directory
+        raise ConfigError(f"{model_dir}: not a pluralign reward model: its config.json has no 'type' (a transformers "
+                          "model? `pluralign train rm model=...` trains a reward model on it)")
     cls = MODEL_TYPES.get(cfg.get("type"))
     if cls is None:
         raise ConfigError(f"{cfg_path}: unknown reward-model type {cfg.get('type')!r}; known: {sorted(MODEL_TYPES)}")
