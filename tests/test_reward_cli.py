@@ -144,3 +144,17 @@ def test_eval_rm_names_users_a_pal_model_does_not_know(setup, tmp_path, capsys):
     assert main(["eval", "rm", "--model", str(run), "--data", str(tmp_path / "new.jsonl"), "--out", str(tmp_path)]) == 0
     assert "1 user(s) unknown to this PAL model (newcomer)" in capsys.readouterr().err
     assert json.loads((tmp_path / "rm_eval.json").read_text())["unknown_users"] == ["newcomer"]
+
+
+def _newcomer_pairs(setup, tmp_path):
+    rows = [json.loads(x) | {"user": "newcomer"} for x in (setup / "pairs.jsonl").read_text().splitlines()[:6]]
+    (tmp_path / "new.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f"eval_data={tmp_path / 'new.jsonl'}"
+
+
+def test_pal_trains_when_no_held_out_pair_is_of_a_user_it_knows(setup, tmp_path):
+    # the loop's evaluation keeps the pairs of known users only: none left was a traceback ("stack expects
+    # a non-empty TensorList") at the first evaluation; the final evaluation scores them all
+    run = _train(setup, "pal", "pairs.jsonl", "pal_new_users", "n_prototypes=2", "pal_dim=8", "loop.num_epochs=1",
+                 "loop.eval_every=2", _newcomer_pairs(setup, tmp_path))
+    assert json.loads((run / "report" / "eval.json").read_text())["n"] == 6

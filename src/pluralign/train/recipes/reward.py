@@ -196,7 +196,9 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
     run_dir = RunDir(config.output_dir)
     encoder = _encoder(config)
     model, items, step, collate, params = _build(config, encoder, list(records), source)
-    eval_items = _items_like(config, model, eval_records, source) if eval_records else None
+    # PAL's loop evaluation keeps the pairs of users it knows; with none left it is skipped (an empty set
+    # was a traceback), and the evaluation after training scores every pair
+    eval_items = (_items_like(config, model, eval_records, source) or None) if eval_records else None
     if config.freeze_backbone:
         items = rdata.precompute_features(items, encoder, needs_prompt=model.needs_prompt)
         eval_items = eval_items and rdata.precompute_features(eval_items, encoder, needs_prompt=model.needs_prompt)
