@@ -158,3 +158,11 @@ def test_pal_trains_when_no_held_out_pair_is_of_a_user_it_knows(setup, tmp_path)
     run = _train(setup, "pal", "pairs.jsonl", "pal_new_users", "n_prototypes=2", "pal_dim=8", "loop.num_epochs=1",
                  "loop.eval_every=2", _newcomer_pairs(setup, tmp_path))
     assert json.loads((run / "report" / "eval.json").read_text())["n"] == 6
+
+
+def test_training_pal_with_held_out_users_it_does_not_know_says_so(setup, tmp_path, capsys):
+    # eval rm named them; the training run's own held-out evaluation scored them by the population's mean
+    # mixture and printed that accuracy as theirs, without a word
+    _train(setup, "pal", "pairs.jsonl", "pal_heldout_users", "n_prototypes=2", "pal_dim=8", "loop.num_epochs=1",
+           _newcomer_pairs(setup, tmp_path))
+    assert "warning: 1 user(s) unknown to this PAL model (newcomer)" in capsys.readouterr().err

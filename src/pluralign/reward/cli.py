@@ -39,7 +39,7 @@ def eval_rm(args: argparse.Namespace) -> int:
     from pluralign.data.io import read_records
     from pluralign.evaluate.calibration import plot_reliability
     from pluralign.reward.base import load_reward_model
-    from pluralign.reward.evaluation import evaluate_records
+    from pluralign.reward.evaluation import evaluate_records, unknown_users_warning
 
     if args.bins < 1:
         raise ConfigError(f"--bins must be >= 1, got {args.bins}")
@@ -53,11 +53,8 @@ def eval_rm(args: argparse.Namespace) -> int:
         c = report["calibration"]
         plot_reliability(c["reliability_before"], out / "reliability.png", rows_after=c["reliability_after"],
                          title=f"{Path(args.data).name}: reliability", labels=("raw", f"T = {c['temperature']:.2f}"))
-    if report.get("unknown_users"):
-        users = report["unknown_users"]
-        print(f"warning: {len(users)} user(s) unknown to this PAL model ({', '.join(users[:5])}"
-              f"{', ...' if len(users) > 5 else ''}) are scored by the population's mean mixture: their accuracy "
-              "is the population's on their data; adapt them first (PALRewardModel.adapt_user)", file=sys.stderr)
+    if (warning := unknown_users_warning(report)) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     print(format_report(report))
     print(f"wrote {out / 'rm_eval.json'}" + (f" and {out / 'reliability.png'}" if "calibration" in report else ""))
     return 0

@@ -163,6 +163,17 @@ def summary(report: dict[str, Any]) -> str:
     return head + ("; per group " + ", ".join(f"{g} {a:.3f}" for g, a in groups.items()) if groups else "")
 
 
+def unknown_users_warning(report: dict[str, Any]) -> str | None:
+    """A warning naming the users a PAL model does not know (``unknown_users``): their accuracy is the
+    population's mean mixture's on their pairs, not theirs."""
+    users = report.get("unknown_users")
+    if not users:
+        return None
+    return (f"{len(users)} user(s) unknown to this PAL model ({', '.join(users[:5])}{', ...' if len(users) > 5 else ''}) "
+            "are scored by the population's mean mixture: their accuracy is the population's on their data; adapt "
+            "them first (PALRewardModel.adapt_user)")
+
+
 def chance_warning(report: dict[str, Any], z: float = 2.0) -> str | None:
     """A warning when the held-out score is within `z` standard errors of chance (accuracy 0.5 on pairs,
     AUROC 0.5 on binary labels, Hanley & McNeil's null standard error): the model may have learned

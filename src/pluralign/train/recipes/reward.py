@@ -207,13 +207,14 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
                        run_config=config)
         model.eval().save(run_dir.root / "model")
     if eval_records:
-        from pluralign.reward.evaluation import chance_warning, evaluate_records, summary
+        from pluralign.reward.evaluation import chance_warning, evaluate_records, summary, unknown_users_warning
 
         report = evaluate_records(model, eval_records)
         atomic_write_json(run_dir.report / "eval.json", report)
         print(f"held-out {summary(report)} ({run_dir.report / 'eval.json'})", file=sys.stderr)
-        if (warning := chance_warning(report)) is not None:
-            warnings.warn(warning, stacklevel=2)
+        for warning in (chance_warning(report), unknown_users_warning(report)):
+            if warning is not None:
+                warnings.warn(warning, stacklevel=2)
     return model, RecipeResult(run_dir.root / "model", run_dir.root, result)
 
 
