@@ -56,3 +56,19 @@ def test_a_response_longer_than_max_length_keeps_its_start_and_a_fitting_row_is_
     assert caught
     texts, caught = _rows(rm, [[{"role": "user", "content": "hello"}]], ["yes"])
     assert texts[0] == "user : hello </s> assistant : yes </s>" and not caught
+
+
+def test_an_implicit_reward_keeps_the_response_of_an_over_long_pair_too(chat_tokenizer):
+    # DPO-as-RM (log π(y|x), or its ratio to the reference) stopped at a prompt over max_length and scored
+    # a cut-off response's first tokens only
+    from pluralign.reward.implicit import ImplicitRewardModel
+
+    policy = tiny.tiny_llama(len(chat_tokenizer), hidden_size=32, num_heads=2, seed=7).eval()
+    implicit = ImplicitRewardModel(policy, chat_tokenizer, form="sum", max_length=24)
+    prompt = [{"role": "user", "content": "the big red cat sat on the mat . the dog sat on the rug ."}]
+    a, b = "the dog ran under the rug and was happy", "the dog ran under the rug and was sad"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = implicit.score([LONG_PROMPT, prompt, prompt], ["yes", a, b])
+    assert torch.isfinite(scores).all() and scores[1] != scores[2]
+    assert any("max_length=24" in str(w.message) for w in caught)

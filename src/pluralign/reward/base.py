@@ -93,11 +93,9 @@ class TextEncoder(nn.Module):
                 ids = prompt_ids(self.tokenizer, p, self.chat_template)[-self.max_length:]
                 rows.append(Encoded(ids, [0] * len(ids)))
         else:
-            rows = [self._encode(p, r) for p, r in zip(prompts, responses, strict=True)]
-            if any(row.truncated for row in rows):
-                warnings.warn(f"reward model: a prompt + response longer than max_length={self.max_length} tokens was "
-                              "cut: the prompt's start first (the reward is read at the response's end), the "
-                              "response's end only where the response alone is longer", stacklevel=3)
+            rows = [encode_scored_pair(self.tokenizer, p, r, self.max_length, self.chat_template)
+                    for p, r in zip(prompts, responses, strict=True)]
+            warn_if_cut(rows, self.max_length)
         if self.packing:
             from pluralign.data.collate import pack_rows
 
@@ -105,25 +103,6 @@ class TextEncoder(nn.Module):
             return {k: packed[k] for k in ("input_ids", "position_ids", "seq_lengths")}
         batch = pad_rows(rows, pad_token_id(self.tokenizer))
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-
-    def _encode(self, prompt: Any, response: Any) -> Any:
-        """prompt + response in at most `max_length` tokens, the response kept whole where it fits (else its
-        start). `encode_pair`'s default (cut the completion's end) drops the end the reward is read at, so
-        responses that differ only there scored alike, and a prompt over `max_length` stopped training and
-        scoring."""
-        from pluralign.data.tokenize import encode_pair
-
-        row = encode_pair(self.tokenizer, prompt, response, sys.maxsize, chat_template=self.chat_template)
-        if len(row) <= self.max_length:
-            return row
-        n_response = sum(row.completion_mask)
-        n_prompt = len(row) - n_response
-        # the prompt keeps its end (the question, the turn markup); a response that cannot fit at all leaves
-        # the prompt up to half the room, so the reward still sees what was asked
-        keep_prompt = self.max_length - n_response if n_response < self.max_length else \
-            max(1, min(n_prompt, self.max_length // 2))
-        return encode_pair(self.tokenizer, prompt, response, self.max_length, keep_prompt,
-                           chat_template=self.chat_template)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, seq_lengths: torch.Tensor | None = None,
@@ -149,6 +128,32 @@ class TextEncoder(nn.Module):
             batch = self.tokenize(prompts[i:i + batch_size], None if responses is None else responses[i:i + batch_size])
             out.append(self(**{k: v.to(device) for k, v in batch.items()}))
         return torch.cat(out) if out else torch.zeros(0, self.dim, device=device)
+
+
+def encode_scored_pair(tokenizer: Any, prompt: Any, response: Any, max_length: int, chat_template: str = "auto") -> Any:
+    """prompt + response (`encode_pair`) in at most `max_length` tokens, the response kept whole where it fits
+    (else its start). `encode_pair`'s default (cut the completion's end) drops the end a reward is read at, so
+    responses that differ only there scored alike, and a prompt over `max_length` stopped training and
+    scoring. Used by every reward model that reads text (`TextEncoder`, `ImplicitRewardModel`)."""
+    from pluralign.data.tokenize import encode_pair
+
+    row = encode_pair(tokenizer, prompt, response, sys.maxsize, chat_template=chat_template)
+    if len(row) <= max_length:
+        return row
+    n_response = sum(row.completion_mask)
+    n_prompt = len(row) - n_response
+    # the prompt keeps its end (the question, the turn markup); a response that cannot fit at all leaves
+    # the prompt up to half the room, so the reward still sees what was asked
+    keep_prompt = max_length - n_response if n_response < max_length else max(1, min(n_prompt, max_length // 2))
+    return encode_pair(tokenizer, prompt, response, max_length, keep_prompt, chat_template=chat_template)
+
+
+def warn_if_cut(rows: Sequence[Any], max_length: int) -> None:
+    """Say so when `encode_scored_pair` cut any row."""
+    if any(row.truncated for row in rows):
+        warnings.warn(f"reward model: a prompt + response longer than max_length={max_length} tokens was cut: the "
+                      "prompt's start first (the reward is read at the response's end), the response's end only "
+                      "where the response alone is longer", stacklevel=4)
 
 
 def check_pairs(prompts: Any, responses: Any) -> None:

@@ -53,10 +53,12 @@ class ImplicitRewardModel:
 
     def _batch(self, prompts: Sequence[Any], responses: Sequence[Any]) -> dict[str, torch.Tensor]:
         from pluralign.data.collate import pad_rows
-        from pluralign.data.tokenize import encode_pair, pad_token_id
+        from pluralign.data.tokenize import pad_token_id
+        from pluralign.reward.base import encode_scored_pair, warn_if_cut
 
-        enc = [encode_pair(self.tokenizer, p, r, self.max_length, chat_template=self.chat_template)
+        enc = [encode_scored_pair(self.tokenizer, p, r, self.max_length, self.chat_template)
                for p, r in zip(prompts, responses, strict=True)]
+        warn_if_cut(enc, self.max_length)
         return pad_rows(enc, pad_token_id(self.tokenizer))
 
     @torch.no_grad()
