@@ -132,3 +132,13 @@ def test_a_judge_temperature_that_is_not_positive_fails_before_generation(no_gen
     # was raised by the first win rate, after every model had generated, without the config or key
     with pytest.raises(ConfigError, match=r"^eval\.yaml: judge: temperature must be a positive number"):
         runner.evaluate_config(cfg(judge=judge), where="eval.yaml")
+
+
+@pytest.mark.parametrize("weights,message", [
+    ({"relevence": 1}, r"^eval\.yaml: judge\.weights: unknown attribute\(s\) \['relevence'\]"),
+    ({"relevance": "high"}, r"^eval\.yaml: judge\.weights: .*'high'"),
+])
+def test_gold_judge_weights_fail_before_generation_naming_the_key(no_generation, weights, message):
+    # a misspelt attribute failed when the first answers were scored ("high": a ValueError traceback)
+    with pytest.raises(ConfigError, match=message):
+        runner.evaluate_config(cfg(judge={"kind": "gold", "weights": weights}), where="eval.yaml")

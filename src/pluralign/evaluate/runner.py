@@ -109,6 +109,12 @@ def build_judge(spec: dict, where: str) -> Any:
             check_temperature(rest["temperature"])
     if kind == "gold":
         if "weights" in rest:
+            from pluralign.sandbox.users import weight_vector
+
+            try:  # else a misspelt attribute fails once the first answers are scored
+                weight_vector(rest["weights"])
+            except (ConfigError, TypeError, ValueError) as e:
+                raise ConfigError(f"{where}.weights: {e}") from None
             return GoldJudge(rest["weights"], temperature=rest.get("temperature"))
         pop = _population(rest.get("population", "default"), f"{where}.population")
         group = None
