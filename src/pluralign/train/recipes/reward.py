@@ -207,7 +207,12 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
                        run_config=config)
         model.eval().save(run_dir.root / "model")
     if eval_records:
-        from pluralign.reward.evaluation import chance_warning, evaluate_records, summary, unknown_users_warning
+        from pluralign.reward.evaluation import (
+            chance_warning,
+            evaluate_records,
+            summary,
+            unknown_users_warning,
+        )
 
         report = evaluate_records(model, eval_records)
         atomic_write_json(run_dir.report / "eval.json", report)
