@@ -45,7 +45,8 @@ class TextEncoder(nn.Module):
 
     kind='causal': prompt and response are joined by `pluralign.data.tokenize.encode_pair` with this
     encoder's own tokenizer and `chat_template` mode (`pluralign.data.prompts`: a reward model trained on
-    chat data scores chat data through its own template) and the last non-pad token is read.
+    chat data scores chat data through its own template) and the last non-pad token is read; a pair over
+    `max_length` loses its prompt's start first (`encode_scored_pair`).
     kind='encoder' (BERT-like, e.g. all-MiniLM-L6-v2): the tokenizer's own text-pair encoding of the
     texts (message lists as a `transcript`) and mean pooling.
     """
