@@ -290,3 +290,21 @@ def test_a_rating_range_that_is_not_low_then_high_is_refused(rating_range):
     # (10, 1) made every grade NaN: parse_rating keeps values with low <= value <= high
     with pytest.raises(ConfigError, match="rating_range"):
         LLMJudge("http://127.0.0.1:9/v1", "m", api_key_env=None, rating_range=rating_range)
+
+
+@pytest.mark.parametrize("text,expected", [
+    # a small judge that echoes the system prompt's format line and stops gave no verdict: it read as a tie
+    ('Output your final verdict by strictly following this format: "[[A]]" if assistant A is better, "[[B]]" if '
+     'assistant B is better, and "[[C]]" for a tie.', math.nan),
+    ('The format is "[[A]]" if assistant A is better, "[[B]]" if assistant B is better, and "[[C]]" for a tie. '
+     "Assistant B answers the question. [[B]]", 2.0),
+])
+def test_a_verdict_is_not_read_from_the_echoed_format_line(text, expected):
+    got = parse_pairwise(text)
+    assert (math.isnan(got) and math.isnan(expected)) or got == expected
+
+
+def test_a_grade_is_not_read_from_the_echoed_format_line():
+    # echoing 'by strictly following this format: "Rating: [[5]]"' graded the answer 5
+    assert math.isnan(parse_rating('You must rate the response by strictly following this format: "Rating: [[5]]".'))
+    assert parse_rating('Format: "Rating: [[5]]". The answer is correct and brief. Rating: [[9]]') == 9.0

@@ -69,6 +69,11 @@ _LOOSE = [
     re.compile(r"\b(?i:win\s+for)\s+(?:(?i:assistant|response|output)\s+)?(A|B)\b"),
 ]
 _SOLO = re.compile(r"^\W*(?:(?i:a)\s+(?=(?i:tie)))?" + _VERDICT + r"\W*$")  # "B", "(A).", "a tie"
+# The default system prompts' format lines, as a small judge may echo them and stop: their [[A]]/[[B]]/[[C]]
+# and [[5]] are examples, not a verdict (the last one, [[C]], read as a tie; "[[5]]" as a grade of 5).
+_ECHOED_VERDICT_FORMAT = re.compile(r'"\[\[A\]\]" if assistant A is better, "\[\[B\]\]" if assistant B is better, '
+                                    r'and "\[\[C\]\]" for a tie', re.IGNORECASE)
+_ECHOED_RATING_FORMAT = re.compile(r'"Rating: \[\[5\]\]"', re.IGNORECASE)
 _RATING = [
     re.compile(r"\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]"),
     re.compile(r"rating\s*[:=]?\s*\**\s*\[?\s*(-?\d+(?:\.\d+)?)", re.I),
@@ -114,6 +119,7 @@ def parse_pairwise(text: str | None) -> float:
     Outside the brackets the letters must be capitals, so the article "a" never counts as a verdict."""
     if not text:
         return math.nan
+    text = _ECHOED_VERDICT_FORMAT.sub(" ", text)
     hits = _BRACKET.findall(text)
     if hits:
         return _verdict_to_pref(hits[-1][0])
@@ -130,6 +136,7 @@ def parse_rating(text: str | None, low: float = 1.0, high: float = 10.0) -> floa
     outside [low, high]."""
     if not text:
         return math.nan
+    text = _ECHOED_RATING_FORMAT.sub(" ", text)
     for pattern in _RATING:
         found = pattern.findall(text)
         if found:
