@@ -15,6 +15,7 @@ on the swapped pair is brought back to the original order by the same map.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -66,7 +67,7 @@ def combine_orders(p_original: np.ndarray, p_swapped_unswapped: np.ndarray) -> n
 
 def check_temperature(temperature: Any) -> float:
     """A Bradley–Terry judge's temperature: a positive finite number, else a `ConfigError`."""
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 < temperature < float("inf"):
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 < temperature < float("inf"):
         raise ConfigError(f"temperature must be a positive number (or absent: hard verdicts), got {temperature!r}",
                           field="temperature")
     return float(temperature)
