@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 import threading
 import time
@@ -87,8 +88,8 @@ class LLMJudge:
         if not (isinstance(timeout, int | float) and 0 < timeout < math.inf):
             raise ConfigError(f"LLMJudge timeout (seconds for a whole call) must be a positive number, not {timeout!r}")
         low_high = tuple(rating_range) if isinstance(rating_range, list | tuple) else ()
-        if not (len(low_high) == 2 and all(isinstance(x, int | float) and math.isfinite(x) for x in low_high)
-                and low_high[0] < low_high[1]):  # (10, 1) made every grade NaN
+        real = lambda x: isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+        if not (len(low_high) == 2 and all(map(real, low_high)) and low_high[0] < low_high[1]):  # (10, 1): all NaN
             raise ConfigError(f"LLMJudge rating_range must be (low, high) with low < high, not {rating_range!r}")
         if not (isinstance(max_response_bytes, int) and max_response_bytes > 0):
             raise ConfigError(f"LLMJudge max_response_bytes must be a positive integer, not {max_response_bytes!r}")
