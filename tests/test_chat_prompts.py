@@ -333,3 +333,20 @@ def test_online_rollouts_condition_on_the_template_and_keep_the_conversation(pol
     assert roll.prompt_ids == [conversation_ids(chat_tokenizer, p) for p in MSGS for _ in range(2)]
     raw = generate(policy, chat_tokenizer, ["is the cat big ?"], 1, max_new_tokens=2, seed=0, chat_template="never")
     assert raw.prompt_ids[0] == chat_tokenizer.encode("is the cat big ?")
+
+
+def test_args_cache_starts_from_the_reward_models_own_rendering(policy, chat_tokenizer, multi_rm, monkeypatch):
+    """The policy may see a prompt unrendered (`chat_template=never`, as /v1/completions does) while the reward
+    model renders it with its template, as it did in training: ARGS's cached reward model must start from
+    its own rendering of the prompt, not from the policy's ids."""
+    from pluralign.decode.rewards import CachedReward
+
+    seen = []
+    start = CachedReward.start
+    monkeypatch.setattr(CachedReward, "start", lambda self, seqs: (seen.extend(seqs), start(self, seqs))[1])
+    prompts = ["is the cat big ?", "what is the dog doing ?"]
+    controls = Controls(weights=[1.0, 0.5], max_new_tokens=3, temperature=0.0, chat_template="never", extra={"k": 4})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        decode("args", policy, chat_tokenizer, prompts, reward=multi_rm, reward_model=multi_rm, controls=controls)
+    assert seen == [conversation_ids(chat_tokenizer, [{"role": "user", "content": p}]) for p in prompts]

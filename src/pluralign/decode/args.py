@@ -26,7 +26,7 @@ from pluralign.decode.api import (
     register,
     weights_matrix,
 )
-from pluralign.decode.kv import Compute
+from pluralign.decode.kv import Compute, encode_prompts
 from pluralign.decode.rewards import CachedReward, Counted, score_groups
 from pluralign.decode.tokenwise import (
     choice_logq,
@@ -49,8 +49,8 @@ class ArgsGuide:
         self.k = max(int(c.extra.get("k", c.top_k or 10)) for c in controls)
         self.prefix: list[list[int]] = [[] for _ in controls]  # generated tokens per prompt
         self.rows = list(range(len(controls)))
-        if cached is not None:
-            cached.start(prompt_ids)
+        if cached is not None:  # the prompt as the reward model renders it, which the policy may not
+            cached.start(cached.render(prompts) if cached.render is not None else prompt_ids)
         self._weights = None
 
     def _candidate_rewards(self, cand: torch.Tensor, rows: list[int]) -> torch.Tensor:
@@ -117,8 +117,10 @@ def as_cached(reward_model: Any, tokenizer: Any) -> CachedReward | None:
         return reward_model
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if cacheable(reward_model):
-        backbone = reward_model.encoder.backbone
-        return CachedReward(getattr(backbone, "base_model", backbone), lambda h: reward_model.rewards(h), pad_id=pad)
+        enc = reward_model.encoder
+        backbone = enc.backbone
+        return CachedReward(getattr(backbone, "base_model", backbone), lambda h: reward_model.rewards(h), pad_id=pad,
+                            render=lambda prompts: encode_prompts(enc.tokenizer, prompts, enc.chat_template))
     if hasattr(reward_model, "encoder"):
         raise ConfigError("args: this reward model cannot be scored incrementally (needs a causal encoder with "
                           "last-token pooling); pass it as reward= instead")

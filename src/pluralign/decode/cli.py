@@ -90,26 +90,19 @@ def parse_extra(items: list[str]) -> dict:
     return out
 
 
-def method_kwargs(method: str, reward: Any, tokenizer: Any, models: list[Any] | None = None,
-                  chat_template: str = "auto") -> dict[str, Any]:
+def method_kwargs(method: str, reward: Any, tokenizer: Any, models: list[Any] | None = None) -> dict[str, Any]:
     """Keyword arguments a decoder needs beyond the contract: ARGS scores candidate prefixes with the
-    reward model's own KV cache when the reward model sees a conversation as the same tokens as the policy
-    (vocabulary, chat template and rendering mode); fusion decoders get the extra models. Shared by this
-    command and `pluralign serve`."""
+    reward model's own KV cache when the reward model reads the policy's tokens (the same vocabulary; it
+    renders each prompt its own way, `decode.args.as_cached`); fusion decoders get the extra models. Shared
+    by this command and `pluralign serve`."""
     from pluralign.decode.args import cacheable
 
     kwargs: dict[str, Any] = {}
-    if method == "args" and cacheable(reward) and _same_rendering(reward.encoder, tokenizer, chat_template):
+    if method == "args" and cacheable(reward) and reward.encoder.tokenizer.get_vocab() == tokenizer.get_vocab():
         kwargs["reward_model"] = reward
     if models:
         kwargs["models"] = list(models)
     return kwargs
-
-
-def _same_rendering(encoder: Any, tokenizer: Any, chat_template: str) -> bool:
-    rm_tok = encoder.tokenizer
-    return (rm_tok.get_vocab() == tokenizer.get_vocab() and encoder.chat_template == chat_template
-            and getattr(rm_tok, "chat_template", None) == getattr(tokenizer, "chat_template", None))
 
 
 STEERING = ("weights", "direction", "user", "group")
@@ -229,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     unused = unused_controls(model, reward, controls, extra_models, args.model)
     if unused:
         print(f"warning: {unused}", file=sys.stderr)
-    kwargs = method_kwargs(args.method, reward, tokenizer, extra_models, args.chat_template)
+    kwargs = method_kwargs(args.method, reward, tokenizer, extra_models)
     result = decode(args.method, model, tokenizer, [r["prompt"] for r in requests], reward=reward,
                     controls=controls, **kwargs)
     eos = eos_ids(tokenizer, model)

@@ -208,13 +208,18 @@ class CachedReward:
     (Khanov et al. 2024, ARGS, §3: the RM cache is reordered to the chosen branch).
 
     `backbone` is a causal transformer returning hidden states; `head` maps the last hidden state [.., H]
-    to rewards [.., m]. It must share the policy's tokenizer.
+    to rewards [.., m]. It must share the policy's vocabulary. `render`, when given, turns the prompts into
+    the ids the reward model itself sees them as (its own chat template and mode, as in its training), which
+    may differ from the policy's rendering (e.g. a raw /v1/completions prompt); without it the policy's
+    prompt ids are used.
     """
 
-    def __init__(self, backbone: Any, head: Callable[[torch.Tensor], torch.Tensor], *, pad_id: int = 0):
+    def __init__(self, backbone: Any, head: Callable[[torch.Tensor], torch.Tensor], *, pad_id: int = 0,
+                 render: Callable[[list[Any]], list[list[int]]] | None = None):
         self.backbone = backbone
         self.head = head
         self.pad_id = pad_id
+        self.render = render
         self.compute = Compute()
         self.state: LMState | None = None
 
