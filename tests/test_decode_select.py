@@ -166,3 +166,26 @@ def test_controls_weights_take_any_flat_numbers_and_refuse_the_rest():
         with pytest.raises(ConfigError, match="controls.weights must be finite numbers") as e:
             Controls(weights=bad)
         assert e.value.field == "weights"
+
+
+@pytest.mark.parametrize("method", ["sample", "bon", "args"])
+def test_a_reward_scores_the_prompt_as_asked_not_as_a_conditioned_policy_sees_it(method):
+    """A prompt-level scheme (here DPA-style weight statements) restates each prompt for the policy; the
+    reward must still score the request's own prompt (what it was trained on, and what `Controls` says
+    reward sources receive), never the statement the policy was shown."""
+    from pluralign import conditioning
+
+    tok = toy_tokenizer()
+    lm = toy_lm(tok)
+    lm.pluralign_conditioning = conditioning.get("system_message", ["cat", "dog"])
+    seen = []
+
+    def reward(prompts, responses):
+        seen.extend(prompts)
+        return two_words(prompts, responses)
+
+    reward.objectives = ["cat", "dog"]
+    prompts = ["the cat", "a dog"]
+    decode(method, lm, tok, prompts, reward=reward,
+           controls=[Controls(n=2, max_new_tokens=2, weights=w) for w in ([1, 0], [0.2, 0.8])])
+    assert seen and all(p in prompts for p in seen), seen

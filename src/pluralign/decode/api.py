@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from pluralign.decode.kv import Compute
-from pluralign.decode.rewards import as_reward, objective_names, score_groups, weight_vector
+from pluralign.decode.rewards import AsAsked, as_reward, objective_names, score_groups, weight_vector
 from pluralign.errors import ConfigError
 from pluralign.registry import Registry
 
@@ -236,11 +236,14 @@ def decode(method: str, model: Any, tokenizer: Any, prompts: Sequence[Any], *, r
     fields = [k for k in shared if k in Controls.__dataclass_fields__]
     parts = []
     for idx, shown, steered in conditioned_groups(model, tokenizer, prompts, controls):
+        asked = [prompts[i] for i in idx]
+        # the reward scores the prompt as asked, not as a prompt-level scheme restated it for the policy
+        judge = AsAsked(reward, shown, asked) if reward is not None and shown != asked else reward
         with steered():
             batches = groups([controls[i] for i in idx], *fields, extra=[k for k in shared if k not in fields])
             for batch, _ in batches:
                 ids = [idx[j] for j in batch]
-                parts.append((ids, fn(model, tokenizer, [shown[j] for j in batch], reward=reward,
+                parts.append((ids, fn(model, tokenizer, [shown[j] for j in batch], reward=judge,
                                       controls=[controls[i] for i in ids], **kwargs)))
     return parts[0][1] if len(parts) == 1 else merge_results(parts, len(prompts))
 

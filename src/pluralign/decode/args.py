@@ -49,8 +49,9 @@ class ArgsGuide:
         self.k = max(int(c.extra.get("k", c.top_k or 10)) for c in controls)
         self.prefix: list[list[int]] = [[] for _ in controls]  # generated tokens per prompt
         self.rows = list(range(len(controls)))
-        if cached is not None:  # the prompt as the reward model renders it, which the policy may not
-            cached.start(cached.render(prompts) if cached.render is not None else prompt_ids)
+        if cached is not None:  # the prompt as asked, as the reward model renders it (the policy may not)
+            asked = reward.source.originals(prompts) if hasattr(getattr(reward, "source", None), "originals") else prompts
+            cached.start(cached.render(asked) if cached.render is not None else prompt_ids)
         self._weights = None
 
     def _candidate_rewards(self, cand: torch.Tensor, rows: list[int]) -> torch.Tensor:

@@ -9,6 +9,7 @@ transformer reward model so that k candidate next tokens are scored from one cac
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -200,6 +201,29 @@ def checked_scores(raw: Any, n: int, name: str) -> torch.Tensor:
         raise PluralignError(f"reward '{name}' returned a non-finite value for {len(bad)} of {n} responses "
                              f"(first at response {int(bad[0])}: {x[bad[0]].tolist()})")
     return x
+
+
+class AsAsked:
+    """A reward source behind a policy whose conditioning scheme restated the prompts (a DPA or RiC
+    statement, control tokens; `decode.api.conditioned_groups`): the decoder hands it the prompts as the
+    policy saw them, and it scores each pair on the prompt as the request asked it, the text the reward
+    was trained on and the one `Controls` promises reward sources."""
+
+    def __init__(self, source: Any, shown: Sequence[Any], asked: Sequence[Any]):
+        self.source = source
+        self.objectives = getattr(source, "objectives", None)
+        self.name = reward_name(source)
+        self._asked = {_prompt_key(s): a for s, a in zip(shown, asked, strict=True)}
+
+    def originals(self, prompts: Sequence[Any]) -> list[Any]:
+        return [self._asked.get(_prompt_key(p), p) for p in prompts]
+
+    def score(self, prompts: list[Any], responses: list[str], user: Any = None) -> torch.Tensor:
+        return self.source.score(self.originals(prompts), responses, user=user)
+
+
+def _prompt_key(prompt: Any) -> str:
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, default=str)
 
 
 class CachedReward:
