@@ -298,3 +298,21 @@ def test_the_default_model_id_of_a_directory_a_gguf_file_and_a_hub_id(tmp_path):
     assert _model_name(str(tmp_path / "runs" / "dpo")) == "dpo"
     assert _model_name(str(tmp_path / "SmolLM2.Q4_1.gguf")) == "SmolLM2.Q4_1"
     assert _model_name("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_a_seeded_request_answers_the_same_whatever_arrives_with_it(tiny):
+    """OpenAI's `seed`: the same request with the same seed gets the same answer. Requests batched together
+    share one sampler call; sharing its random stream would make a seeded answer depend on whichever
+    other requests arrived in the same batch window."""
+    with serve(tiny, batch_window_ms=400) as url:
+        body = {"prompt": "the cat", "max_tokens": 12, "temperature": 1.0, "seed": 5}
+        alone = post(url, **body).json()["choices"][0]["text"]
+        for other in ({"prompt": "a dog", "seed": 5}, {"prompt": "the cat", "seed": 5}, {"prompt": "a dog"}):
+            got = {}
+            threads = [threading.Thread(target=lambda k=k, b=b: got.__setitem__(k, post(url, **b).json()))
+                       for k, b in (("mine", body), ("other", body | other))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert got["mine"]["choices"][0]["text"] == alone, other

@@ -127,12 +127,15 @@ class Job:
         return self.cancelled.is_set() or time.monotonic() > self.deadline
 
     def key(self) -> tuple:
-        """Requests with equal keys share one batched call."""
+        """Requests with equal keys share one batched call. A seeded request shares it with no other: a call
+        draws all its rows from one random stream, so the answer to a seed would depend on whichever
+        requests arrived with it, where OpenAI's `seed` promises the same answer to the same request."""
+        alone = () if self.controls.seed is None else (id(self),)
         if self.method != PLAIN:
-            return (self.method, self.reward)
+            return (self.method, self.reward, *alone)
         c = self.controls
         return (PLAIN, self.n, self.ignore_eos, c.chat_template, c.max_new_tokens, c.temperature, c.top_k, c.top_p,
-                tuple(c.stop or ()), c.seed, self.logprobs)
+                tuple(c.stop or ()), c.seed, self.logprobs, *alone)
 
     def stream_text(self, choice: int, text: str, final: bool, steps: tuple | None = None) -> None:
         """Send the part of `text` not yet sent. Until the end, hold back what a stop string or an
