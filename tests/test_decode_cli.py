@@ -292,3 +292,21 @@ def test_a_rows_bad_weights_for_a_conditioned_model_are_named_by_file_and_line(t
     assert main(args[:6] + [str(tmp_path / "one.txt")] + args[7:] + ["--direction", "1,0"]) == 0
     assert "warning: direction given but nothing reads them: " in (err := capsys.readouterr().err)
     assert "conditioning scheme 'soup' reads only weights" in err
+
+
+def test_a_rows_seed_user_group_constraints_and_chat_template_of_the_wrong_kind_are_named_by_line(model_dir, tmp_path,
+                                                                                                  capsys):
+    # a seed of 1.5 or "x" and a user given as an object were tracebacks from inside the decoder, a misspelt
+    # chat_template an error naming no row, and constraints that are not an object were silently ignored
+    rows = [{"prompt": "the"}, {"prompt": "a", "seed": 1.5}, {"prompt": "a", "seed": "x"},
+            {"prompt": "a", "user": {"id": 1}}, {"prompt": "a", "group": ["g"]},
+            {"prompt": "a", "constraints": "cat"}, {"prompt": "a", "chat_template": "sometimes"}]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["decode", "--method", "bon", "--model", str(model_dir), "--reward", "decode_cli_rewards:named",
+            "--out", str(tmp_path / "o.jsonl"), "--n", "2", "--max-new-tokens", "2", "--prompts", str(prompts)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    for line, field in ((2, "seed"), (3, "seed"), (4, "user"), (5, "group"), (6, "constraints"), (7, "chat_template")):
+        assert f"p.jsonl:{line}: field '{field}': controls.{field} must be" in err, err
+    assert "Traceback" not in err and not (tmp_path / "o.jsonl").exists()

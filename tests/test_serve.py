@@ -178,6 +178,10 @@ def test_refusals_in_openai_error_format(server):
     negative = _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "controls": {"beta": -1.0}},
                                  headers=AUTH), 400)  # the right type out of range: named, not a 500
     assert negative["param"] == "beta" and "controls.beta must be > 0" in negative["message"]
+    for field, value in (("user", {"id": 1}), ("constraints", "cat"), ("chat_template", "sometimes")):  # a 500 or
+        bad = _error(httpx.post(server + "/v1/completions", headers=AUTH, json={  # a message naming no field
+            "prompt": PROMPT, "method": "bon", "best_of": 2, "reward": "gold", field: value}), 400)
+        assert bad["param"] == field, bad
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "best_of": 4}, headers=AUTH), 400)
     _error(httpx.get(server + "/v1/nothing", headers=AUTH), 404)
 

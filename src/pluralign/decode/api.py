@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import inspect
 import math
+import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from pluralign.data.prompts import CHAT_TEMPLATE_MODES
 from pluralign.decode.kv import Compute
 from pluralign.decode.rewards import AsAsked, as_reward, objective_names, score_groups, weight_vector
 from pluralign.errors import ConfigError
@@ -87,9 +89,24 @@ class Controls:
             value = getattr(self, name)
             if value is not None and not _finite_numbers(list(value.values()) if isinstance(value, Mapping) else value):
                 raise bad(name, "finite numbers, in objective order or as {objective: number}")
+        # a seed of 1.5 and a user given as an object failed inside a decoder (manual_seed, a dict key)
+        if self.seed is not None and not _integer(self.seed):
+            raise bad("seed", "an integer (or null: a fresh random draw)")
+        for name in ("user", "group"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) or _integer(value)):
+                raise bad(name, "a text or an integer id")
+        if self.constraints is not None and not isinstance(self.constraints, Mapping):
+            raise bad("constraints", 'an object, e.g. {"keywords": ["river"], "max_words": 20}')
+        if self.chat_template not in CHAT_TEMPLATE_MODES:
+            raise bad("chat_template", f"one of {', '.join(CHAT_TEMPLATE_MODES)}")
 
     def replace(self, **changes: Any) -> Controls:
         return dataclasses.replace(self, **changes)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _finite_numbers(value: Any) -> bool:
