@@ -178,6 +178,13 @@ def test_refusals_in_openai_error_format(server):
     negative = _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "controls": {"beta": -1.0}},
                                  headers=AUTH), 400)  # the right type out of range: named, not a 500
     assert negative["param"] == "beta" and "controls.beta must be > 0" in negative["message"]
+    for field, value in (("echo", True), ("presence_penalty", 0.5), ("logit_bias", {"5": -100}),  # were ignored
+                         ("response_format", {"type": "json_object"})):
+        unsupported = _error(httpx.post(server + "/v1/completions", headers=AUTH,
+                                        json={"prompt": PROMPT, field: value}), 400)
+        assert unsupported["param"] == field and "not supported" in unsupported["message"]
+    assert client(server).completions.create(model="sandbox", prompt=PROMPT, max_tokens=2, echo=False,
+                                             frequency_penalty=0.0, logit_bias={}).choices[0].text is not None
     for field, value in (("user", {"id": 1}), ("constraints", "cat"), ("chat_template", "sometimes")):  # a 500 or
         bad = _error(httpx.post(server + "/v1/completions", headers=AUTH, json={  # a message naming no field
             "prompt": PROMPT, "method": "bon", "best_of": 2, "reward": "gold", field: value}), 400)

@@ -173,6 +173,7 @@ class Server:
         if model is not None and model != loaded.name:
             raise APIError(404, f"model {model!r} is not served here; served: {loaded.name!r}", param="model",
                            code="model_not_found")
+        P.check_unsupported(body)
         method = body.get("method", PLAIN)
         if not isinstance(method, str) or method not in (PLAIN, *method_names()):
             raise APIError(400, f"unknown method {method!r}; known: {[PLAIN, *method_names()]}", param="method",

@@ -126,6 +126,27 @@ def controls_from(body: dict, cfg: ServeConfig) -> Controls:
         raise APIError(400, str(e), param=e.field, code="invalid_value") from None
 
 
+# OpenAI (and vLLM) parameters this server does not implement, with the values that ask nothing of it. Any
+# other value is refused: ignored, it would return an answer the client did not ask for (no penalty applied,
+# the prompt not echoed, free text where JSON was required) as if it had been honoured.
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (0,), "presence_penalty": (0,), "repetition_penalty": (1,),
+    "logit_bias": ({},), "echo": (False,), "suffix": ("",), "min_tokens": (0,),
+    "tools": ([],), "functions": ([],), "tool_choice": ("none", "auto"), "function_call": ("none", "auto"),
+    "response_format": ({"type": "text"},), "guided_json": (), "guided_regex": (), "guided_choice": (),
+    "guided_grammar": (), "stop_token_ids": ([],),
+}
+
+
+def check_unsupported(body: dict) -> None:
+    """A 400 naming the first OpenAI parameter the request sets to something this server would ignore."""
+    for name, harmless in UNSUPPORTED.items():
+        value = body.get(name)
+        if value is not None and value not in harmless:
+            raise APIError(400, f"'{name}' is not supported by this server (got {json.dumps(value)[:60]}); leave it "
+                           "out", param=name, code="unsupported_parameter")
+
+
 MAX_TOP_LOGPROBS = {True: 20, False: 5}  # chat's top_logprobs, legacy completions' logprobs (OpenAI's limits)
 
 
