@@ -310,3 +310,20 @@ def test_a_rows_seed_user_group_constraints_and_chat_template_of_the_wrong_kind_
     for line, field in ((2, "seed"), (3, "seed"), (4, "user"), (5, "group"), (6, "constraints"), (7, "chat_template")):
         assert f"p.jsonl:{line}: field '{field}': controls.{field} must be" in err, err
     assert "Traceback" not in err and not (tmp_path / "o.jsonl").exists()
+
+
+def test_mod_weights_by_name_or_of_the_wrong_count_are_named_by_line_before_decoding(model_dir, tmp_path, capsys):
+    # MOD weighs its models in order (the policy first): a row's weights by name were a ValueError traceback
+    # from inside the decoder, a wrong count an error naming no row after the models had loaded
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in [{"prompt": "the", "weights": [0.3, 0.7]},
+                                                                {"prompt": "a", "weights": {"cat": 1, "dog": 0}},
+                                                                {"prompt": "a", "weights": [1, 1, 1]}]))
+    args = ["decode", "--method", "mod", "--model", str(model_dir), "--models", str(model_dir), "--prompts",
+            str(prompts), "--out", str(tmp_path / "o.jsonl"), "--max-new-tokens", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "p.jsonl:2: field 'weights': mod weighs its models in order" in err, err
+    assert "p.jsonl:3: field 'weights': 3 weights for 2 models" in err and "Traceback" not in err
+    assert main(args[:-4] + ["--weights", "cat=1", "--out", str(tmp_path / "o.jsonl"), "--max-new-tokens", "2"]) == 2
+    assert "error: --weights: mod weighs its models in order" in capsys.readouterr().err

@@ -181,6 +181,20 @@ def check_reward_weights(reward: Any, base: Any, rows: list[Any], controls: list
     _refuse_requests(base, rows, controls, problem)
 
 
+def check_mod_weights(n_models: int, base: Any, rows: list[Any], controls: list[Any]) -> None:
+    """MOD's weights, one per model in order (`decode.fusion.mod_weights`), before anything is generated."""
+    from pluralign.decode.fusion import mod_weights
+
+    def problem(c: Any) -> tuple[str, str] | None:
+        try:
+            mod_weights(c.weights, n_models)
+        except ConfigError as e:
+            return "weights", str(e)
+        return None
+
+    _refuse_requests(base, rows, controls, problem)
+
+
 def _refuse_requests(base: Any, rows: list[Any], controls: list[Any], problem: Any) -> None:
     """`problem(controls)` -> (field, why) or None for the command line's controls and each request's: a bad
     flag is named once (--weights), a bad row by its file, line and field."""
@@ -218,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
     check_conditions(model, base, rows, controls)
     reward = load_reward(args.reward) if args.reward else None
     check_reward_weights(reward, base, rows, controls)
+    if args.method == "mod" and args.models:
+        check_mod_weights(1 + len(args.models.split(",")), base, rows, controls)
     extra_models = [load_policy(d)[0] for d in args.models.split(",")] if args.models else []
     unused = unused_controls(model, reward, controls, extra_models, args.model)
     if unused:

@@ -15,6 +15,7 @@ Models may be separate LMs or LoRA adapters of one PEFT model (`AdapterView`), e
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -57,6 +58,21 @@ def mod_scores(ell: torch.Tensor, w: torch.Tensor, form: str = "reverse_kl", alp
     raise ConfigError(f"unknown MOD form {form!r}; use reverse_kl, forward_kl, alpha or jsd")
 
 
+def mod_weights(weights: Any, n_models: int) -> list[float]:
+    """A request's MOD weights: one per model, in order, the policy's first (uniform when not given). Models
+    have no objective names, so weights by name are an error rather than read as their keys."""
+    if weights is None:
+        return [1.0 / n_models] * n_models
+    if isinstance(weights, Mapping):
+        raise ConfigError(f"mod weighs its models in order, the policy first: give {n_models} weights as a list, "
+                          "not by name", field="weights")
+    w = [float(x) for x in weights]
+    if len(w) != n_models:
+        raise ConfigError(f"{len(w)} weights for {n_models} models (the policy and {n_models - 1} further model(s): "
+                          "one weight each, the policy's first)", field="weights")
+    return w
+
+
 class FusionGuide:
     """Holds one cache per extra model; combines next-token log-probs of all models each step."""
 
@@ -76,8 +92,7 @@ class FusionGuide:
                 a = [float(a)] * (n_models - 1) if isinstance(a, (int, float)) else [float(x) for x in a]
                 out.append([1.0] + a)
             else:
-                w = [float(x) for x in c.weights] if c.weights is not None else [1.0 / n_models] * n_models
-                out.append(w)
+                out.append(mod_weights(c.weights, n_models))
         w = torch.tensor(out, device=device)
         if w.shape[1] != n_models:
             raise ConfigError(f"{w.shape[1]} fusion weights for {n_models} models (the policy and {n_models - 1} "
