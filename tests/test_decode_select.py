@@ -189,3 +189,19 @@ def test_a_reward_scores_the_prompt_as_asked_not_as_a_conditioned_policy_sees_it
     decode(method, lm, tok, prompts, reward=reward,
            controls=[Controls(n=2, max_new_tokens=2, weights=w) for w in ([1, 0], [0.2, 0.8])])
     assert seen and all(p in prompts for p in seen), seen
+
+
+@pytest.mark.parametrize("method, extra, rule", [
+    ("args", {"k": "abc"}, "an integer >= 1"),  # was a ValueError traceback from inside the decoder
+    ("args", {"k": 0}, "an integer >= 1"),  # a reshape error
+    ("args", {"mode": "gredy"}, "'greedy' or 'sample'"),  # quietly sampled
+    ("deal", {"beams": 0}, "an integer >= 1"),  # an IndexError
+    ("rejection", {"max_rounds": 0}, "an integer >= 1"),  # a KeyError
+    ("rps", {"theta_max": "wide"}, "a finite number"),
+    ("args", {"eos": "x"}, "a token id or a list of them"),
+])
+def test_a_decoder_options_value_of_the_wrong_kind_is_an_error_naming_it(method, extra, rule):
+    tok = toy_tokenizer()
+    with pytest.raises(ConfigError, match=f"{method} option '{next(iter(extra))}' must be {rule}"):
+        decode(method, toy_lm(tok), tok, ["the cat"], reward=two_words,
+               controls=Controls(n=2, max_new_tokens=2, extra=extra))

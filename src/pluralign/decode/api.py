@@ -184,8 +184,33 @@ def register(name: str, options: Sequence[str] = (), batch_shared: Sequence[str]
     return _DECODERS.register(name)
 
 
+# What the options' values must be, checked with their names (`check_options`): `--set k=abc` was a ValueError
+# traceback from inside the decoder, `k=0` or `beams=0` an IndexError, `mode=foo` quietly sampled.
+_COUNTS = ("k", "block", "lookahead", "init_beams", "beams", "max_iterations", "m", "max_rounds", "rollout")
+_NUMBERS = ("reward_max", "reward_weight", "theta_max", "beta_bl", "t", "alpha")
+_CHOICES = {"mode": ("greedy", "sample"), "ties": ("first", "random"), "select": ("bon", "soft")}
+
+
+def _option_problem(key: str, value: Any) -> str | None:
+    """What is wrong with option `key`'s value, or None (options not listed are checked by their decoder)."""
+    def number(x: Any) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+    if key in _COUNTS and not (_integer(value) and value >= 1):
+        return "an integer >= 1"
+    if key in _NUMBERS and not (number(value) or key == "alpha" and isinstance(value, list | tuple)
+                                and value and all(map(number, value))):
+        return "a finite number" + (" (or one per further model, GenARM)" if key == "alpha" else "")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        return " or ".join(repr(x) for x in _CHOICES[key])
+    if key == "eos" and not (_integer(value) or isinstance(value, list | tuple) and all(map(_integer, value))):
+        return "a token id or a list of them ([]: no end-of-sequence stop)"
+    return None
+
+
 def check_options(method: str, controls: Sequence[Controls]) -> None:
-    """A `ConfigError` naming the first request whose `extra` holds a key decoder `method` does not read."""
+    """A `ConfigError` naming the first request whose `extra` holds a key decoder `method` does not read, or
+    a value of the wrong kind (`_option_problem`)."""
     own = _OPTIONS.get(method, frozenset())
     for i, c in enumerate(controls):
         unknown = sorted(set(c.extra or {}) - own - SHARED_OPTIONS)
@@ -194,6 +219,10 @@ def check_options(method: str, controls: Sequence[Controls]) -> None:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"controls.extra of request {i + 1}: {unknown} not an option of decoding method "
                               f"{method!r}{hint}; its options: {', '.join(sorted(own)) or 'none'}", field="extra")
+        for key, value in (c.extra or {}).items():
+            if (rule := _option_problem(key, value)) is not None:
+                raise ConfigError(f"controls.extra of request {i + 1}: {method} option {key!r} must be {rule}, "
+                                  f"got {value!r}", field="extra")
 
 
 def per_request(controls: Controls | Sequence[Controls] | None, n_prompts: int) -> list[Controls]:
