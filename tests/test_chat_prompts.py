@@ -350,3 +350,23 @@ def test_args_cache_starts_from_the_reward_models_own_rendering(policy, chat_tok
         warnings.simplefilter("ignore")
         decode("args", policy, chat_tokenizer, prompts, reward=multi_rm, reward_model=multi_rm, controls=controls)
     assert seen == [conversation_ids(chat_tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+
+
+def test_text_rendered_with_its_own_system_message_is_not_rendered_again():
+    """A template that adds a default system message (as SmolLM2's does) puts it in the user-turn prefix, so
+    a prompt rendered with its own system message does not start with that prefix; it starts with the
+    template's system-turn markup and is rendered already, not wrapped in a second conversation."""
+    template = ("{% if messages[0]['role'] != 'system' %}system : be good . </s> {% endif %}"
+                "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+                "{% if add_generation_prompt %}assistant :{% endif %}")
+    tok = tiny.word_tokenizer(["system", "user", "assistant", "be", "good", "."], chat_template=template)
+    own = tok.apply_chat_template([{"role": "system", "content": "answer yes or no ."},
+                                   {"role": "user", "content": "is the cat big ?"}], tokenize=False,
+                                  add_generation_prompt=True)
+    default = tok.apply_chat_template([{"role": "user", "content": "is the cat big ?"}], tokenize=False,
+                                      add_generation_prompt=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert P.render_prompt(tok, own) == (own, False)
+        assert P.render_prompt(tok, default) == (default, False)
+        assert P.render_prompt(tok, "is the cat big ?") == (default, True)

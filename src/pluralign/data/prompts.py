@@ -15,7 +15,8 @@ tokenizer's chat template renders the prompt:
   plain text goes through it too, as one user message, when the tokenizer has a template — an instruct
   model fed raw text answers badly or not at all — with a warning, once per process. Plain text that
   already starts with what the template puts before a user message (e.g. the sandbox's
-  ``"question: … answer:"`` prompts, or a string rendered earlier) is taken as rendered and used as is,
+  ``"question: … answer:"`` prompts, or a string rendered earlier, with or without its own system message) is
+  taken as rendered and used as is,
   and so is the empty string (no prompt: plain language-model text, e.g. pretraining documents).
   Without a template, plain text is used as is.
 
@@ -76,10 +77,23 @@ def transcript(x: Prompt) -> str:
 
 def user_prefix(tokenizer: Any) -> str:
     """What the chat template writes before the content of a first user message (no system message)."""
-    key = (id(tokenizer), str(tokenizer.chat_template))
+    return _prefix(tokenizer, [{"role": "user", "content": _SENTINEL}])
+
+
+def system_prefix(tokenizer: Any) -> str:
+    """What the chat template writes before the content of a system message ('' if it drops or refuses them).
+    A template that adds a default system message (SmolLM2's, Qwen2's) writes it into `user_prefix`, so text
+    rendered with the prompt's own system message starts with this markup instead."""
+    try:
+        return _prefix(tokenizer, [{"role": "system", "content": _SENTINEL}, {"role": "user", "content": "x"}])
+    except Exception:  # a template that refuses a system role: no such markup
+        return ""
+
+
+def _prefix(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    key = (id(tokenizer), str(tokenizer.chat_template), messages[0]["role"])
     if key not in _prefix_cache:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         _prefix_cache[key] = text.split(_SENTINEL)[0] if _SENTINEL in text else ""
     return _prefix_cache[key]
 
@@ -104,8 +118,8 @@ def uses_template(tokenizer: Any, prompt: Prompt, chat_template: str = "auto") -
         return False
     if messages or chat_template == "always":
         return True
-    prefix = user_prefix(tokenizer)
-    if not prompt or (prefix.strip() and prompt.startswith(prefix)):
+    if not prompt or any(prefix.strip() and prompt.startswith(prefix)
+                         for prefix in (user_prefix(tokenizer), system_prefix(tokenizer))):
         return False  # already rendered with this template
     _warn_plain_once()
     return True
