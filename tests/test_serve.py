@@ -417,3 +417,16 @@ def test_a_broken_reward_source_is_a_422_naming_it(sandbox, monkeypatch):
             assert why[name] in err["message"], err
         ok = httpx.post(url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 3}, headers=AUTH)
         assert ok.status_code == 200  # the server goes on serving
+
+
+@pytest.mark.parametrize("extra, status, param", [
+    ({"weights": "positivity"}, 400, "weights"),  # these four were a 500
+    ({"weights": {"positivity": "much"}}, 400, "weights"),
+    ({"user": {"id": 1}}, 400, "user"),
+    ({"users": ["alice", {"id": 1}]}, 400, "user"),
+    ({"weights": {"kindness": 1}}, 422, "weights"),  # the right kind, but no such objective: named
+])
+def test_reward_requests_with_bad_weights_or_users_are_refused_naming_the_field(server, extra, status, param):
+    body = {"reward": "gold", "input": [{"prompt": PROMPT, "response": "yes"}]} | extra
+    err = _error(httpx.post(server + "/v1/rewards", json=body, headers=AUTH), status)
+    assert err["param"] == param, err

@@ -308,14 +308,19 @@ class Server:
         users = body.get("users")
         if users is not None and not isinstance(users, list):
             raise APIError(400, "'users' must be a list", param="users")
+        weights = body.get("weights")
+        for u in users if users is not None else [body.get("user")]:  # checked as a decoding request's are
+            P.checked_controls(weights=weights, user=u)
         per_user = {}
         for u in users if users is not None else [body.get("user")]:
             per_user[u] = await asyncio.to_thread(self.engine.score, name, prompts, responses, u)
         source = self.engine.reward_source(name)
         first = next(iter(per_user.values()))
         objectives = objective_names(source, first.shape[1] if first.dim() == 2 else 1)
-        weights = body.get("weights")
-        w = weight_vector(weights, objectives) if weights is not None else None
+        try:
+            w = weight_vector(weights, objectives) if weights is not None else None
+        except PluralignError as e:
+            raise APIError(422, f"weights: {e}", param="weights", code="invalid_weights") from None
         data = []
         for i in range(len(prompts)):
             row: dict[str, Any] = {"index": i}

@@ -120,9 +120,14 @@ def controls_from(body: dict, cfg: ServeConfig) -> Controls:
         raise APIError(400, f"alignment candidates n={values['n']} above the limit {cfg.max_best_of}", param="n")
     if not 1 <= values["max_new_tokens"] <= cfg.max_tokens:
         raise APIError(400, f"max_tokens must be in [1, {cfg.max_tokens}]", param="max_tokens")
+    return checked_controls(**values)
+
+
+def checked_controls(**values: Any) -> Controls:
+    """`Controls(**values)`, a value of the right type out of its range (e.g. beta <= 0) a 400 naming it."""
     try:
         return Controls(**values)
-    except ConfigError as e:  # a value of the right type out of its range, e.g. beta <= 0
+    except ConfigError as e:
         raise APIError(400, str(e), param=e.field, code="invalid_value") from None
 
 
