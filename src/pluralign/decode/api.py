@@ -90,8 +90,8 @@ class Controls:
             if value is not None and not _finite_numbers(list(value.values()) if isinstance(value, Mapping) else value):
                 raise bad(name, "finite numbers, in objective order or as {objective: number}")
         # a seed of 1.5 and a user given as an object failed inside a decoder (manual_seed, a dict key)
-        if self.seed is not None and not _integer(self.seed):
-            raise bad("seed", "an integer (or null: a fresh random draw)")
+        if self.seed is not None and not (_integer(self.seed) and -(2 ** 63) <= self.seed < 2 ** 63):
+            raise bad("seed", "a 64-bit integer (or null: a fresh random draw)")  # what torch's generators take
         for name in ("user", "group"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) or _integer(value)):

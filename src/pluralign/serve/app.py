@@ -182,6 +182,11 @@ class Server:
             raise APIError(400, "'best_of' is the candidate count of an alignment method: set 'method' too",
                            param="best_of")
         prompts = [P.chat_prompt(body.get("messages"))] if chat else P.completion_prompts(body)
+        vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
+        for i, p in enumerate(prompts):  # token ids the model has no embedding for failed the batch: a 500
+            if vocab and not chat and not isinstance(p, str) and not all(0 <= t < vocab for t in p):
+                raise APIError(400, f"prompt {i}: token ids must be in [0, {vocab}) for this model", param="prompt",
+                               code="invalid_prompt")
         n = P._number(body, "n", int, 1, 1, self.cfg.max_n)
         controls = P.controls_from(body, self.cfg)
         if not chat and "chat_template" not in body and "chat_template" not in (body.get("controls") or {}):
