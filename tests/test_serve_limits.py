@@ -316,3 +316,15 @@ def test_a_seeded_request_answers_the_same_whatever_arrives_with_it(tiny):
             for t in threads:
                 t.join()
             assert got["mine"]["choices"][0]["text"] == alone, other
+
+
+def test_steering_fields_nothing_reads_are_refused_not_ignored(tiny):
+    """Plain sampling of a model without a conditioning scheme reads no weights, direction or group: such a
+    request was answered with an unsteered sample as if it had been steered (`pluralign decode` warns, eval
+    refuses). OpenAI's own `user` (an end-user id) stays welcome."""
+    with serve(tiny) as url:
+        for field, value in (("weights", [1.0, 0.0]), ("direction", {"a": 1}), ("group", "g1")):
+            r = post(url, **{field: value})
+            assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+            assert "nothing reads" in r.json()["error"]["message"]
+        assert post(url, user="alice").status_code == 200

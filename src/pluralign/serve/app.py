@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from pluralign.data.prompts import encode_prompts
 from pluralign.decode.api import names as method_names
+from pluralign.decode.cli import unused_controls
 from pluralign.decode.rewards import objective_names, weight_vector
 from pluralign.errors import PluralignError
 from pluralign.serve import protocol as P
@@ -189,6 +190,11 @@ class Server:
                                code="invalid_prompt")
         n = P._number(body, "n", int, 1, 1, self.cfg.max_n)
         controls = P.controls_from(body, self.cfg)
+        if method == PLAIN:  # steering nothing reads (no scheme, no decoder) would answer as if it had steered
+            unread = unused_controls(loaded.model, None, [controls.replace(user=None)], name="the served model")
+            if unread:  # `user` is OpenAI's end-user id as well, left out of this check
+                raise APIError(400, f"{unread}; use an alignment method (e.g. 'method': 'bon' with a reward)",
+                               param=unread.split(",")[0].split()[0], code="unused_control")
         if not chat and "chat_template" not in body and "chat_template" not in (body.get("controls") or {}):
             controls = controls.replace(chat_template="never")  # /v1/completions: the prompt as given (OpenAI)
         reward = body.get("reward")
