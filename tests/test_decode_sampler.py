@@ -173,3 +173,24 @@ def test_inverse_cdf_draw_on_a_large_vocabulary():
     one_hot = torch.zeros(2, INVERSE_CDF_VOCAB)
     one_hot[0, 5], one_hot[1, -1] = 1.0, 1.0
     assert draw(one_hot, gen).tolist() == [5, INVERSE_CDF_VOCAB - 1]
+
+
+def test_the_chat_templates_end_of_turn_token_ends_an_answer():
+    """A chat model closes its turn with the template's end-of-turn token (<|im_end|>, <|eot_id|>,
+    <end_of_turn>), which is not always the tokenizer's EOS nor in the generation config (a ChatML fine-tune
+    of a base model, early Llama-3 checkpoints): the answer ends there instead of running on past the turn."""
+    from pluralign.decode.sampler import eos_ids
+    from pluralign.models.tiny import tiny_llama, word_tokenizer
+
+    template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} <|end|> {% endfor %}"
+                "{% if add_generation_prompt %}assistant :{% endif %}")
+    tok = word_tokenizer(["user", "assistant", "the", "cat", ":"], chat_template=template)
+    tok.add_special_tokens({"additional_special_tokens": ["<|end|>"]})
+    end = tok.convert_tokens_to_ids("<|end|>")
+    lm = tiny_llama(len(tok), hidden_size=16, num_layers=1, num_heads=2).eval()
+    with torch.no_grad():
+        lm.lm_head.weight[end] += 5.0  # the model ends its turn at once
+    assert end in eos_ids(tok, lm) and tok.eos_token_id in eos_ids(tok, lm)
+    s = sample(lm, tok, [[{"role": "user", "content": "the cat"}]], max_new_tokens=6, temperature=0)
+    assert s.token_ids[0][0] == [end] and s.finish[0] == ["eos"] and s.texts[0] == [""]
+    assert eos_ids(tok, lm, []) == set()  # explicit EOS ids (ignore_eos) are taken as given

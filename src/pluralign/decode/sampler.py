@@ -58,7 +58,8 @@ class Samples:
 
 
 def eos_ids(tokenizer: Any, model: Any = None, eos: int | Sequence[int] | None = None) -> set[int]:
-    """EOS ids: explicit `eos`, else the tokenizer's, else the model's generation config."""
+    """EOS ids: explicit `eos`, else the tokenizer's, the model's generation config's and the chat template's
+    end-of-turn token (`turn_end_id`)."""
     if eos is not None:
         return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
     ids: set[int] = set()
@@ -67,7 +68,36 @@ def eos_ids(tokenizer: Any, model: Any = None, eos: int | Sequence[int] | None =
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if gen_eos is not None:
         ids |= {int(gen_eos)} if isinstance(gen_eos, int) else {int(e) for e in gen_eos}
+    if (turn_end := turn_end_id(tokenizer)) is not None:
+        ids.add(turn_end)
     return ids
+
+
+_TURN_END: dict[tuple[int, str], int | None] = {}
+
+
+def turn_end_id(tokenizer: Any) -> int | None:
+    """The special token the chat template closes an assistant's turn with (<|im_end|>, <|eot_id|>,
+    <end_of_turn>), or None. It is not always the tokenizer's EOS nor in the generation config (a ChatML
+    fine-tune of a base model keeps the base's <|endoftext|>; early Llama-3 configs lacked <|eot_id|>), and a
+    model that writes it has finished its answer: decoding on, it would write the user's next turn."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template or not isinstance(template, str):
+        return None
+    key = (id(tokenizer), template)
+    if key not in _TURN_END:
+        mark, end = "\x00pluralign-reply\x00", None
+        try:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": mark}],
+                                                 tokenize=False)
+            after = text.split(mark, 1)[1] if mark in text else ""
+            ids = tokenizer.encode(after.lstrip(), add_special_tokens=False) if after.strip() else []
+            special = set(getattr(tokenizer, "all_special_ids", ()) or ())
+            end = int(ids[0]) if ids and ids[0] in special else None
+        except Exception:  # a template that will not render this conversation: no end-of-turn token known
+            end = None
+        _TURN_END[key] = end
+    return _TURN_END[key]
 
 
 class Generation:
