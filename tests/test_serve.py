@@ -179,7 +179,7 @@ def test_refusals_in_openai_error_format(server):
                                  headers=AUTH), 400)  # the right type out of range: named, not a 500
     assert negative["param"] == "beta" and "controls.beta must be > 0" in negative["message"]
     for field, value in (("echo", True), ("presence_penalty", 0.5), ("logit_bias", {"5": -100}),  # were ignored
-                         ("response_format", {"type": "json_object"})):
+                         ("response_format", {"type": "json_object"}), ("min_p", 0.1)):
         unsupported = _error(httpx.post(server + "/v1/completions", headers=AUTH,
                                         json={"prompt": PROMPT, field: value}), 400)
         assert unsupported["param"] == field and "not supported" in unsupported["message"]

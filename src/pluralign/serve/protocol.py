@@ -139,7 +139,8 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "logit_bias": ({},), "echo": (False,), "suffix": ("",), "min_tokens": (0,),
     "tools": ([],), "functions": ([],), "tool_choice": ("none", "auto"), "function_call": ("none", "auto"),
     "response_format": ({"type": "text"},), "guided_json": (), "guided_regex": (), "guided_choice": (),
-    "guided_grammar": (), "stop_token_ids": ([],),
+    "guided_grammar": (), "stop_token_ids": ([],), "min_p": (0,), "use_beam_search": (False,),
+    "include_stop_str_in_output": (False,), "skip_special_tokens": (True,),
 }
 
 
