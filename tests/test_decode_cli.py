@@ -327,3 +327,22 @@ def test_mod_weights_by_name_or_of_the_wrong_count_are_named_by_line_before_deco
     assert "p.jsonl:3: field 'weights': 3 weights for 2 models" in err and "Traceback" not in err
     assert main(args[:-4] + ["--weights", "cat=1", "--out", str(tmp_path / "o.jsonl"), "--max-new-tokens", "2"]) == 2
     assert "error: --weights: mod weighs its models in order" in capsys.readouterr().err
+
+
+def test_a_prompt_past_the_models_context_window_is_named_by_line(tmp_path, capsys):
+    # GPT-2's learned position table: a prompt + max_new_tokens beyond it was an IndexError traceback
+    from pluralign.models.tiny import tiny_gpt2
+
+    tok = toy_tokenizer()
+    d = tmp_path / "gpt2"
+    tiny_gpt2(len(tok), hidden_size=32, num_heads=2).save_pretrained(d)
+    tok.save_pretrained(d)
+    window = tiny_gpt2(len(tok), hidden_size=32, num_heads=2).config.n_positions
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the cat\n" + " ".join(["the cat"] * window) + "\n")
+    args = ["decode", "--method", "sample", "--model", str(d), "--prompts", str(prompts),
+            "--out", str(tmp_path / "o.jsonl"), "--max-new-tokens", "3"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"p.txt:2: field 'prompt': {2 * window} prompt tokens + max_new_tokens 3 exceed the model's context " \
+           f"window of {window} tokens" in err and "p.txt:1" not in err and "Traceback" not in err, err

@@ -195,6 +195,25 @@ def check_mod_weights(n_models: int, base: Any, rows: list[Any], controls: list[
     _refuse_requests(base, rows, controls, problem)
 
 
+def check_context(model: Any, tokenizer: Any, rows: list[Any], controls: list[Any]) -> None:
+    """Every row's prompt plus its max_new_tokens within the model's context window, before decoding: past a
+    learned position table (GPT-2's) the whole batch failed with an IndexError traceback. (A conditioned
+    model's statement is not counted: a few tokens.)"""
+    from pluralign.decode.kv import context_window, encode_prompts
+
+    window = context_window(model)
+    if window is None:
+        return
+    problems = []
+    for row, c in zip(rows, controls, strict=True):
+        n = len(encode_prompts(tokenizer, [row.fields["prompt"]], c.chat_template)[0])
+        if n + c.max_new_tokens > window:
+            problems.append(row.problem("prompt", f"{n} prompt tokens + max_new_tokens {c.max_new_tokens} exceed "
+                                                  f"the model's context window of {window} tokens"))
+    if problems:
+        raise DataError(problems)
+
+
 def _refuse_requests(base: Any, rows: list[Any], controls: list[Any], problem: Any) -> None:
     """`problem(controls)` -> (field, why) or None for the command line's controls and each request's: a bad
     flag is named once (--weights), a bad row by its file, line and field."""
@@ -230,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
     requests = [row.fields for row in rows]
     model, tokenizer = load_policy(args.model)  # a directory, a .gguf file or a hub id
     check_conditions(model, base, rows, controls)
+    check_context(model, tokenizer, rows, controls)
     reward = load_reward(args.reward) if args.reward else None
     check_reward_weights(reward, base, rows, controls)
     if args.method == "mod" and args.models:

@@ -60,6 +60,17 @@ def model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
+def context_window(model: Any) -> int | None:
+    """The longest sequence the model's positions cover (max_position_embeddings, GPT-2's n_positions): past a
+    learned position table the forward fails with an IndexError, past a rotary model's it answers badly."""
+    cfg = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _accepts(model: Any, name: str) -> bool:
     """Whether the model's own forward (inside a PEFT wrapper, whose forward passes keywords through)
     takes `name`."""

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from pluralign.data.prompts import encode_prompts
 from pluralign.decode.api import names as method_names
+from pluralign.decode.kv import context_window
 from pluralign.decode.cli import unused_controls
 from pluralign.decode.rewards import objective_names, weight_vector
 from pluralign.errors import PluralignError
@@ -59,17 +60,6 @@ def conditioned_prompts(model: Any, prompts: list[Any], controls: Any) -> list[A
         return prompts
     condition = scheme.condition_of_request(controls)
     return prompts if scheme.model_level else [scheme.prompt(p, condition) for p in prompts]
-
-
-def context_window(model: Any) -> int | None:
-    """The longest sequence the model's positions cover (refused beyond it: one request past a learned
-    position table would fail the whole batch it shares)."""
-    cfg = getattr(model, "config", None)
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 class SSEResponse(StreamingResponse):
