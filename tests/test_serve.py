@@ -433,3 +433,21 @@ def test_reward_requests_with_bad_weights_or_users_are_refused_naming_the_field(
     body = {"reward": "gold", "input": [{"prompt": PROMPT, "response": "yes"}]} | extra
     err = _error(httpx.post(server + "/v1/rewards", json=body, headers=AUTH), status)
     assert err["param"] == param, err
+
+
+def test_a_conditioned_models_first_request_counts_its_prompt_as_decoded(sandbox):
+    """A statement scheme is bound to the tokenizer's template when decoding; the server counted the first
+    request's prompt before that, with the statement elsewhere (here dropped with a system message the
+    sandbox's template does not render): usage.prompt_tokens 7 where the model read 14."""
+    from pluralign import conditioning
+
+    path, _, tok = sandbox
+    model, _ = load_policy(path)
+    model.pluralign_conditioning = conditioning.get("system_message", ["relevance", "positivity"])
+    body = {"messages": [{"role": "user", "content": "describe rivers."}], "max_tokens": 2, "weights": [1, 0],
+            "temperature": 0}
+    with Background(ServeConfig(model=str(path), port=0), Loaded(model=model, tokenizer=tok, name="m"), keys=[]) as url:
+        counts = [httpx.post(url + "/v1/chat/completions", json=body, timeout=60).json()["usage"]["prompt_tokens"]
+                  for _ in range(2)]
+    shown = model.pluralign_conditioning.prompt(body["messages"], model.pluralign_conditioning.condition(weights=[1, 0]))
+    assert counts == [len(sample(model, tok, [shown], max_new_tokens=1).prompt_ids[0])] * 2

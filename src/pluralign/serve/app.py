@@ -51,14 +51,15 @@ def prompt_token_ids(tokenizer: Any, prompts: list[Any], chat_template: str) -> 
                        code="unrenderable_prompt") from None
 
 
-def conditioned_prompts(model: Any, prompts: list[Any], controls: Any) -> list[Any]:
+def conditioned_prompts(model: Any, tokenizer: Any, prompts: list[Any], controls: Any) -> list[Any]:
     """The prompts as a conditioned policy will see them (`pluralign.conditioning`: a prompt-level scheme
     states the request's preference in the prompt), so that limits count what is decoded; a bad
     condition (e.g. negative weights) is refused here, before the request is queued."""
     scheme = getattr(model, "pluralign_conditioning", None)
     if scheme is None or getattr(scheme, "name", "none") == "none":
         return prompts
-    condition = scheme.condition_of_request(controls)
+    scheme.bind(tokenizer)  # as decoding does: unbound, the statement sat elsewhere and the first request's
+    condition = scheme.condition_of_request(controls)  # prompt_tokens (and its length check) were wrong
     return prompts if scheme.model_level else [scheme.prompt(p, condition) for p in prompts]
 
 
@@ -196,7 +197,7 @@ class Server:
                 weight_vector(controls.weights, objective_names(source, len(source.objectives)))
             except (PluralignError, TypeError, ValueError) as e:
                 raise APIError(422, f"weights: {e}", param="weights", code="invalid_weights") from None
-        ids = prompt_token_ids(loaded.tokenizer, conditioned_prompts(loaded.model, prompts, controls),
+        ids = prompt_token_ids(loaded.tokenizer, conditioned_prompts(loaded.model, loaded.tokenizer, prompts, controls),
                                controls.chat_template)
         longest = max(len(x) for x in ids)
         if longest > self.cfg.max_prompt_tokens:
