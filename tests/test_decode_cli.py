@@ -346,3 +346,16 @@ def test_a_prompt_past_the_models_context_window_is_named_by_line(tmp_path, caps
     err = capsys.readouterr().err
     assert f"p.txt:2: field 'prompt': {2 * window} prompt tokens + max_new_tokens 3 exceed the model's context " \
            f"window of {window} tokens" in err and "p.txt:1" not in err and "Traceback" not in err, err
+
+
+def test_a_prompt_the_policy_cannot_render_is_named_by_line(model_dir, tmp_path, capsys):
+    # chat messages for a tokenizer without a chat template, or with chat_template=never: an error naming no row
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in [{"prompt": "the cat"},
+                                                                {"prompt": [{"role": "user", "content": "a dog"}]}]))
+    args = ["decode", "--method", "sample", "--model", str(model_dir), "--prompts", str(prompts),
+            "--out", str(tmp_path / "o.jsonl"), "--max-new-tokens", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "p.jsonl:2: field 'prompt': the prompt is a list of chat messages but the tokenizer has no chat " \
+           "template" in err and "p.jsonl:1" not in err, err

@@ -196,18 +196,27 @@ def check_mod_weights(n_models: int, base: Any, rows: list[Any], controls: list[
 
 
 def check_context(model: Any, tokenizer: Any, rows: list[Any], controls: list[Any]) -> None:
-    """Every row's prompt plus its max_new_tokens within the model's context window, before decoding: past a
-    learned position table (GPT-2's) the whole batch failed with an IndexError traceback. (A conditioned
-    model's statement is not counted: a few tokens.)"""
+    """Every row's prompt as the policy renders it, and within the model's context window with its
+    max_new_tokens, before decoding, each problem named by file, line and field: a prompt the chat template
+    cannot render stopped the run with a message that named no row, and past a learned position table
+    (GPT-2's) the whole batch failed with an IndexError traceback. (A conditioned model's statement is not
+    counted: a few tokens.)"""
     from pluralign.decode.kv import context_window, encode_prompts
+    from pluralign.errors import PluralignError
 
+    try:
+        from jinja2 import TemplateError  # a chat template's own refusal (e.g. "roles must alternate")
+    except ImportError:
+        TemplateError = PluralignError
     window = context_window(model)
-    if window is None:
-        return
     problems = []
     for row, c in zip(rows, controls, strict=True):
-        n = len(encode_prompts(tokenizer, [row.fields["prompt"]], c.chat_template)[0])
-        if n + c.max_new_tokens > window:
+        try:
+            n = len(encode_prompts(tokenizer, [row.fields["prompt"]], c.chat_template)[0])
+        except (PluralignError, TemplateError) as e:
+            problems.append(row.problem("prompt", str(e)))
+            continue
+        if window is not None and n + c.max_new_tokens > window:
             problems.append(row.problem("prompt", f"{n} prompt tokens + max_new_tokens {c.max_new_tokens} exceed "
                                                   f"the model's context window of {window} tokens"))
     if problems:
