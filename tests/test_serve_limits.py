@@ -309,7 +309,7 @@ def test_a_seeded_request_answers_the_same_whatever_arrives_with_it(tiny):
         alone = post(url, **body).json()["choices"][0]["text"]
         for other in ({"prompt": "a dog", "seed": 5}, {"prompt": "the cat", "seed": 5}, {"prompt": "a dog"}):
             got = {}
-            threads = [threading.Thread(target=lambda k=k, b=b: got.__setitem__(k, post(url, **b).json()))
+            threads = [threading.Thread(target=lambda k=k, b=b, got=got: got.__setitem__(k, post(url, **b).json()))
                        for k, b in (("mine", body), ("other", body | other))]
             for t in threads:
                 t.start()

@@ -20,8 +20,8 @@ from starlette.routing import Route
 
 from pluralign.data.prompts import encode_prompts
 from pluralign.decode.api import names as method_names
-from pluralign.decode.kv import context_window
 from pluralign.decode.cli import unused_controls
+from pluralign.decode.kv import context_window
 from pluralign.decode.rewards import objective_names, weight_vector
 from pluralign.errors import PluralignError
 from pluralign.serve import protocol as P
