@@ -359,3 +359,17 @@ def test_a_prompt_the_policy_cannot_render_is_named_by_line(model_dir, tmp_path,
     err = capsys.readouterr().err
     assert "p.jsonl:2: field 'prompt': the prompt is a list of chat messages but the tokenizer has no chat " \
            "template" in err and "p.jsonl:1" not in err, err
+
+
+def test_weights_by_name_for_a_reward_that_names_no_objectives_stop_before_decoding(model_dir, tmp_path, capsys):
+    # the reward's columns are r0, r1, ...: any other name was an error after the candidates had been drawn,
+    # naming no row
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in [{"prompt": "the", "weights": {"r1": 1}},
+                                                                {"prompt": "a", "weights": {"cat": 1}}]))
+    args = ["decode", "--method", "bon", "--model", str(model_dir), "--reward", "decode_cli_rewards:words",
+            "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"), "--n", "2", "--max-new-tokens", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "p.jsonl:2: field 'weights': weights name objectives ['cat'] but the reward names none" in err, err
+    assert "p.jsonl:1" not in err and not (tmp_path / "o.jsonl").exists()

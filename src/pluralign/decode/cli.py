@@ -23,6 +23,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from pluralign.data.prompt_files import read_prompt_rows
@@ -166,11 +167,16 @@ def check_reward_weights(reward: Any, base: Any, rows: list[Any], controls: list
     from pluralign.decode.rewards import objective_names, weight_vector
 
     names = getattr(reward, "objectives", None)
-    if not names:
+    if reward is None:
         return
-    names = objective_names(reward, len(names))
+    names = objective_names(reward, len(names)) if names else None
 
     def problem(c: Any) -> tuple[str, str] | None:
+        if names is None:  # columns known only once it scores, named r0, r1, ...: other names cannot be right
+            given = list(c.weights) if isinstance(c.weights, Mapping) else []
+            unnamed = [k for k in given if not re.fullmatch(r"r\d+", str(k))]
+            return ("weights", f"weights name objectives {unnamed} but the reward names none (its columns are r0, r1, "
+                    "...): give weights in column order, or name them (fn.objectives = [...])") if unnamed else None
         try:
             if c.weights is not None:
                 weight_vector(c.weights, names)
