@@ -418,6 +418,11 @@ def test_a_broken_reward_source_is_a_422_naming_it(sandbox, monkeypatch):
             pairs = {"input": [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}], "reward": name}
             err = _error(httpx.post(url + "/v1/rewards", json=pairs, headers=AUTH), 422)
             assert why[name] in err["message"], err
+        # weights by name for a reward that names no objectives (its columns are r0, r1, ...): refused before
+        # anything is generated (they were found once the candidates had been drawn and scored)
+        body = {"prompt": PROMPT, "max_tokens": 3, "method": "bon", "best_of": 2, "reward": "nan", "weights": {"kind": 1}}
+        err = _error(httpx.post(url + "/v1/completions", json=body, headers=AUTH), 422)
+        assert err["param"] == "weights" and "the reward names none" in err["message"], err
         ok = httpx.post(url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 3}, headers=AUTH)
         assert ok.status_code == 200  # the server goes on serving
 

@@ -23,7 +23,6 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 from pluralign.data.prompt_files import read_prompt_rows
@@ -162,27 +161,16 @@ def check_conditions(model: Any, base: Any, rows: list[Any], controls: list[Any]
 
 def check_reward_weights(reward: Any, base: Any, rows: list[Any], controls: list[Any]) -> None:
     """Every request's weights against the reward's objectives before anything is generated, as the server
-    checks them: a wrong objective name or count stopped decoding after the candidates were drawn, with a
-    message that named neither the flag nor the prompts file's row."""
-    from pluralign.decode.rewards import objective_names, weight_vector
+    checks them (`decode.rewards.weights_problem`): a wrong objective name or count stopped decoding after
+    the candidates were drawn, with a message that named neither the flag nor the prompts file's row."""
+    from pluralign.decode.rewards import weights_problem
 
-    names = getattr(reward, "objectives", None)
     if reward is None:
         return
-    names = objective_names(reward, len(names)) if names else None
 
     def problem(c: Any) -> tuple[str, str] | None:
-        if names is None:  # columns known only once it scores, named r0, r1, ...: other names cannot be right
-            given = list(c.weights) if isinstance(c.weights, Mapping) else []
-            unnamed = [k for k in given if not re.fullmatch(r"r\d+", str(k))]
-            return ("weights", f"weights name objectives {unnamed} but the reward names none (its columns are r0, r1, "
-                    "...): give weights in column order, or name them (fn.objectives = [...])") if unnamed else None
-        try:
-            if c.weights is not None:
-                weight_vector(c.weights, names)
-        except (ConfigError, TypeError, ValueError) as e:
-            return "weights", str(e)
-        return None
+        why = weights_problem(reward, c.weights)
+        return ("weights", why) if why else None
 
     _refuse_requests(base, rows, controls, problem)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -133,6 +134,24 @@ def check_source(spec: str, field: str) -> None:
 def objective_names(reward: Any, m: int) -> list[str]:
     names = getattr(reward, "objectives", None)
     return list(names) if names and len(names) == m else [f"r{i}" for i in range(m)]
+
+
+def weights_problem(reward: Any, weights: Any) -> str | None:
+    """What is wrong with request weights for `reward`, found before anything is generated, or None. A
+    reward that names no objectives has columns r0, r1, ... known only once it scores: any other name is
+    wrong already."""
+    if weights is None:
+        return None
+    names = getattr(reward, "objectives", None)
+    if not names:
+        unnamed = [k for k in weights if not re.fullmatch(r"r\d+", str(k))] if isinstance(weights, Mapping) else []
+        return (f"weights name objectives {unnamed} but the reward names none (its columns are r0, r1, ...): give "
+                "weights in column order, or name them (fn.objectives = [...])") if unnamed else None
+    try:
+        weight_vector(weights, objective_names(reward, len(names)))
+    except (ConfigError, TypeError, ValueError) as e:
+        return str(e)
+    return None
 
 
 def weight_vector(weights: Any, names: Sequence[str]) -> torch.Tensor:

@@ -22,7 +22,7 @@ from pluralign.data.prompts import encode_prompts
 from pluralign.decode.api import names as method_names
 from pluralign.decode.cli import unused_controls
 from pluralign.decode.kv import context_window
-from pluralign.decode.rewards import objective_names, weight_vector
+from pluralign.decode.rewards import objective_names, weight_vector, weights_problem
 from pluralign.errors import PluralignError
 from pluralign.serve import protocol as P
 from pluralign.serve.config import ServeConfig
@@ -192,11 +192,8 @@ class Server:
         if reward is not None and not isinstance(reward, str):
             raise APIError(400, "'reward' must be the name of a served reward source", param="reward")
         source = self.engine.reward_source(reward)
-        if controls.weights is not None and source is not None and getattr(source, "objectives", None):
-            try:
-                weight_vector(controls.weights, objective_names(source, len(source.objectives)))
-            except (PluralignError, TypeError, ValueError) as e:
-                raise APIError(422, f"weights: {e}", param="weights", code="invalid_weights") from None
+        if source is not None and (why := weights_problem(source, controls.weights)):
+            raise APIError(422, f"weights: {why}", param="weights", code="invalid_weights")
         ids = prompt_token_ids(loaded.tokenizer, conditioned_prompts(loaded.model, loaded.tokenizer, prompts, controls),
                                controls.chat_template)
         longest = max(len(x) for x in ids)
