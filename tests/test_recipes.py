@@ -203,6 +203,23 @@ def test_each_kind_of_loss_trains(files, tmp_path, loss, data):
         assert not (tmp_path / "out" / "ref_cache").exists()
 
 
+@pytest.mark.parametrize("loss", ["softmax_list", "lipo_lambda", "list_mle", "pair_logistic"])
+def test_listwise_losses_read_win_rate_labels_of_ranks_and_scores(loss):
+    from pluralign.train.recipes.preference_kinds import KINDS
+
+    def gradient(scores):  # d loss / d logπ(y_k) at the reference, for one list of three
+        policy = torch.zeros(1, 3, requires_grad=True)
+        batch = {"scores": torch.tensor([scores]), "list_mask": torch.ones(1, 3, dtype=torch.bool)}
+        inputs = KINDS["listwise"].inputs({"logps": policy}, {"logps": torch.zeros(1, 3)}, batch)
+        losses.get(loss)(**inputs)[0].sum().backward()
+        return policy.grad[0]
+
+    ranks = gradient([-1.0, -2.0, -3.0])  # ranks 1, 2, 3 as the collator gives them
+    assert ranks[0] < 0 < ranks[2]  # the best response is pushed up, the worst down (softmax_list did the reverse)
+    torch.testing.assert_close(gradient([7.0, 4.0, 1.0]), ranks)  # the rating scale does not matter
+    torch.testing.assert_close(gradient([70.0, 40.0, 10.0]), ranks)
+
+
 def test_sft_via_cli_and_api(files, tmp_path):
     assert main(["train", "sft", f"model={files['base']}", f"data={files['pairs']}", f"output_dir={tmp_path / 'cli'}",
                  "loop.batch_size=4", "loop.learning_rate=0.01", "loop.progress=false", "loop.log_every=1"]) == 0

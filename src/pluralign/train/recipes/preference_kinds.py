@@ -80,7 +80,11 @@ def _listwise_logps(model, batch, info) -> Tensors:
 def _listwise_inputs(p: Tensors, r: Tensors, batch: dict) -> dict:
     k = batch["scores"].shape[1]  # cached rows are padded to the widest list of the dataset
     ref = r["logps"][:, :k] if "logps" in r else None
-    return {"policy_logps": p["logps"], "ref_logps": ref, "scores": batch["scores"], "mask": batch["list_mask"]}
+    # The losses take LiPO's labels ψ in [0, 1] (each response's share of the list it beats), not the data's
+    # scores: ranks arrive as scores −r, under which softmax_list's target put most weight on the worst
+    # response, and LiPO-λ's gains 2^ψ − 1 depended on the rating scale. Order-only losses are unchanged.
+    labels = losses.win_rate_labels(batch["scores"], batch["list_mask"])
+    return {"policy_logps": p["logps"], "ref_logps": ref, "scores": labels, "mask": batch["list_mask"]}
 
 
 KINDS: dict[str, Kind] = {
