@@ -231,6 +231,26 @@ def test_sft_via_cli_and_api(files, tmp_path):
     assert json.loads((result.model_dir / "config.json").read_text())["model_type"] == "llama"
 
 
+def test_sft_imitates_only_the_responses_feedback_approves(files, tmp_path, monkeypatch):
+    from pluralign.train.recipes import sft
+
+    rows = [{"prompt": "p1", "response": "up", "label": True}, {"prompt": "p2", "response": "down", "label": False}]
+    (tmp_path / "binary.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "ranked.jsonl").write_text(json.dumps({"prompt": "p3", "responses": ["mid", "best", "worst"],
+                                                      "ranks": [2, 1, 3]}) + "\n")
+    seen = []
+
+    def no_training(model, records, *args, **kwargs):  # what the loop would train on
+        seen.extend((r.prompt, r.response) for r in records)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(sft, "train", no_training)
+    with pytest.raises(RuntimeError, match="stop"):
+        run_sft(model=str(files["base"]), data=[str(tmp_path / "binary.jsonl"), str(tmp_path / "ranked.jsonl")],
+                output_dir=str(tmp_path / "out"), loop={"progress": False})
+    assert seen == [("p1", "up"), ("p3", "best")]  # not the thumbs-down answer, nor the list's others
+
+
 @pytest.mark.parametrize("name", ["sft", "dpo", "kto", "lipo", "simpo"])
 def test_example_configs_parse(name):
     from pathlib import Path

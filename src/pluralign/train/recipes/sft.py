@@ -1,6 +1,11 @@
 """Supervised fine-tuning: imitate the completions (demonstrations — prompt/completion rows or
 ``{"messages": [...]}`` conversations, see `pluralign.data.conversations` — a pairwise record's chosen
-response, a binary or rated record's response), the usual first stage before preference training.
+response, a rated record's response), the usual first stage before preference training.
+
+Feedback that judges its responses is imitated where it approves: a thumbs-up response, a ranked list's
+best, a positive written judgment (`data.convert.to_demonstrations`, as ``data convert --to demonstration``);
+thumbs-down responses and the rest of a list are not imitated. (With a conditioning scheme every record is
+kept: the scheme states its own condition.)
 
 The per-example loss is the mean negative log-likelihood of the completion tokens (the registered "nll"
 loss), so every example weighs the same whatever its length.
@@ -20,7 +25,9 @@ from typing import Any
 from pluralign import conditioning, losses
 from pluralign.config import option
 from pluralign.data.collate import SFTCollator
+from pluralign.data.convert import convert
 from pluralign.data.io import read_located
+from pluralign.data.records import kind_of
 from pluralign.errors import DataError, Problem
 from pluralign.models.logprobs import sequence_logps
 from pluralign.train.loop import LoopConfig, holding, train
@@ -42,6 +49,17 @@ def step(model, batch):
     return losses.get("nll")(policy_chosen_logps=sums, policy_rejected_logps=None, chosen_lengths=lengths)
 
 
+# Kinds whose responses carry a verdict: imitating them all would imitate the disapproved ones too.
+JUDGING_KINDS = ("binary", "ranked", "judged")
+
+
+def imitated(records: list[Any]) -> list[Any]:
+    """The records to imitate: a judging record becomes the responses it approves of (none for a thumbs-down,
+    a ranked list's best), any other record (a demonstration, a pair's chosen, a rated response) stays."""
+    return [d for r in records
+            for d in (convert([r], "demonstration") if kind_of(r) in JUDGING_KINDS else [r])]
+
+
 def run(config: SFTConfig) -> RecipeResult:
     tokenizer, model, packing = load_policy(config)
     collate = SFTCollator(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
@@ -58,7 +76,9 @@ def run(config: SFTConfig) -> RecipeResult:
             located = read_located(path, skip_invalid=config.skip_invalid)
             if scheme is not None:  # while the file and each record's line are known, to name them
                 problems.extend(scheme.record_problems(located.records, str(path), located.lines))
-            records += located.records
+                records += located.records  # a scheme states each record's own condition (RiC: its ratings)
+            else:
+                records += imitated(located.records)
         return records
 
     records, eval_records = read(config.data), read(config.eval_data)
