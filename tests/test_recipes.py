@@ -251,6 +251,19 @@ def test_sft_imitates_only_the_responses_feedback_approves(files, tmp_path, monk
     assert seen == [("p1", "up"), ("p3", "best")]  # not the thumbs-down answer, nor the list's others
 
 
+@pytest.mark.parametrize("method", ["dpo", "simpo", "kto", "sft"])
+def test_a_row_that_cannot_be_encoded_is_named_by_file_line_and_field(files, tmp_path, capsys, method):
+    rows = [json.loads(line) for line in open(files["pairs"])][:8]
+    rows[2]["prompt"] = "tell me about the cat " * 10  # 60 tokens: no room for a reply within max_length=40
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["train", method, f"model={files['base']}", f"data={data}", "max_length=40", "loop.batch_size=2",
+                 f"output_dir={tmp_path / 'out'}", "loop.progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:3: field 'prompt': prompt" in err and "leaving no room" in err  # before the reference or any step
+    assert not (tmp_path / "out" / "ref_cache").exists()
+
+
 @pytest.mark.parametrize("name", ["sft", "dpo", "kto", "lipo", "simpo"])
 def test_example_configs_parse(name):
     from pathlib import Path

@@ -5,7 +5,7 @@ opponents) for training, and saving the result."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +14,7 @@ import torch
 
 from pluralign.config import option
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, PluralignError, Problem
 from pluralign.models.load import (
     LoraSpec,
     disable_dropout,
@@ -52,6 +52,34 @@ class PolicyTrainingConfig(ModelTrainingConfig):
     chat_template: Literal["auto", "always", "never"] = option("auto", help=CHAT_TEMPLATE_HELP + ".")
     merge_lora: bool = option(True, help="Save the model with the LoRA adapters merged (true) or as an adapter directory (false).")
     skip_invalid: bool = option(False, help="Skip invalid data rows (written to a .rejects.jsonl file) instead of stopping.")
+
+
+def record_texts(record: Any) -> list[tuple[str, Any]]:
+    """(field, response) of every response a record holds, by the field name its data row gives it."""
+    if hasattr(record, "chosen"):
+        return [("chosen", record.chosen), ("rejected", record.rejected)]
+    if hasattr(record, "responses"):
+        return [(f"responses[{i}]", y) for i, y in enumerate(record.responses)]
+    return [("response", record.response)]
+
+
+def encoding_problems(encode: Callable[[Any, Any], Any], records: Sequence[Any], source: str,
+                      lines: Sequence[int] | None) -> list[Problem]:
+    """One problem per record that `encode(prompt, response)` (a collator's) refuses, at its line in `source`:
+    a prompt leaving no room for the reply within max_length, a row over it under truncation=error, a prompt
+    the chat template cannot render. Found while reading, the file and line are known; found by the collator
+    (in the reference pass, or at whatever step drew the row) the message named neither, and its preview of a
+    chat prompt was the template's system header, the same for every row."""
+    problems = []
+    for line, record in zip(range(1, len(records) + 1) if lines is None else lines, records, strict=True):
+        # The prompt first, with a one-character reply: a prompt at fault is named as such, once.
+        for field, response in [("prompt", "x"), *record_texts(record)]:
+            try:
+                encode(record.prompt, response)
+            except PluralignError as e:
+                problems.append(Problem(source, line, field, str(e)))
+                break  # one per record
+    return problems
 
 
 @dataclass

@@ -40,6 +40,7 @@ from pluralign.train.recipes import multiobjective as mo
 from pluralign.train.recipes.common import (
     PolicyTrainingConfig,
     RecipeResult,
+    encoding_problems,
     load_frozen,
     load_policy,
     save_policy,
@@ -83,13 +84,19 @@ class PreferenceConfig(PolicyTrainingConfig):
 
 def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool,
               objectives: mo.ObjectivesConfig | None = None,
-              check: Callable[[Sequence[Any], str, Sequence[int]], None] | None = None) -> list[Any]:
+              check: Callable[[Sequence[Any], str, Sequence[int]], None] | None = None,
+              encode: Callable[[Any, Any], Any] | None = None) -> list[Any]:
+    """The records of `paths` as `kind` trains on them. `check(records, file, lines)` and `encode(prompt,
+    response)` (the collator's: every row must tokenize) run on each file's records as read, to name the
+    file and line of a problem."""
     records = []
     for path in paths:
         read = read_located(path, skip_invalid=skip_invalid)
         raw = read.records
         if check is not None:
             check(raw, str(path), read.lines)  # while the file and each record's line are known, to name them
+        if encode is not None and (problems := encoding_problems(encode, raw, str(path), read.lines)):
+            raise DataError(problems)
         if objectives is not None and objectives.names:
             mo.check_records(raw, objectives.names, str(path), read.lines)
             raw = mo.to_pairs(raw, objectives)  # rated → per-objective or signed pairs
@@ -160,9 +167,15 @@ def run(config: PreferenceConfig) -> RecipeResult:
     multi = config.objectives if config.objectives.names else None
 
     tokenizer, model, packing = load_policy(config)
-    train_records = load_data(config.data, kind, config.skip_invalid, multi, group_check(config.personal))
+    collator = kind.collator(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
+                             truncation=config.truncation, chat_template=config.chat_template, packing=packing,
+                             objectives=multi.names if multi else None, who=multi is not None,
+                             **kind.collator_options)
+    train_records = load_data(config.data, kind, config.skip_invalid, multi, group_check(config.personal),
+                              collator.encode)
     eval_records = (load_data(config.eval_data, kind, config.skip_invalid, multi,
-                              group_check(config.personal, train_records)) if config.eval_data else None)
+                              group_check(config.personal, train_records), collator.encode)
+                    if config.eval_data else None)
     scheme, objective_step, step_counts, train_finish = None, {}, None, {}
     if multi is not None:
         scheme = mo.setup(multi, tokenizer, model, train_records)
@@ -177,10 +190,6 @@ def run(config: PreferenceConfig) -> RecipeResult:
         scheme = mo.setup(config.objectives, tokenizer, model, train_records)
         train_records = conditioning.condition_records(scheme, train_records)
         eval_records = conditioning.condition_records(scheme, eval_records) if eval_records else None
-    collator = kind.collator(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
-                             truncation=config.truncation, chat_template=config.chat_template, packing=packing,
-                             objectives=multi.names if multi else None, who=multi is not None,
-                             **kind.collator_options)
     train_items = make_items(train_records, info, config.loop.seed)
     eval_items = make_items(eval_records, info, config.loop.seed) if eval_records else None
     # Before the reference pass writes its cache: a bad personal setting leaves nothing behind.

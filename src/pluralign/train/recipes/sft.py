@@ -31,7 +31,13 @@ from pluralign.data.records import kind_of
 from pluralign.errors import DataError, Problem
 from pluralign.models.logprobs import sequence_logps
 from pluralign.train.loop import LoopConfig, holding, train
-from pluralign.train.recipes.common import PolicyTrainingConfig, RecipeResult, load_policy, save_policy
+from pluralign.train.recipes.common import (
+    PolicyTrainingConfig,
+    RecipeResult,
+    encoding_problems,
+    load_policy,
+    save_policy,
+)
 
 
 @dataclass
@@ -74,6 +80,7 @@ def run(config: SFTConfig) -> RecipeResult:
         records = []
         for path in paths:
             located = read_located(path, skip_invalid=config.skip_invalid)
+            problems.extend(encoding_problems(collate.encode, located.records, str(path), located.lines))
             if scheme is not None:  # while the file and each record's line are known, to name them
                 problems.extend(scheme.record_problems(located.records, str(path), located.lines))
                 records += located.records  # a scheme states each record's own condition (RiC: its ratings)
