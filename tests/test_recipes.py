@@ -264,6 +264,20 @@ def test_a_row_that_cannot_be_encoded_is_named_by_file_line_and_field(files, tmp
     assert not (tmp_path / "out" / "ref_cache").exists()
 
 
+def test_a_reference_with_another_vocabulary_is_refused(files, tmp_path, capsys):
+    from loop_toys import WORDS
+
+    from pluralign.models.tiny import tiny_llama, word_tokenizer
+
+    tok = word_tokenizer(list(reversed(WORDS)))  # as many tokens, other ids: its log-probs were of other words
+    tiny_llama(len(tok), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32).save_pretrained(tmp_path / "ref")
+    tok.save_pretrained(tmp_path / "ref")
+    assert main(["train", "dpo", f"model={files['base']}", f"ref_model={tmp_path / 'ref'}", f"data={files['pairs']}",
+                 f"output_dir={tmp_path / 'out'}", "loop.batch_size=4", "loop.progress=false"]) == 2
+    assert "another vocabulary" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "ref_cache").exists()
+
+
 @pytest.mark.parametrize("name", ["sft", "dpo", "kto", "lipo", "simpo"])
 def test_example_configs_parse(name):
     from pathlib import Path

@@ -147,9 +147,30 @@ def load_trainable(config: ModelTrainingConfig, kind: str = "causal", *, frozen:
 def load_frozen(path: str, config: PolicyTrainingConfig, packing: bool, role: str) -> Any:
     """A model that only scores (a reference, an opponent), on this process's device, packing like the policy."""
     model = load_model(path, dtype=config.dtype).to(process_state().device).requires_grad_(False)
+    if path != config.model:
+        check_vocabulary(path, config.model, model, role)
     if packing and not prepare_packing(model, kernel=config.attention_kernel):
         raise ConfigError(f"{role} {path}: packed batches do not work with this model; set packing=false")
     return model
+
+
+def check_vocabulary(path: str, policy: str, model: Any, role: str) -> None:
+    """A frozen model scores the token ids of the policy's tokenizer: with another vocabulary its log-probs
+    were of other tokens, without a word, or ids past its embedding stopped the reference pass with an
+    IndexError traceback. Tokens the policy added after the frozen model's (a conditioning scheme's) are allowed."""
+    ours = load_tokenizer(policy)
+    try:
+        theirs = load_tokenizer(path).get_vocab()
+    except Exception:  # weights without a tokenizer: only the embedding's size can be checked
+        theirs = {}
+    vocab = ours.get_vocab()
+    other = sorted((i, t) for t, i in theirs.items() if vocab.get(t) != i)
+    rows = model.get_input_embeddings().num_embeddings
+    if other or rows < len(theirs or ours):
+        what = (f"token {other[0][1]!r} is id {other[0][0]} there and {vocab.get(other[0][1])} in the policy's"
+                if other else f"its embedding has {rows} rows for the policy's {len(ours)} tokens")
+        raise ConfigError(f"{role} {path} has another vocabulary than model {policy} ({what}): it would score "
+                          f"other tokens than the policy's; give a {role} with the policy's tokenizer", field=role)
 
 
 def save_policy(model: Any, tokenizer: Any, config: PolicyTrainingConfig, out: Path, result: TrainResult,
