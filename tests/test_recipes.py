@@ -278,6 +278,14 @@ def test_a_reference_with_another_vocabulary_is_refused(files, tmp_path, capsys)
     assert not (tmp_path / "out" / "ref_cache").exists()
 
 
+def test_kto_with_one_held_out_example_names_eval_data(files, tmp_path, capsys):
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"prompt": "tell me about the cat", "response": "the cat is good", "label": True}) + "\n")
+    assert main(["train", "kto", f"model={files['base']}", f"data={files['pairs']}", f"eval_data={one}",
+                 f"output_dir={tmp_path / 'out'}", "loop.batch_size=4", "loop.progress=false"]) == 2
+    assert "eval_data: loss 'kto' needs at least 2 examples" in capsys.readouterr().err  # not the 32 training rows
+
+
 @pytest.mark.parametrize("name", ["sft", "dpo", "kto", "lipo", "simpo"])
 def test_example_configs_parse(name):
     from pathlib import Path

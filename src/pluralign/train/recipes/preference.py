@@ -191,7 +191,7 @@ def run(config: PreferenceConfig) -> RecipeResult:
         train_records = conditioning.condition_records(scheme, train_records)
         eval_records = conditioning.condition_records(scheme, eval_records) if eval_records else None
     train_items = make_items(train_records, info, config.loop.seed)
-    eval_items = make_items(eval_records, info, config.loop.seed) if eval_records else None
+    eval_items = make_items(eval_records, info, config.loop.seed, "eval_data") if eval_records else None
     # Before the reference pass writes its cache: a bad personal setting leaves nothing behind.
     personal = Personalization(config.personal, model, config.model, [it.record for it in train_items],
                                config.gradient_checkpointing, info.kind, collator=collator,

@@ -107,11 +107,14 @@ class Item:
     mismatched: Any = None  # KTO: the same prompt with another example's response
 
 
-def make_items(records: Sequence[Any], info: losses.LossInfo, seed: int) -> list[Item]:
+def make_items(records: Sequence[Any], info: losses.LossInfo, seed: int, field: str = "data") -> list[Item]:
+    """The items of `records`, from the config's `field` (data or eval_data, named when they are too few)."""
     if "kl_policy_logps" not in info.inputs:
         return [Item(i, r) for i, r in enumerate(records)]
     if len(records) < 2:
-        raise ConfigError(f"loss '{info.name}' needs at least 2 examples for its mismatched pairs")
+        raise ConfigError(f"{field}: loss '{info.name}' needs at least 2 examples for its mismatched pairs "
+                          f"(its baseline pairs each prompt with another example's response), got {len(records)}",
+                          field=field)
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
     partner = {order[j]: order[j - 1] for j in range(len(order))}  # a cyclic shift: never itself
     return [Item(i, r, Binary(prompt=r.prompt, response=records[partner[i]].response, label=r.label))
