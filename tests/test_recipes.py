@@ -286,6 +286,21 @@ def test_kto_with_one_held_out_example_names_eval_data(files, tmp_path, capsys):
     assert "eval_data: loss 'kto' needs at least 2 examples" in capsys.readouterr().err  # not the 32 training rows
 
 
+@pytest.mark.parametrize("method", ["dpo", "lipo", "sft"])
+def test_a_file_that_gives_nothing_to_train_on_is_named(files, tmp_path, capsys, method):
+    if method == "sft":  # thumbs-down only: nothing to imitate
+        rows = [{"prompt": "tell me about the cat", "response": f"the cat is {w}", "label": False} for w in ("bad", "no")]
+    else:  # one rated response per prompt: no pair, no list
+        rows = [{"prompt": f"tell me about the {n}", "response": "the cat is good", "ratings": {"q": i}}
+                for i, n in enumerate(["cat", "dog", "sun", "rain"])]
+    data = tmp_path / "feedback.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["train", method, f"model={files['base']}", f"data={data}", f"output_dir={tmp_path / 'out'}",
+                 "loop.batch_size=2", "loop.progress=false"]) == 2
+    assert f"{data}: its {len(rows)} " in capsys.readouterr().err  # was 'the training set is empty', after the reference
+    assert not (tmp_path / "out" / "ref_cache").exists()
+
+
 @pytest.mark.parametrize("name", ["sft", "dpo", "kto", "lipo", "simpo"])
 def test_example_configs_parse(name):
     from pathlib import Path

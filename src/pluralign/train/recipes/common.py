@@ -14,6 +14,7 @@ import torch
 
 from pluralign.config import option
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP
+from pluralign.data.records import kind_of
 from pluralign.errors import ConfigError, PluralignError, Problem
 from pluralign.models.load import (
     LoraSpec,
@@ -80,6 +81,22 @@ def encoding_problems(encode: Callable[[Any, Any], Any], records: Sequence[Any],
                 problems.append(Problem(source, line, field, str(e)))
                 break  # one per record
     return problems
+
+
+# Why records of one kind can give none of another: what each target needs of them.
+_NEEDS = {"pairwise": "a pair needs two responses to one prompt, ranked or rated differently",
+          "ranked": "a list needs two responses to one prompt, ranked or rated differently",
+          "demonstration": "only approved responses are imitated: a thumbs-up, a list's best"}
+
+
+def yielding(converted: list[Any], raw: Sequence[Any], source: str, to: str) -> list[Any]:
+    """`converted` (the records a file's `raw` records became), refused when there were records and none came
+    of them: the run then computed its reference and stopped with 'the training set is empty', naming no file."""
+    if raw and not converted:
+        kinds = ", ".join(sorted({kind_of(r) for r in raw}))
+        raise ConfigError(f"{source}: its {len(raw)} {kinds} record(s) give no {to} record to train on"
+                          + (f" ({_NEEDS[to]})" if to in _NEEDS else ""))
+    return converted
 
 
 @dataclass

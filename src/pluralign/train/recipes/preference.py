@@ -44,6 +44,7 @@ from pluralign.train.recipes.common import (
     load_frozen,
     load_policy,
     save_policy,
+    yielding,
 )
 from pluralign.train.recipes.preference_kinds import (
     KINDS,
@@ -101,7 +102,7 @@ def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool,
             mo.check_records(raw, objectives.names, str(path), read.lines)
             raw = mo.to_pairs(raw, objectives)  # rated → per-objective or signed pairs
         try:
-            records += convert(raw, kind.records)
+            converted = convert(raw, kind.records)
         except (ConfigError, DataError):  # already say where
             raise
         except PluralignError as e:  # the converter does not know the file, nor that no option here reaches it
@@ -111,6 +112,7 @@ def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool,
                         f"--to {kind.records}` with --objective, --weights or --threshold"
                         + (", or set objectives.names to train on every objective)" if kind.records == "pairwise" else ")"))
             raise ConfigError(f"{path}: {e}{hint}") from None
+        records += yielding(converted, raw, str(path), kind.records)
     return records
 
 

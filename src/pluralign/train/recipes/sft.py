@@ -37,6 +37,7 @@ from pluralign.train.recipes.common import (
     encoding_problems,
     load_policy,
     save_policy,
+    yielding,
 )
 
 
@@ -85,7 +86,7 @@ def run(config: SFTConfig) -> RecipeResult:
                 problems.extend(scheme.record_problems(located.records, str(path), located.lines))
                 records += located.records  # a scheme states each record's own condition (RiC: its ratings)
             else:
-                records += imitated(located.records)
+                records += yielding(imitated(located.records), located.records, str(path), "demonstration")
         return records
 
     records, eval_records = read(config.data), read(config.eval_data)
