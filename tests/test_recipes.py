@@ -133,6 +133,26 @@ def test_reference_cache_hits_and_misses(files, tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) == 4 and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_the_reference_cache_key_holds_the_adapter_of_a_saved_adapter_reference(files, tmp_path):
+    from pluralign.models.load import LoraSpec, add_lora
+    from pluralign.train.reference import adapters_disabled, weights_fingerprint
+
+    keys = []
+    for seed in (0, 1):  # two SFT adapters on one base, loaded frozen as DPO's reference (adapters on)
+        torch.manual_seed(seed)
+        trained = add_lora(load_model(files["base"]), LoraSpec(r=2))
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_()
+        trained.save_pretrained(tmp_path / f"adapter{seed}")
+        reference = load_model(tmp_path / f"adapter{seed}")
+        keys.append(weights_fingerprint(reference))
+        with adapters_disabled(reference):  # the base, as a LoRA policy's own reference: the adapter is not in it
+            keys.append(weights_fingerprint(reference))
+    assert keys[0] != keys[2]  # were equal: a shared ref_cache_dir served adapter0's log-probs to adapter1's run
+    assert keys[1] == keys[3]
+
+
 def test_an_unwritable_reference_cache_is_a_one_line_error(files, tmp_path, capsys):
     (tmp_path / "a_file").write_text("")  # a directory cannot be made under a file, even by root
     argv = ["train", "dpo", f"model={files['base']}", f"data={files['pairs']}", f"output_dir={tmp_path / 'run'}",

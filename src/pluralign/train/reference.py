@@ -34,8 +34,19 @@ LogpsFn = Callable[[Any, dict], Mapping[str, torch.Tensor]]
 _ADAPTER_MARKERS = ("lora_", ".modules_to_save.")
 
 
-def weights_fingerprint(model: torch.nn.Module, *, skip_adapters: bool = True) -> str:
-    """BLAKE2b of every parameter and buffer (name, dtype, shape, bytes), in name order."""
+def adapters_off(model: torch.nn.Module) -> bool:
+    """Whether every adapter layer (peft's) of `model` is switched off, as inside `adapters_disabled`; True
+    for a model without adapters."""
+    return all(m.disable_adapters for m in model.modules() if hasattr(m, "disable_adapters") and hasattr(m, "lora_A"))
+
+
+def weights_fingerprint(model: torch.nn.Module, *, skip_adapters: bool | None = None) -> str:
+    """BLAKE2b of every parameter and buffer (name, dtype, shape, bytes), in name order. Adapter weights are
+    left out when they do not compute (default: when `adapters_off`): a reference that is a saved adapter's
+    policy (loaded frozen, adapters on) computes with them, and two such adapters on one base shared a key,
+    so a shared ref_cache_dir served one adapter's reference log-probs to the other's run."""
+    if skip_adapters is None:
+        skip_adapters = adapters_off(model)
     h = hashlib.blake2b(digest_size=16)
     for name, tensor in sorted(model.state_dict().items()):
         if skip_adapters and any(m in name for m in _ADAPTER_MARKERS):
