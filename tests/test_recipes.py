@@ -284,6 +284,14 @@ def test_a_row_that_cannot_be_encoded_is_named_by_file_line_and_field(files, tmp
     assert not (tmp_path / "out" / "ref_cache").exists()
 
 
+@pytest.mark.parametrize("loss", ["simpo", "orpo", "nll"])
+def test_a_ref_model_for_a_reference_free_loss_is_refused(files, tmp_path, capsys, loss):
+    assert main(["train", loss, f"model={files['base']}", f"ref_model={files['base']}", f"data={files['pairs']}",
+                 f"output_dir={tmp_path / 'out'}", "loop.batch_size=4", "loop.progress=false"]) == 2
+    assert f"loss '{loss}' is reference-free" in capsys.readouterr().err  # it trained, the ref_model never loaded
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_reference_with_another_vocabulary_is_refused(files, tmp_path, capsys):
     from loop_toys import WORDS
 

@@ -248,6 +248,10 @@ def run(config: PreferenceConfig) -> RecipeResult:
 
 
 def _check_inputs(config: PreferenceConfig, info: losses.LossInfo) -> None:
+    if config.ref_model and not info.needs_reference:  # it was never loaded: the run looked anchored to it
+        raise ConfigError(f"loss '{info.name}' is reference-free (it reads no reference log-probs), so ref_model "
+                          "has no effect; leave ref_model unset, or use a loss with a reference (dpo, ipo, kto, …)",
+                          field="ref_model")
     if (config.wpo or config.ld_alpha is not None) and info.kind != "pairwise":
         raise ConfigError(f"wpo and ld_alpha shape pairwise losses; loss '{info.name}' is {info.kind}")
     if config.udm and (info.kind != "unpaired" or not info.weighted):
