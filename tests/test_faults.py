@@ -263,6 +263,17 @@ def test_resume_with_more_steps_keeps_the_config_that_ran_before(tmp_path):
     assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.until-step-2.yaml", "config.yaml"]
 
 
+def test_resume_with_more_steps_takes_its_first_rate_from_the_new_schedule(tmp_path):
+    # Linear decay over 2 steps ends at rate 0; over 4 steps, step 3's rate is half the peak (as in a run of 4).
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    linear = dict(scheduler="linear", warmup_ratio=0.0)
+    train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=2, **linear), run)
+    train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=4, **linear), run)
+    train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=4, **linear), straight)
+    lrs = {r["step"]: r["lr"] for r in RunDir(run).read_metrics()}
+    assert lrs[3] == {r["step"]: r["lr"] for r in RunDir(straight).read_metrics()}[3] == 5e-3  # was 0.0: a lost step
+
+
 def test_resume_with_the_same_optimizer_settings_reports_no_change(tmp_path, capsys):
     run = tmp_path / "run"
     train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=2), run)

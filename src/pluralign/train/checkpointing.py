@@ -55,13 +55,14 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: torch.opt
             if (tuple(old) if isinstance(old, list | tuple) else old) != (tuple(new) if isinstance(new, list | tuple) else new):
                 changed.setdefault(key, f"{'learning_rate' if key == 'initial_lr' else key} {old} -> {new}")
             group[key] = new
-    if changed:
-        # The rate of the next step, from the (new) peak and this run's schedule.
-        scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-        lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
-        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr
-        scheduler._last_lr = lrs
+    # The rate of the next step, from the (new) peak and this run's schedule, whether or not a setting changed:
+    # a longer max_steps is another schedule, and the checkpoint's rate was the old one's (0 after linear decay,
+    # so the first resumed step moved nothing but Adam's moments).
+    scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
     return list(changed.values())
 
 
