@@ -340,6 +340,17 @@ def test_example_configs_parse(name):
     assert config.loop.batch_size >= 1 and config.output_dir.startswith("runs/")
 
 
+def test_sft_example_cuts_long_prompts_as_its_comment_says():
+    from pathlib import Path
+
+    from pluralign.train.cli import build_config
+
+    config = build_config("sft", str(Path(__file__).parents[1] / "examples" / "sft.yaml"), [])
+    assert "longer prompts are cut at their start" in (Path(__file__).parents[1] / "examples" / "sft.yaml").read_text()
+    # Only max_prompt_length cuts a prompt: with max_length alone a 600-token prompt was an error, not cut.
+    assert config.max_prompt_length is not None and config.max_prompt_length < config.max_length
+
+
 def test_reward_names_map_to_the_reward_recipe(monkeypatch, capsys):
     import importlib
 
