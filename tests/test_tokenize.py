@@ -134,3 +134,15 @@ def test_tokenizer_without_pad_token_pads_with_eos(tiny_word_tokenizer):
     assert tok.pad_token_id is None and pad_token_id(tok) == tok.eos_token_id
     tok.eos_token = None
     assert pad_token_id(tok) == 0
+
+
+def test_a_chat_turn_marker_named_bos_is_not_kept_before_a_cut_prompt(chat_tokenizer):
+    # SmolLM2's tokenizer names its turn marker <|im_start|> as BOS and never prepends it: here <s> plays it.
+    tok = copy.deepcopy(chat_tokenizer)
+    tok.chat_template = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+                         "{% if add_generation_prompt %}<s> assistant :{% endif %}")
+    assert tok.encode("the cat", add_special_tokens=True)[0] != tok.bos_token_id == tok.convert_tokens_to_ids("<s>")
+    prompt = [{"role": "user", "content": "a cat sat on the mat under the rug what is here ?"}]
+    enc = encode_pair(tok, prompt, "the cat", max_length=12, max_prompt_length=5)
+    kept = tok.convert_ids_to_tokens(enc.input_ids[:5])
+    assert kept == ["?", "</s>", "<s>", "assistant", ":"]  # was ['<s>', '</s>', '<s>', 'assistant', ':']: a bogus turn

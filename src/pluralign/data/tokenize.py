@@ -22,7 +22,8 @@ no EOS is appended to templated completions; plain-text completions get ``eos_to
 
 Truncation policy (``truncation``):
   1. a prompt longer than ``max_prompt_length`` is cut to it — ``"keep_end"`` (default) keeps its last
-     tokens, where the question and the generation prompt are (a leading BOS is kept); ``"keep_start"``
+     tokens, where the question and the generation prompt are (a leading BOS the tokenizer itself prepends is
+     kept; a chat turn marker named BOS, as SmolLM2's <|im_start|>, is not); ``"keep_start"``
      keeps its first tokens;
   2. a completion that does not fit in ``max_length`` after the prompt is cut at its end (its EOS is lost);
   3. a prompt that leaves no room for a single completion token raises `PluralignError` — an empty
@@ -139,9 +140,17 @@ def _cut_prompt(tokenizer: Any, ids: list[int], n: int, mode: Truncation) -> lis
     if mode == "keep_start":
         return ids[:n]
     bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is not None and ids[0] == bos and n > 1:
+    if bos is not None and ids[0] == bos and n > 1 and _prepends_bos(tokenizer):
         return [bos, *ids[len(ids) - (n - 1):]]
     return ids[len(ids) - n:]
+
+
+def _prepends_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer's BOS is a true start of sequence, one it puts before any text by itself. SmolLM2
+    names its turn marker <|im_start|> as BOS: kept before a cut chat prompt's tail, it opened a bogus turn
+    whose role was the tail's first word (``<|im_start|> river flows …``)."""
+    ids = tokenizer.encode("a", add_special_tokens=True)
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
 def _check_options(max_length: int, max_prompt_length: int | None, truncation: str) -> None:
