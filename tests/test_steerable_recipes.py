@@ -86,6 +86,8 @@ def test_train_dpa_with_lora_merges_each_round_into_a_full_model(tmp_path, chat_
 @pytest.mark.parametrize("argv, message", [
     (["train", "soup", "objectives.names=[informativeness]"], "a soup needs at least two objectives"),
     (["train", "soup", "objectives.names=[informativeness,formality]"], "no ratings for objective(s) formality"),
+    (["train", "soup", "objectives.names=[informativeness,conciseness]", "objectives.conditioning=system_message"],
+     "a soup is steered by interpolating its members"),
     (["train", "map", "palette={formality: 0.5}"], "rated.jsonl: field 'ratings': no ratings for objective(s) formality"),
     (["train", "map", "palette={informativeness: 5.0}"], "not reachable"),
     (["train", "map", "palette_quantiles={conciseness: 1.5}"], "'palette_quantiles.conciseness' must be in [0, 1]"),
@@ -111,3 +113,16 @@ def test_soup_objective_without_pairs_exits_2(tmp_path, chat_model, capsys):
     assert main(["train", "soup", f"model={chat_model}", f"data=[{pairs}]", f"output_dir={tmp_path / 'o'}",
                  "objectives.names=[informativeness,conciseness]", *LOOP]) == 2
     assert "objective 'conciseness' has no pairs" in capsys.readouterr().err
+
+
+def test_soup_members_keep_the_objectives_settings(tmp_path, chat_model, rated):
+    # objectives.drop_ties is meant for soup experts (their one-hot weight leaves many pairs tied); each member
+    # was trained with a fresh objectives section, so it and combine_params had no effect
+    out = tmp_path / "soup"
+    assert main(["train", "soup", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}",
+                 "objectives.names=[informativeness,conciseness]", "objectives.drop_ties=true",
+                 "objectives.combine_params={normalize: batch}", "gradient_checkpointing=false", *LOOP]) == 0
+    for name in OBJ:
+        member = (out / "members" / name / "config.yaml").read_text()
+        assert "drop_ties: true" in member and "normalize: batch" in member
+        assert f"{name}: 1.0" in member  # still the member's own one-hot weights

@@ -131,6 +131,10 @@ def run_soup(config: Any = None, **kwargs: Any) -> RecipeResult:
     if len(names) < 2:
         raise ConfigError(f"'objectives.names': a soup needs at least two objectives, got {names}")
     _need(config.data, "data", "rated records, or pairs carrying an `objective`")
+    if config.objectives.conditioning != "none":  # the members' other objectives settings are theirs
+        raise ConfigError(f"objectives.conditioning={config.objectives.conditioning}: a soup is steered by interpolating "
+                          "its members (joint=true trains them together); leave objectives.conditioning unset",
+                          field="objectives.conditioning")
     out = Path(config.output_dir)
     if config.joint:
         joint = dataclasses.replace(config.objectives, rated_pairs="signed", conditioning="joint_soup")
@@ -149,8 +153,9 @@ def run_soup(config: Any = None, **kwargs: Any) -> RecipeResult:
             raise ConfigError(f"'objectives.names': objective {name!r} has no pairs in {config.data}")
         if rated:
             one_hot = {n: float(n == name) for n in names}
-            member = dataclasses.replace(config, output_dir=str(out / "members" / name), **shared,
-                                         objectives=ObjectivesConfig(names=list(names), rated_pairs="signed", weights=one_hot))
+            # the user's other objectives settings (drop_ties, combine_params, ...) are every member's too
+            mine_only = dataclasses.replace(config.objectives, rated_pairs="signed", weights=one_hot)
+            member = dataclasses.replace(config, output_dir=str(out / "members" / name), **shared, objectives=mine_only)
         else:
             data = write_records(out / "members" / f"{name}.jsonl", mine)
             member = dataclasses.replace(config, data=[str(data)], output_dir=str(out / "members" / name),
