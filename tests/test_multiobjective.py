@@ -573,6 +573,28 @@ def test_modpo_in_the_recipe_reads_margins_from_the_margin_reward(tmp_path):
     assert math.isfinite(result.train.metrics["loss"])
 
 
+def test_modpo_w0_is_the_trained_objectives_weight(tmp_path, monkeypatch):
+    # the margins weigh conciseness by 0.2 (objectives.weights), so R = (β·ρ − 0.2·r) / w0 needs w0 = 0.8; the
+    # loss's default w0 = 0.5 was used whatever the weights said
+    from pluralign.train import run_preference
+    from pluralign.train.recipes import preference
+    from pluralign.train.recipes.preference import from_kwargs
+
+    base = make_model_dir(tmp_path / "base")
+    data = tmp_path / "info.jsonl"
+    data.write_text((json.dumps({"prompt": "tell me about the cat", "chosen": "the cat is very good", "rejected": "good",
+                                 "objective": "informativeness"}) + "\n") * 4)
+    seen, real = [], preference.make_step
+    monkeypatch.setattr(preference, "make_step", lambda kind, loss, params, *a, **k: seen.append(params) or real(kind, loss, params, *a, **k))
+    objectives = {"names": OBJ, "weights": {"informativeness": 4.0, "conciseness": 1.0}, "margin_reward": "gold"}
+    run_preference(from_kwargs(model=str(base), data=[str(data)], loss="modpo", output_dir=str(tmp_path / "o"),
+                               loop=LOOP | {"num_epochs": 1}, objectives=objectives))
+    assert seen and all(p["w0"] == pytest.approx(0.8) for p in seen)
+    with pytest.raises(ConfigError, match="loss_params.w0=0.5"):
+        run_preference(from_kwargs(model=str(base), data=[str(data)], loss="modpo", output_dir=str(tmp_path / "o2"),
+                                   loss_params={"w0": 0.5}, loop=LOOP, objectives=objectives))
+
+
 def test_pama_with_one_hot_weights_is_that_objectives_dpo_gradient():
     anchor = torch.tensor([0.0, 0.3], requires_grad=True)
     signs = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])

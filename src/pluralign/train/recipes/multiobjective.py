@@ -281,6 +281,27 @@ def swapped(inputs: dict, flip: torch.Tensor) -> dict:
     return out
 
 
+def modpo_params(cfg: ObjectivesConfig, records: Sequence[Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The loss parameters with MODPO's w0, the trained objective's weight in ``objectives.weights``: the
+    margins weigh the other objectives by those weights (`margin_values`), and R = (β·ρ − margin) / w0 is
+    MODPO's reward only with w0 from the same weights. A stated w0 must agree (else a ConfigError naming it)."""
+    w = weight_tensor(cfg)
+    trained = sorted({r.objective for r in records if getattr(r, "objective", None) in cfg.names})
+    own = {float(w[cfg.names.index(n)]) for n in trained}
+    if len(own) > 1:
+        raise ConfigError(f"MODPO divides by the trained objective's weight w0, one per run: the pairs train {trained}, "
+                          f"weighted {sorted(own)} in objectives.weights; train one objective per run",
+                          field="objectives.weights")
+    if not own:
+        return params
+    w0 = own.pop()
+    if "w0" in params and not isinstance(params["w0"], torch.Tensor) and abs(float(params["w0"]) - w0) > 1e-6:
+        raise ConfigError(f"loss_params.w0={params['w0']}: MODPO's w0 is the trained objective's weight, "
+                          f"{trained[0]}'s {w0:g} in objectives.weights (normalised), which also weighs the margins; "
+                          "leave w0 unset", field="loss_params.w0")
+    return params | {"w0": w0}
+
+
 def margin_values(cfg: ObjectivesConfig, records: Sequence[Any]) -> Tensors:
     """MODPO margins: Σ_{k ≠ the pair's objective} w_k r_k(x, y) for the chosen and the rejected response,
     with r from ``margin_reward`` (its objectives must include the configured names)."""

@@ -18,6 +18,7 @@ running mean of the implicit rewards, checkpointed with the model so resume is e
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,8 @@ def run(config: PreferenceConfig) -> RecipeResult:
                               group_check(config.personal, train_records), collator.encode)
                     if config.eval_data else None)
     scheme, objective_step, step_counts, train_finish = None, {}, None, {}
+    if multi is not None and multi.margin_reward:  # MODPO's w0 is the trained objective's weight
+        config = dataclasses.replace(config, loss_params=mo.modpo_params(multi, train_records, config.loss_params))
     if multi is not None:
         scheme = mo.setup(multi, tokenizer, model, train_records)
         mo.check_coverage(train_records, multi)
