@@ -539,6 +539,23 @@ def test_statements_go_inside_the_templates_user_turn():
     assert chat == [{"role": "user", "content": "describe rivers. weights : informativeness 100 conciseness 0 ."}]
 
 
+def test_a_rendered_prompt_gets_the_statement_as_the_template_would_render_it():
+    # SmolLM2-style turns end "…<|im_end|>" with no space: a prompt already rendered got "… . <|im_end|>",
+    # one token more than the template renders from the plain prompt with its statement
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok = word_tokenizer(["describe", "rivers", "."], chat_template=template)
+    for name, params in [("system_message", {}), ("reward_tokens", {"mean": [0, 0], "std": [1, 1], "low": [-1, -1],
+                                                                     "high": [1, 1]})]:
+        scheme = conditioning.get(name, OBJ, **params).bind(tok)
+        c = scheme.condition(weights=[0.7, 0.3])
+
+        def render(text):
+            return tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+
+        assert scheme.prompt(render("describe rivers."), c) == render(scheme.prompt("describe rivers.", c))
+
+
 def test_rated_lists_rate_several_responses_per_prompt():
     from pluralign.data.convert import rated_to_pairwise
     from pluralign.sandbox.feedback import rated_lists

@@ -23,7 +23,10 @@ def with_statement(prompt: Text, statement: str, prefix: str = "", system: bool 
     if isinstance(prompt, str):
         body, tail = prompt.rstrip(), suffix.strip()
         if prefix.strip() and prompt.startswith(prefix) and tail and body.endswith(tail):
-            return f"{body[:-len(tail)].rstrip()} {statement} {tail}{prompt[len(body):]}"
+            # what the template puts between the message and its end marker stays (none in SmolLM2's
+            # "…<|im_end|>"), so the text is the one the template renders from the plain prompt and statement
+            content = body[:-len(tail)].rstrip()
+            return f"{content} {statement}{body[len(content):-len(tail)]}{tail}{prompt[len(body):]}"
         if prefix or suffix:  # the template will render this text as the user's message: end of the turn
             return f"{prompt} {statement}"
         return f"{statement} {prompt}"
