@@ -717,3 +717,15 @@ def test_bad_pair_weights_exit_2_naming_the_record(tmp_path, capsys):
     good = _weighted_pairs(tmp_path / "good.jsonl")
     assert main(common[:3] + [f"data=[{good}]"] + common[4:] + ["objectives.combine=raco"]) == 2
     assert "only the weighted combiner reads" in capsys.readouterr().err
+
+
+def test_a_stated_direction_leaves_the_weights_to_the_reward():
+    from pluralign.decode.api import Controls
+
+    scheme = conditioning.get("system_message", OBJ)
+    c = scheme.condition_of_request(Controls(direction=[0.8, -0.6], weights=[0.8, -0.6]))
+    assert c.weights is None and c.direction == pytest.approx((0.8, -0.6))
+    with pytest.raises(ConfigError, match="3 value"):  # still numbers, one per objective
+        scheme.condition_of_request(Controls(direction=[1, 0], weights=[1, 2, 3]))
+    with pytest.raises(ConfigError, match="non-negative"):  # weights alone are the statement's: simplex weights
+        scheme.condition_of_request(Controls(weights=[0.8, -0.6]))

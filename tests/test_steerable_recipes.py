@@ -126,3 +126,14 @@ def test_soup_members_keep_the_objectives_settings(tmp_path, chat_model, rated):
         member = (out / "members" / name / "config.yaml").read_text()
         assert "drop_ties: true" in member and "normalize: batch" in member
         assert f"{name}: 1.0" in member  # still the member's own one-hot weights
+
+
+def test_train_dpa_directions_may_weigh_an_objective_negatively(tmp_path, chat_model, rated):
+    # DPA's paper samples θ in [−45°, 45°]: v = (cos θ, sin θ) has a negative component. The conditioned rounds
+    # stopped at round 1: the direction, also the best-of-n weights of vᵀr, was checked as simplex weights
+    out = tmp_path / "dpa"
+    assert main(["train", "dpa", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}",
+                 "objectives=[informativeness,conciseness]", f"reward={__name__}:lengths", "rounds=2", "n=2",
+                 "angles=[-45, -30]", "max_new_tokens=4", "max_length=64", *LOOP, "loop.batch_size=2"]) == 0
+    kept = [json.loads(line) for line in (out / "round1.jsonl").read_text().splitlines()]
+    assert kept and all(r["meta"]["direction"]["conciseness"] < 0 for r in kept)

@@ -200,7 +200,13 @@ class Scheme:
         """A request's condition from its `decode.api.Controls` (weights, direction, user, group, and
         target scores in ``extra["scores"]``)."""
         where = f"request {index}: " if index is not None else ""
-        return self.condition(weights=controls.weights, direction=getattr(controls, "direction", None),
+        direction = getattr(controls, "direction", None)
+        # A scheme that states a direction steers by it alone: the request's weights then only weigh its
+        # reward (DPA's best of n by vᵀr, which may weigh an objective negatively), not simplex weights.
+        stated = direction is not None and "direction" in self.reads
+        if stated and controls.weights is not None:  # still one finite number per objective
+            vector_of(controls.weights, self.objectives, where + "weights")
+        return self.condition(weights=None if stated else controls.weights, direction=direction,
                               user=controls.user, group=getattr(controls, "group", None),
                               scores=(controls.extra or {}).get("scores"), field=where)
 
