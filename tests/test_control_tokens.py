@@ -107,6 +107,30 @@ def test_per_user_tokens_train_with_the_policy_frozen_and_steer_requests(chat_mo
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
 
 
+def test_tokens_trained_with_lora_adapters_saved_unmerged_reload(chat_model_dir, tmp_path):
+    # the adapter directory holds the grown embeddings (peft saves them whole); loading put them into the
+    # base model's smaller table: a size-mismatch traceback from every decode of the saved model
+    from pluralign.decode.steer import load_policy
+
+    rows = [r | {"prompt": [{"role": "user", "content": r["prompt"]}]} for r in _opposed()]
+    common = dict(model=str(chat_model_dir), data=[_write(tmp_path / "pairs.jsonl", rows)], loss="dpo",
+                  use_lora=True, lora={"r": 2}, loop={"learning_rate": 0.05, "batch_size": 4, "max_steps": 2, "progress": False},
+                  objectives={"conditioning": "control_tokens",
+                              "conditioning_params": {"by": "user", "tokens": 2, "freeze_policy": False}})
+    merged = run_preference(from_kwargs(output_dir=str(tmp_path / "merged"), **common)).model_dir
+    adapter = run_preference(from_kwargs(output_dir=str(tmp_path / "adapter"), merge_lora=False, **common)).model_dir
+    assert (adapter / "adapter_config.json").is_file()
+    (a, tok), (b, _) = load_policy(adapter), load_policy(merged)
+    scheme = conditioning.attached(a).bind(tok)
+    chat = scheme.prompt([{"role": "user", "content": "tell me about the cat"}], scheme.condition(user="alice"))
+    ids = torch.tensor([tok(tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True))["input_ids"]])
+    with torch.no_grad():
+        la, lb = a(input_ids=ids).logits, b(input_ids=ids).logits
+    assert torch.allclose(la, lb, atol=1e-5)
+    n = load_model(chat_model_dir).get_input_embeddings().weight.shape[0]
+    assert bool((la[..., n:] == torch.finfo(la.dtype).min).all())  # control tokens are never answered with
+
+
 def test_placements(chat_model_dir):
     tok = load_tokenizer(chat_model_dir)
     start = conditioning.get("control_tokens", by="group", tokens=1, placement="start", names=["a"]).bind(tok)

@@ -64,6 +64,7 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: str = "auto", device: 
     model = _from_pretrained(auto, adapter or source, dtype=_dtype(dtype), trust_remote_code=trust_remote_code)
     mask_added_tokens(model)
     if adapter is not None:
+        _grow_for_adapter(model, source)
         with _peft_quietly():
             model = _peft().PeftModel.from_pretrained(model, source, is_trainable=lora is not None)
     elif lora is not None:
@@ -73,6 +74,29 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: str = "auto", device: 
     if device is not None:
         model = model.to(resolve_device(device))
     return model.eval()
+
+
+def _grow_for_adapter(model: Any, source: str) -> None:
+    """The base model's embeddings grown to the rows an adapter directory saved: peft saves the embedding
+    layers whole when training added tokens (control tokens, a word-level tokenizer's statement words), and
+    loads them only into a base of that size. The added rows are prompt-only tokens, as the training run's
+    (`conditioning.grow_embeddings`), whose config with `pluralign_output_vocab` the adapter does not keep."""
+    from safetensors import safe_open
+
+    path = Path(source) / "adapter_model.safetensors"
+    embeddings = model.get_input_embeddings()
+    name = next((n for n, m in model.named_modules() if m is embeddings), None)
+    if not path.is_file() or name is None:
+        return
+    with safe_open(str(path), framework="pt") as f:
+        key = next((k for k in f.keys() if k.endswith(f"{name}.weight")), None)
+        rows = f.get_slice(key).get_shape()[0] if key is not None else 0
+    old = embeddings.weight.shape[0]
+    if rows > old:
+        model.resize_token_embeddings(rows, mean_resizing=False)
+        if getattr(model.config, OUTPUT_VOCAB, None) is None:
+            setattr(model.config, OUTPUT_VOCAB, old)
+        mask_added_tokens(model)
 
 
 def disable_dropout(model: Any) -> None:
