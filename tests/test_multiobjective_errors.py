@@ -49,6 +49,15 @@ def test_an_objective_without_ratings_names_it(tmp_path, chat_model, rated, caps
            "no ratings for objective(s) formality")
 
 
+def test_mahdpo_heads_saved_as_a_lora_adapter_are_refused_before_training(tmp_path, chat_model, rated, capsys):
+    # the heads train in full and live in lm_head.extra, which the adapter directory lacks: the run trained,
+    # then saved a model whose every decode stopped ("no lm_head.extra weights")
+    out = tmp_path / "o"
+    _fails(["train", "dpo", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}", f"objectives.names={OBJ}",
+            "objectives.conditioning=heads", "use_lora=true", "merge_lora=false", *LOOP], out, capsys,
+           "set merge_lora=true")
+
+
 @pytest.mark.parametrize("meta, message", [
     ({"signs": {"informativeness": 1}, "weights": {"informativeness": -1}},
      "field 'meta.weights': weights must be non-negative"),

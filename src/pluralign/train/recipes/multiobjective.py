@@ -72,6 +72,14 @@ def check_config(cfg: ObjectivesConfig) -> None:
         check_source(cfg.margin_reward, "objectives.margin_reward")
 
 
+def check_saving(cfg: ObjectivesConfig, use_lora: bool, merge_lora: bool) -> None:
+    """MAH-DPO's heads are trained in full and saved in the model's weights (``lm_head.extra``), which an
+    adapter directory does not hold: such a run would train, then save a model that cannot be decoded."""
+    if cfg.conditioning == "heads" and use_lora and not merge_lora:
+        raise ConfigError("objectives.conditioning=heads (MAH-DPO) trains its LM heads in full, which a LoRA adapter "
+                          "directory does not hold; set merge_lora=true", field="merge_lora")
+
+
 def to_pairs(records: Sequence[Any], cfg: ObjectivesConfig) -> list[Any]:
     """Rated records → pairs (per objective or signed); other records as they are."""
     if not records or not isinstance(records[0], Rated):

@@ -164,6 +164,7 @@ def run(config: PreferenceConfig) -> RecipeResult:
     check_hyperparams(info, config.loss_params)
     _check_inputs(config, info)
     mo.check_config(config.objectives)
+    mo.check_saving(config.objectives, config.use_lora, config.merge_lora)
     kind = shaped(KINDS[info.kind], wpo=config.wpo, ld_alpha=config.ld_alpha)
     out = Path(config.output_dir)
     distributed = process_state()
