@@ -312,6 +312,8 @@ def test_janus_persona_message_trains_and_conditions_requests(tiny, tmp_path):
     assert scheme.prompt("tell me about the cat", c) == "yes good tell me about the cat"
     assert scheme.prompt([{"role": "user", "content": "hi"}], scheme.condition(user="bob")) == [
         {"role": "system", "content": "no bad"}, {"role": "user", "content": "hi"}]
+    # alice trained under her group's statement: named alone she gets it again (she got the population model)
+    assert scheme.prompt("tell me about the cat", scheme.condition(user="alice")) == "yes good tell me about the cat"
     with pytest.warns(UserWarning, match="user 'zed' has no statement"):
         assert scheme.prompt("x", scheme.condition(user="zed")) == "x"  # no statement: the population
     model = load_model(out).eval()

@@ -31,13 +31,16 @@ class PersonaMessage(conditioning.Scheme):
 
     reads = ("user", "group")
 
-    def __init__(self, objectives=(), *, statements: Mapping[str, str] | None = None):
+    def __init__(self, objectives=(), *, statements: Mapping[str, str] | None = None,
+                 user_groups: Mapping[str, str] | None = None):
         if not statements or not isinstance(statements, Mapping):
             raise ConfigError("persona_message needs conditioning_params.statements: {user or group: statement}")
         bad = [k for k, v in statements.items() if not isinstance(v, str) or not v.strip()]
         if bad:
             raise ConfigError(f"persona_message: empty or non-text statement for {bad}")
-        super().__init__(objectives, statements=dict(statements))
+        # user → training group (filled by `fit`, saved): a trained user named alone gets their group's
+        # statement, as their training examples did, and as the other per-person schemes resolve them
+        super().__init__(objectives, statements=dict(statements), user_groups=dict(user_groups or {}))
         self.training = False  # set by `fit`: training records without a statement are not warned about
 
     def fit(self, records: Sequence[Any]) -> None:
@@ -51,10 +54,13 @@ class PersonaMessage(conditioning.Scheme):
                               field="objectives.conditioning_params.statements")
         # Records without a statement train the population model, by design; only requests are warned.
         self.training = True
+        self.params["user_groups"] = {str(r.user): str(r.group) for r in records
+                                      if getattr(r, "user", None) is not None and getattr(r, "group", None) is not None}
 
     def statement(self, condition: conditioning.Condition) -> str | None:
         statements = self.params["statements"]
-        for key in (condition.user, condition.group):
+        trained_in = self.params["user_groups"].get(condition.user) if condition.group is None else None
+        for key in (condition.user, condition.group, trained_in):
             if key is not None and key in statements:
                 return statements[key]
         return None
