@@ -144,3 +144,14 @@ def test_reward_tokens_name_the_file_and_line_of_each_bad_reward(tmp_path, chat_
            f"{demos}:3: field 'meta.rewards.informativeness': expected a number, got str '1.5'",
            f"{demos}:4: field 'meta.rewards': no reward for objective(s) conciseness",
            f"{demos.with_name('nan.jsonl')}:1: field 'meta.rewards.conciseness': non-finite value nan")
+
+
+@pytest.mark.parametrize("recipe, setting", [("sft", "conditioning=system_message"), ("sft", "conditioning=reward_tokens"),
+                                             ("dpo", "objectives.conditioning=system_message"),
+                                             ("dpo", "objectives.conditioning=heads")])
+def test_a_weight_steered_scheme_without_objectives_names_them(tmp_path, chat_model, rated, capsys, recipe, setting):
+    # a ZeroDivisionError traceback (system_message), RiC trained on "scores : ." to a model no weights could
+    # steer, heads refused only after the reference pass
+    out = tmp_path / "o"
+    _fails(["train", recipe, f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}", setting, *LOOP], out, capsys,
+           "none are given", "objectives")

@@ -290,7 +290,13 @@ names = _SCHEMES.names
 def get(name: str, objectives: Sequence[str] = (), **params: Any) -> Scheme:
     """A new scheme `name` over `objectives` (a parameter it does not take is a `ConfigError`)."""
     _SCHEMES.check_params(name, params)
-    return _SCHEMES.get(name)(objectives, **params)
+    cls = _SCHEMES.get(name)
+    if not objectives and ("weights" in cls.reads or "direction" in cls.reads):
+        # without them a statement of weights divided by zero, RiC trained on "scores : ." and heads failed
+        # after the reference pass
+        raise ConfigError(f"conditioning '{name}' is steered by weights over objectives, and none are given: name "
+                          "them (objectives.names in the preference recipes, objectives in train sft)")
+    return cls(objectives, **params)
 
 
 def from_state(state: Mapping[str, Any]) -> Scheme:
