@@ -137,3 +137,18 @@ def test_train_dpa_directions_may_weigh_an_objective_negatively(tmp_path, chat_m
                  "angles=[-45, -30]", "max_new_tokens=4", "max_length=64", *LOOP, "loop.batch_size=2"]) == 0
     kept = [json.loads(line) for line in (out / "round1.jsonl").read_text().splitlines()]
     assert kept and all(r["meta"]["direction"]["conciseness"] < 0 for r in kept)
+
+
+def test_soup_members_are_evaluated_on_the_eval_data(tmp_path, chat_model, rated):
+    # eval_data was dropped for every member: a soup run evaluated nothing, silently
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": "what is the cat"}], "chosen": a,
+                                         "rejected": b, "objective": o}) + "\n"
+                             for o, (a, b) in [("informativeness", ANSWERS[1:3]), ("conciseness", ANSWERS[2:0:-1])] * 4))
+    for data in (rated, pairs):
+        out = tmp_path / f"soup_{data.stem}"
+        assert main(["train", "soup", f"model={chat_model}", f"data=[{data}]", f"eval_data=[{data}]", f"output_dir={out}",
+                     "objectives.names=[informativeness,conciseness]", "gradient_checkpointing=false", *LOOP]) == 0
+        for name in OBJ:
+            rows = [json.loads(line) for line in (out / "members" / name / "metrics.jsonl").read_text().splitlines()]
+            assert any(k.startswith("eval/") for row in rows for k in row), (data, name)

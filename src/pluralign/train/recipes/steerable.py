@@ -139,13 +139,14 @@ def run_soup(config: Any = None, **kwargs: Any) -> RecipeResult:
     if config.joint:
         joint = dataclasses.replace(config.objectives, rated_pairs="signed", conditioning="joint_soup")
         return run_preference(_preference(config, objectives=joint))
-    pairs = load_data(config.data, KINDS["pairwise"], config.skip_invalid,
-                      ObjectivesConfig(names=list(names), rated_pairs="per_objective"))
+    per_objective = ObjectivesConfig(names=list(names), rated_pairs="per_objective")
+    pairs = load_data(config.data, KINDS["pairwise"], config.skip_invalid, per_objective)
+    eval_pairs = load_data(config.eval_data, KINDS["pairwise"], config.skip_invalid, per_objective) if config.eval_data else []
     rated = all(isinstance(r, Rated) for path in config.data for r in read_records(path, skip_invalid=config.skip_invalid))
     # The members share one reference cache. On rated data every member trains on the same signed pairs
     # (one pair per two responses, a sign per objective) with its objective's one-hot weight, so the
     # reference pass over them is paid once for the whole soup, not once per member.
-    shared = {"ref_cache_dir": config.ref_cache_dir or str(out / "ref_cache"), "eval_data": []}
+    shared = {"ref_cache_dir": config.ref_cache_dir or str(out / "ref_cache")}
     members = []
     for name in names:
         mine = [p for p in pairs if p.objective == name]
@@ -155,10 +156,13 @@ def run_soup(config: Any = None, **kwargs: Any) -> RecipeResult:
             one_hot = {n: float(n == name) for n in names}
             # the user's other objectives settings (drop_ties, combine_params, ...) are every member's too
             mine_only = dataclasses.replace(config.objectives, rated_pairs="signed", weights=one_hot)
+            # eval_data as given: its rated records become the same signed pairs, judged by this member's weights
             member = dataclasses.replace(config, output_dir=str(out / "members" / name), **shared, objectives=mine_only)
         else:
             data = write_records(out / "members" / f"{name}.jsonl", mine)
-            member = dataclasses.replace(config, data=[str(data)], output_dir=str(out / "members" / name),
+            theirs = [p for p in eval_pairs if p.objective == name]  # each member is evaluated on its objective
+            evals = [str(write_records(out / "members" / f"{name}.eval.jsonl", theirs))] if theirs else []
+            member = dataclasses.replace(config, data=[str(data)], eval_data=evals, output_dir=str(out / "members" / name),
                                          objectives=ObjectivesConfig(), **shared)
         members.append(run_preference(_preference(member)))
     soup = save_soup([m.model_dir for m in members], names, out / "model")
