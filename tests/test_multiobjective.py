@@ -693,7 +693,7 @@ def test_weight_conditioned_dpo_on_signed_pairs_steers_by_the_stated_weights(tmp
     (["objectives.conditioning=joint_soup", "objectives.conditioning_params={alphaa: 1}"],
      "conditioning scheme 'joint_soup' has no parameter ['alphaa'] (did you mean 'alpha'?); its parameters: alpha, vertex_prob, seed"),
     (["objectives.conditioning=system_message", "objectives.conditioning_params={noise: 1}"],
-     "conditioning scheme 'system_message' has no parameter ['noise']; its parameters: none"),
+     "conditioning scheme 'system_message' has no parameter ['noise']; its parameters: states"),
     (["loss=modpo", "objectives.margin_reward=no_such_module:fn"], "objectives.margin_reward no_such_module:fn: cannot import fn"),
     (["objectives.margin_reward=gold"], "objectives.margin_reward gives MODPO its margins; loss 'dpo' does not read them"),
 ])

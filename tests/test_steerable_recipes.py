@@ -61,6 +61,11 @@ def test_train_dpa_rounds_save_a_direction_conditioned_model(tmp_path, chat_mode
                  "max_new_tokens=4", "max_length=64", *LOOP, "loop.batch_size=2"]) == 0
     model, tok = load_policy(out / "round1" / "model")
     assert model.pluralign_conditioning.name == "system_message"
+    # weights are stated as the direction along them, the only statement DPA trains on ("weights : …" was new)
+    scheme = model.pluralign_conditioning.bind(tok)
+    for controls in (Controls(weights=[0.3, 0.4]), Controls(direction=[0.6, 0.8])):
+        shown = scheme.prompt([{"role": "user", "content": "hi"}], scheme.condition_of_request(controls))
+        assert shown[0]["content"] == "direction : informativeness 60 conciseness 80 ."
     kept = [json.loads(line) for line in (out / "round0.jsonl").read_text().splitlines()]
     assert kept and all(set(r["meta"]["direction"]) == set(OBJ) for r in kept)
     res = decode("sample", model, tok, [[{"role": "user", "content": "what is the cat"}]],

@@ -66,7 +66,17 @@ class SystemMessage(Scheme):
 
     reads = ("weights", "direction")
 
+    def __init__(self, objectives: Sequence[str] = (), *, states: str = "auto"):
+        # states="direction": the model learnt direction statements only (DPA's rounds), so a request's
+        # weights are stated as the unit direction along them, not in a form it never saw
+        if states not in ("auto", "direction"):
+            raise ConfigError(f"system_message: 'states' must be 'auto' or 'direction', got {states!r}")
+        super().__init__(objectives, **({"states": states} if states != "auto" else {}))
+
     def statement(self, c: Condition) -> str:
+        if c.direction is None and self.params.get("states") == "direction":
+            weights = c.weights if c.weights is not None else (1.0,) * len(self.objectives)
+            c = dataclasses.replace(c, direction=tuple(np.asarray(weights) / np.linalg.norm(weights)))
         if c.direction is not None:
             return f"direction : {_numbers(c.direction, self.objectives, 100, 0)} ."
         weights = c.weights if c.weights is not None else (1 / len(self.objectives),) * len(self.objectives)

@@ -105,6 +105,7 @@ def dpa(model_dir: str | Path, prompts: Sequence[Any], objectives: Sequence[str]
         atomic_write_jsonl(data, [_row(r) for r in records])
         result = run_sft(model=str(current), data=[str(data)], output_dir=str(out / f"round{t}"),
                          objectives=list(objectives), conditioning="system_message", max_length=max_length,
+                         conditioning_params={"states": "direction"},  # requests' weights: their direction
                          **({"packing": False, "gradient_checkpointing": False} | dict(sft or {})),
                          loop=dict(loop or {}) | {"seed": seed + t})
         current = result.model_dir
