@@ -88,3 +88,18 @@ def test_partial_nested_section_keeps_the_recipes_defaults():
     cfg = config.load(Recipe, None, ["optim.betas=[0.1,0.2]"])
     assert cfg.optim.lr == 0.5 and cfg.optim.betas == [0.1, 0.2]
     assert config.load(Recipe).optim.lr == 0.5
+
+
+@dataclass
+class Precision:
+    mixed_precision: Literal["no", "bf16", "fp16"] = config.option("bf16", help="autocast precision")
+
+
+def test_a_choice_spelt_as_a_yaml_boolean_word_is_that_choice(tmp_path):
+    # YAML 1.1 reads an unquoted `no` as False; the choice "no" is what the user wrote.
+    assert config.load(Precision, None, ["mixed_precision=no"]).mixed_precision == "no"
+    path = tmp_path / "c.yaml"
+    path.write_text("mixed_precision: no\n")
+    assert config.load(Precision, path).mixed_precision == "no"
+    with pytest.raises(ConfigError, match="'mixed_precision' must be one of"):
+        config.load(Precision, None, ["mixed_precision=yes"])  # no choice is a "yes" word

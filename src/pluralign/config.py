@@ -152,6 +152,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"'{key}': bad value {value!r}")
     if origin is Literal:
+        value = _literal_word(value, get_args(tp))
         if value not in get_args(tp):
             choices = ", ".join(repr(a) for a in get_args(tp))
             raise ConfigError(f"'{key}' must be one of {choices}, got {value!r}")
@@ -193,6 +194,19 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return str(value)
         raise ConfigError(f"'{key}' must be a string, got {value!r}")
     return value
+
+
+# YAML 1.1 reads these unquoted words as booleans; a choice spelled as one of them is what was meant.
+_BOOL_WORDS = {True: ("yes", "on", "true", "y"), False: ("no", "off", "false", "n")}
+
+
+def _literal_word(value: Any, choices: tuple) -> Any:
+    """The choice a boolean stands for when YAML turned an unquoted word into it: ``mixed_precision: no``
+    (or ``loop.mixed_precision=no``) means the choice "no", not False; other values are unchanged."""
+    if not isinstance(value, bool) or value in choices:
+        return value
+    words = [c for c in choices if isinstance(c, str) and c.lower() in _BOOL_WORDS[value]]
+    return words[0] if len(words) == 1 else value
 
 
 def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, Any, str]]:
