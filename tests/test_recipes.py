@@ -519,3 +519,11 @@ def test_dpo_continuing_a_saved_adapter_starts_from_it(files, tmp_path):
                                 ref_cache=cache, output_dir=str(tmp_path / f"dpo{cache}"), loop={**LOOP, "max_steps": 1})
         first = RunDir(result.run_dir).read_metrics()[0]
         assert first["loss"] == pytest.approx(math.log(2), abs=1e-6), cache
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_after_the_recipe_name_lists_its_fields(flag, capsys):
+    # `-h` after NAME reached the inner parser, which had no help option: "unrecognized arguments: -h", exit 2.
+    assert main(["train", "dpo", flag]) == 0
+    assert main(["train", "dpo", "--config", "x.yaml", flag]) == 0
+    assert "loop.mixed_precision" in capsys.readouterr().out

@@ -107,6 +107,8 @@ def _train(args: argparse.Namespace) -> int:
 
     inner = argparse.ArgumentParser(prog=f"pluralign train {args.name}", add_help=False)
     _options(inner)
+    # After NAME, -h/--help reaches this parser, not the outer one: it asks for this recipe's fields.
+    inner.add_argument("-h", "--help", dest="help_config", action="store_true", help=argparse.SUPPRESS)
     inner.add_argument("overrides", nargs="*")
     rest = inner.parse_intermixed_args(args.rest)
     config_path = rest.config or args.config
