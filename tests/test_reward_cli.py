@@ -166,3 +166,14 @@ def test_training_pal_with_held_out_users_it_does_not_know_says_so(setup, tmp_pa
     _train(setup, "pal", "pairs.jsonl", "pal_heldout_users", "n_prototypes=2", "pal_dim=8", "loop.num_epochs=1",
            _newcomer_pairs(setup, tmp_path))
     assert "warning: 1 user(s) unknown to this PAL model (newcomer)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["eval", "rm", "--help"], ["eval", "--help"], ["report", "--help"]])
+def test_help_states_each_default_once(argv, capsys):
+    # Options without a value showed "(default: None)", after help that names the real default: "Device for the
+    # model (default: CPU). (default: None)".
+    with pytest.raises(SystemExit):
+        main(argv)
+    out = capsys.readouterr().out
+    assert "default: None" not in out
+    assert argv[1] != "rm" or "(default: 10)" in out  # a real default is still shown

@@ -82,6 +82,16 @@ def positive_int(text: str) -> int:
     return n
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, where there is one to tell: not None (the help says what an unset
+    option does, e.g. "default: <model>/eval"), and not twice where the help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the command is, so that it unwinds as Ctrl-C does: the run lock released,
     half-written files removed, one line said. By default SIGTERM ends the process on the spot."""

@@ -16,6 +16,7 @@ import math
 import sys
 from pathlib import Path
 
+from pluralign.cli import DefaultsHelpFormatter
 from pluralign.errors import ConfigError
 
 
@@ -25,7 +26,7 @@ def register(subparsers) -> None:
         description="Generate with every model/decoder of the config on its prompts, judge the outputs "
                     "(gold, reward model or LLM judge), and write results JSON: reward, KL to the reference, "
                     "win rate with bootstrap CI and length control, per-group utility, objectives.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--config", help="YAML evaluation config (see pluralign.evaluate.runner).")
     p.add_argument("--out", default=None, help="Results JSON (default: the config's `out`, else results.json "
                                                 "next to the config).")
@@ -42,7 +43,7 @@ def register(subparsers) -> None:
         description="Read results.json and/or metrics.jsonl from each RUN_DIR and write one HTML file with "
                     "inline plots: reward-KL frontier, Pareto fronts with hypervolume, per-group utility, "
                     "calibration diagrams, judge reliability, training curves and tables.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="Run directories.")
     r.add_argument("--out", default=None, help="HTML file (default: RUN_DIR/report/report.html of the first).")
     r.add_argument("--title", default=None, help="Report title.")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pluralign.cli import DefaultsHelpFormatter
 from pluralign.errors import ConfigError
 from pluralign.runs import atomic_write_json
 
@@ -20,7 +21,7 @@ def register_eval_rm(eval_subparsers: Any) -> None:
     p = eval_subparsers.add_parser(
         "rm", help="Reward-model accuracy (overall/per user/group/objective), ECE before/after temperature "
                    "scaling, AUROC (binary), RewardBench sections, reliability plot.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="Reward-model directory (or a run directory holding model/).")
     p.add_argument("--data", required=True, help="Pairwise, ranked or binary feedback file.")
     p.add_argument("--out", default=None, help="Where to write rm_eval.json and reliability.png (default: <model>/eval).")
