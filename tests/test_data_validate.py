@@ -63,6 +63,8 @@ ROW_PROBLEMS = [
     ("ranked", _with(RANKED, scores=..., ranks=[0, 1]), "ranks[0]", "an integer ≥ 1"),
     ("ranked", _with(RANKED, scores=..., ranks=[1.5, 1]), "ranks[0]", "an integer ≥ 1"),
     ("ranked", _with(RANKED, scores=...), "scores", "needs 'scores' or 'ranks'"),
+    ("ranked", _with(RANKED, ranks=[1, 2]), "ranks", "orders responses 0 and 1 unlike the scores"),  # were ignored
+    ("ranked", _with(RANKED, scores=[1.0, 1.0], ranks=[1, 2]), "ranks", "unlike the scores"),
     ("binary", _with(RESPONSE, label="yes"), "label", "expected true or false, got 'yes'"),
     ("binary", _with(RESPONSE, label=2), "label", "expected true or false"),
     ("binary", RESPONSE, "label", "missing field"),
@@ -274,3 +276,10 @@ def test_dataset_directories(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     with pytest.raises(PluralignError, match=r"pip install 'pluralign\[datasets\]'"):
         read_records(tmp_path / "dd" / "train")
+
+
+def test_scores_and_ranks_that_agree_are_one_ranked_list(tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", [_with(RANKED, responses=["a", "b", "c"], scores=[2.0, 3.0, 2.0],
+                                                     ranks=[2, 1, 2])])
+    (record,) = read_records(path)
+    assert (record.scores, record.ranks) == ([2.0, 3.0, 2.0], [2, 1, 2])

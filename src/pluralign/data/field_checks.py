@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from itertools import pairwise
 from typing import Any
 
 Issue = tuple[str | None, str]  # (field or None for the whole row, message)
@@ -196,7 +197,22 @@ def _ranked_issues(values: dict[str, Any]) -> list[Issue]:
     for name in ("scores", "ranks"):
         if name in values and len(values[name]) != n:
             issues.append((name, f"has {len(values[name])} values for {n} responses"))
+    if not issues and "scores" in values and "ranks" in values:
+        issues += _order_issues(values["scores"], values["ranks"])
     return issues
+
+
+def _order_issues(scores: list[float], ranks: list[int]) -> list[Issue]:
+    """Scores (higher is better) and ranks (1 = best) given together must order the responses alike: every
+    reader goes by the scores, so ranks that say otherwise would be dropped without a word. Neighbours in
+    score order suffice (the orders then agree on every pair), so a long list costs a sort, not n² checks."""
+    order = sorted(range(len(scores)), key=lambda k: -scores[k])
+    for a, b in pairwise(order):
+        if (scores[a] == scores[b]) != (ranks[a] == ranks[b]) or ranks[a] > ranks[b]:
+            i, j = sorted((a, b))
+            return [("ranks", f"orders responses {i} and {j} unlike the scores ({ranks[i]}, {ranks[j]} "
+                              f"against {scores[i]:g}, {scores[j]:g}); give one of them, or both alike")]
+    return []
 
 
 ROW_CHECKS = {"pairwise": _pairwise_issues, "ranked": _ranked_issues}
