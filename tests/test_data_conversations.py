@@ -76,6 +76,18 @@ def test_hh_rows_without_a_prompt_take_the_shared_turns_up_to_the_last_user_turn
     assert [(p.line, p.field) for p in checked.rejects[0].problems] == [(2, "chosen[1].role")]
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_hh_as_published_one_text_per_side_is_read_as_its_turns(tmp_path, fmt):
+    # Anthropic/hh-rlhf stores each side as one text with "\n\nHuman: " / "\n\nAssistant: " turns and no
+    # prompt: every row was refused as missing its prompt.
+    shared = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: what is the cat"
+    row = {"chosen": shared + "\n\nAssistant: the cat sat", "rejected": shared + "\n\nAssistant: no"}
+    path = (write_jsonl(tmp_path / "hh.jsonl", [row]) if fmt == "jsonl"
+            else write_csv(tmp_path / "hh.csv", list(row), [list(row.values())]))
+    assert read_records(path) == [Pairwise([user("hi"), bot("hello"), user("what is the cat")],
+                                           [bot("the cat sat")], [bot("no")])]
+
+
 def test_a_reply_that_still_holds_a_user_turn_is_a_located_error(tmp_path):
     rows = [{"prompt": "p", "chosen": "a", "rejected": "b"},
             {"prompt": "another question", "chosen": [user("what is the cat"), bot("the cat")], "rejected": "no"}]

@@ -8,6 +8,9 @@ Hub data sets often store a chat as one list of messages instead of a prompt and
   (UltraFeedback-binarized, which also has a `prompt`; Anthropic HH in TRL's form, which has none): the
   prompt's turns are cut from the start of each reply. Without a `prompt`, the turns that chosen and
   rejected share, up to the last non-assistant one, are the prompt (TRL's "implicit prompt").
+- Anthropic HH as published (``Anthropic/hh-rlhf``): `chosen` / `rejected` are each one text, the turns
+  marked ``"\n\nHuman: "`` and ``"\n\nAssistant: "``, and no `prompt`; they are read as those messages,
+  then as above.
 
 Read as they are, such rows would train on the user's turn as if it were the reply. A reply that still
 holds a non-assistant turn afterwards is an error of its row (`reply_role_issues`), never trained on.
@@ -16,6 +19,7 @@ holds a non-assistant turn afterwards is an error of its row (`reply_role_issues
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +42,19 @@ def messages_of(value: Any) -> list[dict] | None:
     if value and all(isinstance(m, Mapping) for m in value):
         return value
     return None
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def transcript_messages(value: Any) -> list[dict] | None:
+    """A dialogue stored as one text in Anthropic HH's form ("\n\nHuman: ...\n\nAssistant: ...") as chat
+    messages, else None. Read as plain text it would be one reply holding both sides of the conversation."""
+    if not isinstance(value, str) or not value.lstrip().startswith("Human:"):
+        return None
+    parts = _HH_TURN.split("\n\n" + value.lstrip())
+    return [{"role": _HH_ROLES[role], "content": text} for role, text in zip(parts[1::2], parts[2::2], strict=True)]
 
 
 def _turn(message: Mapping) -> tuple[Any, Any]:
@@ -69,6 +86,10 @@ def split_conversations(row: Mapping[str, Any]) -> Mapping[str, Any]:
             rest = {k: v for k, v in row.items() if k != "messages"}
             return {**rest, "prompt": messages[:-1], "response": [messages[-1]]}
         return row
+    if row.get("prompt") is None:
+        transcripts = {f: transcript_messages(row.get(f)) for f in ("chosen", "rejected")}
+        if all(transcripts.values()):
+            row = {**row, **transcripts}
     replies = {f: messages_of(row.get(f)) for f in REPLY_FIELDS}
     if not any(m and m[0].get("role") != "assistant" for m in replies.values()):
         return row  # replies are text or assistant turns only: the usual form
