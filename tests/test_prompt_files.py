@@ -47,6 +47,12 @@ def test_bad_rows_are_all_named_by_file_line_and_field(tmp_path):
         read_prompt_rows([tmp_path / "p.jsonl"])
     where = [(p.line, p.field) for p in e.value.problems]
     assert where == [(2, None), (3, "prompt"), (4, "prompt"), (5, None)]
+    # a lone surrogate (valid JSON, not Unicode) reached the tokenizer, which raised a TypeError traceback
+    (tmp_path / "sur.jsonl").write_text('{"prompt": "ok"}\n{"prompt": "hi \\ud800"}\n{"prompt": "ok", "user": "\\udfff"}\n')
+    with pytest.raises(DataError) as e:
+        read_prompt_rows([tmp_path / "sur.jsonl"])
+    assert [(p.line, p.field) for p in e.value.problems] == [(2, "prompt"), (3, "user")]
+    assert "lone UTF-16 surrogate U+D800" in e.value.problems[0].message
     (tmp_path / "empty.txt").write_text("\n \n")
     with pytest.raises(DataError, match="empty.txt: no prompts"):
         read_prompt_rows([tmp_path / "empty.txt"])

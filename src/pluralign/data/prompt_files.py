@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pluralign.data.conversations import messages_of
-from pluralign.data.field_checks import check_prompt
+from pluralign.data.field_checks import check_prompt, hostile_issues
 from pluralign.data.formats import file_error, raw_rows
 from pluralign.data.validate import canonical
 from pluralign.errors import DataError, Problem
@@ -90,8 +90,12 @@ def _table_rows(path: str | os.PathLike, rows: list[PromptRow], problems: list[P
         if prompt is None:
             problems.append(Problem(name, row.line, "prompt", "missing prompt"))
             continue
-        # The data files' own check: a prompt file's chat is held to the roles and last turn training is.
+        # The data files' own checks: a prompt file's chat is held to the roles and last turn training is, and
+        # no field may hold what no tokenizer encodes (a lone surrogate, which JSON allows) or nest past reason.
+        hostile = [issue for key, value in {**data, "prompt": prompt}.items()
+                   for issue in hostile_issues(str(key), value)]
         prompt, issues = check_prompt("prompt", prompt)
+        issues = hostile or issues
         if issues:
             problems += [Problem(name, row.line, field, message) for field, message in issues]
         else:
