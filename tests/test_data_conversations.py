@@ -48,6 +48,16 @@ def test_messages_rows_are_the_earlier_turns_and_the_assistants_last_reply(tmp_p
                                   Demonstration([user("yes or no")], [bot("yes")])]
 
 
+def test_a_messages_row_that_cannot_be_split_is_named_at_its_own_field(tmp_path):
+    # was: "field 'prompt': missing field" and "field 'response': missing field", fields the row never had
+    rows = [{"messages": [user("hi"), bot("hello")]}, {"messages": [user("hi"), bot("hello"), user("more")]},
+            {"messages": [bot("hello")]}, {"messages": "hello"}]
+    checked = read_checked(write_jsonl(tmp_path / "sft.jsonl", rows))
+    assert len(checked.records) == 1
+    assert [(p.line, p.field) for p in checked.problems] == [(2, "messages[2].role"), (3, "messages"), (4, "messages")]
+    assert "ends with the assistant's reply, this one with a 'user' turn" in checked.problems[0].message
+
+
 def test_prompt_and_completion_rows_are_demonstrations_that_only_sft_takes(tmp_path):
     path = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "say yes", "completion": "yes", "id": 7}])
     records = read_records(path)

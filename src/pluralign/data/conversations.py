@@ -106,6 +106,22 @@ def split_conversations(row: Mapping[str, Any]) -> Mapping[str, Any]:
     return out
 
 
+def conversation_issues(row: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Why a `messages` row was left unsplit (`split_conversations`), at its own field: otherwise it is
+    refused for the `prompt` and `response` it never had, which says nothing of what to change."""
+    if "messages" not in row or any(k in row for k in ("prompt", *REPLY_FIELDS)):
+        return []
+    messages = messages_of(row["messages"])
+    if messages is None:
+        return [("messages", "expected a list of chat messages, each an object with 'role' and 'content'")]
+    if len(messages) < 2:
+        return [("messages", f"a conversation needs the turns before the reply and the reply, got {len(messages)} "
+                             "message(s)")]
+    last = len(messages) - 1
+    return [(f"messages[{last}].role", f"a conversation ends with the assistant's reply, this one with a "
+                                       f"{messages[last].get('role')!r} turn")]
+
+
 def reply_role_issues(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     """A reply given as messages holds the assistant's turns only; name any other turn in it."""
     issues = []

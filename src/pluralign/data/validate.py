@@ -25,7 +25,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from pluralign.data.conversations import messages_of, reply_role_issues, split_conversations
+from pluralign.data.conversations import (
+    conversation_issues,
+    messages_of,
+    reply_role_issues,
+    split_conversations,
+)
 from pluralign.data.field_checks import FIELD_CHECKS, ROW_CHECKS, Issue, hostile_issues, short, type_name
 from pluralign.data.rated_forms import gather_wide, with_numeric_ratings
 from pluralign.data.records import KINDS, Rated, Record
@@ -183,7 +188,7 @@ def parse_row(row: Any, kind: str) -> tuple[Record | None, list[Issue]]:
     hostile = [issue for key, value in row.items() for issue in hostile_issues(str(key), value)]
     if hostile:
         return None, hostile
-    if undecided := verdict_issues(row):
+    if undecided := verdict_issues(row) or conversation_issues(row):
         return None, undecided
     names, required = field_names(kind), required_fields(kind)
     if kind == "rated":  # HelpSteer's form: one plain numeric column per objective
