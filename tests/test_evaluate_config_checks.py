@@ -142,3 +142,21 @@ def test_gold_judge_weights_fail_before_generation_naming_the_key(no_generation,
     # a misspelt attribute failed when the first answers were scored ("high": a ValueError traceback)
     with pytest.raises(ConfigError, match=message):
         runner.evaluate_config(cfg(judge={"kind": "gold", "weights": weights}), where="eval.yaml")
+
+
+@pytest.mark.parametrize("prompts,message", [
+    ([], r"^eval\.yaml: prompts: an empty list of prompts"),
+    (["hi", " "], r"^eval\.yaml: prompts\[1\]: empty text"),
+    (["hi", 3], r"^eval\.yaml: prompts\[1\]: expected text or a list of chat messages, got int"),
+    ([[{"role": "usr", "content": "hi"}]], r"^eval\.yaml: prompts\[0\]\[0\]\.role: expected one of system, user"),
+    (["hi \ud800"], r"^eval\.yaml: prompts\[0\]: lone UTF-16 surrogate"),
+])
+def test_prompts_listed_in_the_config_are_checked_as_a_prompt_file_is(no_generation, prompts, message):
+    # were evaluated as given (an empty list gave results of no prompts), or failed at generation naming no key
+    with pytest.raises(ConfigError, match=message):
+        runner.evaluate_config(cfg(prompts=prompts), where="eval.yaml")
+
+
+def test_listed_chat_prompts_pass_the_checks(no_generation):
+    with pytest.raises(Generated):
+        runner.evaluate_config(cfg(prompts=["hi", [{"role": "user", "content": "hello"}]]), where="eval.yaml")

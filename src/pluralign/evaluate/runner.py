@@ -68,7 +68,7 @@ def load_prompts(spec: Any, where: str, base_dir: Path) -> list[Any]:
     file, one per line, or rows of any data format, e.g. a held-out feedback set, or a hub data set
     ``owner/name[:split]``): each distinct prompt once, in order."""
     if isinstance(spec, list):
-        return spec
+        return _listed_prompts(spec, where)
     if isinstance(spec, dict) and "sandbox" in spec:
         from pluralign.sandbox.world import World
 
@@ -94,6 +94,20 @@ def load_prompts(spec: Any, where: str, base_dir: Path) -> list[Any]:
     except DataError as e:
         raise ConfigError(f"{where}: {e}") from None
     return list({text_key(r.prompt): r.prompt for r in rows}.values())
+
+
+def _listed_prompts(prompts: list, where: str) -> list[Any]:
+    """Prompts given in the config itself, held to the checks a prompt file's rows get (text or chat messages
+    ending on the user's turn, nothing blank, no lone surrogates): else a blank or misspelt-role prompt was
+    evaluated as it was, and a number failed at generation without naming the config."""
+    from pluralign.data.field_checks import check_prompt, hostile_issues
+
+    _require(bool(prompts), where, "an empty list of prompts")
+    issues = [issue for i, prompt in enumerate(prompts)
+              for issue in hostile_issues(f"{where}[{i}]", prompt) or check_prompt(f"{where}[{i}]", prompt)[1]]
+    if issues:
+        raise ConfigError("; ".join(f"{field}: {message}" for field, message in issues))
+    return prompts
 
 
 def build_judge(spec: dict, where: str) -> Any:
