@@ -149,3 +149,16 @@ def test_feedback_becomes_the_demonstrations_it_prefers():
     assert [(d.prompt, d.response) for d in convert(ranked, "demonstration")] == [("p", "b"), ("q", "e")]
     best = convert(RATED, "demonstration", weights={"help": 1.0, "safe": 0.5})
     assert [(d.prompt, d.response, d.user) for d in best] == [("p", "r3", "u1")]  # 4.0 of 3.5, 3.5, 4.0
+
+
+@pytest.mark.parametrize("to, options, message", [
+    ("binary", {"threshold": 0.5}, "converting pairwise to binary reads no threshold"),
+    ("pairwise", {"objective": "help"}, "keeping pairwise records as they are reads no objective"),
+    ("demonstration", {"weights": {"help": 1.0}}, "converting pairwise to demonstration reads no weights"),
+])
+def test_options_a_conversion_does_not_read_are_refused(to, options, message):
+    # were dropped without a word: `data convert pairs.jsonl out.jsonl --to binary --threshold 0.5` ran as without it
+    with pytest.raises(PluralignError, match=message):
+        convert([Pairwise("p", "a", "b")], to, **options)
+    with pytest.raises(PluralignError, match="converting rated to pairwise reads no threshold: it reads only"):
+        convert(RATED, "pairwise", objective="help", threshold=2.0)

@@ -236,6 +236,32 @@ _CONVERSIONS: dict[tuple[str, str], Callable[..., list[Record]]] = {
 }
 
 
+# The options each conversion reads; any other one given would be dropped without a word.
+_RATED_OPTIONS = {"objective", "weights"}
+_OPTIONS: dict[tuple[str, str], set[str]] = {
+    ("rated", "pairwise"): _RATED_OPTIONS,
+    ("rated", "ranked"): _RATED_OPTIONS,
+    ("rated", "binary"): _RATED_OPTIONS | {"threshold"},
+    ("rated", "demonstration"): _RATED_OPTIONS,
+}
+
+
+def _unread_options(source: str, to: str, given: Mapping[str, object]) -> str | None:
+    """Why options were given that converting `source` to `to` does not read, or None."""
+    reads = sorted(_OPTIONS.get((source, to), ()))
+    unread = sorted(name for name, value in given.items() if value is not None and name not in reads)
+    if not unread:
+        return None
+    what = f"keeping {source} records as they are" if source == to else f"converting {source} to {to}"
+    if source == to:
+        why = "nothing is converted; name the kind to convert to"
+    elif reads:
+        why = f"it reads only {' and '.join(reads)}"
+    else:
+        why = "only rated records are ordered by an objective, weights or a threshold"
+    return f"{what} reads no {' or '.join(unread)}: {why}"
+
+
 def _required(value: float | None, name: str) -> float:
     if value is None:
         raise PluralignError(f"this conversion needs a {name}")
@@ -257,6 +283,8 @@ def convert(
     if len(kinds) > 1:
         raise PluralignError(f"cannot convert records of several kinds at once ({', '.join(sorted(kinds))})")
     source = kinds.pop() if kinds else to
+    if why := _unread_options(source, to, {"objective": objective, "weights": weights, "threshold": threshold}):
+        raise PluralignError(why)
     if source == to:
         return list(records)
     if source == "demonstration":
