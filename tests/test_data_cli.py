@@ -280,3 +280,10 @@ def test_sigterm_ends_a_command_with_one_line_and_exit_143(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and err.strip() == "terminated", (proc.returncode, err)
+
+
+def test_rejects_without_skip_invalid_is_refused_not_ignored(tmp_path, capsys):
+    # was accepted and ignored: the bad rows stopped the command and no rejects file was written
+    path, _ = _bad_jsonl(tmp_path)
+    assert main(["data", "validate", str(path), "--rejects", str(tmp_path / "why.jsonl")]) == 2
+    assert "add --skip-invalid" in capsys.readouterr().err and not (tmp_path / "why.jsonl").exists()

@@ -55,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    if args.rejects and not args.skip_invalid:  # else ignored: without --skip-invalid bad rows stop the command
+        raise PluralignError("--rejects names where --skip-invalid sets the bad rows aside; add --skip-invalid")
     checked = read_checked(args.file, args.kind)
     total = len(checked.records) + len(checked.rejects)
     if not args.skip_invalid:
