@@ -103,3 +103,16 @@ def test_a_choice_spelt_as_a_yaml_boolean_word_is_that_choice(tmp_path):
     assert config.load(Precision, path).mixed_precision == "no"
     with pytest.raises(ConfigError, match="'mixed_precision' must be one of"):
         config.load(Precision, None, ["mixed_precision=yes"])  # no choice is a "yes" word
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_an_error_not_the_last_one(tmp_path):
+    # YAML keeps the last `optim:` without a word, so the first one's lr was dropped: the run used the default
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 0.5\nsteps: 3\noptim:\n  betas: [0.8, 0.9]\n")
+    with pytest.raises(ConfigError, match=r":4:1: invalid YAML: key 'optim' given more than once \(first on line 1\)"):
+        config.load(Run, path)
+    path.write_text("hparams: {beta: 0.1, beta: 0.2}\n")
+    with pytest.raises(ConfigError, match="key 'beta' given more than once"):
+        config.load(Run, path)
+    path.write_text("base: &b {lr: 0.5}\noptim:\n  <<: *b\n  lr: 0.25\n")  # a merge key's value overridden: fine
+    assert config.read_yaml(path)["optim"] == {"lr": 0.25}
