@@ -142,6 +142,11 @@ def test_bad_arguments_are_config_errors():
         F.generate("ranked", "default", 5, k=1)
     with pytest.raises(ConfigError, match="unknown population"):
         F.generate("pairwise", "nobody", 5)
+    # a negative temperature reversed every ranking and NaN gave every verdict to one side, without a word
+    for kind in ("ranked", "pairwise", "binary"):
+        for t in (-1.0, 0.0, float("nan")):
+            with pytest.raises(ConfigError, match="temperature must be > 0"):
+                F.generate(kind, "default", 3, temperature=t)
 
 
 def test_several_judges_per_item_label_the_same_pair_and_disagree_as_their_groups_do():

@@ -89,6 +89,9 @@ def generate(kind: str, population: str | Population = "default", n: int = 100,
     if n < 1 or k < 2 or judges_per_item < 1 or rated_per_prompt < 1:
         raise ConfigError(f"need n >= 1, k >= 2, judges_per_item >= 1 and rated_per_prompt >= 1 (got n={n}, k={k}, "
                           f"judges_per_item={judges_per_item}, rated_per_prompt={rated_per_prompt})")
+    # Before any sampling, and for every kind: a negative one reversed each ranking, NaN gave every verdict to one side.
+    if temperature is not None and not temperature > 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
     pop = population if isinstance(population, Population) else get_population(population)
     world = World(seed)
     per_annotator = rated_per_prompt if kind == "rated" else 1  # records each annotator gives
