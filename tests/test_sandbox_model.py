@@ -139,3 +139,7 @@ def test_cli_build_feedback_and_eval(tiny, tmp_path, capsys):
     assert json.loads(result.read_text())["kl"]["mean"] == 0.0
     assert main(["sandbox", "eval", "--model", str(tmp_path / "missing")]) == 2
     assert main(["sandbox", "feedback", "--kind", "binary", "--n", "0", "--out", str(data)]) == 2
+    # options of one kind given with another were ignored: 12 thumbs written as if --k had not been given
+    assert main(["sandbox", "feedback", "--kind", "binary", "--k", "3", "--out", str(data)]) == 2
+    assert main(["sandbox", "feedback", "--kind", "pairwise", "--rated-per-prompt", "4", "--out", str(data)]) == 2
+    assert "--rated-per-prompt shapes --kind rated feedback only, not pairwise" in capsys.readouterr().err

@@ -30,14 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fb.add_argument("--out", required=True, help="output file (.jsonl, .json, .csv or .parquet)")
     fb.add_argument("--model", help="model directory to sample responses from (default: the world's grammar)")
     fb.add_argument("--seed", type=int, default=0)
-    fb.add_argument("--k", type=int, default=4, help="responses per prompt for --kind ranked")
+    fb.add_argument("--k", type=int, help="--kind ranked: responses per prompt (default 4)")
     fb.add_argument("--temperature", type=float, help="override every group's Bradley-Terry temperature")
     fb.add_argument("--groups", help="comma-separated groups to draw annotators from (default: all, by share)")
     fb.add_argument("--judges-per-item", type=int, default=1,
                     help="annotators who judge each prompt and its responses (several: their disagreement shows)")
-    fb.add_argument("--rated-per-prompt", type=int, default=1,
-                    help="--kind rated: responses to one prompt each annotator rates (several: data convert can "
-                    "pair them, as it compares one person's ratings of one prompt)")
+    fb.add_argument("--rated-per-prompt", type=int,
+                    help="--kind rated: responses to one prompt each annotator rates (default 1; several: data convert "
+                    "can pair them, as it compares one person's ratings of one prompt)")
     fb.set_defaults(func=_feedback)
 
     ev = sub.add_parser("eval", help="gold attributes, utilities, KL to the base and win rates of a model")
@@ -71,11 +71,16 @@ def _build(args: argparse.Namespace) -> int:
 def _feedback(args: argparse.Namespace) -> int:
     from pluralign.sandbox.feedback import generate_file
 
+    # Each shapes one kind's records; given with another kind it would be ignored without a word.
+    one_kind = {"k": ("--k", "ranked"), "rated_per_prompt": ("--rated-per-prompt", "rated")}
+    for name, (flag, kind) in one_kind.items():
+        if getattr(args, name) is not None and args.kind != kind:
+            raise ConfigError(f"{flag} shapes --kind {kind} feedback only, not {args.kind}")
     _check_model_dir(args.model)
     groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
-    path = generate_file(args.out, args.kind, args.population, args.n, args.model, args.seed, k=args.k,
-                         temperature=args.temperature, groups=groups, judges_per_item=args.judges_per_item,
-                         rated_per_prompt=args.rated_per_prompt)
+    given = {name: getattr(args, name) for name in one_kind if getattr(args, name) is not None}
+    path = generate_file(args.out, args.kind, args.population, args.n, args.model, args.seed,
+                         temperature=args.temperature, groups=groups, judges_per_item=args.judges_per_item, **given)
     print(f"wrote {args.n} {args.kind} records from population '{args.population}' to {path}")
     return 0
 
