@@ -138,6 +138,9 @@ def test_cli_build_feedback_and_eval(tiny, tmp_path, capsys):
     assert "utility/minority" in printed and "KL(model || base)" in printed
     assert json.loads(result.read_text())["kl"]["mean"] == 0.0
     assert main(["sandbox", "eval", "--model", str(tmp_path / "missing")]) == 2
+    # --user without --base was ignored, an unknown id too: its win rate is against the base
+    assert main(["sandbox", "eval", "--model", str(out), "--user", "g1-u3"]) == 2
+    assert "give the base (--base)" in capsys.readouterr().err
     assert main(["sandbox", "feedback", "--kind", "binary", "--n", "0", "--out", str(data)]) == 2
     # options of one kind given with another were ignored: 12 thumbs written as if --k had not been given
     assert main(["sandbox", "feedback", "--kind", "binary", "--k", "3", "--out", str(data)]) == 2

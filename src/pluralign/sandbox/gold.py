@@ -71,11 +71,15 @@ def gold_eval(model: Any, *, tokenizer: Any = None, base: Any = None, population
         raise ConfigError(f"gold evaluation needs at least one prompt and one sample per prompt, got "
                           f"{len(prompts) if prompts is not None else n_prompts} prompt(s) x {n_samples}")
     pop = population if isinstance(population, Population) else get_population(population)
+    users = pop.users()
+    if user is not None:  # checked before sampling; without a base the user's win rate was dropped unsaid
+        if base is None:
+            raise ConfigError(f"user {user!r}: a user's win rate is against the base model; give the base (--base)")
+        _find_user(users, user)
     model, tokenizer = _resolve(model, tokenizer)
     prompts = list(prompts) if prompts is not None else eval_prompts(n_prompts)
     samples = _sample(model, tokenizer, prompts, n_samples, seed, max_new_tokens)
     x = attributes_of(prompts, samples.texts)  # [P, S, A]
-    users = pop.users()
     out: dict[str, Any] = {
         "n_prompts": len(prompts), "n_samples": n_samples,
         "attributes": {a: mean_se(x[:, :, i].mean(1)) for i, a in enumerate(ATTRIBUTES)},
