@@ -20,6 +20,7 @@ A model trained with a conditioning scheme (MAH-DPO heads, a rewarded soup, RiC 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import re
 import sys
@@ -228,13 +229,16 @@ def _refuse_requests(base: Any, rows: list[Any], controls: list[Any], problem: A
 
 
 def run(args: argparse.Namespace) -> int:
-    from pluralign.decode.api import Controls, decode, get
+    from pluralign.decode.api import Controls, decode, get, names
     from pluralign.decode.rewards import load_reward
     from pluralign.decode.sampler import eos_ids, finish_reason
     from pluralign.decode.steer import load_policy
     from pluralign.runs import atomic_write_jsonl
 
-    get(args.method)  # fail on a bad name before loading anything
+    # fail on a bad name before loading anything, and on extra models the method would take and never read
+    if "models" not in inspect.signature(get(args.method)).parameters and args.models:
+        fusing = [name for name in names() if "models" in inspect.signature(get(name)).parameters]
+        raise ConfigError(f"--models: method {args.method!r} reads no extra models; {' and '.join(fusing)} do")
     rows = read_prompt_rows([args.prompts])
     base = Controls(weights=parse_weights(args.weights), direction=parse_weights(args.direction, "--direction"), group=args.group,
                     n=args.n, beta=args.beta, w=args.w, user=args.user,
