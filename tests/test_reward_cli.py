@@ -89,6 +89,10 @@ def test_reward_recipes_take_a_list_of_data_files_as_the_other_recipes_do(setup)
     ("n_heads=0", "'n_heads' must be >= 1, got 0"),  # was torch's "stack expects a non-empty TensorList"
     ("pal_temperature=0", "'pal_temperature' must be a finite number > 0"),
     ("center_coef=-1", "'center_coef' must be a finite number >= 0"),
+    # another model type's options were accepted and ignored: `train rm n_prototypes=4` trained the same BT model
+    ("n_prototypes=4", "n_prototypes: not read by a bt reward model (options of pal models)"),
+    ("imbalance=none", "imbalance: not read by a bt reward model (options of binary models)"),
+    ("objectives=[a]", "objectives: not read by a bt reward model (options of multi models)"),
 ])
 def test_bad_reward_model_settings_exit_2_before_training(tmp_path, capsys, setting, message):
     assert main(["train", "rm", "model=x", "data=y", f"output_dir={tmp_path / 'o'}", setting]) == 2

@@ -53,6 +53,11 @@ COMMANDS = {"rm": "bt", "morm": "multi", "pal": "pal", "binary-rm": "binary"}
 # The loop's step budget per model type (measured, `_loop_defaults`): PAL learns its K prototypes, the
 # users' mixtures and the backbone from the pairs of every group, and is still under-fitted at 2000 steps.
 STEP_LIMITS = {"bt": 2000, "multi": 2000, "binary": 2000, "pal": 6000}
+# The options only one model type reads (their help starts with its name); set for another they would be dropped.
+TYPE_OPTIONS = {"bt": ("n_heads", "use_margins", "center_coef"), "multi": ("task_weighting", "objectives"),
+                "pal": ("n_prototypes", "pal_dim", "pal_scorer", "pal_variant", "pal_temperature", "pal_user_init",
+                        "pal_loss"),
+                "binary": ("imbalance",)}
 MODEL_STEP_LIMIT = -1  # `loop.step_limit` of the recipe's defaults: resolved to STEP_LIMITS[model_type]
 
 
@@ -158,8 +163,24 @@ class RewardConfig(ModelTrainingConfig):
             if not (math.isfinite(value) and value >= 0) or (name == "pal_temperature" and value == 0):
                 raise ConfigError(f"'{name}' must be a finite number {'> 0' if name == 'pal_temperature' else '>= 0'}, "
                                   f"got {value}", field=name)
+        if unread := _other_types_options(self):
+            raise ConfigError(f"{', '.join(unread)}: not read by a {self.model_type} reward model (options of "
+                              f"{', '.join(t for t, names in TYPE_OPTIONS.items() if set(unread) & set(names))} "
+                              "models); remove them or choose that model_type", field=unread[0])
         if self.loop.step_limit == MODEL_STEP_LIMIT:  # not set: the model type's own budget
             self.loop = dataclasses.replace(self.loop, step_limit=STEP_LIMITS[self.model_type])
+
+
+def _other_types_options(config: RewardConfig) -> list[str]:
+    """The options of other model types that `config` sets to something other than their default."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+
+    def default(name: str) -> Any:
+        f = fields[name]
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+    return [name for t, names in TYPE_OPTIONS.items() if t != config.model_type for name in names
+            if getattr(config, name) != default(name)]
 
 
 def run(config: Any = None, **kwargs: Any) -> RecipeResult:
