@@ -67,6 +67,12 @@ def test_missing_and_malformed_files(tmp_path):
     # one line, located as data files' errors are, without PyYAML's excerpt of an unnamed '<unicode string>'
     assert str(e.value).startswith(f"{bad}:2:1: invalid YAML: while parsing a flow node; expected the node content")
     assert "\n" not in str(e.value) and "unicode string" not in str(e.value)
+    # a directory or bytes that are not UTF-8 were tracebacks (IsADirectoryError, UnicodeDecodeError)
+    with pytest.raises(ConfigError, match=f"^{tmp_path}: cannot read the config: Is a directory"):
+        config.load(Run, tmp_path)
+    (tmp_path / "latin1.yaml").write_bytes("steps: 3\nmodel: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml:2: not UTF-8 text \(byte 0xe9\)"):
+        config.load(Run, tmp_path / "latin1.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n")
     with pytest.raises(ConfigError, match="mapping"):
         config.load(Run, tmp_path / "list.yaml")
