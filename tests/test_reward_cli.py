@@ -181,3 +181,14 @@ def test_help_states_each_default_once(argv, capsys):
     out = capsys.readouterr().out
     assert "default: None" not in out
     assert argv[1] != "rm" or "(default: 10)" in out  # a real default is still shown
+
+
+def test_ranked_lists_that_all_tie_are_named_not_scored_as_nothing(setup, tmp_path, capsys):
+    # eval rm reported "accuracy nan" on 0 pairs and exited 0; train rm said "the training set is empty", no file
+    ties = tmp_path / "ties.jsonl"
+    ties.write_text(json.dumps({"prompt": "question cat", "responses": ["good ok", "bad ok"], "scores": [1, 1]}) + "\n")
+    run = _train(setup, "rm", "pairs.jsonl", "bt_ties")
+    assert main(["eval", "rm", "--model", str(run), "--data", str(ties)]) == 2
+    assert f"{ties}: its ranked lists give no pairs to evaluate" in capsys.readouterr().err
+    assert main(["train", "rm", "--config", str(setup / "cfg.yaml"), f"data={ties}", f"output_dir={tmp_path / 'o'}"]) == 2
+    assert f"{ties}: its ranked lists give no pairs to train on" in capsys.readouterr().err

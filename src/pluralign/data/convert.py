@@ -56,6 +56,15 @@ def ranked_to_pairwise(records: Iterable[Ranked]) -> list[Pairwise]:
     return pairs
 
 
+def pairs_of_lists(records: Sequence[Ranked], source: str, use: str) -> list[Pairwise]:
+    """`ranked_to_pairwise` for a consumer of pairs (`use`: "train on", "evaluate"): a source whose every list
+    ties gives no pair, which is its error, not an empty result (an accuracy of nan, an empty training set)."""
+    pairs = ranked_to_pairwise(records)
+    if records and not pairs:
+        raise PluralignError(f"{source}: its ranked lists give no pairs to {use} (the responses of each tie)")
+    return pairs
+
+
 def rated_to_pairwise(
     records: Iterable[Rated], objective: str | None = None, weights: Mapping[str, float] | None = None
 ) -> list[Pairwise]:

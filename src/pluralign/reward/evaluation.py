@@ -134,10 +134,10 @@ def evaluate_records(model: Any, records: Sequence[Any], *, n_bins: int = 10, so
     (``unknown_users``), since their accuracy is not theirs."""
     if not records:
         raise ConfigError(f"{source}: no records to evaluate")
-    from pluralign.data.convert import judged_to_binary, ranked_to_pairwise
+    from pluralign.data.convert import judged_to_binary, pairs_of_lists
 
     if all(isinstance(r, Ranked) for r in records):
-        records = ranked_to_pairwise(records)
+        records = pairs_of_lists(records, source, "evaluate")
     if all(isinstance(r, Judged) for r in records):
         records = judged_to_binary(records)
     if all(isinstance(r, Pairwise) for r in records):

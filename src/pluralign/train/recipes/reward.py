@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pluralign.config import option
-from pluralign.data.convert import judged_to_binary, pairwise_to_binary, ranked_to_pairwise
+from pluralign.data.convert import judged_to_binary, pairs_of_lists, pairwise_to_binary
 from pluralign.data.io import read_records
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP
 from pluralign.data.records import Binary, Judged, Pairwise, Ranked, Rated
@@ -260,7 +260,7 @@ def _encoder(config: RewardConfig) -> TextEncoder:
 
 def _pairs(records: list, source: str) -> list[Pairwise]:
     if records and all(isinstance(r, Ranked) for r in records):
-        return ranked_to_pairwise(records)
+        return pairs_of_lists(records, source, "train on")
     return records
 
 
