@@ -145,6 +145,18 @@ def test_json_output_is_a_list_of_objects(tmp_path):
     assert json.loads(path.read_text()) == [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 2}]
 
 
+def test_json_lines_named_json_as_datasets_writes_them_are_read(tmp_path):
+    # `Dataset.to_json("x.json")` writes one object per line; it was refused: "x.json:2: malformed JSON: Extra data"
+    path = tmp_path / "x.json"
+    datasets.Dataset.from_list([{"prompt": "p", "chosen": "a", "rejected": "b"}] * 2).to_json(path)
+    assert read_records(path) == [Pairwise("p", "a", "b")] * 2
+    path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n\n{"prompt": "p", "chosen": "a"\n')
+    with pytest.raises(DataError) as e:
+        read_records(path)
+    (problem,) = e.value.problems
+    assert problem.line == 3 and "malformed JSON" in problem.message
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_wide_ratings_columns_are_the_ratings_object(tmp_path, fmt):
     # HelpSteer-style tables hold one column per objective; `ratings.<objective>` names them as ratings.

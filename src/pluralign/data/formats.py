@@ -1,4 +1,5 @@
-"""Raw rows of each source format — JSONL, JSON, CSV, Parquet, a saved `datasets` directory, a split of a
+"""Raw rows of each source format — JSONL, JSON (a list of objects, or JSON Lines as `datasets` names them),
+CSV, Parquet, a saved `datasets` directory, a split of a
 Hugging Face hub data set (``owner/name:split``) or a `datasets.Dataset` — before any checks (`pluralign.data.validate`). A row that cannot even be parsed
 (malformed JSON, bytes that are not UTF-8, a CSV line with too many cells) comes back with its problem, at
 its line; only a whole-file problem (no such file, an unreadable header) raises.
@@ -121,6 +122,9 @@ def _json_rows(text: str, name: str) -> list[RawRow]:
         elements = _json_elements(text)
         value = json.loads(text) if elements is None else None  # not an array: say what it is, or where it breaks
     except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and text.lstrip().startswith("{"):
+            # one object after another: JSON Lines named .json, as `datasets`' to_json writes by default
+            return _jsonl_rows(text.encode("utf-8"))
         raise file_error(name, f"malformed JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
     except (ValueError, RecursionError) as e:
         raise file_error(name, f"unusable JSON: {json_failure(e)}") from None
