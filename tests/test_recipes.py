@@ -527,3 +527,10 @@ def test_help_after_the_recipe_name_lists_its_fields(flag, capsys):
     assert main(["train", "dpo", flag]) == 0
     assert main(["train", "dpo", "--config", "x.yaml", flag]) == 0
     assert "loop.mixed_precision" in capsys.readouterr().out
+
+
+def test_chat_template_always_without_a_template_is_said_once(files, tmp_path, capsys):
+    assert main(["train", "dpo", f"model={files['base']}", f"data={files['pairs']}", "chat_template=always",
+                 f"output_dir={tmp_path / 'out'}", "loop.batch_size=4", "loop.progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "chat_template=always but the tokenizer has no chat template" in err and "problem(s)" not in err

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 
 from pluralign.config import option
-from pluralign.data.prompts import CHAT_TEMPLATE_HELP
+from pluralign.data.prompts import CHAT_TEMPLATE_HELP, uses_template
 from pluralign.data.records import kind_of
 from pluralign.errors import ConfigError, PluralignError, Problem
 from pluralign.models.load import (
@@ -64,19 +64,20 @@ def record_texts(record: Any) -> list[tuple[str, Any]]:
     return [("response", record.response)]
 
 
-def encoding_problems(encode: Callable[[Any, Any], Any], records: Sequence[Any], source: str,
-                      lines: Sequence[int] | None) -> list[Problem]:
-    """One problem per record that `encode(prompt, response)` (a collator's) refuses, at its line in `source`:
+def encoding_problems(collator: Any, records: Sequence[Any], source: str, lines: Sequence[int] | None) -> list[Problem]:
+    """One problem per record that `collator.encode(prompt, response)` refuses, at its line in `source`:
     a prompt leaving no room for the reply within max_length, a row over it under truncation=error, a prompt
     the chat template cannot render. Found while reading, the file and line are known; found by the collator
     (in the reference pass, or at whatever step drew the row) the message named neither, and its preview of a
     chat prompt was the template's system header, the same for every row."""
+    if collator.chat_template == "always":  # a setting every row would fail alike: said once, as a ConfigError
+        uses_template(collator.tokenizer, "", "always")
     problems = []
     for line, record in zip(range(1, len(records) + 1) if lines is None else lines, records, strict=True):
         # The prompt first, with a one-character reply: a prompt at fault is named as such, once.
         for field, response in [("prompt", "x"), *record_texts(record)]:
             try:
-                encode(record.prompt, response)
+                collator.encode(record.prompt, response)
             except PluralignError as e:
                 problems.append(Problem(source, line, field, str(e)))
                 break  # one per record

@@ -87,17 +87,17 @@ class PreferenceConfig(PolicyTrainingConfig):
 def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool,
               objectives: mo.ObjectivesConfig | None = None,
               check: Callable[[Sequence[Any], str, Sequence[int]], None] | None = None,
-              encode: Callable[[Any, Any], Any] | None = None) -> list[Any]:
-    """The records of `paths` as `kind` trains on them. `check(records, file, lines)` and `encode(prompt,
-    response)` (the collator's: every row must tokenize) run on each file's records as read, to name the
-    file and line of a problem."""
+              collator: Any = None) -> list[Any]:
+    """The records of `paths` as `kind` trains on them. `check(records, file, lines)` and, with the `collator`,
+    `encoding_problems` (every row must tokenize) run on each file's records as read, to name the file and
+    line of a problem."""
     records = []
     for path in paths:
         read = read_located(path, skip_invalid=skip_invalid)
         raw = read.records
         if check is not None:
             check(raw, str(path), read.lines)  # while the file and each record's line are known, to name them
-        if encode is not None and (problems := encoding_problems(encode, raw, str(path), read.lines)):
+        if collator is not None and (problems := encoding_problems(collator, raw, str(path), read.lines)):
             raise DataError(problems)
         if objectives is not None and objectives.names:
             mo.check_records(raw, objectives.names, str(path), read.lines)
@@ -176,9 +176,9 @@ def run(config: PreferenceConfig) -> RecipeResult:
                              objectives=multi.names if multi else None, who=multi is not None,
                              **kind.collator_options)
     train_records = load_data(config.data, kind, config.skip_invalid, multi, group_check(config.personal),
-                              collator.encode)
+                              collator)
     eval_records = (load_data(config.eval_data, kind, config.skip_invalid, multi,
-                              group_check(config.personal, train_records), collator.encode)
+                              group_check(config.personal, train_records), collator)
                     if config.eval_data else None)
     scheme, objective_step, step_counts, train_finish = None, {}, None, {}
     if multi is not None and multi.margin_reward:  # MODPO's w0 is the trained objective's weight

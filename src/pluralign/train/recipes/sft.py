@@ -81,7 +81,7 @@ def run(config: SFTConfig) -> RecipeResult:
         records = []
         for path in paths:
             located = read_located(path, skip_invalid=config.skip_invalid)
-            problems.extend(encoding_problems(collate.encode, located.records, str(path), located.lines))
+            problems.extend(encoding_problems(collate, located.records, str(path), located.lines))
             if scheme is not None:  # while the file and each record's line are known, to name them
                 problems.extend(scheme.record_problems(located.records, str(path), located.lines))
                 records += located.records  # a scheme states each record's own condition (RiC: its ratings)
