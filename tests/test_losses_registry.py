@@ -184,3 +184,8 @@ def test_register_rejects_duplicates_and_hyperparameters_without_defaults():
         registry._LOSSES.pop("_test_bad", None)
     with pytest.raises(ValueError, match="unknown loss kind"):
         registry.register("_x", kind="pointwise")
+
+
+def test_a_mixture_naming_a_loss_twice_is_refused():
+    with pytest.raises(ConfigError, match="names 'dpo' twice"):  # was dpo at weight 0.5 alone: the 1 was dropped
+        losses.get("dpo:1,nll:0.2,dpo:0.5")

@@ -339,6 +339,8 @@ def _parse_weights(spec: str) -> dict[str, float]:
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, weight = item.partition(":")
         name = name.strip()
+        if name in parsed:  # the later weight replaced the earlier one without a word
+            raise ConfigError(f"loss mixture {spec!r} names '{name}' twice; give each loss once with its weight")
         try:
             parsed[name] = float(weight) if weight.strip() else 1.0
         except ValueError:
