@@ -294,6 +294,12 @@ def test_bad_prompts_and_group_sizes(base, tmp_path):
     with pytest.raises(ConfigError, match="unknown advantage estimator 'grp'"):
         run(config(base, tmp_path, advantage="grp"), prompts=PROMPTS, reward_objects=[cat_reward])
     assert issubclass(DataError, PluralignError)
+    # a chat prompt the tokenizer cannot render (chat_template=never) stopped the first rollout naming no row
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text('{"prompt": "the cat"}\n' * 3 + '{"prompt": [{"role": "user", "content": "the cat"}]}\n')
+    with pytest.raises(DataError, match=r"chat.jsonl:4: field 'prompt': the prompt is a list of chat messages but "
+                                        "chat_template=never"):
+        run(config(base, tmp_path, data=[str(chat)], chat_template="never"), reward_objects=[cat_reward])
 
 
 def test_chat_prompts_and_lora_reference(tmp_path, chat_tokenizer):

@@ -27,10 +27,10 @@ Templated text already holds the special tokens the model expects, so it is toke
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from pluralign.errors import ConfigError, PluralignError
+from pluralign.errors import ConfigError, DataError, PluralignError, Problem
 
 Prompt = str | list[dict[str, Any]]
 ChatTemplate = Literal["auto", "always", "never"]
@@ -185,3 +185,23 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[Any], chat_template: str | 
             ids = [bos]
         out.append(ids)
     return out
+
+
+def rendering_check(tokenizer: Any, chat_template: str) -> Callable[[Sequence[Any], str, Sequence[int]], None]:
+    """A check of prompt rows as they are read (online training's prompts): a `DataError` naming, by file, line
+    and field, every row whose prompt `uses_template` refuses (chat messages under `never` or for a tokenizer
+    without a template). Found by the first rollout holding one, it stopped training naming no row."""
+    if chat_template == "always":  # a setting every row would fail alike: said once, as a ConfigError
+        uses_template(tokenizer, "", "always")
+
+    def check(records: Sequence[Any], source: str, lines: Sequence[int]) -> None:
+        problems = []
+        for record, line in zip(records, lines, strict=True):
+            try:
+                uses_template(tokenizer, record.prompt, chat_template)
+            except PluralignError as e:
+                problems.append(Problem(source, line, "prompt", str(e)))
+        if problems:
+            raise DataError(problems)
+
+    return check

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,12 +80,17 @@ class Rollout:
                        group_size=parts[0].group_size)
 
 
-def read_prompts(paths: Sequence[str]) -> list[Prompt]:
+def read_prompts(paths: Sequence[str], check: Callable[[Sequence[Any], str, Sequence[int]], None] | None = None
+                 ) -> list[Prompt]:
     """The prompt of every row of the files (`pluralign.data.prompt_files`: any form of feedback data, or a
-    prompt-only file), with the row's `user` and `weights`. Bad rows are errors naming file and line."""
+    prompt-only file), with the row's `user` and `weights`. Bad rows are errors naming file and line; `check`
+    (records, source, lines) runs on each file's rows, e.g. `pluralign.data.prompts.rendering_check`."""
     from pluralign.data.prompt_files import read_prompt_rows
 
     rows = read_prompt_rows(paths) if paths else []
+    for source in dict.fromkeys(r.source for r in rows) if check is not None else ():
+        mine = [r for r in rows if r.source == source]
+        check(mine, source, [r.line for r in mine])
     def numbers(w: Any) -> bool:
         return isinstance(w, dict) and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
                                            for x in w.values())

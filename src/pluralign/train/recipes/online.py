@@ -19,6 +19,7 @@ import torch
 
 from pluralign import losses
 from pluralign.config import option
+from pluralign.data.prompts import rendering_check
 from pluralign.errors import ConfigError
 from pluralign.models.heads import hidden_size
 from pluralign.models.load import is_adapter_dir, is_peft_model
@@ -181,13 +182,13 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
     if prompts is not None:
         prompts = [Prompt(i, p) for i, p in enumerate(prompts)]
         config = replace(config, data=config.data or ["<prompts given in Python>"])
-    else:
-        prompts = read_prompts(config.data) if config.data else []
     if reward_objects is not None and len(reward_objects) != len(config.rewards):
         raise ConfigError(f"{len(reward_objects)} reward objects for {len(config.rewards)} entries of 'rewards'")
     sources = [Source(spec, reward_objects[i] if reward_objects else None, f"rewards[{i}].source")
                for i, spec in enumerate(config.rewards)]
     tokenizer, policy, _ = load_policy(config)
+    if prompts is None:  # read once the tokenizer tells which prompts it cannot render: named by file and line
+        prompts = read_prompts(config.data, rendering_check(tokenizer, config.chat_template))
     method, reference, trainee = build_method(config, tokenizer, policy)
     engine = Engine(policy=policy, tokenizer=tokenizer, prompts=prompts, sources=sources,
                     source_weights=[s.weight for s in config.rewards], method=method, group_size=config.group_size,
