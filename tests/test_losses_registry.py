@@ -84,6 +84,19 @@ def test_missing_inputs_are_named():
         losses.get("kto")(pc, pr, torch.ones(4, dtype=torch.bool))
 
 
+def test_inputs_of_different_batch_sizes_are_named():
+    # torch broadcast a batch of 1 against the others: a loss of pairs nobody gave, without a word
+    (pc, pr, rc, rr), lengths = _pairs()
+    with pytest.raises(ConfigError, match="loss 'dpo': inputs of different batch sizes .*policy_rejected_logps 1"):
+        losses.get("dpo")(pc, pr[:1], rc, rr)
+    with pytest.raises(ConfigError, match="weights 3"):
+        losses.get("dpo")(pc, pr, rc, rr, weights=torch.ones(3))
+    with pytest.raises(ConfigError, match="different batch sizes"):
+        losses.mixture("dpo:1,ipo:1")(pc, pr, rc[:1], rr, **lengths)
+    labels = torch.tensor([True, False, True, False])  # KTO's KL batch is averaged: its size is its own
+    assert losses.get("kto")(pc, rc, labels, kl_policy_logps=pr[:2], kl_ref_logps=rr[:2])[0].shape == (4,)
+
+
 def test_bad_hyperparameter_values():
     (pc, pr, rc, rr), _ = _pairs()
     for name, hp, message in [

@@ -101,11 +101,25 @@ class Loss:
         if weights is not None and not self.info.weighted:
             raise ConfigError(f"loss '{self.info.name}' sorts the batch, so per-example weights cannot apply")
         used = {k: v for k, v in inputs.items() if k in self.info.inputs and v is not None}
+        check_batch_sizes(self.info.name, used | ({"weights": weights} if weights is not None else {}))
         loss, metrics = self.fn(**used, **(self.bound_hyperparams | hyperparams))
         return (loss if weights is None else loss * weights), metrics
 
 
 _LOSSES: dict[str, Loss] = {}
+# Inputs whose size is not the batch's: KTO's KL batch (its mean is taken) and BCO's running reward shift.
+_NOT_PER_EXAMPLE = frozenset({"kl_policy_logps", "kl_ref_logps", "reward_shift"})
+
+
+def check_batch_sizes(loss: str, inputs: Mapping[str, Any]) -> None:
+    """A `ConfigError` naming the inputs of `loss` whose first dimension (the batch) differs: torch would
+    broadcast a batch of 1 against the others and return a loss of the wrong pairs without a word."""
+    sizes = {k: v.shape[0] for k, v in inputs.items()
+             if isinstance(v, Tensor) and v.dim() > 0 and k not in _NOT_PER_EXAMPLE}
+    if len(set(sizes.values())) > 1:
+        shown = ", ".join(f"{k} {n}" for k, n in sizes.items())
+        raise ConfigError(f"loss '{loss}': inputs of different batch sizes ({shown}); give one value per example "
+                          "in each")
 
 
 @dataclass(frozen=True)
