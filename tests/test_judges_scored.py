@@ -91,3 +91,16 @@ def test_a_judge_called_with_mismatched_lists_or_temperature_0_is_a_config_error
         judge.pairwise(["q", "q"], ["a", "b"], ["c"])
     with pytest.raises(ConfigError, match="temperature must be a positive number.*got 0"):
         RewardModelJudge(lambda ps, rs: [1.0], temperature=0).pairwise(["q"], ["a"], ["b"])
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda j: j.single("describe rivers.", "rivers flow."), "prompts"),   # judged each character as a prompt
+    (lambda j: j.pairwise(["q"], "a", ["b"]), "a"),
+    (lambda j: j.single(["q", "r"], ["a"]), "responses"),                 # one score came back for two prompts
+    (lambda j: j.single_and_objectives(["q", "r"], ["a"]), "responses"),
+])
+@pytest.mark.parametrize("judge", [RewardModelJudge(lambda ps, rs: [1.0] * len(rs)), GoldJudge({"relevance": 1.0})])
+def test_a_judge_called_with_a_lone_text_or_lists_of_different_lengths_names_the_argument(judge, call, field):
+    with pytest.raises(ConfigError) as e:
+        call(judge)
+    assert e.value.field == field

@@ -16,7 +16,7 @@ on the swapped pair is brought back to the original order by the same map.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -100,6 +100,19 @@ def call_reward(source: Any, prompts: Sequence[Any], responses: Sequence[Any], u
     return checked_scores(out, len(responses), reward_name(reward)).double().numpy()
 
 
+def check_judged(prompts: Any, **answers: Any) -> None:
+    """A `ConfigError` naming the argument for a lone text where a list belongs (`single("q", "a")` judged
+    each character as a prompt) or for lists of different lengths (a callable's scores of the first
+    responses came back for all the prompts). Arrays and pandas Series are lists here, as they were."""
+    for name, values in {"prompts": prompts, **answers}.items():
+        if isinstance(values, str | bytes | Mapping) or not isinstance(values, Sized) or not isinstance(values, Iterable):
+            raise ConfigError(f"{name}: expected a list (one entry per pair), got {type(values).__name__}; "
+                              "wrap a single text in a list", field=name)
+    if any(len(values) != len(prompts) for values in answers.values()):
+        sizes = ", ".join(f"{len(values)} {name}" for name, values in answers.items())
+        raise ConfigError(f"lengths differ: {len(prompts)} prompts, {sizes}", field=next(iter(answers)))
+
+
 def reduce_objectives(scores: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
     """[N] stays as is; [N, m] is combined linearly with `weights` (default: the mean over objectives)."""
     if scores.ndim == 1:
@@ -125,6 +138,8 @@ class ScoreJudge:
         self.tie_tolerance = tie_tolerance
 
     def single(self, prompts: Sequence[Any], responses: Sequence[Any]) -> np.ndarray:
+        """One score per response, higher is better."""
+        check_judged(prompts, responses=responses)
         return np.asarray(self._score(list(prompts), list(responses)), dtype=float)
 
     def single_and_objectives(self, prompts: Sequence[Any], responses: Sequence[Any]
@@ -134,7 +149,7 @@ class ScoreJudge:
         return self.single(prompts, responses), None
 
     def pairwise(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any]) -> np.ndarray:
-        if not (len(prompts) == len(a) == len(b)):
-            raise ConfigError(f"lengths differ: {len(prompts)} prompts, {len(a)} a, {len(b)} b")
+        """Preferences (1 = a, 2 = b, 1.5 = draw) from the two responses' scores."""
+        check_judged(prompts, a=a, b=b)
         sa, sb = self.single(prompts, a), self.single(prompts, b)
         return preferences_from_scores(sa, sb, temperature=self.temperature, tie_tolerance=self.tie_tolerance)

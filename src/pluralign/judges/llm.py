@@ -42,7 +42,7 @@ import numpy as np
 
 from pluralign.errors import ConfigError, PluralignError
 from pluralign.judges import templates as T
-from pluralign.judges.base import combine_orders, unswap
+from pluralign.judges.base import check_judged, combine_orders, unswap
 from pluralign.runs import atomic_write_json
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -303,8 +303,7 @@ class LLMJudge:
 
     def pairwise(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any]) -> np.ndarray:
         """AlpacaEval preferences (1 = a, 2 = b, 1.5 = tie, NaN = no verdict) for each pair."""
-        if not (len(prompts) == len(a) == len(b)):
-            raise ValueError(f"lengths differ: {len(prompts)} prompts, {len(a)} a, {len(b)} b")
+        check_judged(prompts, a=a, b=b)
         if self.order == "both":
             return combine_orders(*self.pairwise_both(prompts, a, b))
         if self.order == "original":
@@ -317,6 +316,7 @@ class LLMJudge:
 
     def single(self, prompts: Sequence[Any], responses: Sequence[Any]) -> np.ndarray:
         """Single-answer grades on `rating_range` (MT-Bench: 1–10); NaN where no grade was parsed."""
+        check_judged(prompts, responses=responses)
         bodies = [self._body(self.single_system, self.single_template.format(prompt=T.text_of(p),
                                                                              response=T.text_of(r)))
                   for p, r in zip(prompts, responses, strict=True)]

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pluralign.judges.base import ScoreJudge, call_reward, reduce_objectives
+from pluralign.judges.base import ScoreJudge, call_reward, check_judged, reduce_objectives
 
 
 class GoldJudge(ScoreJudge):
@@ -37,6 +37,7 @@ class GoldJudge(ScoreJudge):
                               ) -> tuple[np.ndarray, tuple[list[str], np.ndarray]]:
         from pluralign.sandbox.attributes import ATTRIBUTES
 
+        check_judged(prompts, responses=responses)
         attributes = self.attributes(prompts, responses)
         return self._of_attributes(attributes), (list(ATTRIBUTES), attributes)
 
@@ -63,6 +64,7 @@ class RewardModelJudge(ScoreJudge):
                               ) -> tuple[np.ndarray, tuple[list[str], np.ndarray] | None]:
         from pluralign.decode.rewards import objective_names
 
+        check_judged(prompts, responses=responses)
         scores = call_reward(self.source, prompts, responses, self.user)
         several = scores.ndim == 2 and scores.shape[1] >= 2
         return self._combined(scores), (objective_names(self.source, scores.shape[1]), scores) if several else None
