@@ -104,3 +104,12 @@ def test_a_judge_called_with_a_lone_text_or_lists_of_different_lengths_names_the
     with pytest.raises(ConfigError) as e:
         call(judge)
     assert e.value.field == field
+
+
+@pytest.mark.parametrize("tolerance", [-0.5, float("nan"), "0.1", True])
+def test_a_tie_tolerance_that_is_not_a_number_at_least_0_is_refused(tolerance):
+    # -0.5 gave b the pairs a won by less than 0.5: a win rate biased toward b without a word
+    with pytest.raises(ConfigError, match="tie_tolerance must be a number >= 0") as e:
+        RewardModelJudge(lambda ps, rs: [len(r) for r in rs], tie_tolerance=tolerance)
+    assert e.value.field == "tie_tolerance"
+    assert GoldJudge({"relevance": 1.0}, tie_tolerance=0.25).tie_tolerance == 0.25

@@ -73,6 +73,16 @@ def check_temperature(temperature: Any) -> float:
     return float(temperature)
 
 
+def check_tie_tolerance(tie_tolerance: Any) -> float:
+    """A hard judge's tie tolerance: a finite number >= 0, else a `ConfigError`. A negative one gave b every
+    tie and every pair that a won by less than |tie_tolerance|, silently biasing the win rate."""
+    if isinstance(tie_tolerance, bool) or not isinstance(tie_tolerance, numbers.Real) \
+            or not 0 <= tie_tolerance < float("inf"):
+        raise ConfigError(f"tie_tolerance must be a number >= 0 (the score gap still called a draw), got "
+                          f"{tie_tolerance!r}", field="tie_tolerance")
+    return float(tie_tolerance)
+
+
 def preferences_from_scores(score_a: np.ndarray, score_b: np.ndarray, *, temperature: float | None = None,
                             tie_tolerance: float = 0.0) -> np.ndarray:
     """Turn two score arrays into preferences. Hard by default (1, 2, or 1.5 when |Δ| ≤ tie_tolerance);
@@ -135,7 +145,7 @@ class ScoreJudge:
             check_temperature(temperature)
         self._score = score_fn
         self.temperature = temperature
-        self.tie_tolerance = tie_tolerance
+        self.tie_tolerance = check_tie_tolerance(tie_tolerance)
 
     def single(self, prompts: Sequence[Any], responses: Sequence[Any]) -> np.ndarray:
         """One score per response, higher is better."""
