@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from pluralign.errors import ConfigError
 from pluralign.evaluate import calibration as cal
 
 
@@ -57,3 +58,16 @@ def test_reliability_plot_writes_png(tmp_path):
     rows = cal.reliability_data(*cal.symmetrize(torch.tensor([0.9, 0.7, 0.6, 0.95])))
     path = cal.plot_reliability(rows, tmp_path / "rel.png", rows_after=rows)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("probs, labels, n_bins, field", [
+    ([0.2, 0.8], [0, 1], 0, "n_bins"),            # NaN errors, as if there were no pairs
+    ([0.2, 0.8], [0, 1], 2.5, "n_bins"),
+    ([0.2, 0.8], [0, 1, 1], 10, "labels"),        # an IndexError from the binning
+    ([1.5, -0.5], [1, 0], 10, "probs"),           # reward margins where probabilities belong
+])
+def test_calibration_inputs_a_caller_got_wrong_are_named(probs, labels, n_bins, field):
+    for fn in (cal.calibration_errors, cal.reliability_data):
+        with pytest.raises(ConfigError) as e:
+            fn(probs, labels, n_bins=n_bins)
+        assert e.value.field == field

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from pluralign.errors import ConfigError
 from pluralign.runs import atomic_write_bytes
 
 _GOLDEN = (math.sqrt(5) - 1) / 2
@@ -51,11 +54,26 @@ def _bin_ids(probs: torch.Tensor, n_bins: int, binning: str) -> torch.Tensor:
     return torch.searchsorted(inner, probs.contiguous(), right=False)
 
 
+def _checked(probs: Any, labels: Any, n_bins: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """`probs` and `labels` as tensors, or a `ConfigError` naming the argument: `n_bins=0` gave NaN errors
+    as if there were no pairs, labels of another length an IndexError from the binning, and probabilities
+    outside [0, 1] (margins passed by mistake) errors that mean nothing."""
+    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
+        raise ConfigError(f"n_bins must be an integer >= 1, got {n_bins!r}", field="n_bins")
+    p, y = _as_tensor(probs), _as_tensor(labels)
+    if p.numel() != y.numel():
+        raise ConfigError(f"{p.numel()} probabilities but {y.numel()} labels", field="labels")
+    if bool(((p < 0) | (p > 1)).any()):
+        raise ConfigError("probs must be probabilities in [0, 1] (pairwise_calibration takes reward margins)",
+                          field="probs")
+    return p, y
+
+
 def reliability_data(probs, labels, n_bins: int = 10, binning: str = "uniform") -> list[dict]:
     """One row per non-empty bin: bin index, edges, count, mean confidence, empirical frequency.
 
     Pass already-symmetrized pairs (see `symmetrize`) to get the pairwise-RM convention."""
-    p, y = _as_tensor(probs), _as_tensor(labels)
+    p, y = _checked(probs, labels, n_bins)
     if p.numel() == 0:
         return []
     ids = _bin_ids(p, n_bins, binning)
