@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pluralign.errors import ConfigError
 from pluralign.evaluate.winrate import (
     bootstrap_ci,
     compare,
@@ -140,3 +141,12 @@ def test_compare_flags_an_lc_win_rate_far_from_the_raw_one():
     assert note.startswith("m: the length-controlled win rate 50.0 is far from the raw 87.5")
     steady = compare(judge, prompts, ["ok"] * 20, ["ok"] * 20, n_boot=20)
     assert steady["lc_is_extreme_change"] is False
+
+
+@pytest.mark.parametrize("kwargs, field", [({"n_boot": 0}, "n_boot"), ({"n_boot": 2.5}, "n_boot"),
+                                           ({"confidence": 95}, "confidence"), ({"confidence": 1.0}, "confidence")])
+def test_bootstrap_settings_a_caller_got_wrong_are_named(kwargs, field):
+    # n_boot=0 was an IndexError, confidence=95 numpy's "Quantiles must be in the range [0, 1]"
+    with pytest.raises(ConfigError) as e:
+        bootstrap_ci([1.0, 2.0, 2.0, 1.5], **kwargs)
+    assert e.value.field == field

@@ -8,11 +8,13 @@ between come from weighted judges. NaN marks a missing verdict and is dropped (c
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from pluralign.errors import ConfigError
 from pluralign.judges.base import normalize_preferences
 
 
@@ -45,6 +47,12 @@ def bootstrap_ci(preferences: Sequence[float] | np.ndarray, *, n_boot: int = 100
                  seed: int = 0, statistic: Callable[[np.ndarray], float] | None = None) -> tuple[float, float]:
     """Percentile bootstrap interval (Efron & Tibshirani 1993) of the win rate (or `statistic` of the
     valid preferences), resampling examples with replacement."""
+    # checked here, as the eval config checks `bootstrap`: n_boot=0 was an IndexError from the quantiles,
+    # confidence=95 (a percentage) numpy's "Quantiles must be in the range [0, 1]"
+    if isinstance(n_boot, bool) or not isinstance(n_boot, numbers.Integral) or n_boot < 1:
+        raise ConfigError(f"n_boot must be an integer >= 1 (resamples), got {n_boot!r}", field="n_boot")
+    if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or not 0 < confidence < 1:
+        raise ConfigError(f"confidence must be a fraction in (0, 1), e.g. 0.95, got {confidence!r}", field="confidence")
     p, _ = _valid(preferences)
     if len(p) == 0:
         return float("nan"), float("nan")
