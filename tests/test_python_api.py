@@ -8,7 +8,7 @@ import pytest
 from loop_toys import make_model_dir, write_pairs
 
 from pluralign.errors import ConfigError
-from pluralign.train import run_online, run_preference
+from pluralign.train import run_online, run_preference, run_reward, run_sft
 from pluralign.train.loop import LoopConfig
 from pluralign.train.recipes import online, preference
 
@@ -149,3 +149,14 @@ def test_modpo_without_a_margin_reward_is_named(tmp_path):
     with pytest.raises(ConfigError, match="set objectives.names and objectives.margin_reward") as e:  # was a TypeError
         run_preference(model="m", data=["d"], loss="modpo", objectives={"names": ["a", "b"]}, output_dir=str(tmp_path / "o"))
     assert e.value.field == "objectives.margin_reward"
+
+
+@pytest.mark.parametrize("fn", [run_preference, run_sft, run_reward, run_online])
+def test_every_run_function_says_it_returns_a_recipe_result(fn):
+    # they had no return annotation, and only run_reward's docstring hinted at what comes back
+    import inspect
+
+    from pluralign.train.recipes.common import RecipeResult
+
+    assert inspect.signature(fn).return_annotation == "RecipeResult"
+    assert "RecipeResult" in fn.__doc__ and RecipeResult.__doc__ and "model_dir" in RecipeResult.__doc__

@@ -22,9 +22,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pluralign.errors import ConfigError
+
+if TYPE_CHECKING:  # recipes are imported on use, so `import pluralign.train` stays light
+    from pluralign.train.recipes.common import RecipeResult
 
 
 def _plain(value: Any) -> Any:
@@ -52,33 +55,36 @@ def config_of(cls: type, config: Any, kwargs: dict[str, Any]) -> Any:
     return from_dict(cls, merge(data, {k: _plain(v) for k, v in kwargs.items()}))
 
 
-def run_preference(config: Any = None, **kwargs: Any):
-    """Run the preference recipe from a `PreferenceConfig`, a mapping, a YAML path and/or keyword arguments."""
+def run_preference(config: Any = None, **kwargs: Any) -> RecipeResult:
+    """Run the preference recipe from a `PreferenceConfig`, a mapping, a YAML path and/or keyword arguments;
+    returns a `RecipeResult` (the trained model's `model_dir`, `run_dir`, the loop's `train` result)."""
     from pluralign.train.recipes import preference
 
     return preference.run(config_of(preference.PreferenceConfig, config, kwargs))
 
 
-def run_sft(config: Any = None, **kwargs: Any):
-    """Run supervised fine-tuning from an `SFTConfig`, a mapping, a YAML path and/or keyword arguments."""
+def run_sft(config: Any = None, **kwargs: Any) -> RecipeResult:
+    """Run supervised fine-tuning from an `SFTConfig`, a mapping, a YAML path and/or keyword arguments;
+    returns a `RecipeResult` (the trained model's `model_dir`, `run_dir`, the loop's `train` result)."""
     from pluralign.train.recipes import sft
 
     return sft.run(config_of(sft.SFTConfig, config, kwargs))
 
 
-def run_reward(config: Any = None, **kwargs: Any):
+def run_reward(config: Any = None, **kwargs: Any) -> RecipeResult:
     """Train a reward model (model_type bt, multi, pal, …: `RewardConfig`) from a config object, a mapping,
-    a YAML path and/or keyword arguments; load the result with `pluralign.reward.load_reward_model`."""
+    a YAML path and/or keyword arguments; returns a `RecipeResult` whose `model_dir` loads with
+    `pluralign.reward.load_reward_model`."""
     from pluralign.train.recipes import reward
 
     return reward.run(config, **kwargs)
 
 
-def run_online(config: Any = None, *, prompts: Any = None, rewards: Any = None, **kwargs: Any):
+def run_online(config: Any = None, *, prompts: Any = None, rewards: Any = None, **kwargs: Any) -> RecipeResult:
     """Run an online recipe (grpo, gspo, rloo, reinforce_pp, ppo, online_dpo, rsft) from an `OnlineConfig`,
     a mapping, a YAML path and/or keyword arguments. `prompts`: a list of texts or chat messages instead of
     `data` files; `rewards`: a list of Python reward callables / objects, one per entry of the config's
-    `rewards` (default: one)."""
+    `rewards` (default: one). Returns a `RecipeResult` (the trained policy's `model_dir`, `run_dir`, `train`)."""
     from pluralign.decode.api import check_prompts
     from pluralign.train.recipes import online
 

@@ -102,6 +102,11 @@ def yielding(converted: list[Any], raw: Sequence[Any], source: str, to: str) -> 
 
 @dataclass
 class RecipeResult:
+    """What every `run_*` returns: `model_dir`, the trained model's directory (a transformers model
+    directory; a reward-model directory for `run_reward`, for `pluralign.reward.load_reward_model`);
+    `run_dir`, the run's `output_dir` (metrics.jsonl, checkpoints); `train`, the loop's `TrainResult`
+    (steps, last metrics, last evaluation's metrics, last checkpoint)."""
+
     model_dir: Path
     run_dir: Path
     train: TrainResult
