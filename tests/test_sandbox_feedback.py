@@ -165,3 +165,14 @@ def test_several_judges_per_item_label_the_same_pair_and_disagree_as_their_group
     assert 0.2 < d["group_majorities_differ"] < 0.8 and 0 < d["verdicts_against_majority"] < 1 / 3
     with pytest.raises(ConfigError, match="judges_per_item >= 1"):
         F.generate("pairwise", n=4, judges_per_item=0)
+
+
+def test_a_lone_prompt_is_refused_by_name_not_split_into_characters():
+    # gold_eval("describe rivers.") evaluated 16 one-character prompts; draw_responses drew responses to each
+    from pluralign.sandbox import draw_responses, gold_eval
+
+    for call in (lambda: draw_responses("question: what are rivers? answer:", 2),
+                 lambda: gold_eval(None, prompts="question: what are rivers? answer:")):
+        with pytest.raises(ConfigError, match="prompts: expected a list of prompts") as e:
+            call()
+        assert e.value.field == "prompts"

@@ -128,6 +128,9 @@ def draw_responses(prompts: Sequence[str], k: int, *, seed: int = 0, model_dir: 
                    max_new_tokens: int = 48, stream: str = "responses") -> list[list[str]]:
     """`k` responses per prompt ([P][k]): sampled from the model when one is given, else from the grammar.
     `stream` names an independent random stream, so different uses of one seed do not share samples."""
+    from pluralign.decode.api import check_prompts
+
+    check_prompts(prompts)  # a lone text drew responses to each of its characters
     if model is None and model_dir is None:
         return World(seed).responses(list(prompts), k, rng=_stream(seed, stream, "grammar"))
     from pluralign.decode.sampler import sample

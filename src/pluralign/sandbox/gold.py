@@ -67,6 +67,10 @@ def gold_eval(model: Any, *, tokenizer: Any = None, base: Any = None, population
     id like "g1-u3") adds that user's win rate. Sampling is at temperature 1 (the model's own
     distribution, which the KL estimate requires) with a fixed seed, so results are reproducible.
     """
+    if prompts is not None:  # a lone text was evaluated as one prompt per character
+        from pluralign.decode.api import check_prompts
+
+        check_prompts(prompts)
     if (prompts is None and n_prompts < 1) or n_samples < 1 or (prompts is not None and not len(prompts)):
         raise ConfigError(f"gold evaluation needs at least one prompt and one sample per prompt, got "
                           f"{len(prompts) if prompts is not None else n_prompts} prompt(s) x {n_samples}")
