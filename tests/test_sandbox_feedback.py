@@ -176,3 +176,11 @@ def test_a_lone_prompt_is_refused_by_name_not_split_into_characters():
         with pytest.raises(ConfigError, match="prompts: expected a list of prompts") as e:
             call()
         assert e.value.field == "prompts"
+
+
+def test_a_lone_group_name_is_refused_by_name():
+    # groups="minority" was read letter by letter: "population 'default' has no group 'm'"
+    with pytest.raises(ConfigError, match=r"groups: expected a list of group names.*\['minority'\]") as e:
+        F.generate("user_pairwise", "default", 4, groups="minority")
+    assert e.value.field == "groups"
+    assert {r.group for r in F.generate("user_pairwise", "default", 4, groups=["minority"])} == {"minority"}

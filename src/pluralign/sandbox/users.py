@@ -86,6 +86,9 @@ class Population:
                    groups: Sequence[str] | None = None) -> list[User]:
         """`n` annotators: a group by `shares` (renormalized over `groups` when given, e.g. to collect
         feedback from the minority alone, user ids unchanged), then a user of that group uniformly."""
+        if isinstance(groups, str):  # read as its characters: "minority" was "no group 'm'"
+            raise ConfigError(f"groups: expected a list of group names, got the text {groups!r}; write [{groups!r}]",
+                              field="groups")
         chosen = list(groups) if groups is not None else self.group_names
         for name in chosen:
             self.group(name)  # raises on an unknown group
