@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, PluralignError
 from pluralign.reward import (
     BTRewardModel,
     Ensemble,
@@ -37,6 +37,13 @@ def test_score_refuses_a_lone_text(bt, prompts, responses, field):
         with pytest.raises(ConfigError, match=f"{field}: expected a list") as e:
             score(prompts, responses)
         assert e.value.field == field
+
+
+@pytest.mark.parametrize("response", [None, 3, ["good"]])
+def test_a_response_that_is_not_text_or_messages_is_named(bt, response):
+    # None failed as "the completion is a list of chat messages" (or, under a chat template, a bare TypeError)
+    with pytest.raises(PluralignError, match="a response must be text or a list of chat messages"):
+        bt.score(["question cat"], [response])
 
 
 def test_scoring_restores_every_sub_module_mode(bt):

@@ -146,6 +146,9 @@ def render_pair(tokenizer: Any, prompt: Prompt, completion: Prompt, chat_templat
     """``(prompt_text, completion_text, templated)`` for training and scoring a reply. A templated
     completion (text, or assistant messages) is rendered as the next turn: the completion text is the
     difference between the whole conversation and the prompt with its generation prompt."""
+    if not (isinstance(completion, str) or is_messages(completion)):  # `score(["q"], [None])`: a bare TypeError
+        raise PluralignError(f"a response must be text or a list of chat messages (dicts with role and content), "
+                             f"got {type(completion).__name__}")
     if not uses_template(tokenizer, prompt, chat_template):
         if not isinstance(completion, str):
             raise PluralignError("the completion is a list of chat messages but the prompt is plain text "
