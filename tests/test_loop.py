@@ -320,3 +320,16 @@ def test_bf16_autocast_runs_on_cpu_and_is_close_to_fp32(tmp_path):
     half = train(make_model(), data, collate, nll_step, cfg(max_steps=1, mixed_precision="bf16"), None)
     assert half.metrics["loss"] != full.metrics["loss"]  # autocast really ran in bf16
     assert half.metrics["loss"] == pytest.approx(full.metrics["loss"], abs=2e-2)
+
+
+def test_training_gives_the_caller_back_its_random_state(tmp_path):
+    # the loop seeds Python's, NumPy's and torch's global generators: every draw after a run was the same
+    import random
+
+    import numpy as np
+
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)
+    expected = random.random(), np.random.rand(), torch.rand(1).item()
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)
+    train(make_model(), make_data(8), collate, nll_step, cfg(max_steps=1), tmp_path / "run")
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected

@@ -112,6 +112,7 @@ def _holding_run_dir(fn):
     return locked
 
 
+@ckpt.keeping_callers_rng
 @_holding_run_dir
 def train(
     model: torch.nn.Module,

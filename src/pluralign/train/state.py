@@ -21,6 +21,7 @@ from the newest checkpoint that passes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -105,6 +106,22 @@ def restore_rng(state: dict) -> None:
     random.setstate((version, tuple(py_state), py_gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def keeping_callers_rng(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` (the training loop) giving the caller back the RNG states it had: the loop seeds Python's, NumPy's
+    and torch's global generators (`set_seed`), which made every later draw of a notebook's session the same,
+    run after run."""
+
+    @functools.wraps(fn)
+    def kept(*args: Any, **kwargs: Any) -> Any:
+        state = capture_rng()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            restore_rng(state)
+
+    return kept
 
 
 # ---------------------------------------------------------------- tensors on disk
