@@ -333,3 +333,17 @@ def test_training_gives_the_caller_back_its_random_state(tmp_path):
     random.seed(123), np.random.seed(123), torch.manual_seed(123)
     train(make_model(), make_data(8), collate, nll_step, cfg(max_steps=1), tmp_path / "run")
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_a_run_without_progress_bars_leaves_transformers_bars_as_they_were(tmp_path):
+    # progress=false turned transformers' bars off for the rest of the caller's session
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    try:
+        seen = []
+        step = lambda model, batch: (seen.append(hf_logging.is_progress_bar_enabled()), nll_step(model, batch))[1]
+        train(make_model(), make_data(8), collate, step, cfg(max_steps=1), tmp_path / "run")
+        assert seen and not any(seen) and hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()

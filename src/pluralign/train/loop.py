@@ -113,6 +113,7 @@ def _holding_run_dir(fn):
 
 
 @ckpt.keeping_callers_rng
+@trackers.quiet_unless_progress
 @_holding_run_dir
 def train(
     model: torch.nn.Module,
@@ -146,10 +147,6 @@ def train(
     With `resume`, a run directory holding checkpoints continues from the newest complete one.
     """
     check_config(config, dataset)
-    if not config.progress:  # no bars: transformers' own (saving, loading) go quiet too
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     run = RunDir(run_dir) if run_dir is not None and not isinstance(run_dir, RunDir) else run_dir
     stateful = dict(stateful or {})
     eval_step, eval_collate = eval_step or step, eval_collate or collate

@@ -9,7 +9,8 @@ hyper-parameters. TensorBoard (and other file-based trackers) write under `<run_
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,24 @@ def flat_config(config: Any) -> dict[str, Any]:
 
     walk("", data)
     return out
+
+
+def quiet_unless_progress(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run `fn` (the loop) with transformers' progress bars off when `config.progress` is false (no bars:
+    its own, saving and loading, go quiet too), and as the caller had them afterwards: turned off for good,
+    they stayed off in the caller's session after the run."""
+
+    @functools.wraps(fn)
+    def quiet(model, dataset, collate, step, config, *args, **kwargs):
+        from transformers.utils import logging as hf_logging
+
+        was_on = hf_logging.is_progress_bar_enabled()
+        if not config.progress:
+            hf_logging.disable_progress_bar()
+        try:
+            return fn(model, dataset, collate, step, config, *args, **kwargs)
+        finally:
+            if was_on and not config.progress:
+                hf_logging.enable_progress_bar()
+
+    return quiet
