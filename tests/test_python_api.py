@@ -160,3 +160,13 @@ def test_every_run_function_says_it_returns_a_recipe_result(fn):
 
     assert inspect.signature(fn).return_annotation == "RecipeResult"
     assert "RecipeResult" in fn.__doc__ and RecipeResult.__doc__ and "model_dir" in RecipeResult.__doc__
+
+
+def test_a_loaded_model_given_as_model_is_named_in_a_short_message(captured):
+    # the message held the model's whole repr: one line per layer, hundreds for a real chat model
+    import torch
+
+    model = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(30)])
+    with pytest.raises(ConfigError, match="'model' must be a string, got Sequential") as e:
+        run_preference(model=model, data=["d"])
+    assert len(str(e.value)) < 120 and "preference" not in captured

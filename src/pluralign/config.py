@@ -178,24 +178,24 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 return _coerce(arg, value, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"'{key}': bad value {value!r}")
+        raise ConfigError(errors[0] if errors else f"'{key}': bad value {_shown(value)}")
     if origin is Literal:
         value = _literal_word(value, get_args(tp))
         if value not in get_args(tp):
             choices = ", ".join(repr(a) for a in get_args(tp))
-            raise ConfigError(f"'{key}' must be one of {choices}, got {value!r}")
+            raise ConfigError(f"'{key}' must be one of {choices}, got {_shown(value)}")
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"'{key}' must be a list, got {value!r}")
+            raise ConfigError(f"'{key}' must be a list, got {_shown(value)}")
         (inner,) = get_args(tp)[:1] or (Any,)
         items = [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"'{key}' must be a mapping, got {_shown(value)}")
         _, inner = get_args(tp) or (Any, Any)
         return {k: _coerce(inner, v, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
@@ -203,7 +203,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"'{key}' must be true or false, got {value!r}")
+        raise ConfigError(f"'{key}' must be true or false, got {_shown(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -212,16 +212,24 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"'{key}' must be a number, got {value!r}")
+        raise ConfigError(f"'{key}' must be a number, got {_shown(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"'{key}' must be an integer, got {value!r}")
+        raise ConfigError(f"'{key}' must be an integer, got {_shown(value)}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"'{key}' must be a string, got {value!r}")
+        raise ConfigError(f"'{key}' must be a string, got {_shown(value)}")
     return value
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: cut short, so a loaded model given as `model=` (its repr hundreds of
+    lines long) or a record given as a data path does not flood the error."""
+    from pluralign.data.field_checks import short
+
+    return short(value)
 
 
 # YAML 1.1 reads these unquoted words as booleans; a choice spelled as one of them is what was meant.
