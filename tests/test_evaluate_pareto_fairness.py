@@ -90,3 +90,14 @@ def test_fairness_metrics():
     with pytest.raises(ValueError, match="positive mean"):
         fairness.gini([-1.0, 0.5])
     assert np.isnan(fairness.fairness_summary([-1.0, 0.5])["gini"])
+
+
+@pytest.mark.parametrize("utilities", [{}, [], "high", [[1.0, 2.0]]])
+def test_fairness_of_no_utilities_or_of_a_text_is_named(utilities):
+    # {} was numpy's "zero-size array to reduction operation minimum" after two RuntimeWarnings
+    from pluralign.errors import ConfigError
+    from pluralign.evaluate.fairness import fairness_summary
+
+    with pytest.raises(ConfigError, match="utilities: expected one number per group or user") as e:
+        fairness_summary(utilities)
+    assert e.value.field == "utilities"

@@ -11,11 +11,24 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from pluralign.errors import ConfigError
+
 
 def _values(utilities: Mapping[str, float] | Sequence[float] | np.ndarray) -> np.ndarray:
+    """The utilities as a 1-D float array, or a `ConfigError` naming them: none at all was numpy's
+    "zero-size array to reduction operation minimum" after two RuntimeWarnings."""
+    given = type(utilities).__name__
     if isinstance(utilities, Mapping):
         utilities = list(utilities.values())
-    return np.asarray(utilities, dtype=float)
+    try:
+        u = np.asarray(utilities, dtype=float)
+    except (TypeError, ValueError):
+        u = None
+    if u is None or u.ndim != 1 or not len(u):
+        empty = " with none" if u is not None and u.size == 0 else ""
+        raise ConfigError(f"utilities: expected one number per group or user (a list or {{group: utility}}), got "
+                          f"{given}{empty}", field="utilities")
+    return u
 
 
 def worst_group(utilities: Mapping[str, float] | Sequence[float]) -> float:
