@@ -202,3 +202,14 @@ def test_register_rejects_duplicates_and_hyperparameters_without_defaults():
 def test_a_mixture_naming_a_loss_twice_is_refused():
     with pytest.raises(ConfigError, match="names 'dpo' twice"):  # was dpo at weight 0.5 alone: the 1 was dropped
         losses.get("dpo:1,nll:0.2,dpo:0.5")
+
+
+def test_a_loss_name_that_is_not_text_or_inputs_that_do_not_bind_are_named():
+    # get(None) was "argument of type 'NoneType' is not iterable"; a fifth positional tensor a bare TypeError
+    (pc, pr, rc, rr), lengths = _pairs()
+    with pytest.raises(ConfigError, match="a loss name must be a string.*got NoneType"):
+        losses.get(None)
+    with pytest.raises(ConfigError, match="loss 'dpo': too many positional arguments; its inputs: policy_chosen_logps"):
+        losses.get("dpo")(pc, pr, rc, rr, lengths["chosen_lengths"])
+    with pytest.raises(ConfigError, match="loss 'dpo': multiple values for argument 'ref_chosen_logps'"):
+        losses.get("dpo")(pc, pr, rc, rr, ref_chosen_logps=rc)

@@ -93,7 +93,10 @@ class Loss:
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
         hyperparams = {k: kwargs.pop(k) for k in list(kwargs) if k not in self.signature.parameters}
         check_hyperparams(self.info, hyperparams)
-        inputs = self.signature.bind(*args, **kwargs).arguments
+        try:
+            inputs = self.signature.bind(*args, **kwargs).arguments
+        except TypeError as e:  # e.g. a sixth positional tensor: "too many positional arguments", no loss named
+            raise ConfigError(f"loss '{self.info.name}': {e}; its inputs: {', '.join(self.signature.parameters)}") from None
         weights = inputs.pop("weights", None)
         missing = [n for n in self.info.required if inputs.get(n) is None]
         if missing:
@@ -172,6 +175,9 @@ def names() -> list[str]:
 
 def get(name: str) -> Loss:
     """The loss registered as `name`; a string like "dpo:1,nll:0.5" builds a `mixture`."""
+    if not isinstance(name, str):  # None was "argument of type 'NoneType' is not iterable"
+        raise ConfigError(f"a loss name must be a string (see losses.names()), got {type(name).__name__}",
+                          field="loss")
     if name in _LOSSES:
         return _LOSSES[name]
     if name in _ALIASES:
