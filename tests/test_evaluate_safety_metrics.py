@@ -175,3 +175,15 @@ def test_rewardbench_on_records_and_random_rm():
     assert v2["overall"] == pytest.approx(0.25, abs=0.04)
     assert rewardbench.best_of_n_credit([0.9, 0.9, 0.1, 0.2]) == 0.5
     assert rewardbench.best_of_n_credit([0.1, 0.9, 0.1, 0.2]) == 0.0
+
+
+def test_steerability_of_goal_vectors_of_different_shapes_is_named():
+    # one source row was broadcast against two targets: metrics of items nobody gave
+    from pluralign.errors import ConfigError
+    from pluralign.evaluate import steerability as st
+
+    for call in (lambda: st.steerability([[0.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]], [[0.5, 0.5]]),
+                 lambda: st.binned_steerability([[0.0, 0.0]], [[1.0]], [[0.5, 0.5]]),
+                 lambda: st.steering_reward([[1.0, 1.0]], [[0.5, 0.5], [0.2, 0.2]])):
+        with pytest.raises(ConfigError, match="goal vectors of different shapes"):
+            call()

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pluralign.errors import ConfigError
+
 EPS = 1e-8
 DEFAULT_CUTS = (-1.0, -0.5, -0.2, -0.1, 0.1, 0.2, 0.5, 1.0)
 
@@ -25,6 +27,17 @@ DEFAULT_CUTS = (-1.0, -0.5, -0.2, -0.1, 0.1, 0.2, 0.5, 1.0)
 def _mat(x: Sequence | np.ndarray) -> np.ndarray:
     a = np.asarray(x, dtype=float)
     return a[None, :] if a.ndim == 1 else a
+
+
+def _items(**vectors: Sequence | np.ndarray) -> list[np.ndarray]:
+    """The named goal vectors as [n, d] matrices of one shape, or a `ConfigError` naming them: numpy broadcast
+    one item (or one goal) against all the others and returned metrics of pairs nobody gave."""
+    mats = {name: _mat(v) for name, v in vectors.items()}
+    if len({m.shape for m in mats.values()}) > 1:
+        shapes = ", ".join(f"{name} {m.shape}" for name, m in mats.items())
+        raise ConfigError(f"goal vectors of different shapes ({shapes}); give one [d] row per item in each",
+                          field=next(iter(mats)))
+    return list(mats.values())
 
 
 def _metrics(requested: np.ndarray, moved: np.ndarray) -> dict[str, np.ndarray]:
@@ -45,7 +58,7 @@ def _metrics(requested: np.ndarray, moved: np.ndarray) -> dict[str, np.ndarray]:
 
 def steerability(z0: Sequence, z_target: Sequence, z_hat: Sequence) -> dict[str, np.ndarray]:
     """Per-item steering error, miscalibration and orthogonality (continuous goal space, [n, d] inputs)."""
-    z0, zt, zh = _mat(z0), _mat(z_target), _mat(z_hat)
+    z0, zt, zh = _items(z0=z0, z_target=z_target, z_hat=z_hat)
     zt = np.where(np.isnan(zt), z0, zt)
     return _metrics(zt - z0, zh - z0)
 
@@ -59,7 +72,7 @@ def binned_deltas(z0: Sequence, z_target: Sequence, z_hat: Sequence,
     """The default evaluation's binned (requested, moved) vectors in units of 1/(len(cut_points) − 1):
     requested deltas are binned on fixed cuts around 0; outputs are binned on cuts clip(z₀ + c, 0, 1)
     around the source."""
-    z0, zt, zh = _mat(z0), _mat(z_target), _mat(z_hat)
+    z0, zt, zh = _items(z0=z0, z_target=z_target, z_hat=z_hat)
     zt = np.where(np.isnan(zt), z0, zt)
     cuts = np.asarray(cut_points, float)
     unit = len(cuts) - 1
@@ -96,5 +109,6 @@ def normalize_goals(values: Sequence, corpus: Sequence, coverage: float = 95) ->
 
 def steering_reward(z_target: Sequence, z_hat: Sequence) -> np.ndarray:
     """The repository's RL reward with rescaling: 1 − sqrt(mean_g clip(|z*_g − ẑ_g|, 0, 1)²)."""
-    d = np.clip(np.abs(_mat(z_target) - _mat(z_hat)), 0, 1)
+    zt, zh = _items(z_target=z_target, z_hat=z_hat)
+    d = np.clip(np.abs(zt - zh), 0, 1)
     return 1 - np.sqrt((d ** 2).mean(1))
