@@ -170,3 +170,17 @@ def test_a_loaded_model_given_as_model_is_named_in_a_short_message(captured):
     with pytest.raises(ConfigError, match="'model' must be a string, got Sequential") as e:
         run_preference(model=model, data=["d"])
     assert len(str(e.value)) < 120 and "preference" not in captured
+
+
+def test_the_public_functions_say_what_they_return():
+    # to_dataset and sandbox.load had no return annotation; per_request, read_manifest, population_names and
+    # is_peft_model no docstring
+    import inspect
+
+    from pluralign.data import to_dataset
+    from pluralign.decode.api import per_request
+    from pluralign.models import is_peft_model
+    from pluralign.sandbox import load, population_names, read_manifest
+
+    for fn in (to_dataset, per_request, is_peft_model, load, population_names, read_manifest):
+        assert inspect.signature(fn).return_annotation is not inspect.Signature.empty and fn.__doc__, fn.__name__

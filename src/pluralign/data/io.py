@@ -233,7 +233,7 @@ def write_records(path: str | os.PathLike, records: Sequence[Record]) -> Path:
     return atomic_write_bytes(path, _parquet_bytes(columns))
 
 
-def to_dataset(records: Sequence[Record]):
+def to_dataset(records: Sequence[Record]) -> Any:
     """A `datasets.Dataset` with one column per field, structured values as JSON text (as in Parquet)."""
     return import_datasets().Dataset.from_dict(_columns(records, _single_kind(records)))
 

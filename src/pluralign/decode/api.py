@@ -226,6 +226,8 @@ def check_options(method: str, controls: Sequence[Controls]) -> None:
 
 
 def per_request(controls: Controls | Sequence[Controls] | None, n_prompts: int) -> list[Controls]:
+    """One `Controls` per prompt: the defaults, one `Controls` shared by all, or a list with one per prompt
+    (a `ConfigError` for anything else or a list of another length)."""
     if controls is None:
         return [Controls()] * n_prompts
     if isinstance(controls, Controls):

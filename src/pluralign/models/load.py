@@ -182,6 +182,7 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_
 
 
 def is_peft_model(model: Any) -> bool:
+    """Whether `model` is a peft (LoRA) model, which merges into its base with `merge_and_unload`."""
     return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
 
 

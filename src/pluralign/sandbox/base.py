@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -198,6 +199,8 @@ def write_manifest(model_dir: str | os.PathLike, extra: dict | None = None) -> d
 
 
 def read_manifest(model_dir: str | os.PathLike) -> dict:
+    """The `manifest.json` of `write_manifest`: SHA-256 of the weights and of every other file, plus what the
+    builder added (the base's config)."""
     return json.loads((Path(model_dir) / MANIFEST).read_text(encoding="utf-8"))
 
 
@@ -206,7 +209,7 @@ def weights_hash(model_dir: str | os.PathLike) -> str:
     return sha256_file(Path(model_dir) / "model.safetensors")
 
 
-def load(model_dir: str | os.PathLike):
+def load(model_dir: str | os.PathLike) -> tuple[Any, Any]:
     """(model, tokenizer) of a model directory (the base or any aligned model), in eval mode."""
     from pluralign.models.load import load_model, load_tokenizer
 

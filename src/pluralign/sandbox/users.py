@@ -176,4 +176,5 @@ get_population = population  # for modules whose argument named `population` sha
 
 
 def population_names() -> list[str]:
+    """The names of the built-in populations, for `population(name)`."""
     return list(POPULATIONS)
