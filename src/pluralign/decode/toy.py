@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from pluralign.models.tiny import tiny_llama, word_tokenizer
+from pluralign.seeding import seeded
 
 WORDS = ("the a cat dog sat ran on mat rug big small red blue happy sad very not and is was good bad "
          "quick slow bird fish sun moon tree hill river stone . , ? !").split()
@@ -34,6 +35,5 @@ def toy_reward_model(tokenizer: Any, *, seed: int = 1, hidden_size: int = 32, nu
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=4 * hidden_size,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
                          max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id, num_labels=num_labels)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return LlamaForSequenceClassification(config).eval()

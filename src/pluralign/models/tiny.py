@@ -13,6 +13,8 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from pluralign.seeding import seeded
+
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
@@ -94,8 +96,5 @@ def tiny_qwen2(vocab_size: int, *, hidden_size: int = 64, num_layers: int = 2, n
 
 def _seeded(model_class: type, config: Any, seed: int) -> Any:
     """`model_class(config)` with initial weights drawn from `seed`, leaving the global RNG as it was."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return model_class(config)

@@ -19,6 +19,7 @@ import torch
 from pluralign.errors import ConfigError
 from pluralign.models.heads import RewardHead
 from pluralign.reward.base import RewardModel, TextEncoder, register
+from pluralign.seeding import seeded
 
 
 @register
@@ -33,8 +34,7 @@ class BinaryRewardModel(RewardModel):
         if output not in ("prob", "logit"):
             raise ConfigError(f"binary RM output must be 'prob' or 'logit', got {output!r}")
         self.head_hidden, self.output, self.logit_offset, self.seed = head_hidden, output, float(logit_offset), seed
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.head = RewardHead(self.feature_dim, 1, hidden=head_hidden)
 
     def extra_config(self) -> dict:

@@ -16,6 +16,7 @@ import torch
 
 from pluralign.models.heads import RewardHead
 from pluralign.reward.base import RewardModel, TextEncoder, register
+from pluralign.seeding import seeded
 
 
 @register
@@ -28,8 +29,7 @@ class BTRewardModel(RewardModel):
                  *, n_heads: int = 1, head_hidden: int = 0, seed: int = 0):
         super().__init__(encoder, objectives, feature_dim)
         self.n_heads, self.head_hidden, self.seed = n_heads, head_hidden, seed
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.head = RewardHead(self.feature_dim, n_heads, hidden=head_hidden)
 
     def extra_config(self) -> dict:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pluralign.conditioning import vector_of
 from pluralign.models.heads import RewardHead
 from pluralign.reward.base import RewardModel, TextEncoder, register
+from pluralign.seeding import seeded
 
 
 @register
@@ -36,8 +37,7 @@ class MultiObjectiveRewardModel(RewardModel):
                  *, head_hidden: int = 0, seed: int = 0):
         super().__init__(encoder, objectives, feature_dim)
         self.head_hidden, self.seed = head_hidden, seed
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.head = RewardHead(self.feature_dim, len(self.objectives), hidden=head_hidden)
 
     def extra_config(self) -> dict:

@@ -23,6 +23,7 @@ from torch import nn
 
 from pluralign.errors import ConfigError
 from pluralign.reward.base import RewardModel, TextEncoder, register
+from pluralign.seeding import seeded
 
 
 def mlp(n_in: int, n_out: int, hidden: int) -> nn.Module:
@@ -53,8 +54,7 @@ class PALRewardModel(RewardModel):
         self.prompt_dim = prompt_dim or self.feature_dim  # prompt features may come from another featurizer
         self.user_ids = [str(u) for u in user_ids]
         self.fixed_mixture = None if fixed_mixture is None else [float(a) for a in fixed_mixture]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.item = mlp(self.feature_dim, dim, hidden)
             if variant == "b":
                 self.prototype_proj = mlp(self.prompt_dim, n_prototypes * dim, hidden)

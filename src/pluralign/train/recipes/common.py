@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from pluralign.config import option
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP, uses_template
 from pluralign.data.records import kind_of
@@ -25,6 +23,7 @@ from pluralign.models.load import (
     save_model,
 )
 from pluralign.models.logprobs import prepare_packing
+from pluralign.seeding import seeded
 from pluralign.train.loop import TrainResult
 from pluralign.train.parallel import process_state
 
@@ -154,8 +153,7 @@ def load_trainable(config: ModelTrainingConfig, kind: str = "causal", *, frozen:
         # lora.r=8 alone would otherwise train every weight without a word
         warnings.warn("lora settings are given but use_lora is false: training all weights (set use_lora=true "
                       "to train LoRA adapters)", stacklevel=2)
-    with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are random: drawn from the run's seed
-        torch.manual_seed(getattr(getattr(config, "loop", None), "seed", 0))
+    with seeded(getattr(getattr(config, "loop", None), "seed", 0)):  # LoRA's A matrices are random: drawn from the run's seed
         model = load_model(config.model, kind=kind, dtype=config.dtype,
                            lora=config.lora if config.use_lora and not frozen else None,
                            gradient_checkpointing=config.gradient_checkpointing and not frozen)

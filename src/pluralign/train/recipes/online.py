@@ -31,6 +31,7 @@ from pluralign.online.policy_losses import LOSSES as POLICY_LOSSES
 from pluralign.online.rewards import RewardSpec, Source
 from pluralign.online.rollout import Prompt, RolloutConfig, make_backend, read_prompts
 from pluralign.runs import atomic_open
+from pluralign.seeding import seeded
 from pluralign.train.loop import LoopConfig, holding, train
 from pluralign.train.parallel import process_state
 from pluralign.train.recipes.common import (
@@ -239,8 +240,7 @@ def build_method(config: OnlineConfig, tokenizer: Any, policy: Any) -> tuple[Any
     trainee = policy
     if config.advantage == "gae":
         base = policy.get_base_model() if is_peft_model(policy) else policy
-        with torch.random.fork_rng(devices=[]):  # the value head's initial weights: from the run's seed
-            torch.manual_seed(config.loop.seed)
+        with seeded(config.loop.seed):  # the value head's initial weights: from the run's seed
             trainee = PolicyWithValue(policy, hidden_size(base)).to(next(policy.parameters()).device)
     method = PolicyGradient(
         tokenizer=tokenizer, estimator=config.advantage, estimator_params=config.advantage_params,
