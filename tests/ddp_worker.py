@@ -4,6 +4,7 @@
                                                    also checks that the model was sharded (DTensor params)
     ddp_worker.py preference A.yaml [B.yaml ...]   the preference recipe, once per config (one launch)
     ddp_worker.py online A.yaml [B.yaml ...]       an online recipe (rewards from tests/online_toys.py)
+    ddp_worker.py cli ARGS...                      the `pluralign` command (its exit code, its error messages)
 """
 
 import sys
@@ -37,6 +38,10 @@ if sys.argv[1] == "loop":
 
         w = params["model.layers.0.mlp.up_proj.weight"]
         assert w.to_local().shape[0] * dist.get_world_size() == w.shape[0], (w.to_local().shape, w.shape)
+elif sys.argv[1] == "cli":
+    from pluralign.cli import main
+
+    sys.exit(main(sys.argv[2:]))
 elif sys.argv[1] == "online":
     from pluralign.config import load
     from pluralign.train.recipes.online import OnlineConfig, run

@@ -40,7 +40,8 @@ def free_port() -> int:
 FSDP = ("--config_file", str(HERE.parent / "examples" / "accelerate" / "fsdp2.yaml"))
 
 
-def launch(*args: str, timeout: int = 240, extra_path: str | None = None, fsdp: bool = False) -> None:
+def launch(*args: str, timeout: int = 240, extra_path: str | None = None, fsdp: bool = False,
+           check: bool = True) -> subprocess.CompletedProcess:
     exe = str(ACCELERATE) if ACCELERATE.exists() else shutil.which("accelerate")
     # An FSDP config replaces --multi_gpu (the launcher takes one of them; both start torchrun processes).
     cmd = [exe, "launch", *(FSDP if fsdp else ("--multi_gpu",)), "--num_processes", "2", "--num_machines", "1",
@@ -50,7 +51,8 @@ def launch(*args: str, timeout: int = 240, extra_path: str | None = None, fsdp: 
     if extra_path:  # e.g. tests/ for a `module:function` reward
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, env.get("PYTHONPATH")]))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.returncode == 0 or not check, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
 
 
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
@@ -164,3 +166,19 @@ def test_resume_under_fsdp2_is_exact(tmp_path):
     assert sorted(losses) == list(range(1, 9))
     for s in range(5, 9):  # the steps after the resume
         assert losses[s] == pytest.approx(expected[s], abs=1e-5), s
+
+
+def test_run_directory_in_use_stops_every_process_with_one_error(tmp_path):
+    """A directory locked by another run: the main process is refused the lock and every process stops with
+    that message (exit 2). The other process used to wait at the loop's first barrier and die of the broken
+    connection with a traceback."""
+    from loop_toys import make_model_dir, write_pairs
+
+    base, pairs, out = make_model_dir(tmp_path / "base"), write_pairs(tmp_path / "pairs.jsonl", 16), tmp_path / "out"
+    with RunDir(out).lock():
+        proc = launch("cli", "train", "dpo", f"model={base}", f"data=[{pairs}]", f"output_dir={out}",
+                      "loop.progress=false", "loop.batch_size=2", "loop.max_steps=2", check=False, timeout=120)
+    assert proc.returncode != 0
+    assert "[rank" not in proc.stderr, proc.stderr[-5000:]  # no process's traceback (the launcher's own follows)
+    assert proc.stderr.count("is in use by another run") == 2, proc.stderr[-5000:]
+    assert not (out / "model").exists()

@@ -69,6 +69,7 @@ from pluralign.train.parallel import (
     StepFn,
     StepModule,
     Weighted,
+    held_by_main,
     load_optimizer_state,
     make_accelerator,
     process_state,
@@ -95,9 +96,13 @@ class TrainingDiverged(PluralignError):
 def holding(run_dir: RunDir | str | Path | None) -> Any:
     """The run directory locked by the main process, so two runs never write one directory (the other
     processes of a run share the main process's lock). Recipes hold it from the loop through the saved model."""
-    if run_dir is None or not process_state().is_main_process:
+    if run_dir is None:
         return nullcontext()
-    return (run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)).lock()
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    distributed = process_state()
+    if distributed.num_processes > 1:
+        return held_by_main(run, distributed.is_main_process)
+    return run.lock()
 
 
 def _holding_run_dir(fn):

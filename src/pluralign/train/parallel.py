@@ -4,13 +4,15 @@ means reduced over processes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, PluralignError
+from pluralign.runs import RunDir
 
 Batch = dict[str, Any]
 StepFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, Mapping[str, Any]]]
@@ -117,6 +119,27 @@ def load_optimizer_state(accelerator: Accelerator, wrapped: torch.nn.Module, opt
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(wrapped, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+@contextmanager
+def held_by_main(run: RunDir, main: bool) -> Iterator[None]:
+    """The main process takes the lock and tells the others whether it got it (a collective: every process
+    enters), so a directory in use stops every process with the same error. Raised on the main process
+    alone, it left the others waiting at the loop's first barrier, which then broke with a traceback."""
+    with ExitStack() as held:
+        error: PluralignError | None = None
+        if main:
+            try:
+                held.enter_context(run.lock())
+            except PluralignError as e:
+                error = e
+        refused = [str(error) if error is not None else None]
+        torch.distributed.broadcast_object_list(refused, src=0)
+        if error is not None:
+            raise error
+        if refused[0] is not None:
+            raise PluralignError(refused[0])
+        yield
 
 
 class StepModule(torch.nn.Module):
