@@ -182,3 +182,27 @@ def test_run_directory_in_use_stops_every_process_with_one_error(tmp_path):
     assert "[rank" not in proc.stderr, proc.stderr[-5000:]  # no process's traceback (the launcher's own follows)
     assert proc.stderr.count("is in use by another run") == 2, proc.stderr[-5000:]
     assert not (out / "model").exists()
+
+
+def test_fsdp2_recipe_saves_the_model_one_process_trains(tmp_path):
+    """`train dpo` under FSDP2: the trained parameters are DTensor shards, gathered by every process before the
+    main one saves. Saving the shards on the main process alone failed ('invalid python storage') and left
+    the other process to die at the barrier after it."""
+    from loop_toys import make_model_dir, write_pairs
+
+    from pluralign.models.load import load_model
+    from pluralign.train import run_preference
+
+    base, pairs = make_model_dir(tmp_path / "base"), write_pairs(tmp_path / "pairs.jsonl", 16)
+    loop = {"learning_rate": 1e-2, "max_steps": 2, "log_every": 1, "progress": False}
+    config = tmp_path / "dpo.yaml"
+    config.write_text(json.dumps({"model": str(base), "data": [str(pairs)], "loss": "dpo",
+                                  "output_dir": str(tmp_path / "fsdp"), "loop": loop | {"batch_size": 2}}))
+    launch("preference", str(config), fsdp=True)
+
+    single = run_preference(model=str(base), data=[str(pairs)], loss="dpo", output_dir=str(tmp_path / "single"),
+                            loop=loop | {"batch_size": 4})
+    a, b = load_model(single.model_dir).state_dict(), load_model(tmp_path / "fsdp" / "model").state_dict()
+    assert any(not torch.equal(a[k], v) for k, v in load_model(base).state_dict().items())
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)

@@ -156,7 +156,8 @@ def _peft_quietly() -> Iterator[None]:
 
 
 def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_lora: bool = True,
-               extra_files: Mapping[str, str] | None = None, write: Callable[[Path], None] | None = None) -> Path:
+               extra_files: Mapping[str, str] | None = None, write: Callable[[Path], None] | None = None,
+               state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
     """Save ``model`` and ``tokenizer`` as a HF directory that `load_model` reads back.
 
     A peft model is saved with its adapters merged into the weights (``merge_lora=True``; the caller's
@@ -165,12 +166,14 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_
     holds a half-written model. ``extra_files`` ({name: text}) are written into it too (e.g. the
     conditioning scheme, `pluralign.conditioning`), and ``write(directory)`` adds what else belongs to the
     model (a scheme's weights, person vectors) before the rename: the model appears whole or not at all.
+    ``state_dict``: the weights to save in place of the model's own (its full weights gathered from the
+    shards FSDP left it, `pluralign.train.parallel.full_weights`).
     """
     if merge_lora and is_peft_model(model):
         model = copy.deepcopy(model).merge_and_unload()
 
     def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": dict(state_dict)} if state_dict is not None else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():

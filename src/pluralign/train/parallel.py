@@ -87,16 +87,29 @@ def _fsdp_on_cpu(accelerator: Accelerator) -> None:
 
 
 def model_state(accelerator: Accelerator, wrapped: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The full state dict of the prepared model (a collective under FSDP/DeepSpeed: every process calls it).
-    Under FSDP2 the tensors are copied: on CPU they can alias parameter storage that FSDP frees when it
-    reshards."""
+    """The full state dict of the prepared model (a collective under FSDP/DeepSpeed: every process calls it)."""
     state = accelerator.get_state_dict(wrapped)
     if not accelerator.is_fsdp2:
         return state
+    # Seen with accelerate 1.16 on CPU: the state comes back sharded (DTensors) on every process.
+    return _gathered(state)
+
+
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The model's full state dict when FSDP2 left its parameters sharded (DTensors) after training, else
+    None (it holds full tensors: save it as it is). A collective under FSDP2: every process calls it before
+    the main one saves; save_pretrained of the shards on the main process alone fails."""
     from torch.distributed.tensor import DTensor
 
-    # Seen with accelerate 1.16 on CPU: the state comes back sharded (DTensors) on every process; gathering
-    # each (in the same order everywhere) gives the full tensors.
+    state = model.state_dict()
+    return _gathered(state) if any(isinstance(v, DTensor) for v in state.values()) else None
+
+
+def _gathered(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Each DTensor of `state` gathered into a full tensor (in the same order on every process), copied: on
+    CPU they can alias parameter storage that FSDP frees when it reshards."""
+    from torch.distributed.tensor import DTensor
+
     return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone() for k, v in state.items()}
 
 

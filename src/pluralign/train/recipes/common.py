@@ -25,7 +25,7 @@ from pluralign.models.load import (
 from pluralign.models.logprobs import prepare_packing
 from pluralign.seeding import seeded
 from pluralign.train.loop import TrainResult
-from pluralign.train.parallel import process_state
+from pluralign.train.parallel import full_weights, process_state
 
 
 @dataclass
@@ -200,7 +200,9 @@ def save_policy(model: Any, tokenizer: Any, config: PolicyTrainingConfig, out: P
     conditioning scheme, and what `write(directory)` adds, before the directory is renamed into place) and
     return where everything is."""
     distributed = process_state()
+    weights = full_weights(model)  # every process: a collective where FSDP sharded the model
     if distributed.is_main_process:
-        save_model(model, tokenizer, out / "model", merge_lora=config.merge_lora, extra_files=extra_files, write=write)
+        save_model(model, tokenizer, out / "model", merge_lora=config.merge_lora, extra_files=extra_files, write=write,
+                   state_dict=weights)
     distributed.wait_for_everyone()
     return RecipeResult(out / "model", out, result)
