@@ -206,3 +206,31 @@ def test_fsdp2_recipe_saves_the_model_one_process_trains(tmp_path):
     assert any(not torch.equal(a[k], v) for k, v in load_model(base).state_dict().items())
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
+
+
+def test_two_process_reward_model_matches_one_process(tmp_path):
+    """`train rm` on a backbone whose LM head is its own (untied): rewards never use the head, which is frozen.
+    Trainable, DDP stopped every 2-process run at its second step ('parameters that were not used in producing
+    loss'). 2 processes x batch 2 equal 1 process x batch 4: the head, the backbone and the metrics."""
+    from loop_toys import make_model_dir, write_pairs
+    from safetensors.torch import load_file
+
+    from pluralign.models.load import load_model
+    from pluralign.train import run_reward
+
+    base, pairs = make_model_dir(tmp_path / "base"), write_pairs(tmp_path / "pairs.jsonl", 16)
+    assert not load_model(base).config.tie_word_embeddings
+    loop = {"learning_rate": 1e-2, "max_steps": 3, "log_every": 1, "progress": False}
+    launch("cli", "train", "rm", f"model={base}", f"data=[{pairs}]", f"output_dir={tmp_path / 'ddp'}",
+           *(f"loop.{k}={v}" for k, v in (loop | {"batch_size": 2}).items()))
+    single = run_reward(model=str(base), data=[str(pairs)], output_dir=str(tmp_path / "single"),
+                        loop=loop | {"batch_size": 4})
+    for name in ("head.safetensors", "backbone/model.safetensors"):
+        a, b = load_file(single.model_dir / name), load_file(tmp_path / "ddp" / "model" / name)
+        # The head's bias cancels in every pair's margin: its gradient is rounding noise, which Adam scales up.
+        for k in (k for k in a if not k.endswith("out.bias")):
+            torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=lambda m, k=k, name=name: f"{name} {k}: {m}")
+    ra, rb = RunDir(tmp_path / "single").read_metrics(), RunDir(tmp_path / "ddp").read_metrics()
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == [1, 2, 3]
+    for x, y in zip(ra, rb, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], abs=1e-5) and y["accuracy"] == pytest.approx(x["accuracy"])

@@ -40,6 +40,16 @@ def register(cls: type[RewardModel]) -> type[RewardModel]:
     return cls
 
 
+def _freeze_own_lm_head(backbone: nn.Module) -> None:
+    """Rewards come from the final hidden states: an LM head of the backbone's own (untied from the input
+    embeddings, as in Llama 3 8B or Qwen2.5 7B) is in no reward's graph. Left trainable, DDP waited for its
+    gradient and every multi-process run stopped at its second step ('parameters that were not used in
+    producing loss'); in one process AdamW only decayed it."""
+    head, embed = backbone.get_output_embeddings(), backbone.get_input_embeddings()
+    if head is not None and embed is not None and head.weight is not embed.weight:
+        head.requires_grad_(False)
+
+
 class TextEncoder(nn.Module):
     """A transformers backbone + tokenizer → one vector per text (pooled final hidden state).
 
@@ -65,6 +75,8 @@ class TextEncoder(nn.Module):
         if trainable:  # LoRA: only the adapters train (peft already froze the rest)
             if not hasattr(backbone, "peft_config"):
                 self.backbone.requires_grad_(True)
+            if kind == "causal":
+                _freeze_own_lm_head(backbone)
         else:
             self.backbone.requires_grad_(False)
 
