@@ -221,16 +221,21 @@ def test_two_process_reward_model_matches_one_process(tmp_path):
     base, pairs = make_model_dir(tmp_path / "base"), write_pairs(tmp_path / "pairs.jsonl", 16)
     assert not load_model(base).config.tie_word_embeddings
     loop = {"learning_rate": 1e-2, "max_steps": 3, "log_every": 1, "progress": False}
-    launch("cli", "train", "rm", f"model={base}", f"data=[{pairs}]", f"output_dir={tmp_path / 'ddp'}",
-           *(f"loop.{k}={v}" for k, v in (loop | {"batch_size": 2}).items()))
-    single = run_reward(model=str(base), data=[str(pairs)], output_dir=str(tmp_path / "single"),
-                        loop=loop | {"batch_size": 4})
+    held_out = write_pairs(tmp_path / "held_out.jsonl", 6, seed=1)
+    proc = launch("cli", "train", "rm", f"model={base}", f"data=[{pairs}]", f"output_dir={tmp_path / 'ddp'}",
+                  f"eval_data=[{held_out}]", *(f"loop.{k}={v}" for k, v in (loop | {"batch_size": 2}).items()))
+    # The main process alone saves the model and scores the held-out pairs into report/eval.json.
+    assert proc.stderr.count("held-out accuracy") == 1, proc.stderr[-3000:]
+    assert not list((tmp_path / "ddp").glob(".model.*")), list((tmp_path / "ddp").iterdir())
+    single = run_reward(model=str(base), data=[str(pairs)], eval_data=[str(held_out)],
+                        output_dir=str(tmp_path / "single"), loop=loop | {"batch_size": 4})
     for name in ("head.safetensors", "backbone/model.safetensors"):
         a, b = load_file(single.model_dir / name), load_file(tmp_path / "ddp" / "model" / name)
         # The head's bias cancels in every pair's margin: its gradient is rounding noise, which Adam scales up.
         for k in (k for k in a if not k.endswith("out.bias")):
             torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=lambda m, k=k, name=name: f"{name} {k}: {m}")
     ra, rb = RunDir(tmp_path / "single").read_metrics(), RunDir(tmp_path / "ddp").read_metrics()
-    assert [r["step"] for r in ra] == [r["step"] for r in rb] == [1, 2, 3]
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == [1, 2, 3, 3]  # the last: the evaluation
     for x, y in zip(ra, rb, strict=True):
-        assert y["loss"] == pytest.approx(x["loss"], abs=1e-5) and y["accuracy"] == pytest.approx(x["accuracy"])
+        for key in ("loss", "accuracy") if "loss" in x else ("eval/loss", "eval/accuracy"):
+            assert y[key] == pytest.approx(x[key], abs=1e-5), key

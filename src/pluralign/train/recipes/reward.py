@@ -47,6 +47,7 @@ from pluralign.reward.multi import MultiObjectiveRewardModel, multi_pair_step, m
 from pluralign.reward.pal import PALRewardModel, pal_pair_step
 from pluralign.runs import RunDir, atomic_write_json
 from pluralign.train.loop import LoopConfig, holding, train
+from pluralign.train.parallel import process_state
 from pluralign.train.recipes.common import ModelTrainingConfig, RecipeResult, load_trainable, warn_data_files
 
 COMMANDS = {"rm": "bt", "morm": "multi", "pal": "pal", "binary-rm": "binary"}
@@ -226,8 +227,14 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
     with holding(run_dir):  # until the model is saved: no second run starts on the directory after the loop
         result = train(model, items, collate, step, config.loop, run_dir, eval_dataset=eval_items, params=params,
                        run_config=config)
-        model.eval().save(run_dir.root / "model")
-    if eval_records:
+        # Once, by the main process: every process wrote the same directory (racing on its rename) and
+        # then the same eval.json, each saying so.
+        distributed = process_state()
+        model.eval()
+        if distributed.is_main_process:
+            model.save(run_dir.root / "model")
+        distributed.wait_for_everyone()
+    if eval_records and distributed.is_main_process:
         from pluralign.reward.evaluation import (
             chance_warning,
             evaluate_records,
