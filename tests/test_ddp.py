@@ -226,6 +226,7 @@ def test_two_process_reward_model_matches_one_process(tmp_path):
                   f"eval_data=[{held_out}]", *(f"loop.{k}={v}" for k, v in (loop | {"batch_size": 2}).items()))
     # The main process alone saves the model and scores the held-out pairs into report/eval.json.
     assert proc.stderr.count("held-out accuracy") == 1, proc.stderr[-3000:]
+    assert proc.stdout.count("model saved to") == 1, proc.stdout[-3000:]
     assert not list((tmp_path / "ddp").glob(".model.*")), list((tmp_path / "ddp").iterdir())
     single = run_reward(model=str(base), data=[str(pairs)], eval_data=[str(held_out)],
                         output_dir=str(tmp_path / "single"), loop=loop | {"batch_size": 4})

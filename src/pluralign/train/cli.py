@@ -123,8 +123,14 @@ def _train(args: argparse.Namespace) -> int:
     config = build_config(args.name, config_path, rest.overrides)
     result = run(config)
     where = getattr(result, "model_dir", None)
-    if where is not None:
+    if where is not None and _main_process():  # under `accelerate launch`, once for the run
         held = [name for name in ("config.yaml", "metrics.jsonl", "checkpoints/")
                 if (Path(result.run_dir) / name.rstrip("/")).exists()]  # checkpoints only with loop.save_every
         print(f"model saved to {where} (run directory {result.run_dir}: {', '.join(held)})")
     return 0
+
+
+def _main_process() -> bool:
+    from pluralign.train.parallel import process_state
+
+    return process_state().is_main_process
