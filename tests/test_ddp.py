@@ -240,3 +240,19 @@ def test_two_process_reward_model_matches_one_process(tmp_path):
     for x, y in zip(ra, rb, strict=True):
         for key in ("loss", "accuracy") if "loss" in x else ("eval/loss", "eval/accuracy"):
             assert y[key] == pytest.approx(x[key], abs=1e-5), key
+
+
+def test_online_recipe_under_fsdp2_is_one_error(tmp_path):
+    """Online recipes do not run under FSDP2 (the rollout calls the policy outside the sharded wrapper): every
+    process says so and exits 2, before loading anything. Each used to fail at the first rollout with a
+    traceback ('mixed torch.Tensor and DTensor')."""
+    from online_toys import make_model_dir, write_prompts
+
+    base, prompts = make_model_dir(tmp_path / "base"), write_prompts(tmp_path / "prompts.jsonl")
+    config = tmp_path / "grpo.yaml"
+    config.write_text(json.dumps({"model": str(base), "data": [str(prompts)], "group_size": 4, "max_new_tokens": 6,
+                                  "rewards": [{"source": "online_toys:cat_reward"}], "output_dir": str(tmp_path / "out"),
+                                  "loop": {"max_steps": 2, "progress": False, "batch_size": 2}}))
+    proc = launch("cli", "train", "grpo", "--config", str(config), fsdp=True, check=False, extra_path=str(HERE))
+    assert proc.returncode != 0 and "[rank" not in proc.stderr, proc.stderr[-5000:]
+    assert proc.stderr.count("error: online recipes do not run under FSDP") == 2, proc.stderr[-5000:]

@@ -69,14 +69,21 @@ def make_accelerator(grad_accum: int, mixed_precision: str, log_with: list[str] 
     return accelerator
 
 
+def launched_with_fsdp() -> bool:
+    """Whether `accelerate launch` was given an FSDP config (known before any Accelerator exists)."""
+    from accelerate.utils import parse_flag_from_env
+
+    return parse_flag_from_env("ACCELERATE_USE_FSDP")
+
+
 def _fsdp_on_cpu(accelerator: Accelerator) -> None:
     """`accelerate launch --use_fsdp` with CPU processes: accelerate (1.16) only enables FSDP for accelerator
     devices and silently runs such a job as DDP (MULTI_CPU). FSDP2 (`fully_shard`) works on CPU with gloo
     in torch >= 2.6, so the FSDP2 plugin the launcher described is installed and accelerate's own FSDP2
     preparation runs: the same code path as on GPUs, testable without one."""
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    if accelerator.distributed_type != DistributedType.MULTI_CPU or not parse_flag_from_env("ACCELERATE_USE_FSDP"):
+    if accelerator.distributed_type != DistributedType.MULTI_CPU or not launched_with_fsdp():
         return
     plugin = FullyShardedDataParallelPlugin()  # reads the launcher's FSDP_* variables
     if plugin.fsdp_version != 2:

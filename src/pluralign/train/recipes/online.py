@@ -33,7 +33,7 @@ from pluralign.online.rollout import Prompt, RolloutConfig, make_backend, read_p
 from pluralign.runs import atomic_open
 from pluralign.seeding import seeded
 from pluralign.train.loop import LoopConfig, holding, train
-from pluralign.train.parallel import process_state
+from pluralign.train.parallel import launched_with_fsdp, process_state
 from pluralign.train.recipes.common import (
     PolicyTrainingConfig,
     RecipeResult,
@@ -179,6 +179,11 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
     """Train with `config.algorithm`. Python API: `prompts` (texts or chat messages) instead of `data`
     files, `reward_objects` (callables or objects with `.score`) instead of the sources' loading."""
     check(config, have_objects=reward_objects is not None)
+    if launched_with_fsdp():
+        # The rollout runs the policy itself, outside the sharded wrapper whose forward gathers the root's
+        # shards (embeddings, head): every process failed at the first step with a traceback.
+        raise ConfigError("online recipes do not run under FSDP yet (the rollout cannot gather the sharded "
+                          "policy); launch with DDP: accelerate launch --multi_gpu --num_processes N")
     config = config.resolved()
     if prompts is not None:
         prompts = [Prompt(i, p) for i, p in enumerate(prompts)]
