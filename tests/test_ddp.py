@@ -208,6 +208,32 @@ def test_fsdp2_recipe_saves_the_model_one_process_trains(tmp_path):
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "adapter"])
+def test_fsdp2_lora_recipe_saves_what_one_process_saves(tmp_path, merge):
+    """LoRA under FSDP2: merging copied the model, and FSDP's sharded modules cannot be copied ('FSDP does not
+    support deepcopy' after the last step, the other process dying at the barrier). The gathered weights are
+    saved as an adapter and loaded back plain to be merged; unmerged, the gathered adapter is saved."""
+    from loop_toys import make_model_dir, write_pairs
+
+    from pluralign.models.load import load_model
+    from pluralign.train import run_preference
+
+    base, pairs = make_model_dir(tmp_path / "base"), write_pairs(tmp_path / "pairs.jsonl", 16)
+    loop = {"learning_rate": 1e-2, "max_steps": 2, "log_every": 1, "progress": False}
+    common = {"model": str(base), "data": [str(pairs)], "loss": "dpo", "use_lora": True, "merge_lora": merge}
+    config = tmp_path / "dpo.yaml"
+    config.write_text(json.dumps(common | {"output_dir": str(tmp_path / "fsdp"), "loop": loop | {"batch_size": 2}}))
+    launch("preference", str(config), fsdp=True)
+
+    single = run_preference(**common, output_dir=str(tmp_path / "single"), loop=loop | {"batch_size": 4})
+    a, b = load_model(single.model_dir).state_dict(), load_model(tmp_path / "fsdp" / "model").state_dict()
+    assert set(a) == set(b)
+    if merge:  # the adapters were merged: weights moved from the base's
+        assert any(not torch.equal(a[k], v) for k, v in load_model(base).state_dict().items())
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
+
+
 def test_two_process_reward_model_matches_one_process(tmp_path):
     """`train rm` on a backbone whose LM head is its own (untied): rewards never use the head, which is frozen.
     Trainable, DDP stopped every 2-process run at its second step ('parameters that were not used in producing

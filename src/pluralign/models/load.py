@@ -16,6 +16,7 @@ import contextlib
 import copy
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -170,7 +171,9 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_
     shards FSDP left it, `pluralign.train.parallel.full_weights`).
     """
     if merge_lora and is_peft_model(model):
-        model = copy.deepcopy(model).merge_and_unload()
+        # FSDP's sharded modules cannot be copied: the gathered weights go through an adapter directory
+        model = _reloaded(model, state_dict) if state_dict is not None else copy.deepcopy(model)
+        model, state_dict = model.merge_and_unload(), None
 
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, **({"state_dict": dict(state_dict)} if state_dict is not None else {}))
@@ -182,6 +185,14 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | os.PathLike, *, merge_
             write(tmp)
 
     return write_dir(out_dir, fill)
+
+
+def _reloaded(model: Any, state_dict: Mapping[str, torch.Tensor]) -> Any:
+    """A plain (unsharded) copy of peft `model` holding `state_dict`, its full weights: saved as an adapter
+    directory and loaded back with its base, to be merged."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, state_dict=dict(state_dict))
+        return load_model(tmp)
 
 
 def is_peft_model(model: Any) -> bool:
