@@ -130,18 +130,18 @@ class JointSoup(Scheme):
             self._members.append([members.member(first, k).detach().clone() for k in range(len(self.objectives))])
             parametrize.remove_parametrizations(module, name, leave_parametrized=False)
 
-    def save_members(self, model: Any, out: Path, save_member: Callable[[Any, Path], Any]) -> Path:
+    def save_members(self, model: Any, out: Path, save_member: Callable[[Any, Path], Any]) -> list[Path]:
         """Write each member (the model holding member k's tensors) with `save_member(model, dir)` under
-        ``out/members/<objective>``, then the soup directory ``out/model``; the model ends as member 0."""
-        from pluralign.models.soup import save_soup
-
+        ``out/members/<objective>`` and return those directories (`models.soup.save_soup` makes the soup of
+        them); the model ends as member 0. Under several processes every one calls it: `save_member` may
+        gather sharded weights."""
         dirs = []
         for k, objective in enumerate(self.objectives):
             self._load_member(k)
             dirs.append(out / "members" / objective)
             save_member(model, dirs[-1])
         self._load_member(0)
-        return save_soup(dirs, self.objectives, out / "model")
+        return dirs
 
     @torch.no_grad()
     def _load_member(self, k: int) -> None:

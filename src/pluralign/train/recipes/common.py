@@ -194,15 +194,23 @@ def check_vocabulary(path: str, policy: str, model: Any, role: str) -> None:
                           f"other tokens than the policy's; give a {role} with the policy's tokenizer", field=role)
 
 
-def save_policy(model: Any, tokenizer: Any, config: PolicyTrainingConfig, out: Path, result: TrainResult,
-                extra_files: dict[str, str] | None = None, write: Callable[[Path], None] | None = None) -> RecipeResult:
-    """Save the trained model to <out>/model (main process; `extra_files` {name: text} inside it, e.g. the
-    conditioning scheme, and what `write(directory)` adds, before the directory is renamed into place) and
-    return where everything is."""
+def save_gathered(model: Any, tokenizer: Any, directory: Path, merge_lora: bool,
+                  extra_files: dict[str, str] | None = None, write: Callable[[Path], None] | None = None) -> None:
+    """Save `model` to `directory` (`models.load.save_model`) from the main process. Every process calls it:
+    where FSDP sharded the model its full weights are gathered first, a collective; the shards saved by the
+    main process alone failed ('invalid python storage')."""
     distributed = process_state()
-    weights = full_weights(model)  # every process: a collective where FSDP sharded the model
+    weights = full_weights(model)
     if distributed.is_main_process:
-        save_model(model, tokenizer, out / "model", merge_lora=config.merge_lora, extra_files=extra_files, write=write,
+        save_model(model, tokenizer, directory, merge_lora=merge_lora, extra_files=extra_files, write=write,
                    state_dict=weights)
     distributed.wait_for_everyone()
+
+
+def save_policy(model: Any, tokenizer: Any, config: PolicyTrainingConfig, out: Path, result: TrainResult,
+                extra_files: dict[str, str] | None = None, write: Callable[[Path], None] | None = None) -> RecipeResult:
+    """Save the trained model to <out>/model (`extra_files` {name: text} inside it, e.g. the conditioning
+    scheme, and what `write(directory)` adds, before the directory is renamed into place; every process calls
+    it, `save_gathered`) and return where everything is."""
+    save_gathered(model, tokenizer, out / "model", config.merge_lora, extra_files, write)
     return RecipeResult(out / "model", out, result)

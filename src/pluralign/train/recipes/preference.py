@@ -33,7 +33,8 @@ from pluralign.data.io import read_located
 from pluralign.data.records import kind_of
 from pluralign.errors import ConfigError, DataError, PluralignError
 from pluralign.losses.registry import check_hyperparams
-from pluralign.models.load import is_adapter_dir, is_peft_model, save_model
+from pluralign.models.load import is_adapter_dir, is_peft_model
+from pluralign.models.soup import save_soup
 from pluralign.personal.conditioned import PersonalConfig, Personalization, group_check
 from pluralign.train.loop import LoopConfig, holding, train
 from pluralign.train.parallel import process_state
@@ -44,6 +45,7 @@ from pluralign.train.recipes.common import (
     encoding_problems,
     load_frozen,
     load_policy,
+    save_gathered,
     save_policy,
     yielding,
 )
@@ -238,8 +240,9 @@ def run(config: PreferenceConfig) -> RecipeResult:
         if scheme is not None:
             scheme.detach(model)
         if scheme is not None and scheme.name == "joint_soup":  # K members, then the soup that interpolates them
+            dirs = scheme.save_members(model, out, lambda m, d: save_gathered(m, tokenizer, d, config.merge_lora))
             if distributed.is_main_process:
-                scheme.save_members(model, out, lambda m, d: save_model(m, tokenizer, d, merge_lora=config.merge_lora))
+                save_soup(dirs, scheme.objectives, out / "model")
             distributed.wait_for_everyone()
             return RecipeResult(out / "model", out, result)
 
