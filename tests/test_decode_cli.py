@@ -351,6 +351,23 @@ def test_a_prompt_past_the_models_context_window_is_named_by_line(tmp_path, caps
            f"window of {window} tokens" in err and "p.txt:1" not in err and "Traceback" not in err, err
 
 
+def test_python_decode_names_a_request_past_the_context_window():
+    # decode() had no check: past GPT-2's learned positions the whole batch failed with an IndexError traceback
+    from pluralign.decode.api import Controls, decode
+    from pluralign.errors import ConfigError
+    from pluralign.models.tiny import tiny_gpt2
+
+    tok = toy_tokenizer()
+    model = tiny_gpt2(len(tok), hidden_size=32, num_heads=2)
+    window = model.config.n_positions
+    prompts = ["the cat", " ".join(["the cat"] * window)]
+    with pytest.raises(ConfigError, match=f"request 1: {2 * window} prompt tokens \\+ max_new_tokens 3 exceed the "
+                                          f"model's context window of {window} tokens") as e:
+        decode("sample", model, tok, prompts, controls=Controls(max_new_tokens=3))
+    assert "request 0" not in str(e.value)
+    assert len(decode("sample", model, tok, prompts[:1], controls=Controls(max_new_tokens=3)).texts) == 1
+
+
 def test_a_prompt_the_policy_cannot_render_is_named_by_line(model_dir, tmp_path, capsys):
     # chat messages for a tokenizer without a chat template, or with chat_template=never: an error naming no row
     prompts = tmp_path / "p.jsonl"

@@ -284,6 +284,7 @@ def decode(method: str, model: Any, tokenizer: Any, prompts: Sequence[Any], *, r
     fields = [k for k in shared if k in Controls.__dataclass_fields__]
     parts = []
     for idx, shown, steered in conditioned_groups(model, tokenizer, prompts, controls):
+        check_windows(model, tokenizer, shown, [controls[i] for i in idx], idx)
         asked = [prompts[i] for i in idx]
         # the reward scores the prompt as asked, not as a prompt-level scheme restated it for the policy
         judge = AsAsked(reward, shown, asked) if reward is not None and shown != asked else reward
@@ -294,6 +295,23 @@ def decode(method: str, model: Any, tokenizer: Any, prompts: Sequence[Any], *, r
                 parts.append((ids, fn(model, tokenizer, [shown[j] for j in batch], reward=judge,
                                       controls=[controls[i] for i in ids], **kwargs)))
     return parts[0][1] if len(parts) == 1 else merge_results(parts, len(prompts))
+
+
+def check_windows(model: Any, tokenizer: Any, prompts: Sequence[Any], controls: Sequence[Controls],
+                  index: Sequence[int]) -> None:
+    """A ConfigError naming each request (by its `index`) whose prompt, as the model sees it, plus its
+    max_new_tokens exceeds the model's context window: past a learned position table (GPT-2's) the whole batch
+    failed with an IndexError traceback, past a rotary model's it answered badly without a word."""
+    from pluralign.decode.kv import context_window, encode_prompts, window_problem
+
+    window = context_window(model)
+    if window is None:
+        return
+    problems = [f"request {i}: {why}" for i, p, c in zip(index, prompts, controls, strict=True)
+                if (why := window_problem(len(encode_prompts(tokenizer, [p], c.chat_template)[0]),
+                                          c.max_new_tokens, window))]
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def conditioned_groups(model: Any, tokenizer: Any, prompts: list[Any], controls: list[Controls]

@@ -196,7 +196,7 @@ def check_context(model: Any, tokenizer: Any, rows: list[Any], controls: list[An
     cannot render stopped the run with a message that named no row, and past a learned position table
     (GPT-2's) the whole batch failed with an IndexError traceback. (A conditioned model's statement is not
     counted: a few tokens.)"""
-    from pluralign.decode.kv import context_window, encode_prompts
+    from pluralign.decode.kv import context_window, encode_prompts, window_problem
     from pluralign.errors import PluralignError
 
     try:
@@ -211,9 +211,8 @@ def check_context(model: Any, tokenizer: Any, rows: list[Any], controls: list[An
         except (PluralignError, TemplateError) as e:
             problems.append(row.problem("prompt", str(e)))
             continue
-        if window is not None and n + c.max_new_tokens > window:
-            problems.append(row.problem("prompt", f"{n} prompt tokens + max_new_tokens {c.max_new_tokens} exceed "
-                                                  f"the model's context window of {window} tokens"))
+        if why := window_problem(n, c.max_new_tokens, window):
+            problems.append(row.problem("prompt", why))
     if problems:
         raise DataError(problems)
 

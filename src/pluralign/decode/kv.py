@@ -71,6 +71,15 @@ def context_window(model: Any) -> int | None:
     return None
 
 
+def window_problem(prompt_tokens: int, max_new_tokens: int, window: int | None) -> str | None:
+    """Why a prompt of `prompt_tokens` cannot be answered with `max_new_tokens` within the model's context
+    `window` (`context_window`), or None: one check for the decode CLI, `decode()` and the server."""
+    if window is None or prompt_tokens + max_new_tokens <= window:
+        return None
+    return (f"{prompt_tokens} prompt tokens + max_new_tokens {max_new_tokens} exceed the model's context window "
+            f"of {window} tokens")
+
+
 def _accepts(model: Any, name: str) -> bool:
     """Whether the model's own forward (inside a PEFT wrapper, whose forward passes keywords through)
     takes `name`."""

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from pluralign.data.prompts import encode_prompts
 from pluralign.decode.api import names as method_names
 from pluralign.decode.cli import unused_controls
-from pluralign.decode.kv import context_window
+from pluralign.decode.kv import context_window, window_problem
 from pluralign.decode.rewards import objective_names, weight_vector, weights_problem
 from pluralign.errors import PluralignError
 from pluralign.serve import protocol as P
@@ -200,10 +200,8 @@ class Server:
         if longest > self.cfg.max_prompt_tokens:
             raise APIError(400, f"prompt has {longest} tokens, above the limit {self.cfg.max_prompt_tokens}",
                            param="prompt", code="context_length_exceeded")
-        window = context_window(loaded.model)
-        if window and longest + controls.max_new_tokens > window:
-            raise APIError(400, f"prompt ({longest} tokens) + max_tokens ({controls.max_new_tokens}) exceeds the "
-                           f"model's context window of {window} tokens", param="max_tokens",
+        if why := window_problem(longest, controls.max_new_tokens, context_window(loaded.model)):
+            raise APIError(400, why.replace("max_new_tokens", "max_tokens"), param="max_tokens",
                            code="context_length_exceeded")
         if len(prompts) * n > self.cfg.max_batch_rows:
             raise APIError(400, f"{len(prompts)} prompts x n={n} exceeds {self.cfg.max_batch_rows} sequences",
