@@ -205,3 +205,17 @@ def test_a_decoder_options_value_of_the_wrong_kind_is_an_error_naming_it(method,
     with pytest.raises(ConfigError, match=f"{method} option '{next(iter(extra))}' must be {rule}"):
         decode(method, toy_lm(tok), tok, ["the cat"], reward=two_words,
                controls=Controls(n=2, max_new_tokens=2, extra=extra))
+
+
+def test_rps_neighbours_are_independent_draws():
+    # Each neighbour's prompt was sampled with the request's own seed: the same random numbers for every
+    # neighbour, so where the conditioning moves the model little (here not at all: the toy tokenizer drops
+    # the trailing spaces) the k candidates were one answer k times, and the selection had nothing to choose.
+    tok = toy_tokenizer()
+    lm = toy_lm(tok, seed=0)
+    ctl = Controls(n=4, weights=[0.6, 0.8], max_new_tokens=6, seed=3,
+                   extra={"theta_max": 0.5, "conditioner": lambda x, d, o: x + " " * (1 + round(100 * d[0]))})
+    out = decode("rps", lm, tok, ["the cat", "a dog"], reward=two_words, controls=ctl)
+    assert tok(["the cat", "the cat   "])["input_ids"][0] == tok(["the cat", "the cat   "])["input_ids"][1]
+    for candidates in out.candidates:
+        assert len(candidates) == 4 and len(set(candidates)) > 1

@@ -65,10 +65,13 @@ def rps(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls
         counts = Counter(repr(x) for x in conditioned)
         row: list[str] = []
         row_ids: list[list[int]] = []
-        for key, mult in counts.items():
+        for j, (key, mult) in enumerate(counts.items()):
             x = next(x for x in conditioned if repr(x) == key)
+            # one seed per neighbour: with the request's own for all, neighbours the conditioning moves little
+            # drew the same answer from the same random numbers, and the selection had nothing to choose from
             s = sample(model, tokenizer, [x], n=mult, max_new_tokens=c.max_new_tokens, temperature=c.temperature,
-                       top_k=c.top_k, top_p=c.top_p, stop=c.stop, seed=c.seed, chat_template=c.chat_template)
+                       top_k=c.top_k, top_p=c.top_p, stop=c.stop, seed=None if c.seed is None else c.seed + j,
+                       chat_template=c.chat_template)
             compute.add(s.compute)
             row.extend(s.texts[0])
             row_ids.extend(s.token_ids[0])
