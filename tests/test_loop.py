@@ -347,3 +347,18 @@ def test_a_run_without_progress_bars_leaves_transformers_bars_as_they_were(tmp_p
         assert seen and not any(seen) and hf_logging.is_progress_bar_enabled()
     finally:
         hf_logging.enable_progress_bar()
+
+
+def test_a_logged_row_gives_the_rate_of_its_step_and_averages_the_training_metrics(tmp_path):
+    """Rows written every log_every steps average the loss over the window, but the learning rate is the one
+    the row's step used: averaged, the rate at step 6 of a warmup + linear decay read as 2.9x the real one."""
+    run = tmp_path / "r"
+    train(make_model(), make_data(32), collate, noisy_step, cfg(max_steps=8, log_every=4), run)
+    train(make_model(), make_data(32), collate, noisy_step, cfg(max_steps=8, log_every=1), tmp_path / "one")
+    each = RunDir(tmp_path / "one").read_metrics()
+    rows = RunDir(run).read_metrics()
+    assert [r["step"] for r in rows] == [4, 8]
+    for row in rows:
+        window = [r for r in each if row["step"] - 4 < r["step"] <= row["step"]]
+        assert row["lr"] == pytest.approx(window[-1]["lr"])
+        assert row["loss"] == pytest.approx(sum(r["loss"] for r in window) / 4)

@@ -295,7 +295,8 @@ def train(
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k != "lr"}, refresh=False)
         if pos.global_step % max(config.log_every, 1) == 0 or pos.global_step == total_steps:
-            row = {k: sum(v) / len(v) for k, v in log.window.items()}
+            # the window's mean of each training metric, but the rate the row's own step used
+            row = {k: sum(v) / len(v) for k, v in log.window.items()} | {"lr": lr}
             row |= {"step": pos.global_step, "epoch": pos.epoch, "elapsed_s": round(time.perf_counter() - t0, 3)}
             if run is not None and accelerator.is_main_process:
                 run.log_metrics(row)

@@ -31,7 +31,8 @@ class LoopConfig:
     adam_beta2: float = option(0.999, help="AdamW beta2.")
     adam_eps: float = option(1e-8, help="AdamW epsilon.")
     seed: int = option(0, help="Seed of the data order and of every RNG (torch, numpy, python).")
-    log_every: int = option(10, help="Write averaged training metrics to metrics.jsonl every N steps.")
+    log_every: int = option(10, help="Write training metrics to metrics.jsonl every N steps: each averaged over those steps, "
+                                  "the learning rate the last of them used.")
     eval_every: int = option(0, help="Evaluate on the eval set every N steps (0: only at the end, when an eval set is given).")
     save_every: int = option(0, help="Save a resumable checkpoint (trained weights, optimizer and scheduler state, RNG, data position) every N steps and after the last one; 0: none (recipes still save the trained model). Needs a run directory.")
     keep_checkpoints: int = option(2, help="Keep the newest N checkpoints (0 keeps all).")
