@@ -139,7 +139,7 @@ class RewardConfig(ModelTrainingConfig):
     n_heads: int = option(1, help="bt: independently initialised scalar heads (an ensemble on one backbone).")
     use_margins: bool = option(False, help="bt: subtract each pair's margin inside the BT loss (Llama-2 style).")
     center_coef: float = option(0.0, help="bt: reward-centering coefficient η·mean((r_w + r_l)²) (0 = off).")
-    task_weighting: Literal["mean", "mgda"] = option("mgda", help="multi: uniform task weights or MORE's min-norm (MGDA) weights.")
+    task_weighting: Literal["mean", "mgda"] = option("mgda", help="multi: mean (every objective weighted alike) or mgda (MORE's min-norm weights).")
     n_prototypes: int = option(2, help="pal: number of prototypes K.")
     pal_dim: int = option(64, help="pal: dimension d of the preference space.")
     pal_scorer: Literal["dist", "angle"] = option("dist", help="pal: ideal-point distance or cosine (angle) scorer.")
