@@ -95,3 +95,15 @@ def test_position_consistency_counts_only_pairs_judged_in_both_orders():
     assert np.isnan(jr.position_consistency([nan, nan], [1.0, nan]))
     out = jr.reliability_report([1.0, 2.0, 1.0, 2.0], p_orig, p_swap)
     assert out["flip_rate_orders"] == 0.0
+
+
+def test_agreement_keeps_a_pair_whose_swapped_verdict_is_missing():
+    # Either order's verdict alone counts when the other could not be read; a NaN in the swapped order
+    # dropped the pair from agreement and prob_prefer_longer, while a NaN in the original did not.
+    nan = float("nan")
+    labels = [2.0, 2.0, 1.0, 1.0]
+    # the first pair: read only in the original order, the shorter answer, against the label
+    out = jr.reliability_report(labels, [1.0, nan, 1.0, 1.0], [nan, 2.0, 1.0, 1.0],
+                                len_a=[1, 1, 50, 50], len_b=[50, 50, 1, 1])
+    assert out["agreement_accuracy"] == 0.75  # 3 of 4 pairs, not 3 of the 3 read in both orders
+    assert out["prob_prefer_longer"] == 0.75

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pluralign.judges.base import combine_orders
+
 
 def _arr(x: Sequence[float] | np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=float)
@@ -169,7 +171,9 @@ def reliability_report(labels: Sequence[float], p_original: Sequence[float], p_s
         "preference_fairness": preference_fairness(p_original, p_swapped),
     }
     out["flip_rate_orders"] = 1 - out["position_consistency"]
-    both = np.where(np.isnan(_arr(p_original)), _arr(p_swapped), (_arr(p_original) + _arr(p_swapped)) / 2)
+    # one order's verdict stands alone where the other is missing, in either order (as the LLM judge
+    # combines them): an unreadable swapped reply dropped a pair whose original verdict was read
+    both = combine_orders(p_original, p_swapped)
     ag = agreement(labels, both)
     out.update(agreement_accuracy=ag["accuracy"], kappa=ag["kappa"], n=len(_arr(labels)))
     if len_a is not None and len_b is not None:
