@@ -46,6 +46,10 @@ GOOD_RUN = {"name": "a", "method": "dpo", "kl": 0.5, "reward": 1.0, "per_group":
     ({"calibration": [{"probs": [0.5, 0.2], "labels": [1]}]}, "'calibration[0].labels'"),
     ({"calibration": [{"probs": [0.5, "x"], "labels": [1, 0]}]}, "'calibration[0].probs[1]'"),
     ({"calibration": [None]}, "'calibration[0]' must be an object"),
+    ({"calibration": [{"probs": [0.5], "labels": [1], "n_bins": "x"}]}, "'calibration[0].n_bins' must be an integer >= 1"),
+    ({"calibration": [{"probs": [0.5], "labels": [1], "n_bins": 0}]}, "'calibration[0].n_bins'"),
+    ({"calibration": [{"rows": [{"confidence": 0.5, "accuracy": 0.5}], "errors": "x"}]}, "'calibration[0].errors' must be an object"),
+    ({"calibration": [{"rows": [], "errors": {"ece": "low"}}]}, "'calibration[0].errors.ece' must be a number"),
     ({"curves": [{"name": "c", "rows": [1, 2]}]}, "'curves[0].rows[0]' must be an object"),
     ({"tables": [{"title": "t", "columns": ["a"], "rows": "ab"}]}, "'tables[0].rows' must be a list"),
 ])

@@ -112,6 +112,12 @@ def check_results(results: Any, source: str = "results") -> dict:
                     raise fail(f"calibration[{i}].labels[{j}]", "0 or 1", x)
         elif "rows" not in entry:
             raise fail(f"calibration[{i}]", "an object with 'probs' and 'labels', or 'rows'", entry)
+        # both were tracebacks from the plot (int('x'), dict('x')), or an error naming no file or key
+        n_bins = entry.get("n_bins")
+        if n_bins is not None and not (isinstance(n_bins, int) and not isinstance(n_bins, bool) and n_bins >= 1):
+            raise fail(f"calibration[{i}].n_bins", "an integer >= 1", n_bins)
+        if entry.get("errors") is not None:
+            numbers(f"calibration[{i}].errors", entry["errors"])
         for part in ("rows", "rows_after"):
             if part in entry and (part == "rows" or entry[part] is not None):
                 for j, row in enumerate(items(f"calibration[{i}].{part}", entry[part])):
