@@ -160,3 +160,17 @@ def test_prompts_listed_in_the_config_are_checked_as_a_prompt_file_is(no_generat
 def test_listed_chat_prompts_pass_the_checks(no_generation):
     with pytest.raises(Generated):
         runner.evaluate_config(cfg(prompts=["hi", [{"role": "user", "content": "hello"}]]), where="eval.yaml")
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"generation": [1]}, r"eval\.yaml: generation: must be a mapping"),
+    ({"metrics": "reward"}, r"eval\.yaml: metrics: must be a list of metric names"),
+    ({"out": 3}, r"eval\.yaml: out: must be a file path, got 3"),
+    ({"out": None}, r"eval\.yaml: out: must be a file path"),
+    ({"models": [{"name": ["x"], "path": "sandbox"}]}, r"eval\.yaml: models\[0\]\.name: must be text"),
+])
+def test_keys_of_the_wrong_kind_fail_before_generation_naming_the_key(no_generation, extra, message):
+    # were tracebacks (a list as generation or name), 'metrics: reward' read letter by letter, and
+    # `out: 3` failed only after every model had generated, writing nothing
+    with pytest.raises(ConfigError, match=message):
+        runner.evaluate_config(cfg(**extra), where="eval.yaml")

@@ -278,15 +278,31 @@ def kl_estimate(entry: dict, out: dict, ref: dict) -> dict[str, Any]:
     return {"kl": None}
 
 
+def _check_shapes(cfg: dict, where: str) -> None:
+    """Keys of the wrong kind fail here, naming the key: `generation: [..]` and a name that is a list were
+    tracebacks, `metrics: reward` was read letter by letter, and `out: 3` failed only after every model
+    had generated, with nothing written."""
+    _require(cfg.get("generation") is None or isinstance(cfg["generation"], dict), f"{where}: generation",
+             f"must be a mapping of generation settings, got {cfg.get('generation')!r}")
+    metrics = cfg.get("metrics", [])
+    _require(isinstance(metrics, list) and all(isinstance(x, str) for x in metrics), f"{where}: metrics",
+             f"must be a list of metric names, e.g. [reward, win_rate], got {metrics!r}")
+    _require("out" not in cfg or (isinstance(cfg["out"], str) and cfg["out"] != ""), f"{where}: out",
+             f"must be a file path, got {cfg.get('out')!r}")
+
+
 def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = None) -> dict:
     """Run an evaluation config (dict form of the YAML above) and return the results dict."""
     base_dir = base_dir or Path.cwd()
     unknown = sorted(set(cfg) - TOP_KEYS)
     _require(not unknown, where, f"unknown key(s) {unknown}; known: {sorted(TOP_KEYS)}")
+    _check_shapes(cfg, where)
     models = cfg.get("models")
     _require(isinstance(models, list) and models, where, "'models' must be a non-empty list")
     for i, m in enumerate(models):
         _require(isinstance(m, dict) and "name" in m and "path" in m, f"{where}: models[{i}]", "needs 'name' and 'path'")
+        _require(isinstance(m["name"], str) and m["name"] != "", f"{where}: models[{i}].name",
+                 f"must be text (the run's name), got {m['name']!r}")
         unknown = sorted(set(m) - MODEL_KEYS)  # a misspelt 'decoder' would evaluate the plain model
         _require(not unknown, f"{where}: models[{i}]", f"unknown key(s) {unknown}; known: {sorted(MODEL_KEYS)}")
         _check_model_path(m["path"], f"{where}: models[{i}].path")
