@@ -308,3 +308,18 @@ def test_a_grade_is_not_read_from_the_echoed_format_line():
     # echoing 'by strictly following this format: "Rating: [[5]]"' graded the answer 5
     assert math.isnan(parse_rating('You must rate the response by strictly following this format: "Rating: [[5]]".'))
     assert parse_rating('Format: "Rating: [[5]]". The answer is correct and brief. Rating: [[9]]') == 9.0
+
+
+@pytest.mark.parametrize("args,kwargs,message", [
+    ((3, "m"), {}, "base_url must be an http"),
+    (("127.0.0.1:8000/v1", "m"), {}, "base_url must be an http"),
+    (("http://127.0.0.1:9/v1", None), {}, "model must be"),
+    (("http://127.0.0.1:9/v1", "m"), {"max_tokens": "a"}, "max_tokens must be an integer >= 1"),
+    (("http://127.0.0.1:9/v1", "m"), {"concurrency": "a"}, "concurrency must be an integer >= 1"),
+    (("http://127.0.0.1:9/v1", "m"), {"max_retries": -1}, "max_retries must be an integer >= 0"),
+])
+def test_a_bad_url_model_or_count_is_refused_at_once(args, kwargs, message):
+    # base_url=3 was an AttributeError traceback; a URL without a scheme or max_tokens="a" failed only at
+    # the first request, after every model had generated
+    with pytest.raises(ConfigError, match=message):
+        LLMJudge(*args, api_key_env=None, **kwargs)

@@ -79,6 +79,17 @@ class LLMJudge:
                  single_system: str = T.SINGLE_SYSTEM, single_template: str = T.SINGLE_TEMPLATE,
                  rating_range: tuple[float, float] = (1.0, 10.0), seed: int = 0,
                  extra_body: dict | None = None, max_response_bytes: int = 4 * 2**20):
+        if not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
+            # else an AttributeError traceback (a number), or retries of an unusable URL before failing
+            raise ConfigError(f"LLMJudge base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, "
+                              f"not {base_url!r}")
+        if not (isinstance(model, str) and model):
+            raise ConfigError(f"LLMJudge model must be the served model's name (text), not {model!r}")
+        whole = lambda x, least: isinstance(x, int) and not isinstance(x, bool) and x >= least
+        for name, value, least in (("max_tokens", max_tokens, 1), ("concurrency", concurrency, 1),
+                                   ("max_retries", max_retries, 0)):
+            if not whole(value, least):  # "a" was sent to the server, or a TypeError from the thread pool
+                raise ConfigError(f"LLMJudge {name} must be an integer >= {least}, not {value!r}")
         if mode not in ("verdict", "weighted"):
             raise ConfigError(f"LLMJudge mode must be 'verdict' or 'weighted', not {mode!r}")
         if order not in ("both", "random", "original"):
