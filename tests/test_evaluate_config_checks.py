@@ -174,3 +174,17 @@ def test_keys_of_the_wrong_kind_fail_before_generation_naming_the_key(no_generat
     # `out: 3` failed only after every model had generated, writing nothing
     with pytest.raises(ConfigError, match=message):
         runner.evaluate_config(cfg(**extra), where="eval.yaml")
+
+
+def test_per_group_utilities_are_labelled_gold_under_a_reward_judge(monkeypatch):
+    # `eval` scores each group with gold utility whatever the judge; the report titled those numbers with
+    # the reward model's label ("reward-model score (rm) per group")
+    from pluralign.evaluate.report import render_html
+
+    monkeypatch.setattr(runner, "generate", lambda entry, prompts, *a, **k: {"texts": ["an answer."] * len(prompts)})
+    judge = {"kind": "reward", "source": lambda prompts, responses: [float(len(r)) for r in responses]}
+    results = runner.evaluate_config(cfg(judge=judge, population="default", metrics=["reward", "per_group"]),
+                                     where="eval.yaml")
+    assert results["judge"] != "gold utility" and results["per_group_judge"] == "gold utility"
+    page = render_html(results)
+    assert "<h2>gold utility per group</h2>" in page and page.count("per group</h2>") == 1

@@ -6,6 +6,7 @@ Results schema (every key optional; unknown keys are ignored)::
     {
       "title": "pluralign report", "description": "free text",
       "judge": "gold utility",                                # what "reward" is: axis and column labels
+      "per_group_judge": "gold utility",                      # what "per_group" is, when not the judge's
       "runs": [{"name": "dpo-0.1", "method": "dpo",          # method groups colours and Pareto fronts
                 "kl": 1.2, "kl_se": 0.1, "reward": 0.53, "reward_se": 0.01, # → reward–KL plot and frontier; 95% CI ±1.96 se
                 "kl_is_bound": False,                         # true: kl is an upper bound (best-of-N), shown "≤"
@@ -263,7 +264,8 @@ def render_html(results: dict) -> str:
             figs.append(figure_html(gb, "Utility per group", "per-group utility of each run"))
         if figs:
             parts.append('<div class="grid">' + "".join(figs) + "</div>")
-        parts.append(_group_table(runs, judge))
+        # `eval` scores the groups with gold utility whatever its judge: a reward model's label on them was wrong
+        parts.append(_group_table(runs, str(results.get("per_group_judge") or judge)))
         parts.append(_samples_section(runs))
     parts.append(_pareto_section(results))
     if results.get("calibration"):

@@ -365,7 +365,8 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
                           for i, (p, t) in enumerate(list(zip(prompts, texts, strict=True))[:3])]
         runs.append(run)
     return {"title": cfg.get("title", "pluralign evaluation"), "description": cfg.get("description", ""),
-            "judge": judge_label(cfg.get("judge", {"kind": "gold"})), "runs": runs, "config": cfg}
+            "judge": judge_label(cfg.get("judge", {"kind": "gold"})), "runs": runs, "config": cfg} \
+        | ({"per_group_judge": "gold utility"} if groups else {})  # per_group is gold whatever the judge
 
 
 def judge_label(spec: dict) -> str:
