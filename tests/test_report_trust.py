@@ -126,3 +126,11 @@ def test_a_kto_runs_baseline_is_not_reported_as_its_kl(tmp_path):
     assert "kl" not in metrics and metrics["kl_baseline"].item() == 0.0  # z0 = max(mean KL estimate, 0)
     RunDir(tmp_path).log_metrics({"step": 1, "loss": 0.5, "kl_baseline": 0.03})
     assert "runs" not in load_run_dir(tmp_path)
+
+
+def test_runs_that_tie_on_every_objective_are_one_point_and_no_front():
+    # two runs of one method at the same objective means (greedy decoding, a deterministic judge) were
+    # given the hypervolume of that one point's box to the reference point (here 1·1 = 1)
+    runs = [{"name": n, "method": "m", "objectives": {"x": 1.0, "y": 1.0}} for n in ("a", "b")]
+    page = render_html({"runs": runs, "pareto": {"reference": [0, 0]}})
+    assert "<tr><td>m</td><td>2</td><td>2</td><td>— (no front)</td></tr>" in page

@@ -96,7 +96,7 @@ MAX_PROJECTED = 4  # objectives drawn pairwise (4 → 6 panels); the hypervolume
 
 def pareto_fronts(runs: Sequence[dict], objectives: Sequence[str], reference: Sequence[float]) -> tuple[bytes, dict[str, float]]:
     """Each method's runs and Pareto front, and the hypervolume of its runs over ALL `objectives` w.r.t.
-    `reference` (shown in the legend) — None for a method whose runs have fewer than 2 non-dominated
+    `reference` (shown in the legend) — None for a method whose runs have fewer than 2 distinct non-dominated
     points: a single point is no front, and its "hypervolume" is only the box to the reference point,
     which the reference alone decides. Two objectives: one scatter. More: one panel per pair of
     objectives (the first `MAX_PROJECTED`), each with the runs projected onto the pair; the line joins a
@@ -113,7 +113,9 @@ def pareto_fronts(runs: Sequence[dict], objectives: Sequence[str], reference: Se
     for method, group in by_method(runs).items():
         P = np.array([[r["objectives"][o] for o in objectives] for r in group], dtype=float)
         everywhere = pareto_front(P)
-        hvs[method] = hypervolume(P, reference) if len(everywhere) >= 2 else None
+        # distinct points: runs that tie on every objective (greedy decoding, a deterministic judge) are one
+        # point, whose hypervolume is only its box to the reference point
+        hvs[method] = hypervolume(P, reference) if len(np.unique(P[everywhere], axis=0)) >= 2 else None
         hv = f"HV {hvs[method]:.3g}" if hvs[method] is not None else "no front"
         color = None
         for n, (i, j) in enumerate(pairs):
