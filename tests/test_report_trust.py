@@ -134,3 +134,14 @@ def test_runs_that_tie_on_every_objective_are_one_point_and_no_front():
     runs = [{"name": n, "method": "m", "objectives": {"x": 1.0, "y": 1.0}} for n in ("a", "b")]
     page = render_html({"runs": runs, "pareto": {"reference": [0, 0]}})
     assert "<tr><td>m</td><td>2</td><td>2</td><td>— (no front)</td></tr>" in page
+
+
+def test_means_over_fewer_judged_answers_say_so_in_the_report():
+    # an LLM judge that could not read every reply: the page showed the win rate and reward as if every
+    # answer had been judged (only the command line said otherwise)
+    runs = [{"name": "base", "n": 4, "reward": 6.0, "reward_n": 3},
+            {"name": "dpo", "n": 4, "reward": 7.0, "win_rate": {"win_rate": 50.0, "n_total": 3, "n_invalid": 1}},
+            {"reward_n": 2, "win_rate": {"n_invalid": "2", "lc_is_extreme_change": True}}]  # hand-written: no note
+    page = render_html({"runs": runs})
+    assert "base: the judge graded 3 of 4 responses" in page
+    assert "dpo: the judge&#x27;s verdict could not be read for 1 of 4 pairs" in page

@@ -93,18 +93,21 @@ def summary_lines(results: dict) -> list[str]:
 def verdict_warnings(results: dict) -> list[str]:
     """Rewards and win rates resting on fewer grades or verdicts than answers: the judge's replies could not
     all be read."""
+    from pluralign.evaluate.plots import _finite as count  # a number: results.json may come from elsewhere
+
     out = []
-    for run in results.get("runs", []):
-        if run.get("reward_n") is not None and run.get("n") is not None and run["reward_n"] < run["n"]:
+    for run in results.get("runs", []):  # the report shows these too, for results.json written elsewhere
+        name = run.get("name", "")
+        if count(run.get("reward_n")) and count(run.get("n")) and run["reward_n"] < run["n"]:
             mean = " (its reward is their mean)" if run["reward_n"] else ""
-            out.append(f"{run['name']}: the judge graded {run['reward_n']} of {run['n']} responses{mean}; an LLM "
+            out.append(f"{name}: the judge graded {run['reward_n']} of {run['n']} responses{mean}; an LLM "
                        "judge may be too small to follow the template")
-        wr = run.get("win_rate") or {}
-        invalid, total = wr.get("n_invalid", 0), wr.get("n_total", 0) + wr.get("n_invalid", 0)
-        if invalid:
-            out.append(f"{run['name']}: the judge's verdict could not be read for {invalid} of {total} pairs "
+        wr = run.get("win_rate") if isinstance(run.get("win_rate"), dict) else {}
+        invalid, valid = wr.get("n_invalid"), wr.get("n_total")
+        if count(invalid) and invalid and count(valid):
+            out.append(f"{name}: the judge's verdict could not be read for {invalid} of {valid + invalid} pairs "
                        "(left out of its win rate); an LLM judge may be too small to follow the template")
-        if wr.get("lc_is_extreme_change"):
+        if wr.get("lc_is_extreme_change") and count(wr.get("lc_win_rate")) and count(wr.get("win_rate")):
             out.append(f"{run['name']}: the length-controlled win rate {wr['lc_win_rate']:.1f} is far from the raw "
                        f"{wr['win_rate']:.1f} (AlpacaEval's check): length explains the verdicts, or the GLM fit "
                        "failed on too few prompts")

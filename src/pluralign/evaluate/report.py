@@ -252,6 +252,11 @@ def render_html(results: dict) -> str:
     judge = judge_of(results)
     if runs:
         parts.append("<h2>Runs</h2>" + _runs_table(runs, judge))
+        from pluralign.evaluate.cli import verdict_warnings
+
+        # else means over the answers an LLM judge could read were shown as if every answer had been judged
+        if notes := verdict_warnings(results):
+            parts.append('<p class="muted">' + "<br>".join(html.escape(n) for n in notes) + "</p>")
         if any(isinstance(r.get("win_rate"), dict) for r in runs):
             parts.append('<p class="muted">Win rate against the baseline in AlpacaEval\'s encoding (draws count '
                          "half); CI: bootstrap 95%; LC: length-controlled (AlpacaEval 2 GLM).</p>")
