@@ -102,6 +102,7 @@ def test_a_baseline_or_reference_that_names_no_model_says_which_and_what_there_i
     ({"models": [{"name": "base", "path": "sandbox"}, {"name": "bon", "path": "sandbox", "decoder": "bon",
                                                         "reward": "runs/no_rm"}]},
      r"^eval\.yaml: models\[1\]\.reward 'runs/no_rm': expected"),
+    ({"judge": {"kind": "reward", "source": 3}}, r"^eval\.yaml: judge\.source: not a reward source: int"),
 ])
 def test_a_reward_source_or_its_weights_fail_before_generation_naming_the_key(no_generation, tmp_path, monkeypatch,
                                                                               extra, message):

@@ -147,7 +147,11 @@ def build_judge(spec: dict, where: str) -> Any:
 
         _require("source" in rest, where, "a reward judge needs 'source' (RM dir, module:function or gold)")
         source = rest["source"]
-        source = load_reward(source, f"{where}.source") if isinstance(source, str) else as_reward(source)
+        if isinstance(source, str):
+            source = load_reward(source, f"{where}.source")
+        else:
+            with _at(f"{where}.source"):  # `source: 3` named neither the config nor the key
+                source = as_reward(source)
         names = getattr(source, "objectives", None)
         if rest.get("weights") is not None and names:  # else a bad weight fails once answers are scored
             with _at(f"{where}.weights"):
