@@ -150,3 +150,17 @@ def test_bootstrap_settings_a_caller_got_wrong_are_named(kwargs, field):
     with pytest.raises(ConfigError) as e:
         bootstrap_ci([1.0, 2.0, 2.0, 1.5], **kwargs)
     assert e.value.field == field
+
+
+def test_compare_refuses_a_bad_n_boot_before_judging():
+    # the judge (an LLM judge's paid calls) ran over every pair before n_boot=0 was refused
+    class Judge:
+        calls = 0
+
+        def pairwise(self, prompts, a, b):
+            Judge.calls += 1
+            return np.full(len(prompts), 2.0)
+
+    with pytest.raises(ConfigError, match="n_boot"):
+        compare(Judge(), ["q"], ["a"], ["b"], n_boot=0)
+    assert Judge.calls == 0

@@ -217,6 +217,7 @@ def lc_between(weights_a: dict[str, float], weights_b: dict[str, float],
 def compare(judge: Any, prompts: Sequence[Any], baseline: Sequence[Any], model: Sequence[Any], *,
             n_boot: int = 1000, seed: int = 0, length_controlled: bool = True) -> dict[str, Any]:
     """Judge `model` against `baseline` outputs and summarise: win rate, bootstrap CI, LC win rate."""
+    bootstrap_ci([], n_boot=n_boot)  # a bad n_boot is refused before the judge is paid (an LLM judge's calls)
     prefs = np.asarray(judge.pairwise(prompts, baseline, model), float)
     out: dict[str, Any] = win_rate(prefs)
     out["ci"] = list(bootstrap_ci(prefs, n_boot=n_boot, seed=seed))
