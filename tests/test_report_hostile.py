@@ -52,6 +52,9 @@ GOOD_RUN = {"name": "a", "method": "dpo", "kl": 0.5, "reward": 1.0, "per_group":
     ({"calibration": [{"rows": [], "errors": {"ece": "low"}}]}, "'calibration[0].errors.ece' must be a number"),
     ({"curves": [{"name": "c", "rows": [1, 2]}]}, "'curves[0].rows[0]' must be an object"),
     ({"tables": [{"title": "t", "columns": ["a"], "rows": "ab"}]}, "'tables[0].rows' must be a list"),
+    # "\ud800" is valid JSON: a TypeError from matplotlib's text, or from writing the page as UTF-8
+    ({"runs": [{**GOOD_RUN, "name": "a\ud800"}]}, "'runs[0].name': lone UTF-16 surrogate"),
+    ({"title": "\udc80"}, "'title': lone UTF-16 surrogate"),
 ])
 def test_malformed_results_are_config_errors_naming_the_key(tmp_path, results, where):
     with pytest.raises(ConfigError, match="results: .*" + where.replace("[", r"\[").replace("]", r"\]")

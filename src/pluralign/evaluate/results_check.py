@@ -56,6 +56,11 @@ def check_results(results: Any, source: str = "results") -> dict:
             number(f"{where}.{k}", x, required)
 
     obj("the top level", results)
+    from pluralign.data.field_checks import hostile_issues
+
+    # a lone surrogate ("\ud800" is valid JSON) was a TypeError from matplotlib or the UTF-8 writer
+    for where, message in hostile_issues("", results)[:1]:
+        raise ConfigError(f"{source}: '{(where or '').lstrip('.') or 'the top level'}': {message}")
     if results.get("judge") is not None and not isinstance(results["judge"], str):
         raise fail("judge", "a label such as 'gold utility'", results["judge"])
     for key in LIST_KEYS:
