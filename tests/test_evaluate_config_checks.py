@@ -51,6 +51,9 @@ def test_missing_model_directory_names_the_config_and_key(no_generation, tmp_pat
      r"^eval\.yaml: judge\.group: population 'default' has no group 'nobody'"),
     ({"judge": {"kind": "gold", "population": "nowhere"}}, r"^eval\.yaml: judge\.population: unknown population"),
     ({"population": "nowhere", "metrics": ["per_group"]}, r"^eval\.yaml: population: unknown population"),
+    # without per_group the population was checked only as the default judge's, named judge.population
+    ({"population": "nowhere", "metrics": ["reward"]}, r"^eval\.yaml: population: unknown population"),
+    ({"population": ["a"]}, r"^eval\.yaml: population: must be a population name, got \['a'\]"),
     ({"judge": {"kind": "llm", "base_url": "http://127.0.0.1:9/v1", "model": "m", "mode": "vibes"}},
      r"^eval\.yaml: judge: LLMJudge mode"),
 ])

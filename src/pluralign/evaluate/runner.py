@@ -177,6 +177,7 @@ def _population(name: Any, where: str) -> Any:
     """The sandbox population `name`; an unknown one is a ConfigError naming `where` (file and key)."""
     from pluralign.sandbox.users import population
 
+    _require(isinstance(name, str), where, f"must be a population name, got {name!r}")  # [a]: "unhashable type"
     with _at(where):
         return population(name)
 
@@ -325,8 +326,9 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
         _require(value in names, f"{where}: {key}", f"{value!r} names no model; models: {names}")
     n_boot = _bootstrap(cfg, where)
     groups = []
-    if "per_group" in metrics and cfg.get("population"):
-        groups = list(_population(cfg["population"], f"{where}: population").groups)
+    if cfg.get("population") is not None:  # checked whatever the metrics: the default judge reads it too
+        pop = _population(cfg["population"], f"{where}: population")
+        groups = list(pop.groups) if "per_group" in metrics and cfg["population"] else []
     prompts = load_prompts(cfg.get("prompts", {"sandbox": 16}), f"{where}: prompts", base_dir)
     judge = build_judge(_judge_spec(cfg, base_dir), f"{where}: judge")
     gen = dict(cfg.get("generation") or {})
