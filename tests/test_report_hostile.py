@@ -30,6 +30,8 @@ GOOD_RUN = {"name": "a", "method": "dpo", "kl": 0.5, "reward": 1.0, "per_group":
     ({"runs": [{**GOOD_RUN, "win_rate": {"win_rate": 55, "baseline": 3}}]}, "'runs[0].win_rate.baseline' must be the baseline run's name"),
     ({"runs": [GOOD_RUN], "pareto": {"objectives": [["x"], "y"]}}, "'pareto.objectives[0]'"),
     ({"runs": [GOOD_RUN], "pareto": {"objectives": ["x", "y"], "reference": [0]}}, "'pareto.reference'"),
+    # a misspelt objective left the Pareto section out without a word
+    ({"runs": [GOOD_RUN], "pareto": {"objectives": ["x", "z"]}}, "'pareto.objectives[1]' must be an objective of the runs (x, y)"),
     # was an IndexError in the plot: without pareto.objectives the reference is for the runs' first two
     ({"runs": [GOOD_RUN], "pareto": {"reference": [0]}}, "'pareto.reference' must be one number per objective (x, y"),
     # was an AttributeError / TypeError rendering the sample's prompt

@@ -100,6 +100,10 @@ def check_results(results: Any, source: str = "results") -> dict:
         for j, x in enumerate(spec.get("reference") or []):
             number(f"pareto.reference[{j}]", x, required=True)
         objectives = pareto_objectives(results)
+        known = {o for r in results.get("runs", []) if isinstance(r.get("objectives"), dict) for o in r["objectives"]}
+        for j, x in enumerate(spec.get("objectives") or []):
+            if known and x not in known:  # a misspelt objective dropped the whole Pareto section without a word
+                raise fail(f"pareto.objectives[{j}]", f"an objective of the runs ({', '.join(map(str, sorted(known)))})", x)
         if spec.get("reference") and len(objectives) >= 2 and len(objectives) != len(spec["reference"]):
             which = "" if spec.get("objectives") else ": the runs' first two, as pareto.objectives is not given"
             raise fail("pareto.reference", f"one number per objective ({', '.join(map(str, objectives))}{which})",
