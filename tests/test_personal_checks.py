@@ -155,3 +155,27 @@ def test_a_new_users_run_trains_on_every_example_despite_population_dropout(base
                                personal={"condition_on": "user", "new_users_only": True, "population_dropout": 0.9}))
     # the old code dropped ~90% of carol's examples to the population model: steps with no gradient at all
     assert all(row["grad_norm"] > 0 for row in _metrics(out))
+
+
+def test_group_losses_over_several_batches_are_the_groups_mean_losses(base):
+    """Evaluation (and gradient accumulation) combines batches: each group's logged loss is its examples'
+    mean loss, not the batches' group means weighted by the batches' sizes."""
+    from accelerate import Accelerator
+
+    from pluralign.personal.conditioned import PersonalConfig, Personalization
+    from pluralign.train.loop import evaluate
+
+    rows = _opposed(4)  # groups a, b, a, b
+    records = [type("R", (), {"user": r["user"], "group": r["group"]})() for r in rows]
+    personal = Personalization(PersonalConfig(group_objective="worst_group"), None, str(base), records, False)
+    index = personal.per_example(records)["group_index"]
+    losses = torch.tensor([1.0, 2.0, 5.0, 2.0])
+    order = [0, 1, 2, 2]  # batch 1: a (1.0), b (2.0); batch 2: a (5.0), a (5.0)
+
+    def collate(items):
+        return {"group_index": index[items], "losses": losses[items]}
+
+    step = personal.wrap(lambda model, batch: (batch["losses"], {}), training=False)
+    result = evaluate(lambda batch: step(None, batch), order, collate, 2, Accelerator(cpu=True))
+    assert result["group_loss/a"] == pytest.approx((1.0 + 5.0 + 5.0) / 3)  # the batches' way: (1·2 + 5·2)/4 = 3
+    assert result["group_loss/b"] == pytest.approx(2.0)

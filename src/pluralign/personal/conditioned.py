@@ -253,9 +253,11 @@ class Personalization:
 
     def _group_losses(self, losses: torch.Tensor, groups: torch.Tensor) -> dict[str, torch.Tensor]:
         """`group_loss/<g>`: the mean loss of each group present in the batch, so a run shows which group
-        the objective favours."""
+        the objective favours. Each is given with its count of examples (`parallel.Weighted`): weighted by
+        the batch's size instead, micro-batches and evaluation batches would average into a number that is
+        not the group's mean loss."""
         losses = losses.detach()
-        return {f"group_loss/{self.groups[g]}": losses[groups == g].float().mean()
+        return {f"group_loss/{self.groups[g]}": (losses[groups == g].float().mean(), int((groups == g).sum()))
                 for g in torch.unique(groups).tolist()}
 
     def detach(self, model: Any) -> None:

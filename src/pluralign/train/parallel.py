@@ -184,7 +184,11 @@ class Weighted:
         self.weights: dict[str, torch.Tensor] = {}
 
     def add(self, key: str, value: Any, weight: Any) -> None:
-        """`value` is a mean over `weight` examples (a per-example tensor is averaged first)."""
+        """`value` is a mean over `weight` examples (a per-example tensor is averaged first); a step may
+        give a metric as a (mean, count) pair, a mean over its own count of the batch's examples (e.g. one
+        group's), so that micro-batches and evaluation batches combine into that subset's real mean."""
+        if isinstance(value, tuple):
+            value, weight = value
         value = value.detach().float().mean() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
         weight = torch.as_tensor(weight, dtype=torch.float32)
         zero = torch.zeros((), device=self.device)
