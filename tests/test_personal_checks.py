@@ -179,3 +179,29 @@ def test_group_losses_over_several_batches_are_the_groups_mean_losses(base):
     result = evaluate(lambda batch: step(None, batch), order, collate, 2, Accelerator(cpu=True))
     assert result["group_loss/a"] == pytest.approx((1.0 + 5.0 + 5.0) / 3)  # the batches' way: (1·2 + 5·2)/4 = 3
     assert result["group_loss/b"] == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------- PAS steering saved with a model
+
+
+def test_pas_steerings_saved_one_user_at_a_time_are_all_kept(base, tmp_path):
+    import shutil
+
+    from pluralign.personal import steering
+    from pluralign.personal.conditioned import load_vectors, save_vectors
+    from pluralign.personal.vectors import PersonVectors
+
+    d = shutil.copytree(base, tmp_path / "steered")
+    u = torch.eye(16)
+    steering.save(d, {"alice": steering.Steering(0, u[0], 2.0, alpha=1.0)})
+    steering.save(d, {"bob": steering.Steering(0, u[1], 3.0, alpha=0.5)})  # alice was lost here
+    vectors, index = load_vectors(d)
+    assert vectors.names == ["alice", "bob"] and sorted(index["pas"]) == ["alice", "bob"]
+    assert torch.allclose(vectors.get("alice"), 2 * u[0]) and torch.allclose(vectors.get("bob"), 1.5 * u[1])
+    with pytest.raises(ConfigError, match="layer 0"):  # one layer per model
+        steering.save(d, {"carol": steering.Steering(1, u[2], 1.0, alpha=1.0)})
+    trained = shutil.copytree(base, tmp_path / "trained")
+    save_vectors(trained, PersonVectors(["dan"], 16), {"on": "user", "layer": "embeddings", "user_groups": {}})
+    with pytest.raises(ConfigError, match="trained person vectors .*dan"):
+        steering.save(trained, {"carol": steering.Steering(0, u[2], 1.0, alpha=1.0)})
+    assert load_vectors(trained)[0].names == ["dan"]

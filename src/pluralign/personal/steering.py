@@ -169,8 +169,9 @@ def fit(model: Any, tokenizer: Any, records: Sequence[Any], *, layer: int | str 
 
 def save(model_dir: str | Path, steerings: Mapping[str, Steering]) -> None:
     """Store per-user steering vectors α·σ·u with a saved model (the `person_vectors` conditioning scheme),
-    so that decoding with `user=…` (API, CLI, server) applies that user's steering."""
-    from pluralign.personal.conditioned import save_vectors
+    so that decoding with `user=…` (API, CLI, server) applies that user's steering. Users saved to the model
+    before (one `save` per user) keep their steering; a user saved again gets the new one."""
+    from pluralign.personal.conditioned import load_vectors, save_vectors
     from pluralign.personal.vectors import PersonVectors
 
     if not steerings:
@@ -178,8 +179,23 @@ def save(model_dir: str | Path, steerings: Mapping[str, Steering]) -> None:
     layers = {str(s.layer) for s in steerings.values()}
     if len(layers) != 1:
         raise ConfigError(f"steerings of one model must share a layer, got {sorted(layers)}")
-    table = PersonVectors(list(steerings), len(next(iter(steerings.values())).direction))
+    layer = next(iter(steerings.values())).layer
+    rows = {u: s.vector().float() for u, s in steerings.items()}
+    pas = {u: {"alpha": s.alpha, "sigma": s.sigma} for u, s in steerings.items()}
+    saved = load_vectors(model_dir)
+    if saved is not None:
+        # The model holds one table at one layer: writing a new one would silently drop every vector in it.
+        old, index = saved
+        if "pas" not in index:
+            raise ConfigError(f"{model_dir} holds trained person vectors (per {index['on']}: "
+                              f"{', '.join(old.names[:5])}{', …' if len(old.names) > 5 else ''}); PAS steering "
+                              "would replace them: save it to a copy of the model")
+        if str(index["layer"]) != str(layer):
+            raise ConfigError(f"{model_dir} holds PAS steering at layer {index['layer']}; these are at layer "
+                              f"{layer} and a model steers at one layer: save them to a copy of the model")
+        rows = {u: old.get(u).float() for u in old.names if u not in rows} | rows
+        pas = {u: v for u, v in index["pas"].items() if u not in pas} | pas
+    table = PersonVectors(list(rows), len(next(iter(rows.values()))))
     with torch.no_grad():
-        table.raw.copy_(torch.stack([s.vector().float() for s in steerings.values()]))
-    save_vectors(model_dir, table, {"on": "user", "layer": next(iter(steerings.values())).layer, "user_groups": {},
-                                    "pas": {u: {"alpha": s.alpha, "sigma": s.sigma} for u, s in steerings.items()}})
+        table.raw.copy_(torch.stack(list(rows.values())))
+    save_vectors(model_dir, table, {"on": "user", "layer": layer, "user_groups": {}, "pas": pas})
