@@ -135,10 +135,13 @@ class Personalization:
 
     def __init__(self, config: PersonalConfig, model: Any, model_dir: str, records: Sequence[Any],
                  gradient_checkpointing: bool, loss_kind: str = "pairwise", *, collator: Any = None,
-                 reference_is_initial: bool = True):
+                 reference_is_initial: bool = True, eval_records: Sequence[Any] = ()):
         self.config, self.model, self.collator = config, model, collator
         if config.token_weighting:
             _check_token_weighting(config, loss_kind, reference_is_initial)
+            _check_histories(records, config.history_size, "training data")
+            if eval_records:
+                _check_histories(eval_records, config.history_size, "eval_data")
         group_fair.get(config.group_objective)  # a bad name fails before anything is loaded
         self.field = config.condition_on
         if self.field == "none" and config.new_users_only:
@@ -284,6 +287,16 @@ def _check_token_weighting(config: PersonalConfig, loss_kind: str, reference_is_
     if isinstance(h, bool) or not isinstance(h, int) or h < 1:
         raise ConfigError(f"personal.history_size must be an integer >= 1 (how many of the user's other chosen "
                           f"responses form the history), got {h!r}", field="personal.history_size")
+
+
+def _check_histories(records: Sequence[Any], size: int, where: str) -> None:
+    """The weights need some user's history, computed only after the reference pass: known before it."""
+    from pluralign.personal.token_weights import histories
+
+    if records and all(h is None for h in histories(records, size)):
+        raise ConfigError(f"personal.token_weighting: no user of the {where} has 2 or more records, so no "
+                          "record has a history (the user's other chosen responses) to weight its tokens by",
+                          field="personal.token_weighting")
 
 
 def group_check(config: PersonalConfig, training: Sequence[Any] | None = None) -> Callable[[Sequence[Any], str, Sequence[int]], None] | None:

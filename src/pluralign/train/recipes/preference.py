@@ -203,7 +203,8 @@ def run(config: PreferenceConfig) -> RecipeResult:
     # Before the reference pass writes its cache: a bad personal setting leaves nothing behind.
     personal = Personalization(config.personal, model, config.model, [it.record for it in train_items],
                                config.gradient_checkpointing, info.kind, collator=collator,
-                               reference_is_initial=config.ref_model is None and config.ref_cache)
+                               reference_is_initial=config.ref_model is None and config.ref_cache,
+                               eval_records=[it.record for it in eval_items or []])
     if personal.step_options() and objective_step.get("policy_logps") is not None:
         raise ConfigError("personal.token_weighting cannot combine with per-objective heads")
 
