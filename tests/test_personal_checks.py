@@ -103,6 +103,17 @@ def test_bad_token_weighting_settings_name_their_key_before_writing(base, tmp_pa
     assert code == 2 and key in err and not out.exists()
 
 
+@pytest.mark.parametrize("value", ["0", "-1", ".nan"])
+def test_a_bad_vector_scale_is_refused_before_writing(base, tmp_path, capsys, value):
+    # 0 trained nothing and saved NaN vectors (stored divided by the scale); a user's request then failed
+    data = _write(tmp_path / "pairs.jsonl", _opposed(8))
+    out = tmp_path / "run"
+    code, err = _cli(["train", "dpo", f"model={base}", f"data=[{data}]", f"output_dir={out}",
+                      "personal.condition_on=user", f"personal.vector_scale={value}", "loop.max_steps=1",
+                      "loop.progress=false"], capsys)
+    assert code == 2 and "personal.vector_scale must be a finite number > 0" in err and not out.exists()
+
+
 def test_token_weighting_without_any_users_history_is_refused_before_writing(base, tmp_path, capsys):
     data = _write(tmp_path / "pairs.jsonl", [r | {"user": f"u{i}"} for i, r in enumerate(_opposed(4))])
     out = tmp_path / "run"

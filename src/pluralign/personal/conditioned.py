@@ -148,6 +148,11 @@ class Personalization:
             raise ConfigError("personal.new_users_only needs personal.condition_on = user or group")
         if not 0.0 <= config.population_dropout < 1.0:
             raise ConfigError(f"personal.population_dropout must be in [0, 1), got {config.population_dropout}")
+        scale = config.vector_scale
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
+            # the vectors are stored divided by it: 0 saved a NaN table that broke every request of a user
+            raise ConfigError(f"personal.vector_scale must be a finite number > 0, got {scale!r}",
+                              field="personal.vector_scale")
         self.groups = _training_groups(records, config.group_objective)
         sizes = [sum(str(r.group) == g for r in records) for g in self.groups]
         self.combine, stateful = group_fair.make(config.group_objective, max(len(self.groups), 1),
