@@ -225,3 +225,24 @@ def test_pas_steerings_saved_one_user_at_a_time_are_all_kept(base, tmp_path):
     with pytest.raises(ConfigError, match="trained person vectors .*dan"):
         steering.save(trained, {"carol": steering.Steering(0, u[2], 1.0, alpha=1.0)})
     assert load_vectors(trained)[0].names == ["dan"]
+
+
+def test_a_model_with_a_missing_or_mismatched_vector_table_is_a_clear_error(base, tmp_path, capsys):
+    import shutil
+
+    from pluralign.personal.conditioned import INDEX, WEIGHTS, save_vectors
+    from pluralign.personal.vectors import PersonVectors
+
+    d = shutil.copytree(base, tmp_path / "cond")
+    save_vectors(d, PersonVectors(["alice", "bob"], 16), {"on": "user", "layer": "embeddings", "user_groups": {}})
+    index = json.loads((d / INDEX).read_text())
+    (d / INDEX).write_text(json.dumps(index | {"names": ["alice", "bob", "carol"]}))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("tell me about the cat\n")
+    argv = ["decode", "--method", "sample", "--model", str(d), "--prompts", str(prompts),
+            "--out", str(tmp_path / "out.jsonl"), "--user", "alice", "--max-new-tokens", "2"]
+    code, err = _cli(argv, capsys)
+    assert code == 2 and "2 vectors for the 3 names" in err
+    (d / WEIGHTS).unlink()  # a traceback (FileNotFoundError) before
+    code, err = _cli(argv, capsys)
+    assert code == 2 and f"{WEIGHTS} is missing" in err

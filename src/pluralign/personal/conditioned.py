@@ -76,9 +76,19 @@ def load_vectors(model_dir: str | Path) -> tuple[PersonVectors, dict] | None:
     index = read_index(model_dir)
     if index is None:
         return None
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    raw = load_file(str(Path(model_dir) / WEIGHTS))["raw"]
+    path = Path(model_dir) / WEIGHTS
+    if not path.is_file():
+        raise ConfigError(f"{model_dir}: {INDEX} names person vectors but {WEIGHTS} is missing")
+    try:
+        raw = load_file(str(path))["raw"]
+    except (SafetensorError, KeyError) as e:
+        raise ConfigError(f"{path}: not a person-vector table ({e})") from None
+    if raw.dim() != 2 or raw.shape[0] != len(index["names"]):
+        raise ConfigError(f"{path}: {raw.shape[0] if raw.dim() else 0} vectors for the {len(index['names'])} "
+                          f"names in {INDEX}; the two files are not of one save")
     vectors = PersonVectors(index["names"], raw.shape[1], scale=index["scale"])
     with torch.no_grad():
         vectors.raw.copy_(raw)
