@@ -123,6 +123,18 @@ def test_token_weighting_without_any_users_history_is_refused_before_writing(bas
     assert not out.exists()  # it was refused after the reference pass had cached its log-probs there
 
 
+@pytest.mark.parametrize("scheme", ["objectives.conditioning=persona_message",
+                                    "objectives.conditioning=control_tokens"])
+def test_person_vectors_with_another_conditioning_scheme_are_refused_before_training(base, tmp_path, capsys, scheme):
+    data = _write(tmp_path / "pairs.jsonl", _opposed(8))
+    out = tmp_path / "run"
+    code, err = _cli(["train", "dpo", f"model={base}", f"data=[{data}]", f"output_dir={out}", scheme,
+                      "objectives.conditioning_params={statements: {a: good}}" if "persona" in scheme else "loop.seed=0",
+                      "personal.condition_on=user", "loop.max_steps=1", "loop.progress=false"], capsys)
+    # it failed only when saving, after the whole run ("... person vectors cannot be added to it")
+    assert code == 2 and "a model holds one of them" in err and not out.exists()
+
+
 # ---------------------------------------------------------------- Janus statements
 
 

@@ -205,6 +205,11 @@ def run(config: PreferenceConfig) -> RecipeResult:
                                config.gradient_checkpointing, info.kind, collator=collator,
                                reference_is_initial=config.ref_model is None and config.ref_cache,
                                eval_records=[it.record for it in eval_items or []])
+    if personal.vectors is not None and conditioning.save_state(scheme):
+        # A model holds one conditioning scheme: this was found only when saving, after the whole run.
+        raise ConfigError(f"personal.condition_on={config.personal.condition_on} conditions the model by person "
+                          f"vectors, and objectives.conditioning by '{scheme.name}': a model holds one of them",
+                          field="personal.condition_on")
     if personal.step_options() and objective_step.get("policy_logps") is not None:
         raise ConfigError("personal.token_weighting cannot combine with per-objective heads")
 
