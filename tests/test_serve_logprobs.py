@@ -148,3 +148,28 @@ def test_a_conditioned_model_streams_token_by_token_with_logprobs(tmp_path):
     assert whole.message.content == want.texts[0][0] == "".join(deltas) and len(deltas) > 1
     n = len(whole.logprobs.content)
     assert n and [e.logprob for e in whole.logprobs.content] == pytest.approx(want.token_logps[0][0][:n].tolist(), abs=1e-5)
+
+
+def test_characters_split_across_tokens_are_reported_whole(bpe_tokenizer):
+    """A byte-level tokenizer splits a CJK character or an emoji into several tokens, whose prefixes decode
+    to U+FFFD. Every token is reported and the pieces join into the text: the partial tokens add nothing,
+    the completing one the whole character; a stream (the tokens so far, the text held back to what is
+    whole) reports the same pieces. The pieces used to stop at the first such character with a stray U+FFFD."""
+    from pluralign.serve.logprobs import reported_tokens
+
+    ids = bpe_tokenizer("the cat 我是 hello 😀!", add_special_tokens=False).input_ids
+    text = bpe_tokenizer.decode(ids)
+    pieces = reported_tokens(bpe_tokenizer, ids, text)
+    assert [t for t, _ in pieces] == list(range(len(ids))) and "".join(p for _, p in pieces) == text
+    assert "\ufffd" not in text and any(p == "我" for _, p in pieces)
+    streamed, before = [], ""
+    for end in range(1, len(ids) + 1):
+        so_far = bpe_tokenizer.decode(ids[:end]).rstrip("\ufffd")  # what `Job.stream_text` holds back to
+        rows = reported_tokens(bpe_tokenizer, ids[:end], so_far, len(streamed), before)
+        streamed += rows
+        before += "".join(p for _, p in rows)
+    assert streamed == pieces
+    cut = ids[:next(t for t, p in pieces if p == "我")]  # cut inside 我 (by max_tokens): the text ends with
+    cut_text = bpe_tokenizer.decode(cut)  # U+FFFD, which the last piece reports
+    assert cut_text.endswith("\ufffd")
+    assert "".join(p for _, p in reported_tokens(bpe_tokenizer, cut, cut_text)) == cut_text

@@ -34,7 +34,15 @@ def reported_tokens(tokenizer: Any, ids: list[int], text: str, start: int = 0, b
         if ids[t] in special:
             break
         after = tokenizer.decode(ids[:t + 1], skip_special_tokens=True)
-        if not after.startswith(before) or len(after) > len(text):
+        if not text.startswith(after):
+            # A token holding only some bytes of a character decodes to U+FFFD, which the text does not
+            # have once a later token completes the character: it adds nothing, and the completing token
+            # adds the whole character (without this the pieces stopped at the first CJK or emoji
+            # character, one of them a stray U+FFFD). The last token waits: its character may still come.
+            after = after.rstrip("\ufffd")
+            if t == len(ids) - 1 or not text.startswith(after):
+                break
+        if not after.startswith(before):
             break
         out.append((t, after[len(before):]))
         before = after
