@@ -432,6 +432,7 @@ def test_a_broken_reward_source_is_a_422_naming_it(sandbox, monkeypatch):
     ({"weights": {"positivity": "much"}}, 400, "weights"),
     ({"user": {"id": 1}}, 400, "user"),
     ({"users": ["alice", {"id": 1}]}, 400, "user"),
+    ({"users": []}, 400, "users"),  # scored for nobody: was a 500 (StopIteration in the handler)
     ({"weights": {"kindness": 1}}, 422, "weights"),  # the right kind, but no such objective: named
 ])
 def test_reward_requests_with_bad_weights_or_users_are_refused_naming_the_field(server, extra, status, param):

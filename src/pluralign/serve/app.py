@@ -303,8 +303,8 @@ class Server:
             raise APIError(400, f"at most {self.cfg.max_batch_rows} pairs per request", param="input")
         name = body.get("reward", body.get("model"))
         users = body.get("users")
-        if users is not None and not isinstance(users, list):
-            raise APIError(400, "'users' must be a list", param="users")
+        if users is not None and not (isinstance(users, list) and users):
+            raise APIError(400, "'users' must be a non-empty list", param="users")
         weights = body.get("weights")
         for u in users if users is not None else [body.get("user")]:  # checked as a decoding request's are
             P.checked_controls(weights=weights, user=u)
