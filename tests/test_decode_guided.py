@@ -188,3 +188,20 @@ def test_token_level_decoders_give_batched_requests_their_own_stop_strings_and_k
              for c in controls]
     assert mixed.texts == alone
     assert first.split()[1] not in mixed.texts[1]
+
+
+@pytest.mark.parametrize("constraints", [
+    {"keywords": 5},  # failed inside the search: a 500 from the server, a traceback from Python
+    {"keywords": "river"},  # was searched for letter by letter
+    {"keywords": ["river", 3]},
+    {"min_words": "two"},
+    {"max_words": -1},
+    {"keyword": ["river"]},  # a misspelt key: refused when made, not at the first search step
+])
+def test_malformed_deal_constraints_are_refused_when_the_controls_are_made(constraints):
+    from pluralign.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="controls.constraints must be an object of \"keywords\"") as e:
+        Controls(constraints=constraints)
+    assert e.value.field == "constraints"
+    assert Controls(constraints={"keywords": ("river",), "min_words": 0, "max_words": None}).constraints

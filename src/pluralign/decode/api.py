@@ -96,8 +96,11 @@ class Controls:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) or _integer(value)):
                 raise bad(name, "a text or an integer id")
-        if self.constraints is not None and not isinstance(self.constraints, Mapping):
-            raise bad("constraints", 'an object, e.g. {"keywords": ["river"], "max_words": 20}')
+        if self.constraints is not None and not _constraints_ok(self.constraints):
+            # checked here: {"keywords": 5} failed inside the search (a 500 from the server), and a text
+            # {"keywords": "river"} was searched for letter by letter
+            raise bad("constraints", 'an object of "keywords" (a list of texts) and "min_words" / "max_words" '
+                      '(integers >= 0), e.g. {"keywords": ["river"], "max_words": 20}')
         if self.chat_template not in CHAT_TEMPLATE_MODES:
             raise bad("chat_template", f"one of {', '.join(CHAT_TEMPLATE_MODES)}")
 
@@ -107,6 +110,18 @@ class Controls:
 
 def _integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _constraints_ok(value: Any) -> bool:
+    """DeAL's constraints (`decode.search.constraint_score`): known keys, keywords a list of texts, word
+    bounds non-negative integers (or null)."""
+    if not isinstance(value, Mapping) or set(value) - {"keywords", "min_words", "max_words"}:
+        return False
+    keywords = value.get("keywords")
+    if keywords is not None and not (isinstance(keywords, Sequence) and not isinstance(keywords, str)
+                                     and all(isinstance(k, str) for k in keywords)):
+        return False
+    return all(value.get(k) is None or (_integer(value[k]) and value[k] >= 0) for k in ("min_words", "max_words"))
 
 
 def _finite_numbers(value: Any) -> bool:
