@@ -72,6 +72,16 @@ def test_per_request_fusion_weights(tok, lms):
     assert out.texts[1] == texts(sample(lms[1], tok, ["the cat"], max_new_tokens=8, temperature=0))[0]
 
 
+@pytest.mark.parametrize("method", ["genarm", "mod"])
+def test_fusion_reads_top_k_and_top_p(method, tok, lms):
+    # top_k=1 (or a tiny top_p) keeps only the fused argmax: sampling then is greedy fusion
+    greedy = decode(method, lms[0], tok, PROMPTS, models=[lms[1]], controls=GREEDY.replace(weights=[0.5, 0.5]))
+    for cut in ({"top_k": 1}, {"top_p": 1e-6}):
+        out = decode(method, lms[0], tok, PROMPTS, models=[lms[1]],
+                     controls=Controls(max_new_tokens=8, seed=1, weights=[0.5, 0.5], **cut))
+        assert out.texts == greedy.texts, cut
+
+
 def test_cd_fudge_training_and_limits(tok, lms):
     base = lms[0]
     value = ValueModel.new(base)

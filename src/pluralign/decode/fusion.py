@@ -114,7 +114,8 @@ class FusionGuide:
             form, alpha = c.extra.get("form", "reverse_kl"), float(c.extra.get("alpha", 0.5))
             f = mod_scores(ell, w, form, alpha)
             f_prev = mod_scores(self.prefix[:, :, None], w, form, alpha)
-            scores = f - f_prev
+            # top_k / top_p filter the fused distribution as for genarm (they were accepted and ignored)
+            scores = warp_logits(f - f_prev, 1.0, c.top_k, c.top_p)
         tok = pick(scores, greedy, temp, self.generator)
         self.last_logq = choice_logq(scores, tok, greedy, temp)
         if self.prefix is not None:
