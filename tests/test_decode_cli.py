@@ -332,6 +332,25 @@ def test_mod_weights_by_name_or_of_the_wrong_count_are_named_by_line_before_deco
     assert "error: --weights: mod weighs its models in order" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("words", [("x", "y", "z"), "reversed"])
+def test_extra_models_of_another_vocabulary_are_refused_naming_them(model_dir, tmp_path, capsys, words):
+    # a smaller vocabulary was an IndexError traceback mid-decode; the same tokens under other ids silent garbage
+    from pluralign.decode.toy import WORDS
+
+    tok = toy_tokenizer(tuple(reversed(WORDS)) if words == "reversed" else words)
+    other = tmp_path / "other"
+    toy_lm(tok, seed=1).save_pretrained(other)
+    tok.save_pretrained(other)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the cat\n")
+    for method in ("genarm", "mod"):
+        args = ["decode", "--method", method, "--model", str(model_dir), "--models", f"{model_dir},{other}",
+                "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"), "--max-new-tokens", "2"]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"error: --models: {other} has another vocabulary than the policy {model_dir}" in err, err
+
+
 def test_a_prompt_past_the_models_context_window_is_named_by_line(tmp_path, capsys):
     # GPT-2's learned position table: a prompt + max_new_tokens beyond it was an IndexError traceback
     from pluralign.models.tiny import tiny_gpt2

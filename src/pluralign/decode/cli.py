@@ -190,6 +190,16 @@ def check_mod_weights(n_models: int, base: Any, rows: list[Any], controls: list[
     _refuse_requests(base, rows, controls, problem)
 
 
+def check_same_vocab(tokenizer: Any, other: Any, policy: str, path: str) -> None:
+    """Fusion adds the extra models' next-token log-probs token id by token id, so each must read the policy's
+    vocabulary: a smaller one was an IndexError traceback mid-decode, one of the same size but other ids
+    silent garbage."""
+    if other.get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(f"--models: {path} has another vocabulary than the policy {policy} ({len(other)} vs "
+                          f"{len(tokenizer)} tokens, or the same tokens under other ids); fusion needs models "
+                          "sharing the policy's tokenizer")
+
+
 def check_context(model: Any, tokenizer: Any, rows: list[Any], controls: list[Any]) -> None:
     """Every row's prompt as the policy renders it, and within the model's context window with its
     max_new_tokens, before decoding, each problem named by file, line and field: a prompt the chat template
@@ -260,7 +270,11 @@ def run(args: argparse.Namespace) -> int:
     check_reward_weights(reward, base, rows, controls)
     if args.method == "mod" and args.models:
         check_mod_weights(1 + len(args.models.split(",")), base, rows, controls)
-    extra_models = [load_policy(d)[0] for d in args.models.split(",")] if args.models else []
+    extra_models = []
+    for d in args.models.split(",") if args.models else []:
+        extra, extra_tokenizer = load_policy(d)
+        check_same_vocab(tokenizer, extra_tokenizer, args.model, d)
+        extra_models.append(extra)
     unused = unused_controls(model, reward, controls, extra_models, args.model)
     if unused:
         print(f"warning: {unused}", file=sys.stderr)
