@@ -10,6 +10,7 @@ from pluralign.decode.fusion import mod_scores
 from pluralign.decode.sampler import sample
 from pluralign.decode.search import constraint_score
 from pluralign.decode.toy import toy_lm, toy_tokenizer
+from pluralign.errors import ConfigError
 
 PROMPTS = ["the cat sat on", "a big dog", "bird"]
 GREEDY = Controls(max_new_tokens=8, temperature=0.0)
@@ -71,6 +72,20 @@ def test_per_request_fusion_weights(tok, lms):
     assert out.texts[0] == texts(sample(lms[0], tok, ["the cat"], max_new_tokens=8, temperature=0))[0]
     assert out.texts[1] == texts(sample(lms[1], tok, ["the cat"], max_new_tokens=8, temperature=0))[0]
 
+
+
+@pytest.mark.parametrize(("weights", "form", "message"), [
+    ([0.0, 0.0], "reverse_kl", "all 2 weights are 0"),
+    ([-1.0, 2.0], "forward_kl", "must be >= 0"),
+    ([2.0, -1.0], "alpha", "must be >= 0"),
+])
+def test_mod_refuses_weights_that_fuse_nothing_or_that_its_form_cannot_take(tok, lms, weights, form, message):
+    # all zero weights sampled every token alike (random text); forward-KL / α read a negative weight as 0
+    with pytest.raises(ConfigError, match=message):
+        decode("mod", lms[0], tok, PROMPTS, models=[lms[1]], controls=GREEDY.replace(weights=weights,
+                                                                                      extra={"form": form}))
+    # reverse KL extrapolates with a negative weight
+    decode("mod", lms[0], tok, PROMPTS[:1], models=[lms[1]], controls=GREEDY.replace(weights=[-1.0, 2.0]))
 
 @pytest.mark.parametrize("method", ["genarm", "mod"])
 def test_fusion_reads_top_k_and_top_p(method, tok, lms):

@@ -182,7 +182,7 @@ def check_mod_weights(n_models: int, base: Any, rows: list[Any], controls: list[
 
     def problem(c: Any) -> tuple[str, str] | None:
         try:
-            mod_weights(c.weights, n_models)
+            mod_weights(c.weights, n_models, c.extra.get("form", "reverse_kl"))
         except ConfigError as e:
             return "weights", str(e)
         return None

@@ -58,9 +58,11 @@ def mod_scores(ell: torch.Tensor, w: torch.Tensor, form: str = "reverse_kl", alp
     raise ConfigError(f"unknown MOD form {form!r}; use reverse_kl, forward_kl, alpha or jsd")
 
 
-def mod_weights(weights: Any, n_models: int) -> list[float]:
+def mod_weights(weights: Any, n_models: int, form: str = "reverse_kl") -> list[float]:
     """A request's MOD weights: one per model, in order, the policy's first (uniform when not given). Models
-    have no objective names, so weights by name are an error rather than read as their keys."""
+    have no objective names, so weights by name are an error rather than read as their keys. All zero
+    weights fuse nothing (every token equally likely: random text), and the forward-KL and α forms take
+    log w, so a negative weight there would count as 0: both are refused."""
     if weights is None:
         return [1.0 / n_models] * n_models
     if isinstance(weights, Mapping):
@@ -70,6 +72,11 @@ def mod_weights(weights: Any, n_models: int) -> list[float]:
     if len(w) != n_models:
         raise ConfigError(f"{len(w)} weights for {n_models} models (the policy and {n_models - 1} further model(s): "
                           "one weight each, the policy's first)", field="weights")
+    if not any(w):
+        raise ConfigError(f"all {n_models} weights are 0: give at least one model a weight", field="weights")
+    if form in ("forward_kl", "alpha") and min(w) < 0:
+        raise ConfigError(f"{w}: the {form} form takes log w, so its weights must be >= 0 (negative weights "
+                          "extrapolate only with form=reverse_kl)", field="weights")
     return w
 
 
@@ -92,7 +99,7 @@ class FusionGuide:
                 a = [float(a)] * (n_models - 1) if isinstance(a, (int, float)) else [float(x) for x in a]
                 out.append([1.0] + a)
             else:
-                out.append(mod_weights(c.weights, n_models))
+                out.append(mod_weights(c.weights, n_models, c.extra.get("form", "reverse_kl")))
         w = torch.tensor(out, device=device)
         if w.shape[1] != n_models:
             raise ConfigError(f"{w.shape[1]} fusion weights for {n_models} models (the policy and {n_models - 1} "
