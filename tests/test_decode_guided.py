@@ -87,6 +87,12 @@ def test_mod_refuses_weights_that_fuse_nothing_or_that_its_form_cannot_take(tok,
     # reverse KL extrapolates with a negative weight
     decode("mod", lms[0], tok, PROMPTS[:1], models=[lms[1]], controls=GREEDY.replace(weights=[-1.0, 2.0]))
 
+
+def test_genarm_alpha_of_the_wrong_length_names_the_arms(tok, lms):
+    # the message counted the policy as a further weight ("3 fusion weights for 2 models ... the policy's first")
+    with pytest.raises(ConfigError, match=r"genarm option 'alpha': 2 values for 1 ARM\(s\)"):
+        decode("genarm", lms[0], tok, PROMPTS, models=[lms[1]], controls=GREEDY.replace(extra={"alpha": [1.0, 2.0]}))
+
 @pytest.mark.parametrize("method", ["genarm", "mod"])
 def test_fusion_reads_top_k_and_top_p(method, tok, lms):
     # top_k=1 (or a tiny top_p) keeps only the fused argmax: sampling then is greedy fusion

@@ -97,6 +97,9 @@ class FusionGuide:
             if self.kind == "genarm":
                 a = c.extra.get("alpha", c.w)
                 a = [float(a)] * (n_models - 1) if isinstance(a, (int, float)) else [float(x) for x in a]
+                if len(a) != n_models - 1:  # α weighs the ARMs only: the policy's weight is always 1
+                    raise ConfigError(f"genarm option 'alpha': {len(a)} values for {n_models - 1} ARM(s) (one per "
+                                      "model given with models=, in order; the policy has none)", field="extra")
                 out.append([1.0] + a)
             else:
                 out.append(mod_weights(c.weights, n_models, c.extra.get("form", "reverse_kl")))
