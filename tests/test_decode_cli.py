@@ -206,6 +206,9 @@ def test_cli_warns_when_nothing_reads_the_steering_fields(model_dir, tmp_path, c
     assert "warning" not in capsys.readouterr().err  # the reward reads the weights
     assert main(args[:2] + ["mod", *args[3:], "--models", str(model_dir), "--weights", "0.5,0.5"]) == 0
     assert "warning" not in capsys.readouterr().err  # fusion weighs the models
+    # genarm weighs its ARMs by --w (alpha), never by the weights: they were dropped without a word
+    assert main(args[:2] + ["genarm", *args[3:], "--models", str(model_dir), "--weights", "0.5,0.5"]) == 0
+    assert "warning: weights, user given but nothing reads them" in capsys.readouterr().err
     # extra models for a method that reads none were loaded and dropped without a word
     assert main(args[:2] + ["bon", *args[3:], "--reward", "decode_cli_rewards:words", "--models", str(model_dir)]) == 2
     assert "error: --models: method 'bon' reads no extra models; genarm and mod do" in capsys.readouterr().err

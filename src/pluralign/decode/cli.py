@@ -275,7 +275,8 @@ def run(args: argparse.Namespace) -> int:
         extra, extra_tokenizer = load_policy(d)
         check_same_vocab(tokenizer, extra_tokenizer, args.model, d)
         extra_models.append(extra)
-    unused = unused_controls(model, reward, controls, extra_models, args.model)
+    # mod weighs its models by the weights; genarm's ARMs are weighed by --w / alpha and read no steering field
+    unused = unused_controls(model, reward, controls, extra_models if args.method == "mod" else [], args.model)
     if unused:
         print(f"warning: {unused}", file=sys.stderr)
     kwargs = method_kwargs(args.method, reward, tokenizer, extra_models)
