@@ -328,3 +328,26 @@ def test_steering_fields_nothing_reads_are_refused_not_ignored(tiny):
             assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
             assert "nothing reads" in r.json()["error"]["message"]
         assert post(url, user="alice").status_code == 200
+
+
+def test_a_fusion_model_of_another_vocabulary_is_refused_at_load(tiny, tmp_path):
+    """`pluralign decode` refuses --models whose vocabulary is not the policy's; the server loaded them and
+    failed on the first genarm/mod request (an IndexError, a 500) or fused other tokens' log-probs."""
+    import subprocess
+    import sys
+
+    from pluralign.decode.toy import toy_lm, toy_tokenizer
+    from pluralign.errors import ConfigError
+    from pluralign.serve.engine import load
+
+    path = tiny[0]
+    other = tmp_path / "other"
+    tok = toy_tokenizer(("x", "y", "z"))
+    toy_lm(tok, seed=1).save_pretrained(other)
+    tok.save_pretrained(other)
+    with pytest.raises(ConfigError, match=f"--models: {other} has another vocabulary than the policy {path}"):
+        load(ServeConfig(model=str(path), models=[str(other)]))
+    assert len(load(ServeConfig(model=str(path), models=[str(path)])).models) == 1
+    r = subprocess.run([sys.executable, "-m", "pluralign.cli", "serve", "--model", str(path), "--models", str(other),
+                        "--port", "0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "has another vocabulary than the policy" in r.stderr and "Traceback" not in r.stderr

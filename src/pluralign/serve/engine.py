@@ -64,6 +64,7 @@ def named_reward(spec: str) -> tuple[str, str]:
 def load(cfg: ServeConfig) -> Loaded:
     """Load what `cfg` names. Policies load through `decode.steer.load_policy`, so a model saved with a
     conditioning scheme comes with it attached, as in `pluralign decode`."""
+    from pluralign.decode.cli import check_same_vocab
     from pluralign.decode.rewards import load_reward
     from pluralign.decode.steer import load_policy
 
@@ -75,8 +76,13 @@ def load(cfg: ServeConfig) -> Loaded:
 
     model, tokenizer = policy(cfg.model)
     rewards = {name: load_reward(src) for name, src in map(named_reward, cfg.rewards)}
+    models = []
+    for path in cfg.models:  # as in `pluralign decode`: fusion adds log-probs token id by token id
+        extra, extra_tokenizer = policy(path)
+        check_same_vocab(tokenizer, extra_tokenizer, cfg.model, path)
+        models.append(extra)
     return Loaded(model=model, tokenizer=tokenizer, name=cfg.served_name or _model_name(cfg.model),
-                  rewards=rewards, models=[policy(d)[0] for d in cfg.models])
+                  rewards=rewards, models=models)
 
 
 def _model_name(model: str) -> str:
