@@ -236,3 +236,25 @@ def test_malformed_deal_constraints_are_refused_when_the_controls_are_made(const
         Controls(constraints=constraints)
     assert e.value.field == "constraints"
     assert Controls(constraints={"keywords": ("river",), "min_words": 0, "max_words": None}).constraints
+
+
+@pytest.mark.parametrize("method", ["genarm", "mod"])
+def test_fusion_filters_top_p_after_temperature_as_sampling_does(method, tok, lms):
+    # The nucleus was taken of the untempered distribution, then temperature applied: at temperature 2 and
+    # top_p 0.5 a fusion that reduces to the base model (its ARM weighted 0) drew from another distribution
+    # than `sample` with the same settings (temperature first, as in transformers and vLLM).
+    from pluralign.decode.fusion import FusionGuide
+    from pluralign.decode.kv import encode_prompts
+    from pluralign.decode.sampler import warp_logits
+
+    ids = encode_prompts(tok, ["the cat"])
+    ctl = [Controls(w=0.0, weights=[1.0, 0.0], temperature=2.0, top_p=0.5)]
+    guide = FusionGuide(ctl, ids, None, models=[lms[1]], tokenizer=tok, compute=None, kind=method)
+    with torch.no_grad():
+        logits = lms[0](torch.tensor(ids)).logits[:, -1]
+    want = warp_logits(logits, 2.0, 0, 0.5)[0]
+    guide.generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        guide.prefix = None
+        token = int(guide.choose(logits, [0]))
+        assert torch.allclose(guide.last_logq[0], want[token], atol=1e-5), token
