@@ -415,3 +415,17 @@ def test_weights_by_name_for_a_reward_that_names_no_objectives_stop_before_decod
     err = capsys.readouterr().err
     assert "p.jsonl:2: field 'weights': weights name objectives ['cat'] but the reward names none" in err, err
     assert "p.jsonl:1" not in err and not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("models", ["{m},", ",{m}", "{m},,{m}"])
+def test_an_empty_models_entry_is_named_as_such(model_dir, tmp_path, capsys, models):
+    # 'a,' failed as "'' holds no model", naming neither the flag nor the stray comma
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the cat\n")
+    given = models.format(m=model_dir)
+    args = ["decode", "--method", "genarm", "--model", str(model_dir), "--models", given,
+            "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"), "--max-new-tokens", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"error: --models {given!r}: an empty entry (a stray comma?)" in err, err
+    assert not (tmp_path / "o.jsonl").exists()

@@ -248,6 +248,9 @@ def run(args: argparse.Namespace) -> int:
     if "models" not in inspect.signature(get(args.method)).parameters and args.models:
         fusing = [name for name in names() if "models" in inspect.signature(get(name)).parameters]
         raise ConfigError(f"--models: method {args.method!r} reads no extra models; {' and '.join(fusing)} do")
+    if args.models and not all(d.strip() for d in args.models.split(",")):  # 'a,' failed as "'' holds no model"
+        raise ConfigError(f"--models {args.models!r}: an empty entry (a stray comma?); give model directories "
+                          "separated by commas")
     rows = read_prompt_rows([args.prompts])
     base = Controls(weights=parse_weights(args.weights), direction=parse_weights(args.direction, "--direction"), group=args.group,
                     n=args.n, beta=args.beta, w=args.w, user=args.user,
