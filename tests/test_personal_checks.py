@@ -258,3 +258,18 @@ def test_a_model_with_a_missing_or_mismatched_vector_table_is_a_clear_error(base
     (d / WEIGHTS).unlink()  # a traceback (FileNotFoundError) before
     code, err = _cli(argv, capsys)
     assert code == 2 and f"{WEIGHTS} is missing" in err
+
+
+@pytest.mark.parametrize("personal", [{}, {"condition_on": "user"}])
+def test_training_on_from_a_conditioned_model_says_its_vectors_are_not_kept(base, tmp_path, personal):
+    # the saved model silently had no person vectors (or vectors trained anew from zero): its users were lost
+    data = _write(tmp_path / "pairs.jsonl", _opposed(8))
+    trained = run_preference(from_kwargs(model=str(base), data=[data], loss="dpo", output_dir=str(tmp_path / "cond"),
+                                         loop=LOOP | {"num_epochs": 1}, personal={"condition_on": "user"})).model_dir
+    with pytest.warns(UserWarning, match="holds person vectors \\(per user\\); this run does not keep them"):
+        run_preference(from_kwargs(model=str(trained), data=[data], loss="dpo", output_dir=str(tmp_path / "on"),
+                                   loop=LOOP | {"num_epochs": 1}, personal=personal))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*holds person vectors")
+        run_preference(from_kwargs(model=str(base), data=[data], loss="dpo", output_dir=str(tmp_path / "plain"),
+                                   loop=LOOP | {"num_epochs": 1}, personal=personal))

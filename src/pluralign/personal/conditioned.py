@@ -169,6 +169,11 @@ class Personalization:
                                                  dict(config.group_objective_params), sizes=sizes or None)
         self.state = {"group_objective": self.combine} if stateful and self.groups else {}
         self.vectors = None
+        if not config.new_users_only and (held := read_index(model_dir)) is not None:
+            # training on from a conditioned model silently saved a model without its users, or with new vectors
+            warnings.warn(f"{model_dir} holds person vectors (per {held['on']}); this run does not keep them: the "
+                          "model it saves " + ("has none" if self.field == "none" else "has new ones, trained from "
+                          "zero") + " (personal.new_users_only=true adds users to them)", stacklevel=2)
         if self.field == "none":
             return
         if loss_kind != "pairwise":
