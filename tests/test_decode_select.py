@@ -219,3 +219,11 @@ def test_rps_neighbours_are_independent_draws():
     assert tok(["the cat", "the cat   "])["input_ids"][0] == tok(["the cat", "the cat   "])["input_ids"][1]
     for candidates in out.candidates:
         assert len(candidates) == 4 and len(set(candidates)) > 1
+
+
+@pytest.mark.parametrize("stop", ["", ["\n", ""]])
+def test_an_empty_stop_text_is_refused(stop):
+    # accepted and silently ignored (by the server too), where it reads as "stop at once"
+    with pytest.raises(ConfigError, match="stop") as e:
+        Controls(stop=stop)
+    assert e.value.field == "stop" and "non-empty" in str(e.value)

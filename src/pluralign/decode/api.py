@@ -85,6 +85,8 @@ class Controls:
             self.stop = [self.stop]
         if self.stop is not None and not (isinstance(self.stop, Sequence) and all(isinstance(t, str) for t in self.stop)):
             raise bad("stop", "a text or a list of texts")
+        if self.stop is not None and "" in self.stop:  # it was ignored: an empty text would end every answer at once
+            raise bad("stop", "non-empty texts")
         for name in ("weights", "direction"):
             value = getattr(self, name)
             if value is not None and not _finite_numbers(list(value.values()) if isinstance(value, Mapping) else value):
