@@ -184,3 +184,19 @@ def test_a_lone_group_name_is_refused_by_name():
         F.generate("user_pairwise", "default", 4, groups="minority")
     assert e.value.field == "groups"
     assert {r.group for r in F.generate("user_pairwise", "default", 4, groups=["minority"])} == {"minority"}
+
+
+def test_a_negative_seed_is_a_config_error_not_a_numpy_traceback(tmp_path):
+    from pluralign.cli import main
+
+    with pytest.raises(ConfigError, match="seed must be a non-negative integer, got -1"):
+        F.generate("pairwise", "default", 3, seed=-1)
+    with pytest.raises(ConfigError, match="users_seed must be a non-negative integer"):
+        F.generate("pairwise", "default", 3, users_seed=-2)
+    with pytest.raises(ConfigError, match="seed must be a non-negative integer"):
+        F.rated_lists(2, ["conciseness"], seed=-1)
+    out = tmp_path / "pairs.jsonl"
+    assert main(["sandbox", "feedback", "--kind", "pairwise", "--n", "3", "--seed", "-1", "--out", str(out)]) == 2
+    assert not out.exists()
+    assert main(["sandbox", "build", "--tiny", "--seed", "-1", "--out", str(tmp_path / "base")]) == 2
+    assert not (tmp_path / "base").exists()

@@ -60,6 +60,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _build(args: argparse.Namespace) -> int:
     from pluralign.sandbox.base import SandboxConfig, build_base, read_manifest
 
+    if args.seed < 0:  # numpy's streams take non-negative seeds: -1 was a ValueError traceback mid-build
+        raise ConfigError(f"--seed must be a non-negative integer, got {args.seed}")
     config = SandboxConfig.tiny() if args.tiny else SandboxConfig()
     path = build_base(args.out, seed=args.seed, config=config, force=args.force, verbose=True)
     manifest = read_manifest(path)

@@ -92,6 +92,7 @@ def generate(kind: str, population: str | Population = "default", n: int = 100,
     # Before any sampling, and for every kind: a negative one reversed each ranking, NaN gave every verdict to one side.
     if temperature is not None and not temperature > 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
+    _check_seeds(seed=seed, users_seed=users_seed)
     pop = population if isinstance(population, Population) else get_population(population)
     world = World(seed)
     per_annotator = rated_per_prompt if kind == "rated" else 1  # records each annotator gives
@@ -272,6 +273,13 @@ def _distinct(candidates: list[str], m: int) -> list[str]:
     return (seen + candidates)[:m] if len(seen) < m else seen[:m]
 
 
+def _check_seeds(**seeds: int) -> None:
+    """Seeds key numpy's streams, which take non-negative integers only: -1 was a ValueError traceback."""
+    for name, value in seeds.items():
+        if not (isinstance(value, (int, np.integer)) and value >= 0):
+            raise ConfigError(f"{name} must be a non-negative integer, got {value!r}", field=name)
+
+
 def _stream(seed: int, kind: str, purpose: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(f"{kind}/{purpose}".encode())])
 
@@ -284,6 +292,7 @@ def rated_lists(n: int, objectives: Sequence[str], *, k: int = 4, model_dir: str
     unknown = [o for o in objectives if o not in ATTRIBUTES]
     if unknown:
         raise ConfigError(f"unknown objective(s) {unknown}; the sandbox's attributes: {', '.join(ATTRIBUTES)}")
+    _check_seeds(seed=seed)
     prompts = World(seed).prompts(n, _stream(seed, "rated_lists", "prompts"))
     responses = draw_responses(prompts, k, seed=seed, model_dir=model_dir, model=model, tokenizer=tokenizer,
                                max_new_tokens=max_new_tokens, stream="rated_lists")
