@@ -146,3 +146,22 @@ def test_cli_build_feedback_and_eval(tiny, tmp_path, capsys):
     assert main(["sandbox", "feedback", "--kind", "binary", "--k", "3", "--out", str(data)]) == 2
     assert main(["sandbox", "feedback", "--kind", "pairwise", "--rated-per-prompt", "4", "--out", str(data)]) == 2
     assert "--rated-per-prompt shapes --kind rated feedback only, not pairwise" in capsys.readouterr().err
+
+
+def test_eval_against_a_base_with_another_tokenizer_is_refused_before_sampling(tiny, tmp_path, capsys):
+    # KL and win rates feed the model's token ids to the base: another vocabulary was an IndexError traceback
+    # (a smaller one) or numbers about garbled text (a larger one).
+    from pluralign.models.tiny import tiny_llama, word_tokenizer
+    from pluralign.sandbox.world import VOCABULARY
+
+    other = tmp_path / "other"
+    tok = word_tokenizer(VOCABULARY[:40])
+    tiny_llama(len(tok), hidden_size=16, num_layers=1, num_heads=2).save_pretrained(other)
+    tok.save_pretrained(other)
+    result = tmp_path / "eval.json"
+    assert main(["sandbox", "eval", "--model", str(tiny), "--base", str(other), "--n-prompts", "2",
+                 "--out", str(result)]) == 2
+    assert "different tokenizers" in capsys.readouterr().err
+    assert not result.exists()
+    with pytest.raises(ConfigError, match="different tokenizers"):
+        gold_eval(other, base=tiny, n_prompts=2)

@@ -81,6 +81,13 @@ def gold_eval(model: Any, *, tokenizer: Any = None, base: Any = None, population
             raise ConfigError(f"user {user!r}: a user's win rate is against the base model; give the base (--base)")
         _find_user(users, user)
     model, tokenizer = _resolve(model, tokenizer)
+    if isinstance(base, (str, Path)):
+        # KL teacher-forces the model's token ids on the base, and the base samples with the model's tokenizer:
+        # another vocabulary was an IndexError traceback after sampling, or numbers about garbled text.
+        base, base_tokenizer = _resolve(base, None)
+        if base_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ConfigError("the model and the base have different tokenizers; KL and win rates against the base "
+                              "compare token sequences of one vocabulary, so give a base with the model's tokenizer")
     prompts = list(prompts) if prompts is not None else eval_prompts(n_prompts)
     samples = _sample(model, tokenizer, prompts, n_samples, seed, max_new_tokens)
     x = attributes_of(prompts, samples.texts)  # [P, S, A]
