@@ -200,3 +200,14 @@ def test_a_negative_seed_is_a_config_error_not_a_numpy_traceback(tmp_path):
     assert not out.exists()
     assert main(["sandbox", "build", "--tiny", "--seed", "-1", "--out", str(tmp_path / "base")]) == 2
     assert not (tmp_path / "base").exists()
+
+
+def test_temperature_with_rated_feedback_is_refused_not_ignored(tmp_path, capsys):
+    # ratings are gold attributes plus noise: no Bradley-Terry choice reads the temperature
+    from pluralign.cli import main
+
+    out = tmp_path / "ratings.jsonl"
+    assert main(["sandbox", "feedback", "--kind", "rated", "--n", "3", "--temperature", "5", "--out", str(out)]) == 2
+    assert "--kind rated draws no choice" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["sandbox", "feedback", "--kind", "binary", "--n", "3", "--temperature", "5", "--out", str(out)]) == 0

@@ -78,6 +78,9 @@ def _feedback(args: argparse.Namespace) -> int:
     for name, (flag, kind) in one_kind.items():
         if getattr(args, name) is not None and args.kind != kind:
             raise ConfigError(f"{flag} shapes --kind {kind} feedback only, not {args.kind}")
+    if args.temperature is not None and args.kind == "rated":  # ratings are gold attributes plus noise: no BT choice
+        raise ConfigError("--temperature sets the Bradley-Terry temperature of choices; --kind rated draws no choice "
+                          "(its ratings are the gold attributes plus noise), so it would be ignored")
     _check_model_dir(args.model)
     groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
     given = {name: getattr(args, name) for name in one_kind if getattr(args, name) is not None}
