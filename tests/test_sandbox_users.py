@@ -86,3 +86,14 @@ def test_named_populations_and_errors():
         U.population("default").group("nobody")
     with pytest.raises(ConfigError, match="sum to 1"):
         U.Population("bad", (U.MAJORITY,), (0.5,))
+
+
+def test_gold_table_keeps_its_columns_aligned_for_long_group_names():
+    from pluralign.sandbox.gold import format_table
+
+    stat = {"mean": 0.5, "se": 0.1}
+    result = {"n_prompts": 2, "n_samples": 1, "attributes": {"relevance": stat}, "groups": {"professionals": stat},
+              "population_utility": stat, "length": stat, "kl": stat,
+              "win_rate": {"professionals": stat, "a_rather_long_group_name": stat}}
+    rows = format_table(result).splitlines()[2:]
+    assert len({len(row) for row in rows}) == 1, rows  # every value ends in the same column

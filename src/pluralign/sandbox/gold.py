@@ -166,13 +166,14 @@ def _find_user(users: list, user_id: str):
 
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of a `gold_eval` result (per-user rows left out: see the JSON)."""
-    lines = [f"gold evaluation: {result['n_prompts']} prompts x {result['n_samples']} samples", ""]
-    lines.append(f"{'metric':<28}{'mean':>10}{'± se':>10}")
     rows = [(f"attribute/{a}", v) for a, v in result["attributes"].items()]
     rows += [(f"utility/{g}", v) for g, v in result["groups"].items()]
     rows += [("utility/population", result["population_utility"]), ("length (tokens)", result["length"])]
     if result.get("kl") is not None:
         rows.append(("KL(model || base)", result["kl"]))
         rows += [(f"win rate vs base/{g}", v) for g, v in result["win_rate"].items()]
-    lines += [f"{name:<28}{v['mean']:>10.4f}{v['se']:>10.4f}" for name, v in rows]
+    width = max(28, *(len(name) + 2 for name, _ in rows))  # long group names ("professionals") pushed their row out of line
+    lines = [f"gold evaluation: {result['n_prompts']} prompts x {result['n_samples']} samples", ""]
+    lines.append(f"{'metric':<{width}}{'mean':>10}{'± se':>10}")
+    lines += [f"{name:<{width}}{v['mean']:>10.4f}{v['se']:>10.4f}" for name, v in rows]
     return "\n".join(lines)
