@@ -165,3 +165,19 @@ def test_eval_against_a_base_with_another_tokenizer_is_refused_before_sampling(t
     assert not result.exists()
     with pytest.raises(ConfigError, match="different tokenizers"):
         gold_eval(other, base=tiny, n_prompts=2)
+
+
+def test_a_model_that_answers_one_way_gives_an_error_not_pairs_of_identical_responses(tiny, tmp_path):
+    # a near-greedy model repeats itself: the pair was topped up with a copy, written, and then rejected by the
+    # data layer ("rejected: identical to chosen") when training read the file
+    from pluralign.errors import PluralignError
+
+    model, tok = load(tiny)
+    peaked = copy.deepcopy(model)
+    with torch.no_grad():
+        peaked.lm_head.weight.mul_(1000)
+    out = tmp_path / "pairs.jsonl"
+    with pytest.raises(PluralignError, match="one distinct answer"):
+        F.generate_file(out, "user_pairwise", "default", 6, model=peaked, tokenizer=tok)
+    assert not out.exists()
+    assert len(read_records(F.generate_file(out, "ranked", "default", 3, model=peaked, tokenizer=tok, k=2))) == 3

@@ -163,6 +163,12 @@ def _responses(prompts: list[str], m: int, seed: int, kind: str, *, rounds: int 
     if any(not pool for pool in pools):
         raise PluralignError(f"the model answered {rounds * (m + 1)} samples of a prompt with blank text; "
                              "it cannot be used to simulate feedback")
+    if kind in ("pairwise", "user_pairwise"):  # topped up with a repeat, the pair was written and then rejected on reading
+        short = [prompts[i] for i, pool in enumerate(pools) if len(set(pool)) < 2]
+        if short:
+            raise PluralignError(f"the model gave one distinct answer in {rounds * (m + 1)} samples to {len(short)} "
+                                 f"prompt(s) (e.g. {short[0]!r}): a pair of identical responses states no preference "
+                                 "and the data layer rejects it; sample from a less peaked model")
     return [_distinct(pool, m) for pool in pools]
 
 
