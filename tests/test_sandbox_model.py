@@ -181,3 +181,20 @@ def test_a_model_that_answers_one_way_gives_an_error_not_pairs_of_identical_resp
         F.generate_file(out, "user_pairwise", "default", 6, model=peaked, tokenizer=tok)
     assert not out.exists()
     assert len(read_records(F.generate_file(out, "ranked", "default", 3, model=peaked, tokenizer=tok, k=2))) == 3
+
+
+def test_a_lora_adapter_directory_is_a_model_for_the_sandbox_commands(tiny, tmp_path):
+    # `train ... use_lora=true merge_lora=false` saves adapter_config.json and no config.json; load_model reads it,
+    # but sandbox eval and feedback refused it as "not a model directory"
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = load(tiny)
+    adapter = tmp_path / "adapter"
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    tok.save_pretrained(adapter)
+    assert not (adapter / "config.json").exists()
+    assert main(["sandbox", "eval", "--model", str(adapter), "--base", str(tiny), "--n-prompts", "2"]) == 0
+    out = tmp_path / "pairs.jsonl"
+    assert main(["sandbox", "feedback", "--kind", "pairwise", "--n", "2", "--model", str(adapter), "--out", str(out)]) == 0
+    assert len(read_records(out)) == 2
+    assert main(["sandbox", "eval", "--model", str(tmp_path), "--n-prompts", "2"]) == 2  # still refused: no model here

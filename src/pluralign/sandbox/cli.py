@@ -108,6 +108,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _check_model_dir(path: str | None) -> None:
     from pathlib import Path
 
-    if path is not None and not (Path(path) / "config.json").exists():
-        raise ConfigError(f"not a model directory (no config.json): {path}")
+    # A LoRA adapter saved with merge_lora=false has adapter_config.json in place of config.json; it loads too.
+    if path is not None and not any((Path(path) / f).exists() for f in ("config.json", "adapter_config.json")):
+        raise ConfigError(f"not a model directory (no config.json or adapter_config.json): {path}")
 
