@@ -165,6 +165,14 @@ def test_eval_against_a_base_with_another_tokenizer_is_refused_before_sampling(t
     assert not result.exists()
     with pytest.raises(ConfigError, match="different tokenizers"):
         gold_eval(other, base=tiny, n_prompts=2)
+    # a tokenizer that only adds tokens (control tokens, statement words) keeps the base's ids: still evaluated
+    model, tok = load(tiny)
+    tok.add_tokens(["<person-0>"], special_tokens=True)
+    model.resize_token_embeddings(len(tok))
+    extended = tmp_path / "extended"
+    model.save_pretrained(extended)
+    tok.save_pretrained(extended)
+    assert gold_eval(extended, base=tiny, n_prompts=2)["kl"] is not None
 
 
 def test_a_model_that_answers_one_way_gives_an_error_not_pairs_of_identical_responses(tiny, tmp_path):
