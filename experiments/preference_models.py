@@ -172,6 +172,11 @@ def backbone_rm(n_train: int, n_test: int, seed: int, out_dir: str, model_type: 
     return out
 
 
+def over_seeds(n: int) -> str:
+    """What a printed interval is over: one seed has none, and `plus_minus` says so already."""
+    return f", mean ± 95% CI over {n} seeds" if n > 1 else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
@@ -219,7 +224,7 @@ def main() -> None:
     for g in ("majority", "minority"):
         (bm, bh), (pm, ph), (dm, dh) = stat["shared", g], stat["pal", g], gain[g]
         print(f"[2] {g} ({per_seed[0]['n', g]} held-out pairs per seed): shared BT {plus_minus(bm, bh)}, "
-              f"PAL {plus_minus(pm, ph)}, PAL − BT {plus_minus(dm, dh, '+.1f')}  (accuracy %, mean ± 95% CI over {len(per_seed)} seeds)")
+              f"PAL {plus_minus(pm, ph)}, PAL − BT {plus_minus(dm, dh, '+.1f')}  (accuracy %{over_seeds(len(per_seed))})")
     d, h = gain["minority"]
     verdict = ("PAL beats the shared BT model on the minority" if d - h > 0 else
                "PAL is below the shared BT model on the minority" if d + h < 0 else
@@ -258,12 +263,12 @@ def main() -> None:
     rm_acc, rm_ceiling = (float(np.mean([r[i] for r in rm_runs])) for i in (0, 1))
     rm_frac, rm_frac_ci = seed_ci([100 * a / c for a, c, _ in rm_runs])
     print(f"[5] `train rm` defaults on the sandbox base model, {rm_pairs} majority pairs: held-out accuracy "
-          f"{rm_acc:.3f} ({rm_runs[0][2]} pairs per seed), Bayes ceiling {rm_ceiling:.3f}: {plus_minus(rm_frac, rm_frac_ci)}% "
-          f"of it (mean ± 95% CI over {len(rm_runs)} seeds)")
+          f"{rm_acc:.3f} ({rm_runs[0][2]} pairs per seed), Bayes ceiling {rm_ceiling:.3f}: % of it "
+          f"{plus_minus(rm_frac, rm_frac_ci)}{over_seeds(len(rm_runs))}")
     pal_frac = {g: seed_ci([100 * r[g][0] / r[g][1] for r in pal_runs]) for g in ("majority", "minority")}
     print(f"[5] `train pal` defaults, {pal_pairs} pairs of the whole population: "
-          + ", ".join(f"{g} {plus_minus(m, h)}% of its per-user ceiling" for g, (m, h) in pal_frac.items())
-          + f" (over {len(pal_runs)} seeds)  [{time.time() - t0:.0f}s]")
+          + ", ".join(f"{g} {plus_minus(m, h)}" for g, (m, h) in pal_frac.items())
+          + f" (% of each group's per-user ceiling{over_seeds(len(pal_runs))})  [{time.time() - t0:.0f}s]")
     print(f"RESULT bt_acc={bt_acc:.4f} bt_ceiling={bt_ceiling:.4f} rm_acc={rm_acc:.4f} rm_ceiling={rm_ceiling:.4f} "
           f"rm_pairs={rm_pairs} rm_frac={rm_frac:.1f} rm_frac_ci={rm_frac_ci:.1f} rm_seeds={len(rm_runs)} "
           f"pal_rm_majority_frac={pal_frac['majority'][0]:.1f} pal_rm_minority_frac={pal_frac['minority'][0]:.1f} pal_minority_gain={minority_gain:.2f} "
