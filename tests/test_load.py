@@ -174,3 +174,19 @@ def test_lora_wrapping_does_not_print_peft_deprecation_noise(tiny_llama_dir):
         warnings.simplefilter("always")
         load_model(tiny_llama_dir, lora=LoraSpec(r=2, alpha=4), gradient_checkpointing=True)
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_vocabulary_mismatch_names_the_first_token_read_otherwise():
+    from pluralign.decode.toy import toy_tokenizer
+    from pluralign.models.load import vocabulary_mismatch
+
+    ours = toy_tokenizer(("a", "b", "c"))
+    assert vocabulary_mismatch(ours, toy_tokenizer(("a", "b", "c")), ours_may_add=False) is None
+    swapped = vocabulary_mismatch(ours, toy_tokenizer(("b", "a", "c")), ours_may_add=True)
+    assert swapped is not None and "is id" in swapped and "in the policy's" in swapped
+    smaller = toy_tokenizer(("a", "b"))
+    assert vocabulary_mismatch(ours, smaller, ours_may_add=True) is not None  # 'c' is no added token
+    added = toy_tokenizer(("a", "b"))
+    added.add_tokens(["<person-0>"], special_tokens=True)  # a conditioning scheme's token, never sampled
+    assert vocabulary_mismatch(added, smaller, ours_may_add=True) is None
+    assert vocabulary_mismatch(added, smaller, ours_may_add=False) is not None

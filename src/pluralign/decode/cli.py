@@ -194,10 +194,11 @@ def check_same_vocab(tokenizer: Any, other: Any, policy: str, path: str) -> None
     """Fusion adds the extra models' next-token log-probs token id by token id, so each must read the policy's
     vocabulary: a smaller one was an IndexError traceback mid-decode, one of the same size but other ids
     silent garbage."""
-    if other.get_vocab() != tokenizer.get_vocab():
-        raise ConfigError(f"--models: {path} has another vocabulary than the policy {policy} ({len(other)} vs "
-                          f"{len(tokenizer)} tokens, or the same tokens under other ids); fusion needs models "
-                          "sharing the policy's tokenizer")
+    from pluralign.models.load import vocabulary_mismatch
+
+    if what := vocabulary_mismatch(tokenizer, other, ours_may_add=False):
+        raise ConfigError(f"--models: {path} has another vocabulary than the policy {policy} ({what}); fusion "
+                          "needs models sharing the policy's tokenizer")
 
 
 def check_context(model: Any, tokenizer: Any, rows: list[Any], controls: list[Any]) -> None:

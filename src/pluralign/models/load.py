@@ -123,6 +123,22 @@ def _enable_activation_checkpointing(model: Any) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def vocabulary_mismatch(ours: Any, theirs: Any, *, ours_may_add: bool) -> str | None:
+    """How tokenizer `theirs` reads token ids otherwise than `ours` (the policy's), or None: a token at
+    another id, or tokens of ours it lacks (with `ours_may_add`, tokens added to ours after theirs, by a
+    conditioning scheme, are allowed).
+    A model of another vocabulary scores other tokens than the policy's without a word, or fails on ids past
+    its embedding."""
+    vocab, their_vocab = ours.get_vocab(), theirs.get_vocab()
+    other = sorted((i, t) for t, i in their_vocab.items() if vocab.get(t) != i)
+    if other:
+        return f"token {other[0][1]!r} is id {other[0][0]} there and {vocab.get(other[0][1])} in the policy's"
+    extra = set(vocab) - set(their_vocab) - (set(ours.get_added_vocab()) if ours_may_add else set())
+    if extra:  # added tokens are never sampled (`mask_added_tokens`); others the policy may answer with
+        return f"{len(their_vocab)} vs {len(vocab)} tokens"
+    return None
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False,
                    padding_side: Literal["left", "right"] | None = None) -> Any:
     """The tokenizer of a hub id or local directory, with a pad token: when it has none, EOS is used (padding

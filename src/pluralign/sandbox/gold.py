@@ -85,10 +85,10 @@ def gold_eval(model: Any, *, tokenizer: Any = None, base: Any = None, population
         # KL teacher-forces the model's token ids on the base, and the base samples with the model's tokenizer:
         # another vocabulary was an IndexError traceback after sampling, or numbers about garbled text.
         # Tokens added to the model in training (control tokens, statement words) are not the base's, and may stay.
+        from pluralign.models.load import vocabulary_mismatch
+
         base, base_tokenizer = _resolve(base, None)
-        theirs = base_tokenizer.get_vocab()
-        extra = set(tokenizer.get_added_vocab()) - set(theirs)
-        if {t: i for t, i in tokenizer.get_vocab().items() if t not in extra} != theirs:
+        if vocabulary_mismatch(tokenizer, base_tokenizer, ours_may_add=True):
             raise ConfigError("the model and the base have different tokenizers; KL and win rates against the base "
                               "compare token sequences of one vocabulary, so give a base with the model's tokenizer")
     prompts = list(prompts) if prompts is not None else eval_prompts(n_prompts)

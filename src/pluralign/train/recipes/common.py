@@ -21,6 +21,7 @@ from pluralign.models.load import (
     load_model,
     load_tokenizer,
     save_model,
+    vocabulary_mismatch,
 )
 from pluralign.models.logprobs import prepare_packing
 from pluralign.seeding import seeded
@@ -181,15 +182,14 @@ def check_vocabulary(path: str, policy: str, model: Any, role: str) -> None:
     IndexError traceback. Tokens the policy added after the frozen model's (a conditioning scheme's) are allowed."""
     ours = load_tokenizer(policy)
     try:
-        theirs = load_tokenizer(path).get_vocab()
+        theirs = load_tokenizer(path)
     except Exception:  # weights without a tokenizer: only the embedding's size can be checked
-        theirs = {}
-    vocab = ours.get_vocab()
-    other = sorted((i, t) for t, i in theirs.items() if vocab.get(t) != i)
+        theirs = None
     rows = model.get_input_embeddings().num_embeddings
-    if other or rows < len(theirs or ours):
-        what = (f"token {other[0][1]!r} is id {other[0][0]} there and {vocab.get(other[0][1])} in the policy's"
-                if other else f"its embedding has {rows} rows for the policy's {len(ours)} tokens")
+    what = theirs is not None and vocabulary_mismatch(ours, theirs, ours_may_add=True)
+    if not what and rows < len(theirs.get_vocab() if theirs is not None else ours):
+        what = f"its embedding has {rows} rows for the policy's {len(ours)} tokens"
+    if what:
         raise ConfigError(f"{role} {path} has another vocabulary than model {policy} ({what}): it would score "
                           f"other tokens than the policy's; give a {role} with the policy's tokenizer", field=role)
 
