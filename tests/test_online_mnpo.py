@@ -44,9 +44,12 @@ def test_round_one_is_online_dpo_and_the_history_grows(base, tmp_path):
     assert "opponents" not in d[0]
 
 
-def test_resume_between_and_within_rounds_is_exact(base, tmp_path):
-    kw = dict(algorithm="mnpo_rounds", round_steps=2, preference_params={"eta": 0.05},
-              loop={"max_steps": 6, "save_every": 1})
+# Under LoRA the opponents and the round-start reference are snapshots of the adapters alone (`Snapshot`).
+@pytest.mark.parametrize("algorithm,lora", [("mnpo_rounds", False), ("mnpo_rounds", True), ("online_dpo", True)])
+def test_resume_between_and_within_rounds_is_exact(base, tmp_path, algorithm, lora):
+    params_of = {"mnpo_rounds": {"preference_params": {"eta": 0.05}}, "online_dpo": {"ref_policy": "round_start"}}
+    kw = dict(algorithm=algorithm, round_steps=2, use_lora=lora, merge_lora=True, loop={"max_steps": 6, "save_every": 1},
+              **params_of[algorithm])
     straight = run(config(base, tmp_path / "a", **kw), prompts=PROMPTS, reward_objects=[cat_reward])
     for stop in (4, 5):  # at a round boundary, then in the middle of the third round
         run(config(base, tmp_path / "b", **(kw | {"loop": {"max_steps": stop, "save_every": 1}})), prompts=PROMPTS,
@@ -57,10 +60,18 @@ def test_resume_between_and_within_rounds_is_exact(base, tmp_path):
     assert any(not torch.equal(a[k], v) for k, v in params(load_model(base)).items())
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
-    assert [r["opponents"] for r in metrics(tmp_path / "a")] == [0, 0, 1, 1, 2, 2]
+    if algorithm == "mnpo_rounds":
+        assert [r["opponents"] for r in metrics(tmp_path / "a")] == [0, 0, 1, 1, 2, 2]
 
 
 def test_mnpo_rounds_needs_a_loss_that_reads_opponents(base, tmp_path):
     with pytest.raises(ConfigError, match="does not read them"):
         run(config(base, tmp_path, algorithm="mnpo_rounds", preference_loss="dpo"), prompts=PROMPTS,
+            reward_objects=[cat_reward])
+
+
+def test_a_separate_reference_model_is_refused_where_the_reference_is_the_round_start_policy(base, tmp_path):
+    # it was used in one-step rounds and overwritten by the policy in longer ones
+    with pytest.raises(ConfigError, match="ref_model: online_dpo's reference is the policy at each round's start"):
+        run(config(base, tmp_path, algorithm="online_dpo", ref_model=str(base)), prompts=PROMPTS,
             reward_objects=[cat_reward])

@@ -36,7 +36,7 @@ from pluralign.online.rewards import (
     varied_groups,
 )
 from pluralign.online.rollout import NativeBackend, Prompt, Rollout, derived_seed, generate
-from pluralign.train.reference import adapters_disabled, frozen_copy, loop_autocast
+from pluralign.train.reference import Snapshot, adapters_disabled, frozen_copy, loop_autocast
 
 
 class Reference:
@@ -49,14 +49,15 @@ class Reference:
             raise ConfigError(f"ref_policy must be 'initial' or 'round_start', got {mode!r}")
         self.policy, self.mode, self.round_steps = policy, mode, max(1, round_steps)
         self.model = model
-        if model is None and mode == "initial" and not is_peft_model(policy):
-            self.model = frozen_copy(policy)
-        elif model is None and mode == "round_start" and self.round_steps > 1:
+        self.snapshot: Snapshot | None = None  # the policy at the round's start (rounds of several steps)
+        if self.moves:
+            self.snapshot = Snapshot(policy)
+        elif model is None and mode == "initial" and not is_peft_model(policy):
             self.model = frozen_copy(policy)
 
     def refresh(self, step: int) -> None:
-        if self.mode == "round_start" and self.round_steps > 1 and step % self.round_steps == 0:
-            self.model.load_state_dict(self.policy.state_dict())
+        if self.moves and step % self.round_steps == 0:
+            self.snapshot.take()
 
     def token_logps(self, batch: dict) -> torch.Tensor:
         def run(m):
@@ -65,20 +66,23 @@ class Reference:
                     return grouped.token_logps_grouped(m, batch)
                 return token_logps(m, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
 
+        if self.snapshot is not None:
+            with self.snapshot.model() as m:
+                return run(m)
+        if self.mode == "round_start":  # one-step rounds: the policy before this step's update
+            return run(self.policy)
         if self.model is not None:
             return run(self.model)
-        if self.mode == "initial":  # LoRA: the base, adapters off
-            with adapters_disabled(self.policy):
-                return run(self.policy)
-        return run(self.policy)  # round_start, one-step rounds: the policy before this step's update
+        with adapters_disabled(self.policy):  # LoRA: the base, adapters off
+            return run(self.policy)
 
     # Checkpointed with the run when the reference moves (rounds of several steps).
     def state_dict(self) -> dict:
-        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()} if self.moves else {}
+        return self.snapshot.state_dict() if self.moves else {}
 
     def load_state_dict(self, state: dict) -> None:
         if self.moves:
-            self.model.load_state_dict(state)
+            self.snapshot.load_state_dict(state)
 
     @property
     def moves(self) -> bool:

@@ -17,7 +17,7 @@ import torch
 from pluralign.decode.sampler import eval_mode
 from pluralign.errors import ConfigError
 from pluralign.models.logprobs import token_logps
-from pluralign.train.reference import frozen_copy
+from pluralign.train.reference import Snapshot
 
 
 class Opponents:
@@ -25,29 +25,29 @@ class Opponents:
         if keep < 1 or round_steps < 1:
             raise ConfigError(f"mnpo_rounds: mnpo_history and round_steps must be >= 1, got {keep}, {round_steps}")
         self.policy, self.round_steps, self.keep = policy, round_steps, keep
-        self.models: list[Any] = []  # frozen past policies, newest first
+        self.models: list[Snapshot] = []  # past policies, newest first (under LoRA their adapters alone)
 
     def refresh(self, step: int) -> None:
         """Called before each rollout: at a round boundary the current policy joins the history."""
         if step > 0 and step % self.round_steps == 0:
-            self.models.insert(0, frozen_copy(self.policy))
+            self.models.insert(0, Snapshot(self.policy))
             del self.models[self.keep:]
 
     def sequence_logps(self, batch: dict) -> torch.Tensor:
         """[N, number of opponents]: each past policy's summed log-prob of each row's completion."""
         cols = []
-        for m in self.models:
-            with torch.no_grad(), eval_mode(m):
+        for past in self.models:
+            with past.model() as m, torch.no_grad(), eval_mode(m):
                 cols.append(token_logps(m, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).sum(1))
         return torch.stack(cols, -1)
 
     # Checkpointed with the run, so a resumed run (between or within rounds) has the same opponents.
     def state_dict(self) -> dict:
-        return {"models": [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in self.models]}
+        return {"models": [past.state_dict() for past in self.models]}
 
     def load_state_dict(self, state: dict) -> None:
         self.models = []
         for weights in state["models"]:
-            m = frozen_copy(self.policy)
-            m.load_state_dict(weights)
-            self.models.append(m)
+            past = Snapshot(self.policy)
+            past.load_state_dict(weights)
+            self.models.append(past)

@@ -152,6 +152,69 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model).requires_grad_(False).eval()
 
 
+class Snapshot:
+    """The policy's weights at one moment, to compute log-probs with later: a moving reference (the policy at a
+    round's start) or a past policy (MNPO's opponents).
+
+    Under LoRA only the trainable weights (adapters, modules_to_save) change, so only they are kept, and
+    `model()` swaps them into the policy for a no-grad forward and back afterwards: a 7B model's snapshot is
+    its adapters' megabytes, not a second copy of the base. Callers run it outside any autograd graph of the
+    policy (rollout time), where the in-place swap is invisible. Without adapters it is a frozen copy."""
+
+    def __init__(self, policy: torch.nn.Module):
+        self.policy = policy
+        self.adapters_only = is_peft_model(policy)
+        self.copy: torch.nn.Module | None = None
+        self.weights: dict[str, torch.Tensor] = {}
+        self.take()
+
+    def _trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.policy.named_parameters() if p.requires_grad}
+
+    def take(self) -> None:
+        """Snapshot the policy as it stands now."""
+        if self.adapters_only:
+            self.weights = {n: p.detach().clone() for n, p in self._trainable().items()}
+        elif self.copy is None:
+            self.copy = frozen_copy(self.policy)
+        else:
+            self.copy.load_state_dict(self.policy.state_dict())
+
+    @contextmanager
+    def model(self) -> Iterator[torch.nn.Module]:
+        """The snapshot as a model to run forwards on (no gradients)."""
+        if not self.adapters_only:
+            yield self.copy
+            return
+        live = self._trainable()
+        current = {n: p.detach().clone() for n, p in live.items()}
+        with torch.no_grad():
+            for n, p in live.items():
+                p.copy_(self.weights[n])
+        try:
+            yield self.policy
+        finally:
+            with torch.no_grad():
+                for n, p in live.items():
+                    p.copy_(current[n])
+
+    # Checkpointed with the run: under LoRA the adapters alone.
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        weights = self.weights if self.adapters_only else self.copy.state_dict()
+        return {k: v.detach().cpu().clone() for k, v in weights.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        if not self.adapters_only:
+            self.copy.load_state_dict(state)
+            return
+        live = self._trainable()
+        missing = sorted(set(live) - set(state))
+        if missing:
+            raise ValueError(f"snapshot lacks the policy's trainable weights {missing[:3]}")
+        # a full state dict (older checkpoints) holds the adapters among the base's weights
+        self.weights = {n: state[n].to(p.device, p.dtype) for n, p in live.items()}
+
+
 @contextmanager
 def as_reference(ref: Any, policy: Any) -> Iterator[Any]:
     """The model that computes reference log-probs: `ref` when given, else the policy's base with
