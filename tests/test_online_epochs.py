@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from online_toys import PROMPTS, cat_reward, make_model_dir, online_config
+from online_toys import PROMPTS, cat_reward, make_model_dir, online_config, write_prompts
 from online_toys import metric_rows as metrics
 from online_toys import weights as params
 
@@ -210,3 +210,30 @@ def test_generation_speed_counts_the_time_spent_generating_only(base, monkeypatc
     engine.prepare(0, [[0, 1]])
     batch = engine.ready[(0, 1)]
     assert float(batch["metrics"]["gen_tokens_per_s"]) == float(batch["completion_mask"].sum())  # tokens / 1 s
+
+
+def test_training_speed_is_the_rows_own_step(base, tmp_path, monkeypatch):
+    """train_tokens_per_s of a row is its own step's tokens over its own training time: it was measured at the
+    next step's rollout and logged there, one step late (step 1's row had none, the last step's was lost)."""
+    from types import SimpleNamespace
+
+    import pluralign.online.engine as engine_module
+
+    now = [0.0]
+    monkeypatch.setattr(engine_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    trained = []
+    step = PolicyGradient.step
+
+    def timed_step(self, model, batch):  # 1 s per 100 trained tokens, a number that differs from step to step
+        rows = batch["attention_mask"] if "live" not in batch else batch["attention_mask"][batch["live"]]
+        trained.append(float(rows.sum()))
+        now[0] += trained[-1] / 100
+        return step(self, model, batch)
+
+    monkeypatch.setattr(PolicyGradient, "step", timed_step)
+    run(config(base, tmp_path, data=[str(write_prompts(tmp_path / "p.jsonl"))], loop={"max_steps": 3},
+               rewards=[{"source": "online_toys:cat_reward"}]))
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3] and len(set(trained)) > 1
+    for r in rows:
+        assert r["train_tokens_per_s"] == pytest.approx(100.0)

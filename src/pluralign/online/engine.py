@@ -111,7 +111,7 @@ class Engine:
         self.moments = RunningMoments()
         self.ready: dict[tuple[int, ...], dict] = {}
         self._rollout: tuple[int, list[tuple[tuple[int, ...], dict, float]]] | None = None  # (its step, batches)
-        self._train_clock: tuple[float, float] | None = None  # (start of the previous step's training, its tokens)
+        self._train_clock: tuple[float, float] | None = None  # (start of this step's training, its tokens)
         self._gen_seconds = 0.0  # spent generating in this rollout
 
     @property
@@ -132,11 +132,6 @@ class Engine:
     def prepare(self, step: int, micro: list[list[int]]) -> None:
         """Generate, score and build this step's batches (every `updates_per_rollout` steps), then hand the
         loop the minibatch of this step: minibatch `k mod M` of PPO epoch `k // M`, k = step − rollout step."""
-        now = time.perf_counter()
-        train_tps = None
-        if self._train_clock is not None:
-            start, tokens = self._train_clock
-            train_tps = tokens / max(now - start, 1e-9)
         k = step % self.updates_per_rollout
         if k == 0:
             self._rollout = (step, self._roll(step, micro))
@@ -160,12 +155,19 @@ class Engine:
         train_tokens = 0
         for key, batch, _ in served:
             batch["scale"] = scale
-            if train_tps is not None:
-                batch["metrics"] = batch["metrics"] | {"train_tokens_per_s": torch.tensor(train_tps)}  # of the previous step
             trained = batch["attention_mask"] if "live" not in batch else batch["attention_mask"][batch["live"]]
             train_tokens += int(trained.sum())
             self.ready[key] = batch
         self._train_clock = (time.perf_counter(), train_tokens)
+
+    def finish(self) -> dict[str, float]:
+        """The loop's `finish_step`: this step's training throughput, tokens of its forwards and backwards over
+        the time since `prepare` handed them out, logged in this step's row (from `prepare`, it was the
+        previous step's, beside this step's generation speed)."""
+        if self._train_clock is None:
+            return {}
+        start, tokens = self._train_clock
+        return {"train_tokens_per_s": tokens / max(time.perf_counter() - start, 1e-9)}
 
     def _roll(self, step: int, micro: list[list[int]]) -> list[tuple[tuple[int, ...], dict, float]]:
         self._gen_seconds = 0.0  # time in the backend's generate only, not in reward scoring or the method's forwards

@@ -136,6 +136,7 @@ def train(
     stateful: Mapping[str, Any] | None = None,
     run_config: Any = None,
     prepare_step: Callable[[int, list[list[int]]], None] | None = None,
+    finish_step: Callable[[], Mapping[str, Any]] | None = None,
     steps_per_batch: int = 1,
 ) -> TrainResult:
     """Train `model` in place and return where it stopped.
@@ -147,6 +148,8 @@ def train(
     `prepare_step(global_step, micro_batches)`: called before each optimizer step with the dataset
     indices of this process's micro-batches, e.g. to generate them from the current policy (online
     alignment: the dataset holds prompts and `collate` returns what the rollout built for them).
+    `finish_step()`: called after the step's last backward, before the update; its metrics (measured outside
+    `step`, e.g. the step's training throughput) join the step's own in the same row, averaged alike.
     `steps_per_batch`: optimizer steps taken on each global batch of the data order before the next one
     (online PPO epochs x minibatches of one rollout); an epoch then has that many times more steps.
     With `resume`, a run directory holding checkpoints continues from the newest complete one.
@@ -258,6 +261,9 @@ def train(
             for k, v in metrics.items():
                 sums.add(k, v, len(idx))
 
+        if finish_step is not None:
+            for k, v in finish_step().items():
+                sums.add(k, v, len(mine))
         reduced = sums.reduce(accelerator)
         grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), config.max_grad_norm or math.inf)
         grad_norm = float(grad_norm) if grad_norm is not None else None  # DeepSpeed clips internally

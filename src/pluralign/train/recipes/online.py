@@ -209,7 +209,7 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
     out = Path(config.output_dir)
     with holding(out):  # until the model is saved: no second run starts on the directory after the loop
         result = train(trainee, prompts, engine.collate, method.step, config.loop, out, stateful=engine.stateful(),
-                       run_config=config, prepare_step=engine.prepare, steps_per_batch=engine.updates_per_rollout)
+                       run_config=config, prepare_step=engine.prepare, finish_step=engine.finish, steps_per_batch=engine.updates_per_rollout)
         saved = save_policy(policy, tokenizer, config, out, result)
         if isinstance(trainee, PolicyWithValue) and process_state().is_main_process:
             with atomic_open(out / "value_head.pt") as f:  # a kill mid-write leaves the previous file, not half of one
