@@ -128,11 +128,12 @@ def engine_for(base, reward, redraw_tries, prompts=PROMPTS, **kw):
 
     tok, model = load_tokenizer(base), load_model(base)
     cfg = config(base, base.parent, dynamic_sampling=redraw_tries > 0, redraw_tries=redraw_tries, **kw).resolved()
-    method, _, _ = build_method(cfg, tok, model)
+    method, reference, trainee = build_method(cfg, tok, model)
     return Engine(policy=model, tokenizer=tok, prompts=[Prompt(i, p) for i, p in enumerate(prompts)],
                   sources=[Source(RewardSpec(), reward)], source_weights=[1.0], method=method, group_size=4, seed=0,
                   sampling={"max_new_tokens": 6, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "chat_template": "auto"},
-                  redraw_tries=redraw_tries, ppo_epochs=cfg.ppo_epochs, num_minibatches=cfg.num_minibatches)
+                  redraw_tries=redraw_tries, ppo_epochs=cfg.ppo_epochs, num_minibatches=cfg.num_minibatches,
+                  reference=reference, trainee=trainee)
 
 
 def test_each_step_of_a_rollout_gets_its_minibatch_with_its_own_denominator(base):
@@ -237,3 +238,40 @@ def test_training_speed_is_the_rows_own_step(base, tmp_path, monkeypatch):
     assert [r["step"] for r in rows] == [1, 2, 3] and len(set(trained)) > 1
     for r in rows:
         assert r["train_tokens_per_s"] == pytest.approx(100.0)
+
+
+class PerPrompt:
+    """Each prompt's samples drawn from a seed of its own: the same rollout however the step is split."""
+
+    def __init__(self, native):
+        self.native = native
+
+    def sync(self):
+        pass
+
+    def generate(self, prompts, n, seed, **sampling):
+        from pluralign.online.rollout import Rollout, derived_seed
+
+        return Rollout.concat([self.native.generate([p], n, seed=derived_seed(p), **sampling) for p in prompts])
+
+
+@pytest.mark.parametrize("kw", [{"algorithm": "reinforce_pp"}, {"algorithm": "ppo"},
+                                {"algorithm": "grpo", "advantage_params": {"scale": "batch"}}])
+def test_batch_statistics_are_the_whole_rollouts_under_accumulation(base, kw):
+    """REINFORCE++'s and GAE's advantage whitening and GRPO's batch std are statistics of the step's rollout:
+    2 micro-batches of 2 prompts train on the advantages, value targets and loss of 1 micro-batch of 4 (each
+    micro-batch was whitened on its own: its advantages were far from the rollout's)."""
+    def step(micro):
+        engine = engine_for(base, cat_reward, 0, **kw)
+        engine.backend = PerPrompt(engine.backend)
+        engine.prepare(0, micro)
+        batches = [engine.collate([engine.prompts[i] for i in idx]) for idx in micro]
+        picked = {key: torch.cat([b[key][b["completion_mask"].bool()] for b in batches])
+                  for key in ("advantages", "returns") if key in batches[0]}
+        return picked, sum(float(engine.method.step(engine.trainee, b)[0].detach().sum()) for b in batches)
+
+    (whole, loss), (split, split_loss) = step([[0, 1, 2, 3]]), step([[0, 1], [2, 3]])
+    assert whole.keys() == split.keys() and whole["advantages"].std() > 0
+    for key in whole:
+        torch.testing.assert_close(split[key], whole[key], atol=1e-5, rtol=1e-5)
+    assert split_loss == pytest.approx(loss, abs=1e-5)

@@ -178,15 +178,18 @@ class Engine:
             history.refresh(step)
         self.backend.sync()  # the trained weights into the generator (vLLM); nothing to do for the native one
         built, gen_tokens = [], 0
+        score = getattr(self.method, "score", self.method.build)  # a method with batch statistics `finish`es below
         for idx in micro:
             rollout, rewards, metrics, tokens = self._sample(step, idx)
             gen_tokens += tokens
             # Under the loop's autocast: the sampling policy's and the reference's log-probs must round as the
             # training forward's do, or ratios and KL start off 1 and 0 (fp32 against bf16: ~0.03 a token).
             with loop_autocast(next(self.trainee.parameters()).device, self.precision):
-                batch, denominator = self.method.build(self.trainee, rollout, rewards)
+                batch, denominator = score(self.trainee, rollout, rewards)
             batch["metrics"] = metrics | batch.get("metrics", {})
             built.append((tuple(idx), batch, denominator))
+        if hasattr(self.method, "finish"):  # over the whole step's rollout, every micro-batch and process
+            self.method.finish([batch for _, batch, _ in built], gather=_all_processes_rows)
         gen_tps = torch.tensor(gen_tokens / max(self._gen_seconds, 1e-9))
         for _, batch, _ in built:
             batch["metrics"]["gen_tokens_per_s"] = gen_tps
@@ -305,3 +308,22 @@ def _all_processes_sum(x: torch.Tensor) -> torch.Tensor:
         torch.distributed.all_reduce(y)
         return y.cpu()
     return x
+
+
+def _all_processes_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The rows x [N, ...] of every process concatenated in rank order (later dims zero-padded to the widest),
+    and where this process's rows begin."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x, 0
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    nccl = torch.distributed.get_backend() == "nccl"  # NCCL gathers only CUDA tensors
+    on = (lambda t: t.cuda()) if nccl else (lambda t: t)
+    shapes = [on(torch.zeros(x.dim(), dtype=torch.long)) for _ in range(world)]
+    torch.distributed.all_gather(shapes, on(torch.tensor(x.shape)))
+    shapes = [s.cpu().tolist() for s in shapes]
+    widest = [max(s[d] for s in shapes) for d in range(x.dim())]
+    pad = [p for d in reversed(range(1, x.dim())) for p in (0, widest[d] - x.shape[d])] + [0, widest[0] - len(x)]
+    parts = [on(torch.zeros(widest, dtype=x.dtype)) for _ in range(world)]
+    torch.distributed.all_gather(parts, on(torch.nn.functional.pad(x, pad)))
+    rows = [s[0] for s in shapes]
+    return torch.cat([p.cpu()[:n] for p, n in zip(parts, rows, strict=True)]), sum(rows[:rank])

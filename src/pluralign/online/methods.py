@@ -10,10 +10,14 @@
 `build(rollout, rewards)` returns (batch, denominator): the step's objective is Σ(per-prompt numerators)
 divided by the denominator summed over the whole optimizer step (every micro-batch and process), which
 the engine turns into a per-batch `scale`, so the loop's mean over prompts is exactly that objective.
+A method whose advantages take statistics over the batch (`PolicyGradient`) also has `score`, the
+micro-batch's part of `build`, and `finish`, its advantages over the step's whole rollout.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -66,6 +70,22 @@ def policy_outputs(model: Any, batch: dict) -> tuple[Tensor, Tensor | None]:
     return torch.nn.functional.pad(logps, (1, 0)), torch.nn.functional.pad(v, (1, 0))
 
 
+_SCORED = "scored"  # a scored micro-batch's estimator inputs, until `PolicyGradient.finish` turns them into advantages
+
+
+@dataclass
+class _Scored:
+    rewards: Tensor  # [N]
+    mask: Tensor  # [N, T] completion tokens
+    kl_penalty: Tensor | None  # [N, T] in the token rewards
+    values: Tensor | None  # [N, T] the value head's at the rollout
+    prompts: list[list[int]]  # each group's prompt ids
+    completions: list[list[int]]
+    group_size: int
+    pair_cost: float | None  # grouped rows (`grouped.pair_cost`), or None: one padded row per completion
+    value_head: bool
+
+
 def per_prompt(contributions: Tensor, row_prompt: Tensor, n_prompts: int, scale: Tensor) -> Tensor:
     out = torch.zeros(n_prompts, dtype=contributions.dtype, device=contributions.device)
     return out.index_add(0, row_prompt, contributions) * scale
@@ -95,15 +115,25 @@ class PolicyGradient:
         return self.beta > 0
 
     def build(self, model: Any, rollout: Rollout, rewards: Tensor) -> tuple[dict, float]:
+        """The training batch of a rollout held in one micro-batch: `score`, then `finish` on it alone."""
+        batch, denominator = self.score(model, rollout, rewards)
+        self.finish([batch])
+        return batch, denominator
+
+    def score(self, model: Any, rollout: Rollout, rewards: Tensor) -> tuple[dict, float]:
+        """A micro-batch's rows, the sampling policy's (and value head's) and the reference's log-probs, and its
+        part of the step's denominator; its advantages wait for `finish`, which sees the step's whole rollout."""
         g = rollout.group_size
         batch = training_rows(self.tokenizer, rollout.prompt_ids, rollout.completion_ids)
         mask = batch["completion_mask"].float()
         prompts = rollout.prompt_ids[::g]
         # Several updates per rollout train minibatches of padded rows (`minibatch`), so the sampling policy's
         # log-probs are taken on those rows too: another layout rounds apart (~0.02 a token in bf16).
+        cost = None  # grouped rows' pair cost: the layout is redone in `finish` for the live completions only
         if (self.shared_prompt and g > 1 and not self.reuse and not isinstance(model, PolicyWithValue)
                 and all(prompts) and grouped.works(model)):
-            k = grouped.rows_per_prompt(prompts, rollout.completion_ids, g, grouped.pair_cost(model))
+            cost = grouped.pair_cost(model)
+            k = grouped.rows_per_prompt(prompts, rollout.completion_ids, g, cost)
             batch |= grouped.grouped_rows(prompts, rollout.completion_ids, g, pad_token_id(self.tokenizer), k)
         device = next(model.parameters()).device
         old = old_values = ref = None
@@ -117,31 +147,23 @@ class PolicyGradient:
         kl_penalty = None  # in the reward: β times the configured estimator per token (k1 by the presets)
         if ref is not None and self.kl_in == "reward":
             kl_penalty = self.beta * pl.kl_estimate(old, ref, self.kl_estimator) * mask
-        adv, returns = self.estimator(rewards, mask, group_size=g, kl_penalty=kl_penalty, values=old_values,
-                                      **self.estimator_params)
         keep = torch.ones(len(rewards))
         if self.dynamic_sampling:
             keep = keep * varied_groups(rewards, g).float().repeat_interleave(g)
         if self.mask_truncated:
             keep = keep * (~rollout.truncated).float()
         loss_mask = mask * keep[:, None]
-        live = None if isinstance(model, PolicyWithValue) else self._live_rows(adv, loss_mask)
-        if live is not None:
-            batch["live"] = live
-            if "group_input_ids" in batch:  # the live completions only, and only prompts that have one
-                kept = [c if on else [] for c, on in zip(rollout.completion_ids, live.tolist(), strict=True)]
-                k = grouped.rows_per_prompt(prompts, kept, g, grouped.pair_cost(model))
-                batch |= grouped.grouped_rows(prompts, kept, g, pad_token_id(self.tokenizer), k)
-        batch |= {"advantages": adv.float(), "loss_mask": loss_mask, "row_prompt": torch.arange(len(rewards)) // g,
-                  "n_prompts": len(rewards) // g}
+        batch |= {"loss_mask": loss_mask, "row_prompt": torch.arange(len(rewards)) // g, "n_prompts": len(rewards) // g,
+                  _SCORED: _Scored(rewards.float(), mask, kl_penalty, old_values, prompts, rollout.completion_ids, g,
+                                   cost, value_head=isinstance(model, PolicyWithValue))}
         if self.reuse:
             batch["old_logps"] = old
         if ref is not None:
             batch["ref_logps"] = ref
         if old_values is not None:
-            batch |= {"old_values": old_values, "returns": returns}
+            batch["old_values"] = old_values
         sampled = torch.cat(rollout.sampler_logps) if rollout.sampler_logps else None
-        metrics = {"kept_fraction": keep.mean(), "trained_fraction": live.float().mean() if live is not None else torch.tensor(1.0)}
+        metrics = {"kept_fraction": keep.mean()}
         if sampled is not None and len(sampled):
             # Monte-Carlo per-token entropy of the policy (sampled at another temperature: E_q[-log p])
             metrics["entropy"] = -sampled.mean()
@@ -149,6 +171,43 @@ class PolicyGradient:
             metrics["kl"] = ((old - ref) * mask).sum(1).mean()
         batch["metrics"] = metrics
         return batch, float(_denominator(loss_mask, self.aggregation, self.max_len))
+
+    def finish(self, batches: list[dict], gather: Callable[[Tensor], tuple[Tensor, int]] = lambda x: (x, 0)) -> None:
+        """Advantages (and value targets) of the step's whole rollout, `score`d in micro-batches: the estimator
+        runs once on all their rows — of every process, with `gather` (x of each process concatenated in
+        rank order, and where this one's rows begin) — so statistics over the batch (REINFORCE++'s and GAE's
+        whitening, GRPO's batch std) are those of the rollout, as the papers define them, not of each
+        micro-batch (grad_accum=2 x b then equals grad_accum=1 x 2b). Group statistics are unchanged."""
+        parts = [b.pop(_SCORED) for b in batches]
+
+        def joined(tensors: list[Tensor | None]) -> Tensor | None:
+            if tensors[0] is None:
+                return None
+            width = max(t.shape[1] for t in tensors)
+            return gather(torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in tensors]))[0]
+
+        rewards, start = gather(torch.cat([p.rewards for p in parts]))
+        adv, returns = self.estimator(rewards, joined([p.mask for p in parts]), group_size=parts[0].group_size,
+                                      kl_penalty=joined([p.kl_penalty for p in parts]),
+                                      values=joined([p.values for p in parts]), **self.estimator_params)
+        for batch, part in zip(batches, parts, strict=True):
+            mine, width = slice(start, start + len(part.rewards)), part.mask.shape[1]
+            self._with_advantages(batch, part, adv[mine, :width], None if returns is None else returns[mine, :width])
+            start += len(part.rewards)
+
+    def _with_advantages(self, batch: dict, part: _Scored, adv: Tensor, returns: Tensor | None) -> None:
+        live = None if part.value_head else self._live_rows(adv, batch["loss_mask"])
+        if live is not None:
+            batch["live"] = live
+            if part.pair_cost is not None:  # the live completions only, and only prompts that have one
+                g = part.group_size
+                kept = [c if on else [] for c, on in zip(part.completions, live.tolist(), strict=True)]
+                k = grouped.rows_per_prompt(part.prompts, kept, g, part.pair_cost)
+                batch |= grouped.grouped_rows(part.prompts, kept, g, pad_token_id(self.tokenizer), k)
+        batch["advantages"] = adv.float()
+        if returns is not None:
+            batch["returns"] = returns
+        batch["metrics"] |= {"trained_fraction": live.float().mean() if live is not None else torch.tensor(1.0)}
 
     def _live_rows(self, adv: Tensor, loss_mask: Tensor) -> Tensor | None:
         """The rows worth a training forward, when some are not: a completion whose advantage is 0 on every
