@@ -133,7 +133,7 @@ def engine_for(base, reward, redraw_tries, prompts=PROMPTS, **kw):
                   sources=[Source(RewardSpec(), reward)], source_weights=[1.0], method=method, group_size=4, seed=0,
                   sampling={"max_new_tokens": 6, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "chat_template": "auto"},
                   redraw_tries=redraw_tries, ppo_epochs=cfg.ppo_epochs, num_minibatches=cfg.num_minibatches,
-                  reference=reference, trainee=trainee)
+                  reference=reference, trainee=trainee, reward_norm=cfg.reward_norm, reward_clip=cfg.reward_clip)
 
 
 def test_each_step_of_a_rollout_gets_its_minibatch_with_its_own_denominator(base):
@@ -275,3 +275,19 @@ def test_batch_statistics_are_the_whole_rollouts_under_accumulation(base, kw):
     for key in whole:
         torch.testing.assert_close(split[key], whole[key], atol=1e-5, rtol=1e-5)
     assert split_loss == pytest.approx(loss, abs=1e-5)
+
+
+def test_running_reward_normalisation_sees_the_whole_step_first(base):
+    """PPO-max's running moments are updated with the step's whole rollout before any reward is scaled: per
+    micro-batch, the first micro-batch's rewards were scaled by moments that lacked the second's (and each
+    DDP process kept moments of its own)."""
+    def step(micro):
+        engine = engine_for(base, cat_reward, 0, algorithm="rloo", reward_norm="running")
+        engine.backend = PerPrompt(engine.backend)
+        engine.prepare(0, micro)
+        batches = [engine.collate([engine.prompts[i] for i in idx]) for idx in micro]
+        return torch.cat([b["advantages"][b["completion_mask"].bool()] for b in batches]), engine.moments
+
+    (whole, moments), (split, split_moments) = step([[0, 1, 2, 3]]), step([[0, 1], [2, 3]])
+    assert whole.std() > 0 and split_moments.state_dict() == pytest.approx(moments.state_dict())
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-5)

@@ -31,8 +31,8 @@ from pluralign.online.rewards import (
     Source,
     calibrated,
     combine,
-    normalize_running,
     overlong_penalty,
+    scaled_by,
     varied_groups,
 )
 from pluralign.online.rollout import NativeBackend, Prompt, Rollout, derived_seed, generate
@@ -179,8 +179,9 @@ class Engine:
         self.backend.sync()  # the trained weights into the generator (vLLM); nothing to do for the native one
         built, gen_tokens = [], 0
         score = getattr(self.method, "score", self.method.build)  # a method with batch statistics `finish`es below
-        for idx in micro:
-            rollout, rewards, metrics, tokens = self._sample(step, idx)
+        sampled = [self._sample(step, idx) for idx in micro]
+        normalized = self.normalized([rewards for _, rewards, _, _ in sampled])
+        for idx, (rollout, _, metrics, tokens), rewards in zip(micro, sampled, normalized, strict=True):
             gen_tokens += tokens
             # Under the loop's autocast: the sampling policy's and the reference's log-probs must round as the
             # training forward's do, or ratios and KL start off 1 and 0 (fp32 against bf16: ~0.03 a token).
@@ -196,10 +197,11 @@ class Engine:
         return built
 
     def _sample(self, step: int, idx: list[int]) -> tuple[Rollout, torch.Tensor, dict, int]:
-        """The micro-batch's rollout and rewards. With DAPO's dynamic sampling re-draws (`redraw_tries`),
-        groups whose rewards do not vary are replaced by groups of other prompts drawn from the prompt set
-        (seeded by run seed, step, micro-batch and try) until every slot holds a varied group or the tries
-        run out; the slots still unfilled keep their flat groups (no loss, `dynamic_sampling`)."""
+        """The micro-batch's rollout and its shaped rewards (`normalized` later, with the whole step's). With
+        DAPO's dynamic sampling re-draws (`redraw_tries`), groups whose rewards do not vary are replaced by
+        groups of other prompts drawn from the prompt set (seeded by run seed, step, micro-batch and try) until
+        every slot holds a varied group or the tries run out; the slots still unfilled keep their flat groups
+        (no loss, `dynamic_sampling`)."""
         g = self.group_size
         rollout = self._generate(idx, derived_seed(self.seed, step, tuple(idx)))
         shaped, metrics = self.shaped_rewards(rollout, step, idx)
@@ -224,7 +226,7 @@ class Engine:
             shaped = torch.cat([r for _, r in parts]).flatten()[:len(idx) * g]
             metrics |= {"redraw_tries": torch.tensor(float(tries)),
                         "filled_fraction": torch.tensor(min(filled, len(idx)) / len(idx))}
-        return rollout, self.normalized(shaped), metrics, tokens
+        return rollout, shaped, metrics, tokens
 
     def _generate(self, idx: list[int], seed: int) -> Rollout:
         start = time.perf_counter()
@@ -262,12 +264,16 @@ class Engine:
                                                  self.overlong_factor)
         return rewards, metrics
 
-    def normalized(self, rewards: torch.Tensor) -> torch.Tensor:
+    def normalized(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The micro-batches' rewards normalised (PPO-max) with running moments updated by the step's whole
+        rollout first, every micro-batch and process: per micro-batch, the first was scaled by statistics
+        without the second's rewards, and each process kept moments of its own."""
         if self.reward_norm != "none":
-            rewards = normalize_running(rewards, self.moments, center=self.reward_norm == "running", clip=self.reward_clip)
-        elif self.reward_clip:
-            rewards = rewards.clamp(-self.reward_clip, self.reward_clip)
-        return rewards
+            self.moments.update(_all_processes_rows(torch.cat(parts))[0])
+            return [scaled_by(r, self.moments, center=self.reward_norm == "running", clip=self.reward_clip) for r in parts]
+        if self.reward_clip:
+            return [r.clamp(-self.reward_clip, self.reward_clip) for r in parts]
+        return parts
 
     def _calibrated(self, rewards: torch.Tensor, rollout: Rollout, step: int, idx: list[int]) -> torch.Tensor:
         """InfAlign: rank each reward among the reference's samples for the same prompt, then exp(t·C)."""

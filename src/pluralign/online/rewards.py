@@ -189,6 +189,11 @@ def normalize_running(rewards: Tensor, moments: RunningMoments, *, center: bool 
     """PPO-max reward normalisation: update the running moments with this batch, then (R − mean)/std
     (`center`) or R/std, then clip to ±clip."""
     moments.update(rewards)
+    return scaled_by(rewards, moments, center=center, clip=clip)
+
+
+def scaled_by(rewards: Tensor, moments: RunningMoments, *, center: bool = True, clip: float | None = None) -> Tensor:
+    """(R − mean)/std (`center`) or R/std with the moments as they stand, then clip to ±clip."""
     out = (rewards - moments.mean) / moments.std if center else rewards / moments.std
     return out.clamp(-clip, clip) if clip else out
 
