@@ -262,6 +262,7 @@ def test_a_short_reward_is_named_when_the_prompt_rows_carry_users(base, tmp_path
     ("temperature=0", "'temperature' must be > 0"),
     ("top_p=2", "'top_p' must be in (0, 1]"),
     ("beta=-0.1", "'beta' (the KL coefficient) must be >= 0"),
+    ("max_new_tokens=600", "max_new_tokens 600 leaves no room for a prompt within max_length 512"),
     # inherited settings the online recipes do not apply: they were silently dropped
     ("max_prompt_length=8", "the online recipes do not apply max_prompt_length"),
     ("eval_data=[held_out.jsonl]", "the online recipes do not apply eval_data"),
@@ -300,6 +301,35 @@ def test_bad_prompts_and_group_sizes(base, tmp_path):
     with pytest.raises(DataError, match=r"chat.jsonl:4: field 'prompt': the prompt is a list of chat messages but "
                                         "chat_template=never"):
         run(config(base, tmp_path, data=[str(chat)], chat_template="never"), reward_objects=[cat_reward])
+
+
+def test_prompts_too_long_for_the_model_or_max_length_are_named_before_training(tmp_path, capsys):
+    """A prompt past a learned position table (GPT-2's) stopped the first rollout with an IndexError traceback,
+    and max_length was silently ignored; both are now refused by file, line and field before training (online
+    prompts are generated from whole), and prompts given in Python by their place."""
+    from conftest import WORDS
+
+    from pluralign.models import tiny
+
+    model_dir = tmp_path / "gpt2"
+    tok = tiny.word_tokenizer(WORDS)
+    tiny.tiny_gpt2(len(tok), hidden_size=32, num_heads=2, max_position_embeddings=32).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    long = " ".join(["the cat"] * 15)  # 30 tokens
+    data = write_prompts(tmp_path / "p.jsonl", ["the cat", long, "a dog"])
+    argv = ["train", "grpo", f"model={model_dir}", f"data={data}", "rewards=[{source: online_toys:cat_reward}]",
+            "max_new_tokens=6", f"output_dir={tmp_path / 'out'}", "loop.max_steps=1", "loop.progress=false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "p.jsonl:2: field 'prompt': 30 prompt tokens + max_new_tokens 6 exceed the model's context window of 32" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    short = write_prompts(tmp_path / "short.jsonl", ["the cat", " ".join(["the cat"] * 4), "a dog"])  # 8 tokens
+    assert main([*argv[:3], f"data={short}", *argv[4:], "max_length=12"]) == 2
+    err = capsys.readouterr().err
+    assert "short.jsonl:2: field 'prompt': 8 prompt tokens + max_new_tokens 6 exceed max_length 12" in err
+    assert "raise max_length or shorten the prompt" in err and not (tmp_path / "out").exists()
+    with pytest.raises(DataError, match=r"<prompts given in Python>:2: field 'prompt': 30 prompt tokens"):
+        run(config(model_dir, tmp_path, max_new_tokens=6), prompts=["the cat", long], reward_objects=[cat_reward])
 
 
 def test_chat_prompts_and_lora_reference(tmp_path, chat_tokenizer):

@@ -190,10 +190,12 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[Any], chat_template: str | 
     return out
 
 
-def rendering_check(tokenizer: Any, chat_template: str) -> Callable[[Sequence[Any], str, Sequence[int]], None]:
+def rendering_check(tokenizer: Any, chat_template: str, room: Callable[[int], str | None] | None = None
+                    ) -> Callable[[Sequence[Any], str, Sequence[int]], None]:
     """A check of prompt rows as they are read (online training's prompts): a `DataError` naming, by file, line
     and field, every row whose prompt `uses_template` refuses (chat messages under `never` or for a tokenizer
-    without a template). Found by the first rollout holding one, it stopped training naming no row."""
+    without a template). Found by the first rollout holding one, it stopped training naming no row.
+    `room(prompt tokens)`: why a prompt of that many tokens (as the policy sees it) is too long, or None."""
     if chat_template == "always":  # a setting every row would fail alike: said once, as a ConfigError
         uses_template(tokenizer, "", "always")
 
@@ -202,9 +204,21 @@ def rendering_check(tokenizer: Any, chat_template: str) -> Callable[[Sequence[An
         for record, line in zip(records, lines, strict=True):
             try:
                 uses_template(tokenizer, record.prompt, chat_template)
-            except PluralignError as e:
-                problems.append(Problem(source, line, "prompt", str(e)))
+                why = room(len(encode_prompts(tokenizer, [record.prompt], chat_template)[0])) if room else None
+            except (PluralignError, *template_errors()) as e:
+                why = str(e)
+            if why:
+                problems.append(Problem(source, line, "prompt", why))
         if problems:
             raise DataError(problems)
 
     return check
+
+
+def template_errors() -> tuple[type[Exception], ...]:
+    """A chat template's own refusals (jinja2's TemplateError, e.g. "roles must alternate")."""
+    try:
+        from jinja2 import TemplateError
+    except ImportError:
+        return ()
+    return (TemplateError,)

@@ -207,19 +207,16 @@ def check_context(model: Any, tokenizer: Any, rows: list[Any], controls: list[An
     cannot render stopped the run with a message that named no row, and past a learned position table
     (GPT-2's) the whole batch failed with an IndexError traceback. (A conditioned model's statement is not
     counted: a few tokens.)"""
+    from pluralign.data.prompts import template_errors
     from pluralign.decode.kv import context_window, encode_prompts, window_problem
     from pluralign.errors import PluralignError
 
-    try:
-        from jinja2 import TemplateError  # a chat template's own refusal (e.g. "roles must alternate")
-    except ImportError:
-        TemplateError = PluralignError
     window = context_window(model)
     problems = []
     for row, c in zip(rows, controls, strict=True):
         try:
             n = len(encode_prompts(tokenizer, [row.fields["prompt"]], c.chat_template)[0])
-        except (PluralignError, TemplateError) as e:
+        except (PluralignError, *template_errors()) as e:
             problems.append(row.problem("prompt", str(e)))
             continue
         if why := window_problem(n, c.max_new_tokens, window):

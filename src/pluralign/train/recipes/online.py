@@ -11,6 +11,7 @@ PPO-max options of Zheng et al. 2023), online DPO (Xiong et al. 2023), MNPO roun
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ import torch
 from pluralign import losses
 from pluralign.config import option
 from pluralign.data.prompts import rendering_check
+from pluralign.decode.kv import context_window, window_problem
 from pluralign.errors import ConfigError
 from pluralign.models.heads import hidden_size
 from pluralign.models.load import is_adapter_dir, is_peft_model
@@ -126,6 +128,9 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
         raise ConfigError(f"{config.algorithm} compares the samples of a prompt: group_size must be >= 2, got {config.group_size}")
     if config.group_size < 1 or config.max_new_tokens < 1:
         raise ConfigError("group_size and max_new_tokens must be >= 1")
+    if config.max_new_tokens >= config.max_length:  # else every prompt would be refused, each on its own line
+        raise ConfigError(f"max_new_tokens {config.max_new_tokens} leaves no room for a prompt within max_length "
+                          f"{config.max_length} (prompt + completion tokens); raise max_length")
     if config.packing:
         raise ConfigError("packing is not supported by the online recipes; set packing=false")
     # Settings every policy recipe inherits that the online ones do not apply: said, not silently dropped
@@ -185,16 +190,22 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
         raise ConfigError("online recipes do not run under FSDP yet (the rollout cannot gather the sharded "
                           "policy); launch with DDP: accelerate launch --multi_gpu --num_processes N")
     config = config.resolved()
-    if prompts is not None:
-        prompts = [Prompt(i, p) for i, p in enumerate(prompts)]
+    given = prompts
+    if given is not None:
+        prompts = [Prompt(i, p) for i, p in enumerate(given)]
         config = replace(config, data=config.data or ["<prompts given in Python>"])
     if reward_objects is not None and len(reward_objects) != len(config.rewards):
         raise ConfigError(f"{len(reward_objects)} reward objects for {len(config.rewards)} entries of 'rewards'")
     sources = [Source(spec, reward_objects[i] if reward_objects else None, f"rewards[{i}].source")
                for i, spec in enumerate(config.rewards)]
     tokenizer, policy, _ = load_policy(config)
-    if prompts is None:  # read once the tokenizer tells which prompts it cannot render: named by file and line
-        prompts = read_prompts(config.data, rendering_check(tokenizer, config.chat_template))
+    # Checked once the tokenizer tells which prompts it cannot render or are too long: named by file and line
+    # (a prompt past a learned position table stopped the first rollout with an IndexError traceback)
+    check_prompt = rendering_check(tokenizer, config.chat_template, prompt_room(config, policy))
+    if given is None:
+        prompts = read_prompts(config.data, check_prompt)
+    else:
+        check_prompt(prompts, "<prompts given in Python>", [p.index + 1 for p in prompts])
     method, reference, trainee = build_method(config, tokenizer, policy)
     engine = Engine(policy=policy, tokenizer=tokenizer, prompts=prompts, sources=sources,
                     source_weights=[s.weight for s in config.rewards], method=method, group_size=config.group_size,
@@ -215,6 +226,22 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
             with atomic_open(out / "value_head.pt") as f:  # a kill mid-write leaves the previous file, not half of one
                 torch.save(trainee.value_head.state_dict(), f)
     return saved
+
+
+def prompt_room(config: OnlineConfig, policy: Any) -> Callable[[int], str | None]:
+    """Why a prompt of n tokens leaves no room for max_new_tokens within the model's context window or the
+    config's max_length (online prompts are generated from whole, not truncated), or None."""
+    window = context_window(policy)
+
+    def room(n: int) -> str | None:
+        if why := window_problem(n, config.max_new_tokens, window):
+            return why
+        if n + config.max_new_tokens > config.max_length:
+            return (f"{n} prompt tokens + max_new_tokens {config.max_new_tokens} exceed max_length "
+                    f"{config.max_length}; online prompts are not truncated: raise max_length or shorten the prompt")
+        return None
+
+    return room
 
 
 def sampling(config: OnlineConfig) -> dict:
