@@ -475,3 +475,31 @@ def test_the_kl_estimator_is_the_one_put_in_the_reward(base, kind):
     penalty = 0.5 * pl.kl_estimate(old, batch["ref_logps"], kind) * mask
     expected, _ = adv.rloo(rewards, mask, group_size=4, kl_penalty=penalty)
     torch.testing.assert_close(batch["advantages"], expected.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_a_rows_stop_texts_end_its_rollouts(base, tmp_path):
+    """A prompt row's `stop` ends its completions, as `pluralign decode` ends them (it was read and dropped,
+    so rollouts ran on past it to max_new_tokens); a bad one is named by file, line and field."""
+    from pluralign.online.engine import Engine
+    from pluralign.online.rewards import RewardSpec, Source
+    from pluralign.online.rollout import read_prompts
+
+    rows = [{"prompt": "the cat", "stop": "the"}, {"prompt": "a dog"}, {"prompt": "hello world", "stop": ["cat", "dog"]}]
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {"prompt": "why", "stop": [""]}]))
+    with pytest.raises(DataError, match="p.jsonl:4: field 'stop': controls.stop must be non-empty texts"):
+        read_prompts([str(data)])
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = read_prompts([str(data)])
+    assert [p.stop for p in prompts] == [("the",), None, ("cat", "dog")]
+    tok, model = load_tokenizer(base), load_model(base)
+    engine = Engine(policy=model, tokenizer=tok, prompts=prompts, sources=[Source(RewardSpec(), cat_reward)],
+                    source_weights=[1.0], method=None, group_size=8, seed=0,
+                    sampling={"max_new_tokens": 12, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "chat_template": "auto"})
+    ro = engine._generate([2, 1, 0], seed=3)
+    assert ro.prompts[::8] == ["hello world", "a dog", "the cat"]
+    stops = {"the cat": ["the"], "a dog": [], "hello world": ["cat", "dog"]}
+    for prompt, text, finish in zip(ro.prompts, ro.texts, ro.finish, strict=True):
+        assert not any(s in text.split() for s in stops[prompt]) and (finish != "stop" or stops[prompt])
+    assert ro.finish[:8].count("stop") > 0 and ro.finish[16:].count("stop") > 0
+    assert any("the" in t.split() or "cat" in t.split() for t in ro.texts[8:16])  # the words do come up unstopped

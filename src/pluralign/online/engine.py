@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ from pluralign.online.rewards import (
     scaled_by,
     varied_groups,
 )
-from pluralign.online.rollout import NativeBackend, Prompt, Rollout, derived_seed, generate
+from pluralign.online.rollout import NativeBackend, Prompt, Rollout, derived_seed, generate, generate_by_stop
 from pluralign.train.reference import Snapshot, adapters_disabled, frozen_copy, loop_autocast
 
 
@@ -230,7 +231,7 @@ class Engine:
 
     def _generate(self, idx: list[int], seed: int) -> Rollout:
         start = time.perf_counter()
-        out = self.backend.generate([self.prompts[i].prompt for i in idx], self.group_size, seed=seed, **self.sampling)
+        out = generate_by_stop(self.backend.generate, [self.prompts[i] for i in idx], self.group_size, seed, self.sampling)
         self._gen_seconds += time.perf_counter() - start
         return out
 
@@ -281,8 +282,8 @@ class Engine:
         model = self.reference.model if self.reference is not None and self.reference.model is not None else self.policy
         ctx = adapters_disabled(model) if self.reference is not None and self.reference.model is None and is_peft_model(model) else nullcontext()
         with ctx:
-            ref = generate(model, self.tokenizer, [self.prompts[i].prompt for i in idx], m,
-                           seed=derived_seed(self.seed, step, tuple(idx), "reference"), **self.sampling)
+            ref = generate_by_stop(partial(generate, model, self.tokenizer), [self.prompts[i] for i in idx], m,
+                                   derived_seed(self.seed, step, tuple(idx), "reference"), self.sampling)
         rows = [self.prompts[i] for i in idx for _ in range(m)]
         ref_cols = torch.stack([src(ref.prompts, ref.texts, [r.user for r in rows], [r.weights for r in rows])
                                 for src in self.sources], 1)

@@ -21,8 +21,9 @@ import torch
 from pluralign.config import option
 from pluralign.data.collate import pad_rows
 from pluralign.data.tokenize import Encoded, pad_token_id
+from pluralign.decode.api import Controls
 from pluralign.decode.sampler import sample
-from pluralign.errors import DataError
+from pluralign.errors import ConfigError, DataError
 from pluralign.registry import Registry
 
 BACKENDS = Registry("rollout backend", modules=("pluralign.online.vllm_rollout",))
@@ -41,6 +42,7 @@ class Prompt:
     prompt: Any  # text, or chat messages rendered with the tokenizer's chat template
     user: str | None = None  # whose reward (PAL reward models), from the row's `user` field
     weights: dict | None = None  # objective weights of a multi-objective reward for this prompt (`weights` field)
+    stop: tuple[str, ...] | None = None  # texts that end its completions (`stop` field), as `pluralign decode` honours them
 
 
 @dataclass
@@ -97,9 +99,17 @@ def read_prompts(paths: Sequence[str], check: Callable[[Sequence[Any], str, Sequ
 
     bad = [r.problem("weights", "must map objective names to finite numbers") for r in rows
            if r.fields.get("weights") is not None and not numbers(r.fields["weights"])]
+    stops = []
+    for r in rows:  # checked as decoding checks a row's stop
+        try:
+            stop = Controls(stop=r.fields.get("stop")).stop
+            stops.append(tuple(stop) if stop else None)
+        except ConfigError as e:
+            bad.append(r.problem("stop", str(e)))
     if bad:
         raise DataError(bad)
-    return [Prompt(i, r.prompt, r.fields.get("user"), r.fields.get("weights")) for i, r in enumerate(rows)]
+    return [Prompt(i, r.prompt, r.fields.get("user"), r.fields.get("weights"), stop)
+            for i, (r, stop) in enumerate(zip(rows, stops, strict=True))]
 
 
 def derived_seed(*parts: Any) -> int:
@@ -143,6 +153,21 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Any], n: int, *, max_
         texts=s.flat_texts(),
         group_size=n,
     )
+
+
+def generate_by_stop(generate_fn: Callable[..., Rollout], prompts: Sequence[Prompt], n: int, seed: int,
+                     sampling: dict) -> Rollout:
+    """`generate_fn(texts, n, seed=, stop=, **sampling)` for the prompts, each ended by its own stop texts, in
+    prompt order: prompts sharing them are sampled in one call (all of them, from `seed`, when they share
+    them, as without any), the others from a seed derived from `seed` and their stop texts."""
+    kinds = list(dict.fromkeys(p.stop for p in prompts))
+    if len(kinds) == 1:
+        return generate_fn([p.prompt for p in prompts], n, seed=seed, stop=kinds[0], **sampling)
+    which = [[j for j, p in enumerate(prompts) if p.stop == stop] for stop in kinds]
+    parts = [generate_fn([prompts[j].prompt for j in js], n, seed=derived_seed(seed, stop), stop=stop, **sampling)
+             for js, stop in zip(which, kinds, strict=True)]
+    position = {j: k for k, j in enumerate(j for js in which for j in js)}
+    return Rollout.concat(parts).groups([position[j] for j in range(len(prompts))])
 
 
 def training_rows(tokenizer: Any, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]]) -> dict:
