@@ -133,7 +133,8 @@ def engine_for(base, reward, redraw_tries, prompts=PROMPTS, **kw):
                   sources=[Source(RewardSpec(), reward)], source_weights=[1.0], method=method, group_size=4, seed=0,
                   sampling={"max_new_tokens": 6, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "chat_template": "auto"},
                   redraw_tries=redraw_tries, ppo_epochs=cfg.ppo_epochs, num_minibatches=cfg.num_minibatches,
-                  reference=reference, trainee=trainee, reward_norm=cfg.reward_norm, reward_clip=cfg.reward_clip)
+                  reference=reference, trainee=trainee, reward_norm=cfg.reward_norm, reward_clip=cfg.reward_clip,
+                  calibrate_samples=cfg.calibrate_samples)
 
 
 def test_each_step_of_a_rollout_gets_its_minibatch_with_its_own_denominator(base):
@@ -291,3 +292,25 @@ def test_running_reward_normalisation_sees_the_whole_step_first(base):
     (whole, moments), (split, split_moments) = step([[0, 1, 2, 3]]), step([[0, 1], [2, 3]])
     assert whole.std() > 0 and split_moments.state_dict() == pytest.approx(moments.state_dict())
     torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [{"algorithm": "grpo"}, {"algorithm": "rsft"}, {"algorithm": "grpo", "use_lora": True}])
+def test_infalign_ranks_rewards_among_the_initial_policys_samples(base, monkeypatch, kw):
+    """InfAlign calibrates against the reference (the initial policy): without KL (GRPO's beta 0, RAFT) there was
+    no reference and the moved policy's own samples were the yardstick."""
+    import pluralign.online.engine as engine_module
+    from pluralign.online.rollout import derived_seed, generate
+
+    engine = engine_for(base, cat_reward, 0, calibrate_samples=3, **kw)
+    with torch.no_grad():  # the policy moves away from where it started
+        for p in engine.policy.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    drawn = []
+    monkeypatch.setattr(engine_module, "generate", lambda *a, **k: drawn.append(generate(*a, **k)) or drawn[-1])
+    idx = [0, 1]
+    engine.shaped_rewards(engine._generate(idx, seed=1), 5, idx)
+    tok, initial = load_tokenizer(base), load_model(base)
+    expected = generate(initial, tok, [PROMPTS[i] for i in idx], 3, seed=derived_seed(0, 5, tuple(idx), "reference"),
+                        **engine.sampling)
+    assert len(drawn) == 1 and drawn[0].completion_ids == expected.completion_ids

@@ -16,7 +16,8 @@ rollout boundaries, so a resumed run regenerates the rollout it stopped in from 
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -60,22 +61,25 @@ class Reference:
         if self.moves and step % self.round_steps == 0:
             self.snapshot.take()
 
-    def token_logps(self, batch: dict) -> torch.Tensor:
-        def run(m):
-            with torch.no_grad(), eval_mode(m):
-                if "group_input_ids" in batch and grouped.works(m):  # the policy's layout: the same rounding
-                    return grouped.token_logps_grouped(m, batch)
-                return token_logps(m, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-
-        if self.snapshot is not None:
+    @contextmanager
+    def acting(self) -> Iterator[Any]:
+        """The module that is the reference for now: its log-probs, and its samples (InfAlign's calibration)."""
+        if self.snapshot is not None:  # the policy at the round's start
             with self.snapshot.model() as m:
-                return run(m)
-        if self.mode == "round_start":  # one-step rounds: the policy before this step's update
-            return run(self.policy)
-        if self.model is not None:
-            return run(self.model)
-        with adapters_disabled(self.policy):  # LoRA: the base, adapters off
-            return run(self.policy)
+                yield m
+        elif self.mode == "round_start":  # one-step rounds: the policy before this step's update
+            yield self.policy
+        elif self.model is not None:
+            yield self.model
+        else:  # LoRA: the base, adapters off
+            with adapters_disabled(self.policy):
+                yield self.policy
+
+    def token_logps(self, batch: dict) -> torch.Tensor:
+        with self.acting() as m, torch.no_grad(), eval_mode(m):
+            if "group_input_ids" in batch and grouped.works(m):  # the policy's layout: the same rounding
+                return grouped.token_logps_grouped(m, batch)
+            return token_logps(m, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
 
     # Checkpointed with the run when the reference moves (rounds of several steps).
     def state_dict(self) -> dict:
@@ -105,6 +109,8 @@ class Engine:
         self.overlong_buffer, self.overlong_factor = overlong_buffer, overlong_factor
         self.calibrate_samples, self.calibrate_t = calibrate_samples, calibrate_t
         self.reference = reference
+        if calibrate_samples > 0 and reference is None:  # the policy's own samples would rank it against itself
+            raise ConfigError("calibrate_samples (InfAlign) ranks rewards among the reference's samples: give a reference")
         self.trainee = trainee if trainee is not None else policy  # what the method's forwards run on
         self.ppo_epochs, self.num_minibatches, self.redraw_tries = ppo_epochs, num_minibatches, redraw_tries
         self.backend = backend if backend is not None else NativeBackend(policy, tokenizer)  # who generates
@@ -279,9 +285,7 @@ class Engine:
     def _calibrated(self, rewards: torch.Tensor, rollout: Rollout, step: int, idx: list[int]) -> torch.Tensor:
         """InfAlign: rank each reward among the reference's samples for the same prompt, then exp(t·C)."""
         m = self.calibrate_samples
-        model = self.reference.model if self.reference is not None and self.reference.model is not None else self.policy
-        ctx = adapters_disabled(model) if self.reference is not None and self.reference.model is None and is_peft_model(model) else nullcontext()
-        with ctx:
+        with self.reference.acting() as model:
             ref = generate_by_stop(partial(generate, model, self.tokenizer), [self.prompts[i] for i in idx], m,
                                    derived_seed(self.seed, step, tuple(idx), "reference"), self.sampling)
         rows = [self.prompts[i] for i in idx for _ in range(m)]

@@ -91,7 +91,7 @@ class OnlineConfig(PolicyTrainingConfig):
     policy_loss: str | None = option(None, help="Policy loss: clip (token ratio, PPO/GRPO) or gspo (sequence ratio).")
     loss_params: dict[str, Any] = option(default_factory=dict, help="Policy-loss settings: eps_low, eps_high (clip-higher), dual_clip, delta; gspo: length_normalize.")
     aggregation: str | None = option(None, help="token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm (Dr. GRPO); denominators over the whole step.")
-    beta: float | None = option(None, help="KL coefficient toward the reference (0: no reference is used).")
+    beta: float | None = option(None, help="KL coefficient toward the reference (0: no KL; the reference is then made only for calibrate_samples).")
     kl_estimator: Literal["k1", "k2", "k3"] | None = option(None, help="Per-token KL estimator (Schulman 2020).")
     kl_in: Literal["loss", "reward"] | None = option(None, help="Where the KL enters: the loss (GRPO family) or the token rewards (PPO, RLOO, REINFORCE++).")
     kl_bias_correction: bool = option(False, help="KL in the loss: weight it by the token ratio (DeepSeek-V3.2).")
@@ -256,7 +256,10 @@ def build_method(config: OnlineConfig, tokenizer: Any, policy: Any) -> tuple[Any
                           "(ref_policy: round_start), not a separate model; set ref_policy: initial to use ref_model",
                           field="ref_model")
     ref_model = load_frozen(config.ref_model, config, False, "ref_model") if config.ref_model else None
-    needed = config.ref_policy == "initial" if config.algorithm in PAIR_METHODS else (config.beta or 0) > 0
+    # InfAlign's calibration ranks rewards among the reference's samples: without KL (beta 0) too, so the reference
+    # is made for it (it ranked them among the current policy's own samples, a drifting baseline)
+    calibrating = config.calibrate_samples > 0
+    needed = config.ref_policy == "initial" if config.algorithm in PAIR_METHODS else (config.beta or 0) > 0 or calibrating
     if ref_model is None and needed and is_peft_model(policy) and is_adapter_dir(config.model):
         # The policy continues a saved adapter (e.g. an SFT run's): with adapters off it is the model before that
         # adapter, not the initial policy (KL -0.24 at step 0 on SmolLM2), so the initial policy is loaded frozen.
@@ -270,9 +273,9 @@ def build_method(config: OnlineConfig, tokenizer: Any, policy: Any) -> tuple[Any
             history = Opponents(policy, round_steps=config.round_steps, keep=config.mnpo_history)
         return Pairs(tokenizer=tokenizer, loss=config.preference_loss, loss_params=config.preference_params,
                      reference=reference, history=history), reference, policy
+    reference = Reference(policy, model=ref_model) if (config.beta or 0) > 0 or calibrating else None
     if config.algorithm == "rsft":
-        return BestOfN(tokenizer=tokenizer, select=config.rsft_select, fraction=config.rsft_top_fraction), None, policy
-    reference = Reference(policy, model=ref_model) if config.beta > 0 else None
+        return BestOfN(tokenizer=tokenizer, select=config.rsft_select, fraction=config.rsft_top_fraction), reference, policy
     trainee = policy
     if config.advantage == "gae":
         base = policy.get_base_model() if is_peft_model(policy) else policy
