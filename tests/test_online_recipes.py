@@ -332,6 +332,17 @@ def test_prompts_too_long_for_the_model_or_max_length_are_named_before_training(
         run(config(model_dir, tmp_path, max_new_tokens=6), prompts=["the cat", long], reward_objects=[cat_reward])
 
 
+def test_vllm_rollouts_leave_room_within_the_length_vllm_plans_for(base, tmp_path):
+    from pluralign.train.recipes.online import prompt_room
+
+    model = load_model(base)
+    room = prompt_room(config(base, tmp_path, rollout={"backend": "vllm", "max_model_len": 20}), model)
+    assert room(14) is None
+    assert room(15) == ("15 prompt tokens + max_new_tokens 6 exceed rollout.max_model_len 20; online prompts are not "
+                        "truncated: raise rollout.max_model_len or shorten the prompt")
+    assert prompt_room(config(base, tmp_path, rollout={"max_model_len": 20}), model)(15) is None  # native: no such plan
+
+
 def test_chat_prompts_and_lora_reference(tmp_path, chat_tokenizer):
     """Message-list prompts are rendered with the tokenizer's chat template (never str(prompt)); under
     LoRA the reference is the base with adapters off, so the first step's KL is exactly 0."""

@@ -232,13 +232,18 @@ def prompt_room(config: OnlineConfig, policy: Any) -> Callable[[int], str | None
     """Why a prompt of n tokens leaves no room for max_new_tokens within the model's context window or the
     config's max_length (online prompts are generated from whole, not truncated), or None."""
     window = context_window(policy)
+    # vLLM refuses a longer prompt, and ends a completion early without a word, past the length it planned for
+    planned = config.rollout.max_model_len if config.rollout.backend == "vllm" else None
+    limits = [(name, limit) for name, limit in (("max_length", config.max_length), ("rollout.max_model_len", planned))
+              if limit is not None]
 
     def room(n: int) -> str | None:
         if why := window_problem(n, config.max_new_tokens, window):
             return why
-        if n + config.max_new_tokens > config.max_length:
-            return (f"{n} prompt tokens + max_new_tokens {config.max_new_tokens} exceed max_length "
-                    f"{config.max_length}; online prompts are not truncated: raise max_length or shorten the prompt")
+        for name, limit in limits:
+            if n + config.max_new_tokens > limit:
+                return (f"{n} prompt tokens + max_new_tokens {config.max_new_tokens} exceed {name} {limit}; online "
+                        f"prompts are not truncated: raise {name} or shorten the prompt")
         return None
 
     return room
