@@ -263,6 +263,12 @@ def test_a_short_reward_is_named_when_the_prompt_rows_carry_users(base, tmp_path
     ("top_p=2", "'top_p' must be in (0, 1]"),
     ("beta=-0.1", "'beta' (the KL coefficient) must be >= 0"),
     ("max_new_tokens=600", "max_new_tokens 600 leaves no room for a prompt within max_length 512"),
+    ("reward_clip=-1", "'reward_clip' must be > 0 (or null: off), got -1"),  # clamped every reward to -1
+    ("reward_clip=0", "'reward_clip' must be > 0 (or null: off), got 0"),  # silently off
+    ("overlong_buffer=-4", "'overlong_buffer' must be in [0, max_new_tokens], got -4"),
+    ("overlong_buffer=40", "'overlong_buffer' must be in [0, max_new_tokens], got 40"),
+    ("calibrate_samples=-1", "'calibrate_samples' must be >= 0"),
+    ("online_dpo round_steps=0", "'round_steps' must be >= 1, got 0"),  # silently 1
     # inherited settings the online recipes do not apply: they were silently dropped
     ("max_prompt_length=8", "the online recipes do not apply max_prompt_length"),
     ("eval_data=[held_out.jsonl]", "the online recipes do not apply eval_data"),

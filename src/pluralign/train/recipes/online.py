@@ -147,6 +147,15 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
         raise ConfigError(f"'top_p' must be in (0, 1] and 'top_k' >= 0, got {config.top_p}, {config.top_k}")
     if config.beta is not None and not config.beta >= 0:
         raise ConfigError(f"'beta' (the KL coefficient) must be >= 0, got {config.beta}")
+    # Out of range, each was silently off or wrong: reward_clip -1 clamped every reward to -1 (no signal), 0 and a
+    # negative overlong_buffer turned the setting off, round_steps 0 became 1
+    ranges = (("reward_clip", config.reward_clip is None or config.reward_clip > 0, "> 0 (or null: off)"),
+              ("overlong_buffer", 0 <= config.overlong_buffer <= config.max_new_tokens, "in [0, max_new_tokens]"),
+              ("calibrate_samples", config.calibrate_samples >= 0, ">= 0"),
+              ("round_steps", config.round_steps >= 1, ">= 1"), ("mnpo_history", config.mnpo_history >= 1, ">= 1"))
+    for name, ok, rule in ranges:
+        if not ok:
+            raise ConfigError(f"'{name}' must be {rule}, got {getattr(config, name)}")
     unused = (POLICY_GRADIENT_FIELDS if config.algorithm in PAIR_METHODS else
               POLICY_GRADIENT_FIELDS + PAIR_FIELDS if config.algorithm == "rsft" else PAIR_FIELDS)
     unused = [name for name in unused if getattr(config, name) not in (None, {})]
