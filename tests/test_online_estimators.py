@@ -151,6 +151,15 @@ def test_gspo_vector_7():
     close(pl.aggregate(per_token, MASK, "seq_mean_token_mean"), 0.078996)
 
 
+def test_gspo_clip_fraction_counts_the_sequences_in_the_loss():
+    """Only seq0 is clipped (ε 3e-4/4e-4): 1 of 6, and 1 of the 3 trained when prompt 1's group is masked out
+    (dynamic sampling, truncation): the masked sequences were counted as unclipped (1/6)."""
+    a = TRL_A[:, None] * MASK
+    close(pl.gspo(LOGPS, OLD, a, MASK)[1]["clip_fraction"], 1 / 6)
+    dropped = MASK * torch.tensor([1.0, 1, 1, 0, 0, 0])[:, None]
+    close(pl.gspo(LOGPS, OLD, a, dropped)[1]["clip_fraction"], 1 / 3)
+
+
 def test_kl_estimators_vector_9():
     close(pl.kl_estimate(LOGPS[0], REF[0], "k1"), [0.05, -0.5, 0.35, 0])
     close(pl.kl_estimate(LOGPS[0], REF[0], "k2"), [0.00125, 0.125, 0.06125, 0])

@@ -66,7 +66,8 @@ def gspo(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, *, 
     log_s = torch.clamp(sequence_log_ratio(logps, old_logps, m, length_normalize), max=10.0)
     a = (advantages * m).sum(1) / m.sum(1).clamp(min=1)  # the sequence's (constant) advantage
     loss, clipped = _clip_objective(torch.exp(log_s), a, eps_low, eps_high, dual_clip, None)
-    return loss[:, None] * m, {"clip_fraction": clipped.mean()}
+    trained = (m.sum(1) > 0).float()  # sequences in the loss: a masked-out one (dropped group) is not unclipped
+    return loss[:, None] * m, {"clip_fraction": (clipped * trained).sum() / trained.sum().clamp(min=1)}
 
 
 def kl_estimate(logps: Tensor, ref_logps: Tensor, kind: str = "k3") -> Tensor:
