@@ -167,6 +167,9 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
         ESTIMATORS.check_params(resolved.advantage, config.advantage_params, reserved=("group_size", "kl_penalty", "values"))
     if resolved.policy_loss is not None:
         POLICY_LOSSES.check_params(resolved.policy_loss, config.loss_params)
+    if resolved.ref_policy == "round_start" and config.ref_model:  # it was the reference of every round, or overwritten
+        raise ConfigError(f"{config.algorithm}: ref_model is a fixed reference, but ref_policy round_start takes the policy "
+                          "at the start of each round as the reference; set ref_policy=initial or remove ref_model")
     if not config.rewards:
         raise ConfigError("set at least one reward source in 'rewards'")
     k = config.updates_per_rollout
