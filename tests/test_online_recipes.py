@@ -271,6 +271,9 @@ def test_a_short_reward_is_named_when_the_prompt_rows_carry_users(base, tmp_path
     ("online_dpo round_steps=0", "'round_steps' must be >= 1, got 0"),  # silently 1
     # the fixed model was every round's reference (one-step rounds), or overwritten by the policy (longer rounds)
     ("online_dpo ref_model=some_model", "online_dpo: ref_model is a fixed reference, but ref_policy round_start"),
+    ("ref_model=some_model", "ref_model is read only for the KL (beta > 0) or InfAlign's calibration (calibrate_samples "
+                             "> 0), neither of which this grpo run uses"),  # it was loaded and never read
+    ("rsft ref_model=some_model", "neither of which this rsft run uses"),
     # inherited settings the online recipes do not apply: they were silently dropped
     ("max_prompt_length=8", "the online recipes do not apply max_prompt_length"),
     ("eval_data=[held_out.jsonl]", "the online recipes do not apply eval_data"),

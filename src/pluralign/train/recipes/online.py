@@ -170,6 +170,10 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
     if resolved.ref_policy == "round_start" and config.ref_model:  # it was the reference of every round, or overwritten
         raise ConfigError(f"{config.algorithm}: ref_model is a fixed reference, but ref_policy round_start takes the policy "
                           "at the start of each round as the reference; set ref_policy=initial or remove ref_model")
+    if (config.ref_model and config.algorithm not in PAIR_METHODS and not (resolved.beta or 0) > 0
+            and config.calibrate_samples == 0):  # it was loaded, and never read
+        raise ConfigError(f"ref_model is read only for the KL (beta > 0) or InfAlign's calibration (calibrate_samples "
+                          f"> 0), neither of which this {config.algorithm} run uses; remove it")
     if not config.rewards:
         raise ConfigError("set at least one reward source in 'rewards'")
     k = config.updates_per_rollout
