@@ -69,9 +69,3 @@ def test_mnpo_rounds_needs_a_loss_that_reads_opponents(base, tmp_path):
         run(config(base, tmp_path, algorithm="mnpo_rounds", preference_loss="dpo"), prompts=PROMPTS,
             reward_objects=[cat_reward])
 
-
-def test_a_separate_reference_model_is_refused_where_the_reference_is_the_round_start_policy(base, tmp_path):
-    # it was used in one-step rounds and overwritten by the policy in longer ones
-    with pytest.raises(ConfigError, match="ref_model: online_dpo's reference is the policy at each round's start"):
-        run(config(base, tmp_path, algorithm="online_dpo", ref_model=str(base)), prompts=PROMPTS,
-            reward_objects=[cat_reward])

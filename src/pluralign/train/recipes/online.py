@@ -272,10 +272,6 @@ def sampling(config: OnlineConfig) -> dict:
 
 def build_method(config: OnlineConfig, tokenizer: Any, policy: Any) -> tuple[Any, Reference | None, Any]:
     """(method, reference, the module the loop trains) for a resolved config."""
-    if config.ref_model and config.algorithm in PAIR_METHODS and config.ref_policy == "round_start":
-        raise ConfigError(f"ref_model: {config.algorithm}'s reference is the policy at each round's start "
-                          "(ref_policy: round_start), not a separate model; set ref_policy: initial to use ref_model",
-                          field="ref_model")
     ref_model = load_frozen(config.ref_model, config, False, "ref_model") if config.ref_model else None
     # InfAlign's calibration ranks rewards among the reference's samples: without KL (beta 0) too, so the reference
     # is made for it (it ranked them among the current policy's own samples, a drifting baseline)
