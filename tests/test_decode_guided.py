@@ -258,3 +258,18 @@ def test_fusion_filters_top_p_after_temperature_as_sampling_does(method, tok, lm
         guide.prefix = None
         token = int(guide.choose(logits, [0]))
         assert torch.allclose(guide.last_logq[0], want[token], atol=1e-5), token
+
+
+@pytest.mark.parametrize("method", ["args", "cd", "tq_star"])
+def test_reward_guided_decoders_read_top_p(method, tok, lms):
+    # ARGS, CD and TQ* sampled among all k candidates whatever top_p was: a tiny top_p keeps only the best
+    # guided score, so sampling with it is the method's greedy decoding
+    value = ValueModel.new(lms[0])
+    torch.nn.init.normal_(value.head.proj.weight, std=0.5, generator=torch.Generator().manual_seed(0))
+    kwargs = {"cd": {"value_model": value}, "tq_star": {"baseline": lms[1]}}.get(method, {})
+    base = Controls(max_new_tokens=6, w=1.0, extra={"k": 5})
+    greedy = decode(method, lms[0], tok, PROMPTS, reward=cat_reward, controls=base.replace(temperature=0.0), **kwargs)
+    for seed in (1, 2):
+        out = decode(method, lms[0], tok, PROMPTS, reward=cat_reward, controls=base.replace(seed=seed, top_p=1e-6),
+                     **kwargs)
+        assert out.texts == greedy.texts, seed

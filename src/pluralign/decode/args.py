@@ -2,7 +2,8 @@
 
 At each step the k most likely next tokens of the policy are scored by
     score(z) = logit(z) + w · (weightsᵀ r([x, y_<t, z]))
-and the argmax (greedy) or a draw from softmax(score / temperature) is appended. Raw logits and
+and the argmax (greedy) or a draw from softmax(score / temperature), limited to its top-k / top-p
+(`tokenwise.nucleus`), is appended. Raw logits and
 log-probs differ by a per-row constant, so both choices are unchanged by using either.
 
 Efficiency: with a transformer reward model (`reward_model=CachedReward` or any *ForSequenceClassification
@@ -30,6 +31,7 @@ from pluralign.decode.kv import Compute, encode_prompts
 from pluralign.decode.rewards import CachedReward, Counted, score_groups
 from pluralign.decode.tokenwise import (
     choice_logq,
+    nucleus,
     pick,
     row_settings,
     run_tokenwise,
@@ -82,6 +84,8 @@ class ArgsGuide:
             score = top + w[:, None] * util
             choice = True
         greedy, temp = row_settings(self.controls, rows, logits.device)
+        c = self.controls[rows[0]]  # top_k / top_p are shared by the batch (`batch_shared`)
+        score = nucleus(score, temp, c.top_k, c.top_p)
         idx = pick(score, greedy, temp, self.generator)
         self.last_logq = choice_logq(score, idx, greedy, temp)
         if self.cached is not None:
@@ -128,7 +132,7 @@ def as_cached(reward_model: Any, tokenizer: Any) -> CachedReward | None:
     return CachedReward.from_sequence_classifier(reward_model, pad_id=pad)
 
 
-@register("args", options=("k", *TOKENWISE_OPTIONS), batch_shared=("k", "top_k", *TOKENWISE_SHARED))
+@register("args", options=("k", *TOKENWISE_OPTIONS), batch_shared=("k", "top_k", "top_p", *TOKENWISE_SHARED))
 def args_decode(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any = None, controls: list[Controls],
                 reward_model: Any = None, **_: Any) -> DecodeResult:
     """ARGS with per-request w (controls.w), objective weights, k (extra["k"], default 10) and mode

@@ -31,6 +31,7 @@ from pluralign.decode.rewards import Counted, as_reward, score_groups
 from pluralign.decode.sampler import decoded_text, eval_mode, sample
 from pluralign.decode.tokenwise import (
     choice_logq,
+    nucleus,
     pick,
     row_settings,
     run_tokenwise,
@@ -140,7 +141,8 @@ class CDGuide:
             v = self.value.head(self.state.hidden).gather(-1, cand)
         lam = torch.tensor([float(self.controls[r].w) for r in rows], device=logits.device)
         greedy, temp = row_settings(self.controls, rows, logits.device)
-        score = top + lam[:, None] * v
+        c = self.controls[rows[0]]  # top_k / top_p are shared by the batch (`batch_shared`)
+        score = nucleus(top + lam[:, None] * v, temp, c.top_k, c.top_p)
         idx = pick(score, greedy, temp, self.generator)
         self.last_logq = choice_logq(score, idx, greedy, temp)
         return cand.gather(1, idx[:, None]).squeeze(1)
@@ -152,7 +154,7 @@ class CDGuide:
         self.state.advance(tokens)
 
 
-@register("cd", options=("k", *TOKENWISE_OPTIONS), batch_shared=("k", "top_k", *TOKENWISE_SHARED))
+@register("cd", options=("k", *TOKENWISE_OPTIONS), batch_shared=("k", "top_k", "top_p", *TOKENWISE_SHARED))
 def cd_tokenwise(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any = None, controls: list[Controls],
                  value_model: ValueModel | None = None, **_: Any) -> DecodeResult:
     """Token-wise controlled decoding with λ = controls.w and k = extra["k"] (default 10)."""

@@ -22,8 +22,8 @@ import torch
 
 from pluralign.decode.api import TOKENWISE_OPTIONS, TOKENWISE_SHARED, Controls, DecodeResult, finish, register
 from pluralign.decode.kv import Compute, LMState, pad_id_of
-from pluralign.decode.sampler import eval_mode, warp_logits
-from pluralign.decode.tokenwise import choice_logq, pick, row_settings, run_tokenwise, tokenwise_info
+from pluralign.decode.sampler import eval_mode
+from pluralign.decode.tokenwise import choice_logq, nucleus, pick, row_settings, run_tokenwise, tokenwise_info
 from pluralign.errors import ConfigError
 
 
@@ -115,7 +115,7 @@ class FusionGuide:
         greedy, temp = row_settings(self.controls, rows, logits.device)
         c = self.controls[rows[0]]
         if self.kind == "genarm":
-            scores = _nucleus((w.t()[:, :, None] * lps).sum(0), temp, c.top_k, c.top_p)
+            scores = nucleus((w.t()[:, :, None] * lps).sum(0), temp, c.top_k, c.top_p)
         else:
             if self.prefix is None:
                 self.prefix = torch.zeros(lps.shape[0], lps.shape[1], device=logits.device)
@@ -123,7 +123,7 @@ class FusionGuide:
             form, alpha = c.extra.get("form", "reverse_kl"), float(c.extra.get("alpha", 0.5))
             f = mod_scores(ell, w, form, alpha)
             f_prev = mod_scores(self.prefix[:, :, None], w, form, alpha)
-            scores = _nucleus(f - f_prev, temp, c.top_k, c.top_p)
+            scores = nucleus(f - f_prev, temp, c.top_k, c.top_p)
         tok = pick(scores, greedy, temp, self.generator)
         self.last_logq = choice_logq(scores, tok, greedy, temp)
         if self.prefix is not None:
@@ -139,16 +139,6 @@ class FusionGuide:
     def advance(self, tokens: torch.Tensor) -> None:
         for s in self.states:
             s.advance(tokens)
-
-
-def _nucleus(scores: torch.Tensor, temperature: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """`scores` [b, V] with the tokens outside the top-k / top-p of softmax(scores / temperature) at -inf: the
-    set `sample` keeps (temperature first, as transformers and vLLM do); `pick` then applies the temperature.
-    Taken of the untempered distribution, the nucleus at temperature 2 was another set of tokens."""
-    if not top_k and top_p >= 1.0:
-        return scores
-    kept = torch.isfinite(warp_logits(scores / temperature[:, None].clamp(min=1e-8), 1.0, top_k, top_p))
-    return scores.masked_fill(~kept, float("-inf"))
 
 
 def _fusion(kind: str):

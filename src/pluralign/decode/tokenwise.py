@@ -13,7 +13,7 @@ import torch
 
 from pluralign.decode.api import Controls
 from pluralign.decode.kv import Compute, LMState, encode_prompts, pad_id_of
-from pluralign.decode.sampler import Generation, eos_ids, eval_mode, make_generator
+from pluralign.decode.sampler import Generation, eos_ids, eval_mode, make_generator, warp_logits
 
 
 class Guide(Protocol):
@@ -52,6 +52,18 @@ def row_settings(controls: list[Controls], rows: list[int], device: Any) -> tupl
               for r in rows]
     temp = [max(controls[r].temperature, 1e-8) for r in rows]
     return torch.tensor(greedy, device=device), torch.tensor(temp, device=device)
+
+
+def nucleus(scores: torch.Tensor, temperature: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """`scores` [b, C] with the entries outside the top-k / top-p of softmax(scores / temperature) at -inf: the
+    set `sample` keeps (temperature first, as transformers and vLLM do); `pick` then applies the temperature.
+    Taken of the untempered distribution, the nucleus at temperature 2 was another set of tokens. Every
+    token-level decoder filters its final scores with it, so --top-k / --top-p mean what they mean for
+    sampling (with a zero guidance weight, exactly plain sampling's distribution)."""
+    if not top_k and top_p >= 1.0:
+        return scores
+    kept = torch.isfinite(warp_logits(scores / temperature[:, None].clamp(min=1e-8), 1.0, top_k, top_p))
+    return scores.masked_fill(~kept, float("-inf"))
 
 
 def top_k_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,7 @@ from pluralign.decode.rewards import Counted, as_reward, score_groups
 from pluralign.decode.sampler import sample
 from pluralign.decode.tokenwise import (
     choice_logq,
+    nucleus,
     pick,
     row_settings,
     run_tokenwise,
@@ -89,6 +90,8 @@ class TQGuide:
                 raise ConfigError("TQ*: non-finite Q estimates (check beta_bl and the reward scales)")
             score = top + alpha[:, None] * q
         greedy, temp = row_settings(self.controls, rows, logits.device)
+        c = self.controls[rows[0]]  # top_k / top_p are shared by the batch (`batch_shared`)
+        score = nucleus(score, temp, c.top_k, c.top_p)
         idx = pick(score, greedy, temp, self.generator)
         self.last_logq = choice_logq(score, idx, greedy, temp)
         tok = cand.gather(1, idx[:, None]).squeeze(1)
@@ -104,7 +107,7 @@ class TQGuide:
 
 
 @register("tq_star", options=("k", "rollout", "beta_bl", *TOKENWISE_OPTIONS),
-          batch_shared=("k", "top_k", "rollout", *TOKENWISE_SHARED))
+          batch_shared=("k", "top_k", "top_p", "rollout", *TOKENWISE_SHARED))
 def tq_star(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls: list[Controls],
             baseline: Any = None, baseline_reward: Any = None, **_: Any) -> DecodeResult:
     """TQ* with α = controls.w, k = extra["k"] (10), rollout = extra["rollout"] (20). `baseline` is ρ_BL
