@@ -88,6 +88,19 @@ def test_mod_refuses_weights_that_fuse_nothing_or_that_its_form_cannot_take(tok,
     decode("mod", lms[0], tok, PROMPTS[:1], models=[lms[1]], controls=GREEDY.replace(weights=[-1.0, 2.0]))
 
 
+def test_mod_weights_are_normalised_to_the_simplex(tok, lms):
+    # MOD's weights lie on the simplex (the reference policy cancels only when they sum to 1): 2,2 fused
+    # π1²·π2² (a sharper, colder distribution) where 0.5,0.5 fused √(π1·π2)
+    ctl = Controls(max_new_tokens=8, seed=3)
+    half = decode("mod", lms[0], tok, PROMPTS, models=[lms[1]], controls=ctl.replace(weights=[0.5, 0.5]))
+    double = decode("mod", lms[0], tok, PROMPTS, models=[lms[1]], controls=ctl.replace(weights=[2.0, 2.0]))
+    assert double.texts == half.texts
+    assert double.info["decoder_logps"] == pytest.approx(half.info["decoder_logps"], abs=1e-4)
+    with pytest.raises(ConfigError, match=r"sum to 0.*cannot be normalised") as e:
+        decode("mod", lms[0], tok, PROMPTS, models=[lms[1]], controls=GREEDY.replace(weights=[1.0, -1.0]))
+    assert e.value.field == "weights"
+
+
 def test_genarm_alpha_of_the_wrong_length_names_the_arms(tok, lms):
     # the message counted the policy as a further weight ("3 fusion weights for 2 models ... the policy's first")
     with pytest.raises(ConfigError, match=r"genarm option 'alpha': 2 values for 1 ARM\(s\)"):

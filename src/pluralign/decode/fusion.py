@@ -9,6 +9,7 @@
     reverse KL  f = Σ w_i ℓ_i                     (π ∝ Π π_i^{w_i})
     forward KL  f = −logsumexp_i(log w_i − ℓ_i)   (π ∝ (Σ w_i/π_i)^{−1})
     α-div.      f = −logsumexp_i(log w_i − α ℓ_i)
+  with w on the simplex: weights are divided by their sum (`mod_weights`).
   Greedy takes argmax f; sampling draws from softmax(f − f(prefix)) (exact for reverse KL).
 Models may be separate LMs or LoRA adapters of one PEFT model (`AdapterView`), each with its own cache.
 """
@@ -59,7 +60,8 @@ def mod_scores(ell: torch.Tensor, w: torch.Tensor, form: str = "reverse_kl", alp
 
 
 def mod_weights(weights: Any, n_models: int, form: str = "reverse_kl") -> list[float]:
-    """A request's MOD weights: one per model, in order, the policy's first (uniform when not given). Models
+    """A request's MOD weights: one per model, in order, the policy's first (uniform when not given), divided
+    by their sum (only their ratios matter: 2,2 is 0.5,0.5; a sum <= 0 is refused). Models
     have no objective names, so weights by name are an error rather than read as their keys. All zero
     weights fuse nothing (every token equally likely: random text), and the forward-KL and α forms take
     log w, so a negative weight there would count as 0: both are refused."""
@@ -77,7 +79,13 @@ def mod_weights(weights: Any, n_models: int, form: str = "reverse_kl") -> list[f
     if form in ("forward_kl", "alpha") and min(w) < 0:
         raise ConfigError(f"{w}: the {form} form takes log w, so its weights must be >= 0 (negative weights "
                           "extrapolate only with form=reverse_kl)", field="weights")
-    return w
+    # MOD's weights lie on the simplex: with Σ w = 1 the shared reference policy cancels from Π π_i^{w_i};
+    # otherwise it stays as π_ref^{Σw} (2,2 decoded a sharper π1²·π2² than 0.5,0.5's √(π1·π2))
+    total = sum(w)
+    if total <= 0:
+        raise ConfigError(f"{w}: the weights sum to {total:g}, so they cannot be normalised to sum to 1 as MOD's "
+                          "weights must (negative weights extrapolate, e.g. 1.5,-0.5)", field="weights")
+    return [x / total for x in w]
 
 
 class FusionGuide:
