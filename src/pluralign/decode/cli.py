@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # DPA direction may point anywhere) would be "expected one argument". Number lists count as numbers here.
     p._negative_number_matcher = re.compile(r"^-\.?\d[\d.eE+\-,]*$")
     p.add_argument("--method", required=True, help="decoder name (sample, bon, soft_bon, rejection, infalign, map, rps, "
-                                                 "args, cd_block, tq_star, genarm, mod, deal)")
+                                                 "args, cd, cd_block, tq_star, genarm, mod, deal)")
     p.add_argument("--model", required=True, help="the policy: a model directory, a .gguf file or a hub id")
     p.add_argument("--reward", help="'gold' (sandbox attributes), a reward-model directory, or module:function "
                    "(returning [N] or [N, m] scores; `fn.objectives = [...]` names the m columns for --weights)")
@@ -54,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--beta", type=float, default=1.0, help="β / λ of the tilt (soft BoN, rejection)")
     p.add_argument("--w", type=float, default=1.0, help="guidance weight (ARGS w, TQ* α, GenARM α, DeAL λ)")
     p.add_argument("--models", help="comma-separated extra model directories (genarm ARMs, mod objective models)")
+    p.add_argument("--value-model", metavar="FILE", help="controlled decoding (cd, cd_block): a value head saved by "
+                   "ValueModel.save after pluralign.decode.controlled.train_fudge, read over the policy (its trunk)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=1.0, help="<= 0 for greedy")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: off)")
@@ -237,6 +239,7 @@ def _refuse_requests(base: Any, rows: list[Any], controls: list[Any], problem: A
 
 def run(args: argparse.Namespace) -> int:
     from pluralign.decode.api import Controls, decode, get, names
+    from pluralign.decode.controlled import ValueModel, missing_value_model
     from pluralign.decode.rewards import load_reward
     from pluralign.decode.sampler import eos_ids, finish_reason
     from pluralign.decode.steer import load_policy
@@ -246,6 +249,11 @@ def run(args: argparse.Namespace) -> int:
     if "models" not in inspect.signature(get(args.method)).parameters and args.models:
         fusing = [name for name in names() if "models" in inspect.signature(get(name)).parameters]
         raise ConfigError(f"--models: method {args.method!r} reads no extra models; {' and '.join(fusing)} do")
+    if args.value_model and "value_model" not in inspect.signature(get(args.method)).parameters:
+        valued = [name for name in names() if "value_model" in inspect.signature(get(name)).parameters]
+        raise ConfigError(f"--value-model: method {args.method!r} reads no value model; {' and '.join(valued)} do")
+    if why := missing_value_model(args.method, args.value_model, args.reward):
+        raise ConfigError(why)
     if args.models and not all(d.strip() for d in args.models.split(",")):  # 'a,' failed as "'' holds no model"
         raise ConfigError(f"--models {args.models!r}: an empty entry (a stray comma?); give model directories "
                           "separated by commas")
@@ -281,6 +289,8 @@ def run(args: argparse.Namespace) -> int:
     if unused:
         print(f"warning: {unused}", file=sys.stderr)
     kwargs = method_kwargs(args.method, reward, tokenizer, extra_models)
+    if args.value_model:  # the head reads the policy's hidden states: the policy is its trunk
+        kwargs["value_model"] = ValueModel.new(model).load(args.value_model)
     result = decode(args.method, model, tokenizer, [r["prompt"] for r in requests], reward=reward,
                     controls=controls, **kwargs)
     eos = eos_ids(tokenizer, model)

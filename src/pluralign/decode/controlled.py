@@ -86,10 +86,39 @@ class ValueModel:
         atomic_write_bytes(path, save({k: v.contiguous() for k, v in self.head.state_dict().items()}))
 
     def load(self, path: str) -> ValueModel:
+        """The head saved at `path` (`save`), for this trunk: a missing or unreadable file, or a head fitted to
+        another trunk (its hidden size or vocabulary), is a ConfigError naming the file."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        self.head.load_state_dict(load_file(path))
+        try:
+            state = load_file(path)
+        except (OSError, SafetensorError) as e:
+            raise ConfigError(f"{path}: not a value head saved by ValueModel.save ({e})", field="value_model") from e
+        want = {k: tuple(v.shape) for k, v in self.head.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        if got != want:
+            w = got.get("proj.weight", (None, None))
+            raise ConfigError(f"{path}: a value head for hidden size {w[1]} and a vocabulary of {w[0]}, but the "
+                              f"policy has hidden size {want['proj.weight'][1]} and a vocabulary of "
+                              f"{want['proj.weight'][0]}: fit the head over this policy (train_fudge)",
+                              field="value_model")
+        self.head.load_state_dict(state)
         return self
+
+
+def missing_value_model(method: str, value_model: Any, reward: Any) -> str | None:
+    """Why decoder `method` cannot run as called (no value model, and for cd_block no reward either), or None;
+    checked by the decoders and, before anything loads, by `pluralign decode`."""
+    if value_model is not None or method not in ("cd", "cd_block"):
+        return None
+    how = ("a value head saved by ValueModel.save after train_fudge: value_model= from Python, --value-model "
+           "from the command line")
+    if method == "cd":
+        return f"--value-model: method 'cd' needs a value model ({how})"
+    if reward is None:
+        return f"cd_block needs a value model ({how}) or a reward (reward= / --reward) to score its blocks"
+    return None
 
 
 def train_fudge(value: ValueModel, tokenizer: Any, prompts: list[Any], reward: Any, *, n: int = 8,
@@ -158,8 +187,8 @@ class CDGuide:
 def cd_tokenwise(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any = None, controls: list[Controls],
                  value_model: ValueModel | None = None, **_: Any) -> DecodeResult:
     """Token-wise controlled decoding with λ = controls.w and k = extra["k"] (default 10)."""
-    if value_model is None:
-        raise ConfigError("cd needs value_model= (train one with pluralign.decode.controlled.train_fudge)")
+    if why := missing_value_model("cd", value_model, reward):
+        raise ConfigError(why, field="value_model")
     compute = Compute()
     with eval_mode(value_model.trunk):
         texts, gen, compute = run_tokenwise(
@@ -177,8 +206,8 @@ def cd_blockwise(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any 
     """Blockwise best-of-K: K = controls.n continuations of M = extra["block"] tokens (default 4) per step;
     keep the best by the value model (or by the request-weighted reward of the partial text). Requests
     whose sampling settings differ are decoded in separate batches, each to its own limit and stop strings."""
-    if value_model is None and reward is None:
-        raise ConfigError("cd_block needs value_model= or a reward")
+    if why := missing_value_model("cd_block", value_model, reward):
+        raise ConfigError(why, field="value_model")
     counted = Counted(reward) if reward is not None else None
     compute, pad = Compute(), pad_id_of(tokenizer, model)
     ids = encode_prompts(tokenizer, prompts, [c.chat_template for c in controls])
