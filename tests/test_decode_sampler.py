@@ -194,3 +194,27 @@ def test_the_chat_templates_end_of_turn_token_ends_an_answer():
     s = sample(lm, tok, [[{"role": "user", "content": "the cat"}]], max_new_tokens=6, temperature=0)
     assert s.token_ids[0][0] == [end] and s.finish[0] == ["eos"] and s.texts[0] == [""]
     assert eos_ids(tok, lm, []) == set()  # explicit EOS ids (ignore_eos) are taken as given
+
+
+def test_a_stop_string_of_multi_token_characters_ends_the_answer_when_it_is_written():
+    # The stop check decoded the last len(stop) + 2 tokens: a character of several byte tokens (a rare CJK one
+    # is 3 in a byte-level BPE) put the stop string out of that window, and the answer ran on to the limit
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from pluralign.decode.sampler import Generation
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    raw = Tokenizer(models.BPE({c: i for i, c in enumerate(sorted(alphabet))}, []))  # one token per byte
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw)
+    stop = "龘龘"
+    ids = tok.encode(f"ok {stop} and more", add_special_tokens=False)
+    gen = Generation(1, tok, eos=set(), stop=[stop], max_new_tokens=len(ids))
+    for t in ids:
+        gen.append([0], torch.tensor([t]), torch.tensor([0.0]))
+        if gen.reason[0] is not None:
+            break
+    assert gen.reason[0] == "stop" and len(gen.tokens[0]) == len(tok.encode(f"ok {stop}", add_special_tokens=False))
+    assert gen.text(0) == "ok "

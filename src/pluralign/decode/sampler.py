@@ -103,7 +103,8 @@ def turn_end_id(tokenizer: Any) -> int | None:
 class Generation:
     """Generated tokens of B rows and when each finished (EOS, stop string, or length limit).
 
-    Stop strings are checked on the decoded tail of each row (the last `len(longest stop)+2` tokens), so
+    Stop strings are checked on the decoded tail of each row (the last UTF-8 length of the longest stop + 2
+    tokens), so
     a stop string spanning token boundaries is still found; the text is cut at its first occurrence.
     """
 
@@ -112,7 +113,10 @@ class Generation:
         self.tokenizer = tokenizer
         self.eos = eos
         self.stop = [s for s in (stop or []) if s]
-        self.tail = max((len(s) for s in self.stop), default=0) + 2
+        # tokens enough to hold any stop string, counted in UTF-8 bytes: a token is at least one byte of text
+        # (byte-level BPE, SentencePiece byte fallback); counted in characters, a stop of rare CJK characters
+        # (three byte tokens each) never fitted in the window, and the answer ran on to the limit
+        self.tail = max((len(s.encode("utf-8")) for s in self.stop), default=0) + 2
         self.limit = [max_new_tokens] * batch if isinstance(max_new_tokens, int) else list(max_new_tokens)
         self.tokens: list[list[int]] = [[] for _ in range(batch)]
         self.logps: list[list[float]] = [[] for _ in range(batch)]
