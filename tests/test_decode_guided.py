@@ -234,6 +234,18 @@ def test_token_level_decoders_give_batched_requests_their_own_stop_strings_and_k
     assert first.split()[1] not in mixed.texts[1]
 
 
+@pytest.mark.parametrize("method", ["args", "genarm", "mod"])
+def test_token_level_decoders_give_batched_requests_their_own_seeds(method, tok, lms):
+    """Sampled requests with different seeds in one call draw as each does alone: the whole batch drew from the
+    first request's seed before, so the second request's seed was ignored."""
+    kwargs = {"genarm": {"models": [lms[1]]}, "mod": {"models": [lms[1]]}}.get(method, {})
+    controls = [Controls(max_new_tokens=8, temperature=1.5, w=1.0, seed=s) for s in (1, 2)]
+    mixed = decode(method, lms[0], tok, PROMPTS[:1] * 2, reward=cat_reward, controls=controls, **kwargs)
+    alone = [decode(method, lms[0], tok, PROMPTS[:1], reward=cat_reward, controls=c, **kwargs).texts[0]
+             for c in controls]
+    assert mixed.texts == alone and alone[0] != alone[1]
+
+
 @pytest.mark.parametrize("constraints", [
     {"keywords": 5},  # failed inside the search: a 500 from the server, a traceback from Python
     {"keywords": "river"},  # was searched for letter by letter

@@ -187,8 +187,9 @@ get = _DECODERS.get
 _OPTIONS: dict[str, frozenset[str]] = {}
 _BATCH_SHARED: dict[str, tuple[str, ...]] = {}
 TOKENWISE_OPTIONS = ("mode", "eos")
-# what a token-by-token decoder reads once for its whole batch (`pluralign.decode.tokenwise`)
-TOKENWISE_SHARED = ("stop", "eos")
+# what a token-by-token decoder reads once for its whole batch (`pluralign.decode.tokenwise`); the seed: its
+# batch draws from one random stream
+TOKENWISE_SHARED = ("stop", "eos", "seed")
 SHARED_OPTIONS = frozenset({"scores"})
 
 
