@@ -98,6 +98,20 @@ def test_hh_as_published_one_text_per_side_is_read_as_its_turns(tmp_path, fmt):
                                            [bot("the cat sat")], [bot("no")])]
 
 
+def test_hh_transcripts_beside_a_prompt_are_read_as_turns_and_lose_the_prompts(tmp_path):
+    # HH's sides kept whole beside a `prompt` column were read as plain text: each reply repeated the
+    # prompt's "Human:" turn and was trained on, prompt and all, as the assistant's reply.
+    sides = {"chosen": "\n\nHuman: what is the cat\n\nAssistant: the cat sat",
+             "rejected": "\n\nHuman: what is the cat\n\nAssistant: no"}
+    rows = [{"prompt": "\n\nHuman: what is the cat\n\nAssistant:", **sides}, {"prompt": "what is the cat", **sides},
+            {"prompt": "\n\nHuman: what is the dog\n\nAssistant:", **sides}]
+    checked = read_checked(write_jsonl(tmp_path / "hh.jsonl", rows))
+    assert checked.records == [Pairwise([user("what is the cat")], [bot("the cat sat")], [bot("no")]),
+                               Pairwise("what is the cat", [bot("the cat sat")], [bot("no")])]
+    # replies that do not go on from their prompt hold a user turn: refused, never trained on
+    assert [(p.line, p.field) for p in checked.problems] == [(3, "chosen[0].role"), (3, "rejected[0].role")]
+
+
 def test_a_reply_that_still_holds_a_user_turn_is_a_located_error(tmp_path):
     rows = [{"prompt": "p", "chosen": "a", "rejected": "b"},
             {"prompt": "another question", "chosen": [user("what is the cat"), bot("the cat")], "rejected": "no"}]

@@ -10,7 +10,8 @@ Hub data sets often store a chat as one list of messages instead of a prompt and
   rejected share, up to the last non-assistant one, are the prompt (TRL's "implicit prompt").
 - Anthropic HH as published (``Anthropic/hh-rlhf``): `chosen` / `rejected` are each one text, the turns
   marked ``"\n\nHuman: "`` and ``"\n\nAssistant: "``, and no `prompt`; they are read as those messages,
-  then as above.
+  then as above. Beside a `prompt` column (text, or the same turns ending in ``"\n\nAssistant:"``) they
+  are read alike, and lose the prompt's turns.
 
 Read as they are, such rows would train on the user's turn as if it were the reply. A reply that still
 holds a non-assistant turn afterwards is an error of its row (`reply_role_issues`), never trained on.
@@ -57,6 +58,15 @@ def transcript_messages(value: Any) -> list[dict] | None:
     return [{"role": _HH_ROLES[role], "content": text} for role, text in zip(parts[1::2], parts[2::2], strict=True)]
 
 
+def _transcript_prompt(value: Any) -> list[dict] | None:
+    """A prompt in HH's form as chat messages, without the empty "Assistant:" turn it ends on (the cue for
+    the reply, which the chat template's generation prompt stands for), else None."""
+    messages = transcript_messages(value)
+    if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"].strip():
+        messages = messages[:-1]
+    return messages or None
+
+
 def _turn(message: Mapping) -> tuple[Any, Any]:
     return message.get("role"), message.get("content")
 
@@ -86,10 +96,11 @@ def split_conversations(row: Mapping[str, Any]) -> Mapping[str, Any]:
             rest = {k: v for k, v in row.items() if k != "messages"}
             return {**rest, "prompt": messages[:-1], "response": [messages[-1]]}
         return row
-    if row.get("prompt") is None:
-        transcripts = {f: transcript_messages(row.get(f)) for f in ("chosen", "rejected")}
-        if all(transcripts.values()):
-            row = {**row, **transcripts}
+    transcripts = {f: transcript_messages(row.get(f)) for f in ("chosen", "rejected")}
+    if all(transcripts.values()):  # beside a prompt too: read as text, each reply held the prompt's turns
+        row = {**row, **transcripts}
+        if prompt_turns := _transcript_prompt(row.get("prompt")):
+            row["prompt"] = prompt_turns
     replies = {f: messages_of(row.get(f)) for f in REPLY_FIELDS}
     if not any(m and m[0].get("role") != "assistant" for m in replies.values()):
         return row  # replies are text or assistant turns only: the usual form
