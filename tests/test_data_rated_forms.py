@@ -56,6 +56,9 @@ def test_helpsteer_rows_told_by_their_fields_are_demonstrations_with_a_warning(t
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_checked(write_jsonl(tmp_path / "sft.jsonl", [{"id": 1, "prompt": "q", "response": "r"}]))  # ids: no warning
+        # numbers inside a `meta` object are no columns --kind rated could read (it then refused every row as
+        # missing its ratings): no warning either, e.g. a demonstration converted from UltraFeedback pairs
+        read_checked(write_jsonl(tmp_path / "meta.jsonl", [{"prompt": "q", "response": "r", "meta": {"score": 8.0}}]))
     assert main(["data", "validate", str(path)]) == 0
     err = capsys.readouterr().err
     assert err.startswith("warning: ") and "--kind rated" in err and "UserWarning" not in err  # for people

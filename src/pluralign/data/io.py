@@ -21,7 +21,7 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -132,12 +132,19 @@ def read_checked(source: Source, kind: str | None = None) -> Checked:
             raise file_error(name, _undetectable(rows))
     records, lines, rejects = check_rows(rows, _known_kind(kind), name, tabular=tabular)
     if told and kind == "demonstration" and records:
-        numeric = numeric_columns(records[0].meta or {}, set())
+        numeric = _rating_columns(rows)
         if numeric:
             warnings.warn(f"{name}: read as demonstrations, with the numeric column(s) {', '.join(numeric)} kept as "
                           "meta; to read them as per-objective ratings give the kind: --kind rated "
                           "(kind='rated' in Python)", stacklevel=2)
     return Checked(name, kind, records, rejects, lines)
+
+
+def _rating_columns(rows: list[RawRow]) -> dict[str, float]:
+    """The columns of the first well-formed row that the rated kind would read as its ratings
+    (`with_numeric_ratings`): not a record's whole meta, whose given `meta` object no kind reads as ratings."""
+    row = next((r.data for r in rows if isinstance(r.data, Mapping) and not r.issues), None)
+    return numeric_columns(canonical(row), set(field_names("rated"))) if row is not None else {}
 
 
 def _expand_rows(rows: list[RawRow]) -> list[RawRow]:
