@@ -170,6 +170,17 @@ def test_an_alias_never_overrides_the_canonical_field(tmp_path):
     assert isinstance(record, Pairwise) and record.prompt == "p" and record.meta == {"question": "other"}
 
 
+def test_two_spellings_of_one_absent_field_are_named_not_dropped(tmp_path):
+    # was: the user given as user_id and annotator went to meta without a word (a per-user run saw nobody),
+    # and Alpaca's instruction + input drew "field 'prompt': missing field", naming neither
+    rows = [{**PAIR, "user_id": "u1", "annotator": "a7"}, {"instruction": "add", "input": "1 and 2", "output": "3"}]
+    problems = [(p.line, p.field, p.message) for p in problems_of(write_jsonl(tmp_path / "in.jsonl", rows[:1]))]
+    assert problems == [(1, "user", "given as both user_id and annotator, each read as user: keep one")]
+    (problem,) = problems_of(write_jsonl(tmp_path / "sft.jsonl", rows[1:]), "demonstration")
+    assert (problem.field, problem.message) == ("prompt", "given as both instruction and input, each read as "
+                                                          "prompt: keep one")
+
+
 # ---------------------------------------------------------------- property tests
 
 PROPS = settings(max_examples=int(os.environ.get("PLURALIGN_HYPOTHESIS_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -116,19 +116,29 @@ def canonical(row: Any) -> Any:
     if not isinstance(row, Mapping):
         return row
     row = split_conversations(chosen_and_rejected(gather_wide(row)))
-    renames = {}
-    for name, aliases in ALIASES.items():
-        if name in row:
-            continue
-        present = [a for a in aliases if a in row and row[a] is not None]
-        if len(present) != 1:
-            continue
-        if name == "ratings" and ("responses" in row or isinstance(row[present[0]], list)):
-            continue  # `scores` of a ranked list, not ratings
-        if name == "user" and not isinstance(row[present[0]], str | int):
-            continue  # e.g. MT-Bench's judge ["gpt-4", "pair-v2"]: a judge's setup, not a person (kept as meta)
-        renames[present[0]] = name
+    renames = {given[0]: name for name in ALIASES if len(given := _given_aliases(row, name)) == 1}
     return {renames.get(k, k): v for k, v in row.items()} if renames else row
+
+
+def _given_aliases(row: Mapping[str, Any], name: str) -> list[str]:
+    """The other spellings of `name` that `row` gives, when it lacks `name` itself; one is read as it."""
+    if name in row:
+        return []
+    given = [a for a in ALIASES[name] if a in row and row[a] is not None]
+    if name == "ratings" and "responses" in row:
+        return []  # `scores` of a ranked list, not ratings
+    if name == "ratings":
+        given = [a for a in given if not isinstance(row[a], list)]  # a list of scores: no objective -> rating
+    if name == "user":  # e.g. MT-Bench's judge ["gpt-4", "pair-v2"]: a judge's setup, not a person (kept as meta)
+        given = [a for a in given if isinstance(row[a], str | int)]
+    return given
+
+
+def alias_issues(row: Mapping[str, Any], names: Iterable[str]) -> list[Issue]:
+    """Fields among `names` that `row` lacks but gives in two spellings: which one was meant is the user's to
+    say (read as neither, a user went to meta without a word and a prompt was reported missing)."""
+    return [(name, f"given as both {' and '.join(given)}, each read as {name}: keep one")
+            for name in names if name in ALIASES and len(given := _given_aliases(row, name)) > 1]
 
 
 _OTHER_FORMS = {
@@ -188,9 +198,9 @@ def parse_row(row: Any, kind: str) -> tuple[Record | None, list[Issue]]:
     hostile = [issue for key, value in row.items() for issue in hostile_issues(str(key), value)]
     if hostile:
         return None, hostile
-    if undecided := verdict_issues(row) or conversation_issues(row):
-        return None, undecided
     names, required = field_names(kind), required_fields(kind)
+    if undecided := verdict_issues(row) or conversation_issues(row) or alias_issues(row, names):
+        return None, undecided
     if kind == "rated":  # HelpSteer's form: one plain numeric column per objective
         row = with_numeric_ratings(row, set(names))
     values: dict[str, Any] = {}
