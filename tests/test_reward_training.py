@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pluralign.config import describe, from_dict
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, DataError
 
 
 @pytest.fixture
@@ -247,3 +247,24 @@ def test_a_binary_reward_model_takes_judged_eval_data_as_it_takes_judged_trainin
                  output_dir=str(tmp_path / "run"), freeze_backbone=True, loop={"batch_size": 4, "step_limit": 2})
     report = json.loads((result.run_dir / "report" / "eval.json").read_text())
     assert report["kind"] == "binary" and report["n"] == 12
+
+
+def test_a_records_problem_is_named_at_its_own_file_and_line(backbone, tmp_path):
+    # checked on every file's records at once, an eval_data record's objective was reported at the training
+    # file, and at its place among all records (a PKU-SafeRLHF row is two), not at its line
+    from pluralign.train.recipes.reward import run
+
+    pku = {"prompt": "q", "response_0": "a", "response_1": "b", "better_response_id": 1, "safer_response_id": 0}
+    pair = {"prompt": "q", "chosen": "x", "rejected": "y"}
+    train, held_out = tmp_path / "train.jsonl", tmp_path / "held_out.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in [pku, {**pair, "objective": "helpfulness"}]))
+    held_out.write_text("\n" + "".join(json.dumps({**pair, "objective": o}) + "\n" for o in ("helpfulness", "honesty")))
+    options = {"model": str(backbone), "output_dir": str(tmp_path / "run"), "loop": {"step_limit": 1}}
+    with pytest.raises(DataError) as caught:
+        run(model_type="multi", data=str(train), eval_data=str(held_out), **options)
+    assert [(p.source, p.line, p.field) for p in caught.value.problems] == [(str(held_out), 3, "objective")]
+    with pytest.raises(DataError) as caught:
+        run(model_type="pal", data=[str(held_out), str(train)], **options)
+    assert [(p.source, p.line, p.field) for p in caught.value.problems] == [
+        (str(held_out), 2, "user"), (str(held_out), 3, "user"), (str(train), 1, "user"), (str(train), 1, "user"),
+        (str(train), 2, "user")]

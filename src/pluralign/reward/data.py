@@ -24,23 +24,27 @@ def pair_items(records: Sequence[Pairwise], *, user_ids: Sequence[str] = (), obj
     of the record's objective in `objectives` (0 when there is one objective)."""
     users = {u: i for i, u in enumerate(user_ids)}
     tasks = {o: i for i, o in enumerate(objectives)}
-    problems, items = [], []
-    for n, r in enumerate(records, start=1):
-        if not isinstance(r, Pairwise):
-            problems.append(Problem(source, n, None, f"expected a pairwise record, got {type(r).__name__}"))
-            continue
-        task = 0
-        if len(objectives) > 1:
-            if r.objective not in tasks:
-                problems.append(Problem(source, n, "objective", f"{r.objective!r} is not one of {list(objectives)}"))
-                continue
-            task = tasks[r.objective]
-        items.append({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected,
-                      "margin": float(r.margin or 0.0), "user": users.get(r.user, -1) if r.user is not None else -1,
-                      "task": task})
-    if problems:
+    problems = [Problem(source, n, None, f"expected a pairwise record, got {type(r).__name__}")
+                for n, r in enumerate(records, start=1) if not isinstance(r, Pairwise)]
+    if problems := problems or record_problems(records, source, objectives=objectives):
         raise DataError(problems)
-    return items
+    return [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected, "margin": float(r.margin or 0.0),
+             "user": users.get(r.user, -1) if r.user is not None else -1,
+             "task": tasks[r.objective] if len(objectives) > 1 else 0} for r in records]
+
+
+def record_problems(records: Sequence[Any], source: str, lines: Sequence[int] | None = None, *,
+                    objectives: Sequence[str] = (), need_user: bool = False) -> list[Problem]:
+    """What a reward model cannot train on in pairs (or the lists they come from), at each record's line
+    (`lines`; without them its place in `records`): an objective not among several `objectives` (each
+    pair trains one objective's head), and with `need_user` (PAL) a record without its user."""
+    problems = []
+    for n, r in zip(range(1, len(records) + 1) if lines is None else lines, records, strict=True):
+        if need_user and getattr(r, "user", None) is None:
+            problems.append(Problem(source, n, "user", "PAL needs the user of every pair"))
+        if len(objectives) > 1 and not isinstance(r, Rated) and r.objective not in objectives:
+            problems.append(Problem(source, n, "objective", f"{r.objective!r} is not one of {list(objectives)}"))
+    return problems
 
 
 def binary_items(records: Sequence[Binary]) -> list[dict]:

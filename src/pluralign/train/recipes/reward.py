@@ -29,10 +29,10 @@ from typing import Any, Literal
 
 from pluralign.config import option
 from pluralign.data.convert import judged_to_binary, pairs_of_lists, pairwise_to_binary
-from pluralign.data.io import read_records
+from pluralign.data.io import Checked, read_located
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP
 from pluralign.data.records import Binary, Judged, Pairwise, Ranked, Rated
-from pluralign.errors import ConfigError, DataError, Problem
+from pluralign.errors import ConfigError, DataError
 from pluralign.reward import data as rdata
 from pluralign.reward.base import RewardModel, TextEncoder
 from pluralign.reward.binary import (
@@ -193,13 +193,30 @@ def run(config: Any = None, **kwargs: Any) -> RecipeResult:
     if not config.data:
         raise ConfigError("data: give a training feedback file")
     warn_data_files(config.data, config.eval_data)
-    eval_records = _read_all(config.eval_data) if config.eval_data else None
+    train_files, eval_files = _read_all(config.data), _read_all(config.eval_data) if config.eval_data else []
+    records = [r for read in train_files for r in read.records]
+    eval_records = [r for read in eval_files for r in read.records] if config.eval_data else None
     source = config.data if isinstance(config.data, str) else ", ".join(config.data)
-    return train_records(config, _read_all(config.data), eval_records, source=source)[1]
+    _check_located(config, records, train_files, eval_files, source)
+    return train_records(config, records, eval_records, source=source)[1]
 
 
-def _read_all(paths: str | list[str]) -> list:
-    return [r for path in ([paths] if isinstance(paths, str) else paths) for r in read_records(path)]
+def _read_all(paths: str | list[str]) -> list[Checked]:
+    return [read_located(path) for path in ([paths] if isinstance(paths, str) else paths)]
+
+
+def _check_located(config: RewardConfig, records: list, train_files: list[Checked], eval_files: list[Checked],
+                   source: str) -> None:
+    """The record checks of training (`rdata.record_problems`) file by file, while each record's line is known:
+    made later on all files' records at once, they named a record's place among them all, and for a record of
+    eval_data a training file."""
+    objectives = _multi_objectives(config, _pairs(records, source)) if config.model_type == "multi" else []
+    problems = [p for read in train_files for p in rdata.record_problems(
+        read.records, read.source, read.lines, objectives=objectives, need_user=config.model_type == "pal")]
+    problems += [p for read in eval_files
+                 for p in rdata.record_problems(read.records, read.source, read.lines, objectives=objectives)]
+    if problems:
+        raise DataError(problems)
 
 
 def train_records(config: Any, records: list, eval_records: list | None = None, *,
@@ -281,9 +298,7 @@ def _build(config: RewardConfig, encoder: TextEncoder, records: list, source: st
         return model, items, step, rdata.pair_collate(encoder), None
     if t == "pal":
         pairs = _pairs(records, source)
-        missing = [Problem(source, i, "user", "PAL needs the user of every pair") for i, r in enumerate(pairs, 1)
-                   if getattr(r, "user", None) is None]
-        if missing:
+        if missing := rdata.record_problems(pairs, source, need_user=True):
             raise DataError(missing)
         users = sorted({str(r.user) for r in pairs})
         model = PALRewardModel(encoder, n_prototypes=config.n_prototypes, dim=config.pal_dim, hidden=config.head_hidden,
@@ -327,15 +342,23 @@ def _check_covered(objectives: list[str], seen: set, source: str, verb: str) -> 
                           f"{sorted(map(str, seen - {None}))}", field="objectives")
 
 
+def _multi_objectives(config: RewardConfig, records: list) -> list[str]:
+    """The objectives a multi-objective reward model fits: the configured ones, else those the records rate
+    (rated records) or are pairs of."""
+    if records and all(isinstance(r, Rated) for r in records):
+        return config.objectives or sorted({k for r in records for k in r.ratings})
+    return config.objectives or sorted({r.objective for r in records if r.objective is not None})
+
+
 def _build_multi(config: RewardConfig, encoder: TextEncoder, records: list, source: str):
     if records and all(isinstance(r, Rated) for r in records):
-        objectives = config.objectives or sorted({k for r in records for k in r.ratings})
+        objectives = _multi_objectives(config, records)
         _check_covered(objectives, {k for r in records for k in r.ratings}, source, "rates")
         model = MultiObjectiveRewardModel(encoder, objectives, head_hidden=config.head_hidden, seed=config.seed)
         step = functools.partial(multi_regression_step, weighting=config.task_weighting)
         return model, rdata.rated_items(records, objectives), step, rdata.point_collate(encoder), None
     pairs = _pairs(records, source)
-    objectives = config.objectives or sorted({r.objective for r in pairs if r.objective is not None})
+    objectives = _multi_objectives(config, pairs)
     if not objectives:
         raise ConfigError(f"{source}: multi-objective pairs need an `objective` field (or set objectives=...)")
     if len(objectives) > 1:
