@@ -112,6 +112,21 @@ def test_hh_transcripts_beside_a_prompt_are_read_as_turns_and_lose_the_prompts(t
     assert [(p.line, p.field) for p in checked.problems] == [(3, "chosen[0].role"), (3, "rejected[0].role")]
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_ranked_lists_responses_lose_the_prompt_turns_they_repeat_or_are_refused(tmp_path, fmt):
+    # a list's responses were never checked: one that held the user's turn was trained on (LiPO) as the reply,
+    # and `data convert --to pairwise` wrote pairs that the reader then refused
+    rows = [{"prompt": "what is the cat", "responses": [[user("what is the cat"), bot("the cat sat")], "no"],
+             "scores": [2, 1]},
+            {"prompt": "what is the cat", "responses": ["yes", [user("what is the dog"), bot("a dog")]], "ranks": [1, 2]}]
+    path = (write_jsonl(tmp_path / "lists.jsonl", rows) if fmt == "jsonl"
+            else write_csv(tmp_path / "lists.csv", ["prompt", "responses", "scores", "ranks"],
+                           [[r["prompt"], r["responses"], r.get("scores", ""), r.get("ranks", "")] for r in rows]))
+    checked = read_checked(path, "ranked")
+    assert [r.responses for r in checked.records] == [[[bot("the cat sat")], "no"]]
+    assert [(p.line, p.field) for p in checked.problems] == [(3 if fmt == "csv" else 2, "responses[1][0].role")]
+
+
 def test_a_reply_that_still_holds_a_user_turn_is_a_located_error(tmp_path):
     rows = [{"prompt": "p", "chosen": "a", "rejected": "b"},
             {"prompt": "another question", "chosen": [user("what is the cat"), bot("the cat")], "rejected": "no"}]

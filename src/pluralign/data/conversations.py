@@ -6,8 +6,9 @@ Hub data sets often store a chat as one list of messages instead of a prompt and
   response; the turns before it are the prompt (earlier assistant turns stay in it as history).
 - Preference rows whose `chosen` / `rejected` hold the whole conversation, prompt turns included
   (UltraFeedback-binarized, which also has a `prompt`; Anthropic HH in TRL's form, which has none): the
-  prompt's turns are cut from the start of each reply. Without a `prompt`, the turns that chosen and
-  rejected share, up to the last non-assistant one, are the prompt (TRL's "implicit prompt").
+  prompt's turns are cut from the start of each reply (and of each of a ranked list's `responses`).
+  Without a `prompt`, the turns that chosen and rejected share, up to the last non-assistant one, are the
+  prompt (TRL's "implicit prompt").
 - Anthropic HH as published (``Anthropic/hh-rlhf``): `chosen` / `rejected` are each one text, the turns
   marked ``"\n\nHuman: "`` and ``"\n\nAssistant: "``, and no `prompt`; they are read as those messages,
   then as above. Beside a `prompt` column (text, or the same turns ending in ``"\n\nAssistant:"``) they
@@ -102,7 +103,8 @@ def split_conversations(row: Mapping[str, Any]) -> Mapping[str, Any]:
         if prompt_turns := _transcript_prompt(row.get("prompt")):
             row["prompt"] = prompt_turns
     replies = {f: messages_of(row.get(f)) for f in REPLY_FIELDS}
-    if not any(m and m[0].get("role") != "assistant" for m in replies.values()):
+    listed = [messages_of(r) for r in list_of(row.get("responses")) or []]  # a ranked list's replies
+    if not any(m and m[0].get("role") != "assistant" for m in [*replies.values(), *listed]):
         return row  # replies are text or assistant turns only: the usual form
     out = dict(row)
     prompt = _prompt_turns(row.get("prompt"))
@@ -112,9 +114,17 @@ def split_conversations(row: Mapping[str, Any]) -> Mapping[str, Any]:
             out["prompt"] = prompt
     if prompt:
         for name, reply in replies.items():
-            if reply and len(reply) > len(prompt) and [_turn(m) for m in reply[:len(prompt)]] == [_turn(m) for m in prompt]:
+            if _repeats(reply, prompt):
                 out[name] = reply[len(prompt):]
+        if any(_repeats(reply, prompt) for reply in listed):
+            given = list_of(row["responses"])
+            out["responses"] = [m[len(prompt):] if _repeats(m, prompt) else r for r, m in zip(given, listed, strict=True)]
     return out
+
+
+def _repeats(reply: list[dict] | None, prompt: list[dict]) -> bool:
+    """Whether a reply given as messages starts with the prompt's turns, and goes on after them."""
+    return bool(reply) and len(reply) > len(prompt) and [_turn(m) for m in reply[:len(prompt)]] == [_turn(m) for m in prompt]
 
 
 def conversation_issues(row: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -134,10 +144,11 @@ def conversation_issues(row: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def reply_role_issues(values: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """A reply given as messages holds the assistant's turns only; name any other turn in it."""
+    """A reply given as messages (a ranked list's too) holds the assistant's turns only; name any other turn."""
     issues = []
-    for name in REPLY_FIELDS:
-        reply = values.get(name)
+    named = [(name, values.get(name)) for name in REPLY_FIELDS]
+    named += [(f"responses[{i}]", reply) for i, reply in enumerate(values.get("responses") or [])]
+    for name, reply in named:
         if not isinstance(reply, list):
             continue
         for i, message in enumerate(reply):
