@@ -58,6 +58,20 @@ def test_a_messages_row_that_cannot_be_split_is_named_at_its_own_field(tmp_path)
     assert "ends with the assistant's reply, this one with a 'user' turn" in checked.problems[0].message
 
 
+def test_messages_rows_that_repeat_their_first_turn_as_prompt_are_conversations(tmp_path):
+    # UltraChat-200k and No Robots give `prompt` (the first user turn) beside `messages`: every row was refused,
+    # "cannot tell the kind" (with --kind demonstration: "field 'response': missing field")
+    talk = [user("hi"), bot("hello"), user("what is the cat"), bot("the cat sat")]
+    rows = [{"prompt": "hi", "prompt_id": "a1", "messages": talk},
+            {"prompt": "hi", "messages": [SYSTEM, user("hi"), bot("hello")], "category": "Chat"},
+            {"prompt": "what is the dog", "messages": talk}]  # not how the conversation opens: which is meant?
+    checked = read_checked(write_jsonl(tmp_path / "chat.jsonl", rows))
+    assert checked.records == [Demonstration(talk[:-1], [bot("the cat sat")], meta={"prompt_id": "a1"}),
+                               Demonstration([SYSTEM, user("hi")], [bot("hello")], meta={"category": "Chat"})]
+    assert [(p.line, p.field) for p in checked.problems] == [(3, "prompt")]
+    assert "does not open with this prompt" in checked.problems[0].message
+
+
 def test_prompt_and_completion_rows_are_demonstrations_that_only_sft_takes(tmp_path):
     path = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "say yes", "completion": "yes", "id": 7}])
     records = read_records(path)

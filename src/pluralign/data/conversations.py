@@ -3,7 +3,9 @@
 Hub data sets often store a chat as one list of messages instead of a prompt and a reply:
 
 - SFT rows ``{"messages": [...]}`` (TRL's conversational form): the last message, the assistant's, is the
-  response; the turns before it are the prompt (earlier assistant turns stay in it as history).
+  response; the turns before it are the prompt (earlier assistant turns stay in it as history). A `prompt`
+  beside it that repeats how the conversation opens (UltraChat, No Robots) adds nothing; one that does not
+  is an error of the row.
 - Preference rows whose `chosen` / `rejected` hold the whole conversation, prompt turns included
   (UltraFeedback-binarized, which also has a `prompt`; Anthropic HH in TRL's form, which has none): the
   prompt's turns are cut from the start of each reply (and of each of a ranked list's `responses`).
@@ -26,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 REPLY_FIELDS = ("chosen", "rejected", "response")
+_HAS_REPLIES = (*REPLY_FIELDS, "responses")  # a row with its own replies is no `messages` conversation
 
 
 def list_of(value: Any) -> list | None:
@@ -78,6 +81,20 @@ def _prompt_turns(prompt: Any) -> list[dict] | None:
     return messages_of(prompt)
 
 
+def _opens_with_prompt(row: Mapping[str, Any]) -> bool:
+    """Whether a `messages` row's `prompt`, if it has one, is how the conversation opens (after its system
+    turns): UltraChat and No Robots repeat the first user turn as `prompt`, which says nothing more."""
+    if row.get("prompt") is None:
+        return True
+    messages, turns = messages_of(row["messages"]), _prompt_turns(row["prompt"])
+    if not messages or not turns:
+        return False
+    start = 0
+    while turns[0].get("role") != "system" and start < len(messages) and messages[start].get("role") == "system":
+        start += 1
+    return [_turn(m) for m in messages[start:start + len(turns)]] == [_turn(m) for m in turns]
+
+
 def _shared_prompt(chosen: list[dict], rejected: list[dict]) -> list[dict]:
     """The turns chosen and rejected share, cut after the last non-assistant one (the reply starts there)."""
     n = 0
@@ -91,10 +108,10 @@ def _shared_prompt(chosen: list[dict], rejected: list[dict]) -> list[dict]:
 def split_conversations(row: Mapping[str, Any]) -> Mapping[str, Any]:
     """`row` with a `messages` conversation split into prompt and response, and the prompt's turns cut
     from the start of replies that repeat them; any other row unchanged."""
-    if "messages" in row and not any(k in row for k in ("prompt", *REPLY_FIELDS)):
+    if "messages" in row and not any(k in row for k in _HAS_REPLIES) and _opens_with_prompt(row):
         messages = messages_of(row["messages"])
         if messages and messages[-1].get("role") == "assistant" and len(messages) > 1:
-            rest = {k: v for k, v in row.items() if k != "messages"}
+            rest = {k: v for k, v in row.items() if k not in ("messages", "prompt")}
             return {**rest, "prompt": messages[:-1], "response": [messages[-1]]}
         return row
     transcripts = {f: transcript_messages(row.get(f)) for f in ("chosen", "rejected")}
@@ -130,11 +147,14 @@ def _repeats(reply: list[dict] | None, prompt: list[dict]) -> bool:
 def conversation_issues(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Why a `messages` row was left unsplit (`split_conversations`), at its own field: otherwise it is
     refused for the `prompt` and `response` it never had, which says nothing of what to change."""
-    if "messages" not in row or any(k in row for k in ("prompt", *REPLY_FIELDS)):
+    if "messages" not in row or any(k in row for k in _HAS_REPLIES):
         return []
     messages = messages_of(row["messages"])
     if messages is None:
         return [("messages", "expected a list of chat messages, each an object with 'role' and 'content'")]
+    if not _opens_with_prompt(row):
+        return [("prompt", "the conversation in messages does not open with this prompt: give the conversation "
+                           "alone, or a prompt and its reply")]
     if len(messages) < 2:
         return [("messages", f"a conversation needs the turns before the reply and the reply, got {len(messages)} "
                              "message(s)")]
