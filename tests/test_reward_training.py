@@ -268,3 +268,16 @@ def test_a_records_problem_is_named_at_its_own_file_and_line(backbone, tmp_path)
     assert [(p.source, p.line, p.field) for p in caught.value.problems] == [
         (str(held_out), 2, "user"), (str(held_out), 3, "user"), (str(train), 1, "user"), (str(train), 1, "user"),
         (str(train), 2, "user")]
+
+
+def test_helpsteer_columns_given_to_a_multi_objective_reward_model_say_how_to_read_them_as_ratings(backbone, tmp_path):
+    # read as demonstrations, they were refused as "multi-objective pairs need an `objective` field", after a
+    # warning to give --kind rated, which train rm has not
+    from pluralign.train.recipes.reward import run
+
+    path = tmp_path / "hs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": "q", "response": r, "helpfulness": h, "verbosity": v}) + "\n"
+                            for r, h, v in (("a", 3, 1), ("b", 1, 4))))
+    with pytest.warns(UserWarning, match="pluralign data convert .*hs.jsonl OUT --kind rated"), \
+            pytest.raises(ConfigError, match=r"not demonstration records.*pluralign data convert .*hs.jsonl OUT --kind rated"):
+        run(model=str(backbone), model_type="multi", data=str(path), output_dir=str(tmp_path / "run"))

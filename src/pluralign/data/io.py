@@ -135,9 +135,15 @@ def read_checked(source: Source, kind: str | None = None) -> Checked:
         numeric = _rating_columns(rows)
         if numeric:
             warnings.warn(f"{name}: read as demonstrations, with the numeric column(s) {', '.join(numeric)} kept as "
-                          "meta; to read them as per-objective ratings give the kind: --kind rated "
-                          "(kind='rated' in Python)", stacklevel=2)
+                          f"meta; to read them as per-objective ratings give the kind: --kind rated (kind='rated' in "
+                          f"Python), or for training (which reads no kind) {as_rated_hint(name)}", stacklevel=2)
     return Checked(name, kind, records, rejects, lines)
+
+
+def as_rated_hint(name: str) -> str:
+    """How to turn a file of HelpSteer-style numeric columns into rated records once, for readers that
+    take no kind (training)."""
+    return f"write them as ratings once: pluralign data convert {name} OUT --kind rated"
 
 
 def _rating_columns(rows: list[RawRow]) -> dict[str, float]:

@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 from pluralign.config import option
 from pluralign.data.convert import judged_to_binary, pairs_of_lists, pairwise_to_binary
-from pluralign.data.io import Checked, read_located
+from pluralign.data.io import Checked, as_rated_hint, read_located
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP
-from pluralign.data.records import Binary, Judged, Pairwise, Ranked, Rated
+from pluralign.data.records import Binary, Judged, Pairwise, Ranked, Rated, kind_of
 from pluralign.errors import ConfigError, DataError
 from pluralign.reward import data as rdata
 from pluralign.reward.base import RewardModel, TextEncoder
@@ -358,6 +358,10 @@ def _build_multi(config: RewardConfig, encoder: TextEncoder, records: list, sour
         step = functools.partial(multi_regression_step, weighting=config.task_weighting)
         return model, rdata.rated_items(records, objectives), step, rdata.point_collate(encoder), None
     pairs = _pairs(records, source)
+    if others := sorted({kind_of(r) for r in pairs} - {"pairwise"}):
+        hint = f"; for HelpSteer-style numeric columns, {as_rated_hint(source)}" if "demonstration" in others else ""
+        raise ConfigError(f"{source}: a multi-objective reward model trains on rated records or pairs of an "
+                          f"objective, not {', '.join(others)} records{hint}")
     objectives = _multi_objectives(config, pairs)
     if not objectives:
         raise ConfigError(f"{source}: multi-objective pairs need an `objective` field (or set objectives=...)")
