@@ -155,3 +155,16 @@ def test_a_weight_steered_scheme_without_objectives_names_them(tmp_path, chat_mo
     out = tmp_path / "o"
     _fails(["train", recipe, f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}", setting, *LOOP], out, capsys,
            "none are given", "objectives")
+
+
+def test_pairs_of_several_objectives_without_objectives_names_are_refused(tmp_path, chat_model, capsys):
+    # a PKU-SafeRLHF row is a helpfulness pair and a harmlessness pair, often of opposite verdicts on the same
+    # two answers: a plain DPO run took them all as one preference and trained each such row toward a tie
+    row = {"prompt": "what is the cat", "response_0": ANSWERS[0], "response_1": ANSWERS[1],
+           "better_response_id": 1, "safer_response_id": 0}
+    data, out = _write(tmp_path / "pku.jsonl", [row] * 4), tmp_path / "o"
+    _fails(["train", "dpo", f"model={chat_model}", f"data=[{data}]", f"output_dir={out}", *LOOP], out, capsys,
+           "pku.jsonl: its pairs speak to 2 objectives (helpfulness 4, harmlessness 4)",
+           "objectives.names=[helpfulness,harmlessness]")
+    assert main(["train", "dpo", f"model={chat_model}", f"data=[{data}]", f"output_dir={out}", *LOOP,
+                 "objectives.names=[helpfulness,harmlessness]"]) == 0

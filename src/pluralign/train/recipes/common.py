@@ -5,6 +5,7 @@ opponents) for training, and saving the result."""
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, Literal
 
 from pluralign.config import option
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP, uses_template
-from pluralign.data.records import kind_of
+from pluralign.data.records import Pairwise, kind_of
 from pluralign.errors import ConfigError, PluralignError, Problem
 from pluralign.models.load import (
     LoraSpec,
@@ -98,6 +99,20 @@ def yielding(converted: list[Any], raw: Sequence[Any], source: str, to: str) -> 
         raise ConfigError(f"{source}: its {len(raw)} {kinds} record(s) give no {to} record to train on"
                           + (f" ({_NEEDS[to]})" if to in _NEEDS else ""))
     return converted
+
+
+def one_objective(records: Sequence[Any], source: str) -> None:
+    """A run on one objective (no objectives.names) refuses pairs that speak to several: it would take them
+    all as one preference, though they may disagree on the same two responses (a PKU-SafeRLHF row is a
+    helpfulness pair and a harmlessness pair, often of opposite verdicts), training such rows toward a tie."""
+    counts = Counter(r.objective for r in records if isinstance(r, Pairwise) and r.objective is not None)
+    if len(counts) > 1:
+        names = ",".join(counts)
+        raise ConfigError(f"{source}: its pairs speak to {len(counts)} objectives "
+                          f"({', '.join(f'{o} {n}' for o, n in counts.items())}) and objectives.names is not set, so "
+                          f"they would be trained on as one preference, though they may disagree on the same two "
+                          f"responses; set objectives.names=[{names}] (objectives.weights to favour one), or give "
+                          "one objective's pairs", field="objectives.names")
 
 
 @dataclass

@@ -43,7 +43,7 @@ _SWAP = (("policy_chosen_logps", "policy_rejected_logps"), ("ref_chosen_logps", 
 
 @dataclass
 class ObjectivesConfig:
-    names: list[str] = option(default_factory=list, help="Objectives, in order; empty trains on one objective as usual. Records' `objective` must name one; rated records become pairs per objective.")
+    names: list[str] = option(default_factory=list, help="Objectives, in order; empty trains on one objective as usual (pairs tagged with several objectives are then refused). Records' `objective` must name one; rated records become pairs per objective.")
     weights: dict[str, float] = option(default_factory=dict, help="User weights over the objectives for the combiner (default: uniform); non-negative, not all zero.")
     combine: str = option("weighted", help="How per-objective losses combine: weighted (linear; MAH-DPO with uniform weights), raco (conflict-averse gradient, Chen et al. 2026), pama (min-norm per pair, He & Maghsudi 2025).")
     combine_params: dict[str, Any] = option(default_factory=dict, help="Combiner hyper-parameters, e.g. {c: 0.4, clip: true, gram: logps} for raco; normalize: objective (each objective's mean over its own pairs, weighted's default) or batch (over all the batch's pairs, ties included: raco's default, as its paper).")

@@ -45,6 +45,7 @@ from pluralign.train.recipes.common import (
     encoding_problems,
     load_frozen,
     load_policy,
+    one_objective,
     save_gathered,
     save_policy,
     yielding,
@@ -93,10 +94,11 @@ def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool,
     """The records of `paths` as `kind` trains on them. `check(records, file, lines)` and, with the `collator`,
     `encoding_problems` (every row must tokenize) run on each file's records as read, to name the file and
     line of a problem."""
-    records = []
+    records, given = [], []
     for path in paths:
         read = read_located(path, skip_invalid=skip_invalid)
         raw = read.records
+        given += raw
         if check is not None:
             check(raw, str(path), read.lines)  # while the file and each record's line are known, to name them
         if collator is not None and (problems := encoding_problems(collator, raw, str(path), read.lines)):
@@ -116,6 +118,8 @@ def load_data(paths: Sequence[str], kind: Kind, skip_invalid: bool,
                         + (", or set objectives.names to train on every objective)" if kind.records == "pairwise" else ")"))
             raise ConfigError(f"{path}: {e}{hint}") from None
         records += yielding(converted, raw, str(path), kind.records)
+    if objectives is None or not objectives.names:  # pairs as given: KTO's thumbs from them disagree alike
+        one_objective(given, ", ".join(map(str, paths)))
     return records
 
 
