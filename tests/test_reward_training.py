@@ -263,11 +263,15 @@ def test_a_records_problem_is_named_at_its_own_file_and_line(backbone, tmp_path)
     with pytest.raises(DataError) as caught:
         run(model_type="multi", data=str(train), eval_data=str(held_out), **options)
     assert [(p.source, p.line, p.field) for p in caught.value.problems] == [(str(held_out), 3, "objective")]
+    with pytest.raises(ConfigError, match=r"2 objectives \(helpfulness 2, harmlessness 1\).*set model_type=multi"):
+        run(data=str(train), **options)  # one score for pairs of two objectives, which a PKU row's contradict
+    plain, other = tmp_path / "plain.jsonl", tmp_path / "other.jsonl"
+    plain.write_text("\n" + f"{json.dumps(pair)}\n" * 2)
+    other.write_text(json.dumps({**pair, "user": "u1"}) + "\n" + json.dumps(pair) + "\n")
     with pytest.raises(DataError) as caught:
-        run(model_type="pal", data=[str(held_out), str(train)], **options)
+        run(model_type="pal", data=[str(plain), str(other)], **options)
     assert [(p.source, p.line, p.field) for p in caught.value.problems] == [
-        (str(held_out), 2, "user"), (str(held_out), 3, "user"), (str(train), 1, "user"), (str(train), 1, "user"),
-        (str(train), 2, "user")]
+        (str(plain), 2, "user"), (str(plain), 3, "user"), (str(other), 2, "user")]
 
 
 def test_helpsteer_columns_given_to_a_multi_objective_reward_model_say_how_to_read_them_as_ratings(backbone, tmp_path):

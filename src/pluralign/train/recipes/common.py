@@ -101,18 +101,21 @@ def yielding(converted: list[Any], raw: Sequence[Any], source: str, to: str) -> 
     return converted
 
 
-def one_objective(records: Sequence[Any], source: str) -> None:
-    """A run on one objective (no objectives.names) refuses pairs that speak to several: it would take them
-    all as one preference, though they may disagree on the same two responses (a PKU-SafeRLHF row is a
-    helpfulness pair and a harmlessness pair, often of opposite verdicts), training such rows toward a tie."""
+def one_objective(records: Sequence[Any], source: str, reward_model: bool = False) -> None:
+    """A run on one objective (no objectives.names; a reward model other than multi) refuses pairs that speak
+    to several: it would take them all as one preference, though they may disagree on the same two responses
+    (a PKU-SafeRLHF row is a helpfulness pair and a harmlessness pair, often of opposite verdicts), training
+    such rows toward a tie."""
     counts = Counter(r.objective for r in records if isinstance(r, Pairwise) and r.objective is not None)
     if len(counts) > 1:
         names = ",".join(counts)
+        setting = ("model_type=multi (a head per objective)" if reward_model else
+                   f"objectives.names=[{names}] (objectives.weights to favour one)")
+        run = "this reward model has one score" if reward_model else "objectives.names is not set"
         raise ConfigError(f"{source}: its pairs speak to {len(counts)} objectives "
-                          f"({', '.join(f'{o} {n}' for o, n in counts.items())}) and objectives.names is not set, so "
-                          f"they would be trained on as one preference, though they may disagree on the same two "
-                          f"responses; set objectives.names=[{names}] (objectives.weights to favour one), or give "
-                          "one objective's pairs", field="objectives.names")
+                          f"({', '.join(f'{o} {n}' for o, n in counts.items())}) and {run}, so they would be trained "
+                          f"on as one preference, though they may disagree on the same two responses; set {setting}, "
+                          "or give one objective's pairs", field="model_type" if reward_model else "objectives.names")
 
 
 @dataclass

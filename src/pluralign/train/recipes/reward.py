@@ -48,7 +48,13 @@ from pluralign.reward.pal import PALRewardModel, pal_pair_step
 from pluralign.runs import RunDir, atomic_write_json
 from pluralign.train.loop import LoopConfig, holding, train
 from pluralign.train.parallel import process_state
-from pluralign.train.recipes.common import ModelTrainingConfig, RecipeResult, load_trainable, warn_data_files
+from pluralign.train.recipes.common import (
+    ModelTrainingConfig,
+    RecipeResult,
+    load_trainable,
+    one_objective,
+    warn_data_files,
+)
 
 COMMANDS = {"rm": "bt", "morm": "multi", "pal": "pal", "binary-rm": "binary"}
 # The loop's step budget per model type (measured, `_loop_defaults`): PAL learns its K prototypes, the
@@ -210,6 +216,8 @@ def _check_located(config: RewardConfig, records: list, train_files: list[Checke
     """The record checks of training (`rdata.record_problems`) file by file, while each record's line is known:
     made later on all files' records at once, they named a record's place among them all, and for a record of
     eval_data a training file."""
+    if config.model_type != "multi":
+        one_objective(records, source, reward_model=True)
     objectives = _multi_objectives(config, _pairs(records, source)) if config.model_type == "multi" else []
     problems = [p for read in train_files for p in rdata.record_problems(
         read.records, read.source, read.lines, objectives=objectives, need_user=config.model_type == "pal")]
