@@ -268,6 +268,7 @@ def test_a_short_reward_is_named_when_the_prompt_rows_carry_users(base, tmp_path
     ("overlong_buffer=-4", "'overlong_buffer' must be in [0, max_new_tokens], got -4"),
     ("overlong_buffer=40", "'overlong_buffer' must be in [0, max_new_tokens], got 40"),
     ("calibrate_samples=-1", "'calibrate_samples' must be >= 0"),
+    ("rewards=[{source: gold, weight: .nan}]", "rewards[0].weight must be a finite number, got nan"),  # "non-finite loss"
     ("online_dpo round_steps=0", "'round_steps' must be >= 1, got 0"),  # silently 1
     # the fixed model was every round's reference (one-step rounds), or overwritten by the policy (longer rounds)
     ("online_dpo ref_model=some_model", "online_dpo: ref_model is a fixed reference, but ref_policy round_start"),

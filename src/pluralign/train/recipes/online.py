@@ -11,6 +11,7 @@ PPO-max options of Zheng et al. 2023), online DPO (Xiong et al. 2023), MNPO roun
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -176,6 +177,10 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
                           f"> 0), neither of which this {config.algorithm} run uses; remove it")
     if not config.rewards:
         raise ConfigError("set at least one reward source in 'rewards'")
+    for i, spec in enumerate(config.rewards):  # NaN surfaced at the first step as a "non-finite loss"
+        w = spec.weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
+            raise ConfigError(f"rewards[{i}].weight must be a finite number, got {w!r}", field=f"rewards[{i}].weight")
     k = config.updates_per_rollout
     if config.ppo_epochs < 1 or config.num_minibatches < 1:
         raise ConfigError(f"ppo_epochs and num_minibatches must be >= 1, got {config.ppo_epochs}, {config.num_minibatches}")
