@@ -200,3 +200,19 @@ def test_value_head_is_per_token():
 
     v = ValueHead(8)
     assert v(torch.randn(2, 5, 8)).shape == (2, 5)
+
+
+def test_more_mgda_steps_run_in_the_loops_no_grad_evaluation():
+    # the loop evaluates held-out data under torch.no_grad(); λ's own gradients were refused there
+    # ("element 0 of tensors does not require grad"), so `train morm` with eval_data stopped after training
+    from pluralign.reward.multi import multi_regression_step
+
+    torch.manual_seed(0)
+    model = MultiObjectiveRewardModel(None, ["help", "safe"], feature_dim=3)
+    c, r = torch.randn(6, 3), torch.randn(6, 3)
+    pairs = _pair_batch(c, r, tasks=torch.tensor([0, 0, 0, 0, 1, 1]))
+    rated = {"features": c, "targets": torch.randn(6, 2), "target_mask": torch.ones(6, 2)}
+    for step, batch in ((multi_pair_step, pairs), (multi_regression_step, rated)):
+        with_grad = step(model, batch, weighting="mgda")[0].detach()
+        with torch.no_grad():
+            torch.testing.assert_close(step(model, batch, weighting="mgda")[0], with_grad)

@@ -102,13 +102,16 @@ def min_norm_element(grads: torch.Tensor, *, max_iter: int = 250, tol: float = 1
 
 def task_weights(head: RewardHead, features: torch.Tensor, task_loss_fn, n_tasks: int) -> torch.Tensor:
     """MORE's λ: per-task gradients of `task_loss_fn(rewards) -> [n_tasks]` w.r.t. the final linear weight,
-    computed on detached trunk features (no gradient reaches the model), then the min-norm element."""
+    computed on detached trunk features (no gradient reaches the model), then the min-norm element. These
+    gradients are λ's own: they are taken under the loop's no-grad evaluation too, so held-out losses are
+    weighted as training weighs them."""
     z = head.features(features).detach()
-    w = head.out.weight.detach().clone().requires_grad_(True)
-    r = F.linear(z, w, head.out.bias.detach() if head.out.bias is not None else None)
-    losses = task_loss_fn(r)
-    present = [t for t in range(n_tasks) if torch.isfinite(losses[t])]
-    grads = torch.stack([torch.autograd.grad(losses[t], w, retain_graph=True)[0].flatten() for t in present])
+    with torch.enable_grad():
+        w = head.out.weight.detach().clone().requires_grad_(True)
+        r = F.linear(z, w, head.out.bias.detach() if head.out.bias is not None else None)
+        losses = task_loss_fn(r)
+        present = [t for t in range(n_tasks) if torch.isfinite(losses[t])]
+        grads = torch.stack([torch.autograd.grad(losses[t], w, retain_graph=True)[0].flatten() for t in present])
     lam = torch.zeros(n_tasks)
     lam[present] = min_norm_element(grads)
     return lam
