@@ -216,3 +216,16 @@ def test_more_mgda_steps_run_in_the_loops_no_grad_evaluation():
         with_grad = step(model, batch, weighting="mgda")[0].detach()
         with torch.no_grad():
             torch.testing.assert_close(step(model, batch, weighting="mgda")[0], with_grad)
+
+
+def test_a_saved_implicit_reward_model_reloads_from_any_working_directory(tiny_backbone, tmp_path, monkeypatch):
+    # from_paths("policy") stored "policy" as given: loaded elsewhere, it was another directory or none
+    from pluralign.reward.implicit import ImplicitRewardModel
+
+    monkeypatch.chdir(tiny_backbone.parent)
+    model = ImplicitRewardModel.from_paths(tiny_backbone.name, tiny_backbone.name, beta=0.5)
+    model.save(tmp_path / "implicit")
+    monkeypatch.chdir(tmp_path)
+    again = load_reward_model(tmp_path / "implicit")
+    prompts, responses = ["question cat"], ["good ok"]
+    torch.testing.assert_close(again.score(prompts, responses), model.score(prompts, responses))

@@ -85,10 +85,8 @@ class TextEncoder(nn.Module):
         return pooled_size(hidden_size(self.backbone), self.pooling)
 
     def config(self) -> dict:
-        # a local backbone directory is stored absolute, so the saved model loads from any working directory
-        source = str(Path(self.source).resolve()) if self.source and Path(self.source).exists() else self.source
         return {"kind": self.kind, "pooling": self.pooling, "max_length": self.max_length,
-                "trainable": self.trainable, "source": source, "chat_template": self.chat_template}
+                "trainable": self.trainable, "source": stored_source(self.source), "chat_template": self.chat_template}
 
     def tokenize(self, prompts: Sequence[Any], responses: Sequence[Any] | None = None) -> dict[str, torch.Tensor]:
         """Right-padded batch for prompt+response texts (or prompts alone when `responses` is None)."""
@@ -141,6 +139,12 @@ class TextEncoder(nn.Module):
             batch = self.tokenize(prompts[i:i + batch_size], None if responses is None else responses[i:i + batch_size])
             out.append(self(**{k: v.to(device) for k, v in batch.items()}))
         return torch.cat(out) if out else torch.zeros(0, self.dim, device=device)
+
+
+def stored_source(source: str | None) -> str | None:
+    """A model's source as a saved config refers to it: a local directory absolute, so the saved model
+    loads from any working directory (relative, it named another directory or none); a hub id as is."""
+    return str(Path(source).resolve()) if source and Path(source).exists() else source
 
 
 def encode_scored_pair(tokenizer: Any, prompt: Any, response: Any, max_length: int, chat_template: str = "auto") -> Any:

@@ -98,7 +98,10 @@ class ImplicitRewardModel:
 
         pol = load_model(str(policy), device=device).eval()
         ref = load_model(str(reference), device=device).eval() if reference is not None else None
-        paths = {"policy": str(policy)} | ({"reference": str(reference)} if reference is not None else {})
+        from pluralign.reward.base import stored_source
+
+        paths = {"policy": stored_source(str(policy))} | \
+            ({"reference": stored_source(str(reference))} if reference is not None else {})
         return cls(pol, load_tokenizer(str(policy)), ref, beta=beta, form=form, max_length=max_length, paths=paths,
                    chat_template=chat_template)
 
