@@ -202,9 +202,14 @@ def run(config: Any = None, **kwargs: Any) -> RecipeResult:
     train_files, eval_files = _read_all(config.data), _read_all(config.eval_data) if config.eval_data else []
     records = [r for read in train_files for r in read.records]
     eval_records = [r for read in eval_files for r in read.records] if config.eval_data else None
-    source = config.data if isinstance(config.data, str) else ", ".join(config.data)
+    source = _names(config.data)
     _check_located(config, records, train_files, eval_files, source)
-    return train_records(config, records, eval_records, source=source)[1]
+    return train_records(config, records, eval_records, source=source, eval_source=_names(config.eval_data))[1]
+
+
+def _names(paths: str | list[str]) -> str:
+    """The file(s) of a data option, as errors about their records name them."""
+    return paths if isinstance(paths, str) else ", ".join(paths)
 
 
 def _read_all(paths: str | list[str]) -> list[Checked]:
@@ -228,9 +233,10 @@ def _check_located(config: RewardConfig, records: list, train_files: list[Checke
 
 
 def train_records(config: Any, records: list, eval_records: list | None = None, *,
-                  source: str = "<records>") -> tuple[RewardModel, RecipeResult]:
+                  source: str = "<records>", eval_source: str = "<eval records>") -> tuple[RewardModel, RecipeResult]:
     """Train on in-memory records (e.g. sandbox feedback); returns (model, where everything is). `config`:
-    a `RewardConfig`, a mapping of its fields or a YAML path."""
+    a `RewardConfig`, a mapping of its fields or a YAML path. `source` / `eval_source` name where the
+    records came from in the errors about them."""
     from pluralign.train import config_of
 
     config = config_of(RewardConfig, config, {})
@@ -245,7 +251,7 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
     model, items, step, collate, params = _build(config, encoder, list(records), source)
     # PAL's loop evaluation keeps the pairs of users it knows; with none left it is skipped (an empty set
     # was a traceback), and the evaluation after training scores every pair
-    eval_items = (_items_like(config, model, eval_records, source) or None) if eval_records else None
+    eval_items = (_items_like(config, model, eval_records, eval_source) or None) if eval_records else None
     if config.freeze_backbone:
         items = rdata.precompute_features(items, encoder, needs_prompt=model.needs_prompt)
         eval_items = eval_items and rdata.precompute_features(eval_items, encoder, needs_prompt=model.needs_prompt)
@@ -267,7 +273,7 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
             unknown_users_warning,
         )
 
-        report = evaluate_records(model, eval_records)
+        report = evaluate_records(model, eval_records, source=eval_source)
         atomic_write_json(run_dir.report / "eval.json", report)
         print(f"held-out {summary(report)} ({run_dir.report / 'eval.json'})", file=sys.stderr)
         for warning in (chance_warning(report), unknown_users_warning(report)):

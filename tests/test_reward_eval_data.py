@@ -1,0 +1,37 @@
+"""Held-out data of `pluralign train rm|morm|...` (eval_data): its problems name its own file, and data of
+another kind than the training data (pairs for a model trained on ratings, ratings) is evaluated, not a
+traceback after training."""
+
+from __future__ import annotations
+
+import json
+
+from pluralign.cli import main
+
+FAST = ["freeze_backbone=true", "loop.max_steps=2", "loop.batch_size=4", "loop.progress=false"]
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _pairs(objectives=("help", "safe")):
+    return [{"prompt": f"question {w}", "chosen": f"good {w} ok", "rejected": f"bad {w}", "objective": o}
+            for w in ("cat", "dog") for o in objectives]
+
+
+def _rated():
+    return [{"prompt": f"question {w}", "response": f"{a} {w}", "ratings": {"help": h, "safe": s}}
+            for w in ("cat", "dog") for a, h, s in (("good", 5, 4), ("bad", 1, 2), ("ok", 3, 5))]
+
+
+def test_a_problem_of_eval_data_names_the_eval_file(tiny_backbone, tmp_path, capsys):
+    train = _write(tmp_path / "train.jsonl", _pairs())
+    held_out = _write(tmp_path / "held_out.jsonl", _pairs(("help", "kind")))
+    out = tmp_path / "run"
+    assert main(["train", "morm", f"model={tiny_backbone}", f"data={train}", f"eval_data={held_out}",
+                 f"output_dir={out}", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"{held_out}:2: field 'objective': 'kind'" in err and "train.jsonl" not in err, err
+    assert "Traceback" not in err and not (out / "model").exists()
