@@ -35,3 +35,15 @@ def test_a_problem_of_eval_data_names_the_eval_file(tiny_backbone, tmp_path, cap
     err = capsys.readouterr().err
     assert f"{held_out}:2: field 'objective': 'kind'" in err and "train.jsonl" not in err, err
     assert "Traceback" not in err and not (out / "model").exists()
+
+
+def test_a_model_trained_on_ratings_is_evaluated_on_held_out_pairs(tiny_backbone, tmp_path, capsys):
+    # the loop evaluated the pairs with the rating step: KeyError 'response' after training, no model saved
+    train = _write(tmp_path / "train.jsonl", _rated())
+    held_out = _write(tmp_path / "held_out.jsonl", _pairs())
+    out = tmp_path / "run"
+    assert main(["train", "morm", f"model={tiny_backbone}", f"data={train}", f"eval_data={held_out}",
+                 f"output_dir={out}", *FAST]) == 0, capsys.readouterr().err
+    report = json.loads((out / "report" / "eval.json").read_text())
+    assert report["n"] == 4 and set(report["per_objective"]) == {"help", "safe"}
+    assert (out / "model" / "config.json").exists()

@@ -251,7 +251,7 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
     model, items, step, collate, params = _build(config, encoder, list(records), source)
     # PAL's loop evaluation keeps the pairs of users it knows; with none left it is skipped (an empty set
     # was a traceback), and the evaluation after training scores every pair
-    eval_items = (_items_like(config, model, eval_records, eval_source) or None) if eval_records else None
+    eval_items = (_items_like(config, model, eval_records, eval_source, items) or None) if eval_records else None
     if config.freeze_backbone:
         items = rdata.precompute_features(items, encoder, needs_prompt=model.needs_prompt)
         eval_items = eval_items and rdata.precompute_features(eval_items, encoder, needs_prompt=model.needs_prompt)
@@ -387,15 +387,20 @@ def _build_multi(config: RewardConfig, encoder: TextEncoder, records: list, sour
     return model, items, step, rdata.pair_collate(encoder), None
 
 
-def _items_like(config: RewardConfig, model, records: list, source: str) -> list[dict]:
-    """Eval items built like the training items (users/objectives of the trained model)."""
+def _items_like(config: RewardConfig, model, records: list, source: str, train_items: list[dict]) -> list[dict]:
+    """Eval items built like the training items (users/objectives of the trained model). The loop evaluates
+    them with the training step, so a multi-objective model gets none of the other kind (pairs for a model
+    trained on ratings, or the reverse: the rating step read pairs as a KeyError after training); the
+    evaluation after training scores those. Pairs are checked either way, before training."""
     if config.model_type == "binary":  # judged eval data reached binary_items unconverted (an AttributeError)
         return rdata.binary_items(_binary(records, source))
+    trained_on_ratings = config.model_type == "multi" and bool(train_items) and "targets" in train_items[0]
     if config.model_type == "multi" and records and isinstance(records[0], Rated):
-        return rdata.rated_items(records, model.objectives)
+        return rdata.rated_items(records, model.objectives) if trained_on_ratings else []
     pairs = _pairs(records, source)
     if config.model_type == "pal":  # users the model does not know cannot be scored by their own weights
         pairs = [r for r in pairs if str(r.user) in model.user_ids]
     objectives = model.objectives if config.model_type == "multi" else ()
-    return rdata.pair_items(pairs, user_ids=getattr(model, "user_ids", ()), objectives=objectives, source=source)
+    items = rdata.pair_items(pairs, user_ids=getattr(model, "user_ids", ()), objectives=objectives, source=source)
+    return [] if trained_on_ratings else items
 
