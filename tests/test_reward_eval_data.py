@@ -47,3 +47,27 @@ def test_a_model_trained_on_ratings_is_evaluated_on_held_out_pairs(tiny_backbone
     report = json.loads((out / "report" / "eval.json").read_text())
     assert report["n"] == 4 and set(report["per_objective"]) == {"help", "safe"}
     assert (out / "model" / "config.json").exists()
+
+
+def test_held_out_ratings_are_evaluated_as_pairs_of_each_objective(tiny_backbone, tmp_path, capsys):
+    # the final evaluation refused ratings after training ('needs pairwise, ranked, binary or judged records')
+    train = _write(tmp_path / "train.jsonl", _rated())
+    out = tmp_path / "run"
+    assert main(["train", "morm", f"model={tiny_backbone}", f"data={train}", f"eval_data={train}",
+                 f"output_dir={out}", *FAST]) == 0, capsys.readouterr().err
+    report = json.loads((out / "report" / "eval.json").read_text())
+    # per prompt, 3 responses rated apart on each objective: 3 pairs × 2 objectives × 2 prompts
+    assert report["n"] == 12 and set(report["per_objective"]) == {"help", "safe"}
+    assert main(["eval", "rm", "--model", str(out), "--data", train, "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "rm_eval.json").read_text())["per_objective"] == report["per_objective"]
+
+
+def test_ratings_that_give_no_pair_are_refused_before_training(tiny_backbone, tmp_path, capsys):
+    train = _write(tmp_path / "train.jsonl", _rated())
+    held_out = _write(tmp_path / "held_out.jsonl", _rated()[:1])
+    out = tmp_path / "run"
+    assert main(["train", "morm", f"model={tiny_backbone}", f"data={train}", f"eval_data={held_out}",
+                 f"output_dir={out}", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"{held_out}: its ratings give no pairs" in err and "Traceback" not in err, err
+    assert not (out / "model").exists()

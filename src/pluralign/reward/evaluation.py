@@ -4,7 +4,8 @@ Pairwise data: accuracy 1[r(chosen) > r(rejected)] overall and per user / group 
 (ties count as wrong, as in RewardBench), RewardBench v1 section scores when records carry `section`, and
 calibration of P(chosen ≻ rejected) = σ(Δr) with both orientations of each pair (inference spec §B4).
 Temperature scaling (Guo et al. 2017) is fitted on one half of the pairs and ECE is reported before and
-after it on the other half, so the 'after' number is honest. Binary data: AUROC, accuracy at ½, ECE.
+after it on the other half, so the 'after' number is honest. Ratings are evaluated as the pairs of each
+objective. Binary data: AUROC, accuracy at ½, ECE.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pluralign.data.records import Binary, Judged, Pairwise, Ranked
+from pluralign.data.records import Binary, Judged, Pairwise, Ranked, Rated
 from pluralign.errors import ConfigError
 from pluralign.evaluate import calibration as cal
 from pluralign.reward.binary import auroc
@@ -128,25 +129,40 @@ def evaluate_binary(model: Any, records: Sequence[Binary], *, n_bins: int = 10) 
     return report
 
 
-def evaluate_records(model: Any, records: Sequence[Any], *, n_bins: int = 10, source: str = "the data") -> dict[str, Any]:
-    """Evaluate on pairwise (or ranked, converted to pairs) or binary (or judged: their polarity) records.
-    A PAL model scores a user it does not know by the population's mean mixture: the report counts them
-    (``unknown_users``), since their accuracy is not theirs."""
+def evaluable(records: Sequence[Any], source: str = "the data") -> list[Any]:
+    """`records` as the evaluation scores them: pairwise (ranked lists and ratings converted to pairs; the
+    pairs of ratings one per objective, each labelled with it) or binary (judged records: their polarity).
+    A `ConfigError` naming `source` for anything else, or for data that gives nothing to score."""
     if not records:
         raise ConfigError(f"{source}: no records to evaluate")
-    from pluralign.data.convert import judged_to_binary, pairs_of_lists
+    from pluralign.data.convert import judged_to_binary, pairs_of_lists, rated_to_pairwise
 
     if all(isinstance(r, Ranked) for r in records):
         records = pairs_of_lists(records, source, "evaluate")
+    if all(isinstance(r, Rated) for r in records):
+        objectives = sorted({k for r in records for k in r.ratings})
+        records = [p for o in objectives for p in rated_to_pairwise(records, objective=o)]
+        if not records:
+            raise ConfigError(f"{source}: its ratings give no pairs to evaluate (two responses to one prompt "
+                              "rated apart on an objective)")
     if all(isinstance(r, Judged) for r in records):
         records = judged_to_binary(records)
-    if all(isinstance(r, Pairwise) for r in records):
-        report = evaluate_pairs(model, records, n_bins=n_bins)
-    elif all(isinstance(r, Binary) for r in records):
-        report = evaluate_binary(model, records, n_bins=n_bins)
-    else:
+    if not (all(isinstance(r, Pairwise) for r in records) or all(isinstance(r, Binary) for r in records)):
         kinds = sorted({type(r).__name__ for r in records})
-        raise ConfigError(f"{source}: reward-model evaluation needs pairwise, ranked, binary or judged records, got {kinds}")
+        raise ConfigError(f"{source}: reward-model evaluation needs pairwise, ranked, rated, binary or judged "
+                          f"records, got {kinds}")
+    return list(records)
+
+
+def evaluate_records(model: Any, records: Sequence[Any], *, n_bins: int = 10, source: str = "the data") -> dict[str, Any]:
+    """Evaluate on the records `evaluable` makes of `records`: pairs (accuracy, calibration) or binary
+    labels (AUROC). A PAL model scores a user it does not know by the population's mean mixture: the report
+    counts them (``unknown_users``), since their accuracy is not theirs."""
+    records = evaluable(records, source)
+    if isinstance(records[0], Pairwise):
+        report = evaluate_pairs(model, records, n_bins=n_bins)
+    else:
+        report = evaluate_binary(model, records, n_bins=n_bins)
     if getattr(model, "model_type", None) == "pal":
         unknown = sorted({str(r.user) for r in records if r.user is not None and str(r.user) not in model.user_ids})
         if unknown:

@@ -252,6 +252,10 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
     # PAL's loop evaluation keeps the pairs of users it knows; with none left it is skipped (an empty set
     # was a traceback), and the evaluation after training scores every pair
     eval_items = (_items_like(config, model, eval_records, eval_source, items) or None) if eval_records else None
+    if eval_records:  # what the evaluation after training cannot score is said now, not after training
+        from pluralign.reward.evaluation import evaluable
+
+        evaluable(eval_records, eval_source)
     if config.freeze_backbone:
         items = rdata.precompute_features(items, encoder, needs_prompt=model.needs_prompt)
         eval_items = eval_items and rdata.precompute_features(eval_items, encoder, needs_prompt=model.needs_prompt)
