@@ -71,3 +71,26 @@ def test_ratings_that_give_no_pair_are_refused_before_training(tiny_backbone, tm
     err = capsys.readouterr().err
     assert f"{held_out}: its ratings give no pairs" in err and "Traceback" not in err, err
     assert not (out / "model").exists()
+
+
+def test_pairs_of_an_objective_the_model_lacks_are_refused_not_scored_by_the_mean():
+    # 'helpfulness' for a model of 'helpful' was scored by the mean of its objectives and reported as its own
+    import pytest
+    import torch
+
+    from pluralign.data.records import Pairwise
+    from pluralign.errors import ConfigError
+    from pluralign.reward.evaluation import evaluate_records
+
+    class TwoObjectives:
+        objectives = ["helpful", "safe"]
+
+        def score(self, prompts, responses, user=None):
+            return torch.tensor([[1.0, -3.0] if r == "a" else [0.0, 0.0] for r in responses])
+
+    records = [Pairwise("q", "a", "b", objective=o) for o in ("helpful", "safe", None)]
+    report = evaluate_records(TwoObjectives(), records)
+    assert report["per_objective"] == {"helpful": 1.0, "safe": 0.0} and report["accuracy"] == pytest.approx(1 / 3)
+    with pytest.raises(ConfigError, match=r"held_out.jsonl: .*'helpfulness'.*\['helpful', 'safe'\]"):
+        evaluate_records(TwoObjectives(), [*records, Pairwise("q", "a", "b", objective="helpfulness")],
+                         source="held_out.jsonl")

@@ -154,11 +154,24 @@ def evaluable(records: Sequence[Any], source: str = "the data") -> list[Any]:
     return list(records)
 
 
+def check_objectives(model: Any, records: Sequence[Any], source: str) -> None:
+    """A `ConfigError` for records naming an objective a multi-objective model lacks: `_column` would score
+    them by the mean of its objectives (as it does records naming none) and report that as theirs."""
+    names = list(getattr(model, "objectives", None) or [])
+    if len(names) < 2:  # one output scores every objective
+        return
+    unknown = sorted({str(r.objective) for r in records if getattr(r, "objective", None) not in (None, *names)})
+    if unknown:
+        raise ConfigError(f"{source}: records of objective(s) {unknown}, which the model does not score; its "
+                          f"objectives are {names}", field="objective")
+
+
 def evaluate_records(model: Any, records: Sequence[Any], *, n_bins: int = 10, source: str = "the data") -> dict[str, Any]:
     """Evaluate on the records `evaluable` makes of `records`: pairs (accuracy, calibration) or binary
     labels (AUROC). A PAL model scores a user it does not know by the population's mean mixture: the report
     counts them (``unknown_users``), since their accuracy is not theirs."""
     records = evaluable(records, source)
+    check_objectives(model, records, source)
     if isinstance(records[0], Pairwise):
         report = evaluate_pairs(model, records, n_bins=n_bins)
     else:

@@ -253,9 +253,9 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
     # was a traceback), and the evaluation after training scores every pair
     eval_items = (_items_like(config, model, eval_records, eval_source, items) or None) if eval_records else None
     if eval_records:  # what the evaluation after training cannot score is said now, not after training
-        from pluralign.reward.evaluation import evaluable
+        from pluralign.reward.evaluation import check_objectives, evaluable
 
-        evaluable(eval_records, eval_source)
+        check_objectives(model, evaluable(eval_records, eval_source), eval_source)
     if config.freeze_backbone:
         items = rdata.precompute_features(items, encoder, needs_prompt=model.needs_prompt)
         eval_items = eval_items and rdata.precompute_features(eval_items, encoder, needs_prompt=model.needs_prompt)
