@@ -123,3 +123,22 @@ def test_a_policy_directory_given_as_a_reward_model_says_what_it_is(tiny_backbon
     with pytest.raises(ConfigError, match=r"not a pluralign reward model: its config\.json has no 'type' "
                                           r"\(a transformers model\?"):
         load_reward_model(tiny_backbone)
+
+
+def test_a_user_id_goes_only_to_rewards_that_score_per_user(tiny_backbone):
+    # decoding with --user (a user-conditioned policy) or online prompt rows with a `user` handed the id to a
+    # multi-objective reward model, whose `user` is objective weights: "user: expected numbers ..., got 'u1'"
+    from pluralign.decode.rewards import Counted, score_groups
+    from pluralign.models.load import load_model, load_tokenizer
+    from pluralign.online.rewards import RewardSpec, Source
+
+    encoder = TextEncoder(load_model(str(tiny_backbone)), load_tokenizer(str(tiny_backbone)))
+    multi = MultiObjectiveRewardModel(encoder, ["helpful", "harmless"])
+    prompts, responses, users = ["question cat", "question dog"], ["good ok", "bad fine"], ["u1", "u2"]
+    plain = multi.score(prompts, responses)
+    for source in (multi, Counted(multi), Ensemble([multi])):
+        torch.testing.assert_close(score_groups(source, prompts, responses, users), plain)
+    weighted = Source(RewardSpec(source="x", weights={"helpful": 1.0}), multi)(prompts, responses, users)
+    torch.testing.assert_close(weighted, plain[:, 0])
+    pal = PALRewardModel(encoder, user_ids=["u1", "u2"], user_init_std=3.0)  # a per-user model still gets them
+    torch.testing.assert_close(score_groups(pal, prompts, responses, users)[1], pal.score(prompts[1:], responses[1:], user="u2")[0])

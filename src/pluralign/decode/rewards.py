@@ -181,7 +181,7 @@ def score_groups(reward: Any, prompts: list[str], responses: list[str], users: S
     """Score pairs [N, m], calling the source once per distinct user (per-user reward models). Every
     call's scores are checked (`checked_scores`); errors name the source (`name`, else its own)."""
     name = name or reward_name(reward)
-    if not users or all(u is None for u in users):
+    if not users or all(u is None for u in users) or not takes_user_ids(reward):
         return checked_scores(reward.score(prompts, responses, user=None), len(responses), name)
     out: torch.Tensor | None = None
     for u in dict.fromkeys(users):
@@ -194,6 +194,20 @@ def score_groups(reward: Any, prompts: list[str], responses: list[str], users: S
                                  f"{out.shape[1]} for another user")
         out[idx] = s
     return out
+
+
+def takes_user_ids(reward: Any) -> bool:
+    """Whether `reward.score(..., user=...)` reads a user id. A multi-objective reward model's `user` is
+    objective weights: the users of a request or of prompt rows (for a user-conditioned policy, a PAL
+    reward) stopped it with "user: expected numbers ...". Wrappers (`Counted`, `AsAsked`) and ensembles
+    answer as what they hold; any other source gets the ids (a user's own source may score per user)."""
+    inner = getattr(reward, "source", None)
+    if inner is not None and hasattr(inner, "score"):
+        return takes_user_ids(inner)
+    members = getattr(reward, "members", None)
+    if isinstance(members, list):
+        return any(takes_user_ids(m) for m in members)
+    return getattr(reward, "model_type", None) != "multi"
 
 
 def reward_name(reward: Any) -> str:
