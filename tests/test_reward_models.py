@@ -229,3 +229,22 @@ def test_a_saved_implicit_reward_model_reloads_from_any_working_directory(tiny_b
     again = load_reward_model(tmp_path / "implicit")
     prompts, responses = ["question cat"], ["good ok"]
     torch.testing.assert_close(again.score(prompts, responses), model.score(prompts, responses))
+
+
+def test_an_ensemble_of_binary_models_is_evaluated_on_their_probability_scale(tiny_backbone):
+    # the ensemble's mean P(thumbs-up) was read as a logit: mean_probability σ(p), accuracy 'p > 0' (every
+    # response predicted positive) and the calibration of σ(p)
+    from pluralign.data.records import Binary
+    from pluralign.models.load import load_model, load_tokenizer
+    from pluralign.reward.base import TextEncoder
+    from pluralign.reward.evaluation import evaluate_records
+
+    encoder = TextEncoder(load_model(str(tiny_backbone)), load_tokenizer(str(tiny_backbone)))
+    model = BinaryRewardModel(encoder, logit_offset=-3.0)  # P < ½ throughout: every response predicted negative
+    records = [Binary("question cat", r, label) for r, label in (("good ok", True), ("bad", False), ("ok", False))]
+    alone = evaluate_records(model, records)
+    assert alone["accuracy"] == pytest.approx(2 / 3)
+    together = evaluate_records(Ensemble([model, model]), records)
+    for key in ("auroc", "accuracy", "mean_probability"):
+        assert together[key] == pytest.approx(alone[key]), key
+    assert together["calibration"]["before"] == pytest.approx(alone["calibration"]["before"])

@@ -62,6 +62,8 @@ class Ensemble:
             raise ConfigError("an ensemble needs at least one member")
         self.members = list(members)
         self.objectives = getattr(self.members[0], "objectives", None)
+        # the mean of P(thumbs-up) models is a probability too: evaluation reads it as one, not as a logit
+        self.output = "prob" if {getattr(m, "output", None) for m in self.members} == {"prob"} else "logit"
 
     def score_all(self, prompts: Sequence[Any], responses: Sequence[Any], user: Any = None) -> EnsembleScores:
         parts = [member_scores(m, prompts, responses, user) for m in self.members]
