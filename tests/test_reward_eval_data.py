@@ -62,15 +62,25 @@ def test_held_out_ratings_are_evaluated_as_pairs_of_each_objective(tiny_backbone
     assert json.loads((tmp_path / "ev" / "rm_eval.json").read_text())["per_objective"] == report["per_objective"]
 
 
-def test_ratings_that_give_no_pair_are_refused_before_training(tiny_backbone, tmp_path, capsys):
+def test_ratings_that_give_no_pair_are_evaluated_by_the_loop_only(tiny_backbone, tmp_path, capsys):
+    # one rated response per prompt (sandbox feedback's default): no pair to score after training
     train = _write(tmp_path / "train.jsonl", _rated())
-    held_out = _write(tmp_path / "held_out.jsonl", _rated()[:1])
+    held_out = _write(tmp_path / "held_out.jsonl", _rated()[::3])
     out = tmp_path / "run"
     assert main(["train", "morm", f"model={tiny_backbone}", f"data={train}", f"eval_data={held_out}",
-                 f"output_dir={out}", *FAST]) == 2
+                 f"output_dir={out}", *FAST]) == 0
     err = capsys.readouterr().err
-    assert f"{held_out}: its ratings give no pairs" in err and "Traceback" not in err, err
-    assert not (out / "model").exists()
+    assert f"{held_out}: its ratings give no pairs" in err, err
+    assert (out / "model" / "config.json").exists() and not (out / "report" / "eval.json").exists()
+    assert "eval/mse_help" in (out / "metrics.jsonl").read_text()  # the loop evaluated them
+    assert main(["eval", "rm", "--model", str(out), "--data", held_out, "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert f"{held_out}: its ratings give no pairs" in err and "Traceback" not in err
+    # a model trained on pairs has no loop evaluation of ratings: refused before training
+    pairs, run = _write(tmp_path / "pairs.jsonl", _pairs()), tmp_path / "pair_run"
+    assert main(["train", "morm", f"model={tiny_backbone}", f"data={pairs}", f"eval_data={held_out}",
+                 f"output_dir={run}", *FAST]) == 2
+    assert f"{held_out}: its ratings give no pairs" in capsys.readouterr().err and not (run / "model").exists()
 
 
 def test_pairs_of_an_objective_the_model_lacks_are_refused_not_scored_by_the_mean():

@@ -129,19 +129,26 @@ def evaluate_binary(model: Any, records: Sequence[Binary], *, n_bins: int = 10) 
     return report
 
 
+def rated_pairs(records: Sequence[Rated]) -> list[Pairwise]:
+    """The pairs of rated responses of each objective (`rated_to_pairwise`), each labelled with it."""
+    from pluralign.data.convert import rated_to_pairwise
+
+    objectives = sorted({k for r in records for k in r.ratings})
+    return [p for o in objectives for p in rated_to_pairwise(records, objective=o)]
+
+
 def evaluable(records: Sequence[Any], source: str = "the data") -> list[Any]:
     """`records` as the evaluation scores them: pairwise (ranked lists and ratings converted to pairs; the
     pairs of ratings one per objective, each labelled with it) or binary (judged records: their polarity).
     A `ConfigError` naming `source` for anything else, or for data that gives nothing to score."""
     if not records:
         raise ConfigError(f"{source}: no records to evaluate")
-    from pluralign.data.convert import judged_to_binary, pairs_of_lists, rated_to_pairwise
+    from pluralign.data.convert import judged_to_binary, pairs_of_lists
 
     if all(isinstance(r, Ranked) for r in records):
         records = pairs_of_lists(records, source, "evaluate")
     if all(isinstance(r, Rated) for r in records):
-        objectives = sorted({k for r in records for k in r.ratings})
-        records = [p for o in objectives for p in rated_to_pairwise(records, objective=o)]
+        records = rated_pairs(records)
         if not records:
             raise ConfigError(f"{source}: its ratings give no pairs to evaluate (two responses to one prompt "
                               "rated apart on an objective)")

@@ -252,10 +252,7 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
     # PAL's loop evaluation keeps the pairs of users it knows; with none left it is skipped (an empty set
     # was a traceback), and the evaluation after training scores every pair
     eval_items = (_items_like(config, model, eval_records, eval_source, items) or None) if eval_records else None
-    if eval_records:  # what the evaluation after training cannot score is said now, not after training
-        from pluralign.reward.evaluation import check_objectives, evaluable
-
-        check_objectives(model, evaluable(eval_records, eval_source), eval_source)
+    final_records = _final_eval_records(model, eval_records, eval_source, eval_items)
     if config.freeze_backbone:
         items = rdata.precompute_features(items, encoder, needs_prompt=model.needs_prompt)
         eval_items = eval_items and rdata.precompute_features(eval_items, encoder, needs_prompt=model.needs_prompt)
@@ -269,7 +266,7 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
         if distributed.is_main_process:
             model.save(run_dir.root / "model")
         distributed.wait_for_everyone()
-    if eval_records and distributed.is_main_process:
+    if final_records and distributed.is_main_process:
         from pluralign.reward.evaluation import (
             chance_warning,
             evaluate_records,
@@ -277,13 +274,30 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
             unknown_users_warning,
         )
 
-        report = evaluate_records(model, eval_records, source=eval_source)
+        report = evaluate_records(model, final_records, source=eval_source)
         atomic_write_json(run_dir.report / "eval.json", report)
         print(f"held-out {summary(report)} ({run_dir.report / 'eval.json'})", file=sys.stderr)
         for warning in (chance_warning(report), unknown_users_warning(report)):
             if warning is not None:
                 warnings.warn(warning, stacklevel=2)
     return model, RecipeResult(run_dir.root / "model", run_dir.root, result)
+
+
+def _final_eval_records(model: RewardModel, records: list | None, source: str, loop_items: list | None) -> list | None:
+    """The held-out records the evaluation after training scores, checked now rather than after training.
+    Ratings that give no pair (one rated response per prompt, as sandbox feedback rates by default) have
+    the loop's evaluation only (each objective's squared error): said so, and no report is written."""
+    from pluralign.reward.evaluation import check_objectives, evaluable, rated_pairs
+
+    if not records:
+        return None
+    if loop_items and all(isinstance(r, Rated) for r in records) and not rated_pairs(records):
+        warnings.warn(f"{source}: its ratings give no pairs (two responses to one prompt rated apart), so the "
+                      "held-out evaluation is the loop's squared error of each objective only (eval/mse_*); "
+                      "no report/eval.json", stacklevel=3)
+        return None
+    check_objectives(model, evaluable(records, source), source)
+    return records
 
 
 def _encoder(config: RewardConfig) -> TextEncoder:
