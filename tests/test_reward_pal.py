@@ -209,3 +209,15 @@ def test_recipe_defaults_let_user_mixtures_separate_at_the_reward_lr():
     assert float(x.min()) > 0.9 and float(y.max()) < 0.1 or float(y.min()) > 0.9 and float(x.max()) < 0.1, mix
     paper = _opposed_groups_mixtures(1.0, 1.0, cfg.loop.learning_rate)
     assert float(paper[:4].min()) < float(paper[4:].max()), paper  # measured: x3 0.29 below y1 0.82
+
+
+def test_messages_about_an_unknown_user_name_the_function_that_adds_one():
+    # they named PALRewardModel.adapt_user, which does not exist (adapt_user is pluralign.reward's function)
+    import pluralign.reward
+    from pluralign.reward.evaluation import unknown_users_warning
+
+    assert not hasattr(PALRewardModel, "adapt_user") and callable(pluralign.reward.adapt_user)
+    with pytest.raises(ConfigError) as error:
+        _model(variant="a").mixture("nobody")
+    for message in (str(error.value), unknown_users_warning({"unknown_users": ["nobody"]})):
+        assert "pluralign.reward.adapt_user" in message, message

@@ -207,7 +207,7 @@ def unknown_users_warning(report: dict[str, Any]) -> str | None:
         return None
     return (f"{len(users)} user(s) unknown to this PAL model ({', '.join(users[:5])}{', ...' if len(users) > 5 else ''}) "
             "are scored by the population's mean mixture: their accuracy is the population's on their data; adapt "
-            "them first (PALRewardModel.adapt_user)")
+            "them first (pluralign.reward.adapt_user)")
 
 
 def chance_warning(report: dict[str, Any], z: float = 2.0) -> str | None:

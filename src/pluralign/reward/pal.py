@@ -82,7 +82,8 @@ class PALRewardModel(RewardModel):
         try:
             return self.user_ids.index(str(user))
         except ValueError:
-            raise ConfigError(f"unknown user {user!r}: adapt it first with adapt_user(); "
+            raise ConfigError(f"unknown user {user!r}: add it first from a few of its pairs with "
+                              "pluralign.reward.adapt_user(model, user_id, ...); "
                               f"known users start {self.user_ids[:5]}") from None
 
     def mixture_of(self, logits: torch.Tensor) -> torch.Tensor:
