@@ -221,3 +221,13 @@ def test_messages_about_an_unknown_user_name_the_function_that_adds_one():
         _model(variant="a").mixture("nobody")
     for message in (str(error.value), unknown_users_warning({"unknown_users": ["nobody"]})):
         assert "pluralign.reward.adapt_user" in message, message
+
+
+def test_a_users_pairs_find_its_row_whatever_the_type_of_its_id():
+    # PAL's user list is made of str(user); records built in Python with user=3 looked up 3, found nothing and
+    # got index -1: their pairs trained (and were evaluated by) the last user's row
+    from pluralign.data.records import Pairwise
+    from pluralign.reward.data import pair_items
+
+    records = [Pairwise("q", "a", "b", user=3), Pairwise("q", "a", "b", user="7")]
+    assert [i["user"] for i in pair_items(records, user_ids=["3", "7"])] == [0, 1]

@@ -20,7 +20,8 @@ from pluralign.errors import ConfigError, DataError, Problem
 
 def pair_items(records: Sequence[Pairwise], *, user_ids: Sequence[str] = (), objectives: Sequence[str] = (),
                source: str = "<data>") -> list[dict]:
-    """Pairwise records → items; `user` is the index in `user_ids` (−1 when not given), `task` the index
+    """Pairwise records → items; `user` is the index in `user_ids` of the record's user as text, as PAL's
+    list holds them (−1 when not given: an int id found nothing and trained the last user's row), `task` the index
     of the record's objective in `objectives` (0 when there is one objective)."""
     users = {u: i for i, u in enumerate(user_ids)}
     tasks = {o: i for i, o in enumerate(objectives)}
@@ -29,7 +30,7 @@ def pair_items(records: Sequence[Pairwise], *, user_ids: Sequence[str] = (), obj
     if problems := problems or record_problems(records, source, objectives=objectives):
         raise DataError(problems)
     return [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected, "margin": float(r.margin or 0.0),
-             "user": users.get(r.user, -1) if r.user is not None else -1,
+             "user": users.get(str(r.user), -1) if r.user is not None else -1,
              "task": tasks[r.objective] if len(objectives) > 1 else 0} for r in records]
 
 
