@@ -285,3 +285,18 @@ def test_helpsteer_columns_given_to_a_multi_objective_reward_model_say_how_to_re
     with pytest.warns(UserWarning, match="pluralign data convert .*hs.jsonl OUT --kind rated"), \
             pytest.raises(ConfigError, match=r"not demonstration records.*pluralign data convert .*hs.jsonl OUT --kind rated"):
         run(model=str(backbone), model_type="multi", data=str(path), output_dir=str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_a_bfloat16_backbone_trains_a_reward_model_and_scores_alike_after_reloading(backbone, tmp_path, frozen):
+    # its bf16 features met the float32 head: 'mat1 and mat2 must have the same dtype' at the first step
+    # (dtype=bfloat16, or dtype=auto on the many models saved in bf16)
+    from pluralign.reward.base import load_reward_model
+    from pluralign.train.recipes.reward import run
+
+    train, _ = _files(tmp_path)
+    result = run(model=str(backbone), data=train, output_dir=str(tmp_path / "run"), dtype="bfloat16",
+                 freeze_backbone=frozen, loop={"max_steps": 2, "batch_size": 8, "progress": False})
+    model = load_reward_model(result.model_dir)
+    scores = model.score(["question cat", "question dog"], ["good ok", "bad fine"])
+    assert scores.dtype == torch.float32 and torch.isfinite(scores).all()

@@ -124,7 +124,8 @@ def as_cached(reward_model: Any, tokenizer: Any) -> CachedReward | None:
     if cacheable(reward_model):
         enc = reward_model.encoder
         backbone = enc.backbone
-        return CachedReward(getattr(backbone, "base_model", backbone), lambda h: reward_model.rewards(h), pad_id=pad,
+        # float32 features, as TextEncoder gives its heads (a bf16 backbone's hidden states are bf16)
+        return CachedReward(getattr(backbone, "base_model", backbone), lambda h: reward_model.rewards(h.float()), pad_id=pad,
                             render=lambda prompts: encode_prompts(enc.tokenizer, prompts, enc.chat_template))
     if hasattr(reward_model, "encoder"):
         raise ConfigError("args: this reward model cannot be scored incrementally (needs a causal encoder with "

@@ -118,6 +118,12 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, seq_lengths: torch.Tensor | None = None,
                 **_: Any) -> torch.Tensor:
+        """Features [N, dim] in float32, whatever the backbone's dtype: the heads are float32 (a bf16
+        backbone's features stopped the first step with 'mat1 and mat2 must have the same dtype')."""
+        return self._pooled(input_ids, attention_mask, position_ids, seq_lengths).float()
+
+    def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                position_ids: torch.Tensor | None, seq_lengths: torch.Tensor | None) -> torch.Tensor:
         if seq_lengths is None:
             return pool(backbone_hidden(self.backbone, input_ids, attention_mask), attention_mask, self.pooling)
         from pluralign.models.logprobs import final_hidden_states
