@@ -298,5 +298,7 @@ def test_a_bfloat16_backbone_trains_a_reward_model_and_scores_alike_after_reload
     result = run(model=str(backbone), data=train, output_dir=str(tmp_path / "run"), dtype="bfloat16",
                  freeze_backbone=frozen, loop={"max_steps": 2, "batch_size": 8, "progress": False})
     model = load_reward_model(result.model_dir)
+    # a frozen backbone is loaded again from its source (saved in float32): in the dtype the head was fitted on
+    assert next(model.encoder.backbone.parameters()).dtype == torch.bfloat16
     scores = model.score(["question cat", "question dog"], ["good ok", "bad fine"])
     assert scores.dtype == torch.float32 and torch.isfinite(scores).all()

@@ -85,7 +85,10 @@ class TextEncoder(nn.Module):
         return pooled_size(hidden_size(self.backbone), self.pooling)
 
     def config(self) -> dict:
-        return {"kind": self.kind, "pooling": self.pooling, "max_length": self.max_length,
+        # the backbone's dtype: a frozen one loads again from its source, which may be saved in another
+        # (features of float32 weights where the head was fitted on bf16 ones scored otherwise)
+        dtype = str(next(self.backbone.parameters()).dtype).removeprefix("torch.")
+        return {"kind": self.kind, "pooling": self.pooling, "max_length": self.max_length, "dtype": dtype,
                 "trainable": self.trainable, "source": stored_source(self.source), "chat_template": self.chat_template}
 
     def tokenize(self, prompts: Sequence[Any], responses: Sequence[Any] | None = None) -> dict[str, torch.Tensor]:
@@ -276,12 +279,13 @@ class RewardModel(nn.Module):
 def _load_encoder(cfg: dict | None, model_dir: Path, device: str | None) -> TextEncoder | None:
     if cfg is None:
         return None
-    from pluralign.models.load import load_model, load_tokenizer
+    from pluralign.models.load import DTYPES, load_model, load_tokenizer
 
     src = cfg["source"]
     path = model_dir / src if src == "backbone" else Path(src)
     kwargs = {"kind": cfg["kind"]} if cfg["kind"] == "encoder" else {}
-    backbone = load_model(str(path), device=device, **kwargs)
+    dtype = cfg.get("dtype", "auto")  # as trained; a dtype load_model does not offer loads as saved
+    backbone = load_model(str(path), device=device, dtype=dtype if dtype in DTYPES else "auto", **kwargs)
     return TextEncoder(backbone, load_tokenizer(str(path)), kind=cfg["kind"], pooling=cfg["pooling"],
                        max_length=cfg["max_length"], source=None if src == "backbone" else src,
                        trainable=cfg["trainable"], chat_template=cfg.get("chat_template", "auto"))
