@@ -104,3 +104,26 @@ def test_pairs_of_an_objective_the_model_lacks_are_refused_not_scored_by_the_mea
     with pytest.raises(ConfigError, match=r"held_out.jsonl: .*'helpfulness'.*\['helpful', 'safe'\]"):
         evaluate_records(TwoObjectives(), [*records, Pairwise("q", "a", "b", objective="helpfulness")],
                          source="held_out.jsonl")
+
+
+def test_a_thumbs_up_model_is_calibrated_on_pairs_from_its_logits():
+    # its probabilities' differences were taken as the pairs' margins: σ(p_w − p_l) stays within σ(±1), so
+    # the margins and the calibration of P(chosen ≻ rejected) described nothing the model says
+    import pytest
+    import torch
+
+    from pluralign.data.records import Pairwise
+    from pluralign.reward.evaluation import evaluate_records
+
+    class Thumbs:
+        def __init__(self, output):
+            self.output, self.objectives = output, ["p_positive"]
+
+        def score(self, prompts, responses, user=None):
+            z = torch.tensor([float(r) for r in responses])[:, None]
+            return torch.sigmoid(z) if self.output == "prob" else z
+
+    records = [Pairwise("q", c, r) for c, r in (("4", "-2"), ("1", "3"), ("0.5", "-1"), ("6", "2"))]
+    as_prob, as_logit = evaluate_records(Thumbs("prob"), records), evaluate_records(Thumbs("logit"), records)
+    assert as_prob["mean_margin"] == pytest.approx(as_logit["mean_margin"], abs=1e-4)
+    assert as_prob["calibration"]["before"] == pytest.approx(as_logit["calibration"]["before"], abs=1e-4)

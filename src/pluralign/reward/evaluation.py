@@ -95,8 +95,16 @@ def calibration_report(margins: torch.Tensor, labels: torch.Tensor | None = None
             "reliability_after": cal.reliability_data(*after, n_bins)}
 
 
+def _logits(model: Any, scores: torch.Tensor) -> torch.Tensor:
+    """A thumbs-up model's P(positive) scores as logits (others as they are): their differences are the
+    log-odds the pairs' margins and calibration read, which differences of probabilities are not."""
+    if getattr(model, "output", "logit") != "prob":
+        return scores
+    return torch.logit(scores.double().clamp(1e-12, 1 - 1e-12)).float()
+
+
 def evaluate_pairs(model: Any, records: Sequence[Pairwise], *, n_bins: int = 10) -> dict[str, Any]:
-    s = score_records(model, records, ("chosen", "rejected"))
+    s = {f: _logits(model, v) for f, v in score_records(model, records, ("chosen", "rejected")).items()}
     margins = s["chosen"] - s["rejected"]
     correct = (margins > 0).float()
     report: dict[str, Any] = {
@@ -116,9 +124,7 @@ def evaluate_pairs(model: Any, records: Sequence[Pairwise], *, n_bins: int = 10)
 
 
 def evaluate_binary(model: Any, records: Sequence[Binary], *, n_bins: int = 10) -> dict[str, Any]:
-    s = score_records(model, records, ("response",))["response"]
-    if getattr(model, "output", "logit") == "prob":
-        s = torch.logit(s.clamp(1e-6, 1 - 1e-6))
+    s = _logits(model, score_records(model, records, ("response",))["response"])
     labels = torch.tensor([float(r.label) for r in records])
     report = {"kind": "binary", "n": len(records), "auroc": auroc(s, labels),
               "accuracy": float(((s > 0).float() == labels).float().mean()), "positive_rate": float(labels.mean()),
