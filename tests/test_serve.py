@@ -457,3 +457,24 @@ def test_a_conditioned_models_first_request_counts_its_prompt_as_decoded(sandbox
                   for _ in range(2)]
     shown = model.pluralign_conditioning.prompt(body["messages"], model.pluralign_conditioning.condition(weights=[1, 0]))
     assert counts == [len(sample(model, tok, [shown], max_new_tokens=1).prompt_ids[0])] * 2
+
+
+def test_per_user_rewards_of_a_multi_objective_model_are_its_scores(sandbox):
+    # the users' ids reached the model's `user`, its objective weights: "user: expected numbers ..., got 'alice'"
+    from pluralign.models.load import load_model, load_tokenizer
+    from pluralign.reward import MultiObjectiveRewardModel, TextEncoder
+
+    path, model, tok = sandbox
+    encoder = TextEncoder(load_model(str(path)), load_tokenizer(str(path)), trainable=False)
+    multi = MultiObjectiveRewardModel(encoder, ["positivity", "formality"])
+    prompts, responses = eval_prompts(2, seed=1), ["the sky is wide.", "i hate rain."]
+    body = {"prompts": prompts, "responses": responses, "users": ["alice", "bob"], "weights": {"positivity": 1.0}}
+    loaded = Loaded(model=model, tokenizer=tok, name="sandbox", rewards={"multi": multi})
+    with Background(ServeConfig(model=str(path), port=0), loaded, keys=[]) as url:
+        got = httpx.post(url + "/v1/rewards", json=body)
+    assert got.status_code == 200, got.text
+    direct = multi.score(prompts, responses)
+    for i, row in enumerate(got.json()["data"]):
+        for user in ("alice", "bob"):
+            assert row["per_user"][user]["scores"]["positivity"] == pytest.approx(float(direct[i, 0]), abs=1e-6)
+            assert row["per_user"][user]["reward"] == pytest.approx(float(direct[i, 0]), abs=1e-6)

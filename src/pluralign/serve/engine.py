@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pluralign.decode.api import Controls
-from pluralign.decode.rewards import checked_scores, reward_name
+from pluralign.decode.rewards import checked_scores, reward_name, takes_user_ids
 from pluralign.errors import PluralignError
 from pluralign.serve.config import ServeConfig
 from pluralign.serve.errors import APIError
@@ -397,5 +397,6 @@ class Engine:
         source = self.reward_source(name)
         if source is None:
             raise APIError(422, "this server has no reward source (start it with --reward)", code="no_reward")
+        user = user if takes_user_ids(source) else None  # a multi-objective model's `user` is its weights
         with self._reward_lock:
             return checked_scores(source.score(prompts, responses, user=user), len(responses), reward_name(source))
