@@ -132,6 +132,10 @@ def test_eval_rm_refuses_bad_bins_and_broken_model_directories(setup, tmp_path, 
     (tmp_path / "config.json").write_text('{"type": "bt"}')
     assert main(["eval", "rm", "--model", str(tmp_path), "--data", data]) == 2  # was KeyError: 'objectives'
     assert "an incomplete bt reward model" in capsys.readouterr().err
+    for kind, lacking in (("ensemble", "members"), ("implicit", "policy, beta, form, max_length")):
+        (tmp_path / "config.json").write_text(json.dumps({"type": kind}))
+        assert main(["eval", "rm", "--model", str(tmp_path), "--data", data]) == 2  # were KeyError tracebacks
+        assert f"an incomplete {kind} reward model (it lacks {lacking})" in capsys.readouterr().err
     # an evaluation without a calibration (one pair) leaves no earlier evaluation's plot beside its report
     out = tmp_path / "ev"
     assert main(["eval", "rm", "--model", str(run), "--data", data, "--out", str(out)]) == 0

@@ -32,6 +32,8 @@ from pluralign.runs import atomic_write_bytes, atomic_write_json, write_dir
 
 MODEL_TYPES: dict[str, type[RewardModel]] = {}
 FORMAT_VERSION = 1
+# what the config.json of an ensemble or an implicit reward model holds (`Ensemble.save`, `ImplicitRewardModel.save`)
+SAVED_KEYS = {"ensemble": ("members",), "implicit": ("policy", "beta", "form", "max_length")}
 
 
 def register(cls: type[RewardModel]) -> type[RewardModel]:
@@ -307,6 +309,10 @@ def load_reward_model(model_dir: str | Path, *, device: str | None = None) -> An
         raise ConfigError(f"{cfg_path}: not a reward model's config (expected a JSON object)")
     import pluralign.reward  # noqa: F401  (registers every model type)
 
+    # the types loaded by their own classes read these keys (a config without one was a KeyError traceback)
+    lacking = [k for k in SAVED_KEYS.get(cfg.get("type"), ()) if k not in cfg]
+    if lacking:
+        raise ConfigError(f"{model_dir}: an incomplete {cfg['type']} reward model (it lacks {', '.join(lacking)})")
     if cfg.get("type") == "ensemble":
         from pluralign.reward.ensemble import Ensemble
 
