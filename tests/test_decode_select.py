@@ -162,10 +162,15 @@ def test_controls_weights_take_any_flat_numbers_and_refuse_the_rest():
 
     for ok in ([1, 0], (0.5, 0.5), torch.tensor([1.0, 2.0]), np.array([1, 2]), {"a": 1, "b": 0.5}, None):
         Controls(weights=ok, direction=ok)
-    for bad in ("a=1", [1, "x"], [True, 1], [float("nan")], {"a": "x"}, [[1, 2]], {"a": float("inf")}):
+    Controls(weights=[3e38, -3e38], beta=3e38)  # float32's largest are still numbers decoders compute with
+    for bad in ("a=1", [1, "x"], [True, 1], [float("nan")], {"a": "x"}, [[1, 2]], {"a": float("inf")},
+                [1e300], {"a": 1e39}):  # finite in Python, inf in the float32 decoders weigh in (a 500 from serve)
         with pytest.raises(ConfigError, match="controls.weights must be finite numbers") as e:
             Controls(weights=bad)
         assert e.value.field == "weights"
+    for name in ("beta", "w"):
+        with pytest.raises(ConfigError, match=f"controls.{name} must be a finite number"):
+            Controls(**{name: 1e300})
 
 
 @pytest.mark.parametrize("method", ["sample", "bon", "args"])

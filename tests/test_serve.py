@@ -188,7 +188,8 @@ def test_refusals_in_openai_error_format(server):
     for body in ({"prompt": [1, 2, 10 ** 8]}, {"prompt": [[5], [-1]]}, {"prompt": PROMPT, "seed": 2 ** 70}):  # a 500
         bad = _error(httpx.post(server + "/v1/completions", headers=AUTH, json=body | {"max_tokens": 2}), 400)
         assert bad["param"] == ("seed" if "seed" in body else "prompt"), bad
-    for field, value in (("user", {"id": 1}), ("constraints", "cat"), ("chat_template", "sometimes")):  # a 500 or
+    for field, value in (("user", {"id": 1}), ("constraints", "cat"), ("chat_template", "sometimes"),  # a 500 or
+                         ("weights", {"positivity": 1e300}), ("beta", 1e300)):  # finite in JSON, inf in float32
         bad = _error(httpx.post(server + "/v1/completions", headers=AUTH, json={  # a message naming no field
             "prompt": PROMPT, "method": "bon", "best_of": 2, "reward": "gold", field: value}), 400)
         assert bad["param"] == field, bad

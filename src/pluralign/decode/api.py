@@ -71,8 +71,8 @@ class Controls:
                 raise bad(name, "an integer >= 1")
         for name in ("beta", "w", "temperature", "top_p"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise bad(name, "a finite number")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not _finite_numbers([value]):
+                raise bad(name, f"a finite number (at most {FLOAT32_MAX:.1e} in size)")
         if self.beta <= 0:
             raise bad("beta", "> 0 (the tilt's temperature / KL strength)")
         if self.temperature < 0:  # 0 is greedy decoding
@@ -90,7 +90,8 @@ class Controls:
         for name in ("weights", "direction"):
             value = getattr(self, name)
             if value is not None and not _finite_numbers(list(value.values()) if isinstance(value, Mapping) else value):
-                raise bad(name, "finite numbers, in objective order or as {objective: number}")
+                raise bad(name, f"finite numbers (at most {FLOAT32_MAX:.1e} in size), in objective order or as "
+                          "{objective: number}")
         # a seed of 1.5 and a user given as an object failed inside a decoder (manual_seed, a dict key)
         if self.seed is not None and not (_integer(self.seed) and -(2 ** 63) <= self.seed < 2 ** 63):
             raise bad("seed", "a 64-bit integer (or null: a fresh random draw)")  # what torch's generators take
@@ -126,15 +127,20 @@ def _constraints_ok(value: Any) -> bool:
     return all(value.get(k) is None or (_integer(value[k]) and value[k] >= 0) for k in ("min_words", "max_words"))
 
 
+# Decoders weigh and tilt in float32 (torch's default dtype): a value finite in JSON or Python but beyond
+# float32's range (a weight of 1e300) became inf there, and NaN utilities failed a decoder deep inside.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def _finite_numbers(value: Any) -> bool:
-    """A flat sequence (list, tuple, tensor, array) of finite numbers, not text or booleans."""
+    """A flat sequence (list, tuple, tensor, array) of numbers finite in float32, not text or booleans."""
     if isinstance(value, str | bytes) or (isinstance(value, Sequence) and any(isinstance(x, bool | str) for x in value)):
         return False
     try:
         t = torch.as_tensor(value, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
         return False
-    return t.dim() == 1 and bool(torch.isfinite(t).all())
+    return t.dim() == 1 and bool((t.abs() <= FLOAT32_MAX).all())  # NaN compares false too
 
 
 @dataclass
