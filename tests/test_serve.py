@@ -193,6 +193,14 @@ def test_refusals_in_openai_error_format(server):
         bad = _error(httpx.post(server + "/v1/completions", headers=AUTH, json={  # a message naming no field
             "prompt": PROMPT, "method": "bon", "best_of": 2, "reward": "gold", field: value}), 400)
         assert bad["param"] == field, bad
+    big = [3e38] * len(ATTRIBUTES)  # each finite in float32, their weighted sum not: a 500 (inf in the JSON)
+    for method in ("bon", "soft_bon"):
+        bad = _error(httpx.post(server + "/v1/completions", headers=AUTH, json={
+            "prompt": PROMPT, "max_tokens": 2, "method": method, "best_of": 2, "reward": "gold", "weights": big}), 422)
+        assert bad["param"] == "weights" and "overflow float32" in bad["message"], bad
+    bad = _error(httpx.post(server + "/v1/rewards", headers=AUTH, json={
+        "reward": "gold", "input": [{"prompt": PROMPT, "response": "yes, the weather is nice"}], "weights": big}), 422)
+    assert bad["param"] == "weights" and "overflow float32" in bad["message"], bad
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "best_of": 4}, headers=AUTH), 400)
     _error(httpx.get(server + "/v1/nothing", headers=AUTH), 404)
 

@@ -23,7 +23,14 @@ import torch
 
 from pluralign.data.prompts import CHAT_TEMPLATE_MODES
 from pluralign.decode.kv import Compute
-from pluralign.decode.rewards import AsAsked, as_reward, objective_names, score_groups, weight_vector
+from pluralign.decode.rewards import (
+    AsAsked,
+    as_reward,
+    objective_names,
+    score_groups,
+    weight_vector,
+    weighted,
+)
 from pluralign.errors import ConfigError
 from pluralign.registry import Registry
 
@@ -420,7 +427,7 @@ def score_candidates(reward: Any, prompts: list[Any], cands: list[list[str]], co
     for p, row in enumerate(cands):
         block = s[start:start + len(row)]
         per.append(block)
-        util.append(block @ w[p])
+        util.append(weighted(block, w[p]))
         start += len(row)
     return per, util
 

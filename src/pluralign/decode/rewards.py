@@ -176,6 +176,17 @@ def weight_vector(weights: Any, names: Sequence[str]) -> torch.Tensor:
     return w
 
 
+def weighted(scores: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The weighted reward `scores @ w`. Scores and weights are each finite in float32, yet their weighted
+    sum can overflow it (weights of 3e38 on several objectives): refused naming the weights, where the inf
+    or NaN made a best-of-N pick blind, a soft pick fail to sample, or a JSON answer fail to render."""
+    out = scores @ w
+    if not bool(torch.isfinite(out).all()):
+        raise ConfigError(f"weights {[float(x) for x in w]} overflow float32 once applied to the reward's scores: "
+                          "give smaller weights (only their ratios matter to a best-of-N pick)", field="weights")
+    return out
+
+
 def score_groups(reward: Any, prompts: list[str], responses: list[str], users: Sequence[Any] | None = None,
                  name: str | None = None) -> torch.Tensor:
     """Score pairs [N, m], calling the source once per distinct user (per-user reward models). Every

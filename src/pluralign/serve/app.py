@@ -22,7 +22,7 @@ from pluralign.data.prompts import encode_prompts
 from pluralign.decode.api import names as method_names
 from pluralign.decode.cli import unused_controls
 from pluralign.decode.kv import context_window, window_problem
-from pluralign.decode.rewards import objective_names, weight_vector, weights_problem
+from pluralign.decode.rewards import objective_names, weight_vector, weighted, weights_problem
 from pluralign.errors import PluralignError
 from pluralign.serve import protocol as P
 from pluralign.serve.config import ServeConfig
@@ -113,7 +113,7 @@ class Server:
             except APIError as e:
                 resp = e.response()
             except PluralignError as e:
-                resp = APIError(422, str(e), code="unprocessable").response()
+                resp = APIError(422, str(e), code="unprocessable", param=getattr(e, "field", None)).response()
             finally:
                 if not isinstance(resp, SSEResponse):
                     if release is not None:
@@ -316,6 +316,8 @@ class Server:
         objectives = objective_names(source, first.shape[1] if first.dim() == 2 else 1)
         try:
             w = weight_vector(weights, objectives) if weights is not None else None
+            rewards = {u: weighted(s if s.dim() == 2 else s[:, None], w)
+                       for u, s in per_user.items()} if w is not None else {}
         except PluralignError as e:
             raise APIError(422, f"weights: {e}", param="weights", code="invalid_weights") from None
         data = []
@@ -325,7 +327,7 @@ class Server:
                 s2 = s if s.dim() == 2 else s[:, None]
                 entry: dict[str, Any] = {"scores": dict(zip(objectives, s2[i].tolist(), strict=True))}
                 if w is not None:
-                    entry["reward"] = float(s2[i] @ w)
+                    entry["reward"] = float(rewards[u][i])
                 if users is None:
                     row.update(entry)
                 else:

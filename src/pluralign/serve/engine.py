@@ -277,7 +277,7 @@ class Engine:
                 for job in jobs:
                     self._run_safely([job])
             else:
-                jobs[0].emit("error", APIError(422, str(e), code="unprocessable"))
+                jobs[0].emit("error", APIError(422, str(e), code="unprocessable", param=getattr(e, "field", None)))
         except Exception:
             log.exception("decoding failed")  # the traceback stays in the server log
             for job in jobs:
