@@ -201,6 +201,10 @@ def test_refusals_in_openai_error_format(server):
     bad = _error(httpx.post(server + "/v1/rewards", headers=AUTH, json={
         "reward": "gold", "input": [{"prompt": PROMPT, "response": "yes, the weather is nice"}], "weights": big}), 422)
     assert bad["param"] == "weights" and "overflow float32" in bad["message"], bad
+    for options, stream in (("yes", True), ({"include_usage": "yes"}, True), ({"include_usage": True}, False)):
+        bad = _error(httpx.post(server + "/v1/chat/completions", headers=AUTH, json={  # the first was a 500
+            "messages": [{"role": "user", "content": "hi"}], "stream": stream, "stream_options": options}), 400)
+        assert bad["param"] == "stream_options", bad
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "best_of": 4}, headers=AUTH), 400)
     _error(httpx.get(server + "/v1/nothing", headers=AUTH), 404)
 

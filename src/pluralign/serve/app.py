@@ -216,6 +216,7 @@ class Server:
             raise APIError(400, "'stream' and 'ignore_eos' must be true or false", code="invalid_type")
         if ignore_eos and method != PLAIN:
             raise APIError(400, "'ignore_eos' applies to method 'none' only", param="ignore_eos")
+        usage_chunk = P.include_usage(body, stream)  # checked before the request is queued
         logprobs = P.logprobs_request(body, chat)
         if logprobs is not None and method != PLAIN:
             raise APIError(400, "token log-probs are returned for plain sampling (method 'none') only: a "
@@ -230,7 +231,6 @@ class Server:
             if kind == "error":
                 raise rest[0]
             return JSONResponse(P.completion_body(rid, model, rest[0], prompt_tokens, rest[1], chat))
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         t0 = time.monotonic()
 
         def close() -> None:
@@ -238,7 +238,7 @@ class Server:
             release()
             self.metrics.request("chat" if chat else "completions", 200, time.monotonic() - t0)
 
-        return SSEResponse(self.sse(job, rid, model, chat, len(prompts) * n, prompt_tokens, include_usage), close)
+        return SSEResponse(self.sse(job, rid, model, chat, len(prompts) * n, prompt_tokens, usage_chunk), close)
 
     async def wait(self, request: Request, job: Job) -> tuple:
         while True:

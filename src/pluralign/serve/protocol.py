@@ -153,6 +153,20 @@ def check_unsupported(body: dict) -> None:
                            "out", param=name, code="unsupported_parameter")
 
 
+def include_usage(body: dict, stream: bool) -> bool:
+    """Whether a streamed answer ends with a usage chunk: OpenAI's `stream_options: {"include_usage": true}`,
+    which (as OpenAI and vLLM do) only a streamed request may set. Checked: a text here was a 500."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise APIError(400, "'stream_options' is only allowed with 'stream': true", param="stream_options")
+    if not (isinstance(options, dict) and isinstance(options.get("include_usage", False), bool)):
+        raise APIError(400, "'stream_options' must be an object like {\"include_usage\": true}",
+                       param="stream_options", code="invalid_type")
+    return options.get("include_usage", False)
+
+
 MAX_TOP_LOGPROBS = {True: 20, False: 5}  # chat's top_logprobs, legacy completions' logprobs (OpenAI's limits)
 
 
