@@ -87,6 +87,25 @@ def test_a_misspelt_decoder_fails_before_any_entry_generates_naming_the_entry(no
         runner.evaluate_config(cfg(models=models), where="eval.yaml")
 
 
+@pytest.mark.parametrize("entry, message", [
+    # was "decoding method 'bon' needs a reward (--reward)" once the entries before it had generated
+    ({"decoder": "bon"}, r"^eval\.yaml: models\[1\]: decoder 'bon' needs a reward: give the entry a 'reward'"),
+    ({"decoder": "args"}, r"^eval\.yaml: models\[1\]: decoder 'args' needs a reward"),
+    ({"decoder": "genarm", "reward": "gold"}, r"^eval\.yaml: models\[1\]\.decoder: 'genarm' needs models, which "),
+])
+def test_a_decoder_without_what_it_steers_by_fails_before_any_entry_generates(no_generation, entry, message):
+    models = [{"name": "base", "path": "sandbox"}, {"name": "steered", "path": "sandbox", **entry}]
+    with pytest.raises(ConfigError, match=message):
+        runner.evaluate_config(cfg(models=models), where="eval.yaml")
+
+
+def test_decoders_given_a_reward_pass_the_checks(no_generation):
+    models = [{"name": "base", "path": "sandbox"}] + [
+        {"name": d, "path": "sandbox", "decoder": d, "reward": "gold"} for d in ("bon", "args", "cd_block", "deal")]
+    with pytest.raises(Generated):
+        runner.evaluate_config(cfg(models=models), where="eval.yaml")
+
+
 @pytest.mark.parametrize("key", ["baseline", "reference"])
 def test_a_baseline_or_reference_that_names_no_model_says_which_and_what_there_is(no_generation, key):
     with pytest.raises(ConfigError, match=rf"^eval\.yaml: {key}: 'bse' names no model; models: \['base'\]"):

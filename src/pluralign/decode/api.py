@@ -14,7 +14,7 @@ import inspect
 import math
 import numbers
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,13 +206,28 @@ TOKENWISE_SHARED = ("stop", "eos", "seed")
 SHARED_OPTIONS = frozenset({"scores"})
 
 
-def register(name: str, options: Sequence[str] = (), batch_shared: Sequence[str] = ()) -> Callable[[Decoder], Decoder]:
+# What a decoder cannot steer without, besides the policy: its keyword inputs ("reward", "models",
+# "value_model", ...; "a|b": either). A caller that can pass only some of them (`pluralign eval` passes a
+# reward) checks an entry with `missing_inputs` when it reads its config, not once earlier entries generated.
+_NEEDS: dict[str, tuple[str, ...]] = {}
+
+
+def register(name: str, options: Sequence[str] = (), batch_shared: Sequence[str] = (),
+             needs: Sequence[str] = ()) -> Callable[[Decoder], Decoder]:
     """Register decoder `name`; `options` are the `controls.extra` keys it reads; `batch_shared` the control
     fields (or `extra` keys) it reads once for a whole call, so that `decode` gives requests differing in
-    them separate calls (a server batches whatever requests arrive together)."""
+    them separate calls (a server batches whatever requests arrive together); `needs` the inputs it cannot
+    run without (see `_NEEDS`)."""
     _OPTIONS[name] = frozenset(options)
     _BATCH_SHARED[name] = tuple(batch_shared)
+    _NEEDS[name] = tuple(needs)
     return _DECODERS.register(name)
+
+
+def missing_inputs(method: str, given: Iterable[str]) -> list[str]:
+    """The inputs decoder `method` needs (`register(needs=...)`) of which none is among `given`."""
+    have = set(given)
+    return [need for need in _NEEDS.get(method, ()) if not have & set(need.split("|"))]
 
 
 # What the options' values must be, checked with their names (`check_options`): `--set k=abc` was a ValueError

@@ -133,7 +133,8 @@ def as_cached(reward_model: Any, tokenizer: Any) -> CachedReward | None:
     return CachedReward.from_sequence_classifier(reward_model, pad_id=pad)
 
 
-@register("args", options=("k", *TOKENWISE_OPTIONS), batch_shared=("k", "top_k", "top_p", *TOKENWISE_SHARED))
+@register("args", options=("k", *TOKENWISE_OPTIONS), batch_shared=("k", "top_k", "top_p", *TOKENWISE_SHARED),
+          needs=("reward|reward_model",))  # w = 0 runs without, but is plain sampling
 def args_decode(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any = None, controls: list[Controls],
                 reward_model: Any = None, **_: Any) -> DecodeResult:
     """ARGS with per-request w (controls.w), objective weights, k (extra["k"], default 10) and mode

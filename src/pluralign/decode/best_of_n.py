@@ -179,5 +179,5 @@ def plain_sample(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any,
                   row_info=("logp",))
 
 
-register("bon", options=("ties",))(select_decoder("bon", lambda u, c, g: select_best(u, ties=c.extra.get("ties", "first"), generator=g)))
-register("soft_bon")(select_decoder("soft_bon", lambda u, c, g: select_soft(u, c.beta, g)))
+register("bon", options=("ties",), needs=("reward",))(select_decoder("bon", lambda u, c, g: select_best(u, ties=c.extra.get("ties", "first"), generator=g)))
+register("soft_bon", needs=("reward",))(select_decoder("soft_bon", lambda u, c, g: select_soft(u, c.beta, g)))

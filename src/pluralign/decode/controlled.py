@@ -183,7 +183,8 @@ class CDGuide:
         self.state.advance(tokens)
 
 
-@register("cd", options=("k", *TOKENWISE_OPTIONS), batch_shared=("k", "top_k", "top_p", *TOKENWISE_SHARED))
+@register("cd", options=("k", *TOKENWISE_OPTIONS), batch_shared=("k", "top_k", "top_p", *TOKENWISE_SHARED),
+          needs=("value_model",))
 def cd_tokenwise(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any = None, controls: list[Controls],
                  value_model: ValueModel | None = None, **_: Any) -> DecodeResult:
     """Token-wise controlled decoding with λ = controls.w and k = extra["k"] (default 10)."""
@@ -200,7 +201,7 @@ def cd_tokenwise(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any 
     return out
 
 
-@register("cd_block", options=("block",))
+@register("cd_block", options=("block",), needs=("value_model|reward",))
 def cd_blockwise(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any = None, controls: list[Controls],
                  value_model: ValueModel | None = None, **_: Any) -> DecodeResult:
     """Blockwise best-of-K: K = controls.n continuations of M = extra["block"] tokens (default 4) per step;

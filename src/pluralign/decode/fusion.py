@@ -168,6 +168,6 @@ def _fusion(kind: str):
 
 
 register("genarm", options=("alpha", *TOKENWISE_OPTIONS),
-         batch_shared=("top_k", "top_p", *TOKENWISE_SHARED))(_fusion("genarm"))
+         batch_shared=("top_k", "top_p", *TOKENWISE_SHARED), needs=("models",))(_fusion("genarm"))
 register("mod", options=("form", "alpha", *TOKENWISE_OPTIONS),
-         batch_shared=("top_k", "top_p", "form", "alpha", *TOKENWISE_SHARED))(_fusion("mod"))
+         batch_shared=("top_k", "top_p", "form", "alpha", *TOKENWISE_SHARED), needs=("models",))(_fusion("mod"))

@@ -50,7 +50,7 @@ def bon_vs_bon_win_rate(calibrated: Any, n: int) -> float:
     return float(1.0 - n * np.sum((f[1:] + f[:-1]) / 2 * np.diff(grid)))
 
 
-@register("infalign", options=("m", "transform", "t"))
+@register("infalign", options=("m", "transform", "t"), needs=("reward",))
 def infalign(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls: list[Controls],
              **_: Any) -> DecodeResult:
     """Best-of-n on the request-weighted sum of per-objective calibrated, transformed rewards.

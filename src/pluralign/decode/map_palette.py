@@ -72,7 +72,7 @@ def _targets(given: Any, names: list[str]) -> torch.Tensor:
     return targets
 
 
-@register("map", options=("targets", "select"))
+@register("map", options=("targets", "select"), needs=("reward",))
 def map_decode(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls: list[Controls],
                **_: Any) -> DecodeResult:
     """Solve λ for extra["targets"] (one value level per objective) from the candidates' rewards, then

@@ -34,7 +34,7 @@ def rso_select(util: torch.Tensor, beta: float, generator: torch.Generator | Non
     return int(torch.nonzero(acc).flatten()[0])
 
 
-@register("rejection", options=("reward_max", "max_rounds"))
+@register("rejection", options=("reward_max", "max_rounds"), needs=("reward",))
 def rejection(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls: list[Controls],
               **_: Any) -> DecodeResult:
     """Exact rejection sampling when `controls.extra["reward_max"]` (M) is given: rounds of n proposals

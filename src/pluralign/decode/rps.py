@@ -42,7 +42,7 @@ def neighbour_directions(v: torch.Tensor, k: int, theta_max: float, generator: t
     return torch.stack(out).float()
 
 
-@register("rps", options=("theta_max", "conditioner"))
+@register("rps", options=("theta_max", "conditioner"), needs=("reward",))
 def rps(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls: list[Controls], **_: Any
         ) -> DecodeResult:
     """extra: theta_max (radians, default π/8); conditioner(prompt, direction, objectives) -> prompt

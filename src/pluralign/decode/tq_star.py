@@ -107,7 +107,7 @@ class TQGuide:
 
 
 @register("tq_star", options=("k", "rollout", "beta_bl", *TOKENWISE_OPTIONS),
-          batch_shared=("k", "top_k", "top_p", "rollout", *TOKENWISE_SHARED))
+          batch_shared=("k", "top_k", "top_p", "rollout", *TOKENWISE_SHARED), needs=("reward",))
 def tq_star(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls: list[Controls],
             baseline: Any = None, baseline_reward: Any = None, **_: Any) -> DecodeResult:
     """TQ* with α = controls.w, k = extra["k"] (10), rollout = extra["rollout"] (20). `baseline` is ρ_BL

@@ -217,15 +217,23 @@ def _model_path(spec: str) -> str:
     return spec
 
 
-def _check_decoder(name: Any, where: str) -> None:
-    """A misspelt decoder stopped the run only when its entry's turn came, after the entries before it had
-    generated, and without naming the file or entry."""
+def _check_decoder(entry: dict, where: str) -> None:
+    """A misspelt decoder, or one without what it steers by (`decode.api.missing_inputs`: best-of-N with no
+    reward), stopped the run only when its entry's turn came, after the entries before it had generated,
+    and without naming the file or entry (the latter told to give `--reward`, a flag eval has not)."""
+    name = entry.get("decoder")
     if name is None:
         return
-    from pluralign.decode.api import get
+    from pluralign.decode.api import get, missing_inputs
 
-    with _at(where):
+    with _at(f"{where}.decoder"):
         get(name)
+    missing = missing_inputs(name, ["reward"] if entry.get("reward") is not None else [])
+    beyond = [need for need in missing if "reward" not in need.split("|")]  # eval passes a reward only
+    _require(not beyond, f"{where}.decoder", f"{name!r} needs {' and '.join(beyond)}, which `pluralign eval` "
+             "cannot give it (use `pluralign decode` or the Python API)")
+    _require(not missing, where, f"decoder {name!r} needs a reward: give the entry a 'reward' (gold, a reward-"
+             "model directory or module:function)")
 
 
 def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: str = "<config>") -> dict:
@@ -311,7 +319,7 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
         unknown = sorted(set(m) - MODEL_KEYS)  # a misspelt 'decoder' would evaluate the plain model
         _require(not unknown, f"{where}: models[{i}]", f"unknown key(s) {unknown}; known: {sorted(MODEL_KEYS)}")
         _check_model_path(m["path"], f"{where}: models[{i}].path")
-        _check_decoder(m.get("decoder"), f"{where}: models[{i}].decoder")
+        _check_decoder(m, f"{where}: models[{i}]")
         if isinstance(m.get("reward"), str):  # a missing reward model stopped the run at this entry's turn
             from pluralign.decode.rewards import check_source
 
