@@ -99,6 +99,20 @@ def test_a_decoder_without_what_it_steers_by_fails_before_any_entry_generates(no
         runner.evaluate_config(cfg(models=models), where="eval.yaml")
 
 
+@pytest.mark.parametrize("controls, generation, message", [
+    # each stopped the run only at its entry's turn, after the entries before it had generated
+    ({"beta": -1}, {}, r"^eval\.yaml: models\[1\]\.controls: controls\.beta must be > 0"),
+    ({"nn": 3}, {}, r"^eval\.yaml: models\[1\]\.controls: .*'nn'"),
+    ("n=4", {}, r"^eval\.yaml: models\[1\]\.controls: must be a mapping of controls, got 'n=4'"),
+    ({}, {"temperature": -1}, r"^eval\.yaml: generation: controls\.temperature must be >= 0"),
+])
+def test_bad_controls_fail_before_any_entry_generates(no_generation, controls, generation, message):
+    models = [{"name": "base", "path": "sandbox"},
+              {"name": "bon", "path": "sandbox", "decoder": "bon", "reward": "gold", "controls": controls}]
+    with pytest.raises(ConfigError, match=message):
+        runner.evaluate_config(cfg(models=models, generation=generation), where="eval.yaml")
+
+
 def test_decoders_given_a_reward_pass_the_checks(no_generation):
     models = [{"name": "base", "path": "sandbox"}] + [
         {"name": d, "path": "sandbox", "decoder": d, "reward": "gold"} for d in ("bon", "args", "cd_block", "deal")]

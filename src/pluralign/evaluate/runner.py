@@ -236,20 +236,31 @@ def _check_decoder(entry: dict, where: str) -> None:
              "model directory or module:function)")
 
 
+def entry_controls(entry: dict, gen: dict, where: str) -> Any:
+    """An entry's decoding controls: the config's generation settings, then the entry's own `controls`
+    (errors name `where`.controls, or `where` itself for the generation settings alone)."""
+    from pluralign.decode.api import Controls
+
+    given = entry.get("controls", {})
+    where = f"{where}.controls" if entry else where
+    _require(isinstance(given, dict), where, f"must be a mapping of controls, got {given!r}")
+    with _at(where):
+        return Controls(**{**gen, **given})
+
+
 def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: str = "<config>") -> dict:
     """Responses of one model entry, decoded through its conditioning scheme (RiC, heads, soups, …) with
     the entry's controls; for a decoder that names the distribution it drew from (plain sampling, the
     token-level decoders) also each answer's log-prob under it, its ids and the unconditioned prompts, for
     the KL estimate."""
-    from pluralign.decode.api import Controls, decode
+    from pluralign.decode.api import decode
     from pluralign.decode.cli import unused_controls
     from pluralign.decode.steer import load_policy
 
     path = _model_path(entry["path"])
     model, tok = load_policy(path, device)
     decoder = entry.get("decoder") or "sample"
-    with _at(f"{where}.controls"):
-        controls = Controls(**{**gen, **entry.get("controls", {})})
+    controls = entry_controls(entry, gen, where)
     unused = unused_controls(model, entry.get("reward") if decoder != "sample" else None, [controls], name=str(path))
     _require(not unused, f"{where}.controls", unused)
     result = decode(decoder, model, tok, prompts, reward=entry.get("reward"), controls=controls)
@@ -324,6 +335,12 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
             from pluralign.decode.rewards import check_source
 
             check_source(m["reward"], f"{where}: models[{i}].reward")
+    gen = dict(cfg.get("generation") or {})
+    unknown = sorted(set(gen) - set(GENERATION_KEYS))
+    _require(not unknown, f"{where}: generation", f"unknown key(s) {unknown}; known: {list(GENERATION_KEYS)}")
+    entry_controls({}, gen, f"{where}: generation")  # a bad value (beta: -1, a misspelt field) stopped the run
+    for i, m in enumerate(models):  # at its entry's turn, after the entries before it had generated
+        entry_controls(m, gen, f"{where}: models[{i}]")
     names = [m["name"] for m in models]
     _require(len(set(names)) == len(names), where, "model names must be unique")
     metrics = cfg.get("metrics", list(METRICS))
@@ -339,9 +356,6 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
         groups = list(pop.groups) if "per_group" in metrics and cfg["population"] else []
     prompts = load_prompts(cfg.get("prompts", {"sandbox": 16}), f"{where}: prompts", base_dir)
     judge = build_judge(_judge_spec(cfg, base_dir), f"{where}: judge")
-    gen = dict(cfg.get("generation") or {})
-    unknown = sorted(set(gen) - set(GENERATION_KEYS))
-    _require(not unknown, f"{where}: generation", f"unknown key(s) {unknown}; known: {list(GENERATION_KEYS)}")
     outputs = {m["name"]: generate(m, prompts, gen, cfg.get("device"), f"{where}: models[{i}]")
                for i, m in enumerate(models)}
     runs = []
