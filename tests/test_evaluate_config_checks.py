@@ -225,3 +225,17 @@ def test_per_group_utilities_are_labelled_gold_under_a_reward_judge(monkeypatch)
     assert results["judge"] != "gold utility" and results["per_group_judge"] == "gold utility"
     page = render_html(results)
     assert "<h2>gold utility per group</h2>" in page and page.count("per group</h2>") == 1
+
+
+def test_per_row_decoding_controls_in_a_prompt_file_are_refused_naming_row_and_field(tmp_path):
+    # eval steers each model entry by its own controls: a row's weights were silently dropped, so a file
+    # written for `pluralign decode` was evaluated as if unsteered
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b", "weights": {"positivity": 1}}\n'
+                                      '{"prompt": "c", "user": "alice"}\n')
+    with pytest.raises(ConfigError) as e:
+        runner.load_prompts("p.jsonl", "eval.yaml: prompts", tmp_path)
+    assert "p.jsonl:2: field 'weights': eval does not read per-row decoding controls" in str(e.value)
+    assert "p.jsonl:3: field 'user'" in str(e.value) and str(e.value).startswith("eval.yaml: prompts: ")
+    # a feedback record's user and group say who gave it: its prompt is taken as before
+    (tmp_path / "f.jsonl").write_text('{"prompt": "a", "chosen": "x", "rejected": "y", "user": "alice", "group": 1}\n')
+    assert runner.load_prompts("f.jsonl", "cfg", tmp_path) == ["a"]

@@ -6,7 +6,9 @@ Config (YAML)::
     title: my evaluation
     prompts: prompts.jsonl        # JSONL/JSON rows with "prompt", a .txt file (one per line), a list,
                                   # a feedback data file of any form (its distinct prompts),
-                                  # or {sandbox: 32, seed: 0} for sandbox prompts
+                                  # or {sandbox: 32, seed: 0} for sandbox prompts; a row's own
+                                  # decoding controls (decode's per-row weights, n, …) are refused:
+                                  # controls are set per model entry
     models:                       # required; the first is the default baseline and KL reference
       - {name: base, path: sandbox}                       # "sandbox" = the sandbox base model
       - {name: dpo, path: runs/dpo/final, method: dpo}
@@ -91,9 +93,28 @@ def load_prompts(spec: Any, where: str, base_dir: Path) -> list[Any]:
     _require(isinstance(path, str) or path.exists(), where, f"prompts file not found: {path}")
     try:
         rows = read_prompt_rows([path])
+        _refuse_row_controls(rows)
     except DataError as e:
         raise ConfigError(f"{where}: {e}") from None
     return list({text_key(r.prompt): r.prompt for r in rows}.values())
+
+
+def _refuse_row_controls(rows: list[Any]) -> None:
+    """A `DataError` naming each row's decoding controls (weights, n, temperature, … as `pluralign decode`
+    reads them per row), which eval does not read: it steers each model entry by its own `controls` and
+    compares the entries on the same prompts. Ignored, a prompt file written for `decode` was evaluated as
+    if unsteered. A feedback record's `user` and `group` say who gave it, not how to decode: refused only on
+    a row that holds nothing but a prompt and controls."""
+    from pluralign.decode.cli import PER_REQUEST
+
+    problems = []
+    for row in rows:
+        request = set(row.fields) <= {"prompt", *PER_REQUEST}
+        problems += [row.problem(key, "eval does not read per-row decoding controls: set them on a model entry's "
+                                      "`controls` (or decode this file with `pluralign decode`)")
+                     for key in PER_REQUEST if key in row.fields and (request or key not in ("user", "group"))]
+    if problems:
+        raise DataError(problems)
 
 
 def _listed_prompts(prompts: list, where: str) -> list[Any]:
