@@ -211,3 +211,33 @@ def test_temperature_with_rated_feedback_is_refused_not_ignored(tmp_path, capsys
     assert "--kind rated draws no choice" in capsys.readouterr().err
     assert not out.exists()
     assert main(["sandbox", "feedback", "--kind", "binary", "--n", "3", "--temperature", "5", "--out", str(out)]) == 0
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    # each was found only once every record was drawn, every prompt sampled and scored, or the model built
+    import pluralign.sandbox.base
+    import pluralign.sandbox.gold
+    from pluralign.cli import main
+
+    def work(*args, **kwargs):
+        raise AssertionError("the work ran before its output was checked")
+
+    for module, name in ((pluralign.sandbox.gold, "gold_eval"), (F, "generate_file"),
+                         (pluralign.sandbox.base, "build_base")):
+        monkeypatch.setattr(module, name, work)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for argv, message in [
+        (["eval", "--model", str(model), "--out", str(afile / "r.json")], "afile is a file, not a directory"),
+        (["eval", "--model", str(model), "--out", str(tmp_path)], "is a directory; give a file path"),
+        (["feedback", "--kind", "pairwise", "--out", str(tmp_path / "fb.txt")], "unknown format '.txt'"),
+        (["feedback", "--kind", "pairwise", "--out", str(afile / "fb.jsonl")], "afile is a file, not a directory"),
+        (["build", "--out", str(afile)], "is a file; give a directory"),
+    ]:
+        assert main(["sandbox", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert "--out" in err and message in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "model"]  # nothing written, no probe left

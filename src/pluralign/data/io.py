@@ -227,14 +227,21 @@ def _known_kind(kind: str) -> str:
 # Writing.
 
 
-def write_records(path: str | os.PathLike, records: Sequence[Record]) -> Path:
-    """Write records of one kind, atomically, in the format of the path's extension."""
-    path = Path(path)
-    suffix = path.suffix.lower()
+def record_format(path: str | os.PathLike) -> str:
+    """The format records are written to `path` in (its extension), or a `PluralignError` when it has
+    none `write_records` writes; callers check it before the work that makes the records."""
+    suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         raise PluralignError(
             f"cannot write {path}: unknown format {suffix!r}; use one of {', '.join(FORMATS)}"
         )
+    return suffix
+
+
+def write_records(path: str | os.PathLike, records: Sequence[Record]) -> Path:
+    """Write records of one kind, atomically, in the format of the path's extension."""
+    path = Path(path)
+    suffix = record_format(path)
     kind = _single_kind(records)
     if suffix == ".jsonl":
         return atomic_write_jsonl(path, map(record_to_dict, records))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, PluralignError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,10 +58,13 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from pluralign.runs import check_writable
     from pluralign.sandbox.base import SandboxConfig, build_base, read_manifest
 
     if args.seed < 0:  # numpy's streams take non-negative seeds: -1 was a ValueError traceback mid-build
         raise ConfigError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.out:
+        check_writable(args.out, "--out", directory=True)
     config = SandboxConfig.tiny() if args.tiny else SandboxConfig()
     path = build_base(args.out, seed=args.seed, config=config, force=args.force, verbose=True)
     manifest = read_manifest(path)
@@ -71,8 +74,15 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _feedback(args: argparse.Namespace) -> int:
+    from pluralign.data.io import record_format
+    from pluralign.runs import check_writable
     from pluralign.sandbox.feedback import generate_file
 
+    try:  # an unknown extension or an unwritable place was found once every record was made
+        record_format(args.out)
+    except PluralignError as e:
+        raise ConfigError(f"--out: {e}") from None
+    check_writable(args.out, "--out")
     # Each shapes one kind's records; given with another kind it would be ignored without a word.
     one_kind = {"k": ("--k", "ranked"), "rated_per_prompt": ("--rated-per-prompt", "rated")}
     for name, (flag, kind) in one_kind.items():
@@ -91,11 +101,13 @@ def _feedback(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pluralign.runs import atomic_write_json
+    from pluralign.runs import atomic_write_json, check_writable
     from pluralign.sandbox.gold import format_table, gold_eval
 
     for d in (args.model, args.base):
         _check_model_dir(d)
+    if args.out:  # else found only once every prompt was sampled and scored
+        check_writable(args.out, "--out")
     result = gold_eval(args.model, base=args.base, population=args.population, n_prompts=args.n_prompts,
                        n_samples=args.samples, seed=args.seed, user=args.user)
     print(format_table(result))
