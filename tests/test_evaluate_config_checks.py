@@ -239,3 +239,27 @@ def test_per_row_decoding_controls_in_a_prompt_file_are_refused_naming_row_and_f
     # a feedback record's user and group say who gave it: its prompt is taken as before
     (tmp_path / "f.jsonl").write_text('{"prompt": "a", "chosen": "x", "rejected": "y", "user": "alice", "group": 1}\n')
     assert runner.load_prompts("f.jsonl", "cfg", tmp_path) == ["a"]
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_model_generates(tmp_path, monkeypatch, capsys):
+    # found only once every model had generated and been judged, with nothing written
+    from pluralign.cli import main
+
+    def evaluate(*args, **kwargs):
+        raise AssertionError("evaluated before the outputs were checked")
+
+    monkeypatch.setattr(runner, "evaluate_config", evaluate)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    config = tmp_path / "eval.yaml"
+    for yaml, flags, message in [
+        ("out: afile/results.json\n", [], "eval.yaml: out " + str(afile / "results.json") + ": " + str(afile)
+         + " is a file, not a directory"),
+        ("", ["--out", str(tmp_path)], "--out " + str(tmp_path) + ": is a directory"),
+        ("", ["--report", str(afile / "r.html")], "--report " + str(afile / "r.html") + ": "),
+    ]:
+        config.write_text("models: [{name: base, path: sandbox}]\n" + yaml)
+        assert main(["eval", "--config", str(config), *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "eval.yaml"]

@@ -54,14 +54,19 @@ def run_eval(args: argparse.Namespace) -> int:
     from pluralign.config import read_yaml
     from pluralign.evaluate.report import write_report
     from pluralign.evaluate.runner import evaluate_config
-    from pluralign.runs import atomic_write_json
+    from pluralign.runs import atomic_write_json, check_writable
 
     if not args.config:
         raise ConfigError("`pluralign eval` needs --config FILE (or a subcommand, e.g. `pluralign eval rm`)")
     path = Path(args.config)
     cfg = read_yaml(path)
+    name = cfg.get("out", "results.json")  # not a path: refused naming the key by evaluate_config's checks
+    out = Path(args.out) if args.out else path.parent / name if isinstance(name, str) and name else None
+    if out is not None:  # found only once every model had generated and been judged, with nothing written
+        check_writable(out, "--out" if args.out else f"{path}: out")
+    if args.report:
+        check_writable(args.report, "--report")
     results = evaluate_config(cfg, where=str(path), base_dir=path.parent)
-    out = Path(args.out or (path.parent / cfg.get("out", "results.json")))
     atomic_write_json(out, results)
     print("\n".join(summary_lines(results)))
     for note in verdict_warnings(results):
