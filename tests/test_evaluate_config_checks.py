@@ -113,6 +113,19 @@ def test_bad_controls_fail_before_any_entry_generates(no_generation, controls, g
         runner.evaluate_config(cfg(models=models, generation=generation), where="eval.yaml")
 
 
+@pytest.mark.parametrize("entry, message", [
+    # a misspelt objective stopped the run once the entry's candidates had been drawn, naming no config or entry
+    ({"reward": "gold", "controls": {"weights": {"kindness": 1}}},
+     r"^eval\.yaml: models\[1\]\.controls\.weights: weights name unknown objectives \['kindness'\]"),
+    ({"reward": "gold", "controls": {"weights": [1, 0]}}, r"^eval\.yaml: models\[1\]\.controls\.weights: 2 weights"),
+    ({"reward": 3}, r"^eval\.yaml: models\[1\]\.reward: not a reward source: int"),
+])
+def test_weights_that_do_not_fit_the_reward_fail_before_any_entry_generates(no_generation, entry, message):
+    models = [{"name": "base", "path": "sandbox"}, {"name": "bon", "path": "sandbox", "decoder": "bon", **entry}]
+    with pytest.raises(ConfigError, match=message):
+        runner.evaluate_config(cfg(models=models), where="eval.yaml")
+
+
 def test_decoders_given_a_reward_pass_the_checks(no_generation):
     models = [{"name": "base", "path": "sandbox"}] + [
         {"name": d, "path": "sandbox", "decoder": d, "reward": "gold"} for d in ("bon", "args", "cd_block", "deal")]

@@ -269,6 +269,27 @@ def entry_controls(entry: dict, gen: dict, where: str) -> Any:
         return Controls(**{**gen, **given})
 
 
+def _reward_of(entry: dict, where: str) -> Any:
+    """The entry's reward source, loaded (None without one)."""
+    from pluralign.decode.rewards import as_reward, load_reward
+
+    reward = entry.get("reward")
+    if isinstance(reward, str):
+        return load_reward(reward, f"{where}.reward")
+    with _at(f"{where}.reward"):  # `reward: 3` failed at its entry's turn, naming neither config nor key
+        return as_reward(reward)
+
+
+def _check_reward_weights(reward: Any, controls: Any, where: str) -> None:
+    """The entry's weights against its reward's objectives (`decode.rewards.weights_problem`, as decode and
+    serve check them): a misspelt objective stopped the run once the entry's candidates had been drawn,
+    naming neither the config nor the entry."""
+    from pluralign.decode.rewards import weights_problem
+
+    why = weights_problem(reward, controls.weights) if reward is not None else None
+    _require(not why, f"{where}.controls.weights", why)
+
+
 def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: str = "<config>") -> dict:
     """Responses of one model entry, decoded through its conditioning scheme (RiC, heads, soups, …) with
     the entry's controls; for a decoder that names the distribution it drew from (plain sampling, the
@@ -282,9 +303,11 @@ def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: s
     model, tok = load_policy(path, device)
     decoder = entry.get("decoder") or "sample"
     controls = entry_controls(entry, gen, where)
-    unused = unused_controls(model, entry.get("reward") if decoder != "sample" else None, [controls], name=str(path))
+    reward = _reward_of(entry, where)
+    _check_reward_weights(reward, controls, where)  # a reward model's objectives are known once it loads
+    unused = unused_controls(model, reward if decoder != "sample" else None, [controls], name=str(path))
     _require(not unused, f"{where}.controls", unused)
-    result = decode(decoder, model, tok, prompts, reward=entry.get("reward"), controls=controls)
+    result = decode(decoder, model, tok, prompts, reward=reward, controls=controls)
     out = {"texts": list(result.texts), "model": model, "tokenizer": tok, "n": controls.n}
     if "decoder_logps" in result.info:
         out |= {"sum_logps": result.info["decoder_logps"], "token_ids": result.info["token_ids"],
@@ -361,7 +384,9 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
     _require(not unknown, f"{where}: generation", f"unknown key(s) {unknown}; known: {list(GENERATION_KEYS)}")
     entry_controls({}, gen, f"{where}: generation")  # a bad value (beta: -1, a misspelt field) stopped the run
     for i, m in enumerate(models):  # at its entry's turn, after the entries before it had generated
-        entry_controls(m, gen, f"{where}: models[{i}]")
+        controls = entry_controls(m, gen, f"{where}: models[{i}]")
+        if not (isinstance(m.get("reward"), str) and Path(m["reward"]).is_dir()):  # a model: checked as it loads
+            _check_reward_weights(_reward_of(m, f"{where}: models[{i}]"), controls, f"{where}: models[{i}]")
     names = [m["name"] for m in models]
     _require(len(set(names)) == len(names), where, "model names must be unique")
     metrics = cfg.get("metrics", list(METRICS))
