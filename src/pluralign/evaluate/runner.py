@@ -38,15 +38,23 @@ cannot know whether ``base_url`` itself is the server you meant.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pluralign.errors import ConfigError, DataError
+from pluralign.evaluate.entries import (
+    at_key,
+    check_decoder,
+    check_model_path,
+    check_reward_weights,
+    entry_controls,
+    model_path,
+    require,
+    reward_of,
+)
 from pluralign.evaluate.frontier import bon_kl
 from pluralign.evaluate.winrate import compare
 from pluralign.judges import GoldJudge, LLMJudge, RewardModelJudge
@@ -60,11 +68,6 @@ TOP_KEYS = {"title", "description", "prompts", "models", "baseline", "reference"
             "population", "metrics", "out", "bootstrap", "device"}
 
 
-def _require(cond: bool, where: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{where}: {msg}")
-
-
 def load_prompts(spec: Any, where: str, base_dir: Path) -> list[Any]:
     """Prompts from a list, a {sandbox: n} request, or a prompt file (`pluralign.data.prompt_files`: a .txt
     file, one per line, or rows of any data format, e.g. a held-out feedback set, or a hub data set
@@ -75,14 +78,14 @@ def load_prompts(spec: Any, where: str, base_dir: Path) -> list[Any]:
         from pluralign.sandbox.world import World
 
         unknown = set(spec) - {"sandbox", "seed"}
-        _require(not unknown, where, f"unknown key(s) {sorted(unknown)} in {{sandbox: N, seed: S}}")
+        require(not unknown, where, f"unknown key(s) {sorted(unknown)} in {{sandbox: N, seed: S}}")
         for key, least in (("sandbox", 1), ("seed", 0)):
             value = spec.get(key, 0)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= least, f"{where}.{key}",
+            require(isinstance(value, int) and not isinstance(value, bool) and value >= least, f"{where}.{key}",
                      f"must be an integer >= {least}, got {value!r}")
         world = World(spec.get("seed", 0))
         return world.prompts(spec["sandbox"], np.random.default_rng(spec.get("seed", 0)))
-    _require(isinstance(spec, str), where, "prompts must be a file, a list, or {sandbox: N}")
+    require(isinstance(spec, str), where, "prompts must be a file, a list, or {sandbox: N}")
     from pluralign.data.formats import FORMATS, HUB_ID
     from pluralign.data.prompt_files import read_prompt_rows
     from pluralign.data.records import text_key
@@ -90,7 +93,7 @@ def load_prompts(spec: Any, where: str, base_dir: Path) -> list[Any]:
     path = Path(spec) if Path(spec).is_absolute() else base_dir / spec
     if not path.exists() and HUB_ID.fullmatch(spec) and Path(spec).suffix.lower() not in (*FORMATS, ".txt"):
         path = spec  # a Hugging Face hub data set, owner/name[:split]
-    _require(isinstance(path, str) or path.exists(), where, f"prompts file not found: {path}")
+    require(isinstance(path, str) or path.exists(), where, f"prompts file not found: {path}")
     try:
         rows = read_prompt_rows([path])
         _refuse_row_controls(rows)
@@ -123,7 +126,7 @@ def _listed_prompts(prompts: list, where: str) -> list[Any]:
     evaluated as it was, and a number failed at generation without naming the config."""
     from pluralign.data.field_checks import check_prompt, hostile_issues
 
-    _require(bool(prompts), where, "an empty list of prompts")
+    require(bool(prompts), where, "an empty list of prompts")
     issues = [issue for i, prompt in enumerate(prompts)
               for issue in hostile_issues(f"{where}[{i}]", prompt) or check_prompt(f"{where}[{i}]", prompt)[1]]
     if issues:
@@ -133,14 +136,14 @@ def _listed_prompts(prompts: list, where: str) -> list[Any]:
 
 def build_judge(spec: dict, where: str) -> Any:
     """A judge from its config: gold (weights or population/group), reward (a reward spec), or llm."""
-    _require(isinstance(spec, dict) and "kind" in spec, where, "judge needs a 'kind': gold, reward or llm")
+    require(isinstance(spec, dict) and "kind" in spec, where, "judge needs a 'kind': gold, reward or llm")
     kind, rest = spec["kind"], {k: v for k, v in spec.items() if k != "kind"}
     known = JUDGE_KEYS.get(kind)
     if known is not None:  # the llm judge's keywords are checked by LLMJudge itself
         unknown = sorted(set(rest) - known)
-        _require(not unknown, where, f"unknown key(s) {unknown} for a {kind} judge; known: {sorted(known)}")
+        require(not unknown, where, f"unknown key(s) {unknown} for a {kind} judge; known: {sorted(known)}")
     if kind in ("gold", "reward") and rest.get("temperature") is not None:
-        with _at(where):  # else refused by the first win rate, after every model has generated
+        with at_key(where):  # else refused by the first win rate, after every model has generated
             check_temperature(rest["temperature"])
     if kind == "gold":
         if "weights" in rest:
@@ -154,7 +157,7 @@ def build_judge(spec: dict, where: str) -> Any:
         pop = _population(rest.get("population", "default"), f"{where}.population")
         group = None
         if "group" in rest:
-            with _at(f"{where}.group"):
+            with at_key(f"{where}.group"):
                 group = pop.group(rest["group"])
         if group is None:  # the population's share-weighted mean user
             weights: dict[str, float] = {}
@@ -166,57 +169,38 @@ def build_judge(spec: dict, where: str) -> Any:
     if kind == "reward":
         from pluralign.decode.rewards import as_reward, load_reward, weight_vector
 
-        _require("source" in rest, where, "a reward judge needs 'source' (RM dir, module:function or gold)")
+        require("source" in rest, where, "a reward judge needs 'source' (RM dir, module:function or gold)")
         source = rest["source"]
         if isinstance(source, str):
             source = load_reward(source, f"{where}.source")
         else:
-            with _at(f"{where}.source"):  # `source: 3` named neither the config nor the key
+            with at_key(f"{where}.source"):  # `source: 3` named neither the config nor the key
                 source = as_reward(source)
         names = getattr(source, "objectives", None)
         if rest.get("weights") is not None and names:  # else a bad weight fails once answers are scored
-            with _at(f"{where}.weights"):
+            with at_key(f"{where}.weights"):
                 weight_vector(rest["weights"], list(names))
         return RewardModelJudge(source, weights=rest.get("weights"), temperature=rest.get("temperature"))
     if kind == "llm":
-        _require("base_url" in rest and "model" in rest, where, "an llm judge needs 'base_url' and 'model'")
-        with _at(where):  # a bad keyword or value, named with the config file
+        require("base_url" in rest and "model" in rest, where, "an llm judge needs 'base_url' and 'model'")
+        with at_key(where):  # a bad keyword or value, named with the config file
             return LLMJudge(rest.pop("base_url"), rest.pop("model"), **rest)
     raise ConfigError(f"{where}: unknown judge kind {kind!r}; use gold, reward or llm")
-
-
-@contextlib.contextmanager
-def _at(where: str) -> Iterator[None]:
-    """A ConfigError (or a TypeError from a bad keyword) inside names `where`, the config file and key."""
-    try:
-        yield
-    except (TypeError, ConfigError) as e:
-        raise ConfigError(f"{where}: {e}") from None
 
 
 def _population(name: Any, where: str) -> Any:
     """The sandbox population `name`; an unknown one is a ConfigError naming `where` (file and key)."""
     from pluralign.sandbox.users import population
 
-    _require(isinstance(name, str), where, f"must be a population name, got {name!r}")  # [a]: "unhashable type"
-    with _at(where):
+    require(isinstance(name, str), where, f"must be a population name, got {name!r}")  # [a]: "unhashable type"
+    with at_key(where):
         return population(name)
-
-
-def _check_model_path(spec: Any, where: str) -> None:
-    """A missing model directory fails here, before any model generates, naming the config and key. A
-    .gguf file is only checked to exist: resolving it converts it (done once, at generation)."""
-    from pluralign.models.load import resolve
-
-    _require(isinstance(spec, str), where, f"must be a model directory, .gguf file, hub id or 'sandbox', got {spec!r}")
-    if spec != "sandbox" and not (spec.lower().endswith(".gguf") and Path(spec).is_file()):
-        resolve(spec, where)
 
 
 def _bootstrap(cfg: dict, where: str) -> int:
     """The number of bootstrap resamples of each win rate's CI: an integer >= 1 (default 1000)."""
     n = cfg.get("bootstrap", 1000)
-    _require(isinstance(n, int) and not isinstance(n, bool) and n >= 1, f"{where}: bootstrap",
+    require(isinstance(n, int) and not isinstance(n, bool) and n >= 1, f"{where}: bootstrap",
              f"must be an integer >= 1 (resamples of each win rate's CI), got {n!r}")
     return n
 
@@ -230,66 +214,6 @@ def _judge_spec(cfg: dict, base_dir: Path) -> Any:
     return spec
 
 
-def _model_path(spec: str) -> str:
-    if spec == "sandbox":
-        from pluralign.sandbox.base import build_base
-
-        return str(build_base())
-    return spec
-
-
-def _check_decoder(entry: dict, where: str) -> None:
-    """A misspelt decoder, or one without what it steers by (`decode.api.missing_inputs`: best-of-N with no
-    reward), stopped the run only when its entry's turn came, after the entries before it had generated,
-    and without naming the file or entry (the latter told to give `--reward`, a flag eval has not)."""
-    name = entry.get("decoder")
-    if name is None:
-        return
-    from pluralign.decode.api import get, missing_inputs
-
-    with _at(f"{where}.decoder"):
-        get(name)
-    missing = missing_inputs(name, ["reward"] if entry.get("reward") is not None else [])
-    beyond = [need for need in missing if "reward" not in need.split("|")]  # eval passes a reward only
-    _require(not beyond, f"{where}.decoder", f"{name!r} needs {' and '.join(beyond)}, which `pluralign eval` "
-             "cannot give it (use `pluralign decode` or the Python API)")
-    _require(not missing, where, f"decoder {name!r} needs a reward: give the entry a 'reward' (gold, a reward-"
-             "model directory or module:function)")
-
-
-def entry_controls(entry: dict, gen: dict, where: str) -> Any:
-    """An entry's decoding controls: the config's generation settings, then the entry's own `controls`
-    (errors name `where`.controls, or `where` itself for the generation settings alone)."""
-    from pluralign.decode.api import Controls
-
-    given = entry.get("controls", {})
-    where = f"{where}.controls" if entry else where
-    _require(isinstance(given, dict), where, f"must be a mapping of controls, got {given!r}")
-    with _at(where):
-        return Controls(**{**gen, **given})
-
-
-def _reward_of(entry: dict, where: str) -> Any:
-    """The entry's reward source, loaded (None without one)."""
-    from pluralign.decode.rewards import as_reward, load_reward
-
-    reward = entry.get("reward")
-    if isinstance(reward, str):
-        return load_reward(reward, f"{where}.reward")
-    with _at(f"{where}.reward"):  # `reward: 3` failed at its entry's turn, naming neither config nor key
-        return as_reward(reward)
-
-
-def _check_reward_weights(reward: Any, controls: Any, where: str) -> None:
-    """The entry's weights against its reward's objectives (`decode.rewards.weights_problem`, as decode and
-    serve check them): a misspelt objective stopped the run once the entry's candidates had been drawn,
-    naming neither the config nor the entry."""
-    from pluralign.decode.rewards import weights_problem
-
-    why = weights_problem(reward, controls.weights) if reward is not None else None
-    _require(not why, f"{where}.controls.weights", why)
-
-
 def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: str = "<config>") -> dict:
     """Responses of one model entry, decoded through its conditioning scheme (RiC, heads, soups, …) with
     the entry's controls; for a decoder that names the distribution it drew from (plain sampling, the
@@ -299,14 +223,14 @@ def generate(entry: dict, prompts: list, gen: dict, device: str | None, where: s
     from pluralign.decode.cli import unused_controls
     from pluralign.decode.steer import load_policy
 
-    path = _model_path(entry["path"])
+    path = model_path(entry["path"])
     model, tok = load_policy(path, device)
     decoder = entry.get("decoder") or "sample"
     controls = entry_controls(entry, gen, where)
-    reward = _reward_of(entry, where)
-    _check_reward_weights(reward, controls, where)  # a reward model's objectives are known once it loads
+    reward = reward_of(entry, where)
+    check_reward_weights(reward, controls, where)  # a reward model's objectives are known once it loads
     unused = unused_controls(model, reward if decoder != "sample" else None, [controls], name=str(path))
-    _require(not unused, f"{where}.controls", unused)
+    require(not unused, f"{where}.controls", unused)
     result = decode(decoder, model, tok, prompts, reward=reward, controls=controls)
     out = {"texts": list(result.texts), "model": model, "tokenizer": tok, "n": controls.n}
     if "decoder_logps" in result.info:
@@ -350,12 +274,12 @@ def _check_shapes(cfg: dict, where: str) -> None:
     """Keys of the wrong kind fail here, naming the key: `generation: [..]` and a name that is a list were
     tracebacks, `metrics: reward` was read letter by letter, and `out: 3` failed only after every model
     had generated, with nothing written."""
-    _require(cfg.get("generation") is None or isinstance(cfg["generation"], dict), f"{where}: generation",
+    require(cfg.get("generation") is None or isinstance(cfg["generation"], dict), f"{where}: generation",
              f"must be a mapping of generation settings, got {cfg.get('generation')!r}")
     metrics = cfg.get("metrics", [])
-    _require(isinstance(metrics, list) and all(isinstance(x, str) for x in metrics), f"{where}: metrics",
+    require(isinstance(metrics, list) and all(isinstance(x, str) for x in metrics), f"{where}: metrics",
              f"must be a list of metric names, e.g. [reward, win_rate], got {metrics!r}")
-    _require("out" not in cfg or (isinstance(cfg["out"], str) and cfg["out"] != ""), f"{where}: out",
+    require("out" not in cfg or (isinstance(cfg["out"], str) and cfg["out"] != ""), f"{where}: out",
              f"must be a file path, got {cfg.get('out')!r}")
 
 
@@ -363,38 +287,38 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
     """Run an evaluation config (dict form of the YAML above) and return the results dict."""
     base_dir = base_dir or Path.cwd()
     unknown = sorted(set(cfg) - TOP_KEYS)
-    _require(not unknown, where, f"unknown key(s) {unknown}; known: {sorted(TOP_KEYS)}")
+    require(not unknown, where, f"unknown key(s) {unknown}; known: {sorted(TOP_KEYS)}")
     _check_shapes(cfg, where)
     models = cfg.get("models")
-    _require(isinstance(models, list) and models, where, "'models' must be a non-empty list")
+    require(isinstance(models, list) and models, where, "'models' must be a non-empty list")
     for i, m in enumerate(models):
-        _require(isinstance(m, dict) and "name" in m and "path" in m, f"{where}: models[{i}]", "needs 'name' and 'path'")
-        _require(isinstance(m["name"], str) and m["name"] != "", f"{where}: models[{i}].name",
+        require(isinstance(m, dict) and "name" in m and "path" in m, f"{where}: models[{i}]", "needs 'name' and 'path'")
+        require(isinstance(m["name"], str) and m["name"] != "", f"{where}: models[{i}].name",
                  f"must be text (the run's name), got {m['name']!r}")
         unknown = sorted(set(m) - MODEL_KEYS)  # a misspelt 'decoder' would evaluate the plain model
-        _require(not unknown, f"{where}: models[{i}]", f"unknown key(s) {unknown}; known: {sorted(MODEL_KEYS)}")
-        _check_model_path(m["path"], f"{where}: models[{i}].path")
-        _check_decoder(m, f"{where}: models[{i}]")
+        require(not unknown, f"{where}: models[{i}]", f"unknown key(s) {unknown}; known: {sorted(MODEL_KEYS)}")
+        check_model_path(m["path"], f"{where}: models[{i}].path")
+        check_decoder(m, f"{where}: models[{i}]")
         if isinstance(m.get("reward"), str):  # a missing reward model stopped the run at this entry's turn
             from pluralign.decode.rewards import check_source
 
             check_source(m["reward"], f"{where}: models[{i}].reward")
     gen = dict(cfg.get("generation") or {})
     unknown = sorted(set(gen) - set(GENERATION_KEYS))
-    _require(not unknown, f"{where}: generation", f"unknown key(s) {unknown}; known: {list(GENERATION_KEYS)}")
+    require(not unknown, f"{where}: generation", f"unknown key(s) {unknown}; known: {list(GENERATION_KEYS)}")
     entry_controls({}, gen, f"{where}: generation")  # a bad value (beta: -1, a misspelt field) stopped the run
     for i, m in enumerate(models):  # at its entry's turn, after the entries before it had generated
         controls = entry_controls(m, gen, f"{where}: models[{i}]")
         if not (isinstance(m.get("reward"), str) and Path(m["reward"]).is_dir()):  # a model: checked as it loads
-            _check_reward_weights(_reward_of(m, f"{where}: models[{i}]"), controls, f"{where}: models[{i}]")
+            check_reward_weights(reward_of(m, f"{where}: models[{i}]"), controls, f"{where}: models[{i}]")
     names = [m["name"] for m in models]
-    _require(len(set(names)) == len(names), where, "model names must be unique")
+    require(len(set(names)) == len(names), where, "model names must be unique")
     metrics = cfg.get("metrics", list(METRICS))
     bad = sorted(set(metrics) - set(METRICS))
-    _require(not bad, where, f"unknown metric(s) {bad}; known: {list(METRICS)}")
+    require(not bad, where, f"unknown metric(s) {bad}; known: {list(METRICS)}")
     baseline, reference = cfg.get("baseline", names[0]), cfg.get("reference", names[0])
     for key, value in (("baseline", baseline), ("reference", reference)):
-        _require(value in names, f"{where}: {key}", f"{value!r} names no model; models: {names}")
+        require(value in names, f"{where}: {key}", f"{value!r} names no model; models: {names}")
     n_boot = _bootstrap(cfg, where)
     groups = []
     if cfg.get("population") is not None:  # checked whatever the metrics: the default judge reads it too
