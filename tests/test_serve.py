@@ -209,6 +209,18 @@ def test_refusals_in_openai_error_format(server):
     _error(httpx.get(server + "/v1/nothing", headers=AUTH), 404)
 
 
+def test_the_largest_seed_is_taken_for_several_choices_of_a_method(server):
+    # choice k draws with seed + k: 2**63 - 1 was refused (422) as "controls.seed ... got 9223372036854775808"
+    body = {"prompt": PROMPT, "max_tokens": 3, "n": 2, "method": "bon", "best_of": 2, "reward": "gold"}
+    for seed in (2 ** 63 - 1, -(2 ** 63)):
+        r = httpx.post(server + "/v1/completions", headers=AUTH, json=body | {"seed": seed}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["choices"]) == 2, r.text
+    from pluralign.decode.api import Controls
+
+    assert Controls(seed=2 ** 63 - 1).offset_seed(1).seed == -(2 ** 63)
+    assert Controls(seed=5).offset_seed(2).seed == 7 and Controls(seed=None).offset_seed(3).seed is None
+
+
 def test_chat_without_a_chat_template_is_refused(tiny_llama_dir):
     model, tok = load_policy(tiny_llama_dir)
     cfg = ServeConfig(model=str(tiny_llama_dir), port=0)

@@ -117,6 +117,13 @@ class Controls:
     def replace(self, **changes: Any) -> Controls:
         return dataclasses.replace(self, **changes)
 
+    def offset_seed(self, k: int) -> Controls:
+        """These controls with seed + k (the k-th of several draws of one request), wrapped into the 64-bit
+        range a seed must be in: a request's largest seed, 2**63 - 1, was refused for a seed it never sent."""
+        if self.seed is None:
+            return self
+        return self.replace(seed=(self.seed + k + 2 ** 63) % 2 ** 64 - 2 ** 63)
+
 
 def _integer(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)

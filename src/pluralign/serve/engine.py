@@ -344,9 +344,8 @@ class Engine:
         for job in jobs:
             for i, prompt in enumerate(job.prompts):
                 for k in range(job.n):
-                    seed = job.controls.seed
                     prompts.append(prompt)
-                    controls.append(job.controls.replace(seed=None if seed is None else seed + k))
+                    controls.append(job.controls.offset_seed(k))
                     where.append((job, i * job.n + k))
         tok = self.loaded.tokenizer
         res = decode(method, self.loaded.model, tok, prompts, reward=reward, controls=controls,
