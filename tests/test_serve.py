@@ -201,6 +201,12 @@ def test_refusals_in_openai_error_format(server):
     bad = _error(httpx.post(server + "/v1/rewards", headers=AUTH, json={
         "reward": "gold", "input": [{"prompt": PROMPT, "response": "yes, the weather is nice"}], "weights": big}), 422)
     assert bad["param"] == "weights" and "overflow float32" in bad["message"], bad
+    big = "1" + "0" * 400  # a JSON integer beyond every float: converting it to compare was an OverflowError (500)
+    for field, value in (("n", big), ("seed", big), ("top_k", big), ("temperature", big), ("weights", f"[{big}, 1]")):
+        raw = f'{{"prompt": "hi", "method": "bon", "best_of": 2, "reward": "gold", "{field}": {value}}}'.encode()
+        bad = _error(httpx.post(server + "/v1/completions", headers=AUTH | {"Content-Type": "application/json"},
+                                content=raw), 400)
+        assert bad["param"] == field, bad
     for options, stream in (("yes", True), ({"include_usage": "yes"}, True), ({"include_usage": True}, False)):
         bad = _error(httpx.post(server + "/v1/chat/completions", headers=AUTH, json={  # the first was a 500
             "messages": [{"role": "user", "content": "hi"}], "stream": stream, "stream_options": options}), 400)

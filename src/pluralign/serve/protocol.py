@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import sys
 import time
 import uuid
 from typing import Any
@@ -41,9 +43,16 @@ FROM_OPENAI = {"n": "best_of", "max_new_tokens": "max_tokens", "temperature": "t
                "stop": "stop", "seed": "seed", "user": "user"}
 
 
+def _json_int(text: str) -> int | float:
+    """A JSON integer; one beyond every float (10**400) as ±inf, which each number check refuses by name,
+    where converting it to compare with a limit raised OverflowError (a 500)."""
+    value = int(text)
+    return value if abs(value) <= sys.float_info.max else math.inf if value > 0 else -math.inf
+
+
 def parse_json(raw: bytes) -> dict:
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_int=_json_int)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"request body is not valid JSON ({e})", code="invalid_json") from None
     if not isinstance(body, dict):
