@@ -169,6 +169,8 @@ def test_refusals_in_openai_error_format(server):
     _error(httpx.post(server + "/v1/completions", content=b'{"prompt": ', headers=AUTH), 400)
     _error(httpx.post(server + "/v1/completions", json={"prompt": "x " * 600_000}, headers=AUTH), 413)
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 10**6}, headers=AUTH), 400)
+    huge = _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 1e300}, headers=AUTH), 400)
+    assert huge["message"].endswith("(got 1e+300)"), huge  # was the 301 digits of int(1e300)
     _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "n": 99}, headers=AUTH), 400)
     _error(httpx.post(server + "/v1/completions", json={"prompt": "question " * 3000}, headers=AUTH), 400)
     window = _error(httpx.post(server + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 500}, headers=AUTH), 400)

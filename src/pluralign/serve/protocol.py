@@ -68,9 +68,9 @@ def _number(body: dict, name: str, kind: type, default: Any, lo: float | None = 
     if not ok:
         raise APIError(400, f"'{name}' must be {'an integer' if kind is int else 'a number'}", param=name,
                        code="invalid_type")
-    value = kind(value)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise APIError(400, f"'{name}' must be between {lo} and {hi} (got {value})", param=name,
+    given, value = value, kind(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):  # as sent: int(1e300) has 301 digits
+        raise APIError(400, f"'{name}' must be between {lo} and {hi} (got {given})", param=name,
                        code="invalid_value")
     return value
 
