@@ -467,9 +467,12 @@ def test_a_broken_reward_source_is_a_422_naming_it(sandbox, monkeypatch):
     ({"users": ["alice", {"id": 1}]}, 400, "user"),
     ({"users": []}, 400, "users"),  # scored for nobody: was a 500 (StopIteration in the handler)
     ({"weights": {"kindness": 1}}, 422, "weights"),  # the right kind, but no such objective: named
+    ({"reward": {"name": "gold"}}, 400, "reward"),  # these two were a 500 (unhashable)
+    ({"reward": None, "model": ["gold"]}, 400, "reward"),
 ])
 def test_reward_requests_with_bad_weights_or_users_are_refused_naming_the_field(server, extra, status, param):
     body = {"reward": "gold", "input": [{"prompt": PROMPT, "response": "yes"}]} | extra
+    body = {k: v for k, v in body.items() if v is not None}  # "reward": None: named by "model" instead
     err = _error(httpx.post(server + "/v1/rewards", json=body, headers=AUTH), status)
     assert err["param"] == param, err
 

@@ -188,10 +188,7 @@ class Server:
                                param=unread.split(",")[0].split()[0], code="unused_control")
         if not chat and "chat_template" not in body and "chat_template" not in (body.get("controls") or {}):
             controls = controls.replace(chat_template="never")  # /v1/completions: the prompt as given (OpenAI)
-        reward = body.get("reward")
-        if reward is not None and not isinstance(reward, str):
-            raise APIError(400, "'reward' must be the name of a served reward source", param="reward")
-        source = self.engine.reward_source(reward)
+        source = self.engine.reward_source(body.get("reward"))
         if source is not None and (why := weights_problem(source, controls.weights)):
             raise APIError(422, f"weights: {why}", param="weights", code="invalid_weights")
         ids = prompt_token_ids(loaded.tokenizer, conditioned_prompts(loaded.model, loaded.tokenizer, prompts, controls),

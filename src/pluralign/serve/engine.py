@@ -385,6 +385,9 @@ class Engine:
         rewards = self.loaded.rewards if self.loaded else {}
         if name is None:
             return next(iter(rewards.values()), None)
+        if not isinstance(name, str):  # a list or object was a 500 (unhashable) from /v1/rewards
+            raise APIError(400, "'reward' must be the name of a served reward source", param="reward",
+                           code="invalid_type")
         if name not in rewards:
             raise APIError(404 if rewards else 422, f"unknown reward source {name!r}; served: {sorted(rewards)}",
                            code="reward_not_found", param="reward")
