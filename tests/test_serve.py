@@ -229,6 +229,20 @@ def test_the_largest_seed_is_taken_for_several_choices_of_a_method(server):
     assert Controls(seed=5).offset_seed(2).seed == 7 and Controls(seed=None).offset_seed(3).seed is None
 
 
+def test_a_method_without_what_it_steers_by_is_refused_naming_the_flag(server, sandbox):
+    # each was a 422 once queued, with advice for Python callers ("genarm needs models=[...]", "value_model=")
+    for method, message in (("genarm", "method 'genarm' needs models: start the server with --models"),
+                            ("cd", "method 'cd' needs value_model: this server cannot give it")):
+        bad = _error(httpx.post(server + "/v1/completions", headers=AUTH, json={
+            "prompt": PROMPT, "max_tokens": 2, "method": method, "best_of": 2}), 422)
+        assert bad["param"] == "method" and message in bad["message"], bad
+    path, _, _ = sandbox
+    with Background(ServeConfig(model=str(path), port=0), keys=[]) as url:  # no reward source
+        bad = _error(httpx.post(url + "/v1/completions", json={"prompt": PROMPT, "method": "bon"}), 422)
+        assert "method 'bon' needs reward: start the server with --reward" in bad["message"], bad
+        assert httpx.post(url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}).status_code == 200
+
+
 def test_chat_without_a_chat_template_is_refused(tiny_llama_dir):
     model, tok = load_policy(tiny_llama_dir)
     cfg = ServeConfig(model=str(tiny_llama_dir), port=0)

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from pluralign.data.prompts import encode_prompts
+from pluralign.decode.api import missing_inputs
 from pluralign.decode.api import names as method_names
 from pluralign.decode.cli import unused_controls
 from pluralign.decode.kv import context_window, window_problem
@@ -61,6 +62,25 @@ def conditioned_prompts(model: Any, tokenizer: Any, prompts: list[Any], controls
     scheme.bind(tokenizer)  # as decoding does: unbound, the statement sat elsewhere and the first request's
     condition = scheme.condition_of_request(controls)  # prompt_tokens (and its length check) were wrong
     return prompts if scheme.model_level else [scheme.prompt(p, condition) for p in prompts]
+
+
+# The server's flag for each decoder input it can be started with (`decode.api.missing_inputs`).
+SERVED_INPUTS = {"reward": "--reward", "models": "--models"}
+
+
+def method_inputs_problem(method: str, reward: bool, models: bool) -> str | None:
+    """Why `method` cannot run on this server, or None: a decoder without what it steers by (best-of-N and no
+    reward source, GenARM and no --models) failed once queued, with advice for Python callers
+    ("models=[...]", "value_model=")."""
+    if method == PLAIN:
+        return None
+    given = [name for name, have in (("reward", reward), ("models", models)) if have]
+    missing = missing_inputs(method, given)
+    if not missing:
+        return None
+    flags = [SERVED_INPUTS[n] for need in missing for n in need.split("|") if n in SERVED_INPUTS]
+    return (f"method {method!r} needs {' and '.join(missing)}: " + (f"start the server with {' and '.join(flags)}"
+            if len(flags) == len(missing) else "this server cannot give it; use `pluralign decode` or Python"))
 
 
 class SSEResponse(StreamingResponse):
@@ -189,6 +209,8 @@ class Server:
         if not chat and "chat_template" not in body and "chat_template" not in (body.get("controls") or {}):
             controls = controls.replace(chat_template="never")  # /v1/completions: the prompt as given (OpenAI)
         source = self.engine.reward_source(body.get("reward"))
+        if why := method_inputs_problem(method, source is not None, bool(loaded.models)):
+            raise APIError(422, why, param="method", code="method_unavailable")
         if source is not None and (why := weights_problem(source, controls.weights)):
             raise APIError(422, f"weights: {why}", param="weights", code="invalid_weights")
         ids = prompt_token_ids(loaded.tokenizer, conditioned_prompts(loaded.model, loaded.tokenizer, prompts, controls),
