@@ -276,3 +276,16 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_model_generates(
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "eval.yaml"]
+
+
+def test_an_llm_judge_cache_dir_that_cannot_be_written_fails_before_generation(no_generation, tmp_path):
+    # found at the first reply cached, once every model had generated
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    judge = {"kind": "llm", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": None,
+             "cache_dir": str(afile / "cache")}
+    with pytest.raises(ConfigError, match=r"^eval\.yaml: judge: cache_dir .*afile is a file, not a directory"):
+        runner.evaluate_config(cfg(judge=judge), where="eval.yaml")
+    with pytest.raises(Generated):  # a new directory is fine: made with the first reply
+        runner.evaluate_config(cfg(judge=judge | {"cache_dir": str(tmp_path / "new" / "cache")}), where="eval.yaml")
+    assert not (tmp_path / "new").exists()

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pluralign.errors import PluralignError
+from pluralign.errors import ConfigError, PluralignError
 
 try:
     import fcntl
@@ -63,22 +63,22 @@ def io_error(path: str | os.PathLike, e: BaseException, action: str = "write") -
 
 
 def check_writable(path: str | os.PathLike, flag: str, directory: bool = False) -> None:
-    """Before any work, a `PluralignError` naming `flag` when `path` cannot be written the way the atomic
+    """Before any work, a `ConfigError` naming `flag` when `path` cannot be written the way the atomic
     writers write it (missing parents made, a temporary file next to it renamed over it): a directory where
     a file goes (or a file where a directory goes), a file among its parents, or a place that takes no new
     file (read-only, no permission). A command found that out only after all its work was done."""
     where = Path(path)
     if where.exists() and where.is_dir() != directory:
-        raise PluralignError(f"{flag} {path}: is {'a file' if directory else 'a directory'}; give "
+        raise ConfigError(f"{flag} {path}: is {'a file' if directory else 'a directory'}; give "
                              f"{'a directory' if directory else 'a file path'}")
     ancestor = next(p for p in [*([where] if directory else []), *where.parents, Path(".")] if p.exists())
     if not ancestor.is_dir():
-        raise PluralignError(f"{flag} {path}: {ancestor} is a file, not a directory")
+        raise ConfigError(f"{flag} {path}: {ancestor} is a file, not a directory")
     try:  # a probe file, at once removed: permissions alone do not say (root, read-only mounts, /proc)
         with tempfile.TemporaryFile(dir=ancestor, prefix=".pluralign-probe."):
             pass
     except OSError as e:
-        raise PluralignError(f"{flag} {path}: cannot write in {ancestor}: {os_cause(e)}") from None
+        raise ConfigError(f"{flag} {path}: cannot write in {ancestor}: {os_cause(e)}") from None
 
 
 def follow_umask(root: str | os.PathLike) -> None:

@@ -43,7 +43,7 @@ import numpy as np
 from pluralign.errors import ConfigError, PluralignError
 from pluralign.judges import templates as T
 from pluralign.judges.base import check_judged, combine_orders, unswap
-from pluralign.runs import atomic_write_json
+from pluralign.runs import atomic_write_json, check_writable
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_REDIRECTS = 5
@@ -116,6 +116,8 @@ class LLMJudge:
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.concurrency, self.on_error, self.seed = max(1, concurrency), on_error, seed
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        if self.cache_dir is not None:  # else found at the first reply cached, once every model had generated
+            check_writable(self.cache_dir, "cache_dir", directory=True)
         self.pairwise_system = pairwise_system
         self.pairwise_template = T.check_template("pairwise_template", pairwise_template, T.PAIRWISE_FIELDS)
         self.single_system = single_system
