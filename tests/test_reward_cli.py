@@ -196,3 +196,19 @@ def test_ranked_lists_that_all_tie_are_named_not_scored_as_nothing(setup, tmp_pa
     assert f"{ties}: its ranked lists give no pairs to evaluate" in capsys.readouterr().err
     assert main(["train", "rm", "--config", str(setup / "cfg.yaml"), f"data={ties}", f"output_dir={tmp_path / 'o'}"]) == 2
     assert f"{ties}: its ranked lists give no pairs to train on" in capsys.readouterr().err
+
+
+def test_eval_rm_refuses_an_output_it_cannot_write_before_loading_the_model(tmp_path, monkeypatch, capsys):
+    # found once the model had scored every record
+    import pluralign.reward.base
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model loaded before its output was checked")
+
+    monkeypatch.setattr(pluralign.reward.base, "load_reward_model", load)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, message in ((afile / "ev", "afile is a file, not a directory"), (afile, "is a file; give a directory")):
+        assert main(["eval", "rm", "--model", str(tmp_path), "--data", "pairs.jsonl", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and message in err, err

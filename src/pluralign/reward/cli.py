@@ -14,7 +14,7 @@ from typing import Any
 
 from pluralign.cli import DefaultsHelpFormatter
 from pluralign.errors import ConfigError
-from pluralign.runs import atomic_write_json
+from pluralign.runs import atomic_write_json, check_writable
 
 
 def register_eval_rm(eval_subparsers: Any) -> None:
@@ -45,9 +45,10 @@ def eval_rm(args: argparse.Namespace) -> int:
     if args.bins < 1:
         raise ConfigError(f"--bins must be >= 1, got {args.bins}")
     model_dir = resolve_model_dir(args.model)
+    out = Path(args.out) if args.out else model_dir / "eval"
+    check_writable(out, "--out", directory=True)  # else found once the model had scored every record
     model = load_reward_model(model_dir, device=args.device)
     report = evaluate_records(model, read_records(args.data), n_bins=args.bins, source=args.data)
-    out = Path(args.out) if args.out else model_dir / "eval"
     atomic_write_json(out / "rm_eval.json", report)
     (out / "reliability.png").unlink(missing_ok=True)  # an earlier evaluation's plot is not this one's
     if "calibration" in report:
