@@ -9,6 +9,14 @@ Task weighting follows MORE (Zeng et al., "On Diversified Preferences of LLM Ali
 features) is taken, and the task weights λ are the min-norm point of their convex hull — MGDA solved by
 Frank–Wolfe (Sener & Koltun 2018, `MinNormSolver.find_min_norm_element_FW`). The loss is
 K_present · Σ_t λ_t · Σ_{i∈t} ℓ_i / n, i.e. MORE's `more_ranking_loss`. With one task λ = [1].
+
+What λ means here differs from MORE's setting. MORE trains one scalar head on several data sets, so the tasks'
+gradients at that head overlap and the min-norm point trades their conflicts off. This model has one output
+row per objective: objective t's loss moves only row t, the gradients are orthogonal, and the min-norm point
+is λ_t ∝ 1/‖g_t‖², the weights under which every objective's loss falls at the same rate along the combined
+step (the objective with the smaller gradient gets more weight). Taking the gradients at the shared trunk
+would not restore MORE's trade-off for pairs either: each pair belongs to one objective, so per-example
+representation gradients are disjoint as well.
 """
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ class RewardConfig(ModelTrainingConfig):
     n_heads: int = option(1, help="bt: independently initialised scalar heads (an ensemble on one backbone).")
     use_margins: bool = option(False, help="bt: subtract each pair's margin inside the BT loss (Llama-2 style).")
     center_coef: float = option(0.0, help="bt: reward-centering coefficient η·mean((r_w + r_l)²) (0 = off).")
-    task_weighting: Literal["mean", "mgda"] = option("mgda", help="multi: mean (every objective weighted alike) or mgda (MORE's min-norm weights).")
+    task_weighting: Literal["mean", "mgda"] = option("mgda", help="multi: how the objectives' losses combine. mean: uniform λ (on pairs every pair counts alike, so an objective with more pairs weighs more; on ratings each objective's mean error counts alike). mgda: MORE's min-norm λ from each objective's gradient at the head's output layer; with one output row per objective these are orthogonal, so λ_t ∝ 1/‖g_t‖² (every objective's loss falls at the same rate), see pluralign.reward.multi.")
     n_prototypes: int = option(2, help="pal: number of prototypes K.")
     pal_dim: int = option(64, help="pal: dimension d of the preference space.")
     pal_scorer: Literal["dist", "angle"] = option("dist", help="pal: ideal-point distance or cosine (angle) scorer.")
