@@ -174,6 +174,21 @@ def test_cli_user_errors_exit_2(model_dir, tmp_path, capsys):
     assert "w.csv:4: field 'n': controls.n must be an integer >= 1" in err and "Traceback" not in err
 
 
+def test_an_out_that_cannot_be_written_is_named_before_anything_is_decoded(model_dir, tmp_path, capsys, monkeypatch):
+    # it failed at the very end, after every prompt had been decoded
+    import pluralign.decode.steer
+
+    monkeypatch.setattr(pluralign.decode.steer, "load_policy", lambda *a, **k: pytest.fail("loaded the model"))
+    prompts, blocker = tmp_path / "p.txt", tmp_path / "file"
+    prompts.write_text("the\n")
+    blocker.write_text("")
+    for out, message in ((blocker / "o.jsonl", "is a file, not a directory"), (tmp_path, "is a directory")):
+        assert main(["decode", "--method", "sample", "--model", str(model_dir), "--prompts", str(prompts),
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}" in err and message in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--method", "soft_bon", "--beta", "-1"], "controls.beta must be > 0"),  # was: quietly best-of-N
     (["--method", "bon", "--n", "0"], "controls.n must be an integer >= 1, got 0"),

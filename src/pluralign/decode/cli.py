@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
     from pluralign.decode.rewards import load_reward
     from pluralign.decode.sampler import eos_ids, finish_reason
     from pluralign.decode.steer import load_policy
-    from pluralign.runs import atomic_write_jsonl
+    from pluralign.runs import atomic_write_jsonl, check_writable
 
     # fail on a bad name before loading anything, and on extra models the method would take and never read
     if "models" not in inspect.signature(get(args.method)).parameters and args.models:
@@ -257,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
     if args.models and not all(d.strip() for d in args.models.split(",")):  # 'a,' failed as "'' holds no model"
         raise ConfigError(f"--models {args.models!r}: an empty entry (a stray comma?); give model directories "
                           "separated by commas")
+    check_writable(args.out, "--out")  # found out only after every prompt was decoded
     rows = read_prompt_rows([args.prompts])
     base = Controls(weights=parse_weights(args.weights), direction=parse_weights(args.direction, "--direction"), group=args.group,
                     n=args.n, beta=args.beta, w=args.w, user=args.user,
