@@ -110,6 +110,19 @@ def test_validate_clean_file(tmp_path, capsys):
     assert read_records(tmp_path / "ok.csv") == read_records(path)
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_the_input_is_judged(tmp_path, capsys):
+    # validate printed "all 2 ranked records are valid", then refused --out; convert read and converted first
+    path = write_jsonl(tmp_path / "ok.jsonl", [GOOD, GOOD])
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for argv, message in ((["validate", str(path), "--out", str(tmp_path / "ok.txt")], "unknown format '.txt'"),
+                          (["validate", str(path), "--out", str(blocker / "ok.jsonl")], "is a file, not a directory"),
+                          (["convert", str(path), str(blocker / "out.jsonl")], "output")):
+        assert main(["data", *argv]) == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and "valid" not in captured.out and "Traceback" not in captured.err
+
+
 @pytest.mark.parametrize("args", [["data", "validate", "nowhere.jsonl"], ["data", "stats", "nowhere.csv"]])
 def test_missing_file_is_a_clean_error(capsys, args):
     assert main(args) == 2
