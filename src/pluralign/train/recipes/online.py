@@ -168,6 +168,10 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
         ESTIMATORS.check_params(resolved.advantage, config.advantage_params, reserved=("group_size", "kl_penalty", "values"))
     if resolved.policy_loss is not None:
         POLICY_LOSSES.check_params(resolved.policy_loss, config.loss_params)
+        # and their values, on one token of negative advantage (dual_clip <= 1 stopped the first step, after
+        # the model had loaded)
+        one = torch.ones(1, 1)
+        POLICY_LOSSES.get(resolved.policy_loss)(0 * one, 0 * one, -one, one, **(config.loss_params or {}))
     if resolved.ref_policy == "round_start" and config.ref_model:  # it was the reference of every round, or overwritten
         raise ConfigError(f"{config.algorithm}: ref_model is a fixed reference, but ref_policy round_start takes the policy "
                           "at the start of each round as the reference; set ref_policy=initial or remove ref_model")
