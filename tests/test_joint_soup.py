@@ -82,6 +82,34 @@ def test_lora_members_share_a_so_the_saved_soup_is_the_trained_mix(tmp_path, cha
         assert not torch.allclose(served(input_ids=ids).logits, trained, atol=1e-3)  # the check can fail
 
 
+def test_tied_embeddings_keep_one_set_of_members(tmp_path, chat_tokenizer):
+    """A model whose LM head is its input embedding (SmolLM2, GPT-2) trained in full: the tied tensor's
+    members are shared by both modules, so a step keeps them tied and the saved soup is the trained mix
+    (each module with its own members trained them apart; saving kept one: logits off by ~2.7)."""
+    from pluralign.decode.steer import load_policy
+    from pluralign.models import tiny
+    from pluralign.models.load import load_model, save_model
+    from pluralign.models.soup import save_soup
+
+    tiny.tiny_llama(len(chat_tokenizer), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                    tie_word_embeddings=True).save_pretrained(tmp_path / "base")
+    model = load_model(str(tmp_path / "base"))
+    scheme = JointSoup(OBJ)
+    scheme.install(model)
+    ids, lam = torch.tensor([[3, 5, 7, 9, 11]]), torch.tensor([0.3, 0.7])
+    with scheme.mixing(lam):
+        model(input_ids=ids, labels=ids).loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
+    with torch.no_grad(), scheme.mixing(lam):
+        trained = model(input_ids=ids).logits
+    scheme.detach(model)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    dirs = scheme.save_members(model, tmp_path, lambda m, d: save_model(m, chat_tokenizer, d))
+    served, _ = load_policy(save_soup(dirs, OBJ, tmp_path / "model"))
+    with torch.no_grad(), served.pluralign_conditioning.steer(served, conditioning.Condition(weights=(0.3, 0.7))):
+        torch.testing.assert_close(served(input_ids=ids).logits, trained, atol=1e-5, rtol=1e-5)
+
+
 def _train(tmp_path, chat_model, rated, out, steps, extra=()):
     return main(["train", "dpo", f"model={chat_model}", f"data=[{rated}]", f"output_dir={tmp_path / out}",
                  "objectives.names=[informativeness,conciseness]", "objectives.rated_pairs=signed",

@@ -94,8 +94,15 @@ class JointSoup(Scheme):
                    if p.requires_grad and not any(s in f"{path}.{name}" for s in SHARED)]
         if not targets:
             raise ConfigError("objectives.conditioning=joint_soup: the model has no trainable weights to hold per objective")
+        # A tensor tied between modules (input embeddings and LM head) gets one set of members, shared by
+        # every module that holds it: members of its own per module would train the tie apart, and the
+        # saved (tied) model would keep only one module's members.
+        shared: dict[int, _Members] = {}
         for module, name in targets:
-            parametrize.register_parametrization(module, name, _Members(getattr(module, name), len(self.objectives), self))
+            tensor = getattr(module, name)
+            if id(tensor) not in shared:  # made once: each makes K−1 copies of the tensor
+                shared[id(tensor)] = _Members(tensor, len(self.objectives), self)
+            parametrize.register_parametrization(module, name, shared[id(tensor)])
         self._mixed = targets
 
     def before_step(self, step: int) -> None:
