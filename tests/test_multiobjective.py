@@ -89,6 +89,20 @@ def test_ensure_vocabulary_teaches_a_word_tokenizer_the_statement():
     assert model.get_input_embeddings().weight.shape[0] == len(tok)
 
 
+def test_ensure_vocabulary_leaves_a_byte_level_tokenizer_with_an_unknown_token_alone():
+    # SmolLM2's byte-level BPE names an unknown token: its pre-tokenized words ('Ġconciseness', 'Ġ71') were
+    # added as tokens no text ever produces, growing the model's vocabulary (49152 → 49155) for nothing
+    from pluralign.models.tiny import bpe_tokenizer
+
+    tok = bpe_tokenizer(["question : describe the river . answer :"] * 5, vocab_size=300)
+    assert tok.unk_token_id is not None
+    model = tiny_llama(len(tok), hidden_size=16, num_layers=1, num_heads=2)
+    size = len(tok)
+    for name in ("system_message", "reward_tokens"):
+        assert conditioning.ensure_vocabulary(tok, model, conditioning.get(name, OBJ).vocabulary()) == []
+    assert len(tok) == size and model.get_input_embeddings().weight.shape[0] == size
+
+
 def test_added_tokens_are_prompt_only_and_the_models_answers_keep_the_bases_distribution(tmp_path):
     # the new output rows took probability mass from every real token: a conditioned model could emit its
     # statement words or control tokens, and its KL to the base came out negative

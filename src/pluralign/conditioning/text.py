@@ -192,6 +192,10 @@ def ensure_vocabulary(tokenizer: Any, model: Any, texts: Sequence[str]) -> list[
     vocab = tokenizer.get_vocab()
     new: dict[str, None] = {}
     for text in texts:
+        # Only text the tokenizer cannot spell has unknown words: a byte-level BPE that names an unknown
+        # token (SmolLM2's) spells everything, and its pre-tokenized words ('Ġconciseness') are not tokens
+        if unk not in backend.encode(text, add_special_tokens=False).ids:
+            continue
         for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)
                                                               if backend.normalizer else text):
             if word in vocab:
