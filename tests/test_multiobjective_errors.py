@@ -168,3 +168,22 @@ def test_pairs_of_several_objectives_without_objectives_names_are_refused(tmp_pa
            "objectives.names=[helpfulness,harmlessness]")
     assert main(["train", "dpo", f"model={chat_model}", f"data=[{data}]", f"output_dir={out}", *LOOP,
                  "objectives.names=[helpfulness,harmlessness]"]) == 0
+
+
+@pytest.mark.parametrize("setting", ["conditioning=system_message", "conditioning=reward_tokens"])
+def test_sft_under_a_scheme_imitates_only_what_feedback_approves(tmp_path, chat_model, rated, capsys, setting):
+    # Under a scheme every record was kept as it was: thumbs-down answers were imitated, with the statement
+    # of their objective, and a ranked list stopped the run with "cannot take a (prompt, completion) pair
+    # from a Ranked", naming no file
+    prompt = [{"role": "user", "content": "what is the cat"}]
+    down = _write(tmp_path / "down.jsonl", [{"prompt": prompt, "response": a, "label": False,
+                                              "objective": "conciseness"} for a in ANSWERS[:4]])
+    ranked = _write(tmp_path / "ranked.jsonl", [{"prompt": prompt, "responses": ANSWERS[i:i + 3], "ranks": [1, 2, 3]}
+                                                for i in range(4)])
+    out = tmp_path / "o"
+    data = f"data=[{rated},{down}]" if "reward_tokens" in setting else f"data=[{down}]"  # RiC fits on the ratings
+    _fails(["train", "sft", f"model={chat_model}", data, f"output_dir={out}", f"objectives={OBJ}", setting, *LOOP],
+           out, capsys, f"{down}: its 4 binary record(s) give no demonstration record")
+    data = f"data=[{rated},{ranked}]" if "reward_tokens" in setting else f"data=[{ranked}]"
+    assert main(["train", "sft", f"model={chat_model}", data, f"output_dir={out}", f"objectives={OBJ}", setting,
+                 *LOOP]) == 0, capsys.readouterr().err

@@ -4,8 +4,7 @@ response, a rated record's response), the usual first stage before preference tr
 
 Feedback that judges its responses is imitated where it approves: a thumbs-up response, a ranked list's
 best, a positive written judgment (`data.convert.to_demonstrations`, as ``data convert --to demonstration``);
-thumbs-down responses and the rest of a list are not imitated. (With a conditioning scheme every record is
-kept: the scheme states its own condition.)
+thumbs-down responses and the rest of a list are not imitated, with a conditioning scheme or without.
 
 The per-example loss is the mean negative log-likelihood of the completion tokens (the registered "nll"
 loss), so every example weighs the same whatever its length.
@@ -84,9 +83,10 @@ def run(config: SFTConfig) -> RecipeResult:
             problems.extend(encoding_problems(collate, located.records, str(path), located.lines))
             if scheme is not None:  # while the file and each record's line are known, to name them
                 problems.extend(scheme.record_problems(located.records, str(path), located.lines))
-                records += located.records  # a scheme states each record's own condition (RiC: its ratings)
-            else:
-                records += yielding(imitated(located.records), located.records, str(path), "demonstration")
+            # Under a scheme too only what feedback approves is imitated: the scheme states each kept record's
+            # condition (its objective, meta, user and group, which the approved responses keep; RiC: a rated
+            # response's ratings), it does not say that a thumbs-down response is one to avoid.
+            records += yielding(imitated(located.records), located.records, str(path), "demonstration")
         return records
 
     records, eval_records = read(config.data), read(config.eval_data)
