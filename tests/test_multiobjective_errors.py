@@ -187,3 +187,14 @@ def test_sft_under_a_scheme_imitates_only_what_feedback_approves(tmp_path, chat_
     data = f"data=[{rated},{ranked}]" if "reward_tokens" in setting else f"data=[{ranked}]"
     assert main(["train", "sft", f"model={chat_model}", data, f"output_dir={out}", f"objectives={OBJ}", setting,
                  *LOOP]) == 0, capsys.readouterr().err
+
+
+def test_a_statement_every_pair_shares_is_refused(tmp_path, chat_model, rated, capsys):
+    # Signed pairs without meta.weights all stated "weights : informativeness 50 conciseness 50 .": the run
+    # trained, saved a system_message model, and no request's weights could steer it
+    out = tmp_path / "o"
+    _fails(["train", "dpo", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}", f"objectives.names={OBJ}",
+            "objectives.rated_pairs=signed", "objectives.conditioning=system_message", *LOOP], out, capsys,
+           "every pair of the training data states the same condition", "meta.weights")
+    assert main(["train", "dpo", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}", f"objectives.names={OBJ}",
+                 "objectives.conditioning=system_message", *LOOP]) == 0  # per-objective pairs: one-hot statements

@@ -21,6 +21,7 @@ Methods as configurations of this one recipe:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
@@ -166,6 +167,23 @@ def check_coverage(records: Sequence[Any], cfg: ObjectivesConfig, where: str = "
     if cfg.conditioning == "heads" and any(getattr(r, "objective", None) is None for r in records):
         raise ConfigError("objectives.conditioning=heads (MAH-DPO) trains head k on objective k's pairs: every "
                           "pair needs an `objective` (use rated_pairs=per_objective)")
+    if len(records) > 1 and len(conditions := stated_conditions(records, cfg)) == 1:
+        stated = {k: v for k, v in dataclasses.asdict(conditions.pop()).items() if v is not None}
+        raise ConfigError(f"objectives.conditioning={cfg.conditioning}: every pair of the training {where} states the "
+                          f"same condition ({stated or 'none given: the uniform weights'}), so the model cannot learn to read the statement "
+                          "and no request's weights would steer it; give pairs an `objective` "
+                          "(rated_pairs=per_objective) or their own meta.weights / meta.direction",
+                          field="objectives.conditioning")
+
+
+def stated_conditions(records: Sequence[Any], cfg: ObjectivesConfig) -> set[Any]:
+    """The distinct conditions a text-level scheme steered by weights or a direction states over `records`
+    (signed pairs without meta.weights all state the uniform weights); empty for other schemes."""
+    scheme = conditioning.get(cfg.conditioning, cfg.names, **cfg.conditioning_params)
+    fitted = type(scheme).fit is not conditioning.Scheme.fit  # RiC states each record's own rewards
+    if scheme.model_level or fitted or not {"weights", "direction"} & set(scheme.reads):
+        return set()
+    return {scheme.condition_of(r) for r in records}
 
 
 def setup(cfg: ObjectivesConfig, tokenizer: Any, model: Any, records: Sequence[Any]) -> conditioning.Scheme:
