@@ -102,3 +102,15 @@ def tiny_backbone(tmp_path_factory):
     path = tmp_path_factory.mktemp("backbone")
     save_model(tiny_llama(len(tok), hidden_size=32, num_layers=1, num_heads=2), tok, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def toy_lm_dir(tmp_path_factory):
+    """The decoders' toy LM (`pluralign.decode.toy`, seed 0, scale 2) saved as a model directory."""
+    from pluralign.decode.toy import toy_lm, toy_tokenizer
+
+    d = tmp_path_factory.mktemp("toy_lm")
+    tok = toy_tokenizer()
+    toy_lm(tok, seed=0, scale=2.0).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

@@ -21,11 +21,7 @@ def _words(prompts, responses):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("lm")
-    tok = toy_tokenizer()
-    toy_lm(tok, seed=0, scale=2.0).save_pretrained(d)
-    tok.save_pretrained(d)
+def model_dir(toy_lm_dir):
     mod = types.ModuleType("decode_cli_rewards")
     mod.words = _words
     mod.named = lambda prompts, responses: _words(prompts, responses)
@@ -35,7 +31,7 @@ def model_dir(tmp_path_factory):
     mod.short = lambda prompts, responses: [1.0] * (len(responses) - 1)
     mod.text = lambda prompts, responses: ["good"] * len(responses)
     sys.modules["decode_cli_rewards"] = mod
-    return d
+    return toy_lm_dir
 
 
 def test_cli_bon_with_per_request_weights(model_dir, tmp_path, capsys):

@@ -13,12 +13,8 @@ from pluralign.decode.toy import toy_lm, toy_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("lm")
-    tok = toy_tokenizer()
-    toy_lm(tok, seed=0, scale=2.0).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+def model_dir(toy_lm_dir):
+    return toy_lm_dir
 
 
 def _decode(model_dir, tmp_path, *flags):
