@@ -287,8 +287,11 @@ def test_kto_trainer_losses(loss_type, kl_offset):
     if loss_type == "kto":
         assert metrics["kl_baseline"].item() == pytest.approx(trainer._metrics["train"]["kl"][0], abs=ATOL)
         assert metrics["kl_baseline"].item() == pytest.approx(max(kl_offset, 0.0), abs=1e-9)
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
-        assert metrics[key].item() == pytest.approx(trainer._metrics["train"][key][0], abs=ATOL)
+    theirs = trainer._metrics["train"]
+    for key in ("rewards/chosen", "rewards/rejected"):  # (mean, count): the loop weighs each by its count
+        assert metrics[key][0].item() == pytest.approx(theirs[key][0], abs=ATOL)
+    margin = metrics["rewards/chosen"][0] - metrics["rewards/rejected"][0]
+    assert margin.item() == pytest.approx(theirs["rewards/margins"][0], abs=ATOL)
 
 
 def _cpo(loss_type, beta, **kw):

@@ -212,6 +212,34 @@ def test_kto_init_and_baseline():
     assert losses.kto_kl_baseline(-kl_policy, torch.zeros(3)).item() == pytest.approx(13 / 3)
 
 
+@pytest.mark.parametrize("name", ["kto", "bco", "apo_zero_unpaired"])
+def test_unpaired_label_means_combine_over_batches_into_the_labels_means(name):
+    """As the loop combines micro-batches and evaluation batches (`parallel.Weighted`, each batch's metrics
+    weighted by its size): rewards/chosen was the mean of per-batch means, here (2·0.05 + 2·0.3)/4 = 0.175
+    for the desirable examples' real mean 0.1333; a batch of one label gave a margin of its own."""
+    from pluralign.train.parallel import Weighted
+
+    class One:  # a single process: reduce is the identity
+        num_processes = 1
+
+        @staticmethod
+        def reduce(t, reduction):
+            return t
+
+    rho = torch.tensor([0.0, 1.0, 3.0, -2.0], dtype=torch.float64)
+    labels = torch.tensor([True, True, True, False])
+    sums = Weighted(torch.device("cpu"))
+    for part in (slice(0, 2), slice(2, 4)):  # batches of two: [desirable, desirable], [desirable, undesirable]
+        ref = torch.zeros(2, dtype=torch.float64)
+        _, metrics = losses.get(name)(rho[part], ref, labels[part], kl_policy_logps=ref, kl_ref_logps=ref)
+        for k, v in metrics.items():
+            sums.add(k, v, 2)
+    reduced = sums.reduce(One())
+    assert reduced["rewards/chosen"] == pytest.approx(0.1 * rho[labels].mean().item())
+    assert reduced["rewards/rejected"] == pytest.approx(0.1 * -2.0)
+    assert "rewards/margins" not in reduced
+
+
 def test_apo_zero_unpaired_init():
     labels = torch.tensor([True, False, True])
     loss, _ = losses.get("apo_zero_unpaired")(_logps(1, 3), _logps(1, 3), labels, undesirable_weight=2.0)

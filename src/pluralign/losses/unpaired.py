@@ -2,8 +2,8 @@
 
 Inputs are sequence log-prob sums [B] and labels [B]. Per-example losses keep the input order, so the batch
 mean equals TRL's mean over concat(desirable losses, undesirable losses). Metrics: per-example implicit
-rewards β·ρ ("rewards"), and 0-d batch statistics: per-label reward means (present when the batch has that
-label) and the loss's baseline ("kl_baseline" for KTO, z0: TRL logs it as "kl", which a report would take for
+rewards β·ρ ("rewards"), each label's reward mean as (mean, count) (present when the batch has that label),
+and the loss's baseline, 0-d ("kl_baseline" for KTO, z0: TRL logs it as "kl", which a report would take for
 the run's KL to its reference; "reward_shift" for BCO). Spec: shared/specs/training.md §2.
 """
 
@@ -18,15 +18,16 @@ from pluralign.losses.registry import register
 Output = tuple[Tensor, dict[str, Tensor]]
 
 
-def _label_metrics(rewards: Tensor, labels: Tensor) -> dict[str, Tensor]:
+def _label_metrics(rewards: Tensor, labels: Tensor) -> dict[str, Tensor | tuple[Tensor, int]]:
+    """Per-example rewards, and each label's mean reward with its count of examples (`parallel.Weighted`):
+    weighted by the batch's size instead, micro-batches and evaluation batches of uneven label mixes averaged
+    into a number that was not that label's mean. No margin: a difference of per-batch means does not combine
+    into the difference of the means (it is rewards/chosen − rewards/rejected of the logged row)."""
     rewards = rewards.detach()
-    metrics = {"rewards": rewards}
-    if labels.any():
-        metrics["rewards/chosen"] = rewards[labels].mean()
-    if (~labels).any():
-        metrics["rewards/rejected"] = rewards[~labels].mean()
-    if "rewards/chosen" in metrics and "rewards/rejected" in metrics:
-        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    metrics: dict[str, Tensor | tuple[Tensor, int]] = {"rewards": rewards}
+    for name, mask in (("rewards/chosen", labels), ("rewards/rejected", ~labels)):
+        if mask.any():
+            metrics[name] = (rewards[mask].mean(), int(mask.sum()))
     return metrics
 
 
