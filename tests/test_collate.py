@@ -59,6 +59,17 @@ def test_left_and_right_padding_hold_the_same_rows(tiny_word_tokenizer):
         PairwiseCollator(tiny_word_tokenizer, padding_side="middle")
 
 
+@pytest.mark.parametrize("options", [{"max_length": 8, "max_prompt_length": 8}, {"max_length": 1},
+                                     {"truncation": "middle"}])
+@pytest.mark.parametrize("collator", [PairwiseCollator, UnpairedCollator, ListwiseCollator, SFTCollator])
+def test_tokenization_settings_are_refused_when_the_collator_is_made(tiny_word_tokenizer, collator, options):
+    # Checked only per row, a max_prompt_length over max_length was reported as a problem of every data row
+    # ("pairs.jsonl:5: field 'prompt': max_prompt_length must be in [1, max_length=96) ...") instead of once.
+    with pytest.raises(ConfigError) as e:
+        collator(tiny_word_tokenizer, **options)
+    assert e.value.field in options
+
+
 def test_tokenizer_without_pad_token_pads_with_eos(tiny_word_tokenizer):
     tok = copy.deepcopy(tiny_word_tokenizer)
     tok.pad_token = None

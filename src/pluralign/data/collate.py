@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import torch
 
-from pluralign.data.tokenize import Encoded, Text, Truncation, encode_pair, pad_token_id
+from pluralign.data.tokenize import Encoded, Text, Truncation, check_options, encode_pair, pad_token_id
 from pluralign.errors import ConfigError, PluralignError
 
 Batch = dict[str, torch.Tensor]
@@ -95,6 +95,8 @@ class _Collator:
     who: bool = False  # add the records' user and group lists to the batch
 
     def __post_init__(self) -> None:
+        # Settings every row would fail alike: said once here, not as a data problem on each row of each file.
+        check_options(self.max_length, self.max_prompt_length, self.truncation)
         if self.padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
 

@@ -62,7 +62,7 @@ def encode_pair(tokenizer: Any, prompt: Text, completion: Text, max_length: int,
                 chat_template: str = "auto") -> Encoded:
     """Tokenize ``prompt`` + ``completion`` with the boundary found on tokens (see the module doc);
     ``chat_template`` (auto | always | never) as in `pluralign.data.prompts`."""
-    _check_options(max_length, max_prompt_length, truncation)
+    check_options(max_length, max_prompt_length, truncation)
     prompt_text, completion_text, templated = render_pair(tokenizer, prompt, completion, chat_template)
     prompt_ids, completion_ids = split_on_tokens(tokenizer, prompt_text, completion_text,
                                                  add_special_tokens=not templated)
@@ -153,13 +153,17 @@ def _prepends_bos(tokenizer: Any) -> bool:
     return bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
-def _check_options(max_length: int, max_prompt_length: int | None, truncation: str) -> None:
+def check_options(max_length: int, max_prompt_length: int | None, truncation: str) -> None:
+    """The tokenization settings, whatever the row (a collator checks them when it is made)."""
     if max_length < 2:
-        raise ConfigError(f"max_length must be at least 2 (a prompt token and a completion token), got {max_length}")
+        raise ConfigError(f"max_length must be at least 2 (a prompt token and a completion token), got {max_length}",
+                          field="max_length")
     if max_prompt_length is not None and not 1 <= max_prompt_length < max_length:
-        raise ConfigError(f"max_prompt_length must be in [1, max_length={max_length}), got {max_prompt_length}")
+        raise ConfigError(f"max_prompt_length must be in [1, max_length={max_length}), got {max_prompt_length}",
+                          field="max_prompt_length")
     if truncation not in TRUNCATION_MODES:
-        raise ConfigError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {truncation!r}")
+        raise ConfigError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {truncation!r}",
+                          field="truncation")
 
 
 def _preview(text: str, n: int = 40) -> str:
