@@ -104,6 +104,17 @@ def test_help_config_lists_every_field(capsys):
         assert key in out
 
 
+@pytest.mark.parametrize("setting", ["ref_batch_size=-1", "udm_sample_size=0"])
+def test_cli_refuses_a_negative_reference_batch_or_udm_sample(files, tmp_path, capsys, setting):
+    # ref_batch_size=-1 wrote an empty reference cache, then stopped with "loss 'dpo' needs ref_chosen_logps".
+    out = tmp_path / "out"
+    argv = ["train", "dpo", f"model={files['base']}", f"data=[{files['pairs']}]", f"output_dir={out}", setting]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"'{setting.split('=')[0]}' must be >=" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_reference_cache_hits_and_misses(files, tmp_path):
     tokenizer, model = load_tokenizer(files["base"]), load_model(files["base"])
     from pluralign.data.io import read_records

@@ -81,6 +81,13 @@ class PreferenceConfig(PolicyTrainingConfig):
     output_dir: str = option("runs/preference", help="Run directory: config.yaml, metrics.jsonl, checkpoints/, and the trained model in model/.")
     loop: LoopConfig = option(default_factory=LoopConfig, help="Training loop settings.")
 
+    def __post_init__(self) -> None:
+        # ref_batch_size=-1 made the reference pass an empty range: an empty cache was written and the run then
+        # stopped with "loss 'dpo' needs ref_chosen_logps"; a negative udm_sample_size sliced prompts off the end.
+        for name, least in (("ref_batch_size", 0), ("udm_sample_size", 1)):
+            if getattr(self, name) < least:
+                raise ConfigError(f"'{name}' must be >= {least}, got {getattr(self, name)}", field=name)
+
     def cache_settings(self) -> tuple[Path, int]:
         """(directory of the reference and opponent caches, batch size of their pass)."""
         return (Path(self.ref_cache_dir or Path(self.output_dir) / "ref_cache"),
