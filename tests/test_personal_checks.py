@@ -118,7 +118,7 @@ def test_token_weighting_without_any_users_history_is_refused_before_writing(bas
     data = _write(tmp_path / "pairs.jsonl", [r | {"user": f"u{i}"} for i, r in enumerate(_opposed(4))])
     out = tmp_path / "run"
     code, err = _cli(["train", "dpo", f"model={base}", f"data=[{data}]", f"output_dir={out}",
-                      "personal.token_weighting=true", "loop.max_steps=1", "loop.progress=false"], capsys)
+                      "personal.token_weighting=true", "loop.max_steps=1", "loop.batch_size=2", "loop.progress=false"], capsys)
     assert code == 2 and "no user of the training data has 2 or more records" in err
     assert not out.exists()  # it was refused after the reference pass had cached its log-probs there
 

@@ -200,9 +200,7 @@ def train(
 
     if steps_per_batch < 1:
         raise ConfigError(f"steps_per_batch must be >= 1, got {steps_per_batch}")
-    steps_per_epoch = len(dataset) // global_batch * steps_per_batch
-    if steps_per_epoch == 0:
-        raise PluralignError(f"the training set has {len(dataset)} examples, fewer than one effective batch ({global_batch})")
+    steps_per_epoch = len(dataset) // global_batch * steps_per_batch  # >= 1: check_config saw a whole batch
     total_steps = run_steps(config, steps_per_epoch)
     # Not prepared by accelerate on purpose: its scheduler wrapper steps once per process per call.
     scheduler = make_scheduler(optimizer, config, total_steps)

@@ -69,7 +69,8 @@ class LoopConfig:
 
 def check_config(config: LoopConfig, dataset: Sequence) -> None:
     """What depends on the machine and the data, and step_limit (a recipe's defaults may hold a sentinel that
-    it resolves later); the rest is checked when the config is made."""
+    it resolves later); the rest is checked when the config is made. The loop calls it; a recipe with work
+    before the loop (a reference pass) calls it first too."""
     if config.step_limit < 0:
         raise ConfigError(f"'step_limit' must be >= 0, got {config.step_limit}")
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
@@ -78,6 +79,16 @@ def check_config(config: LoopConfig, dataset: Sequence) -> None:
         raise ConfigError("this GPU does not support bf16; use fp16 or no")
     if len(dataset) == 0:
         raise PluralignError("the training set is empty")
+    if len(dataset) < effective_batch(config):  # every epoch drops its last incomplete effective batch
+        raise PluralignError(f"the training set has {len(dataset)} examples, fewer than one effective batch "
+                             f"({effective_batch(config)}: loop.batch_size x loop.grad_accum x processes)")
+
+
+def effective_batch(config: LoopConfig) -> int:
+    """Examples per optimizer step over all processes."""
+    from pluralign.train.parallel import process_state
+
+    return config.batch_size * config.grad_accum * process_state().num_processes
 
 
 def run_steps(config: LoopConfig, steps_per_epoch: int) -> int:

@@ -116,10 +116,9 @@ def _effective_batch(loop: Mapping[str, Any] | None) -> int:
     """Examples per optimizer step of a round's SFT (its loop settings, with the loop's defaults)."""
     from pluralign.config import from_dict
     from pluralign.train.loop import LoopConfig
-    from pluralign.train.parallel import process_state
+    from pluralign.train.loop_config import effective_batch
 
-    config = from_dict(LoopConfig, dict(loop or {}), "loop.")
-    return config.batch_size * config.grad_accum * process_state().num_processes
+    return effective_batch(from_dict(LoopConfig, dict(loop or {}), "loop."))
 
 
 def _row(record: Any) -> dict:

@@ -37,6 +37,7 @@ from pluralign.models.load import is_adapter_dir, is_peft_model
 from pluralign.models.soup import save_soup
 from pluralign.personal.conditioned import PersonalConfig, Personalization, group_check
 from pluralign.train.loop import LoopConfig, holding, train
+from pluralign.train.loop_config import check_config
 from pluralign.train.parallel import process_state
 from pluralign.train.recipes import multiobjective as mo
 from pluralign.train.recipes.common import (
@@ -211,6 +212,7 @@ def run(config: PreferenceConfig) -> RecipeResult:
         eval_records = conditioning.condition_records(scheme, eval_records) if eval_records else None
     train_items = make_items(train_records, info, config.loop.seed)
     eval_items = make_items(eval_records, info, config.loop.seed, "eval_data") if eval_records else None
+    check_config(config.loop, train_items)  # before the reference pass: a batch too large was found after it
     # Before the reference pass writes its cache: a bad personal setting leaves nothing behind.
     personal = Personalization(config.personal, model, config.model, [it.record for it in train_items],
                                config.gradient_checkpointing, info.kind, collator=collator,
