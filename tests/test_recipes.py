@@ -126,6 +126,24 @@ def test_a_batch_larger_than_the_data_is_refused_before_the_reference_pass(files
     assert not out.exists()
 
 
+def test_responses_alike_once_cut_to_max_length_are_named(tiny_word_tokenizer):
+    # Cut at max_length, a pair differing only at its end was one sequence twice: a loss with no gradient and a
+    # reward accuracy of 0, without a word.
+    from pluralign.data.records import Pairwise
+    from pluralign.train.recipes.common import encoding_problems
+
+    pairs = [Pairwise("what is the cat ?", "the cat sat on the big red mat", "the cat sat on the big blue rug"),
+             Pairwise("what is the dog ?", "the dog ran", "no")]
+    collator = PairwiseCollator(tiny_word_tokenizer, max_length=10, chat_template="never")
+    with pytest.warns(UserWarning, match=r"pairs.jsonl: 1 record\(s\) \(line\(s\) 3\) hold responses that encode to "
+                                         r"the same tokens within max_length=10"):
+        assert encoding_problems(collator, pairs, "pairs.jsonl", [3, 4]) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # room for the whole of each: nothing to say
+        assert encoding_problems(PairwiseCollator(tiny_word_tokenizer, max_length=32, chat_template="never"),
+                                 pairs, "pairs.jsonl", [3, 4]) == []
+
+
 def test_reference_cache_hits_and_misses(files, tmp_path):
     tokenizer, model = load_tokenizer(files["base"]), load_model(files["base"])
     from pluralign.data.io import read_records

@@ -65,23 +65,36 @@ def record_texts(record: Any) -> list[tuple[str, Any]]:
     return [("response", record.response)]
 
 
-def encoding_problems(collator: Any, records: Sequence[Any], source: str, lines: Sequence[int] | None) -> list[Problem]:
+def encoding_problems(collator: Any, records: Sequence[Any], source: str, lines: Sequence[int] | None,
+                      compared: bool = True) -> list[Problem]:
     """One problem per record that `collator.encode(prompt, response)` refuses, at its line in `source`:
     a prompt leaving no room for the reply within max_length, a row over it under truncation=error, a prompt
     the chat template cannot render. Found while reading, the file and line are known; found by the collator
     (in the reference pass, or at whatever step drew the row) the message named neither, and its preview of a
-    chat prompt was the template's system header, the same for every row."""
+    chat prompt was the template's system header, the same for every row. `compared` (a loss that compares a
+    record's responses): a record whose responses encode to the same tokens is warned of."""
     if collator.chat_template == "always":  # a setting every row would fail alike: said once, as a ConfigError
         uses_template(collator.tokenizer, "", "always")
-    problems = []
+    problems, alike = [], []
     for line, record in zip(range(1, len(records) + 1) if lines is None else lines, records, strict=True):
         # The prompt first, with a one-character reply: a prompt at fault is named as such, once.
+        encoded = []
         for field, response in [("prompt", "x"), *record_texts(record)]:
             try:
-                collator.encode(record.prompt, response)
+                encoded.append(tuple(collator.encode(record.prompt, response).input_ids))
             except PluralignError as e:
                 problems.append(Problem(source, line, field, str(e)))
                 break  # one per record
+        else:
+            if compared and len(set(encoded[1:])) < len(encoded) - 1:
+                alike.append(line)
+    if alike:
+        # Responses that differ only past the cut (or in words the tokenizer maps alike) are one sequence: such a
+        # pair's loss has no gradient, and its reward accuracy counts it as wrong. Not refused: the rest trains.
+        warnings.warn(f"{source}: {len(alike)} record(s) (line(s) {', '.join(map(str, alike[:5]))}"
+                      f"{', …' if len(alike) > 5 else ''}) hold responses that encode to the same tokens within "
+                      f"max_length={collator.max_length}, so they train nothing; if the cut made them alike, raise "
+                      "max_length or set max_prompt_length to cut the prompt instead", stacklevel=2)
     return problems
 
 

@@ -80,7 +80,7 @@ def run(config: SFTConfig) -> RecipeResult:
         records = []
         for path in paths:
             located = read_located(path, skip_invalid=config.skip_invalid)
-            problems.extend(encoding_problems(collate, located.records, str(path), located.lines))
+            problems.extend(encoding_problems(collate, located.records, str(path), located.lines, compared=False))
             if scheme is not None:  # while the file and each record's line are known, to name them
                 problems.extend(scheme.record_problems(located.records, str(path), located.lines))
             # Under a scheme too only what feedback approves is imitated: the scheme states each kept record's
