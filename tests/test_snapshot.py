@@ -83,3 +83,21 @@ def test_a_snapshot_without_adapters_is_a_frozen_copy_that_take_refreshes():
     snap.take()
     with snap.model() as m:
         torch.testing.assert_close(logps(m), logps(policy), rtol=0, atol=0)
+
+
+def test_a_live_reference_with_adapters_off_runs_without_dropout_and_keeps_the_training_mode():
+    # with disable_dropout false the base's dropout made every live reference draw differ from the cached one
+    from pluralign.train.reference import live_reference
+
+    policy = lora_policy()
+    for layer in policy.get_base_model().model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    with torch.no_grad(), policy.disable_adapter():
+        expected = token_logps(policy.eval(), *batch())
+    policy.train()
+    reference = live_reference(None, lambda m, b: token_logps(m, *b))
+    with torch.no_grad():
+        first, second = reference(policy, batch()), reference(policy, batch())
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
+    assert policy.training and policy.get_base_model().model.layers[0].training

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from pluralign.decode.sampler import eval_mode
 from pluralign.models.load import is_peft_model
 from pluralign.runs import io_error
 
@@ -227,11 +228,13 @@ def as_reference(ref: Any, policy: Any) -> Iterator[Any]:
 
 
 def live_reference(ref: Any, logps_of: Callable[[Any, dict], Any]) -> Callable[[Any, dict], Any]:
-    """A step-time reference: `logps_of` on `ref`, or on the model in hand with adapters off (ref None)."""
+    """A step-time reference: `logps_of` on `ref`, or on the model in hand with adapters off (ref None), in
+    eval mode as the cached reference is computed (with `disable_dropout: false` the base's dropout made the
+    live reference noisy, and unlike the cached one)."""
     def reference(model: Any, batch: dict) -> Any:
         if ref is not None:
             return logps_of(ref, batch)
-        with adapters_disabled(model):
+        with adapters_disabled(model), eval_mode(model):
             return logps_of(model, batch)
 
     return reference
