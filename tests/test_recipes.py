@@ -144,6 +144,27 @@ def test_responses_alike_once_cut_to_max_length_are_named(tiny_word_tokenizer):
                                  pairs, "pairs.jsonl", [3, 4]) == []
 
 
+def test_responses_cut_at_max_length_are_counted_when_the_data_is_read(tiny_word_tokenizer):
+    # cut silently: a reply that loses its end (and end of turn) teaches answers that do not end
+    from pluralign.data.records import Pairwise
+    from pluralign.train.recipes.common import encoding_problems
+
+    pairs = [Pairwise("what is the cat ?", "the cat sat on the big red mat", "no"),
+             Pairwise("what is the dog ?", "the dog ran", "no"),
+             Pairwise("why ?", "yes", "the big red dog ran under the blue rug here")]
+    collator = PairwiseCollator(tiny_word_tokenizer, max_length=10, chat_template="never")
+    with pytest.warns(UserWarning, match=r"pairs.jsonl: 2 of 3 record\(s\) \(line\(s\) 3, 5\) have a response cut at "
+                                         r"max_length=10"):
+        assert encoding_problems(collator, pairs, "pairs.jsonl", [3, 4, 5]) == []
+    sft = PairwiseCollator(tiny_word_tokenizer, max_length=10, chat_template="never")
+    with pytest.warns(UserWarning, match="have a response cut"):  # SFT is told too: it loses the answers' ends
+        encoding_problems(sft, pairs[:1], "sft.jsonl", None, compared=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # room for the whole of each: nothing to say
+        assert encoding_problems(PairwiseCollator(tiny_word_tokenizer, max_length=32, chat_template="never"),
+                                 pairs, "pairs.jsonl", [3, 4, 5]) == []
+
+
 def test_reference_cache_hits_and_misses(files, tmp_path):
     tokenizer, model = load_tokenizer(files["base"]), load_model(files["base"])
     from pluralign.data.io import read_records

@@ -52,6 +52,7 @@ class Encoded:
     input_ids: list[int]
     completion_mask: list[int]
     truncated: bool = False
+    completion_cut: bool = False  # the completion's end (and its EOS / end of turn) did not fit
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -133,7 +134,7 @@ def _truncate(tokenizer: Any, prompt_ids: list[int], completion_ids: list[int], 
     completion_ids = completion_ids[:room]
     return Encoded(input_ids=prompt_ids + completion_ids,
                    completion_mask=[0] * len(prompt_ids) + [1] * len(completion_ids),
-                   truncated=cut_prompt or cut_completion)
+                   truncated=cut_prompt or cut_completion, completion_cut=cut_completion)
 
 
 def _cut_prompt(tokenizer: Any, ids: list[int], n: int, mode: Truncation) -> list[int]:

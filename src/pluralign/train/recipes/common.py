@@ -72,30 +72,42 @@ def encoding_problems(collator: Any, records: Sequence[Any], source: str, lines:
     the chat template cannot render. Found while reading, the file and line are known; found by the collator
     (in the reference pass, or at whatever step drew the row) the message named neither, and its preview of a
     chat prompt was the template's system header, the same for every row. `compared` (a loss that compares a
-    record's responses): a record whose responses encode to the same tokens is warned of."""
+    record's responses): a record whose responses encode to the same tokens is warned of. Records with a response
+    cut at max_length are counted and warned of once: cutting was silent, and a reply that loses its end of turn
+    teaches the model answers that do not end."""
     if collator.chat_template == "always":  # a setting every row would fail alike: said once, as a ConfigError
         uses_template(collator.tokenizer, "", "always")
-    problems, alike = [], []
+    problems, alike, cut = [], [], []
     for line, record in zip(range(1, len(records) + 1) if lines is None else lines, records, strict=True):
         # The prompt first, with a one-character reply: a prompt at fault is named as such, once.
         encoded = []
         for field, response in [("prompt", "x"), *record_texts(record)]:
             try:
-                encoded.append(tuple(collator.encode(record.prompt, response).input_ids))
+                encoded.append(collator.encode(record.prompt, response))
             except PluralignError as e:
                 problems.append(Problem(source, line, field, str(e)))
                 break  # one per record
         else:
-            if compared and len(set(encoded[1:])) < len(encoded) - 1:
+            ids = [tuple(e.input_ids) for e in encoded[1:]]
+            if compared and len(set(ids)) < len(ids):
                 alike.append(line)
+            if any(e.completion_cut for e in encoded[1:]):
+                cut.append(line)
+    if cut:
+        warnings.warn(f"{source}: {len(cut)} of {len(records)} record(s) (line(s) {_first(cut)}) have a response cut at "
+                      f"max_length={collator.max_length}, losing its end and its end of turn; raise max_length, or set "
+                      "max_prompt_length to cut long prompts instead", stacklevel=2)
     if alike:
         # Responses that differ only past the cut (or in words the tokenizer maps alike) are one sequence: such a
         # pair's loss has no gradient, and its reward accuracy counts it as wrong. Not refused: the rest trains.
-        warnings.warn(f"{source}: {len(alike)} record(s) (line(s) {', '.join(map(str, alike[:5]))}"
-                      f"{', …' if len(alike) > 5 else ''}) hold responses that encode to the same tokens within "
+        warnings.warn(f"{source}: {len(alike)} record(s) (line(s) {_first(alike)}) hold responses that encode to the same tokens within "
                       f"max_length={collator.max_length}, so they train nothing; if the cut made them alike, raise "
                       "max_length or set max_prompt_length to cut the prompt instead", stacklevel=2)
     return problems
+
+
+def _first(lines: Sequence[int], n: int = 5) -> str:
+    return ", ".join(map(str, lines[:n])) + (", …" if len(lines) > n else "")
 
 
 # Why records of one kind can give none of another: what each target needs of them.
