@@ -9,17 +9,16 @@ from pathlib import Path
 
 from pluralign.data.convert import convert
 from pluralign.data.io import (
+    check_records_path,
     default_rejects_path,
     read_checked,
     read_records,
-    record_format,
     write_records,
     write_rejects,
 )
 from pluralign.data.records import KINDS, kind_of
 from pluralign.data.stats import format_summary, summary
 from pluralign.errors import DataError, PluralignError
-from pluralign.runs import check_writable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,7 +65,7 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.rejects and not args.skip_invalid:  # else ignored: without --skip-invalid bad rows stop the command
         raise PluralignError("--rejects names where --skip-invalid sets the bad rows aside; add --skip-invalid")
     if args.out:  # checked after the file was read: it printed "all valid" and then refused --out
-        _check_output(args.out, "--out")
+        check_records_path(args.out, "--out")
     checked = read_checked(args.file, args.kind)
     total = len(checked.records) + len(checked.rejects)
     if not args.skip_invalid:
@@ -89,7 +88,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    _check_output(args.output, "output")
+    check_records_path(args.output, "output")
     records = read_records(args.input, args.kind)
     source = kind_of(records[0])
     out = convert(
@@ -128,8 +127,3 @@ def parse_weights(text: str | None) -> dict[str, float] | None:
         raise PluralignError(f"--weights: expected name=number pairs separated by commas, got {text!r}")
     return weights
 
-
-def _check_output(path: str, flag: str) -> None:
-    """Before reading the input: a format `write_records` writes, in a place that can be written."""
-    record_format(path)
-    check_writable(path, flag)

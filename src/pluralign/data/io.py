@@ -42,8 +42,14 @@ from pluralign.data.validate import (
     parse_row,
 )
 from pluralign.data.verdict_pairs import is_per_objective_row, per_objective_rows
-from pluralign.errors import DataError, PluralignError, Problem
-from pluralign.runs import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from pluralign.errors import ConfigError, DataError, PluralignError, Problem
+from pluralign.runs import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    check_writable,
+)
 
 
 @dataclass
@@ -236,6 +242,16 @@ def record_format(path: str | os.PathLike) -> str:
             f"cannot write {path}: unknown format {suffix!r}; use one of {', '.join(FORMATS)}"
         )
     return suffix
+
+
+def check_records_path(path: str | os.PathLike, flag: str) -> None:
+    """Before the work that makes records: a `ConfigError` naming `flag` when `path` has no format
+    `write_records` writes or is in a place that cannot be written (found after the work, it was lost)."""
+    try:
+        record_format(path)
+    except PluralignError as e:
+        raise ConfigError(f"{flag}: {e}") from None
+    check_writable(path, flag)
 
 
 def write_records(path: str | os.PathLike, records: Sequence[Record]) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pluralign.errors import ConfigError, PluralignError
+from pluralign.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,15 +74,10 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _feedback(args: argparse.Namespace) -> int:
-    from pluralign.data.io import record_format
-    from pluralign.runs import check_writable
+    from pluralign.data.io import check_records_path
     from pluralign.sandbox.feedback import generate_file
 
-    try:  # an unknown extension or an unwritable place was found once every record was made
-        record_format(args.out)
-    except PluralignError as e:
-        raise ConfigError(f"--out: {e}") from None
-    check_writable(args.out, "--out")
+    check_records_path(args.out, "--out")  # an unknown extension or an unwritable place: found once every record was made
     # Each shapes one kind's records; given with another kind it would be ignored without a word.
     one_kind = {"k": ("--k", "ranked"), "rated_per_prompt": ("--rated-per-prompt", "rated")}
     for name, (flag, kind) in one_kind.items():
