@@ -359,3 +359,27 @@ def test_prompts_are_read_from_any_form_of_feedback_data(tmp_path):
     assert [(p.prompt, p.user) for p in got] == [("Explain rain.", None), (user, "u7")]
     (tmp_path / "chat.csv").write_text('prompt\n"' + json.dumps(user).replace('"', '""') + '"\n')
     assert read_prompts([str(tmp_path / "chat.csv")])[0].prompt == user
+
+
+def test_prompt_rows_sampling_fields_are_named_as_unused(tmp_path) -> None:
+    """A decode prompt file's per-row n / temperature / max_new_tokens were dropped silently by online
+    training; it now warns once per file, naming each field and its lines (the group of a feedback row, and
+    the user, weights and stop that rollouts use, are not named)."""
+    import warnings
+
+    from pluralign.online.rollout import read_prompts
+
+    path = tmp_path / "decode_prompts.jsonl"
+    path.write_text('{"prompt": "a", "n": 4, "temperature": 0.7, "user": "u1", "group": "g"}\n'
+                    '{"prompt": "b", "max_new_tokens": 9, "stop": ["x"]}\n{"prompt": "c", "temperature": 0.5}\n')
+    with pytest.warns(UserWarning, match=r"decode_prompts.jsonl: online training does not use") as caught:
+        prompts = read_prompts([str(path)])
+    message = str(caught[0].message)
+    assert "n (line 1)" in message and "temperature (lines 1, 3)" in message and "max_new_tokens (line 2)" in message
+    assert "group" not in message.split(". Every")[0] and "user (" not in message and "stop (" not in message
+    assert len(caught) == 1 and prompts[1].stop == ("x",)
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text('{"prompt": "a", "user": "u1", "group": "g", "weights": {"a": 1}}\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_prompts([str(plain)])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,8 +109,33 @@ def read_prompts(paths: Sequence[str], check: Callable[[Sequence[Any], str, Sequ
             bad.append(r.problem("stop", str(e)))
     if bad:
         raise DataError(bad)
+    warn_unused_controls(rows)
     return [Prompt(i, r.prompt, r.fields.get("user"), r.fields.get("weights"), stop)
             for i, (r, stop) in enumerate(zip(rows, stops, strict=True))]
+
+
+# A prompt row's sampling controls (`pluralign decode` honours them per row) that a rollout does not: they
+# would change the sampling policy row by row, which the recipe's group_size and sampling settings fix for all.
+# (A row's user, weights and stop are used; a feedback row's group names its annotator's group, not a control.)
+ROW_SAMPLING_FIELDS = ("n", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "chat_template")
+
+
+def warn_unused_controls(rows: Sequence[Any]) -> None:
+    """Warn, once per file, of per-request controls its rows carry that online training does not use: a
+    prompt file written for `pluralign decode` (`n`, `temperature`, `max_new_tokens`, ...) trained silently
+    with the recipe's settings instead."""
+    unused: dict[str, dict[str, list[int]]] = {}
+    for r in rows:
+        for name in ROW_SAMPLING_FIELDS:
+            if r.fields.get(name) is not None:
+                unused.setdefault(r.source, {}).setdefault(name, []).append(r.line)
+    for source, fields in unused.items():
+        listed = "; ".join(f"{name} (line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines[:3]))}"
+                           f"{', ...' if len(lines) > 3 else ''})" for name, lines in fields.items())
+        warnings.warn(f"{source}: online training does not use these per-row sampling fields: {listed}. Every "
+                      "prompt is sampled with the recipe's settings (group_size, max_new_tokens, temperature, "
+                      "top_p, top_k, chat_template, the run's seed); a row's user, weights and stop are used.",
+                      stacklevel=3)
 
 
 def derived_seed(*parts: Any) -> int:
