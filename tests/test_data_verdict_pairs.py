@@ -121,3 +121,15 @@ def test_a_judge_that_is_no_person_id_stays_in_meta(tmp_path):
     row = arena("model_a", "Paris.", "Lyon.", judge=["gpt-4", "pair-v2"])  # MT-Bench's GPT-4 judgments
     record = read_records(write_jsonl(tmp_path / "gpt4.jsonl", [row]))[0]
     assert record.user is None and record.meta["judge"] == ["gpt-4", "pair-v2"]
+
+
+def test_helpsteer3_preference_out_of_its_scale_is_named(tmp_path):
+    """overall_preference runs from -3 to 3: 7 was read as "response 2 won" with margin 7, and NaN (a blank
+    CSV cell read as a number) as "response 1 won" with margin NaN."""
+    context = [{"role": "user", "content": "Name a prime."}]
+    rows = [{"context": context, "response1": "7", "response2": "nine", "overall_preference": value}
+            for value in (7, float("nan"), -3)]
+    checked = read_checked(write_jsonl(tmp_path / "hs3.jsonl", rows))
+    assert [(r.chosen, r.margin) for r in checked.records] == [("7", 3.0)]
+    assert [(p.line, p.field) for p in checked.problems] == [(1, "overall_preference"), (2, "overall_preference")]
+    assert all("from -3 to 3" in p.message for p in checked.problems)

@@ -54,7 +54,9 @@ def _winner(row: Mapping[str, Any]) -> int | str:
     """0 or 1 (the side that won), or what the row says instead (a tie, an unknown verdict)."""
     if SCALE in row:
         scale = number_of(row[SCALE])
-        return short(row[SCALE]) if scale is None else "tie" if scale == 0 else int(scale > 0)
+        if scale is None or not -3 <= scale <= 3:  # NaN and 7 read as "response 1 won", margin NaN / 7
+            return short(row[SCALE])
+        return "tie" if scale == 0 else int(scale > 0)
     if _sides(row) == SHP_SIDES and "labels" in row:
         label = number_of(row["labels"])
         return {1.0: 0, 0.0: 1}.get(label, short(row["labels"]))
