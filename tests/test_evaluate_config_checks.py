@@ -289,3 +289,15 @@ def test_an_llm_judge_cache_dir_that_cannot_be_written_fails_before_generation(n
     with pytest.raises(Generated):  # a new directory is fine: made with the first reply
         runner.evaluate_config(cfg(judge=judge | {"cache_dir": str(tmp_path / "new" / "cache")}), where="eval.yaml")
     assert not (tmp_path / "new").exists()
+
+
+def test_help_config_documents_every_key_a_config_may_hold(capsys):
+    """`pluralign eval --help-config` prints the config's keys; each key the checks accept is in it (there
+    was no such option, and the docstring it prints left out `description` and `device`)."""
+    from pluralign.cli import main
+
+    assert main(["eval", "--help-config"]) == 0
+    text = capsys.readouterr().out
+    keys = runner.TOP_KEYS | runner.MODEL_KEYS | set(runner.GENERATION_KEYS) | set().union(*runner.JUDGE_KEYS.values())
+    assert sorted(k for k in keys if k not in text) == []
+    assert text.startswith("Config (YAML)") and "models:" in text

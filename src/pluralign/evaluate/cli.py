@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 from pluralign.cli import DefaultsHelpFormatter
@@ -31,6 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="Results JSON (default: the config's `out`, else results.json "
                                                 "next to the config).")
     p.add_argument("--report", default=None, help="Also render the HTML report to this file.")
+    p.add_argument("--help-config", action="store_true", help="print every key of the YAML config, with its "
+                                                              "meaning and an example, and exit")
     p.set_defaults(func=run_eval)
     sub = p.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
     if importlib.util.find_spec("pluralign.reward.cli") is not None:
@@ -56,6 +59,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from pluralign.evaluate.runner import evaluate_config
     from pluralign.runs import atomic_write_json, check_writable
 
+    if args.help_config:
+        print(config_help())
+        return 0
     if not args.config:
         raise ConfigError("`pluralign eval` needs --config FILE (or a subcommand, e.g. `pluralign eval rm`)")
     path = Path(args.config)
@@ -75,6 +81,16 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.report:
         print(f"report: {write_report(results, args.report)}")
     return 0
+
+
+def config_help() -> str:
+    """The evaluation config's keys, as `pluralign.evaluate.runner` documents them (one text: the keys a
+    config may hold are checked against the same module's lists)."""
+    from pluralign.evaluate import runner
+
+    doc = runner.__doc__ or ""
+    start = doc.index("Config (YAML)")
+    return textwrap.dedent(doc[start:]).strip()
 
 
 def summary_lines(results: dict) -> list[str]:

@@ -4,6 +4,7 @@ and write a results JSON in the report schema (:mod:`pluralign.evaluate.report`)
 Config (YAML)::
 
     title: my evaluation
+    description: free text shown under the report's title
     prompts: prompts.jsonl        # JSONL/JSON rows with "prompt", a .txt file (one per line), a list,
                                   # a feedback data file of any form (its distinct prompts),
                                   # or {sandbox: 32, seed: 0} for sandbox prompts; a row's own
@@ -28,6 +29,7 @@ Config (YAML)::
                                   # the gold attributes or a multi-objective reward judge's columns
     bootstrap: 1000               # bootstrap resamples of each win rate's CI (an integer >= 1)
     out: results.json
+    device: auto                  # where the models generate: cpu, cuda, auto (the best there is); default: CPU
 
 A config is code: only run configs you trust. ``source: module:function`` imports and calls that Python
 function, and ``kind: llm`` reads the environment variable named by ``api_key_env`` and sends its value
