@@ -283,3 +283,34 @@ def test_online_recipe_under_fsdp2_is_one_error(tmp_path):
     proc = launch("cli", "train", "grpo", "--config", str(config), fsdp=True, check=False, extra_path=str(HERE))
     assert proc.returncode != 0 and "[rank" not in proc.stderr, proc.stderr[-5000:]
     assert proc.stderr.count("error: online recipes do not run under FSDP") == 2, proc.stderr[-5000:]
+
+
+def test_two_process_group_objectives_match_one_process(tmp_path):
+    """Group objectives over the whole step under DDP: each process's losses are gathered from both before the
+    non-linear objective (worst group; group DRO's weights, updated once per step), so 2 processes x batch 2
+    train as 1 process x batch 4."""
+    from loop_toys import make_model_dir
+    from test_personal import _opposed, _write
+
+    from pluralign.models.load import load_model
+    from pluralign.train import run_preference
+
+    base = make_model_dir(tmp_path / "base")
+    pairs = _write(tmp_path / "pairs.jsonl", _opposed(12) + [r | {"group": "c"} for r in _opposed(6)])
+    loop = {"learning_rate": 1.0, "adam_eps": 1.0, "max_steps": 3, "log_every": 1, "progress": False}
+    objectives = {"worst_group": {}, "group_dro": {"step_size": 1.0}}
+    configs = []
+    for name, params in objectives.items():
+        configs.append(tmp_path / f"{name}.yaml")
+        configs[-1].write_text(json.dumps({"model": str(base), "data": [pairs], "loss": "dpo",
+                                           "output_dir": str(tmp_path / "ddp" / name), "loop": loop | {"batch_size": 2},
+                                           "personal": {"group_objective": name, "group_objective_params": params}}))
+    launch("preference", *map(str, configs))
+    for name, params in objectives.items():
+        single = run_preference(model=str(base), data=[pairs], loss="dpo", output_dir=str(tmp_path / name),
+                                loop=loop | {"batch_size": 4},
+                                personal={"group_objective": name, "group_objective_params": params})
+        a = load_model(single.model_dir).state_dict()
+        b = load_model(tmp_path / "ddp" / name / "model").state_dict()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)

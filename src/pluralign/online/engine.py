@@ -38,6 +38,7 @@ from pluralign.online.rewards import (
     varied_groups,
 )
 from pluralign.online.rollout import NativeBackend, Prompt, Rollout, derived_seed, generate, generate_by_stop
+from pluralign.train.parallel import all_processes_rows
 from pluralign.train.reference import Snapshot, adapters_disabled, frozen_copy, loop_autocast
 
 
@@ -197,7 +198,7 @@ class Engine:
             batch["metrics"] = metrics | batch.get("metrics", {})
             built.append((tuple(idx), batch, denominator))
         if hasattr(self.method, "finish"):  # over the whole step's rollout, every micro-batch and process
-            self.method.finish([batch for _, batch, _ in built], gather=_all_processes_rows)
+            self.method.finish([batch for _, batch, _ in built], gather=all_processes_rows)
         gen_tps = torch.tensor(gen_tokens / max(self._gen_seconds, 1e-9))
         for _, batch, _ in built:
             batch["metrics"]["gen_tokens_per_s"] = gen_tps
@@ -276,7 +277,7 @@ class Engine:
         rollout first, every micro-batch and process: per micro-batch, the first was scaled by statistics
         without the second's rewards, and each process kept moments of its own."""
         if self.reward_norm != "none":
-            self.moments.update(_all_processes_rows(torch.cat(parts))[0])
+            self.moments.update(all_processes_rows(torch.cat(parts))[0])
             return [scaled_by(r, self.moments, center=self.reward_norm == "running", clip=self.reward_clip) for r in parts]
         if self.reward_clip:
             return [r.clamp(-self.reward_clip, self.reward_clip) for r in parts]
@@ -319,22 +320,3 @@ def _all_processes_sum(x: torch.Tensor) -> torch.Tensor:
         torch.distributed.all_reduce(y)
         return y.cpu()
     return x
-
-
-def _all_processes_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The rows x [N, ...] of every process concatenated in rank order (later dims zero-padded to the widest),
-    and where this process's rows begin."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return x, 0
-    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-    nccl = torch.distributed.get_backend() == "nccl"  # NCCL gathers only CUDA tensors
-    on = (lambda t: t.cuda()) if nccl else (lambda t: t)
-    shapes = [on(torch.zeros(x.dim(), dtype=torch.long)) for _ in range(world)]
-    torch.distributed.all_gather(shapes, on(torch.tensor(x.shape)))
-    shapes = [s.cpu().tolist() for s in shapes]
-    widest = [max(s[d] for s in shapes) for d in range(x.dim())]
-    pad = [p for d in reversed(range(1, x.dim())) for p in (0, widest[d] - x.shape[d])] + [0, widest[0] - len(x)]
-    parts = [on(torch.zeros(widest, dtype=x.dtype)) for _ in range(world)]
-    torch.distributed.all_gather(parts, on(torch.nn.functional.pad(x, pad)))
-    rows = [s[0] for s in shapes]
-    return torch.cat([p.cpu()[:n] for p, n in zip(parts, rows, strict=True)]), sum(rows[:rank])

@@ -39,6 +39,7 @@ from pluralign import conditioning
 from pluralign.config import option
 from pluralign.errors import ConfigError, DataError, Problem
 from pluralign.personal import group_fair
+from pluralign.personal.step_groups import StepGroups
 from pluralign.personal.vectors import PersonVectors, hidden_size, n_rows, offset, per_row, site
 
 INDEX = "person_vectors.json"
@@ -168,6 +169,7 @@ class Personalization:
         self.combine, stateful = group_fair.make(config.group_objective, max(len(self.groups), 1),
                                                  dict(config.group_objective_params), sizes=sizes or None)
         self.state = {"group_objective": self.combine} if stateful and self.groups else {}
+        self.steps = StepGroups(self.combine, stateful)
         self.vectors = None
         if not config.new_users_only and (held := read_index(model_dir)) is not None:
             # training on from a conditioned model silently saved a model without its users, or with new vectors
@@ -246,8 +248,14 @@ class Personalization:
             out["group_index"] = torch.tensor([where[str(r.group)] for r in records])
         return out
 
+    def prepare_step(self, model: Any, dataset: Sequence, collate: Callable, step: Callable, precision: str,
+                     keep: Sequence[Any] = ()) -> Callable | None:
+        """The loop's ``prepare_step`` under a group objective: the objective over each whole step
+        (`pluralign.personal.step_groups`); `step` is the training step as the loop runs it."""
+        return self.steps.hook(model, dataset, collate, step, precision, keep) if self.groups else None
+
     def wrap(self, step: Callable, *, training: bool) -> Callable:
-        combine = self.combine
+        steps = self.steps
         # A new user's run trains only the new vectors (the policy is frozen): an example seen without its
         # vector would train nothing, and the population model it stands for is not trained in that run.
         vectors = self.vectors
@@ -263,12 +271,12 @@ class Personalization:
                 rows = n_rows(batch) // len(index)  # pairwise: chosen rows then rejected rows
                 with offset(self.site, per_row(vectors.vectors(index).repeat(rows, 1), batch)):
                     values, metrics = step(model, batch)
-            if self.groups:
+            if self.groups and not steps.collecting:
                 groups = batch["group_index"].to(values.device)
                 metrics = metrics | self._group_losses(values, groups)
-                values = combine(values, groups, update=training)
+                values = steps.values(values, groups, training=training)
                 if self.state:  # group DRO: its weights over the groups, to watch them move
-                    metrics = metrics | {f"group_weight/{g}": combine.q[i].float()
+                    metrics = metrics | {f"group_weight/{g}": self.combine.q[i].float()
                                          for i, g in enumerate(self.groups)}
             return values, metrics
 

@@ -17,8 +17,8 @@ the training loop (which averages what a step returns) needs no change.
   gradient weight ∝ 1/s_g: the least satisfied group counts most, yet no group is ignored.
 
 - `group_dro`: online group DRO (Sagawa et al. ICLR 2020, "Distributionally Robust Neural Networks",
-  Algorithm 1): a weight q_g per group kept across steps, q_g ← q_g·exp(η·L_g) after each training batch
-  and renormalised, and the objective Σ_g q_g L_g. The weights integrate every batch's evidence, so a small
+  Algorithm 1): a weight q_g per group kept across steps, q_g ← q_g·exp(η·L_g) by each training step's
+  batch and renormalised, and the objective Σ_g q_g L_g. The weights integrate every batch's evidence, so a small
   group seen a few times per batch is not judged by one noisy batch mean as the hard max does. With
   `adjustment` C > 0 the weights follow L_g + C/√n_g, n_g the group's training examples (the paper's
   generalization adjustment): a small group's training loss understates its loss on new data, since a
@@ -37,6 +37,10 @@ the training loop (which averages what a step returns) needs no change.
 
 In `worst_group`, `nash` and `balanced`, groups with no example in a batch do not take part in that batch's
 objective (`group_dro` differs, see above).
+
+In training, "the batch" is the optimizer step's whole batch, every micro-batch of every process
+(`over_step`, fed by `pluralign.personal.step_groups`), so grad_accum and processes do not change the
+objective; in evaluation it is each evaluation batch.
 """
 
 from __future__ import annotations
@@ -159,6 +163,24 @@ class GroupDRO:
 
     def load_state_dict(self, state: dict[str, list[float]]) -> None:
         self.q = torch.tensor(state["q"], dtype=torch.float64)
+
+
+def over_step(combine: Combiner, losses: Tensor, groups: Tensor, step_losses: Tensor, step_groups: Tensor,
+              start: int) -> Tensor:
+    """One micro-batch's values of the objective over its whole optimizer step. `step_losses` / `step_groups`
+    hold every example of the step (every micro-batch of every process, detached, from a no-grad pass before
+    it), this micro-batch's from `start`; its own entries are replaced by `losses` (with gradient). The
+    values' mean is the step's objective, and their gradient this micro-batch's share of its gradient, scaled
+    by the step's size over the micro-batch's: the loop, which averages over micro-batches and processes,
+    then applies the gradient of the objective of the whole step. A non-linear objective (a max, a log of
+    group means) computed per micro-batch would change with how the step is split."""
+    n = len(losses)
+    if not torch.equal(step_groups[start:start + n].cpu(), groups.cpu()):
+        raise RuntimeError("the step's group losses were gathered for other examples than this micro-batch's")
+    full = torch.cat([step_losses[:start].to(losses), losses, step_losses[start + n:].to(losses)])
+    value = combine(full, step_groups.to(groups.device), update=False).mean()
+    scale = len(full) / n
+    return _spread(value.detach() + scale * (value - value.detach()), n)
 
 
 def make(name: str, n_groups: int, params: dict, sizes: Sequence[int] | None = None) -> tuple[Combiner, bool]:

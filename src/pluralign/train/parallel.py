@@ -216,3 +216,22 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def all_processes_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The rows x [N, ...] of every process concatenated in rank order (later dims zero-padded to the widest),
+    and where this process's rows begin."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x, 0
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    nccl = torch.distributed.get_backend() == "nccl"  # NCCL gathers only CUDA tensors
+    on = (lambda t: t.cuda()) if nccl else (lambda t: t)
+    shapes = [on(torch.zeros(x.dim(), dtype=torch.long)) for _ in range(world)]
+    torch.distributed.all_gather(shapes, on(torch.tensor(x.shape)))
+    shapes = [s.cpu().tolist() for s in shapes]
+    widest = [max(s[d] for s in shapes) for d in range(x.dim())]
+    pad = [p for d in reversed(range(1, x.dim())) for p in (0, widest[d] - x.shape[d])] + [0, widest[0] - len(x)]
+    parts = [on(torch.zeros(widest, dtype=x.dtype)) for _ in range(world)]
+    torch.distributed.all_gather(parts, on(torch.nn.functional.pad(x, pad)))
+    rows = [s[0] for s in shapes]
+    return torch.cat([p.cpu()[:n] for p, n in zip(parts, rows, strict=True)]), sum(rows[:rank])

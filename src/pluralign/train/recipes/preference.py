@@ -250,11 +250,16 @@ def run(config: PreferenceConfig) -> RecipeResult:
     if multi is not None and multi.drop_ties:
         # After every per-example value is in place: the items keep their rows of the cached values.
         train_items = [train_items[i] for i in mo.informative([it.record for it in train_items], multi)]
+    collate = Collate(collator, train_values)
+    # the scheme's first (a joint soup draws the step's weights), then the group objective's pass over the step
+    hooks = [h for h in (mo.prepare_step(scheme, step_counts, [it.record for it in train_items]),
+                         personal.prepare_step(model, train_items, collate, step, config.loop.mixed_precision,
+                                               keep=[shift] if shift else [])) if h is not None]
     with holding(out):  # until the model is saved: no second run starts on the directory after the loop
-        result = train(model, train_items, Collate(collator, train_values), step, config.loop, out,
+        result = train(model, train_items, collate, step, config.loop, out,
                        eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_values),
                        stateful=({"reward_shift": shift} if shift else {}) | personal.state, run_config=config,
-                       prepare_step=mo.prepare_step(scheme, step_counts, [it.record for it in train_items]))
+                       prepare_step=_in_turn(hooks))
         personal.detach(model)
         if scheme is not None:
             scheme.detach(model)
@@ -292,6 +297,18 @@ def _check_inputs(config: PreferenceConfig, info: losses.LossInfo) -> None:
     if config.objectives.margin_reward and not reads_margins:  # it would score every pair for nothing
         raise ConfigError(f"objectives.margin_reward gives MODPO its margins; loss '{info.name}' does not read them "
                           "(use loss=modpo, or leave margin_reward unset)", field="objectives.margin_reward")
+
+
+def _in_turn(hooks: list[Callable]) -> Callable | None:
+    """One ``prepare_step`` that runs `hooks` in order (None without any)."""
+    if not hooks:
+        return None
+
+    def prepare(step: int, micro: list[list[int]]) -> None:
+        for hook in hooks:
+            hook(step, micro)
+
+    return prepare
 
 
 def _prefixed(values: Tensors | None, prefix: str) -> Tensors:
