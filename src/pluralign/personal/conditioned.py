@@ -202,9 +202,7 @@ class Personalization:
                 raise ConfigError(f"personal.new_users_only: every {self.field} in the data already has a vector")
             basis = old.table()[1:].detach() if config.new_user_prior == "mixture" else None
             self.vectors = PersonVectors(old.names + new, old.raw.shape[1], scale=old.scale, frozen=old.names,
-                                         basis=basis)
-            with torch.no_grad():
-                self.vectors.raw[:len(old.names)] = old.raw
+                                         basis=basis, values=dict(zip(old.names, old.stored(), strict=True)))
             self.user_groups, self.table_on = index.get("user_groups", {}), index["on"]
         else:
             self.table_on = self.field

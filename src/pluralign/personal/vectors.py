@@ -14,7 +14,7 @@ unconditioned model, and an unknown person falls back to it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -86,26 +86,32 @@ class PersonVectors(torch.nn.Module):
     vector in embedding space needs far larger steps than a fine-tuned weight)."""
 
     def __init__(self, names: Sequence[str], dim: int, *, scale: float = 1.0, frozen: Sequence[str] = (),
-                 basis: torch.Tensor | None = None):
+                 basis: torch.Tensor | None = None, values: Mapping[str, torch.Tensor] | None = None):
         super().__init__()
         names = list(names)
         if len(set(names)) != len(names) or POPULATION in names:
             raise ConfigError("person vectors: names must be distinct and not the population's")
         self.names, self.scale = names, float(scale)
         self.index = {n: i + 1 for i, n in enumerate(names)}
-        self.raw = torch.nn.Parameter(torch.zeros(len(names), dim))
-        # Rows that must not move (a new user's fit trains only the new rows).
+        start = torch.zeros(len(names), dim)  # `values`: rows as stored (divided by scale), by name
+        for name, row in (values or {}).items():
+            start[self.index[name] - 1] = row.detach()
+        self.raw = torch.nn.Parameter(start)
+        # Rows that must not move (a new user's fit trains only the new rows). They are read from a copy:
+        # AdamW's weight decay shrinks every entry of a parameter it holds, with or without gradient.
         self.register_buffer("trainable", torch.tensor([n not in set(frozen) for n in names], dtype=torch.bool),
                              persistent=False)
+        self.register_buffer("fixed", start.clone(), persistent=False)
         # PAL-style new users (Chen et al. 2025: a new user is a softmax mixture of learned prototypes): the
         # trainable rows are softmax(logits) @ basis, a convex combination of the trained vectors, so a few
         # pairs choose among known preferences instead of searching the whole activation space.
         self.register_buffer("basis", None if basis is None else basis.detach().clone(), persistent=False)
         if basis is not None:
             self.mix = torch.nn.Parameter(torch.zeros(int(self.trainable.sum()), len(basis)))
+            self.raw.requires_grad_(False)  # every trainable row is a mixture: `raw` trains nothing
 
     def table(self) -> torch.Tensor:
-        raw = torch.where(self.trainable[:, None], self.raw, self.raw.detach()) * self.scale
+        raw = torch.where(self.trainable[:, None], self.raw, self.fixed) * self.scale
         if self.basis is not None:
             mixed = torch.softmax(self.mix, -1) @ self.basis
             raw = raw.masked_scatter(self.trainable[:, None].expand_as(raw), mixed)
