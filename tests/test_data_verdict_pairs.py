@@ -133,3 +133,19 @@ def test_helpsteer3_preference_out_of_its_scale_is_named(tmp_path):
     assert [(r.chosen, r.margin) for r in checked.records] == [("7", 3.0)]
     assert [(p.line, p.field) for p in checked.problems] == [(1, "overall_preference"), (2, "overall_preference")]
     assert all("from -3 to 3" in p.message for p in checked.problems)
+
+
+def test_one_person_is_one_id_whatever_the_file_writes(tmp_path):
+    """Ids are names: 3, "3" and 3.0 (pandas writes an integer column with gaps as floats) are one user, and so are
+    "alice" and " alice " (a CSV cell after ', '). 3.0 given as user_id went to meta without a word (the record
+    trained with no user), and " alice" was another user than "alice", whose vector `--user alice` never found."""
+    rows = [{"prompt": "q", "chosen": "good", "rejected": "bad", "user_id": v, "group": g}
+            for v, g in ((3, "a"), ("3", " a"), (3.0, "a "), (" alice ", "b"), ("alice", "b"))]
+    assert [(r.user, r.group) for r in read_records(write_jsonl(tmp_path / "p.jsonl", rows))] == [
+        ("3", "a"), ("3", "a"), ("3", "a"), ("alice", "b"), ("alice", "b")]
+    (tmp_path / "p.csv").write_text("prompt,chosen,rejected,user\nq,good,bad, alice\n")
+    assert read_records(str(tmp_path / "p.csv"))[0].user == "alice"
+    # a number that names no one is refused where it stands, whatever its field's spelling
+    for name in ("user", "user_id"):
+        bad = read_checked(write_jsonl(tmp_path / f"{name}.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b", name: 3.5}]))
+        assert [(p.line, p.field) for p in bad.problems] == [(1, "user")] and not bad.records

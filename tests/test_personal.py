@@ -310,6 +310,8 @@ def test_decode_applies_each_requests_user_vector_and_falls_back_with_a_warning(
         alone.append(decode("sample", model, tok, prompts[:1], controls=controls[0]).texts[0])
     assert texts[1] == texts[2] == alone[0]  # no vector and an unknown user: the population model
     assert texts[0] == alone[1] != alone[0]
+    # " alice " is alice, as a training file's " alice" is read
+    assert decode("sample", policy, tokenizer, prompts[:1], controls=controls[0].replace(user=" alice ")).texts == [texts[0]]
 
 
 def test_janus_persona_message_trains_and_conditions_requests(tiny, tmp_path):

@@ -57,6 +57,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pluralign.data.field_checks import person_id
 from pluralign.errors import ConfigError, Problem
 from pluralign.registry import Registry
 
@@ -183,7 +184,8 @@ class Scheme:
         w = tuple(weights_of(weights, self.objectives, field + "weights")) if weights is not None else None
         d = tuple(direction_of(direction, self.objectives, field + "direction")) if direction is not None else None
         s = tuple(vector_of(scores, self.objectives, field + "scores")) if scores is not None else None
-        return Condition(w, d, None if user is None else str(user), None if group is None else str(group), s)
+        # ids as the training data's are read (`person_id`): 3 is "3", " alice" is "alice"
+        return Condition(w, d, None if user is None else person_id(user), None if group is None else person_id(group), s)
 
     def condition_of(self, record: Any) -> Condition:
         """A training example's condition: its record's ``meta`` weights/direction/scores when given, else

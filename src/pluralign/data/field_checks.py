@@ -5,6 +5,7 @@ and a list of (field, message) issues, never raises."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from itertools import pairwise
 from typing import Any
@@ -139,11 +140,23 @@ def _check_string(name: str, value: Any) -> tuple[Any, list[Issue]]:
     return value, [] if value.strip() else [(name, "empty text")]
 
 
+def person_id(value: Any) -> str | None:
+    """A user's or group's id as the name it is, so that one person is one id in every file and request: an
+    integer as its digits, also one written as 3.0 (pandas writes an integer column with gaps as floats), a
+    text without the spaces around it (a CSV cell after ', '); None when `value` is neither."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy's too, as requests allow
+        return str(int(value))
+    return value.strip() if isinstance(value, str) else None
+
+
 def _check_id(name: str, value: Any) -> tuple[Any, list[Issue]]:
     # Numeric user/group ids are common in collected data; they are names, so keep them as strings.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value), []
-    return _check_string(name, value)
+    found = person_id(value)
+    if found is None:
+        return value, [(name, f"expected a text or an integer id, got {type_name(value)} {short(value)}")]
+    return found, [] if found else [(name, "empty text")]
 
 
 def _check_polarity(name: str, value: Any) -> tuple[Any, list[Issue]]:

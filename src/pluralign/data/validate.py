@@ -130,7 +130,7 @@ def _given_aliases(row: Mapping[str, Any], name: str) -> list[str]:
     if name == "ratings":
         given = [a for a in given if not isinstance(row[a], list)]  # a list of scores: no objective -> rating
     if name == "user":  # e.g. MT-Bench's judge ["gpt-4", "pair-v2"]: a judge's setup, not a person (kept as meta)
-        given = [a for a in given if isinstance(row[a], str | int)]
+        given = [a for a in given if not isinstance(row[a], list | dict)]  # any other value is judged as a user
     return given
 
 
