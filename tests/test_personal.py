@@ -347,6 +347,25 @@ def test_janus_persona_message_trains_and_conditions_requests(tiny, tmp_path):
         conditioning.get("persona_message")
 
 
+def test_janus_statements_keyed_by_numeric_user_ids(tiny, tmp_path, capsys):
+    """YAML reads `{7: ...}` with an integer key, while the data's user 7 is the id "7": the run died in the
+    key check with a TypeError traceback ('int' object is not iterable)."""
+    from pluralign import conditioning
+    from pluralign.cli import main
+
+    base, _, _ = tiny
+    data = _write(tmp_path / "pairs.jsonl", [r | {"user": 7} if r["user"] == "alice" else r for r in _opposed(8)])
+    argv = ["train", "dpo", f"model={base}", f"data=[{data}]", f"output_dir={tmp_path / 'o'}", "loop.progress=false",
+            "loop.batch_size=4", "loop.max_steps=1", "objectives.conditioning=persona_message"]
+    assert main(argv + ["objectives.conditioning_params={statements: {7: yes good, ' bob ': no bad}}"]) == 0
+    scheme = conditioning.load(tmp_path / "o" / "model")
+    assert [scheme.prompt("x", scheme.condition(user=u)) for u in (7, "7", "bob")] == ["yes good x"] * 2 + ["no bad x"]
+    capsys.readouterr()
+    assert main(argv + ["objectives.conditioning_params={statements: {1.5: yes good}}", "output_dir=" + str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "statements" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("setting, message", [
     ("personal.condition_on=user", "no training record has a 'user'"),
     ("personal.group_objective=worst_group", "anon.jsonl:1: field 'group': missing; group_objective 'worst_group'"),

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pluralign import conditioning
+from pluralign.data.field_checks import person_id
 from pluralign.errors import ConfigError
 
 
@@ -38,6 +39,12 @@ class PersonaMessage(conditioning.Scheme):
         bad = [k for k, v in statements.items() if not isinstance(v, str) or not v.strip()]
         if bad:
             raise ConfigError(f"persona_message: empty or non-text statement for {bad}")
+        # keys as the data's ids are read: YAML's {7: ...} has the integer 7, the data's user 7 is "7"
+        keys = {k: person_id(k) for k in statements}
+        if bad := [k for k, v in keys.items() if not v]:
+            raise ConfigError(f"objectives.conditioning_params.statements: the keys must be user or group ids (a text "
+                              f"or an integer), got {bad}", field="objectives.conditioning_params.statements")
+        statements = {keys[k]: v for k, v in statements.items()}
         # user → training group (filled by `fit`, saved): a trained user named alone gets their group's
         # statement, as their training examples did, and as the other per-person schemes resolve them
         super().__init__(objectives, statements=dict(statements), user_groups=dict(user_groups or {}))
