@@ -314,3 +314,26 @@ def test_two_process_group_objectives_match_one_process(tmp_path):
         b = load_model(tmp_path / "ddp" / name / "model").state_dict()
         for k in a:
             torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
+
+
+def test_two_process_evaluation_leaves_its_padding_out_of_group_losses(tmp_path):
+    """Evaluating 5 records on 2 processes pads one batch with a weight-0 repeat of record 0: the group objective
+    counted that repeat as a member of record 0's group, so eval/group_loss/<g> differed from one process's."""
+    from loop_toys import make_model_dir
+    from test_personal import _opposed, _write
+
+    from pluralign.train import run_preference
+
+    base = make_model_dir(tmp_path / "base")
+    rows = _opposed(12) + [r | {"group": "c"} for r in _opposed(6)]
+    pairs = _write(tmp_path / "pairs.jsonl", rows)
+    held = _write(tmp_path / "held.jsonl", [rows[1], rows[2], rows[13], rows[3], rows[12]])  # b a c b c: 0 is b
+    common = {"model": str(base), "data": [pairs], "eval_data": [held], "loss": "dpo",
+              "personal": {"group_objective": "worst_group"}}
+    loop = {"learning_rate": 1e-2, "max_steps": 1, "log_every": 1, "progress": False}
+    (tmp_path / "c.yaml").write_text(json.dumps(common | {"output_dir": str(tmp_path / "ddp"), "loop": loop | {"batch_size": 2}}))
+    launch("preference", str(tmp_path / "c.yaml"))
+    run_preference(**common, output_dir=str(tmp_path / "one"), loop=loop | {"batch_size": 4})
+    one, two = (next(r for r in RunDir(tmp_path / d).read_metrics() if "eval/loss" in r) for d in ("one", "ddp"))
+    for g in "abc":
+        assert two[f"eval/group_loss/{g}"] == pytest.approx(one[f"eval/group_loss/{g}"], abs=1e-6), g

@@ -41,6 +41,7 @@ from pluralign.errors import ConfigError, DataError, Problem
 from pluralign.personal import group_fair
 from pluralign.personal.step_groups import StepGroups
 from pluralign.personal.vectors import PersonVectors, hidden_size, n_rows, offset, per_row, site
+from pluralign.train.parallel import PADDING
 
 INDEX = "person_vectors.json"
 WEIGHTS = "person_vectors.safetensors"
@@ -271,6 +272,10 @@ class Personalization:
                     values, metrics = step(model, batch)
             if self.groups and not steps.collecting:
                 groups = batch["group_index"].to(values.device)
+                if PADDING in batch:  # an evaluation batch's repeats: no group's member (-1)
+                    groups = torch.where(batch[PADDING].to(groups.device), -1, groups)
+                    if not bool((groups >= 0).any()):  # repeats only: nothing to combine, weight 0 in the mean
+                        return values, metrics
                 metrics = metrics | self._group_losses(values, groups)
                 values = steps.values(values, groups, training=training)
                 if self.state:  # group DRO: its weights over the groups, to watch them move
@@ -287,7 +292,7 @@ class Personalization:
         not the group's mean loss."""
         losses = losses.detach()
         return {f"group_loss/{self.groups[g]}": (losses[groups == g].float().mean(), int((groups == g).sum()))
-                for g in torch.unique(groups).tolist()}
+                for g in torch.unique(groups[groups >= 0]).tolist()}
 
     def detach(self, model: Any) -> None:
         """Take the vectors off the model before it is saved (they are saved on their own)."""

@@ -65,6 +65,7 @@ from pluralign.train.loop_config import (
     run_steps,
 )
 from pluralign.train.parallel import (
+    PADDING,
     Batch,
     StepFn,
     StepModule,
@@ -347,6 +348,8 @@ def evaluate(run_step: Callable[[Batch], tuple[torch.Tensor, Mapping[str, Any]]]
             idx = mine[i:i + batch_size]
             real = torch.tensor([j < n for j in idx], device=accelerator.device, dtype=torch.float32)
             batch = to_device(collate([dataset[j if j < n else 0] for j in idx]), accelerator.device)
+            if not bool(real.all()):  # for steps with statistics over the batch (a group objective's group means)
+                batch[PADDING] = real == 0
             losses, metrics = run_step(batch)
             n_real = real.sum()
             sums.add("loss", (losses.float() * real).sum() / n_real.clamp(min=1), n_real)

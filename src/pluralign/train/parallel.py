@@ -15,6 +15,10 @@ from pluralign.errors import ConfigError, PluralignError
 from pluralign.runs import RunDir
 
 Batch = dict[str, Any]
+# The key of an evaluation batch's [B] bool mask of its padding rows (weight-0 repeats that keep every process's
+# forwards in step), present only when it has some: a step whose values depend on the batch as a whole (a group
+# objective's group means) must leave those rows out.
+PADDING = "padding_rows"
 StepFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, Mapping[str, Any]]]
 
 
