@@ -255,6 +255,15 @@ def test_parse_pairwise_never_reads_the_article_a_as_a_verdict(text, expected):
     assert (math.isnan(got) and math.isnan(expected)) or got == expected
 
 
+@pytest.mark.parametrize("text,expected", [
+    ("Final verdict: A tie.", 1.5), ("Verdict: A tie between the two", 1.5), ("A tie.", 1.5),
+    ("My verdict: A TIE", 1.5), ("Verdict: A", 1.0), ("Verdict: A, tied on style only", 1.0),
+])
+def test_a_tie_written_with_a_capital_article_is_a_tie(text, expected):
+    """A sentence starting "A tie" after "verdict:" was read as "A wins" (1.0), moving the win rate."""
+    assert parse_pairwise(text) == expected
+
+
 def test_parse_rating_and_weighted_preference():
     assert parse_rating("Rating: [[7]]") == 7.0 and parse_rating("I give it 6/10.") == 6.0
     assert parse_rating("Rating: 4.5") == 4.5 and math.isnan(parse_rating("Rating: [[42]]"))

@@ -61,8 +61,9 @@ WEIGHTED_TEMPLATE = (
 _BRACKET = re.compile(r"\[\[\s*(A|B|C|TIE|TIED)\s*\]\]", re.IGNORECASE)
 # Outside [[…]] the verdict letters are matched case-sensitively (only "tie" ignores case): the article
 # "a" in "my verdict is a tie" must not read as "A wins". Up to four lowercase words may sit between
-# "verdict" and its letter ("verdict is a clear win for B", "verdict: assistant B").
-_VERDICT = r"(A|B|C|(?i:tie))\b"
+# "verdict" and its letter ("verdict is a clear win for B", "verdict: assistant B"). An "A" followed by "tie" is
+# the article, capitalised as a sentence opens ("Final verdict: A tie."), not "A wins".
+_VERDICT = r"(A(?!\s+(?i:tie)\b)|B|C|(?i:tie))\b"
 _LOOSE = [
     re.compile(r"(?i:verdict)\W{0,6}(?:(?i:is)\W{0,4})?(?:(?i:[a-z]+)\s+){0,4}?\(?" + _VERDICT),
     re.compile(r"\b(?i:assistant|response|output)\s*\(?(A|B)\)?\s+(?i:is\s+(?:the\s+)?better)"),
