@@ -107,3 +107,17 @@ def test_agreement_keeps_a_pair_whose_swapped_verdict_is_missing():
                                 len_a=[1, 1, 50, 50], len_b=[50, 50, 1, 1])
     assert out["agreement_accuracy"] == 0.75  # 3 of 4 pairs, not 3 of the 3 read in both orders
     assert out["prob_prefer_longer"] == 0.75
+
+
+def test_repeats_count_only_the_verdicts_that_were_read():
+    # An unreadable repeat (NaN) was compared as a verdict that agrees with nothing, not even itself:
+    # [NaN, NaN, A] gave a disagreement rate of 1.33 (a rate above 1) and flip noise 0.5.
+    nan = float("nan")
+    repeats = np.array([[nan, nan, 1.0], [1.0, 1.0, nan], [1.0, 2.0, 2.0]])
+    # item 1 has one verdict (no pair to compare); item 2 agrees (0); item 3 disagrees on 4 of 6 ordered pairs
+    assert jr.pairwise_disagreement(repeats) == pytest.approx((0 + 4 / 6) / 2)
+    assert jr.repetition_stability(repeats) == 0.5
+    assert np.isnan(jr.pairwise_disagreement([[nan, 1.0], [2.0, nan]]))
+    assert np.isnan(jr.flip_noise([[nan, 1.0], [2.0, nan]]))
+    out = jr.reliability_report([1.0, 1.0], [1.0, 1.0], [1.0, 1.0], repeats=[[nan, 1.0], [2.0, nan]])
+    assert np.isnan(out["flip_noise"]) and "acc_random_denoised" not in out

@@ -105,28 +105,41 @@ def preference_fairness(p_original: Sequence[float], p_swapped: Sequence[float])
     return float((first - second) / inconsistent) if inconsistent else 0.0
 
 
-def pairwise_disagreement(repeats: Sequence[Sequence[float]] | np.ndarray) -> float:
-    """Mean over items of the fraction of pairs of repeated verdicts [n, K] that disagree."""
+def _repeat_sides(repeats: Sequence[Sequence[float]] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per item, how many of its K repeated verdicts [n, K] name a, a draw and b ([n, 3]), and how many were
+    read. An unreadable repeat (NaN) is no verdict: compared as one, it agreed with nothing, not even itself."""
     r = np.sign(_arr(repeats) - 1.5)
-    k = r.shape[1]
-    if k < 2:
+    if r.ndim != 2 or r.shape[1] < 2:
         raise ValueError("need at least 2 repeats per item")
-    same = (r[:, :, None] == r[:, None, :]).sum(axis=(1, 2)) - k
-    return float(np.mean(1 - same / (k * (k - 1))))
+    counts = np.stack([(r == side).sum(1) for side in (-1.0, 0.0, 1.0)], axis=1)
+    return counts, counts.sum(1)
+
+
+def pairwise_disagreement(repeats: Sequence[Sequence[float]] | np.ndarray) -> float:
+    """Mean over items of the fraction of pairs of repeated verdicts [n, K] that disagree, over the verdicts
+    read (items with fewer than two are left out; NaN when none has two)."""
+    counts, read = _repeat_sides(repeats)
+    keep = read >= 2
+    if not keep.any():
+        return float("nan")
+    agree = (counts[keep] * (counts[keep] - 1)).sum(1)
+    return float(np.mean(1 - agree / (read[keep] * (read[keep] - 1))))
 
 
 def flip_noise(repeats: Sequence[Sequence[float]] | np.ndarray) -> float:
     """Flip probability q of a symmetric channel, from K repeated identical queries (Wei et al. use K = 5).
     Two independent noisy copies of one verdict disagree with probability d = 2q(1 − q), so
-    q = (1 − √(1 − 2d))/2 [reconstructed estimator; d ≥ ½ gives q = ½]."""
+    q = (1 − √(1 − 2d))/2 [reconstructed estimator; d ≥ ½ gives q = ½; NaN when no item has two verdicts]."""
     d = pairwise_disagreement(repeats)
-    return float((1 - np.sqrt(max(0.0, 1 - 2 * d))) / 2)
+    return float((1 - np.sqrt(max(0.0, 1 - 2 * d))) / 2) if np.isfinite(d) else float("nan")
 
 
 def repetition_stability(repeats: Sequence[Sequence[float]] | np.ndarray) -> float:
-    """Shi et al.: fraction of items whose K repeated verdicts in one order all agree."""
-    r = np.sign(_arr(repeats) - 1.5)
-    return float(np.mean((r == r[:, :1]).all(axis=1)))
+    """Shi et al.: fraction of items whose K repeated verdicts in one order all agree, over the verdicts read
+    (items with fewer than two are left out; NaN when none has two)."""
+    counts, read = _repeat_sides(repeats)
+    keep = read >= 2
+    return float(np.mean(counts[keep].max(1) == read[keep])) if keep.any() else float("nan")
 
 
 def denoise_accuracy(observed: float, q: float) -> float:
