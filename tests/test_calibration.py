@@ -71,3 +71,15 @@ def test_calibration_inputs_a_caller_got_wrong_are_named(probs, labels, n_bins, 
         with pytest.raises(ConfigError) as e:
             fn(probs, labels, n_bins=n_bins)
         assert e.value.field == field
+
+
+def test_quantile_bins_report_their_own_edges():
+    # Quantile bins were labelled with the uniform bins' edges: the bin holding 0.25 (the top quarter of
+    # these probabilities) read lo 0.75, hi 1.0.
+    p = torch.tensor([0.1, 0.15, 0.2, 0.25])
+    rows = cal.reliability_data(p, torch.tensor([0.0, 1.0, 1.0, 1.0]), n_bins=2, binning="quantile")
+    assert [(r["lo"], r["hi"], r["count"]) for r in rows] == [(0.0, pytest.approx(0.175), 2), (pytest.approx(0.175), 1.0, 2)]
+    for r in rows:  # every bin's mean confidence lies within its edges
+        assert r["lo"] <= r["confidence"] <= r["hi"]
+    uniform = cal.reliability_data(p, torch.tensor([0.0, 1.0, 1.0, 1.0]), n_bins=4)
+    assert [(r["lo"], r["hi"]) for r in uniform] == [(0.0, 0.25)]

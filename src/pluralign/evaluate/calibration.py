@@ -44,14 +44,16 @@ def symmetrize(probs, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([p, 1 - p]), torch.cat([y, 1 - y])
 
 
-def _bin_ids(probs: torch.Tensor, n_bins: int, binning: str) -> torch.Tensor:
+def _bins(probs: torch.Tensor, n_bins: int, binning: str) -> tuple[torch.Tensor, list[float]]:
+    """Each probability's bin and the n_bins + 1 bin edges: uniform on [0, 1], or at the probabilities'
+    quantiles (whose edges are the quantiles, not the uniform ones: a quantile bin was labelled as if uniform)."""
     if binning == "uniform":
         inner = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)[1:-1]
     elif binning == "quantile":
         inner = torch.quantile(probs, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)[1:-1])
     else:
         raise ValueError(f"binning must be 'uniform' or 'quantile', got {binning!r}")
-    return torch.searchsorted(inner, probs.contiguous(), right=False)
+    return torch.searchsorted(inner, probs.contiguous(), right=False), [0.0, *inner.tolist(), 1.0]
 
 
 def _checked(probs: Any, labels: Any, n_bins: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,8 +78,7 @@ def reliability_data(probs, labels, n_bins: int = 10, binning: str = "uniform") 
     p, y = _checked(probs, labels, n_bins)
     if p.numel() == 0:
         return []
-    ids = _bin_ids(p, n_bins, binning)
-    edges = torch.linspace(0, 1, n_bins + 1).tolist()
+    ids, edges = _bins(p, n_bins, binning)
     rows = []
     for b in range(n_bins):
         mask = ids == b
