@@ -121,3 +121,16 @@ def test_repeats_count_only_the_verdicts_that_were_read():
     assert np.isnan(jr.flip_noise([[nan, 1.0], [2.0, nan]]))
     out = jr.reliability_report([1.0, 1.0], [1.0, 1.0], [1.0, 1.0], repeats=[[nan, 1.0], [2.0, nan]])
     assert np.isnan(out["flip_noise"]) and "acc_random_denoised" not in out
+
+
+def test_pairs_labelled_a_draw_name_no_better_response():
+    # A label of 1.5 (a draw) or NaN names no preferred response; such pairs were scored as if b were the
+    # preferred one: a judge agreeing with every label, ties included, got acc_both 0.5, position bias 0.67
+    # and length bias 0.67.
+    nan = float("nan")
+    labels, verdicts = [1.0, 1.5, 2.0, 1.5, nan], [1.0, 1.5, 2.0, 1.5, 1.0]
+    out = jr.reliability_report(labels, verdicts, verdicts, len_a=[10, 5, 15, 50, 1], len_b=[5, 10, 10, 5, 9])
+    assert out["acc_both"] == out["acc_random"] == 1.0
+    assert out["position_bias"] == 0.0 and out["length_bias"] == 0.0
+    assert out["agreement_accuracy"] == 1.0  # draws stay a category of their own in the agreement
+    assert np.isnan(jr.accuracy_both([1.5], [1.5], [1.5]))

@@ -30,20 +30,33 @@ def correct(labels: Sequence[float], verdicts: Sequence[float]) -> np.ndarray:
     return (((v > 1.5) & (y > 1.5)) | ((v < 1.5) & (y < 1.5))).astype(float)
 
 
+def _decided(labels: Sequence[float], *series: Sequence[float]) -> list[np.ndarray]:
+    """`labels` and each of `series` at the pairs whose label names a winner. A label of 1.5 (a draw) or NaN
+    names no better response to be shown first, be longer or be picked: such pairs were scored as if b were
+    the better one, so a judge agreeing with every label, ties included, showed a position and length bias."""
+    y = _arr(labels)
+    keep = (y < 1.5) | (y > 1.5)
+    return [y[keep], *(_arr(x)[keep] for x in series)]
+
+
 def accuracy_both(labels: Sequence[float], p_original: Sequence[float], p_swapped: Sequence[float]) -> float:
-    """Acc_both (Wei et al.): fraction of pairs judged correctly in BOTH presentation orders."""
-    return float(np.mean(correct(labels, p_original) * correct(labels, p_swapped)))
+    """Acc_both (Wei et al.): fraction of pairs judged correctly in BOTH presentation orders (pairs whose
+    label names a winner; NaN when none does)."""
+    y, po, ps = _decided(labels, p_original, p_swapped)
+    return float(np.mean(correct(y, po) * correct(y, ps))) if len(y) else float("nan")
 
 
 def accuracy_random(labels: Sequence[float], p_original: Sequence[float], p_swapped: Sequence[float]) -> float:
-    """Acc_random (Wei et al.): expected accuracy under a random order, ½(Acc_O + Acc_S) ≥ Acc_both."""
-    return float(0.5 * (np.mean(correct(labels, p_original)) + np.mean(correct(labels, p_swapped))))
+    """Acc_random (Wei et al.): expected accuracy under a random order, ½(Acc_O + Acc_S) ≥ Acc_both (pairs
+    whose label names a winner; NaN when none does)."""
+    y, po, ps = _decided(labels, p_original, p_swapped)
+    return float(0.5 * (np.mean(correct(y, po)) + np.mean(correct(y, ps)))) if len(y) else float("nan")
 
 
 def _judgements(labels, p_original, p_swapped):
-    """All 2n judgements with whether the labelled-better response was shown first."""
-    y = _arr(labels)
-    ok = np.concatenate([correct(y, p_original), correct(y, p_swapped)])
+    """All 2n judgements of the pairs whose label names a winner, with whether that response was shown first."""
+    y, po, ps = _decided(labels, p_original, p_swapped)
+    ok = np.concatenate([correct(y, po), correct(y, ps)])
     better_first = np.concatenate([y < 1.5, y > 1.5])  # original order shows a first; swapped shows b first
     return ok, better_first
 
@@ -60,11 +73,12 @@ def position_bias(labels: Sequence[float], p_original: Sequence[float], p_swappe
 def length_bias(labels: Sequence[float], p_original: Sequence[float], p_swapped: Sequence[float],
                 len_a: Sequence[float], len_b: Sequence[float]) -> float:
     """LB (Wei et al.): Acc(better response is the longer) − Acc(it is the shorter), over both orders;
-    pairs of equal length are left out. Positive = the judge favours longer responses."""
-    y, la, lb = _arr(labels), _arr(len_a), _arr(len_b)
+    pairs of equal length, or whose label names no winner, are left out. Positive = the judge favours
+    longer responses."""
+    y, po, ps, la, lb = _decided(labels, p_original, p_swapped, len_a, len_b)
     better_len = np.where(y < 1.5, la, lb)
     other_len = np.where(y < 1.5, lb, la)
-    ok = np.stack([correct(y, p_original), correct(y, p_swapped)])
+    ok = np.stack([correct(y, po), correct(y, ps)])
     longer, shorter = better_len > other_len, better_len < other_len
     if not longer.any() or not shorter.any():
         return float("nan")
