@@ -47,6 +47,19 @@ def test_binned_steerability_and_summary():
     assert steerability.steering_reward([[0.5, 0.5]], [[0.5, 0.5]])[0] == 1.0
 
 
+@pytest.mark.parametrize("z0,zt", [(0.5, 0.7), (0.5, 1.0), (0.15, 0.0), (0.3, 0.4), (1.0, 1.0)])
+def test_binned_output_on_its_target_has_no_error(z0, zt):
+    # The request was binned on fixed cuts of z* − z0 and the output on cuts z0 + c clipped to [0, 1]: an
+    # output exactly on its target (0.5 → 0.7: 0.7 − 0.5 < 0.2 but 0.7 >= 0.5 + 0.2; or a target at the
+    # clipped edge 1.0) showed a steering error of 1/7 and miscalibration up to 1.
+    m = steerability.binned_steerability([[z0, 0.5]], [[zt, np.nan]], [[zt, 0.5]])
+    assert m["steering_error"][0] == m["miscalibration"][0] == m["orthogonality"][0] == 0
+    req, moved = steerability.binned_deltas([[z0]], [[zt]], [[zt]])
+    assert req[0, 0] == moved[0, 0]
+    unmoved = steerability.binned_steerability([[z0]], [[zt]], [[z0]])
+    assert unmoved["miscalibration"][0] == (1.0 if zt != z0 else 0.0)
+
+
 # ---- AQI --------------------------------------------------------------------------------------
 def blobs(distance, n=60, dim=8, seed=0):
     rng = np.random.default_rng(seed)

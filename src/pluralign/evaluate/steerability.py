@@ -10,6 +10,9 @@ requested = z* − z₀, moved = ẑ − z₀ and error = z* − ẑ:
   direction, as a fraction of the requested length;
 * orthogonality (side effects) = clip(‖error − proj_requested(error)‖ / (‖moved‖ + 1e−4·(‖requested‖ +
   1e−8)), 0, 1) — the part of the error off the requested direction, relative to the distance moved.
+
+The binned form (:func:`binned_steerability`) bins target and output on one grid around z₀ (see
+:func:`binned_deltas`), so an output on its target scores 0 on all three.
 """
 
 from __future__ import annotations
@@ -69,19 +72,23 @@ def _bin(values: np.ndarray, cuts: np.ndarray) -> np.ndarray:
 
 def binned_deltas(z0: Sequence, z_target: Sequence, z_hat: Sequence,
                   cut_points: Sequence[float] = DEFAULT_CUTS) -> tuple[np.ndarray, np.ndarray]:
-    """The default evaluation's binned (requested, moved) vectors in units of 1/(len(cut_points) − 1):
-    requested deltas are binned on fixed cuts around 0; outputs are binned on cuts clip(z₀ + c, 0, 1)
-    around the source."""
+    """The default evaluation's binned (requested, moved) vectors in units of 1/(len(cut_points) − 1): the
+    target and the output are both binned on the cuts clip(z₀ + c, 0, 1) around the source, relative to the
+    source's bin. (Binning the request on fixed cuts of z* − z₀ instead put an output exactly on its target
+    in another bin whenever the two grids part: in float, 0.7 − 0.5 < 0.2 while 0.7 >= 0.5 + 0.2, and at a
+    target on the clipped edge 0 or 1; such an output showed a steering error of one bin and a
+    miscalibration up to 1. Away from those edges the two binnings agree.)"""
     z0, zt, zh = _items(z0=z0, z_target=z_target, z_hat=z_hat)
     zt = np.where(np.isnan(zt), z0, zt)
     cuts = np.asarray(cut_points, float)
     unit = len(cuts) - 1
-    requested = (_bin(zt - z0, cuts) - _bin(np.zeros_like(z0), cuts)) / unit
-    moved = np.empty_like(z0)
+    requested, moved = np.empty_like(z0), np.empty_like(z0)
     for i in range(z0.shape[0]):
         for g in range(z0.shape[1]):
             dyn = np.clip(z0[i, g] + cuts, 0, 1)
-            moved[i, g] = (_bin(zh[i, g], dyn) - _bin(z0[i, g], dyn)) / unit
+            source = _bin(z0[i, g], dyn)
+            requested[i, g] = (_bin(zt[i, g], dyn) - source) / unit
+            moved[i, g] = (_bin(zh[i, g], dyn) - source) / unit
     return requested, moved
 
 
