@@ -136,3 +136,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
     phone = browser_dom(path, tmp_path, width=390)  # a phone: the page itself must not scroll sideways
     check_all_images_loaded(phone, 5)
     assert 'data-overflow="false"' in phone
+
+
+def test_the_per_group_bars_say_which_runs_they_leave_out():
+    # The bars show at most 8 runs; the 9th and later were left out under the caption "of each run".
+    many = render_html(synthetic_results(n_runs=10))
+    assert "per-group utility of the first 8 of 10 runs" in many
+    assert "per-group utility of each run" in render_html(synthetic_results(n_runs=8))

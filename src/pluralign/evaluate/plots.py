@@ -142,8 +142,11 @@ def front_size(runs: Sequence[dict], objectives: Sequence[str]) -> int:
     return len(pareto_front(np.array([[r["objectives"][o] for o in objectives] for r in runs], dtype=float)))
 
 
-def group_bars(runs: Sequence[dict], max_runs: int = 8) -> bytes | None:
-    """Grouped bars of per-group utility: groups on the x axis, one bar per run (at most `max_runs`)."""
+MAX_BAR_RUNS = 8  # runs drawn in the per-group bars (the report's caption names any left out)
+
+
+def group_bars(runs: Sequence[dict], max_runs: int = MAX_BAR_RUNS) -> bytes | None:
+    """Grouped bars of per-group utility: groups on the x axis, one bar per run (the first `max_runs`)."""
     runs = [r for r in runs if r.get("per_group")][:max_runs]
     if not runs:
         return None

@@ -266,7 +266,10 @@ def render_html(results: dict) -> str:
             figs.append(figure_html(rk, "Reward vs KL", "each point a run, bars its 95% intervals; solid: frontier, dashed: envelope"))
         gb = plots.group_bars(runs)
         if gb:
-            figs.append(figure_html(gb, "Utility per group", "per-group utility of each run"))
+            grouped = sum(1 for r in runs if r.get("per_group"))
+            drawn = (f"the first {plots.MAX_BAR_RUNS} of {grouped} runs (all are in the table below)"
+                     if grouped > plots.MAX_BAR_RUNS else "each run")
+            figs.append(figure_html(gb, "Utility per group", f"per-group utility of {drawn}"))
         if figs:
             parts.append('<div class="grid">' + "".join(figs) + "</div>")
         # `eval` scores the groups with gold utility whatever its judge: a reward model's label on them was wrong
