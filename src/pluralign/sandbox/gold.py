@@ -31,13 +31,23 @@ EVAL_SEED = 12345  # evaluation prompts come from their own stream, never the tr
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t quantiles by df
 
 
+def t975(df: int) -> float:
+    """Student's t 97.5% quantile: the table to 9 degrees of freedom, then the Cornish–Fisher expansion around
+    the normal 1.96 (within 2e-4 from 10 on). The normal quantile alone made 11 seeds' interval 12% too narrow."""
+    if df in T975:
+        return T975[df]
+    z = 1.959964
+    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
+
+
 def seed_ci(values: Sequence[float]) -> tuple[float, float]:
     """Mean over seeds and the half-width of its 95% Student-t interval (NaN for a single seed: one seed gives
     no interval, and a half-width of 0 would read as certainty)."""
     v = np.asarray(values, float)
     if len(v) < 2:
         return float(v.mean()), float("nan")
-    return float(v.mean()), T975.get(len(v) - 1, 1.96) * float(v.std(ddof=1)) / len(v) ** 0.5
+    return float(v.mean()), t975(len(v) - 1) * float(v.std(ddof=1)) / len(v) ** 0.5
 
 
 def plus_minus(mean: float, half: float, spec: str = ".1f") -> str:
