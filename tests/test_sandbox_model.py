@@ -7,6 +7,7 @@ configuration that is built several times.
 import copy
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -121,6 +122,17 @@ def test_gold_eval_reports_attributes_groups_users_kl_and_win_rates(tiny):
     for bad in ({"n_prompts": 0}, {"n_samples": 0}, {"prompts": []}):  # n_prompts 0 was a reshape traceback
         with pytest.raises(ConfigError, match="at least one prompt and one sample"):
             gold_eval(model, tokenizer=tok, **bad)
+
+
+def test_one_prompt_gives_no_standard_error_rather_than_zero(tiny):
+    # Standard errors are over prompts; one prompt printed "± 0.0000" on every row, as if it were certain
+    from pluralign.sandbox.gold import format_table
+
+    model, tok = load(tiny)
+    one = gold_eval(model, tokenizer=tok, base=model, n_prompts=1, n_samples=2, per_user=False)
+    assert math.isnan(one["groups"]["majority"]["se"]) and math.isnan(one["win_rate"]["majority"]["se"])
+    row = next(line for line in format_table(one).splitlines() if line.startswith("utility/majority"))
+    assert row.split()[-1] == "-"
 
 
 def test_cli_build_feedback_and_eval(tiny, tmp_path, capsys):

@@ -56,9 +56,10 @@ def plus_minus(mean: float, half: float, spec: str = ".1f") -> str:
 
 
 def mean_se(values: np.ndarray) -> dict[str, float]:
-    """{"mean", "se"} of a 1-D sample; se = std(ddof=1)/√n (0 for a single value)."""
+    """{"mean", "se"} of a 1-D sample; se = std(ddof=1)/√n (NaN for a single value: one prompt gives no
+    standard error, and 0 read as certainty)."""
     v = np.asarray(values, dtype=np.float64)
-    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
     return {"mean": float(v.mean()), "se": se}
 
 
@@ -188,5 +189,6 @@ def format_table(result: dict[str, Any]) -> str:
     width = max(28, *(len(name) + 2 for name, _ in rows))  # long group names ("professionals") pushed their row out of line
     lines = [f"gold evaluation: {result['n_prompts']} prompts x {result['n_samples']} samples", ""]
     lines.append(f"{'metric':<{width}}{'mean':>10}{'± se':>10}")
-    lines += [f"{name:<{width}}{v['mean']:>10.4f}{v['se']:>10.4f}" for name, v in rows]
+    se = lambda v: f"{v['se']:>10.4f}" if np.isfinite(v["se"]) else f"{'-':>10}"
+    lines += [f"{name:<{width}}{v['mean']:>10.4f}{se(v)}" for name, v in rows]
     return "\n".join(lines)
