@@ -264,6 +264,19 @@ def test_a_tie_written_with_a_capital_article_is_a_tie(text, expected):
     assert parse_pairwise(text) == expected
 
 
+@pytest.mark.parametrize("text,expected", [
+    ("Answer: B", 2.0), ("**Answer:** A", 1.0), ("Reasoning first.\nFinal answer: (B).\n", 2.0), ("answer: C", 1.5),
+    ("I prefer A", 1.0), ("I prefer Assistant B's answer.", 2.0), ("I prefer A over B.", 1.0),
+    # not verdicts: a capital article after "Answer:", an echoed template, a lowercase "a"
+    ("Answer: A helpful reply would name Paris.", math.nan), ("[The End of Assistant A's Answer]\nB", math.nan),
+    ("I prefer a shorter answer", math.nan),
+])
+def test_a_verdict_given_as_an_answer_or_a_preference_is_read(text, expected):
+    """A small judge's "Answer: B" or "I prefer A" was unreadable (NaN), dropped from the win rate."""
+    got = parse_pairwise(text)
+    assert (math.isnan(got) and math.isnan(expected)) or got == expected
+
+
 def test_parse_rating_and_weighted_preference():
     assert parse_rating("Rating: [[7]]") == 7.0 and parse_rating("I give it 6/10.") == 6.0
     assert parse_rating("Rating: 4.5") == 4.5 and math.isnan(parse_rating("Rating: [[42]]"))

@@ -68,6 +68,9 @@ _LOOSE = [
     re.compile(r"(?i:verdict)\W{0,6}(?:(?i:is)\W{0,4})?(?:(?i:[a-z]+)\s+){0,4}?\(?" + _VERDICT),
     re.compile(r"\b(?i:assistant|response|output)\s*\(?(A|B)\)?\s+(?i:is\s+(?:the\s+)?better)"),
     re.compile(r"\b(?i:win\s+for)\s+(?:(?i:assistant|response|output)\s+)?(A|B)\b"),
+    # "Answer: B" only when the letter ends its line: "Answer: A helpful reply…" opens with an article
+    re.compile(r"\b(?i:answer)\**\s*:\s*\**\s*\(?(A|B|C)\)?\**[.!]?[ \t]*(?:\n|$)"),
+    re.compile(r"\b(?i:i\s+prefer)\s+(?:(?i:assistant|response|output)\s+)?\(?(A|B)\b"),
 ]
 _SOLO = re.compile(r"^\W*(?:(?i:a)\s+(?=(?i:tie)))?" + _VERDICT + r"\W*$")  # "B", "(A).", "a tie"
 # The default system prompts' format lines, as a small judge may echo them and stop: their [[A]]/[[B]]/[[C]]
