@@ -62,6 +62,14 @@ def test_judge_and_population_errors_name_the_config(no_generation, extra, messa
         runner.evaluate_config(cfg(**extra), where="eval.yaml")
 
 
+def test_per_group_asked_for_without_a_population_is_refused(no_generation):
+    # metrics: [per_group] without `population` evaluated every model and wrote no per-group numbers, unsaid
+    with pytest.raises(ConfigError, match=r"^eval\.yaml: metrics: per_group .* set `population`"):
+        runner.evaluate_config(cfg(metrics=["reward", "per_group"]), where="eval.yaml")
+    with pytest.raises(Generated):  # the default metrics ask for per-group numbers only when there is a population
+        runner.evaluate_config({k: v for k, v in cfg().items() if k != "metrics"}, where="eval.yaml")
+
+
 def test_llm_judge_cache_dir_is_relative_to_the_config_file(no_generation, tmp_path, monkeypatch):
     made = []
 

@@ -322,6 +322,8 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
     for key, value in (("baseline", baseline), ("reference", reference)):
         require(value in names, f"{where}: {key}", f"{value!r} names no model; models: {names}")
     n_boot = _bootstrap(cfg, where)
+    require("per_group" not in cfg.get("metrics", []) or cfg.get("population") is not None, f"{where}: metrics",
+            "per_group is the utility of each group of a sandbox population: set `population` (e.g. default)")
     groups = []
     if cfg.get("population") is not None:  # checked whatever the metrics: the default judge reads it too
         pop = _population(cfg["population"], f"{where}: population")
