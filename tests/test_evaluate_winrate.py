@@ -164,3 +164,17 @@ def test_compare_refuses_a_bad_n_boot_before_judging():
     with pytest.raises(ConfigError, match="n_boot"):
         compare(Judge(), ["q"], ["a"], ["b"], n_boot=0)
     assert Judge.calls == 0
+
+
+def test_compare_seeds_the_lc_standard_error_too(monkeypatch):
+    # compare(seed=...) seeded the win rate's bootstrap but not the LC fit's: its standard error came from
+    # seed 0 whatever the caller asked. (The GLM fit is replaced by the mean preference to keep this fast.)
+    import pluralign.evaluate.winrate as wr
+
+    monkeypatch.setattr(wr, "_lc_fit", lambda p, *rest: (100 * float(np.mean(p - 1)), np.zeros(3), 1.0))
+    judge = ScoreJudge(lambda prompts, responses: np.array([r.count("good") for r in responses], float))
+    prompts, base = [f"q{i}" for i in range(12)], ["ok"] * 12
+    model = ["good"] * 7 + ["ok", "bad"] * 2 + ["ok"]
+    se = {seed: compare(judge, prompts, base, model, n_boot=20, seed=seed)["lc_standard_error"] for seed in (1, 2)}
+    assert se[1] != se[2]
+    assert compare(judge, prompts, base, model, n_boot=20, seed=1)["lc_standard_error"] == se[1]

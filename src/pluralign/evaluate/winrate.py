@@ -223,7 +223,7 @@ def compare(judge: Any, prompts: Sequence[Any], baseline: Sequence[Any], model: 
     out["ci"] = list(bootstrap_ci(prefs, n_boot=n_boot, seed=seed))
     if length_controlled and out["n_total"] >= 2 * 5:
         lens = lambda xs: [len(x) if isinstance(x, str) else sum(len(m.get("content", "")) for m in x) for x in xs]
-        lc = length_controlled_win_rate(prefs, lens(baseline), lens(model))
+        lc = length_controlled_win_rate(prefs, lens(baseline), lens(model), seed=seed)  # its bootstrap too
         out.update(lc_win_rate=lc["lc_win_rate"], lc_standard_error=lc["lc_standard_error"],
                    lc_is_extreme_change=lc["is_extreme_change"])  # AlpacaEval's sign of a failed fit
     out["preferences"] = prefs.tolist()
