@@ -57,6 +57,19 @@ def test_user_mistakes_are_clear_errors(tmp_path, tiny_llama_dir, monkeypatch):
         load_model("no-such-org/no-such-model")
 
 
+@pytest.mark.parametrize(("lora", "expected"), [
+    (LoraSpec(target_modules=["q_proj", "v_porj"]), r"lora.target_modules: 'v_porj' names no module .*did you mean 'v_proj'"),
+    (LoraSpec(target_modules="q_projx"), r"lora.target_modules: 'q_projx' names no module .*'q_proj'"),
+    (LoraSpec(modules_to_save=["lm_haed"]), r"lora.modules_to_save: 'lm_haed' names no module .*'lm_head'"),
+    (LoraSpec(target_modules=["q_proj", "input_layernorm"]), r"lora: Target module LlamaRMSNorm.* is not supported"),
+])
+def test_lora_names_that_do_not_fit_the_model_are_clear_errors(tiny_llama_dir, lora, expected):
+    """peft adapted q_proj alone for [q_proj, v_porj] and ignored a misspelt modules_to_save, without a word;
+    names matching nothing, or a layer LoRA cannot adapt, were peft's tracebacks."""
+    with pytest.raises(ConfigError, match=expected):
+        load_model(tiny_llama_dir, lora=lora)
+
+
 def test_tokenizer_without_pad_token_gets_eos(tmp_path, tiny_word_tokenizer):
     tokenizer = copy.deepcopy(tiny_word_tokenizer)
     tokenizer.pad_token = None

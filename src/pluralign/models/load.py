@@ -156,11 +156,45 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool =
 def add_lora(model: Any, spec: LoraSpec, *, task_type: str = "CAUSAL_LM") -> Any:
     """``model`` wrapped by peft with trainable LoRA adapters (the base weights frozen)."""
     peft = _peft()
+    check_lora_names(model, spec)
     config = peft.LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                              target_modules=spec.target_modules, modules_to_save=list(spec.modules_to_save) or None,
                              task_type=task_type)
-    with _peft_quietly():
-        return peft.get_peft_model(model, config)
+    try:
+        with _peft_quietly():
+            return peft.get_peft_model(model, config)
+    except ValueError as e:  # the names exist (checked above): a targeted module LoRA cannot adapt (a norm, a block)
+        raise ConfigError(f"lora: {str(e).splitlines()[0][:300]}", field="lora") from None
+
+
+def check_lora_names(model: Any, spec: LoraSpec) -> None:
+    """Every entry of ``spec.target_modules`` and ``spec.modules_to_save`` names a module of `model`, matched as
+    peft matches them. peft skips list entries that match nothing as long as another one matches, and every
+    modules_to_save entry that matches nothing: ``[q_proj, v_porj]`` adapted q_proj alone, and a misspelt
+    reward head stayed frozen, without a word; a target list matching nothing at all was peft's traceback."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    names = [n for n, _ in model.named_modules() if n]
+    targets = spec.target_modules
+    if targets != "all-linear":
+        for key in [targets] if isinstance(targets, str) else targets:
+            one = _peft().LoraConfig(target_modules=key if isinstance(targets, str) else [key])
+            if not any(check_target_module_exists(one, n) for n in names):
+                raise ConfigError(f"lora.target_modules: {key!r} names no module of {type(model).__name__}"
+                                  f"{_closest(key, names)}", field="lora.target_modules")
+    for key in spec.modules_to_save:
+        if not any(n.endswith(key) for n in names):  # peft's rule for modules_to_save
+            raise ConfigError(f"lora.modules_to_save: {key!r} names no module of {type(model).__name__}"
+                              f"{_closest(key, names)}", field="lora.modules_to_save")
+
+
+def _closest(key: str, names: Sequence[str]) -> str:
+    """'; did you mean …?' with the module names (last parts, as LoRA configs give them) nearest `key`."""
+    import difflib
+
+    parts = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], parts, n=3)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else f"; its modules: {', '.join(parts)}"
 
 
 @contextlib.contextmanager
