@@ -70,6 +70,21 @@ def test_lora_names_that_do_not_fit_the_model_are_clear_errors(tiny_llama_dir, l
         load_model(tiny_llama_dir, lora=lora)
 
 
+@pytest.mark.parametrize(("override", "expected"), [
+    ("lora.r=0", r"'lora.r' must be an integer >= 1, got 0"),
+    ("lora.dropout=1.5", r"'lora.dropout' must be in \[0, 1\), got 1.5"),
+    ("lora.alpha=0", r"'lora.alpha' must be a finite number > 0, got 0.0"),
+    ("lora.target_modules=[]", r"'lora.target_modules' is empty"),
+])
+def test_lora_values_are_checked_when_the_config_is_made(override, expected):
+    """r=0 and dropout=1.5 were peft's tracebacks at load time; alpha=0 trained adapters that stay 0."""
+    from pluralign.config import load
+    from pluralign.train.recipes.sft import SFTConfig
+
+    with pytest.raises(ConfigError, match=expected):
+        load(SFTConfig, None, ["use_lora=true", override])
+
+
 def test_tokenizer_without_pad_token_gets_eos(tmp_path, tiny_word_tokenizer):
     tokenizer = copy.deepcopy(tiny_word_tokenizer)
     tokenizer.pad_token = None

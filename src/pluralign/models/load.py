@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -46,6 +47,19 @@ class LoraSpec:
                                              "(every linear layer except the output head)")
     modules_to_save: list[str] = option(default_factory=list, help="modules trained in full alongside the "
                                         "adapters (e.g. a reward head)")
+
+    def __post_init__(self) -> None:
+        # Checked when the config is made: peft refused r=0 or dropout=1.5 with a traceback at load time, and
+        # alpha=0 scales every update to nothing (the adapters and their gradients stay 0: nothing trains).
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ConfigError(f"'lora.r' must be an integer >= 1, got {self.r!r}", field="lora.r")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or not 0 < self.alpha < math.inf:
+            raise ConfigError(f"'lora.alpha' must be a finite number > 0, got {self.alpha!r}", field="lora.alpha")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"'lora.dropout' must be in [0, 1), got {self.dropout!r}", field="lora.dropout")
+        if not self.target_modules:
+            raise ConfigError("'lora.target_modules' is empty: name the modules to adapt, or 'all-linear'",
+                              field="lora.target_modules")
 
 
 def load_model(name_or_path: str | os.PathLike, *, dtype: str = "auto", device: str | torch.device | None = None,
