@@ -230,7 +230,8 @@ def test_absurd_learning_rates_are_config_errors(value):
 
 def test_config_values_are_checked_when_loaded(tmp_path):
     for override in ("learning_rate=.nan", "learning_rate=1e39", "adam_eps=-1", "adam_beta2=1.0", "warmup_ratio=2",
-                     "batch_size=0", "grad_accum=0"):
+                     "batch_size=0", "grad_accum=0", "max_steps=-1", "save_every=-1", "eval_every=-2",
+                     "keep_checkpoints=-1", "log_every=-1", "seed=-1", "seed=4294967296"):
         with pytest.raises(ConfigError, match=override.split("=")[0]):
             load(LoopConfig, None, [override])
 

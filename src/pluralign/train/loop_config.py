@@ -63,6 +63,13 @@ class LoopConfig:
         for name in ("batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise bad(name, ">= 1")
+        # A negative count was read as 0 or as "never" without a word: save_every=-1 saved no checkpoint,
+        # keep_checkpoints=-1 kept them all, max_steps=-1 ran num_epochs.
+        for name in ("max_steps", "log_every", "eval_every", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise bad(name, ">= 0")
+        if not 0 <= self.seed < 2**32:  # NumPy's seed range (every RNG is seeded with it): -1 was its traceback
+            raise bad("seed", "in [0, 2**32)")
         if self.max_steps <= 0 and self.num_epochs < 1:
             raise ConfigError("set num_epochs >= 1 or max_steps > 0")
 
