@@ -46,6 +46,7 @@ def test_round_trip_through_yaml(tmp_path):
     [
         ("step=3", "did you mean 'steps'"),
         ("optim.lrr=1", "did you mean 'optim.lr'"),
+        ("lr=1", "did you mean 'optim.lr'"),  # a section's key given at the top level
         ("steps=abc", "'steps' must be an integer"),
         ("loss=kto", "'loss' must be one of"),
         ("optim.lr=fast", "'optim.lr' must be a number"),

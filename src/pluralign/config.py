@@ -138,7 +138,7 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
+            close = difflib.get_close_matches(key, list(fields), n=1) or _in_a_section(hints, key)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
     kwargs = {name: _coerce(hints[name], _with_field_default(fields[name], hints[name], data[name]), prefix + name)
@@ -147,6 +147,17 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         return cls(**kwargs)
     except TypeError as e:  # a required field without a value
         raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+def _in_a_section(hints: dict[str, Any], key: str) -> list[str]:
+    """`key` as the key of a nested section it is closest to (`learning_rate` → `loop.learning_rate`), as a
+    one-item list, or []: a key given a level too high listed every top-level key and named none."""
+    for name, tp in hints.items():
+        if dataclasses.is_dataclass(tp):
+            close = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(tp)], n=1)
+            if close:
+                return [f"{name}.{close[0]}"]
+    return []
 
 
 def _with_field_default(f: dataclasses.Field, tp: Any, value: Any) -> Any:
