@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 
 from pluralign.config import dump_yaml
 from pluralign.errors import ConfigError, PluralignError
@@ -63,6 +63,7 @@ from pluralign.train.loop_config import (
     make_optimizer,
     make_scheduler,
     run_steps,
+    warn_if_updates_round_away,
 )
 from pluralign.train.parallel import (
     PADDING,
@@ -177,6 +178,8 @@ def train(
     trained = {id(p) for p in params}
     trained_names = {n for n, p in model.named_parameters() if id(p) in trained}
     optimizer = make_optimizer(params, config)
+    if accelerator.is_main_process and accelerator.distributed_type != DistributedType.DEEPSPEED:
+        warn_if_updates_round_away(params, config.learning_rate)
     global_batch = config.batch_size * config.grad_accum * world
     pos = ckpt.Position(0, 0, 0, config.seed, global_batch, len(dataset))
     if run is not None and accelerator.is_main_process:
