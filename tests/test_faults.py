@@ -264,6 +264,18 @@ def test_resume_with_more_steps_keeps_the_config_that_ran_before(tmp_path):
     assert sorted(p.name for p in run.glob("config*.yaml")) == ["config.until-step-2.yaml", "config.yaml"]
 
 
+def test_resume_from_a_checkpoint_past_the_runs_steps_is_refused(tmp_path):
+    """A rerun with max_steps=3 on a run that reached step 6 'resumed' it ("step 6 of 3"), handed back the
+    6-step model and recorded max_steps=3 in config.yaml."""
+    run = tmp_path / "run"
+    train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=6, save_every=2), run)
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"it is at step 6, past the 3 steps this run trains"):
+        train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=3, save_every=2), run)
+    assert (run / "config.yaml").read_text() == before and not list(run.glob("config.until-*"))
+    assert train(make_model(), make_data(24), collate, nll_step, cfg(max_steps=6, save_every=2), run).global_step == 6
+
+
 def test_resume_with_more_steps_takes_its_first_rate_from_the_new_schedule(tmp_path):
     # Linear decay over 2 steps ends at rate 0; over 4 steps, step 3's rate is half the peak (as in a run of 4).
     run, straight = tmp_path / "run", tmp_path / "straight"

@@ -115,13 +115,18 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_compatible(saved: ckpt.Position, now: ckpt.Position, path: Path) -> None:
+def check_compatible(saved: ckpt.Position, now: ckpt.Position, path: Path, total_steps: int) -> None:
+    """A checkpoint this run can go on from: the same data order, and not past the run's end."""
     for name in ("seed", "global_batch", "dataset_size"):
         if getattr(saved, name) != getattr(now, name):
             raise ConfigError(
                 f"cannot resume from {path}: it was saved with {name}={getattr(saved, name)}, this run has "
                 f"{name}={getattr(now, name)} (the data position would not match); use a new run directory"
             )
+    if saved.global_step > total_steps:  # handed back as this run's model, under a config.yaml of fewer steps
+        raise ConfigError(f"cannot resume from {path}: it is at step {saved.global_step}, past the {total_steps} steps "
+                          "this run trains (loop.max_steps / num_epochs / step_limit); train at least that long "
+                          "to go on, or use a new run directory")
 
 
 def save_checkpoint(accelerator, wrapped, optimizer, scheduler, stateful, trained_names, pos, run, config) -> Path | None:

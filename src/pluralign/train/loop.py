@@ -181,6 +181,10 @@ def train(
     if accelerator.is_main_process and accelerator.distributed_type != DistributedType.DEEPSPEED:
         warn_if_updates_round_away(params, config.learning_rate)
     global_batch = config.batch_size * config.grad_accum * world
+    if steps_per_batch < 1:
+        raise ConfigError(f"steps_per_batch must be >= 1, got {steps_per_batch}")
+    steps_per_epoch = len(dataset) // global_batch * steps_per_batch  # >= 1: check_config saw a whole batch
+    total_steps = run_steps(config, steps_per_epoch)
     pos = ckpt.Position(0, 0, 0, config.seed, global_batch, len(dataset))
     if run is not None and accelerator.is_main_process:
         ckpt.remove_stale(run.checkpoints, run.root)  # .tmp files and directories of a crashed save (we hold the lock)
@@ -189,7 +193,7 @@ def train(
     if found is not None:  # weights go in before wrapping: FSDP then shards the resumed ones
         try:
             loaded = ckpt.load_checkpoint(found, rank, verify=False)  # _resumable verified it
-            check_compatible(loaded.position, pos, found)
+            check_compatible(loaded.position, pos, found, total_steps)
             if run_config is not None:
                 check_same_run(previous_config, dump_yaml(run_config), found)
             ckpt.load_weights_into(model, loaded.weights, lambda: trained_names)
@@ -202,10 +206,6 @@ def train(
     # step calls, e.g. the decoder and the LM head separately for chunked log-probs.
     wrapped, optimizer = accelerator.prepare(StepModule(model), optimizer)
 
-    if steps_per_batch < 1:
-        raise ConfigError(f"steps_per_batch must be >= 1, got {steps_per_batch}")
-    steps_per_epoch = len(dataset) // global_batch * steps_per_batch  # >= 1: check_config saw a whole batch
-    total_steps = run_steps(config, steps_per_epoch)
     # Not prepared by accelerate on purpose: its scheduler wrapper steps once per process per call.
     scheduler = make_scheduler(optimizer, config, total_steps)
 
