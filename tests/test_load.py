@@ -52,6 +52,14 @@ def test_user_mistakes_are_clear_errors(tmp_path, tiny_llama_dir, monkeypatch):
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(PluralignError, match="is a file"):
         load_tokenizer(tmp_path / "weights.bin")
+    copy_dir = tmp_path / "truncated"
+    copy_dir.mkdir()
+    for f in tiny_llama_dir.iterdir():
+        (copy_dir / f.name).write_bytes(f.read_bytes())
+    weights = copy_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short: was safetensors' traceback
+    with pytest.raises(PluralignError, match=r"cannot load '.*truncated'.*incomplete metadata"):
+        load_model(copy_dir)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(PluralignError, match="offline"):
         load_model("no-such-org/no-such-model")

@@ -344,10 +344,11 @@ def expected_extra_keys(keys: Sequence[str]) -> Iterator[None]:
 
 def _from_pretrained(auto: Any, source: str, **kwargs: Any) -> Any:
     from huggingface_hub import constants
+    from safetensors import SafetensorError
 
     try:
         return auto.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as e:  # what from_pretrained raises for a bad directory or hub id
+    except (OSError, ValueError, SafetensorError) as e:  # a bad directory or hub id; a truncated or corrupt weights file
         if Path(source).is_dir():
             raise PluralignError(f"cannot load '{source}': {e}") from None
         offline = " (offline mode: HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
