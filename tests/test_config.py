@@ -123,3 +123,11 @@ def test_a_key_given_twice_in_a_yaml_file_is_an_error_not_the_last_one(tmp_path)
         config.load(Run, path)
     path.write_text("base: &b {lr: 0.5}\noptim:\n  <<: *b\n  lr: 0.25\n")  # a merge key's value overridden: fine
     assert config.read_yaml(path)["optim"] == {"lr": 0.25}
+
+
+def test_a_dotted_key_in_a_yaml_file_says_to_nest_it(tmp_path):
+    """`optim.lr: 1` in a file was 'unknown config key' with the hint to write the very same key."""
+    path = tmp_path / "c.yaml"
+    path.write_text("optim.lr: 1\n")
+    with pytest.raises(ConfigError, match=r"'optim.lr': dotted keys are for key=value overrides; in YAML nest it"):
+        config.load(Run, path)

@@ -137,6 +137,10 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in data:
+        if isinstance(key, str) and "." in key and key.split(".")[0] in fields:
+            section, rest = key.split(".", 1)
+            raise ConfigError(f"config key '{prefix}{key}': dotted keys are for key=value overrides; in YAML nest it "
+                              f"('{section}:' and under it '{rest}:')")
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1) or _in_a_section(hints, key)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
