@@ -115,14 +115,17 @@ def test_cli_refuses_a_negative_reference_batch_or_udm_sample(files, tmp_path, c
     assert not out.exists()
 
 
-def test_a_batch_larger_than_the_data_is_refused_before_the_reference_pass(files, tmp_path, capsys):
+@pytest.mark.parametrize(("setting", "expected"), [
+    ("loop.batch_size=1000", "fewer than one effective batch (1000"),
+    ("loop.report_to=[no_such_tracker]", "report_to: unknown tracker(s) ['no_such_tracker']"),
+])
+def test_loop_settings_that_cannot_run_are_refused_before_the_reference_pass(files, tmp_path, capsys, setting, expected):
     # Found by the loop only, after the reference pass had run over the whole data set and written its cache.
     out = tmp_path / "out"
-    argv = ["train", "dpo", f"model={files['base']}", f"data=[{files['pairs']}]", f"output_dir={out}",
-            "loop.batch_size=1000"]
+    argv = ["train", "dpo", f"model={files['base']}", f"data=[{files['pairs']}]", f"output_dir={out}", setting]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "fewer than one effective batch (1000" in err and "reference log-probs" not in err
+    assert expected in err and "reference log-probs" not in err
     assert not out.exists()
 
 

@@ -85,6 +85,9 @@ def check_config(config: LoopConfig, dataset: Sequence) -> None:
         raise ConfigError("mixed_precision=fp16 needs a CUDA GPU; use bf16 or no")
     if config.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise ConfigError("this GPU does not support bf16; use fp16 or no")
+    from pluralign.train.trackers import tracker_names
+
+    tracker_names(config.report_to)  # an uninstalled tracker was found after a preference run's reference pass
     if len(dataset) == 0:
         raise PluralignError("the training set is empty")
     if len(dataset) < effective_batch(config):  # every epoch drops its last incomplete effective batch
