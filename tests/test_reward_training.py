@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pluralign.config import describe, from_dict
-from pluralign.errors import ConfigError, DataError
+from pluralign.errors import ConfigError, DataError, PluralignError
 
 
 @pytest.fixture
@@ -302,3 +302,19 @@ def test_a_bfloat16_backbone_trains_a_reward_model_and_scores_alike_after_reload
     assert next(model.encoder.backbone.parameters()).dtype == torch.bfloat16
     scores = model.score(["question cat", "question dog"], ["good ok", "bad fine"])
     assert scores.dtype == torch.float32 and torch.isfinite(scores).all()
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_the_frozen_backbones_feature_pass(backbone, tmp_path,
+                                                                                          monkeypatch):
+    # Found by the loop only, after the features of the whole data set had been computed.
+    from pluralign.reward import data as rdata
+    from pluralign.train.recipes.reward import run
+
+    def no_feature_pass(*args, **kwargs):
+        raise AssertionError("the feature pass ran")
+
+    monkeypatch.setattr(rdata, "precompute_features", no_feature_pass)
+    train, _ = _files(tmp_path)
+    with pytest.raises(PluralignError, match=r"fewer than one effective batch \(1000"):
+        run(model=str(backbone), data=train, output_dir=str(tmp_path / "run"), freeze_backbone=True,
+            loop={"batch_size": 1000, "progress": False})

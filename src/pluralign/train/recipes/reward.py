@@ -47,6 +47,7 @@ from pluralign.reward.multi import MultiObjectiveRewardModel, multi_pair_step, m
 from pluralign.reward.pal import PALRewardModel, pal_pair_step
 from pluralign.runs import RunDir, atomic_write_json
 from pluralign.train.loop import LoopConfig, holding, train
+from pluralign.train.loop_config import check_config
 from pluralign.train.parallel import process_state
 from pluralign.train.recipes.common import (
     ModelTrainingConfig,
@@ -253,6 +254,7 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
     # was a traceback), and the evaluation after training scores every pair
     eval_items = (_items_like(config, model, eval_records, eval_source, items) or None) if eval_records else None
     final_records = _final_eval_records(model, eval_records, eval_source, eval_items)
+    check_config(config.loop, items)  # before the feature pass: a batch too large was found after it
     if config.freeze_backbone:
         items = rdata.precompute_features(items, encoder, needs_prompt=model.needs_prompt)
         eval_items = eval_items and rdata.precompute_features(eval_items, encoder, needs_prompt=model.needs_prompt)
