@@ -131,3 +131,19 @@ def test_a_dotted_key_in_a_yaml_file_says_to_nest_it(tmp_path):
     path.write_text("optim.lr: 1\n")
     with pytest.raises(ConfigError, match=r"'optim.lr': dotted keys are for key=value overrides; in YAML nest it"):
         config.load(Run, path)
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("model=007", "007"), ("model=2024_01", "2024_01"), ("model=12:30", "12:30"), ("model=on", "on"),
+    ("model=2.10", "2.10"),
+])
+def test_a_string_override_keeps_the_text_it_was_given(override, expected):
+    """Read as YAML, model=007 became '7', 2024_01 '202401' and 12:30 '750' (base 60), without a word."""
+    assert config.load(Run, None, [override]).model == expected
+
+
+def test_typed_overrides_still_read_as_yaml():
+    cfg = config.load(Run, None, ["steps=007", "lora_r=null", "optim.lr=1e-4", "loss=ipo"])
+    assert (cfg.steps, cfg.lora_r, cfg.optim.lr, cfg.loss) == (7, None, 1e-4, "ipo")
+    with pytest.raises(ConfigError, match="'model' must be a string, got None"):
+        config.load(Run, None, ["model=null"])

@@ -40,6 +40,16 @@ def dump_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Scalar:
+    """An override's value that YAML read as a number, boolean or null, with the text it was given: a string
+    field takes the text. Read as YAML alone, output_dir=007 wrote to '7', 2024_01 to '202401' and 12:30 to
+    '750' (YAML 1.1's base-60), without a word."""
+
+    value: Any
+    text: str
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """`["train.lr=1e-4", "loss=dpo"]` → nested dict. Values are parsed as YAML scalars/lists."""
     out: dict = {}
@@ -51,6 +61,8 @@ def parse_overrides(overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        if value is not None and not isinstance(value, str | list | dict):
+            value = _Scalar(value, raw.strip())
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -181,6 +193,8 @@ def _with_field_default(f: dataclasses.Field, tp: Any, value: Any) -> Any:
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = get_origin(tp)
+    if isinstance(value, _Scalar):
+        value = value.text if tp is str or (origin in (Union, types.UnionType) and str in get_args(tp)) else value.value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key + ".")
     if origin in (Union, types.UnionType):
