@@ -51,3 +51,16 @@ def test_demo_report_renders_in_chromium(demo_dir, tmp_path):
 def test_demo_rejects_an_unknown_group(tmp_path, capsys):
     assert main(["demo", "quick=true", "target_group=nobody", f"out={tmp_path / 'x'}"]) == 2
     assert "target_group 'nobody'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["target_group=nobody", "population=nobody", "n_pairs=-3", "steer_n=0", "seed=-1"])
+def test_a_mistyped_option_leaves_the_previous_demo_alone(tmp_path, capsys, bad):
+    # It was checked after the previous run was deleted: its results were gone and a lone config.yaml was left.
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("target_group: minority\n")
+    (out / "results.json").write_text("{}")
+    assert main(["demo", "quick=true", bad, f"out={out}"]) == 2
+    assert bad.split("=")[0] in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "results.json"]
+    assert (out / "config.yaml").read_text() == "target_group: minority\n"

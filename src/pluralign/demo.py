@@ -63,14 +63,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    check_config(cfg)  # before _fresh: a mistyped option deleted the previous demo's results and left a lone config
     _fresh(Path(cfg.out))
     run = RunDir(cfg.out)
     atomic_write_text(run.config_path, dump_yaml(cfg))
     pop = population(cfg.population)
-    if cfg.target_group not in pop.group_names:
-        from pluralign.errors import ConfigError
-
-        raise ConfigError(f"target_group '{cfg.target_group}' is not a group of '{cfg.population}': {pop.group_names}")
 
     _say("1/6 sandbox base model (built once, then cached)")
     base = build_base(seed=cfg.seed, config=SandboxConfig.tiny() if cfg.quick else None)
@@ -123,6 +120,24 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
 
 _T0 = time.time()
+# The least value of each integer option (rm_seeds is read as max(1, rm_seeds)); seeds key numpy's streams,
+# which take non-negative integers only.
+_MINIMUMS = {"seed": 0, "n_pairs": 1, "n_rm_pairs": 1, "epochs": 1, "n_eval_prompts": 1, "n_steer_prompts": 1,
+             "steer_n": 1}
+
+
+def check_config(cfg: DemoConfig) -> None:
+    """The options a user can get wrong, checked before the run directory is touched."""
+    from pluralign.errors import ConfigError
+    from pluralign.sandbox import population
+
+    pop = population(cfg.population)
+    if cfg.target_group not in pop.group_names:
+        raise ConfigError(f"target_group '{cfg.target_group}' is not a group of '{cfg.population}': {pop.group_names}",
+                          field="target_group")
+    for name, least in _MINIMUMS.items():
+        if getattr(cfg, name) < least:
+            raise ConfigError(f"{name} must be >= {least}, got {getattr(cfg, name)}", field=name)
 
 
 def _fresh(out: Path) -> None:
