@@ -81,7 +81,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pluralign.cli import positive_int
+from pluralign.cli import positive_int, seed_int
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -273,7 +273,7 @@ def parse(argv: list[str] | None):
     p.add_argument("--offline", default=",".join(OFFLINE), help="offline baselines (dpo is the one compared against)")
     p.add_argument("--dpo-epochs", type=positive_int, default=2, help="offline DPO/RPO epochs over their labels (dpo_sandbox.py: 2)")
     p.add_argument("--boot", type=positive_int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads (the model is tiny; on a shared machine a second thread's spin-waits cost CPU)")
     p.add_argument("--out", default="runs/online_frontier")

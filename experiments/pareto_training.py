@@ -65,6 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pluralign.cli import seed_int
+
 # Every method this script knows (--methods); the default list leaves out linb, mod and wcdpo.
 METHODS = ["linear", "linshort", "linb", "raco", "racoub", "pama", "racoeq", "modpo", "map", "mahdpo", "soups", "mod",
            "jsoup", "wcdpo", "ric", "dpa"]
@@ -400,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cases", default="2obj,3obj")
     p.add_argument("--methods", default="linear,raco,racoub,pama,racoeq,linshort,modpo,map,mahdpo,soups,jsoup,ric,dpa",
                    help=f"comma-separated, of: {', '.join(METHODS)}")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--lr", type=float, default=5e-4, help="learning rate of the preference runs (the sweep's)")
     p.add_argument("--expert-lr", type=float, default=None, help="soup experts' learning rate (default: --lr)")
     p.add_argument("--raco-c", type=float, default=0.2, help="RACO's c (the radius of its conflict-averse ball; "

@@ -84,7 +84,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pluralign.cli import positive_int
+from pluralign.cli import positive_int, seed_int
 
 BOOT = 1000
 # online group DRO (Sagawa et al. 2020): weights over groups, η per step, generalization adjustment C/√n_g
@@ -164,7 +164,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--powers", default=str(TUNED_POWER), help="comma-separated powers p of the balanced "
                    "group objective (w_g ∝ n_g^p), one row balanced_p<p> each")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads (the models are tiny: one is enough)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", default="runs/personal_training",
                    help="output directory, removed and rewritten (only when empty or an earlier run of this script)")
     p.add_argument("--only", default="", help="comma-separated rows to train (shared always), e.g. "

@@ -37,7 +37,7 @@ import time
 import numpy as np
 import torch
 
-from pluralign.cli import positive_int
+from pluralign.cli import positive_int, seed_int
 from pluralign.evaluate.calibration import fit_temperature, pairwise_calibration
 from pluralign.reward.bt import BTRewardModel, bt_pair_step
 from pluralign.reward.data import pair_collate
@@ -179,7 +179,7 @@ def over_seeds(n: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_int, default=0)
     ap.add_argument("--quick", action="store_true", help="fewer pairs and epochs (smoke run)")
     ap.add_argument("--seeds", type=positive_int, default=3, help="seeds of the BT-vs-PAL comparison [2]")
     args = ap.parse_args()

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from pluralign.cli import positive_int
+from pluralign.cli import positive_int, seed_int
 from pluralign.sandbox.attributes import ATTRIBUTES, score_batch
 from pluralign.sandbox.base import SandboxConfig, build_base, load
 from pluralign.sandbox.feedback import draw_responses, generate
@@ -84,7 +84,7 @@ def _fit_temperature(du: np.ndarray) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_int, default=0)
     ap.add_argument("--n-prompts", type=positive_int, default=512)
     ap.add_argument("--n-pairs", type=positive_int, default=3000)
     ap.add_argument("--temperature", type=float, default=0.2)

@@ -29,6 +29,9 @@ CASES = [
     ("experiments/preference_models.py", ["--seeds", "0"], "must be at least 1"),
     ("experiments/sandbox_sanity.py", ["--n-pairs", "-1"], "must be at least 1"),
     ("experiments/decoding_frontier.py", ["--prompts", "-1"], "must be at least 1"),
+    # a negative seed was numpy's "expected non-negative integer" traceback, some --out directories made already
+    *[(f"experiments/{name}.py", ["--seed", "-1"], "must be at least 0") for name in (
+        "dpo_sandbox", "online_frontier", "pareto_training", "personal_training", "preference_models", "sandbox_sanity")],
     ("bench/dpo_vs_trl.py", ["--repeats", "0"], "must be at least 1"),
     ("bench/dpo_vs_trl.py", ["--pluralign-set", "packing"], "KEY=VALUE expected"),
     ("bench/grpo_vs_trl.py", ["--steps", "-2"], "must be at least 1"),

@@ -82,6 +82,17 @@ def positive_int(text: str) -> int:
     return n
 
 
+def seed_int(text: str) -> int:
+    """argparse type for a seed: an integer >= 0 (numpy's random streams take non-negative seeds only)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0 (numpy's random streams take no negative seed), got {n}")
+    return n
+
+
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Each option's default in its help, where there is one to tell: not None (the help says what an unset
     option does, e.g. "default: <model>/eval"), and not twice where the help already names it."""
