@@ -368,9 +368,11 @@ def verdicts(res: dict) -> dict:
                 out[f"{name}_cost_ratio"] = m[name]["cpu_s"] / lin["cpu_s"] if lin["cpu_s"] > 0 else float("nan")
         # At the sweep's own weights, and (on 3 objectives) with the single-run models steered at the finer
         # grid as well: the same models and training cost, more points than the sweep has models.
-        for suffix, group in (("", SINGLE_RUN), ("_dense", [*SINGLE_RUN, *dense])):
-            out[f"single_run_95pct_at_third_cost{suffix}"] = any(
-                out.get(f"{n}_hv_ratio", 0) >= 0.95 and out.get(f"{n}_cost_ratio", 9) <= 1 / 3 for n in group)
+        # Each verdict only where a method it is about ran: without one it read False, a finding about nothing.
+        for suffix, group, about in (("", SINGLE_RUN, SINGLE_RUN), ("_dense", [*SINGLE_RUN, *dense], dense)):
+            if any(n in m for n in about):
+                out[f"single_run_95pct_at_third_cost{suffix}"] = any(
+                    out.get(f"{n}_hv_ratio", 0) >= 0.95 and out.get(f"{n}_cost_ratio", 9) <= 1 / 3 for n in group)
         for name in ("raco", "racoub", "pama", "racoeq", "linshort", "linb"):
             if name in m:
                 out[f"{name}_minus_linear_hv"] = m[name]["hv"] - lin["hv"]
@@ -379,8 +381,10 @@ def verdicts(res: dict) -> dict:
                     out[f"{name}_minus_linb_hv"] = m[name]["hv"] - m["linb"]["hv"]
         # Equal cost = equal CPU-seconds within 10%: PAMA at the sweep's steps costs about the same as the
         # sweep; RACO costs more per step, so `racoeq` is RACO with the steps the sweep's CPU-seconds buy.
-        out["raco_or_pama_ge_linear_at_equal_cpu"] = any(
-            out.get(f"{n}_minus_linear_hv", -1) >= 0 and out.get(f"{n}_cost_ratio", 9) <= 1.1 for n in ("racoeq", "racoub", "pama"))
+        if any(n in m for n in ("racoeq", "racoub", "pama")):
+            out["raco_or_pama_ge_linear_at_equal_cpu"] = any(
+                out.get(f"{n}_minus_linear_hv", -1) >= 0 and out.get(f"{n}_cost_ratio", 9) <= 1.1
+                for n in ("racoeq", "racoub", "pama"))
         if "soups" in m and "linshort" in m and m["linshort"]["hv"] > 0:  # soups against the sweep at the experts' steps
             out["soups_vs_linshort_hv_ratio"] = m["soups"]["hv"] / m["linshort"]["hv"]
             out["soups_vs_linshort_cost_ratio"] = m["soups"]["cpu_s"] / m["linshort"]["cpu_s"]
