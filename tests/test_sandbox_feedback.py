@@ -167,6 +167,18 @@ def test_several_judges_per_item_label_the_same_pair_and_disagree_as_their_group
         F.generate("pairwise", n=4, judges_per_item=0)
 
 
+def test_the_judges_of_one_item_are_different_people_drawn_by_share():
+    # drawn independently, one user judged 20% of the items twice (31% with the minority alone)
+    for groups in (None, ["minority"]):
+        records = F.generate("user_pairwise", "default", 1500, judges_per_item=3, groups=groups)
+        assert all(len({r.user for r in records[i:i + 3]}) == 3 for i in range(0, 1500, 3))
+    shares = np.mean([r.group == "majority" for r in F.generate("binary", "default", 3000, judges_per_item=2)])
+    assert abs(shares - 0.7) < 0.03
+    assert len(F.generate("user_pairwise", "default", 7, judges_per_item=3)) == 7  # the last item has one judge
+    with pytest.raises(ConfigError, match="panels of 9 different annotators, but groups minority has 8 users"):
+        F.generate("user_pairwise", "default", 9, judges_per_item=9, groups=["minority"])
+
+
 def test_a_lone_prompt_is_refused_by_name_not_split_into_characters():
     # gold_eval("describe rivers.") evaluated 16 one-character prompts; draw_responses drew responses to each
     from pluralign.sandbox import draw_responses, gold_eval

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fb.add_argument("--temperature", type=float, help="override every group's Bradley-Terry temperature")
     fb.add_argument("--groups", help="comma-separated groups to draw annotators from (default: all, by share)")
     fb.add_argument("--judges-per-item", type=int, default=1,
-                    help="annotators who judge each prompt and its responses (several: their disagreement shows)")
+                    help="different annotators who judge each prompt and its responses (several: their disagreement shows)")
     fb.add_argument("--rated-per-prompt", type=int,
                     help="--kind rated: responses to one prompt each annotator rates (default 1; several: data convert "
                     "can pair them, as it compares one person's ratings of one prompt)")

@@ -79,7 +79,7 @@ def generate(kind: str, population: str | Population = "default", n: int = 100,
     `temperature` overrides every group's BT temperature; `k` is the list length for "ranked";
     `users_seed` fixes who the users are (the same people across feedback files), `seed` everything else;
     `groups` restricts the annotators to those groups (e.g. `["minority"]`, to align toward one group);
-    `judges_per_item` annotators judge each prompt and its responses (records i·j … i·j + j − 1 share item
+    `judges_per_item` different annotators judge each prompt and its responses (records i·j … i·j + j − 1 share item
     i), as in data sets where several people label the same pair, so their disagreement can be measured;
     `rated_per_prompt` ("rated") responses to one prompt each annotator rates, the data that rated → pairwise
     and rated → ranked conversions pair (they compare one person's ratings of one prompt's responses).
@@ -98,11 +98,14 @@ def generate(kind: str, population: str | Population = "default", n: int = 100,
     per_annotator = rated_per_prompt if kind == "rated" else 1  # records each annotator gives
     raters = -(-n // per_annotator)
     items = -(-raters // judges_per_item)
+    # Drawn (from their own stream) before any response is sampled: an unknown group or a panel larger than
+    # the groups' users is refused before a model samples.
+    annotators = pop.draw_panels(items, judges_per_item, _stream(seed, kind, "annotators"), seed=users_seed,
+                                 groups=groups)[:raters]
     prompts = world.prompts(items, _stream(seed, kind, "prompts"))
     per_prompt = {"pairwise": 2, "user_pairwise": 2, "ranked": k, "rated": per_annotator}.get(kind, 1)
     responses = _responses(prompts, per_prompt, seed, kind, model_dir=model_dir, model=model, tokenizer=tokenizer,
                            temperature=sample_temperature, max_new_tokens=max_new_tokens)
-    annotators = pop.draw_users(raters, _stream(seed, kind, "annotators"), seed=users_seed, groups=groups)
     rng = _stream(seed, kind, "labels")
     make = {"pairwise": _pairwise, "user_pairwise": _pairwise, "ranked": _ranked, "binary": _binary,
             "rated": _rated, "judged": _judged}[kind]

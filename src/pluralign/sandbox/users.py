@@ -86,6 +86,33 @@ class Population:
                    groups: Sequence[str] | None = None) -> list[User]:
         """`n` annotators: a group by `shares` (renormalized over `groups` when given, e.g. to collect
         feedback from the minority alone, user ids unchanged), then a user of that group uniformly."""
+        shares = self._shares(groups)
+        users = self.users(seed)
+        by_group = {g.name: [u for u in users if u.group == g.name] for g in self.groups}
+        picked = rng.choice(len(self.groups), size=n, p=shares)
+        within = rng.integers(0, self.users_per_group, size=n)
+        return [by_group[self.groups[g].name][i] for g, i in zip(picked, within, strict=True)]
+
+    def draw_panels(self, n_items: int, size: int, rng: np.random.Generator, seed: int = 0,
+                    groups: Sequence[str] | None = None) -> list[User]:
+        """`n_items` panels of `size` different annotators, panel after panel (n_items · size users): each
+        member drawn as `draw_users` draws one, someone already on the panel drawn again. Several judges of
+        one item are several people: drawn independently, one person judged about a fifth of the default
+        population's items twice, their disagreement with themselves counted as people's. A panel of one
+        is `draw_users`."""
+        if size == 1:
+            return self.draw_users(n_items, rng, seed, groups)
+        shares = self._shares(groups)
+        users = self.users(seed)
+        p = np.array([shares[self.group_names.index(u.group)] / self.users_per_group for u in users])
+        if np.count_nonzero(p) < size:
+            raise ConfigError(f"population '{self.name}': panels of {size} different annotators, but "
+                              f"{'groups ' + ', '.join(groups) if groups is not None else 'it'} has "
+                              f"{np.count_nonzero(p)} users", field="judges_per_item")
+        return [users[i] for _ in range(n_items) for i in rng.choice(len(users), size=size, replace=False, p=p)]
+
+    def _shares(self, groups: Sequence[str] | None) -> np.ndarray:
+        """The groups' shares renormalized over `groups` (all by default), others 0."""
         if isinstance(groups, str):  # read as its characters: "minority" was "no group 'm'"
             raise ConfigError(f"groups: expected a list of group names, got the text {groups!r}; write [{groups!r}]",
                               field="groups")
@@ -95,11 +122,7 @@ class Population:
         shares = np.array([s if g.name in chosen else 0.0 for g, s in zip(self.groups, self.shares, strict=True)])
         if shares.sum() <= 0:
             raise ConfigError(f"population '{self.name}': groups {chosen} have no share")
-        users = self.users(seed)
-        by_group = {g.name: [u for u in users if u.group == g.name] for g in self.groups}
-        picked = rng.choice(len(self.groups), size=n, p=shares / shares.sum())
-        within = rng.integers(0, self.users_per_group, size=n)
-        return [by_group[self.groups[g].name][i] for g, i in zip(picked, within, strict=True)]
+        return shares / shares.sum()
 
 
 def weight_vector(weights: Weights) -> np.ndarray:
