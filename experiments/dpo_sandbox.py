@@ -44,10 +44,13 @@ METHODS: dict[str, tuple[str, dict]] = {
 
 
 def group_feedback(path: Path, population_name: str, group: str, n_pairs: int, base_dir: Path, seed: int) -> Path:
-    """Write `n_pairs` user-pairwise records of `group`'s users on base-model samples (kept and reused when
-    `path` exists: its name holds every setting)."""
+    """Write `n_pairs` user-pairwise records of `group`'s users on base-model samples, to `path` with the base
+    model's directory name (`base-<config hash>`) added; kept and reused when that file exists, its name holding
+    every setting. Without the base in it, a base rebuilt for a changed world or gold reused pairs of the old
+    one's samples, labelled by the old gold attributes."""
     from pluralign.data.io import write_records
 
+    path = path.with_name(f"{path.stem}_{Path(base_dir).name}{path.suffix}")
     if path.exists():
         return path
     from pluralign.sandbox.feedback import generate
