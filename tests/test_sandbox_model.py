@@ -20,7 +20,7 @@ from pluralign.data.io import read_records
 from pluralign.decode.sampler import sample
 from pluralign.errors import ConfigError
 from pluralign.sandbox import feedback as F
-from pluralign.sandbox.attributes import ATTRIBUTES
+from pluralign.sandbox.attributes import ATTRIBUTES, score
 from pluralign.sandbox.base import (
     SandboxConfig,
     build_base,
@@ -133,6 +133,19 @@ def test_one_prompt_gives_no_standard_error_rather_than_zero(tiny):
     assert math.isnan(one["groups"]["majority"]["se"]) and math.isnan(one["win_rate"]["majority"]["se"])
     row = next(line for line in format_table(one).splitlines() if line.startswith("utility/majority"))
     assert row.split()[-1] == "-"
+
+
+def test_gold_eval_scores_the_users_of_the_feedbacks_users_seed(tiny):
+    # it always scored users(0): feedback drawn with users_seed=3 names other people under the same ids
+    from pluralign.sandbox.users import population, utility
+
+    model, tok = load(tiny)
+    seeded = gold_eval(model, tokenizer=tok, n_prompts=4, n_samples=1, users_seed=3)
+    assert seeded["users"] != gold_eval(model, tokenizer=tok, n_prompts=4, n_samples=1)["users"]
+    samples = sample(model, tok, eval_prompts(4), n=1, seed=0)
+    x = np.array([list(score(p, t[0]).values()) for p, t in zip(eval_prompts(4), samples.texts, strict=True)])
+    for u in population("default").users(3):
+        assert seeded["users"][u.id]["mean"] == pytest.approx(float(utility(u.vector(), x).mean()))
 
 
 def test_cli_build_feedback_and_eval(tiny, tmp_path, capsys):

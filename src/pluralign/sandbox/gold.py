@@ -71,11 +71,12 @@ def eval_prompts(n: int, seed: int = EVAL_SEED) -> list[str]:
 def gold_eval(model: Any, *, tokenizer: Any = None, base: Any = None, population: str | Population = "default",
               n_prompts: int = 128, n_samples: int = 2, seed: int = 0, max_new_tokens: int = 48,
               user: str | None = None, prompts: Sequence[str] | None = None,
-              per_user: bool = True) -> dict[str, Any]:
+              per_user: bool = True, users_seed: int = 0) -> dict[str, Any]:
     """Gold metrics of `model` (a directory or a loaded model) on `n_prompts` evaluation prompts.
 
     `base` (a directory or a loaded model) adds KL(π‖π_base) and win rates against the base; `user` (an
-    id like "g1-u3") adds that user's win rate. Sampling is at temperature 1 (the model's own
+    id like "g1-u3") adds that user's win rate. `users_seed` is who the users are, as in
+    `pluralign.sandbox.feedback.generate`: the people whose feedback trained the model. Sampling is at temperature 1 (the model's own
     distribution, which the KL estimate requires) with a fixed seed, so results are reproducible.
     """
     if prompts is not None:  # a lone text was evaluated as one prompt per character
@@ -86,7 +87,7 @@ def gold_eval(model: Any, *, tokenizer: Any = None, base: Any = None, population
         raise ConfigError(f"gold evaluation needs at least one prompt and one sample per prompt, got "
                           f"{len(prompts) if prompts is not None else n_prompts} prompt(s) x {n_samples}")
     pop = population if isinstance(population, Population) else get_population(population)
-    users = pop.users()
+    users = pop.users(users_seed)  # users(): another person under each id than feedback drawn with users_seed wrote
     if user is not None:  # checked before sampling; without a base the user's win rate was dropped unsaid
         if base is None:
             raise ConfigError(f"user {user!r}: a user's win rate is against the base model; give the base (--base)")
