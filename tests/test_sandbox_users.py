@@ -88,6 +88,28 @@ def test_named_populations_and_errors():
         U.Population("bad", (U.MAJORITY,), (0.5,))
 
 
+def test_a_population_that_cannot_label_is_refused_when_made():
+    # a NaN spread or weight labelled every pair for its second response (random() < nan is False);
+    # users_per_group 0 and a negative spread were numpy tracebacks at the first draw
+    with pytest.raises(ConfigError, match="user_spread must be a finite number >= 0, got nan"):
+        U.population("default", user_spread=float("nan"))
+    with pytest.raises(ConfigError, match="user_spread must be"):
+        U.population("default", user_spread=-0.1)
+    with pytest.raises(ConfigError, match="users_per_group must be an integer >= 1, got 0"):
+        U.population("default", users_per_group=0)
+    with pytest.raises(ConfigError, match="group names must differ"):
+        U.Population("twins", (U.MAJORITY, U.MAJORITY), (0.5, 0.5))
+    with pytest.raises(ConfigError, match="group 'g': weights must be finite"):
+        U.Group("g", {"safety": float("nan")})
+    with pytest.raises(ConfigError, match="unknown attribute"):
+        U.Group("g", {"kindness": 1.0})
+    for t in (0.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="temperature must be a finite number > 0"):
+            U.Group("g", {"safety": 1.0}, temperature=t)
+    assert U.population("default", user_spread=0.0).users()[0].weights == U.MAJORITY.weights | {
+        a: 0.0 for a in A.ATTRIBUTES if a not in U.MAJORITY.weights}
+
+
 def test_gold_table_keeps_its_columns_aligned_for_long_group_names():
     from pluralign.sandbox.gold import format_table
 

@@ -28,6 +28,15 @@ class Group:
     weights: dict[str, float]
     temperature: float = 0.2
 
+    def __post_init__(self) -> None:
+        # A NaN weight or temperature made every BT draw `random() < nan`, False: each label went to the second
+        # response without a word. Unknown attributes and a temperature <= 0 failed only at the first label.
+        if not np.isfinite(self.vector()).all():
+            raise ConfigError(f"group '{self.name}': weights must be finite numbers, got {self.weights}", field="weights")
+        if not (np.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"group '{self.name}': temperature must be a finite number > 0, got {self.temperature}",
+                              field="temperature")
+
     def vector(self) -> np.ndarray:
         return weight_vector(self.weights)
 
@@ -60,6 +69,15 @@ class Population:
             raise ConfigError(f"population '{self.name}': need one share per group")
         if any(s < 0 for s in self.shares) or not np.isclose(sum(self.shares), 1.0):
             raise ConfigError(f"population '{self.name}': shares must be non-negative and sum to 1")
+        if len(set(self.group_names)) < len(self.groups):  # users of both were drawn as one group's
+            raise ConfigError(f"population '{self.name}': group names must differ, got {self.group_names}")
+        # users_per_group 0 was numpy's "high <= 0" at the first draw; a NaN spread gave every user NaN weights.
+        if not (isinstance(self.users_per_group, (int, np.integer)) and self.users_per_group >= 1):
+            raise ConfigError(f"population '{self.name}': users_per_group must be an integer >= 1, "
+                              f"got {self.users_per_group!r}", field="users_per_group")
+        if not (np.isfinite(self.user_spread) and self.user_spread >= 0):
+            raise ConfigError(f"population '{self.name}': user_spread must be a finite number >= 0, "
+                              f"got {self.user_spread}", field="user_spread")
 
     def group(self, name: str) -> Group:
         for g in self.groups:
