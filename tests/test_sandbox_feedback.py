@@ -147,6 +147,10 @@ def test_bad_arguments_are_config_errors():
         for t in (-1.0, 0.0, float("nan")):
             with pytest.raises(ConfigError, match="temperature must be > 0"):
                 F.generate(kind, "default", 3, temperature=t)
+    # a NaN rating noise wrote every rating as null; a negative one was numpy's "scale < 0"
+    for noise in (float("nan"), float("inf"), -0.1):
+        with pytest.raises(ConfigError, match="rating_noise must be a finite number >= 0"):
+            F.generate("rated", "default", 3, rating_noise=noise)
 
 
 def test_several_judges_per_item_label_the_same_pair_and_disagree_as_their_groups_do():

@@ -92,6 +92,8 @@ def generate(kind: str, population: str | Population = "default", n: int = 100,
     # Before any sampling, and for every kind: a negative one reversed each ranking, NaN gave every verdict to one side.
     if temperature is not None and not temperature > 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
+    if not (np.isfinite(rating_noise) and rating_noise >= 0):  # NaN wrote every rating as null
+        raise ConfigError(f"rating_noise must be a finite number >= 0, got {rating_noise}", field="rating_noise")
     _check_seeds(seed=seed, users_seed=users_seed)
     pop = population if isinstance(population, Population) else get_population(population)
     world = World(seed)
