@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pluralign.errors import ConfigError
 from pluralign.sandbox import attributes as A
 from pluralign.sandbox.world import TOPICS, VOCABULARY, World, format_prompt
 
@@ -127,3 +128,5 @@ def test_gold_scorer_returns_attributes_or_a_utility():
     expected = 2 * full[:, A.ATTRIBUTES.index("conciseness")] + full[:, A.ATTRIBUTES.index("safety")]
     assert tuple(util.shape) == (5, 1)
     assert util[:, 0].tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+    with pytest.raises(ConfigError, match=r"unknown attribute\(s\) \['helpfulness'\]"):  # scored 0 for every response
+        A.GoldScorer({"helpfulness": 1.0, "safety": 1.0})

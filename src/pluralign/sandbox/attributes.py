@@ -157,6 +157,10 @@ class GoldScorer:
     ground truth through the same interface as a learned reward model."""
 
     def __init__(self, weights: dict[str, float] | None = None):
+        if weights:  # a misspelt attribute weighed 0 without a word: {"helpfulness": 1} scored every response 0
+            from pluralign.sandbox.users import weight_vector
+
+            weight_vector(weights)
         self.weights = weights
 
     @property
