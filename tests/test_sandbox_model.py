@@ -88,6 +88,21 @@ def test_second_build_reuses_the_cache_and_out_copies_it(tiny, tmp_path):
     assert out == tmp_path / "copy" and weights_hash(out) == weights_hash(tiny)
 
 
+def test_out_is_a_new_directory_or_a_copy_of_a_base(tiny, tmp_path, capsys):
+    # a model directory there was overwritten in place; its adapter_config.json, left over, made the copy an
+    # adapter without a base
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    assert main(["sandbox", "build", "--tiny", "--out", str(adapter)]) == 2
+    assert "is not a copy of a sandbox base model" in capsys.readouterr().err
+    assert [p.name for p in adapter.iterdir()] == ["adapter_config.json"]
+    again = build_base(tmp_path / "copy", seed=0, config=SandboxConfig.tiny())
+    assert build_base(again, seed=0, config=SandboxConfig.tiny()) == again  # an earlier copy is rebuilt in place
+    (tmp_path / "empty").mkdir()
+    assert weights_hash(build_base(tmp_path / "empty", seed=0, config=SandboxConfig.tiny())) == weights_hash(tiny)
+
+
 def test_model_feedback_is_reproducible_and_valid(tiny, tmp_path):
     for kind in ("user_pairwise", "ranked", "judged"):
         a = F.generate_file(tmp_path / f"{kind}-a.jsonl", kind, "two_groups", 16, tiny, seed=2, k=3)

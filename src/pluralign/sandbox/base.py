@@ -80,6 +80,8 @@ def build_base(out_dir: str | os.PathLike | None = None, seed: int = 0, config: 
     and `out_dir` is returned. `force` rebuilds even when cached.
     """
     config = config or SandboxConfig()
+    if out_dir is not None:
+        check_out_dir(Path(out_dir))
     digest = config_hash(seed, config)
     cached = cache_root() / "sandbox" / f"base-{digest[:16]}"
     if force or not (cached / MANIFEST).exists():
@@ -91,6 +93,17 @@ def build_base(out_dir: str | os.PathLike | None = None, seed: int = 0, config: 
         if f.is_file():
             atomic_write_bytes(out / f.name, f.read_bytes())
     return out
+
+
+def check_out_dir(out: Path) -> None:
+    """`out_dir` may be new, empty, or an earlier copy of a base (its files are replaced). Anything else holds
+    someone's files: a trained model or an adapter there was overwritten in place, and a leftover
+    adapter_config.json made the copy load as an adapter without a base."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / INFO).is_file())):
+        from pluralign.errors import ConfigError
+
+        raise ConfigError(f"{out} exists and is not a copy of a sandbox base model (no {INFO}); its files would be "
+                          "overwritten: choose a new or empty directory", field="out")
 
 
 def _build_into(target: Path, seed: int, config: SandboxConfig, digest: str, *, force: bool,
