@@ -53,7 +53,8 @@ def test_demo_rejects_an_unknown_group(tmp_path, capsys):
     assert "target_group 'nobody'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bad", ["target_group=nobody", "population=nobody", "n_pairs=-3", "steer_n=0", "seed=-1"])
+@pytest.mark.parametrize("bad", ["target_group=nobody", "population=nobody", "n_pairs=-3", "steer_n=0", "seed=-1",
+                                 "beta=-1", "learning_rate=0", "loss=nosuch"])
 def test_a_mistyped_option_leaves_the_previous_demo_alone(tmp_path, capsys, bad):
     # It was checked after the previous run was deleted: its results were gone and a lone config.yaml was left.
     out = tmp_path / "run"

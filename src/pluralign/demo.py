@@ -138,6 +138,14 @@ def check_config(cfg: DemoConfig) -> None:
     for name, least in _MINIMUMS.items():
         if getattr(cfg, name) < least:
             raise ConfigError(f"{name} must be >= {least}, got {getattr(cfg, name)}", field=name)
+    # The DPO run's loss, beta and learning rate, else refused by the recipe once the base was built and the
+    # feedback drawn (minutes), the previous demo gone.
+    from pluralign import losses
+    from pluralign.losses.registry import check_hyperparams
+    from pluralign.train.loop_config import LoopConfig
+
+    check_hyperparams(losses.get(cfg.loss).info, {"beta": cfg.beta})
+    LoopConfig(learning_rate=cfg.learning_rate)
 
 
 def _fresh(out: Path) -> None:
