@@ -122,3 +122,13 @@ def test_a_reward_model_run_brings_its_held_out_calibration_and_accuracy(tmp_pat
     assert table["rows"] == [["rm (held-out)", 6, 4 / 6, 0.5, 1.0]] and table["columns"][-2:] == ["a", "b"]
     page = render_html(results)
     assert "Calibration" in page and "rm (held-out)" in page
+
+
+def test_the_pareto_section_names_the_runs_it_leaves_out():
+    # A run without a value for a compared objective was dropped from the fronts and the "runs" count unsaid
+    runs = [{"name": "a", "method": "m", "objectives": {"h": 0.1, "s": 0.9}},
+            {"name": "b", "method": "m", "objectives": {"h": 0.9, "s": 0.1}},
+            {"name": "c", "method": "m", "objectives": {"h": 0.95, "s": None}}]
+    html = render_html({"runs": runs})
+    assert "Left out of the Pareto fronts (no value for every objective): c." in html
+    assert "Left out" not in render_html({"runs": runs[:2]})

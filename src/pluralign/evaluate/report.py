@@ -217,10 +217,12 @@ def _pareto_section(results: dict) -> str:
     # Given more than two objectives, the fronts are drawn as pairwise projections and the hypervolume is
     # over all of them.
     objectives = pareto_objectives(results)
-    runs = [r for r in results.get("runs", []) if r.get("objectives")
-            and all(plots._finite(r["objectives"].get(o)) for o in objectives)]
+    scored = [r for r in results.get("runs", []) if r.get("objectives")]
+    runs = [r for r in scored if all(plots._finite(r["objectives"].get(o)) for o in objectives)]
     if len(objectives) < 2 or not runs:
         return ""
+    # a run lacking one objective's value has no point: named, else it was dropped from the fronts unsaid
+    left_out = ", ".join(str(r.get("name", "")) for r in scored if r not in runs)
     import numpy as np
 
     P = np.array([[r["objectives"][o] for o in objectives] for r in runs], dtype=float)
@@ -238,7 +240,9 @@ def _pareto_section(results: dict) -> str:
     table = table_html(["method", "runs", "non-dominated runs", "hypervolume"], rows)
     return (f'<h2>Pareto fronts</h2><div class="grid">{figure_html(png, "Pareto fronts", caption)}</div>{table}'
             f'<p class="muted">{html.escape(caption)}. A method with fewer than 2 non-dominated runs has no '
-            "front (a single point's box to the reference point says nothing), so no hypervolume is given for it.</p>")
+            "front (a single point's box to the reference point says nothing), so no hypervolume is given for it."
+            + (f" Left out of the Pareto fronts (no value for every objective): {html.escape(left_out)}." if left_out else "")
+            + "</p>")
 
 
 def render_html(results: dict) -> str:
