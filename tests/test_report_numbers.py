@@ -132,3 +132,10 @@ def test_the_pareto_section_names_the_runs_it_leaves_out():
     html = render_html({"runs": runs})
     assert "Left out of the Pareto fronts (no value for every objective): c." in html
     assert "Left out" not in render_html({"runs": runs[:2]})
+
+
+def test_the_reward_kl_plot_names_the_runs_it_cannot_draw():
+    # A run without a KL estimate (a decoder that names no distribution) was missing from the plot unsaid
+    runs = [{"name": "base", "kl": 0.0, "reward": 1.0}, {"name": "guided", "kl": None, "reward": 1.4}]
+    assert "not drawn (no KL or reward): guided" in render_html({"runs": runs})
+    assert "not drawn" not in render_html({"runs": runs[:1]})

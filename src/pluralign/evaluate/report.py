@@ -267,7 +267,10 @@ def render_html(results: dict) -> str:
         figs = []
         rk = plots.reward_kl(runs, ylabel=judge)
         if rk:
-            figs.append(figure_html(rk, "Reward vs KL", "each point a run, bars its 95% intervals; solid: frontier, dashed: envelope"))
+            undrawn = ", ".join(str(r.get("name", "")) for r in runs
+                                if not (plots._finite(r.get("kl")) and plots._finite(r.get("reward"))))
+            figs.append(figure_html(rk, "Reward vs KL", "each point a run, bars its 95% intervals; solid: frontier, "
+                                    "dashed: envelope" + (f"; not drawn (no KL or reward): {undrawn}" if undrawn else "")))
         gb = plots.group_bars(runs)
         if gb:
             grouped = sum(1 for r in runs if r.get("per_group"))
