@@ -7,7 +7,7 @@ import torch
 from pluralign.decode.api import Controls, decode
 from pluralign.decode.controlled import ValueModel, train_fudge
 from pluralign.decode.fusion import mod_scores
-from pluralign.decode.sampler import sample
+from pluralign.decode.sampler import RowStreams, sample
 from pluralign.decode.search import constraint_score
 from pluralign.decode.toy import toy_lm, toy_tokenizer
 from pluralign.errors import ConfigError
@@ -168,8 +168,7 @@ def test_genarm_alpha1_is_normalised_product(tok, lms):
     with torch.no_grad():
         lb = lms[0](torch.tensor(ids)).logits[:, -1]
         la = lms[1](torch.tensor(ids)).logits[:, -1]
-    g = torch.Generator().manual_seed(0)
-    guide.generator = g
+    guide.streams = RowStreams([0])
     draws = torch.stack([guide.choose(lb, [0]) for _ in range(4000)]).flatten()
     want = torch.softmax(lb, -1) * torch.softmax(la, -1)
     want = (want / want.sum())[0]
@@ -278,7 +277,7 @@ def test_fusion_filters_top_p_after_temperature_as_sampling_does(method, tok, lm
     with torch.no_grad():
         logits = lms[0](torch.tensor(ids)).logits[:, -1]
     want = warp_logits(logits, 2.0, 0, 0.5)[0]
-    guide.generator = torch.Generator().manual_seed(0)
+    guide.streams = RowStreams([0])
     for _ in range(50):
         guide.prefix = None
         token = int(guide.choose(logits, [0]))

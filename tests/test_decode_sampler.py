@@ -156,23 +156,24 @@ def test_reserved_cache_grows_selects_and_forks(lm, tok):
 
 
 def test_inverse_cdf_draw_on_a_large_vocabulary():
-    from pluralign.decode.sampler import INVERSE_CDF_VOCAB, draw
+    from pluralign.decode.sampler import draw
 
-    p = torch.zeros(INVERSE_CDF_VOCAB + 100, dtype=torch.float)
-    support = torch.tensor([0, 7, 4096, 4150, INVERSE_CDF_VOCAB + 99])  # both ends of the row included
+    V = 4196
+    p = torch.zeros(V, dtype=torch.float)
+    support = torch.tensor([0, 7, 4096, 4150, V - 1])  # both ends of the row included
     p[support] = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])
     gen = torch.Generator().manual_seed(0)
     counts = torch.zeros_like(p)
     for _ in range(8):
-        counts += torch.bincount(draw(p.expand(1000, -1), gen), minlength=p.numel()).float()
+        u = torch.rand(1000, generator=gen, dtype=torch.float64)
+        counts += torch.bincount(draw(p.expand(1000, -1), u), minlength=p.numel()).float()
     assert counts.sum() == 8000 and counts[support].sum() == 8000  # never a zero-probability entry
     freq, sd = counts[support] / 8000, (p[support] * (1 - p[support]) / 8000).sqrt()
     assert ((freq - p[support]).abs() < 4 * sd).all(), freq
-    a, b = (draw(p.expand(50, -1), torch.Generator().manual_seed(3)) for _ in range(2))
-    assert torch.equal(a, b)  # seeded
-    one_hot = torch.zeros(2, INVERSE_CDF_VOCAB)
+    one_hot = torch.zeros(2, V)
     one_hot[0, 5], one_hot[1, -1] = 1.0, 1.0
-    assert draw(one_hot, gen).tolist() == [5, INVERSE_CDF_VOCAB - 1]
+    assert draw(one_hot, torch.tensor([0.0, 0.999])).tolist() == [5, V - 1]
+    assert draw(one_hot, torch.tensor([0.999, 0.0])).tolist() == [5, V - 1]
 
 
 def test_the_chat_templates_end_of_turn_token_ends_an_answer():
@@ -218,3 +219,22 @@ def test_a_stop_string_of_multi_token_characters_ends_the_answer_when_it_is_writ
             break
     assert gen.reason[0] == "stop" and len(gen.tokens[0]) == len(tok.encode(f"ok {stop}", add_special_tokens=False))
     assert gen.text(0) == "ok "
+
+
+def test_a_seeded_prompt_draws_the_same_answers_whatever_else_is_decoded_with_it(lm, tok):
+    # every row drew from one stream for the whole call: a prompt's answers changed with the other prompts
+    # in the file, its position and the batch size (max_rows), where a seed promises the same answer to the
+    # same request (OpenAI's `seed`; `pluralign serve` isolated seeded requests for that reason)
+    def ids(prompts, n=3, **kw):
+        return sample(lm, tok, prompts, n=n, max_new_tokens=8, seed=3, **kw).token_ids
+
+    alone = [ids([p])[0] for p in PROMPTS]
+    assert ids(PROMPTS) == alone
+    assert ids(PROMPTS[::-1])[::-1] == alone
+    assert ids(PROMPTS, max_rows=3) == alone  # one prompt per chunk
+    assert len({tuple(x) for x in alone[1]}) > 1  # a prompt's samples are not copies of each other
+    # a repeated prompt draws afresh (its next samples), so repeating prompts still estimates by sampling
+    six = ids(PROMPTS[:1], n=6)[0]
+    assert ids([PROMPTS[0], PROMPTS[1], PROMPTS[0]]) == [six[:3], alone[1], six[3:]]
+    assert ids(PROMPTS[:1])[0] != sample(lm, tok, PROMPTS[:1], n=3, max_new_tokens=8, seed=4).token_ids[0]
+

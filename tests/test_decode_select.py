@@ -232,3 +232,25 @@ def test_an_empty_stop_text_is_refused(stop):
     with pytest.raises(ConfigError, match="stop") as e:
         Controls(stop=stop)
     assert e.value.field == "stop" and "non-empty" in str(e.value)
+
+
+@pytest.mark.parametrize(("method", "extra", "kwargs"), [
+    ("sample", {}, {}), ("bon", {"ties": "random"}, {}), ("soft_bon", {}, {}), ("rejection", {}, {}),
+    ("args", {"k": 5}, {}), ("mod", {}, {"models": True}), ("cd_block", {"block": 3}, {}),
+])
+def test_a_seeded_request_decodes_alike_whatever_is_decoded_with_it(method, extra, kwargs):
+    # one random stream served the whole call, so a prompt's answer changed with the other rows of the prompts
+    # file, its position among them, and (the server) the requests batched with it
+    tok = toy_tokenizer()
+    lm = toy_lm(tok, seed=0, scale=1.0)
+    if kwargs.get("models"):
+        kwargs = {"models": [toy_lm(tok, seed=1, scale=1.0)]}
+    prompts = ["the cat sat on", "a big dog", "bird"]
+    ctl = Controls(n=3, max_new_tokens=6, seed=11, beta=0.5, extra=extra)
+
+    def run(ps):
+        return decode(method, lm, tok, ps, reward=two_words, controls=ctl, **kwargs).texts
+
+    alone = [run([p])[0] for p in prompts]
+    assert run(prompts) == alone
+    assert run(prompts[::-1])[::-1] == alone

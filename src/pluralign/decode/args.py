@@ -44,9 +44,9 @@ from pluralign.errors import ConfigError
 class ArgsGuide:
     """Chooses among the top-k tokens by logit + w · weighted reward of each candidate prefix."""
 
-    def __init__(self, controls: list[Controls], prompt_ids: list[list[int]], generator: Any, *, tokenizer: Any,
+    def __init__(self, controls: list[Controls], prompt_ids: list[list[int]], streams: Any, *, tokenizer: Any,
                  prompts: list[Any], reward: Any = None, cached: CachedReward | None = None):
-        self.controls, self.generator, self.tokenizer = controls, generator, tokenizer
+        self.controls, self.streams, self.tokenizer = controls, streams, tokenizer
         self.prompts, self.reward, self.cached = prompts, reward, cached
         self.k = max(int(c.extra.get("k", c.top_k or 10)) for c in controls)
         self.prefix: list[list[int]] = [[] for _ in controls]  # generated tokens per prompt
@@ -86,7 +86,7 @@ class ArgsGuide:
         greedy, temp = row_settings(self.controls, rows, logits.device)
         c = self.controls[rows[0]]  # top_k / top_p are shared by the batch (`batch_shared`)
         score = nucleus(score, temp, c.top_k, c.top_p)
-        idx = pick(score, greedy, temp, self.generator)
+        idx = pick(score, greedy, temp, self.streams, rows)
         self.last_logq = choice_logq(score, idx, greedy, temp)
         if self.cached is not None:
             if choice is None:  # keep the reward-model cache in step even when it was not consulted

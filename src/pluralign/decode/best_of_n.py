@@ -18,7 +18,7 @@ import torch
 from pluralign.decode.api import Controls, DecodeResult, groups, register, score_candidates
 from pluralign.decode.kv import Compute
 from pluralign.decode.rewards import Counted, objective_names
-from pluralign.decode.sampler import sample
+from pluralign.decode.sampler import occurrences, sample, seeded_generator
 from pluralign.errors import ConfigError
 
 # ----------------------------------------------------------------------------------- exact formulas
@@ -116,13 +116,15 @@ class Drawn(NamedTuple):
 
 def draw_candidates(model: Any, tokenizer: Any, prompts: list[Any], controls: list[Controls], *,
                     n_of=lambda c: c.n) -> Drawn:
-    """Sample candidates for each prompt, batching requests that share sampling settings."""
+    """Sample candidates for each prompt, batching requests that share sampling settings (seeds apart: each
+    request draws from streams of its own seed, `sample`)."""
     drawn = Drawn([[] for _ in prompts], [torch.zeros(0)] * len(prompts), Compute(), [[] for _ in prompts],
                   [torch.zeros(0)] * len(prompts))
     keyed = [c.replace(n=n_of(c)) for c in controls]
-    for idx, c in groups(keyed, "n", "max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed"):
+    for idx, c in groups(keyed, "n", "max_new_tokens", "temperature", "top_k", "top_p", "stop"):
         s = sample(model, tokenizer, [prompts[i] for i in idx], n=c.n, max_new_tokens=c.max_new_tokens,
-                   temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, stop=c.stop, seed=c.seed,
+                   temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, stop=c.stop,
+                   seed=[controls[i].seed for i in idx],
                    chat_template=[controls[i].chat_template for i in idx])
         drawn.compute.add(s.compute)
         for j, i in enumerate(idx):
@@ -145,9 +147,10 @@ def select_decoder(method: str, choose) -> Any:
         counted = _need_reward(reward, method)
         cands, logps, compute, ids, _ = draw_candidates(model, tokenizer, prompts, controls)
         per, util = score_candidates(counted, prompts, cands, controls)
-        # one random stream per call (equal per-prompt seeds would correlate the prompts' choices)
-        g = torch.Generator().manual_seed(controls[0].seed if controls and controls[0].seed is not None else 0)
-        chosen = [choose(util[p], c, g) for p, c in enumerate(controls)]
+        # each request its own stream, of its seed and prompt (`sampler.seeded_generator`): one stream for the
+        # call made a choice depend on the prompts before it
+        occ = occurrences([(c.seed, repr(x)) for c, x in zip(controls, prompts, strict=True)])
+        chosen = [choose(util[p], c, seeded_generator(c.seed, prompts[p], occ[p])) for p, c in enumerate(controls)]
         return DecodeResult(
             texts=[cands[p][i] for p, i in enumerate(chosen)],
             scores=torch.stack([per[p][i] for p, i in enumerate(chosen)]),

@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "probability (1: off)")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
                    help="end an answer at this text (left out of it); repeatable")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: a prompt's answer depends on the seed, the "
+                   "prompt and the settings only, not on the other rows of the file (a repeated prompt draws afresh)")
     p.add_argument("--chat-template", default="auto", choices=CHAT_TEMPLATE_MODES, help=CHAT_TEMPLATE_HELP)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="method option into controls.extra (e.g. k=10, mode=greedy, form=forward_kl); repeatable")

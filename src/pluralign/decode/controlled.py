@@ -156,9 +156,9 @@ def train_fudge(value: ValueModel, tokenizer: Any, prompts: list[Any], reward: A
 class CDGuide:
     """Token-wise CD: top-k of π_ref re-weighted by exp(λ·V([s, z]))."""
 
-    def __init__(self, controls: list[Controls], prompt_ids: list[list[int]], generator: Any, *, value: ValueModel,
+    def __init__(self, controls: list[Controls], prompt_ids: list[list[int]], streams: Any, *, value: ValueModel,
                  tokenizer: Any, compute: Compute):
-        self.controls, self.generator = controls, generator
+        self.controls, self.streams = controls, streams
         self.value = value
         self.state = LMState.from_ids(value.trunk, prompt_ids, pad_id_of(tokenizer), output="hidden", compute=compute)
         self.k = max(int(c.extra.get("k", c.top_k or 10)) for c in controls)
@@ -172,7 +172,7 @@ class CDGuide:
         greedy, temp = row_settings(self.controls, rows, logits.device)
         c = self.controls[rows[0]]  # top_k / top_p are shared by the batch (`batch_shared`)
         score = nucleus(top + lam[:, None] * v, temp, c.top_k, c.top_p)
-        idx = pick(score, greedy, temp, self.generator)
+        idx = pick(score, greedy, temp, self.streams, rows)
         self.last_logq = choice_logq(score, idx, greedy, temp)
         return cand.gather(1, idx[:, None]).squeeze(1)
 

@@ -91,9 +91,9 @@ def mod_weights(weights: Any, n_models: int, form: str = "reverse_kl") -> list[f
 class FusionGuide:
     """Holds one cache per extra model; combines next-token log-probs of all models each step."""
 
-    def __init__(self, controls: list[Controls], prompt_ids: list[list[int]], generator: Any, *, models: list[Any],
+    def __init__(self, controls: list[Controls], prompt_ids: list[list[int]], streams: Any, *, models: list[Any],
                  tokenizer: Any, compute: Compute, kind: str):
-        self.controls, self.generator, self.kind = controls, generator, kind
+        self.controls, self.streams, self.kind = controls, streams, kind
         pad = pad_id_of(tokenizer)
         self.states = [LMState.from_ids(m, prompt_ids, pad, compute=compute) for m in models]
         self.prefix = None  # [M, B] cumulative log-probs of each model for MOD
@@ -132,7 +132,7 @@ class FusionGuide:
             f = mod_scores(ell, w, form, alpha)
             f_prev = mod_scores(self.prefix[:, :, None], w, form, alpha)
             scores = nucleus(f - f_prev, temp, c.top_k, c.top_p)
-        tok = pick(scores, greedy, temp, self.generator)
+        tok = pick(scores, greedy, temp, self.streams, rows)
         self.last_logq = choice_logq(scores, tok, greedy, temp)
         if self.prefix is not None:
             self.prefix = self.prefix + lps.gather(-1, tok[None, :, None].expand(lps.shape[0], -1, 1)).squeeze(-1)

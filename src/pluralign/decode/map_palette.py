@@ -17,6 +17,7 @@ import torch
 from pluralign.decode.api import Controls, DecodeResult, register, score_candidates
 from pluralign.decode.best_of_n import _need_reward, draw_candidates, select_best, select_soft
 from pluralign.decode.rewards import objective_names, weight_vector
+from pluralign.decode.sampler import occurrences, seeded_generator
 from pluralign.errors import ConfigError
 
 
@@ -83,13 +84,14 @@ def map_decode(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, c
     per, _ = score_candidates(counted, prompts, cands, controls)
     pool = torch.cat(per)
     texts, chosen, sols = [], [], []
-    g = torch.Generator().manual_seed(controls[0].seed or 0 if controls else 0)
+    occ = occurrences([(c.seed, repr(x)) for c, x in zip(controls, prompts, strict=True)])
     for p, c in enumerate(controls):
         if "targets" not in c.extra:
             raise ConfigError("map: controls.extra['targets'] (one target value per objective) is required")
         sol = solve_palette(pool, _targets(c.extra["targets"], objective_names(reward, pool.shape[1])))
         util = per[p] @ sol.lam
-        i = select_soft(util, 1.0, g) if c.extra.get("select") == "soft" else select_best(util)
+        soft = c.extra.get("select") == "soft"  # its own stream, as BoN's (`sampler.seeded_generator`)
+        i = select_soft(util, 1.0, seeded_generator(c.seed, prompts[p], occ[p])) if soft else select_best(util)
         texts.append(cands[p][i])
         chosen.append(i)
         sols.append(sol)

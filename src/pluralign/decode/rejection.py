@@ -17,6 +17,7 @@ from pluralign.decode.api import Controls, DecodeResult, register, score_candida
 from pluralign.decode.best_of_n import _need_reward, draw_candidates
 from pluralign.decode.kv import Compute
 from pluralign.decode.rewards import objective_names
+from pluralign.decode.sampler import occurrences, seeded_generator
 from pluralign.errors import ConfigError
 
 
@@ -46,8 +47,10 @@ def rejection(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, co
     exhausted = []
     todo = list(range(len(prompts)))
     rounds = max(int(c.extra.get("max_rounds", 20)) for c in controls)
-    # one stream for the whole call: per-prompt generators with equal seeds would share their uniforms
-    g = torch.Generator().manual_seed(controls[0].seed if controls and controls[0].seed is not None else 0)
+    # each request its own stream, of its seed and prompt (`sampler.seeded_generator`): one stream for the call
+    # made a prompt's acceptance depend on the prompts before it
+    occ = occurrences([(c.seed, repr(x)) for c, x in zip(controls, prompts, strict=True)])
+    gens = [seeded_generator(c.seed, x, k) for c, x, k in zip(controls, prompts, occ, strict=True)]
     best: dict[int, tuple[float, str, torch.Tensor, list[int]]] = {}
     for rnd in range(rounds):
         ctl = [controls[i].replace(seed=None if controls[i].seed is None else controls[i].seed + 7919 * rnd)
@@ -59,9 +62,9 @@ def rejection(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, co
         for j, i in enumerate(todo):
             M = controls[i].extra.get("reward_max")
             if M is None:
-                k = rso_select(util[j], controls[i].beta, g)
+                k = rso_select(util[j], controls[i].beta, gens[i])
             else:
-                acc = torch.nonzero(accept_mask(util[j], controls[i].beta, float(M), g)).flatten()
+                acc = torch.nonzero(accept_mask(util[j], controls[i].beta, float(M), gens[i])).flatten()
                 k = int(acc[0]) if len(acc) else None
                 b = int(util[j].argmax())
                 if i not in best or float(util[j][b]) > best[i][0]:

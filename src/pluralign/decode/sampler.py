@@ -12,6 +12,8 @@ log-probs (after warping) are in `proposal_logps` (0 for greedy decoding).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from typing import Any
 
 import torch
 
-from pluralign.decode.kv import Compute, LMState, encode_prompts, model_device, pad_id_of
+from pluralign.decode.kv import Compute, LMState, encode_prompts, pad_id_of
 from pluralign.errors import ConfigError
 
 
@@ -195,33 +197,26 @@ def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, 
     return torch.log_softmax(x, dim=-1)
 
 
-# Below this many entries a row is drawn by torch.multinomial, above it by its inverse CDF: see `draw`.
-INVERSE_CDF_VOCAB = 4096
-
-
-def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One index per row of `probs` [B, V] (rows sum to 1; zero-probability entries are never drawn).
-
-    torch.multinomial draws one exponential variate per entry: for 32 rows of a 49152-token vocabulary that
-    is 44 ms on one CPU core, a sixth of a SmolLM2-135M decoding step. The inverse CDF (one uniform per row,
-    searched in the row's cumulative sums, in float64 so no entry's interval is lost to rounding) costs
-    about 2 ms. Small vocabularies, the sandbox's among them, stay with multinomial, which is as cheap
-    there and keeps the random streams the recorded experiment figures were measured with."""
-    if probs.shape[-1] < INVERSE_CDF_VOCAB:
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One index per row of `probs` [B, V] (rows sum to 1; zero-probability entries are never drawn) by its
+    inverse CDF at the row's uniform `u` [B] in [0, 1): one uniform per row, so each row can take it from its
+    own random stream (`RowStreams`), and cheap (torch.multinomial draws one exponential variate per entry: for
+    32 rows of a 49152-token vocabulary 44 ms on one CPU core, against about 2 ms). The cumulative sums are
+    taken in float64 so no entry's interval is lost to rounding."""
     cdf = probs.double().cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+    x = u.to(cdf.device, torch.float64)[:, None] * cdf[:, -1:]
+    return torch.searchsorted(cdf, x, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def choose_tokens(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: float,
-                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next tokens [B] and their proposal log-probs; temperature <= 0 means greedy (argmax)."""
+                  uniforms: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next tokens [B] and their proposal log-probs; temperature <= 0 means greedy (argmax, drawing
+    nothing); else one draw per row at `uniforms()` [B]."""
     if temperature <= 0:
         tok = logits.argmax(-1)
         return tok, torch.zeros_like(tok, dtype=torch.float)
     lp = warp_logits(logits, temperature, top_k, top_p)
-    tok = draw(lp.exp(), generator)
+    tok = draw(lp.exp(), uniforms())
     return tok, lp.gather(-1, tok[:, None]).squeeze(-1)
 
 
@@ -231,12 +226,53 @@ def model_logps(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return x.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(x, -1)
 
 
-def make_generator(seed: int | None, device: Any) -> torch.Generator | None:
-    if seed is None:
-        return None
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
+def row_seed(seed: int, key: Any, index: int = 0) -> int:
+    """The seed of one row's random stream: a hash of the request's `seed`, what the row is drawn for (`key`:
+    its prompt's token ids, or the prompt itself) and which of that prompt's samples it is. Equal for the same
+    request whatever is decoded beside it; unrelated for two prompts or two samples of one prompt."""
+    text = json.dumps([int(seed), int(index), key], sort_keys=True, default=str, separators=(",", ":"))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def occurrences(keys: Sequence[Any]) -> list[int]:
+    """For each key, how many earlier entries equal it: a prompt repeated in one call (a file, a request)
+    takes its next draws (`row_seed`'s index), so repeating a prompt still gives independent samples, while
+    no other prompt changes what it draws."""
+    seen: dict[Any, int] = {}
+    out = []
+    for k in keys:
+        out.append(seen.get(k, 0))
+        seen[k] = out[-1] + 1
+    return out
+
+
+def seeded_generator(seed: int | None, key: Any, index: int = 0) -> torch.Generator | None:
+    """A CPU generator for one request's own draws (`row_seed`), or None (the global one) for no seed."""
+    return None if seed is None else torch.Generator().manual_seed(row_seed(seed, key, index))
+
+
+class RowStreams:
+    """Uniforms in [0, 1), one stream per row of a batch (`seeds[r]`: `row_seed`, or None for the global
+    generator): a seeded request draws the same answer whatever other prompts, positions or batch sizes it
+    is decoded with, while the rows still share one batched draw (`draw`). Each call of `uniforms(rows)`
+    takes the next number of each listed row's own stream; they are made on the CPU (the same numbers on any
+    device) a block at a time."""
+
+    BLOCK = 64
+
+    def __init__(self, seeds: Sequence[int | None]):
+        self.gens = [None if s is None else torch.Generator().manual_seed(s) for s in seeds]
+        self.buf = torch.empty(len(seeds), self.BLOCK, dtype=torch.float64)
+        self.pos = torch.zeros(len(seeds), dtype=torch.long)
+
+    def uniforms(self, rows: Sequence[int], device: Any = None) -> torch.Tensor:
+        """The next uniform of each row in `rows` [len(rows)], on `device`."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        at = self.pos[idx] % self.BLOCK
+        for r in idx[at == 0].tolist():  # a row whose block is used up draws its next one
+            self.buf[r] = torch.rand(self.BLOCK, generator=self.gens[r], dtype=torch.float64)
+        self.pos[idx] += 1
+        return self.buf[idx, at].to(device)
 
 
 @contextmanager
@@ -257,10 +293,14 @@ def eval_mode(*models: Any):
 
 def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, max_new_tokens: int = 48,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop: Sequence[str] | None = None,
-           eos: int | Sequence[int] | None = None, seed: int | None = None, max_rows: int = 1024,
+           eos: int | Sequence[int] | None = None, seed: int | None | Sequence[int | None] = None, max_rows: int = 1024,
            chat_template: str | Sequence[str] = "auto", top_logprobs: int = 0,
            on_step: Callable[[Generation, int], None] | None = None) -> Samples:
-    """Draw `n` samples per prompt (temperature <= 0: greedy). Deterministic for a given `seed`.
+    """Draw `n` samples per prompt (temperature <= 0: greedy). Deterministic for a given `seed` (one for all
+    prompts or one per prompt; None: fresh draws): each sample draws from its own stream, seeded by the seed,
+    its prompt's token ids and its index (`row_seed`; a prompt repeated in the list takes the next indices,
+    `occurrences`), so a prompt's samples are the same whatever other prompts, order or `max_rows` they are
+    drawn with, and requests with different seeds can share a batch.
 
     Prompts (strings, chat messages, or token ids) are rendered by `pluralign.data.prompts.encode_prompts`
     (`chat_template`: auto | always | never, one mode or one per prompt) and left-padded with a matching attention mask and position ids;
@@ -281,7 +321,10 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, ma
         raise ConfigError(f"sample: top_p must be in (0, 1] (got {top_p})")
     prompt_ids = encode_prompts(tokenizer, list(prompts), chat_template)
     eos_set = eos_ids(tokenizer, model, eos)
-    generator = make_generator(seed, model_device(model))
+    seeds = list(seed) if isinstance(seed, Sequence) else [seed] * len(prompt_ids)
+    if len(seeds) != len(prompt_ids):
+        raise ConfigError(f"sample: {len(seeds)} seeds for {len(prompt_ids)} prompts")
+    occ = occurrences([(s, tuple(ids)) for s, ids in zip(seeds, prompt_ids, strict=True)])
     compute = Compute()
     per_chunk = max(1, max_rows // n)
     gens: list[Generation] = []
@@ -289,13 +332,15 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, ma
         for start in range(0, len(prompt_ids), per_chunk):
             chunk = prompt_ids[start:start + per_chunk]
             step = None if on_step is None else (lambda gen, first=start: on_step(gen, first))
+            streams = RowStreams([None if seeds[p] is None else row_seed(seeds[p], prompt_ids[p], occ[p] * n + i)
+                                  for p in range(start, start + len(chunk)) for i in range(n)])
             gens.append(_sample_chunk(model, tokenizer, chunk, n, max_new_tokens, temperature, top_k, top_p,
-                                      stop, eos_set, generator, compute, step, top_logprobs))
+                                      stop, eos_set, streams, compute, step, top_logprobs))
     return _collect(gens, n, prompt_ids, compute, top_logprobs > 0)
 
 
 def _sample_chunk(model, tokenizer, prompt_ids, n, max_new_tokens, temperature, top_k, top_p, stop, eos_set,
-                  generator, compute, on_step=None, top_logprobs=0) -> Generation:
+                  streams, compute, on_step=None, top_logprobs=0) -> Generation:
     pad = pad_id_of(tokenizer, model)
     state = LMState.from_ids(model, prompt_ids, pad, compute=compute)
     state.reserve(max_new_tokens)
@@ -305,7 +350,7 @@ def _sample_chunk(model, tokenizer, prompt_ids, n, max_new_tokens, temperature, 
     plain = temperature == 1.0 and not top_k and top_p >= 1.0  # the proposal is the model's own distribution
     while True:
         tok, prop = choose_tokens(state.logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                                  generator=generator)
+                                  uniforms=lambda rows=rows: streams.uniforms(rows, state.logits.device))
         logp = prop if plain else model_logps(state.logits, tok)
         top = (torch.log_softmax(state.logits.float(), -1).topk(min(top_logprobs, state.logits.shape[-1]), -1)
                if top_logprobs else None)

@@ -13,7 +13,16 @@ import torch
 
 from pluralign.decode.api import Controls
 from pluralign.decode.kv import Compute, LMState, encode_prompts, pad_id_of
-from pluralign.decode.sampler import Generation, eos_ids, eval_mode, make_generator, warp_logits
+from pluralign.decode.sampler import (
+    Generation,
+    RowStreams,
+    draw,
+    eos_ids,
+    eval_mode,
+    occurrences,
+    row_seed,
+    warp_logits,
+)
 
 
 class Guide(Protocol):
@@ -25,15 +34,17 @@ class Guide(Protocol):
     def keep(self, index: list[int]) -> None: ...
 
 
-def pick(scores: torch.Tensor, greedy: torch.Tensor, temperature: torch.Tensor,
-         generator: torch.Generator | None) -> torch.Tensor:
-    """Per row: argmax of scores [B, C] where greedy[b], else a draw from softmax(scores / temperature[b])."""
+def pick(scores: torch.Tensor, greedy: torch.Tensor, temperature: torch.Tensor, streams: RowStreams | None,
+         rows: list[int]) -> torch.Tensor:
+    """Per row: argmax of scores [B, C] where greedy[b], else a draw from softmax(scores / temperature[b]) at
+    the next uniform of the row's own stream (`streams`, rows `rows`; None: the global generator), so a
+    seeded request decodes alike whatever is batched with it."""
     out = scores.argmax(-1)
     sampled = ~greedy
     if bool(sampled.any()):
+        u = streams.uniforms(rows) if streams is not None else torch.rand(len(rows), dtype=torch.float64)
         s = scores[sampled].float() / temperature[sampled, None].clamp(min=1e-8)
-        probs = torch.softmax(s, dim=-1)
-        out[sampled] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        out[sampled] = draw(torch.softmax(s, dim=-1), u[sampled.cpu()]).to(out.device)
     return out
 
 
@@ -74,19 +85,21 @@ def top_k_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
 
 def run_tokenwise(model: Any, tokenizer: Any, prompts: list[Any], controls: list[Controls], make_guide,
                   *, compute: Compute | None = None) -> tuple[list[str], Generation, Compute]:
-    """Decode with `make_guide(prompt_ids, compute, generator) -> Guide`; returns texts, the generation
+    """Decode with `make_guide(prompt_ids, compute, streams) -> Guide` (`streams`: each row's random stream, for `pick`); returns texts, the generation
     record (tokens, model log-probs) and the compute of the policy plus the guide's models."""
     compute = compute if compute is not None else Compute()
     prompt_ids = encode_prompts(tokenizer, prompts, [c.chat_template for c in controls])
-    seed = controls[0].seed if controls else None
     with eval_mode(model):
         state = LMState.from_ids(model, prompt_ids, pad_id_of(tokenizer, model), compute=compute)
         # extra["eos"]: explicit EOS ids ([] = run to max_new_tokens, like the reference ARGS loop)
         eos = eos_ids(tokenizer, model, controls[0].extra.get("eos") if controls else None)
         gen = Generation(len(prompts), tokenizer, eos=eos, stop=controls[0].stop if controls else None,
                          max_new_tokens=[c.max_new_tokens for c in controls])
-        generator = make_generator(seed, state.mask.device)
-        guide = make_guide(prompt_ids, compute, generator)
+        # each row its own random stream, of its own request's seed (`sampler.RowStreams`)
+        occ = occurrences([(c.seed, tuple(ids)) for c, ids in zip(controls, prompt_ids, strict=True)])
+        streams = RowStreams([None if c.seed is None else row_seed(c.seed, ids, k) for c, ids, k in
+                              zip(controls, prompt_ids, occ, strict=True)])
+        guide = make_guide(prompt_ids, compute, streams)
         rows = list(range(len(prompts)))
         while True:
             tok = guide.choose(state.logits, rows)

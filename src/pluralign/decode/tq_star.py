@@ -44,9 +44,9 @@ def indirect_q(r: torch.Tensor, r_bl: torch.Tensor, beta_bl: float | torch.Tenso
 
 
 class TQGuide:
-    def __init__(self, controls: list[Controls], prompt_ids: list[list[int]], generator: Any, *, baseline: Any,
+    def __init__(self, controls: list[Controls], prompt_ids: list[list[int]], streams: Any, *, baseline: Any,
                  tokenizer: Any, prompts: list[Any], reward: Any, baseline_reward: Any, compute: Compute):
-        self.controls, self.generator, self.baseline, self.tokenizer = controls, generator, baseline, tokenizer
+        self.controls, self.streams, self.baseline, self.tokenizer = controls, streams, baseline, tokenizer
         self.prompts, self.reward, self.baseline_reward, self.compute = prompts, reward, baseline_reward, compute
         self.prompt_ids = prompt_ids
         self.prefix: list[list[int]] = [[] for _ in controls]
@@ -92,7 +92,7 @@ class TQGuide:
         greedy, temp = row_settings(self.controls, rows, logits.device)
         c = self.controls[rows[0]]  # top_k / top_p are shared by the batch (`batch_shared`)
         score = nucleus(score, temp, c.top_k, c.top_p)
-        idx = pick(score, greedy, temp, self.generator)
+        idx = pick(score, greedy, temp, self.streams, rows)
         self.last_logq = choice_logq(score, idx, greedy, temp)
         tok = cand.gather(1, idx[:, None]).squeeze(1)
         for j, r in enumerate(rows):

@@ -133,9 +133,10 @@ class Job:
         return self.cancelled.is_set() or time.monotonic() > self.deadline
 
     def key(self) -> tuple:
-        """Requests with equal keys share one batched call. A seeded request shares it with no other: a call
-        draws all its rows from one random stream, so the answer to a seed would depend on whichever
-        requests arrived with it, where OpenAI's `seed` promises the same answer to the same request."""
+        """Requests with equal keys share one batched call. A seeded request shares it with no other: OpenAI's
+        `seed` promises the same answer to the same request, and in one call a prompt repeated by another
+        request would take the next draws of its stream (`decode.sampler.occurrences`), as does a prompt
+        repeated in one request."""
         alone = () if self.controls.seed is None else (id(self),)
         if self.method != PLAIN:
             return (self.method, self.reward, *alone)
