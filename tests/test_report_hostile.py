@@ -9,8 +9,9 @@ import pytest
 
 from pluralign.cli import main
 from pluralign.errors import ConfigError
-from pluralign.evaluate.report import load_run_dir, render_html
+from pluralign.evaluate.report import render_html
 from pluralign.evaluate.results_check import check_results
+from pluralign.evaluate.run_dirs import load_run_dir
 
 GOOD_RUN = {"name": "a", "method": "dpo", "kl": 0.5, "reward": 1.0, "per_group": {"g": 0.3},
             "objectives": {"x": 1.0, "y": 2.0}}
@@ -100,7 +101,7 @@ def test_dollar_signs_in_names_do_not_reach_math_text(tmp_path, name):
 
 
 def test_a_lone_run_directory_or_results_dict_is_named(tmp_path):
-    from pluralign.evaluate.report import load_run_dirs, merge_results
+    from pluralign.evaluate.run_dirs import load_run_dirs, merge_results
 
     (tmp_path / "results.json").write_text(json.dumps({"runs": [{"name": "a", "kl": 1.0, "reward": 0.5}]}))
     with pytest.raises(ConfigError, match="paths: expected a list of run directories") as e:  # read per character

@@ -14,7 +14,8 @@ import pytest
 
 from pluralign.cli import main
 from pluralign.errors import ConfigError
-from pluralign.evaluate.report import fmt, load_run_dir, load_run_dirs, render_html, write_report
+from pluralign.evaluate.report import fmt, render_html, write_report
+from pluralign.evaluate.run_dirs import load_run_dir, load_run_dirs
 
 
 def synthetic_results(n_runs: int = 6, seed: int = 0) -> dict:

@@ -13,7 +13,8 @@ import pytest
 from pluralign.cli import main
 from pluralign.errors import ConfigError
 from pluralign.evaluate import fairness
-from pluralign.evaluate.report import load_run_dir, load_run_dirs, merge_results, render_html
+from pluralign.evaluate.report import render_html
+from pluralign.evaluate.run_dirs import load_run_dir, load_run_dirs, merge_results
 from pluralign.runs import RunDir, atomic_write_json, atomic_write_jsonl, to_json
 
 

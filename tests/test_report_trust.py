@@ -130,7 +130,7 @@ def test_a_kto_runs_baseline_is_not_reported_as_its_kl(tmp_path):
     import torch
 
     from pluralign import losses
-    from pluralign.evaluate.report import load_run_dir
+    from pluralign.evaluate.run_dirs import load_run_dir
     from pluralign.runs import RunDir
 
     x = torch.tensor([-2.0, -3.0])

@@ -136,7 +136,8 @@ def verdict_warnings(results: dict) -> list[str]:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from pluralign.evaluate.report import load_run_dirs, write_report
+    from pluralign.evaluate.report import write_report
+    from pluralign.evaluate.run_dirs import load_run_dirs
 
     results = load_run_dirs(args.run_dirs)
     if args.title:
