@@ -285,10 +285,12 @@ def test_online_recipe_under_fsdp2_is_one_error(tmp_path):
     assert proc.stderr.count("error: online recipes do not run under FSDP") == 2, proc.stderr[-5000:]
 
 
-def test_two_process_group_objectives_match_one_process(tmp_path):
-    """Group objectives over the whole step under DDP: each process's losses are gathered from both before the
-    non-linear objective (worst group; group DRO's weights, updated once per step), so 2 processes x batch 2
-    train as 1 process x batch 4."""
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_process_group_objectives_match_one_process(tmp_path, fsdp):
+    """Group objectives over the whole step under DDP and FSDP2: each process's losses are gathered from both
+    before the non-linear objective (worst group; group DRO's weights, updated once per step), so 2 processes
+    x batch 2 train as 1 process x batch 4. The first pass runs inside the step's wrapper: outside it, FSDP2's
+    sharded weights fail ('mixed torch.Tensor and DTensor')."""
     from loop_toys import make_model_dir
     from test_personal import _opposed, _write
 
@@ -305,7 +307,7 @@ def test_two_process_group_objectives_match_one_process(tmp_path):
         configs[-1].write_text(json.dumps({"model": str(base), "data": [pairs], "loss": "dpo",
                                            "output_dir": str(tmp_path / "ddp" / name), "loop": loop | {"batch_size": 2},
                                            "personal": {"group_objective": name, "group_objective_params": params}}))
-    launch("preference", *map(str, configs))
+    launch("preference", *map(str, configs), fsdp=fsdp)
     for name, params in objectives.items():
         single = run_preference(model=str(base), data=[pairs], loss="dpo", output_dir=str(tmp_path / name),
                                 loop=loop | {"batch_size": 4},

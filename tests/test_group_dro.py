@@ -127,11 +127,12 @@ def test_balanced_bad_params():
         group_fair.make("balanced", 2, {"sizes": [1, 1]})
 
 
-@pytest.mark.parametrize("objective, params, vectors", [
-    ("worst_group", {}, False), ("nash", {}, False), ("balanced", {"power": 0.0}, False),
-    ("group_dro", {"step_size": 1.0}, False),
-    ("worst_group", {}, True)])  # per-user vectors, half the examples without: the first pass draws alike
-def test_group_objective_over_micro_batches_equals_the_big_batch(tmp_path, objective, params, vectors):
+@pytest.mark.parametrize("objective, params, vectors, loss", [
+    ("worst_group", {}, False, "dpo"), ("nash", {}, False, "dpo"), ("balanced", {"power": 0.0}, False, "dpo"),
+    ("group_dro", {"step_size": 1.0}, False, "dpo"),
+    ("worst_group", {}, True, "dpo"),  # per-user vectors, half the examples without: the first pass draws alike
+    ("nash", {}, False, "wpo")])  # WPO's pair weights, computed in training steps: the first pass is one
+def test_group_objective_over_micro_batches_equals_the_big_batch(tmp_path, objective, params, vectors, loss):
     """The objective is over the whole optimizer step: batch 2 x grad_accum 2 trains exactly as batch 4. Per
     micro-batch, a non-linear objective (a max, a log of means, weights updated per micro-batch) changed with
     the split: the worst group of each half is not the worst group of the step."""
@@ -155,7 +156,7 @@ def test_group_objective_over_micro_batches_equals_the_big_batch(tmp_path, objec
         # adam_eps 1: updates proportional to the gradients (Adam's own normalisation would blow float noise up)
         loop = {"learning_rate": 1.0, "adam_eps": 1.0, "batch_size": batch, "grad_accum": accum, "max_steps": 3,
                 "progress": False}
-        out = run_preference(from_kwargs(model=str(base), data=[data], loss="dpo", output_dir=str(tmp_path / name),
+        out = run_preference(from_kwargs(model=str(base), data=[data], loss=loss, output_dir=str(tmp_path / name),
                                          loop=loop, personal=personal)).model_dir
         vectors = load_vectors(out)
         return load_model(out).state_dict() | ({"vectors": vectors[0].stored()} if vectors else {})

@@ -56,6 +56,7 @@ def test_wpo_weights_in_training_steps_only(batch_and_model):
     batch, model = batch_and_model
     kind = shaped(KINDS["pairwise"], wpo=True, ld_alpha=None)
     info = losses.describe("dpo")
+    model.train()  # a training step (the tiny model has no dropout: the same log-probs)
     out = kind.logps(model, batch, info)
     rows = hand_rows(model, batch)
     w = [math.exp(sum(a - b for a, b in zip(lp, lsq, strict=True)) / len(lp)) for lp, lsq in rows]
@@ -63,8 +64,10 @@ def test_wpo_weights_in_training_steps_only(batch_and_model):
     assert out["wpo_weights"].tolist() == pytest.approx([w[i] * w[b + i] for i in range(b)], rel=1e-4)
     inputs = kind.inputs(out, {"chosen": out["chosen"], "rejected": out["rejected"]}, batch)
     assert inputs["weights"] is out["wpo_weights"]
-    with torch.no_grad():  # reference passes and evaluation: no weights
-        assert "wpo_weights" not in kind.logps(model, batch, info)
+    with torch.no_grad():  # a group objective's first pass over a split step: weighted as the step is
+        assert torch.equal(kind.logps(model, batch, info)["wpo_weights"], out["wpo_weights"])
+    model.eval()  # reference passes and evaluation: no weights
+    assert "wpo_weights" not in kind.logps(model, batch, info)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])

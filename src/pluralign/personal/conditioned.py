@@ -247,11 +247,11 @@ class Personalization:
             out["group_index"] = torch.tensor([where[str(r.group)] for r in records])
         return out
 
-    def prepare_step(self, model: Any, dataset: Sequence, collate: Callable, step: Callable, precision: str,
+    def prepare_step(self, dataset: Sequence, collate: Callable, step: Callable,
                      keep: Sequence[Any] = ()) -> Callable | None:
         """The loop's ``prepare_step`` under a group objective: the objective over each whole step
         (`pluralign.personal.step_groups`); `step` is the training step as the loop runs it."""
-        return self.steps.hook(model, dataset, collate, step, precision, keep) if self.groups else None
+        return self.steps.hook(dataset, collate, step, keep) if self.groups else None
 
     def wrap(self, step: Callable, *, training: bool) -> Callable:
         steps = self.steps
@@ -261,6 +261,8 @@ class Personalization:
         dropout = 0.0 if self.config.new_users_only else self.config.population_dropout
 
         def personal_step(model, batch):
+            if training and self.groups:
+                steps.begin(model)  # a split step's first pass over all its micro-batches, once
             if vectors is None:
                 values, metrics = step(model, batch)
             else:

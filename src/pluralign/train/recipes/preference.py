@@ -253,8 +253,8 @@ def run(config: PreferenceConfig) -> RecipeResult:
     collate = Collate(collator, train_values)
     # the scheme's first (a joint soup draws the step's weights), then the group objective's pass over the step
     hooks = [h for h in (mo.prepare_step(scheme, step_counts, [it.record for it in train_items]),
-                         personal.prepare_step(model, train_items, collate, step, config.loop.mixed_precision,
-                                               keep=[shift] if shift else [])) if h is not None]
+                         personal.prepare_step(train_items, collate, step, keep=[shift] if shift else []))
+             if h is not None]
     with holding(out):  # until the model is saved: no second run starts on the directory after the loop
         result = train(model, train_items, collate, step, config.loop, out,
                        eval_dataset=eval_items, eval_step=eval_step, eval_collate=Collate(collator, eval_values),

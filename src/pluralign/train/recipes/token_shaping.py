@@ -3,8 +3,9 @@
 - WPO (Zhou et al. 2024, "WPO: Enhancing RLHF with Weighted Preference Optimization"): each pair's loss is
   multiplied by w(y_w)·w(y_l) (`pluralign.losses.wpo_weights`), the current policy's length-normalised,
   self-agreement-aligned probability of both responses, without gradient. It is computed in training steps
-  (from one extra no-grad forward with full logits); reference passes and evaluation steps, which run
-  without gradient, are unweighted.
+  (from one extra no-grad forward with full logits), told by the policy's training mode: reference passes
+  and evaluation steps, which run in eval mode, are unweighted; a group objective's first pass over a
+  split step (`pluralign.personal.step_groups`), which runs without gradient, is weighted as training is.
 - LD-DPO (Liu et al. 2024, "Length Desensitization in Direct Preference Optimization"): the policy's and the
   reference's sequence log-probs count a longer response's tokens past the shorter one's length with weight
   ``ld_alpha`` (`pluralign.losses.ld_mixed_logps`); the loss is then the configured pairwise loss (DPO).
@@ -47,7 +48,7 @@ def shaped(kind: Any, *, wpo: bool, ld_alpha: float | None) -> Any:
 
     def logps(model, batch, info):
         out = base_logps(model, batch, info) if ld_alpha is None else ld_logps(model, batch, ld_alpha)
-        if wpo and torch.is_grad_enabled():
+        if wpo and model.training:  # training steps, also a group objective's first pass (without gradient)
             out["wpo_weights"] = pair_weights(model, batch)
         return out
 
