@@ -397,6 +397,10 @@ def test_history_weights_hand_computed():
     recs = [Pairwise("p", f"c{i}", "r", user=u) for i, u in enumerate(["a", "b", "a", "a", None])]
     assert histories(recs, 1) == ["c2", None, "c3", "c0", None]
     assert histories(recs, 5)[0] == "c2 c3"
+    # chat responses: the history is what the user chose, not the Python repr of its message list
+    chat = [Pairwise([{"role": "user", "content": "hi"}], [{"role": "assistant", "content": f"c{i}"}],
+                     [{"role": "assistant", "content": "r"}], user="a") for i in range(3)]
+    assert histories(chat, 2) == ["c1 c2", "c2 c0", "c0 c1"]
 
 
 def test_weighted_logps_match_manual_sums_padded_and_packed(tiny):

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from pluralign.conditioning import with_statement
+from pluralign.data.records import text_content
 from pluralign.errors import ConfigError
 from pluralign.models.logprobs import predicted_mask, token_logps
 
@@ -48,7 +49,7 @@ def histories(records: Sequence[Any], size: int) -> list[str | None]:
         for j, i in enumerate(idx):
             others = [idx[(j + k) % len(idx)] for k in range(1, min(size, len(idx) - 1) + 1)]
             if others:
-                out[i] = " ".join(str(records[o].chosen) for o in others)
+                out[i] = " ".join(text_content(records[o].chosen) for o in others)  # chat replies: their words
     return out
 
 
