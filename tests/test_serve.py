@@ -142,6 +142,11 @@ def test_rewards_equal_the_reward_models_called_directly(server, pal_dir):
     assert [r["scores"]["reward"] for r in one["data"]] == pytest.approx(direct.tolist(), abs=1e-6)
     bad = httpx.post(server + "/v1/rewards", json=body | {"reward": "pal", "user": "carol"}, headers=AUTH)
     assert bad.status_code == 422 and "carol" in bad.json()["error"]["message"]
+    # an integer user is an id (the request contract: "a text or an integer id"), never PAL's row index: user 0
+    # was scored as alice, the first row, without a word
+    for extra in ({"user": 0}, {"users": [0]}):
+        bad = httpx.post(server + "/v1/rewards", json=body | {"reward": "pal"} | extra, headers=AUTH)
+        assert bad.status_code == 422 and "unknown user '0'" in bad.json()["error"]["message"], bad.text
 
 
 def _error(resp: httpx.Response, status: int) -> dict:

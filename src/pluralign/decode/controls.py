@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from pluralign.data.field_checks import person_id
 from pluralign.data.prompts import CHAT_TEMPLATE_MODES
 from pluralign.errors import ConfigError
 
@@ -86,6 +87,9 @@ class Controls:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) or integral(value)):
                 raise bad(name, "a text or an integer id")
+            # the id as training data's are read: 3 is "3" (a PAL reward took the integer for its row index
+            # and scored another user), " alice " is "alice"
+            setattr(self, name, None if value is None else person_id(value))
         if self.constraints is not None and not _constraints_ok(self.constraints):
             # checked here: {"keywords": 5} failed inside the search (a 500 from the server), and a text
             # {"keywords": "river"} was searched for letter by letter

@@ -325,10 +325,10 @@ class Server:
         if users is not None and not (isinstance(users, list) and users):
             raise APIError(400, "'users' must be a non-empty list", param="users")
         weights = body.get("weights")
-        for u in users if users is not None else [body.get("user")]:  # checked as a decoding request's are
-            P.checked_controls(weights=weights, user=u)
+        # checked and read as a decoding request's are (an integer is an id, not a reward model's row)
+        checked = [P.checked_controls(weights=weights, user=u).user for u in (users if users is not None else [body.get("user")])]
         per_user = {}
-        for u in users if users is not None else [body.get("user")]:
+        for u in checked:
             per_user[u] = await asyncio.to_thread(self.engine.score, name, prompts, responses, u)
         source = self.engine.reward_source(name)
         first = next(iter(per_user.values()))
