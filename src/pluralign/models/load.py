@@ -185,7 +185,7 @@ def check_lora_names(model: Any, spec: LoraSpec) -> None:
     """Every entry of ``spec.target_modules`` and ``spec.modules_to_save`` names a module of `model`, matched as
     peft matches them. peft skips list entries that match nothing as long as another one matches, and every
     modules_to_save entry that matches nothing: ``[q_proj, v_porj]`` adapted q_proj alone, and a misspelt
-    reward head stayed frozen, without a word; a target list matching nothing at all was peft's traceback."""
+    module to save stayed frozen, without a word; a target list matching nothing at all was peft's traceback."""
     from peft.tuners.tuners_utils import check_target_module_exists
 
     names = [n for n, _ in model.named_modules() if n]
