@@ -147,3 +147,18 @@ def test_typed_overrides_still_read_as_yaml():
     assert (cfg.steps, cfg.lora_r, cfg.optim.lr, cfg.loss) == (7, None, 1e-4, "ipo")
     with pytest.raises(ConfigError, match="'model' must be a string, got None"):
         config.load(Run, None, ["model=null"])
+
+
+def test_a_path_object_is_taken_where_a_string_or_a_list_of_them_goes(tmp_path):
+    """run_sft(model=Path(...)) was "'model' must be a string, got PosixPath(...)"."""
+    from pathlib import Path
+
+    @dataclass
+    class Files:
+        model: str = config.option("", help="a directory")
+        data: list[str] = config.option(default_factory=list, help="files")
+        ref: str | None = config.option(None, help="another directory")
+
+    cfg = config.from_dict(Files, {"model": tmp_path / "m", "data": Path("a,b.jsonl"), "ref": Path("r")})
+    assert (cfg.model, cfg.data, cfg.ref) == (str(tmp_path / "m"), ["a,b.jsonl"], "r")
+    assert config.from_dict(Files, {"data": [Path("x.jsonl"), "y.jsonl"]}).data == ["x.jsonl", "y.jsonl"]

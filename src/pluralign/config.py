@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -214,6 +215,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             choices = ", ".join(repr(a) for a in get_args(tp))
             raise ConfigError(f"'{key}' must be one of {choices}, got {_shown(value)}")
         return value
+    if isinstance(value, os.PathLike) and tp is str:  # a Python caller's Path, where a path goes
+        return os.fspath(value)
+    if isinstance(value, os.PathLike) and origin in (list, tuple):  # one path where paths go (not split at commas)
+        value = [value]
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
