@@ -84,6 +84,7 @@ def test_help_lists_every_field_with_its_text():
     for key in ("model", "loss", "steps", "lora_r", "hparams", "optim.lr", "optim.betas"):
         assert f"  {key}  (" in text
     assert "learning rate" in text
+    assert "  loss  ('dpo' | 'ipo', default 'dpo')" in text  # a choice shows its values, not "Literal"
 
 
 @dataclass

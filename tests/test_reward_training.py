@@ -50,7 +50,7 @@ def test_help_shows_the_loop_defaults_a_reward_run_uses(capsys):
         assert rows["loop.step_limit"] == used.step_limit
         assert main(["train", command, "--help-config"]) == 0  # what the command's help prints
         out = capsys.readouterr().out
-        assert f"loop.step_limit  (int, default {limit})" in out and "model_type  (Literal" in out
+        assert f"loop.step_limit  (int, default {limit})" in out and "model_type  ('bt' | " in out
         assert f"default '{model_type}')" in out
 
     used = RewardConfig().loop

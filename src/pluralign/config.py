@@ -299,7 +299,9 @@ def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[st
         if dataclasses.is_dataclass(tp):
             rows += describe(tp, prefix + f.name + ".", default if dataclasses.is_dataclass(default) else None)
             continue
-        name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        # a choice shows its values ('linear' | 'cosine' | …): "Literal" alone left them to the error message
+        name = " | ".join(repr(a) for a in get_args(tp)) if get_origin(tp) is Literal else (
+            getattr(tp, "__name__", None) or str(tp).replace("typing.", ""))
         rows.append((prefix + f.name, name, default, f.metadata.get("help", "")))
     return rows
 
