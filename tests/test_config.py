@@ -51,6 +51,7 @@ def test_round_trip_through_yaml(tmp_path):
         ("loss=kto", "'loss' must be one of"),
         ("optim.lr=fast", "'optim.lr' must be a number"),
         ("steps", "key=value"),
+        ("run.yaml", "not of the form key=value; a config file is given as --config run.yaml"),
     ],
 )
 def test_bad_keys_and_values_are_clear_errors(override, expected):

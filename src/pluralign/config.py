@@ -56,7 +56,8 @@ def parse_overrides(overrides: list[str]) -> dict:
     out: dict = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
+            hint = f"; a config file is given as --config {item}" if item.endswith((".yaml", ".yml")) else ""
+            raise ConfigError(f"override '{item}' is not of the form key=value{hint}")
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
