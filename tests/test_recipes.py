@@ -129,6 +129,16 @@ def test_loop_settings_that_cannot_run_are_refused_before_the_reference_pass(fil
     assert not out.exists()
 
 
+def test_an_output_dir_that_cannot_be_written_is_refused_before_the_reference_pass(files, tmp_path, capsys):
+    # Found writing the reference cache, after the model had loaded and the reference pass had run.
+    (tmp_path / "a_file").write_text("")
+    argv = ["train", "dpo", f"model={files['base']}", f"data=[{files['pairs']}]", f"output_dir={tmp_path / 'a_file' / 'x'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"output_dir {tmp_path / 'a_file' / 'x'}: {tmp_path / 'a_file'} is a file" in err
+    assert "reference log-probs" not in err and "Traceback" not in err
+
+
 def test_responses_alike_once_cut_to_max_length_are_named(tiny_word_tokenizer):
     # Cut at max_length, a pair differing only at its end was one sequence twice: a loss with no gradient and a
     # reward accuracy of 0, without a word.
@@ -223,8 +233,9 @@ def test_an_unwritable_reference_cache_is_a_one_line_error(files, tmp_path, caps
             f"ref_cache_dir={tmp_path / 'a_file' / 'cache'}", "loop.max_steps=1", "loop.progress=false"]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"error: cannot write {tmp_path / 'a_file' / 'cache'}" in err and "not a directory" in err
-    assert "Traceback" not in err
+    # refused before the model loads: it was found writing the cache, after the reference pass had run
+    assert f"error: ref_cache_dir {tmp_path / 'a_file' / 'cache'}: {tmp_path / 'a_file'} is a file" in err
+    assert "Traceback" not in err and "reference log-probs" not in err
 
 
 def test_cached_reference_trains_like_a_live_reference(files, tmp_path):

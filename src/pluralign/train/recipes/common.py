@@ -25,6 +25,7 @@ from pluralign.models.load import (
     vocabulary_mismatch,
 )
 from pluralign.models.logprobs import prepare_packing
+from pluralign.runs import check_writable
 from pluralign.seeding import seeded
 from pluralign.train.loop import TrainResult
 from pluralign.train.parallel import full_weights, process_state
@@ -162,6 +163,8 @@ def load_policy(config: PolicyTrainingConfig) -> tuple[Any, Any, bool]:
     if not config.data:
         raise ConfigError("set 'data' (one or more data files)")
     warn_data_files(config.data, config.eval_data)
+    if getattr(config, "output_dir", None):  # else found after the model loaded (and a reference pass ran)
+        check_writable(config.output_dir, "output_dir", directory=True)
     if not config.merge_lora and not config.use_lora:
         warnings.warn("merge_lora=false without use_lora=true: there are no adapters, the model is saved in full",
                       stacklevel=2)

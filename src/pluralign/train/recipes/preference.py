@@ -36,6 +36,7 @@ from pluralign.losses.registry import check_hyperparams
 from pluralign.models.load import is_adapter_dir, is_peft_model
 from pluralign.models.soup import save_soup
 from pluralign.personal.conditioned import PersonalConfig, Personalization, group_check
+from pluralign.runs import check_writable
 from pluralign.train.loop import LoopConfig, holding, train
 from pluralign.train.loop_config import check_config
 from pluralign.train.parallel import process_state
@@ -184,6 +185,8 @@ def run(config: PreferenceConfig) -> RecipeResult:
     distributed = process_state()
     multi = config.objectives if config.objectives.names else None
 
+    if config.ref_cache_dir:  # else found once the reference pass had run
+        check_writable(config.ref_cache_dir, "ref_cache_dir", directory=True)
     tokenizer, model, packing = load_policy(config)
     collator = kind.collator(tokenizer, max_length=config.max_length, max_prompt_length=config.max_prompt_length,
                              truncation=config.truncation, chat_template=config.chat_template, packing=packing,
