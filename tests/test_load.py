@@ -60,6 +60,13 @@ def test_user_mistakes_are_clear_errors(tmp_path, tiny_llama_dir, monkeypatch):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short: was safetensors' traceback
     with pytest.raises(PluralignError, match=r"cannot load '.*truncated'.*incomplete metadata"):
         load_model(copy_dir)
+    remote = tmp_path / "remote"  # a model that needs its own code: transformers said to pass trust_remote_code=True
+    remote.mkdir()
+    (remote / "config.json").write_text('{"model_type": "my_custom", "auto_map": {"AutoConfig": "conf.MyConfig", '
+                                        '"AutoModelForCausalLM": "model.MyModel"}}')
+    (remote / "conf.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(PluralignError, match="needs Python code of its own .* which pluralign does not run"):
+        load_model(remote)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(PluralignError, match="offline"):
         load_model("no-such-org/no-such-model")

@@ -349,6 +349,12 @@ def _from_pretrained(auto: Any, source: str, **kwargs: Any) -> Any:
     try:
         return auto.from_pretrained(source, **kwargs)
     except (OSError, ValueError, SafetensorError) as e:  # a bad directory or hub id; a truncated or corrupt weights file
+        if "trust_remote_code" in str(e) and not kwargs.get("trust_remote_code"):
+            # transformers says to pass trust_remote_code=True, which no command or config of pluralign takes
+            raise PluralignError(f"cannot load '{source}': it needs Python code of its own (its config's auto_map), "
+                                 "which pluralign does not run: use a model of an architecture transformers "
+                                 "implements, or, trusting that code, load_model(..., trust_remote_code=True) in "
+                                 "Python") from None
         if Path(source).is_dir():
             raise PluralignError(f"cannot load '{source}': {e}") from None
         offline = " (offline mode: HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
