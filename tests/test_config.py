@@ -1,5 +1,6 @@
 """Typed config: YAML ⇄ dataclass ⇄ key=value overrides, with helpful errors."""
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -164,3 +165,16 @@ def test_a_path_object_is_taken_where_a_string_or_a_list_of_them_goes(tmp_path):
     cfg = config.from_dict(Files, {"model": tmp_path / "m", "data": Path("a,b.jsonl"), "ref": Path("r")})
     assert (cfg.model, cfg.data, cfg.ref) == (str(tmp_path / "m"), ["a,b.jsonl"], "r")
     assert config.from_dict(Files, {"data": [Path("x.jsonl"), "y.jsonl"]}).data == ["x.jsonl", "y.jsonl"]
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("loop.lr=1e-4", "unknown config key 'loop.lr'; did you mean 'loop.learning_rate'?"),
+    ("gradient_accumulation_steps=4", "unknown config key 'gradient_accumulation_steps'; did you mean 'loop.grad_accum'?"),
+    ("loop.per_device_train_batch_size=4", "did you mean 'loop.batch_size'?"),
+])
+def test_the_hf_trainers_names_of_loop_settings_suggest_ours(override, expected):
+    """'loop.lr' listed every loop key and named none (the spellings are too far apart for difflib)."""
+    from pluralign.train.recipes.sft import SFTConfig
+
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        config.load(SFTConfig, None, [override])

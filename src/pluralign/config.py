@@ -156,8 +156,8 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
             raise ConfigError(f"config key '{prefix}{key}': dotted keys are for key=value overrides; in YAML nest it "
                               f"('{section}:' and under it '{rest}:')")
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1) or _in_a_section(hints, key)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
+            close = _nearest(cls, key) or _in_a_section(hints, key)
+            hint = f"; did you mean '{prefix}{close}'?" if close else f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
     kwargs = {name: _coerce(hints[name], _with_field_default(fields[name], hints[name], data[name]), prefix + name)
               for name in fields if name in data}
@@ -167,15 +167,24 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         raise ConfigError(f"{prefix or 'config'}: {e}") from None
 
 
-def _in_a_section(hints: dict[str, Any], key: str) -> list[str]:
-    """`key` as the key of a nested section it is closest to (`learning_rate` → `loop.learning_rate`), as a
-    one-item list, or []: a key given a level too high listed every top-level key and named none."""
+def _nearest(cls: type, key: Any) -> str | None:
+    """The field of `cls` that unknown `key` most likely means: the one a class names it in its `OTHER_NAMES`
+    (what other tools call it: the HF Trainer's `lr`, `gradient_accumulation_steps`), else the closest spelling."""
+    if not isinstance(key, str):
+        return None
+    if key in getattr(cls, "OTHER_NAMES", {}):
+        return cls.OTHER_NAMES[key]
+    close = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(cls)], n=1)
+    return close[0] if close else None
+
+
+def _in_a_section(hints: dict[str, Any], key: str) -> str | None:
+    """`key` as the key of a nested section it most likely means (`learning_rate` → `loop.learning_rate`), or
+    None: a key given a level too high listed every top-level key and named none."""
     for name, tp in hints.items():
-        if dataclasses.is_dataclass(tp):
-            close = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(tp)], n=1)
-            if close:
-                return [f"{name}.{close[0]}"]
-    return []
+        if dataclasses.is_dataclass(tp) and (close := _nearest(tp, key)):
+            return f"{name}.{close}"
+    return None
 
 
 def _with_field_default(f: dataclasses.Field, tp: Any, value: Any) -> Any:

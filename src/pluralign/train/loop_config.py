@@ -7,7 +7,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -17,6 +17,14 @@ from pluralign.errors import ConfigError, PluralignError
 
 @dataclass
 class LoopConfig:
+    # What the HF Trainer (and so most users' scripts) calls these settings: an unknown key suggests ours.
+    OTHER_NAMES: ClassVar[dict[str, str]] = {
+        "lr": "learning_rate", "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+        "num_train_epochs": "num_epochs", "epochs": "num_epochs", "lr_scheduler_type": "scheduler",
+        "warmup_steps": "warmup_ratio", "bf16": "mixed_precision", "fp16": "mixed_precision",
+        "logging_steps": "log_every", "eval_steps": "eval_every", "save_steps": "save_every",
+        "save_total_limit": "keep_checkpoints"}
+
     learning_rate: float = option(5e-7, help="Peak learning rate of AdamW (reached after warmup).")
     batch_size: int = option(8, help="Examples per micro-batch on each device.")
     grad_accum: int = option(1, help="Micro-batches accumulated per optimizer step. Effective batch = batch_size x grad_accum x processes.")
