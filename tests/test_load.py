@@ -75,6 +75,7 @@ def test_user_mistakes_are_clear_errors(tmp_path, tiny_llama_dir, monkeypatch):
 @pytest.mark.parametrize(("lora", "expected"), [
     (LoraSpec(target_modules=["q_proj", "v_porj"]), r"lora.target_modules: 'v_porj' names no module .*did you mean 'v_proj'"),
     (LoraSpec(target_modules="q_projx"), r"lora.target_modules: 'q_projx' names no module .*'q_proj'"),
+    (LoraSpec(target_modules="q_proj,v_proj"), r"'q_proj,v_proj' names no module .*several names are a list: \[q_proj,v_proj\]"),
     (LoraSpec(modules_to_save=["lm_haed"]), r"lora.modules_to_save: 'lm_haed' names no module .*'lm_head'"),
     (LoraSpec(target_modules=["q_proj", "input_layernorm"]), r"lora: Target module LlamaRMSNorm.* is not supported"),
 ])

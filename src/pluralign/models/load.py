@@ -194,8 +194,10 @@ def check_lora_names(model: Any, spec: LoraSpec) -> None:
         for key in [targets] if isinstance(targets, str) else targets:
             one = _peft().LoraConfig(target_modules=key if isinstance(targets, str) else [key])
             if not any(check_target_module_exists(one, n) for n in names):
+                # one text is a regular expression to peft: lora.target_modules=q_proj,v_proj is not a list
+                listed = f"; several names are a list: [{key}]" if isinstance(targets, str) and "," in key else ""
                 raise ConfigError(f"lora.target_modules: {key!r} names no module of {type(model).__name__}"
-                                  f"{_closest(key, names)}", field="lora.target_modules")
+                                  f"{listed or _closest(key, names)}", field="lora.target_modules")
     for key in spec.modules_to_save:
         if not any(n.endswith(key) for n in names):  # peft's rule for modules_to_save
             raise ConfigError(f"lora.modules_to_save: {key!r} names no module of {type(model).__name__}"
