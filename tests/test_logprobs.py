@@ -358,6 +358,8 @@ def test_kernel_choice_and_its_errors(tiny_word_tokenizer):
 
     cpu = torch.device("cpu")
     assert resolve_kernel("auto", cpu) == "sdpa" and resolve_kernel("flex", cpu) == "flex"
+    with pytest.raises(ConfigError, match="cannot train on CPU"):  # a model that trains: refused when chosen
+        resolve_kernel("flex", cpu, trains=True)
     with pytest.raises(ConfigError, match="flash-attn"):
         resolve_kernel("flash", cpu)
     with pytest.raises(ConfigError, match="one of auto"):

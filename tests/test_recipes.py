@@ -118,6 +118,7 @@ def test_cli_refuses_a_negative_reference_batch_or_udm_sample(files, tmp_path, c
 @pytest.mark.parametrize(("setting", "expected"), [
     ("loop.batch_size=1000", "fewer than one effective batch (1000"),
     ("loop.report_to=[no_such_tracker]", "report_to: unknown tracker(s) ['no_such_tracker']"),
+    ("attention_kernel=flex", "attention_kernel=flex cannot train on CPU"),  # found at the first backward
 ])
 def test_loop_settings_that_cannot_run_are_refused_before_the_reference_pass(files, tmp_path, capsys, setting, expected):
     # Found by the loop only, after the reference pass had run over the whole data set and written its cache.

@@ -258,14 +258,14 @@ def _chunk_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Ten
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
-def prepare_packing(model: Any, wanted: bool = True, kernel: Kernel = "auto") -> bool:
-    """Whether to train `model` on packed batches: `wanted`, and its packed rows give the log-probs of the
-    same sequences padded, after switching it to packed attention with `kernel` (see
+def prepare_packing(model: Any, wanted: bool = True, kernel: Kernel = "auto", trains: bool = False) -> bool:
+    """Whether to run `model` (that `trains`, or only scores) on packed batches: `wanted`, and its packed rows
+    give the log-probs of the same sequences padded, after switching it to packed attention with `kernel` (see
     `pluralign.models.packed_attention`) where it can. A model that fails keeps its attention and is told
     to use padded batches (on stderr)."""
     if not wanted:
         return False
-    replaced = use_packed_attention(unwrap(model), kernel)
+    replaced = use_packed_attention(unwrap(model), kernel, trains)
     if packing_works(model):
         return True
     if replaced is not None:

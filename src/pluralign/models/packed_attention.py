@@ -58,10 +58,17 @@ def flash_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def resolve_kernel(kernel: str, device: torch.device) -> str:
-    """The kernel `kernel` means for a model on `device`; a ConfigError when it cannot run there."""
+_FLEX_ON_CPU = ("attention_kernel=flex cannot train on CPU (torch has no FlexAttention backward there); "
+                "use attention_kernel=sdpa")
+
+
+def resolve_kernel(kernel: str, device: torch.device, trains: bool = False) -> str:
+    """The kernel `kernel` means for a model on `device` (that `trains`, or only scores); a ConfigError when it
+    cannot run there."""
     if kernel not in ("auto", *KERNELS):
         raise ConfigError(f"attention_kernel must be one of auto, {', '.join(KERNELS)}; got {kernel!r}")
+    if kernel == "flex" and trains and device.type != "cuda":  # else found at the first backward, after a reference pass
+        raise ConfigError(_FLEX_ON_CPU)
     if kernel == "auto":
         return "flash" if device.type == "cuda" and flash_available() else "sdpa"
     if kernel == "flash" and (device.type != "cuda" or not flash_available()):
@@ -126,8 +133,7 @@ def _flex(query, key, value, segments: Segments, scaling: float | None) -> torch
     import warnings
 
     if not query.is_cuda and torch.is_grad_enabled() and query.requires_grad:
-        raise ConfigError("attention_kernel=flex cannot train on CPU (torch has no FlexAttention backward there); "
-                          "use attention_kernel=sdpa")
+        raise ConfigError(_FLEX_ON_CPU)
     with warnings.catch_warnings():  # eager flex on CPU warns that it is unfused: known, see the module doc
         warnings.simplefilter("ignore", UserWarning)
         out = _flex_fn(query.is_cuda)(query, key, value, block_mask=segments.block_mask, scale=scaling,
@@ -166,7 +172,7 @@ def _register() -> None:
         ALL_MASK_ATTENTION_FUNCTIONS.register(PREFIX + kernel, _mask)
 
 
-def use_packed_attention(model: Any, kernel: Kernel = "auto") -> str | None:
+def use_packed_attention(model: Any, kernel: Kernel = "auto", trains: bool = False) -> str | None:
     """Switch `model` (a transformers model, possibly wrapped by peft) to pluralign's packed attention with
     `kernel` (see the module doc) when it runs SDPA or eager attention with full causal attention; return the
     implementation it replaced, or None when it left the model alone. Sliding-window and other non-causal
@@ -183,7 +189,7 @@ def use_packed_attention(model: Any, kernel: Kernel = "auto") -> str | None:
         return None
     device = next(base.parameters()).device
     _register()
-    base.set_attn_implementation(PREFIX + resolve_kernel(kernel, device))
+    base.set_attn_implementation(PREFIX + resolve_kernel(kernel, device, trains))
     return before
 
 

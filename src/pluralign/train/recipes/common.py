@@ -170,7 +170,7 @@ def load_policy(config: PolicyTrainingConfig) -> tuple[Any, Any, bool]:
                       stacklevel=2)
     tokenizer = load_tokenizer(config.model)
     model = load_trainable(config)
-    return tokenizer, model, prepare_packing(model, config.packing, config.attention_kernel)
+    return tokenizer, model, prepare_packing(model, config.packing, config.attention_kernel, trains=True)
 
 
 def warn_data_files(data: str | list[str], eval_data: str | list[str] | None) -> None:

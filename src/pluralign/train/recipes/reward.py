@@ -313,7 +313,8 @@ def _encoder(config: RewardConfig) -> TextEncoder:
     pooling = config.pooling or ("last_mean" if causal else "mean")
     return TextEncoder(backbone, load_tokenizer(config.model), kind=config.backbone_kind, pooling=pooling,
                        max_length=config.max_length, source=config.model, trainable=not config.freeze_backbone,
-                       chat_template=config.chat_template, packing=causal and prepare_packing(backbone, config.packing, config.attention_kernel))
+                       chat_template=config.chat_template, packing=causal and prepare_packing(backbone, config.packing, config.attention_kernel,
+                                                                          trains=not config.freeze_backbone))
 
 
 def _pairs(records: list, source: str) -> list[Pairwise]:
