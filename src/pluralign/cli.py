@@ -71,26 +71,24 @@ def main(argv: list[str] | None = None) -> int:
             restore()
 
 
-def positive_int(text: str) -> int:
-    """argparse type for a count: an integer >= 1 (the benchmark and experiment scripts' counts too)."""
+def _int_at_least(text: str, least: int, why: str = "") -> int:
     try:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    if n < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}{why}, got {n}")
     return n
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a count: an integer >= 1 (the benchmark and experiment scripts' counts too)."""
+    return _int_at_least(text, 1)
 
 
 def seed_int(text: str) -> int:
     """argparse type for a seed: an integer >= 0 (numpy's random streams take non-negative seeds only)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0 (numpy's random streams take no negative seed), got {n}")
-    return n
+    return _int_at_least(text, 0, " (numpy's random streams take no negative seed)")
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
