@@ -50,3 +50,12 @@ def test_set_overrides_merge_into_one_method_only():
     assert s["rloo"] == of.ONLINE["rloo"]
     with pytest.raises(SystemExit, match="unknown method"):
         of.method_settings(["sac.beta=1"])
+
+
+def test_set_overrides_are_plain_values_that_results_json_can_hold():
+    # parse_overrides wrapped numbers with their text (for string config fields) and the wrappers reached
+    # the experiment's results.json, which could not hold them
+    import json
+
+    s = of.method_settings(["grpo.beta=0.04", "grpo.loop.seed=3"])
+    assert json.loads(json.dumps(s["grpo"]))["beta"] == 0.04 and s["grpo"]["loop"]["seed"] == 3

@@ -51,8 +51,10 @@ class _Scalar:
     text: str
 
 
-def parse_overrides(overrides: list[str]) -> dict:
-    """`["train.lr=1e-4", "loss=dpo"]` → nested dict. Values are parsed as YAML scalars/lists."""
+def parse_overrides(overrides: list[str], *, keep_text: bool = False) -> dict:
+    """`["train.lr=1e-4", "loss=dpo"]` → nested dict. Values are parsed as YAML scalars/lists. With
+    `keep_text` (for `from_dict`, which gives a string field the text as typed) a number, boolean or null
+    comes wrapped with its text; without, the dict holds plain values (a caller that reads or stores it)."""
     out: dict = {}
     for item in overrides:
         if "=" not in item:
@@ -63,7 +65,7 @@ def parse_overrides(overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        if value is not None and not isinstance(value, str | list | dict):
+        if keep_text and value is not None and not isinstance(value, str | list | dict):
             value = _Scalar(value, raw.strip())
         node = out
         parts = key.strip().split(".")
@@ -140,7 +142,7 @@ def read_yaml(path: str | Path) -> dict:
 
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
     data = read_yaml(path) if path else {}
-    data = merge(data, parse_overrides(list(overrides)))
+    data = merge(data, parse_overrides(list(overrides), keep_text=True))
     return from_dict(cls, data)
 
 

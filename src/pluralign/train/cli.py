@@ -93,7 +93,7 @@ def build_config(name: str, path: str | None, overrides: list[str]) -> Any:
 
     cls, _, implied = recipe(name)
     from_file = read_yaml(path) if path else {}
-    given = parse_overrides(overrides)
+    given = parse_overrides(overrides, keep_text=True)
     for key, value in implied.items():
         # The command names the method; a config file naming another one is a mistake, not a default.
         if key in from_file and key not in given and from_file[key] != value:
