@@ -68,6 +68,65 @@ def test_lora_weights_are_merged_under_the_base_names_and_unmerged_after():
     assert not any(m.merged for m in policy.modules() if hasattr(m, "merged") and hasattr(m, "lora_A"))
 
 
+class _FakeVLLM:
+    """vLLM's offline API as the backend uses it (`LLM`, `SamplingParams`, `llm.generate`'s outputs), sampling as
+    vLLM does with a seed: a request's seed alone fixes its random stream (child g of n draws from seed + g),
+    so two requests of one prompt and one seed get the same completions."""
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    class LLM:
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def generate(self, prompts, sampling_params, use_tqdm=True):
+            from types import SimpleNamespace as NS
+
+            params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+            assert len(params) == len(prompts)
+            outs = []
+            for sp in params:
+                completions = []
+                for g in range(sp.n):
+                    gen = torch.Generator()
+                    gen.manual_seed(sp.seed + g) if sp.seed is not None else gen.seed()
+                    ids = torch.randint(0, 10, (3,), generator=gen).tolist()
+                    completions.append(NS(token_ids=ids, logprobs=[{t: NS(logprob=-1.0)} for t in ids], text="x",
+                                          finish_reason="length", stop_reason=None))
+                outs.append(NS(outputs=completions))
+            return outs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    import sys
+    import types
+
+    module = types.ModuleType("vllm")
+    module.LLM, module.SamplingParams = _FakeVLLM.LLM, _FakeVLLM.SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # the backend sets them for vLLM
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_each_prompt_of_a_vllm_rollout_draws_its_own_samples(tmp_path, fake_vllm):
+    # One seed for every request made vLLM draw each prompt's samples from the same random stream: a prompt
+    # given twice in a rollout (DAPO's re-draws pick prompts with replacement) got the same n completions
+    # twice, and different prompts got correlated ones, where the native sampler draws them independently.
+    from pluralign.models.load import load_model, load_tokenizer
+
+    path = make_model_dir(tmp_path / "policy")
+    backend = make_backend(RolloutConfig(backend="vllm"), load_model(path), load_tokenizer(path))
+    ro = backend.generate(["the cat", "the cat"], 4, max_new_tokens=3, seed=7)
+    assert ro.completion_ids[:4] != ro.completion_ids[4:]
+    again = backend.generate(["the cat", "the cat"], 4, max_new_tokens=3, seed=7)
+    assert again.completion_ids == ro.completion_ids  # still a function of the seed
+    assert backend.generate(["the cat"], 4, max_new_tokens=3, seed=None).group_size == 4
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 def test_vllm_backend_without_vllm_is_a_clear_error(tmp_path):
     base = make_model_dir(tmp_path / "base")

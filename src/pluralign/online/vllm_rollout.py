@@ -26,7 +26,7 @@ import torch
 from pluralign.data.prompts import encode_prompts
 from pluralign.errors import ConfigError
 from pluralign.models.load import OUTPUT_VOCAB, is_peft_model
-from pluralign.online.rollout import BACKENDS, Rollout, RolloutConfig
+from pluralign.online.rollout import BACKENDS, Rollout, RolloutConfig, derived_seed
 
 
 @contextmanager
@@ -111,9 +111,12 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         prompt_ids = encode_prompts(self.tokenizer, list(prompts), chat_template)
-        params = SamplingParams(n=n, temperature=temperature, top_k=top_k if top_k > 0 else -1, top_p=top_p,
-                                max_tokens=max_new_tokens, logprobs=0, seed=seed, stop=list(stop) if stop else None,
-                                allowed_token_ids=self.allowed)
+        # One seed per prompt: a vLLM request's seed alone fixes its random stream (its n samples draw from
+        # seed + g), so with one seed for all, a prompt given twice got the same samples and others correlated ones.
+        params = [SamplingParams(n=n, temperature=temperature, top_k=top_k if top_k > 0 else -1, top_p=top_p,
+                                 max_tokens=max_new_tokens, logprobs=0, seed=None if seed is None else derived_seed(seed, j),
+                                 stop=list(stop) if stop else None, allowed_token_ids=self.allowed)
+                  for j in range(len(prompt_ids))]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params,
                                     use_tqdm=False)
         completions = [c for out in outputs for c in out.outputs]
