@@ -190,3 +190,31 @@ def test_grpo_trains_with_vllm_rollouts(tmp_path):
                                    "loop": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-2, "progress": False}})
     result = run(cfg, prompts=PROMPTS, reward_objects=[cat_reward])
     assert result.model_dir.is_dir()
+
+
+def test_fsdp2_sharded_weights_are_gathered_whole(tmp_path):
+    # Under FSDP2 the policy's parameters are DTensor shards: their .data went to vLLM's load_weights, which
+    # copies plain tensors into its own (a mixed Tensor/DTensor copy fails; shards alone would be wrong).
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this process")
+    model = tiny.tiny_llama(20, hidden_size=16, num_heads=2)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        mesh = dist.device_mesh.init_device_mesh("cpu", (1,))
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        assert any(isinstance(p, DTensor) for p in model.parameters())
+        with merged_weights(model) as weights:
+            got = {name: t.clone() for name, t in weights}
+    finally:
+        dist.destroy_process_group()
+    assert not any(isinstance(t, DTensor) for t in got.values())
+    assert got.keys() == dict(model.named_parameters()).keys()
+    for name, t in got.items():
+        torch.testing.assert_close(t, expected[name], atol=0, rtol=0)

@@ -30,23 +30,29 @@ from pluralign.online.rollout import BACKENDS, Rollout, RolloutConfig, derived_s
 
 
 @contextmanager
-def merged_weights(policy: Any) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """(name, tensor) of the policy's weights under the names of its base checkpoint; under LoRA the
-    adapters are merged into the base weights while the caller reads them, and unmerged after."""
+def merged_weights(policy: Any) -> Iterator[Iterator[tuple[str, torch.Tensor]]]:
+    """(name, tensor) of the policy's weights under the names of its base checkpoint, read lazily (one whole
+    tensor at a time, for `load_weights` to copy); under LoRA the adapters are merged into the base weights
+    while the caller reads them, and unmerged after."""
     if not is_peft_model(policy):
-        yield [(name, p.data) for name, p in policy.named_parameters()]
+        yield ((name, _whole(p)) for name, p in policy.named_parameters())
         return
     policy.merge_adapter()
     try:
-        out = []
-        for name, p in policy.named_parameters():
-            if "lora_" in name or "original_module" in name:  # merged already / replaced by modules_to_save
-                continue
-            name = name.removeprefix("base_model.model.").replace(".base_layer", "").replace("modules_to_save.default.", "")
-            out.append((name, p.data))
-        yield out
+        yield ((name.removeprefix("base_model.model.").replace(".base_layer", "").replace("modules_to_save.default.", ""),
+                _whole(p)) for name, p in policy.named_parameters()
+               if "lora_" not in name and "original_module" not in name)  # merged already / replaced by modules_to_save
     finally:
         policy.unmerge_adapter()
+
+
+def _whole(p: torch.Tensor) -> torch.Tensor:
+    """The full tensor of a parameter: FSDP2 holds each as a DTensor shard, gathered here (a collective; every
+    process syncs its own engine at the same point of the step, over the same parameters in the same order)."""
+    from torch.distributed.tensor import DTensor
+
+    with torch.no_grad():
+        return p.full_tensor() if isinstance(p, DTensor) else p.data
 
 
 def allowed_tokens(model_config: Any) -> list[int] | None:
