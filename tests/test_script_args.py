@@ -102,3 +102,39 @@ def test_personal_training_quick_keeps_the_flags_given():
     assert (quick.pairs, quick.epochs, quick.eval_prompts, quick.samples) == (300, 1, 24, 2)
     full = script.parse_args(["--samples", "4", "--out", "/nonexistent/x"])
     assert (full.pairs, full.epochs, full.eval_prompts, full.samples) == (2048, 2, 256, 4)
+
+
+def _gpu_checks_commands() -> list[list[str]]:
+    """The commands of bench/gpu_checks.sh's steps (continuation lines joined), after `$PY`."""
+    import shlex
+
+    text = (ROOT / "bench" / "gpu_checks.sh").read_text().replace("\\\n", " ")
+    return [shlex.split(line.split("$PY", 1)[1]) for line in text.splitlines() if line.startswith("step ")]
+
+
+def test_gpu_checks_run_every_gpu_test_and_cuda_bench():
+    """The one script run on a GPU runs every test file with GPU-only tests and every bench's --device cuda mode:
+    the vLLM backend's GPU tests and grpo_vs_trl.py --device cuda were run by none."""
+    import re
+
+    commands = _gpu_checks_commands()
+    tests = {c[i] for c in commands for i in range(len(c)) if c[i].startswith("tests/")}
+    gpu_tests = {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")
+                 if re.search(r"skip\(.*CUDA|CUDA\s+else", p.read_text())}
+    assert gpu_tests and gpu_tests <= tests, gpu_tests - tests
+    benches = {c[0] for c in commands if c[0].startswith("bench/") and "--device" in c
+               and c[c.index("--device") + 1] == "cuda"}
+    cuda_benches = {f"bench/{p.name}" for p in (ROOT / "bench").glob("*.py") if '"cuda"]' in p.read_text()}
+    assert cuda_benches and cuda_benches <= benches, cuda_benches - benches
+
+
+def test_gpu_checks_give_the_benches_arguments_they_accept():
+    """Each bench step's arguments parse: without a GPU the script then stops at its CUDA check, not at argparse."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    for command in (c for c in _gpu_checks_commands() if c[0].startswith("bench/")):
+        proc = subprocess.run([sys.executable, str(ROOT / command[0]), *command[1:]], capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert "no CUDA device is visible" in proc.stderr, (command, proc.stderr[-2000:])
