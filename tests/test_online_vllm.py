@@ -84,6 +84,7 @@ class _FakeVLLM:
         def generate(self, prompts, sampling_params, use_tqdm=True):
             from types import SimpleNamespace as NS
 
+            self.last_params = sampling_params
             params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
             assert len(params) == len(prompts)
             outs = []
@@ -218,3 +219,22 @@ def test_fsdp2_sharded_weights_are_gathered_whole(tmp_path):
     assert got.keys() == dict(model.named_parameters()).keys()
     for name, t in got.items():
         torch.testing.assert_close(t, expected[name], atol=0, rtol=0)
+
+
+def test_vllm_rollouts_end_where_native_ones_do(tmp_path, fake_vllm):
+    # vLLM ends a request at the tokenizer's EOS and the checkpoint's generation-config EOS ids only; the native
+    # sampler also at the chat template's end-of-turn token (a ChatML fine-tune of a base model keeps the base's
+    # <|endoftext|>), so vLLM's completions ran on past the end of the answer, into a next turn, to max_new_tokens.
+    from pluralign.decode.sampler import eos_ids
+    from pluralign.models.load import load_model, load_tokenizer
+
+    path = make_model_dir(tmp_path / "policy")
+    policy, tok = load_model(path), load_tokenizer(path)
+    policy.generation_config.eos_token_id = [3, 4]  # e.g. an end-of-turn id the checkpoint's vLLM copy lacks
+    backend = make_backend(RolloutConfig(backend="vllm"), policy, tok)
+    backend.generate(["the cat", "a dog"], 2, max_new_tokens=3, seed=0)
+    eos = eos_ids(tok, policy)
+    assert {3, 4} <= eos
+    assert all(set(sp.stop_token_ids) == eos for sp in backend.llm.last_params)
+    # an end-of-sequence id among the stop ids ends with vLLM's stop_reason = that id: "eos", as natively
+    assert finish_reason("stop", 4, eos) == "eos" and finish_reason("stop", "\n\n", eos) == "stop"

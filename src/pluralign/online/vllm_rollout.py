@@ -6,7 +6,8 @@ started from the policy's checkpoint directory and, before each rollout, gets th
 into its model with `load_weights` (LoRA adapters merged into the base weights for the copy, then
 unmerged), after which its prefix cache is reset. Each request asks for the log-prob of the sampled token
 (`logprobs=0`) of the raw model distribution (`logprobs_mode="raw_logprobs"`), as the native sampler records
-them; finish reasons are mapped to the native ones ("eos", "stop", "length").
+them; requests end at the native sampler's end-of-sequence ids (`eos_ids`, the chat template's end of turn
+included) and finish reasons are mapped to the native ones ("eos", "stop", "length").
 
 Not tested in pluralign's CI or on the machines it was written on (no GPU, no vLLM there): its tests skip
 without CUDA and vllm. The in-process engine access follows TRL's colocate mode (`distributed_executor_backend
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from pluralign.data.prompts import encode_prompts
+from pluralign.decode.sampler import eos_ids
 from pluralign.errors import ConfigError
 from pluralign.models.load import OUTPUT_VOCAB, is_peft_model
 from pluralign.online.rollout import BACKENDS, Rollout, RolloutConfig, derived_seed
@@ -64,11 +66,12 @@ def allowed_tokens(model_config: Any) -> list[int] | None:
     return list(range(vocab)) if vocab is not None else None
 
 
-def finish_reason(reason: str | None, stop_reason: Any) -> str:
-    """vLLM's (finish_reason, stop_reason) as the native sampler's: EOS ends with "stop" and no stop reason."""
+def finish_reason(reason: str | None, stop_reason: Any, eos: Collection[int] = ()) -> str:
+    """vLLM's (finish_reason, stop_reason) as the native sampler's: EOS ends with "stop" and no stop reason, or
+    the id of the end-of-sequence token among the request's `stop_token_ids` (`eos`) that ended it."""
     if reason == "length":
         return "length"
-    return "eos" if stop_reason is None else "stop"
+    return "eos" if stop_reason is None or stop_reason in eos else "stop"
 
 
 @BACKENDS.register("vllm")
@@ -99,6 +102,9 @@ class VLLMBackend:
                 s.bind(("127.0.0.1", 0))
                 os.environ["MASTER_PORT"] = str(s.getsockname()[1])
         self.policy, self.tokenizer, self.allowed = policy, tokenizer, allowed_tokens(base.config)
+        # The native sampler's end-of-sequence ids: vLLM knows the tokenizer's and the checkpoint's generation
+        # config's, not the chat template's end-of-turn token (`turn_end_id`), and would write on past it.
+        self.eos = sorted(eos_ids(tokenizer, base))
         self.llm = LLM(model=path, tokenizer=path, dtype=str(next(base.parameters()).dtype).removeprefix("torch."),
                        gpu_memory_utilization=config.gpu_memory_utilization, max_model_len=config.max_model_len,
                        seed=seed + state.process_index, distributed_executor_backend="external_launcher",
@@ -121,7 +127,8 @@ class VLLMBackend:
         # seed + g), so with one seed for all, a prompt given twice got the same samples and others correlated ones.
         params = [SamplingParams(n=n, temperature=temperature, top_k=top_k if top_k > 0 else -1, top_p=top_p,
                                  max_tokens=max_new_tokens, logprobs=0, seed=None if seed is None else derived_seed(seed, j),
-                                 stop=list(stop) if stop else None, allowed_token_ids=self.allowed)
+                                 stop=list(stop) if stop else None, stop_token_ids=self.eos,
+                                 allowed_token_ids=self.allowed)
                   for j in range(len(prompt_ids))]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=params,
                                     use_tqdm=False)
@@ -132,7 +139,7 @@ class VLLMBackend:
             completion_ids=[list(c.token_ids) for c in completions],
             sampler_logps=[torch.tensor([pos[t].logprob for pos, t in zip(c.logprobs, c.token_ids, strict=True)])
                            for c in completions],
-            finish=[finish_reason(c.finish_reason, c.stop_reason) for c in completions],
+            finish=[finish_reason(c.finish_reason, c.stop_reason, self.eos) for c in completions],
             texts=[c.text for c in completions],
             group_size=n,
         )
