@@ -128,6 +128,25 @@ def test_each_prompt_of_a_vllm_rollout_draws_its_own_samples(tmp_path, fake_vllm
     assert backend.generate(["the cat"], 4, max_new_tokens=3, seed=None).group_size == 4
 
 
+def test_syncs_leave_a_16_bit_base_exactly_as_it_was():
+    # The adapters were merged into the policy's own base weights and unmerged after each sync: in bf16 each
+    # round trip rounds W + ΔW - ΔW to another W, so the frozen base drifted sync after sync (after 100, two
+    # thirds of a bf16 q_proj's weights had moved) and the adapters trained against a changing base.
+    peft = pytest.importorskip("peft")
+    base = tiny.tiny_llama(20, hidden_size=64, num_heads=2).to(torch.bfloat16)
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    policy = peft.get_peft_model(base, cfg)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    expected = dict(copy.deepcopy(policy).merge_and_unload().state_dict())
+    for _ in range(20):
+        with merged_weights(policy) as weights:
+            got = dict(weights)
+    for name, p in policy.named_parameters():
+        assert torch.equal(p, before[name]), name
+    for name, t in got.items():  # the copy: W + ΔW rounded once, as peft's merge writes it
+        torch.testing.assert_close(t, expected[name], atol=0, rtol=0)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 def test_vllm_backend_without_vllm_is_a_clear_error(tmp_path):
     base = make_model_dir(tmp_path / "base")

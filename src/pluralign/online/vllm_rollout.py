@@ -3,8 +3,8 @@ Model Serving with PagedAttention"): the optional `pluralign[vllm]` extra, CUDA 
 
 The engine lives in the training process on the same GPU (`gpu_memory_utilization` bounds its share). It is
 started from the policy's checkpoint directory and, before each rollout, gets the trained weights pushed
-into its model with `load_weights` (LoRA adapters merged into the base weights for the copy, then
-unmerged), after which its prefix cache is reset. Each request asks for the log-prob of the sampled token
+into its model with `load_weights` (under LoRA, copies of the base weights with the adapters merged
+in), after which its prefix cache is reset. Each request asks for the log-prob of the sampled token
 (`logprobs=0`) of the raw model distribution (`logprobs_mode="raw_logprobs"`), as the native sampler records
 them; requests end at the native sampler's end-of-sequence ids (`eos_ids`, the chat template's end of turn
 included) and finish reasons are mapped to the native ones ("eos", "stop", "length").
@@ -34,18 +34,39 @@ from pluralign.online.rollout import BACKENDS, Rollout, RolloutConfig, derived_s
 @contextmanager
 def merged_weights(policy: Any) -> Iterator[Iterator[tuple[str, torch.Tensor]]]:
     """(name, tensor) of the policy's weights under the names of its base checkpoint, read lazily (one whole
-    tensor at a time, for `load_weights` to copy); under LoRA the adapters are merged into the base weights
-    while the caller reads them, and unmerged after."""
+    tensor at a time, for `load_weights` to copy). Under LoRA each adapted weight is a copy with its adapters'
+    update added (what peft's merge would write), the policy's own base weights untouched: merged in place and
+    unmerged after, a 16-bit base came back rounded (W + ΔW - ΔW), drifting sync after sync."""
     if not is_peft_model(policy):
         yield ((name, _whole(p)) for name, p in policy.named_parameters())
         return
-    policy.merge_adapter()
-    try:
-        yield ((name.removeprefix("base_model.model.").replace(".base_layer", "").replace("modules_to_save.default.", ""),
-                _whole(p)) for name, p in policy.named_parameters()
-               if "lora_" not in name and "original_module" not in name)  # merged already / replaced by modules_to_save
-    finally:
-        policy.unmerge_adapter()
+    from peft.tuners.lora import LoraLayer
+
+    layers = {id(t): (m, kind) for m in policy.modules() if isinstance(m, LoraLayer)
+              for kind in ("weight", "bias") if (t := getattr(m.get_base_layer(), kind, None)) is not None}
+    yield ((name.removeprefix("base_model.model.").replace(".base_layer", "").replace("modules_to_save.default.", ""),
+            _merged(p, *layers[id(p)]) if id(p) in layers else _whole(p)) for name, p in policy.named_parameters()
+           if "lora_" not in name and "original_module" not in name)  # adapters: in the copies / replaced by modules_to_save
+
+
+def _merged(p: torch.Tensor, layer: Any, kind: str) -> torch.Tensor:
+    """A copy of a LoRA layer's base weight (or bias) with its active adapters merged in, as peft's safe merge
+    computes it (vanilla LoRA: W + ΔW in W's dtype; DoRA and other variants: their own merge_safe)."""
+    from peft.tuners.tuners_utils import check_adapters_to_merge
+
+    out = _whole(p)
+    with torch.no_grad():
+        for adapter in check_adapters_to_merge(layer):
+            if adapter not in layer.lora_A and adapter not in getattr(layer, "lora_embedding_A", {}):
+                continue
+            if kind == "bias":
+                if layer.lora_bias.get(adapter):
+                    out = (out + _whole(layer.lora_B[adapter].bias) * layer.scaling[adapter]).to(out.dtype)
+            elif adapter in layer.lora_variant:
+                out = layer.lora_variant[adapter].merge_safe(layer, adapter, out.clone())
+            else:  # ΔW may be fp32 (peft's adapters): the sum rounded once to W's dtype, as merging in place does
+                out = (out + _whole(layer.get_delta_weight(adapter))).to(out.dtype)
+    return out
 
 
 def _whole(p: torch.Tensor) -> torch.Tensor:
