@@ -32,6 +32,20 @@ def test_rng_states_round_trip():
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
 
 
+def test_a_resume_that_sees_fewer_gpus_restores_the_cuda_states_it_can(monkeypatch):
+    # Every visible GPU's generator state is saved: a run saved with 8 GPUs visible and resumed with fewer gave
+    # torch.cuda.set_rng_state_all 8 states, which indexes past the devices there (IndexError, a traceback).
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.extend(states))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(4, dtype=torch.uint8)] * 2)
+    saved = state.capture_rng()
+    assert len(saved["cuda"]) == 2
+    state.restore_rng(saved)
+    assert len(restored) == 1
+
+
 @pytest.mark.parametrize("writer", ["safetensors", "torch.save", "mkdir"])
 def test_disk_full_mid_save_is_a_clear_error_and_leaves_no_checkpoint_directory(tmp_path, monkeypatch, writer):
     """ENOSPC from each writer of a checkpoint: a PluralignError naming the path and the cause, no

@@ -104,8 +104,9 @@ def restore_rng(state: dict) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
     version, py_state, py_gauss = state["python"]
     random.setstate((version, tuple(py_state), py_gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+    if "cuda" in state and torch.cuda.is_available():  # a resume may see fewer GPUs than the run that saved
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8)
+                                      for s in state["cuda"][:torch.cuda.device_count()]])
 
 
 def keeping_callers_rng(fn: Callable[..., Any]) -> Callable[..., Any]:
