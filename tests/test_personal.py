@@ -131,6 +131,20 @@ def test_frozen_rows_stay_under_weight_decay(basis):
     assert not torch.equal(table.get("new"), torch.zeros(3))  # the new row did train
 
 
+def test_a_new_users_mixture_trains_under_bf16_autocast():
+    """The mixture softmax(mix) @ basis ran in bf16 under the loop's autocast (mixed_precision=bf16) and was
+    scattered into the fp32 table: masked_scatter's dtype error stopped every new_users_only run with
+    new_user_prior=mixture at its first step. The table is computed in fp32 whatever the autocast."""
+    table = PersonVectors(["old", "new"], 3, frozen=["old"], basis=torch.tensor([[1.0, 2.0, 3.0], [0.1, 0.2, 0.3]]),
+                          values={"old": torch.tensor([1.0, 2.0, 3.0])})
+    exact = table.vectors(torch.tensor([1, 2]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = table.vectors(torch.tensor([1, 2]))
+    assert got.dtype == torch.float32 and torch.equal(got, exact)
+    got.sum().backward()
+    assert table.mix.grad is not None and table.mix.grad.abs().sum() > 0
+
+
 # ---------------------------------------------------------------- PAS steering
 
 

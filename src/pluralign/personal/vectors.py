@@ -112,8 +112,9 @@ class PersonVectors(torch.nn.Module):
 
     def table(self) -> torch.Tensor:
         raw = torch.where(self.trainable[:, None], self.raw, self.fixed) * self.scale
-        if self.basis is not None:
-            mixed = torch.softmax(self.mix, -1) @ self.basis
+        if self.basis is not None:  # in fp32: under the loop's 16-bit autocast the matmul would come out bf16
+            with torch.autocast(self.mix.device.type, enabled=False):
+                mixed = torch.softmax(self.mix, -1) @ self.basis
             raw = raw.masked_scatter(self.trainable[:, None].expand_as(raw), mixed)
         return torch.cat([raw.new_zeros(1, raw.shape[1]), raw])
 
