@@ -117,11 +117,14 @@ def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
 
 
 def _gathered(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Each DTensor of `state` gathered into a full tensor (in the same order on every process), copied: on
-    CPU they can alias parameter storage that FSDP frees when it reshards."""
+    """Each DTensor of `state` gathered into a full tensor (in the same order on every process), copied to the
+    CPU (where they are saved from): on CPU they can alias parameter storage that FSDP frees when it reshards,
+    and copies kept on the GPU would hold the whole model there on every process at once, the memory FSDP
+    was there to save (each gathered tensor leaves the GPU before the next is gathered)."""
     from torch.distributed.tensor import DTensor
 
-    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone() for k, v in state.items()}
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().to("cpu", copy=True)
+            for k, v in state.items()}
 
 
 def optimizer_state(accelerator: Accelerator, wrapped: torch.nn.Module, optimizer: Any) -> dict:
