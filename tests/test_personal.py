@@ -82,6 +82,17 @@ PAIRS = [Pairwise("tell me about the cat", "the cat is very good", "the cat is b
          Pairwise("tell me about the dog", "the dog is good", "the dog is very bad", user="bob", group="b")]
 
 
+def test_an_offset_meets_the_hidden_states_on_their_device():
+    """A person-vector model's scheme loads its vectors where the model is when attached (the CPU), and
+    `pluralign serve` / `load_policy(device=...)` move the model to the GPU after: every request with a user
+    or group added a CPU vector to CUDA hidden states ('expected all tensors on the same device'). The
+    meta device stands in for the GPU here."""
+    layer = torch.nn.Linear(4, 4, device="meta")
+    with offset(layer, torch.ones(4)):
+        out = layer(torch.zeros(2, 4, device="meta"))
+    assert out.device.type == "meta" and out.shape == (2, 4)
+
+
 def test_vectors_zero_is_the_model_and_offset_equals_shifted_embeddings(tiny):
     _, model, tok = tiny
     batch = _batch(tok, PAIRS)

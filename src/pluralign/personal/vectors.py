@@ -52,10 +52,10 @@ def offset(module: torch.nn.Module, value: torch.Tensor | None) -> Iterator[None
         yield
         return
 
-    def hook(_module, _inputs, output):
+    def hook(_module, _inputs, output):  # on the output's device: a scheme's vectors stay where they were loaded
         if isinstance(output, tuple):  # older decoder layers return (hidden, ...)
-            return (output[0] + value.to(output[0].dtype),) + output[1:]
-        return output + value.to(output.dtype)
+            return (output[0] + value.to(output[0].device, output[0].dtype),) + output[1:]
+        return output + value.to(output.device, output.dtype)
 
     handle = module.register_forward_hook(hook)
     try:
