@@ -156,6 +156,10 @@ def test_cli_refuses_a_missing_model(capsys):
     (["--max-tokens", "16", "--default-max-tokens", "64"], "'default_max_tokens' must be in [1, max_tokens=16]"),
     (["--reward", "no_such_module:fn"], "--reward no_such_module:fn: cannot import fn"),  # was: a server up, every request 503
     (["--models", "/no/such/dir", "--port", "0"], "--models /no/such/dir: model directory not found"),  # was: 503s forever
+    # was: the banner, the weights loaded, then torch's traceback from model.to(device)
+    (["--device", "cdua", "--port", "0"], "bad device 'cdua'"),
+    pytest.param(["--device", "cuda", "--port", "0"], "device 'cuda' asked for, but CUDA is not available here",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is available here")),
 ])
 @pytest.mark.timeout(120)
 def test_cli_refuses_bad_settings_before_serving(tiny, capsys, flags, message):

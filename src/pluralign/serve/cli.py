@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"pluralign serve needs the serve extra: pip install 'pluralign[serve]' ({e})") from None
     from pluralign.decode.rewards import check_source
     from pluralign.models.load import resolve
-    from pluralign.serve.engine import named_reward
+    from pluralign.serve.engine import named_reward, serving_device
     from pluralign.serve.limits import load_keys
     from pluralign.serve.runner import listen, serve
 
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     for spec in cfg.rewards:
         check_source(named_reward(spec)[1], "--reward")
     load_keys(cfg.api_key_file)
+    serving_device(cfg.device)
     sock = listen(cfg.host, cfg.port)  # a port in use fails here
     port = sock.getsockname()[1]  # the one chosen, with --port 0
     print(f"pluralign serve: {cfg.model} on http://{cfg.host}:{port} (Ctrl-C drains and stops)", flush=True)

@@ -68,11 +68,11 @@ def load(cfg: ServeConfig) -> Loaded:
     from pluralign.decode.rewards import load_reward
     from pluralign.decode.steer import load_policy
 
-    device = cfg.device or ("cuda" if _cuda() else "")
+    device = serving_device(cfg.device)
 
     def policy(path: str) -> tuple[Any, Any]:
         model, tok = load_policy(path)  # a directory, a .gguf file or a hub id
-        return (model.to(device) if device else model), tok
+        return (model.to(device) if device is not None else model), tok
 
     model, tokenizer = policy(cfg.model)
     rewards = {name: load_reward(src) for name, src in map(named_reward, cfg.rewards)}
@@ -95,10 +95,17 @@ def _model_name(model: str) -> str:
     return path.stem if path.suffix.lower() == ".gguf" else path.name
 
 
-def _cuda() -> bool:
+def serving_device(device: str) -> Any:
+    """The torch device the models are served on: `device` checked as every command's is (`resolve_device`:
+    an error naming a bad device or a GPU that is not there, where `model.to` gave torch's traceback after
+    the weights had loaded); by default CUDA when available, else None (the CPU, where models load)."""
     import torch
 
-    return torch.cuda.is_available()
+    from pluralign.models.load import resolve_device
+
+    if device:
+        return resolve_device(device)
+    return torch.device("cuda") if torch.cuda.is_available() else None
 
 
 @dataclass
