@@ -257,3 +257,17 @@ def test_vllm_rollouts_end_where_native_ones_do(tmp_path, fake_vllm):
     assert all(set(sp.stop_token_ids) == eos for sp in backend.llm.last_params)
     # an end-of-sequence id among the stop ids ends with vLLM's stop_reason = that id: "eos", as natively
     assert finish_reason("stop", 4, eos) == "eos" and finish_reason("stop", "\n\n", eos) == "stop"
+
+
+def test_a_policy_grown_past_its_checkpoint_is_refused_before_the_engine_starts(tmp_path, fake_vllm):
+    # vLLM starts from the checkpoint directory: a policy whose embeddings were grown after it was saved (an
+    # adapter trained with added tokens, loaded onto its base) had more rows than the engine's copy, and the
+    # first weight sync failed in vLLM's weight loader with a shape assertion, after the engine had started.
+    from pluralign.models.load import load_model, load_tokenizer
+
+    path = make_model_dir(tmp_path / "policy")
+    policy, tok = load_model(path), load_tokenizer(path)
+    rows = policy.get_input_embeddings().weight.shape[0]
+    policy.resize_token_embeddings(rows + 2, mean_resizing=False)
+    with pytest.raises(ConfigError, match=f"has {rows} token embeddings; the policy has {rows + 2}"):
+        make_backend(RolloutConfig(backend="vllm"), policy, tok)

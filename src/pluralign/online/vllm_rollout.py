@@ -95,6 +95,24 @@ def finish_reason(reason: str | None, stop_reason: Any, eos: Collection[int] = (
     return "eos" if stop_reason is None or stop_reason in eos else "stop"
 
 
+def _check_vocabulary(base: Any, path: str) -> None:
+    """vLLM's copy of the model is built from the checkpoint at `path`, and the synced weights must fit it: a
+    policy whose embeddings grew after it was saved (an adapter trained with added tokens, loaded onto its
+    base) would fail the first sync in vLLM's weight loader, after the engine had started."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    if not Path(path).is_dir():  # a hub id: vLLM reads it from the hub, as transformers did
+        return
+    saved = AutoConfig.from_pretrained(path).get_text_config().vocab_size
+    rows = base.get_input_embeddings().weight.shape[0]
+    if rows != saved:
+        raise ConfigError(f"rollout.backend 'vllm' starts its engine from {path}, whose model has {saved} token "
+                          f"embeddings; the policy has {rows} token embeddings (tokens added after it was saved). "
+                          "Save the policy as a full model and train from that, or use rollout.backend=native")
+
+
 @BACKENDS.register("vllm")
 class VLLMBackend:
     def __init__(self, policy: Any, tokenizer: Any, config: RolloutConfig | None = None, seed: int = 0):
@@ -110,6 +128,7 @@ class VLLMBackend:
         if not path:
             raise ConfigError("rollout.backend 'vllm' starts its engine from the policy's checkpoint directory; this "
                               "policy has none (load it with from_pretrained)")
+        _check_vocabulary(base, path)
         from accelerate import PartialState
 
         state = PartialState()
