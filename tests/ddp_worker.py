@@ -22,12 +22,15 @@ if sys.argv[1] == "loop":
     # With max_steps (a run stopped early, then extended): a constant rate, so the schedule does not
     # depend on where the run is told to stop.
     schedule = {"scheduler": "constant", "warmup_ratio": 0.0} if max_steps else {"warmup_ratio": 0.25}
-    config = LoopConfig(learning_rate=1e-2, batch_size=batch, grad_accum=accum, num_epochs=2, log_every=1,
-                        progress=False, save_every=2, keep_checkpoints=1, max_steps=max_steps, **schedule)
-    model = make_model()
-    train(model, make_data(32), collate, nll_step, config, run_dir, eval_dataset=make_data(7, seed=5))
     import os
 
+    # the launcher's --mixed_precision (bf16 in bench/gpu_checks.sh), which the loop would otherwise override
+    precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    config = LoopConfig(learning_rate=1e-2, batch_size=batch, grad_accum=accum, num_epochs=2, log_every=1,
+                        progress=False, save_every=2, keep_checkpoints=1, max_steps=max_steps, mixed_precision=precision,
+                        **schedule)
+    model = make_model()
+    train(model, make_data(32), collate, nll_step, config, run_dir, eval_dataset=make_data(7, seed=5))
     if os.environ.get("ACCELERATE_USE_FSDP") == "true":
         from torch.distributed.tensor import DTensor
 

@@ -308,6 +308,14 @@ def test_bad_settings_are_config_errors(tmp_path):
             train(make_model(), make_data(8), collate, nll_step, cfg(mixed_precision="fp16"))
 
 
+def test_a_launchers_16_bit_precision_the_loop_overrides_is_said(tmp_path, monkeypatch):
+    # examples/accelerate/fsdp2.yaml says mixed_precision: bf16, and accelerate launch passes it on; the loop
+    # hands accelerate its own loop.mixed_precision (default no), which wins: the run trained in fp32 silently.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.warns(UserWarning, match="asked for mixed_precision=bf16.*loop.mixed_precision=no"):
+        train(make_model(), make_data(8), collate, nll_step, cfg(max_steps=1), None)
+
+
 def test_metrics_file_is_json_lines(tmp_path):
     train(make_model(), make_data(8), collate, nll_step, cfg(log_every=2, num_epochs=2), tmp_path / "run")
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()

@@ -66,11 +66,26 @@ def make_accelerator(grad_accum: int, mixed_precision: str, log_with: list[str] 
         # accelerate keeps the first precision process-wide; a later run in the same Python process
         # (a notebook, a sweep) may ask for another, which is safe to switch between runs.
         AcceleratorState._reset_state()
+    _warn_launcher_precision(mixed_precision)
     trackers = {"log_with": log_with, "project_dir": project_dir} if log_with else {}
     accelerator = Accelerator(gradient_accumulation_steps=grad_accum, mixed_precision=mixed_precision, **trackers)
     _fsdp_on_cpu(accelerator)
     _destroy_process_group_at_exit()
     return accelerator
+
+
+def _warn_launcher_precision(mixed_precision: str) -> None:
+    """`accelerate launch` passes its config's mixed_precision on (examples/accelerate/fsdp2.yaml: bf16), but the
+    loop gives accelerate its own `loop.mixed_precision`, which wins: a launcher's 16-bit precision the loop
+    does not share would be dropped without a word."""
+    import os
+    import warnings
+
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launcher in ("bf16", "fp16") and launcher != mixed_precision and process_state().is_main_process:
+        warnings.warn(f"accelerate launch asked for mixed_precision={launcher}, but this run trains with "
+                      f"loop.mixed_precision={mixed_precision}, which pluralign passes to accelerate: set "
+                      f"loop.mixed_precision={launcher} to train in {launcher}", stacklevel=3)
 
 
 def launched_with_fsdp() -> bool:
