@@ -3,7 +3,8 @@
 A causal LM's head turns every position's final hidden state into V logits. Preference losses need only
 log p(y_t | y_<t) at completion positions, so we take the decoder's final hidden states, pick those that
 predict completion tokens, and push them through the head in chunks of ``chunk_size`` positions: each
-chunk's [chunk, V] logits are made in float32, reduced to one log-prob per position, and freed. Under
+chunk's [chunk, V] logits are cast to float32 (under mixed precision the head's matmul itself runs in 16
+bits, as in the model's own forward), reduced to one log-prob per position, and freed. Under
 autograd each chunk is checkpointed (`torch.utils.checkpoint`), so its logits are recomputed in backward
 instead of stored: peak extra memory is O(chunk_size · V) whatever the batch, and prompt and padding
 positions never reach the head at all. The cost is one extra head matmul per chunk in backward.
@@ -239,8 +240,10 @@ def gathered_logps(model: Any, hidden: torch.Tensor, targets: torch.Tensor,
     if chunk_size is None:
         vocab_size = getattr(head, "out_features", None) or model.config.get_text_config().vocab_size
         chunk_size = max(1, CHUNK_ELEMENTS // vocab_size)
-    # Under autocast the hidden states may be 16-bit while the head's weights are fp32: run the head in
-    # its weights' dtype (precise, and outside the model's forward no autocast applies).
+    # Under autocast the hidden states may be 16-bit while the head's weights are fp32: cast them to the
+    # weights' dtype so the head accepts them. An autocast region around this call (the loop's mixed
+    # precision) still runs the head's matmul in 16 bits, as the model's own forward and TRL's do; only the
+    # log-softmax below is taken in float32.
     hidden = hidden.to(next(head.parameters()).dtype)
     track = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
     parts = []
