@@ -200,3 +200,23 @@ def test_steerability_of_goal_vectors_of_different_shapes_is_named():
                  lambda: st.steering_reward([[1.0, 1.0]], [[0.5, 0.5], [0.2, 0.2]])):
         with pytest.raises(ConfigError, match="goal vectors of different shapes"):
             call()
+
+
+def test_pooled_texts_longer_than_max_length_keep_their_response_and_need_no_pad_token():
+    """The tokenizer cut long texts on the right, so a long prompt pushed the response (what the embedding is
+    about) out of it; and a tokenizer without a pad token was a ValueError traceback."""
+    import torch
+
+    from pluralign.models.tiny import tiny_llama, word_tokenizer
+
+    tok = word_tokenizer("the cat sat on a mat how do i make bread".split())
+    tok.pad_token = None
+    model = tiny_llama(len(tok), hidden_size=32, num_layers=2, seed=0)
+    prompt = "how do i make bread " * 6
+    a = aqi.pool_hidden_states(model, tok, [prompt, "how"], ["the cat sat", "on a mat"], pooling="last", max_length=8)
+    b = aqi.pool_hidden_states(model, tok, [prompt], ["on a mat"], pooling="last", max_length=8)
+    assert not np.allclose(a[0], b[0])  # the response is in the window, so it changes the embedding
+    ids = tok(prompt.rstrip() + "\nthe cat sat", add_special_tokens=False)["input_ids"][-8:]
+    with torch.no_grad():
+        ref = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0, -1]
+    np.testing.assert_allclose(a[0], ref.numpy(), rtol=1e-5, atol=1e-6)

@@ -154,9 +154,13 @@ def pool_hidden_states(model: Any, tokenizer: Any, prompts: Sequence[str], respo
     out = []
     with torch.no_grad(), eval_mode(model):  # no dropout, and a caller's model in training stays so
         for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
-                            max_length=max_length, add_special_tokens=False)
-            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            # Cut from the left: the response, which the embedding is about, ends the text (a tokenizer's
+            # right truncation dropped it first). Padded here, on the right, so a tokenizer without a pad
+            # token serves too; padded positions are masked out of the pooling.
+            ids = [tokenizer(t, add_special_tokens=False)["input_ids"][-max_length:] for t in texts[i:i + batch_size]]
+            width = max(map(len, ids))
+            enc = {"input_ids": torch.tensor([x + [0] * (width - len(x)) for x in ids], device=device),
+                   "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)}
             hs = model(**enc, output_hidden_states=True).hidden_states
             if layer_weights is not None:
                 w = torch.tensor(layer_weights, dtype=hs[0].dtype, device=device)
