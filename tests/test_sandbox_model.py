@@ -70,6 +70,18 @@ def test_cache_key_depends_on_seed_and_config():
     assert config_hash(0, MICRO) != config_hash(0, SandboxConfig.tiny())
 
 
+def test_cache_key_depends_on_the_tiny_model_source(monkeypatch, tmp_path):
+    # models/tiny.py (the word tokenizer and the Llama the base is built from) was not hashed: a change to it
+    # reused a base built by the old code
+    from pluralign.models import tiny as tiny_module
+
+    before = config_hash(0, MICRO)
+    changed = tmp_path / "tiny.py"
+    changed.write_text(Path(tiny_module.__file__).read_text() + "\n# changed\n")
+    monkeypatch.setattr(tiny_module, "__file__", str(changed))
+    assert config_hash(0, MICRO) != before
+
+
 def test_manifest_hashes_every_file_and_the_model_loads(tiny):
     manifest = read_manifest(tiny)
     files = sorted(f.name for f in Path(tiny).iterdir() if f.name != "manifest.json")

@@ -59,10 +59,13 @@ class SandboxConfig:
 
 
 def config_hash(seed: int, config: SandboxConfig) -> str:
-    """SHA-256 of everything the weights depend on: config, seed, world and attribute source, versions."""
+    """SHA-256 of everything the weights depend on: config, seed, the source of the world, the attributes, the
+    tiny model and word tokenizer (`pluralign.models.tiny`) and this builder, and library versions."""
     import transformers
 
-    sources = [Path(m.__file__).read_bytes() for m in (world, attributes)] + [Path(__file__).read_bytes()]
+    from pluralign.models import tiny
+
+    sources = [Path(m.__file__).read_bytes() for m in (world, attributes, tiny)] + [Path(__file__).read_bytes()]
     key = {
         "version": SANDBOX_VERSION, "seed": seed, "config": dataclasses.asdict(config),
         "sources": [hashlib.sha256(s).hexdigest() for s in sources],
