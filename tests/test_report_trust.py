@@ -101,7 +101,7 @@ def test_a_seed_interval_past_ten_seeds_uses_students_t(df, t):
 
 
 def test_seed_interval_and_the_pal_verdict():
-    from pluralign.demo import pal_verdict
+    from pluralign.demo_report import pal_verdict
     from pluralign.sandbox.gold import plus_minus, seed_ci
 
     mean, half = seed_ci([1.0, 2.0, 3.0])
