@@ -254,3 +254,19 @@ def test_a_seeded_request_decodes_alike_whatever_is_decoded_with_it(method, extr
     alone = [run([p])[0] for p in prompts]
     assert run(prompts) == alone
     assert run(prompts[::-1])[::-1] == alone
+
+
+@pytest.mark.parametrize(("method", "extra"), [
+    ("sample", {}), ("bon", {}), ("args", {"k": 5}),
+    ("rps", {}), ("deal", {"init_beams": 3, "beams": 2, "max_iterations": 2, "lookahead": 3}),
+])
+def test_a_prompt_repeated_in_one_call_gets_independent_answers(method, extra):
+    # rps and deal decode one prompt at a time with the request's seed, so a prompt given three times in a
+    # prompts file (one --seed for all) got one answer three times, where the other decoders draw its repeats
+    # from the next streams; its first occurrence still answers as alone
+    tok = toy_tokenizer()
+    lm = toy_lm(tok, seed=0, scale=1.0)
+    ctl = Controls(n=3, max_new_tokens=6, seed=11, weights=[0.5, 0.5], extra=extra)
+    alone = decode(method, lm, tok, ["bird"], reward=two_words, controls=ctl).texts
+    texts = decode(method, lm, tok, ["bird"] * 4, reward=two_words, controls=ctl).texts
+    assert texts[0] == alone[0] and len(set(texts)) > 1

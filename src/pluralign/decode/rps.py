@@ -18,7 +18,7 @@ from pluralign.decode.best_of_n import _need_reward, select_best
 from pluralign.decode.kv import Compute
 from pluralign.decode.prompts import dpa_system_message, with_system
 from pluralign.decode.rewards import objective_names, weight_vector
-from pluralign.decode.sampler import sample
+from pluralign.decode.sampler import repeat_seeds, sample
 
 
 def neighbour_directions(v: torch.Tensor, k: int, theta_max: float, generator: torch.Generator | None = None
@@ -52,7 +52,10 @@ def rps(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls
     compute = Compute()
     cands: list[list[str]] = []
     cand_ids: list[list[list[int]]] = []
+    # one request at a time: a prompt repeated in the call draws from a seed of its own (`repeat_seeds`)
+    seeds = repeat_seeds([c.seed for c in controls], [repr(x) for x in prompts])
     for p, c in enumerate(controls):
+        c = c.replace(seed=seeds[p])
         m = len(names) if names else len(c.weights)
         names_p = objective_names(reward, m)
         v = weight_vector(c.weights, names_p)

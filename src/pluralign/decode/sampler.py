@@ -246,6 +246,16 @@ def occurrences(keys: Sequence[Any]) -> list[int]:
     return out
 
 
+def repeat_seeds(seeds: Sequence[int | None], keys: Sequence[Any]) -> list[int | None]:
+    """The seed of each row for a decoder that decodes a call's rows one at a time (a `sample` call each, so
+    `sample` cannot see that a prompt repeats): a prompt's first occurrence keeps its request's seed (its
+    answer alone), each repeat gets one derived from it (`row_seed`, its `occurrences` index), so a prompt
+    repeated in one call still gets independent answers, as from `sample`; None stays None."""
+    occ = occurrences([(s, k) for s, k in zip(seeds, keys, strict=True)])
+    return [s if s is None or k == 0 else row_seed(s, ["repeat", key], k)
+            for s, key, k in zip(seeds, keys, occ, strict=True)]
+
+
 def seeded_generator(seed: int | None, key: Any, index: int = 0) -> torch.Generator | None:
     """A CPU generator for one request's own draws (`row_seed`), or None (the global one) for no seed."""
     return None if seed is None else torch.Generator().manual_seed(row_seed(seed, key, index))

@@ -17,7 +17,7 @@ import torch
 from pluralign.decode.api import Controls, DecodeResult, finish, register, weights_matrix
 from pluralign.decode.kv import Compute, encode_prompts
 from pluralign.decode.rewards import Counted, score_groups
-from pluralign.decode.sampler import decoded_text, sample
+from pluralign.decode.sampler import decoded_text, repeat_seeds, sample
 from pluralign.errors import ConfigError
 
 
@@ -75,7 +75,10 @@ def deal(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any = None, 
     """DeAL search per prompt; λ = controls.w; extra: lookahead, init_beams, beams, max_iterations."""
     counted = Counted(reward) if reward is not None else None
     compute = Compute()
-    found = [_search_one(model, tokenizer, prompts[p], c, counted, compute) for p, c in enumerate(controls)]
+    # one search per prompt: a prompt repeated in the call searches from a seed of its own (`repeat_seeds`)
+    seeds = repeat_seeds([c.seed for c in controls], [repr(x) for x in prompts])
+    found = [_search_one(model, tokenizer, prompts[p], c.replace(seed=s), counted, compute)
+             for p, (c, s) in enumerate(zip(controls, seeds, strict=True))]
     return finish([text for text, _ in found], prompts, reward, controls, compute=compute,
                   reward_compute=counted.compute if counted else None, info={"token_ids": [ids for _, ids in found]})
 
