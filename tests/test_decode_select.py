@@ -270,3 +270,35 @@ def test_a_prompt_repeated_in_one_call_gets_independent_answers(method, extra):
     alone = decode(method, lm, tok, ["bird"], reward=two_words, controls=ctl).texts
     texts = decode(method, lm, tok, ["bird"] * 4, reward=two_words, controls=ctl).texts
     assert texts[0] == alone[0] and len(set(texts)) > 1
+
+
+def test_an_unseeded_request_draws_fresh_rps_directions_and_infalign_references(monkeypatch):
+    # `c.seed or 0`: a request without a seed drew RPS's neighbour directions from seed 0 and InfAlign's
+    # reference samples from seed 104729, the same for every such request
+    import pluralign.decode.infalign as infalign
+    import pluralign.decode.rps as rps
+
+    tok = toy_tokenizer()
+    lm = toy_lm(tok, seed=0, scale=1.0)
+    dirs, ref_seeds = [], []
+    draw = infalign.draw_candidates
+
+    def directions(*args, **kwargs):
+        dirs.append(neighbour_directions(*args, **kwargs))
+        return dirs[-1]
+
+    def candidates(model, tokenizer, prompts, controls, **kwargs):
+        ref_seeds.extend(c.seed for c in controls)
+        return draw(model, tokenizer, prompts, controls, **kwargs)
+
+    def three(prompts, responses):
+        return torch.cat([two_words(prompts, responses), torch.ones(len(responses), 1)], 1)
+
+    monkeypatch.setattr(rps, "neighbour_directions", directions)
+    monkeypatch.setattr(infalign, "draw_candidates", candidates)
+    ctl = Controls(n=3, max_new_tokens=3, weights=[0.5, 0.3, 0.2], seed=None)
+    for _ in range(2):
+        decode("rps", lm, tok, ["bird"], reward=three, controls=ctl)
+        decode("infalign", lm, tok, ["bird"], reward=three, controls=ctl)
+    assert not torch.equal(dirs[0], dirs[1])
+    assert ref_seeds == [None] * 4  # candidates and references of two requests

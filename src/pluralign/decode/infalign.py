@@ -17,6 +17,7 @@ import torch
 from pluralign.decode.api import Controls, DecodeResult, register, score_candidates
 from pluralign.decode.best_of_n import _need_reward, draw_candidates
 from pluralign.decode.rewards import objective_names
+from pluralign.decode.sampler import row_seed
 from pluralign.errors import ConfigError
 
 
@@ -57,7 +58,8 @@ def infalign(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, con
     extra: m (reference samples per prompt, default 2n), transform ("bon"), t (1.0)."""
     counted = _need_reward(reward, "infalign")
     cands, _, compute, ids, _ = draw_candidates(model, tokenizer, prompts, controls)
-    refs_ctl = [c.replace(seed=(c.seed or 0) + 104729) for c in controls]
+    # the reference samples' own streams (no seed: fresh ones, not seed 104729's for every request)
+    refs_ctl = [c.replace(seed=None if c.seed is None else row_seed(c.seed, "infalign references")) for c in controls]
     refs, _, comp, _, _ = draw_candidates(model, tokenizer, prompts, refs_ctl, n_of=lambda c: int(c.extra.get("m", 2 * c.n)))
     compute.add(comp)
     per, _ = score_candidates(counted, prompts, cands, controls)

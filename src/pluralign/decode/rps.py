@@ -18,7 +18,7 @@ from pluralign.decode.best_of_n import _need_reward, select_best
 from pluralign.decode.kv import Compute
 from pluralign.decode.prompts import dpa_system_message, with_system
 from pluralign.decode.rewards import objective_names, weight_vector
-from pluralign.decode.sampler import repeat_seeds, sample
+from pluralign.decode.sampler import repeat_seeds, sample, seeded_generator
 
 
 def neighbour_directions(v: torch.Tensor, k: int, theta_max: float, generator: torch.Generator | None = None
@@ -59,7 +59,7 @@ def rps(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, controls
         m = len(names) if names else len(c.weights)
         names_p = objective_names(reward, m)
         v = weight_vector(c.weights, names_p)
-        g = torch.Generator().manual_seed(c.seed or 0)
+        g = seeded_generator(c.seed, "rps directions")  # no seed: fresh directions, not seed 0's every time
         dirs = neighbour_directions(v, c.n, float(c.extra.get("theta_max", math.pi / 8)), g)
         cond = c.extra.get("conditioner") or (lambda x, d, obj, how=c.chat_template:
                                               with_system(x, dpa_system_message(d, obj), tokenizer, how))
