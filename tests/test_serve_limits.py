@@ -322,6 +322,34 @@ def test_a_seeded_request_answers_the_same_whatever_arrives_with_it(tiny):
             assert got["mine"]["choices"][0]["text"] == alone, other
 
 
+def test_seeded_requests_share_a_batch_and_answer_as_alone(tiny):
+    """Seeded requests decoded alone (one call each) under load; each now keeps its draws its own in a shared
+    call (`sample`'s owners): the same answers as alone, whatever their seeds, a prompt another request
+    repeats, or one repeated within a request (which still takes its next draws)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    asks = [{"prompt": "the cat", "seed": 5, "n": 2}, {"prompt": "the cat", "seed": 5, "n": 2},
+            {"prompt": ["the cat", "a dog", "the cat"], "seed": 5, "n": 2}, {"prompt": "a dog", "seed": 9, "n": 2},
+            {"prompt": "the cat", "seed": -3, "n": 2}, {"prompt": "a dog", "n": 2}]
+    with serve(tiny, batch_window_ms=500) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="k1", max_retries=0)
+
+        def ask(body):
+            reply = c.completions.create(model="tiny", max_tokens=10, temperature=1.0, **body)
+            texts = [ch.text for ch in sorted(reply.choices, key=lambda ch: ch.index)]
+            return texts, reply.model_extra["pluralign"]["compute"]["batch_requests"]
+
+        alone = [ask(body) for body in asks]
+        with ThreadPoolExecutor(len(asks)) as pool:
+            together = list(pool.map(ask, asks))
+    assert all(n == 1 for _, n in alone) and max(n for _, n in together) > 2  # seeded requests shared a batch
+    for (want, _), (got, _), body in zip(alone, together, asks, strict=True):
+        if "seed" in body:
+            assert got == want, body
+    assert alone[0][0] == alone[1][0] and len(set(alone[0][0])) == 2  # one request, one answer; two samples
+    assert alone[2][0][:2] == alone[0][0] and alone[2][0][4:] != alone[0][0]  # its repeat draws on
+
+
 def test_steering_fields_nothing_reads_are_refused_not_ignored(tiny):
     """Plain sampling of a model without a conditioning scheme reads no weights, direction or group: such a
     request was answered with an unsteered sample as if it had been steered (`pluralign decode` warns, eval

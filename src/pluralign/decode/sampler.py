@@ -305,7 +305,7 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, ma
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, stop: Sequence[str] | None = None,
            eos: int | Sequence[int] | None = None, seed: int | None | Sequence[int | None] = None, max_rows: int = 1024,
            chat_template: str | Sequence[str] = "auto", top_logprobs: int = 0,
-           on_step: Callable[[Generation, int], None] | None = None) -> Samples:
+           on_step: Callable[[Generation, int], None] | None = None, owners: Sequence[Any] | None = None) -> Samples:
     """Draw `n` samples per prompt (temperature <= 0: greedy). Deterministic for a given `seed` (one for all
     prompts or one per prompt; None: fresh draws): each sample draws from its own stream, seeded by the seed,
     its prompt's token ids and its index (`row_seed`; a prompt repeated in the list takes the next indices,
@@ -322,6 +322,10 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, ma
     (streaming) and end rows early by setting `gen.reason[r]` (e.g. "cancelled" when a client has gone),
     which drops them from the batch at once.
 
+    `owners` (one per prompt: which request it is of; a server's call decodes several) keeps the repeats of a
+    prompt to its own request: a prompt takes the next indices only after an earlier one of the same owner, so
+    each request draws what it draws alone, and two requests with one seed and prompt get the same answers.
+
     `top_logprobs=k` also records, at every step of every sample, the k most likely tokens and their model
     log-probs (`Samples.top_logprobs`; what an OpenAI-style ``top_logprobs`` reply reports).
     """
@@ -334,7 +338,10 @@ def sample(model: Any, tokenizer: Any, prompts: Sequence[Any], *, n: int = 1, ma
     seeds = list(seed) if isinstance(seed, Sequence) else [seed] * len(prompt_ids)
     if len(seeds) != len(prompt_ids):
         raise ConfigError(f"sample: {len(seeds)} seeds for {len(prompt_ids)} prompts")
-    occ = occurrences([(s, tuple(ids)) for s, ids in zip(seeds, prompt_ids, strict=True)])
+    owned = [None] * len(prompt_ids) if owners is None else list(owners)
+    if len(owned) != len(prompt_ids):
+        raise ConfigError(f"sample: {len(owned)} owners for {len(prompt_ids)} prompts")
+    occ = occurrences([(o, s, tuple(ids)) for o, s, ids in zip(owned, seeds, prompt_ids, strict=True)])
     compute = Compute()
     per_chunk = max(1, max_rows // n)
     gens: list[Generation] = []

@@ -140,16 +140,16 @@ class Job:
         return self.cancelled.is_set() or time.monotonic() > self.deadline
 
     def key(self) -> tuple:
-        """Requests with equal keys share one batched call. A seeded request shares it with no other: OpenAI's
-        `seed` promises the same answer to the same request, and in one call a prompt repeated by another
-        request would take the next draws of its stream (`decode.sampler.occurrences`), as does a prompt
-        repeated in one request."""
-        alone = () if self.controls.seed is None else (id(self),)
+        """Requests with equal keys share one batched call. OpenAI's `seed` promises the same answer to the same
+        request, whatever arrived with it. Plain sampling keeps each request's draws its own (`sample`'s
+        `owners`: a prompt repeated by another request does not take the next draws of its stream), so seeded
+        requests, whatever their seeds, share a call. A decoding method's call counts a prompt's repeats
+        across the call (`decode.sampler.occurrences`), so a seeded request for one decodes alone."""
         if self.method != PLAIN:
-            return (self.method, self.reward, *alone)
+            return (self.method, self.reward, *(() if self.controls.seed is None else (id(self),)))
         c = self.controls
         return (PLAIN, self.n, self.ignore_eos, c.chat_template, c.max_new_tokens, c.temperature, c.top_k, c.top_p,
-                tuple(c.stop or ()), c.seed, self.logprobs, *alone)
+                tuple(c.stop or ()), self.logprobs)
 
     def stream_text(self, choice: int, text: str, final: bool, steps: tuple | None = None) -> None:
         """Send the part of `text` not yet sent. Until the end, hold back what a stop string or an
@@ -320,7 +320,8 @@ class Engine:
 
             with steered():
                 out = sample(self.loaded.model, tok, shown, n=n, max_new_tokens=c.max_new_tokens,
-                             temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, stop=c.stop, seed=c.seed,
+                             temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, stop=c.stop,
+                             seed=[owner[i][0].controls.seed for i in idx], owners=[id(owner[i][0]) for i in idx],
                              eos=[] if jobs[0].ignore_eos else None, chat_template=c.chat_template,
                              max_rows=self.cfg.max_batch_rows, on_step=on_step, top_logprobs=jobs[0].logprobs or 0)
             compute.add(out.compute)
