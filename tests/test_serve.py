@@ -223,15 +223,17 @@ def test_refusals_in_openai_error_format(server):
 
 
 def test_the_largest_seed_is_taken_for_several_choices_of_a_method(server):
-    # choice k draws with seed + k: 2**63 - 1 was refused (422) as "controls.seed ... got 9223372036854775808"
+    # choice k drew with seed + k: 2**63 - 1 was refused (422) as "controls.seed ... got 9223372036854775808"
     body = {"prompt": PROMPT, "max_tokens": 3, "n": 2, "method": "bon", "best_of": 2, "reward": "gold"}
     for seed in (2 ** 63 - 1, -(2 ** 63)):
         r = httpx.post(server + "/v1/completions", headers=AUTH, json=body | {"seed": seed}, timeout=60)
         assert r.status_code == 200 and len(r.json()["choices"]) == 2, r.text
     from pluralign.decode.api import Controls
 
-    assert Controls(seed=2 ** 63 - 1).offset_seed(1).seed == -(2 ** 63)
-    assert Controls(seed=5).offset_seed(2).seed == 7 and Controls(seed=None).offset_seed(3).seed is None
+    assert Controls(seed=5).offset_seed(0).seed == 5 and Controls(seed=None).offset_seed(3).seed is None
+    # seed + k: choice 1 of seed 5 drew choice 0 of seed 6's answer (13 seeds for these 40 choices)
+    seeds = {Controls(seed=s).offset_seed(k).seed for s in range(10) for k in range(4)}
+    assert len(seeds) == 40 and all(-(2 ** 63) <= s < 2 ** 63 for s in seeds)
 
 
 def test_a_method_without_what_it_steers_by_is_refused_naming_the_flag(server, sandbox):

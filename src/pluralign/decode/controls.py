@@ -102,11 +102,14 @@ class Controls:
         return dataclasses.replace(self, **changes)
 
     def offset_seed(self, k: int) -> Controls:
-        """These controls with seed + k (the k-th of several draws of one request), wrapped into the 64-bit
-        range a seed must be in: a request's largest seed, 2**63 - 1, was refused for a seed it never sent."""
-        if self.seed is None:
+        """These controls for the k-th of several draws of one request: its own seed for the first, then one
+        derived from the seed and k (`row_seed`, in the range a seed must be in). Not seed + k: choice 1 of
+        seed 5 was choice 0 of seed 6, so requests with nearby seeds got the same answers."""
+        if self.seed is None or k == 0:
             return self
-        return self.replace(seed=(self.seed + k + 2 ** 63) % 2 ** 64 - 2 ** 63)
+        from pluralign.decode.sampler import row_seed
+
+        return self.replace(seed=row_seed(self.seed, "choice", k))
 
 
 def integral(value: Any) -> bool:
