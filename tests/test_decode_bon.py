@@ -132,6 +132,28 @@ def test_rejection_decoder_histogram():
     assert _chi2_ok(got, want)
 
 
+def test_rejection_rounds_of_nearby_seeds_draw_apart(monkeypatch):
+    # round r drew with seed + 7919·r: a prompt's round-1 candidates under seed 0 were its round-0 ones under
+    # seed 7919, so requests with those seeds were offered the same proposals
+    import pluralign.decode.rejection as rejection
+
+    tok = toy_tokenizer()
+    lm = toy_lm(tok, seed=3, scale=0.5)
+    drawn = rejection.draw_candidates
+    offered: dict[int, list[list[str]]] = {}
+
+    def candidates(model, tokenizer, prompts, controls, **kwargs):
+        out = drawn(model, tokenizer, prompts, controls, **kwargs)
+        offered.setdefault(controls[0].seed, []).append(out[0][0])
+        return out
+
+    monkeypatch.setattr(rejection, "draw_candidates", candidates)
+    never = Controls(n=3, max_new_tokens=4, extra={"reward_max": 1e9, "max_rounds": 2})  # nothing is accepted
+    for seed in (0, 7919):
+        decode("rejection", lm, tok, ["the"], reward=lambda p, r: torch.zeros(len(r)), controls=never.replace(seed=seed))
+    assert len(offered) == 4  # two rounds of each request, each from its own seed
+
+
 def test_infalign_calibration():
     g = torch.Generator().manual_seed(0)
     ref = torch.randn(2000, generator=g)

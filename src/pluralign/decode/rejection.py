@@ -17,7 +17,7 @@ from pluralign.decode.api import Controls, DecodeResult, register, score_candida
 from pluralign.decode.best_of_n import _need_reward, draw_candidates
 from pluralign.decode.kv import Compute
 from pluralign.decode.rewards import objective_names
-from pluralign.decode.sampler import occurrences, seeded_generator
+from pluralign.decode.sampler import occurrences, row_seed, seeded_generator
 from pluralign.errors import ConfigError
 
 
@@ -53,8 +53,9 @@ def rejection(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, co
     gens = [seeded_generator(c.seed, x, k) for c, x, k in zip(controls, prompts, occ, strict=True)]
     best: dict[int, tuple[float, str, torch.Tensor, list[int]]] = {}
     for rnd in range(rounds):
-        ctl = [controls[i].replace(seed=None if controls[i].seed is None else controls[i].seed + 7919 * rnd)
-               for i in todo]
+        # each round its own draws (not seed + 7919·round: round 1 of seed 0 was round 0 of seed 7919)
+        ctl = [controls[i] if controls[i].seed is None or rnd == 0
+               else controls[i].replace(seed=row_seed(controls[i].seed, "rejection round", rnd)) for i in todo]
         cands, _, comp, cand_ids, _ = draw_candidates(model, tokenizer, [prompts[i] for i in todo], ctl)
         compute.add(comp)
         per, util = score_candidates(counted, [prompts[i] for i in todo], cands, ctl)
