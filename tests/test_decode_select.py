@@ -302,3 +302,28 @@ def test_an_unseeded_request_draws_fresh_rps_directions_and_infalign_references(
         decode("infalign", lm, tok, ["bird"], reward=three, controls=ctl)
     assert not torch.equal(dirs[0], dirs[1])
     assert ref_seeds == [None] * 4  # candidates and references of two requests
+
+
+@pytest.mark.parametrize("method", ["args", "mod"])
+def test_token_level_requests_with_different_seeds_share_one_batch(method, monkeypatch):
+    # the seed was read once per batch, so rows of a prompts file with their own seeds were decoded in one call
+    # per seed (each its own prefill and decoding loop), though each row draws from its own streams
+    from pluralign.decode.kv import LMState
+
+    prefills = []
+    from_ids = LMState.from_ids
+    monkeypatch.setattr(LMState, "from_ids", lambda *a, **k: prefills.append(1) or from_ids(*a, **k))
+    tok = toy_tokenizer()
+    lm = toy_lm(tok, seed=0, scale=1.0)
+    kwargs = {"models": [toy_lm(tok, seed=1, scale=1.0)]} if method == "mod" else {}
+    ctl = Controls(max_new_tokens=5, extra={"eos": []})
+
+    def run(seeds):
+        return decode(method, lm, tok, ["the cat", "a dog"], reward=two_words,
+                      controls=[ctl.replace(seed=s) for s in seeds], **kwargs)
+
+    one = run([1, 1])
+    calls = len(prefills)
+    two = run([1, 2])
+    assert len(prefills) == 2 * calls  # one call each
+    assert two.texts[0] == one.texts[0] == run([1, 3]).texts[0]  # each row's answer is its own seed's
