@@ -257,8 +257,11 @@ def repeat_seeds(seeds: Sequence[int | None], keys: Sequence[Any]) -> list[int |
 
 
 def seeded_generator(seed: int | None, key: Any, index: int = 0) -> torch.Generator | None:
-    """A CPU generator for one request's own draws (`row_seed`), or None (the global one) for no seed."""
-    return None if seed is None else torch.Generator().manual_seed(row_seed(seed, key, index))
+    """A CPU generator for one request's own draws besides its samples' (a selection, an acceptance test), or
+    None (the global one) for no seed. Seeded apart from the samples' streams (`row_seed` of a tagged key): with
+    the key a prompt given as token ids, it was sample 0's stream, and soft best-of-n chose candidate 0 more
+    often where that candidate's first token came early in the vocabulary."""
+    return None if seed is None else torch.Generator().manual_seed(row_seed(seed, ["generator", key], index))
 
 
 class RowStreams:
