@@ -50,7 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pluralign.cli import positive_int
+from pluralign.cli import positive_int, seed_int
 
 MODEL = dict(hidden_size=256, num_layers=4, num_heads=4)
 
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompts-per-step", type=positive_int, default=4)
     p.add_argument("--length", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads of each side (1: least disturbed by other jobs)")
     p.add_argument("--repeats", type=positive_int, default=3, help="runs of each side, alternating; the fastest counts")
     p.add_argument("--profile", action="store_true", help="CPU seconds of each phase of a step (cProfile; slows both sides a little)")
