@@ -26,3 +26,12 @@ def test_layout_names_every_package_and_only_real_folders():
     real = {p.name for p in (ROOT / "src" / "pluralign").iterdir() if (p / "__init__.py").is_file()}
     assert packages == real, f"missing from the Layout: {sorted(real - packages)}; not there: {sorted(packages - real)}"
     assert all((ROOT / name).is_dir() for name in top), top
+
+
+def test_speed_names_every_benchmark_make_bench_runs_and_only_real_ones():
+    speed = section("Speed")
+    target = (ROOT / "Makefile").read_text().split("\nbench:", 1)[1].split("\n\n", 1)[0]
+    run = set(re.findall(r"bench/\w+\.py", target))
+    named = set(re.findall(r"bench/\w+\.(?:py|sh)", speed))
+    assert run <= named, f"make bench runs {sorted(run - named)}, which the Speed section does not name"
+    assert all((ROOT / path).is_file() for path in named), named
