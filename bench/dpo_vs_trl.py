@@ -192,6 +192,16 @@ def timed(phases: dict, name: str, fn, device: str):
     return wrapper
 
 
+def start_clocks() -> tuple[float, float]:
+    """(wall, CPU) seconds now: a side's wall and CPU seconds are taken over the same span, after its imports."""
+    return time.perf_counter(), time.process_time()
+
+
+def since(clocks: tuple[float, float]) -> dict:
+    """Wall and CPU seconds (every thread of this process) since `start_clocks()`."""
+    return {"wall_s": time.perf_counter() - clocks[0], "cpu_s": time.process_time() - clocks[1]}
+
+
 def side_pluralign(spec: dict) -> dict:
     from pluralign.runs import RunDir
     from pluralign.train.recipes import preference
@@ -201,8 +211,9 @@ def side_pluralign(spec: dict) -> dict:
     for phase, name in (("load", "load_policy"), ("reference", "_reference"), ("train", "train"),
                         ("save", "save_policy")):
         setattr(preference, name, timed(phases, phase, getattr(preference, name), spec["device"]))
-    t0 = time.perf_counter()
     from pluralign.config import parse_overrides
+
+    clocks = start_clocks()
 
     config = from_kwargs(model=spec["model"], data=[spec["data"]], loss="dpo", output_dir=spec["out"],
                          max_length=spec["max_length"],
@@ -213,9 +224,9 @@ def side_pluralign(spec: dict) -> dict:
                                    mixed_precision="bf16" if spec["bf16"] else "no"))
     run(config)
     sync(spec["device"])
-    wall = time.perf_counter() - t0
+    spent = since(clocks)
     rows = [r for r in RunDir(spec["out"]).read_metrics() if "loss" in r]
-    return {"wall_s": wall, "train_s": rows[-1]["elapsed_s"], "losses": [r["loss"] for r in rows], "phases": phases}
+    return spent | {"train_s": rows[-1]["elapsed_s"], "losses": [r["loss"] for r in rows], "phases": phases}
 
 
 def side_trl(spec: dict) -> dict:
@@ -238,7 +249,8 @@ def side_trl(spec: dict) -> dict:
     device = spec["device"]
     Recording._precompute_ref_logps = timed(phases, "reference", DPOTrainer._precompute_ref_logps, device)
     rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines() if line.strip()]
-    t0 = time.perf_counter()
+    clocks = start_clocks()
+    t0 = clocks[0]
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     if device == "cuda":
         model.to(device)
@@ -258,9 +270,9 @@ def side_trl(spec: dict) -> dict:
     sync(device)
     t2 = time.perf_counter()
     trainer.save_model(str(Path(spec["out"]) / "model"))
-    wall = time.perf_counter() - t0
+    spent = since(clocks)
     phases |= {"load": t1 - t0 - phases.get("reference", 0.0), "train": t2 - t1, "save": time.perf_counter() - t2}
-    return {"wall_s": wall, "train_s": float(out.metrics["train_runtime"]), "init_s": t1 - t0,
+    return spent | {"train_s": float(out.metrics["train_runtime"]), "init_s": t1 - t0,
             "losses": Recording.step_losses, "gradient_checkpointing": bool(args.gradient_checkpointing),
             "phases": phases}
 
@@ -285,12 +297,9 @@ def child_main(spec_path: str) -> None:
         torch.cuda.reset_peak_memory_stats()
     before = resource.getrusage(resource.RUSAGE_SELF)
     result = (side_trl if spec["side"] == "trl" else side_pluralign)(spec)
-    after = resource.getrusage(resource.RUSAGE_SELF)
     if spec["device"] == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
     result["rss_after_imports_mb"] = before.ru_maxrss / 1024
-    # CPU seconds of the measured span: unlike wall time, barely affected by other load on a shared machine.
-    result["cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     Path(spec["result"]).write_text(json.dumps(result))
 
 

@@ -6,8 +6,10 @@ the CUDA calls left out."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,10 +30,20 @@ def test_a_negative_seed_is_refused_before_any_work(script):
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL (dev extra) not installed")
 def test_gpu_mode_runs_on_cpu_with_the_tiny_preset():
     env = os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, str(BENCH), "--device", "cpu", "--preset", "tiny", "--repeats", "1"],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run([sys.executable, str(BENCH), "--device", "cpu", "--preset", "tiny", "--repeats", "1",
+                           "--keep"], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     out = proc.stdout
+    work = Path(re.search(r"^work directory: (.+)$", out, re.M).group(1))
+    try:
+        # CPU seconds over the wall clock's span, on one thread: no more than the wall seconds (plus a little
+        # for a helper thread). They used to start before the side's imports (TRL's took ~1.5 CPU-s), which
+        # its wall clock leaves out, so the "ratio by CPU seconds" counted imports for one side.
+        for side in ("trl0", "pluralign0"):
+            result = json.loads((work / f"{side}.json").read_text())
+            assert result["cpu_s"] <= result["wall_s"] + 0.1, (side, result["cpu_s"], result["wall_s"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     assert "vocab 32000" in out and "bf16 autocast on fp32 weights" in out
     phases = re.search(r"seconds per phase: trl (.*); pluralign (.*)", out)
     assert phases, out
