@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pluralign.cli import positive_int, seed_int
+from pluralign.cli import learning_rate, positive_int, seed_int
 
 MODEL = dict(hidden_size=384, num_layers=6, num_heads=6)  # CPU mode
 
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="GPU mode: model size, 32000 vocabulary, long pairs, bf16 autocast (tiny: the smoke test's)")
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=None)
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lr", type=learning_rate, default=1e-5)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads per side (1: no OpenMP barrier stalls when the machine is shared)")

@@ -50,7 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pluralign.cli import positive_int, seed_int
+from pluralign.cli import learning_rate, positive_int, seed_int
 
 MODEL = dict(hidden_size=256, num_layers=4, num_heads=4)
 
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--group", type=positive_int, default=8)
     p.add_argument("--prompts-per-step", type=positive_int, default=4)
     p.add_argument("--length", type=positive_int, default=32)
-    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lr", type=learning_rate, default=1e-5)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads of each side (1: least disturbed by other jobs)")
     p.add_argument("--repeats", type=positive_int, default=3, help="runs of each side, alternating; the fastest counts")

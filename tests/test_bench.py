@@ -20,11 +20,13 @@ BENCH = Path(__file__).parents[1] / "bench" / "dpo_vs_trl.py"
 
 
 @pytest.mark.parametrize("script", ["dpo_vs_trl.py", "grpo_vs_trl.py"])
-def test_a_negative_seed_is_refused_before_any_work(script):
-    # numpy's random streams take no negative seed: the run used to build its data and stop in numpy
-    proc = subprocess.run([sys.executable, str(BENCH.parent / script), "--seed", "-1", "--steps", "1"],
+@pytest.mark.parametrize("flag, value", [("--seed", "-1"), ("--lr", "-1"), ("--lr", "nan"), ("--lr", "x")])
+def test_a_bad_seed_or_learning_rate_is_refused_before_any_work(script, flag, value):
+    # A negative seed used to stop in numpy after the data was built, a bad learning rate in a side's
+    # subprocess (the loop's ConfigError, with its traceback, after TRL had run).
+    proc = subprocess.run([sys.executable, str(BENCH.parent / script), flag, value, "--steps", "1"],
                           capture_output=True, text=True, timeout=120, env=os.environ | {"OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 2 and "--seed" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and flag in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL (dev extra) not installed")

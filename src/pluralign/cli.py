@@ -91,6 +91,22 @@ def seed_int(text: str) -> int:
     return _int_at_least(text, 0, " (numpy's random streams take no negative seed)")
 
 
+def learning_rate(text: str) -> float:
+    """argparse type for a script's learning rate, held to the rule of `loop.learning_rate` (LoopConfig's own
+    check), so that a bad one is refused before any work rather than in a training subprocess."""
+    from pluralign.errors import ConfigError
+    from pluralign.train.loop_config import LoopConfig  # imported only by scripts that take a learning rate
+
+    try:
+        value = float(text)
+        LoopConfig(learning_rate=value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Each option's default in its help, where there is one to tell: not None (the help says what an unset
     option does, e.g. "default: <model>/eval"), and not twice where the help already names it."""
