@@ -15,6 +15,7 @@ tokens/s, p50/p95/p99 latency and errors per side, the tokens/s ratio, and a RES
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import statistics
@@ -115,8 +116,8 @@ def main() -> int:
     ap.add_argument("--server-threads", type=positive_int, default=1, help="torch threads of the server process")
     ap.add_argument("--quick", action="store_true", help="6 s per side")
     args = ap.parse_args()
-    if not args.seconds > 0:
-        ap.error(f"--seconds must be above 0, got {args.seconds}")
+    if not 0 < args.seconds < math.inf:  # inf would keep the clients sending for ever
+        ap.error(f"--seconds must be a finite number above 0, got {args.seconds}")
     seconds = 6.0 if args.quick else args.seconds
     from pluralign.sandbox import build_base
     from pluralign.sandbox.gold import eval_prompts

@@ -29,6 +29,14 @@ def test_a_bad_seed_or_learning_rate_is_refused_before_any_work(script, flag, va
     assert proc.returncode == 2 and flag in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize("seconds", ["inf", "nan", "0"])
+def test_serve_load_refuses_a_duration_that_is_not_a_finite_positive_number(seconds):
+    # --seconds inf used to start the server and keep the clients sending for ever
+    proc = subprocess.run([sys.executable, str(BENCH.parent / "serve_load.py"), "--seconds", seconds],
+                          capture_output=True, text=True, timeout=60, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2 and "--seconds" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="TRL (dev extra) not installed")
 def test_gpu_mode_runs_on_cpu_with_the_tiny_preset():
     env = os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
