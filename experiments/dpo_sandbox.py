@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pluralign.cli import positive_int, seed_int
+from pluralign.cli import learning_rate, positive_int, seed_int
 
 # Chosen on this sandbox: its tiny base model needs a much larger step (lr 2e-4) than an LLM would.
 # name: (loss, its hyper-parameters).
@@ -92,7 +92,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pairs", type=positive_int, default=512, help="labelled pairs of the group")
     p.add_argument("--steps", type=positive_int, default=64)
     p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=learning_rate, default=2e-4)
     p.add_argument("--eval-prompts", type=positive_int, default=200)
     p.add_argument("--samples", type=positive_int, default=4, help="samples per evaluation prompt")
     p.add_argument("--seed", type=seed_int, default=0)

@@ -65,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pluralign.cli import seed_int
+from pluralign.cli import learning_rate, seed_int
 
 # Every method this script knows (--methods); the default list leaves out linb, mod and wcdpo.
 METHODS = ["linear", "linshort", "linb", "raco", "racoub", "pama", "racoeq", "modpo", "map", "mahdpo", "soups", "mod",
@@ -407,8 +407,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", default="linear,raco,racoub,pama,racoeq,linshort,modpo,map,mahdpo,soups,jsoup,ric,dpa",
                    help=f"comma-separated, of: {', '.join(METHODS)}")
     p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--lr", type=float, default=5e-4, help="learning rate of the preference runs (the sweep's)")
-    p.add_argument("--expert-lr", type=float, default=None, help="soup experts' learning rate (default: --lr)")
+    p.add_argument("--lr", type=learning_rate, default=5e-4, help="learning rate of the preference runs (the sweep's)")
+    p.add_argument("--expert-lr", type=learning_rate, default=None, help="soup experts' learning rate (default: --lr)")
     p.add_argument("--raco-c", type=float, default=0.2, help="RACO's c (the radius of its conflict-averse ball; "
                    "0.2 of {0.2, 0.4} on seed 2)")
     p.add_argument("--raco-params", default="{}", help="further hyper-parameters of the raco combiner for every RACO "
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
                    "sweep's grid (5 / 7 weights), or every weight in multiples of 1/4 (5 / 15): a sweep with as many "
                    "models as the single-run methods' dense points")
     p.add_argument("--wc-steps", type=float, default=2.0, help="wcdpo's steps as a multiple of a sweep model's")
-    p.add_argument("--wc-lr", type=float, default=None, help="wcdpo's learning rate (default: --lr)")
+    p.add_argument("--wc-lr", type=learning_rate, default=None, help="wcdpo's learning rate (default: --lr)")
     p.add_argument("--wc-copies", type=int, default=1, help="wcdpo: each signed pair this many times, each with "
                    "its own drawn weights")
     p.add_argument("--jsoup-frac", type=float, default=0.22, help="jsoup's steps as a fraction of the sweep's steps, "

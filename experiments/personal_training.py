@@ -84,7 +84,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pluralign.cli import positive_int, seed_int
+from pluralign.cli import learning_rate, positive_int, seed_int
 
 BOOT = 1000
 # online group DRO (Sagawa et al. 2020): weights over groups, η per step, generalization adjustment C/√n_g
@@ -155,7 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()) + " (given flags still count)")
     p.add_argument("--pairs", type=positive_int, default=None, help=f"default {FULL['pairs']}")
     p.add_argument("--epochs", type=positive_int, default=None, help=f"default {FULL['epochs']}")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=learning_rate, default=1e-3)
     p.add_argument("--eval-prompts", type=positive_int, default=None, help=f"default {FULL['eval_prompts']}")
     p.add_argument("--samples", type=positive_int, default=None, help=f"default {FULL['samples']}")
     p.add_argument("--shots", type=positive_int, default=10, help="pairs the new user's vector is fitted from")

@@ -32,6 +32,10 @@ CASES = [
     # a negative seed was numpy's "expected non-negative integer" traceback, some --out directories made already
     *[(f"experiments/{name}.py", ["--seed", "-1"], "must be at least 0") for name in (
         "dpo_sandbox", "online_frontier", "pareto_training", "personal_training", "preference_models", "sandbox_sanity")],
+    # a learning rate the loop refuses (nan, negative) failed only inside the first training run
+    ("experiments/dpo_sandbox.py", ["--lr", "nan"], "learning_rate"),
+    ("experiments/pareto_training.py", ["--expert-lr", "-1"], "learning_rate"),
+    ("experiments/personal_training.py", ["--lr", "-1"], "learning_rate"),
     ("bench/dpo_vs_trl.py", ["--repeats", "0"], "must be at least 1"),
     ("bench/dpo_vs_trl.py", ["--pluralign-set", "packing"], "KEY=VALUE expected"),
     ("bench/grpo_vs_trl.py", ["--steps", "-2"], "must be at least 1"),
