@@ -38,7 +38,7 @@ from pluralign.online.rewards import (
     varied_groups,
 )
 from pluralign.online.rollout import NativeBackend, Prompt, Rollout, derived_seed, generate, generate_by_stop
-from pluralign.train.parallel import all_processes_rows
+from pluralign.train.parallel import all_processes_rows, all_processes_sum
 from pluralign.train.reference import Snapshot, adapters_disabled, frozen_copy, loop_autocast
 
 
@@ -156,7 +156,7 @@ class Engine:
                 batch, denominator = self.method.minibatch(batch, rows)
                 batch["metrics"] = batch["metrics"] | {"ppo_epoch": torch.tensor(float(k // self.num_minibatches))}
             served.append((key, batch, denominator))
-        totals = _all_processes_sum(torch.tensor([float(sum(len(i) for i in micro)), sum(d for _, _, d in served)]))
+        totals = all_processes_sum(torch.tensor([float(sum(len(i) for i in micro)), sum(d for _, _, d in served)]))
         n_prompts, denominator = float(totals[0]), float(totals[1])
         scale = torch.tensor(n_prompts / denominator if denominator > 0 else 0.0)
         self.ready = {}
@@ -311,12 +311,3 @@ def minibatch_rows(n_rows: int, n_minibatches: int, k: int, seed: int) -> torch.
         return torch.arange(n_rows)
     order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))
     return torch.tensor_split(order, n_minibatches)[k % n_minibatches].sort().values
-
-
-def _all_processes_sum(x: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        nccl = torch.distributed.get_backend() == "nccl"  # NCCL reduces only CUDA tensors
-        y = x.clone().cuda() if nccl else x.clone()
-        torch.distributed.all_reduce(y)
-        return y.cpu()
-    return x

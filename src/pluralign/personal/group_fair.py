@@ -54,6 +54,7 @@ from torch import Tensor
 
 from pluralign.errors import ConfigError
 from pluralign.registry import Registry
+from pluralign.train.parallel import all_processes_sum
 
 Combiner = Callable[..., Tensor]
 _OBJECTIVES = Registry("group objective")
@@ -152,7 +153,7 @@ class GroupDRO:
             raise ConfigError("a group objective needs examples with a group; this batch has none")
         means = (onehot @ losses) / counts.clamp(min=1)  # absent groups: 0, as in the paper's algorithm
         if update:
-            seen = _all_reduce(torch.stack([onehot @ losses.detach(), counts]).double())
+            seen = all_processes_sum(torch.stack([onehot @ losses.detach(), counts]).double())
             mean_all = seen[0] / seen[1].clamp(min=1) + self.bonus.to(seen.device) * (seen[1] > 0)
             self.q = self.q * torch.exp(self.step_size * mean_all.cpu())
             self.q = self.q / self.q.sum()
@@ -214,11 +215,3 @@ def make(name: str, n_groups: int, params: dict, sizes: Sequence[int] | None = N
 
     combine(torch.ones(n_groups), torch.arange(n_groups))  # one group per example: the objective's own checks
     return combine, False
-
-
-def _all_reduce(t: Tensor) -> Tensor:
-    """Sum over processes (the same group weights on every rank), or `t` in a single process."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = t.clone()
-        torch.distributed.all_reduce(t)
-    return t

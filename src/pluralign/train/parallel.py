@@ -240,6 +240,16 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def all_processes_sum(x: torch.Tensor) -> torch.Tensor:
+    """x summed over every process, on x's device (NCCL reduces CUDA tensors only), or x in a single process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x
+    nccl = torch.distributed.get_backend() == "nccl"
+    y = x.to(torch.device("cuda", torch.cuda.current_device()), copy=True) if nccl else x.clone()
+    torch.distributed.all_reduce(y)
+    return y.to(x.device)
+
+
 def all_processes_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """The rows x [N, ...] of every process concatenated in rank order (later dims zero-padded to the widest),
     and where this process's rows begin."""

@@ -36,6 +36,7 @@ from pluralign.data.records import Pairwise, Rated
 from pluralign.errors import ConfigError, DataError, Problem
 from pluralign.losses.combine import Context, combine, objective_means
 from pluralign.losses.combine import check as check_combiner
+from pluralign.train.parallel import all_processes_sum
 
 Tensors = dict[str, torch.Tensor]
 _SWAP = (("policy_chosen_logps", "policy_rejected_logps"), ("ref_chosen_logps", "ref_rejected_logps"),
@@ -240,12 +241,8 @@ class StepCounts:
     def prepare(self, step: int, micro: Sequence[Sequence[int]]) -> None:
         index = torch.as_tensor([i for m in micro for i in m], dtype=torch.long)
         local = torch.cat([self.present[index].sum(0).double(), torch.tensor([float(len(index))], dtype=torch.float64)])
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-            local = local.to(device)
-            dist.all_reduce(local)
-        self.counts, self.total = local[:-1].float().cpu(), int(local[-1])
+        local = all_processes_sum(local)
+        self.counts, self.total = local[:-1].float(), int(local[-1])
 
 
 def prepare_step(scheme: Any, step_counts: StepCounts | None, records: Sequence[Any]) -> Callable | None:
