@@ -209,7 +209,7 @@ def test_reference_cache_hits_and_misses(files, tmp_path):
 
 
 def test_the_reference_cache_key_holds_the_adapter_of_a_saved_adapter_reference(files, tmp_path):
-    from pluralign.models.load import LoraSpec, add_lora
+    from pluralign.models.lora import LoraSpec, add_lora
     from pluralign.train.reference import adapters_disabled, weights_fingerprint
 
     keys = []
@@ -488,7 +488,7 @@ def test_mnpo_reads_the_opponents_log_probs_from_history_models(files, tmp_path)
 
 def test_lora_settings_without_use_lora_are_warned_about(tmp_path):
     """`lora.r=8` alone trained every weight without a word (LoRA is switched on by use_lora)."""
-    from pluralign.models.load import LoraSpec
+    from pluralign.models.lora import LoraSpec
     from pluralign.train.recipes.common import ModelTrainingConfig, load_trainable
 
     d = tmp_path / "m"

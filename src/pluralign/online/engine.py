@@ -25,8 +25,8 @@ import torch
 
 from pluralign.decode.sampler import eval_mode
 from pluralign.errors import ConfigError, PluralignError
-from pluralign.models.load import is_peft_model
 from pluralign.models.logprobs import token_logps
+from pluralign.models.lora import is_peft_model
 from pluralign.online import grouped
 from pluralign.online.rewards import (
     RunningMoments,

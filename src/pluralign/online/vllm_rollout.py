@@ -27,7 +27,8 @@ import torch
 from pluralign.data.prompts import encode_prompts
 from pluralign.decode.sampler import eos_ids
 from pluralign.errors import ConfigError
-from pluralign.models.load import OUTPUT_VOCAB, is_peft_model
+from pluralign.models.load import OUTPUT_VOCAB
+from pluralign.models.lora import is_peft_model
 from pluralign.online.rollout import BACKENDS, Rollout, RolloutConfig, derived_seed
 
 

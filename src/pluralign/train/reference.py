@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pluralign.decode.sampler import eval_mode
-from pluralign.models.load import is_peft_model
+from pluralign.models.lora import is_peft_model
 from pluralign.runs import io_error
 
 LogpsFn = Callable[[Any, dict], Mapping[str, torch.Tensor]]

@@ -16,15 +16,14 @@ from pluralign.data.prompts import CHAT_TEMPLATE_HELP, uses_template
 from pluralign.data.records import Pairwise, kind_of
 from pluralign.errors import ConfigError, PluralignError, Problem
 from pluralign.models.load import (
-    LoraSpec,
     disable_dropout,
-    is_peft_model,
     load_model,
     load_tokenizer,
     save_model,
     vocabulary_mismatch,
 )
 from pluralign.models.logprobs import prepare_packing
+from pluralign.models.lora import LoraSpec, is_peft_model
 from pluralign.runs import check_writable
 from pluralign.seeding import seeded
 from pluralign.train.loop import TrainResult

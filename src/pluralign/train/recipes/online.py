@@ -25,7 +25,8 @@ from pluralign.data.prompts import rendering_check
 from pluralign.decode.kv import context_window, window_problem
 from pluralign.errors import ConfigError
 from pluralign.models.heads import hidden_size
-from pluralign.models.load import is_adapter_dir, is_peft_model
+from pluralign.models.load import is_adapter_dir
+from pluralign.models.lora import is_peft_model
 from pluralign.online.advantages import ESTIMATORS
 from pluralign.online.engine import Engine, Reference
 from pluralign.online.methods import BestOfN, Pairs, PolicyGradient, PolicyWithValue

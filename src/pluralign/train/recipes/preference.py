@@ -33,7 +33,8 @@ from pluralign.data.io import read_located
 from pluralign.data.records import kind_of
 from pluralign.errors import ConfigError, DataError, PluralignError
 from pluralign.losses.registry import check_hyperparams
-from pluralign.models.load import is_adapter_dir, is_peft_model
+from pluralign.models.load import is_adapter_dir
+from pluralign.models.lora import is_peft_model
 from pluralign.models.soup import save_soup
 from pluralign.personal.conditioned import PersonalConfig, Personalization, group_check
 from pluralign.runs import check_writable
