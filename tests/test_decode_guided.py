@@ -7,8 +7,9 @@ import torch
 from pluralign.decode.api import Controls, decode
 from pluralign.decode.controlled import ValueModel, train_fudge
 from pluralign.decode.fusion import mod_scores
-from pluralign.decode.sampler import RowStreams, sample
+from pluralign.decode.sampler import sample
 from pluralign.decode.search import constraint_score
+from pluralign.decode.streams import RowStreams
 from pluralign.decode.toy import toy_lm, toy_tokenizer
 from pluralign.errors import ConfigError
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pluralign.decode.kv import encode_prompts, left_pad
-from pluralign.decode.sampler import RowStreams, row_seed, sample, seeded_generator, warp_logits
+from pluralign.decode.sampler import sample, warp_logits
+from pluralign.decode.streams import RowStreams, row_seed, seeded_generator
 from pluralign.decode.toy import toy_lm, toy_tokenizer
 from pluralign.errors import ConfigError
 

@@ -84,7 +84,7 @@ _OPTIONS: dict[str, frozenset[str]] = {}
 _BATCH_SHARED: dict[str, tuple[str, ...]] = {}
 TOKENWISE_OPTIONS = ("mode", "eos")
 # what a token-by-token decoder reads once for its whole batch (`pluralign.decode.tokenwise`); not the seed:
-# each row draws from its own request's streams (`sampler.RowStreams`)
+# each row draws from its own request's streams (`streams.RowStreams`)
 TOKENWISE_SHARED = ("stop", "eos")
 SHARED_OPTIONS = frozenset({"scores"})
 

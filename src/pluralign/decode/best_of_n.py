@@ -18,7 +18,8 @@ import torch
 from pluralign.decode.api import Controls, DecodeResult, groups, register, score_candidates
 from pluralign.decode.kv import Compute
 from pluralign.decode.rewards import Counted, objective_names
-from pluralign.decode.sampler import occurrences, sample, seeded_generator
+from pluralign.decode.sampler import sample
+from pluralign.decode.streams import occurrences, seeded_generator
 from pluralign.errors import ConfigError
 
 # ----------------------------------------------------------------------------------- exact formulas
@@ -147,7 +148,7 @@ def select_decoder(method: str, choose) -> Any:
         counted = _need_reward(reward, method)
         cands, logps, compute, ids, _ = draw_candidates(model, tokenizer, prompts, controls)
         per, util = score_candidates(counted, prompts, cands, controls)
-        # each request its own stream, of its seed and prompt (`sampler.seeded_generator`): one stream for the
+        # each request its own stream, of its seed and prompt (`streams.seeded_generator`): one stream for the
         # call made a choice depend on the prompts before it
         occ = occurrences([(c.seed, repr(x)) for c, x in zip(controls, prompts, strict=True)])
         chosen = [choose(util[p], c, seeded_generator(c.seed, prompts[p], occ[p])) for p, c in enumerate(controls)]

@@ -107,7 +107,7 @@ class Controls:
         seed 5 was choice 0 of seed 6, so requests with nearby seeds got the same answers."""
         if self.seed is None or k == 0:
             return self
-        from pluralign.decode.sampler import row_seed
+        from pluralign.decode.streams import row_seed
 
         return self.replace(seed=row_seed(self.seed, "choice", k))
 

@@ -17,7 +17,7 @@ import torch
 from pluralign.decode.api import Controls, DecodeResult, register, score_candidates
 from pluralign.decode.best_of_n import _need_reward, draw_candidates
 from pluralign.decode.rewards import objective_names
-from pluralign.decode.sampler import row_seed
+from pluralign.decode.streams import row_seed
 from pluralign.errors import ConfigError
 
 

@@ -17,7 +17,7 @@ import torch
 from pluralign.decode.api import Controls, DecodeResult, register, score_candidates
 from pluralign.decode.best_of_n import _need_reward, draw_candidates, select_best, select_soft
 from pluralign.decode.rewards import objective_names, weight_vector
-from pluralign.decode.sampler import occurrences, seeded_generator
+from pluralign.decode.streams import occurrences, seeded_generator
 from pluralign.errors import ConfigError
 
 
@@ -90,7 +90,7 @@ def map_decode(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, c
             raise ConfigError("map: controls.extra['targets'] (one target value per objective) is required")
         sol = solve_palette(pool, _targets(c.extra["targets"], objective_names(reward, pool.shape[1])))
         util = per[p] @ sol.lam
-        soft = c.extra.get("select") == "soft"  # its own stream, as BoN's (`sampler.seeded_generator`)
+        soft = c.extra.get("select") == "soft"  # its own stream, as BoN's (`streams.seeded_generator`)
         i = select_soft(util, 1.0, seeded_generator(c.seed, prompts[p], occ[p])) if soft else select_best(util)
         texts.append(cands[p][i])
         chosen.append(i)

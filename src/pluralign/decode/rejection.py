@@ -17,7 +17,7 @@ from pluralign.decode.api import Controls, DecodeResult, register, score_candida
 from pluralign.decode.best_of_n import _need_reward, draw_candidates
 from pluralign.decode.kv import Compute
 from pluralign.decode.rewards import objective_names
-from pluralign.decode.sampler import occurrences, row_seed, seeded_generator
+from pluralign.decode.streams import occurrences, row_seed, seeded_generator
 from pluralign.errors import ConfigError
 
 
@@ -47,7 +47,7 @@ def rejection(model: Any, tokenizer: Any, prompts: list[Any], *, reward: Any, co
     exhausted = []
     todo = list(range(len(prompts)))
     rounds = max(int(c.extra.get("max_rounds", 20)) for c in controls)
-    # each request its own stream, of its seed and prompt (`sampler.seeded_generator`): one stream for the call
+    # each request its own stream, of its seed and prompt (`streams.seeded_generator`): one stream for the call
     # made a prompt's acceptance depend on the prompts before it
     occ = occurrences([(c.seed, repr(x)) for c, x in zip(controls, prompts, strict=True)])
     gens = [seeded_generator(c.seed, x, k) for c, x, k in zip(controls, prompts, occ, strict=True)]

@@ -18,7 +18,8 @@ from pluralign.decode.best_of_n import _need_reward, select_best
 from pluralign.decode.kv import Compute
 from pluralign.decode.prompts import dpa_system_message, with_system
 from pluralign.decode.rewards import objective_names, weight_vector
-from pluralign.decode.sampler import repeat_seeds, sample, seeded_generator
+from pluralign.decode.sampler import sample
+from pluralign.decode.streams import repeat_seeds, seeded_generator
 
 
 def neighbour_directions(v: torch.Tensor, k: int, theta_max: float, generator: torch.Generator | None = None

@@ -17,7 +17,8 @@ import torch
 from pluralign.decode.api import Controls, DecodeResult, finish, register, weights_matrix
 from pluralign.decode.kv import Compute, encode_prompts
 from pluralign.decode.rewards import Counted, score_groups
-from pluralign.decode.sampler import decoded_text, repeat_seeds, sample
+from pluralign.decode.sampler import decoded_text, sample
+from pluralign.decode.streams import repeat_seeds
 from pluralign.errors import ConfigError
 
 

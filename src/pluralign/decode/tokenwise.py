@@ -95,7 +95,7 @@ def run_tokenwise(model: Any, tokenizer: Any, prompts: list[Any], controls: list
         eos = eos_ids(tokenizer, model, controls[0].extra.get("eos") if controls else None)
         gen = Generation(len(prompts), tokenizer, eos=eos, stop=controls[0].stop if controls else None,
                          max_new_tokens=[c.max_new_tokens for c in controls])
-        # each row its own random stream, of its own request's seed (`sampler.RowStreams`)
+        # each row its own random stream, of its own request's seed (`streams.RowStreams`)
         occ = occurrences([(c.seed, tuple(ids)) for c, ids in zip(controls, prompt_ids, strict=True)])
         streams = RowStreams([None if c.seed is None else row_seed(c.seed, ids, k) for c, ids, k in
                               zip(controls, prompt_ids, occ, strict=True)])

@@ -144,7 +144,7 @@ class Job:
         request, whatever arrived with it. Plain sampling keeps each request's draws its own (`sample`'s
         `owners`: a prompt repeated by another request does not take the next draws of its stream), so seeded
         requests, whatever their seeds, share a call. A decoding method's call counts a prompt's repeats
-        across the call (`decode.sampler.occurrences`), so a seeded request for one decodes alone."""
+        across the call (`decode.streams.occurrences`), so a seeded request for one decodes alone."""
         if self.method != PLAIN:
             return (self.method, self.reward, *(() if self.controls.seed is None else (id(self),)))
         c = self.controls
