@@ -198,7 +198,9 @@ class Engine:
             batch["metrics"] = metrics | batch.get("metrics", {})
             built.append((tuple(idx), batch, denominator))
         if hasattr(self.method, "finish"):  # over the whole step's rollout, every micro-batch and process
-            self.method.finish([batch for _, batch, _ in built], gather=all_processes_rows)
+            recounted = self.method.finish([batch for _, batch, _ in built], gather=all_processes_rows)
+            if recounted is not None:  # a selection over the step (RAFT's top) sets the denominators
+                built = [(key, batch, d) for (key, batch, _), d in zip(built, recounted, strict=True)]
         gen_tps = torch.tensor(gen_tokens / max(self._gen_seconds, 1e-9))
         for _, batch, _ in built:
             batch["metrics"]["gen_tokens_per_s"] = gen_tps

@@ -10,8 +10,9 @@
 `build(rollout, rewards)` returns (batch, denominator): the step's objective is Σ(per-prompt numerators)
 divided by the denominator summed over the whole optimizer step (every micro-batch and process), which
 the engine turns into a per-batch `scale`, so the loop's mean over prompts is exactly that objective.
-A method whose advantages take statistics over the batch (`PolicyGradient`) also has `score`, the
-micro-batch's part of `build`, and `finish`, its advantages over the step's whole rollout.
+A method whose batch depends on the step's whole rollout also has `score`, the micro-batch's part of
+`build`, and `finish`: `PolicyGradient`'s advantages (statistics over the batch), `BestOfN`'s selection (whose
+`finish` returns the micro-batches' denominators, unknown until the step's samples are ranked).
 """
 
 from __future__ import annotations
@@ -322,7 +323,9 @@ class Pairs:
 
 class BestOfN:
     """RAFT / rejection-sampling fine-tuning: "local" keeps each prompt's best sample, "top" the top
-    `fraction` of the micro-batch's samples; the kept ones (only they) are trained with the SFT step."""
+    `fraction` of the step's samples (every micro-batch and process: RAFT ranks the iteration's whole batch,
+    so the kept set does not depend on how the step is split); the kept ones (only they) are trained with
+    the SFT step. Like `PolicyGradient`, `score` takes a micro-batch and `finish` selects over the step."""
 
     needs_reference = False
 
@@ -334,19 +337,54 @@ class BestOfN:
         self.tokenizer, self.select, self.fraction = tokenizer, select, fraction
 
     def build(self, model: Any, rollout: Rollout, rewards: Tensor) -> tuple[dict, float]:
-        g = rollout.group_size
+        """The training batch of a rollout held in one micro-batch: `score`, then `finish` on it alone."""
+        batch, _ = self.score(model, rollout, rewards)
+        return batch, self.finish([batch])[0]
+
+    def score(self, model: Any, rollout: Rollout, rewards: Tensor) -> tuple[dict, float]:
+        """A micro-batch's samples and rewards, kept for `finish`; its denominator is `finish`'s to say."""
+        return {_SCORED: (rollout, rewards.float())}, 0.0
+
+    def finish(self, batches: list[dict], gather: Callable[[Tensor], tuple[Tensor, int]] = lambda x: (x, 0)) -> list[float]:
+        """Select over the step's rewards (`gather`: every process's, in rank order, and where this one's begin)
+        and fill each micro-batch with its kept samples; returns each one's denominator (its kept samples)."""
+        parts = [b.pop(_SCORED) for b in batches]
+        rewards, start = gather(torch.cat([r for _, r in parts]))
+        kept = self.selected(rewards, parts[0][0].group_size)
+        denominators = []
+        for batch, (rollout, r) in zip(batches, parts, strict=True):
+            mine = kept[start:start + len(r)]
+            start += len(r)
+            rows = mine.nonzero().flatten().tolist()
+            batch |= self._rows(rollout, rows, len(r) // rollout.group_size)
+            # a (mean, count) pair, so that the logged mean is the step's over its kept samples
+            kept_reward = (r[rows].mean() if rows else torch.tensor(0.0), torch.tensor(float(len(rows))))
+            batch["metrics"] = batch.get("metrics", {}) | {"kept_reward": kept_reward}
+            denominators.append(float(len(rows)))
+        return denominators
+
+    def selected(self, rewards: Tensor, g: int) -> Tensor:
+        """[N] bool: each group's best sample (the first of equals), or the top k of all, ties to the earlier."""
+        kept = torch.zeros(len(rewards), dtype=torch.bool)
         if self.select == "local":
-            rows = (torch.arange(len(rewards) // g) * g + rewards.view(-1, g).argmax(1)).tolist()
-        else:  # the top k samples, in sample order
-            rows = sorted(rewards.topk(max(1, round(self.fraction * len(rewards)))).indices.tolist())
-        batch = training_rows(self.tokenizer, [rollout.prompt_ids[i] for i in rows], [rollout.completion_ids[i] for i in rows])
-        batch |= {"row_prompt": torch.tensor(rows) // g, "n_prompts": len(rewards) // g,
-                  "metrics": {"kept_reward": rewards[rows].mean()}}
-        return batch, float(len(rows))
+            kept[torch.arange(len(rewards) // g) * g + rewards.view(-1, g).argmax(1)] = True
+        else:
+            k = max(1, round(self.fraction * len(rewards)))
+            kept[torch.sort(rewards, descending=True, stable=True).indices[:k]] = True
+        return kept
+
+    def _rows(self, rollout: Rollout, rows: list[int], n_prompts: int) -> dict:
+        """The kept samples' training rows; with none kept, the first sample at weight 0, so that the micro-batch
+        still runs a forward and a backward (DDP's reduction)."""
+        picked = rows or [0]
+        batch = training_rows(self.tokenizer, [rollout.prompt_ids[i] for i in picked],
+                              [rollout.completion_ids[i] for i in picked])
+        return batch | {"row_prompt": torch.tensor(picked) // rollout.group_size, "n_prompts": n_prompts,
+                        "row_weight": torch.ones(len(rows)) if rows else torch.zeros(1)}
 
     def step(self, model: Any, batch: dict) -> tuple[Tensor, dict]:
         from pluralign.train.recipes import sft
 
         values, metrics = sft.step(model, batch)
-        return (per_prompt(values, batch["row_prompt"], batch["n_prompts"], batch["scale"]),
-                dict(metrics) | batch["metrics"])
+        return (per_prompt(values * batch["row_weight"].to(values.dtype), batch["row_prompt"], batch["n_prompts"],
+                           batch["scale"]), dict(metrics) | batch["metrics"])

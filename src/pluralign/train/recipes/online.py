@@ -105,7 +105,7 @@ class OnlineConfig(PolicyTrainingConfig):
     ref_policy: Literal["round_start", "initial"] | None = option(None, help="online_dpo, mnpo_rounds: reference = the policy at the start of each round (online_dpo's default), or the initial policy (mnpo_rounds').")
     round_steps: int = option(1, help="online_dpo, mnpo_rounds: optimizer steps per round.")
     mnpo_history: int = option(2, help="mnpo_rounds: past round-start policies kept as opponents, newest first (MNPO's max_history_t); each round's start adds one.")
-    rsft_select: Literal["local", "top"] = option("local", help="rsft: keep the best sample per prompt, or the top fraction of each micro-batch's samples.")
+    rsft_select: Literal["local", "top"] = option("local", help="rsft: keep the best sample per prompt, or the top fraction of the step's samples (all its micro-batches and processes).")
     rsft_top_fraction: float = option(0.25, help="rsft with select=top: fraction kept.")
     shared_prompt: bool = option(True, help="Policy-gradient methods: one training row per prompt holding its prompt once and all its completions (each sees the prompt and itself), instead of one padded row per completion; falls back to the latter when the model's attention ignores 4D masks.")
     packing: bool = option(False, help="Online batches are padded (packing is not supported here).")

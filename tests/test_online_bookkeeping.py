@@ -1,0 +1,67 @@
+"""The online engine's bookkeeping: which samples RAFT trains however a step is split, the throughput and
+elapsed time logged in metrics.jsonl, and prompt rows asking for sampling settings of their own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from online_toys import cat_reward, make_model_dir
+from test_online_epochs import PerPrompt, engine_for
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("bookkeeping") / "base")
+
+
+def trained_samples(engine, micro):
+    """The completion ids of every sample the step trains (sorted) and the step's summed loss."""
+    engine.prepare(0, micro)
+    batches = [engine.collate([engine.prompts[i] for i in idx]) for idx in micro]
+    picked, loss = [], 0.0
+    for b in batches:
+        weight = b.get("row_weight", torch.ones(len(b["input_ids"])))
+        picked += [tuple(ids[mask.bool()].tolist())
+                   for ids, mask, w in zip(b["input_ids"], b["completion_mask"], weight, strict=True) if w > 0]
+        loss += float(engine.method.step(engine.trainee, b)[0].detach().sum())
+    return sorted(picked), loss
+
+
+@pytest.mark.parametrize("select", ["top", "local"])
+def test_rsft_selects_the_same_samples_however_the_step_is_split(base, select):
+    """RAFT's "top" keeps the top fraction of the step's samples (all its prompts, specs/online.md §6.2): it
+    ranked each micro-batch's alone, so 2 micro-batches of 2 prompts trained other samples, and another
+    loss, than 1 micro-batch of 4 (here the 4 best of 16 samples, most of them from prompt 0, "the cat")."""
+    def step(micro):
+        engine = engine_for(base, cat_reward, 0, algorithm="rsft", rsft_select=select, rsft_top_fraction=0.25)
+        engine.backend = PerPrompt(engine.backend)
+        return trained_samples(engine, micro)
+
+    (whole, whole_loss), (split, split_loss) = step([[0, 1, 2, 3]]), step([[0, 1], [2, 3]])
+    assert len(whole) == 4
+    assert split == whole
+    assert split_loss == pytest.approx(whole_loss, abs=1e-5)
+
+
+def test_rsft_micro_batch_with_no_kept_sample_trains_nothing_but_still_runs(base):
+    """When the step's top samples all lie in one micro-batch, the other forwards one sample at weight 0 (a
+    backward on every micro-batch and process keeps DDP in step) and counts 0 in the denominator."""
+    from pluralign.models.load import load_model, load_tokenizer
+    from pluralign.online.methods import BestOfN
+    from pluralign.online.rollout import Rollout
+
+    tok, model = load_tokenizer(base), load_model(base)
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+
+    def rollout(prompt, texts):
+        return Rollout(prompts=[prompt] * 2, prompt_ids=[ids(prompt)] * 2, completion_ids=[ids(t) for t in texts],
+                       sampler_logps=[], finish=["eos"] * 2, texts=texts, group_size=2)
+
+    method = BestOfN(tokenizer=tok, select="top", fraction=0.5)
+    a, _ = method.score(model, rollout("the cat", ["the cat sat", "no"]), torch.tensor([0.9, 0.8]))
+    b, _ = method.score(model, rollout("a dog", ["a dog ran", "bad dog"]), torch.tensor([0.1, 0.2]))
+    assert method.finish([a, b]) == [2.0, 0.0]
+    assert a["row_weight"].tolist() == [1.0, 1.0] and b["row_weight"].tolist() == [0.0]
+    assert a["metrics"]["kept_reward"][1] == 2 and b["metrics"]["kept_reward"][1] == 0
+    loss, _ = method.step(model, b | {"scale": torch.tensor(1.0)})
+    assert loss.tolist() == [0.0] and loss.requires_grad
