@@ -65,3 +65,28 @@ def test_rsft_micro_batch_with_no_kept_sample_trains_nothing_but_still_runs(base
     assert a["metrics"]["kept_reward"][1] == 2 and b["metrics"]["kept_reward"][1] == 0
     loss, _ = method.step(model, b | {"scale": torch.tensor(1.0)})
     assert loss.tolist() == [0.0] and loss.requires_grad
+
+
+def test_elapsed_time_continues_from_the_checkpoint_after_a_resume(tmp_path, monkeypatch):
+    """elapsed_s of a resumed run's rows went back to 0: it counted from the resumed process's start, so the
+    rows after a resume said the run had taken less time than the rows before it."""
+    import itertools
+    import time
+
+    from loop_toys import collate, make_data, make_model, noisy_step
+    from test_loop import Kill, cfg, killed_at
+
+    from pluralign.runs import RunDir
+    from pluralign.train.loop import train
+
+    ticks = itertools.count()
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(ticks)))  # a clock that always moves on
+    data, config = make_data(24), cfg(batch_size=2, save_every=3, max_steps=6)
+    with pytest.raises(Kill):  # dies in step 5: rows 1-4 logged, step-3 the last checkpoint
+        train(make_model(), data, collate, killed_at(noisy_step, 5), config, tmp_path / "run")
+    at_checkpoint = {r["step"]: r["elapsed_s"] for r in RunDir(tmp_path / "run").read_metrics()}[3]
+    train(make_model(), data, collate, noisy_step, config, tmp_path / "run")
+    rows = RunDir(tmp_path / "run").read_metrics()
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    elapsed = [r["elapsed_s"] for r in rows]
+    assert elapsed == sorted(elapsed) and elapsed[3] > at_checkpoint

@@ -5,6 +5,7 @@ FSDP/DeepSpeed gather shards)."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,8 @@ def save_checkpoint(accelerator, wrapped, optimizer, scheduler, stateful, traine
 class LoopLog:
     """What the loop has logged, checkpointed with it (in extra.pt, as `LOOP_LOG`) so a resumed run writes
     the rows an uninterrupted one would: the metrics of the steps since the last row (averaged into the
-    next one), the step of the last evaluation, and the length of metrics.jsonl at the save. Rows a
+    next one), the step of the last evaluation, the length of metrics.jsonl and the training time (`elapsed`,
+    which a resumed run continues from) at the save. Rows a
     killed run appended after its last checkpoint are cut off on resume (the resumed run writes them
     again), and a `fresh` run, which resumes nothing, starts metrics.jsonl anew (the rows of an attempt
     killed before its first checkpoint would be followed by their repeats); only the main process, which
@@ -175,19 +177,31 @@ class LoopLog:
         self.run, self.main = run, main
         self.window: dict[str, list[float]] = {}
         self.evaluated_at = -1
+        self.elapsed_before, self.started = 0.0, time.perf_counter()  # training time of earlier runs; this one's start
         if fresh:
             self.load_state_dict({"window": {}, "evaluated_at": -1, "metrics_bytes": 0})
 
     def state_dict(self) -> dict[str, Any]:
         path = self.run.metrics_path if self.run is not None else None
         size = path.stat().st_size if path is not None and path.exists() else 0
-        return {"window": self.window, "evaluated_at": self.evaluated_at, "metrics_bytes": size}
+        return {"window": self.window, "evaluated_at": self.evaluated_at, "metrics_bytes": size,
+                "elapsed_s": self.elapsed()}
+
+    def start_clock(self) -> float:
+        """Start timing this run's steps (`elapsed` adds them to the resumed checkpoint's time); returns the start."""
+        self.started = time.perf_counter()
+        return self.started
+
+    def elapsed(self) -> float:
+        """Seconds of training: the checkpoint's (on resume) plus this run's since `start_clock`."""
+        return self.elapsed_before + time.perf_counter() - self.started
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state is None:  # a checkpoint written before the loop's log was saved
             return
         self.window = {k: list(v) for k, v in state["window"].items()}
         self.evaluated_at = state["evaluated_at"]
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))  # absent from checkpoints written before it was kept
         path = self.run.metrics_path if self.run is not None else None
         if self.main and path is not None and path.exists() and path.stat().st_size > state["metrics_bytes"]:
             try:

@@ -235,7 +235,7 @@ def train(
     bar = _progress(config, accelerator, total_steps, pos.global_step)
     last, eval_metrics = {}, {}  # of the last step, of the last evaluation
     wrapped.train()
-    t0 = time.perf_counter()
+    t0 = log.start_clock()  # elapsed_s continues a resumed run's time
     while pos.global_step < total_steps:
         if pos.step_in_epoch >= steps_per_epoch:  # epoch boundary
             pos.epoch, pos.step_in_epoch = pos.epoch + 1, 0
@@ -305,7 +305,7 @@ def train(
         if pos.global_step % max(config.log_every, 1) == 0 or pos.global_step == total_steps:
             # the window's mean of each training metric, but the rate the row's own step used
             row = {k: sum(v) / len(v) for k, v in log.window.items()} | {"lr": lr}
-            row |= {"step": pos.global_step, "epoch": pos.epoch, "elapsed_s": round(time.perf_counter() - t0, 3)}
+            row |= {"step": pos.global_step, "epoch": pos.epoch, "elapsed_s": round(log.elapsed(), 3)}
             if run is not None and accelerator.is_main_process:
                 run.log_metrics(row)
             trackers.log(accelerator, track, row, pos.global_step)
