@@ -18,13 +18,18 @@ def trained_samples(engine, micro):
     """The completion ids of every sample the step trains (sorted) and the step's summed loss."""
     engine.prepare(0, micro)
     batches = [engine.collate([engine.prompts[i] for i in idx]) for idx in micro]
-    picked, loss = [], 0.0
-    for b in batches:
+    picked, loss, metrics = [], 0.0, {}
+    for idx, b in zip(micro, batches, strict=True):
         weight = b.get("row_weight", torch.ones(len(b["input_ids"])))
         picked += [tuple(ids[mask.bool()].tolist())
                    for ids, mask, w in zip(b["input_ids"], b["completion_mask"], weight, strict=True) if w > 0]
-        loss += float(engine.method.step(engine.trainee, b)[0].detach().sum())
-    return sorted(picked), loss
+        values, step_metrics = engine.method.step(engine.trainee, b)
+        loss += float(values.detach().sum())
+        for k, v in step_metrics.items():  # as the loop averages them: a (mean, count) pair, or weighted by prompts
+            mean, count = v if isinstance(v, tuple) else (v, len(idx))
+            metrics.setdefault(k, []).append((float(torch.as_tensor(mean).float().mean()), float(count)))
+    means = {k: sum(m * c for m, c in v) / sum(c for _, c in v) for k, v in metrics.items()}
+    return sorted(picked), loss, means
 
 
 @pytest.mark.parametrize("select", ["top", "local"])
@@ -37,10 +42,12 @@ def test_rsft_selects_the_same_samples_however_the_step_is_split(base, select):
         engine.backend = PerPrompt(engine.backend)
         return trained_samples(engine, micro)
 
-    (whole, whole_loss), (split, split_loss) = step([[0, 1, 2, 3]]), step([[0, 1], [2, 3]])
+    (whole, whole_loss, logged), (split, split_loss, split_logged) = step([[0, 1, 2, 3]]), step([[0, 1], [2, 3]])
     assert len(whole) == 4
     assert split == whole
     assert split_loss == pytest.approx(whole_loss, abs=1e-5)
+    for key in ("nll", "kept_reward"):  # the means over the kept samples, not of the micro-batches' means
+        assert split_logged[key] == pytest.approx(logged[key], abs=1e-5), key
 
 
 def test_rsft_micro_batch_with_no_kept_sample_trains_nothing_but_still_runs(base):
@@ -63,8 +70,9 @@ def test_rsft_micro_batch_with_no_kept_sample_trains_nothing_but_still_runs(base
     assert method.finish([a, b]) == [2.0, 0.0]
     assert a["row_weight"].tolist() == [1.0, 1.0] and b["row_weight"].tolist() == [0.0]
     assert a["metrics"]["kept_reward"][1] == 2 and b["metrics"]["kept_reward"][1] == 0
-    loss, _ = method.step(model, b | {"scale": torch.tensor(1.0)})
+    loss, metrics = method.step(model, b | {"scale": torch.tensor(1.0)})
     assert loss.tolist() == [0.0] and loss.requires_grad
+    assert float(metrics["nll"][1]) == 0  # the weight-0 sample's NLL is not logged
 
 
 def test_elapsed_time_continues_from_the_checkpoint_after_a_resume(tmp_path, monkeypatch):

@@ -386,5 +386,10 @@ class BestOfN:
         from pluralign.train.recipes import sft
 
         values, metrics = sft.step(model, batch)
-        return (per_prompt(values * batch["row_weight"].to(values.dtype), batch["row_prompt"], batch["n_prompts"],
-                           batch["scale"]), dict(metrics) | batch["metrics"])
+        weight = batch["row_weight"].to(values.dtype)
+        # The kept samples' mean NLL as a (mean, count) pair: the loop's mean per micro-batch weighted by its
+        # prompts was not the step's (micro-batches keep different numbers), and counted a weight-0 sample
+        kept = weight.sum()
+        nll = ((values.detach() * weight).sum() / kept.clamp(min=1), kept)
+        return (per_prompt(values * weight, batch["row_prompt"], batch["n_prompts"], batch["scale"]),
+                dict(metrics) | {"nll": nll} | batch["metrics"])
