@@ -98,3 +98,40 @@ def test_elapsed_time_continues_from_the_checkpoint_after_a_resume(tmp_path, mon
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     elapsed = [r["elapsed_s"] for r in rows]
     assert elapsed == sorted(elapsed) and elapsed[3] > at_checkpoint
+
+
+def test_throughput_is_the_total_over_processes(base, monkeypatch):
+    """Under DDP each process logged its own tokens/s and the loop averaged them: 2 processes read as fast as
+    one. The step's tokens are summed over the processes (here a second one, faked by the sum, that made the
+    same tokens in the same time), over the processes' mean time."""
+    from types import SimpleNamespace
+
+    import pluralign.online.engine as engine_module
+
+    now = [0.0]
+    monkeypatch.setattr(engine_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def speeds(processes):
+        monkeypatch.setattr(engine_module, "all_processes_sum", lambda x: x * processes)
+        engine = engine_for(base, cat_reward, 0)
+        native = engine.backend
+
+        class OneSecond:  # generation takes 1 s
+            def sync(self):
+                native.sync()
+
+            def generate(self, *args, **kwargs):
+                now[0] += 1.0
+                return native.generate(*args, **kwargs)
+
+        engine.backend = OneSecond()
+        engine.prepare(0, [[0, 1]])
+        batch = engine.ready[(0, 1)]
+        now[0] += 2.0  # training takes 2 s
+        return float(batch["metrics"]["gen_tokens_per_s"]), engine.finish()["train_tokens_per_s"], batch
+
+    gen, train, batch = speeds(1)
+    trained = batch["attention_mask"][batch["live"]] if "live" in batch else batch["attention_mask"]
+    assert gen == float(batch["completion_mask"].sum()) and train == float(trained.sum()) / 2
+    assert speeds(2)[:2] == (2 * gen, 2 * train)
+

@@ -169,13 +169,13 @@ class Engine:
         self._train_clock = (time.perf_counter(), train_tokens)
 
     def finish(self) -> dict[str, float]:
-        """The loop's `finish_step`: this step's training throughput, tokens of its forwards and backwards over
-        the time since `prepare` handed them out, logged in this step's row (from `prepare`, it was the
-        previous step's, beside this step's generation speed)."""
+        """The loop's `finish_step`: this step's training throughput, tokens of its forwards and backwards (every
+        process's) over the time since `prepare` handed them out, logged in this step's row (from `prepare`, it
+        was the previous step's, beside this step's generation speed)."""
         if self._train_clock is None:
             return {}
         start, tokens = self._train_clock
-        return {"train_tokens_per_s": tokens / max(time.perf_counter() - start, 1e-9)}
+        return {"train_tokens_per_s": total_rate(tokens, time.perf_counter() - start)}
 
     def _roll(self, step: int, micro: list[list[int]]) -> list[tuple[tuple[int, ...], dict, float]]:
         self._gen_seconds = 0.0  # time in the backend's generate only, not in reward scoring or the method's forwards
@@ -201,7 +201,7 @@ class Engine:
             recounted = self.method.finish([batch for _, batch, _ in built], gather=all_processes_rows)
             if recounted is not None:  # a selection over the step (RAFT's top) sets the denominators
                 built = [(key, batch, d) for (key, batch, _), d in zip(built, recounted, strict=True)]
-        gen_tps = torch.tensor(gen_tokens / max(self._gen_seconds, 1e-9))
+        gen_tps = torch.tensor(total_rate(gen_tokens, self._gen_seconds))
         for _, batch, _ in built:
             batch["metrics"]["gen_tokens_per_s"] = gen_tps
         return built
@@ -304,6 +304,13 @@ def source_labels(sources: list[Source]) -> list[str]:
     no source's column overwrites another's."""
     names = [s.name for s in sources]
     return [f"{n}[{k}]" if names.count(n) > 1 else n for k, n in enumerate(names)]
+
+
+def total_rate(tokens: float, seconds: float) -> float:
+    """Tokens per second of all processes together: their tokens summed, over their mean time (each process
+    logged its own rate, which the loop averaged: 2 processes read as fast as one)."""
+    total_tokens, total_seconds, processes = all_processes_sum(torch.tensor([float(tokens), seconds, 1.0])).tolist()
+    return total_tokens / max(total_seconds / processes, 1e-9)
 
 
 def minibatch_rows(n_rows: int, n_minibatches: int, k: int, seed: int) -> torch.Tensor:
