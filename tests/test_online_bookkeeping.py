@@ -135,3 +135,24 @@ def test_throughput_is_the_total_over_processes(base, monkeypatch):
     assert gen == float(batch["completion_mask"].sum()) and train == float(trained.sum()) / 2
     assert speeds(2)[:2] == (2 * gen, 2 * train)
 
+
+def test_prompt_rows_with_sampling_settings_of_their_own_are_refused(base, tmp_path, capsys):
+    """A prompt file written for `pluralign decode` (a row's temperature, n, max_new_tokens, ...) trained with
+    the recipe's settings after a warning a user could miss: each such field is now an error naming the file,
+    line and field (exit 2, nothing trained), since the samples would not be what the row asks for."""
+    import json
+
+    from pluralign.cli import main
+
+    rows = [{"prompt": "the cat"}, {"prompt": "a dog", "temperature": 0.3},
+            {"prompt": "hello world", "n": 8, "max_new_tokens": 2}, {"prompt": "why", "user": "u1"}]
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["train", "grpo", f"model={base}", f"data={data}", "rewards=[{source: online_toys:cat_reward}]",
+            "max_new_tokens=6", f"output_dir={tmp_path / 'out'}", "loop.max_steps=1", "loop.progress=false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    for line, field in ((2, "temperature"), (3, "n"), (3, "max_new_tokens")):
+        assert f"p.jsonl:{line}: field '{field}': " in err, (field, err)
+    assert "p.jsonl:4" not in err and "p.jsonl:1" not in err
+    assert "the recipe's" in err and "Traceback" not in err and not (tmp_path / "out" / "model").exists()

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from pluralign.errors import ConfigError
+from pluralign.errors import ConfigError, DataError
 from pluralign.online import advantages as adv
 from pluralign.online import policy_losses as pl
 
@@ -361,25 +361,21 @@ def test_prompts_are_read_from_any_form_of_feedback_data(tmp_path):
     assert read_prompts([str(tmp_path / "chat.csv")])[0].prompt == user
 
 
-def test_prompt_rows_sampling_fields_are_named_as_unused(tmp_path) -> None:
-    """A decode prompt file's per-row n / temperature / max_new_tokens were dropped silently by online
-    training; it now warns once per file, naming each field and its lines (the group of a feedback row, and
-    the user, weights and stop that rollouts use, are not named)."""
-    import warnings
-
+def test_prompt_rows_sampling_fields_are_refused(tmp_path) -> None:
+    """A decode prompt file's per-row n / temperature / max_new_tokens were dropped by online training (silently,
+    then with a warning a user could miss); each is now a problem naming file, line and field (the group of a
+    feedback row, and the user, weights and stop that rollouts use, are not named)."""
     from pluralign.online.rollout import read_prompts
 
     path = tmp_path / "decode_prompts.jsonl"
     path.write_text('{"prompt": "a", "n": 4, "temperature": 0.7, "user": "u1", "group": "g"}\n'
                     '{"prompt": "b", "max_new_tokens": 9, "stop": ["x"]}\n{"prompt": "c", "temperature": 0.5}\n')
-    with pytest.warns(UserWarning, match=r"decode_prompts.jsonl: online training does not use") as caught:
-        prompts = read_prompts([str(path)])
-    message = str(caught[0].message)
-    assert "n (line 1)" in message and "temperature (lines 1, 3)" in message and "max_new_tokens (line 2)" in message
-    assert "group" not in message.split(". Every")[0] and "user (" not in message and "stop (" not in message
-    assert len(caught) == 1 and prompts[1].stop == ("x",)
+    with pytest.raises(DataError) as caught:
+        read_prompts([str(path)])
+    named = sorted((p.line, p.field) for p in caught.value.problems)
+    assert named == [(1, "n"), (1, "temperature"), (2, "max_new_tokens"), (3, "temperature")]
+    assert "decode_prompts.jsonl:1: field 'n': online training samples every prompt with the recipe's group_size" in str(
+        caught.value)
     plain = tmp_path / "plain.jsonl"
-    plain.write_text('{"prompt": "a", "user": "u1", "group": "g", "weights": {"a": 1}}\n')
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        read_prompts([str(plain)])
+    plain.write_text('{"prompt": "a", "user": "u1", "group": "g", "weights": {"a": 1}, "stop": ["x"]}\n')
+    assert read_prompts([str(plain)])[0].stop == ("x",)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,7 +85,8 @@ class Rollout:
 def read_prompts(paths: Sequence[str], check: Callable[[Sequence[Any], str, Sequence[int]], None] | None = None
                  ) -> list[Prompt]:
     """The prompt of every row of the files (`pluralign.data.prompt_files`: any form of feedback data, or a
-    prompt-only file), with the row's `user` and `weights`. Bad rows are errors naming file and line; `check`
+    prompt-only file), with the row's `user`, `weights` and `stop`. Bad rows, and rows with sampling settings of
+    their own (`ROW_SAMPLING_FIELDS`), are errors naming file and line; `check`
     (records, source, lines) runs on each file's rows, e.g. `pluralign.data.prompts.rendering_check`."""
     from pluralign.data.prompt_files import read_prompt_rows
 
@@ -107,35 +107,27 @@ def read_prompts(paths: Sequence[str], check: Callable[[Sequence[Any], str, Sequ
             stops.append(tuple(stop) if stop else None)
         except ConfigError as e:
             bad.append(r.problem("stop", str(e)))
+    bad += own_sampling_settings(rows)
     if bad:
         raise DataError(bad)
-    warn_unused_controls(rows)
     return [Prompt(i, r.prompt, r.fields.get("user"), r.fields.get("weights"), stop)
             for i, (r, stop) in enumerate(zip(rows, stops, strict=True))]
 
 
-# A prompt row's sampling controls (`pluralign decode` honours them per row) that a rollout does not: they
-# would change the sampling policy row by row, which the recipe's group_size and sampling settings fix for all.
-# (A row's user, weights and stop are used; a feedback row's group names its annotator's group, not a control.)
-ROW_SAMPLING_FIELDS = ("n", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "chat_template")
+# A prompt row's sampling controls (`pluralign decode` honours them per row) that a rollout cannot: the recipe's
+# group_size, sampling settings and seeds fix them for every prompt (groups of one size, one max_new_tokens for
+# DAPO's overlong shaping and Dr. GRPO's normaliser). (A row's user, weights and stop are used; a feedback row's
+# group names its annotator's group, not a control.)
+ROW_SAMPLING_FIELDS = {"n": "group_size", "max_new_tokens": "max_new_tokens", "temperature": "temperature",
+                       "top_k": "top_k", "top_p": "top_p", "seed": "loop.seed", "chat_template": "chat_template"}
 
 
-def warn_unused_controls(rows: Sequence[Any]) -> None:
-    """Warn, once per file, of per-request controls its rows carry that online training does not use: a
-    prompt file written for `pluralign decode` (`n`, `temperature`, `max_new_tokens`, ...) trained silently
-    with the recipe's settings instead."""
-    unused: dict[str, dict[str, list[int]]] = {}
-    for r in rows:
-        for name in ROW_SAMPLING_FIELDS:
-            if r.fields.get(name) is not None:
-                unused.setdefault(r.source, {}).setdefault(name, []).append(r.line)
-    for source, fields in unused.items():
-        listed = "; ".join(f"{name} (line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines[:3]))}"
-                           f"{', ...' if len(lines) > 3 else ''})" for name, lines in fields.items())
-        warnings.warn(f"{source}: online training does not use these per-row sampling fields: {listed}. Every "
-                      "prompt is sampled with the recipe's settings (group_size, max_new_tokens, temperature, "
-                      "top_p, top_k, chat_template, the run's seed); a row's user, weights and stop are used.",
-                      stacklevel=3)
+def own_sampling_settings(rows: Sequence[Any]) -> list[Any]:
+    """A problem (file, line, field) for each per-request control a row carries: a prompt file written for
+    `pluralign decode` trained with the recipe's settings instead, after a warning a user could miss."""
+    return [r.problem(name, f"online training samples every prompt with the recipe's {setting} (a row cannot "
+                            f"set its own); remove the field, or set {setting} in the config")
+            for r in rows for name, setting in ROW_SAMPLING_FIELDS.items() if r.fields.get(name) is not None]
 
 
 def derived_seed(*parts: Any) -> int:
