@@ -14,9 +14,15 @@ def base(tmp_path_factory):
     return make_model_dir(tmp_path_factory.mktemp("bookkeeping") / "base")
 
 
-def trained_samples(engine, micro):
-    """The completion ids of every sample the step trains (sorted) and the step's summed loss."""
+def trained_samples(engine, micro, moved=False):
+    """The completion ids of every sample the step trains (sorted), the step's summed loss and its metrics as
+    the loop averages them; `moved`: the policy is moved (seeded) after the rollout, so that ratios to the
+    sampling policy and log-ratios to the reference leave 1 and 0."""
     engine.prepare(0, micro)
+    if moved:
+        with torch.no_grad():
+            head = engine.policy.lm_head.weight
+            head.add_(0.5 * torch.randn(head.shape, generator=torch.Generator().manual_seed(0)))
     batches = [engine.collate([engine.prompts[i] for i in idx]) for idx in micro]
     picked, loss, metrics = [], 0.0, {}
     for idx, b in zip(micro, batches, strict=True):
@@ -54,8 +60,8 @@ def test_rsft_micro_batch_with_no_kept_sample_trains_nothing_but_still_runs(base
     """When the step's top samples all lie in one micro-batch, the other forwards one sample at weight 0 (a
     backward on every micro-batch and process keeps DDP in step) and counts 0 in the denominator."""
     from pluralign.models.load import load_model, load_tokenizer
-    from pluralign.online.methods import BestOfN
     from pluralign.online.rollout import Rollout
+    from pluralign.online.selected import BestOfN
 
     tok, model = load_tokenizer(base), load_model(base)
     ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -156,3 +162,26 @@ def test_prompt_rows_with_sampling_settings_of_their_own_are_refused(base, tmp_p
         assert f"p.jsonl:{line}: field '{field}': " in err, (field, err)
     assert "p.jsonl:4" not in err and "p.jsonl:1" not in err
     assert "the recipe's" in err and "Traceback" not in err and not (tmp_path / "out" / "model").exists()
+
+
+@pytest.mark.parametrize("kw", [{"algorithm": "grpo"}, {"algorithm": "gspo", "ppo_epochs": 2}, {"algorithm": "ppo"},
+                                {"algorithm": "online_dpo", "ref_policy": "initial"},
+                                {"algorithm": "grpo", "ppo_epochs": 2}])
+def test_logged_metrics_do_not_depend_on_how_the_step_is_split(base, kw):
+    """Token means (entropy, clip fraction, value loss, approx KL) and online DPO's means over its kept pairs
+    were each micro-batch's, averaged by the loop with the micro-batch's prompts as weights: 2 micro-batches of 2
+    prompts logged other numbers than 1 micro-batch of 4 (and a micro-batch whose pairs all tied logged the
+    margins of its weight-0 pair). "a dog"'s group is flat here, so the micro-batches keep different numbers."""
+    from test_online_epochs import dog_is_flat
+
+    def step(micro):
+        engine = engine_for(base, dog_is_flat, 0, **kw)
+        engine.backend = PerPrompt(engine.backend)
+        return trained_samples(engine, micro, moved=True)[2]
+
+    whole, split = step([[0, 1, 2, 3]]), step([[0, 1], [2, 3]])
+    assert whole.keys() == split.keys()
+    for key in whole.keys() - {"gen_tokens_per_s"}:
+        assert split[key] == pytest.approx(whole[key], abs=1e-5), key
+    moved = {"clip_fraction": kw.get("ppo_epochs"), "rewards/margins": kw["algorithm"] == "online_dpo"}
+    assert all(whole[key] != 0 for key, on in moved.items() if on)  # the policy's move shows in them

@@ -14,8 +14,9 @@ from online_toys import weights as params
 from pluralign.cli import main
 from pluralign.errors import ConfigError, DataError, PluralignError
 from pluralign.models.load import load_model, load_tokenizer
-from pluralign.online.methods import Pairs, PolicyGradient
+from pluralign.online.methods import PolicyGradient
 from pluralign.online.rollout import Rollout, generate
+from pluralign.online.selected import Pairs
 from pluralign.train.recipes.online import build_method, run
 
 LOOP = {"learning_rate": 1e-2, "batch_size": 2, "max_steps": 3, "progress": False, "log_every": 1,
@@ -398,8 +399,8 @@ def test_online_dpo_rounds_resume_mid_round(base, tmp_path):
 def test_rsft_trains_only_the_selected_samples(base):
     """RAFT's global top fraction: only the chosen samples are forwarded (the others were trained with
     weight 0 before), each prompt's contribution the SFT loss of its chosen samples."""
-    from pluralign.online.methods import BestOfN
     from pluralign.online.rollout import training_rows
+    from pluralign.online.selected import BestOfN
     from pluralign.train.recipes import sft
 
     tok, model = load_tokenizer(base), load_model(base)

@@ -2,10 +2,8 @@
 
 - `PolicyGradient`: advantages (a registered estimator) and a registered policy loss, with the KL to the
   reference in the reward or in the loss, and a value head for PPO;
-- `Pairs`: online / iterative DPO (Xiong et al. 2023; Dong et al. 2024): best vs worst of each prompt's
-  samples, trained with the offline preference recipe's step (any pairwise loss);
-- `BestOfN`: rejection-sampling fine-tuning (RAFT, Dong et al. 2023): the best sample per prompt (or the
-  top fraction of all samples) trained with the SFT step.
+- `Pairs` and `BestOfN` (`pluralign.online.selected`): online DPO and rejection-sampling fine-tuning,
+  samples selected by reward and trained with an offline recipe's step.
 
 `build(rollout, rewards)` returns (batch, denominator): the step's objective is Σ(per-prompt numerators)
 divided by the denominator summed over the whole optimizer step (every micro-batch and process), which
@@ -167,7 +165,7 @@ class PolicyGradient:
         metrics = {"kept_fraction": keep.mean()}
         if sampled is not None and len(sampled):
             # Monte-Carlo per-token entropy of the policy (sampled at another temperature: E_q[-log p])
-            metrics["entropy"] = -sampled.mean()
+            metrics["entropy"] = (-sampled.mean(), torch.tensor(float(len(sampled))))  # a token mean: (mean, tokens)
         if ref is not None:
             metrics["kl"] = ((old - ref) * mask).sum(1).mean()
         batch["metrics"] = metrics
@@ -246,15 +244,15 @@ class PolicyGradient:
         metrics = dict(metrics)
         if "old_logps" in batch:  # how far this update's policy is from the sampling one (k3 estimate)
             d = pl.kl_estimate(old, logps.detach(), "k3") * mask
-            metrics["approx_kl"] = d.sum() / mask.sum().clamp(min=1)
+            metrics["approx_kl"] = (d.sum() / mask.sum().clamp(min=1), mask.sum())
         if self.kl_in == "loss" and self.beta > 0:
             kl = pl.kl_loss_term(logps, old, batch["ref_logps"], self.kl_estimator, self.kl_bias_correction)
             per_token = per_token + self.beta * kl * mask
         if values is not None:
             vloss, vclipped = pl.value_loss(values, batch["old_values"], batch["returns"], mask, self.value_clip)
             per_token = per_token + self.vf_coef * vloss
-            metrics |= {"value_loss": (vloss.sum() / mask.sum().clamp(min=1)).detach(),
-                        "value_clip_fraction": vclipped.sum() / mask.sum().clamp(min=1)}
+            metrics |= {"value_loss": ((vloss.sum() / mask.sum().clamp(min=1)).detach(), mask.sum()),
+                        "value_clip_fraction": (vclipped.sum() / mask.sum().clamp(min=1), mask.sum())}
         c, _ = pl.sequence_contributions(per_token, mask, self.aggregation, self.max_len)
         return per_prompt(c, batch["row_prompt"], batch["n_prompts"], batch["scale"]), metrics | batch["metrics"]
 
@@ -265,131 +263,3 @@ def _denominator(loss_mask: Tensor, aggregation: str, max_len: int) -> Tensor:
         return loss_mask.sum()
     n_seq = (loss_mask.sum(1) > 0).sum().float()
     return n_seq * max_len if aggregation == "seq_mean_token_sum_norm" else n_seq
-
-
-class Pairs:
-    """Online DPO: pair each prompt's highest- and lowest-reward samples (ties dropped), score both
-    under the round's reference, and train with the preference recipe's step. A dropped pair (a flat
-    group) is neither scored nor trained: only the kept pairs are forwarded (one at least, weighted 0 when
-    none is kept, so every step runs a forward and a backward)."""
-
-    def __init__(self, *, tokenizer: Any, loss: str, loss_params: dict, reference: Any, history: Any = None):
-        from pluralign import losses
-        from pluralign.train.recipes.preference import KINDS, make_step
-
-        self.tokenizer, self.reference = tokenizer, reference
-        self.history = history  # MNPO rounds: the past policies (`pluralign.online.opponents.Opponents`)
-        info = losses.describe(loss)
-        if info.kind != "pairwise":
-            from pluralign.errors import ConfigError
-
-            raise ConfigError(f"online DPO trains a pairwise loss; '{loss}' is {info.kind}")
-        self.pair_step = make_step(KINDS["pairwise"], losses.get(loss), loss_params, None, None, update_shift=False)
-        self.needs_reference = info.needs_reference
-
-    def build(self, model: Any, rollout: Rollout, rewards: Tensor) -> tuple[dict, float]:
-        g = rollout.group_size
-        r = rewards.view(-1, g)
-        best, worst = r.argmax(1), r.argmin(1)
-        keep = (r.max(1).values > r.min(1).values).float()
-        live = keep.nonzero().flatten() if bool(keep.any()) else torch.tensor([0])
-        rows = live * g
-        chosen, rejected = (rows + best[live]).tolist(), (rows + worst[live]).tolist()
-        order = chosen + rejected
-        batch = training_rows(self.tokenizer, [rollout.prompt_ids[i] for i in order],
-                              [rollout.completion_ids[i] for i in order])
-        if self.needs_reference:
-            device = next(model.parameters()).device
-            with torch.no_grad():
-                ref = self.reference.token_logps({k: v.to(device) for k, v in batch.items()}).sum(1).cpu()
-            batch |= {"ref_chosen": ref[:len(chosen)], "ref_rejected": ref[len(chosen):]}
-        metrics = {"kept_fraction": keep.mean(), "reward_margin": (r.max(1).values - r.min(1).values).mean()}
-        if self.history is not None:
-            metrics["opponents"] = torch.tensor(float(len(self.history.models)))
-            if self.history.models:
-                device = next(model.parameters()).device
-                past = self.history.sequence_logps({k: v.to(device) for k, v in batch.items()}).cpu()
-                batch |= {"history_chosen_logps": past[:len(chosen)], "history_rejected_logps": past[len(chosen):]}
-        batch |= {"keep": keep, "pair_index": live, "metrics": metrics}
-        return batch, float(keep.sum())
-
-    def step(self, model: Any, batch: dict) -> tuple[Tensor, dict]:
-        values, metrics = self.pair_step(model, {k: v for k, v in batch.items() if k not in ("keep", "pair_index", "metrics", "scale")})
-        keep, live = batch["keep"], batch["pair_index"]
-        per_prompt = torch.zeros(len(keep), dtype=values.dtype, device=values.device).index_add(
-            0, live.to(values.device), values * keep[live].to(values.device))
-        return per_prompt * batch["scale"], dict(metrics) | batch["metrics"]
-
-
-class BestOfN:
-    """RAFT / rejection-sampling fine-tuning: "local" keeps each prompt's best sample, "top" the top
-    `fraction` of the step's samples (every micro-batch and process: RAFT ranks the iteration's whole batch,
-    so the kept set does not depend on how the step is split); the kept ones (only they) are trained with
-    the SFT step. Like `PolicyGradient`, `score` takes a micro-batch and `finish` selects over the step."""
-
-    needs_reference = False
-
-    def __init__(self, *, tokenizer: Any, select: str = "local", fraction: float = 0.25):
-        from pluralign.errors import ConfigError
-
-        if select not in ("local", "top") or not 0 < fraction <= 1:
-            raise ConfigError(f"rsft: select must be 'local' or 'top' and 0 < top_fraction <= 1 (got {select!r}, {fraction})")
-        self.tokenizer, self.select, self.fraction = tokenizer, select, fraction
-
-    def build(self, model: Any, rollout: Rollout, rewards: Tensor) -> tuple[dict, float]:
-        """The training batch of a rollout held in one micro-batch: `score`, then `finish` on it alone."""
-        batch, _ = self.score(model, rollout, rewards)
-        return batch, self.finish([batch])[0]
-
-    def score(self, model: Any, rollout: Rollout, rewards: Tensor) -> tuple[dict, float]:
-        """A micro-batch's samples and rewards, kept for `finish`; its denominator is `finish`'s to say."""
-        return {_SCORED: (rollout, rewards.float())}, 0.0
-
-    def finish(self, batches: list[dict], gather: Callable[[Tensor], tuple[Tensor, int]] = lambda x: (x, 0)) -> list[float]:
-        """Select over the step's rewards (`gather`: every process's, in rank order, and where this one's begin)
-        and fill each micro-batch with its kept samples; returns each one's denominator (its kept samples)."""
-        parts = [b.pop(_SCORED) for b in batches]
-        rewards, start = gather(torch.cat([r for _, r in parts]))
-        kept = self.selected(rewards, parts[0][0].group_size)
-        denominators = []
-        for batch, (rollout, r) in zip(batches, parts, strict=True):
-            mine = kept[start:start + len(r)]
-            start += len(r)
-            rows = mine.nonzero().flatten().tolist()
-            batch |= self._rows(rollout, rows, len(r) // rollout.group_size)
-            # a (mean, count) pair, so that the logged mean is the step's over its kept samples
-            kept_reward = (r[rows].mean() if rows else torch.tensor(0.0), torch.tensor(float(len(rows))))
-            batch["metrics"] = batch.get("metrics", {}) | {"kept_reward": kept_reward}
-            denominators.append(float(len(rows)))
-        return denominators
-
-    def selected(self, rewards: Tensor, g: int) -> Tensor:
-        """[N] bool: each group's best sample (the first of equals), or the top k of all, ties to the earlier."""
-        kept = torch.zeros(len(rewards), dtype=torch.bool)
-        if self.select == "local":
-            kept[torch.arange(len(rewards) // g) * g + rewards.view(-1, g).argmax(1)] = True
-        else:
-            k = max(1, round(self.fraction * len(rewards)))
-            kept[torch.sort(rewards, descending=True, stable=True).indices[:k]] = True
-        return kept
-
-    def _rows(self, rollout: Rollout, rows: list[int], n_prompts: int) -> dict:
-        """The kept samples' training rows; with none kept, the first sample at weight 0, so that the micro-batch
-        still runs a forward and a backward (DDP's reduction)."""
-        picked = rows or [0]
-        batch = training_rows(self.tokenizer, [rollout.prompt_ids[i] for i in picked],
-                              [rollout.completion_ids[i] for i in picked])
-        return batch | {"row_prompt": torch.tensor(picked) // rollout.group_size, "n_prompts": n_prompts,
-                        "row_weight": torch.ones(len(rows)) if rows else torch.zeros(1)}
-
-    def step(self, model: Any, batch: dict) -> tuple[Tensor, dict]:
-        from pluralign.train.recipes import sft
-
-        values, metrics = sft.step(model, batch)
-        weight = batch["row_weight"].to(values.dtype)
-        # The kept samples' mean NLL as a (mean, count) pair: the loop's mean per micro-batch weighted by its
-        # prompts was not the step's (micro-batches keep different numbers), and counted a weight-0 sample
-        kept = weight.sum()
-        nll = ((values.detach() * weight).sum() / kept.clamp(min=1), kept)
-        return (per_prompt(values * weight, batch["row_prompt"], batch["n_prompts"], batch["scale"]),
-                dict(metrics) | {"nll": nll} | batch["metrics"])

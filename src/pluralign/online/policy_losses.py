@@ -5,7 +5,9 @@ A registered policy loss has the signature
     fn(logps, old_logps, advantages, mask, **params) -> (per_token_loss [B, T], metrics)
 
 with `logps` the trainable per-token log-probs, `old_logps` those of the policy that sampled the batch
-(no grad), `advantages` [B, T]; `aggregate` turns the per-token values into one number. Any KL-in-loss
+(no grad), `advantages` [B, T]; `aggregate` turns the per-token values into one number. A metric that is a
+mean over the batch's tokens or sequences is given as (mean, count), so that the loop's mean is the step's
+whatever its split into micro-batches (`pluralign.train.parallel.Weighted`). Any KL-in-loss
 term is added per token before aggregation. Formulas and vectors: specs/online.md §1, §3, §5.
 """
 
@@ -46,7 +48,8 @@ def clipped_surrogate(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask
     ratio = torch.exp(torch.clamp(logps - old_logps, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     loss, clipped = _clip_objective(ratio, advantages, eps_low, eps_high, dual_clip, delta)
     m = mask.float()
-    return loss * m, {"clip_fraction": (clipped * m).sum() / m.sum().clamp(min=1)}
+    # (fraction, tokens): the loop's mean over the step's tokens, however the step is split
+    return loss * m, {"clip_fraction": ((clipped * m).sum() / m.sum().clamp(min=1), m.sum())}
 
 
 def sequence_log_ratio(logps: Tensor, old_logps: Tensor, mask: Tensor, normalize: bool = True) -> Tensor:
@@ -67,7 +70,8 @@ def gspo(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, *, 
     a = (advantages * m).sum(1) / m.sum(1).clamp(min=1)  # the sequence's (constant) advantage
     loss, clipped = _clip_objective(torch.exp(log_s), a, eps_low, eps_high, dual_clip, None)
     trained = (m.sum(1) > 0).float()  # sequences in the loss: a masked-out one (dropped group) is not unclipped
-    return loss[:, None] * m, {"clip_fraction": (clipped * trained).sum() / trained.sum().clamp(min=1)}
+    # (fraction, sequences): the loop's mean over the step's trained sequences
+    return loss[:, None] * m, {"clip_fraction": ((clipped * trained).sum() / trained.sum().clamp(min=1), trained.sum())}
 
 
 def kl_estimate(logps: Tensor, ref_logps: Tensor, kind: str = "k3") -> Tensor:

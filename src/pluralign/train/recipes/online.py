@@ -29,11 +29,12 @@ from pluralign.models.load import is_adapter_dir
 from pluralign.models.lora import is_peft_model
 from pluralign.online.advantages import ESTIMATORS
 from pluralign.online.engine import Engine, Reference
-from pluralign.online.methods import BestOfN, Pairs, PolicyGradient, PolicyWithValue
+from pluralign.online.methods import PolicyGradient, PolicyWithValue
 from pluralign.online.opponents import Opponents
 from pluralign.online.policy_losses import LOSSES as POLICY_LOSSES
 from pluralign.online.rewards import RewardSpec, Source
 from pluralign.online.rollout import Prompt, RolloutConfig, make_backend, read_prompts
+from pluralign.online.selected import BestOfN, Pairs
 from pluralign.runs import atomic_open
 from pluralign.seeding import seeded
 from pluralign.train.loop import LoopConfig, holding, train
