@@ -185,3 +185,23 @@ def test_logged_metrics_do_not_depend_on_how_the_step_is_split(base, kw):
         assert split[key] == pytest.approx(whole[key], abs=1e-5), key
     moved = {"clip_fraction": kw.get("ppo_epochs"), "rewards/margins": kw["algorithm"] == "online_dpo"}
     assert all(whole[key] != 0 for key, on in moved.items() if on)  # the policy's move shows in them
+
+
+@pytest.mark.parametrize("setting", ["rsft mask_truncated=true", "online_dpo mask_truncated=true",
+                                     "rsft dynamic_sampling=true", "mnpo_rounds kl_bias_correction=true",
+                                     "rsft vf_coef=0.5", "online_dpo shared_prompt=false"])
+def test_policy_gradient_settings_given_to_selection_methods_exit_2(tmp_path, capsys, setting):
+    """Online DPO and RSFT trained truncated completions under mask_truncated=true (and RSFT flat groups under
+    dynamic_sampling=true) without a word: they do not read these policy-gradient settings. Now refused."""
+    from online_toys import write_prompts
+
+    from pluralign.cli import main
+
+    algorithm, given = setting.split(" ")
+    argv = ["train", algorithm, f"model={tmp_path / 'no_model_here'}", f"data={write_prompts(tmp_path / 'p.jsonl')}",
+            f"output_dir={tmp_path / 'x'}", given, "loop.max_steps=1", "loop.progress=false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{algorithm} does not use {given.split('=')[0]}" in err and "Traceback" not in err
+    main([*argv[:5], "loop.max_steps=1", "loop.progress=false"])  # without it: stops only at the missing model
+    assert "does not use" not in capsys.readouterr().err

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,6 +65,10 @@ PAIR_METHODS = ("online_dpo", "mnpo_rounds")
 POLICY_GRADIENT_FIELDS = ("advantage", "advantage_params", "policy_loss", "loss_params", "aggregation", "beta",
                           "kl_estimator", "kl_in")
 PAIR_FIELDS = ("preference_loss", "preference_params", "ref_policy")
+# Policy-gradient settings with a default that online DPO and RSFT do not read (set otherwise, they were dropped
+# without a word: mask_truncated trained truncated completions); online DPO drops tied groups itself, which is
+# dynamic_sampling's rule, so only RSFT refuses that one.
+DEFAULTED_POLICY_GRADIENT_FIELDS = ("mask_truncated", "kl_bias_correction", "vf_coef", "value_clip", "shared_prompt")
 
 
 @dataclass
@@ -84,8 +88,8 @@ class OnlineConfig(PolicyTrainingConfig):
     calibrate_t: float = option(1.0, help="InfAlign transform temperature t in exp(t·C).")
     overlong_buffer: int = option(0, help="DAPO soft overlong punishment over the last N tokens before max_new_tokens (0: off).")
     overlong_penalty: float = option(1.0, help="DAPO overlong penalty at max_new_tokens.")
-    mask_truncated: bool = option(False, help="DAPO overlong filtering: completions cut at max_new_tokens get no loss.")
-    dynamic_sampling: bool = option(False, help="DAPO: groups whose rewards do not vary get no loss (re-drawn when redraw_tries > 0).")
+    mask_truncated: bool = option(False, help="DAPO overlong filtering: completions cut at max_new_tokens get no loss. Policy-gradient algorithms only.")
+    dynamic_sampling: bool = option(False, help="DAPO: groups whose rewards do not vary get no loss (re-drawn when redraw_tries > 0). Not rsft, which trains each group's best.")
     redraw_tries: int = option(0, help="DAPO dynamic sampling: up to this many re-draws per micro-batch replace flat groups by groups of other prompts (drawn from the prompt set, seeded) until every slot varies; logged as redraw_tries and filled_fraction.")
     ppo_epochs: int = option(1, help="Passes over each rollout (PPO's K epochs): the sampling policy's log-probs and values stay fixed, so later passes have ratios != 1 and clipping acts. Policy-gradient algorithms only.")
     num_minibatches: int = option(1, help="Each pass splits every micro-batch's completions into this many minibatches, one optimizer step each (reshuffled per pass). A rollout serves ppo_epochs x num_minibatches optimizer steps.")
@@ -161,7 +165,7 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
             raise ConfigError(f"'{name}' must be {rule}, got {getattr(config, name)}")
     unused = (POLICY_GRADIENT_FIELDS if config.algorithm in PAIR_METHODS else
               POLICY_GRADIENT_FIELDS + PAIR_FIELDS if config.algorithm == "rsft" else PAIR_FIELDS)
-    unused = [name for name in unused if getattr(config, name) not in (None, {})]
+    unused = [name for name in unused if getattr(config, name) not in (None, {})] + changed_defaults(config)
     if unused:
         hint = "; its DPO beta is preference_params.beta" if config.algorithm in PAIR_METHODS and "beta" in unused else ""
         raise ConfigError(f"{config.algorithm} does not use {', '.join(unused)}{hint}")
@@ -205,6 +209,15 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
         if src not in ("gold", "judge") and ":" not in src and not Path(src).is_dir():
             raise ConfigError(f"rewards[{i}].source: {src!r} is not 'gold', 'judge', 'module:function' or an existing "
                               "reward-model directory")
+
+
+def changed_defaults(config: OnlineConfig) -> list[str]:
+    """The policy-gradient settings an online DPO or RSFT config sets away from their defaults (not read there)."""
+    if config.algorithm not in (*PAIR_METHODS, "rsft"):
+        return []
+    names = DEFAULTED_POLICY_GRADIENT_FIELDS + (("dynamic_sampling",) if config.algorithm == "rsft" else ())
+    defaults = {f.name: f.default for f in fields(OnlineConfig)}
+    return [name for name in names if getattr(config, name) != defaults[name]]
 
 
 def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_objects: list[Any] | None = None) -> RecipeResult:
