@@ -113,7 +113,8 @@ def test_two_process_recipes_match_one_process(tmp_path):
 def test_two_process_online_recipes_match_one_process(tmp_path):
     """GRPO (token-mean over the whole step: denominators summed across processes), PPO (value head, advantages
     whitened and running reward moments updated over both processes) and
-    GRPO with 2 epochs x 2 minibatches per rollout and DAPO re-draws, 2 processes x 2 prompts equal
+    GRPO with 2 epochs x 2 minibatches per rollout and DAPO re-draws, and RSFT keeping the top quarter of the
+    step's samples (ranked over both processes), 2 processes x 2 prompts equal
     1 process x 2 prompts x 2 accumulation steps: each micro-batch's rollout, re-draws and minibatch split
     are seeded by its step and prompts, so both runs draw the same samples."""
     from online_toys import make_model_dir, write_prompts
@@ -127,6 +128,7 @@ def test_two_process_online_recipes_match_one_process(tmp_path):
               "rewards": [{"source": "online_toys:cat_reward"}]}
     loop = {"learning_rate": 1e-2, "max_steps": 3, "log_every": 1, "progress": False, "batch_size": 2}
     variants = {"grpo": {"algorithm": "grpo"}, "ppo": {"algorithm": "ppo", "reward_norm": "running"},
+                "rsft_top": {"algorithm": "rsft", "rsft_select": "top", "rsft_top_fraction": 0.25},  # ranked over both
                 "grpo_epochs": {"algorithm": "grpo", "ppo_epochs": 2, "num_minibatches": 2, "dynamic_sampling": True,
                                 "redraw_tries": 2, "loop": loop | {"max_steps": 4}}}
     configs = []
