@@ -189,10 +189,14 @@ def test_logged_metrics_do_not_depend_on_how_the_step_is_split(base, kw):
 
 @pytest.mark.parametrize("setting", ["rsft mask_truncated=true", "online_dpo mask_truncated=true",
                                      "rsft dynamic_sampling=true", "mnpo_rounds kl_bias_correction=true",
-                                     "rsft vf_coef=0.5", "online_dpo shared_prompt=false"])
-def test_policy_gradient_settings_given_to_selection_methods_exit_2(tmp_path, capsys, setting):
+                                     "rsft vf_coef=0.5", "online_dpo shared_prompt=false",
+                                     # another method's settings: RAFT's selection, online DPO's rounds, MNPO's history
+                                     "grpo rsft_select=top", "online_dpo rsft_top_fraction=0.5", "grpo round_steps=4",
+                                     "rsft mnpo_history=3", "online_dpo mnpo_history=3"])
+def test_settings_the_algorithm_does_not_read_exit_2(tmp_path, capsys, setting):
     """Online DPO and RSFT trained truncated completions under mask_truncated=true (and RSFT flat groups under
-    dynamic_sampling=true) without a word: they do not read these policy-gradient settings. Now refused."""
+    dynamic_sampling=true) without a word: they do not read these policy-gradient settings; nor did GRPO read
+    RAFT's selection or online DPO's rounds. Now refused."""
     from online_toys import write_prompts
 
     from pluralign.cli import main
@@ -205,3 +209,17 @@ def test_policy_gradient_settings_given_to_selection_methods_exit_2(tmp_path, ca
     assert f"{algorithm} does not use {given.split('=')[0]}" in err and "Traceback" not in err
     main([*argv[:5], "loop.max_steps=1", "loop.progress=false"])  # without it: stops only at the missing model
     assert "does not use" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", ".nan"])
+def test_rsft_top_fraction_out_of_range_exits_2_before_the_model_loads(tmp_path, capsys, value):
+    """It was refused only once the model had loaded and the prompts had been read."""
+    from online_toys import write_prompts
+
+    from pluralign.cli import main
+
+    argv = ["train", "rsft", f"model={tmp_path / 'no_model_here'}", f"data={write_prompts(tmp_path / 'p.jsonl')}",
+            f"output_dir={tmp_path / 'x'}", "rsft_select=top", f"rsft_top_fraction={value}", "loop.progress=false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'rsft_top_fraction' must be in (0, 1]" in err and "Traceback" not in err

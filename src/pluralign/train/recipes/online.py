@@ -65,10 +65,15 @@ PAIR_METHODS = ("online_dpo", "mnpo_rounds")
 POLICY_GRADIENT_FIELDS = ("advantage", "advantage_params", "policy_loss", "loss_params", "aggregation", "beta",
                           "kl_estimator", "kl_in")
 PAIR_FIELDS = ("preference_loss", "preference_params", "ref_policy")
-# Policy-gradient settings with a default that online DPO and RSFT do not read (set otherwise, they were dropped
-# without a word: mask_truncated trained truncated completions); online DPO drops tied groups itself, which is
-# dynamic_sampling's rule, so only RSFT refuses that one.
-DEFAULTED_POLICY_GRADIENT_FIELDS = ("mask_truncated", "kl_bias_correction", "vf_coef", "value_clip", "shared_prompt")
+# Settings with a default that only some algorithms read, and which: set away from it for another, each was
+# dropped without a word (mask_truncated trained RSFT's and online DPO's truncated completions, GRPO ignored
+# rsft_select). Online DPO drops tied groups itself, dynamic_sampling's rule, so it accepts that one.
+POLICY_GRADIENT_METHODS = tuple(name for name in PRESETS if name not in (*PAIR_METHODS, "rsft"))
+READ_BY: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("mask_truncated", "kl_bias_correction", "vf_coef", "value_clip", "shared_prompt"),
+                    POLICY_GRADIENT_METHODS),
+    "dynamic_sampling": (*POLICY_GRADIENT_METHODS, *PAIR_METHODS), "rsft_select": ("rsft",),
+    "rsft_top_fraction": ("rsft",), "round_steps": PAIR_METHODS, "mnpo_history": ("mnpo_rounds",)}
 
 
 @dataclass
@@ -159,7 +164,8 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
     ranges = (("reward_clip", config.reward_clip is None or config.reward_clip > 0, "> 0 (or null: off)"),
               ("overlong_buffer", 0 <= config.overlong_buffer <= config.max_new_tokens, "in [0, max_new_tokens]"),
               ("calibrate_samples", config.calibrate_samples >= 0, ">= 0"),
-              ("round_steps", config.round_steps >= 1, ">= 1"), ("mnpo_history", config.mnpo_history >= 1, ">= 1"))
+              ("round_steps", config.round_steps >= 1, ">= 1"), ("mnpo_history", config.mnpo_history >= 1, ">= 1"),
+              ("rsft_top_fraction", 0 < config.rsft_top_fraction <= 1, "in (0, 1]"))
     for name, ok, rule in ranges:
         if not ok:
             raise ConfigError(f"'{name}' must be {rule}, got {getattr(config, name)}")
@@ -212,12 +218,10 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
 
 
 def changed_defaults(config: OnlineConfig) -> list[str]:
-    """The policy-gradient settings an online DPO or RSFT config sets away from their defaults (not read there)."""
-    if config.algorithm not in (*PAIR_METHODS, "rsft"):
-        return []
-    names = DEFAULTED_POLICY_GRADIENT_FIELDS + (("dynamic_sampling",) if config.algorithm == "rsft" else ())
+    """The settings (`READ_BY`) a config sets away from their defaults that its algorithm does not read."""
     defaults = {f.name: f.default for f in fields(OnlineConfig)}
-    return [name for name in names if getattr(config, name) != defaults[name]]
+    return [name for name, readers in READ_BY.items()
+            if config.algorithm not in readers and getattr(config, name) != defaults[name]]
 
 
 def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_objects: list[Any] | None = None) -> RecipeResult:
