@@ -223,3 +223,25 @@ def test_rsft_top_fraction_out_of_range_exits_2_before_the_model_loads(tmp_path,
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "'rsft_top_fraction' must be in (0, 1]" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("setting,rule", [
+    ("ppo vf_coef=.nan", "'vf_coef' must be a finite number >= 0"), ("ppo vf_coef=-1", "'vf_coef' must be a finite"),
+    ("ppo value_clip=0", "'value_clip' must be a finite number > 0 (or null: off)"),
+    ("grpo overlong_buffer=2 overlong_penalty=.inf", "'overlong_penalty' must be a finite number >= 0"),
+    ("grpo calibrate_samples=2 calibrate_t=.nan", "'calibrate_t' must be a finite number"),
+    ("grpo beta=.inf", "'beta' (the KL coefficient) must be a finite number >= 0"),
+    ("grpo temperature=.inf", "'temperature' must be a finite number > 0")])
+def test_non_finite_or_negative_coefficients_exit_2_before_the_model_loads(tmp_path, capsys, setting, rule):
+    """NaN or inf in these reached the loss ("non-finite loss at step 1", blamed on the learning rate) after the
+    model had loaded and the first rollout had run; a negative value coefficient maximised the value error."""
+    from online_toys import write_prompts
+
+    from pluralign.cli import main
+
+    algorithm, *given = setting.split(" ")
+    argv = ["train", algorithm, f"model={tmp_path / 'no_model_here'}", f"data={write_prompts(tmp_path / 'p.jsonl')}",
+            f"output_dir={tmp_path / 'x'}", *given, "loop.progress=false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert rule in err and "Traceback" not in err

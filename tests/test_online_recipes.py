@@ -261,9 +261,9 @@ def test_a_short_reward_is_named_when_the_prompt_rows_carry_users(base, tmp_path
     ("advantage_params={scal: batch}", "advantage estimator 'grpo' has no parameter ['scal'] (did you mean 'scale'?)"),
     ("loss_params={eps: 0.1}", "policy loss 'clip' has no parameter ['eps']"),
     ("loss_params={dual_clip: 0.5}", "dual_clip must be > 1, got 0.5"),  # was refused at the first step
-    ("temperature=0", "'temperature' must be > 0"),
+    ("temperature=0", "'temperature' must be a finite number > 0"),
     ("top_p=2", "'top_p' must be in (0, 1]"),
-    ("beta=-0.1", "'beta' (the KL coefficient) must be >= 0"),
+    ("beta=-0.1", "'beta' (the KL coefficient) must be a finite number >= 0"),
     ("max_new_tokens=600", "max_new_tokens 600 leaves no room for a prompt within max_length 512"),
     ("reward_clip=-1", "'reward_clip' must be > 0 (or null: off), got -1"),  # clamped every reward to -1
     ("reward_clip=0", "'reward_clip' must be > 0 (or null: off), got 0"),  # silently off

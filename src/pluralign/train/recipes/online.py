@@ -153,19 +153,25 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
     if unread:
         raise ConfigError(f"the online recipes do not apply {', '.join(unread)} (prompts are generated from whole, bad "
                           "prompt rows are errors, and nothing is evaluated during training); remove them")
-    if not config.temperature > 0:  # greedy rollouts: one completion per prompt, and not the policy's samples
-        raise ConfigError(f"'temperature' must be > 0: online training learns from the policy's samples, got {config.temperature}")
+    if not finite_above(config.temperature, 0):  # greedy rollouts: one completion per prompt, not the policy's samples
+        raise ConfigError(f"'temperature' must be a finite number > 0: online training learns from the policy's samples, "
+                          f"got {config.temperature}")
     if not 0 < config.top_p <= 1 or config.top_k < 0:
         raise ConfigError(f"'top_p' must be in (0, 1] and 'top_k' >= 0, got {config.top_p}, {config.top_k}")
-    if config.beta is not None and not config.beta >= 0:
-        raise ConfigError(f"'beta' (the KL coefficient) must be >= 0, got {config.beta}")
+    if config.beta is not None and not finite_above(config.beta, 0, inclusive=True):
+        raise ConfigError(f"'beta' (the KL coefficient) must be a finite number >= 0, got {config.beta}")
     # Out of range, each was silently off or wrong: reward_clip -1 clamped every reward to -1 (no signal), 0 and a
     # negative overlong_buffer turned the setting off, round_steps 0 became 1
     ranges = (("reward_clip", config.reward_clip is None or config.reward_clip > 0, "> 0 (or null: off)"),
               ("overlong_buffer", 0 <= config.overlong_buffer <= config.max_new_tokens, "in [0, max_new_tokens]"),
               ("calibrate_samples", config.calibrate_samples >= 0, ">= 0"),
               ("round_steps", config.round_steps >= 1, ">= 1"), ("mnpo_history", config.mnpo_history >= 1, ">= 1"),
-              ("rsft_top_fraction", 0 < config.rsft_top_fraction <= 1, "in (0, 1]"))
+              ("rsft_top_fraction", 0 < config.rsft_top_fraction <= 1, "in (0, 1]"),
+              # NaN or inf reached the loss ("non-finite loss at step 1") after the model had loaded
+              ("vf_coef", finite_above(config.vf_coef, 0, inclusive=True), "a finite number >= 0"),
+              ("value_clip", config.value_clip is None or finite_above(config.value_clip, 0), "a finite number > 0 (or null: off)"),
+              ("overlong_penalty", finite_above(config.overlong_penalty, 0, inclusive=True), "a finite number >= 0"),
+              ("calibrate_t", finite_above(config.calibrate_t, -math.inf), "a finite number"))
     for name, ok, rule in ranges:
         if not ok:
             raise ConfigError(f"'{name}' must be {rule}, got {getattr(config, name)}")
@@ -215,6 +221,13 @@ def check(config: OnlineConfig, have_objects: bool = False) -> None:
         if src not in ("gold", "judge") and ":" not in src and not Path(src).is_dir():
             raise ConfigError(f"rewards[{i}].source: {src!r} is not 'gold', 'judge', 'module:function' or an existing "
                               "reward-model directory")
+
+
+def finite_above(x: Any, low: float, inclusive: bool = False) -> bool:
+    """x is a finite number (not a bool) above `low` (or equal to it, `inclusive`); NaN and inf are not."""
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        return False
+    return x >= low if inclusive else x > low
 
 
 def changed_defaults(config: OnlineConfig) -> list[str]:
