@@ -78,10 +78,22 @@ _SOLO = re.compile(r"^\W*(?:(?i:a)\s+(?=(?i:tie)))?" + _VERDICT + r"\W*$")  # "B
 _ECHOED_VERDICT_FORMAT = re.compile(r'"\[\[A\]\]" if assistant A is better, "\[\[B\]\]" if assistant B is better, '
                                     r'and "\[\[C\]\]" for a tie', re.IGNORECASE)
 _ECHOED_RATING_FORMAT = re.compile(r'"Rating: \[\[5\]\]"', re.IGNORECASE)
+# A whole number: "1e3" or "v2" hold none (the "1" of "1e3" read as a grade of 1).
+_NUM = r"(?<![\w.])(-?\d+(?:\.\d+)?)(?![\w]|\.\d)"
+# A stated scale, taken out before the grade is looked for: its bounds are not the grade ("Rating: 1-10
+# scale, 7" read as 1, "Rating (1-10): 7" as nothing). A range low-high with low < high, or "10-point scale".
+_SCALE = re.compile(r"(?:\b(?:on|in)\s+an?\s+)?(?:\bscale\s+(?:of|from)\s+)?[(\[]?[^\S\n]*" + _NUM
+                    + r"[^\S\n]*(?:-|–|—|\bto\b)[^\S\n]*" + _NUM + r"[^\S\n]*[)\]]?(?:[^\S\n]*-?[^\S\n]*scale\b)?,?"
+                    r"|[(\[]?[^\S\n]*" + _NUM + r"[^\S\n]*-?[^\S\n]*point\s+scale\b[^\S\n]*[)\]]?,?", re.IGNORECASE)
+_OVER = r"(?:\s*(?:/|\bout\s+of\b)\s*" + _NUM + r")?"  # "7/10", "7 out of 10": the top of the grade's scale
+# In order of trust; the last hit of the first pattern that has one is the grade (judges quote before grading).
 _RATING = [
-    re.compile(r"\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]"),
-    re.compile(r"rating\s*[:=]?\s*\**\s*\[?\s*(-?\d+(?:\.\d+)?)", re.I),
-    re.compile(r"(-?\d+(?:\.\d+)?)\s*/\s*10\b"),
+    re.compile(r"\[\[\s*" + _NUM + _OVER + r"\s*\]\]"),
+    re.compile(r"(?:\brating\b\s*(?:(?:is|of|would\s+be|[:=])\s*)?|\b(?:score|grade)\b\s*(?:is|would\s+be|[:=])\s*)"
+               r"\**\s*\[?\s*" + _NUM + _OVER, re.IGNORECASE),
+    re.compile(_NUM + r"\s*(?:/|\bout\s+of\b)\s*" + _NUM, re.IGNORECASE),
+    re.compile(r"\b(?:give|gave|giving|rate|rating)\s+(?:it|this|the)(?:\s+(?:answer|response|reply))?\s+(?:an?\s+)?"
+               + _NUM + _OVER, re.IGNORECASE),
 ]
 
 
@@ -136,17 +148,29 @@ def parse_pairwise(text: str | None) -> float:
 
 
 def parse_rating(text: str | None, low: float = 1.0, high: float = 10.0) -> float:
-    """A single-answer grade (``Rating: [[7]]``, ``Rating: 7``, ``7/10``) → float, NaN when absent or
-    outside [low, high]."""
+    """A single-answer grade (``Rating: [[7]]``, ``Rating: 7``, ``7/10``, ``7 out of 10``, ``I give it a 7``)
+    → float; NaN (unreadable) when there is none, when it lies outside [low, high], or when it is stated on
+    another scale than one topped by `high` ("3/5" is no grade of 3 on 1–10). A stated scale ("on a 1-10
+    scale", "(1-10)") is never read as the grade."""
     if not text:
         return math.nan
     text = _ECHOED_RATING_FORMAT.sub(" ", text)
+    text = _SCALE.sub(lambda m: " " if _is_range(m) else m.group(0), text)
     for pattern in _RATING:
         found = pattern.findall(text)
         if found:
-            value = float(found[-1])
+            value, over = found[-1] if isinstance(found[-1], tuple) else (found[-1], "")
+            if over and float(over) != high:
+                return math.nan
+            value = float(value)
             return value if low <= value <= high else math.nan
     return math.nan
+
+
+def _is_range(match: re.Match) -> bool:
+    """A `_SCALE` match that states a scale: "N-point scale", or a range whose low end is below its high end."""
+    low, high, points = match.groups()
+    return points is not None or float(low) < float(high)
 
 
 def weighted_preference(top_logprobs: Sequence[Mapping[str, Any]] | None) -> float:
