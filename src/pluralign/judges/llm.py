@@ -40,18 +40,15 @@ from typing import Any
 import httpx
 import numpy as np
 
-from pluralign.errors import ConfigError, PluralignError
+from pluralign.errors import ConfigError
 from pluralign.judges import templates as T
 from pluralign.judges.base import check_judged, combine_orders, unswap
+from pluralign.judges.replies import JudgeError, reply_parts
 from pluralign.runs import atomic_write_json, check_writable
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_REDIRECTS = 5
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class JudgeError(PluralignError):
-    """The judge's reply cannot be used (malformed, too large, redirected elsewhere); names URL and cause."""
 
 
 class JudgeRequestError(JudgeError):
@@ -344,46 +341,3 @@ class LLMJudge:
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme)
-
-
-def _text(content: Any) -> str | None:
-    """Message content as text: a string, or a list of parts (strings or ``{"type": "text", "text": …}``)."""
-    if content is None or isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        # Non-text parts (images, tool calls) are objects without "text" and are skipped.
-        parts = [p if isinstance(p, str) else p.get("text") if isinstance(p, dict) else 0 for p in content]
-        if all(isinstance(p, str) or p is None for p in parts):
-            return "".join(p for p in parts if p is not None)
-    raise JudgeError(f"message content is neither text nor a list of text parts: {str(content)[:200]}")
-
-
-def reply_parts(data: Any, weighted: bool) -> tuple[str | None, list[dict] | None]:
-    """(text, first token's top log-probs) of a chat-completions reply, read tolerantly: ``message`` may be
-    an object or a plain string, ``content`` a string or a list of parts, and a legacy ``text`` field
-    stands in for a missing message. Anything the judge cannot use raises JudgeError."""
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise JudgeError(f"reply has no choices: {str(data)[:200]}")
-    choice = choices[0]
-    message = choice.get("message")
-    if isinstance(message, dict):
-        text = _text(message.get("content"))
-    elif isinstance(message, str):
-        text = message
-    elif isinstance(choice.get("text"), str):
-        text = choice["text"]
-    else:
-        raise JudgeError(f"reply has no message: {str(choice)[:200]}")
-    if not weighted:
-        return text, None
-    try:
-        top = choice["logprobs"]["content"][0]["top_logprobs"]
-        entries = [(str(e["token"]), e["logprob"]) for e in top]
-    except (KeyError, IndexError, TypeError):
-        raise JudgeError("reply has no top_logprobs for its first token (mode='weighted' needs a server that "
-                         f"returns logprobs): {str(choice)[:200]}") from None
-    for token, logprob in entries:
-        if isinstance(logprob, bool) or not isinstance(logprob, int | float) or math.isnan(logprob) or logprob > 1e-3:
-            raise JudgeError(f"reply has a non-numeric or impossible log-prob {logprob!r} for token {token!r}")
-    return text, [{"token": t, "logprob": lp} for t, lp in entries]
