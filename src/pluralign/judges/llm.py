@@ -11,7 +11,8 @@ TGI, a local pluralign server…), over httpx.
   (or the item becomes NaN with ``on_error="nan"``).
 * Successful responses are cached on disk, one JSON file per request, keyed by the SHA-256 of the URL and
   request body (never the API key) and written atomically, so re-running an evaluation is free. Only
-  replies that parse are cached: a server that sent garbage is asked again once it is fixed.
+  replies whose verdict or grade can be read are cached (and only those are taken from the cache): a server
+  that sent garbage, or a judge that answered off-format, is asked again on the next run.
 * Requests run in a thread pool of ``concurrency`` workers.
 
 The endpoint is treated as untrusted: ``timeout`` is a deadline for the whole call (connect, send, every
@@ -32,7 +33,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -232,17 +233,20 @@ class LLMJudge:
         finally:
             response.close()
 
-    def complete(self, body: dict) -> dict:
+    def complete(self, body: dict, read: Callable[[dict], float] | None = None) -> dict:
         """POST one chat-completions request (cached, retried with backoff); returns the response JSON,
-        checked to hold what the judge reads (else a JudgeError, and nothing is cached)."""
+        checked to hold what the judge reads (else a JudgeError, and nothing is cached). With `read` (a reply
+        → its verdict or grade), a reply it cannot read (NaN) is neither cached nor taken from the cache:
+        stored, a rerun replayed it as "no verdict" for ever, however the judge would answer now."""
         weighted = bool(body.get("logprobs"))
         path = self._cache_path(body)
         if path is not None and path.exists():
             try:
                 cached = json.loads(path.read_text(encoding="utf-8"))["response"]
                 reply_parts(cached, weighted)
-                self._count("cache_hits")
-                return cached
+                if read is None or not math.isnan(read(cached)):
+                    self._count("cache_hits")
+                    return cached
             except (ValueError, KeyError, TypeError, RecursionError, JudgeError, OSError):
                 pass  # a damaged or unusable cache entry is simply refetched
         last = ""
@@ -261,15 +265,15 @@ class LLMJudge:
             reply_parts(data, weighted)
         except JudgeError as e:
             raise JudgeError(f"{self.url}: {e}") from None
-        if path is not None:
+        if path is not None and (read is None or not math.isnan(read(data))):
             atomic_write_json(path, {"request": body, "response": data})
         return data
 
-    def _complete_all(self, bodies: list[dict]) -> list[dict | None]:
-        """Run requests concurrently; failures raise, or become None with on_error='nan'."""
+    def _complete_all(self, bodies: list[dict], read: Callable[[dict], float] | None = None) -> list[dict | None]:
+        """Run requests concurrently (`read`: see `complete`); failures raise, or become None with on_error='nan'."""
         def one(body: dict) -> dict | None:
             try:
-                return self.complete(body)
+                return self.complete(body, read)
             except JudgeError:
                 if self.on_error == "raise":
                     raise
@@ -282,11 +286,19 @@ class LLMJudge:
             return list(pool.map(one, bodies))
 
     # ---- parsing --------------------------------------------------------------------------------
+    def _read_pair(self, data: dict) -> float:
+        """A reply's pairwise verdict (AlpacaEval encoding, as shown); NaN when it cannot be read."""
+        text, top = reply_parts(data, self.mode == "weighted")
+        return T.weighted_preference(top) if self.mode == "weighted" else T.parse_pairwise(text)
+
+    def _read_grade(self, data: dict) -> float:
+        """A reply's single-answer grade on `rating_range`; NaN when it cannot be read."""
+        return T.parse_rating(reply_parts(data, False)[0], *self.rating_range)
+
     def _parse_pair(self, data: dict | None) -> float:
         if data is None:
             return math.nan
-        text, top = reply_parts(data, self.mode == "weighted")
-        p = T.weighted_preference(top) if self.mode == "weighted" else T.parse_pairwise(text)
+        p = self._read_pair(data)
         if math.isnan(p):
             self._count("malformed")
         return p
@@ -302,13 +314,13 @@ class LLMJudge:
 
     def judge_order(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any]) -> np.ndarray:
         """Preferences with `a` shown first, exactly as the judge answered (no un-swapping)."""
-        return np.array([self._parse_pair(d) for d in self._complete_all(self._pair_bodies(prompts, a, b))])
+        return np.array([self._parse_pair(d) for d in self._complete_all(self._pair_bodies(prompts, a, b), self._read_pair)])
 
     def pairwise_both(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """(verdict with a first, verdict with b first un-swapped); both in the original encoding."""
         n = len(prompts)
         bodies = self._pair_bodies(prompts, a, b) + self._pair_bodies(prompts, b, a)
-        parsed = np.array([self._parse_pair(d) for d in self._complete_all(bodies)])
+        parsed = np.array([self._parse_pair(d) for d in self._complete_all(bodies, self._read_pair)])
         return parsed[:n], unswap(parsed[n:])
 
     def pairwise(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any]) -> np.ndarray:
@@ -331,8 +343,8 @@ class LLMJudge:
                                                                              response=T.text_of(r)))
                   for p, r in zip(prompts, responses, strict=True)]
         out = []
-        for data in self._complete_all(bodies):
-            score = math.nan if data is None else T.parse_rating(reply_parts(data, False)[0], *self.rating_range)
+        for data in self._complete_all(bodies, self._read_grade):
+            score = math.nan if data is None else self._read_grade(data)
             if math.isnan(score):
                 self._count("malformed")
             out.append(score)
