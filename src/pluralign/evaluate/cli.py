@@ -132,6 +132,23 @@ def verdict_warnings(results: dict) -> list[str]:
             out.append(f"{run['name']}: the length-controlled win rate {wr['lc_win_rate']:.1f} is far from the raw "
                        f"{wr['win_rate']:.1f} (AlpacaEval's check): length explains the verdicts, or the GLM fit "
                        "failed on too few prompts")
+    return out + _reply_warnings(results.get("judge_replies"))
+
+
+def _reply_warnings(replies: object) -> list[str]:
+    """An LLM judge's replies that held no verdict or grade, and its requests that failed for good: a pair
+    with one unreadable order is judged on the other alone, which the win rate's counts do not show."""
+    from pluralign.evaluate.plots import _finite as count
+
+    replies = replies if isinstance(replies, dict) else {}
+    read, unread, failed = (replies.get(k) for k in ("read", "unreadable", "failed"))
+    out = []
+    if count(read) and count(unread) and unread:
+        out.append(f"the LLM judge could not read {unread} of its {read + unread} replies (no verdict or grade in "
+                   "them; they are not cached, so a rerun asks again)")
+    if count(failed) and failed:
+        out.append(f"{failed} request(s) to the LLM judge failed for good (on_error: nan): their verdicts and grades "
+                   "are missing")
     return out
 
 

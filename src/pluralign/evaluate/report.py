@@ -24,6 +24,7 @@ Results schema (every key optional; unknown keys are ignored)::
       "calibration": [{"name": "RM", "probs": [...], "labels": [...]}        # or "rows" (+ "rows_after")
                       ],
       "judge_reliability": [{"judge": "gpt", "acc_both": 0.66, ...}],        # keys of reliability_report
+      "judge_replies": {"read": 230, "unreadable": 10, "failed": 0},         # an LLM judge's, from eval
       "curves": [{"name": "run", "rows": [{"step": 1, "loss": 0.7}, ...]}],  # training logs
       "tables": [{"title": "...", "columns": ["a", "b"], "rows": [[1, 2]]}]
     }

@@ -366,9 +366,11 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
         run["samples"] = [{"prompt": p, "response": t} | ({"score": float(scores[i])} if scores is not None else {})
                           for i, (p, t) in enumerate(list(zip(prompts, texts, strict=True))[:3])]
         runs.append(run)
+    # per_group is gold whatever the judge; judge_replies: an LLM judge's replies read, unreadable and failed
     return {"title": cfg.get("title", "pluralign evaluation"), "description": cfg.get("description", ""),
             "judge": judge_label(cfg.get("judge", {"kind": "gold"})), "runs": runs, "config": cfg} \
-        | ({"per_group_judge": "gold utility"} if groups else {})  # per_group is gold whatever the judge
+        | ({"per_group_judge": "gold utility"} if groups else {}) \
+        | ({"judge_replies": judge.reply_counts()} if hasattr(judge, "reply_counts") else {})
 
 
 def judge_label(spec: dict) -> str:

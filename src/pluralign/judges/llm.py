@@ -298,10 +298,18 @@ class LLMJudge:
     def _parse_pair(self, data: dict | None) -> float:
         if data is None:
             return math.nan
+        self._count("replies")
         p = self._read_pair(data)
         if math.isnan(p):
             self._count("malformed")
         return p
+
+    def reply_counts(self) -> dict[str, int]:
+        """Replies so far whose verdict or grade was read, those that held none (NaN, "unreadable"), and
+        requests that failed for good (on_error='nan'): an unreadable reply on one order of a pair leaves
+        the pair judged on the other order alone, which no win-rate count shows."""
+        return {"read": self.stats["replies"] - self.stats["malformed"], "unreadable": self.stats["malformed"],
+                "failed": self.stats["failed"]}
 
     # ---- the Judge interface ----------------------------------------------------------------------
     def _pair_bodies(self, prompts: Sequence[Any], a: Sequence[Any], b: Sequence[Any]) -> list[dict]:
@@ -344,8 +352,10 @@ class LLMJudge:
                   for p, r in zip(prompts, responses, strict=True)]
         out = []
         for data in self._complete_all(bodies, self._read_grade):
+            if data is not None:  # a failed request (on_error='nan') is counted as failed, not as unreadable
+                self._count("replies")
             score = math.nan if data is None else self._read_grade(data)
-            if math.isnan(score):
+            if data is not None and math.isnan(score):
                 self._count("malformed")
             out.append(score)
         return np.array(out, dtype=float)
