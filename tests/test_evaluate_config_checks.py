@@ -4,6 +4,7 @@ in the config are relative to the config file."""
 from __future__ import annotations
 
 import pytest
+from test_judges_llm import ScriptedServer
 
 import pluralign.evaluate.runner as runner
 from pluralign.errors import ConfigError
@@ -19,6 +20,14 @@ def no_generation(monkeypatch):
         raise Generated
 
     monkeypatch.setattr(runner, "generate", generate)
+
+
+@pytest.fixture
+def judge_url():
+    """The base URL of a chat-completions server on 127.0.0.1 (eval probes an LLM judge before generating)."""
+    server = ScriptedServer(lambda user, n: ("ok", "[[C]]"))
+    yield server.url
+    server.close()
 
 
 def cfg(**extra):
@@ -70,7 +79,7 @@ def test_per_group_asked_for_without_a_population_is_refused(no_generation):
         runner.evaluate_config({k: v for k, v in cfg().items() if k != "metrics"}, where="eval.yaml")
 
 
-def test_llm_judge_cache_dir_is_relative_to_the_config_file(no_generation, tmp_path, monkeypatch):
+def test_llm_judge_cache_dir_is_relative_to_the_config_file(no_generation, tmp_path, monkeypatch, judge_url):
     made = []
 
     class Recording(runner.LLMJudge):
@@ -80,7 +89,7 @@ def test_llm_judge_cache_dir_is_relative_to_the_config_file(no_generation, tmp_p
 
     monkeypatch.setattr(runner, "LLMJudge", Recording)
     monkeypatch.chdir(tmp_path)
-    judge = {"kind": "llm", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": None}
+    judge = {"kind": "llm", "base_url": judge_url, "model": "m", "api_key_env": None}
     for given, expected in [("cache", tmp_path / "conf" / "cache"), (str(tmp_path / "abs"), tmp_path / "abs")]:
         with pytest.raises(Generated):
             runner.evaluate_config(cfg(judge={**judge, "cache_dir": given}), where="conf/eval.yaml",
@@ -286,11 +295,11 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_model_generates(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "eval.yaml"]
 
 
-def test_an_llm_judge_cache_dir_that_cannot_be_written_fails_before_generation(no_generation, tmp_path):
+def test_an_llm_judge_cache_dir_that_cannot_be_written_fails_before_generation(no_generation, tmp_path, judge_url):
     # found at the first reply cached, once every model had generated
     afile = tmp_path / "afile"
     afile.write_text("x")
-    judge = {"kind": "llm", "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": None,
+    judge = {"kind": "llm", "base_url": judge_url, "model": "m", "api_key_env": None,
              "cache_dir": str(afile / "cache")}
     with pytest.raises(ConfigError, match=r"^eval\.yaml: judge: cache_dir .*afile is a file, not a directory"):
         runner.evaluate_config(cfg(judge=judge), where="eval.yaml")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from test_judges_llm import ScriptedServer
 
+from pluralign.errors import ConfigError
 from pluralign.evaluate.cli import verdict_warnings
 from pluralign.evaluate.runner import evaluate_config
 
@@ -55,3 +56,61 @@ def test_a_failed_grading_request_is_counted_as_failed_not_as_unreadable(server)
     judge = LLMJudge(server.url, "judge", api_key_env=None, max_retries=0, on_error="nan")
     assert judge.single(["q"], ["r"]).tolist() != judge.single(["q"], ["r"]).tolist()  # NaN both times
     assert judge.reply_counts() == {"read": 0, "unreadable": 0, "failed": 2}
+
+
+class Generated(Exception):
+    """Raised instead of generating: reaching it means every check before generation passed."""
+
+
+@pytest.fixture
+def no_generation(monkeypatch):
+    import pluralign.evaluate.runner as runner
+
+    def generate(*args, **kwargs):
+        raise Generated
+
+    monkeypatch.setattr(runner, "generate", generate)
+
+
+def dead_url() -> str:
+    """A 127.0.0.1 port nothing listens on (bound, then closed)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_an_unreachable_judge_fails_before_any_model_generates(server, no_generation, tmp_path):
+    # was found only after every model had generated, each request retried with backoff (exit 1 or 2, late)
+    cfg = eval_config(server)
+    cfg["judge"] |= {"base_url": dead_url()}
+    with pytest.raises(ConfigError, match=r"^eval\.yaml: judge: base_url http://127\.0\.0\.1:\d+/v1: nothing answers"):
+        evaluate_config(cfg, where="eval.yaml")
+    with pytest.raises(Generated):  # a server that answers, even without a /models route, passes
+        evaluate_config(eval_config(server), where="eval.yaml")
+
+
+def test_an_unreachable_judge_with_cached_replies_warns_and_goes_on(server, no_generation, tmp_path):
+    # a rerun from the cache needs no server: warned of, not refused
+    cfg = eval_config(server)
+    cfg["judge"] |= {"base_url": dead_url(), "cache_dir": str(tmp_path / "cache")}
+    (tmp_path / "cache" / "ab").mkdir(parents=True)
+    (tmp_path / "cache" / "ab" / "ab12.json").write_text("{}")
+    with pytest.warns(UserWarning, match="nothing answers"), pytest.raises(Generated):
+        evaluate_config(cfg, where="eval.yaml")
+
+
+def test_the_cli_exits_2_naming_the_judge_setting(server, tmp_path, capsys):
+    import yaml
+
+    from pluralign.cli import main
+
+    cfg = eval_config(server)
+    cfg["judge"] |= {"base_url": dead_url()}
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["eval", "--config", str(tmp_path / "eval.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "judge: base_url" in err and "nothing answers" in err and "Traceback" not in err
+    assert not (tmp_path / "results.json").exists()

@@ -23,7 +23,9 @@ Config (YAML)::
     judge: {kind: gold, weights: {relevance: 1.0}}      # or {kind: gold, population: default, group: majority}
                                   # or {kind: reward, source: RM_DIR | module:function | gold}
                                   # or {kind: llm, base_url: ..., model: ..., api_key_env: ..., ...}
-                                  # (an llm judge's cache_dir is relative to this file, like out and prompts)
+                                  # (an llm judge's cache_dir is relative to this file, like out and prompts;
+                                  # base_url is tried before any model generates: no answer is an error,
+                                  # a warning when cache_dir holds replies)
     population: default           # sandbox population → per-group utilities and fairness
     metrics: [reward, kl, win_rate, per_group, objectives]   # objectives: each objective's mean, from
                                   # the gold attributes or a multi-objective reward judge's columns
@@ -330,6 +332,9 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
         groups = list(pop.groups) if "per_group" in metrics and cfg["population"] else []
     prompts = load_prompts(cfg.get("prompts", {"sandbox": 16}), f"{where}: prompts", base_dir)
     judge = build_judge(_judge_spec(cfg, base_dir), f"{where}: judge")
+    if hasattr(judge, "check_reachable"):  # an LLM judge with no server was found once every model had generated
+        with at_key(f"{where}: judge"):
+            judge.check_reachable()
     outputs = {m["name"]: generate(m, prompts, gen, cfg.get("device"), f"{where}: models[{i}]")
                for i, m in enumerate(models)}
     runs = []
