@@ -134,3 +134,24 @@ def test_pairs_labelled_a_draw_name_no_better_response():
     assert out["position_bias"] == 0.0 and out["length_bias"] == 0.0
     assert out["agreement_accuracy"] == 1.0  # draws stay a category of their own in the agreement
     assert np.isnan(jr.accuracy_both([1.5], [1.5], [1.5]))
+
+
+def test_n_counts_the_pairs_the_agreement_rests_on_and_the_others_are_counted_apart():
+    # n was every pair given, whatever the judge answered: 40 unreadable replies of 100 still showed n = 100
+    # beside an agreement over 60. Now n is what agreement_accuracy and kappa rest on (a verdict read in either
+    # order, and a label); n_decided what the accuracies and biases rest on (a label naming a winner);
+    # n_unreadable the pairs with no verdict in either order.
+    nan = float("nan")
+    labels = [1, 2, 1.5, 1, 2, nan]
+    p_orig = [1, 2, 1.5, nan, nan, 1]
+    p_swap = [1, 1, 1.5, nan, 2, 1]
+    out = jr.reliability_report(labels, p_orig, p_swap)
+    assert out["n"] == 4 and out["agreement_accuracy"] == pytest.approx(3 / 4)
+    assert out["n_decided"] == 4 and out["acc_random"] == pytest.approx(0.5 * (2 / 4 + 2 / 4))
+    assert out["n_unreadable"] == 1
+
+
+def test_the_report_shows_each_count_of_the_reliability_table():
+    from pluralign.evaluate.report import RELIABILITY_COLUMNS
+
+    assert {"n", "n_decided", "n_unreadable"} <= set(RELIABILITY_COLUMNS)

@@ -189,7 +189,11 @@ def reliability_report(labels: Sequence[float], p_original: Sequence[float], p_s
                        repeats: Sequence[Sequence[float]] | None = None) -> dict[str, float]:
     """All reliability metrics in one dict (the report's judge-reliability table reads these keys).
     With `repeats` (K verdicts per item in one order), flip noise q is estimated and the accuracies are
-    also given de-noised."""
+    also given de-noised.
+
+    Counts: ``n`` is the pairs agreement_accuracy and kappa rest on (a label, and a verdict read in either
+    order); ``n_decided`` those the accuracies and biases rest on (a label naming a winner; an unreadable
+    verdict counts as wrong there); ``n_unreadable`` the pairs with no verdict in either order."""
     out = {
         "acc_both": accuracy_both(labels, p_original, p_swapped),
         "acc_random": accuracy_random(labels, p_original, p_swapped),
@@ -202,7 +206,9 @@ def reliability_report(labels: Sequence[float], p_original: Sequence[float], p_s
     # combines them): an unreadable swapped reply dropped a pair whose original verdict was read
     both = combine_orders(p_original, p_swapped)
     ag = agreement(labels, both)
-    out.update(agreement_accuracy=ag["accuracy"], kappa=ag["kappa"], n=len(_arr(labels)))
+    # n was every pair given: beside an agreement over the pairs read, it hid how many were not
+    out.update(agreement_accuracy=ag["accuracy"], kappa=ag["kappa"], n=ag["n"],
+               n_decided=len(_decided(labels)[0]), n_unreadable=int(np.isnan(both).sum()))
     if len_a is not None and len_b is not None:
         out["length_bias"] = length_bias(labels, p_original, p_swapped, len_a, len_b)
         out["prob_prefer_longer"] = prob_prefer_longer(both, len_a, len_b)

@@ -55,7 +55,8 @@ from pluralign.runs import atomic_write_text
 
 RELIABILITY_COLUMNS = ("acc_both", "acc_random", "acc_random_denoised", "position_bias", "length_bias",
                        "position_consistency", "preference_fairness", "prob_prefer_longer", "flip_noise",
-                       "repetition_stability", "agreement_accuracy", "kappa", "n")
+                       "repetition_stability", "agreement_accuracy", "kappa", "n", "n_decided",
+                       "n_unreadable")
 
 CSS = """
 :root{--fg:#1d2330;--muted:#5b6475;--line:#dde1e8;--card:#fff;--bg:#f5f6f8;--accent:#2f5bd3}
