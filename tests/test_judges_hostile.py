@@ -214,3 +214,16 @@ def test_reply_variants_of_compatible_servers_are_read(serve, choice, expected):
 def test_limits_must_be_real(kw):
     with pytest.raises(ConfigError, match=next(iter(kw))):
         LLMJudge("http://127.0.0.1:9/v1", "m", api_key_env=None, **kw)
+
+
+@pytest.mark.parametrize("kw,name", [
+    # a negative or NaN backoff was a ValueError traceback from time.sleep at the first retry, after every model
+    # had generated; a temperature of "hot" or -5 was sent to the server, refused there (HTTP 400) as late; a
+    # seed of "x" was a TypeError once order="random" drew the orders
+    ({"backoff": -1}, "backoff"), ({"max_backoff": float("nan")}, "max_backoff"), ({"temperature": "hot"}, "temperature"),
+    ({"temperature": -5}, "temperature"), ({"temperature": True}, "temperature"), ({"seed": "x"}, "seed"),
+    ({"seed": -1}, "seed"),
+])
+def test_pacing_temperature_and_seed_are_checked_when_the_judge_is_made(kw, name):
+    with pytest.raises(ConfigError, match=f"LLMJudge {name} must be"):
+        LLMJudge("http://127.0.0.1:9/v1", "m", api_key_env=None, **kw)

@@ -99,6 +99,11 @@ class LLMJudge:
             raise ConfigError(f"LLMJudge timeout (seconds for a whole call) must be a positive number, not {timeout!r}")
         low_high = tuple(rating_range) if isinstance(rating_range, list | tuple) else ()
         real = lambda x: isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+        for name, value in (("temperature", temperature), ("backoff", backoff), ("max_backoff", max_backoff)):
+            if not (real(value) and value >= 0):  # else a sleep(-1) traceback at the first retry, or HTTP 400 late
+                raise ConfigError(f"LLMJudge {name} must be a number >= 0, not {value!r}")
+        if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0):
+            raise ConfigError(f"LLMJudge seed must be an integer >= 0 (order='random' draws the orders), not {seed!r}")
         if not (len(low_high) == 2 and all(map(real, low_high)) and low_high[0] < low_high[1]):  # (10, 1): all NaN
             raise ConfigError(f"LLMJudge rating_range must be (low, high) with low < high, not {rating_range!r}")
         if not (isinstance(max_response_bytes, int) and max_response_bytes > 0):
