@@ -42,3 +42,19 @@ def test_the_scale_top_is_the_rating_range_s_own():
     # while 8/10 on it was refused only for exceeding 5
     assert parse_rating("Rating: 4/5", 1, 5) == 4.0 and parse_rating("4 out of 5", 1, 5) == 4.0
     assert math.isnan(parse_rating("Rating: 4/10", 1, 5))
+
+
+def test_the_default_grading_prompt_asks_for_the_judge_s_own_range():
+    # rating_range=(1, 5) still told the judge "rate on a scale of 1 to 10": its 6s to 10s were refused as
+    # out of range and the mean rested on its low grades alone
+    from pluralign.judges import LLMJudge
+    from pluralign.judges.templates import SINGLE_SYSTEM
+
+    def system(**kw):
+        judge = LLMJudge("http://127.0.0.1:9/v1", "m", api_key_env=None, **kw)
+        return judge._body(judge.single_system, "x")["messages"][0]["content"]
+
+    assert "on a scale of 1 to 5 " in system(rating_range=(1, 5)) and "1 to 10" not in system(rating_range=(1, 5))
+    assert "on a scale of 0 to 2.5 " in system(rating_range=(0, 2.5))
+    assert system() == SINGLE_SYSTEM  # the default range: the prompt (and the cache keys) as they were
+    assert system(rating_range=(1, 5), single_system="Grade it 1-5.") == "Grade it 1-5."  # the user's own prompt

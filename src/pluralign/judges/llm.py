@@ -124,7 +124,7 @@ class LLMJudge:
             check_writable(self.cache_dir, "cache_dir", directory=True)
         self.pairwise_system = pairwise_system
         self.pairwise_template = T.check_template("pairwise_template", pairwise_template, T.PAIRWISE_FIELDS)
-        self.single_system = single_system
+        self.single_system = T.single_system_for(*low_high) if single_system == T.SINGLE_SYSTEM else single_system
         self.single_template = T.check_template("single_template", single_template, T.SINGLE_FIELDS)
         self.rating_range, self.extra_body = (float(low_high[0]), float(low_high[1])), dict(extra_body or {})
         self.max_response_bytes = max_response_bytes

@@ -43,6 +43,13 @@ SINGLE_SYSTEM = (
     "following this format: \"Rating: [[5]]\"."
 )
 
+
+def single_system_for(low: float, high: float) -> str:
+    """`SINGLE_SYSTEM` asking for a grade on [low, high]: left at 1 to 10, a judge with another rating range
+    graded on 1-10 and its grades above `high` were refused as out of range (a mean of its low grades)."""
+    return SINGLE_SYSTEM.replace("on a scale of 1 to 10 ", f"on a scale of {low:g} to {high:g} ")
+
+
 # Fields: {prompt}, {response}
 SINGLE_TEMPLATE = (
     "[Question]\n{prompt}\n\n[The Start of Assistant's Answer]\n{response}\n[The End of Assistant's Answer]"
