@@ -114,3 +114,14 @@ def test_the_cli_exits_2_naming_the_judge_setting(server, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "judge: base_url" in err and "nothing answers" in err and "Traceback" not in err
     assert not (tmp_path / "results.json").exists()
+
+
+def test_merged_run_directories_add_up_their_judge_s_replies():
+    # merging kept the first part's counts: "could not read 1 of its 10 replies" for two evaluations of 10 each
+    from pluralign.evaluate.run_dirs import merge_results
+
+    parts = [{"judge": "LLM-judge score (j)", "runs": [{"name": name}], "judge_replies": counts}
+             for name, counts in (("a", {"read": 9, "unreadable": 1, "failed": 0}),
+                                  ("b", {"read": 6, "unreadable": 4, "failed": 2}))]
+    merged = merge_results(parts + [{"runs": [{"name": "c"}], "judge": "LLM-judge score (j)"}])
+    assert merged["judge_replies"] == {"read": 15, "unreadable": 5, "failed": 2}

@@ -42,9 +42,19 @@ def merge_results(parts: Sequence[dict], sources: Sequence[str] | None = None) -
         for k, v in part.items():
             if k in LIST_KEYS:
                 out[k].extend(v)
+            elif k == "judge_replies":  # each evaluation's own: the first's alone understated the unreadable
+                out[k] = _add_counts(out.get(k, {}), v)
             else:
                 out.setdefault(k, v)
     return out
+
+
+def _add_counts(total: dict, counts: Any) -> dict:
+    """`total` plus `counts`, key by key, where both hold whole numbers (results.json may come from elsewhere)."""
+    counts = counts if isinstance(counts, Mapping) else {}
+    whole = lambda x: isinstance(x, int) and not isinstance(x, bool)
+    return {k: total.get(k, 0) + counts.get(k, 0) for k in {*total, *counts}
+            if whole(total.get(k, 0)) and whole(counts.get(k, 0))}
 
 
 def load_run_dir(path: str | os.PathLike) -> dict:
