@@ -161,6 +161,16 @@ def test_cosa_parsers():
     assert cosa.parse_harm_categories("no json here") is None
 
 
+@pytest.mark.parametrize("text,expected", [
+    # the stated 0-5 scale was read as the grade (0), and 4.5 as 4: a helpful answer scored as a refusal
+    ("Rating: 0-5, I give it a 3", 0.6), ("Rating (0-5): 4", 0.8), ("Rating: 4.5", None), ("[[4.5]]", None),
+    ("Rating: [[3]]", 0.6), ("Rating: 5", 1.0), ("[[7]]", None), ("Rating: 6", None), ("Rating: 3/5", 0.6),
+])
+def test_cosa_helpfulness_is_a_whole_grade_on_0_to_5_never_the_stated_scale(text, expected):
+    got = cosa.parse_helpfulness(text)
+    assert got == (pytest.approx(expected) if expected is not None else None)
+
+
 # ---- RewardBench ------------------------------------------------------------------------------
 def test_rewardbench_section_weights():
     subsets = ["alpacaeval-easy"] * 2 + ["mt-bench-easy"] * 2 + ["math-prm"] * 2 + ["hep-go"] * 2 + ["mine"] * 2
