@@ -125,3 +125,11 @@ def test_merged_run_directories_add_up_their_judge_s_replies():
                                   ("b", {"read": 6, "unreadable": 4, "failed": 2}))]
     merged = merge_results(parts + [{"runs": [{"name": "c"}], "judge": "LLM-judge score (j)"}])
     assert merged["judge_replies"] == {"read": 15, "unreadable": 5, "failed": 2}
+
+
+def test_an_unreachable_judge_that_no_metric_asks_for_is_not_an_error(server, no_generation):
+    # metrics: [kl] never calls the judge: refusing the evaluation for its server would be a regression
+    cfg = eval_config(server, metrics=["kl"])
+    cfg["judge"] |= {"base_url": dead_url()}
+    with pytest.raises(Generated):
+        evaluate_config(cfg, where="eval.yaml")

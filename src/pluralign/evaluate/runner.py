@@ -332,7 +332,8 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
         groups = list(pop.groups) if "per_group" in metrics and cfg["population"] else []
     prompts = load_prompts(cfg.get("prompts", {"sandbox": 16}), f"{where}: prompts", base_dir)
     judge = build_judge(_judge_spec(cfg, base_dir), f"{where}: judge")
-    if hasattr(judge, "check_reachable"):  # an LLM judge with no server was found once every model had generated
+    # else a judge with no server was found once every model had generated; only where a metric asks it
+    if hasattr(judge, "check_reachable") and {"reward", "win_rate"} & set(metrics):
         with at_key(f"{where}: judge"):
             judge.check_reachable()
     outputs = {m["name"]: generate(m, prompts, gen, cfg.get("device"), f"{where}: models[{i}]")
