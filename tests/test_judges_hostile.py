@@ -227,3 +227,14 @@ def test_limits_must_be_real(kw):
 def test_pacing_temperature_and_seed_are_checked_when_the_judge_is_made(kw, name):
     with pytest.raises(ConfigError, match=f"LLMJudge {name} must be"):
         LLMJudge("http://127.0.0.1:9/v1", "m", api_key_env=None, **kw)
+
+
+@pytest.mark.parametrize("kw,message", [
+    # extra_body=[1] was "cannot convert dictionary update sequence element #0", naming no argument; a system
+    # prompt of 3 was sent as the message's content, refused by the server (HTTP 400) once every model had generated
+    ({"extra_body": [1]}, "LLMJudge extra_body must be a mapping"), ({"extra_body": "top_p=1"}, "extra_body"),
+    ({"pairwise_system": 3}, "LLMJudge pairwise_system must be text"), ({"single_system": None}, "single_system"),
+])
+def test_extra_body_and_system_prompts_are_checked_when_the_judge_is_made(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        LLMJudge("http://127.0.0.1:9/v1", "m", api_key_env=None, **kw)

@@ -34,7 +34,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,11 @@ class LLMJudge:
         for name, value in (("temperature", temperature), ("backoff", backoff), ("max_backoff", max_backoff)):
             if not (real(value) and value >= 0):  # else a sleep(-1) traceback at the first retry, or HTTP 400 late
                 raise ConfigError(f"LLMJudge {name} must be a number >= 0, not {value!r}")
+        if not isinstance(extra_body, Mapping | None):  # else a TypeError from dict() naming no argument
+            raise ConfigError(f"LLMJudge extra_body must be a mapping of request fields, not {extra_body!r}")
+        for name, value in (("pairwise_system", pairwise_system), ("single_system", single_system)):
+            if not isinstance(value, str):  # else sent as the message's content, refused by the server at the end
+                raise ConfigError(f"LLMJudge {name} must be text, not {value!r}")
         if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and seed >= 0):
             raise ConfigError(f"LLMJudge seed must be an integer >= 0 (order='random' draws the orders), not {seed!r}")
         if not (len(low_high) == 2 and all(map(real, low_high)) and low_high[0] < low_high[1]):  # (10, 1): all NaN
