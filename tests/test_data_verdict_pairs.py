@@ -149,3 +149,39 @@ def test_one_person_is_one_id_whatever_the_file_writes(tmp_path):
     for name in ("user", "user_id"):
         bad = read_checked(write_jsonl(tmp_path / f"{name}.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b", name: 3.5}]))
         assert [(p.line, p.field) for p in bad.problems] == [(1, "user")] and not bad.records
+
+
+
+def _uf(chosen, rejected, sc, sr, names=("score_chosen", "score_rejected")):
+    prompt = [{"role": "user", "content": "Name a fruit."}]
+    return {"prompt": "Name a fruit.", "chosen": [*prompt, {"role": "assistant", "content": chosen}],
+            "rejected": [*prompt, {"role": "assistant", "content": rejected}], names[0]: sc, names[1]: sr}
+
+
+def test_ultrafeedback_binarized_scores_are_the_pairs_margin(tmp_path):
+    """UltraFeedback-binarized scores both sides (score_chosen, score_rejected): the pairs came with no margin,
+    so a reward model's margin loss (use_margins) and `data stats` saw none though the file held them."""
+    rows = [_uf("Apple.", "Rock.", 8.5, 3.0), _uf("Pear.", "Stone.", 7, 7),
+            _uf("Kiwi.", "Plum.", 4.0, 3.5, ("chosen_rating", "rejected_rating")),
+            _uf("Fig.", "Sand.", 2.0, 6.0), _uf("Lime.", "Mud.", "N/A", 1.0)]
+    checked = read_checked(write_jsonl(tmp_path / "uf.jsonl", rows))
+    assert [(r.chosen[0]["content"], r.margin) for r in checked.records] == [
+        ("Apple.", 5.5), ("Pear.", 0.0), ("Kiwi.", 0.5)]
+    assert checked.records[0].meta["score_chosen"] == 8.5  # the scores themselves are kept
+    assert [(p.line, p.field) for p in checked.problems] == [(4, "score_rejected"), (5, "score_chosen")]
+    assert "6 is above score_chosen 2: the rejected response scored higher" in checked.problems[0].message
+    assert "expected a number, got 'N/A'" in checked.problems[1].message
+
+
+def test_ultrafeedback_binarized_scores_in_a_table_are_the_margin(tmp_path):
+    import csv
+    import json
+
+    path = tmp_path / "uf.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["prompt", "chosen", "rejected", "score_chosen", "score_rejected"])
+        for row in (_uf("Apple.", "Rock.", 8.5, 3.0), _uf("Pear.", "Stone.", "", "")):  # blank: no margin
+            writer.writerow([row["prompt"], json.dumps(row["chosen"]), json.dumps(row["rejected"]),
+                             row["score_chosen"], row["score_rejected"]])
+    assert [r.margin for r in read_records(path)] == [5.5, None]

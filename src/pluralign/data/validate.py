@@ -34,7 +34,7 @@ from pluralign.data.conversations import (
 from pluralign.data.field_checks import FIELD_CHECKS, ROW_CHECKS, Issue, hostile_issues, short, type_name
 from pluralign.data.rated_forms import gather_wide, with_numeric_ratings
 from pluralign.data.records import KINDS, Rated, Record
-from pluralign.data.verdict_pairs import chosen_and_rejected, verdict_issues
+from pluralign.data.verdict_pairs import chosen_and_rejected, score_issues, verdict_issues, with_score_margin
 from pluralign.errors import DataError, Problem
 
 # The type of every field name any kind uses; one name has one meaning across kinds.
@@ -115,7 +115,7 @@ def canonical(row: Any) -> Any:
     split into prompt and reply (`pluralign.data.conversations`); other values unchanged."""
     if not isinstance(row, Mapping):
         return row
-    row = split_conversations(chosen_and_rejected(gather_wide(row)))
+    row = split_conversations(with_score_margin(chosen_and_rejected(gather_wide(row))))
     renames = {given[0]: name for name in ALIASES if len(given := _given_aliases(row, name)) == 1}
     return {renames.get(k, k): v for k, v in row.items()} if renames else row
 
@@ -199,7 +199,7 @@ def parse_row(row: Any, kind: str) -> tuple[Record | None, list[Issue]]:
     if hostile:
         return None, hostile
     names, required = field_names(kind), required_fields(kind)
-    if undecided := verdict_issues(row) or conversation_issues(row) or alias_issues(row, names):
+    if undecided := verdict_issues(row) or score_issues(row) or conversation_issues(row) or alias_issues(row, names):
         return None, undecided
     if kind == "rated":  # HelpSteer's form: one plain numeric column per objective
         row = with_numeric_ratings(row, set(names))

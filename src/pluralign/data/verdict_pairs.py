@@ -19,6 +19,11 @@ The winner's side becomes `chosen`, the other `rejected`; whole conversations ar
 they share (`pluralign.data.conversations`). A tie states no preference between the sides, so a tied row
 is a problem of its own (field ``winner``), listed with its line by ``--skip-invalid`` and never trained on.
 
+A pair already given as ``chosen`` / ``rejected`` may carry each side's score (UltraFeedback-binarized's
+``score_chosen`` / ``score_rejected``, or ``chosen_score`` / ``rejected_score``, ``chosen_rating`` /
+``rejected_rating``): their difference is the pair's `margin` (`with_score_margin`), which a reward model's
+margin loss reads. A rejected side scored above the chosen one is a problem of its row (`score_issues`).
+
 One row can also hold a verdict per objective. PKU-SafeRLHF (``prompt``, ``response_0`` / ``response_1``,
 ``better_response_id`` and ``safer_response_id``, each 0 or 1) is read as two pairs at the row's line, one
 with objective ``helpfulness`` and one with ``harmlessness`` (`per_objective_rows`): the two objectives
@@ -102,6 +107,43 @@ def chosen_and_rejected(row: Mapping[str, Any]) -> Mapping[str, Any]:
     if SCALE in row and "margin" not in out:
         out["margin"] = abs(number_of(row[SCALE]))
     return out
+
+
+# The columns in which a published pair scores its chosen and its rejected response.
+SCORED_SIDES = (("score_chosen", "score_rejected"), ("chosen_score", "rejected_score"),
+                ("chosen_rating", "rejected_rating"), ("chosen-rating", "rejected-rating"))
+
+
+def _scores(row: Mapping[str, Any]) -> tuple[tuple[str, str], float | None, float | None] | None:
+    """The score columns of a chosen/rejected row without its own `margin`, and their values as numbers
+    (None for a cell that is no number); None when the row has no such columns or a side is left blank."""
+    if "margin" in row or "chosen" not in row or "rejected" not in row:
+        return None
+    names = next(((c, r) for c, r in SCORED_SIDES if c in row and r in row), None)
+    if names is None or any(row[n] is None or (isinstance(row[n], str) and not row[n].strip()) for n in names):
+        return None  # a blank cell scores nothing: the pair stands, without a margin
+    return names, number_of(row[names[0]]), number_of(row[names[1]])
+
+
+def with_score_margin(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A pair with both sides' scores, their difference as its `margin` (dropped otherwise: a reward model's
+    margin loss, or `data stats`, had no margin though the file held the scores); any other row unchanged."""
+    found = _scores(row)
+    if found is None or found[1] is None or found[2] is None or found[1] < found[2]:
+        return row  # `score_issues` names what is wrong
+    return {**row, "margin": found[1] - found[2]}
+
+
+def score_issues(row: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A pair's scores that are no numbers, or that score the rejected response above the chosen one."""
+    found = _scores(row)
+    if found is None:
+        return []
+    (chosen, rejected), c, r = found
+    bad = [(name, f"expected a number, got {short(row[name])}") for name, v in ((chosen, c), (rejected, r)) if v is None]
+    if not bad and c < r:
+        bad = [(rejected, f"{r:g} is above {chosen} {c:g}: the rejected response scored higher than the chosen one")]
+    return bad
 
 
 def verdict_issues(row: Mapping[str, Any]) -> list[tuple[str, str]]:
