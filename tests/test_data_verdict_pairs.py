@@ -46,11 +46,52 @@ def test_ties_and_unknown_verdicts_are_problems_of_their_rows(tmp_path):
 
 
 def test_a_multi_turn_vote_whose_histories_differ_is_a_located_error(tmp_path):
+    """Each model answered "And Spain?" after its own first answer: no one prompt precedes both last replies.
+    The error named 'chosen[1].role', a field the row does not have, and told to move turns into a prompt."""
     row = arena("model_a", "Paris.", "Lyon.")
     row["conversation_a"] += turns("And Spain?", "Madrid.")
     row["conversation_b"] += turns("And Spain?", "Seville.")
-    with pytest.raises(DataError, match=r"arena.jsonl:1: field 'chosen\[1\].role': a reply holds the assistant's"):
+    with pytest.raises(DataError, match=r"arena.jsonl:1: field 'conversation_b\[1\]': the two sides part here "
+                                        r"\(message 2\), before the user's last turn"):
         read_records(write_jsonl(tmp_path / "arena.jsonl", [row]))
+
+
+def test_a_multi_turn_vote_on_a_shared_history_is_a_pair_of_its_last_replies(tmp_path):
+    row = arena("model_b", "Paris.", "Paris.")
+    row["conversation_a"] += turns("And Spain?", "Seville.")
+    row["conversation_b"] += turns("And Spain?", "Madrid.")
+    (record,) = read_records(write_jsonl(tmp_path / "arena.jsonl", [row]))
+    assert record.prompt == [*turns("Capital of France?", "Paris."), {"role": "user", "content": "And Spain?"}]
+    assert (record.chosen, record.rejected) == ([{"role": "assistant", "content": "Madrid."}],
+                                                [{"role": "assistant", "content": "Seville."}])
+
+
+def test_arena_human_preference_turn_lists_are_conversations_not_json_text(tmp_path):
+    """Each side is a JSON list with one answer per turn: a two-turn row was read as the text '["Name a
+    fruit.", "Another?"]' answered by '["Kiwi.", "Plum."]', and a missing answer ([null]) as the reply "[null]"."""
+    import json
+
+    def row(prompt, a, b, won_a=1):
+        return [json.dumps(prompt), json.dumps(a), json.dumps(b), won_a, 1 - won_a, 0]
+    rows = [row(["Name a fruit.", "Another?"], ["Apple.", "Pear."], ["Apple.", "Plum."], won_a=0),
+            row(["Name a fruit.", "Another?"], ["Apple.", "Pear."], ["Kiwi.", "Plum."]),
+            row(["Name a fruit."], [None], ["Kiwi."]),
+            row(["Name a fruit.", "Another?"], ["Apple.", "Pear."], ["Kiwi."])]
+    path = tmp_path / "arena55k.csv"
+    import csv
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["prompt", "response_a", "response_b", "winner_model_a", "winner_model_b", "winner_tie"])
+        writer.writerows(rows)
+    checked = read_checked(path)
+    assert [(r.prompt, r.chosen, r.rejected) for r in checked.records] == [
+        ([{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "Apple."},
+          {"role": "user", "content": "Another?"}],
+         [{"role": "assistant", "content": "Plum."}], [{"role": "assistant", "content": "Pear."}])]
+    assert [(p.line, p.field) for p in checked.problems] == [(3, "response_b[0]"), (4, "response_a[0]"),
+                                                              (5, "response_b")]
+    assert "expected the text of a turn, got None" in checked.problems[1].message
+    assert "has 1 turn(s) for the 2 of prompt" in checked.problems[2].message
 
 
 def test_one_hot_verdict_columns_with_one_turn_json_lists(tmp_path):

@@ -95,11 +95,17 @@ def _opens_with_prompt(row: Mapping[str, Any]) -> bool:
     return [_turn(m) for m in messages[start:start + len(turns)]] == [_turn(m) for m in turns]
 
 
-def _shared_prompt(chosen: list[dict], rejected: list[dict]) -> list[dict]:
-    """The turns chosen and rejected share, cut after the last non-assistant one (the reply starts there)."""
+def shared_turns(a: list[dict], b: list[dict]) -> int:
+    """How many turns two conversations open with alike."""
     n = 0
-    while n < min(len(chosen), len(rejected)) and _turn(chosen[n]) == _turn(rejected[n]):
+    while n < min(len(a), len(b)) and _turn(a[n]) == _turn(b[n]):
         n += 1
+    return n
+
+
+def shared_prompt(chosen: list[dict], rejected: list[dict]) -> list[dict]:
+    """The turns chosen and rejected share, cut after the last non-assistant one (the reply starts there)."""
+    n = shared_turns(chosen, rejected)
     while n and chosen[n - 1].get("role") == "assistant":
         n -= 1
     return chosen[:n]
@@ -126,7 +132,7 @@ def split_conversations(row: Mapping[str, Any]) -> Mapping[str, Any]:
     out = dict(row)
     prompt = _prompt_turns(row.get("prompt"))
     if row.get("prompt") is None and replies["chosen"] and replies["rejected"]:
-        prompt = _shared_prompt(replies["chosen"], replies["rejected"]) or None
+        prompt = shared_prompt(replies["chosen"], replies["rejected"]) or None
         if prompt:
             out["prompt"] = prompt
     if prompt:

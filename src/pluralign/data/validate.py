@@ -34,7 +34,13 @@ from pluralign.data.conversations import (
 from pluralign.data.field_checks import FIELD_CHECKS, ROW_CHECKS, Issue, hostile_issues, short, type_name
 from pluralign.data.rated_forms import gather_wide, with_numeric_ratings
 from pluralign.data.records import KINDS, Rated, Record
-from pluralign.data.verdict_pairs import chosen_and_rejected, score_issues, verdict_issues, with_score_margin
+from pluralign.data.verdict_pairs import (
+    chosen_and_rejected,
+    has_verdict,
+    score_issues,
+    verdict_issues,
+    with_score_margin,
+)
 from pluralign.errors import DataError, Problem
 
 # The type of every field name any kind uses; one name has one meaning across kinds.
@@ -162,6 +168,8 @@ def kind_requirements() -> str:
 def guess_kind(row: Mapping[str, Any]) -> str | None:
     """The kind whose marker fields the row has (aliases included), or None."""
     row = canonical(row)
+    if has_verdict(row):  # two sides and a verdict left undecided (a tie, a turn at fault): a pair's problem
+        return "pairwise"
     for kind, markers in _KIND_MARKERS:
         if all(m in row for m in markers):
             return kind

@@ -7,8 +7,10 @@ data, which pluralistic methods need:
   conversations), ``winner`` ("model_a", "model_b", "tie", "tie (bothbad)") and ``judge`` (the voter, read
   as the row's `user`);
 - LMSYS arena-human-preference: ``prompt``, ``response_a`` / ``response_b`` and one-hot ``winner_model_a`` /
-  ``winner_model_b`` / ``winner_tie`` columns; a one-turn exchange is stored as one-element JSON lists,
-  which are unwrapped;
+  ``winner_model_b`` / ``winner_tie`` columns, each side a JSON list with one entry per turn: a one-turn
+  exchange's one-element lists are unwrapped, and the turns of a longer one become each side's conversation
+  (the user's turns from ``prompt``, the side's answers between them), cut after their shared prompt as
+  Arena's conversations are; a turn that is no text (``null``) is a problem of its field;
 - HelpSteer3 preference: ``context`` (the conversation so far), ``response1`` / ``response2`` and
   ``overall_preference`` from -3 (response 1 much better) to 3 (response 2 much better), 0 a tie; its
   magnitude is the pair's `margin`;
@@ -35,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pluralign.data.conversations import list_of
+from pluralign.data.conversations import list_of, messages_of, shared_prompt, shared_turns
 from pluralign.data.field_checks import short
 from pluralign.data.rated_forms import number_of
 
@@ -88,6 +90,61 @@ def _unwrapped(value: Any) -> Any:
     return items[0] if items is not None and len(items) == 1 and isinstance(items[0], str) else value
 
 
+TURN_SIDES = ("response_a", "response_b")  # arena-human-preference: one list entry per turn
+
+
+def _turn_lists(row: Mapping[str, Any], sides: tuple[str, str] | None) -> list[list] | None:
+    """arena-human-preference's prompt and two sides as lists of turns (JSON text in a table's cell), else None."""
+    if sides != TURN_SIDES:
+        return None
+    lists = [list_of(row.get(name)) for name in ("prompt", *sides)]
+    return lists if all(items is not None for items in lists) else None
+
+
+def _turn_issues(row: Mapping[str, Any], sides: tuple[str, str] | None) -> list[tuple[str, str]]:
+    """Turns of an arena-human-preference row that are no text, or sides with another number of turns than
+    the prompt. Read as text, ``[null]`` was trained on as the reply "[null]"."""
+    lists = _turn_lists(row, sides)
+    if lists is None:
+        return []
+    names = ("prompt", *TURN_SIDES)
+    issues = [(f"{name}[{i}]", f"expected the text of a turn, got {short(turn)}")
+              for name, items in zip(names, lists, strict=True) for i, turn in enumerate(items)
+              if not isinstance(turn, str) or not turn.strip()]
+    return issues or [(name, f"has {len(items)} turn(s) for the {len(lists[0])} of prompt")
+                      for name, items in zip(names[1:], lists[1:], strict=True) if len(items) != len(lists[0])]
+
+
+def _conversation(questions: list[str], answers: list[str]) -> list[dict[str, str]]:
+    return [{"role": role, "content": text} for q, a in zip(questions, answers, strict=True)
+            for role, text in (("user", q), ("assistant", a))]
+
+
+def _side_conversations(row: Mapping[str, Any], sides: tuple[str, str]) -> tuple[list, list] | None:
+    """Both sides of a verdict row as conversations (Arena's messages, or arena-human-preference's turns)."""
+    lists = _turn_lists(row, sides)
+    if lists is not None:
+        return (_conversation(lists[0], lists[1]), _conversation(lists[0], lists[2])) if len(lists[0]) > 1 else None
+    a, b = messages_of(row[sides[0]]), messages_of(row[sides[1]])
+    return (a, b) if a and b else None
+
+
+def _history_issues(row: Mapping[str, Any], sides: tuple[str, str] | None) -> list[tuple[str, str]]:
+    """A multi-turn vote whose sides part before the user's last turn: each model answered the later turns
+    after its own earlier reply, so no one prompt precedes both last replies, and a pair needs one. Cut
+    after the turns they share, each "reply" held a user turn, refused as the `chosen` the row never had."""
+    if sides is None or _turn_issues(row, sides) or (convs := _side_conversations(row, sides)) is None:
+        return []
+    a, b = convs
+    n = shared_turns(a, b)
+    if not any(m.get("role") == "user" for m in [*a[n:], *b[n:]]):
+        return []
+    field = f"{sides[1]}[{n // 2}]" if sides == TURN_SIDES else f"{sides[1]}[{n}]"
+    return [(field, f"the two sides part here (message {n + 1}), before the user's last turn: each side's later "
+                    "turns follow its own earlier reply, so no one prompt precedes both last replies (a pair needs "
+                    "one); a vote on one turn, or on sides whose earlier turns agree, is a pair")]
+
+
 def chosen_and_rejected(row: Mapping[str, Any]) -> Mapping[str, Any]:
     """A decided verdict row with `chosen` and `rejected` in place of its sides (the verdict and the
     models' names kept, as meta); any other row unchanged (a tie is reported by `verdict_issues`)."""
@@ -97,6 +154,16 @@ def chosen_and_rejected(row: Mapping[str, Any]) -> Mapping[str, Any]:
     winner = _winner(row)
     if not isinstance(winner, int):
         return row
+    lists = _turn_lists(row, sides)
+    if _turn_issues(row, sides):
+        return row  # `verdict_issues` names the turn
+    if _history_issues(row, sides):  # refused as a pair; its opening turns are still a prompt (prompt files)
+        a, b = _side_conversations(row, sides)
+        return row if "prompt" in row else {**row, "prompt": shared_prompt(a, b) or None}
+    if lists is not None and len(lists[0]) > 1:  # several turns: each side's whole conversation
+        out = {k: v for k, v in row.items() if k not in (*sides, "prompt")}
+        out["chosen"], out["rejected"] = (_conversation(lists[0], lists[1 + winner]), _conversation(lists[0], lists[2 - winner]))
+        return out
     out = {k: v for k, v in row.items() if k not in sides}
     out["chosen"], out["rejected"] = (_unwrapped(row[sides[winner]]), _unwrapped(row[sides[1 - winner]]))
     for name in PROMPT_NAMES:
@@ -151,6 +218,8 @@ def verdict_issues(row: Mapping[str, Any]) -> list[tuple[str, str]]:
     if "chosen" in row or not has_verdict(row):
         return []
     winner = _winner(row)
+    if isinstance(winner, int):  # decided, yet left as sides: their turns are at fault
+        return _turn_issues(row, _sides(row)) or _history_issues(row, _sides(row))
     field = next((k for k in (SCALE, "winner", "labels") if k in row), "winner_tie")
     if winner == "tie" or (isinstance(winner, str) and winner.lower().startswith("tie")):
         shown = row[SCALE] if SCALE in row else winner
