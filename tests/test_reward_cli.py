@@ -212,3 +212,29 @@ def test_eval_rm_refuses_an_output_it_cannot_write_before_loading_the_model(tmp_
         assert main(["eval", "rm", "--model", str(tmp_path), "--data", "pairs.jsonl", "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert "--out" in err and message in err, err
+
+
+def test_conversations_for_a_tokenizer_without_a_chat_template_are_named_before_training(setup, tmp_path, capsys):
+    """Anthropic HH rows are conversations; this backbone's tokenizer has no chat template. The first training
+    step stopped with an error naming no file, line or field; each row is now named, before any training."""
+    hh = [{"chosen": "\n\nHuman: question cat\n\nAssistant: good ok", "rejected": "\n\nHuman: question cat\n\nAssistant: bad ok"},
+          {"prompt": "question dog", "chosen": "good fine", "rejected": "bad fine"}]
+    (tmp_path / "hh.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hh))
+    assert main(["train", "rm", "--config", str(setup / "cfg.yaml"), f"data={tmp_path / 'hh.jsonl'}",
+                 f"eval_data={tmp_path / 'hh.jsonl'}", f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("hh.jsonl:1: field 'prompt': the prompt is a list of chat messages but the tokenizer has no "
+                     "chat template") == 2  # as training data and as eval data
+    assert "hh.jsonl:2" not in err and "Traceback" not in err and not (tmp_path / "run" / "model").exists()
+
+
+def test_in_memory_conversations_without_a_chat_template_are_named_by_position(setup, tmp_path):
+    from pluralign.data.records import Pairwise
+    from pluralign.errors import DataError
+    from pluralign.train.recipes.reward import train_records
+
+    records = [Pairwise("question dog", "good fine", "bad fine"),
+               Pairwise([{"role": "user", "content": "question cat"}], "good ok", "bad ok")]
+    with pytest.raises(DataError, match=r"<records>:2: field 'prompt': the prompt is a list of chat messages"):
+        train_records({"model": str(setup / "base"), "freeze_backbone": True, "output_dir": str(tmp_path / "r")},
+                      records * 8)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pluralign.config import option
 from pluralign.data.io import Checked, read_located
-from pluralign.data.prompts import CHAT_TEMPLATE_HELP
+from pluralign.data.prompts import CHAT_TEMPLATE_HELP, rendering_check
 from pluralign.data.records import Rated
 from pluralign.errors import ConfigError, DataError
 from pluralign.reward import data as rdata
@@ -225,6 +225,25 @@ def _check_located(config: RewardConfig, records: list, train_files: list[Checke
                  for p in rdata.record_problems(read.records, read.source, read.lines, objectives=objectives)]
     if problems:
         raise DataError(problems)
+    if config.model and config.backbone_kind == "causal":
+        from pluralign.models.load import load_tokenizer
+
+        _check_rendering(load_tokenizer(config.model), config, [(r.records, r.source, r.lines)
+                                                                for r in [*train_files, *eval_files]])
+
+
+def _check_rendering(tokenizer: Any, config: RewardConfig, reads: list[tuple[list, str, list[int] | None]]) -> None:
+    """Every record's prompt as the causal backbone renders it (`rendering_check`), at its line: a chat
+    conversation (Anthropic HH, Arena) for a tokenizer without a chat template was found by the first training
+    step, after the backbone was loaded, as an error naming no file, line or field."""
+    check, problems = rendering_check(tokenizer, config.chat_template), []
+    for records, source, lines in reads:
+        try:
+            check(records, source, range(1, len(records) + 1) if lines is None else lines)
+        except DataError as e:
+            problems += e.problems
+    if problems:
+        raise DataError(problems)
 
 
 def train_records(config: Any, records: list, eval_records: list | None = None, *,
@@ -243,6 +262,9 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
         raise ConfigError("model: give a backbone directory or hub id")
     run_dir = RunDir(config.output_dir)
     encoder = _encoder(config)
+    if encoder.kind == "causal":  # in-memory records (the files of `run` were checked at their lines)
+        _check_rendering(encoder.tokenizer, config, [(list(records), source, None),
+                                                     (list(eval_records or []), eval_source, None)])
     model, items, step, collate, params = build(config, encoder, list(records), source)
     # PAL's loop evaluation keeps the pairs of users it knows; with none left it is skipped (an empty set
     # was a traceback), and the evaluation after training scores every pair
