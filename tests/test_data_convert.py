@@ -162,3 +162,18 @@ def test_options_a_conversion_does_not_read_are_refused(to, options, message):
         convert([Pairwise("p", "a", "b")], to, **options)
     with pytest.raises(PluralignError, match="converting rated to pairwise reads no threshold: it reads only"):
         convert(RATED, "pairwise", objective="help", threshold=2.0)
+
+
+def test_masked_ratings_pair_and_list_on_the_responses_that_rate_the_objective():
+    """Masked ratings (a response rated on some objectives only), as a multi-objective reward model trains on:
+    pairing them on one objective stopped with "a rated record has no rating for 'safe'" (also the held-out
+    evaluation of such a model). A record silent on the objective says nothing of it; a weighted sum still needs
+    every objective it weighs."""
+    rated = [Rated("p", "a", {"help": 3.0, "safe": 1.0}), Rated("p", "b", {"help": 1.0}),
+             Rated("p", "c", {"help": 2.0, "safe": 4.0})]
+    assert _triples(rated_to_pairwise(rated, objective="safe")) == {("c", "a", 3.0)}
+    assert _triples(rated_to_pairwise(rated, weights={"safe": 2.0})) == {("c", "a", 6.0)}
+    assert len(rated_to_pairwise(rated, objective="help")) == 3
+    assert [r.responses for r in rated_to_ranked(rated, objective="safe")] == [["a", "c"]]
+    with pytest.raises(PluralignError, match="a rated record has no rating for 'safe'"):
+        rated_to_pairwise(rated, weights={"help": 1.0, "safe": 1.0})

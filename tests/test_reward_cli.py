@@ -238,3 +238,18 @@ def test_in_memory_conversations_without_a_chat_template_are_named_by_position(s
     with pytest.raises(DataError, match=r"<records>:2: field 'prompt': the prompt is a list of chat messages"):
         train_records({"model": str(setup / "base"), "freeze_backbone": True, "output_dir": str(tmp_path / "r")},
                       records * 8)
+
+
+def test_morm_trains_and_evaluates_on_masked_ratings_from_a_file(setup, tmp_path, capsys):
+    """Rows rating some objectives only (a blank ratings.<objective> cell): train_records masks the others, but
+    `train morm data=FILE` refused every such row ("expected the objectives of line/row 2")."""
+    lines = ["prompt,response,ratings.help,ratings.safe"]
+    for i in range(24):
+        good = i % 2
+        safe = "" if i % 3 == 0 else str(1.0 - good)  # every third row leaves safe unrated
+        lines.append(f"question {'cat' if i % 4 < 2 else 'dog'},{'good' if good else 'bad'} ok {i},{float(good)},{safe}")
+    (tmp_path / "masked.csv").write_text("\n".join(lines) + "\n")
+    run = _train(setup, "morm", tmp_path / "masked.csv", tmp_path / "run", f"eval_data={tmp_path / 'masked.csv'}")
+    report = json.loads((run / "report" / "eval.json").read_text())
+    assert set(report["per_objective"]) == {"help", "safe"} and report["n"] > 0
+    assert main(["data", "validate", str(tmp_path / "masked.csv"), "--kind", "rated"]) == 2  # still strict elsewhere

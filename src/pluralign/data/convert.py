@@ -69,11 +69,13 @@ def rated_to_pairwise(
     records: Iterable[Rated], objective: str | None = None, weights: Mapping[str, float] | None = None
 ) -> list[Pairwise]:
     """Pairs of rated responses to the same prompt from the same user (and group), ordered by one
-    objective or by a weighted sum of objectives; margin = the utility difference. Ties are skipped."""
+    objective or by a weighted sum of objectives; margin = the utility difference. Ties are skipped, and so
+    are records that do not rate the one objective (masked ratings say nothing of it)."""
     records = list(records)
     if not records:
         return []
     weights, objective = rating_weights(records, objective, weights)
+    records = rated_on(records, weights)
     pairs = []
     for same_prompt in _by_prompt_and_user(records).values():
         for a, b in combinations(same_prompt, 2):
@@ -101,11 +103,13 @@ def rated_to_ranked(
 ) -> list[Ranked]:
     """One list per prompt and user (and group): the rated responses to it, scored by one objective or a
     weighted sum (the listwise losses' data, e.g. LiPO's, from UltraFeedback's four rated completions). A
-    prompt with a single distinct response says nothing about order and gives no list."""
+    prompt with a single distinct response says nothing about order and gives no list (nor does a response
+    whose record does not rate the one objective)."""
     records = list(records)
     if not records:
         return []
     weights, objective = rating_weights(records, objective, weights)
+    records = rated_on(records, weights)
     lists = []
     for same in _by_prompt_and_user(records).values():
         first: dict[str, Rated] = {}
@@ -180,6 +184,16 @@ def rating_weights(
             f"no ratings for objective(s) {', '.join(missing)}; the ratings cover {', '.join(rated)}"
         )
     return dict(weights), objective
+
+
+def rated_on(records: Sequence[Rated], weights: Mapping[str, float]) -> list[Rated]:
+    """The records that rate the one objective `weights` score by (all of them for a weighted sum: a record
+    missing one of its objectives cannot be scored, and `_utility` says so). With masked ratings, pairing or
+    listing a record that does not rate the objective failed the whole conversion."""
+    if len(weights) != 1:
+        return list(records)
+    (name,) = weights
+    return [r for r in records if name in r.ratings]
 
 
 def _utility(record: Rated, weights: Mapping[str, float]) -> float:

@@ -113,10 +113,12 @@ def read_located(
     *,
     skip_invalid: bool = False,
     rejects_path: str | os.PathLike | None = None,
+    partial_ratings: bool = False,
 ) -> Checked:
     """`read_records`, keeping each record's source line (`Checked.lines`), for checks made after reading
-    (a recipe's objectives, groups, conditioning) to name the line the reader's own checks would."""
-    checked = read_checked(source, kind)
+    (a recipe's objectives, groups, conditioning) to name the line the reader's own checks would.
+    `partial_ratings`: see `read_checked`."""
+    checked = read_checked(source, kind, partial_ratings=partial_ratings)
     if not skip_invalid:
         if checked.rejects:
             raise DataError(checked.problems)
@@ -125,8 +127,11 @@ def read_located(
     return checked
 
 
-def read_checked(source: Source, kind: str | None = None) -> Checked:
-    """Read and check every row without raising for bad rows (whole-file problems still raise)."""
+def read_checked(source: Source, kind: str | None = None, *, partial_ratings: bool = False) -> Checked:
+    """Read and check every row without raising for bad rows (whole-file problems still raise).
+    Rated rows must rate the same objectives (one that rates others is most often a misspelt name), unless
+    `partial_ratings`: masked ratings, each row rating some objectives, as a multi-objective reward model
+    trains on them."""
     name, rows, tabular = raw_rows(source)
     if not rows:
         raise file_error(name, "no records found")
@@ -136,7 +141,8 @@ def read_checked(source: Source, kind: str | None = None) -> Checked:
         kind = majority_kind(rows)
         if kind is None:
             raise file_error(name, _undetectable(rows))
-    records, lines, rejects = check_rows(rows, _known_kind(kind), name, tabular=tabular)
+    records, lines, rejects = check_rows(rows, _known_kind(kind), name, tabular=tabular,
+                                         partial_ratings=partial_ratings)
     if told and kind == "demonstration" and records:
         numeric = _rating_columns(rows)
         if numeric:

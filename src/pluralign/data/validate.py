@@ -292,10 +292,11 @@ def decode_cells(row: Mapping[str, Any], kind: str) -> tuple[dict[str, Any], lis
 
 
 def check_rows(
-    rows: Iterable[RawRow], kind: str, source: str, *, tabular: bool = False
+    rows: Iterable[RawRow], kind: str, source: str, *, tabular: bool = False, partial_ratings: bool = False
 ) -> tuple[list[Record], list[int], list[Reject]]:
     """Check every row; return the good records, the line (or row) each came from, and the rejected rows
-    with all their problems."""
+    with all their problems. `partial_ratings`: rated rows may each rate some of the objectives (a
+    multi-objective reward model masks the others), not all the same ones."""
     checked = [(row, *_check_one(row, kind, tabular)) for row in rows]
     # Rated rows must rate one set of objectives: the most common one (earliest on ties), so that one odd
     # row — even the first — is the one blamed, not all the others.
@@ -306,7 +307,7 @@ def check_rows(
     lines: list[int] = []
     rejects: list[Reject] = []
     for row, record, issues in checked:
-        if isinstance(record, Rated):
+        if isinstance(record, Rated) and not partial_ratings:
             issues = _objective_issues(record, common, common_line)
         if issues:
             rejects.append(Reject(row.line, row.raw, [Problem(source, row.line, f, m) for f, m in issues]))

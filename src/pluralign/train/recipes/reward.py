@@ -194,7 +194,10 @@ def run(config: Any = None, **kwargs: Any) -> RecipeResult:
     if not config.data:
         raise ConfigError("data: give a training feedback file")
     warn_data_files(config.data, config.eval_data)
-    train_files, eval_files = _read_all(config.data), _read_all(config.eval_data) if config.eval_data else []
+    # A multi-objective model masks the objectives a row does not rate, as it does for in-memory records.
+    partial = config.model_type == "multi"
+    train_files = _read_all(config.data, partial)
+    eval_files = _read_all(config.eval_data, partial) if config.eval_data else []
     records = [r for read in train_files for r in read.records]
     eval_records = [r for read in eval_files for r in read.records] if config.eval_data else None
     source = _names(config.data)
@@ -207,8 +210,8 @@ def _names(paths: str | list[str]) -> str:
     return paths if isinstance(paths, str) else ", ".join(paths)
 
 
-def _read_all(paths: str | list[str]) -> list[Checked]:
-    return [read_located(path) for path in ([paths] if isinstance(paths, str) else paths)]
+def _read_all(paths: str | list[str], partial_ratings: bool = False) -> list[Checked]:
+    return [read_located(path, partial_ratings=partial_ratings) for path in ([paths] if isinstance(paths, str) else paths)]
 
 
 def _check_located(config: RewardConfig, records: list, train_files: list[Checked], eval_files: list[Checked],
