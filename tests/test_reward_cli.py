@@ -253,3 +253,22 @@ def test_morm_trains_and_evaluates_on_masked_ratings_from_a_file(setup, tmp_path
     report = json.loads((run / "report" / "eval.json").read_text())
     assert set(report["per_objective"]) == {"help", "safe"} and report["n"] > 0
     assert main(["data", "validate", str(tmp_path / "masked.csv"), "--kind", "rated"]) == 2  # still strict elsewhere
+
+
+def test_files_of_several_kinds_train_or_are_named_by_file(setup, tmp_path, capsys):
+    """binary-rm data=[pairs, thumbs] ended in AttributeError ('Binary' object has no attribute 'chosen'), and
+    with the files the other way round said binary-rm needs "binary, pairwise or judged feedback" (each was);
+    train rm data=[pairs, thumbs] named each thumbs row as "pairs.jsonl, binary.jsonl:41"."""
+    both = f"data=[{setup / 'pairs.jsonl'},{setup / 'binary.jsonl'}]"
+    run = _train(setup, "binary-rm", "pairs.jsonl", tmp_path / "bin", both, "loop.num_epochs=1")
+    assert (run / "model").is_dir()
+    for command, files, message in (
+            ("rm", both, f"a bt reward model trains on pairwise or ranked feedback, not binary records "
+                         f"({setup / 'binary.jsonl'})"),
+            ("morm", f"data=[{setup / 'rated.jsonl'},{setup / 'pairs.jsonl'}]",
+             f"a multi-objective reward model regresses on ratings or compares pairs, not both: {setup / 'rated.jsonl'} "
+             f"rated, {setup / 'pairs.jsonl'} not")):
+        assert main(["train", command, "--config", str(setup / "cfg.yaml"), files,
+                     f"output_dir={tmp_path / command}"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err

@@ -46,6 +46,7 @@ from pluralign.train.recipes.common import (
 )
 from pluralign.train.recipes.reward_models import (
     build,
+    check_file_kinds,
     items_like,
     multi_objectives,
     pairs_of,
@@ -219,6 +220,7 @@ def _check_located(config: RewardConfig, records: list, train_files: list[Checke
     """The record checks of training (`rdata.record_problems`) file by file, while each record's line is known:
     made later on all files' records at once, they named a record's place among them all, and for a record of
     eval_data a training file."""
+    check_file_kinds(config.model_type, [(read.source, read.kind) for read in train_files])
     if config.model_type != "multi":
         one_objective(records, source, reward_model=True)
     objectives = multi_objectives(config, pairs_of(records, source)) if config.model_type == "multi" else []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from pluralign.data.convert import judged_to_binary, pairs_of_lists, pairwise_to_binary
+from pluralign.data.convert import judged_to_binary, pairs_of_lists, pairwise_to_binary, ranked_to_pairwise
 from pluralign.data.io import as_rated_hint
 from pluralign.data.records import Binary, Judged, Pairwise, Ranked, Rated, kind_of
 from pluralign.errors import ConfigError, DataError
@@ -29,10 +29,34 @@ if TYPE_CHECKING:
     from pluralign.train.recipes.reward import RewardConfig
 
 
+# The kinds of feedback each model type trains on (converted to its own: lists to pairs, pairs to thumbs).
+TRAINS_ON = {"bt": ("pairwise", "ranked"), "pal": ("pairwise", "ranked"), "binary": ("binary", "pairwise", "judged"),
+             "multi": ("rated", "pairwise", "ranked")}
+
+
+def check_file_kinds(model_type: str, files: list[tuple[str, str]]) -> None:
+    """A `ConfigError` naming each training file (source, kind) whose kind the model type does not train on, or,
+    for a multi-objective model, ratings beside pairs (it regresses on ratings or compares pairs, not both).
+    Found on the merged records, the error named every row at its place among all files' records, under all
+    files' names ("a.jsonl, b.jsonl:14"), or said a multi-objective model trains on ratings "not rated records"."""
+    accepted = TRAINS_ON[model_type]
+    if bad := [f"{kind} records ({source})" for source, kind in files if kind not in accepted]:
+        helpsteer = [source for source, kind in files if kind == "demonstration"] if model_type == "multi" else []
+        hint = "".join(f"; for HelpSteer-style numeric columns, {as_rated_hint(source)}" for source in helpsteer)
+        raise ConfigError(f"a {model_type} reward model trains on {', '.join(accepted[:-1])} or {accepted[-1]} feedback, not "
+                          f"{', '.join(bad)}{hint}", field="data")
+    rated = [source for source, kind in files if kind == "rated"]
+    if model_type == "multi" and rated and len(rated) < len(files):
+        others = [source for source, kind in files if kind != "rated"]
+        raise ConfigError(f"a multi-objective reward model regresses on ratings or compares pairs, not both: "
+                          f"{', '.join(rated)} rated, {', '.join(others)} not", field="data")
+
+
 def pairs_of(records: list, source: str) -> list[Pairwise]:
     if records and all(isinstance(r, Ranked) for r in records):
         return pairs_of_lists(records, source, "train on")
-    return records
+    # files of pairs and files of lists together: each list's pairs beside the pairs given
+    return [p for r in records for p in (ranked_to_pairwise([r]) if isinstance(r, Ranked) else [r])]
 
 
 def build(config: RewardConfig, encoder: TextEncoder, records: list, source: str):
@@ -74,8 +98,9 @@ def build(config: RewardConfig, encoder: TextEncoder, records: list, source: str
 
 def binary_records(records: list, source: str) -> list[Binary]:
     """Binary records as binary-rm trains and evaluates on them: pairs and judged records converted."""
-    recs = pairwise_to_binary(records) if records and isinstance(records[0], Pairwise) else \
-        judged_to_binary(records) if records and isinstance(records[0], Judged) else records
+    # record by record: files of pairs, judgments and thumbs may be given together
+    recs = [b for r in records for b in (pairwise_to_binary([r]) if isinstance(r, Pairwise) else
+                                         judged_to_binary([r]) if isinstance(r, Judged) else [r])]
     if not all(isinstance(r, Binary) for r in recs):
         raise ConfigError(f"{source}: binary-rm needs binary, pairwise or judged feedback")
     return recs
