@@ -136,7 +136,7 @@ def test_reward_recipe_takes_a_mapping_and_refuses_a_lone_path(monkeypatch, tmp_
     from pluralign.train.recipes import reward
 
     monkeypatch.setattr(reward, "train_records", lambda config, records, *a, **k: (None, config))
-    monkeypatch.setattr(reward, "_read_all", lambda paths: [])
+    monkeypatch.setattr(reward, "_read_all", lambda paths, *a: [])
     config = reward.run({"model": "m", "data": "pairs.jsonl"}, model_type="pal")
     assert (config.model_type, config.loop.step_limit) == ("pal", reward.STEP_LIMITS["pal"])
     monkeypatch.undo()

@@ -230,11 +230,12 @@ def _check_located(config: RewardConfig, records: list, train_files: list[Checke
                  for p in rdata.record_problems(read.records, read.source, read.lines, objectives=objectives)]
     if problems:
         raise DataError(problems)
-    if config.model and config.backbone_kind == "causal":
+    reads = [*train_files, *eval_files]
+    chats = any(not isinstance(r.prompt, str) for read in reads for r in read.records)
+    if config.model and config.backbone_kind == "causal" and (chats or config.chat_template == "always"):
         from pluralign.models.load import load_tokenizer
 
-        _check_rendering(load_tokenizer(config.model), config, [(r.records, r.source, r.lines)
-                                                                for r in [*train_files, *eval_files]])
+        _check_rendering(load_tokenizer(config.model), config, [(r.records, r.source, r.lines) for r in reads])
 
 
 def _check_rendering(tokenizer: Any, config: RewardConfig, reads: list[tuple[list, str, list[int] | None]]) -> None:
