@@ -76,7 +76,7 @@ def test_arena_human_preference_turn_lists_are_conversations_not_json_text(tmp_p
     rows = [row(["Name a fruit.", "Another?"], ["Apple.", "Pear."], ["Apple.", "Plum."], won_a=0),
             row(["Name a fruit.", "Another?"], ["Apple.", "Pear."], ["Kiwi.", "Plum."]),
             row(["Name a fruit."], [None], ["Kiwi."]),
-            row(["Name a fruit.", "Another?"], ["Apple.", "Pear."], ["Kiwi."])]
+            row(["Name a fruit.", "Another?"], ["Apple.", "Pear."], ["Kiwi."]), row([], [], [])]
     path = tmp_path / "arena55k.csv"
     import csv
     with open(path, "w", newline="") as f:
@@ -89,9 +89,10 @@ def test_arena_human_preference_turn_lists_are_conversations_not_json_text(tmp_p
           {"role": "user", "content": "Another?"}],
          [{"role": "assistant", "content": "Plum."}], [{"role": "assistant", "content": "Pear."}])]
     assert [(p.line, p.field) for p in checked.problems] == [(3, "response_b[0]"), (4, "response_a[0]"),
-                                                              (5, "response_b")]
+                                                              (5, "response_b"), (6, "prompt")]
     assert "expected the text of a turn, got None" in checked.problems[1].message
     assert "has 1 turn(s) for the 2 of prompt" in checked.problems[2].message
+    assert "expected at least one turn, got an empty list" in checked.problems[3].message
 
 
 def test_one_hot_verdict_columns_with_one_turn_json_lists(tmp_path):

@@ -108,6 +108,8 @@ def _turn_issues(row: Mapping[str, Any], sides: tuple[str, str] | None) -> list[
     if lists is None:
         return []
     names = ("prompt", *TURN_SIDES)
+    if not lists[0]:  # "[]" was read as the prompt text "[]", its empty replies as a pair alike
+        return [("prompt", "expected at least one turn, got an empty list")]
     issues = [(f"{name}[{i}]", f"expected the text of a turn, got {short(turn)}")
               for name, items in zip(names, lists, strict=True) for i, turn in enumerate(items)
               if not isinstance(turn, str) or not turn.strip()]
