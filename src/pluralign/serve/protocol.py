@@ -25,6 +25,7 @@ completes (`pluralign.serve.logprobs`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import sys
@@ -151,6 +152,31 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "guided_grammar": (), "stop_token_ids": ([],), "min_p": (0,), "use_beam_search": (False,),
     "include_stop_str_in_output": (False,), "skip_special_tokens": (True,),
 }
+
+
+# The top-level fields each endpoint reads, besides the Controls fields named directly (`controls_from`) and
+# `UNSUPPORTED`'s. OpenAI's request metadata that asks nothing of the answer (metadata, store, ...) is taken.
+# Any other field is refused: a misspelt control (`wieghts`) or one under another server's name
+# (`max_new_tokens`) was dropped, and the answer came back unsteered as if the request had been honoured.
+COMMON = {"model", "n", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "user",
+          "stream", "stream_options", "method", "best_of", "reward", "controls", "ignore_eos", "metadata", "store",
+          "service_tier", "parallel_tool_calls", "safety_identifier", "prompt_cache_key"}
+FIELDS = {"chat": COMMON | {"messages", "logprobs", "top_logprobs"},
+          "completions": COMMON | {"prompt", "logprobs"},
+          "rewards": {"model", "reward", "input", "prompts", "responses", "user", "users", "weights"}}
+
+
+def check_known(body: dict, endpoint: str) -> None:
+    """A 400 naming the first field `endpoint` does not read, with the nearest known name."""
+    known = FIELDS[endpoint] | (set(UNSUPPORTED) if endpoint != "rewards" else set())
+    if endpoint != "rewards":
+        known |= {f.name for f in dataclasses.fields(Controls)} - set(FROM_OPENAI)
+    for name in body:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), sorted(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise APIError(400, f"unknown parameter '{name}' for /v1/{endpoint}{hint}", param=str(name),
+                           code="unknown_parameter")
 
 
 def check_unsupported(body: dict) -> None:
