@@ -43,10 +43,19 @@ def interpolate(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[
     return out
 
 
+def merged(model: Any) -> Any:
+    """`model` with its LoRA adapters merged into the weights (a plain model as it is). A soup mixes the
+    members' merged weights: mixing the factors A and B apart gives (Σ λ_i B_i)(Σ λ_i A_i), which carries
+    cross terms B_i A_j and is no member's delta at a one-hot λ, where Σ λ_i B_i A_i is the soup's."""
+    from pluralign.models.load import is_peft_model
+
+    return model.merge_and_unload() if is_peft_model(model) else model
+
+
 def member_state(model_dir: str | Path) -> dict[str, torch.Tensor]:
     from pluralign.models.load import load_model
 
-    return {k: v.detach().clone() for k, v in load_model(str(model_dir)).state_dict().items()}
+    return {k: v.detach().clone() for k, v in merged(load_model(str(model_dir))).state_dict().items()}
 
 
 @register("soup")
@@ -70,7 +79,7 @@ class Soup(Scheme):
 
     def attach(self, model: Any, model_dir: Path) -> Any:
         self.load_members(base=model_dir)
-        return model
+        return merged(model)  # members saved as LoRA adapters (merge_lora=false) are held merged, as the model
 
     @contextlib.contextmanager
     def steer(self, model: Any, condition: Condition) -> Iterator[Any]:
