@@ -201,6 +201,23 @@ def check_call(method: str, model: Any, tokenizer: Any, prompts: Any, kwargs: Ma
                           f"{', '.join(sorted(accepted))}", field=unknown[0])
 
 
+def weights_order_problem(model: Any, reward: Any, weights: Any) -> str | None:
+    """Why `weights` given by position are ambiguous, or None. A model whose conditioning scheme reads weights
+    (a soup, heads, RiC) reads a list in its objectives' order, the reward in its own: where the two name
+    the objectives differently, [0.3, 0.7] steered the model by one objective and chose by another."""
+    from pluralign import conditioning
+
+    if weights is None or isinstance(weights, Mapping) or (isinstance(weights, str) and "=" in weights):
+        return None
+    scheme = conditioning.attached(model)
+    policy = list(scheme.objectives) if scheme is not None and "weights" in scheme.reads else []
+    scored = list(getattr(reward, "objectives", None) or [])
+    if not policy or not scored or policy == scored:
+        return None
+    return (f"weights given by position are read in two orders, the model's objectives {policy} and the "
+            f"reward's {scored}: give them by name, e.g. {{{', '.join(f'{o!r}: ...' for o in policy)}}}")
+
+
 def decode(method: str, model: Any, tokenizer: Any, prompts: Sequence[Any], *, reward: Any = None,
            controls: Controls | Sequence[Controls] | None = None, **kwargs: Any) -> DecodeResult:
     """Run decoder `method` (see `names()`) with per-request controls. kwargs go to the decoder (e.g.
@@ -209,6 +226,9 @@ def decode(method: str, model: Any, tokenizer: Any, prompts: Sequence[Any], *, r
     check_call(method, model, tokenizer, prompts, kwargs)
     prompts, controls, reward = list(prompts), per_request(controls, len(prompts)), as_reward(reward)
     check_options(method, controls)
+    for i, c in enumerate(controls):
+        if reward is not None and (why := weights_order_problem(model, reward, c.weights)):
+            raise ConfigError(f"request {i + 1}: {why}", field="weights")
     shared = _BATCH_SHARED.get(method, ())
     fields = [k for k in shared if k in Controls.__dataclass_fields__]
     parts = []

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from pluralign.data.prompts import encode_prompts
-from pluralign.decode.api import missing_inputs
+from pluralign.decode.api import missing_inputs, weights_order_problem
 from pluralign.decode.api import names as method_names
 from pluralign.decode.cli import unused_controls
 from pluralign.decode.kv import context_window, window_problem
@@ -212,7 +212,8 @@ class Server:
         source = self.engine.reward_source(body.get("reward"))
         if why := method_inputs_problem(method, source is not None, bool(loaded.models)):
             raise APIError(422, why, param="method", code="method_unavailable")
-        if source is not None and (why := weights_problem(source, controls.weights)):
+        if source is not None and (why := weights_problem(source, controls.weights)
+                                   or method != PLAIN and weights_order_problem(loaded.model, source, controls.weights)):
             raise APIError(422, f"weights: {why}", param="weights", code="invalid_weights")
         ids = prompt_token_ids(loaded.tokenizer, conditioned_prompts(loaded.model, loaded.tokenizer, prompts, controls),
                                controls.chat_template)
