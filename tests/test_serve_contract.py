@@ -109,3 +109,59 @@ def test_positional_weights_read_in_two_orders_are_refused(soup):
         assert ext["utility"] == pytest.approx(0.3 * ext["scores"]["a"] + 0.7 * ext["scores"]["b"])
         # plain sampling: only the soup reads the weights, in its own order
         c.chat.completions.create(model="soup", messages=MESSAGES, max_tokens=3, extra_body={"weights": [0.3, 0.7]})
+
+
+# ---------------------------------------------------------------- users a personalised model does not know
+
+
+def persona_model(chat_model, out):
+    """The chat model saved with Janus-style statements for user alice and group g1."""
+    import shutil
+
+    from pluralign import conditioning
+
+    shutil.copytree(chat_model, out)
+    scheme = conditioning.get("persona_message", statements={"alice": "the cat is happy", "g1": "the dog is sad"})
+    for name, text in conditioning.save_state(scheme).items():
+        (out / name).write_text(text)
+    return out
+
+
+def test_a_user_the_model_has_no_condition_for_is_refused_unless_the_server_falls_back(chat_model, tmp_path):
+    model_dir = persona_model(chat_model, tmp_path / "persona")
+    with Background(ServeConfig(model=str(model_dir), served_name="p", port=0)) as url:
+        c = client(url)
+        for known in ({"user": "alice"}, {"extra_body": {"group": "g1"}}, {"user": "bob", "extra_body": {"group": "g1"}}):
+            c.chat.completions.create(model="p", messages=MESSAGES, max_tokens=2, **known)
+        for unknown, param, named in (({"user": "mallory"}, "user", "mallory"),
+                                      ({"extra_body": {"group": "g9"}}, "group", "g9")):
+            with pytest.raises(openai.BadRequestError) as e:
+                c.chat.completions.create(model="p", messages=MESSAGES, max_tokens=2, **unknown)
+            assert e.value.body["param"] == param and e.value.body["code"] == "unknown_user"
+            assert f"'{named}'" in e.value.body["message"] and "--unknown-users population" in e.value.body["message"]
+    with Background(ServeConfig(model=str(model_dir), served_name="p", port=0, unknown_users="population")) as url:
+        reply = client(url).chat.completions.create(model="p", messages=MESSAGES, max_tokens=2, user="mallory")
+        assert reply.usage.completion_tokens >= 1
+
+
+def test_every_person_scheme_says_whom_it_has_nothing_for():
+    from pluralign.conditioning import Condition, get
+    from pluralign.personal.conditioned import PersonVectorScheme
+
+    tokens = get("control_tokens", names=["alice", "g1"], user_groups={"bob": "g1"})
+    vectors = PersonVectorScheme()
+    vectors.index = {"names": ["alice", "g1"], "user_groups": {"bob": "g1"}}
+    statements = get("persona_message", statements={"alice": "x", "g1": "y"}, user_groups={"bob": "g1"})
+    for scheme in (tokens, vectors, statements):
+        for known in (Condition(user="alice"), Condition(user="bob"), Condition(user="carol", group="g1"), Condition()):
+            assert scheme.unmatched(known) is None, (scheme, known)  # bob: his training group's
+        assert scheme.unmatched(Condition(user="mallory")) == "user 'mallory'"
+        assert scheme.unmatched(Condition(group="g9")) == "group 'g9'"
+    assert get("system_message", ["a", "b"]).unmatched(Condition(user="mallory")) is None  # reads no user
+
+
+def test_cli_refuses_an_unknown_users_setting_it_does_not_have(chat_model, capsys):
+    from pluralign.cli import main
+
+    assert main(["serve", "--model", str(chat_model), "--unknown-users", "ignore"]) == 2
+    assert "'unknown_users' must be 'refuse' or 'population'" in capsys.readouterr().err

@@ -75,6 +75,10 @@ class Condition:
     group: str | None = None
     scores: tuple[float, ...] | None = None  # target scores (RiC)
 
+    def person(self) -> str | None:
+        """Who the condition names: "user 'u'", else "group 'g'", else None."""
+        return f"user '{self.user}'" if self.user is not None else f"group '{self.group}'" if self.group is not None else None
+
 
 # ---------------------------------------------------------------- validation
 
@@ -211,6 +215,11 @@ class Scheme:
         return self.condition(weights=None if stated else controls.weights, direction=direction,
                               user=controls.user, group=getattr(controls, "group", None),
                               scores=(controls.extra or {}).get("scores"), field=where)
+
+    def unmatched(self, condition: Condition) -> str | None:
+        """Who `condition` names (`Condition.person`) that the scheme holds nothing for, or None: such a
+        request gets the population model. A scheme that reads no user or group matches everyone."""
+        return None
 
     # --- applying them
     def prompt(self, prompt: Text, condition: Condition) -> Text:

@@ -110,16 +110,19 @@ class ControlTokens(conditioning.Scheme):
 
     def name_of(self, condition: conditioning.Condition) -> str | None:
         """The request's person: its user if it has tokens, else its group, else the user's training group."""
+        name = self._match(condition)
+        if name is None and (who := condition.person()) is not None:
+            warnings.warn(f"{who} has no control tokens in this model: using the base policy", stacklevel=3)
+        return name
+
+    def unmatched(self, condition: conditioning.Condition) -> str | None:
+        return condition.person() if self._match(condition) is None else None
+
+    def _match(self, condition: conditioning.Condition) -> str | None:
         names = set(self.params["names"])
         user, group = condition.user, condition.group
         wanted = group if group is not None else self.params["user_groups"].get(user) if user is not None else None
-        for key in (user, wanted):
-            if key is not None and key in names:
-                return key
-        if user is not None or group is not None:
-            who = f"user '{user}'" if user is not None else f"group '{group}'"
-            warnings.warn(f"{who} has no control tokens in this model: using the base policy", stacklevel=3)
-        return None
+        return next((key for key in (user, wanted) if key is not None and key in names), None)
 
     def prompt(self, prompt: Any, condition: conditioning.Condition) -> Any:
         name = self.name_of(condition)

@@ -131,6 +131,9 @@ class PersonVectorScheme(conditioning.Scheme):
         self.vectors.to(next(model.parameters()).device)
         return model
 
+    def unmatched(self, condition: conditioning.Condition) -> str | None:
+        return condition.person() if resolve(self.index, condition.user, condition.group, warn=False) is None else None
+
     @contextlib.contextmanager
     def steer(self, model: Any, condition: conditioning.Condition):
         name = resolve(self.index, condition.user, condition.group)
@@ -398,15 +401,18 @@ def _names(records: Sequence[Any], name: str, purpose: str) -> list[str]:
     return found
 
 
-def resolve(index: dict, user: str | None = None, group: str | None = None) -> str | None:
+def resolve(index: dict, user: str | None = None, group: str | None = None, warn: bool = True) -> str | None:
     """The vector name for a request: the user's own vector, else the request's group's, else the group the
-    user was seen in during training; None (with a warning) when nothing matches: the population model."""
+    user was seen in during training; None (with a warning, if `warn`) when nothing matches: the population
+    model."""
     names = set(index["names"])
     if user is not None and user in names:
         return user
     wanted = group if group is not None else index.get("user_groups", {}).get(user) if user is not None else None
     if wanted is not None and wanted in names:
         return wanted
+    if not warn:
+        return None
     if user is not None:
         also = f" nor group '{wanted}'" if wanted is not None else ""
         warnings.warn(f"user '{user}' has no vector in this model{also}: using the population model (fit one "

@@ -72,10 +72,12 @@ class PersonaMessage(conditioning.Scheme):
                 return statements[key]
         return None
 
+    def unmatched(self, condition: conditioning.Condition) -> str | None:
+        return condition.person() if self.statement(condition) is None else None
+
     def prompt(self, prompt: Any, condition: conditioning.Condition) -> Any:
         text = self.statement(condition)
-        if text is None and not self.training and (condition.user is not None or condition.group is not None):
-            who = f"user '{condition.user}'" if condition.user is not None else f"group '{condition.group}'"
+        if text is None and not self.training and (who := condition.person()) is not None:
             warnings.warn(f"{who} has no statement in this model: using the population model", stacklevel=2)
         return prompt if text is None else self.with_statement(prompt, text)
 

@@ -167,7 +167,8 @@ class Server:
         if source is not None and (why := weights_problem(source, controls.weights)
                                    or method != PLAIN and weights_order_problem(loaded.model, source, controls.weights)):
             raise APIError(422, f"weights: {why}", param="weights", code="invalid_weights")
-        ids = prompt_token_ids(loaded.tokenizer, conditioned_prompts(loaded.model, loaded.tokenizer, prompts, controls),
+        ids = prompt_token_ids(loaded.tokenizer, conditioned_prompts(loaded.model, loaded.tokenizer, prompts, controls,
+                                                                   self.cfg.unknown_users),
                                controls.chat_template)
         longest = max(len(x) for x in ids)
         if longest > self.cfg.max_prompt_tokens:

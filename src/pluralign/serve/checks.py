@@ -29,15 +29,22 @@ def prompt_token_ids(tokenizer: Any, prompts: list[Any], chat_template: str) -> 
                        code="unrenderable_prompt") from None
 
 
-def conditioned_prompts(model: Any, tokenizer: Any, prompts: list[Any], controls: Any) -> list[Any]:
+def conditioned_prompts(model: Any, tokenizer: Any, prompts: list[Any], controls: Any,
+                        unknown_users: str = "refuse") -> list[Any]:
     """The prompts as a conditioned policy will see them (`pluralign.conditioning`: a prompt-level scheme
     states the request's preference in the prompt), so that limits count what is decoded; a bad
-    condition (e.g. negative weights) is refused here, before the request is queued."""
+    condition (e.g. negative weights) is refused here, before the request is queued, and so is a user or
+    group the model has nothing for unless the server answers them with the population model
+    (`unknown_users`): a warning in the server's log was all anyone heard of it."""
     scheme = getattr(model, "pluralign_conditioning", None)
     if scheme is None or getattr(scheme, "name", "none") == "none":
         return prompts
     scheme.bind(tokenizer)  # as decoding does: unbound, the statement sat elsewhere and the first request's
     condition = scheme.condition_of_request(controls)  # prompt_tokens (and its length check) were wrong
+    if unknown_users == "refuse" and (who := scheme.unmatched(condition)):
+        raise APIError(400, f"{who} is unknown to this model, which would answer with its population model; give "
+                       "a user or group it was trained for, or start the server with --unknown-users population",
+                       param="user" if condition.user is not None else "group", code="unknown_user")
     return prompts if scheme.model_level else [scheme.prompt(p, condition) for p in prompts]
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pluralign.config import option
 from pluralign.errors import ConfigError
 
+UNKNOWN_USERS = ("refuse", "population")  # what a personalised model does for a user it has nothing for
+
 
 @dataclass
 class ServeConfig:
@@ -39,12 +41,17 @@ class ServeConfig:
     cors_origins: list[str] = option(default_factory=list, help="Origins allowed by CORS; none: CORS off.")
     graceful_timeout_s: float = option(30.0, help="On shutdown, how long in-flight requests may finish.")
     device: str = option("", help="torch device for the models (default: cuda when available, else cpu).")
+    unknown_users: str = option("refuse", help="A request whose user or group the personalised model (statements, "
+                                "person vectors, control tokens) has nothing for: 'refuse' (400 naming it) or "
+                                "'population' (answered by the population model, with a warning in the log).")
 
     def __post_init__(self) -> None:
         # Checked before anything loads: a port out of range was a traceback from the socket layer.
         def bad(name: str, rule: str) -> ConfigError:
             return ConfigError(f"serve: '{name}' must be {rule}, got {getattr(self, name)!r}", field=name)
 
+        if self.unknown_users not in UNKNOWN_USERS:
+            raise bad("unknown_users", " or ".join(repr(u) for u in UNKNOWN_USERS))
         if not 0 <= self.port <= 65535:
             raise bad("port", "in [0, 65535] (0: any free port)")
         for name in ("rate_limit", "max_concurrent", "max_body_bytes", "max_prompt_tokens", "max_tokens", "max_n",
