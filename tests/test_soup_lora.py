@@ -1,5 +1,5 @@
-"""Rewarded soups of LoRA members saved as adapter directories (merge_lora=false): a request's weights mix the
-members' merged deltas, Σ λ_i B_i A_i, not the factors apart, (Σ λ_i B_i)(Σ λ_i A_i)."""
+"""Rewarded soups as they load: LoRA members saved as adapter directories (merge_lora=false) mix their merged
+deltas, Σ λ_i B_i A_i, not the factors apart, (Σ λ_i B_i)(Σ λ_i A_i); members of different models are refused."""
 
 from __future__ import annotations
 
@@ -48,3 +48,17 @@ def test_an_adapter_soup_mixes_the_merged_deltas(tmp_path):
         want.load_state_dict(interpolate(merged, weights))  # θ_0 + Σ λ_i B_i A_i (scaled), as Σ λ_i = 1
         assert torch.allclose(got, logits_of(want), atol=1e-5), weights
     assert torch.equal(logits_of(model), logits_of(load_model(str(members[0])).merge_and_unload()))  # restored
+
+
+def test_members_of_different_models_are_refused_when_the_soup_loads(tmp_path, capsys):
+    from pluralign.cli import main
+
+    tok = tiny.word_tokenizer("the a cat dog sat on mat yes no".split())
+    members = [save_model(tiny.tiny_llama(len(tok), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=size),
+                          tok, tmp_path / f"m{size}") for size in (32, 64)]
+    soup = save_soup(members, ["a", "b"], tmp_path / "soup")
+    (tmp_path / "p.txt").write_text("the cat\n")
+    assert main(["decode", "--method", "sample", "--model", str(soup), "--weights", "a=0.5,b=0.5", "--prompts",
+                 str(tmp_path / "p.txt"), "--out", str(tmp_path / "o.jsonl"), "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "soup member 1 (../m64): parameter model.layers.0.mlp.gate_proj.weight has shape (64, 16)" in err

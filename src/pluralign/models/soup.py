@@ -26,12 +26,9 @@ def interpolate(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[
     """Σ_i λ_i θ_i over floating-point tensors (others, e.g. integer buffers, come from the first member)."""
     if len(states) != len(weights):
         raise ConfigError(f"weights: {len(weights)} given for a soup of {len(states)} models")
-    keys = list(states[0])
-    for i, s in enumerate(states[1:], 1):
-        if list(s) != keys:
-            raise ConfigError(f"soup member {i} has different parameters from member 0")
+    check_alike(states)
     out = {}
-    for key in keys:
+    for key in states[0]:
         first = states[0][key]
         if not torch.is_floating_point(first):
             out[key] = first
@@ -41,6 +38,19 @@ def interpolate(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[
             acc += float(lam) * s[key].float()
         out[key] = acc.to(first.dtype)
     return out
+
+
+def check_alike(states: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str] = ()) -> None:
+    """A `ConfigError` naming the first member (by `names`, when given) whose parameters differ from member 0's
+    in name or shape: members of different models failed on the first request, in torch's broadcasting."""
+    first = states[0]
+    for i, s in enumerate(states[1:], 1):
+        who = f"soup member {i}" + (f" ({names[i]})" if len(names) > i else "")
+        if list(s) != list(first):
+            raise ConfigError(f"{who} has different parameters from member 0")
+        if (key := next((k for k in first if s[k].shape != first[k].shape), None)) is not None:
+            raise ConfigError(f"{who}: parameter {key} has shape {tuple(s[key].shape)}, member 0's "
+                              f"{tuple(first[key].shape)}; a soup's members are fine-tunes of one model")
 
 
 def merged(model: Any) -> Any:
@@ -75,6 +85,7 @@ class Soup(Scheme):
     def load_members(self, states: Sequence[Mapping[str, torch.Tensor]] | None = None, base: Path | None = None) -> None:
         if states is None:
             states = [member_state(_resolve(m, base)) for m in self.params["members"]]
+        check_alike(states, self.params["members"])  # when loaded, not on the first request
         self._states = [dict(s) for s in states]
 
     def attach(self, model: Any, model_dir: Path) -> Any:
