@@ -137,7 +137,7 @@ class Server:
         if model is not None and model != loaded.name:
             raise APIError(404, f"model {model!r} is not served here; served: {loaded.name!r}", param="model",
                            code="model_not_found")
-        P.check_known(body, "chat" if chat else "completions")
+        P.check_known(body, "/v1/chat/completions" if chat else "/v1/completions")
         P.check_unsupported(body)
         method = body.get("method", PLAIN)
         if not isinstance(method, str) or method not in (PLAIN, *method_names()):
@@ -258,7 +258,7 @@ class Server:
 
     async def rewards(self, request: Request, body: dict, _: Any) -> Response:
         self.ready()
-        P.check_known(body, "rewards")
+        P.check_known(body, P.REWARDS)
         pairs = body.get("input")
         if isinstance(pairs, list):
             if not all(isinstance(x, dict) for x in pairs):

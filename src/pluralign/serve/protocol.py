@@ -161,21 +161,22 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
 COMMON = {"model", "n", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "user",
           "stream", "stream_options", "method", "best_of", "reward", "controls", "ignore_eos", "metadata", "store",
           "service_tier", "parallel_tool_calls", "safety_identifier", "prompt_cache_key"}
-FIELDS = {"chat": COMMON | {"messages", "logprobs", "top_logprobs"},
-          "completions": COMMON | {"prompt", "logprobs"},
-          "rewards": {"model", "reward", "input", "prompts", "responses", "user", "users", "weights"}}
+REWARDS = "/v1/rewards"
+FIELDS = {"/v1/chat/completions": COMMON | {"messages", "logprobs", "top_logprobs"},
+          "/v1/completions": COMMON | {"prompt", "logprobs"},
+          REWARDS: {"model", "reward", "input", "prompts", "responses", "user", "users", "weights"}}
 
 
 def check_known(body: dict, endpoint: str) -> None:
-    """A 400 naming the first field `endpoint` does not read, with the nearest known name."""
-    known = FIELDS[endpoint] | (set(UNSUPPORTED) if endpoint != "rewards" else set())
-    if endpoint != "rewards":
+    """A 400 naming the first field `endpoint` (its path) does not read, with the nearest known name."""
+    known = FIELDS[endpoint] | (set(UNSUPPORTED) if endpoint != REWARDS else set())
+    if endpoint != REWARDS:
         known |= {f.name for f in dataclasses.fields(Controls)} - set(FROM_OPENAI)
     for name in body:
         if name not in known:
             close = difflib.get_close_matches(str(name), sorted(known), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise APIError(400, f"unknown parameter '{name}' for /v1/{endpoint}{hint}", param=str(name),
+            raise APIError(400, f"unknown parameter '{name}' for {endpoint}{hint}", param=str(name),
                            code="unknown_parameter")
 
 
