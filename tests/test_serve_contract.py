@@ -166,3 +166,14 @@ def test_cli_refuses_an_unknown_users_setting_it_does_not_have(chat_model, capsy
 
     assert main(["serve", "--model", str(chat_model), "--unknown-users", "ignore"]) == 2
     assert "'unknown_users' must be 'refuse' or 'population'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("extra", "named"), [({"direction": [1, 0, 0, 0, 0, 0, 0]}, "direction"),
+                                              ({"group": "g1"}, "group")])
+def test_steering_a_reward_does_not_read_is_refused_with_a_method_too(server, extra, named):
+    """A reward reads weights (and a per-user one, user); direction and group only a conditioning scheme."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client(server).chat.completions.create(model="chat", messages=MESSAGES, max_tokens=3,
+                                               extra_body={"method": "bon", "best_of": 2, "reward": "gold"} | extra)
+    assert e.value.body["param"] == named and "nothing reads" in e.value.body["message"]
+    assert "the reward reads only weights and user" in e.value.body["message"]

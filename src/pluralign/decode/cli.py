@@ -132,17 +132,19 @@ def unused_controls(model: Any, reward: Any, controls: list[Any], extra_models: 
     why: a model decoded without a reward or further models (fusion weighs those) is steered only by its
     conditioning scheme (`pluralign.conditioning`), which reads some fields (a soup: weights; per-user
     vectors: user and group) and none of the others. Almost always a mistake: the wrong model directory,
-    the wrong field (--direction to a soup), or a forgotten --reward."""
-    if reward is not None or extra_models:
-        return ""
+    the wrong field (--direction to a soup), or a forgotten --reward. A reward (or models fused by weight)
+    reads weights and user, never direction or group, which only a scheme reads."""
     scheme = getattr(model, "pluralign_conditioning", None)
     reads = scheme.reads if scheme is not None else ()
-    unread = [f for f in STEERING if f not in reads and any(getattr(c, f) is not None for c in controls)]
+    weighed = reward is not None or bool(extra_models)
+    unread = [f for f in STEERING if f not in reads and not (weighed and f in ("weights", "user"))
+              and any(getattr(c, f) is not None for c in controls)]
     if not unread:
         return ""
-    why = (f"{name} has no conditioning scheme (it was not trained to be steered) and no reward is given"
+    why = (f"{name} has no conditioning scheme (it was not trained to be steered)"
            if scheme is None else f"{name}'s conditioning scheme '{scheme.name}' reads only {', '.join(reads) or 'nothing'}")
-    return f"{', '.join(unread)} given but nothing reads them: {why}"
+    rest = "the reward reads only weights and user" if weighed else "no reward is given"
+    return f"{', '.join(unread)} given but nothing reads them: {why} and {rest}"
 
 
 def check_conditions(model: Any, base: Any, rows: list[Any], controls: list[Any]) -> None:

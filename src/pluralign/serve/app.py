@@ -154,16 +154,18 @@ class Server:
                                code="invalid_prompt")
         n = P._number(body, "n", int, 1, 1, self.cfg.max_n)
         controls = P.controls_from(body, self.cfg)
-        if method == PLAIN:  # steering nothing reads (no scheme, no decoder) would answer as if it had steered
-            unread = unused_controls(loaded.model, None, [controls.replace(user=None)], name="the served model")
-            if unread:  # `user` is OpenAI's end-user id as well, left out of this check
-                raise APIError(400, f"{unread}; use an alignment method (e.g. 'method': 'bon' with a reward)",
-                               param=unread.split(",")[0].split()[0], code="unused_control")
         if not chat and "chat_template" not in body and "chat_template" not in (body.get("controls") or {}):
             controls = controls.replace(chat_template="never")  # /v1/completions: the prompt as given (OpenAI)
         source = self.engine.reward_source(body.get("reward"))
         if why := method_inputs_problem(method, source is not None, bool(loaded.models)):
             raise APIError(422, why, param="method", code="method_unavailable")
+        # steering nothing reads (no scheme, and no decoder's reward, or one that reads no direction or group)
+        # would answer as if it had steered; `user` is OpenAI's end-user id as well, left out of this check
+        unread = unused_controls(loaded.model, None if method == PLAIN else source, [controls.replace(user=None)],
+                                 loaded.models if method == "mod" else [], name="the served model")
+        if unread:
+            advice = "; use an alignment method (e.g. 'method': 'bon' with a reward)" if method == PLAIN else ""
+            raise APIError(400, unread + advice, param=unread.split(",")[0].split()[0], code="unused_control")
         if source is not None and (why := weights_problem(source, controls.weights)
                                    or method != PLAIN and weights_order_problem(loaded.model, source, controls.weights)):
             raise APIError(422, f"weights: {why}", param="weights", code="invalid_weights")
