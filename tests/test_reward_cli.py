@@ -253,6 +253,13 @@ def test_morm_trains_and_evaluates_on_masked_ratings_from_a_file(setup, tmp_path
     report = json.loads((run / "report" / "eval.json").read_text())
     assert set(report["per_objective"]) == {"help", "safe"} and report["n"] > 0
     assert main(["data", "validate", str(tmp_path / "masked.csv"), "--kind", "rated"]) == 2  # still strict elsewhere
+    # `eval rm` reads the file as training did: a multi-objective model scores each pair on the objectives its
+    # rows rate (it refused the masked rows, "expected the objectives of line/row 2", exit 2)
+    assert main(["eval", "rm", "--model", str(run), "--data", str(tmp_path / "masked.csv"),
+                 "--out", str(tmp_path / "eval")]) == 0
+    evaluated = json.loads((tmp_path / "eval" / "rm_eval.json").read_text())
+    assert evaluated["per_objective"] == pytest.approx(report["per_objective"])  # the same pairs as training's eval
+    assert evaluated["n"] == report["n"]
 
 
 def test_files_of_several_kinds_train_or_are_named_by_file(setup, tmp_path, capsys):

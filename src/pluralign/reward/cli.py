@@ -37,7 +37,7 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def eval_rm(args: argparse.Namespace) -> int:
-    from pluralign.data.io import read_records
+    from pluralign.data.io import read_located
     from pluralign.evaluate.calibration import plot_reliability
     from pluralign.reward.base import load_reward_model
     from pluralign.reward.evaluation import evaluate_records, unknown_users_warning
@@ -48,7 +48,9 @@ def eval_rm(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else model_dir / "eval"
     check_writable(out, "--out", directory=True)  # else found once the model had scored every record
     model = load_reward_model(model_dir, device=args.device)
-    report = evaluate_records(model, read_records(args.data), n_bins=args.bins, source=args.data)
+    # a multi-objective model trains on masked ratings (rows rating some objectives), and is judged on them too
+    records = read_located(args.data, partial_ratings=model.model_type == "multi").records
+    report = evaluate_records(model, records, n_bins=args.bins, source=args.data)
     atomic_write_json(out / "rm_eval.json", report)
     (out / "reliability.png").unlink(missing_ok=True)  # an earlier evaluation's plot is not this one's
     if "calibration" in report:
