@@ -177,3 +177,9 @@ def test_masked_ratings_pair_and_list_on_the_responses_that_rate_the_objective()
     assert [r.responses for r in rated_to_ranked(rated, objective="safe")] == [["a", "c"]]
     with pytest.raises(PluralignError, match="a rated record has no rating for 'safe'"):
         rated_to_pairwise(rated, weights={"help": 1.0, "safe": 1.0})
+
+
+def test_masked_ratings_give_thumbs_to_the_responses_rated_on_the_objective():
+    rated = [Rated("p", "a", {"help": 3.0, "safe": 1.0}), Rated("p", "b", {"help": 1.0}),
+             Rated("p", "c", {"help": 2.0, "safe": 4.0})]
+    assert [(b.response, b.label) for b in rated_to_binary(rated, 2.0, objective="safe")] == [("a", False), ("c", True)]

@@ -130,7 +130,8 @@ def rated_to_binary(
     objective: str | None = None,
     weights: Mapping[str, float] | None = None,
 ) -> list[Binary]:
-    """Thumbs up when the rating (one objective, or a weighted sum) is at least `threshold`."""
+    """Thumbs up when the rating (one objective, or a weighted sum) is at least `threshold`; a response not
+    rated on the one objective gets no thumb."""
     records = list(records)
     if not records:
         return []
@@ -146,7 +147,7 @@ def rated_to_binary(
             r.section,
             r.meta,
         )
-        for r in records
+        for r in rated_on(records, weights)
     ]
 
 
@@ -188,8 +189,8 @@ def rating_weights(
 
 def rated_on(records: Sequence[Rated], weights: Mapping[str, float]) -> list[Rated]:
     """The records that rate the one objective `weights` score by (all of them for a weighted sum: a record
-    missing one of its objectives cannot be scored, and `_utility` says so). With masked ratings, pairing or
-    listing a record that does not rate the objective failed the whole conversion."""
+    missing one of its objectives cannot be scored, and `_utility` says so). With masked ratings, pairing,
+    listing or thumbing a record that does not rate the objective failed the whole conversion."""
     if len(weights) != 1:
         return list(records)
     (name,) = weights
