@@ -242,6 +242,18 @@ def test_bad_rewards_exit_2_with_the_cause(base, tmp_path, monkeypatch, capsys, 
     assert not (tmp_path / "x" / "model").exists()
 
 
+def test_an_llm_judge_reward_with_no_server_is_named_before_the_policy_loads(tmp_path, monkeypatch, capsys):
+    # it failed at the first rollout's scoring, after loading the policy and generating, with retries
+    monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    data = write_prompts(tmp_path / "prompts.jsonl")
+    argv = ["train", "rloo", f"model={tmp_path / 'not_loaded'}", f"data={data}", f"output_dir={tmp_path / 'x'}",
+            "rewards=[{source: judge, judge_url: 'http://127.0.0.1:9/v1', judge_model: m}]", "loop.progress=false"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "rewards[0]: judge_url http://127.0.0.1:9/v1: nothing answers there" in err, err
+
+
 def test_a_short_reward_is_named_when_the_prompt_rows_carry_users(base, tmp_path, monkeypatch, capsys):
     # scored once per user, a short reward ended in torch's "shape mismatch: value tensor of shape [3, 1]"
     import json

@@ -78,8 +78,8 @@ class JudgeReward:
         ungraded = np.isnan(grades)
         low = getattr(self.judge, "rating_range", None)
         if ungraded.any() and low is not None:
-            warnings.warn(f"the judge's reply gave no grade for some responses: they get its lowest grade, {low[0]:g} "
-                          "(the judge's stats count them as malformed)", stacklevel=2)
+            warnings.warn(f"the judge gave no grade for some responses (a reply it could not read, or a request that "
+                          f"failed): they get its lowest grade, {low[0]:g}", stacklevel=2)
             grades = np.where(ungraded, float(low[0]), grades)
         return torch.as_tensor(grades, dtype=torch.float)
 
@@ -88,7 +88,7 @@ class Source:
     """One configured source: `.score` → one column [N]."""
 
     def __init__(self, spec: RewardSpec, reward: Any = None, field: str = "rewards[0].source"):
-        self.spec = spec  # `field`: where the user gave it, for errors
+        self.spec, self.field = spec, field.rsplit(".", 1)[0]  # `field`: where the user gave it, for errors
         if reward is not None and hasattr(reward, "single") and not hasattr(reward, "score"):
             self.reward = JudgeReward(reward)
         elif reward is not None:
@@ -101,7 +101,7 @@ class Source:
             try:
                 self.reward = JudgeReward(LLMJudge(spec.judge_url, spec.judge_model, api_key_env=spec.judge_api_key_env))
             except ConfigError as e:  # LLMJudge names its own argument (api_key_env): say the config's field
-                raise ConfigError(f"{field.rsplit('.', 1)[0]}: {e}".replace("pass api_key_env=None",
+                raise ConfigError(f"{self.field}: {e}".replace("pass api_key_env=None",
                                                                            "set judge_api_key_env: null")) from None
         elif spec.source == "gold" and spec.group:
             self.reward = GroupUtility(spec.group, spec.population)
@@ -109,7 +109,7 @@ class Source:
             self.reward = load_reward(spec.source, field)
         self.name = spec.group or spec.source
         if spec.user is not None:  # checked before any rollout: a user the reward cannot score is a config mistake
-            where = f"{field.rsplit('.', 1)[0]}.user"
+            where = f"{self.field}.user"
             if hasattr(self.reward, "user_index"):
                 try:
                     self.reward.user_index(spec.user)
@@ -118,6 +118,17 @@ class Source:
             elif reward is None:
                 raise ConfigError(f"{where}: reward '{spec.source}' does not score per user (only PAL reward models "
                                   "do); remove it")
+
+    def check_reachable(self) -> None:
+        """For an LLM judge, a `ConfigError` naming the source's `judge_url` when no server answers there: found
+        before the policy loads, not at the first rollout's scoring, after a model load and a generation."""
+        judge = getattr(self.reward, "judge", None)
+        if self.spec.source == "judge" and hasattr(judge, "check_reachable"):
+            try:
+                judge.check_reachable()
+            except ConfigError as e:
+                raise ConfigError(f"{self.field}: {e}".replace("base_url", "judge_url", 1),
+                                  field=f"{self.field}.judge_url") from None
 
     def __call__(self, prompts: list, responses: list[str], users: Sequence[Any] | None = None,
                  weights: Sequence[Mapping[str, float] | None] | None = None) -> Tensor:

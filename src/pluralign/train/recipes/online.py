@@ -255,6 +255,8 @@ def run(config: OnlineConfig, *, prompts: list[Any] | None = None, reward_object
         raise ConfigError(f"{len(reward_objects)} reward objects for {len(config.rewards)} entries of 'rewards'")
     sources = [Source(spec, reward_objects[i] if reward_objects else None, f"rewards[{i}].source")
                for i, spec in enumerate(config.rewards)]
+    for source in sources:
+        source.check_reachable()
     tokenizer, policy, _ = load_policy(config)
     # Checked once the tokenizer tells which prompts it cannot render or are too long: named by file and line
     # (a prompt past a learned position table stopped the first rollout with an IndexError traceback)
