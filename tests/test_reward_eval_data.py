@@ -127,3 +127,22 @@ def test_a_thumbs_up_model_is_calibrated_on_pairs_from_its_logits():
     as_prob, as_logit = evaluate_records(Thumbs("prob"), records), evaluate_records(Thumbs("logit"), records)
     assert as_prob["mean_margin"] == pytest.approx(as_logit["mean_margin"], abs=1e-4)
     assert as_prob["calibration"]["before"] == pytest.approx(as_logit["calibration"]["before"], abs=1e-4)
+
+
+def test_held_out_data_mixing_pairs_lists_and_ratings_is_evaluated_as_the_pairs_they_make():
+    # a file of pairs and ranked lists was refused ("needs pairwise, ranked, rated, binary or judged records, got
+    # ['Pairwise', 'Ranked']"), though each kind alone was evaluated
+    import pytest
+
+    from pluralign.data.records import Binary, Pairwise, Ranked, Rated
+    from pluralign.errors import ConfigError
+    from pluralign.reward.evaluation import evaluable
+
+    pair = Pairwise("q", "a", "b")
+    ranked = Ranked("q", ["c", "a", "b"], ranks=[1, 2, 3])  # c > a > b: three pairs
+    rated = [Rated("r", "x", {"help": 2.0}), Rated("r", "y", {"help": 1.0})]  # x > y on help
+    pairs = evaluable([pair, ranked, *rated])
+    assert all(isinstance(p, Pairwise) for p in pairs)
+    assert sorted((p.chosen, p.rejected) for p in pairs) == [("a", "b"), ("a", "b"), ("c", "a"), ("c", "b"), ("x", "y")]
+    with pytest.raises(ConfigError, match=r"held_out.jsonl: mixes records scored as pairs .* with labels .* evaluate them apart"):
+        evaluable([pair, Binary("q", "a", True)], "held_out.jsonl")

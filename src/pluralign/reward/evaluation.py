@@ -151,19 +151,26 @@ def evaluable(records: Sequence[Any], source: str = "the data") -> list[Any]:
         raise ConfigError(f"{source}: no records to evaluate")
     from pluralign.data.convert import judged_to_binary, pairs_of_lists
 
-    if all(isinstance(r, Ranked) for r in records):
-        records = pairs_of_lists(records, source, "evaluate")
-    if all(isinstance(r, Rated) for r in records):
-        records = rated_pairs(records)
-        if not records:
+    # each kind becomes what it is scored as, so a file mixing pairs, lists and ratings is evaluated whole
+    ranked, rated, judged = ([r for r in records if isinstance(r, kind)] for kind in (Ranked, Rated, Judged))
+    records = [r for r in records if not isinstance(r, Ranked | Rated | Judged)]
+    if ranked:
+        records += pairs_of_lists(ranked, source, "evaluate")
+    if rated:
+        made = rated_pairs(rated)
+        if not made and not records:
             raise ConfigError(f"{source}: its ratings give no pairs to evaluate (two responses to one prompt "
                               "rated apart on an objective)")
-    if all(isinstance(r, Judged) for r in records):
-        records = judged_to_binary(records)
-    if not (all(isinstance(r, Pairwise) for r in records) or all(isinstance(r, Binary) for r in records)):
-        kinds = sorted({type(r).__name__ for r in records})
+        records += made
+    if judged:
+        records += judged_to_binary(judged)
+    kinds = sorted({type(r).__name__ for r in records})
+    if not set(kinds) <= {"Pairwise", "Binary"}:
         raise ConfigError(f"{source}: reward-model evaluation needs pairwise, ranked, rated, binary or judged "
                           f"records, got {kinds}")
+    if len(kinds) > 1:
+        raise ConfigError(f"{source}: mixes records scored as pairs (Pairwise, Ranked, Rated) with labels "
+                          "(Binary, Judged), which are evaluated by other metrics: evaluate them apart")
     return list(records)
 
 
