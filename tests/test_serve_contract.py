@@ -177,3 +177,12 @@ def test_steering_a_reward_does_not_read_is_refused_with_a_method_too(server, ex
                                                extra_body={"method": "bon", "best_of": 2, "reward": "gold"} | extra)
     assert e.value.body["param"] == named and "nothing reads" in e.value.body["message"]
     assert "the reward reads only weights and user" in e.value.body["message"]
+
+
+def test_decoder_options_are_refused_for_plain_sampling(server):
+    c = client(server)
+    with pytest.raises(openai.BadRequestError) as e:  # plain sampling reads no decoder option
+        c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=3, extra_body={"extra": {"ties": "random"}})
+    assert e.value.body["param"] == "extra" and "['ties']" in e.value.body["message"]
+    c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=3, extra_body={
+        "method": "bon", "best_of": 2, "reward": "gold", "extra": {"ties": "random"}})

@@ -25,7 +25,7 @@ from pluralign.decode.kv import context_window, window_problem
 from pluralign.decode.rewards import objective_names, weight_vector, weighted, weights_problem
 from pluralign.errors import PluralignError
 from pluralign.serve import protocol as P
-from pluralign.serve.checks import conditioned_prompts, method_inputs_problem, prompt_token_ids
+from pluralign.serve.checks import check_extra, conditioned_prompts, method_inputs_problem, prompt_token_ids
 from pluralign.serve.config import ServeConfig
 from pluralign.serve.engine import PLAIN, Engine, Job, Loaded
 from pluralign.serve.errors import APIError
@@ -154,6 +154,7 @@ class Server:
                                code="invalid_prompt")
         n = P._number(body, "n", int, 1, 1, self.cfg.max_n)
         controls = P.controls_from(body, self.cfg)
+        check_extra(method, controls)
         if not chat and "chat_template" not in body and "chat_template" not in (body.get("controls") or {}):
             controls = controls.replace(chat_template="never")  # /v1/completions: the prompt as given (OpenAI)
         source = self.engine.reward_source(body.get("reward"))

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from pluralign.data.prompts import encode_prompts
-from pluralign.decode.api import missing_inputs
+from pluralign.decode.api import SHARED_OPTIONS, missing_inputs
+from pluralign.decode.controls import Controls
 from pluralign.errors import PluralignError
 from pluralign.serve.engine import PLAIN
 from pluralign.serve.errors import APIError
@@ -65,3 +66,11 @@ def method_inputs_problem(method: str, reward: bool, models: bool) -> str | None
     flags = [SERVED_INPUTS[n] for need in missing for n in need.split("|") if n in SERVED_INPUTS]
     return (f"method {method!r} needs {' and '.join(missing)}: " + (f"start the server with {' and '.join(flags)}"
             if len(flags) == len(missing) else "this server cannot give it; use `pluralign decode` or Python"))
+
+
+def check_extra(method: str, controls: Controls) -> None:
+    """A 400 naming `extra` options given to plain sampling, which reads none (a scheme's target scores
+    aside): they were dropped without a word. A decoder checks its own (`decode.api.check_options`, a 422)."""
+    if method == PLAIN and (unread := sorted(set(controls.extra or {}) - SHARED_OPTIONS)):
+        raise APIError(400, f"extra: {unread} given but plain sampling (method 'none') reads no decoder options; "
+                       "set 'method' to the decoder they belong to", param="extra", code="unused_control")
