@@ -186,3 +186,11 @@ def test_decoder_options_are_refused_for_plain_sampling(server):
     assert e.value.body["param"] == "extra" and "['ties']" in e.value.body["message"]
     c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=3, extra_body={
         "method": "bon", "best_of": 2, "reward": "gold", "extra": {"ties": "random"}})
+
+
+def test_plain_sampling_advises_a_method_only_for_what_a_reward_reads(server):
+    c = client(server)
+    for extra, advised in (({"weights": {"positivity": 1}}, True), ({"direction": [1, 0, 0, 0, 0, 0, 0]}, False)):
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=3, extra_body=extra)
+        assert ("use an alignment method" in e.value.body["message"]) == advised, e.value.body["message"]

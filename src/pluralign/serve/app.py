@@ -165,7 +165,9 @@ class Server:
         unread = unused_controls(loaded.model, None if method == PLAIN else source, [controls.replace(user=None)],
                                  loaded.models if method == "mod" else [], name="the served model")
         if unread:
-            advice = "; use an alignment method (e.g. 'method': 'bon' with a reward)" if method == PLAIN else ""
+            fields = unread.split(" given")[0].split(", ")  # a reward reads weights, never direction or group
+            advice = ("; use an alignment method (e.g. 'method': 'bon' with a reward)"
+                      if method == PLAIN and fields == ["weights"] else "")
             raise APIError(400, unread + advice, param=unread.split(",")[0].split()[0], code="unused_control")
         if source is not None and (why := weights_problem(source, controls.weights)
                                    or method != PLAIN and weights_order_problem(loaded.model, source, controls.weights)):
