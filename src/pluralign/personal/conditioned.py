@@ -37,8 +37,15 @@ import torch
 
 from pluralign import conditioning
 from pluralign.config import option
-from pluralign.errors import ConfigError, DataError, Problem
+from pluralign.errors import ConfigError
 from pluralign.personal import group_fair
+from pluralign.personal.record_checks import (
+    check_histories,
+    check_token_weighting,
+    field_of,
+    names_of,
+    training_groups,
+)
 from pluralign.personal.step_groups import StepGroups
 from pluralign.personal.vectors import PersonVectors, hidden_size, n_rows, offset, per_row, site
 from pluralign.train.parallel import PADDING
@@ -153,10 +160,10 @@ class Personalization:
                  reference_is_initial: bool = True, eval_records: Sequence[Any] = ()):
         self.config, self.model, self.collator = config, model, collator
         if config.token_weighting:
-            _check_token_weighting(config, loss_kind, reference_is_initial)
-            _check_histories(records, config.history_size, "training data")
+            check_token_weighting(config, loss_kind, reference_is_initial)
+            check_histories(records, config.history_size, "training data")
             if eval_records:
-                _check_histories(eval_records, config.history_size, "eval_data")
+                check_histories(eval_records, config.history_size, "eval_data")
         group_fair.get(config.group_objective)  # a bad name fails before anything is loaded
         self.field = config.condition_on
         if self.field == "none" and config.new_users_only:
@@ -168,7 +175,7 @@ class Personalization:
             # the vectors are stored divided by it: 0 saved a NaN table that broke every request of a user
             raise ConfigError(f"personal.vector_scale must be a finite number > 0, got {scale!r}",
                               field="personal.vector_scale")
-        self.groups = _training_groups(records, config.group_objective)
+        self.groups = training_groups(records, config.group_objective)
         sizes = [sum(str(r.group) == g for r in records) for g in self.groups]
         self.combine, stateful = group_fair.make(config.group_objective, max(len(self.groups), 1),
                                                  dict(config.group_objective_params), sizes=sizes or None)
@@ -188,7 +195,7 @@ class Personalization:
             raise ConfigError("personal.layer at a decoder layer needs gradient_checkpointing=false "
                               "(a recomputed layer would miss its vector)")
         self.site = site(model, config.layer)
-        names = _names(records, self.field, f"condition_on={self.field}")
+        names = names_of(records, self.field, f"condition_on={self.field}")
         saved = load_vectors(model_dir)
         if config.new_users_only:
             if saved is None:
@@ -244,7 +251,7 @@ class Personalization:
             out |= precompute(self.model, padded, records, size=self.config.history_size,
                               temperature=self.config.token_temperature)
         if self.vectors is not None:
-            out["person_index"] = self.vectors.lookup([_field(r, self.field) for r in records])
+            out["person_index"] = self.vectors.lookup([field_of(r, self.field) for r in records])
         if self.groups:  # every record has a training group (`group_check`)
             where = {g: i for i, g in enumerate(self.groups)}
             out["group_index"] = torch.tensor([where[str(r.group)] for r in records])
@@ -308,97 +315,6 @@ class Personalization:
         if self.vectors is not None:
             save_vectors(model_dir, self.vectors, {"on": self.table_on, "layer": self.config.layer,
                                                    "user_groups": self.user_groups})
-
-
-def _check_token_weighting(config: PersonalConfig, loss_kind: str, reference_is_initial: bool) -> None:
-    """NextQuill's settings, checked before the reference pass (the weights are computed only after it)."""
-    if loss_kind != "pairwise" or not reference_is_initial:
-        raise ConfigError("personal.token_weighting needs a pairwise loss and the cached reference of the initial "
-                          "policy (no ref_model, ref_cache=true)")
-    t = config.token_temperature
-    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
-        raise ConfigError(f"personal.token_temperature must be a finite number > 0, got {t!r}",
-                          field="personal.token_temperature")
-    h = config.history_size
-    if isinstance(h, bool) or not isinstance(h, int) or h < 1:
-        raise ConfigError(f"personal.history_size must be an integer >= 1 (how many of the user's other chosen "
-                          f"responses form the history), got {h!r}", field="personal.history_size")
-
-
-def _check_histories(records: Sequence[Any], size: int, where: str) -> None:
-    """The weights need some user's history, computed only after the reference pass: known before it."""
-    from pluralign.personal.token_weights import histories
-
-    if records and all(h is None for h in histories(records, size)):
-        raise ConfigError(f"personal.token_weighting: no user of the {where} has 2 or more records, so no "
-                          "record has a history (the user's other chosen responses) to weight its tokens by",
-                          field="personal.token_weighting")
-
-
-def group_check(config: PersonalConfig, training: Sequence[Any] | None = None) -> Callable[[Sequence[Any], str, Sequence[int]], None] | None:
-    """What `load_data` runs on each file's records under a group objective (None for `average`), while the
-    file is known to name it: every record needs a group, and with `training` (the training records, when
-    reading evaluation data) one of the training groups. A record without a group, or of a group the
-    objective has no weight for, would silently leave the objective, or leave a batch with no group mid-run."""
-    if config.group_objective == "average":
-        return None
-    group_fair.get(config.group_objective)  # a misspelt objective is named before its data are judged
-    known = None if training is None else sorted({str(r.group) for r in training if r.group is not None})
-
-    def check(records: Sequence[Any], source: str, lines: Sequence[int]) -> None:
-        _raise(_group_problems(records, source, config.group_objective, known, lines))
-
-    return check
-
-
-def _group_problems(records: Sequence[Any], source: str, objective: str,
-                    known: Sequence[str] | None = None, lines: Sequence[int] | None = None) -> list[Problem]:
-    """One problem per record without a group (or, given `known`, of a group not in it), at the record's
-    line in `source` (`lines`, one per record; without them its position)."""
-    problems = []
-    for n, r in zip(range(1, len(records) + 1) if lines is None else lines, records, strict=True):
-        group = _field(r, "group")
-        if group is None:
-            problems.append(Problem(source, n, "group", f"missing; group_objective '{objective}' combines the "
-                                    "losses of groups, so every record needs one"))
-        elif known is not None and group not in known:
-            problems.append(Problem(source, n, "group", f"'{group}' is not a group of the training data {known}; "
-                                    f"group_objective '{objective}' has no weight for it"))
-    return problems
-
-
-def _raise(problems: list[Problem]) -> None:
-    if problems:
-        raise DataError(problems, max_shown=5)  # the first few say what is wrong; the count says how often
-
-
-def _training_groups(records: Sequence[Any], objective: str) -> list[str]:
-    """The groups of a group objective, in index order ([] for `average`). `load_data` already refused
-    records without a group (naming their files); this guards other callers."""
-    if objective == "average":
-        return []
-    _raise(_group_problems(records, "training data", objective))
-    groups = sorted({str(r.group) for r in records})
-    if len(groups) < 2:
-        raise ConfigError(f"group_objective '{objective}' needs records of at least 2 groups "
-                          f"(their 'group' field); found {groups}")
-    return groups
-
-
-def _field(record: Any, name: str) -> str | None:
-    value = getattr(record, name, None)
-    return None if value is None else str(value)
-
-
-def _names(records: Sequence[Any], name: str, purpose: str) -> list[str]:
-    found = sorted({v for r in records if (v := _field(r, name)) is not None})
-    missing = sum(_field(r, name) is None for r in records)
-    if not found:
-        raise ConfigError(f"personal: no training record has a '{name}' field, which {purpose} needs")
-    if missing:
-        warnings.warn(f"personal: {missing} of {len(records)} records have no '{name}'; they train the population "
-                      "(no vector)", stacklevel=3)
-    return found
 
 
 def resolve(index: dict, user: str | None = None, group: str | None = None, warn: bool = True) -> str | None:

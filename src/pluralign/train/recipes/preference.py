@@ -36,7 +36,8 @@ from pluralign.losses.registry import check_hyperparams
 from pluralign.models.load import is_adapter_dir
 from pluralign.models.lora import is_peft_model
 from pluralign.models.soup import save_soup
-from pluralign.personal.conditioned import PersonalConfig, Personalization, group_check
+from pluralign.personal.conditioned import PersonalConfig, Personalization
+from pluralign.personal.record_checks import group_check
 from pluralign.runs import check_writable
 from pluralign.train.loop import LoopConfig, holding, train
 from pluralign.train.loop_config import check_config
