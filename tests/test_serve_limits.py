@@ -295,7 +295,7 @@ def test_keys_from_file_and_environment(tmp_path, monkeypatch):
 
 
 def test_the_default_model_id_of_a_directory_a_gguf_file_and_a_hub_id(tmp_path):
-    from pluralign.serve.engine import _model_name
+    from pluralign.serve.loading import model_name as _model_name
 
     (tmp_path / "runs" / "dpo").mkdir(parents=True)
     (tmp_path / "SmolLM2.Q4_1.gguf").write_bytes(b"GGUF")
@@ -370,7 +370,7 @@ def test_a_fusion_model_of_another_vocabulary_is_refused_at_load(tiny, tmp_path)
 
     from pluralign.decode.toy import toy_lm, toy_tokenizer
     from pluralign.errors import ConfigError
-    from pluralign.serve.engine import load
+    from pluralign.serve.loading import load
 
     path = tiny[0]
     other = tmp_path / "other"

@@ -27,9 +27,10 @@ from pluralign.errors import PluralignError
 from pluralign.serve import protocol as P
 from pluralign.serve.checks import check_extra, conditioned_prompts, method_inputs_problem, prompt_token_ids
 from pluralign.serve.config import ServeConfig
-from pluralign.serve.engine import PLAIN, Engine, Job, Loaded
+from pluralign.serve.engine import PLAIN, Engine, Job
 from pluralign.serve.errors import APIError
 from pluralign.serve.limits import Keys, Limiter, load_keys
+from pluralign.serve.loading import Loaded
 from pluralign.serve.metrics import Metrics
 
 log = logging.getLogger("pluralign.serve")

@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"pluralign serve needs the serve extra: pip install 'pluralign[serve]' ({e})") from None
     from pluralign.decode.rewards import check_source
     from pluralign.models.load import resolve
-    from pluralign.serve.engine import named_reward, serving_device
     from pluralign.serve.limits import load_keys
+    from pluralign.serve.loading import named_reward, serving_device
     from pluralign.serve.runner import listen, serve
 
     cfg = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})

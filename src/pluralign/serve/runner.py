@@ -12,7 +12,7 @@ from typing import Any
 
 from pluralign.errors import ConfigError, PluralignError
 from pluralign.serve.config import ServeConfig
-from pluralign.serve.engine import Loaded
+from pluralign.serve.loading import Loaded
 
 log = logging.getLogger("pluralign.serve")
 
