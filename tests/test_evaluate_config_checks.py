@@ -318,3 +318,16 @@ def test_help_config_documents_every_key_a_config_may_hold(capsys):
     keys = runner.TOP_KEYS | runner.MODEL_KEYS | set(runner.GENERATION_KEYS) | set().union(*runner.JUDGE_KEYS.values())
     assert sorted(k for k in keys if k not in text) == []
     assert text.startswith("Config (YAML)") and "models:" in text
+
+
+def test_help_config_example_points_at_where_training_saves_models():
+    """The example's trained entry named `runs/dpo/final`, a directory no recipe writes: `pluralign train`
+    saves its model to <output_dir>/model, so a config copied from the help failed on a missing path."""
+    import textwrap
+
+    import yaml
+
+    block = runner.__doc__.split("Config (YAML)::", 1)[1].split("\n\n", 2)[1]
+    example = yaml.safe_load(textwrap.dedent(block))
+    runs = [m["path"] for m in example["models"] if m["path"].startswith("runs/")]
+    assert runs and [p for p in runs if not p.endswith("/model")] == []

@@ -12,7 +12,7 @@ Config (YAML)::
                                   # controls are set per model entry
     models:                       # required; the first is the default baseline and KL reference
       - {name: base, path: sandbox}                       # "sandbox" = the sandbox base model
-      - {name: dpo, path: runs/dpo/final, method: dpo}
+      - {name: dpo, path: runs/dpo/model, method: dpo}
       - {name: bon4, path: sandbox, decoder: bon, reward: gold, controls: {n: 4}}
       - {name: ric_brief, path: runs/ric/model, controls: {weights: {conciseness: 1.0}}}
                                   # a model saved with a conditioning scheme (RiC, DPA, MAH-DPO heads,
