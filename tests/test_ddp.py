@@ -41,13 +41,15 @@ FSDP = ("--config_file", str(HERE.parent / "examples" / "accelerate" / "fsdp2.ya
 
 
 def launch(*args: str, timeout: int = 240, extra_path: str | None = None, fsdp: bool = False,
-           check: bool = True) -> subprocess.CompletedProcess:
+           check: bool = True, cpu_flag: bool = True) -> subprocess.CompletedProcess:
     exe = str(ACCELERATE) if ACCELERATE.exists() else shutil.which("accelerate")
     # An FSDP config replaces --multi_gpu (the launcher takes one of them; both start torchrun processes).
     cmd = [exe, "launch", *(FSDP if fsdp else ("--multi_gpu",)), "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            str(HERE / "ddp_worker.py"), *args]
     env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    if not cpu_flag:  # as a user types the README's command: nothing says the processes are CPU ones
+        env.pop("ACCELERATE_USE_CPU")
     if extra_path:  # e.g. tests/ for a `module:function` reward
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, env.get("PYTHONPATH")]))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -74,6 +76,16 @@ def test_two_process_loop_matches_one_process(tmp_path, fsdp):
     for ra, rb in zip(a, b, strict=True):
         key = "loss" if "loss" in ra else "eval/loss"
         assert rb[key] == pytest.approx(ra[key], abs=1e-5)
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_two_cpu_processes_form_one_job_without_accelerate_use_cpu(tmp_path, fsdp):
+    """The README's `accelerate launch --config_file examples/accelerate/fsdp2.yaml ...` on a machine without
+    GPUs (no ACCELERATE_USE_CPU set) started two processes that each trained the whole run alone, both
+    writing one run directory: 16 steps of batch 4 each instead of one 8-step job of batch 8."""
+    launch("loop", str(tmp_path / "run"), "2", "2", fsdp=fsdp, cpu_flag=False)
+    ckpt = state.latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert ckpt.name == "step-8" and (ckpt / "rng-rank1.json").exists()
 
 
 def test_two_process_recipes_match_one_process(tmp_path):

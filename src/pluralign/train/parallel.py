@@ -30,9 +30,23 @@ def process_state():
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or _several_processes_without_devices())
     _destroy_process_group_at_exit()
     return state
+
+
+def _several_processes_without_devices() -> bool:
+    """Whether the launcher started several processes (torchrun's WORLD_SIZE) on a machine with no GPU or
+    other accelerator. `accelerate launch --num_processes 2` or an FSDP config there sets no ACCELERATE_USE_CPU,
+    and accelerate then gives each process a world of its own: two whole runs writing one run directory.
+    Such processes can only be CPU ones, so they form one gloo job (MULTI_CPU), as with the variable set."""
+    import os
+
+    try:
+        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+    return several and not torch.accelerator.is_available()
 
 
 _registered_exit = False
