@@ -190,3 +190,12 @@ def test_blocks_parser_and_skip_mark():
     assert commands("pluralign x \\\n   --y 1\n") == ["pluralign x --y 1"]
     assert quick_argv(["train", "dpo", "--config", "x.yaml"])[-2:] == ["loop.max_steps=2", "loop.progress=false"]
     assert quick_argv(["sandbox", "feedback", "--n", "2000"])[-1] == "64"
+
+
+def test_accelerate_lines_say_how_their_processes_start():
+    """The README's DDP line was `accelerate launch --num_processes 2 ...`: on a machine without GPUs accelerate
+    then starts one process, not two, without a word. `--multi_gpu` (or a launcher config) starts them on
+    GPUs and CPUs alike."""
+    lines = [line for lang, body, _ in blocks((ROOT / "README.md").read_text(encoding="utf-8")) if lang == "bash"
+             for line in commands(body) if line.startswith("accelerate launch")]
+    assert lines and [line for line in lines if "--multi_gpu" not in line and "--config_file" not in line] == []
