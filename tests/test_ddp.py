@@ -353,3 +353,18 @@ def test_two_process_evaluation_leaves_its_padding_out_of_group_losses(tmp_path)
     one, two = (next(r for r in RunDir(tmp_path / d).read_metrics() if "eval/loss" in r) for d in ("one", "ddp"))
     for g in "abc":
         assert two[f"eval/group_loss/{g}"] == pytest.approx(one[f"eval/group_loss/{g}"], abs=1e-6), g
+
+
+def test_cpu_job_detection_without_torch_accelerator(monkeypatch):
+    """torch.accelerator exists from torch 2.6, and pyproject allows 2.4: the check fell over with an
+    AttributeError there instead of asking CUDA."""
+    from pluralign.train import parallel
+
+    monkeypatch.delattr(torch, "accelerator", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert parallel._several_processes_without_devices()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert not parallel._several_processes_without_devices()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not parallel._several_processes_without_devices()

@@ -46,7 +46,8 @@ def _several_processes_without_devices() -> bool:
         several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     except ValueError:
         return False
-    return several and not torch.accelerator.is_available()
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6; pyproject allows 2.4
+    return several and not (accelerator.is_available() if accelerator else torch.cuda.is_available())
 
 
 _registered_exit = False
