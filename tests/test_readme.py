@@ -172,8 +172,6 @@ HEADER_COMMAND = re.compile(r"^#\s+(pluralign \S+ .*--config examples/(\S+\.yaml
 def test_every_example_config_runs_as_shipped(readme_dir):
     """Each examples/*.yaml names its command in its header comment; run it on the README's files."""
     with contextlib.chdir(readme_dir):
-        run_line("pluralign sandbox feedback --kind ranked --n 32 --k 3 --out data/ranked.jsonl --model runs/base",
-                 readme_dir)
         for path in sorted((ROOT / "examples").glob("*.yaml")):
             found = [m.group(1) for m in HEADER_COMMAND.finditer(path.read_text(encoding="utf-8"))
                      if m.group(2) == path.name]
