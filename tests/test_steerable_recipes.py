@@ -159,3 +159,48 @@ def test_soup_members_are_evaluated_on_the_eval_data(tmp_path, chat_model, rated
         for name in OBJ:
             rows = [json.loads(line) for line in (out / "members" / name / "metrics.jsonl").read_text().splitlines()]
             assert any(k.startswith("eval/") for row in rows for k in row), (data, name)
+
+
+def _dpa(out, chat_model, rated, *extra):
+    return main(["train", "dpa", f"model={chat_model}", f"data=[{rated}]", f"output_dir={out}",
+                 "objectives=[informativeness,conciseness]", f"reward={__name__}:lengths", "rounds=2", "n=2",
+                 "max_new_tokens=4", "max_length=64", *LOOP, "loop.batch_size=1", "loop.scheduler=constant", *extra])
+
+
+def test_dpa_round_trained_on_samples_of_an_earlier_model_is_not_resumed(tmp_path, chat_model, rated, capsys):
+    """Raising loop.max_steps trains round 0 further, so round 1 samples another model: its checkpoints were
+    trained on the old samples, and continuing them on the new ones mixed two data sets into one model."""
+    out = tmp_path / "dpa"
+    assert _dpa(out, chat_model, rated, "loop.save_every=2") == 0
+    old = (out / "round1.jsonl").read_text()
+    assert _dpa(out, chat_model, rated, "loop.save_every=2", "loop.max_steps=4") == 2
+    err = capsys.readouterr().err
+    assert f"dpa round 1: {out / 'round1'} was trained on samples of another model" in err and "Traceback" not in err
+    assert (out / "round1.jsonl").read_text() == old  # the round's data is left as its checkpoints were trained on
+
+
+def test_dpa_resumed_in_a_round_reuses_its_samples_and_equals_an_uninterrupted_run(tmp_path, chat_model, rated, monkeypatch):
+    """A kill in round 1 after its step-2 checkpoint: the rerun resumes round 0 (finished) and round 1 on the samples
+    the checkpoint was trained on, read back rather than drawn again (sampling on a GPU need not repeat bit for
+    bit), and ends with the weights of a run never stopped."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from pluralign.train import steerable
+
+    steps = ["loop.max_steps=4", "loop.save_every=2", "loop.keep_checkpoints=5"]
+    assert _dpa(tmp_path / "straight", chat_model, rated, *steps) == 0
+    assert _dpa(tmp_path / "killed", chat_model, rated, *steps) == 0
+    shutil.rmtree(tmp_path / "killed" / "round1" / "checkpoints" / "step-4")
+    shutil.rmtree(tmp_path / "killed" / "round1" / "model")
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a round whose samples are on disk was sampled again")
+
+    monkeypatch.setattr(steerable, "dpa_records", no_sampling)
+    assert _dpa(tmp_path / "killed", chat_model, rated, *steps) == 0
+    a = load_file(tmp_path / "straight" / "round1" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "round1" / "model" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)

@@ -17,6 +17,8 @@ DPA's rejection-sampling rounds, rewarded soups, and MAP's palette turned into t
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,7 +79,7 @@ def dpa(model_dir: str | Path, prompts: Sequence[Any], objectives: Sequence[str]
     further settings of each round's SFT recipe (e.g. ``{"use_lora": True}``; LoRA adapters are merged
     into each round's model, so the next round samples from it)."""
     from pluralign.decode.steer import load_policy
-    from pluralign.runs import atomic_write_jsonl
+    from pluralign.runs import atomic_write_json, atomic_write_jsonl
     from pluralign.train import run_sft
 
     if rounds < 1:
@@ -92,17 +94,21 @@ def dpa(model_dir: str | Path, prompts: Sequence[Any], objectives: Sequence[str]
     out = Path(out_dir)
     current = Path(model_dir)
     for t in range(rounds):
-        model, tokenizer = load_policy(current)
-        trained = getattr(model, "pluralign_conditioning", None) is not None  # it has learnt statements
-        ensure_vocabulary(tokenizer, model, get_scheme("system_message", objectives).vocabulary())
-        records = dpa_records(model, tokenizer, prompts, objectives, reward, n=n, seed=seed + t,
-                              max_new_tokens=max_new_tokens, angles=angles, conditioned=trained)
-        if len(records) < batch:  # empty answers were dropped: the SFT would refuse the round's data
-            raise ConfigError(f"dpa round {t}: {len(records)} of {len(prompts)} prompts got a non-empty response, "
-                              f"fewer than one effective batch ({batch}); give more prompts, a larger n or "
-                              "max_new_tokens, or a smaller loop.batch_size")
         data = out / f"round{t}.jsonl"
-        atomic_write_jsonl(data, [_row(r) for r in records])
+        drawn = _sampling_key(current, prompts, objectives, n=n, seed=seed + t, max_new_tokens=max_new_tokens,
+                              angles=angles)
+        if not _samples_on_disk(out, t, drawn):
+            model, tokenizer = load_policy(current)
+            trained = getattr(model, "pluralign_conditioning", None) is not None  # it has learnt statements
+            ensure_vocabulary(tokenizer, model, get_scheme("system_message", objectives).vocabulary())
+            records = dpa_records(model, tokenizer, prompts, objectives, reward, n=n, seed=seed + t,
+                                  max_new_tokens=max_new_tokens, angles=angles, conditioned=trained)
+            if len(records) < batch:  # empty answers were dropped: the SFT would refuse the round's data
+                raise ConfigError(f"dpa round {t}: {len(records)} of {len(prompts)} prompts got a non-empty response, "
+                                  f"fewer than one effective batch ({batch}); give more prompts, a larger n or "
+                                  "max_new_tokens, or a smaller loop.batch_size")
+            atomic_write_jsonl(data, [_row(r) for r in records])
+            atomic_write_json(_key_path(out, t), drawn)  # after the data: a kill between them samples again
         result = run_sft(model=str(current), data=[str(data)], output_dir=str(out / f"round{t}"),
                          objectives=list(objectives), conditioning="system_message", max_length=max_length,
                          conditioning_params={"states": "direction"},  # requests' weights: their direction
@@ -110,6 +116,50 @@ def dpa(model_dir: str | Path, prompts: Sequence[Any], objectives: Sequence[str]
                          loop=dict(loop or {}) | {"seed": seed + t})
         current = result.model_dir
     return current
+
+
+def _sampling_key(source: str | Path, prompts: Sequence[Any], objectives: Sequence[str], **settings: Any) -> dict:
+    """What a round's samples depend on, beyond the reward: the model drawn from (its files' SHA-256, so a round
+    0 trained further since is another source), the prompts and the sampling settings."""
+    files = sorted(f for f in Path(source).iterdir() if f.is_file()) if Path(source).is_dir() else []
+    digest = hashlib.sha256(str(source).encode() if not files else b"")
+    for f in files:
+        digest.update(f.name.encode())
+        with open(f, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    prompts_digest = hashlib.sha256(json.dumps(list(prompts), sort_keys=True).encode()).hexdigest()
+    return {"source": digest.hexdigest(), "prompts": prompts_digest, "objectives": list(objectives),
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}}
+
+
+def _key_path(out: Path, t: int) -> Path:
+    return out / f"round{t}.sampling.json"
+
+
+def _samples_on_disk(out: Path, t: int, key: dict) -> bool:
+    """Whether round t's samples on disk are the ones `key` would draw, so a rerun (a resume) trains on the very
+    data its checkpoints saw: drawn again, they need not repeat bit for bit (sampling on a GPU). Samples of
+    another model or settings, under checkpoints trained on them, are refused: continuing those checkpoints on
+    new samples would mix two data sets into one model."""
+    from pluralign.train.state import list_checkpoints
+
+    path, data = _key_path(out, t), out / f"round{t}.jsonl"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and data.is_file() else None
+    except (OSError, ValueError):
+        saved = None
+    if saved == key:
+        return True
+    if saved is not None and list_checkpoints(out / f"round{t}" / "checkpoints"):
+        changed = sorted(k for k in key.keys() | saved.keys() if key.get(k) != saved.get(k))
+        if "source" in changed:
+            what = "another model" + (f" (round {t - 1} has trained on since, e.g. a larger loop.max_steps)" if t else "")
+        else:
+            what = f"other settings ({', '.join(changed)})"
+        raise ConfigError(f"dpa round {t}: {out / f'round{t}'} was trained on samples of {what}; its checkpoints "
+                          f"cannot go on with new samples: remove {out / f'round{t}'} and the later rounds to train "
+                          "them again, or use a new output_dir")
+    return False
 
 
 def _effective_batch(loop: Mapping[str, Any] | None) -> int:
