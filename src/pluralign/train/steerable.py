@@ -95,7 +95,7 @@ def dpa(model_dir: str | Path, prompts: Sequence[Any], objectives: Sequence[str]
     current = Path(model_dir)
     for t in range(rounds):
         data = out / f"round{t}.jsonl"
-        drawn = _sampling_key(current, prompts, objectives, n=n, seed=seed + t, max_new_tokens=max_new_tokens,
+        drawn = _sampling_key(current, t > 0, prompts, objectives, n=n, seed=seed + t, max_new_tokens=max_new_tokens,
                               angles=angles)
         if not _samples_on_disk(out, t, drawn):
             model, tokenizer = load_policy(current)
@@ -118,10 +118,13 @@ def dpa(model_dir: str | Path, prompts: Sequence[Any], objectives: Sequence[str]
     return current
 
 
-def _sampling_key(source: str | Path, prompts: Sequence[Any], objectives: Sequence[str], **settings: Any) -> dict:
-    """What a round's samples depend on, beyond the reward: the model drawn from (its files' SHA-256, so a round
-    0 trained further since is another source), the prompts and the sampling settings."""
-    files = sorted(f for f in Path(source).iterdir() if f.is_file()) if Path(source).is_dir() else []
+def _sampling_key(source: str | Path, hashed: bool, prompts: Sequence[Any], objectives: Sequence[str],
+                  **settings: Any) -> dict:
+    """What a round's samples depend on, beyond the reward: the model drawn from, the prompts and the sampling
+    settings. A round's model is known by its files' SHA-256 (`hashed`: a round 0 trained further since is
+    another source); the run's own base by its name, as its rounds' configs know it (hashing a base of many GB
+    on every run would cost more than it guards)."""
+    files = sorted(f for f in Path(source).iterdir() if f.is_file()) if hashed and Path(source).is_dir() else []
     digest = hashlib.sha256(str(source).encode() if not files else b"")
     for f in files:
         digest.update(f.name.encode())
