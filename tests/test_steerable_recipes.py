@@ -5,6 +5,7 @@ and bad input stops with exit code 2 and a message naming the field."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,3 +205,22 @@ def test_dpa_resumed_in_a_round_reuses_its_samples_and_equals_an_uninterrupted_r
     b = load_file(tmp_path / "killed" / "round1" / "model" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_dpa_does_not_hash_its_base_model_to_key_round_zero(tmp_path, chat_model, rated, monkeypatch):
+    """Round 0's samples are keyed by the base's name (a base of many GB was read through on every run);
+    the rounds' own models, which a run trains further, by their files."""
+    import hashlib
+
+    from pluralign.train import steerable
+
+    read = []
+    real = hashlib.file_digest
+
+    def recording(f, digest):
+        read.append(Path(f.name).parent)
+        return real(f, digest)
+
+    monkeypatch.setattr(steerable.hashlib, "file_digest", recording)
+    assert _dpa(tmp_path / "dpa", chat_model, rated) == 0
+    assert chat_model not in read and tmp_path / "dpa" / "round0" / "model" in read
