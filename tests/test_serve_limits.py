@@ -383,3 +383,14 @@ def test_a_fusion_model_of_another_vocabulary_is_refused_at_load(tiny, tmp_path)
     r = subprocess.run([sys.executable, "-m", "pluralign.cli", "serve", "--model", str(path), "--models", str(other),
                         "--port", "0"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "has another vocabulary than the policy" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_api_key_file_not_utf8_is_a_one_line_error(tmp_path, tiny_llama_dir, capsys):
+    """A key file with a byte that is not UTF-8 ended `pluralign serve` in a UnicodeDecodeError traceback."""
+    from pluralign.cli import main
+
+    keys = tmp_path / "keys"
+    keys.write_bytes(b"sk-a\nsk-caf\xe9\n")
+    assert main(["serve", "--model", str(tiny_llama_dir), "--port", "0", "--api-key-file", str(keys)]) == 2
+    err = capsys.readouterr().err
+    assert f"--api-key-file {keys}:2: not UTF-8 text (byte 0xe9)" in err and "Traceback" not in err

@@ -120,17 +120,23 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
+def read_text(path: Path, what: str) -> str:
+    """`path`'s UTF-8 text; a ConfigError naming the file (and the line of a byte that is not UTF-8) when it
+    cannot be read, so that a user's bad file is a one-line error, not a traceback."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         line = e.object[: e.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x})") from None
     except OSError as e:  # a directory, no permission
-        raise ConfigError(f"{path}: cannot read the config: {e.strerror or e}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    text = read_text(path, "the config")
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:

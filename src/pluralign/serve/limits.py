@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from pluralign.config import read_text
 from pluralign.errors import ConfigError
 from pluralign.serve.errors import APIError
 
@@ -29,7 +30,11 @@ def load_keys(path: str = "", env: str = ENV_KEYS) -> list[str]:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"--api-key-file {path}: no such file")
-        for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            text = read_text(p, "the API keys")
+        except ConfigError as e:
+            raise ConfigError(f"--api-key-file {e}", field="api_key_file") from None
+        for line in text.splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 keys.append(line)
