@@ -164,12 +164,25 @@ def load_policy(config: PolicyTrainingConfig) -> tuple[Any, Any, bool]:
     warn_data_files(config.data, config.eval_data)
     if getattr(config, "output_dir", None):  # else found after the model loaded (and a reference pass ran)
         check_writable(config.output_dir, "output_dir", directory=True)
+    check_spares_inputs(config)
     if not config.merge_lora and not config.use_lora:
         warnings.warn("merge_lora=false without use_lora=true: there are no adapters, the model is saved in full",
                       stacklevel=2)
     tokenizer = load_tokenizer(config.model)
     model = load_trainable(config)
     return tokenizer, model, prepare_packing(model, config.packing, config.attention_kernel, trains=True)
+
+
+def check_spares_inputs(config: Any) -> None:
+    """A ConfigError when the trained model would be saved over a model the run reads: <output_dir>/model is
+    replaced at the end, so `model=runs/sft/model output_dir=runs/sft` deleted the model it trained from."""
+    saved = (Path(config.output_dir or ".") / "model").resolve()
+    for field in ("model", "ref_model"):
+        given = getattr(config, field, None)
+        if given and Path(given).resolve() == saved:
+            raise ConfigError(f"output_dir {config.output_dir!r}: the trained model is saved to {saved}, which is the "
+                              f"{field} this run reads ({field}={given}) and would be replaced; choose another "
+                              "output_dir", field="output_dir")
 
 
 def warn_data_files(data: str | list[str], eval_data: str | list[str] | None) -> None:

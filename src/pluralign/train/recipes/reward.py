@@ -40,6 +40,7 @@ from pluralign.train.parallel import process_state
 from pluralign.train.recipes.common import (
     ModelTrainingConfig,
     RecipeResult,
+    check_spares_inputs,
     load_trainable,
     one_objective,
     warn_data_files,
@@ -266,6 +267,7 @@ def train_records(config: Any, records: list, eval_records: list | None = None, 
                               "run(data=[path]) or pluralign.data.io.read_records", field=name)
     if not config.model:
         raise ConfigError("model: give a backbone directory or hub id")
+    check_spares_inputs(config)
     run_dir = RunDir(config.output_dir)
     encoder = _encoder(config)
     if encoder.kind == "causal":  # in-memory records (the files of `run` were checked at their lines)
