@@ -32,3 +32,15 @@ def test_output_dir_that_would_replace_an_input_model_is_refused(tmp_path, tiny_
     err = capsys.readouterr().err
     assert f"output_dir '{run_dir}'" in err and f"the {field} this run reads" in err and "Traceback" not in err
     assert sorted(p.name for p in (run_dir / "model").iterdir()) == before
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", ".nan", ".inf"])
+def test_ld_alpha_out_of_range_is_refused_before_training(tmp_path, tiny_llama_dir, pairs, value, capsys):
+    """ld_alpha=-1 or 1.5 trained without a word (a weight on the longer response's excess tokens outside LD-DPO's
+    [0, 1]); ld_alpha=.nan loaded the model and failed at step 1 as a 'non-finite loss' advising the learning rate."""
+    argv = ["train", "dpo", f"model={tiny_llama_dir}", f"data=[{pairs}]", "loop.max_steps=1", "loop.batch_size=2",
+            f"output_dir={tmp_path / 'run'}", f"ld_alpha={value}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "ld_alpha must be in [0, 1]" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -62,7 +62,7 @@ from pluralign.train.recipes.preference_kinds import (
     gather,
     make_items,
 )
-from pluralign.train.recipes.token_shaping import shaped, with_alias_options
+from pluralign.train.recipes.token_shaping import check_shaping, shaped, with_alias_options
 from pluralign.train.reference import as_reference, cached_reference, frozen_copy, live_reference
 from pluralign.train.udm import bco_udm_weights
 
@@ -288,8 +288,7 @@ def _check_inputs(config: PreferenceConfig, info: losses.LossInfo) -> None:
         raise ConfigError(f"loss '{info.name}' is reference-free (it reads no reference log-probs), so ref_model "
                           "has no effect; leave ref_model unset, or use a loss with a reference (dpo, ipo, kto, …)",
                           field="ref_model")
-    if (config.wpo or config.ld_alpha is not None) and info.kind != "pairwise":
-        raise ConfigError(f"wpo and ld_alpha shape pairwise losses; loss '{info.name}' is {info.kind}")
+    check_shaping(config, info.name, info.kind)
     if config.udm and (info.kind != "unpaired" or not info.weighted):
         raise ConfigError(f"udm weights undesirable examples of an unpaired loss (bco, kto); loss '{info.name}' is {info.kind}")
     if config.history_models and "history_chosen_logps" not in info.inputs:

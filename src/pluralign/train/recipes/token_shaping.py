@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from pluralign.errors import ConfigError
 from pluralign.losses import ld_mixed_logps, log_sum_sq_probs, wpo_weights
 from pluralign.models.logprobs import predicted_mask, token_logps
 
@@ -38,6 +39,16 @@ def with_alias_options(config: Any) -> Any:
         process_state().print("wpo / ld_alpha read per-token values of padded rows: packing turned off")
         config = dataclasses.replace(config, packing=False)
     return config
+
+
+def check_shaping(config: Any, loss: str, kind: str) -> None:
+    """A ConfigError for WPO / LD-DPO settings that cannot shape loss `loss` of `kind`, found before any work."""
+    if (config.wpo or config.ld_alpha is not None) and kind != "pairwise":
+        raise ConfigError(f"wpo and ld_alpha shape pairwise losses; loss '{loss}' is {kind}")
+    if config.ld_alpha is not None and not 0 <= config.ld_alpha <= 1:  # NaN fails too
+        # LD-DPO's α is in [0, 1] (1: the plain sum); outside it the longer response's excess tokens weigh more than
+        # its shared ones, or count against it, and a NaN failed only at step 1 as a "non-finite loss"
+        raise ConfigError(f"ld_alpha must be in [0, 1] (1: plain sums), got {config.ld_alpha}", field="ld_alpha")
 
 
 def shaped(kind: Any, *, wpo: bool, ld_alpha: float | None) -> Any:
