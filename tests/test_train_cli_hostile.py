@@ -18,16 +18,19 @@ def pairs(tmp_path):
     return path
 
 
-@pytest.mark.parametrize(("recipe", "field"), [("dpo", "model"), ("dpo", "ref_model"), ("rm", "model")])
+@pytest.mark.parametrize(("recipe", "field"), [("dpo", "model"), ("dpo", "ref_model"), ("rm", "model"), ("soup", "model")])
 def test_output_dir_that_would_replace_an_input_model_is_refused(tmp_path, tiny_llama_dir, pairs, recipe, field, capsys):
     """`model=runs/sft/model output_dir=runs/sft` (or an empty output_dir with ./model) saved the trained model
     over the model the run read: the input was deleted, the run exited 0."""
     run_dir = tmp_path / "runs" / "sft"
     shutil.copytree(tiny_llama_dir, run_dir / "model")
     before = sorted(p.name for p in (run_dir / "model").iterdir())
+    if recipe == "soup":  # one member per objective: pairs of each
+        rows = [json.loads(line) | {"objective": o} for line in pairs.read_text().splitlines() for o in "ab"]
+        pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     inputs = {"model": str(tiny_llama_dir), field: str(run_dir / "model")}
     argv = ["train", recipe, *(f"{k}={v}" for k, v in inputs.items()), f"data=[{pairs}]", "loop.max_steps=1",
-            "loop.batch_size=2", f"output_dir={run_dir}"]
+            "loop.batch_size=2", f"output_dir={run_dir}", *(["objectives.names=[a,b]"] if recipe == "soup" else [])]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"output_dir '{run_dir}'" in err and f"the {field} this run reads" in err and "Traceback" not in err

@@ -26,7 +26,7 @@ from pluralign.config import option
 from pluralign.data.records import Rated
 from pluralign.errors import ConfigError
 from pluralign.train.loop import LoopConfig
-from pluralign.train.recipes.common import ModelTrainingConfig, RecipeResult
+from pluralign.train.recipes.common import ModelTrainingConfig, RecipeResult, check_spares_inputs
 from pluralign.train.recipes.multiobjective import ObjectivesConfig
 from pluralign.train.recipes.preference import PreferenceConfig, load_data
 from pluralign.train.recipes.preference import run as run_preference
@@ -135,6 +135,7 @@ def run_soup(config: Any = None, **kwargs: Any) -> RecipeResult:
         raise ConfigError(f"objectives.conditioning={config.objectives.conditioning}: a soup is steered by interpolating "
                           "its members (joint=true trains them together); leave objectives.conditioning unset",
                           field="objectives.conditioning")
+    check_spares_inputs(config)  # the soup is saved to <output_dir>/model once every member has trained
     out = Path(config.output_dir)
     if config.joint:
         joint = dataclasses.replace(config.objectives, rated_pairs="signed", conditioning="joint_soup")
