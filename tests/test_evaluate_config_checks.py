@@ -47,6 +47,22 @@ def test_good_bootstrap_passes_the_checks(no_generation):
         runner.evaluate_config(cfg(bootstrap=1), where="eval.yaml")
 
 
+@pytest.mark.parametrize(("value", "message"), [([1, 2], "must be a device name"), ({"a": 1}, "must be a device name"),
+                                              (float("nan"), "must be a device name"), (True, "must be a device name"),
+                                              (0, "must be a device name"), ("", "must be a device name"),
+                                              ("gpu", "bad device 'gpu'"), (-1, "must be a device name")])
+def test_bad_device_fails_before_generation_naming_the_key(no_generation, value, message):
+    # a list, number or boolean was a TypeError traceback from torch.device; a bad name did not name the key
+    with pytest.raises(ConfigError, match=rf"^eval\.yaml: device: {message}"):
+        runner.evaluate_config(cfg(device=value), where="eval.yaml")
+
+
+@pytest.mark.parametrize("value", [None, "cpu", "auto"])
+def test_good_device_passes_the_checks(no_generation, value):
+    with pytest.raises(Generated):
+        runner.evaluate_config(cfg(device=value), where="eval.yaml")
+
+
 def test_missing_model_directory_names_the_config_and_key(no_generation, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()

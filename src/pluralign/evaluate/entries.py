@@ -37,6 +37,22 @@ def check_model_path(spec: Any, where: str) -> None:
         resolve(spec, where)
 
 
+def check_device(device: Any, where: str) -> str | None:
+    """The config's `device` (None: the CPU), checked before any model loads: a list, a number or a boolean
+    reached torch.device as a TypeError traceback, and a bad name failed without naming the config key."""
+    from pluralign.errors import PluralignError
+    from pluralign.models.load import resolve_device
+
+    if device is None:
+        return None
+    require(isinstance(device, str) and device != "", where, f"must be a device name (cpu, cuda, cuda:1, auto), got {device!r}")
+    try:
+        resolve_device(device)
+    except PluralignError as e:  # a bad name, or CUDA asked for where there is none
+        raise ConfigError(f"{where}: {e}") from None
+    return device
+
+
 def model_path(spec: str) -> str:
     if spec == "sandbox":
         from pluralign.sandbox.base import build_base

@@ -52,6 +52,7 @@ from pluralign.errors import ConfigError, DataError
 from pluralign.evaluate.entries import (
     at_key,
     check_decoder,
+    check_device,
     check_model_path,
     check_reward_weights,
     entry_controls,
@@ -323,7 +324,7 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
     baseline, reference = cfg.get("baseline", names[0]), cfg.get("reference", names[0])
     for key, value in (("baseline", baseline), ("reference", reference)):
         require(value in names, f"{where}: {key}", f"{value!r} names no model; models: {names}")
-    n_boot = _bootstrap(cfg, where)
+    n_boot, device = _bootstrap(cfg, where), check_device(cfg.get("device"), f"{where}: device")
     require("per_group" not in cfg.get("metrics", []) or cfg.get("population") is not None, f"{where}: metrics",
             "per_group is the utility of each group of a sandbox population: set `population` (e.g. default)")
     groups = []
@@ -336,7 +337,7 @@ def evaluate_config(cfg: dict, where: str = "<config>", base_dir: Path | None = 
     if hasattr(judge, "check_reachable") and {"reward", "win_rate"} & set(metrics):
         with at_key(f"{where}: judge"):
             judge.check_reachable()
-    outputs = {m["name"]: generate(m, prompts, gen, cfg.get("device"), f"{where}: models[{i}]")
+    outputs = {m["name"]: generate(m, prompts, gen, device, f"{where}: models[{i}]")
                for i, m in enumerate(models)}
     runs = []
     for m in models:
