@@ -220,6 +220,9 @@ def test_a_judge_temperature_that_is_not_positive_fails_before_generation(no_gen
 @pytest.mark.parametrize("weights,message", [
     ({"relevence": 1}, r"^eval\.yaml: judge\.weights: unknown attribute\(s\) \['relevence'\]"),
     ({"relevance": "high"}, r"^eval\.yaml: judge\.weights: .*'high'"),
+    # NaN or inf made every gold score null and every win rate invalid, and the run exited 0
+    ({"relevance": float("nan")}, r"^eval\.yaml: judge\.weights: weights must be finite numbers, got \{'relevance': nan\}"),
+    ({"safety": float("-inf")}, r"^eval\.yaml: judge\.weights: weights must be finite numbers, got \{'safety': -inf\}"),
 ])
 def test_gold_judge_weights_fail_before_generation_naming_the_key(no_generation, weights, message):
     # a misspelt attribute failed when the first answers were scored ("high": a ValueError traceback)

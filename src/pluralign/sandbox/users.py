@@ -31,8 +31,10 @@ class Group:
     def __post_init__(self) -> None:
         # A NaN weight or temperature made every BT draw `random() < nan`, False: each label went to the second
         # response without a word. Unknown attributes and a temperature <= 0 failed only at the first label.
-        if not np.isfinite(self.vector()).all():
-            raise ConfigError(f"group '{self.name}': weights must be finite numbers, got {self.weights}", field="weights")
+        try:
+            self.vector()  # unknown attributes and weights that are not finite numbers
+        except ConfigError as e:
+            raise ConfigError(f"group '{self.name}': {e}", field="weights") from None
         if not (np.isfinite(self.temperature) and self.temperature > 0):
             raise ConfigError(f"group '{self.name}': temperature must be a finite number > 0, got {self.temperature}",
                               field="temperature")
@@ -148,7 +150,11 @@ def weight_vector(weights: Weights) -> np.ndarray:
     unknown = set(weights) - set(ATTRIBUTES)
     if unknown:
         raise ConfigError(f"unknown attribute(s) {sorted(unknown)}; attributes: {', '.join(ATTRIBUTES)}")
-    return np.array([float(weights.get(a, 0.0)) for a in ATTRIBUTES])
+    vector = np.array([float(weights.get(a, 0.0)) for a in ATTRIBUTES])
+    if not np.isfinite(vector).all():  # else every utility is NaN: scores null, win rates all invalid, exit 0
+        bad = {a: w for a, w in zip(ATTRIBUTES, vector.tolist(), strict=True) if not np.isfinite(w)}
+        raise ConfigError(f"weights must be finite numbers, got {bad}")
+    return vector
 
 
 def utility(weights: Weights | np.ndarray, attribute_matrix: np.ndarray) -> np.ndarray:
