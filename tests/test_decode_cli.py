@@ -440,3 +440,15 @@ def test_an_empty_models_entry_is_named_as_such(model_dir, tmp_path, capsys, mod
     err = capsys.readouterr().err
     assert f"error: --models {given!r}: an empty entry (a stray comma?)" in err, err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.json", "out.PARQUET"])
+def test_an_out_named_as_another_data_format_is_refused_before_decoding(tmp_path, tiny_llama_dir, name, capsys):
+    """decode wrote JSON lines into out.csv without a word; pluralign then read that file as CSV ('no records')."""
+    (tmp_path / "p.txt").write_text("the cat\n")
+    out = tmp_path / name
+    assert main(["decode", "--method", "sample", "--model", str(tiny_llama_dir), "--prompts", str(tmp_path / "p.txt"),
+                 "--out", str(out), "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: decode writes JSON lines" in err and "name it .jsonl" in err and "Traceback" not in err
+    assert not out.exists()

@@ -24,8 +24,10 @@ import inspect
 import json
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
+from pluralign.data.formats import FORMATS
 from pluralign.data.prompt_files import read_prompt_rows
 from pluralign.data.prompts import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES
 from pluralign.errors import ConfigError, DataError
@@ -260,6 +262,10 @@ def run(args: argparse.Namespace) -> int:
     if args.models and not all(d.strip() for d in args.models.split(",")):  # 'a,' failed as "'' holds no model"
         raise ConfigError(f"--models {args.models!r}: an empty entry (a stray comma?); give model directories "
                           "separated by commas")
+    suffix = Path(args.out).suffix.lower()
+    if suffix in FORMATS and suffix != ".jsonl":  # JSON lines under a .csv name: pluralign then read it as CSV
+        raise ConfigError(f"--out {args.out}: decode writes JSON lines, but pluralign reads a {suffix} file as "
+                          f"{suffix[1:].upper()}; name it .jsonl", field="out")
     check_writable(args.out, "--out")  # found out only after every prompt was decoded
     rows = read_prompt_rows([args.prompts])
     base = Controls(weights=parse_weights(args.weights), direction=parse_weights(args.direction, "--direction"), group=args.group,
