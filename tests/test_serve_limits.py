@@ -394,3 +394,17 @@ def test_api_key_file_not_utf8_is_a_one_line_error(tmp_path, tiny_llama_dir, cap
     assert main(["serve", "--model", str(tiny_llama_dir), "--port", "0", "--api-key-file", str(keys)]) == 2
     err = capsys.readouterr().err
     assert f"--api-key-file {keys}:2: not UTF-8 text (byte 0xe9)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("reward", ["", "empty", "policy"])
+def test_a_reward_that_is_no_reward_model_is_refused_before_the_server_starts(tmp_path, tiny_llama_dir, reward, capsys):
+    """--reward '' read the current directory, and a directory without a reward model (empty, or a policy's) passed
+    the start-up checks: the server announced its URL, loaded, then stopped, the error blamed on --model."""
+    from pluralign.cli import main
+
+    (tmp_path / "empty").mkdir()
+    spec = {"": "", "empty": str(tmp_path / "empty"), "policy": str(tiny_llama_dir)}[reward]
+    assert main(["serve", "--model", str(tiny_llama_dir), "--port", "0", "--reward", spec]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("error: --reward") and "--model" not in err and "Traceback" not in err
+    assert "pluralign serve:" not in out  # refused before it listened

@@ -126,9 +126,19 @@ def load_reward(spec: str, field: str = "--reward") -> Any:
 
 def check_source(spec: str, field: str) -> None:
     """Fail early on a reward source that cannot load: 'gold' and module:function are imported (cheap); a
-    reward-model directory only has to exist, its model loads where it is used."""
+    reward-model directory has its config.json checked, its model loads where it is used (a server announced
+    itself, then stopped on a directory that held no reward model)."""
+    if not spec.strip():  # Path("") is the current directory
+        raise ConfigError(f"{field}: empty; give 'gold', module:function or a reward-model directory")
     if not Path(spec).is_dir():
         load_reward(spec, field)
+        return
+    from pluralign.reward.base import read_reward_config
+
+    try:
+        read_reward_config(spec)
+    except PluralignError as e:
+        raise ConfigError(f"{field} {spec}: {e}") from None
 
 
 def objective_names(reward: Any, m: int) -> list[str]:

@@ -293,8 +293,9 @@ def _load_encoder(cfg: dict | None, model_dir: Path, device: str | None) -> Text
                        trainable=cfg["trainable"], chat_template=cfg.get("chat_template", "auto"))
 
 
-def load_reward_model(model_dir: str | Path, *, device: str | None = None) -> Any:
-    """Load any reward model saved with `RewardModel.save` (the type is read from config.json)."""
+def read_reward_config(model_dir: str | Path) -> tuple[Path, dict]:
+    """(the directory holding a saved reward model, its config.json), checked as far as it can be without loading
+    weights: a server or eval given a policy's directory or an empty one as a reward found out only on loading."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists() and (model_dir / "model" / "config.json").exists():
         model_dir = model_dir / "model"  # a training run directory
@@ -313,21 +314,26 @@ def load_reward_model(model_dir: str | Path, *, device: str | None = None) -> An
     lacking = [k for k in SAVED_KEYS.get(cfg.get("type"), ()) if k not in cfg]
     if lacking:
         raise ConfigError(f"{model_dir}: an incomplete {cfg['type']} reward model (it lacks {', '.join(lacking)})")
-    if cfg.get("type") == "ensemble":
-        from pluralign.reward.ensemble import Ensemble
-
-        return Ensemble.load(model_dir, device=device)
-    if cfg.get("type") == "implicit":
-        from pluralign.reward.implicit import ImplicitRewardModel
-
-        return ImplicitRewardModel.load(model_dir, device=device)
-
     if "type" not in cfg:  # e.g. a policy or base model's directory
         raise ConfigError(f"{model_dir}: not a pluralign reward model: its config.json has no 'type' (a transformers "
                           "model? `pluralign train rm model=...` trains a reward model on it)")
-    cls = MODEL_TYPES.get(cfg.get("type"))
-    if cls is None:
+    if not (isinstance(cfg["type"], str) and (cfg["type"] in ("ensemble", "implicit") or cfg["type"] in MODEL_TYPES)):
         raise ConfigError(f"{cfg_path}: unknown reward-model type {cfg.get('type')!r}; known: {sorted(MODEL_TYPES)}")
+    return model_dir, cfg
+
+
+def load_reward_model(model_dir: str | Path, *, device: str | None = None) -> Any:
+    """Load any reward model saved with `RewardModel.save` (the type is read from config.json)."""
+    model_dir, cfg = read_reward_config(model_dir)
+    if cfg["type"] == "ensemble":
+        from pluralign.reward.ensemble import Ensemble
+
+        return Ensemble.load(model_dir, device=device)
+    if cfg["type"] == "implicit":
+        from pluralign.reward.implicit import ImplicitRewardModel
+
+        return ImplicitRewardModel.load(model_dir, device=device)
+    cls = MODEL_TYPES[cfg["type"]]
     lacking = [k for k in ("objectives", "feature_dim") if k not in cfg]
     lacking += [] if (model_dir / "head.safetensors").exists() else ["head.safetensors"]
     if lacking:
