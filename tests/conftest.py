@@ -114,3 +114,18 @@ def toy_lm_dir(tmp_path_factory):
     toy_lm(tok, seed=0, scale=2.0).save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+class Generated(Exception):
+    """Raised by `no_generation` instead of generating: reaching it means every check before generation passed."""
+
+
+@pytest.fixture
+def no_generation(monkeypatch):
+    """`pluralign eval` stops where its models would start generating, with `Generated`."""
+    import pluralign.evaluate.runner as runner
+
+    def generate(*args, **kwargs):
+        raise Generated
+
+    monkeypatch.setattr(runner, "generate", generate)

@@ -70,3 +70,19 @@ def weights(model) -> dict:
 def any_cat_reward(prompts, responses):
     """1 when a 'cat' appears, else 0: a pass/fail reward whose groups are often all-0 or all-1 (flat)."""
     return [float("cat" in r.split()) for r in responses]
+
+
+def one_second_generation(engine, now: list[float]) -> None:
+    """Swap `engine`'s rollout backend for one whose every generation takes 1 s on the clock `now[0]` (patched
+    over the engine's `time.perf_counter`), so a test knows the rates the engine logs."""
+    native = engine.backend
+
+    class OneSecond:
+        def sync(self):
+            native.sync()
+
+        def generate(self, *args, **kwargs):
+            now[0] += 1.0
+            return native.generate(*args, **kwargs)
+
+    engine.backend = OneSecond()

@@ -4,22 +4,11 @@ in the config are relative to the config file."""
 from __future__ import annotations
 
 import pytest
+from conftest import Generated
 from test_judges_llm import ScriptedServer
 
 import pluralign.evaluate.runner as runner
 from pluralign.errors import ConfigError
-
-
-class Generated(Exception):
-    """Raised instead of generating: reaching it means every config check passed."""
-
-
-@pytest.fixture
-def no_generation(monkeypatch):
-    def generate(*args, **kwargs):
-        raise Generated
-
-    monkeypatch.setattr(runner, "generate", generate)
 
 
 @pytest.fixture

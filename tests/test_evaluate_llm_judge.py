@@ -4,6 +4,7 @@ replies could not be read is reported, not only the pairs left with no verdict a
 from __future__ import annotations
 
 import pytest
+from conftest import Generated
 from test_judges_llm import ScriptedServer
 
 from pluralign.errors import ConfigError
@@ -56,20 +57,6 @@ def test_a_failed_grading_request_is_counted_as_failed_not_as_unreadable(server)
     judge = LLMJudge(server.url, "judge", api_key_env=None, max_retries=0, on_error="nan")
     assert judge.single(["q"], ["r"]).tolist() != judge.single(["q"], ["r"]).tolist()  # NaN both times
     assert judge.reply_counts() == {"read": 0, "unreadable": 0, "failed": 2}
-
-
-class Generated(Exception):
-    """Raised instead of generating: reaching it means every check before generation passed."""
-
-
-@pytest.fixture
-def no_generation(monkeypatch):
-    import pluralign.evaluate.runner as runner
-
-    def generate(*args, **kwargs):
-        raise Generated
-
-    monkeypatch.setattr(runner, "generate", generate)
 
 
 def dead_url() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from online_toys import cat_reward, make_model_dir
+from online_toys import cat_reward, make_model_dir, one_second_generation
 from test_online_epochs import PerPrompt, engine_for
 
 
@@ -120,17 +120,7 @@ def test_throughput_is_the_total_over_processes(base, monkeypatch):
     def speeds(processes):
         monkeypatch.setattr(engine_module, "all_processes_sum", lambda x: x * processes)
         engine = engine_for(base, cat_reward, 0)
-        native = engine.backend
-
-        class OneSecond:  # generation takes 1 s
-            def sync(self):
-                native.sync()
-
-            def generate(self, *args, **kwargs):
-                now[0] += 1.0
-                return native.generate(*args, **kwargs)
-
-        engine.backend = OneSecond()
+        one_second_generation(engine, now)
         engine.prepare(0, [[0, 1]])
         batch = engine.ready[(0, 1)]
         now[0] += 2.0  # training takes 2 s

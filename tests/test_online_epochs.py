@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from online_toys import PROMPTS, cat_reward, make_model_dir, online_config, write_prompts
+from online_toys import (
+    PROMPTS,
+    cat_reward,
+    make_model_dir,
+    one_second_generation,
+    online_config,
+    write_prompts,
+)
 from online_toys import metric_rows as metrics
 from online_toys import weights as params
 
@@ -198,17 +205,7 @@ def test_generation_speed_counts_the_time_spent_generating_only(base, monkeypatc
         return cat_reward(prompts, responses)
 
     engine = engine_for(base, slow_reward, 0)
-    native = engine.backend
-
-    class OneSecond:
-        def sync(self):
-            native.sync()
-
-        def generate(self, *args, **kwargs):
-            now[0] += 1.0
-            return native.generate(*args, **kwargs)
-
-    engine.backend = OneSecond()
+    one_second_generation(engine, now)
     engine.prepare(0, [[0, 1]])
     batch = engine.ready[(0, 1)]
     assert float(batch["metrics"]["gen_tokens_per_s"]) == float(batch["completion_mask"].sum())  # tokens / 1 s
