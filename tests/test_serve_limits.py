@@ -153,6 +153,7 @@ def test_cli_refuses_a_missing_model(capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--port", "-5"], "'port' must be in [0, 65535]"),  # was a traceback from the socket layer
+    (["--host", "", "--port", "0"], "'host' must be an address to bind"),  # '' bound every interface
     (["--max-tokens", "16", "--default-max-tokens", "64"], "'default_max_tokens' must be in [1, max_tokens=16]"),
     (["--reward", "no_such_module:fn"], "--reward no_such_module:fn: cannot import fn"),  # was: a server up, every request 503
     (["--models", "/no/such/dir", "--port", "0"], "--models /no/such/dir: model directory not found"),  # was: 503s forever

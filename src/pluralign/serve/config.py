@@ -52,6 +52,8 @@ class ServeConfig:
 
         if self.unknown_users not in UNKNOWN_USERS:
             raise bad("unknown_users", " or ".join(repr(u) for u in UNKNOWN_USERS))
+        if not self.host.strip():  # an empty address binds every interface: the opposite of the loopback default
+            raise bad("host", "an address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)")
         if not 0 <= self.port <= 65535:
             raise bad("port", "in [0, 65535] (0: any free port)")
         for name in ("rate_limit", "max_concurrent", "max_body_bytes", "max_prompt_tokens", "max_tokens", "max_n",
