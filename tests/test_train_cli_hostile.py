@@ -47,3 +47,17 @@ def test_ld_alpha_out_of_range_is_refused_before_training(tmp_path, tiny_llama_d
     err = capsys.readouterr().err
     assert "ld_alpha must be in [0, 1]" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv", [["data", "validate", ""], ["data", "stats", " "], ["data", "convert", "", "x.jsonl"],
+                                  ["data", "convert", "x.jsonl", ""], ["report", ""]])
+def test_an_empty_path_is_refused_not_read_as_the_current_directory(argv, tmp_path, monkeypatch, capsys):
+    # `data validate ""` validated every file of the current directory; `report ""` reported it
+    from pluralign.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "an empty path" in err and "Traceback" not in err

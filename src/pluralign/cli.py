@@ -91,6 +91,14 @@ def seed_int(text: str) -> int:
     return _int_at_least(text, 0, " (numpy's random streams take no negative seed)")
 
 
+def path_arg(text: str) -> str:
+    """argparse type for a file or directory argument: not empty (Path('') is the current directory, which a
+    typo'd or unset shell variable would then have read, or written into, as if named)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: give the file or directory")
+    return text
+
+
 def learning_rate(text: str) -> float:
     """argparse type for a script's learning rate, held to the rule of `loop.learning_rate` (LoopConfig's own
     check), so that a bad one is refused before any work rather than in a training subprocess."""

@@ -22,12 +22,14 @@ from pluralign.errors import DataError, PluralignError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from pluralign.cli import path_arg
+
     data = subparsers.add_parser("data", help="check, convert and summarize feedback files")
     actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     kind_help = "kind of feedback (default: told by the fields)"
 
     validate = actions.add_parser("validate", help="check every row and report every problem")
-    validate.add_argument("file", help=".jsonl, .json, .csv, .parquet or a saved datasets directory")
+    validate.add_argument("file", type=path_arg, help=".jsonl, .json, .csv, .parquet or a saved datasets directory")
     validate.add_argument("--kind", choices=list(KINDS), help=kind_help)
     validate.add_argument(
         "--skip-invalid",
@@ -41,8 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.set_defaults(func=run_validate)
 
     conv = actions.add_parser("convert", help="convert between formats and kinds of feedback")
-    conv.add_argument("input", help="input file or datasets directory")
-    conv.add_argument("output", help="output file; the format follows its extension")
+    conv.add_argument("input", type=path_arg, help="input file or datasets directory")
+    conv.add_argument("output", type=path_arg, help="output file; the format follows its extension")
     conv.add_argument("--to", choices=list(KINDS), help="kind to convert to (default: keep the input's kind)")
     conv.add_argument("--kind", choices=list(KINDS), help=f"input {kind_help}")
     conv.add_argument("--objective", help="rated input: the objective to order or threshold by")
@@ -55,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conv.set_defaults(func=run_convert)
 
     stats = actions.add_parser("stats", help="counts per kind, user, group and objective; length percentiles")
-    stats.add_argument("file")
+    stats.add_argument("file", type=path_arg)
     stats.add_argument("--kind", choices=list(KINDS), help=kind_help)
     stats.add_argument("--json", action="store_true", help="print the summary as JSON")
     stats.set_defaults(func=run_stats)

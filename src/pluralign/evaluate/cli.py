@@ -17,7 +17,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from pluralign.cli import DefaultsHelpFormatter
+from pluralign.cli import DefaultsHelpFormatter, path_arg
 from pluralign.errors import ConfigError
 
 
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
                     "inline plots: reward-KL frontier, Pareto fronts with hypervolume, per-group utility, "
                     "calibration diagrams, judge reliability, training curves and tables.",
         formatter_class=DefaultsHelpFormatter)
-    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="Run directories.")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", type=path_arg, help="Run directories.")
     r.add_argument("--out", default=None, help="HTML file (default: RUN_DIR/report/report.html of the first).")
     r.add_argument("--title", default=None, help="Report title.")
     r.set_defaults(func=run_report)
