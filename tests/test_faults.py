@@ -123,6 +123,23 @@ def test_kill_at_each_stage_of_a_save_then_resume_exactly(tmp_path, straight, st
     assert not list((run / "checkpoints").glob("*.tmp"))  # the crashed save's directory was cleaned up
 
 
+def test_a_model_killed_between_its_two_renames_is_put_back_not_deleted(tmp_path):
+    """Replacing a model renames the old one aside (`.model.*.old/model`), then the new one into place: a kill
+    between the two left no model/, and the next run's clean-up deleted the old one with the temporary names."""
+    from pluralign.train.state import remove_stale
+
+    run = tmp_path / "run"
+    (run / ".model.x9aaaaaa.old" / "model").mkdir(parents=True)
+    (run / ".model.x9aaaaaa.old" / "model" / "config.json").write_text("{}")
+    remove_stale(run / "checkpoints", run)
+    assert (run / "model" / "config.json").read_text() == "{}"
+    assert not (run / ".model.x9aaaaaa.old").exists()
+    (run / ".model.x9bbbbbb.old" / "model").mkdir(parents=True)  # a model in place: the old one goes
+    (run / ".model.x9bbbbbb.old" / "model" / "config.json").write_text("old")
+    remove_stale(run / "checkpoints", run)
+    assert (run / "model" / "config.json").read_text() == "{}" and not (run / ".model.x9bbbbbb.old").exists()
+
+
 def test_what_a_killed_run_left_under_temporary_names_is_removed(tmp_path):
     """A run killed while it wrote its model (or any file) leaves `.model.*.tmp` (as large as the model) and
     the like in the run directory; the next run on it removes them, and nothing else."""

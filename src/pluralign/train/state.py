@@ -43,7 +43,7 @@ from pluralign.runs import atomic_open, atomic_write_json, io_error
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # The names `tempfile` gives what pluralign writes under a temporary name (`.model.k3x_9q2a.tmp`): only
 # these are removed from a run directory, never a user's own dot-files.
-_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|old)$")
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.(tmp|old)$")
 
 
 @dataclass
@@ -261,12 +261,23 @@ def remove_stale(root: str | os.PathLike, run_root: str | os.PathLike | None = N
     if run_root is not None and Path(run_root).is_dir():
         stale += [p for p in Path(run_root).glob(".*") if _TEMPORARY.match(p.name)]
     for d in stale:
+        if run_root is not None and d.name.endswith(".old"):
+            _put_back(d, Path(run_root))
         if d.is_dir():
             shutil.rmtree(d, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
                 d.unlink()
     return stale
+
+
+def _put_back(old: Path, run_root: Path) -> None:
+    """A replaced output renamed aside (`runs.write_dir`: `.NAME.*.old/NAME`) whose replacement never came (a
+    kill between the two renames) is moved back to `NAME`, so that clean-up does not delete the last copy."""
+    name = _TEMPORARY.match(old.name).group("name")
+    if (old / name).exists() and not (run_root / name).exists():
+        with contextlib.suppress(OSError):
+            os.replace(old / name, run_root / name)
 
 
 def verify_checkpoint(path: str | os.PathLike) -> str | None:
