@@ -252,6 +252,7 @@ def test_an_llm_judge_reward_with_no_server_is_named_before_the_policy_loads(tmp
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "rewards[0]: judge_url http://127.0.0.1:9/v1: nothing answers there" in err, err
+    assert "correct judge_url" in err and "base_url" not in err, err  # the setting of this config, not LLMJudge's
 
 
 def test_a_short_reward_is_named_when_the_prompt_rows_carry_users(base, tmp_path, monkeypatch, capsys):

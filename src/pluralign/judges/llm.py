@@ -164,8 +164,8 @@ class LLMJudge:
                 self._client = httpx.Client(follow_redirects=False, limits=limits, trust_env=False)
             return self._client
 
-    def check_reachable(self) -> None:
-        """A `ConfigError` naming `base_url` when nothing answers there (no server, a wrong host or port), so
+    def check_reachable(self, setting: str = "base_url") -> None:
+        """A `ConfigError` naming `setting` (where the user gave the URL) when nothing answers there (no server, a wrong host or port), so
         an evaluation fails before its models generate, not after. Any HTTP reply to ``GET base_url/models``
         counts as an answer (a server need not list its models), and so does one too slow to come; only a
         connection that fails does not. With replies in `cache_dir` it is a warning: a rerun may need none."""
@@ -175,13 +175,13 @@ class LLMJudge:
         except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
             return  # connected: a server is there, busy
         except httpx.HTTPError as e:
-            problem = (f"base_url {self.url.removesuffix('/chat/completions')}: nothing answers there "
-                       f"({type(e).__name__}: {e}); start the judge's server or correct base_url")
+            problem = (f"{setting} {self.url.removesuffix('/chat/completions')}: nothing answers there "
+                       f"({type(e).__name__}: {e}); start the judge's server or correct {setting}")
             if self.cache_dir is not None and next(self.cache_dir.rglob("*.json"), None) is not None:
                 warnings.warn(f"{problem}; going on with the replies cached in {self.cache_dir} (any other "
                               "request will fail)", stacklevel=2)
                 return
-            raise ConfigError(problem, field="base_url") from None
+            raise ConfigError(problem, field=setting) from None
 
     def close(self) -> None:
         """Close the pooled HTTP connections (also done when the judge is garbage-collected)."""

@@ -125,10 +125,9 @@ class Source:
         judge = getattr(self.reward, "judge", None)
         if self.spec.source == "judge" and hasattr(judge, "check_reachable"):
             try:
-                judge.check_reachable()
+                judge.check_reachable(setting="judge_url")
             except ConfigError as e:
-                raise ConfigError(f"{self.field}: {e}".replace("base_url", "judge_url", 1),
-                                  field=f"{self.field}.judge_url") from None
+                raise ConfigError(f"{self.field}: {e}", field=f"{self.field}.judge_url") from None
 
     def __call__(self, prompts: list, responses: list[str], users: Sequence[Any] | None = None,
                  weights: Sequence[Mapping[str, float] | None] | None = None) -> Tensor:
